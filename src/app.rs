@@ -1,0 +1,309 @@
+//! The composition root: builds each stage from its configuration section, wires them, runs
+//! the signal loop (SIGHUP reloads, SIGTERM/SIGINT drain) and shuts down in order. It parses
+//! nothing and forwards nothing itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigError, ListenerTls, UpstreamTarget};
+use crate::proxy::server;
+use crate::proxy::{Proxy, ProxyBuildError, ProxyMetrics, ProxyState, Routes, UpstreamBase};
+use crate::simulate::fixtures::FixtureError;
+use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
+use crate::{telemetry, tls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] ProxyBuildError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("built-in Exchange simulator: {0}")]
+    Fixtures(#[from] FixtureError),
+    #[error("cannot start the built-in Exchange simulator: {0}")]
+    Simulator(#[source] std::io::Error),
+    #[error("{0}")]
+    Reload(&'static str),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    stop: watch::Sender<bool>,
+    server_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    simulator: Option<ExchangeSimulator>,
+    config: Mutex<Config>,
+}
+
+/// Starts every part and returns once the listeners are bound and the gateway is ready.
+pub async fn start(config: Config) -> Result<Gateway, AppError> {
+    tls::install_crypto_provider();
+    let simulator = match config.upstreams.target {
+        UpstreamTarget::Simulator => {
+            let options = SimulatorOptions::new("embedded", FixtureSet::embedded()?);
+            let sim = ExchangeSimulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), options)
+                .await
+                .map_err(AppError::Simulator)?;
+            Some(sim)
+        }
+        UpstreamTarget::Remote { .. } => None,
+    };
+    let routes = routes_for(&config, simulator.as_ref())?;
+
+    let mut registry = telemetry::new_registry();
+    let metrics = Arc::new(ProxyMetrics::register(&mut registry));
+    let proxy = Arc::new(Proxy::new(
+        ProxyState::build(&config, routes, &metrics)?,
+        metrics,
+    ));
+
+    let listener = server::bind(config.listener.address).map_err(|source| AppError::Bind {
+        what: "proxy listener",
+        addr: config.listener.address,
+        source,
+    })?;
+    let admin_listener = TcpListener::bind(config.admin.address)
+        .await
+        .map_err(|source| AppError::Bind {
+            what: "admin listener",
+            addr: config.admin.address,
+            source,
+        })?;
+    let local = |l: &TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| AppError::Bind { what, addr, source })
+    };
+    let proxy_addr = local(&listener, "proxy listener", config.listener.address)?;
+    let admin_addr = local(&admin_listener, "admin listener", config.admin.address)?;
+
+    let (stop, stopped) = watch::channel(false);
+    let server_task = tokio::spawn(server::serve(listener, proxy.clone(), stopped.clone()));
+    let admin_state = Arc::new(AdminState {
+        proxy: proxy.clone(),
+        registry: Arc::new(registry),
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped));
+    proxy.set_ready(true);
+    Ok(Gateway {
+        proxy_addr,
+        admin_addr,
+        proxy,
+        stop,
+        server_task,
+        admin_task,
+        simulator,
+        config: Mutex::new(config),
+    })
+}
+
+fn routes_for(config: &Config, simulator: Option<&ExchangeSimulator>) -> Result<Routes, AppError> {
+    let base = |uri: &http::Uri| {
+        UpstreamBase::new(uri).ok_or(AppError::Reload("upstream URL lost its scheme or host"))
+    };
+    match (&config.upstreams.target, simulator) {
+        (
+            UpstreamTarget::Remote {
+                ews,
+                graph,
+                autodiscover,
+            },
+            _,
+        ) => Ok(Routes {
+            ews: base(ews)?,
+            graph: base(graph)?,
+            autodiscover: base(autodiscover)?,
+        }),
+        (UpstreamTarget::Simulator, Some(sim)) => {
+            let uri: http::Uri = sim
+                .url()
+                .parse()
+                .map_err(|_| AppError::Reload("simulator URL is not a URI"))?;
+            let b = base(&uri)?;
+            Ok(Routes {
+                ews: b.clone(),
+                graph: b.clone(),
+                autodiscover: b,
+            })
+        }
+        (UpstreamTarget::Simulator, None) => Err(AppError::Reload(
+            "switching to the built-in simulator needs a restart (upstreams.ews was removed)",
+        )),
+    }
+}
+
+impl Gateway {
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// `https://127.0.0.1:8443` (or `http://…` on a plaintext listener).
+    pub fn proxy_url(&self) -> String {
+        let tls = self
+            .config
+            .lock()
+            .map(|c| c.listener.tls != ListenerTls::Off)
+            .unwrap_or(true);
+        format!(
+            "{}://{}",
+            if tls { "https" } else { "http" },
+            self.proxy_addr
+        )
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// The development CA clients should trust, when the listener uses development certificates.
+    pub fn dev_ca(&self) -> Option<PathBuf> {
+        let config = self.config.lock().ok()?;
+        match &config.listener.tls {
+            ListenerTls::Development { dir } => Some(tls::DevCerts::in_dir(dir).ca),
+            _ => None,
+        }
+    }
+
+    pub fn simulator_url(&self) -> Option<String> {
+        self.simulator.as_ref().map(ExchangeSimulator::url)
+    }
+
+    /// Applies a new configuration to new requests and connections: upstreams, timeouts,
+    /// limits, TLS certificates. Listener addresses and the connection budget need a restart.
+    /// On error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<(), AppError> {
+        let routes = routes_for(&config, self.simulator.as_ref())?;
+        let state = ProxyState::build(&config, routes, &self.proxy.metrics)?;
+        if let Ok(mut current) = self.config.lock() {
+            if current.listener.address != config.listener.address
+                || current.admin.address != config.admin.address
+                || current.limits.max_connections != config.limits.max_connections
+            {
+                tracing::warn!(
+                    "listener addresses and limits.max_connections change only on restart; kept the old ones"
+                );
+            }
+            *current = config;
+        }
+        self.proxy.swap(state);
+        Ok(())
+    }
+
+    /// Reloads from the file the configuration came from (or the embedded defaults).
+    pub fn reload_from_source(&self) -> Result<(), AppError> {
+        let source = self.config.lock().ok().and_then(|c| c.source.clone());
+        let config = match source {
+            Some(path) => Config::load(&path)?.1,
+            None => Config::embedded()?.1,
+        };
+        self.reload(config)
+    }
+
+    /// The drain sequence: readiness false, wait `drain_delay` so load balancers notice, stop
+    /// accepting, let in-flight requests finish within `grace_period`, then stop everything.
+    pub async fn shutdown(self) {
+        let (delay, grace) = self
+            .config
+            .lock()
+            .map(|c| (c.shutdown.drain_delay, c.shutdown.grace_period))
+            .unwrap_or_default();
+        self.proxy.set_ready(false);
+        tracing::info!("draining: readiness is false");
+        tokio::time::sleep(delay).await;
+        let _ = self.stop.send(true);
+        let _ = self.server_task.await;
+        if server::drain(&self.proxy, grace).await {
+            tracing::info!("drained: every client connection closed");
+        } else {
+            tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
+        }
+        self.admin_task.abort();
+        if let Some(sim) = self.simulator {
+            sim.stop().await;
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    let gateway = start(config).await?;
+    print_banner(&gateway);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match gateway.reload_from_source() {
+                Ok(()) => {
+                    gateway.proxy.metrics.config_reloads_ok.inc();
+                    tracing::info!("configuration reloaded");
+                }
+                Err(error) => {
+                    gateway.proxy.metrics.config_reloads_failed.inc();
+                    tracing::error!(%error, "reload failed; keeping the running configuration");
+                }
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// Tells a person what to point a client at. The first line is stable for scripts:
+/// `trackgate ready proxy=<url> admin=<url>`.
+fn print_banner(gateway: &Gateway) {
+    let proxy = gateway.proxy_url();
+    let admin = gateway.admin_url();
+    println!("trackgate ready proxy={proxy} admin={admin}");
+    println!();
+    println!("  EWS endpoint:   {proxy}/EWS/Exchange.asmx");
+    println!("  Graph base URL: {proxy}/v1.0");
+    println!("  admin:          {admin}/healthz  {admin}/readyz  {admin}/metrics");
+    match gateway.simulator_url() {
+        Some(sim) => println!("  upstream:       built-in Exchange simulator ({sim})"),
+        None => println!("  upstream:       configured Exchange"),
+    }
+    let cacert = match gateway.dev_ca() {
+        Some(ca) => {
+            println!("  trust this CA:  {}", ca.display());
+            format!("--cacert {} ", ca.display())
+        }
+        None => String::new(),
+    };
+    let host_url = proxy.replace("127.0.0.1", "localhost");
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl {cacert}-H 'Content-Type: text/xml; charset=utf-8' --data '<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><GetFolder xmlns=\"http://schemas.microsoft.com/exchange/services/2006/messages\"/></s:Body></s:Envelope>' {host_url}/EWS/Exchange.asmx"
+    );
+    println!();
+    println!("SIGHUP reloads the configuration; SIGTERM or Ctrl-C drains and stops.");
+}

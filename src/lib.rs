@@ -1,0 +1,14 @@
+//! trackgate: an Outlook/Exchange protocol gateway. It sits between mail clients and Exchange as
+//! a streaming reverse proxy and (in later stages) decides which messages belong in Dynamics 365.
+//!
+//! The flow, one way: `proxy → inspect → rules → outbox → crm`. Each module owns one stage;
+//! `app` alone wires them together. `simulate` holds the stand-ins for the services that cannot
+//! run here (Exchange now, Dataverse later).
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod proxy;
+pub mod simulate;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,287 @@
+//! Body plumbing: the one body type the proxy returns, and the guard that wraps every forwarded
+//! body — idle timeout, size limit, byte counting and the `100 Continue` gate — while frames
+//! stream through untouched. Nothing here buffers a body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the proxy sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Why a guarded body stopped early. Shared with the request path so a failed upstream call can
+/// be blamed on the right party (413 and 408 are the client's doing, not the upstream's).
+#[derive(Debug, Default)]
+pub struct BodyOutcome(AtomicU8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    TooLarge = 1,
+    IdleTimeout = 2,
+    Inner = 3,
+}
+
+impl BodyOutcome {
+    fn set(&self, failure: BodyFailure) {
+        let _ = self
+            .0
+            .compare_exchange(0, failure as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<BodyFailure> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(BodyFailure::TooLarge),
+            2 => Some(BodyFailure::IdleTimeout),
+            3 => Some(BodyFailure::Inner),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("no body data for {0:?}")]
+    IdleTimeout(Duration),
+}
+
+type Gate = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// Wraps a body: counts bytes, enforces a size limit and an idle timeout, and (for
+    /// `Expect: 100-continue` requests) does not poll the inner body until the gate opens —
+    /// polling it is what makes hyper send `100 Continue` to the client.
+    pub struct Guarded<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: Sleep,
+        idle: Duration,
+        last_activity: Instant,
+        limit: u64,
+        seen: u64,
+        counter: Counter,
+        outcome: Option<Arc<BodyOutcome>>,
+        gate: Option<Gate>,
+        done: bool,
+    }
+}
+
+impl<B> Guarded<B> {
+    pub fn new(inner: B, idle: Duration, counter: Counter) -> Self {
+        let now = Instant::now();
+        Guarded {
+            inner,
+            timer: tokio::time::sleep_until(now + idle),
+            idle,
+            last_activity: now,
+            limit: u64::MAX,
+            seen: 0,
+            counter,
+            outcome: None,
+            gate: None,
+            done: false,
+        }
+    }
+
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    pub fn with_outcome(mut self, outcome: Arc<BodyOutcome>) -> Self {
+        self.outcome = Some(outcome);
+        self
+    }
+
+    /// Holds the body back until `gate` completes.
+    pub fn with_gate(mut self, gate: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.gate = Some(Box::pin(gate));
+        self
+    }
+}
+
+impl<B> Body for Guarded<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(gate) = this.gate.as_mut() {
+            ready!(gate.as_mut().poll(cx));
+            *this.gate = None;
+            // The idle clock starts once the body is actually wanted.
+            *this.last_activity = Instant::now();
+        }
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.last_activity = Instant::now();
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    *this.seen += len;
+                    if *this.seen > *this.limit {
+                        *this.done = true;
+                        if let Some(o) = this.outcome.as_ref() {
+                            o.set(BodyFailure::TooLarge);
+                        }
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(*this.limit).into())));
+                    }
+                    this.counter.inc_by(len);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.done = true;
+                if let Some(o) = this.outcome.as_ref() {
+                    o.set(BodyFailure::Inner);
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                *this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                // The timer is only re-armed when it fires, so a busy body costs no timer churn.
+                loop {
+                    let deadline = *this.last_activity + *this.idle;
+                    if this.timer.deadline() != deadline {
+                        this.timer.as_mut().reset(deadline);
+                    }
+                    ready!(this.timer.as_mut().poll(cx));
+                    if Instant::now() >= *this.last_activity + *this.idle {
+                        *this.done = true;
+                        if let Some(o) = this.outcome.as_ref() {
+                            o.set(BodyFailure::IdleTimeout);
+                        }
+                        return Poll::Ready(Some(Err(BodyError::IdleTimeout(*this.idle).into())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.gate.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A body of fixed chunks.
+    struct Chunks(VecDeque<Bytes>);
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn chunks(n: usize, size: usize) -> Chunks {
+        Chunks((0..n).map(|_| Bytes::from(vec![7u8; size])).collect())
+    }
+
+    /// A body that never produces anything.
+    struct Silent;
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_and_limits() {
+        let counter = Counter::default();
+        let outcome = Arc::new(BodyOutcome::default());
+        let body = Guarded::new(chunks(4, 100), Duration::from_secs(5), counter.clone())
+            .with_limit(250)
+            .with_outcome(outcome.clone());
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("250"));
+        assert_eq!(outcome.get(), Some(BodyFailure::TooLarge));
+        assert_eq!(counter.get(), 200);
+    }
+
+    #[tokio::test]
+    async fn passes_everything_under_the_limit() {
+        let counter = Counter::default();
+        let body =
+            Guarded::new(chunks(3, 100), Duration::from_secs(5), counter.clone()).with_limit(300);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 300);
+        assert_eq!(counter.get(), 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fires_on_a_silent_body() {
+        let outcome = Arc::new(BodyOutcome::default());
+        let body = Guarded::new(Silent, Duration::from_secs(3), Counter::default())
+            .with_outcome(outcome.clone());
+        let err = body.collect().await.unwrap_err();
+        assert!(err.to_string().contains("no body data"));
+        assert_eq!(outcome.get(), Some(BodyFailure::IdleTimeout));
+    }
+
+    #[tokio::test]
+    async fn gate_holds_the_body_until_opened() {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let n = notify.clone();
+        let mut body = std::pin::pin!(
+            Guarded::new(chunks(1, 10), Duration::from_secs(5), Counter::default())
+                .with_gate(async move { n.notified().await })
+        );
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        notify.notify_one();
+        let frame = body.as_mut().frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap().len(), 10);
+    }
+}

@@ -1,0 +1,216 @@
+//! Forwarding one request: pick the upstream, rewrite the head (hop-by-hop, forwarded headers,
+//! host), wrap both bodies in their guards, send through the pool or the pinned connection,
+//! and classify any failure. The innermost service of the stack.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+
+use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty};
+use super::headers::{self, ClientFacts};
+use super::respond::ProxyError;
+use super::route::RouteClass;
+use super::upstream::PinnedConnection;
+use super::{ConnContext, Proxy, ProxyState};
+
+/// Forwards one client request and returns the upstream's response, streaming.
+pub async fn forward(
+    proxy: &Proxy,
+    conn: &ConnContext,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let state = proxy.state();
+    let metrics = &proxy.metrics;
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not supported by a reverse proxy",
+        ));
+    }
+    let class = RouteClass::of_path(request.uri().path());
+    let base = state.routes.base(class);
+    let (mut parts, body) = request.into_parts();
+
+    // Refuse an oversized body before anything is sent upstream.
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > state.limits.max_request_body
+    {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+
+    let windows_auth = headers::is_windows_auth(&parts.headers);
+    let expect_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::join_cookies(&mut parts.headers);
+    headers::set_forwarded(
+        &mut parts.headers,
+        ClientFacts {
+            peer: conn.peer.ip(),
+            tls: conn.tls,
+            trusted: &state.listener.trusted_proxies,
+        },
+        original_host.clone(),
+    );
+    // The upstream's own authority by default (the client sets the URI's authority as Host);
+    // some deployments want the name the client used.
+    parts.headers.remove(header::HOST);
+    if state.timeouts.preserve_host
+        && let Some(host) = original_host
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    parts.uri = base
+        .join(parts.uri.path_and_query())
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    parts.version = Version::HTTP_11;
+
+    let outcome = Arc::new(BodyOutcome::default());
+    let continue_seen = Arc::new(Notify::new());
+    let body = if body.is_end_stream() {
+        empty()
+    } else {
+        let mut guarded = Guarded::new(
+            body,
+            state.limits.body_read_timeout,
+            metrics.bytes_from_client.clone(),
+        )
+        .with_limit(state.limits.max_request_body)
+        .with_outcome(outcome.clone());
+        if expect_continue {
+            // The client gets `100 Continue` only when the upstream sends one (or stays silent
+            // past the timeout, as RFC 9110 lets clients assume): a 401 challenge then arrives
+            // before any body is sent.
+            let seen = continue_seen.clone();
+            let wait = state.timeouts.expect_continue_timeout;
+            guarded = guarded.with_gate(async move {
+                let _ = tokio::time::timeout(wait, seen.notified()).await;
+            });
+        }
+        guarded.boxed_unsync()
+    };
+    let mut upstream_request = Request::from_parts(parts, body);
+    if expect_continue {
+        let seen = continue_seen.clone();
+        hyper::ext::on_informational(&mut upstream_request, move |response| {
+            if response.status() == StatusCode::CONTINUE {
+                seen.notify_one();
+            }
+        });
+    }
+
+    metrics.upstream_requests.inc();
+    let pinned = windows_auth || conn.has_pinned.load(Ordering::Acquire);
+    let result = if pinned {
+        send_pinned(proxy, &state, conn, class, windows_auth, upstream_request).await
+    } else {
+        send_pooled(&state, upstream_request).await
+    };
+    let (response, pinned) = match result {
+        Ok(r) => r,
+        Err(error) => {
+            return Err(match outcome.get() {
+                Some(BodyFailure::TooLarge) => ProxyError::PayloadTooLarge,
+                Some(BodyFailure::IdleTimeout) => ProxyError::ClientTimeout,
+                _ => error,
+            });
+        }
+    };
+
+    let (mut parts, body) = response.into_parts();
+    let upstream_closes = headers::wants_close(&parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if pinned && upstream_closes {
+        // The pinned upstream connection ends after this response; so does the client's.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let idle = if class == RouteClass::Ews {
+        state.timeouts.streaming_idle_timeout
+    } else {
+        state.timeouts.idle_timeout
+    };
+    let body = Guarded::new(body, idle, metrics.bytes_from_upstream.clone()).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
+}
+
+async fn send_pooled(
+    state: &ProxyState,
+    request: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, bool), ProxyError> {
+    match tokio::time::timeout(state.timeouts.header_timeout, state.pool.request(request)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(Err(error)) if error.is_connect() => {
+            Err(ProxyError::UpstreamUnreachable(Box::new(error)))
+        }
+        Ok(Err(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
+        Ok(Ok(response)) => Ok((response, false)),
+    }
+}
+
+/// Sends over this client connection's own upstream connection, opening it on first Windows
+/// auth. Requests to an endpoint with no pinned connection and no Windows auth use the pool.
+async fn send_pinned(
+    proxy: &Proxy,
+    state: &ProxyState,
+    conn: &ConnContext,
+    class: RouteClass,
+    windows_auth: bool,
+    request: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, bool), ProxyError> {
+    let base = state.routes.base(class);
+    let endpoint = base.endpoint();
+    let mut pinned = conn.pinned.lock().await;
+    pinned.retain(PinnedConnection::is_usable);
+    let index = match pinned.iter().position(|p| p.endpoint == endpoint) {
+        Some(i) => i,
+        None if windows_auth => {
+            let opened = PinnedConnection::open(
+                base,
+                &state.upstream,
+                &proxy.metrics.upstream_connects_pinned,
+                proxy.metrics.pinned_active.clone(),
+                conn.upstream_closed.clone(),
+            )
+            .await
+            .map_err(|e| ProxyError::UpstreamUnreachable(Box::new(e)))?;
+            pinned.push(opened);
+            conn.has_pinned.store(true, Ordering::Release);
+            pinned.len() - 1
+        }
+        None => {
+            drop(pinned);
+            return send_pooled(state, request).await;
+        }
+    };
+    let response = pinned[index]
+        .send(request)
+        .await
+        .map_err(|e| ProxyError::UpstreamBroken(Box::new(e)))?;
+    // Release the lock while waiting: the connection is busy with this request anyway.
+    drop(pinned);
+    match tokio::time::timeout(state.timeouts.header_timeout, response).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(Err(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
+        Ok(Ok(response)) => Ok((response, true)),
+    }
+}

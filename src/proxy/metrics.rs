@@ -1,0 +1,216 @@
+//! The proxy's metrics. Labels are bounded: route class, status class, direction, error kind —
+//! never a mailbox, address, path or host.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::route::RouteClass;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Counters resolved once at start, so recording on the request path is a few atomic adds.
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    requests: Vec<Counter>,
+    durations: Vec<Histogram>,
+    pub connections_accepted: Counter,
+    pub connections_active: Gauge,
+    pub tls_handshake_failures: Counter,
+    pub upstream_requests: Counter,
+    pub upstream_connects_pooled: Counter,
+    pub upstream_connects_pinned: Counter,
+    pub pinned_active: Gauge,
+    pub bytes_from_client: Counter,
+    pub bytes_from_upstream: Counter,
+    errors: Family<KindLabels, Counter>,
+    reuse_ratio: Gauge<f64, AtomicU64>,
+    pub config_reloads_ok: Counter,
+    pub config_reloads_failed: Counter,
+    pub ready: Gauge,
+}
+
+impl ProxyMetrics {
+    pub fn register(registry: &mut Registry) -> ProxyMetrics {
+        let requests_family = Family::<RequestLabels, Counter>::default();
+        let durations_family = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let mut requests = Vec::new();
+        let mut durations = Vec::new();
+        for route in RouteClass::ALL {
+            for status_class in STATUS_CLASSES {
+                requests.push(
+                    requests_family
+                        .get_or_create(&RequestLabels {
+                            route: route.as_str(),
+                            status_class,
+                        })
+                        .clone(),
+                );
+            }
+            durations.push(
+                durations_family
+                    .get_or_create(&RouteLabels {
+                        route: route.as_str(),
+                    })
+                    .clone(),
+            );
+        }
+        registry.register(
+            "requests",
+            "Client requests answered, by route class and status class",
+            requests_family,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to response headers sent, by route class",
+            durations_family,
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        let bytes_from_client = bytes
+            .get_or_create(&DirectionLabels {
+                direction: "client_to_upstream",
+            })
+            .clone();
+        let bytes_from_upstream = bytes
+            .get_or_create(&DirectionLabels {
+                direction: "upstream_to_client",
+            })
+            .clone();
+        registry.register("bytes", "Body bytes forwarded, by direction", bytes);
+        let connects = Family::<KindLabels, Counter>::default();
+        let upstream_connects_pooled = connects
+            .get_or_create(&KindLabels { kind: "pooled" })
+            .clone();
+        let upstream_connects_pinned = connects
+            .get_or_create(&KindLabels { kind: "pinned" })
+            .clone();
+        registry.register(
+            "upstream_connects",
+            "New upstream connections opened: pooled, or pinned to one client connection for Windows auth",
+            connects,
+        );
+        let reloads = Family::<KindLabels, Counter>::default();
+        let config_reloads_ok = reloads.get_or_create(&KindLabels { kind: "ok" }).clone();
+        let config_reloads_failed = reloads
+            .get_or_create(&KindLabels { kind: "failed" })
+            .clone();
+        registry.register("config_reloads", "SIGHUP reloads by outcome", reloads);
+
+        let m = ProxyMetrics {
+            requests,
+            durations,
+            connections_accepted: Counter::default(),
+            connections_active: Gauge::default(),
+            tls_handshake_failures: Counter::default(),
+            upstream_requests: Counter::default(),
+            upstream_connects_pooled,
+            upstream_connects_pinned,
+            pinned_active: Gauge::default(),
+            bytes_from_client,
+            bytes_from_upstream,
+            errors: Family::default(),
+            reuse_ratio: Gauge::default(),
+            config_reloads_ok,
+            config_reloads_failed,
+            ready: Gauge::default(),
+        };
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            m.connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed or timed out",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Requests sent upstream (pooled and pinned)",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "pinned_connections_active",
+            "Upstream connections pinned to a client connection for NTLM/Negotiate, open now",
+            m.pinned_active.clone(),
+        );
+        registry.register(
+            "proxy_errors",
+            "Requests the gateway answered itself because forwarding failed, by kind",
+            m.errors.clone(),
+        );
+        registry.register(
+            "upstream_connection_reuse_ratio",
+            "Share of upstream requests that reused a connection (1 - connects / requests), updated at scrape",
+            m.reuse_ratio.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the gateway accepts traffic, 0 while starting or draining",
+            m.ready.clone(),
+        );
+        m
+    }
+
+    pub fn record_response(&self, route: RouteClass, status: u16, seconds: f64) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        let r = route as usize;
+        self.requests[r * STATUS_CLASSES.len() + class].inc();
+        self.durations[r].observe(seconds);
+    }
+
+    pub fn record_error(&self, kind: &'static str) {
+        self.errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Recomputes the reuse gauge; called before each scrape.
+    pub fn refresh_reuse_ratio(&self) {
+        let requests = self.upstream_requests.get() as f64;
+        let connects =
+            (self.upstream_connects_pooled.get() + self.upstream_connects_pinned.get()) as f64;
+        let ratio = if requests > 0.0 {
+            (1.0 - connects / requests).max(0.0)
+        } else {
+            1.0
+        };
+        self.reuse_ratio.set(ratio);
+    }
+
+    /// Reuse ratio as last computed (for tests and the bench).
+    pub fn reuse_ratio(&self) -> f64 {
+        self.reuse_ratio.get()
+    }
+}

@@ -1,0 +1,178 @@
+//! The proxy: the HTTP edge between mail clients and Exchange. It accepts client connections
+//! (TLS, HTTP/1.1 and HTTP/2), forwards each request upstream with bodies streaming both ways,
+//! and answers for its own failures. It never parses SOAP or JSON and never waits on any later
+//! stage.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod metrics;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod stack;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::{Mutex, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, LimitsConfig, ListenerConfig, ListenerTls, UpstreamsConfig};
+use crate::tls::{self, TlsError};
+
+pub use metrics::ProxyMetrics;
+pub use route::{RouteClass, Routes, UpstreamBase};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyBuildError {
+    #[error("listener TLS: {0}")]
+    ListenerTls(#[source] TlsError),
+    #[error("upstream TLS: {0}")]
+    UpstreamTls(#[source] TlsError),
+}
+
+/// Everything a request needs that a reload may change. Swapped atomically on SIGHUP;
+/// in-flight requests keep the snapshot they started with.
+pub struct ProxyState {
+    pub routes: Routes,
+    pub pool: upstream::PooledClient,
+    pub upstream: upstream::UpstreamSettings,
+    pub tls_acceptor: Option<TlsAcceptor>,
+    pub listener: ListenerConfig,
+    pub limits: LimitsConfig,
+    pub timeouts: UpstreamsConfig,
+    pub server: auto::Builder<TokioExecutor>,
+}
+
+impl ProxyState {
+    pub fn build(
+        config: &Config,
+        routes: Routes,
+        metrics: &ProxyMetrics,
+    ) -> Result<ProxyState, ProxyBuildError> {
+        let tls_acceptor = match &config.listener.tls {
+            ListenerTls::Off => None,
+            ListenerTls::Files { cert, key } => Some(
+                tls::server_config(cert, key, &config.listener.alpn)
+                    .map_err(ProxyBuildError::ListenerTls)?,
+            ),
+            ListenerTls::Development { dir } => {
+                let dev = tls::ensure_dev_certs(dir).map_err(ProxyBuildError::ListenerTls)?;
+                Some(
+                    tls::server_config(&dev.cert, &dev.key, &config.listener.alpn)
+                        .map_err(ProxyBuildError::ListenerTls)?,
+                )
+            }
+        }
+        .map(TlsAcceptor::from);
+        let client_tls = tls::upstream_client_config(config.upstreams.ca_bundle.as_deref())
+            .map_err(ProxyBuildError::UpstreamTls)?;
+        let upstream = upstream::UpstreamSettings {
+            tls: Arc::new(client_tls),
+            connect_timeout: config.upstreams.connect_timeout,
+            pool_idle_timeout: config.upstreams.pool_idle_timeout,
+            pool_max_idle_per_host: config.upstreams.pool_max_idle_per_host,
+        };
+        let pool = upstream::pooled_client(&upstream, metrics.upstream_connects_pooled.clone());
+        Ok(ProxyState {
+            routes,
+            pool,
+            upstream,
+            tls_acceptor,
+            listener: config.listener.clone(),
+            limits: config.limits.clone(),
+            timeouts: config.upstreams.clone(),
+            server: server_builder(&config.limits),
+        })
+    }
+}
+
+/// The client-facing HTTP settings. The timer matters: without one hyper silently ignores the
+/// header read timeout, and slow-header clients would hold connections forever.
+fn server_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_header_count)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    builder
+}
+
+/// The running proxy: current state, metrics, readiness and the connection budget.
+pub struct Proxy {
+    state: ArcSwap<ProxyState>,
+    pub metrics: Arc<ProxyMetrics>,
+    ready: AtomicBool,
+    /// One permit per open client connection; draining waits until all are back.
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) max_connections: usize,
+}
+
+impl Proxy {
+    pub fn new(state: ProxyState, metrics: Arc<ProxyMetrics>) -> Proxy {
+        let max = state.limits.max_connections;
+        Proxy {
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            ready: AtomicBool::new(false),
+            connections: Arc::new(Semaphore::new(max)),
+            max_connections: max,
+        }
+    }
+
+    pub fn state(&self) -> Arc<ProxyState> {
+        self.state.load_full()
+    }
+
+    /// Replaces the state for new requests and connections.
+    pub fn swap(&self, state: ProxyState) {
+        self.state.store(Arc::new(state));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+        crate::telemetry::set_flag(&self.metrics.ready, ready);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Per client connection: who it is and, once Windows auth appears, its pinned upstream
+/// connections (one per upstream endpoint).
+pub struct ConnContext {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub(crate) pinned: Mutex<Vec<upstream::PinnedConnection>>,
+    pub(crate) has_pinned: AtomicBool,
+    /// Notified when a pinned upstream connection ends; the client connection then closes.
+    pub upstream_closed: Arc<Notify>,
+}
+
+impl ConnContext {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnContext {
+        ConnContext {
+            peer,
+            tls,
+            pinned: Mutex::new(Vec::new()),
+            has_pinned: AtomicBool::new(false),
+            upstream_closed: Arc::new(Notify::new()),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Simulators for the services trackgate talks to but cannot run here. They speak the real wire
+//! protocol over real sockets and serve the embedded default, the tests and the benchmarks.
+
+pub mod exchange;
+pub mod fixtures;
+pub mod ntlm;
+pub mod soap;
+
+pub use exchange::{
+    AuthMode, ExchangeSimulator, Faults, PatternBody, PatternChecker, SimStats, SimulatorOptions,
+};
+pub use fixtures::FixtureSet;
