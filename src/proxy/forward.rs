@@ -135,6 +135,10 @@ pub async fn forward(
         }
     };
 
+    if expect_continue && response.status().is_success() {
+        // A final success without `100 Continue` means the upstream wants the body now.
+        continue_seen.notify_one();
+    }
     let (mut parts, body) = response.into_parts();
     let upstream_closes = headers::wants_close(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);

@@ -1,0 +1,120 @@
+use std::process::Command;
+
+fn trackgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args(args)
+        .env_remove("TRACKGATE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check(body: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, body).unwrap();
+    trackgate(&["check", "--config", path.to_str().unwrap()])
+}
+
+#[test]
+fn check_names_an_unknown_key() {
+    let (code, _, err) = check("[limits]\nmax_conections = 5\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("max_conections"), "{err}");
+    assert!(err.contains("fix:"), "{err}");
+}
+
+#[test]
+fn check_names_a_bad_value_and_the_fix() {
+    let (code, _, err) = check("[upstreams]\news = \"exchange.example.com\"\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("upstreams.ews"), "{err}");
+    assert!(err.contains("https://"), "{err}");
+
+    let (code, _, err) = check("[listener]\naddress = \"localhost\"\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("listener.address"), "{err}");
+
+    let (code, _, err) = check("[limits]\nheader_read_timeout = \"soon\"\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("header_read_timeout"), "{err}");
+
+    let (code, _, err) =
+        check("[listener]\ntls_cert = \"missing.pem\"\ntls_key = \"missing.key\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("listener.tls_cert") && err.contains("missing.pem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_the_resolved_config_with_secrets_redacted() {
+    let (code, out, _) = check(
+        "[upstreams]\news = \"https://exchange.example.com\"\n[admin]\ntoken = \"s3cret-s3cret-s3cret-s3cret\"\n",
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("ews = \"https://exchange.example.com\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("max_connections = 10000"),
+        "defaults are shown: {out}"
+    );
+    assert!(
+        out.contains("<redacted>") && !out.contains("s3cret"),
+        "{out}"
+    );
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (code, out, _) = trackgate(&["version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("trackgate {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, _) = trackgate(&["serve", "--no-such-flag"]);
+    assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_certs_are_a_ca_and_a_leaf_that_complete_a_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = trackgate(&["certs", "dev", "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    trackgate::tls::install_crypto_provider();
+    let certs = trackgate::tls::DevCerts::in_dir(dir.path());
+    let server =
+        trackgate::tls::server_config(&certs.cert, &certs.key, &[b"http/1.1".to_vec()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = tokio_rustls::TlsAcceptor::from(server).accept(tcp).await;
+    });
+    // rustls refuses a CA certificate as the end entity, so this handshake proves CA + leaf.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trackgate::tls::read_certs(&certs.ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("handshake with the development certificates");
+}

@@ -1,0 +1,88 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support;
+
+/// Sends raw bytes, reads until the gateway closes the connection.
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("gateway closed the connection")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn assert_rejected(raw: &[u8]) {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
+    let answer = exchange(gw.gateway.proxy_addr(), raw).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "expected 400, got {answer:?}"
+    );
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "more than one response: {answer:?}"
+    );
+    assert_eq!(
+        sim.stats().requests,
+        0,
+        "a smuggling attempt reached the upstream"
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_rejected() {
+    assert_rejected(
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /_sim/whoami HTTP/1.1\r\nHost: mail\r\n\r\n",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_before_content_length_is_rejected() {
+    assert_rejected(
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /_sim/whoami HTTP/1.1\r\nHost: mail\r\n\r\n",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codings_other_than_chunked_are_rejected() {
+    assert_rejected(b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n").await;
+    assert_rejected(b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding: gzip\r\n\r\n")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_content_lengths_are_rejected() {
+    assert_rejected(b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whitespace_before_the_colon_is_rejected() {
+    assert_rejected(
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_well_framed_requests_still_work() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
+    let answer = exchange(
+        gw.gateway.proxy_addr(),
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\x00\x01\x02\r\n0\r\n\r\nPOST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 2\r\nConnection: close\r\n\r\n\x00\x01",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    gw.gateway.shutdown().await;
+}

@@ -1,0 +1,251 @@
+//! Shared test helpers: an in-process gateway in front of a simulator, clients that trust the
+//! development CA, the gateway binary as a child process, and waiting on conditions with a
+//! deadline (never sleeping to synchronise).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use trackgate::app::{self, Gateway};
+use trackgate::config::{Config, RawConfig};
+use trackgate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
+
+pub const LOOPBACK: &str = "127.0.0.1:0";
+
+/// A gateway and the folder holding its state and certificates.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.proxy_url())
+    }
+
+    pub fn localhost_url(&self, path: &str) -> String {
+        self.url(path).replace("127.0.0.1", "localhost")
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.admin_url())
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("data/certs/dev-ca.pem")
+    }
+}
+
+/// Builds a validated configuration: loopback ports picked by the OS, state in `dir`, the
+/// given upstream, plus `extra` TOML appended (sections may repeat keys already set here only
+/// if they are not in this base).
+pub fn config(dir: &Path, upstream: &str, extra: &str) -> Config {
+    let text = format!(
+        "{extra}\n[storage]\ndata_dir = \"{data}\"\n",
+        data = dir.join("data").display()
+    );
+    let mut raw = RawConfig::from_toml(&text, "test", Vec::new()).expect("test config parses");
+    raw.listener.address = LOOPBACK.into();
+    raw.admin.address = LOOPBACK.into();
+    raw.upstreams.ews = Some(upstream.to_owned());
+    raw.validate(dir).expect("test config is valid")
+}
+
+pub async fn gateway(upstream: &str, extra: &str) -> TestGateway {
+    trackgate::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gateway = app::start(config(dir.path(), upstream, extra))
+        .await
+        .expect("gateway starts");
+    TestGateway { gateway, dir }
+}
+
+pub async fn simulator(name: &str) -> ExchangeSimulator {
+    simulator_with(SimulatorOptions::new(
+        name,
+        FixtureSet::embedded().expect("fixtures"),
+    ))
+    .await
+}
+
+pub async fn simulator_with(options: SimulatorOptions) -> ExchangeSimulator {
+    trackgate::tls::install_crypto_provider();
+    ExchangeSimulator::start(LOOPBACK.parse().expect("addr"), options)
+        .await
+        .expect("simulator starts")
+}
+
+/// A client that trusts only the given CA. `h2`: negotiate HTTP/2 by ALPN, else HTTP/1.1 only.
+pub fn client(ca: &Path, h2: bool) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("CA file");
+    let cert = reqwest::Certificate::from_pem(&pem).expect("CA parses");
+    let builder = reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .timeout(Duration::from_secs(120));
+    let builder = if h2 { builder } else { builder.http1_only() };
+    builder.build().expect("client builds")
+}
+
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client builds")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `limit`.
+pub async fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The gateway binary as a child process.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub proxy: String,
+    pub admin: String,
+    pub stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl GatewayProcess {
+    /// Starts `trackgate serve --config FILE` and waits for its ready line.
+    pub fn start(config: &Path) -> GatewayProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trackgate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gateway binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("gateway prints its ready line");
+            if line.starts_with("trackgate ready ") {
+                break line;
+            }
+        };
+        let field = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .expect("ready line field")
+                .to_owned()
+        };
+        GatewayProcess {
+            proxy: field("proxy="),
+            admin: field("admin="),
+            child,
+            stdout: rx,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Peak resident memory of the process, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:") * 1024
+    }
+
+    pub fn rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// Waits for exit and returns the status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("status field")
+}
+
+/// Writes a config file for the gateway binary: loopback, port 0, state in `dir`.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("trackgate.toml");
+    let text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\n{body}\n[admin]\naddress = \"127.0.0.1:0\"\n\n[storage]\ndata_dir = \"{}\"\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+pub fn addr_of(url: &str) -> SocketAddr {
+    url.split("://")
+        .nth(1)
+        .expect("url has scheme")
+        .trim_end_matches('/')
+        .parse()
+        .expect("url has socket address")
+}
+
+/// Hides a body's length, so it goes out chunked.
+pub struct Unsized<B>(pub B);
+
+impl<B: http_body::Body + Unpin> http_body::Body for Unsized<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.0).poll_frame(cx)
+    }
+}

@@ -1,0 +1,25 @@
+//! The integration suite: one binary, one module per behaviour, all over real sockets on
+//! loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+/// Admin endpoints and metrics.
+mod admin;
+/// The command line: check, certs, version.
+mod cli;
+/// `Expect: 100-continue` is answered by the upstream, never the gateway.
+mod expect_continue;
+/// A GiB each way through the gateway process, with flat memory.
+mod large_bodies;
+/// NTLM/Negotiate: one pinned upstream connection per client connection.
+mod ntlm_pinning;
+/// h1 and h2 through TLS, bodies byte-identical both ways, header rules, routing.
+mod passthrough;
+/// SIGHUP reload and SIGTERM drain on the real binary.
+mod signals;
+/// Request smuggling attempts and malformed framing get 400 and a closed connection.
+mod smuggling;
+/// Header, body, upstream and streaming timeouts; upstream down.
+mod timeouts;
