@@ -74,9 +74,10 @@ pub fn wants_close(headers: &HeaderMap) -> bool {
 }
 
 /// Refuses framing a front-end and a back-end could read differently. hyper already rejects
-/// differing duplicate `Content-Length`s and a final coding other than chunked; what reaches
-/// here and is still refused: any coding besides `chunked` (`gzip, chunked`, repeated
-/// `chunked`), and `Content-Length` together with `Transfer-Encoding`.
+/// differing duplicate `Content-Length`s and a final coding other than chunked, and the
+/// [`framing`](super::framing) guard refuses `Content-Length` with `Transfer-Encoding` on
+/// HTTP/1.1 before hyper repairs it. Refused here: any coding besides a single `chunked`
+/// (`gzip, chunked`, `chunked, chunked`), and both headers together (a second line of defence).
 pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     let mut codings = 0;
     for value in headers.get_all(header::TRANSFER_ENCODING) {

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod respond;

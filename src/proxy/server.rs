@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use super::framing::FramingGuard;
 use super::stack::connection_service;
 use super::{ConnContext, Proxy};
 
@@ -117,18 +118,34 @@ async fn serve_connection(
             };
             let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             let builder = state.server.clone();
-            let builder = match alpn.as_deref() {
-                Some(b"h2") => builder.http2_only(),
-                Some(b"http/1.1") => builder.http1_only(),
-                _ => builder,
-            };
-            drive(&proxy, builder, tls, peer, true, stop).await;
+            match alpn.as_deref() {
+                Some(b"h2") => drive(&proxy, builder.http2_only(), tls, peer, true, stop).await,
+                Some(b"http/1.1") => {
+                    let guarded = guard(tls, &state.limits);
+                    drive(&proxy, builder.http1_only(), guarded, peer, true, stop).await
+                }
+                _ => drive(&proxy, builder, guard(tls, &state.limits), peer, true, stop).await,
+            }
         }
         None => {
+            // Plaintext: HTTP/1.1 or HTTP/2 with prior knowledge; the guard steps aside for the
+            // HTTP/2 preface.
             let builder = state.server.clone();
-            drive(&proxy, builder, tcp, peer, false, stop).await;
+            drive(
+                &proxy,
+                builder,
+                guard(tcp, &state.limits),
+                peer,
+                false,
+                stop,
+            )
+            .await;
         }
     }
+}
+
+fn guard<IO>(io: IO, limits: &crate::config::LimitsConfig) -> FramingGuard<IO> {
+    FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
 }
 
 async fn drive<I>(

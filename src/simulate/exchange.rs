@@ -373,7 +373,7 @@ async fn respond(
                     .collect()
                     .await;
             }
-            return challenge;
+            return *challenge;
         }
     };
     let mut response = if path.eq_ignore_ascii_case("/ews/exchange.asmx")
@@ -411,7 +411,7 @@ fn authenticate(
     shared: &Shared,
     conn: &ConnState,
     req: &Request<Incoming>,
-) -> Result<Option<String>, Response<SimBody>> {
+) -> Result<Option<String>, Box<Response<SimBody>>> {
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -423,22 +423,22 @@ fn authenticate(
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             match auth.and_then(|a| a.strip_prefix("Basic ")) {
                 Some(given) if given.trim() == expected => Ok(Some(user.clone())),
-                _ => Err(challenge("Basic realm=\"simulated exchange\"")),
+                _ => Err(Box::new(challenge("Basic realm=\"simulated exchange\""))),
             }
         }
         AuthMode::Bearer => match auth.and_then(|a| a.strip_prefix("Bearer ")) {
             Some(token) if !token.trim().is_empty() => Ok(None),
-            _ => Err(challenge("Bearer")),
+            _ => Err(Box::new(challenge("Bearer"))),
         },
         AuthMode::Ntlm => {
             let Ok(mut state) = conn.ntlm.lock() else {
-                return Err(challenge("NTLM"));
+                return Err(Box::new(challenge("NTLM")));
             };
             match (auth.and_then(ntlm::parse_header), state.clone()) {
                 (Some(NtlmMessage::Negotiate), _) => {
                     let nonce: [u8; 8] = rand::random();
                     *state = NtlmState::Challenged(nonce);
-                    Err(challenge(&ntlm::challenge_header(nonce)))
+                    Err(Box::new(challenge(&ntlm::challenge_header(nonce))))
                 }
                 (
                     Some(NtlmMessage::Authenticate {
@@ -460,7 +460,7 @@ fn authenticate(
                 (_, NtlmState::Authenticated(who)) => Ok(Some(who)),
                 _ => {
                     *state = NtlmState::None;
-                    Err(challenge("NTLM"))
+                    Err(Box::new(challenge("NTLM")))
                 }
             }
         }

@@ -1,0 +1,421 @@
+//! The HTTP/1.1 framing guard: watches the bytes a client sends, request by request, and stops
+//! a request whose head carries both `Content-Length` and `Transfer-Encoding` before hyper sees
+//! it. hyper would repair such a request (drop `Content-Length`, close afterwards); an edge
+//! proxy refuses it with 400, as RFC 9112 §6.3 allows, because the two headers are how request
+//! smuggling starts. Everything else passes through byte for byte, and any framing it cannot
+//! follow it leaves to hyper's own parser.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What hyper is fed instead of a refused head: a request line it rejects with 400 and a
+/// closed connection.
+const REFUSAL: &[u8] = b"\x00 / HTTP/1.1\r\n\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Reading a chunk-size line; `digits` seen so far, `ext` once a `;` appeared.
+    Size {
+        size: u64,
+        digits: u8,
+        ext: bool,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// Trailer section after the last chunk; `len` of the current line.
+    Trailer {
+        len: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Collecting a request head (held back until complete).
+    Head,
+    Fixed(u64),
+    Chunked(Chunk),
+    /// Framing we do not follow (HTTP/2 preface, oversized or unparsable head): hyper decides.
+    Passthrough,
+    /// A refused head: hyper gets [`REFUSAL`], then end of stream.
+    Refused,
+}
+
+/// The sans-IO part: feed it client bytes, get back the bytes hyper may see.
+#[derive(Debug)]
+pub struct Tracker {
+    state: State,
+    head: Vec<u8>,
+    max_head: usize,
+    max_headers: usize,
+    at_start: bool,
+}
+
+impl Tracker {
+    pub fn new(max_head: usize, max_headers: usize) -> Tracker {
+        Tracker {
+            state: State::Head,
+            head: Vec::new(),
+            max_head,
+            max_headers,
+            at_start: true,
+        }
+    }
+
+    pub fn refused(&self) -> bool {
+        self.state == State::Refused
+    }
+
+    /// Consumes `input`, appending what may go on to hyper to `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            match self.state {
+                State::Passthrough => {
+                    out.extend_from_slice(input);
+                    return;
+                }
+                State::Refused => return,
+                State::Fixed(n) => {
+                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(input.len());
+                    out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Fixed(left)
+                    };
+                }
+                State::Chunked(chunk) => {
+                    let used = self.chunked(chunk, input);
+                    out.extend_from_slice(&input[..used]);
+                    input = &input[used..];
+                }
+                State::Head => {
+                    if self.at_start && input.starts_with(b"PRI * HTTP/2.0") {
+                        self.state = State::Passthrough;
+                        continue;
+                    }
+                    self.at_start = false;
+                    if self.head.is_empty() {
+                        // Empty lines between requests are allowed (RFC 9112 §2.2).
+                        let skip = input
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        out.extend_from_slice(&input[..skip]);
+                        input = &input[skip..];
+                        if input.is_empty() {
+                            return;
+                        }
+                    }
+                    let before = self.head.len();
+                    self.head.extend_from_slice(input);
+                    let search_from = before.saturating_sub(3);
+                    match find(&self.head[search_from..], b"\r\n\r\n") {
+                        Some(at) => {
+                            let end = search_from + at + 4;
+                            let rest = self.head.split_off(end);
+                            let head = std::mem::take(&mut self.head);
+                            self.state = self.classify(&head);
+                            if self.state == State::Refused {
+                                out.extend_from_slice(REFUSAL);
+                                return;
+                            }
+                            out.extend_from_slice(&head);
+                            input = &input[input.len() - rest.len()..];
+                        }
+                        None if self.head.len() > self.max_head => {
+                            // Too long for us to judge; hyper answers 431.
+                            out.append(&mut self.head);
+                            self.state = State::Passthrough;
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn classify(&self, head: &[u8]) -> State {
+        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers.max(16)];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return State::Passthrough,
+        }
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut transfer_encoding = false;
+        for h in request.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                if transfer_encoding {
+                    return State::Refused;
+                }
+                match std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    Some(n) => length = Some(n),
+                    None => return State::Passthrough,
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                if length.is_some() {
+                    return State::Refused;
+                }
+                transfer_encoding = true;
+                chunked = std::str::from_utf8(h.value)
+                    .map(|v| v.trim().eq_ignore_ascii_case("chunked"))
+                    .unwrap_or(false);
+            }
+        }
+        match (transfer_encoding, chunked, length) {
+            (true, true, _) => State::Chunked(Chunk::Size {
+                size: 0,
+                digits: 0,
+                ext: false,
+            }),
+            // hyper refuses other codings itself.
+            (true, false, _) => State::Passthrough,
+            (false, _, Some(n)) if n > 0 => State::Fixed(n),
+            _ => State::Head,
+        }
+    }
+
+    /// Follows chunked framing; returns how many bytes of `input` it consumed.
+    fn chunked(&mut self, mut chunk: Chunk, input: &[u8]) -> usize {
+        let mut used = 0;
+        while used < input.len() {
+            let byte = input[used];
+            chunk = match chunk {
+                Chunk::Data(n) => {
+                    let take = usize::try_from(n)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len() - used);
+                    used += take;
+                    let left = n - take as u64;
+                    if left > 0 {
+                        self.state = State::Chunked(Chunk::Data(left));
+                        return used;
+                    }
+                    chunk = Chunk::DataCr;
+                    self.state = State::Chunked(chunk);
+                    continue;
+                }
+                Chunk::Size { size, digits, ext } => match byte {
+                    b'\n' if digits > 0 => {
+                        if size == 0 {
+                            Chunk::Trailer { len: 0 }
+                        } else {
+                            Chunk::Data(size)
+                        }
+                    }
+                    b'\r' => chunk,
+                    _ if ext => chunk,
+                    b';' => Chunk::Size {
+                        size,
+                        digits,
+                        ext: true,
+                    },
+                    b' ' | b'\t' => chunk,
+                    _ => match (byte as char).to_digit(16) {
+                        Some(d) if digits < 16 => Chunk::Size {
+                            size: size * 16 + u64::from(d),
+                            digits: digits + 1,
+                            ext,
+                        },
+                        _ => {
+                            self.state = State::Passthrough;
+                            return used;
+                        }
+                    },
+                },
+                Chunk::DataCr if byte == b'\r' => Chunk::DataLf,
+                Chunk::DataLf if byte == b'\n' => Chunk::Size {
+                    size: 0,
+                    digits: 0,
+                    ext: false,
+                },
+                Chunk::DataCr | Chunk::DataLf => {
+                    self.state = State::Passthrough;
+                    return used;
+                }
+                Chunk::Trailer { len } => match byte {
+                    b'\n' if len == 0 => {
+                        used += 1;
+                        self.state = State::Head;
+                        return used;
+                    }
+                    b'\n' => Chunk::Trailer { len: 0 },
+                    b'\r' => chunk,
+                    _ => Chunk::Trailer { len: len + 1 },
+                },
+            };
+            used += 1;
+            self.state = State::Chunked(chunk);
+        }
+        used
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+pin_project_lite::pin_project! {
+    /// An IO wrapper that runs a [`Tracker`] over what the client sends.
+    pub struct FramingGuard<IO> {
+        #[pin]
+        io: IO,
+        tracker: Tracker,
+        ready: Vec<u8>,
+        ready_at: usize,
+        scratch: Box<[u8]>,
+    }
+}
+
+impl<IO> FramingGuard<IO> {
+    pub fn new(io: IO, max_head: usize, max_headers: usize) -> Self {
+        FramingGuard {
+            io,
+            tracker: Tracker::new(max_head, max_headers),
+            ready: Vec::new(),
+            ready_at: 0,
+            scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
+        }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for FramingGuard<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        loop {
+            if *this.ready_at < this.ready.len() {
+                let pending = &this.ready[*this.ready_at..];
+                let n = pending.len().min(buf.remaining());
+                buf.put_slice(&pending[..n]);
+                *this.ready_at += n;
+                if *this.ready_at == this.ready.len() {
+                    this.ready.clear();
+                    *this.ready_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.tracker.refused() {
+                return Poll::Ready(Ok(())); // end of stream after the refusal
+            }
+            let mut scratch = ReadBuf::new(this.scratch);
+            ready!(this.io.as_mut().poll_read(cx, &mut scratch))?;
+            let filled = scratch.filled();
+            if filled.is_empty() {
+                // The client closed; whatever head was held is incomplete anyway.
+                return Poll::Ready(Ok(()));
+            }
+            this.tracker.feed(filled, this.ready);
+        }
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], split: usize) -> (Vec<u8>, bool) {
+        let mut t = Tracker::new(64 * 1024, 100);
+        let mut out = Vec::new();
+        for piece in input.chunks(split.max(1)) {
+            t.feed(piece, &mut out);
+        }
+        (out, t.refused())
+    }
+
+    #[test]
+    fn well_framed_pipelines_pass_unchanged_however_they_are_split() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: 1\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nwxyzGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in [1, 2, 3, 7, 64, 4096] {
+            let (out, refused) = run(input, split);
+            assert!(!refused, "split {split}");
+            assert_eq!(out, input, "split {split}");
+        }
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused_in_either_order() {
+        for input in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                [..],
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+                [..],
+        ] {
+            for split in [1, 5, 4096] {
+                let (out, refused) = run(input, split);
+                assert!(refused);
+                assert_eq!(out, REFUSAL);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_request_after_a_good_one_keeps_the_good_one() {
+        let good = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (out, refused) = run(&[&good[..], &bad[..]].concat(), 4096);
+        assert!(refused);
+        assert_eq!(out, [&good[..], REFUSAL].concat());
+    }
+
+    #[test]
+    fn http2_preface_and_garbage_are_left_to_hyper() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00";
+        assert_eq!(run(preface, 4096), (preface.to_vec(), false));
+        let garbage = b"\x16\x03\x01 not http\r\n\r\nmore";
+        assert_eq!(run(garbage, 3), (garbage.to_vec(), false));
+    }
+
+    #[test]
+    fn oversized_heads_are_released_for_hyper_to_refuse() {
+        let mut t = Tracker::new(100, 100);
+        let mut out = Vec::new();
+        let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 200]].concat();
+        t.feed(&head, &mut out);
+        assert_eq!(out, head);
+    }
+}
