@@ -86,3 +86,22 @@ async fn pipelined_well_framed_requests_still_work() {
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_headers_get_431() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nmax_header_count = 20\n",
+    )
+    .await;
+    let mut raw = b"GET /v1.0/me/messages HTTP/1.1\r\nHost: mail\r\n".to_vec();
+    for i in 0..40 {
+        raw.extend_from_slice(format!("X-Filler-{i}: {i}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    let answer = exchange(gw.gateway.proxy_addr(), &raw).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert_eq!(sim.stats().requests, 0);
+    gw.gateway.shutdown().await;
+}

@@ -65,6 +65,7 @@ pub async fn forward(
         &mut parts.headers,
         ClientFacts {
             peer: conn.peer.ip(),
+            peer_value: &conn.peer_value,
             tls: conn.tls,
             trusted: &state.listener.trusted_proxies,
         },

@@ -11,9 +11,9 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What hyper is fed instead of a refused head: a request line it rejects with 400 and a
-/// closed connection.
-const REFUSAL: &[u8] = b"\x00 / HTTP/1.1\r\n\r\n";
+/// What hyper is fed instead of a refused head's final line feed: whether the head so far ends
+/// in `\n` or `\r\n\r`, a NUL there is a parse error hyper answers with 400 and a close.
+const REFUSAL: &[u8] = b"\x00\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
@@ -114,27 +114,31 @@ impl Tracker {
                     }
                     let before = self.head.len();
                     self.head.extend_from_slice(input);
-                    let search_from = before.saturating_sub(3);
-                    match find(&self.head[search_from..], b"\r\n\r\n") {
-                        Some(at) => {
-                            let end = search_from + at + 4;
-                            let rest = self.head.split_off(end);
+                    match head_end(&self.head, before.saturating_sub(2)) {
+                        Some(end) => {
+                            // Everything but the head's final line feed is already with hyper
+                            // (so its header timeout runs); that last byte waits for the verdict.
+                            let used = end - before;
+                            self.head.truncate(end);
                             let head = std::mem::take(&mut self.head);
                             self.state = self.classify(&head);
                             if self.state == State::Refused {
+                                out.extend_from_slice(&input[..used - 1]);
                                 out.extend_from_slice(REFUSAL);
                                 return;
                             }
-                            out.extend_from_slice(&head);
-                            input = &input[input.len() - rest.len()..];
+                            out.extend_from_slice(&input[..used]);
+                            input = &input[used..];
                         }
-                        None if self.head.len() > self.max_head => {
-                            // Too long for us to judge; hyper answers 431.
-                            out.append(&mut self.head);
-                            self.state = State::Passthrough;
+                        None => {
+                            out.extend_from_slice(input);
+                            if self.head.len() > self.max_head {
+                                // Too long for us to judge; hyper answers 431.
+                                self.head = Vec::new();
+                                self.state = State::Passthrough;
+                            }
                             return;
                         }
-                        None => return,
                     }
                 }
             }
@@ -262,8 +266,21 @@ impl Tracker {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The end of a request head (just past the line feed of its empty line), searching from
+/// `from`. Like hyper's parser, a bare `\n` ends a line too.
+fn head_end(head: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < head.len() {
+        if head[i] == b'\n' {
+            match head.get(i + 1) {
+                Some(b'\n') => return Some(i + 2),
+                Some(b'\r') if head.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 pin_project_lite::pin_project! {
@@ -385,10 +402,11 @@ mod tests {
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
                 [..],
         ] {
+            let head_len = input.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
             for split in [1, 5, 4096] {
                 let (out, refused) = run(input, split);
                 assert!(refused);
-                assert_eq!(out, REFUSAL);
+                assert_eq!(out, [&input[..head_len - 1], REFUSAL].concat());
             }
         }
     }
@@ -399,7 +417,26 @@ mod tests {
         let bad = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         let (out, refused) = run(&[&good[..], &bad[..]].concat(), 4096);
         assert!(refused);
-        assert_eq!(out, [&good[..], REFUSAL].concat());
+        assert_eq!(out, [&good[..], &bad[..bad.len() - 1], REFUSAL].concat());
+    }
+
+    #[test]
+    fn bare_line_feeds_do_not_hide_a_head() {
+        let input = b"POST / HTTP/1.1\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        for split in [1, 3, 4096] {
+            let (_, refused) = run(input, split);
+            assert!(refused, "split {split}");
+        }
+        let fine = b"GET / HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(run(fine, 2), (fine.to_vec(), false));
+    }
+
+    #[test]
+    fn partial_heads_reach_hyper_at_once_so_its_header_timeout_runs() {
+        let mut t = Tracker::new(64 * 1024, 100);
+        let mut out = Vec::new();
+        t.feed(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: x\r\n");
     }
 
     #[test]
@@ -417,5 +454,46 @@ mod tests {
         let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 200]].concat();
         t.feed(&head, &mut out);
         assert_eq!(out, head);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_never_invents_bytes(input in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), split in 1usize..64) {
+            let (out, refused) = run(&input, split);
+            if refused {
+                proptest::prop_assert!(out.ends_with(REFUSAL));
+                proptest::prop_assert!(input.starts_with(&out[..out.len() - REFUSAL.len()]));
+            } else {
+                proptest::prop_assert_eq!(out, input);
+            }
+        }
+
+        #[test]
+        fn well_framed_requests_pass_whatever_the_split(
+            bodies in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..5),
+            chunked in proptest::collection::vec(proptest::bool::ANY, 5),
+            split in 1usize..97,
+        ) {
+            let mut input = Vec::new();
+            for (i, body) in bodies.iter().enumerate() {
+                if chunked[i] {
+                    input.extend_from_slice(b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    for piece in body.chunks(7) {
+                        input.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                        input.extend_from_slice(piece);
+                        input.extend_from_slice(b"\r\n");
+                    }
+                    input.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    input.extend_from_slice(format!("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+                    input.extend_from_slice(body);
+                }
+            }
+            input.extend_from_slice(b"POST /smuggle HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let (out, refused) = run(&input, split);
+            proptest::prop_assert!(refused, "the final smuggling head was not refused");
+            proptest::prop_assert!(input.starts_with(&out[..out.len() - REFUSAL.len()]));
+            proptest::prop_assert_eq!(out.len() - REFUSAL.len(), input.len() - 1);
+        }
     }
 }

@@ -119,11 +119,9 @@ fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
 /// HTTP/2 lets a client split `Cookie` into several fields; an HTTP/1.1 upstream needs one
 /// (RFC 9113 §8.2.3).
 pub fn join_cookies(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
-    };
-    let _ = first;
+    }
     let joined: Vec<u8> = headers
         .get_all(header::COOKIE)
         .iter()
@@ -140,6 +138,8 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientFacts<'a> {
     pub peer: IpAddr,
+    /// `peer` as a header value, rendered once per connection.
+    pub peer_value: &'a HeaderValue,
     pub tls: bool,
     pub trusted: &'a [IpNet],
 }
@@ -257,6 +257,7 @@ mod tests {
         ]);
         let untrusted = ClientFacts {
             peer: "192.0.2.1".parse().unwrap(),
+            peer_value: &HeaderValue::from_static("192.0.2.1"),
             tls: true,
             trusted: &trusted,
         };
@@ -271,6 +272,7 @@ mod tests {
         ]);
         let proxy = ClientFacts {
             peer: "10.1.2.3".parse().unwrap(),
+            peer_value: &HeaderValue::from_static("10.1.2.3"),
             tls: true,
             trusted: &trusted,
         };

@@ -159,6 +159,7 @@ impl Proxy {
 /// connections (one per upstream endpoint).
 pub struct ConnContext {
     pub peer: SocketAddr,
+    pub(crate) peer_value: http::HeaderValue,
     pub tls: bool,
     pub(crate) pinned: Mutex<Vec<upstream::PinnedConnection>>,
     pub(crate) has_pinned: AtomicBool,
@@ -170,6 +171,8 @@ impl ConnContext {
     pub fn new(peer: SocketAddr, tls: bool) -> ConnContext {
         ConnContext {
             peer,
+            peer_value: http::HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             tls,
             pinned: Mutex::new(Vec::new()),
             has_pinned: AtomicBool::new(false),
