@@ -19,6 +19,8 @@ mod ntlm_pinning;
 mod passthrough;
 /// SIGHUP reload and SIGTERM drain on the real binary.
 mod signals;
+/// The Exchange simulator's own behaviours: fixtures, faults, auth, TLS.
+mod simulator;
 /// Request smuggling attempts and malformed framing get 400 and a closed connection.
 mod smuggling;
 /// Header, body, upstream and streaming timeouts; upstream down.

@@ -166,3 +166,36 @@ async fn a_client_that_stalls_mid_body_gets_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nmax_connections = 2\n",
+    )
+    .await;
+    let request = b"GET /v1.0/me/messages HTTP/1.1\r\nHost: mail\r\n\r\n";
+    let mut first = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    let mut second = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    for s in [&mut first, &mut second] {
+        s.write_all(request).await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+    }
+    // The third is queued in the backlog: its request gets no answer while both stay open.
+    let mut third = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut buf = [0u8; 12];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read_exact(&mut buf)).await;
+    assert!(early.is_err(), "a connection beyond the limit was served");
+    assert_eq!(gw.gateway.proxy().metrics.connections_active.get(), 2);
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(10), third.read_exact(&mut buf))
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    gw.gateway.shutdown().await;
+}
