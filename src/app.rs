@@ -12,6 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, ListenerTls, UpstreamTarget};
+use crate::inspect::InspectLimits;
+use crate::inspect::decode::DecodeLimits;
+use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
+use crate::inspect::xml::XmlLimits;
+use crate::proxy::capture::{Budget, CaptureSink};
 use crate::proxy::server;
 use crate::proxy::{Proxy, ProxyBuildError, ProxyMetrics, ProxyState, Routes, UpstreamBase};
 use crate::simulate::fixtures::FixtureError;
@@ -37,6 +42,8 @@ pub enum AppError {
     Simulator(#[source] std::io::Error),
     #[error("{0}")]
     Reload(&'static str),
+    #[error("cannot start the inspection worker: {0}")]
+    Worker(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -51,6 +58,8 @@ pub struct Gateway {
     admin_task: JoinHandle<()>,
     simulator: Option<ExchangeSimulator>,
     config: Mutex<Config>,
+    inspect_metrics: Arc<InspectMetrics>,
+    recent: Arc<RecentObservations>,
 }
 
 /// Starts every part and returns once the listeners are bound and the gateway is ready.
@@ -70,9 +79,43 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
 
     let mut registry = telemetry::new_registry();
     let metrics = Arc::new(ProxyMetrics::register(&mut registry));
+    let inspect_metrics = Arc::new(InspectMetrics::register(&mut registry));
+    let recent = RecentObservations::new(1024);
+    let capture = if config.inspect.enabled {
+        let i = &config.inspect;
+        let (queue, captures) = tokio::sync::mpsc::channel(i.queue);
+        let budget = Budget::new(i.memory_budget);
+        let limits = InspectLimits {
+            xml: XmlLimits {
+                max_depth: i.xml_max_depth,
+                max_elements: i.xml_max_elements,
+            },
+            decode: DecodeLimits {
+                max_output: i.decoded_limit,
+                max_ratio: i.max_ratio,
+            },
+        };
+        worker::spawn(
+            captures,
+            budget.clone(),
+            limits,
+            inspect_metrics.clone(),
+            recent.clone(),
+        )
+        .map_err(AppError::Worker)?;
+        Some(Arc::new(CaptureSink::new(
+            queue,
+            i.capture_limit,
+            budget,
+            metrics.captures.clone(),
+        )))
+    } else {
+        None
+    };
     let proxy = Arc::new(Proxy::new(
         ProxyState::build(&config, routes, &metrics)?,
         metrics,
+        capture,
     ));
 
     let listener = server::bind(config.listener.address).map_err(|source| AppError::Bind {
@@ -111,6 +154,8 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         admin_task,
         simulator,
         config: Mutex::new(config),
+        inspect_metrics,
+        recent,
     })
 }
 
@@ -160,6 +205,15 @@ impl Gateway {
 
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
+    }
+
+    pub fn inspect_metrics(&self) -> &InspectMetrics {
+        &self.inspect_metrics
+    }
+
+    /// The latest observations (at most 1024), oldest first.
+    pub fn recent_observations(&self) -> Vec<crate::inspect::Observation> {
+        self.recent.snapshot()
     }
 
     /// `https://127.0.0.1:8443` (or `http://…` on a plaintext listener).

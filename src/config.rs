@@ -75,6 +75,43 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     pub storage: RawStorage,
     pub runtime: RawRuntime,
+    pub inspect: RawInspect,
+}
+
+/// `[inspect]`: the bounded copy of traffic that inspection reads.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawInspect {
+    /// Copy and inspect EWS, Graph and Autodiscover exchanges.
+    pub enabled: bool,
+    /// Largest body copied per request or response; beyond it the copy is truncated (and the
+    /// traffic still flows whole).
+    pub capture_limit: ByteSize,
+    /// Exchanges waiting for inspection; when full, new copies are dropped and counted.
+    pub queue: usize,
+    /// Bytes all waiting copies may hold together.
+    pub memory_budget: ByteSize,
+    /// Largest decoded (decompressed) body.
+    pub decoded_limit: ByteSize,
+    /// Largest decompression ratio accepted.
+    pub max_ratio: usize,
+    pub xml_max_depth: usize,
+    pub xml_max_elements: usize,
+}
+
+impl Default for RawInspect {
+    fn default() -> Self {
+        RawInspect {
+            enabled: true,
+            capture_limit: ByteSize(4 << 20),
+            queue: 1024,
+            memory_budget: ByteSize(256 << 20),
+            decoded_limit: ByteSize(16 << 20),
+            max_ratio: 100,
+            xml_max_depth: 64,
+            xml_max_elements: 250_000,
+        }
+    }
 }
 
 /// `[listener]`: where clients connect.
@@ -386,6 +423,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub storage: StorageConfig,
     pub runtime: RuntimeConfig,
+    pub inspect: InspectConfig,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
 }
@@ -475,6 +513,18 @@ pub struct ShutdownConfig {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct InspectConfig {
+    pub enabled: bool,
+    pub capture_limit: usize,
+    pub queue: usize,
+    pub memory_budget: u64,
+    pub decoded_limit: usize,
+    pub max_ratio: usize,
+    pub xml_max_depth: usize,
+    pub xml_max_elements: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -718,8 +768,38 @@ impl RawConfig {
             ));
         }
 
+        let inspect = {
+            let i = &self.inspect;
+            at_least("inspect.capture_limit", i.capture_limit.0, 4096)?;
+            at_least("inspect.queue", i.queue as u64, 1)?;
+            at_least("inspect.memory_budget", i.memory_budget.0, i.capture_limit.0.saturating_mul(2))
+                .map_err(|_| {
+                    ConfigError::invalid(
+                        "inspect.memory_budget",
+                        "is smaller than two capture_limits",
+                        "raise memory_budget or lower capture_limit; one exchange holds a request and a response copy",
+                    )
+                })?;
+            at_least("inspect.decoded_limit", i.decoded_limit.0, 4096)?;
+            at_least("inspect.max_ratio", i.max_ratio as u64, 2)?;
+            at_least("inspect.xml_max_depth", i.xml_max_depth as u64, 16)?;
+            at_least("inspect.xml_max_elements", i.xml_max_elements as u64, 1000)?;
+            let size = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
+            InspectConfig {
+                enabled: i.enabled,
+                capture_limit: size(i.capture_limit),
+                queue: i.queue,
+                memory_budget: i.memory_budget.0,
+                decoded_limit: size(i.decoded_limit),
+                max_ratio: i.max_ratio,
+                xml_max_depth: i.xml_max_depth,
+                xml_max_elements: i.xml_max_elements,
+            }
+        };
+
         Ok(Config {
             listener,
+            inspect,
             upstreams,
             limits,
             admin,

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod inspect;
 pub mod proxy;
 pub mod simulate;
 pub mod telemetry;

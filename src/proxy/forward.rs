@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty};
+use super::capture::{Side, Tee};
 use super::headers::{self, ClientFacts};
 use super::respond::ProxyError;
 use super::route::RouteClass;
@@ -59,6 +60,32 @@ pub async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
 
+    // The copy for inspection starts from the head as the client sent it.
+    let capture = match &proxy.capture {
+        Some(sink) if class != RouteClass::Other => {
+            let connection_auth = conn.windows_auth.lock().ok().and_then(|mut last| {
+                if windows_auth {
+                    *last = parts.headers.get(header::AUTHORIZATION).cloned();
+                }
+                last.clone()
+            });
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            Some(sink.begin(
+                conn.id,
+                &parts.method,
+                pq,
+                class,
+                &parts.headers,
+                connection_auth,
+            ))
+        }
+        _ => None,
+    };
+
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
     headers::set_forwarded(
@@ -87,6 +114,9 @@ pub async fn forward(
     let outcome = Arc::new(BodyOutcome::default());
     let continue_seen = Arc::new(Notify::new());
     let body = if body.is_end_stream() {
+        if let Some(c) = &capture {
+            c.no_request_body();
+        }
         empty()
     } else {
         let mut guarded = Guarded::new(
@@ -106,7 +136,10 @@ pub async fn forward(
                 let _ = tokio::time::timeout(wait, seen.notified()).await;
             });
         }
-        guarded.boxed_unsync()
+        match &capture {
+            Some(c) => Tee::new(guarded, Side::Request, c.clone()).boxed_unsync(),
+            None => guarded.boxed_unsync(),
+        }
     };
     let mut upstream_request = Request::from_parts(parts, body);
     if expect_continue {
@@ -154,7 +187,14 @@ pub async fn forward(
     } else {
         state.timeouts.idle_timeout
     };
-    let body = Guarded::new(body, idle, metrics.bytes_from_upstream.clone()).boxed_unsync();
+    let body = Guarded::new(body, idle, metrics.bytes_from_upstream.clone());
+    let body = match capture {
+        Some(c) => {
+            c.response_head(parts.status.as_u16(), &parts.headers);
+            Tee::new(body, Side::Response, c).boxed_unsync()
+        }
+        None => body.boxed_unsync(),
+    };
     Ok(Response::from_parts(parts, body))
 }
 

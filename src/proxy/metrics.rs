@@ -51,6 +51,7 @@ pub struct ProxyMetrics {
     pub bytes_from_upstream: Counter,
     errors: Family<KindLabels, Counter>,
     reuse_ratio: Gauge<f64, AtomicU64>,
+    pub captures: super::capture::CaptureMetrics,
     pub config_reloads_ok: Counter,
     pub config_reloads_failed: Counter,
     pub ready: Gauge,
@@ -138,10 +139,26 @@ impl ProxyMetrics {
             bytes_from_upstream,
             errors: Family::default(),
             reuse_ratio: Gauge::default(),
+            captures: super::capture::CaptureMetrics::default(),
             config_reloads_ok,
             config_reloads_failed,
             ready: Gauge::default(),
         };
+        registry.register(
+            "captures_handed_off",
+            "Exchange copies handed to inspection",
+            m.captures.handed_off.clone(),
+        );
+        registry.register(
+            "captures_dropped",
+            "Exchange copies dropped because the inspection queue or memory budget was full",
+            m.captures.dropped.clone(),
+        );
+        registry.register(
+            "captures_truncated",
+            "Exchange copies cut at the capture limit",
+            m.captures.truncated.clone(),
+        );
         registry.register(
             "connections_accepted",
             "Client connections accepted",

@@ -4,6 +4,7 @@
 //! stage.
 
 pub mod body;
+pub mod capture;
 pub mod forward;
 pub mod framing;
 pub mod headers;
@@ -122,10 +123,16 @@ pub struct Proxy {
     /// One permit per open client connection; draining waits until all are back.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) max_connections: usize,
+    /// Where copies of exchanges go for inspection; `None` when inspection is off.
+    pub(crate) capture: Option<Arc<capture::CaptureSink>>,
 }
 
 impl Proxy {
-    pub fn new(state: ProxyState, metrics: Arc<ProxyMetrics>) -> Proxy {
+    pub fn new(
+        state: ProxyState,
+        metrics: Arc<ProxyMetrics>,
+        capture: Option<Arc<capture::CaptureSink>>,
+    ) -> Proxy {
         let max = state.limits.max_connections;
         Proxy {
             state: ArcSwap::from_pointee(state),
@@ -133,6 +140,7 @@ impl Proxy {
             ready: AtomicBool::new(false),
             connections: Arc::new(Semaphore::new(max)),
             max_connections: max,
+            capture,
         }
     }
 
@@ -158,6 +166,8 @@ impl Proxy {
 /// Per client connection: who it is and, once Windows auth appears, its pinned upstream
 /// connections (one per upstream endpoint).
 pub struct ConnContext {
+    /// Unique per process, for grouping exchanges of one client connection.
+    pub id: u64,
     pub peer: SocketAddr,
     pub(crate) peer_value: http::HeaderValue,
     pub tls: bool,
@@ -165,11 +175,16 @@ pub struct ConnContext {
     pub(crate) has_pinned: AtomicBool,
     /// Notified when a pinned upstream connection ends; the client connection then closes.
     pub upstream_closed: Arc<Notify>,
+    /// The last Windows-auth `Authorization` value seen here, for inspection's identity.
+    pub(crate) windows_auth: std::sync::Mutex<Option<http::HeaderValue>>,
 }
+
+static CONNECTION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl ConnContext {
     pub fn new(peer: SocketAddr, tls: bool) -> ConnContext {
         ConnContext {
+            id: CONNECTION_IDS.fetch_add(1, Ordering::Relaxed),
             peer,
             peer_value: http::HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
@@ -177,6 +192,7 @@ impl ConnContext {
             pinned: Mutex::new(Vec::new()),
             has_pinned: AtomicBool::new(false),
             upstream_closed: Arc::new(Notify::new()),
+            windows_auth: std::sync::Mutex::new(None),
         }
     }
 }

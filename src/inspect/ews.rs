@@ -1,0 +1,533 @@
+//! EWS SOAP exchanges into observations. The operation is the first element child of
+//! `soap:Body`; per-item results count only with `ResponseClass="Success"`, matched to the
+//! request by position; faults and per-item errors yield no observation and are reported by
+//! response code.
+
+use super::model::{
+    Address, CategoryMode, Message, Observation, Origin, Source, Transfer, normalize_message_id,
+    normalize_timestamp,
+};
+use super::xml::{Node, Ns, Tree};
+
+/// What one EWS exchange produced.
+#[derive(Debug, Default)]
+pub struct EwsOutcome {
+    pub operation: Option<String>,
+    pub observations: Vec<Observation>,
+    /// Response codes of faults and failed items.
+    pub failures: Vec<String>,
+}
+
+/// Item elements that are messages for tracking purposes.
+const MESSAGE_ITEMS: [&str; 5] = [
+    "Message",
+    "MeetingRequest",
+    "MeetingResponse",
+    "MeetingCancellation",
+    "PostItem",
+];
+
+/// The mailbox an EWS request acts on, when the request says so itself: impersonation first,
+/// then a delegate `Mailbox` inside a distinguished folder id. Lower-cased.
+pub fn request_mailbox(request: &Tree) -> Option<String> {
+    if let Some(sid) = request
+        .header()
+        .and_then(|h| h.path(&["ExchangeImpersonation", "ConnectingSID"]))
+    {
+        for field in ["PrimarySmtpAddress", "SmtpAddress", "PrincipalName", "SID"] {
+            if let Some(v) = sid.child_text(field) {
+                return Some(v.to_lowercase());
+            }
+        }
+    }
+    let op = request.body_child().ok()?;
+    let mut folders = Vec::new();
+    op.descendants("DistinguishedFolderId", &mut folders);
+    folders
+        .iter()
+        .find_map(|f| f.path(&["Mailbox", "EmailAddress"]))
+        .map(|m| m.text().to_lowercase())
+        .filter(|m| !m.is_empty())
+}
+
+/// Inspects one exchange. `request` is needed for sends, moves, category changes and folder
+/// names; `response` for everything Exchange confirmed.
+pub fn inspect(
+    request: Option<&Tree>,
+    response: Option<&Tree>,
+    mailbox: Option<String>,
+) -> EwsOutcome {
+    let mut out = EwsOutcome::default();
+    let req_op = request.and_then(|t| t.body_child().ok());
+    let resp_op = response.and_then(|t| t.body_child().ok());
+    let operation = match (req_op, resp_op) {
+        (Some(r), _) => r.name().to_owned(),
+        (None, Some(r)) => r.name().trim_end_matches("Response").to_owned(),
+        _ => return out,
+    };
+    out.operation = Some(operation.clone());
+    let Some(resp_op) = resp_op else {
+        return out;
+    };
+    if resp_op.ns() == Ns::Soap && resp_op.name() == "Fault" {
+        out.failures.push(fault_code(resp_op));
+        return out;
+    }
+    let results: Vec<Node<'_>> = resp_op
+        .child(Ns::Messages, "ResponseMessages")
+        .map(|m| m.children().collect())
+        .unwrap_or_default();
+    let mut ok = Vec::with_capacity(results.len());
+    for r in &results {
+        let success = r.attr("ResponseClass") == Some("Success");
+        if !success {
+            out.failures.push(
+                r.child_text("ResponseCode")
+                    .unwrap_or_else(|| "ErrorUnknown".into()),
+            );
+        }
+        ok.push(success);
+    }
+    let origin = Origin {
+        mailbox,
+        source: Source::Ews,
+        operation: operation.clone(),
+    };
+    let req = req_op;
+    match operation.as_str() {
+        "GetItem" => {
+            for r in successes(&results, &ok) {
+                for item in items(r.child(Ns::Messages, "Items")) {
+                    out.observations.push(seen(&origin, item, None, false));
+                }
+            }
+        }
+        "FindItem" => {
+            let folder = req.and_then(|r| first_folder(r.child(Ns::Messages, "ParentFolderIds")));
+            for r in successes(&results, &ok) {
+                for item in items(r.path(&["RootFolder", "Items"])) {
+                    out.observations
+                        .push(seen(&origin, item, folder.clone(), false));
+                }
+            }
+        }
+        "SyncFolderItems" => {
+            let folder = req.and_then(|r| first_folder(r.child(Ns::Messages, "SyncFolderId")));
+            let initial = req.is_some_and(|r| r.child_text("SyncState").is_none());
+            for r in successes(&results, &ok) {
+                let Some(changes) = r.child(Ns::Messages, "Changes") else {
+                    continue;
+                };
+                for change in changes
+                    .children()
+                    .filter(|c| c.name() == "Create" || c.name() == "Update")
+                {
+                    for item in items(Some(change)) {
+                        out.observations
+                            .push(seen(&origin, item, folder.clone(), initial));
+                    }
+                }
+            }
+        }
+        "CreateItem" => {
+            if let Some(r) = req.filter(|r| sends(r.attr("MessageDisposition"))) {
+                let saved = saved_folder(r);
+                let requested: Vec<Node<'_>> = r
+                    .child(Ns::Messages, "Items")
+                    .map(|i| i.children().collect())
+                    .unwrap_or_default();
+                for (i, item) in requested.iter().enumerate() {
+                    if !ok.get(i).copied().unwrap_or(false) {
+                        continue;
+                    }
+                    let via = match item.name() {
+                        "Message" => "CreateItem".to_owned(),
+                        other => other.to_owned(),
+                    };
+                    out.observations.push(Observation::MessageSent {
+                        origin: origin.clone(),
+                        via,
+                        message: message_fields(*item),
+                        draft_item_ids: Vec::new(),
+                        reference_item_id: item
+                            .child(Ns::Types, "ReferenceItemId")
+                            .and_then(|n| n.attr("Id"))
+                            .map(str::to_owned),
+                        saved_to_folder: saved.clone(),
+                    });
+                }
+            }
+        }
+        "SendItem" => {
+            if let Some(r) = req {
+                let saved = if r.attr("SaveItemToFolder") == Some("false") {
+                    None
+                } else {
+                    saved_folder(r).or_else(|| Some("sentitems".to_owned()))
+                };
+                for (i, id) in item_ids(r.child(Ns::Messages, "ItemIds"))
+                    .into_iter()
+                    .enumerate()
+                {
+                    if ok.get(i).copied().unwrap_or(false) {
+                        out.observations.push(Observation::MessageSent {
+                            origin: origin.clone(),
+                            via: "SendItem".into(),
+                            message: Message::default(),
+                            draft_item_ids: vec![id],
+                            reference_item_id: None,
+                            saved_to_folder: saved.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        "UpdateItem" => {
+            if let Some(r) = req {
+                let changes: Vec<Node<'_>> = r
+                    .child(Ns::Messages, "ItemChanges")
+                    .map(|c| c.all("ItemChange").collect())
+                    .unwrap_or_default();
+                let send = sends(r.attr("MessageDisposition"));
+                for (i, change) in changes.iter().enumerate() {
+                    if !ok.get(i).copied().unwrap_or(false) {
+                        continue;
+                    }
+                    let Some(id) = change.child(Ns::Types, "ItemId").and_then(|n| n.attr("Id"))
+                    else {
+                        continue;
+                    };
+                    if let Some((mode, categories)) = category_update(*change) {
+                        out.observations.push(Observation::CategoriesChanged {
+                            origin: origin.clone(),
+                            item_ids: vec![id.to_owned()],
+                            mode,
+                            categories,
+                        });
+                    }
+                    if send {
+                        out.observations.push(Observation::MessageSent {
+                            origin: origin.clone(),
+                            via: "UpdateItem".into(),
+                            message: Message::default(),
+                            draft_item_ids: vec![id.to_owned()],
+                            reference_item_id: None,
+                            saved_to_folder: saved_folder(r),
+                        });
+                    }
+                }
+            }
+        }
+        "MoveItem" | "CopyItem" => {
+            if let Some(r) = req {
+                let (destination_folder_id, destination_folder) =
+                    folder_ref(r.child(Ns::Messages, "ToFolderId"));
+                let mut transfer = Transfer {
+                    destination_folder_id,
+                    destination_folder,
+                    ..Transfer::default()
+                };
+                for (i, id) in item_ids(r.child(Ns::Messages, "ItemIds"))
+                    .into_iter()
+                    .enumerate()
+                {
+                    if !ok.get(i).copied().unwrap_or(false) {
+                        continue;
+                    }
+                    let new_id = results[i]
+                        .child(Ns::Messages, "Items")
+                        .and_then(|items| items.children().next())
+                        .and_then(|item| item.child(Ns::Types, "ItemId"))
+                        .and_then(|n| n.attr("Id"))
+                        .map(str::to_owned);
+                    transfer.item_ids.push(id);
+                    transfer.new_item_ids.push(new_id);
+                }
+                if !transfer.item_ids.is_empty() {
+                    out.observations.push(if operation == "MoveItem" {
+                        Observation::MessageMoved {
+                            origin: origin.clone(),
+                            transfer,
+                        }
+                    } else {
+                        Observation::MessageCopied {
+                            origin: origin.clone(),
+                            transfer,
+                        }
+                    });
+                }
+            }
+        }
+        "DeleteItem" => {
+            if let Some(r) = req.filter(|r| r.attr("DeleteType") == Some("MoveToDeletedItems")) {
+                let mut transfer = Transfer {
+                    destination_folder: Some("deleteditems".into()),
+                    ..Transfer::default()
+                };
+                for (i, id) in item_ids(r.child(Ns::Messages, "ItemIds"))
+                    .into_iter()
+                    .enumerate()
+                {
+                    if ok.get(i).copied().unwrap_or(false) {
+                        transfer.item_ids.push(id);
+                        transfer.new_item_ids.push(None);
+                    }
+                }
+                if !transfer.item_ids.is_empty() {
+                    out.observations.push(Observation::MessageMoved {
+                        origin: origin.clone(),
+                        transfer,
+                    });
+                }
+            }
+        }
+        "GetFolder" => {
+            let asked: Vec<(Option<String>, Option<String>)> = req
+                .and_then(|r| r.child(Ns::Messages, "FolderIds"))
+                .map(|ids| ids.children().map(|n| folder_ref(Some(n))).collect())
+                .unwrap_or_default();
+            for (i, r) in results.iter().enumerate() {
+                if !ok[i] {
+                    continue;
+                }
+                let name = asked.get(i).and_then(|(_, name)| name.clone());
+                for folder in r
+                    .child(Ns::Messages, "Folders")
+                    .into_iter()
+                    .flat_map(|f| f.children())
+                {
+                    if let Some(o) = folder_seen(&origin, folder, name.clone()) {
+                        out.observations.push(o);
+                    }
+                }
+            }
+        }
+        "FindFolder" => {
+            for r in successes(&results, &ok) {
+                for folder in r
+                    .path(&["RootFolder", "Folders"])
+                    .into_iter()
+                    .flat_map(|f| f.children())
+                {
+                    if let Some(o) = folder_seen(&origin, folder, None) {
+                        out.observations.push(o);
+                    }
+                }
+            }
+        }
+        "SyncFolderHierarchy" => {
+            for r in successes(&results, &ok) {
+                let Some(changes) = r.child(Ns::Messages, "Changes") else {
+                    continue;
+                };
+                for change in changes
+                    .children()
+                    .filter(|c| c.name() == "Create" || c.name() == "Update")
+                {
+                    for folder in change.children() {
+                        if let Some(o) = folder_seen(&origin, folder, None) {
+                            out.observations.push(o);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn successes<'t, 'a>(
+    results: &'a [Node<'t>],
+    ok: &'a [bool],
+) -> impl Iterator<Item = Node<'t>> + 'a {
+    results
+        .iter()
+        .zip(ok)
+        .filter(|(_, ok)| **ok)
+        .map(|(r, _)| *r)
+}
+
+fn items<'t>(container: Option<Node<'t>>) -> impl Iterator<Item = Node<'t>> {
+    container
+        .into_iter()
+        .flat_map(|c| c.children())
+        .filter(|i| MESSAGE_ITEMS.contains(&i.name()))
+}
+
+fn sends(disposition: Option<&str>) -> bool {
+    matches!(disposition, Some("SendOnly" | "SendAndSaveCopy"))
+}
+
+fn saved_folder(request: Node<'_>) -> Option<String> {
+    let (id, name) = folder_ref(request.child(Ns::Messages, "SavedItemFolderId"));
+    name.or(id)
+}
+
+/// (folder id, distinguished name) of a `FolderId` / `DistinguishedFolderId`, or of the first
+/// one inside a container such as `ToFolderId`.
+fn folder_ref(node: Option<Node<'_>>) -> (Option<String>, Option<String>) {
+    let Some(node) = node else {
+        return (None, None);
+    };
+    let target = if node.name() == "FolderId" || node.name() == "DistinguishedFolderId" {
+        node
+    } else {
+        match node.children().next() {
+            Some(c) => c,
+            None => return (None, None),
+        }
+    };
+    let id = target.attr("Id").map(str::to_owned);
+    match target.name() {
+        "DistinguishedFolderId" => (None, id.map(|s| s.to_ascii_lowercase())),
+        _ => (id, None),
+    }
+}
+
+fn first_folder(container: Option<Node<'_>>) -> Option<(Option<String>, Option<String>)> {
+    let r = folder_ref(container);
+    (r.0.is_some() || r.1.is_some()).then_some(r)
+}
+
+fn item_ids(container: Option<Node<'_>>) -> Vec<String> {
+    container
+        .into_iter()
+        .flat_map(|c| c.children())
+        .filter_map(|n| n.attr("Id").map(str::to_owned))
+        .collect()
+}
+
+fn seen(
+    origin: &Origin,
+    item: Node<'_>,
+    folder: Option<(Option<String>, Option<String>)>,
+    initial_sync: bool,
+) -> Observation {
+    let mut message = message_fields(item);
+    if let Some((id, name)) = folder {
+        if message.folder_id.is_none() {
+            message.folder_id = id;
+        }
+        message.folder = name;
+    }
+    Observation::MessageSeen {
+        origin: origin.clone(),
+        message,
+        initial_sync,
+    }
+}
+
+fn message_fields(item: Node<'_>) -> Message {
+    let attr_of = |name: &str| {
+        item.child(Ns::Types, name)
+            .and_then(|n| n.attr("Id"))
+            .map(str::to_owned)
+    };
+    let addresses = |name: &str| -> Vec<Address> {
+        item.child(Ns::Types, name)
+            .map(|list| list.all("Mailbox").map(address).collect())
+            .unwrap_or_default()
+    };
+    Message {
+        item_id: attr_of("ItemId"),
+        folder_id: attr_of("ParentFolderId"),
+        folder: None,
+        internet_message_id: item
+            .child_text("InternetMessageId")
+            .and_then(|v| normalize_message_id(&v)),
+        conversation_id: attr_of("ConversationId"),
+        conversation_index: item.child_text("ConversationIndex"),
+        in_reply_to: item
+            .child_text("InReplyTo")
+            .and_then(|v| normalize_message_id(&v)),
+        references: item.child_text("References"),
+        subject: item.child_text("Subject"),
+        from: item.path(&["From", "Mailbox"]).map(address),
+        sender: item.path(&["Sender", "Mailbox"]).map(address),
+        to: addresses("ToRecipients"),
+        cc: addresses("CcRecipients"),
+        bcc: addresses("BccRecipients"),
+        received_at: item
+            .child_text("DateTimeReceived")
+            .map(|t| normalize_timestamp(&t)),
+        sent_at: item
+            .child_text("DateTimeSent")
+            .map(|t| normalize_timestamp(&t)),
+        categories: item
+            .child(Ns::Types, "Categories")
+            .map(|c| c.all("String").map(|s| s.text().to_owned()).collect())
+            .unwrap_or_default(),
+        item_class: item.child_text("ItemClass"),
+        is_draft: item
+            .child_text("IsDraft")
+            .map(|v| v.eq_ignore_ascii_case("true")),
+    }
+}
+
+fn address(mailbox: Node<'_>) -> Address {
+    Address {
+        name: mailbox.child_text("Name"),
+        address: mailbox.child_text("EmailAddress"),
+        routing_type: mailbox.child_text("RoutingType"),
+    }
+}
+
+fn category_update(change: Node<'_>) -> Option<(CategoryMode, Vec<String>)> {
+    let updates = change.child(Ns::Types, "Updates")?;
+    for update in updates.children() {
+        let mode = match update.name() {
+            "SetItemField" => CategoryMode::Set,
+            "AppendToItemField" => CategoryMode::Append,
+            "DeleteItemField" => CategoryMode::Delete,
+            _ => continue,
+        };
+        let is_categories = update
+            .child(Ns::Types, "FieldURI")
+            .and_then(|f| f.attr("FieldURI"))
+            .is_some_and(|f| f.eq_ignore_ascii_case("item:Categories"));
+        if !is_categories {
+            continue;
+        }
+        let categories = update
+            .children()
+            .find(|c| c.name() != "FieldURI")
+            .and_then(|item| item.child(Ns::Types, "Categories"))
+            .map(|c| c.all("String").map(|s| s.text().to_owned()).collect())
+            .unwrap_or_default();
+        return Some((mode, categories));
+    }
+    None
+}
+
+fn folder_seen(origin: &Origin, folder: Node<'_>, name: Option<String>) -> Option<Observation> {
+    let folder_id = folder.child(Ns::Types, "FolderId")?.attr("Id")?.to_owned();
+    Some(Observation::FolderSeen {
+        origin: origin.clone(),
+        folder_id,
+        folder: name,
+        display_name: folder.child_text("DisplayName"),
+        parent_folder_id: folder
+            .child(Ns::Types, "ParentFolderId")
+            .and_then(|p| p.attr("Id"))
+            .map(str::to_owned),
+    })
+}
+
+/// The EWS response code of a SOAP fault (`detail/ResponseCode`), else the fault code's local part.
+fn fault_code(fault: Node<'_>) -> String {
+    let detail_code = fault
+        .children()
+        .find(|c| c.name() == "detail")
+        .and_then(|d| d.children().find(|c| c.name() == "ResponseCode"))
+        .map(|c| c.text().to_owned());
+    detail_code
+        .or_else(|| {
+            fault
+                .children()
+                .find(|c| c.name() == "faultcode")
+                .map(|c| c.text().rsplit(':').next().unwrap_or("").to_owned())
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "SoapFault".into())
+}

@@ -1,0 +1,203 @@
+//! Who owns the mailbox, from what the HTTP exchange shows (DESIGN §2.3): `X-AnchorMailbox`, a
+//! Graph `/users/{id}` path, then the authenticated principal — Basic user, bearer token claims
+//! (read, never trusted for authorisation: Exchange already accepted the request), or the NTLM
+//! AUTHENTICATE user and domain of the connection. EWS impersonation and delegate mailboxes come
+//! first and are read from the SOAP request in `ews`. Results are lower-cased.
+
+use base64::Engine as _;
+use http::HeaderMap;
+use serde::Deserialize;
+
+use super::ntlm::{self, NtlmMessage};
+
+/// The mailbox from HTTP-level hints, in precedence order.
+pub fn http_mailbox(
+    headers: &HeaderMap,
+    path: &str,
+    connection_auth: Option<&str>,
+) -> Option<String> {
+    anchor_mailbox(headers)
+        .or_else(|| graph_user(path))
+        .or_else(|| principal(headers, connection_auth))
+}
+
+fn anchor_mailbox(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("x-anchormailbox")?.to_str().ok()?.trim();
+    let value = ["smtp:", "upn:"]
+        .iter()
+        .find_map(|p| {
+            value
+                .get(..p.len())
+                .filter(|h| h.eq_ignore_ascii_case(p))
+                .map(|_| &value[p.len()..])
+        })
+        .unwrap_or(value);
+    (!value.is_empty()).then(|| value.to_lowercase())
+}
+
+/// `{id}` of `/v1.0/users/{id}/…` (or `/beta/…`), percent-decoded.
+pub fn graph_user(path: &str) -> Option<String> {
+    let mut segments = path.split('?').next()?.trim_start_matches('/').split('/');
+    let version = segments.next()?;
+    if !(version.eq_ignore_ascii_case("v1.0") || version.eq_ignore_ascii_case("beta")) {
+        return None;
+    }
+    if !segments.next()?.eq_ignore_ascii_case("users") {
+        return None;
+    }
+    let id = percent_decode(segments.next()?);
+    let id = id.trim_matches(|c| c == '\'' || c == '"');
+    (!id.is_empty()).then(|| id.to_lowercase())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The authenticated principal: Basic user, bearer claims, or NTLM user (`domain\user`).
+pub fn principal(headers: &HeaderMap, connection_auth: Option<&str>) -> Option<String> {
+    let auth = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(auth) = auth {
+        let (scheme, rest) = auth.split_once(' ').unwrap_or((auth, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            let user = text.split(':').next()?.trim();
+            return (!user.is_empty()).then(|| user.to_lowercase());
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return bearer_principal(rest.trim());
+        }
+    }
+    // Windows auth: the AUTHENTICATE message of this request or, later on the connection,
+    // the one that authenticated it.
+    [auth, connection_auth]
+        .into_iter()
+        .flatten()
+        .find_map(|value| match ntlm::parse_header(value)? {
+            NtlmMessage::Authenticate { domain, user, .. } if !user.is_empty() => {
+                Some(if domain.is_empty() {
+                    user.to_lowercase()
+                } else {
+                    format!("{domain}\\{user}").to_lowercase()
+                })
+            }
+            _ => None,
+        })
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    upn: Option<String>,
+    preferred_username: Option<String>,
+    unique_name: Option<String>,
+    email: Option<String>,
+    oid: Option<String>,
+}
+
+/// Reads the identifying claims of a JWT without verifying it.
+fn bearer_principal(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 16 * 1024 {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    [
+        claims.upn,
+        claims.preferred_username,
+        claims.unique_name,
+        claims.email,
+        claims.oid,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|v| v.trim().to_lowercase())
+    .find(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn precedence_anchor_then_graph_user_then_principal() {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("Svc@Contoso.example:pw")
+        );
+        let h = headers(&[
+            ("x-anchormailbox", "SMTP:Alex@Contoso.example"),
+            ("authorization", &basic),
+        ]);
+        assert_eq!(
+            http_mailbox(&h, "/EWS/Exchange.asmx", None).as_deref(),
+            Some("alex@contoso.example")
+        );
+        let h = headers(&[("authorization", &basic)]);
+        assert_eq!(
+            http_mailbox(&h, "/v1.0/users/Pat%40contoso.example/messages", None).as_deref(),
+            Some("pat@contoso.example")
+        );
+        assert_eq!(
+            http_mailbox(&h, "/v1.0/me/messages", None).as_deref(),
+            Some("svc@contoso.example")
+        );
+    }
+
+    #[test]
+    fn bearer_claims_are_read_not_trusted() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"none"}"#),
+            b64(r#"{"oid":"1234","upn":"Alex@Contoso.example"}"#)
+        );
+        let h = headers(&[("authorization", &format!("Bearer {token}"))]);
+        assert_eq!(principal(&h, None).as_deref(), Some("alex@contoso.example"));
+        let h = headers(&[("authorization", "Bearer not-a-jwt")]);
+        assert_eq!(principal(&h, None), None);
+    }
+
+    #[test]
+    fn ntlm_user_comes_from_the_connection() {
+        let auth = crate::simulate::ntlm::authenticate_header([0; 8], "CONTOSO", "Alex");
+        assert_eq!(
+            principal(&HeaderMap::new(), Some(&auth)).as_deref(),
+            Some("contoso\\alex")
+        );
+        let negotiate = crate::simulate::ntlm::negotiate_header();
+        assert_eq!(principal(&HeaderMap::new(), Some(&negotiate)), None);
+    }
+}

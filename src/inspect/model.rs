@@ -1,0 +1,345 @@
+//! Observations: what inspection saw in one exchange, free of protocol types, so later stages
+//! never learn whether it came from SOAP or JSON. Serialised as JSON with snake_case fields and
+//! a `kind` tag — the contract of `trackgate inspect`.
+
+use serde::Serialize;
+
+/// Where an observation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Ews,
+    Graph,
+}
+
+/// A mailbox address as a message carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Address {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `SMTP`, or `EX` for an X.500 address that the directory must map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_type: Option<String>,
+}
+
+/// A message's fields, as far as the exchange showed them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Message {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder_id: Option<String>,
+    /// Distinguished (well-known) folder name, when known: `inbox`, `sentitems`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// Normalised: unescaped, no angle brackets, trimmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internet_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_index: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub references: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Address>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<Address>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<Address>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bcc: Vec<Address>,
+    /// RFC 3339, UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_draft: Option<bool>,
+}
+
+/// Fields every observation carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The mailbox owner (DESIGN §2.3), lower-cased; `None` when the exchange did not show it.
+    pub mailbox: Option<String>,
+    pub source: Source,
+    /// The EWS operation or Graph action, e.g. `GetItem`, `sendMail`, `list_messages`.
+    pub operation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Observation {
+    MessageSeen {
+        #[serde(flatten)]
+        origin: Origin,
+        #[serde(flatten)]
+        message: Message,
+        /// A SyncFolderItems call without a SyncState: the mailbox's history, not new mail.
+        initial_sync: bool,
+    },
+    MessageSent {
+        #[serde(flatten)]
+        origin: Origin,
+        /// How it was sent: `CreateItem`, `SendItem`, `UpdateItem`, `ReplyToItem`, `sendMail`, `reply`…
+        via: String,
+        #[serde(flatten)]
+        message: Message,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        draft_item_ids: Vec<String>,
+        /// For replies and forwards: the item answered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference_item_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        saved_to_folder: Option<String>,
+    },
+    MessageMoved {
+        #[serde(flatten)]
+        origin: Origin,
+        #[serde(flatten)]
+        transfer: Transfer,
+    },
+    MessageCopied {
+        #[serde(flatten)]
+        origin: Origin,
+        #[serde(flatten)]
+        transfer: Transfer,
+    },
+    CategoriesChanged {
+        #[serde(flatten)]
+        origin: Origin,
+        item_ids: Vec<String>,
+        mode: CategoryMode,
+        categories: Vec<String>,
+    },
+    FolderSeen {
+        #[serde(flatten)]
+        origin: Origin,
+        folder_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        folder: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        display_name: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parent_folder_id: Option<String>,
+    },
+}
+
+/// Items moved or copied: old ids, new ids (matched by position), destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Transfer {
+    pub item_ids: Vec<String>,
+    pub new_item_ids: Vec<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_folder_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_folder: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CategoryMode {
+    Set,
+    Append,
+    Delete,
+}
+
+impl Observation {
+    /// The metric label of this observation.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Observation::MessageSeen { .. } => "message_seen",
+            Observation::MessageSent { .. } => "message_sent",
+            Observation::MessageMoved { .. } => "message_moved",
+            Observation::MessageCopied { .. } => "message_copied",
+            Observation::CategoriesChanged { .. } => "categories_changed",
+            Observation::FolderSeen { .. } => "folder_seen",
+        }
+    }
+
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Observation::MessageSeen { origin, .. }
+            | Observation::MessageSent { origin, .. }
+            | Observation::MessageMoved { origin, .. }
+            | Observation::MessageCopied { origin, .. }
+            | Observation::CategoriesChanged { origin, .. }
+            | Observation::FolderSeen { origin, .. } => origin,
+        }
+    }
+}
+
+/// Normalises an Internet Message-ID: trimmed, angle brackets removed. (XML and JSON escapes are
+/// already undone by the parsers.)
+pub fn normalize_message_id(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    let inner = trimmed
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(trimmed)
+        .trim();
+    (!inner.is_empty()).then(|| inner.to_owned())
+}
+
+/// Normalises a timestamp to RFC 3339 UTC (`2026-11-02T08:14:03Z`). Offsets are applied; a
+/// timestamp without a zone is taken as UTC (EWS sends UTC unless a time zone context says
+/// otherwise). Unparsable values are kept as sent.
+pub fn normalize_timestamp(raw: &str) -> String {
+    let t = raw.trim();
+    parse_rfc3339(t)
+        .map(|(secs, frac)| format_utc(secs, &frac))
+        .unwrap_or_else(|| t.to_owned())
+}
+
+/// Returns seconds since the epoch and the fractional digits.
+fn parse_rfc3339(t: &str) -> Option<(i64, String)> {
+    let b = t.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, s) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut rest = &t[19..];
+    let mut frac = String::new();
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits: String = r.chars().take_while(char::is_ascii_digit).collect();
+        rest = &r[digits.len()..];
+        frac = digits.trim_end_matches('0').to_owned();
+    }
+    let offset = match rest {
+        "" | "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hh = rest.get(1..3)?.parse::<i64>().ok()?;
+            let mm = rest.get(rest.len() - 2..)?.parse::<i64>().ok()?;
+            sign * (hh * 3600 + mm * 60)
+        }
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let (yy, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + mi * 60 + s - offset, frac))
+}
+
+fn format_utc(secs: i64, frac: &str) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let frac = if frac.is_empty() {
+        String::new()
+    } else {
+        format!(".{frac}")
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_lose_brackets_and_space() {
+        assert_eq!(normalize_message_id(" <a.b@c> ").as_deref(), Some("a.b@c"));
+        assert_eq!(normalize_message_id("a.b@c").as_deref(), Some("a.b@c"));
+        assert_eq!(normalize_message_id("<>"), None);
+    }
+
+    #[test]
+    fn timestamps_become_utc() {
+        assert_eq!(
+            normalize_timestamp("2026-11-02T08:14:03Z"),
+            "2026-11-02T08:14:03Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2026-11-02T09:14:03+01:00"),
+            "2026-11-02T08:14:03Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2026-03-01T01:00:00.1230000-02:30"),
+            "2026-03-01T03:30:00.123Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2025-12-31T23:30:00-01:00"),
+            "2026-01-01T00:30:00Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2026-11-02T08:14:03"),
+            "2026-11-02T08:14:03Z"
+        );
+        assert_eq!(normalize_timestamp("yesterday"), "yesterday");
+    }
+
+    #[test]
+    fn json_contract_is_snake_case_with_kind() {
+        let o = Observation::FolderSeen {
+            origin: Origin {
+                mailbox: Some("a@b".into()),
+                source: Source::Ews,
+                operation: "GetFolder".into(),
+            },
+            folder_id: "F1".into(),
+            folder: Some("inbox".into()),
+            display_name: Some("Inbox".into()),
+            parent_folder_id: None,
+        };
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["kind"], "folder_seen");
+        assert_eq!(json["folder_id"], "F1");
+        assert_eq!(json["source"], "ews");
+        assert!(json.get("parent_folder_id").is_none());
+    }
+}

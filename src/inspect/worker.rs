@@ -1,0 +1,166 @@
+//! The inspection worker: a plain thread (inspection is synchronous CPU work and must not sit on
+//! the proxy's async workers) that takes captures off the queue, inspects them, records metrics,
+//! gives the capture's bytes back to the memory budget and hands observations on.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+
+use super::{InspectLimits, Observation, inspect};
+use crate::proxy::capture::{Budget, Capture};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+/// Most distinct EWS response codes reported as labels; the rest count as `other`.
+const MAX_CODES: usize = 64;
+
+#[derive(Debug)]
+pub struct InspectMetrics {
+    observations: Family<KindLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
+    ews_failures: Family<CodeLabels, Counter>,
+    codes_seen: Mutex<HashSet<String>>,
+    pub inspected: Counter,
+}
+
+impl InspectMetrics {
+    pub fn register(registry: &mut Registry) -> InspectMetrics {
+        let m = InspectMetrics {
+            observations: Family::default(),
+            errors: Family::default(),
+            ews_failures: Family::default(),
+            codes_seen: Mutex::new(HashSet::new()),
+            inspected: Counter::default(),
+        };
+        registry.register(
+            "observations",
+            "Observations made, by kind",
+            m.observations.clone(),
+        );
+        registry.register(
+            "inspect_errors",
+            "Exchanges that could not be inspected, by kind",
+            m.errors.clone(),
+        );
+        registry.register(
+            "ews_failures",
+            "EWS faults and failed items (no observations), by response code",
+            m.ews_failures.clone(),
+        );
+        registry.register(
+            "inspected_exchanges",
+            "Exchanges inspected",
+            m.inspected.clone(),
+        );
+        m
+    }
+
+    pub fn observations(&self, kind: &'static str) -> u64 {
+        self.observations.get_or_create(&KindLabels { kind }).get()
+    }
+
+    pub fn errors(&self, kind: &'static str) -> u64 {
+        self.errors.get_or_create(&KindLabels { kind }).get()
+    }
+
+    fn failure(&self, code: &str) {
+        // Codes come from the upstream's body: keep labels bounded and tame.
+        let clean = code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric());
+        let label = match self.codes_seen.lock() {
+            Ok(mut seen) if clean && (seen.contains(code) || seen.len() < MAX_CODES) => {
+                seen.insert(code.to_owned());
+                code.to_owned()
+            }
+            _ => "other".to_owned(),
+        };
+        self.ews_failures
+            .get_or_create(&CodeLabels { code: label })
+            .inc();
+    }
+}
+
+/// The most recent observations, for tests and the explain endpoint to come.
+#[derive(Debug)]
+pub struct RecentObservations {
+    items: Mutex<VecDeque<Observation>>,
+    capacity: usize,
+}
+
+impl RecentObservations {
+    pub fn new(capacity: usize) -> Arc<RecentObservations> {
+        Arc::new(RecentObservations {
+            items: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+        })
+    }
+
+    fn push(&self, o: Observation) {
+        if let Ok(mut items) = self.items.lock() {
+            if items.len() == self.capacity {
+                items.pop_front();
+            }
+            items.push_back(o);
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Observation> {
+        self.items
+            .lock()
+            .map(|i| i.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs until the queue's senders are gone.
+pub fn spawn(
+    mut queue: mpsc::Receiver<Capture>,
+    budget: Arc<Budget>,
+    limits: InspectLimits,
+    metrics: Arc<InspectMetrics>,
+    recent: Arc<RecentObservations>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("trackgate-inspect".into())
+        .spawn(move || {
+            while let Some(capture) = queue.blocking_recv() {
+                let weight = capture.weight();
+                // A parser bug must cost one exchange, not the worker.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inspect(&capture, limits)));
+                budget.release(weight);
+                metrics.inspected.inc();
+                match result {
+                    Ok(Ok(inspected)) => {
+                        for code in &inspected.failures {
+                            metrics.failure(code);
+                        }
+                        for o in inspected.observations {
+                            metrics.observations.get_or_create(&KindLabels { kind: o.kind() }).inc();
+                            tracing::debug!(kind = o.kind(), operation = %o.origin().operation, "observation");
+                            recent.push(o);
+                        }
+                    }
+                    Ok(Err(error)) => {
+                        metrics.errors.get_or_create(&KindLabels { kind: error.kind() }).inc();
+                        tracing::debug!(%error, route = capture.route.as_str(), "exchange not inspected");
+                    }
+                    Err(_) => {
+                        metrics.errors.get_or_create(&KindLabels { kind: "panic" }).inc();
+                        tracing::error!(route = capture.route.as_str(), "inspection panicked; exchange skipped");
+                    }
+                }
+            }
+        })
+}

@@ -1,0 +1,414 @@
+//! The capture tee: a bounded copy of one request/response exchange, handed to inspection
+//! without ever blocking forwarding. Body frames are shared (`Bytes` clones, no copying) up to a
+//! per-body cap; beyond it the copy is marked truncated and the traffic flows on untouched. When
+//! the queue or the global memory budget is full, the copy is dropped and counted. Nothing here
+//! parses a body.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method};
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+use super::route::RouteClass;
+
+/// Request headers inspection may need (identity, content handling); everything else is left out.
+pub const REQUEST_HEADERS: [&str; 8] = [
+    "authorization",
+    "x-anchormailbox",
+    "content-type",
+    "content-encoding",
+    "soapaction",
+    "prefer",
+    "host",
+    "user-agent",
+];
+
+/// Response headers inspection may need.
+pub const RESPONSE_HEADERS: [&str; 4] = [
+    "content-type",
+    "content-encoding",
+    "location",
+    "retry-after",
+];
+
+/// One exchange as inspection sees it. Credentials may be inside the headers, so `Debug` shows
+/// only the shape.
+pub struct Capture {
+    /// Client connection this came from (stable for the connection's life).
+    pub connection: u64,
+    pub method: Method,
+    pub path_and_query: String,
+    pub route: RouteClass,
+    pub request_headers: HeaderMap,
+    /// The last `Authorization: NTLM|Negotiate` value seen on this client connection: Windows
+    /// auth identifies the connection, so later requests carry no header of their own.
+    pub connection_auth: Option<HeaderValue>,
+    pub status: u16,
+    pub response_headers: HeaderMap,
+    pub request_body: Bytes,
+    pub request_truncated: bool,
+    pub response_body: Bytes,
+    pub response_truncated: bool,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("connection", &self.connection)
+            .field("method", &self.method)
+            .field("route", &self.route)
+            .field("status", &self.status)
+            .field("request_bytes", &self.request_body.len())
+            .field("request_truncated", &self.request_truncated)
+            .field("response_bytes", &self.response_body.len())
+            .field("response_truncated", &self.response_truncated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Bytes this capture holds (counted against the budget).
+    pub fn weight(&self) -> u64 {
+        (self.request_body.len() + self.response_body.len()) as u64
+    }
+}
+
+/// Counters for the capture path.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureMetrics {
+    pub handed_off: Counter,
+    pub dropped: Counter,
+    pub truncated: Counter,
+}
+
+/// The sending side, shared by all connections.
+#[derive(Debug)]
+pub struct CaptureSink {
+    queue: mpsc::Sender<Capture>,
+    limit: usize,
+    budget: Arc<Budget>,
+    metrics: CaptureMetrics,
+}
+
+/// Bytes held by captures not yet inspected, across the process.
+#[derive(Debug)]
+pub struct Budget {
+    held: AtomicU64,
+    max: u64,
+}
+
+impl Budget {
+    pub fn new(max: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            held: AtomicU64::new(0),
+            max,
+        })
+    }
+
+    fn try_take(&self, n: u64) -> bool {
+        let mut current = self.held.load(Ordering::Relaxed);
+        loop {
+            if current + n > self.max {
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                current,
+                current + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back what a processed capture held.
+    pub fn release(&self, n: u64) {
+        self.held
+            .fetch_sub(n.min(self.held.load(Ordering::Relaxed)), Ordering::AcqRel);
+    }
+
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+impl CaptureSink {
+    pub fn new(
+        queue: mpsc::Sender<Capture>,
+        limit: usize,
+        budget: Arc<Budget>,
+        metrics: CaptureMetrics,
+    ) -> CaptureSink {
+        CaptureSink {
+            queue,
+            limit,
+            budget,
+            metrics,
+        }
+    }
+
+    /// Starts a capture for one exchange.
+    pub fn begin(
+        self: &Arc<Self>,
+        connection: u64,
+        method: &Method,
+        path_and_query: &str,
+        route: RouteClass,
+        headers: &HeaderMap,
+        connection_auth: Option<HeaderValue>,
+    ) -> Arc<PendingCapture> {
+        let mut request_headers = HeaderMap::new();
+        for name in REQUEST_HEADERS {
+            for value in headers.get_all(name) {
+                request_headers.append(name, value.clone());
+            }
+        }
+        Arc::new(PendingCapture {
+            sink: self.clone(),
+            state: Mutex::new(Some(Partial {
+                connection,
+                method: method.clone(),
+                path_and_query: path_and_query.to_owned(),
+                route,
+                request_headers,
+                connection_auth,
+                status: 0,
+                response_headers: HeaderMap::new(),
+                request: None,
+            })),
+        })
+    }
+
+    fn hand_off(&self, capture: Capture) {
+        if capture.request_truncated || capture.response_truncated {
+            self.metrics.truncated.inc();
+        }
+        let weight = capture.weight();
+        if !self.budget.try_take(weight) {
+            self.metrics.dropped.inc();
+            return;
+        }
+        match self.queue.try_send(capture) {
+            Ok(()) => {
+                self.metrics.handed_off.inc();
+            }
+            Err(_) => {
+                self.budget.release(weight);
+                self.metrics.dropped.inc();
+            }
+        }
+    }
+}
+
+struct Partial {
+    connection: u64,
+    method: Method,
+    path_and_query: String,
+    route: RouteClass,
+    request_headers: HeaderMap,
+    connection_auth: Option<HeaderValue>,
+    status: u16,
+    response_headers: HeaderMap,
+    request: Option<(Bytes, bool)>,
+}
+
+/// An exchange being copied: the request tee files its copy here; the response tee completes it.
+pub struct PendingCapture {
+    sink: Arc<CaptureSink>,
+    state: Mutex<Option<Partial>>,
+}
+
+impl PendingCapture {
+    pub fn limit(&self) -> usize {
+        self.sink.limit
+    }
+
+    /// Records that the request had no body.
+    pub fn no_request_body(&self) {
+        self.request_done(Bytes::new(), false);
+    }
+
+    /// Records the request body copy (called once, when the request body ends or is dropped).
+    fn request_done(&self, body: Bytes, truncated: bool) {
+        if let Ok(mut state) = self.state.lock()
+            && let Some(partial) = state.as_mut()
+        {
+            partial.request = Some((body, truncated));
+        }
+    }
+
+    /// Records the response head.
+    pub fn response_head(&self, status: u16, headers: &HeaderMap) {
+        if let Ok(mut state) = self.state.lock()
+            && let Some(partial) = state.as_mut()
+        {
+            partial.status = status;
+            for name in RESPONSE_HEADERS {
+                for value in headers.get_all(name) {
+                    partial.response_headers.append(name, value.clone());
+                }
+            }
+        }
+    }
+
+    /// Completes the capture with the response body copy and hands it off.
+    fn response_done(&self, body: Bytes, truncated: bool) {
+        let partial = self.state.lock().ok().and_then(|mut s| s.take());
+        let Some(p) = partial else { return };
+        // A request body still streaming when the response ended was not copied whole.
+        let (request_body, request_truncated) = p.request.unwrap_or((Bytes::new(), true));
+        self.sink.hand_off(Capture {
+            connection: p.connection,
+            method: p.method,
+            path_and_query: p.path_and_query,
+            route: p.route,
+            request_headers: p.request_headers,
+            connection_auth: p.connection_auth,
+            status: p.status,
+            response_headers: p.response_headers,
+            request_body,
+            request_truncated,
+            response_body: body,
+            response_truncated: truncated,
+        });
+    }
+
+    /// The exchange ended without a response body worth copying (e.g. the upstream failed).
+    pub fn abandon(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.take();
+        }
+    }
+}
+
+/// Which side of the exchange a tee copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+pin_project_lite::pin_project! {
+    /// Passes a body through while keeping shared references to its first `limit` bytes.
+    pub struct Tee<B> {
+        #[pin]
+        inner: B,
+        side: Side,
+        pending: Option<Arc<PendingCapture>>,
+        chunks: Vec<Bytes>,
+        copied: usize,
+        truncated: bool,
+        // A body that was empty from the start may never be polled; its copy is still whole.
+        empty: bool,
+    }
+
+    impl<B> PinnedDrop for Tee<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its end (client went away, upstream failed): what was copied is
+            // incomplete.
+            let this = this.project();
+            if let Some(pending) = this.pending.take() {
+                let truncated = *this.truncated || !*this.empty;
+                finish(&pending, *this.side, std::mem::take(this.chunks), truncated);
+            }
+        }
+    }
+}
+
+impl<B: Body> Tee<B> {
+    pub fn new(inner: B, side: Side, pending: Arc<PendingCapture>) -> Self {
+        Tee {
+            empty: inner.is_end_stream(),
+            inner,
+            side,
+            pending: Some(pending),
+            chunks: Vec::new(),
+            copied: 0,
+            truncated: false,
+        }
+    }
+}
+
+fn finish(pending: &PendingCapture, side: Side, chunks: Vec<Bytes>, truncated: bool) {
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                joined.extend_from_slice(&c);
+            }
+            joined.freeze()
+        }
+    };
+    match side {
+        Side::Request => pending.request_done(body, truncated),
+        Side::Response => pending.response_done(body, truncated),
+    }
+}
+
+impl<B> Body for Tee<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(pending)) = (frame.data_ref(), this.pending.as_ref()) {
+                    let room = pending.limit().saturating_sub(*this.copied);
+                    if data.len() <= room {
+                        this.chunks.push(data.clone());
+                        *this.copied += data.len();
+                    } else {
+                        if room > 0 {
+                            this.chunks.push(data.slice(..room));
+                            *this.copied += room;
+                        }
+                        *this.truncated = true;
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(pending) = this.pending.take() {
+                    finish(
+                        &pending,
+                        *this.side,
+                        std::mem::take(this.chunks),
+                        *this.truncated,
+                    );
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(pending) = this.pending.take() {
+                    finish(&pending, *this.side, std::mem::take(this.chunks), true);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
