@@ -47,6 +47,28 @@ enum Command {
         #[command(subcommand)]
         command: SimulateCommand,
     },
+    /// Inspect recorded exchanges and print one JSON object per observation per line.
+    /// Give fixture folders, or a request and/or response file (raw HTTP message or bare body).
+    Inspect {
+        /// Fixture folders (each with a fixture.toml).
+        fixtures: Vec<PathBuf>,
+        #[arg(long)]
+        request: Option<PathBuf>,
+        #[arg(long)]
+        response: Option<PathBuf>,
+        /// Request method (default POST, or the raw request's).
+        #[arg(long)]
+        method: Option<String>,
+        /// Request path (default /EWS/Exchange.asmx, or the raw request's).
+        #[arg(long)]
+        path: Option<String>,
+        /// Extra request header, 'Name: value' (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Response status (default 200, or the raw response's).
+        #[arg(long)]
+        status: Option<u16>,
+    },
     /// Print the version.
     Version,
 }
@@ -98,6 +120,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("trackgate {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inspect {
+            fixtures,
+            request,
+            response,
+            method,
+            path,
+            headers,
+            status,
+        } => inspect_command(fixtures, request, response, method, path, headers, status),
         Command::Check { config } => match Config::load(&config) {
             Ok((raw, _)) => {
                 print!("{}", raw.to_redacted_toml());
@@ -189,5 +220,151 @@ fn parse_auth(text: &str) -> anyhow::Result<AuthMode> {
             },
             None => anyhow::bail!("--auth: expected none, bearer, ntlm or basic:USER:PASSWORD"),
         },
+    })
+}
+
+/// A recorded message: raw HTTP (request or status line, headers, body) or a bare body.
+struct Recorded {
+    first_line: Option<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: bytes::Bytes,
+}
+
+fn read_recorded(path: &std::path::Path, response: bool) -> anyhow::Result<Recorded> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let looks_raw = if response {
+        data.starts_with(b"HTTP/1.")
+    } else {
+        let line = data.split(|b| *b == b'\n').next().unwrap_or_default();
+        line.windows(7).any(|w| w == b" HTTP/1")
+    };
+    if !looks_raw {
+        return Ok(Recorded {
+            first_line: None,
+            headers: Vec::new(),
+            body: data.into(),
+        });
+    }
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let (first_line, parsed, head_len) = if response {
+        let mut r = httparse::Response::new(&mut storage);
+        let httparse::Status::Complete(n) = r.parse(&data)? else {
+            anyhow::bail!("{}: incomplete HTTP response head", path.display());
+        };
+        (
+            ("".to_owned(), r.code.unwrap_or(200).to_string()),
+            r.headers.to_vec(),
+            n,
+        )
+    } else {
+        let mut r = httparse::Request::new(&mut storage);
+        let httparse::Status::Complete(n) = r.parse(&data)? else {
+            anyhow::bail!("{}: incomplete HTTP request head", path.display());
+        };
+        (
+            (
+                r.method.unwrap_or("POST").to_owned(),
+                r.path.unwrap_or("/").to_owned(),
+            ),
+            r.headers.to_vec(),
+            n,
+        )
+    };
+    let headers = parsed
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    Ok(Recorded {
+        first_line: Some(first_line),
+        headers,
+        body: bytes::Bytes::from(data).slice(head_len..),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn inspect_command(
+    fixtures: Vec<PathBuf>,
+    request: Option<PathBuf>,
+    response: Option<PathBuf>,
+    method: Option<String>,
+    path: Option<String>,
+    headers: Vec<String>,
+    status: Option<u16>,
+) -> anyhow::Result<ExitCode> {
+    use trackgate::inspect::{self, InspectLimits};
+    let mut captures = Vec::new();
+    let extra: Vec<(String, String)> = headers
+        .iter()
+        .map(|h| match h.split_once(':') {
+            Some((n, v)) => Ok((n.trim().to_owned(), v.trim().to_owned())),
+            None => anyhow::bail!("--header {h:?}: write it as 'Name: value'"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for dir in &fixtures {
+        let f = trackgate::simulate::fixtures::Fixture::load(dir)?;
+        captures.push((f.name.clone(), f.to_capture(&extra)));
+    }
+    if request.is_some() || response.is_some() {
+        let req = request
+            .as_deref()
+            .map(|p| read_recorded(p, false))
+            .transpose()?;
+        let resp = response
+            .as_deref()
+            .map(|p| read_recorded(p, true))
+            .transpose()?;
+        let (raw_method, raw_path) = req
+            .as_ref()
+            .and_then(|r| r.first_line.clone())
+            .unwrap_or_else(|| ("POST".into(), "/EWS/Exchange.asmx".into()));
+        let raw_status = resp
+            .as_ref()
+            .and_then(|r| r.first_line.as_ref())
+            .and_then(|(_, s)| s.parse().ok())
+            .unwrap_or(200);
+        let mut h = req.as_ref().map(|r| r.headers.clone()).unwrap_or_default();
+        h.extend(extra.iter().cloned());
+        captures.push((
+            "exchange".to_owned(),
+            inspect::capture_from_parts(
+                method.as_deref().unwrap_or(&raw_method),
+                path.as_deref().unwrap_or(&raw_path),
+                &h,
+                req.map(|r| r.body).unwrap_or_default(),
+                status.unwrap_or(raw_status),
+                &resp.as_ref().map(|r| r.headers.clone()).unwrap_or_default(),
+                resp.map(|r| r.body).unwrap_or_default(),
+            ),
+        ));
+    }
+    if captures.is_empty() {
+        anyhow::bail!("nothing to inspect: give fixture folders, or --request and/or --response");
+    }
+    let mut failed = false;
+    for (name, capture) in captures {
+        match inspect::inspect(&capture, InspectLimits::default()) {
+            Ok(found) => {
+                for code in found.failures {
+                    eprintln!("{name}: EWS failure {code} (no observation)");
+                }
+                for o in found.observations {
+                    println!("{}", serde_json::to_string(&o)?);
+                }
+            }
+            Err(error) => {
+                failed = true;
+                eprintln!("{name}: not inspected ({}): {error}", error.kind());
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }

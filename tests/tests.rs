@@ -11,6 +11,8 @@ mod admin;
 mod cli;
 /// `Expect: 100-continue` is answered by the upstream, never the gateway.
 mod expect_continue;
+/// Inspection: every fixture's expected observations, damaged input, traffic end to end.
+mod inspect_fixtures;
 /// A GiB each way through the gateway process, with flat memory.
 mod large_bodies;
 /// NTLM/Negotiate: one pinned upstream connection per client connection.

@@ -174,3 +174,47 @@ fn body(
         truncated,
     )?))
 }
+
+/// Builds a capture from recorded parts (the `inspect` command, tests, benches): the same
+/// shape the proxy hands over, with untruncated bodies.
+pub fn capture_from_parts(
+    method: &str,
+    path_and_query: &str,
+    request_headers: &[(String, String)],
+    request_body: Bytes,
+    status: u16,
+    response_headers: &[(String, String)],
+    response_body: Bytes,
+) -> Capture {
+    let headers = |pairs: &[(String, String)]| {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
+    };
+    let request_headers = headers(request_headers);
+    let connection_auth = request_headers
+        .get(header::AUTHORIZATION)
+        .filter(|_| crate::proxy::headers::is_windows_auth(&request_headers))
+        .cloned();
+    Capture {
+        connection: 0,
+        method: http::Method::from_bytes(method.as_bytes()).unwrap_or(http::Method::POST),
+        path_and_query: path_and_query.to_owned(),
+        route: RouteClass::of_path(path_and_query.split('?').next().unwrap_or("")),
+        request_headers,
+        connection_auth,
+        status,
+        response_headers: headers(response_headers),
+        request_body,
+        request_truncated: false,
+        response_body,
+        response_truncated: false,
+    }
+}

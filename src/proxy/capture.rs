@@ -366,8 +366,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(pending)) = (frame.data_ref(), this.pending.as_ref()) {
@@ -382,6 +382,18 @@ where
                         }
                         *this.truncated = true;
                     }
+                }
+                // hyper stops polling once a body says it has ended (HTTP/2, known lengths), so
+                // the end is noticed here rather than waiting for a `None` that never comes.
+                if this.inner.as_ref().get_ref().is_end_stream()
+                    && let Some(pending) = this.pending.take()
+                {
+                    finish(
+                        &pending,
+                        *this.side,
+                        std::mem::take(this.chunks),
+                        *this.truncated,
+                    );
                 }
             }
             Poll::Ready(None) => {

@@ -34,7 +34,29 @@ struct Manifest {
     dialect: Option<String>,
     #[serde(rename = "match")]
     matcher: Matcher,
+    #[serde(default)]
+    request: Option<RequestSpec>,
     response: ResponseSpec,
+}
+
+/// The recorded request, for replaying a fixture through `trackgate inspect` and the tests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestSpec {
+    method: Option<String>,
+    path: Option<String>,
+    body: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+/// A recorded request.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -71,6 +93,63 @@ pub struct Fixture {
     pub content_type: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    pub request: Option<RecordedRequest>,
+}
+
+impl Fixture {
+    /// The recorded exchange as a capture, the way the proxy would hand it to inspection.
+    pub fn to_capture(&self, extra_headers: &[(String, String)]) -> crate::proxy::capture::Capture {
+        let (method, path, mut headers, body) = match &self.request {
+            Some(r) => (
+                r.method.clone(),
+                r.path.clone(),
+                r.headers.clone(),
+                r.body.clone(),
+            ),
+            None => match &self.matcher.ews_operation {
+                Some(_) => (
+                    "POST".into(),
+                    "/EWS/Exchange.asmx".into(),
+                    Vec::new(),
+                    Bytes::new(),
+                ),
+                None => (
+                    self.matcher.method.clone().unwrap_or_else(|| "GET".into()),
+                    self.matcher.path.clone().unwrap_or_default(),
+                    Vec::new(),
+                    Bytes::new(),
+                ),
+            },
+        };
+        headers.extend(extra_headers.iter().cloned());
+        let mut response_headers = self.headers.clone();
+        response_headers.push(("content-type".into(), self.content_type.clone()));
+        crate::inspect::capture_from_parts(
+            &method,
+            &path,
+            &headers,
+            body,
+            self.status,
+            &response_headers,
+            self.body.clone(),
+        )
+    }
+
+    /// Loads one fixture folder.
+    pub fn load(dir: &Path) -> Result<Fixture, FixtureError> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let read = |file: &str| {
+            let path = dir.join(file);
+            std::fs::read(&path).map_err(|source| FixtureError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        build(&name, &read("fixture.toml")?, read)
+    }
 }
 
 /// All fixtures the simulator knows.
@@ -107,16 +186,9 @@ impl FixtureSet {
         let mut fixtures = Vec::new();
         for entry in std::fs::read_dir(root).map_err(io(root))? {
             let dir = entry.map_err(io(root))?.path();
-            let manifest = dir.join("fixture.toml");
-            if !manifest.is_file() {
-                continue;
+            if dir.join("fixture.toml").is_file() {
+                fixtures.push(Fixture::load(&dir)?);
             }
-            let name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let read = |file: &str| std::fs::read(dir.join(file)).map_err(io(&dir.join(file)));
-            fixtures.push(build(&name, &read("fixture.toml")?, read)?);
         }
         Ok(FixtureSet::sorted(fixtures))
     }
@@ -183,7 +255,29 @@ fn build(
         Some(file) => Bytes::from(read(file)?),
         None => Bytes::new(),
     };
+    let request = match m.request {
+        Some(r) => {
+            let (default_method, default_path) = match &m.matcher.ews_operation {
+                Some(_) => ("POST", "/EWS/Exchange.asmx"),
+                None => (
+                    m.matcher.method.as_deref().unwrap_or("GET"),
+                    m.matcher.path.as_deref().unwrap_or("/"),
+                ),
+            };
+            Some(RecordedRequest {
+                method: r.method.unwrap_or_else(|| default_method.to_owned()),
+                path: r.path.unwrap_or_else(|| default_path.to_owned()),
+                headers: r.headers.into_iter().collect(),
+                body: match &r.body {
+                    Some(file) => Bytes::from(read(file)?),
+                    None => Bytes::new(),
+                },
+            })
+        }
+        None => None,
+    };
     Ok(Fixture {
+        request,
         name: name.to_owned(),
         matcher: m.matcher,
         status: m.response.status,

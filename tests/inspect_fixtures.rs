@@ -1,0 +1,210 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use trackgate::inspect::{self, InspectLimits};
+use trackgate::simulate::fixtures::Fixture;
+
+use crate::support;
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/exchange");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("fixture.toml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Observations as JSON lines, then `{"failure": code}` lines — the format of expected.jsonl.
+fn render(fixture: &Fixture) -> String {
+    let found = inspect::inspect(&fixture.to_capture(&[]), InspectLimits::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", fixture.name));
+    let mut out = String::new();
+    for o in &found.observations {
+        out.push_str(&serde_json::to_string(o).unwrap());
+        out.push('\n');
+    }
+    for code in &found.failures {
+        out.push_str(&serde_json::json!({ "failure": code }).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn every_fixture_yields_its_expected_observations() {
+    let dirs = fixture_dirs();
+    assert!(dirs.len() >= 19, "fixtures went missing: {}", dirs.len());
+    for dir in dirs {
+        let fixture = Fixture::load(&dir).unwrap();
+        let expected = std::fs::read_to_string(dir.join("expected.jsonl"))
+            .unwrap_or_else(|_| panic!("{} has no expected.jsonl", fixture.name));
+        assert_eq!(render(&fixture), expected, "fixture {}", fixture.name);
+    }
+}
+
+#[test]
+fn every_operation_kind_is_covered_by_a_fixture() {
+    let mut all = String::new();
+    for dir in fixture_dirs() {
+        all.push_str(&std::fs::read_to_string(dir.join("expected.jsonl")).unwrap());
+    }
+    for needle in [
+        r#""kind":"message_seen""#,
+        r#""kind":"message_sent""#,
+        r#""kind":"message_moved""#,
+        r#""kind":"categories_changed""#,
+        r#""kind":"folder_seen""#,
+        r#""initial_sync":true"#,
+        r#""routing_type":"EX""#,
+        r#""source":"graph""#,
+        r#""failure":"ErrorServerBusy""#,
+        r#""failure":"ErrorItemNotFound""#,
+    ] {
+        assert!(all.contains(needle), "no fixture shows {needle}");
+    }
+}
+
+/// Random damage to every fixture's bodies: inspection may fail, but never panics, and never
+/// invents more observations than the body has elements.
+fn mutated(input: &[u8], flips: &[(usize, u8)], cut: usize) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for (at, byte) in flips {
+        if !out.is_empty() {
+            let i = at % out.len();
+            out[i] = *byte;
+        }
+    }
+    out.truncate(cut.min(out.len()).max(out.len() / 2));
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+    #[test]
+    fn damaged_fixtures_never_panic(
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        cut in any::<usize>(),
+        which in any::<usize>(),
+    ) {
+        let dirs = fixture_dirs();
+        let fixture = Fixture::load(&dirs[which % dirs.len()]).unwrap();
+        let mut capture = fixture.to_capture(&[]);
+        capture.response_body = mutated(&capture.response_body, &flips, cut).into();
+        capture.request_body = mutated(&capture.request_body, &flips, cut).into();
+        let elements = capture.response_body.iter().filter(|b| **b == b'<' || **b == b'{').count()
+            + capture.request_body.iter().filter(|b| **b == b'<' || **b == b'{').count();
+        if let Ok(found) = inspect::inspect(&capture, InspectLimits::default()) {
+            prop_assert!(found.observations.len() <= elements.max(1));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_through_the_gateway_becomes_observations() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "").await;
+    let client = support::client(&gw.ca(), true);
+    let fixture = Fixture::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/exchange/ews-getitem-message"),
+    )
+    .unwrap();
+    let request = fixture.request.clone().unwrap();
+    let r = client
+        .post(gw.localhost_url("/EWS/Exchange.asmx"))
+        .header("content-type", "text/xml; charset=utf-8")
+        .header("x-anchormailbox", "alex.seller@contoso.example")
+        .body(request.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        fixture.body,
+        "the response passed through unchanged"
+    );
+    let r =
+        client
+            .get(gw.localhost_url(
+                "/v1.0/users/alex.seller%40contoso.example/mailFolders/inbox/messages",
+            ))
+            .send()
+            .await
+            .unwrap();
+    r.bytes().await.unwrap();
+    let seen = support::wait_for(Duration::from_secs(10), "two observations", async || {
+        let recent = gw.gateway.recent_observations();
+        (recent.len() >= 2).then_some(recent)
+    })
+    .await;
+    let json: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect();
+    let ews = json
+        .iter()
+        .find(|o| o["source"] == "ews")
+        .expect("an EWS observation");
+    assert_eq!(ews["kind"], "message_seen");
+    assert_eq!(ews["mailbox"], "alex.seller@contoso.example");
+    assert_eq!(
+        ews["internet_message_id"],
+        "CAF1234.5678@mail.fabrikam.example"
+    );
+    let graph = json
+        .iter()
+        .find(|o| o["source"] == "graph")
+        .expect("a Graph observation");
+    assert_eq!(graph["folder"], "inbox");
+    assert_eq!(gw.gateway.inspect_metrics().observations("message_seen"), 2);
+    let metrics = support::plain_client()
+        .get(gw.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"trackgate_observations_total{kind="message_seen"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("alex.seller"),
+        "a mailbox leaked into metrics"
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_copies_not_traffic() {
+    let sim = support::simulator("sim").await;
+    // A budget of two 4 KiB copies: most exchanges are dropped from inspection, none from traffic.
+    let gw = support::gateway(
+        &sim.url(),
+        "[inspect]\ncapture_limit = \"4KiB\"\nmemory_budget = \"8KiB\"\nqueue = 1\n",
+    )
+    .await;
+    let client = support::client(&gw.ca(), false);
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let client = client.clone();
+        let url = gw.localhost_url("/v1.0/me/messages");
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().len())
+        }));
+    }
+    for t in tasks {
+        let (status, len) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(len > 0);
+    }
+    let captures = &gw.gateway.proxy().metrics.captures;
+    assert_eq!(captures.handed_off.get() + captures.dropped.get(), 64);
+    gw.gateway.shutdown().await;
+}
