@@ -63,8 +63,9 @@ pub struct Gateway {
 }
 
 /// Starts every part and returns once the listeners are bound and the gateway is ready.
-pub async fn start(config: Config) -> Result<Gateway, AppError> {
+pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     tls::install_crypto_provider();
+    with_simulator_hosts(&mut config);
     let simulator = match config.upstreams.target {
         UpstreamTarget::Simulator => {
             let options = SimulatorOptions::new("embedded", FixtureSet::embedded()?);
@@ -159,6 +160,17 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     })
 }
 
+/// The built-in simulator's fixtures name `mail.contoso.example` as the Exchange host; its
+/// Autodiscover answers are rewritten like a real Exchange's would be.
+fn with_simulator_hosts(config: &mut Config) {
+    if config.upstreams.target == UpstreamTarget::Simulator {
+        let host = "mail.contoso.example".to_owned();
+        if !config.autodiscover.exchange_hosts.contains(&host) {
+            config.autodiscover.exchange_hosts.push(host);
+        }
+    }
+}
+
 fn routes_for(config: &Config, simulator: Option<&ExchangeSimulator>) -> Result<Routes, AppError> {
     let base = |uri: &http::Uri| {
         UpstreamBase::new(uri).ok_or(AppError::Reload("upstream URL lost its scheme or host"))
@@ -250,7 +262,8 @@ impl Gateway {
     /// Applies a new configuration to new requests and connections: upstreams, timeouts,
     /// limits, TLS certificates. Listener addresses and the connection budget need a restart.
     /// On error nothing changes.
-    pub fn reload(&self, config: Config) -> Result<(), AppError> {
+    pub fn reload(&self, mut config: Config) -> Result<(), AppError> {
+        with_simulator_hosts(&mut config);
         let routes = routes_for(&config, self.simulator.as_ref())?;
         let state = ProxyState::build(&config, routes, &self.proxy.metrics)?;
         if let Ok(mut current) = self.config.lock() {

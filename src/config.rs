@@ -76,6 +76,34 @@ pub struct RawConfig {
     pub storage: RawStorage,
     pub runtime: RawRuntime,
     pub inspect: RawInspect,
+    pub autodiscover: RawAutodiscover,
+}
+
+/// `[autodiscover]`: rewriting Exchange's URLs in Autodiscover answers to the gateway's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAutodiscover {
+    /// Rewrite Autodiscover responses and redirect `Location` headers.
+    pub rewrite: bool,
+    /// The gateway's URL as clients reach it (`https://mail.example.com`). Unset: the scheme of
+    /// the listener and the `Host` the client used.
+    pub external_url: Option<String>,
+    /// Exchange host names whose URLs are rewritten, besides the upstreams' own (for instance the
+    /// public name Exchange puts in its answers).
+    pub exchange_hosts: Vec<String>,
+    /// Largest Autodiscover response rewritten; a larger one gets 502.
+    pub max_body: ByteSize,
+}
+
+impl Default for RawAutodiscover {
+    fn default() -> Self {
+        RawAutodiscover {
+            rewrite: true,
+            external_url: None,
+            exchange_hosts: Vec::new(),
+            max_body: ByteSize(1 << 20),
+        }
+    }
 }
 
 /// `[inspect]`: the bounded copy of traffic that inspection reads.
@@ -424,6 +452,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub runtime: RuntimeConfig,
     pub inspect: InspectConfig,
+    pub autodiscover: AutodiscoverConfig,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
 }
@@ -513,6 +542,15 @@ pub struct ShutdownConfig {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AutodiscoverConfig {
+    pub rewrite: bool,
+    pub external_url: Option<String>,
+    /// Lower-case host names, without ports.
+    pub exchange_hosts: Vec<String>,
+    pub max_body: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -797,9 +835,60 @@ impl RawConfig {
             }
         };
 
+        let autodiscover = {
+            let a = &self.autodiscover;
+            if let Some(url) = &a.external_url
+                && !crate::proxy::autodiscover::valid_external_url(url)
+            {
+                return Err(ConfigError::invalid(
+                    "autodiscover.external_url",
+                    format!("{url:?} is not a plain scheme://host[:port]"),
+                    "write the URL clients use for the gateway, e.g. \"https://mail.example.com\", with no path",
+                ));
+            }
+            let mut hosts = Vec::new();
+            for host in &a.exchange_hosts {
+                let h = host.trim().to_ascii_lowercase();
+                if h.is_empty()
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                {
+                    return Err(ConfigError::invalid(
+                        "autodiscover.exchange_hosts",
+                        format!("{host:?} is not a host name"),
+                        "list bare host names such as \"mail.contoso.com\" (no scheme or port)",
+                    ));
+                }
+                hosts.push(h);
+            }
+            for (_, uri) in [
+                ("ews", &self.upstreams.ews),
+                ("graph", &self.upstreams.graph),
+                ("autodiscover", &self.upstreams.autodiscover),
+            ] {
+                if let Some(host) = uri
+                    .as_deref()
+                    .and_then(|u| u.parse::<Uri>().ok())
+                    .and_then(|u| u.host().map(str::to_ascii_lowercase))
+                    && !hosts.contains(&host)
+                {
+                    hosts.push(host);
+                }
+            }
+            at_least("autodiscover.max_body", a.max_body.0, 4096)?;
+            AutodiscoverConfig {
+                rewrite: a.rewrite,
+                external_url: a.external_url.clone(),
+                exchange_hosts: hosts,
+                max_body: usize::try_from(a.max_body.0).unwrap_or(usize::MAX),
+            }
+        };
+
         Ok(Config {
             listener,
             inspect,
+            autodiscover,
             upstreams,
             limits,
             admin,

@@ -7,6 +7,8 @@ mod support;
 
 /// Admin endpoints and metrics.
 mod admin;
+/// Autodiscover answers and redirects rewritten to the gateway's URL.
+mod autodiscover;
 /// The command line: check, certs, version.
 mod cli;
 /// `Expect: 100-continue` is answered by the upstream, never the gateway.

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
+use super::autodiscover;
 use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty};
 use super::capture::{Side, Tee};
 use super::headers::{self, ClientFacts};
@@ -85,6 +86,20 @@ pub async fn forward(
         }
         _ => None,
     };
+
+    // Where rewritten Autodiscover URLs and redirects point: the configured external URL, or
+    // the scheme and host this client used.
+    let external_url = state.autodiscover.external_url.clone().or_else(|| {
+        let host = original_host.as_ref()?.to_str().ok()?;
+        let url = format!("{}://{host}", if conn.tls { "https" } else { "http" });
+        autodiscover::valid_external_url(&url).then_some(url)
+    });
+    let rewrite_body =
+        class == RouteClass::Autodiscover && state.autodiscover.rewrite && external_url.is_some();
+    if rewrite_body {
+        // Identity-coded answers can be rewritten without decompressing.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
 
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
@@ -176,6 +191,16 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     let upstream_closes = headers::wants_close(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let (true, Some(to), Some(location)) = (
+        state.autodiscover.rewrite && parts.status.is_redirection(),
+        external_url.as_deref(),
+        parts.headers.get(header::LOCATION),
+    ) && let Some(new) =
+        autodiscover::rewrite(location.as_bytes(), &state.autodiscover.exchange_hosts, to)
+        && let Ok(value) = HeaderValue::from_bytes(&new)
+    {
+        parts.headers.insert(header::LOCATION, value);
+    }
     if pinned && upstream_closes {
         // The pinned upstream connection ends after this response; so does the client's.
         parts
@@ -188,12 +213,38 @@ pub async fn forward(
         state.timeouts.idle_timeout
     };
     let body = Guarded::new(body, idle, metrics.bytes_from_upstream.clone());
+    let identity = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let body = match (
+        rewrite_body && parts.status.is_success() && identity,
+        external_url.as_deref(),
+    ) {
+        (true, Some(to)) => {
+            let whole = http_body_util::Limited::new(body, state.autodiscover.max_body)
+                .collect()
+                .await
+                .map_err(|_| ProxyError::AutodiscoverTooLarge)?
+                .to_bytes();
+            let rewritten = autodiscover::rewrite(&whole, &state.autodiscover.exchange_hosts, to)
+                .map(bytes::Bytes::from)
+                .unwrap_or(whole);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            http_body_util::Full::new(rewritten)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+        _ => body.boxed_unsync(),
+    };
     let body = match capture {
         Some(c) => {
             c.response_head(parts.status.as_u16(), &parts.headers);
             Tee::new(body, Side::Response, c).boxed_unsync()
         }
-        None => body.boxed_unsync(),
+        None => body,
     };
     Ok(Response::from_parts(parts, body))
 }

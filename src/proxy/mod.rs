@@ -3,6 +3,7 @@
 //! and answers for its own failures. It never parses SOAP or JSON and never waits on any later
 //! stage.
 
+pub mod autodiscover;
 pub mod body;
 pub mod capture;
 pub mod forward;
@@ -25,7 +26,9 @@ use hyper_util::server::conn::auto;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, LimitsConfig, ListenerConfig, ListenerTls, UpstreamsConfig};
+use crate::config::{
+    AutodiscoverConfig, Config, LimitsConfig, ListenerConfig, ListenerTls, UpstreamsConfig,
+};
 use crate::tls::{self, TlsError};
 
 pub use metrics::ProxyMetrics;
@@ -49,6 +52,7 @@ pub struct ProxyState {
     pub listener: ListenerConfig,
     pub limits: LimitsConfig,
     pub timeouts: UpstreamsConfig,
+    pub autodiscover: AutodiscoverConfig,
     pub server: auto::Builder<TokioExecutor>,
 }
 
@@ -90,6 +94,7 @@ impl ProxyState {
             listener: config.listener.clone(),
             limits: config.limits.clone(),
             timeouts: config.upstreams.clone(),
+            autodiscover: config.autodiscover.clone(),
             server: server_builder(&config.limits),
         })
     }

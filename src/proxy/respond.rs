@@ -31,6 +31,8 @@ pub enum ProxyError {
     ClientTimeout,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    #[error("autodiscover response too large to rewrite")]
+    AutodiscoverTooLarge,
     #[error("gateway is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -40,9 +42,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::AutodiscoverTooLarge => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -56,7 +58,8 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout
-            | ProxyError::UpstreamBroken(_) => Fault::Upstream,
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::AutodiscoverTooLarge => Fault::Upstream,
             ProxyError::PayloadTooLarge | ProxyError::ClientTimeout | ProxyError::BadRequest(_) => {
                 Fault::Downstream
             }
@@ -80,6 +83,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamBroken(_) => "upstream_broken",
+            ProxyError::AutodiscoverTooLarge => "autodiscover_too_large",
             ProxyError::PayloadTooLarge => "payload_too_large",
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::BadRequest(_) => "bad_request",
