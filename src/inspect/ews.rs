@@ -418,59 +418,56 @@ fn seen(
     }
 }
 
+/// One pass over the item's children (the item elements are flat, and a lookup per field
+/// would scan them twenty times).
 fn message_fields(item: Node<'_>) -> Message {
-    let attr_of = |name: &str| {
-        item.child(Ns::Types, name)
-            .and_then(|n| n.attr("Id"))
-            .map(str::to_owned)
-    };
-    let addresses = |name: &str| -> Vec<Address> {
-        item.child(Ns::Types, name)
-            .map(|list| list.all("Mailbox").map(address).collect())
-            .unwrap_or_default()
-    };
-    Message {
-        item_id: attr_of("ItemId"),
-        folder_id: attr_of("ParentFolderId"),
-        folder: None,
-        internet_message_id: item
-            .child_text("InternetMessageId")
-            .and_then(|v| normalize_message_id(&v)),
-        conversation_id: attr_of("ConversationId"),
-        conversation_index: item.child_text("ConversationIndex"),
-        in_reply_to: item
-            .child_text("InReplyTo")
-            .and_then(|v| normalize_message_id(&v)),
-        references: item.child_text("References"),
-        subject: item.child_text("Subject"),
-        from: item.path(&["From", "Mailbox"]).map(address),
-        sender: item.path(&["Sender", "Mailbox"]).map(address),
-        to: addresses("ToRecipients"),
-        cc: addresses("CcRecipients"),
-        bcc: addresses("BccRecipients"),
-        received_at: item
-            .child_text("DateTimeReceived")
-            .map(|t| normalize_timestamp(&t)),
-        sent_at: item
-            .child_text("DateTimeSent")
-            .map(|t| normalize_timestamp(&t)),
-        categories: item
-            .child(Ns::Types, "Categories")
-            .map(|c| c.all("String").map(|s| s.text().to_owned()).collect())
-            .unwrap_or_default(),
-        item_class: item.child_text("ItemClass"),
-        is_draft: item
-            .child_text("IsDraft")
-            .map(|v| v.eq_ignore_ascii_case("true")),
+    let mut m = Message::default();
+    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    let id = |n: Node<'_>| n.attr("Id").map(str::to_owned);
+    let mailboxes = |n: Node<'_>| n.all("Mailbox").map(address).collect::<Vec<_>>();
+    for child in item.children() {
+        if !child.ns().is_ews() {
+            continue;
+        }
+        match child.name() {
+            "ItemId" => m.item_id = id(child),
+            "ParentFolderId" => m.folder_id = id(child),
+            "InternetMessageId" => m.internet_message_id = normalize_message_id(child.text()),
+            "ConversationId" => m.conversation_id = id(child),
+            "ConversationIndex" => m.conversation_index = text(child),
+            "InReplyTo" => m.in_reply_to = normalize_message_id(child.text()),
+            "References" => m.references = text(child),
+            "Subject" => m.subject = text(child),
+            "From" => m.from = child.child(Ns::Types, "Mailbox").map(address),
+            "Sender" => m.sender = child.child(Ns::Types, "Mailbox").map(address),
+            "ToRecipients" => m.to = mailboxes(child),
+            "CcRecipients" => m.cc = mailboxes(child),
+            "BccRecipients" => m.bcc = mailboxes(child),
+            "DateTimeReceived" => m.received_at = text(child).map(|t| normalize_timestamp(&t)),
+            "DateTimeSent" => m.sent_at = text(child).map(|t| normalize_timestamp(&t)),
+            "Categories" => {
+                m.categories = child.all("String").map(|s| s.text().to_owned()).collect()
+            }
+            "ItemClass" => m.item_class = text(child),
+            "IsDraft" => m.is_draft = Some(child.text().eq_ignore_ascii_case("true")),
+            _ => {}
+        }
     }
+    m
 }
 
 fn address(mailbox: Node<'_>) -> Address {
-    Address {
-        name: mailbox.child_text("Name"),
-        address: mailbox.child_text("EmailAddress"),
-        routing_type: mailbox.child_text("RoutingType"),
+    let mut a = Address::default();
+    for c in mailbox.children() {
+        let value = Some(c.text().to_owned()).filter(|t| !t.is_empty());
+        match c.name() {
+            "Name" => a.name = value,
+            "EmailAddress" => a.address = value,
+            "RoutingType" => a.routing_type = value,
+            _ => {}
+        }
     }
+    a
 }
 
 fn category_update(change: Node<'_>) -> Option<(CategoryMode, Vec<String>)> {

@@ -84,9 +84,11 @@ pub fn inspect(capture: &Capture, limits: InspectLimits) -> Result<Inspected, In
             let request = body(capture, true, limits)?;
             let response = body(capture, false, limits)?;
             // A request we cannot read still leaves a response worth reading (and vice versa).
-            let request_tree = request.and_then(|b| xml::Tree::parse(&b, limits.xml).ok());
-            let response_tree = match response {
-                Some(b) => Some(xml::Tree::parse(&b, limits.xml)?),
+            let request_tree = request
+                .as_ref()
+                .and_then(|b| xml::Tree::parse(b, limits.xml).ok());
+            let response_tree = match &response {
+                Some(b) => Some(xml::Tree::parse(b, limits.xml)?),
                 None => None,
             };
             if let Some(t) = &response_tree {

@@ -3,6 +3,8 @@
 //! references other than the five predefined ones and character references are errors. Names
 //! are matched by namespace URI and local name, never by prefix.
 
+use std::borrow::Cow;
+
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
@@ -70,34 +72,55 @@ pub enum XmlError {
     NotSoap,
 }
 
+const NONE: u32 = u32::MAX;
+
+/// One element. Names, attribute values and text borrow from the input wherever no unescaping
+/// was needed, so a parse allocates little beyond the arena itself.
 #[derive(Debug, Clone)]
-pub struct Element {
+pub struct Element<'a> {
     pub ns: Ns,
-    pub name: String,
-    pub attrs: Vec<(String, String)>,
-    pub text: String,
-    pub children: Vec<usize>,
+    pub name: &'a str,
+    attrs: (u32, u32),
+    pub text: Cow<'a, str>,
+    first_child: u32,
+    last_child: u32,
+    next_sibling: u32,
 }
 
 /// The parsed document: an arena of elements, root first.
 #[derive(Debug, Clone, Default)]
-pub struct Tree {
-    pub elements: Vec<Element>,
+pub struct Tree<'a> {
+    elements: Vec<Element<'a>>,
+    attrs: Vec<(&'a str, Cow<'a, str>)>,
 }
 
 /// A borrowed view of one element.
 #[derive(Debug, Clone, Copy)]
 pub struct Node<'t> {
-    tree: &'t Tree,
-    index: usize,
+    tree: &'t Tree<'t>,
+    index: u32,
 }
 
-impl Tree {
-    pub fn parse(input: &[u8], limits: XmlLimits) -> Result<Tree, XmlError> {
+/// `part` re-borrowed from `input` when it points into it (quick-xml hands out names and
+/// attribute values tied to the event, though they are slices of the input).
+fn reborrow<'a>(input: &'a str, part: &str) -> Option<&'a str> {
+    let start = (part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
+    let end = start.checked_add(part.len())?;
+    input
+        .get(start..end)
+        .filter(|s| s.as_ptr() == part.as_ptr())
+}
+
+impl<'a> Tree<'a> {
+    pub fn parse(input: &'a [u8], limits: XmlLimits) -> Result<Tree<'a>, XmlError> {
         let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
-        let mut reader = NsReader::from_reader(input);
-        let mut tree = Tree::default();
-        let mut stack: Vec<usize> = Vec::new();
+        let text = std::str::from_utf8(input).map_err(|e| XmlError::Malformed(e.to_string()))?;
+        let mut reader = NsReader::from_str(text);
+        let mut tree = Tree {
+            elements: Vec::with_capacity((input.len() / 48).min(limits.max_elements)),
+            attrs: Vec::new(),
+        };
+        let mut stack: Vec<u32> = Vec::new();
         loop {
             let (ns, event) = reader
                 .read_resolved_event()
@@ -115,28 +138,48 @@ impl Tree {
                     if stack.len() >= limits.max_depth {
                         return Err(XmlError::TooDeep(limits.max_depth));
                     }
-                    let mut attrs = Vec::new();
+                    let attrs_start = tree.attrs.len() as u32;
                     for attr in e.attributes() {
                         let attr = attr.map_err(|e| XmlError::Malformed(e.to_string()))?;
-                        let key = attr.key.local_name().into_inner().to_owned();
-                        if attr.key.as_ref().starts_with("xmlns") {
+                        let raw_key = attr.key.as_ref();
+                        if raw_key.starts_with("xmlns") {
                             continue;
                         }
+                        let key = attr.key.local_name().into_inner();
+                        let Some(key) = reborrow(text, key) else {
+                            continue;
+                        };
                         let value = attr
                             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                             .map_err(|e| XmlError::Malformed(e.to_string()))?;
-                        attrs.push((key, value.into_owned()));
+                        let value = match value {
+                            Cow::Borrowed(v) => reborrow(text, v)
+                                .map(Cow::Borrowed)
+                                .unwrap_or_else(|| Cow::Owned(v.to_owned())),
+                            Cow::Owned(v) => Cow::Owned(v),
+                        };
+                        tree.attrs.push((key, value));
                     }
-                    let index = tree.elements.len();
+                    let name = e.local_name().into_inner();
+                    let name = reborrow(text, name).unwrap_or("");
+                    let index = tree.elements.len() as u32;
                     tree.elements.push(Element {
                         ns,
-                        name: e.local_name().into_inner().to_owned(),
-                        attrs,
-                        text: String::new(),
-                        children: Vec::new(),
+                        name,
+                        attrs: (attrs_start, tree.attrs.len() as u32),
+                        text: Cow::Borrowed(""),
+                        first_child: NONE,
+                        last_child: NONE,
+                        next_sibling: NONE,
                     });
                     if let Some(&parent) = stack.last() {
-                        tree.elements[parent].children.push(index);
+                        let last = tree.elements[parent as usize].last_child;
+                        if last == NONE {
+                            tree.elements[parent as usize].first_child = index;
+                        } else {
+                            tree.elements[last as usize].next_sibling = index;
+                        }
+                        tree.elements[parent as usize].last_child = index;
                     } else if index != 0 {
                         return Err(XmlError::Malformed("more than one root element".into()));
                     }
@@ -149,12 +192,12 @@ impl Tree {
                 }
                 Event::Text(t) => {
                     if let Some(&top) = stack.last() {
-                        tree.elements[top].text.push_str(&t.xml10_content());
+                        append(&mut tree.elements[top as usize].text, t.xml10_content());
                     }
                 }
                 Event::CData(c) => {
                     if let Some(&top) = stack.last() {
-                        tree.elements[top].text.push_str(&c.into_inner());
+                        append(&mut tree.elements[top as usize].text, c.into_inner());
                     }
                 }
                 Event::GeneralRef(r) => {
@@ -174,7 +217,7 @@ impl Tree {
                         }
                     };
                     if let (Some(c), Some(&top)) = (resolved, stack.last()) {
-                        tree.elements[top].text.push(c);
+                        tree.elements[top as usize].text.to_mut().push(c);
                     }
                 }
                 Event::Eof => break,
@@ -211,9 +254,18 @@ impl Tree {
     }
 }
 
+/// Appends text, staying borrowed while there is only one piece.
+fn append<'a>(text: &mut Cow<'a, str>, more: Cow<'a, str>) {
+    if text.is_empty() {
+        *text = more;
+    } else {
+        text.to_mut().push_str(&more);
+    }
+}
+
 impl<'t> Node<'t> {
-    fn el(&self) -> &'t Element {
-        &self.tree.elements[self.index]
+    fn el(&self) -> &'t Element<'t> {
+        &self.tree.elements[self.index as usize]
     }
 
     pub fn ns(&self) -> Ns {
@@ -221,7 +273,7 @@ impl<'t> Node<'t> {
     }
 
     pub fn name(&self) -> &'t str {
-        &self.el().name
+        self.el().name
     }
 
     pub fn text(&self) -> &'t str {
@@ -229,19 +281,24 @@ impl<'t> Node<'t> {
     }
 
     pub fn attr(&self, name: &str) -> Option<&'t str> {
-        self.el()
-            .attrs
+        let (start, end) = self.el().attrs;
+        self.tree.attrs[start as usize..end as usize]
             .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     pub fn children(self) -> impl Iterator<Item = Node<'t>> + 't {
         let tree = self.tree;
-        self.el()
-            .children
-            .iter()
-            .map(move |&index| Node { tree, index })
+        let mut next = self.el().first_child;
+        std::iter::from_fn(move || {
+            if next == NONE {
+                return None;
+            }
+            let node = Node { tree, index: next };
+            next = tree.elements[next as usize].next_sibling;
+            Some(node)
+        })
     }
 
     /// The first child with this local name in an EWS namespace (messages or types: clients
@@ -282,6 +339,58 @@ impl<'t> Node<'t> {
                 out.push(c);
             }
             c.descendants(name, out);
+        }
+    }
+}
+
+/// The operation of a SOAP envelope — the local name of the first element child of `soap:Body`
+/// — found without building a tree, stopping as soon as it is known. `None` for anything that
+/// is not a SOAP envelope (or has a DOCTYPE).
+pub fn operation(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let mut reader = NsReader::from_reader(body);
+    let mut depth = 0usize;
+    let mut in_body = false;
+    loop {
+        let (ns, event) = reader.read_resolved_event().ok()?;
+        let is_soap =
+            matches!(ns, ResolveResult::Bound(n) if matches!(n.into_inner(), SOAP11 | SOAP12));
+        match event {
+            Event::DocType(_) => return None,
+            Event::Start(e) | Event::Empty(e) if in_body && depth == 2 => {
+                let name = e.local_name().into_inner();
+                // Names are borrowed from the input; hand that borrow out instead of copying.
+                let start = (name.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+                let borrowed = start
+                    .checked_add(name.len())
+                    .and_then(|end| body.get(start..end))
+                    .filter(|slice| *slice == name.as_bytes())
+                    .and_then(|slice| std::str::from_utf8(slice).ok());
+                return Some(match borrowed {
+                    Some(s) => std::borrow::Cow::Borrowed(s),
+                    None => std::borrow::Cow::Owned(name.to_owned()),
+                });
+            }
+            Event::Start(e) => {
+                let local = e.local_name();
+                match depth {
+                    0 if !(is_soap && local.into_inner() == "Envelope") => return None,
+                    1 if is_soap && local.into_inner() == "Body" => in_body = true,
+                    _ => {}
+                }
+                depth += 1;
+                if depth > 64 {
+                    return None;
+                }
+            }
+            Event::End(_) => {
+                depth = depth.checked_sub(1)?;
+                if depth == 1 {
+                    in_body = false;
+                }
+            }
+            Event::Eof => return None,
+            _ => {}
         }
     }
 }

@@ -1,50 +1,9 @@
 //! The simulator's view of a SOAP request: the EWS operation, which is the first element child
 //! of `soap:Body`, found by namespace and local name whatever the prefixes.
 
-use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
-use quick_xml::reader::NsReader;
-
-const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
-const SOAP12: &str = "http://www.w3.org/2003/05/soap-envelope";
-
-/// The EWS operation of a SOAP envelope, or `None` when the body is not one (or has a DOCTYPE,
-/// which SOAP forbids).
+/// The EWS operation of a SOAP envelope (see [`crate::inspect::xml::operation`]).
 pub fn operation(body: &[u8]) -> Option<String> {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let mut reader = NsReader::from_reader(body);
-    let mut depth = 0usize;
-    let mut in_body = false;
-    loop {
-        let (ns, event) = reader.read_resolved_event().ok()?;
-        let is_soap = matches!(ns, ResolveResult::Bound(n) if n.into_inner() == SOAP11 || n.into_inner() == SOAP12);
-        match event {
-            Event::DocType(_) => return None,
-            Event::Start(e) | Event::Empty(e) if in_body && depth == 2 => {
-                return Some(e.local_name().into_inner().to_owned());
-            }
-            Event::Start(e) => {
-                let local = e.local_name();
-                match depth {
-                    0 if !(is_soap && local.into_inner() == "Envelope") => return None,
-                    1 if is_soap && local.into_inner() == "Body" => in_body = true,
-                    _ => {}
-                }
-                depth += 1;
-                if depth > 64 {
-                    return None;
-                }
-            }
-            Event::End(_) => {
-                depth = depth.checked_sub(1)?;
-                if depth == 1 {
-                    in_body = false;
-                }
-            }
-            Event::Eof => return None,
-            _ => {}
-        }
-    }
+    crate::inspect::xml::operation(body).map(|op| op.into_owned())
 }
 
 #[cfg(test)]
