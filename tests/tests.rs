@@ -13,6 +13,8 @@ mod autodiscover;
 mod cli;
 /// `Expect: 100-continue` is answered by the upstream, never the gateway.
 mod expect_continue;
+/// The fuzz corpora, replayed.
+mod fuzz_corpora;
 /// Inspection: every fixture's expected observations, damaged input, traffic end to end.
 mod inspect_fixtures;
 /// A GiB each way through the gateway process, with flat memory.

@@ -5,6 +5,8 @@
 
 pub mod decode;
 pub mod ews;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod identity;
 pub mod model;
