@@ -109,6 +109,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
             i.capture_limit,
             budget,
             metrics.captures.clone(),
+            Some(is_streaming_request),
         )))
     } else {
         None
@@ -158,6 +159,11 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         inspect_metrics,
         recent,
     })
+}
+
+/// An EWS `GetStreamingEvents` request: its response never ends, so it is not copied.
+fn is_streaming_request(body: &[u8]) -> bool {
+    crate::inspect::xml::operation(body).is_some_and(|op| op == "GetStreamingEvents")
 }
 
 /// The built-in simulator's fixtures name `mail.contoso.example` as the Exchange host; its

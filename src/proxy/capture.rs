@@ -85,7 +85,13 @@ pub struct CaptureMetrics {
     pub handed_off: Counter,
     pub dropped: Counter,
     pub truncated: Counter,
+    pub skipped_streams: Counter,
 }
+
+/// Tells, from a request body, that its response is an endless stream whose copy must not be
+/// kept (EWS `GetStreamingEvents`). Supplied by the composition root, since recognising an
+/// operation is inspection's knowledge, not the proxy's.
+pub type StreamingRequest = fn(&[u8]) -> bool;
 
 /// The sending side, shared by all connections.
 #[derive(Debug)]
@@ -94,6 +100,7 @@ pub struct CaptureSink {
     limit: usize,
     budget: Arc<Budget>,
     metrics: CaptureMetrics,
+    streaming: Option<StreamingRequest>,
 }
 
 /// Bytes held by captures not yet inspected, across the process.
@@ -146,12 +153,14 @@ impl CaptureSink {
         limit: usize,
         budget: Arc<Budget>,
         metrics: CaptureMetrics,
+        streaming: Option<StreamingRequest>,
     ) -> CaptureSink {
         CaptureSink {
             queue,
             limit,
             budget,
             metrics,
+            streaming,
         }
     }
 
@@ -243,6 +252,26 @@ impl PendingCapture {
         {
             partial.request = Some((body, truncated));
         }
+    }
+
+    /// Whether the response will be an endless stream: the copy is then given up (and counted)
+    /// instead of holding up to `capture_limit` for the stream's life.
+    pub fn skip_if_streaming(&self) -> bool {
+        let Some(is_streaming) = self.sink.streaming else {
+            return false;
+        };
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let streaming = state
+            .as_ref()
+            .and_then(|p| p.request.as_ref())
+            .is_some_and(|(body, _)| is_streaming(body));
+        if streaming {
+            state.take();
+            self.sink.metrics.skipped_streams.inc();
+        }
+        streaming
     }
 
     /// Records the response head.
@@ -422,5 +451,101 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn sink(limit: usize, budget: u64) -> (Arc<CaptureSink>, mpsc::Receiver<Capture>) {
+        let (tx, rx) = mpsc::channel(4);
+        let sink = CaptureSink::new(
+            tx,
+            limit,
+            Budget::new(budget),
+            CaptureMetrics::default(),
+            None,
+        );
+        (Arc::new(sink), rx)
+    }
+
+    fn begin(sink: &Arc<CaptureSink>) -> Arc<PendingCapture> {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Basic x"));
+        headers.insert("cookie", HeaderValue::from_static("not copied"));
+        sink.begin(
+            7,
+            &Method::POST,
+            "/EWS/Exchange.asmx",
+            RouteClass::Ews,
+            &headers,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn both_bodies_are_copied_and_handed_off_once_the_response_ends() {
+        let (sink, mut rx) = sink(1024, 1 << 20);
+        let pending = begin(&sink);
+        let request = Tee::new(
+            Full::new(Bytes::from_static(b"<req/>")),
+            Side::Request,
+            pending.clone(),
+        );
+        assert_eq!(request.collect().await.unwrap().to_bytes(), "<req/>");
+        pending.response_head(200, &HeaderMap::new());
+        let response = Tee::new(
+            Full::new(Bytes::from_static(b"<resp/>")),
+            Side::Response,
+            pending,
+        );
+        assert_eq!(response.collect().await.unwrap().to_bytes(), "<resp/>");
+        let c = rx.try_recv().expect("handed off");
+        assert_eq!(
+            (&c.request_body[..], &c.response_body[..]),
+            (&b"<req/>"[..], &b"<resp/>"[..])
+        );
+        assert!(!c.request_truncated && !c.response_truncated);
+        assert_eq!(c.status, 200);
+        assert!(c.request_headers.contains_key("authorization"));
+        assert!(
+            !c.request_headers.contains_key("cookie"),
+            "only selected headers are copied"
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_truncated_but_pass_whole() {
+        let (sink, mut rx) = sink(4, 1 << 20);
+        let pending = begin(&sink);
+        pending.no_request_body();
+        let response = Tee::new(
+            Full::new(Bytes::from_static(b"0123456789")),
+            Side::Response,
+            pending,
+        );
+        assert_eq!(response.collect().await.unwrap().to_bytes(), "0123456789");
+        let c = rx.try_recv().unwrap();
+        assert_eq!(&c.response_body[..], b"0123");
+        assert!(c.response_truncated);
+        assert_eq!(sink.metrics.truncated.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn over_budget_copies_are_dropped_and_counted() {
+        let (sink, mut rx) = sink(1024, 8);
+        let pending = begin(&sink);
+        pending.no_request_body();
+        let response = Tee::new(
+            Full::new(Bytes::from_static(b"0123456789")),
+            Side::Response,
+            pending,
+        );
+        response.collect().await.unwrap();
+        assert!(rx.try_recv().is_err());
+        assert_eq!(sink.metrics.dropped.get(), 1);
+        assert_eq!(sink.budget.held(), 0);
     }
 }

@@ -240,11 +240,11 @@ pub async fn forward(
         _ => body.boxed_unsync(),
     };
     let body = match capture {
-        Some(c) => {
+        Some(c) if !c.skip_if_streaming() => {
             c.response_head(parts.status.as_u16(), &parts.headers);
             Tee::new(body, Side::Response, c).boxed_unsync()
         }
-        None => body,
+        _ => body,
     };
     Ok(Response::from_parts(parts, body))
 }

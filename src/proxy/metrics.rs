@@ -155,6 +155,11 @@ impl ProxyMetrics {
             m.captures.dropped.clone(),
         );
         registry.register(
+            "captures_skipped_streams",
+            "Exchange copies given up because the response is an endless stream (GetStreamingEvents)",
+            m.captures.skipped_streams.clone(),
+        );
+        registry.register(
             "captures_truncated",
             "Exchange copies cut at the capture limit",
             m.captures.truncated.clone(),
