@@ -4,8 +4,8 @@
 //! response code.
 
 use super::model::{
-    Address, CategoryMode, Message, Observation, Origin, Source, Transfer, normalize_message_id,
-    normalize_timestamp,
+    Address, Appointment, CategoryMode, Change, Contact, Message, Observation, Origin, Source,
+    Task, Transfer, normalize_message_id, normalize_timestamp,
 };
 use super::xml::{Node, Ns, Tree};
 
@@ -97,17 +97,30 @@ pub fn inspect(
     match operation.as_str() {
         "GetItem" => {
             for r in successes(&results, &ok) {
-                for item in items(r.child(Ns::Messages, "Items")) {
-                    out.observations.push(seen(&origin, item, None, false));
+                for item in all_items(r.child(Ns::Messages, "Items")) {
+                    out.observations
+                        .extend(any_item(&origin, item, None, false, Change::Seen));
+                }
+            }
+        }
+        "GetEvents" => {
+            for r in successes(&results, &ok) {
+                if let Some(notification) = r.child(Ns::Messages, "Notification") {
+                    events(&origin, notification, &mut out.observations);
                 }
             }
         }
         "FindItem" => {
             let folder = req.and_then(|r| first_folder(r.child(Ns::Messages, "ParentFolderIds")));
             for r in successes(&results, &ok) {
-                for item in items(r.path(&["RootFolder", "Items"])) {
-                    out.observations
-                        .push(seen(&origin, item, folder.clone(), false));
+                for item in all_items(r.path(&["RootFolder", "Items"])) {
+                    out.observations.extend(any_item(
+                        &origin,
+                        item,
+                        folder.clone(),
+                        false,
+                        Change::Seen,
+                    ));
                 }
             }
         }
@@ -122,39 +135,72 @@ pub fn inspect(
                     .children()
                     .filter(|c| c.name() == "Create" || c.name() == "Update")
                 {
-                    for item in items(Some(change)) {
-                        out.observations
-                            .push(seen(&origin, item, folder.clone(), initial));
+                    for item in all_items(Some(change)) {
+                        out.observations.extend(any_item(
+                            &origin,
+                            item,
+                            folder.clone(),
+                            initial,
+                            Change::Seen,
+                        ));
                     }
                 }
             }
         }
         "CreateItem" => {
-            if let Some(r) = req.filter(|r| sends(r.attr("MessageDisposition"))) {
-                let saved = saved_folder(r);
-                let requested: Vec<Node<'_>> = r
-                    .child(Ns::Messages, "Items")
-                    .map(|i| i.children().collect())
-                    .unwrap_or_default();
-                for (i, item) in requested.iter().enumerate() {
-                    if !ok.get(i).copied().unwrap_or(false) {
-                        continue;
+            let Some(r) = req else { return out };
+            let requested: Vec<Node<'_>> = r
+                .child(Ns::Messages, "Items")
+                .map(|i| i.children().collect())
+                .unwrap_or_default();
+            let send = sends(r.attr("MessageDisposition"));
+            let saved = saved_folder(r);
+            for (i, item) in requested.iter().enumerate() {
+                if !ok.get(i).copied().unwrap_or(false) {
+                    continue;
+                }
+                match item.name() {
+                    "Contact" | "CalendarItem" | "Task" => {
+                        // The new id is only in the response.
+                        let new_id = results[i]
+                            .child(Ns::Messages, "Items")
+                            .and_then(|items| items.children().next())
+                            .and_then(|n| n.child(Ns::Types, "ItemId"))
+                            .and_then(|n| n.attr("Id"));
+                        out.observations.extend(
+                            any_item(&origin, *item, None, false, Change::Created).map(|mut o| {
+                                set_item_id(&mut o, new_id);
+                                o
+                            }),
+                        );
                     }
-                    let via = match item.name() {
-                        "Message" => "CreateItem".to_owned(),
-                        other => other.to_owned(),
-                    };
-                    out.observations.push(Observation::MessageSent {
-                        origin: origin.clone(),
-                        via,
-                        message: message_fields(*item),
-                        draft_item_ids: Vec::new(),
-                        reference_item_id: item
-                            .child(Ns::Types, "ReferenceItemId")
-                            .and_then(|n| n.attr("Id"))
-                            .map(str::to_owned),
-                        saved_to_folder: saved.clone(),
-                    });
+                    name if send => {
+                        let via = if name == "Message" {
+                            "CreateItem"
+                        } else {
+                            name
+                        };
+                        let mut message = message_fields(*item);
+                        // A MIME send carries its fields in the MIME headers.
+                        if let Some(mime) = item
+                            .child(Ns::Types, "MimeContent")
+                            .and_then(|m| super::mime::message_from_base64(m.text()))
+                        {
+                            merge(&mut message, mime);
+                        }
+                        out.observations.push(Observation::MessageSent {
+                            origin: origin.clone(),
+                            via: via.to_owned(),
+                            message,
+                            draft_item_ids: Vec::new(),
+                            reference_item_id: item
+                                .child(Ns::Types, "ReferenceItemId")
+                                .and_then(|n| n.attr("Id"))
+                                .map(str::to_owned),
+                            saved_to_folder: saved.clone(),
+                        });
+                    }
+                    _ => {}
                 }
             }
         }
@@ -197,6 +243,25 @@ pub fn inspect(
                     else {
                         continue;
                     };
+                    // Each SetItemField carries one field inside an item element of its kind.
+                    let mut updated: Option<Observation> = None;
+                    for piece in change
+                        .child(Ns::Types, "Updates")
+                        .into_iter()
+                        .flat_map(|u| u.children())
+                        .flat_map(|u| u.children())
+                        .filter(|n| matches!(n.name(), "Contact" | "CalendarItem" | "Task"))
+                        .filter_map(|n| any_item(&origin, n, None, false, Change::Updated))
+                    {
+                        updated = Some(match updated {
+                            Some(so_far) => merge_items(so_far, piece),
+                            None => piece,
+                        });
+                    }
+                    if let Some(mut updated) = updated {
+                        set_item_id(&mut updated, Some(id));
+                        out.observations.push(updated);
+                    }
                     if let Some((mode, categories)) = category_update(*change) {
                         out.observations.push(Observation::CategoriesChanged {
                             origin: origin.clone(),
@@ -348,11 +413,271 @@ fn successes<'t, 'a>(
         .map(|(r, _)| *r)
 }
 
-fn items<'t>(container: Option<Node<'t>>) -> impl Iterator<Item = Node<'t>> {
-    container
-        .into_iter()
-        .flat_map(|c| c.children())
-        .filter(|i| MESSAGE_ITEMS.contains(&i.name()))
+/// Every item element of a container.
+fn all_items<'t>(container: Option<Node<'t>>) -> impl Iterator<Item = Node<'t>> {
+    container.into_iter().flat_map(|c| c.children())
+}
+
+/// The observation for any item kind; `None` for kinds nothing tracks.
+fn any_item(
+    origin: &Origin,
+    item: Node<'_>,
+    folder: Option<(Option<String>, Option<String>)>,
+    initial_sync: bool,
+    change: Change,
+) -> Option<Observation> {
+    let origin = origin.clone();
+    Some(match item.name() {
+        name if MESSAGE_ITEMS.contains(&name) => seen(&origin, item, folder, initial_sync),
+        "Contact" => Observation::ContactSeen {
+            origin,
+            change,
+            contact: contact_fields(item),
+        },
+        "CalendarItem" => Observation::AppointmentSeen {
+            origin,
+            change,
+            appointment: appointment_fields(item),
+        },
+        "Task" => Observation::TaskSeen {
+            origin,
+            change,
+            task: task_fields(item),
+        },
+        _ => return None,
+    })
+}
+
+fn set_item_id(o: &mut Observation, id: Option<&str>) {
+    let Some(id) = id else { return };
+    let slot = match o {
+        Observation::ContactSeen { contact, .. } => &mut contact.item_id,
+        Observation::AppointmentSeen { appointment, .. } => &mut appointment.item_id,
+        Observation::TaskSeen { task, .. } => &mut task.item_id,
+        _ => return,
+    };
+    *slot = Some(id.to_owned());
+}
+
+/// Combines two partial observations of the same item (one per updated field).
+fn merge_items(so_far: Observation, piece: Observation) -> Observation {
+    fn or<T>(a: &mut Option<T>, b: Option<T>) {
+        if a.is_none() {
+            *a = b;
+        }
+    }
+    fn or_vec<T>(a: &mut Vec<T>, b: Vec<T>) {
+        if a.is_empty() {
+            *a = b;
+        }
+    }
+    match (so_far, piece) {
+        (
+            Observation::ContactSeen {
+                origin,
+                change,
+                mut contact,
+            },
+            Observation::ContactSeen { contact: c, .. },
+        ) => {
+            or(&mut contact.display_name, c.display_name);
+            or(&mut contact.given_name, c.given_name);
+            or(&mut contact.surname, c.surname);
+            or(&mut contact.company_name, c.company_name);
+            or(&mut contact.job_title, c.job_title);
+            or(&mut contact.business_phone, c.business_phone);
+            or(&mut contact.mobile_phone, c.mobile_phone);
+            or_vec(&mut contact.email_addresses, c.email_addresses);
+            or_vec(&mut contact.categories, c.categories);
+            Observation::ContactSeen {
+                origin,
+                change,
+                contact,
+            }
+        }
+        (
+            Observation::AppointmentSeen {
+                origin,
+                change,
+                mut appointment,
+            },
+            Observation::AppointmentSeen { appointment: a, .. },
+        ) => {
+            or(&mut appointment.subject, a.subject);
+            or(&mut appointment.start, a.start);
+            or(&mut appointment.end, a.end);
+            or(&mut appointment.location, a.location);
+            or(&mut appointment.organizer, a.organizer);
+            or_vec(&mut appointment.required_attendees, a.required_attendees);
+            or_vec(&mut appointment.optional_attendees, a.optional_attendees);
+            or_vec(&mut appointment.categories, a.categories);
+            Observation::AppointmentSeen {
+                origin,
+                change,
+                appointment,
+            }
+        }
+        (
+            Observation::TaskSeen {
+                origin,
+                change,
+                mut task,
+            },
+            Observation::TaskSeen { task: t, .. },
+        ) => {
+            or(&mut task.subject, t.subject);
+            or(&mut task.due_date, t.due_date);
+            or(&mut task.status, t.status);
+            or(&mut task.percent_complete, t.percent_complete);
+            or_vec(&mut task.categories, t.categories);
+            Observation::TaskSeen {
+                origin,
+                change,
+                task,
+            }
+        }
+        (so_far, _) => so_far,
+    }
+}
+
+/// Fills what the XML left empty from the MIME headers.
+fn merge(m: &mut Message, mime: Message) {
+    m.subject = m.subject.take().or(mime.subject);
+    m.from = m.from.take().or(mime.from);
+    m.sender = m.sender.take().or(mime.sender);
+    m.internet_message_id = m.internet_message_id.take().or(mime.internet_message_id);
+    m.in_reply_to = m.in_reply_to.take().or(mime.in_reply_to);
+    m.references = m.references.take().or(mime.references);
+    for (mine, theirs) in [
+        (&mut m.to, mime.to),
+        (&mut m.cc, mime.cc),
+        (&mut m.bcc, mime.bcc),
+    ] {
+        if mine.is_empty() {
+            *mine = theirs;
+        }
+    }
+}
+
+fn contact_fields(item: Node<'_>) -> Contact {
+    let mut c = Contact::default();
+    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    for child in item.children() {
+        match child.name() {
+            "ItemId" => c.item_id = child.attr("Id").map(str::to_owned),
+            "DisplayName" => c.display_name = text(child),
+            "GivenName" => c.given_name = text(child),
+            "Surname" => c.surname = text(child),
+            "CompanyName" => c.company_name = text(child),
+            "JobTitle" => c.job_title = text(child),
+            "EmailAddresses" => c.email_addresses = child.all("Entry").filter_map(text).collect(),
+            "PhoneNumbers" => {
+                for entry in child.all("Entry") {
+                    match entry.attr("Key") {
+                        Some("BusinessPhone") => c.business_phone = text(entry),
+                        Some("MobilePhone") => c.mobile_phone = text(entry),
+                        _ => {}
+                    }
+                }
+            }
+            "Categories" => c.categories = child.all("String").filter_map(text).collect(),
+            _ => {}
+        }
+    }
+    c
+}
+
+fn appointment_fields(item: Node<'_>) -> Appointment {
+    let mut a = Appointment::default();
+    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    let attendees = |n: Node<'_>| {
+        n.all("Attendee")
+            .filter_map(|att| att.child(Ns::Types, "Mailbox"))
+            .map(address)
+            .collect::<Vec<_>>()
+    };
+    for child in item.children() {
+        match child.name() {
+            "ItemId" => a.item_id = child.attr("Id").map(str::to_owned),
+            "Subject" => a.subject = text(child),
+            "Start" => a.start = text(child).map(|t| normalize_timestamp(&t)),
+            "End" => a.end = text(child).map(|t| normalize_timestamp(&t)),
+            "Location" => a.location = text(child),
+            "Organizer" => a.organizer = child.child(Ns::Types, "Mailbox").map(address),
+            "RequiredAttendees" => a.required_attendees = attendees(child),
+            "OptionalAttendees" => a.optional_attendees = attendees(child),
+            "Categories" => a.categories = child.all("String").filter_map(text).collect(),
+            _ => {}
+        }
+    }
+    a
+}
+
+fn task_fields(item: Node<'_>) -> Task {
+    let mut t = Task::default();
+    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    for child in item.children() {
+        match child.name() {
+            "ItemId" => t.item_id = child.attr("Id").map(str::to_owned),
+            "Subject" => t.subject = text(child),
+            "DueDate" => t.due_date = text(child).map(|v| normalize_timestamp(&v)),
+            "Status" => t.status = text(child),
+            "PercentComplete" => t.percent_complete = text(child),
+            "Categories" => t.categories = child.all("String").filter_map(text).collect(),
+            _ => {}
+        }
+    }
+    t
+}
+
+/// Pull notifications: new mail carries the item and folder ids; moves and copies carry old
+/// and new ids.
+fn events(origin: &Origin, notification: Node<'_>, out: &mut Vec<Observation>) {
+    let id = |n: Node<'_>, name: &str| {
+        n.child(Ns::Types, name)
+            .and_then(|c| c.attr("Id"))
+            .map(str::to_owned)
+    };
+    for event in notification.children() {
+        match event.name() {
+            "NewMailEvent" => {
+                if let Some(item_id) = id(event, "ItemId") {
+                    out.push(Observation::MessageSeen {
+                        origin: origin.clone(),
+                        message: Message {
+                            item_id: Some(item_id),
+                            folder_id: id(event, "ParentFolderId"),
+                            ..Message::default()
+                        },
+                        initial_sync: false,
+                    });
+                }
+            }
+            kind @ ("MovedEvent" | "CopiedEvent") => {
+                let (Some(new), Some(old)) = (id(event, "ItemId"), id(event, "OldItemId")) else {
+                    continue;
+                };
+                let transfer = Transfer {
+                    item_ids: vec![old],
+                    new_item_ids: vec![Some(new)],
+                    destination_folder_id: id(event, "ParentFolderId"),
+                    destination_folder: None,
+                };
+                out.push(if kind == "MovedEvent" {
+                    Observation::MessageMoved {
+                        origin: origin.clone(),
+                        transfer,
+                    }
+                } else {
+                    Observation::MessageCopied {
+                        origin: origin.clone(),
+                        transfer,
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
 }
 
 fn sends(disposition: Option<&str>) -> bool {

@@ -9,6 +9,7 @@ pub mod ews;
 pub mod fuzzing;
 pub mod graph;
 pub mod identity;
+pub mod mime;
 pub mod model;
 pub mod ntlm;
 pub mod worker;

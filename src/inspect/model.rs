@@ -125,6 +125,30 @@ pub enum Observation {
         mode: CategoryMode,
         categories: Vec<String>,
     },
+    /// A contact read, created or updated (for the synchronized-field mapping).
+    ContactSeen {
+        #[serde(flatten)]
+        origin: Origin,
+        change: Change,
+        #[serde(flatten)]
+        contact: Contact,
+    },
+    /// An appointment read, created or updated.
+    AppointmentSeen {
+        #[serde(flatten)]
+        origin: Origin,
+        change: Change,
+        #[serde(flatten)]
+        appointment: Appointment,
+    },
+    /// A task read, created or updated.
+    TaskSeen {
+        #[serde(flatten)]
+        origin: Origin,
+        change: Change,
+        #[serde(flatten)]
+        task: Task,
+    },
     FolderSeen {
         #[serde(flatten)]
         origin: Origin,
@@ -149,6 +173,78 @@ pub struct Transfer {
     pub destination_folder: Option<String>,
 }
 
+/// Whether an item was read, or created or updated through the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Seen,
+    Created,
+    Updated,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Contact {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub surname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_title: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub email_addresses: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub business_phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mobile_phone: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Appointment {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// RFC 3339, UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organizer: Option<Address>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub required_attendees: Vec<Address>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub optional_attendees: Vec<Address>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Task {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent_complete: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CategoryMode {
@@ -167,6 +263,9 @@ impl Observation {
             Observation::MessageCopied { .. } => "message_copied",
             Observation::CategoriesChanged { .. } => "categories_changed",
             Observation::FolderSeen { .. } => "folder_seen",
+            Observation::ContactSeen { .. } => "contact_seen",
+            Observation::AppointmentSeen { .. } => "appointment_seen",
+            Observation::TaskSeen { .. } => "task_seen",
         }
     }
 
@@ -177,7 +276,10 @@ impl Observation {
             | Observation::MessageMoved { origin, .. }
             | Observation::MessageCopied { origin, .. }
             | Observation::CategoriesChanged { origin, .. }
-            | Observation::FolderSeen { origin, .. } => origin,
+            | Observation::FolderSeen { origin, .. }
+            | Observation::ContactSeen { origin, .. }
+            | Observation::AppointmentSeen { origin, .. }
+            | Observation::TaskSeen { origin, .. } => origin,
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct Matcher {
     pub method: Option<String>,
     /// A path pattern, case-insensitive; `*` matches one segment, a final `**` the rest.
     pub path: Option<String>,
+    /// `false`: recorded for inspection only, never served (another fixture answers the same
+    /// operation or route).
+    pub serve: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,27 +216,33 @@ impl FixtureSet {
 
     /// The fixture answering an EWS operation.
     pub fn for_operation(&self, operation: &str) -> Option<&Fixture> {
-        self.fixtures.iter().find(|f| {
-            f.matcher
-                .ews_operation
-                .as_deref()
-                .is_some_and(|op| op.eq_ignore_ascii_case(operation))
-        })
+        self.fixtures
+            .iter()
+            .filter(|f| f.matcher.serve != Some(false))
+            .find(|f| {
+                f.matcher
+                    .ews_operation
+                    .as_deref()
+                    .is_some_and(|op| op.eq_ignore_ascii_case(operation))
+            })
     }
 
     /// The fixture answering a method and path (EWS-operation fixtures excluded).
     pub fn for_route(&self, method: &str, path: &str) -> Option<&Fixture> {
-        self.fixtures.iter().find(|f| {
-            f.matcher.ews_operation.is_none()
-                && f.matcher
-                    .method
-                    .as_deref()
-                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
-                && f.matcher
-                    .path
-                    .as_deref()
-                    .is_some_and(|p| path_matches(p, path))
-        })
+        self.fixtures
+            .iter()
+            .filter(|f| f.matcher.serve != Some(false))
+            .find(|f| {
+                f.matcher.ews_operation.is_none()
+                    && f.matcher
+                        .method
+                        .as_deref()
+                        .is_none_or(|m| m.eq_ignore_ascii_case(method))
+                    && f.matcher
+                        .path
+                        .as_deref()
+                        .is_some_and(|p| path_matches(p, path))
+            })
     }
 }
 
@@ -310,7 +319,14 @@ mod tests {
     fn embedded_fixtures_load_and_match() {
         let set = FixtureSet::embedded().unwrap();
         assert!(set.len() >= 5);
-        assert!(set.for_operation("GetItem").is_some());
+        // Inspect-only fixtures (serve = false) never answer.
+        assert!(
+            set.for_operation("GetItem")
+                .unwrap()
+                .name
+                .ends_with("ews-getitem-message")
+        );
+        assert!(set.iter().any(|f| f.matcher.serve == Some(false)));
         assert!(set.for_operation("getfolder").is_some());
         assert!(set.for_operation("NoSuchOperation").is_none());
         assert!(set.for_route("GET", "/v1.0/me/messages").is_some());
