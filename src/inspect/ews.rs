@@ -853,3 +853,86 @@ fn fault_code(fault: Node<'_>) -> String {
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "SoapFault".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::xml::{Tree, XmlLimits};
+
+    const ITEM: &str = r#"<t:Message><t:ItemId Id="ID1"/><t:Subject>Hi &amp; bye</t:Subject><t:From><t:Mailbox><t:EmailAddress>pat@fabrikam.example</t:EmailAddress></t:Mailbox></t:From><t:InternetMessageId>&lt;a@b&gt;</t:InternetMessageId></t:Message>"#;
+
+    fn inspect_pair(request: &str, response: &str) -> Vec<Observation> {
+        let req = Tree::parse(request.as_bytes(), XmlLimits::default()).unwrap();
+        let resp = Tree::parse(response.as_bytes(), XmlLimits::default()).unwrap();
+        inspect(Some(&req), Some(&resp), Some("a@b".into())).observations
+    }
+
+    /// The same FindItem exchange in three dialects gives the same observations.
+    #[test]
+    fn dialects_agree() {
+        let m = "http://schemas.microsoft.com/exchange/services/2006/messages";
+        let t = "http://schemas.microsoft.com/exchange/services/2006/types";
+        let s = "http://schemas.xmlsoap.org/soap/envelope/";
+        let results = format!(
+            r#"<m:ResponseMessages><m:FindItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:RootFolder><t:Items>{ITEM}</t:Items></m:RootFolder></m:FindItemResponseMessage></m:ResponseMessages>"#
+        );
+        // EWS Managed API: m:/t: prefixes; Exchange Online: s:, no declaration.
+        let a = inspect_pair(
+            &format!(
+                r#"<soap:Envelope xmlns:soap="{s}" xmlns:m="{m}" xmlns:t="{t}"><soap:Body><m:FindItem><m:ParentFolderIds><t:DistinguishedFolderId Id="inbox"/></m:ParentFolderIds></m:FindItem></soap:Body></soap:Envelope>"#
+            ),
+            &format!(
+                r#"<s:Envelope xmlns:s="{s}"><s:Body><m:FindItemResponse xmlns:m="{m}" xmlns:t="{t}">{results}</m:FindItemResponse></s:Body></s:Envelope>"#
+            ),
+        );
+        // exchangelib: default namespaces; Exchange 2010: declaration, soap:, default messages ns.
+        let b = inspect_pair(
+            &format!(
+                r#"<s:Envelope xmlns:s="{s}"><s:Body><FindItem xmlns="{m}"><ParentFolderIds><DistinguishedFolderId xmlns="{t}" Id="inbox"/></ParentFolderIds></FindItem></s:Body></s:Envelope>"#
+            ),
+            &format!(
+                r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{s}"><soap:Body><FindItemResponse xmlns:m="{m}" xmlns:t="{t}" xmlns="{m}">{results}</FindItemResponse></soap:Body></soap:Envelope>"#
+            ),
+        );
+        // Prefix-less throughout, unusual prefixes, and a byte-order mark.
+        let c = inspect_pair(
+            &format!(
+                "\u{feff}<Envelope xmlns=\"{s}\"><Body><FindItem xmlns=\"{m}\"><ParentFolderIds><DistinguishedFolderId xmlns=\"{t}\" Id=\"inbox\"/></ParentFolderIds></FindItem></Body></Envelope>"
+            ),
+            &format!(
+                r#"<e:Envelope xmlns:e="{s}"><e:Body><x:FindItemResponse xmlns:x="{m}" xmlns:t="{t}">{}</x:FindItemResponse></e:Body></e:Envelope>"#,
+                results.replace("m:", "x:")
+            ),
+        );
+        assert_eq!(a.len(), 1);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        match &a[0] {
+            Observation::MessageSeen { message, .. } => {
+                assert_eq!(message.subject.as_deref(), Some("Hi & bye"));
+                assert_eq!(message.internet_message_id.as_deref(), Some("a@b"));
+                assert_eq!(message.folder.as_deref(), Some("inbox"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_results_and_errors_yield_nothing() {
+        let s = "http://schemas.xmlsoap.org/soap/envelope/";
+        let m = "http://schemas.microsoft.com/exchange/services/2006/messages";
+        let req = format!(
+            r#"<s:Envelope xmlns:s="{s}"><s:Body><GetItem xmlns="{m}"/></s:Body></s:Envelope>"#
+        );
+        let empty = format!(
+            r#"<s:Envelope xmlns:s="{s}"><s:Body><GetItemResponse xmlns="{m}"><ResponseMessages><GetItemResponseMessage ResponseClass="Success"><ResponseCode>NoError</ResponseCode><Items/></GetItemResponseMessage></ResponseMessages></GetItemResponse></s:Body></s:Envelope>"#
+        );
+        assert!(inspect_pair(&req, &empty).is_empty());
+        let warning = empty.replace(r#"ResponseClass="Success""#, r#"ResponseClass="Warning""#);
+        let req_tree = Tree::parse(req.as_bytes(), XmlLimits::default()).unwrap();
+        let resp_tree = Tree::parse(warning.as_bytes(), XmlLimits::default()).unwrap();
+        let out = inspect(Some(&req_tree), Some(&resp_tree), None);
+        assert!(out.observations.is_empty());
+        assert_eq!(out.failures, ["NoError"]);
+    }
+}
