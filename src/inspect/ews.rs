@@ -243,22 +243,23 @@ pub fn inspect(
                     else {
                         continue;
                     };
-                    // Each SetItemField carries one field inside an item element of its kind.
-                    let mut updated: Option<Observation> = None;
-                    for piece in change
+                    // Each SetItemField carries one field inside an item element of its kind;
+                    // together they describe one update.
+                    let pieces: Vec<Node<'_>> = change
                         .child(Ns::Types, "Updates")
                         .into_iter()
                         .flat_map(|u| u.children())
                         .flat_map(|u| u.children())
                         .filter(|n| matches!(n.name(), "Contact" | "CalendarItem" | "Task"))
-                        .filter_map(|n| any_item(&origin, n, None, false, Change::Updated))
-                    {
-                        updated = Some(match updated {
-                            Some(so_far) => merge_items(so_far, piece),
-                            None => piece,
-                        });
-                    }
-                    if let Some(mut updated) = updated {
+                        .collect();
+                    if let Some(mut updated) = pieces.first().and_then(|first| {
+                        let same_kind: Vec<Node<'_>> = pieces
+                            .iter()
+                            .copied()
+                            .filter(|p| p.name() == first.name())
+                            .collect();
+                        item_of_kind(&origin, first.name(), &same_kind, Change::Updated)
+                    }) {
                         set_item_id(&mut updated, Some(id));
                         out.observations.push(updated);
                     }
@@ -426,23 +427,36 @@ fn any_item(
     initial_sync: bool,
     change: Change,
 ) -> Option<Observation> {
+    if MESSAGE_ITEMS.contains(&item.name()) {
+        return Some(seen(origin, item, folder, initial_sync));
+    }
+    item_of_kind(origin, item.name(), &[item], change)
+}
+
+/// A contact, appointment or task observation from one or more elements of that kind (an
+/// update spreads its fields over several).
+fn item_of_kind(
+    origin: &Origin,
+    kind: &str,
+    parts: &[Node<'_>],
+    change: Change,
+) -> Option<Observation> {
     let origin = origin.clone();
-    Some(match item.name() {
-        name if MESSAGE_ITEMS.contains(&name) => seen(&origin, item, folder, initial_sync),
+    Some(match kind {
         "Contact" => Observation::ContactSeen {
             origin,
             change,
-            contact: contact_fields(item),
+            contact: contact_fields(parts),
         },
         "CalendarItem" => Observation::AppointmentSeen {
             origin,
             change,
-            appointment: appointment_fields(item),
+            appointment: appointment_fields(parts),
         },
         "Task" => Observation::TaskSeen {
             origin,
             change,
-            task: task_fields(item),
+            task: task_fields(parts),
         },
         _ => return None,
     })
@@ -457,87 +471,6 @@ fn set_item_id(o: &mut Observation, id: Option<&str>) {
         _ => return,
     };
     *slot = Some(id.to_owned());
-}
-
-/// Combines two partial observations of the same item (one per updated field).
-fn merge_items(so_far: Observation, piece: Observation) -> Observation {
-    fn or<T>(a: &mut Option<T>, b: Option<T>) {
-        if a.is_none() {
-            *a = b;
-        }
-    }
-    fn or_vec<T>(a: &mut Vec<T>, b: Vec<T>) {
-        if a.is_empty() {
-            *a = b;
-        }
-    }
-    match (so_far, piece) {
-        (
-            Observation::ContactSeen {
-                origin,
-                change,
-                mut contact,
-            },
-            Observation::ContactSeen { contact: c, .. },
-        ) => {
-            or(&mut contact.display_name, c.display_name);
-            or(&mut contact.given_name, c.given_name);
-            or(&mut contact.surname, c.surname);
-            or(&mut contact.company_name, c.company_name);
-            or(&mut contact.job_title, c.job_title);
-            or(&mut contact.business_phone, c.business_phone);
-            or(&mut contact.mobile_phone, c.mobile_phone);
-            or_vec(&mut contact.email_addresses, c.email_addresses);
-            or_vec(&mut contact.categories, c.categories);
-            Observation::ContactSeen {
-                origin,
-                change,
-                contact,
-            }
-        }
-        (
-            Observation::AppointmentSeen {
-                origin,
-                change,
-                mut appointment,
-            },
-            Observation::AppointmentSeen { appointment: a, .. },
-        ) => {
-            or(&mut appointment.subject, a.subject);
-            or(&mut appointment.start, a.start);
-            or(&mut appointment.end, a.end);
-            or(&mut appointment.location, a.location);
-            or(&mut appointment.organizer, a.organizer);
-            or_vec(&mut appointment.required_attendees, a.required_attendees);
-            or_vec(&mut appointment.optional_attendees, a.optional_attendees);
-            or_vec(&mut appointment.categories, a.categories);
-            Observation::AppointmentSeen {
-                origin,
-                change,
-                appointment,
-            }
-        }
-        (
-            Observation::TaskSeen {
-                origin,
-                change,
-                mut task,
-            },
-            Observation::TaskSeen { task: t, .. },
-        ) => {
-            or(&mut task.subject, t.subject);
-            or(&mut task.due_date, t.due_date);
-            or(&mut task.status, t.status);
-            or(&mut task.percent_complete, t.percent_complete);
-            or_vec(&mut task.categories, t.categories);
-            Observation::TaskSeen {
-                origin,
-                change,
-                task,
-            }
-        }
-        (so_far, _) => so_far,
-    }
 }
 
 /// Fills what the XML left empty from the MIME headers.
@@ -559,10 +492,10 @@ fn merge(m: &mut Message, mime: Message) {
     }
 }
 
-fn contact_fields(item: Node<'_>) -> Contact {
+fn contact_fields(parts: &[Node<'_>]) -> Contact {
     let mut c = Contact::default();
     let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
-    for child in item.children() {
+    for child in parts.iter().flat_map(|p| p.children()) {
         match child.name() {
             "ItemId" => c.item_id = child.attr("Id").map(str::to_owned),
             "DisplayName" => c.display_name = text(child),
@@ -587,7 +520,7 @@ fn contact_fields(item: Node<'_>) -> Contact {
     c
 }
 
-fn appointment_fields(item: Node<'_>) -> Appointment {
+fn appointment_fields(parts: &[Node<'_>]) -> Appointment {
     let mut a = Appointment::default();
     let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
     let attendees = |n: Node<'_>| {
@@ -596,7 +529,7 @@ fn appointment_fields(item: Node<'_>) -> Appointment {
             .map(address)
             .collect::<Vec<_>>()
     };
-    for child in item.children() {
+    for child in parts.iter().flat_map(|p| p.children()) {
         match child.name() {
             "ItemId" => a.item_id = child.attr("Id").map(str::to_owned),
             "Subject" => a.subject = text(child),
@@ -613,10 +546,10 @@ fn appointment_fields(item: Node<'_>) -> Appointment {
     a
 }
 
-fn task_fields(item: Node<'_>) -> Task {
+fn task_fields(parts: &[Node<'_>]) -> Task {
     let mut t = Task::default();
     let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
-    for child in item.children() {
+    for child in parts.iter().flat_map(|p| p.children()) {
         match child.name() {
             "ItemId" => t.item_id = child.attr("Id").map(str::to_owned),
             "Subject" => t.subject = text(child),
