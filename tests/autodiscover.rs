@@ -96,48 +96,35 @@ async fn autodiscover_answers_point_clients_at_the_gateway() {
     gw.gateway.shutdown().await;
 }
 
+/// The POX answer's EwsUrl through a gateway with this `[autodiscover]` section.
+async fn ews_url_with(section: &str) -> String {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), &format!("[autodiscover]\n{section}")).await;
+    let client = support::client(&gw.ca(), false);
+    let r = client
+        .post(gw.localhost_url("/autodiscover/autodiscover.xml"))
+        .body("<A/>")
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    gw.gateway.shutdown().await;
+    let start = body.find("<EwsUrl>").expect("an EwsUrl") + "<EwsUrl>".len();
+    body[start..start + body[start..].find('<').unwrap()].to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_external_url_wins_and_rewriting_can_be_off() {
-    let sim = support::simulator("sim").await;
-    let gw = support::gateway(
-        &sim.url(),
-        "[autodiscover]\nexternal_url = \"https://mail.example.com\"\nexchange_hosts = [\"mail.contoso.example\"]\n",
-    )
-    .await;
-    let client = support::client(&gw.ca(), false);
-    let body = client
-        .post(gw.localhost_url("/autodiscover/autodiscover.xml"))
-        .body("<A/>")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        body.contains("<EwsUrl>https://mail.example.com/EWS/Exchange.asmx</EwsUrl>"),
-        "{body}"
+    let hosts = "exchange_hosts = [\"mail.contoso.example\"]\n";
+    assert_eq!(
+        ews_url_with(&format!(
+            "external_url = \"https://mail.example.com\"\n{hosts}"
+        ))
+        .await,
+        "https://mail.example.com/EWS/Exchange.asmx"
     );
-    gw.gateway.shutdown().await;
-
-    let gw = support::gateway(
-        &sim.url(),
-        "[autodiscover]\nrewrite = false\nexchange_hosts = [\"mail.contoso.example\"]\n",
-    )
-    .await;
-    let client = support::client(&gw.ca(), false);
-    let body = client
-        .post(gw.localhost_url("/autodiscover/autodiscover.xml"))
-        .body("<A/>")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        body.contains("<EwsUrl>https://mail.contoso.example/EWS/Exchange.asmx</EwsUrl>"),
-        "{body}"
+    assert_eq!(
+        ews_url_with(&format!("rewrite = false\n{hosts}")).await,
+        "https://mail.contoso.example/EWS/Exchange.asmx"
     );
-    gw.gateway.shutdown().await;
 }

@@ -310,17 +310,11 @@ pub fn inspect(
                     transfer.new_item_ids.push(new_id);
                 }
                 if !transfer.item_ids.is_empty() {
-                    out.observations.push(if operation == "MoveItem" {
-                        Observation::MessageMoved {
-                            origin: origin.clone(),
-                            transfer,
-                        }
-                    } else {
-                        Observation::MessageCopied {
-                            origin: origin.clone(),
-                            transfer,
-                        }
-                    });
+                    out.observations.push(Observation::transfer(
+                        origin.clone(),
+                        operation == "MoveItem",
+                        transfer,
+                    ));
                 }
             }
         }
@@ -596,17 +590,11 @@ fn events(origin: &Origin, notification: Node<'_>, out: &mut Vec<Observation>) {
                     destination_folder_id: id(event, "ParentFolderId"),
                     destination_folder: None,
                 };
-                out.push(if kind == "MovedEvent" {
-                    Observation::MessageMoved {
-                        origin: origin.clone(),
-                        transfer,
-                    }
-                } else {
-                    Observation::MessageCopied {
-                        origin: origin.clone(),
-                        transfer,
-                    }
-                });
+                out.push(Observation::transfer(
+                    origin.clone(),
+                    kind == "MovedEvent",
+                    transfer,
+                ));
             }
             _ => {}
         }

@@ -309,17 +309,11 @@ pub fn inspect(
                 destination_folder_id,
                 destination_folder,
             };
-            out.push(if *action == "move" {
-                Observation::MessageMoved {
-                    origin: origin("move"),
-                    transfer,
-                }
-            } else {
-                Observation::MessageCopied {
-                    origin: origin("copy"),
-                    transfer,
-                }
-            });
+            out.push(Observation::transfer(
+                origin(action),
+                *action == "move",
+                transfer,
+            ));
         }
         ("PATCH", ["messages", _] | ["mailfolders", _, "messages", _]) => {
             let patch: GraphMessage<'_> = serde_json::from_slice(x.request)?;

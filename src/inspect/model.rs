@@ -254,6 +254,15 @@ pub enum CategoryMode {
 }
 
 impl Observation {
+    /// `message_moved` or `message_copied`.
+    pub fn transfer(origin: Origin, moved: bool, transfer: Transfer) -> Observation {
+        if moved {
+            Observation::MessageMoved { origin, transfer }
+        } else {
+            Observation::MessageCopied { origin, transfer }
+        }
+    }
+
     /// The metric label of this observation.
     pub fn kind(&self) -> &'static str {
         match self {
