@@ -298,6 +298,13 @@ async fn send_pinned(
             return send_pooled(state, request).await;
         }
     };
+    // hyper's connection-level client, unlike the pooled one, adds no Host; HTTP/1.1 needs it.
+    let mut request = request;
+    if !request.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(base.authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
     let response = pinned[index]
         .send(request)
         .await

@@ -316,6 +316,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<SimBody>, Reset> {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    // Like IIS: an HTTP/1.1 request without Host is refused.
+    if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "Bad Request - Invalid Hostname\n",
+        ));
+    }
     let faults = match req
         .headers()
         .get("x-sim-fault")
