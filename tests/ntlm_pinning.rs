@@ -62,6 +62,22 @@ async fn get(
     out
 }
 
+/// The request target the upstream received for a plain request on this connection.
+async fn target(client: &mut Client) -> String {
+    client.sender.ready().await.unwrap();
+    let request = Request::get("/v1.0/me/messages")
+        .header("host", "mail.contoso.example")
+        .body(Empty::new())
+        .unwrap();
+    let response = client.sender.send_request(request).await.unwrap();
+    let target = response.headers()["x-sim-target"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    response.into_body().collect().await.unwrap();
+    target
+}
+
 async fn ntlm_gateway() -> (trackgate::simulate::ExchangeSimulator, TestGateway) {
     let mut options = SimulatorOptions::new("sim", FixtureSet::embedded().unwrap());
     options.auth = AuthMode::Ntlm;
@@ -92,6 +108,11 @@ async fn each_ntlm_client_gets_its_own_upstream_connection() {
     )
     .await;
     assert_eq!((status, user.as_str()), (200, "CONTOSO\\alice"));
+    // The pinned connection sends origin form, as the pooled client does.
+    assert!(
+        target(&mut alice).await.starts_with("/v1.0/"),
+        "absolute form on the pinned connection"
+    );
     let (status, user, conn_b, _) = get(
         &mut bob,
         Some(&ntlm::authenticate_header(challenge_b, "CONTOSO", "bob")),

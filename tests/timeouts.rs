@@ -1,3 +1,4 @@
+use std::future::Future as _;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,5 +202,56 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         .expect("served once a slot freed")
         .unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
+    gw.gateway.shutdown().await;
+}
+
+/// A body that sends `chunks` pattern chunks `gap` apart: a slow but steady upload.
+struct SlowUpload {
+    left: usize,
+    gap: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for SlowUpload {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.timer.as_mut().poll(cx));
+        let next = tokio::time::Instant::now() + self.gap;
+        self.timer.as_mut().reset(next);
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            &[0, 1, 2, 3],
+        )))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_not_an_upstream_timeout() {
+    let sim = support::simulator("sim").await;
+    // The upload takes ~1.2 s, longer than the header timeout; the upstream answers at once after.
+    let gw = support::gateway(&sim.url(), "[upstreams]\nheader_timeout = \"500ms\"\n").await;
+    let client = support::client(&gw.ca(), false);
+    let body = SlowUpload {
+        left: 4,
+        gap: Duration::from_millis(400),
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+    };
+    let r = client
+        .post(gw.localhost_url("/_sim/sink"))
+        .body(reqwest::Body::wrap(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let verdict: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(verdict["bytes"], 16);
     gw.gateway.shutdown().await;
 }

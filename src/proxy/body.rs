@@ -86,6 +86,7 @@ pin_project_lite::pin_project! {
         counter: Counter,
         outcome: Option<Arc<BodyOutcome>>,
         gate: Option<Gate>,
+        end_signal: Option<Arc<tokio::sync::Notify>>,
         done: bool,
     }
 }
@@ -103,8 +104,15 @@ impl<B> Guarded<B> {
             counter,
             outcome: None,
             gate: None,
+            end_signal: None,
             done: false,
         }
+    }
+
+    /// Notified once when the body ends, however it ends.
+    pub fn with_end_signal(mut self, signal: Arc<tokio::sync::Notify>) -> Self {
+        self.end_signal = Some(signal);
+        self
     }
 
     pub fn with_limit(mut self, limit: u64) -> Self {
@@ -133,6 +141,33 @@ where
     type Error = BoxError;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.as_mut().poll_inner(cx);
+        let this = self.project();
+        let ended = *this.done || (polled.is_ready() && this.inner.is_end_stream());
+        if ended && let Some(signal) = this.end_signal.take() {
+            signal.notify_one();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.gate.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Guarded<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    fn poll_inner(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -192,14 +227,6 @@ where
                 }
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || (self.gate.is_none() && self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -36,6 +36,7 @@ pub async fn forward(
     }
     let class = RouteClass::of_path(request.uri().path());
     let base = state.routes.base(class);
+    let head_request = request.method() == Method::HEAD;
     let (mut parts, body) = request.into_parts();
 
     // Refuse an oversized body before anything is sent upstream.
@@ -128,10 +129,12 @@ pub async fn forward(
 
     let outcome = Arc::new(BodyOutcome::default());
     let continue_seen = Arc::new(Notify::new());
+    let body_sent = Arc::new(Notify::new());
     let body = if body.is_end_stream() {
         if let Some(c) = &capture {
             c.no_request_body();
         }
+        body_sent.notify_one();
         empty()
     } else {
         let mut guarded = Guarded::new(
@@ -140,7 +143,8 @@ pub async fn forward(
             metrics.bytes_from_client.clone(),
         )
         .with_limit(state.limits.max_request_body)
-        .with_outcome(outcome.clone());
+        .with_outcome(outcome.clone())
+        .with_end_signal(body_sent.clone());
         if expect_continue {
             // The client gets `100 Continue` only when the upstream sends one (or stays silent
             // past the timeout, as RFC 9110 lets clients assume): a 401 challenge then arrives
@@ -169,9 +173,18 @@ pub async fn forward(
     metrics.upstream_requests.inc();
     let pinned = windows_auth || conn.has_pinned.load(Ordering::Acquire);
     let result = if pinned {
-        send_pinned(proxy, &state, conn, class, windows_auth, upstream_request).await
+        send_pinned(
+            proxy,
+            &state,
+            conn,
+            class,
+            windows_auth,
+            &body_sent,
+            upstream_request,
+        )
+        .await
     } else {
-        send_pooled(&state, upstream_request).await
+        send_pooled(&state, &body_sent, upstream_request).await
     };
     let (response, pinned) = match result {
         Ok(r) => r,
@@ -217,8 +230,10 @@ pub async fn forward(
         .headers
         .get(header::CONTENT_ENCODING)
         .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    // HEAD answers and 204s carry no body to rewrite (and must keep their headers as sent).
+    let has_body = !(head_request || parts.status == StatusCode::NO_CONTENT);
     let body = match (
-        rewrite_body && parts.status.is_success() && identity,
+        rewrite_body && parts.status.is_success() && identity && has_body,
         external_url.as_deref(),
     ) {
         (true, Some(to)) => {
@@ -249,11 +264,31 @@ pub async fn forward(
     Ok(Response::from_parts(parts, body))
 }
 
+/// Waits for the response head. The header timeout starts once the request body has been sent:
+/// a long upload is not the upstream being slow (its stalls are the body idle timeout's job).
+async fn response_head<F, T>(
+    state: &ProxyState,
+    sent: &Notify,
+    response: F,
+) -> Result<T, tokio::time::error::Elapsed>
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(response);
+    tokio::select! {
+        biased;
+        done = &mut response => return Ok(done),
+        () = sent.notified() => {}
+    }
+    tokio::time::timeout(state.timeouts.header_timeout, response).await
+}
+
 async fn send_pooled(
     state: &ProxyState,
+    sent: &Notify,
     request: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, bool), ProxyError> {
-    match tokio::time::timeout(state.timeouts.header_timeout, state.pool.request(request)).await {
+    match response_head(state, sent, state.pool.request(request)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(error)) if error.is_connect() => {
             Err(ProxyError::UpstreamUnreachable(Box::new(error)))
@@ -271,6 +306,7 @@ async fn send_pinned(
     conn: &ConnContext,
     class: RouteClass,
     windows_auth: bool,
+    sent: &Notify,
     request: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, bool), ProxyError> {
     let base = state.routes.base(class);
@@ -295,11 +331,20 @@ async fn send_pinned(
         }
         None => {
             drop(pinned);
-            return send_pooled(state, request).await;
+            return send_pooled(state, sent, request).await;
         }
     };
-    // hyper's connection-level client, unlike the pooled one, adds no Host; HTTP/1.1 needs it.
+    // hyper's connection-level client, unlike the pooled one, writes the URI as given and adds
+    // no Host: send origin form (`/path?query`) and the Host HTTP/1.1 needs.
     let mut request = request;
+    let origin_form = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    if let Ok(uri) = origin_form.parse() {
+        *request.uri_mut() = uri;
+    }
     if !request.headers().contains_key(header::HOST)
         && let Ok(host) = HeaderValue::from_str(base.authority.as_str())
     {
@@ -311,7 +356,7 @@ async fn send_pinned(
         .map_err(|e| ProxyError::UpstreamBroken(Box::new(e)))?;
     // Release the lock while waiting: the connection is busy with this request anyway.
     drop(pinned);
-    match tokio::time::timeout(state.timeouts.header_timeout, response).await {
+    match response_head(state, sent, response).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
         Ok(Ok(response)) => Ok((response, true)),

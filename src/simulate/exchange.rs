@@ -337,7 +337,12 @@ async fn handle(
     if faults.reset {
         return Err(Reset);
     }
+    // The request target as received, so tests can check origin form.
+    let target = HeaderValue::from_str(&req.uri().to_string()).ok();
     let mut response = respond(shared, conn, req, &faults).await;
+    if let Some(target) = target {
+        response.headers_mut().insert("x-sim-target", target);
+    }
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&shared.options.name) {
         h.insert("x-sim-id", v);
