@@ -311,6 +311,16 @@ async fn send_pinned(
 ) -> Result<(Response<Incoming>, bool), ProxyError> {
     let base = state.routes.base(class);
     let endpoint = base.endpoint();
+    // Requests for endpoints this connection never authenticated to must not queue behind a
+    // pinned exchange (an HTTP/2 client may hold a long stream on it).
+    let known = conn
+        .pinned_endpoints
+        .lock()
+        .map(|e| e.contains(&endpoint))
+        .unwrap_or(false);
+    if !windows_auth && !known {
+        return send_pooled(state, sent, request).await;
+    }
     let mut pinned = conn.pinned.lock().await;
     pinned.retain(PinnedConnection::is_usable);
     let index = match pinned.iter().position(|p| p.endpoint == endpoint) {
@@ -327,6 +337,9 @@ async fn send_pinned(
             .map_err(|e| ProxyError::UpstreamUnreachable(Box::new(e)))?;
             pinned.push(opened);
             conn.has_pinned.store(true, Ordering::Release);
+            if let Ok(mut endpoints) = conn.pinned_endpoints.lock() {
+                endpoints.push(endpoint.clone());
+            }
             pinned.len() - 1
         }
         None => {
@@ -350,9 +363,11 @@ async fn send_pinned(
     {
         request.headers_mut().insert(header::HOST, host);
     }
-    let response = pinned[index]
-        .send(request)
+    // The connection takes the next request once the previous exchange is done; do not wait
+    // for that forever.
+    let response = tokio::time::timeout(state.timeouts.header_timeout, pinned[index].send(request))
         .await
+        .map_err(|_| ProxyError::UpstreamTimeout)?
         .map_err(|e| ProxyError::UpstreamBroken(Box::new(e)))?;
     // Release the lock while waiting: the connection is busy with this request anyway.
     drop(pinned);

@@ -178,6 +178,8 @@ pub struct ConnContext {
     pub tls: bool,
     pub(crate) pinned: Mutex<Vec<upstream::PinnedConnection>>,
     pub(crate) has_pinned: AtomicBool,
+    /// Endpoints with a pinned connection, readable without waiting on `pinned`.
+    pub(crate) pinned_endpoints: std::sync::Mutex<Vec<String>>,
     /// Notified when a pinned upstream connection ends; the client connection then closes.
     pub upstream_closed: Arc<Notify>,
     /// The last Windows-auth `Authorization` value seen here, for inspection's identity.
@@ -196,6 +198,7 @@ impl ConnContext {
             tls,
             pinned: Mutex::new(Vec::new()),
             has_pinned: AtomicBool::new(false),
+            pinned_endpoints: std::sync::Mutex::new(Vec::new()),
             upstream_closed: Arc::new(Notify::new()),
             windows_auth: std::sync::Mutex::new(None),
         }
