@@ -128,13 +128,7 @@ pub fn inspect(
             let folder = req.and_then(|r| first_folder(r.child(Ns::Messages, "SyncFolderId")));
             let initial = req.is_some_and(|r| r.child_text("SyncState").is_none());
             for r in successes(&results, &ok) {
-                let Some(changes) = r.child(Ns::Messages, "Changes") else {
-                    continue;
-                };
-                for change in changes
-                    .children()
-                    .filter(|c| c.name() == "Create" || c.name() == "Update")
-                {
+                for change in created_or_updated(r) {
                     for item in all_items(Some(change)) {
                         out.observations.extend(any_item(
                             &origin,
@@ -377,13 +371,7 @@ pub fn inspect(
         }
         "SyncFolderHierarchy" => {
             for r in successes(&results, &ok) {
-                let Some(changes) = r.child(Ns::Messages, "Changes") else {
-                    continue;
-                };
-                for change in changes
-                    .children()
-                    .filter(|c| c.name() == "Create" || c.name() == "Update")
-                {
+                for change in created_or_updated(r) {
                     for folder in change.children() {
                         if let Some(o) = folder_seen(&origin, folder, None) {
                             out.observations.push(o);
@@ -406,6 +394,16 @@ fn successes<'t, 'a>(
         .zip(ok)
         .filter(|(_, ok)| **ok)
         .map(|(r, _)| *r)
+}
+
+/// The `Create` and `Update` entries of a sync response's `Changes` (deletes and read-flag
+/// changes carry nothing to observe).
+fn created_or_updated<'t>(result: Node<'t>) -> impl Iterator<Item = Node<'t>> {
+    result
+        .child(Ns::Messages, "Changes")
+        .into_iter()
+        .flat_map(|c| c.children())
+        .filter(|c| c.name() == "Create" || c.name() == "Update")
 }
 
 /// Every item element of a container.

@@ -88,16 +88,13 @@ pub async fn forward(
         _ => None,
     };
 
-    // Where rewritten Autodiscover URLs and redirects point: the configured external URL, or
-    // the scheme and host this client used.
-    let external_url = state.autodiscover.external_url.clone().or_else(|| {
-        let host = original_host.as_ref()?.to_str().ok()?;
-        let url = format!("{}://{host}", if conn.tls { "https" } else { "http" });
-        autodiscover::valid_external_url(&url).then_some(url)
-    });
-    let rewrite_body =
-        class == RouteClass::Autodiscover && state.autodiscover.rewrite && external_url.is_some();
-    if rewrite_body {
+    // Kept (a cheap clone) for working out the external URL, which only Autodiscover answers
+    // and redirects need.
+    let client_host = original_host.clone();
+    let rewrite_to = (class == RouteClass::Autodiscover && state.autodiscover.rewrite)
+        .then(|| external_url(&state, conn.tls, client_host.as_ref()))
+        .flatten();
+    if rewrite_to.is_some() {
         // Identity-coded answers can be rewritten without decompressing.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
@@ -204,12 +201,12 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     let upstream_closes = headers::wants_close(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let (true, Some(to), Some(location)) = (
-        state.autodiscover.rewrite && parts.status.is_redirection(),
-        external_url.as_deref(),
-        parts.headers.get(header::LOCATION),
-    ) && let Some(new) =
-        autodiscover::rewrite(location.as_bytes(), &state.autodiscover.exchange_hosts, to)
+    if state.autodiscover.rewrite
+        && parts.status.is_redirection()
+        && let Some(location) = parts.headers.get(header::LOCATION)
+        && let Some(to) = external_url(&state, conn.tls, client_host.as_ref())
+        && let Some(new) =
+            autodiscover::rewrite(location.as_bytes(), &state.autodiscover.exchange_hosts, &to)
         && let Ok(value) = HeaderValue::from_bytes(&new)
     {
         parts.headers.insert(header::LOCATION, value);
@@ -232,11 +229,8 @@ pub async fn forward(
         .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
     // HEAD answers and 204s carry no body to rewrite (and must keep their headers as sent).
     let has_body = !(head_request || parts.status == StatusCode::NO_CONTENT);
-    let body = match (
-        rewrite_body && parts.status.is_success() && identity && has_body,
-        external_url.as_deref(),
-    ) {
-        (true, Some(to)) => {
+    let body = match rewrite_to.as_deref() {
+        Some(to) if parts.status.is_success() && identity && has_body => {
             let whole = http_body_util::Limited::new(body, state.autodiscover.max_body)
                 .collect()
                 .await
@@ -281,6 +275,17 @@ where
         () = sent.notified() => {}
     }
     tokio::time::timeout(state.timeouts.header_timeout, response).await
+}
+
+/// Where rewritten Autodiscover URLs and redirects point: the configured external URL, or the
+/// scheme and host this client used.
+fn external_url(state: &ProxyState, tls: bool, host: Option<&HeaderValue>) -> Option<String> {
+    if let Some(url) = &state.autodiscover.external_url {
+        return Some(url.clone());
+    }
+    let host = host?.to_str().ok()?;
+    let url = format!("{}://{host}", if tls { "https" } else { "http" });
+    autodiscover::valid_external_url(&url).then_some(url)
 }
 
 async fn send_pooled(
