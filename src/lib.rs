@@ -8,8 +8,11 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod directory;
 pub mod inspect;
 pub mod proxy;
+pub mod replay;
+pub mod rules;
 pub mod simulate;
 pub mod telemetry;
 pub mod tls;

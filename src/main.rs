@@ -47,6 +47,16 @@ enum Command {
         #[command(subcommand)]
         command: SimulateCommand,
     },
+    /// Dry run of the rules over recorded exchanges: one JSON decision per line, with the
+    /// reasoning. Give fixture folders (or their fixture.toml), folders of fixtures, or .jsonl
+    /// files of observations; they are replayed in order, memory carrying over.
+    Replay {
+        /// Directory file (TOML or JSON); without it, the embedded example directory.
+        #[arg(long)]
+        directory: Option<PathBuf>,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// Inspect recorded exchanges and print one JSON object per observation per line.
     /// Give fixture folders, or a request and/or response file (raw HTTP message or bare body).
     Inspect {
@@ -129,6 +139,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             headers,
             status,
         } => inspect_command(fixtures, request, response, method, path, headers, status),
+        Command::Replay { directory, inputs } => replay_command(directory, inputs),
         Command::Check { config } => match Config::load(&config) {
             Ok((raw, _)) => {
                 print!("{}", raw.to_redacted_toml());
@@ -284,6 +295,40 @@ fn read_recorded(path: &std::path::Path, response: bool) -> anyhow::Result<Recor
         headers,
         body: bytes::Bytes::from(data).slice(head_len..),
     })
+}
+
+fn replay_command(directory: Option<PathBuf>, inputs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    use trackgate::directory::{DirectoryHandle, FileSource};
+    use trackgate::rules::{Engine, MemoryLimits, RulesLimits};
+    let source = FileSource {
+        path: directory,
+        max_size: u64::MAX,
+    };
+    let snapshot = match source.load() {
+        Ok(d) => d,
+        Err(error) => {
+            eprintln!("trackgate: {error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let engine = Engine::new(
+        DirectoryHandle::new(snapshot),
+        MemoryLimits::default(),
+        RulesLimits::default(),
+    );
+    let recorded = trackgate::replay::collect(&inputs)?;
+    let stdout = std::io::stdout().lock();
+    let (summary, _) = trackgate::replay::replay(
+        &engine,
+        &recorded,
+        std::io::BufWriter::new(stdout),
+        |name, problem| eprintln!("{name}: {problem}"),
+    )?;
+    eprintln!(
+        "replayed {} exchanges, {} observations: {} tracked, {} ignored",
+        summary.exchanges, summary.observations, summary.tracked, summary.ignored
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -2,10 +2,10 @@
 //! never learn whether it came from SOAP or JSON. Serialised as JSON with snake_case fields and
 //! a `kind` tag — the contract of `trackgate inspect`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where an observation came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Ews,
@@ -13,7 +13,8 @@ pub enum Source {
 }
 
 /// A mailbox address as a message carries it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Address {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -25,7 +26,8 @@ pub struct Address {
 }
 
 /// A message's fields, as far as the exchange showed them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item_id: Option<String>,
@@ -71,7 +73,7 @@ pub struct Message {
 }
 
 /// Fields every observation carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The mailbox owner (DESIGN §2.3), lower-cased; `None` when the exchange did not show it.
     pub mailbox: Option<String>,
@@ -80,7 +82,7 @@ pub struct Origin {
     pub operation: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Observation {
     MessageSeen {
@@ -89,6 +91,7 @@ pub enum Observation {
         #[serde(flatten)]
         message: Message,
         /// A SyncFolderItems call without a SyncState: the mailbox's history, not new mail.
+        #[serde(default)]
         initial_sync: bool,
     },
     MessageSent {
@@ -98,7 +101,7 @@ pub enum Observation {
         via: String,
         #[serde(flatten)]
         message: Message,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         draft_item_ids: Vec<String>,
         /// For replies and forwards: the item answered.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,7 +166,8 @@ pub enum Observation {
 }
 
 /// Items moved or copied: old ids, new ids (matched by position), destination.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Transfer {
     pub item_ids: Vec<String>,
     pub new_item_ids: Vec<Option<String>>,
@@ -174,7 +178,7 @@ pub struct Transfer {
 }
 
 /// Whether an item was read, or created or updated through the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     Seen,
@@ -182,7 +186,8 @@ pub enum Change {
     Updated,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Contact {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item_id: Option<String>,
@@ -206,7 +211,8 @@ pub struct Contact {
     pub categories: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Appointment {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item_id: Option<String>,
@@ -229,7 +235,8 @@ pub struct Appointment {
     pub categories: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Task {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item_id: Option<String>,
@@ -245,7 +252,7 @@ pub struct Task {
     pub categories: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CategoryMode {
     Set,
@@ -313,6 +320,11 @@ pub fn normalize_timestamp(raw: &str) -> String {
     parse_rfc3339(t)
         .map(|(secs, frac)| format_utc(secs, &frac))
         .unwrap_or_else(|| t.to_owned())
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp (a missing zone counts as UTC).
+pub fn timestamp_seconds(raw: &str) -> Option<i64> {
+    parse_rfc3339(raw.trim()).map(|(secs, _)| secs)
 }
 
 /// Returns seconds since the epoch and the fractional digits.

@@ -1,0 +1,149 @@
+//! Rules: the pure step from an observation to decisions, over a directory snapshot and the
+//! per-mailbox memory — the "Set Personal Options" behaviour of Dynamics 365 (filters, folder
+//! rules, the tracking category, correlation, party resolution, auto-create), each decision
+//! with a reason code and, on request, its reasoning. No I/O, no async.
+
+pub mod decision;
+mod engine;
+pub mod memory;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+pub use decision::{Decision, Direction, Reason, Verdict};
+pub use engine::{Mode, RulesLimits};
+pub use memory::{Memory, MemoryLimits};
+
+use crate::directory::DirectoryHandle;
+use crate::inspect::Observation;
+
+/// The rules engine: shared by the pipeline, `POST /explain` and `replay`.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    directory: DirectoryHandle,
+    memory: Memory,
+    limits: RulesLimits,
+}
+
+impl Engine {
+    pub fn new(directory: DirectoryHandle, memory: MemoryLimits, limits: RulesLimits) -> Engine {
+        Engine {
+            directory,
+            memory: Memory::new(memory),
+            limits,
+        }
+    }
+
+    /// Decides one observation. Observations that only feed the memory (folders) or that the
+    /// rules do not track (contacts, appointments, tasks) yield no decisions.
+    pub fn decide(&self, observation: &Observation, mode: Mode) -> Vec<Decision> {
+        let dir = self.directory.guard();
+        let mut decisions = engine::Run {
+            dir: &dir,
+            memory: &self.memory,
+            mode,
+            limits: self.limits,
+        }
+        .observation(observation);
+        for d in &mut decisions {
+            // Only what will be delivered needs fetching.
+            d.needs_enrichment &= d.is_track();
+        }
+        decisions
+    }
+
+    pub fn directory(&self) -> &DirectoryHandle {
+        &self.directory
+    }
+
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    verdict: &'static str,
+    reason: &'static str,
+}
+
+/// Decisions by verdict and reason (both bounded sets).
+#[derive(Debug)]
+pub struct RulesMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+}
+
+impl RulesMetrics {
+    pub fn register(registry: &mut Registry) -> RulesMetrics {
+        let m = RulesMetrics {
+            decisions: Family::default(),
+        };
+        registry.register(
+            "decisions",
+            "Rules decisions, by verdict and reason code",
+            m.decisions.clone(),
+        );
+        m
+    }
+
+    pub fn record(&self, d: &Decision) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                verdict: match d.verdict {
+                    Verdict::Track => "track",
+                    Verdict::Ignore => "ignore",
+                },
+                reason: d.reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn count(&self, verdict: Verdict, reason: Reason) -> u64 {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                verdict: match verdict {
+                    Verdict::Track => "track",
+                    Verdict::Ignore => "ignore",
+                },
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+}
+
+/// The most recent decisions, for tests and operators (`GET /decisions`).
+#[derive(Debug)]
+pub struct RecentDecisions {
+    items: Mutex<VecDeque<Decision>>,
+    capacity: usize,
+}
+
+impl RecentDecisions {
+    pub fn new(capacity: usize) -> Arc<RecentDecisions> {
+        Arc::new(RecentDecisions {
+            items: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+        })
+    }
+
+    pub fn push(&self, d: Decision) {
+        if let Ok(mut items) = self.items.lock() {
+            if items.len() == self.capacity {
+                items.pop_front();
+            }
+            items.push_back(d);
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Decision> {
+        self.items
+            .lock()
+            .map(|i| i.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
