@@ -1,6 +1,8 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (it accepts traffic and is
-//! not draining), `/metrics` (Prometheus text). Loopback by default; read-only; it reads state
-//! that `app` hands it and decides nothing.
+//! not draining), `/metrics` (Prometheus text), `POST /explain` (an observation in, the
+//! decisions and their reasoning out, as a dry run) and `GET /decisions` (the most recent
+//! decisions). Loopback by default; the last two show CRM data and need the admin token when
+//! one is configured. It reads state that `app` hands it and changes nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,12 +16,23 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::Secret;
+use crate::inspect::Observation;
 use crate::proxy::Proxy;
+use crate::rules::{Engine, Mode, RecentDecisions};
+
+/// Largest `POST /explain` body, and the most observations in one.
+const MAX_EXPLAIN_BODY: usize = 1 << 20;
+const MAX_EXPLAIN_OBSERVATIONS: usize = 1000;
 
 /// What the admin endpoints read.
 pub struct AdminState {
     pub proxy: Arc<Proxy>,
     pub registry: Arc<Registry>,
+    pub engine: Arc<Engine>,
+    pub decisions: Arc<RecentDecisions>,
+    /// Bearer token for the endpoints that show CRM data.
+    pub token: Option<Secret>,
 }
 
 /// Serves admin requests until `stop` turns true.
@@ -36,7 +49,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -47,8 +60,21 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
     }
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if path == "/explain" {
+        if req.method() != Method::POST {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST with a JSON observation\n".into(),
+            );
+        }
+        if let Some(denied) = authorize(state, &req) {
+            return denied;
+        }
+        return explain(state, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -56,7 +82,20 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "use GET\n".into(),
         );
     }
-    match path {
+    match path.as_str() {
+        "/decisions" => {
+            if let Some(denied) = authorize(state, &req) {
+                return denied;
+            }
+            match serde_json::to_string_pretty(&state.decisions.snapshot()) {
+                Ok(json) => reply(StatusCode::OK, "application/json", json + "\n"),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "cannot encode\n".into(),
+                ),
+            }
+        }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             if state.proxy.is_ready() {
@@ -78,6 +117,102 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// `None` when allowed; otherwise the 401 to send.
+fn authorize(state: &AdminState, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let token = state.token.as_ref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+        return None;
+    }
+    let mut r = reply(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "this endpoint needs `Authorization: Bearer <admin.token>`\n".into(),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    Some(r)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a bounded body within a deadline.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    use http_body_util::{BodyExt, Limited};
+    let collect = Limited::new(req.into_body(), MAX_EXPLAIN_BODY).collect();
+    match tokio::time::timeout(std::time::Duration::from_secs(10), collect).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text/plain",
+            format!("the body is over {MAX_EXPLAIN_BODY} bytes\n"),
+        )),
+        Ok(Err(_)) => Err(reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "cannot read the body\n".into(),
+        )),
+        Err(_) => Err(reply(
+            StatusCode::REQUEST_TIMEOUT,
+            "text/plain",
+            "the body took too long\n".into(),
+        )),
+    }
+}
+
+/// `POST /explain`: one observation (a JSON object, as `trackgate inspect` prints it) or an
+/// array of them, decided in order as a dry run: nothing is remembered or delivered.
+async fn explain(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed: Result<Vec<Observation>, _> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(&body),
+        _ => serde_json::from_slice::<Observation>(&body).map(|o| vec![o]),
+    };
+    let observations = match parsed {
+        Ok(o) if o.len() <= MAX_EXPLAIN_OBSERVATIONS => o,
+        Ok(_) => {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("at most {MAX_EXPLAIN_OBSERVATIONS} observations per request\n"),
+            );
+        }
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!(
+                    "not an observation: {e}\nsend one JSON observation (or an array) as `trackgate inspect` prints them\n"
+                ),
+            );
+        }
+    };
+    let decisions: Vec<_> = observations
+        .iter()
+        .flat_map(|o| state.engine.decide(o, Mode::EXPLAIN))
+        .collect();
+    match serde_json::to_string_pretty(&serde_json::json!({ "decisions": decisions })) {
+        Ok(json) => reply(StatusCode::OK, "application/json", json + "\n"),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "cannot encode\n".into(),
+        ),
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, ListenerTls, UpstreamTarget};
+use crate::directory::{DirectoryError, DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::inspect::InspectLimits;
 use crate::inspect::decode::DecodeLimits;
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
@@ -19,6 +20,7 @@ use crate::inspect::xml::XmlLimits;
 use crate::proxy::capture::{Budget, CaptureSink};
 use crate::proxy::server;
 use crate::proxy::{Proxy, ProxyBuildError, ProxyMetrics, ProxyState, Routes, UpstreamBase};
+use crate::rules::{Engine, MemoryLimits, Mode, RecentDecisions, RulesLimits, RulesMetrics};
 use crate::simulate::fixtures::FixtureError;
 use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 use crate::{telemetry, tls};
@@ -44,6 +46,8 @@ pub enum AppError {
     Reload(&'static str),
     #[error("cannot start the inspection worker: {0}")]
     Worker(#[source] std::io::Error),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -60,6 +64,18 @@ pub struct Gateway {
     config: Mutex<Config>,
     inspect_metrics: Arc<InspectMetrics>,
     recent: Arc<RecentObservations>,
+    engine: Arc<Engine>,
+    rules_metrics: Arc<RulesMetrics>,
+    decisions: Arc<RecentDecisions>,
+    directory_source: Arc<Mutex<FileSource>>,
+    directory_metrics: Arc<DirectoryMetrics>,
+}
+
+fn directory_source(config: &Config) -> FileSource {
+    FileSource {
+        path: config.directory.file.clone(),
+        max_size: config.directory.max_file_size,
+    }
 }
 
 /// Starts every part and returns once the listeners are bound and the gateway is ready.
@@ -82,6 +98,28 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let metrics = Arc::new(ProxyMetrics::register(&mut registry));
     let inspect_metrics = Arc::new(InspectMetrics::register(&mut registry));
     let recent = RecentObservations::new(1024);
+
+    // The directory and the rules that read it.
+    let directory_metrics = Arc::new(DirectoryMetrics::register(&mut registry));
+    let source = directory_source(&config);
+    let snapshot = source.load()?;
+    directory_metrics.loaded(&snapshot);
+    tracing::info!(counts = ?snapshot.counts(), "directory loaded");
+    let directory = DirectoryHandle::new(snapshot);
+    let engine = Arc::new(Engine::new(
+        directory.clone(),
+        MemoryLimits {
+            max_bytes: config.rules.memory,
+            max_tracked: config.rules.tracked_memory_entries,
+        },
+        RulesLimits {
+            max_parties: config.rules.max_parties,
+        },
+    ));
+    let rules_metrics = Arc::new(RulesMetrics::register(&mut registry));
+    let decisions = RecentDecisions::new(config.rules.recent_decisions);
+    let directory_source = Arc::new(Mutex::new(source));
+
     let capture = if config.inspect.enabled {
         let i = &config.inspect;
         let (queue, captures) = tokio::sync::mpsc::channel(i.queue);
@@ -102,6 +140,17 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
             limits,
             inspect_metrics.clone(),
             recent.clone(),
+            {
+                let (engine, rules_metrics, decisions) =
+                    (engine.clone(), rules_metrics.clone(), decisions.clone());
+                move |o| {
+                    for d in engine.decide(o, Mode::APPLY) {
+                        rules_metrics.record(&d);
+                        tracing::debug!(verdict = ?d.verdict, reason = d.reason.as_str(), "decision");
+                        decisions.push(d);
+                    }
+                }
+            },
         )
         .map_err(AppError::Worker)?;
         Some(Arc::new(CaptureSink::new(
@@ -141,9 +190,25 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
 
     let (stop, stopped) = watch::channel(false);
     let server_task = tokio::spawn(server::serve(listener, proxy.clone(), stopped.clone()));
+    tokio::spawn(crate::directory::file::watch(
+        directory_source.clone(),
+        config.directory.poll_interval,
+        stopped.clone(),
+        {
+            let (directory, metrics) = (directory.clone(), directory_metrics.clone());
+            move |loaded| {
+                if let Err(error) = directory.apply(loaded, &metrics) {
+                    tracing::error!(%error, "directory file changed but is not valid; keeping the last snapshot");
+                }
+            }
+        },
+    ));
     let admin_state = Arc::new(AdminState {
         proxy: proxy.clone(),
         registry: Arc::new(registry),
+        engine: engine.clone(),
+        decisions: decisions.clone(),
+        token: config.admin.token.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped));
     proxy.set_ready(true);
@@ -158,6 +223,11 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         config: Mutex::new(config),
         inspect_metrics,
         recent,
+        engine,
+        rules_metrics,
+        decisions,
+        directory_source,
+        directory_metrics,
     })
 }
 
@@ -265,13 +335,45 @@ impl Gateway {
         self.simulator.as_ref().map(ExchangeSimulator::url)
     }
 
+    /// The rules engine (for explain and tests).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn rules_metrics(&self) -> &RulesMetrics {
+        &self.rules_metrics
+    }
+
+    pub fn directory_metrics(&self) -> &DirectoryMetrics {
+        &self.directory_metrics
+    }
+
+    /// The most recent decisions, oldest first.
+    pub fn recent_decisions(&self) -> Vec<crate::rules::Decision> {
+        self.decisions.snapshot()
+    }
+
     /// Applies a new configuration to new requests and connections: upstreams, timeouts,
-    /// limits, TLS certificates. Listener addresses and the connection budget need a restart.
-    /// On error nothing changes.
+    /// limits, TLS certificates, and reloads the directory. Listener addresses, the connection
+    /// budget and the rules' memory size need a restart. On error nothing changes.
     pub fn reload(&self, mut config: Config) -> Result<(), AppError> {
         with_simulator_hosts(&mut config);
         let routes = routes_for(&config, self.simulator.as_ref())?;
         let state = ProxyState::build(&config, routes, &self.proxy.metrics)?;
+        let source = directory_source(&config);
+        let snapshot = match source.load() {
+            Ok(s) => s,
+            Err(error) => {
+                self.directory_metrics.failed();
+                return Err(error.into());
+            }
+        };
+        self.engine
+            .directory()
+            .apply(Ok(snapshot), &self.directory_metrics)?;
+        if let Ok(mut current) = self.directory_source.lock() {
+            *current = source;
+        }
         if let Ok(mut current) = self.config.lock() {
             if current.listener.address != config.listener.address
                 || current.admin.address != config.admin.address

@@ -77,6 +77,58 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     pub inspect: RawInspect,
     pub autodiscover: RawAutodiscover,
+    pub directory: RawDirectory,
+    pub rules: RawRules,
+}
+
+/// `[directory]`: where the CRM state the rules read comes from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDirectory {
+    /// A directory file (TOML, or JSON by its `.json` extension). Unset: the embedded example
+    /// (`fixtures/directory/contoso.toml`), which matches the built-in simulator's fixtures.
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes (SIGHUP reloads it at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Largest directory file accepted.
+    pub max_file_size: ByteSize,
+}
+
+impl Default for RawDirectory {
+    fn default() -> Self {
+        RawDirectory {
+            file: None,
+            poll_interval: Duration::from_secs(5),
+            max_file_size: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// `[rules]`: the decision engine's memory and bounds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRules {
+    /// Bytes of per-mailbox memory (message summaries, folders) kept for decisions about moves,
+    /// category changes and sends of drafts; the least used entries go first.
+    pub memory: ByteSize,
+    /// Emails tracked through the gateway remembered for correlation and duplicate detection.
+    pub tracked_memory_entries: u64,
+    /// Recipients considered per message.
+    pub max_parties: usize,
+    /// Recent decisions kept for `GET /decisions`.
+    pub recent_decisions: usize,
+}
+
+impl Default for RawRules {
+    fn default() -> Self {
+        RawRules {
+            memory: ByteSize(128 << 20),
+            tracked_memory_entries: 1_000_000,
+            max_parties: 500,
+            recent_decisions: 1024,
+        }
+    }
 }
 
 /// `[autodiscover]`: rewriting Exchange's URLs in Autodiscover answers to the gateway's.
@@ -269,7 +321,8 @@ impl Default for RawLimits {
 pub struct RawAdmin {
     /// Keep this on loopback unless a firewall guards it.
     pub address: String,
-    /// Bearer token required by mutating admin endpoints (none exist yet).
+    /// Bearer token required by the admin endpoints that show CRM data or change state
+    /// (`/explain`, `/decisions`). Unset: they are open to whoever reaches the admin address.
     pub token: Option<Secret>,
 }
 
@@ -453,6 +506,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub inspect: InspectConfig,
     pub autodiscover: AutodiscoverConfig,
+    pub directory: DirectoryConfig,
+    pub rules: RulesConfig,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
 }
@@ -563,6 +618,21 @@ pub struct InspectConfig {
     pub max_ratio: usize,
     pub xml_max_depth: usize,
     pub xml_max_elements: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    pub file: Option<PathBuf>,
+    pub poll_interval: Duration,
+    pub max_file_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    pub memory: u64,
+    pub tracked_memory_entries: u64,
+    pub max_parties: usize,
+    pub recent_decisions: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -885,10 +955,57 @@ impl RawConfig {
             }
         };
 
+        let directory = {
+            let d = &self.directory;
+            if d.poll_interval < Duration::from_millis(100) {
+                return Err(ConfigError::invalid(
+                    "directory.poll_interval",
+                    "is shorter than 100ms",
+                    "use a few seconds, e.g. \"5s\"; SIGHUP reloads at once",
+                ));
+            }
+            at_least("directory.max_file_size", d.max_file_size.0, 1024)?;
+            let file = d.file.as_deref().map(anchor);
+            if let Some(f) = &file {
+                readable_file("directory.file", f, "a directory file (TOML or JSON)")?;
+            }
+            DirectoryConfig {
+                file,
+                poll_interval: d.poll_interval,
+                max_file_size: d.max_file_size.0,
+            }
+        };
+        let rules = {
+            let r = &self.rules;
+            at_least("rules.memory", r.memory.0, 1 << 20)?;
+            at_least(
+                "rules.tracked_memory_entries",
+                r.tracked_memory_entries,
+                1000,
+            )?;
+            at_least("rules.max_parties", r.max_parties as u64, 1)?;
+            at_least("rules.recent_decisions", r.recent_decisions as u64, 1)?;
+            if r.recent_decisions > 100_000 {
+                return Err(ConfigError::invalid(
+                    "rules.recent_decisions",
+                    "is over 100000",
+                    "keep it small; decisions are counted in /metrics",
+                ));
+            }
+            RulesConfig {
+                memory: r.memory.0,
+                tracked_memory_entries: r.tracked_memory_entries,
+                max_parties: r.max_parties,
+                recent_decisions: r.recent_decisions,
+            }
+        };
+
         Ok(Config {
             listener,
             inspect,
             autodiscover,
+            directory,
+            rules,
             upstreams,
             limits,
             admin,

@@ -118,15 +118,16 @@ pub fn parse_and_build(text: &str, origin: &str, json: bool) -> Result<Directory
     })
 }
 
-/// Polls a file source and hands every changed, valid version to `apply`; invalid versions are
-/// reported to `failed` and the current snapshot stays. Stops when `stop` turns true.
+/// Polls the file source (re-read from `source` each time, so a configuration reload can point
+/// it elsewhere) and hands every changed version to `apply`. Stops when `stop` turns true.
 pub async fn watch(
-    source: FileSource,
+    source: std::sync::Arc<std::sync::Mutex<FileSource>>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     apply: impl Fn(Result<Directory, DirectoryError>) + Send + 'static,
 ) {
-    let mut last = source.stamp();
+    let current = || source.lock().map(|s| s.clone()).ok();
+    let mut last = current().and_then(|s| s.stamp());
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -134,12 +135,14 @@ pub async fn watch(
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let now = source.stamp();
+        let Some(s) = current() else {
+            return;
+        };
+        let now = s.stamp();
         if now.is_none() || now == last {
             continue;
         }
         last = now;
-        let s = source.clone();
         match tokio::task::spawn_blocking(move || s.load()).await {
             Ok(result) => apply(result),
             Err(_) => continue,

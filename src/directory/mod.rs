@@ -9,8 +9,14 @@ pub mod model;
 pub mod snapshot;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use arc_swap::ArcSwap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 pub use file::{DirectoryError, FileSource};
 pub use model::DirectoryDocument;
@@ -41,5 +47,119 @@ impl DirectoryHandle {
 
     pub fn swap(&self, directory: Directory) {
         self.current.store(Arc::new(directory));
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
+}
+
+/// Loads, sizes and age of the directory.
+#[derive(Debug)]
+pub struct DirectoryMetrics {
+    loads: Family<ResultLabels, Counter>,
+    rows: Family<TableLabels, Gauge>,
+    loaded_at: Gauge<u64, AtomicU64>,
+}
+
+impl DirectoryMetrics {
+    pub fn register(registry: &mut Registry) -> DirectoryMetrics {
+        let m = DirectoryMetrics {
+            loads: Family::default(),
+            rows: Family::default(),
+            loaded_at: Gauge::default(),
+        };
+        registry.register(
+            "directory_loads",
+            "Directory loads and reloads, by result (a failed reload keeps the last snapshot)",
+            m.loads.clone(),
+        );
+        registry.register(
+            "directory_rows",
+            "Rows in the current directory snapshot, by table",
+            m.rows.clone(),
+        );
+        registry.register(
+            "directory_loaded_timestamp_seconds",
+            "When the current directory snapshot was loaded (Unix time)",
+            m.loaded_at.clone(),
+        );
+        m
+    }
+
+    /// Records a successful load of `directory`.
+    pub fn loaded(&self, directory: &Directory) {
+        let c = directory.counts();
+        for (table, n) in [
+            ("systemusers", c.users),
+            ("queues", c.queues),
+            ("mailboxes", c.mailboxes),
+            ("mailboxtrackingfolders", c.folder_rules),
+            ("records", c.records),
+            ("emails", c.tracked_emails),
+        ] {
+            self.rows
+                .get_or_create(&TableLabels { table })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.loads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.loaded_at.set(now);
+    }
+
+    pub fn failed(&self) {
+        self.loads
+            .get_or_create(&ResultLabels { result: "failed" })
+            .inc();
+    }
+
+    pub fn loads(&self, ok: bool) -> u64 {
+        self.loads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .get()
+    }
+}
+
+impl DirectoryHandle {
+    /// Loads `source` and swaps the result in; on error the current snapshot stays.
+    pub fn reload(
+        &self,
+        source: &FileSource,
+        metrics: &DirectoryMetrics,
+    ) -> Result<(), DirectoryError> {
+        self.apply(source.load(), metrics)
+    }
+
+    /// Swaps in a loaded directory, or records the failure.
+    pub fn apply(
+        &self,
+        loaded: Result<Directory, DirectoryError>,
+        metrics: &DirectoryMetrics,
+    ) -> Result<(), DirectoryError> {
+        match loaded {
+            Ok(directory) => {
+                metrics.loaded(&directory);
+                tracing::info!(counts = ?directory.counts(), "directory loaded");
+                self.swap(directory);
+                Ok(())
+            }
+            Err(error) => {
+                metrics.failed();
+                Err(error)
+            }
+        }
     }
 }

@@ -124,13 +124,15 @@ impl RecentObservations {
     }
 }
 
-/// Runs until the queue's senders are gone.
+/// Runs until the queue's senders are gone. Each observation is kept in `recent` and handed to
+/// `next` (the composition root connects the rules there).
 pub fn spawn(
     mut queue: mpsc::Receiver<Capture>,
     budget: Arc<Budget>,
     limits: InspectLimits,
     metrics: Arc<InspectMetrics>,
     recent: Arc<RecentObservations>,
+    mut next: impl FnMut(&Observation) + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("trackgate-inspect".into())
@@ -149,6 +151,11 @@ pub fn spawn(
                         for o in inspected.observations {
                             metrics.observations.get_or_create(&KindLabels { kind: o.kind() }).inc();
                             tracing::debug!(kind = o.kind(), operation = %o.origin().operation, "observation");
+                            // The next stage's bugs must not stop inspection either.
+                            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next(&o))).is_err() {
+                                metrics.errors.get_or_create(&KindLabels { kind: "next_stage_panic" }).inc();
+                                tracing::error!(kind = o.kind(), "the rules panicked on an observation; skipped");
+                            }
                             recent.push(o);
                         }
                     }
