@@ -23,6 +23,10 @@ mod large_bodies;
 mod ntlm_pinning;
 /// h1 and h2 through TLS, bodies byte-identical both ways, header rules, routing.
 mod passthrough;
+/// The rules, behaviour by behaviour (domain.md), with property tests.
+mod rules;
+/// The rules in the running gateway: decisions, explain, directory reloads, replay.
+mod rules_pipeline;
 /// SIGHUP reload and SIGTERM drain on the real binary.
 mod signals;
 /// The Exchange simulator's own behaviours: fixtures, faults, auth, TLS.

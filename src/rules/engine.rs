@@ -668,6 +668,10 @@ impl<'a> Run<'a> {
 
         // Already tracked: by this item, by Message-ID through the gateway, or in the CRM.
         if let Some(t) = &summary.tracked {
+            // Tracked before its Message-ID was seen: now other sightings can know it too.
+            if message_id.is_some() {
+                self.remember_keys(m, direction, &Arc::new(t.clone()));
+            }
             return self.already_tracked(
                 d,
                 mailbox,
@@ -1483,6 +1487,14 @@ impl<'a> Run<'a> {
         let Some(address) = from.address.as_deref().filter(|a| a.contains('@')) else {
             return;
         };
+        if !self.dir.rows_with_address(address).is_empty() {
+            why!(
+                d,
+                self,
+                "the sender's address belongs to CRM rows that do not resolve (inactive, disabled or several): no record is created"
+            );
+            return;
+        }
         let choice = self.dir.user(u).settings.autocreatecontactonpromote;
         if choice == 0 {
             why!(
@@ -1521,18 +1533,28 @@ impl<'a> Run<'a> {
         if !self.mode.remember {
             return;
         }
-        let org = self.dir.org();
         let m = &summary.message;
         let tracked = Arc::new(TrackedRef {
             crm_id: d.crm_id,
             regarding: d.regarding.clone(),
         });
+        self.remember_keys(m, d.direction.unwrap_or(Direction::Incoming), &tracked);
+        if let Some(item) = &m.item_id {
+            let mut s = summary.clone();
+            s.tracked = Some((*tracked).clone());
+            self.memory
+                .remember_item(&mailbox.address, &normalize_exchange_id(item), s);
+        }
+    }
+
+    /// Records the correlation and duplicate keys of a tracked message.
+    fn remember_keys(&self, m: &Message, direction: Direction, tracked: &Arc<TrackedRef>) {
+        if !self.mode.remember {
+            return;
+        }
+        let org = self.dir.org();
         if let Some(id) = &m.internet_message_id {
-            let dir = if d.direction == Some(Direction::Outgoing) {
-                "out"
-            } else {
-                "in"
-            };
+            let dir = if direction.is_outgoing() { "out" } else { "in" };
             self.memory
                 .remember_tracked(format!("d:{dir}:{id}"), tracked.clone());
             self.memory
@@ -1555,12 +1577,6 @@ impl<'a> Run<'a> {
         if let Some(id) = &m.conversation_id {
             self.memory
                 .remember_tracked(format!("i:{}", normalize_exchange_id(id)), tracked.clone());
-        }
-        if let Some(item) = &m.item_id {
-            let mut s = summary.clone();
-            s.tracked = Some((*tracked).clone());
-            self.memory
-                .remember_item(&mailbox.address, &normalize_exchange_id(item), s);
         }
     }
 }
