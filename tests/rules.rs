@@ -42,10 +42,7 @@ fn id(n: u128) -> Uuid {
 }
 
 fn look(entity: &str, n: u128) -> Lookup {
-    Lookup {
-        entity: entity.into(),
-        id: id(n),
-    }
+    Lookup::new(entity, id(n))
 }
 
 fn conversation_index() -> String {

@@ -45,8 +45,32 @@ impl DirectoryHandle {
         self.current.load()
     }
 
+    /// Swaps in a shared snapshot and returns the previous one (the caller decides where it is
+    /// freed).
+    pub fn swap_arc(&self, directory: Arc<Directory>) -> Arc<Directory> {
+        self.current.swap(directory)
+    }
+
+    /// Swaps in a new snapshot. The old one is freed on a helper thread once the last reader
+    /// lets go, so no reader ever pays for dropping a million records.
     pub fn swap(&self, directory: Directory) {
-        self.current.store(Arc::new(directory));
+        let old = self.swap_arc(Arc::new(directory));
+        let retire = move || {
+            // `swap` has turned every reader's borrow into a counted reference, so the count
+            // falls to one when the last reader is done (readers hold it for one decision).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(old);
+        };
+        if std::thread::Builder::new()
+            .name("trackgate-directory-retire".into())
+            .spawn(retire)
+            .is_err()
+        {
+            tracing::warn!("cannot start a thread to free the old directory; freeing it here");
+        }
     }
 }
 

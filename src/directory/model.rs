@@ -39,8 +39,24 @@ pub struct DirectoryDocument {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lookup {
-    pub entity: String,
+    /// Borrowed for the tables the rules name themselves, so decisions do not allocate it.
+    pub entity: std::borrow::Cow<'static, str>,
     pub id: Uuid,
+}
+
+impl Lookup {
+    /// A lookup of a table the gateway knows by name (no allocation for the common ones).
+    pub fn new(entity: &str, id: Uuid) -> Lookup {
+        let entity = match entity {
+            "systemuser" => std::borrow::Cow::Borrowed("systemuser"),
+            "queue" => std::borrow::Cow::Borrowed("queue"),
+            "contact" => std::borrow::Cow::Borrowed("contact"),
+            "account" => std::borrow::Cow::Borrowed("account"),
+            "lead" => std::borrow::Cow::Borrowed("lead"),
+            other => std::borrow::Cow::Owned(other.to_owned()),
+        };
+        Lookup { entity, id }
+    }
 }
 
 /// The `organization` row, including the OrgDbOrgSettings it carries as XML in Dataverse.

@@ -751,7 +751,7 @@ impl Builder {
             let at = format!("mailboxes[{i}]");
             let index =
                 u32::try_from(i).map_err(|_| invalid(&at, "too many mailboxes", "split"))?;
-            let owner = match m.regardingobjectid.entity.as_str() {
+            let owner = match &*m.regardingobjectid.entity {
                 "systemuser" => users_by_id
                     .get(&m.regardingobjectid.id)
                     .map(|&u| Owner::User(u)),

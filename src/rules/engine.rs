@@ -88,6 +88,22 @@ enum Place {
     Unknown,
 }
 
+/// A message and its tracking state, borrowed for one decision.
+#[derive(Clone, Copy)]
+struct View<'m> {
+    message: &'m Message,
+    tracked: Option<&'m TrackedRef>,
+}
+
+impl Summary {
+    fn view(&self) -> View<'_> {
+        View {
+            message: &self.message,
+            tracked: self.tracked.as_ref(),
+        }
+    }
+}
+
 /// A party resolved against the directory.
 struct Resolved<'a> {
     address: Option<Cow<'a, str>>,
@@ -112,10 +128,7 @@ macro_rules! why {
 }
 
 fn lookup(entity: &str, id: Uuid) -> Lookup {
-    Lookup {
-        entity: entity.to_owned(),
-        id,
-    }
+    Lookup::new(entity, id)
 }
 
 fn merge_message(old: &Message, new: &Message) -> Message {
@@ -284,25 +297,30 @@ impl<'a> Run<'a> {
             self.unknown_mailbox(&mut d);
             return d;
         };
-        let summary = self.remember_seen(mailbox, message);
-        self.fill_from_summary(&mut d, &summary);
-        self.evaluate(&mut d, mailbox, &summary, Trigger::Seen { initial_sync });
+        let merged = self.remember_seen(mailbox, message);
+        let view = match &merged {
+            Some(s) => s.view(),
+            None => View {
+                message,
+                tracked: None,
+            },
+        };
+        self.fill_from_summary(&mut d, &view);
+        self.evaluate(&mut d, mailbox, &view, Trigger::Seen { initial_sync });
         d
     }
 
-    /// Merges a sighting into the memory and returns the merged summary.
-    fn remember_seen(&self, mailbox: &MailboxEntry, message: &Message) -> Summary {
+    /// Merges a sighting into the memory; returns the merged summary when the memory knew
+    /// more than this sighting shows.
+    fn remember_seen(&self, mailbox: &MailboxEntry, message: &Message) -> Option<Summary> {
         let item_id = message.item_id.as_deref().map(normalize_exchange_id);
         let old = item_id
             .as_deref()
             .and_then(|id| self.memory.item(&mailbox.address, id));
-        let merged = Summary {
-            message: match &old {
-                Some(o) => merge_message(&o.message, message),
-                None => message.clone(),
-            },
-            tracked: old.as_ref().and_then(|o| o.tracked.clone()),
-        };
+        let merged = old.as_ref().map(|o| Summary {
+            message: merge_message(&o.message, message),
+            tracked: o.tracked.clone(),
+        });
         if self.mode.remember {
             if let (Some(id), Some(name)) = (&message.folder_id, &message.folder) {
                 self.memory.remember_folder(
@@ -314,17 +332,25 @@ impl<'a> Run<'a> {
                     },
                 );
             }
-            if let Some(id) = &item_id
-                && old.as_deref() != Some(&merged)
-            {
-                self.memory
-                    .remember_item(&mailbox.address, id, merged.clone());
+            if let Some(id) = &item_id {
+                match (&merged, &old) {
+                    (Some(m), Some(o)) if **o == *m => {}
+                    (Some(m), _) => self.memory.remember_item(&mailbox.address, id, m.clone()),
+                    (None, _) => self.memory.remember_item(
+                        &mailbox.address,
+                        id,
+                        Summary {
+                            message: message.clone(),
+                            tracked: None,
+                        },
+                    ),
+                }
             }
         }
         merged
     }
 
-    fn fill_from_summary(&self, d: &mut Decision, summary: &Summary) {
+    fn fill_from_summary(&self, d: &mut Decision, summary: &View<'_>) {
         let m = &summary.message;
         if d.internet_message_id.is_none() {
             d.internet_message_id = m.internet_message_id.clone();
@@ -389,8 +415,8 @@ impl<'a> Run<'a> {
                 summary.message.conversation_id = original.message.conversation_id.clone();
             }
         }
-        self.fill_from_summary(&mut d, &summary);
-        self.evaluate(&mut d, mailbox, &summary, Trigger::Sent);
+        self.fill_from_summary(&mut d, &summary.view());
+        self.evaluate(&mut d, mailbox, &summary.view(), Trigger::Sent);
         if !draft_known && d.is_track() {
             d.needs_enrichment = true;
         }
@@ -447,11 +473,11 @@ impl<'a> Run<'a> {
             summary.message.folder_id = destination_id.clone();
             summary.message.folder = transfer.destination_folder.clone();
             d.item_id = summary.message.item_id.clone();
-            self.fill_from_summary(&mut d, &summary);
+            self.fill_from_summary(&mut d, &summary.view());
             if known.is_none() {
                 why!(d, self, "the item was never seen through the gateway");
             }
-            self.evaluate(&mut d, mailbox, &summary, Trigger::Moved);
+            self.evaluate(&mut d, mailbox, &summary.view(), Trigger::Moved);
             if known.is_none() && d.is_track() {
                 d.needs_enrichment = true;
             }
@@ -524,9 +550,9 @@ impl<'a> Run<'a> {
                 && categories.iter().any(|c| org.is_tracking_category(c));
             let has = after.iter().any(|c| org.is_tracking_category(c));
             summary.message.categories = after;
-            self.fill_from_summary(&mut d, &summary);
+            self.fill_from_summary(&mut d, &summary.view());
             if has {
-                self.evaluate(&mut d, mailbox, &summary, Trigger::Categorized);
+                self.evaluate(&mut d, mailbox, &summary.view(), Trigger::Categorized);
                 if known.is_none() && d.is_track() {
                     d.needs_enrichment = true;
                     why!(
@@ -614,7 +640,7 @@ impl<'a> Run<'a> {
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
-        summary: &Summary,
+        summary: &View<'_>,
         trigger: Trigger,
     ) {
         let org = self.dir.org();
@@ -667,7 +693,7 @@ impl<'a> Run<'a> {
         d.needs_enrichment = message_id.is_none();
 
         // Already tracked: by this item, by Message-ID through the gateway, or in the CRM.
-        if let Some(t) = &summary.tracked {
+        if let Some(t) = summary.tracked {
             // Tracked before its Message-ID was seen: now other sightings can know it too.
             if message_id.is_some() {
                 self.remember_keys(m, direction, &Arc::new(t.clone()));
@@ -855,7 +881,7 @@ impl<'a> Run<'a> {
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
-        summary: &Summary,
+        summary: &View<'_>,
         from: &Resolved<'_>,
         owner_id: Uuid,
         initial_sync: bool,
@@ -1034,7 +1060,7 @@ impl<'a> Run<'a> {
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
-        summary: &Summary,
+        summary: &View<'_>,
         from: &Resolved<'_>,
         owner_id: Uuid,
     ) {
@@ -1160,13 +1186,13 @@ impl<'a> Run<'a> {
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
-        summary: &Summary,
+        summary: &View<'_>,
         from: &Resolved<'_>,
         owner_id: Uuid,
     ) {
-        let parties = self.resolve_recipients(d, mailbox, owner_id, &summary.message);
+        let parties = self.resolve_recipients(d, mailbox, owner_id, summary.message);
         self.set_parties(d, from, &parties);
-        if let Some((c, regarding)) = self.correlate(&summary.message) {
+        if let Some((c, regarding)) = self.correlate(summary.message) {
             self.apply_correlation(d, c, regarding);
         }
         if d.direction == Some(Direction::Incoming) {
@@ -1529,19 +1555,21 @@ impl<'a> Run<'a> {
     }
 
     /// Records a track decision so later sightings are `already_tracked` and replies correlate.
-    fn remember_tracked(&self, mailbox: &MailboxEntry, summary: &Summary, d: &Decision) {
+    fn remember_tracked(&self, mailbox: &MailboxEntry, summary: &View<'_>, d: &Decision) {
         if !self.mode.remember {
             return;
         }
-        let m = &summary.message;
+        let m = summary.message;
         let tracked = Arc::new(TrackedRef {
             crm_id: d.crm_id,
             regarding: d.regarding.clone(),
         });
         self.remember_keys(m, d.direction.unwrap_or(Direction::Incoming), &tracked);
         if let Some(item) = &m.item_id {
-            let mut s = summary.clone();
-            s.tracked = Some((*tracked).clone());
+            let s = Summary {
+                message: m.clone(),
+                tracked: Some((*tracked).clone()),
+            };
             self.memory
                 .remember_item(&mailbox.address, &normalize_exchange_id(item), s);
         }

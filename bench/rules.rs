@@ -1,0 +1,345 @@
+//! The rules at scale: a directory of 100 k users (each with a mailbox, options and 25 folder
+//! rules), 1 M CRM records and 100 k tracked emails. Reports, in one run: the directory's load
+//! time and heap (live bytes, counted by an instrumented allocator) and process RSS; decisions
+//! per second on one core for a realistic mix (criterion); the latency distribution of single
+//! decisions (p50/p99/p99.9 from an HdrHistogram); and the same latencies while another thread
+//! swaps directory snapshots every 10 ms (readers never lock). Results: bench/RESULTS.md.
+//!
+//! `TRACKGATE_BENCH_SCALE` (default 1.0) scales the directory, for a quick smoke run in CI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::System;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use hdrhistogram::Histogram;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use trackgate::directory::model::*;
+use trackgate::directory::{Directory, DirectoryHandle};
+use trackgate::inspect::{Address, Message, Observation, Origin, Source};
+use trackgate::rules::{Engine, MemoryLimits, Mode, RulesLimits};
+use uuid::Uuid;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Decide without remembering or explaining: the cost of the decision itself.
+const PURE: Mode = Mode {
+    remember: false,
+    explain: false,
+};
+
+struct Scale {
+    users: usize,
+    records: usize,
+    rules_per_user: usize,
+    tracked: usize,
+}
+
+fn scale() -> Scale {
+    let f: f64 = std::env::var("TRACKGATE_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let n = |base: f64| ((base * f) as usize).max(10);
+    Scale {
+        users: n(100_000.0),
+        records: n(1_000_000.0),
+        rules_per_user: 25,
+        tracked: n(100_000.0),
+    }
+}
+
+fn uid(kind: u128, i: usize) -> Uuid {
+    Uuid::from_u128((kind << 64) | i as u128)
+}
+
+fn user_address(u: usize) -> String {
+    format!("user{u}@corp.example")
+}
+
+fn record_address(r: usize) -> String {
+    format!("person{r}@customer{}.example", r % 5000)
+}
+
+fn folder_id(u: usize, f: usize) -> String {
+    format!("AAMkADEzFolder{u:07}x{f:02}AAA=")
+}
+
+fn document(s: &Scale) -> DirectoryDocument {
+    let mut doc = DirectoryDocument {
+        organization: Organization {
+            organizationid: Uuid::from_u128(0xc0de),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    doc.organization.orgdborgsettings.auto_track_sent_folder_items = true;
+    for u in 0..s.users {
+        doc.systemusers.push(SystemUser {
+            systemuserid: uid(1, u),
+            fullname: Some(format!("User {u}")),
+            internalemailaddress: Some(user_address(u)),
+            domainname: Some(user_address(u)),
+            ..Default::default()
+        });
+        doc.usersettingscollection.push(UserSettings {
+            systemuserid: uid(1, u),
+            incomingemailfilteringmethod: (u % 4) as u8,
+            autocreatecontactonpromote: (u % 3) as u8,
+            addressbookcontactmatching: ContactMatching::All,
+            addressbookothermatching: OtherMatching::All,
+            ..Default::default()
+        });
+        doc.mailboxes.push(Mailbox {
+            mailboxid: uid(2, u),
+            emailaddress: user_address(u),
+            regardingobjectid: Lookup {
+                entity: "systemuser".into(),
+                id: uid(1, u),
+            },
+            processemailreceivedafter: None,
+            incomingemaildeliverymethod: 2,
+        });
+        for f in 0..s.rules_per_user {
+            doc.mailboxtrackingfolders.push(MailboxTrackingFolder {
+                mailboxtrackingfolderid: None,
+                mailboxid: uid(2, u),
+                exchangefolderid: folder_id(u, f),
+                exchangefoldername: Some(format!("Deal {f}")),
+                regardingobjectid: (f % 2 == 0).then(|| Lookup {
+                    entity: "account".into(),
+                    id: uid(4, f),
+                }),
+            });
+        }
+    }
+    for r in 0..s.records {
+        let owner = Some(uid(1, r % s.users));
+        let created = Some("2025-01-01T00:00:00Z".to_owned());
+        match r % 5 {
+            0..=2 => doc.contacts.push(Contact {
+                contactid: uid(3, r),
+                emailaddress1: Some(record_address(r)),
+                ownerid: owner,
+                createdon: created,
+                ..Default::default()
+            }),
+            3 => doc.accounts.push(Account {
+                accountid: uid(4, r),
+                emailaddress1: Some(record_address(r)),
+                ownerid: owner,
+                createdon: created,
+                ..Default::default()
+            }),
+            _ => doc.leads.push(Lead {
+                leadid: uid(5, r),
+                emailaddress1: Some(record_address(r)),
+                ownerid: owner,
+                createdon: created,
+                ..Default::default()
+            }),
+        }
+    }
+    for t in 0..s.tracked {
+        doc.emails.push(TrackedEmail {
+            activityid: uid(6, t),
+            messageid: Some(format!("<tracked{t}@corp.example>")),
+            trackingtoken: Some(format!("CRM:0{:03}{:03}", t % 1000, t % 997)),
+            ..Default::default()
+        });
+    }
+    doc
+}
+
+fn address(a: String) -> Address {
+    Address {
+        name: None,
+        address: Some(a),
+        routing_type: Some("SMTP".into()),
+    }
+}
+
+/// A realistic mix: inbox mail from known and unknown senders, replies, mail in tracked
+/// folders, sent mail, mailboxes the directory does not know.
+fn observations(s: &Scale, n: usize) -> Vec<Observation> {
+    (0..n)
+        .map(|i| {
+            let u = (i * 7919) % s.users;
+            let kind = i % 20;
+            let mailbox = if kind == 19 {
+                "stranger@elsewhere.example".to_owned()
+            } else {
+                user_address(u)
+            };
+            let mut m = Message {
+                item_id: Some(format!("AAMkADEzItem{i:08}AAA=")),
+                folder: Some("inbox".into()),
+                internet_message_id: Some(format!("m{i}@mail.example")),
+                subject: Some(format!("Quote {i} for 40 seats")),
+                from: Some(address(record_address((i * 104_729) % s.records))),
+                to: vec![address(user_address(u)), address(record_address(i % s.records))],
+                received_at: Some("2026-11-20T10:00:00Z".into()),
+                item_class: Some("IPM.Note".into()),
+                ..Default::default()
+            };
+            match kind {
+                0..=7 => {}
+                8..=11 => m.from = Some(address(format!("nobody{i}@unknown.example"))),
+                12..=13 => m.in_reply_to = Some(format!("tracked{}@corp.example", i % s.tracked)),
+                14..=16 => {
+                    m.folder = None;
+                    m.folder_id = Some(folder_id(u, i % s.rules_per_user));
+                }
+                _ => {
+                    m.folder = Some("sentitems".into());
+                    m.from = Some(address(user_address(u)));
+                }
+            }
+            Observation::MessageSeen {
+                origin: Origin {
+                    mailbox: Some(mailbox),
+                    source: Source::Ews,
+                    operation: "GetItem".into(),
+                },
+                message: m,
+                initial_sync: false,
+            }
+        })
+        .collect()
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn latencies(engine: &Engine, obs: &[Observation], rounds: usize) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for _ in 0..rounds {
+        for o in obs {
+            let start = Instant::now();
+            let d = engine.decide(o, PURE);
+            let ns = start.elapsed().as_nanos() as u64;
+            std::hint::black_box(d);
+            h.record(ns.max(1)).unwrap();
+        }
+    }
+    h
+}
+
+fn print_histogram(label: &str, h: &Histogram<u64>) {
+    println!(
+        "{label}: n={} p50={:.2}µs p99={:.2}µs p99.9={:.2}µs max={:.1}µs",
+        h.len(),
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+}
+
+fn main() {
+    let s = scale();
+    let rss_before = rss_mib();
+    let region = Region::new(GLOBAL);
+    let start = Instant::now();
+    let doc = document(&s);
+    let generated = start.elapsed();
+    let start = Instant::now();
+    let directory = Directory::build(doc).unwrap();
+    let built = start.elapsed();
+    let live = region.change();
+    let heap = live.bytes_allocated as f64 - live.bytes_deallocated as f64;
+    println!(
+        "directory: {} users, {} records, {} folder rules, {} tracked emails",
+        s.users,
+        s.records,
+        s.users * s.rules_per_user,
+        s.tracked
+    );
+    println!(
+        "directory: generated in {:.2}s, built (validated + indexed) in {:.2}s, live heap {:.0} MiB, process RSS {:.0} → {:.0} MiB",
+        generated.as_secs_f64(),
+        built.as_secs_f64(),
+        heap / (1024.0 * 1024.0),
+        rss_before,
+        rss_mib()
+    );
+
+    let handle = DirectoryHandle::new(directory);
+    let engine = Engine::new(handle.clone(), MemoryLimits::default(), RulesLimits::default());
+    let obs = observations(&s, 10_000);
+    let tracked = obs
+        .iter()
+        .flat_map(|o| engine.decide(o, PURE))
+        .filter(|d| d.is_track())
+        .count();
+    println!("mix: {tracked} of {} decisions track", obs.len());
+    let region = Region::new(GLOBAL);
+    for o in &obs {
+        std::hint::black_box(engine.decide(o, PURE));
+    }
+    let a = region.change();
+    println!(
+        "allocations per decision: {:.1} ({:.0} bytes)",
+        a.allocations as f64 / obs.len() as f64,
+        a.bytes_allocated as f64 / obs.len() as f64
+    );
+
+    // Latency of single decisions, then the same while snapshots are swapped.
+    print_histogram("decision latency", &latencies(&engine, &obs, 20));
+    let first = handle.load();
+    let second = Arc::new(Directory::build(document(&s)).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (handle, stop) = (handle.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Alternate between two full directories, as reloads would; both stay alive here,
+            // so this measures the swap as readers see it (freeing is on a helper thread).
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let next = if swaps % 2 == 0 { &second } else { &first };
+                drop(handle.swap_arc(next.clone()));
+                swaps += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            swaps
+        })
+    };
+    let during = latencies(&engine, &obs, 20);
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    print_histogram(&format!("decision latency during {swaps} snapshot swaps"), &during);
+
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
+    let mut group = c.benchmark_group("rules");
+    group.throughput(Throughput::Elements(obs.len() as u64));
+    group.bench_function("decide_mix_pure", |b| {
+        b.iter(|| {
+            for o in &obs {
+                std::hint::black_box(engine.decide(o, PURE));
+            }
+        })
+    });
+    group.bench_function("decide_mix_remembering", |b| {
+        b.iter(|| {
+            for o in &obs {
+                std::hint::black_box(engine.decide(o, Mode::APPLY));
+            }
+        })
+    });
+    group.finish();
+    c.final_summary();
+}
