@@ -77,7 +77,9 @@ fn document(s: &Scale) -> DirectoryDocument {
         },
         ..Default::default()
     };
-    doc.organization.orgdborgsettings.auto_track_sent_folder_items = true;
+    doc.organization
+        .orgdborgsettings
+        .auto_track_sent_folder_items = true;
     for u in 0..s.users {
         doc.systemusers.push(SystemUser {
             systemuserid: uid(1, u),
@@ -181,7 +183,10 @@ fn observations(s: &Scale, n: usize) -> Vec<Observation> {
                 internet_message_id: Some(format!("m{i}@mail.example")),
                 subject: Some(format!("Quote {i} for 40 seats")),
                 from: Some(address(record_address((i * 104_729) % s.records))),
-                to: vec![address(user_address(u)), address(record_address(i % s.records))],
+                to: vec![
+                    address(user_address(u)),
+                    address(record_address(i % s.records)),
+                ],
                 received_at: Some("2026-11-20T10:00:00Z".into()),
                 item_class: Some("IPM.Note".into()),
                 ..Default::default()
@@ -276,7 +281,11 @@ fn main() {
     );
 
     let handle = DirectoryHandle::new(directory);
-    let engine = Engine::new(handle.clone(), MemoryLimits::default(), RulesLimits::default());
+    let engine = Engine::new(
+        handle.clone(),
+        MemoryLimits::default(),
+        RulesLimits::default(),
+    );
     let obs = observations(&s, 10_000);
     let tracked = obs
         .iter()
@@ -318,7 +327,10 @@ fn main() {
     let during = latencies(&engine, &obs, 20);
     stop.store(true, Ordering::Relaxed);
     let swaps = swapper.join().unwrap();
-    print_histogram(&format!("decision latency during {swaps} snapshot swaps"), &during);
+    print_histogram(
+        &format!("decision latency during {swaps} snapshot swaps"),
+        &during,
+    );
 
     let mut c = Criterion::default()
         .configure_from_args()

@@ -13,6 +13,68 @@ use crate::inspect::model::{normalize_message_id, timestamp_seconds};
 
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A 128-bit keyed hash of a string (XXH3 with a per-process random seed). Indexes keep these
+/// instead of the strings: 16 bytes per key, and a lookup never compares strings. With 128 bits
+/// an accidental collision among millions of keys has a probability around 10⁻²⁶, and the
+/// random seed keeps anyone from aiming for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key([u8; 16]);
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(low));
+    }
+}
+
+/// The key is already a uniform hash: the map uses 64 bits of it as they are.
+#[derive(Default)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+pub type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// Makes keys; one seed per directory build.
+#[derive(Debug, Clone, Copy)]
+pub struct Keyer(u64);
+
+impl Keyer {
+    fn random() -> Keyer {
+        Keyer(rand::random())
+    }
+
+    pub fn key(&self, s: &str) -> Key {
+        self.key_bytes(s.as_bytes())
+    }
+
+    pub fn key_bytes(&self, b: &[u8]) -> Key {
+        Key(xxhash_rust::xxh3::xxh3_128_with_seed(b, self.0).to_le_bytes())
+    }
+}
+
+/// A lookup stored compactly: the table as an index into the directory's table names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactLookup {
+    entity: u16,
+    id: Uuid,
+}
+
 /// A directory problem, phrased for the administrator who has to fix the file.
 #[derive(Debug, thiserror::Error)]
 #[error("directory `{at}`: {problem}\nfix: {fix}")]
@@ -88,19 +150,30 @@ impl EntityKind {
     }
 }
 
-/// A row that has an e-mail address.
+/// A row that has an e-mail address (kept small: a million of them is the normal case).
 #[derive(Debug, Clone)]
 pub struct Record {
     pub kind: EntityKind,
-    /// Index into [`Directory::entity_names`] (the table's logical name).
-    entity_name: u16,
-    pub id: Uuid,
-    pub owner: Option<Uuid>,
     pub active: bool,
-    pub created_on: i64,
-    pub parent: Option<Lookup>,
-    /// Index of the user or queue in their tables, for users and queues.
-    pub internal: Option<u32>,
+    /// Index into the directory's table names (the table's logical name).
+    entity_name: u16,
+    /// Index of the user or queue in their tables, for users and queues (`u32::MAX`: none).
+    internal: u32,
+    pub id: Uuid,
+    /// The nil id when the row has no owner.
+    owner: Uuid,
+    parent: Option<CompactLookup>,
+}
+
+impl Record {
+    pub fn owner(&self) -> Option<Uuid> {
+        (!self.owner.is_nil()).then_some(self.owner)
+    }
+
+    /// Index of the user or queue, for users and queues.
+    pub fn internal(&self) -> Option<u32> {
+        (self.internal != u32::MAX).then_some(self.internal)
+    }
 }
 
 /// A user with the options the rules read.
@@ -126,11 +199,19 @@ pub enum Owner {
     Queue(u32),
 }
 
-/// A folder tracking rule.
+/// A folder tracking rule, stored compactly (2.5 M of them for 100 k users).
 #[derive(Debug, Clone)]
-pub struct FolderRule {
-    pub folder_id: Box<str>,
-    pub name: Option<Box<str>>,
+struct StoredRule {
+    folder: Key,
+    /// Offset and length of the folder's name in the directory's name arena.
+    name: (u32, u16),
+    regarding: Option<CompactLookup>,
+}
+
+/// A folder tracking rule as the rules see it.
+#[derive(Debug, Clone)]
+pub struct FolderRule<'a> {
+    pub name: Option<&'a str>,
     pub regarding: Option<Lookup>,
 }
 
@@ -142,21 +223,13 @@ pub struct MailboxEntry {
     /// Seconds since the epoch; mail received earlier is history.
     pub cutoff: Option<i64>,
     pub delivery_method: u8,
-    /// Sorted by normalised folder id.
-    rules: Vec<FolderRule>,
+    /// Sorted by folder key.
+    rules: Vec<StoredRule>,
 }
 
 impl MailboxEntry {
-    /// The rule for a folder id (already normalised with [`normalize_exchange_id`]).
-    pub fn rule(&self, folder_id: &str) -> Option<&FolderRule> {
-        self.rules
-            .binary_search_by(|r| (*r.folder_id).cmp(folder_id))
-            .ok()
-            .map(|i| &self.rules[i])
-    }
-
-    pub fn rules(&self) -> &[FolderRule] {
-        &self.rules
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
     }
 }
 
@@ -420,10 +493,8 @@ pub fn tracking_token(prefixes: &[String], subject: &str) -> Option<String> {
     })
 }
 
-enum AddressEntry {
-    One(u32),
-    Many(Box<[u32]>),
-}
+/// High bit set: an index into `Directory::shared_addresses`; else the one record.
+const MANY: u32 = 1 << 31;
 
 /// The whole directory, immutable; swapped as one.
 pub struct Directory {
@@ -433,8 +504,11 @@ pub struct Directory {
     mailboxes: Vec<MailboxEntry>,
     records: Vec<Record>,
     entity_names: Vec<Box<str>>,
-    by_address: Map<Box<str>, AddressEntry>,
-    principals: Map<Box<str>, u32>,
+    keyer: Keyer,
+    by_address: KeyMap<u32>,
+    shared_addresses: Vec<Box<[u32]>>,
+    principals: KeyMap<u32>,
+    names: String,
     users_by_id: Map<Uuid, u32>,
     x500: Map<Box<str>, Box<str>>,
     tracked: TrackedIndex,
@@ -473,7 +547,7 @@ impl Directory {
             users: self.users.len(),
             queues: self.queues.len(),
             mailboxes: self.mailboxes.len(),
-            folder_rules: self.mailboxes.iter().map(|m| m.rules.len()).sum(),
+            folder_rules: self.mailboxes.iter().map(MailboxEntry::rule_count).sum(),
             records: self.records.len(),
             tracked_emails: self.tracked.len(),
         }
@@ -485,7 +559,7 @@ impl Directory {
         let key = lower(principal);
         let key = key.strip_prefix("smtp:").unwrap_or(&key);
         self.principals
-            .get(key)
+            .get(&self.keyer.key(key))
             .map(|&i| &self.mailboxes[i as usize])
     }
 
@@ -512,11 +586,36 @@ impl Directory {
 
     /// Every row with this (lower-cased) address, in resolution precedence.
     pub fn rows_with_address(&self, address: &str) -> &[u32] {
-        match self.by_address.get(address) {
-            Some(AddressEntry::One(i)) => std::slice::from_ref(i),
-            Some(AddressEntry::Many(v)) => v,
+        match self.by_address.get(&self.keyer.key(address)) {
+            Some(i) if i & MANY != 0 => &self.shared_addresses[(i & !MANY) as usize],
+            Some(i) => std::slice::from_ref(i),
             None => &[],
         }
+    }
+
+    /// The tracking rule of a folder in a mailbox (the id normalised with
+    /// [`normalize_exchange_id`]).
+    pub fn rule(&self, mailbox: &MailboxEntry, folder_id: &str) -> Option<FolderRule<'_>> {
+        let key = self.keyer.key(folder_id);
+        let r = mailbox
+            .rules
+            .binary_search_by(|r| r.folder.0.cmp(&key.0))
+            .ok()
+            .map(|i| &mailbox.rules[i])?;
+        let (at, len) = (r.name.0 as usize, r.name.1 as usize);
+        Some(FolderRule {
+            name: (len > 0).then(|| &self.names[at..at + len]),
+            regarding: r.regarding.map(|l| self.expand(l)),
+        })
+    }
+
+    fn expand(&self, l: CompactLookup) -> Lookup {
+        Lookup::new(&self.entity_names[l.entity as usize], l.id)
+    }
+
+    /// A record's parent (a contact's company, an account's or lead's parent account).
+    pub fn parent(&self, record: &Record) -> Option<Lookup> {
+        record.parent.map(|l| self.expand(l))
     }
 
     /// The SMTP address behind an X.500 address.
@@ -543,7 +642,7 @@ impl Directory {
 
     /// Validates and indexes a document.
     pub fn build(doc: DirectoryDocument) -> Result<Directory, InvalidDirectory> {
-        Builder::default().build(doc)
+        Builder::new().build(doc)
     }
 }
 
@@ -560,29 +659,70 @@ fn parse_time(at: &str, value: Option<&String>) -> Result<Option<i64>, InvalidDi
     }
 }
 
-#[derive(Default)]
 struct Builder {
+    keyer: Keyer,
     records: Vec<Record>,
+    /// Parallel to `records`, for ordering rows that share an address; dropped after the build.
+    created_on: Vec<i64>,
     entity_names: Vec<Box<str>>,
-    names: Map<Box<str>, u16>,
-    addresses: Map<Box<str>, Vec<u32>>,
+    entity_index: Map<Box<str>, u16>,
+    /// (address key, record) pairs, grouped after sorting.
+    addresses: Vec<(Key, u32)>,
+    names: String,
 }
 
 impl Builder {
+    fn new() -> Builder {
+        Builder {
+            keyer: Keyer::random(),
+            records: Vec::new(),
+            created_on: Vec::new(),
+            entity_names: Vec::new(),
+            entity_index: Map::default(),
+            addresses: Vec::new(),
+            names: String::new(),
+        }
+    }
+
     fn entity_index(&mut self, name: &str) -> u16 {
-        if let Some(&i) = self.names.get(name) {
+        if let Some(&i) = self.entity_index.get(name) {
             return i;
         }
         let i = u16::try_from(self.entity_names.len()).unwrap_or(u16::MAX);
         self.entity_names.push(name.into());
-        self.names.insert(name.into(), i);
+        self.entity_index.insert(name.into(), i);
         i
     }
 
+    fn compact(&mut self, l: &Lookup) -> CompactLookup {
+        CompactLookup {
+            entity: self.entity_index(&l.entity),
+            id: l.id,
+        }
+    }
+
+    /// Adds a name to the arena (cut at 255 bytes, on a character boundary).
+    fn name(&mut self, name: Option<&str>) -> (u32, u16) {
+        let Some(mut n) = name.map(str::trim).filter(|n| !n.is_empty()) else {
+            return (0, 0);
+        };
+        if n.len() > 255 {
+            let mut cut = 255;
+            while !n.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            n = &n[..cut];
+        }
+        let at = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push_str(n);
+        (at, n.len() as u16)
+    }
+
+    /// Adds a row with e-mail addresses. `at` names the row, for errors only.
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
-        at: &str,
+        at: &dyn Fn() -> String,
         entity: &str,
         id: Uuid,
         owner: Option<Uuid>,
@@ -592,42 +732,77 @@ impl Builder {
         internal: Option<u32>,
         addresses: &[Option<&String>],
     ) -> Result<(), InvalidDirectory> {
-        let created_on = parse_time(&format!("{at}.createdon"), created_on)?.unwrap_or(i64::MAX);
+        let created_on = match created_on {
+            None => i64::MAX,
+            Some(_) => parse_time(&format!("{}.createdon", at()), created_on)?.unwrap_or(i64::MAX),
+        };
         let index = u32::try_from(self.records.len())
-            .map_err(|_| invalid(at, "too many records", "split the directory"))?;
+            .ok()
+            .filter(|i| i & MANY == 0)
+            .ok_or_else(|| invalid(at(), "too many records (over 2^31)", "split the directory"))?;
         let entity_name = self.entity_index(entity);
+        let parent = parent.map(|p| self.compact(&p));
         self.records.push(Record {
             kind: EntityKind::from_logical(entity),
-            entity_name,
-            id,
-            owner,
             active,
-            created_on,
+            entity_name,
+            internal: internal.unwrap_or(u32::MAX),
+            id,
+            owner: owner.unwrap_or(Uuid::nil()),
             parent,
-            internal,
         });
-        let mut mine: Vec<String> = addresses
-            .iter()
-            .flatten()
-            .map(|a| lower(a).into_owned())
-            .filter(|a| !a.is_empty())
-            .collect();
-        mine.sort();
-        mine.dedup();
-        for a in mine {
+        self.created_on.push(created_on);
+        let start = self.addresses.len();
+        for a in addresses.iter().flatten() {
+            let a = lower(a);
+            if a.is_empty() {
+                continue;
+            }
             if !a.contains('@') {
                 return Err(invalid(
-                    at,
+                    at(),
                     "an e-mail address column holds a value without `@`",
                     "correct or remove the address",
                 ));
             }
-            self.addresses
-                .entry(a.into_boxed_str())
-                .or_default()
-                .push(index);
+            let key = self.keyer.key(&a);
+            // The same address in two columns of one row counts once.
+            if !self.addresses[start..].iter().any(|(k, _)| *k == key) {
+                self.addresses.push((key, index));
+            }
         }
         Ok(())
+    }
+
+    /// Groups the (address, record) pairs into the index, each group in resolution precedence.
+    fn address_index(&mut self) -> (KeyMap<u32>, Vec<Box<[u32]>>) {
+        let records = &self.records;
+        let created = &self.created_on;
+        let mut pairs = std::mem::take(&mut self.addresses);
+        pairs.sort_unstable_by_key(|&(k, r)| {
+            let rec = &records[r as usize];
+            (k.0, rec.kind.rank(), created[r as usize], rec.id)
+        });
+        let mut map = KeyMap::with_capacity_and_hasher(pairs.len(), Default::default());
+        let mut shared = Vec::new();
+        let mut i = 0;
+        while i < pairs.len() {
+            let key = pairs[i].0;
+            let mut j = i + 1;
+            while j < pairs.len() && pairs[j].0 == key {
+                j += 1;
+            }
+            let value = if j - i == 1 {
+                pairs[i].1
+            } else {
+                shared.push(pairs[i..j].iter().map(|&(_, r)| r).collect::<Box<[u32]>>());
+                (shared.len() as u32 - 1) | MANY
+            };
+            map.insert(key, value);
+            i = j;
+        }
+        map.shrink_to_fit();
+        (map, shared)
     }
 
     fn build(mut self, doc: DirectoryDocument) -> Result<Directory, InvalidDirectory> {
@@ -656,7 +831,7 @@ impl Builder {
                 },
             });
             self.add(
-                &at,
+                &|| format!("systemusers[{i}]"),
                 "systemuser",
                 u.systemuserid,
                 None,
@@ -731,7 +906,7 @@ impl Builder {
                 active: q.statecode == 0,
             });
             self.add(
-                &at,
+                &|| format!("queues[{i}]"),
                 "queue",
                 q.queueid,
                 q.ownerid,
@@ -746,7 +921,7 @@ impl Builder {
         // Mailboxes and their folder rules.
         let mut mailboxes = Vec::with_capacity(doc.mailboxes.len());
         let mut mailboxes_by_id: Map<Uuid, u32> = Map::default();
-        let mut principals: Map<Box<str>, u32> = Map::default();
+        let mut principals: KeyMap<u32> = KeyMap::default();
         for (i, m) in doc.mailboxes.iter().enumerate() {
             let at = format!("mailboxes[{i}]");
             let index =
@@ -797,7 +972,7 @@ impl Builder {
                 (a, b) => a.or(b),
             };
             mailboxes_by_id.insert(m.mailboxid, index);
-            if principals.insert(address.clone().into(), index).is_some() {
+            if principals.insert(self.keyer.key(&address), index).is_some() {
                 return Err(invalid(
                     format!("{at}.emailaddress"),
                     "two mailboxes have the same address",
@@ -814,11 +989,14 @@ impl Builder {
             });
         }
         // A user's other names find their mailbox too (mailbox addresses win on a clash).
+        let mut mailbox_of_user: Map<u32, usize> = Map::default();
+        for (m, mailbox) in mailboxes.iter().enumerate() {
+            if let Owner::User(u) = mailbox.owner {
+                mailbox_of_user.entry(u).or_insert(m);
+            }
+        }
         for (i, u) in doc.systemusers.iter().enumerate() {
-            let Some(mailbox) = mailboxes
-                .iter()
-                .position(|m| m.owner == Owner::User(i as u32))
-            else {
+            let Some(&mailbox) = mailbox_of_user.get(&(i as u32)) else {
                 continue;
             };
             let names = [
@@ -828,7 +1006,7 @@ impl Builder {
             ];
             for name in names.into_iter().flatten() {
                 principals
-                    .entry(lower(&name).into_owned().into())
+                    .entry(self.keyer.key(&lower(&name)))
                     .or_insert(mailbox as u32);
             }
         }
@@ -841,7 +1019,7 @@ impl Builder {
                     "add the mailbox or correct the id",
                 ));
             };
-            let mailbox = &mut mailboxes[m as usize];
+            let mailbox = &mailboxes[m as usize];
             if matches!(mailbox.owner, Owner::Queue(_)) {
                 return Err(invalid(
                     format!("{at}.mailboxid"),
@@ -866,28 +1044,32 @@ impl Builder {
                     "remove rules or raise organization.maxfolderbasedtrackingmappings (at most 25)",
                 ));
             }
-            let folder_id: Box<str> = normalize_exchange_id(&f.exchangefolderid).into();
-            if mailbox.rules.iter().any(|r| r.folder_id == folder_id) {
+            let folder = self.keyer.key(&normalize_exchange_id(&f.exchangefolderid));
+            if mailbox.rules.iter().any(|r| r.folder == folder) {
                 return Err(invalid(
                     format!("{at}.exchangefolderid"),
                     "this folder already has a tracking rule in this mailbox",
                     "keep one rule per folder",
                 ));
             }
-            mailbox.rules.push(FolderRule {
-                folder_id,
-                name: f.exchangefoldername.as_deref().map(Into::into),
-                regarding: f.regardingobjectid.clone(),
+            let name = self.name(f.exchangefoldername.as_deref());
+            let regarding = f.regardingobjectid.as_ref().map(|l| self.compact(l));
+            mailboxes[m as usize].rules.push(StoredRule {
+                folder,
+                name,
+                regarding,
             });
         }
         for m in &mut mailboxes {
-            m.rules.sort_by(|a, b| a.folder_id.cmp(&b.folder_id));
+            m.rules.sort_by_key(|r| r.folder.0);
+            m.rules.shrink_to_fit();
         }
+        self.names.shrink_to_fit();
 
         // Records.
         for (i, c) in doc.contacts.iter().enumerate() {
             self.add(
-                &format!("contacts[{i}]"),
+                &|| format!("contacts[{i}]"),
                 "contact",
                 c.contactid,
                 c.ownerid,
@@ -904,7 +1086,7 @@ impl Builder {
         }
         for (i, a) in doc.accounts.iter().enumerate() {
             self.add(
-                &format!("accounts[{i}]"),
+                &|| format!("accounts[{i}]"),
                 "account",
                 a.accountid,
                 a.ownerid,
@@ -924,7 +1106,7 @@ impl Builder {
         }
         for (i, l) in doc.leads.iter().enumerate() {
             self.add(
-                &format!("leads[{i}]"),
+                &|| format!("leads[{i}]"),
                 "lead",
                 l.leadid,
                 l.ownerid,
@@ -958,7 +1140,7 @@ impl Builder {
             }
             let addresses: Vec<Option<&String>> = r.emailaddresses.iter().map(Some).collect();
             self.add(
-                &at,
+                &|| format!("emailenabledrecords[{i}]"),
                 &r.entity,
                 r.id,
                 r.ownerid,
@@ -972,23 +1154,9 @@ impl Builder {
 
         let tracked = build_tracked(&org, &doc)?;
 
-        let records = self.records;
-        let by_address = self
-            .addresses
-            .into_iter()
-            .map(|(address, mut rows)| {
-                rows.sort_by_key(|&r| {
-                    let rec = &records[r as usize];
-                    (rec.kind.rank(), rec.created_on, rec.id)
-                });
-                let entry = if rows.len() == 1 {
-                    AddressEntry::One(rows[0])
-                } else {
-                    AddressEntry::Many(rows.into_boxed_slice())
-                };
-                (address, entry)
-            })
-            .collect();
+        let (by_address, shared_addresses) = self.address_index();
+        let mut records = self.records;
+        records.shrink_to_fit();
         Ok(Directory {
             org,
             users,
@@ -996,8 +1164,11 @@ impl Builder {
             mailboxes,
             records,
             entity_names: self.entity_names,
+            keyer: self.keyer,
             by_address,
+            shared_addresses,
             principals,
+            names: self.names,
             users_by_id,
             x500,
             tracked,
@@ -1140,7 +1311,7 @@ pub fn recipient_may_match(
     owner_id: Option<Uuid>,
     matching: (ContactMatching, OtherMatching),
 ) -> bool {
-    let owned = owner_id.is_some() && record.owner == owner_id;
+    let owned = owner_id.is_some() && record.owner() == owner_id;
     match record.kind {
         EntityKind::Systemuser | EntityKind::Queue => true,
         EntityKind::Contact => matching.0 == ContactMatching::All || owned,

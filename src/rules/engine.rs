@@ -105,10 +105,28 @@ impl Summary {
 }
 
 /// A party resolved against the directory.
-struct Resolved<'a> {
-    address: Option<Cow<'a, str>>,
-    name: Option<&'a str>,
-    rows: Vec<u32>,
+struct Resolved<'m, 'd> {
+    address: Option<Cow<'m, str>>,
+    name: Option<&'m str>,
+    rows: Rows<'d>,
+}
+
+/// The rows a party resolved to, borrowed from the directory when nothing was filtered out.
+enum Rows<'a> {
+    Slice(&'a [u32]),
+    One([u32; 1]),
+    Owned(Vec<u32>),
+}
+
+impl std::ops::Deref for Rows<'_> {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match self {
+            Rows::Slice(s) => s,
+            Rows::One(one) => one,
+            Rows::Owned(v) => v,
+        }
+    }
 }
 
 pub(super) struct Run<'a> {
@@ -605,7 +623,7 @@ impl<'a> Run<'a> {
             return Place::Unknown;
         };
         let id = normalize_exchange_id(id);
-        if mailbox.rule(&id).is_some() {
+        if self.dir.rule(mailbox, &id).is_some() {
             return Place::Folder(id.into_owned(), true);
         }
         match self.memory.folder(&mailbox.address, &id) {
@@ -707,8 +725,8 @@ impl<'a> Run<'a> {
             );
         }
         if let Some(id) = message_id {
-            let dir_key = format!("d:{}:{id}", if outgoing { "out" } else { "in" });
-            if let Some(t) = self.memory.tracked(&dir_key) {
+            let prefix = if outgoing { "d:out:" } else { "d:in:" };
+            if let Some(t) = self.memory.tracked_by(prefix, id) {
                 return self.already_tracked(
                     d,
                     mailbox,
@@ -731,7 +749,7 @@ impl<'a> Run<'a> {
 
         // Folder tracking rules: regardless of the filter.
         if let Place::Folder(folder_id, _) = &place
-            && let Some(rule) = mailbox.rule(folder_id)
+            && let Some(rule) = self.dir.rule(mailbox, folder_id)
         {
             if !org.folder_tracking {
                 why!(
@@ -754,7 +772,7 @@ impl<'a> Run<'a> {
                     d,
                     self,
                     "the message is in tracked folder {} (rule by folder id)",
-                    rule.name.as_deref().unwrap_or(folder_id)
+                    rule.name.unwrap_or(folder_id)
                 );
                 if let Some(r) = &rule.regarding {
                     d.regarding = Some(r.clone());
@@ -852,7 +870,7 @@ impl<'a> Run<'a> {
     ) {
         // A move into a folder whose rule links another record re-links it (domain.md §2.3).
         if let Place::Folder(folder_id, _) = place
-            && let Some(rule) = mailbox.rule(folder_id)
+            && let Some(rule) = self.dir.rule(mailbox, folder_id)
             && let Some(target) = &rule.regarding
             && self.dir.org().folder_tracking
             && regarding != Some(target)
@@ -882,7 +900,7 @@ impl<'a> Run<'a> {
         d: &mut Decision,
         mailbox: &MailboxEntry,
         summary: &View<'_>,
-        from: &Resolved<'_>,
+        from: &Resolved<'_, '_>,
         owner_id: Uuid,
         initial_sync: bool,
     ) {
@@ -954,9 +972,9 @@ impl<'a> Run<'a> {
         let own_filter = self.filter_of(mailbox.owner);
         evaluators.push((self.owner_lookup(mailbox), own_filter, true));
         for p in parties.iter().flat_map(|(_, list)| list.iter()) {
-            for &row in &p.rows {
+            for &row in p.rows.iter() {
                 let r = self.dir.record(row);
-                let (entity, filter) = match (r.kind, r.internal) {
+                let (entity, filter) = match (r.kind, r.internal()) {
                     (EntityKind::Systemuser, Some(u)) if self.dir.user(u).active => (
                         "systemuser",
                         self.dir.user(u).settings.incomingemailfilteringmethod,
@@ -1061,7 +1079,7 @@ impl<'a> Run<'a> {
         d: &mut Decision,
         mailbox: &MailboxEntry,
         summary: &View<'_>,
-        from: &Resolved<'_>,
+        from: &Resolved<'_, '_>,
         owner_id: Uuid,
     ) {
         let org = self.dir.org();
@@ -1187,7 +1205,7 @@ impl<'a> Run<'a> {
         d: &mut Decision,
         mailbox: &MailboxEntry,
         summary: &View<'_>,
-        from: &Resolved<'_>,
+        from: &Resolved<'_, '_>,
         owner_id: Uuid,
     ) {
         let parties = self.resolve_recipients(d, mailbox, owner_id, summary.message);
@@ -1234,7 +1252,7 @@ impl<'a> Run<'a> {
             Some((Correlation { method, activityid }, regarding.cloned()))
         };
         if headers && let Some(id) = m.in_reply_to.as_deref() {
-            if let Some(t) = self.memory.tracked(&format!("m:{id}")) {
+            if let Some(t) = self.memory.tracked_by("m:", id) {
                 return hit(CorrelationMethod::InReplyTo, t.crm_id, t.regarding.as_ref());
             }
             if let Some(row) = tracked.by_message_id(id, None) {
@@ -1251,7 +1269,7 @@ impl<'a> Run<'a> {
                 .as_deref()
                 .and_then(|s| tracking_token(&org.token_prefixes, s))
         {
-            if let Some(t) = self.memory.tracked(&format!("t:{token}")) {
+            if let Some(t) = self.memory.tracked_by("t:", &token) {
                 return hit(
                     CorrelationMethod::TrackingToken,
                     t.crm_id,
@@ -1286,7 +1304,7 @@ impl<'a> Run<'a> {
             }
             if let Some(id) = m.conversation_id.as_deref() {
                 let id = normalize_exchange_id(id);
-                if let Some(t) = self.memory.tracked(&format!("i:{id}")) {
+                if let Some(t) = self.memory.tracked_by("i:", &id) {
                     return hit(
                         CorrelationMethod::ConversationId,
                         t.crm_id,
@@ -1348,12 +1366,12 @@ impl<'a> Run<'a> {
         _mailbox: &MailboxEntry,
         owner_id: Uuid,
         a: Option<&'m Address>,
-    ) -> Resolved<'m> {
+    ) -> Resolved<'m, 'a> {
         let Some(a) = a else {
             return Resolved {
                 address: None,
                 name: None,
-                rows: Vec::new(),
+                rows: Rows::Slice(&[]),
             };
         };
         let address = self
@@ -1368,38 +1386,37 @@ impl<'a> Run<'a> {
         let chosen = if rows.len() > MAX_MATCHES {
             None
         } else {
-            let candidates: Vec<u32> = rows
-                .iter()
-                .copied()
-                .filter(|&r| {
-                    let rec = self.dir.record(r);
-                    rec.active
-                        || (rec.kind != EntityKind::Systemuser
-                            && org.settings.resolve_for_inactive_entities)
-                })
-                .collect();
-            if candidates.is_empty() {
+            let eligible = |r: &u32| {
+                let rec = self.dir.record(*r);
+                rec.active
+                    || (rec.kind != EntityKind::Systemuser
+                        && org.settings.resolve_for_inactive_entities)
+            };
+            let mut candidates = rows.iter().copied().filter(|r| eligible(r));
+            let first = candidates.next();
+            let several = candidates.next().is_some();
+            let mut candidates = rows.iter().copied().filter(|r| eligible(r));
+            if first.is_none() {
                 // A single match resolves regardless of state — except to a disabled user.
                 match rows {
                     [only] if self.dir.record(*only).kind != EntityKind::Systemuser => Some(*only),
                     _ => None,
                 }
-            } else if candidates.len() > 1
-                && org.settings.unresolve_sender_in_case_of_multiple_match
-            {
+            } else if several && org.settings.unresolve_sender_in_case_of_multiple_match {
                 None
             } else {
                 candidates
-                    .iter()
-                    .copied()
-                    .find(|&r| self.dir.record(r).owner == Some(owner_id))
-                    .or_else(|| candidates.first().copied())
+                    .find(|&r| self.dir.record(r).owner() == Some(owner_id))
+                    .or(first)
             }
         };
         Resolved {
             address,
             name,
-            rows: chosen.into_iter().collect(),
+            rows: match chosen {
+                Some(r) => Rows::One([r]),
+                None => Rows::Slice(&[]),
+            },
         }
     }
 
@@ -1410,11 +1427,11 @@ impl<'a> Run<'a> {
         mailbox: &MailboxEntry,
         owner_id: Uuid,
         m: &'m Message,
-    ) -> [(u8, Vec<Resolved<'m>>); 3] {
+    ) -> [(u8, Vec<Resolved<'m, 'a>>); 3] {
         let org = self.dir.org();
         let matching = self.dir.matching(mailbox.owner);
         let mut budget = self.limits.max_parties;
-        let mut resolve = |list: &'m [Address]| -> Vec<Resolved<'m>> {
+        let mut resolve = |list: &'m [Address]| -> Vec<Resolved<'m, 'a>> {
             let take = list.len().min(budget);
             budget -= take;
             list[..take]
@@ -1427,22 +1444,22 @@ impl<'a> Run<'a> {
                         .as_deref()
                         .map(|addr| self.dir.rows_with_address(addr))
                         .unwrap_or(&[]);
-                    let mut chosen: Vec<u32> = if rows.len() > MAX_MATCHES {
-                        Vec::new()
+                    let keep = |r: &u32| {
+                        let rec = self.dir.record(*r);
+                        (rec.active
+                            || (rec.kind != EntityKind::Systemuser
+                                && org.settings.resolve_for_inactive_entities))
+                            && recipient_may_match(rec, Some(owner_id), matching)
+                    };
+                    let mut chosen = if rows.len() > MAX_MATCHES {
+                        Rows::Slice(&[])
+                    } else if rows.iter().all(keep) {
+                        Rows::Slice(rows)
                     } else {
-                        rows.iter()
-                            .copied()
-                            .filter(|&r| {
-                                let rec = self.dir.record(r);
-                                (rec.active
-                                    || (rec.kind != EntityKind::Systemuser
-                                        && org.settings.resolve_for_inactive_entities))
-                                    && recipient_may_match(rec, Some(owner_id), matching)
-                            })
-                            .collect()
+                        Rows::Owned(rows.iter().copied().filter(keep).collect())
                     };
                     if chosen.len() > 1 && org.unresolve_recipients_on_multiple_match {
-                        chosen.clear();
+                        chosen = Rows::Slice(&[]);
                     }
                     Resolved {
                         address,
@@ -1466,7 +1483,7 @@ impl<'a> Run<'a> {
         [(2, to), (3, cc), (4, bcc)]
     }
 
-    fn party(&self, r: &Resolved<'_>) -> Party {
+    fn party(&self, r: &Resolved<'_, '_>) -> Party {
         Party {
             address: r.address.as_deref().map(str::to_owned),
             name: r.name.map(str::to_owned),
@@ -1484,8 +1501,8 @@ impl<'a> Run<'a> {
     fn set_parties(
         &self,
         d: &mut Decision,
-        from: &Resolved<'_>,
-        parties: &[(u8, Vec<Resolved<'_>>); 3],
+        from: &Resolved<'_, '_>,
+        parties: &[(u8, Vec<Resolved<'_, '_>>); 3],
     ) {
         if from.address.is_some() {
             let p = self.party(from);
@@ -1502,7 +1519,7 @@ impl<'a> Run<'a> {
 
     /// An unresolved sender of a tracked incoming email becomes a contact or lead, when both the
     /// organisation and the mailbox owner allow it.
-    fn auto_create(&self, d: &mut Decision, mailbox: &MailboxEntry, from: &Resolved<'_>) {
+    fn auto_create(&self, d: &mut Decision, mailbox: &MailboxEntry, from: &Resolved<'_, '_>) {
         let org = self.dir.org();
         let Owner::User(u) = mailbox.owner else {
             return;

@@ -104,6 +104,25 @@ pub fn key(mailbox: &str, id: &str) -> String {
     k
 }
 
+thread_local! {
+    /// Lookups build their key here instead of allocating one each time.
+    static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Runs `f` with the key of (mailbox, id) without allocating.
+fn with_key<T>(mailbox: &str, id: &str, f: impl FnOnce(&str) -> T) -> T {
+    LOOKUP_KEY.with(|k| match k.try_borrow_mut() {
+        Ok(mut k) => {
+            k.clear();
+            k.push_str(mailbox);
+            k.push('\u{1}');
+            k.push_str(id);
+            f(&k)
+        }
+        Err(_) => f(&key(mailbox, id)),
+    })
+}
+
 impl Memory {
     pub fn new(limits: MemoryLimits) -> Memory {
         // Summaries take most of the budget; folders are few per mailbox.
@@ -128,7 +147,7 @@ impl Memory {
     }
 
     pub fn item(&self, mailbox: &str, item_id: &str) -> Option<Arc<Summary>> {
-        self.items.get(&key(mailbox, item_id))
+        with_key(mailbox, item_id, |k| self.items.get(k))
     }
 
     pub fn remember_item(&self, mailbox: &str, item_id: &str, summary: Summary) {
@@ -140,7 +159,7 @@ impl Memory {
     }
 
     pub fn folder(&self, mailbox: &str, folder_id: &str) -> Option<Arc<FolderInfo>> {
-        self.folders.get(&key(mailbox, folder_id))
+        with_key(mailbox, folder_id, |k| self.folders.get(k))
     }
 
     /// The id of a distinguished folder, once seen.
@@ -180,6 +199,19 @@ impl Memory {
     /// `i:<conversation id>`, or `d:<direction>:<message-id>` for duplicates).
     pub fn tracked(&self, key: &str) -> Option<Arc<TrackedRef>> {
         self.tracked.get(key)
+    }
+
+    /// A tracked email by a key built of a prefix and a value, without allocating.
+    pub fn tracked_by(&self, prefix: &str, value: &str) -> Option<Arc<TrackedRef>> {
+        LOOKUP_KEY.with(|k| match k.try_borrow_mut() {
+            Ok(mut k) => {
+                k.clear();
+                k.push_str(prefix);
+                k.push_str(value);
+                self.tracked.get(k.as_str())
+            }
+            Err(_) => self.tracked.get(&format!("{prefix}{value}")),
+        })
     }
 
     pub fn remember_tracked(&self, key: String, tracked: Arc<TrackedRef>) {
