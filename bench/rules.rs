@@ -316,7 +316,11 @@ fn main() {
             // so this measures the swap as readers see it (freeing is on a helper thread).
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let next = if swaps % 2 == 0 { &second } else { &first };
+                let next = if swaps.is_multiple_of(2) {
+                    &second
+                } else {
+                    &first
+                };
                 drop(handle.swap_arc(next.clone()));
                 swaps += 1;
                 std::thread::sleep(Duration::from_millis(10));
