@@ -1183,9 +1183,23 @@ fn auto_create_follows_user_and_org_settings_and_is_one_record_per_address() {
         (Some("New"), "Prospect")
     );
     assert_eq!(sender_of(&a), vec![look("contact", create.id.as_u128())]);
-    // Another mailbox, another message from the same sender: the same record.
+    // Another mailbox, another message from the same sender: the same record, not a new one.
     let b = stranger(&engine, "allmail@corp.example", "ac2@x");
-    assert_eq!(b.auto_create.unwrap().id, create.id);
+    assert!(b.auto_create.is_none());
+    assert_eq!(sender_of(&b), vec![look("contact", create.id.as_u128())]);
+    // Two gateways (or a restart) derive the same id for the same address.
+    let elsewhere = engine_with(|_| {});
+    let c = stranger(&elsewhere, "allmail@corp.example", "ac2@x");
+    assert_eq!(c.auto_create.unwrap().id, create.id);
+    // Until the directory has it, the created contact resolves the next mail from the address:
+    // a user who tracks only mail from contacts now tracks it, and nothing is created twice.
+    let filter2 = engine_with(|d| set_filter(d, ALLMAIL, 2));
+    let first = stranger(&filter2, "owner@corp.example", "ac1b@x");
+    let created = first.auto_create.unwrap().id;
+    let next = stranger(&filter2, "allmail@corp.example", "ac2b@x");
+    expect(&next, Reason::SenderContact);
+    assert!(next.auto_create.is_none());
+    assert_eq!(sender_of(&next), vec![look("contact", created.as_u128())]);
     // Leads.
     let leads = engine_with(|d| d.usersettingscollection[0].autocreatecontactonpromote = 2);
     assert_eq!(
@@ -1705,4 +1719,257 @@ proptest! {
         let decisions: Vec<Decision> = order.iter().flat_map(|o| engine.decide(o, Mode::APPLY)).collect();
         prop_assert_eq!(decisions.iter().filter(|d| d.is_track()).count(), 1);
     }
+}
+
+#[test]
+fn a_message_evaluated_and_not_tracked_stays_not_tracked() {
+    // Filter 1: a customer's mail is not a reply. Later a reply in its thread is tracked; the
+    // first mail, seen again, is not reconsidered (server-side sync evaluates each mail once).
+    let engine = engine_with(|d| set_filter(d, OWNER, 1));
+    let mut first = message(
+        "first-of-thread@x",
+        "inbox",
+        "pat@customer.example",
+        &["owner@corp.example"],
+    );
+    first.conversation_id = Some("THREAD-9".into());
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", first.clone())),
+        Reason::NotAReply,
+    );
+    let mut reply = message("reply-in-thread@x", "inbox", "pat@customer.example", &[]);
+    reply.conversation_id = Some("THREAD-9".into());
+    reply.in_reply_to = Some("orig@corp.example".into());
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", reply)),
+        Reason::ReplyInReplyTo,
+    );
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", first)),
+        Reason::AlreadyDecided,
+    );
+    // A sighting that did not show the sender is not final: the next one decides.
+    let engine = engine_with(|d| set_filter(d, OWNER, 2));
+    let mut partial = message("partial@x", "inbox", "pat@customer.example", &[]);
+    partial.from = None;
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", partial)),
+        Reason::SenderNotShown,
+    );
+    expect(
+        &decide(&engine, &inbox("pat@customer.example", "partial@x")),
+        Reason::SenderContact,
+    );
+    // Moved back into the Inbox: the next Inbox sighting does not track it either.
+    let engine = engine_with(|d| set_filter(d, OWNER, 0));
+    let mut archived = message("archived@x", "archive", "pat@customer.example", &[]);
+    archived.item_id = Some("arch-1".into());
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", archived)),
+        Reason::NotInInbox,
+    );
+    expect(
+        &decide(&engine, &move_to("arch-1", "arch-2", None, Some("inbox"))),
+        Reason::MovedIntoInbox,
+    );
+    let mut back = message("archived@x", "inbox", "pat@customer.example", &[]);
+    back.item_id = Some("arch-2".into());
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", back)),
+        Reason::AlreadyDecided,
+    );
+}
+
+#[test]
+fn an_initial_sync_of_sent_items_is_history_too() {
+    let engine = engine_with(|_| {});
+    let o = Observation::MessageSeen {
+        origin: origin("owner@corp.example", "SyncFolderItems"),
+        message: message(
+            "old-sent@x",
+            "sentitems",
+            "owner@corp.example",
+            &["pat@customer.example"],
+        ),
+        initial_sync: true,
+    };
+    expect(&decide(&engine, &o), Reason::InitialSyncHistory);
+}
+
+#[test]
+fn the_first_filing_wins_and_re_links_keep_the_crm_id() {
+    // Owner files the mail under the account; the colleague's copy moved to a folder linked to
+    // another record does not re-link it.
+    let engine = engine_with(|d| {
+        set_filter(d, OWNER, 4);
+        set_filter(d, COLLEAGUE, 4);
+        d.mailboxtrackingfolders.push(MailboxTrackingFolder {
+            mailboxid: id(0x102),
+            ..rule("AAMkColleagueLinked=", Some(look("lead", LEAD)))
+        });
+    });
+    expect(
+        &decide(&engine, &inbox("pat@customer.example", "filed@x")),
+        Reason::FilterNone,
+    );
+    let d = decide(
+        &engine,
+        &move_to("item-filed@x", "filed-1", Some(TRACKED), None),
+    );
+    expect(&d, Reason::FolderRule);
+    let colleague_copy = message(
+        "filed@x",
+        "inbox",
+        "pat@customer.example",
+        &["colleague@corp.example"],
+    );
+    expect(
+        &decide(&engine, &seen_in("colleague@corp.example", colleague_copy)),
+        Reason::AlreadyTracked,
+    );
+    let moved = Observation::MessageMoved {
+        origin: origin("colleague@corp.example", "MoveItem"),
+        transfer: Transfer {
+            item_ids: vec!["item-filed@x".into()],
+            new_item_ids: vec![Some("c-filed".into())],
+            destination_folder_id: Some("AAMkColleagueLinked=".into()),
+            destination_folder: None,
+        },
+    };
+    let d = decide(&engine, &moved);
+    expect(&d, Reason::AlreadyTracked);
+    assert!(!d.update_regarding);
+    // A mail Dynamics tracked itself keeps its activity id through later re-links.
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    // (The test directory's CRM email has the default direction of `TrackedEmail::default()`,
+    // incoming.)
+    let mut crm = message(
+        "orig@corp.example",
+        "inbox",
+        "pat@customer.example",
+        &["owner@corp.example"],
+    );
+    crm.item_id = Some("crm-item".into());
+    let d = decide(&engine, &seen_in("owner@corp.example", crm));
+    expect(&d, Reason::AlreadyTracked);
+    assert_eq!(d.crm_id, Some(id(0x1001)));
+    let d = decide(&engine, &move_to("crm-item", "crm-2", Some(TRACKED), None));
+    assert_eq!(d.crm_id, Some(id(0x1001)), "{d:#?}");
+}
+
+#[test]
+fn own_mail_filed_in_a_tracked_folder_is_outgoing_whatever_its_address_resolves_to() {
+    // The owner's address is also on a contact the owner owns (owned rows win resolution).
+    let engine = engine_with(|d| {
+        d.contacts.push(contact(
+            0xcc,
+            "owner@corp.example",
+            OWNER,
+            "2020-01-01T00:00:00Z",
+        ));
+    });
+    let mut m = message(
+        "mine@x",
+        "x",
+        "owner@corp.example",
+        &["pat@customer.example"],
+    );
+    m.folder = None;
+    m.folder_id = Some(TRACKED.into());
+    let d = decide(&engine, &seen_in("owner@corp.example", m));
+    expect(&d, Reason::FolderRule);
+    assert_eq!(d.direction, Some(Direction::Outgoing));
+    assert!(d.auto_create.is_none());
+}
+
+#[test]
+fn delivery_method_none_stops_folder_rules_and_categories_too() {
+    let engine = engine_with(|d| d.mailboxes[0].incomingemaildeliverymethod = 0);
+    let mut m = message("dm@x", "x", "pat@customer.example", &[]);
+    m.folder = None;
+    m.folder_id = Some(TRACKED.into());
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", m)),
+        Reason::DeliveryDisabled,
+    );
+    expect(
+        &decide(
+            &engine,
+            &categories("x", CategoryMode::Set, &["Tracked to Dynamics 365"]),
+        ),
+        Reason::DeliveryDisabled,
+    );
+}
+
+fn send_saved_to(message_id: &str, saved: Option<&str>) -> Observation {
+    let mut m = message(
+        message_id,
+        "x",
+        "owner@corp.example",
+        &["pat@customer.example"],
+    );
+    m.folder = None;
+    Observation::MessageSent {
+        origin: origin("owner@corp.example", "CreateItem"),
+        via: "CreateItem".into(),
+        message: m,
+        draft_item_ids: Vec::new(),
+        reference_item_id: None,
+        saved_to_folder: saved.map(str::to_owned),
+    }
+}
+
+#[test]
+fn sends_without_a_sent_items_copy_are_not_tracked() {
+    let engine = engine_with(|_| {});
+    expect(
+        &decide(&engine, &send_saved_to("nocopy@x", None)),
+        Reason::NotSavedToSentItems,
+    );
+    // Saved into a tracked folder instead: its rule applies.
+    let d = decide(&engine, &send_saved_to("tofolder@x", Some(TRACKED)));
+    expect(&d, Reason::FolderRule);
+    assert_eq!(d.direction, Some(Direction::Outgoing));
+}
+
+#[test]
+fn where_a_message_is_comes_from_one_sighting() {
+    // Seen in the Inbox by name, then by the id of a tracked folder (immutable ids survive a
+    // move): the folder rule applies, not the Inbox's filter.
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "where@x")),
+        Reason::FilterNone,
+    );
+    let mut moved = message("where@x", "x", "stranger@else.example", &[]);
+    moved.folder = None;
+    moved.folder_id = Some(TRACKED.into());
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", moved)),
+        Reason::FolderRule,
+    );
+}
+
+#[test]
+fn categories_match_in_any_script_and_hostile_keys_are_bounded() {
+    let engine =
+        engine_with(|d| d.organization.trackingcategorynames = vec!["Отслеживается".into()]);
+    expect(
+        &decide(
+            &engine,
+            &categories("x", CategoryMode::Set, &["ОТСЛЕЖИВАЕТСЯ"]),
+        ),
+        Reason::Category,
+    );
+    // A 60 KB Message-ID and an endless token are decided without being remembered as keys.
+    let engine = engine_with(|_| {});
+    let huge = format!("{}@x", "a".repeat(60_000));
+    let mut m = message(&huge, "inbox", "pat@customer.example", &[]);
+    m.subject = Some(format!("RE: CRM:{}", "1".repeat(10_000)));
+    m.conversation_index = Some("!".repeat(10_000));
+    let d = decide(&engine, &seen_in("owner@corp.example", m));
+    expect(&d, Reason::FilterAll);
+    // Only the thread key, cut to 64 bytes, is remembered; the Message-ID and token are not.
+    let (_, _, tracked) = engine.memory().entry_counts();
+    assert_eq!(tracked, 1, "oversized keys are not remembered");
 }

@@ -190,6 +190,7 @@ pub struct Queue {
     pub id: Uuid,
     pub filter: u8,
     pub active: bool,
+    pub owner: Option<Uuid>,
 }
 
 /// Who owns a mailbox.
@@ -258,9 +259,15 @@ pub struct Org {
 
 impl Org {
     pub fn is_tracking_category(&self, name: &str) -> bool {
-        self.tracking_categories
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(name.trim()))
+        let name = name.trim();
+        if name.is_ascii() {
+            return self
+                .tracking_categories
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name));
+        }
+        let lowered = name.to_lowercase();
+        self.tracking_categories.contains(&lowered)
     }
 }
 
@@ -433,7 +440,10 @@ pub fn conversation_key(index: &str) -> Vec<u8> {
             bytes.truncate(22);
             bytes
         }
-        _ => index.trim().as_bytes().to_vec(),
+        _ => {
+            let raw = index.trim().as_bytes();
+            raw[..raw.len().min(64)].to_vec()
+        }
     }
 }
 
@@ -480,6 +490,10 @@ pub fn tracking_token(prefixes: &[String], subject: &str) -> Option<String> {
         .take_while(|(_, c)| c.is_ascii_digit())
         .last()
         .map(|(i, _)| i)?;
+    // Base, user and counter digits together are at most 1 + 10 + 9 … 20 is generous.
+    if s.len() - digits_start > 20 {
+        return None;
+    }
     let before = s[..digits_start].strip_suffix(':')?;
     prefixes.iter().find_map(|p| {
         let start = before.len().checked_sub(p.len())?;
@@ -904,6 +918,7 @@ impl Builder {
                 id: q.queueid,
                 filter: q.incomingemailfilteringmethod,
                 active: q.statecode == 0,
+                owner: q.ownerid,
             });
             self.add(
                 &|| format!("queues[{i}]"),

@@ -41,6 +41,8 @@ pub enum Reason {
     // Ignore.
     UnknownMailbox,
     AlreadyTracked,
+    AlreadyDecided,
+    NotSavedToSentItems,
     FilterNone,
     NotAReply,
     SenderUnresolved,
@@ -86,6 +88,8 @@ impl Reason {
             Reason::NeedsEnrichment => "needs_enrichment",
             Reason::UnknownMailbox => "unknown_mailbox",
             Reason::AlreadyTracked => "already_tracked",
+            Reason::AlreadyDecided => "already_decided",
+            Reason::NotSavedToSentItems => "not_saved_to_sent_items",
             Reason::FilterNone => "filter_none",
             Reason::NotAReply => "not_a_reply",
             Reason::SenderUnresolved => "sender_unresolved",

@@ -93,6 +93,7 @@ enum Place {
 struct View<'m> {
     message: &'m Message,
     tracked: Option<&'m TrackedRef>,
+    settled: bool,
 }
 
 impl Summary {
@@ -100,6 +101,7 @@ impl Summary {
         View {
             message: &self.message,
             tracked: self.tracked.as_ref(),
+            settled: self.settled,
         }
     }
 }
@@ -109,6 +111,20 @@ struct Resolved<'m, 'd> {
     address: Option<Cow<'m, str>>,
     name: Option<&'m str>,
     rows: Rows<'d>,
+    /// A contact or lead the gateway created for this sender (not yet in the directory).
+    created: Option<Lookup>,
+}
+
+impl Resolved<'_, '_> {
+    /// The table of what the party resolved to, when it resolved.
+    fn kind(&self, dir: &Directory) -> Option<EntityKind> {
+        match (self.rows.first(), &self.created) {
+            (Some(&r), _) => Some(dir.record(r).kind),
+            (None, Some(c)) if c.entity == "lead" => Some(EntityKind::Lead),
+            (None, Some(_)) => Some(EntityKind::Contact),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The rows a party resolved to, borrowed from the directory when nothing was filtered out.
@@ -162,8 +178,17 @@ fn merge_message(old: &Message, new: &Message) -> Message {
     }
     Message {
         item_id: pick(&new.item_id, &old.item_id),
-        folder_id: pick(&new.folder_id, &old.folder_id),
-        folder: pick(&new.folder, &old.folder),
+        // Where the message is comes from one sighting, never half from each.
+        folder_id: if new.folder_id.is_some() || new.folder.is_some() {
+            new.folder_id.clone()
+        } else {
+            old.folder_id.clone()
+        },
+        folder: if new.folder_id.is_some() || new.folder.is_some() {
+            new.folder.clone()
+        } else {
+            old.folder.clone()
+        },
         internet_message_id: pick(&new.internet_message_id, &old.internet_message_id),
         conversation_id: pick(&new.conversation_id, &old.conversation_id),
         conversation_index: pick(&new.conversation_index, &old.conversation_index),
@@ -204,13 +229,14 @@ impl<'a> Run<'a> {
                 message,
                 draft_item_ids,
                 reference_item_id,
-                saved_to_folder: _,
+                saved_to_folder,
             } => vec![self.message_sent(
                 origin,
                 via,
                 message,
                 draft_item_ids,
                 reference_item_id.as_deref(),
+                saved_to_folder.as_deref(),
             )],
             Observation::MessageMoved { origin, transfer } => self.transfer(origin, transfer, true),
             Observation::MessageCopied { origin, transfer } => {
@@ -259,6 +285,17 @@ impl<'a> Run<'a> {
         match mailbox.owner {
             Owner::User(u) => lookup("systemuser", self.dir.user(u).id),
             Owner::Queue(q) => lookup("queue", self.dir.queue(q).id),
+        }
+    }
+
+    /// Who owns records on the mailbox's behalf: the user, or the queue's owner.
+    fn record_owner(&self, mailbox: &MailboxEntry) -> Uuid {
+        match mailbox.owner {
+            Owner::User(u) => self.dir.user(u).id,
+            Owner::Queue(q) => {
+                let queue = self.dir.queue(q);
+                queue.owner.unwrap_or(queue.id)
+            }
         }
     }
 
@@ -321,6 +358,7 @@ impl<'a> Run<'a> {
             None => View {
                 message,
                 tracked: None,
+                settled: false,
             },
         };
         self.fill_from_summary(&mut d, &view);
@@ -338,6 +376,7 @@ impl<'a> Run<'a> {
         let merged = old.as_ref().map(|o| Summary {
             message: merge_message(&o.message, message),
             tracked: o.tracked.clone(),
+            settled: o.settled,
         });
         if self.mode.remember {
             if let (Some(id), Some(name)) = (&message.folder_id, &message.folder) {
@@ -360,6 +399,7 @@ impl<'a> Run<'a> {
                         Summary {
                             message: message.clone(),
                             tracked: None,
+                            settled: false,
                         },
                     ),
                 }
@@ -385,6 +425,7 @@ impl<'a> Run<'a> {
         message: &Message,
         drafts: &[String],
         reference: Option<&str>,
+        saved_to: Option<&str>,
     ) -> Decision {
         let mut d = self.new_decision("message_sent", origin, Some(message));
         let Some(mailbox) = self.mailbox(origin) else {
@@ -393,9 +434,20 @@ impl<'a> Run<'a> {
         };
         why!(d, self, "sent with {via}");
         // A draft sent by id: its content is what earlier exchanges showed.
+        let Some(saved_to) = saved_to else {
+            d.user = Some(self.owner_lookup(mailbox));
+            d.reason = Reason::NotSavedToSentItems;
+            why!(
+                d,
+                self,
+                "no copy is saved to Sent Items, which is where server-side sync finds sent mail"
+            );
+            return d;
+        };
         let mut summary = Summary {
             message: message.clone(),
             tracked: None,
+            settled: false,
         };
         let mut draft_known = drafts.is_empty();
         for draft in drafts {
@@ -434,11 +486,22 @@ impl<'a> Run<'a> {
             }
         }
         self.fill_from_summary(&mut d, &summary.view());
-        self.evaluate(&mut d, mailbox, &summary.view(), Trigger::Sent);
+        // Saved somewhere other than Sent Items: decided as mail in that folder.
+        let trigger = if saved_to.eq_ignore_ascii_case("sentitems") {
+            Trigger::Sent
+        } else {
+            summary.message.folder = None;
+            summary.message.folder_id = Some(saved_to.to_owned());
+            Trigger::Seen {
+                initial_sync: false,
+            }
+        };
+        self.evaluate(&mut d, mailbox, &summary.view(), trigger);
         if !draft_known && d.is_track() {
             d.needs_enrichment = true;
         }
-        if d.is_track() && self.mode.remember {
+        // A provisional track waits for delivery's second look: not remembered as tracked.
+        if d.is_track() && d.reason != Reason::NeedsEnrichment && self.mode.remember {
             for draft in drafts {
                 let mut s = summary.clone();
                 s.tracked = Some(TrackedRef {
@@ -487,10 +550,15 @@ impl<'a> Run<'a> {
             let known = self.memory.item(&mailbox.address, &old_key);
             let new_id = transfer.new_item_ids.get(i).cloned().flatten();
             let mut summary = known.as_deref().cloned().unwrap_or_default();
-            summary.message.item_id = Some(new_id.clone().unwrap_or_else(|| old_id.clone()));
+            // A copy without a new id must not overwrite what is known of the original.
+            summary.message.item_id = match &new_id {
+                Some(id) => Some(id.clone()),
+                None if moved => Some(old_id.clone()),
+                None => None,
+            };
             summary.message.folder_id = destination_id.clone();
             summary.message.folder = transfer.destination_folder.clone();
-            d.item_id = summary.message.item_id.clone();
+            d.item_id = Some(new_id.clone().unwrap_or_else(|| old_id.clone()));
             self.fill_from_summary(&mut d, &summary.view());
             if known.is_none() {
                 why!(d, self, "the item was never seen through the gateway");
@@ -506,6 +574,8 @@ impl<'a> Run<'a> {
                         regarding: d.regarding.clone(),
                     });
                 }
+                // Moved back into the Inbox and not processed: it stays unprocessed.
+                summary.settled |= d.reason == Reason::MovedIntoInbox;
                 if moved {
                     self.memory.forget_item(&mailbox.address, &old_key);
                 }
@@ -671,6 +741,15 @@ impl<'a> Run<'a> {
             why!(d, self, "the mailbox owner is a disabled user");
             return;
         }
+        if trigger != Trigger::Sent && mailbox.delivery_method == 0 {
+            d.reason = Reason::DeliveryDisabled;
+            why!(
+                d,
+                self,
+                "the mailbox's incoming email delivery method is None: nothing in it is processed"
+            );
+            return;
+        }
         if trigger != Trigger::Sent && m.is_draft == Some(true) {
             d.reason = Reason::Draft;
             why!(d, self, "the message is a draft");
@@ -691,14 +770,24 @@ impl<'a> Run<'a> {
             self.place(mailbox, m)
         };
         let owner_id = self.owner_id(mailbox);
-        let from = self.resolve_sender(mailbox, owner_id, m.from.as_ref().or(m.sender.as_ref()));
+        let from = self.resolve_sender(
+            mailbox,
+            self.record_owner(mailbox),
+            m.from.as_ref().or(m.sender.as_ref()),
+        );
         let outgoing = match place {
             Place::SentItems => true,
             Place::Inbox => false,
-            _ => from
-                .rows
-                .first()
-                .is_some_and(|&r| self.dir.record(r).id == owner_id),
+            // Elsewhere, mail the owner sent: by the mailbox address or any row of the owner's
+            // with that address (not only the row the sender resolved to).
+            _ => from.address.as_deref().is_some_and(|a| {
+                *a == *mailbox.address
+                    || self
+                        .dir
+                        .rows_with_address(a)
+                        .iter()
+                        .any(|&r| self.dir.record(r).id == owner_id)
+            }),
         };
         let direction = if outgoing {
             Direction::Outgoing
@@ -716,22 +805,26 @@ impl<'a> Run<'a> {
             if message_id.is_some() {
                 self.remember_keys(m, direction, &Arc::new(t.clone()));
             }
+            d.crm_id = t.crm_id.or(d.crm_id);
             return self.already_tracked(
                 d,
                 mailbox,
                 &place,
                 t.regarding.as_ref(),
+                true,
                 "this item was tracked earlier",
             );
         }
         if let Some(id) = message_id {
             let prefix = if outgoing { "d:out:" } else { "d:in:" };
             if let Some(t) = self.memory.tracked_by(prefix, id) {
+                d.crm_id = t.crm_id.or(d.crm_id);
                 return self.already_tracked(
                     d,
                     mailbox,
                     &place,
                     t.regarding.as_ref(),
+                    false,
                     "this Message-ID was tracked through the gateway",
                 );
             }
@@ -742,6 +835,7 @@ impl<'a> Run<'a> {
                     mailbox,
                     &place,
                     row.regarding.as_ref(),
+                    false,
                     "an email with this Message-ID and direction is already in the CRM",
                 );
             }
@@ -820,11 +914,24 @@ impl<'a> Run<'a> {
                     "moving mail back into the Inbox does not get it processed (server-side sync keeps a high-water mark)"
                 );
             }
+            (Place::Inbox | Place::SentItems, Trigger::Seen { .. }) if summary.settled => {
+                d.reason = Reason::AlreadyDecided;
+                why!(
+                    d,
+                    self,
+                    "this message was evaluated before and not tracked; server-side sync evaluates each message once"
+                );
+            }
             (Place::Inbox, Trigger::Seen { initial_sync }) => {
                 self.automatic_incoming(d, mailbox, summary, &from, owner_id, initial_sync);
+                self.settle(d, mailbox, summary);
             }
-            (Place::SentItems, _) if trigger != Trigger::Moved => {
-                self.automatic_sent(d, mailbox, summary, &from, owner_id);
+            (Place::SentItems, Trigger::Seen { initial_sync }) => {
+                self.automatic_sent(d, mailbox, summary, &from, owner_id, initial_sync);
+                self.settle(d, mailbox, summary);
+            }
+            (_, Trigger::Sent) => {
+                self.automatic_sent(d, mailbox, summary, &from, owner_id, false);
             }
             (Place::Unknown | Place::Folder(_, false), _) if trigger != Trigger::Moved => {
                 d.reason = Reason::FolderUnknown;
@@ -854,25 +961,27 @@ impl<'a> Run<'a> {
                     "the message is in {name}, not directly in the Inbox"
                 );
             }
-            (Place::SentItems | Place::Inbox, _) => {
-                d.reason = Reason::NotTrackedFolder;
-            }
         }
     }
 
+    /// `own_item`: this mailbox's own item was tracked. Only then may a folder rule re-link
+    /// it; when two users file the same mail under different records, the first wins.
     fn already_tracked(
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
         place: &Place,
         regarding: Option<&Lookup>,
+        own_item: bool,
         because: &str,
     ) {
         // A move into a folder whose rule links another record re-links it (domain.md §2.3).
-        if let Place::Folder(folder_id, _) = place
+        if own_item
+            && let Place::Folder(folder_id, _) = place
             && let Some(rule) = self.dir.rule(mailbox, folder_id)
             && let Some(target) = &rule.regarding
             && self.dir.org().folder_tracking
+            && self.under_inbox(mailbox, folder_id) != Some(false)
             && regarding != Some(target)
         {
             d.verdict = Verdict::Track;
@@ -906,43 +1015,13 @@ impl<'a> Run<'a> {
     ) {
         let org = self.dir.org();
         let m = &summary.message;
-        if mailbox.delivery_method == 0 {
-            d.reason = Reason::DeliveryDisabled;
-            why!(
-                d,
-                self,
-                "the mailbox's incoming email delivery method is None"
-            );
+        let received = m.received_at.as_deref().or(m.sent_at.as_deref());
+        if self.is_history(d, mailbox, received, initial_sync) {
             return;
-        }
-        let received = m
-            .received_at
-            .as_deref()
-            .or(m.sent_at.as_deref())
-            .and_then(timestamp_seconds);
-        match (mailbox.cutoff, received) {
-            (Some(cutoff), Some(at)) if at < cutoff => {
-                d.reason = Reason::ReceivedBeforeCutoff;
-                why!(
-                    d,
-                    self,
-                    "received before the mailbox's \"process email received after\" time"
-                );
-                return;
-            }
-            (None, _) | (_, None) if initial_sync => {
-                d.reason = Reason::InitialSyncHistory;
-                why!(
-                    d,
-                    self,
-                    "an initial sync shows the mailbox's history, and no \"process email received after\" time says which of it is new"
-                );
-                return;
-            }
-            _ => {}
         }
         let parties = self.resolve_recipients(d, mailbox, owner_id, m);
         let sender_row = from.rows.first().map(|&r| self.dir.record(r));
+        let sender_kind = from.kind(self.dir);
         let mut correlation: Option<Option<(Correlation, Option<Lookup>)>> = None;
         let mut correlate =
             |run: &Self| correlation.get_or_insert_with(|| run.correlate(m)).clone();
@@ -1005,15 +1084,15 @@ impl<'a> Run<'a> {
                     Some((c, _)) => Ok(c.method.reason()),
                     None => Err(Reason::NotAReply),
                 },
-                2 => match sender_row {
-                    Some(r) if r.kind == EntityKind::Contact => Ok(Reason::SenderContact),
-                    Some(r) if r.kind == EntityKind::Account => Ok(Reason::SenderAccount),
-                    Some(r) if r.kind == EntityKind::Lead => Ok(Reason::SenderLead),
+                2 => match sender_kind {
+                    Some(EntityKind::Contact) => Ok(Reason::SenderContact),
+                    Some(EntityKind::Account) => Ok(Reason::SenderAccount),
+                    Some(EntityKind::Lead) => Ok(Reason::SenderLead),
                     Some(_) => Err(Reason::SenderNotInFilter),
                     None if from.address.is_none() => Err(Reason::SenderNotShown),
                     None => Err(Reason::SenderUnresolved),
                 },
-                3 => match sender_row {
+                3 => match sender_kind {
                     Some(_) => Ok(Reason::SenderEmailEnabled),
                     None if from.address.is_none() => Err(Reason::SenderNotShown),
                     None => Err(Reason::SenderUnresolved),
@@ -1081,6 +1160,7 @@ impl<'a> Run<'a> {
         summary: &View<'_>,
         from: &Resolved<'_, '_>,
         owner_id: Uuid,
+        initial_sync: bool,
     ) {
         let org = self.dir.org();
         let m = &summary.message;
@@ -1093,17 +1173,8 @@ impl<'a> Run<'a> {
             );
             return;
         }
-        if let (Some(cutoff), Some(at)) = (
-            mailbox.cutoff,
-            m.sent_at.as_deref().and_then(timestamp_seconds),
-        ) && at < cutoff
-        {
-            d.reason = Reason::ReceivedBeforeCutoff;
-            why!(
-                d,
-                self,
-                "sent before the mailbox's \"process email received after\" time"
-            );
+        let sent = m.sent_at.as_deref().or(m.received_at.as_deref());
+        if self.is_history(d, mailbox, sent, initial_sync) {
             return;
         }
         let parties = self.resolve_recipients(d, mailbox, owner_id, m);
@@ -1189,6 +1260,70 @@ impl<'a> Run<'a> {
                     reason.as_str()
                 );
             }
+        }
+    }
+
+    /// Mail from before the mailbox's "process email received after" time, or shown by an
+    /// initial sync when no such time says what is new, is history: never tracked automatically.
+    fn is_history(
+        &self,
+        d: &mut Decision,
+        mailbox: &MailboxEntry,
+        at: Option<&str>,
+        initial_sync: bool,
+    ) -> bool {
+        match (mailbox.cutoff, at.and_then(timestamp_seconds)) {
+            (Some(cutoff), Some(at)) if at < cutoff => {
+                d.reason = Reason::ReceivedBeforeCutoff;
+                why!(
+                    d,
+                    self,
+                    "from before the mailbox's \"process email received after\" time"
+                );
+                true
+            }
+            (None, _) | (_, None) if initial_sync => {
+                d.reason = Reason::InitialSyncHistory;
+                why!(
+                    d,
+                    self,
+                    "an initial sync shows the mailbox's history, and no \"process email received after\" time says which of it is new"
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Remembers that a complete sighting was evaluated for automatic tracking and not tracked.
+    fn settle(&self, d: &Decision, mailbox: &MailboxEntry, summary: &View<'_>) {
+        let m = summary.message;
+        let complete = m.internet_message_id.is_some() && m.from.is_some();
+        let final_reason = matches!(
+            d.reason,
+            Reason::FilterNone
+                | Reason::NotAReply
+                | Reason::SenderUnresolved
+                | Reason::SenderNotInFilter
+                | Reason::RecipientsNotInFilter
+                | Reason::InternalEmail
+                | Reason::ReceivedBeforeCutoff
+                | Reason::InitialSyncHistory
+                | Reason::SentNotAutoTracked
+        );
+        if !self.mode.remember || !complete || !final_reason || summary.settled {
+            return;
+        }
+        if let Some(item) = &m.item_id {
+            self.memory.remember_item(
+                &mailbox.address,
+                &normalize_exchange_id(item),
+                Summary {
+                    message: m.clone(),
+                    tracked: None,
+                    settled: true,
+                },
+            );
         }
     }
 
@@ -1372,6 +1507,7 @@ impl<'a> Run<'a> {
                 address: None,
                 name: None,
                 rows: Rows::Slice(&[]),
+                created: None,
             };
         };
         let address = self
@@ -1410,6 +1546,11 @@ impl<'a> Run<'a> {
                     .or(first)
             }
         };
+        // Not in the CRM yet, but created for an earlier mail: the same record.
+        let created = match (chosen, rows.is_empty(), address.as_deref()) {
+            (None, true, Some(a)) => self.memory.created(a),
+            _ => None,
+        };
         Resolved {
             address,
             name,
@@ -1417,6 +1558,7 @@ impl<'a> Run<'a> {
                 Some(r) => Rows::One([r]),
                 None => Rows::Slice(&[]),
             },
+            created,
         }
     }
 
@@ -1465,6 +1607,7 @@ impl<'a> Run<'a> {
                         address,
                         name: a.name.as_deref(),
                         rows: chosen,
+                        created: None,
                     }
                 })
                 .collect()
@@ -1494,6 +1637,7 @@ impl<'a> Run<'a> {
                     let rec = self.dir.record(row);
                     lookup(self.dir.entity_name(rec), rec.id)
                 })
+                .chain(r.created.clone())
                 .collect(),
         }
     }
@@ -1524,7 +1668,10 @@ impl<'a> Run<'a> {
         let Owner::User(u) = mailbox.owner else {
             return;
         };
-        if !from.rows.is_empty() || d.direction != Some(Direction::Incoming) {
+        if !from.rows.is_empty()
+            || from.created.is_some()
+            || d.direction != Some(Direction::Incoming)
+        {
             return;
         }
         let Some(address) = from.address.as_deref().filter(|a| a.contains('@')) else {
@@ -1562,6 +1709,9 @@ impl<'a> Run<'a> {
         if let Some(p) = d.from.as_mut() {
             p.records = vec![lookup(entity, id)];
         }
+        if self.mode.remember {
+            self.memory.remember_created(address, lookup(entity, id));
+        }
         d.auto_create = Some(AutoCreate {
             entity: entity.to_owned(),
             id,
@@ -1586,6 +1736,7 @@ impl<'a> Run<'a> {
             let s = Summary {
                 message: m.clone(),
                 tracked: Some((*tracked).clone()),
+                settled: false,
             };
             self.memory
                 .remember_item(&mailbox.address, &normalize_exchange_id(item), s);

@@ -18,6 +18,9 @@ use crate::inspect::Message;
 pub struct Summary {
     pub message: Message,
     pub tracked: Option<TrackedRef>,
+    /// Evaluated for automatic tracking and not tracked, on a complete sighting: server-side
+    /// sync evaluates a message once, so later sightings do not reconsider it.
+    pub settled: bool,
 }
 
 /// A message the gateway decided to track.
@@ -34,6 +37,12 @@ pub struct FolderInfo {
     pub distinguished: Option<String>,
     pub parent_id: Option<String>,
 }
+
+/// The average entry the tracked-email budget is sized for (`max_tracked` entries of this).
+const TRACKED_ENTRY_BYTES: u64 = 160;
+
+/// Longest key value remembered (a Message-ID or thread key longer than this is not kept).
+pub const MAX_KEY_VALUE: usize = 512;
 
 /// Bounds of the memory.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +67,9 @@ pub struct Memory {
     items: Cache<String, Arc<Summary>>,
     folders: Cache<String, Arc<FolderInfo>>,
     tracked: Cache<String, Arc<TrackedRef>>,
+    /// Contacts and leads created for unresolved senders, by lower-cased address, until the
+    /// directory (reloaded from the CRM) has them.
+    created: Cache<String, Lookup>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -138,11 +150,21 @@ impl Memory {
                 (k.len() + opt_len(&v.distinguished) + opt_len(&v.parent_id) + 96) as u32
             })
             .build();
-        let tracked = Cache::builder().max_capacity(limits.max_tracked).build();
+        // Weighed by key length: keys come from traffic (Message-IDs, tokens, thread indexes).
+        let tracked = Cache::builder()
+            .max_capacity(limits.max_tracked.saturating_mul(TRACKED_ENTRY_BYTES))
+            .weigher(|k: &String, _v: &Arc<TrackedRef>| {
+                u32::try_from(k.len() + 96).unwrap_or(u32::MAX)
+            })
+            .build();
+        let created = Cache::builder()
+            .max_capacity(limits.max_tracked / 4 + 1)
+            .build();
         Memory {
             items,
             folders,
             tracked,
+            created,
         }
     }
 
@@ -215,7 +237,20 @@ impl Memory {
     }
 
     pub fn remember_tracked(&self, key: String, tracked: Arc<TrackedRef>) {
-        self.tracked.insert(key, tracked);
+        if key.len() <= MAX_KEY_VALUE + 8 {
+            self.tracked.insert(key, tracked);
+        }
+    }
+
+    /// The record auto-created for an address, if the gateway created one.
+    pub fn created(&self, address: &str) -> Option<Lookup> {
+        self.created.get(address)
+    }
+
+    pub fn remember_created(&self, address: &str, record: Lookup) {
+        if address.len() <= MAX_KEY_VALUE {
+            self.created.insert(address.to_owned(), record);
+        }
     }
 
     /// Entries held (for metrics and tests; moka counts lazily).
@@ -235,5 +270,6 @@ impl Memory {
         self.items.invalidate_all();
         self.folders.invalidate_all();
         self.tracked.invalidate_all();
+        self.created.invalidate_all();
     }
 }
