@@ -1212,7 +1212,6 @@ impl<'a> Run<'a> {
                 .ok_or(Reason::RecipientsNotInFilter),
             _ => Err(Reason::FilterNone),
         };
-        self.set_parties(d, from, &parties);
         let content_unknown = m.to.is_empty() && m.cc.is_empty() && m.bcc.is_empty();
         let outcome = match outcome {
             Err(reason) if content_unknown && reason != Reason::FilterNone => {
@@ -1225,6 +1224,13 @@ impl<'a> Run<'a> {
             }
             other => other,
         };
+        // The verdict first: parties are spelled out only for what is tracked (or explained).
+        d.verdict = if outcome.is_ok() {
+            Verdict::Track
+        } else {
+            Verdict::Ignore
+        };
+        self.set_parties(d, from, &parties);
         match outcome {
             Ok(Reason::NeedsEnrichment) => {
                 d.verdict = Verdict::Track;
@@ -1648,6 +1654,10 @@ impl<'a> Run<'a> {
         from: &Resolved<'_, '_>,
         parties: &[(u8, Vec<Resolved<'_, '_>>); 3],
     ) {
+        // Only what is delivered (or explained) needs its parties spelled out.
+        if !d.is_track() && !self.mode.explain {
+            return;
+        }
         if from.address.is_some() {
             let p = self.party(from);
             match p.records.first() {
