@@ -252,6 +252,58 @@ fn print_histogram(label: &str, h: &Histogram<u64>) {
     );
 }
 
+/// Nanoseconds per call of `f` over `n` calls.
+fn per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let start = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn parts(handle: &DirectoryHandle, engine: &Engine, obs: &[Observation], s: &Scale) {
+    use trackgate::rules::decision::{Direction, email_id};
+    let dir = handle.load();
+    let n = 200_000;
+    let users: Vec<String> = (0..1000)
+        .map(|i| user_address((i * 7919) % s.users))
+        .collect();
+    let records: Vec<String> = (0..1000)
+        .map(|i| record_address((i * 104_729) % s.records))
+        .collect();
+    let mailbox = per_call(n, |i| {
+        std::hint::black_box(dir.mailbox(&users[i % 1000]));
+    });
+    let address = per_call(n, |i| {
+        std::hint::black_box(dir.rows_with_address(&records[i % 1000]));
+    });
+    let memory = per_call(n, |i| {
+        std::hint::black_box(
+            engine
+                .memory()
+                .item(&users[i % 1000], "AAMkADEzItem00000001AAA="),
+        );
+    });
+    let org = dir.org().id;
+    let id = per_call(n, |i| {
+        std::hint::black_box(email_id(org, &records[i % 1000], Direction::Incoming));
+    });
+    let decisions: Vec<_> = obs
+        .iter()
+        .take(1000)
+        .flat_map(|o| engine.decide(o, PURE))
+        .collect();
+    let clone = per_call(n, |i| {
+        std::hint::black_box(decisions[i % decisions.len()].clone());
+    });
+    let guard = per_call(n, |_| {
+        std::hint::black_box(handle.guard());
+    });
+    println!(
+        "parts (ns per call): mailbox lookup {mailbox:.0}, address lookup {address:.0}, memory lookup (miss) {memory:.0}, CRM id {id:.0}, decision clone {clone:.0}, snapshot guard {guard:.0}"
+    );
+}
+
 fn main() {
     let s = scale();
     let rss_before = rss_mib();
@@ -303,6 +355,9 @@ fn main() {
         a.allocations as f64 / obs.len() as f64,
         a.bytes_allocated as f64 / obs.len() as f64
     );
+
+    // What the parts cost, to see where a decision's time goes.
+    parts(&handle, &engine, &obs, &s);
 
     // Latency of single decisions, then the same while snapshots are swapped.
     print_histogram("decision latency", &latencies(&engine, &obs, 20));
