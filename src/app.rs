@@ -434,7 +434,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     print_banner(&gateway);
     loop {
         tokio::select! {
-            _ = hangup.recv() => match gateway.reload_from_source() {
+            _ = hangup.recv() => match off_the_workers(|| gateway.reload_from_source()) {
                 Ok(()) => {
                     gateway.proxy.metrics.config_reloads_ok.inc();
                     tracing::info!("configuration reloaded");
@@ -450,6 +450,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     gateway.shutdown().await;
     Ok(())
+}
+
+/// Runs blocking work (a reload reads and indexes a directory of possibly millions of rows)
+/// without holding up the proxy's tasks on this worker.
+fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 /// Tells a person what to point a client at. The first line is stable for scripts:
