@@ -141,10 +141,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => inspect_command(fixtures, request, response, method, path, headers, status),
         Command::Replay { directory, inputs } => replay_command(directory, inputs),
         Command::Check { config } => match Config::load(&config) {
-            Ok((raw, _)) => {
+            Ok((raw, validated)) => {
                 print!("{}", raw.to_redacted_toml());
-                eprintln!("configuration {} is valid", config.display());
-                Ok(ExitCode::SUCCESS)
+                // The directory file is part of what must be right before a deploy.
+                let source = trackgate::directory::FileSource {
+                    path: validated.directory.file.clone(),
+                    max_size: validated.directory.max_file_size,
+                };
+                match source.load() {
+                    Ok(directory) => {
+                        eprintln!("configuration {} is valid", config.display());
+                        eprintln!("directory: {:?}", directory.counts());
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(error) => {
+                        eprintln!("trackgate: {error}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
             }
             Err(error) => {
                 eprintln!("trackgate: {error}");

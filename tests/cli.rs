@@ -73,6 +73,34 @@ fn check_prints_the_resolved_config_with_secrets_redacted() {
 }
 
 #[test]
+fn check_validates_the_directory_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let directory = dir.path().join("directory.toml");
+    let example = trackgate::directory::file::EMBEDDED_EXAMPLE;
+    std::fs::write(&directory, example).unwrap();
+    let config = dir.path().join("t.toml");
+    std::fs::write(&config, "[directory]\nfile = \"directory.toml\"\n").unwrap();
+    let (code, _, err) = trackgate(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("mailboxes: 4"), "{err}");
+    std::fs::write(
+        &directory,
+        example.replace(
+            "maxfolderbasedtrackingmappings = 25",
+            "maxfolderbasedtrackingmappings = 40",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = trackgate(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("organization.maxfolderbasedtrackingmappings"),
+        "{err}"
+    );
+    assert!(err.contains("fix:"), "{err}");
+}
+
+#[test]
 fn version_prints_the_crate_version() {
     let (code, out, _) = trackgate(&["version"]);
     assert_eq!(code, 0);
