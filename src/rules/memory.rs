@@ -2,12 +2,13 @@
 //! of a draft can be decided without refetching — item id → message summary (and whether it
 //! was tracked), folder id ↔ distinguished name and parent, and the emails tracked through the
 //! gateway since the directory was loaded (for correlation and `already_tracked`). Bounded by
-//! weight (moka); it lives on the rules worker, never on the proxy's request path. Losing an
+//! weight (quick_cache); it lives on the rules worker, never on the proxy's request path. Losing an
 //! entry costs an enrichment or a correlation, never a duplicate: CRM ids are deterministic.
 
 use std::sync::Arc;
 
-use moka::sync::Cache;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
 use uuid::Uuid;
 
 use crate::directory::model::Lookup;
@@ -62,11 +63,11 @@ impl Default for MemoryLimits {
     }
 }
 
-#[derive(Clone)]
+/// Shared through an `Arc` by the engine's clones.
 pub struct Memory {
-    items: Cache<String, Arc<Summary>>,
-    folders: Cache<String, Arc<FolderInfo>>,
-    tracked: Cache<String, Arc<TrackedRef>>,
+    items: Cache<String, Arc<Summary>, SummaryWeight>,
+    folders: Cache<String, Arc<FolderInfo>, FolderWeight>,
+    tracked: Cache<String, Arc<TrackedRef>, KeyWeight>,
     /// Contacts and leads created for unresolved senders, by lower-cased address, until the
     /// directory (reloaded from the CRM) has them.
     created: Cache<String, Lookup>,
@@ -75,9 +76,9 @@ pub struct Memory {
 impl std::fmt::Debug for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Memory")
-            .field("items", &self.items.entry_count())
-            .field("folders", &self.folders.entry_count())
-            .field("tracked", &self.tracked.entry_count())
+            .field("items", &self.items.len())
+            .field("folders", &self.folders.len())
+            .field("tracked", &self.tracked.len())
             .finish()
     }
 }
@@ -105,6 +106,40 @@ fn weigh_message(m: &Message) -> u32 {
         + opt_len(&m.subject)
         + m.categories.iter().map(String::len).sum::<usize>();
     u32::try_from(400 + addresses + text).unwrap_or(u32::MAX)
+}
+
+/// How many entries of about `each` bytes fit in `bytes` (the caches size their tables by it).
+fn estimate(bytes: u64, each: u64) -> usize {
+    usize::try_from(bytes / each.max(1))
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1 << 24)
+}
+
+#[derive(Clone)]
+struct SummaryWeight;
+
+impl Weighter<String, Arc<Summary>> for SummaryWeight {
+    fn weight(&self, key: &String, value: &Arc<Summary>) -> u64 {
+        u64::from(weigh_message(&value.message)) + key.len() as u64
+    }
+}
+
+#[derive(Clone)]
+struct FolderWeight;
+
+impl Weighter<String, Arc<FolderInfo>> for FolderWeight {
+    fn weight(&self, key: &String, value: &Arc<FolderInfo>) -> u64 {
+        (key.len() + opt_len(&value.distinguished) + opt_len(&value.parent_id) + 96) as u64
+    }
+}
+
+#[derive(Clone)]
+struct KeyWeight;
+
+impl Weighter<String, Arc<TrackedRef>> for KeyWeight {
+    fn weight(&self, key: &String, _value: &Arc<TrackedRef>) -> u64 {
+        key.len() as u64 + 96
+    }
 }
 
 /// Key of a mailbox's entry: mailbox and id, separated by a byte neither contains.
@@ -138,28 +173,25 @@ fn with_key<T>(mailbox: &str, id: &str, f: impl FnOnce(&str) -> T) -> T {
 impl Memory {
     pub fn new(limits: MemoryLimits) -> Memory {
         // Summaries take most of the budget; folders are few per mailbox.
-        let items = Cache::builder()
-            .max_capacity(limits.max_bytes / 8 * 7)
-            .weigher(|k: &String, v: &Arc<Summary>| {
-                weigh_message(&v.message).saturating_add(k.len() as u32)
-            })
-            .build();
-        let folders = Cache::builder()
-            .max_capacity(limits.max_bytes / 8)
-            .weigher(|k: &String, v: &Arc<FolderInfo>| {
-                (k.len() + opt_len(&v.distinguished) + opt_len(&v.parent_id) + 96) as u32
-            })
-            .build();
+        // Summaries take most of the budget; folders are few per mailbox.
+        let items = Cache::with_weighter(
+            estimate(limits.max_bytes / 8 * 7, 600),
+            limits.max_bytes / 8 * 7,
+            SummaryWeight,
+        );
+        let folders = Cache::with_weighter(
+            estimate(limits.max_bytes / 8, 160),
+            limits.max_bytes / 8,
+            FolderWeight,
+        );
         // Weighed by key length: keys come from traffic (Message-IDs, tokens, thread indexes).
-        let tracked = Cache::builder()
-            .max_capacity(limits.max_tracked.saturating_mul(TRACKED_ENTRY_BYTES))
-            .weigher(|k: &String, _v: &Arc<TrackedRef>| {
-                u32::try_from(k.len() + 96).unwrap_or(u32::MAX)
-            })
-            .build();
-        let created = Cache::builder()
-            .max_capacity(limits.max_tracked / 4 + 1)
-            .build();
+        let tracked_bytes = limits.max_tracked.saturating_mul(TRACKED_ENTRY_BYTES);
+        let tracked = Cache::with_weighter(
+            estimate(tracked_bytes, TRACKED_ENTRY_BYTES),
+            tracked_bytes,
+            KeyWeight,
+        );
+        let created = Cache::new(usize::try_from(limits.max_tracked / 4 + 1).unwrap_or(usize::MAX));
         Memory {
             items,
             folders,
@@ -177,7 +209,7 @@ impl Memory {
     }
 
     pub fn forget_item(&self, mailbox: &str, item_id: &str) {
-        self.items.invalidate(&key(mailbox, item_id));
+        with_key(mailbox, item_id, |k| self.items.remove(k));
     }
 
     pub fn folder(&self, mailbox: &str, folder_id: &str) -> Option<Arc<FolderInfo>> {
@@ -253,23 +285,20 @@ impl Memory {
         }
     }
 
-    /// Entries held (for metrics and tests; moka counts lazily).
+    /// Entries held (for metrics and tests).
     pub fn entry_counts(&self) -> (u64, u64, u64) {
-        self.items.run_pending_tasks();
-        self.folders.run_pending_tasks();
-        self.tracked.run_pending_tasks();
         (
-            self.items.entry_count(),
-            self.folders.entry_count(),
-            self.tracked.entry_count(),
+            self.items.len() as u64,
+            self.folders.len() as u64,
+            self.tracked.len() as u64,
         )
     }
 
     /// Forgets everything (tests and `replay` between independent runs).
     pub fn clear(&self) {
-        self.items.invalidate_all();
-        self.folders.invalidate_all();
-        self.tracked.invalidate_all();
-        self.created.invalidate_all();
+        self.items.clear();
+        self.folders.clear();
+        self.tracked.clear();
+        self.created.clear();
     }
 }

@@ -26,7 +26,7 @@ use crate::inspect::Observation;
 #[derive(Debug, Clone)]
 pub struct Engine {
     directory: DirectoryHandle,
-    memory: Memory,
+    memory: Arc<Memory>,
     limits: RulesLimits,
 }
 
@@ -34,7 +34,7 @@ impl Engine {
     pub fn new(directory: DirectoryHandle, memory: MemoryLimits, limits: RulesLimits) -> Engine {
         Engine {
             directory,
-            memory: Memory::new(memory),
+            memory: Arc::new(Memory::new(memory)),
             limits,
         }
     }
