@@ -1099,45 +1099,29 @@ impl<'a> Run<'a> {
                 },
                 _ => Err(Reason::FilterNone),
             };
-            let label = filter_label(*filter);
-            match outcome {
-                Ok(reason) => {
-                    d.verdict = Verdict::Track;
-                    d.reason = reason;
-                    d.accepted_by = Some(who.clone());
-                    why!(
-                        d,
-                        self,
-                        "{} {} {} filters \"{label}\": {}",
-                        if *is_owner {
-                            "the mailbox owner"
-                        } else {
-                            "recipient"
-                        },
-                        who.entity,
-                        who.id,
-                        reason.as_str()
-                    );
-                    break;
-                }
-                Err(reason) => {
-                    if *is_owner {
-                        owner_reason = reason;
-                    }
-                    why!(
-                        d,
-                        self,
-                        "{} {} {} filters \"{label}\": {}",
-                        if *is_owner {
-                            "the mailbox owner"
-                        } else {
-                            "recipient"
-                        },
-                        who.entity,
-                        who.id,
-                        reason.as_str()
-                    );
-                }
+            let (Ok(reason) | Err(reason)) = outcome;
+            why!(
+                d,
+                self,
+                "{} {} {} filters \"{}\": {}",
+                if *is_owner {
+                    "the mailbox owner"
+                } else {
+                    "recipient"
+                },
+                who.entity,
+                who.id,
+                filter_label(*filter),
+                reason.as_str()
+            );
+            if outcome.is_ok() {
+                d.verdict = Verdict::Track;
+                d.reason = reason;
+                d.accepted_by = Some(who.clone());
+                break;
+            }
+            if *is_owner {
+                owner_reason = reason;
             }
         }
         self.set_parties(d, from, &parties);
