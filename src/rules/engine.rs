@@ -1171,7 +1171,7 @@ impl<'a> Run<'a> {
                 .flat_map(|p| p.rows.iter())
                 .map(|&r| self.dir.record(r).kind)
         };
-        let correlation = if filter == 1 || filter <= 3 {
+        let correlation = if filter <= 3 {
             self.correlate(m)
         } else {
             None
