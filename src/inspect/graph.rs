@@ -243,16 +243,28 @@ pub fn inspect(
     let method = x.method.to_ascii_uppercase();
     match (method.as_str(), lower.as_slice()) {
         // Lists and deltas, in a folder or across the mailbox.
-        ("GET", ["messages"] | ["messages", "delta"]) => {
-            list(x.response, None, origin("list_messages"), &mut out)?
-        }
+        ("GET", ["messages"]) => list(x.response, None, origin("list_messages"), false, &mut out)?,
+        ("GET", ["messages", "delta"]) => list(
+            x.response,
+            None,
+            origin("delta_messages"),
+            is_initial_delta(x.path),
+            &mut out,
+        )?,
         ("GET", ["mailfolders", _, "messages"] | ["mailfolders", _, "messages", "delta"]) => {
             let operation = if lower.last() == Some(&"delta") {
                 "delta_messages"
             } else {
                 "list_messages"
             };
-            list(x.response, Some(rest[1]), origin(operation), &mut out)?
+            let initial = operation == "delta_messages" && is_initial_delta(x.path);
+            list(
+                x.response,
+                Some(rest[1]),
+                origin(operation),
+                initial,
+                &mut out,
+            )?
         }
         ("GET", ["messages", _] | ["mailfolders", _, "messages", _]) => {
             let m: GraphMessage<'_> = serde_json::from_slice(x.response)?;
@@ -381,15 +393,28 @@ fn list(
     body: &[u8],
     folder: Option<&str>,
     origin: Origin,
+    initial_sync: bool,
     out: &mut Vec<Observation>,
 ) -> Result<(), GraphError> {
     let list: List<'_> = serde_json::from_slice(body)?;
     for m in list.value {
         if m.removed.is_none() {
-            out.push(seen(m, folder, origin.clone()));
+            out.push(seen_in_sync(m, folder, origin.clone(), initial_sync));
         }
     }
     Ok(())
+}
+
+/// A delta request without a delta or skip token starts a round from nothing: what it returns
+/// is the folder's history, like an EWS SyncFolderItems without a SyncState. (Later pages of
+/// that first round carry a skip token and cannot be told from an incremental round's pages
+/// without per-client state; the mailbox's "process email received after" time covers them.)
+fn is_initial_delta(path_and_query: &str) -> bool {
+    let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
+    !query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("").trim_start_matches('$');
+        name.eq_ignore_ascii_case("deltatoken") || name.eq_ignore_ascii_case("skiptoken")
+    })
 }
 
 fn folder_name(segment: &str) -> (Option<String>, Option<String>) {
@@ -402,6 +427,15 @@ fn folder_name(segment: &str) -> (Option<String>, Option<String>) {
 }
 
 fn seen(m: GraphMessage<'_>, folder: Option<&str>, origin: Origin) -> Observation {
+    seen_in_sync(m, folder, origin, false)
+}
+
+fn seen_in_sync(
+    m: GraphMessage<'_>,
+    folder: Option<&str>,
+    origin: Origin,
+    initial_sync: bool,
+) -> Observation {
     let mut message = fields(m);
     if let Some(segment) = folder {
         let (id, name) = folder_name(segment);
@@ -413,7 +447,7 @@ fn seen(m: GraphMessage<'_>, folder: Option<&str>, origin: Origin) -> Observatio
     Observation::MessageSeen {
         origin,
         message,
-        initial_sync: false,
+        initial_sync,
     }
 }
 
@@ -469,5 +503,25 @@ fn folder(f: GraphFolder<'_>, well_known: Option<String>, origin: Origin) -> Obs
         folder: well_known,
         display_name: f.display_name.map(Cow::into_owned),
         parent_folder_id: f.parent_folder_id.map(Cow::into_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_initial_delta;
+
+    #[test]
+    fn only_a_delta_without_tokens_starts_from_nothing() {
+        assert!(is_initial_delta(
+            "/v1.0/me/mailFolders/inbox/messages/delta"
+        ));
+        assert!(is_initial_delta("/v1.0/me/messages/delta?$select=subject"));
+        assert!(!is_initial_delta(
+            "/v1.0/me/mailFolders/inbox/messages/delta?$deltatoken=abc"
+        ));
+        assert!(!is_initial_delta(
+            "/v1.0/me/messages/delta?$top=10&$skiptoken=x"
+        ));
+        assert!(!is_initial_delta("/v1.0/me/messages/delta?deltaToken=abc"));
     }
 }

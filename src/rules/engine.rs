@@ -1171,11 +1171,7 @@ impl<'a> Run<'a> {
                 .flat_map(|p| p.rows.iter())
                 .map(|&r| self.dir.record(r).kind)
         };
-        let correlation = if filter <= 3 {
-            self.correlate(m)
-        } else {
-            None
-        };
+        let correlation = if filter <= 3 { self.correlate(m) } else { None };
         let outcome = match filter {
             0 => Ok(Reason::FilterAll),
             1 => correlation
