@@ -44,3 +44,13 @@ fn autodiscover_corpus_replays_without_panics() {
 fn capture_corpus_replays_without_panics() {
     replay("capture", fuzzing::capture);
 }
+
+#[test]
+fn observations_corpus_replays_without_panics() {
+    replay("observations", trackgate::rules::fuzzing::observations);
+}
+
+#[test]
+fn directory_corpus_replays_without_panics() {
+    replay("directory", trackgate::rules::fuzzing::directory);
+}

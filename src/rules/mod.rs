@@ -5,6 +5,8 @@
 
 pub mod decision;
 mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 
 use std::collections::VecDeque;
