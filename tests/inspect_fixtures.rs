@@ -119,29 +119,14 @@ async fn traffic_through_the_gateway_becomes_observations() {
     )
     .unwrap();
     let request = fixture.request.clone().unwrap();
-    let r = client
-        .post(gw.localhost_url("/EWS/Exchange.asmx"))
-        .header("content-type", "text/xml; charset=utf-8")
-        .header("x-anchormailbox", "alex.seller@contoso.example")
-        .body(request.body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = support::post_ews_as_alex(&client, &gw, request.body.clone()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.bytes().await.unwrap(),
         fixture.body,
         "the response passed through unchanged"
     );
-    let r =
-        client
-            .get(gw.localhost_url(
-                "/v1.0/users/alex.seller%40contoso.example/mailFolders/inbox/messages",
-            ))
-            .send()
-            .await
-            .unwrap();
-    r.bytes().await.unwrap();
+    assert_eq!(support::list_alex_inbox_over_graph(&client, &gw).await, 200);
     let seen = support::wait_for(Duration::from_secs(10), "two observations", async || {
         let recent = gw.gateway.recent_observations();
         (recent.len() >= 2).then_some(recent)

@@ -28,14 +28,12 @@ async fn traffic_through_the_gateway_becomes_one_decision_per_message() {
     let gw = support::gateway(&sim.url(), "").await;
     let client = support::client(&gw.ca(), true);
     // Clients look up their folders first; that is how the gateway learns the Inbox's id.
-    let r = client
-        .post(gw.localhost_url("/EWS/Exchange.asmx"))
-        .header("content-type", "text/xml; charset=utf-8")
-        .header("x-anchormailbox", "alex.seller@contoso.example")
-        .body(fixture("ews-getfolder-inbox").request.unwrap().body)
-        .send()
-        .await
-        .unwrap();
+    let r = support::post_ews_as_alex(
+        &client,
+        &gw,
+        fixture("ews-getfolder-inbox").request.unwrap().body,
+    )
+    .await;
     r.bytes().await.unwrap();
     support::wait_for(
         Duration::from_secs(10),
@@ -44,26 +42,11 @@ async fn traffic_through_the_gateway_becomes_one_decision_per_message() {
     )
     .await;
     let request = fixture("ews-getitem-message").request.unwrap();
-    let r = client
-        .post(gw.localhost_url("/EWS/Exchange.asmx"))
-        .header("content-type", "text/xml; charset=utf-8")
-        .header("x-anchormailbox", "alex.seller@contoso.example")
-        .body(request.body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = support::post_ews_as_alex(&client, &gw, request.body.clone()).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
     // The same message again through Graph: already tracked.
-    let r =
-        client
-            .get(gw.localhost_url(
-                "/v1.0/users/alex.seller%40contoso.example/mailFolders/inbox/messages",
-            ))
-            .send()
-            .await
-            .unwrap();
-    r.bytes().await.unwrap();
+    assert_eq!(support::list_alex_inbox_over_graph(&client, &gw).await, 200);
     let decisions = support::wait_for(Duration::from_secs(10), "two decisions", async || {
         let d = gw.gateway.recent_decisions();
         (d.len() >= 2).then_some(d)

@@ -323,6 +323,10 @@ pub struct MailboxTrackingFolder {
     pub regardingobjectid: Option<Lookup>,
 }
 
+// Contacts, accounts and leads look alike but stay separate structs: their id columns differ,
+// and serde cannot combine `deny_unknown_fields` (every unknown column is an error) with the
+// `flatten` a shared part would need.
+
 /// A `contacts` row.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -60,11 +60,7 @@ impl Keyer {
     }
 
     pub fn key(&self, s: &str) -> Key {
-        self.key_bytes(s.as_bytes())
-    }
-
-    pub fn key_bytes(&self, b: &[u8]) -> Key {
-        Key(xxhash_rust::xxh3::xxh3_128_with_seed(b, self.0).to_le_bytes())
+        Key(xxhash_rust::xxh3::xxh3_128_with_seed(s.as_bytes(), self.0).to_le_bytes())
     }
 }
 
@@ -523,7 +519,6 @@ pub struct Directory {
     shared_addresses: Vec<Box<[u32]>>,
     principals: KeyMap<u32>,
     names: String,
-    users_by_id: Map<Uuid, u32>,
     x500: Map<Box<str>, Box<str>>,
     tracked: TrackedIndex,
 }
@@ -579,10 +574,6 @@ impl Directory {
 
     pub fn user(&self, index: u32) -> &User {
         &self.users[index as usize]
-    }
-
-    pub fn user_index(&self, id: Uuid) -> Option<u32> {
-        self.users_by_id.get(&id).copied()
     }
 
     pub fn queue(&self, index: u32) -> &Queue {
@@ -1184,7 +1175,6 @@ impl Builder {
             shared_addresses,
             principals,
             names: self.names,
-            users_by_id,
             x500,
             tracked,
         })
@@ -1378,6 +1368,24 @@ mod tests {
         bytes.extend_from_slice(&[9, 9, 9, 9, 9]);
         let reply = base64::engine::general_purpose::STANDARD.encode(&bytes);
         assert_eq!(conversation_key(&thread), conversation_key(&reply));
+    }
+
+    #[test]
+    fn records_keep_their_parent_for_delivery() {
+        let dir = super::super::file::parse_and_build(
+            super::super::file::EMBEDDED_EXAMPLE,
+            "example",
+            false,
+        )
+        .unwrap();
+        let pat = dir.rows_with_address("pat.buyer@fabrikam.example");
+        assert_eq!(pat.len(), 1);
+        let parent = dir.parent(dir.record(pat[0])).unwrap();
+        assert_eq!(parent.entity, "account");
+        assert_eq!(
+            parent.id,
+            Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_00c2)
+        );
     }
 
     #[test]

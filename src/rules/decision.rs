@@ -414,6 +414,14 @@ mod tests {
     }
 
     #[test]
+    fn correlation_methods_carry_dataverse_codes() {
+        assert_eq!(CorrelationMethod::InReplyTo.code(), 3);
+        assert_eq!(CorrelationMethod::TrackingToken.code(), 4);
+        assert_eq!(CorrelationMethod::ConversationId.code(), 5);
+        assert_eq!(CorrelationMethod::SmartMatching.code(), 6);
+    }
+
+    #[test]
     fn verdict_follows_reason() {
         assert_eq!(Reason::RecipientEmailEnabled.verdict(), Verdict::Track);
         assert_eq!(Reason::NeedsEnrichment.verdict(), Verdict::Track);

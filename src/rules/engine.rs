@@ -16,8 +16,8 @@ use super::decision::{
 use super::memory::{FolderInfo, Memory, Summary, TrackedRef};
 use crate::directory::model::Lookup;
 use crate::directory::snapshot::{
-    Directory, EntityKind, MailboxEntry, Owner, address_hashes, conversation_key, lower,
-    normalize_exchange_id, recipient_may_match, subject_hashes, tracking_token,
+    Directory, EntityKind, MailboxEntry, Owner, TrackedRow, address_hashes, conversation_key,
+    lower, normalize_exchange_id, recipient_may_match, subject_hashes, tracking_token,
 };
 use crate::inspect::model::timestamp_seconds;
 use crate::inspect::{Address, CategoryMode, Message, Observation, Origin, Transfer};
@@ -1372,74 +1372,60 @@ impl<'a> Run<'a> {
         let hit = |method, activityid: Option<Uuid>, regarding: Option<&Lookup>| {
             Some((Correlation { method, activityid }, regarding.cloned()))
         };
-        if headers && let Some(id) = m.in_reply_to.as_deref() {
-            if let Some(t) = self.memory.tracked_by("m:", id) {
-                return hit(CorrelationMethod::InReplyTo, t.crm_id, t.regarding.as_ref());
+        // Each method looks first at what the gateway tracked moments ago, then at the CRM.
+        let either = |method,
+                      remembered: Option<Arc<TrackedRef>>,
+                      in_crm: &dyn Fn() -> Option<&'a TrackedRow>| {
+            match remembered {
+                Some(t) => hit(method, t.crm_id, t.regarding.as_ref()),
+                None => in_crm()
+                    .and_then(|row| hit(method, Some(row.activityid), row.regarding.as_ref())),
             }
-            if let Some(row) = tracked.by_message_id(id, None) {
-                return hit(
-                    CorrelationMethod::InReplyTo,
-                    Some(row.activityid),
-                    row.regarding.as_ref(),
-                );
-            }
+        };
+        if headers
+            && let Some(id) = m.in_reply_to.as_deref()
+            && let Some(found) = either(
+                CorrelationMethod::InReplyTo,
+                self.memory.tracked_by("m:", id),
+                &|| tracked.by_message_id(id, None),
+            )
+        {
+            return Some(found);
         }
         if org.tracking_tokens
             && let Some(token) = m
                 .subject
                 .as_deref()
                 .and_then(|s| tracking_token(&org.token_prefixes, s))
+            && let Some(found) = either(
+                CorrelationMethod::TrackingToken,
+                self.memory.tracked_by("t:", &token),
+                &|| tracked.by_token(&token),
+            )
         {
-            if let Some(t) = self.memory.tracked_by("t:", &token) {
-                return hit(
-                    CorrelationMethod::TrackingToken,
-                    t.crm_id,
-                    t.regarding.as_ref(),
-                );
-            }
-            if let Some(row) = tracked.by_token(&token) {
-                return hit(
-                    CorrelationMethod::TrackingToken,
-                    Some(row.activityid),
-                    row.regarding.as_ref(),
-                );
-            }
+            return Some(found);
         }
-        if headers {
-            if let Some(index) = m.conversation_index.as_deref() {
-                let key = conversation_key(index);
-                if let Some(t) = self.memory.tracked(&format!("c:{}", hex(&key))) {
-                    return hit(
-                        CorrelationMethod::ConversationIndex,
-                        t.crm_id,
-                        t.regarding.as_ref(),
-                    );
-                }
-                if let Some(row) = tracked.by_conversation_index(&key) {
-                    return hit(
-                        CorrelationMethod::ConversationIndex,
-                        Some(row.activityid),
-                        row.regarding.as_ref(),
-                    );
-                }
-            }
-            if let Some(id) = m.conversation_id.as_deref() {
-                let id = normalize_exchange_id(id);
-                if let Some(t) = self.memory.tracked_by("i:", &id) {
-                    return hit(
-                        CorrelationMethod::ConversationId,
-                        t.crm_id,
-                        t.regarding.as_ref(),
-                    );
-                }
-                if let Some(row) = tracked.by_conversation_id(&id) {
-                    return hit(
-                        CorrelationMethod::ConversationId,
-                        Some(row.activityid),
-                        row.regarding.as_ref(),
-                    );
-                }
-            }
+        if headers
+            && let Some(index) = m.conversation_index.as_deref()
+            && let key = conversation_key(index)
+            && let Some(found) = either(
+                CorrelationMethod::ConversationIndex,
+                self.memory.tracked_by("c:", &hex(&key)),
+                &|| tracked.by_conversation_index(&key),
+            )
+        {
+            return Some(found);
+        }
+        if headers
+            && let Some(id) = m.conversation_id.as_deref()
+            && let id = normalize_exchange_id(id)
+            && let Some(found) = either(
+                CorrelationMethod::ConversationId,
+                self.memory.tracked_by("i:", &id),
+                &|| tracked.by_conversation_id(&id),
+            )
+        {
+            return Some(found);
         }
         if org.smart_matching
             && let Some(subject) = m.subject.as_deref()

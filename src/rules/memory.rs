@@ -249,13 +249,9 @@ impl Memory {
         }
     }
 
-    /// A tracked email by a correlation key (`m:<message-id>`, `t:<token>`, `c:<index>`,
-    /// `i:<conversation id>`, or `d:<direction>:<message-id>` for duplicates).
-    pub fn tracked(&self, key: &str) -> Option<Arc<TrackedRef>> {
-        self.tracked.get(key)
-    }
-
-    /// A tracked email by a key built of a prefix and a value, without allocating.
+    /// A tracked email by a correlation key, built of a prefix and a value without allocating:
+    /// `m:<message-id>`, `t:<token>`, `c:<thread key>`, `i:<conversation id>`, or
+    /// `d:<direction>:<message-id>` for duplicates.
     pub fn tracked_by(&self, prefix: &str, value: &str) -> Option<Arc<TrackedRef>> {
         LOOKUP_KEY.with(|k| match k.try_borrow_mut() {
             Ok(mut k) => {
@@ -292,13 +288,5 @@ impl Memory {
             self.folders.len() as u64,
             self.tracked.len() as u64,
         )
-    }
-
-    /// Forgets everything (tests and `replay` between independent runs).
-    pub fn clear(&self) {
-        self.items.clear();
-        self.folders.clear();
-        self.tracked.clear();
-        self.created.clear();
     }
 }

@@ -249,3 +249,34 @@ impl<B: http_body::Body + Unpin> http_body::Body for Unsized<B> {
         std::pin::Pin::new(&mut self.0).poll_frame(cx)
     }
 }
+
+/// Posts an EWS body through the gateway as Alex's client would (anchored to his mailbox).
+pub async fn post_ews_as_alex(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client
+        .post(gw.localhost_url("/EWS/Exchange.asmx"))
+        .header("content-type", "text/xml; charset=utf-8")
+        .header("x-anchormailbox", "alex.seller@contoso.example")
+        .body(body)
+        .send()
+        .await
+        .expect("EWS request through the gateway")
+}
+
+/// Lists Alex's Inbox over Graph through the gateway and reads the answer.
+pub async fn list_alex_inbox_over_graph(client: &reqwest::Client, gw: &TestGateway) -> u16 {
+    let r =
+        client
+            .get(gw.localhost_url(
+                "/v1.0/users/alex.seller%40contoso.example/mailFolders/inbox/messages",
+            ))
+            .send()
+            .await
+            .expect("Graph request through the gateway");
+    let status = r.status().as_u16();
+    r.bytes().await.expect("Graph body");
+    status
+}
