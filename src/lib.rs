@@ -8,8 +8,10 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod crm;
 pub mod directory;
 pub mod inspect;
+pub mod outbox;
 pub mod proxy;
 pub mod replay;
 pub mod rules;

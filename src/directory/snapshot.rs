@@ -176,6 +176,8 @@ impl Record {
 #[derive(Debug, Clone)]
 pub struct User {
     pub id: Uuid,
+    /// Entra ID object id: what delivery sends as `CallerObjectId` to act as this user.
+    pub aad_object_id: Option<Uuid>,
     pub active: bool,
     pub settings: UserSettings,
 }
@@ -572,6 +574,14 @@ impl Directory {
             .map(|&i| &self.mailboxes[i as usize])
     }
 
+    /// The Entra object id of the user who owns a mailbox (queues have none).
+    pub fn owner_object_id(&self, mailbox: &str) -> Option<Uuid> {
+        match self.mailbox(mailbox)?.owner {
+            Owner::User(u) => self.user(u).aad_object_id,
+            Owner::Queue(_) => None,
+        }
+    }
+
     pub fn user(&self, index: u32) -> &User {
         &self.users[index as usize]
     }
@@ -829,6 +839,7 @@ impl Builder {
             }
             users.push(User {
                 id: u.systemuserid,
+                aad_object_id: u.azureactivedirectoryobjectid,
                 active: !u.isdisabled,
                 settings: UserSettings {
                     systemuserid: u.systemuserid,

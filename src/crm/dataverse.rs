@@ -1,0 +1,314 @@
+//! The Dataverse Web API sink. Every write is a conditional upsert on a deterministic id, so a
+//! retry anywhere is harmless:
+//! - an auto-created contact or lead: `PATCH /contacts(<id>)` with `If-None-Match: *`, before
+//!   the email that binds it (412 = already there);
+//! - the email: `PATCH /emails(<id>)` with `If-None-Match: *` (412 = already there), then
+//!   `PATCH` with `If-Match: *` setting statecode/statuscode (activities are created open);
+//! - a regarding update: `PATCH /emails(<id>)` with `If-Match: *`.
+//!
+//! With `batch_size` > 1, documents go in one `$batch`: the record creates as independent
+//! parts, each email as an atomic change set, `Prefer: odata.continue-on-error`.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::mapping::{self, Action, EmailColumns, TrackedEmail};
+use super::multipart::{self, BatchItem, HttpPart};
+use super::oauth::{ClientCredentials, TokenSource};
+use super::{Outcome, kept_body, transport_error};
+
+#[derive(Debug, Clone)]
+pub struct DataverseSettings {
+    /// The environment URL, e.g. `https://contoso.crm.dynamics.com` (no trailing slash).
+    pub url: String,
+    /// `/api/data/v9.2`.
+    pub api_path: String,
+    /// `None` only for a loopback URL (the simulator without auth).
+    pub credentials: Option<ClientCredentials>,
+    /// Send `CallerObjectId` of the mailbox owner so the email is created as that user.
+    pub act_as_owner: bool,
+    /// Documents per `$batch` request; 1 sends plain requests.
+    pub batch_size: usize,
+    pub timeout: Duration,
+    pub columns: EmailColumns,
+}
+
+#[derive(Debug)]
+pub struct DataverseSink {
+    http: reqwest::Client,
+    settings: DataverseSettings,
+    tokens: Option<TokenSource>,
+}
+
+/// One write of a document.
+struct Write {
+    method: reqwest::Method,
+    path: String,
+    condition: Option<(&'static str, &'static str)>,
+    body: serde_json::Value,
+    /// 412 means the record is already there: success.
+    create_only: bool,
+}
+
+impl DataverseSink {
+    pub fn new(http: reqwest::Client, settings: DataverseSettings) -> DataverseSink {
+        let tokens = settings
+            .credentials
+            .clone()
+            .map(|c| TokenSource::new(http.clone(), c));
+        DataverseSink {
+            http,
+            settings,
+            tokens,
+        }
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("{}{}{}", self.settings.url, self.settings.api_path, path)
+    }
+
+    /// The writes of one document, in order.
+    fn writes(&self, email: &TrackedEmail) -> Vec<Write> {
+        let mut writes = Vec::new();
+        let patch = reqwest::Method::PATCH;
+        if let Some(created) = &email.auto_create {
+            writes.push(Write {
+                method: patch.clone(),
+                path: format!("/{}({})", mapping::entity_set(&created.entity), created.id),
+                condition: Some(("If-None-Match", "*")),
+                body: mapping::auto_create_body(created),
+                create_only: true,
+            });
+        }
+        match email.action {
+            Action::Create => {
+                writes.push(Write {
+                    method: patch.clone(),
+                    path: format!("/emails({})", email.id),
+                    condition: Some(("If-None-Match", "*")),
+                    body: mapping::dataverse_email(email, &self.settings.columns),
+                    create_only: true,
+                });
+                if self.settings.columns.status {
+                    writes.push(Write {
+                        method: patch,
+                        path: format!("/emails({})", email.id),
+                        condition: Some(("If-Match", "*")),
+                        body: mapping::status_body(email),
+                        create_only: false,
+                    });
+                }
+            }
+            Action::UpdateRegarding => writes.push(Write {
+                method: patch,
+                path: format!("/emails({})", email.id),
+                condition: Some(("If-Match", "*")),
+                body: mapping::regarding_body(email),
+                create_only: false,
+            }),
+        }
+        writes
+    }
+
+    async fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+        caller: Option<Uuid>,
+    ) -> Result<reqwest::RequestBuilder, Outcome> {
+        let mut request = request
+            .header("OData-MaxVersion", "4.0")
+            .header("OData-Version", "4.0")
+            .header("Accept", "application/json")
+            .timeout(self.settings.timeout);
+        if let Some(tokens) = &self.tokens {
+            let token = tokens.token().await.map_err(|e| Outcome::Unavailable {
+                error: e.to_string(),
+            })?;
+            request = request.bearer_auth(token);
+        }
+        if self.settings.act_as_owner
+            && let Some(caller) = caller
+        {
+            request = request.header("CallerObjectId", caller.to_string());
+        }
+        Ok(request)
+    }
+
+    async fn after_unauthorized(&self, status: u16) {
+        if status == 401
+            && let Some(t) = &self.tokens
+        {
+            t.invalidate().await;
+        }
+    }
+
+    pub async fn deliver(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
+        if self.settings.batch_size > 1 && emails.len() > 1 {
+            return self.deliver_batch(emails).await;
+        }
+        let mut outcomes = Vec::with_capacity(emails.len());
+        for email in emails {
+            outcomes.push(self.deliver_one(email).await);
+        }
+        outcomes
+    }
+
+    async fn deliver_one(&self, email: &TrackedEmail) -> Outcome {
+        for write in self.writes(email) {
+            let request = self
+                .http
+                .request(write.method, self.api(&write.path))
+                .json(&write.body);
+            let request = match write.condition {
+                Some((name, value)) => request.header(name, value),
+                None => request,
+            };
+            let request = match self.authorize(request, email.caller).await {
+                Ok(r) => r,
+                Err(outcome) => return outcome,
+            };
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => return transport_error(&e),
+            };
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) || (status == 412 && write.create_only) {
+                continue;
+            }
+            if status == 404 && email.action == Action::UpdateRegarding {
+                // The create is still queued behind this update (or was skipped): try later.
+                return Outcome::Failed {
+                    status: Some(404),
+                    error: "the email is not in the CRM yet".into(),
+                };
+            }
+            self.after_unauthorized(status).await;
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = kept_body(response).await;
+            return Outcome::from_status(status, retry_after.as_deref(), body);
+        }
+        Outcome::Delivered
+    }
+
+    /// One `$batch` for several documents: creates of records as independent parts, then each
+    /// email as a change set (atomic: the email and its status together).
+    async fn deliver_batch(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
+        let api = &self.settings.api_path;
+        let mut items = Vec::new();
+        // Which item answers for which document: (document, item index, create_only).
+        let mut owners: Vec<(usize, usize, bool)> = Vec::new();
+        for (doc, email) in emails.iter().enumerate() {
+            let writes = self.writes(email);
+            let mut changeset = Vec::new();
+            for write in writes {
+                let mut headers = vec![(
+                    "Content-Type".to_owned(),
+                    "application/json; type=entry".to_owned(),
+                )];
+                if let Some((name, value)) = write.condition {
+                    headers.push((name.to_owned(), value.to_owned()));
+                }
+                if self.settings.act_as_owner
+                    && let Some(caller) = email.caller
+                {
+                    headers.push(("CallerObjectId".into(), caller.to_string()));
+                }
+                let part = HttpPart {
+                    start: format!("{} {api}{} HTTP/1.1", write.method, write.path),
+                    headers,
+                    body: write.body.to_string(),
+                    content_id: None,
+                };
+                if write.path.starts_with("/emails(") {
+                    changeset.push(HttpPart {
+                        content_id: Some((changeset.len() + 1).to_string()),
+                        ..part
+                    });
+                } else {
+                    owners.push((doc, items.len(), write.create_only));
+                    items.push(BatchItem::Single(part));
+                }
+            }
+            owners.push((doc, items.len(), email.action == Action::Create));
+            items.push(BatchItem::ChangeSet(changeset));
+        }
+        let boundary = format!("batch_{:016x}", rand::random::<u64>());
+        let body = multipart::write_batch(&boundary, &items);
+        let all = |o: Outcome| vec![o; emails.len()];
+        let request = self
+            .http
+            .post(self.api("/$batch"))
+            .header(
+                "Content-Type",
+                format!("multipart/mixed; boundary={boundary}"),
+            )
+            .header("Prefer", "odata.continue-on-error")
+            .body(body);
+        // CallerObjectId rides on each part; the batch itself runs as the application user.
+        let request = match self.authorize(request, None).await {
+            Ok(r) => r,
+            Err(o) => return all(o),
+        };
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return all(transport_error(&e)),
+        };
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if !(200..300).contains(&status) {
+            self.after_unauthorized(status).await;
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = kept_body(response).await;
+            return all(Outcome::from_status(status, retry_after.as_deref(), body));
+        }
+        let text = response.text().await.unwrap_or_default();
+        let Some(answers) = multipart::boundary(&content_type)
+            .and_then(|b| multipart::read_batch(b, &text).ok())
+        else {
+            return all(Outcome::Failed {
+                status: Some(status),
+                error: "unreadable $batch response".into(),
+            });
+        };
+        let mut outcomes = vec![Outcome::Delivered; emails.len()];
+        for (doc, index, create_only) in owners {
+            let parts: Vec<&HttpPart> = match answers.get(index) {
+                Some(BatchItem::Single(p)) => vec![p],
+                Some(BatchItem::ChangeSet(ps)) => ps.iter().collect(),
+                None => {
+                    outcomes[doc] = Outcome::Failed {
+                        status: None,
+                        error: "the $batch response has fewer parts than the request".into(),
+                    };
+                    continue;
+                }
+            };
+            for part in parts {
+                let s = part.status().unwrap_or(500);
+                let fine = (200..300).contains(&s) || (s == 412 && create_only);
+                if !fine && outcomes[doc] == Outcome::Delivered {
+                    outcomes[doc] = Outcome::from_status(
+                        s,
+                        part.header("retry-after"),
+                        part.body.chars().take(super::MAX_KEPT_RESPONSE).collect(),
+                    );
+                }
+            }
+        }
+        outcomes
+    }
+}

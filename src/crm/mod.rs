@@ -1,0 +1,219 @@
+//! The CRM side of delivery: mapping tracked decisions to documents, and the sinks that write
+//! them — Dataverse Web API, a signed webhook, or the local journal — each classifying every
+//! answer into one [`Outcome`] that delivery acts on.
+
+pub mod dataverse;
+pub mod journal;
+pub mod mapping;
+pub mod multipart;
+pub mod oauth;
+pub mod webhook;
+
+use std::time::Duration;
+
+pub use dataverse::{DataverseSettings, DataverseSink};
+pub use journal::Journal;
+pub use mapping::{BodyPolicy, FieldTable, TrackedEmail};
+pub use webhook::{WebhookSettings, WebhookSink};
+
+/// Longest response body kept for a dead letter.
+pub const MAX_KEPT_RESPONSE: usize = 4096;
+
+/// What became of one document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Written, or already there (412 on a create-only upsert, 409 from a webhook).
+    Delivered,
+    /// 429: the whole sink waits this long before its next request.
+    Throttled { retry_after: Duration },
+    /// The sink is unreachable or says it is unavailable (network error, timeout, 502/503/504,
+    /// a token it cannot get): the whole sink backs off; the record's attempts do not count.
+    Unavailable { error: String },
+    /// A failure of this record that may pass (500, 408): retried with backoff, counted.
+    Failed { status: Option<u16>, error: String },
+    /// Permanently refused (other 4xx): dead letter, response kept.
+    Rejected {
+        status: u16,
+        response: String,
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// The outcome of an HTTP answer that is not a success.
+    pub fn from_status(status: u16, retry_after: Option<&str>, response: String) -> Outcome {
+        match status {
+            429 => Outcome::Throttled {
+                retry_after: parse_retry_after(retry_after).unwrap_or(Duration::from_secs(5)),
+            },
+            401 | 502..=504 => Outcome::Unavailable {
+                error: format!("HTTP {status}"),
+            },
+            408 | 500..=599 => Outcome::Failed {
+                status: Some(status),
+                error: format!("HTTP {status}: {}", first_line(&response)),
+            },
+            _ => Outcome::Rejected {
+                status,
+                error: format!("HTTP {status}: {}", first_line(&response)),
+                response,
+            },
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+/// `Retry-After` in seconds, fractions allowed (Dataverse sends whole seconds; others do not),
+/// or an HTTP date. Capped at an hour.
+pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+    let value = value?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::from_secs_f64(seconds.min(3600.0)));
+    }
+    let at = httpdate_parse(value)?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600)),
+    )
+}
+
+fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(value).ok().or_else(|| {
+        // "Sun, 06 Nov 1994 08:49:37 GMT"
+        let parts: Vec<&str> = value.split_whitespace().collect();
+        if parts.len() != 6 {
+            return None;
+        }
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ]
+        .iter()
+        .position(|m| *m == parts[2])?
+            + 1;
+        humantime::parse_rfc3339_weak(&format!(
+            "{}-{:02}-{:0>2} {}",
+            parts[3], month, parts[1], parts[4]
+        ))
+        .ok()
+    })
+}
+
+/// Reads an error body, cut to what a dead letter keeps.
+pub async fn kept_body(response: reqwest::Response) -> String {
+    let bytes = response.bytes().await.unwrap_or_default();
+    let end = bytes.len().min(MAX_KEPT_RESPONSE);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Classifies a transport error.
+pub fn transport_error(error: &reqwest::Error) -> Outcome {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "connection failed"
+    };
+    Outcome::Unavailable {
+        error: format!("{kind}: {}", without_url(error)),
+    }
+}
+
+/// Error text without the URL (which may carry ids).
+fn without_url(error: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
+    let mut text = String::new();
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    if text.is_empty() {
+        "request failed".into()
+    } else {
+        text
+    }
+}
+
+/// The configured sink.
+#[derive(Debug)]
+pub enum Sink {
+    Dataverse(DataverseSink),
+    Webhook(WebhookSink),
+    Journal(Journal),
+}
+
+impl Sink {
+    /// Delivers documents; one outcome per document, in order. The Dataverse sink sends
+    /// several in one `$batch` when configured.
+    pub async fn deliver(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
+        match self {
+            Sink::Dataverse(d) => d.deliver(emails).await,
+            Sink::Webhook(w) => w.deliver(emails).await,
+            Sink::Journal(j) => j.deliver(emails),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Dataverse(_) => "dataverse",
+            Sink::Webhook(_) => "webhook",
+            Sink::Journal(_) => "journal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_fractions_and_dates() {
+        assert_eq!(
+            parse_retry_after(Some("1.5")),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_retry_after(Some("7")), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(Some("-1")), None);
+        assert_eq!(
+            parse_retry_after(Some("Sun, 06 Nov 1994 08:49:37 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(Some("soon")), None);
+        assert_eq!(parse_retry_after(None), None);
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(matches!(
+            Outcome::from_status(429, Some("2"), String::new()),
+            Outcome::Throttled { retry_after } if retry_after == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            Outcome::from_status(503, None, String::new()),
+            Outcome::Unavailable { .. }
+        ));
+        assert!(matches!(
+            Outcome::from_status(500, None, "boom".into()),
+            Outcome::Failed { status: Some(500), .. }
+        ));
+        assert!(matches!(
+            Outcome::from_status(400, None, "bad bind".into()),
+            Outcome::Rejected { status: 400, .. }
+        ));
+    }
+}

@@ -1,0 +1,718 @@
+//! The embedded outbox on redb: one writer thread that commits every operation (enqueue,
+//! settle, retry, skip) in groups — up to N operations or T ms per fsync — and an in-memory
+//! schedule of what is due, rebuilt from the file at start.
+//!
+//! Tables: `pending` (seq → record), `pending_keys` (key → seq, for dedup), `delivered`
+//! (key → time) with `delivered_at` (time, key) for pruning the window, `dead` (seq → dead
+//! letter) with `dead_keys`, and `meta` (the next sequence number).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{
+    DeadLetter, Outbox, OutboxError, OutboxMetrics, OutboxSettings, Record, Settlement, Stats,
+    dedup_key, now_ms,
+};
+use crate::rules::Decision;
+
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
+const PENDING_KEYS: TableDefinition<u128, u64> = TableDefinition::new("pending_keys");
+const DELIVERED: TableDefinition<u128, u64> = TableDefinition::new("delivered");
+const DELIVERED_AT: TableDefinition<(u64, u128), ()> = TableDefinition::new("delivered_at");
+const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead");
+const DEAD_KEYS: TableDefinition<u128, u64> = TableDefinition::new("dead_keys");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Longest error text kept with a record.
+const MAX_ERROR: usize = 4096;
+
+enum Op {
+    Enqueue(Box<Decision>, u64),
+    Settle(Box<Record>, Settlement),
+    Retry(Uuid, SyncSender<Result<(), OutboxError>>),
+    Skip(Uuid, SyncSender<Result<(), OutboxError>>),
+    Flush(SyncSender<()>),
+}
+
+/// What is due when, kept in memory so delivery never scans the file.
+#[derive(Default)]
+struct Schedule {
+    /// (next attempt, seq) of unclaimed pending records.
+    due: BTreeSet<(u64, u64)>,
+    /// seq → (next attempt, enqueued) of every pending record, claimed or not.
+    pending: BTreeMap<u64, (u64, u64)>,
+    claimed: HashMap<u64, u64>,
+    dead: u64,
+}
+
+struct Shared {
+    db: Database,
+    path: PathBuf,
+    schedule: Mutex<Schedule>,
+    wakeup: Arc<Notify>,
+    metrics: OutboxMetrics,
+    settings: OutboxSettings,
+}
+
+/// The redb outbox. Cloning shares it.
+#[derive(Clone)]
+pub struct RedbOutbox {
+    shared: Arc<Shared>,
+    ops: SyncSender<Op>,
+}
+
+impl std::fmt::Debug for RedbOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbOutbox")
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}
+
+trait StoreResult<T> {
+    fn store(self, path: &Path) -> Result<T, OutboxError>;
+}
+
+impl<T, E: Into<redb::Error>> StoreResult<T> for Result<T, E> {
+    fn store(self, path: &Path) -> Result<T, OutboxError> {
+        self.map_err(|e| match e.into() {
+            redb::Error::DatabaseAlreadyOpen => OutboxError::InUse {
+                path: path.display().to_string(),
+            },
+            source => OutboxError::Store {
+                path: path.display().to_string(),
+                source,
+            },
+        })
+    }
+}
+
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_ERROR {
+        let mut end = MAX_ERROR;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+impl RedbOutbox {
+    /// Opens (or creates) the outbox file and starts its writer thread.
+    pub fn open(
+        path: &Path,
+        settings: OutboxSettings,
+        metrics: OutboxMetrics,
+    ) -> Result<RedbOutbox, OutboxError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| OutboxError::Store {
+                path: path.display().to_string(),
+                source: redb::Error::Io(e),
+            })?;
+        }
+        let db = Database::create(path).store(path)?;
+        let schedule = {
+            let txn = db.begin_write().store(path)?;
+            let mut schedule = Schedule::default();
+            {
+                // Create every table, so readers never meet a missing one.
+                txn.open_table(PENDING_KEYS).store(path)?;
+                txn.open_table(DELIVERED).store(path)?;
+                txn.open_table(DELIVERED_AT).store(path)?;
+                txn.open_table(DEAD_KEYS).store(path)?;
+                txn.open_table(META).store(path)?;
+                let pending = txn.open_table(PENDING).store(path)?;
+                for entry in pending.iter().store(path)? {
+                    let (seq, value) = entry.store(path)?;
+                    let record: Record = serde_json::from_slice(value.value())?;
+                    schedule
+                        .pending
+                        .insert(seq.value(), (record.next_attempt_ms, record.enqueued_ms));
+                    schedule.due.insert((record.next_attempt_ms, seq.value()));
+                }
+                schedule.dead = txn.open_table(DEAD).store(path)?.len().store(path)?;
+            }
+            txn.commit().store(path)?;
+            schedule
+        };
+        metrics.depth.set(schedule.pending.len() as i64);
+        metrics.dead_letters.set(schedule.dead as i64);
+        let (ops, receiver) = mpsc::sync_channel(settings.queue.max(1));
+        let shared = Arc::new(Shared {
+            db,
+            path: path.to_path_buf(),
+            schedule: Mutex::new(schedule),
+            wakeup: Arc::new(Notify::new()),
+            metrics,
+            settings,
+        });
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("trackgate-outbox".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(OutboxError::Thread)?;
+        Ok(RedbOutbox { shared, ops })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn ask(
+        &self,
+        op: impl FnOnce(SyncSender<Result<(), OutboxError>>) -> Op,
+    ) -> Result<(), OutboxError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.ops.send(op(tx)).map_err(|_| OutboxError::WriterGone)?;
+        rx.recv().map_err(|_| OutboxError::WriterGone)?
+    }
+
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        let txn = self.shared.db.begin_read().store(&self.shared.path)?;
+        read(&txn)
+    }
+}
+
+impl Shared {
+    fn schedule(&self) -> MutexGuard<'_, Schedule> {
+        // A panic while holding the lock leaves a consistent schedule: every change is a
+        // single insert or remove.
+        self.schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The writer loop: gather a group, commit it, publish the result.
+    fn run(self: Arc<Self>, ops: Receiver<Op>) {
+        let mut last_prune = Instant::now();
+        loop {
+            let first = match ops.recv_timeout(Duration::from_secs(1)) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.refresh_gauges();
+                    if last_prune.elapsed() > Duration::from_secs(60) {
+                        last_prune = Instant::now();
+                        self.commit(Vec::new(), true);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut group = vec![first];
+            let deadline = Instant::now() + self.settings.group_interval;
+            while group.len() < self.settings.group_records {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match ops.recv_timeout(left) {
+                    Ok(op) => group.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group, false);
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        let s = self.schedule();
+        self.metrics.depth.set(s.pending.len() as i64);
+        self.metrics.in_flight.set(s.claimed.len() as i64);
+        self.metrics.dead_letters.set(s.dead as i64);
+        let oldest = s
+            .pending
+            .values()
+            .next()
+            .map(|(_, enqueued)| now_ms().saturating_sub(*enqueued) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        self.metrics.oldest_pending_age.set(oldest);
+    }
+
+    fn commit(&self, group: Vec<Op>, prune: bool) {
+        let started = Instant::now();
+        let count = group.len();
+        let mut after = Vec::new();
+        let mut replies = Vec::new();
+        let outcome = self.apply(group, prune, &mut after, &mut replies);
+        match outcome {
+            Ok(()) => {
+                self.metrics.commits.inc();
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.batch_records.observe(count as f64);
+                let mut s = self.schedule();
+                for change in after {
+                    change.publish(&mut s, &self.metrics);
+                }
+                drop(s);
+                for (reply, result) in replies {
+                    reply.send(result);
+                }
+            }
+            Err(error) => {
+                // Nothing of the group is on disk: enqueues are lost (counted), settled records
+                // stay claimed until restart, when they are offered again.
+                tracing::error!(%error, operations = count, "outbox commit failed");
+                for change in after {
+                    if let Change::Stored { .. } = change {
+                        self.metrics.enqueued("failed");
+                    }
+                }
+                for (reply, _) in replies {
+                    reply.send(Err(OutboxError::WriterGone));
+                }
+            }
+        }
+        self.refresh_gauges();
+        self.wakeup.notify_one();
+    }
+
+    fn apply(
+        &self,
+        group: Vec<Op>,
+        prune: bool,
+        after: &mut Vec<Change>,
+        replies: &mut Vec<(Reply, Result<(), OutboxError>)>,
+    ) -> Result<(), OutboxError> {
+        let path = &self.path;
+        let now = now_ms();
+        let txn = self.db.begin_write().store(path)?;
+        {
+            let mut pending = txn.open_table(PENDING).store(path)?;
+            let mut pending_keys = txn.open_table(PENDING_KEYS).store(path)?;
+            let mut delivered = txn.open_table(DELIVERED).store(path)?;
+            let mut delivered_at = txn.open_table(DELIVERED_AT).store(path)?;
+            let mut dead = txn.open_table(DEAD).store(path)?;
+            let mut dead_keys = txn.open_table(DEAD_KEYS).store(path)?;
+            let mut meta = txn.open_table(META).store(path)?;
+            let mut next_seq = meta
+                .get("next_seq")
+                .store(path)?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            let mut pending_count = self.schedule().pending.len() as u64;
+            for op in group {
+                match op {
+                    Op::Enqueue(decision, at) => {
+                        let key = dedup_key(&decision);
+                        let k = key.as_u128();
+                        if pending_keys.get(k).store(path)?.is_some()
+                            || delivered.get(k).store(path)?.is_some()
+                            || dead_keys.get(k).store(path)?.is_some()
+                        {
+                            after.push(Change::Duplicate);
+                            continue;
+                        }
+                        if pending_count >= self.settings.max_pending {
+                            after.push(Change::Refused);
+                            continue;
+                        }
+                        let mut decision = *decision;
+                        decision.explanation.clear();
+                        let record = Record {
+                            seq: next_seq,
+                            key,
+                            enqueued_ms: at,
+                            attempts: 0,
+                            next_attempt_ms: at,
+                            last_error: None,
+                            decision,
+                        };
+                        next_seq += 1;
+                        pending_count += 1;
+                        pending
+                            .insert(record.seq, serde_json::to_vec(&record)?.as_slice())
+                            .store(path)?;
+                        pending_keys.insert(k, record.seq).store(path)?;
+                        after.push(Change::Stored {
+                            seq: record.seq,
+                            next: at,
+                            enqueued: at,
+                        });
+                    }
+                    Op::Settle(record, settlement) => {
+                        let seq = record.seq;
+                        if pending.get(seq).store(path)?.is_none() {
+                            // Skipped while in flight.
+                            after.push(Change::Released { seq });
+                            continue;
+                        }
+                        match settlement {
+                            Settlement::Delivered => {
+                                pending.remove(seq).store(path)?;
+                                pending_keys.remove(record.key.as_u128()).store(path)?;
+                                delivered.insert(record.key.as_u128(), now).store(path)?;
+                                delivered_at
+                                    .insert((now, record.key.as_u128()), ())
+                                    .store(path)?;
+                                pending_count = pending_count.saturating_sub(1);
+                                after.push(Change::Removed {
+                                    seq,
+                                    result: "delivered",
+                                });
+                            }
+                            Settlement::Retry {
+                                at_ms,
+                                counted,
+                                error,
+                            } => {
+                                let mut r = *record;
+                                r.attempts += u32::from(counted);
+                                r.next_attempt_ms = at_ms;
+                                r.last_error = Some(cut(error));
+                                pending
+                                    .insert(seq, serde_json::to_vec(&r)?.as_slice())
+                                    .store(path)?;
+                                after.push(Change::Rescheduled { seq, next: at_ms });
+                            }
+                            Settlement::Dead {
+                                status,
+                                response,
+                                error,
+                            } => {
+                                pending.remove(seq).store(path)?;
+                                pending_keys.remove(record.key.as_u128()).store(path)?;
+                                let key = record.key.as_u128();
+                                let letter = DeadLetter {
+                                    record: *record,
+                                    failed_ms: now,
+                                    status,
+                                    response: response.map(cut),
+                                    error: cut(error),
+                                };
+                                dead.insert(seq, serde_json::to_vec(&letter)?.as_slice())
+                                    .store(path)?;
+                                dead_keys.insert(key, seq).store(path)?;
+                                pending_count = pending_count.saturating_sub(1);
+                                after.push(Change::Dead { seq });
+                            }
+                        }
+                    }
+                    Op::Retry(key, reply) => {
+                        let k = key.as_u128();
+                        let Some(seq) = dead_keys.remove(k).store(path)?.map(|v| v.value()) else {
+                            replies.push((
+                                Reply(reply),
+                                Err(OutboxError::NotFound {
+                                    what: "dead-letter",
+                                    id: key,
+                                }),
+                            ));
+                            continue;
+                        };
+                        let letter = dead.remove(seq).store(path)?;
+                        let Some(letter) = letter else { continue };
+                        let letter: DeadLetter = serde_json::from_slice(letter.value())?;
+                        let mut record = letter.record;
+                        record.attempts = 0;
+                        record.next_attempt_ms = now;
+                        pending
+                            .insert(seq, serde_json::to_vec(&record)?.as_slice())
+                            .store(path)?;
+                        pending_keys.insert(k, seq).store(path)?;
+                        pending_count += 1;
+                        after.push(Change::Revived {
+                            seq,
+                            next: now,
+                            enqueued: record.enqueued_ms,
+                        });
+                        replies.push((Reply(reply), Ok(())));
+                    }
+                    Op::Skip(key, reply) => {
+                        let k = key.as_u128();
+                        let found = if let Some(seq) =
+                            pending_keys.remove(k).store(path)?.map(|v| v.value())
+                        {
+                            pending.remove(seq).store(path)?;
+                            pending_count = pending_count.saturating_sub(1);
+                            after.push(Change::Removed {
+                                seq,
+                                result: "skipped",
+                            });
+                            true
+                        } else if let Some(seq) = dead_keys.remove(k).store(path)?.map(|v| v.value())
+                        {
+                            dead.remove(seq).store(path)?;
+                            after.push(Change::Undead);
+                            true
+                        } else {
+                            false
+                        };
+                        if found {
+                            delivered.insert(k, now).store(path)?;
+                            delivered_at.insert((now, k), ()).store(path)?;
+                            replies.push((Reply(reply), Ok(())));
+                        } else {
+                            replies.push((
+                                Reply(reply),
+                                Err(OutboxError::NotFound {
+                                    what: "pending or dead-letter",
+                                    id: key,
+                                }),
+                            ));
+                        }
+                    }
+                    Op::Flush(reply) => after.push(Change::Flushed(reply)),
+                }
+            }
+            meta.insert("next_seq", next_seq).store(path)?;
+            if prune {
+                let horizon = now.saturating_sub(self.settings.delivered_window.as_millis() as u64);
+                let expired: Vec<(u64, u128)> = delivered_at
+                    .range(..(horizon, 0u128))
+                    .store(path)?
+                    .take(100_000)
+                    .filter_map(|e| e.ok().map(|(k, _)| k.value()))
+                    .collect();
+                for (at, key) in expired {
+                    delivered_at.remove((at, key)).store(path)?;
+                    delivered.remove(key).store(path)?;
+                }
+            }
+        }
+        txn.commit().store(path)?;
+        Ok(())
+    }
+}
+
+/// A caller waiting for its operation's commit.
+struct Reply(SyncSender<Result<(), OutboxError>>);
+
+impl Reply {
+    fn send(self, result: Result<(), OutboxError>) {
+        let _ = self.0.send(result);
+    }
+}
+
+/// What a committed operation changes in the in-memory schedule.
+enum Change {
+    Stored { seq: u64, next: u64, enqueued: u64 },
+    Revived { seq: u64, next: u64, enqueued: u64 },
+    Duplicate,
+    Refused,
+    Rescheduled { seq: u64, next: u64 },
+    Removed { seq: u64, result: &'static str },
+    Released { seq: u64 },
+    Dead { seq: u64 },
+    Undead,
+    Flushed(SyncSender<()>),
+}
+
+impl Change {
+    fn publish(self, s: &mut Schedule, metrics: &OutboxMetrics) {
+        match self {
+            Change::Stored {
+                seq,
+                next,
+                enqueued,
+            } => {
+                s.pending.insert(seq, (next, enqueued));
+                s.due.insert((next, seq));
+                metrics.enqueued("stored");
+            }
+            Change::Revived {
+                seq,
+                next,
+                enqueued,
+            } => {
+                s.pending.insert(seq, (next, enqueued));
+                s.due.insert((next, seq));
+                s.dead = s.dead.saturating_sub(1);
+            }
+            Change::Duplicate => metrics.enqueued("duplicate"),
+            Change::Refused => metrics.enqueued("refused"),
+            Change::Rescheduled { seq, next } => {
+                s.claimed.remove(&seq);
+                if let Some(entry) = s.pending.get_mut(&seq) {
+                    entry.0 = next;
+                    s.due.insert((next, seq));
+                }
+                metrics.settled("retry");
+            }
+            Change::Removed { seq, result } => {
+                if let Some((next, _)) = s.pending.remove(&seq) {
+                    s.due.remove(&(next, seq));
+                }
+                s.claimed.remove(&seq);
+                metrics.settled(result);
+            }
+            Change::Released { seq } => {
+                s.claimed.remove(&seq);
+            }
+            Change::Dead { seq } => {
+                s.pending.remove(&seq);
+                s.claimed.remove(&seq);
+                s.dead += 1;
+                metrics.settled("dead");
+            }
+            Change::Undead => s.dead = s.dead.saturating_sub(1),
+            Change::Flushed(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+impl Outbox for RedbOutbox {
+    fn submit(&self, decision: Decision) -> bool {
+        match self
+            .ops
+            .try_send(Op::Enqueue(Box::new(decision), now_ms()))
+        {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shared.metrics.enqueued("refused");
+                false
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<(), OutboxError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.ops
+            .send(Op::Flush(tx))
+            .map_err(|_| OutboxError::WriterGone)?;
+        rx.recv().map_err(|_| OutboxError::WriterGone)
+    }
+
+    fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Record>, OutboxError> {
+        let claimed: Vec<u64> = {
+            let mut s = self.shared.schedule();
+            let mut seqs = Vec::new();
+            while seqs.len() < limit {
+                match s.due.first().copied() {
+                    Some((next, seq)) if next <= now_ms => {
+                        s.due.remove(&(next, seq));
+                        s.claimed.insert(seq, next);
+                        seqs.push(seq);
+                    }
+                    _ => break,
+                }
+            }
+            seqs
+        };
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let path = &self.shared.path;
+        self.read(|txn| {
+            let pending = txn.open_table(PENDING).store(path)?;
+            let mut records = Vec::with_capacity(claimed.len());
+            let mut gone = Vec::new();
+            for seq in claimed {
+                match pending.get(seq).store(path)? {
+                    Some(value) => records.push(serde_json::from_slice(value.value())?),
+                    None => gone.push(seq),
+                }
+            }
+            if !gone.is_empty() {
+                let mut s = self.shared.schedule();
+                for seq in gone {
+                    s.claimed.remove(&seq);
+                }
+            }
+            Ok(records)
+        })
+    }
+
+    fn settle(&self, record: &Record, settlement: Settlement) {
+        if self
+            .ops
+            .send(Op::Settle(Box::new(record.clone()), settlement))
+            .is_err()
+        {
+            // Stopping: the record stays pending in the file and is offered again at start.
+            tracing::warn!("outbox writer stopped before a settlement was recorded");
+        }
+    }
+
+    fn next_due_ms(&self) -> Option<u64> {
+        self.shared.schedule().due.first().map(|(next, _)| *next)
+    }
+
+    fn wakeup(&self) -> Arc<Notify> {
+        self.shared.wakeup.clone()
+    }
+
+    fn stats(&self) -> Result<Stats, OutboxError> {
+        let path = &self.shared.path;
+        let (pending, in_flight, dead, oldest) = {
+            let s = self.shared.schedule();
+            let oldest = s
+                .pending
+                .values()
+                .next()
+                .map(|(_, e)| now_ms().saturating_sub(*e) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            (
+                s.pending.len() as u64,
+                s.claimed.len() as u64,
+                s.dead,
+                oldest,
+            )
+        };
+        let (delivered_keys, next_seq) = self.read(|txn| {
+            let delivered = txn.open_table(DELIVERED).store(path)?.len().store(path)?;
+            let next = txn
+                .open_table(META)
+                .store(path)?
+                .get("next_seq")
+                .store(path)?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            Ok((delivered, next))
+        })?;
+        Ok(Stats {
+            pending,
+            in_flight,
+            dead,
+            delivered_keys,
+            oldest_pending_age_seconds: oldest,
+            next_seq,
+            file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        })
+    }
+
+    fn pending(&self, limit: usize) -> Result<Vec<Record>, OutboxError> {
+        let path = &self.shared.path;
+        self.read(|txn| {
+            let table = txn.open_table(PENDING).store(path)?;
+            let mut out = Vec::new();
+            for entry in table.iter().store(path)?.take(limit) {
+                let (_, v) = entry.store(path)?;
+                out.push(serde_json::from_slice(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, OutboxError> {
+        let path = &self.shared.path;
+        self.read(|txn| {
+            let table = txn.open_table(DEAD).store(path)?;
+            let mut out = Vec::new();
+            for entry in table.iter().store(path)?.take(limit) {
+                let (_, v) = entry.store(path)?;
+                out.push(serde_json::from_slice(v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn retry(&self, key: Uuid) -> Result<(), OutboxError> {
+        self.ask(|reply| Op::Retry(key, reply))
+    }
+
+    fn skip(&self, key: Uuid) -> Result<(), OutboxError> {
+        self.ask(|reply| Op::Skip(key, reply))
+    }
+}
