@@ -16,6 +16,12 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod delivery;
+pub use delivery::{
+    CrmConfig, DeliveryConfig, ExchangeAuthKind, OutboxConfig, RawCrm, RawDataverse, RawDelivery,
+    RawExchange, RawOutbox, RawWebhook, SinkConfig, SinkKind,
+};
+
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "TRACKGATE_";
 /// Separator between section and key in an environment override (`TRACKGATE_LIMITS__MAX_CONNECTIONS`).
@@ -79,6 +85,10 @@ pub struct RawConfig {
     pub autodiscover: RawAutodiscover,
     pub directory: RawDirectory,
     pub rules: RawRules,
+    pub outbox: RawOutbox,
+    pub delivery: RawDelivery,
+    pub crm: RawCrm,
+    pub exchange: RawExchange,
 }
 
 /// `[directory]`: where the CRM state the rules read comes from.
@@ -508,6 +518,11 @@ pub struct Config {
     pub autodiscover: AutodiscoverConfig,
     pub directory: DirectoryConfig,
     pub rules: RulesConfig,
+    pub outbox: OutboxConfig,
+    pub delivery: DeliveryConfig,
+    pub crm: CrmConfig,
+    /// The Exchange service client for enrichment; `None` when no URL is configured.
+    pub exchange: Option<crate::exchange::ExchangeSettings>,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
 }
@@ -1000,7 +1015,20 @@ impl RawConfig {
             }
         };
 
+        let (outbox, delivery, crm, exchange) = delivery::validate(
+            &self.outbox,
+            &self.delivery,
+            &self.crm,
+            &self.exchange,
+            &data_dir,
+            &anchor,
+        )?;
+
         Ok(Config {
+            outbox,
+            delivery,
+            crm,
+            exchange,
             listener,
             inspect,
             autodiscover,

@@ -216,6 +216,48 @@ fn is_forward(subject: &str) -> bool {
 }
 
 impl<'a> Run<'a> {
+    /// Decides again with the message delivery fetched from Exchange, for a track that lacked
+    /// the content to apply the filter or derive the CRM id: the same trigger and mailbox, the
+    /// fetched fields (folder, categories, recipients, Message-ID).
+    pub fn enriched(&self, provisional: &Decision, fetched: &Message) -> Decision {
+        let origin = Origin {
+            mailbox: provisional.mailbox.clone(),
+            source: if provisional.operation.starts_with(char::is_lowercase) {
+                crate::inspect::model::Source::Graph
+            } else {
+                crate::inspect::model::Source::Ews
+            },
+            operation: provisional.operation.clone(),
+        };
+        let mut d = self.new_decision(&provisional.observation, &origin, Some(fetched));
+        let Some(mailbox) = self.mailbox(&origin) else {
+            self.unknown_mailbox(&mut d);
+            return d;
+        };
+        let trigger = match provisional.observation.as_str() {
+            "message_sent" => Trigger::Sent,
+            "message_moved" | "message_copied" => Trigger::Moved,
+            "categories_changed" => Trigger::Categorized,
+            _ => Trigger::Seen {
+                initial_sync: false,
+            },
+        };
+        let view = View {
+            message: fetched,
+            tracked: None,
+            settled: false,
+        };
+        self.fill_from_summary(&mut d, &view);
+        self.evaluate(&mut d, mailbox, &view, trigger);
+        // What Exchange returned is complete: no second fetch.
+        d.needs_enrichment = false;
+        if d.reason == Reason::NeedsEnrichment {
+            d.verdict = Verdict::Ignore;
+            d.reason = Reason::RecipientsNotInFilter;
+        }
+        d
+    }
+
     pub fn observation(&self, observation: &Observation) -> Vec<Decision> {
         match observation {
             Observation::MessageSeen {

@@ -41,6 +41,19 @@ impl Engine {
         }
     }
 
+    /// Decides a provisional track again with the message delivery fetched (see
+    /// `needs_enrichment`).
+    pub fn enriched(&self, provisional: &Decision, fetched: &crate::inspect::Message) -> Decision {
+        let dir = self.directory.guard();
+        engine::Run {
+            dir: &dir,
+            memory: &self.memory,
+            mode: Mode::APPLY,
+            limits: self.limits,
+        }
+        .enriched(provisional, fetched)
+    }
+
     /// Decides one observation. Observations that only feed the memory (folders) or that the
     /// rules do not track (contacts, appointments, tasks) yield no decisions.
     pub fn decide(&self, observation: &Observation, mode: Mode) -> Vec<Decision> {

@@ -1,6 +1,7 @@
 //! Simulators for the services trackgate talks to but cannot run here. They speak the real wire
 //! protocol over real sockets and serve the embedded default, the tests and the benchmarks.
 
+pub mod dataverse;
 pub mod exchange;
 pub mod fixtures;
 pub mod ntlm;
@@ -10,3 +11,4 @@ pub use exchange::{
     AuthMode, ExchangeSimulator, Faults, PatternBody, PatternChecker, SimStats, SimulatorOptions,
 };
 pub use fixtures::FixtureSet;
+pub use dataverse::{DataverseFaults, DataverseOptions, DataverseSimulator};

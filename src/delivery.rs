@@ -1,0 +1,436 @@
+//! Delivery: the last stage. Claims due records from the outbox with bounded concurrency,
+//! enriches what the traffic did not show (through `exchange`), maps each decision to a
+//! document (`crm::mapping`), sends it to the sink and settles the record:
+//! delivered → it leaves the outbox; 429 → the whole sink pauses until `Retry-After`;
+//! unavailable (network, 502–504, 401) → the whole sink backs off, attempts not counted;
+//! a failure of the record (500, 408) → exponential backoff with jitter, counted, dead letter
+//! after `max_attempts`; a permanent 4xx → dead letter with the response kept.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::crm::mapping::{self, BodyPolicy, TrackedEmail};
+use crate::crm::{Outcome, Sink};
+use crate::exchange::ExchangeClient;
+use crate::outbox::{Outbox, Record, Settlement, now_ms};
+use crate::rules::Engine;
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Requests in flight to the sink at once (Dataverse allows 52 per application user).
+    pub concurrency: usize,
+    /// Records per sink call (`$batch` size for Dataverse; 1 = no batching).
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub body: BodyPolicy,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            concurrency: 8,
+            batch_size: 1,
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            body: BodyPolicy::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    sink: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryMetrics {
+    outcomes: Family<OutcomeLabels, Counter>,
+    enrichments: Family<ResultLabels, Counter>,
+    pub paused: Gauge,
+    pub latency: Histogram,
+}
+
+impl DeliveryMetrics {
+    pub fn register(registry: &mut Registry) -> DeliveryMetrics {
+        let m = DeliveryMetrics {
+            outcomes: Family::default(),
+            enrichments: Family::default(),
+            paused: Gauge::default(),
+            latency: Histogram::new(
+                [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0].into_iter(),
+            ),
+        };
+        let r = registry.sub_registry_with_prefix("delivery");
+        r.register(
+            "outcomes",
+            "Sink answers per record, by sink and outcome (delivered, throttled, unavailable, failed, rejected)",
+            m.outcomes.clone(),
+        );
+        r.register(
+            "enrichments",
+            "Messages fetched from Exchange before mapping, by result",
+            m.enrichments.clone(),
+        );
+        r.register(
+            "paused",
+            "1 while the sink is paused (throttled or unavailable)",
+            m.paused.clone(),
+        );
+        r.register(
+            "latency_seconds",
+            "From the decision's commit to the sink's confirmation",
+            m.latency.clone(),
+        );
+        m
+    }
+
+    fn outcome(&self, sink: &'static str, outcome: &'static str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels { sink, outcome })
+            .inc();
+    }
+
+    fn enrichment(&self, result: &'static str) {
+        self.enrichments.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+/// The sink-wide pause: until when, and how many outages in a row.
+#[derive(Debug, Default)]
+struct Pause {
+    until: Option<Instant>,
+    outages: u32,
+}
+
+pub struct Delivery {
+    outbox: Arc<dyn Outbox>,
+    sink: Arc<Sink>,
+    exchange: Option<Arc<ExchangeClient>>,
+    engine: Arc<Engine>,
+    settings: DeliverySettings,
+    metrics: DeliveryMetrics,
+    pause: Mutex<Pause>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("sink", &self.sink.name())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub fn new(
+        outbox: Arc<dyn Outbox>,
+        sink: Arc<Sink>,
+        exchange: Option<Arc<ExchangeClient>>,
+        engine: Arc<Engine>,
+        settings: DeliverySettings,
+        metrics: DeliveryMetrics,
+    ) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            outbox,
+            sink,
+            exchange,
+            engine,
+            settings,
+            metrics,
+            pause: Mutex::new(Pause::default()),
+        })
+    }
+
+    /// Runs until `stop` turns true, then waits up to `grace` for requests in flight.
+    pub fn spawn(self: &Arc<Self>, stop: watch::Receiver<bool>, grace: Duration) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.run(stop, grace).await })
+    }
+
+    fn paused_for(&self) -> Option<Duration> {
+        let pause = self.pause.lock().ok()?;
+        let left = pause.until?.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
+    fn pause_until(&self, until: Instant) {
+        if let Ok(mut p) = self.pause.lock()
+            && p.until.is_none_or(|u| u < until)
+        {
+            p.until = Some(until);
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, grace: Duration) {
+        let concurrency = self.settings.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let wake = self.outbox.wakeup();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if let Some(left) = self.paused_for() {
+                self.metrics.paused.set(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(left) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            self.metrics.paused.set(0);
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stop.changed() => continue,
+            };
+            let records = match self
+                .outbox
+                .claim_due(now_ms(), self.settings.batch_size.max(1))
+            {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            if records.is_empty() {
+                drop(permit);
+                let wait = self
+                    .outbox
+                    .next_due_ms()
+                    .map(|at| at.saturating_sub(now_ms()))
+                    .unwrap_or(1000)
+                    .clamp(1, 1000);
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.deliver(records).await;
+                drop(permit);
+            });
+        }
+        // Let requests in flight finish; what does not is offered again at the next start.
+        let _ = tokio::time::timeout(grace, permits.acquire_many(concurrency as u32)).await;
+    }
+
+    /// Enriches, maps and sends claimed records, then settles each.
+    async fn deliver(&self, records: Vec<Record>) {
+        let mut ready: Vec<(Record, TrackedEmail)> = Vec::with_capacity(records.len());
+        for record in records {
+            match self.prepare(&record).await {
+                Ok(Some(doc)) => ready.push((record, doc)),
+                Ok(None) => self.outbox.settle(&record, Settlement::Delivered),
+                Err(settlement) => self.outbox.settle(&record, settlement),
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        if let Some(left) = self.paused_for() {
+            // Another worker met a 429 or an outage while these were being prepared.
+            let at = now_ms() + left.as_millis() as u64;
+            for (record, _) in &ready {
+                self.outbox.settle(
+                    record,
+                    Settlement::Retry {
+                        at_ms: at,
+                        counted: false,
+                        error: "sink paused".into(),
+                    },
+                );
+            }
+            return;
+        }
+        let docs: Vec<TrackedEmail> = ready.iter().map(|(_, d)| d.clone()).collect();
+        let outcomes = self.sink.deliver(&docs).await;
+        let sink = self.sink.name();
+        for ((record, _), outcome) in ready.iter().zip(outcomes) {
+            self.metrics.outcome(sink, outcome.label());
+            let settlement = self.settlement(record, outcome);
+            if settlement == Settlement::Delivered {
+                self.metrics
+                    .latency
+                    .observe(now_ms().saturating_sub(record.enqueued_ms) as f64 / 1000.0);
+            }
+            self.outbox.settle(record, settlement);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.settings.backoff_base.as_secs_f64();
+        let raw = base * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+        let capped = raw.min(self.settings.backoff_max.as_secs_f64());
+        // ±20 % jitter so retries of a burst spread out.
+        let jitter = 0.8 + 0.4 * rand::random::<f64>();
+        Duration::from_secs_f64(capped * jitter)
+    }
+
+    fn settlement(&self, record: &Record, outcome: Outcome) -> Settlement {
+        let now = now_ms();
+        if !matches!(outcome, Outcome::Unavailable { .. })
+            && let Ok(mut p) = self.pause.lock()
+        {
+            p.outages = 0;
+        }
+        match outcome {
+            Outcome::Delivered => Settlement::Delivered,
+            Outcome::Throttled { retry_after } => {
+                self.pause_until(Instant::now() + retry_after);
+                tracing::warn!(
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "CRM throttled (429): pausing the sink"
+                );
+                Settlement::Retry {
+                    at_ms: now + retry_after.as_millis() as u64,
+                    counted: false,
+                    error: "throttled (429)".into(),
+                }
+            }
+            Outcome::Unavailable { error } => {
+                let outages = self
+                    .pause
+                    .lock()
+                    .map(|mut p| {
+                        p.outages += 1;
+                        p.outages
+                    })
+                    .unwrap_or(1);
+                let wait = self.backoff(outages);
+                self.pause_until(Instant::now() + wait);
+                tracing::warn!(%error, outages, wait_ms = wait.as_millis() as u64, "CRM unavailable: backing off");
+                Settlement::Retry {
+                    at_ms: now + wait.as_millis() as u64,
+                    counted: false,
+                    error,
+                }
+            }
+            Outcome::Failed { status, error } => {
+                let attempts = record.attempts + 1;
+                if attempts >= self.settings.max_attempts {
+                    Settlement::Dead {
+                        status,
+                        response: None,
+                        error: format!("gave up after {attempts} attempts: {error}"),
+                    }
+                } else {
+                    Settlement::Retry {
+                        at_ms: now + self.backoff(attempts).as_millis() as u64,
+                        counted: true,
+                        error,
+                    }
+                }
+            }
+            Outcome::Rejected {
+                status,
+                response,
+                error,
+            } => Settlement::Dead {
+                status: Some(status),
+                response: Some(response),
+                error,
+            },
+        }
+    }
+
+    /// The document for a record: `Ok(None)` when enrichment showed it is not tracked after all.
+    async fn prepare(&self, record: &Record) -> Result<Option<TrackedEmail>, Settlement> {
+        let mut decision = record.decision.clone();
+        let mut body = None;
+        let wants_body = self.settings.body != BodyPolicy::None && !decision.update_regarding;
+        let target = decision.mailbox.clone().zip(decision.item_id.clone());
+        match (&self.exchange, target) {
+            (Some(client), Some((mailbox, item_id)))
+                if decision.needs_enrichment || wants_body =>
+            {
+                let graph = decision.operation.starts_with(char::is_lowercase);
+                let html = self.settings.body == BodyPolicy::Full;
+                match client.fetch(&mailbox, &item_id, graph, html).await {
+                    Ok(fetched) => {
+                        self.metrics.enrichment("fetched");
+                        if decision.needs_enrichment {
+                            let decided = self.engine.enriched(&decision, &fetched.message);
+                            if !decided.is_track() {
+                                self.metrics.enrichment("not_tracked");
+                                tracing::debug!(reason = decided.reason.as_str(), "not tracked after enrichment");
+                                return Ok(None);
+                            }
+                            decision = decided;
+                        }
+                        body = fetched.body;
+                    }
+                    Err(error) if error.is_transient() => {
+                        self.metrics.enrichment("retry");
+                        let attempts = record.attempts + 1;
+                        return Err(if attempts >= self.settings.max_attempts {
+                            Settlement::Dead {
+                                status: None,
+                                response: None,
+                                error: format!("enrichment gave up: {error}"),
+                            }
+                        } else {
+                            Settlement::Retry {
+                                at_ms: now_ms() + self.backoff(attempts).as_millis() as u64,
+                                counted: true,
+                                error: format!("enrichment: {error}"),
+                            }
+                        });
+                    }
+                    Err(error) if decision.needs_enrichment => {
+                        self.metrics.enrichment("failed");
+                        return Err(Settlement::Dead {
+                            status: None,
+                            response: None,
+                            error: format!("enrichment: {error}"),
+                        });
+                    }
+                    Err(error) => {
+                        // The body is a nicety; the email still goes.
+                        self.metrics.enrichment("failed");
+                        tracing::debug!(%error, "body not fetched");
+                    }
+                }
+            }
+            (None, _) if decision.needs_enrichment && decision.crm_id.is_none() => {
+                return Err(Settlement::Dead {
+                    status: None,
+                    response: None,
+                    error: "the traffic did not show this message's content and no Exchange service client ([exchange]) is configured to fetch it".into(),
+                });
+            }
+            _ => {}
+        }
+        let mut doc = mapping::tracked_email(&decision, record.key, body, self.settings.body)
+            .map_err(|e| Settlement::Dead {
+                status: None,
+                response: None,
+                error: e.to_string(),
+            })?;
+        doc.caller = decision
+            .mailbox
+            .as_deref()
+            .and_then(|m| self.engine.directory().guard().owner_object_id(m));
+        Ok(Some(doc))
+    }
+}

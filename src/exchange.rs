@@ -1,0 +1,359 @@
+//! The service-side Exchange client delivery uses for enrichment: it fetches a message the
+//! traffic did not show in full (a move, category change or send of an item never seen) and
+//! its body — EWS `GetItem` with `ExchangeImpersonation` (Basic or OAuth client credentials),
+//! or Graph `GET /users/{mailbox}/messages/{id}` app-only. Answers are read by the same
+//! parsers that inspect the traffic, so fields are normalised the same way.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::Secret;
+use crate::crm::mapping::Body;
+use crate::crm::oauth::{ClientCredentials, TokenSource};
+use crate::inspect::xml::{Tree, XmlLimits};
+use crate::inspect::{self, InspectLimits, Message, Observation};
+
+/// Largest answer read.
+const MAX_ANSWER: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("Exchange unreachable: {0}")]
+    Unreachable(String),
+    #[error("Exchange answered HTTP {0}")]
+    Status(u16),
+    #[error("Exchange did not return the item (response code {0})")]
+    NotFound(String),
+    #[error("cannot read Exchange's answer: {0}")]
+    Unreadable(String),
+    #[error("no Exchange service endpoint configured for {0}")]
+    NotConfigured(&'static str),
+    #[error("cannot get a token for Exchange: {0}")]
+    Token(String),
+}
+
+impl ExchangeError {
+    /// Whether trying again later may help (the item may also never come back: 404s count).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ExchangeError::Unreachable(_) | ExchangeError::Token(_) => true,
+            ExchangeError::Status(s) => *s == 429 || *s >= 500 || *s == 401,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ExchangeAuth {
+    Basic { username: String, password: Secret },
+    OAuth(ClientCredentials),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeSettings {
+    /// `https://mail.example.com/EWS/Exchange.asmx`.
+    pub ews_url: Option<String>,
+    /// `https://graph.microsoft.com` (no version).
+    pub graph_url: Option<String>,
+    pub auth: ExchangeAuth,
+    pub timeout: Duration,
+}
+
+/// What a fetch returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fetched {
+    pub message: Message,
+    pub body: Option<Body>,
+}
+
+#[derive(Debug)]
+pub struct ExchangeClient {
+    http: reqwest::Client,
+    settings: ExchangeSettings,
+    tokens: Option<TokenSource>,
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The `GetItem` request for one item as the mailbox owner.
+pub fn get_item_request(mailbox: &str, item_id: &str, html: bool) -> String {
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#,
+            r#"<soap:Header><t:RequestServerVersion Version="Exchange2013_SP1"/>"#,
+            r#"<t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{mailbox}</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></soap:Header>"#,
+            r#"<soap:Body><m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:BodyType>{body}</t:BodyType>"#,
+            r#"<t:AdditionalProperties><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURI FieldURI="item:ParentFolderId"/><t:FieldURI FieldURI="item:Categories"/><t:FieldURI FieldURI="message:ToRecipients"/><t:FieldURI FieldURI="message:CcRecipients"/><t:FieldURI FieldURI="message:From"/></t:AdditionalProperties>"#,
+            r#"</m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem></soap:Body></soap:Envelope>"#
+        ),
+        mailbox = xml_escape(mailbox),
+        id = xml_escape(item_id),
+        body = if html { "HTML" } else { "Text" },
+    )
+}
+
+impl ExchangeClient {
+    pub fn new(http: reqwest::Client, settings: ExchangeSettings) -> ExchangeClient {
+        let tokens = match &settings.auth {
+            ExchangeAuth::OAuth(c) => Some(TokenSource::new(http.clone(), c.clone())),
+            ExchangeAuth::Basic { .. } => None,
+        };
+        ExchangeClient {
+            http,
+            settings,
+            tokens,
+        }
+    }
+
+    async fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ExchangeError> {
+        Ok(match (&self.settings.auth, &self.tokens) {
+            (ExchangeAuth::Basic { username, password }, _) => {
+                request.basic_auth(username, Some(password.expose()))
+            }
+            (ExchangeAuth::OAuth(_), Some(tokens)) => request.bearer_auth(
+                tokens
+                    .token()
+                    .await
+                    .map_err(|e| ExchangeError::Token(e.to_string()))?,
+            ),
+            (ExchangeAuth::OAuth(_), None) => request,
+        })
+    }
+
+    /// Fetches one message of a mailbox. `graph_id` says the id came from Graph traffic (Graph
+    /// and EWS spell ids differently).
+    pub async fn fetch(
+        &self,
+        mailbox: &str,
+        item_id: &str,
+        graph_id: bool,
+        html: bool,
+    ) -> Result<Fetched, ExchangeError> {
+        match (graph_id, &self.settings.graph_url, &self.settings.ews_url) {
+            (true, Some(graph), _) => self.fetch_graph(graph, mailbox, item_id, html).await,
+            (_, _, Some(ews)) => self.fetch_ews(ews, mailbox, item_id, html).await,
+            (false, Some(graph), None) => self.fetch_graph(graph, mailbox, item_id, html).await,
+            (true, None, None) | (false, None, None) => {
+                Err(ExchangeError::NotConfigured("this item"))
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, Vec<(String, String)>, Bytes), ExchangeError> {
+        let response = self
+            .authorize(request.timeout(self.settings.timeout))
+            .await?
+            .send()
+            .await
+            .map_err(|e| {
+                ExchangeError::Unreachable(if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    "cannot connect".into()
+                })
+            })?;
+        let status = response.status().as_u16();
+        if status == 401
+            && let Some(t) = &self.tokens
+        {
+            t.invalidate().await;
+        }
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        if response.content_length().unwrap_or(0) > MAX_ANSWER as u64 {
+            return Err(ExchangeError::Unreadable("answer too large".into()));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|_| ExchangeError::Unreachable("answer cut off".into()))?;
+        if body.len() > MAX_ANSWER {
+            return Err(ExchangeError::Unreadable("answer too large".into()));
+        }
+        Ok((status, headers, body))
+    }
+
+    async fn fetch_ews(
+        &self,
+        url: &str,
+        mailbox: &str,
+        item_id: &str,
+        html: bool,
+    ) -> Result<Fetched, ExchangeError> {
+        let request = get_item_request(mailbox, item_id, html);
+        let (status, headers, body) = self
+            .read(
+                self.http
+                    .post(url)
+                    .header("Content-Type", "text/xml; charset=utf-8")
+                    .header("X-AnchorMailbox", mailbox)
+                    .body(request.clone()),
+            )
+            .await?;
+        if status != 200 && status != 500 {
+            return Err(ExchangeError::Status(status));
+        }
+        let capture = inspect::capture_from_parts(
+            "POST",
+            "/EWS/Exchange.asmx",
+            &[("X-AnchorMailbox".into(), mailbox.into())],
+            Bytes::from(request),
+            status,
+            &headers,
+            body.clone(),
+        );
+        let inspected = inspect::inspect(&capture, InspectLimits::default())
+            .map_err(|e| ExchangeError::Unreadable(e.to_string()))?;
+        let message = first_message(inspected.observations).ok_or_else(|| {
+            ExchangeError::NotFound(
+                inspected
+                    .failures
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "no message in the answer".into()),
+            )
+        })?;
+        let body = Tree::parse(&body, XmlLimits::default())
+            .ok()
+            .and_then(|tree| {
+                let mut found = Vec::new();
+                tree.root().descendants("Body", &mut found);
+                found.into_iter().next().map(|node| Body {
+                    content_type: if node
+                        .attr("BodyType")
+                        .is_some_and(|t| t.eq_ignore_ascii_case("HTML"))
+                    {
+                        "html".into()
+                    } else {
+                        "text".into()
+                    },
+                    content: node.text().to_owned(),
+                })
+            });
+        Ok(Fetched { message, body })
+    }
+
+    async fn fetch_graph(
+        &self,
+        base: &str,
+        mailbox: &str,
+        item_id: &str,
+        html: bool,
+    ) -> Result<Fetched, ExchangeError> {
+        let path = format!(
+            "/v1.0/users/{}/messages/{}",
+            percent(mailbox),
+            percent(item_id)
+        );
+        let prefer = if html {
+            "outlook.body-content-type=\"html\""
+        } else {
+            "outlook.body-content-type=\"text\""
+        };
+        let (status, headers, body) = self
+            .read(
+                self.http
+                    .get(format!("{base}{path}"))
+                    .header("Prefer", prefer)
+                    .header("Accept", "application/json"),
+            )
+            .await?;
+        if status == 404 {
+            return Err(ExchangeError::NotFound("ErrorItemNotFound".into()));
+        }
+        if status != 200 {
+            return Err(ExchangeError::Status(status));
+        }
+        let capture = inspect::capture_from_parts(
+            "GET",
+            &path,
+            &[],
+            Bytes::new(),
+            status,
+            &headers,
+            body.clone(),
+        );
+        let inspected = inspect::inspect(&capture, InspectLimits::default())
+            .map_err(|e| ExchangeError::Unreadable(e.to_string()))?;
+        let message = first_message(inspected.observations)
+            .ok_or_else(|| ExchangeError::NotFound("no message in the answer".into()))?;
+        #[derive(serde::Deserialize)]
+        struct GraphBody {
+            body: Option<GraphContent>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct GraphContent {
+            content_type: Option<String>,
+            content: Option<String>,
+        }
+        let body = serde_json::from_slice::<GraphBody>(&body)
+            .ok()
+            .and_then(|b| b.body)
+            .and_then(|c| {
+                Some(Body {
+                    content_type: c
+                        .content_type
+                        .unwrap_or_else(|| "text".into())
+                        .to_ascii_lowercase(),
+                    content: c.content?,
+                })
+            });
+        Ok(Fetched { message, body })
+    }
+}
+
+fn first_message(observations: Vec<Observation>) -> Option<Message> {
+    observations.into_iter().find_map(|o| match o {
+        Observation::MessageSeen { message, .. } => Some(message),
+        _ => None,
+    })
+}
+
+fn percent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_item_requests_escape_and_impersonate() {
+        let r = get_item_request("a&b@x.example", "AAM<=", true);
+        assert!(r.contains("<t:SmtpAddress>a&amp;b@x.example</t:SmtpAddress>"));
+        assert!(r.contains(r#"<t:ItemId Id="AAM&lt;="/>"#));
+        assert!(r.contains("<t:BodyType>HTML</t:BodyType>"));
+        assert!(Tree::parse(r.as_bytes(), XmlLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn graph_paths_are_percent_encoded() {
+        assert_eq!(percent("a@b.c"), "a%40b.c");
+        assert_eq!(percent("AA/B+C="), "AA%2FB%2BC=");
+    }
+}

@@ -1,0 +1,1183 @@
+//! The Dataverse simulator: the subset of the Dataverse Web API that trackgate uses, over real
+//! HTTP on loopback, for the embedded default's tests, the demo and the benches.
+//!
+//! - `POST …/token`: OAuth2 client credentials (checked when configured), bearer tokens.
+//! - `PATCH /api/data/v9.2/<set>(<id>)`: upsert; `If-None-Match: *` → 412 when it exists,
+//!   `If-Match: *` → 404 when it does not; `@odata.bind` values must name existing rows
+//!   (else 400, as Dataverse answers); deep insert of `email_activity_parties`.
+//! - `POST /<set>`, `GET /<set>(<id>)` with `$select`, `GET /<set>` with `$filter` equality
+//!   (`and`-joined), `$top`, `$select`, paging by `Prefer: odata.maxpagesize`, `DELETE`.
+//! - `POST /$batch`: multipart with change sets (atomic) and `Content-ID` references,
+//!   `Prefer: odata.continue-on-error`.
+//! - Control (no auth, loopback only): `POST /_sim/faults` (throttle with `Retry-After`, fail
+//!   with a status, stall, go down), `GET /_sim/records[?set=]`, `POST /_sim/records` (seed),
+//!   `GET /_sim/stats`, `GET /_sim/requests`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::crm::multipart::{self, BatchItem, HttpPart};
+use crate::directory::model::DirectoryDocument;
+
+/// Largest request body accepted (a full `$batch`).
+const MAX_BODY: usize = 64 << 20;
+/// Requests remembered for `/_sim/requests`.
+const MAX_LOG: usize = 100_000;
+
+/// Faults to inject, as set by `POST /_sim/faults`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataverseFaults {
+    /// Answer the next `count` API requests with 429 and this `Retry-After` (seconds, may be
+    /// fractional).
+    pub throttle: Option<Throttle>,
+    /// Answer the next `count` API requests with `status`.
+    pub fail: Option<Fail>,
+    /// Wait this long before answering each API request.
+    pub stall_ms: u64,
+    /// Refuse every connection (close at once) and drop open ones.
+    pub down: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throttle {
+    pub count: u32,
+    pub retry_after: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fail {
+    pub count: u32,
+    pub status: u16,
+}
+
+/// One API request as the simulator answered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedRequest {
+    pub at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+/// Counters for tests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataverseStats {
+    pub requests: u64,
+    pub throttled: u64,
+    pub failed: u64,
+    /// Rows created, per entity set.
+    pub created: BTreeMap<String, u64>,
+    /// Creates of an id that had been created before (after a delete): must stay 0.
+    pub recreated: u64,
+    pub batches: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataverseOptions {
+    pub api_path: String,
+    /// `(client_id, client_secret)` the token endpoint accepts; `None` accepts any and the API
+    /// then needs no token.
+    pub credentials: Option<(String, String)>,
+    /// Rows to start with (users, queues, contacts, accounts, leads, emails).
+    pub seed: Option<DirectoryDocument>,
+}
+
+impl Default for DataverseOptions {
+    fn default() -> Self {
+        DataverseOptions {
+            api_path: "/api/data/v9.2".into(),
+            credentials: None,
+            seed: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Store {
+    tables: HashMap<String, BTreeMap<Uuid, Map<String, Value>>>,
+    /// Every id ever created, per set.
+    ever: HashSet<(String, Uuid)>,
+    stats: DataverseStats,
+    log: Vec<LoggedRequest>,
+}
+
+/// An undo entry for change sets: the row before the write, and whether the write created it.
+struct Undo {
+    set: String,
+    id: Uuid,
+    before: Option<Map<String, Value>>,
+    created: bool,
+}
+
+struct Shared {
+    options: DataverseOptions,
+    store: Mutex<Store>,
+    faults: Mutex<DataverseFaults>,
+    tokens: Mutex<HashSet<String>>,
+    down: watch::Sender<bool>,
+    issued: AtomicU64,
+}
+
+pub struct DataverseSimulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for DataverseSimulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataverseSimulator")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+fn pk(set: &str) -> String {
+    match set {
+        "emails" => "activityid".into(),
+        s => {
+            let singular = if let Some(stem) = s.strip_suffix("ies") {
+                format!("{stem}y")
+            } else if let Some(stem) = s.strip_suffix("sses") {
+                format!("{stem}ss")
+            } else {
+                s.strip_suffix('s').unwrap_or(s).to_owned()
+            };
+            format!("{singular}id")
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::outbox::now_ms()
+}
+
+fn error(status: u16, code: &str, message: &str) -> (u16, Vec<(String, String)>, String) {
+    (
+        status,
+        vec![("Content-Type".into(), "application/json".into())],
+        json!({"error": {"code": code, "message": message}}).to_string(),
+    )
+}
+
+impl DataverseSimulator {
+    pub async fn start(
+        listen: SocketAddr,
+        options: DataverseOptions,
+    ) -> std::io::Result<DataverseSimulator> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let mut store = Store::default();
+        if let Some(doc) = &options.seed {
+            seed(&mut store, doc);
+        }
+        let shared = Arc::new(Shared {
+            options,
+            store: Mutex::new(store),
+            faults: Mutex::new(DataverseFaults::default()),
+            tokens: Mutex::new(HashSet::new()),
+            down: watch::channel(false).0,
+            issued: AtomicU64::new(0),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
+        Ok(DataverseSimulator {
+            addr,
+            shared,
+            stop,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The token endpoint, shaped like Entra ID's.
+    pub fn token_url(&self) -> String {
+        format!("{}/simulated-tenant/oauth2/v2.0/token", self.url())
+    }
+
+    pub fn set_faults(&self, faults: DataverseFaults) {
+        self.shared.set_faults(faults);
+    }
+
+    pub fn records(&self, set: &str) -> Vec<Map<String, Value>> {
+        self.shared
+            .store()
+            .tables
+            .get(set)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn seed_record(&self, set: &str, id: Uuid, fields: Map<String, Value>) {
+        insert_seed(&mut self.shared.store(), set, id, fields);
+    }
+
+    pub fn stats(&self) -> DataverseStats {
+        self.shared.store().stats.clone()
+    }
+
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.store().log.clone()
+    }
+
+    /// Tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.shared.issued.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn insert_seed(store: &mut Store, set: &str, id: Uuid, mut fields: Map<String, Value>) {
+    fields.insert(pk(set), Value::String(id.to_string()));
+    store
+        .tables
+        .entry(set.to_owned())
+        .or_default()
+        .insert(id, fields);
+}
+
+fn seed(store: &mut Store, doc: &DirectoryDocument) {
+    fn rows<T: Serialize>(store: &mut Store, set: &str, rows: &[T], id: impl Fn(&T) -> Uuid) {
+        for row in rows {
+            if let Ok(Value::Object(fields)) = serde_json::to_value(row) {
+                insert_seed(store, set, id(row), fields);
+            }
+        }
+    }
+    rows(store, "systemusers", &doc.systemusers, |r| r.systemuserid);
+    rows(store, "queues", &doc.queues, |r| r.queueid);
+    rows(store, "contacts", &doc.contacts, |r| r.contactid);
+    rows(store, "accounts", &doc.accounts, |r| r.accountid);
+    rows(store, "leads", &doc.leads, |r| r.leadid);
+    rows(store, "emails", &doc.emails, |r| r.activityid);
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn faults(&self) -> MutexGuard<'_, DataverseFaults> {
+        self.faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_faults(&self, faults: DataverseFaults) {
+        let down = faults.down;
+        *self.faults() = faults;
+        self.down.send_replace(down);
+    }
+
+    /// A fault to answer with instead of serving, and how long to stall first.
+    fn take_fault(&self) -> (Duration, Option<(u16, Vec<(String, String)>, String)>) {
+        let mut f = self.faults();
+        let stall = Duration::from_millis(f.stall_ms);
+        if let Some(t) = &mut f.throttle
+            && t.count > 0
+        {
+            t.count -= 1;
+            let retry = t.retry_after;
+            let (status, mut headers, body) = error(
+                429,
+                "0x80072322",
+                "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+            );
+            headers.push(("Retry-After".into(), format_retry(retry)));
+            return (stall, Some((status, headers, body)));
+        }
+        if let Some(fail) = &mut f.fail
+            && fail.count > 0
+        {
+            fail.count -= 1;
+            return (
+                stall,
+                Some(error(fail.status, "0x80040216", "An unexpected error occurred.")),
+            );
+        }
+        (stall, None)
+    }
+}
+
+fn format_retry(seconds: f64) -> String {
+    if seconds.fract() == 0.0 {
+        format!("{}", seconds as u64)
+    } else {
+        format!("{seconds}")
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        if *shared.down.borrow() {
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let mut stopped = stopped.clone();
+        let mut down = shared.down.subscribe();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stopped.changed() => {}
+                _ = down.wait_for(|d| *d) => {}
+            }
+        });
+    }
+}
+
+fn respond(status: u16, headers: Vec<(String, String)>, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            r.headers_mut().append(n, v);
+        }
+    }
+    r
+}
+
+fn json_response(status: u16, value: &impl Serialize) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        vec![("Content-Type".into(), "application/json".into())],
+        serde_json::to_string(value).unwrap_or_default(),
+    )
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let (s, h, b) = error(413, "0x8004431a", "request body too large");
+            return respond(s, h, b);
+        }
+    };
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if path.ends_with("/oauth2/v2.0/token") && parts.method == Method::POST {
+        return token(shared, &body);
+    }
+    if let Some(control) = path.strip_prefix("/_sim/") {
+        return control_endpoint(shared, &parts.method, control, &query, &body);
+    }
+    let api = shared.options.api_path.clone();
+    let Some(relative) = path.strip_prefix(api.as_str()) else {
+        let (s, h, b) = error(404, "0x80060888", "Resource not found for the segment.");
+        return respond(s, h, b);
+    };
+    if shared.options.credentials.is_some() {
+        let token = header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
+        let known = token.is_some_and(|t| {
+            shared
+                .tokens
+                .lock()
+                .map(|tokens| tokens.contains(&t))
+                .unwrap_or(false)
+        });
+        if !known {
+            let (s, h, b) = error(401, "0x80072560", "The user is not authenticated.");
+            return respond(s, h, b);
+        }
+    }
+    let (stall, fault) = shared.take_fault();
+    if !stall.is_zero() {
+        tokio::time::sleep(stall).await;
+    }
+    let (status, headers, text) = match fault {
+        Some(f) => {
+            let mut store = shared.store();
+            if f.0 == 429 {
+                store.stats.throttled += 1;
+            } else {
+                store.stats.failed += 1;
+            }
+            f
+        }
+        None => {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let mut store = shared.store();
+            if relative == "/$batch" && parts.method == Method::POST {
+                store.stats.batches += 1;
+                batch(
+                    &mut store,
+                    &api,
+                    header("content-type").as_deref().unwrap_or(""),
+                    header("prefer").as_deref().unwrap_or(""),
+                    &text,
+                )
+            } else {
+                let mut undo = Vec::new();
+                execute(
+                    &mut store,
+                    &api,
+                    &parts.method,
+                    relative,
+                    &query,
+                    &|n| header(n),
+                    &text,
+                    &HashMap::new(),
+                    &mut undo,
+                )
+                .1
+            }
+        }
+    };
+    let mut store = shared.store();
+    store.stats.requests += 1;
+    if store.log.len() < MAX_LOG {
+        store.log.push(LoggedRequest {
+            at_ms: now_ms(),
+            method: parts.method.to_string(),
+            path: relative.to_owned(),
+            status,
+        });
+    }
+    drop(store);
+    respond(status, headers, text)
+}
+
+fn token(shared: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
+    let form: HashMap<String, String> = String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((decode_form(k), decode_form(v)))
+        })
+        .collect();
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return json_response(400, &json!({"error": "unsupported_grant_type"}));
+    }
+    if let Some((id, secret)) = &shared.options.credentials
+        && (form.get("client_id") != Some(id) || form.get("client_secret") != Some(secret))
+    {
+        return json_response(401, &json!({"error": "invalid_client"}));
+    }
+    let n = shared.issued.fetch_add(1, Ordering::Relaxed) + 1;
+    let token = format!("simulated-token-{n}-{:016x}", rand::random::<u64>());
+    if let Ok(mut tokens) = shared.tokens.lock() {
+        tokens.insert(token.clone());
+    }
+    json_response(
+        200,
+        &json!({"token_type": "Bearer", "expires_in": 3599, "access_token": token}),
+    )
+}
+
+fn decode_form(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn control_endpoint(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    match (method, path) {
+        (&Method::POST, "faults") => match serde_json::from_slice::<DataverseFaults>(body) {
+            Ok(f) => {
+                shared.set_faults(f.clone());
+                json_response(200, &f)
+            }
+            Err(e) => json_response(400, &json!({"error": e.to_string()})),
+        },
+        (&Method::GET, "faults") => json_response(200, &*shared.faults()),
+        (&Method::GET, "records") => {
+            let store = shared.store();
+            let wanted = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("set="))
+                .map(decode_form);
+            let mut out = Map::new();
+            for (set, rows) in &store.tables {
+                if wanted.as_ref().is_none_or(|w| w == set) {
+                    out.insert(
+                        set.clone(),
+                        Value::Array(rows.values().cloned().map(Value::Object).collect()),
+                    );
+                }
+            }
+            json_response(200, &out)
+        }
+        (&Method::POST, "records") => {
+            #[derive(Deserialize)]
+            struct Seed {
+                set: String,
+                id: Uuid,
+                #[serde(default)]
+                fields: Map<String, Value>,
+            }
+            match serde_json::from_slice::<Seed>(body) {
+                Ok(s) => {
+                    insert_seed(&mut shared.store(), &s.set, s.id, s.fields);
+                    json_response(201, &json!({"seeded": s.id}))
+                }
+                Err(e) => json_response(400, &json!({"error": e.to_string()})),
+            }
+        }
+        (&Method::GET, "stats") => json_response(200, &shared.store().stats),
+        (&Method::GET, "requests") => json_response(200, &shared.store().log),
+        _ => json_response(404, &json!({"error": "unknown control endpoint"})),
+    }
+}
+
+/// `/emails(<id>)` → ("emails", Some(id)); `/emails` → ("emails", None).
+fn parse_target(relative: &str) -> Option<(String, Option<Uuid>)> {
+    let path = relative.strip_prefix('/')?;
+    match path.split_once('(') {
+        Some((set, rest)) => {
+            let key = rest.strip_suffix(')')?;
+            let id = Uuid::parse_str(key.trim_matches('\'')).ok()?;
+            valid_set(set).then(|| (set.to_owned(), Some(id)))
+        }
+        None => valid_set(path).then(|| (path.to_owned(), None)),
+    }
+}
+
+fn valid_set(set: &str) -> bool {
+    !set.is_empty()
+        && set.len() <= 64
+        && set.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Resolves an `@odata.bind` value (`/contacts(<id>)`, a full URL ending so, or `$n`).
+fn resolve_bind(
+    store: &Store,
+    value: &Value,
+    references: &HashMap<String, String>,
+) -> Result<(String, Uuid), String> {
+    let text = value.as_str().ok_or("a bind value must be a string")?;
+    let text = references.get(text).map(String::as_str).unwrap_or(text);
+    let tail = match text.rfind('/') {
+        Some(i) => &text[i..],
+        None => return Err(format!("cannot resolve the bind {text:?}")),
+    };
+    let (set, id) = parse_target(tail)
+        .and_then(|(s, id)| Some((s, id?)))
+        .ok_or_else(|| format!("cannot resolve the bind {text:?}"))?;
+    if store.tables.get(&set).is_some_and(|t| t.contains_key(&id)) {
+        Ok((set, id))
+    } else {
+        Err(format!(
+            "A record with the specified key values does not exist in {} entity",
+            set.trim_end_matches('s')
+        ))
+    }
+}
+
+/// Checks binds (also inside `email_activity_parties`) and turns them into stored lookups.
+fn resolve_row(
+    store: &Store,
+    body: &Map<String, Value>,
+    references: &HashMap<String, String>,
+) -> Result<Map<String, Value>, String> {
+    let mut row = Map::new();
+    for (key, value) in body {
+        if let Some(nav) = key.strip_suffix("@odata.bind") {
+            let (set, id) = resolve_bind(store, value, references)?;
+            row.insert(
+                format!("_{nav}_value"),
+                json!({"set": set, "id": id.to_string()}),
+            );
+        } else if key == "email_activity_parties" {
+            let parties = value
+                .as_array()
+                .ok_or("email_activity_parties must be an array")?;
+            let mut stored = Vec::new();
+            for party in parties {
+                let party = party.as_object().ok_or("an activity party must be an object")?;
+                let mask = party
+                    .get("participationtypemask")
+                    .and_then(Value::as_u64)
+                    .ok_or("participationtypemask is required")?;
+                if !(1..=13).contains(&mask) {
+                    return Err(format!("participationtypemask {mask} is not valid"));
+                }
+                let resolved = resolve_row(store, party, references)?;
+                if !resolved.keys().any(|k| k.starts_with("_partyid_")) && !party.contains_key("addressused") {
+                    return Err("an activity party needs partyid or addressused".into());
+                }
+                stored.push(Value::Object(resolved));
+            }
+            row.insert(key.clone(), Value::Array(stored));
+        } else {
+            row.insert(key.clone(), value.clone());
+        }
+    }
+    if let (Some(state), Some(status)) = (
+        row.get("statecode").and_then(Value::as_u64),
+        row.get("statuscode").and_then(Value::as_u64),
+    ) {
+        let valid = match state {
+            0 => [1, 8].contains(&status),
+            1 => [2, 3, 4, 6, 7].contains(&status),
+            2 => status == 5,
+            _ => false,
+        };
+        if !valid {
+            return Err(format!("statuscode {status} is not valid for statecode {state}"));
+        }
+    }
+    Ok(row)
+}
+
+type Answer = (u16, Vec<(String, String)>, String);
+
+/// Runs one API request against the store; returns the entity path it touched (for Content-ID
+/// references) and the answer.
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    store: &mut Store,
+    api: &str,
+    method: &Method,
+    relative: &str,
+    query: &str,
+    header: &dyn Fn(&str) -> Option<String>,
+    body: &str,
+    references: &HashMap<String, String>,
+    undo: &mut Vec<Undo>,
+) -> (Option<String>, Answer) {
+    let relative = references
+        .iter()
+        .find_map(|(r, target)| {
+            relative
+                .strip_prefix(r.as_str())
+                .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                .map(|rest| format!("{target}{rest}"))
+        })
+        .unwrap_or_else(|| relative.to_owned());
+    let Some((set, id)) = parse_target(&relative) else {
+        return (None, error(404, "0x80060888", "Resource not found for the segment."));
+    };
+    let entity_path = |id: Uuid| format!("/{set}({id})");
+    let created_headers = |id: Uuid| {
+        vec![(
+            "OData-EntityId".to_owned(),
+            format!("{api}/{set}({id})"),
+        )]
+    };
+    match (method.clone(), id) {
+        (Method::GET, Some(id)) => match store.tables.get(&set).and_then(|t| t.get(&id)) {
+            Some(row) => (
+                Some(entity_path(id)),
+                (
+                    200,
+                    vec![("Content-Type".into(), "application/json".into())],
+                    Value::Object(select(row, query)).to_string(),
+                ),
+            ),
+            None => (None, error(404, "0x80040217", &format!("{set} With Id = {id} Does Not Exist"))),
+        },
+        (Method::GET, None) => (None, query_set(store, api, &set, query, header)),
+        (Method::DELETE, Some(id)) => match store.tables.get_mut(&set).and_then(|t| t.remove(&id)) {
+            Some(before) => {
+                undo.push(Undo {
+                    set: set.clone(),
+                    id,
+                    before: Some(before),
+                    created: false,
+                });
+                (None, (204, Vec::new(), String::new()))
+            }
+            None => (None, error(404, "0x80040217", "Does Not Exist")),
+        },
+        (Method::PATCH, Some(id)) | (Method::POST, Some(id)) => {
+            write(store, &set, id, header, body, references, undo, method == Method::POST)
+                .map(|(id, a)| (Some(entity_path(id)), (a.0, [a.1, created_headers(id)].concat(), a.2)))
+                .unwrap_or_else(|a| (None, a))
+        }
+        (Method::POST, None) => {
+            let id = serde_json::from_str::<Map<String, Value>>(body)
+                .ok()
+                .and_then(|b| b.get(&pk(&set)).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok()))
+                .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid());
+            write(store, &set, id, header, body, references, undo, true)
+                .map(|(id, a)| (Some(entity_path(id)), (a.0, [a.1, created_headers(id)].concat(), a.2)))
+                .unwrap_or_else(|a| (None, a))
+        }
+        _ => (None, error(405, "0x80060888", "Method not allowed for this resource.")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write(
+    store: &mut Store,
+    set: &str,
+    id: Uuid,
+    header: &dyn Fn(&str) -> Option<String>,
+    body: &str,
+    references: &HashMap<String, String>,
+    undo: &mut Vec<Undo>,
+    create_only: bool,
+) -> Result<(Uuid, Answer), Answer> {
+    let exists = store.tables.get(set).is_some_and(|t| t.contains_key(&id));
+    if (create_only || header("if-none-match").as_deref() == Some("*")) && exists {
+        return Err(error(412, "0x80040237", "A record with matching key values already exists."));
+    }
+    if header("if-match").as_deref() == Some("*") && !exists {
+        return Err(error(404, "0x80040217", &format!("{set} With Id = {id} Does Not Exist")));
+    }
+    let body: Map<String, Value> = serde_json::from_str(body)
+        .map_err(|_| error(400, "0x80048d19", "Error identified in Payload provided by the user."))?;
+    let row = resolve_row(store, &body, references).map_err(|m| error(400, "0x80060891", &m))?;
+    let table = store.tables.entry(set.to_owned()).or_default();
+    let before = table.get(&id).cloned();
+    let created = before.is_none();
+    let mut merged = before.clone().unwrap_or_default();
+    merged.extend(row);
+    merged.insert(pk(set), Value::String(id.to_string()));
+    if created {
+        merged.insert("_sim_created_ms".into(), now_ms().into());
+    }
+    table.insert(id, merged);
+    undo.push(Undo {
+        set: set.to_owned(),
+        id,
+        before,
+        created,
+    });
+    if created {
+        if !store.ever.insert((set.to_owned(), id)) {
+            store.stats.recreated += 1;
+        }
+        *store.stats.created.entry(set.to_owned()).or_default() += 1;
+    }
+    Ok((id, (204, Vec::new(), String::new())))
+}
+
+fn rollback(store: &mut Store, undo: Vec<Undo>) {
+    for u in undo.into_iter().rev() {
+        let table = store.tables.entry(u.set.clone()).or_default();
+        match u.before {
+            Some(row) => {
+                table.insert(u.id, row);
+            }
+            None => {
+                table.remove(&u.id);
+            }
+        }
+        if u.created {
+            store.ever.remove(&(u.set.clone(), u.id));
+            if let Some(n) = store.stats.created.get_mut(&u.set) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+fn query_params(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((decode_form(k), decode_form(v)))
+        })
+        .collect()
+}
+
+fn select(row: &Map<String, Value>, query: &str) -> Map<String, Value> {
+    match query_params(query).get("$select") {
+        Some(columns) => {
+            let wanted: Vec<&str> = columns.split(',').map(str::trim).collect();
+            row.iter()
+                .filter(|(k, _)| wanted.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }
+        None => row.clone(),
+    }
+}
+
+/// `$filter` with `col eq 'text'`, `col eq 12`, `col eq true|null`, joined by `and`.
+fn matches(row: &Map<String, Value>, filter: &str) -> Result<bool, String> {
+    for clause in filter.split(" and ") {
+        let mut words = clause.trim().splitn(3, ' ');
+        let (Some(col), Some(op), Some(value)) = (words.next(), words.next(), words.next()) else {
+            return Err(format!("cannot read the filter clause {clause:?}"));
+        };
+        if op != "eq" {
+            return Err(format!("only eq is supported, not {op}"));
+        }
+        let expected = if let Some(text) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+            Value::String(text.replace("''", "'"))
+        } else {
+            serde_json::from_str(value).map_err(|_| format!("cannot read the value {value:?}"))?
+        };
+        let actual = row.get(col).cloned().unwrap_or(Value::Null);
+        let equal = match (&actual, &expected) {
+            (Value::String(a), Value::String(e)) => a.eq_ignore_ascii_case(e),
+            (a, e) => a == e,
+        };
+        if !equal {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn query_set(
+    store: &Store,
+    api: &str,
+    set: &str,
+    query: &str,
+    header: &dyn Fn(&str) -> Option<String>,
+) -> Answer {
+    let params = query_params(query);
+    let rows: Vec<&Map<String, Value>> = match store.tables.get(set) {
+        Some(t) => t.values().collect(),
+        None => Vec::new(),
+    };
+    let mut selected = Vec::new();
+    for row in rows {
+        match params.get("$filter").map(|f| matches(row, f)) {
+            Some(Err(m)) => return error(400, "0x80060888", &m),
+            Some(Ok(false)) => continue,
+            _ => selected.push(row),
+        }
+    }
+    if let Some(top) = params.get("$top").and_then(|t| t.parse::<usize>().ok()) {
+        selected.truncate(top);
+    }
+    let page = header("prefer")
+        .and_then(|p| {
+            p.split(',')
+                .find_map(|x| x.trim().strip_prefix("odata.maxpagesize=").map(str::to_owned))
+        })
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(5000)
+        .clamp(1, 5000);
+    let skip = params
+        .get("$skiptoken")
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0);
+    let select_query = params
+        .get("$select")
+        .map(|s| format!("$select={s}"))
+        .unwrap_or_default();
+    let value: Vec<Value> = selected
+        .iter()
+        .skip(skip)
+        .take(page)
+        .map(|r| Value::Object(select(r, &select_query)))
+        .collect();
+    let mut answer = Map::new();
+    answer.insert("value".into(), Value::Array(value));
+    if skip + page < selected.len() {
+        let mut next: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k.as_str() != "$skiptoken")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        next.sort();
+        next.push(format!("$skiptoken={}", skip + page));
+        answer.insert(
+            "@odata.nextLink".into(),
+            format!("{api}/{set}?{}", next.join("&")).into(),
+        );
+    }
+    (
+        200,
+        vec![("Content-Type".into(), "application/json".into())],
+        Value::Object(answer).to_string(),
+    )
+}
+
+fn reason(status: u16) -> &'static str {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+fn response_part(answer: &Answer, content_id: Option<String>) -> HttpPart {
+    HttpPart {
+        start: format!("HTTP/1.1 {} {}", answer.0, reason(answer.0)),
+        headers: answer.1.clone(),
+        body: answer.2.clone(),
+        content_id,
+    }
+}
+
+fn run_part(
+    store: &mut Store,
+    api: &str,
+    part: &HttpPart,
+    references: &HashMap<String, String>,
+    undo: &mut Vec<Undo>,
+) -> (Option<String>, Answer) {
+    let mut words = part.start.split_whitespace();
+    let method = words
+        .next()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(Method::GET);
+    let target = words.next().unwrap_or("");
+    let target = target
+        .find(api)
+        .map(|i| &target[i + api.len()..])
+        .unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let header = |name: &str| part.header(name).map(str::to_owned);
+    execute(store, api, &method, path, query, &header, &part.body, references, undo)
+}
+
+fn batch(store: &mut Store, api: &str, content_type: &str, prefer: &str, body: &str) -> Answer {
+    let Some(boundary) = multipart::boundary(content_type) else {
+        return error(400, "0x80048d19", "The batch request needs a multipart/mixed boundary.");
+    };
+    let items = match multipart::read_batch(boundary, body) {
+        Ok(items) => items,
+        Err(e) => return error(400, "0x80048d19", &e.to_string()),
+    };
+    if items.len() > multipart::MAX_PARTS {
+        return error(400, "0x80048d19", "A batch holds at most 1000 requests.");
+    }
+    let continue_on_error = prefer.contains("odata.continue-on-error");
+    let mut answers = Vec::new();
+    for item in &items {
+        let failed = match item {
+            BatchItem::Single(part) => {
+                let (_, answer) = run_part(store, api, part, &HashMap::new(), &mut Vec::new());
+                let failed = answer.0 >= 400;
+                answers.push(BatchItem::Single(response_part(&answer, None)));
+                failed
+            }
+            BatchItem::ChangeSet(parts) => {
+                let mut undo = Vec::new();
+                let mut references = HashMap::new();
+                let mut responses = Vec::new();
+                let mut failure = None;
+                for part in parts {
+                    if part.start.starts_with("GET ") {
+                        failure = Some(error(400, "0x80048d19", "A change set cannot hold a GET."));
+                        break;
+                    }
+                    let (entity, answer) = run_part(store, api, part, &references, &mut undo);
+                    if answer.0 >= 400 {
+                        failure = Some(answer);
+                        break;
+                    }
+                    if let (Some(id), Some(entity)) = (&part.content_id, entity) {
+                        references.insert(format!("${id}"), entity);
+                    }
+                    responses.push(response_part(&answer, part.content_id.clone()));
+                }
+                match failure {
+                    Some(answer) => {
+                        rollback(store, undo);
+                        answers.push(BatchItem::Single(response_part(&answer, None)));
+                        true
+                    }
+                    None => {
+                        answers.push(BatchItem::ChangeSet(responses));
+                        false
+                    }
+                }
+            }
+        };
+        if failed && !continue_on_error {
+            break;
+        }
+    }
+    let boundary = format!("batchresponse_{:016x}", rand::random::<u64>());
+    (
+        200,
+        vec![(
+            "Content-Type".into(),
+            format!("multipart/mixed; boundary={boundary}"),
+        )],
+        multipart::write_batch(&boundary, &answers),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(store: &mut Store, path: &str, header: Option<(&str, &str)>, body: Value) -> u16 {
+        let h = move |n: &str| {
+            header
+                .filter(|(name, _)| name.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.to_owned())
+        };
+        execute(
+            store,
+            "/api/data/v9.2",
+            &Method::PATCH,
+            path,
+            "",
+            &h,
+            &body.to_string(),
+            &HashMap::new(),
+            &mut Vec::new(),
+        )
+        .1
+        .0
+    }
+
+    #[test]
+    fn conditional_upserts_answer_like_dataverse() {
+        let mut s = Store::default();
+        let id = Uuid::from_u128(1);
+        let path = format!("/emails({id})");
+        assert_eq!(patch(&mut s, &path, Some(("If-Match", "*")), json!({})), 404);
+        assert_eq!(patch(&mut s, &path, Some(("If-None-Match", "*")), json!({"subject": "a"})), 204);
+        assert_eq!(patch(&mut s, &path, Some(("If-None-Match", "*")), json!({"subject": "b"})), 412);
+        assert_eq!(patch(&mut s, &path, Some(("If-Match", "*")), json!({"statecode": 1, "statuscode": 4})), 204);
+        assert_eq!(patch(&mut s, &path, None, json!({"statecode": 1, "statuscode": 5})), 400);
+        assert_eq!(s.stats.created["emails"], 1);
+        assert_eq!(s.tables["emails"][&id]["subject"], "a");
+    }
+
+    #[test]
+    fn binds_must_resolve() {
+        let mut s = Store::default();
+        let contact = Uuid::from_u128(2);
+        let body = json!({"email_activity_parties": [
+            {"partyid_contact@odata.bind": format!("/contacts({contact})"), "participationtypemask": 1}]});
+        assert_eq!(patch(&mut s, "/emails(00000000-0000-0000-0000-000000000001)", None, body.clone()), 400);
+        insert_seed(&mut s, "contacts", contact, Map::new());
+        assert_eq!(patch(&mut s, "/emails(00000000-0000-0000-0000-000000000001)", None, body), 204);
+        let bad = json!({"email_activity_parties": [{"participationtypemask": 1}]});
+        assert_eq!(patch(&mut s, "/emails(00000000-0000-0000-0000-000000000003)", None, bad), 400);
+    }
+
+    #[test]
+    fn change_sets_are_atomic_and_resolve_content_ids() {
+        let mut s = Store::default();
+        let part = |url: &str, id: &str, body: Value, cond: Option<&str>| HttpPart {
+            start: format!("PATCH /api/data/v9.2{url} HTTP/1.1"),
+            headers: cond
+                .map(|c| vec![(c.to_owned(), "*".to_owned())])
+                .unwrap_or_default(),
+            body: body.to_string(),
+            content_id: Some(id.to_owned()),
+        };
+        let ok = BatchItem::ChangeSet(vec![
+            part("/contacts(00000000-0000-0000-0000-000000000009)", "1", json!({"lastname": "A"}), None),
+            part("/emails(00000000-0000-0000-0000-000000000001)", "2",
+                json!({"regardingobjectid_contact_email@odata.bind": "$1"}), None),
+        ]);
+        let failing = BatchItem::ChangeSet(vec![
+            part("/emails(00000000-0000-0000-0000-000000000002)", "1", json!({"subject": "x"}), None),
+            part("/emails(00000000-0000-0000-0000-000000000001)", "2", json!({}), Some("If-None-Match")),
+        ]);
+        let body = multipart::write_batch("b", &[ok, failing]);
+        let (status, headers, text) = batch(
+            &mut s,
+            "/api/data/v9.2",
+            "multipart/mixed; boundary=b",
+            "odata.continue-on-error",
+            &body,
+        );
+        assert_eq!(status, 200);
+        let answers = multipart::read_batch(multipart::boundary(&headers[0].1).unwrap(), &text).unwrap();
+        assert!(matches!(&answers[0], BatchItem::ChangeSet(p) if p.len() == 2));
+        assert!(matches!(&answers[1], BatchItem::Single(p) if p.status() == Some(412)));
+        assert!(s.tables["emails"].contains_key(&Uuid::from_u128(1)));
+        assert!(!s.tables["emails"].contains_key(&Uuid::from_u128(2)), "rolled back");
+        assert_eq!(
+            s.tables["emails"][&Uuid::from_u128(1)]["_regardingobjectid_contact_email_value"]["id"],
+            Uuid::from_u128(9).to_string()
+        );
+    }
+
+    #[test]
+    fn queries_filter_select_and_page() {
+        let mut s = Store::default();
+        for n in 0..5u128 {
+            insert_seed(&mut s, "contacts", Uuid::from_u128(n), {
+                let mut m = Map::new();
+                m.insert("emailaddress1".into(), format!("c{}@x", n % 2).into());
+                m
+            });
+        }
+        let prefer = |n: &str| (n == "prefer").then(|| "odata.maxpagesize=2".to_owned());
+        let (status, _, text) = query_set(&s, "/api", "contacts", "$filter=emailaddress1%20eq%20'c0@x'&$select=contactid", &prefer);
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["value"].as_array().unwrap().len(), 2);
+        assert!(v["value"][0].get("emailaddress1").is_none());
+        assert!(v["@odata.nextLink"].as_str().unwrap().contains("$skiptoken=2"));
+        assert_eq!(pk("opportunities"), "opportunityid");
+        assert_eq!(pk("emails"), "activityid");
+    }
+}
