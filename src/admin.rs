@@ -1,8 +1,10 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (it accepts traffic and is
 //! not draining), `/metrics` (Prometheus text), `POST /explain` (an observation in, the
 //! decisions and their reasoning out, as a dry run) and `GET /decisions` (the most recent
-//! decisions). Loopback by default; the last two show CRM data and need the admin token when
-//! one is configured. It reads state that `app` hands it and changes nothing.
+//! decisions), the outbox (`GET /outbox/stats|pending|dead`, `POST /outbox/retry/<id>`,
+//! `POST /outbox/skip/<id>`) and the journal (`GET /journal`, `GET /journal/<id>`).
+//! Loopback by default. Endpoints that show CRM data need the admin token when one is
+//! configured; the two outbox mutations are POST-only and refused unless a token is configured.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Secret;
+use crate::crm::Journal;
 use crate::inspect::Observation;
+use crate::outbox::{Outbox, OutboxError};
 use crate::proxy::Proxy;
 use crate::rules::{Engine, Mode, RecentDecisions};
 
@@ -33,7 +37,13 @@ pub struct AdminState {
     pub decisions: Arc<RecentDecisions>,
     /// Bearer token for the endpoints that show CRM data.
     pub token: Option<Secret>,
+    pub outbox: Arc<dyn Outbox>,
+    /// The journal, when it is the sink.
+    pub journal: Option<Arc<Journal>>,
 }
+
+/// Most entries one listing returns.
+const MAX_LISTING: usize = 10_000;
 
 /// Serves admin requests until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -75,6 +85,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
         return explain(state, req).await;
     }
+    if let Some(action) = path.strip_prefix("/outbox/")
+        && (action.starts_with("retry/") || action.starts_with("skip/"))
+    {
+        return outbox_mutation(state, &req, action).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -94,6 +109,39 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
                     "text/plain",
                     "cannot encode\n".into(),
                 ),
+            }
+        }
+        "/outbox/stats" => json_reply(state.outbox.stats()),
+        "/outbox/pending" | "/outbox/dead" | "/journal" => {
+            if let Some(denied) = authorize(state, &req) {
+                return denied;
+            }
+            let limit = limit(req.uri().query());
+            match path.as_str() {
+                "/outbox/pending" => json_reply(state.outbox.pending(limit)),
+                "/outbox/dead" => json_reply(state.outbox.dead_letters(limit)),
+                _ => match &state.journal {
+                    Some(j) => json_reply(j.list(limit)),
+                    None => no_journal(),
+                },
+            }
+        }
+        p if p.starts_with("/journal/") => {
+            if let Some(denied) = authorize(state, &req) {
+                return denied;
+            }
+            let Some(id) = p.strip_prefix("/journal/").and_then(|i| uuid::Uuid::parse_str(i).ok())
+            else {
+                return reply(StatusCode::BAD_REQUEST, "text/plain", "not an id\n".into());
+            };
+            match &state.journal {
+                Some(j) => match j.show(id) {
+                    Err(crate::crm::journal::JournalError::NotFound(_)) => {
+                        reply(StatusCode::NOT_FOUND, "text/plain", "no such entry\n".into())
+                    }
+                    other => json_reply(other),
+                },
+                None => no_journal(),
             }
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -117,6 +165,96 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             )
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn limit(query: Option<&str>) -> usize {
+    query
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("limit=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100)
+        .min(MAX_LISTING)
+}
+
+fn no_journal() -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "the journal is not the configured sink (crm.sink)\n".into(),
+    )
+}
+
+fn json_reply<T: serde::Serialize, E: std::fmt::Display>(
+    result: Result<T, E>,
+) -> Response<Full<Bytes>> {
+    match result.map(|v| serde_json::to_string_pretty(&v)) {
+        Ok(Ok(json)) => reply(StatusCode::OK, "application/json", json + "\n"),
+        Ok(Err(e)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot encode: {e}\n"),
+        ),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}
+
+/// `POST /outbox/retry/<id>` and `POST /outbox/skip/<id>`.
+async fn outbox_mutation(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    action: &str,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".into(),
+        );
+    }
+    if state.token.is_none() {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "outbox changes need admin.token to be configured\n".into(),
+        );
+    }
+    if let Some(denied) = authorize(state, req) {
+        return denied;
+    }
+    let (verb, id) = action.split_once('/').unwrap_or((action, ""));
+    let Ok(id) = uuid::Uuid::parse_str(id) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "the path ends with the record id (a UUID, as `outbox dead` lists it)\n".into(),
+        );
+    };
+    // The writer thread commits the change; wait for it off the admin task.
+    let outbox = state.outbox.clone();
+    let retry = verb == "retry";
+    let result = tokio::task::spawn_blocking(move || {
+        if retry {
+            outbox.retry(id)
+        } else {
+            outbox.skip(id)
+        }
+    })
+    .await
+    .unwrap_or(Err(OutboxError::WriterGone));
+    match result {
+        Ok(()) => reply(StatusCode::OK, "text/plain", format!("{verb}: {id}\n")),
+        Err(e @ OutboxError::NotFound { .. }) => {
+            reply(StatusCode::NOT_FOUND, "text/plain", format!("{e}\n"))
+        }
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
     }
 }
 

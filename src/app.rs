@@ -11,7 +11,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, ConfigError, ListenerTls, UpstreamTarget};
+use crate::config::{Config, ConfigError, ListenerTls, SinkConfig, UpstreamTarget};
+use crate::crm::{
+    DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink,
+};
+use crate::delivery::{Delivery, DeliveryMetrics};
+use crate::exchange::ExchangeClient;
+use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
 use crate::directory::{DirectoryError, DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::inspect::InspectLimits;
 use crate::inspect::decode::DecodeLimits;
@@ -50,6 +56,12 @@ pub enum AppError {
     Directory(#[from] DirectoryError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Journal(#[from] crate::crm::journal::JournalError),
+    #[error("cannot build the HTTP client for the CRM and Exchange: {0}")]
+    HttpClient(String),
 }
 
 /// A running gateway.
@@ -69,6 +81,65 @@ pub struct Gateway {
     decisions: Arc<RecentDecisions>,
     directory_source: Arc<Mutex<FileSource>>,
     directory_metrics: Arc<DirectoryMetrics>,
+    outbox: Arc<RedbOutbox>,
+    journal: Option<Arc<Journal>>,
+    delivery_stop: watch::Sender<bool>,
+    delivery_task: Option<JoinHandle<()>>,
+}
+
+/// The client for every outbound service call (CRM, webhook, Exchange enrichment).
+fn service_client(config: &Config) -> Result<reqwest::Client, AppError> {
+    reqwest::Client::builder()
+        .timeout(config.delivery.request_timeout)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("trackgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AppError::HttpClient(e.to_string()))
+}
+
+/// The configured sink (and the journal, when it is the sink, for the admin endpoints).
+fn build_sink(
+    config: &Config,
+    http: &reqwest::Client,
+) -> Result<(Sink, Option<Arc<Journal>>), AppError> {
+    Ok(match &config.crm.sink {
+        SinkConfig::Journal { file } => {
+            let journal = Arc::new(Journal::open(file)?);
+            (Sink::Journal(journal.clone()), Some(journal))
+        }
+        SinkConfig::Dataverse {
+            url,
+            api_path,
+            credentials,
+            act_as_owner,
+        } => (
+            Sink::Dataverse(DataverseSink::new(
+                http.clone(),
+                DataverseSettings {
+                    url: url.clone(),
+                    api_path: api_path.clone(),
+                    credentials: credentials.clone(),
+                    act_as_owner: *act_as_owner,
+                    batch_size: config.delivery.settings.batch_size,
+                    timeout: config.delivery.request_timeout,
+                    columns: config.crm.fields.email,
+                },
+            )),
+            None,
+        ),
+        SinkConfig::Webhook { url, secret } => (
+            Sink::Webhook(WebhookSink::new(
+                http.clone(),
+                WebhookSettings {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    timeout: config.delivery.request_timeout,
+                },
+            )),
+            None,
+        ),
+    })
 }
 
 fn directory_source(config: &Config) -> FileSource {
@@ -120,6 +191,26 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let decisions = RecentDecisions::new(config.rules.recent_decisions);
     let directory_source = Arc::new(Mutex::new(source));
 
+    // The outbox and delivery.
+    let outbox = Arc::new(RedbOutbox::open(
+        &config.outbox.file,
+        config.outbox.settings.clone(),
+        OutboxMetrics::register(&mut registry),
+    )?);
+    let http = service_client(&config)?;
+    let (sink, journal) = build_sink(&config, &http)?;
+    let delivery = Delivery::new(
+        outbox.clone(),
+        Arc::new(sink),
+        config
+            .exchange
+            .clone()
+            .map(|s| Arc::new(ExchangeClient::new(http.clone(), s))),
+        engine.clone(),
+        config.delivery.settings.clone(),
+        DeliveryMetrics::register(&mut registry),
+    );
+
     let capture = if config.inspect.enabled {
         let i = &config.inspect;
         let (queue, captures) = tokio::sync::mpsc::channel(i.queue);
@@ -141,12 +232,19 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
             inspect_metrics.clone(),
             recent.clone(),
             {
-                let (engine, rules_metrics, decisions) =
-                    (engine.clone(), rules_metrics.clone(), decisions.clone());
+                let (engine, rules_metrics, decisions, outbox) = (
+                    engine.clone(),
+                    rules_metrics.clone(),
+                    decisions.clone(),
+                    outbox.clone(),
+                );
                 move |o| {
                     for d in engine.decide(o, Mode::APPLY) {
                         rules_metrics.record(&d);
                         tracing::debug!(verdict = ?d.verdict, reason = d.reason.as_str(), "decision");
+                        if d.is_track() {
+                            outbox.submit(d.clone());
+                        }
                         decisions.push(d);
                     }
                 }
@@ -209,8 +307,15 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         engine: engine.clone(),
         decisions: decisions.clone(),
         token: config.admin.token.clone(),
+        outbox: outbox.clone(),
+        journal: journal.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped));
+    let (delivery_stop, delivery_stopped) = watch::channel(false);
+    let delivery_task = config
+        .delivery
+        .enabled
+        .then(|| delivery.spawn(delivery_stopped, config.shutdown.grace_period));
     proxy.set_ready(true);
     Ok(Gateway {
         proxy_addr,
@@ -228,6 +333,10 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         decisions,
         directory_source,
         directory_metrics,
+        outbox,
+        journal,
+        delivery_stop,
+        delivery_task,
     })
 }
 
@@ -348,6 +457,16 @@ impl Gateway {
         &self.directory_metrics
     }
 
+    /// The outbox (for tests and the admin endpoints).
+    pub fn outbox(&self) -> &Arc<RedbOutbox> {
+        &self.outbox
+    }
+
+    /// The journal, when it is the configured sink.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
     /// The most recent decisions, oldest first.
     pub fn recent_decisions(&self) -> Vec<crate::rules::Decision> {
         self.decisions.snapshot()
@@ -416,6 +535,14 @@ impl Gateway {
             tracing::info!("drained: every client connection closed");
         } else {
             tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
+        }
+        // Every decision of the drained traffic is committed before delivery stops; what is not
+        // delivered yet stays in the outbox for the next start.
+        let outbox = self.outbox.clone();
+        let _ = tokio::task::spawn_blocking(move || outbox.flush()).await;
+        let _ = self.delivery_stop.send(true);
+        if let Some(task) = self.delivery_task {
+            let _ = task.await;
         }
         self.admin_task.abort();
         if let Some(sim) = self.simulator {

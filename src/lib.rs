@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod directory;
 pub mod exchange;
 pub mod inspect;
+pub mod ops;
 pub mod outbox;
 pub mod proxy;
 pub mod replay;

@@ -10,8 +10,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use trackgate::config::{Config, RawConfig};
-use trackgate::simulate::{AuthMode, ExchangeSimulator, FixtureSet, SimulatorOptions};
-use trackgate::{app, telemetry, tls};
+use trackgate::simulate::{
+    AuthMode, DataverseOptions, DataverseSimulator, ExchangeSimulator, FixtureSet,
+    SimulatorOptions,
+};
+use trackgate::{app, ops, telemetry, tls};
 
 #[derive(Parser)]
 #[command(
@@ -79,8 +82,55 @@ enum Command {
         #[arg(long)]
         status: Option<u16>,
     },
+    /// The outbox of tracked emails waiting for the CRM: stats, pending records, dead letters,
+    /// and retry or skip of one record. Works on the file when no gateway runs, otherwise
+    /// through the running gateway's admin listener (with admin.token).
+    Outbox {
+        #[arg(long, env = "TRACKGATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// The journal sink (the default when no CRM is configured): what was "delivered".
+    Journal {
+        #[arg(long, env = "TRACKGATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Counts: pending, in flight, dead letters, delivered ids remembered, oldest age, file size.
+    Stats,
+    /// Pending records, oldest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Dead letters with the CRM's answer.
+    Dead {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put a dead letter back in the queue (attempts reset).
+    Retry { id: uuid::Uuid },
+    /// Drop a pending or dead record without delivering it.
+    Skip { id: uuid::Uuid },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Journal entries in id order.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One entry.
+    Show { id: uuid::Uuid },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +144,20 @@ enum CertsCommand {
 
 #[derive(Subcommand)]
 enum SimulateCommand {
+    /// The Dataverse simulator (Web API subset, token endpoint, fault injection under /_sim/).
+    Dataverse {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Seed users, queues, contacts, accounts, leads and emails from a directory file
+        /// (default: the embedded example directory).
+        #[arg(long)]
+        directory: Option<PathBuf>,
+        /// Require these client credentials at the token endpoint (and a token on the API).
+        #[arg(long, requires = "client_secret")]
+        client_id: Option<String>,
+        #[arg(long, requires = "client_id")]
+        client_secret: Option<String>,
+    },
     /// The Exchange simulator (EWS, Graph, Autodiscover from fixtures).
     Exchange {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -126,6 +190,65 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Outbox { config, command } => {
+            let config = load_config(config.as_deref())?;
+            let action = match command {
+                OutboxCommand::Stats => ops::OutboxAction::Stats,
+                OutboxCommand::List { limit } => ops::OutboxAction::Pending { limit },
+                OutboxCommand::Dead { limit } => ops::OutboxAction::Dead { limit },
+                OutboxCommand::Retry { id } => ops::OutboxAction::Retry(id),
+                OutboxCommand::Skip { id } => ops::OutboxAction::Skip(id),
+            };
+            print!("{}", ops::outbox(&config, action)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journal { config, command } => {
+            let config = load_config(config.as_deref())?;
+            let action = match command {
+                JournalCommand::List { limit } => ops::JournalAction::List { limit },
+                JournalCommand::Show { id } => ops::JournalAction::Show(id),
+            };
+            print!("{}", ops::journal(&config, action)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            command:
+                SimulateCommand::Dataverse {
+                    listen,
+                    directory,
+                    client_id,
+                    client_secret,
+                },
+        } => {
+            let text = match &directory {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => trackgate::directory::file::EMBEDDED_EXAMPLE.to_owned(),
+            };
+            let seed: trackgate::directory::model::DirectoryDocument =
+                if directory.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "json")) {
+                    serde_json::from_str(&text)?
+                } else {
+                    toml::from_str(&text)?
+                };
+            let options = DataverseOptions {
+                credentials: client_id.zip(client_secret),
+                seed: Some(seed),
+                ..DataverseOptions::default()
+            };
+            runtime(Some(1))?.block_on(async move {
+                let sim = DataverseSimulator::start(listen, options).await?;
+                println!(
+                    "dataverse simulator ready url={} token_url={}",
+                    sim.url(),
+                    sim.token_url()
+                );
+                tokio::signal::ctrl_c().await?;
+                sim.stop().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("trackgate {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -222,6 +345,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The configuration file, or the embedded defaults.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?.1,
+        None => Config::embedded()?.1,
+    })
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

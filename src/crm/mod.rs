@@ -154,7 +154,7 @@ fn without_url(error: &reqwest::Error) -> String {
 pub enum Sink {
     Dataverse(DataverseSink),
     Webhook(WebhookSink),
-    Journal(Journal),
+    Journal(std::sync::Arc<Journal>),
 }
 
 impl Sink {
@@ -164,7 +164,20 @@ impl Sink {
         match self {
             Sink::Dataverse(d) => d.deliver(emails).await,
             Sink::Webhook(w) => w.deliver(emails).await,
-            Sink::Journal(j) => j.deliver(emails),
+            Sink::Journal(j) => {
+                // redb commits block on fsync: off the async workers.
+                let (journal, batch) = (j.clone(), emails.to_vec());
+                tokio::task::spawn_blocking(move || journal.deliver(&batch))
+                    .await
+                    .unwrap_or_else(|_| {
+                        vec![
+                            Outcome::Unavailable {
+                                error: "journal writer panicked".into()
+                            };
+                            emails.len()
+                        ]
+                    })
+            }
         }
     }
 

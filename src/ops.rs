@@ -1,0 +1,131 @@
+//! Operations commands (`trackgate outbox …`, `trackgate journal …`): they open the outbox or
+//! journal file directly when no gateway holds it, and otherwise ask the running gateway's
+//! admin listener (with `admin.token`). Output is pretty JSON (or a line of text for changes).
+
+use uuid::Uuid;
+
+use crate::config::{Config, SinkConfig};
+use crate::crm::Journal;
+use crate::crm::journal::JournalError;
+use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the running gateway's admin listener at {url}: {problem}")]
+    Admin { url: String, problem: String },
+    #[error("cannot encode the answer: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("the configured sink is not the journal (crm.sink); the journal has nothing to show")]
+    NoJournal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxAction {
+    Stats,
+    Pending { limit: usize },
+    Dead { limit: usize },
+    Retry(Uuid),
+    Skip(Uuid),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalAction {
+    List { limit: usize },
+    Show(Uuid),
+}
+
+fn pretty<T: serde::Serialize>(value: &T) -> Result<String, OpsError> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+/// Runs an outbox command; returns what to print.
+pub fn outbox(config: &Config, action: OutboxAction) -> Result<String, OpsError> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    match RedbOutbox::open(
+        &config.outbox.file,
+        config.outbox.settings.clone(),
+        OutboxMetrics::register(&mut registry),
+    ) {
+        Ok(outbox) => match action {
+            OutboxAction::Stats => pretty(&outbox.stats()?),
+            OutboxAction::Pending { limit } => pretty(&outbox.pending(limit)?),
+            OutboxAction::Dead { limit } => pretty(&outbox.dead_letters(limit)?),
+            OutboxAction::Retry(id) => {
+                outbox.retry(id)?;
+                Ok(format!("retry: {id} is pending again\n"))
+            }
+            OutboxAction::Skip(id) => {
+                outbox.skip(id)?;
+                Ok(format!("skip: {id} dropped without delivery\n"))
+            }
+        },
+        Err(OutboxError::InUse { .. }) => {
+            let (method, path) = match action {
+                OutboxAction::Stats => ("GET", "/outbox/stats".to_owned()),
+                OutboxAction::Pending { limit } => ("GET", format!("/outbox/pending?limit={limit}")),
+                OutboxAction::Dead { limit } => ("GET", format!("/outbox/dead?limit={limit}")),
+                OutboxAction::Retry(id) => ("POST", format!("/outbox/retry/{id}")),
+                OutboxAction::Skip(id) => ("POST", format!("/outbox/skip/{id}")),
+            };
+            admin(config, method, &path)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a journal command; returns what to print.
+pub fn journal(config: &Config, action: JournalAction) -> Result<String, OpsError> {
+    let SinkConfig::Journal { file } = &config.crm.sink else {
+        return Err(OpsError::NoJournal);
+    };
+    match Journal::open(file) {
+        Ok(journal) => match action {
+            JournalAction::List { limit } => pretty(&journal.list(limit)?),
+            JournalAction::Show(id) => pretty(&journal.show(id)?),
+        },
+        Err(JournalError::InUse { .. }) => match action {
+            JournalAction::List { limit } => admin(config, "GET", &format!("/journal?limit={limit}")),
+            JournalAction::Show(id) => admin(config, "GET", &format!("/journal/{id}")),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One request to the running gateway's admin listener.
+fn admin(config: &Config, method: &str, path: &str) -> Result<String, OpsError> {
+    let url = format!("http://{}{path}", config.admin.address);
+    let fail = |problem: String| OpsError::Admin {
+        url: url.clone(),
+        problem,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = match method {
+            "POST" => client.post(&url),
+            _ => client.get(&url),
+        };
+        if let Some(token) = &config.admin.token {
+            request = request.bearer_auth(token.expose());
+        }
+        let response = request
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| fail(format!("cannot reach it ({e}); is the gateway running with this configuration?")))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| fail(e.to_string()))?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(fail(format!("HTTP {}: {}", status.as_u16(), text.trim())))
+        }
+    })
+}
