@@ -250,12 +250,12 @@ impl Delivery {
         }
         if let Some(left) = self.paused_for() {
             // Another worker met a 429 or an outage while these were being prepared.
-            let at = now_ms() + left.as_millis() as u64;
+            tracing::debug!(paused_ms = left.as_millis() as u64, "sink paused; records keep their place");
             for (record, _) in &ready {
                 self.outbox.settle(
                     record,
                     Settlement::Retry {
-                        at_ms: at,
+                        at_ms: record.next_attempt_ms,
                         counted: false,
                         error: "sink paused".into(),
                     },
@@ -302,8 +302,9 @@ impl Delivery {
                     retry_after_ms = retry_after.as_millis() as u64,
                     "CRM throttled (429): pausing the sink"
                 );
+                // The record keeps its place in line: the sink-wide pause holds everything.
                 Settlement::Retry {
-                    at_ms: now + retry_after.as_millis() as u64,
+                    at_ms: record.next_attempt_ms,
                     counted: false,
                     error: "throttled (429)".into(),
                 }
@@ -321,7 +322,7 @@ impl Delivery {
                 self.pause_until(Instant::now() + wait);
                 tracing::warn!(%error, outages, wait_ms = wait.as_millis() as u64, "CRM unavailable: backing off");
                 Settlement::Retry {
-                    at_ms: now + wait.as_millis() as u64,
+                    at_ms: record.next_attempt_ms,
                     counted: false,
                     error,
                 }

@@ -86,14 +86,14 @@ enum Command {
     /// and retry or skip of one record. Works on the file when no gateway runs, otherwise
     /// through the running gateway's admin listener (with admin.token).
     Outbox {
-        #[arg(long, env = "TRACKGATE_CONFIG")]
+        #[arg(long, env = "TRACKGATE_CONFIG", global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: OutboxCommand,
     },
     /// The journal sink (the default when no CRM is configured): what was "delivered".
     Journal {
-        #[arg(long, env = "TRACKGATE_CONFIG")]
+        #[arg(long, env = "TRACKGATE_CONFIG", global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: JournalCommand,

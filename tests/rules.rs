@@ -1185,7 +1185,9 @@ fn auto_create_follows_user_and_org_settings_and_is_one_record_per_address() {
     assert_eq!(sender_of(&a), vec![look("contact", create.id.as_u128())]);
     // Another mailbox, another message from the same sender: the same record, not a new one.
     let b = stranger(&engine, "allmail@corp.example", "ac2@x");
-    assert!(b.auto_create.is_none());
+    // Carried again, with the same id: the first create may still be queued, and delivery
+    // creates before it binds (a create-only upsert, so one record).
+    assert_eq!(b.auto_create.as_ref().map(|c| c.id), Some(create.id));
     assert_eq!(sender_of(&b), vec![look("contact", create.id.as_u128())]);
     // Two gateways (or a restart) derive the same id for the same address.
     let elsewhere = engine_with(|_| {});
@@ -1198,7 +1200,7 @@ fn auto_create_follows_user_and_org_settings_and_is_one_record_per_address() {
     let created = first.auto_create.unwrap().id;
     let next = stranger(&filter2, "allmail@corp.example", "ac2b@x");
     expect(&next, Reason::SenderContact);
-    assert!(next.auto_create.is_none());
+    assert_eq!(next.auto_create.map(|c| c.id), Some(created));
     assert_eq!(sender_of(&next), vec![look("contact", created.as_u128())]);
     // Leads.
     let leads = engine_with(|d| d.usersettingscollection[0].autocreatecontactonpromote = 2);

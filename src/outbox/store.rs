@@ -372,7 +372,7 @@ impl Shared {
                                 pending
                                     .insert(seq, serde_json::to_vec(&r)?.as_slice())
                                     .store(path)?;
-                                after.push(Change::Rescheduled { seq, next: at_ms });
+                                after.push(Change::Rescheduled);
                             }
                             Settlement::Dead {
                                 status,
@@ -499,7 +499,7 @@ enum Change {
     Revived { seq: u64, next: u64, enqueued: u64 },
     Duplicate,
     Refused,
-    Rescheduled { seq: u64, next: u64 },
+    Rescheduled,
     Removed { seq: u64, result: &'static str },
     Released { seq: u64 },
     Dead { seq: u64 },
@@ -530,14 +530,8 @@ impl Change {
             }
             Change::Duplicate => metrics.enqueued("duplicate"),
             Change::Refused => metrics.enqueued("refused"),
-            Change::Rescheduled { seq, next } => {
-                s.claimed.remove(&seq);
-                if let Some(entry) = s.pending.get_mut(&seq) {
-                    entry.0 = next;
-                    s.due.insert((next, seq));
-                }
-                metrics.settled("retry");
-            }
+            // The schedule changed when the retry was settled (see `settle`).
+            Change::Rescheduled => metrics.settled("retry"),
             Change::Removed { seq, result } => {
                 if let Some((next, _)) = s.pending.remove(&seq) {
                     s.due.remove(&(next, seq));
@@ -625,6 +619,17 @@ impl Outbox for RedbOutbox {
     }
 
     fn settle(&self, record: &Record, settlement: Settlement) {
+        if let Settlement::Retry { at_ms, .. } = &settlement {
+            // Back in line at once, in order: waiting for the commit would let later records
+            // overtake it. If the commit never happens the file still holds it as pending.
+            let mut s = self.shared.schedule();
+            if s.claimed.remove(&record.seq).is_some()
+                && let Some(entry) = s.pending.get_mut(&record.seq)
+            {
+                entry.0 = *at_ms;
+                s.due.insert((*at_ms, record.seq));
+            }
+        }
         if self
             .ops
             .send(Op::Settle(Box::new(record.clone()), settlement))

@@ -192,6 +192,7 @@ impl CaptureSink {
                 status: 0,
                 response_headers: HeaderMap::new(),
                 request: None,
+                response: None,
             })),
         })
     }
@@ -227,6 +228,9 @@ struct Partial {
     status: u16,
     response_headers: HeaderMap,
     request: Option<(Bytes, bool)>,
+    /// The response copy, when the response ended before the request body did (an upstream
+    /// may answer before reading the whole request); the request side then hands off.
+    response: Option<(Bytes, bool)>,
 }
 
 /// An exchange being copied: the request tee files its copy here; the response tee completes it.
@@ -245,12 +249,25 @@ impl PendingCapture {
         self.request_done(Bytes::new(), false);
     }
 
-    /// Records the request body copy (called once, when the request body ends or is dropped).
+    /// Records the request body copy (called once, when the request body ends or is dropped);
+    /// hands the capture off when the response already ended.
     fn request_done(&self, body: Bytes, truncated: bool) {
-        if let Ok(mut state) = self.state.lock()
-            && let Some(partial) = state.as_mut()
-        {
+        let complete = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let Some(partial) = state.as_mut() else {
+                return;
+            };
             partial.request = Some((body, truncated));
+            if partial.response.is_some() {
+                state.take()
+            } else {
+                None
+            }
+        };
+        if let Some(p) = complete {
+            self.hand_off(p);
         }
     }
 
@@ -288,12 +305,31 @@ impl PendingCapture {
         }
     }
 
-    /// Completes the capture with the response body copy and hands it off.
+    /// Completes the capture with the response body copy and hands it off — or, when the
+    /// request body is still streaming, leaves it for the request side to hand off.
     fn response_done(&self, body: Bytes, truncated: bool) {
-        let partial = self.state.lock().ok().and_then(|mut s| s.take());
-        let Some(p) = partial else { return };
-        // A request body still streaming when the response ended was not copied whole.
+        let complete = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let Some(partial) = state.as_mut() else {
+                return;
+            };
+            partial.response = Some((body, truncated));
+            if partial.request.is_some() {
+                state.take()
+            } else {
+                None
+            }
+        };
+        if let Some(p) = complete {
+            self.hand_off(p);
+        }
+    }
+
+    fn hand_off(&self, p: Partial) {
         let (request_body, request_truncated) = p.request.unwrap_or((Bytes::new(), true));
+        let (response_body, response_truncated) = p.response.unwrap_or((Bytes::new(), true));
         self.sink.hand_off(Capture {
             connection: p.connection,
             method: p.method,
@@ -305,8 +341,8 @@ impl PendingCapture {
             response_headers: p.response_headers,
             request_body,
             request_truncated,
-            response_body: body,
-            response_truncated: truncated,
+            response_body,
+            response_truncated,
         });
     }
 
@@ -337,6 +373,10 @@ pin_project_lite::pin_project! {
         truncated: bool,
         // A body that was empty from the start may never be polled; its copy is still whole.
         empty: bool,
+        // Bytes seen, and the length declared up front: an HTTP/2 client may send END_STREAM
+        // in a later empty frame that a Content-Length upstream never polls for.
+        seen: u64,
+        declared: Option<u64>,
     }
 
     impl<B> PinnedDrop for Tee<B> {
@@ -356,6 +396,8 @@ impl<B: Body> Tee<B> {
     pub fn new(inner: B, side: Side, pending: Arc<PendingCapture>) -> Self {
         Tee {
             empty: inner.is_end_stream(),
+            declared: inner.size_hint().exact(),
+            seen: 0,
             inner,
             side,
             pending: Some(pending),
@@ -399,6 +441,9 @@ where
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                }
                 if let (Some(data), Some(pending)) = (frame.data_ref(), this.pending.as_ref()) {
                     let room = pending.limit().saturating_sub(*this.copied);
                     if data.len() <= room {
@@ -414,8 +459,9 @@ where
                 }
                 // hyper stops polling once a body says it has ended (HTTP/2, known lengths), so
                 // the end is noticed here rather than waiting for a `None` that never comes.
-                if this.inner.as_ref().get_ref().is_end_stream()
-                    && let Some(pending) = this.pending.take()
+                let complete = this.inner.as_ref().get_ref().is_end_stream()
+                    || this.declared.is_some_and(|d| *this.seen >= d);
+                if complete && let Some(pending) = this.pending.take()
                 {
                     finish(
                         &pending,

@@ -1686,10 +1686,20 @@ impl<'a> Run<'a> {
         let Owner::User(u) = mailbox.owner else {
             return;
         };
-        if !from.rows.is_empty()
-            || from.created.is_some()
-            || d.direction != Some(Direction::Incoming)
-        {
+        if !from.rows.is_empty() || d.direction != Some(Direction::Incoming) {
+            return;
+        }
+        // Created for an earlier mail and not in the directory yet: that create may still be
+        // queued, so this email carries it too (the create-only upsert makes it one record).
+        if let (Some(created), Some(address)) = (&from.created, from.address.as_deref()) {
+            let (firstname, lastname) = names_for(from.name, address);
+            d.auto_create = Some(AutoCreate {
+                entity: created.entity.to_string(),
+                id: created.id,
+                address: address.to_owned(),
+                firstname,
+                lastname,
+            });
             return;
         }
         let Some(address) = from.address.as_deref().filter(|a| a.contains('@')) else {

@@ -116,6 +116,8 @@ struct Store {
     ever: HashSet<(String, Uuid)>,
     stats: DataverseStats,
     log: Vec<LoggedRequest>,
+    /// Creation order, across sets.
+    sequence: u64,
 }
 
 /// An undo entry for change sets: the row before the write, and whether the write created it.
@@ -237,6 +239,15 @@ impl DataverseSimulator {
         insert_seed(&mut self.shared.store(), set, id, fields);
     }
 
+    pub fn remove_record(&self, set: &str, id: Uuid) -> bool {
+        self.shared
+            .store()
+            .tables
+            .get_mut(set)
+            .and_then(|t| t.remove(&id))
+            .is_some()
+    }
+
     pub fn stats(&self) -> DataverseStats {
         self.shared.store().stats.clone()
     }
@@ -279,6 +290,20 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
     rows(store, "accounts", &doc.accounts, |r| r.accountid);
     rows(store, "leads", &doc.leads, |r| r.leadid);
     rows(store, "emails", &doc.emails, |r| r.activityid);
+    // What the seeded rows point at (opportunities, …) exists too, so their binds resolve.
+    let targets: Vec<crate::directory::model::Lookup> = doc
+        .emails
+        .iter()
+        .filter_map(|e| e.regardingobjectid.clone())
+        .chain(doc.mailboxtrackingfolders.iter().filter_map(|f| f.regardingobjectid.clone()))
+        .collect();
+    for target in targets {
+        let set = crate::crm::mapping::entity_set(&target.entity);
+        let exists = store.tables.get(&set).is_some_and(|t| t.contains_key(&target.id));
+        if !exists {
+            insert_seed(store, &set, target.id, Map::new());
+        }
+    }
 }
 
 impl Shared {
@@ -395,6 +420,7 @@ fn json_response(status: u16, value: &impl Serialize) -> Response<Full<Bytes>> {
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let arrived_ms = now_ms();
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -485,7 +511,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     store.stats.requests += 1;
     if store.log.len() < MAX_LOG {
         store.log.push(LoggedRequest {
-            at_ms: now_ms(),
+            at_ms: arrived_ms,
             method: parts.method.to_string(),
             path: relative.to_owned(),
             status,
@@ -799,16 +825,25 @@ fn write(
     let body: Map<String, Value> = serde_json::from_str(body)
         .map_err(|_| error(400, "0x80048d19", "Error identified in Payload provided by the user."))?;
     let row = resolve_row(store, &body, references).map_err(|m| error(400, "0x80060891", &m))?;
-    let table = store.tables.entry(set.to_owned()).or_default();
-    let before = table.get(&id).cloned();
+    let before = store.tables.get(set).and_then(|t| t.get(&id)).cloned();
     let created = before.is_none();
     let mut merged = before.clone().unwrap_or_default();
     merged.extend(row);
     merged.insert(pk(set), Value::String(id.to_string()));
     if created {
+        store.sequence += 1;
         merged.insert("_sim_created_ms".into(), now_ms().into());
+        merged.insert("_sim_created_seq".into(), store.sequence.into());
+        // Who it was created for (`createdonbehalfby` in Dataverse).
+        if let Some(caller) = header("callerobjectid") {
+            merged.insert("_sim_callerobjectid".into(), caller.into());
+        }
     }
-    table.insert(id, merged);
+    store
+        .tables
+        .entry(set.to_owned())
+        .or_default()
+        .insert(id, merged);
     undo.push(Undo {
         set: set.to_owned(),
         id,

@@ -1,0 +1,744 @@
+//! Outbox and delivery end to end: client → gateway → Exchange simulator, tracked mail landing
+//! in the Dataverse simulator (real sockets, a real redb outbox), through crashes, outages,
+//! throttling, poison records and concurrent auto-creates; the webhook and journal sinks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use trackgate::directory::model::DirectoryDocument;
+use trackgate::simulate::dataverse::{DataverseFaults, Throttle};
+use trackgate::simulate::fixtures::Fixture;
+use trackgate::simulate::{DataverseOptions, DataverseSimulator};
+use uuid::Uuid;
+
+use crate::support;
+
+const CLIENT_ID: &str = "trackgate-test";
+const CLIENT_SECRET: &str = "test-secret-0123456789";
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+/// The CRM id of the recorded message from Pat (fixtures ews-getitem-message and friends).
+const PAT_MESSAGE: &str = "43b7be51-ce26-5b47-977d-4aff5baaf1f9";
+const PAT_CONTACT: &str = "00000000-0000-4000-8000-0000000000c1";
+const ALEX: &str = "00000000-0000-4000-8000-0000000000a1";
+const OPPORTUNITY: &str = "00000000-0000-4000-8000-0000000000d1";
+
+fn contoso() -> DirectoryDocument {
+    toml::from_str(trackgate::directory::file::EMBEDDED_EXAMPLE).unwrap()
+}
+
+async fn dataverse() -> DataverseSimulator {
+    DataverseSimulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        DataverseOptions {
+            credentials: Some((CLIENT_ID.into(), CLIENT_SECRET.into())),
+            seed: Some(contoso()),
+            ..DataverseOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Gateway configuration for the Dataverse sink at `dv`, fast backoff for tests.
+fn dataverse_config(dv: &DataverseSimulator, delivery: &str) -> String {
+    format!(
+        "[crm]\nsink = \"dataverse\"\n[crm.dataverse]\nurl = \"{url}\"\ntoken_url = \"{token}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nact_as_owner = true\n[delivery]\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n{delivery}\n",
+        url = dv.url(),
+        token = dv.token_url(),
+    )
+}
+
+fn fixture(name: &str) -> Fixture {
+    Fixture::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/exchange")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Replays a recorded client request through the gateway and reads the answer.
+async fn replay(client: &reqwest::Client, url: &str, name: &str) {
+    let f = fixture(name);
+    let request = f.request.unwrap();
+    let mut builder = client.request(
+        reqwest::Method::from_bytes(request.method.as_bytes()).unwrap(),
+        format!("{url}{}", request.path),
+    );
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let r = builder.body(request.body.clone()).send().await.unwrap();
+    assert!(r.status().is_success(), "{name}: {}", r.status());
+    r.bytes().await.unwrap();
+}
+
+/// Clients look up their folders first; that is how the gateway learns the Inbox's id.
+async fn learn_inbox(client: &reqwest::Client, gw: &support::TestGateway) {
+    replay(client, &gw.localhost_url(""), "ews-getfolder-inbox").await;
+    support::wait_for(Duration::from_secs(10), "the Inbox folder", async || {
+        gw.gateway
+            .recent_observations()
+            .iter()
+            .any(|o| matches!(o, trackgate::inspect::Observation::FolderSeen { .. }))
+            .then_some(())
+    })
+    .await;
+}
+
+/// A CreateItem that sends a MIME message from Alex to Pat (a contact) with its own Message-ID.
+fn send_to_pat(n: usize) -> String {
+    use base64::Engine as _;
+    let mime = format!(
+        "From: Alex Seller <alex.seller@contoso.example>\r\nTo: \"Buyer, Pat\" <pat.buyer@fabrikam.example>\r\nSubject: Burst {n}\r\nMessage-ID: <burst.{n}@mail.contoso.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello {n}\r\n"
+    );
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body><m:CreateItem MessageDisposition="SendAndSaveCopy"><m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId><m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">{}</t:MimeContent></t:Message></m:Items></m:CreateItem></s:Body></s:Envelope>"#,
+        base64::engine::general_purpose::STANDARD.encode(mime)
+    )
+}
+
+/// Sends one message and reads the whole answer (a client that drops it unread resets the
+/// stream, and the gateway rightly does not inspect a cut exchange).
+async fn send(client: &reqwest::Client, proxy: &str, n: usize) -> bool {
+    let Ok(r) = client
+        .post(format!("{proxy}/EWS/Exchange.asmx"))
+        .header("content-type", "text/xml; charset=utf-8")
+        .header("x-anchormailbox", "alex.seller@contoso.example")
+        .body(send_to_pat(n))
+        .send()
+        .await
+    else {
+        return false;
+    };
+    r.status() == 200 && r.bytes().await.is_ok()
+}
+
+/// Emails the gateway wrote (the seeded ones carry no creation stamp).
+fn written_emails(dv: &DataverseSimulator) -> Vec<Map<String, Value>> {
+    let mut emails: Vec<_> = dv
+        .records("emails")
+        .into_iter()
+        .filter(|e| e.contains_key("_sim_created_seq"))
+        .collect();
+    emails.sort_by_key(|e| e["_sim_created_seq"].as_u64());
+    emails
+}
+
+async fn outbox_stats(admin: &str) -> Value {
+    support::plain_client()
+        .get(format!("{admin}/outbox/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn metrics(admin: &str) -> String {
+    support::plain_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn party<'a>(email: &'a Map<String, Value>, mask: u64) -> Vec<&'a Map<String, Value>> {
+    email["email_activity_parties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_object)
+        .filter(|p| p["participationtypemask"] == mask)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regarding_and_status() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let gw = support::gateway(&sim.url(), &dataverse_config(&dv, "")).await;
+    let client = support::client(&gw.ca(), true);
+    let url = gw.localhost_url("");
+    // The Inbox id first, so the sightings are known to be in the Inbox.
+    learn_inbox(&client, &gw).await;
+    for name in [
+        "ews-getitem-message",
+        "graph-list-messages",
+        "graph-move-message",
+        "ews-getitem-message",
+        "ews-moveitem-partial",
+    ] {
+        replay(&client, &url, name).await;
+    }
+    let decisions = support::wait_for(Duration::from_secs(10), "five decisions", async || {
+        let d = gw.gateway.recent_decisions();
+        (d.len() >= 5).then_some(d)
+    })
+    .await;
+    let id = Uuid::parse_str(PAT_MESSAGE).unwrap();
+    assert!(decisions.iter().all(|d| d.crm_id == Some(id)), "{decisions:#?}");
+    assert!(
+        decisions.iter().any(|d| d.update_regarding),
+        "the Graph move into the tracked folder links it to the folder's record"
+    );
+    let email = support::wait_for(Duration::from_secs(20), "the email in Dataverse", async || {
+        let stats = outbox_stats(&gw.admin("")).await;
+        let emails = written_emails(&dv);
+        (stats["pending"] == 0 && stats["in_flight"] == 0 && emails.len() == 1)
+            .then(|| emails[0].clone())
+    })
+    .await;
+    assert_eq!(dv.stats().created["emails"], 1, "created exactly once");
+    assert_eq!(dv.stats().recreated, 0);
+    assert_eq!(email["activityid"], PAT_MESSAGE);
+    assert_eq!(email["directioncode"], false);
+    assert_eq!(email["statecode"], 1);
+    assert_eq!(email["statuscode"], 4, "received");
+    assert!(email["messageid"].as_str().unwrap().starts_with('<'));
+    assert_eq!(email["subject"], decisions[0].subject.clone().unwrap());
+    let from = party(&email, 1);
+    assert_eq!(from.len(), 1);
+    assert_eq!(from[0]["_partyid_contact_value"]["id"], PAT_CONTACT);
+    assert!(
+        party(&email, 2)
+            .iter()
+            .any(|p| p.get("_partyid_systemuser_value").is_some_and(|v| v["id"] == ALEX)),
+        "Alex is a To party: {email:#?}"
+    );
+    assert_eq!(
+        email["_sim_callerobjectid"], "10000000-0000-4000-8000-0000000000a1",
+        "created as the mailbox owner"
+    );
+    let regarding = support::wait_for(Duration::from_secs(20), "the regarding update", async || {
+        written_emails(&dv)[0]
+            .get("_regardingobjectid_account_email_value")
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        regarding["id"], "00000000-0000-4000-8000-0000000000c2",
+        "the folder rule's record"
+    );
+    assert!(dv.tokens_issued() >= 1);
+    let m = metrics(&gw.admin("")).await;
+    assert!(
+        m.contains(r#"trackgate_delivery_outcomes_total{sink="dataverse",outcome="delivered"}"#),
+        "{m}"
+    );
+    assert!(m.contains("trackgate_outbox_commits_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly_once() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &format!(
+            "plaintext = true\n[upstreams]\news = \"{}\"\n{}",
+            sim.url(),
+            dataverse_config(&dv, "concurrency = 16")
+        ),
+    );
+    let mut gateway = support::GatewayProcess::start(&config);
+    let proxy = gateway.proxy.clone();
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let client = support::plain_client();
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    const BURST: usize = 1000;
+    for n in 0..BURST {
+        let (client, proxy, acknowledged, limit) = (
+            client.clone(),
+            proxy.clone(),
+            acknowledged.clone(),
+            limit.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            if send(&client, &proxy, n).await {
+                acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    support::wait_for(Duration::from_secs(60), "half the burst", async || {
+        (acknowledged.load(Ordering::Relaxed) >= BURST / 2).then_some(())
+    })
+    .await;
+    gateway.child.kill().unwrap(); // SIGKILL: no drain, no flush
+    gateway.wait_exit(Duration::from_secs(10));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acknowledged = acknowledged.load(Ordering::Relaxed);
+    let before_restart = written_emails(&dv).len();
+
+    let restarted = support::GatewayProcess::start(&config);
+    let stats = support::wait_for(Duration::from_secs(60), "the backlog drained", async || {
+        let s = outbox_stats(&restarted.admin).await;
+        (s["pending"] == 0 && s["in_flight"] == 0).then_some(s)
+    })
+    .await;
+    let committed = stats["delivered_keys"].as_u64().unwrap() as usize;
+    assert_eq!(stats["dead"], 0);
+    let emails = written_emails(&dv);
+    assert_eq!(emails.len(), committed, "every committed decision delivered");
+    assert_eq!(dv.stats().created["emails"] as usize, committed);
+    assert_eq!(dv.stats().recreated, 0, "no email created twice");
+    assert!(
+        emails
+            .iter()
+            .all(|e| e["subject"].as_str().unwrap().starts_with("Burst ")
+                && e["statuscode"] == 3)
+    );
+    assert!(committed > 0 && committed <= acknowledged + 16);
+    println!(
+        "kill -9 burst: {acknowledged} sends acknowledged by the gateway, {committed} decisions committed \
+         ({before_restart} delivered before the kill); loss window {} decisions \
+         (acknowledged to the client but not yet committed when killed)",
+        acknowledged.saturating_sub(committed)
+    );
+    drop(restarted);
+    // Offline, the command line opens the outbox file itself.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args(["outbox", "stats", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offline["delivered_keys"].as_u64().unwrap() as usize, committed);
+    assert_eq!(offline["pending"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_outage_holds_the_backlog_then_drains_it_in_order() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let gw = support::gateway(
+        &sim.url(),
+        &dataverse_config(&dv, "concurrency = 1"),
+    )
+    .await;
+    let client = support::client(&gw.ca(), true);
+    dv.set_faults(DataverseFaults {
+        down: true,
+        ..DataverseFaults::default()
+    });
+    const N: usize = 20;
+    for n in 0..N {
+        assert!(send(&client, &gw.localhost_url(""), n).await);
+    }
+    support::wait_for(Duration::from_secs(20), "the backlog held while down", async || {
+        let stats = outbox_stats(&gw.admin("")).await;
+        let m = metrics(&gw.admin("")).await;
+        let unavailable = m
+            .lines()
+            .find(|l| l.starts_with(r#"trackgate_delivery_outcomes_total{sink="dataverse",outcome="unavailable"}"#))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        (stats["pending"] == N as u64 && unavailable >= 2).then_some(())
+    })
+    .await;
+    assert!(written_emails(&dv).is_empty());
+    assert!(m_contains(&metrics(&gw.admin("")).await, "trackgate_outbox_oldest_pending_age_seconds"));
+    dv.set_faults(DataverseFaults::default());
+    let emails = support::wait_for(Duration::from_secs(30), "the backlog drained", async || {
+        let e = written_emails(&dv);
+        (e.len() == N).then_some(e)
+    })
+    .await;
+    let order: Vec<String> = emails
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap().to_owned())
+        .collect();
+    // The order the rules decided them (captures reach inspection as responses complete,
+    // which may differ from the order the client sent them by a hair).
+    let expected: Vec<String> = gw
+        .gateway
+        .recent_decisions()
+        .iter()
+        .filter_map(|d| d.subject.clone())
+        .collect();
+    assert_eq!(expected.len(), N);
+    assert_eq!(order, expected, "drained in the order decided");
+    assert_eq!(outbox_stats(&gw.admin("")).await["dead"], 0);
+}
+
+fn m_contains(text: &str, needle: &str) -> bool {
+    text.contains(needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_pauses_the_whole_sink_until_retry_after_and_loses_nothing() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let gw = support::gateway(&sim.url(), &dataverse_config(&dv, "concurrency = 4")).await;
+    let client = support::client(&gw.ca(), true);
+    dv.set_faults(DataverseFaults {
+        throttle: Some(Throttle {
+            count: 3,
+            retry_after: 1.5,
+        }),
+        ..DataverseFaults::default()
+    });
+    const N: usize = 8;
+    for n in 0..N {
+        assert!(send(&client, &gw.localhost_url(""), n).await);
+    }
+    support::wait_for(Duration::from_secs(30), "everything delivered", async || {
+        (written_emails(&dv).len() == N).then_some(())
+    })
+    .await;
+    let log = dv.requests();
+    let throttled: Vec<u64> = log.iter().filter(|r| r.status == 429).map(|r| r.at_ms).collect();
+    assert_eq!(throttled.len(), 3, "{log:#?}");
+    for t in &throttled {
+        // Requests already on the wire when the 429 came back may arrive just after it.
+        let early: Vec<_> = log
+            .iter()
+            .filter(|r| r.at_ms > t + 200 && r.at_ms < t + 1500)
+            .collect();
+        assert!(early.is_empty(), "requests before Retry-After passed: {early:#?}");
+    }
+    assert!(
+        log.iter().any(|r| r.at_ms >= throttled[0] + 1500),
+        "delivery resumed after the pause"
+    );
+    assert_eq!(dv.stats().recreated, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_goes_to_dead_letter_the_rest_flow_and_retry_delivers_it_once_fixed() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    // The correlated email's regarding record is missing in the CRM: its bind fails with 400.
+    let opportunity = Uuid::parse_str(OPPORTUNITY).unwrap();
+    assert!(dv.remove_record("opportunities", opportunity));
+    let gw = support::gateway(
+        &sim.url(),
+        &format!(
+            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}",
+            dataverse_config(&dv, "")
+        ),
+    )
+    .await;
+    let client = support::client(&gw.ca(), true);
+    let url = gw.localhost_url("");
+    learn_inbox(&client, &gw).await;
+    replay(&client, &url, "graph-delta-inbox").await;
+    replay(&client, &url, "ews-getitem-message").await;
+    let admin = support::plain_client();
+    let dead: Value = support::wait_for(Duration::from_secs(20), "one dead letter", async || {
+        let stats = outbox_stats(&gw.admin("")).await;
+        if stats["dead"] != 1 || stats["pending"] != 0 {
+            return None;
+        }
+        let r = admin
+            .get(gw.admin("/outbox/dead"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        Some(r.json::<Value>().await.unwrap())
+    })
+    .await;
+    let letter = &dead[0];
+    assert_eq!(letter["status"], 400);
+    assert!(
+        letter["response"].as_str().unwrap().contains("does not exist"),
+        "{letter:#}"
+    );
+    let emails = written_emails(&dv);
+    assert_eq!(emails.len(), 1, "the rest flowed");
+    assert_eq!(emails[0]["activityid"], PAT_MESSAGE);
+    let key = letter["record"]["key"].as_str().unwrap().to_owned();
+
+    // Without the token: refused. GET: not allowed.
+    let r = admin
+        .post(gw.admin(&format!("/outbox/retry/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = admin
+        .get(gw.admin(&format!("/outbox/retry/{key}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Fixed in the CRM, then retried: delivered once.
+    dv.seed_record("opportunities", opportunity, Map::new());
+    let r = admin
+        .post(gw.admin(&format!("/outbox/retry/{key}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    support::wait_for(Duration::from_secs(20), "the retried record delivered", async || {
+        let stats = outbox_stats(&gw.admin("")).await;
+        (written_emails(&dv).len() == 2 && stats["dead"] == 0 && stats["pending"] == 0)
+            .then_some(())
+    })
+    .await;
+    let r = admin
+        .post(gw.admin(&format!("/outbox/retry/{key}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "nothing left to retry");
+    assert_eq!(dv.stats().created["emails"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_the_default_sink() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "").await;
+    let client = support::client(&gw.ca(), true);
+    let url = gw.localhost_url("");
+    learn_inbox(&client, &gw).await;
+    replay(&client, &url, "ews-getitem-message").await;
+    let journal = gw.gateway.journal().expect("the journal is the default sink").clone();
+    let entries = support::wait_for(Duration::from_secs(10), "the journal entry", async || {
+        let e = journal.list(10).unwrap();
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].email.id.to_string(), PAT_MESSAGE);
+    assert_eq!(entries[0].email.reason, "sender_contact");
+    let shown: Value = support::plain_client()
+        .get(gw.admin(&format!("/journal/{PAT_MESSAGE}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["email"]["parties"][0]["participationtypemask"], 1);
+}
+
+/// The webhook receiver: records each request after checking its signature.
+async fn webhook_receiver(
+    secret: &'static str,
+) -> (String, Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let header = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let (key, ts, sig) = (
+                            header("idempotency-key"),
+                            header("x-trackgate-timestamp"),
+                            header("x-trackgate-signature"),
+                        );
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let expected = trackgate::crm::webhook::signature(
+                            secret,
+                            ts.parse().unwrap_or(0),
+                            &body,
+                        );
+                        let status = if sig == expected {
+                            store
+                                .lock()
+                                .unwrap()
+                                .push((key, serde_json::from_slice(&body).unwrap()));
+                            200
+                        } else {
+                            401
+                        };
+                        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_sink_posts_signed_documents_with_an_idempotency_key() {
+    const SECRET: &str = "webhook-secret-0123456789";
+    let (hook, seen) = webhook_receiver(SECRET).await;
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        &format!("[crm]\nsink = \"webhook\"\n[crm.webhook]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"),
+    )
+    .await;
+    let client = support::client(&gw.ca(), true);
+    assert!(send(&client, &gw.localhost_url(""), 7).await);
+    let (key, doc) = support::wait_for(Duration::from_secs(10), "the webhook call", async || {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(doc["key"], key);
+    assert_eq!(doc["subject"], "Burst 7");
+    assert_eq!(doc["direction"], "outgoing");
+    assert_eq!(doc["statuscode"], 3);
+    assert_eq!(doc["message_id"], "<burst.7@mail.contoso.example>");
+    assert_eq!(doc["parties"][1]["record"]["entity"], "contact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_once() {
+    use trackgate::crm::{DataverseSettings, DataverseSink, FieldTable, Sink};
+    use trackgate::delivery::{Delivery, DeliveryMetrics, DeliverySettings};
+    use trackgate::outbox::{Outbox, OutboxMetrics, OutboxSettings, RedbOutbox};
+    use trackgate::rules::{Engine, MemoryLimits, Mode, RulesLimits};
+
+    // Jo and Kim track all mail and create contacts for unknown senders.
+    let text = trackgate::directory::file::EMBEDDED_EXAMPLE
+        .replace(
+            "incomingemailfilteringmethod = 0   # all email messages",
+            "incomingemailfilteringmethod = 0\nautocreatecontactonpromote = 1",
+        )
+        .replace(
+            "incomingemailfilteringmethod = 1   # responses to CRM email (the default)\nautocreatecontactonpromote = 2     # create leads",
+            "incomingemailfilteringmethod = 0\nautocreatecontactonpromote = 1",
+        );
+    for batch_size in [1, 2] {
+        let directory = trackgate::directory::file::parse_and_build(&text, "test", false).unwrap();
+        let dv = dataverse().await;
+        let engine = Arc::new(Engine::new(
+            trackgate::directory::DirectoryHandle::new(directory),
+            MemoryLimits {
+                max_bytes: 1 << 20,
+                max_tracked: 1000,
+            },
+            RulesLimits::default(),
+        ));
+        let seen = |mailbox: &str, n: u32| -> trackgate::inspect::Observation {
+            serde_json::from_value(serde_json::json!({
+                "kind": "message_seen", "mailbox": mailbox, "source": "ews", "operation": "GetItem",
+                "item_id": format!("AAMkNew{n}"), "folder": "inbox",
+                "internet_message_id": format!("new.{n}@tailspin.example"),
+                "subject": format!("Hello {n}"),
+                "from": {"name": "Nia Prospect", "address": "nia@tailspin.example"},
+                "to": [{"address": mailbox}],
+                "received_at": "2026-11-20T10:00:00Z"
+            }))
+            .unwrap()
+        };
+        let decisions: Vec<_> = [
+            seen("jo.support@contoso.example", 1),
+            seen("kim.manager@contoso.example", 2),
+        ]
+        .iter()
+        .flat_map(|o| engine.decide(o, Mode::APPLY))
+        .collect();
+        assert_eq!(decisions.len(), 2);
+        let created = decisions[0].auto_create.clone().expect("auto-create");
+        assert_eq!(created.entity, "contact");
+        assert_eq!(decisions[1].auto_create.as_ref().unwrap().id, created.id);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let outbox = Arc::new(
+            RedbOutbox::open(
+                &dir.path().join("outbox.redb"),
+                OutboxSettings::default(),
+                OutboxMetrics::register(&mut registry),
+            )
+            .unwrap(),
+        );
+        for d in decisions {
+            assert!(outbox.submit(d));
+        }
+        outbox.flush().unwrap();
+        assert_eq!(outbox.stats().unwrap().pending, 2);
+        let sink = Sink::Dataverse(DataverseSink::new(
+            reqwest::Client::new(),
+            DataverseSettings {
+                url: dv.url(),
+                api_path: "/api/data/v9.2".into(),
+                credentials: Some(trackgate::crm::oauth::ClientCredentials {
+                    token_url: dv.token_url(),
+                    client_id: CLIENT_ID.into(),
+                    client_secret: trackgate::config::Secret::new(CLIENT_SECRET),
+                    scope: "x/.default".into(),
+                }),
+                act_as_owner: false,
+                batch_size,
+                timeout: Duration::from_secs(10),
+                columns: FieldTable::embedded().email,
+            },
+        ));
+        let delivery = Delivery::new(
+            outbox.clone(),
+            Arc::new(sink),
+            None,
+            engine,
+            DeliverySettings {
+                concurrency: 8,
+                batch_size,
+                ..DeliverySettings::default()
+            },
+            DeliveryMetrics::register(&mut registry),
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = delivery.spawn(stopped, Duration::from_secs(5));
+        support::wait_for(Duration::from_secs(20), "both emails delivered", async || {
+            let s = outbox.stats().unwrap();
+            (s.pending == 0 && s.in_flight == 0 && s.delivered_keys == 2).then_some(())
+        })
+        .await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let contacts: Vec<_> = dv
+            .records("contacts")
+            .into_iter()
+            .filter(|c| c["contactid"] == created.id.to_string())
+            .collect();
+        assert_eq!(contacts.len(), 1, "batch size {batch_size}");
+        assert_eq!(dv.stats().created["contacts"], 1, "created once");
+        assert_eq!(contacts[0]["emailaddress1"], "nia@tailspin.example");
+        assert_eq!(contacts[0]["firstname"], "Nia");
+        assert_eq!(contacts[0]["lastname"], "Prospect");
+        let emails = written_emails(&dv);
+        assert_eq!(emails.len(), 2);
+        for e in &emails {
+            assert_eq!(
+                party(e, 1)[0]["_partyid_contact_value"]["id"],
+                created.id.to_string(),
+                "the email binds the created contact"
+            );
+        }
+        if batch_size > 1 {
+            assert!(dv.stats().batches >= 1, "sent as $batch");
+        }
+    }
+}
