@@ -1200,7 +1200,7 @@ fn auto_create_follows_user_and_org_settings_and_is_one_record_per_address() {
     let created = first.auto_create.unwrap().id;
     let next = stranger(&filter2, "allmail@corp.example", "ac2b@x");
     expect(&next, Reason::SenderContact);
-    assert_eq!(next.auto_create.map(|c| c.id), Some(created));
+    assert_eq!(next.auto_create.as_ref().map(|c| c.id), Some(created));
     assert_eq!(sender_of(&next), vec![look("contact", created.as_u128())]);
     // Leads.
     let leads = engine_with(|d| d.usersettingscollection[0].autocreatecontactonpromote = 2);
