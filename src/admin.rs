@@ -130,15 +130,19 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             if let Some(denied) = authorize(state, &req) {
                 return denied;
             }
-            let Some(id) = p.strip_prefix("/journal/").and_then(|i| uuid::Uuid::parse_str(i).ok())
+            let Some(id) = p
+                .strip_prefix("/journal/")
+                .and_then(|i| uuid::Uuid::parse_str(i).ok())
             else {
                 return reply(StatusCode::BAD_REQUEST, "text/plain", "not an id\n".into());
             };
             match &state.journal {
                 Some(j) => match j.show(id) {
-                    Err(crate::crm::journal::JournalError::NotFound(_)) => {
-                        reply(StatusCode::NOT_FOUND, "text/plain", "no such entry\n".into())
-                    }
+                    Err(crate::crm::journal::JournalError::NotFound(_)) => reply(
+                        StatusCode::NOT_FOUND,
+                        "text/plain",
+                        "no such entry\n".into(),
+                    ),
                     other => json_reply(other),
                 },
                 None => no_journal(),

@@ -12,17 +12,15 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, ListenerTls, SinkConfig, UpstreamTarget};
-use crate::crm::{
-    DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink,
-};
+use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
 use crate::delivery::{Delivery, DeliveryMetrics};
-use crate::exchange::ExchangeClient;
-use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
 use crate::directory::{DirectoryError, DirectoryHandle, DirectoryMetrics, FileSource};
+use crate::exchange::ExchangeClient;
 use crate::inspect::InspectLimits;
 use crate::inspect::decode::DecodeLimits;
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
 use crate::inspect::xml::XmlLimits;
+use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
 use crate::proxy::capture::{Budget, CaptureSink};
 use crate::proxy::server;
 use crate::proxy::{Proxy, ProxyBuildError, ProxyMetrics, ProxyState, Routes, UpstreamBase};
@@ -114,7 +112,7 @@ fn build_sink(
             credentials,
             act_as_owner,
         } => (
-            Sink::Dataverse(DataverseSink::new(
+            Sink::Dataverse(Box::new(DataverseSink::new(
                 http.clone(),
                 DataverseSettings {
                     url: url.clone(),
@@ -125,7 +123,7 @@ fn build_sink(
                     timeout: config.delivery.request_timeout,
                     columns: config.crm.fields.email,
                 },
-            )),
+            ))),
             None,
         ),
         SinkConfig::Webhook { url, secret } => (

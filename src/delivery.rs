@@ -74,9 +74,7 @@ impl DeliveryMetrics {
             outcomes: Family::default(),
             enrichments: Family::default(),
             paused: Gauge::default(),
-            latency: Histogram::new(
-                [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0].into_iter(),
-            ),
+            latency: Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0]),
         };
         let r = registry.sub_registry_with_prefix("delivery");
         r.register(
@@ -109,7 +107,9 @@ impl DeliveryMetrics {
     }
 
     fn enrichment(&self, result: &'static str) {
-        self.enrichments.get_or_create(&ResultLabels { result }).inc();
+        self.enrichments
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 }
 
@@ -250,7 +250,10 @@ impl Delivery {
         }
         if let Some(left) = self.paused_for() {
             // Another worker met a 429 or an outage while these were being prepared.
-            tracing::debug!(paused_ms = left.as_millis() as u64, "sink paused; records keep their place");
+            tracing::debug!(
+                paused_ms = left.as_millis() as u64,
+                "sink paused; records keep their place"
+            );
             for (record, _) in &ready {
                 self.outbox.settle(
                     record,
@@ -362,9 +365,7 @@ impl Delivery {
         let wants_body = self.settings.body != BodyPolicy::None && !decision.update_regarding;
         let target = decision.mailbox.clone().zip(decision.item_id.clone());
         match (&self.exchange, target) {
-            (Some(client), Some((mailbox, item_id)))
-                if decision.needs_enrichment || wants_body =>
-            {
+            (Some(client), Some((mailbox, item_id))) if decision.needs_enrichment || wants_body => {
                 let graph = decision.operation.starts_with(char::is_lowercase);
                 let html = self.settings.body == BodyPolicy::Full;
                 match client.fetch(&mailbox, &item_id, graph, html).await {
@@ -374,7 +375,10 @@ impl Delivery {
                             let decided = self.engine.enriched(&decision, &fetched.message);
                             if !decided.is_track() {
                                 self.metrics.enrichment("not_tracked");
-                                tracing::debug!(reason = decided.reason.as_str(), "not tracked after enrichment");
+                                tracing::debug!(
+                                    reason = decided.reason.as_str(),
+                                    "not tracked after enrichment"
+                                );
                                 return Ok(None);
                             }
                             decision = decided;

@@ -11,8 +11,7 @@ use clap::{Parser, Subcommand};
 
 use trackgate::config::{Config, RawConfig};
 use trackgate::simulate::{
-    AuthMode, DataverseOptions, DataverseSimulator, ExchangeSimulator, FixtureSet,
-    SimulatorOptions,
+    AuthMode, DataverseOptions, DataverseSimulator, ExchangeSimulator, FixtureSet, SimulatorOptions,
 };
 use trackgate::{app, ops, telemetry, tls};
 
@@ -225,12 +224,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 None => trackgate::directory::file::EMBEDDED_EXAMPLE.to_owned(),
             };
-            let seed: trackgate::directory::model::DirectoryDocument =
-                if directory.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "json")) {
-                    serde_json::from_str(&text)?
-                } else {
-                    toml::from_str(&text)?
-                };
+            let seed: trackgate::directory::model::DirectoryDocument = if directory
+                .as_ref()
+                .is_some_and(|p| p.extension().is_some_and(|e| e == "json"))
+            {
+                serde_json::from_str(&text)?
+            } else {
+                toml::from_str(&text)?
+            };
             let options = DataverseOptions {
                 credentials: client_id.zip(client_secret),
                 seed: Some(seed),

@@ -66,7 +66,9 @@ pub fn outbox(config: &Config, action: OutboxAction) -> Result<String, OpsError>
         Err(OutboxError::InUse { .. }) => {
             let (method, path) = match action {
                 OutboxAction::Stats => ("GET", "/outbox/stats".to_owned()),
-                OutboxAction::Pending { limit } => ("GET", format!("/outbox/pending?limit={limit}")),
+                OutboxAction::Pending { limit } => {
+                    ("GET", format!("/outbox/pending?limit={limit}"))
+                }
                 OutboxAction::Dead { limit } => ("GET", format!("/outbox/dead?limit={limit}")),
                 OutboxAction::Retry(id) => ("POST", format!("/outbox/retry/{id}")),
                 OutboxAction::Skip(id) => ("POST", format!("/outbox/skip/{id}")),
@@ -88,7 +90,9 @@ pub fn journal(config: &Config, action: JournalAction) -> Result<String, OpsErro
             JournalAction::Show(id) => pretty(&journal.show(id)?),
         },
         Err(JournalError::InUse { .. }) => match action {
-            JournalAction::List { limit } => admin(config, "GET", &format!("/journal?limit={limit}")),
+            JournalAction::List { limit } => {
+                admin(config, "GET", &format!("/journal?limit={limit}"))
+            }
             JournalAction::Show(id) => admin(config, "GET", &format!("/journal/{id}")),
         },
         Err(e) => Err(e.into()),
@@ -119,7 +123,11 @@ fn admin(config: &Config, method: &str, path: &str) -> Result<String, OpsError> 
             .timeout(std::time::Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| fail(format!("cannot reach it ({e}); is the gateway running with this configuration?")))?;
+            .map_err(|e| {
+                fail(format!(
+                    "cannot reach it ({e}); is the gateway running with this configuration?"
+                ))
+            })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| fail(e.to_string()))?;
         if status.is_success() {

@@ -150,7 +150,7 @@ async fn metrics(admin: &str) -> String {
         .unwrap()
 }
 
-fn party<'a>(email: &'a Map<String, Value>, mask: u64) -> Vec<&'a Map<String, Value>> {
+fn party(email: &Map<String, Value>, mask: u64) -> Vec<&Map<String, Value>> {
     email["email_activity_parties"]
         .as_array()
         .unwrap()
@@ -184,17 +184,24 @@ async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regard
     })
     .await;
     let id = Uuid::parse_str(PAT_MESSAGE).unwrap();
-    assert!(decisions.iter().all(|d| d.crm_id == Some(id)), "{decisions:#?}");
+    assert!(
+        decisions.iter().all(|d| d.crm_id == Some(id)),
+        "{decisions:#?}"
+    );
     assert!(
         decisions.iter().any(|d| d.update_regarding),
         "the Graph move into the tracked folder links it to the folder's record"
     );
-    let email = support::wait_for(Duration::from_secs(20), "the email in Dataverse", async || {
-        let stats = outbox_stats(&gw.admin("")).await;
-        let emails = written_emails(&dv);
-        (stats["pending"] == 0 && stats["in_flight"] == 0 && emails.len() == 1)
-            .then(|| emails[0].clone())
-    })
+    let email = support::wait_for(
+        Duration::from_secs(20),
+        "the email in Dataverse",
+        async || {
+            let stats = outbox_stats(&gw.admin("")).await;
+            let emails = written_emails(&dv);
+            (stats["pending"] == 0 && stats["in_flight"] == 0 && emails.len() == 1)
+                .then(|| emails[0].clone())
+        },
+    )
     .await;
     assert_eq!(dv.stats().created["emails"], 1, "created exactly once");
     assert_eq!(dv.stats().recreated, 0);
@@ -208,20 +215,24 @@ async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regard
     assert_eq!(from.len(), 1);
     assert_eq!(from[0]["_partyid_contact_value"]["id"], PAT_CONTACT);
     assert!(
-        party(&email, 2)
-            .iter()
-            .any(|p| p.get("_partyid_systemuser_value").is_some_and(|v| v["id"] == ALEX)),
+        party(&email, 2).iter().any(|p| p
+            .get("_partyid_systemuser_value")
+            .is_some_and(|v| v["id"] == ALEX)),
         "Alex is a To party: {email:#?}"
     );
     assert_eq!(
         email["_sim_callerobjectid"], "10000000-0000-4000-8000-0000000000a1",
         "created as the mailbox owner"
     );
-    let regarding = support::wait_for(Duration::from_secs(20), "the regarding update", async || {
-        written_emails(&dv)[0]
-            .get("_regardingobjectid_account_email_value")
-            .cloned()
-    })
+    let regarding = support::wait_for(
+        Duration::from_secs(20),
+        "the regarding update",
+        async || {
+            written_emails(&dv)[0]
+                .get("_regardingobjectid_account_email_value")
+                .cloned()
+        },
+    )
     .await;
     assert_eq!(
         regarding["id"], "00000000-0000-4000-8000-0000000000c2",
@@ -291,14 +302,17 @@ async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly
     let committed = stats["delivered_keys"].as_u64().unwrap() as usize;
     assert_eq!(stats["dead"], 0);
     let emails = written_emails(&dv);
-    assert_eq!(emails.len(), committed, "every committed decision delivered");
+    assert_eq!(
+        emails.len(),
+        committed,
+        "every committed decision delivered"
+    );
     assert_eq!(dv.stats().created["emails"] as usize, committed);
     assert_eq!(dv.stats().recreated, 0, "no email created twice");
     assert!(
         emails
             .iter()
-            .all(|e| e["subject"].as_str().unwrap().starts_with("Burst ")
-                && e["statuscode"] == 3)
+            .all(|e| e["subject"].as_str().unwrap().starts_with("Burst ") && e["statuscode"] == 3)
     );
     assert!(committed > 0 && committed <= acknowledged + 16);
     println!(
@@ -314,9 +328,16 @@ async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly
         .arg(&config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(offline["delivered_keys"].as_u64().unwrap() as usize, committed);
+    assert_eq!(
+        offline["delivered_keys"].as_u64().unwrap() as usize,
+        committed
+    );
     assert_eq!(offline["pending"], 0);
 }
 
@@ -324,11 +345,7 @@ async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly
 async fn a_crm_outage_holds_the_backlog_then_drains_it_in_order() {
     let sim = support::simulator("sim").await;
     let dv = dataverse().await;
-    let gw = support::gateway(
-        &sim.url(),
-        &dataverse_config(&dv, "concurrency = 1"),
-    )
-    .await;
+    let gw = support::gateway(&sim.url(), &dataverse_config(&dv, "concurrency = 1")).await;
     let client = support::client(&gw.ca(), true);
     dv.set_faults(DataverseFaults {
         down: true,
@@ -350,7 +367,10 @@ async fn a_crm_outage_holds_the_backlog_then_drains_it_in_order() {
     })
     .await;
     assert!(written_emails(&dv).is_empty());
-    assert!(m_contains(&metrics(&gw.admin("")).await, "trackgate_outbox_oldest_pending_age_seconds"));
+    assert!(m_contains(
+        &metrics(&gw.admin("")).await,
+        "trackgate_outbox_oldest_pending_age_seconds"
+    ));
     dv.set_faults(DataverseFaults::default());
     let emails = support::wait_for(Duration::from_secs(30), "the backlog drained", async || {
         let e = written_emails(&dv);
@@ -395,12 +415,18 @@ async fn a_429_storm_pauses_the_whole_sink_until_retry_after_and_loses_nothing()
     for n in 0..N {
         assert!(send(&client, &gw.localhost_url(""), n).await);
     }
-    support::wait_for(Duration::from_secs(30), "everything delivered", async || {
-        (written_emails(&dv).len() == N).then_some(())
-    })
+    support::wait_for(
+        Duration::from_secs(30),
+        "everything delivered",
+        async || (written_emails(&dv).len() == N).then_some(()),
+    )
     .await;
     let log = dv.requests();
-    let throttled: Vec<u64> = log.iter().filter(|r| r.status == 429).map(|r| r.at_ms).collect();
+    let throttled: Vec<u64> = log
+        .iter()
+        .filter(|r| r.status == 429)
+        .map(|r| r.at_ms)
+        .collect();
     assert_eq!(throttled.len(), 3, "{log:#?}");
     for t in &throttled {
         // Requests already on the wire when the 429 came back may arrive just after it.
@@ -408,7 +434,10 @@ async fn a_429_storm_pauses_the_whole_sink_until_retry_after_and_loses_nothing()
             .iter()
             .filter(|r| r.at_ms > t + 200 && r.at_ms < t + 1500)
             .collect();
-        assert!(early.is_empty(), "requests before Retry-After passed: {early:#?}");
+        assert!(
+            early.is_empty(),
+            "requests before Retry-After passed: {early:#?}"
+        );
     }
     assert!(
         log.iter().any(|r| r.at_ms >= throttled[0] + 1500),
@@ -455,7 +484,10 @@ async fn a_poison_record_goes_to_dead_letter_the_rest_flow_and_retry_delivers_it
     let letter = &dead[0];
     assert_eq!(letter["status"], 400);
     assert!(
-        letter["response"].as_str().unwrap().contains("does not exist"),
+        letter["response"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
         "{letter:#}"
     );
     let emails = written_emails(&dv);
@@ -487,11 +519,15 @@ async fn a_poison_record_goes_to_dead_letter_the_rest_flow_and_retry_delivers_it
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    support::wait_for(Duration::from_secs(20), "the retried record delivered", async || {
-        let stats = outbox_stats(&gw.admin("")).await;
-        (written_emails(&dv).len() == 2 && stats["dead"] == 0 && stats["pending"] == 0)
-            .then_some(())
-    })
+    support::wait_for(
+        Duration::from_secs(20),
+        "the retried record delivered",
+        async || {
+            let stats = outbox_stats(&gw.admin("")).await;
+            (written_emails(&dv).len() == 2 && stats["dead"] == 0 && stats["pending"] == 0)
+                .then_some(())
+        },
+    )
     .await;
     let r = admin
         .post(gw.admin(&format!("/outbox/retry/{key}")))
@@ -511,7 +547,11 @@ async fn the_journal_is_the_default_sink() {
     let url = gw.localhost_url("");
     learn_inbox(&client, &gw).await;
     replay(&client, &url, "ews-getitem-message").await;
-    let journal = gw.gateway.journal().expect("the journal is the default sink").clone();
+    let journal = gw
+        .gateway
+        .journal()
+        .expect("the journal is the default sink")
+        .clone();
     let entries = support::wait_for(Duration::from_secs(10), "the journal entry", async || {
         let e = journal.list(10).unwrap();
         (!e.is_empty()).then_some(e)
@@ -545,41 +585,43 @@ async fn webhook_receiver(
             let (tcp, _) = listener.accept().await.unwrap();
             let store = store.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let store = store.clone();
-                    async move {
-                        let header = |n: &str| {
-                            req.headers()
-                                .get(n)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned()
-                        };
-                        let (key, ts, sig) = (
-                            header("idempotency-key"),
-                            header("x-trackgate-timestamp"),
-                            header("x-trackgate-signature"),
-                        );
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let expected = trackgate::crm::webhook::signature(
-                            secret,
-                            ts.parse().unwrap_or(0),
-                            &body,
-                        );
-                        let status = if sig == expected {
-                            store
-                                .lock()
-                                .unwrap()
-                                .push((key, serde_json::from_slice(&body).unwrap()));
-                            200
-                        } else {
-                            401
-                        };
-                        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let header = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_owned()
+                            };
+                            let (key, ts, sig) = (
+                                header("idempotency-key"),
+                                header("x-trackgate-timestamp"),
+                                header("x-trackgate-signature"),
+                            );
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let expected = trackgate::crm::webhook::signature(
+                                secret,
+                                ts.parse().unwrap_or(0),
+                                &body,
+                            );
+                            let status = if sig == expected {
+                                store
+                                    .lock()
+                                    .unwrap()
+                                    .push((key, serde_json::from_slice(&body).unwrap()));
+                                200
+                            } else {
+                                401
+                            };
+                            let mut r =
+                                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
                     .await;
@@ -596,7 +638,9 @@ async fn the_webhook_sink_posts_signed_documents_with_an_idempotency_key() {
     let sim = support::simulator("sim").await;
     let gw = support::gateway(
         &sim.url(),
-        &format!("[crm]\nsink = \"webhook\"\n[crm.webhook]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"),
+        &format!(
+            "[crm]\nsink = \"webhook\"\n[crm.webhook]\nurl = \"{hook}\"\nsecret = \"{SECRET}\"\n"
+        ),
     )
     .await;
     let client = support::client(&gw.ca(), true);
@@ -680,7 +724,7 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
         }
         outbox.flush().unwrap();
         assert_eq!(outbox.stats().unwrap().pending, 2);
-        let sink = Sink::Dataverse(DataverseSink::new(
+        let sink = Sink::Dataverse(Box::new(DataverseSink::new(
             reqwest::Client::new(),
             DataverseSettings {
                 url: dv.url(),
@@ -696,7 +740,7 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
                 timeout: Duration::from_secs(10),
                 columns: FieldTable::embedded().email,
             },
-        ));
+        )));
         let delivery = Delivery::new(
             outbox.clone(),
             Arc::new(sink),
@@ -711,10 +755,14 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = delivery.spawn(stopped, Duration::from_secs(5));
-        support::wait_for(Duration::from_secs(20), "both emails delivered", async || {
-            let s = outbox.stats().unwrap();
-            (s.pending == 0 && s.in_flight == 0 && s.delivered_keys == 2).then_some(())
-        })
+        support::wait_for(
+            Duration::from_secs(20),
+            "both emails delivered",
+            async || {
+                let s = outbox.stats().unwrap();
+                (s.pending == 0 && s.in_flight == 0 && s.delivered_keys == 2).then_some(())
+            },
+        )
         .await;
         stop.send(true).unwrap();
         task.await.unwrap();

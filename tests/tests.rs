@@ -9,10 +9,10 @@ mod support;
 mod admin;
 /// Autodiscover answers and redirects rewritten to the gateway's URL.
 mod autodiscover;
-/// Outbox and delivery end to end: crashes, outages, throttling, poison, auto-create, sinks.
-mod delivery;
 /// The command line: check, certs, version.
 mod cli;
+/// Outbox and delivery end to end: crashes, outages, throttling, poison, auto-create, sinks.
+mod delivery;
 /// `Expect: 100-continue` is answered by the upstream, never the gateway.
 mod expect_continue;
 /// The fuzz corpora, replayed.

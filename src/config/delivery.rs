@@ -264,7 +264,15 @@ pub(super) fn validate(
     exchange: &RawExchange,
     data_dir: &Path,
     anchor: &dyn Fn(&Path) -> PathBuf,
-) -> Result<(OutboxConfig, DeliveryConfig, CrmConfig, Option<ExchangeSettings>), ConfigError> {
+) -> Result<
+    (
+        OutboxConfig,
+        DeliveryConfig,
+        CrmConfig,
+        Option<ExchangeSettings>,
+    ),
+    ConfigError,
+> {
     at_least(
         "outbox.group_commit_records",
         outbox.group_commit_records as u64,

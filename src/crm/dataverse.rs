@@ -276,8 +276,8 @@ impl DataverseSink {
             return all(Outcome::from_status(status, retry_after.as_deref(), body));
         }
         let text = response.text().await.unwrap_or_default();
-        let Some(answers) = multipart::boundary(&content_type)
-            .and_then(|b| multipart::read_batch(b, &text).ok())
+        let Some(answers) =
+            multipart::boundary(&content_type).and_then(|b| multipart::read_batch(b, &text).ok())
         else {
             return all(Outcome::Failed {
                 status: Some(status),

@@ -17,7 +17,9 @@ const JOURNAL: TableDefinition<u128, &[u8]> = TableDefinition::new("journal");
 pub enum JournalError {
     #[error("journal {path}: {message}")]
     Store { path: String, message: String },
-    #[error("journal {path} is open in a running gateway; stop it first or use its admin endpoints")]
+    #[error(
+        "journal {path} is open in a running gateway; stop it first or use its admin endpoints"
+    )]
     InUse { path: String },
     #[error("no journal entry {0}")]
     NotFound(Uuid),

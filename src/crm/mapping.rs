@@ -375,10 +375,14 @@ pub fn html_to_text(html: &str) -> String {
                     _ => "head",
                 })
             }
-            (None, _) if matches!(name.as_str(), "br" | "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3") => {
-                if !out.ends_with('\n') && !out.is_empty() {
-                    out.push('\n');
-                }
+            (None, _)
+                if matches!(
+                    name.as_str(),
+                    "br" | "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3"
+                ) && !out.ends_with('\n')
+                    && !out.is_empty() =>
+            {
+                out.push('\n');
             }
             _ => {}
         }
@@ -428,10 +432,7 @@ pub fn dataverse_email(email: &TrackedEmail, columns: &EmailColumns) -> serde_js
         body.insert("description".into(), b.content.clone().into());
     }
     if columns.directioncode {
-        body.insert(
-            "directioncode".into(),
-            email.direction.is_outgoing().into(),
-        );
+        body.insert("directioncode".into(), email.direction.is_outgoing().into());
     }
     if columns.messageid
         && let Some(m) = &email.message_id
@@ -452,7 +453,10 @@ pub fn dataverse_email(email: &TrackedEmail, columns: &EmailColumns) -> serde_js
             .iter()
             .map(|p| {
                 let mut row = serde_json::Map::new();
-                row.insert("participationtypemask".into(), p.participationtypemask.into());
+                row.insert(
+                    "participationtypemask".into(),
+                    p.participationtypemask.into(),
+                );
                 if let Some(a) = &p.address {
                     row.insert("addressused".into(), a.clone().into());
                 }
@@ -581,7 +585,11 @@ mod tests {
             description: false,
             ..FieldTable::embedded().email
         };
-        assert!(dataverse_email(&full, &columns).get("description").is_none());
+        assert!(
+            dataverse_email(&full, &columns)
+                .get("description")
+                .is_none()
+        );
     }
 
     #[test]
@@ -612,7 +620,10 @@ mod tests {
             e.parties[0].record,
             Some(Lookup::new("lead", Uuid::from_u128(9)))
         );
-        assert_eq!(auto_create_body(e.auto_create.as_ref().unwrap())["lastname"], "N");
+        assert_eq!(
+            auto_create_body(e.auto_create.as_ref().unwrap())["lastname"],
+            "N"
+        );
         d.crm_id = None;
         assert_eq!(
             tracked_email(&d, Uuid::nil(), None, BodyPolicy::Full).unwrap_err(),

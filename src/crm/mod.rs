@@ -73,7 +73,12 @@ impl Outcome {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or("").chars().take(300).collect()
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect()
 }
 
 /// `Retry-After` in seconds, fractions allowed (Dataverse sends whole seconds; others do not),
@@ -152,7 +157,7 @@ fn without_url(error: &reqwest::Error) -> String {
 /// The configured sink.
 #[derive(Debug)]
 pub enum Sink {
-    Dataverse(DataverseSink),
+    Dataverse(Box<DataverseSink>),
     Webhook(WebhookSink),
     Journal(std::sync::Arc<Journal>),
 }
@@ -222,7 +227,10 @@ mod tests {
         ));
         assert!(matches!(
             Outcome::from_status(500, None, "boom".into()),
-            Outcome::Failed { status: Some(500), .. }
+            Outcome::Failed {
+                status: Some(500),
+                ..
+            }
         ));
         assert!(matches!(
             Outcome::from_status(400, None, "bad bind".into()),

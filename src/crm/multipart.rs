@@ -103,7 +103,10 @@ pub fn read_batch(boundary: &str, body: &str) -> Result<Vec<BatchItem>, Multipar
     for part in split(boundary, body)? {
         let (headers, content) = headers_and_rest(part)?;
         let content_type = find(&headers, "content-type").unwrap_or("");
-        if content_type.to_ascii_lowercase().starts_with("multipart/mixed") {
+        if content_type
+            .to_ascii_lowercase()
+            .starts_with("multipart/mixed")
+        {
             let inner = self::boundary(content_type).ok_or(MultipartError::NoBoundary)?;
             let mut parts = Vec::new();
             for p in split(inner, content)? {
@@ -143,11 +146,15 @@ fn split<'a>(boundary: &str, body: &'a str) -> Result<Vec<&'a str>, MultipartErr
         let rest_line = rest
             .strip_prefix("\r\n")
             .or_else(|| rest.strip_prefix('\n'))
-            .ok_or(MultipartError::Malformed("boundary not followed by a line break"))?;
+            .ok_or(MultipartError::Malformed(
+                "boundary not followed by a line break",
+            ))?;
         let end = rest_line
             .find(&format!("\n{delimiter}"))
             .ok_or(MultipartError::Malformed("part without a closing boundary"))?;
-        let part = rest_line[..end].strip_suffix('\r').unwrap_or(&rest_line[..end]);
+        let part = rest_line[..end]
+            .strip_suffix('\r')
+            .unwrap_or(&rest_line[..end]);
         parts.push(part);
         if parts.len() > MAX_PARTS {
             return Err(MultipartError::TooManyParts);
@@ -156,7 +163,10 @@ fn split<'a>(boundary: &str, body: &'a str) -> Result<Vec<&'a str>, MultipartErr
     }
 }
 
-fn headers_and_rest(text: &str) -> Result<(Vec<(String, String)>, &str), MultipartError> {
+/// Header lines as (name, value) pairs.
+type Headers = Vec<(String, String)>;
+
+fn headers_and_rest(text: &str) -> Result<(Headers, &str), MultipartError> {
     let (head, rest) = match text.find("\r\n\r\n") {
         Some(i) => (&text[..i], &text[i + 4..]),
         None => match text.find("\n\n") {

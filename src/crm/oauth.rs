@@ -70,7 +70,13 @@ impl TokenSource {
             ])
             .send()
             .await
-            .map_err(|e| TokenError::Unreachable(if e.is_timeout() { "timed out".into() } else { "cannot connect".into() }))?;
+            .map_err(|e| {
+                TokenError::Unreachable(if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    "cannot connect".into()
+                })
+            })?;
         let status = response.status().as_u16();
         let answer: TokenAnswer = response.json().await.map_err(|_| TokenError::Malformed)?;
         if !(200..300).contains(&status) {
@@ -82,7 +88,10 @@ impl TokenSource {
         let token = answer.access_token.ok_or(TokenError::Malformed)?;
         let lifetime = answer
             .expires_in
-            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .unwrap_or(3600);
         // Renew five minutes early (or halfway, for short-lived tokens).
         let margin = (lifetime / 2).min(300);

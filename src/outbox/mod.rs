@@ -224,21 +224,15 @@ impl OutboxMetrics {
             dead_letters: Gauge::default(),
             oldest_pending_age: Gauge::default(),
             commits: Counter::default(),
-            commit_seconds: Histogram::new(
-                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0].into_iter(),
-            ),
-            batch_records: Histogram::new(
-                [1.0, 2.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0].into_iter(),
-            ),
+            commit_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            batch_records: Histogram::new([1.0, 2.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
             enqueued: Family::default(),
             settled: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("outbox");
-        r.register(
-            "depth",
-            "Records waiting for delivery",
-            m.depth.clone(),
-        );
+        r.register("depth", "Records waiting for delivery", m.depth.clone());
         r.register(
             "in_flight",
             "Records claimed by delivery and not settled yet",
@@ -254,7 +248,11 @@ impl OutboxMetrics {
             "Age of the oldest record waiting for delivery",
             m.oldest_pending_age.clone(),
         );
-        r.register("commits", "Group commits (one fsync each)", m.commits.clone());
+        r.register(
+            "commits",
+            "Group commits (one fsync each)",
+            m.commits.clone(),
+        );
         r.register(
             "commit_seconds",
             "Time of one group commit",

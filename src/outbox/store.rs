@@ -439,7 +439,8 @@ impl Shared {
                                 result: "skipped",
                             });
                             true
-                        } else if let Some(seq) = dead_keys.remove(k).store(path)?.map(|v| v.value())
+                        } else if let Some(seq) =
+                            dead_keys.remove(k).store(path)?.map(|v| v.value())
                         {
                             dead.remove(seq).store(path)?;
                             after.push(Change::Undead);
@@ -558,10 +559,7 @@ impl Change {
 
 impl Outbox for RedbOutbox {
     fn submit(&self, decision: Decision) -> bool {
-        match self
-            .ops
-            .try_send(Op::Enqueue(Box::new(decision), now_ms()))
-        {
+        match self.ops.try_send(Op::Enqueue(Box::new(decision), now_ms())) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.shared.metrics.enqueued("refused");

@@ -461,8 +461,7 @@ where
                 // the end is noticed here rather than waiting for a `None` that never comes.
                 let complete = this.inner.as_ref().get_ref().is_end_stream()
                     || this.declared.is_some_and(|d| *this.seen >= d);
-                if complete && let Some(pending) = this.pending.take()
-                {
+                if complete && let Some(pending) = this.pending.take() {
                     finish(
                         &pending,
                         *this.side,

@@ -295,11 +295,18 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
         .emails
         .iter()
         .filter_map(|e| e.regardingobjectid.clone())
-        .chain(doc.mailboxtrackingfolders.iter().filter_map(|f| f.regardingobjectid.clone()))
+        .chain(
+            doc.mailboxtrackingfolders
+                .iter()
+                .filter_map(|f| f.regardingobjectid.clone()),
+        )
         .collect();
     for target in targets {
         let set = crate::crm::mapping::entity_set(&target.entity);
-        let exists = store.tables.get(&set).is_some_and(|t| t.contains_key(&target.id));
+        let exists = store
+            .tables
+            .get(&set)
+            .is_some_and(|t| t.contains_key(&target.id));
         if !exists {
             insert_seed(store, &set, target.id, Map::new());
         }
@@ -326,7 +333,7 @@ impl Shared {
     }
 
     /// A fault to answer with instead of serving, and how long to stall first.
-    fn take_fault(&self) -> (Duration, Option<(u16, Vec<(String, String)>, String)>) {
+    fn take_fault(&self) -> (Duration, Option<Answer>) {
         let mut f = self.faults();
         let stall = Duration::from_millis(f.stall_ms);
         if let Some(t) = &mut f.throttle
@@ -348,7 +355,11 @@ impl Shared {
             fail.count -= 1;
             return (
                 stall,
-                Some(error(fail.status, "0x80040216", "An unexpected error occurred.")),
+                Some(error(
+                    fail.status,
+                    "0x80040216",
+                    "An unexpected error occurred.",
+                )),
             );
         }
         (stall, None)
@@ -363,7 +374,11 @@ fn format_retry(seconds: f64) -> String {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             _ = stopped.changed() => return,
@@ -450,8 +465,8 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         return respond(s, h, b);
     };
     if shared.options.credentials.is_some() {
-        let token = header("authorization")
-            .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
+        let token =
+            header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
         let known = token.is_some_and(|t| {
             shared
                 .tokens
@@ -555,15 +570,13 @@ fn decode_form(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -642,7 +655,9 @@ fn parse_target(relative: &str) -> Option<(String, Option<Uuid>)> {
 fn valid_set(set: &str) -> bool {
     !set.is_empty()
         && set.len() <= 64
-        && set.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && set
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Resolves an `@odata.bind` value (`/contacts(<id>)`, a full URL ending so, or `$n`).
@@ -690,7 +705,9 @@ fn resolve_row(
                 .ok_or("email_activity_parties must be an array")?;
             let mut stored = Vec::new();
             for party in parties {
-                let party = party.as_object().ok_or("an activity party must be an object")?;
+                let party = party
+                    .as_object()
+                    .ok_or("an activity party must be an object")?;
                 let mask = party
                     .get("participationtypemask")
                     .and_then(Value::as_u64)
@@ -699,7 +716,9 @@ fn resolve_row(
                     return Err(format!("participationtypemask {mask} is not valid"));
                 }
                 let resolved = resolve_row(store, party, references)?;
-                if !resolved.keys().any(|k| k.starts_with("_partyid_")) && !party.contains_key("addressused") {
+                if !resolved.keys().any(|k| k.starts_with("_partyid_"))
+                    && !party.contains_key("addressused")
+                {
                     return Err("an activity party needs partyid or addressused".into());
                 }
                 stored.push(Value::Object(resolved));
@@ -720,7 +739,9 @@ fn resolve_row(
             _ => false,
         };
         if !valid {
-            return Err(format!("statuscode {status} is not valid for statecode {state}"));
+            return Err(format!(
+                "statuscode {status} is not valid for statecode {state}"
+            ));
         }
     }
     Ok(row)
@@ -752,15 +773,14 @@ fn execute(
         })
         .unwrap_or_else(|| relative.to_owned());
     let Some((set, id)) = parse_target(&relative) else {
-        return (None, error(404, "0x80060888", "Resource not found for the segment."));
+        return (
+            None,
+            error(404, "0x80060888", "Resource not found for the segment."),
+        );
     };
     let entity_path = |id: Uuid| format!("/{set}({id})");
-    let created_headers = |id: Uuid| {
-        vec![(
-            "OData-EntityId".to_owned(),
-            format!("{api}/{set}({id})"),
-        )]
-    };
+    let created_headers =
+        |id: Uuid| vec![("OData-EntityId".to_owned(), format!("{api}/{set}({id})"))];
     match (method.clone(), id) {
         (Method::GET, Some(id)) => match store.tables.get(&set).and_then(|t| t.get(&id)) {
             Some(row) => (
@@ -771,36 +791,69 @@ fn execute(
                     Value::Object(select(row, query)).to_string(),
                 ),
             ),
-            None => (None, error(404, "0x80040217", &format!("{set} With Id = {id} Does Not Exist"))),
+            None => (
+                None,
+                error(
+                    404,
+                    "0x80040217",
+                    &format!("{set} With Id = {id} Does Not Exist"),
+                ),
+            ),
         },
         (Method::GET, None) => (None, query_set(store, api, &set, query, header)),
-        (Method::DELETE, Some(id)) => match store.tables.get_mut(&set).and_then(|t| t.remove(&id)) {
-            Some(before) => {
-                undo.push(Undo {
-                    set: set.clone(),
-                    id,
-                    before: Some(before),
-                    created: false,
-                });
-                (None, (204, Vec::new(), String::new()))
+        (Method::DELETE, Some(id)) => {
+            match store.tables.get_mut(&set).and_then(|t| t.remove(&id)) {
+                Some(before) => {
+                    undo.push(Undo {
+                        set: set.clone(),
+                        id,
+                        before: Some(before),
+                        created: false,
+                    });
+                    (None, (204, Vec::new(), String::new()))
+                }
+                None => (None, error(404, "0x80040217", "Does Not Exist")),
             }
-            None => (None, error(404, "0x80040217", "Does Not Exist")),
-        },
-        (Method::PATCH, Some(id)) | (Method::POST, Some(id)) => {
-            write(store, &set, id, header, body, references, undo, method == Method::POST)
-                .map(|(id, a)| (Some(entity_path(id)), (a.0, [a.1, created_headers(id)].concat(), a.2)))
-                .unwrap_or_else(|a| (None, a))
         }
+        (Method::PATCH, Some(id)) | (Method::POST, Some(id)) => write(
+            store,
+            &set,
+            id,
+            header,
+            body,
+            references,
+            undo,
+            method == Method::POST,
+        )
+        .map(|(id, a)| {
+            (
+                Some(entity_path(id)),
+                (a.0, [a.1, created_headers(id)].concat(), a.2),
+            )
+        })
+        .unwrap_or_else(|a| (None, a)),
         (Method::POST, None) => {
             let id = serde_json::from_str::<Map<String, Value>>(body)
                 .ok()
-                .and_then(|b| b.get(&pk(&set)).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok()))
+                .and_then(|b| {
+                    b.get(&pk(&set))
+                        .and_then(Value::as_str)
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                })
                 .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid());
             write(store, &set, id, header, body, references, undo, true)
-                .map(|(id, a)| (Some(entity_path(id)), (a.0, [a.1, created_headers(id)].concat(), a.2)))
+                .map(|(id, a)| {
+                    (
+                        Some(entity_path(id)),
+                        (a.0, [a.1, created_headers(id)].concat(), a.2),
+                    )
+                })
                 .unwrap_or_else(|a| (None, a))
         }
-        _ => (None, error(405, "0x80060888", "Method not allowed for this resource.")),
+        _ => (
+            None,
+            error(405, "0x80060888", "Method not allowed for this resource."),
+        ),
     }
 }
 
@@ -817,13 +870,26 @@ fn write(
 ) -> Result<(Uuid, Answer), Answer> {
     let exists = store.tables.get(set).is_some_and(|t| t.contains_key(&id));
     if (create_only || header("if-none-match").as_deref() == Some("*")) && exists {
-        return Err(error(412, "0x80040237", "A record with matching key values already exists."));
+        return Err(error(
+            412,
+            "0x80040237",
+            "A record with matching key values already exists.",
+        ));
     }
     if header("if-match").as_deref() == Some("*") && !exists {
-        return Err(error(404, "0x80040217", &format!("{set} With Id = {id} Does Not Exist")));
+        return Err(error(
+            404,
+            "0x80040217",
+            &format!("{set} With Id = {id} Does Not Exist"),
+        ));
     }
-    let body: Map<String, Value> = serde_json::from_str(body)
-        .map_err(|_| error(400, "0x80048d19", "Error identified in Payload provided by the user."))?;
+    let body: Map<String, Value> = serde_json::from_str(body).map_err(|_| {
+        error(
+            400,
+            "0x80048d19",
+            "Error identified in Payload provided by the user.",
+        )
+    })?;
     let row = resolve_row(store, &body, references).map_err(|m| error(400, "0x80060891", &m))?;
     let before = store.tables.get(set).and_then(|t| t.get(&id)).cloned();
     let created = before.is_none();
@@ -912,7 +978,9 @@ fn matches(row: &Map<String, Value>, filter: &str) -> Result<bool, String> {
         if op != "eq" {
             return Err(format!("only eq is supported, not {op}"));
         }
-        let expected = if let Some(text) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        let expected = if let Some(text) =
+            value.strip_prefix('\'').and_then(|v| v.strip_suffix('\''))
+        {
             Value::String(text.replace("''", "'"))
         } else {
             serde_json::from_str(value).map_err(|_| format!("cannot read the value {value:?}"))?
@@ -954,8 +1022,11 @@ fn query_set(
     }
     let page = header("prefer")
         .and_then(|p| {
-            p.split(',')
-                .find_map(|x| x.trim().strip_prefix("odata.maxpagesize=").map(str::to_owned))
+            p.split(',').find_map(|x| {
+                x.trim()
+                    .strip_prefix("odata.maxpagesize=")
+                    .map(str::to_owned)
+            })
         })
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(5000)
@@ -1031,12 +1102,18 @@ fn run_part(
         .unwrap_or(target);
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let header = |name: &str| part.header(name).map(str::to_owned);
-    execute(store, api, &method, path, query, &header, &part.body, references, undo)
+    execute(
+        store, api, &method, path, query, &header, &part.body, references, undo,
+    )
 }
 
 fn batch(store: &mut Store, api: &str, content_type: &str, prefer: &str, body: &str) -> Answer {
     let Some(boundary) = multipart::boundary(content_type) else {
-        return error(400, "0x80048d19", "The batch request needs a multipart/mixed boundary.");
+        return error(
+            400,
+            "0x80048d19",
+            "The batch request needs a multipart/mixed boundary.",
+        );
     };
     let items = match multipart::read_batch(boundary, body) {
         Ok(items) => items,
@@ -1133,11 +1210,46 @@ mod tests {
         let mut s = Store::default();
         let id = Uuid::from_u128(1);
         let path = format!("/emails({id})");
-        assert_eq!(patch(&mut s, &path, Some(("If-Match", "*")), json!({})), 404);
-        assert_eq!(patch(&mut s, &path, Some(("If-None-Match", "*")), json!({"subject": "a"})), 204);
-        assert_eq!(patch(&mut s, &path, Some(("If-None-Match", "*")), json!({"subject": "b"})), 412);
-        assert_eq!(patch(&mut s, &path, Some(("If-Match", "*")), json!({"statecode": 1, "statuscode": 4})), 204);
-        assert_eq!(patch(&mut s, &path, None, json!({"statecode": 1, "statuscode": 5})), 400);
+        assert_eq!(
+            patch(&mut s, &path, Some(("If-Match", "*")), json!({})),
+            404
+        );
+        assert_eq!(
+            patch(
+                &mut s,
+                &path,
+                Some(("If-None-Match", "*")),
+                json!({"subject": "a"})
+            ),
+            204
+        );
+        assert_eq!(
+            patch(
+                &mut s,
+                &path,
+                Some(("If-None-Match", "*")),
+                json!({"subject": "b"})
+            ),
+            412
+        );
+        assert_eq!(
+            patch(
+                &mut s,
+                &path,
+                Some(("If-Match", "*")),
+                json!({"statecode": 1, "statuscode": 4})
+            ),
+            204
+        );
+        assert_eq!(
+            patch(
+                &mut s,
+                &path,
+                None,
+                json!({"statecode": 1, "statuscode": 5})
+            ),
+            400
+        );
         assert_eq!(s.stats.created["emails"], 1);
         assert_eq!(s.tables["emails"][&id]["subject"], "a");
     }
@@ -1148,11 +1260,35 @@ mod tests {
         let contact = Uuid::from_u128(2);
         let body = json!({"email_activity_parties": [
             {"partyid_contact@odata.bind": format!("/contacts({contact})"), "participationtypemask": 1}]});
-        assert_eq!(patch(&mut s, "/emails(00000000-0000-0000-0000-000000000001)", None, body.clone()), 400);
+        assert_eq!(
+            patch(
+                &mut s,
+                "/emails(00000000-0000-0000-0000-000000000001)",
+                None,
+                body.clone()
+            ),
+            400
+        );
         insert_seed(&mut s, "contacts", contact, Map::new());
-        assert_eq!(patch(&mut s, "/emails(00000000-0000-0000-0000-000000000001)", None, body), 204);
+        assert_eq!(
+            patch(
+                &mut s,
+                "/emails(00000000-0000-0000-0000-000000000001)",
+                None,
+                body
+            ),
+            204
+        );
         let bad = json!({"email_activity_parties": [{"participationtypemask": 1}]});
-        assert_eq!(patch(&mut s, "/emails(00000000-0000-0000-0000-000000000003)", None, bad), 400);
+        assert_eq!(
+            patch(
+                &mut s,
+                "/emails(00000000-0000-0000-0000-000000000003)",
+                None,
+                bad
+            ),
+            400
+        );
     }
 
     #[test]
@@ -1167,13 +1303,32 @@ mod tests {
             content_id: Some(id.to_owned()),
         };
         let ok = BatchItem::ChangeSet(vec![
-            part("/contacts(00000000-0000-0000-0000-000000000009)", "1", json!({"lastname": "A"}), None),
-            part("/emails(00000000-0000-0000-0000-000000000001)", "2",
-                json!({"regardingobjectid_contact_email@odata.bind": "$1"}), None),
+            part(
+                "/contacts(00000000-0000-0000-0000-000000000009)",
+                "1",
+                json!({"lastname": "A"}),
+                None,
+            ),
+            part(
+                "/emails(00000000-0000-0000-0000-000000000001)",
+                "2",
+                json!({"regardingobjectid_contact_email@odata.bind": "$1"}),
+                None,
+            ),
         ]);
         let failing = BatchItem::ChangeSet(vec![
-            part("/emails(00000000-0000-0000-0000-000000000002)", "1", json!({"subject": "x"}), None),
-            part("/emails(00000000-0000-0000-0000-000000000001)", "2", json!({}), Some("If-None-Match")),
+            part(
+                "/emails(00000000-0000-0000-0000-000000000002)",
+                "1",
+                json!({"subject": "x"}),
+                None,
+            ),
+            part(
+                "/emails(00000000-0000-0000-0000-000000000001)",
+                "2",
+                json!({}),
+                Some("If-None-Match"),
+            ),
         ]);
         let body = multipart::write_batch("b", &[ok, failing]);
         let (status, headers, text) = batch(
@@ -1184,11 +1339,15 @@ mod tests {
             &body,
         );
         assert_eq!(status, 200);
-        let answers = multipart::read_batch(multipart::boundary(&headers[0].1).unwrap(), &text).unwrap();
+        let answers =
+            multipart::read_batch(multipart::boundary(&headers[0].1).unwrap(), &text).unwrap();
         assert!(matches!(&answers[0], BatchItem::ChangeSet(p) if p.len() == 2));
         assert!(matches!(&answers[1], BatchItem::Single(p) if p.status() == Some(412)));
         assert!(s.tables["emails"].contains_key(&Uuid::from_u128(1)));
-        assert!(!s.tables["emails"].contains_key(&Uuid::from_u128(2)), "rolled back");
+        assert!(
+            !s.tables["emails"].contains_key(&Uuid::from_u128(2)),
+            "rolled back"
+        );
         assert_eq!(
             s.tables["emails"][&Uuid::from_u128(1)]["_regardingobjectid_contact_email_value"]["id"],
             Uuid::from_u128(9).to_string()
@@ -1206,12 +1365,23 @@ mod tests {
             });
         }
         let prefer = |n: &str| (n == "prefer").then(|| "odata.maxpagesize=2".to_owned());
-        let (status, _, text) = query_set(&s, "/api", "contacts", "$filter=emailaddress1%20eq%20'c0@x'&$select=contactid", &prefer);
+        let (status, _, text) = query_set(
+            &s,
+            "/api",
+            "contacts",
+            "$filter=emailaddress1%20eq%20'c0@x'&$select=contactid",
+            &prefer,
+        );
         assert_eq!(status, 200);
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["value"].as_array().unwrap().len(), 2);
         assert!(v["value"][0].get("emailaddress1").is_none());
-        assert!(v["@odata.nextLink"].as_str().unwrap().contains("$skiptoken=2"));
+        assert!(
+            v["@odata.nextLink"]
+                .as_str()
+                .unwrap()
+                .contains("$skiptoken=2")
+        );
         assert_eq!(pk("opportunities"), "opportunityid");
         assert_eq!(pk("emails"), "activityid");
     }

@@ -7,8 +7,8 @@ pub mod fixtures;
 pub mod ntlm;
 pub mod soap;
 
+pub use dataverse::{DataverseFaults, DataverseOptions, DataverseSimulator};
 pub use exchange::{
     AuthMode, ExchangeSimulator, Faults, PatternBody, PatternChecker, SimStats, SimulatorOptions,
 };
 pub use fixtures::FixtureSet;
-pub use dataverse::{DataverseFaults, DataverseOptions, DataverseSimulator};
