@@ -118,7 +118,12 @@ impl RedbOutbox {
                 source: redb::Error::Io(e),
             })?;
         }
-        let db = Database::create(path).store(path)?;
+        let mut db = Database::create(path).store(path)?;
+        // Free pages left by a drained backlog are reused but never returned; compacting at
+        // start gives them back to the file system (no transaction is open yet).
+        if let Err(error) = db.compact() {
+            tracing::warn!(%error, "outbox compaction skipped");
+        }
         let schedule = {
             let txn = db.begin_write().store(path)?;
             let mut schedule = Schedule::default();
