@@ -600,6 +600,17 @@ fn print_banner(gateway: &Gateway) {
         Some(sim) => println!("  upstream:       built-in Exchange simulator ({sim})"),
         None => println!("  upstream:       configured Exchange"),
     }
+    println!("  outbox:         {}", gateway.outbox.path().display());
+    if let Ok(config) = gateway.config.lock() {
+        match &config.crm.sink {
+            SinkConfig::Journal { file } => println!(
+                "  CRM:            journal {} (trackgate journal list)",
+                file.display()
+            ),
+            SinkConfig::Dataverse { url, .. } => println!("  CRM:            Dataverse {url}"),
+            SinkConfig::Webhook { .. } => println!("  CRM:            webhook"),
+        }
+    }
     let cacert = match gateway.dev_ca() {
         Some(ca) => {
             println!("  trust this CA:  {}", ca.display());
