@@ -790,3 +790,92 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_category_set_on_an_item_never_seen_is_fetched_from_exchange_then_delivered() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let ews = format!("{}/EWS/Exchange.asmx", sim.url());
+    let gw = support::gateway(
+        &sim.url(),
+        &format!(
+            "{}[exchange]\news_url = \"{ews}\"\nauth = \"basic\"\nusername = \"svc-trackgate\"\npassword = \"service-password\"\n",
+            dataverse_config(&dv, "")
+        ),
+    )
+    .await;
+    let client = support::client(&gw.ca(), true);
+    learn_inbox(&client, &gw).await;
+    let before = sim.stats().requests;
+    replay(&client, &gw.localhost_url(""), "ews-updateitem-categories").await;
+    let decision = support::wait_for(
+        Duration::from_secs(10),
+        "the category decision",
+        async || {
+            gw.gateway
+                .recent_decisions()
+                .into_iter()
+                .find(|d| d.operation == "UpdateItem")
+        },
+    )
+    .await;
+    assert!(
+        decision.needs_enrichment && decision.crm_id.is_none(),
+        "{decision:#?}"
+    );
+    // Delivery fetched the item (GetItem as Alex) and decided again with its Message-ID.
+    let email = support::wait_for(Duration::from_secs(20), "the enriched email", async || {
+        written_emails(&dv).into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        email["activityid"], PAT_MESSAGE,
+        "the id derived from the fetched Message-ID"
+    );
+    assert_eq!(
+        party(&email, 1)[0]["_partyid_contact_value"]["id"],
+        PAT_CONTACT
+    );
+    assert!(
+        sim.stats().requests > before + 1,
+        "the gateway called Exchange itself"
+    );
+    let m = metrics(&gw.admin("")).await;
+    assert!(
+        m.contains(r#"trackgate_delivery_enrichments_total{result="fetched"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exchange_client_a_decision_needing_content_is_a_dead_letter_that_says_why() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let gw = support::gateway(
+        &sim.url(),
+        &format!(
+            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}",
+            dataverse_config(&dv, "")
+        ),
+    )
+    .await;
+    let client = support::client(&gw.ca(), true);
+    learn_inbox(&client, &gw).await;
+    replay(&client, &gw.localhost_url(""), "ews-updateitem-categories").await;
+    let dead: Value = support::wait_for(Duration::from_secs(20), "the dead letter", async || {
+        let r = support::plain_client()
+            .get(gw.admin("/outbox/dead"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        (v.as_array().is_some_and(|a| !a.is_empty())).then_some(v)
+    })
+    .await;
+    assert!(
+        dead[0]["error"].as_str().unwrap().contains("[exchange]"),
+        "{dead:#}"
+    );
+    assert!(written_emails(&dv).is_empty());
+}

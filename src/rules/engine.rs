@@ -242,8 +242,21 @@ impl<'a> Run<'a> {
                 initial_sync: false,
             },
         };
+        // The traffic showed the tracking category being set; Exchange's copy may predate it.
+        let mut message = fetched.clone();
+        let org = self.dir.org();
+        if trigger == Trigger::Categorized
+            && provisional.reason == Reason::Category
+            && !message
+                .categories
+                .iter()
+                .any(|c| org.is_tracking_category(c))
+            && let Some(name) = org.tracking_categories.first()
+        {
+            message.categories.push(name.clone());
+        }
         let view = View {
-            message: fetched,
+            message: &message,
             tracked: None,
             settled: false,
         };
