@@ -54,3 +54,8 @@ fn observations_corpus_replays_without_panics() {
 fn directory_corpus_replays_without_panics() {
     replay("directory", trackgate::rules::fuzzing::directory);
 }
+
+#[test]
+fn batch_corpus_replays_without_panics() {
+    replay("batch", trackgate::crm::multipart::fuzz);
+}

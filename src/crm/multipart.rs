@@ -208,6 +208,24 @@ fn read_http(text: &str, content_id: Option<String>) -> Result<HttpPart, Multipa
     })
 }
 
+/// Fuzz entry: the first line is the boundary, the rest a batch body. Whatever parses must
+/// write back and parse again to the same items.
+#[doc(hidden)]
+pub fn fuzz(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (boundary, body) = text.split_once('\n').unwrap_or((text, ""));
+    let boundary = boundary.trim();
+    if let Ok(items) = read_batch(boundary, body)
+        && !boundary.is_empty()
+        && boundary.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        assert!(items.len() <= MAX_PARTS + 1);
+        let _ = read_batch(boundary, &write_batch(boundary, &items));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
