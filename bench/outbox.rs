@@ -134,6 +134,7 @@ async fn delivery_rate(batch_size: usize, records: usize, steady: bool) -> (f64,
             batch_size,
             timeout: Duration::from_secs(30),
             columns: FieldTable::embedded().email,
+            max_requests_per_window: None,
         },
     )));
     let delivery = Delivery::new(

@@ -111,6 +111,7 @@ fn build_sink(
             api_path,
             credentials,
             act_as_owner,
+            max_requests_per_window,
         } => (
             Sink::Dataverse(Box::new(DataverseSink::new(
                 http.clone(),
@@ -122,6 +123,7 @@ fn build_sink(
                     batch_size: config.delivery.settings.batch_size,
                     timeout: config.delivery.request_timeout,
                     columns: config.crm.fields.email,
+                    max_requests_per_window: *max_requests_per_window,
                 },
             ))),
             None,

@@ -739,6 +739,7 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
                 batch_size,
                 timeout: Duration::from_secs(10),
                 columns: FieldTable::embedded().email,
+                max_requests_per_window: None,
             },
         )));
         let delivery = Delivery::new(

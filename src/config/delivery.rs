@@ -125,6 +125,9 @@ pub struct RawDataverse {
     /// Create each email as its mailbox owner (`CallerObjectId`); the application user needs
     /// the "act on behalf of another user" privilege.
     pub act_as_owner: bool,
+    /// Requests in any 5-minute window at most (the service protection limit per user is
+    /// 6000); 0 leaves pacing to the 429s.
+    pub max_requests_per_5min: u32,
 }
 
 impl Default for RawDataverse {
@@ -137,6 +140,7 @@ impl Default for RawDataverse {
             client_secret: None,
             scope: None,
             act_as_owner: false,
+            max_requests_per_5min: 6000,
         }
     }
 }
@@ -202,6 +206,7 @@ pub enum SinkConfig {
         api_path: String,
         credentials: Option<ClientCredentials>,
         act_as_owner: bool,
+        max_requests_per_window: Option<u32>,
     },
     Webhook {
         url: String,
@@ -403,6 +408,8 @@ pub(super) fn validate(
                 api_path: d.api_path.trim_end_matches('/').to_owned(),
                 credentials,
                 act_as_owner: d.act_as_owner,
+                max_requests_per_window: (d.max_requests_per_5min > 0)
+                    .then_some(d.max_requests_per_5min),
             }
         }
         SinkKind::Webhook => {

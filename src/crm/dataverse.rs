@@ -32,6 +32,37 @@ pub struct DataverseSettings {
     pub batch_size: usize,
     pub timeout: Duration,
     pub columns: EmailColumns,
+    /// Requests sent in any 300 s window at most (Dataverse's service protection limit is
+    /// 6000 per user per web server); `None` leaves it to the 429s.
+    pub max_requests_per_window: Option<u32>,
+}
+
+/// Dataverse's service protection window.
+const WINDOW: Duration = Duration::from_secs(300);
+
+/// A sliding-window request budget: waits instead of earning a 429.
+#[derive(Debug, Default)]
+struct RequestBudget {
+    sent: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl RequestBudget {
+    /// How long to wait before one more request may go (and counts it when it is zero).
+    fn take(&mut self, limit: u32) -> Duration {
+        let now = std::time::Instant::now();
+        while self.sent.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+            self.sent.pop_front();
+        }
+        if self.sent.len() < limit as usize {
+            self.sent.push_back(now);
+            return Duration::ZERO;
+        }
+        self.sent
+            .front()
+            .map(|t| (*t + WINDOW).saturating_duration_since(now))
+            .unwrap_or_default()
+            .max(Duration::from_millis(1))
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +70,7 @@ pub struct DataverseSink {
     http: reqwest::Client,
     settings: DataverseSettings,
     tokens: Option<TokenSource>,
+    budget: std::sync::Mutex<RequestBudget>,
 }
 
 /// One write of a document.
@@ -61,6 +93,26 @@ impl DataverseSink {
             http,
             settings,
             tokens,
+            budget: std::sync::Mutex::new(RequestBudget::default()),
+        }
+    }
+
+    /// Waits until the service protection budget allows one more request.
+    async fn within_limits(&self) {
+        let Some(limit) = self.settings.max_requests_per_window else {
+            return;
+        };
+        loop {
+            let wait = self
+                .budget
+                .lock()
+                .map(|mut b| b.take(limit))
+                .unwrap_or_default();
+            if wait.is_zero() {
+                return;
+            }
+            tracing::debug!(wait_ms = wait.as_millis() as u64, "request budget spent; waiting");
+            tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
         }
     }
 
@@ -116,6 +168,7 @@ impl DataverseSink {
         request: reqwest::RequestBuilder,
         caller: Option<Uuid>,
     ) -> Result<reqwest::RequestBuilder, Outcome> {
+        self.within_limits().await;
         let mut request = request
             .header("OData-MaxVersion", "4.0")
             .header("OData-Version", "4.0")
@@ -310,5 +363,20 @@ impl DataverseSink {
             }
         }
         outcomes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_budget_holds_requests_beyond_the_window_limit() {
+        let mut budget = RequestBudget::default();
+        assert!(budget.take(2).is_zero());
+        assert!(budget.take(2).is_zero());
+        let wait = budget.take(2);
+        assert!(wait > Duration::from_secs(299) && wait <= WINDOW, "{wait:?}");
+        assert_eq!(budget.sent.len(), 2, "a refused request is not counted");
     }
 }
