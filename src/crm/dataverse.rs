@@ -50,7 +50,11 @@ impl RequestBudget {
     /// How long to wait before one more request may go (and counts it when it is zero).
     fn take(&mut self, limit: u32) -> Duration {
         let now = std::time::Instant::now();
-        while self.sent.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+        {
             self.sent.pop_front();
         }
         if self.sent.len() < limit as usize {
@@ -111,7 +115,10 @@ impl DataverseSink {
             if wait.is_zero() {
                 return;
             }
-            tracing::debug!(wait_ms = wait.as_millis() as u64, "request budget spent; waiting");
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "request budget spent; waiting"
+            );
             tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
         }
     }
@@ -376,7 +383,10 @@ mod tests {
         assert!(budget.take(2).is_zero());
         assert!(budget.take(2).is_zero());
         let wait = budget.take(2);
-        assert!(wait > Duration::from_secs(299) && wait <= WINDOW, "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(299) && wait <= WINDOW,
+            "{wait:?}"
+        );
         assert_eq!(budget.sent.len(), 2, "a refused request is not counted");
     }
 }

@@ -219,7 +219,9 @@ pub fn fuzz(data: &[u8]) {
     let boundary = boundary.trim();
     if let Ok(items) = read_batch(boundary, body)
         && !boundary.is_empty()
-        && boundary.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && boundary
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
         assert!(items.len() <= MAX_PARTS + 1);
         let _ = read_batch(boundary, &write_batch(boundary, &items));

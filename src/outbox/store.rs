@@ -34,7 +34,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MAX_ERROR: usize = 4096;
 
 enum Op {
-    Enqueue(Box<Decision>, u64),
+    /// A new record, already encoded by the caller (with seq 0: the table key is the seq).
+    Enqueue {
+        key: Uuid,
+        at: u64,
+        encoded: Vec<u8>,
+    },
     Settle(Box<Record>, Settlement),
     Retry(Uuid, SyncSender<Result<(), OutboxError>>),
     Skip(Uuid, SyncSender<Result<(), OutboxError>>),
@@ -49,6 +54,9 @@ struct Schedule {
     /// seq → (next attempt, enqueued) of every pending record, claimed or not.
     pending: BTreeMap<u64, (u64, u64)>,
     claimed: HashMap<u64, u64>,
+    /// Attempts and last error of records retried but maybe not committed yet, so a claim
+    /// that reads the file before the commit still sees them.
+    retried: HashMap<u64, (u32, String)>,
     dead: u64,
 }
 
@@ -307,8 +315,7 @@ impl Shared {
             let mut pending_count = self.schedule().pending.len() as u64;
             for op in group {
                 match op {
-                    Op::Enqueue(decision, at) => {
-                        let key = dedup_key(&decision);
+                    Op::Enqueue { key, at, encoded } => {
                         let k = key.as_u128();
                         if pending_keys.get(k).store(path)?.is_some()
                             || delivered.get(k).store(path)?.is_some()
@@ -321,25 +328,13 @@ impl Shared {
                             after.push(Change::Refused);
                             continue;
                         }
-                        let mut decision = *decision;
-                        decision.explanation.clear();
-                        let record = Record {
-                            seq: next_seq,
-                            key,
-                            enqueued_ms: at,
-                            attempts: 0,
-                            next_attempt_ms: at,
-                            last_error: None,
-                            decision,
-                        };
+                        let seq = next_seq;
                         next_seq += 1;
                         pending_count += 1;
-                        pending
-                            .insert(record.seq, serde_json::to_vec(&record)?.as_slice())
-                            .store(path)?;
-                        pending_keys.insert(k, record.seq).store(path)?;
+                        pending.insert(seq, encoded.as_slice()).store(path)?;
+                        pending_keys.insert(k, seq).store(path)?;
                         after.push(Change::Stored {
-                            seq: record.seq,
+                            seq,
                             next: at,
                             enqueued: at,
                         });
@@ -490,6 +485,13 @@ impl Shared {
     }
 }
 
+/// A pending record; new ones are stored with seq 0 (the table key is the seq).
+fn decode(seq: u64, bytes: &[u8]) -> Result<Record, OutboxError> {
+    let mut record: Record = serde_json::from_slice(bytes)?;
+    record.seq = seq;
+    Ok(record)
+}
+
 /// A caller waiting for its operation's commit.
 struct Reply(SyncSender<Result<(), OutboxError>>);
 
@@ -543,6 +545,7 @@ impl Change {
                     s.due.remove(&(next, seq));
                 }
                 s.claimed.remove(&seq);
+                s.retried.remove(&seq);
                 metrics.settled(result);
             }
             Change::Released { seq } => {
@@ -551,6 +554,7 @@ impl Change {
             Change::Dead { seq } => {
                 s.pending.remove(&seq);
                 s.claimed.remove(&seq);
+                s.retried.remove(&seq);
                 s.dead += 1;
                 metrics.settled("dead");
             }
@@ -563,8 +567,32 @@ impl Change {
 }
 
 impl Outbox for RedbOutbox {
-    fn submit(&self, decision: Decision) -> bool {
-        match self.ops.try_send(Op::Enqueue(Box::new(decision), now_ms())) {
+    fn submit(&self, mut decision: Decision) -> bool {
+        // Encoded here, on the caller's thread, so the single writer only writes bytes.
+        decision.explanation.clear();
+        let at = now_ms();
+        let record = Record {
+            seq: 0,
+            key: dedup_key(&decision),
+            enqueued_ms: at,
+            attempts: 0,
+            next_attempt_ms: at,
+            last_error: None,
+            decision,
+        };
+        let encoded = match serde_json::to_vec(&record) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode an outbox record");
+                self.shared.metrics.enqueued("refused");
+                return false;
+            }
+        };
+        match self.ops.try_send(Op::Enqueue {
+            key: record.key,
+            at,
+            encoded,
+        }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.shared.metrics.enqueued("refused");
@@ -607,14 +635,20 @@ impl Outbox for RedbOutbox {
             let mut gone = Vec::new();
             for seq in claimed {
                 match pending.get(seq).store(path)? {
-                    Some(value) => records.push(serde_json::from_slice(value.value())?),
+                    Some(value) => records.push(decode(seq, value.value())?),
                     None => gone.push(seq),
                 }
             }
-            if !gone.is_empty() {
-                let mut s = self.shared.schedule();
-                for seq in gone {
-                    s.claimed.remove(&seq);
+            let mut s = self.shared.schedule();
+            for seq in gone {
+                s.claimed.remove(&seq);
+            }
+            for record in &mut records {
+                if let Some((attempts, error)) = s.retried.get(&record.seq)
+                    && *attempts > record.attempts
+                {
+                    record.attempts = *attempts;
+                    record.last_error = Some(error.clone());
                 }
             }
             Ok(records)
@@ -622,7 +656,12 @@ impl Outbox for RedbOutbox {
     }
 
     fn settle(&self, record: &Record, settlement: Settlement) {
-        if let Settlement::Retry { at_ms, .. } = &settlement {
+        if let Settlement::Retry {
+            at_ms,
+            counted,
+            error,
+        } = &settlement
+        {
             // Back in line at once, in order: waiting for the commit would let later records
             // overtake it. If the commit never happens the file still holds it as pending.
             let mut s = self.shared.schedule();
@@ -631,6 +670,8 @@ impl Outbox for RedbOutbox {
             {
                 entry.0 = *at_ms;
                 s.due.insert((*at_ms, record.seq));
+                let attempts = record.attempts + u32::from(*counted);
+                s.retried.insert(record.seq, (attempts, error.clone()));
             }
         }
         if self
@@ -696,8 +737,8 @@ impl Outbox for RedbOutbox {
             let table = txn.open_table(PENDING).store(path)?;
             let mut out = Vec::new();
             for entry in table.iter().store(path)?.take(limit) {
-                let (_, v) = entry.store(path)?;
-                out.push(serde_json::from_slice(v.value())?);
+                let (seq, v) = entry.store(path)?;
+                out.push(decode(seq.value(), v.value())?);
             }
             Ok(out)
         })
@@ -722,5 +763,140 @@ impl Outbox for RedbOutbox {
 
     fn skip(&self, key: Uuid) -> Result<(), OutboxError> {
         self.ask(|reply| Op::Skip(key, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(n: u128) -> Decision {
+        serde_json::from_value(serde_json::json!({
+            "verdict": "track", "reason": "filter_all", "observation": "message_seen",
+            "operation": "GetItem", "direction": "incoming",
+            "crm_id": Uuid::from_u128(n), "explanation": ["dropped before storing"],
+        }))
+        .unwrap()
+    }
+
+    fn open(path: &Path) -> RedbOutbox {
+        // The previous instance's writer thread closes the file as it exits.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut registry = prometheus_client::registry::Registry::default();
+            match RedbOutbox::open(
+                path,
+                OutboxSettings::default(),
+                OutboxMetrics::register(&mut registry),
+            ) {
+                Ok(o) => return o,
+                Err(OutboxError::InUse { .. }) if Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_decision_is_stored_once_and_a_delivered_one_is_not_queued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        assert!(outbox.submit(decision(1)));
+        assert!(outbox.submit(decision(1)));
+        assert!(outbox.submit(decision(2)));
+        outbox.flush().unwrap();
+        assert_eq!(outbox.stats().unwrap().pending, 2);
+        let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!((claimed[0].seq, claimed[1].seq), (1, 2), "oldest first");
+        assert!(claimed[0].decision.explanation.is_empty());
+        assert!(
+            outbox.claim_due(now_ms(), 10).unwrap().is_empty(),
+            "claimed once"
+        );
+        outbox.settle(&claimed[0], Settlement::Delivered);
+        outbox.flush().unwrap();
+        assert!(outbox.submit(decision(1)));
+        outbox.flush().unwrap();
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.pending, stats.delivered_keys), (1, 1));
+    }
+
+    #[test]
+    fn retries_keep_their_place_and_dead_letters_can_be_retried_or_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        for n in 1..=3 {
+            outbox.submit(decision(n));
+        }
+        outbox.flush().unwrap();
+        let first = outbox.claim_due(now_ms(), 1).unwrap().remove(0);
+        outbox.settle(
+            &first,
+            Settlement::Retry {
+                at_ms: first.next_attempt_ms,
+                counted: true,
+                error: "HTTP 500".into(),
+            },
+        );
+        let again = outbox.claim_due(now_ms(), 1).unwrap().remove(0);
+        assert_eq!(again.seq, first.seq, "back in line at once, still first");
+        outbox.settle(
+            &again,
+            Settlement::Dead {
+                status: Some(400),
+                response: Some("bad bind".into()),
+                error: "HTTP 400".into(),
+            },
+        );
+        outbox.flush().unwrap();
+        let dead = outbox.dead_letters(10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].record.attempts, 1);
+        assert_eq!(dead[0].response.as_deref(), Some("bad bind"));
+        outbox.retry(dead[0].record.key).unwrap();
+        assert!(matches!(
+            outbox.retry(dead[0].record.key),
+            Err(OutboxError::NotFound { .. })
+        ));
+        let pending = outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 3);
+        assert_eq!(pending[0].attempts, 0, "attempts reset");
+        outbox.skip(pending[2].key).unwrap();
+        assert_eq!(outbox.stats().unwrap().pending, 2);
+        outbox.submit(pending[2].decision.clone());
+        outbox.flush().unwrap();
+        assert_eq!(
+            outbox.stats().unwrap().pending,
+            2,
+            "a skipped decision stays skipped"
+        );
+    }
+
+    #[test]
+    fn records_survive_a_restart_and_the_file_has_one_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.redb");
+        {
+            let outbox = open(&path);
+            outbox.submit(decision(7));
+            outbox.flush().unwrap();
+            let mut registry = prometheus_client::registry::Registry::default();
+            assert!(matches!(
+                RedbOutbox::open(
+                    &path,
+                    OutboxSettings::default(),
+                    OutboxMetrics::register(&mut registry)
+                ),
+                Err(OutboxError::InUse { .. })
+            ));
+            // Claimed and never settled (a crash mid-delivery): offered again after restart.
+            assert_eq!(outbox.claim_due(now_ms(), 10).unwrap().len(), 1);
+        }
+        let outbox = open(&path);
+        let again = outbox.claim_due(now_ms(), 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].decision.crm_id, Some(Uuid::from_u128(7)));
     }
 }
