@@ -51,6 +51,29 @@ fn dataverse_config(dv: &DataverseSimulator, delivery: &str) -> String {
     )
 }
 
+/// The Exchange simulator, the Dataverse simulator and a gateway delivering to it, with
+/// `extra` configuration (given the Exchange simulator's URL) and `[delivery]` keys.
+struct Pipeline {
+    sim: trackgate::simulate::ExchangeSimulator,
+    dv: DataverseSimulator,
+    gw: support::TestGateway,
+    client: reqwest::Client,
+}
+
+async fn pipeline(extra: impl FnOnce(&str) -> String, delivery: &str) -> Pipeline {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let config = format!("{}{}", extra(&sim.url()), dataverse_config(&dv, delivery));
+    let gw = support::gateway(&sim.url(), &config).await;
+    let client = support::client(&gw.ca(), true);
+    Pipeline {
+        sim,
+        dv,
+        gw,
+        client,
+    }
+}
+
 fn fixture(name: &str) -> Fixture {
     Fixture::load(
         &Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -162,10 +185,12 @@ fn party(email: &Map<String, Value>, mask: u64) -> Vec<&Map<String, Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regarding_and_status() {
-    let sim = support::simulator("sim").await;
-    let dv = dataverse().await;
-    let gw = support::gateway(&sim.url(), &dataverse_config(&dv, "")).await;
-    let client = support::client(&gw.ca(), true);
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline(|_| String::new(), "").await;
     let url = gw.localhost_url("");
     // The Inbox id first, so the sightings are known to be in the Inbox.
     learn_inbox(&client, &gw).await;
@@ -343,10 +368,12 @@ async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crm_outage_holds_the_backlog_then_drains_it_in_order() {
-    let sim = support::simulator("sim").await;
-    let dv = dataverse().await;
-    let gw = support::gateway(&sim.url(), &dataverse_config(&dv, "concurrency = 1")).await;
-    let client = support::client(&gw.ca(), true);
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline(|_| String::new(), "concurrency = 1").await;
     dv.set_faults(DataverseFaults {
         down: true,
         ..DataverseFaults::default()
@@ -400,10 +427,12 @@ fn m_contains(text: &str, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_storm_pauses_the_whole_sink_until_retry_after_and_loses_nothing() {
-    let sim = support::simulator("sim").await;
-    let dv = dataverse().await;
-    let gw = support::gateway(&sim.url(), &dataverse_config(&dv, "concurrency = 4")).await;
-    let client = support::client(&gw.ca(), true);
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline(|_| String::new(), "concurrency = 4").await;
     dv.set_faults(DataverseFaults {
         throttle: Some(Throttle {
             count: 3,
@@ -448,20 +477,25 @@ async fn a_429_storm_pauses_the_whole_sink_until_retry_after_and_loses_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_goes_to_dead_letter_the_rest_flow_and_retry_delivers_it_once_fixed() {
-    let sim = support::simulator("sim").await;
-    let dv = dataverse().await;
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline(
+        |_| {
+            format!(
+                "[admin]
+token = \"{ADMIN_TOKEN}\"
+"
+            )
+        },
+        "",
+    )
+    .await;
     // The correlated email's regarding record is missing in the CRM: its bind fails with 400.
     let opportunity = Uuid::parse_str(OPPORTUNITY).unwrap();
     assert!(dv.remove_record("opportunities", opportunity));
-    let gw = support::gateway(
-        &sim.url(),
-        &format!(
-            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}",
-            dataverse_config(&dv, "")
-        ),
-    )
-    .await;
-    let client = support::client(&gw.ca(), true);
     let url = gw.localhost_url("");
     learn_inbox(&client, &gw).await;
     replay(&client, &url, "graph-delta-inbox").await;
@@ -794,18 +828,25 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_category_set_on_an_item_never_seen_is_fetched_from_exchange_then_delivered() {
-    let sim = support::simulator("sim").await;
-    let dv = dataverse().await;
-    let ews = format!("{}/EWS/Exchange.asmx", sim.url());
-    let gw = support::gateway(
-        &sim.url(),
-        &format!(
-            "{}[exchange]\news_url = \"{ews}\"\nauth = \"basic\"\nusername = \"svc-trackgate\"\npassword = \"service-password\"\n",
-            dataverse_config(&dv, "")
-        ),
+    let Pipeline {
+        sim,
+        dv,
+        gw,
+        client,
+    } = pipeline(
+        |sim| {
+            format!(
+                "[exchange]
+ews_url = \"{sim}/EWS/Exchange.asmx\"
+auth = \"basic\"
+username = \"svc-trackgate\"
+password = \"service-password\"
+"
+            )
+        },
+        "",
     )
     .await;
-    let client = support::client(&gw.ca(), true);
     learn_inbox(&client, &gw).await;
     let before = sim.stats().requests;
     replay(&client, &gw.localhost_url(""), "ews-updateitem-categories").await;
@@ -850,17 +891,22 @@ async fn a_category_set_on_an_item_never_seen_is_fetched_from_exchange_then_deli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_exchange_client_a_decision_needing_content_is_a_dead_letter_that_says_why() {
-    let sim = support::simulator("sim").await;
-    let dv = dataverse().await;
-    let gw = support::gateway(
-        &sim.url(),
-        &format!(
-            "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{}",
-            dataverse_config(&dv, "")
-        ),
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline(
+        |_| {
+            format!(
+                "[admin]
+token = \"{ADMIN_TOKEN}\"
+"
+            )
+        },
+        "",
     )
     .await;
-    let client = support::client(&gw.ca(), true);
     learn_inbox(&client, &gw).await;
     replay(&client, &gw.localhost_url(""), "ews-updateitem-categories").await;
     let dead: Value = support::wait_for(Duration::from_secs(20), "the dead letter", async || {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::mapping::{self, Action, EmailColumns, TrackedEmail};
 use super::multipart::{self, BatchItem, HttpPart};
 use super::oauth::{ClientCredentials, TokenSource};
-use super::{Outcome, kept_body, transport_error};
+use super::{Outcome, failure, transport_error};
 
 #[derive(Debug, Clone)]
 pub struct DataverseSettings {
@@ -244,13 +244,7 @@ impl DataverseSink {
                 };
             }
             self.after_unauthorized(status).await;
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = kept_body(response).await;
-            return Outcome::from_status(status, retry_after.as_deref(), body);
+            return failure(response).await;
         }
         Outcome::Delivered
     }
@@ -327,13 +321,7 @@ impl DataverseSink {
             .to_owned();
         if !(200..300).contains(&status) {
             self.after_unauthorized(status).await;
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = kept_body(response).await;
-            return all(Outcome::from_status(status, retry_after.as_deref(), body));
+            return all(failure(response).await);
         }
         let text = response.text().await.unwrap_or_default();
         let Some(answers) =

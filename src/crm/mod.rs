@@ -118,6 +118,17 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
     })
 }
 
+/// The outcome of an answer that is not a success: its status, `Retry-After` and body.
+pub async fn failure(response: reqwest::Response) -> Outcome {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Outcome::from_status(status, retry_after.as_deref(), kept_body(response).await)
+}
+
 /// Reads an error body, cut to what a dead letter keeps.
 pub async fn kept_body(response: reqwest::Response) -> String {
     let bytes = response.bytes().await.unwrap_or_default();

@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::mapping::TrackedEmail;
-use super::{Outcome, kept_body, transport_error};
+use super::{Outcome, failure, transport_error};
 use crate::config::Secret;
 
 #[derive(Debug, Clone)]
@@ -93,12 +93,7 @@ impl WebhookSink {
         if (200..300).contains(&status) || status == 409 {
             return Outcome::Delivered;
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Outcome::from_status(status, retry_after.as_deref(), kept_body(response).await)
+        failure(response).await
     }
 }
 

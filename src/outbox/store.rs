@@ -188,6 +188,25 @@ impl RedbOutbox {
         rx.recv().map_err(|_| OutboxError::WriterGone)?
     }
 
+    /// The first `limit` rows of a seq-keyed table, decoded.
+    fn list<T>(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        limit: usize,
+        decode: impl Fn(u64, &[u8]) -> Result<T, OutboxError>,
+    ) -> Result<Vec<T>, OutboxError> {
+        let path = &self.shared.path;
+        self.read(|txn| {
+            let table = txn.open_table(table).store(path)?;
+            let mut out = Vec::new();
+            for entry in table.iter().store(path)?.take(limit) {
+                let (seq, v) = entry.store(path)?;
+                out.push(decode(seq.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
     fn read<T>(
         &self,
         read: impl FnOnce(&redb::ReadTransaction) -> Result<T, OutboxError>,
@@ -732,29 +751,11 @@ impl Outbox for RedbOutbox {
     }
 
     fn pending(&self, limit: usize) -> Result<Vec<Record>, OutboxError> {
-        let path = &self.shared.path;
-        self.read(|txn| {
-            let table = txn.open_table(PENDING).store(path)?;
-            let mut out = Vec::new();
-            for entry in table.iter().store(path)?.take(limit) {
-                let (seq, v) = entry.store(path)?;
-                out.push(decode(seq.value(), v.value())?);
-            }
-            Ok(out)
-        })
+        self.list(PENDING, limit, decode)
     }
 
     fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, OutboxError> {
-        let path = &self.shared.path;
-        self.read(|txn| {
-            let table = txn.open_table(DEAD).store(path)?;
-            let mut out = Vec::new();
-            for entry in table.iter().store(path)?.take(limit) {
-                let (_, v) = entry.store(path)?;
-                out.push(serde_json::from_slice(v.value())?);
-            }
-            Ok(out)
-        })
+        self.list(DEAD, limit, |_, bytes| Ok(serde_json::from_slice(bytes)?))
     }
 
     fn retry(&self, key: Uuid) -> Result<(), OutboxError> {
