@@ -9,10 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::Secret;
-use crate::crm::mapping::Body;
-use crate::crm::oauth::{ClientCredentials, TokenSource};
 use crate::inspect::xml::{Tree, XmlLimits};
 use crate::inspect::{self, InspectLimits, Message, Observation};
+use crate::oauth::{ClientCredentials, TokenSource};
 
 /// Largest answer read.
 const MAX_ANSWER: usize = 16 << 20;
@@ -58,6 +57,14 @@ pub struct ExchangeSettings {
     pub graph_url: Option<String>,
     pub auth: ExchangeAuth,
     pub timeout: Duration,
+}
+
+/// A message body fetched from Exchange.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Body {
+    /// `html` or `text`.
+    pub content_type: String,
+    pub content: String,
 }
 
 /// What a fetch returns.

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod directory;
 pub mod exchange;
 pub mod inspect;
+pub mod oauth;
 pub mod ops;
 pub mod outbox;
 pub mod proxy;

@@ -763,7 +763,7 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
             DataverseSettings {
                 url: dv.url(),
                 api_path: "/api/data/v9.2".into(),
-                credentials: Some(trackgate::crm::oauth::ClientCredentials {
+                credentials: Some(trackgate::oauth::ClientCredentials {
                     token_url: dv.token_url(),
                     client_id: CLIENT_ID.into(),
                     client_secret: trackgate::config::Secret::new(CLIENT_SECRET),

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Secret, at_least, positive, readable_file};
 use crate::crm::mapping::{BodyPolicy, FieldTable};
-use crate::crm::oauth::ClientCredentials;
 use crate::exchange::{ExchangeAuth, ExchangeSettings};
+use crate::oauth::ClientCredentials;
 use crate::outbox::OutboxSettings;
 
 /// `[outbox]`: the durable queue of track decisions.

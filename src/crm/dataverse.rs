@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::mapping::{self, Action, EmailColumns, TrackedEmail};
 use super::multipart::{self, BatchItem, HttpPart};
-use super::oauth::{ClientCredentials, TokenSource};
 use super::{Outcome, failure, transport_error};
+use crate::oauth::{ClientCredentials, TokenSource};
 
 #[derive(Debug, Clone)]
 pub struct DataverseSettings {

@@ -171,13 +171,7 @@ pub enum BodyPolicy {
     None,
 }
 
-/// A message body fetched from Exchange.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Body {
-    /// `html` or `text`.
-    pub content_type: String,
-    pub content: String,
-}
+pub use crate::exchange::Body;
 
 /// One activity party of the written email.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,6 @@ pub mod dataverse;
 pub mod journal;
 pub mod mapping;
 pub mod multipart;
-pub mod oauth;
 pub mod webhook;
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! OAuth 2.0 client credentials (Entra ID v2 token endpoint): one token per scope, cached until
-//! shortly before it expires, shared by every request. Used by the Dataverse sink and the
-//! Exchange service client. Secrets and tokens never reach a log.
+//! OAuth 2.0 client credentials (Entra ID v2 token endpoint) for the service calls: one token
+//! per scope, cached until shortly before it expires, shared by every request. Used by the
+//! Exchange service client (enrichment) and the Dataverse sink. Secrets and tokens never reach a log.
 
 use std::time::{Duration, Instant};
 
