@@ -926,3 +926,73 @@ token = \"{ADMIN_TOKEN}\"
     );
     assert!(written_emails(&dv).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() {
+    use trackgate::exchange::{ExchangeAuth, ExchangeClient, ExchangeError, ExchangeSettings};
+    use trackgate::oauth::ClientCredentials;
+    use trackgate::simulate::{AuthMode, FixtureSet, SimulatorOptions};
+
+    let dv = dataverse().await; // its token endpoint stands in for Entra ID
+    let mut options = SimulatorOptions::new("bearer", FixtureSet::embedded().unwrap());
+    options.auth = AuthMode::Bearer;
+    let sim = support::simulator_with(options).await;
+    let oauth = |secret: &str| {
+        ExchangeAuth::OAuth(ClientCredentials {
+            token_url: dv.token_url(),
+            client_id: CLIENT_ID.into(),
+            client_secret: trackgate::config::Secret::new(secret),
+            scope: "https://outlook.office365.com/.default".into(),
+        })
+    };
+    let settings = |auth| ExchangeSettings {
+        ews_url: Some(format!("{}/EWS/Exchange.asmx", sim.url())),
+        graph_url: Some(sim.url()),
+        auth,
+        timeout: Duration::from_secs(10),
+    };
+    let client = ExchangeClient::new(reqwest::Client::new(), settings(oauth(CLIENT_SECRET)));
+    let mailbox = "alex.seller@contoso.example";
+    let ews = client
+        .fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        ews.message.internet_message_id.as_deref(),
+        Some("CAF1234.5678@mail.fabrikam.example")
+    );
+    assert_eq!(ews.message.from.unwrap().address.as_deref(), Some("pat.buyer@fabrikam.example"));
+    // An id first seen over Graph is fetched over Graph, with the same cached token.
+    let graph = client
+        .fetch(mailbox, "AAMkADEzMessageOneAAA=", true, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        graph.message.internet_message_id,
+        ews.message.internet_message_id
+    );
+    let body = graph.body.expect("the body");
+    assert_eq!(body.content_type, "html");
+    assert!(body.content.contains("quote for 40 seats"));
+    assert_eq!(dv.tokens_issued(), 1, "one token for both calls");
+    // Wrong credentials: a token error, worth retrying later (an operator fixes the secret).
+    let refused = ExchangeClient::new(reqwest::Client::new(), settings(oauth("wrong-secret")));
+    let error = refused
+        .fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ExchangeError::Token(_)), "{error}");
+    assert!(error.is_transient());
+    // Basic against a bearer-only Exchange: 401, not a message.
+    let basic = ExchangeClient::new(
+        reqwest::Client::new(),
+        settings(ExchangeAuth::Basic {
+            username: "svc".into(),
+            password: trackgate::config::Secret::new("pw"),
+        }),
+    );
+    assert!(matches!(
+        basic.fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true).await,
+        Err(ExchangeError::Status(401))
+    ));
+}
