@@ -961,7 +961,10 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
         ews.message.internet_message_id.as_deref(),
         Some("CAF1234.5678@mail.fabrikam.example")
     );
-    assert_eq!(ews.message.from.unwrap().address.as_deref(), Some("pat.buyer@fabrikam.example"));
+    assert_eq!(
+        ews.message.from.unwrap().address.as_deref(),
+        Some("pat.buyer@fabrikam.example")
+    );
     // An id first seen over Graph is fetched over Graph, with the same cached token.
     let graph = client
         .fetch(mailbox, "AAMkADEzMessageOneAAA=", true, true)
@@ -992,7 +995,68 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
         }),
     );
     assert!(matches!(
-        basic.fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true).await,
+        basic
+            .fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true)
+            .await,
         Err(ExchangeError::Status(401))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_commands_reach_a_running_gateway_through_its_admin_listener() {
+    let sim = support::simulator("sim").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed admin port, so the commands can find the running gateway from the file.
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("trackgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\naddress = \"127.0.0.1:0\"\nplaintext = true\n[upstreams]\news = \"{}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\ntoken = \"{ADMIN_TOKEN}\"\n[storage]\ndata_dir = \"{}\"\n",
+            sim.url(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let gateway = support::GatewayProcess::start(&config);
+    let client = support::plain_client();
+    assert!(send(&client, &gateway.proxy, 3).await);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let journal = support::wait_for(Duration::from_secs(20), "the journal entry", async || {
+        let (code, out, _) = run(&["journal", "list"]);
+        (code == Some(0) && out.contains("Burst 3")).then_some(out)
+    })
+    .await;
+    let entries: Value = serde_json::from_str(&journal).unwrap();
+    let id = entries[0]["email"]["id"].as_str().unwrap().to_owned();
+    let (code, shown, _) = run(&["journal", "show", &id]);
+    assert_eq!(code, Some(0));
+    assert!(shown.contains("<burst.3@mail.contoso.example>"));
+    let (code, stats, _) = run(&["outbox", "stats"]);
+    assert_eq!(code, Some(0));
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["delivered_keys"], 1);
+    let (code, _, err) = run(&["outbox", "retry", &Uuid::from_u128(42).to_string()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("HTTP 404") && err.contains("no dead-letter record"),
+        "{err}"
+    );
+    drop(gateway);
 }
