@@ -2,7 +2,6 @@
 //! in the Dataverse simulator (real sockets, a real redb outbox), through crashes, outages,
 //! throttling, poison records and concurrent auto-creates; the webhook and journal sinks.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,7 +9,6 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use trackgate::directory::model::DirectoryDocument;
 use trackgate::simulate::dataverse::{DataverseFaults, Throttle};
-use trackgate::simulate::fixtures::Fixture;
 use trackgate::simulate::{DataverseOptions, DataverseSimulator};
 use uuid::Uuid;
 
@@ -40,6 +38,24 @@ async fn dataverse() -> DataverseSimulator {
     )
     .await
     .unwrap()
+}
+
+/// `[admin]` with the test token (for the endpoints that show CRM data or change state).
+fn with_admin_token(_: &str) -> String {
+    format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n")
+}
+
+/// The dead letters, as `GET /outbox/dead` lists them.
+async fn dead_letters(gw: &support::TestGateway) -> Value {
+    support::plain_client()
+        .get(gw.admin("/outbox/dead"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Gateway configuration for the Dataverse sink at `dv`, fast backoff for tests.
@@ -74,18 +90,9 @@ async fn pipeline(extra: impl FnOnce(&str) -> String, delivery: &str) -> Pipelin
     }
 }
 
-fn fixture(name: &str) -> Fixture {
-    Fixture::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/exchange")
-            .join(name),
-    )
-    .unwrap()
-}
-
 /// Replays a recorded client request through the gateway and reads the answer.
 async fn replay(client: &reqwest::Client, url: &str, name: &str) {
-    let f = fixture(name);
+    let f = support::fixture(name);
     let request = f.request.unwrap();
     let mut builder = client.request(
         reqwest::Method::from_bytes(request.method.as_bytes()).unwrap(),
@@ -203,11 +210,31 @@ async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regard
     ] {
         replay(&client, &url, name).await;
     }
-    let decisions = support::wait_for(Duration::from_secs(10), "five decisions", async || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let decisions = loop {
         let d = gw.gateway.recent_decisions();
-        (d.len() >= 5).then_some(d)
-    })
-    .await;
+        if d.len() >= 5 {
+            break d;
+        }
+        // Say what was seen when a sighting is missing.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "five decisions expected: {:?}\nobservations: {:?}\n{}",
+            d.iter()
+                .map(|d| (&d.operation, d.reason))
+                .collect::<Vec<_>>(),
+            gw.gateway.recent_observations(),
+            metrics(&gw.admin(""))
+                .await
+                .lines()
+                .filter(
+                    |l| l.starts_with("trackgate_captures") || l.starts_with("trackgate_inspect")
+                )
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let id = Uuid::parse_str(PAT_MESSAGE).unwrap();
     assert!(
         decisions.iter().all(|d| d.crm_id == Some(id)),
@@ -482,17 +509,7 @@ async fn a_poison_record_goes_to_dead_letter_the_rest_flow_and_retry_delivers_it
         dv,
         gw,
         client,
-    } = pipeline(
-        |_| {
-            format!(
-                "[admin]
-token = \"{ADMIN_TOKEN}\"
-"
-            )
-        },
-        "",
-    )
-    .await;
+    } = pipeline(with_admin_token, "").await;
     // The correlated email's regarding record is missing in the CRM: its bind fails with 400.
     let opportunity = Uuid::parse_str(OPPORTUNITY).unwrap();
     assert!(dv.remove_record("opportunities", opportunity));
@@ -506,13 +523,7 @@ token = \"{ADMIN_TOKEN}\"
         if stats["dead"] != 1 || stats["pending"] != 0 {
             return None;
         }
-        let r = admin
-            .get(gw.admin("/outbox/dead"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        Some(r.json::<Value>().await.unwrap())
+        Some(dead_letters(&gw).await)
     })
     .await;
     let letter = &dead[0];
@@ -896,27 +907,11 @@ async fn without_an_exchange_client_a_decision_needing_content_is_a_dead_letter_
         dv,
         gw,
         client,
-    } = pipeline(
-        |_| {
-            format!(
-                "[admin]
-token = \"{ADMIN_TOKEN}\"
-"
-            )
-        },
-        "",
-    )
-    .await;
+    } = pipeline(with_admin_token, "").await;
     learn_inbox(&client, &gw).await;
     replay(&client, &gw.localhost_url(""), "ews-updateitem-categories").await;
     let dead: Value = support::wait_for(Duration::from_secs(20), "the dead letter", async || {
-        let r = support::plain_client()
-            .get(gw.admin("/outbox/dead"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let v: Value = r.json().await.unwrap();
+        let v = dead_letters(&gw).await;
         (v.as_array().is_some_and(|a| !a.is_empty())).then_some(v)
     })
     .await;
@@ -1048,10 +1043,18 @@ async fn operations_commands_reach_a_running_gateway_through_its_admin_listener(
     let (code, shown, _) = run(&["journal", "show", &id]);
     assert_eq!(code, Some(0));
     assert!(shown.contains("<burst.3@mail.contoso.example>"));
-    let (code, stats, _) = run(&["outbox", "stats"]);
-    assert_eq!(code, Some(0));
-    let stats: Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(stats["delivered_keys"], 1);
+    // The journal entry is written before the outbox commits the delivery.
+    support::wait_for(
+        Duration::from_secs(10),
+        "the delivery committed",
+        async || {
+            let (code, stats, _) = run(&["outbox", "stats"]);
+            assert_eq!(code, Some(0));
+            let stats: Value = serde_json::from_str(&stats).unwrap();
+            (stats["delivered_keys"] == 1 && stats["pending"] == 0).then_some(())
+        },
+    )
+    .await;
     let (code, _, err) = run(&["outbox", "retry", &Uuid::from_u128(42).to_string()]);
     assert_eq!(code, Some(1));
     assert!(

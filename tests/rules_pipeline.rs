@@ -7,20 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use trackgate::rules::{Reason, Verdict};
-use trackgate::simulate::fixtures::Fixture;
 
 use crate::support;
 
 const EXAMPLE: &str = trackgate::directory::file::EMBEDDED_EXAMPLE;
-
-fn fixture(name: &str) -> Fixture {
-    Fixture::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/exchange")
-            .join(name),
-    )
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_through_the_gateway_becomes_one_decision_per_message() {
@@ -31,7 +21,10 @@ async fn traffic_through_the_gateway_becomes_one_decision_per_message() {
     let r = support::post_ews_as_alex(
         &client,
         &gw,
-        fixture("ews-getfolder-inbox").request.unwrap().body,
+        support::fixture("ews-getfolder-inbox")
+            .request
+            .unwrap()
+            .body,
     )
     .await;
     r.bytes().await.unwrap();
@@ -41,7 +34,7 @@ async fn traffic_through_the_gateway_becomes_one_decision_per_message() {
         async || (!gw.gateway.recent_observations().is_empty()).then_some(()),
     )
     .await;
-    let request = fixture("ews-getitem-message").request.unwrap();
+    let request = support::fixture("ews-getitem-message").request.unwrap();
     let r = support::post_ews_as_alex(&client, &gw, request.body.clone()).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();

@@ -393,11 +393,15 @@ async fn respond(
     {
         ews(shared, req, faults).await
     } else {
-        match shared
-            .options
-            .fixtures
-            .for_route(req.method().as_str(), &path)
-        {
+        // Like Exchange, read the request before answering: an answer sent while the client is
+        // still sending would cut its body short.
+        let method = req.method().clone();
+        if !req.headers().contains_key(header::EXPECT) {
+            let _ = Limited::new(req.into_body(), MAX_SOAP_REQUEST)
+                .collect()
+                .await;
+        }
+        match shared.options.fixtures.for_route(method.as_str(), &path) {
             Some(f) => fixture_response(f.status, &f.content_type, &f.headers, f.body.clone()),
             None => {
                 let mut r = full(

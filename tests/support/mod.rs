@@ -280,3 +280,13 @@ pub async fn list_alex_inbox_over_graph(client: &reqwest::Client, gw: &TestGatew
     r.bytes().await.expect("Graph body");
     status
 }
+
+/// A recorded exchange from `fixtures/exchange`.
+pub fn fixture(name: &str) -> trackgate::simulate::fixtures::Fixture {
+    trackgate::simulate::fixtures::Fixture::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/exchange")
+            .join(name),
+    )
+    .expect("fixture loads")
+}
