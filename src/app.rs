@@ -536,14 +536,30 @@ impl Gateway {
         } else {
             tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
         }
-        // Every decision of the drained traffic is committed before delivery stops; what is not
-        // delivered yet stays in the outbox for the next start.
-        let outbox = self.outbox.clone();
-        let _ = tokio::task::spawn_blocking(move || outbox.flush()).await;
+        // Every decision of the drained traffic is committed before delivery stops: inspection
+        // finishes what was handed to it (within the grace period), then the outbox flushes.
+        // What is not delivered stays in the outbox for the next start.
+        let deadline = tokio::time::Instant::now() + grace;
+        let handed_off = self.proxy.metrics.captures.handed_off.get();
+        while self
+            .inspect_metrics
+            .finished
+            .load(std::sync::atomic::Ordering::Acquire)
+            < handed_off
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let flush = |outbox: Arc<RedbOutbox>| async move {
+            let _ = tokio::task::spawn_blocking(move || outbox.flush()).await;
+        };
+        flush(self.outbox.clone()).await;
         let _ = self.delivery_stop.send(true);
         if let Some(task) = self.delivery_task {
             let _ = task.await;
         }
+        // The settlements of the last deliveries.
+        flush(self.outbox.clone()).await;
         self.admin_task.abort();
         if let Some(sim) = self.simulator {
             sim.stop().await;

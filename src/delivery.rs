@@ -191,14 +191,14 @@ impl Delivery {
                 self.metrics.paused.set(1);
                 tokio::select! {
                     _ = tokio::time::sleep(left) => {}
-                    _ = stop.changed() => {}
+                    changed = stop.changed() => if changed.is_err() { break },
                 }
                 continue;
             }
             self.metrics.paused.set(0);
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = stop.changed() => continue,
+                changed = stop.changed() => if changed.is_err() { break } else { continue },
             };
             let records = match self
                 .outbox
@@ -221,13 +221,36 @@ impl Delivery {
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                    _ = stop.changed() => {}
+                    changed = stop.changed() => if changed.is_err() { break },
                 }
                 continue;
             }
+            // A panic in mapping, enrichment or a sink must not leave records claimed until the
+            // next start: they go back in line, counted, and the worker slot is freed.
             let me = self.clone();
+            let claimed = records.clone();
+            let task = tokio::spawn({
+                let me = me.clone();
+                async move { me.deliver(records).await }
+            });
             tokio::spawn(async move {
-                me.deliver(records).await;
+                if task.await.is_err() {
+                    tracing::error!(
+                        records = claimed.len(),
+                        "delivery panicked; records go back in line"
+                    );
+                    for record in &claimed {
+                        let attempts = record.attempts + 1;
+                        me.outbox.settle(
+                            record,
+                            Settlement::Retry {
+                                at_ms: now_ms() + me.backoff(attempts).as_millis() as u64,
+                                counted: true,
+                                error: "delivery panicked".into(),
+                            },
+                        );
+                    }
+                }
                 drop(permit);
             });
         }
@@ -269,6 +292,19 @@ impl Delivery {
         let docs: Vec<TrackedEmail> = ready.iter().map(|(_, d)| d.clone()).collect();
         let outcomes = self.sink.deliver(&docs).await;
         let sink = self.sink.name();
+        // One sink call is one outage, however many records it carried.
+        let outage = outcomes.iter().find_map(|o| match o {
+            Outcome::Unavailable { error } => Some(error.clone()),
+            _ => None,
+        });
+        match outage {
+            Some(error) => self.outage(&error),
+            None => {
+                if let Ok(mut p) = self.pause.lock() {
+                    p.outages = 0;
+                }
+            }
+        }
         for ((record, _), outcome) in ready.iter().zip(outcomes) {
             self.metrics.outcome(sink, outcome.label());
             let settlement = self.settlement(record, outcome);
@@ -290,13 +326,23 @@ impl Delivery {
         Duration::from_secs_f64(capped * jitter)
     }
 
+    /// Counts an outage and pauses the whole sink for its backoff.
+    fn outage(&self, error: &str) {
+        let outages = self
+            .pause
+            .lock()
+            .map(|mut p| {
+                p.outages += 1;
+                p.outages
+            })
+            .unwrap_or(1);
+        let wait = self.backoff(outages);
+        self.pause_until(Instant::now() + wait);
+        tracing::warn!(%error, outages, wait_ms = wait.as_millis() as u64, "CRM unavailable: backing off");
+    }
+
     fn settlement(&self, record: &Record, outcome: Outcome) -> Settlement {
         let now = now_ms();
-        if !matches!(outcome, Outcome::Unavailable { .. })
-            && let Ok(mut p) = self.pause.lock()
-        {
-            p.outages = 0;
-        }
         match outcome {
             Outcome::Delivered => Settlement::Delivered,
             Outcome::Throttled { retry_after } => {
@@ -312,24 +358,12 @@ impl Delivery {
                     error: "throttled (429)".into(),
                 }
             }
-            Outcome::Unavailable { error } => {
-                let outages = self
-                    .pause
-                    .lock()
-                    .map(|mut p| {
-                        p.outages += 1;
-                        p.outages
-                    })
-                    .unwrap_or(1);
-                let wait = self.backoff(outages);
-                self.pause_until(Instant::now() + wait);
-                tracing::warn!(%error, outages, wait_ms = wait.as_millis() as u64, "CRM unavailable: backing off");
-                Settlement::Retry {
-                    at_ms: record.next_attempt_ms,
-                    counted: false,
-                    error,
-                }
-            }
+            // The sink-wide pause was set once for the call (`outage`).
+            Outcome::Unavailable { error } => Settlement::Retry {
+                at_ms: record.next_attempt_ms,
+                counted: false,
+                error,
+            },
             Outcome::Failed { status, error } => {
                 let attempts = record.attempts + 1;
                 if attempts >= self.settings.max_attempts {

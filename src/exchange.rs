@@ -186,14 +186,11 @@ impl ExchangeClient {
         if response.content_length().unwrap_or(0) > MAX_ANSWER as u64 {
             return Err(ExchangeError::Unreadable("answer too large".into()));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|_| ExchangeError::Unreachable("answer cut off".into()))?;
-        if body.len() > MAX_ANSWER {
+        let (body, more) = read_capped(response, MAX_ANSWER).await;
+        if more {
             return Err(ExchangeError::Unreadable("answer too large".into()));
         }
-        Ok((status, headers, body))
+        Ok((status, headers, Bytes::from(body)))
     }
 
     async fn fetch_ews(
@@ -324,6 +321,21 @@ impl ExchangeClient {
             });
         Ok(Fetched { message, body })
     }
+}
+
+/// Reads at most `max` bytes of a service's answer, chunk by chunk (a chunked answer has no
+/// length to check first); says whether there was more. Shared with the CRM sinks.
+pub async fn read_capped(mut response: reqwest::Response, max: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = max - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return (out, true);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    (out, false)
 }
 
 fn first_message(observations: Vec<Observation>) -> Option<Message> {

@@ -6,8 +6,8 @@
 //!   `PATCH` with `If-Match: *` setting statecode/statuscode (activities are created open);
 //! - a regarding update: `PATCH /emails(<id>)` with `If-Match: *`.
 //!
-//! With `batch_size` > 1, documents go in one `$batch`: the record creates as independent
-//! parts, each email as an atomic change set, `Prefer: odata.continue-on-error`.
+//! With `batch_size` > 1, documents go in one `$batch` (`Prefer: odata.continue-on-error`):
+//! record creates and status updates as independent parts, each email's create as a change set.
 
 use std::time::Duration;
 
@@ -66,6 +66,15 @@ impl RequestBudget {
             .map(|t| (*t + WINDOW).saturating_duration_since(now))
             .unwrap_or_default()
             .max(Duration::from_millis(1))
+    }
+}
+
+/// A regarding update that found no email: its create is still queued behind it (or was
+/// skipped), so it is tried again later rather than dead-lettered.
+fn not_there_yet() -> Outcome {
+    Outcome::Failed {
+        status: Some(404),
+        error: "the email is not in the CRM yet".into(),
     }
 }
 
@@ -237,11 +246,7 @@ impl DataverseSink {
                 continue;
             }
             if status == 404 && email.action == Action::UpdateRegarding {
-                // The create is still queued behind this update (or was skipped): try later.
-                return Outcome::Failed {
-                    status: Some(404),
-                    error: "the email is not in the CRM yet".into(),
-                };
+                return not_there_yet();
             }
             self.after_unauthorized(status).await;
             return failure(response).await;
@@ -249,8 +254,8 @@ impl DataverseSink {
         Outcome::Delivered
     }
 
-    /// One `$batch` for several documents: creates of records as independent parts, then each
-    /// email as a change set (atomic: the email and its status together).
+    /// One `$batch` for several documents, in order: the records an email binds, the email's
+    /// create as a change set, its status; each document's outcome is its first failure.
     async fn deliver_batch(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
         let api = &self.settings.api_path;
         let mut items = Vec::new();
@@ -258,7 +263,6 @@ impl DataverseSink {
         let mut owners: Vec<(usize, usize, bool)> = Vec::new();
         for (doc, email) in emails.iter().enumerate() {
             let writes = self.writes(email);
-            let mut changeset = Vec::new();
             for write in writes {
                 let mut headers = vec![(
                     "Content-Type".to_owned(),
@@ -278,18 +282,20 @@ impl DataverseSink {
                     body: write.body.to_string(),
                     content_id: None,
                 };
-                if write.path.starts_with("/emails(") {
-                    changeset.push(HttpPart {
-                        content_id: Some((changeset.len() + 1).to_string()),
+                // The email's create-only upsert is a change set of its own; the records it
+                // binds go before it and its status after it as independent parts, so a 412
+                // (already there) neither rolls back nor skips them.
+                if write.path.starts_with("/emails(") && write.create_only {
+                    owners.push((doc, items.len(), true));
+                    items.push(BatchItem::ChangeSet(vec![HttpPart {
+                        content_id: Some("1".into()),
                         ..part
-                    });
+                    }]));
                 } else {
                     owners.push((doc, items.len(), write.create_only));
                     items.push(BatchItem::Single(part));
                 }
             }
-            owners.push((doc, items.len(), email.action == Action::Create));
-            items.push(BatchItem::ChangeSet(changeset));
         }
         let boundary = format!("batch_{:016x}", rand::random::<u64>());
         let body = multipart::write_batch(&boundary, &items);
@@ -348,13 +354,18 @@ impl DataverseSink {
             for part in parts {
                 let s = part.status().unwrap_or(500);
                 let fine = (200..300).contains(&s) || (s == 412 && create_only);
-                if !fine && outcomes[doc] == Outcome::Delivered {
-                    outcomes[doc] = Outcome::from_status(
+                if fine || outcomes[doc] != Outcome::Delivered {
+                    continue;
+                }
+                outcomes[doc] = if s == 404 && emails[doc].action == Action::UpdateRegarding {
+                    not_there_yet()
+                } else {
+                    Outcome::from_status(
                         s,
                         part.header("retry-after"),
                         part.body.chars().take(super::MAX_KEPT_RESPONSE).collect(),
-                    );
-                }
+                    )
+                };
             }
         }
         outcomes

@@ -128,11 +128,10 @@ pub async fn failure(response: reqwest::Response) -> Outcome {
     Outcome::from_status(status, retry_after.as_deref(), kept_body(response).await)
 }
 
-/// Reads an error body, cut to what a dead letter keeps.
+/// Reads an error body, cut to what a dead letter keeps (the rest is never read).
 pub async fn kept_body(response: reqwest::Response) -> String {
-    let bytes = response.bytes().await.unwrap_or_default();
-    let end = bytes.len().min(MAX_KEPT_RESPONSE);
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    let (bytes, _) = crate::exchange::read_capped(response, MAX_KEPT_RESPONSE).await;
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Classifies a transport error.

@@ -1,7 +1,7 @@
 //! The webhook sink, for CRMs other than Dynamics: one `POST` per tracked email with the
 //! [`TrackedEmail`] document as JSON, an idempotency key and an HMAC-SHA256 signature.
 //!
-//! Headers: `Idempotency-Key: <dedup key>`, `X-Trackgate-Timestamp: <unix seconds>`,
+//! Headers: `Idempotency-Key: <CRM email id>` (a regarding update: its record key), `X-Trackgate-Timestamp: <unix seconds>`,
 //! `X-Trackgate-Signature: sha256=<hex of HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 //! 2xx and 409 (already have it) are delivered; the rest is classified like Dataverse's.
 
@@ -46,6 +46,15 @@ pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
     hex
 }
 
+/// The same email is one key however it was decided (a create keys on the CRM email id); a
+/// regarding update keys on the outbox record.
+pub fn idempotency_key(email: &TrackedEmail) -> uuid::Uuid {
+    match email.action {
+        super::mapping::Action::Create => email.id,
+        super::mapping::Action::UpdateRegarding => email.key,
+    }
+}
+
 impl WebhookSink {
     pub fn new(http: reqwest::Client, settings: WebhookSettings) -> WebhookSink {
         WebhookSink { http, settings }
@@ -76,7 +85,7 @@ impl WebhookSink {
             .post(&self.settings.url)
             .timeout(self.settings.timeout)
             .header("Content-Type", "application/json")
-            .header("Idempotency-Key", email.key.to_string())
+            .header("Idempotency-Key", idempotency_key(email).to_string())
             .header("X-Trackgate-Timestamp", timestamp.to_string())
             .header(
                 "X-Trackgate-Signature",

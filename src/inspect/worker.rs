@@ -34,6 +34,8 @@ pub struct InspectMetrics {
     ews_failures: Family<CodeLabels, Counter>,
     codes_seen: Mutex<HashSet<String>>,
     pub inspected: Counter,
+    /// Captures fully handled, the next stage included (for draining at shutdown).
+    pub finished: std::sync::atomic::AtomicU64,
 }
 
 impl InspectMetrics {
@@ -44,6 +46,7 @@ impl InspectMetrics {
             ews_failures: Family::default(),
             codes_seen: Mutex::new(HashSet::new()),
             inspected: Counter::default(),
+            finished: std::sync::atomic::AtomicU64::new(0),
         };
         registry.register(
             "observations",
@@ -168,6 +171,7 @@ pub fn spawn(
                         tracing::error!(route = capture.route.as_str(), "inspection panicked; exchange skipped");
                     }
                 }
+                metrics.finished.fetch_add(1, std::sync::atomic::Ordering::Release);
             }
         })
 }

@@ -134,10 +134,11 @@ pub trait Outbox: Send + Sync + 'static {
     fn skip(&self, key: Uuid) -> Result<(), OutboxError>;
 }
 
-/// The dedup key of a decision. Emails key on their CRM id; a regarding update is a separate
-/// write to the same email, keyed by the id and the new regarding record; a decision still
-/// waiting for enrichment keys on the mailbox and item id.
-pub fn dedup_key(decision: &Decision) -> Uuid {
+/// The dedup key of a decision queued at `at_ms`. Emails key on their CRM id; a regarding
+/// update is a separate write to the same email, keyed by the id, the new regarding record and
+/// the time (moving a message back to an earlier folder must not look like a repeat); a
+/// decision still waiting for enrichment keys on the mailbox and item id.
+pub fn dedup_key(decision: &Decision, at_ms: u64) -> Uuid {
     const NAMESPACE: Uuid = Uuid::from_u128(0x0b0c_51de_7d0e_4c1f_a3a1_2f55_e6b0_99d2);
     match (decision.crm_id, decision.update_regarding) {
         (Some(id), false) => id,
@@ -147,7 +148,10 @@ pub fn dedup_key(decision: &Decision) -> Uuid {
                 .as_ref()
                 .map(|r| format!("{}:{}", r.entity, r.id))
                 .unwrap_or_default();
-            Uuid::new_v5(&NAMESPACE, format!("{id}|regarding|{regarding}").as_bytes())
+            Uuid::new_v5(
+                &NAMESPACE,
+                format!("{id}|regarding|{regarding}|{at_ms}").as_bytes(),
+            )
         }
         (None, _) => Uuid::new_v5(
             &NAMESPACE,

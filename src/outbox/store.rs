@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -67,13 +68,17 @@ struct Shared {
     wakeup: Arc<Notify>,
     metrics: OutboxMetrics,
     settings: OutboxSettings,
+    /// Enqueues sent to the writer and not yet taken: `submit` refuses beyond `queue`. The
+    /// channel itself is unbounded so that settlements (bounded by what delivery has claimed)
+    /// never block an async worker.
+    queued: AtomicUsize,
 }
 
 /// The redb outbox. Cloning shares it.
 #[derive(Clone)]
 pub struct RedbOutbox {
     shared: Arc<Shared>,
-    ops: SyncSender<Op>,
+    ops: Sender<Op>,
 }
 
 impl std::fmt::Debug for RedbOutbox {
@@ -158,7 +163,7 @@ impl RedbOutbox {
         };
         metrics.depth.set(schedule.pending.len() as i64);
         metrics.dead_letters.set(schedule.dead as i64);
-        let (ops, receiver) = mpsc::sync_channel(settings.queue.max(1));
+        let (ops, receiver) = mpsc::channel();
         let shared = Arc::new(Shared {
             db,
             path: path.to_path_buf(),
@@ -166,6 +171,7 @@ impl RedbOutbox {
             wakeup: Arc::new(Notify::new()),
             metrics,
             settings,
+            queued: AtomicUsize::new(0),
         });
         let writer = shared.clone();
         std::thread::Builder::new()
@@ -250,7 +256,17 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            self.commit(group, false);
+            let taken = group
+                .iter()
+                .filter(|op| matches!(op, Op::Enqueue { .. }))
+                .count();
+            self.queued.fetch_sub(taken, Ordering::Relaxed);
+            // The delivered-id window is pruned under steady load too, not only when idle.
+            let prune = last_prune.elapsed() > Duration::from_secs(60);
+            if prune {
+                last_prune = Instant::now();
+            }
+            self.commit(group, prune);
         }
     }
 
@@ -271,6 +287,13 @@ impl Shared {
     fn commit(&self, group: Vec<Op>, prune: bool) {
         let started = Instant::now();
         let count = group.len();
+        let settled: Vec<u64> = group
+            .iter()
+            .filter_map(|op| match op {
+                Op::Settle(record, _) => Some(record.seq),
+                _ => None,
+            })
+            .collect();
         let mut after = Vec::new();
         let mut replies = Vec::new();
         let outcome = self.apply(group, prune, &mut after, &mut replies);
@@ -299,6 +322,16 @@ impl Shared {
                         self.metrics.enqueued("failed");
                     }
                 }
+                // Settled records were not changed on disk: back in line, to be tried again.
+                let mut s = self.schedule();
+                for seq in settled {
+                    if s.claimed.remove(&seq).is_some()
+                        && let Some(&(next, _)) = s.pending.get(&seq)
+                    {
+                        s.due.insert((next, seq));
+                    }
+                }
+                drop(s);
                 for (reply, _) in replies {
                     reply.send(Err(OutboxError::WriterGone));
                 }
@@ -592,7 +625,7 @@ impl Outbox for RedbOutbox {
         let at = now_ms();
         let record = Record {
             seq: 0,
-            key: dedup_key(&decision),
+            key: dedup_key(&decision, at),
             enqueued_ms: at,
             attempts: 0,
             next_attempt_ms: at,
@@ -607,17 +640,21 @@ impl Outbox for RedbOutbox {
                 return false;
             }
         };
-        match self.ops.try_send(Op::Enqueue {
+        if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= self.shared.settings.queue {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.metrics.enqueued("refused");
+            return false;
+        }
+        let sent = self.ops.send(Op::Enqueue {
             key: record.key,
             at,
             encoded,
-        }) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.shared.metrics.enqueued("refused");
-                false
-            }
+        });
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.metrics.enqueued("refused");
         }
+        sent.is_ok()
     }
 
     fn flush(&self) -> Result<(), OutboxError> {

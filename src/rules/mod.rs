@@ -42,13 +42,17 @@ impl Engine {
     }
 
     /// Decides a provisional track again with the message delivery fetched (see
-    /// `needs_enrichment`).
+    /// `needs_enrichment`). Nothing is remembered: a retry of the same record must decide the
+    /// same way, not find its own earlier attempt `already_tracked`.
     pub fn enriched(&self, provisional: &Decision, fetched: &crate::inspect::Message) -> Decision {
         let dir = self.directory.guard();
         engine::Run {
             dir: &dir,
             memory: &self.memory,
-            mode: Mode::APPLY,
+            mode: Mode {
+                remember: false,
+                explain: false,
+            },
             limits: self.limits,
         }
         .enriched(provisional, fetched)

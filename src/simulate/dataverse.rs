@@ -570,12 +570,15 @@ fn decode_form(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                Ok(b) => {
+            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
+                Some(b) => {
                     out.push(b);
                     i += 2;
                 }
-                Err(_) => out.push(b'%'),
+                None => out.push(b'%'),
             },
             b => out.push(b),
         }
@@ -1047,14 +1050,14 @@ fn query_set(
         .collect();
     let mut answer = Map::new();
     answer.insert("value".into(), Value::Array(value));
-    if skip + page < selected.len() {
+    if skip.saturating_add(page) < selected.len() {
         let mut next: Vec<String> = params
             .iter()
             .filter(|(k, _)| k.as_str() != "$skiptoken")
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         next.sort();
-        next.push(format!("$skiptoken={}", skip + page));
+        next.push(format!("$skiptoken={}", skip.saturating_add(page)));
         answer.insert(
             "@odata.nextLink".into(),
             format!("{api}/{set}?{}", next.join("&")).into(),
@@ -1383,6 +1386,19 @@ mod tests {
                 .contains("$skiptoken=2")
         );
         assert_eq!(pk("opportunities"), "opportunityid");
+        assert_eq!(
+            decode_form("a%20b+c%aé%"),
+            "a b c%aé%",
+            "bad escapes stay as they are"
+        );
+        let huge = query_set(
+            &s,
+            "/api",
+            "contacts",
+            "$skiptoken=18446744073709551615",
+            &|_| None,
+        );
+        assert_eq!(huge.0, 200);
         assert_eq!(pk("emails"), "activityid");
     }
 }
