@@ -61,6 +61,17 @@ struct Schedule {
     dead: u64,
 }
 
+impl Schedule {
+    /// Age of the oldest waiting record (the lowest seq was enqueued first).
+    fn oldest_age_seconds(&self) -> f64 {
+        self.pending
+            .values()
+            .next()
+            .map(|(_, enqueued)| now_ms().saturating_sub(*enqueued) as f64 / 1000.0)
+            .unwrap_or(0.0)
+    }
+}
+
 struct Shared {
     db: Database,
     path: PathBuf,
@@ -275,13 +286,7 @@ impl Shared {
         self.metrics.depth.set(s.pending.len() as i64);
         self.metrics.in_flight.set(s.claimed.len() as i64);
         self.metrics.dead_letters.set(s.dead as i64);
-        let oldest = s
-            .pending
-            .values()
-            .next()
-            .map(|(_, enqueued)| now_ms().saturating_sub(*enqueued) as f64 / 1000.0)
-            .unwrap_or(0.0);
-        self.metrics.oldest_pending_age.set(oldest);
+        self.metrics.oldest_pending_age.set(s.oldest_age_seconds());
     }
 
     fn commit(&self, group: Vec<Op>, prune: bool) {
@@ -752,12 +757,7 @@ impl Outbox for RedbOutbox {
         let path = &self.shared.path;
         let (pending, in_flight, dead, oldest) = {
             let s = self.shared.schedule();
-            let oldest = s
-                .pending
-                .values()
-                .next()
-                .map(|(_, e)| now_ms().saturating_sub(*e) as f64 / 1000.0)
-                .unwrap_or(0.0);
+            let oldest = s.oldest_age_seconds();
             (
                 s.pending.len() as u64,
                 s.claimed.len() as u64,
