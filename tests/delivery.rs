@@ -1063,3 +1063,38 @@ async fn operations_commands_reach_a_running_gateway_through_its_admin_listener(
     );
     drop(gateway);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_every_decision_of_the_drained_traffic() {
+    let sim = support::simulator("sim").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &format!("plaintext = true\n[upstreams]\news = \"{}\"\n", sim.url()),
+    );
+    let mut gateway = support::GatewayProcess::start(&config);
+    let client = support::plain_client();
+    const N: usize = 50;
+    for n in 0..N {
+        assert!(send(&client, &gateway.proxy, n).await);
+    }
+    // Straight after the last answer: inspection may still hold some of them.
+    gateway.signal("TERM");
+    assert!(gateway.wait_exit(Duration::from_secs(30)).success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args(["outbox", "stats", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = stats["pending"].as_u64().unwrap() + stats["delivered_keys"].as_u64().unwrap();
+    assert_eq!(
+        kept as usize, N,
+        "nothing acknowledged before SIGTERM is lost: {stats}"
+    );
+}
