@@ -7,6 +7,9 @@
 //!   (else 400, as Dataverse answers); deep insert of `email_activity_parties`.
 //! - `POST /<set>`, `GET /<set>(<id>)` with `$select`, `GET /<set>` with `$filter` equality
 //!   (`and`-joined), `$top`, `$select`, paging by `Prefer: odata.maxpagesize`, `DELETE`.
+//! - Change tracking: `Prefer: odata.track-changes` adds an `@odata.deltaLink`; a
+//!   `$deltatoken` query returns the rows changed since (current state) and `$deletedEntity`
+//!   entries for deleted ones.
 //! - `POST /$batch`: multipart with change sets (atomic) and `Content-ID` references,
 //!   `Prefer: odata.continue-on-error`.
 //! - Control (no auth, loopback only): `POST /_sim/faults` (throttle with `Retry-After`, fail
@@ -118,6 +121,37 @@ struct Store {
     log: Vec<LoggedRequest>,
     /// Creation order, across sets.
     sequence: u64,
+    /// Change tracking: every write and delete, in order, for `$deltatoken` queries.
+    changes: Vec<ChangeEntry>,
+    version: u64,
+    /// The oldest version `changes` still answers for (older delta tokens have expired).
+    changes_from: u64,
+}
+
+/// Most changes kept for delta queries; beyond, the older half is dropped and its tokens expire.
+const MAX_CHANGES: usize = 1_000_000;
+
+struct ChangeEntry {
+    version: u64,
+    set: String,
+    id: Uuid,
+    deleted: bool,
+}
+
+/// Records a change of a row for change tracking.
+fn changed(store: &mut Store, set: &str, id: Uuid, deleted: bool) {
+    store.version += 1;
+    store.changes.push(ChangeEntry {
+        version: store.version,
+        set: set.to_owned(),
+        id,
+        deleted,
+    });
+    if store.changes.len() > MAX_CHANGES {
+        let dropped = store.changes.len() / 2;
+        store.changes.drain(..dropped);
+        store.changes_from = store.changes.first().map(|c| c.version - 1).unwrap_or(0);
+    }
 }
 
 /// An undo entry for change sets: the row before the write, and whether the write created it.
@@ -240,12 +274,16 @@ impl DataverseSimulator {
     }
 
     pub fn remove_record(&self, set: &str, id: Uuid) -> bool {
-        self.shared
-            .store()
+        let mut store = self.shared.store();
+        let removed = store
             .tables
             .get_mut(set)
             .and_then(|t| t.remove(&id))
-            .is_some()
+            .is_some();
+        if removed {
+            changed(&mut store, set, id, true);
+        }
+        removed
     }
 
     pub fn stats(&self) -> DataverseStats {
@@ -274,6 +312,7 @@ fn insert_seed(store: &mut Store, set: &str, id: Uuid, mut fields: Map<String, V
         .entry(set.to_owned())
         .or_default()
         .insert(id, fields);
+    changed(store, set, id, false);
 }
 
 fn seed(store: &mut Store, doc: &DirectoryDocument) {
@@ -807,6 +846,7 @@ fn execute(
         (Method::DELETE, Some(id)) => {
             match store.tables.get_mut(&set).and_then(|t| t.remove(&id)) {
                 Some(before) => {
+                    changed(store, &set, id, true);
                     undo.push(Undo {
                         set: set.clone(),
                         id,
@@ -913,6 +953,7 @@ fn write(
         .entry(set.to_owned())
         .or_default()
         .insert(id, merged);
+    changed(store, set, id, false);
     undo.push(Undo {
         set: set.to_owned(),
         id,
@@ -1008,6 +1049,10 @@ fn query_set(
     header: &dyn Fn(&str) -> Option<String>,
 ) -> Answer {
     let params = query_params(query);
+    if let Some(token) = params.get("$deltatoken") {
+        return delta(store, api, set, token, &params);
+    }
+    let track = header("prefer").is_some_and(|p| p.contains("odata.track-changes"));
     let rows: Vec<&Map<String, Value>> = match store.tables.get(set) {
         Some(t) => t.values().collect(),
         None => Vec::new(),
@@ -1062,11 +1107,90 @@ fn query_set(
             "@odata.nextLink".into(),
             format!("{api}/{set}?{}", next.join("&")).into(),
         );
+    } else if track {
+        answer.insert(
+            "@odata.deltaLink".into(),
+            delta_link(api, set, store.version, &params).into(),
+        );
     }
+    let mut headers = vec![("Content-Type".into(), "application/json".into())];
+    if track {
+        headers.push(("Preference-Applied".into(), "odata.track-changes".into()));
+    }
+    (200, headers, Value::Object(answer).to_string())
+}
+
+fn delta_link(api: &str, set: &str, version: u64, params: &HashMap<String, String>) -> String {
+    match params.get("$select") {
+        Some(select) => format!("{api}/{set}?$select={select}&$deltatoken={version}"),
+        None => format!("{api}/{set}?$deltatoken={version}"),
+    }
+}
+
+/// A change-tracking query: the rows of `set` changed since the token (their current state) and
+/// the deleted ones as `$deletedEntity` entries, then a new delta link.
+fn delta(
+    store: &Store,
+    api: &str,
+    set: &str,
+    token: &str,
+    params: &HashMap<String, String>,
+) -> Answer {
+    let Ok(since) = token.parse::<u64>() else {
+        return error(400, "0x80044352", "The delta token is not valid.");
+    };
+    if since < store.changes_from || since > store.version {
+        return error(
+            410,
+            "0x80044352",
+            "The delta token has expired; load the set again.",
+        );
+    }
+    // The last change of each row since the token decides what it looks like now.
+    let mut latest: Vec<(Uuid, bool)> = Vec::new();
+    let mut seen = HashSet::new();
+    for change in store.changes.iter().rev() {
+        if change.version <= since {
+            break;
+        }
+        if change.set == set && seen.insert(change.id) {
+            latest.push((change.id, change.deleted));
+        }
+    }
+    latest.reverse();
+    let select_query = params
+        .get("$select")
+        .map(|s| format!("$select={s}"))
+        .unwrap_or_default();
+    let value: Vec<Value> = latest
+        .into_iter()
+        .map(|(id, deleted)| {
+            match store
+                .tables
+                .get(set)
+                .and_then(|t| t.get(&id))
+                .filter(|_| !deleted)
+            {
+                Some(row) => Value::Object(select(row, &select_query)),
+                None => json!({
+                    "@odata.context": format!("{api}/$metadata#{set}/$deletedEntity"),
+                    "id": id.to_string(),
+                    "reason": "deleted",
+                }),
+            }
+        })
+        .collect();
+    let answer = json!({
+        "value": value,
+        "@odata.deltaLink": delta_link(api, set, store.version, params),
+    });
     (
         200,
-        vec![("Content-Type".into(), "application/json".into())],
-        Value::Object(answer).to_string(),
+        vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Preference-Applied".into(), "odata.track-changes".into()),
+        ],
+        answer.to_string(),
     )
 }
 
@@ -1137,6 +1261,7 @@ fn batch(store: &mut Store, api: &str, content_type: &str, prefer: &str, body: &
             }
             BatchItem::ChangeSet(parts) => {
                 let mut undo = Vec::new();
+                let changes_mark = store.changes.len();
                 let mut references = HashMap::new();
                 let mut responses = Vec::new();
                 let mut failure = None;
@@ -1158,6 +1283,7 @@ fn batch(store: &mut Store, api: &str, content_type: &str, prefer: &str, body: &
                 match failure {
                     Some(answer) => {
                         rollback(store, undo);
+                        store.changes.truncate(changes_mark);
                         answers.push(BatchItem::Single(response_part(&answer, None)));
                         true
                     }
@@ -1354,6 +1480,108 @@ mod tests {
         assert_eq!(
             s.tables["emails"][&Uuid::from_u128(1)]["_regardingobjectid_contact_email_value"]["id"],
             Uuid::from_u128(9).to_string()
+        );
+    }
+
+    #[test]
+    fn change_tracking_returns_changed_new_and_deleted_rows_since_a_delta_token() {
+        let mut s = Store::default();
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        insert_seed(&mut s, "contacts", a, Map::new());
+        insert_seed(&mut s, "contacts", b, Map::new());
+        insert_seed(&mut s, "accounts", Uuid::from_u128(9), Map::new());
+        let track = |n: &str| (n == "prefer").then(|| "odata.track-changes".to_owned());
+        let (status, headers, text) = query_set(
+            &s,
+            "/api",
+            "contacts",
+            "$select=contactid,emailaddress1",
+            &track,
+        );
+        assert_eq!(status, 200);
+        assert!(
+            headers
+                .iter()
+                .any(|(n, v)| n == "Preference-Applied" && v == "odata.track-changes")
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["value"].as_array().unwrap().len(), 2);
+        let link = v["@odata.deltaLink"].as_str().unwrap().to_owned();
+        let token_query = link.split_once('?').unwrap().1.to_owned();
+        // An address moves, a contact is deleted, one is created; an account changes too.
+        assert_eq!(
+            patch(
+                &mut s,
+                &format!("/contacts({a})"),
+                None,
+                json!({"emailaddress1": "new@x"})
+            ),
+            204
+        );
+        let mut undo = Vec::new();
+        let no_header = |_: &str| None;
+        execute(
+            &mut s,
+            "/api",
+            &Method::DELETE,
+            &format!("/contacts({b})"),
+            "",
+            &no_header,
+            "",
+            &HashMap::new(),
+            &mut undo,
+        );
+        assert_eq!(
+            patch(
+                &mut s,
+                &format!("/contacts({c})"),
+                None,
+                json!({"lastname": "C"})
+            ),
+            204
+        );
+        assert_eq!(
+            patch(
+                &mut s,
+                "/accounts(00000000-0000-0000-0000-000000000009)",
+                None,
+                json!({"name": "N"})
+            ),
+            204
+        );
+        let (status, _, text) = query_set(&s, "/api", "contacts", &token_query, &no_header);
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let rows = v["value"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{v:#}");
+        assert_eq!(rows[0]["emailaddress1"], "new@x");
+        assert!(rows[0].get("lastname").is_none(), "$select kept");
+        assert_eq!(rows[1]["reason"], "deleted");
+        assert_eq!(rows[1]["id"], b.to_string());
+        assert_eq!(rows[2]["contactid"], c.to_string());
+        // Nothing changed since the new link; a token from the future or garbage is refused.
+        let next = v["@odata.deltaLink"]
+            .as_str()
+            .unwrap()
+            .split_once('?')
+            .unwrap()
+            .1
+            .to_owned();
+        let (_, _, text) = query_set(&s, "/api", "contacts", &next, &no_header);
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap()["value"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            query_set(&s, "/api", "contacts", "$deltatoken=999999", &no_header).0,
+            410
+        );
+        assert_eq!(
+            query_set(&s, "/api", "contacts", "$deltatoken=x", &no_header).0,
+            400
         );
     }
 
