@@ -76,7 +76,7 @@ fn enqueue_rate(group_records: usize, records: usize) -> f64 {
     let decisions: Vec<Decision> = (0..records).map(decision).collect();
     let started = Instant::now();
     for d in decisions {
-        while !outbox.submit(d.clone()) {
+        while !outbox.submit(&d) {
             std::thread::yield_now();
         }
     }
@@ -94,7 +94,7 @@ async fn delivery_rate(batch_size: usize, records: usize, steady: bool) -> (f64,
     let outbox = open(dir.path(), 512);
     if !steady {
         for n in 0..records {
-            while !outbox.submit(decision(n)) {
+            while !outbox.submit(&decision(n)) {
                 std::thread::yield_now();
             }
         }
@@ -157,7 +157,7 @@ async fn delivery_rate(batch_size: usize, records: usize, steady: bool) -> (f64,
             while outbox.stats().unwrap().pending > 1000 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            while !outbox.submit(decision(n)) {
+            while !outbox.submit(&decision(n)) {
                 tokio::task::yield_now().await;
             }
         }

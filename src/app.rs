@@ -243,7 +243,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
                         rules_metrics.record(&d);
                         tracing::debug!(verdict = ?d.verdict, reason = d.reason.as_str(), "decision");
                         if d.is_track() {
-                            outbox.submit(d.clone());
+                            outbox.submit(&d);
                         }
                         decisions.push(d);
                     }

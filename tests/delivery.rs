@@ -169,6 +169,21 @@ async fn outbox_stats(admin: &str) -> Value {
         .unwrap()
 }
 
+/// `trackgate outbox stats` of a stopped gateway: the command opens the outbox file itself.
+fn offline_outbox_stats(config: &std::path::Path) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args(["outbox", "stats", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 async fn metrics(admin: &str) -> String {
     support::plain_client()
         .get(format!("{admin}/metrics"))
@@ -375,17 +390,7 @@ async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly
     );
     drop(restarted);
     // Offline, the command line opens the outbox file itself.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
-        .args(["outbox", "stats", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offline = offline_outbox_stats(&config);
     assert_eq!(
         offline["delivered_keys"].as_u64().unwrap() as usize,
         committed
@@ -765,7 +770,7 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
             .unwrap(),
         );
         for d in decisions {
-            assert!(outbox.submit(d));
+            assert!(outbox.submit(&d));
         }
         outbox.flush().unwrap();
         assert_eq!(outbox.stats().unwrap().pending, 2);
@@ -1081,17 +1086,7 @@ async fn sigterm_commits_every_decision_of_the_drained_traffic() {
     // Straight after the last answer: inspection may still hold some of them.
     gateway.signal("TERM");
     assert!(gateway.wait_exit(Duration::from_secs(30)).success());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
-        .args(["outbox", "stats", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats = offline_outbox_stats(&config);
     let kept = stats["pending"].as_u64().unwrap() + stats["delivered_keys"].as_u64().unwrap();
     assert_eq!(
         kept as usize, N,

@@ -112,7 +112,7 @@ pub struct Stats {
 pub trait Outbox: Send + Sync + 'static {
     /// Hands a track decision to the writer without waiting for the commit. Returns `false`
     /// when it cannot be queued (the outbox is full or stopping); that is counted.
-    fn submit(&self, decision: Decision) -> bool;
+    fn submit(&self, decision: &Decision) -> bool;
     /// Waits until everything submitted before this call is committed.
     fn flush(&self) -> Result<(), OutboxError>;
     /// Up to `limit` records due at `now_ms`, oldest first; they stay claimed (not offered

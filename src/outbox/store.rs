@@ -323,7 +323,7 @@ impl Shared {
                 // stay claimed until restart, when they are offered again.
                 tracing::error!(%error, operations = count, "outbox commit failed");
                 for change in after {
-                    if let Change::Stored { .. } = change {
+                    if let Change::Queued { revived: false, .. } = change {
                         self.metrics.enqueued("failed");
                     }
                 }
@@ -390,10 +390,11 @@ impl Shared {
                         pending_count += 1;
                         pending.insert(seq, encoded.as_slice()).store(path)?;
                         pending_keys.insert(k, seq).store(path)?;
-                        after.push(Change::Stored {
+                        after.push(Change::Queued {
                             seq,
                             next: at,
                             enqueued: at,
+                            revived: false,
                         });
                     }
                     Op::Settle(record, settlement) => {
@@ -477,10 +478,11 @@ impl Shared {
                             .store(path)?;
                         pending_keys.insert(k, seq).store(path)?;
                         pending_count += 1;
-                        after.push(Change::Revived {
+                        after.push(Change::Queued {
                             seq,
                             next: now,
                             enqueued: record.enqueued_ms,
+                            revived: true,
                         });
                         replies.push((Reply(reply), Ok(())));
                     }
@@ -542,6 +544,17 @@ impl Shared {
     }
 }
 
+/// A new [`Record`] as stored, its decision borrowed (same fields, same encoding).
+#[derive(serde::Serialize)]
+struct NewRecord<'a> {
+    seq: u64,
+    key: Uuid,
+    enqueued_ms: u64,
+    attempts: u32,
+    next_attempt_ms: u64,
+    decision: &'a Decision,
+}
+
 /// A pending record; new ones are stored with seq 0 (the table key is the seq).
 fn decode(seq: u64, bytes: &[u8]) -> Result<Record, OutboxError> {
     let mut record: Record = serde_json::from_slice(bytes)?;
@@ -560,14 +573,26 @@ impl Reply {
 
 /// What a committed operation changes in the in-memory schedule.
 enum Change {
-    Stored { seq: u64, next: u64, enqueued: u64 },
-    Revived { seq: u64, next: u64, enqueued: u64 },
+    /// A record now pending: new, or a dead letter put back (`revived`).
+    Queued {
+        seq: u64,
+        next: u64,
+        enqueued: u64,
+        revived: bool,
+    },
     Duplicate,
     Refused,
     Rescheduled,
-    Removed { seq: u64, result: &'static str },
-    Released { seq: u64 },
-    Dead { seq: u64 },
+    Removed {
+        seq: u64,
+        result: &'static str,
+    },
+    Released {
+        seq: u64,
+    },
+    Dead {
+        seq: u64,
+    },
     Undead,
     Flushed(SyncSender<()>),
 }
@@ -575,23 +600,19 @@ enum Change {
 impl Change {
     fn publish(self, s: &mut Schedule, metrics: &OutboxMetrics) {
         match self {
-            Change::Stored {
+            Change::Queued {
                 seq,
                 next,
                 enqueued,
+                revived,
             } => {
                 s.pending.insert(seq, (next, enqueued));
                 s.due.insert((next, seq));
-                metrics.enqueued("stored");
-            }
-            Change::Revived {
-                seq,
-                next,
-                enqueued,
-            } => {
-                s.pending.insert(seq, (next, enqueued));
-                s.due.insert((next, seq));
-                s.dead = s.dead.saturating_sub(1);
+                if revived {
+                    s.dead = s.dead.saturating_sub(1);
+                } else {
+                    metrics.enqueued("stored");
+                }
             }
             Change::Duplicate => metrics.enqueued("duplicate"),
             Change::Refused => metrics.enqueued("refused"),
@@ -624,42 +645,45 @@ impl Change {
 }
 
 impl Outbox for RedbOutbox {
-    fn submit(&self, mut decision: Decision) -> bool {
-        // Encoded here, on the caller's thread, so the single writer only writes bytes.
-        decision.explanation.clear();
+    fn submit(&self, decision: &Decision) -> bool {
+        let refuse = || {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.metrics.enqueued("refused");
+            false
+        };
+        if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= self.shared.settings.queue {
+            return refuse();
+        }
+        // Encoded here, on the caller's thread and from the borrowed decision, so the single
+        // writer only writes bytes. The live pipeline writes no explanation; one is dropped.
+        let decision: std::borrow::Cow<'_, Decision> = if decision.explanation.is_empty() {
+            std::borrow::Cow::Borrowed(decision)
+        } else {
+            let mut d = decision.clone();
+            d.explanation.clear();
+            std::borrow::Cow::Owned(d)
+        };
         let at = now_ms();
-        let record = Record {
+        let key = dedup_key(&decision, at);
+        let record = NewRecord {
             seq: 0,
-            key: dedup_key(&decision, at),
+            key,
             enqueued_ms: at,
             attempts: 0,
             next_attempt_ms: at,
-            last_error: None,
-            decision,
+            decision: &decision,
         };
         let encoded = match serde_json::to_vec(&record) {
             Ok(e) => e,
             Err(error) => {
                 tracing::error!(%error, "cannot encode an outbox record");
-                self.shared.metrics.enqueued("refused");
-                return false;
+                return refuse();
             }
         };
-        if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= self.shared.settings.queue {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            self.shared.metrics.enqueued("refused");
-            return false;
+        if self.ops.send(Op::Enqueue { key, at, encoded }).is_err() {
+            return refuse();
         }
-        let sent = self.ops.send(Op::Enqueue {
-            key: record.key,
-            at,
-            encoded,
-        });
-        if sent.is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            self.shared.metrics.enqueued("refused");
-        }
-        sent.is_ok()
+        true
     }
 
     fn flush(&self) -> Result<(), OutboxError> {
@@ -840,9 +864,9 @@ mod tests {
     fn the_same_decision_is_stored_once_and_a_delivered_one_is_not_queued_again() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = open(&dir.path().join("o.redb"));
-        assert!(outbox.submit(decision(1)));
-        assert!(outbox.submit(decision(1)));
-        assert!(outbox.submit(decision(2)));
+        assert!(outbox.submit(&decision(1)));
+        assert!(outbox.submit(&decision(1)));
+        assert!(outbox.submit(&decision(2)));
         outbox.flush().unwrap();
         assert_eq!(outbox.stats().unwrap().pending, 2);
         let claimed = outbox.claim_due(now_ms(), 10).unwrap();
@@ -855,7 +879,7 @@ mod tests {
         );
         outbox.settle(&claimed[0], Settlement::Delivered);
         outbox.flush().unwrap();
-        assert!(outbox.submit(decision(1)));
+        assert!(outbox.submit(&decision(1)));
         outbox.flush().unwrap();
         let stats = outbox.stats().unwrap();
         assert_eq!((stats.pending, stats.delivered_keys), (1, 1));
@@ -866,7 +890,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = open(&dir.path().join("o.redb"));
         for n in 1..=3 {
-            outbox.submit(decision(n));
+            outbox.submit(&decision(n));
         }
         outbox.flush().unwrap();
         let first = outbox.claim_due(now_ms(), 1).unwrap().remove(0);
@@ -903,7 +927,7 @@ mod tests {
         assert_eq!(pending[0].attempts, 0, "attempts reset");
         outbox.skip(pending[2].key).unwrap();
         assert_eq!(outbox.stats().unwrap().pending, 2);
-        outbox.submit(pending[2].decision.clone());
+        outbox.submit(&pending[2].decision);
         outbox.flush().unwrap();
         assert_eq!(
             outbox.stats().unwrap().pending,
@@ -918,7 +942,7 @@ mod tests {
         let path = dir.path().join("o.redb");
         {
             let outbox = open(&path);
-            outbox.submit(decision(7));
+            outbox.submit(&decision(7));
             outbox.flush().unwrap();
             let mut registry = prometheus_client::registry::Registry::default();
             assert!(matches!(
