@@ -20,6 +20,8 @@ use tokio::sync::watch;
 
 use crate::config::Secret;
 use crate::crm::Journal;
+use crate::directory::DirectoryMetrics;
+use crate::directory::dataverse::DataverseSource;
 use crate::inspect::Observation;
 use crate::outbox::{Outbox, OutboxError};
 use crate::proxy::Proxy;
@@ -40,6 +42,11 @@ pub struct AdminState {
     pub outbox: Arc<dyn Outbox>,
     /// The journal, when it is the sink.
     pub journal: Option<Arc<Journal>>,
+    /// The Dataverse directory source, when the directory comes from Dataverse.
+    pub directory_source: Option<Arc<DataverseSource>>,
+    pub directory_metrics: Arc<DirectoryMetrics>,
+    /// Wakes the refresh loop.
+    pub directory_refresh: Arc<tokio::sync::Notify>,
 }
 
 /// Most entries one listing returns.
@@ -85,6 +92,19 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
         return explain(state, req).await;
     }
+    if path == "/directory/refresh" {
+        if req.method() != Method::POST {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST\n".into(),
+            );
+        }
+        if let Some(denied) = authorize(state, &req) {
+            return denied;
+        }
+        return refresh_directory(state).await;
+    }
     if let Some(action) = path.strip_prefix("/outbox/")
         && (action.starts_with("retry/") || action.starts_with("skip/"))
     {
@@ -112,6 +132,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             }
         }
         "/outbox/stats" => json_reply(state.outbox.stats()),
+        "/directory" => json_reply::<_, std::convert::Infallible>(Ok(directory_status(state))),
         "/outbox/pending" | "/outbox/dead" | "/journal" => {
             if let Some(denied) = authorize(state, &req) {
                 return denied;
@@ -151,7 +172,9 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             if state.proxy.is_ready() {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
+                // Staleness is a detail, never a reason to stop proxying.
+                let detail = readiness_detail(state);
+                reply(StatusCode::OK, "text/plain", format!("ready\n{detail}"))
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -366,4 +389,64 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         header::HeaderValue::from_static(content_type),
     );
     r
+}
+
+/// What `/readyz` says about the directory's freshness.
+fn readiness_detail(state: &AdminState) -> String {
+    let Some(source) = &state.directory_source else {
+        return String::new();
+    };
+    let status = source.status();
+    let age = match status.staleness_seconds() {
+        Some(s) => format!("data {s}s old"),
+        None => "never loaded".into(),
+    };
+    let origin = if status.from_replica {
+        ", served from the persisted replica"
+    } else {
+        ""
+    };
+    match &status.last_error {
+        Some(e) => {
+            format!("directory: dataverse, stale ({age}{origin}); last refresh failed: {e}\n")
+        }
+        None => format!("directory: dataverse, {age}{origin}\n"),
+    }
+}
+
+fn directory_status(state: &AdminState) -> serde_json::Value {
+    let counts = state.engine.directory().load().counts();
+    match &state.directory_source {
+        Some(source) => {
+            let status = source.status();
+            serde_json::json!({
+                "source": "dataverse",
+                "counts": format!("{counts:?}"),
+                "staleness_seconds": status.staleness_seconds(),
+                "status": status,
+                "replica": source.replica_path(),
+            })
+        }
+        None => serde_json::json!({"source": "file", "counts": format!("{counts:?}")}),
+    }
+}
+
+/// `POST /directory/refresh`: refreshes from Dataverse now and answers with the outcome.
+async fn refresh_directory(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(source) = &state.directory_source else {
+        return reply(
+            StatusCode::CONFLICT,
+            "text/plain",
+            "the directory comes from a file; SIGHUP reloads it\n".into(),
+        );
+    };
+    let handle = state.engine.directory();
+    match crate::directory::dataverse::refresh_now(source, handle, &state.directory_metrics).await {
+        Ok(()) => json_reply::<_, std::convert::Infallible>(Ok(directory_status(state))),
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("refresh failed; the last snapshot stays: {e}\n"),
+        ),
+    }
 }

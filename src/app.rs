@@ -14,6 +14,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, ListenerTls, SinkConfig, UpstreamTarget};
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
 use crate::delivery::{Delivery, DeliveryMetrics};
+use crate::directory::dataverse::DataverseSource;
 use crate::directory::{DirectoryError, DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::exchange::ExchangeClient;
 use crate::inspect::InspectLimits;
@@ -52,6 +53,8 @@ pub enum AppError {
     Worker(#[source] std::io::Error),
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    DirectorySource(crate::directory::dataverse::SourceError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
@@ -79,6 +82,7 @@ pub struct Gateway {
     decisions: Arc<RecentDecisions>,
     directory_source: Arc<Mutex<FileSource>>,
     directory_metrics: Arc<DirectoryMetrics>,
+    dataverse_source: Option<Arc<DataverseSource>>,
     outbox: Arc<RedbOutbox>,
     journal: Option<Arc<Journal>>,
     delivery_stop: watch::Sender<bool>,
@@ -172,11 +176,43 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
 
     // The directory and the rules that read it.
     let directory_metrics = Arc::new(DirectoryMetrics::register(&mut registry));
+    let http = service_client(&config)?;
     let source = directory_source(&config);
-    let snapshot = source.load()?;
+    let (snapshot, dataverse_source) = match &config.directory.dataverse {
+        None => (source.load()?, None),
+        Some(dv) => {
+            let (dataverse, replica) = DataverseSource::open(http.clone(), dv.source.clone())
+                .map_err(AppError::DirectorySource)?;
+            // The first load, within the startup wait; else the replica (or nothing) serves
+            // and the refresh goes on in the background.
+            let snapshot = match tokio::time::timeout(dv.startup_wait, dataverse.refresh()).await {
+                Ok(Ok(directory)) => directory,
+                outcome => {
+                    let why = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", dv.startup_wait),
+                    };
+                    match replica {
+                        Some(r) => {
+                            tracing::warn!(error = %why, "Dataverse not loaded at start; serving the persisted replica");
+                            r
+                        }
+                        None => {
+                            tracing::warn!(error = %why, "Dataverse not loaded at start and no replica yet; nothing is tracked until it answers");
+                            crate::directory::dataverse::empty_directory()
+                                .map_err(|e| AppError::DirectorySource(e.into()))?
+                        }
+                    }
+                }
+            };
+            directory_metrics.source_status(&dataverse.status());
+            (snapshot, Some(Arc::new(dataverse)))
+        }
+    };
     directory_metrics.loaded(&snapshot);
     tracing::info!(counts = ?snapshot.counts(), "directory loaded");
     let directory = DirectoryHandle::new(snapshot);
+    let directory_refresh = Arc::new(tokio::sync::Notify::new());
     let engine = Arc::new(Engine::new(
         directory.clone(),
         MemoryLimits {
@@ -197,7 +233,6 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         config.outbox.settings.clone(),
         OutboxMetrics::register(&mut registry),
     )?);
-    let http = service_client(&config)?;
     let (sink, journal) = build_sink(&config, &http)?;
     let delivery = Delivery::new(
         outbox.clone(),
@@ -288,19 +323,32 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
 
     let (stop, stopped) = watch::channel(false);
     let server_task = tokio::spawn(server::serve(listener, proxy.clone(), stopped.clone()));
-    tokio::spawn(crate::directory::file::watch(
-        directory_source.clone(),
-        config.directory.poll_interval,
-        stopped.clone(),
-        {
-            let (directory, metrics) = (directory.clone(), directory_metrics.clone());
-            move |loaded| {
-                if let Err(error) = directory.apply(loaded, &metrics) {
-                    tracing::error!(%error, "directory file changed but is not valid; keeping the last snapshot");
-                }
-            }
-        },
-    ));
+    match &dataverse_source {
+        Some(dataverse) => {
+            tokio::spawn(crate::directory::dataverse::keep_fresh(
+                dataverse.clone(),
+                directory.clone(),
+                directory_metrics.clone(),
+                directory_refresh.clone(),
+                stopped.clone(),
+            ));
+        }
+        None => {
+            tokio::spawn(crate::directory::file::watch(
+                directory_source.clone(),
+                config.directory.poll_interval,
+                stopped.clone(),
+                {
+                    let (directory, metrics) = (directory.clone(), directory_metrics.clone());
+                    move |loaded| {
+                        if let Err(error) = directory.apply(loaded, &metrics) {
+                            tracing::error!(%error, "directory file changed but is not valid; keeping the last snapshot");
+                        }
+                    }
+                },
+            ));
+        }
+    }
     let admin_state = Arc::new(AdminState {
         proxy: proxy.clone(),
         registry: Arc::new(registry),
@@ -309,6 +357,9 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         token: config.admin.token.clone(),
         outbox: outbox.clone(),
         journal: journal.clone(),
+        directory_source: dataverse_source.clone(),
+        directory_metrics: directory_metrics.clone(),
+        directory_refresh: directory_refresh.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped));
     let (delivery_stop, delivery_stopped) = watch::channel(false);
@@ -333,6 +384,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         decisions,
         directory_source,
         directory_metrics,
+        dataverse_source,
         outbox,
         journal,
         delivery_stop,
@@ -457,6 +509,25 @@ impl Gateway {
         &self.directory_metrics
     }
 
+    /// The Dataverse directory source, when the directory comes from Dataverse.
+    pub fn dataverse_source(&self) -> Option<&Arc<DataverseSource>> {
+        self.dataverse_source.as_ref()
+    }
+
+    /// Refreshes the directory from Dataverse now (a file source reloads its file).
+    pub async fn refresh_directory(&self) -> Result<(), AppError> {
+        match &self.dataverse_source {
+            Some(source) => crate::directory::dataverse::refresh_now(
+                source,
+                self.engine.directory(),
+                &self.directory_metrics,
+            )
+            .await
+            .map_err(AppError::DirectorySource),
+            None => self.reload_from_source(),
+        }
+    }
+
     /// The outbox (for tests and the admin endpoints).
     pub fn outbox(&self) -> &Arc<RedbOutbox> {
         &self.outbox
@@ -479,19 +550,27 @@ impl Gateway {
         with_simulator_hosts(&mut config);
         let routes = routes_for(&config, self.simulator.as_ref())?;
         let state = ProxyState::build(&config, routes, &self.proxy.metrics)?;
-        let source = directory_source(&config);
-        let snapshot = match source.load() {
-            Ok(s) => s,
-            Err(error) => {
-                self.directory_metrics.failed();
-                return Err(error.into());
+        if self.dataverse_source.is_some() || config.directory.dataverse.is_some() {
+            // The Dataverse source refreshes on its own schedule; switching sources needs a
+            // restart.
+            if self.dataverse_source.is_some() != config.directory.dataverse.is_some() {
+                tracing::warn!("directory.source changes only on restart; kept the running source");
             }
-        };
-        self.engine
-            .directory()
-            .apply(Ok(snapshot), &self.directory_metrics)?;
-        if let Ok(mut current) = self.directory_source.lock() {
-            *current = source;
+        } else {
+            let source = directory_source(&config);
+            let snapshot = match source.load() {
+                Ok(s) => s,
+                Err(error) => {
+                    self.directory_metrics.failed();
+                    return Err(error.into());
+                }
+            };
+            self.engine
+                .directory()
+                .apply(Ok(snapshot), &self.directory_metrics)?;
+            if let Ok(mut current) = self.directory_source.lock() {
+                *current = source;
+            }
         }
         if let Ok(mut current) = self.config.lock() {
             if current.listener.address != config.listener.address
@@ -577,7 +656,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     print_banner(&gateway);
     loop {
         tokio::select! {
-            _ = hangup.recv() => match off_the_workers(|| gateway.reload_from_source()) {
+            _ = hangup.recv() => match crate::off_the_workers(|| gateway.reload_from_source()) {
                 Ok(()) => {
                     gateway.proxy.metrics.config_reloads_ok.inc();
                     tracing::info!("configuration reloaded");
@@ -593,15 +672,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     gateway.shutdown().await;
     Ok(())
-}
-
-/// Runs blocking work (a reload reads and indexes a directory of possibly millions of rows)
-/// without holding up the proxy's tasks on this worker.
-fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
-    }
 }
 
 /// Tells a person what to point a client at. The first line is stable for scripts:

@@ -17,9 +17,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod delivery;
+mod directory;
 pub use delivery::{
     CrmConfig, DeliveryConfig, ExchangeAuthKind, OutboxConfig, RawCrm, RawDataverse, RawDelivery,
     RawExchange, RawOutbox, RawWebhook, SinkConfig, SinkKind,
+};
+pub use directory::{
+    DataverseDirectoryConfig, DirectorySourceKind, RawDataverseDirectory, RawOtherTable,
 };
 
 /// Prefix of environment variables that override configuration keys.
@@ -95,6 +99,8 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawDirectory {
+    /// `file` (the default) or `dataverse` (the organization in `[crm.dataverse]`).
+    pub source: DirectorySourceKind,
     /// A directory file (TOML, or JSON by its `.json` extension). Unset: the embedded example
     /// (`fixtures/directory/contoso.toml`), which matches the built-in simulator's fixtures.
     pub file: Option<PathBuf>,
@@ -103,11 +109,14 @@ pub struct RawDirectory {
     pub poll_interval: Duration,
     /// Largest directory file accepted.
     pub max_file_size: ByteSize,
+    pub dataverse: RawDataverseDirectory,
 }
 
 impl Default for RawDirectory {
     fn default() -> Self {
         RawDirectory {
+            source: DirectorySourceKind::File,
+            dataverse: RawDataverseDirectory::default(),
             file: None,
             poll_interval: Duration::from_secs(5),
             max_file_size: ByteSize(1 << 30),
@@ -637,6 +646,8 @@ pub struct InspectConfig {
 
 #[derive(Debug, Clone)]
 pub struct DirectoryConfig {
+    /// Set when the directory comes from Dataverse (then `file` is unset).
+    pub dataverse: Option<DataverseDirectoryConfig>,
     pub file: Option<PathBuf>,
     pub poll_interval: Duration,
     pub max_file_size: u64,
@@ -984,7 +995,26 @@ impl RawConfig {
             if let Some(f) = &file {
                 readable_file("directory.file", f, "a directory file (TOML or JSON)")?;
             }
+            let dataverse = match d.source {
+                DirectorySourceKind::File => None,
+                DirectorySourceKind::Dataverse => {
+                    if file.is_some() {
+                        return Err(ConfigError::invalid(
+                            "directory.file",
+                            "is set, but directory.source = \"dataverse\" reads the directory from Dataverse",
+                            "remove directory.file, or set directory.source = \"file\"",
+                        ));
+                    }
+                    Some(directory::validate(
+                        &d.dataverse,
+                        &self.crm.dataverse,
+                        &data_dir,
+                        &anchor,
+                    )?)
+                }
+            };
             DirectoryConfig {
+                dataverse,
                 file,
                 poll_interval: d.poll_interval,
                 max_file_size: d.max_file_size.0,

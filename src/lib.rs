@@ -3,7 +3,7 @@
 //!
 //! The flow, one way: `proxy → inspect → rules → outbox → crm`. Each module owns one stage;
 //! `app` alone wires them together. `simulate` holds the stand-ins for the services that cannot
-//! run here (Exchange now, Dataverse later).
+//! run here (Exchange and Dataverse).
 
 pub mod admin;
 pub mod app;
@@ -22,3 +22,12 @@ pub mod rules;
 pub mod simulate;
 pub mod telemetry;
 pub mod tls;
+
+/// Runs blocking work (building a directory of possibly millions of rows, a redb commit)
+/// without holding up the other tasks on this tokio worker.
+pub fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}

@@ -262,6 +262,52 @@ fn required<'a, T>(key: &str, value: &'a Option<T>, fix: &str) -> Result<&'a T, 
         .ok_or_else(|| ConfigError::invalid(key, "is missing", fix))
 }
 
+/// Where a Dataverse environment is and how trackgate signs in to it (`[crm.dataverse]`, shared
+/// by the CRM sink and the Dataverse directory source).
+#[derive(Debug, Clone)]
+pub struct DataverseConnection {
+    pub url: String,
+    pub api_path: String,
+    pub credentials: Option<ClientCredentials>,
+}
+
+pub(super) fn dataverse_connection(d: &RawDataverse) -> Result<DataverseConnection, ConfigError> {
+    let (url, loopback) = service_url(
+        "crm.dataverse.url",
+        required(
+            "crm.dataverse.url",
+            &d.url,
+            "set it to the environment URL, e.g. https://contoso.crm.dynamics.com",
+        )?,
+    )?;
+    if !d.api_path.starts_with('/') {
+        return Err(ConfigError::invalid(
+            "crm.dataverse.api_path",
+            "does not start with /",
+            "use /api/data/v9.2",
+        ));
+    }
+    let credentials = match (&d.token_url, &d.client_id, &d.client_secret) {
+        (None, None, None) if loopback => None,
+        (token_url, client_id, client_secret) => {
+            let fix = "set token_url, client_id and client_secret of the Entra app registered as an application user in Dataverse";
+            let token_url = required("crm.dataverse.token_url", token_url, fix)?;
+            service_url("crm.dataverse.token_url", token_url)?;
+            Some(ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: required("crm.dataverse.client_id", client_id, fix)?.clone(),
+                client_secret: required("crm.dataverse.client_secret", client_secret, fix)?.clone(),
+                scope: d.scope.clone().unwrap_or_else(|| format!("{url}/.default")),
+            })
+        }
+    };
+    Ok(DataverseConnection {
+        url,
+        api_path: d.api_path.trim_end_matches('/').to_owned(),
+        credentials,
+    })
+}
+
 pub(super) fn validate(
     outbox: &RawOutbox,
     delivery: &RawDelivery,
@@ -373,39 +419,14 @@ pub(super) fn validate(
         },
         SinkKind::Dataverse => {
             let d = &crm.dataverse;
-            let (url, loopback) = service_url(
-                "crm.dataverse.url",
-                required(
-                    "crm.dataverse.url",
-                    &d.url,
-                    "set it to the environment URL, e.g. https://contoso.crm.dynamics.com",
-                )?,
-            )?;
-            if !d.api_path.starts_with('/') {
-                return Err(ConfigError::invalid(
-                    "crm.dataverse.api_path",
-                    "does not start with /",
-                    "use /api/data/v9.2",
-                ));
-            }
-            let credentials = match (&d.token_url, &d.client_id, &d.client_secret) {
-                (None, None, None) if loopback => None,
-                (token_url, client_id, client_secret) => {
-                    let fix = "set token_url, client_id and client_secret of the Entra app registered as an application user in Dataverse";
-                    let token_url = required("crm.dataverse.token_url", token_url, fix)?;
-                    service_url("crm.dataverse.token_url", token_url)?;
-                    Some(ClientCredentials {
-                        token_url: token_url.clone(),
-                        client_id: required("crm.dataverse.client_id", client_id, fix)?.clone(),
-                        client_secret: required("crm.dataverse.client_secret", client_secret, fix)?
-                            .clone(),
-                        scope: d.scope.clone().unwrap_or_else(|| format!("{url}/.default")),
-                    })
-                }
-            };
+            let DataverseConnection {
+                url,
+                api_path,
+                credentials,
+            } = dataverse_connection(d)?;
             SinkConfig::Dataverse {
                 url,
-                api_path: d.api_path.trim_end_matches('/').to_owned(),
+                api_path,
                 credentials,
                 act_as_owner: d.act_as_owner,
                 max_requests_per_window: (d.max_requests_per_5min > 0)

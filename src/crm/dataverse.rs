@@ -223,7 +223,63 @@ impl DataverseSink {
         outcomes
     }
 
+    /// Duplicate detection for an auto-create: a row with the sender's address may have been
+    /// made in the CRM while the gateway's replica did not know it (an outage, a refresh not
+    /// yet run). Then the email binds that row and nothing is created. `Ok(None)`: create as
+    /// decided. A check the CRM refuses (no read privilege, say) does not hold delivery up.
+    async fn existing_record(&self, email: &TrackedEmail) -> Result<Option<TrackedEmail>, Outcome> {
+        let Some(created) = &email.auto_create else {
+            return Ok(None);
+        };
+        let address = created.address.replace('\'', "''");
+        let filter = format!(
+            "emailaddress1 eq '{address}' or emailaddress2 eq '{address}' or emailaddress3 eq '{address}'"
+        );
+        let key = format!("{}id", created.entity);
+        let url = self.api(&format!(
+            "/{}?$select={key}&$top=5&$filter={}",
+            mapping::entity_set(&created.entity),
+            percent_encode(&filter)
+        ));
+        let request = self.authorize(self.http.get(url), None).await?;
+        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let status = response.status().as_u16();
+        if status == 429 || status >= 500 || status == 401 {
+            self.after_unauthorized(status).await;
+            return Err(failure(response).await);
+        }
+        if !(200..300).contains(&status) {
+            tracing::debug!(status, "duplicate check refused; creating as decided");
+            return Ok(None);
+        }
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        let ids: Vec<Uuid> = answer
+            .get("value")
+            .and_then(|v| v.as_array())
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r.get(&key)?.as_str().and_then(|t| Uuid::parse_str(t).ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match ids.first() {
+            Some(_) if ids.contains(&created.id) => Ok(None),
+            Some(existing) => {
+                tracing::info!(entity = %created.entity, "the sender already has a record; binding it instead of creating one");
+                let mut bound = email.clone();
+                bound.bind_existing(*existing);
+                Ok(Some(bound))
+            }
+            None => Ok(None),
+        }
+    }
+
     async fn deliver_one(&self, email: &TrackedEmail) -> Outcome {
+        let checked = match self.existing_record(email).await {
+            Ok(c) => c,
+            Err(outcome) => return outcome,
+        };
+        let email = checked.as_ref().unwrap_or(email);
         for write in self.writes(email) {
             let request = self
                 .http
@@ -257,6 +313,21 @@ impl DataverseSink {
     /// One `$batch` for several documents, in order: the records an email binds, the email's
     /// create as a change set, its status; each document's outcome is its first failure.
     async fn deliver_batch(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
+        // Only a batch with auto-creates is copied (to bind records the check found).
+        let mut checked = Vec::new();
+        if emails.iter().any(|e| e.auto_create.is_some()) {
+            for email in emails {
+                match self.existing_record(email).await {
+                    Ok(c) => checked.push(c.unwrap_or_else(|| email.clone())),
+                    Err(outcome) => return vec![outcome; emails.len()],
+                }
+            }
+        }
+        let emails = if checked.is_empty() {
+            emails
+        } else {
+            checked.as_slice()
+        };
         let api = &self.settings.api_path;
         let mut items = Vec::new();
         // Which item answers for which document: (document, item index, create_only).
@@ -370,6 +441,19 @@ impl DataverseSink {
         }
         outcomes
     }
+}
+
+/// Percent-encodes a query value (everything but the unreserved characters).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

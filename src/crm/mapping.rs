@@ -233,6 +233,24 @@ pub struct TrackedEmail {
     pub caller: Option<Uuid>,
 }
 
+impl TrackedEmail {
+    /// Binds an existing CRM record in place of the one this document would auto-create (the
+    /// duplicate check found a row with the sender's address) and drops the create.
+    pub fn bind_existing(&mut self, existing: Uuid) {
+        let Some(created) = self.auto_create.take() else {
+            return;
+        };
+        for party in &mut self.parties {
+            if let Some(record) = &mut party.record
+                && record.id == created.id
+                && record.entity == created.entity
+            {
+                record.id = existing;
+            }
+        }
+    }
+}
+
 /// Why a decision cannot be mapped (it then goes to dead letter).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnmappableError {
@@ -398,17 +416,7 @@ pub fn html_to_text(html: &str) -> String {
 /// The Dataverse entity set of a table (`contact` → `contacts`, `opportunity` →
 /// `opportunities`). The standard tables follow this; custom tables with another set name
 /// need it configured (a known gap).
-pub fn entity_set(entity: &str) -> String {
-    if let Some(stem) = entity.strip_suffix('y')
-        && !stem.ends_with(['a', 'e', 'o', 'u'])
-    {
-        return format!("{stem}ies");
-    }
-    if entity.ends_with('s') || entity.ends_with("ch") || entity.ends_with('x') {
-        return format!("{entity}es");
-    }
-    format!("{entity}s")
-}
+pub use crate::directory::tables::entity_set;
 
 /// The body of `PATCH /emails(<id>)` for a create: the columns switched on in the fields
 /// table, the parties as a deep insert, the regarding bind. Status is a second write

@@ -1,12 +1,17 @@
 //! The directory: the replica of CRM state that the rules read — users and their personal
 //! options, queues, mailboxes and folder tracking rules, org settings, records by e-mail address
 //! and the emails already tracked. Sourced from a file (TOML or JSON) or, with no file
-//! configured, from the embedded example; reloaded on change or SIGHUP and swapped as one
-//! immutable snapshot, so readers never lock.
+//! configured, from the embedded example; reloaded on change or SIGHUP — or from Dataverse,
+//! replicated, refreshed and persisted (`dataverse`, `replica`) — and swapped as one immutable
+//! snapshot, so readers never lock.
 
+pub mod dataverse;
 pub mod file;
 pub mod model;
+pub mod odata;
+pub mod replica;
 pub mod snapshot;
+pub mod tables;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -90,6 +95,8 @@ pub struct DirectoryMetrics {
     loads: Family<ResultLabels, Counter>,
     rows: Family<TableLabels, Gauge>,
     loaded_at: Gauge<u64, AtomicU64>,
+    staleness: Gauge,
+    refresh_failing: Gauge,
 }
 
 impl DirectoryMetrics {
@@ -98,6 +105,8 @@ impl DirectoryMetrics {
             loads: Family::default(),
             rows: Family::default(),
             loaded_at: Gauge::default(),
+            staleness: Gauge::default(),
+            refresh_failing: Gauge::default(),
         };
         registry.register(
             "directory_loads",
@@ -114,7 +123,25 @@ impl DirectoryMetrics {
             "When the current directory snapshot was loaded (Unix time)",
             m.loaded_at.clone(),
         );
+        registry.register(
+            "directory_staleness_seconds",
+            "Age of the directory data served, for a Dataverse source (0 for a file)",
+            m.staleness.clone(),
+        );
+        registry.register(
+            "directory_refresh_failing",
+            "1 while the last Dataverse refresh failed (the last snapshot is served)",
+            m.refresh_failing.clone(),
+        );
         m
+    }
+
+    /// Records the Dataverse source's freshness.
+    pub fn source_status(&self, status: &dataverse::SourceStatus) {
+        let age = status.staleness_seconds().unwrap_or(0);
+        self.staleness.set(i64::try_from(age).unwrap_or(i64::MAX));
+        self.refresh_failing
+            .set(i64::from(status.last_error.is_some()));
     }
 
     /// Records a successful load of `directory`.

@@ -93,6 +93,9 @@ pub struct Organization {
     /// Gateway: the earliest receive time any mailbox processes (the email server profile's
     /// "process email from"); the effective cut-off is the later of this and the mailbox's.
     pub processemailreceivedafter: Option<String>,
+    /// "Minimum time between background synchronizations of local data", in minutes: the
+    /// Dataverse source never refreshes more often.
+    pub minofflinesyncinterval: Option<u32>,
     pub orgdborgsettings: OrgDbOrgSettings,
 }
 
@@ -117,6 +120,7 @@ impl Default for Organization {
             ignoreinternalemail: false,
             trackingcategorynames: vec!["Tracked to Dynamics 365".into()],
             processemailreceivedafter: None,
+            minofflinesyncinterval: None,
             orgdborgsettings: OrgDbOrgSettings::default(),
         }
     }
@@ -442,6 +446,8 @@ pub struct TrackedEmail {
     /// Gateway: the sender and recipient addresses, for smart matching.
     #[serde(default)]
     pub addresses: Vec<String>,
+    #[serde(default)]
+    pub createdon: Option<String>,
 }
 
 fn default_true() -> bool {

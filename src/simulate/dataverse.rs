@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 use crate::crm::multipart::{self, BatchItem, HttpPart};
 use crate::directory::model::DirectoryDocument;
+use crate::directory::odata::Filter;
 
 /// Largest request body accepted (a full `$batch`).
 const MAX_BODY: usize = 64 << 20;
@@ -307,6 +308,12 @@ impl DataverseSimulator {
 
 fn insert_seed(store: &mut Store, set: &str, id: Uuid, mut fields: Map<String, Value>) {
     fields.insert(pk(set), Value::String(id.to_string()));
+    let now = iso_now();
+    for column in ["createdon", "modifiedon"] {
+        if !fields.get(column).is_some_and(Value::is_string) {
+            fields.insert(column.into(), now.clone().into());
+        }
+    }
     store
         .tables
         .entry(set.to_owned())
@@ -315,20 +322,49 @@ fn insert_seed(store: &mut Store, set: &str, id: Uuid, mut fields: Map<String, V
     changed(store, set, id, false);
 }
 
+/// Now, as Dataverse writes `createdon` and `modifiedon`.
+fn iso_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Seeds the rows of a directory document in the shape the Web API shows them (lookups as
+/// `_<column>_value`, OrgDbOrgSettings as XML), so the Dataverse directory source reads what
+/// it would read from a real organization.
 fn seed(store: &mut Store, doc: &DirectoryDocument) {
-    fn rows<T: Serialize>(store: &mut Store, set: &str, rows: &[T], id: impl Fn(&T) -> Uuid) {
+    use crate::directory::tables as t;
+    fn rows<T: Serialize>(store: &mut Store, spec: &t::TableSpec, rows: &[T]) {
         for row in rows {
-            if let Ok(Value::Object(fields)) = serde_json::to_value(row) {
-                insert_seed(store, set, id(row), fields);
+            if let Ok(Value::Object(model)) = serde_json::to_value(row) {
+                let mut fields = spec.from_model(&model);
+                if spec.set == "emails"
+                    && let Some(Value::Array(addresses)) = model.get("addresses")
+                {
+                    let parties: Vec<Value> = addresses
+                        .iter()
+                        .map(|a| json!({"addressused": a, "participationtypemask": 2}))
+                        .collect();
+                    fields.insert("email_activity_parties".into(), Value::Array(parties));
+                }
+                if let Some(id) = spec.id(&fields) {
+                    insert_seed(store, spec.set, id, fields);
+                }
             }
         }
     }
-    rows(store, "systemusers", &doc.systemusers, |r| r.systemuserid);
-    rows(store, "queues", &doc.queues, |r| r.queueid);
-    rows(store, "contacts", &doc.contacts, |r| r.contactid);
-    rows(store, "accounts", &doc.accounts, |r| r.accountid);
-    rows(store, "leads", &doc.leads, |r| r.leadid);
-    rows(store, "emails", &doc.emails, |r| r.activityid);
+    rows(
+        store,
+        &t::ORGANIZATIONS,
+        std::slice::from_ref(&doc.organization),
+    );
+    rows(store, &t::SYSTEMUSERS, &doc.systemusers);
+    rows(store, &t::USERSETTINGS, &doc.usersettingscollection);
+    rows(store, &t::QUEUES, &doc.queues);
+    rows(store, &t::MAILBOXES, &doc.mailboxes);
+    rows(store, &t::FOLDERS, &doc.mailboxtrackingfolders);
+    rows(store, &t::CONTACTS, &doc.contacts);
+    rows(store, &t::ACCOUNTS, &doc.accounts);
+    rows(store, &t::LEADS, &doc.leads);
+    rows(store, &t::EMAILS, &doc.emails);
     // What the seeded rows point at (opportunities, …) exists too, so their binds resolve.
     let targets: Vec<crate::directory::model::Lookup> = doc
         .emails
@@ -349,6 +385,96 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
         if !exists {
             insert_seed(store, &set, target.id, Map::new());
         }
+    }
+}
+
+/// The lookup column a stored navigation value belongs to: `regardingobjectid_account_email`
+/// → `regardingobjectid`, `parentcustomerid_account` → `parentcustomerid`, `ownerid` →
+/// `ownerid`.
+fn lookup_column(nav: &str) -> &str {
+    match nav.split_once('_') {
+        Some((first, _)) if first.ends_with("id") => first,
+        _ => nav,
+    }
+}
+
+/// The table a set holds (`contacts` → `contact`).
+fn entity_of(set: &str) -> String {
+    match set {
+        "emails" => "email".into(),
+        s => pk(s).trim_end_matches("id").to_owned(),
+    }
+}
+
+/// A stored row as the Web API shows it: lookups as `_<column>_value` (the id) with the
+/// `lookuplogicalname` annotation; activity parties only when expanded; simulator bookkeeping
+/// left out.
+fn wire_row(row: &Map<String, Value>, query: &HashMap<String, String>) -> Map<String, Value> {
+    selected(unselected_wire_row(row, query), query)
+}
+
+fn expands_parties(query: &HashMap<String, String>) -> bool {
+    query
+        .get("$expand")
+        .is_some_and(|e| e.starts_with("email_activity_parties"))
+}
+
+fn unselected_wire_row(
+    row: &Map<String, Value>,
+    query: &HashMap<String, String>,
+) -> Map<String, Value> {
+    let expand = expands_parties(query);
+    let mut out = Map::new();
+    for (key, value) in row {
+        if key.starts_with("_sim_") {
+            continue;
+        }
+        if key == "email_activity_parties" {
+            if expand && let Value::Array(parties) = value {
+                let parties: Vec<Value> = parties
+                    .iter()
+                    .map(|p| json!({"addressused": p.get("addressused").cloned().unwrap_or(Value::Null)}))
+                    .collect();
+                out.insert(key.clone(), Value::Array(parties));
+            }
+            continue;
+        }
+        let lookup = key
+            .strip_prefix('_')
+            .and_then(|k| k.strip_suffix("_value"))
+            .zip(value.as_object())
+            .and_then(|(nav, v)| Some((nav, v.get("set")?.as_str()?, v.get("id")?.clone())));
+        match lookup {
+            Some((nav, set, id)) => {
+                let column = format!("_{}_value", lookup_column(nav));
+                out.insert(
+                    format!("{column}{}", crate::directory::tables::LOOKUP_ANNOTATION),
+                    entity_of(set).into(),
+                );
+                out.insert(column, id);
+            }
+            None => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The `$select`ed columns of a wire row (annotations go with their column).
+fn selected(out: Map<String, Value>, query: &HashMap<String, String>) -> Map<String, Value> {
+    let expand = expands_parties(query);
+    match query.get("$select") {
+        Some(columns) => {
+            let wanted: HashSet<&str> = columns.split(',').map(str::trim).collect();
+            out.into_iter()
+                .filter(|(k, _)| {
+                    let base = k.split('@').next().unwrap_or(k);
+                    wanted.contains(base) || (expand && k == "email_activity_parties")
+                })
+                .collect()
+        }
+        None => out,
     }
 }
 
@@ -830,7 +956,7 @@ fn execute(
                 (
                     200,
                     vec![("Content-Type".into(), "application/json".into())],
-                    Value::Object(select(row, query)).to_string(),
+                    Value::Object(wire_row(row, &query_params(query))).to_string(),
                 ),
             ),
             None => (
@@ -939,7 +1065,11 @@ fn write(
     let mut merged = before.clone().unwrap_or_default();
     merged.extend(row);
     merged.insert(pk(set), Value::String(id.to_string()));
+    merged.insert("modifiedon".into(), iso_now().into());
     if created {
+        if !merged.contains_key("createdon") {
+            merged.insert("createdon".into(), iso_now().into());
+        }
         store.sequence += 1;
         merged.insert("_sim_created_ms".into(), now_ms().into());
         merged.insert("_sim_created_seq".into(), store.sequence.into());
@@ -999,48 +1129,6 @@ fn query_params(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn select(row: &Map<String, Value>, query: &str) -> Map<String, Value> {
-    match query_params(query).get("$select") {
-        Some(columns) => {
-            let wanted: Vec<&str> = columns.split(',').map(str::trim).collect();
-            row.iter()
-                .filter(|(k, _)| wanted.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        }
-        None => row.clone(),
-    }
-}
-
-/// `$filter` with `col eq 'text'`, `col eq 12`, `col eq true|null`, joined by `and`.
-fn matches(row: &Map<String, Value>, filter: &str) -> Result<bool, String> {
-    for clause in filter.split(" and ") {
-        let mut words = clause.trim().splitn(3, ' ');
-        let (Some(col), Some(op), Some(value)) = (words.next(), words.next(), words.next()) else {
-            return Err(format!("cannot read the filter clause {clause:?}"));
-        };
-        if op != "eq" {
-            return Err(format!("only eq is supported, not {op}"));
-        }
-        let expected = if let Some(text) =
-            value.strip_prefix('\'').and_then(|v| v.strip_suffix('\''))
-        {
-            Value::String(text.replace("''", "'"))
-        } else {
-            serde_json::from_str(value).map_err(|_| format!("cannot read the value {value:?}"))?
-        };
-        let actual = row.get(col).cloned().unwrap_or(Value::Null);
-        let equal = match (&actual, &expected) {
-            (Value::String(a), Value::String(e)) => a.eq_ignore_ascii_case(e),
-            (a, e) => a == e,
-        };
-        if !equal {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 fn query_set(
     store: &Store,
     api: &str,
@@ -1057,14 +1145,19 @@ fn query_set(
         Some(t) => t.values().collect(),
         None => Vec::new(),
     };
-    let mut selected = Vec::new();
-    for row in rows {
-        match params.get("$filter").map(|f| matches(row, f)) {
-            Some(Err(m)) => return error(400, "0x80060888", &m),
-            Some(Ok(false)) => continue,
-            _ => selected.push(row),
-        }
-    }
+    let filter = match params.get("$filter").map(|f| Filter::parse(f)) {
+        Some(Err(e)) => return error(400, "0x80060888", &e.to_string()),
+        Some(Ok(f)) => Some(f),
+        None => None,
+    };
+    let selected: Vec<&Map<String, Value>> = match &filter {
+        Some(f) => rows
+            .into_iter()
+            .filter(|row| f.matches(&unselected_wire_row(row, &params)))
+            .collect(),
+        None => rows,
+    };
+    let mut selected = selected;
     if let Some(top) = params.get("$top").and_then(|t| t.parse::<usize>().ok()) {
         selected.truncate(top);
     }
@@ -1083,15 +1176,11 @@ fn query_set(
         .get("$skiptoken")
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(0);
-    let select_query = params
-        .get("$select")
-        .map(|s| format!("$select={s}"))
-        .unwrap_or_default();
     let value: Vec<Value> = selected
         .iter()
         .skip(skip)
         .take(page)
-        .map(|r| Value::Object(select(r, &select_query)))
+        .map(|r| Value::Object(wire_row(r, &params)))
         .collect();
     let mut answer = Map::new();
     answer.insert("value".into(), Value::Array(value));
@@ -1158,10 +1247,6 @@ fn delta(
         }
     }
     latest.reverse();
-    let select_query = params
-        .get("$select")
-        .map(|s| format!("$select={s}"))
-        .unwrap_or_default();
     let value: Vec<Value> = latest
         .into_iter()
         .map(|(id, deleted)| {
@@ -1171,7 +1256,7 @@ fn delta(
                 .and_then(|t| t.get(&id))
                 .filter(|_| !deleted)
             {
-                Some(row) => Value::Object(select(row, &select_query)),
+                Some(row) => Value::Object(wire_row(row, params)),
                 None => json!({
                     "@odata.context": format!("{api}/$metadata#{set}/$deletedEntity"),
                     "id": id.to_string(),
