@@ -1255,6 +1255,58 @@ mod tests {
     }
 
     #[test]
+    fn a_dataverse_directory_needs_no_file_and_its_mistakes_name_the_key() {
+        let base =
+            "[directory]\nsource = \"dataverse\"\n[crm.dataverse]\nurl = \"http://127.0.0.1:1\"\n";
+        let c = validate(base).unwrap();
+        let dv = c.directory.dataverse.expect("a dataverse source");
+        assert!(c.directory.file.is_none());
+        assert_eq!(dv.source.page_size, 5000);
+        assert!(dv.source.replica_file.ends_with("directory.redb"));
+        for (extra, key) in [
+            ("[crm.dataverse]\n", "crm.dataverse.url"),
+            (
+                "[directory.dataverse.offline_filters]\ncontacts = \"statecode eq\"\n",
+                "directory.dataverse.offline_filters.contacts",
+            ),
+            (
+                "[directory.dataverse.offline_filters]\nmailboxes = \"owned\"\n",
+                "directory.dataverse.offline_filters.mailboxes",
+            ),
+            (
+                "[directory.dataverse.offline_filters]\nvendors = \"all\"\n",
+                "directory.dataverse.offline_filters.vendors",
+            ),
+            (
+                "[directory.dataverse]\npage_size = 9000\n",
+                "directory.dataverse.page_size",
+            ),
+            (
+                "[[directory.dataverse.tables]]\nentity = \"new_vendor\"\naddresses = []\n",
+                "directory.dataverse.tables[0].addresses",
+            ),
+        ] {
+            let text = if extra.starts_with("[crm.dataverse]") {
+                "[directory]\nsource = \"dataverse\"\n".to_owned()
+            } else {
+                format!("{base}{extra}")
+            };
+            let e = validate(&text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{e}");
+        }
+        let e = validate(&base.replace("source =", "file = \"Cargo.toml\"\nsource =")).unwrap_err();
+        assert_eq!(e.key(), Some("directory.file"), "{e}");
+        assert!(e.to_string().contains("dataverse"), "{e}");
+        let with_table = format!(
+            "{base}[[directory.dataverse.tables]]\nentity = \"new_vendor\"\naddresses = [\"emailaddress\"]\n[directory.dataverse.offline_filters]\nnew_vendors = \"owned\"\n"
+        );
+        let c = validate(&with_table).unwrap();
+        let tables = c.directory.dataverse.unwrap().source.other_tables;
+        assert_eq!(tables[0].set, "new_vendors");
+        assert_eq!(tables[0].key, "new_vendorid");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = validate("[limits]\nmax_conections = 5\n")
             .unwrap_err()

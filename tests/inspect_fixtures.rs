@@ -152,14 +152,7 @@ async fn traffic_through_the_gateway_becomes_observations() {
         .expect("a Graph observation");
     assert_eq!(graph["folder"], "inbox");
     assert_eq!(gw.gateway.inspect_metrics().observations("message_seen"), 2);
-    let metrics = support::plain_client()
-        .get(gw.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
     assert!(
         metrics.contains(r#"trackgate_observations_total{kind="message_seen"} 2"#),
         "{metrics}"

@@ -54,14 +54,7 @@ async fn traffic_through_the_gateway_becomes_one_decision_per_message() {
         decisions[0].explanation.is_empty(),
         "the live path writes no prose"
     );
-    let metrics = support::plain_client()
-        .get(gw.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
     for line in [
         r#"trackgate_decisions_total{verdict="track",reason="sender_contact"} 1"#,
         r#"trackgate_decisions_total{verdict="ignore",reason="already_tracked"} 1"#,

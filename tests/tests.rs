@@ -13,6 +13,8 @@ mod autodiscover;
 mod cli;
 /// Outbox and delivery end to end: crashes, outages, throttling, poison, auto-create, sinks.
 mod delivery;
+/// The Dataverse directory source: paged loads, deltas, outages, the replica, duplicates.
+mod directory_source;
 /// `Expect: 100-continue` is answered by the upstream, never the gateway.
 mod expect_continue;
 /// The fuzz corpora, replayed.

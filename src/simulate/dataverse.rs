@@ -345,9 +345,12 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
                         .collect();
                     fields.insert("email_activity_parties".into(), Value::Array(parties));
                 }
-                if let Some(id) = spec.id(&fields) {
-                    insert_seed(store, spec.set, id, fields);
-                }
+                // A row without its key (a folder rule written by hand) gets one, as Dataverse
+                // would give it.
+                let id = spec.id(&fields).unwrap_or_else(|| {
+                    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+                });
+                insert_seed(store, spec.set, id, fields);
             }
         }
     }

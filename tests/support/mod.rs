@@ -97,6 +97,18 @@ pub fn plain_client() -> reqwest::Client {
         .expect("client builds")
 }
 
+/// The body of a plain GET (admin endpoints: metrics, readiness, listings).
+pub async fn get_text(url: &str) -> String {
+    plain_client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET answered")
+        .text()
+        .await
+        .expect("GET body")
+}
+
 /// Polls `check` until it returns `Some`, or panics after `limit`.
 pub async fn wait_for<T>(
     limit: Duration,
