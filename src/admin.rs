@@ -45,8 +45,6 @@ pub struct AdminState {
     /// The Dataverse directory source, when the directory comes from Dataverse.
     pub directory_source: Option<Arc<DataverseSource>>,
     pub directory_metrics: Arc<DirectoryMetrics>,
-    /// Wakes the refresh loop.
-    pub directory_refresh: Arc<tokio::sync::Notify>,
 }
 
 /// Most entries one listing returns.
@@ -397,9 +395,11 @@ fn readiness_detail(state: &AdminState) -> String {
         return String::new();
     };
     let status = source.status();
-    let age = match status.staleness_seconds() {
-        Some(s) => format!("data {s}s old"),
-        None => "never loaded".into(),
+    let seconds = status.staleness_seconds().unwrap_or(0);
+    let age = if status.ever_loaded() {
+        format!("data {seconds}s old")
+    } else {
+        format!("never loaded ({seconds}s since the start)")
     };
     let origin = if status.from_replica {
         ", served from the persisted replica"
@@ -410,6 +410,7 @@ fn readiness_detail(state: &AdminState) -> String {
         Some(e) => {
             format!("directory: dataverse, stale ({age}{origin}); last refresh failed: {e}\n")
         }
+        None if !status.ever_loaded() => format!("directory: dataverse, stale ({age})\n"),
         None => format!("directory: dataverse, {age}{origin}\n"),
     }
 }

@@ -183,36 +183,46 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         Some(dv) => {
             let (dataverse, replica) = DataverseSource::open(http.clone(), dv.source.clone())
                 .map_err(AppError::DirectorySource)?;
-            // The first load, within the startup wait; else the replica (or nothing) serves
-            // and the refresh goes on in the background.
-            let snapshot = match tokio::time::timeout(dv.startup_wait, dataverse.refresh()).await {
-                Ok(Ok(directory)) => directory,
-                outcome => {
-                    let why = match outcome {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {:?}", dv.startup_wait),
-                    };
-                    match replica {
-                        Some(r) => {
-                            tracing::warn!(error = %why, "Dataverse not loaded at start; serving the persisted replica");
-                            r
-                        }
-                        None => {
-                            tracing::warn!(error = %why, "Dataverse not loaded at start and no replica yet; nothing is tracked until it answers");
-                            crate::directory::dataverse::empty_directory()
-                                .map_err(|e| AppError::DirectorySource(e.into()))?
-                        }
-                    }
-                }
+            let snapshot = match replica {
+                Some(r) => r,
+                None => crate::directory::dataverse::empty_directory()
+                    .map_err(|e| AppError::DirectorySource(e.into()))?,
             };
-            directory_metrics.source_status(&dataverse.status());
             (snapshot, Some(Arc::new(dataverse)))
         }
     };
     directory_metrics.loaded(&snapshot);
     tracing::info!(counts = ?snapshot.counts(), "directory loaded");
     let directory = DirectoryHandle::new(snapshot);
-    let directory_refresh = Arc::new(tokio::sync::Notify::new());
+    if let (Some(dataverse), Some(dv)) = (&dataverse_source, &config.directory.dataverse) {
+        // The first load runs as its own task: waited for up to `startup_wait`, then left to
+        // finish in the background while the replica (or nothing) serves.
+        let first = tokio::spawn({
+            let (source, handle, metrics) = (
+                dataverse.clone(),
+                directory.clone(),
+                directory_metrics.clone(),
+            );
+            async move { crate::directory::dataverse::refresh_now(&source, &handle, &metrics).await }
+        });
+        let serving = if dataverse.status().from_replica {
+            "serving the persisted replica"
+        } else {
+            "nothing is tracked until it answers (no replica yet)"
+        };
+        match tokio::time::timeout(dv.startup_wait, first).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "Dataverse not loaded at start; {serving}");
+            }
+            Ok(Err(_)) => tracing::warn!("the first directory load stopped; {serving}"),
+            Err(_) => tracing::warn!(
+                wait = ?dv.startup_wait,
+                "Dataverse still loading after startup_wait; {serving} meanwhile"
+            ),
+        }
+        directory_metrics.source_status(&dataverse.status());
+    }
     let engine = Arc::new(Engine::new(
         directory.clone(),
         MemoryLimits {
@@ -329,7 +339,6 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
                 dataverse.clone(),
                 directory.clone(),
                 directory_metrics.clone(),
-                directory_refresh.clone(),
                 stopped.clone(),
             ));
         }
@@ -359,7 +368,6 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         journal: journal.clone(),
         directory_source: dataverse_source.clone(),
         directory_metrics: directory_metrics.clone(),
-        directory_refresh: directory_refresh.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped));
     let (delivery_stop, delivery_stopped) = watch::channel(false);

@@ -1282,6 +1282,14 @@ mod tests {
                 "directory.dataverse.page_size",
             ),
             (
+                "[directory.dataverse.offline_filters]\nemails = \"statecode eq 0\"\n",
+                "directory.dataverse.offline_filters.emails",
+            ),
+            (
+                "[directory.dataverse]\nrefresh_interval = \"30d\"\n",
+                "directory.dataverse.refresh_interval",
+            ),
+            (
                 "[[directory.dataverse.tables]]\nentity = \"new_vendor\"\naddresses = []\n",
                 "directory.dataverse.tables[0].addresses",
             ),

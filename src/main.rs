@@ -267,6 +267,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => match Config::load(&config) {
             Ok((raw, validated)) => {
                 print!("{}", raw.to_redacted_toml());
+                if let Some(dv) = &validated.directory.dataverse {
+                    // Not contacted here: `check` must work offline, before a deploy.
+                    eprintln!("configuration {} is valid", config.display());
+                    eprintln!(
+                        "directory: from Dataverse {} (replica {}), loaded at start",
+                        dv.source.url,
+                        dv.source.replica_file.display()
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 // The directory file is part of what must be right before a deploy.
                 let source = trackgate::directory::FileSource {
                     path: validated.directory.file.clone(),

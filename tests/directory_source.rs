@@ -490,6 +490,43 @@ async fn a_restart_while_dataverse_is_down_decides_from_the_persisted_replica() 
     assert!(status.from_replica);
     assert!(status.staleness_seconds().is_some());
     gw.shutdown().await;
+
+    // Pointed at another environment, the replica is not served: its ids are another
+    // organization's.
+    let elsewhere = "http://127.0.0.1:9";
+    let gw = start_in(
+        dir.path(),
+        elsewhere,
+        &format!("{elsewhere}/t/oauth2/v2.0/token"),
+        offline,
+    )
+    .await;
+    let counts = format!("{:?}", gw.engine().directory().load().counts());
+    assert!(counts.contains("users: 0"), "{counts}");
+    let (_, body) = readyz(&gw).await;
+    assert!(body.contains("never loaded"), "{body}");
+    gw.shutdown().await;
+}
+
+/// The one sender activity party of an email the gateway wrote.
+fn sender_party(email: &Map<String, Value>) -> &Value {
+    let from: Vec<&Value> = email["email_activity_parties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["participationtypemask"] == 1)
+        .collect();
+    assert_eq!(from.len(), 1, "{email:#?}");
+    from[0]
+}
+
+/// Takes the CRM down, then a mail to Jo from `sender` (decided while it is away).
+fn offline_mail_to_jo(dv: &DataverseSimulator, sender: &str, message_id: &str) -> Observation {
+    dv.set_faults(DataverseFaults {
+        down: true,
+        ..DataverseFaults::default()
+    });
+    seen("jo.support@contoso.example", sender, message_id, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,17 +546,8 @@ async fn reconnecting_after_offline_auto_creates_binds_the_existing_contact_inst
     let gw = start_in(dir.path(), &dv.url(), &dv.token_url(), "").await;
 
     // The CRM goes away; Jo's mail from a new sender is decided offline, with an auto-create.
-    dv.set_faults(DataverseFaults {
-        down: true,
-        ..DataverseFaults::default()
-    });
     let sender = "nia.new@prospect.example";
-    let o = seen(
-        "jo.support@contoso.example",
-        sender,
-        "<offline.1@prospect.example>",
-        None,
-    );
+    let o = offline_mail_to_jo(&dv, sender, "<offline.1@prospect.example>");
     let decisions = gw.engine().decide(&o, Mode::APPLY);
     let planned = decisions[0].auto_create.clone().expect("an auto-create");
     for d in &decisions {
@@ -567,17 +595,38 @@ async fn reconnecting_after_offline_auto_creates_binds_the_existing_contact_inst
         .collect();
     assert_eq!(contacts.len(), 1, "{contacts:#?}");
     assert_eq!(dv.stats().created.get("contacts"), None);
-    let from: Vec<_> = emails[0]["email_activity_parties"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["participationtypemask"] == 1)
-        .collect();
-    assert_eq!(from.len(), 1);
-    assert_eq!(
-        from[0]["_partyid_contact_value"]["id"],
-        existing.to_string()
-    );
+    let from = sender_party(&emails[0]);
+    assert_eq!(from["_partyid_contact_value"]["id"], existing.to_string());
+
+    // A sender two active contacts share stays unresolved, and nothing is created.
+    let twins = "twins@prospect.example";
+    let o = offline_mail_to_jo(&dv, twins, "<offline.2@prospect.example>");
+    for d in gw.engine().decide(&o, Mode::APPLY) {
+        assert!(d.auto_create.is_some());
+        gw.outbox().submit(&d);
+    }
+    for n in 0..2u128 {
+        let id = Uuid::from_u128(0x7715 + n);
+        let twin = Contact {
+            contactid: id,
+            emailaddress1: Some(twins.into()),
+            ownerid: Some(uuid(JO)),
+            ..Contact::default()
+        };
+        dv.seed_record("contacts", id, stored(&tables::CONTACTS, &twin));
+    }
+    dv.set_faults(DataverseFaults::default());
+    let first_id = emails[0]["activityid"].clone();
+    let email = support::wait_for(Duration::from_secs(30), "the second email", async || {
+        dv.records("emails")
+            .into_iter()
+            .find(|e| e.contains_key("_sim_created_seq") && e["activityid"] != first_id)
+    })
+    .await;
+    let from = sender_party(&email);
+    assert_eq!(from["addressused"], twins);
+    assert!(from.get("_partyid_contact_value").is_none(), "{email:#?}");
+    assert_eq!(dv.stats().created.get("contacts"), None);
 
     // After the next refresh the directory resolves her directly: no auto-create at all.
     gw.refresh_directory().await.expect("refresh");

@@ -121,13 +121,25 @@ pub(super) fn validate(
 ) -> Result<DataverseDirectoryConfig, ConfigError> {
     let connection = dataverse_connection(crm)?;
     if let Some(interval) = d.refresh_interval
-        && interval < Duration::from_secs(1)
+        && !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&interval)
     {
         return Err(ConfigError::invalid(
             "directory.dataverse.refresh_interval",
-            "is shorter than 1s",
+            "is outside 1s..=7d",
             "use minutes, e.g. \"15m\" (the organization's minimum applies anyway)",
         ));
+    }
+    for (key, d) in [
+        ("directory.dataverse.request_timeout", d.request_timeout),
+        ("directory.dataverse.startup_wait", d.startup_wait),
+    ] {
+        if d > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                key,
+                "is over 1h",
+                "use seconds, e.g. \"30s\"",
+            ));
+        }
     }
     if !(1..=5000).contains(&d.page_size) {
         return Err(ConfigError::invalid(
@@ -202,6 +214,28 @@ pub(super) fn validate(
                 "write all, owned, none, or an OData filter such as \"statecode eq 0\"",
             )
         })?;
+        // A filter can read only the columns replicated for its table.
+        if let OfflineFilter::Matching(f) = &filter {
+            let columns: Vec<String> = match TABLES.iter().find(|s| s.set == set) {
+                Some(spec) => spec.fields.iter().map(|f| f.wire()).collect(),
+                None => other_tables
+                    .iter()
+                    .find(|t| &t.set == set)
+                    .map(OtherTable::select)
+                    .unwrap_or_default(),
+            };
+            if let Some(missing) = f
+                .columns()
+                .into_iter()
+                .find(|c| !columns.iter().any(|k| k == c))
+            {
+                return Err(ConfigError::invalid(
+                    &key,
+                    format!("reads `{missing}`, which is not replicated for {set}"),
+                    format!("use one of: {}", columns.join(", ")),
+                ));
+            }
+        }
         let owned_ok = has_owner(set) || other_tables.iter().any(|t| &t.set == set && t.owned);
         if matches!(filter, OfflineFilter::Owned) && !owned_ok {
             return Err(ConfigError::invalid(

@@ -233,7 +233,7 @@ impl DataverseSink {
         };
         let address = created.address.replace('\'', "''");
         let filter = format!(
-            "emailaddress1 eq '{address}' or emailaddress2 eq '{address}' or emailaddress3 eq '{address}'"
+            "(emailaddress1 eq '{address}' or emailaddress2 eq '{address}' or emailaddress3 eq '{address}') and statecode eq 0"
         );
         let key = format!("{}id", created.entity);
         let url = self.api(&format!(
@@ -262,15 +262,23 @@ impl DataverseSink {
                     .collect()
             })
             .unwrap_or_default();
-        match ids.first() {
-            Some(_) if ids.contains(&created.id) => Ok(None),
-            Some(existing) => {
+        // As the rules resolve senders: one active row is the sender; several leave the
+        // sender unresolved (and nothing is created).
+        match ids.as_slice() {
+            [] => Ok(None),
+            ids if ids.contains(&created.id) => Ok(None),
+            [existing] => {
                 tracing::info!(entity = %created.entity, "the sender already has a record; binding it instead of creating one");
                 let mut bound = email.clone();
-                bound.bind_existing(*existing);
+                bound.bind_existing(Some(*existing));
                 Ok(Some(bound))
             }
-            None => Ok(None),
+            _ => {
+                tracing::info!(entity = %created.entity, "the sender matches several records; leaving it unresolved");
+                let mut unresolved = email.clone();
+                unresolved.bind_existing(None);
+                Ok(Some(unresolved))
+            }
         }
     }
 

@@ -235,17 +235,26 @@ pub struct TrackedEmail {
 
 impl TrackedEmail {
     /// Binds an existing CRM record in place of the one this document would auto-create (the
-    /// duplicate check found a row with the sender's address) and drops the create.
-    pub fn bind_existing(&mut self, existing: Uuid) {
+    /// duplicate check found one row with the sender's address), or, with `None` (it found
+    /// several), leaves the sender unresolved; either way the create is dropped.
+    pub fn bind_existing(&mut self, existing: Option<Uuid>) {
         let Some(created) = self.auto_create.take() else {
             return;
         };
         for party in &mut self.parties {
-            if let Some(record) = &mut party.record
-                && record.id == created.id
-                && record.entity == created.entity
-            {
-                record.id = existing;
+            let is_created = party
+                .record
+                .as_ref()
+                .is_some_and(|r| r.id == created.id && r.entity == created.entity);
+            if is_created {
+                match existing {
+                    Some(id) => {
+                        if let Some(record) = &mut party.record {
+                            record.id = id;
+                        }
+                    }
+                    None => party.record = None,
+                }
             }
         }
     }

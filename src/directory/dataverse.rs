@@ -127,17 +127,27 @@ pub enum SourceError {
     Malformed { set: String, message: String },
     #[error("the delta link of {0} has expired")]
     Expired(String),
+    #[error("Dataverse is busy ({status} for {set})")]
+    Throttled {
+        set: String,
+        status: u16,
+        wait: Duration,
+    },
     #[error("the replicated directory is not valid: {0}")]
     Invalid(#[from] InvalidDirectory),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
 }
 
-/// One table's rows and where change tracking left off.
+/// One table's rows and where change tracking left off. Rows are kept encoded (the
+/// directory model as JSON, exactly what the replica stores): about 40 % of the memory of the
+/// typed rows, nothing to encode when persisting, nothing to decode when restoring; they are
+/// decoded only to build a snapshot.
 #[derive(Debug)]
 struct Table<T> {
-    rows: HashMap<Uuid, T>,
+    rows: HashMap<Uuid, Box<[u8]>>,
     delta: Option<String>,
+    row: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T> Default for Table<T> {
@@ -145,7 +155,24 @@ impl<T> Default for Table<T> {
         Table {
             rows: HashMap::new(),
             delta: None,
+            row: std::marker::PhantomData,
         }
+    }
+}
+
+impl<T: DeserializeOwned> Table<T> {
+    /// Every row decoded; a row that does not decode (written by another version) is counted.
+    fn decoded(&self, skipped: &mut u64) -> Vec<T> {
+        self.rows
+            .values()
+            .filter_map(|bytes| match serde_json::from_slice(bytes) {
+                Ok(row) => Some(row),
+                Err(_) => {
+                    *skipped += 1;
+                    None
+                }
+            })
+            .collect()
     }
 }
 
@@ -153,10 +180,16 @@ impl<T> Default for Table<T> {
 struct Pending<T> {
     set: String,
     full: bool,
-    /// The row, and whether the offline filter keeps it.
-    rows: Vec<(Uuid, T, bool)>,
+    /// The encoded row, and whether the offline filter keeps it.
+    rows: Vec<(Uuid, Box<[u8]>, bool)>,
     deleted: Vec<Uuid>,
     delta: Option<String>,
+    row: std::marker::PhantomData<fn() -> T>,
+}
+
+/// A converted row, encoded for the table.
+fn encode<T: Serialize>(row: &T) -> Option<Box<[u8]>> {
+    serde_json::to_vec(row).ok().map(Vec::into_boxed_slice)
 }
 
 #[derive(Debug, Default)]
@@ -173,6 +206,8 @@ struct State {
     emails: Table<TrackedEmail>,
     /// When the last email refresh began (RFC 3339), for the next incremental one.
     emails_since: Option<String>,
+    /// Refreshes begun, for ordering their swaps.
+    generation: u64,
     others: HashMap<String, Table<EmailEnabledRecord>>,
 }
 
@@ -190,13 +225,20 @@ pub struct SourceStatus {
     pub skipped_rows: u64,
     /// Serving the persisted replica, not yet refreshed since the start.
     pub from_replica: bool,
+    /// Unix seconds this process opened the source (staleness counts from it until a load).
+    pub started_at: u64,
 }
 
 impl SourceStatus {
     /// Seconds since the served data was fetched.
+    /// Never loaded: the time since the start (there is no data at all).
     pub fn staleness_seconds(&self) -> Option<u64> {
         let now = unix_now();
-        self.data_as_of.map(|t| now.saturating_sub(t))
+        Some(now.saturating_sub(self.data_as_of.unwrap_or(self.started_at)))
+    }
+
+    pub fn ever_loaded(&self) -> bool {
+        self.data_as_of.is_some()
     }
 }
 
@@ -216,6 +258,9 @@ pub struct DataverseSource {
     /// Held for the whole refresh: one at a time.
     state: tokio::sync::Mutex<State>,
     status: Mutex<SourceStatus>,
+    /// The generation of the snapshot last swapped in: an older refresh finishing late never
+    /// replaces a newer one.
+    swapped: Mutex<u64>,
 }
 
 impl DataverseSource {
@@ -231,18 +276,39 @@ impl DataverseSource {
             .clone()
             .map(|c| TokenSource::new(http.clone(), c));
         let mut state = State::default();
-        let mut status = SourceStatus::default();
-        let restored = restore(&replica, &settings, &mut state)?;
+        let mut status = SourceStatus {
+            started_at: unix_now(),
+            ..SourceStatus::default()
+        };
+        let restored = match restore(&replica, &settings, &mut state) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(%error, "the directory replica cannot be read; loading from Dataverse");
+                None
+            }
+        };
         let directory = match restored {
             Some(as_of) => {
                 let (doc, skipped) = document(&state);
-                status.data_as_of = Some(as_of);
-                status.from_replica = true;
-                status.skipped_rows = skipped;
-                Some(Directory::build(doc)?)
+                match Directory::build(doc) {
+                    Ok(directory) => {
+                        status.data_as_of = Some(as_of);
+                        status.from_replica = true;
+                        status.skipped_rows = skipped;
+                        Some(directory)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the directory replica does not build; loading from Dataverse");
+                        None
+                    }
+                }
             }
             None => None,
         };
+        if directory.is_none() {
+            // Whatever was read is not trusted: the first refresh loads every table whole.
+            state = State::default();
+        }
         Ok((
             DataverseSource {
                 http,
@@ -251,6 +317,7 @@ impl DataverseSource {
                 replica,
                 state: tokio::sync::Mutex::new(state),
                 status: Mutex::new(status),
+                swapped: Mutex::new(0),
             },
             directory,
         ))
@@ -273,8 +340,8 @@ impl DataverseSource {
         let wanted = self.settings.refresh_interval.unwrap_or_else(|| {
             state
                 .settings
-                .rows
-                .values()
+                .decoded(&mut 0)
+                .into_iter()
                 .filter_map(|s| s.offlinesyncinterval)
                 .filter(|m| *m > 0)
                 .min()
@@ -300,11 +367,18 @@ impl DataverseSource {
 
     /// Fetches every table, applies the changes, persists them and builds the new snapshot.
     /// On any error nothing changes (and the error is recorded in the status).
-    pub async fn refresh(&self) -> Result<Directory, SourceError> {
+    /// `Ok(None)`: nothing changed since the last refresh (the snapshot served is current).
+    pub async fn refresh(&self) -> Result<Option<Directory>, SourceError> {
+        self.refresh_generation().await.map(|(d, _)| d)
+    }
+
+    /// [`refresh`](Self::refresh), with the refresh's sequence number: a later refresh has a
+    /// higher one, so two racing refreshes swap in order ([`refresh_now`]).
+    pub async fn refresh_generation(&self) -> Result<(Option<Directory>, u64), SourceError> {
         let result = self.refresh_inner().await;
         if let Ok(mut status) = self.status.lock() {
             match &result {
-                Ok((_, skipped, as_of)) => {
+                Ok((_, skipped, as_of, _)) => {
                     status.refreshed_at = Some(*as_of);
                     status.data_as_of = Some(*as_of);
                     status.last_error = None;
@@ -318,15 +392,30 @@ impl DataverseSource {
                 }
             }
         }
-        result.map(|(d, _, _)| d)
+        result.map(|(d, _, _, generation)| (d, generation))
     }
 
-    async fn refresh_inner(&self) -> Result<(Directory, u64, u64), SourceError> {
+    async fn refresh_inner(&self) -> Result<(Option<Directory>, u64, u64, u64), SourceError> {
         let mut state = self.state.lock().await;
+        state.generation += 1;
+        let generation = state.generation;
         let started = SystemTime::now();
         let organization = self.fetch_organization().await?;
+        if state
+            .organization
+            .as_ref()
+            .is_some_and(|o| o.organizationid != organization.organizationid)
+        {
+            // Another organization behind the same configuration: nothing carries over.
+            tracing::warn!("the organization id changed; loading every table again");
+            forget_deltas(&mut state);
+        }
         let users = self
-            .pull(&tables::SYSTEMUSERS, &state.users, &HashSet::new())
+            .pull(
+                &tables::SYSTEMUSERS,
+                state.users.delta.clone(),
+                &HashSet::new(),
+            )
             .await?;
         // The user ids after this refresh: what `owned` keeps.
         let mut user_ids: HashSet<Uuid> = if users.full {
@@ -338,50 +427,145 @@ impl DataverseSource {
             user_ids.remove(id);
         }
         user_ids.extend(users.rows.iter().map(|r| r.0));
+        // `owned` depends on who the users are: when that changes, the tables it filters are
+        // loaded whole, so records of a new user enter the replica and a gone user's leave.
+        let previous: HashSet<Uuid> = state.users.rows.keys().copied().collect();
+        let users_changed = !previous.is_empty() && previous != user_ids;
+        let delta = |set: &str, current: &Option<String>| {
+            let owned = matches!(self.filter(set), OfflineFilter::Owned);
+            current.clone().filter(|_| !(users_changed && owned))
+        };
         let settings = self
-            .pull(&tables::USERSETTINGS, &state.settings, &user_ids)
+            .pull(
+                &tables::USERSETTINGS,
+                delta("usersettingscollection", &state.settings.delta),
+                &user_ids,
+            )
             .await?;
-        let queues = self.pull(&tables::QUEUES, &state.queues, &user_ids).await?;
+        let queues = self
+            .pull(
+                &tables::QUEUES,
+                delta("queues", &state.queues.delta),
+                &user_ids,
+            )
+            .await?;
         let mailboxes = self
-            .pull(&tables::MAILBOXES, &state.mailboxes, &user_ids)
+            .pull(
+                &tables::MAILBOXES,
+                delta("mailboxes", &state.mailboxes.delta),
+                &user_ids,
+            )
             .await?;
         let folders = self
-            .pull(&tables::FOLDERS, &state.folders, &user_ids)
+            .pull(
+                &tables::FOLDERS,
+                delta("mailboxtrackingfolders", &state.folders.delta),
+                &user_ids,
+            )
             .await?;
         let contacts = self
-            .pull(&tables::CONTACTS, &state.contacts, &user_ids)
+            .pull(
+                &tables::CONTACTS,
+                delta("contacts", &state.contacts.delta),
+                &user_ids,
+            )
             .await?;
         let accounts = self
-            .pull(&tables::ACCOUNTS, &state.accounts, &user_ids)
+            .pull(
+                &tables::ACCOUNTS,
+                delta("accounts", &state.accounts.delta),
+                &user_ids,
+            )
             .await?;
-        let leads = self.pull(&tables::LEADS, &state.leads, &user_ids).await?;
+        let leads = self
+            .pull(
+                &tables::LEADS,
+                delta("leads", &state.leads.delta),
+                &user_ids,
+            )
+            .await?;
         let mut others = Vec::new();
         for table in &self.settings.other_tables {
-            let current = state.others.get(&table.set);
+            let current = state
+                .others
+                .get(&table.set)
+                .and_then(|t| delta(&table.set, &t.delta));
             others.push(self.pull_other(table, current, &user_ids).await?);
+        }
+        if users_changed && matches!(self.filter("emails"), OfflineFilter::Owned) {
+            state.emails_since = None;
         }
         let emails = self.pull_emails(&state, &user_ids, started).await?;
 
+        // Bounded before anything changes: a table over `max_rows` fails the refresh.
+        let over = |set: &str, current: usize, full: bool, incoming: usize| {
+            let total = if full { incoming } else { current + incoming };
+            (total > self.settings.max_rows).then(|| SourceError::Malformed {
+                set: set.to_owned(),
+                message: format!(
+                    "{total} rows, over directory.dataverse.max_rows ({})",
+                    self.settings.max_rows
+                ),
+            })
+        };
+        for (set, current, full, incoming) in [
+            (
+                "contacts",
+                state.contacts.rows.len(),
+                contacts.full,
+                contacts.rows.len(),
+            ),
+            (
+                "accounts",
+                state.accounts.rows.len(),
+                accounts.full,
+                accounts.rows.len(),
+            ),
+            (
+                "leads",
+                state.leads.rows.len(),
+                leads.full,
+                leads.rows.len(),
+            ),
+            (
+                "emails",
+                state.emails.rows.len(),
+                emails.full,
+                emails.rows.len(),
+            ),
+        ] {
+            if let Some(error) = over(set, current, full, incoming) {
+                return Err(error);
+            }
+        }
+
         // Everything arrived: apply, persist, build.
+        let fetched = started.elapsed().unwrap_or_default();
         let mut changes = ReplicaChanges::default();
         let org_bytes = serde_json::to_vec(&organization).ok();
+        let mut changed = state
+            .organization
+            .as_ref()
+            .map(serde_json::to_vec)
+            .and_then(Result::ok)
+            != org_bytes;
         changes.meta.push(("organization".into(), org_bytes));
         state.organization = Some(organization);
-        self.apply(&mut state.users, users, &mut changes);
-        self.apply(&mut state.settings, settings, &mut changes);
-        self.apply(&mut state.queues, queues, &mut changes);
-        self.apply(&mut state.mailboxes, mailboxes, &mut changes);
-        self.apply(&mut state.folders, folders, &mut changes);
-        self.apply(&mut state.contacts, contacts, &mut changes);
-        self.apply(&mut state.accounts, accounts, &mut changes);
-        self.apply(&mut state.leads, leads, &mut changes);
+        changed |= self.apply(&mut state.users, users, &mut changes);
+        changed |= self.apply(&mut state.settings, settings, &mut changes);
+        changed |= self.apply(&mut state.queues, queues, &mut changes);
+        changed |= self.apply(&mut state.mailboxes, mailboxes, &mut changes);
+        changed |= self.apply(&mut state.folders, folders, &mut changes);
+        changed |= self.apply(&mut state.contacts, contacts, &mut changes);
+        changed |= self.apply(&mut state.accounts, accounts, &mut changes);
+        changed |= self.apply(&mut state.leads, leads, &mut changes);
         for pending in others {
             let table = state.others.entry(pending.set.clone()).or_default();
-            self.apply(table, pending, &mut changes);
+            changed |= self.apply(table, pending, &mut changes);
         }
-        self.apply(&mut state.emails, emails, &mut changes);
+        changed |= self.apply(&mut state.emails, emails, &mut changes);
         let since = humantime::format_rfc3339_seconds(started).to_string();
-        prune_emails(
+        changed |= prune_emails(
             &mut state.emails,
             started,
             self.settings.emails_window,
@@ -400,38 +584,95 @@ impl DataverseSource {
         changes
             .meta
             .push(("as_of".into(), Some(as_of.to_string().into_bytes())));
+        changes.meta.push((
+            "source".into(),
+            Some(source_id(&self.settings).into_bytes()),
+        ));
+        changes.meta.push((
+            "fingerprint".into(),
+            Some(fingerprint(&self.settings).into_bytes()),
+        ));
+        // The replica follows the state even when the snapshot cannot be built, so the two
+        // never drift apart; if the replica cannot be written, every table is loaded whole next
+        // time (its rows are replaced then).
+        let persisting = std::time::Instant::now();
+        let written = changes.upserts.len() + changes.deletes.len();
+        if let Err(error) = crate::off_the_workers(|| self.replica.commit(changes)) {
+            forget_deltas(&mut state);
+            return Err(error.into());
+        }
+        let persisted = persisting.elapsed();
+        if !changed {
+            // Nothing new: the snapshot being served is current; no rebuild.
+            tracing::debug!(
+                fetch_ms = fetched.as_millis() as u64,
+                "directory refreshed from Dataverse; nothing changed"
+            );
+            let skipped = self.status().skipped_rows;
+            return Ok((None, skipped, as_of, generation));
+        }
+        let building = std::time::Instant::now();
         let (doc, skipped) = crate::off_the_workers(|| document(&state));
         drop(state);
         let directory = crate::off_the_workers(|| Directory::build(doc))?;
-        crate::off_the_workers(|| self.replica.commit(changes))?;
-        Ok((directory, skipped, as_of))
+        tracing::info!(
+            fetch_ms = fetched.as_millis() as u64,
+            persist_ms = persisted.as_millis() as u64,
+            build_ms = building.elapsed().as_millis() as u64,
+            replica_rows_written = written,
+            skipped,
+            "directory refreshed from Dataverse"
+        );
+        Ok((Some(directory), skipped, as_of, generation))
     }
 
     /// Applies one table's fetched changes to memory and to the replica's change list.
-    fn apply<T: Serialize>(
+    /// Returns whether the table's rows changed.
+    fn apply<T>(
         &self,
         table: &mut Table<T>,
         pending: Pending<T>,
         changes: &mut ReplicaChanges,
-    ) {
-        if pending.full {
-            table.rows.clear();
-            changes.replaced.push(pending.set.clone());
-        }
-        for id in pending.deleted {
-            table.rows.remove(&id);
-            changes.deletes.push((pending.set.clone(), id));
-        }
-        for (id, row, keep) in pending.rows {
-            if keep {
-                if let Ok(bytes) = serde_json::to_vec(&row) {
-                    changes.upserts.push((pending.set.clone(), id, bytes));
+    ) -> bool {
+        let changed = if pending.full {
+            let same = pending.rows.len() == table.rows.len()
+                && pending
+                    .rows
+                    .iter()
+                    .all(|(id, row, _)| table.rows.get(id) == Some(row));
+            if !same {
+                // A table loaded whole that did change is rewritten whole in the replica.
+                table.rows.clear();
+                changes.replaced.push(pending.set.clone());
+                for (id, row, keep) in pending.rows {
+                    if keep {
+                        changes
+                            .upserts
+                            .push((pending.set.clone(), id, row.to_vec()));
+                    }
+                    table.rows.insert(id, row);
                 }
-            } else if !pending.full {
+            }
+            !same
+        } else {
+            let mut changed = false;
+            for id in pending.deleted {
+                changed |= table.rows.remove(&id).is_some();
                 changes.deletes.push((pending.set.clone(), id));
             }
-            table.rows.insert(id, row);
-        }
+            for (id, row, keep) in pending.rows {
+                if keep {
+                    changes
+                        .upserts
+                        .push((pending.set.clone(), id, row.to_vec()));
+                } else {
+                    changes.deletes.push((pending.set.clone(), id));
+                }
+                changed |= table.rows.get(&id) != Some(&row);
+                table.rows.insert(id, row);
+            }
+            changed
+        };
         let resumable = matches!(self.filter(&pending.set), OfflineFilter::All);
         changes.meta.push((
             format!("delta/{}", pending.set),
@@ -442,14 +683,44 @@ impl DataverseSource {
                 .map(|d| d.clone().into_bytes()),
         ));
         table.delta = pending.delta;
+        changed
     }
 
     fn api(&self, path: &str) -> String {
         format!("{}{}{}", self.settings.url, self.settings.api_path, path)
     }
 
-    /// One GET of the Web API: the JSON answer, or why not.
+    /// One page, waiting out throttling: a 429 or 503 with `Retry-After` (up to a minute) is
+    /// tried again, at most three times, so one busy moment does not fail a whole refresh.
     async fn get(
+        &self,
+        set: &str,
+        url: &str,
+        track: bool,
+    ) -> Result<Map<String, Value>, SourceError> {
+        // The token goes only to the environment, never to a host a link names.
+        if !url.starts_with(&format!("{}/", self.settings.url)) {
+            return Err(SourceError::Malformed {
+                set: set.to_owned(),
+                message: "a link points outside the Dataverse environment".into(),
+            });
+        }
+        let mut attempt = 0;
+        loop {
+            match self.get_once(set, url, track).await {
+                Err(SourceError::Throttled { wait, .. }) if attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(SourceError::Throttled { set, status, .. }) => {
+                    return Err(SourceError::Unreachable(format!("HTTP {status} for {set}")));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_once(
         &self,
         set: &str,
         url: &str,
@@ -483,6 +754,19 @@ impl DataverseSource {
             .await
             .map_err(|e| SourceError::Unreachable(describe(&e)))?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 60.0);
+        if let (429 | 503, Some(seconds)) = (status, retry_after) {
+            return Err(SourceError::Throttled {
+                set: set.to_owned(),
+                status,
+                wait: Duration::from_secs_f64(seconds),
+            });
+        }
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
@@ -508,7 +792,12 @@ impl DataverseSource {
             tokens.invalidate().await;
         }
         if !(200..300).contains(&status) {
-            let message: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+            // Only Dataverse's error code: its message may quote the request's values.
+            let message = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_owned))
+                .map(|code| format!("error code {code}"))
+                .unwrap_or_else(|| "no readable error".into());
             return Err(if matches!(status, 429 | 502..=504) {
                 SourceError::Unreachable(format!("HTTP {status} for {set}"))
             } else {
@@ -603,9 +892,11 @@ impl DataverseSource {
         self.pages(spec.set, url, false, |row| {
             if found.is_none() {
                 found = Some(spec.parse::<Organization>(row).map_err(|message| {
+                    // serde's text can quote column values: only at debug.
+                    tracing::debug!(%message, "organization row not read");
                     SourceError::Malformed {
                         set: spec.set.into(),
-                        message,
+                        message: "the organization row has a column of an unexpected type".into(),
                     }
                 })?);
             }
@@ -620,10 +911,10 @@ impl DataverseSource {
 
     /// One table: by its delta link when there is one (falling back to a full load when it
     /// has expired), else whole with change tracking asked for.
-    async fn pull<T: DeserializeOwned>(
+    async fn pull<T: DeserializeOwned + Serialize>(
         &self,
         spec: &TableSpec,
-        current: &Table<T>,
+        delta: Option<String>,
         users: &HashSet<Uuid>,
     ) -> Result<Pending<T>, SourceError> {
         let convert = |row: &Map<String, Value>| -> Option<(Uuid, T)> {
@@ -636,30 +927,23 @@ impl DataverseSource {
                 }
             }
         };
-        self.pull_with(
-            spec.set,
-            &spec.select(),
-            current.delta.clone(),
-            users,
-            convert,
-        )
-        .await
+        self.pull_with(spec.set, &spec.select(), delta, users, convert)
+            .await
     }
 
     async fn pull_other(
         &self,
         table: &OtherTable,
-        current: Option<&Table<EmailEnabledRecord>>,
+        delta: Option<String>,
         users: &HashSet<Uuid>,
     ) -> Result<Pending<EmailEnabledRecord>, SourceError> {
-        let delta = current.and_then(|t| t.delta.clone());
         self.pull_with(&table.set, &table.select().join(","), delta, users, |row| {
             table.record(row).map(|r| (r.id, r))
         })
         .await
     }
 
-    async fn pull_with<T>(
+    async fn pull_with<T: Serialize>(
         &self,
         set: &str,
         select: &str,
@@ -672,8 +956,10 @@ impl DataverseSource {
             let mut rows = Vec::new();
             match self
                 .pages(set, link, true, |row| {
-                    if let Some((id, t)) = convert(row) {
-                        rows.push((id, t, filter.keeps(row, users)));
+                    if let Some((id, bytes)) =
+                        convert(row).and_then(|(id, t)| Some((id, encode(&t)?)))
+                    {
+                        rows.push((id, bytes, filter.keeps(row, users)));
                     }
                     Ok(())
                 })
@@ -686,10 +972,18 @@ impl DataverseSource {
                         rows,
                         deleted,
                         delta,
+                        row: std::marker::PhantomData,
                     });
                 }
                 Err(SourceError::Expired(_)) => {
                     tracing::info!(set, "delta link expired; loading the table again");
+                }
+                // Dataverse may refuse an old or foreign delta token with another 4xx: one
+                // whole load settles it (a failing whole load then fails the refresh).
+                Err(SourceError::Status { status, .. })
+                    if (400..500).contains(&status) && status != 401 && status != 429 =>
+                {
+                    tracing::info!(set, status, "delta link refused; loading the table again");
                 }
                 Err(e) => return Err(e),
             }
@@ -698,8 +992,9 @@ impl DataverseSource {
         let url = self.api(&format!("/{set}?$select={select}"));
         let (_, delta) = self
             .pages(set, url, true, |row| {
-                if let Some((id, t)) = convert(row) {
-                    rows.push((id, t, filter.keeps(row, users)));
+                if let Some((id, bytes)) = convert(row).and_then(|(id, t)| Some((id, encode(&t)?)))
+                {
+                    rows.push((id, bytes, filter.keeps(row, users)));
                 }
                 Ok(())
             })
@@ -710,6 +1005,7 @@ impl DataverseSource {
             rows,
             deleted: Vec::new(),
             delta,
+            row: std::marker::PhantomData,
         })
     }
 
@@ -726,17 +1022,16 @@ impl DataverseSource {
         let filter = self.filter(spec.set);
         let (full, condition) = match &state.emails_since {
             Some(since) => {
-                let since = humantime::parse_rfc3339_weak(since)
-                    .ok()
-                    .map(|t| t - EMAIL_OVERLAP)
-                    .unwrap_or(started - self.settings.emails_window);
+                let since = parse_time(since)
+                    .map(|t| before(t, EMAIL_OVERLAP))
+                    .unwrap_or_else(|| before(started, self.settings.emails_window));
                 (
                     false,
                     format!("modifiedon ge {}", humantime::format_rfc3339_seconds(since)),
                 )
             }
             None => {
-                let from = started - self.settings.emails_window;
+                let from = before(started, self.settings.emails_window);
                 (
                     true,
                     format!("createdon ge {}", humantime::format_rfc3339_seconds(from)),
@@ -765,7 +1060,9 @@ impl DataverseSource {
                     .collect();
                 email.addresses.dedup();
             }
-            rows.push((id, email, filter.keeps(row, users)));
+            if let Some(bytes) = encode(&email) {
+                rows.push((id, bytes, filter.keeps(row, users)));
+            }
             Ok(())
         })
         .await?;
@@ -775,8 +1072,55 @@ impl DataverseSource {
             rows,
             deleted: Vec::new(),
             delta: None,
+            row: std::marker::PhantomData,
         })
     }
+}
+
+/// Which Dataverse environment a replica belongs to.
+fn source_id(settings: &DataverseSourceSettings) -> String {
+    format!("{}{}", settings.url, settings.api_path)
+}
+
+/// How the tables are asked for; a delta link made another way is not continued.
+fn fingerprint(settings: &DataverseSourceSettings) -> String {
+    let mut text = format!("v1|{}", settings.emails_window.as_secs());
+    for spec in tables::TABLES {
+        text.push_str(&format!("|{}:{}", spec.set, spec.select()));
+    }
+    for other in &settings.other_tables {
+        text.push_str(&format!("|{}:{}", other.set, other.select().join(",")));
+    }
+    text
+}
+
+/// Makes the next refresh load every table whole.
+fn forget_deltas(state: &mut State) {
+    state.users.delta = None;
+    state.settings.delta = None;
+    state.queues.delta = None;
+    state.mailboxes.delta = None;
+    state.folders.delta = None;
+    state.contacts.delta = None;
+    state.accounts.delta = None;
+    state.leads.delta = None;
+    state.emails_since = None;
+    for table in state.others.values_mut() {
+        table.delta = None;
+    }
+}
+
+/// Reads a Dataverse timestamp (`2026-05-01T10:00:00Z`).
+fn parse_time(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text.trim().trim_end_matches('Z')).ok()
+}
+
+/// `now - window`, or the epoch for a window longer than the time since it.
+fn before(now: SystemTime, window: Duration) -> SystemTime {
+    // Not before the epoch: humantime formats only times after it.
+    now.checked_sub(window)
+        .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Drops emails created before the window.
@@ -785,19 +1129,27 @@ fn prune_emails(
     now: SystemTime,
     window: Duration,
     changes: &mut ReplicaChanges,
-) {
-    let cutoff = now - window;
-    emails.rows.retain(|id, email| {
-        let old = email
-            .createdon
+) -> bool {
+    let before_count = emails.rows.len();
+    let cutoff = before(now, window);
+    emails.rows.retain(|id, bytes| {
+        let old = serde_json::from_slice::<TrackedEmail>(bytes)
+            .ok()
+            .and_then(|e| e.createdon)
             .as_deref()
-            .and_then(|c| humantime::parse_rfc3339_weak(c.trim_end_matches('Z')).ok())
+            .and_then(parse_time)
             .is_some_and(|t| t < cutoff);
         if old {
             changes.deletes.push(("emails".into(), *id));
         }
         !old
     });
+    // An old email modified lately came in with this refresh: it must not reach the replica
+    // (the replica applies deletes before upserts).
+    changes
+        .upserts
+        .retain(|(set, id, _)| set != "emails" || emails.rows.contains_key(id));
+    emails.rows.len() != before_count
 }
 
 fn describe(error: &reqwest::Error) -> String {
@@ -820,18 +1172,46 @@ fn restore(
     let Some(organization) = replica.meta("organization")? else {
         return Ok(None);
     };
-    state.organization = serde_json::from_slice(&organization).ok();
-    fn put<T: DeserializeOwned>(table: &mut Table<T>, id: Uuid, bytes: &[u8]) {
-        if let Ok(row) = serde_json::from_slice(bytes) {
-            table.rows.insert(id, row);
-        }
+    // Another environment's replica, or an organization row this version cannot read: not
+    // served (its ids would be the wrong organization's).
+    let source = replica.meta("source")?;
+    if source.as_deref() != Some(source_id(settings).as_bytes()) {
+        tracing::warn!("the directory replica is of another Dataverse environment; not served");
+        return Ok(None);
     }
+    let Ok(organization) = serde_json::from_slice::<Organization>(&organization) else {
+        return Ok(None);
+    };
+    state.organization = Some(organization);
+    fn put<T>(table: &mut Table<T>, id: Uuid, bytes: &[u8]) {
+        table.rows.insert(id, bytes.into());
+    }
+    let known_sets: Vec<String> = tables::TABLES
+        .iter()
+        .map(|t| t.set.to_owned())
+        .chain(settings.other_tables.iter().map(|t| t.set.clone()))
+        .filter(|set| {
+            !matches!(
+                settings
+                    .offline_filters
+                    .get(set)
+                    .cloned()
+                    .unwrap_or_else(|| default_offline_filter(set)),
+                OfflineFilter::None
+            )
+        })
+        .collect();
+    let mut unwanted = HashSet::new();
     let others: HashMap<&str, &OtherTable> = settings
         .other_tables
         .iter()
         .map(|t| (t.set.as_str(), t))
         .collect();
     replica.for_each_row(|set, id, bytes| match set {
+        // Tables no longer replicated or kept offline: their rows leave the file below.
+        other if !known_sets.iter().any(|k| k == other) => {
+            unwanted.insert(other.to_owned());
+        }
         "systemusers" => put(&mut state.users, id, bytes),
         "usersettingscollection" => put(&mut state.settings, id, bytes),
         "queues" => put(&mut state.queues, id, bytes),
@@ -846,16 +1226,27 @@ fn restore(
         }
         _ => {}
     })?;
-    // A delta link continues only a table kept whole; a filtered one is loaded again.
+    if !unwanted.is_empty() {
+        replica.commit(ReplicaChanges {
+            replaced: unwanted.into_iter().collect(),
+            ..ReplicaChanges::default()
+        })?;
+    }
+    // A delta link continues only a table kept whole, and only if the tables are asked for
+    // the same way (columns, other tables, email window) as when it was made; otherwise the
+    // table is loaded again.
+    let same_shape =
+        replica.meta("fingerprint")?.as_deref() == Some(fingerprint(settings).as_bytes());
     let keeps_all = |set: &str| {
-        matches!(
-            settings
-                .offline_filters
-                .get(set)
-                .cloned()
-                .unwrap_or_else(|| default_offline_filter(set)),
-            OfflineFilter::All
-        )
+        same_shape
+            && matches!(
+                settings
+                    .offline_filters
+                    .get(set)
+                    .cloned()
+                    .unwrap_or_else(|| default_offline_filter(set)),
+                OfflineFilter::All
+            )
     };
     let delta = |set: &str| -> Result<Option<String>, SourceError> {
         if !keeps_all(set) {
@@ -900,36 +1291,55 @@ fn document(state: &State) -> (DirectoryDocument, u64) {
         // An organization not yet loaded: a placeholder, with no users nothing is tracked.
         organization.organizationid = Uuid::max();
     }
-    let users = &state.users.rows;
-    let mut systemusers: Vec<SystemUser> = users.values().cloned().collect();
+    let mut systemusers: Vec<SystemUser> = state.users.decoded(&mut skipped);
     for u in &mut systemusers {
         skipped += clean(&mut u.internalemailaddress) + clean(&mut u.personalemailaddress);
     }
+    let users: HashSet<Uuid> = systemusers.iter().map(|u| u.systemuserid).collect();
     let usersettingscollection: Vec<UserSettings> = state
         .settings
-        .rows
-        .values()
-        .filter(|s| users.contains_key(&s.systemuserid) || count(&mut skipped))
-        .cloned()
+        .decoded(&mut skipped)
+        .into_iter()
+        .filter(|s| {
+            let ok = users.contains(&s.systemuserid)
+                && s.incomingemailfilteringmethod <= 4
+                && s.autocreatecontactonpromote <= 2;
+            ok || count(&mut skipped)
+        })
         .collect();
-    let mut queues: Vec<Queue> = state.queues.rows.values().cloned().collect();
+    let mut queues: Vec<Queue> = state
+        .queues
+        .decoded(&mut skipped)
+        .into_iter()
+        .filter(|q| q.incomingemailfilteringmethod <= 4 || count(&mut skipped))
+        .collect();
     for q in &mut queues {
         skipped += clean(&mut q.emailaddress);
     }
     let queue_ids: HashSet<Uuid> = queues.iter().map(|q| q.queueid).collect();
     let mut seen_addresses = HashSet::new();
     let mut user_mailboxes = HashSet::new();
-    let mut mailbox_list: Vec<&Mailbox> = state.mailboxes.rows.values().collect();
+    let mut mailbox_list: Vec<Mailbox> = state.mailboxes.decoded(&mut skipped);
     mailbox_list.sort_by_key(|m| m.mailboxid);
+    for m in &mut mailbox_list {
+        if m.processemailreceivedafter
+            .as_deref()
+            .is_some_and(|t| crate::inspect::model::timestamp_seconds(t).is_none())
+        {
+            m.processemailreceivedafter = None;
+            skipped += 1;
+        }
+    }
     let mailboxes: Vec<Mailbox> = mailbox_list
         .into_iter()
         .filter(|m| {
             let owner_known = match m.regardingobjectid.entity.as_ref() {
-                "systemuser" => users.contains_key(&m.regardingobjectid.id),
+                "systemuser" => users.contains(&m.regardingobjectid.id),
                 "queue" => queue_ids.contains(&m.regardingobjectid.id),
                 _ => false,
             };
             let ok = owner_known
+                && m.incomingemaildeliverymethod <= 3
                 && m.emailaddress.contains('@')
                 && seen_addresses.insert(m.emailaddress.to_lowercase());
             if ok && m.regardingobjectid.entity == "systemuser" {
@@ -937,24 +1347,30 @@ fn document(state: &State) -> (DirectoryDocument, u64) {
             }
             ok || count(&mut skipped)
         })
-        .cloned()
         .collect();
     let mut seen_folders = HashSet::new();
-    let mut folder_list: Vec<&MailboxTrackingFolder> = state.folders.rows.values().collect();
+    let max_rules = organization.maxfolderbasedtrackingmappings.clamp(1, 25) as usize;
+    let mut rules_per_mailbox: HashMap<Uuid, usize> = HashMap::new();
+    let mut folder_list: Vec<MailboxTrackingFolder> = state.folders.decoded(&mut skipped);
     folder_list.sort_by_key(|f| f.mailboxtrackingfolderid);
     let mailboxtrackingfolders: Vec<MailboxTrackingFolder> = folder_list
         .into_iter()
         .filter(|f| {
             let ok = user_mailboxes.contains(&f.mailboxid)
-                && (1..=120).contains(&f.exchangefolderid.len())
-                && seen_folders.insert((f.mailboxid, f.exchangefolderid.clone()));
+                && !f.exchangefolderid.trim().is_empty()
+                && f.exchangefolderid.len() <= 120
+                && seen_folders.insert((f.mailboxid, f.exchangefolderid.clone()))
+                && {
+                    let n = rules_per_mailbox.entry(f.mailboxid).or_default();
+                    *n += 1;
+                    *n <= max_rules
+                };
             ok || count(&mut skipped)
         })
-        .cloned()
         .collect();
     macro_rules! records {
         ($table:expr) => {{
-            let mut rows: Vec<_> = $table.rows.values().cloned().collect();
+            let mut rows: Vec<_> = $table.decoded(&mut skipped);
             for r in &mut rows {
                 skipped += clean(&mut r.emailaddress1)
                     + clean(&mut r.emailaddress2)
@@ -968,12 +1384,24 @@ fn document(state: &State) -> (DirectoryDocument, u64) {
     let leads: Vec<Lead> = records!(state.leads);
     let mut emailenabledrecords: Vec<EmailEnabledRecord> = Vec::new();
     for table in state.others.values() {
-        for r in table.rows.values() {
-            let mut r = r.clone();
+        for mut r in table.decoded(&mut skipped) {
             let before = r.emailaddresses.len();
             r.emailaddresses.retain(|a| a.contains('@'));
             skipped += (before - r.emailaddresses.len()) as u64;
             emailenabledrecords.push(r);
+        }
+    }
+    // A token with a prefix the organization no longer lists (after a prefix change) is left
+    // out; the email still correlates by Message-ID and conversation.
+    let prefixes = super::snapshot::token_prefixes(&organization.trackingprefix);
+    let mut emails: Vec<TrackedEmail> = state.emails.decoded(&mut skipped);
+    for e in &mut emails {
+        if e.trackingtoken
+            .as_deref()
+            .is_some_and(|t| super::snapshot::tracking_token(&prefixes, t).is_none())
+        {
+            e.trackingtoken = None;
+            skipped += 1;
         }
     }
     let doc = DirectoryDocument {
@@ -987,7 +1415,7 @@ fn document(state: &State) -> (DirectoryDocument, u64) {
         accounts,
         leads,
         emailenabledrecords,
-        emails: state.emails.rows.values().cloned().collect(),
+        emails,
     };
     (doc, skipped)
 }
@@ -1017,19 +1445,31 @@ pub fn empty_directory() -> Result<Directory, InvalidDirectory> {
     Directory::build(document(&State::default()).0)
 }
 
-/// Refreshes once and swaps the result in; on failure the current snapshot stays.
+/// Refreshes once and swaps the result in (unless a later refresh already did); on failure
+/// the current snapshot stays.
 pub async fn refresh_now(
     source: &DataverseSource,
     handle: &super::DirectoryHandle,
     metrics: &super::DirectoryMetrics,
 ) -> Result<(), SourceError> {
-    let result = source.refresh().await;
+    let result = source.refresh_generation().await;
     metrics.source_status(&source.status());
     match result {
-        Ok(directory) => {
+        Ok((None, _)) => {
+            metrics.unchanged();
+            Ok(())
+        }
+        Ok((Some(directory), generation)) => {
             metrics.loaded(&directory);
-            tracing::info!(counts = ?directory.counts(), "directory refreshed from Dataverse");
-            handle.swap(directory);
+            let mut swapped = source
+                .swapped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if generation > *swapped {
+                *swapped = generation;
+                tracing::info!(counts = ?directory.counts(), "directory snapshot swapped");
+                handle.swap(directory);
+            }
             Ok(())
         }
         Err(error) => {
@@ -1040,22 +1480,33 @@ pub async fn refresh_now(
     }
 }
 
-/// Refreshes every interval (or at once when `trigger` fires) until `stop`, and keeps the
-/// staleness gauge current between refreshes.
+/// Refreshes every interval until `stop`, and keeps the staleness gauge current between
+/// refreshes. After a failure it tries again sooner (5 s, doubling up to the interval), so a
+/// start without Dataverse or a short outage does not leave the directory stale for a whole
+/// interval.
 pub async fn keep_fresh(
     source: std::sync::Arc<DataverseSource>,
     handle: super::DirectoryHandle,
     metrics: std::sync::Arc<super::DirectoryMetrics>,
-    trigger: std::sync::Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut next = tokio::time::Instant::now() + source.interval().await;
+    let later = |wait: Duration| {
+        let now = tokio::time::Instant::now();
+        now.checked_add(wait)
+            .unwrap_or(now + Duration::from_secs(86_400))
+    };
+    let mut retry = Duration::from_secs(5);
+    let first = if source.status().ever_loaded() {
+        source.interval().await
+    } else {
+        retry
+    };
+    let mut next = later(first);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = trigger.notified() => {}
             _ = tick.tick() => {
                 metrics.source_status(&source.status());
                 if tokio::time::Instant::now() < next {
@@ -1063,7 +1514,88 @@ pub async fn keep_fresh(
                 }
             }
         }
-        let _ = refresh_now(&source, &handle, &metrics).await;
-        next = tokio::time::Instant::now() + source.interval().await;
+        let interval = source.interval().await;
+        next = match refresh_now(&source, &handle, &metrics).await {
+            Ok(()) => {
+                retry = Duration::from_secs(5);
+                later(interval)
+            }
+            Err(_) => {
+                let wait = retry.min(interval);
+                retry = (retry * 2).min(interval);
+                later(wait)
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataverse_timestamps_parse_and_old_emails_are_pruned() {
+        let now = parse_time("2026-11-27T08:00:00Z").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(now).to_string(),
+            "2026-11-27T08:00:00Z"
+        );
+        let mut emails = Table::<TrackedEmail>::default();
+        for (n, created) in [(1, "2026-11-26T08:00:00Z"), (2, "2026-09-01T08:00:00Z")] {
+            let email = TrackedEmail {
+                activityid: Uuid::from_u128(n),
+                createdon: Some(created.into()),
+                ..TrackedEmail::default()
+            };
+            emails
+                .rows
+                .insert(Uuid::from_u128(n), encode(&email).unwrap());
+        }
+        let mut changes = ReplicaChanges::default();
+        prune_emails(
+            &mut emails,
+            now,
+            Duration::from_secs(30 * 86_400),
+            &mut changes,
+        );
+        assert!(emails.rows.contains_key(&Uuid::from_u128(1)));
+        assert!(!emails.rows.contains_key(&Uuid::from_u128(2)));
+        assert_eq!(
+            changes.deletes,
+            vec![("emails".to_owned(), Uuid::from_u128(2))]
+        );
+        assert_eq!(
+            before(now, Duration::from_secs(u64::MAX / 4)),
+            SystemTime::UNIX_EPOCH
+        );
+    }
+
+    #[test]
+    fn offline_filters_keep_owned_matching_all_or_nothing() {
+        let alex = Uuid::from_u128(1);
+        let users: HashSet<Uuid> = [alex].into();
+        let row = |owner: Uuid, state: u8| {
+            serde_json::json!({"_ownerid_value": owner.to_string(), "statecode": state})
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let owned = OfflineFilter::parse("owned").unwrap();
+        assert!(owned.keeps(&row(alex, 0), &users));
+        assert!(!owned.keeps(&row(Uuid::from_u128(2), 0), &users));
+        let active = OfflineFilter::parse("statecode eq 0").unwrap();
+        assert!(active.keeps(&row(Uuid::from_u128(2), 0), &users));
+        assert!(!active.keeps(&row(alex, 1), &users));
+        assert!(
+            OfflineFilter::parse("all")
+                .unwrap()
+                .keeps(&row(alex, 1), &users)
+        );
+        assert!(
+            !OfflineFilter::parse("none")
+                .unwrap()
+                .keeps(&row(alex, 0), &users)
+        );
+        assert!(OfflineFilter::parse("statecode eq").is_err());
     }
 }

@@ -169,6 +169,13 @@ impl DirectoryMetrics {
         self.loaded_at.set(now);
     }
 
+    /// A refresh that found nothing new (the snapshot stays).
+    pub fn unchanged(&self) {
+        self.loads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+    }
+
     pub fn failed(&self) {
         self.loads
             .get_or_create(&ResultLabels { result: "failed" })

@@ -273,6 +273,19 @@ impl Filter {
         Ok(filter)
     }
 
+    /// The columns the filter reads.
+    pub fn columns(&self) -> Vec<&str> {
+        match self {
+            Filter::Compare(c, ..) | Filter::Function(_, c, _) => vec![c.as_str()],
+            Filter::And(a, b) | Filter::Or(a, b) => {
+                let mut all = a.columns();
+                all.extend(b.columns());
+                all
+            }
+            Filter::Not(a) => a.columns(),
+        }
+    }
+
     /// Whether `row` passes; a missing column is `null`.
     pub fn matches(&self, row: &Map<String, Value>) -> bool {
         match self {

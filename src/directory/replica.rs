@@ -10,6 +10,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
 
 const ROWS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("rows");
+const REPLICA_CACHE: usize = 32 << 20;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +49,12 @@ impl Replica {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
         }
-        let db = redb::Database::create(path).map_err(|e| fail(e.to_string()))?;
+        // A small cache: the replica is written once per refresh and read only at start, so
+        // redb's default (a large share of memory) would only hold pages nobody reads.
+        let db = redb::Builder::new()
+            .set_cache_size(REPLICA_CACHE)
+            .create(path)
+            .map_err(|e| fail(e.to_string()))?;
         let replica = Replica {
             db,
             path: path.to_owned(),
@@ -70,7 +76,11 @@ impl Replica {
     }
 
     /// Applies one refresh's changes atomically.
-    pub fn commit(&self, changes: ReplicaChanges) -> Result<(), ReplicaError> {
+    pub fn commit(&self, mut changes: ReplicaChanges) -> Result<(), ReplicaError> {
+        // In key order: a B-tree filled in order splits less and ends up denser.
+        changes
+            .upserts
+            .sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         let tx = self.db.begin_write().map_err(|e| self.io(e))?;
         {
             let mut rows = tx.open_table(ROWS).map_err(|e| self.io(e))?;

@@ -475,6 +475,16 @@ pub fn lower(address: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The tracking-token prefixes of `organization.trackingprefix` (current and older ones,
+/// separated by `;` or `,`), upper-cased.
+pub fn token_prefixes(trackingprefix: &str) -> Vec<String> {
+    trackingprefix
+        .split([';', ','])
+        .map(|p| p.trim().to_ascii_uppercase())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// Finds a tracking token (`<prefix>:<digits>`) at the end of a subject, allowing the brackets
 /// and spaces mail clients add. Returns it upper-cased.
 pub fn tracking_token(prefixes: &[String], subject: &str) -> Option<String> {
@@ -1215,12 +1225,7 @@ fn build_org(doc: &DirectoryDocument) -> Result<Org, InvalidDirectory> {
             "use 25, the Dynamics 365 maximum",
         ));
     }
-    let token_prefixes: Vec<String> = o
-        .trackingprefix
-        .split([';', ','])
-        .map(|p| p.trim().to_ascii_uppercase())
-        .filter(|p| !p.is_empty())
-        .collect();
+    let token_prefixes = token_prefixes(&o.trackingprefix);
     if token_prefixes.iter().any(|p| p.len() > 20) {
         return Err(invalid(
             "organization.trackingprefix",

@@ -1073,6 +1073,10 @@ fn write(
         if !merged.contains_key("createdon") {
             merged.insert("createdon".into(), iso_now().into());
         }
+        // Rows are created active, as in Dataverse.
+        if !merged.contains_key("statecode") {
+            merged.insert("statecode".into(), 0.into());
+        }
         store.sequence += 1;
         merged.insert("_sim_created_ms".into(), now_ms().into());
         merged.insert("_sim_created_seq".into(), store.sequence.into());
@@ -1120,6 +1124,22 @@ fn rollback(store: &mut Store, undo: Vec<Undo>) {
             }
         }
     }
+}
+
+/// Re-encodes a decoded query value for a link (`%`, `&`, `#`, `+` and spaces).
+fn encode_query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '&' => out.push_str("%26"),
+            '#' => out.push_str("%23"),
+            '+' => out.push_str("%2B"),
+            ' ' => out.push_str("%20"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn query_params(query: &str) -> HashMap<String, String> {
@@ -1191,7 +1211,7 @@ fn query_set(
         let mut next: Vec<String> = params
             .iter()
             .filter(|(k, _)| k.as_str() != "$skiptoken")
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{k}={}", encode_query_value(v)))
             .collect();
         next.sort();
         next.push(format!("$skiptoken={}", skip.saturating_add(page)));
