@@ -214,7 +214,7 @@ fn main() {
     let b_time = start.elapsed().as_secs_f64();
     let b_heap = live_heap(&region);
     println!(
-        "B Dataverse source, initial load: {b_time:.2}s, live heap {:.0} MiB (typed rows + snapshot) ({:?})",
+        "B Dataverse source, initial load: {b_time:.2}s, live heap {:.0} MiB (encoded rows + snapshot) ({:?})",
         mib(b_heap),
         loaded.counts()
     );

@@ -375,6 +375,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text either parses or is an error inside the text; evaluating never panics.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in "[ a-z0-9_()',.:\\-éß]{0,80}") {
+            match Filter::parse(&text) {
+                Ok(f) => {
+                    let _ = f.matches(&Map::new());
+                }
+                Err(e) => proptest::prop_assert!(e.at <= text.len()),
+            }
+        }
+    }
+
     #[test]
     fn bad_filters_say_where() {
         for (filter, at) in [
