@@ -1570,6 +1570,59 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_interval_is_the_configured_or_users_one_never_below_the_org_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |interval: Option<Duration>| DataverseSourceSettings {
+            url: "http://127.0.0.1:9".into(),
+            api_path: "/api/data/v9.2".into(),
+            credentials: None,
+            page_size: 10,
+            refresh_interval: interval,
+            request_timeout: Duration::from_secs(1),
+            emails_window: Duration::from_secs(86_400),
+            offline_filters: HashMap::new(),
+            other_tables: Vec::new(),
+            replica_file: dir.path().join(format!("{interval:?}.redb")),
+            max_rows: 1000,
+        };
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        let (source, _) = DataverseSource::open(reqwest::Client::new(), settings(None)).unwrap();
+        assert_eq!(source.interval().await, minutes(15), "no option anywhere");
+        {
+            let mut state = source.state.lock().await;
+            for (n, m) in [(1, Some(30)), (2, Some(20)), (3, None)] {
+                let row = UserSettings {
+                    systemuserid: Uuid::from_u128(n),
+                    offlinesyncinterval: m,
+                    ..UserSettings::default()
+                };
+                state
+                    .settings
+                    .rows
+                    .insert(Uuid::from_u128(n), encode(&row).unwrap());
+            }
+        }
+        assert_eq!(source.interval().await, minutes(20), "the users' shortest");
+        source.state.lock().await.organization = Some(Organization {
+            minofflinesyncinterval: Some(45),
+            ..Organization::default()
+        });
+        assert_eq!(
+            source.interval().await,
+            minutes(45),
+            "the organization's minimum"
+        );
+        let (configured, _) =
+            DataverseSource::open(reqwest::Client::new(), settings(Some(minutes(5)))).unwrap();
+        assert_eq!(configured.interval().await, minutes(5));
+        configured.state.lock().await.organization = Some(Organization {
+            minofflinesyncinterval: Some(15),
+            ..Organization::default()
+        });
+        assert_eq!(configured.interval().await, minutes(15));
+    }
+
     #[test]
     fn offline_filters_keep_owned_matching_all_or_nothing() {
         let alex = Uuid::from_u128(1);
