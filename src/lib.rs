@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod crm;
 pub mod delivery;
+pub mod demo;
 pub mod directory;
 pub mod exchange;
 pub mod inspect;

@@ -28,6 +28,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// See the whole pipeline: the Exchange and Dataverse simulators and the gateway (TLS) on
+    /// free loopback ports, a recorded working morning replayed through it as Outlook and a
+    /// phone would, then a table of each message's decision and the CRM record that landed.
+    Demo {
+        /// Leave everything running afterwards and print the URLs and curl lines to poke it.
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Run the gateway. Without --config: embedded defaults, in front of the built-in Exchange
     /// simulator, on TLS with development certificates.
     Serve {
@@ -309,6 +317,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("private key:      {}", certs.key.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo { keep_running } => runtime(None)?.block_on(async move {
+            let (rows, running) = trackgate::demo::run(keep_running, |step| {
+                eprintln!("{step}");
+            })
+            .await?;
+            println!();
+            print!("{}", trackgate::demo::table(&rows));
+            if let Some(running) = running {
+                println!();
+                print!("{}", running.instructions());
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut terminate = signal(SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                running.stop().await;
+            }
+            anyhow::Ok(ExitCode::SUCCESS)
+        }),
         Command::Serve { config } => {
             let (_raw, config): (RawConfig, Config) = match &config {
                 Some(path) => Config::load(path)?,

@@ -171,17 +171,13 @@ async fn outbox_stats(admin: &str) -> Value {
 
 /// `trackgate outbox stats` of a stopped gateway: the command opens the outbox file itself.
 fn offline_outbox_stats(config: &std::path::Path) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
-        .args(["outbox", "stats", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (stdout, _) = support::run_trackgate([
+        std::ffi::OsStr::new("outbox"),
+        "stats".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 async fn metrics(admin: &str) -> String {

@@ -226,17 +226,11 @@ async fn the_directory_file_reloads_on_change_and_keeps_the_last_good_one() {
 #[test]
 fn replay_explains_every_decision_over_the_fixtures() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_trackgate"))
-        .arg("replay")
-        .arg(root.join("fixtures/exchange"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+    let (stdout, stderr) = support::run_trackgate([
+        std::ffi::OsStr::new("replay"),
+        root.join("fixtures/exchange").as_os_str(),
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -266,7 +260,6 @@ fn replay_explains_every_decision_over_the_fixtures() {
             "{expected} missing from {reasons:?}"
         );
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tracked"), "{stderr}");
 
     // The directory option, and a clear error for a bad one.

@@ -13,6 +13,8 @@ mod autodiscover;
 mod cli;
 /// Outbox and delivery end to end: crashes, outages, throttling, poison, auto-create, sinks.
 mod delivery;
+/// `trackgate demo`: the working morning, the table, `--keep-running`.
+mod demo;
 /// The Dataverse directory source: paged loads, deltas, outages, the replica, duplicates.
 mod directory_source;
 /// `Expect: 100-continue` is answered by the upstream, never the gateway.

@@ -97,6 +97,22 @@ pub fn plain_client() -> reqwest::Client {
         .expect("client builds")
 }
 
+/// Runs the trackgate binary to completion, asserts it exited 0 (showing its stderr if not),
+/// and returns its stdout and stderr.
+pub fn run_trackgate<I, S>(args: I) -> (Vec<u8>, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args(args)
+        .output()
+        .expect("trackgate runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (out.stdout, stderr)
+}
+
 /// The body of a plain GET (admin endpoints: metrics, readiness, listings).
 pub async fn get_text(url: &str) -> String {
     plain_client()

@@ -1,0 +1,528 @@
+//! `trackgate demo`: the whole pipeline in one process. It starts the Exchange simulator, the
+//! Dataverse simulator (seeded with the example directory: users with different personal
+//! options, a folder rule, contacts, accounts, leads, tracked emails) and the gateway on TLS, on
+//! free loopback ports; the gateway reads its directory from the Dataverse simulator and
+//! delivers to it. Then it replays a recorded working morning through the gateway as Outlook
+//! and a phone would (EWS and Graph), and reports each message's decision, its reason and the
+//! CRM record that landed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::app::{self, Gateway};
+use crate::config::RawConfig;
+use crate::outbox::Outbox;
+use crate::rules::Decision;
+use crate::simulate::fixtures::{Fixture, FixtureSet};
+use crate::simulate::{DataverseOptions, DataverseSimulator, ExchangeSimulator, SimulatorOptions};
+
+/// The working morning: what the user does, and the recorded client request that does it
+/// (`NEW_PROSPECT` is written here: a MIME send to an address no CRM record has).
+pub const MORNING: [(&str, &str); 14] = [
+    (
+        "Outlook starts and reads its folders",
+        "ews-getfolder-inbox",
+    ),
+    (
+        "Outlook's first sync of the Inbox",
+        "ews-syncfolderitems-initial",
+    ),
+    ("Outlook lists the Inbox", "ews-finditem-inbox"),
+    ("Alex reads Pat's quote request", "ews-getitem-message"),
+    ("The phone lists the Inbox (Graph)", "graph-list-messages"),
+    (
+        "The phone syncs: a reply to a CRM email",
+        "graph-delta-inbox",
+    ),
+    ("Alex replies from Outlook", "ews-createitem-reply"),
+    (
+        "Alex files mail in the tracked folder",
+        "graph-move-message",
+    ),
+    (
+        "Alex sets the tracking category",
+        "ews-updateitem-categories",
+    ),
+    ("Alex writes to Pat in German", "ews-createitem-mime-send"),
+    ("Alex writes to a new prospect", NEW_PROSPECT),
+    ("The sales team's shared mailbox", "ews-finditem-delegate"),
+    ("Alex sends from the phone", "graph-sendmail"),
+    ("The phone's batch of changes", "graph-batch-mixed"),
+];
+
+/// The step that is not a recorded fixture.
+pub const NEW_PROSPECT: &str = "new-prospect";
+
+/// Outlook sending a MIME message from Alex to a prospect the CRM does not know, with a copy in
+/// Sent Items (as `SendAndSaveCopy` does).
+fn new_prospect_request() -> (Vec<(String, String)>, String) {
+    use base64::Engine as _;
+    let mime = "From: Alex Seller <alex.seller@contoso.example>\r\nTo: Nia Prospect <nia@northwind-traders.example>\r\nSubject: Introduction: Contoso seats for Northwind\r\nMessage-ID: <demo.prospect.1@mail.contoso.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello Nia, as promised on the phone...\r\n";
+    let body = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body><m:CreateItem MessageDisposition="SendAndSaveCopy"><m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId><m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">{}</t:MimeContent></t:Message></m:Items></m:CreateItem></s:Body></s:Envelope>"#,
+        base64::engine::general_purpose::STANDARD.encode(mime)
+    );
+    let headers = vec![
+        ("content-type".into(), "text/xml; charset=utf-8".into()),
+        (
+            "x-anchormailbox".into(),
+            "alex.seller@contoso.example".into(),
+        ),
+        (
+            "soapaction".into(),
+            "\"http://schemas.microsoft.com/exchange/services/2006/messages/CreateItem\"".into(),
+        ),
+    ];
+    (headers, body)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot start the {what}: {message}")]
+    Start { what: &'static str, message: String },
+    #[error("the recorded request {fixture} failed: {message}")]
+    Step { fixture: String, message: String },
+    #[error("{0}")]
+    Fixtures(#[from] crate::simulate::fixtures::FixtureError),
+}
+
+/// One row of the report: a decision and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DemoRow {
+    pub step: String,
+    pub mailbox: String,
+    pub message: String,
+    pub verdict: String,
+    pub reason: String,
+    /// The CRM email that landed (`email 1a2b3c4d, regarding account Fabrikam`), or why not.
+    pub crm: String,
+}
+
+/// What stays up with `--keep-running`.
+pub struct Running {
+    pub gateway: Gateway,
+    pub exchange: ExchangeSimulator,
+    pub dataverse: DataverseSimulator,
+    pub data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl Running {
+    /// Stops the gateway (drained) and both simulators, and removes the demo's data.
+    pub async fn stop(self) {
+        self.gateway.shutdown().await;
+        self.exchange.stop().await;
+        self.dataverse.stop().await;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+
+    /// URLs and `curl` lines to poke the running demo.
+    pub fn instructions(&self) -> String {
+        let proxy = self.gateway.proxy_url().replace("127.0.0.1", "localhost");
+        let admin = self.gateway.admin_url();
+        let ca = self.data_dir.join("data/certs/dev-ca.pem");
+        let dv = self.dataverse.url();
+        format!(
+            "Everything is still running (Ctrl-C stops it):
+  gateway (TLS):        {proxy}   EWS {proxy}/EWS/Exchange.asmx, Graph {proxy}/v1.0
+  admin:                {admin}
+  Exchange simulator:   {exchange}
+  Dataverse simulator:  {dv}/api/data/v9.2
+  development CA:       {ca}
+
+Try:
+  curl --cacert {ca} -H 'X-AnchorMailbox: alex.seller@contoso.example' {proxy}/v1.0/me/mailFolders/inbox/messages
+  curl {admin}/decisions
+  curl {admin}/outbox/stats
+  curl {admin}/directory
+  curl '{dv}/api/data/v9.2/emails?$select=subject,directioncode'
+  curl '{dv}/api/data/v9.2/contacts?$select=fullname,emailaddress1'
+",
+            exchange = self.exchange.url(),
+            ca = ca.display(),
+        )
+    }
+}
+
+fn start_error(what: &'static str) -> impl Fn(String) -> DemoError {
+    move |message| DemoError::Start { what, message }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Runs the demo; `progress` hears each step as it happens. Returns the report and, with
+/// `keep_running`, everything still running.
+pub async fn run(
+    keep_running: bool,
+    mut progress: impl FnMut(&str),
+) -> Result<(Vec<DemoRow>, Option<Running>), DemoError> {
+    crate::tls::install_crypto_provider();
+    let data_dir = std::env::temp_dir().join(format!(
+        "trackgate-demo-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    progress("starting the Exchange simulator, the Dataverse simulator and the gateway");
+    let exchange = ExchangeSimulator::start(
+        loopback(),
+        SimulatorOptions::new("demo", FixtureSet::embedded()?),
+    )
+    .await
+    .map_err(|e| start_error("Exchange simulator")(e.to_string()))?;
+    let directory: crate::directory::DirectoryDocument =
+        toml::from_str(crate::directory::file::EMBEDDED_EXAMPLE)
+            .map_err(|e| start_error("Dataverse simulator")(e.to_string()))?;
+    let dataverse = DataverseSimulator::start(
+        loopback(),
+        DataverseOptions {
+            seed: Some(directory),
+            ..DataverseOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| start_error("Dataverse simulator")(e.to_string()))?;
+    let text = format!(
+        r#"
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams]
+ews = "{exchange}"
+[storage]
+data_dir = "{data}"
+[directory]
+source = "dataverse"
+[directory.dataverse]
+startup_wait = "20s"
+[crm]
+sink = "dataverse"
+[crm.dataverse]
+url = "{dataverse}"
+[delivery]
+backoff_base = "200ms"
+backoff_max = "2s"
+[exchange]
+ews_url = "{exchange}/EWS/Exchange.asmx"
+graph_url = "{exchange}/v1.0"
+auth = "basic"
+username = "svc-trackgate"
+password = "demo-password"
+"#,
+        exchange = exchange.url(),
+        dataverse = dataverse.url(),
+        data = data_dir.join("data").display(),
+    );
+    let config = RawConfig::from_toml(&text, "demo", Vec::new())
+        .and_then(|raw| raw.validate(&data_dir))
+        .map_err(|e| start_error("gateway")(e.to_string()))?;
+    let gateway = app::start(config)
+        .await
+        .map_err(|e| start_error("gateway")(e.to_string()))?;
+    let running = Running {
+        gateway,
+        exchange,
+        dataverse,
+        data_dir,
+    };
+    let rows = match morning(&running, &mut progress).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            running.stop().await;
+            return Err(e);
+        }
+    };
+    if keep_running {
+        Ok((rows, Some(running)))
+    } else {
+        running.stop().await;
+        Ok((rows, None))
+    }
+}
+
+/// A client as Outlook or a phone is: TLS, trusting the development CA, keep-alive.
+fn client(ca: &std::path::Path) -> Result<reqwest::Client, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Sends one request as a client would: `(method, path, headers, body)`.
+async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    (method, path, headers, body): (&str, &str, &[(String, String)], bytes::Bytes),
+) -> Result<(), String> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut builder = client.request(method, format!("{base}{path}"));
+    for (name, value) in headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let response = builder.body(body).send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    // The whole answer is read, as a client does (a cut exchange is not inspected).
+    response.bytes().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+fn handed_off(gateway: &Gateway) -> u64 {
+    gateway.proxy().metrics.captures.handed_off.get()
+}
+
+/// Waits until the step's exchange reached inspection (the copy is handed off when both its
+/// sides have ended, which can be just after the client has read the answer) and inspection
+/// has decided everything handed to it, so each decision is reported under its own step.
+async fn settled(gateway: &Gateway, handed_before: u64, deadline: Instant) {
+    while Instant::now() < deadline {
+        let handed = handed_off(gateway);
+        let done = gateway.inspect_metrics().finished.load(Ordering::Acquire);
+        if handed > handed_before && done >= handed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn morning(
+    running: &Running,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<DemoRow>, DemoError> {
+    let gateway = &running.gateway;
+    let base = gateway.proxy_url().replace("127.0.0.1", "localhost");
+    let client =
+        client(&running.data_dir.join("data/certs/dev-ca.pem")).map_err(start_error("client"))?;
+    let fixtures = FixtureSet::embedded()?;
+    let mut made: Vec<(String, Decision)> = Vec::new();
+    for (n, (step, name)) in MORNING.iter().enumerate() {
+        progress(&format!("[{:>2}/{}] {step}", n + 1, MORNING.len()));
+        let before = gateway.recent_decisions().len();
+        let handed_before = handed_off(gateway);
+        let sent = if *name == NEW_PROSPECT {
+            let (headers, body) = new_prospect_request();
+            send(
+                &client,
+                &base,
+                ("POST", "/EWS/Exchange.asmx", &headers, body.into()),
+            )
+            .await
+        } else {
+            let request = fixtures
+                .iter()
+                .find(|f| f.name == *name)
+                .and_then(|f: &Fixture| f.request.as_ref())
+                .ok_or_else(|| DemoError::Step {
+                    fixture: (*name).into(),
+                    message: "not among the embedded fixtures".into(),
+                })?;
+            send(
+                &client,
+                &base,
+                (
+                    &request.method,
+                    &request.path,
+                    &request.headers,
+                    request.body.clone(),
+                ),
+            )
+            .await
+        };
+        sent.map_err(|message| DemoError::Step {
+            fixture: (*name).into(),
+            message,
+        })?;
+        settled(
+            gateway,
+            handed_before,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .await;
+        let decisions = gateway.recent_decisions();
+        for d in decisions.into_iter().skip(before) {
+            made.push(((*step).into(), d));
+        }
+    }
+    progress("waiting for the CRM to confirm what was tracked");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let done = gateway
+            .outbox()
+            .stats()
+            .is_ok_and(|s| s.pending == 0 && s.in_flight == 0);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let emails = running.dataverse.records("emails");
+    let settled = gateway
+        .outbox()
+        .stats()
+        .is_ok_and(|s| s.pending == 0 && s.in_flight == 0 && s.dead == 0);
+    Ok(made
+        .into_iter()
+        .map(|(step, d)| row(step, &d, &emails, &running.dataverse, settled))
+        .collect())
+}
+
+fn text(v: Option<&Value>) -> Option<&str> {
+    v.and_then(Value::as_str)
+}
+
+/// The name of a CRM row (`fullname` or `name`).
+fn name_of(dv: &DataverseSimulator, set: &str, id: &str) -> Option<String> {
+    dv.records(set)
+        .into_iter()
+        .find(|r| r.values().any(|v| v.as_str() == Some(id)))
+        .and_then(|r| {
+            text(r.get("fullname"))
+                .or(text(r.get("name")))
+                .map(str::to_owned)
+        })
+}
+
+/// `settled`: the outbox is empty with no dead letters, so a decision whose email id was known
+/// only after fetching the message from Exchange was delivered too.
+fn row(
+    step: String,
+    d: &Decision,
+    emails: &[Map<String, Value>],
+    dv: &DataverseSimulator,
+    settled: bool,
+) -> DemoRow {
+    let message = d
+        .subject
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| d.internet_message_id.clone())
+        .or_else(|| d.item_id.as_ref().map(|i| format!("item {}", short(i))))
+        .unwrap_or_else(|| "(no subject)".into());
+    let crm = if !d.is_track() {
+        "—".to_owned()
+    } else {
+        let landed = d.crm_id.and_then(|id| {
+            let id = id.to_string();
+            emails
+                .iter()
+                .find(|e| text(e.get("activityid")) == Some(id.as_str()))
+                .map(|e| (id, e))
+        });
+        match landed {
+            Some((id, email)) => {
+                let regarding = email.iter().find_map(|(k, v)| {
+                    let nav = k
+                        .strip_prefix("_regardingobjectid_")?
+                        .strip_suffix("_value")?;
+                    let set = v.get("set")?.as_str()?;
+                    let rid = v.get("id")?.as_str()?;
+                    let entity = nav.split('_').next().unwrap_or(nav).to_owned();
+                    Some(match name_of(dv, set, rid) {
+                        Some(name) => format!(", regarding {entity} {name}"),
+                        None => format!(", regarding {entity}"),
+                    })
+                });
+                format!("email {}{}", &id[..8], regarding.unwrap_or_default())
+            }
+            None if d.crm_id.is_none() && settled => "fetched from Exchange, then delivered".into(),
+            None => "not yet (see trackgate outbox list / dead)".into(),
+        }
+    };
+    DemoRow {
+        step,
+        mailbox: d.mailbox.clone().unwrap_or_default(),
+        message,
+        verdict: format!("{:?}", d.verdict).to_lowercase(),
+        reason: d.reason.as_str().to_owned(),
+        crm,
+    }
+}
+
+fn short(text: &str) -> String {
+    let cut: String = text.chars().take(12).collect();
+    if cut.len() < text.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
+}
+
+/// The report as a readable table.
+pub fn table(rows: &[DemoRow]) -> String {
+    let headers = ["step", "mailbox", "message", "decision", "CRM record"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.step.clone(),
+                r.mailbox.split('@').next().unwrap_or("").to_owned(),
+                clip(&r.message, 34),
+                format!("{} ({})", r.verdict, r.reason),
+                r.crm.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(|h| h.chars().count());
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cols: [&str; 5]| {
+        let mut out = String::new();
+        for (i, c) in cols.iter().enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            out.push_str(c);
+            if i + 1 < cols.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers);
+    out.push_str(&line(
+        widths.map(|w| "─".repeat(w)).each_ref().map(String::as_str),
+    ));
+    for row in &cells {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    let tracked = rows.iter().filter(|r| r.verdict == "track").count();
+    let landed = rows
+        .iter()
+        .filter(|r| r.crm.starts_with("email ") || r.crm.ends_with("then delivered"))
+        .count();
+    out.push_str(&format!(
+        "\n{} decisions: {tracked} tracked ({landed} landed in the CRM), {} ignored.\n",
+        rows.len(),
+        rows.len() - tracked
+    ));
+    out
+}
+
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}

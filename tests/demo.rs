@@ -1,0 +1,252 @@
+//! `trackgate demo`: the working morning's decisions and CRM records are the expected ones,
+//! the command prints them and exits 0, and `--keep-running` leaves a gateway to poke.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support;
+
+/// (step, mailbox, message, verdict, reason, CRM record) as the demo reports them.
+const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
+    (
+        "Outlook's first sync of the Inbox",
+        "alex.seller@contoso.example",
+        "Welcome & next steps",
+        "track",
+        "category",
+        "email 74b29334",
+    ),
+    (
+        "Outlook's first sync of the Inbox",
+        "alex.seller@contoso.example",
+        "Re: Pricing",
+        "ignore",
+        "initial_sync_history",
+        "—",
+    ),
+    (
+        "Outlook lists the Inbox",
+        "alex.seller@contoso.example",
+        "Quote for 40 seats",
+        "ignore",
+        "sender_not_shown",
+        "—",
+    ),
+    (
+        "Outlook lists the Inbox",
+        "alex.seller@contoso.example",
+        "RE: Renewal [CRM:0271001]",
+        "ignore",
+        "sender_not_shown",
+        "—",
+    ),
+    (
+        "Alex reads Pat's quote request",
+        "alex.seller@contoso.example",
+        "Quote for 40 seats",
+        "track",
+        "sender_contact",
+        "email 43b7be51, regarding account Fabrikam",
+    ),
+    (
+        "The phone lists the Inbox (Graph)",
+        "alex.seller@contoso.example",
+        "Quote for 40 seats",
+        "ignore",
+        "already_tracked",
+        "—",
+    ),
+    (
+        "The phone syncs: a reply to a CRM email",
+        "alex.seller@contoso.example",
+        "Contract signed",
+        "track",
+        "sender_contact",
+        "email da41310f, regarding opportunity",
+    ),
+    (
+        "Alex replies from Outlook",
+        "alex.seller@contoso.example",
+        "(no subject)",
+        "ignore",
+        "not_saved_to_sent_items",
+        "—",
+    ),
+    (
+        "Alex files mail in the tracked folder",
+        "alex.seller@contoso.example",
+        "Quote for 40 seats",
+        "track",
+        "folder_rule",
+        "email 43b7be51, regarding account Fabrikam",
+    ),
+    (
+        "Alex sets the tracking category",
+        "alex.seller@contoso.example",
+        "item AAMkADEzMess…",
+        "track",
+        "category",
+        "fetched from Exchange, then delivered",
+    ),
+    (
+        "Alex writes to Pat in German",
+        "alex.seller@contoso.example",
+        "Angebot für Fabrikam",
+        "track",
+        "recipient_contact",
+        "email 47d83e5f",
+    ),
+    (
+        "Alex writes to a new prospect",
+        "alex.seller@contoso.example",
+        "Introduction: Contoso seats for Northwind",
+        "ignore",
+        "recipients_not_in_filter",
+        "—",
+    ),
+    (
+        "The sales team's shared mailbox",
+        "team.sales@contoso.example",
+        "Quote for 40 seats",
+        "ignore",
+        "sender_not_shown",
+        "—",
+    ),
+    (
+        "The sales team's shared mailbox",
+        "team.sales@contoso.example",
+        "RE: Renewal [CRM:0271001]",
+        "ignore",
+        "sender_not_shown",
+        "—",
+    ),
+    (
+        "Alex sends from the phone",
+        "alex.seller@contoso.example",
+        "Meet for lunch?",
+        "ignore",
+        "not_saved_to_sent_items",
+        "—",
+    ),
+    (
+        "The phone's batch of changes",
+        "kim.manager@contoso.example",
+        "item AAMkADEzKimM…",
+        "ignore",
+        "not_tracked_folder",
+        "—",
+    ),
+    (
+        "The phone's batch of changes",
+        "alex.seller@contoso.example",
+        "From the batch",
+        "track",
+        "sender_lead",
+        "fetched from Exchange, then delivered",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
+    let mut steps = Vec::new();
+    let (rows, running) = trackgate::demo::run(false, |s| steps.push(s.to_owned()))
+        .await
+        .expect("the demo runs");
+    assert!(running.is_none());
+    // Progress: the start, every step of the morning, the wait for the CRM.
+    assert_eq!(
+        steps.len(),
+        trackgate::demo::MORNING.len() + 2,
+        "{steps:#?}"
+    );
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.step.as_str(),
+                r.mailbox.as_str(),
+                r.message.as_str(),
+                r.verdict.as_str(),
+                r.reason.as_str(),
+                r.crm.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(got, EXPECTED.to_vec());
+}
+
+#[test]
+fn the_demo_command_prints_the_table_and_exits_0() {
+    let (stdout, stderr) = support::run_trackgate(["demo"]);
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(
+        stderr.contains("[14/14] The phone's batch of changes"),
+        "{stderr}"
+    );
+    assert!(stdout.lines().next().is_some_and(|l| l.is_empty()));
+    assert!(
+        stdout.contains("step") && stdout.contains("CRM record"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("email 43b7be51, regarding account Fabrikam"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("17 decisions: 7 tracked (7 landed in the CRM), 10 ignored."),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn keep_running_leaves_the_gateway_up_with_urls_to_poke_until_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args(["demo", "--keep-running"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin = None;
+    let mut ca = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("admin:") {
+            admin = Some(url.trim().to_owned());
+        }
+        if let Some(path) = line.trim().strip_prefix("development CA:") {
+            ca = Some(path.trim().to_owned());
+        }
+        if line.contains("curl '") && line.contains("contacts") {
+            break;
+        }
+    }
+    let admin = admin.expect("the admin URL is printed");
+    let ca = ca.expect("the CA path is printed");
+    assert!(std::path::Path::new(&ca).exists());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let decisions = runtime.block_on(support::get_text(&format!("{admin}/decisions")));
+    assert!(decisions.contains("folder_rule"), "{decisions}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        !std::path::Path::new(&ca).exists(),
+        "the demo's data is removed"
+    );
+}
