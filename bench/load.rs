@@ -1,0 +1,802 @@
+//! The load harness: trackgate against nginx, side by side in one run (run it with
+//! `bench/harness.sh`, which installs nginx from Debian's packages and pins this process).
+//!
+//! Targets, each on loopback in front of the same Exchange simulator:
+//! - `direct`: the simulator itself (the floor);
+//! - `nginx`: a plain reverse proxy — one worker, upstream keep-alive, access log off;
+//! - `trackgate pass-through`: inspection off;
+//! - `trackgate full`: inspection, rules, outbox and delivery to the Dataverse simulator on.
+//!
+//! The driver and both simulators run on core 0, every proxy on core 1. The request mix
+//! replays recorded clients: EWS GetItem, FindItem, SyncFolderItems, CreateItem (send),
+//! MoveItem, UpdateItem (categories); Graph list, delta, sendMail, `$batch`. Every response is
+//! checked against the simulator's own answer (status and body bytes): a difference is an
+//! error. Reported, with medians of interleaved rounds:
+//! 1. closed loop (32 keep-alive connections): requests per second, proxy CPU per request
+//!    (utime + stime from /proc), upstream connection reuse (from the simulator's counters);
+//! 2. open loop at 25 / 50 / 80 % of nginx's closed-loop maximum: latency corrected for
+//!    coordinated omission (measured from each request's scheduled time; HdrHistogram),
+//!    p50 / p99 / p99.9 / max;
+//! 3. the TLS matrix: closed loop through both proxies on TLS with the same ECDSA P-256
+//!    certificate;
+//! 4. memory: proxy RSS with 10 000 idle client connections, and after they close.
+//!
+//! Environment: `TRACKGATE_BENCH_SECONDS` (per round, default 5), `TRACKGATE_BENCH_ROUNDS`
+//! (default 3), `TRACKGATE_BENCH_IDLE` (idle connections, default 10000). Results:
+//! bench/RESULTS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use trackgate::simulate::FixtureSet;
+
+const CONNECTIONS: usize = 32;
+const MIX: [&str; 10] = [
+    "ews-getitem-message",
+    "ews-finditem-inbox",
+    "ews-syncfolderitems-initial",
+    "ews-createitem-sendandsavecopy",
+    "ews-moveitem-partial",
+    "ews-updateitem-categories",
+    "graph-list-messages",
+    "graph-delta-inbox",
+    "graph-sendmail",
+    "graph-batch-mixed",
+];
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One request of the mix and the simulator's own answer to it.
+struct Request {
+    method: http::Method,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    expected: Option<(u16, u64)>,
+}
+
+fn mix() -> Vec<Request> {
+    let fixtures = FixtureSet::embedded().unwrap();
+    MIX.iter()
+        .map(|name| {
+            let f = fixtures
+                .iter()
+                .find(|f| f.name == *name)
+                .unwrap_or_else(|| panic!("fixture {name}"));
+            let r = f.request.as_ref().unwrap();
+            Request {
+                method: http::Method::from_bytes(r.method.as_bytes()).unwrap(),
+                path: r.path.clone(),
+                headers: r.headers.clone(),
+                body: r.body.clone(),
+                expected: None,
+            }
+        })
+        .collect()
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// A client connection: plain or TLS (trusting `ca`), HTTP/1.1 keep-alive.
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tcp.set_nodelay(true).ok()?;
+    match tls {
+        None => {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            Some(sender)
+        }
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+            let stream = connector.connect(name, tcp).await.ok()?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            Some(sender)
+        }
+    }
+}
+
+/// Sends one request; `Ok(status, body hash)`.
+async fn exchange(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    r: &Request,
+) -> Result<(u16, u64), ()> {
+    let mut builder = http::Request::builder()
+        .method(r.method.clone())
+        .uri(r.path.as_str());
+    let mut has_host = false;
+    for (name, value) in &r.headers {
+        has_host |= name.eq_ignore_ascii_case("host");
+        if !name.eq_ignore_ascii_case("content-length") {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+    }
+    if !has_host {
+        builder = builder.header("host", "localhost");
+    }
+    let request = builder.body(Full::new(r.body.clone())).map_err(|_| ())?;
+    sender.ready().await.map_err(|_| ())?;
+    let response = sender.send_request(request).await.map_err(|_| ())?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|_| ())?;
+    Ok((status, hash(&body.to_bytes())))
+}
+
+struct Outcome {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
+}
+
+/// Closed loop (`rate` None) or open loop at `rate` requests per second, corrected for
+/// coordinated omission: each request's latency counts from its scheduled time.
+async fn load(
+    addr: SocketAddr,
+    tls: Option<Arc<tokio_rustls::TlsConnector>>,
+    requests: Arc<Vec<Request>>,
+    length: Duration,
+    rate: Option<f64>,
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (stop, next, requests, tls) =
+            (stop.clone(), next.clone(), requests.clone(), tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let Some(mut sender) = connect(addr, tls.as_deref()).await else {
+                return (0, 1, hist);
+            };
+            tokio::time::sleep_until(start).await;
+            let mut i = c as u64;
+            loop {
+                let scheduled = match rate {
+                    Some(rate) => {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        i = n;
+                        let at = start + Duration::from_secs_f64(n as f64 / rate);
+                        if at > start + length {
+                            break;
+                        }
+                        tokio::time::sleep_until(at).await;
+                        at
+                    }
+                    None => {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        i += CONNECTIONS as u64;
+                        tokio::time::Instant::now()
+                    }
+                };
+                let r = &requests[(i % requests.len() as u64) as usize];
+                match exchange(&mut sender, r).await {
+                    Ok(answer) if Some(answer) == r.expected => {
+                        ok += 1;
+                        let _ = hist.record(scheduled.elapsed().as_micros().max(1) as u64);
+                    }
+                    Ok(_) => errors += 1,
+                    Err(()) => {
+                        errors += 1;
+                        match connect(addr, tls.as_deref()).await {
+                            Some(s) => sender = s,
+                            None => break,
+                        }
+                    }
+                }
+            }
+            (ok, errors, hist)
+        }));
+    }
+    tokio::time::sleep_until(start).await;
+    let began = Instant::now();
+    if rate.is_none() {
+        tokio::time::sleep(length).await;
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut out = Outcome {
+        requests: 0,
+        errors: 0,
+        seconds: 0.0,
+        latency: histogram(),
+    };
+    for t in tasks {
+        let (ok, errors, hist) = t.await.unwrap();
+        out.requests += ok;
+        out.errors += errors;
+        out.latency.add(hist).unwrap();
+    }
+    out.seconds = began.elapsed().as_secs_f64();
+    out
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The children of `parent` (nginx's worker).
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pinned(core: &str, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", core, program]);
+    c
+}
+
+/// Starts a child and waits for a stdout line starting with `ready`; returns it.
+fn start(mut command: Command, ready: &str) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the child's ready line").unwrap();
+        if line.starts_with(ready) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, line);
+        }
+    }
+}
+
+fn word(line: &str, prefix: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("{prefix} in {line}"))
+        .to_owned()
+}
+
+struct Proxy {
+    name: &'static str,
+    plain: SocketAddr,
+    tls: Option<SocketAddr>,
+    pids: Vec<u32>,
+    child: Option<Child>,
+}
+
+impl Proxy {
+    fn cpu(&self) -> f64 {
+        self.pids.iter().map(|p| cpu_seconds(*p)).sum()
+    }
+    fn rss(&self) -> f64 {
+        self.pids.iter().map(|p| rss_mib(*p)).sum()
+    }
+}
+
+fn nginx(dir: &Path, upstream: SocketAddr, certs: &Path) -> Proxy {
+    let (plain, tls) = (free_port(), free_port());
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "# The fair nginx: one worker, upstream keep-alive, access log off.
+worker_processes 1;
+worker_rlimit_nofile 40000;
+daemon off;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    # nginx closes a keep-alive connection after 1000 requests by default, on both sides;
+    # trackgate does not, so the same applies here.
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    client_max_body_size 16m;
+    upstream exchange {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{plain} backlog=16384;
+        listen 127.0.0.1:{tls} ssl backlog=16384;
+        ssl_certificate {certs}/dev-server.pem;
+        ssl_certificate_key {certs}/dev-server.key;
+        location / {{
+            proxy_pass http://exchange;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+",
+            dir = dir.display(),
+            certs = certs.display(),
+        ),
+    )
+    .unwrap();
+    let child = pinned("1", "nginx")
+        .args(["-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx runs (bench/harness.sh installs it)");
+    let master = child.id();
+    // nginx under taskset: taskset execs nginx, so the child is the master.
+    let addr = SocketAddr::from(([127, 0, 0, 1], plain));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut pids = vec![master];
+    pids.extend(children(master));
+    Proxy {
+        name: "nginx",
+        plain: addr,
+        tls: Some(SocketAddr::from(([127, 0, 0, 1], tls))),
+        pids,
+        child: Some(child),
+    }
+}
+
+fn trackgate_proxy(
+    name: &'static str,
+    dir: &Path,
+    upstream: SocketAddr,
+    certs: &Path,
+    full: Option<&str>,
+) -> (Proxy, Proxy) {
+    let binary = env!("CARGO_BIN_EXE_trackgate");
+    let mut proxies = Vec::new();
+    for tls in [false, true] {
+        let data = dir.join(format!("{name}-{tls}").replace(' ', "-"));
+        let listener = if tls {
+            format!(
+                "tls_cert = \"{c}/dev-server.pem\"\ntls_key = \"{c}/dev-server.key\"",
+                c = certs.display()
+            )
+        } else {
+            "plaintext = true".into()
+        };
+        let pipeline = match full {
+            Some(dataverse) => format!(
+                "[inspect]\nenabled = true\n[crm]\nsink = \"dataverse\"\n[crm.dataverse]\nurl = \"{dataverse}\"\n"
+            ),
+            None => "[inspect]\nenabled = false\n".into(),
+        };
+        let config = dir.join(format!(
+            "{}.toml",
+            data.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(
+            &config,
+            format!(
+                "[listener]\naddress = \"127.0.0.1:0\"\n{listener}\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams]\news = \"http://{upstream}\"\n[runtime]\nworker_threads = 1\n[limits]\nmax_connections = 20000\n[logging]\nlevel = \"warn\"\n[storage]\ndata_dir = \"{}\"\n{pipeline}",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut command = pinned("1", binary);
+        command.args(["serve", "--config"]).arg(&config);
+        let (child, ready) = start(command, "trackgate ready ");
+        let proxy_url = word(&ready, "proxy=");
+        let addr: SocketAddr = proxy_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap();
+        proxies.push(Proxy {
+            name,
+            plain: addr,
+            tls: tls.then_some(addr),
+            pids: vec![child.id()],
+            child: Some(child),
+        });
+    }
+    let tls = proxies.pop().unwrap();
+    let plain = proxies.pop().unwrap();
+    (plain, tls)
+}
+
+async fn sim_counts(sim: SocketAddr) -> (u64, u64) {
+    let mut sender = connect(sim, None).await.unwrap();
+    let builder = http::Request::get("/_sim/stats").header("host", "localhost");
+    let response = sender
+        .send_request(builder.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (
+        v["connections"].as_u64().unwrap_or(0),
+        v["requests"].as_u64().unwrap_or(0),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn tls_connector(ca: &Path) -> Arc<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Holds `n` idle keep-alive connections (each has made one request) and reports the proxy's
+/// RSS with them, then after they close.
+async fn idle(proxy: &Proxy, requests: &Arc<Vec<Request>>, n: usize) -> (f64, f64, f64) {
+    let before = proxy.rss();
+    let mut held = Vec::with_capacity(n);
+    let small = &requests[6]; // the Graph list, ~1 KiB
+    for _ in 0..n {
+        let Some(mut sender) = connect(proxy.plain, None).await else {
+            break;
+        };
+        if exchange(&mut sender, small).await.is_ok() {
+            held.push(sender);
+        }
+    }
+    let with = proxy.rss();
+    let opened = held.len();
+    drop(held);
+    // Let the proxy notice the closes (a bench, not a test: a settle time is fine here).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = proxy.rss();
+    assert_eq!(
+        opened, n,
+        "{}: only {opened} of {n} idle connections",
+        proxy.name
+    );
+    (before, with, after)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    trackgate::tls::install_crypto_provider();
+    let seconds: f64 = env_or("TRACKGATE_BENCH_SECONDS", 5.0);
+    let rounds: usize = env_or("TRACKGATE_BENCH_ROUNDS", 3);
+    let idle_connections: usize = env_or("TRACKGATE_BENCH_IDLE", 10_000);
+    let length = Duration::from_secs_f64(seconds);
+    let binary = env!("CARGO_BIN_EXE_trackgate");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let status = Command::new(binary)
+        .args(["certs", "dev", "--out"])
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Core 0: the simulators (one thread each) and this driver.
+    let sim_port = free_port();
+    let mut sim_cmd = pinned("0", binary);
+    sim_cmd.args([
+        "simulate",
+        "exchange",
+        "--threads",
+        "1",
+        "--listen",
+        &format!("127.0.0.1:{sim_port}"),
+    ]);
+    let (mut sim, _) = start(sim_cmd, "simulator ready");
+    let sim_addr = SocketAddr::from(([127, 0, 0, 1], sim_port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(sim_addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the Exchange simulator did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut dv_cmd = pinned("0", binary);
+    dv_cmd.args(["simulate", "dataverse", "--listen", "127.0.0.1:0"]);
+    let (mut dataverse, dv_ready) = start(dv_cmd, "dataverse simulator ready");
+    let dv_url = word(&dv_ready, "url=");
+
+    // Core 1: the proxies.
+    let nginx = nginx(dir.path(), sim_addr, &certs);
+    let (pass, pass_tls) =
+        trackgate_proxy("trackgate pass-through", dir.path(), sim_addr, &certs, None);
+    let (full, full_tls) = trackgate_proxy(
+        "trackgate full",
+        dir.path(),
+        sim_addr,
+        &certs,
+        Some(&dv_url),
+    );
+    let direct = Proxy {
+        name: "direct",
+        plain: sim_addr,
+        tls: None,
+        pids: vec![sim.id()],
+        child: None,
+    };
+
+    let driver = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // What the simulator itself answers: the reference every response is checked against.
+    let mut requests = mix();
+    driver.block_on(async {
+        let mut sender = connect(sim_addr, None).await.unwrap();
+        for r in &mut requests {
+            r.expected = Some(exchange(&mut sender, r).await.unwrap());
+        }
+    });
+    let requests = Arc::new(requests);
+    let connector = tls_connector(&certs.join("dev-ca.pem"));
+
+    // 1. Closed loop, interleaved rounds.
+    let plain_targets = [&direct, &nginx, &pass, &full];
+    let mut closed: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); plain_targets.len()];
+    for _ in 0..rounds {
+        for (t, proxy) in plain_targets.iter().enumerate() {
+            let (c0, r0) = driver.block_on(sim_counts(sim_addr));
+            let cpu0 = proxy.cpu();
+            let out = driver.block_on(load(proxy.plain, None, requests.clone(), length, None));
+            let cpu = proxy.cpu() - cpu0;
+            let (c1, r1) = driver.block_on(sim_counts(sim_addr));
+            let upstream_requests = (r1 - r0).saturating_sub(1).max(1);
+            let reuse = 1.0 - (c1 - c0).saturating_sub(1) as f64 / upstream_requests as f64;
+            closed[t].push((
+                out.requests as f64 / out.seconds,
+                cpu * 1e6 / out.requests.max(1) as f64,
+                reuse,
+                out.errors,
+            ));
+        }
+    }
+    let nginx_max = median(closed[1].iter().map(|c| c.0).collect());
+
+    // 2. Open loop at fixed shares of nginx's maximum, interleaved.
+    let shares = [0.25, 0.5, 0.8];
+    let mut open: Vec<Vec<Vec<Histogram<u64>>>> =
+        vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
+    let mut open_errors = vec![0u64; plain_targets.len()];
+    for (s, share) in shares.iter().enumerate() {
+        for _ in 0..rounds {
+            for (t, proxy) in plain_targets.iter().enumerate() {
+                let out = driver.block_on(load(
+                    proxy.plain,
+                    None,
+                    requests.clone(),
+                    length,
+                    Some(nginx_max * share),
+                ));
+                open_errors[t] += out.errors;
+                open[s][t].push(out.latency);
+            }
+        }
+    }
+
+    // 3. TLS: closed loop through both proxies, the same certificate.
+    let tls_targets = [&nginx, &pass_tls, &full_tls];
+    let mut tls: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); tls_targets.len()];
+    for _ in 0..rounds {
+        for (t, proxy) in tls_targets.iter().enumerate() {
+            let cpu0 = proxy.cpu();
+            let out = driver.block_on(load(
+                proxy.tls.unwrap(),
+                Some(connector.clone()),
+                requests.clone(),
+                length,
+                None,
+            ));
+            let cpu = proxy.cpu() - cpu0;
+            tls[t].push((
+                out.requests as f64 / out.seconds,
+                cpu * 1e6 / out.requests.max(1) as f64,
+                out.errors,
+            ));
+        }
+    }
+
+    // 4. Memory with idle connections.
+    let memory: Vec<(&str, (f64, f64, f64))> = [&nginx, &pass, &full]
+        .iter()
+        .map(|p| {
+            (
+                p.name,
+                driver.block_on(idle(p, &requests, idle_connections)),
+            )
+        })
+        .collect();
+
+    // The report.
+    println!(
+        "\n### Closed loop ({CONNECTIONS} connections, {seconds}s × {rounds} interleaved rounds, medians)\n"
+    );
+    println!(
+        "| target | requests/s | proxy CPU µs/request | × nginx | capacity/core (req/s) | upstream reuse | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let nginx_cpu = median(closed[1].iter().map(|c| c.1).collect());
+    for (t, proxy) in plain_targets.iter().enumerate() {
+        let rps = median(closed[t].iter().map(|c| c.0).collect());
+        let cpu = median(closed[t].iter().map(|c| c.1).collect());
+        let reuse = median(closed[t].iter().map(|c| c.2).collect());
+        let errors: u64 = closed[t].iter().map(|c| c.3).sum();
+        if t == 0 {
+            println!("| direct (simulator) | {rps:.0} | — | — | — | — | {errors} |");
+        } else {
+            println!(
+                "| {} | {rps:.0} | {cpu:.1} | {:.2} | {:.0} | {:.2}% | {errors} |",
+                proxy.name,
+                cpu / nginx_cpu,
+                1e6 / cpu,
+                reuse * 100.0
+            );
+        }
+    }
+    println!(
+        "\n### Open loop, latency corrected for coordinated omission (µs; nginx max = {nginx_max:.0}/s)\n"
+    );
+    println!("| rate | target | p50 | p99 | p99.9 | max | added p99 vs direct |");
+    println!("|---|---|---|---|---|---|---|");
+    for (s, share) in shares.iter().enumerate() {
+        let p = |t: usize, q: f64| {
+            median(
+                open[s][t]
+                    .iter()
+                    .map(|h| h.value_at_quantile(q) as f64)
+                    .collect(),
+            )
+        };
+        let direct_p99 = p(0, 0.99);
+        for (t, proxy) in plain_targets.iter().enumerate() {
+            let max = median(open[s][t].iter().map(|h| h.max() as f64).collect());
+            println!(
+                "| {:.0}% ({:.0}/s) | {} | {:.0} | {:.0} | {:.0} | {max:.0} | {} |",
+                share * 100.0,
+                nginx_max * share,
+                proxy.name,
+                p(t, 0.5),
+                p(t, 0.99),
+                p(t, 0.999),
+                if t == 0 {
+                    "—".to_owned()
+                } else {
+                    format!("{:+.0}", p(t, 0.99) - direct_p99)
+                },
+            );
+        }
+    }
+    println!(
+        "\nopen-loop errors: {}",
+        open_errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    println!("\n### TLS (same ECDSA P-256 certificate), closed loop\n");
+    println!("| target | requests/s | proxy CPU µs/request | × nginx | errors |");
+    println!("|---|---|---|---|---|");
+    let nginx_tls_cpu = median(tls[0].iter().map(|c| c.1).collect());
+    for (t, proxy) in tls_targets.iter().enumerate() {
+        let rps = median(tls[t].iter().map(|c| c.0).collect());
+        let cpu = median(tls[t].iter().map(|c| c.1).collect());
+        let errors: u64 = tls[t].iter().map(|c| c.2).sum();
+        println!(
+            "| {} | {rps:.0} | {cpu:.1} | {:.2} | {errors} |",
+            proxy.name,
+            cpu / nginx_tls_cpu
+        );
+    }
+    println!("\n### Memory: {idle_connections} idle client connections (RSS, MiB)\n");
+    println!("| proxy | before | with them | per 10 k | after they close |");
+    println!("|---|---|---|---|---|");
+    for (name, (before, with, after)) in memory {
+        println!(
+            "| {name} | {before:.1} | {with:.1} | {:.1} | {after:.1} |",
+            (with - before) * 10_000.0 / idle_connections as f64
+        );
+    }
+
+    // nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it).
+    for mut child in [
+        nginx.child,
+        pass.child,
+        pass_tls.child,
+        full.child,
+        full_tls.child,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let _ = dataverse.kill();
+    let _ = dataverse.wait();
+}
