@@ -311,11 +311,18 @@ fn start(mut command: Command, ready: &str) -> (Child, String) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
-        let line = lines.next().expect("the child's ready line").unwrap();
-        if line.starts_with(ready) {
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, line);
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with(ready) => {
+                // Keep draining so the child never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return (child, line);
+            }
+            Some(Ok(_)) => {}
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the child ended before printing {ready:?}");
+            }
         }
     }
 }
