@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # The load harness: trackgate against nginx, side by side (bench/load.rs says what is measured).
 # Installs nginx from Debian's packages when missing, raises the open-files limit for the idle
-# connections, and pins this driver (and the simulators) to core 0; the proxies pin themselves
-# to core 1.
+# connections, builds unpinned, then pins the driver (and the simulators) to core 0; the proxies
+# pin themselves to core 1.
 #
 # Usage: bench/harness.sh [--smoke]
-#   --smoke   a few seconds, few idle connections, debug build: CI checks it runs (no numbers).
+#   --smoke   a few seconds, few idle connections, debug build: CI checks it runs and that
+#             every response matches (no numbers judged).
 # Environment: TRACKGATE_BENCH_SECONDS, TRACKGATE_BENCH_ROUNDS, TRACKGATE_BENCH_IDLE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nginx >/dev/null 2>&1; then
+find_nginx() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
+if [ -z "$(find_nginx)" ]; then
     export DEBIAN_FRONTEND=noninteractive
     sudo=""
-    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq nginx-light >/dev/null || $sudo apt-get install -y -qq nginx >/dev/null
-    # The package may start a system nginx on port 80; the harness runs its own.
+    # A package may start a system nginx on port 80; the harness runs its own.
     $sudo systemctl stop nginx >/dev/null 2>&1 || $sudo service nginx stop >/dev/null 2>&1 || true
 fi
+TRACKGATE_NGINX="$(find_nginx)"
+export TRACKGATE_NGINX
+[ -n "$TRACKGATE_NGINX" ] || { echo "nginx is not installed and could not be installed" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "${1:-}" = "--smoke" ]; then
     export TRACKGATE_BENCH_SECONDS="${TRACKGATE_BENCH_SECONDS:-0.5}"
     export TRACKGATE_BENCH_ROUNDS="${TRACKGATE_BENCH_ROUNDS:-1}"
     export TRACKGATE_BENCH_IDLE="${TRACKGATE_BENCH_IDLE:-200}"
+    cargo test --locked --bench load --no-run
     exec taskset -c 0 cargo test --locked --bench load -- --nocapture
 fi
+cargo bench --bench load --no-run
 exec taskset -c 0 cargo bench --bench load

@@ -10,8 +10,8 @@
 //! The driver and both simulators run on core 0, every proxy on core 1. The request mix
 //! replays recorded clients: EWS GetItem, FindItem, SyncFolderItems, CreateItem (send),
 //! MoveItem, UpdateItem (categories); Graph list, delta, sendMail, `$batch`. Every response is
-//! checked against the simulator's own answer (status and body bytes): a difference is an
-//! error. Reported, with medians of interleaved rounds:
+//! checked against the simulator's own answer (status and a hash of the body): a difference is
+//! an error, and any error fails the run. Reported, with medians of interleaved rounds:
 //! 1. closed loop (32 keep-alive connections): requests per second, proxy CPU per request
 //!    (utime + stime from /proc), upstream connection reuse (from the simulator's counters);
 //! 2. open loop at 25 / 50 / 80 % of nginx's closed-loop maximum: latency corrected for
@@ -288,6 +288,40 @@ fn children(parent: u32) -> Vec<u32> {
     out
 }
 
+/// Stops every child when the harness ends, also on a panic (so nothing is left holding CI's
+/// output open).
+struct Reaper(std::sync::Mutex<Vec<u32>>);
+
+static REAPER: Reaper = Reaper(std::sync::Mutex::new(Vec::new()));
+
+impl Reaper {
+    fn add(pid: u32) {
+        if let Ok(mut pids) = REAPER.0.lock() {
+            pids.push(pid);
+        }
+    }
+
+    fn stop_all() {
+        let pids = REAPER.0.lock().map(|p| p.clone()).unwrap_or_default();
+        for pid in pids {
+            // nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it).
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs [`Reaper::stop_all`] when dropped, panicking or not.
+struct StopAll;
+
+impl Drop for StopAll {
+    fn drop(&mut self) {
+        Reaper::stop_all();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -309,6 +343,7 @@ fn start(mut command: Command, ready: &str) -> (Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    Reaper::add(child.id());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
         match lines.next() {
@@ -352,7 +387,12 @@ impl Proxy {
 }
 
 fn nginx(dir: &Path, upstream: SocketAddr, certs: &Path) -> Proxy {
-    let (plain, tls) = (free_port(), free_port());
+    let (plain, tls) = loop {
+        let (a, b) = (free_port(), free_port());
+        if a != b {
+            break (a, b);
+        }
+    };
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -372,6 +412,9 @@ http {{
     keepalive_requests 1000000;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
     client_max_body_size 16m;
     upstream exchange {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}
     server {{
@@ -393,7 +436,11 @@ http {{
         ),
     )
     .unwrap();
-    let child = pinned("1", "nginx")
+    // bench/harness.sh says where nginx is (/usr/sbin is not on every PATH).
+    let program = std::env::var("TRACKGATE_NGINX").unwrap_or_else(|_| "nginx".into());
+    let mut child = pinned("1", &program)
+        .args(["-e"])
+        .arg(dir.join("nginx-error.log"))
         .args(["-c"])
         .arg(&conf)
         .stdout(Stdio::null())
@@ -401,10 +448,18 @@ http {{
         .spawn()
         .expect("nginx runs (bench/harness.sh installs it)");
     let master = child.id();
+    Reaper::add(master);
     // nginx under taskset: taskset execs nginx, so the child is the master.
     let addr = SocketAddr::from(([127, 0, 0, 1], plain));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
+    // Up when it accepts and its worker exists (the master listens before it forks).
+    while std::net::TcpStream::connect(addr).is_err() || children(master).is_empty() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "nginx exited at start ({status}); see {}/nginx-error.log",
+                dir.display()
+            );
+        }
         assert!(Instant::now() < deadline, "nginx did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -493,6 +548,21 @@ async fn sim_counts(sim: SocketAddr) -> (u64, u64) {
     )
 }
 
+/// Waits (up to 30 s) until the proxy's CPU use stops: trackgate full goes on inspecting and
+/// delivering after a round, and the next target on its core must not pay for that.
+fn quiet(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = proxy.cpu();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = proxy.cpu();
+        if now - last < 0.005 {
+            return;
+        }
+        last = now;
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -545,7 +615,8 @@ fn main() {
     }
     trackgate::tls::install_crypto_provider();
     let seconds: f64 = env_or("TRACKGATE_BENCH_SECONDS", 5.0);
-    let rounds: usize = env_or("TRACKGATE_BENCH_ROUNDS", 3);
+    let rounds: usize = env_or("TRACKGATE_BENCH_ROUNDS", 3usize).max(1);
+    let _stop_all = StopAll;
     let idle_connections: usize = env_or("TRACKGATE_BENCH_IDLE", 10_000);
     let length = Duration::from_secs_f64(seconds);
     let binary = env!("CARGO_BIN_EXE_trackgate");
@@ -629,6 +700,7 @@ fn main() {
             let out = driver.block_on(load(proxy.plain, None, requests.clone(), length, None));
             let cpu = proxy.cpu() - cpu0;
             let (c1, r1) = driver.block_on(sim_counts(sim_addr));
+            quiet(proxy);
             let upstream_requests = (r1 - r0).saturating_sub(1).max(1);
             let reuse = 1.0 - (c1 - c0).saturating_sub(1) as f64 / upstream_requests as f64;
             closed[t].push((
@@ -639,7 +711,7 @@ fn main() {
             ));
         }
     }
-    let nginx_max = median(closed[1].iter().map(|c| c.0).collect());
+    let nginx_max = median(closed[1].iter().map(|c| c.0).collect()).max(1.0);
 
     // 2. Open loop at fixed shares of nginx's maximum, interleaved.
     let shares = [0.25, 0.5, 0.8];
@@ -658,6 +730,7 @@ fn main() {
                 ));
                 open_errors[t] += out.errors;
                 open[s][t].push(out.latency);
+                quiet(proxy);
             }
         }
     }
@@ -786,6 +859,9 @@ fn main() {
         );
     }
 
+    let total_errors: u64 = closed.iter().flatten().map(|c| c.3).sum::<u64>()
+        + open_errors.iter().sum::<u64>()
+        + tls.iter().flatten().map(|c| c.2).sum::<u64>();
     // nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it).
     for mut child in [
         nginx.child,
@@ -806,4 +882,9 @@ fn main() {
     let _ = sim.wait();
     let _ = dataverse.kill();
     let _ = dataverse.wait();
+    // Errors include responses that differ from the simulator's (status or body).
+    assert_eq!(
+        total_errors, 0,
+        "errors or differing responses during the run"
+    );
 }

@@ -318,20 +318,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { keep_running } => runtime(None)?.block_on(async move {
-            let (rows, running) = trackgate::demo::run(keep_running, |step| {
-                eprintln!("{step}");
-            })
-            .await?;
+            use tokio::signal::unix::{SignalKind, signal};
+            // Registered first: a signal at any point stops the demo and removes its data.
+            let mut terminate = signal(SignalKind::terminate())?;
+            let mut interrupt = signal(SignalKind::interrupt())?;
+            let demo = trackgate::demo::run(keep_running, |step| eprintln!("{step}"));
+            let (rows, running) = tokio::select! {
+                result = demo => result?,
+                _ = terminate.recv() => return anyhow::Ok(ExitCode::FAILURE),
+                _ = interrupt.recv() => return anyhow::Ok(ExitCode::FAILURE),
+            };
             println!();
             print!("{}", trackgate::demo::table(&rows));
             if let Some(running) = running {
                 println!();
                 print!("{}", running.instructions());
-                use tokio::signal::unix::{SignalKind, signal};
-                let mut terminate = signal(SignalKind::terminate())?;
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
                 running.stop().await;
             }
