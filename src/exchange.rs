@@ -262,8 +262,8 @@ impl ExchangeClient {
     ) -> Result<Fetched, ExchangeError> {
         let path = format!(
             "/v1.0/users/{}/messages/{}",
-            percent(mailbox),
-            percent(item_id)
+            percent_encode(mailbox, b"="),
+            percent_encode(item_id, b"=")
         );
         let prefer = if html {
             "outlook.body-content-type=\"html\""
@@ -345,10 +345,13 @@ fn first_message(observations: Vec<Observation>) -> Option<Message> {
     })
 }
 
-fn percent(text: &str) -> String {
+/// Percent-encodes everything but the unreserved characters and those in `keep` (for a URL
+/// path segment or a query value).
+pub(crate) fn percent_encode(text: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b)
+        {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -372,7 +375,7 @@ mod tests {
 
     #[test]
     fn graph_paths_are_percent_encoded() {
-        assert_eq!(percent("a@b.c"), "a%40b.c");
-        assert_eq!(percent("AA/B+C="), "AA%2FB%2BC=");
+        assert_eq!(percent_encode("a@b.c", b"="), "a%40b.c");
+        assert_eq!(percent_encode("AA/B+C=", b"="), "AA%2FB%2BC=");
     }
 }

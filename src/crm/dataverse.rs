@@ -239,7 +239,7 @@ impl DataverseSink {
         let url = self.api(&format!(
             "/{}?$select={key}&$top=5&$filter={}",
             mapping::entity_set(&created.entity),
-            percent_encode(&filter)
+            crate::exchange::percent_encode(&filter, b"")
         ));
         let request = self.authorize(self.http.get(url), None).await?;
         let response = request.send().await.map_err(|e| transport_error(&e))?;
@@ -449,19 +449,6 @@ impl DataverseSink {
         }
         outcomes
     }
-}
-
-/// Percent-encodes a query value (everything but the unreserved characters).
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
