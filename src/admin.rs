@@ -395,7 +395,7 @@ fn readiness_detail(state: &AdminState) -> String {
         return String::new();
     };
     let status = source.status();
-    let seconds = status.staleness_seconds().unwrap_or(0);
+    let seconds = status.staleness_seconds();
     let age = if status.ever_loaded() {
         format!("data {seconds}s old")
     } else {

@@ -94,6 +94,16 @@ pub struct DataverseSourceSettings {
     pub max_rows: usize,
 }
 
+impl DataverseSourceSettings {
+    /// The offline filter of `set`: the configured one, else the default.
+    pub fn offline_filter(&self, set: &str) -> OfflineFilter {
+        self.offline_filters
+            .get(set)
+            .cloned()
+            .unwrap_or_else(|| default_offline_filter(set))
+    }
+}
+
 /// Records and emails keep the users' own rows offline; the tables the rules cannot do without
 /// are kept whole.
 pub fn default_offline_filter(set: &str) -> OfflineFilter {
@@ -232,9 +242,8 @@ pub struct SourceStatus {
 impl SourceStatus {
     /// Seconds since the served data was fetched.
     /// Never loaded: the time since the start (there is no data at all).
-    pub fn staleness_seconds(&self) -> Option<u64> {
-        let now = unix_now();
-        Some(now.saturating_sub(self.data_as_of.unwrap_or(self.started_at)))
+    pub fn staleness_seconds(&self) -> u64 {
+        unix_now().saturating_sub(self.data_as_of.unwrap_or(self.started_at))
     }
 
     pub fn ever_loaded(&self) -> bool {
@@ -358,11 +367,7 @@ impl DataverseSource {
     }
 
     fn filter(&self, set: &str) -> OfflineFilter {
-        self.settings
-            .offline_filters
-            .get(set)
-            .cloned()
-            .unwrap_or_else(|| default_offline_filter(set))
+        self.settings.offline_filter(set)
     }
 
     /// Fetches every table, applies the changes, persists them and builds the new snapshot.
@@ -1190,16 +1195,7 @@ fn restore(
         .iter()
         .map(|t| t.set.to_owned())
         .chain(settings.other_tables.iter().map(|t| t.set.clone()))
-        .filter(|set| {
-            !matches!(
-                settings
-                    .offline_filters
-                    .get(set)
-                    .cloned()
-                    .unwrap_or_else(|| default_offline_filter(set)),
-                OfflineFilter::None
-            )
-        })
+        .filter(|set| !matches!(settings.offline_filter(set), OfflineFilter::None))
         .collect();
     let mut unwanted = HashSet::new();
     let others: HashMap<&str, &OtherTable> = settings
@@ -1237,17 +1233,8 @@ fn restore(
     // table is loaded again.
     let same_shape =
         replica.meta("fingerprint")?.as_deref() == Some(fingerprint(settings).as_bytes());
-    let keeps_all = |set: &str| {
-        same_shape
-            && matches!(
-                settings
-                    .offline_filters
-                    .get(set)
-                    .cloned()
-                    .unwrap_or_else(|| default_offline_filter(set)),
-                OfflineFilter::All
-            )
-    };
+    let keeps_all =
+        |set: &str| same_shape && matches!(settings.offline_filter(set), OfflineFilter::All);
     let delta = |set: &str| -> Result<Option<String>, SourceError> {
         if !keeps_all(set) {
             return Ok(None);

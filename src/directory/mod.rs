@@ -138,7 +138,7 @@ impl DirectoryMetrics {
 
     /// Records the Dataverse source's freshness.
     pub fn source_status(&self, status: &dataverse::SourceStatus) {
-        let age = status.staleness_seconds().unwrap_or(0);
+        let age = status.staleness_seconds();
         self.staleness.set(i64::try_from(age).unwrap_or(i64::MAX));
         self.refresh_failing
             .set(i64::from(status.last_error.is_some()));
