@@ -22,7 +22,9 @@
 //! 4. memory: proxy RSS with 10 000 idle client connections, and after they close.
 //!
 //! Environment: `TRACKGATE_BENCH_SECONDS` (per round, default 5), `TRACKGATE_BENCH_ROUNDS`
-//! (default 3), `TRACKGATE_BENCH_IDLE` (idle connections, default 10000). Results:
+//! (default 3), `TRACKGATE_BENCH_IDLE` (idle connections, default 10000),
+//! `TRACKGATE_BENCH_PHASES` (a comma-separated subset of `closed,open,tls,idle`, default all: a
+//! quick look while profiling; the open loop needs `closed` for nginx's maximum). Results:
 //! bench/RESULTS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -563,7 +565,11 @@ fn quiet(proxy: &Proxy) {
     }
 }
 
+/// The median, or NaN when a phase was skipped.
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
@@ -618,6 +624,8 @@ fn main() {
     let rounds: usize = env_or("TRACKGATE_BENCH_ROUNDS", 3usize).max(1);
     let _stop_all = StopAll;
     let idle_connections: usize = env_or("TRACKGATE_BENCH_IDLE", 10_000);
+    let phases: String = env_or("TRACKGATE_BENCH_PHASES", "closed,open,tls,idle".to_owned());
+    let phase = |name: &str| phases.split(',').any(|p| p.trim() == name);
     let length = Duration::from_secs_f64(seconds);
     let binary = env!("CARGO_BIN_EXE_trackgate");
     let dir = tempfile::tempdir().unwrap();
@@ -693,7 +701,7 @@ fn main() {
     // 1. Closed loop, interleaved rounds.
     let plain_targets = [&direct, &nginx, &pass, &full];
     let mut closed: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); plain_targets.len()];
-    for _ in 0..rounds {
+    for _ in 0..if phase("closed") { rounds } else { 0 } {
         for (t, proxy) in plain_targets.iter().enumerate() {
             let (c0, r0) = driver.block_on(sim_counts(sim_addr));
             let cpu0 = proxy.cpu();
@@ -711,10 +719,18 @@ fn main() {
             ));
         }
     }
-    let nginx_max = median(closed[1].iter().map(|c| c.0).collect()).max(1.0);
+    let nginx_max = if phase("closed") {
+        median(closed[1].iter().map(|c| c.0).collect()).max(1.0)
+    } else {
+        1.0
+    };
 
     // 2. Open loop at fixed shares of nginx's maximum, interleaved.
-    let shares = [0.25, 0.5, 0.8];
+    let shares: &[f64] = if phase("open") && phase("closed") {
+        &[0.25, 0.5, 0.8]
+    } else {
+        &[]
+    };
     let mut open: Vec<Vec<Vec<Histogram<u64>>>> =
         vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
     let mut open_errors = vec![0u64; plain_targets.len()];
@@ -738,7 +754,7 @@ fn main() {
     // 3. TLS: closed loop through both proxies, the same certificate.
     let tls_targets = [&nginx, &pass_tls, &full_tls];
     let mut tls: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); tls_targets.len()];
-    for _ in 0..rounds {
+    for _ in 0..if phase("tls") { rounds } else { 0 } {
         for (t, proxy) in tls_targets.iter().enumerate() {
             let cpu0 = proxy.cpu();
             let out = driver.block_on(load(
@@ -760,6 +776,7 @@ fn main() {
     // 4. Memory with idle connections.
     let memory: Vec<(&str, (f64, f64, f64))> = [&nginx, &pass, &full]
         .iter()
+        .filter(|_| phase("idle"))
         .map(|p| {
             (
                 p.name,

@@ -402,7 +402,10 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
 
 /// An EWS `GetStreamingEvents` request: its response never ends, so it is not copied.
 fn is_streaming_request(body: &[u8]) -> bool {
-    crate::inspect::xml::operation(body).is_some_and(|op| op == "GetStreamingEvents")
+    // Runs on the proxy worker for every EWS request: a byte search rules out nearly all of
+    // them before any XML is parsed.
+    memchr::memmem::find(body, b"GetStreamingEvents").is_some()
+        && crate::inspect::xml::operation(body).is_some_and(|op| op == "GetStreamingEvents")
 }
 
 /// The built-in simulator's fixtures name `mail.contoso.example` as the Exchange host; its

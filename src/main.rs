@@ -15,6 +15,12 @@ use trackgate::simulate::{
 };
 use trackgate::{app, ops, telemetry, tls};
 
+/// mimalloc instead of glibc's allocator: the proxy allocates on its workers and frees on the
+/// inspection thread, where glibc spent ~7 % of a request's CPU, and glibc kept the memory of
+/// 10 000 closed connections; mimalloc is faster across threads and returns freed pages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "trackgate",

@@ -74,19 +74,21 @@ impl Tracker {
         self.state == State::Refused
     }
 
-    /// Consumes `input`, appending what may go on to hyper to `out`.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
-        while !input.is_empty() {
+    /// Consumes `input` and returns how much of it, from the start, may go on to hyper. All of
+    /// it, unless this input completes a refused head: then the head's final line feed and
+    /// everything after it are held back, and [`REFUSAL`] must follow the passed bytes (the
+    /// tracker is then [`refused`](Self::refused) and takes nothing more). Passing a prefix in
+    /// place lets the guard read straight into hyper's buffer, with no copy of its own.
+    pub fn feed(&mut self, input: &[u8]) -> usize {
+        let mut at = 0;
+        while at < input.len() {
+            let rest = &input[at..];
             match self.state {
-                State::Passthrough => {
-                    out.extend_from_slice(input);
-                    return;
-                }
-                State::Refused => return,
+                State::Passthrough => return input.len(),
+                State::Refused => return at,
                 State::Fixed(n) => {
-                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(input.len());
-                    out.extend_from_slice(&input[..take]);
-                    input = &input[take..];
+                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(rest.len());
+                    at += take;
                     let left = n - take as u64;
                     self.state = if left == 0 {
                         State::Head
@@ -94,31 +96,26 @@ impl Tracker {
                         State::Fixed(left)
                     };
                 }
-                State::Chunked(chunk) => {
-                    let used = self.chunked(chunk, input);
-                    out.extend_from_slice(&input[..used]);
-                    input = &input[used..];
-                }
+                State::Chunked(chunk) => at += self.chunked(chunk, rest),
                 State::Head => {
-                    if self.at_start && input.starts_with(b"PRI * HTTP/2.0") {
+                    if self.at_start && rest.starts_with(b"PRI * HTTP/2.0") {
                         self.state = State::Passthrough;
                         continue;
                     }
                     self.at_start = false;
                     if self.head.is_empty() {
                         // Empty lines between requests are allowed (RFC 9112 §2.2).
-                        let skip = input
+                        at += rest
                             .iter()
                             .take_while(|b| **b == b'\r' || **b == b'\n')
                             .count();
-                        out.extend_from_slice(&input[..skip]);
-                        input = &input[skip..];
-                        if input.is_empty() {
-                            return;
+                        if at == input.len() {
+                            return at;
                         }
                     }
+                    let rest = &input[at..];
                     let before = self.head.len();
-                    self.head.extend_from_slice(input);
+                    self.head.extend_from_slice(rest);
                     match head_end(&self.head, before.saturating_sub(2)) {
                         Some(end) => {
                             // Everything but the head's final line feed is already with hyper
@@ -128,26 +125,23 @@ impl Tracker {
                             let head = std::mem::take(&mut self.head);
                             self.state = self.classify(&head);
                             if self.state == State::Refused {
-                                out.extend_from_slice(&input[..used - 1]);
-                                out.extend_from_slice(REFUSAL);
-                                return;
+                                return at + used - 1;
                             }
-                            out.extend_from_slice(&input[..used]);
-                            input = &input[used..];
+                            at += used;
                         }
                         None => {
-                            out.extend_from_slice(input);
                             if self.head.len() > self.max_head {
                                 // Too long for us to judge; hyper answers 431.
                                 self.head = Vec::new();
                                 self.state = State::Passthrough;
                             }
-                            return;
+                            return input.len();
                         }
                     }
                 }
             }
         }
+        at
     }
 
     fn classify(&self, head: &[u8]) -> State {
@@ -294,20 +288,10 @@ pin_project_lite::pin_project! {
         #[pin]
         io: IO,
         tracker: Tracker,
+        // The part of a refusal that did not fit the reader's buffer; empty otherwise.
         ready: Vec<u8>,
         ready_at: usize,
     }
-}
-
-/// Bytes read per `poll_read`.
-const SCRATCH: usize = 16 * 1024;
-
-std::thread_local! {
-    /// Where reads land before the tracker sees them: one buffer per worker thread, not per
-    /// connection, so an idle connection holds no read buffer of ours (10 000 idle
-    /// connections would otherwise hold 160 MB).
-    static SCRATCH_BUFFER: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
 }
 
 impl<IO> FramingGuard<IO> {
@@ -327,46 +311,34 @@ impl<IO: AsyncRead> AsyncRead for FramingGuard<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut this = self.project();
-        loop {
-            if *this.ready_at < this.ready.len() {
-                let pending = &this.ready[*this.ready_at..];
-                let n = pending.len().min(buf.remaining());
-                buf.put_slice(&pending[..n]);
-                *this.ready_at += n;
-                if *this.ready_at == this.ready.len() {
-                    // Between requests the buffer is let go, so idle connections hold none.
-                    if this.ready.capacity() > 4096 && this.tracker.between_requests() {
-                        *this.ready = Vec::new();
-                    } else {
-                        this.ready.clear();
-                    }
-                    *this.ready_at = 0;
-                }
-                return Poll::Ready(Ok(()));
+        let this = self.project();
+        if *this.ready_at < this.ready.len() {
+            // Only the tail of a refusal waits here (when hyper's buffer had no room for it).
+            let pending = &this.ready[*this.ready_at..];
+            let n = pending.len().min(buf.remaining());
+            buf.put_slice(&pending[..n]);
+            *this.ready_at += n;
+            if *this.ready_at == this.ready.len() {
+                *this.ready = Vec::new();
+                *this.ready_at = 0;
             }
-            if this.tracker.refused() {
-                return Poll::Ready(Ok(())); // end of stream after the refusal
-            }
-            let io = this.io.as_mut();
-            let (tracker, ready) = (&mut *this.tracker, &mut *this.ready);
-            let read = SCRATCH_BUFFER.with_borrow_mut(|scratch| {
-                let mut scratch = ReadBuf::new(scratch);
-                match io.poll_read(cx, &mut scratch) {
-                    Poll::Ready(Ok(())) => {
-                        let filled = scratch.filled();
-                        tracker.feed(filled, ready);
-                        Poll::Ready(Ok(!filled.is_empty()))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
-            });
-            if !ready!(read)? {
-                // The client closed; whatever head was held is incomplete anyway.
-                return Poll::Ready(Ok(()));
-            }
+            return Poll::Ready(Ok(()));
         }
+        if this.tracker.refused() {
+            return Poll::Ready(Ok(())); // end of stream after the refusal
+        }
+        // Read straight into hyper's buffer and judge the bytes where they landed: no buffer of
+        // our own (an idle connection holds none) and no copy.
+        let before = buf.filled().len();
+        ready!(this.io.poll_read(cx, buf))?;
+        let passed = this.tracker.feed(&buf.filled()[before..]);
+        if this.tracker.refused() {
+            buf.set_filled(before + passed);
+            let fits = REFUSAL.len().min(buf.remaining());
+            buf.put_slice(&REFUSAL[..fits]);
+            this.ready.extend_from_slice(&REFUSAL[fits..]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -408,7 +380,12 @@ mod tests {
         let mut t = Tracker::new(64 * 1024, 100);
         let mut out = Vec::new();
         for piece in input.chunks(split.max(1)) {
-            t.feed(piece, &mut out);
+            let passed = t.feed(piece);
+            out.extend_from_slice(&piece[..passed]);
+            if t.refused() {
+                out.extend_from_slice(REFUSAL);
+                break;
+            }
         }
         (out, t.refused())
     }
@@ -463,9 +440,8 @@ mod tests {
     #[test]
     fn partial_heads_reach_hyper_at_once_so_its_header_timeout_runs() {
         let mut t = Tracker::new(64 * 1024, 100);
-        let mut out = Vec::new();
-        t.feed(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut out);
-        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: x\r\n");
+        let partial = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        assert_eq!(t.feed(partial), partial.len());
     }
 
     #[test]
@@ -479,10 +455,8 @@ mod tests {
     #[test]
     fn oversized_heads_are_released_for_hyper_to_refuse() {
         let mut t = Tracker::new(100, 100);
-        let mut out = Vec::new();
         let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 200]].concat();
-        t.feed(&head, &mut out);
-        assert_eq!(out, head);
+        assert_eq!(t.feed(&head), head.len());
     }
 
     proptest::proptest! {
@@ -527,6 +501,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refusal_reaches_a_reader_with_a_tiny_buffer_whole_and_then_the_stream_ends() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut guard = Box::pin(FramingGuard::new(server, 64 * 1024, 100));
+        let good = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let bad = b"POST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc";
+        client
+            .write_all(&[&good[..], &bad[..]].concat())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut piece = [0u8; 3];
+        loop {
+            let n = guard.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&piece[..n]);
+        }
+        let head = bad.len() - 3;
+        assert_eq!(seen, [&good[..], &bad[..head - 1], REFUSAL].concat());
+    }
+
+    #[tokio::test]
     async fn an_idle_connection_holds_no_read_buffer_of_ours() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut client, server) = tokio::io::duplex(64 * 1024);
@@ -543,6 +541,10 @@ mod tests {
         guard.read_exact(&mut seen).await.unwrap();
         assert_eq!(seen, request, "the bytes pass unchanged");
         assert!(guard.tracker.between_requests());
-        assert_eq!(guard.ready.capacity(), 0, "the request's buffer is let go");
+        assert_eq!(
+            guard.ready.capacity(),
+            0,
+            "the guard holds no buffer of its own"
+        );
     }
 }
