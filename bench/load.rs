@@ -24,7 +24,9 @@
 //! Environment: `TRACKGATE_BENCH_SECONDS` (per round, default 5), `TRACKGATE_BENCH_ROUNDS`
 //! (default 3), `TRACKGATE_BENCH_IDLE` (idle connections, default 10000),
 //! `TRACKGATE_BENCH_PHASES` (a comma-separated subset of `closed,open,tls,idle`, default all: a
-//! quick look while profiling; the open loop needs `closed` for nginx's maximum). Results:
+//! quick look while profiling; the open loop needs `closed` for nginx's maximum),
+//! `TRACKGATE_BENCH_BASELINE` (the path of an older `trackgate` binary, run side by side as
+//! "baseline pass-through" and "baseline full" to judge a change within one run). Results:
 //! bench/RESULTS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -478,12 +480,12 @@ http {{
 
 fn trackgate_proxy(
     name: &'static str,
+    binary: &str,
     dir: &Path,
     upstream: SocketAddr,
     certs: &Path,
     full: Option<&str>,
 ) -> (Proxy, Proxy) {
-    let binary = env!("CARGO_BIN_EXE_trackgate");
     let mut proxies = Vec::new();
     for tls in [false, true] {
         let data = dir.join(format!("{name}-{tls}").replace(' ', "-"));
@@ -666,15 +668,43 @@ fn main() {
 
     // Core 1: the proxies.
     let nginx = nginx(dir.path(), sim_addr, &certs);
-    let (pass, pass_tls) =
-        trackgate_proxy("trackgate pass-through", dir.path(), sim_addr, &certs, None);
+    let (pass, pass_tls) = trackgate_proxy(
+        "trackgate pass-through",
+        binary,
+        dir.path(),
+        sim_addr,
+        &certs,
+        None,
+    );
     let (full, full_tls) = trackgate_proxy(
         "trackgate full",
+        binary,
         dir.path(),
         sim_addr,
         &certs,
         Some(&dv_url),
     );
+    // A previous build side by side, to judge a change within one run.
+    let baseline_binary = std::env::var("TRACKGATE_BENCH_BASELINE").ok();
+    let baseline = baseline_binary.as_deref().map(|old| {
+        let (pass, _) = trackgate_proxy(
+            "baseline pass-through",
+            old,
+            dir.path(),
+            sim_addr,
+            &certs,
+            None,
+        );
+        let (full, _) = trackgate_proxy(
+            "baseline full",
+            old,
+            dir.path(),
+            sim_addr,
+            &certs,
+            Some(&dv_url),
+        );
+        (pass, full)
+    });
     let direct = Proxy {
         name: "direct",
         plain: sim_addr,
@@ -699,7 +729,12 @@ fn main() {
     let connector = tls_connector(&certs.join("dev-ca.pem"));
 
     // 1. Closed loop, interleaved rounds.
-    let plain_targets = [&direct, &nginx, &pass, &full];
+    let mut plain_targets = vec![&direct, &nginx, &pass, &full];
+    let mut memory_targets = vec![&nginx, &pass, &full];
+    if let Some((old_pass, old_full)) = &baseline {
+        plain_targets.extend([old_pass, old_full]);
+        memory_targets.extend([old_pass, old_full]);
+    }
     let mut closed: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); plain_targets.len()];
     for _ in 0..if phase("closed") { rounds } else { 0 } {
         for (t, proxy) in plain_targets.iter().enumerate() {
@@ -774,7 +809,7 @@ fn main() {
     }
 
     // 4. Memory with idle connections.
-    let memory: Vec<(&str, (f64, f64, f64))> = [&nginx, &pass, &full]
+    let memory: Vec<(&str, (f64, f64, f64))> = memory_targets
         .iter()
         .filter(|_| phase("idle"))
         .map(|p| {
@@ -880,6 +915,9 @@ fn main() {
         + open_errors.iter().sum::<u64>()
         + tls.iter().flatten().map(|c| c.2).sum::<u64>();
     // nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it).
+    let baseline_children = baseline
+        .into_iter()
+        .flat_map(|(old_pass, old_full)| [old_pass.child, old_full.child]);
     for mut child in [
         nginx.child,
         pass.child,
@@ -888,6 +926,7 @@ fn main() {
         full_tls.child,
     ]
     .into_iter()
+    .chain(baseline_children)
     .flatten()
     {
         let _ = Command::new("kill")

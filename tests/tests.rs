@@ -21,6 +21,8 @@ mod directory_source;
 mod expect_continue;
 /// The fuzz corpora, replayed.
 mod fuzz_corpora;
+/// Idle keep-alive connections park without HTTP state; plaintext HTTP/2 by prior knowledge.
+mod idle_connections;
 /// Inspection: every fixture's expected observations, damaged input, traffic end to end.
 mod inspect_fixtures;
 /// A GiB each way through the gateway process, with flat memory.

@@ -288,7 +288,8 @@ pin_project_lite::pin_project! {
         #[pin]
         io: IO,
         tracker: Tracker,
-        // The part of a refusal that did not fit the reader's buffer; empty otherwise.
+        // Bytes to serve before reading the transport again: replayed, handed back, or the
+        // part of a refusal that did not fit the reader's buffer. Usually empty.
         ready: Vec<u8>,
         ready_at: usize,
     }
@@ -303,6 +304,44 @@ impl<IO> FramingGuard<IO> {
             ready_at: 0,
         }
     }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Bytes already read off the transport by someone else (a protocol sniff): judged like any
+    /// others, then served before the transport is read again.
+    pub fn replay(&mut self, bytes: &[u8]) {
+        let passed = self.tracker.feed(bytes);
+        self.ready.extend_from_slice(&bytes[..passed]);
+        if self.tracker.refused() {
+            self.ready.extend_from_slice(REFUSAL);
+        }
+    }
+
+    /// Bytes this guard already passed that the reader handed back unconsumed: served again
+    /// first, without being judged twice.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let rest = self.ready.split_off(self.ready_at);
+        self.ready.clear();
+        self.ready.extend_from_slice(bytes);
+        self.ready.extend_from_slice(&rest);
+        self.ready_at = 0;
+    }
+
+    /// Whether bytes wait to be served before the transport is read.
+    pub fn has_unread(&self) -> bool {
+        self.ready_at < self.ready.len()
+    }
+
+    /// Whether everything the client sent so far ends exactly at a request boundary (with
+    /// nothing waiting here to be served).
+    pub fn at_request_boundary(&self) -> bool {
+        self.tracker.between_requests() && !self.has_unread()
+    }
 }
 
 impl<IO: AsyncRead> AsyncRead for FramingGuard<IO> {
@@ -313,7 +352,7 @@ impl<IO: AsyncRead> AsyncRead for FramingGuard<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         if *this.ready_at < this.ready.len() {
-            // Only the tail of a refusal waits here (when hyper's buffer had no room for it).
+            // Replayed or handed-back bytes, or the tail of a refusal that did not fit.
             let pending = &this.ready[*this.ready_at..];
             let n = pending.len().min(buf.remaining());
             buf.put_slice(&pending[..n]);

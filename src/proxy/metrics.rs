@@ -42,6 +42,7 @@ pub struct ProxyMetrics {
     durations: Vec<Histogram>,
     pub connections_accepted: Counter,
     pub connections_active: Gauge,
+    pub connections_parked: Gauge,
     pub tls_handshake_failures: Counter,
     pub upstream_requests: Counter,
     pub upstream_connects_pooled: Counter,
@@ -130,6 +131,7 @@ impl ProxyMetrics {
             durations,
             connections_accepted: Counter::default(),
             connections_active: Gauge::default(),
+            connections_parked: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             upstream_requests: Counter::default(),
             upstream_connects_pooled,
@@ -173,6 +175,11 @@ impl ProxyMetrics {
             "connections_active",
             "Client connections open now",
             m.connections_active.clone(),
+        );
+        registry.register(
+            "connections_parked",
+            "Idle keep-alive client connections holding only their socket (no HTTP state or buffers)",
+            m.connections_parked.clone(),
         );
         registry.register(
             "tls_handshake_failures",

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -53,7 +53,8 @@ pub struct ProxyState {
     pub limits: LimitsConfig,
     pub timeouts: UpstreamsConfig,
     pub autodiscover: AutodiscoverConfig,
-    pub server: auto::Builder<TokioExecutor>,
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
 }
 
 impl ProxyState {
@@ -95,24 +96,29 @@ impl ProxyState {
             limits: config.limits.clone(),
             timeouts: config.upstreams.clone(),
             autodiscover: config.autodiscover.clone(),
-            server: server_builder(&config.limits),
+            http1: http1_builder(&config.limits),
+            http2: http2_builder(&config.limits),
         })
     }
 }
 
-/// The client-facing HTTP settings. The timer matters: without one hyper silently ignores the
-/// header read timeout, and slow-header clients would hold connections forever.
-fn server_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// The client-facing HTTP/1.1 settings. The timer matters: without one hyper silently ignores
+/// the header read timeout, and slow-header clients would hold connections forever.
+fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_header_count)
         .keep_alive(true);
     builder
-        .http2()
+}
+
+/// The client-facing HTTP/2 settings.
+fn http2_builder(limits: &LimitsConfig) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -184,6 +190,8 @@ pub struct ConnContext {
     pub upstream_closed: Arc<Notify>,
     /// The last Windows-auth `Authorization` value seen here, for inspection's identity.
     pub(crate) windows_auth: std::sync::Mutex<Option<http::HeaderValue>>,
+    /// Whether hyper is idle between requests, so the connection may park (see `server`).
+    pub(crate) activity: server::Activity,
 }
 
 static CONNECTION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -201,6 +209,7 @@ impl ConnContext {
             pinned_endpoints: std::sync::Mutex::new(Vec::new()),
             upstream_closed: Arc::new(Notify::new()),
             windows_auth: std::sync::Mutex::new(None),
+            activity: server::Activity::default(),
         }
     }
 }

@@ -6,12 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use tower::ServiceExt;
+
+use super::body::ProxyBody;
 use super::framing::FramingGuard;
 use super::stack::connection_service;
 use super::{ConnContext, Proxy};
@@ -78,7 +85,15 @@ pub async fn drain(proxy: &Proxy, grace: Duration) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
+/// Counts itself in a gauge while it lives.
 struct ActiveGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> ActiveGuard<'a> {
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        ActiveGuard(gauge)
+    }
+}
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
@@ -94,53 +109,88 @@ async fn serve_connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let metrics = proxy.metrics.clone();
-    metrics.connections_active.inc();
-    let _active = ActiveGuard(&metrics.connections_active);
+    let _active = ActiveGuard::enter(&metrics.connections_active);
     let _ = tcp.set_nodelay(true);
     let state = proxy.state();
-    match &state.tls_acceptor {
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(state.limits.tls_handshake_timeout, acceptor.accept(tcp))
-                    .await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%error, "client TLS handshake failed");
-                    return;
+    if state.tls_acceptor.is_some() {
+        // Boxed: the handshake's state would otherwise size every connection's task, TLS or not.
+        Box::pin(serve_tls(proxy, tcp, peer, stop)).await;
+        return;
+    }
+    // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells).
+    let limits = &state.limits;
+    let sniffed = tokio::time::timeout(limits.header_read_timeout, sniff(&tcp)).await;
+    let Ok(Ok(Some((prefix, len)))) = sniffed else {
+        return; // closed, failed or silent before sending anything
+    };
+    let mut io = guard(tcp, limits);
+    io.replay(&prefix[..len]);
+    // A reload while this connection lives must not keep the old state alive.
+    drop(state);
+    if prefix[..len] == *H2_PREFACE {
+        drive_http2(&proxy, io, peer, false, stop).await;
+    } else {
+        drive_http1(&proxy, io, peer, false, stop).await;
+    }
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a plaintext connection: the whole HTTP/2 preface, or as soon as
+/// they differ from it. `None` when the client closes first.
+async fn sniff(tcp: &TcpStream) -> std::io::Result<Option<([u8; 24], usize)>> {
+    let mut prefix = [0u8; 24];
+    let mut len = 0;
+    loop {
+        tcp.readable().await?;
+        match tcp.try_read(&mut prefix[len..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                len += n;
+                if len == prefix.len() || !H2_PREFACE.starts_with(&prefix[..len]) {
+                    return Ok(Some((prefix, len)));
                 }
-                Err(_) => {
-                    metrics.tls_handshake_failures.inc();
-                    tracing::debug!("client TLS handshake timed out");
-                    return;
-                }
-            };
-            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-            let builder = state.server.clone();
-            match alpn.as_deref() {
-                Some(b"h2") => drive(&proxy, builder.http2_only(), tls, peer, true, stop).await,
-                Some(b"http/1.1") => {
-                    let guarded = guard(tls, &state.limits);
-                    drive(&proxy, builder.http1_only(), guarded, peer, true, stop).await
-                }
-                _ => drive(&proxy, builder, guard(tls, &state.limits), peer, true, stop).await,
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        None => {
-            // Plaintext: HTTP/1.1 or HTTP/2 with prior knowledge; the guard steps aside for the
-            // HTTP/2 preface.
-            let builder = state.server.clone();
-            drive(
-                &proxy,
-                builder,
-                guard(tcp, &state.limits),
-                peer,
-                false,
-                stop,
-            )
-            .await;
+    }
+}
+
+async fn serve_tls(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let metrics = &proxy.metrics;
+    let state = proxy.state();
+    let Some(acceptor) = &state.tls_acceptor else {
+        return;
+    };
+    let handshake =
+        tokio::time::timeout(state.limits.tls_handshake_timeout, acceptor.accept(tcp)).await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            metrics.tls_handshake_failures.inc();
+            tracing::debug!(%error, "client TLS handshake failed");
+            return;
         }
+        Err(_) => {
+            metrics.tls_handshake_failures.inc();
+            tracing::debug!("client TLS handshake timed out");
+            return;
+        }
+    };
+    let limits = state.limits.clone();
+    drop(state);
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        drive_http2(&proxy, tls, peer, true, stop).await;
+    } else {
+        // `http/1.1` or no ALPN at all: HTTP/2 over TLS is only ever negotiated by ALPN
+        // (RFC 9113 §3.2).
+        drive_http1(&proxy, guard(tls, &limits), peer, true, stop).await;
     }
 }
 
@@ -148,19 +198,302 @@ fn guard<IO>(io: IO, limits: &crate::config::LimitsConfig) -> FramingGuard<IO> {
     FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
 }
 
-async fn drive<I>(
+/// Whether hyper is idle between two requests on an HTTP/1.1 connection: nothing of a request
+/// unread, no exchange in flight, every response byte written and flushed. Only then may the
+/// connection drop hyper's state without losing anything. Written by the connection's IO
+/// wrapper and its service, read by its own task (atomics only because the types must be
+/// `Send`).
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// The client's bytes so far end exactly at a request boundary.
+    at_boundary: AtomicBool,
+    /// Bytes were written since the last completed flush.
+    unflushed: AtomicBool,
+}
+
+impl Activity {
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.at_boundary.load(Ordering::Relaxed)
+            && !self.unflushed.load(Ordering::Relaxed)
+    }
+}
+
+/// One exchange in flight, from the service call until its response body is done with (sent
+/// or dropped).
+struct InFlight(Arc<ConnContext>);
+
+impl InFlight {
+    fn begin(ctx: &Arc<ConnContext>) -> InFlight {
+        ctx.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(ctx.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its exchange when hyper is done with it.
+    pub struct Finishing {
+        #[pin]
+        body: ProxyBody,
+        _exchange: InFlight,
+    }
+}
+
+impl http_body::Body for Finishing {
+    type Data = bytes::Bytes;
+    type Error = super::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The request path for one client connection, counting exchanges in flight.
+fn exchange_service(
     proxy: &Arc<Proxy>,
-    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    io: I,
+    ctx: &Arc<ConnContext>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<Finishing>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<http::Response<Finishing>, Infallible>>
+             + Send
+             + 'static,
+> + Send
++ Unpin
++ 'static {
+    let stack = connection_service(proxy.clone(), ctx.clone());
+    let ctx = ctx.clone();
+    hyper::service::service_fn(move |request| {
+        let exchange = InFlight::begin(&ctx);
+        let response = stack.clone().oneshot(request);
+        async move {
+            let response = response.await?;
+            Ok(response.map(|body| Finishing {
+                body,
+                _exchange: exchange,
+            }))
+        }
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// Reports to [`Activity`] what the connection's bytes say about hyper's state.
+    struct Watched<IO> {
+        #[pin]
+        io: FramingGuard<IO>,
+        ctx: Arc<ConnContext>,
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Watched<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut this = self.project();
+        let result = this.io.as_mut().poll_read(cx, buf);
+        if result.is_ready() {
+            let boundary = this.io.at_request_boundary();
+            this.ctx
+                .activity
+                .at_boundary
+                .store(boundary, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        this.ctx.activity.unflushed.store(true, Ordering::Relaxed);
+        this.io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        this.ctx.activity.unflushed.store(true, Ordering::Relaxed);
+        this.io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let result = this.io.poll_flush(cx);
+        if let Poll::Ready(Ok(())) = result {
+            this.ctx.activity.unflushed.store(false, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+/// A transport an idle connection can wait on without any buffer: its readiness.
+pub trait Parkable {
+    /// Whether waiting on readiness alone is safe: a TLS session may hold decrypted bytes the
+    /// socket no longer shows, so only plain TCP parks.
+    const PARKS: bool;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl Parkable for TcpStream {
+    const PARKS: bool = true;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+    const PARKS: bool = false;
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+/// Serves HTTP/1.1 on one client connection. Between requests, once hyper is idle with every
+/// byte flushed, a plain-TCP connection parks: hyper's connection (its 8 KiB read and write
+/// buffers, parser and dispatcher state) is dropped and only the socket is kept until the
+/// client sends again, or stays silent for `header_read_timeout` (hyper's own limit for an idle
+/// keep-alive connection) and is closed. 10 000 idle keep-alive clients then cost sockets, not
+/// buffers.
+async fn drive_http1<IO>(
+    proxy: &Arc<Proxy>,
+    mut io: FramingGuard<IO>,
     peer: SocketAddr,
     tls: bool,
     mut stop: watch::Receiver<bool>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnContext::new(peer, tls));
-    let service = TowerToHyperService::new(connection_service(proxy.clone(), ctx.clone()));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    loop {
+        let state = proxy.state();
+        let watched = Watched {
+            io,
+            ctx: ctx.clone(),
+        };
+        // Boxed, so a parked connection's task does not keep room for it.
+        let mut conn = Box::new(
+            state
+                .http1
+                .serve_connection(TokioIo::new(watched), exchange_service(proxy, &ctx)),
+        );
+        let mut closing = *stop.borrow();
+        if closing {
+            Pin::new(&mut *conn).graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut *conn => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "client connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.changed(), if !closing => {
+                    closing = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+                _ = ctx.upstream_closed.notified(), if !closing => {
+                    // The pinned upstream connection is gone; its authentication went with it.
+                    closing = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+                // Not a waker-driven future: the state only changes while hyper runs, which is
+                // this task, and every wake polls this branch again after the connection.
+                () = std::future::poll_fn(|_| {
+                    if ctx.activity.idle() { Poll::Ready(()) } else { Poll::Pending }
+                }), if IO::PARKS && !closing => break,
+            }
+        }
+        let hyper::server::conn::http1::Parts {
+            io: watched,
+            read_buf,
+            service,
+            ..
+        } = conn.into_parts();
+        let mut guard = watched.into_inner().io;
+        // Bytes hyper had read but not parsed (none, at a boundary) go back in front. Dropped
+        // before parking: even empty, this `Bytes` keeps hyper's whole read buffer alive.
+        guard.unread(&read_buf);
+        drop((read_buf, service));
+        let limit = state.limits.header_read_timeout;
+        drop(state);
+        let parked = ActiveGuard::enter(&proxy.metrics.connections_parked);
+        let woke = tokio::select! {
+            biased;
+            _ = stop.changed() => false, // draining: an idle connection just closes
+            _ = ctx.upstream_closed.notified() => false,
+            ready = tokio::time::timeout(
+                limit,
+                std::future::poll_fn(|cx| {
+                    if guard.has_unread() {
+                        Poll::Ready(Ok(()))
+                    } else {
+                        guard.get_ref().poll_read_ready(cx)
+                    }
+                }),
+            ) => matches!(ready, Ok(Ok(()))),
+        };
+        drop(parked);
+        if !woke {
+            return;
+        }
+        io = guard;
+    }
+}
+
+/// Serves HTTP/2 on one client connection until it ends, shutting it down gracefully on drain
+/// or when a pinned upstream connection closes.
+async fn drive_http2<IO>(
+    proxy: &Arc<Proxy>,
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ConnContext::new(peer, tls));
+    let conn = proxy
+        .state()
+        .http2
+        .serve_connection(TokioIo::new(io), exchange_service(proxy, &ctx));
     tokio::pin!(conn);
     let mut closing = *stop.borrow();
     if closing {
@@ -179,7 +512,6 @@ async fn drive<I>(
                 conn.as_mut().graceful_shutdown();
             }
             _ = ctx.upstream_closed.notified(), if !closing => {
-                // The pinned upstream connection is gone; its authentication went with it.
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
