@@ -7,6 +7,11 @@ use crate::support;
 
 const REQUEST: &[u8] = b"GET /_sim/bytes?n=5000 HTTP/1.1\r\nHost: mail\r\n\r\n";
 
+/// A request for `n` bytes, so answers tell which request they answer.
+fn request_for(n: usize) -> Vec<u8> {
+    format!("GET /_sim/bytes?n={n} HTTP/1.1\r\nHost: mail\r\n\r\n").into_bytes()
+}
+
 /// The value of an unlabelled gauge in the admin's metrics.
 async fn gauge(gw: &support::TestGateway, name: &str) -> u64 {
     let text = support::get_text(&gw.admin("/metrics")).await;
@@ -65,15 +70,15 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_request() {
     wait_parked(&gw, 1).await;
     assert_eq!(gauge(&gw, "trackgate_connections_active").await, 1);
 
-    // The same socket, woken by its next request; two pipelined ones answer in order.
+    // The same socket, woken by its next request; three pipelined ones answer in order.
     stream
-        .write_all(&[REQUEST, REQUEST, REQUEST].concat())
+        .write_all(&[request_for(1001), request_for(1002), request_for(1003)].concat())
         .await
         .unwrap();
-    for _ in 0..3 {
+    for n in [1001, 1002, 1003] {
         assert_eq!(
             read_response(&mut stream).await,
-            ("HTTP/1.1 200 OK".to_owned(), 5000)
+            ("HTTP/1.1 200 OK".to_owned(), n)
         );
     }
     wait_parked(&gw, 1).await;
@@ -114,6 +119,7 @@ async fn a_parked_connection_is_closed_after_the_header_read_timeout_and_on_drai
     let mut quiet = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
     quiet.write_all(REQUEST).await.unwrap();
     read_response(&mut quiet).await;
+    let answered = std::time::Instant::now();
     wait_parked(&gw, 1).await;
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), quiet.read_to_end(&mut rest)).await;
@@ -121,6 +127,12 @@ async fn a_parked_connection_is_closed_after_the_header_read_timeout_and_on_drai
         matches!(closed, Ok(Ok(0))),
         "the silent connection was closed"
     );
+    assert!(
+        answered.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout: {:?}",
+        answered.elapsed()
+    );
+    gw.gateway.shutdown().await;
 
     let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
     let mut idle = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
@@ -226,4 +238,85 @@ async fn parked_connections_hold_no_http_buffers_in_the_real_binary() {
         "{per_connection} bytes per parked connection"
     );
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blank_line_after_a_request_does_not_park_the_connection_or_lose_the_next_one() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
+    let mut stream = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    // Some clients end a request with an extra CRLF (RFC 9112 §2.2 asks servers to tolerate
+    // it); hyper holds it as the start of the next head, so this is no idle boundary.
+    stream
+        .write_all(&[REQUEST, b"\r\n".as_slice()].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.1, 5000);
+    // Another connection parks meanwhile: the gauge moves, and the first one is not in it.
+    let mut other = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    other.write_all(REQUEST).await.unwrap();
+    assert_eq!(read_response(&mut other).await.1, 5000);
+    wait_parked(&gw, 1).await;
+    stream.write_all(&request_for(1234)).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.1, 1234);
+    wait_parked(&gw, 2).await;
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_left_unread_by_an_early_answer_is_never_served_as_a_request() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nmax_request_body = \"10B\"\n",
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    // The body (sent with the head) is a request of its own; the gateway answers 413 from the
+    // Content-Length without reading it.
+    let smuggled = request_for(7);
+    let mut post = format!(
+        "POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: mail\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    )
+    .into_bytes();
+    post.extend_from_slice(&smuggled);
+    stream.write_all(&post).await.unwrap();
+    let (status, _) = read_response(&mut stream).await;
+    assert!(status.contains(" 413 "), "{status}");
+    // Whether the connection goes on or closes, the body never becomes a request.
+    if stream.write_all(&request_for(5000)).await.is_ok() {
+        let mut first = [0u8; 1];
+        if let Ok(Ok(1)) =
+            tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await
+        {
+            assert_eq!(read_response(&mut stream).await.1, 5000);
+        }
+    }
+    assert!(
+        sim.stats().requests <= 1,
+        "the unread body reached the upstream as a request"
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_connection_parks_and_serves_its_next_request() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "").await;
+    let client = support::client(&gw.ca(), false);
+    for n in [1000, 2000] {
+        let body = client
+            .get(gw.localhost_url(&format!("/_sim/bytes?n={n}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body.len(), n);
+        wait_parked(&gw, 1).await;
+    }
+    assert_eq!(gauge(&gw, "trackgate_connections_accepted_total").await, 1);
+    gw.gateway.shutdown().await;
 }

@@ -52,6 +52,9 @@ pub struct Tracker {
     max_head: usize,
     max_headers: usize,
     at_start: bool,
+    /// Empty lines passed since the last message ended: hyper holds them (as the start of an
+    /// incomplete head) until the next request arrives, so that is no boundary.
+    blank_lines: bool,
 }
 
 impl Tracker {
@@ -62,12 +65,13 @@ impl Tracker {
             max_head,
             max_headers,
             at_start: true,
+            blank_lines: false,
         }
     }
 
     /// At a request boundary with nothing held: where a keep-alive connection idles.
     pub fn between_requests(&self) -> bool {
-        self.state == State::Head && self.head.is_empty()
+        self.state == State::Head && self.head.is_empty() && !self.blank_lines
     }
 
     pub fn refused(&self) -> bool {
@@ -105,10 +109,12 @@ impl Tracker {
                     self.at_start = false;
                     if self.head.is_empty() {
                         // Empty lines between requests are allowed (RFC 9112 §2.2).
-                        at += rest
+                        let blank = rest
                             .iter()
                             .take_while(|b| **b == b'\r' || **b == b'\n')
                             .count();
+                        self.blank_lines |= blank > 0;
+                        at += blank;
                         if at == input.len() {
                             return at;
                         }
@@ -123,6 +129,7 @@ impl Tracker {
                             let used = end - before;
                             self.head.truncate(end);
                             let head = std::mem::take(&mut self.head);
+                            self.blank_lines = false;
                             self.state = self.classify(&head);
                             if self.state == State::Refused {
                                 return at + used - 1;
@@ -288,8 +295,8 @@ pin_project_lite::pin_project! {
         #[pin]
         io: IO,
         tracker: Tracker,
-        // Bytes to serve before reading the transport again: replayed, handed back, or the
-        // part of a refusal that did not fit the reader's buffer. Usually empty.
+        // Bytes to serve before reading the transport again: replayed (a protocol sniff's), or
+        // the part of a refusal that did not fit the reader's buffer. Usually empty.
         ready: Vec<u8>,
         ready_at: usize,
     }
@@ -319,19 +326,6 @@ impl<IO> FramingGuard<IO> {
         }
     }
 
-    /// Bytes this guard already passed that the reader handed back unconsumed: served again
-    /// first, without being judged twice.
-    pub fn unread(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        let rest = self.ready.split_off(self.ready_at);
-        self.ready.clear();
-        self.ready.extend_from_slice(bytes);
-        self.ready.extend_from_slice(&rest);
-        self.ready_at = 0;
-    }
-
     /// Whether bytes wait to be served before the transport is read.
     pub fn has_unread(&self) -> bool {
         self.ready_at < self.ready.len()
@@ -352,7 +346,7 @@ impl<IO: AsyncRead> AsyncRead for FramingGuard<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         if *this.ready_at < this.ready.len() {
-            // Replayed or handed-back bytes, or the tail of a refusal that did not fit.
+            // Replayed bytes, or the tail of a refusal that did not fit.
             let pending = &this.ready[*this.ready_at..];
             let n = pending.len().min(buf.remaining());
             buf.put_slice(&pending[..n]);
@@ -474,6 +468,18 @@ mod tests {
         }
         let fine = b"GET / HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(run(fine, 2), (fine.to_vec(), false));
+    }
+
+    #[test]
+    fn blank_lines_after_a_request_are_no_boundary_until_the_next_head() {
+        let mut t = Tracker::new(64 * 1024, 100);
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(t.feed(request), request.len());
+        assert!(t.between_requests());
+        assert_eq!(t.feed(b"\r\n"), 2);
+        assert!(!t.between_requests(), "hyper holds the blank line");
+        assert_eq!(t.feed(request), request.len());
+        assert!(t.between_requests());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
@@ -198,16 +198,24 @@ fn guard<IO>(io: IO, limits: &crate::config::LimitsConfig) -> FramingGuard<IO> {
     FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
 }
 
-/// Whether hyper is idle between two requests on an HTTP/1.1 connection: nothing of a request
-/// unread, no exchange in flight, every response byte written and flushed. Only then may the
-/// connection drop hyper's state without losing anything. Written by the connection's IO
-/// wrapper and its service, read by its own task (atomics only because the types must be
-/// `Send`).
+/// Whether hyper is idle between two requests on an HTTP/1.1 connection: no exchange in flight,
+/// the client's bytes so far ending exactly at a request boundary, hyper asking the socket for
+/// more (so nothing it read is left to decode: a request body an early answer left unread is
+/// still decoded — drained — from hyper's buffer before it asks), and every response byte
+/// written and flushed (hyper flushes after each write pass; `pipeline_flush` stays off). Only
+/// then may the connection drop hyper's state without losing anything. Written by the
+/// connection's IO wrapper and its service, read by its own task (atomics only because the
+/// types must be `Send`).
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
     /// The client's bytes so far end exactly at a request boundary.
     at_boundary: AtomicBool,
+    /// hyper's last read found the socket empty.
+    waiting_for_input: AtomicBool,
+    /// Reads that brought bytes: tells a connection idle all along from one that was busy
+    /// in between.
+    reads: AtomicU64,
     /// Bytes were written since the last completed flush.
     unflushed: AtomicBool,
 }
@@ -216,6 +224,7 @@ impl Activity {
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && self.at_boundary.load(Ordering::Relaxed)
+            && self.waiting_for_input.load(Ordering::Relaxed)
             && !self.unflushed.load(Ordering::Relaxed)
     }
 }
@@ -312,12 +321,14 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
     ) -> Poll<std::io::Result<()>> {
         let mut this = self.project();
         let result = this.io.as_mut().poll_read(cx, buf);
+        let activity = &this.ctx.activity;
+        activity
+            .waiting_for_input
+            .store(result.is_pending(), Ordering::Relaxed);
         if result.is_ready() {
             let boundary = this.io.at_request_boundary();
-            this.ctx
-                .activity
-                .at_boundary
-                .store(boundary, Ordering::Relaxed);
+            activity.at_boundary.store(boundary, Ordering::Relaxed);
+            activity.reads.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
@@ -362,32 +373,45 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
     }
 }
 
-/// A transport an idle connection can wait on without any buffer: its readiness.
+/// A transport an idle connection can wait on without any buffer: its socket's readiness.
 pub trait Parkable {
-    /// Whether waiting on readiness alone is safe: a TLS session may hold decrypted bytes the
-    /// socket no longer shows, so only plain TCP parks.
-    const PARKS: bool;
+    /// Whether nothing is buffered inside the transport itself, so the socket's readiness is
+    /// the whole truth: a TLS session may hold decrypted bytes, or records to send.
+    fn settled(&self) -> bool;
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
 impl Parkable for TcpStream {
-    const PARKS: bool = true;
+    fn settled(&self) -> bool {
+        true
+    }
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
 }
 
 impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
-    const PARKS: bool = false;
-    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Pending
+    fn settled(&self) -> bool {
+        let (_, session) = self.get_ref();
+        // `wants_read` is false while decrypted bytes wait to be read.
+        session.wants_read() && !session.wants_write()
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
-/// Serves HTTP/1.1 on one client connection. Between requests, once hyper is idle with every
-/// byte flushed, a plain-TCP connection parks: hyper's connection (its 8 KiB read and write
-/// buffers, parser and dispatcher state) is dropped and only the socket is kept until the
-/// client sends again, or stays silent for `header_read_timeout` (hyper's own limit for an idle
+/// How long a connection must stay idle before it parks: parking and waking cost a few
+/// microseconds, which a busy connection (its next request within milliseconds) should not pay
+/// on every request.
+const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// Serves HTTP/1.1 on one client connection. Between requests, once hyper has been idle (see
+/// [`Activity`]) for [`PARK_AFTER`], the connection parks: hyper's connection (its 8 KiB read and write buffers,
+/// parser and dispatcher state) is dropped and only the transport is kept until the client
+/// sends again, or stays silent for `header_read_timeout` (hyper's own limit for an idle
 /// keep-alive connection) and is closed. 10 000 idle keep-alive clients then cost sockets, not
 /// buffers.
 async fn drive_http1<IO>(
@@ -416,6 +440,11 @@ async fn drive_http1<IO>(
         if closing {
             Pin::new(&mut *conn).graceful_shutdown();
         }
+        // Armed when hyper turns idle; parks if it stayed idle, with no read in between, until
+        // it fires. A busy connection re-arms it at most once per `PARK_AFTER`, not per request.
+        let park_timer = tokio::time::sleep(PARK_AFTER);
+        tokio::pin!(park_timer);
+        let mut armed_at: Option<u64> = None;
         loop {
             tokio::select! {
                 biased;
@@ -438,7 +467,16 @@ async fn drive_http1<IO>(
                 // this task, and every wake polls this branch again after the connection.
                 () = std::future::poll_fn(|_| {
                     if ctx.activity.idle() { Poll::Ready(()) } else { Poll::Pending }
-                }), if IO::PARKS && !closing => break,
+                }), if !closing && armed_at.is_none() => {
+                    armed_at = Some(ctx.activity.reads.load(Ordering::Relaxed));
+                    park_timer.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
+                }
+                () = &mut park_timer, if armed_at.is_some() => {
+                    let quiet = armed_at.take() == Some(ctx.activity.reads.load(Ordering::Relaxed));
+                    if quiet && ctx.activity.idle() {
+                        break;
+                    }
+                }
             }
         }
         let hyper::server::conn::http1::Parts {
@@ -447,11 +485,24 @@ async fn drive_http1<IO>(
             service,
             ..
         } = conn.into_parts();
-        let mut guard = watched.into_inner().io;
-        // Bytes hyper had read but not parsed (none, at a boundary) go back in front. Dropped
-        // before parking: even empty, this `Bytes` keeps hyper's whole read buffer alive.
-        guard.unread(&read_buf);
+        let guard = watched.into_inner().io;
+        if !read_buf.is_empty() {
+            // Cannot happen when `Activity` is right; if it ever does, hyper's reading state is
+            // gone and these bytes cannot be judged again, so the connection ends here.
+            tracing::debug!(
+                bytes = read_buf.len(),
+                "bytes left in hyper's buffer at an idle boundary; closing"
+            );
+            return;
+        }
+        // Dropped before parking: even empty, this `Bytes` keeps hyper's whole read buffer.
         drop((read_buf, service));
+        io = guard;
+        if !io.get_ref().settled() {
+            // The transport holds bytes of its own (TLS): serve on without waiting.
+            tokio::task::consume_budget().await;
+            continue;
+        }
         let limit = state.limits.header_read_timeout;
         drop(state);
         let parked = ActiveGuard::enter(&proxy.metrics.connections_parked);
@@ -462,10 +513,10 @@ async fn drive_http1<IO>(
             ready = tokio::time::timeout(
                 limit,
                 std::future::poll_fn(|cx| {
-                    if guard.has_unread() {
+                    if io.has_unread() {
                         Poll::Ready(Ok(()))
                     } else {
-                        guard.get_ref().poll_read_ready(cx)
+                        io.get_ref().poll_read_ready(cx)
                     }
                 }),
             ) => matches!(ready, Ok(Ok(()))),
@@ -474,7 +525,6 @@ async fn drive_http1<IO>(
         if !woke {
             return;
         }
-        io = guard;
     }
 }
 
