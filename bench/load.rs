@@ -163,6 +163,26 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
 }
 
+/// Releases `slots` permits, one per scheduled request, at `rate` per second from `start`.
+/// A thread sleeping to each send time (the kernel wakes it within
+/// tens of microseconds) instead of tokio's timer, whose 1 ms ticks sent requests in bursts and
+/// added up to a millisecond of the generator's own to every latency.
+fn pace(permits: Arc<tokio::sync::Semaphore>, start: Instant, slots: u64, rate: f64) {
+    std::thread::spawn(move || {
+        let mut released = 0u64;
+        while released < slots {
+            let elapsed = Instant::now().saturating_duration_since(start);
+            let due = ((elapsed.as_secs_f64() * rate) as u64 + 1).min(slots);
+            if due > released {
+                permits.add_permits((due - released) as usize);
+                released = due;
+            }
+            let next = start + Duration::from_secs_f64(released as f64 / rate);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    });
+}
+
 /// Closed loop (`rate` None) or open loop at `rate` requests per second, corrected for
 /// coordinated omission: each request's latency counts from its scheduled time.
 async fn load(
@@ -175,10 +195,21 @@ async fn load(
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let pacer = Arc::new(tokio::sync::Semaphore::new(0));
+    // Open loop: the requests scheduled within `length`, each taken by exactly one task.
+    let slots = rate.map_or(0, |rate| (length.as_secs_f64() * rate) as u64 + 1);
+    if let Some(rate) = rate {
+        pace(pacer.clone(), start.into_std(), slots, rate);
+    }
     let mut tasks = Vec::new();
     for c in 0..CONNECTIONS {
-        let (stop, next, requests, tls) =
-            (stop.clone(), next.clone(), requests.clone(), tls.clone());
+        let (stop, next, requests, tls, pacer) = (
+            stop.clone(),
+            next.clone(),
+            requests.clone(),
+            tls.clone(),
+            pacer.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let (mut ok, mut errors) = (0u64, 0u64);
@@ -192,11 +223,16 @@ async fn load(
                     Some(rate) => {
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         i = n;
-                        let at = start + Duration::from_secs_f64(n as f64 / rate);
-                        if at > start + length {
+                        if n >= slots {
                             break;
                         }
-                        tokio::time::sleep_until(at).await;
+                        let at = start + Duration::from_secs_f64(n as f64 / rate);
+                        // The pacer releases one permit per slot, in order, at its time; the
+                        // semaphore is fair, so the n-th waiter gets the n-th slot.
+                        match pacer.acquire().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => break,
+                        }
                         at
                     }
                     None => {

@@ -127,6 +127,10 @@ impl RecentObservations {
     }
 }
 
+/// How long the worker naps when the queue runs dry before it waits on it: decisions come at
+/// most this much later, and a busy gateway's workers rarely have to wake this thread.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// Runs until the queue's senders are gone. Each observation is kept in `recent` and handed to
 /// `next` (the composition root connects the rules there).
 pub fn spawn(
@@ -140,7 +144,27 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("trackgate-inspect".into())
         .spawn(move || {
-            while let Some(capture) = queue.blocking_recv() {
+            let mut napped = false;
+            loop {
+                let capture = match queue.try_recv() {
+                    Ok(capture) => capture,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) if !napped => {
+                        // Busy: nap instead of waiting on the queue, so the proxy's workers
+                        // hand captures over without waking this thread for each (a wake-up
+                        // costs them a system call and both a context switch); captures
+                        // gather and are taken in a run. Only a nap that finds nothing leads
+                        // to a real wait, so an idle gateway does not poll.
+                        napped = true;
+                        std::thread::sleep(LINGER);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => match queue.blocking_recv() {
+                        Some(capture) => capture,
+                        None => break,
+                    },
+                };
+                napped = false;
                 let weight = capture.weight();
                 // A parser bug must cost one exchange, not the worker.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inspect(&capture, limits)));
