@@ -163,10 +163,13 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
 }
 
+/// The open-loop pacer's granularity: requests leave in bursts of at most this much.
+const PACING: Duration = Duration::from_micros(200);
+
 /// Releases `slots` permits, one per scheduled request, at `rate` per second from `start`.
-/// A thread sleeping to each send time (the kernel wakes it within
-/// tens of microseconds) instead of tokio's timer, whose 1 ms ticks sent requests in bursts and
-/// added up to a millisecond of the generator's own to every latency.
+/// A thread sleeping to each send time (in steps of at least [`PACING`]) instead of tokio's
+/// timer, whose 1 ms ticks sent requests in bursts and added up to a millisecond of the
+/// generator's own to every latency.
 fn pace(permits: Arc<tokio::sync::Semaphore>, start: Instant, slots: u64, rate: f64) {
     std::thread::spawn(move || {
         let mut released = 0u64;
@@ -177,8 +180,11 @@ fn pace(permits: Arc<tokio::sync::Semaphore>, start: Instant, slots: u64, rate: 
                 permits.add_permits((due - released) as usize);
                 released = due;
             }
+            // Waking per request would load the generator's core (a wake-up of this thread and
+            // of the driver each): release what is due at most every 200 µs.
             let next = start + Duration::from_secs_f64(released as f64 / rate);
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let wait = next.saturating_duration_since(Instant::now());
+            std::thread::sleep(wait.max(PACING));
         }
     });
 }
@@ -228,7 +234,9 @@ async fn load(
                         }
                         let at = start + Duration::from_secs_f64(n as f64 / rate);
                         // The pacer releases one permit per slot, in order, at its time; the
-                        // semaphore is fair, so the n-th waiter gets the n-th slot.
+                        // semaphore is fair and the driver runs on one thread (taking a slot
+                        // and queueing for its permit happen in one poll), so the n-th waiter
+                        // gets the n-th slot.
                         match pacer.acquire().await {
                             Ok(permit) => permit.forget(),
                             Err(_) => break,
@@ -521,9 +529,10 @@ fn trackgate_proxy(
     upstream: SocketAddr,
     certs: &Path,
     full: Option<&str>,
-) -> (Proxy, Proxy) {
+    with_tls: bool,
+) -> (Proxy, Option<Proxy>) {
     let mut proxies = Vec::new();
-    for tls in [false, true] {
+    for tls in [false, true].into_iter().filter(|tls| with_tls || !tls) {
         let data = dir.join(format!("{name}-{tls}").replace(' ', "-"));
         let listener = if tls {
             format!(
@@ -568,7 +577,7 @@ fn trackgate_proxy(
             child: Some(child),
         });
     }
-    let tls = proxies.pop().unwrap();
+    let tls = with_tls.then(|| proxies.pop().unwrap());
     let plain = proxies.pop().unwrap();
     (plain, tls)
 }
@@ -639,6 +648,8 @@ async fn idle(proxy: &Proxy, requests: &Arc<Vec<Request>>, n: usize) -> (f64, f6
             held.push(sender);
         }
     }
+    // trackgate parks a connection after 50 ms idle: let the last ones park too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let with = proxy.rss();
     let opened = held.len();
     drop(held);
@@ -711,6 +722,7 @@ fn main() {
         sim_addr,
         &certs,
         None,
+        true,
     );
     let (full, full_tls) = trackgate_proxy(
         "trackgate full",
@@ -719,7 +731,9 @@ fn main() {
         sim_addr,
         &certs,
         Some(&dv_url),
+        true,
     );
+    let (pass_tls, full_tls) = (pass_tls.unwrap(), full_tls.unwrap());
     // A previous build side by side, to judge a change within one run.
     let baseline_binary = std::env::var("TRACKGATE_BENCH_BASELINE").ok();
     let baseline = baseline_binary.as_deref().map(|old| {
@@ -730,6 +744,7 @@ fn main() {
             sim_addr,
             &certs,
             None,
+            false,
         );
         let (full, _) = trackgate_proxy(
             "baseline full",
@@ -738,6 +753,7 @@ fn main() {
             sim_addr,
             &certs,
             Some(&dv_url),
+            false,
         );
         (pass, full)
     });

@@ -471,7 +471,7 @@ async fn drive_http1<IO>(
                     armed_at = Some(ctx.activity.reads.load(Ordering::Relaxed));
                     park_timer.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
                 }
-                () = &mut park_timer, if armed_at.is_some() => {
+                () = &mut park_timer, if armed_at.is_some() && !closing => {
                     let quiet = armed_at.take() == Some(ctx.activity.reads.load(Ordering::Relaxed));
                     if quiet && ctx.activity.idle() {
                         break;
