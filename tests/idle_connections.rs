@@ -109,7 +109,7 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parked_connection_is_closed_after_the_header_read_timeout_and_on_drain() {
+async fn parked_and_unused_connections_are_closed_on_timeout_and_on_drain() {
     let sim = support::simulator("sim").await;
     let gw = support::gateway(
         &sim.url(),
@@ -139,14 +139,25 @@ async fn a_parked_connection_is_closed_after_the_header_read_timeout_and_on_drai
     idle.write_all(REQUEST).await.unwrap();
     read_response(&mut idle).await;
     wait_parked(&gw, 1).await;
+    // A spare connection a client opened and has not used yet (HTTP clients race connects).
+    let mut spare = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    support::wait_for(
+        Duration::from_secs(10),
+        "the spare to be accepted",
+        async || (gauge(&gw, "trackgate_connections_active").await == 2).then_some(()),
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(10), gw.gateway.shutdown())
         .await
-        .expect("draining does not wait for parked connections");
-    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest)).await;
-    assert!(
-        matches!(closed, Ok(Ok(0))),
-        "the parked connection was closed"
-    );
+        .expect("draining waits neither for parked nor for unused connections");
+    for (name, stream) in [("parked", &mut idle), ("unused", &mut spare)] {
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "the {name} connection was closed"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

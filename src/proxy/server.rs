@@ -117,9 +117,18 @@ async fn serve_connection(
         Box::pin(serve_tls(proxy, tcp, peer, stop)).await;
         return;
     }
-    // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells).
+    // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells). A connection
+    // that has sent nothing yet closes as soon as draining starts (clients open spare ones).
     let limits = &state.limits;
-    let sniffed = tokio::time::timeout(limits.header_read_timeout, sniff(&tcp)).await;
+    let mut stop = stop;
+    if *stop.borrow_and_update() {
+        return;
+    }
+    let sniffed = tokio::select! {
+        biased;
+        _ = stop.changed() => return,
+        sniffed = tokio::time::timeout(limits.header_read_timeout, sniff(&tcp)) => sniffed,
+    };
     let Ok(Ok(Some((prefix, len)))) = sniffed else {
         return; // closed, failed or silent before sending anything
     };
