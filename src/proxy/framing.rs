@@ -327,7 +327,7 @@ impl<IO> FramingGuard<IO> {
     }
 
     /// Whether bytes wait to be served before the transport is read.
-    pub fn has_unread(&self) -> bool {
+    fn has_unread(&self) -> bool {
         self.ready_at < self.ready.len()
     }
 

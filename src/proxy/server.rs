@@ -119,7 +119,9 @@ async fn serve_connection(
     }
     // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells). A connection
     // that has sent nothing yet closes as soon as draining starts (clients open spare ones).
-    let limits = &state.limits;
+    // A reload while this connection lives must not keep the old state alive.
+    let limits = state.limits.clone();
+    drop(state);
     let mut stop = stop;
     if *stop.borrow_and_update() {
         return;
@@ -132,10 +134,8 @@ async fn serve_connection(
     let Ok(Ok(Some((prefix, len)))) = sniffed else {
         return; // closed, failed or silent before sending anything
     };
-    let mut io = guard(tcp, limits);
+    let mut io = guard(tcp, &limits);
     io.replay(&prefix[..len]);
-    // A reload while this connection lives must not keep the old state alive.
-    drop(state);
     if prefix[..len] == *H2_PREFACE {
         drive_http2(&proxy, io, peer, false, stop).await;
     } else {
@@ -418,11 +418,11 @@ impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
 const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// Serves HTTP/1.1 on one client connection. Between requests, once hyper has been idle (see
-/// [`Activity`]) for [`PARK_AFTER`], the connection parks: hyper's connection (its 8 KiB read and write buffers,
-/// parser and dispatcher state) is dropped and only the transport is kept until the client
-/// sends again, or stays silent for `header_read_timeout` (hyper's own limit for an idle
-/// keep-alive connection) and is closed. 10 000 idle keep-alive clients then cost sockets, not
-/// buffers.
+/// [`Activity`]) for [`PARK_AFTER`], the connection parks: hyper's connection (its 8 KiB read
+/// and write buffers, parser and dispatcher state) is dropped and only the transport is kept
+/// until the client sends again, or stays silent for `header_read_timeout` (hyper's own limit
+/// for an idle keep-alive connection) and is closed. 10 000 idle keep-alive clients then cost
+/// sockets, not buffers.
 async fn drive_http1<IO>(
     proxy: &Arc<Proxy>,
     mut io: FramingGuard<IO>,
@@ -445,6 +445,9 @@ async fn drive_http1<IO>(
                 .http1
                 .serve_connection(TokioIo::new(watched), exchange_service(proxy, &ctx)),
         );
+        let idle_limit = state.limits.header_read_timeout;
+        // A reload while this connection lives must not keep the old state alive.
+        drop(state);
         let mut closing = *stop.borrow();
         if closing {
             Pin::new(&mut *conn).graceful_shutdown();
@@ -494,7 +497,7 @@ async fn drive_http1<IO>(
             service,
             ..
         } = conn.into_parts();
-        let guard = watched.into_inner().io;
+        io = watched.into_inner().io;
         if !read_buf.is_empty() {
             // Cannot happen when `Activity` is right; if it ever does, hyper's reading state is
             // gone and these bytes cannot be judged again, so the connection ends here.
@@ -506,28 +509,20 @@ async fn drive_http1<IO>(
         }
         // Dropped before parking: even empty, this `Bytes` keeps hyper's whole read buffer.
         drop((read_buf, service));
-        io = guard;
         if !io.get_ref().settled() {
             // The transport holds bytes of its own (TLS): serve on without waiting.
             tokio::task::consume_budget().await;
             continue;
         }
-        let limit = state.limits.header_read_timeout;
-        drop(state);
         let parked = ActiveGuard::enter(&proxy.metrics.connections_parked);
         let woke = tokio::select! {
             biased;
             _ = stop.changed() => false, // draining: an idle connection just closes
             _ = ctx.upstream_closed.notified() => false,
+            // Nothing waits in the guard: `Activity` counts its bytes as not at a boundary.
             ready = tokio::time::timeout(
-                limit,
-                std::future::poll_fn(|cx| {
-                    if io.has_unread() {
-                        Poll::Ready(Ok(()))
-                    } else {
-                        io.get_ref().poll_read_ready(cx)
-                    }
-                }),
+                idle_limit,
+                std::future::poll_fn(|cx| io.get_ref().poll_read_ready(cx)),
             ) => matches!(ready, Ok(Ok(()))),
         };
         drop(parked);
