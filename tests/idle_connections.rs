@@ -12,9 +12,14 @@ fn request_for(n: usize) -> Vec<u8> {
     format!("GET /_sim/bytes?n={n} HTTP/1.1\r\nHost: mail\r\n\r\n").into_bytes()
 }
 
-/// The value of an unlabelled gauge in the admin's metrics.
+/// The value of an unlabelled gauge or counter in the gateway's admin metrics.
 async fn gauge(gw: &support::TestGateway, name: &str) -> u64 {
-    let text = support::get_text(&gw.admin("/metrics")).await;
+    gauge_at(&gw.admin(""), name).await
+}
+
+/// The same, for a gateway at admin URL `admin` (the binary's, in the memory test).
+async fn gauge_at(admin: &str, name: &str) -> u64 {
+    let text = support::get_text(&format!("{admin}/metrics")).await;
     text.lines()
         .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -219,13 +224,7 @@ async fn parked_connections_hold_no_http_buffers_in_the_real_binary() {
     );
     let gw = support::GatewayProcess::start(&config);
     let addr = support::addr_of(&gw.proxy);
-    let parked = async || {
-        let text = support::get_text(&format!("{}/metrics", gw.admin)).await;
-        text.lines()
-            .find_map(|l| l.strip_prefix("trackgate_connections_parked "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(-1.0) as i64
-    };
+    let parked = async || gauge_at(&gw.admin, "trackgate_connections_parked").await;
     // A few first, so lazily built state (the upstream pool, metrics) is not counted. Not N:
     // memory freed when they close would be reused by the next N and hide what those keep.
     drop(answered_connections(addr, 20).await);
@@ -238,7 +237,7 @@ async fn parked_connections_hold_no_http_buffers_in_the_real_binary() {
     let before = gw.rss();
     let held = answered_connections(addr, N).await;
     support::wait_for(Duration::from_secs(10), "all to park", async || {
-        (parked().await == N as i64).then_some(())
+        (parked().await == N as u64).then_some(())
     })
     .await;
     let per_connection = gw.rss().saturating_sub(before) / N as u64;
@@ -276,10 +275,7 @@ async fn a_blank_line_after_a_request_does_not_park_the_connection_or_lose_the_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_left_unread_by_an_early_answer_is_never_served_as_a_request() {
-    let closed_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed_port = support::closed_port();
     let gw = support::gateway(
         &format!("http://127.0.0.1:{closed_port}"),
         "[listener]\nplaintext = true\n",

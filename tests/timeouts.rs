@@ -47,10 +47,7 @@ async fn a_slow_header_client_is_disconnected_by_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_502_quickly() {
-    let closed_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed_port = support::closed_port();
     let gw = support::gateway(&format!("http://127.0.0.1:{closed_port}"), "").await;
     let client = support::client(&gw.ca(), false);
     let started = Instant::now();

@@ -86,16 +86,16 @@ pub async fn drain(proxy: &Proxy, grace: Duration) -> bool {
 }
 
 /// Counts itself in a gauge while it lives.
-struct ActiveGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 
-impl<'a> ActiveGuard<'a> {
+impl<'a> GaugeGuard<'a> {
     fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
         gauge.inc();
-        ActiveGuard(gauge)
+        GaugeGuard(gauge)
     }
 }
 
-impl Drop for ActiveGuard<'_> {
+impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -109,7 +109,7 @@ async fn serve_connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let metrics = proxy.metrics.clone();
-    let _active = ActiveGuard::enter(&metrics.connections_active);
+    let _active = GaugeGuard::enter(&metrics.connections_active);
     let _ = tcp.set_nodelay(true);
     let state = proxy.state();
     if state.tls_acceptor.is_some() {
@@ -514,7 +514,7 @@ async fn drive_http1<IO>(
             tokio::task::consume_budget().await;
             continue;
         }
-        let parked = ActiveGuard::enter(&proxy.metrics.connections_parked);
+        let parked = GaugeGuard::enter(&proxy.metrics.connections_parked);
         let woke = tokio::select! {
             biased;
             _ = stop.changed() => false, // draining: an idle connection just closes

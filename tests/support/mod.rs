@@ -254,6 +254,12 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// A loopback port nothing listens on (bound, then released): an upstream that is down.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
 pub fn addr_of(url: &str) -> SocketAddr {
     url.split("://")
         .nth(1)
