@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,24 @@ use trackgate::{app, ops, telemetry, tls};
 /// 10 000 closed connections; mimalloc is faster across threads and returns freed pages.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How often an otherwise idle gateway lets the allocator return freed memory.
+const MEMORY_HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// mimalloc returns freed pages to the system (purges them) only from inside a later free of a
+/// whole page, once its purge delay (1 s) has passed. A gateway that just closed 10 000 idle
+/// connections and then sees no traffic would otherwise keep their memory for good. Freeing one
+/// allocation that is larger than mimalloc's largest size class releases a whole page, which runs
+/// the purge; the buffer is never written, so it costs no resident memory. Safe Rust cannot call
+/// `mi_collect`, and `unsafe_code` is forbidden.
+async fn give_back_freed_memory() {
+    let mut tick = tokio::time::interval(MEMORY_HOUSEKEEPING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(1 << 20)));
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -354,6 +373,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             telemetry::init_logging(&config.logging);
             let runtime = runtime(config.runtime.worker_threads)?;
+            runtime.spawn(give_back_freed_memory());
             runtime.block_on(app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }

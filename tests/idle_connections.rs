@@ -210,20 +210,28 @@ async fn answered_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpSt
     held
 }
 
+/// The real binary, plaintext, one worker, in front of `upstream`.
+fn plaintext_gateway_process(
+    dir: &std::path::Path,
+    upstream: &str,
+) -> (support::GatewayProcess, std::net::SocketAddr) {
+    let config = support::write_config(
+        dir,
+        &format!(
+            "plaintext = true\n[upstreams]\news = \"{upstream}\"\n[runtime]\nworker_threads = 1\n"
+        ),
+    );
+    let gw = support::GatewayProcess::start(&config);
+    let addr = support::addr_of(&gw.proxy);
+    (gw, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_connections_hold_no_http_buffers_in_the_real_binary() {
     const N: usize = 600;
     let sim = support::simulator("sim").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = support::write_config(
-        dir.path(),
-        &format!(
-            "plaintext = true\n[upstreams]\news = \"{}\"\n[runtime]\nworker_threads = 1\n",
-            sim.url()
-        ),
-    );
-    let gw = support::GatewayProcess::start(&config);
-    let addr = support::addr_of(&gw.proxy);
+    let (gw, addr) = plaintext_gateway_process(dir.path(), &sim.url());
     let parked = async || gauge_at(&gw.admin, "trackgate_connections_parked").await;
     // A few first, so lazily built state (the upstream pool, metrics) is not counted. Not N:
     // memory freed when they close would be reused by the next N and hide what those keep.
@@ -332,4 +340,54 @@ async fn an_idle_tls_connection_parks_and_serves_its_next_request() {
     }
     assert_eq!(gauge(&gw, "trackgate_connections_accepted_total").await, 1);
     gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_of_closed_connections_goes_back_to_the_system_without_further_traffic() {
+    const N: usize = 600;
+    let sim = support::simulator("sim").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, addr) = plaintext_gateway_process(dir.path(), &sim.url());
+    let active = async || gauge_at(&gw.admin, "trackgate_connections_active").await;
+    // Connections in the middle of a request head: each holds hyper's read buffer and its state.
+    let half_requests = async |n: usize| {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET /EWS/Exchange.asmx HTTP/1.1\r\nHost: localhost\r\n")
+                .await
+                .unwrap();
+            held.push(stream);
+        }
+        held
+    };
+    drop(half_requests(20).await);
+    support::wait_for(
+        Duration::from_secs(10),
+        "the first ones to close",
+        async || (active().await == 0).then_some(()),
+    )
+    .await;
+    let before = gw.rss();
+    let held = half_requests(N).await;
+    support::wait_for(Duration::from_secs(10), "all to be served", async || {
+        (active().await == N as u64).then_some(())
+    })
+    .await;
+    let peak = gw.rss();
+    assert!(
+        peak > before + (N as u64) * 4096,
+        "{N} connections reading a request head should hold at least 4 KiB each: {before} → {peak} bytes"
+    );
+    drop(held);
+    // Nothing else happens from here, not even an admin request: any allocation there would
+    // hide a gateway that gives memory back only while it is busy.
+    let near_baseline = before + (peak - before) / 4;
+    support::wait_for(
+        Duration::from_secs(15),
+        "the closed connections' memory to go back to the system",
+        async || (gw.rss() <= near_baseline).then_some(()),
+    )
+    .await;
 }
