@@ -170,7 +170,9 @@ pub async fn forward(
     metrics.upstream_requests.inc();
     let pinned = windows_auth || conn.has_pinned.load(Ordering::Acquire);
     let result = if pinned {
-        send_pinned(
+        // Boxed: opening a pinned connection is a large state machine, and hyper copies this
+        // future on every request; the pooled path, nearly every request, stays small.
+        Box::pin(send_pinned(
             proxy,
             &state,
             conn,
@@ -178,7 +180,7 @@ pub async fn forward(
             windows_auth,
             &body_sent,
             upstream_request,
-        )
+        ))
         .await
     } else {
         send_pooled(&state, &body_sent, upstream_request).await

@@ -36,7 +36,10 @@ pub fn connection_service(
     let metrics = proxy.metrics.clone();
     let forward = service_fn(move |request: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { forward(&proxy, &conn, request).await }
+        // Boxed once here: every layer above keeps its inner future inline and moves it when it
+        // starts it, and forwarding's state machine is a few KiB — copied three times per
+        // request unboxed.
+        Box::pin(async move { forward(&proxy, &conn, request).await })
     });
     ServiceBuilder::new()
         // First, mark credentials sensitive, so nothing below (logs, Debug output) can print
