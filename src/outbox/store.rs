@@ -303,12 +303,14 @@ impl Shared {
         let mut replies = Vec::new();
         let outcome = self.apply(group, prune, &mut after, &mut replies);
         match outcome {
-            Ok(()) => {
-                self.metrics.commits.inc();
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics.batch_records.observe(count as f64);
+            Ok(committed) => {
+                if committed {
+                    self.metrics.commits.inc();
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.batch_records.observe(count as f64);
+                }
                 let mut s = self.schedule();
                 for change in after {
                     change.publish(&mut s, &self.metrics);
@@ -352,7 +354,7 @@ impl Shared {
         prune: bool,
         after: &mut Vec<Change>,
         replies: &mut Vec<(Reply, Result<(), OutboxError>)>,
-    ) -> Result<(), OutboxError> {
+    ) -> Result<bool, OutboxError> {
         let path = &self.path;
         let now = now_ms();
         let txn = self.db.begin_write().store(path)?;
@@ -539,8 +541,28 @@ impl Shared {
                 }
             }
         }
+        // A group of duplicates (the same mail seen again, the common case) changed nothing:
+        // no commit, so no fsync. Replies and flushes stay correct, as everything before the
+        // group is already committed.
+        let replies_wrote = replies.iter().any(|(_, result)| result.is_ok());
+        if !(prune || replies_wrote || after.iter().any(Change::writes)) {
+            txn.abort().store(path)?;
+            return Ok(false);
+        }
         txn.commit().store(path)?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether a record with this key is pending, delivered (within the window) or a dead
+    /// letter, read from the last commit. Records still on their way to the writer are not
+    /// seen here; the writer checks again.
+    fn known(&self, key: Uuid) -> Result<bool, OutboxError> {
+        let path = &self.path;
+        let txn = self.db.begin_read().store(path)?;
+        let k = key.as_u128();
+        Ok(txn.open_table(PENDING_KEYS).store(path)?.get(k).store(path)?.is_some()
+            || txn.open_table(DELIVERED).store(path)?.get(k).store(path)?.is_some()
+            || txn.open_table(DEAD_KEYS).store(path)?.get(k).store(path)?.is_some())
     }
 }
 
@@ -598,6 +620,14 @@ enum Change {
 }
 
 impl Change {
+    /// Whether the change wrote to the file (a group of only lookups needs no commit).
+    fn writes(&self) -> bool {
+        !matches!(
+            self,
+            Change::Duplicate | Change::Refused | Change::Released { .. } | Change::Flushed(_)
+        )
+    }
+
     fn publish(self, s: &mut Schedule, metrics: &OutboxMetrics) {
         match self {
             Change::Queued {
@@ -651,6 +681,15 @@ impl Outbox for RedbOutbox {
             self.shared.metrics.enqueued("refused");
             false
         };
+        let at = now_ms();
+        let key = dedup_key(decision, at);
+        // Most decisions offered are for mail already stored or delivered: answered from a read
+        // transaction, they cost no encoding, no trip to the writer and no commit. (A read that
+        // fails falls through to the writer, which checks again.)
+        if self.shared.known(key).unwrap_or(false) {
+            self.shared.metrics.enqueued("duplicate");
+            return true;
+        }
         if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= self.shared.settings.queue {
             return refuse();
         }
@@ -663,8 +702,6 @@ impl Outbox for RedbOutbox {
             d.explanation.clear();
             std::borrow::Cow::Owned(d)
         };
-        let at = now_ms();
-        let key = dedup_key(&decision, at);
         let record = NewRecord {
             seq: 0,
             key,
@@ -880,6 +917,35 @@ mod tests {
         outbox.settle(&claimed[0], Settlement::Delivered);
         outbox.flush().unwrap();
         assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        let stats = outbox.stats().unwrap();
+        assert_eq!((stats.pending, stats.delivered_keys), (1, 1));
+    }
+
+    #[test]
+    fn duplicates_are_answered_without_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        let commits = outbox.shared.metrics.commits.get();
+        assert_eq!(commits, 1, "the first sighting is stored");
+        // Seen again and again, pending and then delivered: nothing to write, nothing committed.
+        for _ in 0..5 {
+            assert!(outbox.submit(&decision(1)));
+        }
+        outbox.flush().unwrap();
+        assert_eq!(outbox.shared.metrics.commits.get(), commits);
+        let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+        outbox.settle(&claimed[0], Settlement::Delivered);
+        outbox.flush().unwrap();
+        let commits = outbox.shared.metrics.commits.get();
+        assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        assert_eq!(outbox.shared.metrics.commits.get(), commits);
+        // A duplicate in the same group as a new record is still caught by the writer.
+        assert!(outbox.submit(&decision(2)));
+        assert!(outbox.submit(&decision(2)));
         outbox.flush().unwrap();
         let stats = outbox.stats().unwrap();
         assert_eq!((stats.pending, stats.delivered_keys), (1, 1));
