@@ -24,6 +24,28 @@ pub mod simulate;
 pub mod telemetry;
 pub mod tls;
 
+/// The niceness of the threads that work behind the traffic (inspection, the outbox writer).
+pub const BEHIND_TRAFFIC_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`BEHIND_TRAFFIC_NICENESS`], so that on a
+/// busy core the proxy's workers run first: traffic is never slowed by inspecting it (DESIGN.md
+/// §2.1). When inspection then falls behind, its bounded queue drops copies and counts them.
+/// Lowering one's own priority needs no privilege; if the system refuses anyway (a seccomp
+/// profile), the thread runs at normal priority and the refusal is logged.
+pub fn run_behind_traffic(thread: &str) {
+    use thread_priority::{ThreadPriority, ThreadPriorityValue};
+    // thread-priority maps 0..=99 onto niceness 19..=-20: 22 is niceness 10.
+    let lowered = ThreadPriorityValue::try_from(22u8)
+        .map_err(|e| e.to_owned())
+        .and_then(|value| {
+            thread_priority::set_current_thread_priority(ThreadPriority::Crossplatform(value))
+                .map_err(|e| format!("{e:?}"))
+        });
+    if let Err(error) = lowered {
+        tracing::warn!(thread, %error, "cannot lower this thread's priority; it competes with traffic");
+    }
+}
+
 /// Runs blocking work (building a directory of possibly millions of rows, a redb commit)
 /// without holding up the other tasks on this tokio worker.
 pub fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {

@@ -371,7 +371,7 @@ async fn the_memory_of_closed_connections_goes_back_to_the_system_without_furthe
     .await;
     let before = gw.rss();
     let held = half_requests(N).await;
-    support::wait_for(Duration::from_secs(10), "all to be served", async || {
+    support::wait_for(Duration::from_secs(10), "all to be open", async || {
         (active().await == N as u64).then_some(())
     })
     .await;

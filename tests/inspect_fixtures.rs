@@ -192,3 +192,61 @@ async fn a_full_queue_drops_copies_not_traffic() {
     assert_eq!(captures.handed_off.get() + captures.dropped.get(), 64);
     gw.gateway.shutdown().await;
 }
+
+/// The niceness of each of the process's threads, by thread name (`/proc/<pid>/task/*/stat`).
+fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // a thread that just ended
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        let name = stat[open + 1..close].to_owned();
+        // After the name: state is field 3 of stat(5); nice is field 19.
+        let nice = stat[close + 2..]
+            .split(' ')
+            .nth(19 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        threads.push((name, nice));
+    }
+    threads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_and_the_outbox_writer_run_behind_the_proxy_workers() {
+    let sim = support::simulator("sim").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &format!("plaintext = true\n[upstreams]\news = \"{}\"\n", sim.url()),
+    );
+    let gw = support::GatewayProcess::start(&config);
+    let nice_of = |threads: &[(String, i32)], prefix: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    let behind = [trackgate::BEHIND_TRAFFIC_NICENESS];
+    // Each thread lowers itself as it starts, which may be just after the gateway says ready.
+    // Thread names are cut to 15 bytes by the kernel.
+    let threads = support::wait_for(
+        Duration::from_secs(10),
+        "inspection and the outbox writer at a lower priority",
+        async || {
+            let threads = thread_niceness(gw.pid());
+            (nice_of(&threads, "trackgate-inspe") == behind
+                && nice_of(&threads, "trackgate-outbo") == behind)
+                .then_some(threads)
+        },
+    )
+    .await;
+    let workers = nice_of(&threads, "tokio-rt-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&n| n == 0),
+        "{threads:?}"
+    );
+}

@@ -187,7 +187,10 @@ impl RedbOutbox {
         let writer = shared.clone();
         std::thread::Builder::new()
             .name("trackgate-outbox".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || {
+                crate::run_behind_traffic("trackgate-outbox");
+                writer.run(receiver)
+            })
             .map_err(OutboxError::Thread)?;
         Ok(RedbOutbox { shared, ops })
     }
@@ -357,6 +360,11 @@ impl Shared {
     ) -> Result<bool, OutboxError> {
         let path = &self.path;
         let now = now_ms();
+        // Only a group of new decisions (and flushes) can turn out to change nothing.
+        let only_enqueues = !prune
+            && group
+                .iter()
+                .all(|op| matches!(op, Op::Enqueue { .. } | Op::Flush(_)));
         let txn = self.db.begin_write().store(path)?;
         {
             let mut pending = txn.open_table(PENDING).store(path)?;
@@ -459,7 +467,14 @@ impl Shared {
                     }
                     Op::Retry(key, reply) => {
                         let k = key.as_u128();
-                        let Some(seq) = dead_keys.remove(k).store(path)?.map(|v| v.value()) else {
+                        let seq = dead_keys.remove(k).store(path)?.map(|v| v.value());
+                        let letter = match seq {
+                            Some(seq) => dead.remove(seq).store(path)?.map(|l| (seq, l)),
+                            None => None,
+                        };
+                        // No such dead letter. (A key without its letter is dropped too,
+                        // committed as every group with a retry is.)
+                        let Some((seq, letter)) = letter else {
                             replies.push((
                                 Reply(reply),
                                 Err(OutboxError::NotFound {
@@ -469,8 +484,6 @@ impl Shared {
                             ));
                             continue;
                         };
-                        let letter = dead.remove(seq).store(path)?;
-                        let Some(letter) = letter else { continue };
                         let letter: DeadLetter = serde_json::from_slice(letter.value())?;
                         let mut record = letter.record;
                         record.attempts = 0;
@@ -542,10 +555,9 @@ impl Shared {
             }
         }
         // A group of duplicates (the same mail seen again, the common case) changed nothing:
-        // no commit, so no fsync. Replies and flushes stay correct, as everything before the
-        // group is already committed.
-        let replies_wrote = replies.iter().any(|(_, result)| result.is_ok());
-        if !(prune || replies_wrote || after.iter().any(Change::writes)) {
+        // no commit, so no fsync. Flushes stay correct, as everything before the group is
+        // already committed.
+        if only_enqueues && !after.iter().any(|c| matches!(c, Change::Queued { .. })) {
             txn.abort().store(path)?;
             return Ok(false);
         }
@@ -560,9 +572,24 @@ impl Shared {
         let path = &self.path;
         let txn = self.db.begin_read().store(path)?;
         let k = key.as_u128();
-        Ok(txn.open_table(PENDING_KEYS).store(path)?.get(k).store(path)?.is_some()
-            || txn.open_table(DELIVERED).store(path)?.get(k).store(path)?.is_some()
-            || txn.open_table(DEAD_KEYS).store(path)?.get(k).store(path)?.is_some())
+        Ok(txn
+            .open_table(PENDING_KEYS)
+            .store(path)?
+            .get(k)
+            .store(path)?
+            .is_some()
+            || txn
+                .open_table(DELIVERED)
+                .store(path)?
+                .get(k)
+                .store(path)?
+                .is_some()
+            || txn
+                .open_table(DEAD_KEYS)
+                .store(path)?
+                .get(k)
+                .store(path)?
+                .is_some())
     }
 }
 
@@ -620,14 +647,6 @@ enum Change {
 }
 
 impl Change {
-    /// Whether the change wrote to the file (a group of only lookups needs no commit).
-    fn writes(&self) -> bool {
-        !matches!(
-            self,
-            Change::Duplicate | Change::Refused | Change::Released { .. } | Change::Flushed(_)
-        )
-    }
-
     fn publish(self, s: &mut Schedule, metrics: &OutboxMetrics) {
         match self {
             Change::Queued {
@@ -686,9 +705,13 @@ impl Outbox for RedbOutbox {
         // Most decisions offered are for mail already stored or delivered: answered from a read
         // transaction, they cost no encoding, no trip to the writer and no commit. (A read that
         // fails falls through to the writer, which checks again.)
-        if self.shared.known(key).unwrap_or(false) {
-            self.shared.metrics.enqueued("duplicate");
-            return true;
+        match self.shared.known(key) {
+            Ok(true) => {
+                self.shared.metrics.enqueued("duplicate");
+                return true;
+            }
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "outbox lookup failed; the writer decides"),
         }
         if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= self.shared.settings.queue {
             return refuse();
@@ -936,6 +959,19 @@ mod tests {
         }
         outbox.flush().unwrap();
         assert_eq!(outbox.shared.metrics.commits.get(), commits);
+        // The writer's own check, for a duplicate that reached it: the group is aborted.
+        let (mut after, mut replies) = (Vec::new(), Vec::new());
+        let enqueue = Op::Enqueue {
+            key: dedup_key(&decision(1), now_ms()),
+            at: now_ms(),
+            encoded: b"{}".to_vec(),
+        };
+        let committed = outbox
+            .shared
+            .apply(vec![enqueue], false, &mut after, &mut replies)
+            .unwrap();
+        assert!(!committed);
+        assert!(matches!(after[..], [Change::Duplicate]));
         let claimed = outbox.claim_due(now_ms(), 10).unwrap();
         outbox.settle(&claimed[0], Settlement::Delivered);
         outbox.flush().unwrap();

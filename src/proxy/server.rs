@@ -302,8 +302,8 @@ fn exchange_service(
     let ctx = ctx.clone();
     hyper::service::service_fn(move |request| {
         let exchange = InFlight::begin(&ctx);
-        // Boxed: hyper moves the exchange's future into its dispatcher, and the whole stack's
-        // state machine (several KiB) was copied there on every request (~2 % of the CPU).
+        // Boxed: hyper moves the exchange's future into its dispatcher; this way it moves a
+        // pointer, not the stack's state machine (~1 KiB, 6 KiB before forwarding was boxed).
         let response = Box::pin(stack.clone().oneshot(request));
         async move {
             let response = response.await?;

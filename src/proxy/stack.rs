@@ -36,9 +36,8 @@ pub fn connection_service(
     let metrics = proxy.metrics.clone();
     let forward = service_fn(move |request: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        // Boxed once here: every layer above keeps its inner future inline and moves it when it
-        // starts it, and forwarding's state machine is a few KiB — copied three times per
-        // request unboxed.
+        // Boxed: every layer above keeps its inner future inline and moves it when it starts
+        // it, and forwarding's state machine is a few KiB — copied at each layer unboxed.
         Box::pin(async move { forward(&proxy, &conn, request).await })
     });
     ServiceBuilder::new()
