@@ -13,10 +13,14 @@
 //! checked against the simulator's own answer (status and a hash of the body): a difference is
 //! an error, and any error fails the run. Reported, with medians of interleaved rounds:
 //! 1. closed loop (32 keep-alive connections): requests per second, proxy CPU per request
-//!    (utime + stime from /proc), upstream connection reuse (from the simulator's counters);
+//!    (utime + stime from /proc, including the work a round leaves behind: inspection and
+//!    delivery catch up after the load stops), upstream connection reuse (from the simulator's
+//!    counters), and the share of inspection copies trackgate dropped (inspection runs behind
+//!    the traffic: a saturated full mode drops copies, so its CPU is then not the cost of
+//!    inspecting everything);
 //! 2. open loop at 25 / 50 / 80 % of nginx's closed-loop maximum: latency corrected for
 //!    coordinated omission (measured from each request's scheduled time; HdrHistogram),
-//!    p50 / p99 / p99.9 / max;
+//!    p50 / p99 / p99.9 / max, and CPU per request and copies dropped at that rate;
 //! 3. the TLS matrix: closed loop through both proxies on TLS with the same ECDSA P-256
 //!    certificate;
 //! 4. memory: proxy RSS with 10 000 idle client connections, and after they close.
@@ -421,6 +425,8 @@ struct Proxy {
     name: &'static str,
     plain: SocketAddr,
     tls: Option<SocketAddr>,
+    /// trackgate's admin listener, for the inspection copies it dropped.
+    admin: Option<SocketAddr>,
     pids: Vec<u32>,
     child: Option<Child>,
 }
@@ -517,6 +523,7 @@ http {{
         name: "nginx",
         plain: addr,
         tls: Some(SocketAddr::from(([127, 0, 0, 1], tls))),
+        admin: None,
         pids,
         child: Some(child),
     }
@@ -564,6 +571,11 @@ fn trackgate_proxy(
         command.args(["serve", "--config"]).arg(&config);
         let (child, ready) = start(command, "trackgate ready ");
         let proxy_url = word(&ready, "proxy=");
+        let admin: SocketAddr = word(&ready, "admin=")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
         let addr: SocketAddr = proxy_url
             .trim_start_matches("http://")
             .trim_start_matches("https://")
@@ -573,6 +585,7 @@ fn trackgate_proxy(
             name,
             plain: addr,
             tls: tls.then_some(addr),
+            admin: Some(admin),
             pids: vec![child.id()],
             child: Some(child),
         });
@@ -597,6 +610,24 @@ async fn sim_counts(sim: SocketAddr) -> (u64, u64) {
     )
 }
 
+/// The inspection copies a trackgate has dropped so far (its queue was full): 0 for the others.
+/// A full-mode figure with drops did not inspect everything, so its CPU is not the full cost.
+async fn dropped_copies(proxy: &Proxy) -> u64 {
+    let Some(admin) = proxy.admin else { return 0 };
+    let mut sender = connect(admin, None).await.unwrap();
+    let request = http::Request::get("/metrics").header("host", "localhost");
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with("trackgate_captures_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Waits (up to 30 s) until the proxy's CPU use stops: trackgate full goes on inspecting and
 /// delivering after a round, and the next target on its core must not pay for that.
 fn quiet(proxy: &Proxy) {
@@ -610,6 +641,21 @@ fn quiet(proxy: &Proxy) {
         }
         last = now;
     }
+}
+
+/// One open-loop round: its latency histogram and figures.
+type OpenRound = (Histogram<u64>, Round);
+
+/// One round against one target.
+#[derive(Clone)]
+struct Round {
+    rate: f64,
+    /// Proxy CPU µs per request, including the work the round left behind.
+    cpu: f64,
+    reuse: f64,
+    errors: u64,
+    /// The share of exchanges whose inspection copy was dropped.
+    dropped: f64,
 }
 
 /// The median, or NaN when a phase was skipped.
@@ -762,6 +808,7 @@ fn main() {
         name: "direct",
         plain: sim_addr,
         tls: None,
+        admin: None,
         pids: vec![sim.id()],
         child: None,
     };
@@ -788,27 +835,31 @@ fn main() {
         plain_targets.extend([old_pass, old_full]);
         memory_targets.extend([old_pass, old_full]);
     }
-    let mut closed: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); plain_targets.len()];
+    let mut closed: Vec<Vec<Round>> = vec![Vec::new(); plain_targets.len()];
     for _ in 0..if phase("closed") { rounds } else { 0 } {
         for (t, proxy) in plain_targets.iter().enumerate() {
             let (c0, r0) = driver.block_on(sim_counts(sim_addr));
+            let dropped0 = driver.block_on(dropped_copies(proxy));
             let cpu0 = proxy.cpu();
             let out = driver.block_on(load(proxy.plain, None, requests.clone(), length, None));
-            let cpu = proxy.cpu() - cpu0;
             let (c1, r1) = driver.block_on(sim_counts(sim_addr));
+            // The work a round leaves behind (inspection, delivery) is charged to it.
             quiet(proxy);
+            let cpu = proxy.cpu() - cpu0;
+            let dropped = driver.block_on(dropped_copies(proxy)) - dropped0;
             let upstream_requests = (r1 - r0).saturating_sub(1).max(1);
             let reuse = 1.0 - (c1 - c0).saturating_sub(1) as f64 / upstream_requests as f64;
-            closed[t].push((
-                out.requests as f64 / out.seconds,
-                cpu * 1e6 / out.requests.max(1) as f64,
+            closed[t].push(Round {
+                rate: out.requests as f64 / out.seconds,
+                cpu: cpu * 1e6 / out.requests.max(1) as f64,
                 reuse,
-                out.errors,
-            ));
+                errors: out.errors,
+                dropped: dropped as f64 / out.requests.max(1) as f64,
+            });
         }
     }
     let nginx_max = if phase("closed") {
-        median(closed[1].iter().map(|c| c.0).collect()).max(1.0)
+        median(closed[1].iter().map(|c| c.rate).collect()).max(1.0)
     } else {
         1.0
     };
@@ -819,12 +870,15 @@ fn main() {
     } else {
         &[]
     };
-    let mut open: Vec<Vec<Vec<Histogram<u64>>>> =
+    // By rate share, then target: each round's latency histogram and figures.
+    let mut open: Vec<Vec<Vec<OpenRound>>> =
         vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
     let mut open_errors = vec![0u64; plain_targets.len()];
     for (s, share) in shares.iter().enumerate() {
         for _ in 0..rounds {
             for (t, proxy) in plain_targets.iter().enumerate() {
+                let dropped0 = driver.block_on(dropped_copies(proxy));
+                let cpu0 = proxy.cpu();
                 let out = driver.block_on(load(
                     proxy.plain,
                     None,
@@ -832,9 +886,18 @@ fn main() {
                     length,
                     Some(nginx_max * share),
                 ));
-                open_errors[t] += out.errors;
-                open[s][t].push(out.latency);
                 quiet(proxy);
+                let cpu = proxy.cpu() - cpu0;
+                let dropped = driver.block_on(dropped_copies(proxy)) - dropped0;
+                open_errors[t] += out.errors;
+                let round = Round {
+                    rate: out.requests as f64 / out.seconds,
+                    cpu: cpu * 1e6 / out.requests.max(1) as f64,
+                    reuse: f64::NAN,
+                    errors: out.errors,
+                    dropped: dropped as f64 / out.requests.max(1) as f64,
+                };
+                open[s][t].push((out.latency, round));
             }
         }
     }
@@ -852,6 +915,7 @@ fn main() {
                 length,
                 None,
             ));
+            quiet(proxy);
             let cpu = proxy.cpu() - cpu0;
             tls[t].push((
                 out.requests as f64 / out.seconds,
@@ -878,46 +942,57 @@ fn main() {
         "\n### Closed loop ({CONNECTIONS} connections, {seconds}s × {rounds} interleaved rounds, medians)\n"
     );
     println!(
-        "| target | requests/s | proxy CPU µs/request | × nginx | capacity/core (req/s) | upstream reuse | errors |"
+        "| target | requests/s | proxy CPU µs/request | × nginx | capacity/core (req/s) | upstream reuse | errors | copies dropped |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let nginx_cpu = median(closed[1].iter().map(|c| c.1).collect());
+    println!("|---|---|---|---|---|---|---|---|");
+    let nginx_cpu = median(closed[1].iter().map(|c| c.cpu).collect());
     for (t, proxy) in plain_targets.iter().enumerate() {
-        let rps = median(closed[t].iter().map(|c| c.0).collect());
-        let cpu = median(closed[t].iter().map(|c| c.1).collect());
-        let reuse = median(closed[t].iter().map(|c| c.2).collect());
-        let errors: u64 = closed[t].iter().map(|c| c.3).sum();
+        let rps = median(closed[t].iter().map(|c| c.rate).collect());
+        let cpu = median(closed[t].iter().map(|c| c.cpu).collect());
+        let reuse = median(closed[t].iter().map(|c| c.reuse).collect());
+        let errors: u64 = closed[t].iter().map(|c| c.errors).sum();
+        let dropped = median(closed[t].iter().map(|c| c.dropped).collect());
         if t == 0 {
-            println!("| direct (simulator) | {rps:.0} | — | — | — | — | {errors} |");
+            println!("| direct (simulator) | {rps:.0} | — | — | — | — | {errors} | — |");
         } else {
             println!(
-                "| {} | {rps:.0} | {cpu:.1} | {:.2} | {:.0} | {:.2}% | {errors} |",
+                "| {} | {rps:.0} | {cpu:.1} | {:.2} | {:.0} | {:.2}% | {errors} | {:.1}% |",
                 proxy.name,
                 cpu / nginx_cpu,
                 1e6 / cpu,
-                reuse * 100.0
+                reuse * 100.0,
+                dropped * 100.0
             );
         }
     }
     println!(
+        "\n(copies dropped: the share of exchanges whose inspection copy trackgate dropped because its \
+         queue was full; inspection runs behind the traffic, so a saturated full mode inspects \
+         less, and its CPU then is not the cost of inspecting everything: see the open loop.)"
+    );
+    println!(
         "\n### Open loop, latency corrected for coordinated omission (µs; nginx max = {nginx_max:.0}/s)\n"
     );
-    println!("| rate | target | p50 | p99 | p99.9 | max | added p99 vs direct |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| rate | target | p50 | p99 | p99.9 | max | added p99 vs direct | proxy CPU µs/request | copies dropped |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (s, share) in shares.iter().enumerate() {
         let p = |t: usize, q: f64| {
             median(
                 open[s][t]
                     .iter()
-                    .map(|h| h.value_at_quantile(q) as f64)
+                    .map(|(h, _)| h.value_at_quantile(q) as f64)
                     .collect(),
             )
         };
         let direct_p99 = p(0, 0.99);
         for (t, proxy) in plain_targets.iter().enumerate() {
-            let max = median(open[s][t].iter().map(|h| h.max() as f64).collect());
+            let max = median(open[s][t].iter().map(|(h, _)| h.max() as f64).collect());
+            let cpu = median(open[s][t].iter().map(|(_, r)| r.cpu).collect());
+            let dropped = median(open[s][t].iter().map(|(_, r)| r.dropped).collect());
             println!(
-                "| {:.0}% ({:.0}/s) | {} | {:.0} | {:.0} | {:.0} | {max:.0} | {} |",
+                "| {:.0}% ({:.0}/s) | {} | {:.0} | {:.0} | {:.0} | {max:.0} | {} | {} | {} |",
                 share * 100.0,
                 nginx_max * share,
                 proxy.name,
@@ -928,6 +1003,16 @@ fn main() {
                     "—".to_owned()
                 } else {
                     format!("{:+.0}", p(t, 0.99) - direct_p99)
+                },
+                if t == 0 {
+                    "—".to_owned()
+                } else {
+                    format!("{cpu:.1}")
+                },
+                if t == 0 {
+                    "—".to_owned()
+                } else {
+                    format!("{:.1}%", dropped * 100.0)
                 },
             );
         }
@@ -964,7 +1049,7 @@ fn main() {
         );
     }
 
-    let total_errors: u64 = closed.iter().flatten().map(|c| c.3).sum::<u64>()
+    let total_errors: u64 = closed.iter().flatten().map(|c| c.errors).sum::<u64>()
         + open_errors.iter().sum::<u64>()
         + tls.iter().flatten().map(|c| c.2).sum::<u64>();
     // nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it).
