@@ -595,15 +595,19 @@ fn trackgate_proxy(
     (plain, tls)
 }
 
-async fn sim_counts(sim: SocketAddr) -> (u64, u64) {
-    let mut sender = connect(sim, None).await.unwrap();
-    let builder = http::Request::get("/_sim/stats").header("host", "localhost");
+/// The body of a GET on a fresh connection (the simulator's stats, trackgate's metrics).
+async fn get(addr: SocketAddr, path: &str) -> Bytes {
+    let mut sender = connect(addr, None).await.unwrap();
+    let request = http::Request::get(path).header("host", "localhost");
     let response = sender
-        .send_request(builder.body(Full::new(Bytes::new())).unwrap())
+        .send_request(request.body(Full::new(Bytes::new())).unwrap())
         .await
         .unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+async fn sim_counts(sim: SocketAddr) -> (u64, u64) {
+    let v: serde_json::Value = serde_json::from_slice(&get(sim, "/_sim/stats").await).unwrap();
     (
         v["connections"].as_u64().unwrap_or(0),
         v["requests"].as_u64().unwrap_or(0),
@@ -614,14 +618,7 @@ async fn sim_counts(sim: SocketAddr) -> (u64, u64) {
 /// A full-mode figure with drops did not inspect everything, so its CPU is not the full cost.
 async fn dropped_copies(proxy: &Proxy) -> u64 {
     let Some(admin) = proxy.admin else { return 0 };
-    let mut sender = connect(admin, None).await.unwrap();
-    let request = http::Request::get("/metrics").header("host", "localhost");
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&body)
+    String::from_utf8_lossy(&get(admin, "/metrics").await)
         .lines()
         .filter(|l| l.starts_with("trackgate_captures_dropped_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
