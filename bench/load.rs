@@ -870,7 +870,6 @@ fn main() {
     // By rate share, then target: each round's latency histogram and figures.
     let mut open: Vec<Vec<Vec<OpenRound>>> =
         vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
-    let mut open_errors = vec![0u64; plain_targets.len()];
     for (s, share) in shares.iter().enumerate() {
         for _ in 0..rounds {
             for (t, proxy) in plain_targets.iter().enumerate() {
@@ -886,7 +885,6 @@ fn main() {
                 quiet(proxy);
                 let cpu = proxy.cpu() - cpu0;
                 let dropped = driver.block_on(dropped_copies(proxy)) - dropped0;
-                open_errors[t] += out.errors;
                 let round = Round {
                     rate: out.requests as f64 / out.seconds,
                     cpu: cpu * 1e6 / out.requests.max(1) as f64,
@@ -898,6 +896,13 @@ fn main() {
             }
         }
     }
+
+    let open_errors = |t: usize| -> u64 {
+        open.iter()
+            .flat_map(|share| &share[t])
+            .map(|(_, round)| round.errors)
+            .sum()
+    };
 
     // 3. TLS: closed loop through both proxies, the same certificate.
     let tls_targets = [&nginx, &pass_tls, &full_tls];
@@ -1016,9 +1021,8 @@ fn main() {
     }
     println!(
         "\nopen-loop errors: {}",
-        open_errors
-            .iter()
-            .map(|e| e.to_string())
+        (0..plain_targets.len())
+            .map(|t| open_errors(t).to_string())
             .collect::<Vec<_>>()
             .join(" / ")
     );
@@ -1047,7 +1051,7 @@ fn main() {
     }
 
     let total_errors: u64 = closed.iter().flatten().map(|c| c.errors).sum::<u64>()
-        + open_errors.iter().sum::<u64>()
+        + (0..plain_targets.len()).map(open_errors).sum::<u64>()
         + tls.iter().flatten().map(|c| c.2).sum::<u64>();
     // nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it).
     let baseline_children = baseline

@@ -210,28 +210,32 @@ async fn answered_connections(addr: std::net::SocketAddr, n: usize) -> Vec<TcpSt
     held
 }
 
-/// The real binary, plaintext, one worker, in front of `upstream`.
-fn plaintext_gateway_process(
-    dir: &std::path::Path,
-    upstream: &str,
-) -> (support::GatewayProcess, std::net::SocketAddr) {
+/// The real binary, plaintext, one worker, in front of a simulator of its own; the simulator and
+/// the data directory live as long as the returned values.
+async fn plaintext_gateway_process() -> (
+    support::GatewayProcess,
+    std::net::SocketAddr,
+    trackgate::simulate::exchange::ExchangeSimulator,
+    tempfile::TempDir,
+) {
+    let sim = support::simulator("sim").await;
+    let dir = tempfile::tempdir().unwrap();
     let config = support::write_config(
-        dir,
+        dir.path(),
         &format!(
-            "plaintext = true\n[upstreams]\news = \"{upstream}\"\n[runtime]\nworker_threads = 1\n"
+            "plaintext = true\n[upstreams]\news = \"{}\"\n[runtime]\nworker_threads = 1\n",
+            sim.url()
         ),
     );
     let gw = support::GatewayProcess::start(&config);
     let addr = support::addr_of(&gw.proxy);
-    (gw, addr)
+    (gw, addr, sim, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_connections_hold_no_http_buffers_in_the_real_binary() {
     const N: usize = 600;
-    let sim = support::simulator("sim").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (gw, addr) = plaintext_gateway_process(dir.path(), &sim.url());
+    let (gw, addr, _sim, _dir) = plaintext_gateway_process().await;
     let parked = async || gauge_at(&gw.admin, "trackgate_connections_parked").await;
     // A few first, so lazily built state (the upstream pool, metrics) is not counted. Not N:
     // memory freed when they close would be reused by the next N and hide what those keep.
@@ -345,9 +349,7 @@ async fn an_idle_tls_connection_parks_and_serves_its_next_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_of_closed_connections_goes_back_to_the_system_without_further_traffic() {
     const N: usize = 600;
-    let sim = support::simulator("sim").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (gw, addr) = plaintext_gateway_process(dir.path(), &sim.url());
+    let (gw, addr, _sim, _dir) = plaintext_gateway_process().await;
     let active = async || gauge_at(&gw.admin, "trackgate_connections_active").await;
     // Connections in the middle of a request head: each holds hyper's read buffer and its state.
     let half_requests = async |n: usize| {
