@@ -77,14 +77,25 @@ fn config_text(dv_url: &str, token_url: &str, extra: &str) -> String {
 
 async fn start_in(dir: &std::path::Path, dv_url: &str, token_url: &str, extra: &str) -> Gateway {
     trackgate::tls::install_crypto_provider();
-    // No Exchange is needed: the decisions are asked of the engine directly.
-    app::start(support::config(
-        dir,
-        "http://127.0.0.1:9",
-        &config_text(dv_url, token_url, extra),
-    ))
-    .await
-    .expect("gateway starts")
+    // A restart in the same process: the previous gateway's outbox threads close the file as
+    // they exit, just after its shutdown returns (as in the outbox's own restart test).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // No Exchange is needed: the decisions are asked of the engine directly.
+        let config = support::config(
+            dir,
+            "http://127.0.0.1:9",
+            &config_text(dv_url, token_url, extra),
+        );
+        match app::start(config).await {
+            Err(app::AppError::Outbox(trackgate::outbox::OutboxError::InUse { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            started => return started.expect("gateway starts"),
+        }
+    }
 }
 
 fn observation(value: Value) -> Observation {
