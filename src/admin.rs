@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Secret;
+use crate::common::Secret;
 use crate::crm::Journal;
 use crate::directory::DirectoryMetrics;
 use crate::directory::dataverse::DataverseSource;

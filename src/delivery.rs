@@ -18,11 +18,13 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::common::time::now_ms;
 use crate::crm::mapping::{self, BodyPolicy, TrackedEmail};
 use crate::crm::{Outcome, Sink};
 use crate::exchange::ExchangeClient;
-use crate::outbox::{Outbox, Record, Settlement, now_ms};
-use crate::rules::Engine;
+use crate::inspect::Message;
+use crate::outbox::{Outbox, Record, Settlement};
+use crate::rules::Decision;
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -120,11 +122,21 @@ struct Pause {
     outages: u32,
 }
 
+/// What delivery asks of the rules once Exchange has shown a message the traffic did not: the
+/// seam between the two (the pipeline implements it with the rules engine), so delivery never
+/// reaches into the rules or the directory.
+pub trait Enrichment: Send + Sync {
+    /// The decision made again from the message as Exchange has it.
+    fn redecide(&self, provisional: &Decision, fetched: &Message) -> Decision;
+    /// The CRM user who owns `mailbox`: the CRM writes act as them when so configured.
+    fn owner(&self, mailbox: &str) -> Option<uuid::Uuid>;
+}
+
 pub struct Delivery {
     outbox: Arc<dyn Outbox>,
     sink: Arc<Sink>,
     exchange: Option<Arc<ExchangeClient>>,
-    engine: Arc<Engine>,
+    enrichment: Arc<dyn Enrichment>,
     settings: DeliverySettings,
     metrics: DeliveryMetrics,
     pause: Mutex<Pause>,
@@ -144,7 +156,7 @@ impl Delivery {
         outbox: Arc<dyn Outbox>,
         sink: Arc<Sink>,
         exchange: Option<Arc<ExchangeClient>>,
-        engine: Arc<Engine>,
+        enrichment: Arc<dyn Enrichment>,
         settings: DeliverySettings,
         metrics: DeliveryMetrics,
     ) -> Arc<Delivery> {
@@ -152,7 +164,7 @@ impl Delivery {
             outbox,
             sink,
             exchange,
-            engine,
+            enrichment,
             settings,
             metrics,
             pause: Mutex::new(Pause::default()),
@@ -406,7 +418,7 @@ impl Delivery {
                     Ok(fetched) => {
                         self.metrics.enrichment("fetched");
                         if decision.needs_enrichment {
-                            let decided = self.engine.enriched(&decision, &fetched.message);
+                            let decided = self.enrichment.redecide(&decision, &fetched.message);
                             if !decided.is_track() {
                                 self.metrics.enrichment("not_tracked");
                                 tracing::debug!(
@@ -469,7 +481,7 @@ impl Delivery {
         doc.caller = decision
             .mailbox
             .as_deref()
-            .and_then(|m| self.engine.directory().guard().owner_object_id(m));
+            .and_then(|m| self.enrichment.owner(m));
         Ok(Some(doc))
     }
 }

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::Secret;
+use crate::common::ClientCredentials;
+use crate::common::Secret;
+use crate::common::read::read_capped;
+use crate::common::text::percent_encode;
 use crate::inspect::xml::{Tree, XmlLimits};
 use crate::inspect::{self, InspectLimits, Message, Observation};
-use crate::oauth::{ClientCredentials, TokenSource};
+use crate::oauth::TokenSource;
 
 /// Largest answer read.
 const MAX_ANSWER: usize = 16 << 20;
@@ -323,41 +326,11 @@ impl ExchangeClient {
     }
 }
 
-/// Reads at most `max` bytes of a service's answer, chunk by chunk (a chunked answer has no
-/// length to check first); says whether there was more. Shared with the CRM sinks.
-pub async fn read_capped(mut response: reqwest::Response, max: usize) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = max - out.len();
-        if chunk.len() > room {
-            out.extend_from_slice(&chunk[..room]);
-            return (out, true);
-        }
-        out.extend_from_slice(&chunk);
-    }
-    (out, false)
-}
-
 fn first_message(observations: Vec<Observation>) -> Option<Message> {
     observations.into_iter().find_map(|o| match o {
         Observation::MessageSeen { message, .. } => Some(message),
         _ => None,
     })
-}
-
-/// Percent-encodes everything but the unreserved characters and those in `keep` (for a URL
-/// path segment or a query value).
-pub(crate) fn percent_encode(text: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b)
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -371,11 +344,5 @@ mod tests {
         assert!(r.contains(r#"<t:ItemId Id="AAM&lt;="/>"#));
         assert!(r.contains("<t:BodyType>HTML</t:BodyType>"));
         assert!(Tree::parse(r.as_bytes(), XmlLimits::default()).is_ok());
-    }
-
-    #[test]
-    fn graph_paths_are_percent_encoded() {
-        assert_eq!(percent_encode("a@b.c", b"="), "a%40b.c");
-        assert_eq!(percent_encode("AA/B+C=", b"="), "AA%2FB%2BC=");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::config::Secret;
+use crate::common::ClientCredentials;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -17,14 +17,6 @@ pub enum TokenError {
     Refused { status: u16, error: String },
     #[error("token endpoint answered without an access token")]
     Malformed,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClientCredentials {
-    pub token_url: String,
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub scope: String,
 }
 
 #[derive(Debug)]

@@ -12,6 +12,10 @@ use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Directory(#[from] crate::directory::DirectoryError),
+    #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -42,12 +46,48 @@ fn pretty<T: serde::Serialize>(value: &T) -> Result<String, OpsError> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
 
+/// What `trackgate check` prints: the resolved configuration (stdout) and what it found
+/// (stderr).
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The configuration as TOML with every default filled in, secrets redacted.
+    pub resolved: String,
+    pub summary: String,
+}
+
+/// `trackgate check`: validates a configuration as a start would (the directory file
+/// included, since it is part of what must be right before a deploy). Dataverse is not
+/// contacted: `check` must work offline.
+pub fn check(path: &std::path::Path) -> Result<CheckReport, OpsError> {
+    let (raw, config) = Config::load(path)?;
+    crate::app::settings::check(&config)?;
+    let mut summary = format!("configuration {} is valid\n", path.display());
+    match &config.directory.dataverse {
+        Some(dv) => summary.push_str(&format!(
+            "directory: from Dataverse {} (replica {}), loaded at start\n",
+            dv.connection.url,
+            dv.replica_file.display()
+        )),
+        None => {
+            let source = crate::directory::FileSource {
+                path: config.directory.file.clone(),
+                max_size: config.directory.max_file_size,
+            };
+            summary.push_str(&format!("directory: {:?}\n", source.load()?.counts()));
+        }
+    }
+    Ok(CheckReport {
+        resolved: raw.to_redacted_toml(),
+        summary,
+    })
+}
+
 /// Runs an outbox command; returns what to print.
 pub fn outbox(config: &Config, action: OutboxAction) -> Result<String, OpsError> {
     let mut registry = prometheus_client::registry::Registry::default();
     match RedbOutbox::open(
         &config.outbox.file,
-        config.outbox.settings.clone(),
+        crate::app::settings::outbox(&config.outbox),
         OutboxMetrics::register(&mut registry),
     ) {
         Ok(outbox) => match action {

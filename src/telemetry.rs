@@ -7,23 +7,29 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, LoggingConfig};
-
 /// Prefix of every metric name.
 pub const METRIC_PREFIX: &str = "trackgate";
 
-/// Installs the global tracing subscriber. `RUST_LOG` wins over the configured level. Calling it
-/// twice is harmless (the second call is ignored), which keeps tests simple.
-pub fn init_logging(config: &LoggingConfig) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` wins over `level` (a filter such as
+/// `info` or `trackgate=debug,info`). Calling it twice is harmless (the second call is ignored),
+/// which keeps tests simple.
+pub fn init_logging(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match config.format {
+    let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };

@@ -775,10 +775,10 @@ async fn a_new_sender_becomes_one_contact_when_two_mailboxes_track_its_mail_at_o
             DataverseSettings {
                 url: dv.url(),
                 api_path: "/api/data/v9.2".into(),
-                credentials: Some(trackgate::oauth::ClientCredentials {
+                credentials: Some(trackgate::common::ClientCredentials {
                     token_url: dv.token_url(),
                     client_id: CLIENT_ID.into(),
-                    client_secret: trackgate::config::Secret::new(CLIENT_SECRET),
+                    client_secret: trackgate::common::Secret::new(CLIENT_SECRET),
                     scope: "x/.default".into(),
                 }),
                 act_as_owner: false,
@@ -925,8 +925,8 @@ async fn without_an_exchange_client_a_decision_needing_content_is_a_dead_letter_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() {
+    use trackgate::common::ClientCredentials;
     use trackgate::exchange::{ExchangeAuth, ExchangeClient, ExchangeError, ExchangeSettings};
-    use trackgate::oauth::ClientCredentials;
     use trackgate::simulate::{AuthMode, FixtureSet, SimulatorOptions};
 
     let dv = dataverse().await; // its token endpoint stands in for Entra ID
@@ -937,7 +937,7 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
         ExchangeAuth::OAuth(ClientCredentials {
             token_url: dv.token_url(),
             client_id: CLIENT_ID.into(),
-            client_secret: trackgate::config::Secret::new(secret),
+            client_secret: trackgate::common::Secret::new(secret),
             scope: "https://outlook.office365.com/.default".into(),
         })
     };
@@ -987,7 +987,7 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
         reqwest::Client::new(),
         settings(ExchangeAuth::Basic {
             username: "svc".into(),
-            password: trackgate::config::Secret::new("pw"),
+            password: trackgate::common::Secret::new("pw"),
         }),
     );
     assert!(matches!(

@@ -206,7 +206,7 @@ fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
             .split_once('(')
             .and_then(|(_, rest)| rest.rsplit_once(')'));
         let name = name.expect("a thread name").0.to_owned();
-        let nice = trackgate::niceness_from_stat(&stat).expect("a niceness");
+        let nice = trackgate::common::threads::niceness_from_stat(&stat).expect("a niceness");
         threads.push((name, nice));
     }
     threads
@@ -230,8 +230,8 @@ async fn inspection_and_the_outbox_writer_run_behind_the_proxy_workers() {
     };
     // The gateway starts at this test's own niceness (`nice cargo test` raises both).
     let own = std::fs::read_to_string("/proc/self/stat").expect("own stat");
-    let own = trackgate::niceness_from_stat(&own).expect("own niceness");
-    let behind = [trackgate::BEHIND_TRAFFIC_NICENESS.max(own)];
+    let own = trackgate::common::threads::niceness_from_stat(&own).expect("own niceness");
+    let behind = [trackgate::common::threads::BEHIND_TRAFFIC_NICENESS.max(own)];
     // Each thread lowers itself as it starts, which may be just after the gateway says ready.
     // Thread names are cut to 15 bytes by the kernel.
     let threads = support::wait_for(

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::mapping::{self, Action, EmailColumns, TrackedEmail};
 use super::multipart::{self, BatchItem, HttpPart};
 use super::{Outcome, failure, transport_error};
-use crate::oauth::{ClientCredentials, TokenSource};
+use crate::common::ClientCredentials;
+use crate::oauth::TokenSource;
 
 #[derive(Debug, Clone)]
 pub struct DataverseSettings {
@@ -239,7 +240,7 @@ impl DataverseSink {
         let url = self.api(&format!(
             "/{}?$select={key}&$top=5&$filter={}",
             mapping::entity_set(&created.entity),
-            crate::exchange::percent_encode(&filter, b"")
+            crate::common::text::percent_encode(&filter, b"")
         ));
         let request = self.authorize(self.http.get(url), None).await?;
         let response = request.send().await.map_err(|e| transport_error(&e))?;

@@ -84,7 +84,7 @@ impl Journal {
     }
 
     fn write(&self, emails: &[TrackedEmail]) -> Result<(), JournalError> {
-        let now = crate::outbox::now_ms();
+        let now = crate::common::time::now_ms();
         let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
             let mut table = txn.open_table(JOURNAL).map_err(|e| self.fail(e))?;

@@ -130,7 +130,7 @@ pub async fn failure(response: reqwest::Response) -> Outcome {
 
 /// Reads an error body, cut to what a dead letter keeps (the rest is never read).
 pub async fn kept_body(response: reqwest::Response) -> String {
-    let (bytes, _) = crate::exchange::read_capped(response, MAX_KEPT_RESPONSE).await;
+    let (bytes, _) = crate::common::read::read_capped(response, MAX_KEPT_RESPONSE).await;
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

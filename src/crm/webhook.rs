@@ -12,7 +12,7 @@ use sha2::Sha256;
 
 use super::mapping::TrackedEmail;
 use super::{Outcome, failure, transport_error};
-use crate::config::Secret;
+use crate::common::Secret;
 
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
@@ -79,7 +79,7 @@ impl WebhookSink {
                 };
             }
         };
-        let timestamp = crate::outbox::now_ms() / 1000;
+        let timestamp = crate::common::time::now_ms() / 1000;
         let response = self
             .http
             .post(&self.settings.url)

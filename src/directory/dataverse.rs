@@ -27,7 +27,8 @@ use super::odata::Filter;
 use super::replica::{Replica, ReplicaChanges, ReplicaError};
 use super::snapshot::{Directory, InvalidDirectory};
 use super::tables::{self, OtherTable, TableSpec};
-use crate::oauth::{ClientCredentials, TokenSource};
+use crate::common::ClientCredentials;
+use crate::oauth::TokenSource;
 
 /// Largest response page read (a 5000-row page of the widest table is a few MB).
 const MAX_PAGE_BYTES: usize = 64 << 20;
@@ -602,7 +603,7 @@ impl DataverseSource {
         // time (its rows are replaced then).
         let persisting = std::time::Instant::now();
         let written = changes.upserts.len() + changes.deletes.len();
-        if let Err(error) = crate::off_the_workers(|| self.replica.commit(changes)) {
+        if let Err(error) = crate::common::off_the_workers(|| self.replica.commit(changes)) {
             forget_deltas(&mut state);
             return Err(error.into());
         }
@@ -617,9 +618,9 @@ impl DataverseSource {
             return Ok((None, skipped, as_of, generation));
         }
         let building = std::time::Instant::now();
-        let (doc, skipped) = crate::off_the_workers(|| document(&state));
+        let (doc, skipped) = crate::common::off_the_workers(|| document(&state));
         drop(state);
-        let directory = crate::off_the_workers(|| Directory::build(doc))?;
+        let directory = crate::common::off_the_workers(|| Directory::build(doc))?;
         tracing::info!(
             fetch_ms = fetched.as_millis() as u64,
             persist_ms = persisted.as_millis() as u64,
@@ -1311,7 +1312,7 @@ fn document(state: &State) -> (DirectoryDocument, u64) {
     for m in &mut mailbox_list {
         if m.processemailreceivedafter
             .as_deref()
-            .is_some_and(|t| crate::inspect::model::timestamp_seconds(t).is_none())
+            .is_some_and(|t| crate::common::time::timestamp_seconds(t).is_none())
         {
             m.processemailreceivedafter = None;
             skipped += 1;

@@ -9,7 +9,8 @@ use uuid::Uuid;
 use super::model::{
     ContactMatching, DirectoryDocument, Lookup, OrgDbOrgSettings, OtherMatching, UserSettings,
 };
-use crate::inspect::model::{normalize_message_id, timestamp_seconds};
+use crate::common::text::normalize_message_id;
+use crate::common::time::timestamp_seconds;
 
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 

@@ -5,9 +5,11 @@
 
 use super::model::{
     Address, Appointment, CategoryMode, Change, Contact, Message, Observation, Origin, Source,
-    Task, Transfer, normalize_message_id, normalize_timestamp,
+    Task, Transfer,
 };
 use super::xml::{Node, Ns, Tree};
+use crate::common::text::normalize_message_id;
+use crate::common::time::normalize_timestamp;
 
 /// What one EWS exchange produced.
 #[derive(Debug, Default)]

@@ -7,10 +7,9 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer};
 
-use super::model::{
-    Address, CategoryMode, Message, Observation, Origin, Source, Transfer, normalize_message_id,
-    normalize_timestamp,
-};
+use super::model::{Address, CategoryMode, Message, Observation, Origin, Source, Transfer};
+use crate::common::text::normalize_message_id;
+use crate::common::time::normalize_timestamp;
 
 /// Well-known folder names Graph accepts in place of ids.
 const WELL_KNOWN: [&str; 12] = [

@@ -9,6 +9,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use super::ntlm::{self, NtlmMessage};
+use crate::common::text::percent_decode;
 
 /// The mailbox from HTTP-level hints, in precedence order.
 pub fn http_mailbox(
@@ -48,26 +49,6 @@ pub fn graph_user(path: &str) -> Option<String> {
     let id = percent_decode(segments.next()?);
     let id = id.trim_matches(|c| c == '\'' || c == '"');
     (!id.is_empty()).then(|| id.to_lowercase())
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The authenticated principal: Basic user, bearer claims, or NTLM user (`domain\user`).

@@ -5,7 +5,8 @@
 
 use base64::Engine as _;
 
-use super::model::{Address, Message, normalize_message_id};
+use super::model::{Address, Message};
+use crate::common::text::normalize_message_id;
 
 /// Largest header section read.
 const MAX_HEADER: usize = 256 * 1024;

@@ -144,7 +144,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("trackgate-inspect".into())
         .spawn(move || {
-            crate::run_behind_traffic("trackgate-inspect");
+            crate::common::run_behind_traffic("trackgate-inspect");
             let mut napped = false;
             loop {
                 let capture = match queue.try_recv() {

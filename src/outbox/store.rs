@@ -19,8 +19,9 @@ use uuid::Uuid;
 
 use super::{
     DeadLetter, Outbox, OutboxError, OutboxMetrics, OutboxSettings, Record, Settlement, Stats,
-    dedup_key, now_ms,
+    dedup_key,
 };
+use crate::common::time::now_ms;
 use crate::rules::Decision;
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
@@ -188,7 +189,7 @@ impl RedbOutbox {
         std::thread::Builder::new()
             .name("trackgate-outbox".into())
             .spawn(move || {
-                crate::run_behind_traffic("trackgate-outbox");
+                crate::common::run_behind_traffic("trackgate-outbox");
                 writer.run(receiver)
             })
             .map_err(OutboxError::Thread)?;

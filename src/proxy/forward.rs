@@ -287,7 +287,7 @@ fn external_url(state: &ProxyState, tls: bool, host: Option<&HeaderValue>) -> Op
     }
     let host = host?.to_str().ok()?;
     let url = format!("{}://{host}", if tls { "https" } else { "http" });
-    autodiscover::valid_external_url(&url).then_some(url)
+    crate::common::url::valid_external_url(&url).then_some(url)
 }
 
 async fn send_pooled(

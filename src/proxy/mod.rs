@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod settings;
 pub mod stack;
 pub mod upstream;
 
@@ -26,13 +27,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{
-    AutodiscoverConfig, Config, LimitsConfig, ListenerConfig, ListenerTls, UpstreamsConfig,
-};
 use crate::tls::{self, TlsError};
 
 pub use metrics::ProxyMetrics;
 pub use route::{RouteClass, Routes, UpstreamBase};
+pub use settings::{
+    AutodiscoverSettings, Limits, ListenerSettings, ListenerTls, ProxySettings, UpstreamTimeouts,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyBuildError {
@@ -49,42 +50,42 @@ pub struct ProxyState {
     pub pool: upstream::PooledClient,
     pub upstream: upstream::UpstreamSettings,
     pub tls_acceptor: Option<TlsAcceptor>,
-    pub listener: ListenerConfig,
-    pub limits: LimitsConfig,
-    pub timeouts: UpstreamsConfig,
-    pub autodiscover: AutodiscoverConfig,
+    pub listener: ListenerSettings,
+    pub limits: Limits,
+    pub timeouts: UpstreamTimeouts,
+    pub autodiscover: AutodiscoverSettings,
     pub http1: http1::Builder,
     pub http2: http2::Builder<TokioExecutor>,
 }
 
 impl ProxyState {
     pub fn build(
-        config: &Config,
+        settings: &ProxySettings,
         routes: Routes,
         metrics: &ProxyMetrics,
     ) -> Result<ProxyState, ProxyBuildError> {
-        let tls_acceptor = match &config.listener.tls {
+        let tls_acceptor = match &settings.listener.tls {
             ListenerTls::Off => None,
             ListenerTls::Files { cert, key } => Some(
-                tls::server_config(cert, key, &config.listener.alpn)
+                tls::server_config(cert, key, &settings.listener.alpn)
                     .map_err(ProxyBuildError::ListenerTls)?,
             ),
             ListenerTls::Development { dir } => {
                 let dev = tls::ensure_dev_certs(dir).map_err(ProxyBuildError::ListenerTls)?;
                 Some(
-                    tls::server_config(&dev.cert, &dev.key, &config.listener.alpn)
+                    tls::server_config(&dev.cert, &dev.key, &settings.listener.alpn)
                         .map_err(ProxyBuildError::ListenerTls)?,
                 )
             }
         }
         .map(TlsAcceptor::from);
-        let client_tls = tls::upstream_client_config(config.upstreams.ca_bundle.as_deref())
+        let client_tls = tls::upstream_client_config(settings.upstreams.ca_bundle.as_deref())
             .map_err(ProxyBuildError::UpstreamTls)?;
         let upstream = upstream::UpstreamSettings {
             tls: Arc::new(client_tls),
-            connect_timeout: config.upstreams.connect_timeout,
-            pool_idle_timeout: config.upstreams.pool_idle_timeout,
-            pool_max_idle_per_host: config.upstreams.pool_max_idle_per_host,
+            connect_timeout: settings.upstreams.connect_timeout,
+            pool_idle_timeout: settings.upstreams.pool_idle_timeout,
+            pool_max_idle_per_host: settings.upstreams.pool_max_idle_per_host,
         };
         let pool = upstream::pooled_client(&upstream, metrics.upstream_connects_pooled.clone());
         Ok(ProxyState {
@@ -92,19 +93,19 @@ impl ProxyState {
             pool,
             upstream,
             tls_acceptor,
-            listener: config.listener.clone(),
-            limits: config.limits.clone(),
-            timeouts: config.upstreams.clone(),
-            autodiscover: config.autodiscover.clone(),
-            http1: http1_builder(&config.limits),
-            http2: http2_builder(&config.limits),
+            listener: settings.listener.clone(),
+            limits: settings.limits.clone(),
+            timeouts: settings.upstreams.clone(),
+            autodiscover: settings.autodiscover.clone(),
+            http1: http1_builder(&settings.limits),
+            http2: http2_builder(&settings.limits),
         })
     }
 }
 
 /// The client-facing HTTP/1.1 settings. The timer matters: without one hyper silently ignores
 /// the header read timeout, and slow-header clients would hold connections forever.
-fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
+fn http1_builder(limits: &Limits) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -116,7 +117,7 @@ fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
 }
 
 /// The client-facing HTTP/2 settings.
-fn http2_builder(limits: &LimitsConfig) -> http2::Builder<TokioExecutor> {
+fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

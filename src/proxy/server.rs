@@ -203,7 +203,7 @@ async fn serve_tls(
     }
 }
 
-fn guard<IO>(io: IO, limits: &crate::config::LimitsConfig) -> FramingGuard<IO> {
+fn guard<IO>(io: IO, limits: &super::Limits) -> FramingGuard<IO> {
     FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
 }
 

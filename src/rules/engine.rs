@@ -14,12 +14,12 @@ use super::decision::{
     RegardingSource, Verdict, auto_created_id, email_id, names_for,
 };
 use super::memory::{FolderInfo, Memory, Summary, TrackedRef};
+use crate::common::time::timestamp_seconds;
 use crate::directory::model::Lookup;
 use crate::directory::snapshot::{
     Directory, EntityKind, MailboxEntry, Owner, TrackedRow, address_hashes, conversation_key,
     lower, normalize_exchange_id, recipient_may_match, subject_hashes, tracking_token,
 };
-use crate::inspect::model::timestamp_seconds;
 use crate::inspect::{Address, CategoryMode, Message, Observation, Origin, Transfer};
 
 /// More matches than this leave an address unresolved (domain.md §4.1).

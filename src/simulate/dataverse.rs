@@ -204,7 +204,7 @@ fn pk(set: &str) -> String {
 }
 
 fn now_ms() -> u64 {
-    crate::outbox::now_ms()
+    crate::common::time::now_ms()
 }
 
 fn error(status: u16, code: &str, message: &str) -> (u16, Vec<(String, String)>, String) {

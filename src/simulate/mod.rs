@@ -6,6 +6,7 @@ pub mod exchange;
 pub mod fixtures;
 pub mod ntlm;
 pub mod soap;
+pub mod standalone;
 
 pub use dataverse::{DataverseFaults, DataverseOptions, DataverseSimulator};
 pub use exchange::{

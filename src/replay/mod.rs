@@ -4,11 +4,16 @@
 //! the order given (folders sorted by name), and the memory carries over from one to the next,
 //! as it would for live traffic. Nothing is sent anywhere.
 
+mod recorded;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use recorded::{InspectInputs, RecordedMessage, inspect_recorded, read_recorded};
+
+use crate::directory::{DirectoryHandle, FileSource};
 use crate::inspect::{self, InspectLimits, Observation};
-use crate::rules::{Decision, Engine, Mode, Verdict};
+use crate::rules::{Decision, Engine, MemoryLimits, Mode, RulesLimits, Verdict};
 use crate::simulate::fixtures::Fixture;
 
 /// Most observations read from one `.jsonl` file, and the longest line.
@@ -41,6 +46,14 @@ pub enum ReplayError {
     Unknown(PathBuf),
     #[error("cannot write the output: {0}")]
     Write(#[from] std::io::Error),
+    #[error("{path}: not a recorded HTTP message: {problem}")]
+    Http { path: PathBuf, problem: String },
+    #[error("--header {0:?}: write it as 'Name: value'")]
+    Header(String),
+    #[error("nothing to inspect: give fixture folders, or --request and/or --response")]
+    NothingToInspect,
+    #[error(transparent)]
+    Directory(#[from] crate::directory::DirectoryError),
 }
 
 /// One recorded exchange (or observation file) and what inspection made of it.
@@ -160,6 +173,27 @@ pub struct ReplaySummary {
     pub observations: usize,
     pub tracked: usize,
     pub ignored: usize,
+}
+
+/// `trackgate replay`: the directory file (or the embedded example), then every input decided
+/// in order, one JSON line per decision on `out`.
+pub fn replay_files(
+    directory: Option<PathBuf>,
+    inputs: &[PathBuf],
+    out: impl Write,
+    on_problem: impl FnMut(&str, &str),
+) -> Result<ReplaySummary, ReplayError> {
+    let source = FileSource {
+        path: directory,
+        max_size: u64::MAX,
+    };
+    let engine = Engine::new(
+        DirectoryHandle::new(source.load()?),
+        MemoryLimits::default(),
+        RulesLimits::default(),
+    );
+    let recorded = collect(inputs)?;
+    Ok(replay(&engine, &recorded, out, on_problem)?.0)
 }
 
 /// Decides every observation in order and writes one JSON line per decision, each naming the

@@ -1,33 +1,33 @@
-//! The composition root: builds each stage from its configuration section, wires them, runs
-//! the signal loop (SIGHUP reloads, SIGTERM/SIGINT drain) and shuts down in order. It parses
+//! The composition root: builds each stage from its settings (`settings` resolves them from the
+//! configuration, `build` has one constructor per stage), wires them in flow order, runs the
+//! signal loop (SIGHUP reloads, SIGTERM/SIGINT drain) and shuts down in order. It parses
 //! nothing and forwards nothing itself.
+
+mod build;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, ListenerTls, SinkConfig, UpstreamTarget};
-use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
+use crate::crm::Journal;
 use crate::delivery::{Delivery, DeliveryMetrics};
 use crate::directory::dataverse::DataverseSource;
-use crate::directory::{DirectoryError, DirectoryHandle, DirectoryMetrics, FileSource};
+use crate::directory::{DirectoryError, DirectoryMetrics, FileSource};
 use crate::exchange::ExchangeClient;
-use crate::inspect::InspectLimits;
-use crate::inspect::decode::DecodeLimits;
-use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
-use crate::inspect::xml::XmlLimits;
+use crate::inspect::worker::{InspectMetrics, RecentObservations};
 use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
-use crate::proxy::capture::{Budget, CaptureSink};
+use crate::pipeline::Pipeline;
 use crate::proxy::server;
 use crate::proxy::{Proxy, ProxyBuildError, ProxyMetrics, ProxyState, Routes, UpstreamBase};
-use crate::rules::{Engine, MemoryLimits, Mode, RecentDecisions, RulesLimits, RulesMetrics};
+use crate::rules::{Engine, RecentDecisions, RulesMetrics};
+use crate::simulate::ExchangeSimulator;
 use crate::simulate::fixtures::FixtureError;
-use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 use crate::{telemetry, tls};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,275 +89,77 @@ pub struct Gateway {
     delivery_task: Option<JoinHandle<()>>,
 }
 
-/// The client for every outbound service call (CRM, webhook, Exchange enrichment).
-fn service_client(config: &Config) -> Result<reqwest::Client, AppError> {
-    reqwest::Client::builder()
-        .timeout(config.delivery.request_timeout)
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .pool_max_idle_per_host(64)
-        .user_agent(concat!("trackgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| AppError::HttpClient(e.to_string()))
-}
-
-/// The configured sink (and the journal, when it is the sink, for the admin endpoints).
-fn build_sink(
-    config: &Config,
-    http: &reqwest::Client,
-) -> Result<(Sink, Option<Arc<Journal>>), AppError> {
-    Ok(match &config.crm.sink {
-        SinkConfig::Journal { file } => {
-            let journal = Arc::new(Journal::open(file)?);
-            (Sink::Journal(journal.clone()), Some(journal))
-        }
-        SinkConfig::Dataverse {
-            url,
-            api_path,
-            credentials,
-            act_as_owner,
-            max_requests_per_window,
-        } => (
-            Sink::Dataverse(Box::new(DataverseSink::new(
-                http.clone(),
-                DataverseSettings {
-                    url: url.clone(),
-                    api_path: api_path.clone(),
-                    credentials: credentials.clone(),
-                    act_as_owner: *act_as_owner,
-                    batch_size: config.delivery.settings.batch_size,
-                    timeout: config.delivery.request_timeout,
-                    columns: config.crm.fields.email,
-                    max_requests_per_window: *max_requests_per_window,
-                },
-            ))),
-            None,
-        ),
-        SinkConfig::Webhook { url, secret } => (
-            Sink::Webhook(WebhookSink::new(
-                http.clone(),
-                WebhookSettings {
-                    url: url.clone(),
-                    secret: secret.clone(),
-                    timeout: config.delivery.request_timeout,
-                },
-            )),
-            None,
-        ),
-    })
-}
-
-fn directory_source(config: &Config) -> FileSource {
-    FileSource {
-        path: config.directory.file.clone(),
-        max_size: config.directory.max_file_size,
-    }
-}
-
-/// Starts every part and returns once the listeners are bound and the gateway is ready.
+/// Starts every part and returns once the listeners are bound and the gateway is ready. Reads
+/// like the flow: the upstream, then what works behind the traffic from the end back (the
+/// directory and the rules, the outbox, delivery), then inspection and the proxy in front.
 pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     tls::install_crypto_provider();
+    settings::check(&config)?;
     with_simulator_hosts(&mut config);
-    let simulator = match config.upstreams.target {
-        UpstreamTarget::Simulator => {
-            let options = SimulatorOptions::new("embedded", FixtureSet::embedded()?);
-            let sim = ExchangeSimulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), options)
-                .await
-                .map_err(AppError::Simulator)?;
-            Some(sim)
-        }
-        UpstreamTarget::Remote { .. } => None,
-    };
+    let simulator = build::embedded_upstream(&config).await?;
     let routes = routes_for(&config, simulator.as_ref())?;
-
     let mut registry = telemetry::new_registry();
-    let metrics = Arc::new(ProxyMetrics::register(&mut registry));
-    let inspect_metrics = Arc::new(InspectMetrics::register(&mut registry));
-    let recent = RecentObservations::new(1024);
+    let http = build::service_client(&config)?;
 
     // The directory and the rules that read it.
-    let directory_metrics = Arc::new(DirectoryMetrics::register(&mut registry));
-    let http = service_client(&config)?;
-    let source = directory_source(&config);
-    let (snapshot, dataverse_source) = match &config.directory.dataverse {
-        None => (source.load()?, None),
-        Some(dv) => {
-            let (dataverse, replica) = DataverseSource::open(http.clone(), dv.source.clone())
-                .map_err(AppError::DirectorySource)?;
-            let snapshot = match replica {
-                Some(r) => r,
-                None => crate::directory::dataverse::empty_directory()
-                    .map_err(|e| AppError::DirectorySource(e.into()))?,
-            };
-            (snapshot, Some(Arc::new(dataverse)))
-        }
-    };
-    directory_metrics.loaded(&snapshot);
-    tracing::info!(counts = ?snapshot.counts(), "directory loaded");
-    let directory = DirectoryHandle::new(snapshot);
-    if let (Some(dataverse), Some(dv)) = (&dataverse_source, &config.directory.dataverse) {
-        // The first load runs as its own task: waited for up to `startup_wait`, then left to
-        // finish in the background while the replica (or nothing) serves.
-        let first = tokio::spawn({
-            let (source, handle, metrics) = (
-                dataverse.clone(),
-                directory.clone(),
-                directory_metrics.clone(),
-            );
-            async move { crate::directory::dataverse::refresh_now(&source, &handle, &metrics).await }
-        });
-        let serving = if dataverse.status().from_replica {
-            "serving the persisted replica"
-        } else {
-            "nothing is tracked until it answers (no replica yet)"
-        };
-        match tokio::time::timeout(dv.startup_wait, first).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => {
-                tracing::warn!(%error, "Dataverse not loaded at start; {serving}");
-            }
-            Ok(Err(_)) => tracing::warn!("the first directory load stopped; {serving}"),
-            Err(_) => tracing::warn!(
-                wait = ?dv.startup_wait,
-                "Dataverse still loading after startup_wait; {serving} meanwhile"
-            ),
-        }
-        directory_metrics.source_status(&dataverse.status());
-    }
-    let engine = Arc::new(Engine::new(
-        directory.clone(),
-        MemoryLimits {
-            max_bytes: config.rules.memory,
-            max_tracked: config.rules.tracked_memory_entries,
-        },
-        RulesLimits {
-            max_parties: config.rules.max_parties,
-        },
-    ));
+    let directory = build::directory(&config, &http, &mut registry).await?;
+    let (memory, limits) = settings::rules(&config.rules);
+    let engine = Arc::new(Engine::new(directory.handle.clone(), memory, limits));
     let rules_metrics = Arc::new(RulesMetrics::register(&mut registry));
     let decisions = RecentDecisions::new(config.rules.recent_decisions);
-    let directory_source = Arc::new(Mutex::new(source));
 
-    // The outbox and delivery.
+    // The outbox, and delivery from it to the sink.
     let outbox = Arc::new(RedbOutbox::open(
         &config.outbox.file,
-        config.outbox.settings.clone(),
+        settings::outbox(&config.outbox),
         OutboxMetrics::register(&mut registry),
     )?);
-    let (sink, journal) = build_sink(&config, &http)?;
+    let (sink, journal) = build::sink(&config, &http)?;
+    let exchange = config
+        .exchange
+        .as_ref()
+        .map(|e| Arc::new(ExchangeClient::new(http.clone(), settings::exchange(e))));
     let delivery = Delivery::new(
         outbox.clone(),
         Arc::new(sink),
-        config
-            .exchange
-            .clone()
-            .map(|s| Arc::new(ExchangeClient::new(http.clone(), s))),
+        exchange,
         engine.clone(),
-        config.delivery.settings.clone(),
+        settings::delivery(&config.delivery),
         DeliveryMetrics::register(&mut registry),
     );
 
-    let capture = if config.inspect.enabled {
-        let i = &config.inspect;
-        let (queue, captures) = tokio::sync::mpsc::channel(i.queue);
-        let budget = Budget::new(i.memory_budget);
-        let limits = InspectLimits {
-            xml: XmlLimits {
-                max_depth: i.xml_max_depth,
-                max_elements: i.xml_max_elements,
-            },
-            decode: DecodeLimits {
-                max_output: i.decoded_limit,
-                max_ratio: i.max_ratio,
-            },
-        };
-        worker::spawn(
-            captures,
-            budget.clone(),
-            limits,
-            inspect_metrics.clone(),
-            recent.clone(),
-            {
-                let (engine, rules_metrics, decisions, outbox) = (
-                    engine.clone(),
-                    rules_metrics.clone(),
-                    decisions.clone(),
-                    outbox.clone(),
-                );
-                move |o| {
-                    for d in engine.decide(o, Mode::APPLY) {
-                        rules_metrics.record(&d);
-                        tracing::debug!(verdict = ?d.verdict, reason = d.reason.as_str(), "decision");
-                        if d.is_track() {
-                            outbox.submit(&d);
-                        }
-                        decisions.push(d);
-                    }
-                }
-            },
-        )
-        .map_err(AppError::Worker)?;
-        Some(Arc::new(CaptureSink::new(
-            queue,
-            i.capture_limit,
-            budget,
-            metrics.captures.clone(),
-            Some(is_streaming_request),
-        )))
-    } else {
-        None
-    };
+    // Inspection feeding the pipeline, and the proxy in front of it all.
+    let metrics = Arc::new(ProxyMetrics::register(&mut registry));
+    let inspect_metrics = Arc::new(InspectMetrics::register(&mut registry));
+    let recent = RecentObservations::new(1024);
+    let pipeline = Pipeline::new(
+        engine.clone(),
+        rules_metrics.clone(),
+        decisions.clone(),
+        outbox.clone(),
+    );
+    let capture = build::inspection(
+        &config,
+        pipeline,
+        inspect_metrics.clone(),
+        recent.clone(),
+        &metrics,
+    )?;
     let proxy = Arc::new(Proxy::new(
-        ProxyState::build(&config, routes, &metrics)?,
+        ProxyState::build(&settings::proxy(&config), routes, &metrics)?,
         metrics,
         capture,
     ));
 
-    let listener = server::bind(config.listener.address).map_err(|source| AppError::Bind {
-        what: "proxy listener",
-        addr: config.listener.address,
-        source,
-    })?;
-    let admin_listener = TcpListener::bind(config.admin.address)
-        .await
-        .map_err(|source| AppError::Bind {
-            what: "admin listener",
-            addr: config.admin.address,
-            source,
-        })?;
-    let local = |l: &TcpListener, what, addr| {
-        l.local_addr()
-            .map_err(|source| AppError::Bind { what, addr, source })
-    };
-    let proxy_addr = local(&listener, "proxy listener", config.listener.address)?;
-    let admin_addr = local(&admin_listener, "admin listener", config.admin.address)?;
-
+    // Listen, serve, and keep the directory fresh.
+    let listeners = build::listeners(&config).await?;
     let (stop, stopped) = watch::channel(false);
-    let server_task = tokio::spawn(server::serve(listener, proxy.clone(), stopped.clone()));
-    match &dataverse_source {
-        Some(dataverse) => {
-            tokio::spawn(crate::directory::dataverse::keep_fresh(
-                dataverse.clone(),
-                directory.clone(),
-                directory_metrics.clone(),
-                stopped.clone(),
-            ));
-        }
-        None => {
-            tokio::spawn(crate::directory::file::watch(
-                directory_source.clone(),
-                config.directory.poll_interval,
-                stopped.clone(),
-                {
-                    let (directory, metrics) = (directory.clone(), directory_metrics.clone());
-                    move |loaded| {
-                        if let Err(error) = directory.apply(loaded, &metrics) {
-                            tracing::error!(%error, "directory file changed but is not valid; keeping the last snapshot");
-                        }
-                    }
-                },
-            ));
-        }
-    }
+    let server_task = tokio::spawn(server::serve(
+        listeners.proxy,
+        proxy.clone(),
+        stopped.clone(),
+    ));
+    build::keep_directory_fresh(&directory, config.directory.poll_interval, stopped.clone());
     let admin_state = Arc::new(AdminState {
         proxy: proxy.clone(),
         registry: Arc::new(registry),
@@ -366,10 +168,10 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         token: config.admin.token.clone(),
         outbox: outbox.clone(),
         journal: journal.clone(),
-        directory_source: dataverse_source.clone(),
-        directory_metrics: directory_metrics.clone(),
+        directory_source: directory.dataverse.clone(),
+        directory_metrics: directory.metrics.clone(),
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stopped));
+    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin_state, stopped));
     let (delivery_stop, delivery_stopped) = watch::channel(false);
     let delivery_task = config
         .delivery
@@ -377,8 +179,8 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         .then(|| delivery.spawn(delivery_stopped, config.shutdown.grace_period));
     proxy.set_ready(true);
     Ok(Gateway {
-        proxy_addr,
-        admin_addr,
+        proxy_addr: listeners.proxy_addr,
+        admin_addr: listeners.admin_addr,
         proxy,
         stop,
         server_task,
@@ -390,22 +192,14 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         engine,
         rules_metrics,
         decisions,
-        directory_source,
-        directory_metrics,
-        dataverse_source,
+        directory_source: directory.file,
+        directory_metrics: directory.metrics,
+        dataverse_source: directory.dataverse,
         outbox,
         journal,
         delivery_stop,
         delivery_task,
     })
-}
-
-/// An EWS `GetStreamingEvents` request: its response never ends, so it is not copied.
-fn is_streaming_request(body: &[u8]) -> bool {
-    // Runs on the proxy worker for every EWS request: a byte search rules out nearly all of
-    // them before any XML is parsed.
-    memchr::memmem::find(body, b"GetStreamingEvents").is_some()
-        && crate::inspect::xml::operation(body).is_some_and(|op| op == "GetStreamingEvents")
 }
 
 /// The built-in simulator's fixtures name `mail.contoso.example` as the Exchange host; its
@@ -560,7 +354,8 @@ impl Gateway {
     pub fn reload(&self, mut config: Config) -> Result<(), AppError> {
         with_simulator_hosts(&mut config);
         let routes = routes_for(&config, self.simulator.as_ref())?;
-        let state = ProxyState::build(&config, routes, &self.proxy.metrics)?;
+        settings::check(&config)?;
+        let state = ProxyState::build(&settings::proxy(&config), routes, &self.proxy.metrics)?;
         if self.dataverse_source.is_some() || config.directory.dataverse.is_some() {
             // The Dataverse source refreshes on its own schedule; switching sources needs a
             // restart.
@@ -568,7 +363,7 @@ impl Gateway {
                 tracing::warn!("directory.source changes only on restart; kept the running source");
             }
         } else {
-            let source = directory_source(&config);
+            let source = build::file_source(&config);
             let snapshot = match source.load() {
                 Ok(s) => s,
                 Err(error) => {
@@ -667,7 +462,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     print_banner(&gateway);
     loop {
         tokio::select! {
-            _ = hangup.recv() => match crate::off_the_workers(|| gateway.reload_from_source()) {
+            _ = hangup.recv() => match crate::common::off_the_workers(|| gateway.reload_from_source()) {
                 Ok(()) => {
                     gateway.proxy.metrics.config_reloads_ok.inc();
                     tracing::info!("configuration reloaded");

@@ -1,198 +1,37 @@
-//! The configuration of the outbox, delivery, the CRM sinks and the Exchange service client:
-//! `[outbox]`, `[delivery]`, `[crm]` (with `[crm.dataverse]` and `[crm.webhook]`) and
-//! `[exchange]`.
+//! The sections of delivery: `[outbox]`, `[delivery]`, `[crm]` (with `[crm.dataverse]` and
+//! `[crm.webhook]`) and `[exchange]`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::{ConfigError, Secret, at_least, positive, readable_file};
-use crate::crm::mapping::{BodyPolicy, FieldTable};
-use crate::exchange::{ExchangeAuth, ExchangeSettings};
-use crate::oauth::ClientCredentials;
-use crate::outbox::OutboxSettings;
-
-/// `[outbox]`: the durable queue of track decisions.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawOutbox {
-    /// The redb file. Unset: `<storage.data_dir>/outbox.redb`.
-    pub file: Option<PathBuf>,
-    /// A group commit (one fsync) holds at most this many operations…
-    pub group_commit_records: usize,
-    /// …and waits at most this long for more. A crash loses at most the decisions of this
-    /// window (they were never acknowledged to anyone).
-    #[serde(with = "humantime_serde")]
-    pub group_commit_interval: Duration,
-    /// Decisions waiting for the writer; beyond, new ones are refused and counted.
-    pub queue: usize,
-    /// Records waiting for delivery; beyond, new ones are refused and counted.
-    pub max_pending: u64,
-    /// How long delivered ids are remembered, so the same decision is not queued again.
-    #[serde(with = "humantime_serde")]
-    pub delivered_window: Duration,
-}
-
-impl Default for RawOutbox {
-    fn default() -> Self {
-        let d = OutboxSettings::default();
-        RawOutbox {
-            file: None,
-            group_commit_records: d.group_records,
-            group_commit_interval: d.group_interval,
-            queue: d.queue,
-            max_pending: d.max_pending,
-            delivered_window: d.delivered_window,
-        }
-    }
-}
-
-/// `[delivery]`: the workers that write to the CRM.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawDelivery {
-    /// Off: decisions queue in the outbox and nothing is sent.
-    pub enabled: bool,
-    /// Sink requests in flight at once (Dataverse allows 52 per application user).
-    pub concurrency: usize,
-    /// Records per sink request; above 1 the Dataverse sink uses `$batch` (≤ 1000).
-    pub batch_size: usize,
-    /// A record failing this many times (500s, timeouts of its own) goes to dead letter.
-    pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub backoff_base: Duration,
-    #[serde(with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// Timeout of one request to the CRM or Exchange.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// How much of a message body reaches the CRM: `full`, `text` or `none`.
-    pub body: BodyPolicy,
-}
-
-impl Default for RawDelivery {
-    fn default() -> Self {
-        RawDelivery {
-            enabled: true,
-            concurrency: 8,
-            batch_size: 1,
-            max_attempts: 10,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            request_timeout: Duration::from_secs(30),
-            body: BodyPolicy::Full,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    /// A local redb journal (`trackgate journal list`).
-    #[default]
-    Journal,
-    Dataverse,
-    Webhook,
-}
-
-/// `[crm]`: where tracked emails go.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawCrm {
-    pub sink: SinkKind,
-    /// A synchronized-fields table (TOML). Unset: the embedded one (`src/crm/fields.toml`).
-    pub fields: Option<PathBuf>,
-    /// The journal file. Unset: `<storage.data_dir>/journal.redb`.
-    pub journal_file: Option<PathBuf>,
-    pub dataverse: RawDataverse,
-    pub webhook: RawWebhook,
-}
-
-/// `[crm.dataverse]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawDataverse {
-    /// The environment URL, e.g. `https://contoso.crm.dynamics.com`.
-    pub url: Option<String>,
-    pub api_path: String,
-    /// Entra ID token endpoint: `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`.
-    pub token_url: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    /// Unset: `<url>/.default`.
-    pub scope: Option<String>,
-    /// Create each email as its mailbox owner (`CallerObjectId`); the application user needs
-    /// the "act on behalf of another user" privilege.
-    pub act_as_owner: bool,
-    /// Requests in any 5-minute window at most (the service protection limit per user is
-    /// 6000); 0 leaves pacing to the 429s.
-    pub max_requests_per_5min: u32,
-}
-
-impl Default for RawDataverse {
-    fn default() -> Self {
-        RawDataverse {
-            url: None,
-            api_path: "/api/data/v9.2".into(),
-            token_url: None,
-            client_id: None,
-            client_secret: None,
-            scope: None,
-            act_as_owner: false,
-            max_requests_per_5min: 6000,
-        }
-    }
-}
-
-/// `[crm.webhook]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawWebhook {
-    pub url: Option<String>,
-    /// The HMAC key of `X-Trackgate-Signature` (at least 16 characters).
-    pub secret: Option<Secret>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExchangeAuthKind {
-    #[default]
-    Basic,
-    Oauth,
-}
-
-/// `[exchange]`: the service account delivery uses to fetch messages (enrichment and bodies).
-/// Unset URLs: no enrichment.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RawExchange {
-    /// `https://mail.example.com/EWS/Exchange.asmx`; the account needs the
-    /// ApplicationImpersonation role.
-    pub ews_url: Option<String>,
-    /// `https://graph.microsoft.com`; the app needs `Mail.Read` (application).
-    pub graph_url: Option<String>,
-    pub auth: ExchangeAuthKind,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub token_url: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    /// Unset: `https://outlook.office365.com/.default` for EWS, `<graph_url>/.default` for Graph.
-    pub scope: Option<String>,
-}
+use super::{at_least, positive, readable_file};
+use crate::common::{ClientCredentials, Secret};
+use crate::config::ConfigError;
+use crate::config::raw::{
+    EmailBody, ExchangeAuthKind, RawCrm, RawDataverse, RawDelivery, RawExchange, RawOutbox,
+    SinkKind,
+};
 
 /// The validated outbox section.
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
     pub file: PathBuf,
-    pub settings: OutboxSettings,
+    pub group_records: usize,
+    pub group_interval: Duration,
+    pub queue: usize,
+    pub max_pending: u64,
+    pub delivered_window: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     pub enabled: bool,
-    pub settings: crate::delivery::DeliverySettings,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub body: EmailBody,
     pub request_timeout: Duration,
 }
 
@@ -217,7 +56,23 @@ pub enum SinkConfig {
 #[derive(Debug, Clone)]
 pub struct CrmConfig {
     pub sink: SinkConfig,
-    pub fields: FieldTable,
+    /// The synchronized-fields table file; unset: the embedded one.
+    pub fields: Option<PathBuf>,
+}
+
+/// `[exchange]`: the Exchange service client that fetches what the traffic did not show.
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    pub ews_url: Option<String>,
+    pub graph_url: Option<String>,
+    pub auth: ExchangeAuthConfig,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExchangeAuthConfig {
+    Basic { username: String, password: Secret },
+    OAuth(ClientCredentials),
 }
 
 /// Whether a URL's host is a loopback address (plain HTTP and no auth are allowed only there).
@@ -320,7 +175,7 @@ pub(super) fn validate(
         OutboxConfig,
         DeliveryConfig,
         CrmConfig,
-        Option<ExchangeSettings>,
+        Option<ExchangeConfig>,
     ),
     ConfigError,
 > {
@@ -346,13 +201,11 @@ pub(super) fn validate(
             .as_deref()
             .map(anchor)
             .unwrap_or_else(|| data_dir.join("outbox.redb")),
-        settings: OutboxSettings {
-            group_records: outbox.group_commit_records,
-            group_interval: outbox.group_commit_interval,
-            queue: outbox.queue,
-            max_pending: outbox.max_pending,
-            delivered_window: outbox.delivered_window,
-        },
+        group_records: outbox.group_commit_records,
+        group_interval: outbox.group_commit_interval,
+        queue: outbox.queue,
+        max_pending: outbox.max_pending,
+        delivered_window: outbox.delivered_window,
     };
 
     if !(1..=52).contains(&delivery.concurrency) {
@@ -381,34 +234,19 @@ pub(super) fn validate(
     }
     let delivery_config = DeliveryConfig {
         enabled: delivery.enabled,
-        settings: crate::delivery::DeliverySettings {
-            concurrency: delivery.concurrency,
-            batch_size: delivery.batch_size,
-            max_attempts: delivery.max_attempts,
-            backoff_base: delivery.backoff_base,
-            backoff_max: delivery.backoff_max,
-            body: delivery.body,
-        },
+        concurrency: delivery.concurrency,
+        batch_size: delivery.batch_size,
+        max_attempts: delivery.max_attempts,
+        backoff_base: delivery.backoff_base,
+        backoff_max: delivery.backoff_max,
+        body: delivery.body,
         request_timeout: delivery.request_timeout,
     };
 
-    let fields = match &crm.fields {
-        None => FieldTable::embedded(),
-        Some(path) => {
-            let path = anchor(path);
-            readable_file("crm.fields", &path, "a synchronized-fields table (TOML)")?;
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::invalid("crm.fields", e.to_string(), "make the file readable UTF-8")
-            })?;
-            FieldTable::parse(&text, &path.display().to_string()).map_err(|e| {
-                ConfigError::invalid(
-                    "crm.fields",
-                    e.to_string(),
-                    "start from src/crm/fields.toml and change directions only",
-                )
-            })?
-        }
-    };
+    let fields = crm.fields.as_deref().map(anchor);
+    if let Some(path) = &fields {
+        readable_file("crm.fields", path, "a synchronized-fields table (TOML)")?;
+    }
     let sink = match crm.sink {
         SinkKind::Journal => SinkConfig::Journal {
             file: crm
@@ -476,7 +314,7 @@ pub(super) fn validate(
             let auth = match exchange.auth {
                 ExchangeAuthKind::Basic => {
                     let fix = "set username and password of a service account with the ApplicationImpersonation role, or auth = \"oauth\"";
-                    ExchangeAuth::Basic {
+                    ExchangeAuthConfig::Basic {
                         username: required("exchange.username", &exchange.username, fix)?.clone(),
                         password: required("exchange.password", &exchange.password, fix)?.clone(),
                     }
@@ -489,7 +327,7 @@ pub(super) fn validate(
                         Some(g) if ews.is_none() => format!("{g}/.default"),
                         _ => "https://outlook.office365.com/.default".into(),
                     });
-                    ExchangeAuth::OAuth(ClientCredentials {
+                    ExchangeAuthConfig::OAuth(ClientCredentials {
                         token_url: token_url.clone(),
                         client_id: required("exchange.client_id", &exchange.client_id, fix)?
                             .clone(),
@@ -503,7 +341,7 @@ pub(super) fn validate(
                     })
                 }
             };
-            Some(ExchangeSettings {
+            Some(ExchangeConfig {
                 ews_url: ews,
                 graph_url: graph,
                 auth,

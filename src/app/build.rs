@@ -1,0 +1,280 @@
+//! One constructor per stage, each from its settings: the embedded upstream, the directory and
+//! its first load, the sink, inspection feeding the pipeline, the listeners and the directory's
+//! watcher. `start` calls them in flow order.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{AppError, settings};
+use crate::config::{Config, SinkConfig, UpstreamTarget};
+use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
+use crate::directory::dataverse::DataverseSource;
+use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
+use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
+use crate::pipeline::Pipeline;
+use crate::proxy::ProxyMetrics;
+use crate::proxy::capture::{Budget, CaptureSink};
+use crate::proxy::server;
+use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
+
+/// The built-in Exchange simulator, when it is the upstream (embedded defaults, DESIGN.md §2.10).
+pub(super) async fn embedded_upstream(
+    config: &Config,
+) -> Result<Option<ExchangeSimulator>, AppError> {
+    match config.upstreams.target {
+        UpstreamTarget::Simulator => {
+            let options = SimulatorOptions::new("embedded", FixtureSet::embedded()?);
+            let sim = ExchangeSimulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), options)
+                .await
+                .map_err(AppError::Simulator)?;
+            Ok(Some(sim))
+        }
+        UpstreamTarget::Remote { .. } => Ok(None),
+    }
+}
+
+/// The client for every outbound service call (CRM, webhook, Exchange enrichment).
+pub(super) fn service_client(config: &Config) -> Result<reqwest::Client, AppError> {
+    reqwest::Client::builder()
+        .timeout(config.delivery.request_timeout)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("trackgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AppError::HttpClient(e.to_string()))
+}
+
+/// The directory the rules read, and where it comes from.
+pub(super) struct Directory {
+    pub handle: DirectoryHandle,
+    pub metrics: Arc<DirectoryMetrics>,
+    /// The file source (also what a reload swaps when the directory is a file).
+    pub file: Arc<Mutex<FileSource>>,
+    pub dataverse: Option<Arc<DataverseSource>>,
+}
+
+pub(super) fn file_source(config: &Config) -> FileSource {
+    FileSource {
+        path: config.directory.file.clone(),
+        max_size: config.directory.max_file_size,
+    }
+}
+
+/// Loads the directory: the file, or the Dataverse replica followed by a first refresh that
+/// is waited for up to `startup_wait` and then left to finish in the background.
+pub(super) async fn directory(
+    config: &Config,
+    http: &reqwest::Client,
+    registry: &mut Registry,
+) -> Result<Directory, AppError> {
+    let metrics = Arc::new(DirectoryMetrics::register(registry));
+    let file = file_source(config);
+    let (snapshot, dataverse) = match &config.directory.dataverse {
+        None => (file.load()?, None),
+        Some(dv) => {
+            let (dataverse, replica) =
+                DataverseSource::open(http.clone(), settings::dataverse_source(dv)?)
+                    .map_err(AppError::DirectorySource)?;
+            let snapshot = match replica {
+                Some(r) => r,
+                None => crate::directory::dataverse::empty_directory()
+                    .map_err(|e| AppError::DirectorySource(e.into()))?,
+            };
+            (snapshot, Some(Arc::new(dataverse)))
+        }
+    };
+    metrics.loaded(&snapshot);
+    tracing::info!(counts = ?snapshot.counts(), "directory loaded");
+    let handle = DirectoryHandle::new(snapshot);
+    if let (Some(source), Some(dv)) = (&dataverse, &config.directory.dataverse) {
+        first_dataverse_load(source, &handle, &metrics, dv.startup_wait).await;
+    }
+    Ok(Directory {
+        handle,
+        metrics,
+        file: Arc::new(Mutex::new(file)),
+        dataverse,
+    })
+}
+
+async fn first_dataverse_load(
+    source: &Arc<DataverseSource>,
+    handle: &DirectoryHandle,
+    metrics: &Arc<DirectoryMetrics>,
+    startup_wait: std::time::Duration,
+) {
+    // The first load runs as its own task: waited for up to `startup_wait`, then left to
+    // finish in the background while the replica (or nothing) serves.
+    let first = tokio::spawn({
+        let (source, handle, metrics) = (source.clone(), handle.clone(), metrics.clone());
+        async move { crate::directory::dataverse::refresh_now(&source, &handle, &metrics).await }
+    });
+    let serving = if source.status().from_replica {
+        "serving the persisted replica"
+    } else {
+        "nothing is tracked until it answers (no replica yet)"
+    };
+    match tokio::time::timeout(startup_wait, first).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(%error, "Dataverse not loaded at start; {serving}");
+        }
+        Ok(Err(_)) => tracing::warn!("the first directory load stopped; {serving}"),
+        Err(_) => tracing::warn!(
+            wait = ?startup_wait,
+            "Dataverse still loading after startup_wait; {serving} meanwhile"
+        ),
+    }
+    metrics.source_status(&source.status());
+}
+
+/// Keeps the directory current: the Dataverse source's refresh schedule, or the file watcher.
+pub(super) fn keep_directory_fresh(
+    directory: &Directory,
+    poll_interval: std::time::Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    match &directory.dataverse {
+        Some(dataverse) => {
+            tokio::spawn(crate::directory::dataverse::keep_fresh(
+                dataverse.clone(),
+                directory.handle.clone(),
+                directory.metrics.clone(),
+                stopped,
+            ));
+        }
+        None => {
+            let (handle, metrics) = (directory.handle.clone(), directory.metrics.clone());
+            tokio::spawn(crate::directory::file::watch(
+                directory.file.clone(),
+                poll_interval,
+                stopped,
+                move |loaded| {
+                    if let Err(error) = handle.apply(loaded, &metrics) {
+                        tracing::error!(%error, "directory file changed but is not valid; keeping the last snapshot");
+                    }
+                },
+            ));
+        }
+    }
+}
+
+/// The configured sink (and the journal, when it is the sink, for the admin endpoints).
+pub(super) fn sink(
+    config: &Config,
+    http: &reqwest::Client,
+) -> Result<(Sink, Option<Arc<Journal>>), AppError> {
+    let fields = settings::fields(&config.crm)?;
+    Ok(match &config.crm.sink {
+        SinkConfig::Journal { file } => {
+            let journal = Arc::new(Journal::open(file)?);
+            (Sink::Journal(journal.clone()), Some(journal))
+        }
+        SinkConfig::Dataverse {
+            url,
+            api_path,
+            credentials,
+            act_as_owner,
+            max_requests_per_window,
+        } => (
+            Sink::Dataverse(Box::new(DataverseSink::new(
+                http.clone(),
+                DataverseSettings {
+                    url: url.clone(),
+                    api_path: api_path.clone(),
+                    credentials: credentials.clone(),
+                    act_as_owner: *act_as_owner,
+                    batch_size: config.delivery.batch_size,
+                    timeout: config.delivery.request_timeout,
+                    columns: fields.email,
+                    max_requests_per_window: *max_requests_per_window,
+                },
+            ))),
+            None,
+        ),
+        SinkConfig::Webhook { url, secret } => (
+            Sink::Webhook(WebhookSink::new(
+                http.clone(),
+                WebhookSettings {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    timeout: config.delivery.request_timeout,
+                },
+            )),
+            None,
+        ),
+    })
+}
+
+/// Inspection: the worker thread that turns the proxy's copies into observations and feeds
+/// them to the pipeline, and the capture sink the proxy hands copies to. `None` when
+/// inspection is off.
+pub(super) fn inspection(
+    config: &Config,
+    pipeline: Pipeline,
+    metrics: Arc<InspectMetrics>,
+    recent: Arc<RecentObservations>,
+    proxy_metrics: &ProxyMetrics,
+) -> Result<Option<Arc<CaptureSink>>, AppError> {
+    let i = &config.inspect;
+    if !i.enabled {
+        return Ok(None);
+    }
+    let (queue, captures) = tokio::sync::mpsc::channel(i.queue);
+    let budget = Budget::new(i.memory_budget);
+    worker::spawn(
+        captures,
+        budget.clone(),
+        settings::inspect(i),
+        metrics,
+        recent,
+        move |observation| pipeline.observe(observation),
+    )
+    .map_err(AppError::Worker)?;
+    Ok(Some(Arc::new(CaptureSink::new(
+        queue,
+        i.capture_limit,
+        budget,
+        proxy_metrics.captures.clone(),
+        Some(is_streaming_request),
+    ))))
+}
+
+/// An EWS `GetStreamingEvents` request: its response never ends, so it is not copied.
+fn is_streaming_request(body: &[u8]) -> bool {
+    // Runs on the proxy worker for every EWS request: a byte search rules out nearly all of
+    // them before any XML is parsed.
+    memchr::memmem::find(body, b"GetStreamingEvents").is_some()
+        && crate::inspect::xml::operation(body).is_some_and(|op| op == "GetStreamingEvents")
+}
+
+/// The proxy's and the admin endpoint's listeners, bound, with the addresses they got.
+pub(super) struct Listeners {
+    pub proxy: TcpListener,
+    pub proxy_addr: SocketAddr,
+    pub admin: TcpListener,
+    pub admin_addr: SocketAddr,
+}
+
+pub(super) async fn listeners(config: &Config) -> Result<Listeners, AppError> {
+    let bind_error = |what, addr| move |source| AppError::Bind { what, addr, source };
+    let (proxy_at, admin_at) = (config.listener.address, config.admin.address);
+    let proxy = server::bind(proxy_at).map_err(bind_error("proxy listener", proxy_at))?;
+    let admin = TcpListener::bind(admin_at)
+        .await
+        .map_err(bind_error("admin listener", admin_at))?;
+    Ok(Listeners {
+        proxy_addr: proxy
+            .local_addr()
+            .map_err(bind_error("proxy listener", proxy_at))?,
+        admin_addr: admin
+            .local_addr()
+            .map_err(bind_error("admin listener", admin_at))?,
+        proxy,
+        admin,
+    })
+}

@@ -1,0 +1,413 @@
+//! Resolution: the validated configuration turned into each stage's own settings type. The
+//! composition root is the one place that knows both the configuration and the stages, so the
+//! checks that need a stage's knowledge run here and still name their key and fix: the
+//! synchronized-fields table, and the Dataverse table catalog the offline filters and extra
+//! tables are judged against.
+
+use std::collections::HashMap;
+
+use crate::config::{
+    Config, ConfigError, CrmConfig, DataverseDirectoryConfig, DeliveryConfig, EmailBody,
+    ExchangeAuthConfig, ExchangeConfig, InspectConfig, LogFormat, OutboxConfig, RulesConfig,
+};
+use crate::crm::mapping::{BodyPolicy, FieldTable};
+use crate::delivery::DeliverySettings;
+use crate::directory::dataverse::{DataverseSourceSettings, OfflineFilter, has_owner};
+use crate::directory::tables::{OtherTable, TABLES, entity_set};
+use crate::exchange::{ExchangeAuth, ExchangeSettings};
+use crate::inspect::InspectLimits;
+use crate::inspect::decode::DecodeLimits;
+use crate::inspect::xml::XmlLimits;
+use crate::outbox::OutboxSettings;
+use crate::proxy::{
+    AutodiscoverSettings, Limits, ListenerSettings, ListenerTls, ProxySettings, UpstreamTimeouts,
+};
+use crate::rules::{MemoryLimits, RulesLimits};
+use crate::telemetry;
+
+/// Runs every resolution that can fail, so `trackgate check` catches what a start would.
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    fields(&config.crm)?;
+    if let Some(dataverse) = &config.directory.dataverse {
+        dataverse_source(dataverse)?;
+    }
+    Ok(())
+}
+
+pub fn log_format(config: &Config) -> telemetry::LogFormat {
+    match config.logging.format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
+    }
+}
+
+pub fn proxy(config: &Config) -> ProxySettings {
+    let (l, u, m, a) = (
+        &config.listener,
+        &config.upstreams,
+        &config.limits,
+        &config.autodiscover,
+    );
+    ProxySettings {
+        listener: ListenerSettings {
+            address: l.address,
+            tls: match &l.tls {
+                crate::config::ListenerTls::Off => ListenerTls::Off,
+                crate::config::ListenerTls::Files { cert, key } => ListenerTls::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                crate::config::ListenerTls::Development { dir } => {
+                    ListenerTls::Development { dir: dir.clone() }
+                }
+            },
+            alpn: l.alpn.clone(),
+            trusted_proxies: l.trusted_proxies.clone(),
+        },
+        limits: Limits {
+            max_connections: m.max_connections,
+            max_header_count: m.max_header_count,
+            max_header_bytes: m.max_header_bytes,
+            max_request_body: m.max_request_body,
+            header_read_timeout: m.header_read_timeout,
+            body_read_timeout: m.body_read_timeout,
+            tls_handshake_timeout: m.tls_handshake_timeout,
+            h2_max_concurrent_streams: m.h2_max_concurrent_streams,
+        },
+        upstreams: UpstreamTimeouts {
+            ca_bundle: u.ca_bundle.clone(),
+            connect_timeout: u.connect_timeout,
+            header_timeout: u.header_timeout,
+            idle_timeout: u.idle_timeout,
+            streaming_idle_timeout: u.streaming_idle_timeout,
+            pool_idle_timeout: u.pool_idle_timeout,
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+            expect_continue_timeout: u.expect_continue_timeout,
+            preserve_host: u.preserve_host,
+        },
+        autodiscover: AutodiscoverSettings {
+            rewrite: a.rewrite,
+            external_url: a.external_url.clone(),
+            exchange_hosts: a.exchange_hosts.clone(),
+            max_body: a.max_body,
+        },
+    }
+}
+
+pub fn inspect(i: &InspectConfig) -> InspectLimits {
+    InspectLimits {
+        xml: XmlLimits {
+            max_depth: i.xml_max_depth,
+            max_elements: i.xml_max_elements,
+        },
+        decode: DecodeLimits {
+            max_output: i.decoded_limit,
+            max_ratio: i.max_ratio,
+        },
+    }
+}
+
+pub fn rules(r: &RulesConfig) -> (MemoryLimits, RulesLimits) {
+    (
+        MemoryLimits {
+            max_bytes: r.memory,
+            max_tracked: r.tracked_memory_entries,
+        },
+        RulesLimits {
+            max_parties: r.max_parties,
+        },
+    )
+}
+
+pub fn outbox(o: &OutboxConfig) -> OutboxSettings {
+    OutboxSettings {
+        group_records: o.group_records,
+        group_interval: o.group_interval,
+        queue: o.queue,
+        max_pending: o.max_pending,
+        delivered_window: o.delivered_window,
+    }
+}
+
+pub fn delivery(d: &DeliveryConfig) -> DeliverySettings {
+    DeliverySettings {
+        concurrency: d.concurrency,
+        batch_size: d.batch_size,
+        max_attempts: d.max_attempts,
+        backoff_base: d.backoff_base,
+        backoff_max: d.backoff_max,
+        body: match d.body {
+            EmailBody::Full => BodyPolicy::Full,
+            EmailBody::Text => BodyPolicy::Text,
+            EmailBody::None => BodyPolicy::None,
+        },
+    }
+}
+
+pub fn exchange(e: &ExchangeConfig) -> ExchangeSettings {
+    ExchangeSettings {
+        ews_url: e.ews_url.clone(),
+        graph_url: e.graph_url.clone(),
+        auth: match &e.auth {
+            ExchangeAuthConfig::Basic { username, password } => ExchangeAuth::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            ExchangeAuthConfig::OAuth(credentials) => ExchangeAuth::OAuth(credentials.clone()),
+        },
+        timeout: e.timeout,
+    }
+}
+
+/// The synchronized-fields table: the configured file, or the embedded one.
+pub fn fields(crm: &CrmConfig) -> Result<FieldTable, ConfigError> {
+    let Some(path) = &crm.fields else {
+        return Ok(FieldTable::embedded());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid("crm.fields", e.to_string(), "make the file readable UTF-8")
+    })?;
+    FieldTable::parse(&text, &path.display().to_string()).map_err(|e| {
+        ConfigError::invalid(
+            "crm.fields",
+            e.to_string(),
+            "start from src/crm/fields.toml and change directions only",
+        )
+    })
+}
+
+/// The Dataverse directory source's settings: the extra tables and offline filters judged
+/// against the table catalog.
+pub fn dataverse_source(
+    d: &DataverseDirectoryConfig,
+) -> Result<DataverseSourceSettings, ConfigError> {
+    let other_tables = other_tables(d)?;
+    let offline_filters = offline_filters(d, &other_tables)?;
+    Ok(DataverseSourceSettings {
+        url: d.connection.url.clone(),
+        api_path: d.connection.api_path.clone(),
+        credentials: d.connection.credentials.clone(),
+        page_size: d.page_size,
+        refresh_interval: d.refresh_interval,
+        request_timeout: d.request_timeout,
+        emails_window: d.emails_window,
+        offline_filters,
+        other_tables,
+        replica_file: d.replica_file.clone(),
+        max_rows: d.max_rows,
+    })
+}
+
+fn other_tables(d: &DataverseDirectoryConfig) -> Result<Vec<OtherTable>, ConfigError> {
+    let mut other_tables = Vec::new();
+    for (i, t) in d.tables.iter().enumerate() {
+        let set = t.set.clone().unwrap_or_else(|| entity_set(&t.entity));
+        if TABLES.iter().any(|s| s.set == set) {
+            return Err(ConfigError::invalid(
+                &format!("directory.dataverse.tables[{i}].set"),
+                format!("{set} is replicated already"),
+                "list only tables other than contacts, accounts, leads and the fixed ones",
+            ));
+        }
+        other_tables.push(OtherTable {
+            entity: t.entity.clone(),
+            set,
+            key: t.key.clone(),
+            name: t.name.clone(),
+            addresses: t.addresses.clone(),
+            owned: t.owned,
+        });
+    }
+    Ok(other_tables)
+}
+
+fn offline_filters(
+    d: &DataverseDirectoryConfig,
+    other_tables: &[OtherTable],
+) -> Result<HashMap<String, OfflineFilter>, ConfigError> {
+    let mut offline_filters = HashMap::new();
+    for (set, text) in &d.offline_filters {
+        let key = format!("directory.dataverse.offline_filters.{set}");
+        let known =
+            TABLES.iter().any(|s| s.set == set) || other_tables.iter().any(|t| &t.set == set);
+        if !known {
+            return Err(ConfigError::invalid(
+                &key,
+                "names no replicated table",
+                "use an entity set such as contacts, accounts, leads, emails, queues, or one listed in [[directory.dataverse.tables]]",
+            ));
+        }
+        let filter = OfflineFilter::parse(text).map_err(|e| {
+            ConfigError::invalid(
+                &key,
+                e.to_string(),
+                "write all, owned, none, or an OData filter such as \"statecode eq 0\"",
+            )
+        })?;
+        // A filter can read only the columns replicated for its table.
+        if let OfflineFilter::Matching(f) = &filter {
+            let columns: Vec<String> = match TABLES.iter().find(|s| s.set == set) {
+                Some(spec) => spec.fields.iter().map(|f| f.wire()).collect(),
+                None => other_tables
+                    .iter()
+                    .find(|t| &t.set == set)
+                    .map(OtherTable::select)
+                    .unwrap_or_default(),
+            };
+            if let Some(missing) = f
+                .columns()
+                .into_iter()
+                .find(|c| !columns.iter().any(|k| k == c))
+            {
+                return Err(ConfigError::invalid(
+                    &key,
+                    format!("reads `{missing}`, which is not replicated for {set}"),
+                    format!("use one of: {}", columns.join(", ")),
+                ));
+            }
+        }
+        let owned_ok = has_owner(set) || other_tables.iter().any(|t| &t.set == set && t.owned);
+        if matches!(filter, OfflineFilter::Owned) && !owned_ok {
+            return Err(ConfigError::invalid(
+                &key,
+                "this table has no owner",
+                "use all, none or a filter",
+            ));
+        }
+        if set == "organizations" && !matches!(filter, OfflineFilter::All) {
+            return Err(ConfigError::invalid(
+                &key,
+                "the organization row is always kept",
+                "remove the entry",
+            ));
+        }
+        offline_filters.insert(set.clone(), filter);
+    }
+    for t in other_tables {
+        if !t.owned && !offline_filters.contains_key(&t.set) {
+            // `owned` cannot apply to a table without an owner: keep it whole.
+            offline_filters.insert(t.set.clone(), OfflineFilter::All);
+        }
+    }
+    Ok(offline_filters)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::RawConfig;
+
+    /// Validation and resolution together, as a start runs them.
+    fn resolve(text: &str) -> Result<Option<DataverseSourceSettings>, ConfigError> {
+        let config = RawConfig::from_toml(text, "test", Vec::new())?.validate(Path::new("."))?;
+        check(&config)?;
+        config
+            .directory
+            .dataverse
+            .as_ref()
+            .map(dataverse_source)
+            .transpose()
+    }
+
+    #[test]
+    fn a_dataverse_directory_needs_no_file_and_its_mistakes_name_the_key() {
+        let base =
+            "[directory]\nsource = \"dataverse\"\n[crm.dataverse]\nurl = \"http://127.0.0.1:1\"\n";
+        let c = RawConfig::from_toml(base, "test", Vec::new())
+            .unwrap()
+            .validate(Path::new("."))
+            .unwrap();
+        assert!(c.directory.file.is_none());
+        let dv = resolve(base).unwrap().expect("a dataverse source");
+        assert_eq!(dv.page_size, 5000);
+        assert!(dv.replica_file.ends_with("directory.redb"));
+        for (extra, key) in [
+            ("[crm.dataverse]\n", "crm.dataverse.url"),
+            (
+                "[directory.dataverse.offline_filters]\ncontacts = \"statecode eq\"\n",
+                "directory.dataverse.offline_filters.contacts",
+            ),
+            (
+                "[directory.dataverse.offline_filters]\nmailboxes = \"owned\"\n",
+                "directory.dataverse.offline_filters.mailboxes",
+            ),
+            (
+                "[directory.dataverse.offline_filters]\nvendors = \"all\"\n",
+                "directory.dataverse.offline_filters.vendors",
+            ),
+            (
+                "[directory.dataverse]\npage_size = 9000\n",
+                "directory.dataverse.page_size",
+            ),
+            (
+                "[directory.dataverse.offline_filters]\nemails = \"statecode eq 0\"\n",
+                "directory.dataverse.offline_filters.emails",
+            ),
+            (
+                "[directory.dataverse]\nrefresh_interval = \"30d\"\n",
+                "directory.dataverse.refresh_interval",
+            ),
+            (
+                "[[directory.dataverse.tables]]\nentity = \"new_vendor\"\naddresses = []\n",
+                "directory.dataverse.tables[0].addresses",
+            ),
+        ] {
+            let text = if extra.starts_with("[crm.dataverse]") {
+                "[directory]\nsource = \"dataverse\"\n".to_owned()
+            } else {
+                format!("{base}{extra}")
+            };
+            let e = resolve(&text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{e}");
+        }
+        let e = resolve(&base.replace("source =", "file = \"Cargo.toml\"\nsource =")).unwrap_err();
+        assert_eq!(e.key(), Some("directory.file"), "{e}");
+        assert!(e.to_string().contains("dataverse"), "{e}");
+        let with_table = format!(
+            "{base}[[directory.dataverse.tables]]\nentity = \"new_vendor\"\naddresses = [\"emailaddress\"]\n[directory.dataverse.offline_filters]\nnew_vendors = \"owned\"\n"
+        );
+        let tables = resolve(&with_table).unwrap().unwrap().other_tables;
+        assert_eq!(tables[0].set, "new_vendors");
+        assert_eq!(tables[0].key, "new_vendorid");
+    }
+
+    #[test]
+    fn embedded_defaults_are_the_stages_own() {
+        let config = RawConfig::from_toml("", "test", Vec::new())
+            .unwrap()
+            .validate(Path::new("."))
+            .unwrap();
+        let (outbox, default) = (outbox(&config.outbox), OutboxSettings::default());
+        assert_eq!(
+            (
+                outbox.group_records,
+                outbox.group_interval,
+                outbox.queue,
+                outbox.max_pending,
+                outbox.delivered_window
+            ),
+            (
+                default.group_records,
+                default.group_interval,
+                default.queue,
+                default.max_pending,
+                default.delivered_window
+            )
+        );
+        let delivery = delivery(&config.delivery);
+        assert_eq!(delivery.body, DeliverySettings::default().body);
+        assert_eq!(fields(&config.crm).unwrap(), FieldTable::embedded());
+    }
+
+    #[test]
+    fn a_broken_fields_table_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fields.toml");
+        std::fs::write(&file, "email = 3\n").unwrap();
+        let text = format!("[crm]\nfields = {:?}\n", file.display().to_string());
+        let e = resolve(&text).unwrap_err();
+        assert_eq!(e.key(), Some("crm.fields"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! The leaf every module may use and that uses no other module of the crate: value types of the
+//! configuration (secrets, sizes), text and time helpers the stages share (percent-encoding,
+//! Message-ID and timestamp normal forms), bounded reads of service answers, and where
+//! background work runs. Nothing here knows a stage.
+
+pub mod read;
+pub mod secret;
+pub mod size;
+pub mod text;
+pub mod threads;
+pub mod time;
+pub mod url;
+
+pub use secret::{ClientCredentials, Secret};
+pub use size::ByteSize;
+pub use threads::{off_the_workers, run_behind_traffic};

@@ -1,0 +1,76 @@
+//! Text helpers every stage shares: percent-encoding for URL parts and the normal form of an
+//! Internet Message-ID (the key a tracked email is found and deduplicated by).
+
+/// Normalises an Internet Message-ID: trimmed, angle brackets removed. (XML and JSON escapes are
+/// already undone by the parsers.)
+pub fn normalize_message_id(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    let inner = trimmed
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(trimmed)
+        .trim();
+    (!inner.is_empty()).then(|| inner.to_owned())
+}
+
+/// Percent-decodes `%XX` sequences (anything else, including a malformed escape, is kept as
+/// written); invalid UTF-8 becomes U+FFFD.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes everything but the unreserved characters and those in `keep` (for a URL
+/// path segment or a query value).
+pub fn percent_encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b)
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_lose_brackets_and_space() {
+        assert_eq!(normalize_message_id(" <a.b@c> ").as_deref(), Some("a.b@c"));
+        assert_eq!(normalize_message_id("a.b@c").as_deref(), Some("a.b@c"));
+        assert_eq!(normalize_message_id("<>"), None);
+    }
+
+    #[test]
+    fn graph_paths_are_percent_encoded() {
+        assert_eq!(percent_encode("a@b.c", b"="), "a%40b.c");
+        assert_eq!(percent_encode("AA/B+C=", b"="), "AA%2FB%2BC=");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_malformed_escapes() {
+        assert_eq!(percent_decode("a%40b%2Fc"), "a@b/c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -1,0 +1,222 @@
+//! Configuration: the TOML file and `TRACKGATE_SECTION__KEY` environment schema, its validation,
+//! and one validated section per part of the flow. A leaf: it knows no stage, and no stage
+//! knows it. The composition root (`app::settings`) turns these sections into each stage's own
+//! settings type; sockets and runtime state are not touched here.
+//!
+//! Loading is two steps: [`RawConfig`] mirrors the file (`raw`: unknown keys rejected, every
+//! field has a default), then [`RawConfig::validate`] (`resolve`) turns it into [`Config`],
+//! naming the key and the fix for every problem it finds.
+
+mod raw;
+mod resolve;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{
+    DirectorySourceKind, EmailBody, ExchangeAuthKind, RawAdmin, RawAutodiscover, RawConfig, RawCrm,
+    RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory, RawExchange, RawInspect,
+    RawLimits, RawListener, RawLogging, RawOtherTable, RawOutbox, RawRules, RawRuntime,
+    RawShutdown, RawStorage, RawUpstreams, RawWebhook, SinkKind,
+};
+pub use resolve::{
+    AdminConfig, AutodiscoverConfig, CrmConfig, DataverseConnection, DataverseDirectoryConfig,
+    DeliveryConfig, DirectoryConfig, ExchangeAuthConfig, ExchangeConfig, InspectConfig,
+    LimitsConfig, ListenerConfig, ListenerTls, LogFormat, LoggingConfig, OtherTableConfig,
+    OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig,
+};
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "TRACKGATE_";
+/// Separator between section and key in an environment override (`TRACKGATE_LIMITS__MAX_CONNECTIONS`).
+pub const ENV_SEPARATOR: &str = "__";
+
+/// A configuration problem, phrased for the operator who has to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{origin}: {message}\nfix: correct the key or value named above; README.md lists every key"
+    )]
+    Parse { origin: String, message: String },
+    #[error("config key `{key}`: {problem}\nfix: {fix}")]
+    Invalid {
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    /// A problem with one key: what is wrong and how to fix it.
+    pub fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// The configuration key at fault, when the problem is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The validated configuration, one section per stage.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub upstreams: UpstreamsConfig,
+    pub limits: LimitsConfig,
+    pub admin: AdminConfig,
+    pub logging: LoggingConfig,
+    pub shutdown: ShutdownConfig,
+    pub storage: StorageConfig,
+    pub runtime: RuntimeConfig,
+    pub inspect: InspectConfig,
+    pub autodiscover: AutodiscoverConfig,
+    pub directory: DirectoryConfig,
+    pub rules: RulesConfig,
+    pub outbox: OutboxConfig,
+    pub delivery: DeliveryConfig,
+    pub crm: CrmConfig,
+    /// The Exchange service client for enrichment; `None` when no URL is configured.
+    pub exchange: Option<ExchangeConfig>,
+    /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    pub drain_delay: Duration,
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub worker_threads: Option<usize>,
+}
+
+impl Config {
+    /// Loads and validates a configuration file, with environment overrides.
+    pub fn load(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw = RawConfig::from_toml(&text, &path.display().to_string(), std::env::vars())?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut config = raw.validate(base)?;
+        config.source = Some(path.to_path_buf());
+        Ok((raw, config))
+    }
+
+    /// The embedded defaults (plus environment overrides): the gateway in front of the built-in
+    /// Exchange simulator, on TLS with development certificates.
+    pub fn embedded() -> Result<(RawConfig, Config), ConfigError> {
+        let raw = RawConfig::from_toml("", "embedded defaults", std::env::vars())?;
+        let config = raw.validate(Path::new("."))?;
+        Ok((raw, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(text: &str) -> Result<Config, ConfigError> {
+        RawConfig::from_toml(text, "test", Vec::new())?.validate(Path::new("."))
+    }
+
+    #[test]
+    fn empty_file_means_embedded_simulator_on_dev_tls() {
+        let c = validate("").unwrap();
+        assert_eq!(c.upstreams.target, UpstreamTarget::Simulator);
+        assert!(matches!(c.listener.tls, ListenerTls::Development { .. }));
+        assert_eq!(c.admin.address.ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = validate("[limits]\nmax_conections = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_names_key_and_fix() {
+        let e = validate("[upstreams]\news = \"exchange.example.com\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("upstreams.ews"));
+        assert!(e.to_string().contains("fix:"));
+    }
+
+    #[test]
+    fn env_overrides_are_typed_and_nested() {
+        let raw = RawConfig::from_toml(
+            "[limits]\nmax_connections = 5\n",
+            "test",
+            vec![
+                ("TRACKGATE_LIMITS__MAX_CONNECTIONS".into(), "7".into()),
+                (
+                    "TRACKGATE_UPSTREAMS__EWS".into(),
+                    "https://ex.example".into(),
+                ),
+                ("TRACKGATE_CONFIG".into(), "ignored.toml".into()),
+                ("OTHER__THING".into(), "x".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(raw.limits.max_connections, 7);
+        assert_eq!(raw.upstreams.ews.as_deref(), Some("https://ex.example"));
+    }
+
+    #[test]
+    fn env_override_of_unknown_key_is_rejected() {
+        let e = RawConfig::from_toml(
+            "",
+            "test",
+            vec![("TRACKGATE_LIMITS__NOPE".into(), "1".into())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let raw = RawConfig::from_toml(
+            "[admin]\ntoken = \"0123456789abcdef-very-secret\"\n",
+            "test",
+            Vec::new(),
+        )
+        .unwrap();
+        let printed = raw.to_redacted_toml();
+        assert!(!printed.contains("very-secret"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+        assert!(!format!("{raw:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn half_configured_tls_is_rejected() {
+        let e = validate("[listener]\ntls_cert = \"x.pem\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("listener.tls_key"));
+    }
+}

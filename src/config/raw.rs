@@ -1,0 +1,695 @@
+//! The configuration file as written: one serde struct per section, every field defaulted and
+//! documented, unknown keys rejected, and `TRACKGATE_SECTION__KEY` environment overrides applied
+//! before anything is read. Nothing here judges a value; `resolve` does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, ENV_PREFIX, ENV_SEPARATOR};
+use crate::common::{ByteSize, Secret};
+
+/// The configuration file as written, with defaults filled in. Serialising it (secrets redacted)
+/// is what `trackgate check` prints.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub listener: RawListener,
+    pub upstreams: RawUpstreams,
+    pub limits: RawLimits,
+    pub admin: RawAdmin,
+    pub logging: RawLogging,
+    pub shutdown: RawShutdown,
+    pub storage: RawStorage,
+    pub runtime: RawRuntime,
+    pub inspect: RawInspect,
+    pub autodiscover: RawAutodiscover,
+    pub directory: RawDirectory,
+    pub rules: RawRules,
+    pub outbox: RawOutbox,
+    pub delivery: RawDelivery,
+    pub crm: RawCrm,
+    pub exchange: RawExchange,
+}
+
+/// `[directory]`: where the CRM state the rules read comes from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDirectory {
+    /// `file` (the default) or `dataverse` (the organization in `[crm.dataverse]`).
+    pub source: DirectorySourceKind,
+    /// A directory file (TOML, or JSON by its `.json` extension). Unset: the embedded example
+    /// (`fixtures/directory/contoso.toml`), which matches the built-in simulator's fixtures.
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes (SIGHUP reloads it at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Largest directory file accepted.
+    pub max_file_size: ByteSize,
+    pub dataverse: RawDataverseDirectory,
+}
+
+impl Default for RawDirectory {
+    fn default() -> Self {
+        RawDirectory {
+            source: DirectorySourceKind::File,
+            dataverse: RawDataverseDirectory::default(),
+            file: None,
+            poll_interval: Duration::from_secs(5),
+            max_file_size: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// `[rules]`: the decision engine's memory and bounds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRules {
+    /// Bytes of per-mailbox memory (message summaries, folders) kept for decisions about moves,
+    /// category changes and sends of drafts; the least used entries go first.
+    pub memory: ByteSize,
+    /// Emails tracked through the gateway remembered for correlation and duplicate detection.
+    pub tracked_memory_entries: u64,
+    /// Recipients considered per message.
+    pub max_parties: usize,
+    /// Recent decisions kept for `GET /decisions`.
+    pub recent_decisions: usize,
+}
+
+impl Default for RawRules {
+    fn default() -> Self {
+        RawRules {
+            memory: ByteSize(128 << 20),
+            tracked_memory_entries: 1_000_000,
+            max_parties: 500,
+            recent_decisions: 1024,
+        }
+    }
+}
+
+/// `[autodiscover]`: rewriting Exchange's URLs in Autodiscover answers to the gateway's.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAutodiscover {
+    /// Rewrite Autodiscover responses and redirect `Location` headers.
+    pub rewrite: bool,
+    /// The gateway's URL as clients reach it (`https://mail.example.com`). Unset: the scheme of
+    /// the listener and the `Host` the client used.
+    pub external_url: Option<String>,
+    /// Exchange host names whose URLs are rewritten, besides the upstreams' own (for instance the
+    /// public name Exchange puts in its answers).
+    pub exchange_hosts: Vec<String>,
+    /// Largest Autodiscover response rewritten; a larger one gets 502.
+    pub max_body: ByteSize,
+}
+
+impl Default for RawAutodiscover {
+    fn default() -> Self {
+        RawAutodiscover {
+            rewrite: true,
+            external_url: None,
+            exchange_hosts: Vec::new(),
+            max_body: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// `[inspect]`: the bounded copy of traffic that inspection reads.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawInspect {
+    /// Copy and inspect EWS, Graph and Autodiscover exchanges.
+    pub enabled: bool,
+    /// Largest body copied per request or response; beyond it the copy is truncated (and the
+    /// traffic still flows whole).
+    pub capture_limit: ByteSize,
+    /// Exchanges waiting for inspection; when full, new copies are dropped and counted.
+    pub queue: usize,
+    /// Bytes all waiting copies may hold together.
+    pub memory_budget: ByteSize,
+    /// Largest decoded (decompressed) body.
+    pub decoded_limit: ByteSize,
+    /// Largest decompression ratio accepted.
+    pub max_ratio: usize,
+    pub xml_max_depth: usize,
+    pub xml_max_elements: usize,
+}
+
+impl Default for RawInspect {
+    fn default() -> Self {
+        RawInspect {
+            enabled: true,
+            capture_limit: ByteSize(4 << 20),
+            queue: 1024,
+            memory_budget: ByteSize(256 << 20),
+            decoded_limit: ByteSize(16 << 20),
+            max_ratio: 100,
+            xml_max_depth: 64,
+            xml_max_elements: 250_000,
+        }
+    }
+}
+
+/// `[listener]`: where clients connect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawListener {
+    /// Address and port to accept client connections on.
+    pub address: String,
+    /// PEM certificate chain. Without it (and `tls_key`) development certificates are created
+    /// in `storage.data_dir` on first start.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP instead of TLS (tests and benchmarks behind a TLS terminator only).
+    pub plaintext: bool,
+    /// ALPN protocols offered to clients, in preference order.
+    pub alpn: Vec<String>,
+    /// Peers (CIDRs) whose `X-Forwarded-*` headers are trusted and extended; others are replaced.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawListener {
+    fn default() -> Self {
+        RawListener {
+            address: "127.0.0.1:8443".into(),
+            tls_cert: None,
+            tls_key: None,
+            plaintext: false,
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[upstreams]`: the Exchange (and Graph) services behind the gateway.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstreams {
+    /// Base URL of Exchange (EWS and everything not routed elsewhere). Unset: the built-in
+    /// Exchange simulator is started and used.
+    pub ews: Option<String>,
+    /// Base URL for Microsoft Graph routes (`/v1.0/…`, `/beta/…`). Unset: those paths go to `ews`.
+    pub graph: Option<String>,
+    /// Base URL for `/autodiscover/…`. Unset: `ews`.
+    pub autodiscover: Option<String>,
+    /// PEM bundle of extra CAs to trust for upstream TLS (private Exchange CAs), added to the
+    /// system roots.
+    pub ca_bundle: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream to start its response after the request was sent.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest silence allowed inside a response body, on ordinary routes.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest silence allowed inside an EWS response body. EWS `GetStreamingEvents` holds a
+    /// response open for up to 30 minutes, and the operation is only known from the body.
+    #[serde(with = "humantime_serde")]
+    pub streaming_idle_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    /// How long to wait for the upstream's `100 Continue` before sending a request body anyway.
+    #[serde(with = "humantime_serde")]
+    pub expect_continue_timeout: Duration,
+    /// Forward the client's `Host` instead of the upstream's authority.
+    pub preserve_host: bool,
+}
+
+impl Default for RawUpstreams {
+    fn default() -> Self {
+        RawUpstreams {
+            ews: None,
+            graph: None,
+            autodiscover: None,
+            ca_bundle: None,
+            connect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(100),
+            idle_timeout: Duration::from_secs(120),
+            streaming_idle_timeout: Duration::from_secs(35 * 60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 512,
+            expect_continue_timeout: Duration::from_secs(1),
+            preserve_host: false,
+        }
+    }
+}
+
+/// `[limits]`: bounds on what one client may send.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: ByteSize,
+    pub max_request_body: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest silence allowed while a client sends a request body.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections: 10_000,
+            max_header_count: 100,
+            max_header_bytes: ByteSize(64 * 1024),
+            max_request_body: ByteSize(256 * 1024 * 1024),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            h2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// `[admin]`: health, readiness and metrics listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Keep this on loopback unless a firewall guards it.
+    pub address: String,
+    /// Bearer token required by the admin endpoints that show CRM data or change state
+    /// (`/explain`, `/decisions`). Unset: they are open to whoever reaches the admin address.
+    pub token: Option<Secret>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            address: "127.0.0.1:9901".into(),
+            token: None,
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLogging {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter (`info`, `trackgate=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[shutdown]`: the SIGTERM drain sequence.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawShutdown {
+    /// Time between readiness turning false and the listener closing, so load balancers notice.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Time in-flight requests get to finish after the listener closed.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            drain_delay: Duration::ZERO,
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStorage {
+    /// Where trackgate keeps its state (development certificates now; the outbox later).
+    pub data_dir: PathBuf,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            data_dir: PathBuf::from("trackgate-data"),
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+/// `[outbox]`: the durable queue of track decisions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOutbox {
+    /// The redb file. Unset: `<storage.data_dir>/outbox.redb`.
+    pub file: Option<PathBuf>,
+    /// A group commit (one fsync) holds at most this many operations…
+    pub group_commit_records: usize,
+    /// …and waits at most this long for more. A crash loses at most the decisions of this
+    /// window (they were never acknowledged to anyone).
+    #[serde(with = "humantime_serde")]
+    pub group_commit_interval: Duration,
+    /// Decisions waiting for the writer; beyond, new ones are refused and counted.
+    pub queue: usize,
+    /// Records waiting for delivery; beyond, new ones are refused and counted.
+    pub max_pending: u64,
+    /// How long delivered ids are remembered, so the same decision is not queued again.
+    #[serde(with = "humantime_serde")]
+    pub delivered_window: Duration,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        // The outbox's own defaults (a test in `app::settings` holds them equal).
+        RawOutbox {
+            file: None,
+            group_commit_records: 512,
+            group_commit_interval: Duration::from_millis(5),
+            queue: 65_536,
+            max_pending: 1_000_000,
+            delivered_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// `[delivery]`: the workers that write to the CRM.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDelivery {
+    /// Off: decisions queue in the outbox and nothing is sent.
+    pub enabled: bool,
+    /// Sink requests in flight at once (Dataverse allows 52 per application user).
+    pub concurrency: usize,
+    /// Records per sink request; above 1 the Dataverse sink uses `$batch` (≤ 1000).
+    pub batch_size: usize,
+    /// A record failing this many times (500s, timeouts of its own) goes to dead letter.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Timeout of one request to the CRM or Exchange.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How much of a message body reaches the CRM: `full`, `text` or `none`.
+    pub body: EmailBody,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            enabled: true,
+            concurrency: 8,
+            batch_size: 1,
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+            body: EmailBody::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// A local redb journal (`trackgate journal list`).
+    #[default]
+    Journal,
+    Dataverse,
+    Webhook,
+}
+
+/// `[crm]`: where tracked emails go.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCrm {
+    pub sink: SinkKind,
+    /// A synchronized-fields table (TOML). Unset: the embedded one (`src/crm/fields.toml`).
+    pub fields: Option<PathBuf>,
+    /// The journal file. Unset: `<storage.data_dir>/journal.redb`.
+    pub journal_file: Option<PathBuf>,
+    pub dataverse: RawDataverse,
+    pub webhook: RawWebhook,
+}
+
+/// `[crm.dataverse]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDataverse {
+    /// The environment URL, e.g. `https://contoso.crm.dynamics.com`.
+    pub url: Option<String>,
+    pub api_path: String,
+    /// Entra ID token endpoint: `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`.
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// Unset: `<url>/.default`.
+    pub scope: Option<String>,
+    /// Create each email as its mailbox owner (`CallerObjectId`); the application user needs
+    /// the "act on behalf of another user" privilege.
+    pub act_as_owner: bool,
+    /// Requests in any 5-minute window at most (the service protection limit per user is
+    /// 6000); 0 leaves pacing to the 429s.
+    pub max_requests_per_5min: u32,
+}
+
+impl Default for RawDataverse {
+    fn default() -> Self {
+        RawDataverse {
+            url: None,
+            api_path: "/api/data/v9.2".into(),
+            token_url: None,
+            client_id: None,
+            client_secret: None,
+            scope: None,
+            act_as_owner: false,
+            max_requests_per_5min: 6000,
+        }
+    }
+}
+
+/// `[crm.webhook]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: Option<String>,
+    /// The HMAC key of `X-Trackgate-Signature` (at least 16 characters).
+    pub secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeAuthKind {
+    #[default]
+    Basic,
+    Oauth,
+}
+
+/// `[exchange]`: the service account delivery uses to fetch messages (enrichment and bodies).
+/// Unset URLs: no enrichment.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawExchange {
+    /// `https://mail.example.com/EWS/Exchange.asmx`; the account needs the
+    /// ApplicationImpersonation role.
+    pub ews_url: Option<String>,
+    /// `https://graph.microsoft.com`; the app needs `Mail.Read` (application).
+    pub graph_url: Option<String>,
+    pub auth: ExchangeAuthKind,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    /// Unset: `https://outlook.office365.com/.default` for EWS, `<graph_url>/.default` for Graph.
+    pub scope: Option<String>,
+}
+
+/// `delivery.body`: how much of a message body reaches the CRM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailBody {
+    /// The body as Exchange has it (HTML when it is HTML).
+    #[default]
+    Full,
+    /// Plain text only.
+    Text,
+    /// No body at all.
+    None,
+}
+
+/// Where the directory comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectorySourceKind {
+    /// `directory.file`, or the embedded example.
+    #[default]
+    File,
+    /// The organization in `[crm.dataverse]`, replicated and refreshed.
+    Dataverse,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDataverseDirectory {
+    /// Unset: the shortest "update local data every" among the users, or 15 minutes. Never
+    /// below the organization's `minofflinesyncinterval`.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
+    /// Rows per page (`Prefer: odata.maxpagesize`).
+    pub page_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long the start waits for the first load before serving the replica (or nothing).
+    #[serde(with = "humantime_serde")]
+    pub startup_wait: Duration,
+    /// How far back tracked emails are replicated for correlation.
+    #[serde(with = "humantime_serde")]
+    pub emails_window: Duration,
+    /// The replica file (default: `directory.redb` in the data directory).
+    pub replica_file: Option<PathBuf>,
+    /// Rows per table at most.
+    pub max_rows: usize,
+    /// Per entity set: `all`, `owned`, `none` or an OData `$filter` expression.
+    pub offline_filters: BTreeMap<String, String>,
+    /// More e-mail-enabled tables whose addresses resolve senders and recipients.
+    pub tables: Vec<RawOtherTable>,
+}
+
+impl Default for RawDataverseDirectory {
+    fn default() -> Self {
+        RawDataverseDirectory {
+            refresh_interval: None,
+            page_size: 5000,
+            request_timeout: Duration::from_secs(60),
+            startup_wait: Duration::from_secs(30),
+            emails_window: Duration::from_secs(30 * 86_400),
+            replica_file: None,
+            max_rows: 5_000_000,
+            offline_filters: BTreeMap::new(),
+            tables: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtherTable {
+    /// Logical name, e.g. `new_vendor`.
+    pub entity: String,
+    /// Entity set (default: the plural of `entity`).
+    #[serde(default)]
+    pub set: Option<String>,
+    /// Primary key column (default: `<entity>id`).
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub addresses: Vec<String>,
+    /// Whether rows have `ownerid` and `statecode`.
+    #[serde(default = "yes")]
+    pub owned: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RawConfig {
+    /// Parses TOML text, then applies environment overrides from `env`.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawConfig, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        apply_env_overrides(&mut table, env)?;
+        RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The resolved configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Applies `TRACKGATE_SECTION__KEY=value` overrides. Values are read as TOML (numbers, booleans,
+/// arrays) when they parse as such, otherwise as strings.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut overrides = BTreeMap::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains(ENV_SEPARATOR) {
+            continue; // not a key override (e.g. TRACKGATE_CONFIG)
+        }
+        let path: Vec<String> = rest
+            .split(ENV_SEPARATOR)
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(|s| s.is_empty()) {
+            return Err(ConfigError::invalid(
+                &name,
+                "has an empty section or key",
+                "write overrides as TRACKGATE_SECTION__KEY, e.g. TRACKGATE_LIMITS__MAX_CONNECTIONS=500",
+            ));
+        }
+        overrides.insert(path, value);
+    }
+    for (path, value) in overrides {
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let mut node = &mut *table;
+        let (last, sections) = path.split_last().unwrap_or((&path[0], &[]));
+        for section in sections {
+            let entry = node
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        &path.join("."),
+                        "the environment override names a key inside a value that is not a section",
+                        "check the variable name: TRACKGATE_SECTION__KEY",
+                    ));
+                }
+            };
+        }
+        node.insert(last.clone(), parsed);
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The seams between the stages behind the traffic, each a named hand-off owned here rather than
+//! a closure in the wiring: inspection's observations go through the rules, and every track
+//! decision into the outbox ([`Pipeline`]); delivery's enrichment is answered by the rules
+//! engine ([`Enrichment`] for [`Engine`]). The stages themselves stay unaware of each other.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::delivery::Enrichment;
+use crate::inspect::{Message, Observation};
+use crate::outbox::Outbox;
+use crate::rules::{Decision, Engine, Mode, RecentDecisions, RulesMetrics};
+
+/// inspect → rules → outbox: what happens to each observation.
+pub struct Pipeline {
+    engine: Arc<Engine>,
+    metrics: Arc<RulesMetrics>,
+    recent: Arc<RecentDecisions>,
+    outbox: Arc<dyn Outbox>,
+}
+
+impl Pipeline {
+    pub fn new(
+        engine: Arc<Engine>,
+        metrics: Arc<RulesMetrics>,
+        recent: Arc<RecentDecisions>,
+        outbox: Arc<dyn Outbox>,
+    ) -> Pipeline {
+        Pipeline {
+            engine,
+            metrics,
+            recent,
+            outbox,
+        }
+    }
+
+    /// Decides one observation and hands every track decision to the outbox. Runs on the
+    /// inspection thread; the outbox's `submit` never waits for a commit, and what it refuses
+    /// is counted there.
+    pub fn observe(&self, observation: &Observation) {
+        for decision in self.engine.decide(observation, Mode::APPLY) {
+            self.metrics.record(&decision);
+            tracing::debug!(
+                verdict = ?decision.verdict,
+                reason = decision.reason.as_str(),
+                "decision"
+            );
+            if decision.is_track() {
+                self.outbox.submit(&decision);
+            }
+            self.recent.push(decision);
+        }
+    }
+}
+
+impl Enrichment for Engine {
+    fn redecide(&self, provisional: &Decision, fetched: &Message) -> Decision {
+        self.enriched(provisional, fetched)
+    }
+
+    fn owner(&self, mailbox: &str) -> Option<Uuid> {
+        self.directory().guard().owner_object_id(mailbox)
+    }
+}

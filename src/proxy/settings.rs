@@ -1,0 +1,79 @@
+//! What the proxy needs to know, in its own types: the listener, the limits it enforces on
+//! clients, the upstream timeouts and the Autodiscover rewrite. The composition root builds
+//! these from the configuration; a reload builds new ones and swaps them in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Everything [`super::ProxyState::build`] reads.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listener: ListenerSettings,
+    pub limits: Limits,
+    pub upstreams: UpstreamTimeouts,
+    pub autodiscover: AutodiscoverSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub address: SocketAddr,
+    pub tls: ListenerTls,
+    /// ALPN protocol ids offered, in order of preference.
+    pub alpn: Vec<Vec<u8>>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plain HTTP.
+    Off,
+    /// Certificate and key files given by the operator.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Development certificates in this folder, created on first start.
+    Development { dir: PathBuf },
+}
+
+/// What one client may ask of the gateway.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub max_request_body: u64,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// How long the gateway waits on Exchange, and how it keeps connections to it.
+#[derive(Debug, Clone)]
+pub struct UpstreamTimeouts {
+    /// Extra CA certificates to trust upstream, beside the system's.
+    pub ca_bundle: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// The idle timeout of EWS streaming notifications (which are silent for minutes).
+    pub streaming_idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub expect_continue_timeout: Duration,
+    /// Send the client's `Host` upstream instead of the upstream's own.
+    pub preserve_host: bool,
+}
+
+/// The rewrite of Exchange URLs in Autodiscover answers to the gateway's.
+#[derive(Debug, Clone)]
+pub struct AutodiscoverSettings {
+    pub rewrite: bool,
+    /// The URL clients use for the gateway; unset: the request's own scheme and host.
+    pub external_url: Option<String>,
+    /// Lower-case host names, without ports, whose URLs are rewritten.
+    pub exchange_hosts: Vec<String>,
+    pub max_body: usize,
+}

@@ -1,0 +1,147 @@
+//! `trackgate simulate …`: a simulator on its own port until Ctrl-C, for load tests and for
+//! trying real clients against it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::{
+    AuthMode, DataverseOptions, DataverseSimulator, ExchangeSimulator, FixtureSet, SimulatorOptions,
+};
+use crate::directory::model::DirectoryDocument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a directory document: {problem}")]
+    Seed { path: String, problem: String },
+    #[error("--auth: expected none, bearer, ntlm or basic:USER:PASSWORD")]
+    Auth,
+    #[error(transparent)]
+    Fixtures(#[from] super::fixtures::FixtureError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("simulator: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The Dataverse simulator's options: seeded from a directory file (TOML, or JSON by its
+/// extension) or the embedded example, and requiring client credentials when given.
+pub fn dataverse_options(
+    directory: Option<&Path>,
+    credentials: Option<(String, String)>,
+) -> Result<DataverseOptions, StandaloneError> {
+    let text = match directory {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| StandaloneError::Read {
+            path: path.display().to_string(),
+            source,
+        })?,
+        None => crate::directory::file::EMBEDDED_EXAMPLE.to_owned(),
+    };
+    let json = directory.is_some_and(|p| p.extension().is_some_and(|e| e == "json"));
+    let seed: DirectoryDocument = if json {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(&text).map_err(|e| e.to_string())
+    }
+    .map_err(|problem| StandaloneError::Seed {
+        path: directory.map_or("embedded example".into(), |p| p.display().to_string()),
+        problem,
+    })?;
+    Ok(DataverseOptions {
+        credentials,
+        seed: Some(seed),
+        ..DataverseOptions::default()
+    })
+}
+
+/// The Exchange simulator's options: its auth mode, fixtures and (optionally) TLS with
+/// development certificates kept in `tls_dir`.
+pub fn exchange_options(
+    auth: &str,
+    fixtures: Option<&Path>,
+    tls_dir: Option<&Path>,
+) -> Result<SimulatorOptions, StandaloneError> {
+    let fixtures = match fixtures {
+        Some(dir) => FixtureSet::from_dir(dir)?,
+        None => FixtureSet::embedded()?,
+    };
+    let mut options = SimulatorOptions::new("standalone", fixtures);
+    options.auth = parse_auth(auth)?;
+    if let Some(dir) = tls_dir {
+        crate::tls::install_crypto_provider();
+        let certs = crate::tls::ensure_dev_certs(dir)?;
+        options.tls = Some(crate::tls::server_config(
+            &certs.cert,
+            &certs.key,
+            &[b"h2".to_vec(), b"http/1.1".to_vec()],
+        )?);
+    }
+    Ok(options)
+}
+
+/// `none`, `bearer`, `ntlm` or `basic:USER:PASSWORD`.
+pub fn parse_auth(text: &str) -> Result<AuthMode, StandaloneError> {
+    Ok(match text {
+        "none" => AuthMode::None,
+        "bearer" => AuthMode::Bearer,
+        "ntlm" => AuthMode::Ntlm,
+        other => match other.strip_prefix("basic:").and_then(|r| r.split_once(':')) {
+            Some((user, password)) => AuthMode::Basic {
+                user: user.into(),
+                password: password.into(),
+            },
+            None => return Err(StandaloneError::Auth),
+        },
+    })
+}
+
+/// Runs the Dataverse simulator until Ctrl-C; its first line of output is stable for scripts.
+pub async fn dataverse(
+    listen: SocketAddr,
+    options: DataverseOptions,
+) -> Result<(), StandaloneError> {
+    let sim = DataverseSimulator::start(listen, options).await?;
+    println!(
+        "dataverse simulator ready url={} token_url={}",
+        sim.url(),
+        sim.token_url()
+    );
+    tokio::signal::ctrl_c().await?;
+    sim.stop().await;
+    Ok(())
+}
+
+/// Runs the Exchange simulator until Ctrl-C; its first line of output is stable for scripts.
+pub async fn exchange(
+    listen: SocketAddr,
+    options: SimulatorOptions,
+) -> Result<(), StandaloneError> {
+    let sim = ExchangeSimulator::start(listen, options).await?;
+    println!("simulator ready url={}", sim.url());
+    tokio::signal::ctrl_c().await?;
+    sim.stop().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_modes_parse_and_mistakes_are_named() {
+        assert!(matches!(parse_auth("ntlm"), Ok(AuthMode::Ntlm)));
+        assert!(matches!(
+            parse_auth("basic:alex:pw"),
+            Ok(AuthMode::Basic { user, password }) if user == "alex" && password == "pw"
+        ));
+        assert!(matches!(
+            parse_auth("basic:alex"),
+            Err(StandaloneError::Auth)
+        ));
+    }
+}
