@@ -7,6 +7,8 @@ mod support;
 
 /// Admin endpoints and metrics.
 mod admin;
+/// The imports follow the flow: no stage reaches a later one, configuration is a leaf.
+mod architecture;
 /// Autodiscover answers and redirects rewritten to the gateway's URL.
 mod autodiscover;
 /// The command line: check, certs, version.
