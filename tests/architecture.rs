@@ -25,7 +25,9 @@ const CONFIG: &str = "config";
 /// What wires the stages together or runs them as commands. They may use every module,
 /// including the simulators: the embedded default runs the built-in Exchange simulator
 /// (DESIGN.md §2.10), the demo runs both, and replay reads recorded fixtures.
-const COMPOSITION: [&str; 7] = ["pipeline", "app", "admin", "ops", "demo", "replay", "simulate"];
+const COMPOSITION: [&str; 7] = [
+    "pipeline", "app", "admin", "ops", "demo", "replay", "simulate",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layer {
@@ -148,6 +150,9 @@ fn top_level_names(group: &str) -> Vec<String> {
             '{' => depth += 1,
             '}' => depth = depth.saturating_sub(1),
             ',' if depth == 0 => {
+                if !current.is_empty() {
+                    names.push(std::mem::take(&mut current));
+                }
                 at_start = true;
                 continue;
             }
@@ -247,7 +252,9 @@ fn the_checker_catches_each_kind_of_violation() {
                 #[cfg(test)]\nmod tests {\n    use crate::simulate::ntlm;\n}\n";
     let found = check_file("src/outbox/x.rs", "outbox", text);
     assert_eq!(found.len(), 3, "{found:#?}");
-    assert!(found[0].starts_with("src/outbox/x.rs:2:") && found[0].contains("later stage `delivery`"));
+    assert!(
+        found[0].starts_with("src/outbox/x.rs:2:") && found[0].contains("later stage `delivery`")
+    );
     assert!(found[1].starts_with("src/outbox/x.rs:3:") && found[1].contains("configuration"));
     assert!(found[2].starts_with("src/outbox/x.rs:7:") && found[2].contains("simulators"));
 
