@@ -75,6 +75,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
     }
 }
 
+/// The admin endpoints: one match arm per method and path, each calling its handler. Long only
+/// because the routing table is flat; a table read in one place is the point.
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path == "/explain" {

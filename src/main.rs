@@ -220,6 +220,8 @@ fn main() -> ExitCode {
     }
 }
 
+/// Dispatches a command to the library and maps its result to an exit code: one arm per
+/// subcommand, which is all that keeps it long.
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo { keep_running } => runtime(None)?.block_on(demo(keep_running)),

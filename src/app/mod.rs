@@ -92,6 +92,8 @@ pub struct Gateway {
 /// Starts every part and returns once the listeners are bound and the gateway is ready. Reads
 /// like the flow: the upstream, then what works behind the traffic from the end back (the
 /// directory and the rules, the outbox, delivery), then inspection and the proxy in front.
+/// Kept whole, a little over a screen, so the wiring is read in one place and in flow order;
+/// each step is a constructor in `build` or a stage's own `new`.
 pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     tls::install_crypto_provider();
     settings::check(&config)?;

@@ -337,46 +337,7 @@ impl DataverseSink {
         } else {
             checked.as_slice()
         };
-        let api = &self.settings.api_path;
-        let mut items = Vec::new();
-        // Which item answers for which document: (document, item index, create_only).
-        let mut owners: Vec<(usize, usize, bool)> = Vec::new();
-        for (doc, email) in emails.iter().enumerate() {
-            let writes = self.writes(email);
-            for write in writes {
-                let mut headers = vec![(
-                    "Content-Type".to_owned(),
-                    "application/json; type=entry".to_owned(),
-                )];
-                if let Some((name, value)) = write.condition {
-                    headers.push((name.to_owned(), value.to_owned()));
-                }
-                if self.settings.act_as_owner
-                    && let Some(caller) = email.caller
-                {
-                    headers.push(("CallerObjectId".into(), caller.to_string()));
-                }
-                let part = HttpPart {
-                    start: format!("{} {api}{} HTTP/1.1", write.method, write.path),
-                    headers,
-                    body: write.body.to_string(),
-                    content_id: None,
-                };
-                // The email's create-only upsert is a change set of its own; the records it
-                // binds go before it and its status after it as independent parts, so a 412
-                // (already there) neither rolls back nor skips them.
-                if write.path.starts_with("/emails(") && write.create_only {
-                    owners.push((doc, items.len(), true));
-                    items.push(BatchItem::ChangeSet(vec![HttpPart {
-                        content_id: Some("1".into()),
-                        ..part
-                    }]));
-                } else {
-                    owners.push((doc, items.len(), write.create_only));
-                    items.push(BatchItem::Single(part));
-                }
-            }
-        }
+        let (items, owners) = self.batch_items(emails);
         let boundary = format!("batch_{:016x}", rand::random::<u64>());
         let body = multipart::write_batch(&boundary, &items);
         let all = |o: Outcome| vec![o; emails.len()];
@@ -418,38 +379,93 @@ impl DataverseSink {
                 error: "unreadable $batch response".into(),
             });
         };
-        let mut outcomes = vec![Outcome::Delivered; emails.len()];
-        for (doc, index, create_only) in owners {
-            let parts: Vec<&HttpPart> = match answers.get(index) {
-                Some(BatchItem::Single(p)) => vec![p],
-                Some(BatchItem::ChangeSet(ps)) => ps.iter().collect(),
-                None => {
-                    outcomes[doc] = Outcome::Failed {
-                        status: None,
-                        error: "the $batch response has fewer parts than the request".into(),
-                    };
-                    continue;
+        batch_outcomes(&answers, owners, emails)
+    }
+
+    /// The `$batch` parts for `emails`, and which part answers for which email: (email,
+    /// part index, create_only).
+    fn batch_items(&self, emails: &[TrackedEmail]) -> (Vec<BatchItem>, Vec<(usize, usize, bool)>) {
+        let api = &self.settings.api_path;
+        let mut items = Vec::new();
+        let mut owners: Vec<(usize, usize, bool)> = Vec::new();
+        for (doc, email) in emails.iter().enumerate() {
+            let writes = self.writes(email);
+            for write in writes {
+                let mut headers = vec![(
+                    "Content-Type".to_owned(),
+                    "application/json; type=entry".to_owned(),
+                )];
+                if let Some((name, value)) = write.condition {
+                    headers.push((name.to_owned(), value.to_owned()));
                 }
-            };
-            for part in parts {
-                let s = part.status().unwrap_or(500);
-                let fine = (200..300).contains(&s) || (s == 412 && create_only);
-                if fine || outcomes[doc] != Outcome::Delivered {
-                    continue;
+                if self.settings.act_as_owner
+                    && let Some(caller) = email.caller
+                {
+                    headers.push(("CallerObjectId".into(), caller.to_string()));
                 }
-                outcomes[doc] = if s == 404 && emails[doc].action == Action::UpdateRegarding {
-                    not_there_yet()
-                } else {
-                    Outcome::from_status(
-                        s,
-                        part.header("retry-after"),
-                        part.body.chars().take(super::MAX_KEPT_RESPONSE).collect(),
-                    )
+                let part = HttpPart {
+                    start: format!("{} {api}{} HTTP/1.1", write.method, write.path),
+                    headers,
+                    body: write.body.to_string(),
+                    content_id: None,
                 };
+                // The email's create-only upsert is a change set of its own; the records it
+                // binds go before it and its status after it as independent parts, so a 412
+                // (already there) neither rolls back nor skips them.
+                if write.path.starts_with("/emails(") && write.create_only {
+                    owners.push((doc, items.len(), true));
+                    items.push(BatchItem::ChangeSet(vec![HttpPart {
+                        content_id: Some("1".into()),
+                        ..part
+                    }]));
+                } else {
+                    owners.push((doc, items.len(), write.create_only));
+                    items.push(BatchItem::Single(part));
+                }
             }
         }
-        outcomes
+        (items, owners)
     }
+}
+
+/// Each email's outcome from the `$batch` answer: delivered unless one of its parts failed
+/// (a create-only upsert's 412 means it is already there, which counts as delivered).
+fn batch_outcomes(
+    answers: &[BatchItem],
+    owners: Vec<(usize, usize, bool)>,
+    emails: &[TrackedEmail],
+) -> Vec<Outcome> {
+    let mut outcomes = vec![Outcome::Delivered; emails.len()];
+    for (doc, index, create_only) in owners {
+        let parts: Vec<&HttpPart> = match answers.get(index) {
+            Some(BatchItem::Single(p)) => vec![p],
+            Some(BatchItem::ChangeSet(ps)) => ps.iter().collect(),
+            None => {
+                outcomes[doc] = Outcome::Failed {
+                    status: None,
+                    error: "the $batch response has fewer parts than the request".into(),
+                };
+                continue;
+            }
+        };
+        for part in parts {
+            let s = part.status().unwrap_or(500);
+            let fine = (200..300).contains(&s) || (s == 412 && create_only);
+            if fine || outcomes[doc] != Outcome::Delivered {
+                continue;
+            }
+            outcomes[doc] = if s == 404 && emails[doc].action == Action::UpdateRegarding {
+                not_there_yet()
+            } else {
+                Outcome::from_status(
+                    s,
+                    part.header("retry-after"),
+                    part.body.chars().take(super::MAX_KEPT_RESPONSE).collect(),
+                )
+            };
+        }
+    }
+    outcomes
 }
 
 #[cfg(test)]

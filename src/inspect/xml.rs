@@ -112,6 +112,9 @@ fn reborrow<'a>(input: &'a str, part: &str) -> Option<&'a str> {
 }
 
 impl<'a> Tree<'a> {
+    /// Parses `input` into a tree within `limits`, rejecting any DOCTYPE. One pull-parser loop
+    /// with one arm per event kind: the limits are checked where each event is seen, which a
+    /// split would scatter. Issue 16 replaces the tree on the request path.
     pub fn parse(input: &'a [u8], limits: XmlLimits) -> Result<Tree<'a>, XmlError> {
         let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
         let text = std::str::from_utf8(input).map_err(|e| XmlError::Malformed(e.to_string()))?;

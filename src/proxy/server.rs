@@ -425,6 +425,9 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 /// until the client sends again, or stays silent for `header_read_timeout` (hyper's own limit
 /// for an idle keep-alive connection) and is closed. 10 000 idle keep-alive clients then cost
 /// sockets, not buffers.
+///
+/// One loop over the connection's life (serve, idle, park, wake, drain): the states share the
+/// transport and the timers, and the loop reads as the state machine it is.
 async fn drive_http1<IO>(
     proxy: &Arc<Proxy>,
     mut io: FramingGuard<IO>,

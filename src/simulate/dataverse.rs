@@ -602,6 +602,8 @@ fn json_response(status: u16, value: &impl Serialize) -> Response<Full<Bytes>> {
     )
 }
 
+/// One HTTP request: the token endpoint, fault controls under `/_sim/`, `$batch`, and the API,
+/// in a flat routing table.
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let arrived_ms = now_ms();
     let (parts, body) = req.into_parts();
@@ -921,7 +923,7 @@ fn resolve_row(
 type Answer = (u16, Vec<(String, String)>, String);
 
 /// Runs one API request against the store; returns the entity path it touched (for Content-ID
-/// references) and the answer.
+/// references) and the answer. One arm per Web API verb and path shape, as a flat table.
 #[allow(clippy::too_many_arguments)]
 fn execute(
     store: &mut Store,

@@ -163,6 +163,7 @@ pub(super) fn dataverse_connection(d: &RawDataverse) -> Result<DataverseConnecti
     })
 }
 
+/// `[outbox]`, `[delivery]`, `[crm]` and `[exchange]`, in that order.
 pub(super) fn validate(
     outbox: &RawOutbox,
     delivery: &RawDelivery,
@@ -179,6 +180,19 @@ pub(super) fn validate(
     ),
     ConfigError,
 > {
+    Ok((
+        outbox_section(outbox, data_dir, anchor)?,
+        delivery_section(delivery)?,
+        crm_section(crm, data_dir, anchor)?,
+        exchange_section(exchange, delivery.request_timeout)?,
+    ))
+}
+
+fn outbox_section(
+    outbox: &RawOutbox,
+    data_dir: &Path,
+    anchor: &dyn Fn(&Path) -> PathBuf,
+) -> Result<OutboxConfig, ConfigError> {
     at_least(
         "outbox.group_commit_records",
         outbox.group_commit_records as u64,
@@ -195,7 +209,7 @@ pub(super) fn validate(
     at_least("outbox.queue", outbox.queue as u64, 1)?;
     at_least("outbox.max_pending", outbox.max_pending, 1)?;
     positive("outbox.delivered_window", outbox.delivered_window)?;
-    let outbox_config = OutboxConfig {
+    Ok(OutboxConfig {
         file: outbox
             .file
             .as_deref()
@@ -206,8 +220,10 @@ pub(super) fn validate(
         queue: outbox.queue,
         max_pending: outbox.max_pending,
         delivered_window: outbox.delivered_window,
-    };
+    })
+}
 
+fn delivery_section(delivery: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     if !(1..=52).contains(&delivery.concurrency) {
         return Err(ConfigError::invalid(
             "delivery.concurrency",
@@ -232,7 +248,7 @@ pub(super) fn validate(
             "make backoff_max at least backoff_base, e.g. \"5m\"",
         ));
     }
-    let delivery_config = DeliveryConfig {
+    Ok(DeliveryConfig {
         enabled: delivery.enabled,
         concurrency: delivery.concurrency,
         batch_size: delivery.batch_size,
@@ -241,8 +257,14 @@ pub(super) fn validate(
         backoff_max: delivery.backoff_max,
         body: delivery.body,
         request_timeout: delivery.request_timeout,
-    };
+    })
+}
 
+fn crm_section(
+    crm: &RawCrm,
+    data_dir: &Path,
+    anchor: &dyn Fn(&Path) -> PathBuf,
+) -> Result<CrmConfig, ConfigError> {
     let fields = crm.fields.as_deref().map(anchor);
     if let Some(path) = &fields {
         readable_file("crm.fields", path, "a synchronized-fields table (TOML)")?;
@@ -299,8 +321,15 @@ pub(super) fn validate(
             }
         }
     };
+    Ok(CrmConfig { sink, fields })
+}
 
-    let exchange_config = match (&exchange.ews_url, &exchange.graph_url) {
+/// The Exchange service client; `None` when no URL is configured.
+fn exchange_section(
+    exchange: &RawExchange,
+    timeout: Duration,
+) -> Result<Option<ExchangeConfig>, ConfigError> {
+    Ok(match (&exchange.ews_url, &exchange.graph_url) {
         (None, None) => None,
         (ews, graph) => {
             let ews = ews
@@ -345,14 +374,8 @@ pub(super) fn validate(
                 ews_url: ews,
                 graph_url: graph,
                 auth,
-                timeout: delivery.request_timeout,
+                timeout,
             })
         }
-    };
-    Ok((
-        outbox_config,
-        delivery_config,
-        CrmConfig { sink, fields },
-        exchange_config,
-    ))
+    })
 }
