@@ -352,6 +352,9 @@ impl Shared {
         self.wakeup.notify_one();
     }
 
+    /// Applies one group in one write transaction: each operation in order, then the next
+    /// sequence number and, when due, the pruning of the delivered window. Commits; or aborts a
+    /// group that changed nothing. Returns whether it committed.
     fn apply(
         &self,
         group: Vec<Op>,
@@ -368,191 +371,49 @@ impl Shared {
                 .all(|op| matches!(op, Op::Enqueue { .. } | Op::Flush(_)));
         let txn = self.db.begin_write().store(path)?;
         {
-            let mut pending = txn.open_table(PENDING).store(path)?;
-            let mut pending_keys = txn.open_table(PENDING_KEYS).store(path)?;
-            let mut delivered = txn.open_table(DELIVERED).store(path)?;
-            let mut delivered_at = txn.open_table(DELIVERED_AT).store(path)?;
-            let mut dead = txn.open_table(DEAD).store(path)?;
-            let mut dead_keys = txn.open_table(DEAD_KEYS).store(path)?;
-            let mut meta = txn.open_table(META).store(path)?;
-            let mut next_seq = meta
-                .get("next_seq")
-                .store(path)?
-                .map(|v| v.value())
-                .unwrap_or(1);
-            let mut pending_count = self.schedule().pending.len() as u64;
+            let pending_count = self.schedule().pending.len() as u64;
+            let mut tables = Tables::open(&txn, path, now, pending_count)?;
             for op in group {
                 match op {
                     Op::Enqueue { key, at, encoded } => {
-                        let k = key.as_u128();
-                        if pending_keys.get(k).store(path)?.is_some()
-                            || delivered.get(k).store(path)?.is_some()
-                            || dead_keys.get(k).store(path)?.is_some()
-                        {
-                            after.push(Change::Duplicate);
-                            continue;
-                        }
-                        if pending_count >= self.settings.max_pending {
-                            after.push(Change::Refused);
-                            continue;
-                        }
-                        let seq = next_seq;
-                        next_seq += 1;
-                        pending_count += 1;
-                        pending.insert(seq, encoded.as_slice()).store(path)?;
-                        pending_keys.insert(k, seq).store(path)?;
-                        after.push(Change::Queued {
-                            seq,
-                            next: at,
-                            enqueued: at,
-                            revived: false,
-                        });
+                        after.push(tables.enqueue(key, at, &encoded, self.settings.max_pending)?);
                     }
                     Op::Settle(record, settlement) => {
-                        let seq = record.seq;
-                        if pending.get(seq).store(path)?.is_none() {
-                            // Skipped while in flight.
-                            after.push(Change::Released { seq });
-                            continue;
-                        }
-                        match settlement {
-                            Settlement::Delivered => {
-                                pending.remove(seq).store(path)?;
-                                pending_keys.remove(record.key.as_u128()).store(path)?;
-                                delivered.insert(record.key.as_u128(), now).store(path)?;
-                                delivered_at
-                                    .insert((now, record.key.as_u128()), ())
-                                    .store(path)?;
-                                pending_count = pending_count.saturating_sub(1);
-                                after.push(Change::Removed {
-                                    seq,
-                                    result: "delivered",
-                                });
-                            }
-                            Settlement::Retry {
-                                at_ms,
-                                counted,
-                                error,
-                            } => {
-                                let mut r = *record;
-                                r.attempts += u32::from(counted);
-                                r.next_attempt_ms = at_ms;
-                                r.last_error = Some(cut(error));
-                                pending
-                                    .insert(seq, serde_json::to_vec(&r)?.as_slice())
-                                    .store(path)?;
-                                after.push(Change::Rescheduled);
-                            }
-                            Settlement::Dead {
-                                status,
-                                response,
-                                error,
-                            } => {
-                                pending.remove(seq).store(path)?;
-                                pending_keys.remove(record.key.as_u128()).store(path)?;
-                                let key = record.key.as_u128();
-                                let letter = DeadLetter {
-                                    record: *record,
-                                    failed_ms: now,
-                                    status,
-                                    response: response.map(cut),
-                                    error: cut(error),
-                                };
-                                dead.insert(seq, serde_json::to_vec(&letter)?.as_slice())
-                                    .store(path)?;
-                                dead_keys.insert(key, seq).store(path)?;
-                                pending_count = pending_count.saturating_sub(1);
-                                after.push(Change::Dead { seq });
-                            }
-                        }
+                        after.push(tables.settle(record, settlement)?);
                     }
                     Op::Retry(key, reply) => {
-                        let k = key.as_u128();
-                        let seq = dead_keys.remove(k).store(path)?.map(|v| v.value());
-                        let letter = match seq {
-                            Some(seq) => dead.remove(seq).store(path)?.map(|l| (seq, l)),
-                            None => None,
+                        let result = match tables.retry(key)? {
+                            Some(change) => {
+                                after.push(change);
+                                Ok(())
+                            }
+                            None => Err(OutboxError::NotFound {
+                                what: "dead-letter",
+                                id: key,
+                            }),
                         };
-                        // No such dead letter. (A key without its letter is dropped too,
-                        // committed as every group with a retry is.)
-                        let Some((seq, letter)) = letter else {
-                            replies.push((
-                                Reply(reply),
-                                Err(OutboxError::NotFound {
-                                    what: "dead-letter",
-                                    id: key,
-                                }),
-                            ));
-                            continue;
-                        };
-                        let letter: DeadLetter = serde_json::from_slice(letter.value())?;
-                        let mut record = letter.record;
-                        record.attempts = 0;
-                        record.next_attempt_ms = now;
-                        pending
-                            .insert(seq, serde_json::to_vec(&record)?.as_slice())
-                            .store(path)?;
-                        pending_keys.insert(k, seq).store(path)?;
-                        pending_count += 1;
-                        after.push(Change::Queued {
-                            seq,
-                            next: now,
-                            enqueued: record.enqueued_ms,
-                            revived: true,
-                        });
-                        replies.push((Reply(reply), Ok(())));
+                        replies.push((Reply(reply), result));
                     }
                     Op::Skip(key, reply) => {
-                        let k = key.as_u128();
-                        let found = if let Some(seq) =
-                            pending_keys.remove(k).store(path)?.map(|v| v.value())
-                        {
-                            pending.remove(seq).store(path)?;
-                            pending_count = pending_count.saturating_sub(1);
-                            after.push(Change::Removed {
-                                seq,
-                                result: "skipped",
-                            });
-                            true
-                        } else if let Some(seq) =
-                            dead_keys.remove(k).store(path)?.map(|v| v.value())
-                        {
-                            dead.remove(seq).store(path)?;
-                            after.push(Change::Undead);
-                            true
-                        } else {
-                            false
+                        let result = match tables.skip(key)? {
+                            Some(change) => {
+                                after.push(change);
+                                Ok(())
+                            }
+                            None => Err(OutboxError::NotFound {
+                                what: "pending or dead-letter",
+                                id: key,
+                            }),
                         };
-                        if found {
-                            delivered.insert(k, now).store(path)?;
-                            delivered_at.insert((now, k), ()).store(path)?;
-                            replies.push((Reply(reply), Ok(())));
-                        } else {
-                            replies.push((
-                                Reply(reply),
-                                Err(OutboxError::NotFound {
-                                    what: "pending or dead-letter",
-                                    id: key,
-                                }),
-                            ));
-                        }
+                        replies.push((Reply(reply), result));
                     }
                     Op::Flush(reply) => after.push(Change::Flushed(reply)),
                 }
             }
-            meta.insert("next_seq", next_seq).store(path)?;
+            tables.finish()?;
             if prune {
-                let horizon = now.saturating_sub(self.settings.delivered_window.as_millis() as u64);
-                let expired: Vec<(u64, u128)> = delivered_at
-                    .range(..(horizon, 0u128))
-                    .store(path)?
-                    .take(100_000)
-                    .filter_map(|e| e.ok().map(|(k, _)| k.value()))
-                    .collect();
-                for (at, key) in expired {
-                    delivered_at.remove((at, key)).store(path)?;
-                    delivered.remove(key).store(path)?;
-                }
+                let window = self.settings.delivered_window.as_millis() as u64;
+                tables.prune(now.saturating_sub(window))?;
             }
         }
         // A group of duplicates (the same mail seen again, the common case) changed nothing:
@@ -591,6 +452,241 @@ impl Shared {
                 .get(k)
                 .store(path)?
                 .is_some())
+    }
+}
+
+/// Every table, opened in one write transaction, and what a group moves as it goes: the next
+/// sequence number and the pending count (for `max_pending`). Each method applies one kind of
+/// operation and returns the change to publish once the group is committed.
+struct Tables<'t> {
+    path: &'t Path,
+    /// The group's one timestamp: delivered, skipped, failed and retried records share it.
+    now: u64,
+    next_seq: u64,
+    pending_count: u64,
+    pending: redb::Table<'t, u64, &'static [u8]>,
+    pending_keys: redb::Table<'t, u128, u64>,
+    delivered: redb::Table<'t, u128, u64>,
+    delivered_at: redb::Table<'t, (u64, u128), ()>,
+    dead: redb::Table<'t, u64, &'static [u8]>,
+    dead_keys: redb::Table<'t, u128, u64>,
+    meta: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(
+        txn: &'t redb::WriteTransaction,
+        path: &'t Path,
+        now: u64,
+        pending_count: u64,
+    ) -> Result<Tables<'t>, OutboxError> {
+        let pending = txn.open_table(PENDING).store(path)?;
+        let pending_keys = txn.open_table(PENDING_KEYS).store(path)?;
+        let delivered = txn.open_table(DELIVERED).store(path)?;
+        let delivered_at = txn.open_table(DELIVERED_AT).store(path)?;
+        let dead = txn.open_table(DEAD).store(path)?;
+        let dead_keys = txn.open_table(DEAD_KEYS).store(path)?;
+        let meta = txn.open_table(META).store(path)?;
+        let next_seq = meta
+            .get("next_seq")
+            .store(path)?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        Ok(Tables {
+            path,
+            now,
+            next_seq,
+            pending_count,
+            pending,
+            pending_keys,
+            delivered,
+            delivered_at,
+            dead,
+            dead_keys,
+            meta,
+        })
+    }
+
+    /// Stores a new record under the next seq, unless its key is already pending, delivered or
+    /// dead (a duplicate), or the outbox is full (refused).
+    fn enqueue(
+        &mut self,
+        key: Uuid,
+        at: u64,
+        encoded: &[u8],
+        max_pending: u64,
+    ) -> Result<Change, OutboxError> {
+        let path = self.path;
+        let k = key.as_u128();
+        if self.pending_keys.get(k).store(path)?.is_some()
+            || self.delivered.get(k).store(path)?.is_some()
+            || self.dead_keys.get(k).store(path)?.is_some()
+        {
+            return Ok(Change::Duplicate);
+        }
+        if self.pending_count >= max_pending {
+            return Ok(Change::Refused);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending_count += 1;
+        self.pending.insert(seq, encoded).store(path)?;
+        self.pending_keys.insert(k, seq).store(path)?;
+        Ok(Change::Queued {
+            seq,
+            next: at,
+            enqueued: at,
+            revived: false,
+        })
+    }
+
+    /// Records how a delivery attempt ended: delivered (into the dedup window), retried later
+    /// (attempts and error kept), or dead. A record skipped while in flight is only released.
+    fn settle(
+        &mut self,
+        record: Box<Record>,
+        settlement: Settlement,
+    ) -> Result<Change, OutboxError> {
+        let (path, now) = (self.path, self.now);
+        let seq = record.seq;
+        if self.pending.get(seq).store(path)?.is_none() {
+            // Skipped while in flight.
+            return Ok(Change::Released { seq });
+        }
+        match settlement {
+            Settlement::Delivered => {
+                self.pending.remove(seq).store(path)?;
+                self.pending_keys.remove(record.key.as_u128()).store(path)?;
+                self.delivered
+                    .insert(record.key.as_u128(), now)
+                    .store(path)?;
+                self.delivered_at
+                    .insert((now, record.key.as_u128()), ())
+                    .store(path)?;
+                self.pending_count = self.pending_count.saturating_sub(1);
+                Ok(Change::Removed {
+                    seq,
+                    result: "delivered",
+                })
+            }
+            Settlement::Retry {
+                at_ms,
+                counted,
+                error,
+            } => {
+                let mut r = *record;
+                r.attempts += u32::from(counted);
+                r.next_attempt_ms = at_ms;
+                r.last_error = Some(cut(error));
+                self.pending
+                    .insert(seq, serde_json::to_vec(&r)?.as_slice())
+                    .store(path)?;
+                Ok(Change::Rescheduled)
+            }
+            Settlement::Dead {
+                status,
+                response,
+                error,
+            } => {
+                self.pending.remove(seq).store(path)?;
+                self.pending_keys.remove(record.key.as_u128()).store(path)?;
+                let key = record.key.as_u128();
+                let letter = DeadLetter {
+                    record: *record,
+                    failed_ms: now,
+                    status,
+                    response: response.map(cut),
+                    error: cut(error),
+                };
+                self.dead
+                    .insert(seq, serde_json::to_vec(&letter)?.as_slice())
+                    .store(path)?;
+                self.dead_keys.insert(key, seq).store(path)?;
+                self.pending_count = self.pending_count.saturating_sub(1);
+                Ok(Change::Dead { seq })
+            }
+        }
+    }
+
+    /// Puts a dead letter back in line under its old seq, due now with no attempts counted.
+    /// `None` when there is no such dead letter (a key without its letter is dropped too,
+    /// committed as every group with a retry is).
+    fn retry(&mut self, key: Uuid) -> Result<Option<Change>, OutboxError> {
+        let path = self.path;
+        let k = key.as_u128();
+        let seq = self.dead_keys.remove(k).store(path)?.map(|v| v.value());
+        let letter = match seq {
+            Some(seq) => self.dead.remove(seq).store(path)?.map(|l| (seq, l)),
+            None => None,
+        };
+        let Some((seq, letter)) = letter else {
+            return Ok(None);
+        };
+        let letter: DeadLetter = serde_json::from_slice(letter.value())?;
+        let mut record = letter.record;
+        record.attempts = 0;
+        record.next_attempt_ms = self.now;
+        self.pending
+            .insert(seq, serde_json::to_vec(&record)?.as_slice())
+            .store(path)?;
+        self.pending_keys.insert(k, seq).store(path)?;
+        self.pending_count += 1;
+        Ok(Some(Change::Queued {
+            seq,
+            next: self.now,
+            enqueued: record.enqueued_ms,
+            revived: true,
+        }))
+    }
+
+    /// Drops a pending record or a dead letter as if delivered: its key joins the dedup window,
+    /// so the same mail is not queued again. `None` when the key is neither.
+    fn skip(&mut self, key: Uuid) -> Result<Option<Change>, OutboxError> {
+        let (path, now) = (self.path, self.now);
+        let k = key.as_u128();
+        let change = if let Some(seq) = self.pending_keys.remove(k).store(path)?.map(|v| v.value())
+        {
+            self.pending.remove(seq).store(path)?;
+            self.pending_count = self.pending_count.saturating_sub(1);
+            Change::Removed {
+                seq,
+                result: "skipped",
+            }
+        } else if let Some(seq) = self.dead_keys.remove(k).store(path)?.map(|v| v.value()) {
+            self.dead.remove(seq).store(path)?;
+            Change::Undead
+        } else {
+            return Ok(None);
+        };
+        self.delivered.insert(k, now).store(path)?;
+        self.delivered_at.insert((now, k), ()).store(path)?;
+        Ok(Some(change))
+    }
+
+    /// Stores the next sequence number the group leaves.
+    fn finish(&mut self) -> Result<(), OutboxError> {
+        self.meta
+            .insert("next_seq", self.next_seq)
+            .store(self.path)?;
+        Ok(())
+    }
+
+    /// Forgets delivered keys older than `horizon`, at most 100 000 per group so one commit
+    /// stays short.
+    fn prune(&mut self, horizon: u64) -> Result<(), OutboxError> {
+        let path = self.path;
+        let expired: Vec<(u64, u128)> = self
+            .delivered_at
+            .range(..(horizon, 0u128))
+            .store(path)?
+            .take(100_000)
+            .filter_map(|e| e.ok().map(|(k, _)| k.value()))
+            .collect();
+        for (at, key) in expired {
+            self.delivered_at.remove((at, key)).store(path)?;
+            self.delivered.remove(key).store(path)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,11 +1,18 @@
-//! Forwarding one request: pick the upstream, rewrite the head (hop-by-hop, forwarded headers,
-//! host), wrap both bodies in their guards, send through the pool or the pinned connection,
-//! and classify any failure. The innermost service of the stack.
+//! Forwarding one request, as a sequence of phases over one per-request [`RequestCtx`] (the
+//! shape of pingora's `ProxyHttp`): filter the request, route it, start its inspection copy,
+//! rewrite the head for the upstream, wrap the body in its guards, send through the pool or the
+//! pinned connection (classifying any failure), filter the response head and body (Autodiscover
+//! rewrite), and tee the response to inspection. The innermost service of the stack.
+//!
+//! Only [`send`] and [`response_body_filter`] await; every other phase is a plain function, so
+//! the per-request future holds no more than the context, the signals and the message in flight.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::header::{self, HeaderValue};
+use http::request::Parts as RequestParts;
+use http::response::Parts as ResponseParts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -13,9 +20,10 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use super::autodiscover;
-use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty};
-use super::capture::{Side, Tee};
+use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty, full};
+use super::capture::{PendingCapture, Side, Tee};
 use super::headers::{self, ClientFacts};
+use super::metrics::ProxyMetrics;
 use super::respond::ProxyError;
 use super::route::RouteClass;
 use super::upstream::PinnedConnection;
@@ -28,20 +36,71 @@ pub async fn forward(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let state = proxy.state();
-    let metrics = &proxy.metrics;
+    request_filter(&state, &request)?;
+    let (mut parts, body) = request.into_parts();
+    let mut ctx = RequestCtx::route(&parts);
+    ctx.capture = capture(proxy, conn, &ctx, &parts);
+    upstream_request(&state, conn, &mut ctx, &mut parts)?;
+    let signals = Signals::new();
+    let body = request_body(&state, &proxy.metrics, &ctx, &signals, body);
+    let request = expect_continue(&ctx, &signals, Request::from_parts(parts, body));
+    let (response, pinned) = send(proxy, &state, conn, &ctx, &signals, request).await?;
+    let (mut parts, body) = response.into_parts();
+    response_filter(&state, conn, &ctx, &mut parts, pinned);
+    let body = response_body_filter(&state, &proxy.metrics, &ctx, &mut parts, body).await?;
+    let body = tee(ctx.capture, &parts, body);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// What one request carries from phase to phase. Built once by [`RequestCtx::route`] and held
+/// across the upstream await, so it keeps only what later phases read.
+struct RequestCtx {
+    class: RouteClass,
+    /// A HEAD answer carries no body to rewrite.
+    head_request: bool,
+    /// NTLM/Negotiate credentials: the exchange goes over a connection pinned to this client.
+    windows_auth: bool,
+    /// The client waits for `100 Continue` before sending its body.
+    expect_continue: bool,
+    /// The Host the client used (its Host header, else the URI's authority): forwarded headers,
+    /// a preserved Host and the external URL of Autodiscover rewrites come from it.
+    client_host: Option<HeaderValue>,
+    /// Where Autodiscover URLs in the answer point instead; `None` leaves the answer as sent.
+    rewrite_to: Option<String>,
+    /// The copy of this exchange for inspection, when it is copied.
+    capture: Option<Arc<PendingCapture>>,
+}
+
+/// What the request body, the upstream send and hyper's informational callback tell each other.
+struct Signals {
+    /// Why the request body stopped early, if it did: a failed send is then the client's doing.
+    outcome: Arc<BodyOutcome>,
+    /// The upstream sent `100 Continue` (or a final success): the request body may flow.
+    continue_seen: Arc<Notify>,
+    /// The request body has been sent: the response header timeout starts.
+    body_sent: Arc<Notify>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            outcome: Arc::new(BodyOutcome::default()),
+            continue_seen: Arc::new(Notify::new()),
+            body_sent: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// Refuses what must not go upstream at all: CONNECT (this is a reverse proxy) and a body whose
+/// declared length is over the limit, before anything is sent. Default: everything else passes.
+fn request_filter(state: &ProxyState, request: &Request<Incoming>) -> Result<(), ProxyError> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(
             "CONNECT is not supported by a reverse proxy",
         ));
     }
-    let class = RouteClass::of_path(request.uri().path());
-    let base = state.routes.base(class);
-    let head_request = request.method() == Method::HEAD;
-    let (mut parts, body) = request.into_parts();
-
-    // Refuse an oversized body before anything is sent upstream.
-    if let Some(len) = parts
-        .headers
+    if let Some(len) = request
+        .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -49,56 +108,83 @@ pub async fn forward(
     {
         return Err(ProxyError::PayloadTooLarge);
     }
+    Ok(())
+}
 
-    let windows_auth = headers::is_windows_auth(&parts.headers);
-    let expect_continue = parts
-        .headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-
-    // The copy for inspection starts from the head as the client sent it.
-    let capture = match &proxy.capture {
-        Some(sink) if class != RouteClass::Other => {
-            let connection_auth = conn.windows_auth.lock().ok().and_then(|mut last| {
-                if windows_auth {
-                    *last = parts.headers.get(header::AUTHORIZATION).cloned();
-                }
-                last.clone()
-            });
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            Some(sink.begin(
-                conn.id,
-                &parts.method,
-                pq,
-                class,
-                &parts.headers,
-                connection_auth,
-            ))
+impl RequestCtx {
+    /// Routes the request (its class picks the upstream and the timeouts) and notes what later
+    /// phases need from the client's head as sent. No copy, no rewrite yet.
+    fn route(parts: &RequestParts) -> RequestCtx {
+        RequestCtx {
+            class: RouteClass::of_path(parts.uri.path()),
+            head_request: parts.method == Method::HEAD,
+            windows_auth: headers::is_windows_auth(&parts.headers),
+            expect_continue: parts
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+            client_host: parts.headers.get(header::HOST).cloned().or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+            rewrite_to: None,
+            capture: None,
         }
-        _ => None,
-    };
+    }
+}
 
-    // Kept (a cheap clone) for working out the external URL, which only Autodiscover answers
-    // and redirects need.
-    let client_host = original_host.clone();
-    let rewrite_to = (class == RouteClass::Autodiscover && state.autodiscover.rewrite)
-        .then(|| external_url(&state, conn.tls, client_host.as_ref()))
+/// Starts the inspection copy from the head as the client sent it, with the connection's last
+/// Windows-auth credentials (remembered here when this request carries new ones). Default: no
+/// copy when inspection is off or the route is not Exchange's.
+fn capture(
+    proxy: &Proxy,
+    conn: &ConnContext,
+    ctx: &RequestCtx,
+    parts: &RequestParts,
+) -> Option<Arc<PendingCapture>> {
+    let sink = proxy.capture.as_ref()?;
+    if ctx.class == RouteClass::Other {
+        return None;
+    }
+    let connection_auth = conn.windows_auth.lock().ok().and_then(|mut last| {
+        if ctx.windows_auth {
+            *last = parts.headers.get(header::AUTHORIZATION).cloned();
+        }
+        last.clone()
+    });
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    Some(sink.begin(
+        conn.id,
+        &parts.method,
+        pq,
+        ctx.class,
+        &parts.headers,
+        connection_auth,
+    ))
+}
+
+/// Rewrites the head for the upstream: hop-by-hop headers out, forwarded headers in, the
+/// target on the route's upstream, HTTP/1.1. Decides the Autodiscover rewrite, whose answer is
+/// then asked for uncompressed. Default: the upstream's own authority as Host.
+fn upstream_request(
+    state: &ProxyState,
+    conn: &ConnContext,
+    ctx: &mut RequestCtx,
+    parts: &mut RequestParts,
+) -> Result<(), ProxyError> {
+    ctx.rewrite_to = (ctx.class == RouteClass::Autodiscover && state.autodiscover.rewrite)
+        .then(|| external_url(state, conn.tls, ctx.client_host.as_ref()))
         .flatten();
-    if rewrite_to.is_some() {
+    if ctx.rewrite_to.is_some() {
         // Identity-coded answers can be rewritten without decompressing.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
     headers::set_forwarded(
@@ -109,104 +195,141 @@ pub async fn forward(
             tls: conn.tls,
             trusted: &state.listener.trusted_proxies,
         },
-        original_host.clone(),
+        ctx.client_host.clone(),
     );
     // The upstream's own authority by default (the client sets the URI's authority as Host);
     // some deployments want the name the client used.
     parts.headers.remove(header::HOST);
     if state.timeouts.preserve_host
-        && let Some(host) = original_host
+        && let Some(host) = ctx.client_host.clone()
     {
         parts.headers.insert(header::HOST, host);
     }
-    parts.uri = base
+    parts.uri = state
+        .routes
+        .base(ctx.class)
         .join(parts.uri.path_and_query())
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     parts.version = Version::HTTP_11;
+    Ok(())
+}
 
-    let outcome = Arc::new(BodyOutcome::default());
-    let continue_seen = Arc::new(Notify::new());
-    let body_sent = Arc::new(Notify::new());
-    let body = if body.is_end_stream() {
-        if let Some(c) = &capture {
+/// Wraps the client's body for the upstream: size limit, idle timeout, byte count, the signal
+/// that it has been sent, the `100 Continue` gate and the inspection tee. Default: an empty
+/// body, already "sent", when the client sent none.
+fn request_body(
+    state: &ProxyState,
+    metrics: &ProxyMetrics,
+    ctx: &RequestCtx,
+    signals: &Signals,
+    body: Incoming,
+) -> ProxyBody {
+    if body.is_end_stream() {
+        if let Some(c) = &ctx.capture {
             c.no_request_body();
         }
-        body_sent.notify_one();
-        empty()
-    } else {
-        let mut guarded = Guarded::new(
-            body,
-            state.limits.body_read_timeout,
-            metrics.bytes_from_client.clone(),
-        )
-        .with_limit(state.limits.max_request_body)
-        .with_outcome(outcome.clone())
-        .with_end_signal(body_sent.clone());
-        if expect_continue {
-            // The client gets `100 Continue` only when the upstream sends one (or stays silent
-            // past the timeout, as RFC 9110 lets clients assume): a 401 challenge then arrives
-            // before any body is sent.
-            let seen = continue_seen.clone();
-            let wait = state.timeouts.expect_continue_timeout;
-            guarded = guarded.with_gate(async move {
-                let _ = tokio::time::timeout(wait, seen.notified()).await;
-            });
-        }
-        match &capture {
-            Some(c) => Tee::new(guarded, Side::Request, c.clone()).boxed_unsync(),
-            None => guarded.boxed_unsync(),
-        }
-    };
-    let mut upstream_request = Request::from_parts(parts, body);
-    if expect_continue {
-        let seen = continue_seen.clone();
-        hyper::ext::on_informational(&mut upstream_request, move |response| {
+        signals.body_sent.notify_one();
+        return empty();
+    }
+    let mut guarded = Guarded::new(
+        body,
+        state.limits.body_read_timeout,
+        metrics.bytes_from_client.clone(),
+    )
+    .with_limit(state.limits.max_request_body)
+    .with_outcome(signals.outcome.clone())
+    .with_end_signal(signals.body_sent.clone());
+    if ctx.expect_continue {
+        // The client gets `100 Continue` only when the upstream sends one (or stays silent
+        // past the timeout, as RFC 9110 lets clients assume): a 401 challenge then arrives
+        // before any body is sent.
+        let seen = signals.continue_seen.clone();
+        let wait = state.timeouts.expect_continue_timeout;
+        guarded = guarded.with_gate(async move {
+            let _ = tokio::time::timeout(wait, seen.notified()).await;
+        });
+    }
+    match &ctx.capture {
+        Some(c) => Tee::new(guarded, Side::Request, c.clone()).boxed_unsync(),
+        None => guarded.boxed_unsync(),
+    }
+}
+
+/// Lets the upstream's `100 Continue` open the request body's gate. Default: nothing to do when
+/// the client did not ask to wait.
+fn expect_continue(
+    ctx: &RequestCtx,
+    signals: &Signals,
+    mut request: Request<ProxyBody>,
+) -> Request<ProxyBody> {
+    if ctx.expect_continue {
+        let seen = signals.continue_seen.clone();
+        hyper::ext::on_informational(&mut request, move |response| {
             if response.status() == StatusCode::CONTINUE {
                 seen.notify_one();
             }
         });
     }
+    request
+}
 
-    metrics.upstream_requests.inc();
-    let pinned = windows_auth || conn.has_pinned.load(Ordering::Acquire);
-    let result = if pinned {
+/// Sends the request and waits for the response head: over this client connection's pinned
+/// upstream connection once Windows auth is in play, else (the default) through the pool. A
+/// failure the client's body caused is reported as the client's (413, 408), not the upstream's.
+/// Returns whether the response came over a pinned connection.
+async fn send(
+    proxy: &Proxy,
+    state: &ProxyState,
+    conn: &ConnContext,
+    ctx: &RequestCtx,
+    signals: &Signals,
+    request: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, bool), ProxyError> {
+    proxy.metrics.upstream_requests.inc();
+    let result = if ctx.windows_auth || conn.has_pinned.load(Ordering::Acquire) {
         // Boxed: opening a pinned connection is a large state machine, and hyper copies this
         // future on every request; the pooled path, nearly every request, stays small.
         Box::pin(send_pinned(
             proxy,
-            &state,
+            state,
             conn,
-            class,
-            windows_auth,
-            &body_sent,
-            upstream_request,
+            ctx.class,
+            ctx.windows_auth,
+            &signals.body_sent,
+            request,
         ))
         .await
     } else {
-        send_pooled(&state, &body_sent, upstream_request).await
+        send_pooled(state, &signals.body_sent, request).await
     };
-    let (response, pinned) = match result {
-        Ok(r) => r,
-        Err(error) => {
-            return Err(match outcome.get() {
-                Some(BodyFailure::TooLarge) => ProxyError::PayloadTooLarge,
-                Some(BodyFailure::IdleTimeout) => ProxyError::ClientTimeout,
-                _ => error,
-            });
-        }
-    };
-
-    if expect_continue && response.status().is_success() {
+    let (response, pinned) = result.map_err(|error| match signals.outcome.get() {
+        Some(BodyFailure::TooLarge) => ProxyError::PayloadTooLarge,
+        Some(BodyFailure::IdleTimeout) => ProxyError::ClientTimeout,
+        _ => error,
+    })?;
+    if ctx.expect_continue && response.status().is_success() {
         // A final success without `100 Continue` means the upstream wants the body now.
-        continue_seen.notify_one();
+        signals.continue_seen.notify_one();
     }
-    let (mut parts, body) = response.into_parts();
+    Ok((response, pinned))
+}
+
+/// Rewrites the response head for the client: hop-by-hop headers out, Autodiscover redirects
+/// pointed at the gateway, and `Connection: close` when a pinned upstream connection closes
+/// after this response. Default: the upstream's head minus hop-by-hop headers.
+fn response_filter(
+    state: &ProxyState,
+    conn: &ConnContext,
+    ctx: &RequestCtx,
+    parts: &mut ResponseParts,
+    pinned: bool,
+) {
     let upstream_closes = headers::wants_close(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
     if state.autodiscover.rewrite
         && parts.status.is_redirection()
         && let Some(location) = parts.headers.get(header::LOCATION)
-        && let Some(to) = external_url(&state, conn.tls, client_host.as_ref())
+        && let Some(to) = external_url(state, conn.tls, ctx.client_host.as_ref())
         && let Some(new) =
             autodiscover::rewrite(location.as_bytes(), &state.autodiscover.exchange_hosts, &to)
         && let Ok(value) = HeaderValue::from_bytes(&new)
@@ -219,7 +342,19 @@ pub async fn forward(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let idle = if class == RouteClass::Ews {
+}
+
+/// Guards the response body (idle timeout, long for EWS streaming; byte count) and, for an
+/// identity-coded successful Autodiscover answer, rewrites the Exchange URLs in it, buffered up
+/// to `autodiscover.max_body`. Default: the body streams through unchanged.
+async fn response_body_filter(
+    state: &ProxyState,
+    metrics: &ProxyMetrics,
+    ctx: &RequestCtx,
+    parts: &mut ResponseParts,
+    body: Incoming,
+) -> Result<ProxyBody, ProxyError> {
+    let idle = if ctx.class == RouteClass::Ews {
         state.timeouts.streaming_idle_timeout
     } else {
         state.timeouts.idle_timeout
@@ -230,34 +365,35 @@ pub async fn forward(
         .get(header::CONTENT_ENCODING)
         .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
     // HEAD answers and 204s carry no body to rewrite (and must keep their headers as sent).
-    let has_body = !(head_request || parts.status == StatusCode::NO_CONTENT);
-    let body = match rewrite_to.as_deref() {
-        Some(to) if parts.status.is_success() && identity && has_body => {
-            let whole = http_body_util::Limited::new(body, state.autodiscover.max_body)
-                .collect()
-                .await
-                .map_err(|_| ProxyError::AutodiscoverTooLarge)?
-                .to_bytes();
-            let rewritten = autodiscover::rewrite(&whole, &state.autodiscover.exchange_hosts, to)
-                .map(bytes::Bytes::from)
-                .unwrap_or(whole);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-            http_body_util::Full::new(rewritten)
-                .map_err(|never| match never {})
-                .boxed_unsync()
-        }
-        _ => body.boxed_unsync(),
+    let has_body = !(ctx.head_request || parts.status == StatusCode::NO_CONTENT);
+    let to = match ctx.rewrite_to.as_deref() {
+        Some(to) if parts.status.is_success() && identity && has_body => to,
+        _ => return Ok(body.boxed_unsync()),
     };
-    let body = match capture {
+    let whole = http_body_util::Limited::new(body, state.autodiscover.max_body)
+        .collect()
+        .await
+        .map_err(|_| ProxyError::AutodiscoverTooLarge)?
+        .to_bytes();
+    let rewritten = autodiscover::rewrite(&whole, &state.autodiscover.exchange_hosts, to)
+        .map(bytes::Bytes::from)
+        .unwrap_or(whole);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+    Ok(full(rewritten))
+}
+
+/// Tees the response to inspection and records its head there, unless the exchange is not
+/// copied or the response is an endless stream (the copy is then given up). Default: no tee.
+fn tee(capture: Option<Arc<PendingCapture>>, parts: &ResponseParts, body: ProxyBody) -> ProxyBody {
+    match capture {
         Some(c) if !c.skip_if_streaming() => {
             c.response_head(parts.status.as_u16(), &parts.headers);
             Tee::new(body, Side::Response, c).boxed_unsync()
         }
         _ => body,
-    };
-    Ok(Response::from_parts(parts, body))
+    }
 }
 
 /// Waits for the response head. The header timeout starts once the request body has been sent:
@@ -290,6 +426,8 @@ fn external_url(state: &ProxyState, tls: bool, host: Option<&HeaderValue>) -> Op
     crate::common::url::valid_external_url(&url).then_some(url)
 }
 
+/// Sends through the shared pool of upstream connections: the default for every request without
+/// Windows auth.
 async fn send_pooled(
     state: &ProxyState,
     sent: &Notify,

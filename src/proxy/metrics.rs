@@ -59,73 +59,30 @@ pub struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
+    /// Registers every proxy metric, per concern: answered requests, labelled traffic
+    /// counters, then the plain counters and gauges. The registration order is the order of
+    /// the exposition, kept as it was.
     pub fn register(registry: &mut Registry) -> ProxyMetrics {
-        let requests_family = Family::<RequestLabels, Counter>::default();
-        let durations_family = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-        });
-        let mut requests = Vec::new();
-        let mut durations = Vec::new();
-        for route in RouteClass::ALL {
-            for status_class in STATUS_CLASSES {
-                requests.push(
-                    requests_family
-                        .get_or_create(&RequestLabels {
-                            route: route.as_str(),
-                            status_class,
-                        })
-                        .clone(),
-                );
-            }
-            durations.push(
-                durations_family
-                    .get_or_create(&RouteLabels {
-                        route: route.as_str(),
-                    })
-                    .clone(),
-            );
-        }
-        registry.register(
-            "requests",
-            "Client requests answered, by route class and status class",
-            requests_family,
+        let (requests, durations) = register_requests(registry);
+        let [bytes_from_client, bytes_from_upstream] = counter_family(
+            registry,
+            "bytes",
+            "Body bytes forwarded, by direction",
+            ["client_to_upstream", "upstream_to_client"]
+                .map(|direction| DirectionLabels { direction }),
         );
-        registry.register(
-            "request_duration_seconds",
-            "Time from request received to response headers sent, by route class",
-            durations_family,
-        );
-        let bytes = Family::<DirectionLabels, Counter>::default();
-        let bytes_from_client = bytes
-            .get_or_create(&DirectionLabels {
-                direction: "client_to_upstream",
-            })
-            .clone();
-        let bytes_from_upstream = bytes
-            .get_or_create(&DirectionLabels {
-                direction: "upstream_to_client",
-            })
-            .clone();
-        registry.register("bytes", "Body bytes forwarded, by direction", bytes);
-        let connects = Family::<KindLabels, Counter>::default();
-        let upstream_connects_pooled = connects
-            .get_or_create(&KindLabels { kind: "pooled" })
-            .clone();
-        let upstream_connects_pinned = connects
-            .get_or_create(&KindLabels { kind: "pinned" })
-            .clone();
-        registry.register(
+        let [upstream_connects_pooled, upstream_connects_pinned] = counter_family(
+            registry,
             "upstream_connects",
             "New upstream connections opened: pooled, or pinned to one client connection for Windows auth",
-            connects,
+            ["pooled", "pinned"].map(|kind| KindLabels { kind }),
         );
-        let reloads = Family::<KindLabels, Counter>::default();
-        let config_reloads_ok = reloads.get_or_create(&KindLabels { kind: "ok" }).clone();
-        let config_reloads_failed = reloads
-            .get_or_create(&KindLabels { kind: "failed" })
-            .clone();
-        registry.register("config_reloads", "SIGHUP reloads by outcome", reloads);
-
+        let [config_reloads_ok, config_reloads_failed] = counter_family(
+            registry,
+            "config_reloads",
+            "SIGHUP reloads by outcome",
+            ["ok", "failed"].map(|kind| KindLabels { kind }),
+        );
         let m = ProxyMetrics {
             requests,
             durations,
@@ -146,72 +103,83 @@ impl ProxyMetrics {
             config_reloads_failed,
             ready: Gauge::default(),
         };
+        m.register_captures(registry);
+        m.register_plain(registry);
+        m
+    }
+
+    /// The inspection copies: handed off, dropped, given up on streams, truncated.
+    fn register_captures(&self, registry: &mut Registry) {
         registry.register(
             "captures_handed_off",
             "Exchange copies handed to inspection",
-            m.captures.handed_off.clone(),
+            self.captures.handed_off.clone(),
         );
         registry.register(
             "captures_dropped",
             "Exchange copies dropped because the inspection queue or memory budget was full",
-            m.captures.dropped.clone(),
+            self.captures.dropped.clone(),
         );
         registry.register(
             "captures_skipped_streams",
             "Exchange copies given up because the response is an endless stream (GetStreamingEvents)",
-            m.captures.skipped_streams.clone(),
+            self.captures.skipped_streams.clone(),
         );
         registry.register(
             "captures_truncated",
             "Exchange copies cut at the capture limit",
-            m.captures.truncated.clone(),
+            self.captures.truncated.clone(),
         );
+    }
+
+    /// The unlabelled counters and gauges (connections, upstream, errors, readiness): a flat
+    /// list of registrations; splitting it would only scatter the metric names.
+    fn register_plain(&self, registry: &mut Registry) {
         registry.register(
             "connections_accepted",
             "Client connections accepted",
-            m.connections_accepted.clone(),
+            self.connections_accepted.clone(),
         );
         registry.register(
             "connections_active",
             "Client connections open now",
-            m.connections_active.clone(),
+            self.connections_active.clone(),
         );
         registry.register(
             "connections_parked",
             "Idle keep-alive client connections holding only their socket (no HTTP state or buffers)",
-            m.connections_parked.clone(),
+            self.connections_parked.clone(),
         );
         registry.register(
             "tls_handshake_failures",
             "Client TLS handshakes that failed or timed out",
-            m.tls_handshake_failures.clone(),
+            self.tls_handshake_failures.clone(),
         );
         registry.register(
             "upstream_requests",
             "Requests sent upstream (pooled and pinned)",
-            m.upstream_requests.clone(),
+            self.upstream_requests.clone(),
         );
         registry.register(
             "pinned_connections_active",
             "Upstream connections pinned to a client connection for NTLM/Negotiate, open now",
-            m.pinned_active.clone(),
+            self.pinned_active.clone(),
         );
         registry.register(
             "proxy_errors",
             "Requests the gateway answered itself because forwarding failed, by kind",
-            m.errors.clone(),
+            self.errors.clone(),
         );
         registry.register(
             "upstream_connection_reuse_ratio",
             "Share of upstream requests that reused a connection (1 - connects / requests), updated at scrape",
-            m.reuse_ratio.clone(),
+            self.reuse_ratio.clone(),
         );
         registry.register(
             "ready",
             "1 while the gateway accepts traffic, 0 while starting or draining",
-            m.ready.clone(),
+            self.ready.clone(),
         );
-        m
     }
 
     pub fn record_response(&self, route: RouteClass, status: u16, seconds: f64) {
@@ -242,4 +210,62 @@ impl ProxyMetrics {
     pub fn reuse_ratio(&self) -> f64 {
         self.reuse_ratio.get()
     }
+}
+
+/// Answered requests by route and status class, and their durations by route, resolved for
+/// every combination up front so recording needs no label lookup.
+fn register_requests(registry: &mut Registry) -> (Vec<Counter>, Vec<Histogram>) {
+    let requests_family = Family::<RequestLabels, Counter>::default();
+    let durations_family = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    });
+    let mut requests = Vec::new();
+    let mut durations = Vec::new();
+    for route in RouteClass::ALL {
+        for status_class in STATUS_CLASSES {
+            requests.push(
+                requests_family
+                    .get_or_create(&RequestLabels {
+                        route: route.as_str(),
+                        status_class,
+                    })
+                    .clone(),
+            );
+        }
+        durations.push(
+            durations_family
+                .get_or_create(&RouteLabels {
+                    route: route.as_str(),
+                })
+                .clone(),
+        );
+    }
+    registry.register(
+        "requests",
+        "Client requests answered, by route class and status class",
+        requests_family,
+    );
+    registry.register(
+        "request_duration_seconds",
+        "Time from request received to response headers sent, by route class",
+        durations_family,
+    );
+    (requests, durations)
+}
+
+/// A counter family with a fixed set of labels, registered, and its counters resolved in the
+/// order of `labels`.
+fn counter_family<L, const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    labels: [L; N],
+) -> [Counter; N]
+where
+    L: EncodeLabelSet + Clone + std::fmt::Debug + std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    let counters = labels.map(|l| family.get_or_create(&l).clone());
+    registry.register(name, help, family);
+    counters
 }
