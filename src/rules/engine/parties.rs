@@ -1,0 +1,290 @@
+//! Party resolution (domain.md §4): the sender and recipients of a message resolved against
+//! the directory — X.500 addresses mapped to SMTP, inactive and ambiguous matches weighed, the
+//! owner's address-book options applied — and spelled out as the decision's parties.
+
+use std::borrow::Cow;
+
+use uuid::Uuid;
+
+use super::super::decision::{Decision, Party};
+use super::{Run, lookup};
+use crate::directory::model::Lookup;
+use crate::directory::snapshot::{Directory, EntityKind, MailboxEntry, lower, recipient_may_match};
+use crate::inspect::{Address, Message};
+
+/// More matches than this leave an address unresolved (domain.md §4.1).
+const MAX_MATCHES: usize = 100;
+
+/// A party resolved against the directory.
+pub(super) struct Resolved<'m, 'd> {
+    pub address: Option<Cow<'m, str>>,
+    pub name: Option<&'m str>,
+    pub rows: Rows<'d>,
+    /// A contact or lead the gateway created for this sender (not yet in the directory).
+    pub created: Option<Lookup>,
+}
+
+impl Resolved<'_, '_> {
+    /// The table of what the party resolved to, when it resolved.
+    pub(super) fn kind(&self, dir: &Directory) -> Option<EntityKind> {
+        match (self.rows.first(), &self.created) {
+            (Some(&r), _) => Some(dir.record(r).kind),
+            (None, Some(c)) if c.entity == "lead" => Some(EntityKind::Lead),
+            (None, Some(_)) => Some(EntityKind::Contact),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The rows a party resolved to, borrowed from the directory when nothing was filtered out.
+pub(super) enum Rows<'a> {
+    Slice(&'a [u32]),
+    One([u32; 1]),
+    Owned(Vec<u32>),
+}
+
+impl std::ops::Deref for Rows<'_> {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match self {
+            Rows::Slice(s) => s,
+            Rows::One(one) => one,
+            Rows::Owned(v) => v,
+        }
+    }
+}
+
+/// The recipients resolved, by `Party` role code: to (2), cc (3), bcc (4).
+pub(super) type Recipients<'m, 'd> = [(u8, Vec<Resolved<'m, 'd>>); 3];
+
+impl<'a> Run<'a> {
+    /// The address to resolve: X.500 addresses map through the directory.
+    fn smtp<'m>(&self, a: &'m Address) -> Option<Cow<'m, str>> {
+        let raw = a.address.as_deref()?.trim();
+        let is_x500 = a
+            .routing_type
+            .as_deref()
+            .is_some_and(|r| r.eq_ignore_ascii_case("EX"))
+            || raw.starts_with("/o=")
+            || raw.starts_with("/O=");
+        if is_x500 {
+            return Some(Cow::Owned(self.dir.smtp_for_x500(raw)?.to_owned()));
+        }
+        Some(lower(raw))
+    }
+
+    /// Sender resolution (domain.md §4.1): active rows, user → contact → account → lead →
+    /// others, a row the mailbox owner owns first, earliest created among equals.
+    pub(super) fn resolve_sender<'m>(
+        &self,
+        _mailbox: &MailboxEntry,
+        owner_id: Uuid,
+        a: Option<&'m Address>,
+    ) -> Resolved<'m, 'a> {
+        let Some(a) = a else {
+            return Resolved {
+                address: None,
+                name: None,
+                rows: Rows::Slice(&[]),
+                created: None,
+            };
+        };
+        let address = self
+            .smtp(a)
+            .or_else(|| a.address.as_deref().map(Cow::Borrowed));
+        let name = a.name.as_deref();
+        let rows = address
+            .as_deref()
+            .map(|addr| self.dir.rows_with_address(addr))
+            .unwrap_or(&[]);
+        let chosen = if rows.len() > MAX_MATCHES {
+            None
+        } else {
+            self.choose_sender_row(rows, owner_id)
+        };
+        // Not in the CRM yet, but created for an earlier mail: the same record.
+        let created = match (chosen, rows.is_empty(), address.as_deref()) {
+            (None, true, Some(a)) => self.memory.created(a),
+            _ => None,
+        };
+        Resolved {
+            address,
+            name,
+            rows: match chosen {
+                Some(r) => Rows::One([r]),
+                None => Rows::Slice(&[]),
+            },
+            created,
+        }
+    }
+
+    /// Among the rows with the sender's address: the first eligible one, preferring a row the
+    /// owner owns; several eligible rows may leave the sender unresolved by the org's option.
+    fn choose_sender_row(&self, rows: &[u32], owner_id: Uuid) -> Option<u32> {
+        let org = self.dir.org();
+        let eligible = |r: &u32| {
+            let rec = self.dir.record(*r);
+            rec.active
+                || (rec.kind != EntityKind::Systemuser
+                    && org.settings.resolve_for_inactive_entities)
+        };
+        let mut candidates = rows.iter().copied().filter(|r| eligible(r));
+        let first = candidates.next();
+        let several = candidates.next().is_some();
+        let mut candidates = rows.iter().copied().filter(|r| eligible(r));
+        if first.is_none() {
+            // A single match resolves regardless of state — except to a disabled user.
+            match rows {
+                [only] if self.dir.record(*only).kind != EntityKind::Systemuser => Some(*only),
+                _ => None,
+            }
+        } else if several && org.settings.unresolve_sender_in_case_of_multiple_match {
+            None
+        } else {
+            candidates
+                .find(|&r| self.dir.record(r).owner() == Some(owner_id))
+                .or(first)
+        }
+    }
+
+    /// Recipient resolution (domain.md §4.2), narrowed by the owner's address-book options.
+    pub(super) fn resolve_recipients<'m>(
+        &self,
+        d: &mut Decision,
+        mailbox: &MailboxEntry,
+        owner_id: Uuid,
+        m: &'m Message,
+    ) -> Recipients<'m, 'a> {
+        let org = self.dir.org();
+        let matching = self.dir.matching(mailbox.owner);
+        let mut budget = self.limits.max_parties;
+        let mut resolve = |list: &'m [Address]| -> Vec<Resolved<'m, 'a>> {
+            let take = list.len().min(budget);
+            budget -= take;
+            list[..take]
+                .iter()
+                .map(|a| {
+                    let address = self
+                        .smtp(a)
+                        .or_else(|| a.address.as_deref().map(Cow::Borrowed));
+                    let rows = address
+                        .as_deref()
+                        .map(|addr| self.dir.rows_with_address(addr))
+                        .unwrap_or(&[]);
+                    let keep = |r: &u32| {
+                        let rec = self.dir.record(*r);
+                        (rec.active
+                            || (rec.kind != EntityKind::Systemuser
+                                && org.settings.resolve_for_inactive_entities))
+                            && recipient_may_match(rec, Some(owner_id), matching)
+                    };
+                    let mut chosen = if rows.len() > MAX_MATCHES {
+                        Rows::Slice(&[])
+                    } else if rows.iter().all(keep) {
+                        Rows::Slice(rows)
+                    } else {
+                        Rows::Owned(rows.iter().copied().filter(keep).collect())
+                    };
+                    if chosen.len() > 1 && org.unresolve_recipients_on_multiple_match {
+                        chosen = Rows::Slice(&[]);
+                    }
+                    Resolved {
+                        address,
+                        name: a.name.as_deref(),
+                        rows: chosen,
+                        created: None,
+                    }
+                })
+                .collect()
+        };
+        let to = resolve(&m.to);
+        let cc = resolve(&m.cc);
+        let bcc = resolve(&m.bcc);
+        if budget == 0 {
+            why!(
+                d,
+                self,
+                "more than {} recipients: the rest were not considered",
+                self.limits.max_parties
+            );
+        }
+        [(2, to), (3, cc), (4, bcc)]
+    }
+
+    fn party(&self, r: &Resolved<'_, '_>) -> Party {
+        Party {
+            address: r.address.as_deref().map(str::to_owned),
+            name: r.name.map(str::to_owned),
+            records: r
+                .rows
+                .iter()
+                .map(|&row| {
+                    let rec = self.dir.record(row);
+                    lookup(self.dir.entity_name(rec), rec.id)
+                })
+                .chain(r.created.clone())
+                .collect(),
+        }
+    }
+
+    pub(super) fn set_parties(
+        &self,
+        d: &mut Decision,
+        from: &Resolved<'_, '_>,
+        parties: &Recipients<'_, '_>,
+    ) {
+        // Only what is delivered (or explained) needs its parties spelled out.
+        if !d.is_track() && !self.mode.explain {
+            return;
+        }
+        if from.address.is_some() {
+            let p = self.party(from);
+            match p.records.first() {
+                Some(r) => why!(d, self, "the sender resolves to {} {}", r.entity, r.id),
+                None => why!(d, self, "the sender is unresolved"),
+            }
+            d.from = Some(p);
+        }
+        d.to = parties[0].1.iter().map(|r| self.party(r)).collect();
+        d.cc = parties[1].1.iter().map(|r| self.party(r)).collect();
+        d.bcc = parties[2].1.iter().map(|r| self.party(r)).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_the_same_however_they_are_held() {
+        let borrowed = [3, 5];
+        assert_eq!(&*Rows::Slice(&borrowed), &[3, 5]);
+        assert_eq!(&*Rows::One([7]), &[7]);
+        assert_eq!(&*Rows::Owned(vec![1, 2, 3]), &[1, 2, 3]);
+        assert!(Rows::Slice(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_party_created_by_the_gateway_has_the_created_kind() {
+        let mut doc = crate::directory::model::DirectoryDocument::default();
+        doc.organization.organizationid = Uuid::from_u128(9);
+        let dir = Directory::build(doc).expect("an empty directory with an org id is valid");
+        let unresolved = Resolved {
+            address: Some(Cow::Borrowed("a@x.test")),
+            name: None,
+            rows: Rows::Slice(&[]),
+            created: None,
+        };
+        assert_eq!(unresolved.kind(&dir), None);
+        let lead = Resolved {
+            created: Some(lookup("lead", Uuid::from_u128(1))),
+            ..unresolved
+        };
+        assert_eq!(lead.kind(&dir), Some(EntityKind::Lead));
+        let contact = Resolved {
+            created: Some(lookup("contact", Uuid::from_u128(2))),
+            ..lead
+        };
+        assert_eq!(contact.kind(&dir), Some(EntityKind::Contact));
+    }
+}
