@@ -1,0 +1,410 @@
+//! The immutable, indexed directory the rules read: built once from a [`DirectoryDocument`],
+//! validated (every problem names the row and column and says how to fix it), then swapped in
+//! whole. Lookups take lower-cased addresses and never allocate.
+//!
+//! This module owns the types and the lookups the rules call; `index` holds the indexes and
+//! hashing helpers, `builder` the validation and indexing of a document.
+
+mod builder;
+mod index;
+
+use uuid::Uuid;
+
+use crate::directory::model::{
+    ContactMatching, DirectoryDocument, Lookup, OrgDbOrgSettings, OtherMatching, UserSettings,
+};
+
+pub use self::index::{
+    Key, KeyMap, Keyer, Map, PassThrough, TrackedIndex, TrackedRow, address_hashes,
+    conversation_key, lower, normalize_exchange_id, subject_hashes, token_prefixes, tracking_token,
+};
+
+/// A lookup stored compactly: the table as an index into the directory's table names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactLookup {
+    entity: u16,
+    id: Uuid,
+}
+
+/// A directory problem, phrased for the administrator who has to fix the file.
+#[derive(Debug, thiserror::Error)]
+#[error("directory `{at}`: {problem}\nfix: {fix}")]
+pub struct InvalidDirectory {
+    pub at: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// Tables that hold e-mail addresses, in sender-resolution precedence (domain.md §4.1).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityKind {
+    Systemuser,
+    Contact,
+    Account,
+    Lead,
+    Equipment,
+    Team,
+    Businessunit,
+    /// Queues and custom e-mail-enabled tables share the last rank.
+    Queue,
+    Other,
+}
+
+impl EntityKind {
+    fn rank(self) -> u8 {
+        match self {
+            EntityKind::Queue | EntityKind::Other => 7,
+            k => k as u8,
+        }
+    }
+
+    fn from_logical(name: &str) -> EntityKind {
+        match name {
+            "systemuser" => EntityKind::Systemuser,
+            "contact" => EntityKind::Contact,
+            "account" => EntityKind::Account,
+            "lead" => EntityKind::Lead,
+            "equipment" => EntityKind::Equipment,
+            "team" => EntityKind::Team,
+            "businessunit" => EntityKind::Businessunit,
+            "queue" => EntityKind::Queue,
+            _ => EntityKind::Other,
+        }
+    }
+
+    /// Contacts, accounts and leads: what filtering method 2 asks for.
+    pub fn is_customer(self) -> bool {
+        matches!(
+            self,
+            EntityKind::Contact | EntityKind::Account | EntityKind::Lead
+        )
+    }
+
+    /// Users and queues: the parties whose own filters count and whose mail is "internal".
+    pub fn is_internal(self) -> bool {
+        matches!(self, EntityKind::Systemuser | EntityKind::Queue)
+    }
+}
+
+/// A row that has an e-mail address (kept small: a million of them is the normal case).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub kind: EntityKind,
+    pub active: bool,
+    /// Index into the directory's table names (the table's logical name).
+    entity_name: u16,
+    /// Index of the user or queue in their tables, for users and queues (`u32::MAX`: none).
+    internal: u32,
+    pub id: Uuid,
+    /// The nil id when the row has no owner.
+    owner: Uuid,
+    parent: Option<CompactLookup>,
+}
+
+impl Record {
+    pub fn owner(&self) -> Option<Uuid> {
+        (!self.owner.is_nil()).then_some(self.owner)
+    }
+
+    /// Index of the user or queue, for users and queues.
+    pub fn internal(&self) -> Option<u32> {
+        (self.internal != u32::MAX).then_some(self.internal)
+    }
+}
+
+/// A user with the options the rules read.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    /// Entra ID object id: what delivery sends as `CallerObjectId` to act as this user.
+    pub aad_object_id: Option<Uuid>,
+    pub active: bool,
+    pub settings: UserSettings,
+}
+
+/// A queue with its filter.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pub id: Uuid,
+    pub filter: u8,
+    pub active: bool,
+    pub owner: Option<Uuid>,
+}
+
+/// Who owns a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    User(u32),
+    Queue(u32),
+}
+
+/// A folder tracking rule, stored compactly (2.5 M of them for 100 k users).
+#[derive(Debug, Clone)]
+struct StoredRule {
+    folder: Key,
+    /// Offset and length of the folder's name in the directory's name arena.
+    name: (u32, u16),
+    regarding: Option<CompactLookup>,
+}
+
+/// A folder tracking rule as the rules see it.
+#[derive(Debug, Clone)]
+pub struct FolderRule<'a> {
+    pub name: Option<&'a str>,
+    pub regarding: Option<Lookup>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailboxEntry {
+    pub id: Uuid,
+    pub address: Box<str>,
+    pub owner: Owner,
+    /// Seconds since the epoch; mail received earlier is history.
+    pub cutoff: Option<i64>,
+    pub delivery_method: u8,
+    /// Sorted by folder key.
+    rules: Vec<StoredRule>,
+}
+
+impl MailboxEntry {
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+/// Organisation settings, validated and compiled.
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: Uuid,
+    /// Upper-cased.
+    pub token_prefixes: Vec<String>,
+    pub correlation: bool,
+    pub tracking_tokens: bool,
+    pub smart_matching: bool,
+    pub hash_filter: regex::Regex,
+    pub hash_max_count: usize,
+    pub hash_delta_subject_count: usize,
+    pub hash_min_address_count: usize,
+    pub folder_tracking: bool,
+    pub max_folder_rules: u32,
+    pub unresolve_recipients_on_multiple_match: bool,
+    pub ignore_internal_email: bool,
+    /// Lower-cased.
+    pub tracking_categories: Vec<String>,
+    pub cutoff: Option<i64>,
+    pub settings: OrgDbOrgSettings,
+}
+
+impl Org {
+    pub fn is_tracking_category(&self, name: &str) -> bool {
+        let name = name.trim();
+        if name.is_ascii() {
+            return self
+                .tracking_categories
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name));
+        }
+        let lowered = name.to_lowercase();
+        self.tracking_categories.contains(&lowered)
+    }
+}
+
+/// High bit set: an index into `Directory::shared_addresses`; else the one record.
+const MANY: u32 = 1 << 31;
+
+/// The whole directory, immutable; swapped as one.
+pub struct Directory {
+    org: Org,
+    users: Vec<User>,
+    queues: Vec<Queue>,
+    mailboxes: Vec<MailboxEntry>,
+    records: Vec<Record>,
+    entity_names: Vec<Box<str>>,
+    keyer: Keyer,
+    by_address: KeyMap<u32>,
+    shared_addresses: Vec<Box<[u32]>>,
+    principals: KeyMap<u32>,
+    names: String,
+    x500: Map<Box<str>, Box<str>>,
+    tracked: TrackedIndex,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("users", &self.users.len())
+            .field("queues", &self.queues.len())
+            .field("mailboxes", &self.mailboxes.len())
+            .field("records", &self.records.len())
+            .field("tracked_emails", &self.tracked.len())
+            .finish()
+    }
+}
+
+/// Counts, for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct DirectoryCounts {
+    pub users: usize,
+    pub queues: usize,
+    pub mailboxes: usize,
+    pub folder_rules: usize,
+    pub records: usize,
+    pub tracked_emails: usize,
+}
+
+impl Directory {
+    pub fn org(&self) -> &Org {
+        &self.org
+    }
+
+    pub fn counts(&self) -> DirectoryCounts {
+        DirectoryCounts {
+            users: self.users.len(),
+            queues: self.queues.len(),
+            mailboxes: self.mailboxes.len(),
+            folder_rules: self.mailboxes.iter().map(MailboxEntry::rule_count).sum(),
+            records: self.records.len(),
+            tracked_emails: self.tracked.len(),
+        }
+    }
+
+    /// The mailbox an observation's owner names: its address, the owner's address, sign-in name
+    /// or Entra object id (lower-cased).
+    pub fn mailbox(&self, principal: &str) -> Option<&MailboxEntry> {
+        let key = lower(principal);
+        let key = key.strip_prefix("smtp:").unwrap_or(&key);
+        self.principals
+            .get(&self.keyer.key(key))
+            .map(|&i| &self.mailboxes[i as usize])
+    }
+
+    /// The Entra object id of the user who owns a mailbox (queues have none).
+    pub fn owner_object_id(&self, mailbox: &str) -> Option<Uuid> {
+        match self.mailbox(mailbox)?.owner {
+            Owner::User(u) => self.user(u).aad_object_id,
+            Owner::Queue(_) => None,
+        }
+    }
+
+    pub fn user(&self, index: u32) -> &User {
+        &self.users[index as usize]
+    }
+
+    pub fn queue(&self, index: u32) -> &Queue {
+        &self.queues[index as usize]
+    }
+
+    pub fn record(&self, index: u32) -> &Record {
+        &self.records[index as usize]
+    }
+
+    /// The table's logical name of a record.
+    pub fn entity_name(&self, record: &Record) -> &str {
+        &self.entity_names[record.entity_name as usize]
+    }
+
+    /// Every row with this (lower-cased) address, in resolution precedence.
+    pub fn rows_with_address(&self, address: &str) -> &[u32] {
+        match self.by_address.get(&self.keyer.key(address)) {
+            Some(i) if i & MANY != 0 => &self.shared_addresses[(i & !MANY) as usize],
+            Some(i) => std::slice::from_ref(i),
+            None => &[],
+        }
+    }
+
+    /// The tracking rule of a folder in a mailbox (the id normalised with
+    /// [`normalize_exchange_id`]).
+    pub fn rule(&self, mailbox: &MailboxEntry, folder_id: &str) -> Option<FolderRule<'_>> {
+        let key = self.keyer.key(folder_id);
+        let r = mailbox
+            .rules
+            .binary_search_by(|r| r.folder.0.cmp(&key.0))
+            .ok()
+            .map(|i| &mailbox.rules[i])?;
+        let (at, len) = (r.name.0 as usize, r.name.1 as usize);
+        Some(FolderRule {
+            name: (len > 0).then(|| &self.names[at..at + len]),
+            regarding: r.regarding.map(|l| self.expand(l)),
+        })
+    }
+
+    fn expand(&self, l: CompactLookup) -> Lookup {
+        Lookup::new(&self.entity_names[l.entity as usize], l.id)
+    }
+
+    /// A record's parent (a contact's company, an account's or lead's parent account).
+    pub fn parent(&self, record: &Record) -> Option<Lookup> {
+        record.parent.map(|l| self.expand(l))
+    }
+
+    /// The SMTP address behind an X.500 address.
+    pub fn smtp_for_x500(&self, x500: &str) -> Option<&str> {
+        let key = lower(x500);
+        let key = key.strip_prefix("x500:").unwrap_or(&key);
+        self.x500.get(key).map(|s| &**s)
+    }
+
+    pub fn tracked(&self) -> &TrackedIndex {
+        &self.tracked
+    }
+
+    /// The address-book matching options of a user (defaults for queues).
+    pub fn matching(&self, owner: Owner) -> (ContactMatching, OtherMatching) {
+        match owner {
+            Owner::User(u) => {
+                let s = &self.users[u as usize].settings;
+                (s.addressbookcontactmatching, s.addressbookothermatching)
+            }
+            Owner::Queue(_) => (ContactMatching::All, OtherMatching::All),
+        }
+    }
+
+    /// Validates and indexes a document.
+    pub fn build(doc: DirectoryDocument) -> Result<Directory, InvalidDirectory> {
+        builder::Builder::new().build(doc)
+    }
+}
+
+/// Which records a user's address-book options let a recipient match.
+pub fn recipient_may_match(
+    record: &Record,
+    owner_id: Option<Uuid>,
+    matching: (ContactMatching, OtherMatching),
+) -> bool {
+    let owned = owner_id.is_some() && record.owner() == owner_id;
+    match record.kind {
+        EntityKind::Systemuser | EntityKind::Queue => true,
+        EntityKind::Contact => matching.0 == ContactMatching::All || owned,
+        _ => match matching.1 {
+            OtherMatching::None => false,
+            OtherMatching::Mine => owned,
+            OtherMatching::All => true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_keep_their_parent_for_delivery() {
+        let dir = super::super::file::parse_and_build(
+            super::super::file::EMBEDDED_EXAMPLE,
+            "example",
+            false,
+        )
+        .unwrap();
+        let pat = dir.rows_with_address("pat.buyer@fabrikam.example");
+        assert_eq!(pat.len(), 1);
+        let parent = dir.parent(dir.record(pat[0])).unwrap();
+        assert_eq!(parent.entity, "account");
+        assert_eq!(
+            parent.id,
+            Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_00c2)
+        );
+    }
+}
