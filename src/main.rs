@@ -233,17 +233,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => match ops::check(&config) {
-            Ok(report) => {
+        Command::Check { config } => {
+            let outcome = ops::check(&config).and_then(|report| {
                 print!("{}", report.resolved);
-                eprint!("{}", report.summary);
-                Ok(ExitCode::SUCCESS)
+                report.directory
+            });
+            match outcome {
+                Ok(summary) => {
+                    eprint!("{summary}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("trackgate: {error}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            Err(error) => {
-                eprintln!("trackgate: {error}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
         Command::Certs {
             command: CertsCommand::Dev { out },
         } => {
@@ -383,12 +388,9 @@ fn simulate(command: SimulateCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The configuration file, or the embedded defaults.
+/// The configuration file, or the embedded defaults, judged as a start would judge it.
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(path) => Config::load(path)?.1,
-        None => Config::embedded()?.1,
-    })
+    Ok(app::settings::load(path)?)
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

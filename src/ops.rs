@@ -46,39 +46,40 @@ fn pretty<T: serde::Serialize>(value: &T) -> Result<String, OpsError> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
 
-/// What `trackgate check` prints: the resolved configuration (stdout) and what it found
-/// (stderr).
+/// What `trackgate check` prints once the configuration is valid: the configuration resolved
+/// (stdout), then what the directory check found (stderr), or why the directory is not usable.
 #[derive(Debug)]
 pub struct CheckReport {
     /// The configuration as TOML with every default filled in, secrets redacted.
     pub resolved: String,
-    pub summary: String,
+    /// The summary lines, or the directory file's problem.
+    pub directory: Result<String, OpsError>,
 }
 
-/// `trackgate check`: validates a configuration as a start would (the directory file
-/// included, since it is part of what must be right before a deploy). Dataverse is not
-/// contacted: `check` must work offline.
+/// `trackgate check`: validates a configuration as a start would, then the directory file,
+/// which is part of what must be right before a deploy. Dataverse is not contacted: `check`
+/// must work offline.
 pub fn check(path: &std::path::Path) -> Result<CheckReport, OpsError> {
     let (raw, config) = Config::load(path)?;
     crate::app::settings::check(&config)?;
-    let mut summary = format!("configuration {} is valid\n", path.display());
-    match &config.directory.dataverse {
-        Some(dv) => summary.push_str(&format!(
-            "directory: from Dataverse {} (replica {}), loaded at start\n",
+    let valid = format!("configuration {} is valid\n", path.display());
+    let directory = match &config.directory.dataverse {
+        Some(dv) => Ok(format!(
+            "{valid}directory: from Dataverse {} (replica {}), loaded at start\n",
             dv.connection.url,
             dv.replica_file.display()
         )),
-        None => {
-            let source = crate::directory::FileSource {
-                path: config.directory.file.clone(),
-                max_size: config.directory.max_file_size,
-            };
-            summary.push_str(&format!("directory: {:?}\n", source.load()?.counts()));
+        None => crate::directory::FileSource {
+            path: config.directory.file.clone(),
+            max_size: config.directory.max_file_size,
         }
-    }
+        .load()
+        .map(|d| format!("{valid}directory: {:?}\n", d.counts()))
+        .map_err(OpsError::from),
+    };
     Ok(CheckReport {
         resolved: raw.to_redacted_toml(),
-        summary,
+        directory,
     })
 }
 

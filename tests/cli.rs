@@ -91,13 +91,39 @@ fn check_validates_the_directory_file_too() {
         ),
     )
     .unwrap();
-    let (code, _, err) = trackgate(&["check", "--config", config.to_str().unwrap()]);
+    let (code, out, err) = trackgate(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
         err.contains("organization.maxfolderbasedtrackingmappings"),
         "{err}"
     );
     assert!(err.contains("fix:"), "{err}");
+    // The configuration itself is valid: it is still printed, resolved, before the problem.
+    assert!(out.contains("[directory]"), "{out}");
+    assert!(!err.contains("is valid"), "{err}");
+}
+
+#[test]
+fn commands_that_read_the_outbox_judge_the_configuration_as_a_start_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("t.toml");
+    // Valid as a file, but the synchronized-fields table it names is not one.
+    std::fs::write(dir.path().join("fields.toml"), "email = 3\n").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = {:?}\n[crm]\nfields = \"fields.toml\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    for command in [&["check"][..], &["outbox", "stats"]] {
+        let mut args = command.to_vec();
+        args.extend(["--config", config.to_str().unwrap()]);
+        let (code, _, err) = trackgate(&args);
+        assert_eq!(code, 1, "{command:?}: {err}");
+        assert!(err.contains("crm.fields"), "{command:?}: {err}");
+    }
 }
 
 #[test]

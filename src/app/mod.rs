@@ -398,11 +398,7 @@ impl Gateway {
     /// Reloads from the file the configuration came from (or the embedded defaults).
     pub fn reload_from_source(&self) -> Result<(), AppError> {
         let source = self.config.lock().ok().and_then(|c| c.source.clone());
-        let config = match source {
-            Some(path) => Config::load(&path)?.1,
-            None => Config::embedded()?.1,
-        };
-        self.reload(config)
+        self.reload(settings::load(source.as_deref())?)
     }
 
     /// The drain sequence: readiness false, wait `drain_delay` so load balancers notice, stop

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use crate::config::{
     Config, ConfigError, CrmConfig, DataverseDirectoryConfig, DeliveryConfig, EmailBody,
     ExchangeAuthConfig, ExchangeConfig, InspectConfig, LogFormat, OutboxConfig, RulesConfig,
+    logical_name,
 };
 use crate::crm::mapping::{BodyPolicy, FieldTable};
 use crate::delivery::DeliverySettings;
@@ -24,6 +25,17 @@ use crate::proxy::{
 };
 use crate::rules::{MemoryLimits, RulesLimits};
 use crate::telemetry;
+
+/// Loads the configuration file (or the embedded defaults, with environment overrides) and
+/// runs every check a start runs.
+pub fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let config = match path {
+        Some(path) => Config::load(path)?.1,
+        None => Config::embedded()?.1,
+    };
+    check(&config)?;
+    Ok(config)
+}
 
 /// Runs every resolution that can fail, so `trackgate check` catches what a start would.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
@@ -201,10 +213,14 @@ pub fn dataverse_source(
 fn other_tables(d: &DataverseDirectoryConfig) -> Result<Vec<OtherTable>, ConfigError> {
     let mut other_tables = Vec::new();
     for (i, t) in d.tables.iter().enumerate() {
+        let key = format!("directory.dataverse.tables[{i}].set");
         let set = t.set.clone().unwrap_or_else(|| entity_set(&t.entity));
+        // A set written out was checked with the rest of the file; a plural made here may
+        // still be too long.
+        logical_name(&key, &set)?;
         if TABLES.iter().any(|s| s.set == set) {
             return Err(ConfigError::invalid(
-                &format!("directory.dataverse.tables[{i}].set"),
+                &key,
                 format!("{set} is replicated already"),
                 "list only tables other than contacts, accounts, leads and the fixed ones",
             ));
@@ -371,6 +387,16 @@ mod tests {
         let tables = resolve(&with_table).unwrap().unwrap().other_tables;
         assert_eq!(tables[0].set, "new_vendors");
         assert_eq!(tables[0].key, "new_vendorid");
+    }
+
+    #[test]
+    fn a_made_up_entity_set_is_a_logical_name_too() {
+        let entity = format!("new_{}s", "a".repeat(58));
+        let text = format!(
+            "[directory]\nsource = \"dataverse\"\n[crm.dataverse]\nurl = \"http://127.0.0.1:1\"\n[[directory.dataverse.tables]]\nentity = \"{entity}\"\nkey = \"new_id\"\naddresses = [\"emailaddress\"]\n"
+        );
+        let e = resolve(&text).unwrap_err();
+        assert_eq!(e.key(), Some("directory.dataverse.tables[0].set"), "{e}");
     }
 
     #[test]

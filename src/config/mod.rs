@@ -23,7 +23,7 @@ pub use resolve::{
     AdminConfig, AutodiscoverConfig, CrmConfig, DataverseConnection, DataverseDirectoryConfig,
     DeliveryConfig, DirectoryConfig, ExchangeAuthConfig, ExchangeConfig, InspectConfig,
     LimitsConfig, ListenerConfig, ListenerTls, LogFormat, LoggingConfig, OtherTableConfig,
-    OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig,
+    OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig, logical_name,
 };
 
 /// Prefix of environment variables that override configuration keys.

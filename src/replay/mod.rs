@@ -22,13 +22,13 @@ const MAX_LINE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Fixture(#[from] crate::simulate::fixtures::FixtureError),
     #[error(
         "{path}:{line}: not an observation: {message}\nfix: write one JSON observation per line, as `trackgate inspect` prints them"

@@ -11,7 +11,7 @@ use crate::directory::model::DirectoryDocument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]
@@ -25,7 +25,7 @@ pub enum StandaloneError {
     Fixtures(#[from] super::fixtures::FixtureError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("simulator: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

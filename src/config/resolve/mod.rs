@@ -22,6 +22,7 @@ pub use edge::{
 };
 pub use tracking::{
     DataverseDirectoryConfig, DirectoryConfig, InspectConfig, OtherTableConfig, RulesConfig,
+    logical_name,
 };
 
 use super::raw::RawConfig;
@@ -39,6 +40,17 @@ impl RawConfig {
             }
         };
         let data_dir = anchor(&self.storage.data_dir);
+        // In the order of the file's sections, so that of several mistakes the first is named.
+        let listener = edge::listener(&self.listener, &data_dir, &anchor)?;
+        let upstreams = edge::upstreams(&self.upstreams, &anchor)?;
+        let limits = edge::limits(&self.limits)?;
+        let admin = edge::admin(&self.admin)?;
+        let logging = edge::logging(&self.logging)?;
+        let inspect = tracking::inspect(&self.inspect)?;
+        let autodiscover = edge::autodiscover(&self.autodiscover, &self.upstreams)?;
+        let directory =
+            tracking::directory(&self.directory, &self.crm.dataverse, &data_dir, &anchor)?;
+        let rules = tracking::rules(&self.rules)?;
         let (outbox, delivery, crm, exchange) = delivery::validate(
             &self.outbox,
             &self.delivery,
@@ -48,20 +60,15 @@ impl RawConfig {
             &anchor,
         )?;
         Ok(Config {
-            listener: edge::listener(&self.listener, &data_dir, &anchor)?,
-            upstreams: edge::upstreams(&self.upstreams, &anchor)?,
-            limits: edge::limits(&self.limits)?,
-            admin: edge::admin(&self.admin)?,
-            logging: edge::logging(&self.logging)?,
-            inspect: tracking::inspect(&self.inspect)?,
-            autodiscover: edge::autodiscover(&self.autodiscover, &self.upstreams)?,
-            directory: tracking::directory(
-                &self.directory,
-                &self.crm.dataverse,
-                &data_dir,
-                &anchor,
-            )?,
-            rules: tracking::rules(&self.rules)?,
+            listener,
+            upstreams,
+            limits,
+            admin,
+            logging,
+            inspect,
+            autodiscover,
+            directory,
+            rules,
             outbox,
             delivery,
             crm,

@@ -163,7 +163,9 @@ pub(super) fn rules(r: &RawRules) -> Result<RulesConfig, ConfigError> {
     })
 }
 
-fn column_name(key: &str, name: &str) -> Result<(), ConfigError> {
+/// Checks a Dataverse logical name (a table, entity set or column): lowercase letters, digits
+/// and `_`, at most 64 characters.
+pub fn logical_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -228,14 +230,14 @@ fn dataverse_directory(
     let mut tables = Vec::new();
     for (i, t) in d.tables.iter().enumerate() {
         let key = |k: &str| format!("directory.dataverse.tables[{i}].{k}");
-        column_name(&key("entity"), &t.entity)?;
+        logical_name(&key("entity"), &t.entity)?;
         if let Some(set) = &t.set {
-            column_name(&key("set"), set)?;
+            logical_name(&key("set"), set)?;
         }
         let id = t.key.clone().unwrap_or_else(|| format!("{}id", t.entity));
-        column_name(&key("key"), &id)?;
+        logical_name(&key("key"), &id)?;
         if let Some(n) = &t.name {
-            column_name(&key("name"), n)?;
+            logical_name(&key("name"), n)?;
         }
         if t.addresses.is_empty() {
             return Err(ConfigError::invalid(
@@ -245,7 +247,7 @@ fn dataverse_directory(
             ));
         }
         for a in &t.addresses {
-            column_name(&key("addresses"), a)?;
+            logical_name(&key("addresses"), a)?;
         }
         tables.push(OtherTableConfig {
             entity: t.entity.clone(),
