@@ -164,6 +164,69 @@ async fn traffic_through_the_gateway_becomes_observations() {
     gw.gateway.shutdown().await;
 }
 
+/// The request body of a fixture, by folder name.
+fn fixture_request(name: &str) -> bytes::Bytes {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/exchange")
+        .join(name);
+    Fixture::load(&dir).unwrap().request.unwrap().body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_inspection_workers_keep_each_mailbox_in_order() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[inspect]\nworkers = 3\n").await;
+    let client = support::client(&gw.ca(), false);
+    // Operations whose simulated answers do not depend on the item asked for, each with its
+    // own kind of observation.
+    let steps = [
+        ("ews-getfolder-inbox", "folder_seen"),
+        ("ews-moveitem-partial", "message_moved"),
+        ("ews-updateitem-categories", "categories_changed"),
+        ("ews-getitem-message", "message_seen"),
+    ];
+    let mailboxes: Vec<String> = (0..6).map(|n| format!("m{n}@contoso.example")).collect();
+    // Each mailbox sends its steps twice, one after the other; the mailboxes run at once.
+    let mut tasks = Vec::new();
+    for mailbox in mailboxes.clone() {
+        let (client, url) = (client.clone(), gw.localhost_url("/EWS/Exchange.asmx"));
+        tasks.push(tokio::spawn(async move {
+            for (fixture, _) in steps.iter().chain(steps.iter()) {
+                let r = client
+                    .post(url.clone())
+                    .header("content-type", "text/xml; charset=utf-8")
+                    .header("x-anchormailbox", mailbox.as_str())
+                    .body(fixture_request(fixture))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let expected: Vec<&str> = steps.iter().chain(steps.iter()).map(|(_, k)| *k).collect();
+    let seen = support::wait_for(Duration::from_secs(10), "48 observations", async || {
+        let recent = gw.gateway.recent_observations();
+        (recent.len() >= 48).then_some(recent)
+    })
+    .await;
+    for mailbox in &mailboxes {
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|o| o.origin().mailbox.as_deref() == Some(mailbox.as_str()))
+            .map(|o| o.kind())
+            .collect();
+        assert_eq!(kinds, expected, "{mailbox}'s exchanges out of order");
+    }
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
+    assert!(metrics.contains("trackgate_inspect_workers 3"), "{metrics}");
+    gw.gateway.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_copies_not_traffic() {
     let sim = support::simulator("sim").await;
@@ -239,7 +302,10 @@ async fn inspection_and_the_outbox_writer_run_behind_the_proxy_workers() {
         "inspection and the outbox writer at a lower priority",
         async || {
             let threads = thread_niceness(gw.pid());
-            (nice_of(&threads, "trackgate-inspe") == behind
+            // One inspection thread per worker (as many as the machine's cores allow).
+            let inspection = nice_of(&threads, "trackgate-inspe");
+            (!inspection.is_empty()
+                && inspection.iter().all(|n| [*n] == behind)
                 && nice_of(&threads, "trackgate-outbo") == behind)
                 .then_some(threads)
         },

@@ -210,9 +210,9 @@ pub(super) fn sink(
     })
 }
 
-/// Inspection: the worker thread that turns the proxy's copies into observations and feeds
-/// them to the pipeline, and the capture sink the proxy hands copies to. `None` when
-/// inspection is off.
+/// Inspection: the worker threads that turn the proxy's copies into observations and feed them
+/// to the pipeline, each with its own queue, and the capture sink that hands each copy to its
+/// mailbox's worker. `None` when inspection is off.
 pub(super) fn inspection(
     config: &Config,
     pipeline: Pipeline,
@@ -224,23 +224,35 @@ pub(super) fn inspection(
     if !i.enabled {
         return Ok(None);
     }
-    let (queue, captures) = tokio::sync::mpsc::channel(i.queue);
     let budget = Budget::new(i.memory_budget);
-    worker::spawn(
-        captures,
-        budget.clone(),
-        settings::inspect(i),
-        metrics,
-        recent,
-        move |observation| pipeline.observe(observation),
-    )
-    .map_err(AppError::Worker)?;
+    let pipeline = Arc::new(pipeline);
+    let workers = settings::inspect_workers(i);
+    let mut queues = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (queue, captures) = tokio::sync::mpsc::channel(i.queue);
+        let pipeline = pipeline.clone();
+        worker::spawn(
+            captures,
+            budget.clone(),
+            settings::inspect(i),
+            metrics.clone(),
+            recent.clone(),
+            move |observation| pipeline.observe(observation),
+        )
+        .map_err(AppError::Worker)?;
+        queues.push(queue);
+    }
+    metrics
+        .workers
+        .set(i64::try_from(workers).unwrap_or(i64::MAX));
+    tracing::debug!(workers, "inspection workers started");
     Ok(Some(Arc::new(CaptureSink::new(
-        queue,
+        queues,
         i.capture_limit,
         budget,
         proxy_metrics.captures.clone(),
         Some(is_streaming_request),
+        crate::inspect::identity::affinity,
     ))))
 }
 

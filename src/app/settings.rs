@@ -106,6 +106,16 @@ pub fn proxy(config: &Config) -> ProxySettings {
     }
 }
 
+/// How many inspection workers run: as configured, else one per available core but one (the
+/// proxy's share), at least one.
+pub fn inspect_workers(i: &InspectConfig) -> usize {
+    i.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |cores| cores.get().saturating_sub(1))
+            .max(1)
+    })
+}
+
 pub fn inspect(i: &InspectConfig) -> InspectLimits {
     InspectLimits {
         xml: XmlLimits {

@@ -125,8 +125,12 @@ pub struct RawInspect {
     /// Largest body copied per request or response; beyond it the copy is truncated (and the
     /// traffic still flows whole).
     pub capture_limit: ByteSize,
-    /// Exchanges waiting for inspection; when full, new copies are dropped and counted.
+    /// Exchanges waiting for inspection, per worker; when full, new copies are dropped and
+    /// counted.
     pub queue: usize,
+    /// Inspection threads; 0: one per available core but one, at least one. Each mailbox's
+    /// exchanges stay in order on one of them.
+    pub workers: usize,
     /// Bytes all waiting copies may hold together.
     pub memory_budget: ByteSize,
     /// Largest decoded (decompressed) body.
@@ -143,6 +147,7 @@ impl Default for RawInspect {
             enabled: true,
             capture_limit: ByteSize(4 << 20),
             queue: 1024,
+            workers: 0,
             memory_budget: ByteSize(256 << 20),
             decoded_limit: ByteSize(16 << 20),
             max_ratio: 100,

@@ -10,6 +10,28 @@ use serde::Deserialize;
 
 use super::ntlm::{self, NtlmMessage};
 use crate::common::text::percent_decode;
+use crate::proxy::capture::Capture;
+use crate::proxy::headers::is_windows_auth;
+
+/// The inspection worker key of an exchange (see `proxy::capture::Affinity`): the anchor
+/// mailbox, else the Graph `/users/{id}`, else the credentials as sent (Basic and bearer name
+/// one principal for as long as they are used), else the client connection (NTLM and
+/// Negotiate authenticate the connection itself). Cheap on purpose: it runs on the proxy's
+/// worker for every copied exchange, so no token is decoded here; lower-casing makes the two
+/// spellings of one mailbox the same key.
+pub fn affinity(capture: &Capture) -> u64 {
+    let key = anchor_mailbox(&capture.request_headers)
+        .or_else(|| graph_user(&capture.path_and_query))
+        .or_else(|| {
+            let auth = capture.request_headers.get(http::header::AUTHORIZATION)?;
+            let windows = is_windows_auth(&capture.request_headers);
+            (!windows).then(|| String::from_utf8_lossy(auth.as_bytes()).into_owned())
+        });
+    match key {
+        Some(key) => xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
+        None => capture.connection,
+    }
+}
 
 /// The mailbox from HTTP-level hints, in precedence order.
 pub fn http_mailbox(
@@ -180,5 +202,53 @@ mod tests {
         );
         let negotiate = crate::simulate::ntlm::negotiate_header();
         assert_eq!(principal(&HeaderMap::new(), Some(&negotiate)), None);
+    }
+
+    fn capture(connection: u64, path: &str, pairs: &[(&'static str, &str)]) -> Capture {
+        Capture {
+            connection,
+            method: http::Method::POST,
+            path_and_query: path.into(),
+            route: crate::proxy::RouteClass::Ews,
+            request_headers: headers(pairs),
+            connection_auth: None,
+            status: 200,
+            response_headers: HeaderMap::new(),
+            request_body: bytes::Bytes::new(),
+            request_truncated: false,
+            response_body: bytes::Bytes::new(),
+            response_truncated: false,
+        }
+    }
+
+    #[test]
+    fn one_mailbox_is_one_worker_key_whatever_the_connection() {
+        let ews = "/EWS/Exchange.asmx";
+        let a = affinity(&capture(
+            1,
+            ews,
+            &[("x-anchormailbox", "SMTP:Alex@Contoso.example")],
+        ));
+        let b = affinity(&capture(
+            2,
+            ews,
+            &[("x-anchormailbox", "alex@contoso.example")],
+        ));
+        assert_eq!(a, b);
+        let users = affinity(&capture(
+            3,
+            "/v1.0/users/Alex%40contoso.example/messages",
+            &[],
+        ));
+        assert_eq!(a, users, "a Graph /users/ path names the same mailbox");
+        let basic = [("authorization", "Basic YWxleDpwdw==")];
+        assert_eq!(
+            affinity(&capture(4, ews, &basic)),
+            affinity(&capture(5, ews, &basic))
+        );
+        // Windows auth and no credentials at all: the connection is the key.
+        let ntlm = [("authorization", "NTLM TlRMTVNTUAADAAAA")];
+        assert_eq!(affinity(&capture(6, ews, &ntlm)), 6);
+        assert_eq!(affinity(&capture(7, ews, &[])), 7);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
@@ -34,6 +35,8 @@ pub struct InspectMetrics {
     ews_failures: Family<CodeLabels, Counter>,
     codes_seen: Mutex<HashSet<String>>,
     pub inspected: Counter,
+    /// Inspection worker threads running.
+    pub workers: Gauge,
     /// Captures fully handled, the next stage included (for draining at shutdown).
     pub finished: std::sync::atomic::AtomicU64,
 }
@@ -46,6 +49,7 @@ impl InspectMetrics {
             ews_failures: Family::default(),
             codes_seen: Mutex::new(HashSet::new()),
             inspected: Counter::default(),
+            workers: Gauge::default(),
             finished: std::sync::atomic::AtomicU64::new(0),
         };
         registry.register(
@@ -67,6 +71,11 @@ impl InspectMetrics {
             "inspected_exchanges",
             "Exchanges inspected",
             m.inspected.clone(),
+        );
+        registry.register(
+            "inspect_workers",
+            "Inspection worker threads, each with its own queue",
+            m.workers.clone(),
         );
         m
     }

@@ -1,8 +1,9 @@
 //! The capture tee: a bounded copy of one request/response exchange, handed to inspection
 //! without ever blocking forwarding. Body frames are shared (`Bytes` clones, no copying) up to a
 //! per-body cap; beyond it the copy is marked truncated and the traffic flows on untouched. When
-//! the queue or the global memory budget is full, the copy is dropped and counted. Nothing here
-//! parses a body.
+//! the queue or the global memory budget is full, the copy is dropped and counted. With several
+//! inspection workers each has its own queue, and an exchange goes to the queue its affinity key
+//! picks, so one mailbox's exchanges stay in order. Nothing here parses a body.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,14 +94,22 @@ pub struct CaptureMetrics {
 /// operation is inspection's knowledge, not the proxy's.
 pub type StreamingRequest = fn(&[u8]) -> bool;
 
+/// Which inspection worker an exchange belongs to: the same key for every exchange of one
+/// mailbox, so that mailbox's exchanges are inspected, and decided, in the order they ended.
+/// Supplied by the composition root: who owns a mailbox is inspection's knowledge. Runs on the
+/// proxy's worker for every copied exchange, so it reads headers and the path, never a body.
+pub type Affinity = fn(&Capture) -> u64;
+
 /// The sending side, shared by all connections.
 #[derive(Debug)]
 pub struct CaptureSink {
-    queue: mpsc::Sender<Capture>,
+    /// One bounded queue per inspection worker.
+    queues: Vec<mpsc::Sender<Capture>>,
     limit: usize,
     budget: Arc<Budget>,
     metrics: CaptureMetrics,
     streaming: Option<StreamingRequest>,
+    affinity: Affinity,
 }
 
 /// Bytes held by captures not yet inspected, across the process.
@@ -148,19 +157,36 @@ impl Budget {
 }
 
 impl CaptureSink {
+    /// A sink over one queue per inspection worker (at least one); `affinity` picks the queue
+    /// when there are several.
     pub fn new(
-        queue: mpsc::Sender<Capture>,
+        queues: Vec<mpsc::Sender<Capture>>,
         limit: usize,
         budget: Arc<Budget>,
         metrics: CaptureMetrics,
         streaming: Option<StreamingRequest>,
+        affinity: Affinity,
     ) -> CaptureSink {
         CaptureSink {
-            queue,
+            queues,
             limit,
             budget,
             metrics,
             streaming,
+            affinity,
+        }
+    }
+
+    /// The queue of the worker `capture` belongs to; `None` when there is no queue at all.
+    fn queue_for(&self, capture: &Capture) -> Option<&mpsc::Sender<Capture>> {
+        match self.queues.len() {
+            0 => None,
+            1 => self.queues.first(),
+            n => {
+                let key = (self.affinity)(capture);
+                // Both sides are below `n`, which fits in a usize.
+                self.queues.get((key % n as u64) as usize)
+            }
         }
     }
 
@@ -206,14 +232,14 @@ impl CaptureSink {
             self.metrics.dropped.inc();
             return;
         }
-        match self.queue.try_send(capture) {
-            Ok(()) => {
-                self.metrics.handed_off.inc();
-            }
-            Err(_) => {
-                self.budget.release(weight);
-                self.metrics.dropped.inc();
-            }
+        let sent = self
+            .queue_for(&capture)
+            .is_some_and(|queue| queue.try_send(capture).is_ok());
+        if sent {
+            self.metrics.handed_off.inc();
+        } else {
+            self.budget.release(weight);
+            self.metrics.dropped.inc();
         }
     }
 }
@@ -507,11 +533,12 @@ mod tests {
     fn sink(limit: usize, budget: u64) -> (Arc<CaptureSink>, mpsc::Receiver<Capture>) {
         let (tx, rx) = mpsc::channel(4);
         let sink = CaptureSink::new(
-            tx,
+            vec![tx],
             limit,
             Budget::new(budget),
             CaptureMetrics::default(),
             None,
+            |_| 0,
         );
         (Arc::new(sink), rx)
     }
@@ -592,5 +619,56 @@ mod tests {
         assert!(rx.try_recv().is_err());
         assert_eq!(sink.metrics.dropped.get(), 1);
         assert_eq!(sink.budget.held(), 0);
+    }
+
+    /// The connection number stands in for a mailbox here: the real key comes from inspection.
+    fn by_connection(capture: &Capture) -> u64 {
+        capture.connection
+    }
+
+    #[tokio::test]
+    async fn each_key_keeps_to_one_worker_queue_in_order() {
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = mpsc::channel(64);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let sink = Arc::new(CaptureSink::new(
+            senders,
+            1024,
+            Budget::new(1 << 20),
+            CaptureMetrics::default(),
+            None,
+            by_connection,
+        ));
+        for round in 0..4u8 {
+            for connection in 0..6u64 {
+                let pending = sink.begin(
+                    connection,
+                    &Method::POST,
+                    "/EWS/Exchange.asmx",
+                    RouteClass::Ews,
+                    &HeaderMap::new(),
+                    None,
+                );
+                pending.request_done(Bytes::from(vec![round]), false);
+                pending.response_done(Bytes::new(), false);
+            }
+        }
+        assert_eq!(sink.metrics.handed_off.get(), 24);
+        for (queue, rx) in receivers.iter_mut().enumerate() {
+            let mut rounds: std::collections::HashMap<u64, Vec<u8>> = Default::default();
+            while let Ok(capture) = rx.try_recv() {
+                assert_eq!(capture.connection % 3, queue as u64, "a key changed queues");
+                rounds
+                    .entry(capture.connection)
+                    .or_default()
+                    .push(capture.request_body[0]);
+            }
+            assert_eq!(rounds.len(), 2, "queue {queue} holds two keys");
+            assert!(rounds.values().all(|r| r == &[0, 1, 2, 3]), "{rounds:?}");
+        }
     }
 }

@@ -17,7 +17,11 @@ use crate::config::raw::{
 pub struct InspectConfig {
     pub enabled: bool,
     pub capture_limit: usize,
+    /// Per worker.
     pub queue: usize,
+    /// Inspection threads; `None`: one per available core but one (the composition root asks
+    /// the system), at least one.
+    pub workers: Option<usize>,
     pub memory_budget: u64,
     pub decoded_limit: usize,
     pub max_ratio: usize,
@@ -72,6 +76,9 @@ pub struct OtherTableConfig {
     pub owned: bool,
 }
 
+/// More inspection threads than this is a typo, not a machine.
+const MAX_INSPECT_WORKERS: usize = 256;
+
 pub(super) fn inspect(i: &RawInspect) -> Result<InspectConfig, ConfigError> {
     at_least("inspect.capture_limit", i.capture_limit.0, 4096)?;
     at_least("inspect.queue", i.queue as u64, 1)?;
@@ -87,11 +94,19 @@ pub(super) fn inspect(i: &RawInspect) -> Result<InspectConfig, ConfigError> {
     at_least("inspect.max_ratio", i.max_ratio as u64, 2)?;
     at_least("inspect.xml_max_depth", i.xml_max_depth as u64, 16)?;
     at_least("inspect.xml_max_elements", i.xml_max_elements as u64, 1000)?;
+    if i.workers > MAX_INSPECT_WORKERS {
+        return Err(ConfigError::invalid(
+            "inspect.workers",
+            format!("{} is over {MAX_INSPECT_WORKERS}", i.workers),
+            "use at most the cores the gateway may use, or 0 for one per core but one",
+        ));
+    }
     let size = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
     Ok(InspectConfig {
         enabled: i.enabled,
         capture_limit: size(i.capture_limit),
         queue: i.queue,
+        workers: (i.workers > 0).then_some(i.workers),
         memory_budget: i.memory_budget.0,
         decoded_limit: size(i.decoded_limit),
         max_ratio: i.max_ratio,
