@@ -351,12 +351,18 @@ impl Directory {
         &self.tracked
     }
 
-    /// The address-book matching options of a user (defaults for queues).
+    /// The address-book matching options of a user; an option not set matches every record
+    /// (as do queues, which have none). The options belong to the legacy Outlook client and
+    /// have no confirmed Dataverse column, while server-side sync resolves recipients to every
+    /// match (domain.md §4.2): only a deployment that sets them on purpose narrows.
     pub fn matching(&self, owner: Owner) -> (ContactMatching, OtherMatching) {
         match owner {
             Owner::User(u) => {
                 let s = &self.users[u as usize].settings;
-                (s.addressbookcontactmatching, s.addressbookothermatching)
+                (
+                    s.addressbookcontactmatching.unwrap_or(ContactMatching::All),
+                    s.addressbookothermatching.unwrap_or(OtherMatching::All),
+                )
             }
             Owner::Queue(_) => (ContactMatching::All, OtherMatching::All),
         }
