@@ -127,6 +127,7 @@ fn settings(url: &str, replica: &std::path::Path) -> DataverseSourceSettings {
         other_tables: Vec::new(),
         replica_file: replica.to_owned(),
         max_rows: 10_000_000,
+        directory: Default::default(),
     }
 }
 
@@ -190,6 +191,7 @@ fn main() {
     let from_file = FileSource {
         path: Some(file.clone()),
         max_size: u64::MAX,
+        settings: Default::default(),
     }
     .load()
     .unwrap();

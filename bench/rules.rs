@@ -92,8 +92,8 @@ fn document(s: &Scale) -> DirectoryDocument {
             systemuserid: uid(1, u),
             incomingemailfilteringmethod: (u % 4) as u8,
             autocreatecontactonpromote: (u % 3) as u8,
-            addressbookcontactmatching: ContactMatching::All,
-            addressbookothermatching: OtherMatching::All,
+            addressbookcontactmatching: Some(ContactMatching::All),
+            addressbookothermatching: Some(OtherMatching::All),
             ..Default::default()
         });
         doc.mailboxes.push(Mailbox {

@@ -72,6 +72,7 @@ pub fn check(path: &std::path::Path) -> Result<CheckReport, OpsError> {
         None => crate::directory::FileSource {
             path: config.directory.file.clone(),
             max_size: config.directory.max_file_size,
+            settings: crate::app::settings::directory(&config.identity),
         }
         .load()
         .map(|d| format!("{valid}directory: {:?}\n", d.counts()))

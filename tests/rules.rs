@@ -62,8 +62,6 @@ fn settings(n: u128, filter: u8) -> UserSettings {
     UserSettings {
         systemuserid: id(n),
         incomingemailfilteringmethod: filter,
-        addressbookcontactmatching: ContactMatching::All,
-        addressbookothermatching: OtherMatching::All,
         ..Default::default()
     }
 }
@@ -1134,7 +1132,8 @@ fn recipients_resolve_to_every_match_narrowed_by_options() {
     assert_eq!(to(&strict, "q2@x"), vec![]);
     // Address book: only synchronized (owned) contacts.
     let narrow = engine_with(|d| {
-        d.usersettingscollection[0].addressbookcontactmatching = ContactMatching::Synchronized;
+        d.usersettingscollection[0].addressbookcontactmatching =
+            Some(ContactMatching::Synchronized);
     });
     assert_eq!(to(&narrow, "q3@x"), vec![look("contact", DUP_MINE)]);
     // Other records: none, only mine, all.
@@ -1144,7 +1143,7 @@ fn recipients_resolve_to_every_match_narrowed_by_options() {
         (OtherMatching::All, vec![look("account", ACCOUNT)]),
     ] {
         let engine =
-            engine_with(|d| d.usersettingscollection[0].addressbookothermatching = matching);
+            engine_with(|d| d.usersettingscollection[0].addressbookothermatching = Some(matching));
         let d = decide(
             &engine,
             &seen_in(
@@ -1165,6 +1164,67 @@ fn recipients_resolve_to_every_match_narrowed_by_options() {
         };
         assert_eq!(d.to[1].records, lead, "{matching:?}: the lead is nobody's");
     }
+}
+
+/// A user who tracks mail from contacts, accounts and leads (filter 2), with no address-book
+/// options in the document, writing to a contact a colleague owns.
+fn to_a_colleagues_contact(change: impl FnOnce(&mut UserSettings)) -> Decision {
+    let engine = engine_with(|d| {
+        d.organization.orgdborgsettings.auto_track_sent_folder_items = true;
+        d.contacts.push(contact(
+            0xc7,
+            "their.customer@customer.example",
+            COLLEAGUE,
+            "2025-06-01T00:00:00Z",
+        ));
+        let mut own = UserSettings {
+            systemuserid: id(OWNER),
+            incomingemailfilteringmethod: 2,
+            ..Default::default()
+        };
+        change(&mut own);
+        d.usersettingscollection[0] = own;
+    });
+    let mut m = message(
+        "to-colleagues-contact@x",
+        "sentitems",
+        "owner@corp.example",
+        &["their.customer@customer.example"],
+    );
+    m.folder = None;
+    m.item_id = None;
+    decide(&engine, &sent("owner@corp.example", "CreateItem", m, &[]))
+}
+
+#[test]
+fn recipients_match_every_record_when_the_address_book_options_are_unset() {
+    // The options belong to the legacy Outlook client and have no confirmed Dataverse column;
+    // server-side sync resolves recipients to every match (domain.md §4.2).
+    let d = to_a_colleagues_contact(|_| {});
+    expect(&d, Reason::RecipientContact);
+    assert_eq!(d.to[0].records, vec![look("contact", 0xc7)]);
+    // A document that does not name them leaves them unset.
+    let parsed: UserSettings = toml::from_str(
+        "systemuserid = \"00000000-0000-0000-0000-0000000000a1\"\nincomingemailfilteringmethod = 2\n",
+    )
+    .unwrap();
+    assert_eq!(parsed.addressbookcontactmatching, None);
+    assert_eq!(parsed.addressbookothermatching, None);
+}
+
+#[test]
+fn an_explicit_address_book_option_still_narrows() {
+    let d = to_a_colleagues_contact(|s| {
+        s.addressbookcontactmatching = Some(ContactMatching::Synchronized);
+    });
+    expect(&d, Reason::RecipientsNotInFilter);
+    // Narrowing contacts leaves the other tables alone, and the reverse.
+    let d = to_a_colleagues_contact(|s| s.addressbookothermatching = Some(OtherMatching::None));
+    expect(&d, Reason::RecipientContact);
+    let d = to_a_colleagues_contact(|s| {
+        s.addressbookcontactmatching = Some(ContactMatching::All);
+    });
+    expect(&d, Reason::RecipientContact);
 }
 
 #[test]

@@ -29,6 +29,8 @@ mod idle_connections;
 mod inspect_fixtures;
 /// A GiB each way through the gateway process, with flat memory.
 mod large_bodies;
+/// Windows-auth principals (`DOMAIN\user`) find the user whose sign-in name is a UPN.
+mod ntlm_identity;
 /// NTLM/Negotiate: one pinned upstream connection per client connection.
 mod ntlm_pinning;
 /// h1 and h2 through TLS, bodies byte-identical both ways, header rules, routing.

@@ -61,6 +61,7 @@ pub(super) fn file_source(config: &Config) -> FileSource {
     FileSource {
         path: config.directory.file.clone(),
         max_size: config.directory.max_file_size,
+        settings: settings::directory(&config.identity),
     }
 }
 
@@ -76,9 +77,11 @@ pub(super) async fn directory(
     let (snapshot, dataverse) = match &config.directory.dataverse {
         None => (file.load()?, None),
         Some(dv) => {
-            let (dataverse, replica) =
-                DataverseSource::open(http.clone(), settings::dataverse_source(dv)?)
-                    .map_err(AppError::DirectorySource)?;
+            let (dataverse, replica) = DataverseSource::open(
+                http.clone(),
+                settings::dataverse_source(dv, &config.identity)?,
+            )
+            .map_err(AppError::DirectorySource)?;
             let snapshot = match replica {
                 Some(r) => r,
                 None => crate::directory::dataverse::empty_directory()

@@ -8,11 +8,12 @@ use std::collections::HashMap;
 
 use crate::config::{
     Config, ConfigError, CrmConfig, DataverseDirectoryConfig, DeliveryConfig, EmailBody,
-    ExchangeAuthConfig, ExchangeConfig, InspectConfig, LogFormat, OutboxConfig, RulesConfig,
-    logical_name,
+    ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, LogFormat, OutboxConfig,
+    RulesConfig, logical_name,
 };
 use crate::crm::mapping::{BodyPolicy, FieldTable};
 use crate::delivery::DeliverySettings;
+use crate::directory::DirectorySettings;
 use crate::directory::dataverse::{DataverseSourceSettings, OfflineFilter, has_owner};
 use crate::directory::tables::{OtherTable, TABLES, entity_set};
 use crate::exchange::{ExchangeAuth, ExchangeSettings};
@@ -41,7 +42,7 @@ pub fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
 pub fn check(config: &Config) -> Result<(), ConfigError> {
     fields(&config.crm)?;
     if let Some(dataverse) = &config.directory.dataverse {
-        dataverse_source(dataverse)?;
+        dataverse_source(dataverse, &config.identity)?;
     }
     Ok(())
 }
@@ -198,10 +199,19 @@ pub fn fields(crm: &CrmConfig) -> Result<FieldTable, ConfigError> {
     })
 }
 
+/// How the directory indexes sign-in names (`[identity]`), whichever source builds it.
+pub fn directory(identity: &IdentityConfig) -> DirectorySettings {
+    DirectorySettings {
+        netbios_from_upn: identity.netbios_from_upn,
+        ntlm_domains: identity.ntlm_domains.clone(),
+    }
+}
+
 /// The Dataverse directory source's settings: the extra tables and offline filters judged
 /// against the table catalog.
 pub fn dataverse_source(
     d: &DataverseDirectoryConfig,
+    identity: &IdentityConfig,
 ) -> Result<DataverseSourceSettings, ConfigError> {
     let other_tables = other_tables(d)?;
     let offline_filters = offline_filters(d, &other_tables)?;
@@ -217,6 +227,7 @@ pub fn dataverse_source(
         other_tables,
         replica_file: d.replica_file.clone(),
         max_rows: d.max_rows,
+        directory: directory(identity),
     })
 }
 
@@ -333,7 +344,7 @@ mod tests {
             .directory
             .dataverse
             .as_ref()
-            .map(dataverse_source)
+            .map(|d| dataverse_source(d, &config.identity))
             .transpose()
     }
 

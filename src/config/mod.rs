@@ -15,15 +15,16 @@ use std::time::Duration;
 
 pub use raw::{
     DirectorySourceKind, EmailBody, ExchangeAuthKind, RawAdmin, RawAutodiscover, RawConfig, RawCrm,
-    RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory, RawExchange, RawInspect,
-    RawLimits, RawListener, RawLogging, RawOtherTable, RawOutbox, RawRules, RawRuntime,
+    RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory, RawExchange, RawIdentity,
+    RawInspect, RawLimits, RawListener, RawLogging, RawOtherTable, RawOutbox, RawRules, RawRuntime,
     RawShutdown, RawStorage, RawUpstreams, RawWebhook, SinkKind,
 };
 pub use resolve::{
     AdminConfig, AutodiscoverConfig, CrmConfig, DataverseConnection, DataverseDirectoryConfig,
-    DeliveryConfig, DirectoryConfig, ExchangeAuthConfig, ExchangeConfig, InspectConfig,
-    LimitsConfig, ListenerConfig, ListenerTls, LogFormat, LoggingConfig, OtherTableConfig,
-    OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig, logical_name,
+    DeliveryConfig, DirectoryConfig, ExchangeAuthConfig, ExchangeConfig, IdentityConfig,
+    InspectConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat, LoggingConfig,
+    OtherTableConfig, OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig,
+    logical_name,
 };
 
 /// Prefix of environment variables that override configuration keys.
@@ -85,6 +86,7 @@ pub struct Config {
     pub inspect: InspectConfig,
     pub autodiscover: AutodiscoverConfig,
     pub directory: DirectoryConfig,
+    pub identity: IdentityConfig,
     pub rules: RulesConfig,
     pub outbox: OutboxConfig,
     pub delivery: DeliveryConfig,
@@ -218,5 +220,46 @@ mod tests {
     fn half_configured_tls_is_rejected() {
         let e = validate("[listener]\ntls_cert = \"x.pem\"\n").unwrap_err();
         assert_eq!(e.key(), Some("listener.tls_key"));
+    }
+
+    #[test]
+    fn identity_maps_netbios_domains_case_insensitively_and_names_a_bad_entry() {
+        let c = validate("[identity]\nntlm_domains = { CONTOSO = \"Contoso.Example\" }\n").unwrap();
+        assert!(c.identity.netbios_from_upn, "on by default");
+        assert_eq!(
+            c.identity.ntlm_domains.get("contoso").map(String::as_str),
+            Some("contoso.example")
+        );
+        for (entry, key) in [
+            (
+                "\"CON\\\\TOSO\" = \"contoso.example\"",
+                "identity.ntlm_domains.CON\\TOSO",
+            ),
+            ("\"\" = \"contoso.example\"", "identity.ntlm_domains."),
+            (
+                "WAYTOOLONGFORNETBIOS = \"contoso.example\"",
+                "identity.ntlm_domains.WAYTOOLONGFORNETBIOS",
+            ),
+            (
+                "CONTOSO = \"alex@contoso.example\"",
+                "identity.ntlm_domains.CONTOSO",
+            ),
+            (
+                "CONTOSO = \"contoso.example.\"",
+                "identity.ntlm_domains.CONTOSO",
+            ),
+            (
+                "CONTOSO = \"-contoso.example\"",
+                "identity.ntlm_domains.CONTOSO",
+            ),
+            (
+                "CONTOSO = \"a.example\", contoso = \"b.example\"",
+                "identity.ntlm_domains.contoso",
+            ),
+        ] {
+            let e = validate(&format!("[identity]\nntlm_domains = {{ {entry} }}\n")).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{e}");
+            assert!(e.to_string().contains("fix:"), "{e}");
+        }
     }
 }

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub inspect: RawInspect,
     pub autodiscover: RawAutodiscover,
     pub directory: RawDirectory,
+    pub identity: RawIdentity,
     pub rules: RawRules,
     pub outbox: RawOutbox,
     pub delivery: RawDelivery,
@@ -59,6 +60,30 @@ impl Default for RawDirectory {
             file: None,
             poll_interval: Duration::from_secs(5),
             max_file_size: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// `[identity]`: how a Windows-auth principal (`DOMAIN\user`, from NTLM or Negotiate) finds
+/// its user when the directory stores the sign-in name as a UPN (`user@dns.domain`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIdentity {
+    /// A UPN-form sign-in name `user@first.rest` also answers to `first\user` (the NetBIOS
+    /// name of a domain is usually its first DNS label), unless another user holds that name
+    /// or would get the same alias.
+    pub netbios_from_upn: bool,
+    /// NetBIOS domain name → DNS domain, e.g. `{ CORP = "contoso.example" }`: `corp\alex` finds
+    /// the user whose sign-in name or internal e-mail address is `alex@contoso.example`. Keys
+    /// are matched case-insensitively.
+    pub ntlm_domains: BTreeMap<String, String>,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            netbios_from_upn: true,
+            ntlm_domains: BTreeMap::new(),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::model::DirectoryDocument;
+use super::settings::DirectorySettings;
 use super::snapshot::{Directory, InvalidDirectory};
 
 /// The example directory used when none is configured (users, options, folder rules and records
@@ -45,6 +46,9 @@ pub enum DirectoryError {
 pub struct FileSource {
     pub path: Option<PathBuf>,
     pub max_size: u64,
+    /// How the snapshot indexes sign-in names; part of the source, so a configuration reload
+    /// that changes it rebuilds the snapshot with it.
+    pub settings: DirectorySettings,
 }
 
 /// What identifies one version of the file, to notice changes cheaply.
@@ -60,13 +64,19 @@ impl FileSource {
         FileSource {
             path: None,
             max_size: u64::MAX,
+            settings: DirectorySettings::default(),
         }
     }
 
     /// Reads, parses, validates and indexes the directory.
     pub fn load(&self) -> Result<Directory, DirectoryError> {
         let Some(path) = &self.path else {
-            return parse_and_build(EMBEDDED_EXAMPLE, "embedded example", false);
+            return parse_and_build_with(
+                EMBEDDED_EXAMPLE,
+                "embedded example",
+                false,
+                &self.settings,
+            );
         };
         let read = |source| DirectoryError::Read {
             path: path.clone(),
@@ -81,7 +91,12 @@ impl FileSource {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        parse_and_build(&text, &path.display().to_string(), is_json(path))
+        parse_and_build_with(
+            &text,
+            &path.display().to_string(),
+            is_json(path),
+            &self.settings,
+        )
     }
 
     /// The file's current stamp (`None` for the embedded example or an unreadable file).
@@ -99,8 +114,18 @@ fn is_json(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
-/// Parses a document (TOML or JSON) and builds the snapshot.
+/// Parses a document (TOML or JSON) and builds the snapshot with the default settings.
 pub fn parse_and_build(text: &str, origin: &str, json: bool) -> Result<Directory, DirectoryError> {
+    parse_and_build_with(text, origin, json, &DirectorySettings::default())
+}
+
+/// Parses a document (TOML or JSON) and builds the snapshot with `settings`.
+pub fn parse_and_build_with(
+    text: &str,
+    origin: &str,
+    json: bool,
+    settings: &DirectorySettings,
+) -> Result<Directory, DirectoryError> {
     let doc: DirectoryDocument = if json {
         serde_json::from_str(text).map_err(|e| DirectoryError::Parse {
             origin: origin.to_owned(),
@@ -112,7 +137,7 @@ pub fn parse_and_build(text: &str, origin: &str, json: bool) -> Result<Directory
             message: e.to_string(),
         })?
     };
-    Directory::build(doc).map_err(|source| DirectoryError::Invalid {
+    Directory::build_with(doc, settings).map_err(|source| DirectoryError::Invalid {
         origin: origin.to_owned(),
         source,
     })

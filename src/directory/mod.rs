@@ -10,6 +10,7 @@ pub mod file;
 pub mod model;
 pub mod odata;
 pub mod replica;
+pub mod settings;
 pub mod snapshot;
 pub mod tables;
 
@@ -25,6 +26,7 @@ use prometheus_client::registry::Registry;
 
 pub use file::{DirectoryError, FileSource};
 pub use model::DirectoryDocument;
+pub use settings::DirectorySettings;
 pub use snapshot::{Directory, DirectoryCounts, EntityKind, InvalidDirectory, Owner};
 
 /// The current snapshot, shared by every reader; a reload swaps it whole.

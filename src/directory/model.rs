@@ -188,24 +188,27 @@ pub struct SystemUser {
     pub createdon: Option<String>,
 }
 
-/// How recipients are matched to contacts (Address Book tab; storage unconfirmed).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// How recipients are matched to contacts: the Address Book tab of the legacy Outlook client
+/// (COM add-in), whose storage in Dataverse is unconfirmed (domain.md §1.1). Server-side sync
+/// resolves recipients to every matching row (domain.md §4.2), so the gateway narrows only when
+/// a directory document sets this explicitly; see [`UserSettings::addressbookcontactmatching`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContactMatching {
-    /// "Match only against contacts synchronized to Dynamics 365" (the default). The gateway
-    /// reads "synchronized" as "owned by the user", the default "My Outlook Contacts" filter.
-    #[default]
+    /// "Match only against contacts synchronized to Dynamics 365" (the legacy client's
+    /// default). The gateway reads "synchronized" as "owned by the user", the default "My
+    /// Outlook Contacts" filter.
     Synchronized,
     All,
 }
 
-/// How recipients are matched to other record types (Address Book tab; storage unconfirmed).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// How recipients are matched to other record types (the legacy Outlook client's Address Book
+/// tab; storage unconfirmed). Applied only when set explicitly, as [`ContactMatching`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OtherMatching {
     None,
-    /// "Match only the items I own" (the default).
-    #[default]
+    /// "Match only the items I own" (the legacy client's default).
     Mine,
     All,
 }
@@ -237,8 +240,15 @@ pub struct UserSettings {
     pub outlooksyncinterval: Option<u32>,
     pub offlinesyncinterval: Option<u32>,
     pub addressbooksyncinterval: Option<u32>,
-    pub addressbookcontactmatching: ContactMatching,
-    pub addressbookothermatching: OtherMatching,
+    /// Unset (the default, and always so from the Dataverse source, which has no column to read
+    /// it from): recipients resolve to every matching contact, as server-side sync does. Set it
+    /// only to reproduce a legacy Outlook client's narrowing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addressbookcontactmatching: Option<ContactMatching>,
+    /// Unset (the default, and always so from Dataverse): recipients resolve to every matching
+    /// account, lead and other e-mail-enabled row. Set it only to narrow on purpose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addressbookothermatching: Option<OtherMatching>,
     pub isduplicatedetectionenabledwhengoingonline: bool,
     pub issendasallowed: bool,
     /// "Allow CRM to send email using your mailbox" (storage unconfirmed).
@@ -258,8 +268,8 @@ impl Default for UserSettings {
             outlooksyncinterval: None,
             offlinesyncinterval: None,
             addressbooksyncinterval: None,
-            addressbookcontactmatching: ContactMatching::default(),
-            addressbookothermatching: OtherMatching::default(),
+            addressbookcontactmatching: None,
+            addressbookothermatching: None,
             isduplicatedetectionenabledwhengoingonline: false,
             issendasallowed: false,
             allowcrmsendemail: false,

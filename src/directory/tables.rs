@@ -71,7 +71,7 @@ pub const SYSTEMUSERS: TableSpec = TableSpec {
 
 /// The personal options. Columns the gateway keeps that have no documented storage
 /// (address-book matching, "allow CRM to send email", sync and offline filters) are not read
-/// and take their defaults.
+/// and take their defaults (address-book matching unset: it never narrows).
 pub const USERSETTINGS: TableSpec = TableSpec {
     set: "usersettingscollection",
     key: "systemuserid",

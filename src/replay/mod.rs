@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub use recorded::{InspectInputs, RecordedMessage, inspect_recorded, read_recorded};
 
-use crate::directory::{DirectoryHandle, FileSource};
+use crate::directory::{DirectoryHandle, DirectorySettings, FileSource};
 use crate::inspect::{self, InspectLimits, Observation};
 use crate::rules::{Decision, Engine, MemoryLimits, Mode, RulesLimits, Verdict};
 use crate::simulate::fixtures::Fixture;
@@ -183,9 +183,11 @@ pub fn replay_files(
     out: impl Write,
     on_problem: impl FnMut(&str, &str),
 ) -> Result<ReplaySummary, ReplayError> {
+    // No configuration here: sign-in names get the default aliases, no `[identity]` domains.
     let source = FileSource {
         path: directory,
         max_size: u64::MAX,
+        settings: DirectorySettings::default(),
     };
     let engine = Engine::new(
         DirectoryHandle::new(source.load()?),

@@ -21,8 +21,8 @@ pub use edge::{
     LoggingConfig, UpstreamTarget, UpstreamsConfig,
 };
 pub use tracking::{
-    DataverseDirectoryConfig, DirectoryConfig, InspectConfig, OtherTableConfig, RulesConfig,
-    logical_name,
+    DataverseDirectoryConfig, DirectoryConfig, IdentityConfig, InspectConfig, OtherTableConfig,
+    RulesConfig, logical_name,
 };
 
 use super::raw::RawConfig;
@@ -50,6 +50,7 @@ impl RawConfig {
         let autodiscover = edge::autodiscover(&self.autodiscover, &self.upstreams)?;
         let directory =
             tracking::directory(&self.directory, &self.crm.dataverse, &data_dir, &anchor)?;
+        let identity = tracking::identity(&self.identity)?;
         let rules = tracking::rules(&self.rules)?;
         let (outbox, delivery, crm, exchange) = delivery::validate(
             &self.outbox,
@@ -68,6 +69,7 @@ impl RawConfig {
             inspect,
             autodiscover,
             directory,
+            identity,
             rules,
             outbox,
             delivery,

@@ -1,5 +1,5 @@
 //! The sections the tracking decisions read: `[inspect]`, `[directory]` (with
-//! `[directory.dataverse]`) and `[rules]`.
+//! `[directory.dataverse]`), `[identity]` and `[rules]`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,8 @@ use super::{at_least, positive, readable_file};
 use crate::common::ByteSize;
 use crate::config::ConfigError;
 use crate::config::raw::{
-    DirectorySourceKind, RawDataverse, RawDataverseDirectory, RawDirectory, RawInspect, RawRules,
+    DirectorySourceKind, RawDataverse, RawDataverseDirectory, RawDirectory, RawIdentity,
+    RawInspect, RawRules,
 };
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,14 @@ pub struct DirectoryConfig {
     pub file: Option<PathBuf>,
     pub poll_interval: Duration,
     pub max_file_size: u64,
+}
+
+/// `[identity]` checked: every NetBIOS name and DNS domain plain, both lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub netbios_from_upn: bool,
+    /// NetBIOS name → DNS domain, lower-cased.
+    pub ntlm_domains: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +161,64 @@ pub(super) fn directory(
         poll_interval: d.poll_interval,
         max_file_size: d.max_file_size.0,
     })
+}
+
+/// The longest NetBIOS name Windows accepts.
+const MAX_NETBIOS: usize = 15;
+
+pub(super) fn identity(i: &RawIdentity) -> Result<IdentityConfig, ConfigError> {
+    let mut ntlm_domains = BTreeMap::new();
+    for (netbios, dns) in &i.ntlm_domains {
+        let key = format!("identity.ntlm_domains.{netbios}");
+        // Letters, digits, `-` and `_`: what a domain's NetBIOS name is in practice, and
+        // nothing that could be mistaken for the `\` or `@` of a principal.
+        let plain_netbios = (1..=MAX_NETBIOS).contains(&netbios.len())
+            && netbios
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plain_netbios {
+            return Err(ConfigError::invalid(
+                &key,
+                format!("{netbios:?} is not a NetBIOS domain name"),
+                "use the domain's NetBIOS name as Windows shows it before the `\\` (1 to 15 letters, digits, `-` or `_`), e.g. CONTOSO",
+            ));
+        }
+        if !dns_domain(dns) {
+            return Err(ConfigError::invalid(
+                &key,
+                format!("{dns:?} is not a DNS domain"),
+                "use the DNS domain of the users' sign-in names (after the `@`), e.g. \"contoso.example\"",
+            ));
+        }
+        if ntlm_domains
+            .insert(netbios.to_ascii_lowercase(), dns.to_ascii_lowercase())
+            .is_some()
+        {
+            return Err(ConfigError::invalid(
+                &key,
+                "names a NetBIOS domain listed already (names are matched case-insensitively)",
+                "keep one entry per NetBIOS domain",
+            ));
+        }
+    }
+    Ok(IdentityConfig {
+        netbios_from_upn: i.netbios_from_upn,
+        ntlm_domains,
+    })
+}
+
+/// A DNS domain as a UPN suffix is written: dot-separated labels of letters, digits and inner
+/// hyphens, 253 characters at most, no trailing dot.
+fn dns_domain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 pub(super) fn rules(r: &RawRules) -> Result<RulesConfig, ConfigError> {

@@ -33,6 +33,7 @@ use self::rows::document;
 use crate::common::ClientCredentials;
 use crate::directory::odata::{Filter, FilterError};
 use crate::directory::replica::{Replica, ReplicaError};
+use crate::directory::settings::DirectorySettings;
 use crate::directory::snapshot::{Directory, InvalidDirectory};
 use crate::directory::tables::OtherTable;
 use crate::oauth::TokenSource;
@@ -96,6 +97,8 @@ pub struct DataverseSourceSettings {
     pub replica_file: PathBuf,
     /// Rows replicated per table at most (a bound on memory).
     pub max_rows: usize,
+    /// How each snapshot indexes sign-in names.
+    pub directory: DirectorySettings,
 }
 
 impl DataverseSourceSettings {
@@ -231,7 +234,7 @@ impl DataverseSource {
         let directory = match restored {
             Some(as_of) => {
                 let (doc, skipped) = document(&state);
-                match Directory::build(doc) {
+                match Directory::build_with(doc, &settings.directory) {
                     Ok(directory) => {
                         status.data_as_of = Some(as_of);
                         status.from_replica = true;

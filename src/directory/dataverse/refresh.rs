@@ -157,7 +157,9 @@ impl DataverseSource {
         let building = std::time::Instant::now();
         let (doc, skipped) = crate::common::off_the_workers(|| document(&state));
         drop(state);
-        let directory = crate::common::off_the_workers(|| Directory::build(doc))?;
+        let directory = crate::common::off_the_workers(|| {
+            Directory::build_with(doc, &self.settings.directory)
+        })?;
         tracing::info!(
             fetch_ms = fetched.as_millis() as u64,
             persist_ms = persisted.as_millis() as u64,
@@ -494,6 +496,7 @@ mod tests {
             other_tables: Vec::new(),
             replica_file: dir.path().join(format!("{interval:?}.redb")),
             max_rows: 1000,
+            directory: Default::default(),
         };
         let minutes = |m: u64| Duration::from_secs(m * 60);
         let (source, _) = DataverseSource::open(reqwest::Client::new(), settings(None)).unwrap();

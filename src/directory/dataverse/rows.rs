@@ -64,7 +64,7 @@ fn systemusers(state: &State, skipped: &mut u64) -> Vec<SystemUser> {
 
 /// Settings of replicated users, with known filtering and auto-create choices.
 fn user_settings(state: &State, users: &HashSet<Uuid>, skipped: &mut u64) -> Vec<UserSettings> {
-    state
+    let mut settings: Vec<UserSettings> = state
         .settings
         .decoded(skipped)
         .into_iter()
@@ -74,7 +74,15 @@ fn user_settings(state: &State, users: &HashSet<Uuid>, skipped: &mut u64) -> Vec
                 && s.autocreatecontactonpromote <= 2;
             ok || count(skipped)
         })
-        .collect()
+        .collect();
+    for s in &mut settings {
+        // Dataverse has no known column for the legacy client's address-book options, so
+        // nothing here may narrow recipient matching. Replicas written by earlier versions
+        // carry those versions' narrowing defaults in each row; they are dropped, not trusted.
+        s.addressbookcontactmatching = None;
+        s.addressbookothermatching = None;
+    }
+    settings
 }
 
 fn queues(state: &State, skipped: &mut u64) -> Vec<Queue> {
@@ -238,4 +246,41 @@ fn clean(address: &mut Option<String>) -> u64 {
 /// replica yet: every mailbox is unknown, so nothing is tracked, and traffic flows.
 pub fn empty_directory() -> Result<Directory, InvalidDirectory> {
     Directory::build(document(&State::default()).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_book_options_from_a_replica_never_narrow() {
+        // A row as an earlier version persisted it: the legacy client's narrowing defaults
+        // written out in full.
+        let user = Uuid::from_u128(1);
+        let mut state = State::default();
+        let row = serde_json::json!({
+            "systemuserid": user,
+            "incomingemailfilteringmethod": 2,
+            "addressbookcontactmatching": "synchronized",
+            "addressbookothermatching": "mine",
+        });
+        state
+            .settings
+            .rows
+            .insert(user, row.to_string().into_bytes().into_boxed_slice());
+        let person = SystemUser {
+            systemuserid: user,
+            ..SystemUser::default()
+        };
+        state.users.rows.insert(
+            user,
+            serde_json::to_vec(&person).unwrap().into_boxed_slice(),
+        );
+        let (doc, skipped) = document(&state);
+        assert_eq!(skipped, 0);
+        let settings = &doc.usersettingscollection[0];
+        assert_eq!(settings.incomingemailfilteringmethod, 2);
+        assert_eq!(settings.addressbookcontactmatching, None);
+        assert_eq!(settings.addressbookothermatching, None);
+    }
 }

@@ -15,7 +15,8 @@ use super::{
 };
 use crate::common::text::normalize_message_id;
 use crate::common::time::timestamp_seconds;
-use crate::directory::model::{DirectoryDocument, Lookup, Mailbox, UserSettings};
+use crate::directory::model::{DirectoryDocument, Lookup, Mailbox, SystemUser, UserSettings};
+use crate::directory::settings::DirectorySettings;
 
 /// The users, by id, and the SMTP address behind each of their X.500 addresses.
 struct Users {
@@ -204,7 +205,11 @@ impl Builder {
 
     /// Validates and indexes the document, table by table; rows are added in this order, which
     /// is the order of the records among themselves.
-    pub(super) fn build(mut self, doc: DirectoryDocument) -> Result<Directory, InvalidDirectory> {
+    pub(super) fn build(
+        mut self,
+        doc: DirectoryDocument,
+        settings: &DirectorySettings,
+    ) -> Result<Directory, InvalidDirectory> {
         let org = build_org(&doc)?;
         let Users {
             mut users,
@@ -219,6 +224,7 @@ impl Builder {
             mut principals,
         } = self.mailboxes(&doc, &org, &users_by_id, &queues_by_id)?;
         self.user_principals(&doc, &mailboxes, &mut principals);
+        self.windows_aliases(&doc, settings, &mailboxes, &mut principals);
         self.folder_rules(&doc, &org, &mut mailboxes, &mailboxes_by_id)?;
         self.customers(&doc)?;
         self.other_records(&doc)?;
@@ -419,15 +425,71 @@ impl Builder {
             let Some(&mailbox) = mailbox_of_user.get(&(i as u32)) else {
                 continue;
             };
-            let names = [
-                u.internalemailaddress.clone(),
-                u.domainname.clone(),
-                u.azureactivedirectoryobjectid.map(|o| o.to_string()),
-            ];
-            for name in names.into_iter().flatten() {
+            for name in explicit_names(u).into_iter().flatten() {
                 principals
                     .entry(self.keyer.key(&lower(&name)))
                     .or_insert(mailbox as u32);
+            }
+        }
+    }
+
+    /// The `DOMAIN\user` names Windows authentication gives, for users whose sign-in name or
+    /// address is stored as `user@dns.domain` (see [`DirectorySettings`]). An alias is only a
+    /// guess, so it never takes a name any user holds explicitly (address, sign-in name, object
+    /// id, with or without a mailbox), and an alias two users would share finds neither: a
+    /// mail attributed to the wrong mailbox is worse than one not attributed.
+    fn windows_aliases(
+        &self,
+        doc: &DirectoryDocument,
+        settings: &DirectorySettings,
+        mailboxes: &[MailboxEntry],
+        principals: &mut KeyMap<u32>,
+    ) {
+        if !settings.netbios_from_upn && settings.ntlm_domains.is_empty() {
+            return;
+        }
+        // DNS domain → the NetBIOS names configured for it.
+        let mut netbios_of: Map<String, Vec<String>> = Map::default();
+        for (netbios, dns) in &settings.ntlm_domains {
+            netbios_of
+                .entry(lower(dns).into_owned())
+                .or_default()
+                .push(lower(netbios).into_owned());
+        }
+        let mut explicit: KeyMap<()> = KeyMap::default();
+        for u in &doc.systemusers {
+            for name in explicit_names(u).into_iter().flatten() {
+                explicit.insert(self.keyer.key(&lower(&name)), ());
+            }
+        }
+        // Each alias and the one user it names (`None` once a second user names it too).
+        let mut aliases: KeyMap<Option<u32>> = KeyMap::default();
+        for (i, u) in doc.systemusers.iter().enumerate() {
+            for alias in windows_names(u, settings.netbios_from_upn, &netbios_of) {
+                let key = self.keyer.key(&alias);
+                if explicit.contains_key(&key) || principals.contains_key(&key) {
+                    continue;
+                }
+                let user = i as u32;
+                aliases
+                    .entry(key)
+                    .and_modify(|owner| {
+                        if *owner != Some(user) {
+                            *owner = None;
+                        }
+                    })
+                    .or_insert(Some(user));
+            }
+        }
+        let mut mailbox_of_user: Map<u32, u32> = Map::default();
+        for (m, mailbox) in mailboxes.iter().enumerate() {
+            if let Owner::User(u) = mailbox.owner {
+                mailbox_of_user.entry(u).or_insert(m as u32);
+            }
+        }
+        for (key, user) in aliases {
+            if let Some(&mailbox) = user.and_then(|u| mailbox_of_user.get(&u)) {
+                principals.insert(key, mailbox);
             }
         }
     }
@@ -591,6 +653,49 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// The names a user row gives itself, each of which finds the user's mailbox.
+fn explicit_names(u: &SystemUser) -> [Option<String>; 3] {
+    [
+        u.internalemailaddress.clone(),
+        u.domainname.clone(),
+        u.azureactivedirectoryobjectid.map(|o| o.to_string()),
+    ]
+}
+
+/// The `netbios\user` aliases (lower-cased) of a user: from a UPN-form `domainname` by its
+/// first DNS label, and from the `domainname` or `internalemailaddress` in a configured DNS
+/// domain by that domain's NetBIOS names.
+fn windows_names(
+    u: &SystemUser,
+    netbios_from_upn: bool,
+    netbios_of: &Map<String, Vec<String>>,
+) -> Vec<String> {
+    let split = |name: &Option<String>| {
+        let name = lower(name.as_deref()?).into_owned();
+        let (user, domain) = name.rsplit_once('@')?;
+        // A `DOMAIN\user` name is its own Windows name already.
+        let plain = !user.is_empty() && !domain.is_empty() && !user.contains('\\');
+        plain.then(|| (user.to_owned(), domain.to_owned()))
+    };
+    let upn = split(&u.domainname);
+    let mut names = Vec::new();
+    if netbios_from_upn && let Some((user, domain)) = &upn {
+        let first = domain.split('.').next().unwrap_or(domain);
+        if !first.is_empty() {
+            names.push(format!("{first}\\{user}"));
+        }
+    }
+    for (user, domain) in [upn, split(&u.internalemailaddress)].into_iter().flatten() {
+        for netbios in netbios_of.get(&domain).into_iter().flatten() {
+            let alias = format!("{netbios}\\{user}");
+            if !names.contains(&alias) {
+                names.push(alias);
+            }
+        }
+    }
+    names
 }
 
 /// The user or queue a mailbox belongs to.
@@ -810,5 +915,119 @@ mod tests {
             subject_hashes(&org, "Out of office: quote"),
             subject_hashes(&org, "quote")
         );
+    }
+
+    fn user(n: u128, domainname: Option<&str>, internal: Option<&str>) -> SystemUser {
+        SystemUser {
+            systemuserid: Uuid::from_u128(n),
+            domainname: domainname.map(str::to_owned),
+            internalemailaddress: internal.map(str::to_owned),
+            ..SystemUser::default()
+        }
+    }
+
+    /// A directory of these users, each with a mailbox `mailbox<n>@mail.example` (users with
+    /// an odd id have none).
+    fn directory(users: Vec<SystemUser>, settings: &DirectorySettings) -> Directory {
+        let mailboxes = users
+            .iter()
+            .filter(|u| u.systemuserid.as_u128() % 2 == 0)
+            .map(|u| Mailbox {
+                mailboxid: u.systemuserid,
+                emailaddress: format!("mailbox{}@mail.example", u.systemuserid.as_u128()),
+                regardingobjectid: Lookup::new("systemuser", u.systemuserid),
+                processemailreceivedafter: None,
+                incomingemaildeliverymethod: 2,
+            })
+            .collect();
+        let doc = DirectoryDocument {
+            organization: crate::directory::model::Organization {
+                organizationid: Uuid::from_u128(1),
+                ..Default::default()
+            },
+            systemusers: users,
+            mailboxes,
+            ..Default::default()
+        };
+        Directory::build_with(doc, settings).unwrap()
+    }
+
+    /// Whose mailbox a principal finds, by the owner's id.
+    fn owner(dir: &Directory, principal: &str) -> Option<u128> {
+        let mailbox = dir.mailbox(principal)?;
+        Some(mailbox.id.as_u128())
+    }
+
+    fn domains(pairs: &[(&str, &str)]) -> DirectorySettings {
+        DirectorySettings {
+            ntlm_domains: pairs
+                .iter()
+                .map(|(n, d)| ((*n).to_owned(), (*d).to_owned()))
+                .collect(),
+            ..DirectorySettings::default()
+        }
+    }
+
+    #[test]
+    fn a_upn_sign_in_name_answers_to_its_first_label_as_netbios_domain() {
+        let users = vec![
+            user(2, Some("Alex@Contoso.Example"), None),
+            user(4, Some("CORP\\kim"), Some("kim@contoso.example")),
+        ];
+        let dir = directory(users.clone(), &DirectorySettings::default());
+        assert_eq!(owner(&dir, "contoso\\alex"), Some(2));
+        assert_eq!(owner(&dir, "CONTOSO\\Alex"), Some(2));
+        assert_eq!(
+            owner(&dir, "alex@contoso.example"),
+            Some(2),
+            "the UPN itself"
+        );
+        // Only a UPN-form sign-in name gives the alias; an address alone does not.
+        assert_eq!(owner(&dir, "corp\\kim"), Some(4));
+        assert_eq!(owner(&dir, "contoso\\kim"), None);
+        let off = DirectorySettings {
+            netbios_from_upn: false,
+            ..DirectorySettings::default()
+        };
+        assert_eq!(owner(&directory(users, &off), "contoso\\alex"), None);
+    }
+
+    #[test]
+    fn a_configured_netbios_domain_finds_the_sign_in_name_or_address_in_its_dns_domain() {
+        let users = vec![
+            user(2, Some("alex@contoso.example"), None),
+            // No sign-in name, or an on-premises one in another form: the address counts.
+            user(4, None, Some("Kim@Contoso.Example")),
+            user(6, Some("jo@fabrikam.example"), Some("jo@fabrikam.example")),
+        ];
+        let dir = directory(users, &domains(&[("CORP", "Contoso.Example")]));
+        assert_eq!(owner(&dir, "corp\\alex"), Some(2));
+        assert_eq!(owner(&dir, "CORP\\Kim"), Some(4));
+        assert_eq!(owner(&dir, "corp\\jo"), None, "another DNS domain");
+        // The first-label alias stays alongside.
+        assert_eq!(owner(&dir, "contoso\\alex"), Some(2));
+        assert_eq!(owner(&dir, "fabrikam\\jo"), Some(6));
+    }
+
+    #[test]
+    fn an_alias_two_users_share_finds_neither_and_explicit_names_win() {
+        let users = vec![
+            user(2, Some("alex@contoso.example"), None),
+            user(4, Some("alex@contoso.other"), None),
+            user(6, Some("kim@contoso.example"), None),
+            // Explicitly `contoso\kim`, though without a mailbox: the alias is not Kim's.
+            user(7, Some("CONTOSO\\kim"), None),
+            user(8, Some("sam@corp.example"), None),
+            user(10, Some("CORP\\sam"), None),
+            // One user reaching the same alias twice is no clash.
+            user(12, Some("jo@contoso.example"), Some("jo@contoso.example")),
+        ];
+        let dir = directory(users, &domains(&[("contoso", "contoso.example")]));
+        assert_eq!(owner(&dir, "contoso\\alex"), None, "two users' alias");
+        assert_eq!(owner(&dir, "alex@contoso.example"), Some(2));
+        assert_eq!(owner(&dir, "alex@contoso.other"), Some(4));
+        assert_eq!(owner(&dir, "contoso\\kim"), None);
+        assert_eq!(owner(&dir, "corp\\sam"), Some(10), "the explicit name wins");
+        assert_eq!(owner(&dir, "contoso\\jo"), Some(12));
     }
 }

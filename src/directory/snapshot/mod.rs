@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::directory::model::{
     ContactMatching, DirectoryDocument, Lookup, OrgDbOrgSettings, OtherMatching, UserSettings,
 };
+use crate::directory::settings::DirectorySettings;
 
 pub use self::index::{
     Key, KeyMap, Keyer, Map, PassThrough, TrackedIndex, TrackedRow, address_hashes,
@@ -272,7 +273,8 @@ impl Directory {
     }
 
     /// The mailbox an observation's owner names: its address, the owner's address, sign-in name
-    /// or Entra object id (lower-cased).
+    /// or Entra object id, or a Windows alias of the sign-in name (lower-cased; see
+    /// [`DirectorySettings`]).
     pub fn mailbox(&self, principal: &str) -> Option<&MailboxEntry> {
         let key = lower(principal);
         let key = key.strip_prefix("smtp:").unwrap_or(&key);
@@ -351,20 +353,35 @@ impl Directory {
         &self.tracked
     }
 
-    /// The address-book matching options of a user (defaults for queues).
+    /// The address-book matching options of a user; an option not set matches every record
+    /// (as do queues, which have none). The options belong to the legacy Outlook client and
+    /// have no confirmed Dataverse column, while server-side sync resolves recipients to every
+    /// match (domain.md §4.2): only a deployment that sets them on purpose narrows.
     pub fn matching(&self, owner: Owner) -> (ContactMatching, OtherMatching) {
         match owner {
             Owner::User(u) => {
                 let s = &self.users[u as usize].settings;
-                (s.addressbookcontactmatching, s.addressbookothermatching)
+                (
+                    s.addressbookcontactmatching.unwrap_or(ContactMatching::All),
+                    s.addressbookothermatching.unwrap_or(OtherMatching::All),
+                )
             }
             Owner::Queue(_) => (ContactMatching::All, OtherMatching::All),
         }
     }
 
-    /// Validates and indexes a document.
+    /// Validates and indexes a document with the default settings (no configured NTLM
+    /// domains): for tests, tools and the empty directory.
     pub fn build(doc: DirectoryDocument) -> Result<Directory, InvalidDirectory> {
-        builder::Builder::new().build(doc)
+        Directory::build_with(doc, &DirectorySettings::default())
+    }
+
+    /// Validates and indexes a document, with the names `settings` adds.
+    pub fn build_with(
+        doc: DirectoryDocument,
+        settings: &DirectorySettings,
+    ) -> Result<Directory, InvalidDirectory> {
+        builder::Builder::new().build(doc, settings)
     }
 }
 

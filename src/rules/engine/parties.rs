@@ -1,6 +1,6 @@
 //! Party resolution (domain.md §4): the sender and recipients of a message resolved against
 //! the directory — X.500 addresses mapped to SMTP, inactive and ambiguous matches weighed, the
-//! owner's address-book options applied — and spelled out as the decision's parties.
+//! owner's address-book options applied when set — and spelled out as the decision's parties.
 
 use std::borrow::Cow;
 
@@ -147,7 +147,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Recipient resolution (domain.md §4.2), narrowed by the owner's address-book options.
+    /// Recipient resolution (domain.md §4.2): every match, narrowed only by address-book
+    /// options the owner's settings set explicitly.
     pub(super) fn resolve_recipients<'m>(
         &self,
         d: &mut Decision,
