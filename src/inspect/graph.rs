@@ -182,6 +182,38 @@ fn decode_segment(segment: &str) -> Cow<'_, str> {
     }
 }
 
+/// `name` and `key` of an OData key segment, `mailFolders('AQMk…')`: Graph writes its
+/// `@odata.deltaLink` (and `nextLink`) that way, and the SDKs replay those links as they are.
+/// `delta()` has no key and is left alone.
+fn key_parts(segment: &str) -> Option<(&str, &str)> {
+    let (name, key) = segment.strip_suffix(')')?.split_once('(')?;
+    let key = key
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .unwrap_or(key);
+    (!name.is_empty() && !key.is_empty()).then_some((name, key))
+}
+
+/// Path segments, percent-decoded, with key segments split into resource and key.
+fn segments(path: &str) -> Vec<Cow<'_, str>> {
+    let mut out = Vec::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        match decode_segment(segment) {
+            Cow::Borrowed(s) => match key_parts(s) {
+                Some((name, key)) => out.extend([Cow::Borrowed(name), Cow::Borrowed(key)]),
+                None => out.push(Cow::Borrowed(s)),
+            },
+            Cow::Owned(s) => match key_parts(&s) {
+                Some((name, key)) => {
+                    out.extend([Cow::Owned(name.to_owned()), Cow::Owned(key.to_owned())])
+                }
+                None => out.push(Cow::Owned(s)),
+            },
+        }
+    }
+    out
+}
+
 /// The lower-cased name of an action or function segment as Graph resolves it: `delta()` (the
 /// SDKs' function-call form) is `delta`, and a namespace-qualified
 /// `microsoft.graph.sendMail` is `sendmail`. Ids never have either form, so applying this to
@@ -211,11 +243,7 @@ pub fn inspect(
         return Ok(out);
     }
     let (path, query) = x.path.split_once('?').unwrap_or((x.path, ""));
-    let segments: Vec<Cow<'_, str>> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(decode_segment)
-        .collect();
+    let segments = segments(path);
     if segments
         .first()
         .is_some_and(|s| s.eq_ignore_ascii_case("$batch"))
@@ -843,6 +871,21 @@ mod tests {
         }
         let across = run("GET", "/v1.0/me/messages/delta()", "", 200, page);
         assert_eq!(across[0]["operation"], "delta_messages");
+        // The deltaLink as Graph writes it and the SDKs replay it, with OData key segments.
+        let replayed = run(
+            "GET",
+            "/v1.0/users('alex%40contoso.example')/mailFolders('AQMkInbox%3D')/messages/delta?$deltatoken=t",
+            "",
+            200,
+            page,
+        );
+        assert_eq!(replayed[0]["operation"], "delta_messages");
+        assert_eq!(replayed[0]["folder_id"], "AQMkInbox=");
+        assert_eq!(replayed[0]["mailbox"], "alex@contoso.example");
+        assert_eq!(replayed[0]["initial_sync"], false);
+        assert_eq!(key_parts("delta()"), None);
+        assert_eq!(key_parts("messages('A')"), Some(("messages", "A")));
+        assert_eq!(key_parts("messages(A)"), Some(("messages", "A")));
     }
 
     fn batch_of(requests: Value, responses: Value) -> Vec<Value> {

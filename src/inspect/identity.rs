@@ -70,12 +70,16 @@ pub fn graph_user(path: &str) -> Option<String> {
 
 /// `{id}` of `users/{id}/…` after the version segment (a `$batch` sub-request's URL),
 /// percent-decoded: the SDKs expand it through a URI template, so `@` arrives as `%40`.
+/// Also in OData key form, `users('{id}')`, as Graph writes its delta and next links.
 pub fn graph_user_after_version(path: &str) -> Option<String> {
     let mut segments = path.split('?').next()?.trim_start_matches('/').split('/');
-    if !segments.next()?.eq_ignore_ascii_case("users") {
-        return None;
-    }
-    let id = percent_decode(segments.next()?);
+    let first = segments.next()?;
+    let id = match first.get(..6) {
+        Some(head) if head.eq_ignore_ascii_case("users(") => first[6..].strip_suffix(')')?,
+        _ if first.eq_ignore_ascii_case("users") => segments.next()?,
+        _ => return None,
+    };
+    let id = percent_decode(id);
     let id = id.trim_matches(|c| c == '\'' || c == '"');
     (!id.is_empty()).then(|| id.to_lowercase())
 }
@@ -206,6 +210,11 @@ mod tests {
             graph_user_after_version("/users/kim@contoso.example").as_deref(),
             Some("kim@contoso.example")
         );
+        assert_eq!(
+            graph_user_after_version("Users('Kim%40contoso.example')/messages").as_deref(),
+            Some("kim@contoso.example")
+        );
+        assert_eq!(graph_user_after_version("users()/messages"), None);
         assert_eq!(graph_user_after_version("me/messages"), None);
         assert_eq!(graph_user_after_version("users/"), None);
     }
