@@ -127,7 +127,7 @@ impl<'de> Visitor<'de> for Keys {
 /// Declares a struct with one lifetime and generates a `Deserialize` that reads it from a JSON
 /// object whose property names match the given names in any ASCII case.
 ///
-/// ```ignore
+/// ```text
 /// json_object! {
 ///     struct Destination<'a> {
 ///         destination_id: Text<'a> = "destinationId" (required),
