@@ -28,9 +28,14 @@ pub fn ews(data: &[u8]) {
 pub fn graph(data: &[u8]) {
     for (method, path) in [
         ("GET", "/v1.0/me/mailFolders/inbox/messages/delta"),
+        (
+            "GET",
+            "/v1.0/users('a%40b')/mailFolders('X%3D')/messages/delta()?%24deltatoken=t",
+        ),
         ("GET", "/v1.0/users/a%40b/messages/X"),
         ("POST", "/v1.0/me/sendMail"),
-        ("POST", "/v1.0/me/messages/X/move"),
+        ("POST", "/v1.0/me/messages/X%3D/move"),
+        ("POST", "/v1.0/me/messages/X/replyAll"),
         ("PATCH", "/v1.0/me/messages/X"),
         ("GET", "/v1.0/me/mailFolders"),
         ("POST", "/v1.0/$batch"),

@@ -1,14 +1,20 @@
-//! Microsoft Graph mail exchanges into observations, through typed serde structs that borrow
-//! from the body and ignore unknown fields. Covers message list, get and delta; sendMail,
-//! send, reply, replyAll, forward; move and copy; category PATCH; mail folders; and `$batch`,
-//! whose sub-requests and sub-responses are matched by `id` in any order.
+//! Microsoft Graph mail exchanges into observations, through typed structs that borrow from
+//! the body, match property names in any case (Graph does, and the SDKs send PascalCase action
+//! parameters: see `json`) and ignore unknown properties. Covers message list, get and delta
+//! (`delta` or the SDKs' `delta()`); sendMail, send, reply, replyAll, forward; move and copy;
+//! category PATCH; mail folders; and `$batch`, whose sub-requests and sub-responses are matched
+//! by `id` in any order, with `dependsOn` honoured. Ids in URL paths are percent-decoded, so an
+//! SDK's `AAMk…%3D` and a hand-written `AAMk…=` are one item.
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Deserializer};
+use base64::Engine as _;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
+use super::json::{LenientBool, Text, json_object};
 use super::model::{Address, CategoryMode, Message, Observation, Origin, Source, Transfer};
-use crate::common::text::normalize_message_id;
+use crate::common::text::{normalize_message_id, percent_decode};
 use crate::common::time::normalize_timestamp;
 
 /// Well-known folder names Graph accepts in place of ids.
@@ -27,178 +33,200 @@ const WELL_KNOWN: [&str; 12] = [
     "scheduled",
 ];
 
+/// How deep a `dependsOn` chain is followed. Graph allows 20 requests per batch, so a longer
+/// chain is not Graph's; the bound keeps hostile input from exhausting the stack.
+const MAX_DEPENDENCY_CHAIN: usize = 64;
+
+/// Base64 as the SDKs write non-JSON batch bodies: standard alphabet, padding optional.
+const BATCH_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     #[error("malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
 
-#[derive(Deserialize, Default)]
-struct EmailAddress<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    address: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Recipient<'a> {
-    #[serde(borrow, default)]
-    email_address: EmailAddress<'a>,
-}
-
-#[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow)]
-    value: Cow<'a, str>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct GraphMessage<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    parent_folder_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    internet_message_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    conversation_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    conversation_index: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    subject: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    from: Option<Recipient<'a>>,
-    #[serde(borrow, default)]
-    sender: Option<Recipient<'a>>,
-    #[serde(borrow, default)]
-    to_recipients: Vec<Recipient<'a>>,
-    #[serde(borrow, default)]
-    cc_recipients: Vec<Recipient<'a>>,
-    #[serde(borrow, default)]
-    bcc_recipients: Vec<Recipient<'a>>,
-    #[serde(borrow, default)]
-    received_date_time: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    sent_date_time: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    categories: Option<Vec<Cow<'a, str>>>,
-    #[serde(default, deserialize_with = "lenient_bool")]
-    is_draft: Option<bool>,
-    #[serde(borrow, default)]
-    internet_message_headers: Vec<Header<'a>>,
-    #[serde(rename = "@removed", default)]
-    removed: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct List<'a> {
-    #[serde(borrow, default)]
-    value: Vec<GraphMessage<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SendMail<'a> {
-    #[serde(borrow, default)]
-    message: GraphMessage<'a>,
-    #[serde(default, deserialize_with = "lenient_bool")]
-    save_to_sent_items: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReplyBody<'a> {
-    #[serde(borrow, default)]
-    message: Option<GraphMessage<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Destination<'a> {
-    #[serde(borrow)]
-    destination_id: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GraphFolder<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(borrow, default)]
-    display_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    parent_folder_id: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct FolderList<'a> {
-    #[serde(borrow, default)]
-    value: Vec<GraphFolder<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Batch<'a> {
-    #[serde(borrow, default)]
-    requests: Vec<BatchRequest<'a>>,
-    #[serde(borrow, default)]
-    responses: Vec<BatchResponse<'a>>,
-}
-
-#[derive(Deserialize)]
-struct BatchRequest<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(borrow)]
-    method: Cow<'a, str>,
-    #[serde(borrow)]
-    url: Cow<'a, str>,
-    #[serde(borrow, default)]
-    body: Option<&'a serde_json::value::RawValue>,
-}
-
-#[derive(Deserialize)]
-struct BatchResponse<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    status: u16,
-    #[serde(borrow, default)]
-    body: Option<&'a serde_json::value::RawValue>,
-}
-
-/// `true`/`false` as booleans or strings (Graph's own samples send `"false"`).
-fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum B<'a> {
-        Bool(bool),
-        #[serde(borrow)]
-        Text(Cow<'a, str>),
+json_object! {
+    #[derive(Default)]
+    struct EmailAddress<'a> {
+        name: Option<Text<'a>> = "name",
+        address: Option<Text<'a>> = "address",
     }
-    Ok(match Option::<B>::deserialize(d)? {
-        Some(B::Bool(b)) => Some(b),
-        Some(B::Text(t)) => match t.trim().to_ascii_lowercase().as_str() {
-            "true" => Some(true),
-            "false" => Some(false),
-            _ => None,
-        },
-        None => None,
-    })
+}
+
+json_object! {
+    #[derive(Default)]
+    struct Recipient<'a> {
+        email_address: EmailAddress<'a> = "emailAddress",
+    }
+}
+
+json_object! {
+    struct Header<'a> {
+        name: Text<'a> = "name" (required),
+        value: Text<'a> = "value" (required),
+    }
+}
+
+json_object! {
+    #[derive(Default)]
+    struct GraphMessage<'a> {
+        id: Option<Text<'a>> = "id",
+        parent_folder_id: Option<Text<'a>> = "parentFolderId",
+        internet_message_id: Option<Text<'a>> = "internetMessageId",
+        conversation_id: Option<Text<'a>> = "conversationId",
+        conversation_index: Option<Text<'a>> = "conversationIndex",
+        subject: Option<Text<'a>> = "subject",
+        from: Option<Recipient<'a>> = "from",
+        sender: Option<Recipient<'a>> = "sender",
+        to_recipients: Vec<Recipient<'a>> = "toRecipients",
+        cc_recipients: Vec<Recipient<'a>> = "ccRecipients",
+        bcc_recipients: Vec<Recipient<'a>> = "bccRecipients",
+        received_date_time: Option<Text<'a>> = "receivedDateTime",
+        sent_date_time: Option<Text<'a>> = "sentDateTime",
+        categories: Option<Vec<Text<'a>>> = "categories",
+        is_draft: LenientBool = "isDraft",
+        internet_message_headers: Vec<Header<'a>> = "internetMessageHeaders",
+        removed: Option<IgnoredAny> = "@removed",
+    }
+}
+
+json_object! {
+    struct List<'a> {
+        value: Vec<GraphMessage<'a>> = "value",
+    }
+}
+
+json_object! {
+    struct SendMail<'a> {
+        message: GraphMessage<'a> = "message",
+        save_to_sent_items: LenientBool = "saveToSentItems",
+    }
+}
+
+json_object! {
+    struct ReplyBody<'a> {
+        message: Option<GraphMessage<'a>> = "message",
+    }
+}
+
+json_object! {
+    struct Destination<'a> {
+        destination_id: Text<'a> = "destinationId" (required),
+    }
+}
+
+json_object! {
+    struct GraphFolder<'a> {
+        id: Text<'a> = "id" (required),
+        display_name: Option<Text<'a>> = "displayName",
+        parent_folder_id: Option<Text<'a>> = "parentFolderId",
+    }
+}
+
+json_object! {
+    struct FolderList<'a> {
+        value: Vec<GraphFolder<'a>> = "value",
+    }
+}
+
+json_object! {
+    struct Batch<'a> {
+        requests: Vec<BatchRequest<'a>> = "requests",
+        responses: Vec<BatchResponse<'a>> = "responses",
+    }
+}
+
+json_object! {
+    struct BatchRequest<'a> {
+        id: Text<'a> = "id" (required),
+        method: Text<'a> = "method" (required),
+        url: Text<'a> = "url" (required),
+        body: Option<&'a RawValue> = "body",
+        depends_on: Vec<Text<'a>> = "dependsOn",
+    }
+}
+
+json_object! {
+    struct BatchResponse<'a> {
+        id: Text<'a> = "id" (required),
+        status: u16 = "status" (required),
+        body: Option<&'a RawValue> = "body",
+    }
 }
 
 /// One Graph exchange as the inspector sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct GraphExchange<'a> {
     pub method: &'a str,
-    /// Path after the version segment, e.g. `/me/mailFolders/inbox/messages`.
+    /// Path and query after the version segment, e.g. `me/mailFolders/inbox/messages?$top=10`
+    /// (a leading `/` is optional), as sent: segments are percent-decoded here.
     pub path: &'a str,
     pub status: u16,
     pub request: &'a [u8],
     pub response: &'a [u8],
+}
+
+/// One path segment, percent-decoded: Kiota-generated SDKs expand ids through URI templates,
+/// which encode `=`, `+`, `/` and `@`, so `AAMk…%3D` must be the same item as `AAMk…=`.
+/// Borrowed when there is nothing to decode (the common case).
+fn decode_segment(segment: &str) -> Cow<'_, str> {
+    if segment.contains('%') {
+        Cow::Owned(percent_decode(segment))
+    } else {
+        Cow::Borrowed(segment)
+    }
+}
+
+/// `name` and `key` of an OData key segment, `mailFolders('AQMk…')`: Graph writes its
+/// `@odata.deltaLink` (and `nextLink`) that way, and the SDKs replay those links as they are.
+/// `delta()` has no key and is left alone.
+fn key_parts(segment: &str) -> Option<(&str, &str)> {
+    let (name, key) = segment.strip_suffix(')')?.split_once('(')?;
+    let key = key
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .unwrap_or(key);
+    (!name.is_empty() && !key.is_empty()).then_some((name, key))
+}
+
+/// Path segments, percent-decoded, with key segments split into resource and key.
+fn segments(path: &str) -> Vec<Cow<'_, str>> {
+    let mut out = Vec::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        match decode_segment(segment) {
+            Cow::Borrowed(s) => match key_parts(s) {
+                Some((name, key)) => out.extend([Cow::Borrowed(name), Cow::Borrowed(key)]),
+                None => out.push(Cow::Borrowed(s)),
+            },
+            Cow::Owned(s) => match key_parts(&s) {
+                Some((name, key)) => {
+                    out.extend([Cow::Owned(name.to_owned()), Cow::Owned(key.to_owned())])
+                }
+                None => out.push(Cow::Owned(s)),
+            },
+        }
+    }
+    out
+}
+
+/// The lower-cased name of an action or function segment as Graph resolves it: `delta()` (the
+/// SDKs' function-call form) is `delta`, and a namespace-qualified
+/// `microsoft.graph.sendMail` is `sendmail`. Ids never have either form, so applying this to
+/// every segment only ever changes names.
+fn route_name(segment: &str) -> String {
+    let mut name = segment.to_ascii_lowercase();
+    if name.ends_with("()") {
+        name.truncate(name.len() - 2);
+    }
+    match name.strip_prefix("microsoft.graph.") {
+        Some(rest) => rest.to_owned(),
+        None => name,
+    }
 }
 
 /// Inspects one Graph exchange (recursing once into `$batch`).
@@ -214,12 +242,8 @@ pub fn inspect(
     if !(200..300).contains(&x.status) {
         return Ok(out);
     }
-    let path = x.path.split('?').next().unwrap_or("");
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let (path, query) = x.path.split_once('?').unwrap_or((x.path, ""));
+    let segments = segments(path);
     if segments
         .first()
         .is_some_and(|s| s.eq_ignore_ascii_case("$batch"))
@@ -230,12 +254,12 @@ pub fn inspect(
         return Ok(out);
     }
     // Drop the user prefix: `me` or `users/{id}`.
-    let rest: &[&str] = match segments.as_slice() {
+    let rest: &[Cow<'_, str>] = match segments.as_slice() {
         [me, rest @ ..] if me.eq_ignore_ascii_case("me") => rest,
         [users, _, rest @ ..] if users.eq_ignore_ascii_case("users") => rest,
         _ => return Ok(out),
     };
-    let lower: Vec<String> = rest.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<String> = rest.iter().map(|s| route_name(s)).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
     let origin = |operation: &str| Origin {
         mailbox: mailbox.clone(),
@@ -250,7 +274,7 @@ pub fn inspect(
             x.response,
             None,
             origin("delta_messages"),
-            is_initial_delta(x.path),
+            is_initial_delta(query),
             &mut out,
         )?,
         ("GET", ["mailfolders", _, "messages"] | ["mailfolders", _, "messages", "delta"]) => {
@@ -259,10 +283,10 @@ pub fn inspect(
             } else {
                 "list_messages"
             };
-            let initial = operation == "delta_messages" && is_initial_delta(x.path);
+            let initial = operation == "delta_messages" && is_initial_delta(query);
             list(
                 x.response,
-                Some(rest[1]),
+                Some(&rest[1]),
                 origin(operation),
                 initial,
                 &mut out,
@@ -270,7 +294,7 @@ pub fn inspect(
         }
         ("GET", ["messages", _] | ["mailfolders", _, "messages", _]) => {
             let m: GraphMessage<'_> = serde_json::from_slice(x.response)?;
-            let folder = (lower.len() == 4).then(|| rest[1]);
+            let folder = (lower.len() == 4).then(|| &*rest[1]);
             out.push(seen(m, folder, origin("get_message")));
         }
         ("POST", ["sendmail"]) => {
@@ -281,7 +305,7 @@ pub fn inspect(
                 message: fields(send.message),
                 draft_item_ids: Vec::new(),
                 reference_item_id: None,
-                saved_to_folder: (send.save_to_sent_items != Some(false))
+                saved_to_folder: (send.save_to_sent_items.0 != Some(false))
                     .then(|| "sentitems".into()),
             });
         }
@@ -289,12 +313,12 @@ pub fn inspect(
             origin: origin("send"),
             via: "send".into(),
             message: Message::default(),
-            draft_item_ids: vec![rest[1].to_owned()],
+            draft_item_ids: vec![rest[1].to_string()],
             reference_item_id: None,
             saved_to_folder: Some("sentitems".into()),
         }),
         ("POST", ["messages", _, action @ ("reply" | "replyall" | "forward")]) => {
-            let body: Option<ReplyBody<'_>> = if x.request.is_empty() {
+            let body: Option<ReplyBody<'_>> = if x.request.iter().all(u8::is_ascii_whitespace) {
                 None
             } else {
                 Some(serde_json::from_slice(x.request)?)
@@ -308,7 +332,7 @@ pub fn inspect(
                 via: via.into(),
                 message: body.and_then(|b| b.message).map(fields).unwrap_or_default(),
                 draft_item_ids: Vec::new(),
-                reference_item_id: Some(rest[1].to_owned()),
+                reference_item_id: Some(rest[1].to_string()),
                 saved_to_folder: Some("sentitems".into()),
             });
         }
@@ -318,8 +342,8 @@ pub fn inspect(
             let (destination_folder_id, destination_folder) =
                 folder_name(&destination.destination_id);
             let transfer = Transfer {
-                item_ids: vec![rest[1].to_owned()],
-                new_item_ids: vec![moved.id.map(Cow::into_owned)],
+                item_ids: vec![rest[1].to_string()],
+                new_item_ids: vec![moved.id.map(Text::into_owned)],
                 destination_folder_id,
                 destination_folder,
             };
@@ -335,9 +359,9 @@ pub fn inspect(
                 // PATCH replaces the whole list.
                 out.push(Observation::CategoriesChanged {
                     origin: origin("update_message"),
-                    item_ids: vec![rest[rest.len() - 1].to_owned()],
+                    item_ids: vec![rest[rest.len() - 1].to_string()],
                     mode: CategoryMode::Set,
-                    categories: categories.into_iter().map(Cow::into_owned).collect(),
+                    categories: categories.into_iter().map(Text::into_owned).collect(),
                 });
             }
         }
@@ -357,6 +381,133 @@ pub fn inspect(
     Ok(out)
 }
 
+/// The path and query of a batch sub-request's `url`, after the version segment. The SDKs and
+/// the documentation write it relative to the version root (`me/…` or `/me/…`), with the
+/// version (`/v1.0/me/…`, `beta/me/…`), or absolute (`https://graph.microsoft.com/v1.0/me/…`).
+fn batch_path(url: &str) -> &str {
+    let url = url.trim();
+    let scheme = ["https://", "http://"].iter().find(|p| {
+        url.get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    });
+    let url = match scheme {
+        // Drop the authority; what follows its first `/` is the path.
+        Some(p) => url[p.len()..].find('/').map_or("", |i| &url[p.len() + i..]),
+        None => url,
+    };
+    let url = url.trim_start_matches('/');
+    match url.split_once('/') {
+        Some((version, rest))
+            if version.eq_ignore_ascii_case("v1.0") || version.eq_ignore_ascii_case("beta") =>
+        {
+            rest
+        }
+        _ => url,
+    }
+}
+
+/// A batch body as bytes to inspect: a JSON value is itself (the SDKs send JSON bodies as
+/// objects), a string is base64 (what they send for other content types, e.g. sendMail's MIME).
+/// `null`, absent, and strings that are not base64 are empty.
+fn batch_body(raw: Option<&RawValue>) -> Cow<'_, [u8]> {
+    let Some(raw) = raw else {
+        return Cow::Borrowed(b"");
+    };
+    let text = raw.get();
+    if text.starts_with('"') {
+        serde_json::from_str::<Text<'_>>(text)
+            .ok()
+            .and_then(|t| BATCH_BASE64.decode(t.trim()).ok())
+            .map_or(Cow::Borrowed(b""), Cow::Owned)
+    } else if text == "null" {
+        Cow::Borrowed(b"")
+    } else {
+        Cow::Borrowed(text.as_bytes())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Pending,
+    /// On the current `dependsOn` path: meeting it again is a cycle.
+    Visiting,
+    /// Whether it succeeded (2xx, and everything it depends on did).
+    Done(bool),
+}
+
+/// One `$batch`: requests and responses read, matched by `id`.
+struct BatchRun<'b, 'a> {
+    requests: &'b [BatchRequest<'a>],
+    responses: &'b [BatchResponse<'a>],
+    /// Request indexes sorted by id: lookups stay O(log n) whatever the body holds.
+    by_id: Vec<usize>,
+    /// The response of each request, by request index (the first one given).
+    answer: Vec<Option<usize>>,
+    settled: Vec<Settled>,
+    mailbox: Option<String>,
+}
+
+impl BatchRun<'_, '_> {
+    fn request_index(&self, id: &str) -> Option<usize> {
+        self.by_id
+            .binary_search_by(|&i| (*self.requests[i].id).cmp(id))
+            .ok()
+            .map(|k| self.by_id[k])
+    }
+
+    /// Settles request `i`, its dependencies first, and inspects it when it and all of them
+    /// succeeded: a sub-request whose dependency failed yields nothing, whatever its own status
+    /// says (Graph answers 424 for it). Answers whether it succeeded.
+    fn settle(&mut self, i: usize, chain: usize, out: &mut Vec<Observation>) -> bool {
+        match self.settled[i] {
+            Settled::Done(ok) => return ok,
+            // A cycle (Graph refuses those) or a chain no batch of Graph's has.
+            Settled::Visiting => return false,
+            Settled::Pending if chain > MAX_DEPENDENCY_CHAIN => return false,
+            Settled::Pending => {}
+        }
+        self.settled[i] = Settled::Visiting;
+        let requests = self.requests;
+        let request = &requests[i];
+        let mut ok = true;
+        for dependency in &request.depends_on {
+            // Every dependency is settled, not just up to the first failure, so each one's
+            // observations come before those of what depends on it.
+            let settled = match self.request_index(dependency) {
+                Some(j) => self.settle(j, chain + 1, out),
+                None => false,
+            };
+            ok &= settled;
+        }
+        let responses = self.responses;
+        let response = self.answer[i].map(|r| &responses[r]);
+        let ok = ok && response.is_some_and(|r| (200..300).contains(&r.status));
+        if let (true, Some(response)) = (ok, response) {
+            let path = batch_path(&request.url);
+            let mailbox =
+                super::identity::graph_user_after_version(path).or_else(|| self.mailbox.clone());
+            let request_body = batch_body(request.body);
+            let response_body = batch_body(response.body);
+            let sub = GraphExchange {
+                method: &request.method,
+                path,
+                status: response.status,
+                request: &request_body,
+                response: &response_body,
+            };
+            // One broken sub-exchange must not hide the others.
+            if let Ok(found) = inspect(sub, mailbox, 1) {
+                out.extend(found);
+            }
+        }
+        self.settled[i] = Settled::Done(ok);
+        ok
+    }
+}
+
+/// A `$batch`: each sub-request with its sub-response (matched by `id`, responses in any
+/// order), inspected as if sent alone, in the order Graph listed the responses except that
+/// what a request `dependsOn` comes before it.
 fn batch(
     x: GraphExchange<'_>,
     mailbox: Option<String>,
@@ -364,28 +515,25 @@ fn batch(
 ) -> Result<(), GraphError> {
     let requests: Batch<'_> = serde_json::from_slice(x.request)?;
     let responses: Batch<'_> = serde_json::from_slice(x.response)?;
-    for response in &responses.responses {
-        let Some(request) = requests.requests.iter().find(|r| r.id == response.id) else {
-            continue;
-        };
-        // Sub-request URLs are relative to the version root and may lack the leading slash.
-        let url = request.url.trim_start_matches('/');
-        let path = format!("/{url}");
-        let sub_mailbox =
-            super::identity::graph_user(&format!("/v1.0{path}")).or_else(|| mailbox.clone());
-        let sub = GraphExchange {
-            method: &request.method,
-            path: &path,
-            status: response.status,
-            request: request.body.map(|b| b.get().as_bytes()).unwrap_or_default(),
-            response: response
-                .body
-                .map(|b| b.get().as_bytes())
-                .unwrap_or_default(),
-        };
-        // One broken sub-exchange must not hide the others.
-        if let Ok(found) = inspect(sub, sub_mailbox, 1) {
-            out.extend(found);
+    let (requests, responses) = (requests.requests, responses.responses);
+    let mut by_id: Vec<usize> = (0..requests.len()).collect();
+    by_id.sort_by(|&a, &b| (*requests[a].id).cmp(&requests[b].id));
+    let mut run = BatchRun {
+        requests: &requests,
+        responses: &responses,
+        by_id,
+        answer: vec![None; requests.len()],
+        settled: vec![Settled::Pending; requests.len()],
+        mailbox,
+    };
+    for (r, response) in responses.iter().enumerate() {
+        if let Some(i) = run.request_index(&response.id) {
+            run.answer[i].get_or_insert(r);
+        }
+    }
+    for response in &responses {
+        if let Some(i) = run.request_index(&response.id) {
+            run.settle(i, 0, out);
         }
     }
     Ok(())
@@ -411,10 +559,15 @@ fn list(
 /// is the folder's history, like an EWS SyncFolderItems without a SyncState. (Later pages of
 /// that first round carry a skip token and cannot be told from an incremental round's pages
 /// without per-client state; the mailbox's "process email received after" time covers them.)
-fn is_initial_delta(path_and_query: &str) -> bool {
-    let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
+/// `query` is the query string as sent: the `$` may be written `%24` (Kiota's URI templates
+/// encode it) and the name may be in any case.
+fn is_initial_delta(query: &str) -> bool {
     !query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or("").trim_start_matches('$');
+        let name = pair.split('=').next().unwrap_or("");
+        let name = name
+            .strip_prefix('$')
+            .or_else(|| name.strip_prefix("%24"))
+            .unwrap_or(name);
         name.eq_ignore_ascii_case("deltatoken") || name.eq_ignore_ascii_case("skiptoken")
     })
 }
@@ -455,8 +608,8 @@ fn seen_in_sync(
 
 fn address(r: Recipient<'_>) -> Address {
     Address {
-        name: r.email_address.name.map(Cow::into_owned),
-        address: r.email_address.address.map(Cow::into_owned),
+        name: r.email_address.name.map(Text::into_owned),
+        address: r.email_address.address.map(Text::into_owned),
         routing_type: Some("SMTP".into()),
     }
 }
@@ -471,15 +624,15 @@ fn fields(m: GraphMessage<'_>) -> Message {
     let in_reply_to = header("In-Reply-To").and_then(|v| normalize_message_id(&v));
     let references = header("References");
     Message {
-        item_id: m.id.map(Cow::into_owned),
-        folder_id: m.parent_folder_id.map(Cow::into_owned),
+        item_id: m.id.map(Text::into_owned),
+        folder_id: m.parent_folder_id.map(Text::into_owned),
         folder: None,
         internet_message_id: m.internet_message_id.and_then(|v| normalize_message_id(&v)),
-        conversation_id: m.conversation_id.map(Cow::into_owned),
-        conversation_index: m.conversation_index.map(Cow::into_owned),
+        conversation_id: m.conversation_id.map(Text::into_owned),
+        conversation_index: m.conversation_index.map(Text::into_owned),
         in_reply_to,
         references,
-        subject: m.subject.map(Cow::into_owned),
+        subject: m.subject.map(Text::into_owned),
         from: m.from.map(address),
         sender: m.sender.map(address),
         to: m.to_recipients.into_iter().map(address).collect(),
@@ -491,10 +644,10 @@ fn fields(m: GraphMessage<'_>) -> Message {
             .categories
             .unwrap_or_default()
             .into_iter()
-            .map(Cow::into_owned)
+            .map(Text::into_owned)
             .collect(),
         item_class: None,
-        is_draft: m.is_draft,
+        is_draft: m.is_draft.0,
     }
 }
 
@@ -503,27 +656,403 @@ fn folder(f: GraphFolder<'_>, well_known: Option<String>, origin: Origin) -> Obs
         origin,
         folder_id: f.id.into_owned(),
         folder: well_known,
-        display_name: f.display_name.map(Cow::into_owned),
-        parent_folder_id: f.parent_folder_id.map(Cow::into_owned),
+        display_name: f.display_name.map(Text::into_owned),
+        parent_folder_id: f.parent_folder_id.map(Text::into_owned),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_initial_delta;
+    use super::*;
+    use crate::inspect::{InspectLimits, capture_from_parts};
+    use base64::engine::general_purpose::STANDARD;
+    use serde_json::{Value, json};
+
+    /// Inspects one exchange the way the proxy hands it over; observations as JSON.
+    fn run(method: &str, path: &str, request: &str, status: u16, response: &str) -> Vec<Value> {
+        let capture = capture_from_parts(
+            method,
+            path,
+            &[],
+            bytes::Bytes::copy_from_slice(request.as_bytes()),
+            status,
+            &[],
+            bytes::Bytes::copy_from_slice(response.as_bytes()),
+        );
+        crate::inspect::inspect(&capture, InspectLimits::default())
+            .unwrap()
+            .observations
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap())
+            .collect()
+    }
 
     #[test]
     fn only_a_delta_without_tokens_starts_from_nothing() {
-        assert!(is_initial_delta(
-            "/v1.0/me/mailFolders/inbox/messages/delta"
-        ));
-        assert!(is_initial_delta("/v1.0/me/messages/delta?$select=subject"));
-        assert!(!is_initial_delta(
-            "/v1.0/me/mailFolders/inbox/messages/delta?$deltatoken=abc"
-        ));
-        assert!(!is_initial_delta(
-            "/v1.0/me/messages/delta?$top=10&$skiptoken=x"
-        ));
-        assert!(!is_initial_delta("/v1.0/me/messages/delta?deltaToken=abc"));
+        assert!(is_initial_delta(""));
+        assert!(is_initial_delta("$select=subject"));
+        assert!(is_initial_delta("%24select=subject&%24top=10"));
+        assert!(!is_initial_delta("$deltatoken=abc"));
+        assert!(!is_initial_delta("$top=10&$skiptoken=x"));
+        assert!(!is_initial_delta("deltaToken=abc"));
+        assert!(!is_initial_delta("%24deltatoken=abc"));
+        assert!(!is_initial_delta("%24top=5&%24SkipToken=abc"));
+    }
+
+    #[test]
+    fn pascal_case_send_mail_as_msgraph_sdk_python_writes_it() {
+        let body = r#"{"Message": {"Subject": "Lunch?", "InternetMessageHeaders": [{"Name": "In-Reply-To", "Value": "<a.1@x.example>"}],
+            "ToRecipients": [{"EmailAddress": {"Name": "Pat", "Address": "pat@fabrikam.example"}}],
+            "CcRecipients": [{"emailAddress": {"address": "kim@contoso.example"}}]}, "SaveToSentItems": false}"#;
+        let found = run("POST", "/v1.0/me/sendMail", body, 202, "");
+        assert_eq!(found.len(), 1);
+        let sent = &found[0];
+        assert_eq!(sent["kind"], "message_sent");
+        assert_eq!(sent["subject"], "Lunch?");
+        assert_eq!(sent["in_reply_to"], "a.1@x.example");
+        assert_eq!(sent["to"][0]["address"], "pat@fabrikam.example");
+        assert_eq!(sent["to"][0]["name"], "Pat");
+        assert_eq!(sent["cc"][0]["address"], "kim@contoso.example");
+        assert!(sent.get("saved_to_folder").is_none(), "{sent}");
+        // The namespace-qualified action name is the same action.
+        let qualified = run("POST", "/v1.0/me/microsoft.graph.sendMail", body, 202, "");
+        assert_eq!(qualified, found);
+    }
+
+    #[test]
+    fn pascal_case_move_and_category_patch() {
+        let moved = run(
+            "POST",
+            "/v1.0/me/messages/AAMkOne=/move",
+            r#"{"DestinationId": "DeletedItems"}"#,
+            201,
+            r#"{"Id": "AAMkMoved=", "ParentFolderId": "AAMkDeleted="}"#,
+        );
+        assert_eq!(moved[0]["kind"], "message_moved");
+        assert_eq!(moved[0]["new_item_ids"], json!(["AAMkMoved="]));
+        assert_eq!(moved[0]["destination_folder"], "deleteditems");
+        let patched = run(
+            "PATCH",
+            "/v1.0/me/messages/AAMkOne=",
+            r#"{"Categories": ["Tracked to Dynamics 365", "Red category"], "IsRead": true}"#,
+            200,
+            "{}",
+        );
+        assert_eq!(patched[0]["kind"], "categories_changed");
+        assert_eq!(
+            patched[0]["categories"],
+            json!(["Tracked to Dynamics 365", "Red category"])
+        );
+        // The same property twice in two spellings is no request Graph accepts.
+        let twice = capture_from_parts(
+            "PATCH",
+            "/v1.0/me/messages/AAMkOne=",
+            &[],
+            bytes::Bytes::from_static(br#"{"categories": ["a"], "Categories": ["b"]}"#),
+            200,
+            &[],
+            bytes::Bytes::from_static(b"{}"),
+        );
+        assert!(crate::inspect::inspect(&twice, InspectLimits::default()).is_err());
+    }
+
+    #[test]
+    fn percent_encoded_ids_are_the_plain_ids() {
+        let plain = "AAMkAD+b_c=";
+        let encoded = "AAMkAD%2Bb_c%3D";
+        let message = r#"{"id": "AAMkAD+b_c=", "subject": "s"}"#;
+        let move_body = r#"{"destinationId": "inbox"}"#;
+        let cases: [(&str, &str, &str, u16, &str); 8] = [
+            ("GET", "/v1.0/me/messages/{id}", "", 200, message),
+            (
+                "GET",
+                "/v1.0/me/mailFolders/{id}/messages/{id}",
+                "",
+                200,
+                message,
+            ),
+            (
+                "GET",
+                "/v1.0/me/mailFolders/{id}/messages",
+                "",
+                200,
+                r#"{"value": [{"id": "x"}]}"#,
+            ),
+            (
+                "POST",
+                "/v1.0/me/messages/{id}/move",
+                move_body,
+                201,
+                message,
+            ),
+            (
+                "POST",
+                "/v1.0/me/messages/{id}/copy",
+                move_body,
+                201,
+                message,
+            ),
+            (
+                "PATCH",
+                "/v1.0/me/messages/{id}",
+                r#"{"categories": []}"#,
+                200,
+                message,
+            ),
+            ("POST", "/v1.0/me/messages/{id}/send", "", 202, ""),
+            (
+                "POST",
+                "/v1.0/me/messages/{id}/replyAll",
+                r#"{"Comment": "ok"}"#,
+                202,
+                "",
+            ),
+        ];
+        for (method, path, request, status, response) in cases {
+            let a = run(
+                method,
+                &path.replace("{id}", plain),
+                request,
+                status,
+                response,
+            );
+            let b = run(
+                method,
+                &path.replace("{id}", encoded),
+                request,
+                status,
+                response,
+            );
+            assert_eq!(a.len(), 1, "{method} {path}");
+            assert_eq!(a, b, "{method} {path}");
+            assert!(a[0].to_string().contains(r#""AAMkAD+b_c=""#), "{}", a[0]);
+        }
+        let folder = run(
+            "GET",
+            "/v1.0/me/mailFolders/AAMkFolder%3D",
+            "",
+            200,
+            r#"{"id": "AAMkFolder=", "displayName": "Tracked"}"#,
+        );
+        assert_eq!(folder[0]["folder_id"], "AAMkFolder=");
+        let user = run(
+            "GET",
+            "/v1.0/users/Kim%40contoso.example/messages/A%3D",
+            "",
+            200,
+            "{}",
+        );
+        assert_eq!(user[0]["mailbox"], "kim@contoso.example");
+    }
+
+    #[test]
+    fn delta_as_a_function_call() {
+        let page = r#"{"value": [{"id": "AAMkNew="}, {"id": "AAMkGone=", "@removed": {"reason": "deleted"}}],
+            "@odata.deltaLink": "https://graph.microsoft.com/v1.0/me/mailFolders('inbox')/messages/delta()?$deltatoken=t"}"#;
+        for path in [
+            "/v1.0/me/mailFolders/inbox/messages/delta()",
+            "/v1.0/me/mailFolders/Inbox/messages/delta",
+            "/v1.0/users/alex%40contoso.example/mailFolders/inbox/messages/microsoft.graph.delta()?%24select=subject",
+            "/v1.0/me/mailFolders/inbox/messages/delta%28%29",
+        ] {
+            let found = run("GET", path, "", 200, page);
+            assert_eq!(found.len(), 1, "{path}");
+            assert_eq!(found[0]["operation"], "delta_messages", "{path}");
+            assert_eq!(found[0]["folder"], "inbox", "{path}");
+            assert_eq!(found[0]["initial_sync"], true, "{path}");
+        }
+        for path in [
+            "/v1.0/me/mailFolders/inbox/messages/delta()?%24deltatoken=abc",
+            "/v1.0/me/mailFolders/inbox/messages/delta()?$skiptoken=abc",
+            "/v1.0/me/messages/delta()?$deltaToken=abc",
+        ] {
+            let found = run("GET", path, "", 200, page);
+            assert_eq!(found[0]["initial_sync"], false, "{path}");
+        }
+        let across = run("GET", "/v1.0/me/messages/delta()", "", 200, page);
+        assert_eq!(across[0]["operation"], "delta_messages");
+        // The deltaLink as Graph writes it and the SDKs replay it, with OData key segments.
+        let replayed = run(
+            "GET",
+            "/v1.0/users('alex%40contoso.example')/mailFolders('AQMkInbox%3D')/messages/delta?$deltatoken=t",
+            "",
+            200,
+            page,
+        );
+        assert_eq!(replayed[0]["operation"], "delta_messages");
+        assert_eq!(replayed[0]["folder_id"], "AQMkInbox=");
+        assert_eq!(replayed[0]["mailbox"], "alex@contoso.example");
+        assert_eq!(replayed[0]["initial_sync"], false);
+        assert_eq!(key_parts("delta()"), None);
+        assert_eq!(key_parts("messages('A')"), Some(("messages", "A")));
+        assert_eq!(key_parts("messages(A)"), Some(("messages", "A")));
+    }
+
+    fn batch_of(requests: Value, responses: Value) -> Vec<Value> {
+        run(
+            "POST",
+            "/v1.0/$batch",
+            &json!({ "requests": requests }).to_string(),
+            200,
+            &json!({ "responses": responses }).to_string(),
+        )
+    }
+
+    #[test]
+    fn batch_urls_in_every_form_are_the_same_request() {
+        let expected = batch_of(
+            json!([{"id": "1", "method": "POST", "url": "/me/messages/AAMkOne=/move",
+                "body": {"destinationId": "inbox"}, "headers": {"Content-Type": "application/json"}}]),
+            json!([{"id": "1", "status": 201, "body": {"id": "AAMkMoved="}}]),
+        );
+        assert_eq!(expected.len(), 1);
+        assert_eq!(expected[0]["item_ids"], json!(["AAMkOne="]));
+        for url in [
+            "me/messages/AAMkOne=/move",
+            "/me/messages/AAMkOne%3D/move",
+            "/v1.0/me/messages/AAMkOne=/move",
+            "v1.0/me/messages/AAMkOne=/move",
+            "/beta/me/messages/AAMkOne=/move",
+            "https://graph.microsoft.com/v1.0/me/messages/AAMkOne=/move",
+            "HTTPS://graph.microsoft.com/beta/me/messages/AAMkOne%3D/move",
+        ] {
+            let found = batch_of(
+                json!([{"id": "1", "method": "POST", "url": url, "body": {"DestinationId": "inbox"}}]),
+                json!([{"id": "1", "status": 201, "body": {"id": "AAMkMoved="}}]),
+            );
+            assert_eq!(found, expected, "{url}");
+        }
+        let other_user = batch_of(
+            json!([{"id": "1", "method": "GET",
+                "url": "https://graph.microsoft.com/v1.0/users/kim%40contoso.example/messages/A"}]),
+            json!([{"id": "1", "status": 200, "body": {"id": "A"}}]),
+        );
+        assert_eq!(other_user[0]["mailbox"], "kim@contoso.example");
+        assert_eq!(batch_path("https://graph.microsoft.com"), "");
+        assert_eq!(
+            batch_path("me/messages?$filter=x eq 'http://a/b'"),
+            "me/messages?$filter=x eq 'http://a/b'"
+        );
+    }
+
+    #[test]
+    fn batch_bodies_as_base64() {
+        let request = STANDARD
+            .encode(br#"{"Message": {"Subject": "From a batch"}, "SaveToSentItems": true}"#);
+        let response = STANDARD.encode(br#"{"id": "AAMkMoved="}"#);
+        let found = batch_of(
+            json!([
+                {"id": "1", "method": "POST", "url": "/me/sendMail", "body": request,
+                    "headers": {"Content-Type": "application/octet-stream"}},
+                {"id": "2", "method": "POST", "url": "/me/messages/A/move",
+                    "body": STANDARD.encode(br#"{"destinationId": "inbox"}"#).trim_end_matches('=')},
+            ]),
+            json!([
+                {"id": "1", "status": 202},
+                {"id": "2", "status": 201, "body": response},
+            ]),
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0]["subject"], "From a batch");
+        assert_eq!(found[0]["saved_to_folder"], "sentitems");
+        assert_eq!(found[1]["new_item_ids"], json!(["AAMkMoved="]));
+        // Not base64: that sub-exchange yields nothing, the others still do.
+        let found = batch_of(
+            json!([
+                {"id": "1", "method": "POST", "url": "/me/sendMail", "body": "not base64!"},
+                {"id": "2", "method": "GET", "url": "/me/messages/A"},
+            ]),
+            json!([{"id": "1", "status": 202}, {"id": "2", "status": 200, "body": {"id": "A"}}]),
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0]["item_id"], "A");
+    }
+
+    #[test]
+    fn batch_responses_out_of_order_match_by_id() {
+        let requests = json!([
+            {"id": "a", "method": "GET", "url": "me/messages/One"},
+            {"id": "b", "method": "GET", "url": "me/messages/Two"},
+            {"id": "c", "method": "GET", "url": "me/messages/Three"},
+        ]);
+        let found = batch_of(
+            requests,
+            json!([
+                {"ID": "c", "Status": 200, "Body": {"id": "Three", "subject": "third"}},
+                {"id": "a", "status": 200, "body": {"id": "One", "subject": "first"}},
+                {"id": "b", "status": 404, "body": {"error": {"code": "ErrorItemNotFound"}}},
+            ]),
+        );
+        let pairs: Vec<(&str, &str)> = found
+            .iter()
+            .map(|o| {
+                (
+                    o["item_id"].as_str().unwrap(),
+                    o["subject"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(pairs, [("Three", "third"), ("One", "first")]);
+    }
+
+    #[test]
+    fn a_failed_dependency_yields_nothing() {
+        let requests = json!([
+            {"id": "1", "method": "GET", "url": "me/messages/Gone"},
+            {"id": "2", "method": "POST", "url": "me/messages/A/move", "dependsOn": ["1"],
+                "body": {"destinationId": "inbox"}},
+            {"id": "3", "method": "PATCH", "url": "me/messages/B", "DependsOn": ["2"],
+                "body": {"categories": ["x"]}},
+            {"id": "4", "method": "PATCH", "url": "me/messages/C", "dependsOn": ["missing"],
+                "body": {"categories": ["x"]}},
+            {"id": "5", "method": "PATCH", "url": "me/messages/D", "dependsOn": ["6"],
+                "body": {"categories": ["x"]}},
+            {"id": "6", "method": "PATCH", "url": "me/messages/E", "dependsOn": ["5"],
+                "body": {"categories": ["x"]}},
+        ]);
+        // Statuses as data: even a 2xx after a failed dependency is not trusted.
+        let found = batch_of(
+            requests,
+            json!([
+                {"id": "3", "status": 200, "body": {}},
+                {"id": "2", "status": 201, "body": {"id": "A2"}},
+                {"id": "1", "status": 404, "body": {}},
+                {"id": "4", "status": 200, "body": {}},
+                {"id": "5", "status": 200, "body": {}},
+                {"id": "6", "status": 200, "body": {}},
+            ]),
+        );
+        assert!(found.is_empty(), "{found:?}");
+        // When the dependency succeeded, it comes first whatever the response order.
+        let found = batch_of(
+            json!([
+                {"id": "1", "method": "POST", "url": "me/messages/A/move", "body": {"destinationId": "inbox"}},
+                {"id": "2", "method": "PATCH", "url": "me/messages/A2", "dependsOn": ["1"],
+                    "body": {"categories": ["Tracked"]}},
+            ]),
+            json!([
+                {"id": "2", "status": 200, "body": {}},
+                {"id": "1", "status": 201, "body": {"id": "A2"}},
+            ]),
+        );
+        let kinds: Vec<&str> = found.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["message_moved", "categories_changed"]);
+    }
+
+    #[test]
+    fn a_dependency_chain_longer_than_any_batch_ends() {
+        let n = MAX_DEPENDENCY_CHAIN * 4;
+        let requests: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"id": i.to_string(), "method": "GET", "url": format!("me/messages/M{i}"),
+                "dependsOn": if i == 0 { json!([]) } else { json!([(i - 1).to_string()]) }})
+            })
+            .collect();
+        let responses: Vec<Value> = (0..n)
+            .rev()
+            .map(|i| json!({"id": i.to_string(), "status": 200, "body": {"id": format!("M{i}")}}))
+            .collect();
+        let found = batch_of(json!(requests), json!(responses));
+        assert!(found.len() <= n);
     }
 }

@@ -60,15 +60,26 @@ fn anchor_mailbox(headers: &HeaderMap) -> Option<String> {
 
 /// `{id}` of `/v1.0/users/{id}/…` (or `/beta/…`), percent-decoded.
 pub fn graph_user(path: &str) -> Option<String> {
-    let mut segments = path.split('?').next()?.trim_start_matches('/').split('/');
-    let version = segments.next()?;
+    let path = path.trim_start_matches('/');
+    let (version, rest) = path.split_once('/')?;
     if !(version.eq_ignore_ascii_case("v1.0") || version.eq_ignore_ascii_case("beta")) {
         return None;
     }
-    if !segments.next()?.eq_ignore_ascii_case("users") {
-        return None;
-    }
-    let id = percent_decode(segments.next()?);
+    graph_user_after_version(rest)
+}
+
+/// `{id}` of `users/{id}/…` after the version segment (a `$batch` sub-request's URL),
+/// percent-decoded: the SDKs expand it through a URI template, so `@` arrives as `%40`.
+/// Also in OData key form, `users('{id}')`, as Graph writes its delta and next links.
+pub fn graph_user_after_version(path: &str) -> Option<String> {
+    let mut segments = path.split('?').next()?.trim_start_matches('/').split('/');
+    let first = segments.next()?;
+    let id = match first.get(..6) {
+        Some(head) if head.eq_ignore_ascii_case("users(") => first[6..].strip_suffix(')')?,
+        _ if first.eq_ignore_ascii_case("users") => segments.next()?,
+        _ => return None,
+    };
+    let id = percent_decode(id);
     let id = id.trim_matches(|c| c == '\'' || c == '"');
     (!id.is_empty()).then(|| id.to_lowercase())
 }
@@ -177,6 +188,35 @@ mod tests {
             http_mailbox(&h, "/v1.0/me/messages", None).as_deref(),
             Some("svc@contoso.example")
         );
+    }
+
+    #[test]
+    fn graph_users_segment_with_or_without_the_version() {
+        assert_eq!(
+            graph_user("/v1.0/Users/Pat%40Contoso.example/messages?$top=1").as_deref(),
+            Some("pat@contoso.example")
+        );
+        assert_eq!(
+            graph_user("/beta/users/'kim@contoso.example'").as_deref(),
+            Some("kim@contoso.example")
+        );
+        assert_eq!(graph_user("/v2.0/users/x/messages"), None);
+        assert_eq!(graph_user("/v1.0/me/messages"), None);
+        assert_eq!(
+            graph_user_after_version("users/Kim%40contoso.example/messages/A%3D/move").as_deref(),
+            Some("kim@contoso.example")
+        );
+        assert_eq!(
+            graph_user_after_version("/users/kim@contoso.example").as_deref(),
+            Some("kim@contoso.example")
+        );
+        assert_eq!(
+            graph_user_after_version("Users('Kim%40contoso.example')/messages").as_deref(),
+            Some("kim@contoso.example")
+        );
+        assert_eq!(graph_user_after_version("users()/messages"), None);
+        assert_eq!(graph_user_after_version("me/messages"), None);
+        assert_eq!(graph_user_after_version("users/"), None);
     }
 
     #[test]

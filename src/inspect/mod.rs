@@ -9,6 +9,7 @@ pub mod ews;
 pub mod fuzzing;
 pub mod graph;
 pub mod identity;
+pub mod json;
 pub mod mime;
 pub mod model;
 pub mod ntlm;
@@ -113,8 +114,10 @@ pub fn inspect(capture: &Capture, limits: InspectLimits) -> Result<Inspected, In
             let request = body(capture, true, limits)?.unwrap_or_default();
             let response = body(capture, false, limits)?.unwrap_or_default();
             let mailbox = identity::http_mailbox(&capture.request_headers, path, connection_auth);
-            // The path after the version segment.
-            let after_version = path
+            // The path and query after the version segment (the query tells a delta round's
+            // first request from the later ones).
+            let after_version = capture
+                .path_and_query
                 .trim_start_matches('/')
                 .split_once('/')
                 .map(|(_, rest)| rest)
