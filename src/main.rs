@@ -66,6 +66,12 @@ enum Command {
     Serve {
         #[arg(long, env = "TRACKGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Where clients connect (overrides `listener.address`), e.g. 127.0.0.1:9443.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Where the admin endpoints listen (overrides `admin.address`), e.g. 127.0.0.1:9902.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
     },
     /// Validate a configuration file and print it resolved, secrets redacted.
     Check {
@@ -225,8 +231,21 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo { keep_running } => runtime(None)?.block_on(demo(keep_running)),
-        Command::Serve { config } => {
-            let config = load_config(config.as_deref())?;
+        Command::Serve {
+            config,
+            listen,
+            admin,
+        } => {
+            let overrides = [
+                listen.map(|a| (app::PROXY_LISTENER.env, a)),
+                admin.map(|a| (app::ADMIN_LISTENER.env, a)),
+            ];
+            let overrides: Vec<(String, String)> = overrides
+                .into_iter()
+                .flatten()
+                .map(|(env, addr)| (env.to_owned(), addr.to_string()))
+                .collect();
+            let config = app::settings::load(config.as_deref(), &overrides)?;
             telemetry::init_logging(&config.logging.level, app::settings::log_format(&config));
             let runtime = runtime(config.runtime.worker_threads)?;
             runtime.spawn(give_back_freed_memory());
@@ -390,7 +409,7 @@ fn simulate(command: SimulateCommand) -> anyhow::Result<ExitCode> {
 
 /// The configuration file, or the embedded defaults, judged as a start would judge it.
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    Ok(app::settings::load(path)?)
+    Ok(app::settings::load(path, &[])?)
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -172,3 +172,87 @@ async fn dev_certs_are_a_ca_and_a_leaf_that_complete_a_handshake() {
         .await
         .expect("handshake with the development certificates");
 }
+
+/// A config whose listeners sit on ports this test holds.
+fn config_on_taken_ports(dir: &std::path::Path, proxy: &str, admin: &str) -> std::path::PathBuf {
+    let config = dir.join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\naddress = \"{proxy}\"\nplaintext = true\n[admin]\naddress = \"{admin}\"\n[storage]\ndata_dir = {:?}\n",
+            dir.join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn a_taken_port_is_one_line_that_says_how_to_move_and_leaves_no_data_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let config = config_on_taken_ports(dir.path(), &taken, "127.0.0.1:0");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("TRACKGATE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("serve did not give up on a taken port");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    for needle in [
+        taken.as_str(),
+        "listener.address",
+        "TRACKGATE_LISTENER__ADDRESS",
+        "--listen",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    assert_eq!(
+        err.matches("(os error").count(),
+        1,
+        "the reason once: {err}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "the data directory was created before the bind failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_its_addresses_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (held_proxy, held_admin) = (
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let config = config_on_taken_ports(
+        dir.path(),
+        &held_proxy.local_addr().unwrap().to_string(),
+        &held_admin.local_addr().unwrap().to_string(),
+    );
+    let gw = super::support::GatewayProcess::start_with(
+        &config,
+        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
+    assert_ne!(
+        super::support::addr_of(&gw.proxy),
+        held_proxy.local_addr().unwrap()
+    );
+    let health = super::support::get_text(&format!("{}/healthz", gw.admin)).await;
+    assert!(!health.is_empty());
+}

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{AppError, settings};
+use super::{ADMIN_LISTENER, AppError, PROXY_LISTENER, settings};
 use crate::config::{Config, SinkConfig, UpstreamTarget};
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
 use crate::directory::dataverse::DataverseSource;
@@ -275,20 +275,28 @@ pub(super) struct Listeners {
     pub admin_addr: SocketAddr,
 }
 
+/// Binds both listeners. Runs before anything is written to disk, so that a taken port costs
+/// one clear line and leaves no data directory behind.
 pub(super) async fn listeners(config: &Config) -> Result<Listeners, AppError> {
-    let bind_error = |what, addr| move |source| AppError::Bind { what, addr, source };
+    let bind_error = |listener, addr| {
+        move |e: std::io::Error| AppError::Bind {
+            listener,
+            addr,
+            reason: e.to_string(),
+        }
+    };
     let (proxy_at, admin_at) = (config.listener.address, config.admin.address);
-    let proxy = server::bind(proxy_at).map_err(bind_error("proxy listener", proxy_at))?;
+    let proxy = server::bind(proxy_at).map_err(bind_error(&PROXY_LISTENER, proxy_at))?;
     let admin = TcpListener::bind(admin_at)
         .await
-        .map_err(bind_error("admin listener", admin_at))?;
+        .map_err(bind_error(&ADMIN_LISTENER, admin_at))?;
     Ok(Listeners {
         proxy_addr: proxy
             .local_addr()
-            .map_err(bind_error("proxy listener", proxy_at))?,
+            .map_err(bind_error(&PROXY_LISTENER, proxy_at))?,
         admin_addr: admin
             .local_addr()
-            .map_err(bind_error("admin listener", admin_at))?,
+            .map_err(bind_error(&ADMIN_LISTENER, admin_at))?,
         proxy,
         admin,
     })

@@ -32,12 +32,15 @@ use crate::{telemetry, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error(
+        "cannot listen on {addr} for the {}: {reason}\nfix: stop what holds it, or choose another address with `{}` in the configuration, the environment variable {}, or `serve {}`",
+        listener.what, listener.key, listener.env, listener.flag
+    )]
     Bind {
-        what: &'static str,
+        listener: &'static Listener,
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        /// The system's reason, once (not also as a source: it would be printed twice).
+        reason: String,
     },
     #[error(transparent)]
     Build(#[from] ProxyBuildError),
@@ -64,6 +67,32 @@ pub enum AppError {
     #[error("cannot build the HTTP client for the CRM and Exchange: {0}")]
     HttpClient(String),
 }
+
+/// One of the gateway's listeners, and every way an operator can move it.
+#[derive(Debug)]
+pub struct Listener {
+    pub what: &'static str,
+    /// The configuration key.
+    pub key: &'static str,
+    /// The environment variable overriding that key.
+    pub env: &'static str,
+    /// The `serve` flag overriding both.
+    pub flag: &'static str,
+}
+
+pub static PROXY_LISTENER: Listener = Listener {
+    what: "proxy listener",
+    key: "listener.address",
+    env: "TRACKGATE_LISTENER__ADDRESS",
+    flag: "--listen ADDR",
+};
+
+pub static ADMIN_LISTENER: Listener = Listener {
+    what: "admin listener",
+    key: "admin.address",
+    env: "TRACKGATE_ADMIN__ADDRESS",
+    flag: "--admin ADDR",
+};
 
 /// A running gateway.
 pub struct Gateway {
@@ -97,6 +126,8 @@ pub struct Gateway {
 pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     tls::install_crypto_provider();
     settings::check(&config)?;
+    // Bound first: a taken port must fail the start before anything is written to disk.
+    let listeners = build::listeners(&config).await?;
     with_simulator_hosts(&mut config);
     let simulator = build::embedded_upstream(&config).await?;
     let routes = routes_for(&config, simulator.as_ref())?;
@@ -153,8 +184,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         capture,
     ));
 
-    // Listen, serve, and keep the directory fresh.
-    let listeners = build::listeners(&config).await?;
+    // Serve, and keep the directory fresh.
     let (stop, stopped) = watch::channel(false);
     let server_task = tokio::spawn(server::serve(
         listeners.proxy,
@@ -397,8 +427,12 @@ impl Gateway {
 
     /// Reloads from the file the configuration came from (or the embedded defaults).
     pub fn reload_from_source(&self) -> Result<(), AppError> {
-        let source = self.config.lock().ok().and_then(|c| c.source.clone());
-        self.reload(settings::load(source.as_deref())?)
+        let (source, overrides) = self
+            .config
+            .lock()
+            .map(|c| (c.source.clone(), c.overrides.clone()))
+            .unwrap_or_default();
+        self.reload(settings::load(source.as_deref(), &overrides)?)
     }
 
     /// The drain sequence: readiness false, wait `drain_delay` so load balancers notice, stop

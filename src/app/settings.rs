@@ -27,13 +27,13 @@ use crate::proxy::{
 use crate::rules::{MemoryLimits, RulesLimits};
 use crate::telemetry;
 
-/// Loads the configuration file (or the embedded defaults, with environment overrides) and
-/// runs every check a start runs.
-pub fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let config = match path {
-        Some(path) => Config::load(path)?.1,
-        None => Config::embedded()?.1,
-    };
+/// Loads the configuration file (or the embedded defaults), with the environment's overrides
+/// and then `overrides` (from the command line), and runs every check a start runs.
+pub fn load(
+    path: Option<&std::path::Path>,
+    overrides: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let config = Config::load_with(path, overrides)?.1;
     check(&config)?;
     Ok(config)
 }

@@ -95,6 +95,9 @@ pub struct Config {
     pub exchange: Option<ExchangeConfig>,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
+    /// Overrides from the command line, as `TRACKGATE_SECTION__KEY` pairs applied after the
+    /// environment's; kept so that a reload applies them again.
+    pub overrides: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,25 +119,40 @@ pub struct RuntimeConfig {
 impl Config {
     /// Loads and validates a configuration file, with environment overrides.
     pub fn load(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let raw = RawConfig::from_toml(&text, &path.display().to_string(), std::env::vars())?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut config = raw.validate(base)?;
-        config.source = Some(path.to_path_buf());
-        Ok((raw, config))
+        Config::load_with(Some(path), &[])
     }
 
     /// The embedded defaults (plus environment overrides): the gateway in front of the built-in
     /// Exchange simulator, on TLS with development certificates.
     pub fn embedded() -> Result<(RawConfig, Config), ConfigError> {
-        let raw = RawConfig::from_toml("", "embedded defaults", std::env::vars())?;
-        let config = raw.validate(Path::new("."))?;
+        Config::load_with(None, &[])
+    }
+
+    /// The file (or, with no path, the embedded defaults), then the environment's overrides,
+    /// then `overrides` (`TRACKGATE_SECTION__KEY` pairs from the command line, which win).
+    pub fn load_with(
+        path: Option<&Path>,
+        overrides: &[(String, String)],
+    ) -> Result<(RawConfig, Config), ConfigError> {
+        let env = std::env::vars().chain(overrides.iter().cloned());
+        let (raw, base) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let raw = RawConfig::from_toml(&text, &path.display().to_string(), env)?;
+                let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+                (raw, base.unwrap_or(Path::new(".")))
+            }
+            None => (
+                RawConfig::from_toml("", "embedded defaults", env)?,
+                Path::new("."),
+            ),
+        };
+        let mut config = raw.validate(base)?;
+        config.source = path.map(Path::to_path_buf);
+        config.overrides = overrides.to_vec();
         Ok((raw, config))
     }
 }
@@ -261,5 +279,22 @@ mod tests {
             assert_eq!(e.key(), Some(key), "{e}");
             assert!(e.to_string().contains("fix:"), "{e}");
         }
+    }
+
+    #[test]
+    fn command_line_overrides_win_and_are_kept_for_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[listener]\naddress = \"127.0.0.1:7001\"\n").unwrap();
+        let overrides = vec![(
+            "TRACKGATE_LISTENER__ADDRESS".to_owned(),
+            "127.0.0.1:7002".to_owned(),
+        )];
+        let (_, config) = Config::load_with(Some(&file), &overrides).unwrap();
+        assert_eq!(config.listener.address.port(), 7002);
+        assert_eq!(config.overrides, overrides);
+        assert_eq!(config.source.as_deref(), Some(file.as_path()));
+        let (_, plain) = Config::load(&file).unwrap();
+        assert_eq!(plain.listener.address.port(), 7001);
     }
 }

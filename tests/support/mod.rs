@@ -152,9 +152,15 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `trackgate serve --config FILE` and waits for its ready line.
     pub fn start(config: &Path) -> GatewayProcess {
+        GatewayProcess::start_with(config, &[])
+    }
+
+    /// Starts `trackgate serve --config FILE ARGS…` and waits for its ready line.
+    pub fn start_with(config: &Path, args: &[&str]) -> GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_trackgate"))
             .args(["serve", "--config"])
             .arg(config)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

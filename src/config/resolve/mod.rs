@@ -87,6 +87,7 @@ impl RawConfig {
                 },
             },
             source: None,
+            overrides: Vec::new(),
         })
     }
 }
