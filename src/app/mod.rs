@@ -394,6 +394,16 @@ impl Gateway {
             if self.dataverse_source.is_some() != config.directory.dataverse.is_some() {
                 tracing::warn!("directory.source changes only on restart; kept the running source");
             }
+            let identity_changed = self
+                .config
+                .lock()
+                .map(|c| c.identity != config.identity)
+                .unwrap_or(false);
+            if identity_changed {
+                tracing::warn!(
+                    "[identity] changes reach a Dataverse directory only on restart; kept the running names"
+                );
+            }
         } else {
             let source = build::file_source(&config);
             let snapshot = match source.load() {

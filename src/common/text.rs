@@ -23,6 +23,7 @@ pub fn percent_decode(s: &str) -> String {
         if bytes[i] == b'%'
             && let Some(v) = s
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
@@ -72,5 +73,7 @@ mod tests {
         assert_eq!(percent_decode("a%40b%2Fc"), "a@b/c");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+        // from_str_radix alone would take a sign.
+        assert_eq!(percent_decode("%+a"), "%+a");
     }
 }

@@ -407,7 +407,8 @@ fn batch_path(url: &str) -> &str {
 }
 
 /// A batch body as bytes to inspect: a JSON value is itself (the SDKs send JSON bodies as
-/// objects), a string is base64 (what they send for other content types, e.g. sendMail's MIME).
+/// objects), a string is base64 (what they send for a body that is not a JSON object). Only
+/// JSON is read from a decoded body: a MIME sendMail inside a batch yields nothing yet.
 /// `null`, absent, and strings that are not base64 are empty.
 fn batch_body(raw: Option<&RawValue>) -> Cow<'_, [u8]> {
     let Some(raw) = raw else {
@@ -424,6 +425,14 @@ fn batch_body(raw: Option<&RawValue>) -> Cow<'_, [u8]> {
     } else {
         Cow::Borrowed(text.as_bytes())
     }
+}
+
+/// Orders `$batch` request ids as Graph matches them: not case-sensitive (JSON batching:
+/// "id … Not case-sensitive"), so a `dependsOn` of `"A"` names request `"a"`.
+fn cmp_batch_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,7 +459,7 @@ struct BatchRun<'b, 'a> {
 impl BatchRun<'_, '_> {
     fn request_index(&self, id: &str) -> Option<usize> {
         self.by_id
-            .binary_search_by(|&i| (*self.requests[i].id).cmp(id))
+            .binary_search_by(|&i| cmp_batch_ids(&self.requests[i].id, id))
             .ok()
             .map(|k| self.by_id[k])
     }
@@ -463,7 +472,12 @@ impl BatchRun<'_, '_> {
             Settled::Done(ok) => return ok,
             // A cycle (Graph refuses those) or a chain no batch of Graph's has.
             Settled::Visiting => return false,
-            Settled::Pending if chain > MAX_DEPENDENCY_CHAIN => return false,
+            Settled::Pending if chain > MAX_DEPENDENCY_CHAIN => {
+                // Settled for good, so what depends on it fails the same way whichever
+                // response comes first.
+                self.settled[i] = Settled::Done(false);
+                return false;
+            }
             Settled::Pending => {}
         }
         self.settled[i] = Settled::Visiting;
@@ -517,7 +531,7 @@ fn batch(
     let responses: Batch<'_> = serde_json::from_slice(x.response)?;
     let (requests, responses) = (requests.requests, responses.responses);
     let mut by_id: Vec<usize> = (0..requests.len()).collect();
-    by_id.sort_by(|&a, &b| (*requests[a].id).cmp(&requests[b].id));
+    by_id.sort_by(|&a, &b| cmp_batch_ids(&requests[a].id, &requests[b].id));
     let mut run = BatchRun {
         requests: &requests,
         responses: &responses,
@@ -1052,7 +1066,34 @@ mod tests {
             .rev()
             .map(|i| json!({"id": i.to_string(), "status": 200, "body": {"id": format!("M{i}")}}))
             .collect();
-        let found = batch_of(json!(requests), json!(responses));
-        assert!(found.len() <= n);
+        // Responses listed from the end of the chain: settling the first one would go n deep;
+        // the bound cuts it, and what hangs on a cut request yields nothing.
+        let reversed = batch_of(json!(requests.clone()), json!(responses.clone()));
+        assert!(
+            !reversed.is_empty() && reversed.len() < n,
+            "{} of {n} inspected",
+            reversed.len()
+        );
+        // Listed from the start, each dependency is already settled: nothing is cut.
+        let forward: Vec<Value> = responses.into_iter().rev().collect();
+        assert_eq!(batch_of(json!(requests), json!(forward)).len(), n);
+    }
+
+    #[test]
+    fn batch_ids_match_whatever_their_case() {
+        let found = batch_of(
+            json!([
+                {"id": "a", "method": "POST", "url": "/me/messages/A1/move",
+                    "body": {"destinationId": "archive"}},
+                {"id": "B", "method": "PATCH", "url": "me/messages/A2", "dependsOn": ["A"],
+                    "body": {"categories": ["Tracked"]}},
+            ]),
+            json!([
+                {"id": "b", "status": 200, "body": {}},
+                {"id": "A", "status": 201, "body": {"id": "A2"}},
+            ]),
+        );
+        let kinds: Vec<&str> = found.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["message_moved", "categories_changed"]);
     }
 }

@@ -73,14 +73,19 @@ pub fn graph_user(path: &str) -> Option<String> {
 /// Also in OData key form, `users('{id}')`, as Graph writes its delta and next links.
 pub fn graph_user_after_version(path: &str) -> Option<String> {
     let mut segments = path.split('?').next()?.trim_start_matches('/').split('/');
-    let first = segments.next()?;
+    // Decoded first: the SDKs may send the key form's parentheses as %28 and %29.
+    let first = percent_decode(segments.next()?);
     let id = match first.get(..6) {
-        Some(head) if head.eq_ignore_ascii_case("users(") => first[6..].strip_suffix(')')?,
-        _ if first.eq_ignore_ascii_case("users") => segments.next()?,
+        Some(head) if head.eq_ignore_ascii_case("users(") => {
+            first.get(6..)?.strip_suffix(')')?.to_owned()
+        }
+        _ if first.eq_ignore_ascii_case("users") => percent_decode(segments.next()?),
         _ => return None,
     };
-    let id = percent_decode(id);
-    let id = id.trim_matches(|c| c == '\'' || c == '"');
+    // An OData string key doubles its quotes: users('o''brien@contoso.example').
+    let id = id
+        .trim_matches(|c| c == '\'' || c == '"')
+        .replace("''", "'");
     (!id.is_empty()).then(|| id.to_lowercase())
 }
 
@@ -213,6 +218,10 @@ mod tests {
         assert_eq!(
             graph_user_after_version("Users('Kim%40contoso.example')/messages").as_deref(),
             Some("kim@contoso.example")
+        );
+        assert_eq!(
+            graph_user_after_version("users%28'o''brien%40contoso.example'%29/messages").as_deref(),
+            Some("o'brien@contoso.example")
         );
         assert_eq!(graph_user_after_version("users()/messages"), None);
         assert_eq!(graph_user_after_version("me/messages"), None);

@@ -667,6 +667,16 @@ fn explicit_names(u: &SystemUser) -> [Option<String>; 3] {
 /// The `netbios\user` aliases (lower-cased) of a user: from a UPN-form `domainname` by its
 /// first DNS label, and from the `domainname` or `internalemailaddress` in a configured DNS
 /// domain by that domain's NetBIOS names.
+/// A NetBIOS domain name is at most 15 characters: Windows cuts a longer DNS label there, so
+/// that is the name clients send (`contosocorporation.example` → `CONTOSOCORPORAT`).
+fn netbios_name(label: &str) -> &str {
+    let mut end = label.len().min(15);
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    &label[..end]
+}
+
 fn windows_names(
     u: &SystemUser,
     netbios_from_upn: bool,
@@ -684,7 +694,7 @@ fn windows_names(
     if netbios_from_upn && let Some((user, domain)) = &upn {
         let first = domain.split('.').next().unwrap_or(domain);
         if !first.is_empty() {
-            names.push(format!("{first}\\{user}"));
+            names.push(format!("{}\\{user}", netbios_name(first)));
         }
     }
     for (user, domain) in [upn, split(&u.internalemailaddress)].into_iter().flatten() {
@@ -1029,5 +1039,13 @@ mod tests {
         assert_eq!(owner(&dir, "contoso\\kim"), None);
         assert_eq!(owner(&dir, "corp\\sam"), Some(10), "the explicit name wins");
         assert_eq!(owner(&dir, "contoso\\jo"), Some(12));
+    }
+
+    #[test]
+    fn a_netbios_name_is_the_first_fifteen_characters_of_the_label() {
+        assert_eq!(netbios_name("contosocorporation"), "contosocorporat");
+        assert_eq!(netbios_name("contoso"), "contoso");
+        // Never cut inside a character.
+        assert_eq!(netbios_name("aaaaaaaaaaaaaaé"), "aaaaaaaaaaaaaa");
     }
 }
