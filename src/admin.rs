@@ -424,13 +424,13 @@ fn directory_status(state: &AdminState) -> serde_json::Value {
             let status = source.status();
             serde_json::json!({
                 "source": "dataverse",
-                "counts": format!("{counts:?}"),
+                "counts": counts,
                 "staleness_seconds": status.staleness_seconds(),
                 "status": status,
                 "replica": source.replica_path(),
             })
         }
-        None => serde_json::json!({"source": "file", "counts": format!("{counts:?}")}),
+        None => serde_json::json!({"source": "file", "counts": counts}),
     }
 }
 

@@ -220,10 +220,24 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("trackgate: {error:#}");
+            eprintln!("trackgate: {}", report(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: many errors already name their cause in their
+/// own message (`cannot read X: <os error>`), and printing the chain as well said it twice.
+fn report(error: &anyhow::Error) -> String {
+    let mut out = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// Dispatches a command to the library and maps its result to an exit code: one arm per

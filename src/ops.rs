@@ -75,7 +75,7 @@ pub fn check(path: &std::path::Path) -> Result<CheckReport, OpsError> {
             settings: crate::app::settings::directory(&config.identity),
         }
         .load()
-        .map(|d| format!("{valid}directory: {:?}\n", d.counts()))
+        .map(|d| format!("{valid}directory: {}\n", d.counts()))
         .map_err(OpsError::from),
     };
     Ok(CheckReport {

@@ -75,3 +75,20 @@ async fn health_readiness_and_metrics_without_personal_data() {
     gw.gateway.shutdown().await;
     assert!(!proxy.is_ready());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_endpoint_answers_in_structured_json() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "").await;
+    let body = support::get_text(&gw.admin("/directory")).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["source"], "file", "{body}");
+    // Counts are numbers a script can read, not a debug string.
+    assert_eq!(json["counts"]["users"], 4, "{body}");
+    assert_eq!(json["counts"]["mailboxes"], 4, "{body}");
+    assert!(
+        json["counts"]["records"].as_u64().is_some_and(|n| n > 0),
+        "{body}"
+    );
+    gw.gateway.shutdown().await;
+}

@@ -82,7 +82,10 @@ fn check_validates_the_directory_file_too() {
     std::fs::write(&config, "[directory]\nfile = \"directory.toml\"\n").unwrap();
     let (code, _, err) = trackgate(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("mailboxes: 4"), "{err}");
+    assert!(
+        err.contains("directory: 4 users, 1 queue, 4 mailboxes, 1 folder rule,"),
+        "{err}"
+    );
     std::fs::write(
         &directory,
         example.replace(
@@ -255,4 +258,29 @@ async fn serve_takes_its_addresses_from_the_command_line() {
     );
     let health = super::support::get_text(&format!("{}/healthz", gw.admin)).await;
     assert!(!health.is_empty());
+}
+
+#[test]
+fn inspect_with_a_request_alone_says_what_it_can_and_cannot_tell() {
+    let request = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/exchange/ews-getitem-message/request.xml"
+    );
+    let (code, out, err) = trackgate(&["inspect", "--request", request]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("GetItem") && err.contains("--response"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_error_and_its_cause_are_each_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-fixture");
+    let (code, _, err) = trackgate(&["inspect", missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no-such-fixture"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
 }

@@ -91,7 +91,7 @@ pub(super) async fn directory(
         }
     };
     metrics.loaded(&snapshot);
-    tracing::info!(counts = ?snapshot.counts(), "directory loaded");
+    tracing::info!(counts = %snapshot.counts(), "directory loaded");
     let handle = DirectoryHandle::new(snapshot);
     if let (Some(source), Some(dv)) = (&dataverse, &config.directory.dataverse) {
         first_dataverse_load(source, &handle, &metrics, dv.startup_wait).await;

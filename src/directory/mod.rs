@@ -212,7 +212,7 @@ impl DirectoryHandle {
         match loaded {
             Ok(directory) => {
                 metrics.loaded(&directory);
-                tracing::info!(counts = ?directory.counts(), "directory loaded");
+                tracing::info!(counts = %directory.counts(), "directory loaded");
                 self.swap(directory);
                 Ok(())
             }

@@ -15,6 +15,9 @@ use crate::simulate::fixtures::Fixture;
 /// Most header lines read from a recorded message.
 const MAX_HEADERS: usize = 128;
 
+/// The name of the exchange given as `--request`/`--response` files.
+const EXCHANGE: &str = "exchange";
+
 /// What to inspect and how to fill in what a bare body does not say.
 #[derive(Debug, Default)]
 pub struct InspectInputs {
@@ -51,6 +54,9 @@ pub fn inspect_recorded(
     let captures = captures(inputs)?;
     let mut all_inspected = true;
     for (name, capture) in captures {
+        if name == EXCHANGE && inputs.response.is_none() {
+            problems(&format!("{name}: {}", request_only(&capture)));
+        }
         match inspect::inspect(&capture, InspectLimits::default()) {
             Ok(found) => {
                 for code in found.failures {
@@ -90,12 +96,26 @@ fn captures(inputs: &InspectInputs) -> Result<Vec<(String, Capture)>, ReplayErro
         captures.push((f.name.clone(), f.to_capture(&extra)));
     }
     if inputs.request.is_some() || inputs.response.is_some() {
-        captures.push(("exchange".to_owned(), from_files(inputs, &extra)?));
+        captures.push((EXCHANGE.to_owned(), from_files(inputs, &extra)?));
     }
     if captures.is_empty() {
         return Err(ReplayError::NothingToInspect);
     }
     Ok(captures)
+}
+
+/// What a request alone can and cannot tell: observations come only from what Exchange
+/// answered with success, so without a response there are none; the operation is still known.
+fn request_only(capture: &Capture) -> String {
+    let what = match capture.route {
+        crate::proxy::RouteClass::Ews => crate::inspect::xml::operation(&capture.request_body)
+            .map(|op| format!("the EWS operation {op}")),
+        _ => Some(format!("{} {}", capture.method, capture.path_and_query)),
+    };
+    let what = what.unwrap_or_else(|| "a request whose operation cannot be read".into());
+    format!(
+        "only a request was given: it is {what}, but observations come only from what Exchange answered with success; give --response with the recorded answer to see them"
+    )
 }
 
 /// One exchange from a request and/or response file, the command line filling in the rest.

@@ -411,7 +411,7 @@ pub async fn refresh_now(
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if generation > *swapped {
                 *swapped = generation;
-                tracing::info!(counts = ?directory.counts(), "directory snapshot swapped");
+                tracing::info!(counts = %directory.counts(), "directory snapshot swapped");
                 handle.swap(directory);
             }
             Ok(())

@@ -256,6 +256,25 @@ pub struct DirectoryCounts {
     pub tracked_emails: usize,
 }
 
+impl std::fmt::Display for DirectoryCounts {
+    /// `4 users, 1 queue, 4 mailboxes, 1 folder rule, 33 records, 2 tracked emails`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            (self.users, "user", "users"),
+            (self.queues, "queue", "queues"),
+            (self.mailboxes, "mailbox", "mailboxes"),
+            (self.folder_rules, "folder rule", "folder rules"),
+            (self.records, "record", "records"),
+            (self.tracked_emails, "tracked email", "tracked emails"),
+        ];
+        for (i, (n, one, many)) in parts.into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{n} {}", if n == 1 { one } else { many })?;
+        }
+        Ok(())
+    }
+}
+
 impl Directory {
     pub fn org(&self) -> &Org {
         &self.org
