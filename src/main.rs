@@ -73,10 +73,11 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
     },
-    /// Validate a configuration file and print it resolved, secrets redacted.
+    /// Validate a configuration file (without one, the embedded defaults plus TRACKGATE_*
+    /// environment overrides) and print it resolved, secrets redacted.
     Check {
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, env = "TRACKGATE_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Certificate helpers.
     Certs {
@@ -267,7 +268,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
-            let outcome = ops::check(&config).and_then(|report| {
+            let outcome = ops::check(config.as_deref()).and_then(|report| {
                 print!("{}", report.resolved);
                 report.directory
             });

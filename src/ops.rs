@@ -56,13 +56,17 @@ pub struct CheckReport {
     pub directory: Result<String, OpsError>,
 }
 
-/// `trackgate check`: validates a configuration as a start would, then the directory file,
+/// `trackgate check`: validates a configuration (without a file, the embedded defaults plus the
+/// environment's overrides: what `serve` would run with) as a start would, then the directory file,
 /// which is part of what must be right before a deploy. Dataverse is not contacted: `check`
 /// must work offline.
-pub fn check(path: &std::path::Path) -> Result<CheckReport, OpsError> {
-    let (raw, config) = Config::load(path)?;
+pub fn check(path: Option<&std::path::Path>) -> Result<CheckReport, OpsError> {
+    let (raw, config) = Config::load_with(path, &[])?;
     crate::app::settings::check(&config)?;
-    let valid = format!("configuration {} is valid\n", path.display());
+    let valid = match path {
+        Some(path) => format!("configuration {} is valid\n", path.display()),
+        None => "the embedded defaults, with the environment's TRACKGATE_SECTION__KEY overrides, are valid\n".to_owned(),
+    };
     let directory = match &config.directory.dataverse {
         Some(dv) => Ok(format!(
             "{valid}directory: from Dataverse {} (replica {}), loaded at start\n",

@@ -284,3 +284,23 @@ fn an_error_and_its_cause_are_each_said_once() {
     assert!(err.contains("no-such-fixture"), "{err}");
     assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
 }
+
+#[test]
+fn check_without_a_file_checks_the_defaults_and_the_environment() {
+    let (code, out, err) = trackgate(&["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("embedded defaults"), "{err}");
+    assert!(out.contains("[listener]"), "{out}");
+    let out = Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .arg("check")
+        .env_remove("TRACKGATE_CONFIG")
+        .env("TRACKGATE_LIMITS__MAX_CONNECTIONS", "many")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("environment variable TRACKGATE_LIMITS__MAX_CONNECTIONS"),
+        "{err}"
+    );
+}

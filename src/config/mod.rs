@@ -41,10 +41,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{origin}: {message}\nfix: correct the key or value named above; README.md lists every key"
-    )]
-    Parse { origin: String, message: String },
+    /// The file (or an environment variable) does not parse: `origin` is where the text came
+    /// from, `fix` what to change.
+    #[error("{origin}: {message}\nfix: {fix}")]
+    Parse {
+        origin: String,
+        message: String,
+        fix: String,
+    },
     #[error("config key `{key}`: {problem}\nfix: {fix}")]
     Invalid {
         key: String,
@@ -206,6 +210,48 @@ mod tests {
         .unwrap();
         assert_eq!(raw.limits.max_connections, 7);
         assert_eq!(raw.upstreams.ews.as_deref(), Some("https://ex.example"));
+    }
+
+    #[test]
+    fn a_bad_environment_value_is_blamed_on_its_variable_in_plain_words() {
+        let e = RawConfig::from_toml(
+            "[limits]\nmax_connections = 5\n",
+            "t.toml",
+            vec![("TRACKGATE_LIMITS__MAX_CONNECTIONS".into(), "abc".into())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("environment variable TRACKGATE_LIMITS__MAX_CONNECTIONS: "),
+            "{e}"
+        );
+        assert!(e.contains("`limits.max_connections`"), "{e}");
+        assert!(e.contains("expected a whole number"), "{e}");
+        assert!(e.contains("fix: write a whole number"), "{e}");
+        assert!(!e.contains("usize"), "{e}");
+        // The same mistake in the file is the file's.
+        let e = RawConfig::from_toml("[limits]\nmax_connections = \"abc\"\n", "t.toml", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml: `limits.max_connections`"), "{e}");
+    }
+
+    #[test]
+    fn each_kind_of_parse_error_has_its_own_fix() {
+        let syntax = RawConfig::from_toml("[limits\n", "t.toml", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            syntax.contains("fix: correct the TOML at the line"),
+            "{syntax}"
+        );
+        let unknown = RawConfig::from_toml("[limits]\nmax_conections = 5\n", "t.toml", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.contains("fix: remove or rename the key"),
+            "{unknown}"
+        );
     }
 
     #[test]

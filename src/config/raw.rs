@@ -45,7 +45,7 @@ pub struct RawDirectory {
     /// (`fixtures/directory/contoso.toml`), which matches the built-in simulator's fixtures.
     pub file: Option<PathBuf>,
     /// How often the file is checked for changes (SIGHUP reloads it at once).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub poll_interval: Duration,
     /// Largest directory file accepted.
     pub max_file_size: ByteSize,
@@ -228,24 +228,24 @@ pub struct RawUpstreams {
     /// PEM bundle of extra CAs to trust for upstream TLS (private Exchange CAs), added to the
     /// system roots.
     pub ca_bundle: Option<PathBuf>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub connect_timeout: Duration,
     /// Time allowed for the upstream to start its response after the request was sent.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub header_timeout: Duration,
     /// Longest silence allowed inside a response body, on ordinary routes.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub idle_timeout: Duration,
     /// Longest silence allowed inside an EWS response body. EWS `GetStreamingEvents` holds a
     /// response open for up to 30 minutes, and the operation is only known from the body.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub streaming_idle_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     /// How long to wait for the upstream's `100 Continue` before sending a request body anyway.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub expect_continue_timeout: Duration,
     /// Forward the client's `Host` instead of the upstream's authority.
     pub preserve_host: bool,
@@ -278,12 +278,12 @@ pub struct RawLimits {
     pub max_header_count: usize,
     pub max_header_bytes: ByteSize,
     pub max_request_body: ByteSize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub header_read_timeout: Duration,
     /// Longest silence allowed while a client sends a request body.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub body_read_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub tls_handshake_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
 }
@@ -347,10 +347,10 @@ impl Default for RawLogging {
 #[serde(default, deny_unknown_fields)]
 pub struct RawShutdown {
     /// Time between readiness turning false and the listener closing, so load balancers notice.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub drain_delay: Duration,
     /// Time in-flight requests get to finish after the listener closed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub grace_period: Duration,
 }
 
@@ -397,14 +397,14 @@ pub struct RawOutbox {
     pub group_commit_records: usize,
     /// …and waits at most this long for more. A crash loses at most the decisions of this
     /// window (they were never acknowledged to anyone).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub group_commit_interval: Duration,
     /// Decisions waiting for the writer; beyond, new ones are refused and counted.
     pub queue: usize,
     /// Records waiting for delivery; beyond, new ones are refused and counted.
     pub max_pending: u64,
     /// How long delivered ids are remembered, so the same decision is not queued again.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub delivered_window: Duration,
 }
 
@@ -434,12 +434,12 @@ pub struct RawDelivery {
     pub batch_size: usize,
     /// A record failing this many times (500s, timeouts of its own) goes to dead letter.
     pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub backoff_base: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub backoff_max: Duration,
     /// Timeout of one request to the CRM or Exchange.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub request_timeout: Duration,
     /// How much of a message body reaches the CRM: `full`, `text` or `none`.
     pub body: EmailBody,
@@ -585,17 +585,17 @@ pub enum DirectorySourceKind {
 pub struct RawDataverseDirectory {
     /// Unset: the shortest "update local data every" among the users, or 15 minutes. Never
     /// below the organization's `minofflinesyncinterval`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration::option")]
     pub refresh_interval: Option<Duration>,
     /// Rows per page (`Prefer: odata.maxpagesize`).
     pub page_size: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub request_timeout: Duration,
     /// How long the start waits for the first load before serving the replica (or nothing).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub startup_wait: Duration,
     /// How far back tracked emails are replicated for correlation.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::common::duration")]
     pub emails_window: Duration,
     /// The replica file (default: `directory.redb` in the data directory).
     pub replica_file: Option<PathBuf>,
@@ -655,13 +655,12 @@ impl RawConfig {
     ) -> Result<RawConfig, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
-            message: e.to_string(),
+            message: e.to_string().trim_end().to_owned(),
+            fix: "correct the TOML at the line and column shown".into(),
         })?;
-        apply_env_overrides(&mut table, env)?;
-        RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })
+        let overridden = apply_env_overrides(&mut table, env)?;
+        RawConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| parse_error(&e.to_string(), origin, &overridden))
     }
 
     /// The resolved configuration as TOML, secrets redacted.
@@ -670,12 +669,70 @@ impl RawConfig {
     }
 }
 
+/// A value or key the schema refuses, said in the operator's words: where it came from (the
+/// file, or the environment variable that set it), what was expected (`a whole number`, not
+/// `usize`) and a fix for this kind of mistake.
+fn parse_error(serde_message: &str, origin: &str, overridden: &[(String, String)]) -> ConfigError {
+    // toml names the key on a line of its own: "… \nin `limits.max_connections`".
+    let key = serde_message
+        .split_once("in `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key.to_owned());
+    let first_line = serde_message.lines().next().unwrap_or(serde_message);
+    let message = humanize_expected(first_line);
+    let origin = match key
+        .as_deref()
+        .and_then(|k| overridden.iter().find(|(path, _)| path == k))
+    {
+        Some((_, variable)) => format!("environment variable {variable}"),
+        None => origin.to_owned(),
+    };
+    let message = match &key {
+        Some(key) => format!("`{key}`: {message}"),
+        None => message,
+    };
+    let fix = if first_line.starts_with("unknown field") {
+        "remove or rename the key; README.md's configuration reference lists every key".to_owned()
+    } else if let Some((_, expected)) = message.split_once("expected ") {
+        format!("write {expected}")
+    } else {
+        "correct the key or value named above; README.md lists every key".to_owned()
+    };
+    ConfigError::Parse {
+        origin,
+        message,
+        fix,
+    }
+}
+
+/// serde's type names in the words of someone writing a configuration file.
+fn humanize_expected(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(at) = out.find(rust)
+            && !out[at + rust.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            out.replace_range(at..at + rust.len(), words);
+        }
+    }
+    out
+}
+
 /// Applies `TRACKGATE_SECTION__KEY=value` overrides. Values are read as TOML (numbers, booleans,
-/// arrays) when they parse as such, otherwise as strings.
+/// arrays) when they parse as such, otherwise as strings. Returns each overridden key (dotted)
+/// with the variable that set it, so a bad value can be blamed on the variable, not the file.
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut overrides = BTreeMap::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
@@ -695,9 +752,10 @@ fn apply_env_overrides(
                 "write overrides as TRACKGATE_SECTION__KEY, e.g. TRACKGATE_LIMITS__MAX_CONNECTIONS=500",
             ));
         }
-        overrides.insert(path, value);
+        overrides.insert(path, (name, value));
     }
-    for (path, value) in overrides {
+    let mut overridden = Vec::with_capacity(overrides.len());
+    for (path, (name, value)) in overrides {
         let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
@@ -720,6 +778,7 @@ fn apply_env_overrides(
             };
         }
         node.insert(last.clone(), parsed);
+        overridden.push((path.join("."), name));
     }
-    Ok(())
+    Ok(overridden)
 }
