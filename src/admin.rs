@@ -337,16 +337,20 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     }
 }
 
-/// `POST /explain`: one observation (a JSON object, as `trackgate inspect` prints it) or an
-/// array of them, decided in order as a dry run: nothing is remembered or delivered.
+/// `POST /explain`: one observation (a JSON object, as `trackgate inspect` prints it),
+/// explained against what the gateway knows now, or an array of them, decided in order with a
+/// memory of their own exactly as `trackgate replay` decides them. A dry run either way: the
+/// live memory learns nothing and nothing is delivered.
 async fn explain(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let parsed: Result<Vec<Observation>, _> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => serde_json::from_slice(&body),
-        _ => serde_json::from_slice::<Observation>(&body).map(|o| vec![o]),
+    let sequence = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let parsed: Result<Vec<Observation>, _> = if sequence {
+        serde_json::from_slice(&body)
+    } else {
+        serde_json::from_slice::<Observation>(&body).map(|o| vec![o])
     };
     let observations = match parsed {
         Ok(o) if o.len() <= MAX_EXPLAIN_OBSERVATIONS => o,
@@ -367,10 +371,21 @@ async fn explain(state: &AdminState, req: Request<Incoming>) -> Response<Full<By
             );
         }
     };
-    let decisions: Vec<_> = observations
-        .iter()
-        .flat_map(|o| state.engine.decide(o, Mode::EXPLAIN))
-        .collect();
+    let decisions: Vec<_> = if sequence {
+        // A sequence builds on itself as `trackgate replay` does: the same engine path over a
+        // memory of its own, so the live memory learns nothing from it.
+        let scratch = state.engine.scratch();
+        observations
+            .iter()
+            .flat_map(|o| scratch.decide(o, Mode::REPLAY))
+            .collect()
+    } else {
+        // One observation is explained against what the running gateway knows now.
+        observations
+            .first()
+            .map(|o| state.engine.decide(o, Mode::EXPLAIN))
+            .unwrap_or_default()
+    };
     match serde_json::to_string_pretty(&serde_json::json!({ "decisions": decisions })) {
         Ok(json) => reply(StatusCode::OK, "application/json", json + "\n"),
         Err(_) => reply(

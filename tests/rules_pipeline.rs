@@ -308,3 +308,64 @@ fn replay_explains_every_decision_over_the_fixtures() {
         .collect();
     assert_eq!(reasons, ["sender_contact", "already_tracked"]);
 }
+
+/// A folder learned first, then a message known only by that folder's id.
+const INBOX_BY_ID: [&str; 2] = [
+    r#"{"kind":"folder_seen","mailbox":"alex.seller@contoso.example","source":"ews","operation":"GetFolder","folder_id":"F-INBOX-SEQ","folder":"inbox","display_name":"Inbox"}"#,
+    r#"{"kind":"message_seen","mailbox":"alex.seller@contoso.example","source":"ews","operation":"GetItem","item_id":"S1","folder_id":"F-INBOX-SEQ","internet_message_id":"sequence.1@fabrikam.example","subject":"Hi","from":{"address":"pat.buyer@fabrikam.example"},"to":[{"address":"alex.seller@contoso.example"}]}"#,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_of_a_sequence_decides_as_replay_does() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "").await;
+    let admin = support::plain_client();
+    let explain = async |body: String| -> serde_json::Value {
+        let r = admin
+            .post(gw.admin("/explain"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    };
+    // Alone, the message's folder is unknown to the gateway.
+    let alone = explain(INBOX_BY_ID[1].to_owned()).await;
+    assert_eq!(
+        alone["decisions"][0]["reason"], "folder_unknown",
+        "{alone:#}"
+    );
+    // In a sequence, the folder seen first makes it the Inbox.
+    let sequence = explain(format!("[{}]", INBOX_BY_ID.join(","))).await;
+    let explained: Vec<(String, String)> = sequence["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["verdict"].to_string(), d["reason"].to_string()))
+        .collect();
+    // replay over the same observations, as a .jsonl file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sequence.jsonl");
+    std::fs::write(&file, INBOX_BY_ID.join("\n")).unwrap();
+    let (stdout, _) = support::run_trackgate([std::ffi::OsStr::new("replay"), file.as_os_str()]);
+    let replayed: Vec<(String, String)> = String::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|d| (d["verdict"].to_string(), d["reason"].to_string()))
+        .collect();
+    assert_eq!(explained, replayed);
+    assert_eq!(
+        explained.last().map(|(_, r)| r.as_str()),
+        Some("\"sender_contact\""),
+        "{sequence:#}"
+    );
+    // The sequence taught the live gateway nothing.
+    let again = explain(INBOX_BY_ID[1].to_owned()).await;
+    assert_eq!(
+        again["decisions"][0]["reason"], "folder_unknown",
+        "{again:#}"
+    );
+    gw.gateway.shutdown().await;
+}

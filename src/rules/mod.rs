@@ -76,6 +76,13 @@ impl Engine {
         decisions
     }
 
+    /// An engine over the same directory with an empty memory of its own: a sequence of
+    /// observations (`POST /explain` with an array, `trackgate replay`) builds on itself there
+    /// without touching what the running gateway remembers.
+    pub fn scratch(&self) -> Engine {
+        Engine::new(self.directory.clone(), MemoryLimits::default(), self.limits)
+    }
+
     pub fn directory(&self) -> &DirectoryHandle {
         &self.directory
     }
