@@ -348,7 +348,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 OutboxCommand::Retry { id } => ops::OutboxAction::Retry(id),
                 OutboxCommand::Skip { id } => ops::OutboxAction::Skip(id),
             };
-            print!("{}", ops::outbox(&config, action)?);
+            let (text, source) = ops::outbox(&config, action)?;
+            eprintln!("source: {source}");
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal { config, command } => {
@@ -357,7 +359,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 JournalCommand::List { limit } => ops::JournalAction::List { limit },
                 JournalCommand::Show { id } => ops::JournalAction::Show(id),
             };
-            print!("{}", ops::journal(&config, action)?);
+            let (text, source) = ops::journal(&config, action)?;
+            eprintln!("source: {source}");
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {

@@ -25,6 +25,15 @@ pub enum OpsError {
     Encode(#[from] serde_json::Error),
     #[error("the configured sink is not the journal (crm.sink); the journal has nothing to show")]
     NoJournal,
+    #[error(
+        "{} is in use, and no running gateway is recorded in {}\nfix: run the command with the configuration of the gateway that holds the file, or stop the process that holds it",
+        file.display(),
+        data_dir.display()
+    )]
+    HeldByUnknown {
+        file: std::path::PathBuf,
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,27 +97,52 @@ pub fn check(path: Option<&std::path::Path>) -> Result<CheckReport, OpsError> {
     })
 }
 
-/// Runs an outbox command; returns what to print.
-pub fn outbox(config: &Config, action: OutboxAction) -> Result<String, OpsError> {
+/// Where a command's answer came from, said on stderr so that nobody mistakes another
+/// gateway's data for their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The file itself (no gateway held it).
+    File(std::path::PathBuf),
+    /// The gateway recorded in the data directory, which holds the file.
+    Gateway {
+        admin: std::net::SocketAddr,
+        pid: u32,
+    },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Gateway { admin, pid } => write!(f, "gateway at http://{admin} (pid {pid})"),
+        }
+    }
+}
+
+/// Runs an outbox command; returns what to print and where it came from.
+pub fn outbox(config: &Config, action: OutboxAction) -> Result<(String, Source), OpsError> {
     let mut registry = prometheus_client::registry::Registry::default();
     match RedbOutbox::open(
         &config.outbox.file,
         crate::app::settings::outbox(&config.outbox),
         OutboxMetrics::register(&mut registry),
     ) {
-        Ok(outbox) => match action {
-            OutboxAction::Stats => pretty(&outbox.stats()?),
-            OutboxAction::Pending { limit } => pretty(&outbox.pending(limit)?),
-            OutboxAction::Dead { limit } => pretty(&outbox.dead_letters(limit)?),
-            OutboxAction::Retry(id) => {
-                outbox.retry(id)?;
-                Ok(format!("retry: {id} is pending again\n"))
-            }
-            OutboxAction::Skip(id) => {
-                outbox.skip(id)?;
-                Ok(format!("skip: {id} dropped without delivery\n"))
-            }
-        },
+        Ok(outbox) => {
+            let text = match action {
+                OutboxAction::Stats => pretty(&outbox.stats()?)?,
+                OutboxAction::Pending { limit } => pretty(&outbox.pending(limit)?)?,
+                OutboxAction::Dead { limit } => pretty(&outbox.dead_letters(limit)?)?,
+                OutboxAction::Retry(id) => {
+                    outbox.retry(id)?;
+                    format!("retry: {id} is pending again\n")
+                }
+                OutboxAction::Skip(id) => {
+                    outbox.skip(id)?;
+                    format!("skip: {id} dropped without delivery\n")
+                }
+            };
+            Ok((text, Source::File(config.outbox.file.clone())))
+        }
         Err(OutboxError::InUse { .. }) => {
             let (method, path) = match action {
                 OutboxAction::Stats => ("GET", "/outbox/stats".to_owned()),
@@ -119,35 +153,57 @@ pub fn outbox(config: &Config, action: OutboxAction) -> Result<String, OpsError>
                 OutboxAction::Retry(id) => ("POST", format!("/outbox/retry/{id}")),
                 OutboxAction::Skip(id) => ("POST", format!("/outbox/skip/{id}")),
             };
-            admin(config, method, &path)
+            admin(config, &config.outbox.file, method, &path)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Runs a journal command; returns what to print.
-pub fn journal(config: &Config, action: JournalAction) -> Result<String, OpsError> {
+/// Runs a journal command; returns what to print and where it came from.
+pub fn journal(config: &Config, action: JournalAction) -> Result<(String, Source), OpsError> {
     let SinkConfig::Journal { file } = &config.crm.sink else {
         return Err(OpsError::NoJournal);
     };
     match Journal::open(file) {
-        Ok(journal) => match action {
-            JournalAction::List { limit } => pretty(&journal.list(limit)?),
-            JournalAction::Show(id) => pretty(&journal.show(id)?),
-        },
-        Err(JournalError::InUse { .. }) => match action {
-            JournalAction::List { limit } => {
-                admin(config, "GET", &format!("/journal?limit={limit}"))
-            }
-            JournalAction::Show(id) => admin(config, "GET", &format!("/journal/{id}")),
-        },
+        Ok(journal) => {
+            let text = match action {
+                JournalAction::List { limit } => pretty(&journal.list(limit)?)?,
+                JournalAction::Show(id) => pretty(&journal.show(id)?)?,
+            };
+            Ok((text, Source::File(file.clone())))
+        }
+        Err(JournalError::InUse { .. }) => {
+            let path = match action {
+                JournalAction::List { limit } => format!("/journal?limit={limit}"),
+                JournalAction::Show(id) => format!("/journal/{id}"),
+            };
+            admin(config, file, "GET", &path)
+        }
         Err(e) => Err(e.into()),
     }
 }
 
-/// One request to the running gateway's admin listener.
-fn admin(config: &Config, method: &str, path: &str) -> Result<String, OpsError> {
-    let url = format!("http://{}{path}", config.admin.address);
+/// One request to the admin listener of the gateway recorded in the data directory: the one
+/// that holds `file`. The configured admin address is not asked, since another gateway on the
+/// machine may listen there.
+fn admin(
+    config: &Config,
+    file: &std::path::Path,
+    method: &str,
+    path: &str,
+) -> Result<(String, Source), OpsError> {
+    let data_dir = &config.storage.data_dir;
+    let Some(record) = crate::app::record::live(data_dir) else {
+        return Err(OpsError::HeldByUnknown {
+            file: file.to_path_buf(),
+            data_dir: data_dir.clone(),
+        });
+    };
+    let source = Source::Gateway {
+        admin: record.admin,
+        pid: record.pid,
+    };
+    let url = format!("http://{}{path}", record.admin);
     let fail = |problem: String| OpsError::Admin {
         url: url.clone(),
         problem,
@@ -177,7 +233,7 @@ fn admin(config: &Config, method: &str, path: &str) -> Result<String, OpsError> 
         let status = response.status();
         let text = response.text().await.map_err(|e| fail(e.to_string()))?;
         if status.is_success() {
-            Ok(text)
+            Ok((text, source))
         } else {
             Err(fail(format!("HTTP {}: {}", status.as_u16(), text.trim())))
         }

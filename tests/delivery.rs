@@ -1002,12 +1002,15 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
 async fn operations_commands_reach_a_running_gateway_through_its_admin_listener() {
     let sim = support::simulator("sim").await;
     let dir = tempfile::tempdir().unwrap();
-    // A fixed admin port, so the commands can find the running gateway from the file.
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Another gateway on the machine listens on the admin address the configuration names;
+    // ours runs with --admin elsewhere. The commands must ask ours (recorded in its data
+    // directory), never the other one.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = support::GatewayProcess::start(&support::write_config(
+        other_dir.path(),
+        &format!("plaintext = true\n[upstreams]\news = \"{}\"\n", sim.url()),
+    ));
+    let admin_port = support::addr_of(&other.admin).port();
     let config = dir.path().join("trackgate.toml");
     std::fs::write(
         &config,
@@ -1018,7 +1021,7 @@ async fn operations_commands_reach_a_running_gateway_through_its_admin_listener(
         ),
     )
     .unwrap();
-    let gateway = support::GatewayProcess::start(&config);
+    let gateway = support::GatewayProcess::start_with(&config, &["--admin", "127.0.0.1:0"]);
     let client = support::plain_client();
     assert!(send(&client, &gateway.proxy, 3).await);
     let run = |args: &[&str]| {
@@ -1035,7 +1038,11 @@ async fn operations_commands_reach_a_running_gateway_through_its_admin_listener(
         )
     };
     let journal = support::wait_for(Duration::from_secs(20), "the journal entry", async || {
-        let (code, out, _) = run(&["journal", "list"]);
+        let (code, out, err) = run(&["journal", "list"]);
+        assert!(
+            err.contains(&format!("source: gateway at {}", gateway.admin)),
+            "{err}"
+        );
         (code == Some(0) && out.contains("Burst 3")).then_some(out)
     })
     .await;
@@ -1062,7 +1069,17 @@ async fn operations_commands_reach_a_running_gateway_through_its_admin_listener(
         err.contains("HTTP 404") && err.contains("no dead-letter record"),
         "{err}"
     );
-    drop(gateway);
+    // Once the gateway is gone its record is stale, and the commands read the file.
+    let mut gateway = gateway;
+    gateway.signal("TERM");
+    assert!(gateway.wait_exit(Duration::from_secs(30)).success());
+    let (code, _, err) = run(&["outbox", "stats"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("source: ") && err.contains("outbox.redb"),
+        "{err}"
+    );
+    drop(other);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

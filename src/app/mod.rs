@@ -4,6 +4,7 @@
 //! nothing and forwards nothing itself.
 
 mod build;
+pub mod record;
 pub mod settings;
 
 use std::net::SocketAddr;
@@ -209,6 +210,18 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         .delivery
         .enabled
         .then(|| delivery.spawn(delivery_stopped, config.shutdown.grace_period));
+    let recorded = record::write(
+        &config.storage.data_dir,
+        &record::GatewayRecord {
+            pid: std::process::id(),
+            admin: listeners.admin_addr,
+            proxy: listeners.proxy_addr,
+        },
+    );
+    if let Err(error) = recorded {
+        // The commands then cannot find this gateway; traffic is unaffected.
+        tracing::warn!(%error, "cannot write the gateway record in the data directory");
+    }
     proxy.set_ready(true);
     Ok(Gateway {
         proxy_addr: listeners.proxy_addr,
@@ -487,6 +500,9 @@ impl Gateway {
         }
         // The settlements of the last deliveries.
         flush(self.outbox.clone()).await;
+        if let Ok(config) = self.config.lock() {
+            record::remove(&config.storage.data_dir, self.admin_addr);
+        }
         self.admin_task.abort();
         if let Some(sim) = self.simulator {
             sim.stop().await;
