@@ -147,6 +147,9 @@ pub struct GatewayProcess {
     pub proxy: String,
     pub admin: String,
     pub stdout: std::sync::mpsc::Receiver<String>,
+    /// What the gateway wrote on stderr: shown only when the test fails, so a passing run is
+    /// quiet even where a test provokes errors on purpose.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -163,9 +166,19 @@ impl GatewayProcess {
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("gateway binary starts");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let err = child.stderr.take().expect("stderr");
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut lines) = kept.lock() {
+                    lines.push(line);
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -176,9 +189,10 @@ impl GatewayProcess {
             }
         });
         let ready = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("gateway prints its ready line");
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+                let said = stderr.lock().map(|l| l.join("\n")).unwrap_or_default();
+                panic!("the gateway printed no ready line; its stderr:\n{said}");
+            };
             if line.starts_with("trackgate ready ") {
                 break line;
             }
@@ -195,6 +209,7 @@ impl GatewayProcess {
             admin: field("admin="),
             child,
             stdout: rx,
+            stderr,
         }
     }
 
@@ -236,6 +251,11 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking()
+            && let Ok(lines) = self.stderr.lock()
+        {
+            eprintln!("--- the gateway's stderr ---\n{}", lines.join("\n"));
+        }
     }
 }
 
