@@ -132,6 +132,44 @@ pub trait Enrichment: Send + Sync {
     fn owner(&self, mailbox: &str) -> Option<uuid::Uuid>;
 }
 
+/// What became of one record: what the demo and tests read to report outcomes, not intentions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Delivered {
+    /// The outbox key.
+    pub key: uuid::Uuid,
+    pub mailbox: Option<String>,
+    pub item_id: Option<String>,
+    #[serde(flatten)]
+    pub outcome: DeliveryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The CRM confirmed the write: a new email, or the regarding of one already there.
+    Written {
+        email_id: uuid::Uuid,
+        action: crate::crm::mapping::Action,
+    },
+    /// Exchange showed the message, and the rules then did not track it.
+    NotTracked { reason: String },
+    /// Refused for good (a dead letter).
+    Dead { error: String },
+}
+
+/// The most recent outcomes (a bounded ring).
+pub type RecentDeliveries = crate::common::recent::Recent<Delivered>;
+
+/// How many outcomes are kept.
+const RECENT_DELIVERIES: usize = 1024;
+
+/// A record ready for the sink, or found not to be tracked once its message was fetched.
+enum Prepared {
+    // Boxed: the document is large and a record is prepared once, off the traffic's path.
+    Ready(Box<TrackedEmail>),
+    NotTracked(&'static str),
+}
+
 pub struct Delivery {
     outbox: Arc<dyn Outbox>,
     sink: Arc<Sink>,
@@ -140,6 +178,7 @@ pub struct Delivery {
     settings: DeliverySettings,
     metrics: DeliveryMetrics,
     pause: Mutex<Pause>,
+    recent: Arc<RecentDeliveries>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -168,7 +207,40 @@ impl Delivery {
             settings,
             metrics,
             pause: Mutex::new(Pause::default()),
+            recent: RecentDeliveries::new(RECENT_DELIVERIES),
         })
+    }
+
+    /// What became of the latest records, oldest first.
+    pub fn recent(&self) -> Arc<RecentDeliveries> {
+        self.recent.clone()
+    }
+
+    /// Settles a record and keeps its outcome when it is final.
+    fn settle(&self, record: &Record, settlement: Settlement, written: Option<&TrackedEmail>) {
+        let outcome = match (&settlement, written) {
+            (Settlement::Delivered, Some(doc)) => Some(DeliveryOutcome::Written {
+                email_id: doc.id,
+                action: doc.action,
+            }),
+            (Settlement::Dead { error, .. }, _) => Some(DeliveryOutcome::Dead {
+                error: error.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            self.keep(record, outcome);
+        }
+        self.outbox.settle(record, settlement);
+    }
+
+    fn keep(&self, record: &Record, outcome: DeliveryOutcome) {
+        self.recent.push(Delivered {
+            key: record.key,
+            mailbox: record.decision.mailbox.clone(),
+            item_id: record.decision.item_id.clone(),
+            outcome,
+        });
     }
 
     /// Runs until `stop` turns true, then waits up to `grace` for requests in flight.
@@ -275,9 +347,17 @@ impl Delivery {
         let mut ready: Vec<(Record, TrackedEmail)> = Vec::with_capacity(records.len());
         for record in records {
             match self.prepare(&record).await {
-                Ok(Some(doc)) => ready.push((record, doc)),
-                Ok(None) => self.outbox.settle(&record, Settlement::Delivered),
-                Err(settlement) => self.outbox.settle(&record, settlement),
+                Ok(Prepared::Ready(doc)) => ready.push((record, *doc)),
+                Ok(Prepared::NotTracked(reason)) => {
+                    self.keep(
+                        &record,
+                        DeliveryOutcome::NotTracked {
+                            reason: reason.to_owned(),
+                        },
+                    );
+                    self.outbox.settle(&record, Settlement::Delivered);
+                }
+                Err(settlement) => self.settle(&record, settlement, None),
             }
         }
         if ready.is_empty() {
@@ -317,7 +397,7 @@ impl Delivery {
                 }
             }
         }
-        for ((record, _), outcome) in ready.iter().zip(outcomes) {
+        for ((record, doc), outcome) in ready.iter().zip(outcomes) {
             self.metrics.outcome(sink, outcome.label());
             let settlement = self.settlement(record, outcome);
             if settlement == Settlement::Delivered {
@@ -325,7 +405,7 @@ impl Delivery {
                     .latency
                     .observe(now_ms().saturating_sub(record.enqueued_ms) as f64 / 1000.0);
             }
-            self.outbox.settle(record, settlement);
+            self.settle(record, settlement, Some(doc));
         }
     }
 
@@ -404,8 +484,8 @@ impl Delivery {
         }
     }
 
-    /// The document for a record: `Ok(None)` when enrichment showed it is not tracked after all.
-    async fn prepare(&self, record: &Record) -> Result<Option<TrackedEmail>, Settlement> {
+    /// The document for a record, or the reason enrichment showed it is not tracked after all.
+    async fn prepare(&self, record: &Record) -> Result<Prepared, Settlement> {
         let mut decision = record.decision.clone();
         let mut body = None;
         let wants_body = self.settings.body != BodyPolicy::None && !decision.update_regarding;
@@ -425,7 +505,7 @@ impl Delivery {
                                     reason = decided.reason.as_str(),
                                     "not tracked after enrichment"
                                 );
-                                return Ok(None);
+                                return Ok(Prepared::NotTracked(decided.reason.as_str()));
                             }
                             decision = decided;
                         }
@@ -482,6 +562,6 @@ impl Delivery {
             .mailbox
             .as_deref()
             .and_then(|m| self.enrichment.owner(m));
-        Ok(Some(doc))
+        Ok(Prepared::Ready(Box::new(doc)))
     }
 }

@@ -15,6 +15,8 @@ use serde_json::{Map, Value};
 
 use crate::app::{self, Gateway};
 use crate::config::RawConfig;
+use crate::crm::mapping::Action;
+use crate::delivery::{Delivered, DeliveryOutcome};
 use crate::outbox::Outbox;
 use crate::rules::Decision;
 use crate::simulate::fixtures::{Fixture, FixtureSet};
@@ -98,8 +100,36 @@ pub struct DemoRow {
     pub message: String,
     pub verdict: String,
     pub reason: String,
-    /// The CRM email that landed (`email 1a2b3c4d, regarding account Fabrikam`), or why not.
+    /// What became of it in the CRM (`email 1a2b3c4d, regarding account Fabrikam`), or why
+    /// nothing did.
     pub crm: String,
+    pub landed: Landed,
+}
+
+/// What a decision led to, as delivery reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Landed {
+    /// Ignored: nothing was to happen.
+    Nothing,
+    /// A new email in the CRM (or one already there with the same id: exactly once).
+    Email,
+    /// The regarding of an email already in the CRM was set.
+    Regarding,
+    /// Exchange showed the message, and it was not tracked after all.
+    NotTracked,
+    /// Refused for good.
+    Dead,
+    /// Not settled when the report was made.
+    Pending,
+}
+
+/// The morning's decisions and what the CRM holds afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    pub rows: Vec<DemoRow>,
+    /// Emails the Dataverse simulator holds that it did not hold before the morning.
+    pub new_crm_emails: usize,
 }
 
 /// What stays up with `--keep-running`.
@@ -178,7 +208,7 @@ fn loopback() -> SocketAddr {
 pub async fn run(
     keep_running: bool,
     mut progress: impl FnMut(&str),
-) -> Result<(Vec<DemoRow>, Option<Running>), DemoError> {
+) -> Result<(Report, Option<Running>), DemoError> {
     crate::tls::install_crypto_provider();
     let data_dir = std::env::temp_dir().join(format!(
         "trackgate-demo-{}-{:08x}",
@@ -261,18 +291,18 @@ password = "demo-password"
             "the directory was not loaded from the Dataverse simulator".into(),
         ));
     }
-    let rows = match morning(&running, &mut progress).await {
-        Ok(rows) => rows,
+    let report = match morning(&running, &mut progress).await {
+        Ok(report) => report,
         Err(e) => {
             running.stop().await;
             return Err(e);
         }
     };
     if keep_running {
-        Ok((rows, Some(running)))
+        Ok((report, Some(running)))
     } else {
         running.stop().await;
-        Ok((rows, None))
+        Ok((report, None))
     }
 }
 
@@ -328,11 +358,9 @@ async fn settled(gateway: &Gateway, handed_before: u64, deadline: Instant) -> bo
     false
 }
 
-async fn morning(
-    running: &Running,
-    progress: &mut impl FnMut(&str),
-) -> Result<Vec<DemoRow>, DemoError> {
+async fn morning(running: &Running, progress: &mut impl FnMut(&str)) -> Result<Report, DemoError> {
     let gateway = &running.gateway;
+    let emails_before = running.dataverse.records("emails").len();
     let base = gateway.proxy_url().replace("127.0.0.1", "localhost");
     let client =
         client(&running.data_dir.join("data/certs/dev-ca.pem")).map_err(start_error("client"))?;
@@ -408,14 +436,15 @@ async fn morning(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let emails = running.dataverse.records("emails");
-    let settled = gateway
-        .outbox()
-        .stats()
-        .is_ok_and(|s| s.pending == 0 && s.in_flight == 0 && s.dead == 0);
-    Ok(made
+    let deliveries = gateway.recent_deliveries();
+    let rows = made
         .into_iter()
-        .map(|(step, d)| row(step, &d, &emails, &running.dataverse, settled))
-        .collect())
+        .map(|(step, d)| row(step, &d, &emails, &running.dataverse, &deliveries))
+        .collect();
+    Ok(Report {
+        rows,
+        new_crm_emails: emails.len().saturating_sub(emails_before),
+    })
 }
 
 fn text(v: Option<&Value>) -> Option<&str> {
@@ -434,15 +463,12 @@ fn name_of(dv: &DataverseSimulator, set: &str, id: &str) -> Option<String> {
         })
 }
 
-/// `settled`: the outbox is empty with no dead letters, so a decision whose email id was known
-/// only after fetching the message from Exchange was handled (delivered, or found not to be
-/// tracked once its content was known); the report does not claim which.
 fn row(
     step: String,
     d: &Decision,
     emails: &[Map<String, Value>],
     dv: &DataverseSimulator,
-    settled: bool,
+    deliveries: &[Delivered],
 ) -> DemoRow {
     let message = d
         .subject
@@ -451,37 +477,10 @@ fn row(
         .or_else(|| d.internet_message_id.clone())
         .or_else(|| d.item_id.as_ref().map(|i| format!("item {}", short(i))))
         .unwrap_or_else(|| "(no subject)".into());
-    let crm = if !d.is_track() {
-        "—".to_owned()
+    let (landed, crm) = if d.is_track() {
+        outcome(d, emails, dv, deliveries)
     } else {
-        let landed = d.crm_id.and_then(|id| {
-            let id = id.to_string();
-            emails
-                .iter()
-                .find(|e| text(e.get("activityid")) == Some(id.as_str()))
-                .map(|e| (id, e))
-        });
-        match landed {
-            Some((id, email)) => {
-                let regarding = email.iter().find_map(|(k, v)| {
-                    let nav = k
-                        .strip_prefix("_regardingobjectid_")?
-                        .strip_suffix("_value")?;
-                    let set = v.get("set")?.as_str()?;
-                    let rid = v.get("id")?.as_str()?;
-                    let entity = nav.split('_').next().unwrap_or(nav).to_owned();
-                    Some(match name_of(dv, set, rid) {
-                        Some(name) => format!(", regarding {entity} {name}"),
-                        None => format!(", regarding {entity}"),
-                    })
-                });
-                format!("email {}{}", &id[..8], regarding.unwrap_or_default())
-            }
-            None if d.crm_id.is_none() && settled => {
-                "fetched from Exchange, then handled by delivery".into()
-            }
-            None => "not yet (see trackgate outbox list / dead)".into(),
-        }
+        (Landed::Nothing, "—".to_owned())
     };
     DemoRow {
         step,
@@ -490,7 +489,94 @@ fn row(
         verdict: format!("{:?}", d.verdict).to_lowercase(),
         reason: d.reason.as_str().to_owned(),
         crm,
+        landed,
     }
+}
+
+/// What delivery did with a track decision: found by its CRM id and kind of write when the
+/// traffic showed enough to know them, else by the mailbox and item delivery fetched.
+fn outcome(
+    d: &Decision,
+    emails: &[Map<String, Value>],
+    dv: &DataverseSimulator,
+    deliveries: &[Delivered],
+) -> (Landed, String) {
+    let action = if d.update_regarding {
+        Action::UpdateRegarding
+    } else {
+        Action::Create
+    };
+    let mine = |x: &&Delivered| match (d.crm_id, &x.outcome) {
+        (
+            Some(id),
+            DeliveryOutcome::Written {
+                email_id,
+                action: a,
+            },
+        ) => *email_id == id && *a == action,
+        (Some(_), _) => false,
+        (None, _) => x.mailbox == d.mailbox && x.item_id == d.item_id,
+    };
+    let fetched = if d.crm_id.is_none() {
+        "fetched from Exchange: "
+    } else {
+        ""
+    };
+    match deliveries.iter().rev().find(mine).map(|x| &x.outcome) {
+        Some(DeliveryOutcome::Written { email_id, action }) => {
+            let id = email_id.to_string();
+            let regarding = regarding_of(emails, dv, &id);
+            match (action, regarding) {
+                (Action::Create, Some(r)) => (
+                    Landed::Email,
+                    format!("{fetched}email {}, regarding {r}", &id[..8]),
+                ),
+                (Action::Create, None) => (Landed::Email, format!("{fetched}email {}", &id[..8])),
+                (Action::UpdateRegarding, r) => (
+                    Landed::Regarding,
+                    format!(
+                        "{fetched}email {}: regarding set to {}",
+                        &id[..8],
+                        r.as_deref().unwrap_or("its record")
+                    ),
+                ),
+            }
+        }
+        Some(DeliveryOutcome::NotTracked { reason }) => (
+            Landed::NotTracked,
+            format!("{fetched}not tracked ({reason})"),
+        ),
+        Some(DeliveryOutcome::Dead { error }) => {
+            (Landed::Dead, format!("dead letter: {}", clip(error, 60)))
+        }
+        None => (
+            Landed::Pending,
+            "not yet (see trackgate outbox list / dead)".into(),
+        ),
+    }
+}
+
+/// `account Fabrikam`: what the CRM email with this id is regarding, as the simulator holds it.
+fn regarding_of(
+    emails: &[Map<String, Value>],
+    dv: &DataverseSimulator,
+    id: &str,
+) -> Option<String> {
+    let email = emails
+        .iter()
+        .find(|e| text(e.get("activityid")) == Some(id))?;
+    email.iter().find_map(|(k, v)| {
+        let nav = k
+            .strip_prefix("_regardingobjectid_")?
+            .strip_suffix("_value")?;
+        let set = v.get("set")?.as_str()?;
+        let rid = v.get("id")?.as_str()?;
+        let entity = nav.split('_').next().unwrap_or(nav).to_owned();
+        Some(match name_of(dv, set, rid) {
+            Some(name) => format!("{entity} {name}"),
+            None => entity,
+        })
+    })
 }
 
 fn short(text: &str) -> String {
@@ -502,8 +588,9 @@ fn short(text: &str) -> String {
     }
 }
 
-/// The report as a readable table.
-pub fn table(rows: &[DemoRow]) -> String {
+/// The report as a readable table, and what the CRM holds afterwards.
+pub fn table(report: &Report) -> String {
+    let rows = &report.rows;
     let headers = ["step", "mailbox", "message", "decision", "CRM record"];
     let cells: Vec<[String; 5]> = rows
         .iter()
@@ -541,17 +628,44 @@ pub fn table(rows: &[DemoRow]) -> String {
     for row in &cells {
         out.push_str(&line(row.each_ref().map(String::as_str)));
     }
+    out.push_str(&summary(report));
+    out
+}
+
+/// The closing lines: decisions, then outcomes as delivery reported them, cross-checked against
+/// the rows the Dataverse simulator holds.
+fn summary(report: &Report) -> String {
+    let rows = &report.rows;
+    let count = |landed: Landed| rows.iter().filter(|r| r.landed == landed).count();
     let tracked = rows.iter().filter(|r| r.verdict == "track").count();
-    let landed = rows.iter().filter(|r| r.crm.starts_with("email ")).count();
-    let fetched = rows
+    let mut created: Vec<&str> = rows
         .iter()
-        .filter(|r| r.crm.starts_with("fetched from Exchange"))
-        .count();
-    out.push_str(&format!(
-        "\n{} decisions: {tracked} tracked ({landed} landed in the CRM, {fetched} fetched from Exchange first), {} ignored.\n",
+        .filter(|r| r.landed == Landed::Email)
+        .filter_map(|r| r.crm.split("email ").nth(1))
+        .map(|rest| rest.split(',').next().unwrap_or(rest))
+        .collect();
+    created.sort_unstable();
+    created.dedup();
+    let mut out = format!(
+        "\n{} decisions: {tracked} tracked, {} ignored.\n",
         rows.len(),
         rows.len() - tracked
+    );
+    out.push_str(&format!(
+        "In the CRM: {} new emails, {} regarding set on an email already there; {} not tracked once fetched from Exchange, {} dead letters, {} not settled.\n",
+        created.len(),
+        count(Landed::Regarding),
+        count(Landed::NotTracked),
+        count(Landed::Dead),
+        count(Landed::Pending),
     ));
+    if created.len() != report.new_crm_emails {
+        out.push_str(&format!(
+            "The Dataverse simulator holds {} new emails, not {}: see trackgate outbox dead.\n",
+            report.new_crm_emails,
+            created.len()
+        ));
+    }
     out
 }
 

@@ -378,13 +378,13 @@ async fn demo(keep_running: bool) -> anyhow::Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let demo = trackgate::demo::run(keep_running, |step| eprintln!("{step}"));
-    let (rows, running) = tokio::select! {
+    let (report, running) = tokio::select! {
         result = demo => result?,
         _ = terminate.recv() => return Ok(ExitCode::FAILURE),
         _ = interrupt.recv() => return Ok(ExitCode::FAILURE),
     };
     println!();
-    print!("{}", trackgate::demo::table(&rows));
+    print!("{}", trackgate::demo::table(&report));
     if let Some(running) = running {
         println!();
         print!("{}", running.instructions());

@@ -921,6 +921,15 @@ async fn without_an_exchange_client_a_decision_needing_content_is_a_dead_letter_
         "{dead:#}"
     );
     assert!(written_emails(&dv).is_empty());
+    // Delivery keeps the outcome, as the demo reports it.
+    let kept = gw.gateway.recent_deliveries();
+    assert!(
+        matches!(
+            kept.last().map(|d| &d.outcome),
+            Some(trackgate::delivery::DeliveryOutcome::Dead { error }) if error.contains("[exchange]")
+        ),
+        "{kept:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,7 +79,7 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
         "Quote for 40 seats",
         "track",
         "folder_rule",
-        "email 43b7be51, regarding account Fabrikam",
+        "email 43b7be51: regarding set to account Fabrikam",
     ),
     (
         "Alex sets the tracking category",
@@ -87,7 +87,7 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
         "item AAMkADEzMess…",
         "track",
         "category",
-        "fetched from Exchange, then handled by delivery",
+        "fetched from Exchange: not tracked (already_tracked)",
     ),
     (
         "Alex writes to Pat in German",
@@ -143,14 +143,14 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
         "From the batch",
         "track",
         "sender_lead",
-        "fetched from Exchange, then handled by delivery",
+        "fetched from Exchange: not tracked (folder_unknown)",
     ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
     let mut steps = Vec::new();
-    let (rows, running) = trackgate::demo::run(false, |s| steps.push(s.to_owned()))
+    let (report, running) = trackgate::demo::run(false, |s| steps.push(s.to_owned()))
         .await
         .expect("the demo runs");
     assert!(running.is_none());
@@ -160,7 +160,8 @@ async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
         trackgate::demo::MORNING.len() + 2,
         "{steps:#?}"
     );
-    let got: Vec<_> = rows
+    let got: Vec<_> = report
+        .rows
         .iter()
         .map(|r| {
             (
@@ -174,6 +175,8 @@ async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
         })
         .collect();
     assert_eq!(got, EXPECTED.to_vec());
+    // Outcomes, cross-checked: the emails the rows say landed are the ones the simulator got.
+    assert_eq!(report.new_crm_emails, 4);
 }
 
 #[test]
@@ -194,9 +197,28 @@ fn the_demo_command_prints_the_table_and_exits_0() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("17 decisions: 7 tracked (5 landed in the CRM, 2 fetched from Exchange first), 10 ignored."),
+        stdout.contains("17 decisions: 7 tracked, 10 ignored.")
+            && stdout.contains("In the CRM: 4 new emails, 1 regarding set on an email already there; 2 not tracked once fetched from Exchange, 0 dead letters, 0 not settled."),
         "{stdout}"
     );
+    assert!(
+        !stdout.contains("simulator holds"),
+        "the rows and the CRM disagree: {stdout}"
+    );
+    // The README shows this table: every line it quotes is one the demo prints.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let quoted = readme
+        .split("landed:\n\n```\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the README's demo table");
+    for line in quoted.lines().filter(|l| *l != "…") {
+        assert!(
+            stdout.lines().any(|printed| printed == line),
+            "the README quotes a line the demo does not print:\n{line}\n\n{stdout}"
+        );
+    }
 }
 
 #[test]

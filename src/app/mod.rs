@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, ListenerTls, SinkConfig, UpstreamTarget};
 use crate::crm::Journal;
-use crate::delivery::{Delivery, DeliveryMetrics};
+use crate::delivery::{Delivered, Delivery, DeliveryMetrics, RecentDeliveries};
 use crate::directory::dataverse::DataverseSource;
 use crate::directory::{DirectoryError, DirectoryMetrics, FileSource};
 use crate::exchange::ExchangeClient;
@@ -117,6 +117,7 @@ pub struct Gateway {
     journal: Option<Arc<Journal>>,
     delivery_stop: watch::Sender<bool>,
     delivery_task: Option<JoinHandle<()>>,
+    deliveries: Arc<RecentDeliveries>,
 }
 
 /// Starts every part and returns once the listeners are bound and the gateway is ready. Reads
@@ -244,6 +245,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         journal,
         delivery_stop,
         delivery_task,
+        deliveries: delivery.recent(),
     })
 }
 
@@ -386,6 +388,11 @@ impl Gateway {
     /// The journal, when it is the configured sink.
     pub fn journal(&self) -> Option<&Arc<Journal>> {
         self.journal.as_ref()
+    }
+
+    /// What became of the most recent records delivery settled for good, oldest first.
+    pub fn recent_deliveries(&self) -> Vec<Delivered> {
+        self.deliveries.snapshot()
     }
 
     /// The most recent decisions, oldest first.

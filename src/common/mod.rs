@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod read;
+pub mod recent;
 pub mod secret;
 pub mod size;
 pub mod text;

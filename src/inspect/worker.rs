@@ -2,7 +2,7 @@
 //! the proxy's async workers) that takes captures off the queue, inspects them, records metrics,
 //! gives the capture's bytes back to the memory budget and hands observations on.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -104,37 +104,8 @@ impl InspectMetrics {
     }
 }
 
-/// The most recent observations, for tests and the explain endpoint to come.
-#[derive(Debug)]
-pub struct RecentObservations {
-    items: Mutex<VecDeque<Observation>>,
-    capacity: usize,
-}
-
-impl RecentObservations {
-    pub fn new(capacity: usize) -> Arc<RecentObservations> {
-        Arc::new(RecentObservations {
-            items: Mutex::new(VecDeque::with_capacity(capacity)),
-            capacity,
-        })
-    }
-
-    fn push(&self, o: Observation) {
-        if let Ok(mut items) = self.items.lock() {
-            if items.len() == self.capacity {
-                items.pop_front();
-            }
-            items.push_back(o);
-        }
-    }
-
-    pub fn snapshot(&self) -> Vec<Observation> {
-        self.items
-            .lock()
-            .map(|i| i.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
+/// The most recent observations, for tests and `GET` endpoints.
+pub type RecentObservations = crate::common::recent::Recent<Observation>;
 
 /// How long the worker naps when the queue runs dry before it waits on it: decisions come at
 /// most this much later, and a busy gateway's workers rarely have to wake this thread.

@@ -9,8 +9,7 @@ mod engine;
 pub mod fuzzing;
 pub mod memory;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -142,34 +141,5 @@ impl RulesMetrics {
     }
 }
 
-/// The most recent decisions, for tests and operators (`GET /decisions`).
-#[derive(Debug)]
-pub struct RecentDecisions {
-    items: Mutex<VecDeque<Decision>>,
-    capacity: usize,
-}
-
-impl RecentDecisions {
-    pub fn new(capacity: usize) -> Arc<RecentDecisions> {
-        Arc::new(RecentDecisions {
-            items: Mutex::new(VecDeque::with_capacity(capacity)),
-            capacity,
-        })
-    }
-
-    pub fn push(&self, d: Decision) {
-        if let Ok(mut items) = self.items.lock() {
-            if items.len() == self.capacity {
-                items.pop_front();
-            }
-            items.push_back(d);
-        }
-    }
-
-    pub fn snapshot(&self) -> Vec<Decision> {
-        self.items
-            .lock()
-            .map(|i| i.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
+/// The most recent decisions of the live pipeline (`GET /decisions`).
+pub type RecentDecisions = crate::common::recent::Recent<Decision>;
