@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The stages, in flow order (DESIGN.md §1): each may use those before it.
+/// The stages, in flow order (docs/architecture.md §1): each may use those before it.
 const STAGES: [&str; 8] = [
     "proxy",
     "inspect",
@@ -24,7 +24,7 @@ const LEAVES: [&str; 4] = ["common", "tls", "telemetry", "oauth"];
 const CONFIG: &str = "config";
 /// What wires the stages together or runs them as commands. They may use every module,
 /// including the simulators: the embedded default runs the built-in Exchange simulator
-/// (DESIGN.md §2.10), the demo runs both, and replay reads recorded fixtures.
+/// (docs/architecture.md §2.10), the demo runs both, and replay reads recorded fixtures.
 const COMPOSITION: [&str; 7] = [
     "pipeline", "app", "admin", "ops", "demo", "replay", "simulate",
 ];

@@ -1,4 +1,5 @@
-//! The rules, table by table: each behaviour of domain.md over a small directory built in code.
+//! The rules, table by table: each behaviour of docs/domain.md over a small directory built in
+//! code.
 //! The engine is the library's own, the directory a real snapshot; no sockets are needed, the
 //! end-to-end path is covered in `rules_pipeline`.
 
@@ -1199,7 +1200,7 @@ fn to_a_colleagues_contact(change: impl FnOnce(&mut UserSettings)) -> Decision {
 #[test]
 fn recipients_match_every_record_when_the_address_book_options_are_unset() {
     // The options belong to the legacy Outlook client and have no confirmed Dataverse column;
-    // server-side sync resolves recipients to every match (domain.md §4.2).
+    // server-side sync resolves recipients to every match (docs/domain.md §4.2).
     let d = to_a_colleagues_contact(|_| {});
     expect(&d, Reason::RecipientContact);
     assert_eq!(d.to[0].records, vec![look("contact", 0xc7)]);

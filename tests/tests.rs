@@ -35,7 +35,7 @@ mod ntlm_identity;
 mod ntlm_pinning;
 /// h1 and h2 through TLS, bodies byte-identical both ways, header rules, routing.
 mod passthrough;
-/// The rules, behaviour by behaviour (domain.md), with property tests.
+/// The rules, behaviour by behaviour (docs/domain.md), with property tests.
 mod rules;
 /// The rules in the running gateway: decisions, explain, directory reloads, replay.
 mod rules_pipeline;

@@ -21,7 +21,8 @@ use crate::proxy::capture::{Budget, CaptureSink};
 use crate::proxy::server;
 use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 
-/// The built-in Exchange simulator, when it is the upstream (embedded defaults, DESIGN.md §2.10).
+/// The built-in Exchange simulator, when it is the upstream (embedded defaults,
+/// docs/architecture.md §2.10).
 pub(super) async fn embedded_upstream(
     config: &Config,
 ) -> Result<Option<ExchangeSimulator>, AppError> {

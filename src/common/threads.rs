@@ -5,8 +5,9 @@
 pub const BEHIND_TRAFFIC_NICENESS: i32 = 10;
 
 /// Lowers the calling thread's scheduling priority to [`BEHIND_TRAFFIC_NICENESS`], so that on a
-/// busy core the proxy's workers run first: traffic is never slowed by inspecting it (DESIGN.md
-/// §2.1). When inspection then falls behind, its bounded queue drops copies and counts them.
+/// busy core the proxy's workers run first: traffic is never slowed by inspecting it
+/// (docs/architecture.md §2.1). When inspection then falls behind, its bounded queue drops
+/// copies and counts them.
 /// Only a time-shared thread is lowered (under a realtime policy the same call would set a
 /// realtime priority), and never raised: a gateway started at a higher niceness keeps it.
 /// Lowering one's own priority needs no privilege; if the system refuses anyway (a seccomp

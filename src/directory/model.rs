@@ -189,9 +189,10 @@ pub struct SystemUser {
 }
 
 /// How recipients are matched to contacts: the Address Book tab of the legacy Outlook client
-/// (COM add-in), whose storage in Dataverse is unconfirmed (domain.md §1.1). Server-side sync
-/// resolves recipients to every matching row (domain.md §4.2), so the gateway narrows only when
-/// a directory document sets this explicitly; see [`UserSettings::addressbookcontactmatching`].
+/// (COM add-in), whose storage in Dataverse is unconfirmed (docs/domain.md §1.1). Server-side
+/// sync resolves recipients to every matching row (docs/domain.md §4.2), so the gateway narrows
+/// only when a directory document sets this explicitly; see
+/// [`UserSettings::addressbookcontactmatching`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContactMatching {

@@ -1,8 +1,9 @@
-//! Who owns the mailbox, from what the HTTP exchange shows (DESIGN §2.3): `X-AnchorMailbox`, a
-//! Graph `/users/{id}` path, then the authenticated principal — Basic user, bearer token claims
-//! (read, never trusted for authorisation: Exchange already accepted the request), or the NTLM
-//! AUTHENTICATE user and domain of the connection. EWS impersonation and delegate mailboxes come
-//! first and are read from the SOAP request in `ews`. Results are lower-cased.
+//! Who owns the mailbox, from what the HTTP exchange shows (docs/architecture.md §2.3):
+//! `X-AnchorMailbox`, a Graph `/users/{id}` path, then the authenticated principal — Basic user,
+//! bearer token claims (read, never trusted for authorisation: Exchange already accepted the
+//! request), or the NTLM AUTHENTICATE user and domain of the connection. EWS impersonation and
+//! delegate mailboxes come first and are read from the SOAP request in `ews`. Results are
+//! lower-cased.
 
 use base64::Engine as _;
 use http::HeaderMap;

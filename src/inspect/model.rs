@@ -75,7 +75,8 @@ pub struct Message {
 /// Fields every observation carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
-    /// The mailbox owner (DESIGN §2.3), lower-cased; `None` when the exchange did not show it.
+    /// The mailbox owner (docs/architecture.md §2.3), lower-cased; `None` when the exchange did
+    /// not show it.
     pub mailbox: Option<String>,
     pub source: Source,
     /// The EWS operation or Graph action, e.g. `GetItem`, `sendMail`, `list_messages`.

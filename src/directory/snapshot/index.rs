@@ -117,7 +117,7 @@ impl TrackedIndex {
             .map(|&i| &self.rows[i as usize])
     }
 
-    /// Smart matching (domain.md §3.3): same subject hashes (within the allowed delta) and at
+    /// Smart matching (docs/domain.md §3.3): same subject hashes (within the allowed delta) and at
     /// least the minimum count of common address hashes. Candidates come from shared addresses.
     pub fn smart_match(
         &self,

@@ -36,7 +36,7 @@ pub struct InvalidDirectory {
     pub fix: String,
 }
 
-/// Tables that hold e-mail addresses, in sender-resolution precedence (domain.md §4.1).
+/// Tables that hold e-mail addresses, in sender-resolution precedence (docs/domain.md §4.1).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -375,7 +375,7 @@ impl Directory {
     /// The address-book matching options of a user; an option not set matches every record
     /// (as do queues, which have none). The options belong to the legacy Outlook client and
     /// have no confirmed Dataverse column, while server-side sync resolves recipients to every
-    /// match (domain.md §4.2): only a deployment that sets them on purpose narrows.
+    /// match (docs/domain.md §4.2): only a deployment that sets them on purpose narrows.
     pub fn matching(&self, owner: Owner) -> (ContactMatching, OtherMatching) {
         match owner {
             Owner::User(u) => {

@@ -1,4 +1,4 @@
-//! Correlation (domain.md §3.1): finding the tracked email a message answers — by In-Reply-To,
+//! Correlation (docs/domain.md §3.1): finding the tracked email a message answers — by In-Reply-To,
 //! tracking token, conversation index or id, or smart matching — first in what the gateway
 //! tracked moments ago, then in the CRM; and the keys a tracked message leaves in the memory so
 //! that replies and duplicates find it.
@@ -69,7 +69,7 @@ impl<'a> Run<'a> {
         d.correlation = Some(c);
     }
 
-    /// Correlation with an email already tracked (domain.md §3.1), first hit wins.
+    /// Correlation with an email already tracked (docs/domain.md §3.1), first hit wins.
     pub(super) fn correlate(&self, m: &Message) -> Option<Correlated> {
         let org = self.dir.org();
         let tracked = self.dir.tracked();

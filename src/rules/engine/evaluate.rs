@@ -1,4 +1,4 @@
-//! The evaluation of one message in one mailbox, as steps in domain.md's order: screening
+//! The evaluation of one message in one mailbox, as steps in docs/domain.md's order: screening
 //! (owner, delivery, draft, item class), where the message is and which way it went, whether it
 //! is already tracked, folder rules, the tracking category, then what its place and trigger
 //! leave (automatic tracking or a reason not to track). Each step either decides or hands on.
@@ -222,7 +222,7 @@ impl Run<'_> {
         own_item: bool,
         because: &str,
     ) {
-        // A move into a folder whose rule links another record re-links it (domain.md §2.3).
+        // A move into a folder whose rule links another record re-links it (docs/domain.md §2.3).
         if own_item
             && let Place::Folder(folder_id, _) = place
             && let Some(rule) = self.dir.rule(mailbox, folder_id)

@@ -1,5 +1,5 @@
 //! The decision procedure: one observation, the directory snapshot and the per-mailbox memory
-//! in; decisions out. The order of the checks follows domain.md: who owns the mailbox, whether
+//! in; decisions out. The order of the checks follows docs/domain.md: who owns the mailbox, whether
 //! the message is already tracked, folder rules, the tracking category, then automatic
 //! tracking (Inbox: every resolved recipient's filter; Sent Items: the org switch, then the
 //! sender's filter), with correlation run after filtering.

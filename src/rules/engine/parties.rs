@@ -1,4 +1,4 @@
-//! Party resolution (domain.md §4): the sender and recipients of a message resolved against
+//! Party resolution (docs/domain.md §4): the sender and recipients of a message resolved against
 //! the directory — X.500 addresses mapped to SMTP, inactive and ambiguous matches weighed, the
 //! owner's address-book options applied when set — and spelled out as the decision's parties.
 
@@ -12,7 +12,7 @@ use crate::directory::model::Lookup;
 use crate::directory::snapshot::{Directory, EntityKind, MailboxEntry, lower, recipient_may_match};
 use crate::inspect::{Address, Message};
 
-/// More matches than this leave an address unresolved (domain.md §4.1).
+/// More matches than this leave an address unresolved (docs/domain.md §4.1).
 const MAX_MATCHES: usize = 100;
 
 /// A party resolved against the directory.
@@ -73,7 +73,7 @@ impl<'a> Run<'a> {
         Some(lower(raw))
     }
 
-    /// Sender resolution (domain.md §4.1): active rows, user → contact → account → lead →
+    /// Sender resolution (docs/domain.md §4.1): active rows, user → contact → account → lead →
     /// others, a row the mailbox owner owns first, earliest created among equals.
     pub(super) fn resolve_sender<'m>(
         &self,
@@ -147,7 +147,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Recipient resolution (domain.md §4.2): every match, narrowed only by address-book
+    /// Recipient resolution (docs/domain.md §4.2): every match, narrowed only by address-book
     /// options the owner's settings set explicitly.
     pub(super) fn resolve_recipients<'m>(
         &self,
