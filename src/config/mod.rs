@@ -233,7 +233,7 @@ mod tests {
         let e = RawConfig::from_toml("[limits]\nmax_connections = \"abc\"\n", "t.toml", vec![])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("t.toml: `limits.max_connections`"), "{e}");
+        assert!(e.starts_with("t.toml:2: `limits.max_connections`"), "{e}");
     }
 
     #[test]
@@ -252,6 +252,7 @@ mod tests {
             unknown.contains("fix: remove or rename the key"),
             "{unknown}"
         );
+        assert!(unknown.starts_with("t.toml:1: `limits`"), "{unknown}");
     }
 
     #[test]

@@ -660,7 +660,7 @@ impl RawConfig {
         })?;
         let overridden = apply_env_overrides(&mut table, env)?;
         RawConfig::deserialize(toml::Value::Table(table))
-            .map_err(|e| parse_error(&e.to_string(), origin, &overridden))
+            .map_err(|e| parse_error(&e.to_string(), origin, text, &overridden))
     }
 
     /// The resolved configuration as TOML, secrets redacted.
@@ -672,7 +672,12 @@ impl RawConfig {
 /// A value or key the schema refuses, said in the operator's words: where it came from (the
 /// file, or the environment variable that set it), what was expected (`a whole number`, not
 /// `usize`) and a fix for this kind of mistake.
-fn parse_error(serde_message: &str, origin: &str, overridden: &[(String, String)]) -> ConfigError {
+fn parse_error(
+    serde_message: &str,
+    origin: &str,
+    text: &str,
+    overridden: &[(String, String)],
+) -> ConfigError {
     // toml names the key on a line of its own: "… \nin `limits.max_connections`".
     let key = serde_message
         .split_once("in `")
@@ -685,7 +690,10 @@ fn parse_error(serde_message: &str, origin: &str, overridden: &[(String, String)
         .and_then(|k| overridden.iter().find(|(path, _)| path == k))
     {
         Some((_, variable)) => format!("environment variable {variable}"),
-        None => origin.to_owned(),
+        None => match key.as_deref().and_then(|k| line_of(text, k)) {
+            Some(line) => format!("{origin}:{line}"),
+            None => origin.to_owned(),
+        },
     };
     let message = match &key {
         Some(key) => format!("`{key}`: {message}"),
@@ -703,6 +711,39 @@ fn parse_error(serde_message: &str, origin: &str, overridden: &[(String, String)
         message,
         fix,
     }
+}
+
+/// The line (from 1) where `dotted` (`limits.max_connections`, or a section such as
+/// `limits`) is written, for the plain `[section]` / `key = value` layout; `None` for other
+/// spellings (inline tables, dotted keys), which then name the file alone.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("");
+            current = header.trim().to_owned();
+            if current == dotted {
+                return Some(n + 1);
+            }
+            continue;
+        }
+        let name = line
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
+        if current == section && name == key && line.contains('=') {
+            return Some(n + 1);
+        }
+    }
+    None
 }
 
 /// serde's type names in the words of someone writing a configuration file.
