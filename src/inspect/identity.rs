@@ -18,20 +18,59 @@ use crate::proxy::headers::is_windows_auth;
 /// mailbox, else the Graph `/users/{id}`, else the credentials as sent (Basic and bearer name
 /// one principal for as long as they are used), else the client connection (NTLM and
 /// Negotiate authenticate the connection itself). Cheap on purpose: it runs on the proxy's
-/// worker for every copied exchange, so no token is decoded here; lower-casing makes the two
-/// spellings of one mailbox the same key.
+/// worker for every copied exchange, so it reads borrowed slices, decodes no token and
+/// allocates nothing; the mailbox is hashed in its normal form (see [`fold_hash`]), so the two
+/// spellings of one mailbox are the same key.
 pub fn affinity(capture: &Capture) -> u64 {
-    let key = anchor_mailbox(&capture.request_headers)
-        .or_else(|| graph_user(&capture.path_and_query))
-        .or_else(|| {
-            let auth = capture.request_headers.get(http::header::AUTHORIZATION)?;
-            let windows = is_windows_auth(&capture.request_headers);
-            (!windows).then(|| String::from_utf8_lossy(auth.as_bytes()).into_owned())
-        });
-    match key {
-        Some(key) => xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
-        None => capture.connection,
+    let headers = &capture.request_headers;
+    if let Some(anchor) = anchor_raw(headers) {
+        return fold_hash(anchor);
     }
+    if let Some(user) = graph_version_rest(&capture.path_and_query).and_then(users_segment) {
+        return fold_hash(user);
+    }
+    match headers.get(http::header::AUTHORIZATION) {
+        Some(auth) if !is_windows_auth(headers) => xxhash_rust::xxh3::xxh3_64(auth.as_bytes()),
+        _ => capture.connection,
+    }
+}
+
+/// Hashes a mailbox as [`http_mailbox`] would spell it — percent-decoded and lower-cased —
+/// without building that string. Quotes are left out, so the OData key form's quoting
+/// (`users('…')`) does not matter; two names differing only in quotes share a worker, which
+/// costs nothing but balance.
+fn fold_hash(text: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let (bytes, mut buffer, mut held) = (text.as_bytes(), [0u8; 64], 0);
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        let byte = match escaped {
+            Some(v) => {
+                i += 3;
+                v
+            }
+            None => {
+                i += 1;
+                bytes[i - 1]
+            }
+        };
+        if byte == b'\'' || byte == b'"' {
+            continue;
+        }
+        buffer[held] = byte.to_ascii_lowercase();
+        held += 1;
+        if held == buffer.len() {
+            hasher.update(&buffer);
+            held = 0;
+        }
+    }
+    hasher.update(&buffer[..held]);
+    hasher.digest()
 }
 
 /// The mailbox from HTTP-level hints, in precedence order.
@@ -46,43 +85,59 @@ pub fn http_mailbox(
 }
 
 fn anchor_mailbox(headers: &HeaderMap) -> Option<String> {
+    anchor_raw(headers).map(str::to_lowercase)
+}
+
+/// `X-AnchorMailbox` as sent, without its `SMTP:`/`UPN:` prefix.
+fn anchor_raw(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("x-anchormailbox")?.to_str().ok()?.trim();
     let value = ["smtp:", "upn:"]
         .iter()
-        .find_map(|p| {
-            value
-                .get(..p.len())
-                .filter(|h| h.eq_ignore_ascii_case(p))
-                .map(|_| &value[p.len()..])
-        })
+        .find_map(|p| strip_prefix_ignore_case(value, p))
         .unwrap_or(value);
-    (!value.is_empty()).then(|| value.to_lowercase())
+    (!value.is_empty()).then_some(value)
+}
+
+fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
+    text.get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .map(|_| &text[prefix.len()..])
+}
+
+/// What follows `/v1.0/` (or `/beta/`) in a Graph path.
+fn graph_version_rest(path: &str) -> Option<&str> {
+    let (version, rest) = path.trim_start_matches('/').split_once('/')?;
+    (version.eq_ignore_ascii_case("v1.0") || version.eq_ignore_ascii_case("beta")).then_some(rest)
 }
 
 /// `{id}` of `/v1.0/users/{id}/…` (or `/beta/…`), percent-decoded.
 pub fn graph_user(path: &str) -> Option<String> {
-    let path = path.trim_start_matches('/');
-    let (version, rest) = path.split_once('/')?;
-    if !(version.eq_ignore_ascii_case("v1.0") || version.eq_ignore_ascii_case("beta")) {
-        return None;
+    graph_user_after_version(graph_version_rest(path)?)
+}
+
+/// The `{id}` of `users/{id}` or `users('{id}')` (whose parentheses the SDKs may send as `%28`
+/// and `%29`), as written: still percent-encoded and quoted.
+fn users_segment(path: &str) -> Option<&str> {
+    let mut segments = path.split('?').next()?.trim_start_matches('/').split('/');
+    let first = segments.next()?;
+    if first.eq_ignore_ascii_case("users") {
+        return segments.next();
     }
-    graph_user_after_version(rest)
+    let key = strip_prefix_ignore_case(first, "users(")
+        .or_else(|| strip_prefix_ignore_case(first, "users%28"))?;
+    key.strip_suffix(')').or_else(|| {
+        let cut = key.len().checked_sub(3)?;
+        key.get(cut..)
+            .filter(|tail| tail.eq_ignore_ascii_case("%29"))
+            .map(|_| &key[..cut])
+    })
 }
 
 /// `{id}` of `users/{id}/…` after the version segment (a `$batch` sub-request's URL),
 /// percent-decoded: the SDKs expand it through a URI template, so `@` arrives as `%40`.
 /// Also in OData key form, `users('{id}')`, as Graph writes its delta and next links.
 pub fn graph_user_after_version(path: &str) -> Option<String> {
-    let mut segments = path.split('?').next()?.trim_start_matches('/').split('/');
-    // Decoded first: the SDKs may send the key form's parentheses as %28 and %29.
-    let first = percent_decode(segments.next()?);
-    let id = match first.get(..6) {
-        Some(head) if head.eq_ignore_ascii_case("users(") => {
-            first.get(6..)?.strip_suffix(')')?.to_owned()
-        }
-        _ if first.eq_ignore_ascii_case("users") => percent_decode(segments.next()?),
-        _ => return None,
-    };
+    let id = percent_decode(users_segment(path)?);
     // An OData string key doubles its quotes: users('o''brien@contoso.example').
     let id = id
         .trim_matches(|c| c == '\'' || c == '"')
@@ -291,6 +346,18 @@ mod tests {
             &[],
         ));
         assert_eq!(a, users, "a Graph /users/ path names the same mailbox");
+        let key_form = affinity(&capture(
+            3,
+            "/v1.0/users%28'Alex%40contoso.example'%29/messages",
+            &[],
+        ));
+        assert_eq!(a, key_form, "and so does its OData key form");
+        // Hashed in pieces as one: a long name gives the one-shot hash of its normal form.
+        let long = format!("{}@Contoso.example", "A".repeat(150));
+        assert_eq!(
+            fold_hash(&long.replace('@', "%40")),
+            xxhash_rust::xxh3::xxh3_64(long.to_lowercase().as_bytes())
+        );
         let basic = [("authorization", "Basic YWxleDpwdw==")];
         assert_eq!(
             affinity(&capture(4, ews, &basic)),
