@@ -11,8 +11,9 @@ use tokio::sync::watch;
 
 use super::{ADMIN_LISTENER, AppError, PROXY_LISTENER, settings};
 use crate::config::{Config, SinkConfig, UpstreamTarget};
+use crate::crm::mapping::FieldTable;
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
-use crate::directory::dataverse::DataverseSource;
+use crate::directory::dataverse::{DataverseSource, DataverseSourceSettings};
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
 use crate::pipeline::Pipeline;
@@ -70,19 +71,17 @@ pub(super) fn file_source(config: &Config) -> FileSource {
 /// is waited for up to `startup_wait` and then left to finish in the background.
 pub(super) async fn directory(
     config: &Config,
+    dataverse_settings: Option<DataverseSourceSettings>,
     http: &reqwest::Client,
     registry: &mut Registry,
 ) -> Result<Directory, AppError> {
     let metrics = Arc::new(DirectoryMetrics::register(registry));
     let file = file_source(config);
-    let (snapshot, dataverse) = match &config.directory.dataverse {
+    let (snapshot, dataverse) = match dataverse_settings {
         None => (file.load()?, None),
-        Some(dv) => {
-            let (dataverse, replica) = DataverseSource::open(
-                http.clone(),
-                settings::dataverse_source(dv, &config.identity)?,
-            )
-            .map_err(AppError::DirectorySource)?;
+        Some(source_settings) => {
+            let (dataverse, replica) = DataverseSource::open(http.clone(), source_settings)
+                .map_err(AppError::DirectorySource)?;
             let snapshot = match replica {
                 Some(r) => r,
                 None => crate::directory::dataverse::empty_directory()
@@ -170,9 +169,9 @@ pub(super) fn keep_directory_fresh(
 /// The configured sink (and the journal, when it is the sink, for the admin endpoints).
 pub(super) fn sink(
     config: &Config,
+    fields: &FieldTable,
     http: &reqwest::Client,
 ) -> Result<(Sink, Option<Arc<Journal>>), AppError> {
-    let fields = settings::fields(&config.crm)?;
     Ok(match &config.crm.sink {
         SinkConfig::Journal { file } => {
             let journal = Arc::new(Journal::open(file)?);

@@ -127,7 +127,7 @@ pub struct Gateway {
 /// each step is a constructor in `build` or a stage's own `new`.
 pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     tls::install_crypto_provider();
-    settings::check(&config)?;
+    let checked = settings::check(&config)?;
     // Bound first: a taken port must fail the start before anything is written to disk.
     let listeners = build::listeners(&config).await?;
     with_simulator_hosts(&mut config);
@@ -137,7 +137,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let http = build::service_client(&config)?;
 
     // The directory and the rules that read it.
-    let directory = build::directory(&config, &http, &mut registry).await?;
+    let directory = build::directory(&config, checked.dataverse, &http, &mut registry).await?;
     let (memory, limits) = settings::rules(&config.rules);
     let engine = Arc::new(Engine::new(directory.handle.clone(), memory, limits));
     let rules_metrics = Arc::new(RulesMetrics::register(&mut registry));
@@ -149,7 +149,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         settings::outbox(&config.outbox),
         OutboxMetrics::register(&mut registry),
     )?);
-    let (sink, journal) = build::sink(&config, &http)?;
+    let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = config
         .exchange
         .as_ref()

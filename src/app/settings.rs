@@ -39,12 +39,27 @@ pub fn load(
 }
 
 /// Runs every resolution that can fail, so `trackgate check` catches what a start would.
-pub fn check(config: &Config) -> Result<(), ConfigError> {
-    fields(&config.crm)?;
-    if let Some(dataverse) = &config.directory.dataverse {
-        dataverse_source(dataverse, &config.identity)?;
-    }
-    Ok(())
+/// Returns what it resolved, so a start uses it instead of resolving (and reading the fields
+/// file) again.
+pub fn check(config: &Config) -> Result<Checked, ConfigError> {
+    Ok(Checked {
+        fields: fields(&config.crm)?,
+        dataverse: config
+            .directory
+            .dataverse
+            .as_ref()
+            .map(|dv| dataverse_source(dv, &config.identity))
+            .transpose()?,
+    })
+}
+
+/// The settings that only resolution can judge, resolved once.
+#[derive(Debug)]
+pub struct Checked {
+    /// The synchronized-fields table.
+    pub fields: FieldTable,
+    /// The Dataverse directory source's settings, when the directory comes from Dataverse.
+    pub dataverse: Option<DataverseSourceSettings>,
 }
 
 pub fn log_format(config: &Config) -> telemetry::LogFormat {
