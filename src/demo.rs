@@ -113,9 +113,9 @@ pub enum Landed {
     /// Ignored: nothing was to happen.
     Nothing,
     /// A new email in the CRM (or one already there with the same id: exactly once).
-    Email,
+    Email(uuid::Uuid),
     /// The regarding of an email already in the CRM was set.
-    Regarding,
+    Regarding(uuid::Uuid),
     /// Exchange showed the message, and it was not tracked after all.
     NotTracked,
     /// Refused for good.
@@ -528,12 +528,15 @@ fn outcome(
             let regarding = regarding_of(emails, dv, &id);
             match (action, regarding) {
                 (Action::Create, Some(r)) => (
-                    Landed::Email,
+                    Landed::Email(*email_id),
                     format!("{fetched}email {}, regarding {r}", &id[..8]),
                 ),
-                (Action::Create, None) => (Landed::Email, format!("{fetched}email {}", &id[..8])),
+                (Action::Create, None) => (
+                    Landed::Email(*email_id),
+                    format!("{fetched}email {}", &id[..8]),
+                ),
                 (Action::UpdateRegarding, r) => (
-                    Landed::Regarding,
+                    Landed::Regarding(*email_id),
                     format!(
                         "{fetched}email {}: regarding set to {}",
                         &id[..8],
@@ -636,16 +639,16 @@ pub fn table(report: &Report) -> String {
 /// the rows the Dataverse simulator holds.
 fn summary(report: &Report) -> String {
     let rows = &report.rows;
-    let count = |landed: Landed| rows.iter().filter(|r| r.landed == landed).count();
+    let count = |wanted: fn(&Landed) -> bool| rows.iter().filter(|r| wanted(&r.landed)).count();
     let tracked = rows.iter().filter(|r| r.verdict == "track").count();
-    let mut created: Vec<&str> = rows
+    // Two decisions may write the same email (exactly once at the CRM): count emails, not rows.
+    let created: std::collections::BTreeSet<uuid::Uuid> = rows
         .iter()
-        .filter(|r| r.landed == Landed::Email)
-        .filter_map(|r| r.crm.split("email ").nth(1))
-        .map(|rest| rest.split(',').next().unwrap_or(rest))
+        .filter_map(|r| match r.landed {
+            Landed::Email(id) => Some(id),
+            _ => None,
+        })
         .collect();
-    created.sort_unstable();
-    created.dedup();
     let mut out = format!(
         "\n{} decisions: {tracked} tracked, {} ignored.\n",
         rows.len(),
@@ -654,10 +657,10 @@ fn summary(report: &Report) -> String {
     out.push_str(&format!(
         "In the CRM: {} new emails, {} regarding set on an email already there; {} not tracked once fetched from Exchange, {} dead letters, {} not settled.\n",
         created.len(),
-        count(Landed::Regarding),
-        count(Landed::NotTracked),
-        count(Landed::Dead),
-        count(Landed::Pending),
+        count(|l| matches!(l, Landed::Regarding(_))),
+        count(|l| *l == Landed::NotTracked),
+        count(|l| *l == Landed::Dead),
+        count(|l| *l == Landed::Pending),
     ));
     if created.len() != report.new_crm_emails {
         out.push_str(&format!(
