@@ -26,7 +26,7 @@ use crate::inspect::Message;
 use crate::outbox::{Outbox, Record, Settlement};
 use crate::rules::Decision;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliverySettings {
     /// Requests in flight to the sink at once (Dataverse allows 52 per application user).
     pub concurrency: usize,

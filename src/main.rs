@@ -101,26 +101,7 @@ enum Command {
     },
     /// Inspect recorded exchanges and print one JSON object per observation per line.
     /// Give fixture folders, or a request and/or response file (raw HTTP message or bare body).
-    Inspect {
-        /// Fixture folders (each with a fixture.toml).
-        fixtures: Vec<PathBuf>,
-        #[arg(long)]
-        request: Option<PathBuf>,
-        #[arg(long)]
-        response: Option<PathBuf>,
-        /// Request method (default POST, or the raw request's).
-        #[arg(long)]
-        method: Option<String>,
-        /// Request path (default /EWS/Exchange.asmx, or the raw request's).
-        #[arg(long)]
-        path: Option<String>,
-        /// Extra request header, 'Name: value' (repeatable).
-        #[arg(long = "header")]
-        headers: Vec<String>,
-        /// Response status (default 200, or the raw response's).
-        #[arg(long)]
-        status: Option<u16>,
-    },
+    Inspect(replay::InspectInputs),
     /// The outbox of tracked emails waiting for the CRM: stats, pending records, dead letters,
     /// and retry or skip of one record. Works on the file when no gateway runs, otherwise
     /// through the running gateway's admin listener (with admin.token).
@@ -260,28 +241,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .flatten()
                 .map(|(env, addr)| (env.to_owned(), addr.to_string()))
                 .collect();
-            let config = app::settings::load(config.as_deref(), &overrides)?;
-            telemetry::init_logging(&config.logging.level, app::settings::log_format(&config));
+            // Judged once, by the start (app::settings::check).
+            let (_, config) = Config::load_with(config.as_deref(), &overrides)?;
+            telemetry::init_logging(&config.logging.level, config.logging.format);
             let runtime = runtime(config.runtime.worker_threads)?;
             runtime.spawn(give_back_freed_memory());
             runtime.block_on(app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
-            let outcome = ops::check(config.as_deref()).and_then(|report| {
-                print!("{}", report.resolved);
-                report.directory
-            });
-            match outcome {
-                Ok(summary) => {
-                    eprint!("{summary}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(error) => {
-                    eprintln!("trackgate: {error}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
+            let report = ops::check(config.as_deref())?;
+            print!("{}", report.resolved);
+            eprint!("{}", report.directory?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Certs {
             command: CertsCommand::Dev { out },
@@ -296,41 +268,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Simulate { command } => simulate(command),
         Command::Replay { directory, inputs } => {
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            match replay::replay_files(directory, &inputs, stdout, |name, problem| {
+            let s = replay::replay_files(directory, &inputs, stdout, |name, problem| {
                 eprintln!("{name}: {problem}")
-            }) {
-                Ok(s) => {
-                    eprintln!(
-                        "replayed {} exchanges, {} observations: {} tracked, {} ignored",
-                        s.exchanges, s.observations, s.tracked, s.ignored
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(error @ replay::ReplayError::Directory(_)) => {
-                    eprintln!("trackgate: {error}");
-                    Ok(ExitCode::FAILURE)
-                }
-                Err(error) => Err(error.into()),
-            }
+            })?;
+            eprintln!(
+                "replayed {} exchanges, {} observations: {} tracked, {} ignored",
+                s.exchanges, s.observations, s.tracked, s.ignored
+            );
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect {
-            fixtures,
-            request,
-            response,
-            method,
-            path,
-            headers,
-            status,
-        } => {
-            let inputs = replay::InspectInputs {
-                fixtures,
-                request,
-                response,
-                method,
-                path,
-                headers,
-                status,
-            };
+        Command::Inspect(inputs) => {
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
             let all = replay::inspect_recorded(&inputs, stdout, |p| eprintln!("{p}"))?;
             Ok(if all {

@@ -82,14 +82,10 @@ pub fn check(path: Option<&std::path::Path>) -> Result<CheckReport, OpsError> {
             dv.connection.url,
             dv.replica_file.display()
         )),
-        None => crate::directory::FileSource {
-            path: config.directory.file.clone(),
-            max_size: config.directory.max_file_size,
-            settings: crate::app::settings::directory(&config.identity),
-        }
-        .load()
-        .map(|d| format!("{valid}directory: {}\n", d.counts()))
-        .map_err(OpsError::from),
+        None => crate::app::settings::file_source(&config)
+            .load()
+            .map(|d| format!("{valid}directory: {}\n", d.counts()))
+            .map_err(OpsError::from),
     };
     Ok(CheckReport {
         resolved: raw.to_redacted_toml(),

@@ -12,6 +12,17 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Where a listener's TLS material comes from; shared by the configuration and the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plain HTTP.
+    Off,
+    /// Certificate and key files given by the operator.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Development certificates in this folder, created on first start.
+    Development { dir: PathBuf },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} from {path}: {source}")]

@@ -59,14 +59,6 @@ pub(super) struct Directory {
     pub dataverse: Option<Arc<DataverseSource>>,
 }
 
-pub(super) fn file_source(config: &Config) -> FileSource {
-    FileSource {
-        path: config.directory.file.clone(),
-        max_size: config.directory.max_file_size,
-        settings: settings::directory(&config.identity),
-    }
-}
-
 /// Loads the directory: the file, or the Dataverse replica followed by a first refresh that
 /// is waited for up to `startup_wait` and then left to finish in the background.
 pub(super) async fn directory(
@@ -76,7 +68,7 @@ pub(super) async fn directory(
     registry: &mut Registry,
 ) -> Result<Directory, AppError> {
     let metrics = Arc::new(DirectoryMetrics::register(registry));
-    let file = file_source(config);
+    let file = settings::file_source(config);
     let (snapshot, dataverse) = match dataverse_settings {
         None => (file.load()?, None),
         Some(source_settings) => {

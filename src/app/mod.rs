@@ -425,7 +425,7 @@ impl Gateway {
                 );
             }
         } else {
-            let source = build::file_source(&config);
+            let source = settings::file_source(&config);
             let snapshot = match source.load() {
                 Ok(s) => s,
                 Err(error) => {
@@ -462,7 +462,8 @@ impl Gateway {
             .lock()
             .map(|c| (c.source.clone(), c.overrides.clone()))
             .unwrap_or_default();
-        self.reload(settings::load(source.as_deref(), &overrides)?)
+        // Judged once, by `reload` (app::settings::check).
+        self.reload(Config::load_with(source.as_deref(), &overrides)?.1)
     }
 
     /// The drain sequence: readiness false, wait `drain_delay` so load balancers notice, stop

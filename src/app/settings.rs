@@ -8,12 +8,13 @@ use std::collections::HashMap;
 
 use crate::config::{
     Config, ConfigError, CrmConfig, DataverseDirectoryConfig, DeliveryConfig, EmailBody,
-    ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, LogFormat, OutboxConfig,
-    RulesConfig, logical_name,
+    ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, OutboxConfig, RulesConfig,
+    logical_name,
 };
 use crate::crm::mapping::{BodyPolicy, FieldTable};
 use crate::delivery::DeliverySettings;
 use crate::directory::DirectorySettings;
+use crate::directory::FileSource;
 use crate::directory::dataverse::{DataverseSourceSettings, OfflineFilter, has_owner};
 use crate::directory::tables::{OtherTable, TABLES, entity_set};
 use crate::exchange::{ExchangeAuth, ExchangeSettings};
@@ -22,10 +23,9 @@ use crate::inspect::decode::DecodeLimits;
 use crate::inspect::xml::XmlLimits;
 use crate::outbox::OutboxSettings;
 use crate::proxy::{
-    AutodiscoverSettings, Limits, ListenerSettings, ListenerTls, ProxySettings, UpstreamTimeouts,
+    AutodiscoverSettings, Limits, ListenerSettings, ProxySettings, UpstreamTimeouts,
 };
 use crate::rules::{MemoryLimits, RulesLimits};
-use crate::telemetry;
 
 /// Loads the configuration file (or the embedded defaults), with the environment's overrides
 /// and then `overrides` (from the command line), and runs every check a start runs.
@@ -36,6 +36,15 @@ pub fn load(
     let config = Config::load_with(path, overrides)?.1;
     check(&config)?;
     Ok(config)
+}
+
+/// The directory file source a start (or a reload, or `check`) reads.
+pub fn file_source(config: &Config) -> FileSource {
+    FileSource {
+        path: config.directory.file.clone(),
+        max_size: config.directory.max_file_size,
+        settings: directory(&config.identity),
+    }
 }
 
 /// Runs every resolution that can fail, so `trackgate check` catches what a start would.
@@ -62,13 +71,6 @@ pub struct Checked {
     pub dataverse: Option<DataverseSourceSettings>,
 }
 
-pub fn log_format(config: &Config) -> telemetry::LogFormat {
-    match config.logging.format {
-        LogFormat::Text => telemetry::LogFormat::Text,
-        LogFormat::Json => telemetry::LogFormat::Json,
-    }
-}
-
 pub fn proxy(config: &Config) -> ProxySettings {
     let (l, u, m, a) = (
         &config.listener,
@@ -79,16 +81,7 @@ pub fn proxy(config: &Config) -> ProxySettings {
     ProxySettings {
         listener: ListenerSettings {
             address: l.address,
-            tls: match &l.tls {
-                crate::config::ListenerTls::Off => ListenerTls::Off,
-                crate::config::ListenerTls::Files { cert, key } => ListenerTls::Files {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-                crate::config::ListenerTls::Development { dir } => {
-                    ListenerTls::Development { dir: dir.clone() }
-                }
-            },
+            tls: l.tls.clone(),
             alpn: l.alpn.clone(),
             trusted_proxies: l.trusted_proxies.clone(),
         },
@@ -441,25 +434,8 @@ mod tests {
             .unwrap()
             .validate(Path::new("."))
             .unwrap();
-        let (outbox, default) = (outbox(&config.outbox), OutboxSettings::default());
-        assert_eq!(
-            (
-                outbox.group_records,
-                outbox.group_interval,
-                outbox.queue,
-                outbox.max_pending,
-                outbox.delivered_window
-            ),
-            (
-                default.group_records,
-                default.group_interval,
-                default.queue,
-                default.max_pending,
-                default.delivered_window
-            )
-        );
-        let delivery = delivery(&config.delivery);
-        assert_eq!(delivery.body, DeliverySettings::default().body);
+        assert_eq!(outbox(&config.outbox), OutboxSettings::default());
+        assert_eq!(delivery(&config.delivery), DeliverySettings::default());
         assert_eq!(fields(&config.crm).unwrap(), FieldTable::embedded());
     }
 

@@ -167,7 +167,7 @@ pub fn dedup_key(decision: &Decision, at_ms: u64) -> Uuid {
 }
 
 /// Settings of the embedded outbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxSettings {
     /// Commit after this many operations…
     pub group_records: usize,

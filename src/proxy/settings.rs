@@ -27,15 +27,7 @@ pub struct ListenerSettings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenerTls {
-    /// Plain HTTP.
-    Off,
-    /// Certificate and key files given by the operator.
-    Files { cert: PathBuf, key: PathBuf },
-    /// Development certificates in this folder, created on first start.
-    Development { dir: PathBuf },
-}
+pub use crate::tls::ListenerTls;
 
 /// What one client may ask of the gateway.
 #[derive(Debug, Clone)]

@@ -18,20 +18,29 @@ const MAX_HEADERS: usize = 128;
 /// The name of the exchange given as `--request`/`--response` files.
 const EXCHANGE: &str = "exchange";
 
-/// What to inspect and how to fill in what a bare body does not say.
-#[derive(Debug, Default)]
+/// What to inspect and how to fill in what a bare body does not say; also the `trackgate
+/// inspect` arguments (the doc comments are its help).
+#[derive(Debug, Default, clap::Args)]
 pub struct InspectInputs {
-    /// Fixture folders (each with a `fixture.toml`).
+    /// Fixture folders (each with a fixture.toml).
     pub fixtures: Vec<PathBuf>,
+    /// A recorded request: a raw HTTP message or a bare body.
+    #[arg(long)]
     pub request: Option<PathBuf>,
+    /// A recorded response: a raw HTTP message or a bare body.
+    #[arg(long)]
     pub response: Option<PathBuf>,
-    /// Default `POST`, or the raw request's.
+    /// Request method (default POST, or the raw request's).
+    #[arg(long)]
     pub method: Option<String>,
-    /// Default `/EWS/Exchange.asmx`, or the raw request's.
+    /// Request path (default /EWS/Exchange.asmx, or the raw request's).
+    #[arg(long)]
     pub path: Option<String>,
-    /// Extra request headers, each `Name: value`.
+    /// Extra request header, 'Name: value' (repeatable).
+    #[arg(long = "header")]
     pub headers: Vec<String>,
-    /// Default 200, or the raw response's.
+    /// Response status (default 200, or the raw response's).
+    #[arg(long)]
     pub status: Option<u16>,
 }
 

@@ -15,6 +15,8 @@ use crate::config::ConfigError;
 use crate::config::raw::{
     RawAdmin, RawAutodiscover, RawLimits, RawListener, RawLogging, RawUpstreams,
 };
+pub use crate::telemetry::LogFormat;
+pub use crate::tls::ListenerTls;
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -22,16 +24,6 @@ pub struct ListenerConfig {
     pub tls: ListenerTls,
     pub alpn: Vec<Vec<u8>>,
     pub trusted_proxies: Vec<IpNet>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenerTls {
-    /// Plain HTTP.
-    Off,
-    /// Certificate and key files given by the operator.
-    Files { cert: PathBuf, key: PathBuf },
-    /// Development certificates in the data directory, created on first start.
-    Development { dir: PathBuf },
 }
 
 /// Where proxied traffic goes.
@@ -78,12 +70,6 @@ pub struct LimitsConfig {
 pub struct AdminConfig {
     pub address: SocketAddr,
     pub token: Option<Secret>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone)]
