@@ -176,7 +176,16 @@ async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
         .collect();
     assert_eq!(got, EXPECTED.to_vec());
     // Outcomes, cross-checked: the emails the rows say landed are the ones the simulator got.
-    assert_eq!(report.new_crm_emails, 4);
+    let landed: std::collections::BTreeSet<_> = report
+        .rows
+        .iter()
+        .filter_map(|r| match r.landed {
+            trackgate::demo::Landed::Email(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(landed.len(), 4);
+    assert_eq!(report.new_crm_emails, landed.len());
 }
 
 #[test]

@@ -16,24 +16,33 @@ pub fn normalize_message_id(raw: &str) -> Option<String> {
 /// Percent-decodes `%XX` sequences (anything else, including a malformed escape, is kept as
 /// written); invalid UTF-8 becomes U+FFFD.
 pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
+    let out: Vec<u8> = percent_decoded_bytes(s).collect();
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The bytes `s` stands for once its `%XX` escapes are decoded, one at a time: for a reader
+/// that needs no string of them (a hash, a comparison).
+pub fn percent_decoded_bytes(s: &str) -> impl Iterator<Item = u8> + '_ {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let byte = *bytes.get(i)?;
+        let escaped = (byte == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match escaped {
+            Some(v) => {
+                i += 3;
+                Some(v)
+            }
+            None => {
+                i += 1;
+                Some(byte)
+            }
+        }
+    })
 }
 
 /// Percent-encodes everything but the unreserved characters and those in `keep` (for a URL

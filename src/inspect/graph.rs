@@ -1069,8 +1069,11 @@ mod tests {
         // Responses listed from the end of the chain: settling the first one would go n deep;
         // the bound cuts it, and what hangs on a cut request yields nothing.
         let reversed = batch_of(json!(requests.clone()), json!(responses.clone()));
-        assert!(
-            !reversed.is_empty() && reversed.len() < n,
+        // Each cut drops the MAX + 1 requests above it and settles the one it cut failed.
+        let cuts = 3;
+        assert_eq!(
+            reversed.len(),
+            n - cuts * (MAX_DEPENDENCY_CHAIN + 2),
             "{} of {n} inspected",
             reversed.len()
         );

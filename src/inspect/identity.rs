@@ -10,7 +10,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use super::ntlm::{self, NtlmMessage};
-use crate::common::text::percent_decode;
+use crate::common::text::{percent_decode, percent_decoded_bytes};
 use crate::proxy::capture::Capture;
 use crate::proxy::headers::is_windows_auth;
 
@@ -35,30 +35,14 @@ pub fn affinity(capture: &Capture) -> u64 {
     }
 }
 
-/// Hashes a mailbox as [`http_mailbox`] would spell it — percent-decoded and lower-cased —
-/// without building that string. Quotes are left out, so the OData key form's quoting
-/// (`users('…')`) does not matter; two names differing only in quotes share a worker, which
-/// costs nothing but balance.
+/// Hashes a mailbox percent-decoded and ASCII-lower-cased — as [`http_mailbox`] spells it,
+/// for the ASCII addresses mail uses — without building that string. Quotes are left out, so
+/// the OData key form's quoting (`users('…')`) does not matter; two names differing only in
+/// quotes share a worker, which costs nothing but balance.
 fn fold_hash(text: &str) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let (bytes, mut buffer, mut held) = (text.as_bytes(), [0u8; 64], 0);
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        let byte = match escaped {
-            Some(v) => {
-                i += 3;
-                v
-            }
-            None => {
-                i += 1;
-                bytes[i - 1]
-            }
-        };
+    let (mut buffer, mut held) = ([0u8; 64], 0);
+    for byte in percent_decoded_bytes(text) {
         if byte == b'\'' || byte == b'"' {
             continue;
         }
@@ -327,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn one_mailbox_is_one_worker_key_whatever_the_connection() {
+    fn a_mailbox_named_the_same_way_is_one_worker_key_whatever_the_connection() {
         let ews = "/EWS/Exchange.asmx";
         let a = affinity(&capture(
             1,

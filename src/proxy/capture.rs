@@ -94,8 +94,11 @@ pub struct CaptureMetrics {
 /// operation is inspection's knowledge, not the proxy's.
 pub type StreamingRequest = fn(&[u8]) -> bool;
 
-/// Which inspection worker an exchange belongs to: the same key for every exchange of one
-/// mailbox, so that mailbox's exchanges are inspected, and decided, in the order they ended.
+/// Which inspection worker an exchange belongs to: the same key for every exchange that names
+/// its mailbox the same way (an anchor mailbox or Graph `/users/` path, the same credentials, or
+/// one connection), so those exchanges are inspected, and decided, in the order they ended. A
+/// client that names one mailbox two ways (an anchor here, only Basic credentials there) may be
+/// split over two workers.
 /// Supplied by the composition root: who owns a mailbox is inspection's knowledge. Runs on the
 /// proxy's worker for every copied exchange, so it reads headers and the path, never a body.
 pub type Affinity = fn(&Capture) -> u64;

@@ -62,9 +62,9 @@ pub fn inspect_recorded(
 ) -> Result<bool, ReplayError> {
     let captures = captures(inputs)?;
     let mut all_inspected = true;
-    for (name, capture) in captures {
-        if name == EXCHANGE && inputs.response.is_none() {
-            problems(&format!("{name}: {}", request_only(&capture)));
+    for (name, capture, request_only) in captures {
+        if request_only {
+            problems(&format!("{name}: {}", request_only_note(&capture)));
         }
         match inspect::inspect(&capture, InspectLimits::default()) {
             Ok(found) => {
@@ -90,7 +90,9 @@ pub fn inspect_recorded(
     Ok(all_inspected)
 }
 
-fn captures(inputs: &InspectInputs) -> Result<Vec<(String, Capture)>, ReplayError> {
+/// Each exchange to inspect: its name, the capture, and whether it is a request alone (whose
+/// missing response is worth a word).
+fn captures(inputs: &InspectInputs) -> Result<Vec<(String, Capture, bool)>, ReplayError> {
     let extra: Vec<(String, String)> = inputs
         .headers
         .iter()
@@ -102,10 +104,15 @@ fn captures(inputs: &InspectInputs) -> Result<Vec<(String, Capture)>, ReplayErro
     let mut captures = Vec::new();
     for dir in &inputs.fixtures {
         let f = Fixture::load(dir)?;
-        captures.push((f.name.clone(), f.to_capture(&extra)));
+        captures.push((f.name.clone(), f.to_capture(&extra), false));
     }
     if inputs.request.is_some() || inputs.response.is_some() {
-        captures.push((EXCHANGE.to_owned(), from_files(inputs, &extra)?));
+        let request_only = inputs.response.is_none();
+        captures.push((
+            EXCHANGE.to_owned(),
+            from_files(inputs, &extra)?,
+            request_only,
+        ));
     }
     if captures.is_empty() {
         return Err(ReplayError::NothingToInspect);
@@ -115,7 +122,7 @@ fn captures(inputs: &InspectInputs) -> Result<Vec<(String, Capture)>, ReplayErro
 
 /// What a request alone can and cannot tell: observations come only from what Exchange
 /// answered with success, so without a response there are none; the operation is still known.
-fn request_only(capture: &Capture) -> String {
+fn request_only_note(capture: &Capture) -> String {
     let what = match capture.route {
         crate::proxy::RouteClass::Ews => crate::inspect::xml::operation(&capture.request_body)
             .map(|op| format!("the EWS operation {op}")),

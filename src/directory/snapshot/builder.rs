@@ -223,8 +223,8 @@ impl Builder {
             by_id: mailboxes_by_id,
             mut principals,
         } = self.mailboxes(&doc, &org, &users_by_id, &queues_by_id)?;
-        self.user_principals(&doc, &mailboxes, &mut principals);
-        self.windows_aliases(&doc, settings, &mailboxes, &mut principals);
+        let names = self.user_principals(&doc, &mailboxes, &mut principals);
+        self.windows_aliases(&doc, settings, &names, &mut principals);
         self.folder_rules(&doc, &org, &mut mailboxes, &mailboxes_by_id)?;
         self.customers(&doc)?;
         self.other_records(&doc)?;
@@ -409,28 +409,31 @@ impl Builder {
     }
 
     /// A user's other names find their mailbox too (mailbox addresses win on a clash).
+    /// Returns what the Windows aliases are judged against: every user's explicit names
+    /// (mailbox or not) and each user's mailbox.
     fn user_principals(
         &self,
         doc: &DirectoryDocument,
         mailboxes: &[MailboxEntry],
         principals: &mut KeyMap<u32>,
-    ) {
-        let mut mailbox_of_user: Map<u32, usize> = Map::default();
+    ) -> UserNames {
+        let mut names = UserNames::default();
         for (m, mailbox) in mailboxes.iter().enumerate() {
             if let Owner::User(u) = mailbox.owner {
-                mailbox_of_user.entry(u).or_insert(m);
+                names.mailbox_of_user.entry(u).or_insert(m as u32);
             }
         }
         for (i, u) in doc.systemusers.iter().enumerate() {
-            let Some(&mailbox) = mailbox_of_user.get(&(i as u32)) else {
-                continue;
-            };
+            let mailbox = names.mailbox_of_user.get(&(i as u32)).copied();
             for name in explicit_names(u).into_iter().flatten() {
-                principals
-                    .entry(self.keyer.key(&lower(&name)))
-                    .or_insert(mailbox as u32);
+                let key = self.keyer.key(&lower(&name));
+                names.explicit.insert(key, ());
+                if let Some(mailbox) = mailbox {
+                    principals.entry(key).or_insert(mailbox);
+                }
             }
         }
+        names
     }
 
     /// The `DOMAIN\user` names Windows authentication gives, for users whose sign-in name or
@@ -442,7 +445,7 @@ impl Builder {
         &self,
         doc: &DirectoryDocument,
         settings: &DirectorySettings,
-        mailboxes: &[MailboxEntry],
+        names: &UserNames,
         principals: &mut KeyMap<u32>,
     ) {
         if !settings.netbios_from_upn && settings.ntlm_domains.is_empty() {
@@ -456,18 +459,12 @@ impl Builder {
                 .or_default()
                 .push(lower(netbios).into_owned());
         }
-        let mut explicit: KeyMap<()> = KeyMap::default();
-        for u in &doc.systemusers {
-            for name in explicit_names(u).into_iter().flatten() {
-                explicit.insert(self.keyer.key(&lower(&name)), ());
-            }
-        }
         // Each alias and the one user it names (`None` once a second user names it too).
         let mut aliases: KeyMap<Option<u32>> = KeyMap::default();
         for (i, u) in doc.systemusers.iter().enumerate() {
             for alias in windows_names(u, settings.netbios_from_upn, &netbios_of) {
                 let key = self.keyer.key(&alias);
-                if explicit.contains_key(&key) || principals.contains_key(&key) {
+                if names.explicit.contains_key(&key) || principals.contains_key(&key) {
                     continue;
                 }
                 let user = i as u32;
@@ -481,14 +478,8 @@ impl Builder {
                     .or_insert(Some(user));
             }
         }
-        let mut mailbox_of_user: Map<u32, u32> = Map::default();
-        for (m, mailbox) in mailboxes.iter().enumerate() {
-            if let Owner::User(u) = mailbox.owner {
-                mailbox_of_user.entry(u).or_insert(m as u32);
-            }
-        }
         for (key, user) in aliases {
-            if let Some(&mailbox) = user.and_then(|u| mailbox_of_user.get(&u)) {
+            if let Some(&mailbox) = user.and_then(|u| names.mailbox_of_user.get(&u)) {
                 principals.insert(key, mailbox);
             }
         }
@@ -664,9 +655,13 @@ fn explicit_names(u: &SystemUser) -> [Option<String>; 3] {
     ]
 }
 
-/// The `netbios\user` aliases (lower-cased) of a user: from a UPN-form `domainname` by its
-/// first DNS label, and from the `domainname` or `internalemailaddress` in a configured DNS
-/// domain by that domain's NetBIOS names.
+/// Users' explicit names and mailboxes, gathered once for the principals and their aliases.
+#[derive(Default)]
+struct UserNames {
+    explicit: KeyMap<()>,
+    mailbox_of_user: Map<u32, u32>,
+}
+
 /// A NetBIOS domain name is at most 15 characters: Windows cuts a longer DNS label there, so
 /// that is the name clients send (`contosocorporation.example` → `CONTOSOCORPORAT`).
 fn netbios_name(label: &str) -> &str {
@@ -677,6 +672,9 @@ fn netbios_name(label: &str) -> &str {
     &label[..end]
 }
 
+/// The `netbios\user` aliases (lower-cased) of a user: from a UPN-form `domainname` by its
+/// first DNS label, and from the `domainname` or `internalemailaddress` in a configured DNS
+/// domain by that domain's NetBIOS names.
 fn windows_names(
     u: &SystemUser,
     netbios_from_upn: bool,
