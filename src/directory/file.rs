@@ -70,13 +70,24 @@ impl FileSource {
 
     /// Reads, parses, validates and indexes the directory.
     pub fn load(&self) -> Result<Directory, DirectoryError> {
+        let doc = self.read_document()?;
+        Directory::build_with(doc, &self.settings).map_err(|source| DirectoryError::Invalid {
+            origin: self.origin(),
+            source,
+        })
+    }
+
+    fn origin(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or("embedded example".into(), |p| p.display().to_string())
+    }
+
+    /// Reads and parses the document (within `max_size`), without building the snapshot: what
+    /// the Dataverse simulator is seeded from.
+    pub fn read_document(&self) -> Result<DirectoryDocument, DirectoryError> {
         let Some(path) = &self.path else {
-            return parse_and_build_with(
-                EMBEDDED_EXAMPLE,
-                "embedded example",
-                false,
-                &self.settings,
-            );
+            return parse_document(EMBEDDED_EXAMPLE, &self.origin(), false);
         };
         let read = |source| DirectoryError::Read {
             path: path.clone(),
@@ -91,12 +102,7 @@ impl FileSource {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        parse_and_build_with(
-            &text,
-            &path.display().to_string(),
-            is_json(path),
-            &self.settings,
-        )
+        parse_document(&text, &self.origin(), is_json(path))
     }
 
     /// The file's current stamp (`None` for the embedded example or an unreadable file).
@@ -126,21 +132,28 @@ pub fn parse_and_build_with(
     json: bool,
     settings: &DirectorySettings,
 ) -> Result<Directory, DirectoryError> {
-    let doc: DirectoryDocument = if json {
-        serde_json::from_str(text).map_err(|e| DirectoryError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?
-    } else {
-        toml::from_str(text).map_err(|e| DirectoryError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?
-    };
+    let doc = parse_document(text, origin, json)?;
     Directory::build_with(doc, settings).map_err(|source| DirectoryError::Invalid {
         origin: origin.to_owned(),
         source,
     })
+}
+
+/// Parses a document (TOML or JSON).
+fn parse_document(
+    text: &str,
+    origin: &str,
+    json: bool,
+) -> Result<DirectoryDocument, DirectoryError> {
+    let parse_error = |message: String| DirectoryError::Parse {
+        origin: origin.to_owned(),
+        message,
+    };
+    if json {
+        serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))
+    } else {
+        toml::from_str(text).map_err(|e| parse_error(e.to_string()))
+    }
 }
 
 /// Polls the file source (re-read from `source` each time, so a configuration reload can point

@@ -540,15 +540,18 @@ fn batch(
         settled: vec![Settled::Pending; requests.len()],
         mailbox,
     };
-    for (r, response) in responses.iter().enumerate() {
-        if let Some(i) = run.request_index(&response.id) {
+    // Each response's request, found once.
+    let answered: Vec<usize> = responses
+        .iter()
+        .enumerate()
+        .filter_map(|(r, response)| {
+            let i = run.request_index(&response.id)?;
             run.answer[i].get_or_insert(r);
-        }
-    }
-    for response in &responses {
-        if let Some(i) = run.request_index(&response.id) {
-            run.settle(i, 0, out);
-        }
+            Some(i)
+        })
+        .collect();
+    for i in answered {
+        run.settle(i, 0, out);
     }
     Ok(())
 }

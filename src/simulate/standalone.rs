@@ -7,18 +7,12 @@ use std::path::Path;
 use super::{
     AuthMode, DataverseOptions, DataverseSimulator, ExchangeSimulator, FixtureSet, SimulatorOptions,
 };
-use crate::directory::model::DirectoryDocument;
+use crate::directory::FileSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a directory document: {problem}")]
-    Seed { path: String, problem: String },
+    #[error(transparent)]
+    Seed(#[from] crate::directory::DirectoryError),
     #[error("--auth: expected none, bearer, ntlm or basic:USER:PASSWORD")]
     Auth,
     #[error(transparent)]
@@ -35,26 +29,13 @@ pub fn dataverse_options(
     directory: Option<&Path>,
     credentials: Option<(String, String)>,
 ) -> Result<DataverseOptions, StandaloneError> {
-    let text = match directory {
-        Some(path) => std::fs::read_to_string(path).map_err(|source| StandaloneError::Read {
-            path: path.display().to_string(),
-            source,
-        })?,
-        None => crate::directory::file::EMBEDDED_EXAMPLE.to_owned(),
+    let source = FileSource {
+        path: directory.map(Path::to_path_buf),
+        ..FileSource::embedded()
     };
-    let json = directory.is_some_and(|p| p.extension().is_some_and(|e| e == "json"));
-    let seed: DirectoryDocument = if json {
-        serde_json::from_str(&text).map_err(|e| e.to_string())
-    } else {
-        toml::from_str(&text).map_err(|e| e.to_string())
-    }
-    .map_err(|problem| StandaloneError::Seed {
-        path: directory.map_or("embedded example".into(), |p| p.display().to_string()),
-        problem,
-    })?;
     Ok(DataverseOptions {
         credentials,
-        seed: Some(seed),
+        seed: Some(source.read_document()?),
         ..DataverseOptions::default()
     })
 }
