@@ -160,7 +160,17 @@ fn ews(c: &mut Criterion) {
             n
         })
     });
-    group.bench_function("tree_parse_64KiB", |b| {
+    // The tree the inspection used before (quick-xml), and the scanner that replaced it.
+    group.bench_function("reference_tree_64KiB", |b| {
+        b.iter(|| {
+            xml::reference::Tree::parse(&body, xml::XmlLimits::default())
+                .unwrap()
+                .root()
+                .name()
+                .len()
+        })
+    });
+    group.bench_function("scanner_tree_64KiB", |b| {
         b.iter(|| {
             xml::Tree::parse(&body, xml::XmlLimits::default())
                 .unwrap()
@@ -174,6 +184,9 @@ fn ews(c: &mut Criterion) {
     let mut group = c.benchmark_group("ews_operation");
     let (body, _) = response("GetItem", 4 << 10);
     group.throughput(Throughput::Elements(1));
+    group.bench_function("reference_detect_4KiB_envelope", |b| {
+        b.iter(|| xml::reference::reference_operation(&body).unwrap())
+    });
     group.bench_function("detect_4KiB_envelope", |b| {
         b.iter(|| xml::operation(&body).unwrap())
     });

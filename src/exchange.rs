@@ -250,7 +250,7 @@ impl ExchangeClient {
                     } else {
                         "text".into()
                     },
-                    content: node.text().to_owned(),
+                    content: node.text().into_owned(),
                 })
             });
         Ok(Fetched { message, body })

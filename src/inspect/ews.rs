@@ -184,7 +184,7 @@ pub fn inspect(
                         // A MIME send carries its fields in the MIME headers.
                         if let Some(mime) = item
                             .child(Ns::Types, "MimeContent")
-                            .and_then(|m| super::mime::message_from_base64(m.text()))
+                            .and_then(|m| super::mime::message_from_base64(&m.text()))
                         {
                             merge(&mut message, mime);
                         }
@@ -492,7 +492,7 @@ fn merge(m: &mut Message, mime: Message) {
 
 fn contact_fields(parts: &[Node<'_>]) -> Contact {
     let mut c = Contact::default();
-    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
     for child in parts.iter().flat_map(|p| p.children()) {
         match child.name() {
             "ItemId" => c.item_id = child.attr("Id").map(str::to_owned),
@@ -520,7 +520,7 @@ fn contact_fields(parts: &[Node<'_>]) -> Contact {
 
 fn appointment_fields(parts: &[Node<'_>]) -> Appointment {
     let mut a = Appointment::default();
-    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
     let attendees = |n: Node<'_>| {
         n.all("Attendee")
             .filter_map(|att| att.child(Ns::Types, "Mailbox"))
@@ -546,7 +546,7 @@ fn appointment_fields(parts: &[Node<'_>]) -> Appointment {
 
 fn task_fields(parts: &[Node<'_>]) -> Task {
     let mut t = Task::default();
-    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
     for child in parts.iter().flat_map(|p| p.children()) {
         match child.name() {
             "ItemId" => t.item_id = child.attr("Id").map(str::to_owned),
@@ -672,7 +672,7 @@ fn seen(
 /// would scan them twenty times).
 fn message_fields(item: Node<'_>) -> Message {
     let mut m = Message::default();
-    let text = |n: Node<'_>| Some(n.text().to_owned()).filter(|t| !t.is_empty());
+    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
     let id = |n: Node<'_>| n.attr("Id").map(str::to_owned);
     let mailboxes = |n: Node<'_>| n.all("Mailbox").map(address).collect::<Vec<_>>();
     for child in item.children() {
@@ -682,10 +682,10 @@ fn message_fields(item: Node<'_>) -> Message {
         match child.name() {
             "ItemId" => m.item_id = id(child),
             "ParentFolderId" => m.folder_id = id(child),
-            "InternetMessageId" => m.internet_message_id = normalize_message_id(child.text()),
+            "InternetMessageId" => m.internet_message_id = normalize_message_id(&child.text()),
             "ConversationId" => m.conversation_id = id(child),
             "ConversationIndex" => m.conversation_index = text(child),
-            "InReplyTo" => m.in_reply_to = normalize_message_id(child.text()),
+            "InReplyTo" => m.in_reply_to = normalize_message_id(&child.text()),
             "References" => m.references = text(child),
             "Subject" => m.subject = text(child),
             "From" => m.from = child.child(Ns::Types, "Mailbox").map(address),
@@ -696,7 +696,7 @@ fn message_fields(item: Node<'_>) -> Message {
             "DateTimeReceived" => m.received_at = text(child).map(|t| normalize_timestamp(&t)),
             "DateTimeSent" => m.sent_at = text(child).map(|t| normalize_timestamp(&t)),
             "Categories" => {
-                m.categories = child.all("String").map(|s| s.text().to_owned()).collect()
+                m.categories = child.all("String").map(|s| s.text().into_owned()).collect()
             }
             "ItemClass" => m.item_class = text(child),
             "IsDraft" => m.is_draft = Some(child.text().eq_ignore_ascii_case("true")),
@@ -709,7 +709,7 @@ fn message_fields(item: Node<'_>) -> Message {
 fn address(mailbox: Node<'_>) -> Address {
     let mut a = Address::default();
     for c in mailbox.children() {
-        let value = Some(c.text().to_owned()).filter(|t| !t.is_empty());
+        let value = Some(c.text().into_owned()).filter(|t| !t.is_empty());
         match c.name() {
             "Name" => a.name = value,
             "EmailAddress" => a.address = value,
@@ -740,7 +740,7 @@ fn category_update(change: Node<'_>) -> Option<(CategoryMode, Vec<String>)> {
             .children()
             .find(|c| c.name() != "FieldURI")
             .and_then(|item| item.child(Ns::Types, "Categories"))
-            .map(|c| c.all("String").map(|s| s.text().to_owned()).collect())
+            .map(|c| c.all("String").map(|s| s.text().into_owned()).collect())
             .unwrap_or_default();
         return Some((mode, categories));
     }
@@ -767,7 +767,7 @@ fn fault_code(fault: Node<'_>) -> String {
         .children()
         .find(|c| c.name() == "detail")
         .and_then(|d| d.children().find(|c| c.name() == "ResponseCode"))
-        .map(|c| c.text().to_owned());
+        .map(|c| c.text().into_owned());
     detail_code
         .or_else(|| {
             fault

@@ -24,6 +24,23 @@ pub fn ews(data: &[u8]) {
     let _ = inspect(&capture, InspectLimits::default());
 }
 
+/// EWS, proven: the scanner and the reference tree it replaced must read the bytes the same
+/// way (elements, attributes, texts, the operation), under default and tight limits.
+#[cfg(feature = "reference")]
+pub fn ews_differential(data: &[u8]) {
+    for limits in [
+        xml::XmlLimits::default(),
+        xml::XmlLimits {
+            max_depth: 6,
+            max_elements: 40,
+        },
+    ] {
+        if let Some(difference) = xml::reference::differences(data, limits) {
+            panic!("the scanner and the reference disagree: {difference}");
+        }
+    }
+}
+
 /// Graph: the bytes as request and response bodies of every route shape inspection knows.
 pub fn graph(data: &[u8]) {
     for (method, path) in [

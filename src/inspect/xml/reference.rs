@@ -1,7 +1,7 @@
-//! A bounded, namespace-aware element tree for one SOAP envelope. Built with quick-xml's pull
-//! parser under depth, element-count and size limits; any DOCTYPE is refused, and entity
-//! references other than the five predefined ones and character references are errors. Names
-//! are matched by namespace URI and local name, never by prefix.
+//! The element tree the inspection used before the scanner: quick-xml's namespace-resolving
+//! pull parser into an arena of elements. Kept only as the reference the scanner is proven
+//! against (the differential tests and the `reference` fuzz targets); nothing on the request
+//! path uses it.
 
 use std::borrow::Cow;
 
@@ -9,68 +9,7 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 
-pub const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
-pub const SOAP12: &str = "http://www.w3.org/2003/05/soap-envelope";
-pub const MESSAGES: &str = "http://schemas.microsoft.com/exchange/services/2006/messages";
-pub const TYPES: &str = "http://schemas.microsoft.com/exchange/services/2006/types";
-
-/// The namespaces the tree distinguishes; everything else is `Other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ns {
-    Soap,
-    Messages,
-    Types,
-    Other,
-    None,
-}
-
-impl Ns {
-    fn of(uri: &str) -> Ns {
-        match uri {
-            SOAP11 | SOAP12 => Ns::Soap,
-            MESSAGES => Ns::Messages,
-            TYPES => Ns::Types,
-            _ => Ns::Other,
-        }
-    }
-
-    /// Messages or types: EWS content, where the two are often mixed up by hand-written clients.
-    pub fn is_ews(self) -> bool {
-        matches!(self, Ns::Messages | Ns::Types)
-    }
-}
-
-/// Limits on one document.
-#[derive(Debug, Clone, Copy)]
-pub struct XmlLimits {
-    pub max_depth: usize,
-    pub max_elements: usize,
-}
-
-impl Default for XmlLimits {
-    fn default() -> Self {
-        XmlLimits {
-            max_depth: 64,
-            max_elements: 250_000,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum XmlError {
-    #[error("not well-formed XML: {0}")]
-    Malformed(String),
-    #[error("DOCTYPE is not allowed in SOAP")]
-    Doctype,
-    #[error("nesting deeper than {0}")]
-    TooDeep(usize),
-    #[error("more than {0} elements")]
-    TooManyElements(usize),
-    #[error("unknown entity reference &{0};")]
-    Entity(String),
-    #[error("not a SOAP envelope")]
-    NotSoap,
-}
+use super::{Ns, SOAP11, SOAP12, XmlError, XmlLimits};
 
 const NONE: u32 = u32::MAX;
 
@@ -114,7 +53,7 @@ fn reborrow<'a>(input: &'a str, part: &str) -> Option<&'a str> {
 impl<'a> Tree<'a> {
     /// Parses `input` into a tree within `limits`, rejecting any DOCTYPE. One pull-parser loop
     /// with one arm per event kind: the limits are checked where each event is seen, which a
-    /// split would scatter. Issue 16 replaces the tree on the request path.
+    /// split would scatter.
     pub fn parse(input: &'a [u8], limits: XmlLimits) -> Result<Tree<'a>, XmlError> {
         let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
         let text = std::str::from_utf8(input).map_err(|e| XmlError::Malformed(e.to_string()))?;
@@ -200,7 +139,9 @@ impl<'a> Tree<'a> {
                 }
                 Event::CData(c) => {
                     if let Some(&top) = stack.last() {
-                        append(&mut tree.elements[top as usize].text, c.into_inner());
+                        // XML 1.0 normalizes line ends in CDATA too (§2.11); the tree on
+                        // the request path used to keep CDATA raw, a bug the scanner fixed.
+                        append(&mut tree.elements[top as usize].text, c.xml10_content());
                     }
                 }
                 Event::GeneralRef(r) => {
@@ -239,25 +180,8 @@ impl<'a> Tree<'a> {
             index: 0,
         }
     }
-
-    /// The first element child of `soap:Body` (the operation or its response, or a fault).
-    pub fn body_child(&self) -> Result<Node<'_>, XmlError> {
-        let root = self.root();
-        if !(root.ns() == Ns::Soap && root.name() == "Envelope") {
-            return Err(XmlError::NotSoap);
-        }
-        root.child(Ns::Soap, "Body")
-            .and_then(|b| b.children().next())
-            .ok_or(XmlError::NotSoap)
-    }
-
-    /// The `soap:Header` element, if any.
-    pub fn header(&self) -> Option<Node<'_>> {
-        self.root().child(Ns::Soap, "Header")
-    }
 }
 
-/// Appends text, staying borrowed while there is only one piece.
 fn append<'a>(text: &mut Cow<'a, str>, more: Cow<'a, str>) {
     if text.is_empty() {
         *text = more;
@@ -283,73 +207,32 @@ impl<'t> Node<'t> {
         self.el().text.trim()
     }
 
-    pub fn attr(&self, name: &str) -> Option<&'t str> {
+    /// Every attribute as (local name, value), in document order.
+    pub fn attrs(self) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
         let (start, end) = self.el().attrs;
         self.tree.attrs[start as usize..end as usize]
             .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_ref())
+            .map(|(k, v)| (*k, v.as_ref()))
     }
 
-    pub fn children(self) -> impl Iterator<Item = Node<'t>> + 't {
-        let tree = self.tree;
-        let mut next = self.el().first_child;
-        std::iter::from_fn(move || {
-            if next == NONE {
-                return None;
-            }
-            let node = Node { tree, index: next };
-            next = tree.elements[next as usize].next_sibling;
-            Some(node)
-        })
-    }
-
-    /// The first child with this local name in an EWS namespace (messages or types: clients
-    /// and servers are not consistent about which) — or in `ns` when it is not EWS.
-    pub fn child(&self, ns: Ns, name: &str) -> Option<Node<'t>> {
-        self.children().find(|c| c.is(ns, name))
-    }
-
-    pub fn is(&self, ns: Ns, name: &str) -> bool {
-        self.name() == name && (self.ns() == ns || (ns.is_ews() && self.ns().is_ews()))
-    }
-
-    /// Follows a path of EWS local names.
-    pub fn path(&self, names: &[&str]) -> Option<Node<'t>> {
-        let mut node = *self;
-        for name in names {
-            node = node.child(Ns::Types, name)?;
+    pub fn children(self) -> Vec<Node<'t>> {
+        let mut children = Vec::new();
+        let mut index = self.el().first_child;
+        while index != NONE {
+            children.push(Node {
+                tree: self.tree,
+                index,
+            });
+            index = self.tree.elements[index as usize].next_sibling;
         }
-        Some(node)
-    }
-
-    /// Text of an EWS child, if present and not empty.
-    pub fn child_text(&self, name: &str) -> Option<String> {
-        self.child(Ns::Types, name)
-            .map(|c| c.text().to_owned())
-            .filter(|t| !t.is_empty())
-    }
-
-    /// EWS children with this local name.
-    pub fn all(self, name: &'t str) -> impl Iterator<Item = Node<'t>> + 't {
-        self.children().filter(move |c| c.is(Ns::Types, name))
-    }
-
-    /// Every descendant (depth first) with this EWS local name.
-    pub fn descendants(&self, name: &'t str, out: &mut Vec<Node<'t>>) {
-        for c in self.children() {
-            if c.is(Ns::Types, name) {
-                out.push(c);
-            }
-            c.descendants(name, out);
-        }
+        children
     }
 }
 
 /// The operation of a SOAP envelope — the local name of the first element child of `soap:Body`
 /// — found without building a tree, stopping as soon as it is known. `None` for anything that
 /// is not a SOAP envelope (or has a DOCTYPE).
-pub fn operation(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+pub fn reference_operation(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let mut reader = NsReader::from_reader(body);
     let mut depth = 0usize;
@@ -398,50 +281,78 @@ pub fn operation(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// One element as everything the inspection can read of it sees it: depth, namespace, local
+/// name, attributes and text.
+type Outline = Vec<(usize, Ns, String, Vec<(String, String)>, String)>;
 
-    #[test]
-    fn namespaces_not_prefixes() {
-        let doc = br#"<a:Envelope xmlns:a="http://schemas.xmlsoap.org/soap/envelope/"><a:Body><x:GetItem xmlns:x="http://schemas.microsoft.com/exchange/services/2006/messages"><Id xmlns="http://schemas.microsoft.com/exchange/services/2006/types" V="&lt;1&gt;">a&amp;b&#x41;</Id></x:GetItem></a:Body></a:Envelope>"#;
-        let tree = Tree::parse(doc, XmlLimits::default()).unwrap();
-        let op = tree.body_child().unwrap();
-        assert!(op.is(Ns::Messages, "GetItem"));
-        let id = op.child(Ns::Types, "Id").unwrap();
-        assert_eq!(id.text(), "a&bA");
-        assert_eq!(id.attr("V"), Some("<1>"));
+/// What the outline needs of either tree's nodes.
+trait Outlined: Copy {
+    fn parts(self) -> (Ns, String, Vec<(String, String)>, String);
+    fn kids(self) -> Vec<Self>;
+}
+
+impl Outlined for Node<'_> {
+    fn parts(self) -> (Ns, String, Vec<(String, String)>, String) {
+        let attrs = self.attrs().map(|(k, v)| (k.into(), v.into())).collect();
+        (self.ns(), self.name().into(), attrs, self.text().into())
     }
 
-    #[test]
-    fn hostile_input_is_refused() {
-        let lim = XmlLimits {
-            max_depth: 8,
-            max_elements: 50,
-        };
-        assert_eq!(
-            Tree::parse(b"<!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>", lim).unwrap_err(),
-            XmlError::Doctype
-        );
-        assert!(matches!(
-            Tree::parse(b"<x>&custom;</x>", lim),
-            Err(XmlError::Entity(_))
+    fn kids(self) -> Vec<Self> {
+        self.children()
+    }
+}
+
+impl Outlined for super::Node<'_> {
+    fn parts(self) -> (Ns, String, Vec<(String, String)>, String) {
+        let attrs = self.attrs().map(|(k, v)| (k.into(), v.into())).collect();
+        (self.ns(), self.name().into(), attrs, self.text().into_owned())
+    }
+
+    fn kids(self) -> Vec<Self> {
+        self.children().collect()
+    }
+}
+
+fn outline<N: Outlined>(node: N, depth: usize, out: &mut Outline) {
+    let (ns, name, attrs, text) = node.parts();
+    out.push((depth, ns, name, attrs, text));
+    for child in node.kids() {
+        outline(child, depth + 1, out);
+    }
+}
+
+/// Where the scanner and this reference disagree on `data`, if they do: on success or
+/// failure, on any element, attribute or text, or on the operation. Errors count as the same
+/// when both refuse the document (their messages differ).
+pub fn differences(data: &[u8], limits: XmlLimits) -> Option<String> {
+    let before = reference_operation(data);
+    let after = super::operation(data);
+    if before != after {
+        return Some(format!(
+            "operation: reference {before:?}, scanner {after:?}"
         ));
-        let deep = "<a>".repeat(20) + &"</a>".repeat(20);
-        assert_eq!(
-            Tree::parse(deep.as_bytes(), lim).unwrap_err(),
-            XmlError::TooDeep(8)
-        );
-        let wide = format!("<a>{}</a>", "<b/>".repeat(100));
-        assert_eq!(
-            Tree::parse(wide.as_bytes(), lim).unwrap_err(),
-            XmlError::TooManyElements(50)
-        );
-        assert!(Tree::parse(b"<a><b></a>", lim).is_err());
-        assert!(Tree::parse(b"", lim).is_err());
-        assert_eq!(
-            Tree::parse(b"<a/>", lim).unwrap().body_child().unwrap_err(),
-            XmlError::NotSoap
-        );
+    }
+    match (Tree::parse(data, limits), super::Tree::parse(data, limits)) {
+        (Ok(reference), Ok(scanned)) => {
+            let (mut expected, mut found) = (Vec::new(), Vec::new());
+            outline(reference.root(), 0, &mut expected);
+            outline(scanned.root(), 0, &mut found);
+            let first = expected.iter().zip(&found).position(|(a, b)| a != b);
+            match first {
+                Some(i) => Some(format!(
+                    "element {i}: reference {:?}, scanner {:?}",
+                    expected[i], found[i]
+                )),
+                None if expected.len() != found.len() => Some(format!(
+                    "{} elements in the reference, {} from the scanner",
+                    expected.len(),
+                    found.len()
+                )),
+                None => None,
+            }
+        }
+        (Err(_), Err(_)) => None,
+        (Ok(_), Err(e)) => Some(format!("the scanner refused what the reference took: {e}")),
+        (Err(e), Ok(_)) => Some(format!("the scanner took what the reference refused: {e}")),
     }
 }

@@ -1,0 +1,421 @@
+//! One forward pass over a document's bytes: markup found with memchr, start tags split into a
+//! name and attributes, end tags matched to their start, references in text checked, and the
+//! namespace of each element resolved from a small stack of the bindings in scope. Text is
+//! never copied here; the tree decodes it when someone reads it.
+//!
+//! What is accepted and refused follows the quick-xml reader the tree was built on before, so
+//! that the differential tests can demand identical trees: a quoted `>` does not end a tag, a
+//! comment ends at the first `-->`, any `<!D…` is a DOCTYPE, references must close before the
+//! next `&` or `<`, attribute values must be quoted, and a name is whatever runs up to the
+//! first XML white space.
+
+use memchr::{memchr, memchr2, memchr3, memmem};
+
+use super::{Ns, XmlError};
+
+/// The namespaces XML itself reserves.
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+/// quick-xml's bound on the bindings in scope at once; beyond it a document is refused.
+const MAX_BINDINGS: usize = 128;
+
+/// How strictly a pass reads what it does not need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Strictness {
+    /// Building a tree: every attribute and every reference is checked.
+    Full,
+    /// Finding the operation: only what a streaming reader would trip over is an error.
+    Lenient,
+}
+
+/// One attribute of a start tag, as offsets into the input.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RawAttr {
+    pub key: (u32, u32),
+    pub value: (u32, u32),
+}
+
+impl RawAttr {
+    pub fn key<'a>(&self, input: &'a str) -> &'a str {
+        &input[self.key.0 as usize..self.key.1 as usize]
+    }
+
+    pub fn value<'a>(&self, input: &'a str) -> &'a str {
+        &input[self.value.0 as usize..self.value.1 as usize]
+    }
+}
+
+/// A start tag (or an empty element).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StartTag {
+    /// Offset of `<`.
+    pub start: usize,
+    /// The qualified name.
+    pub name: (usize, usize),
+    /// Offset of the local name within the input.
+    pub local_start: usize,
+    pub ns: Ns,
+    /// Offset just after `>`.
+    pub end: usize,
+    pub empty: bool,
+}
+
+/// What the next step of the pass found.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Markup {
+    Start(StartTag),
+    /// An end tag: offset of `<` and just after `>`.
+    End {
+        start: usize,
+        end: usize,
+    },
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Binding<'a> {
+    /// `None` for the default namespace.
+    prefix: Option<&'a str>,
+    ns: Ns,
+    /// Depth of the element that declared it.
+    depth: usize,
+}
+
+pub(super) struct Lexer<'a> {
+    input: &'a str,
+    pos: usize,
+    strictness: Strictness,
+    /// Names of the open elements, outermost first.
+    open: Vec<(usize, usize)>,
+    bindings: Vec<Binding<'a>>,
+}
+
+fn malformed(what: &str, at: usize) -> XmlError {
+    XmlError::Malformed(format!("{what} at byte {at}"))
+}
+
+pub(super) fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\r' | b'\n' | b'\t')
+}
+
+impl<'a> Lexer<'a> {
+    pub fn new(input: &'a str, strictness: Strictness) -> Lexer<'a> {
+        Lexer {
+            input,
+            pos: 0,
+            strictness,
+            open: Vec::with_capacity(16),
+            bindings: Vec::new(),
+        }
+    }
+
+    /// How many elements are open.
+    pub fn depth(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Skips text, comments, CDATA and processing instructions up to the next start or end
+    /// tag, checking references on the way. Attributes of a start tag are appended to
+    /// `attrs` (the `xmlns` ones are not).
+    pub fn next(&mut self, attrs: &mut Vec<RawAttr>) -> Result<Markup, XmlError> {
+        let bytes = self.input.as_bytes();
+        loop {
+            let rest = &bytes[self.pos..];
+            let Some(i) = memchr2(b'<', b'&', rest) else {
+                self.pos = bytes.len();
+                return Ok(Markup::Eof);
+            };
+            let at = self.pos + i;
+            if bytes[at] == b'&' {
+                self.pos = self.reference(at)?;
+                continue;
+            }
+            match bytes.get(at + 1) {
+                Some(b'/') => return self.end_tag(at),
+                Some(b'!') => self.pos = self.bang(at)?,
+                Some(b'?') => self.pos = self.processing_instruction(at)?,
+                Some(_) => return self.start_tag(at, attrs).map(Markup::Start),
+                None => return Err(malformed("unclosed tag", at)),
+            }
+        }
+    }
+
+    /// Leaves the element an empty start tag opened.
+    pub fn close_empty(&mut self) {
+        self.pop();
+    }
+
+    fn pop(&mut self) {
+        let depth = self.open.len();
+        self.open.pop();
+        while self.bindings.last().is_some_and(|b| b.depth >= depth) {
+            self.bindings.pop();
+        }
+    }
+
+    /// A reference in text: `&name;` closed before the next `&` or `<`.
+    fn reference(&self, at: usize) -> Result<usize, XmlError> {
+        let bytes = self.input.as_bytes();
+        let close = memchr3(b';', b'&', b'<', &bytes[at + 1..])
+            .map(|i| at + 1 + i)
+            .filter(|&i| bytes[i] == b';')
+            .ok_or_else(|| malformed("unclosed reference", at))?;
+        if self.strictness == Strictness::Full {
+            super::text::check_reference(&self.input[at + 1..close])?;
+        }
+        Ok(close + 1)
+    }
+
+    fn end_tag(&mut self, at: usize) -> Result<Markup, XmlError> {
+        let bytes = self.input.as_bytes();
+        let close = memchr(b'>', &bytes[at..])
+            .map(|i| at + i)
+            .ok_or_else(|| malformed("unclosed end tag", at))?;
+        let mut name_end = close;
+        while name_end > at + 2 && is_space(bytes[name_end - 1]) {
+            name_end -= 1;
+        }
+        let name = &bytes[at + 2..name_end];
+        match self.open.last() {
+            Some(&(s, e)) if &bytes[s..e] == name => {}
+            Some(_) => return Err(malformed("end tag does not match its start", at)),
+            None => return Err(malformed("end tag without a start", at)),
+        }
+        self.pop();
+        self.pos = close + 1;
+        Ok(Markup::End {
+            start: at,
+            end: close + 1,
+        })
+    }
+
+    /// `<!--…-->`, `<![CDATA[…]]>`, or a DOCTYPE (always refused).
+    fn bang(&self, at: usize) -> Result<usize, XmlError> {
+        let bytes = self.input.as_bytes();
+        let rest = &bytes[at..];
+        match rest.get(2) {
+            Some(b'-') => {
+                if !rest.starts_with(b"<!--") {
+                    return Err(malformed("bad comment", at));
+                }
+                // The shortest comment is `<!---->`; quick-xml looks for `-->` from there on.
+                let from = 4.min(rest.len());
+                memmem::find(&rest[from..], b"-->")
+                    .map(|i| at + from + i + 3)
+                    .ok_or_else(|| malformed("unclosed comment", at))
+            }
+            Some(b'[') => {
+                if !rest.starts_with(b"<![CDATA[") {
+                    return Err(malformed("bad CDATA section", at));
+                }
+                memmem::find(&rest[9..], b"]]>")
+                    .map(|i| at + 9 + i + 3)
+                    .ok_or_else(|| malformed("unclosed CDATA section", at))
+            }
+            Some(b'D' | b'd') => Err(XmlError::Doctype),
+            _ => Err(malformed("unknown markup after <!", at)),
+        }
+    }
+
+    fn processing_instruction(&self, at: usize) -> Result<usize, XmlError> {
+        let bytes = self.input.as_bytes();
+        // quick-xml reads `<?>` as a `?>` that closes before it opened, and refuses it.
+        if bytes.get(at + 2) == Some(&b'>') {
+            return Err(malformed("unclosed processing instruction", at));
+        }
+        memmem::find(&bytes[at + 2..], b"?>")
+            .map(|i| at + 2 + i + 2)
+            .ok_or_else(|| malformed("unclosed processing instruction", at))
+    }
+
+    /// The end of a start tag: the first `>` outside quotes.
+    fn tag_close(&self, at: usize) -> Result<usize, XmlError> {
+        let bytes = self.input.as_bytes();
+        let mut pos = at + 1;
+        loop {
+            let i = memchr3(b'>', b'"', b'\'', &bytes[pos..])
+                .ok_or_else(|| malformed("unclosed start tag", at))?;
+            let found = pos + i;
+            match bytes[found] {
+                b'>' => return Ok(found),
+                quote => {
+                    let close = memchr(quote, &bytes[found + 1..])
+                        .ok_or_else(|| malformed("unclosed start tag", at))?;
+                    pos = found + 1 + close + 1;
+                }
+            }
+        }
+    }
+
+    fn start_tag(&mut self, at: usize, attrs: &mut Vec<RawAttr>) -> Result<StartTag, XmlError> {
+        let bytes = self.input.as_bytes();
+        let close = self.tag_close(at)?;
+        let empty = close > at + 1 && bytes[close - 1] == b'/';
+        let content_end = if empty { close - 1 } else { close };
+        let name_start = at + 1;
+        let name_end = bytes[name_start..content_end]
+            .iter()
+            .position(|&b| is_space(b))
+            .map_or(content_end, |i| name_start + i);
+        let depth = self.open.len() + 1;
+        let first_attr = attrs.len();
+        self.attributes(name_end, content_end, attrs, depth)?;
+        if self.strictness == Strictness::Lenient {
+            attrs.truncate(first_attr);
+        }
+        let name = &self.input[name_start..name_end];
+        let (prefix, local_start) = match name.find(':') {
+            Some(i) => (Some(&name[..i]), name_start + i + 1),
+            None => (None, name_start),
+        };
+        let ns = self.resolve(prefix);
+        self.open.push((name_start, name_end));
+        self.pos = close + 1;
+        Ok(StartTag {
+            start: at,
+            name: (name_start, name_end),
+            local_start,
+            ns,
+            end: close + 1,
+            empty,
+        })
+    }
+
+    /// Reads the attributes in `bytes[from..to]`, declaring the namespaces among them. In
+    /// full strictness a malformed or repeated attribute is an error; leniently the rest of
+    /// the tag is skipped, as a namespace resolver reading without checks would.
+    fn attributes(
+        &mut self,
+        from: usize,
+        to: usize,
+        attrs: &mut Vec<RawAttr>,
+        depth: usize,
+    ) -> Result<(), XmlError> {
+        let first = attrs.len();
+        let mut pos = from;
+        loop {
+            let attr = match self.attribute(pos, to, &attrs[first..]) {
+                Ok(Some(attr)) => attr,
+                Ok(None) => return Ok(()),
+                Err(e) if self.strictness == Strictness::Full => return Err(e),
+                Err(_) => return Ok(()),
+            };
+            pos = attr.value.1 as usize + 1;
+            let key = attr.key(self.input);
+            if let Some(prefix) = namespace_declaration(key) {
+                self.declare(prefix, attr.value(self.input), depth)?;
+            }
+            attrs.push(attr);
+        }
+    }
+
+    /// The next attribute at or after `pos`, `None` at the end of the tag.
+    fn attribute(
+        &self,
+        pos: usize,
+        to: usize,
+        earlier: &[RawAttr],
+    ) -> Result<Option<RawAttr>, XmlError> {
+        let bytes = self.input.as_bytes();
+        let skip_space = |mut p: usize| {
+            while p < to && is_space(bytes[p]) {
+                p += 1;
+            }
+            p
+        };
+        let key_start = skip_space(pos);
+        if key_start >= to {
+            return Ok(None);
+        }
+        // A key's first byte is taken whatever it is (even `=`), as quick-xml does.
+        let key_end = bytes[key_start + 1..to]
+            .iter()
+            .position(|&b| b == b'=' || is_space(b))
+            .map_or(to, |i| key_start + 1 + i);
+        let eq = skip_space(key_end);
+        if eq >= to || bytes[eq] != b'=' {
+            return Err(malformed("attribute without a value", key_start));
+        }
+        let key = &bytes[key_start..key_end];
+        if self.strictness == Strictness::Full
+            && earlier
+                .iter()
+                .any(|a| &bytes[a.key.0 as usize..a.key.1 as usize] == key)
+        {
+            return Err(malformed("repeated attribute", key_start));
+        }
+        let quote_at = skip_space(eq + 1);
+        let quote = match bytes.get(quote_at) {
+            Some(&q @ (b'"' | b'\'')) if quote_at < to => q,
+            _ => return Err(malformed("attribute value not quoted", quote_at)),
+        };
+        let value_end = memchr(quote, &bytes[quote_at + 1..to])
+            .map(|i| quote_at + 1 + i)
+            .ok_or_else(|| malformed("attribute value not closed", quote_at))?;
+        Ok(Some(RawAttr {
+            key: (key_start as u32, key_end as u32),
+            value: ((quote_at + 1) as u32, value_end as u32),
+        }))
+    }
+
+    /// Declares a prefix (or the default namespace, `None`) for the element at `depth`.
+    fn declare(
+        &mut self,
+        prefix: Option<&'a str>,
+        value: &str,
+        depth: usize,
+    ) -> Result<(), XmlError> {
+        match prefix {
+            Some("xml") if value == XML_NS => return Ok(()),
+            Some("xml") => return Err(malformed("the xml prefix rebound", 0)),
+            Some("xmlns") => return Err(malformed("the xmlns prefix bound", 0)),
+            Some(_) if value == XML_NS || value == XMLNS_NS => {
+                return Err(malformed("a reserved namespace bound to a prefix", 0));
+            }
+            _ => {}
+        }
+        if self.bindings.len() >= MAX_BINDINGS {
+            return Err(malformed("too many namespace declarations", 0));
+        }
+        // `xmlns:=".."` declares an empty prefix, which quick-xml stores as the default.
+        let prefix = prefix.filter(|p| !p.is_empty());
+        let ns = if value.is_empty() {
+            Ns::None
+        } else {
+            Ns::of(value)
+        };
+        self.bindings.push(Binding { prefix, ns, depth });
+        Ok(())
+    }
+
+    /// The namespace of an element name's prefix. An unknown or undeclared prefix, and no
+    /// default namespace, resolve to `Ns::None`; `xml` and `xmlns` are always bound.
+    fn resolve(&self, prefix: Option<&str>) -> Ns {
+        match prefix {
+            None => self
+                .bindings
+                .iter()
+                .rev()
+                .find(|b| b.prefix.is_none())
+                .map_or(Ns::None, |b| b.ns),
+            Some("xml" | "xmlns") => Ns::Other,
+            Some(p) => self
+                .bindings
+                .iter()
+                .rev()
+                .find(|b| b.prefix == Some(p))
+                .map_or(Ns::None, |b| b.ns),
+        }
+    }
+}
+
+/// `Some(prefix)` for a namespace declaration: `xmlns` declares the default (`Some(None)`),
+/// `xmlns:p` the prefix `p`; other names starting with `xmlns` declare nothing.
+fn namespace_declaration(key: &str) -> Option<Option<&str>> {
+    let rest = key.strip_prefix("xmlns")?;
+    match rest.as_bytes().first() {
+        None => Some(None),
+        Some(b':') => Some(Some(&rest[1..])),
+        _ => None,
+    }
+}

@@ -1,0 +1,195 @@
+//! Decoding what the lexer left raw: references (`&amp;`, `&#x41;`), CDATA, comments and
+//! line ends in element text, and the XML 1.0 attribute-value normalization. Only the five
+//! predefined entities exist here; anything else is refused when the document is parsed, so
+//! decoding a parsed document cannot fail.
+
+use std::borrow::Cow;
+
+use memchr::{memchr, memchr2, memchr3, memmem};
+
+use super::XmlError;
+
+/// A predefined entity's character.
+fn predefined(name: &str) -> Option<char> {
+    Some(match name {
+        "lt" => '<',
+        "gt" => '>',
+        "amp" => '&',
+        "quot" => '"',
+        "apos" => '\'',
+        _ => return None,
+    })
+}
+
+/// The character of `#65` or `#x41`: no sign, no zero, a Unicode scalar value.
+fn char_ref(number: &str) -> Result<char, XmlError> {
+    let bad = || XmlError::Malformed(format!("bad character reference &#{number};"));
+    let (digits, radix) = match number.strip_prefix('x') {
+        Some(hex) => (hex, 16),
+        None => (number, 10),
+    };
+    if digits.starts_with(['+', '-']) {
+        return Err(bad());
+    }
+    let code = u32::from_str_radix(digits, radix).map_err(|_| bad())?;
+    char::from_u32(code).filter(|_| code != 0).ok_or_else(bad)
+}
+
+/// What a reference's name (between `&` and `;`) stands for.
+fn resolve(name: &str) -> Result<char, XmlError> {
+    match name.strip_prefix('#') {
+        Some(number) => char_ref(number),
+        None => predefined(name).ok_or_else(|| XmlError::Entity(name.chars().take(32).collect())),
+    }
+}
+
+/// Checks a reference found in text.
+pub(super) fn check_reference(name: &str) -> Result<(), XmlError> {
+    resolve(name).map(|_| ())
+}
+
+/// Appends text with XML 1.0 line ends (`\r\n` and `\r` become `\n`).
+fn push_lines(out: &mut String, mut raw: &str) {
+    while let Some(i) = memchr(b'\r', raw.as_bytes()) {
+        out.push_str(&raw[..i]);
+        out.push('\n');
+        raw = &raw[i + 1..];
+        if raw.starts_with('\n') {
+            raw = &raw[1..];
+        }
+    }
+    out.push_str(raw);
+}
+
+/// Appends the text of `raw`, a stretch of element content without child elements:
+/// references resolved, CDATA kept, comments and processing instructions dropped.
+pub(super) fn push_content(out: &mut String, mut raw: &str) {
+    while let Some(i) = memchr2(b'<', b'&', raw.as_bytes()) {
+        push_lines(out, &raw[..i]);
+        raw = &raw[i..];
+        let skip = if raw.starts_with('&') {
+            // A parsed document's references are closed and known; anything else is kept.
+            let Some(end) = memchr(b';', raw.as_bytes()) else {
+                out.push_str(raw);
+                return;
+            };
+            if let Ok(c) = resolve(&raw[1..end]) {
+                out.push(c);
+            }
+            end + 1
+        } else if let Some(cdata) = raw.strip_prefix("<![CDATA[") {
+            let end = memmem::find(cdata.as_bytes(), b"]]>").unwrap_or(cdata.len());
+            push_lines(out, &cdata[..end]);
+            (9 + end + 3).min(raw.len())
+        } else {
+            let (from, close) = if raw.starts_with("<!--") {
+                (4, "-->")
+            } else {
+                (2, "?>")
+            };
+            let from = from.min(raw.len());
+            memmem::find(&raw.as_bytes()[from..], close.as_bytes())
+                .map_or(raw.len(), |i| from + i + close.len())
+        };
+        raw = &raw[skip..];
+    }
+    push_lines(out, raw);
+}
+
+/// Whether `raw` text needs [`push_content`] rather than being used as it is.
+pub(super) fn needs_decoding(raw: &str) -> bool {
+    memchr3(b'&', b'\r', b'<', raw.as_bytes()).is_some()
+}
+
+/// An attribute value normalized as XML 1.0 says: references resolved, and each tab, line
+/// feed, carriage return or CR LF pair becomes one space.
+pub(super) fn attribute_value(raw: &str) -> Result<Cow<'_, str>, XmlError> {
+    let bytes = raw.as_bytes();
+    let special = |b: &u8| matches!(b, b'&' | b'\t' | b'\r' | b'\n');
+    let Some(first) = bytes.iter().position(special) else {
+        return Ok(Cow::Borrowed(raw));
+    };
+    let mut out = String::with_capacity(raw.len());
+    out.push_str(&raw[..first]);
+    let mut pos = first;
+    while pos < bytes.len() {
+        match bytes[pos] {
+            b'&' => {
+                let end = memchr(b';', &bytes[pos..])
+                    .map(|i| pos + i)
+                    .ok_or_else(|| {
+                        XmlError::Malformed("unclosed reference in an attribute value".into())
+                    })?;
+                // quick-xml called an unknown entity in an attribute malformed, not an entity.
+                out.push(resolve(&raw[pos + 1..end]).map_err(|e| match e {
+                    XmlError::Entity(name) => {
+                        XmlError::Malformed(format!("unknown entity &{name}; in an attribute"))
+                    }
+                    other => other,
+                })?);
+                pos = end + 1;
+            }
+            b'\r' => {
+                out.push(' ');
+                pos += if bytes.get(pos + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+            }
+            b'\t' | b'\n' => {
+                out.push(' ');
+                pos += 1;
+            }
+            _ => {
+                let next = bytes[pos..]
+                    .iter()
+                    .position(special)
+                    .map_or(bytes.len(), |i| pos + i);
+                out.push_str(&raw[pos..next]);
+                pos = next;
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_resolve_and_others_are_refused() {
+        assert_eq!(resolve("amp").unwrap(), '&');
+        assert_eq!(resolve("#x41").unwrap(), 'A');
+        assert_eq!(resolve("#65").unwrap(), 'A');
+        assert!(matches!(resolve("nbsp"), Err(XmlError::Entity(_))));
+        for bad in ["#0", "#X41", "#+65", "#xD800", "#", "#x"] {
+            assert!(matches!(resolve(bad), Err(XmlError::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_keeps_cdata_and_drops_comments() {
+        let mut out = String::new();
+        push_content(
+            &mut out,
+            "a\r\nb<!-- x -->c<![CDATA[<d>\r]]>&lt;<?pi x?>e\r",
+        );
+        assert_eq!(out, "a\nbc<d>\n<e\n");
+    }
+
+    #[test]
+    fn attribute_values_are_normalized() {
+        assert_eq!(attribute_value("plain").unwrap(), "plain");
+        assert_eq!(
+            attribute_value("a\r\nb\tc\nd&#xA;&amp;").unwrap(),
+            "a b c d\n&"
+        );
+        assert!(attribute_value("a&b").is_err());
+        assert!(matches!(
+            attribute_value("&x;"),
+            Err(XmlError::Malformed(_))
+        ));
+    }
+}
