@@ -305,7 +305,12 @@ impl Outlined for Node<'_> {
 impl Outlined for super::Node<'_> {
     fn parts(self) -> (Ns, String, Vec<(String, String)>, String) {
         let attrs = self.attrs().map(|(k, v)| (k.into(), v.into())).collect();
-        (self.ns(), self.name().into(), attrs, self.text().into_owned())
+        (
+            self.ns(),
+            self.name().into(),
+            attrs,
+            self.text().into_owned(),
+        )
     }
 
     fn kids(self) -> Vec<Self> {
