@@ -206,7 +206,7 @@ fn observations(s: &Scale, n: usize) -> Vec<Observation> {
             }
             Observation::MessageSeen {
                 origin: Origin {
-                    mailbox: Some(mailbox),
+                    mailbox: Some(mailbox.into()),
                     source: Source::Ews,
                     operation: "GetItem".into(),
                 },

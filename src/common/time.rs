@@ -1,6 +1,7 @@
 //! Time as the CRM and the wire write it: RFC 3339 timestamps normalised to UTC, and the wall
 //! clock in milliseconds that durable records carry.
 
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
@@ -17,7 +18,7 @@ pub fn now_ms() -> u64 {
 pub fn normalize_timestamp(raw: &str) -> String {
     let t = raw.trim();
     parse_rfc3339(t)
-        .map(|(secs, frac)| format_utc(secs, &frac))
+        .map(|(secs, frac)| format_utc(secs, frac))
         .unwrap_or_else(|| t.to_owned())
 }
 
@@ -26,8 +27,8 @@ pub fn timestamp_seconds(raw: &str) -> Option<i64> {
     parse_rfc3339(raw.trim()).map(|(secs, _)| secs)
 }
 
-/// Returns seconds since the epoch and the fractional digits.
-fn parse_rfc3339(t: &str) -> Option<(i64, String)> {
+/// Returns seconds since the epoch and the fractional digits (trailing zeros dropped).
+fn parse_rfc3339(t: &str) -> Option<(i64, &str)> {
     let b = t.as_bytes();
     if b.len() < 19
         || b[4] != b'-'
@@ -51,11 +52,11 @@ fn parse_rfc3339(t: &str) -> Option<(i64, String)> {
         return None;
     }
     let mut rest = &t[19..];
-    let mut frac = String::new();
+    let mut frac = "";
     if let Some(r) = rest.strip_prefix('.') {
-        let digits: String = r.chars().take_while(char::is_ascii_digit).collect();
-        rest = &r[digits.len()..];
-        frac = digits.trim_end_matches('0').to_owned();
+        let len = r.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &r[len..];
+        frac = r[..len].trim_end_matches('0');
     }
     let offset = match rest {
         "" | "Z" | "z" => 0,
@@ -96,17 +97,17 @@ fn format_utc(secs: i64, frac: &str) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let frac = if frac.is_empty() {
-        String::new()
-    } else {
-        format!(".{frac}")
-    };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+    let dot = if frac.is_empty() { "" } else { "." };
+    // One allocation: this runs for every timestamp of every message inspected.
+    let mut out = String::with_capacity(21 + frac.len());
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{dot}{frac}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
-    )
+    );
+    out
 }
 
 #[cfg(test)]

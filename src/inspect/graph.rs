@@ -261,10 +261,11 @@ pub fn inspect(
     };
     let lower: Vec<String> = rest.iter().map(|s| route_name(s)).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let mailbox: Option<std::sync::Arc<str>> = mailbox.map(Into::into);
     let origin = |operation: &str| Origin {
         mailbox: mailbox.clone(),
         source: Source::Graph,
-        operation: operation.to_owned(),
+        operation: operation.into(),
     };
     let method = x.method.to_ascii_uppercase();
     match (method.as_str(), lower.as_slice()) {

@@ -2,6 +2,8 @@
 //! never learn whether it came from SOAP or JSON. Serialised as JSON with snake_case fields and
 //! a `kind` tag — the contract of `trackgate inspect`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Where an observation came from.
@@ -76,11 +78,11 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The mailbox owner (docs/architecture.md §2.3), lower-cased; `None` when the exchange did
-    /// not show it.
-    pub mailbox: Option<String>,
+    /// not show it. Shared: every observation of an exchange carries the same origin.
+    pub mailbox: Option<Arc<str>>,
     pub source: Source,
     /// The EWS operation or Graph action, e.g. `GetItem`, `sendMail`, `list_messages`.
-    pub operation: String,
+    pub operation: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -100,7 +100,7 @@ pub(super) fn merge(m: &mut Message, mime: Message) {
 
 pub(super) fn contact_fields(parts: &[Node<'_>]) -> Contact {
     let mut c = Contact::default();
-    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
+    let text = owned_text;
     for child in parts.iter().flat_map(|p| p.children()) {
         match child.name() {
             "ItemId" => c.item_id = child.attr("Id").map(str::to_owned),
@@ -128,7 +128,7 @@ pub(super) fn contact_fields(parts: &[Node<'_>]) -> Contact {
 
 pub(super) fn appointment_fields(parts: &[Node<'_>]) -> Appointment {
     let mut a = Appointment::default();
-    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
+    let text = owned_text;
     let attendees = |n: Node<'_>| {
         n.all("Attendee")
             .filter_map(|att| att.child(Ns::Types, "Mailbox"))
@@ -154,7 +154,7 @@ pub(super) fn appointment_fields(parts: &[Node<'_>]) -> Appointment {
 
 pub(super) fn task_fields(parts: &[Node<'_>]) -> Task {
     let mut t = Task::default();
-    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
+    let text = owned_text;
     for child in parts.iter().flat_map(|p| p.children()) {
         match child.name() {
             "ItemId" => t.item_id = child.attr("Id").map(str::to_owned),
@@ -282,7 +282,7 @@ pub(super) fn seen(
 /// would scan them twenty times).
 pub(super) fn message_fields(item: Node<'_>) -> Message {
     let mut m = Message::default();
-    let text = |n: Node<'_>| Some(n.text().into_owned()).filter(|t| !t.is_empty());
+    let text = owned_text;
     let id = |n: Node<'_>| n.attr("Id").map(str::to_owned);
     let mailboxes = |n: Node<'_>| n.all("Mailbox").map(address).collect::<Vec<_>>();
     for child in item.children() {
@@ -303,8 +303,8 @@ pub(super) fn message_fields(item: Node<'_>) -> Message {
             "ToRecipients" => m.to = mailboxes(child),
             "CcRecipients" => m.cc = mailboxes(child),
             "BccRecipients" => m.bcc = mailboxes(child),
-            "DateTimeReceived" => m.received_at = text(child).map(|t| normalize_timestamp(&t)),
-            "DateTimeSent" => m.sent_at = text(child).map(|t| normalize_timestamp(&t)),
+            "DateTimeReceived" => m.received_at = timestamp(child),
+            "DateTimeSent" => m.sent_at = timestamp(child),
             "Categories" => {
                 m.categories = child.all("String").map(|s| s.text().into_owned()).collect()
             }
@@ -316,16 +316,29 @@ pub(super) fn message_fields(item: Node<'_>) -> Message {
     m
 }
 
+/// An element's text, `None` when empty (checked before anything is copied).
+fn owned_text(node: Node<'_>) -> Option<String> {
+    let text = node.text();
+    (!text.is_empty()).then(|| text.into_owned())
+}
+
+/// An element's text as a UTC timestamp, `None` when empty.
+fn timestamp(node: Node<'_>) -> Option<String> {
+    let text = node.text();
+    (!text.is_empty()).then(|| normalize_timestamp(&text))
+}
+
 pub(super) fn address(mailbox: Node<'_>) -> Address {
     let mut a = Address::default();
     for c in mailbox.children() {
-        let value = Some(c.text().into_owned()).filter(|t| !t.is_empty());
-        match c.name() {
-            "Name" => a.name = value,
-            "EmailAddress" => a.address = value,
-            "RoutingType" => a.routing_type = value,
-            _ => {}
-        }
+        let slot = match c.name() {
+            "Name" => &mut a.name,
+            "EmailAddress" => &mut a.address,
+            "RoutingType" => &mut a.routing_type,
+            _ => continue,
+        };
+        let value = c.text();
+        *slot = (!value.is_empty()).then(|| value.into_owned());
     }
     a
 }

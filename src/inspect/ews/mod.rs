@@ -8,6 +8,8 @@ mod items;
 mod reads;
 mod writes;
 
+use std::sync::Arc;
+
 use super::model::{Observation, Origin, Source};
 use super::xml::{Node, Ns, Tree};
 
@@ -117,9 +119,9 @@ pub fn inspect(
     }
     let exchange = Exchange {
         origin: Origin {
-            mailbox,
+            mailbox: mailbox.map(Arc::from),
             source: Source::Ews,
-            operation,
+            operation: Arc::from(operation),
         },
         request: req_op,
         results,
@@ -131,7 +133,7 @@ pub fn inspect(
 
 /// The observations of one operation.
 fn observe(x: &Exchange<'_>, out: &mut Vec<Observation>) {
-    match x.origin.operation.as_str() {
+    match &*x.origin.operation {
         "GetItem" => reads::get_item(x, out),
         "GetEvents" => reads::get_events(x, out),
         "FindItem" => reads::find_item(x, out),

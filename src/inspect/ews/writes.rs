@@ -170,7 +170,7 @@ pub(super) fn move_or_copy(x: &Exchange<'_>, out: &mut Vec<Observation>) {
         transfer.new_item_ids.push(new_id);
     }
     if !transfer.item_ids.is_empty() {
-        let moved = x.origin.operation == "MoveItem";
+        let moved = &*x.origin.operation == "MoveItem";
         out.push(Observation::transfer(x.origin.clone(), moved, transfer));
     }
 }

@@ -113,13 +113,13 @@ impl<'a> Run<'a> {
     /// fetched fields (folder, categories, recipients, Message-ID).
     pub fn enriched(&self, provisional: &Decision, fetched: &Message) -> Decision {
         let origin = Origin {
-            mailbox: provisional.mailbox.clone(),
+            mailbox: provisional.mailbox.as_deref().map(Into::into),
             source: if provisional.operation.starts_with(char::is_lowercase) {
                 crate::inspect::model::Source::Graph
             } else {
                 crate::inspect::model::Source::Ews
             },
-            operation: provisional.operation.clone(),
+            operation: provisional.operation.as_str().into(),
         };
         let mut d = self.new_decision(&provisional.observation, &origin, Some(fetched));
         let Some(mailbox) = self.mailbox(&origin) else {
@@ -258,8 +258,8 @@ impl<'a> Run<'a> {
             verdict: Verdict::Ignore,
             reason: Reason::UnknownMailbox,
             observation: kind.to_owned(),
-            operation: origin.operation.clone(),
-            mailbox: origin.mailbox.clone(),
+            operation: origin.operation.to_string(),
+            mailbox: origin.mailbox.as_deref().map(str::to_owned),
             user: None,
             item_id: message.and_then(|m| m.item_id.clone()),
             internet_message_id: message.and_then(|m| m.internet_message_id.clone()),
