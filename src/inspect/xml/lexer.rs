@@ -171,11 +171,13 @@ impl<'a> Lexer<'a> {
         let close = memchr(b'>', &bytes[at..])
             .map(|i| at + i)
             .ok_or_else(|| malformed("unclosed end tag", at))?;
-        let mut name_end = close;
-        while name_end > at + 2 && is_space(bytes[name_end - 1]) {
-            name_end -= 1;
-        }
-        let name = &bytes[at + 2..name_end];
+        // Trailing white space is dropped, unless there is nothing else (quick-xml keeps
+        // `</ >` whole, so it matches no start tag).
+        let content = &bytes[at + 2..close];
+        let name = match content.iter().rposition(|&b| !is_space(b)) {
+            Some(last) => &content[..=last],
+            None => content,
+        };
         match self.open.last() {
             Some(&(s, e)) if &bytes[s..e] == name => {}
             Some(_) => return Err(malformed("end tag does not match its start", at)),

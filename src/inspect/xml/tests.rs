@@ -301,6 +301,8 @@ fn reader_corners_match_the_reference() {
         "<p:a xmlns:p=''/>",
         "<a xmlnsx='1' xmlns:xml='http://www.w3.org/XML/1998/namespace'/>",
         "<a></a >",
+        "<></ >",
+        "<></>",
         "<a/>text&amp;<!-- after -->",
     ] {
         assert_eq!(
