@@ -16,6 +16,9 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$version"; then
 fi
 
 seconds="${FUZZ_SECONDS:-20}"
+# Instrumented builds get their own target directory (FUZZ_TARGET_DIR), so they never replace
+# the suite's artifacts in a shared CARGO_TARGET_DIR.
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$(pwd)/fuzz/target}"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 cd fuzz
