@@ -254,9 +254,10 @@ async fn parked_connections_hold_no_http_buffers_in_the_real_binary() {
     .await;
     let per_connection = gw.rss().saturating_sub(before) / N as u64;
     // hyper's read and write buffers alone are 16 KiB per connection; a parked one keeps its
-    // socket, its task and its context (about 2 KiB).
+    // socket, its task and its context. This debug build measures 7.6–8.0 KiB for that (the
+    // release build about 5), so the bound sits between that and what kept buffers would add.
     assert!(
-        per_connection < 8 * 1024,
+        per_connection < 12 * 1024,
         "{per_connection} bytes per parked connection"
     );
     drop(held);
