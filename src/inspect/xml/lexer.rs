@@ -9,6 +9,8 @@
 //! next `&` or `<`, attribute values must be quoted, and a name is whatever runs up to the
 //! first XML white space.
 
+use std::collections::HashSet;
+
 use memchr::{memchr, memchr2, memchr3, memmem};
 
 use super::{Ns, XmlError};
@@ -16,6 +18,8 @@ use super::{Ns, XmlError};
 /// The namespaces XML itself reserves.
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+/// Up to this many attributes a repeated key is found by comparing with each earlier one.
+const FEW_ATTRIBUTES: usize = 8;
 /// quick-xml's bound on the bindings in scope at once; beyond it a document is refused.
 const MAX_BINDINGS: usize = 128;
 
@@ -295,8 +299,11 @@ impl<'a> Lexer<'a> {
     ) -> Result<(), XmlError> {
         let first = attrs.len();
         let mut pos = from;
+        // Keys seen, once a tag has more than a few: a tag of many thousand attributes must
+        // not cost their square.
+        let mut seen: Option<HashSet<&'a str>> = None;
         loop {
-            let attr = match self.attribute(pos, to, &attrs[first..]) {
+            let attr = match self.attribute(pos, to) {
                 Ok(Some(attr)) => attr,
                 Ok(None) => return Ok(()),
                 Err(e) if self.strictness == Strictness::Full => return Err(e),
@@ -304,6 +311,20 @@ impl<'a> Lexer<'a> {
             };
             pos = attr.value.1 as usize + 1;
             let key = attr.key(self.input);
+            if self.strictness == Strictness::Full {
+                let earlier = &attrs[first..];
+                let repeated = if earlier.len() < FEW_ATTRIBUTES {
+                    earlier.iter().any(|a| a.key(self.input) == key)
+                } else {
+                    let input = self.input;
+                    let seen =
+                        seen.get_or_insert_with(|| earlier.iter().map(|a| a.key(input)).collect());
+                    !seen.insert(key)
+                };
+                if repeated {
+                    return Err(malformed("repeated attribute", attr.key.0 as usize));
+                }
+            }
             if let Some(prefix) = namespace_declaration(key) {
                 self.declare(prefix, attr.value(self.input), depth)?;
             }
@@ -312,12 +333,7 @@ impl<'a> Lexer<'a> {
     }
 
     /// The next attribute at or after `pos`, `None` at the end of the tag.
-    fn attribute(
-        &self,
-        pos: usize,
-        to: usize,
-        earlier: &[RawAttr],
-    ) -> Result<Option<RawAttr>, XmlError> {
+    fn attribute(&self, pos: usize, to: usize) -> Result<Option<RawAttr>, XmlError> {
         let bytes = self.input.as_bytes();
         let skip_space = |mut p: usize| {
             while p < to && is_space(bytes[p]) {
@@ -337,14 +353,6 @@ impl<'a> Lexer<'a> {
         let eq = skip_space(key_end);
         if eq >= to || bytes[eq] != b'=' {
             return Err(malformed("attribute without a value", key_start));
-        }
-        let key = &bytes[key_start..key_end];
-        if self.strictness == Strictness::Full
-            && earlier
-                .iter()
-                .any(|a| &bytes[a.key.0 as usize..a.key.1 as usize] == key)
-        {
-            return Err(malformed("repeated attribute", key_start));
         }
         let quote_at = skip_space(eq + 1);
         let quote = match bytes.get(quote_at) {

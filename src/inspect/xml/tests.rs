@@ -70,6 +70,17 @@ fn hostile_input_is_refused() {
 }
 
 #[test]
+fn a_repeat_is_found_among_many_attributes() {
+    let many: String = (0..50_000).map(|i| format!(" a{i}='v'")).collect();
+    let doc = format!("<x{many}/>");
+    let tree = Tree::parse(doc.as_bytes(), XmlLimits::default()).unwrap();
+    assert_eq!(tree.root().attr("a49999"), Some("v"));
+    let repeated = format!("<x{many} a7='w'/>");
+    assert!(Tree::parse(repeated.as_bytes(), XmlLimits::default()).is_err());
+    assert_agree(repeated.as_bytes(), "50 000 attributes and one repeated");
+}
+
+#[test]
 fn plain_text_is_borrowed_and_the_rest_decoded_on_reading() {
     let doc = b"\xEF\xBB\xBF<r><p> plain </p><q>a\r\n<i/>b<!--c-->&amp;<![CDATA[<d>]]></q></r>";
     let tree = Tree::parse(doc, XmlLimits::default()).unwrap();
