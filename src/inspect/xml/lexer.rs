@@ -4,7 +4,7 @@
 //! never copied here; the tree decodes it when someone reads it.
 //!
 //! What is accepted and refused follows the quick-xml reader the tree was built on before, so
-//! that the differential tests can demand identical trees: a quoted `>` does not end a tag, a
+//! that the differential tests can demand identical trees: a quoted `>` ends neither a start nor an end tag, a
 //! comment ends at the first `-->`, any `<!D…` is a DOCTYPE, references must close before the
 //! next `&` or `<`, attribute values must be quoted, and a name is whatever runs up to the
 //! first XML white space.
@@ -120,7 +120,7 @@ impl<'a> Lexer<'a> {
 
     /// Skips text, comments, CDATA and processing instructions up to the next start or end
     /// tag, checking references on the way. Attributes of a start tag are appended to
-    /// `attrs` (the `xmlns` ones are not).
+    /// `attrs`, namespace declarations among them (the tree leaves those out).
     pub fn next(&mut self, attrs: &mut Vec<RawAttr>) -> Result<Markup, XmlError> {
         let bytes = self.input.as_bytes();
         loop {
@@ -172,9 +172,9 @@ impl<'a> Lexer<'a> {
 
     fn end_tag(&mut self, at: usize) -> Result<Markup, XmlError> {
         let bytes = self.input.as_bytes();
-        let close = memchr(b'>', &bytes[at..])
-            .map(|i| at + i)
-            .ok_or_else(|| malformed("unclosed end tag", at))?;
+        // Quotes count in end tags too (quick-xml reads `</a x=">">` as one tag), and a name
+        // may hold them, since a name is whatever runs up to white space.
+        let close = self.tag_close(at)?;
         // Trailing white space is dropped, unless there is nothing else (quick-xml keeps
         // `</ >` whole, so it matches no start tag).
         let content = &bytes[at + 2..close];

@@ -408,6 +408,8 @@ pub fn operation(body: &[u8]) -> Option<Cow<'_, str>> {
         Ok(text) => text,
         Err(e) => std::str::from_utf8(&body[..e.valid_up_to()]).ok()?,
     };
+    // The lexer keeps offsets in 32 bits; bodies are capped far below this before they get here.
+    u32::try_from(text.len()).ok()?;
     let mut lexer = Lexer::new(text, Strictness::Lenient);
     let mut attrs = Vec::new();
     let mut in_body = false;

@@ -313,6 +313,10 @@ fn reader_corners_match_the_reference() {
         "<a xmlnsx='1' xmlns:xml='http://www.w3.org/XML/1998/namespace'/>",
         "<a></a >",
         "<></ >",
+        "<a\">\"></a\">\">",
+        "<a\"b \"c=\"1\"></a\"b>",
+        "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><h\"x y\"></h\"x><s:Body><m:GetItem/></s:Body></s:Envelope>",
+        "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><h\">\"></h\">\"><s:Body><m:GetItem/></s:Body></s:Envelope>",
         "<></>",
         "<a/>text&amp;<!-- after -->",
     ] {
