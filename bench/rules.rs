@@ -356,6 +356,24 @@ fn main() {
         a.bytes_allocated as f64 / obs.len() as f64
     );
 
+    // The same for the ignores alone and the tracks alone (the goal is ≤ 1 per ignore).
+    for (label, track) in [("ignore", false), ("track", true)] {
+        let subset: Vec<_> = obs
+            .iter()
+            .filter(|o| engine.decide(o, PURE).iter().any(|d| d.is_track()) == track)
+            .collect();
+        let region = Region::new(GLOBAL);
+        for o in &subset {
+            std::hint::black_box(engine.decide(o, PURE));
+        }
+        let a = region.change();
+        println!(
+            "allocations per {label}: {:.1} ({} decisions)",
+            a.allocations as f64 / subset.len().max(1) as f64,
+            subset.len()
+        );
+    }
+
     // What the parts cost, to see where a decision's time goes.
     parts(&handle, &engine, &obs, &s);
 

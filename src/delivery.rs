@@ -237,7 +237,7 @@ impl Delivery {
     fn keep(&self, record: &Record, outcome: DeliveryOutcome) {
         self.recent.push(Delivered {
             key: record.key,
-            mailbox: record.decision.mailbox.clone(),
+            mailbox: record.decision.mailbox.as_deref().map(str::to_owned),
             item_id: record.decision.item_id.clone(),
             outcome,
         });

@@ -484,7 +484,7 @@ fn row(
     };
     DemoRow {
         step,
-        mailbox: d.mailbox.clone().unwrap_or_default(),
+        mailbox: d.mailbox.as_deref().unwrap_or_default().to_owned(),
         message,
         verdict: format!("{:?}", d.verdict).to_lowercase(),
         reason: d.reason.as_str().to_owned(),
@@ -515,7 +515,7 @@ fn outcome(
             },
         ) => *email_id == id && *a == action,
         (Some(_), _) => false,
-        (None, _) => x.mailbox == d.mailbox && x.item_id == d.item_id,
+        (None, _) => x.mailbox.as_deref() == d.mailbox.as_deref() && x.item_id == d.item_id,
     };
     let fetched = if d.crm_id.is_none() {
         "fetched from Exchange: "

@@ -869,7 +869,7 @@ password = \"service-password\"
             gw.gateway
                 .recent_decisions()
                 .into_iter()
-                .find(|d| d.operation == "UpdateItem")
+                .find(|d| &*d.operation == "UpdateItem")
         },
     )
     .await;

@@ -3,6 +3,9 @@
 //! auto-create, the deterministic CRM id). Serialised as one JSON object per decision — the
 //! contract of `trackgate replay` and `POST /explain`.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -218,11 +221,12 @@ pub struct AutoCreate {
 pub struct Decision {
     pub verdict: Verdict,
     pub reason: Reason,
-    /// The observation kind and the operation it came from.
-    pub observation: String,
-    pub operation: String,
+    /// The observation kind and the operation it came from (shared with the observation's
+    /// origin, as is the mailbox: a decision copies neither).
+    pub observation: Cow<'static, str>,
+    pub operation: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mailbox: Option<String>,
+    pub mailbox: Option<Arc<str>>,
     /// The mailbox owner: `systemuser` or `queue`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Lookup>,

@@ -11,6 +11,8 @@
 //! `parties` (resolving addresses), `correlation` (threads and the keys that find them) and
 //! `autocreate` (the contact or lead for an unresolved sender).
 
+use std::borrow::Cow;
+
 use uuid::Uuid;
 
 use super::decision::{Decision, Reason, Verdict};
@@ -113,20 +115,20 @@ impl<'a> Run<'a> {
     /// fetched fields (folder, categories, recipients, Message-ID).
     pub fn enriched(&self, provisional: &Decision, fetched: &Message) -> Decision {
         let origin = Origin {
-            mailbox: provisional.mailbox.as_deref().map(Into::into),
+            mailbox: provisional.mailbox.clone(),
             source: if provisional.operation.starts_with(char::is_lowercase) {
                 crate::inspect::model::Source::Graph
             } else {
                 crate::inspect::model::Source::Ews
             },
-            operation: provisional.operation.as_str().into(),
+            operation: provisional.operation.clone(),
         };
-        let mut d = self.new_decision(&provisional.observation, &origin, Some(fetched));
+        let mut d = self.new_decision(provisional.observation.clone(), &origin, Some(fetched));
         let Some(mailbox) = self.mailbox(&origin) else {
             self.unknown_mailbox(&mut d);
             return d;
         };
-        let trigger = match provisional.observation.as_str() {
+        let trigger = match provisional.observation.as_ref() {
             "message_sent" => Trigger::Sent,
             "message_moved" | "message_copied" => Trigger::Moved,
             "categories_changed" => Trigger::Categorized,
@@ -253,13 +255,18 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn new_decision(&self, kind: &str, origin: &Origin, message: Option<&Message>) -> Decision {
+    fn new_decision(
+        &self,
+        kind: impl Into<Cow<'static, str>>,
+        origin: &Origin,
+        message: Option<&Message>,
+    ) -> Decision {
         Decision {
             verdict: Verdict::Ignore,
             reason: Reason::UnknownMailbox,
-            observation: kind.to_owned(),
-            operation: origin.operation.to_string(),
-            mailbox: origin.mailbox.as_deref().map(str::to_owned),
+            observation: kind.into(),
+            operation: origin.operation.clone(),
+            mailbox: origin.mailbox.clone(),
             user: None,
             item_id: message.and_then(|m| m.item_id.clone()),
             internet_message_id: message.and_then(|m| m.internet_message_id.clone()),
