@@ -261,6 +261,18 @@ fn per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// Heap allocations and bytes per pure decision over `obs`, counted by the instrumented
+/// allocator.
+fn allocations_per_decision(engine: &Engine, obs: &[&Observation]) -> (f64, f64) {
+    let region = Region::new(GLOBAL);
+    for o in obs {
+        std::hint::black_box(engine.decide(o, PURE));
+    }
+    let a = region.change();
+    let n = obs.len().max(1) as f64;
+    (a.allocations as f64 / n, a.bytes_allocated as f64 / n)
+}
+
 fn parts(handle: &DirectoryHandle, engine: &Engine, obs: &[Observation], s: &Scale) {
     use trackgate::rules::decision::{Direction, email_id};
     let dir = handle.load();
@@ -345,31 +357,18 @@ fn main() {
         .filter(|d| d.is_track())
         .count();
     println!("mix: {tracked} of {} decisions track", obs.len());
-    let region = Region::new(GLOBAL);
-    for o in &obs {
-        std::hint::black_box(engine.decide(o, PURE));
-    }
-    let a = region.change();
-    println!(
-        "allocations per decision: {:.1} ({:.0} bytes)",
-        a.allocations as f64 / obs.len() as f64,
-        a.bytes_allocated as f64 / obs.len() as f64
-    );
-
+    let all: Vec<_> = obs.iter().collect();
+    let (allocations, bytes) = allocations_per_decision(&engine, &all);
+    println!("allocations per decision: {allocations:.1} ({bytes:.0} bytes)");
     // The same for the ignores alone and the tracks alone (the goal is ≤ 1 per ignore).
     for (label, track) in [("ignore", false), ("track", true)] {
         let subset: Vec<_> = obs
             .iter()
             .filter(|o| engine.decide(o, PURE).iter().any(|d| d.is_track()) == track)
             .collect();
-        let region = Region::new(GLOBAL);
-        for o in &subset {
-            std::hint::black_box(engine.decide(o, PURE));
-        }
-        let a = region.change();
+        let (allocations, _) = allocations_per_decision(&engine, &subset);
         println!(
-            "allocations per {label}: {:.1} ({} decisions)",
-            a.allocations as f64 / subset.len().max(1) as f64,
+            "allocations per {label}: {allocations:.1} ({} decisions)",
             subset.len()
         );
     }
