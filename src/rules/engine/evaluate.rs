@@ -3,6 +3,7 @@
 //! is already tracked, folder rules, the tracking category, then what its place and trigger
 //! leave (automatic tracking or a reason not to track). Each step either decides or hands on.
 
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -24,13 +25,14 @@ type Step = ControlFlow<()>;
 
 /// Where the message is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Place {
+pub(super) enum Place<'m> {
     Inbox,
     SentItems,
     /// Another distinguished folder (junk, deleted items, drafts, …).
     Distinguished(String),
-    /// A folder known only by id (normalised), and whether the gateway has seen it.
-    Folder(String, bool),
+    /// A folder known only by id (normalised, borrowed from the message when it needed no
+    /// change), and whether the gateway has seen it.
+    Folder(Cow<'m, str>, bool),
     Unknown,
 }
 
@@ -134,7 +136,7 @@ impl Run<'_> {
     /// Sent Items holds outgoing mail, the Inbox incoming; elsewhere, mail the owner sent: by
     /// the mailbox address or any row of the owner's with that address (not only the row the
     /// sender resolved to).
-    fn direction(&self, case: &Case<'_>, place: &Place) -> Direction {
+    fn direction(&self, case: &Case<'_>, place: &Place<'_>) -> Direction {
         let outgoing = match place {
             Place::SentItems => true,
             Place::Inbox => false,
@@ -159,7 +161,7 @@ impl Run<'_> {
         &self,
         d: &mut Decision,
         case: &Case<'_>,
-        place: &Place,
+        place: &Place<'_>,
         direction: Direction,
     ) -> Step {
         let m = case.summary.message;
@@ -217,7 +219,7 @@ impl Run<'_> {
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
-        place: &Place,
+        place: &Place<'_>,
         regarding: Option<&Lookup>,
         own_item: bool,
         because: &str,
@@ -251,7 +253,7 @@ impl Run<'_> {
     }
 
     /// Folder tracking rules: regardless of the filter.
-    fn folder_rule(&self, d: &mut Decision, case: &Case<'_>, place: &Place) -> Step {
+    fn folder_rule(&self, d: &mut Decision, case: &Case<'_>, place: &Place<'_>) -> Step {
         let org = self.dir.org();
         let Place::Folder(folder_id, _) = place else {
             return ControlFlow::Continue(());
@@ -341,7 +343,7 @@ impl Run<'_> {
 
     /// What the place and the trigger leave: automatic tracking in the Inbox and Sent Items,
     /// otherwise the reason nothing tracks it.
-    fn by_place(&self, d: &mut Decision, case: &Case<'_>, place: &Place, trigger: Trigger) {
+    fn by_place(&self, d: &mut Decision, case: &Case<'_>, place: &Place<'_>, trigger: Trigger) {
         match (place, trigger) {
             (_, Trigger::Categorized) => {
                 d.reason = Reason::CategoryTrackingOff;
@@ -404,11 +406,16 @@ impl Run<'_> {
         }
     }
 
-    fn place(&self, mailbox: &MailboxEntry, message: &Message) -> Place {
-        let distinguished = |name: &str| match name.to_ascii_lowercase().as_str() {
-            "inbox" => Place::Inbox,
-            "sentitems" => Place::SentItems,
-            other => Place::Distinguished(other.to_owned()),
+    fn place<'m>(&self, mailbox: &MailboxEntry, message: &'m Message) -> Place<'m> {
+        // Compared in place: the common names must not cost a lower-cased copy each time.
+        let distinguished = |name: &str| {
+            if name.eq_ignore_ascii_case("inbox") {
+                Place::Inbox
+            } else if name.eq_ignore_ascii_case("sentitems") {
+                Place::SentItems
+            } else {
+                Place::Distinguished(name.to_ascii_lowercase())
+            }
         };
         if let Some(name) = &message.folder {
             return distinguished(name);
@@ -418,14 +425,14 @@ impl Run<'_> {
         };
         let id = normalize_exchange_id(id);
         if self.dir.rule(mailbox, &id).is_some() {
-            return Place::Folder(id.into_owned(), true);
+            return Place::Folder(id, true);
         }
         match self.memory.folder(&mailbox.address, &id) {
             Some(f) => match &f.distinguished {
                 Some(name) => distinguished(name),
-                None => Place::Folder(id.into_owned(), true),
+                None => Place::Folder(id, true),
             },
-            None => Place::Folder(id.into_owned(), false),
+            None => Place::Folder(id, false),
         }
     }
 
