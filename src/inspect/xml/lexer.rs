@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use memchr::{memchr, memchr2, memchr3, memmem};
+use memchr::{memchr, memchr2, memchr3};
 
 use super::{Ns, XmlError};
 
@@ -136,8 +136,7 @@ impl<'a> Lexer<'a> {
             }
             match bytes.get(at + 1) {
                 Some(b'/') => return self.end_tag(at),
-                Some(b'!') => self.pos = self.bang(at)?,
-                Some(b'?') => self.pos = self.processing_instruction(at)?,
+                Some(b'!' | b'?') => self.pos = self.aside(at)?,
                 Some(_) => return self.start_tag(at, attrs).map(Markup::Start),
                 None => return Err(malformed("unclosed tag", at)),
             }
@@ -195,43 +194,15 @@ impl<'a> Lexer<'a> {
         })
     }
 
-    /// `<!--…-->`, `<![CDATA[…]]>`, or a DOCTYPE (always refused).
-    fn bang(&self, at: usize) -> Result<usize, XmlError> {
-        let bytes = self.input.as_bytes();
-        let rest = &bytes[at..];
-        match rest.get(2) {
-            Some(b'-') => {
-                if !rest.starts_with(b"<!--") {
-                    return Err(malformed("bad comment", at));
-                }
-                // The shortest comment is `<!---->`; quick-xml looks for `-->` from there on.
-                let from = 4.min(rest.len());
-                memmem::find(&rest[from..], b"-->")
-                    .map(|i| at + from + i + 3)
-                    .ok_or_else(|| malformed("unclosed comment", at))
-            }
-            Some(b'[') => {
-                if !rest.starts_with(b"<![CDATA[") {
-                    return Err(malformed("bad CDATA section", at));
-                }
-                memmem::find(&rest[9..], b"]]>")
-                    .map(|i| at + 9 + i + 3)
-                    .ok_or_else(|| malformed("unclosed CDATA section", at))
-            }
-            Some(b'D' | b'd') => Err(XmlError::Doctype),
-            _ => Err(malformed("unknown markup after <!", at)),
-        }
-    }
-
-    fn processing_instruction(&self, at: usize) -> Result<usize, XmlError> {
-        let bytes = self.input.as_bytes();
-        // quick-xml reads `<?>` as a `?>` that closes before it opened, and refuses it.
-        if bytes.get(at + 2) == Some(&b'>') {
-            return Err(malformed("unclosed processing instruction", at));
-        }
-        memmem::find(&bytes[at + 2..], b"?>")
-            .map(|i| at + 2 + i + 2)
-            .ok_or_else(|| malformed("unclosed processing instruction", at))
+    /// A comment, CDATA section or processing instruction (a DOCTYPE is refused); returns
+    /// the offset after it.
+    fn aside(&self, at: usize) -> Result<usize, XmlError> {
+        super::text::aside(&self.input.as_bytes()[at..])
+            .map(|(_, len)| at + len)
+            .map_err(|what| match what {
+                Some(what) => malformed(what, at),
+                None => XmlError::Doctype,
+            })
     }
 
     /// The end of a start tag: the first `>` outside quotes.
@@ -264,11 +235,7 @@ impl<'a> Lexer<'a> {
             .position(|&b| is_space(b))
             .map_or(content_end, |i| name_start + i);
         let depth = self.open.len() + 1;
-        let first_attr = attrs.len();
         self.attributes(name_end, content_end, attrs, depth)?;
-        if self.strictness == Strictness::Lenient {
-            attrs.truncate(first_attr);
-        }
         let name = &self.input[name_start..name_end];
         let (prefix, local_start) = match name.find(':') {
             Some(i) => (Some(&name[..i]), name_start + i + 1),
@@ -328,7 +295,10 @@ impl<'a> Lexer<'a> {
             if let Some(prefix) = namespace_declaration(key) {
                 self.declare(prefix, attr.value(self.input), depth)?;
             }
-            attrs.push(attr);
+            // A lenient pass reads attributes only for their declarations.
+            if self.strictness == Strictness::Full {
+                attrs.push(attr);
+            }
         }
     }
 

@@ -320,14 +320,9 @@ impl<'t> Node<'t> {
     }
 
     pub fn attr(&self, name: &str) -> Option<&'t str> {
-        let tree = self.tree;
-        tree.attrs[span(self.el().attrs)]
-            .iter()
-            .find(|a| &tree.input[span(a.key)] == name)
-            .map(|a| match a.value {
-                Value::Input(s, e) => &tree.input[span((s, e))],
-                Value::Decoded(i) => tree.decoded[i as usize].as_str(),
-            })
+        self.attrs()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
     }
 
     /// Every attribute as (local name, value), in document order.

@@ -61,14 +61,47 @@ fn push_lines(out: &mut String, mut raw: &str) {
     out.push_str(raw);
 }
 
+/// Markup in element content that is not an element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Aside {
+    Comment,
+    Cdata,
+    Instruction,
+}
+
+/// What `<!…` or `<?…` at the start of `rest` is, and its length through its close, as the
+/// lexer accepts it (and the text decoder then skips it): a comment ends at the first `-->`
+/// after `<!--`, CDATA at the first `]]>`, an instruction at the first `?>` after `<?`. `Err`
+/// says what is wrong; `Err(None)` is a DOCTYPE, refused on its own.
+pub(super) fn aside(rest: &[u8]) -> Result<(Aside, usize), Option<&'static str>> {
+    let (kind, open, close): (_, usize, &[u8]) = match (rest.get(1), rest.get(2)) {
+        (Some(b'!'), Some(b'-')) if rest.starts_with(b"<!--") => (Aside::Comment, 4, b"-->"),
+        (Some(b'!'), Some(b'-')) => return Err(Some("bad comment")),
+        (Some(b'!'), Some(b'[')) if rest.starts_with(b"<![CDATA[") => (Aside::Cdata, 9, b"]]>"),
+        (Some(b'!'), Some(b'[')) => return Err(Some("bad CDATA section")),
+        (Some(b'!'), Some(b'D' | b'd')) => return Err(None),
+        // quick-xml reads `<?>` as a `?>` that closes before it opened, and refuses it.
+        (Some(b'?'), Some(b'>')) => return Err(Some("unclosed processing instruction")),
+        (Some(b'?'), _) => (Aside::Instruction, 2, b"?>"),
+        _ => return Err(Some("unknown markup after <!")),
+    };
+    memmem::find(&rest[open..], close)
+        .map(|i| (kind, open + i + close.len()))
+        .ok_or(Some(match kind {
+            Aside::Comment => "unclosed comment",
+            Aside::Cdata => "unclosed CDATA section",
+            Aside::Instruction => "unclosed processing instruction",
+        }))
+}
+
 /// Appends the text of `raw`, a stretch of element content without child elements:
-/// references resolved, CDATA kept, comments and processing instructions dropped.
+/// references resolved, CDATA kept, comments and processing instructions dropped. A parsed
+/// document's references and markup are closed and known; anything else is kept as written.
 pub(super) fn push_content(out: &mut String, mut raw: &str) {
     while let Some(i) = memchr2(b'<', b'&', raw.as_bytes()) {
         push_lines(out, &raw[..i]);
         raw = &raw[i..];
         let skip = if raw.starts_with('&') {
-            // A parsed document's references are closed and known; anything else is kept.
             let Some(end) = memchr(b';', raw.as_bytes()) else {
                 out.push_str(raw);
                 return;
@@ -77,19 +110,18 @@ pub(super) fn push_content(out: &mut String, mut raw: &str) {
                 out.push(c);
             }
             end + 1
-        } else if let Some(cdata) = raw.strip_prefix("<![CDATA[") {
-            let end = memmem::find(cdata.as_bytes(), b"]]>").unwrap_or(cdata.len());
-            push_lines(out, &cdata[..end]);
-            (9 + end + 3).min(raw.len())
         } else {
-            let (from, close) = if raw.starts_with("<!--") {
-                (4, "-->")
-            } else {
-                (2, "?>")
-            };
-            let from = from.min(raw.len());
-            memmem::find(&raw.as_bytes()[from..], close.as_bytes())
-                .map_or(raw.len(), |i| from + i + close.len())
+            match aside(raw.as_bytes()) {
+                Ok((Aside::Cdata, len)) => {
+                    push_lines(out, &raw[9..len - 3]);
+                    len
+                }
+                Ok((_, len)) => len,
+                Err(_) => {
+                    out.push_str(raw);
+                    return;
+                }
+            }
         };
         raw = &raw[skip..];
     }
