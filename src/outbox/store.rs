@@ -382,29 +382,11 @@ impl Shared {
                         after.push(tables.settle(record, settlement)?);
                     }
                     Op::Retry(key, reply) => {
-                        let result = match tables.retry(key)? {
-                            Some(change) => {
-                                after.push(change);
-                                Ok(())
-                            }
-                            None => Err(OutboxError::NotFound {
-                                what: "dead-letter",
-                                id: key,
-                            }),
-                        };
+                        let result = found(tables.retry(key)?, after, "dead-letter", key);
                         replies.push((Reply(reply), result));
                     }
                     Op::Skip(key, reply) => {
-                        let result = match tables.skip(key)? {
-                            Some(change) => {
-                                after.push(change);
-                                Ok(())
-                            }
-                            None => Err(OutboxError::NotFound {
-                                what: "pending or dead-letter",
-                                id: key,
-                            }),
-                        };
+                        let result = found(tables.skip(key)?, after, "pending or dead-letter", key);
                         replies.push((Reply(reply), result));
                     }
                     Op::Flush(reply) => after.push(Change::Flushed(reply)),
@@ -715,6 +697,19 @@ impl Reply {
     fn send(self, result: Result<(), OutboxError>) {
         let _ = self.0.send(result);
     }
+}
+
+/// An operator's action on one record: its change when the record was there, else which
+/// list it was looked for in.
+fn found(
+    change: Option<Change>,
+    after: &mut Vec<Change>,
+    what: &'static str,
+    key: Uuid,
+) -> Result<(), OutboxError> {
+    let change = change.ok_or(OutboxError::NotFound { what, id: key })?;
+    after.push(change);
+    Ok(())
 }
 
 /// What a committed operation changes in the in-memory schedule.
