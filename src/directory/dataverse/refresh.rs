@@ -195,32 +195,26 @@ impl DataverseSource {
             current.clone().filter(|_| !(users_changed && owned))
         };
         let settings = self
-            .pull(
+            .pull_table(
                 &tables::USERSETTINGS,
-                delta("usersettingscollection", &state.settings.delta),
+                &state.settings.delta,
+                &delta,
                 &user_ids,
             )
             .await?;
         let queues = self
-            .pull(
-                &tables::QUEUES,
-                delta("queues", &state.queues.delta),
-                &user_ids,
-            )
+            .pull_table(&tables::QUEUES, &state.queues.delta, &delta, &user_ids)
             .await?;
         let mailboxes = self
-            .pull(
+            .pull_table(
                 &tables::MAILBOXES,
-                delta("mailboxes", &state.mailboxes.delta),
+                &state.mailboxes.delta,
+                &delta,
                 &user_ids,
             )
             .await?;
         let folders = self
-            .pull(
-                &tables::FOLDERS,
-                delta("mailboxtrackingfolders", &state.folders.delta),
-                &user_ids,
-            )
+            .pull_table(&tables::FOLDERS, &state.folders.delta, &delta, &user_ids)
             .await?;
         let (contacts, accounts, leads, others) =
             self.fetch_records(state, &user_ids, &delta).await?;
@@ -243,6 +237,17 @@ impl DataverseSource {
     }
 
     /// The e-mail-enabled records: contacts, accounts, leads and the configured other tables.
+    /// One of the fixed tables, by its delta link unless `delta` says a full load is due.
+    async fn pull_table<T: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        spec: &tables::TableSpec,
+        current: &Option<String>,
+        delta: &impl Fn(&str, &Option<String>) -> Option<String>,
+        users: &HashSet<Uuid>,
+    ) -> Result<Pending<T>, SourceError> {
+        self.pull(spec, delta(spec.set, current), users).await
+    }
+
     async fn fetch_records(
         &self,
         state: &State,
@@ -250,21 +255,13 @@ impl DataverseSource {
         delta: &impl Fn(&str, &Option<String>) -> Option<String>,
     ) -> Result<Records, SourceError> {
         let contacts = self
-            .pull(
-                &tables::CONTACTS,
-                delta("contacts", &state.contacts.delta),
-                user_ids,
-            )
+            .pull_table(&tables::CONTACTS, &state.contacts.delta, delta, user_ids)
             .await?;
         let accounts = self
-            .pull(
-                &tables::ACCOUNTS,
-                delta("accounts", &state.accounts.delta),
-                user_ids,
-            )
+            .pull_table(&tables::ACCOUNTS, &state.accounts.delta, delta, user_ids)
             .await?;
         let leads = self
-            .pull(&tables::LEADS, delta("leads", &state.leads.delta), user_ids)
+            .pull_table(&tables::LEADS, &state.leads.delta, delta, user_ids)
             .await?;
         let mut others = Vec::new();
         for table in &self.settings.other_tables {
