@@ -368,8 +368,9 @@ pub fn inspect(
         }
         ("GET", ["mailfolders"] | ["mailfolders", _, "childfolders"]) => {
             let list: FolderList<'_> = serde_json::from_slice(x.response)?;
+            let origin = origin("list_folders");
             for f in list.value {
-                out.push(folder(f, None, origin("list_folders")));
+                out.push(folder(f, None, origin.clone()));
             }
         }
         ("GET", ["mailfolders", name]) => {
