@@ -737,6 +737,7 @@ fn main() {
     sim_cmd.args([
         "simulate",
         "exchange",
+        "--fixtures-only",
         "--threads",
         "1",
         "--listen",

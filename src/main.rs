@@ -178,7 +178,8 @@ enum SimulateCommand {
         #[arg(long, requires = "client_id")]
         client_secret: Option<String>,
     },
-    /// The Exchange simulator (EWS, Graph, Autodiscover from fixtures).
+    /// The Exchange simulator: EWS and Graph from a stateful mailbox store, Autodiscover and
+    /// anything else from recorded fixtures.
     Exchange {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -191,6 +192,13 @@ enum SimulateCommand {
         /// A folder of fixture folders instead of the embedded ones.
         #[arg(long)]
         fixtures: Option<PathBuf>,
+        /// Seed the mailbox store from this TOML file instead of the embedded Contoso mailboxes.
+        #[arg(long, conflicts_with = "fixtures_only")]
+        mailboxes: Option<PathBuf>,
+        /// Answer every request with its recorded fixture, without the mailbox store (the load
+        /// harness replays recorded ids, which only the fixtures know).
+        #[arg(long)]
+        fixtures_only: bool,
         /// Tokio worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -362,10 +370,15 @@ fn simulate(command: SimulateCommand) -> anyhow::Result<ExitCode> {
             tls_dir,
             auth,
             fixtures,
+            mailboxes,
+            fixtures_only,
             threads,
         } => {
-            let options =
+            let mut options =
                 standalone::exchange_options(&auth, fixtures.as_deref(), tls_dir.as_deref())?;
+            if !fixtures_only {
+                options = options.with_store(standalone::mailbox_store(mailboxes.as_deref())?);
+            }
             runtime((threads > 0).then_some(threads))?
                 .block_on(standalone::exchange(listen, options))?;
         }

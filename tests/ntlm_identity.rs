@@ -57,7 +57,7 @@ async fn get_item_as(gw: &TestGateway, domain: &str, user: &str) -> u16 {
         .as_deref()
         .and_then(ntlm::challenge_from_header)
         .expect("an NTLM challenge");
-    send(ntlm::authenticate_header(challenge, domain, user))
+    send(ntlm::authenticate_header(challenge, domain, user, &format!("{user}-pw")))
         .await
         .0
 }
@@ -81,6 +81,11 @@ async fn decision_for(gw: &TestGateway, principal: &str) -> Decision {
 async fn an_ntlm_principal_finds_the_user_whose_sign_in_name_is_a_upn() {
     let mut options = SimulatorOptions::new("sim", FixtureSet::embedded().unwrap());
     options.auth = AuthMode::Ntlm;
+    options.passwords = vec![
+        ("CONTOSO\\alex.seller".into(), "alex.seller-pw".into()),
+        ("CORP\\jo.support".into(), "jo.support-pw".into()),
+        ("ELSEWHERE\\alex.seller".into(), "alex.seller-pw".into()),
+    ];
     let sim = support::simulator_with(options).await;
     // CORP is not the first label of contoso.example: only the configured mapping finds Jo.
     let gw = support::gateway(

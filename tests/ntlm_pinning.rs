@@ -81,6 +81,10 @@ async fn target(client: &mut Client) -> String {
 async fn ntlm_gateway() -> (trackgate::simulate::ExchangeSimulator, TestGateway) {
     let mut options = SimulatorOptions::new("sim", FixtureSet::embedded().unwrap());
     options.auth = AuthMode::Ntlm;
+    options.passwords = vec![
+        ("CONTOSO\\alice".into(), "alice-pw".into()),
+        ("CONTOSO\\bob".into(), "bob-pw".into()),
+    ];
     let sim = support::simulator_with(options).await;
     let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
     (sim, gw)
@@ -103,7 +107,7 @@ async fn each_ntlm_client_gets_its_own_upstream_connection() {
 
     let (status, user, conn_a, _) = get(
         &mut alice,
-        Some(&ntlm::authenticate_header(challenge_a, "CONTOSO", "alice")),
+        Some(&ntlm::authenticate_header(challenge_a, "CONTOSO", "alice", "alice-pw")),
         None,
     )
     .await;
@@ -115,7 +119,7 @@ async fn each_ntlm_client_gets_its_own_upstream_connection() {
     );
     let (status, user, conn_b, _) = get(
         &mut bob,
-        Some(&ntlm::authenticate_header(challenge_b, "CONTOSO", "bob")),
+        Some(&ntlm::authenticate_header(challenge_b, "CONTOSO", "bob", "bob-pw")),
         None,
     )
     .await;
@@ -167,7 +171,7 @@ async fn client_connection_closes_when_its_pinned_upstream_connection_dies() {
     let challenge = ntlm::challenge_from_header(&challenge).unwrap();
     let (status, ..) = get(
         &mut alice,
-        Some(&ntlm::authenticate_header(challenge, "CONTOSO", "alice")),
+        Some(&ntlm::authenticate_header(challenge, "CONTOSO", "alice", "alice-pw")),
         None,
     )
     .await;

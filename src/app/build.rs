@@ -20,6 +20,8 @@ use crate::pipeline::Pipeline;
 use crate::proxy::ProxyMetrics;
 use crate::proxy::capture::{Budget, CaptureSink};
 use crate::proxy::server;
+use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
+use crate::simulate::mailbox::Store;
 use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 
 /// The built-in Exchange simulator, when it is the upstream (embedded defaults,
@@ -29,7 +31,11 @@ pub(super) async fn embedded_upstream(
 ) -> Result<Option<ExchangeSimulator>, AppError> {
     match config.upstreams.target {
         UpstreamTarget::Simulator => {
-            let options = SimulatorOptions::new("embedded", FixtureSet::embedded()?);
+            // The stateful store: EWS and Graph by meaning, mail flow between its mailboxes.
+            let store = Store::embedded()
+                .map_err(|e| AppError::Simulator(std::io::Error::other(e.to_string())))?;
+            let options = SimulatorOptions::new("embedded", FixtureSet::embedded()?)
+                .with_store(Arc::new(store));
             let sim = ExchangeSimulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), options)
                 .await
                 .map_err(AppError::Simulator)?;
@@ -37,6 +43,31 @@ pub(super) async fn embedded_upstream(
         }
         UpstreamTarget::Remote { .. } => Ok(None),
     }
+}
+
+/// The Exchange client enrichment uses: the configured `[exchange]`, or else the built-in
+/// simulator when it is the upstream, so nothing is dead-lettered for want of one.
+pub(super) fn exchange_client(
+    config: &Config,
+    simulator: Option<&ExchangeSimulator>,
+    http: &reqwest::Client,
+) -> Option<Arc<ExchangeClient>> {
+    let settings = match (&config.exchange, simulator) {
+        (Some(e), _) => settings::exchange(e),
+        (None, Some(sim)) => ExchangeSettings {
+            ews_url: Some(format!("{}/EWS/Exchange.asmx", sim.url())),
+            graph_url: Some(sim.url()),
+            // The embedded simulator asks for no credentials; this names the service account
+            // its store knows, so impersonation reads as it would against Exchange.
+            auth: ExchangeAuth::Basic {
+                username: "CONTOSO\\svc-trackgate".into(),
+                password: crate::common::Secret::new("Example-Pa55-svc"),
+            },
+            timeout: config.delivery.request_timeout,
+        },
+        (None, None) => return None,
+    };
+    Some(Arc::new(ExchangeClient::new(http.clone(), settings)))
 }
 
 /// The client for every outbound service call (CRM, webhook, Exchange enrichment).

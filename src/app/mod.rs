@@ -20,7 +20,6 @@ use crate::crm::Journal;
 use crate::delivery::{Delivered, Delivery, DeliveryMetrics, RecentDeliveries};
 use crate::directory::dataverse::DataverseSource;
 use crate::directory::{DirectoryError, DirectoryMetrics, FileSource};
-use crate::exchange::ExchangeClient;
 use crate::inspect::worker::{InspectMetrics, RecentObservations};
 use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
 use crate::pipeline::Pipeline;
@@ -150,10 +149,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         OutboxMetrics::register(&mut registry),
     )?);
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
-    let exchange = config
-        .exchange
-        .as_ref()
-        .map(|e| Arc::new(ExchangeClient::new(http.clone(), settings::exchange(e))));
+    let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
     let delivery = Delivery::new(
         outbox.clone(),
         Arc::new(sink),

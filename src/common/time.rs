@@ -85,6 +85,11 @@ fn parse_rfc3339(t: &str) -> Option<(i64, &str)> {
     Some((days * 86_400 + h * 3600 + mi * 60 + s - offset, frac))
 }
 
+/// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-02T08:14:03Z`).
+pub fn format_seconds(secs: i64) -> String {
+    format_utc(secs, "")
+}
+
 fn format_utc(secs: i64, frac: &str) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn ntlm_user_comes_from_the_connection() {
-        let auth = crate::simulate::ntlm::authenticate_header([0; 8], "CONTOSO", "Alex");
+        let auth = crate::simulate::ntlm::authenticate_header([0; 8], "CONTOSO", "Alex", "pw");
         assert_eq!(
             principal(&HeaderMap::new(), Some(&auth)).as_deref(),
             Some("contoso\\alex")

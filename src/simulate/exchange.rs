@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -32,7 +31,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::fixtures::FixtureSet;
-use super::ntlm::{self, NtlmMessage};
+use super::mailbox::Store;
+use super::auth::{NtlmState, Verifier};
+use super::ews::Caller;
 use super::soap;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,9 +51,11 @@ pub enum AuthMode {
         user: String,
         password: String,
     },
-    /// Any non-empty bearer token.
+    /// Any non-empty bearer token; a JWT's `upn`, `preferred_username` or `unique_name` claim
+    /// names the caller (claims are read, the signature is not checked).
     Bearer,
-    /// A three-leg NTLM handshake that only succeeds when all legs use one connection;
+    /// A three-leg NTLMv2 handshake, verified against the store's accounts and
+    /// [`SimulatorOptions::passwords`], that only succeeds when all legs use one connection;
     /// afterwards the connection is authenticated.
     Ntlm,
 }
@@ -121,6 +124,11 @@ pub struct SimulatorOptions {
     pub faults: Faults,
     /// Interval between notifications of a streaming (`GetStreamingEvents`) response.
     pub stream_interval: Duration,
+    /// The mailbox store: with one, EWS and Graph are served from it by meaning; without,
+    /// every answer is the recorded fixture for the operation or route.
+    pub store: Option<Arc<Store>>,
+    /// Extra NTLM and Basic logons (`DOMAIN\user` or a UPN, password) beyond the store's.
+    pub passwords: Vec<(String, String)>,
 }
 
 impl SimulatorOptions {
@@ -132,7 +140,15 @@ impl SimulatorOptions {
             fixtures,
             faults: Faults::default(),
             stream_interval: Duration::from_secs(1),
+            store: None,
+            passwords: Vec::new(),
         }
+    }
+
+    /// Serves EWS and Graph from `store` instead of the fixtures.
+    pub fn with_store(mut self, store: Arc<Store>) -> SimulatorOptions {
+        self.store = Some(store);
+        self
     }
 }
 
@@ -299,13 +315,6 @@ struct ConnState {
     ntlm: Mutex<NtlmState>,
 }
 
-#[derive(Clone)]
-enum NtlmState {
-    None,
-    Challenged([u8; 8]),
-    Authenticated(String),
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("simulated connection reset")]
 struct Reset;
@@ -375,7 +384,13 @@ async fn respond(
     if let Some(control) = path.strip_prefix("/_sim/") {
         return control_route(shared, conn, control, req).await;
     }
-    let user = match authenticate(shared, conn, &req) {
+    let verifier = Verifier {
+        mode: &shared.options.auth,
+        store: shared.options.store.as_deref(),
+        passwords: &shared.options.passwords,
+        ntlm_authenticated: &shared.counters.ntlm_authenticated,
+    };
+    let user = match verifier.check(&conn.ntlm, &req) {
         Ok(user) => user,
         Err(challenge) => {
             // Read a body the client already sent so the connection stays usable for the next
@@ -388,10 +403,19 @@ async fn respond(
             return *challenge;
         }
     };
-    let mut response = if path.eq_ignore_ascii_case("/ews/exchange.asmx")
-        && req.method() == Method::POST
-    {
-        ews(shared, req, faults).await
+    let caller = Caller {
+        logon: user.clone(),
+        anchor: req
+            .headers()
+            .get("x-anchormailbox")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let is_ews = path.eq_ignore_ascii_case("/ews/exchange.asmx");
+    let mut response = if is_ews && req.method() == Method::POST {
+        ews(shared, req, faults, &caller).await
+    } else if let Some(store) = shared.options.store.clone().filter(|_| is_graph(&path)) {
+        super::graph::serve(&store, req, &caller).await
     } else {
         // Like Exchange, read the request before answering: an answer sent while the client is
         // still sending would cut its body short.
@@ -422,76 +446,18 @@ async fn respond(
     response
 }
 
-/// `Ok(user)` when the request may proceed, `Err(401 response)` otherwise.
-fn authenticate(
+/// Graph's versioned paths, which the store answers when there is one.
+fn is_graph(path: &str) -> bool {
+    let lower = path.get(..6).map(str::to_ascii_lowercase);
+    matches!(lower.as_deref(), Some("/v1.0/" | "/beta/"))
+}
+
+async fn ews(
     shared: &Shared,
-    conn: &ConnState,
-    req: &Request<Incoming>,
-) -> Result<Option<String>, Box<Response<SimBody>>> {
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match &shared.options.auth {
-        AuthMode::None => Ok(None),
-        AuthMode::Basic { user, password } => {
-            let expected =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            match auth.and_then(|a| a.strip_prefix("Basic ")) {
-                Some(given) if given.trim() == expected => Ok(Some(user.clone())),
-                _ => Err(Box::new(challenge("Basic realm=\"simulated exchange\""))),
-            }
-        }
-        AuthMode::Bearer => match auth.and_then(|a| a.strip_prefix("Bearer ")) {
-            Some(token) if !token.trim().is_empty() => Ok(None),
-            _ => Err(Box::new(challenge("Bearer"))),
-        },
-        AuthMode::Ntlm => {
-            let Ok(mut state) = conn.ntlm.lock() else {
-                return Err(Box::new(challenge("NTLM")));
-            };
-            match (auth.and_then(ntlm::parse_header), state.clone()) {
-                (Some(NtlmMessage::Negotiate), _) => {
-                    let nonce: [u8; 8] = rand::random();
-                    *state = NtlmState::Challenged(nonce);
-                    Err(Box::new(challenge(&ntlm::challenge_header(nonce))))
-                }
-                (
-                    Some(NtlmMessage::Authenticate {
-                        domain,
-                        user,
-                        nt_response,
-                    }),
-                    NtlmState::Challenged(nonce),
-                ) if nt_response == nonce => {
-                    let who = format!("{domain}\\{user}");
-                    *state = NtlmState::Authenticated(who.clone());
-                    shared
-                        .counters
-                        .ntlm_authenticated
-                        .fetch_add(1, Ordering::Relaxed);
-                    Ok(Some(who))
-                }
-                (None, NtlmState::Authenticated(who)) if auth.is_none() => Ok(Some(who)),
-                (_, NtlmState::Authenticated(who)) => Ok(Some(who)),
-                _ => {
-                    *state = NtlmState::None;
-                    Err(Box::new(challenge("NTLM")))
-                }
-            }
-        }
-    }
-}
-
-fn challenge(www_authenticate: &str) -> Response<SimBody> {
-    let mut r = text(StatusCode::UNAUTHORIZED, "");
-    if let Ok(v) = HeaderValue::from_str(www_authenticate) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    r
-}
-
-async fn ews(shared: &Shared, req: Request<Incoming>, faults: &Faults) -> Response<SimBody> {
+    req: Request<Incoming>,
+    faults: &Faults,
+    caller: &Caller,
+) -> Response<SimBody> {
     let stream_spec = req
         .headers()
         .get("x-sim-stream")
@@ -517,6 +483,21 @@ async fn ews(shared: &Shared, req: Request<Incoming>, faults: &Faults) -> Respon
             "The server cannot service this request right now. Try again later.",
             Some(30_000),
         );
+    }
+    if let Some(store) = &shared.options.store {
+        if operation == "GetStreamingEvents" {
+            return super::ews::stream::respond(store, &body, stream_spec);
+        }
+        let answer = super::ews::serve(store, &body, caller);
+        let mut r = full(
+            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),
+            answer.body,
+        );
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
+        return r;
     }
     if operation == "GetStreamingEvents" {
         let spec = stream_spec.unwrap_or(StreamSpec {
@@ -565,28 +546,8 @@ fn fixture_response(
 }
 
 fn soap_fault(code: &str, message: &str, back_off_ms: Option<u64>) -> Response<SimBody> {
-    let detail = back_off_ms
-        .map(|ms| {
-            format!(
-                "<t:MessageXml><t:Value Name=\"BackOffMilliseconds\">{ms}</t:Value></t:MessageXml>"
-            )
-        })
-        .unwrap_or_default();
-    let xml = format!(
-        concat!(
-            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault>"#,
-            r#"<faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:{code}</faultcode>"#,
-            r#"<faultstring xml:lang="en-US">{message}</faultstring><detail>"#,
-            r#"<e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">{code}</e:ResponseCode>"#,
-            r#"<e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">{message}</e:Message>"#,
-            r#"<t:ExceptionDetail xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">{detail}</t:ExceptionDetail>"#,
-            r#"</detail></s:Fault></s:Body></s:Envelope>"#
-        ),
-        code = code,
-        message = message,
-        detail = detail
-    );
-    let mut r = full(StatusCode::INTERNAL_SERVER_ERROR, xml);
+    let answer = super::ews::fault(code, message, back_off_ms);
+    let mut r = full(StatusCode::INTERNAL_SERVER_ERROR, answer.body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/xml; charset=utf-8"),
@@ -674,6 +635,23 @@ async fn control_route(
             json(&serde_json::json!({"conn": conn.id, "user": user}))
         }
         (Method::GET, "stats") => json(&shared.stats()),
+        (Method::POST, "deliver") => match &shared.options.store {
+            Some(store) => {
+                let is_mime = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|t| t.starts_with("message/rfc822"));
+                match Limited::new(req.into_body(), MAX_SOAP_REQUEST).collect().await {
+                    Ok(body) => deliver(store, &body.to_bytes(), is_mime),
+                    Err(_) => text(StatusCode::PAYLOAD_TOO_LARGE, "message too large\n"),
+                }
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "this simulator serves fixtures and has no mailbox store\n",
+            ),
+        },
         (Method::POST, "faults") => {
             let body = Limited::new(req.into_body(), 64 * 1024).collect().await;
             let parsed = body
@@ -690,6 +668,51 @@ async fn control_route(
             }
         }
         _ => text(StatusCode::NOT_FOUND, "unknown simulator control route\n"),
+    }
+}
+
+/// `POST /_sim/deliver`: mail from outside lands in the recipients' Inboxes, with no client
+/// connected. The body is an RFC 822 message (`Content-Type: message/rfc822`) or JSON
+/// `{"from", "to": [], "cc": [], "subject", "body", "message_id", "in_reply_to"}`.
+fn deliver(store: &Store, body: &[u8], is_mime: bool) -> Response<SimBody> {
+    let item = if is_mime {
+        super::mailbox::Item::from_mime(body)
+    } else {
+        match serde_json::from_slice::<super::mailbox::Delivery>(body) {
+            Ok(d) => d.into_item(),
+            Err(e) => {
+                let mut r = full(StatusCode::BAD_REQUEST, format!("expected a delivery: {e}\n"));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                return r;
+            }
+        }
+    };
+    let delivered = store.lock().deliver(&item);
+    match delivered {
+        Ok(items) if !items.is_empty() => {
+            let inner = store.lock();
+            let ids: Vec<serde_json::Value> = items
+                .iter()
+                .map(|(m, key)| {
+                    serde_json::json!({
+                        "mailbox": inner.mailbox(*m).address,
+                        "item_id": inner.item(*m, *key).id,
+                    })
+                })
+                .collect();
+            json(&serde_json::json!({ "delivered": ids }))
+        }
+        Ok(_) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no recipient has a mailbox in this store\n",
+        ),
+        Err(e) => {
+            let mut r = full(StatusCode::INSUFFICIENT_STORAGE, format!("{e}\n"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        }
     }
 }
 

@@ -3,22 +3,26 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{
     AuthMode, DataverseOptions, DataverseSimulator, ExchangeSimulator, FixtureSet, SimulatorOptions,
 };
+use super::mailbox::{SeedError, Store, StoreLimits};
 use crate::directory::FileSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
     #[error(transparent)]
-    Seed(#[from] crate::directory::DirectoryError),
+    Directory(#[from] crate::directory::DirectoryError),
     #[error("--auth: expected none, bearer, ntlm or basic:USER:PASSWORD")]
     Auth,
     #[error(transparent)]
     Fixtures(#[from] super::fixtures::FixtureError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Seed(#[from] SeedError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -63,6 +67,18 @@ pub fn exchange_options(
         )?);
     }
     Ok(options)
+}
+
+/// The mailbox store: seeded from a TOML file of one's own, or the embedded Contoso mailboxes.
+pub fn mailbox_store(seed: Option<&Path>) -> Result<Arc<Store>, StandaloneError> {
+    let store = match seed {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)?;
+            Store::from_seed(&text, StoreLimits::default())?
+        }
+        None => Store::embedded()?,
+    };
+    Ok(Arc::new(store))
 }
 
 /// `none`, `bearer`, `ntlm` or `basic:USER:PASSWORD`.
