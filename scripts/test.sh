@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v kill >/dev/null 2>&1 || need_apt+=(procps)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -15,6 +16,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "scripts/test.sh: please install: ${need_apt[*]}" >&2
     exit 1
   fi
+fi
+
+# The real client libraries the suite drives through the gateway (tests/real_clients.rs),
+# pinned with every dependency in tests/clients/requirements.txt, in a venv under target/.
+tools="${TRACKGATE_TEST_TOOLS:-$PWD/target/test-tools}"
+export TRACKGATE_TEST_TOOLS="$tools"
+python="${PYTHON:-python3}"
+stamp="$tools/py/.requirements"
+if ! cmp -s tests/clients/requirements.txt "$stamp" 2>/dev/null; then
+  rm -rf "$tools/py"
+  "$python" -m venv "$tools/py"
+  "$tools/py/bin/pip" install --quiet --disable-pip-version-check \
+    -r tests/clients/requirements.txt
+  cp tests/clients/requirements.txt "$stamp"
 fi
 
 cargo test --locked

@@ -57,9 +57,14 @@ async fn get_item_as(gw: &TestGateway, domain: &str, user: &str) -> u16 {
         .as_deref()
         .and_then(ntlm::challenge_from_header)
         .expect("an NTLM challenge");
-    send(ntlm::authenticate_header(challenge, domain, user, &format!("{user}-pw")))
-        .await
-        .0
+    send(ntlm::authenticate_header(
+        challenge,
+        domain,
+        user,
+        &format!("{user}-pw"),
+    ))
+    .await
+    .0
 }
 
 /// The decision taken for the observation owned by `principal`.

@@ -107,7 +107,12 @@ async fn each_ntlm_client_gets_its_own_upstream_connection() {
 
     let (status, user, conn_a, _) = get(
         &mut alice,
-        Some(&ntlm::authenticate_header(challenge_a, "CONTOSO", "alice", "alice-pw")),
+        Some(&ntlm::authenticate_header(
+            challenge_a,
+            "CONTOSO",
+            "alice",
+            "alice-pw",
+        )),
         None,
     )
     .await;
@@ -119,7 +124,12 @@ async fn each_ntlm_client_gets_its_own_upstream_connection() {
     );
     let (status, user, conn_b, _) = get(
         &mut bob,
-        Some(&ntlm::authenticate_header(challenge_b, "CONTOSO", "bob", "bob-pw")),
+        Some(&ntlm::authenticate_header(
+            challenge_b,
+            "CONTOSO",
+            "bob",
+            "bob-pw",
+        )),
         None,
     )
     .await;
@@ -171,7 +181,9 @@ async fn client_connection_closes_when_its_pinned_upstream_connection_dies() {
     let challenge = ntlm::challenge_from_header(&challenge).unwrap();
     let (status, ..) = get(
         &mut alice,
-        Some(&ntlm::authenticate_header(challenge, "CONTOSO", "alice", "alice-pw")),
+        Some(&ntlm::authenticate_header(
+            challenge, "CONTOSO", "alice", "alice-pw",
+        )),
         None,
     )
     .await;

@@ -35,6 +35,9 @@ mod ntlm_identity;
 mod ntlm_pinning;
 /// h1 and h2 through TLS, bodies byte-identical both ways, header rules, routing.
 mod passthrough;
+/// Real client libraries (exchangelib, msgraph-sdk) through the gateway against the stateful
+/// simulator.
+mod real_clients;
 /// The rules, behaviour by behaviour (docs/domain.md), with property tests.
 mod rules;
 /// The rules in the running gateway: decisions, explain, directory reloads, replay.

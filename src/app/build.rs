@@ -15,12 +15,12 @@ use crate::crm::mapping::FieldTable;
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
 use crate::directory::dataverse::{DataverseSource, DataverseSourceSettings};
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
+use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
 use crate::pipeline::Pipeline;
 use crate::proxy::ProxyMetrics;
 use crate::proxy::capture::{Budget, CaptureSink};
 use crate::proxy::server;
-use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
 use crate::simulate::mailbox::Store;
 use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 

@@ -64,32 +64,47 @@ impl Verifier<'_> {
             .and_then(|v| v.to_str().ok());
         match self.mode {
             AuthMode::None => Ok(None),
-            AuthMode::Basic { user, password } => {
-                let given = auth
-                    .and_then(|a| a.strip_prefix("Basic "))
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
-                    .and_then(|b| String::from_utf8(b).ok());
-                let Some((given_user, given_password)) =
-                    given.as_deref().and_then(|g| g.split_once(':'))
-                else {
-                    return Err(Box::new(challenge("Basic realm=\"simulated exchange\"")));
-                };
-                let matches_configured = given_user == user && given_password == password;
-                let (domain, name) = given_user.split_once('\\').unwrap_or(("", given_user));
-                let matches_account = self
-                    .password_of(domain, name)
-                    .is_some_and(|(_, p)| p == given_password);
-                if matches_configured || matches_account {
-                    Ok(Some(given_user.to_owned()))
-                } else {
-                    Err(Box::new(challenge("Basic realm=\"simulated exchange\"")))
-                }
-            }
+            AuthMode::Basic { user, password } => self.basic(auth, Some((user, password))),
             AuthMode::Bearer => match auth.and_then(|a| a.strip_prefix("Bearer ")) {
                 Some(token) if !token.trim().is_empty() => Ok(bearer_caller(token.trim())),
                 _ => Err(Box::new(challenge("Bearer"))),
             },
+            // Exchange with both methods enabled also takes Basic (service accounts do).
+            AuthMode::Ntlm if auth.is_some_and(|a| a.starts_with("Basic ")) => {
+                self.basic(auth, None)
+            }
             AuthMode::Ntlm => self.ntlm(ntlm_state, auth),
+        }
+    }
+
+    /// Basic against the configured logon (if any) or the accounts.
+    fn basic(
+        &self,
+        auth: Option<&str>,
+        configured: Option<(&String, &String)>,
+    ) -> Result<Option<String>, Box<http::Response<SimBody>>> {
+        let given = auth
+            .and_then(|a| a.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some((given_user, given_password)) = given.as_deref().and_then(|g| g.split_once(':'))
+        else {
+            return Err(Box::new(challenge("Basic realm=\"simulated exchange\"")));
+        };
+        let matches_configured =
+            configured.is_some_and(|(u, p)| given_user == u && given_password == p);
+        let (domain, name) = given_user.split_once('\\').unwrap_or(("", given_user));
+        let matches_account = self
+            .password_of(domain, name)
+            .is_some_and(|(_, p)| p == given_password);
+        if matches_configured || matches_account {
+            Ok(Some(given_user.to_owned()))
+        } else {
+            Err(Box::new(challenge("Basic realm=\"simulated exchange\"")))
         }
     }
 
@@ -173,8 +188,9 @@ mod tests {
 
     #[test]
     fn a_bearer_tokens_claims_name_the_caller() {
-        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(br#"{"upn":"alex.seller@contoso.example","aud":"https://outlook.office365.com"}"#);
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            br#"{"upn":"alex.seller@contoso.example","aud":"https://outlook.office365.com"}"#,
+        );
         let token = format!("eyJhbGciOiJub25lIn0.{claims}.");
         assert_eq!(
             bearer_caller(&token).as_deref(),

@@ -30,10 +30,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::fixtures::FixtureSet;
-use super::mailbox::Store;
 use super::auth::{NtlmState, Verifier};
 use super::ews::Caller;
+use super::fixtures::FixtureSet;
+use super::mailbox::Store;
 use super::soap;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -446,6 +446,17 @@ async fn respond(
     response
 }
 
+/// The SHA-256 of a body the store answered with, hex: clients behind a proxy compare it with
+/// the bytes they received to prove nothing was changed on the way.
+pub fn body_digest(body: &[u8]) -> HeaderValue {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    HeaderValue::from_str(&hex).unwrap_or(HeaderValue::from_static("-"))
+}
+
 /// Graph's versioned paths, which the store answers when there is one.
 fn is_graph(path: &str) -> bool {
     let lower = path.get(..6).map(str::to_ascii_lowercase);
@@ -489,10 +500,12 @@ async fn ews(
             return super::ews::stream::respond(store, &body, stream_spec);
         }
         let answer = super::ews::serve(store, &body, caller);
+        let digest = body_digest(answer.body.as_bytes());
         let mut r = full(
             StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),
             answer.body,
         );
+        r.headers_mut().insert("x-sim-body-sha256", digest);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/xml; charset=utf-8"),
@@ -642,7 +655,10 @@ async fn control_route(
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|t| t.starts_with("message/rfc822"));
-                match Limited::new(req.into_body(), MAX_SOAP_REQUEST).collect().await {
+                match Limited::new(req.into_body(), MAX_SOAP_REQUEST)
+                    .collect()
+                    .await
+                {
                     Ok(body) => deliver(store, &body.to_bytes(), is_mime),
                     Err(_) => text(StatusCode::PAYLOAD_TOO_LARGE, "message too large\n"),
                 }
@@ -681,7 +697,10 @@ fn deliver(store: &Store, body: &[u8], is_mime: bool) -> Response<SimBody> {
         match serde_json::from_slice::<super::mailbox::Delivery>(body) {
             Ok(d) => d.into_item(),
             Err(e) => {
-                let mut r = full(StatusCode::BAD_REQUEST, format!("expected a delivery: {e}\n"));
+                let mut r = full(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected a delivery: {e}\n"),
+                );
                 r.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 return r;

@@ -44,7 +44,10 @@ fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
 /// NTOWFv2: the key a user's NTLMv2 responses are made with.
 fn ntowf_v2(user: &str, domain: &str, password: &str) -> [u8; 16] {
     let nt_hash = Md4::digest(utf16(password));
-    hmac_md5(&nt_hash, &[&utf16(&format!("{}{domain}", user.to_uppercase()))])
+    hmac_md5(
+        &nt_hash,
+        &[&utf16(&format!("{}{domain}", user.to_uppercase()))],
+    )
 }
 
 /// Whether `nt_response` is a valid NTLMv2 response to `challenge` for this user and password.
@@ -127,12 +130,7 @@ pub fn challenge_header(challenge: [u8; 8]) -> String {
 }
 
 /// `NTLM <AUTHENTICATE>` for leg three with a real NTLMv2 response for `password`.
-pub fn authenticate_header(
-    challenge: [u8; 8],
-    domain: &str,
-    user: &str,
-    password: &str,
-) -> String {
+pub fn authenticate_header(challenge: [u8; 8], domain: &str, user: &str, password: &str) -> String {
     let mut blob = vec![1u8, 1, 0, 0, 0, 0, 0, 0];
     blob.extend_from_slice(&filetime_now().to_le_bytes());
     blob.extend_from_slice(&rand::random::<[u8; 8]>());
@@ -146,7 +144,14 @@ pub fn authenticate_header(
     let header_len = 64u32;
     let mut payload = Vec::new();
     let mut fields = Vec::new();
-    for data in [&[0u8; 24][..], &nt_response, &domain, &user, &[][..], &[][..]] {
+    for data in [
+        &[0u8; 24][..],
+        &nt_response,
+        &domain,
+        &user,
+        &[][..],
+        &[][..],
+    ] {
         let offset = header_len + payload.len() as u32;
         let len = data.len() as u16;
         fields.extend_from_slice(&len.to_le_bytes());
@@ -206,8 +211,8 @@ mod tests {
         assert_eq!(
             key,
             [
-                0x0c, 0x86, 0x8a, 0x40, 0x3b, 0xfd, 0x7a, 0x93, 0xa3, 0x00, 0x1e, 0xf2, 0x2e,
-                0xf0, 0x2e, 0x3f
+                0x0c, 0x86, 0x8a, 0x40, 0x3b, 0xfd, 0x7a, 0x93, 0xa3, 0x00, 0x1e, 0xf2, 0x2e, 0xf0,
+                0x2e, 0x3f
             ]
         );
     }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::mailbox::{SeedError, Store, StoreLimits};
 use super::{
     AuthMode, DataverseOptions, DataverseSimulator, ExchangeSimulator, FixtureSet, SimulatorOptions,
 };
-use super::mailbox::{SeedError, Store, StoreLimits};
 use crate::directory::FileSource;
 
 #[derive(Debug, thiserror::Error)]

@@ -181,7 +181,10 @@ pub fn resolve_names(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
     let matches = |name: &str, address: &str| {
         !wanted.is_empty()
             && (address.to_lowercase().starts_with(&wanted)
-                || name.to_lowercase().split_whitespace().any(|w| w.starts_with(&wanted))
+                || name
+                    .to_lowercase()
+                    .split_whitespace()
+                    .any(|w| w.starts_with(&wanted))
                 || name.to_lowercase().starts_with(&wanted))
     };
     let mut found: Vec<(String, String, &str)> = Vec::new();

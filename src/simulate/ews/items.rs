@@ -95,9 +95,8 @@ fn field_value(item: &Item, uri: &str) -> Option<String> {
 }
 
 fn compare(a: &str, b: &str) -> Ordering {
-    match (timestamp_seconds(a), timestamp_seconds(b)) {
-        (Some(x), Some(y)) => return x.cmp(&y),
-        _ => {}
+    if let (Some(x), Some(y)) = (timestamp_seconds(a), timestamp_seconds(b)) {
+        return x.cmp(&y);
     }
     match (a.parse::<f64>(), b.parse::<f64>()) {
         (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
@@ -147,8 +146,12 @@ fn matches(item: &Item, expr: Node<'_>) -> bool {
                 _ => value.contains(&wanted),
             }
         }
-        "IsEqualTo" | "IsNotEqualTo" | "IsGreaterThan" | "IsGreaterThanOrEqualTo"
-        | "IsLessThan" | "IsLessThanOrEqualTo" => {
+        "IsEqualTo"
+        | "IsNotEqualTo"
+        | "IsGreaterThan"
+        | "IsGreaterThanOrEqualTo"
+        | "IsLessThan"
+        | "IsLessThanOrEqualTo" => {
             let (Some(field), Some(wanted)) = (field_of(expr), constant(expr)) else {
                 return false;
             };
@@ -316,7 +319,10 @@ fn create_one(
         _ => parse::new_item(node).ok_or_else(|| {
             CreateError::Request(
                 "ErrorInvalidRequest",
-                format!("{} items are not served by the simulated Exchange.", node.name()),
+                format!(
+                    "{} items are not served by the simulated Exchange.",
+                    node.name()
+                ),
             )
         })?,
     };
@@ -379,17 +385,14 @@ fn response_object(ctx: &Ctx<'_>, node: Node<'_>) -> Result<Item, CreateError> {
     }
     let not_me = |a: &Addr| !a.address.eq_ignore_ascii_case(&me);
     match node.name() {
-        "ReplyToItem" => {
-            if item.to.is_empty() {
-                item.to = original.from.clone().into_iter().collect();
-            }
+        "ReplyToItem" if item.to.is_empty() => {
+            item.to = original.from.clone().into_iter().collect();
         }
-        "ReplyAllToItem" => {
-            if item.to.is_empty() {
-                item.to = original.from.clone().into_iter().collect();
-                item.to.extend(original.to.iter().filter(|a| not_me(a)).cloned());
-                item.cc = original.cc.iter().filter(|a| not_me(a)).cloned().collect();
-            }
+        "ReplyAllToItem" if item.to.is_empty() => {
+            item.to = original.from.clone().into_iter().collect();
+            item.to
+                .extend(original.to.iter().filter(|a| not_me(a)).cloned());
+            item.cc = original.cc.iter().filter(|a| not_me(a)).cloned().collect();
         }
         _ => {}
     }
@@ -397,7 +400,10 @@ fn response_object(ctx: &Ctx<'_>, node: Node<'_>) -> Result<Item, CreateError> {
         .child(Ns::Types, "NewBodyContent")
         .map(|b| b.text().into_owned())
         .unwrap_or_default();
-    item.body = format!("{new_body}\r\n\r\n> {}", original.body.replace('\n', "\n> "));
+    item.body = format!(
+        "{new_body}\r\n\r\n> {}",
+        original.body.replace('\n', "\n> ")
+    );
     item.in_reply_to = original.message_id.clone();
     item.references = match (&original.references, &original.message_id) {
         (Some(r), Some(id)) => Some(format!("{r} {id}")),
@@ -448,7 +454,10 @@ pub fn update_item(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
         .into_iter()
         .flat_map(|c| c.children())
     {
-        let id = parse::item_ids(Some(change)).into_iter().next().unwrap_or_default();
+        let id = parse::item_ids(Some(change))
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         match update_one(ctx, &id, change, disposition, saved_to) {
             Ok(payload) => success(
                 out,

@@ -125,7 +125,9 @@ pub fn serve(store: &Store, body: &[u8], caller: &Caller) -> Answer {
     if !known {
         return fault(
             "ErrorInvalidRequest",
-            &format!("The request is invalid: the simulated Exchange does not serve the {name} operation."),
+            &format!(
+                "The request is invalid: the simulated Exchange does not serve the {name} operation."
+            ),
             None,
         );
     }
@@ -203,10 +205,10 @@ fn acting_mailbox(
             return Ok(index);
         }
     }
-    if let Some(anchor) = &caller.anchor {
-        if let Ok(index) = store.mailbox_index(anchor) {
-            return Ok(index);
-        }
+    if let Some(anchor) = &caller.anchor
+        && let Ok(index) = store.mailbox_index(anchor)
+    {
+        return Ok(index);
     }
     if store.mailboxes().is_empty() {
         return Err(StoreError::NoMailbox("(none configured)".into()));

@@ -250,7 +250,11 @@ pub fn to_mime(item: &Item) -> Vec<u8> {
     if let Some(id) = &item.in_reply_to {
         let _ = write!(m, "In-Reply-To: {id}\r\n");
     }
-    let content_type = if item.body_html { "text/html" } else { "text/plain" };
+    let content_type = if item.body_html {
+        "text/html"
+    } else {
+        "text/plain"
+    };
     let _ = write!(
         m,
         "MIME-Version: 1.0\r\nContent-Type: {content_type}; charset=utf-8\r\n\r\n{}\r\n",
@@ -298,7 +302,10 @@ fn time(out: &mut String, element: &str, secs: Option<i64>) {
 }
 
 fn display(list: &[Addr]) -> String {
-    list.iter().map(Addr::display).collect::<Vec<_>>().join("; ")
+    list.iter()
+        .map(Addr::display)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn item_field(out: &mut String, mailbox: &Mailbox, item: &Item, uri: &str, shape: &Shape) {
@@ -368,7 +375,11 @@ fn item_field(out: &mut String, mailbox: &Mailbox, item: &Item, uri: &str, shape
         "item:HasAttachments" => simple(out, "HasAttachments", "false"),
         "item:LastModifiedTime" => time(out, "LastModifiedTime", Some(item.modified)),
         "item:ConversationId" if item.kind() == Kind::Message => {
-            let _ = write!(out, r#"<t:ConversationId Id="{}"/>"#, item.conversation_id());
+            let _ = write!(
+                out,
+                r#"<t:ConversationId Id="{}"/>"#,
+                item.conversation_id()
+            );
         }
         _ => {}
     }
@@ -554,7 +565,11 @@ pub fn folder(out: &mut String, mailbox: &Mailbox, folder: &Folder, full: bool) 
         }
         simple(out, "FolderClass", &folder.class);
         simple(out, "DisplayName", &folder.name);
-        let total = mailbox.items.values().filter(|i| i.folder == folder.key).count();
+        let total = mailbox
+            .items
+            .values()
+            .filter(|i| i.folder == folder.key)
+            .count();
         let unread = mailbox
             .items
             .values()

@@ -128,7 +128,9 @@ fn wrap(inner: &str) -> Bytes {
 }
 
 fn status(status: &str) -> Bytes {
-    wrap(&format!("<m:ConnectionStatus>{status}</m:ConnectionStatus>"))
+    wrap(&format!(
+        "<m:ConnectionStatus>{status}</m:ConnectionStatus>"
+    ))
 }
 
 /// The notification for `event` on the first subscription that watches it.

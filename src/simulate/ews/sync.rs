@@ -18,7 +18,9 @@ use crate::simulate::mailbox::{FolderChange, ItemChange, StoreError};
 pub fn sync_folder_hierarchy(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
     let shape = parse::shape(op.child(Ns::Messages, "FolderShape"));
     let full = shape.base != BaseShape::IdOnly || !shape.fields.is_empty();
-    let state = op.child(Ns::Messages, "SyncState").map(|s| s.text().into_owned());
+    let state = op
+        .child(Ns::Messages, "SyncState")
+        .map(|s| s.text().into_owned());
     open(out, "SyncFolderHierarchy");
     let result = target_folder(ctx, op.child(Ns::Messages, "SyncFolderId"), "msgfolderroot")
         .and_then(|(m, root)| Ok((m, ctx.store.sync_folders(m, root, state.as_deref())?)));
@@ -58,7 +60,9 @@ fn sync_error(out: &mut String, op: &str, e: &StoreError) {
 
 pub fn sync_folder_items(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
     let shape = parse::shape(op.child(Ns::Messages, "ItemShape"));
-    let state = op.child(Ns::Messages, "SyncState").map(|s| s.text().into_owned());
+    let state = op
+        .child(Ns::Messages, "SyncState")
+        .map(|s| s.text().into_owned());
     let max = op
         .child(Ns::Messages, "MaxChangesReturned")
         .and_then(|m| m.text().trim().parse::<usize>().ok())
@@ -83,8 +87,12 @@ pub fn sync_folder_items(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
             );
             for change in page.changes {
                 match change {
-                    ItemChange::Create(key) => sync_row(&mut payload, ctx, m, key, &shape, "Create"),
-                    ItemChange::Update(key) => sync_row(&mut payload, ctx, m, key, &shape, "Update"),
+                    ItemChange::Create(key) => {
+                        sync_row(&mut payload, ctx, m, key, &shape, "Create")
+                    }
+                    ItemChange::Update(key) => {
+                        sync_row(&mut payload, ctx, m, key, &shape, "Update")
+                    }
                     ItemChange::Delete(id) => {
                         let _ = write!(
                             payload,
@@ -164,10 +172,7 @@ pub fn subscribe(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
                 folders: found.iter().map(|(_, k)| *k).collect(),
                 events,
             };
-            let mut payload = format!(
-                "<m:SubscriptionId>{}</m:SubscriptionId>",
-                subscription.id()
-            );
+            let mut payload = format!("<m:SubscriptionId>{}</m:SubscriptionId>", subscription.id());
             if pull {
                 payload.push_str("<m:Watermark>AQAAAA==</m:Watermark>");
             }

@@ -137,7 +137,11 @@ pub fn select(mut value: Value, fields: &[String]) -> Value {
 }
 
 pub fn folder(mailbox: &Mailbox, folder: &Folder) -> Value {
-    let total = mailbox.items.values().filter(|i| i.folder == folder.key).count();
+    let total = mailbox
+        .items
+        .values()
+        .filter(|i| i.folder == folder.key)
+        .count();
     let unread = mailbox
         .items
         .values()

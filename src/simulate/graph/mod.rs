@@ -49,10 +49,7 @@ impl Reply {
     }
 
     pub fn error(status: u16, code: &str, message: &str) -> Reply {
-        Reply::status(
-            status,
-            json!({"error": {"code": code, "message": message}}),
-        )
+        Reply::status(status, json!({"error": {"code": code, "message": message}}))
     }
 }
 
@@ -101,7 +98,11 @@ fn split_target(target: &str) -> (Vec<String>, Vec<(String, String)>) {
 }
 
 /// Serves one Graph request.
-pub async fn serve(store: &Store, req: Request<hyper::body::Incoming>, caller: &Caller) -> Response<SimBody> {
+pub async fn serve(
+    store: &Store,
+    req: Request<hyper::body::Incoming>,
+    caller: &Caller,
+) -> Response<SimBody> {
     let method = req.method().clone();
     let host = req
         .headers()
@@ -111,7 +112,11 @@ pub async fn serve(store: &Store, req: Request<hyper::body::Incoming>, caller: &
         .unwrap_or("localhost")
         .to_owned();
     let scheme = req.uri().scheme_str().unwrap_or(
-        if req.headers().get("x-forwarded-proto").is_some_and(|p| p == "https") {
+        if req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|p| p == "https")
+        {
             "https"
         } else {
             "http"
@@ -211,7 +216,11 @@ fn batch(store: &Store, outer: &GraphRequest<'_>) -> Reply {
             _ => Vec::new(),
         };
         let reply = if depends.iter().any(|d| failed.contains(d)) {
-            Reply::error(424, "FailedDependency", "A request this one depends on failed.")
+            Reply::error(
+                424,
+                "FailedDependency",
+                "A request this one depends on failed.",
+            )
         } else {
             batch_one(store, outer, r)
         };
@@ -269,8 +278,10 @@ fn http(reply: Reply) -> Response<SimBody> {
         .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()))
         .unwrap_or_default();
     let has_body = !bytes.is_empty();
+    let digest = super::exchange::body_digest(&bytes);
     let mut r = Response::new(Full::new(bytes).map_err(|n| match n {}).boxed_unsync());
     *r.status_mut() = status;
+    r.headers_mut().insert("x-sim-body-sha256", digest);
     if has_body {
         r.headers_mut().insert(
             header::CONTENT_TYPE,

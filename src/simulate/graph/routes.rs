@@ -50,7 +50,10 @@ pub fn route(store: &Store, req: &GraphRequest<'_>) -> Reply {
 }
 
 fn me(store: &Inner, req: &GraphRequest<'_>) -> Result<u16, StoreError> {
-    for who in [&req.caller.logon, &req.caller.anchor].into_iter().flatten() {
+    for who in [&req.caller.logon, &req.caller.anchor]
+        .into_iter()
+        .flatten()
+    {
         if let Ok(m) = user(store, who) {
             return Ok(m);
         }
@@ -133,9 +136,7 @@ fn folder_key(store: &Inner, m: u16, id: &str) -> Result<u64, StoreError> {
         return Ok(f.key);
     }
     let ews = ids::ews_id(id).unwrap_or_else(|| id.to_owned());
-    let (owner, key) = store
-        .find_folder(&ews)
-        .or_else(|_| store.find_folder(id))?;
+    let (owner, key) = store.find_folder(&ews).or_else(|_| store.find_folder(id))?;
     if owner != m {
         return Err(StoreError::FolderNotFound);
     }
@@ -189,7 +190,7 @@ fn messages(
                         .values()
                         .filter(|i| i.kind() == Kind::Message)
                         .collect();
-                    all.sort_by(|a, b| b.received.cmp(&a.received));
+                    all.sort_by_key(|i| std::cmp::Reverse(i.received));
                     all.iter().map(|i| i.key).collect()
                 }
             };
@@ -231,7 +232,11 @@ fn is_delta(segment: &str) -> bool {
 }
 
 fn method_not_allowed() -> Reply {
-    Reply::error(405, "ErrorInvalidRequest", "The method is not allowed here.")
+    Reply::error(
+        405,
+        "ErrorInvalidRequest",
+        "The method is not allowed here.",
+    )
 }
 
 /// One item: GET, PATCH, DELETE, or an action.
@@ -395,9 +400,7 @@ fn mail_folders(store: &mut Inner, req: &GraphRequest<'_>, m: u16, rest: &[Strin
             let mb = store.mailbox(m);
             Ok(Reply::ok(resource::folder(mb, &mb.folders[&folder])))
         }
-        Some(s) if s.eq_ignore_ascii_case("childFolders") => {
-            folder_children(store, req, m, folder)
-        }
+        Some(s) if s.eq_ignore_ascii_case("childFolders") => folder_children(store, req, m, folder),
         Some(s) if s.eq_ignore_ascii_case("messages") => {
             messages(store, req, m, Some(folder), &rest[2..])
         }
@@ -475,7 +478,11 @@ fn list(store: &Inner, req: &GraphRequest<'_>, m: u16, keys: Vec<u64>) -> Reply 
         out["@odata.nextLink"] = json!(format!(
             "{}/{}?{}",
             req.base,
-            req.segments.iter().map(|s| encode(s)).collect::<Vec<_>>().join("/"),
+            req.segments
+                .iter()
+                .map(|s| encode(s))
+                .collect::<Vec<_>>()
+                .join("/"),
             query.join("&")
         ));
     }
@@ -529,7 +536,11 @@ fn delta(store: &Inner, req: &GraphRequest<'_>, m: u16, folder: u64) -> Routed {
         ("@odata.nextLink", "$skiptoken")
     };
     let mut out = json!({"value": value});
-    out[link] = json!(format!("{}/{path}?{token}={}", req.base, encode(&page.state)));
+    out[link] = json!(format!(
+        "{}/{path}?{token}={}",
+        req.base,
+        encode(&page.state)
+    ));
     Ok(Reply::ok(out))
 }
 
@@ -600,7 +611,9 @@ fn todo(store: &mut Inner, req: &GraphRequest<'_>, m: u16, rest: &[String]) -> R
             "wellknownListName": "defaultList",
             "isOwner": true,
         }]}))),
-        Some(id) if (id == &list_id || id.eq_ignore_ascii_case("tasks")) && is(rest.get(1), "tasks") => {
+        Some(id)
+            if (id == &list_id || id.eq_ignore_ascii_case("tasks")) && is(rest.get(1), "tasks") =>
+        {
             collection(store, req, m, folder, Kind::Task, &rest[2..])
         }
         Some(_) => Err(StoreError::FolderNotFound),

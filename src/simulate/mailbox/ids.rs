@@ -93,7 +93,7 @@ pub fn entry_id_hex(ews_id: &str) -> Option<String> {
 /// From `HexEntryId` back to an EWS id.
 pub fn from_entry_id_hex(hex: &str) -> Option<String> {
     let hex = hex.trim();
-    if hex.len() % 2 != 0 || hex.is_empty() {
+    if !hex.len().is_multiple_of(2) || hex.is_empty() {
         return None;
     }
     let raw: Option<Vec<u8>> = (0..hex.len())
@@ -125,7 +125,10 @@ mod tests {
     fn ids_round_trip_in_every_form() {
         let id = encode(IdKind::Item, 3, 0xdead_beef);
         assert_eq!(decode_id(&id), Some((IdKind::Item, 3, 0xdead_beef)));
-        assert_eq!(decode_id(&rest_id(&id)), Some((IdKind::Item, 3, 0xdead_beef)));
+        assert_eq!(
+            decode_id(&rest_id(&id)),
+            Some((IdKind::Item, 3, 0xdead_beef))
+        );
         assert_eq!(ews_id(&rest_id(&id)).as_deref(), Some(id.as_str()));
         let hex = entry_id_hex(&id).unwrap();
         assert_eq!(from_entry_id_hex(&hex).as_deref(), Some(id.as_str()));

@@ -291,7 +291,8 @@ impl Mailbox {
 
     /// The Top of Information Store, where the mail folders hang.
     pub fn top(&self) -> u64 {
-        self.distinguished("msgfolderroot").map_or(self.root, |f| f.key)
+        self.distinguished("msgfolderroot")
+            .map_or(self.root, |f| f.key)
     }
 
     pub fn distinguished(&self, name: &str) -> Option<&Folder> {
@@ -428,7 +429,9 @@ impl Store {
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a consistent store: every operation validates
         // before it writes.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
@@ -503,14 +506,13 @@ impl Inner {
 
     /// Finds a folder by id in any mailbox; seeded folders may carry ids of their own.
     pub fn find_folder(&self, id: &str) -> Result<(u16, u64), StoreError> {
-        if let Some((IdKind::Folder, mailbox, key)) = decode_id(id) {
-            if self
+        if let Some((IdKind::Folder, mailbox, key)) = decode_id(id)
+            && self
                 .mailboxes
                 .get(mailbox as usize)
                 .is_some_and(|m| m.folders.contains_key(&key))
-            {
-                return Ok((mailbox, key));
-            }
+        {
+            return Ok((mailbox, key));
         }
         self.mailboxes
             .iter()
@@ -612,7 +614,9 @@ impl Inner {
         if m.folders.len() >= limit {
             return Err(StoreError::TooManyFolders(limit));
         }
-        if m.children(parent).any(|f| f.name.eq_ignore_ascii_case(name)) {
+        if m.children(parent)
+            .any(|f| f.name.eq_ignore_ascii_case(name))
+        {
             return Err(StoreError::FolderExists);
         }
         let key = self.next_key();
@@ -746,7 +750,10 @@ impl Inner {
         let new_key = self.insert(
             mailbox,
             NewItem {
-                item: Item { created, ..item.clone() },
+                item: Item {
+                    created,
+                    ..item.clone()
+                },
                 folder: to,
             },
         )?;
@@ -802,10 +809,10 @@ impl Inner {
     pub fn deliver(&mut self, message: &Item) -> Result<Vec<(u16, u64)>, StoreError> {
         let mut recipients: Vec<u16> = Vec::new();
         for addr in message.to.iter().chain(&message.cc).chain(&message.bcc) {
-            if let Ok(index) = self.mailbox_index(&addr.address) {
-                if !recipients.contains(&index) {
-                    recipients.push(index);
-                }
+            if let Ok(index) = self.mailbox_index(&addr.address)
+                && !recipients.contains(&index)
+            {
+                recipients.push(index);
             }
         }
         let now = self.now();
@@ -827,7 +834,13 @@ impl Inner {
                 categories: Vec::new(),
                 ..message.clone()
             };
-            let key = self.insert(index, NewItem { item, folder: inbox })?;
+            let key = self.insert(
+                index,
+                NewItem {
+                    item,
+                    folder: inbox,
+                },
+            )?;
             let id = self.item(index, key).id.clone();
             let folder_id = self.mailbox(index).folders[&inbox].id.clone();
             let _ = self.events.send(StoreEvent {
@@ -863,7 +876,11 @@ impl Inner {
             message.message_id = Some(format!(
                 "<{:032x}@{}>",
                 rand::random::<u128>(),
-                owner.address.rsplit('@').next().unwrap_or("simulated.example")
+                owner
+                    .address
+                    .rsplit('@')
+                    .next()
+                    .unwrap_or("simulated.example")
             ));
         }
         message.sent = Some(now);
@@ -910,9 +927,11 @@ impl Delivery {
             cc: self.cc.iter().map(|a| Addr::parse(a)).collect(),
             subject: self.subject,
             body: self.body,
-            message_id: Some(self.message_id.unwrap_or_else(|| {
-                format!("<{:032x}@outside.example>", rand::random::<u128>())
-            })),
+            message_id: Some(
+                self.message_id.unwrap_or_else(|| {
+                    format!("<{:032x}@outside.example>", rand::random::<u128>())
+                }),
+            ),
             in_reply_to: self.in_reply_to,
             ..Item::default()
         }

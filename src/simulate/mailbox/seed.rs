@@ -97,10 +97,17 @@ pub(super) fn load(store: &mut Inner, text: &str) -> Result<(), SeedError> {
     for seed in &file.mailboxes {
         let index = store.add_mailbox(&seed.address, &seed.name);
         for folder in &seed.folders {
-            let parent = find_folder(store, index, &folder.parent)
-                .ok_or_else(|| invalid(&seed.address, format!("no parent folder {}", folder.parent)))?;
+            let parent = find_folder(store, index, &folder.parent).ok_or_else(|| {
+                invalid(&seed.address, format!("no parent folder {}", folder.parent))
+            })?;
             store
-                .create_folder(index, parent, &folder.name, "IPF.Note", folder.id.as_deref())
+                .create_folder(
+                    index,
+                    parent,
+                    &folder.name,
+                    "IPF.Note",
+                    folder.id.as_deref(),
+                )
                 .map_err(|e| invalid(&seed.address, e.to_string()))?;
         }
         for item in &seed.items {
@@ -119,7 +126,11 @@ pub(super) fn load(store: &mut Inner, text: &str) -> Result<(), SeedError> {
 fn find_folder(store: &Inner, mailbox: u16, name: &str) -> Option<u64> {
     let m = store.mailbox(mailbox);
     m.distinguished(name)
-        .or_else(|| m.folders.values().find(|f| f.name.eq_ignore_ascii_case(name)))
+        .or_else(|| {
+            m.folders
+                .values()
+                .find(|f| f.name.eq_ignore_ascii_case(name))
+        })
         .map(|f| f.key)
 }
 
