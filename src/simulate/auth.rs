@@ -65,14 +65,15 @@ impl Verifier<'_> {
         match self.mode {
             AuthMode::None => Ok(None),
             AuthMode::Basic { user, password } => self.basic(auth, Some((user, password))),
+            // The store's accounts may always use Basic: the gateway's own service client
+            // (enrichment) signs in that way whatever the users' clients use.
+            AuthMode::Bearer | AuthMode::Ntlm if auth.is_some_and(|a| a.starts_with("Basic ")) => {
+                self.basic(auth, None)
+            }
             AuthMode::Bearer => match auth.and_then(|a| a.strip_prefix("Bearer ")) {
                 Some(token) if !token.trim().is_empty() => Ok(bearer_caller(token.trim())),
                 _ => Err(Box::new(challenge("Bearer"))),
             },
-            // Exchange with both methods enabled also takes Basic (service accounts do).
-            AuthMode::Ntlm if auth.is_some_and(|a| a.starts_with("Basic ")) => {
-                self.basic(auth, None)
-            }
             AuthMode::Ntlm => self.ntlm(ntlm_state, auth),
         }
     }

@@ -76,6 +76,27 @@ impl GraphRequest<'_> {
     }
 }
 
+/// Graph reads property names in any case (the SDKs send action parameters as `Message`,
+/// `SaveToSentItems`); routes read them in camelCase.
+fn camel_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let mut chars = k.chars();
+                    let key = match chars.next() {
+                        Some(first) => first.to_ascii_lowercase().to_string() + chars.as_str(),
+                        None => k,
+                    };
+                    (key, camel_keys(v))
+                })
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.into_iter().map(camel_keys).collect()),
+        other => other,
+    }
+}
+
 fn split_target(target: &str) -> (Vec<String>, Vec<(String, String)>) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments = path
@@ -104,24 +125,21 @@ pub async fn serve(
     caller: &Caller,
 ) -> Response<SimBody> {
     let method = req.method().clone();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("localhost")
-        .to_owned();
-    let scheme = req.uri().scheme_str().unwrap_or(
-        if req
-            .headers()
-            .get("x-forwarded-proto")
-            .is_some_and(|p| p == "https")
-        {
-            "https"
-        } else {
-            "http"
-        },
-    );
+    // Links point back the way the client came: through a proxy, its forwarded host and
+    // scheme (real Graph names itself, and clients reach the gateway under that name).
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|h| h.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or(v).trim().to_owned())
+    };
+    let host = header("x-forwarded-host")
+        .or_else(|| header("host"))
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".into());
+    let scheme = header("x-forwarded-proto")
+        .or_else(|| req.uri().scheme_str().map(str::to_owned))
+        .unwrap_or_else(|| "http".into());
     let page_size = req
         .headers()
         .get("prefer")
@@ -152,7 +170,7 @@ pub async fn serve(
         None
     } else {
         match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => Some(v),
+            Ok(v) => Some(camel_keys(v)),
             Err(e) => {
                 return http(Reply::error(
                     400,
@@ -259,11 +277,21 @@ fn batch_one(store: &Store, outer: &GraphRequest<'_>, r: &Value) -> Reply {
         None => url.to_owned(),
     };
     let (segments, query) = split_target(&relative);
+    // A body that is not JSON travels base64-encoded in a string.
+    let body = match r.get("body") {
+        Some(Value::String(encoded)) => {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+                .ok()
+                .and_then(|raw| serde_json::from_slice(&raw).ok())
+        }
+        other => other.cloned(),
+    }
+    .map(camel_keys);
     let request = GraphRequest {
         method,
         segments,
         query,
-        body: r.get("body").cloned(),
+        body,
         page_size: None,
         base: outer.base,
         caller: outer.caller,
