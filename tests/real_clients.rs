@@ -86,6 +86,16 @@ fn sent_copy(store: &Store, subject: &str) -> String {
         .clone()
 }
 
+/// Every step of a scenario printed its `ok` line.
+fn assert_steps(out: &str, steps: &[&str]) {
+    for step in steps {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("ok {step}"))),
+            "step {step} missing:\n{out}"
+        );
+    }
+}
+
 /// Waits until the outbox has settled everything, then checks that every sent message was
 /// delivered from its saved copy and that the only dead letters are the sends themselves.
 ///
@@ -152,24 +162,22 @@ async fn exchangelib_session(auth: AuthMode, kind: &str, user: &str, password: &
         ],
     )
     .await;
-    for step in [
-        "version",
-        "list",
-        "read",
-        "sync",
-        "send",
-        "draft-send",
-        "move",
-        "categorize",
-        "copy-delete",
-        "unknown-id",
-        "bytes",
-    ] {
-        assert!(
-            out.lines().any(|l| l.starts_with(&format!("ok {step}"))),
-            "step {step} missing:\n{out}"
-        );
-    }
+    assert_steps(
+        &out,
+        &[
+            "version",
+            "list",
+            "read",
+            "sync",
+            "send",
+            "draft-send",
+            "move",
+            "categorize",
+            "copy-delete",
+            "unknown-id",
+            "bytes",
+        ],
+    );
     // Mail read from CRM contacts, mail sent to one, the draft sent later and the move into the
     // tracked folder each leave a track decision; the tracking category lands on a message
     // already tracked, so it is decided and remembered, not tracked twice.
@@ -248,21 +256,19 @@ async fn the_graph_sdk_works_through_the_gateway_with_a_bearer_token() {
         ],
     )
     .await;
-    for step in [
-        "me",
-        "list",
-        "delta",
-        "delta-new",
-        "send-mail",
-        "move",
-        "batch",
-        "bytes",
-    ] {
-        assert!(
-            out.lines().any(|l| l.starts_with(&format!("ok {step}"))),
-            "step {step} missing:\n{out}"
-        );
-    }
+    assert_steps(
+        &out,
+        &[
+            "me",
+            "list",
+            "delta",
+            "delta-new",
+            "send-mail",
+            "move",
+            "batch",
+            "bytes",
+        ],
+    );
     // The delivered order (from a CRM contact) is tracked when delta reports it, and again by
     // its move into the tracked folder; mail sent with sendMail is tracked from Sent Items.
     let tracked = support::wait_for(
