@@ -313,18 +313,49 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How much of an over-long body is read and discarded before answering 413, so that a client
+/// still sending gets the answer rather than a reset; beyond it the connection is closed.
+const DRAIN_LIMIT: usize = 16 << 20;
+
 /// Reads a bounded body within a deadline.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
-    use http_body_util::{BodyExt, Limited};
-    let collect = Limited::new(req.into_body(), MAX_EXPLAIN_BODY).collect();
-    match tokio::time::timeout(std::time::Duration::from_secs(10), collect).await {
-        Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "text/plain",
-            format!("the body is over {MAX_EXPLAIN_BODY} bytes\n"),
-        )),
-        Ok(Err(_)) => Err(reply(
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let read = async {
+        let mut kept = bytes::BytesMut::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map(|f| f.into_data()) else {
+                return Err(());
+            };
+            if let Ok(data) = data {
+                seen += data.len();
+                if seen <= MAX_EXPLAIN_BODY {
+                    kept.extend_from_slice(&data);
+                } else if seen > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        }
+        Ok((kept.freeze(), seen))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(Ok((body, seen))) if seen <= MAX_EXPLAIN_BODY => Ok(body),
+        Ok(Ok((_, seen))) => {
+            let mut r = reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                format!("the body is over {MAX_EXPLAIN_BODY} bytes\n"),
+            );
+            if seen > DRAIN_LIMIT {
+                r.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            Err(r)
+        }
+        Ok(Err(())) => Err(reply(
             StatusCode::BAD_REQUEST,
             "text/plain",
             "cannot read the body\n".into(),

@@ -8,29 +8,29 @@ use std::time::Duration;
 use crate::support;
 
 /// (step, mailbox, message, verdict, reason, CRM record) as the demo reports them.
-const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
+const EXPECTED: [(&str, &str, &str, &str, &str, &str); 24] = [
     (
         "Outlook's first sync of the Inbox",
         "alex.seller@contoso.example",
-        "Welcome & next steps",
+        "Quote for 40 seats",
         "track",
-        "category",
-        "email 74b29334",
+        "sender_contact",
+        "email 43b7be51, regarding account Fabrikam",
+    ),
+    (
+        "Outlook's first sync of the Inbox",
+        "alex.seller@contoso.example",
+        "RE: Renewal [CRM:0271001]",
+        "track",
+        "sender_contact",
+        "email 47c6673f, regarding account Fabrikam",
     ),
     (
         "Outlook's first sync of the Inbox",
         "alex.seller@contoso.example",
         "Re: Pricing",
         "ignore",
-        "initial_sync_history",
-        "—",
-    ),
-    (
-        "Outlook lists the Inbox",
-        "alex.seller@contoso.example",
-        "Quote for 40 seats",
-        "ignore",
-        "sender_not_shown",
+        "received_before_cutoff",
         "—",
     ),
     (
@@ -38,16 +38,40 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
         "alex.seller@contoso.example",
         "RE: Renewal [CRM:0271001]",
         "ignore",
-        "sender_not_shown",
+        "already_tracked",
+        "—",
+    ),
+    (
+        "Outlook lists the Inbox",
+        "alex.seller@contoso.example",
+        "Quote for 40 seats",
+        "ignore",
+        "already_tracked",
+        "—",
+    ),
+    (
+        "Outlook lists the Inbox",
+        "alex.seller@contoso.example",
+        "Re: Pricing",
+        "ignore",
+        "already_decided",
         "—",
     ),
     (
         "Alex reads Pat's quote request",
         "alex.seller@contoso.example",
         "Quote for 40 seats",
-        "track",
-        "sender_contact",
-        "email 43b7be51, regarding account Fabrikam",
+        "ignore",
+        "already_tracked",
+        "—",
+    ),
+    (
+        "The phone lists the Inbox (Graph)",
+        "alex.seller@contoso.example",
+        "RE: Renewal [CRM:0271001]",
+        "ignore",
+        "already_tracked",
+        "—",
     ),
     (
         "The phone lists the Inbox (Graph)",
@@ -58,12 +82,44 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
         "—",
     ),
     (
+        "The phone lists the Inbox (Graph)",
+        "alex.seller@contoso.example",
+        "Re: Pricing",
+        "ignore",
+        "already_decided",
+        "—",
+    ),
+    (
+        "The phone's first sync (Graph delta)",
+        "alex.seller@contoso.example",
+        "Quote for 40 seats",
+        "ignore",
+        "already_tracked",
+        "—",
+    ),
+    (
+        "The phone's first sync (Graph delta)",
+        "alex.seller@contoso.example",
+        "RE: Renewal [CRM:0271001]",
+        "ignore",
+        "already_tracked",
+        "—",
+    ),
+    (
+        "The phone's first sync (Graph delta)",
+        "alex.seller@contoso.example",
+        "Re: Pricing",
+        "ignore",
+        "already_decided",
+        "—",
+    ),
+    (
         "The phone syncs: a reply to a CRM email",
         "alex.seller@contoso.example",
         "Contract signed",
         "track",
         "sender_contact",
-        "email da41310f, regarding opportunity",
+        "email 7585c637",
     ),
     (
         "Alex replies from Outlook",
@@ -84,10 +140,10 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
     (
         "Alex sets the tracking category",
         "alex.seller@contoso.example",
-        "item AAMkADEzMess…",
-        "track",
-        "category",
-        "fetched from Exchange: not tracked (already_tracked)",
+        "Quote for 40 seats",
+        "ignore",
+        "already_tracked",
+        "—",
     ),
     (
         "Alex writes to Pat in German",
@@ -95,7 +151,7 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
         "Angebot für Fabrikam",
         "track",
         "recipient_contact",
-        "email 47d83e5f",
+        "email 47d83e5f, regarding account Fabrikam",
     ),
     (
         "Alex writes to a new prospect",
@@ -108,18 +164,18 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
     (
         "The sales team's shared mailbox",
         "team.sales@contoso.example",
-        "Quote for 40 seats",
-        "ignore",
-        "sender_not_shown",
-        "—",
+        "Invoice question",
+        "track",
+        "sender_email_enabled",
+        "email fc307e16",
     ),
     (
         "The sales team's shared mailbox",
         "team.sales@contoso.example",
-        "RE: Renewal [CRM:0271001]",
-        "ignore",
-        "sender_not_shown",
-        "—",
+        "Demo request",
+        "track",
+        "sender_email_enabled",
+        "email 79dcdc13",
     ),
     (
         "Alex sends from the phone",
@@ -131,19 +187,19 @@ const EXPECTED: [(&str, &str, &str, &str, &str, &str); 17] = [
     ),
     (
         "The phone's batch of changes",
-        "kim.manager@contoso.example",
-        "item AAMkADEzKimM…",
+        "alex.seller@contoso.example",
+        "Contract signed",
         "ignore",
-        "not_tracked_folder",
+        "already_tracked",
         "—",
     ),
     (
         "The phone's batch of changes",
-        "alex.seller@contoso.example",
-        "From the batch",
-        "track",
-        "sender_lead",
-        "fetched from Exchange: not tracked (folder_unknown)",
+        "kim.manager@contoso.example",
+        "item AAAAAFRHAgAA…",
+        "ignore",
+        "not_tracked_folder",
+        "—",
     ),
 ];
 
@@ -184,7 +240,7 @@ async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
             _ => None,
         })
         .collect();
-    assert_eq!(landed.len(), 4);
+    assert_eq!(landed.len(), 6);
     assert_eq!(report.new_crm_emails, landed.len());
 }
 
@@ -193,7 +249,7 @@ fn the_demo_command_prints_the_table_and_exits_0() {
     let (stdout, stderr) = support::run_trackgate(["demo"]);
     let stdout = String::from_utf8_lossy(&stdout);
     assert!(
-        stderr.contains("[14/14] The phone's batch of changes"),
+        stderr.contains("[16/16] The phone's batch of changes"),
         "{stderr}"
     );
     assert!(stdout.lines().next().is_some_and(|l| l.is_empty()));
@@ -206,8 +262,8 @@ fn the_demo_command_prints_the_table_and_exits_0() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("17 decisions: 7 tracked, 10 ignored.")
-            && stdout.contains("In the CRM: 4 new emails, 1 regarding set on an email already there; 2 not tracked once fetched from Exchange, 0 dead letters, 0 not settled."),
+        stdout.contains("24 decisions: 7 tracked, 17 ignored.")
+            && stdout.contains("In the CRM: 6 new emails, 1 regarding set on an email already there; 0 not tracked once fetched from Exchange, 0 dead letters, 0 not settled."),
         "{stdout}"
     );
     assert!(

@@ -110,8 +110,8 @@ fn find_item_pages_restricts_and_sorts() {
         page.contains(r#"TotalItemsInView="3" IncludesLastItemInRange="false""#),
         "{page}"
     );
-    let first = page.find("Quote for 40 seats").unwrap();
-    let second = page.find("RE: Renewal").unwrap();
+    let first = page.find("Re: Pricing").unwrap();
+    let second = page.find("Quote for 40 seats").unwrap();
     assert!(first < second, "ascending by received time");
     let only = find(
         "",

@@ -123,8 +123,20 @@ fn ews_task_status(status: &str) -> String {
     .to_owned()
 }
 
-/// Keeps only the `$select`ed properties (and what Graph always returns).
-pub fn select(mut value: Value, fields: &[String]) -> Value {
+/// Keeps only the `$select`ed properties (and what Graph always returns). Internet message
+/// headers exist only when selected, as in Graph.
+pub fn select(mut value: Value, item: &Item, fields: &[String]) -> Value {
+    if fields
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case("internetMessageHeaders"))
+    {
+        value["internetMessageHeaders"] = Value::Array(
+            headers(item)
+                .into_iter()
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect(),
+        );
+    }
     if fields.is_empty() {
         return value;
     }
@@ -134,6 +146,20 @@ pub fn select(mut value: Value, fields: &[String]) -> Value {
         });
     }
     value
+}
+
+/// The headers a message carries, as Graph lists them.
+fn headers(item: &Item) -> Vec<(String, String)> {
+    let mut list = item.headers.clone();
+    let mut add = |name: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            list.push((name.to_owned(), v.clone()));
+        }
+    };
+    add("Message-ID", &item.message_id);
+    add("In-Reply-To", &item.in_reply_to);
+    add("References", &item.references);
+    list
 }
 
 pub fn folder(mailbox: &Mailbox, folder: &Folder) -> Value {

@@ -168,7 +168,8 @@ fn selected(req: &GraphRequest<'_>) -> Vec<String> {
 
 fn render(store: &Inner, m: u16, key: u64, req: &GraphRequest<'_>) -> Value {
     let mb = store.mailbox(m);
-    resource::select(resource::item(mb, &mb.items[&key]), &selected(req))
+    let item = &mb.items[&key];
+    resource::select(resource::item(mb, item), item, &selected(req))
 }
 
 /// `/messages…` of the mailbox (`folder: None`) or of one folder.
@@ -464,7 +465,7 @@ fn list(store: &Inner, req: &GraphRequest<'_>, m: u16, keys: Vec<u64>) -> Reply 
         .iter()
         .skip(skip)
         .take(top)
-        .map(|i| resource::select(resource::item(mb, i), &fields))
+        .map(|i| resource::select(resource::item(mb, i), i, &fields))
         .collect();
     let mut out = json!({"value": value});
     if skip + top < rows.len() {
@@ -515,7 +516,8 @@ fn delta(store: &Inner, req: &GraphRequest<'_>, m: u16, folder: u64) -> Routed {
         .iter()
         .map(|change| match change {
             ItemChange::Create(key) | ItemChange::Update(key) => {
-                resource::select(resource::item(mb, &mb.items[key]), &fields)
+                let item = &mb.items[key];
+                resource::select(resource::item(mb, item), item, &fields)
             }
             ItemChange::Delete(id) => json!({
                 "@odata.type": "#microsoft.graph.message",

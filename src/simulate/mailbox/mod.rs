@@ -289,6 +289,14 @@ impl Mailbox {
         &self.folders[&self.root]
     }
 
+    /// The owner as an address.
+    pub fn identity(&self) -> Addr {
+        Addr {
+            name: Some(self.name.clone()),
+            address: self.address.clone(),
+        }
+    }
+
     /// The Top of Information Store, where the mail folders hang.
     pub fn top(&self) -> u64 {
         self.distinguished("msgfolderroot")
@@ -865,23 +873,20 @@ impl Inner {
         save_to: Option<u64>,
     ) -> Result<Option<u64>, StoreError> {
         let now = self.now();
-        let owner = self.mailbox(mailbox);
+        let owner = self.mailbox(mailbox).identity();
         if message.from.is_none() {
-            message.from = Some(Addr {
-                name: Some(owner.name.clone()),
-                address: owner.address.clone(),
-            });
+            message.from = Some(owner.clone());
         }
         if message.message_id.is_none() {
-            message.message_id = Some(format!(
-                "<{:032x}@{}>",
-                rand::random::<u128>(),
-                owner
-                    .address
-                    .rsplit('@')
-                    .next()
-                    .unwrap_or("simulated.example")
-            ));
+            // Deterministic for the same sequence of operations, so a replayed morning lands
+            // the same CRM records; unique within the store.
+            let domain = owner
+                .address
+                .rsplit('@')
+                .next()
+                .unwrap_or("simulated.example");
+            let n = self.next_seq();
+            message.message_id = Some(format!("<sim.{mailbox}.{n}@{domain}>"));
         }
         message.sent = Some(now);
         message.is_draft = false;

@@ -8,8 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -17,70 +16,14 @@ use crate::app::{self, Gateway};
 use crate::config::RawConfig;
 use crate::crm::mapping::Action;
 use crate::delivery::{Delivered, DeliveryOutcome};
-use crate::outbox::Outbox;
 use crate::rules::Decision;
-use crate::simulate::fixtures::{Fixture, FixtureSet};
+use crate::simulate::fixtures::FixtureSet;
+use crate::simulate::mailbox::Store;
 use crate::simulate::{DataverseOptions, DataverseSimulator, ExchangeSimulator, SimulatorOptions};
 
-/// The working morning: what the user does, and the recorded client request that does it
-/// (`NEW_PROSPECT` is written here: a MIME send to an address no CRM record has).
-pub const MORNING: [(&str, &str); 14] = [
-    (
-        "Outlook starts and reads its folders",
-        "ews-getfolder-inbox",
-    ),
-    (
-        "Outlook's first sync of the Inbox",
-        "ews-syncfolderitems-initial",
-    ),
-    ("Outlook lists the Inbox", "ews-finditem-inbox"),
-    ("Alex reads Pat's quote request", "ews-getitem-message"),
-    ("The phone lists the Inbox (Graph)", "graph-list-messages"),
-    (
-        "The phone syncs: a reply to a CRM email",
-        "graph-delta-inbox",
-    ),
-    ("Alex replies from Outlook", "ews-createitem-reply"),
-    (
-        "Alex files mail in the tracked folder",
-        "graph-move-message",
-    ),
-    (
-        "Alex sets the tracking category",
-        "ews-updateitem-categories",
-    ),
-    ("Alex writes to Pat in German", "ews-createitem-mime-send"),
-    ("Alex writes to a new prospect", NEW_PROSPECT),
-    ("The sales team's shared mailbox", "ews-finditem-delegate"),
-    ("Alex sends from the phone", "graph-sendmail"),
-    ("The phone's batch of changes", "graph-batch-mixed"),
-];
+mod morning;
 
-/// The step that is not a recorded fixture.
-pub const NEW_PROSPECT: &str = "new-prospect";
-
-/// Outlook sending a MIME message from Alex to a prospect the CRM does not know, with a copy in
-/// Sent Items (as `SendAndSaveCopy` does).
-fn new_prospect_request() -> (Vec<(String, String)>, String) {
-    use base64::Engine as _;
-    let mime = "From: Alex Seller <alex.seller@contoso.example>\r\nTo: Nia Prospect <nia@northwind-traders.example>\r\nSubject: Introduction: Contoso seats for Northwind\r\nMessage-ID: <demo.prospect.1@mail.contoso.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello Nia, as promised on the phone...\r\n";
-    let body = format!(
-        r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body><m:CreateItem MessageDisposition="SendAndSaveCopy"><m:SavedItemFolderId><t:DistinguishedFolderId Id="sentitems"/></m:SavedItemFolderId><m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">{}</t:MimeContent></t:Message></m:Items></m:CreateItem></s:Body></s:Envelope>"#,
-        base64::engine::general_purpose::STANDARD.encode(mime)
-    );
-    let headers = vec![
-        ("content-type".into(), "text/xml; charset=utf-8".into()),
-        (
-            "x-anchormailbox".into(),
-            "alex.seller@contoso.example".into(),
-        ),
-        (
-            "soapaction".into(),
-            "\"http://schemas.microsoft.com/exchange/services/2006/messages/CreateItem\"".into(),
-        ),
-    ];
-    (headers, body)
-}
+pub use morning::{MORNING, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -136,6 +79,8 @@ pub struct Report {
 pub struct Running {
     pub gateway: Gateway,
     pub exchange: ExchangeSimulator,
+    /// The simulated Exchange's mailboxes.
+    pub store: Arc<Store>,
     pub dataverse: DataverseSimulator,
     pub data_dir: PathBuf,
     _cleanup: DataDir,
@@ -217,9 +162,11 @@ pub async fn run(
     ));
     let cleanup = DataDir(data_dir.clone());
     progress("starting the Exchange simulator, the Dataverse simulator and the gateway");
+    let store =
+        Arc::new(Store::embedded().map_err(|e| start_error("Exchange simulator")(e.to_string()))?);
     let exchange = ExchangeSimulator::start(
         loopback(),
-        SimulatorOptions::new("demo", FixtureSet::embedded()?),
+        SimulatorOptions::new("demo", FixtureSet::embedded()?).with_store(store.clone()),
     )
     .await
     .map_err(|e| start_error("Exchange simulator")(e.to_string()))?;
@@ -260,8 +207,8 @@ backoff_max = "2s"
 ews_url = "{exchange}/EWS/Exchange.asmx"
 graph_url = "{exchange}/v1.0"
 auth = "basic"
-username = "svc-trackgate"
-password = "demo-password"
+username = 'CONTOSO\svc-trackgate'
+password = "Example-Pa55-svc"
 "#,
         exchange = exchange.url(),
         dataverse = dataverse.url(),
@@ -276,6 +223,7 @@ password = "demo-password"
     let running = Running {
         gateway,
         exchange,
+        store,
         dataverse,
         data_dir,
         _cleanup: cleanup,
@@ -291,7 +239,7 @@ password = "demo-password"
             "the directory was not loaded from the Dataverse simulator".into(),
         ));
     }
-    let report = match morning(&running, &mut progress).await {
+    let report = match morning::morning(&running, &mut progress).await {
         Ok(report) => report,
         Err(e) => {
             running.stop().await;
@@ -304,147 +252,6 @@ password = "demo-password"
         running.stop().await;
         Ok((report, None))
     }
-}
-
-/// A client as Outlook or a phone is: TLS, trusting the development CA, keep-alive.
-fn client(ca: &std::path::Path) -> Result<reqwest::Client, String> {
-    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
-    reqwest::Client::builder()
-        .tls_certs_only([cert])
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-/// Sends one request as a client would: `(method, path, headers, body)`.
-async fn send(
-    client: &reqwest::Client,
-    base: &str,
-    (method, path, headers, body): (&str, &str, &[(String, String)], bytes::Bytes),
-) -> Result<(), String> {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-    let mut builder = client.request(method, format!("{base}{path}"));
-    for (name, value) in headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    let response = builder.body(body).send().await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    // The whole answer is read, as a client does (a cut exchange is not inspected).
-    response.bytes().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}"))
-    }
-}
-
-fn handed_off(gateway: &Gateway) -> u64 {
-    gateway.proxy().metrics.captures.handed_off.get()
-}
-
-/// Waits until the step's exchange reached inspection (the copy is handed off when both its
-/// sides have ended, which can be just after the client has read the answer) and inspection
-/// has decided everything handed to it, so each decision is reported under its own step.
-async fn settled(gateway: &Gateway, handed_before: u64, deadline: Instant) -> bool {
-    while Instant::now() < deadline {
-        let handed = handed_off(gateway);
-        let done = gateway.inspect_metrics().finished.load(Ordering::Acquire);
-        if handed > handed_before && done >= handed {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
-}
-
-async fn morning(running: &Running, progress: &mut impl FnMut(&str)) -> Result<Report, DemoError> {
-    let gateway = &running.gateway;
-    let emails_before = running.dataverse.records("emails").len();
-    let base = gateway.proxy_url().replace("127.0.0.1", "localhost");
-    let client =
-        client(&running.data_dir.join("data/certs/dev-ca.pem")).map_err(start_error("client"))?;
-    let fixtures = FixtureSet::embedded()?;
-    let mut made: Vec<(String, Decision)> = Vec::new();
-    for (n, (step, name)) in MORNING.iter().enumerate() {
-        progress(&format!("[{:>2}/{}] {step}", n + 1, MORNING.len()));
-        let before = gateway.recent_decisions().len();
-        let handed_before = handed_off(gateway);
-        let sent = if *name == NEW_PROSPECT {
-            let (headers, body) = new_prospect_request();
-            send(
-                &client,
-                &base,
-                ("POST", "/EWS/Exchange.asmx", &headers, body.into()),
-            )
-            .await
-        } else {
-            let request = fixtures
-                .iter()
-                .find(|f| f.name == *name)
-                .and_then(|f: &Fixture| f.request.as_ref())
-                .ok_or_else(|| DemoError::Step {
-                    fixture: (*name).into(),
-                    message: "not among the embedded fixtures".into(),
-                })?;
-            send(
-                &client,
-                &base,
-                (
-                    &request.method,
-                    &request.path,
-                    &request.headers,
-                    request.body.clone(),
-                ),
-            )
-            .await
-        };
-        sent.map_err(|message| DemoError::Step {
-            fixture: (*name).into(),
-            message,
-        })?;
-        if !settled(
-            gateway,
-            handed_before,
-            Instant::now() + Duration::from_secs(10),
-        )
-        .await
-        {
-            return Err(DemoError::Step {
-                fixture: (*name).into(),
-                message: "the exchange was not inspected within 10 s".into(),
-            });
-        }
-        let decisions = gateway.recent_decisions();
-        for d in decisions.into_iter().skip(before) {
-            made.push(((*step).into(), d));
-        }
-    }
-    progress("waiting for the CRM to confirm what was tracked");
-    // Decisions are queued for the outbox's writer; committed, they count as pending.
-    let outbox = gateway.outbox().clone();
-    let _ = tokio::task::spawn_blocking(move || outbox.flush()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let done = gateway
-            .outbox()
-            .stats()
-            .is_ok_and(|s| s.pending == 0 && s.in_flight == 0);
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let emails = running.dataverse.records("emails");
-    let deliveries = gateway.recent_deliveries();
-    let rows = made
-        .into_iter()
-        .map(|(step, d)| row(step, &d, &emails, &running.dataverse, &deliveries))
-        .collect();
-    Ok(Report {
-        rows,
-        new_crm_emails: emails.len().saturating_sub(emails_before),
-    })
 }
 
 fn text(v: Option<&Value>) -> Option<&str> {
