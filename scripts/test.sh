@@ -9,6 +9,7 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v kill >/dev/null 2>&1 || need_apt+=(procps)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -30,6 +31,15 @@ if ! cmp -s tests/clients/requirements.txt "$stamp" 2>/dev/null; then
   "$tools/py/bin/pip" install --quiet --disable-pip-version-check \
     -r tests/clients/requirements.txt
   cp tests/clients/requirements.txt "$stamp"
+fi
+
+# ews-javascript-api with @ewsjs/xhr, exactly as tests/clients/package-lock.json pins them.
+node_dir="$tools/node"
+if ! cmp -s tests/clients/package-lock.json "$node_dir/package-lock.json" 2>/dev/null; then
+  rm -rf "$node_dir"
+  mkdir -p "$node_dir"
+  cp tests/clients/package.json tests/clients/package-lock.json "$node_dir/"
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 cargo test --locked

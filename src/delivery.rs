@@ -130,6 +130,9 @@ pub trait Enrichment: Send + Sync {
     fn redecide(&self, provisional: &Decision, fetched: &Message) -> Decision;
     /// The CRM user who owns `mailbox`: the CRM writes act as them when so configured.
     fn owner(&self, mailbox: &str) -> Option<uuid::Uuid>;
+    /// The SMTP address of the mailbox a principal names (`CONTOSO\alex` signs in to
+    /// `alex@contoso.com`): impersonation needs an address, not a logon.
+    fn mailbox_address(&self, principal: &str) -> Option<String>;
 }
 
 /// What became of one record: what the demo and tests read to report outcomes, not intentions.
@@ -492,6 +495,10 @@ impl Delivery {
         let target = decision.mailbox.clone().zip(decision.item_id.clone());
         match (&self.exchange, target) {
             (Some(client), Some((mailbox, item_id))) if decision.needs_enrichment || wants_body => {
+                let mailbox = self
+                    .enrichment
+                    .mailbox_address(&mailbox)
+                    .unwrap_or_else(|| mailbox.to_string());
                 let graph = decision.operation.starts_with(char::is_lowercase);
                 let html = self.settings.body == BodyPolicy::Full;
                 match client.fetch(&mailbox, &item_id, graph, html).await {

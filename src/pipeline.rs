@@ -62,4 +62,11 @@ impl Enrichment for Engine {
     fn owner(&self, mailbox: &str) -> Option<Uuid> {
         self.directory().guard().owner_object_id(mailbox)
     }
+
+    fn mailbox_address(&self, principal: &str) -> Option<String> {
+        self.directory()
+            .guard()
+            .mailbox(principal)
+            .map(|m| m.address.to_string())
+    }
 }
