@@ -93,6 +93,36 @@ async fn run_with(
     stdout
 }
 
+/// Waits until the outbox has settled everything and returns the item ids delivered.
+async fn drained(gw: &TestGateway) -> Vec<Option<String>> {
+    let outbox = gw.gateway.outbox().clone();
+    support::wait_for(
+        Duration::from_secs(20),
+        "the outbox to settle",
+        async || {
+            let stats = outbox.stats().ok()?;
+            (stats.pending == 0 && stats.in_flight == 0).then_some(())
+        },
+    )
+    .await;
+    gw.gateway
+        .recent_deliveries()
+        .into_iter()
+        .map(|d| d.item_id)
+        .collect()
+}
+
+/// The only dead letters are sends whose saved copy has another id (see [`settled`]).
+fn only_sends_dead(gw: &TestGateway) {
+    for dead in gw.gateway.outbox().dead_letters(100).unwrap() {
+        let d = &dead.record.decision;
+        assert!(
+            d.observation == "message_sent" && d.internet_message_id.is_none(),
+            "an unexpected dead letter: {dead:?}"
+        );
+    }
+}
+
 /// The id of the copy a send saved in Alex's Sent Items.
 fn sent_copy(store: &Store, subject: &str) -> String {
     let inner = store.lock();
@@ -124,22 +154,7 @@ fn assert_steps(out: &str, steps: &[&str]) {
 /// dead-lettered; the saved copies, seen when the client lists Sent Items, carry the message.
 /// Finding the saved copy from the send itself is the catch-up sweep's work (issue 18).
 async fn settled(gw: &TestGateway, store: &Store, sends: [&str; 2]) {
-    let outbox = gw.gateway.outbox().clone();
-    support::wait_for(
-        Duration::from_secs(20),
-        "the outbox to settle",
-        async || {
-            let stats = outbox.stats().ok()?;
-            (stats.pending == 0 && stats.in_flight == 0).then_some(())
-        },
-    )
-    .await;
-    let delivered: Vec<Option<String>> = gw
-        .gateway
-        .recent_deliveries()
-        .into_iter()
-        .map(|d| d.item_id)
-        .collect();
+    let delivered = drained(gw).await;
     for subject in sends {
         let copy = sent_copy(store, subject);
         assert!(
@@ -147,15 +162,7 @@ async fn settled(gw: &TestGateway, store: &Store, sends: [&str; 2]) {
             "the saved copy of {subject:?} was not delivered: {delivered:?}"
         );
     }
-    for dead in outbox.dead_letters(100).unwrap() {
-        let d = &dead.record.decision;
-        assert!(
-            d.observation == "message_sent"
-                && matches!(&*d.operation, "CreateItem" | "SendItem")
-                && d.internet_message_id.is_none(),
-            "an unexpected dead letter: {dead:?}"
-        );
-    }
+    only_sends_dead(gw);
 }
 
 /// The operations whose observations were tracked.
@@ -357,11 +364,7 @@ async fn the_graph_sdk_works_through_the_gateway_with_a_bearer_token() {
     )
     .await;
     assert!(tracked > 0);
-    let delivered = support::wait_for(Duration::from_secs(20), "the order delivered", async || {
-        let stats = gw.gateway.outbox().stats().ok()?;
-        (stats.pending == 0 && stats.in_flight == 0).then_some(gw.gateway.recent_deliveries())
-    })
-    .await;
+    let delivered = drained(&gw).await;
     let order = {
         let inner = store.lock();
         let alex = inner.mailbox(inner.mailbox_index("alex.seller@contoso.example").unwrap());
@@ -370,19 +373,10 @@ async fn the_graph_sdk_works_through_the_gateway_with_a_bearer_token() {
     };
     let order_rest = trackgate::simulate::mailbox::rest_id(&order);
     assert!(
-        delivered
-            .iter()
-            .any(|d| d.item_id.as_deref() == Some(&order_rest)
-                || d.item_id.as_deref() == Some(&order)),
+        delivered.contains(&Some(order_rest)) || delivered.contains(&Some(order)),
         "the moved order was not delivered: {delivered:?}"
     );
-    for dead in gw.gateway.outbox().dead_letters(100).unwrap() {
-        let d = &dead.record.decision;
-        assert!(
-            d.observation == "message_sent" && d.internet_message_id.is_none(),
-            "an unexpected dead letter: {dead:?}"
-        );
-    }
+    only_sends_dead(&gw);
     gw.gateway.shutdown().await;
     sim.stop().await;
 }
@@ -395,4 +389,56 @@ async fn ews_javascript_api_works_through_the_gateway_with_ntlmv2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ews_javascript_api_works_through_the_gateway_with_basic() {
     ews_session_with(EwsClient::EwsJavascriptApi, Logon::Basic).await;
+}
+
+/// `serve` with no upstream and no `[exchange]`: the built-in simulator is both the upstream
+/// and the enrichment client, so what needs fetching is fetched, not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_enriches_from_its_own_simulator() {
+    trackgate::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\nplaintext = true\n[admin]\naddress = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n",
+        dir.path().join("data").display()
+    );
+    let config = trackgate::config::RawConfig::from_toml(&text, "test", Vec::new())
+        .and_then(|raw| raw.validate(dir.path()))
+        .unwrap();
+    let gateway = trackgate::app::start(config).await.unwrap();
+    assert!(
+        gateway.simulator_url().is_some(),
+        "the embedded simulator runs"
+    );
+    let gw = TestGateway { gateway, dir };
+    let out = EwsClient::EwsJavascriptApi
+        .run(
+            gw.url("/EWS/Exchange.asmx"),
+            "basic",
+            "alex.seller@contoso.example",
+            "Example-Pa55-alex",
+        )
+        .await;
+    assert_steps(&out, &EwsClient::EwsJavascriptApi.steps());
+    // The sent copies were seen without Message-IDs in Sent Items listings and fetched from the
+    // embedded simulator before delivery.
+    let delivered = drained(&gw).await;
+    let fetched: Vec<Option<String>> = gw
+        .gateway
+        .recent_decisions()
+        .into_iter()
+        .filter(|d| d.is_track() && d.needs_enrichment && &*d.operation == "FindItem")
+        .map(|d| d.item_id)
+        .collect();
+    assert!(
+        !fetched.is_empty(),
+        "no decision needed the simulator's help"
+    );
+    for item in &fetched {
+        assert!(
+            delivered.contains(item),
+            "{item:?} was not delivered: {delivered:?}"
+        );
+    }
+    only_sends_dead(&gw);
+    gw.gateway.shutdown().await;
 }

@@ -174,3 +174,136 @@ async fn serves_tls_with_http2() {
         (200, reqwest::Version::HTTP_2)
     );
 }
+
+/// A simulator on the embedded mailbox store, with no authentication.
+async fn store_simulator() -> trackgate::simulate::ExchangeSimulator {
+    let store = std::sync::Arc::new(trackgate::simulate::mailbox::Store::embedded().unwrap());
+    support::simulator_with(
+        SimulatorOptions::new("store", FixtureSet::embedded().unwrap()).with_store(store),
+    )
+    .await
+}
+
+fn envelope(body: &str) -> String {
+    format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Header><t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>jo.support@contoso.example</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></s:Header><s:Body>{body}</s:Body></s:Envelope>"#
+    )
+}
+
+/// POSTs an EWS envelope and returns the answer's text.
+async fn post_ews(client: &reqwest::Client, url: &str, body: String) -> String {
+    let r = client.post(url).body(body).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
+/// Reads chunks of a streaming answer until one contains `needle`.
+async fn chunk_with(response: &mut reqwest::Response, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no chunk with {needle}");
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("a chunk within 10 s")
+            .unwrap()
+            .expect("the stream is open");
+        let text = String::from_utf8_lossy(&chunk).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_delivered_from_outside_streams_to_a_subscription_and_lands_in_the_inbox() {
+    let sim = store_simulator().await;
+    let client = support::plain_client();
+    let ews = format!("{}/EWS/Exchange.asmx", sim.url());
+    let subscribed = post_ews(&client, &ews, envelope(
+        r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="inbox"/></t:FolderIds><t:EventTypes><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#,
+    ))
+    .await;
+    let id = subscribed
+        .split("<m:SubscriptionId>")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .expect("a subscription id")
+        .to_owned();
+    let mut stream = client
+        .post(&ews)
+        .body(envelope(&format!(
+            "<m:GetStreamingEvents><m:SubscriptionIds><t:SubscriptionId>{id}</t:SubscriptionId></m:SubscriptionIds><m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents>"
+        )))
+        .send()
+        .await
+        .unwrap();
+    chunk_with(&mut stream, "<m:ConnectionStatus>OK</m:ConnectionStatus>").await;
+
+    // Mail from outside, with no client connected to Jo's mailbox.
+    let delivered = client
+        .post(format!("{}/_sim/deliver", sim.url()))
+        .json(&serde_json::json!({
+            "from": "Pat Buyer <pat.buyer@fabrikam.example>",
+            "to": ["jo.support@contoso.example"],
+            "subject": "Printer on fire",
+            "body": "Please help.",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), 200);
+    let delivered: serde_json::Value = delivered.json().await.unwrap();
+    let item_id = delivered["delivered"][0]["item_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let event = chunk_with(&mut stream, "NewMailEvent").await;
+    assert!(event.contains(&item_id), "{event}");
+
+    // The message is in Jo's Inbox, unread, as GetItem shows it.
+    let got = post_ews(&client, &ews, envelope(&format!(
+        r#"<m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:GetItem>"#
+    )))
+    .await;
+    assert!(
+        got.contains("<t:Subject>Printer on fire</t:Subject>"),
+        "{got}"
+    );
+    assert!(got.contains("<t:IsRead>false</t:IsRead>"), "{got}");
+
+    // Nobody to deliver to, or not a delivery at all: clear refusals.
+    let nobody = client
+        .post(format!("{}/_sim/deliver", sim.url()))
+        .json(&serde_json::json!({"from": "a@b.example", "to": ["c@d.example"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nobody.status(), 422);
+    let garbage = client
+        .post(format!("{}/_sim/deliver", sim.url()))
+        .body("{\"to\": 3}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_answers_server_busy_with_a_back_off_when_told() {
+    let sim = store_simulator().await;
+    let client = support::plain_client();
+    let r = client
+        .post(format!("{}/EWS/Exchange.asmx", sim.url()))
+        .header("x-sim-fault", "server-busy")
+        .body(envelope("<m:GetFolder/>"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("ErrorServerBusy") && text.contains("BackOffMilliseconds"),
+        "{text}"
+    );
+    sim.stop().await;
+}
