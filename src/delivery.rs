@@ -6,6 +6,7 @@
 //! a failure of the record (500, 408) → exponential backoff with jitter, counted, dead letter
 //! after `max_attempts`; a permanent 4xx → dead letter with the response kept.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::common::time::now_ms;
 use crate::crm::mapping::{self, BodyPolicy, TrackedEmail};
 use crate::crm::{Outcome, Sink};
-use crate::exchange::ExchangeClient;
+use crate::exchange::{ExchangeClient, ExchangeError, Fetched, SentCopyQuery};
 use crate::inspect::Message;
 use crate::outbox::{Outbox, Record, Settlement};
 use crate::rules::Decision;
@@ -182,7 +183,12 @@ pub struct Delivery {
     metrics: DeliveryMetrics,
     pause: Mutex<Pause>,
     recent: Arc<RecentDeliveries>,
+    /// Saved copies in Sent Items already taken by a send (Message-ID → record key).
+    sent_copies: Mutex<HashMap<String, uuid::Uuid>>,
 }
+
+/// Claims remembered before the map starts over (a claim only matters for seconds).
+const MAX_CLAIMED_COPIES: usize = 10_000;
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,6 +217,7 @@ impl Delivery {
             metrics,
             pause: Mutex::new(Pause::default()),
             recent: RecentDeliveries::new(RECENT_DELIVERIES),
+            sent_copies: Mutex::new(HashMap::new()),
         })
     }
 
@@ -487,21 +494,89 @@ impl Delivery {
         }
     }
 
+    /// Fetches the message a decision is about: by its id, or, for a send, its saved copy in
+    /// Sent Items when the send has no id or its id is gone (a sent draft moves).
+    async fn fetch_message(
+        &self,
+        client: &ExchangeClient,
+        decision: &Decision,
+        record: &Record,
+    ) -> Result<Fetched, ExchangeError> {
+        let principal = decision.mailbox.as_deref().unwrap_or_default();
+        let mailbox = self
+            .enrichment
+            .mailbox_address(principal)
+            .unwrap_or_else(|| principal.to_owned());
+        let html = self.settings.body == BodyPolicy::Full;
+        let is_send = decision.observation == "message_sent";
+        if let Some(item_id) = &decision.item_id {
+            let graph = decision.operation.starts_with(char::is_lowercase);
+            match client.fetch(&mailbox, item_id, graph, html).await {
+                Err(ExchangeError::NotFound(_)) if is_send => {}
+                fetched => return fetched,
+            }
+        }
+        self.metrics.enrichment("sent_copy");
+        let candidates = client
+            .sent_copies(&SentCopyQuery {
+                mailbox: &mailbox,
+                subject: decision.subject.as_deref(),
+                seen_ms: record.enqueued_ms,
+                html,
+            })
+            .await?;
+        self.claim_sent_copy(record.key, candidates)
+    }
+
+    /// The one candidate no other send has claimed, claimed for `key`. Two sends seen at once
+    /// without subjects may each see both copies; the first to claim one leaves the other
+    /// unambiguous on its next attempt.
+    fn claim_sent_copy(
+        &self,
+        key: uuid::Uuid,
+        candidates: Vec<Fetched>,
+    ) -> Result<Fetched, ExchangeError> {
+        let mut claimed = self
+            .sent_copies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut free: Vec<Fetched> = candidates
+            .into_iter()
+            .filter(|c| {
+                let id = c.message.internet_message_id.as_deref().unwrap_or_default();
+                claimed.get(id).is_none_or(|owner| *owner == key)
+            })
+            .collect();
+        match free.len() {
+            0 => Err(ExchangeError::NotFound(
+                "no saved copy in Sent Items around the send".into(),
+            )),
+            1 => {
+                let copy = free.remove(0);
+                if claimed.len() >= MAX_CLAIMED_COPIES {
+                    claimed.clear();
+                }
+                if let Some(id) = &copy.message.internet_message_id {
+                    claimed.insert(id.clone(), key);
+                }
+                Ok(copy)
+            }
+            n => Err(ExchangeError::Ambiguous(n)),
+        }
+    }
+
     /// The document for a record, or the reason enrichment showed it is not tracked after all.
     async fn prepare(&self, record: &Record) -> Result<Prepared, Settlement> {
         let mut decision = record.decision.clone();
         let mut body = None;
         let wants_body = self.settings.body != BodyPolicy::None && !decision.update_regarding;
-        let target = decision.mailbox.clone().zip(decision.item_id.clone());
-        match (&self.exchange, target) {
-            (Some(client), Some((mailbox, item_id))) if decision.needs_enrichment || wants_body => {
-                let mailbox = self
-                    .enrichment
-                    .mailbox_address(&mailbox)
-                    .unwrap_or_else(|| mailbox.to_string());
-                let graph = decision.operation.starts_with(char::is_lowercase);
-                let html = self.settings.body == BodyPolicy::Full;
-                match client.fetch(&mailbox, &item_id, graph, html).await {
+        // A send's own id is never given (CreateItem) or changes (SendItem): its saved copy
+        // stands in for it.
+        let is_send = decision.observation == "message_sent";
+        let fetchable = decision.mailbox.is_some() && (decision.item_id.is_some() || is_send);
+        match &self.exchange {
+            Some(client) if fetchable && (decision.needs_enrichment || wants_body) => {
+                match self.fetch_message(client, &decision, record).await {
                     Ok(fetched) => {
                         self.metrics.enrichment("fetched");
                         if decision.needs_enrichment {
@@ -550,7 +625,7 @@ impl Delivery {
                     }
                 }
             }
-            (None, _) if decision.needs_enrichment && decision.crm_id.is_none() => {
+            None if decision.needs_enrichment && decision.crm_id.is_none() => {
                 return Err(Settlement::Dead {
                     status: None,
                     response: None,

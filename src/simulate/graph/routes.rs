@@ -655,6 +655,10 @@ impl Filter {
                     .map(|a| a.address.clone())
                     .unwrap_or_default(),
                 "receiveddatetime" => crate::common::time::format_seconds(item.received),
+                "sentdatetime" => item
+                    .sent
+                    .map(crate::common::time::format_seconds)
+                    .unwrap_or_default(),
                 "lastmodifieddatetime" => crate::common::time::format_seconds(item.modified),
                 _ => return true,
             };

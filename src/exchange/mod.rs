@@ -4,6 +4,8 @@
 //! or Graph `GET /users/{mailbox}/messages/{id}` app-only. Answers are read by the same
 //! parsers that inspect the traffic, so fields are normalised the same way.
 
+mod sent_copy;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +14,8 @@ use crate::common::ClientCredentials;
 use crate::common::Secret;
 use crate::common::read::read_capped;
 use crate::common::text::percent_encode;
+pub use sent_copy::SentCopyQuery;
+
 use crate::inspect::xml::{Tree, XmlLimits};
 use crate::inspect::{self, InspectLimits, Message, Observation};
 use crate::oauth::TokenSource;
@@ -29,6 +33,8 @@ pub enum ExchangeError {
     NotFound(String),
     #[error("cannot read Exchange's answer: {0}")]
     Unreadable(String),
+    #[error("{0} messages in Sent Items could be the saved copy of this send")]
+    Ambiguous(usize),
     #[error("no Exchange service endpoint configured for {0}")]
     NotConfigured(&'static str),
     #[error("cannot get a token for Exchange: {0}")]
@@ -39,7 +45,10 @@ impl ExchangeError {
     /// Whether trying again later may help (the item may also never come back: 404s count).
     pub fn is_transient(&self) -> bool {
         match self {
-            ExchangeError::Unreachable(_) | ExchangeError::Token(_) => true,
+            // Another send seen at the same time may claim its copy by the next attempt.
+            ExchangeError::Unreachable(_)
+            | ExchangeError::Token(_)
+            | ExchangeError::Ambiguous(_) => true,
             ExchangeError::Status(s) => *s == 429 || *s >= 500 || *s == 401,
             _ => false,
         }
@@ -91,22 +100,33 @@ fn xml_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The `GetItem` request for one item as the mailbox owner.
-pub fn get_item_request(mailbox: &str, item_id: &str, html: bool) -> String {
+/// An EWS request acting as `mailbox` (impersonation) around one operation element.
+fn impersonated(mailbox: &str, operation: &str) -> String {
     format!(
         concat!(
             r#"<?xml version="1.0" encoding="utf-8"?>"#,
             r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages">"#,
             r#"<soap:Header><t:RequestServerVersion Version="Exchange2013_SP1"/>"#,
             r#"<t:ExchangeImpersonation><t:ConnectingSID><t:SmtpAddress>{mailbox}</t:SmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></soap:Header>"#,
-            r#"<soap:Body><m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:BodyType>{body}</t:BodyType>"#,
-            r#"<t:AdditionalProperties><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURI FieldURI="item:ParentFolderId"/><t:FieldURI FieldURI="item:Categories"/><t:FieldURI FieldURI="message:ToRecipients"/><t:FieldURI FieldURI="message:CcRecipients"/><t:FieldURI FieldURI="message:From"/></t:AdditionalProperties>"#,
-            r#"</m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem></soap:Body></soap:Envelope>"#
+            r#"<soap:Body>{operation}</soap:Body></soap:Envelope>"#
         ),
         mailbox = xml_escape(mailbox),
+        operation = operation,
+    )
+}
+
+/// The `GetItem` request for one item as the mailbox owner.
+pub fn get_item_request(mailbox: &str, item_id: &str, html: bool) -> String {
+    let operation = format!(
+        concat!(
+            r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:BodyType>{body}</t:BodyType>"#,
+            r#"<t:AdditionalProperties><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURI FieldURI="item:ParentFolderId"/><t:FieldURI FieldURI="item:Categories"/><t:FieldURI FieldURI="message:ToRecipients"/><t:FieldURI FieldURI="message:CcRecipients"/><t:FieldURI FieldURI="message:From"/></t:AdditionalProperties>"#,
+            r#"</m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#
+        ),
         id = xml_escape(item_id),
         body = if html { "HTML" } else { "Text" },
-    )
+    );
+    impersonated(mailbox, &operation)
 }
 
 impl ExchangeClient {
