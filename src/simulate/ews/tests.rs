@@ -14,6 +14,16 @@ fn serve_as_alex(store: &Store, body: &str) -> Answer {
     serve(store, request(body).as_bytes(), &caller)
 }
 
+/// The id of the newest message in Alex's Inbox.
+fn first_in_alex_inbox(store: &Store) -> String {
+    let inner = store.lock();
+    let m = inner.mailbox_index("alex.seller@contoso.example").unwrap();
+    let mb = inner.mailbox(m);
+    mb.items_in(mb.distinguished("inbox").unwrap().key)[0]
+        .id
+        .clone()
+}
+
 #[test]
 fn unknown_operations_and_bad_envelopes_get_exchanges_faults() {
     let store = Store::embedded().unwrap();
@@ -32,14 +42,7 @@ fn unknown_operations_and_bad_envelopes_get_exchanges_faults() {
 #[test]
 fn the_answer_names_the_requested_version_and_keeps_per_item_errors_in_order() {
     let store = Store::embedded().unwrap();
-    let known = {
-        let inner = store.lock();
-        let m = inner.mailbox_index("alex.seller@contoso.example").unwrap();
-        let mb = inner.mailbox(m);
-        mb.items_in(mb.distinguished("inbox").unwrap().key)[0]
-            .id
-            .clone()
-    };
+    let known = first_in_alex_inbox(&store);
     let answer = serve_as_alex(
         &store,
         &format!(
@@ -120,5 +123,91 @@ fn find_item_pages_restricts_and_sorts() {
     assert!(
         only.contains(r#"TotalItemsInView="1""#) && only.contains("Re: Pricing"),
         "{only}"
+    );
+}
+
+#[test]
+fn extended_properties_and_categories_are_set_appended_and_deleted() {
+    let store = Store::embedded().unwrap();
+    let id = first_in_alex_inbox(&store);
+    let link = r#"<t:ExtendedFieldURI PropertySetId="{00020329-0000-0000-C000-000000000046}" PropertyName="crmlinkstate" PropertyType="Double"/>"#;
+    let update = |updates: &str| {
+        serve_as_alex(
+            &store,
+            &format!(
+                r#"<m:UpdateItem ConflictResolution="AutoResolve" MessageDisposition="SaveOnly"><m:ItemChanges><t:ItemChange><t:ItemId Id="{id}"/><t:Updates>{updates}</t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"#
+            ),
+        )
+    };
+    let set = update(&format!(
+        r#"<t:SetItemField>{link}<t:Message><t:ExtendedProperty>{link}<t:Value>2</t:Value></t:ExtendedProperty></t:Message></t:SetItemField><t:SetItemField><t:FieldURI FieldURI="item:Categories"/><t:Message><t:Categories><t:String>A</t:String></t:Categories></t:Message></t:SetItemField><t:AppendToItemField><t:FieldURI FieldURI="item:Categories"/><t:Message><t:Categories><t:String>B</t:String></t:Categories></t:Message></t:AppendToItemField>"#
+    ));
+    assert!(
+        set.body
+            .contains("<m:ResponseCode>NoError</m:ResponseCode>"),
+        "{}",
+        set.body
+    );
+    // Asked for by its set id in another case, the property comes back; unasked, it does not.
+    let get = |extra: &str| {
+        serve_as_alex(
+            &store,
+            &format!(
+                r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:AdditionalProperties>{extra}</t:AdditionalProperties></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#
+            ),
+        )
+        .body
+    };
+    let asked = get(&link.replace("C000", "c000"));
+    assert!(asked.contains("<t:Value>2</t:Value>"), "{asked}");
+    assert!(
+        asked.contains("<t:String>A</t:String><t:String>B</t:String>"),
+        "{asked}"
+    );
+    assert!(!get("").contains("<t:ExtendedProperty>"));
+    let deleted = update(&format!(
+        r#"<t:DeleteItemField>{link}</t:DeleteItemField><t:DeleteItemField><t:FieldURI FieldURI="item:Categories"/></t:DeleteItemField>"#
+    ));
+    assert!(deleted.body.contains("NoError"));
+    let after = get(link);
+    assert!(
+        !after.contains("<t:ExtendedProperty>") && !after.contains("<t:Categories>"),
+        "{after}"
+    );
+}
+
+#[test]
+fn convert_id_round_trips_hex_entry_ids() {
+    let store = Store::embedded().unwrap();
+    let id = {
+        let inner = store.lock();
+        let m = inner.mailbox_index("alex.seller@contoso.example").unwrap();
+        inner.mailbox(m).distinguished("inbox").unwrap().id.clone()
+    };
+    let convert = |id: &str, from: &str, to: &str| {
+        let body = serve_as_alex(
+            &store,
+            &format!(
+                r#"<m:ConvertId DestinationFormat="{to}"><m:SourceIds><t:AlternateId Format="{from}" Id="{id}" Mailbox="alex.seller@contoso.example"/></m:SourceIds></m:ConvertId>"#
+            ),
+        )
+        .body;
+        body.split(" Id=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(str::to_owned)
+            .unwrap_or(body)
+    };
+    let hex = convert(&id, "EwsId", "HexEntryId");
+    assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{hex}");
+    assert_eq!(convert(&hex, "HexEntryId", "EwsId"), id);
+    let dummy = serve_as_alex(
+        &store,
+        r#"<m:ConvertId DestinationFormat="EntryId"><m:SourceIds><t:AlternateId Format="EwsId" Id="DUMMY" Mailbox="DUMMY"/></m:SourceIds></m:ConvertId>"#,
+    );
+    assert!(dummy.body.contains("ErrorInvalidIdMalformed"));
+    assert!(
+        dummy.body.contains("<h:ServerVersionInfo"),
+        "exchangelib reads the version from it"
     );
 }

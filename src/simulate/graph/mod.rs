@@ -318,3 +318,5 @@ fn http(reply: Reply) -> Response<SimBody> {
     }
     r
 }
+#[cfg(test)]
+mod tests;
