@@ -45,6 +45,8 @@ pub struct AdminState {
     /// The Dataverse directory source, when the directory comes from Dataverse.
     pub directory_source: Option<Arc<DataverseSource>>,
     pub directory_metrics: Arc<DirectoryMetrics>,
+    /// The catch-up sweep, when it runs.
+    pub catchup: Option<Arc<crate::catchup::Sweeper>>,
 }
 
 /// Most entries one listing returns.
@@ -80,30 +82,22 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path == "/explain" {
-        if req.method() != Method::POST {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "use POST with a JSON observation\n".into(),
-            );
-        }
-        if let Some(denied) = authorize(state, &req) {
-            return denied;
+        if let Some(refused) = post_only(state, &req, "use POST with a JSON observation\n") {
+            return refused;
         }
         return explain(state, req).await;
     }
     if path == "/directory/refresh" {
-        if req.method() != Method::POST {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "use POST\n".into(),
-            );
-        }
-        if let Some(denied) = authorize(state, &req) {
-            return denied;
+        if let Some(refused) = post_only(state, &req, "use POST\n") {
+            return refused;
         }
         return refresh_directory(state).await;
+    }
+    if let Some(mailbox) = path.strip_prefix("/catchup/run/") {
+        if let Some(refused) = post_only(state, &req, "use POST\n") {
+            return refused;
+        }
+        return catchup_run(state, &crate::common::text::percent_decode(mailbox));
     }
     if let Some(action) = path.strip_prefix("/outbox/")
         && (action.starts_with("retry/") || action.starts_with("skip/"))
@@ -132,6 +126,15 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             }
         }
         "/outbox/stats" => json_reply(state.outbox.stats()),
+        "/catchup" => {
+            if let Some(denied) = authorize(state, &req) {
+                return denied;
+            }
+            match &state.catchup {
+                Some(sweeper) => json_reply::<_, std::convert::Infallible>(Ok(sweeper.status())),
+                None => catchup_off(),
+            }
+        }
         "/directory" => json_reply::<_, std::convert::Infallible>(Ok(directory_status(state))),
         "/outbox/pending" | "/outbox/dead" | "/journal" => {
             if let Some(denied) = authorize(state, &req) {
@@ -193,6 +196,54 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// Refuses what is not an authorized POST.
+fn post_only(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    hint: &str,
+) -> Option<Response<Full<Bytes>>> {
+    if req.method() != Method::POST {
+        return Some(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            hint.to_owned(),
+        ));
+    }
+    authorize(state, req)
+}
+
+fn catchup_off() -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "the catch-up sweep is off: it needs [exchange] ews_url (or the built-in simulator), and [catchup] enabled not false\n".into(),
+    )
+}
+
+/// `POST /catchup/run/{mailbox}`: sweep a mailbox next.
+fn catchup_run(state: &AdminState, mailbox: &str) -> Response<Full<Bytes>> {
+    let Some(sweeper) = &state.catchup else {
+        return catchup_off();
+    };
+    if !sweeper
+        .status()
+        .iter()
+        .any(|s| s.mailbox.eq_ignore_ascii_case(mailbox))
+    {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "the directory has no such mailbox\n".into(),
+        );
+    }
+    sweeper.mark(mailbox);
+    reply(
+        StatusCode::ACCEPTED,
+        "text/plain",
+        "marked: swept next\n".into(),
+    )
 }
 
 fn limit(query: Option<&str>) -> usize {

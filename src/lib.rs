@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod catchup;
 pub mod common;
 pub mod config;
 pub mod crm;

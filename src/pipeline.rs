@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::catchup::Observer;
 use crate::delivery::Enrichment;
 use crate::inspect::{Message, Observation};
 use crate::outbox::Outbox;
@@ -51,6 +52,18 @@ impl Pipeline {
             }
             self.recent.push(decision);
         }
+    }
+}
+
+/// catch-up → rules → outbox: the sweep's observations take the same way as the traffic's, and
+/// a page's sync state moves on only once its decisions are committed.
+impl Observer for Pipeline {
+    fn observe(&self, observation: &Observation) {
+        Pipeline::observe(self, observation);
+    }
+
+    fn commit(&self) -> bool {
+        self.outbox.flush().is_ok()
     }
 }
 

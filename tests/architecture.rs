@@ -8,13 +8,14 @@
 use std::path::{Path, PathBuf};
 
 /// The stages, in flow order (docs/architecture.md §1): each may use those before it.
-const STAGES: [&str; 8] = [
+const STAGES: [&str; 9] = [
     "proxy",
     "inspect",
     "directory",
     "rules",
     "outbox",
     "exchange",
+    "catchup",
     "crm",
     "delivery",
 ];

@@ -853,6 +853,9 @@ ews_url = \"{sim}/EWS/Exchange.asmx\"
 auth = \"basic\"
 username = \"svc-trackgate\"
 password = \"service-password\"
+# The recorded-fixture simulator cannot be swept; this test is about the inline path.
+[catchup]
+enabled = false
 "
             )
         },

@@ -11,6 +11,8 @@ mod admin;
 mod architecture;
 /// Autodiscover answers and redirects rewritten to the gateway's URL.
 mod autodiscover;
+/// The catch-up sweep: mail no client saw, server-side filing, restarts and expired states.
+mod catchup;
 /// The command line: check, certs, version.
 mod cli;
 /// Outbox and delivery end to end: crashes, outages, throttling, poison, auto-create, sinks.

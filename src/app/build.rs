@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{ADMIN_LISTENER, AppError, PROXY_LISTENER, settings};
+use crate::catchup::{CatchupMetrics, Sweeper};
 use crate::config::{Config, SinkConfig, UpstreamTarget};
 use crate::crm::mapping::FieldTable;
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
@@ -68,6 +69,36 @@ pub(super) fn exchange_client(
         (None, None) => return None,
     };
     Some(Arc::new(ExchangeClient::new(http.clone(), settings)))
+}
+
+/// The catch-up sweep, when it is on: `[catchup] enabled`, or by default whenever there is an
+/// EWS service client (configured, or the built-in simulator).
+pub(super) fn catchup(
+    config: &Config,
+    client: Option<&Arc<ExchangeClient>>,
+    directory: &DirectoryHandle,
+    pipeline: &Arc<Pipeline>,
+    registry: &mut Registry,
+) -> Result<Option<Arc<Sweeper>>, AppError> {
+    let client = client.filter(|c| c.ews_configured());
+    let enabled = config.catchup.enabled.unwrap_or(client.is_some());
+    let Some(client) = client.filter(|_| enabled) else {
+        if enabled {
+            tracing::warn!(
+                "catch-up is enabled but no EWS service client is configured ([exchange] ews_url)"
+            );
+        }
+        return Ok(None);
+    };
+    let sweeper = Sweeper::new(
+        client.clone(),
+        directory.clone(),
+        pipeline.clone(),
+        settings::catchup(config),
+        CatchupMetrics::register(registry),
+    )
+    .map_err(|e| AppError::Catchup(e.to_string()))?;
+    Ok(Some(sweeper))
 }
 
 /// The client for every outbound service call (CRM, webhook, Exchange enrichment).
@@ -241,7 +272,7 @@ pub(super) fn sink(
 /// mailbox's worker. `None` when inspection is off.
 pub(super) fn inspection(
     config: &Config,
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     metrics: Arc<InspectMetrics>,
     recent: Arc<RecentObservations>,
     proxy_metrics: &ProxyMetrics,
@@ -251,7 +282,6 @@ pub(super) fn inspection(
         return Ok(None);
     }
     let budget = Budget::new(i.memory_budget);
-    let pipeline = Arc::new(pipeline);
     let workers = settings::inspect_workers(i);
     let mut queues = Vec::with_capacity(workers);
     for _ in 0..workers {

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
+use crate::catchup::Sweeper;
 use crate::config::{Config, ConfigError, ListenerTls, SinkConfig, UpstreamTarget};
 use crate::crm::Journal;
 use crate::delivery::{Delivered, Delivery, DeliveryMetrics, RecentDeliveries};
@@ -32,6 +33,8 @@ use crate::{telemetry, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error("the catch-up sweep cannot start: {0}")]
+    Catchup(String),
     #[error(
         "cannot listen on {addr} for the {}: {reason}\nfix: stop what holds it, or choose another address with `{}` in the configuration, the environment variable {}, or `serve {}`",
         listener.what, listener.key, listener.env, listener.flag
@@ -117,6 +120,8 @@ pub struct Gateway {
     delivery_stop: watch::Sender<bool>,
     delivery_task: Option<JoinHandle<()>>,
     deliveries: Arc<RecentDeliveries>,
+    catchup: Option<Arc<Sweeper>>,
+    catchup_task: Option<JoinHandle<()>>,
 }
 
 /// Starts every part and returns once the listeners are bound and the gateway is ready. Reads
@@ -150,6 +155,19 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     )?);
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
+    let pipeline = Arc::new(Pipeline::new(
+        engine.clone(),
+        rules_metrics.clone(),
+        decisions.clone(),
+        outbox.clone(),
+    ));
+    let catchup = build::catchup(
+        &config,
+        exchange.as_ref(),
+        &directory.handle,
+        &pipeline,
+        &mut registry,
+    )?;
     let delivery = Delivery::new(
         outbox.clone(),
         Arc::new(sink),
@@ -163,12 +181,6 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let metrics = Arc::new(ProxyMetrics::register(&mut registry));
     let inspect_metrics = Arc::new(InspectMetrics::register(&mut registry));
     let recent = RecentObservations::new(1024);
-    let pipeline = Pipeline::new(
-        engine.clone(),
-        rules_metrics.clone(),
-        decisions.clone(),
-        outbox.clone(),
-    );
     let capture = build::inspection(
         &config,
         pipeline,
@@ -190,6 +202,9 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         stopped.clone(),
     ));
     build::keep_directory_fresh(&directory, config.directory.poll_interval, stopped.clone());
+    let catchup_task = catchup
+        .as_ref()
+        .map(|sweeper| sweeper.clone().spawn(stopped.clone()));
     let admin_state = Arc::new(AdminState {
         proxy: proxy.clone(),
         registry: Arc::new(registry),
@@ -200,6 +215,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         journal: journal.clone(),
         directory_source: directory.dataverse.clone(),
         directory_metrics: directory.metrics.clone(),
+        catchup: catchup.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin_state, stopped));
     let (delivery_stop, delivery_stopped) = watch::channel(false);
@@ -242,6 +258,8 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         delivery_stop,
         delivery_task,
         deliveries: delivery.recent(),
+        catchup,
+        catchup_task,
     })
 }
 
@@ -342,6 +360,11 @@ impl Gateway {
 
     pub fn simulator_url(&self) -> Option<String> {
         self.simulator.as_ref().map(ExchangeSimulator::url)
+    }
+
+    /// The catch-up sweep, when it runs.
+    pub fn catchup(&self) -> Option<&Arc<Sweeper>> {
+        self.catchup.as_ref()
     }
 
     /// The rules engine (for explain and tests).
@@ -475,6 +498,9 @@ impl Gateway {
         tokio::time::sleep(delay).await;
         let _ = self.stop.send(true);
         let _ = self.server_task.await;
+        if let Some(task) = self.catchup_task {
+            let _ = task.await;
+        }
         if server::drain(&self.proxy, grace).await {
             tracing::info!("drained: every client connection closed");
         } else {

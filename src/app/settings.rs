@@ -175,6 +175,15 @@ pub fn delivery(d: &DeliveryConfig) -> DeliverySettings {
     }
 }
 
+/// The catch-up sweep's settings; its sync states live beside the outbox.
+pub fn catchup(config: &Config) -> crate::catchup::CatchupSettings {
+    crate::catchup::CatchupSettings {
+        interval: config.catchup.interval,
+        concurrency: config.catchup.concurrency,
+        state_file: config.storage.data_dir.join("catchup.redb"),
+    }
+}
+
 pub fn exchange(e: &ExchangeConfig) -> ExchangeSettings {
     ExchangeSettings {
         ews_url: e.ews_url.clone(),

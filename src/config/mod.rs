@@ -14,17 +14,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::{
-    DirectorySourceKind, EmailBody, ExchangeAuthKind, RawAdmin, RawAutodiscover, RawConfig, RawCrm,
-    RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory, RawExchange, RawIdentity,
-    RawInspect, RawLimits, RawListener, RawLogging, RawOtherTable, RawOutbox, RawRules, RawRuntime,
-    RawShutdown, RawStorage, RawUpstreams, RawWebhook, SinkKind,
+    DirectorySourceKind, EmailBody, ExchangeAuthKind, RawAdmin, RawAutodiscover, RawCatchup,
+    RawConfig, RawCrm, RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory, RawExchange,
+    RawIdentity, RawInspect, RawLimits, RawListener, RawLogging, RawOtherTable, RawOutbox,
+    RawRules, RawRuntime, RawShutdown, RawStorage, RawUpstreams, RawWebhook, SinkKind,
 };
 pub use resolve::{
-    AdminConfig, AutodiscoverConfig, CrmConfig, DataverseConnection, DataverseDirectoryConfig,
-    DeliveryConfig, DirectoryConfig, ExchangeAuthConfig, ExchangeConfig, IdentityConfig,
-    InspectConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat, LoggingConfig,
-    OtherTableConfig, OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig,
-    logical_name,
+    AdminConfig, AutodiscoverConfig, CatchupConfig, CrmConfig, DataverseConnection,
+    DataverseDirectoryConfig, DeliveryConfig, DirectoryConfig, ExchangeAuthConfig, ExchangeConfig,
+    IdentityConfig, InspectConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat,
+    LoggingConfig, OtherTableConfig, OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget,
+    UpstreamsConfig, logical_name,
 };
 
 /// Prefix of environment variables that override configuration keys.
@@ -97,6 +97,7 @@ pub struct Config {
     pub crm: CrmConfig,
     /// The Exchange service client for enrichment; `None` when no URL is configured.
     pub exchange: Option<ExchangeConfig>,
+    pub catchup: CatchupConfig,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
     /// Overrides from the command line, as `TRACKGATE_SECTION__KEY` pairs applied after the

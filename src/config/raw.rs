@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub delivery: RawDelivery,
     pub crm: RawCrm,
     pub exchange: RawExchange,
+    pub catchup: RawCatchup,
 }
 
 /// `[directory]`: where the CRM state the rules read comes from.
@@ -537,6 +538,30 @@ pub enum ExchangeAuthKind {
 }
 
 /// `[exchange]`: the service account delivery uses to fetch messages (enrichment and bodies).
+/// `[catchup]`: the sweep that reads every mailbox's folders behind the inline path.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCatchup {
+    /// Unset: on when there is an Exchange service client (`[exchange] ews_url`, or the built-in
+    /// simulator as the upstream).
+    pub enabled: Option<bool>,
+    /// Every mailbox is swept at least this often.
+    #[serde(with = "crate::common::duration")]
+    pub interval: Duration,
+    /// Mailboxes swept at once.
+    pub concurrency: usize,
+}
+
+impl Default for RawCatchup {
+    fn default() -> Self {
+        RawCatchup {
+            enabled: None,
+            interval: Duration::from_secs(300),
+            concurrency: 2,
+        }
+    }
+}
+
 /// Unset URLs: no enrichment.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -203,6 +203,10 @@ url = "{dataverse}"
 [delivery]
 backoff_base = "200ms"
 backoff_max = "2s"
+# The morning shows the inline path step by step; a sweep in the background would add rows
+# at moments of its own.
+[catchup]
+enabled = false
 [exchange]
 ews_url = "{exchange}/EWS/Exchange.asmx"
 graph_url = "{exchange}/v1.0"

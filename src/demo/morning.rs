@@ -159,6 +159,7 @@ fn pat_replies(store: &Store) -> Result<(), String> {
         body: "We signed; the countersigned copy follows.".into(),
         message_id: Some("<signed.1@mail.fabrikam.example>".into()),
         in_reply_to: Some("<orig.1@mail.contoso.example>".into()),
+        folder: None,
     };
     store
         .lock()

@@ -5,6 +5,7 @@
 //! parsers that inspect the traffic, so fields are normalised the same way.
 
 mod sent_copy;
+mod sync;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::common::Secret;
 use crate::common::read::read_capped;
 use crate::common::text::percent_encode;
 pub use sent_copy::SentCopyQuery;
+pub use sync::{SyncFolder, SyncPage};
 
 use crate::inspect::xml::{Tree, XmlLimits};
 use crate::inspect::{self, InspectLimits, Message, Observation};
@@ -33,6 +35,10 @@ pub enum ExchangeError {
     NotFound(String),
     #[error("cannot read Exchange's answer: {0}")]
     Unreadable(String),
+    #[error("Exchange no longer knows the sync state (ErrorInvalidSyncStateData)")]
+    InvalidSyncState,
+    #[error("Exchange is busy; back off {0} ms")]
+    Busy(u64),
     #[error("{0} messages in Sent Items could be the saved copy of this send")]
     Ambiguous(usize),
     #[error("no Exchange service endpoint configured for {0}")]
@@ -117,13 +123,22 @@ fn impersonated(mailbox: &str, operation: &str) -> String {
 
 /// The `GetItem` request for one item as the mailbox owner.
 pub fn get_item_request(mailbox: &str, item_id: &str, html: bool) -> String {
+    get_items_request(mailbox, &[item_id], html)
+}
+
+/// The `GetItem` request for several items as the mailbox owner, everything tracking reads.
+pub fn get_items_request(mailbox: &str, item_ids: &[&str], html: bool) -> String {
+    let ids: String = item_ids
+        .iter()
+        .map(|id| format!(r#"<t:ItemId Id="{}"/>"#, xml_escape(id)))
+        .collect();
     let operation = format!(
         concat!(
             r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:BodyType>{body}</t:BodyType>"#,
             r#"<t:AdditionalProperties><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURI FieldURI="item:ParentFolderId"/><t:FieldURI FieldURI="item:Categories"/><t:FieldURI FieldURI="message:ToRecipients"/><t:FieldURI FieldURI="message:CcRecipients"/><t:FieldURI FieldURI="message:From"/></t:AdditionalProperties>"#,
-            r#"</m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#
+            r#"</m:ItemShape><m:ItemIds>{ids}</m:ItemIds></m:GetItem>"#
         ),
-        id = xml_escape(item_id),
+        ids = ids,
         body = if html { "HTML" } else { "Text" },
     );
     impersonated(mailbox, &operation)
@@ -158,6 +173,11 @@ impl ExchangeClient {
             ),
             (ExchangeAuth::OAuth(_), None) => request,
         })
+    }
+
+    /// Whether an EWS endpoint is configured (the catch-up sweep needs one).
+    pub fn ews_configured(&self) -> bool {
+        self.settings.ews_url.is_some()
     }
 
     /// Fetches one message of a mailbox. `graph_id` says the id came from Graph traffic (Graph
@@ -216,6 +236,23 @@ impl ExchangeClient {
         Ok((status, headers, Bytes::from(body)))
     }
 
+    /// POSTs an EWS request acting as `mailbox`.
+    async fn post_ews(
+        &self,
+        url: &str,
+        mailbox: &str,
+        request: String,
+    ) -> Result<(u16, Vec<(String, String)>, Bytes), ExchangeError> {
+        self.read(
+            self.http
+                .post(url)
+                .header("Content-Type", "text/xml; charset=utf-8")
+                .header("X-AnchorMailbox", mailbox)
+                .body(request),
+        )
+        .await
+    }
+
     async fn fetch_ews(
         &self,
         url: &str,
@@ -224,29 +261,11 @@ impl ExchangeClient {
         html: bool,
     ) -> Result<Fetched, ExchangeError> {
         let request = get_item_request(mailbox, item_id, html);
-        let (status, headers, body) = self
-            .read(
-                self.http
-                    .post(url)
-                    .header("Content-Type", "text/xml; charset=utf-8")
-                    .header("X-AnchorMailbox", mailbox)
-                    .body(request.clone()),
-            )
-            .await?;
+        let (status, headers, body) = self.post_ews(url, mailbox, request.clone()).await?;
         if status != 200 && status != 500 {
             return Err(ExchangeError::Status(status));
         }
-        let capture = inspect::capture_from_parts(
-            "POST",
-            "/EWS/Exchange.asmx",
-            &[("X-AnchorMailbox".into(), mailbox.into())],
-            Bytes::from(request),
-            status,
-            &headers,
-            body.clone(),
-        );
-        let inspected = inspect::inspect(&capture, InspectLimits::default())
-            .map_err(|e| ExchangeError::Unreadable(e.to_string()))?;
+        let inspected = inspect_ews(mailbox, request, status, &headers, body.clone())?;
         let message = first_message(inspected.observations).ok_or_else(|| {
             ExchangeError::NotFound(
                 inspected
@@ -344,6 +363,27 @@ impl ExchangeClient {
             });
         Ok(Fetched { message, body })
     }
+}
+
+/// An EWS answer read by the parsers that inspect the traffic.
+fn inspect_ews(
+    mailbox: &str,
+    request: String,
+    status: u16,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> Result<inspect::Inspected, ExchangeError> {
+    let capture = inspect::capture_from_parts(
+        "POST",
+        "/EWS/Exchange.asmx",
+        &[("X-AnchorMailbox".into(), mailbox.into())],
+        Bytes::from(request),
+        status,
+        headers,
+        body,
+    );
+    inspect::inspect(&capture, InspectLimits::default())
+        .map_err(|e| ExchangeError::Unreadable(e.to_string()))
 }
 
 fn first_message(observations: Vec<Observation>) -> Option<Message> {

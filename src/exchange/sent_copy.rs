@@ -89,15 +89,7 @@ impl ExchangeClient {
         url: &str,
         q: &SentCopyQuery<'_>,
     ) -> Result<Vec<String>, ExchangeError> {
-        let (status, _, body) = self
-            .read(
-                self.http
-                    .post(url)
-                    .header("Content-Type", "text/xml; charset=utf-8")
-                    .header("X-AnchorMailbox", q.mailbox)
-                    .body(find_request(q)),
-            )
-            .await?;
+        let (status, _, body) = self.post_ews(url, q.mailbox, find_request(q)).await?;
         if status != 200 {
             return Err(ExchangeError::Status(status));
         }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub enum Source {
     Ews,
     Graph,
+    /// The catch-up sweep's own reading of a mailbox, not client traffic.
+    CatchUp,
 }
 
 /// A mailbox address as a message carries it.

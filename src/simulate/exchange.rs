@@ -689,13 +689,17 @@ async fn control_route(
 
 /// `POST /_sim/deliver`: mail from outside lands in the recipients' Inboxes, with no client
 /// connected. The body is an RFC 822 message (`Content-Type: message/rfc822`) or JSON
-/// `{"from", "to": [], "cc": [], "subject", "body", "message_id", "in_reply_to"}`.
+/// `{"from", "to": [], "cc": [], "subject", "body", "message_id", "in_reply_to", "folder"}`
+/// (`folder`: filed there by a server-side rule).
 fn deliver(store: &Store, body: &[u8], is_mime: bool) -> Response<SimBody> {
-    let item = if is_mime {
-        super::mailbox::Item::from_mime(body)
+    let (item, folder) = if is_mime {
+        (super::mailbox::Item::from_mime(body), None)
     } else {
         match serde_json::from_slice::<super::mailbox::Delivery>(body) {
-            Ok(d) => d.into_item(),
+            Ok(d) => {
+                let folder = d.folder.clone();
+                (d.into_item(), folder)
+            }
             Err(e) => {
                 let mut r = full(
                     StatusCode::BAD_REQUEST,
@@ -707,7 +711,7 @@ fn deliver(store: &Store, body: &[u8], is_mime: bool) -> Response<SimBody> {
             }
         }
     };
-    let delivered = store.lock().deliver(&item);
+    let delivered = store.lock().deliver_filed(&item, folder.as_deref());
     match delivered {
         Ok(items) if !items.is_empty() => {
             let inner = store.lock();

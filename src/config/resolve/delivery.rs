@@ -8,8 +8,8 @@ use super::{at_least, positive, readable_file};
 use crate::common::{ClientCredentials, Secret};
 use crate::config::ConfigError;
 use crate::config::raw::{
-    EmailBody, ExchangeAuthKind, RawCrm, RawDataverse, RawDelivery, RawExchange, RawOutbox,
-    SinkKind,
+    EmailBody, ExchangeAuthKind, RawCatchup, RawCrm, RawDataverse, RawDelivery, RawExchange,
+    RawOutbox, SinkKind,
 };
 
 /// The validated outbox section.
@@ -322,6 +322,37 @@ fn crm_section(
         }
     };
     Ok(CrmConfig { sink, fields })
+}
+
+/// `[catchup]`, validated.
+#[derive(Debug, Clone)]
+pub struct CatchupConfig {
+    /// `None`: decided by whether an Exchange service client exists.
+    pub enabled: Option<bool>,
+    pub interval: Duration,
+    pub concurrency: usize,
+}
+
+pub fn catchup(c: &RawCatchup) -> Result<CatchupConfig, ConfigError> {
+    if c.interval < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "catchup.interval",
+            "is shorter than a second",
+            "write a duration such as \"5m\" (server-side sync polls every 2 to 12 minutes)",
+        ));
+    }
+    if !(1..=64).contains(&c.concurrency) {
+        return Err(ConfigError::invalid(
+            "catchup.concurrency",
+            "must be between 1 and 64",
+            "keep it within Exchange's EWSMaxConcurrency (27 on Exchange Online): 2 suits most",
+        ));
+    }
+    Ok(CatchupConfig {
+        enabled: c.enabled,
+        interval: c.interval,
+        concurrency: c.concurrency,
+    })
 }
 
 /// The Exchange service client; `None` when no URL is configured.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use http::Uri;
 
 pub use delivery::{
-    CrmConfig, DataverseConnection, DeliveryConfig, ExchangeAuthConfig, ExchangeConfig,
-    OutboxConfig, SinkConfig,
+    CatchupConfig, CrmConfig, DataverseConnection, DeliveryConfig, ExchangeAuthConfig,
+    ExchangeConfig, OutboxConfig, SinkConfig,
 };
 pub use edge::{
     AdminConfig, AutodiscoverConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat,
@@ -60,7 +60,9 @@ impl RawConfig {
             &data_dir,
             &anchor,
         )?;
+        let catchup = delivery::catchup(&self.catchup)?;
         Ok(Config {
+            catchup,
             listener,
             upstreams,
             limits,

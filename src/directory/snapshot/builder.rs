@@ -536,10 +536,12 @@ impl Builder {
                 ));
             }
             let name = self.name(f.exchangefoldername.as_deref());
+            let folder_id = self.name(Some(f.exchangefolderid.trim()));
             let regarding = f.regardingobjectid.as_ref().map(|l| self.compact(l));
             mailboxes[m as usize].rules.push(StoredRule {
                 folder,
                 name,
+                folder_id,
                 regarding,
             });
         }

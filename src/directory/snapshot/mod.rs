@@ -148,6 +148,8 @@ struct StoredRule {
     folder: Key,
     /// Offset and length of the folder's name in the directory's name arena.
     name: (u32, u16),
+    /// The folder's Exchange id, in the same arena (the catch-up sweep syncs the folder).
+    folder_id: (u32, u16),
     regarding: Option<CompactLookup>,
 }
 
@@ -334,6 +336,22 @@ impl Directory {
             Some(i) => std::slice::from_ref(i),
             None => &[],
         }
+    }
+
+    /// Every mailbox the directory knows.
+    pub fn mailbox_entries(&self) -> &[MailboxEntry] {
+        &self.mailboxes
+    }
+
+    /// The Exchange ids of the folders a mailbox's tracking rules name.
+    pub fn tracked_folder_ids<'d>(
+        &'d self,
+        mailbox: &'d MailboxEntry,
+    ) -> impl Iterator<Item = &'d str> {
+        mailbox.rules.iter().map(|r| {
+            let (at, len) = (r.folder_id.0 as usize, r.folder_id.1 as usize);
+            &self.names[at..at + len]
+        })
     }
 
     /// The tracking rule of a folder in a mailbox (the id normalised with

@@ -815,6 +815,16 @@ impl Inner {
     /// Delivers a message to every recipient that has a mailbox here: a copy lands in each
     /// Inbox, unread, received now. Returns the new items as (mailbox, key).
     pub fn deliver(&mut self, message: &Item) -> Result<Vec<(u16, u64)>, StoreError> {
+        self.deliver_filed(message, None)
+    }
+
+    /// Delivers as [`Inner::deliver`], filing into `folder` (a name or id) where a recipient's
+    /// mailbox has it, as a server-side Inbox rule would; elsewhere into the Inbox.
+    pub fn deliver_filed(
+        &mut self,
+        message: &Item,
+        folder: Option<&str>,
+    ) -> Result<Vec<(u16, u64)>, StoreError> {
         let mut recipients: Vec<u16> = Vec::new();
         for addr in message.to.iter().chain(&message.cc).chain(&message.bcc) {
             if let Ok(index) = self.mailbox_index(&addr.address)
@@ -826,10 +836,15 @@ impl Inner {
         let now = self.now();
         let mut delivered = Vec::new();
         for index in recipients {
-            let inbox = self
-                .mailbox(index)
-                .distinguished("inbox")
-                .map(|f| f.key)
+            let m = self.mailbox(index);
+            let filed = folder.and_then(|f| {
+                m.folders
+                    .values()
+                    .find(|x| x.id == f || x.name.eq_ignore_ascii_case(f))
+                    .map(|x| x.key)
+            });
+            let inbox = filed
+                .or_else(|| m.distinguished("inbox").map(|f| f.key))
                 .ok_or(StoreError::FolderNotFound)?;
             let item = Item {
                 is_read: false,
@@ -921,6 +936,8 @@ pub struct Delivery {
     pub body: String,
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
+    /// A folder (name or id) a server-side rule files the message into; unset: the Inbox.
+    pub folder: Option<String>,
 }
 
 impl Delivery {

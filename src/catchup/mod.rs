@@ -1,0 +1,351 @@
+//! The catch-up sweep behind the inline path: every mailbox the directory knows is read with
+//! the Exchange service client — `SyncFolderItems` on the Inbox, Sent Items and each tracked
+//! folder, from the sync state kept in `catchup.redb` — and each new or changed message becomes
+//! an observation (`source: catch_up`) that goes through the same rules. Deterministic CRM ids
+//! and the rules' memory make inline and catch-up idempotent; a page's sync state is stored only
+//! after its decisions are, so a crash repeats a page rather than losing one. The first sync of a
+//! folder is an initial sync: the rules never track history before the mailbox's cut-off.
+
+mod state;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+pub use state::{StateError, SyncStates};
+
+use crate::directory::DirectoryHandle;
+use crate::exchange::{ExchangeClient, ExchangeError, SyncFolder};
+use crate::inspect::{Observation, Origin, Source};
+
+/// Changes read per `SyncFolderItems` page, and messages per `GetItem`.
+const PAGE: u16 = 100;
+const FETCH: usize = 50;
+/// How often the scheduler looks for mailboxes that are due or marked.
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub struct CatchupSettings {
+    pub interval: Duration,
+    pub concurrency: usize,
+    pub state_file: PathBuf,
+}
+
+/// Where the sweep's observations go: the rules and the outbox, wired by the composition root.
+pub trait Observer: Send + Sync {
+    fn observe(&self, observation: &Observation);
+    /// Waits until every decision observed so far is stored; `false` if it could not be.
+    fn commit(&self) -> bool;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchupError {
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the decisions of a page could not be stored; its sync state is kept back")]
+    Commit,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Counters and the lag histogram (no mailbox labels: they would be unbounded and personal).
+#[derive(Debug, Clone)]
+pub struct CatchupMetrics {
+    sweeps: Family<ResultLabels, Counter>,
+    items: Counter,
+    lag: Histogram,
+}
+
+impl CatchupMetrics {
+    pub fn register(registry: &mut Registry) -> CatchupMetrics {
+        let m = CatchupMetrics {
+            sweeps: Family::default(),
+            items: Counter::default(),
+            lag: Histogram::new([1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0]),
+        };
+        let r = registry.sub_registry_with_prefix("catchup");
+        r.register(
+            "sweeps",
+            "Mailbox sweeps by result (ok, busy, failed)",
+            m.sweeps.clone(),
+        );
+        r.register(
+            "items",
+            "Messages the sweep read and handed to the rules",
+            m.items.clone(),
+        );
+        r.register(
+            "lag_seconds",
+            "Time between two sweeps of a mailbox",
+            m.lag.clone(),
+        );
+        m
+    }
+}
+
+/// What the sweep knows of one mailbox, for `GET /catchup`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MailboxStatus {
+    pub mailbox: String,
+    pub last_sweep_seconds_ago: Option<u64>,
+    pub marked: bool,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Progress {
+    last: HashMap<String, Instant>,
+    errors: HashMap<String, String>,
+    marks: BTreeSet<String>,
+    running: BTreeSet<String>,
+    /// Exchange asked to back off until then.
+    paused_until: Option<Instant>,
+}
+
+/// The sweep.
+pub struct Sweeper {
+    client: Arc<ExchangeClient>,
+    directory: DirectoryHandle,
+    observer: Arc<dyn Observer>,
+    states: SyncStates,
+    settings: CatchupSettings,
+    metrics: CatchupMetrics,
+    progress: Mutex<Progress>,
+}
+
+impl Sweeper {
+    pub fn new(
+        client: Arc<ExchangeClient>,
+        directory: DirectoryHandle,
+        observer: Arc<dyn Observer>,
+        settings: CatchupSettings,
+        metrics: CatchupMetrics,
+    ) -> Result<Arc<Sweeper>, StateError> {
+        Ok(Arc::new(Sweeper {
+            states: SyncStates::open(&settings.state_file)?,
+            client,
+            directory,
+            observer,
+            settings,
+            metrics,
+            progress: Mutex::new(Progress::default()),
+        }))
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks for `mailbox` to be swept next (a dropped copy, a decision that needed enrichment).
+    pub fn mark(&self, mailbox: &str) {
+        self.progress().marks.insert(mailbox.to_ascii_lowercase());
+    }
+
+    /// Every mailbox of the directory with what the sweep knows of it.
+    pub fn status(&self) -> Vec<MailboxStatus> {
+        let progress = self.progress();
+        self.mailboxes()
+            .into_iter()
+            .map(|mailbox| MailboxStatus {
+                last_sweep_seconds_ago: progress.last.get(&mailbox).map(|t| t.elapsed().as_secs()),
+                marked: progress.marks.contains(&mailbox),
+                last_error: progress.errors.get(&mailbox).cloned(),
+                mailbox,
+            })
+            .collect()
+    }
+
+    fn mailboxes(&self) -> Vec<String> {
+        let dir = self.directory.guard();
+        dir.mailbox_entries()
+            .iter()
+            .map(|m| m.address.to_ascii_lowercase())
+            .filter(|a| a.contains('@'))
+            .collect()
+    }
+
+    /// Mailboxes to sweep now: marked ones first, then those never swept or due, oldest first.
+    fn due(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut progress = self.progress();
+        if progress.paused_until.is_some_and(|until| until > now) {
+            return Vec::new();
+        }
+        let marked = std::mem::take(&mut progress.marks);
+        let (running, marked): (BTreeSet<String>, BTreeSet<String>) = marked
+            .into_iter()
+            .partition(|m| progress.running.contains(m));
+        // A mailbox marked while it is being swept is swept again afterwards.
+        progress.marks = running;
+        let mut due: Vec<String> = marked.into_iter().collect();
+        let mut waiting: Vec<(Option<Instant>, String)> = self
+            .mailboxes()
+            .into_iter()
+            .filter(|m| !due.contains(m) && !progress.running.contains(m))
+            .map(|m| (progress.last.get(&m).copied(), m))
+            .filter(|(last, _)| {
+                last.is_none_or(|t| now.duration_since(t) >= self.settings.interval)
+            })
+            .collect();
+        waiting.sort();
+        due.extend(waiting.into_iter().map(|(_, m)| m));
+        due
+    }
+
+    /// Runs until `stop` turns true.
+    pub fn spawn(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+            while !*stop.borrow() {
+                for mailbox in self.due() {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    self.progress().running.insert(mailbox.clone());
+                    let sweeper = self.clone();
+                    tokio::spawn(async move {
+                        sweeper.sweep_and_record(&mailbox).await;
+                        drop(permit);
+                    });
+                }
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+            // Sweeps under way finish (their pages' states are stored only after their
+            // decisions), so that nothing holds the outbox once this returns.
+            let all = u32::try_from(self.settings.concurrency).unwrap_or(u32::MAX);
+            let _ = permits.acquire_many(all).await;
+        })
+    }
+
+    async fn sweep_and_record(&self, mailbox: &str) {
+        let started = Instant::now();
+        let result = self.sweep(mailbox).await;
+        let mut progress = self.progress();
+        progress.running.remove(mailbox);
+        if let Some(previous) = progress.last.insert(mailbox.to_owned(), started) {
+            self.metrics
+                .lag
+                .observe(started.duration_since(previous).as_secs_f64());
+        }
+        let outcome = match result {
+            Ok(_) => {
+                progress.errors.remove(mailbox);
+                "ok"
+            }
+            Err(CatchupError::Exchange(ExchangeError::Busy(ms))) => {
+                progress.paused_until = Some(Instant::now() + Duration::from_millis(ms));
+                progress
+                    .errors
+                    .insert(mailbox.to_owned(), format!("busy: back off {ms} ms"));
+                progress.marks.insert(mailbox.to_owned());
+                "busy"
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "catch-up sweep of a mailbox failed");
+                progress.errors.insert(mailbox.to_owned(), e.to_string());
+                "failed"
+            }
+        };
+        self.metrics
+            .sweeps
+            .get_or_create(&ResultLabels { result: outcome })
+            .inc();
+    }
+
+    /// Sweeps one mailbox now: the Inbox, Sent Items and every tracked folder. Returns the number
+    /// of messages handed to the rules.
+    pub async fn sweep(&self, mailbox: &str) -> Result<usize, CatchupError> {
+        let tracked: Vec<String> = {
+            let dir = self.directory.guard();
+            match dir.mailbox(mailbox) {
+                Some(entry) => dir.tracked_folder_ids(entry).map(str::to_owned).collect(),
+                None => Vec::new(),
+            }
+        };
+        let mut found = 0;
+        for name in ["inbox", "sentitems"] {
+            found += self
+                .sweep_folder(mailbox, SyncFolder::Distinguished(name), name)
+                .await?;
+        }
+        for id in &tracked {
+            found += self.sweep_folder(mailbox, SyncFolder::Id(id), id).await?;
+        }
+        Ok(found)
+    }
+
+    async fn sweep_folder(
+        &self,
+        mailbox: &str,
+        folder: SyncFolder<'_>,
+        key: &str,
+    ) -> Result<usize, CatchupError> {
+        let mut state = self.states.get(mailbox, key)?;
+        let mut found = 0;
+        let mut restarted = false;
+        loop {
+            let page = match self
+                .client
+                .sync_folder_items(mailbox, folder, state.as_deref(), PAGE)
+                .await
+            {
+                // An expired state: start over; the cut-off keeps history out.
+                Err(ExchangeError::InvalidSyncState) if !restarted => {
+                    restarted = true;
+                    self.states.put(mailbox, key, None)?;
+                    state = None;
+                    continue;
+                }
+                other => other?,
+            };
+            let initial = state.is_none();
+            for chunk in page.item_ids.chunks(FETCH) {
+                let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                for mut message in self.client.get_messages(mailbox, &ids).await? {
+                    // The rules know a distinguished folder by its name, not its id.
+                    if let SyncFolder::Distinguished(name) = folder {
+                        message.folder = Some(name.to_owned());
+                    }
+                    self.observer.observe(&Observation::MessageSeen {
+                        origin: Origin {
+                            mailbox: Some(mailbox.into()),
+                            source: Source::CatchUp,
+                            operation: "CatchUp".into(),
+                        },
+                        message,
+                        initial_sync: initial,
+                    });
+                    found += 1;
+                    self.metrics.items.inc();
+                }
+            }
+            if !self.observer.commit() {
+                return Err(CatchupError::Commit);
+            }
+            self.states.put(mailbox, key, Some(&page.state))?;
+            state = Some(page.state);
+            if page.last {
+                return Ok(found);
+            }
+        }
+    }
+}
