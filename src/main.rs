@@ -118,8 +118,24 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// The catch-up sweep of the running gateway: every mailbox with its last sweep, or sweep
+    /// one mailbox next. Asks the gateway recorded in the data directory (with admin.token).
+    Catchup {
+        #[arg(long, env = "TRACKGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CatchupCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CatchupCommand {
+    /// Mailboxes, their last sweep, pending marks and last errors.
+    Status,
+    /// Sweep this mailbox next.
+    Run { mailbox: String },
 }
 
 #[derive(Subcommand)]
@@ -315,6 +331,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 JournalCommand::Show { id } => ops::JournalAction::Show(id),
             };
             let (text, source) = ops::journal(&config, action)?;
+            eprintln!("source: {source}");
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catchup { config, command } => {
+            let config = load_config(config.as_deref())?;
+            let action = match command {
+                CatchupCommand::Status => ops::CatchupAction::Status,
+                CatchupCommand::Run { mailbox } => ops::CatchupAction::Run(mailbox),
+            };
+            let (text, source) = ops::catchup(&config, action)?;
             eprintln!("source: {source}");
             print!("{text}");
             Ok(ExitCode::SUCCESS)

@@ -51,6 +51,12 @@ pub enum JournalAction {
     Show(Uuid),
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchupAction {
+    Status,
+    Run(String),
+}
+
 fn pretty<T: serde::Serialize>(value: &T) -> Result<String, OpsError> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
@@ -177,6 +183,22 @@ pub fn journal(config: &Config, action: JournalAction) -> Result<(String, Source
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Runs a catch-up command. The sweep lives in the running gateway, so it is always asked.
+pub fn catchup(config: &Config, action: CatchupAction) -> Result<(String, Source), OpsError> {
+    let (method, path) = match &action {
+        CatchupAction::Status => ("GET", "/catchup".to_owned()),
+        CatchupAction::Run(mailbox) => (
+            "POST",
+            format!(
+                "/catchup/run/{}",
+                crate::common::text::percent_encode(mailbox, b"@.-_")
+            ),
+        ),
+    };
+    let state = config.storage.data_dir.join("catchup.redb");
+    admin(config, &state, method, &path)
 }
 
 /// One request to the admin listener of the gateway recorded in the data directory: the one

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::catchup::Observer;
+use crate::catchup::{Marks, Observer};
 use crate::delivery::Enrichment;
 use crate::inspect::{Message, Observation};
 use crate::outbox::Outbox;
@@ -19,6 +19,7 @@ pub struct Pipeline {
     metrics: Arc<RulesMetrics>,
     recent: Arc<RecentDecisions>,
     outbox: Arc<dyn Outbox>,
+    marks: Option<Arc<Marks>>,
 }
 
 impl Pipeline {
@@ -33,13 +34,22 @@ impl Pipeline {
             metrics,
             recent,
             outbox,
+            marks: None,
         }
     }
 
-    /// Decides one observation and hands every track decision to the outbox. Runs on the
-    /// inspection thread; the outbox's `submit` never waits for a commit, and what it refuses
-    /// is counted there.
-    pub fn observe(&self, observation: &Observation) {
+    /// Marks a mailbox for the catch-up sweep when a decision could not be completed from the
+    /// traffic (it needs enrichment): the sweep reads what the client saw of it.
+    pub fn with_marks(mut self, marks: Option<Arc<Marks>>) -> Pipeline {
+        self.marks = marks;
+        self
+    }
+
+    /// Decides one observation and hands every track decision to the outbox; returns how many
+    /// there were. Runs on the inspection thread; the outbox's `submit` never waits for a
+    /// commit, and what it refuses is counted there.
+    pub fn observe(&self, observation: &Observation) -> usize {
+        let mut tracked = 0;
         for decision in self.engine.decide(observation, Mode::APPLY) {
             self.metrics.record(&decision);
             tracing::debug!(
@@ -49,17 +59,27 @@ impl Pipeline {
             );
             if decision.is_track() {
                 self.outbox.submit(&decision);
+                tracked += 1;
+                if let (true, Some(marks), Some(mailbox)) = (
+                    decision.needs_enrichment,
+                    &self.marks,
+                    decision.mailbox.as_deref(),
+                ) && let Some(address) = self.engine.mailbox_address(mailbox)
+                {
+                    marks.mark(&address, "enrichment");
+                }
             }
             self.recent.push(decision);
         }
+        tracked
     }
 }
 
 /// catch-up → rules → outbox: the sweep's observations take the same way as the traffic's, and
 /// a page's sync state moves on only once its decisions are committed.
 impl Observer for Pipeline {
-    fn observe(&self, observation: &Observation) {
-        Pipeline::observe(self, observation);
+    fn observe(&self, observation: &Observation) -> usize {
+        Pipeline::observe(self, observation)
     }
 
     fn commit(&self) -> bool {

@@ -137,14 +137,19 @@ async fn a_server_side_rule_filing_into_a_tracked_folder_is_tracked_by_the_folde
     sim.stop().await;
 }
 
-/// The gateway binary on `dir`: restarts are real process restarts.
-fn gateway_process(dir: &Path, sim: &ExchangeSimulator) -> support::GatewayProcess {
+/// The gateway binary's configuration on `dir`.
+fn process_config(dir: &Path, sim: &ExchangeSimulator) -> std::path::PathBuf {
     let body = format!(
         "plaintext = true\n[upstreams]\news = \"{}\"\n{}",
         sim.url(),
         extra(sim).replace("[listener]\nplaintext = true\n", "")
     );
-    support::GatewayProcess::start(&support::write_config(dir, &body))
+    support::write_config(dir, &body)
+}
+
+/// The gateway binary on `dir`: restarts are real process restarts.
+fn gateway_process(dir: &Path, sim: &ExchangeSimulator) -> support::GatewayProcess {
+    support::GatewayProcess::start(&process_config(dir, sim))
 }
 
 async fn admin_json(gateway: &support::GatewayProcess, path: &str) -> serde_json::Value {
@@ -269,5 +274,137 @@ async fn the_sweep_resumes_from_its_sync_state_and_starts_over_when_exchange_for
     );
     assert_eq!(stats["dead"], 0);
     stop(gateway);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_exchange_is_given_the_back_off_it_asks_for_then_swept() {
+    let sim = store_simulator().await;
+    let faults = |body: serde_json::Value| {
+        let url = format!("{}/_sim/faults", sim.url());
+        async move {
+            let r = support::plain_client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 204);
+        }
+    };
+    faults(serde_json::json!({"server_busy": true, "retry_after": "0.5"})).await;
+    let gw = support::gateway(&sim.url(), &extra(&sim)).await;
+    let sweeper = gw.gateway.catchup().unwrap().clone();
+    support::wait_for(
+        Duration::from_secs(10),
+        "a sweep told to back off",
+        async || {
+            sweeper
+                .status()
+                .iter()
+                .any(|s| s.last_error.as_deref() == Some("busy: back off 500 ms"))
+                .then_some(())
+        },
+    )
+    .await;
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
+    assert!(
+        metrics.contains(r#"trackgate_catchup_sweeps_total{result="busy"}"#),
+        "{metrics}"
+    );
+    faults(serde_json::json!({})).await;
+    support::wait_for(Duration::from_secs(20), "every mailbox swept", async || {
+        sweeper
+            .status()
+            .iter()
+            .all(|s| s.last_error.is_none() && s.last_sweep_seconds_ago.is_some())
+            .then_some(())
+    })
+    .await;
+    shutdown(gw).await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catchup_command_shows_the_sweep_and_marks_a_mailbox() {
+    let sim = store_simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(dir.path(), &sim);
+    let gateway = support::GatewayProcess::start(&config);
+    process_swept_once(&gateway).await;
+    let (stdout, stderr) =
+        support::run_trackgate(["catchup", "--config", config.to_str().unwrap(), "status"]);
+    assert!(stderr.contains("source: gateway at"), "{stderr}");
+    let status: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mailbox"] == "alex.seller@contoso.example"),
+        "{status}"
+    );
+    let (stdout, _) = support::run_trackgate([
+        "catchup",
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "alex.seller@contoso.example",
+    ]);
+    assert!(String::from_utf8_lossy(&stdout).contains("marked"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
+        .args([
+            "catchup",
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "nobody@nowhere.example",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such mailbox"));
+    stop(gateway);
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_needs_enrichment_marks_its_mailbox_for_the_next_sweep() {
+    let sim = store_simulator().await;
+    // An interval no test waits for: only a mark can bring the next sweep.
+    let config = extra(&sim).replace("interval = \"1s\"", "interval = \"1h\"");
+    let gw = support::gateway(&sim.url(), &config).await;
+    swept_once(&gw.gateway).await;
+    let delivered: serde_json::Value = support::plain_client()
+        .post(format!("{}/_sim/deliver", sim.url()))
+        .json(&serde_json::json!({
+            "from": "Pat Buyer <pat.buyer@fabrikam.example>",
+            "to": ["alex.seller@contoso.example"],
+            "subject": "Marked for a sweep",
+            "message_id": "<marked.1@mail.fabrikam.example>",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = delivered["delivered"][0]["item_id"].as_str().unwrap();
+    // A client sets a category on a message the gateway never saw: the decision needs
+    // enrichment, which marks Alex's mailbox.
+    let update = format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Body><m:UpdateItem ConflictResolution="AutoResolve" MessageDisposition="SaveOnly"><m:ItemChanges><t:ItemChange><t:ItemId Id="{id}"/><t:Updates><t:SetItemField><t:FieldURI FieldURI="item:Categories"/><t:Message><t:Categories><t:String>Tracked to Dynamics 365</t:String></t:Categories></t:Message></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem></s:Body></s:Envelope>"#
+    );
+    let r = support::plain_client()
+        .post(gw.url("/EWS/Exchange.asmx"))
+        .header("X-AnchorMailbox", "alex.seller@contoso.example")
+        .header("Content-Type", "text/xml; charset=utf-8")
+        .body(update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    catch_up_decision(&gw.gateway, "marked.1@mail.fabrikam.example").await;
+    shutdown(gw).await;
     sim.stop().await;
 }

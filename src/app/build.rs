@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{ADMIN_LISTENER, AppError, PROXY_LISTENER, settings};
-use crate::catchup::{CatchupMetrics, Sweeper};
+use crate::catchup::{CatchupMetrics, Marks, Sweeper};
 use crate::config::{Config, SinkConfig, UpstreamTarget};
 use crate::crm::mapping::FieldTable;
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
@@ -71,23 +71,32 @@ pub(super) fn exchange_client(
     Some(Arc::new(ExchangeClient::new(http.clone(), settings)))
 }
 
-/// The catch-up sweep, when it is on: `[catchup] enabled`, or by default whenever there is an
-/// EWS service client (configured, or the built-in simulator).
+/// Whether the catch-up sweep runs — `[catchup] enabled`, or by default whenever there is an
+/// EWS service client (configured, or the built-in simulator) — and if so, the marks it reads.
+pub(super) fn catchup_marks(
+    config: &Config,
+    client: Option<&Arc<ExchangeClient>>,
+) -> Option<Arc<Marks>> {
+    let has_ews = client.is_some_and(|c| c.ews_configured());
+    let enabled = config.catchup.enabled.unwrap_or(has_ews);
+    if enabled && !has_ews {
+        tracing::warn!(
+            "catch-up is enabled but no EWS service client is configured ([exchange] ews_url)"
+        );
+    }
+    (enabled && has_ews).then(|| Arc::new(Marks::default()))
+}
+
+/// The catch-up sweep, when [`catchup_marks`] gave it marks to read.
 pub(super) fn catchup(
     config: &Config,
     client: Option<&Arc<ExchangeClient>>,
+    marks: Option<&Arc<Marks>>,
     directory: &DirectoryHandle,
     pipeline: &Arc<Pipeline>,
     registry: &mut Registry,
 ) -> Result<Option<Arc<Sweeper>>, AppError> {
-    let client = client.filter(|c| c.ews_configured());
-    let enabled = config.catchup.enabled.unwrap_or(client.is_some());
-    let Some(client) = client.filter(|_| enabled) else {
-        if enabled {
-            tracing::warn!(
-                "catch-up is enabled but no EWS service client is configured ([exchange] ews_url)"
-            );
-        }
+    let (Some(client), Some(marks)) = (client, marks) else {
         return Ok(None);
     };
     let sweeper = Sweeper::new(
@@ -96,6 +105,7 @@ pub(super) fn catchup(
         pipeline.clone(),
         settings::catchup(config),
         CatchupMetrics::register(registry),
+        marks.clone(),
     )
     .map_err(|e| AppError::Catchup(e.to_string()))?;
     Ok(Some(sweeper))
@@ -293,7 +303,9 @@ pub(super) fn inspection(
             settings::inspect(i),
             metrics.clone(),
             recent.clone(),
-            move |observation| pipeline.observe(observation),
+            move |observation| {
+                pipeline.observe(observation);
+            },
         )
         .map_err(AppError::Worker)?;
         queues.push(queue);

@@ -155,15 +155,20 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     )?);
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
-    let pipeline = Arc::new(Pipeline::new(
-        engine.clone(),
-        rules_metrics.clone(),
-        decisions.clone(),
-        outbox.clone(),
-    ));
+    let marks = build::catchup_marks(&config, exchange.as_ref());
+    let pipeline = Arc::new(
+        Pipeline::new(
+            engine.clone(),
+            rules_metrics.clone(),
+            decisions.clone(),
+            outbox.clone(),
+        )
+        .with_marks(marks.clone()),
+    );
     let catchup = build::catchup(
         &config,
         exchange.as_ref(),
+        marks.as_ref(),
         &directory.handle,
         &pipeline,
         &mut registry,

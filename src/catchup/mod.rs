@@ -40,9 +40,40 @@ pub struct CatchupSettings {
     pub state_file: PathBuf,
 }
 
+/// Mailboxes to sweep next, and why: written by whoever learns that inline missed something
+/// (a decision that needed enrichment, an operator's request, Exchange asking to back off).
+#[derive(Debug, Default)]
+pub struct Marks {
+    marked: Mutex<HashMap<String, &'static str>>,
+}
+
+/// Marks kept at most; beyond, new ones wait for the mailbox's regular sweep.
+const MAX_MARKS: usize = 100_000;
+
+impl Marks {
+    pub fn mark(&self, mailbox: &str, cause: &'static str) {
+        let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        if marked.len() < MAX_MARKS {
+            marked.entry(mailbox.to_ascii_lowercase()).or_insert(cause);
+        }
+    }
+
+    fn take(&self) -> HashMap<String, &'static str> {
+        std::mem::take(&mut *self.marked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn contains(&self, mailbox: &str) -> bool {
+        self.marked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(mailbox)
+    }
+}
+
 /// Where the sweep's observations go: the rules and the outbox, wired by the composition root.
 pub trait Observer: Send + Sync {
-    fn observe(&self, observation: &Observation);
+    /// Decides an observation; returns how many track decisions it made (what inline missed).
+    fn observe(&self, observation: &Observation) -> usize;
     /// Waits until every decision observed so far is stored; `false` if it could not be.
     fn commit(&self) -> bool;
 }
@@ -63,10 +94,16 @@ struct ResultLabels {
 }
 
 /// Counters and the lag histogram (no mailbox labels: they would be unbounded and personal).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
 #[derive(Debug, Clone)]
 pub struct CatchupMetrics {
     sweeps: Family<ResultLabels, Counter>,
     items: Counter,
+    found: Family<CauseLabels, Counter>,
     lag: Histogram,
 }
 
@@ -75,6 +112,7 @@ impl CatchupMetrics {
         let m = CatchupMetrics {
             sweeps: Family::default(),
             items: Counter::default(),
+            found: Family::default(),
             lag: Histogram::new([1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0]),
         };
         let r = registry.sub_registry_with_prefix("catchup");
@@ -87,6 +125,11 @@ impl CatchupMetrics {
             "items",
             "Messages the sweep read and handed to the rules",
             m.items.clone(),
+        );
+        r.register(
+            "found",
+            "Messages the sweep tracked that inline had not, by why the mailbox was swept (enrichment, requested, busy, schedule)",
+            m.found.clone(),
         );
         r.register(
             "lag_seconds",
@@ -110,7 +153,6 @@ pub struct MailboxStatus {
 struct Progress {
     last: HashMap<String, Instant>,
     errors: HashMap<String, String>,
-    marks: BTreeSet<String>,
     running: BTreeSet<String>,
     /// Exchange asked to back off until then.
     paused_until: Option<Instant>,
@@ -124,6 +166,7 @@ pub struct Sweeper {
     states: SyncStates,
     settings: CatchupSettings,
     metrics: CatchupMetrics,
+    marks: Arc<Marks>,
     progress: Mutex<Progress>,
 }
 
@@ -134,8 +177,10 @@ impl Sweeper {
         observer: Arc<dyn Observer>,
         settings: CatchupSettings,
         metrics: CatchupMetrics,
+        marks: Arc<Marks>,
     ) -> Result<Arc<Sweeper>, StateError> {
         Ok(Arc::new(Sweeper {
+            marks,
             states: SyncStates::open(&settings.state_file)?,
             client,
             directory,
@@ -152,9 +197,9 @@ impl Sweeper {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Asks for `mailbox` to be swept next (a dropped copy, a decision that needed enrichment).
+    /// Asks for `mailbox` to be swept next.
     pub fn mark(&self, mailbox: &str) {
-        self.progress().marks.insert(mailbox.to_ascii_lowercase());
+        self.marks.mark(mailbox, "requested");
     }
 
     /// Every mailbox of the directory with what the sweep knows of it.
@@ -164,7 +209,7 @@ impl Sweeper {
             .into_iter()
             .map(|mailbox| MailboxStatus {
                 last_sweep_seconds_ago: progress.last.get(&mailbox).map(|t| t.elapsed().as_secs()),
-                marked: progress.marks.contains(&mailbox),
+                marked: self.marks.contains(&mailbox),
                 last_error: progress.errors.get(&mailbox).cloned(),
                 mailbox,
             })
@@ -180,31 +225,34 @@ impl Sweeper {
             .collect()
     }
 
-    /// Mailboxes to sweep now: marked ones first, then those never swept or due, oldest first.
-    fn due(&self) -> Vec<String> {
+    /// Mailboxes to sweep now, with why: marked ones first, then those never swept or due,
+    /// oldest first.
+    fn due(&self) -> Vec<(String, &'static str)> {
         let now = Instant::now();
-        let mut progress = self.progress();
+        let progress = self.progress();
         if progress.paused_until.is_some_and(|until| until > now) {
             return Vec::new();
         }
-        let marked = std::mem::take(&mut progress.marks);
-        let (running, marked): (BTreeSet<String>, BTreeSet<String>) = marked
-            .into_iter()
-            .partition(|m| progress.running.contains(m));
-        // A mailbox marked while it is being swept is swept again afterwards.
-        progress.marks = running;
-        let mut due: Vec<String> = marked.into_iter().collect();
+        let mut due = Vec::new();
+        for (mailbox, cause) in self.marks.take() {
+            if progress.running.contains(&mailbox) {
+                // Marked while being swept: swept again afterwards.
+                self.marks.mark(&mailbox, cause);
+            } else {
+                due.push((mailbox, cause));
+            }
+        }
         let mut waiting: Vec<(Option<Instant>, String)> = self
             .mailboxes()
             .into_iter()
-            .filter(|m| !due.contains(m) && !progress.running.contains(m))
+            .filter(|m| !due.iter().any(|(d, _)| d == m) && !progress.running.contains(m))
             .map(|m| (progress.last.get(&m).copied(), m))
             .filter(|(last, _)| {
                 last.is_none_or(|t| now.duration_since(t) >= self.settings.interval)
             })
             .collect();
         waiting.sort();
-        due.extend(waiting.into_iter().map(|(_, m)| m));
+        due.extend(waiting.into_iter().map(|(_, m)| (m, "schedule")));
         due
     }
 
@@ -213,14 +261,14 @@ impl Sweeper {
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(self.settings.concurrency));
             while !*stop.borrow() {
-                for mailbox in self.due() {
+                for (mailbox, cause) in self.due() {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         return;
                     };
                     self.progress().running.insert(mailbox.clone());
                     let sweeper = self.clone();
                     tokio::spawn(async move {
-                        sweeper.sweep_and_record(&mailbox).await;
+                        sweeper.sweep_and_record(&mailbox, cause).await;
                         drop(permit);
                     });
                 }
@@ -236,9 +284,17 @@ impl Sweeper {
         })
     }
 
-    async fn sweep_and_record(&self, mailbox: &str) {
+    async fn sweep_and_record(&self, mailbox: &str, cause: &'static str) {
         let started = Instant::now();
         let result = self.sweep(mailbox).await;
+        if let Ok(found) = result.as_ref()
+            && *found > 0
+        {
+            self.metrics
+                .found
+                .get_or_create(&CauseLabels { cause })
+                .inc_by(*found as u64);
+        }
         let mut progress = self.progress();
         progress.running.remove(mailbox);
         if let Some(previous) = progress.last.insert(mailbox.to_owned(), started) {
@@ -256,7 +312,7 @@ impl Sweeper {
                 progress
                     .errors
                     .insert(mailbox.to_owned(), format!("busy: back off {ms} ms"));
-                progress.marks.insert(mailbox.to_owned());
+                self.marks.mark(mailbox, "busy");
                 "busy"
             }
             Err(e) => {
@@ -272,7 +328,7 @@ impl Sweeper {
     }
 
     /// Sweeps one mailbox now: the Inbox, Sent Items and every tracked folder. Returns the number
-    /// of messages handed to the rules.
+    /// of track decisions made (messages inline had not tracked).
     pub async fn sweep(&self, mailbox: &str) -> Result<usize, CatchupError> {
         let tracked: Vec<String> = {
             let dir = self.directory.guard();
@@ -325,7 +381,7 @@ impl Sweeper {
                     if let SyncFolder::Distinguished(name) = folder {
                         message.folder = Some(name.to_owned());
                     }
-                    self.observer.observe(&Observation::MessageSeen {
+                    found += self.observer.observe(&Observation::MessageSeen {
                         origin: Origin {
                             mailbox: Some(mailbox.into()),
                             source: Source::CatchUp,
@@ -334,7 +390,6 @@ impl Sweeper {
                         message,
                         initial_sync: initial,
                     });
-                    found += 1;
                     self.metrics.items.inc();
                 }
             }

@@ -69,7 +69,8 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Answer with this status (429 or 503 for throttling) instead of the fixture.
     pub status: Option<u16>,
-    /// `Retry-After` value sent with `status` (may be fractional, as Graph sends it).
+    /// `Retry-After` value sent with `status` (may be fractional, as Graph sends it); with
+    /// `server_busy`, the seconds of `BackOffMilliseconds`.
     pub retry_after: Option<String>,
     /// Answer EWS with an `ErrorServerBusy` SOAP fault.
     pub server_busy: bool,
@@ -489,10 +490,16 @@ async fn ews(
         return text(StatusCode::BAD_REQUEST, "not a SOAP envelope\n");
     };
     if faults.server_busy {
+        // `retry_after` (seconds) sets the back-off asked for; Exchange's usual is tens of seconds.
+        let back_off = faults
+            .retry_after
+            .as_deref()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map_or(30_000, |secs| (secs * 1000.0) as u64);
         return soap_fault(
             "ErrorServerBusy",
             "The server cannot service this request right now. Try again later.",
-            Some(30_000),
+            Some(back_off),
         );
     }
     if let Some(store) = &shared.options.store {
