@@ -44,7 +44,8 @@ async fn swept_once(gateway: &trackgate::app::Gateway) {
     .await;
 }
 
-async fn deliver(sim: &ExchangeSimulator, message: serde_json::Value) {
+/// Mail from outside; returns where it landed (`{"delivered": [{"mailbox", "item_id"}]}`).
+async fn deliver(sim: &ExchangeSimulator, message: serde_json::Value) -> serde_json::Value {
     let r = support::plain_client()
         .post(format!("{}/_sim/deliver", sim.url()))
         .json(&message)
@@ -52,6 +53,7 @@ async fn deliver(sim: &ExchangeSimulator, message: serde_json::Value) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
 }
 
 /// The sweep's decision about the message with this Message-ID.
@@ -375,20 +377,16 @@ async fn a_decision_that_needs_enrichment_marks_its_mailbox_for_the_next_sweep()
     let config = extra(&sim).replace("interval = \"1s\"", "interval = \"1h\"");
     let gw = support::gateway(&sim.url(), &config).await;
     swept_once(&gw.gateway).await;
-    let delivered: serde_json::Value = support::plain_client()
-        .post(format!("{}/_sim/deliver", sim.url()))
-        .json(&serde_json::json!({
+    let delivered = deliver(
+        &sim,
+        serde_json::json!({
             "from": "Pat Buyer <pat.buyer@fabrikam.example>",
             "to": ["alex.seller@contoso.example"],
             "subject": "Marked for a sweep",
             "message_id": "<marked.1@mail.fabrikam.example>",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     let id = delivered["delivered"][0]["item_id"].as_str().unwrap();
     // A client sets a category on a message the gateway never saw: the decision needs
     // enrichment, which marks Alex's mailbox.
