@@ -406,3 +406,64 @@ async fn a_decision_that_needs_enrichment_marks_its_mailbox_for_the_next_sweep()
     shutdown(gw).await;
     sim.stop().await;
 }
+
+/// Bursts of sends, each cut by kill -9; after a last start and its sweep, every message Alex
+/// sent is in the CRM once — acknowledged or not, committed or not when the process died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
+    const ROUNDS: usize = 5;
+    const BURST: usize = 40;
+    let store = Arc::new(Store::embedded().unwrap());
+    let sim = support::simulator_with(
+        SimulatorOptions::new("store", FixtureSet::embedded().unwrap()).with_store(store.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(dir.path(), &sim);
+    for round in 0..ROUNDS {
+        let gateway = support::GatewayProcess::start(&config);
+        crate::delivery::kill_mid_burst(gateway, round * BURST..(round + 1) * BURST, 8).await;
+    }
+    let gateway = support::GatewayProcess::start(&config);
+    process_swept_once(&gateway).await;
+    let stats = settled_stats(&gateway).await;
+    assert_eq!(stats["dead"], 0, "{stats}");
+    // What Exchange holds: every send that reached it, whether or not its client heard back.
+    let sent: std::collections::BTreeSet<String> = {
+        let inner = store.lock();
+        let alex = inner.mailbox(inner.mailbox_index("alex.seller@contoso.example").unwrap());
+        let folder = alex.distinguished("sentitems").unwrap().key;
+        alex.items_in(folder)
+            .iter()
+            .filter(|i| i.subject.starts_with("Burst "))
+            .filter_map(|i| i.message_id.clone())
+            .map(|id| id.trim_matches(['<', '>']).to_owned())
+            .collect()
+    };
+    assert!(sent.len() >= ROUNDS * BURST / 2, "{} sent", sent.len());
+    let journal = admin_json(&gateway, "/journal?limit=10000").await;
+    let tracked: Vec<String> = journal
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["email"]["subject"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Burst "))
+        })
+        .filter_map(|e| e["email"]["message_id"].as_str())
+        .map(|id| id.trim_matches(['<', '>']).to_owned())
+        .collect();
+    let unique: std::collections::BTreeSet<String> = tracked.iter().cloned().collect();
+    assert_eq!(unique.len(), tracked.len(), "a message has two CRM emails");
+    let lost: Vec<&String> = sent.difference(&unique).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} sent never tracked: {lost:?}",
+        lost.len(),
+        sent.len()
+    );
+    assert_eq!(unique, sent);
+    stop(gateway);
+    sim.stop().await;
+}

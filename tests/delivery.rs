@@ -147,6 +147,56 @@ async fn send(client: &reqwest::Client, proxy: &str, n: usize) -> bool {
     r.status() == 200 && r.bytes().await.is_ok()
 }
 
+/// Sends messages `range` through the gateway, `concurrency` at a time; counts the sends the
+/// gateway answered.
+fn burst(
+    proxy: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+) -> (Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
+    let client = support::plain_client();
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let tasks = range
+        .map(|n| {
+            let (client, proxy, acknowledged, limit) = (
+                client.clone(),
+                proxy.to_owned(),
+                acknowledged.clone(),
+                limit.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = limit.acquire().await.unwrap();
+                if send(&client, &proxy, n).await {
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    (acknowledged, tasks)
+}
+
+/// Sends the burst `range` through `gateway` and kills it (SIGKILL: no drain, no flush) once
+/// half the burst was answered; returns how many sends the gateway answered in all.
+pub(crate) async fn kill_mid_burst(
+    mut gateway: support::GatewayProcess,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+) -> usize {
+    let half = range.len() / 2;
+    let (acknowledged, tasks) = burst(&gateway.proxy, range, concurrency);
+    support::wait_for(Duration::from_secs(60), "half the burst", async || {
+        (acknowledged.load(Ordering::Relaxed) >= half).then_some(())
+    })
+    .await;
+    gateway.child.kill().unwrap();
+    gateway.wait_exit(Duration::from_secs(10));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    acknowledged.load(Ordering::Relaxed)
+}
+
 /// Emails the gateway wrote (the seeded ones carry no creation stamp).
 fn written_emails(dv: &DataverseSimulator) -> Vec<Map<String, Value>> {
     let mut emails: Vec<_> = dv
@@ -323,37 +373,8 @@ async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly
             dataverse_config(&dv, "concurrency = 16")
         ),
     );
-    let mut gateway = support::GatewayProcess::start(&config);
-    let proxy = gateway.proxy.clone();
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let client = support::plain_client();
-    let limit = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = Vec::new();
     const BURST: usize = 1000;
-    for n in 0..BURST {
-        let (client, proxy, acknowledged, limit) = (
-            client.clone(),
-            proxy.clone(),
-            acknowledged.clone(),
-            limit.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let _permit = limit.acquire().await.unwrap();
-            if send(&client, &proxy, n).await {
-                acknowledged.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    support::wait_for(Duration::from_secs(60), "half the burst", async || {
-        (acknowledged.load(Ordering::Relaxed) >= BURST / 2).then_some(())
-    })
-    .await;
-    gateway.child.kill().unwrap(); // SIGKILL: no drain, no flush
-    gateway.wait_exit(Duration::from_secs(10));
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acknowledged = acknowledged.load(Ordering::Relaxed);
+    let acknowledged = kill_mid_burst(support::GatewayProcess::start(&config), 0..BURST, 16).await;
     let before_restart = written_emails(&dv).len();
 
     let restarted = support::GatewayProcess::start(&config);
