@@ -467,3 +467,46 @@ async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
     stop(gateway);
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_that_finds_nothing_new_costs_one_request() {
+    let sim = store_simulator().await;
+    // Only this test's own sweeps run after the first round.
+    let config = extra(&sim).replace("interval = \"1s\"", "interval = \"1h\"");
+    let gw = support::gateway(&sim.url(), &config).await;
+    swept_once(&gw.gateway).await;
+    let sweeper = gw.gateway.catchup().unwrap().clone();
+    let alex = "alex.seller@contoso.example";
+    // Exchange's times have whole seconds, so a probe also sees what changed in the second it
+    // was taken: the cost falls to one request once the clock has moved past the last change.
+    let one_request = async || {
+        support::wait_for(
+            Duration::from_secs(5),
+            "a sweep of one request",
+            async || {
+                let before = sim.stats().requests;
+                let found = sweeper.sweep(alex).await.ok()?;
+                (sim.stats().requests - before == 1 && found == 0).then_some(())
+            },
+        )
+        .await
+    };
+    one_request().await;
+    // Something new: the probe says so and the folders are read.
+    deliver(
+        &sim,
+        serde_json::json!({
+            "from": "Pat Buyer <pat.buyer@fabrikam.example>",
+            "to": [alex],
+            "subject": "New since the probe",
+            "message_id": "<new.1@mail.fabrikam.example>",
+        }),
+    )
+    .await;
+    let before = sim.stats().requests;
+    assert_eq!(sweeper.sweep(alex).await.unwrap(), 1);
+    assert!(sim.stats().requests - before > 1);
+    one_request().await;
+    shutdown(gw).await;
+    sim.stop().await;
+}

@@ -154,6 +154,8 @@ struct Progress {
     last: HashMap<String, Instant>,
     errors: HashMap<String, String>,
     running: BTreeSet<String>,
+    /// Per mailbox, the server time of the probe that started its last complete sweep.
+    probed: HashMap<String, String>,
     /// Exchange asked to back off until then.
     paused_until: Option<Instant>,
 }
@@ -337,14 +339,30 @@ impl Sweeper {
                 None => Vec::new(),
             }
         };
+        let mut folders = vec![
+            (SyncFolder::Distinguished("inbox"), "inbox"),
+            (SyncFolder::Distinguished("sentitems"), "sentitems"),
+        ];
+        folders.extend(tracked.iter().map(|id| (SyncFolder::Id(id), id.as_str())));
+        // One request when nothing changed: a probe over every folder since the last complete
+        // sweep (server time). A folder never synced makes the sweep read everything.
+        let since = self.progress().probed.get(mailbox).cloned();
+        let all_synced = folders.iter().try_fold(true, |all, (_, key)| {
+            Ok::<_, StateError>(all && self.states.get(mailbox, key)?.is_some())
+        })?;
+        let ids: Vec<SyncFolder<'_>> = folders.iter().map(|(f, _)| *f).collect();
+        let (changed, now) = self
+            .client
+            .changed_since(mailbox, &ids, since.as_deref().filter(|_| all_synced))
+            .await?;
         let mut found = 0;
-        for name in ["inbox", "sentitems"] {
-            found += self
-                .sweep_folder(mailbox, SyncFolder::Distinguished(name), name)
-                .await?;
+        if changed {
+            for (folder, key) in &folders {
+                found += self.sweep_folder(mailbox, *folder, key).await?;
+            }
         }
-        for id in &tracked {
-            found += self.sweep_folder(mailbox, SyncFolder::Id(id), id).await?;
+        if let Some(now) = now {
+            self.progress().probed.insert(mailbox.to_owned(), now);
         }
         Ok(found)
     }

@@ -109,7 +109,95 @@ fn read_sync(status: u16, body: &[u8]) -> Result<SyncPage, ExchangeError> {
     Ok(page)
 }
 
+/// The FindItem that asks whether anything in these folders changed since `since` (one row is
+/// enough to know).
+fn probe_request(mailbox: &str, folders: &[SyncFolder<'_>], since: Option<&str>) -> String {
+    let ids: String = folders
+        .iter()
+        .map(|f| match f {
+            SyncFolder::Distinguished(name) => {
+                format!(r#"<t:DistinguishedFolderId Id="{}"/>"#, xml_escape(name))
+            }
+            SyncFolder::Id(id) => format!(r#"<t:FolderId Id="{}"/>"#, xml_escape(id)),
+        })
+        .collect();
+    let restriction = since
+        .map(|t| {
+            format!(
+                r#"<m:Restriction><t:IsGreaterThanOrEqualTo><t:FieldURI FieldURI="item:LastModifiedTime"/><t:FieldURIOrConstant><t:Constant Value="{}"/></t:FieldURIOrConstant></t:IsGreaterThanOrEqualTo></m:Restriction>"#,
+                xml_escape(t)
+            )
+        })
+        .unwrap_or_default();
+    impersonated(
+        mailbox,
+        &format!(
+            r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:IndexedPageItemView MaxEntriesReturned="1" Offset="0" BasePoint="Beginning"/>{restriction}<m:ParentFolderIds>{ids}</m:ParentFolderIds></m:FindItem>"#
+        ),
+    )
+}
+
+/// Whether a probe's answer shows a change: any row, or anything that is not a clean answer
+/// (then the sweep reads the folders to be sure).
+fn probe_changed(body: &[u8]) -> bool {
+    let Ok(tree) = Tree::parse(body, XmlLimits::default()) else {
+        return true;
+    };
+    let mut codes = Vec::new();
+    by_local_name(tree.root(), "ResponseCode", &mut codes);
+    let mut roots = Vec::new();
+    by_local_name(tree.root(), "RootFolder", &mut roots);
+    codes.is_empty()
+        || codes.iter().any(|c| c.text() != "NoError")
+        || roots.len() != codes.len()
+        || roots
+            .iter()
+            .any(|r| r.attr("TotalItemsInView").is_none_or(|n| n.trim() != "0"))
+}
+
+/// An HTTP date (`Sat, 05 Dec 2026 01:02:15 GMT`) as RFC 3339: the server's clock, so that the
+/// next probe asks from a time Exchange agrees on.
+fn http_date_to_rfc3339(date: &str) -> Option<String> {
+    let parts: Vec<&str> = date.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    let day: u32 = day.parse().ok()?;
+    let year: u32 = year.parse().ok()?;
+    (time.len() == 8).then_some(())?;
+    Some(format!("{year:04}-{month:02}-{day:02}T{time}Z"))
+}
+
 impl ExchangeClient {
+    /// Whether anything in `folders` changed since `since` (server time, RFC 3339; `None`: no
+    /// earlier probe, so yes), and the server's time of this answer. One request per mailbox
+    /// whatever the number of folders: the whole cost of a sweep that finds nothing new.
+    pub async fn changed_since(
+        &self,
+        mailbox: &str,
+        folders: &[SyncFolder<'_>],
+        since: Option<&str>,
+    ) -> Result<(bool, Option<String>), ExchangeError> {
+        let url = self.ews_url()?;
+        let (status, headers, body) = self
+            .post_ews(url, mailbox, probe_request(mailbox, folders, since))
+            .await?;
+        if status != 200 {
+            // A busy server says so in a fault; anything else is read as a change.
+            read_sync(status, &body)?;
+            return Ok((true, None));
+        }
+        let now = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("date"))
+            .and_then(|(_, value)| http_date_to_rfc3339(value));
+        Ok((since.is_none() || probe_changed(&body), now))
+    }
+
     fn ews_url(&self) -> Result<&str, ExchangeError> {
         self.settings
             .ews_url
@@ -163,6 +251,41 @@ mod tests {
     use super::*;
 
     const PAGE: &str = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:SyncFolderItemsResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:SyncFolderItemsResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:SyncState>H4sIAAA</m:SyncState><m:IncludesLastItemInRange>false</m:IncludesLastItemInRange><m:Changes><t:Create><t:Message><t:ItemId Id="A1"/></t:Message></t:Create><t:Delete><t:ItemId Id="D1"/></t:Delete><t:Update><t:Message><t:ItemId Id="U1"/></t:Message></t:Update></m:Changes></m:SyncFolderItemsResponseMessage></m:ResponseMessages></m:SyncFolderItemsResponse></s:Body></s:Envelope>"#;
+
+    #[test]
+    fn a_probe_sees_a_change_in_any_folder_and_reads_the_server_clock() {
+        let answer = |counts: &[u32]| {
+            let roots: String = counts
+                .iter()
+                .map(|n| format!(r#"<m:FindItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:RootFolder TotalItemsInView="{n}" IncludesLastItemInRange="true"><t:Items/></m:RootFolder></m:FindItemResponseMessage>"#))
+                .collect();
+            format!(
+                r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:FindItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages>{roots}</m:ResponseMessages></m:FindItemResponse></s:Body></s:Envelope>"#
+            )
+        };
+        assert!(!probe_changed(answer(&[0, 0, 0]).as_bytes()));
+        assert!(probe_changed(answer(&[0, 1, 0]).as_bytes()));
+        assert!(probe_changed(b"not xml"));
+        assert!(probe_changed(
+            answer(&[0])
+                .replace("NoError", "ErrorFolderNotFound")
+                .as_bytes()
+        ));
+        assert_eq!(
+            http_date_to_rfc3339("Sat, 05 Dec 2026 01:02:15 GMT").as_deref(),
+            Some("2026-12-05T01:02:15Z")
+        );
+        assert_eq!(http_date_to_rfc3339("yesterday"), None);
+        let request = probe_request(
+            "a@b.example",
+            &[SyncFolder::Distinguished("inbox"), SyncFolder::Id("F1")],
+            Some("2026-12-05T01:02:15Z"),
+        );
+        assert!(
+            request.contains(r#"<t:FolderId Id="F1"/>"#)
+                && request.contains("item:LastModifiedTime")
+        );
+    }
 
     #[test]
     fn a_page_lists_creates_and_updates_with_its_state() {
