@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use trackgate::outbox::Outbox as _;
 use trackgate::rules::{Decision, Reason};
 use trackgate::simulate::mailbox::Store;
 use trackgate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
@@ -15,11 +14,28 @@ use trackgate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 use crate::support::{self, TestGateway};
 
 async fn store_simulator() -> ExchangeSimulator {
-    let store = Arc::new(Store::embedded().unwrap());
+    store_simulator_on(Arc::new(Store::embedded().unwrap())).await
+}
+
+async fn store_simulator_on(store: Arc<Store>) -> ExchangeSimulator {
     support::simulator_with(
         SimulatorOptions::new("store", FixtureSet::embedded().unwrap()).with_store(store),
     )
     .await
+}
+
+/// A store the test can read, its simulator, and a gateway configuration on a fresh folder.
+async fn process_setup() -> (
+    Arc<Store>,
+    ExchangeSimulator,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let store = Arc::new(Store::embedded().unwrap());
+    let sim = store_simulator_on(store.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(dir.path(), &sim);
+    (store, sim, dir, config)
 }
 
 fn extra(sim: &ExchangeSimulator) -> String {
@@ -94,19 +110,15 @@ async fn mail_that_arrives_with_no_client_connected_is_tracked_within_one_interv
     let d = catch_up_decision(&gw.gateway, "po.4711@mail.fabrikam.example").await;
     assert!(d.is_track(), "{d:#?}");
     assert_eq!(d.reason, Reason::SenderContact);
-    let outbox = gw.gateway.outbox().clone();
+    let key = d.crm_id.unwrap();
     support::wait_for(Duration::from_secs(10), "the delivery", async || {
-        let stats = outbox.stats().ok()?;
-        (stats.pending == 0 && stats.in_flight == 0 && stats.dead == 0).then_some(())
-    })
-    .await;
-    assert!(
         gw.gateway
             .recent_deliveries()
             .iter()
-            .any(|r| r.key == d.crm_id.unwrap()),
-        "not delivered"
-    );
+            .any(|r| r.key == key)
+            .then_some(())
+    })
+    .await;
     let status = support::get_text(&gw.admin("/catchup")).await;
     assert!(status.contains("alex.seller@contoso.example"), "{status}");
     shutdown(gw).await;
@@ -242,6 +254,16 @@ async fn the_sweep_resumes_from_its_sync_state_and_starts_over_when_exchange_for
     })
     .await;
     assert_eq!(only_new, ["after.1@mail.fabrikam.example"]);
+    // Decided is not yet delivered: wait for its email before counting.
+    support::wait_for(Duration::from_secs(10), "the new email", async || {
+        let journal = admin_json(&gateway, "/journal?limit=1000").await;
+        journal
+            .as_array()?
+            .iter()
+            .any(|e| e["email"]["subject"] == "After the restart")
+            .then_some(())
+    })
+    .await;
     settled_stats(&gateway).await;
     let emails_before = journal_len(&gateway).await;
     stop(gateway);
@@ -407,28 +429,13 @@ async fn a_decision_that_needs_enrichment_marks_its_mailbox_for_the_next_sweep()
     sim.stop().await;
 }
 
-/// Bursts of sends, each cut by kill -9; after a last start and its sweep, every message Alex
-/// sent is in the CRM once — acknowledged or not, committed or not when the process died.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
-    const ROUNDS: usize = 5;
-    const BURST: usize = 40;
-    let store = Arc::new(Store::embedded().unwrap());
-    let sim = support::simulator_with(
-        SimulatorOptions::new("store", FixtureSet::embedded().unwrap()).with_store(store.clone()),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = process_config(dir.path(), &sim);
-    for round in 0..ROUNDS {
-        let gateway = support::GatewayProcess::start(&config);
-        crate::delivery::kill_mid_burst(gateway, round * BURST..(round + 1) * BURST, 8).await;
-    }
-    let gateway = support::GatewayProcess::start(&config);
-    process_swept_once(&gateway).await;
-    let stats = settled_stats(&gateway).await;
-    assert_eq!(stats["dead"], 0, "{stats}");
-    // What Exchange holds: every send that reached it, whether or not its client heard back.
+/// Every "Burst" message in Alex's Sent Items (what reached Exchange, whether or not its
+/// client heard back) has exactly one CRM email, and no other "Burst" email exists.
+async fn every_send_in_the_crm_once(
+    store: &Store,
+    gateway: &support::GatewayProcess,
+    at_least: usize,
+) {
     let sent: std::collections::BTreeSet<String> = {
         let inner = store.lock();
         let alex = inner.mailbox(inner.mailbox_index("alex.seller@contoso.example").unwrap());
@@ -440,8 +447,8 @@ async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
             .map(|id| id.trim_matches(['<', '>']).to_owned())
             .collect()
     };
-    assert!(sent.len() >= ROUNDS * BURST / 2, "{} sent", sent.len());
-    let journal = admin_json(&gateway, "/journal?limit=10000").await;
+    assert!(sent.len() >= at_least, "{} sent", sent.len());
+    let journal = admin_json(gateway, "/journal?limit=10000").await;
     let tracked: Vec<String> = journal
         .as_array()
         .unwrap()
@@ -464,6 +471,24 @@ async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
         sent.len()
     );
     assert_eq!(unique, sent);
+}
+
+/// Bursts of sends, each cut by kill -9; after a last start and its sweep, every message Alex
+/// sent is in the CRM once — acknowledged or not, committed or not when the process died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
+    const ROUNDS: usize = 5;
+    const BURST: usize = 40;
+    let (store, sim, _dir, config) = process_setup().await;
+    for round in 0..ROUNDS {
+        let gateway = support::GatewayProcess::start(&config);
+        crate::delivery::kill_mid_burst(gateway, round * BURST..(round + 1) * BURST, 8).await;
+    }
+    let gateway = support::GatewayProcess::start(&config);
+    process_swept_once(&gateway).await;
+    let stats = settled_stats(&gateway).await;
+    assert_eq!(stats["dead"], 0, "{stats}");
+    every_send_in_the_crm_once(&store, &gateway, ROUNDS * BURST / 2).await;
     stop(gateway);
     sim.stop().await;
 }
@@ -508,5 +533,49 @@ async fn a_sweep_that_finds_nothing_new_costs_one_request() {
     assert!(sim.stats().requests - before > 1);
     one_request().await;
     shutdown(gw).await;
+    sim.stop().await;
+}
+
+/// A burst larger than inspection's queue: copies are dropped (counted), and the sweep that
+/// follows tracks every message the dropped copies carried, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_dropped_under_a_burst_are_tracked_by_the_sweep_once() {
+    const BURST: usize = 150;
+    let (store, sim, _dir, config) = process_setup().await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[inspect]\nqueue = 1\nworkers = 1\n"),
+    )
+    .unwrap();
+    let gateway = support::GatewayProcess::start(&config);
+    process_swept_once(&gateway).await;
+    let sent = crate::delivery::burst_and_wait(&gateway.proxy, 0..BURST, 32).await;
+    assert_eq!(sent, BURST, "every send answered");
+    let metrics = support::get_text(&format!("{}/metrics", gateway.admin)).await;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("trackgate_captures_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "the burst dropped no copy: {metrics}");
+    // The next sweeps find what the dropped copies carried.
+    support::wait_for(Duration::from_secs(30), "every send tracked", async || {
+        let journal = admin_json(&gateway, "/journal?limit=10000").await;
+        let n = journal
+            .as_array()?
+            .iter()
+            .filter(|e| {
+                e["email"]["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Burst "))
+            })
+            .count();
+        (n >= BURST).then_some(())
+    })
+    .await;
+    settled_stats(&gateway).await;
+    every_send_in_the_crm_once(&store, &gateway, BURST).await;
+    stop(gateway);
     sim.stop().await;
 }

@@ -176,6 +176,19 @@ fn burst(
     (acknowledged, tasks)
 }
 
+/// Sends the burst `range` and waits for every answer; returns how many were answered.
+pub(crate) async fn burst_and_wait(
+    proxy: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+) -> usize {
+    let (acknowledged, tasks) = burst(proxy, range, concurrency);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    acknowledged.load(Ordering::Relaxed)
+}
+
 /// Sends the burst `range` through `gateway` and kills it (SIGKILL: no drain, no flush) once
 /// half the burst was answered; returns how many sends the gateway answered in all.
 pub(crate) async fn kill_mid_burst(
