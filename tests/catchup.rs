@@ -536,13 +536,16 @@ async fn a_sweep_that_finds_nothing_new_costs_one_request() {
     sim.stop().await;
 }
 
-/// A burst larger than inspection's queue: copies are dropped (counted), and the sweep that
-/// follows tracks every message the dropped copies carried, once.
+/// A burst larger than inspection's queue: copies are dropped (counted), each marks its mailbox,
+/// and the sweep that follows tracks every message the dropped copies carried, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_dropped_under_a_burst_are_tracked_by_the_sweep_once() {
     const BURST: usize = 150;
     let (store, sim, _dir, config) = process_setup().await;
-    let text = std::fs::read_to_string(&config).unwrap();
+    // An interval no test waits for: only the marks dropped copies leave bring the sweep.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interval = \"1s\"", "interval = \"1h\"");
     std::fs::write(
         &config,
         format!("{text}\n[inspect]\nqueue = 1\nworkers = 1\n"),
@@ -576,6 +579,11 @@ async fn copies_dropped_under_a_burst_are_tracked_by_the_sweep_once() {
     .await;
     settled_stats(&gateway).await;
     every_send_in_the_crm_once(&store, &gateway, BURST).await;
+    let metrics = support::get_text(&format!("{}/metrics", gateway.admin)).await;
+    assert!(
+        metrics.contains(r#"trackgate_catchup_found_total{cause="dropped"}"#),
+        "{metrics}"
+    );
     stop(gateway);
     sim.stop().await;
 }

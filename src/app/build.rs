@@ -14,14 +14,16 @@ use crate::catchup::{CatchupMetrics, Marks, Sweeper};
 use crate::config::{Config, SinkConfig, UpstreamTarget};
 use crate::crm::mapping::FieldTable;
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
+use crate::delivery::Enrichment as _;
 use crate::directory::dataverse::{DataverseSource, DataverseSourceSettings};
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
 use crate::pipeline::Pipeline;
 use crate::proxy::ProxyMetrics;
-use crate::proxy::capture::{Budget, CaptureSink};
+use crate::proxy::capture::{Budget, Capture, CaptureSink, DropHook};
 use crate::proxy::server;
+use crate::rules::Engine;
 use crate::simulate::mailbox::Store;
 use crate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 
@@ -286,6 +288,7 @@ pub(super) fn inspection(
     metrics: Arc<InspectMetrics>,
     recent: Arc<RecentObservations>,
     proxy_metrics: &ProxyMetrics,
+    drop_hook: Option<DropHook>,
 ) -> Result<Option<Arc<CaptureSink>>, AppError> {
     let i = &config.inspect;
     if !i.enabled {
@@ -314,14 +317,35 @@ pub(super) fn inspection(
         .workers
         .set(i64::try_from(workers).unwrap_or(i64::MAX));
     tracing::debug!(workers, "inspection workers started");
-    Ok(Some(Arc::new(CaptureSink::new(
-        queues,
-        i.capture_limit,
-        budget,
-        proxy_metrics.captures.clone(),
-        Some(is_streaming_request),
-        crate::inspect::identity::affinity,
-    ))))
+    Ok(Some(Arc::new(
+        CaptureSink::new(
+            queues,
+            i.capture_limit,
+            budget,
+            proxy_metrics.captures.clone(),
+            Some(is_streaming_request),
+            crate::inspect::identity::affinity,
+        )
+        .with_drop_hook(drop_hook),
+    )))
+}
+
+/// With catch-up on, a dropped copy marks its mailbox (from the request's HTTP-level hints, as
+/// inspection would have found it) to be swept next.
+pub(super) fn drop_hook(marks: Option<&Arc<Marks>>, engine: &Arc<Engine>) -> Option<DropHook> {
+    let (marks, engine) = (marks?.clone(), engine.clone());
+    Some(DropHook(Arc::new(move |capture: &Capture| {
+        let path = capture.path_and_query.split('?').next().unwrap_or("");
+        let auth = capture
+            .connection_auth
+            .as_ref()
+            .and_then(|v| v.to_str().ok());
+        let principal =
+            crate::inspect::identity::http_mailbox(&capture.request_headers, path, auth);
+        if let Some(address) = principal.and_then(|p| engine.mailbox_address(&p)) {
+            marks.mark(&address, "dropped");
+        }
+    })))
 }
 
 /// An EWS `GetStreamingEvents` request: its response never ends, so it is not copied.

@@ -192,6 +192,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         inspect_metrics.clone(),
         recent.clone(),
         &metrics,
+        build::drop_hook(marks.as_ref(), &engine),
     )?;
     let proxy = Arc::new(Proxy::new(
         ProxyState::build(&settings::proxy(&config), routes, &metrics)?,

@@ -113,6 +113,18 @@ pub struct CaptureSink {
     metrics: CaptureMetrics,
     streaming: Option<StreamingRequest>,
     affinity: Affinity,
+    /// Told of every dropped copy (the catch-up sweep reads that mailbox next).
+    on_drop: Option<DropHook>,
+}
+
+/// Called with each copy inspection could not take.
+#[derive(Clone)]
+pub struct DropHook(pub Arc<dyn Fn(&Capture) + Send + Sync>);
+
+impl std::fmt::Debug for DropHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DropHook")
+    }
 }
 
 /// Bytes held by captures not yet inspected, across the process.
@@ -177,6 +189,7 @@ impl CaptureSink {
             metrics,
             streaming,
             affinity,
+            on_drop: None,
         }
     }
 
@@ -226,23 +239,40 @@ impl CaptureSink {
         })
     }
 
+    /// Tells `hook` of every copy dropped from now on.
+    pub fn with_drop_hook(mut self, hook: Option<DropHook>) -> CaptureSink {
+        self.on_drop = hook;
+        self
+    }
+
+    fn dropped(&self, capture: &Capture) {
+        self.metrics.dropped.inc();
+        if let Some(hook) = &self.on_drop {
+            (hook.0)(capture);
+        }
+    }
+
     fn hand_off(&self, capture: Capture) {
         if capture.request_truncated || capture.response_truncated {
             self.metrics.truncated.inc();
         }
         let weight = capture.weight();
         if !self.budget.try_take(weight) {
-            self.metrics.dropped.inc();
+            self.dropped(&capture);
             return;
         }
-        let sent = self
-            .queue_for(&capture)
-            .is_some_and(|queue| queue.try_send(capture).is_ok());
-        if sent {
-            self.metrics.handed_off.inc();
-        } else {
-            self.budget.release(weight);
-            self.metrics.dropped.inc();
+        let refused = match self.queue_for(&capture) {
+            Some(queue) => queue.try_send(capture).err().map(|e| e.into_inner()),
+            None => Some(capture),
+        };
+        match refused {
+            None => {
+                self.metrics.handed_off.inc();
+            }
+            Some(capture) => {
+                self.budget.release(weight);
+                self.dropped(&capture);
+            }
         }
     }
 }
