@@ -128,7 +128,7 @@ impl CatchupMetrics {
         );
         r.register(
             "found",
-            "Messages the sweep tracked that inline had not, by why the mailbox was swept (enrichment, requested, busy, schedule)",
+            "Messages the sweep tracked that inline had not, by why the mailbox was swept (dropped, enrichment, requested, busy, schedule)",
             m.found.clone(),
         );
         r.register(
