@@ -1,5 +1,6 @@
-//! Text helpers every stage shares: percent-encoding for URL parts and the normal form of an
-//! Internet Message-ID (the key a tracked email is found and deduplicated by).
+//! Text helpers every stage shares: percent-encoding for URL parts, XML escaping for the EWS
+//! requests and answers written by hand, and the normal form of an Internet Message-ID (the key
+//! a tracked email is found and deduplicated by).
 
 /// Normalises an Internet Message-ID: trimmed, angle brackets removed. (XML and JSON escapes are
 /// already undone by the parsers.)
@@ -11,6 +12,25 @@ pub fn normalize_message_id(raw: &str) -> Option<String> {
         .unwrap_or(trimmed)
         .trim();
     (!inner.is_empty()).then(|| inner.to_owned())
+}
+
+/// Escapes text for an XML element or a double-quoted attribute. A carriage return is written
+/// as `&#xD;` (XML would otherwise read it as a line feed) and other control characters XML 1.0
+/// cannot carry are left out.
+pub fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#xD;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Percent-decodes `%XX` sequences (anything else, including a malformed escape, is kept as
@@ -63,6 +83,14 @@ pub fn percent_encode(text: &str, keep: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xml_escape_keeps_carriage_returns_and_drops_what_xml_cannot_carry() {
+        assert_eq!(
+            xml_escape("a<b & \"c\">\r\n\t\u{1}"),
+            "a&lt;b &amp; &quot;c&quot;&gt;&#xD;\n\t"
+        );
+    }
 
     #[test]
     fn message_ids_lose_brackets_and_space() {

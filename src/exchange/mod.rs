@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::common::ClientCredentials;
 use crate::common::Secret;
 use crate::common::read::read_capped;
-use crate::common::text::percent_encode;
+use crate::common::text::{percent_encode, xml_escape};
 pub use sent_copy::SentCopyQuery;
 pub use sync::{SyncFolder, SyncPage};
 
@@ -97,13 +97,6 @@ pub struct ExchangeClient {
     http: reqwest::Client,
     settings: ExchangeSettings,
     tokens: Option<TokenSource>,
-}
-
-fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// An EWS request acting as `mailbox` (impersonation) around one operation element.

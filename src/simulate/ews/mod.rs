@@ -13,6 +13,7 @@ mod sync;
 
 use std::fmt::Write as _;
 
+pub use crate::common::text::xml_escape;
 use crate::inspect::xml::{Node, Ns, Tree, XmlLimits};
 use crate::simulate::mailbox::{Inner, Store, StoreError};
 
@@ -311,22 +312,6 @@ fn client_fault(message: &str) -> Answer {
             xml_escape(message)
         ),
     }
-}
-
-pub fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\r' => out.push_str("&#xD;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
