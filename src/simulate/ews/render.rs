@@ -390,16 +390,8 @@ fn bool_text(b: bool) -> &'static str {
 }
 
 fn headers(out: &mut String, item: &Item) {
-    let mut list: Vec<(String, String)> = item.headers.clone();
-    if let Some(id) = &item.message_id {
-        list.push(("Message-ID".into(), id.clone()));
-    }
-    list.push(("Subject".into(), item.subject.clone()));
-    if let Some(from) = &item.from {
-        list.push(("From".into(), from.address.clone()));
-    }
     out.push_str("<t:InternetMessageHeaders>");
-    for (name, value) in list {
+    for (name, value) in item.internet_headers() {
         let _ = write!(
             out,
             r#"<t:InternetMessageHeader HeaderName="{}">{}</t:InternetMessageHeader>"#,
@@ -565,16 +557,7 @@ pub fn folder(out: &mut String, mailbox: &Mailbox, folder: &Folder, full: bool) 
         }
         simple(out, "FolderClass", &folder.class);
         simple(out, "DisplayName", &folder.name);
-        let total = mailbox
-            .items
-            .values()
-            .filter(|i| i.folder == folder.key)
-            .count();
-        let unread = mailbox
-            .items
-            .values()
-            .filter(|i| i.folder == folder.key && !i.is_read)
-            .count();
+        let (total, unread) = mailbox.counts(folder.key);
         simple(out, "TotalCount", &total.to_string());
         simple(
             out,

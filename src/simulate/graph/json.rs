@@ -131,7 +131,7 @@ pub fn select(mut value: Value, item: &Item, fields: &[String]) -> Value {
         .any(|f| f.eq_ignore_ascii_case("internetMessageHeaders"))
     {
         value["internetMessageHeaders"] = Value::Array(
-            headers(item)
+            item.internet_headers()
                 .into_iter()
                 .map(|(name, value)| json!({"name": name, "value": value}))
                 .collect(),
@@ -148,31 +148,8 @@ pub fn select(mut value: Value, item: &Item, fields: &[String]) -> Value {
     value
 }
 
-/// The headers a message carries, as Graph lists them.
-fn headers(item: &Item) -> Vec<(String, String)> {
-    let mut list = item.headers.clone();
-    let mut add = |name: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            list.push((name.to_owned(), v.clone()));
-        }
-    };
-    add("Message-ID", &item.message_id);
-    add("In-Reply-To", &item.in_reply_to);
-    add("References", &item.references);
-    list
-}
-
 pub fn folder(mailbox: &Mailbox, folder: &Folder) -> Value {
-    let total = mailbox
-        .items
-        .values()
-        .filter(|i| i.folder == folder.key)
-        .count();
-    let unread = mailbox
-        .items
-        .values()
-        .filter(|i| i.folder == folder.key && !i.is_read)
-        .count();
+    let (total, unread) = mailbox.counts(folder.key);
     json!({
         "id": ids::rest_id(&folder.id),
         "displayName": folder.name,

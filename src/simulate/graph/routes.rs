@@ -240,6 +240,22 @@ fn method_not_allowed() -> Reply {
     )
 }
 
+/// GET or PATCH of one item, answered with the item; `None` for any other method.
+fn get_or_patch(store: &mut Inner, req: &GraphRequest<'_>, m: u16, key: u64) -> Option<Routed> {
+    match req.method {
+        Method::GET => Some(Ok(Reply::ok(render(store, m, key, req)))),
+        Method::PATCH => {
+            let body = body_map(req);
+            Some(
+                store
+                    .update(m, key, |item| resource::apply(item, &body))
+                    .map(|()| Reply::ok(render(store, m, key, req))),
+            )
+        }
+        _ => None,
+    }
+}
+
 /// One item: GET, PATCH, DELETE, or an action.
 fn item_route(
     store: &mut Inner,
@@ -249,13 +265,10 @@ fn item_route(
     rest: &[String],
 ) -> Routed {
     let Some(action) = rest.first() else {
+        if let Some(read_or_changed) = get_or_patch(store, req, m, key) {
+            return read_or_changed;
+        }
         return match req.method {
-            Method::GET => Ok(Reply::ok(render(store, m, key, req))),
-            Method::PATCH => {
-                let body = body_map(req);
-                store.update(m, key, |item| resource::apply(item, &body))?;
-                Ok(Reply::ok(render(store, m, key, req)))
-            }
             Method::DELETE => {
                 let deleted = folder_key(store, m, "deleteditems")?;
                 if store.item(m, key).folder == deleted {
@@ -584,13 +597,10 @@ fn collection(
         }
         (Some(id), method) if rest.len() == 1 => {
             let key = item_key(store, m, id)?;
+            if let Some(read_or_changed) = get_or_patch(store, req, m, key) {
+                return read_or_changed;
+            }
             match *method {
-                Method::GET => Ok(Reply::ok(render(store, m, key, req))),
-                Method::PATCH => {
-                    let body = body_map(req);
-                    store.update(m, key, |item| resource::apply(item, &body))?;
-                    Ok(Reply::ok(render(store, m, key, req)))
-                }
                 Method::DELETE => {
                     store.remove(m, key)?;
                     Ok(Reply::empty(204))

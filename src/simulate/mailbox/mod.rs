@@ -11,7 +11,7 @@ pub mod ids;
 mod seed;
 mod sync;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -233,6 +233,25 @@ impl Item {
         }
     }
 
+    /// The message's Internet headers as a client sees them: the ones it came with, then those
+    /// the store's fields stand for.
+    pub fn internet_headers(&self) -> Vec<(String, String)> {
+        let mut list = self.headers.clone();
+        let fields = [
+            ("From", self.from.as_ref().map(|a| a.address.clone())),
+            ("Subject", Some(self.subject.clone())),
+            ("Message-ID", self.message_id.clone()),
+            ("In-Reply-To", self.in_reply_to.clone()),
+            ("References", self.references.clone()),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value {
+                list.push((name.to_owned(), value));
+            }
+        }
+        list
+    }
+
     pub fn conversation_id(&self) -> String {
         ids::conversation_id(self.conversation_topic())
     }
@@ -285,10 +304,6 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    pub fn root(&self) -> &Folder {
-        &self.folders[&self.root]
-    }
-
     /// The owner as an address.
     pub fn identity(&self) -> Addr {
         Addr {
@@ -321,8 +336,14 @@ impl Mailbox {
         self.folders.values().find(|f| f.id == id)
     }
 
-    pub fn item_by_id(&self, id: &str) -> Option<&Item> {
-        self.items.values().find(|i| i.id == id)
+    /// Items in a folder, and how many of them are unread.
+    pub fn counts(&self, folder: u64) -> (usize, usize) {
+        self.items
+            .values()
+            .filter(|i| i.folder == folder)
+            .fold((0, 0), |(total, unread), i| {
+                (total + 1, unread + usize::from(!i.is_read))
+            })
     }
 
     /// Items of a folder, newest received first (the order Outlook and Graph list them).
@@ -388,6 +409,8 @@ pub enum EventKind {
 /// The store's state, reached through [`Store::lock`].
 pub struct Inner {
     mailboxes: Vec<Mailbox>,
+    /// Lower-cased address → mailbox: every request names its mailbox.
+    by_address: HashMap<String, u16>,
     accounts: Vec<Account>,
     seq: u64,
     next_key: u64,
@@ -400,7 +423,6 @@ pub struct Inner {
 /// The mailbox store.
 pub struct Store {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<StoreEvent>,
 }
 
 impl Store {
@@ -409,14 +431,14 @@ impl Store {
         Store {
             inner: Mutex::new(Inner {
                 mailboxes: Vec::new(),
+                by_address: HashMap::new(),
                 accounts: Vec::new(),
                 seq: 0,
                 next_key: 1,
                 limits,
-                events: events.clone(),
+                events,
                 clock: None,
             }),
-            events,
         }
     }
 
@@ -443,7 +465,7 @@ impl Store {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
-        self.events.subscribe()
+        self.lock().events.subscribe()
     }
 }
 
@@ -459,10 +481,6 @@ impl Inner {
             .unwrap_or_else(|| (crate::common::time::now_ms() / 1000) as i64)
     }
 
-    pub fn limits(&self) -> StoreLimits {
-        self.limits
-    }
-
     pub fn accounts(&self) -> &[Account] {
         &self.accounts
     }
@@ -473,11 +491,11 @@ impl Inner {
 
     /// The mailbox with this SMTP address (any case).
     pub fn mailbox_index(&self, address: &str) -> Result<u16, StoreError> {
-        self.mailboxes
-            .iter()
-            .find(|m| m.address.eq_ignore_ascii_case(address.trim()))
-            .map(|m| m.index)
-            .ok_or_else(|| StoreError::NoMailbox(address.trim().to_owned()))
+        let address = address.trim();
+        self.by_address
+            .get(&address.to_ascii_lowercase())
+            .copied()
+            .ok_or_else(|| StoreError::NoMailbox(address.to_owned()))
     }
 
     pub fn mailbox(&self, index: u16) -> &Mailbox {
@@ -573,6 +591,7 @@ impl Inner {
             return index;
         }
         let index = self.mailboxes.len() as u16;
+        self.by_address.insert(address.to_ascii_lowercase(), index);
         self.mailboxes.push(Mailbox {
             index,
             address: address.to_owned(),
