@@ -95,7 +95,7 @@ async fn swept() -> (ExchangeSimulator, TestGateway) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mail_that_arrives_with_no_client_connected_is_tracked_within_one_interval() {
+async fn mail_that_arrives_with_no_client_connected_is_tracked_by_the_next_sweep() {
     let (sim, gw) = swept().await;
     deliver(
         &sim,

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 pub use state::{StateError, SyncStates};
 
-use crate::directory::DirectoryHandle;
+use crate::directory::{Directory, DirectoryHandle};
 use crate::exchange::{ExchangeClient, ExchangeError, SyncFolder};
 use crate::inspect::{Observation, Origin, Source};
 
@@ -160,6 +160,9 @@ struct Progress {
     paused_until: Option<Instant>,
 }
 
+/// The mailbox list and the directory snapshot it was read from.
+type MailboxList = (Arc<Directory>, Arc<[String]>);
+
 /// The sweep.
 pub struct Sweeper {
     client: Arc<ExchangeClient>,
@@ -170,6 +173,7 @@ pub struct Sweeper {
     metrics: CatchupMetrics,
     marks: Arc<Marks>,
     progress: Mutex<Progress>,
+    mailbox_list: Mutex<Option<MailboxList>>,
 }
 
 impl Sweeper {
@@ -190,6 +194,7 @@ impl Sweeper {
             settings,
             metrics,
             progress: Mutex::new(Progress::default()),
+            mailbox_list: Mutex::new(None),
         }))
     }
 
@@ -208,7 +213,8 @@ impl Sweeper {
     pub fn status(&self) -> Vec<MailboxStatus> {
         let progress = self.progress();
         self.mailboxes()
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|mailbox| MailboxStatus {
                 last_sweep_seconds_ago: progress.last.get(&mailbox).map(|t| t.elapsed().as_secs()),
                 marked: self.marks.contains(&mailbox),
@@ -218,13 +224,27 @@ impl Sweeper {
             .collect()
     }
 
-    fn mailboxes(&self) -> Vec<String> {
+    /// The directory's mailbox addresses, lower-cased: listed once per directory snapshot,
+    /// not on every tick of the scheduler.
+    fn mailboxes(&self) -> Arc<[String]> {
         let dir = self.directory.guard();
-        dir.mailbox_entries()
-            .iter()
-            .map(|m| m.address.to_ascii_lowercase())
-            .filter(|a| a.contains('@'))
-            .collect()
+        let mut cached = self
+            .mailbox_list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*cached {
+            Some((of, list)) if Arc::ptr_eq(of, &dir) => list.clone(),
+            _ => {
+                let list: Arc<[String]> = dir
+                    .mailbox_entries()
+                    .iter()
+                    .map(|m| m.address.to_ascii_lowercase())
+                    .filter(|a| a.contains('@'))
+                    .collect();
+                *cached = Some((Arc::clone(&dir), list.clone()));
+                list
+            }
+        }
     }
 
     /// Mailboxes to sweep now, with why: marked ones first, then those never swept or due,
@@ -244,17 +264,17 @@ impl Sweeper {
                 due.push((mailbox, cause));
             }
         }
-        let mut waiting: Vec<(Option<Instant>, String)> = self
-            .mailboxes()
-            .into_iter()
-            .filter(|m| !due.iter().any(|(d, _)| d == m) && !progress.running.contains(m))
-            .map(|m| (progress.last.get(&m).copied(), m))
+        let mailboxes = self.mailboxes();
+        let mut waiting: Vec<(Option<Instant>, &String)> = mailboxes
+            .iter()
+            .filter(|m| !due.iter().any(|(d, _)| d == *m) && !progress.running.contains(*m))
+            .map(|m| (progress.last.get(m).copied(), m))
             .filter(|(last, _)| {
                 last.is_none_or(|t| now.duration_since(t) >= self.settings.interval)
             })
             .collect();
         waiting.sort();
-        due.extend(waiting.into_iter().map(|(_, m)| (m, "schedule")));
+        due.extend(waiting.into_iter().map(|(_, m)| (m.clone(), "schedule")));
         due
     }
 
@@ -347,9 +367,11 @@ impl Sweeper {
         // One request when nothing changed: a probe over every folder since the last complete
         // sweep (server time). A folder never synced makes the sweep read everything.
         let since = self.progress().probed.get(mailbox).cloned();
-        let all_synced = folders.iter().try_fold(true, |all, (_, key)| {
-            Ok::<_, StateError>(all && self.states.get(mailbox, key)?.is_some())
-        })?;
+        let states = folders
+            .iter()
+            .map(|(_, key)| self.states.get(mailbox, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all_synced = states.iter().all(Option::is_some);
         let ids: Vec<SyncFolder<'_>> = folders.iter().map(|(f, _)| *f).collect();
         let (changed, now) = self
             .client
@@ -357,8 +379,8 @@ impl Sweeper {
             .await?;
         let mut found = 0;
         if changed {
-            for (folder, key) in &folders {
-                found += self.sweep_folder(mailbox, *folder, key).await?;
+            for ((folder, key), state) in folders.iter().zip(states) {
+                found += self.sweep_folder(mailbox, *folder, key, state).await?;
             }
         }
         if let Some(now) = now {
@@ -372,8 +394,8 @@ impl Sweeper {
         mailbox: &str,
         folder: SyncFolder<'_>,
         key: &str,
+        mut state: Option<String>,
     ) -> Result<usize, CatchupError> {
-        let mut state = self.states.get(mailbox, key)?;
         let mut found = 0;
         let mut restarted = false;
         loop {
