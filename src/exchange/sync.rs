@@ -80,10 +80,8 @@ fn read_sync(status: u16, body: &[u8]) -> Result<SyncPage, ExchangeError> {
         other => return Err(ExchangeError::NotFound(other.to_owned())),
     }
     let message = tree
-        .root()
-        .path(&["Body"])
-        .or_else(|| tree.body_child().ok())
-        .ok_or_else(|| ExchangeError::Unreadable("no SOAP body".into()))?;
+        .body_child()
+        .map_err(|_| ExchangeError::Unreadable("no SOAP body".into()))?;
     let mut page = SyncPage::default();
     let mut states = Vec::new();
     message.descendants("SyncState", &mut states);

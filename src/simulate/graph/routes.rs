@@ -516,12 +516,7 @@ fn delta(store: &Inner, req: &GraphRequest<'_>, m: u16, folder: u64) -> Routed {
         .or_else(|| req.query("$top").and_then(|t| t.parse().ok()))
         .unwrap_or(DEFAULT_PAGE)
         .clamp(1, 1000);
-    let page = store
-        .sync_items(m, folder, state, max)
-        .map_err(|e| match e {
-            StoreError::IdMalformed => StoreError::IdMalformed,
-            other => other,
-        })?;
+    let page = store.sync_items(m, folder, state, max)?;
     let fields = selected(req);
     let mb = store.mailbox(m);
     let value: Vec<Value> = page
