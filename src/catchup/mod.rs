@@ -433,7 +433,8 @@ impl Sweeper {
                     self.metrics.items.inc();
                 }
             }
-            if !self.observer.commit() {
+            // A page that read nothing has nothing to commit: no outbox flush (an fsync).
+            if !page.item_ids.is_empty() && !self.observer.commit() {
                 return Err(CatchupError::Commit);
             }
             self.states.put(mailbox, key, Some(&page.state))?;
