@@ -193,6 +193,14 @@ enum SimulateCommand {
         client_id: Option<String>,
         #[arg(long, requires = "client_id")]
         client_secret: Option<String>,
+        /// How long an issued token is accepted, e.g. 60s (Entra's last about an hour).
+        #[arg(long, default_value = "3599s", value_parser = humantime::parse_duration)]
+        token_lifetime: std::time::Duration,
+        /// Switch strictness off, comma-separated: undeclared (unknown sets and columns, for
+        /// custom tables), closed-activities (writes to completed activities), any-caller
+        /// (CallerObjectId of no user).
+        #[arg(long, default_value = "")]
+        lenient: String,
     },
     /// The Exchange simulator: EWS and Graph from a stateful mailbox store, Autodiscover and
     /// anything else from recorded fixtures.
@@ -387,9 +395,14 @@ fn simulate(command: SimulateCommand) -> anyhow::Result<ExitCode> {
             directory,
             client_id,
             client_secret,
+            token_lifetime,
+            lenient,
         } => {
-            let options =
+            let mut options =
                 standalone::dataverse_options(directory.as_deref(), client_id.zip(client_secret))?;
+            options.token_lifetime = token_lifetime;
+            options.leniency = trackgate::simulate::dataverse::Leniency::parse(&lenient)
+                .map_err(|e| anyhow::anyhow!("--lenient: {e}"))?;
             runtime(Some(1))?.block_on(standalone::dataverse(listen, options))?;
         }
         SimulateCommand::Exchange {

@@ -15,6 +15,8 @@ mod autodiscover;
 mod catchup;
 /// The command line: check, certs, version.
 mod cli;
+/// The Dataverse simulator is as strict as Dataverse; the gateway's writes pass it.
+mod dataverse_strict;
 /// Outbox and delivery end to end: crashes, outages, throttling, poison, auto-create, sinks.
 mod delivery;
 /// `trackgate demo`: the working morning, the table, `--keep-running`.

@@ -35,6 +35,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+mod metadata;
+mod strict;
+
+pub use strict::Leniency;
+
 use crate::crm::multipart::{self, BatchItem, HttpPart};
 use crate::directory::model::DirectoryDocument;
 use crate::directory::odata::Filter;
@@ -74,9 +79,16 @@ pub struct Fail {
 /// One API request as the simulator answered it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoggedRequest {
+    /// When the request arrived.
     pub at_ms: u64,
+    /// When its answer was ready (after any stall).
+    pub done_ms: u64,
     pub method: String,
     pub path: String,
+    /// The query string as sent (undecoded).
+    pub query: String,
+    /// The `Prefer` header, if any.
+    pub prefer: Option<String>,
     pub status: u16,
 }
 
@@ -91,6 +103,26 @@ pub struct DataverseStats {
     /// Creates of an id that had been created before (after a delete): must stay 0.
     pub recreated: u64,
     pub batches: u64,
+    /// Requests (and `$batch` parts) refused as invalid: 400, 403 or 405. A client that writes
+    /// only what Dataverse accepts keeps this at 0.
+    pub refused: u64,
+    /// The last refusals' messages (at most [`MAX_REFUSALS`]), to say what was refused.
+    pub refusals: Vec<String>,
+}
+
+/// Refusal messages kept in the stats.
+const MAX_REFUSALS: usize = 20;
+
+impl Store {
+    /// Counts an answer that refuses the request as invalid.
+    fn note(&mut self, status: u16, body: &str) {
+        if [400, 403, 405].contains(&status) {
+            self.stats.refused += 1;
+            if self.stats.refusals.len() < MAX_REFUSALS {
+                self.stats.refusals.push(body.to_owned());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +133,10 @@ pub struct DataverseOptions {
     pub credentials: Option<(String, String)>,
     /// Rows to start with (users, queues, contacts, accounts, leads, emails).
     pub seed: Option<DirectoryDocument>,
+    /// How long an issued token is accepted (Entra's are about an hour).
+    pub token_lifetime: Duration,
+    /// Strict unless switched here.
+    pub leniency: Leniency,
 }
 
 impl Default for DataverseOptions {
@@ -109,6 +145,8 @@ impl Default for DataverseOptions {
             api_path: "/api/data/v9.2".into(),
             credentials: None,
             seed: None,
+            token_lifetime: Duration::from_secs(3599),
+            leniency: Leniency::default(),
         }
     }
 }
@@ -127,6 +165,17 @@ struct Store {
     version: u64,
     /// The oldest version `changes` still answers for (older delta tokens have expired).
     changes_from: u64,
+    leniency: Leniency,
+}
+
+impl strict::Rows for Store {
+    fn find(&self, set: &str, column: &str, value: &str) -> Option<&Map<String, Value>> {
+        self.tables.get(set)?.values().find(|row| {
+            row.get(column)
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.eq_ignore_ascii_case(value))
+        })
+    }
 }
 
 /// Most changes kept for delta queries; beyond, the older half is dropped and its tokens expire.
@@ -167,7 +216,8 @@ struct Shared {
     options: DataverseOptions,
     store: Mutex<Store>,
     faults: Mutex<DataverseFaults>,
-    tokens: Mutex<HashSet<String>>,
+    /// Issued tokens and when each expires.
+    tokens: Mutex<HashMap<String, std::time::Instant>>,
     down: watch::Sender<bool>,
     issued: AtomicU64,
 }
@@ -187,16 +237,18 @@ impl std::fmt::Debug for DataverseSimulator {
     }
 }
 
+/// The primary key of a set: declared, or by Dataverse's naming rule for a table the metadata
+/// does not know.
 fn pk(set: &str) -> String {
-    match set {
-        "emails" => "activityid".into(),
-        s => {
-            let singular = if let Some(stem) = s.strip_suffix("ies") {
+    match metadata::by_set(set) {
+        Some(table) => table.key.into(),
+        None => {
+            let singular = if let Some(stem) = set.strip_suffix("ies") {
                 format!("{stem}y")
-            } else if let Some(stem) = s.strip_suffix("sses") {
+            } else if let Some(stem) = set.strip_suffix("sses") {
                 format!("{stem}ss")
             } else {
-                s.strip_suffix('s').unwrap_or(s).to_owned()
+                set.strip_suffix('s').unwrap_or(set).to_owned()
             };
             format!("{singular}id")
         }
@@ -222,7 +274,10 @@ impl DataverseSimulator {
     ) -> std::io::Result<DataverseSimulator> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let mut store = Store::default();
+        let mut store = Store {
+            leniency: options.leniency,
+            ..Store::default()
+        };
         if let Some(doc) = &options.seed {
             seed(&mut store, doc);
         }
@@ -230,7 +285,7 @@ impl DataverseSimulator {
             options,
             store: Mutex::new(store),
             faults: Mutex::new(DataverseFaults::default()),
-            tokens: Mutex::new(HashSet::new()),
+            tokens: Mutex::new(HashMap::new()),
             down: watch::channel(false).0,
             issued: AtomicU64::new(0),
         });
@@ -403,9 +458,9 @@ fn lookup_column(nav: &str) -> &str {
 
 /// The table a set holds (`contacts` → `contact`).
 fn entity_of(set: &str) -> String {
-    match set {
-        "emails" => "email".into(),
-        s => pk(s).trim_end_matches("id").to_owned(),
+    match metadata::by_set(set) {
+        Some(table) => table.entity.into(),
+        None => pk(set).trim_end_matches("id").to_owned(),
     }
 }
 
@@ -637,15 +692,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     if shared.options.credentials.is_some() {
         let token =
             header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned));
-        let known = token.is_some_and(|t| {
+        let now = std::time::Instant::now();
+        let valid = token.is_some_and(|t| {
             shared
                 .tokens
                 .lock()
-                .map(|tokens| tokens.contains(&t))
+                .map(|tokens| tokens.get(&t).is_some_and(|expires| *expires > now))
                 .unwrap_or(false)
         });
-        if !known {
-            let (s, h, b) = error(401, "0x80072560", "The user is not authenticated.");
+        if !valid {
+            let (s, mut h, b) = error(401, "0x80072560", "The user is not authenticated.");
+            h.push((
+                "WWW-Authenticate".into(),
+                "Bearer error=\"invalid_token\", error_description=\"The token is missing, unknown or expired\"".into(),
+            ));
             return respond(s, h, b);
         }
     }
@@ -694,11 +754,17 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     };
     let mut store = shared.store();
     store.stats.requests += 1;
+    if !relative.starts_with("/$batch") {
+        store.note(status, &text);
+    }
     if store.log.len() < MAX_LOG {
         store.log.push(LoggedRequest {
             at_ms: arrived_ms,
+            done_ms: now_ms(),
             method: parts.method.to_string(),
             path: relative.to_owned(),
+            query: query.clone(),
+            prefer: header("prefer"),
             status,
         });
     }
@@ -724,12 +790,15 @@ fn token(shared: &Shared, body: &[u8]) -> Response<Full<Bytes>> {
     }
     let n = shared.issued.fetch_add(1, Ordering::Relaxed) + 1;
     let token = format!("simulated-token-{n}-{:016x}", rand::random::<u64>());
+    let lifetime = shared.options.token_lifetime;
     if let Ok(mut tokens) = shared.tokens.lock() {
-        tokens.insert(token.clone());
+        let now = std::time::Instant::now();
+        tokens.retain(|_, expires| *expires > now);
+        tokens.insert(token.clone(), now + lifetime);
     }
     json_response(
         200,
-        &json!({"token_type": "Bearer", "expires_in": 3599, "access_token": token}),
+        &json!({"token_type": "Bearer", "expires_in": lifetime.as_secs(), "access_token": token}),
     )
 }
 
@@ -853,68 +922,122 @@ fn resolve_bind(
     } else {
         Err(format!(
             "A record with the specified key values does not exist in {} entity",
-            set.trim_end_matches('s')
+            entity_of(&set)
         ))
     }
 }
 
-/// Checks binds (also inside `email_activity_parties`) and turns them into stored lookups.
-fn resolve_row(
+/// The lookup column of a stored `_<navigation>_value` key.
+fn stored_lookup_column(key: &str) -> Option<&str> {
+    key.strip_prefix('_')
+        .and_then(|k| k.strip_suffix("_value"))
+        .map(lookup_column)
+}
+
+fn refused(r: strict::Refusal) -> Answer {
+    error(r.status, r.code, &r.message)
+}
+
+/// `$select`, `$filter` and `$expand` name only what the table declares.
+fn check_query(
+    table: &metadata::Table,
+    query: &str,
+    leniency: Leniency,
+) -> Result<(), strict::Refusal> {
+    let params = query_params(query);
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(select) = params.get("$select") {
+        names.extend(select.split(',').map(str::trim).filter(|c| !c.is_empty()));
+    }
+    let filter = params.get("$filter").and_then(|f| Filter::parse(f).ok());
+    if let Some(f) = &filter {
+        names.extend(f.columns());
+    }
+    strict::readable(table, &names, leniency)?;
+    match params.get("$expand") {
+        Some(expand) if !leniency.undeclared => {
+            let nav = expand.split('(').next().unwrap_or("").trim();
+            match table.parties.filter(|p| p.nav == nav) {
+                Some(_) => Ok(()),
+                None => strict::readable(table, &[nav], leniency),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The body of a write checked against the table's metadata, with binds (also inside activity
+/// parties) turned into stored lookups and state/status completed.
+fn checked_row(
     store: &Store,
+    set: &str,
+    existing: Option<&Map<String, Value>>,
     body: &Map<String, Value>,
     references: &HashMap<String, String>,
-) -> Result<Map<String, Value>, String> {
+) -> Result<Map<String, Value>, Answer> {
+    let Some(table) = metadata::by_set(set) else {
+        // Only reached with the `undeclared` leniency: stored as sent, binds resolved.
+        return lenient_row(store, body, references);
+    };
+    let write = strict::Write {
+        table,
+        existing,
+        leniency: store.leniency,
+    };
+    let resolve = |value: &Value| {
+        resolve_bind(store, value, references).map_err(|m| strict::Refusal {
+            status: 400,
+            code: "0x80060891",
+            message: m,
+        })
+    };
     let mut row = Map::new();
     for (key, value) in body {
+        write.closed(key).map_err(refused)?;
         if let Some(nav) = key.strip_suffix("@odata.bind") {
-            let (set, id) = resolve_bind(store, value, references)?;
+            let bound = resolve(value).map_err(refused)?;
+            write.bind(nav, &bound).map_err(refused)?;
             row.insert(
                 format!("_{nav}_value"),
-                json!({"set": set, "id": id.to_string()}),
+                json!({"set": bound.0, "id": bound.1.to_string()}),
             );
-        } else if key == "email_activity_parties" {
-            let parties = value
-                .as_array()
-                .ok_or("email_activity_parties must be an array")?;
-            let mut stored = Vec::new();
-            for party in parties {
-                let party = party
-                    .as_object()
-                    .ok_or("an activity party must be an object")?;
-                let mask = party
-                    .get("participationtypemask")
-                    .and_then(Value::as_u64)
-                    .ok_or("participationtypemask is required")?;
-                if !(1..=13).contains(&mask) {
-                    return Err(format!("participationtypemask {mask} is not valid"));
-                }
-                let resolved = resolve_row(store, party, references)?;
-                if !resolved.keys().any(|k| k.starts_with("_partyid_"))
-                    && !party.contains_key("addressused")
-                {
-                    return Err("an activity party needs partyid or addressused".into());
-                }
-                stored.push(Value::Object(resolved));
-            }
+        } else if key.starts_with('@') {
+            continue;
+        } else if let Some(parties) = value
+            .as_array()
+            .filter(|_| key.ends_with("_activity_parties"))
+        {
+            let stored = write.parties(key, parties, resolve).map_err(refused)?;
             row.insert(key.clone(), Value::Array(stored));
         } else {
+            write.column(key, value).map_err(refused)?;
             row.insert(key.clone(), value.clone());
         }
     }
-    if let (Some(state), Some(status)) = (
-        row.get("statecode").and_then(Value::as_u64),
-        row.get("statuscode").and_then(Value::as_u64),
-    ) {
-        let valid = match state {
-            0 => [1, 8].contains(&status),
-            1 => [2, 3, 4, 6, 7].contains(&status),
-            2 => status == 5,
-            _ => false,
-        };
-        if !valid {
-            return Err(format!(
-                "statuscode {status} is not valid for statecode {state}"
-            ));
+    write.state_and_status(&mut row).map_err(refused)?;
+    Ok(row)
+}
+
+/// A row of a table the metadata does not declare (the `undeclared` leniency).
+fn lenient_row(
+    store: &Store,
+    body: &Map<String, Value>,
+    references: &HashMap<String, String>,
+) -> Result<Map<String, Value>, Answer> {
+    let mut row = Map::new();
+    for (key, value) in body {
+        match key.strip_suffix("@odata.bind") {
+            Some(nav) => {
+                let (set, id) = resolve_bind(store, value, references)
+                    .map_err(|m| error(400, "0x80060891", &m))?;
+                row.insert(
+                    format!("_{nav}_value"),
+                    json!({"set": set, "id": id.to_string()}),
+                );
+            }
+            None => {
+                row.insert(key.clone(), value.clone());
+            }
         }
     }
     Ok(row)
@@ -946,11 +1069,27 @@ fn execute(
         })
         .unwrap_or_else(|| relative.to_owned());
     let Some((set, id)) = parse_target(&relative) else {
-        return (
-            None,
-            error(404, "0x80060888", "Resource not found for the segment."),
-        );
+        let segment = relative.trim_start_matches('/');
+        return (None, refused(strict::unknown_set(segment)));
     };
+    let table = metadata::by_set(&set);
+    if table.is_none() && !store.leniency.undeclared {
+        return (None, refused(strict::unknown_set(&set)));
+    }
+    if let Err(r) = strict::caller(
+        store,
+        header("callerobjectid").as_deref(),
+        header("mscrmcallerid").as_deref(),
+        store.leniency,
+    ) {
+        return (None, refused(r));
+    }
+    if method == Method::GET
+        && let Some(table) = table
+        && let Err(r) = check_query(table, query, store.leniency)
+    {
+        return (None, refused(r));
+    }
     let entity_path = |id: Uuid| format!("/{set}({id})");
     let created_headers =
         |id: Uuid| vec![("OData-EntityId".to_owned(), format!("{api}/{set}({id})"))];
@@ -989,23 +1128,22 @@ fn execute(
                 None => (None, error(404, "0x80040217", "Does Not Exist")),
             }
         }
-        (Method::PATCH, Some(id)) | (Method::POST, Some(id)) => write(
-            store,
-            &set,
-            id,
-            header,
-            body,
-            references,
-            undo,
-            method == Method::POST,
-        )
-        .map(|(id, a)| {
-            (
-                Some(entity_path(id)),
-                (a.0, [a.1, created_headers(id)].concat(), a.2),
-            )
-        })
-        .unwrap_or_else(|a| (None, a)),
+        (Method::POST, Some(_)) => (
+            None,
+            error(
+                405,
+                "0x80060888",
+                "POST creates in an entity set; to create or update a row with a known key use PATCH (upsert).",
+            ),
+        ),
+        (Method::PATCH, Some(id)) => write(store, &set, id, header, body, references, undo, false)
+            .map(|(id, a)| {
+                (
+                    Some(entity_path(id)),
+                    (a.0, [a.1, created_headers(id)].concat(), a.2),
+                )
+            })
+            .unwrap_or_else(|a| (None, a)),
         (Method::POST, None) => {
             let id = serde_json::from_str::<Map<String, Value>>(body)
                 .ok()
@@ -1064,10 +1202,17 @@ fn write(
             "Error identified in Payload provided by the user.",
         )
     })?;
-    let row = resolve_row(store, &body, references).map_err(|m| error(400, "0x80060891", &m))?;
     let before = store.tables.get(set).and_then(|t| t.get(&id)).cloned();
     let created = before.is_none();
+    let row = checked_row(store, set, before.as_ref(), &body, references)?;
     let mut merged = before.clone().unwrap_or_default();
+    for key in row.keys() {
+        // A lookup holds one value: binding it again through another target's navigation
+        // property replaces the earlier one.
+        if let Some(column) = stored_lookup_column(key) {
+            merged.retain(|k, _| k == key || stored_lookup_column(k) != Some(column));
+        }
+    }
     merged.extend(row);
     merged.insert(pk(set), Value::String(id.to_string()));
     merged.insert("modifiedon".into(), iso_now().into());
@@ -1365,6 +1510,7 @@ fn batch(store: &mut Store, api: &str, content_type: &str, prefer: &str, body: &
         let failed = match item {
             BatchItem::Single(part) => {
                 let (_, answer) = run_part(store, api, part, &HashMap::new(), &mut Vec::new());
+                store.note(answer.0, &answer.2);
                 let failed = answer.0 >= 400;
                 answers.push(BatchItem::Single(response_part(&answer, None)));
                 failed
@@ -1381,6 +1527,7 @@ fn batch(store: &mut Store, api: &str, content_type: &str, prefer: &str, body: &
                         break;
                     }
                     let (entity, answer) = run_part(store, api, part, &references, &mut undo);
+                    store.note(answer.0, &answer.2);
                     if answer.0 >= 400 {
                         failure = Some(answer);
                         break;
@@ -1420,323 +1567,4 @@ fn batch(store: &mut Store, api: &str, content_type: &str, prefer: &str, body: &
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn patch(store: &mut Store, path: &str, header: Option<(&str, &str)>, body: Value) -> u16 {
-        let h = move |n: &str| {
-            header
-                .filter(|(name, _)| name.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.to_owned())
-        };
-        execute(
-            store,
-            "/api/data/v9.2",
-            &Method::PATCH,
-            path,
-            "",
-            &h,
-            &body.to_string(),
-            &HashMap::new(),
-            &mut Vec::new(),
-        )
-        .1
-        .0
-    }
-
-    #[test]
-    fn conditional_upserts_answer_like_dataverse() {
-        let mut s = Store::default();
-        let id = Uuid::from_u128(1);
-        let path = format!("/emails({id})");
-        assert_eq!(
-            patch(&mut s, &path, Some(("If-Match", "*")), json!({})),
-            404
-        );
-        assert_eq!(
-            patch(
-                &mut s,
-                &path,
-                Some(("If-None-Match", "*")),
-                json!({"subject": "a"})
-            ),
-            204
-        );
-        assert_eq!(
-            patch(
-                &mut s,
-                &path,
-                Some(("If-None-Match", "*")),
-                json!({"subject": "b"})
-            ),
-            412
-        );
-        assert_eq!(
-            patch(
-                &mut s,
-                &path,
-                Some(("If-Match", "*")),
-                json!({"statecode": 1, "statuscode": 4})
-            ),
-            204
-        );
-        assert_eq!(
-            patch(
-                &mut s,
-                &path,
-                None,
-                json!({"statecode": 1, "statuscode": 5})
-            ),
-            400
-        );
-        assert_eq!(s.stats.created["emails"], 1);
-        assert_eq!(s.tables["emails"][&id]["subject"], "a");
-    }
-
-    #[test]
-    fn binds_must_resolve() {
-        let mut s = Store::default();
-        let contact = Uuid::from_u128(2);
-        let body = json!({"email_activity_parties": [
-            {"partyid_contact@odata.bind": format!("/contacts({contact})"), "participationtypemask": 1}]});
-        assert_eq!(
-            patch(
-                &mut s,
-                "/emails(00000000-0000-0000-0000-000000000001)",
-                None,
-                body.clone()
-            ),
-            400
-        );
-        insert_seed(&mut s, "contacts", contact, Map::new());
-        assert_eq!(
-            patch(
-                &mut s,
-                "/emails(00000000-0000-0000-0000-000000000001)",
-                None,
-                body
-            ),
-            204
-        );
-        let bad = json!({"email_activity_parties": [{"participationtypemask": 1}]});
-        assert_eq!(
-            patch(
-                &mut s,
-                "/emails(00000000-0000-0000-0000-000000000003)",
-                None,
-                bad
-            ),
-            400
-        );
-    }
-
-    #[test]
-    fn change_sets_are_atomic_and_resolve_content_ids() {
-        let mut s = Store::default();
-        let part = |url: &str, id: &str, body: Value, cond: Option<&str>| HttpPart {
-            start: format!("PATCH /api/data/v9.2{url} HTTP/1.1"),
-            headers: cond
-                .map(|c| vec![(c.to_owned(), "*".to_owned())])
-                .unwrap_or_default(),
-            body: body.to_string(),
-            content_id: Some(id.to_owned()),
-        };
-        let ok = BatchItem::ChangeSet(vec![
-            part(
-                "/contacts(00000000-0000-0000-0000-000000000009)",
-                "1",
-                json!({"lastname": "A"}),
-                None,
-            ),
-            part(
-                "/emails(00000000-0000-0000-0000-000000000001)",
-                "2",
-                json!({"regardingobjectid_contact_email@odata.bind": "$1"}),
-                None,
-            ),
-        ]);
-        let failing = BatchItem::ChangeSet(vec![
-            part(
-                "/emails(00000000-0000-0000-0000-000000000002)",
-                "1",
-                json!({"subject": "x"}),
-                None,
-            ),
-            part(
-                "/emails(00000000-0000-0000-0000-000000000001)",
-                "2",
-                json!({}),
-                Some("If-None-Match"),
-            ),
-        ]);
-        let body = multipart::write_batch("b", &[ok, failing]);
-        let (status, headers, text) = batch(
-            &mut s,
-            "/api/data/v9.2",
-            "multipart/mixed; boundary=b",
-            "odata.continue-on-error",
-            &body,
-        );
-        assert_eq!(status, 200);
-        let answers =
-            multipart::read_batch(multipart::boundary(&headers[0].1).unwrap(), &text).unwrap();
-        assert!(matches!(&answers[0], BatchItem::ChangeSet(p) if p.len() == 2));
-        assert!(matches!(&answers[1], BatchItem::Single(p) if p.status() == Some(412)));
-        assert!(s.tables["emails"].contains_key(&Uuid::from_u128(1)));
-        assert!(
-            !s.tables["emails"].contains_key(&Uuid::from_u128(2)),
-            "rolled back"
-        );
-        assert_eq!(
-            s.tables["emails"][&Uuid::from_u128(1)]["_regardingobjectid_contact_email_value"]["id"],
-            Uuid::from_u128(9).to_string()
-        );
-    }
-
-    #[test]
-    fn change_tracking_returns_changed_new_and_deleted_rows_since_a_delta_token() {
-        let mut s = Store::default();
-        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
-        insert_seed(&mut s, "contacts", a, Map::new());
-        insert_seed(&mut s, "contacts", b, Map::new());
-        insert_seed(&mut s, "accounts", Uuid::from_u128(9), Map::new());
-        let track = |n: &str| (n == "prefer").then(|| "odata.track-changes".to_owned());
-        let (status, headers, text) = query_set(
-            &s,
-            "/api",
-            "contacts",
-            "$select=contactid,emailaddress1",
-            &track,
-        );
-        assert_eq!(status, 200);
-        assert!(
-            headers
-                .iter()
-                .any(|(n, v)| n == "Preference-Applied" && v == "odata.track-changes")
-        );
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["value"].as_array().unwrap().len(), 2);
-        let link = v["@odata.deltaLink"].as_str().unwrap().to_owned();
-        let token_query = link.split_once('?').unwrap().1.to_owned();
-        // An address moves, a contact is deleted, one is created; an account changes too.
-        assert_eq!(
-            patch(
-                &mut s,
-                &format!("/contacts({a})"),
-                None,
-                json!({"emailaddress1": "new@x"})
-            ),
-            204
-        );
-        let mut undo = Vec::new();
-        let no_header = |_: &str| None;
-        execute(
-            &mut s,
-            "/api",
-            &Method::DELETE,
-            &format!("/contacts({b})"),
-            "",
-            &no_header,
-            "",
-            &HashMap::new(),
-            &mut undo,
-        );
-        assert_eq!(
-            patch(
-                &mut s,
-                &format!("/contacts({c})"),
-                None,
-                json!({"lastname": "C"})
-            ),
-            204
-        );
-        assert_eq!(
-            patch(
-                &mut s,
-                "/accounts(00000000-0000-0000-0000-000000000009)",
-                None,
-                json!({"name": "N"})
-            ),
-            204
-        );
-        let (status, _, text) = query_set(&s, "/api", "contacts", &token_query, &no_header);
-        assert_eq!(status, 200);
-        let v: Value = serde_json::from_str(&text).unwrap();
-        let rows = v["value"].as_array().unwrap();
-        assert_eq!(rows.len(), 3, "{v:#}");
-        assert_eq!(rows[0]["emailaddress1"], "new@x");
-        assert!(rows[0].get("lastname").is_none(), "$select kept");
-        assert_eq!(rows[1]["reason"], "deleted");
-        assert_eq!(rows[1]["id"], b.to_string());
-        assert_eq!(rows[2]["contactid"], c.to_string());
-        // Nothing changed since the new link; a token from the future or garbage is refused.
-        let next = v["@odata.deltaLink"]
-            .as_str()
-            .unwrap()
-            .split_once('?')
-            .unwrap()
-            .1
-            .to_owned();
-        let (_, _, text) = query_set(&s, "/api", "contacts", &next, &no_header);
-        assert_eq!(
-            serde_json::from_str::<Value>(&text).unwrap()["value"]
-                .as_array()
-                .unwrap()
-                .len(),
-            0
-        );
-        assert_eq!(
-            query_set(&s, "/api", "contacts", "$deltatoken=999999", &no_header).0,
-            410
-        );
-        assert_eq!(
-            query_set(&s, "/api", "contacts", "$deltatoken=x", &no_header).0,
-            400
-        );
-    }
-
-    #[test]
-    fn queries_filter_select_and_page() {
-        let mut s = Store::default();
-        for n in 0..5u128 {
-            insert_seed(&mut s, "contacts", Uuid::from_u128(n), {
-                let mut m = Map::new();
-                m.insert("emailaddress1".into(), format!("c{}@x", n % 2).into());
-                m
-            });
-        }
-        let prefer = |n: &str| (n == "prefer").then(|| "odata.maxpagesize=2".to_owned());
-        let (status, _, text) = query_set(
-            &s,
-            "/api",
-            "contacts",
-            "$filter=emailaddress1%20eq%20'c0@x'&$select=contactid",
-            &prefer,
-        );
-        assert_eq!(status, 200);
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["value"].as_array().unwrap().len(), 2);
-        assert!(v["value"][0].get("emailaddress1").is_none());
-        assert!(
-            v["@odata.nextLink"]
-                .as_str()
-                .unwrap()
-                .contains("$skiptoken=2")
-        );
-        assert_eq!(pk("opportunities"), "opportunityid");
-        assert_eq!(
-            decode_form("a%20b+c%aé%"),
-            "a b c%aé%",
-            "bad escapes stay as they are"
-        );
-        let huge = query_set(
-            &s,
-            "/api",
-            "contacts",
-            "$skiptoken=18446744073709551615",
-            &|_| None,
-        );
-        assert_eq!(huge.0, 200);
-        assert_eq!(pk("emails"), "activityid");
-    }
-}
+mod tests;
