@@ -239,7 +239,10 @@ async fn a_gateway_pointed_at_dataverse_loads_every_table_in_pages_and_decides_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_of_records_options_and_folder_rules_change_the_next_decision() {
-    let dv = dataverse(contoso()).await;
+    // Contacts span three pages (page_size 10): a full reload would page through them again.
+    let mut doc = contoso();
+    extra_contacts(&mut doc, 25, true);
+    let dv = dataverse(doc).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = start_in(dir.path(), &dv.url(), &dv.token_url(), "").await;
     let alex = "alex.seller@contoso.example";
@@ -338,9 +341,47 @@ async fn deltas_of_records_options_and_folder_rules_change_the_next_decision() {
     );
 
     let before = dv.requests().len();
+    // The first load asked for change tracking and paged through the contacts.
+    let load: Vec<_> = dv.requests()[..before].to_vec();
+    let contact_pages: Vec<_> = load.iter().filter(|r| r.path == "/contacts").collect();
+    assert_eq!(contact_pages.len(), 3, "{contact_pages:#?}");
+    assert!(
+        contact_pages
+            .iter()
+            .all(|r| r.prefer.as_deref().is_some_and(
+                |p| p.contains("odata.track-changes") && p.contains("odata.maxpagesize=10")
+            )),
+        "{contact_pages:#?}"
+    );
+    assert!(
+        contact_pages
+            .iter()
+            .skip(1)
+            .all(|r| r.query.contains("$skiptoken="))
+    );
+
     gw.refresh_directory().await.expect("refresh");
-    // The refresh asked for changes, not whole tables.
+    // The refresh asked for changes since the load's delta links, not whole tables.
     let refresh: Vec<_> = dv.requests()[before..].to_vec();
+    let tracked: Vec<_> = refresh
+        .iter()
+        .filter(|r| r.path != "/organizations" && r.path != "/emails")
+        .collect();
+    assert_eq!(
+        tracked.len(),
+        8,
+        "one delta request per change-tracked table: {refresh:#?}"
+    );
+    for r in &tracked {
+        assert!(
+            r.query.contains("$deltatoken=") && r.status == 200,
+            "a delta query, answered: {r:#?}"
+        );
+        assert!(
+            !r.query.contains("$skiptoken="),
+            "no paging through a table: {r:#?}"
+        );
+    }
     for set in [
         "/contacts",
         "/accounts",
@@ -348,20 +389,10 @@ async fn deltas_of_records_options_and_folder_rules_change_the_next_decision() {
         "/usersettingscollection",
     ] {
         assert!(
-            refresh.iter().any(|r| r.path == set && r.status == 200),
-            "{set} refreshed: {refresh:?}"
+            tracked.iter().any(|r| r.path == set),
+            "{set} refreshed: {refresh:#?}"
         );
     }
-    let log = dv.requests();
-    assert!(log.len() > before);
-    let deltas = refresh
-        .iter()
-        .filter(|r| r.path != "/organizations" && r.path != "/emails")
-        .count();
-    assert_eq!(
-        deltas, 8,
-        "one delta request per change-tracked table: {refresh:?}"
-    );
 
     let d = decide(&gw, &nia);
     expect(&d, "track", "sender_contact");

@@ -1,19 +1,30 @@
 //! Where blocking and background work runs: threads that yield to the traffic, and blocking
 //! work taken off tokio's workers.
 
-/// The niceness of the threads that work behind the traffic (inspection, the outbox writer).
-pub const BEHIND_TRAFFIC_NICENESS: i32 = 10;
+/// How much nicer than the process the threads that work behind the traffic (inspection, the
+/// outbox writer) run: a gateway started at niceness 0 runs them at 10.
+pub const BEHIND_TRAFFIC_STEP: i32 = 10;
 
-/// Lowers the calling thread's scheduling priority to [`BEHIND_TRAFFIC_NICENESS`], so that on a
-/// busy core the proxy's workers run first: traffic is never slowed by inspecting it
-/// (docs/architecture.md §2.1). When inspection then falls behind, its bounded queue drops
-/// copies and counts them.
+/// The lowest priority there is.
+const NICENESS_LOWEST: i32 = 19;
+
+/// The niceness a thread that starts at `start` runs behind the traffic with.
+pub fn behind_traffic(start: i32) -> i32 {
+    start
+        .saturating_add(BEHIND_TRAFFIC_STEP)
+        .min(NICENESS_LOWEST)
+}
+
+/// Lowers the calling thread's scheduling priority by [`BEHIND_TRAFFIC_STEP`] (to at most
+/// niceness 19), so that on a busy core the proxy's workers run first: traffic is never slowed
+/// by inspecting it (docs/architecture.md §2.1). When inspection then falls behind, its bounded
+/// queue drops copies and counts them. Relative to where the thread starts, so a gateway
+/// started with `nice` keeps the same distance between its proxy workers and the rest.
 /// Only a time-shared thread is lowered (under a realtime policy the same call would set a
-/// realtime priority), and never raised: a gateway started at a higher niceness keeps it.
-/// Lowering one's own priority needs no privilege; if the system refuses anyway (a seccomp
-/// profile), the thread runs at normal priority and the refusal is logged.
+/// realtime priority). Lowering one's own priority needs no privilege; if the system refuses
+/// anyway (a seccomp profile), the thread runs at its start priority and the refusal is logged.
 pub fn run_behind_traffic(thread: &str) {
-    use thread_priority::{ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy};
+    use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
     if !matches!(
         thread_priority::thread_schedule_policy(),
         Ok(ThreadSchedulePolicy::Normal(_))
@@ -24,15 +35,16 @@ pub fn run_behind_traffic(thread: &str) {
         );
         return;
     }
-    let current = std::fs::read_to_string("/proc/thread-self/stat")
+    let start = std::fs::read_to_string("/proc/thread-self/stat")
         .ok()
-        .and_then(|stat| niceness_from_stat(&stat));
-    if current.is_some_and(|nice| nice >= BEHIND_TRAFFIC_NICENESS) {
+        .and_then(|stat| niceness_from_stat(&stat))
+        .unwrap_or(0);
+    let target = behind_traffic(start);
+    if target == start {
         return;
     }
-    // thread-priority maps 0..=99 onto niceness 19..=-20: 22 is niceness 10.
-    let lowered = ThreadPriorityValue::try_from(22u8)
-        .map_err(|e| e.to_owned())
+    let lowered = crossplatform_value(target)
+        .ok_or_else(|| format!("no priority value gives niceness {target}"))
         .and_then(|value| {
             thread_priority::set_current_thread_priority(ThreadPriority::Crossplatform(value))
                 .map_err(|e| match e {
@@ -45,6 +57,14 @@ pub fn run_behind_traffic(thread: &str) {
     if let Err(error) = lowered {
         tracing::warn!(thread, %error, "cannot lower this thread's priority; it competes with traffic");
     }
+}
+
+/// The thread-priority value that sets `niceness` for a time-shared thread: the crate maps
+/// 0..=99 onto niceness 19..=-20 (`(39 × (1 − p/99)) as i8 − 20`).
+fn crossplatform_value(niceness: i32) -> Option<thread_priority::ThreadPriorityValue> {
+    (0u8..=99)
+        .find(|p| ((39.0 * (1.0 - f32::from(*p) / 99.0)) as i32) - 20 == niceness)
+        .and_then(|p| thread_priority::ThreadPriorityValue::try_from(p).ok())
 }
 
 /// The niceness in a `/proc/…/stat` line (field 19 of proc(5); the name in field 2 may hold
@@ -60,5 +80,22 @@ pub fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behind_traffic_is_ten_nicer_than_the_start_and_never_past_19() {
+        assert_eq!(behind_traffic(0), 10);
+        assert_eq!(behind_traffic(5), 15);
+        assert_eq!(behind_traffic(12), 19);
+        assert_eq!(behind_traffic(19), 19);
+        assert_eq!(behind_traffic(-5), 5);
+        for niceness in -20..=19 {
+            assert!(crossplatform_value(niceness).is_some(), "{niceness}");
+        }
     }
 }

@@ -654,6 +654,51 @@ mod tests {
         assert_eq!(sink.budget.held(), 0);
     }
 
+    /// Copies one small exchange through the sink.
+    async fn exchange(sink: &Arc<CaptureSink>) {
+        let pending = begin(sink);
+        pending.no_request_body();
+        let response = Tee::new(
+            Full::new(Bytes::from_static(b"<resp/>")),
+            Side::Response,
+            pending,
+        );
+        response.collect().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_behind_a_blocked_worker_drops_copies_and_says_so() {
+        // The queue holds 4; the worker takes nothing until told.
+        let (sink, mut blocked_worker) = sink(1024, 1 << 20);
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hook_told = told.clone();
+        let sink = Arc::new(Arc::try_unwrap(sink).unwrap().with_drop_hook(Some(DropHook(
+            Arc::new(move |_| {
+                hook_told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+        ))));
+        for _ in 0..6 {
+            exchange(&sink).await;
+        }
+        assert_eq!(sink.metrics.handed_off.get(), 4);
+        assert_eq!(sink.metrics.dropped.get(), 2, "the queue was full twice");
+        assert_eq!(
+            told.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "catch-up told of each"
+        );
+        let one = blocked_worker.try_recv().unwrap();
+        assert_eq!(
+            sink.budget.held(),
+            one.weight() * 4,
+            "a dropped copy gives its memory back"
+        );
+        // The worker took one: the next copy has room again.
+        exchange(&sink).await;
+        assert_eq!(sink.metrics.handed_off.get(), 5);
+        assert_eq!(sink.metrics.dropped.get(), 2);
+    }
+
     /// The connection number stands in for a mailbox here: the real key comes from inspection.
     fn by_connection(capture: &Capture) -> u64 {
         capture.connection
