@@ -953,7 +953,8 @@ fn each_correlation_method_and_the_switches_that_disable_it() {
 #[test]
 fn replies_correlate_with_mail_tracked_moments_ago_through_the_gateway() {
     let engine = engine_with(|d| set_filter(d, OWNER, 2));
-    // Tracked because the sender is a contact; moved into a linked folder.
+    // Tracked by this engine moments ago (the directory's email table does not have it yet)
+    // because the sender is a contact; moved into a folder linked to the account.
     expect(
         &decide(&engine, &inbox("pat@customer.example", "first@x")),
         Reason::SenderContact,
@@ -963,21 +964,47 @@ fn replies_correlate_with_mail_tracked_moments_ago_through_the_gateway() {
         &move_to("item-first@x", "first-moved", Some(TRACKED), None),
     );
     assert!(d.update_regarding);
-    // The owner now wants only replies; a stranger's reply to it correlates and inherits the
-    // regarding of the tracked original.
-    let engine2 = engine.clone();
-    drop(engine);
-    let engine = engine2;
-    let mut m = message(
-        "second@x",
-        "inbox",
-        "stranger@else.example",
-        &["owner@corp.example"],
-    );
-    m.in_reply_to = Some("first@x".into());
-    let d = decide(&engine, &seen_in("owner@corp.example", m));
+    let stranger_reply = |message_id: &str| {
+        let mut m = message(
+            message_id,
+            "inbox",
+            "stranger@else.example",
+            &["owner@corp.example"],
+        );
+        m.in_reply_to = Some("first@x".into());
+        seen_in("owner@corp.example", m)
+    };
     // Filter 2: a stranger is not a contact, even in a tracked thread.
-    expect(&d, Reason::SenderUnresolved);
+    expect(
+        &decide(&engine, &stranger_reply("second@x")),
+        Reason::SenderUnresolved,
+    );
+
+    // The owner now wants responses to CRM email only; the directory is reloaded under the
+    // same engine, which still remembers what it tracked. The stranger's reply correlates with
+    // the gateway-tracked original by In-Reply-To and inherits its regarding.
+    let mut doc = base();
+    set_filter(&mut doc, OWNER, 1);
+    engine
+        .directory()
+        .swap(Directory::build(doc).expect("valid test directory"));
+    let reply = stranger_reply("third@x");
+    let d = decide(&engine, &reply);
+    expect(&d, Reason::ReplyInReplyTo);
+    assert_eq!(
+        d.correlation.as_ref().and_then(|c| c.activityid),
+        Some(email_id(id(ORG), "first@x", Direction::Incoming)),
+        "correlated with the email this engine tracked"
+    );
+    assert_eq!(
+        d.regarding,
+        Some(look("account", ACCOUNT)),
+        "the regarding the move gave the original"
+    );
+    // Without the original tracked, the same reply is not a response to CRM email.
+    let fresh = engine_with(|d| set_filter(d, OWNER, 1));
+    assert_ne!(decide(&fresh, &reply).verdict, d.verdict);
+
     let engine = engine_with(|d| set_filter(d, OWNER, 1));
     expect(
         &decide(

@@ -167,10 +167,6 @@ impl Run<'_> {
         let m = case.summary.message;
         let message_id = m.internet_message_id.as_deref();
         if let Some(t) = case.summary.tracked {
-            // Tracked before its Message-ID was seen: now other sightings can know it too.
-            if message_id.is_some() {
-                self.remember_keys(m, direction, &Arc::new(t.clone()));
-            }
             d.crm_id = t.crm_id.or(d.crm_id);
             self.already_tracked(
                 d,
@@ -180,6 +176,15 @@ impl Run<'_> {
                 true,
                 "this item was tracked earlier",
             );
+            // Tracked before its Message-ID was seen: now other sightings can know it too; and
+            // a re-link by a folder rule is what replies to it inherit from now on.
+            if message_id.is_some() {
+                let mut t = t.clone();
+                if d.update_regarding {
+                    t.regarding = d.regarding.clone();
+                }
+                self.remember_keys(m, direction, &Arc::new(t));
+            }
             return ControlFlow::Break(());
         }
         if let Some(id) = message_id {
