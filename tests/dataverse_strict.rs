@@ -36,19 +36,12 @@ async fn strict(token_lifetime: Duration) -> DataverseSimulator {
 }
 
 async fn token(dv: &DataverseSimulator) -> String {
-    let answer: Value = support::plain_client()
-        .post(dv.token_url())
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", "id"),
-            ("client_secret", "secret"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = support::json_of(support::plain_client().post(dv.token_url()).form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", "id"),
+        ("client_secret", "secret"),
+    ]))
+    .await;
     answer["access_token"].as_str().unwrap().to_owned()
 }
 

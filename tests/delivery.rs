@@ -703,14 +703,9 @@ async fn the_journal_is_the_default_sink() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].email.id.to_string(), PAT_MESSAGE);
     assert_eq!(entries[0].email.reason, "sender_contact");
-    let shown: Value = support::plain_client()
-        .get(gw.admin(&format!("/journal/{PAT_MESSAGE}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown =
+        support::json_of(support::plain_client().get(gw.admin(&format!("/journal/{PAT_MESSAGE}"))))
+            .await;
     assert_eq!(shown["email"]["parties"][0]["participationtypemask"], 1);
 }
 
@@ -1040,9 +1035,39 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
     use trackgate::simulate::{AuthMode, FixtureSet, SimulatorOptions};
 
     let dv = dataverse().await; // its token endpoint stands in for Entra ID
-    let mut options = SimulatorOptions::new("bearer", FixtureSet::embedded().unwrap());
+    // The stateful store: it answers for the mailbox impersonated and the item asked for.
+    let store = std::sync::Arc::new(trackgate::simulate::mailbox::Store::embedded().unwrap());
+    let mut options =
+        SimulatorOptions::new("bearer", FixtureSet::embedded().unwrap()).with_store(store);
     options.auth = AuthMode::Bearer;
     let sim = support::simulator_with(options).await;
+    let deliver = |to: &'static str, message_id: &'static str, body: &'static str| {
+        let url = format!("{}/_sim/deliver", sim.url());
+        async move {
+            let answer =
+                support::json_of(support::plain_client().post(url).json(&serde_json::json!({
+                    "from": "pat.buyer@fabrikam.example", "to": [to],
+                    "subject": "Seats", "body": body, "message_id": message_id,
+                })))
+                .await;
+            answer["delivered"][0]["item_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let alex_item = deliver(
+        "alex.seller@contoso.example",
+        "<alex-quote@fabrikam.example>",
+        "<p>A quote for 40 seats</p>",
+    )
+    .await;
+    let kim_item = deliver(
+        "kim.manager@contoso.example",
+        "<kim-other@fabrikam.example>",
+        "<p>Something else</p>",
+    )
+    .await;
     let oauth = |secret: &str| {
         ExchangeAuth::OAuth(ClientCredentials {
             token_url: dv.token_url(),
@@ -1060,34 +1085,46 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
     let client = ExchangeClient::new(reqwest::Client::new(), settings(oauth(CLIENT_SECRET)));
     let mailbox = "alex.seller@contoso.example";
     let ews = client
-        .fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true)
+        .fetch(mailbox, &alex_item, false, true)
         .await
         .unwrap();
     assert_eq!(
         ews.message.internet_message_id.as_deref(),
-        Some("CAF1234.5678@mail.fabrikam.example")
+        Some("alex-quote@fabrikam.example"),
+        "the item asked for, from the mailbox impersonated"
     );
     assert_eq!(
         ews.message.from.unwrap().address.as_deref(),
         Some("pat.buyer@fabrikam.example")
     );
-    // An id first seen over Graph is fetched over Graph, with the same cached token.
-    let graph = client
-        .fetch(mailbox, "AAMkADEzMessageOneAAA=", true, true)
-        .await
-        .unwrap();
+    // An id first seen over Graph is fetched over Graph (`/users/<mailbox>/messages/<id>`),
+    // with the same cached token.
+    let graph = client.fetch(mailbox, &alex_item, true, true).await.unwrap();
     assert_eq!(
         graph.message.internet_message_id,
         ews.message.internet_message_id
     );
     let body = graph.body.expect("the body");
-    assert_eq!(body.content_type, "html");
-    assert!(body.content.contains("quote for 40 seats"));
+    assert!(body.content.contains("quote for 40 seats"), "{body:?}");
     assert_eq!(dv.tokens_issued(), 1, "one token for both calls");
+    // Kim's own item is Kim's message; Alex's item is not in Kim's mailbox.
+    let kim = "kim.manager@contoso.example";
+    let other = client.fetch(kim, &kim_item, false, true).await.unwrap();
+    assert_eq!(
+        other.message.internet_message_id.as_deref(),
+        Some("kim-other@fabrikam.example")
+    );
+    for graph in [false, true] {
+        let error = client
+            .fetch(kim, &alex_item, graph, true)
+            .await
+            .unwrap_err();
+        assert!(!error.is_transient(), "{error}");
+    }
     // Wrong credentials: a token error, worth retrying later (an operator fixes the secret).
     let refused = ExchangeClient::new(reqwest::Client::new(), settings(oauth("wrong-secret")));
     let error = refused
-        .fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true)
+        .fetch(mailbox, &alex_item, false, true)
         .await
         .unwrap_err();
     assert!(matches!(error, ExchangeError::Token(_)), "{error}");
@@ -1101,9 +1138,7 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
         }),
     );
     assert!(matches!(
-        basic
-            .fetch(mailbox, "AAMkADEzMessageOneAAA=", false, true)
-            .await,
+        basic.fetch(mailbox, &alex_item, false, true).await,
         Err(ExchangeError::Status(401))
     ));
 }

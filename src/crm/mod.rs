@@ -96,25 +96,10 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     )
 }
 
+/// An HTTP date in any of the three forms RFC 9110 §5.6.7 has recipients accept (IMF-fixdate,
+/// RFC 850, asctime).
 fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
-    humantime::parse_rfc3339_weak(value).ok().or_else(|| {
-        // "Sun, 06 Nov 1994 08:49:37 GMT"
-        let parts: Vec<&str> = value.split_whitespace().collect();
-        if parts.len() != 6 {
-            return None;
-        }
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ]
-        .iter()
-        .position(|m| *m == parts[2])?
-            + 1;
-        humantime::parse_rfc3339_weak(&format!(
-            "{}-{:02}-{:0>2} {}",
-            parts[3], month, parts[1], parts[4]
-        ))
-        .ok()
-    })
+    httpdate::parse_http_date(value).ok()
 }
 
 /// The outcome of an answer that is not a success: its status, `Retry-After` and body.
@@ -216,9 +201,53 @@ mod tests {
         );
         assert_eq!(parse_retry_after(Some("7")), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after(Some("-1")), None);
+        // A date in the past: now.
         assert_eq!(
             parse_retry_after(Some("Sun, 06 Nov 1994 08:49:37 GMT")),
             Some(Duration::ZERO)
+        );
+        // A date ahead, in each form HTTP allows: that long (dates carry whole seconds).
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(90);
+        let imf = httpdate::fmt_http_date(ahead);
+        let (weekday, rest) = imf.split_once(", ").unwrap();
+        let [day, month, year, time, _gmt] = rest.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("{imf}")
+        };
+        let long_weekday = [
+            ("Mon", "Monday"),
+            ("Tue", "Tuesday"),
+            ("Wed", "Wednesday"),
+            ("Thu", "Thursday"),
+            ("Fri", "Friday"),
+            ("Sat", "Saturday"),
+            ("Sun", "Sunday"),
+        ]
+        .iter()
+        .find(|(short, _)| *short == weekday)
+        .unwrap()
+        .1;
+        let rfc850 = format!("{long_weekday}, {day}-{month}-{} {time} GMT", &year[2..]);
+        let asctime = format!(
+            "{weekday} {month} {:>2} {time} {year}",
+            day.trim_start_matches('0')
+        );
+        for form in [imf, rfc850, asctime] {
+            let wait = parse_retry_after(Some(&form)).unwrap_or_else(|| panic!("{form}"));
+            assert!(
+                wait > Duration::from_secs(88) && wait <= Duration::from_secs(90),
+                "{form}: {wait:?}"
+            );
+        }
+        // Far ahead: capped at an hour.
+        let later = httpdate::fmt_http_date(ahead + Duration::from_secs(86_400));
+        assert_eq!(
+            parse_retry_after(Some(&later)),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            parse_retry_after(Some("2026-12-05T10:00:00Z")),
+            None,
+            "not an HTTP date"
         );
         assert_eq!(parse_retry_after(Some("soon")), None);
         assert_eq!(parse_retry_after(None), None);

@@ -159,7 +159,11 @@ pub struct SimStats {
     pub connections: u64,
     pub requests: u64,
     pub ntlm_authenticated: u64,
+    /// Bytes of request bodies that arrived whole.
     pub body_bytes_received: u64,
+    /// `/_sim/sink` bodies that broke off before their end, and the bytes they had brought.
+    pub broken_bodies: u64,
+    pub broken_body_bytes: u64,
 }
 
 #[derive(Default)]
@@ -168,6 +172,8 @@ struct Counters {
     requests: AtomicU64,
     ntlm_authenticated: AtomicU64,
     body_bytes_received: AtomicU64,
+    broken_bodies: AtomicU64,
+    broken_body_bytes: AtomicU64,
 }
 
 struct Shared {
@@ -245,6 +251,8 @@ impl Shared {
             requests: c.requests.load(Ordering::Relaxed),
             ntlm_authenticated: c.ntlm_authenticated.load(Ordering::Relaxed),
             body_bytes_received: c.body_bytes_received.load(Ordering::Relaxed),
+            broken_bodies: c.broken_bodies.load(Ordering::Relaxed),
+            broken_body_bytes: c.broken_body_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -610,7 +618,17 @@ async fn control_route(
                             checker.feed(data);
                         }
                     }
-                    Err(_) => return text(StatusCode::BAD_REQUEST, "body broke off\n"),
+                    Err(_) => {
+                        shared
+                            .counters
+                            .broken_bodies
+                            .fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .counters
+                            .broken_body_bytes
+                            .fetch_add(checker.seen, Ordering::Relaxed);
+                        return text(StatusCode::BAD_REQUEST, "body broke off\n");
+                    }
                 }
             }
             shared

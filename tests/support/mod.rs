@@ -125,6 +125,17 @@ pub async fn get_text(url: &str) -> String {
         .expect("GET body")
 }
 
+/// Sends a request and reads its JSON answer.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("request answered")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// Polls `check` until it returns `Some`, or panics after `limit`.
 pub async fn wait_for<T>(
     limit: Duration,

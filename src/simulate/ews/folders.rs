@@ -148,7 +148,7 @@ pub fn convert_id(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
         };
         let known = ews_id
             .as_deref()
-            .is_some_and(|i| ctx.store.find_item(i).is_ok() || ctx.store.find_folder(i).is_ok());
+            .is_some_and(|i| ctx.find_item(i).is_ok() || ctx.store.find_folder(i).is_ok());
         let converted = match (&ews_id, destination) {
             (Some(i), "HexEntryId") => mailbox::entry_id_hex(i),
             (Some(i), _) => Some(i.clone()),

@@ -222,7 +222,7 @@ pub fn get_item(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
     open(out, "GetItem");
     if !too_many_ids(out, "GetItem", ids.len()) {
         for id in ids {
-            match ctx.store.find_item(&id) {
+            match ctx.find_item(&id) {
                 Ok((m, key)) => {
                     let mailbox = ctx.store.mailbox(m);
                     let mut payload = String::from("<m:Items>");
@@ -371,7 +371,7 @@ fn response_object(ctx: &Ctx<'_>, node: Node<'_>) -> Result<Item, CreateError> {
                 "A response object needs a ReferenceItemId.".into(),
             )
         })?;
-    let (m, key) = ctx.store.find_item(reference)?;
+    let (m, key) = ctx.find_item(reference)?;
     let original = ctx.store.item(m, key).clone();
     let me = ctx.store.mailbox(m).address.clone();
     let mut item = parse::new_item_fields(node);
@@ -434,7 +434,7 @@ fn send_existing(
     save: bool,
     saved_to: Option<Node<'_>>,
 ) -> Result<(), StoreError> {
-    let (m, key) = ctx.store.find_item(id)?;
+    let (m, key) = ctx.find_item(id)?;
     let save_to = if save {
         Some(target_folder(ctx, saved_to, "sentitems")?.1)
     } else {
@@ -477,7 +477,7 @@ fn update_one(
     disposition: Option<Disposition>,
     saved_to: Option<Node<'_>>,
 ) -> Result<String, StoreError> {
-    let (m, key) = ctx.store.find_item(id)?;
+    let (m, key) = ctx.find_item(id)?;
     let updates = change.child(Ns::Types, "Updates");
     ctx.store.update(m, key, |item| {
         for update in updates.into_iter().flat_map(|u| u.children()) {
@@ -528,7 +528,7 @@ pub fn move_or_copy(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String, copy: boo
     open(out, name);
     for id in ids {
         let result = destination.clone().and_then(|(to_mailbox, to)| {
-            let (m, key) = ctx.store.find_item(&id)?;
+            let (m, key) = ctx.find_item(&id)?;
             if m != to_mailbox {
                 // Across mailboxes Exchange copies and returns no id.
                 let item = ctx.store.item(m, key).clone();
@@ -563,7 +563,7 @@ pub fn delete_item(ctx: &mut Ctx<'_>, op: Node<'_>, out: &mut String) {
     let ids = parse::item_ids(op.child(Ns::Messages, "ItemIds"));
     open(out, "DeleteItem");
     for id in ids {
-        let result = ctx.store.find_item(&id).and_then(|(m, key)| {
+        let result = ctx.find_item(&id).and_then(|(m, key)| {
             let deleted = ctx.distinguished(m, "deleteditems")?;
             let recoverable = ctx.distinguished(m, "recoverableitemsdeletions")?;
             let folder = ctx.store.item(m, key).folder;

@@ -63,9 +63,22 @@ pub(crate) struct Ctx<'s> {
     pub store: &'s mut Inner,
     /// The mailbox the request acts on unless a folder names another.
     pub mailbox: u16,
+    /// Acting as the impersonated user: only that mailbox's items are reachable (the store
+    /// models no delegate rights).
+    pub impersonated: bool,
 }
 
 impl Ctx<'_> {
+    /// Resolves an item id to (mailbox, item key), refusing another mailbox's item under
+    /// impersonation as Exchange does.
+    pub fn find_item(&self, id: &str) -> Result<(u16, u64), StoreError> {
+        let (m, key) = self.store.find_item(id)?;
+        if self.impersonated && m != self.mailbox {
+            return Err(StoreError::AccessDenied);
+        }
+        Ok((m, key))
+    }
+
     /// Resolves a folder reference to (mailbox, folder key).
     pub fn folder(&self, folder: &FolderRef) -> Result<(u16, u64), StoreError> {
         match folder {
@@ -112,13 +125,14 @@ pub fn serve(store: &Store, body: &[u8], caller: &Caller) -> Answer {
         Err(answer) => return answer,
     };
     let mut inner = store.lock();
-    let mailbox = match acting_mailbox(&inner, header, caller) {
+    let (mailbox, impersonated) = match acting_mailbox(&inner, header, caller) {
         Ok(m) => m,
         Err(e) => return fault(e.ews_code(), &e.to_string(), None),
     };
     let mut ctx = Ctx {
         store: &mut inner,
         mailbox,
+        impersonated,
     };
     let name = operation.name();
     let mut out = String::with_capacity(4096);
@@ -178,12 +192,13 @@ fn requested_version(header: Option<Node<'_>>) -> Result<String, Answer> {
     }
 }
 
-/// Impersonation first, then the caller's logon, then `X-AnchorMailbox`, then the first mailbox.
+/// Impersonation first, then the caller's logon, then `X-AnchorMailbox`, then the first
+/// mailbox; and whether it is impersonated.
 fn acting_mailbox(
     store: &Inner,
     header: Option<Node<'_>>,
     caller: &Caller,
-) -> Result<u16, StoreError> {
+) -> Result<(u16, bool), StoreError> {
     let impersonated = header
         .and_then(|h| h.path(&["ExchangeImpersonation", "ConnectingSID"]))
         .and_then(|sid| {
@@ -192,7 +207,7 @@ fn acting_mailbox(
                 .find_map(|n| sid.child_text(n))
         });
     if let Some(address) = impersonated {
-        return store.mailbox_index(&address);
+        return store.mailbox_index(&address).map(|m| (m, true));
     }
     if let Some(logon) = &caller.logon {
         if let Some(account) = store
@@ -200,21 +215,21 @@ fn acting_mailbox(
             .iter()
             .find(|a| a.logon.eq_ignore_ascii_case(logon))
         {
-            return store.mailbox_index(&account.mailbox);
+            return store.mailbox_index(&account.mailbox).map(|m| (m, false));
         }
         if let Ok(index) = store.mailbox_index(logon) {
-            return Ok(index);
+            return Ok((index, false));
         }
     }
     if let Some(anchor) = &caller.anchor
         && let Ok(index) = store.mailbox_index(anchor)
     {
-        return Ok(index);
+        return Ok((index, false));
     }
     if store.mailboxes().is_empty() {
         return Err(StoreError::NoMailbox("(none configured)".into()));
     }
-    Ok(0)
+    Ok((0, false))
 }
 
 pub const MESSAGES_NS: &str = "http://schemas.microsoft.com/exchange/services/2006/messages";

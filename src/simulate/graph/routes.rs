@@ -18,6 +18,7 @@ fn store_error(e: &StoreError) -> Reply {
         StoreError::IdMalformed => 400,
         StoreError::ItemNotFound | StoreError::FolderNotFound | StoreError::NoMailbox(_) => 404,
         StoreError::FolderExists => 409,
+        StoreError::AccessDenied => 403,
         _ => 507,
     };
     Reply::error(status, e.ews_code(), &e.to_string())

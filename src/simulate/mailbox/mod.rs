@@ -73,6 +73,8 @@ pub enum StoreError {
     TooManyFolders(usize),
     #[error("a folder with this name already exists")]
     FolderExists,
+    #[error("access is denied: the item is in another mailbox")]
+    AccessDenied,
 }
 
 impl StoreError {
@@ -87,6 +89,7 @@ impl StoreError {
             StoreError::BodyTooLarge(_) => "ErrorMessageSizeExceeded",
             StoreError::TooManyFolders(_) => "ErrorQuotaExceeded",
             StoreError::FolderExists => "ErrorFolderExists",
+            StoreError::AccessDenied => "ErrorAccessDenied",
         }
     }
 }
