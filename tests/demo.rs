@@ -242,6 +242,11 @@ async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
         .collect();
     assert_eq!(landed.len(), 6);
     assert_eq!(report.new_crm_emails, landed.len());
+    assert_eq!(
+        report.crm_refused, 0,
+        "every write passed the strict simulator: {:#?}",
+        report.crm_refusals
+    );
 }
 
 #[test]

@@ -73,6 +73,9 @@ pub struct Report {
     pub rows: Vec<DemoRow>,
     /// Emails the Dataverse simulator holds that it did not hold before the morning.
     pub new_crm_emails: usize,
+    /// Writes the (strict) Dataverse simulator refused as invalid, and its last messages.
+    pub crm_refusals: Vec<String>,
+    pub crm_refused: u64,
 }
 
 /// What stays up with `--keep-running`.
@@ -478,6 +481,13 @@ fn summary(report: &Report) -> String {
             "The Dataverse simulator holds {} new emails, not {}: see trackgate outbox dead.\n",
             report.new_crm_emails,
             created.len()
+        ));
+    }
+    if report.crm_refused > 0 {
+        out.push_str(&format!(
+            "The Dataverse simulator refused {} writes as Dataverse would: {}\n",
+            report.crm_refused,
+            report.crm_refusals.join("; ")
         ));
     }
     out

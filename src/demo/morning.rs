@@ -375,9 +375,12 @@ pub(super) async fn morning(
         .into_iter()
         .map(|(step, d)| row(step, &d, &emails, &running.dataverse, &deliveries))
         .collect();
+    let stats = running.dataverse.stats();
     Ok(Report {
         rows,
         new_crm_emails: emails.len().saturating_sub(emails_before),
+        crm_refused: stats.refused,
+        crm_refusals: stats.refusals,
     })
 }
 
