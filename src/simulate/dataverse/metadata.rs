@@ -295,6 +295,71 @@ pub const EMAIL: Table = Table {
     }),
 };
 
+pub const APPOINTMENT: Table = Table {
+    entity: "appointment",
+    set: "appointments",
+    key: "activityid",
+    columns: &[
+        key("activityid"),
+        rw("subject", Kind::Text(200)),
+        rw("description", Kind::Text(MAX_MEMO)),
+        rw("location", Kind::Text(200)),
+        rw("scheduledstart", Kind::DateTime),
+        rw("scheduledend", Kind::DateTime),
+        rw("scheduleddurationminutes", Kind::Int),
+        rw("isalldayevent", Kind::Bool),
+        rw("prioritycode", Kind::Int),
+        rw("globalobjectid", Kind::Text(300)),
+        rw("outlookownerapptid", Kind::Int),
+        rw("category", Kind::Text(250)),
+        rw(
+            "regardingobjectid",
+            Kind::Lookup(REGARDING, Nav::PerTargetOfActivity),
+        ),
+        rw("ownerid", OWNER),
+        state(),
+        status(),
+        rw("actualstart", Kind::DateTime),
+        rw("actualend", Kind::DateTime),
+    ],
+    states: &[(0, &[1, 2]), (1, &[3]), (2, &[4]), (3, &[5, 6])],
+    activity: true,
+    editable_when_closed: &[],
+    parties: Some(Parties {
+        nav: "appointment_activity_parties",
+        // Required and optional attendees, the organizer.
+        masks: &[5, 6, 7],
+        single: &[7],
+    }),
+};
+
+pub const TASK: Table = Table {
+    entity: "task",
+    set: "tasks",
+    key: "activityid",
+    columns: &[
+        key("activityid"),
+        rw("subject", Kind::Text(200)),
+        rw("description", Kind::Text(MAX_MEMO)),
+        rw("scheduledstart", Kind::DateTime),
+        rw("scheduledend", Kind::DateTime),
+        rw("actualend", Kind::DateTime),
+        rw("percentcomplete", Kind::Int),
+        rw("prioritycode", Kind::Int),
+        rw("category", Kind::Text(250)),
+        rw(
+            "regardingobjectid",
+            Kind::Lookup(REGARDING, Nav::PerTargetOfActivity),
+        ),
+        rw("ownerid", OWNER),
+        state(),
+        status(),
+    ],
+    states: &[(0, &[2, 3, 4, 7]), (1, &[5]), (2, &[6])],
+    activity: true,
+    ..PLAIN
+};
+
 /// The columns of `activityparty` a deep insert may carry.
 pub const ACTIVITY_PARTY: Table = Table {
     entity: "activityparty",
@@ -569,6 +634,8 @@ pub const ORGANIZATION: Table = Table {
 /// Every table the simulator knows, looked up by entity set.
 pub const TABLES: &[Table] = &[
     EMAIL,
+    APPOINTMENT,
+    TASK,
     CONTACT,
     LEAD,
     ACCOUNT,
@@ -603,6 +670,14 @@ mod tests {
             Some(("regardingobjectid", "account"))
         );
         assert!(EMAIL.navigation("regardingobjectid_account_task").is_none());
+        assert!(
+            TASK.navigation("regardingobjectid_account_task").is_some(),
+            "each activity names its own"
+        );
+        assert!(
+            TASK.navigation("regardingobjectid_account_task").is_some(),
+            "each activity names its own"
+        );
         assert!(EMAIL.navigation("regardingobjectid_account").is_none());
         assert!(EMAIL.navigation("anything").is_none());
         assert_eq!(

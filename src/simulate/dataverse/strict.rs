@@ -468,7 +468,7 @@ pub fn caller(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::dataverse::metadata::{CONTACT, EMAIL};
+    use crate::simulate::dataverse::metadata::{APPOINTMENT, CONTACT, EMAIL};
 
     fn write<'a>(table: &'a Table, existing: Option<&'a Map<String, Value>>) -> Write<'a> {
         Write {
@@ -624,6 +624,18 @@ mod tests {
         let organizer = [json!({"participationtypemask": 7, "addressused": "a@b.example"})];
         assert!(
             w.parties("email_activity_parties", &organizer, contact)
+                .is_err()
+        );
+        let meeting = write(&APPOINTMENT, None);
+        let parties = |p: &[Value]| meeting.parties("appointment_activity_parties", p, contact);
+        assert!(parties(&organizer).is_ok());
+        assert!(
+            parties(&[organizer[0].clone(), organizer[0].clone()]).is_err(),
+            "one organizer"
+        );
+        assert!(
+            meeting
+                .parties("email_activity_parties", &organizer, contact)
                 .is_err()
         );
         let nothing = [json!({"participationtypemask": 2})];
