@@ -33,7 +33,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(mapping outbox rules)
 for target in "${targets[@]}"; do
   case "$target" in
-    mapping) run mapping 'src/crm/mapping.rs' crm:: delivery:: dataverse_strict:: ;;
+    mapping) run mapping 'src/crm/mapping.rs' crm:: delivery:: dataverse_strict:: directory_source:: ;;
     outbox) run outbox 'src/outbox/*.rs' outbox:: delivery:: signals:: admin:: ;;
     rules) run rules 'src/rules/**/*.rs' rules:: rules_pipeline:: directory_source:: ;;
     *) echo "scripts/mutants.sh: unknown target $target (mapping, outbox or rules)" >&2; exit 2 ;;

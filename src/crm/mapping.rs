@@ -590,6 +590,11 @@ mod tests {
         assert_eq!(full.body.as_ref().unwrap().content, html.content);
         let text = tracked_email(&d, Uuid::nil(), Some(html.clone()), BodyPolicy::Text).unwrap();
         assert_eq!(text.body.unwrap().content, "Hello Pat\nBye & thanks");
+        // Only the element's own end tag ends a skipped head, style or script.
+        assert_eq!(
+            html_to_text("<head><title>T</title>not shown</head><p>Hi</p>"),
+            "Hi"
+        );
         let none = tracked_email(&d, Uuid::nil(), Some(html), BodyPolicy::None).unwrap();
         assert!(none.body.is_none());
         let columns = EmailColumns {
@@ -601,6 +606,62 @@ mod tests {
                 .get("description")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn columns_switched_off_in_the_fields_table_are_not_written() {
+        let e = tracked_email(&decision(), Uuid::nil(), None, BodyPolicy::Full).unwrap();
+        let all = FieldTable::embedded().email;
+        let written = dataverse_email(&e, &all);
+        for column in [
+            "subject",
+            "directioncode",
+            "messageid",
+            "email_activity_parties",
+        ] {
+            assert!(written.get(column).is_some(), "{column} written");
+        }
+        let none = EmailColumns {
+            subject: false,
+            description: false,
+            directioncode: false,
+            messageid: false,
+            parties: false,
+            regarding: false,
+            status: false,
+        };
+        assert_eq!(dataverse_email(&e, &none), serde_json::json!({}));
+        // An email without parties writes no empty collection.
+        let mut no_parties = e.clone();
+        no_parties.parties.clear();
+        assert!(
+            dataverse_email(&no_parties, &all)
+                .get("email_activity_parties")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn html_to_text_drops_head_style_and_script_and_breaks_blocks() {
+        for (html, text) in [
+            ("<script>alert(1)</script><p>A</p>", "A"),
+            ("<STYLE type=\"text/css\">p{}</STYLE>B", "B"),
+            ("<head><title>T</title></head>C", "C"),
+            ("<script>x</script><style>y</style>D", "D"),
+            (
+                "<p>one</p><p>two</p><div>three<br>four</div>",
+                "one\ntwo\nthree\nfour",
+            ),
+            ("<ul><li>a</li><li>b</li></ul>", "a\nb"),
+            (
+                "<b>bold</b> &lt;tag&gt; &quot;q&quot; &#39;s&#39; &amp;amp;",
+                "bold <tag> \"q\" 's' &amp;",
+            ),
+            ("no tags at all", "no tags at all"),
+            ("cut <b", "cut"),
+        ] {
+            assert_eq!(html_to_text(html), text, "{html}");
+        }
     }
 
     #[test]
@@ -640,5 +701,84 @@ mod tests {
             tracked_email(&d, Uuid::nil(), None, BodyPolicy::Full).unwrap_err(),
             UnmappableError::NoCrmId
         );
+    }
+
+    /// A document whose sender is an auto-created lead (id 9), with a To party that is a
+    /// contact of the same id and another that is a lead of another id: neither is the created
+    /// record.
+    fn auto_created_sender() -> TrackedEmail {
+        let mut d = decision();
+        d.from = Some(Party {
+            address: Some("lee@n.example".into()),
+            name: None,
+            records: vec![],
+        });
+        d.to = vec![
+            Party {
+                address: Some("same-id@x.example".into()),
+                name: None,
+                records: vec![Lookup::new("contact", Uuid::from_u128(9))],
+            },
+            Party {
+                address: Some("other-lead@x.example".into()),
+                name: None,
+                records: vec![Lookup::new("lead", Uuid::from_u128(10))],
+            },
+        ];
+        d.auto_create = Some(AutoCreate {
+            entity: "lead".into(),
+            id: Uuid::from_u128(9),
+            address: "lee@n.example".into(),
+            firstname: None,
+            lastname: "N".into(),
+        });
+        tracked_email(&d, Uuid::nil(), None, BodyPolicy::Full).unwrap()
+    }
+
+    #[test]
+    fn binding_an_existing_record_replaces_only_the_created_one_and_drops_the_create() {
+        let untouched = |e: &TrackedEmail| {
+            assert_eq!(
+                e.parties[1].record,
+                Some(Lookup::new("contact", Uuid::from_u128(9)))
+            );
+            assert_eq!(
+                e.parties[2].record,
+                Some(Lookup::new("lead", Uuid::from_u128(10)))
+            );
+        };
+        let mut one = auto_created_sender();
+        one.bind_existing(Some(Uuid::from_u128(77)));
+        assert!(one.auto_create.is_none(), "nothing is created");
+        assert_eq!(
+            one.parties[0].record,
+            Some(Lookup::new("lead", Uuid::from_u128(77)))
+        );
+        assert_eq!(one.parties[0].address.as_deref(), Some("lee@n.example"));
+        untouched(&one);
+
+        let mut several = auto_created_sender();
+        several.bind_existing(None);
+        assert!(several.auto_create.is_none());
+        assert_eq!(several.parties[0].record, None, "left unresolved");
+        assert_eq!(several.parties[0].address.as_deref(), Some("lee@n.example"));
+        untouched(&several);
+
+        // Without an auto-create there is nothing to bind.
+        let mut plain = tracked_email(&decision(), Uuid::nil(), None, BodyPolicy::Full).unwrap();
+        let before = plain.clone();
+        plain.bind_existing(Some(Uuid::from_u128(77)));
+        assert_eq!(plain, before);
+    }
+
+    #[test]
+    fn a_fields_entry_needs_both_its_outlook_field_and_its_column() {
+        for (outlook, crm) in [("", "fullname"), ("Full Name", " "), ("", "")] {
+            let table = format!(
+                "[email]\nsubject = true\ndescription = true\ndirectioncode = true\nmessageid = true\nparties = true\nregarding = true\nstatus = true\n[[contact]]\noutlook = \"{outlook}\"\ncrm = \"{crm}\"\ndirection = \"two_way\"\nsettable = \"any\"\n"
+            );
+            let e = FieldTable::parse(&table, "f.toml").unwrap_err().to_string();
+            assert!(e.contains("must not be empty"), "{outlook:?}/{crm:?}: {e}");
+        }
     }
 }
