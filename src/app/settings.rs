@@ -157,6 +157,7 @@ pub fn outbox(o: &OutboxConfig) -> OutboxSettings {
         queue: o.queue,
         max_pending: o.max_pending,
         delivered_window: o.delivered_window,
+        ..OutboxSettings::default()
     }
 }
 

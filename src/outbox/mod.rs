@@ -179,6 +179,8 @@ pub struct OutboxSettings {
     pub max_pending: u64,
     /// How long delivered keys are remembered to drop repeats.
     pub delivered_window: Duration,
+    /// How often keys older than the window are forgotten (idle or under load).
+    pub prune_interval: Duration,
 }
 
 impl Default for OutboxSettings {
@@ -189,6 +191,7 @@ impl Default for OutboxSettings {
             queue: 65_536,
             max_pending: 1_000_000,
             delivered_window: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(60),
         }
     }
 }

@@ -254,7 +254,7 @@ impl Shared {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
                     self.refresh_gauges();
-                    if last_prune.elapsed() > Duration::from_secs(60) {
+                    if last_prune.elapsed() > self.settings.prune_interval {
                         last_prune = Instant::now();
                         self.commit(Vec::new(), true);
                     }
@@ -277,7 +277,7 @@ impl Shared {
                 .count();
             self.queued.fetch_sub(taken, Ordering::Relaxed);
             // The delivered-id window is pruned under steady load too, not only when idle.
-            let prune = last_prune.elapsed() > Duration::from_secs(60);
+            let prune = last_prune.elapsed() > self.settings.prune_interval;
             if prune {
                 last_prune = Instant::now();
             }
@@ -994,13 +994,17 @@ mod tests {
     }
 
     fn open(path: &Path) -> RedbOutbox {
+        open_with(path, OutboxSettings::default())
+    }
+
+    fn open_with(path: &Path, settings: OutboxSettings) -> RedbOutbox {
         // The previous instance's writer thread closes the file as it exits.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut registry = prometheus_client::registry::Registry::default();
             match RedbOutbox::open(
                 path,
-                OutboxSettings::default(),
+                settings.clone(),
                 OutboxMetrics::register(&mut registry),
             ) {
                 Ok(o) => return o,
@@ -1035,6 +1039,194 @@ mod tests {
         outbox.flush().unwrap();
         let stats = outbox.stats().unwrap();
         assert_eq!((stats.pending, stats.delivered_keys), (1, 1));
+    }
+
+    /// How many offers (or settlements) the metrics counted with `result`.
+    fn counted(
+        family: &prometheus_client::metrics::family::Family<
+            crate::outbox::ResultLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+        result: &'static str,
+    ) -> u64 {
+        family
+            .get_or_create(&crate::outbox::ResultLabels { result })
+            .get()
+    }
+
+    #[test]
+    fn offers_and_settlements_are_counted_by_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        let m = &outbox.shared.metrics;
+        assert_eq!(counted(&m.enqueued, "stored"), 1);
+        assert_eq!(counted(&m.enqueued, "duplicate"), 1);
+        let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+        outbox.settle(&claimed[0], Settlement::Delivered);
+        outbox.flush().unwrap();
+        assert_eq!(counted(&m.settled, "delivered"), 1);
+        assert_eq!(counted(&m.settled, "dead"), 0);
+        assert!(
+            format!("{outbox:?}").contains("o.redb"),
+            "Debug names the file"
+        );
+    }
+
+    /// Waits (10 s at most) until `check` holds.
+    fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn deliver_one(outbox: &RedbOutbox, n: u128) {
+        assert!(outbox.submit(&decision(n)));
+        outbox.flush().unwrap();
+        let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+        outbox.settle(&claimed[0], Settlement::Delivered);
+        outbox.flush().unwrap();
+    }
+
+    #[test]
+    fn delivered_keys_past_the_window_are_forgotten_under_load_and_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = OutboxSettings {
+            delivered_window: Duration::ZERO,
+            prune_interval: Duration::ZERO,
+            ..OutboxSettings::default()
+        };
+        let outbox = open_with(&dir.path().join("o.redb"), settings.clone());
+        deliver_one(&outbox, 1);
+        // Steady load: every commit is a chance to prune; the writer is never idle for long.
+        let mut n = 100;
+        eventually("pruned under load", || {
+            n += 1;
+            assert!(outbox.submit(&decision(n)));
+            outbox.flush().unwrap();
+            outbox.stats().unwrap().delivered_keys == 0
+        });
+        drop(outbox);
+        // Idle: the writer prunes when it wakes with nothing to do.
+        let outbox = open_with(&dir.path().join("idle.redb"), settings);
+        deliver_one(&outbox, 2);
+        eventually("pruned when idle", || {
+            outbox.stats().unwrap().delivered_keys == 0
+        });
+        // A week's window keeps them.
+        let outbox = open(&dir.path().join("week.redb"));
+        deliver_one(&outbox, 3);
+        assert!(outbox.submit(&decision(4)));
+        outbox.flush().unwrap();
+        assert_eq!(outbox.stats().unwrap().delivered_keys, 1);
+    }
+
+    #[test]
+    fn stored_delivered_and_dead_decisions_are_answered_without_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.redb");
+        {
+            let outbox = open(&path);
+            deliver_one(&outbox, 2);
+            for n in [1, 3] {
+                assert!(outbox.submit(&decision(n)));
+            }
+            outbox.flush().unwrap();
+            let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+            let three = claimed.iter().find(|r| r.seq == 3).unwrap();
+            outbox.settle(
+                three,
+                Settlement::Dead {
+                    status: Some(400),
+                    response: None,
+                    error: "HTTP 400".into(),
+                },
+            );
+            outbox.flush().unwrap();
+            let stats = outbox.stats().unwrap();
+            assert_eq!((stats.pending, stats.delivered_keys, stats.dead), (1, 1, 1));
+        }
+        // No room for the writer at all: only what the file already knows is answered.
+        let full = open_with(
+            &path,
+            OutboxSettings {
+                queue: 0,
+                ..OutboxSettings::default()
+            },
+        );
+        for (n, what) in [(1, "pending"), (2, "delivered"), (3, "dead")] {
+            assert!(full.submit(&decision(n)), "a {what} decision is known");
+        }
+        assert!(!full.submit(&decision(4)), "a new one needs the writer");
+        // The writer's own check knows dead keys too.
+        let (mut after, mut replies) = (Vec::new(), Vec::new());
+        let enqueue = Op::Enqueue {
+            key: dedup_key(&decision(3), now_ms()),
+            at: now_ms(),
+            encoded: b"{}".to_vec(),
+        };
+        let committed = full
+            .shared
+            .apply(vec![enqueue], false, &mut after, &mut replies)
+            .unwrap();
+        assert!(!committed);
+        assert!(matches!(after[..], [Change::Duplicate]));
+    }
+
+    #[test]
+    fn a_burst_is_committed_in_groups_and_the_gauges_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        // A group waits a whole second for more: the burst arrives well within it.
+        let settings = OutboxSettings {
+            group_interval: Duration::from_secs(1),
+            ..OutboxSettings::default()
+        };
+        let outbox = open_with(&dir.path().join("o.redb"), settings);
+        for n in 1..=200 {
+            assert!(outbox.submit(&decision(n)));
+        }
+        outbox.flush().unwrap();
+        let commits = outbox.shared.metrics.commits.get();
+        assert!(commits <= 2, "{commits} commits for 200 records");
+        eventually("the depth gauge", || {
+            outbox.shared.metrics.depth.get() == 200
+        });
+        let claimed = outbox.claim_due(now_ms(), 5).unwrap();
+        assert_eq!(claimed.len(), 5);
+        eventually("the in-flight gauge", || {
+            outbox.shared.metrics.in_flight.get() == 5
+        });
+    }
+
+    #[test]
+    fn the_oldest_pending_age_is_that_of_the_first_enqueued() {
+        let mut schedule = Schedule::default();
+        assert_eq!(schedule.oldest_age_seconds(), 0.0, "nothing waiting");
+        let now = now_ms();
+        schedule
+            .pending
+            .insert(1, (now, now.saturating_sub(90_000)));
+        schedule.pending.insert(2, (now, now.saturating_sub(1_000)));
+        let age = schedule.oldest_age_seconds();
+        assert!((90.0..91.0).contains(&age), "{age}");
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        let short = "HTTP 400: bad bind".to_owned();
+        assert_eq!(cut(short.clone()), short);
+        let exact = "x".repeat(MAX_ERROR);
+        assert_eq!(cut(exact.clone()), exact);
+        // Two-byte characters straddle the limit: the cut falls before the one cut in half.
+        let long = format!("x{}", "é".repeat(MAX_ERROR));
+        let kept = cut(long.clone());
+        assert_eq!(kept.len(), MAX_ERROR - 1);
+        assert!(long.starts_with(&kept));
     }
 
     #[test]
