@@ -1179,6 +1179,52 @@ mod tests {
     }
 
     #[test]
+    fn attempts_survive_a_restart_and_max_pending_refuses_beyond() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.redb");
+        let limited = OutboxSettings {
+            max_pending: 2,
+            ..OutboxSettings::default()
+        };
+        {
+            let outbox = open_with(&path, limited.clone());
+            for n in 1..=3 {
+                outbox.submit(&decision(n));
+            }
+            outbox.flush().unwrap();
+            assert_eq!(outbox.stats().unwrap().pending, 2, "the third was refused");
+            for counted in [true, true, false] {
+                let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+                assert_eq!(claimed.len(), 2);
+                for record in &claimed {
+                    outbox.settle(
+                        record,
+                        Settlement::Retry {
+                            at_ms: now_ms(),
+                            counted,
+                            error: "HTTP 503".into(),
+                        },
+                    );
+                }
+                outbox.flush().unwrap();
+            }
+        }
+        let outbox = open_with(&path, limited);
+        let pending = outbox.pending(10).unwrap();
+        assert_eq!(
+            pending[0].attempts, 2,
+            "two counted attempts, read back from the file"
+        );
+        assert_eq!(pending[0].last_error.as_deref(), Some("HTTP 503"));
+        assert!(
+            outbox.submit(&decision(4)),
+            "answered, but refused: still full"
+        );
+        outbox.flush().unwrap();
+        assert_eq!(outbox.stats().unwrap().pending, 2);
+    }
+
+    #[test]
     fn a_burst_is_committed_in_groups_and_the_gauges_follow() {
         let dir = tempfile::tempdir().unwrap();
         // A group waits a whole second for more: the burst arrives well within it.
