@@ -1225,6 +1225,53 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_dead_letter_counts_against_max_pending_within_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open_with(
+            &dir.path().join("o.redb"),
+            OutboxSettings {
+                max_pending: 1,
+                ..OutboxSettings::default()
+            },
+        );
+        assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        let record = outbox.claim_due(now_ms(), 1).unwrap().remove(0);
+        outbox.settle(
+            &record,
+            Settlement::Dead {
+                status: Some(400),
+                response: None,
+                error: "HTTP 400".into(),
+            },
+        );
+        outbox.flush().unwrap();
+        // One group: the dead letter back in line, then a new record, which no longer fits.
+        let (reply, _answer) = mpsc::sync_channel(1);
+        let group = vec![
+            Op::Retry(record.key, reply),
+            Op::Enqueue {
+                key: dedup_key(&decision(2), now_ms()),
+                at: now_ms(),
+                encoded: b"{}".to_vec(),
+            },
+        ];
+        let (mut after, mut replies) = (Vec::new(), Vec::new());
+        outbox
+            .shared
+            .apply(group, false, &mut after, &mut replies)
+            .unwrap();
+        assert!(
+            matches!(
+                after[..],
+                [Change::Queued { revived: true, .. }, Change::Refused]
+            ),
+            "{:?}",
+            after.len()
+        );
+    }
+
+    #[test]
     fn a_burst_is_committed_in_groups_and_the_gauges_follow() {
         let dir = tempfile::tempdir().unwrap();
         // A group waits a whole second for more: the burst arrives well within it.
