@@ -1294,6 +1294,19 @@ mod tests {
         eventually("the in-flight gauge", || {
             outbox.shared.metrics.in_flight.get() == 5
         });
+        // Groups of one record: one commit each, however fast they come.
+        let single = open_with(
+            &dir.path().join("single.redb"),
+            OutboxSettings {
+                group_records: 1,
+                ..OutboxSettings::default()
+            },
+        );
+        for n in 1..=10 {
+            assert!(single.submit(&decision(n)));
+        }
+        single.flush().unwrap();
+        assert_eq!(single.shared.metrics.commits.get(), 10);
     }
 
     #[test]
