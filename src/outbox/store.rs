@@ -1272,6 +1272,46 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_waits_until_due_and_delivery_is_woken_by_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        assert_eq!(outbox.next_due_ms(), None, "nothing to do");
+        let wakeup = outbox.wakeup();
+        let before = now_ms();
+        assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        let due = outbox.next_due_ms().unwrap();
+        assert!((before..=now_ms()).contains(&due), "due when enqueued");
+        // The commit woke whoever waits for work (the permit is kept until taken).
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), wakeup.notified()).await
+            })
+            .expect("woken by the commit");
+        let record = outbox.claim_due(now_ms(), 10).unwrap().remove(0);
+        let later = now_ms() + 60_000;
+        outbox.settle(
+            &record,
+            Settlement::Retry {
+                at_ms: later,
+                counted: true,
+                error: "HTTP 503".into(),
+            },
+        );
+        assert_eq!(outbox.next_due_ms(), Some(later));
+        assert!(
+            outbox.claim_due(now_ms(), 10).unwrap().is_empty(),
+            "not due yet"
+        );
+        let again = outbox.claim_due(later, 10).unwrap();
+        assert_eq!(again.len(), 1, "due then");
+        assert_eq!(again[0].attempts, 1);
+    }
+
+    #[test]
     fn a_burst_is_committed_in_groups_and_the_gauges_follow() {
         let dir = tempfile::tempdir().unwrap();
         // A group waits a whole second for more: the burst arrives well within it.
