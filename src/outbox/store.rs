@@ -84,6 +84,9 @@ struct Shared {
     /// channel itself is unbounded so that settlements (bounded by what delivery has claimed)
     /// never block an async worker.
     queued: AtomicUsize,
+    /// Tests make commits fail (a full disk, an I/O error) to exercise the recovery.
+    #[cfg(test)]
+    fail_commits: std::sync::atomic::AtomicBool,
 }
 
 /// The redb outbox. Cloning shares it.
@@ -184,6 +187,8 @@ impl RedbOutbox {
             metrics,
             settings,
             queued: AtomicUsize::new(0),
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicBool::new(false),
         });
         let writer = shared.clone();
         std::thread::Builder::new()
@@ -404,6 +409,10 @@ impl Shared {
         if only_enqueues && !after.iter().any(|c| matches!(c, Change::Queued { .. })) {
             txn.abort().store(path)?;
             return Ok(false);
+        }
+        #[cfg(test)]
+        if self.fail_commits.load(Ordering::Relaxed) {
+            return Err(OutboxError::WriterGone);
         }
         txn.commit().store(path)?;
         Ok(true)
@@ -1309,6 +1318,44 @@ mod tests {
         let again = outbox.claim_due(later, 10).unwrap();
         assert_eq!(again.len(), 1, "due then");
         assert_eq!(again[0].attempts, 1);
+    }
+
+    #[test]
+    fn a_settlement_whose_commit_fails_puts_the_record_back_in_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        assert!(outbox.submit(&decision(1)));
+        outbox.flush().unwrap();
+        let record = outbox.claim_due(now_ms(), 10).unwrap().remove(0);
+        // The disk refuses the group that records the delivery.
+        outbox.shared.fail_commits.store(true, Ordering::Relaxed);
+        let (reply, _answer) = mpsc::sync_channel(1);
+        outbox.shared.commit(
+            vec![
+                Op::Settle(Box::new(record.clone()), Settlement::Delivered),
+                Op::Enqueue {
+                    key: dedup_key(&decision(2), now_ms()),
+                    at: now_ms(),
+                    encoded: b"{}".to_vec(),
+                },
+                Op::Retry(Uuid::from_u128(99), reply),
+            ],
+            false,
+        );
+        outbox.shared.fail_commits.store(false, Ordering::Relaxed);
+        let again = outbox.claim_due(now_ms(), 10).unwrap();
+        assert_eq!(again.len(), 1, "offered again, not stuck as claimed");
+        assert_eq!(again[0].seq, record.seq);
+        assert_eq!(
+            outbox.stats().unwrap().pending,
+            1,
+            "still pending in the file"
+        );
+        assert_eq!(
+            counted(&outbox.shared.metrics.enqueued, "failed"),
+            1,
+            "the group's new record is lost with it, and counted"
+        );
     }
 
     #[test]
