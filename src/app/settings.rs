@@ -13,6 +13,7 @@ use crate::config::{
 };
 use crate::crm::mapping::{BodyPolicy, FieldTable};
 use crate::delivery::DeliverySettings;
+use crate::delivery::breaker::BreakerSettings;
 use crate::directory::DirectorySettings;
 use crate::directory::FileSource;
 use crate::directory::dataverse::{DataverseSourceSettings, OfflineFilter, has_owner};
@@ -172,6 +173,11 @@ pub fn delivery(d: &DeliveryConfig) -> DeliverySettings {
             EmailBody::Full => BodyPolicy::Full,
             EmailBody::Text => BodyPolicy::Text,
             EmailBody::None => BodyPolicy::None,
+        },
+        breaker: BreakerSettings {
+            failures: d.outage_failures,
+            first_wait: (d.probe_interval / 6).max(std::time::Duration::from_millis(100)),
+            probe_interval: d.probe_interval,
         },
     }
 }

@@ -439,9 +439,20 @@ pub struct RawDelivery {
     pub backoff_base: Duration,
     #[serde(with = "crate::common::duration")]
     pub backoff_max: Duration,
-    /// Timeout of one request to the CRM or Exchange.
+    /// Timeout of one request to the CRM or Exchange, from connecting to the last byte of the
+    /// answer.
     #[serde(with = "crate::common::duration")]
     pub request_timeout: Duration,
+    /// Failures of the CRM in a row (those of one instant count once) that stop deliveries
+    /// until a probe finds it back.
+    pub outage_failures: u32,
+    /// The longest wait between probes while the CRM is down: delivery resumes within about
+    /// this long of its return.
+    #[serde(with = "crate::common::duration")]
+    pub probe_interval: Duration,
+    /// Deadline of one probe (Dataverse `WhoAmI`, a webhook `HEAD`).
+    #[serde(with = "crate::common::duration")]
+    pub probe_timeout: Duration,
     /// How much of a message body reaches the CRM: `full`, `text` or `none`.
     pub body: EmailBody,
 }
@@ -456,6 +467,9 @@ impl Default for RawDelivery {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            outage_failures: 3,
+            probe_interval: Duration::from_secs(3),
+            probe_timeout: Duration::from_secs(5),
             body: EmailBody::Full,
         }
     }

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::mapping::{self, Action, EmailColumns, TrackedEmail};
 use super::multipart::{self, BatchItem, HttpPart};
-use super::{Outcome, failure, transport_error};
+use super::pace::Pace;
+use super::{Outcome, failure, parse_retry_after, transport_error};
 use crate::common::ClientCredentials;
 use crate::oauth::TokenSource;
 
@@ -31,7 +32,12 @@ pub struct DataverseSettings {
     pub act_as_owner: bool,
     /// Documents per `$batch` request; 1 sends plain requests.
     pub batch_size: usize,
+    /// Requests in flight at most; a 429 halves it for a while ([`Pace`]).
+    pub concurrency: usize,
     pub timeout: Duration,
+    /// Deadline of the `WhoAmI` probe sent while the sink is down: short, so a CRM that
+    /// accepts connections and never answers is seen as fast as one that refuses them.
+    pub probe_timeout: Duration,
     pub columns: EmailColumns,
     /// Requests sent in any 300 s window at most (Dataverse's service protection limit is
     /// 6000 per user per web server); `None` leaves it to the 429s.
@@ -85,10 +91,21 @@ pub struct DataverseSink {
     settings: DataverseSettings,
     tokens: Option<TokenSource>,
     budget: std::sync::Mutex<RequestBudget>,
+    pace: Pace,
+}
+
+/// The steps of a document's delivery, as bits of [`TrackedEmail::steps_done`]: a retry
+/// resumes at the first step not confirmed.
+pub mod step {
+    pub const AUTO_CREATE: u8 = 1;
+    pub const CREATE: u8 = 2;
+    pub const CLOSE: u8 = 4;
+    pub const REGARDING: u8 = 8;
 }
 
 /// One write of a document.
 struct Write {
+    step: u8,
     method: reqwest::Method,
     path: String,
     condition: Option<(&'static str, &'static str)>,
@@ -105,9 +122,10 @@ impl DataverseSink {
             .map(|c| TokenSource::new(http.clone(), c));
         DataverseSink {
             http,
-            settings,
             tokens,
             budget: std::sync::Mutex::new(RequestBudget::default()),
+            pace: Pace::new(settings.concurrency),
+            settings,
         }
     }
 
@@ -137,12 +155,20 @@ impl DataverseSink {
         format!("{}{}{}", self.settings.url, self.settings.api_path, path)
     }
 
-    /// The writes of one document, in order.
+    /// The writes of one document still to do, in order.
     fn writes(&self, email: &TrackedEmail) -> Vec<Write> {
+        let mut writes = self.all_writes(email);
+        writes.retain(|w| email.steps_done & w.step == 0);
+        writes
+    }
+
+    /// Every write of one document, in order.
+    fn all_writes(&self, email: &TrackedEmail) -> Vec<Write> {
         let mut writes = Vec::new();
         let patch = reqwest::Method::PATCH;
         if let Some(created) = &email.auto_create {
             writes.push(Write {
+                step: step::AUTO_CREATE,
                 method: patch.clone(),
                 path: format!("/{}({})", mapping::entity_set(&created.entity), created.id),
                 condition: Some(("If-None-Match", "*")),
@@ -153,6 +179,7 @@ impl DataverseSink {
         match email.action {
             Action::Create => {
                 writes.push(Write {
+                    step: step::CREATE,
                     method: patch.clone(),
                     path: format!("/emails({})", email.id),
                     condition: Some(("If-None-Match", "*")),
@@ -161,6 +188,7 @@ impl DataverseSink {
                 });
                 if self.settings.columns.status {
                     writes.push(Write {
+                        step: step::CLOSE,
                         method: patch,
                         path: format!("/emails({})", email.id),
                         condition: Some(("If-Match", "*")),
@@ -170,6 +198,7 @@ impl DataverseSink {
                 }
             }
             Action::UpdateRegarding => writes.push(Write {
+                step: step::REGARDING,
                 method: patch,
                 path: format!("/emails({})", email.id),
                 condition: Some(("If-Match", "*")),
@@ -213,13 +242,60 @@ impl DataverseSink {
         }
     }
 
-    pub async fn deliver(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
+    /// Sends one request within the pace: it waits out a 429 pause and for a place in
+    /// flight, and the answer adjusts the pace. A failure status is the caller's to read.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        caller: Option<Uuid>,
+    ) -> Result<reqwest::Response, Outcome> {
+        let slot = self.pace.slot().await;
+        let request = self.authorize(request, caller).await?;
+        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let status = response.status().as_u16();
+        if status == 429 {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok());
+            slot.throttled(parse_retry_after(retry_after).unwrap_or(Duration::from_secs(5)));
+        } else {
+            slot.answered();
+        }
+        self.after_unauthorized(status).await;
+        Ok(response)
+    }
+
+    /// `GET WhoAmI`: the cheapest authenticated request there is.
+    pub async fn probe(&self) -> Result<(), String> {
+        let request = match self
+            .authorize(self.http.get(self.api("/WhoAmI")), None)
+            .await
+        {
+            Ok(r) => r.timeout(self.settings.probe_timeout),
+            Err(outcome) => return Err(outcome.text()),
+        };
+        let response = request.send().await;
+        if let Ok(r) = &response {
+            self.after_unauthorized(r.status().as_u16()).await;
+        }
+        super::probe_result(response)
+    }
+
+    /// Delivers documents, each from its first step not yet confirmed; each step the CRM
+    /// confirms is set in the document's `steps_done` and, while more remain, told to
+    /// `progress` (document index, steps done) so a crash resumes after it.
+    pub async fn deliver(
+        &self,
+        emails: &mut [TrackedEmail],
+        progress: &super::Progress<'_>,
+    ) -> Vec<Outcome> {
         if self.settings.batch_size > 1 && emails.len() > 1 {
             return self.deliver_batch(emails).await;
         }
         let mut outcomes = Vec::with_capacity(emails.len());
-        for email in emails {
-            outcomes.push(self.deliver_one(email).await);
+        for (index, email) in emails.iter_mut().enumerate() {
+            outcomes.push(self.deliver_one(email, &|done| progress(index, done)).await);
         }
         outcomes
     }
@@ -242,11 +318,9 @@ impl DataverseSink {
             mapping::entity_set(&created.entity),
             crate::common::text::percent_encode(&filter, b"")
         ));
-        let request = self.authorize(self.http.get(url), None).await?;
-        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let response = self.send(self.http.get(url), None).await?;
         let status = response.status().as_u16();
         if status == 429 || status >= 500 || status == 401 {
-            self.after_unauthorized(status).await;
             return Err(failure(response).await);
         }
         if !(200..300).contains(&status) {
@@ -283,13 +357,23 @@ impl DataverseSink {
         }
     }
 
-    async fn deliver_one(&self, email: &TrackedEmail) -> Outcome {
-        let checked = match self.existing_record(email).await {
-            Ok(c) => c,
-            Err(outcome) => return outcome,
+    async fn deliver_one(
+        &self,
+        email: &mut TrackedEmail,
+        progress: &(dyn Fn(u8) + Sync),
+    ) -> Outcome {
+        // Once the record is created, the check that might have bound another is behind us.
+        let checked = if email.steps_done & step::AUTO_CREATE == 0 {
+            match self.existing_record(email).await {
+                Ok(c) => c,
+                Err(outcome) => return outcome,
+            }
+        } else {
+            None
         };
-        let email = checked.as_ref().unwrap_or(email);
-        for write in self.writes(email) {
+        let writes = self.writes(checked.as_ref().unwrap_or(email));
+        let last = writes.len();
+        for (n, write) in writes.into_iter().enumerate() {
             let request = self
                 .http
                 .request(write.method, self.api(&write.path))
@@ -298,22 +382,21 @@ impl DataverseSink {
                 Some((name, value)) => request.header(name, value),
                 None => request,
             };
-            let request = match self.authorize(request, email.caller).await {
+            let response = match self.send(request, email.caller).await {
                 Ok(r) => r,
                 Err(outcome) => return outcome,
             };
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => return transport_error(&e),
-            };
             let status = response.status().as_u16();
             if (200..300).contains(&status) || (status == 412 && write.create_only) {
+                email.steps_done |= write.step;
+                if n + 1 < last {
+                    progress(email.steps_done);
+                }
                 continue;
             }
             if status == 404 && email.action == Action::UpdateRegarding {
                 return not_there_yet();
             }
-            self.after_unauthorized(status).await;
             return failure(response).await;
         }
         Outcome::Delivered
@@ -321,26 +404,38 @@ impl DataverseSink {
 
     /// One `$batch` for several documents, in order: the records an email binds, the email's
     /// create as a change set, its status; each document's outcome is its first failure.
-    async fn deliver_batch(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
-        // Only a batch with auto-creates is copied (to bind records the check found).
+    async fn deliver_batch(&self, originals: &mut [TrackedEmail]) -> Vec<Outcome> {
+        // Only a batch with auto-creates not yet made is copied (to bind records the check
+        // found).
         let mut checked = Vec::new();
-        if emails.iter().any(|e| e.auto_create.is_some()) {
-            for email in emails {
+        if originals
+            .iter()
+            .any(|e| e.auto_create.is_some() && e.steps_done & step::AUTO_CREATE == 0)
+        {
+            for email in originals.iter() {
                 match self.existing_record(email).await {
                     Ok(c) => checked.push(c.unwrap_or_else(|| email.clone())),
-                    Err(outcome) => return vec![outcome; emails.len()],
+                    Err(outcome) => return vec![outcome; originals.len()],
                 }
             }
         }
-        let emails = if checked.is_empty() {
-            emails
+        let (outcomes, steps) = if checked.is_empty() {
+            self.send_batch(originals).await
         } else {
-            checked.as_slice()
+            self.send_batch(&checked).await
         };
+        for (email, done) in originals.iter_mut().zip(steps) {
+            email.steps_done |= done;
+        }
+        outcomes
+    }
+
+    /// The `$batch` request itself: each document's outcome, and the steps it confirmed.
+    async fn send_batch(&self, emails: &[TrackedEmail]) -> (Vec<Outcome>, Vec<u8>) {
         let (items, owners) = self.batch_items(emails);
         let boundary = format!("batch_{:016x}", rand::random::<u64>());
         let body = multipart::write_batch(&boundary, &items);
-        let all = |o: Outcome| vec![o; emails.len()];
+        let all = |o: Outcome| (vec![o; emails.len()], vec![0; emails.len()]);
         let request = self
             .http
             .post(self.api("/$batch"))
@@ -351,13 +446,9 @@ impl DataverseSink {
             .header("Prefer", "odata.continue-on-error")
             .body(body);
         // CallerObjectId rides on each part; the batch itself runs as the application user.
-        let request = match self.authorize(request, None).await {
+        let response = match self.send(request, None).await {
             Ok(r) => r,
             Err(o) => return all(o),
-        };
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return all(transport_error(&e)),
         };
         let status = response.status().as_u16();
         let content_type = response
@@ -367,7 +458,6 @@ impl DataverseSink {
             .unwrap_or("")
             .to_owned();
         if !(200..300).contains(&status) {
-            self.after_unauthorized(status).await;
             return all(failure(response).await);
         }
         let text = response.text().await.unwrap_or_default();
@@ -379,15 +469,21 @@ impl DataverseSink {
                 error: "unreadable $batch response".into(),
             });
         };
-        batch_outcomes(&answers, owners, emails)
+        let answered = batch_outcomes(&answers, owners, emails);
+        if let Some(wait) = answered.0.iter().find_map(|o| match o {
+            Outcome::Throttled { retry_after } => Some(*retry_after),
+            _ => None,
+        }) {
+            self.pace.pause(wait);
+        }
+        answered
     }
 
-    /// The `$batch` parts for `emails`, and which part answers for which email: (email,
-    /// part index, create_only).
-    fn batch_items(&self, emails: &[TrackedEmail]) -> (Vec<BatchItem>, Vec<(usize, usize, bool)>) {
+    /// The `$batch` parts for `emails`, and which part answers for which email.
+    fn batch_items(&self, emails: &[TrackedEmail]) -> (Vec<BatchItem>, Vec<PartOwner>) {
         let api = &self.settings.api_path;
         let mut items = Vec::new();
-        let mut owners: Vec<(usize, usize, bool)> = Vec::new();
+        let mut owners: Vec<PartOwner> = Vec::new();
         for (doc, email) in emails.iter().enumerate() {
             let writes = self.writes(email);
             for write in writes {
@@ -412,14 +508,18 @@ impl DataverseSink {
                 // The email's create-only upsert is a change set of its own; the records it
                 // binds go before it and its status after it as independent parts, so a 412
                 // (already there) neither rolls back nor skips them.
+                owners.push(PartOwner {
+                    doc,
+                    index: items.len(),
+                    create_only: write.create_only,
+                    step: write.step,
+                });
                 if write.path.starts_with("/emails(") && write.create_only {
-                    owners.push((doc, items.len(), true));
                     items.push(BatchItem::ChangeSet(vec![HttpPart {
                         content_id: Some("1".into()),
                         ..part
                     }]));
                 } else {
-                    owners.push((doc, items.len(), write.create_only));
                     items.push(BatchItem::Single(part));
                 }
             }
@@ -428,15 +528,31 @@ impl DataverseSink {
     }
 }
 
-/// Each email's outcome from the `$batch` answer: delivered unless one of its parts failed
-/// (a create-only upsert's 412 means it is already there, which counts as delivered).
+/// Which document a `$batch` part writes for, and which step it is.
+struct PartOwner {
+    doc: usize,
+    index: usize,
+    create_only: bool,
+    step: u8,
+}
+
+/// Each email's outcome from the `$batch` answer — delivered unless one of its parts failed
+/// (a create-only upsert's 412 means it is already there, which counts as delivered) — and
+/// the steps its parts confirmed.
 fn batch_outcomes(
     answers: &[BatchItem],
-    owners: Vec<(usize, usize, bool)>,
+    owners: Vec<PartOwner>,
     emails: &[TrackedEmail],
-) -> Vec<Outcome> {
+) -> (Vec<Outcome>, Vec<u8>) {
     let mut outcomes = vec![Outcome::Delivered; emails.len()];
-    for (doc, index, create_only) in owners {
+    let mut steps = vec![0u8; emails.len()];
+    for PartOwner {
+        doc,
+        index,
+        create_only,
+        step,
+    } in owners
+    {
         let parts: Vec<&HttpPart> = match answers.get(index) {
             Some(BatchItem::Single(p)) => vec![p],
             Some(BatchItem::ChangeSet(ps)) => ps.iter().collect(),
@@ -448,9 +564,11 @@ fn batch_outcomes(
                 continue;
             }
         };
+        let mut confirmed = true;
         for part in parts {
             let s = part.status().unwrap_or(500);
             let fine = (200..300).contains(&s) || (s == 412 && create_only);
+            confirmed &= fine;
             if fine || outcomes[doc] != Outcome::Delivered {
                 continue;
             }
@@ -464,8 +582,11 @@ fn batch_outcomes(
                 )
             };
         }
+        if confirmed {
+            steps[doc] |= step;
+        }
     }
-    outcomes
+    (outcomes, steps)
 }
 
 #[cfg(test)]

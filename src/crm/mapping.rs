@@ -231,6 +231,11 @@ pub struct TrackedEmail {
     /// The mailbox owner's Entra object id, for `CallerObjectId` (not part of the document).
     #[serde(skip)]
     pub caller: Option<Uuid>,
+    /// The steps of its delivery the CRM already confirmed (bits of
+    /// `crm::dataverse::step`), so a retry resumes at the one that failed (not part of the
+    /// document).
+    #[serde(skip)]
+    pub steps_done: u8,
 }
 
 impl TrackedEmail {
@@ -336,6 +341,7 @@ pub fn tracked_email(
         correlation_method: decision.correlation.as_ref().map(|c| c.method.code()),
         statuscode: if direction.is_outgoing() { 3 } else { 4 },
         caller: None,
+        steps_done: 0,
     })
 }
 

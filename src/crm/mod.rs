@@ -6,6 +6,7 @@ pub mod dataverse;
 pub mod journal;
 pub mod mapping;
 pub mod multipart;
+pub mod pace;
 pub mod webhook;
 
 use std::time::Duration;
@@ -14,6 +15,10 @@ pub use dataverse::{DataverseSettings, DataverseSink};
 pub use journal::Journal;
 pub use mapping::{BodyPolicy, FieldTable, TrackedEmail};
 pub use webhook::{WebhookSettings, WebhookSink};
+
+/// Told (document index, steps done) each time the CRM confirms a step of a multi-step
+/// delivery with more to come, so a crash resumes after it.
+pub type Progress<'a> = dyn Fn(usize, u8) + Send + Sync + 'a;
 
 /// Longest response body kept for a dead letter.
 pub const MAX_KEPT_RESPONSE: usize = 4096;
@@ -57,6 +62,16 @@ impl Outcome {
                 error: format!("HTTP {status}: {}", first_line(&response)),
                 response,
             },
+        }
+    }
+
+    /// What went wrong, for a log line (the label when there is no more to say).
+    pub fn text(&self) -> String {
+        match self {
+            Outcome::Unavailable { error }
+            | Outcome::Failed { error, .. }
+            | Outcome::Rejected { error, .. } => error.clone(),
+            other => other.label().to_owned(),
         }
     }
 
@@ -113,6 +128,18 @@ pub async fn failure(response: reqwest::Response) -> Outcome {
     Outcome::from_status(status, retry_after.as_deref(), kept_body(response).await)
 }
 
+/// A probe's answer: the sink is back unless it still cannot be reached or says it is
+/// unavailable (any other answer, even a refusal, comes from a live service).
+pub fn probe_result(response: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
+    match response {
+        Ok(r) => match r.status().as_u16() {
+            401 | 500..=599 => Err(format!("probe answered HTTP {}", r.status().as_u16())),
+            _ => Ok(()),
+        },
+        Err(e) => Err(transport_error(&e).text()),
+    }
+}
+
 /// Reads an error body, cut to what a dead letter keeps (the rest is never read).
 pub async fn kept_body(response: reqwest::Response) -> String {
     let (bytes, _) = crate::common::read::read_capped(response, MAX_KEPT_RESPONSE).await;
@@ -159,9 +186,13 @@ pub enum Sink {
 impl Sink {
     /// Delivers documents; one outcome per document, in order. The Dataverse sink sends
     /// several in one `$batch` when configured.
-    pub async fn deliver(&self, emails: &[TrackedEmail]) -> Vec<Outcome> {
+    pub async fn deliver(
+        &self,
+        emails: &mut [TrackedEmail],
+        progress: &Progress<'_>,
+    ) -> Vec<Outcome> {
         match self {
-            Sink::Dataverse(d) => d.deliver(emails).await,
+            Sink::Dataverse(d) => d.deliver(emails, progress).await,
             Sink::Webhook(w) => w.deliver(emails).await,
             Sink::Journal(j) => {
                 // redb commits block on fsync: off the async workers.
@@ -177,6 +208,16 @@ impl Sink {
                         ]
                     })
             }
+        }
+    }
+
+    /// One cheap request to learn whether the sink is back after an outage (Dataverse:
+    /// `WhoAmI`; a webhook: `HEAD` of its URL; the local journal is always there).
+    pub async fn probe(&self) -> Result<(), String> {
+        match self {
+            Sink::Dataverse(d) => d.probe().await,
+            Sink::Webhook(w) => w.probe().await,
+            Sink::Journal(_) => Ok(()),
         }
     }
 

@@ -19,6 +19,8 @@ pub struct WebhookSettings {
     pub url: String,
     pub secret: Secret,
     pub timeout: Duration,
+    /// Deadline of the probe sent while the sink is down.
+    pub probe_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,16 @@ impl WebhookSink {
             outcomes.push(self.deliver_one(email).await);
         }
         outcomes
+    }
+
+    pub async fn probe(&self) -> Result<(), String> {
+        let response = self
+            .http
+            .head(&self.settings.url)
+            .timeout(self.settings.probe_timeout)
+            .send()
+            .await;
+        super::probe_result(response)
     }
 
     async fn deliver_one(&self, email: &TrackedEmail) -> Outcome {

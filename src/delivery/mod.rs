@@ -2,9 +2,13 @@
 //! enriches what the traffic did not show (through `exchange`), maps each decision to a
 //! document (`crm::mapping`), sends it to the sink and settles the record:
 //! delivered → it leaves the outbox; 429 → the whole sink pauses until `Retry-After`;
-//! unavailable (network, 502–504, 401) → the whole sink backs off, attempts not counted;
-//! a failure of the record (500, 408) → exponential backoff with jitter, counted, dead letter
-//! after `max_attempts`; a permanent 4xx → dead letter with the response kept.
+//! unavailable (network, 502–504, 401, a deadline passed) → the sink's circuit breaker
+//! ([`breaker`]) counts one outage however many workers met it, and once open lets one probe
+//! through every few seconds, attempts not counted; a failure of the record (500, 408) →
+//! exponential backoff with jitter, counted, dead letter after `max_attempts`; a permanent
+//! 4xx → dead letter with the response kept.
+
+pub mod breaker;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,7 @@ use crate::exchange::{ExchangeClient, ExchangeError, Fetched, SentCopyQuery};
 use crate::inspect::Message;
 use crate::outbox::{Outbox, Record, Settlement};
 use crate::rules::Decision;
+use breaker::{Admission, Breaker, BreakerSettings, Ticket};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliverySettings {
@@ -37,6 +42,7 @@ pub struct DeliverySettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub body: BodyPolicy,
+    pub breaker: BreakerSettings,
 }
 
 impl Default for DeliverySettings {
@@ -48,6 +54,7 @@ impl Default for DeliverySettings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             body: BodyPolicy::Full,
+            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -116,11 +123,10 @@ impl DeliveryMetrics {
     }
 }
 
-/// The sink-wide pause: until when, and how many outages in a row.
+/// The sink-wide pause a 429 asks for: until when.
 #[derive(Debug, Default)]
 struct Pause {
     until: Option<Instant>,
-    outages: u32,
 }
 
 /// What delivery asks of the rules once Exchange has shown a message the traffic did not: the
@@ -182,6 +188,7 @@ pub struct Delivery {
     settings: DeliverySettings,
     metrics: DeliveryMetrics,
     pause: Mutex<Pause>,
+    breaker: Breaker,
     recent: Arc<RecentDeliveries>,
     /// Saved copies in Sent Items already taken by a send (Message-ID → record key).
     sent_copies: Mutex<HashMap<String, uuid::Uuid>>,
@@ -213,11 +220,12 @@ impl Delivery {
             sink,
             exchange,
             enrichment,
-            settings,
             metrics,
             pause: Mutex::new(Pause::default()),
+            breaker: Breaker::new(settings.breaker),
             recent: RecentDeliveries::new(RECENT_DELIVERIES),
             sent_copies: Mutex::new(HashMap::new()),
+            settings,
         })
     }
 
@@ -289,6 +297,22 @@ impl Delivery {
                 }
                 continue;
             }
+            let ticket = match self.breaker.admit(Instant::now()) {
+                Admission::Go(ticket) => ticket,
+                Admission::Probe(ticket) => {
+                    self.probe(ticket).await;
+                    continue;
+                }
+                Admission::Wait(left) => {
+                    self.metrics.paused.set(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(left) => {}
+                        _ = self.breaker.changed() => {}
+                        changed = stop.changed() => if changed.is_err() { break },
+                    }
+                    continue;
+                }
+            };
             self.metrics.paused.set(0);
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -325,7 +349,7 @@ impl Delivery {
             let claimed = records.clone();
             let task = tokio::spawn({
                 let me = me.clone();
-                async move { me.deliver(records).await }
+                async move { me.deliver(records, ticket).await }
             });
             tokio::spawn(async move {
                 if task.await.is_err() {
@@ -352,8 +376,19 @@ impl Delivery {
         let _ = tokio::time::timeout(grace, permits.acquire_many(concurrency as u32)).await;
     }
 
+    /// While the breaker is open: one cheap request to see whether the sink is back.
+    async fn probe(&self, ticket: Ticket) {
+        match self.sink.probe().await {
+            Ok(()) => {
+                self.breaker.succeeded(ticket);
+                tracing::info!(sink = self.sink.name(), "CRM reachable again: delivering");
+            }
+            Err(error) => self.outage(ticket, &error),
+        }
+    }
+
     /// Enriches, maps and sends claimed records, then settles each.
-    async fn deliver(&self, records: Vec<Record>) {
+    async fn deliver(&self, records: Vec<Record>, ticket: Ticket) {
         let mut ready: Vec<(Record, TrackedEmail)> = Vec::with_capacity(records.len());
         for record in records {
             match self.prepare(&record).await {
@@ -391,8 +426,16 @@ impl Delivery {
             }
             return;
         }
-        let docs: Vec<TrackedEmail> = ready.iter().map(|(_, d)| d.clone()).collect();
-        let outcomes = self.sink.deliver(&docs).await;
+        let mut docs: Vec<TrackedEmail> = ready.iter().map(|(_, d)| d.clone()).collect();
+        let progress = |index: usize, done: u8| {
+            if let Some((record, _)) = ready.get(index) {
+                self.outbox.progress(record, done);
+            }
+        };
+        let outcomes = self.sink.deliver(&mut docs, &progress).await;
+        for ((record, _), doc) in ready.iter_mut().zip(&docs) {
+            record.progress = doc.steps_done;
+        }
         let sink = self.sink.name();
         // One sink call is one outage, however many records it carried.
         let outage = outcomes.iter().find_map(|o| match o {
@@ -400,12 +443,8 @@ impl Delivery {
             _ => None,
         });
         match outage {
-            Some(error) => self.outage(&error),
-            None => {
-                if let Ok(mut p) = self.pause.lock() {
-                    p.outages = 0;
-                }
-            }
+            Some(error) => self.outage(ticket, &error),
+            None => self.breaker.succeeded(ticket),
         }
         for ((record, doc), outcome) in ready.iter().zip(outcomes) {
             self.metrics.outcome(sink, outcome.label());
@@ -420,27 +459,24 @@ impl Delivery {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.settings.backoff_base.as_secs_f64();
-        let raw = base * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
-        let capped = raw.min(self.settings.backoff_max.as_secs_f64());
-        // ±20 % jitter so retries of a burst spread out.
-        let jitter = 0.8 + 0.4 * rand::random::<f64>();
-        Duration::from_secs_f64(capped * jitter)
+        breaker::jittered_backoff(
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            attempt,
+        )
     }
 
-    /// Counts an outage and pauses the whole sink for its backoff.
-    fn outage(&self, error: &str) {
-        let outages = self
-            .pause
-            .lock()
-            .map(|mut p| {
-                p.outages += 1;
-                p.outages
-            })
-            .unwrap_or(1);
-        let wait = self.backoff(outages);
-        self.pause_until(Instant::now() + wait);
-        tracing::warn!(%error, outages, wait_ms = wait.as_millis() as u64, "CRM unavailable: backing off");
+    /// Counts an outage with the breaker (once for all the calls of its instant).
+    fn outage(&self, ticket: Ticket, error: &str) {
+        match self.breaker.failed(ticket, Instant::now()) {
+            Some(opened) => tracing::warn!(
+                %error,
+                opens = opened.opens,
+                probe_in_ms = opened.wait.as_millis() as u64,
+                "CRM unavailable: deliveries held, probing"
+            ),
+            None => tracing::debug!(%error, "CRM call failed"),
+        }
     }
 
     fn settlement(&self, record: &Record, outcome: Outcome) -> Settlement {
@@ -640,6 +676,7 @@ impl Delivery {
                 response: None,
                 error: e.to_string(),
             })?;
+        doc.steps_done = record.progress;
         doc.caller = decision
             .mailbox
             .as_deref()

@@ -60,7 +60,15 @@ pub struct Record {
     pub next_attempt_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What the sink already confirmed of a multi-step delivery (its own bits, opaque here),
+    /// so a retry or a restart resumes at the step that is left.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub progress: u8,
     pub decision: Decision,
+}
+
+fn is_zero(progress: &u8) -> bool {
+    *progress == 0
 }
 
 /// A record that failed permanently or too often, with the CRM's answer.
@@ -118,8 +126,11 @@ pub trait Outbox: Send + Sync + 'static {
     /// Up to `limit` records due at `now_ms`, oldest first; they stay claimed (not offered
     /// again) until settled.
     fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Record>, OutboxError>;
-    /// Settles a claimed record (committed with the next group).
+    /// Settles a claimed record (committed with the next group), with its `progress`.
     fn settle(&self, record: &Record, settlement: Settlement);
+    /// Adds to a claimed record's `progress` (committed with the next group, not waited
+    /// for): a crash before the settlement resumes after the steps confirmed so far.
+    fn progress(&self, record: &Record, progress: u8);
     /// When the earliest unclaimed record becomes due.
     fn next_due_ms(&self) -> Option<u64>;
     /// Woken when records are committed or rescheduled.

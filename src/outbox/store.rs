@@ -43,6 +43,10 @@ enum Op {
         encoded: Vec<u8>,
     },
     Settle(Box<Record>, Settlement),
+    Progress {
+        seq: u64,
+        progress: u8,
+    },
     Retry(Uuid, SyncSender<Result<(), OutboxError>>),
     Skip(Uuid, SyncSender<Result<(), OutboxError>>),
     Flush(SyncSender<()>),
@@ -56,9 +60,9 @@ struct Schedule {
     /// seq → (next attempt, enqueued) of every pending record, claimed or not.
     pending: BTreeMap<u64, (u64, u64)>,
     claimed: HashMap<u64, u64>,
-    /// Attempts and last error of records retried but maybe not committed yet, so a claim
-    /// that reads the file before the commit still sees them.
-    retried: HashMap<u64, (u32, String)>,
+    /// Attempts, last error and progress of records retried but maybe not committed yet, so
+    /// a claim that reads the file before the commit still sees them.
+    retried: HashMap<u64, (u32, String, u8)>,
     dead: u64,
 }
 
@@ -386,6 +390,7 @@ impl Shared {
                     Op::Settle(record, settlement) => {
                         after.push(tables.settle(record, settlement)?);
                     }
+                    Op::Progress { seq, progress } => tables.progress(seq, progress)?,
                     Op::Retry(key, reply) => {
                         let result = found(tables.retry(key)?, after, "dead-letter", key);
                         replies.push((Reply(reply), result));
@@ -529,6 +534,24 @@ impl<'t> Tables<'t> {
             enqueued: at,
             revived: false,
         })
+    }
+
+    /// Keeps the steps a pending record's delivery has confirmed (nothing when it is gone).
+    fn progress(&mut self, seq: u64, progress: u8) -> Result<(), OutboxError> {
+        let path = self.path;
+        let Some(stored) = self.pending.get(seq).store(path)? else {
+            return Ok(());
+        };
+        let mut record = decode(seq, stored.value())?;
+        drop(stored);
+        if record.progress | progress == record.progress {
+            return Ok(());
+        }
+        record.progress |= progress;
+        self.pending
+            .insert(seq, serde_json::to_vec(&record)?.as_slice())
+            .store(path)?;
+        Ok(())
     }
 
     /// Records how a delivery attempt ended: delivered (into the dedup window), retried later
@@ -890,11 +913,12 @@ impl Outbox for RedbOutbox {
                 s.claimed.remove(&seq);
             }
             for record in &mut records {
-                if let Some((attempts, error)) = s.retried.get(&record.seq)
-                    && *attempts > record.attempts
-                {
-                    record.attempts = *attempts;
-                    record.last_error = Some(error.clone());
+                if let Some((attempts, error, progress)) = s.retried.get(&record.seq) {
+                    record.progress |= progress;
+                    if *attempts > record.attempts {
+                        record.attempts = *attempts;
+                        record.last_error = Some(error.clone());
+                    }
                 }
             }
             Ok(records)
@@ -917,7 +941,8 @@ impl Outbox for RedbOutbox {
                 entry.0 = *at_ms;
                 s.due.insert((*at_ms, record.seq));
                 let attempts = record.attempts + u32::from(*counted);
-                s.retried.insert(record.seq, (attempts, error.clone()));
+                s.retried
+                    .insert(record.seq, (attempts, error.clone(), record.progress));
             }
         }
         if self
@@ -927,6 +952,17 @@ impl Outbox for RedbOutbox {
         {
             // Stopping: the record stays pending in the file and is offered again at start.
             tracing::warn!("outbox writer stopped before a settlement was recorded");
+        }
+    }
+
+    fn progress(&self, record: &Record, progress: u8) {
+        let op = Op::Progress {
+            seq: record.seq,
+            progress,
+        };
+        if self.ops.send(op).is_err() {
+            // Stopping: the next start repeats the confirmed steps, which are idempotent.
+            tracing::debug!("outbox writer stopped before a delivery's progress was kept");
         }
     }
 
@@ -1462,6 +1498,57 @@ mod tests {
         outbox.flush().unwrap();
         let stats = outbox.stats().unwrap();
         assert_eq!((stats.pending, stats.delivered_keys), (1, 1));
+    }
+
+    #[test]
+    fn progress_is_kept_across_a_restart_and_through_an_uncommitted_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.redb");
+        {
+            let outbox = open(&path);
+            outbox.submit(&decision(1));
+            outbox.submit(&decision(2));
+            outbox.flush().unwrap();
+            let claimed = outbox.claim_due(now_ms(), 2).unwrap();
+            // The first's create was confirmed, then the process died before it settled.
+            outbox.progress(&claimed[0], 2);
+            outbox.progress(&claimed[0], 2);
+            // The second's create was confirmed and its close throttled.
+            let mut second = claimed[1].clone();
+            second.progress = 2;
+            outbox.settle(
+                &second,
+                Settlement::Retry {
+                    at_ms: second.next_attempt_ms,
+                    counted: false,
+                    error: "throttled (429)".into(),
+                },
+            );
+            let again = outbox.claim_due(now_ms(), 1).unwrap();
+            assert_eq!(again[0].seq, second.seq);
+            assert_eq!(again[0].progress, 2, "seen before or after the commit");
+            outbox.flush().unwrap();
+        }
+        let outbox = open(&path);
+        let pending = outbox.pending(10).unwrap();
+        assert_eq!(
+            pending.iter().map(|r| r.progress).collect::<Vec<_>>(),
+            [2, 2],
+            "read back from the file after a restart"
+        );
+        let claimed = outbox.claim_due(now_ms(), 1).unwrap();
+        outbox.progress(&claimed[0], 4);
+        outbox.flush().unwrap();
+        assert_eq!(outbox.pending(1).unwrap()[0].progress, 6, "steps add up");
+        outbox.settle(&claimed[0], Settlement::Delivered);
+        outbox.flush().unwrap();
+        outbox.progress(&claimed[0], 8);
+        outbox.flush().unwrap();
+        assert_eq!(
+            outbox.stats().unwrap().pending,
+            1,
+            "progress of a record already settled writes nothing back"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct DeliveryConfig {
     pub backoff_max: Duration,
     pub body: EmailBody,
     pub request_timeout: Duration,
+    pub outage_failures: u32,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +244,13 @@ fn delivery_section(delivery: &RawDelivery) -> Result<DeliveryConfig, ConfigErro
     at_least("delivery.max_attempts", u64::from(delivery.max_attempts), 1)?;
     positive("delivery.backoff_base", delivery.backoff_base)?;
     positive("delivery.request_timeout", delivery.request_timeout)?;
+    at_least(
+        "delivery.outage_failures",
+        u64::from(delivery.outage_failures),
+        1,
+    )?;
+    positive("delivery.probe_interval", delivery.probe_interval)?;
+    positive("delivery.probe_timeout", delivery.probe_timeout)?;
     if delivery.backoff_max < delivery.backoff_base {
         return Err(ConfigError::invalid(
             "delivery.backoff_max",
@@ -257,6 +267,9 @@ fn delivery_section(delivery: &RawDelivery) -> Result<DeliveryConfig, ConfigErro
         backoff_max: delivery.backoff_max,
         body: delivery.body,
         request_timeout: delivery.request_timeout,
+        outage_failures: delivery.outage_failures,
+        probe_interval: delivery.probe_interval,
+        probe_timeout: delivery.probe_timeout,
     })
 }
 

@@ -12,8 +12,10 @@
 //!   entries for deleted ones.
 //! - `POST /$batch`: multipart with change sets (atomic) and `Content-ID` references,
 //!   `Prefer: odata.continue-on-error`.
-//! - Control (no auth, loopback only): `POST /_sim/faults` (throttle with `Retry-After`, fail
-//!   with a status, stall, go down), `GET /_sim/records[?set=]`, `POST /_sim/records` (seed),
+//! - `GET /WhoAmI`: the application user.
+//! - Control (no auth, loopback only): `POST /_sim/faults` (see [`faults`]: throttle with
+//!   `Retry-After`, a storm on one kind of request, fail with a status, stall, go down, black
+//!   hole), `GET /_sim/records[?set=]`, `POST /_sim/records` (seed),
 //!   `GET /_sim/stats`, `GET /_sim/requests`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,9 +37,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+mod faults;
 mod metadata;
 mod strict;
 
+pub use faults::{DataverseFaults, Fail, RequestKind, Throttle, ThrottleEvery};
 pub use strict::Leniency;
 
 use crate::crm::multipart::{self, BatchItem, HttpPart};
@@ -48,33 +52,6 @@ use crate::directory::odata::Filter;
 const MAX_BODY: usize = 64 << 20;
 /// Requests remembered for `/_sim/requests`.
 const MAX_LOG: usize = 100_000;
-
-/// Faults to inject, as set by `POST /_sim/faults`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DataverseFaults {
-    /// Answer the next `count` API requests with 429 and this `Retry-After` (seconds, may be
-    /// fractional).
-    pub throttle: Option<Throttle>,
-    /// Answer the next `count` API requests with `status`.
-    pub fail: Option<Fail>,
-    /// Wait this long before answering each API request.
-    pub stall_ms: u64,
-    /// Refuse every connection (close at once) and drop open ones.
-    pub down: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Throttle {
-    pub count: u32,
-    pub retry_after: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fail {
-    pub count: u32,
-    pub status: u16,
-}
 
 /// One API request as the simulator answered it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +75,8 @@ pub struct DataverseStats {
     pub requests: u64,
     pub throttled: u64,
     pub failed: u64,
+    /// API requests taken into the black hole (never answered while it lasted).
+    pub black_holed: u64,
     /// Rows created, per entity set.
     pub created: BTreeMap<String, u64>,
     /// Creates of an id that had been created before (after a delete): must stay 0.
@@ -219,6 +198,7 @@ struct Shared {
     /// Issued tokens and when each expires.
     tokens: Mutex<HashMap<String, std::time::Instant>>,
     down: watch::Sender<bool>,
+    black_hole: watch::Sender<bool>,
     issued: AtomicU64,
 }
 
@@ -287,6 +267,7 @@ impl DataverseSimulator {
             faults: Mutex::new(DataverseFaults::default()),
             tokens: Mutex::new(HashMap::new()),
             down: watch::channel(false).0,
+            black_hole: watch::channel(false).0,
             issued: AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
@@ -550,50 +531,10 @@ impl Shared {
     }
 
     fn set_faults(&self, faults: DataverseFaults) {
-        let down = faults.down;
+        let (down, black_hole) = (faults.down, faults.black_hole);
         *self.faults() = faults;
         self.down.send_replace(down);
-    }
-
-    /// A fault to answer with instead of serving, and how long to stall first.
-    fn take_fault(&self) -> (Duration, Option<Answer>) {
-        let mut f = self.faults();
-        let stall = Duration::from_millis(f.stall_ms);
-        if let Some(t) = &mut f.throttle
-            && t.count > 0
-        {
-            t.count -= 1;
-            let retry = t.retry_after;
-            let (status, mut headers, body) = error(
-                429,
-                "0x80072322",
-                "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
-            );
-            headers.push(("Retry-After".into(), format_retry(retry)));
-            return (stall, Some((status, headers, body)));
-        }
-        if let Some(fail) = &mut f.fail
-            && fail.count > 0
-        {
-            fail.count -= 1;
-            return (
-                stall,
-                Some(error(
-                    fail.status,
-                    "0x80040216",
-                    "An unexpected error occurred.",
-                )),
-            );
-        }
-        (stall, None)
-    }
-}
-
-fn format_retry(seconds: f64) -> String {
-    if seconds.fract() == 0.0 {
-        format!("{}", seconds as u64)
-    } else {
-        format!("{seconds}")
+        self.black_hole.send_replace(black_hole);
     }
 }
 
@@ -709,7 +650,15 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             return respond(s, h, b);
         }
     }
-    let (stall, fault) = shared.take_fault();
+    let mut hole = shared.black_hole.subscribe();
+    if *hole.borrow_and_update() {
+        shared.store().stats.black_holed += 1;
+        let _ = hole.wait_for(|open| !*open).await;
+        let (s, h, b) = error(503, "0x80040216", "The service is unavailable.");
+        return respond(s, h, b);
+    }
+    let kind = RequestKind::of(&parts.method, relative, header("if-none-match").is_some());
+    let (stall, fault) = shared.faults().take(kind);
     if !stall.is_zero() {
         tokio::time::sleep(stall).await;
     }
@@ -934,6 +883,24 @@ fn stored_lookup_column(key: &str) -> Option<&str> {
         .map(lookup_column)
 }
 
+/// The application user the simulator's clients sign in as (`WhoAmI` answers it).
+pub const APPLICATION_USER: Uuid = Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0001);
+
+/// `WhoAmI`: the signed-in user, its business unit and the organization.
+fn who_am_i(api: &str) -> Answer {
+    (
+        200,
+        vec![("Content-Type".into(), "application/json".into())],
+        json!({
+            "@odata.context": format!("{api}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse"),
+            "BusinessUnitId": Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0002),
+            "UserId": APPLICATION_USER,
+            "OrganizationId": Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0003),
+        })
+        .to_string(),
+    )
+}
+
 fn refused(r: strict::Refusal) -> Answer {
     error(r.status, r.code, &r.message)
 }
@@ -1068,6 +1035,9 @@ fn execute(
                 .map(|rest| format!("{target}{rest}"))
         })
         .unwrap_or_else(|| relative.to_owned());
+    if *method == Method::GET && matches!(relative.as_str(), "/WhoAmI" | "/WhoAmI()") {
+        return (None, who_am_i(api));
+    }
     let Some((set, id)) = parse_target(&relative) else {
         let segment = relative.trim_start_matches('/');
         return (None, refused(strict::unknown_set(segment)));
