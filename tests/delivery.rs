@@ -27,7 +27,7 @@ fn contoso() -> DirectoryDocument {
     toml::from_str(trackgate::directory::file::EMBEDDED_EXAMPLE).unwrap()
 }
 
-async fn dataverse() -> DataverseSimulator {
+pub(crate) async fn dataverse() -> DataverseSimulator {
     DataverseSimulator::start(
         "127.0.0.1:0".parse().unwrap(),
         DataverseOptions {
@@ -44,7 +44,7 @@ async fn dataverse() -> DataverseSimulator {
 
 /// Every write the gateway made passed the strict simulator (`expected` of them were refused
 /// on purpose by the test).
-fn assert_accepted(dv: &DataverseSimulator, expected: u64) {
+pub(crate) fn assert_accepted(dv: &DataverseSimulator, expected: u64) {
     let stats = dv.stats();
     assert_eq!(stats.refused, expected, "refused: {:#?}", stats.refusals);
 }
@@ -68,9 +68,17 @@ async fn dead_letters(gw: &support::TestGateway) -> Value {
 }
 
 /// Gateway configuration for the Dataverse sink at `dv`, fast backoff for tests.
-fn dataverse_config(dv: &DataverseSimulator, delivery: &str) -> String {
+pub(crate) fn dataverse_config(dv: &DataverseSimulator, delivery: &str) -> String {
+    dataverse_section(
+        dv,
+        &format!("backoff_base = \"100ms\"\nbackoff_max = \"1s\"\n{delivery}"),
+    )
+}
+
+/// Gateway configuration for the Dataverse sink at `dv` with exactly these `[delivery]` keys.
+pub(crate) fn dataverse_section(dv: &DataverseSimulator, delivery: &str) -> String {
     format!(
-        "[crm]\nsink = \"dataverse\"\n[crm.dataverse]\nurl = \"{url}\"\ntoken_url = \"{token}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nact_as_owner = true\n[delivery]\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n{delivery}\n",
+        "[crm]\nsink = \"dataverse\"\n[crm.dataverse]\nurl = \"{url}\"\ntoken_url = \"{token}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nact_as_owner = true\n[delivery]\n{delivery}\n",
         url = dv.url(),
         token = dv.token_url(),
     )
@@ -78,17 +86,24 @@ fn dataverse_config(dv: &DataverseSimulator, delivery: &str) -> String {
 
 /// The Exchange simulator, the Dataverse simulator and a gateway delivering to it, with
 /// `extra` configuration (given the Exchange simulator's URL) and `[delivery]` keys.
-struct Pipeline {
-    sim: trackgate::simulate::ExchangeSimulator,
-    dv: DataverseSimulator,
-    gw: support::TestGateway,
-    client: reqwest::Client,
+pub(crate) struct Pipeline {
+    pub(crate) sim: trackgate::simulate::ExchangeSimulator,
+    pub(crate) dv: DataverseSimulator,
+    pub(crate) gw: support::TestGateway,
+    pub(crate) client: reqwest::Client,
 }
 
-async fn pipeline(extra: impl FnOnce(&str) -> String, delivery: &str) -> Pipeline {
+pub(crate) async fn pipeline(extra: impl FnOnce(&str) -> String, delivery: &str) -> Pipeline {
+    pipeline_with(|sim, dv| format!("{}{}", extra(sim), dataverse_config(dv, delivery))).await
+}
+
+/// The same, with the whole configuration made from the simulators' addresses.
+pub(crate) async fn pipeline_with(
+    config: impl FnOnce(&str, &DataverseSimulator) -> String,
+) -> Pipeline {
     let sim = support::simulator("sim").await;
     let dv = dataverse().await;
-    let config = format!("{}{}", extra(&sim.url()), dataverse_config(&dv, delivery));
+    let config = config(&sim.url(), &dv);
     let gw = support::gateway(&sim.url(), &config).await;
     let client = support::client(&gw.ca(), true);
     Pipeline {
@@ -142,7 +157,7 @@ fn send_to_pat(n: usize) -> String {
 
 /// Sends one message and reads the whole answer (a client that drops it unread resets the
 /// stream, and the gateway rightly does not inspect a cut exchange).
-async fn send(client: &reqwest::Client, proxy: &str, n: usize) -> bool {
+pub(crate) async fn send(client: &reqwest::Client, proxy: &str, n: usize) -> bool {
     let Ok(r) = client
         .post(format!("{proxy}/EWS/Exchange.asmx"))
         .header("content-type", "text/xml; charset=utf-8")
@@ -220,7 +235,7 @@ pub(crate) async fn kill_mid_burst(
 }
 
 /// Emails the gateway wrote (the seeded ones carry no creation stamp).
-fn written_emails(dv: &DataverseSimulator) -> Vec<Map<String, Value>> {
+pub(crate) fn written_emails(dv: &DataverseSimulator) -> Vec<Map<String, Value>> {
     let mut emails: Vec<_> = dv
         .records("emails")
         .into_iter()
@@ -230,7 +245,7 @@ fn written_emails(dv: &DataverseSimulator) -> Vec<Map<String, Value>> {
     emails
 }
 
-async fn outbox_stats(admin: &str) -> Value {
+pub(crate) async fn outbox_stats(admin: &str) -> Value {
     support::plain_client()
         .get(format!("{admin}/outbox/stats"))
         .send()
@@ -270,7 +285,7 @@ fn offline_pending_ids(config: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-async fn metrics(admin: &str) -> String {
+pub(crate) async fn metrics(admin: &str) -> String {
     support::plain_client()
         .get(format!("{admin}/metrics"))
         .send()

@@ -19,6 +19,9 @@ mod cli;
 mod dataverse_strict;
 /// Outbox and delivery end to end: crashes, outages, throttling, poison, auto-create, sinks.
 mod delivery;
+/// Delivery under real conditions: outages of every kind end fast, throttling costs little,
+/// a crash mid-delivery resumes at the step it reached.
+mod delivery_conditions;
 /// `trackgate demo`: the working morning, the table, `--keep-running`.
 mod demo;
 /// The Dataverse directory source: paged loads, deltas, outages, the replica, duplicates.

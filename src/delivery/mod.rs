@@ -74,6 +74,7 @@ struct ResultLabels {
 pub struct DeliveryMetrics {
     outcomes: Family<OutcomeLabels, Counter>,
     enrichments: Family<ResultLabels, Counter>,
+    probes: Family<ResultLabels, Counter>,
     pub paused: Gauge,
     pub latency: Histogram,
 }
@@ -83,6 +84,7 @@ impl DeliveryMetrics {
         let m = DeliveryMetrics {
             outcomes: Family::default(),
             enrichments: Family::default(),
+            probes: Family::default(),
             paused: Gauge::default(),
             latency: Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0]),
         };
@@ -96,6 +98,11 @@ impl DeliveryMetrics {
             "enrichments",
             "Messages fetched from Exchange before mapping, by result",
             m.enrichments.clone(),
+        );
+        r.register(
+            "probes",
+            "Probes sent while the sink was down, by result (back, down)",
+            m.probes.clone(),
         );
         r.register(
             "paused",
@@ -378,7 +385,14 @@ impl Delivery {
 
     /// While the breaker is open: one cheap request to see whether the sink is back.
     async fn probe(&self, ticket: Ticket) {
-        match self.sink.probe().await {
+        let answer = self.sink.probe().await;
+        self.metrics
+            .probes
+            .get_or_create(&ResultLabels {
+                result: if answer.is_ok() { "back" } else { "down" },
+            })
+            .inc();
+        match answer {
             Ok(()) => {
                 self.breaker.succeeded(ticket);
                 tracing::info!(sink = self.sink.name(), "CRM reachable again: delivering");

@@ -19,7 +19,8 @@ pub struct DataverseFaults {
     /// Answer every `every`-th API request (of one kind, when `only` says which) with 429:
     /// a throttling storm that goes on until the faults change.
     pub throttle_every: Option<ThrottleEvery>,
-    /// Answer the next `count` API requests with `status`.
+    /// Answer the next `count` API requests (of one kind, when `only` says which) with
+    /// `status`.
     pub fail: Option<Fail>,
     /// Wait this long before answering each API request.
     pub stall_ms: u64,
@@ -52,6 +53,8 @@ pub struct ThrottleEvery {
 pub struct Fail {
     pub count: u32,
     pub status: u16,
+    #[serde(default)]
+    pub only: Option<RequestKind>,
 }
 
 /// What an API request does, to aim a fault at one step of a delivery.
@@ -104,6 +107,7 @@ impl DataverseFaults {
         }
         if let Some(fail) = &mut self.fail
             && fail.count > 0
+            && fail.only.is_none_or(|only| only == kind)
         {
             fail.count -= 1;
             return (

@@ -66,6 +66,8 @@ pub struct LoggedRequest {
     pub query: String,
     /// The `Prefer` header, if any.
     pub prefer: Option<String>,
+    /// What the request does (a create-only upsert, an update, a read...).
+    pub kind: RequestKind,
     pub status: u16,
 }
 
@@ -714,6 +716,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             path: relative.to_owned(),
             query: query.clone(),
             prefer: header("prefer"),
+            kind,
             status,
         });
     }

@@ -1,0 +1,280 @@
+//! Delivery under the conditions a real CRM shows: outages of every kind (refused, 503, a
+//! black hole) end within seconds of the CRM's return at any concurrency; a throttling storm
+//! costs few extra requests; a crash between an email's create and its close resumes at the
+//! close.
+
+use std::time::{Duration, Instant};
+
+use trackgate::simulate::dataverse::{DataverseFaults, Fail, RequestKind, ThrottleEvery};
+
+use crate::delivery::{
+    Pipeline, assert_accepted, dataverse, dataverse_config, dataverse_section, metrics,
+    outbox_stats, pipeline, pipeline_with, send, written_emails,
+};
+use crate::support;
+
+/// How long each outage lasts.
+const OUTAGE: Duration = Duration::from_secs(30);
+/// Messages waiting when the CRM comes back.
+const BACKLOG: usize = 16;
+
+fn paused(metrics: &str) -> bool {
+    metrics
+        .lines()
+        .any(|l| l.starts_with("trackgate_delivery_paused ") && l.ends_with(" 1"))
+}
+
+/// Runs one outage of `faults` against a gateway delivering at concurrency 8; returns how
+/// long after the CRM's return the first email was written, and the probes seen meanwhile.
+async fn outage_then_return(faults: DataverseFaults) -> (Duration, usize) {
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline_with(|_, dv| {
+        // The production backoff (up to 300 s): an outage must not be paced by it.
+        dataverse_section(
+            dv,
+            "concurrency = 8\nrequest_timeout = \"2s\"\nprobe_timeout = \"1s\"",
+        )
+    })
+    .await;
+    dv.set_faults(faults);
+    let started = Instant::now();
+    for n in 0..BACKLOG {
+        assert!(send(&client, &gw.localhost_url(""), n).await);
+    }
+    support::wait_for(
+        OUTAGE * 2,
+        "the outage lasted its time with deliveries held",
+        async || {
+            let held = paused(&metrics(&gw.admin("")).await);
+            (held && started.elapsed() >= OUTAGE).then_some(())
+        },
+    )
+    .await;
+    assert!(written_emails(&dv).is_empty(), "nothing written while down");
+    let probes = metrics(&gw.admin(""))
+        .await
+        .lines()
+        .find(|l| l.starts_with(r#"trackgate_delivery_probes_total{result="down"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    dv.set_faults(DataverseFaults::default());
+    let returned_ms = trackgate::common::time::now_ms();
+    support::wait_for(Duration::from_secs(30), "the backlog drained", async || {
+        let stats = outbox_stats(&gw.admin("")).await;
+        (written_emails(&dv).len() == BACKLOG && stats["pending"] == 0).then_some(())
+    })
+    .await;
+    let first_write = dv
+        .requests()
+        .iter()
+        .filter(|r| r.at_ms >= returned_ms && r.kind == RequestKind::Create && r.status < 300)
+        .map(|r| r.at_ms)
+        .min()
+        .expect("a create after the return");
+    assert_accepted(&dv, 0);
+    assert_eq!(dv.stats().recreated, 0);
+    assert_eq!(
+        outbox_stats(&gw.admin("")).await["dead"],
+        0,
+        "no attempt counted"
+    );
+    (Duration::from_millis(first_write - returned_ms), probes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30s_outage_at_concurrency_8_ends_within_5s_of_the_crms_return_refused_503_or_black_hole()
+{
+    let refused = DataverseFaults {
+        down: true,
+        ..DataverseFaults::default()
+    };
+    let unavailable = DataverseFaults {
+        fail: Some(Fail {
+            count: u32::MAX,
+            status: 503,
+            only: None,
+        }),
+        ..DataverseFaults::default()
+    };
+    let black_hole = DataverseFaults {
+        black_hole: true,
+        ..DataverseFaults::default()
+    };
+    // Side by side: each outage is 30 s of waiting, not of work.
+    let (refused, unavailable, black_hole) = tokio::join!(
+        outage_then_return(refused),
+        outage_then_return(unavailable),
+        outage_then_return(black_hole),
+    );
+    for (kind, (recovery, probes)) in [
+        ("refused", refused),
+        ("503", unavailable),
+        ("black hole", black_hole),
+    ] {
+        println!(
+            "{kind}: first email written {recovery:?} after the CRM's return, {probes} probes during the outage"
+        );
+        assert!(
+            recovery <= Duration::from_secs(5),
+            "{kind}: delivery resumed {recovery:?} after the CRM's return"
+        );
+        // The breaker probes on a capped interval (≤ 3 s): a few probes, not a flood and
+        // not a backoff that outgrew the outage.
+        assert!(
+            (5..=40).contains(&probes),
+            "{kind}: {probes} probes in a 30 s outage"
+        );
+    }
+}
+
+/// Sends `n` messages through a pipeline whose CRM answers every `every`-th API request with
+/// 429 (`None`: never); returns the API requests per email it took.
+async fn requests_per_email(n: usize, every: Option<u32>) -> f64 {
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline(|_| String::new(), "concurrency = 8").await;
+    if let Some(every) = every {
+        dv.set_faults(DataverseFaults {
+            throttle_every: Some(ThrottleEvery {
+                every,
+                retry_after: 0.2,
+                only: None,
+                seen: 0,
+            }),
+            ..DataverseFaults::default()
+        });
+    }
+    for m in 0..n {
+        assert!(send(&client, &gw.localhost_url(""), m).await);
+    }
+    support::wait_for(
+        Duration::from_secs(60),
+        "everything delivered",
+        async || {
+            let stats = outbox_stats(&gw.admin("")).await;
+            let closed = written_emails(&dv)
+                .iter()
+                .filter(|e| e["statecode"] == 1)
+                .count();
+            (closed == n && stats["pending"] == 0).then_some(())
+        },
+    )
+    .await;
+    let stats = dv.stats();
+    assert_accepted(&dv, 0);
+    assert_eq!(stats.recreated, 0);
+    if every.is_some() {
+        assert!(stats.throttled > 0, "the storm happened");
+    }
+    let resent: Vec<_> = dv
+        .requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::Create && r.status == 412)
+        .collect();
+    assert!(
+        resent.is_empty(),
+        "a retry resumes at the step that failed, never re-sends a create that succeeded: {resent:#?}"
+    );
+    stats.requests as f64 / n as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_in_10_throttling_storm_costs_at_most_2_5_requests_per_email() {
+    const EMAILS: usize = 60;
+    let (calm, storm) = tokio::join!(
+        requests_per_email(EMAILS, None),
+        requests_per_email(EMAILS, Some(10)),
+    );
+    println!("API requests per email: {calm:.2} unthrottled, {storm:.2} with 1 in 10 throttled");
+    assert!(calm <= 2.2, "{calm:.2} requests per email unthrottled");
+    assert!(
+        storm <= 2.5,
+        "{storm:.2} requests per email under a 1-in-10 storm"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_an_emails_create_and_its_close_resumes_at_the_close() {
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    // Every close fails (500, retried with backoff): each email stops after its create.
+    dv.set_faults(DataverseFaults {
+        fail: Some(Fail {
+            count: u32::MAX,
+            status: 500,
+            only: Some(RequestKind::Update),
+        }),
+        ..DataverseFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(
+        dir.path(),
+        &format!(
+            "plaintext = true\n[upstreams]\news = \"{}\"\n{}",
+            sim.url(),
+            dataverse_config(&dv, "concurrency = 4\nmax_attempts = 100")
+        ),
+    );
+    const N: usize = 6;
+    let mut gateway = support::GatewayProcess::start(&config);
+    let client = support::plain_client();
+    for n in 0..N {
+        assert!(send(&client, &gateway.proxy, n).await);
+    }
+    // Killed once every email is created and the file says so.
+    support::wait_for(
+        Duration::from_secs(30),
+        "every email created and its step kept",
+        async || {
+            let pending: serde_json::Value = client
+                .get(format!("{}/outbox/pending", gateway.admin))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let kept = pending
+                .as_array()?
+                .iter()
+                .filter(|r| r["progress"] == 2)
+                .count();
+            (kept == N && written_emails(&dv).len() == N).then_some(())
+        },
+    )
+    .await;
+    gateway.child.kill().unwrap();
+    gateway.wait_exit(Duration::from_secs(10));
+    let killed_ms = trackgate::common::time::now_ms();
+    dv.set_faults(DataverseFaults::default());
+
+    let restarted = support::GatewayProcess::start(&config);
+    support::wait_for(Duration::from_secs(30), "every email closed", async || {
+        let closed = written_emails(&dv)
+            .iter()
+            .filter(|e| e["statecode"] == 1 && e["statuscode"] == 3)
+            .count();
+        let stats = outbox_stats(&restarted.admin).await;
+        (closed == N && stats["pending"] == 0).then_some(())
+    })
+    .await;
+    let after: Vec<_> = dv
+        .requests()
+        .into_iter()
+        .filter(|r| r.at_ms >= killed_ms && r.path.starts_with("/emails("))
+        .collect();
+    assert!(
+        after.iter().all(|r| r.kind == RequestKind::Update),
+        "no create sent again after the restart: {after:#?}"
+    );
+    assert_eq!(after.len(), N, "one close per email: {after:#?}");
+    assert_eq!(dv.stats().created["emails"] as usize, N);
+    assert_accepted(&dv, 0);
+}
