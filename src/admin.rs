@@ -47,6 +47,8 @@ pub struct AdminState {
     pub directory_metrics: Arc<DirectoryMetrics>,
     /// The catch-up sweep, when it runs.
     pub catchup: Option<Arc<crate::catchup::Sweeper>>,
+    /// What stops delivery until an operator acts, when delivery runs.
+    pub delivery: Option<Arc<crate::delivery::DeliveryHealth>>,
 }
 
 /// Most entries one listing returns.
@@ -174,7 +176,20 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if state.proxy.is_ready() {
+            let refused = state.delivery.as_ref().and_then(|d| d.problem());
+            if let Some(error) = refused.filter(|_| state.proxy.is_ready()) {
+                // Traffic still flows; what the CRM should get waits in the outbox. Not ready
+                // so that a deployment with wrong credentials fails its checks at once.
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "not ready: the CRM refused trackgate's credentials ({error}); fix \
+                         [crm.dataverse] client_id / client_secret / token_url and restart; \
+                         decisions wait in the outbox\n"
+                    ),
+                )
+            } else if state.proxy.is_ready() {
                 // Staleness is a detail, never a reason to stop proxying.
                 let detail = readiness_detail(state);
                 reply(StatusCode::OK, "text/plain", format!("ready\n{detail}"))

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::support;
 
 const CLIENT_ID: &str = "trackgate-test";
-const CLIENT_SECRET: &str = "test-secret-0123456789";
+pub(crate) const CLIENT_SECRET: &str = "test-secret-0123456789";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 /// The CRM id of the recorded message from Pat (fixtures ews-getitem-message and friends).
 const PAT_MESSAGE: &str = "43b7be51-ce26-5b47-977d-4aff5baaf1f9";

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use trackgate::simulate::dataverse::{DataverseFaults, Fail, RequestKind, ThrottleEvery};
 
 use crate::delivery::{
-    Pipeline, assert_accepted, dataverse, dataverse_config, dataverse_section, metrics,
-    outbox_stats, pipeline, pipeline_with, send, written_emails,
+    CLIENT_SECRET, Pipeline, assert_accepted, dataverse, dataverse_config, dataverse_section,
+    metrics, outbox_stats, pipeline, pipeline_with, send, written_emails,
 };
 use crate::support;
 
@@ -277,4 +277,66 @@ async fn kill_9_between_an_emails_create_and_its_close_resumes_at_the_close() {
     assert_eq!(after.len(), N, "one close per email: {after:#?}");
     assert_eq!(dv.stats().created["emails"] as usize, N);
     assert_accepted(&dv, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_make_readyz_say_why_and_hold_every_record_uncounted() {
+    let Pipeline {
+        sim: _sim,
+        dv,
+        gw,
+        client,
+    } = pipeline_with(|_, dv| {
+        dataverse_config(dv, "").replace(CLIENT_SECRET, "a-secret-that-expired")
+    })
+    .await;
+    const N: usize = 3;
+    for n in 0..N {
+        assert!(send(&client, &gw.localhost_url(""), n).await);
+    }
+    let readiness = support::wait_for(
+        Duration::from_secs(20),
+        "readyz names the refused credentials",
+        async || {
+            let r = support::plain_client()
+                .get(gw.admin("/readyz"))
+                .send()
+                .await
+                .ok()?;
+            let status = r.status().as_u16();
+            let text = r.text().await.ok()?;
+            (status == 503 && text.contains("invalid_client")).then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        readiness.contains("client_secret") && !readiness.contains("a-secret-that-expired"),
+        "names the key to fix, never the secret: {readiness}"
+    );
+    let stats = outbox_stats(&gw.admin("")).await;
+    assert_eq!(stats["pending"], N as u64, "nothing lost: {stats}");
+    assert_eq!(stats["dead"], 0, "nothing dead-lettered: {stats}");
+    assert!(written_emails(&dv).is_empty());
+    let m = metrics(&gw.admin("")).await;
+    assert!(
+        m.contains(r#"trackgate_delivery_outcomes_total{sink="dataverse",outcome="unauthorized"}"#)
+            || m.contains(r#"trackgate_delivery_probes_total{result="down"}"#),
+        "{m}"
+    );
+    let pending: serde_json::Value = support::plain_client()
+        .get(gw.admin("/outbox/pending"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["attempts"] == 0),
+        "a refused sign-in is not the records' fault: {pending}"
+    );
 }

@@ -222,6 +222,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         directory_source: directory.dataverse.clone(),
         directory_metrics: directory.metrics.clone(),
         catchup: catchup.clone(),
+        delivery: config.delivery.enabled.then(|| delivery.health()),
     });
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin_state, stopped));
     let (delivery_stop, delivery_stopped) = watch::channel(false);

@@ -221,8 +221,13 @@ impl DataverseSink {
             .header("Accept", "application/json")
             .timeout(self.settings.timeout);
         if let Some(tokens) = &self.tokens {
-            let token = tokens.token().await.map_err(|e| Outcome::Unavailable {
-                error: e.to_string(),
+            let token = tokens.token().await.map_err(|e| match e {
+                crate::oauth::TokenError::Refused { .. } => Outcome::Unauthorized {
+                    error: e.to_string(),
+                },
+                _ => Outcome::Unavailable {
+                    error: e.to_string(),
+                },
             })?;
             request = request.bearer_auth(token);
         }
@@ -267,14 +272,11 @@ impl DataverseSink {
     }
 
     /// `GET WhoAmI`: the cheapest authenticated request there is.
-    pub async fn probe(&self) -> Result<(), String> {
-        let request = match self
+    pub async fn probe(&self) -> Result<(), Outcome> {
+        let request = self
             .authorize(self.http.get(self.api("/WhoAmI")), None)
-            .await
-        {
-            Ok(r) => r.timeout(self.settings.probe_timeout),
-            Err(outcome) => return Err(outcome.text()),
-        };
+            .await?
+            .timeout(self.settings.probe_timeout);
         let response = request.send().await;
         if let Ok(r) = &response {
             self.after_unauthorized(r.status().as_u16()).await;

@@ -33,6 +33,10 @@ pub enum Outcome {
     /// The sink is unreachable or says it is unavailable (network error, timeout, 502/503/504,
     /// a token it cannot get): the whole sink backs off; the record's attempts do not count.
     Unavailable { error: String },
+    /// The CRM's sign-in refused trackgate's own credentials (`invalid_client`, a secret
+    /// expired or wrong): nothing can be delivered until an operator fixes them. Held like an
+    /// outage (attempts not counted) and reported as not ready.
+    Unauthorized { error: String },
     /// A failure of this record that may pass (500, 408): retried with backoff, counted.
     Failed { status: Option<u16>, error: String },
     /// Permanently refused (other 4xx): dead letter, response kept.
@@ -69,6 +73,7 @@ impl Outcome {
     pub fn text(&self) -> String {
         match self {
             Outcome::Unavailable { error }
+            | Outcome::Unauthorized { error }
             | Outcome::Failed { error, .. }
             | Outcome::Rejected { error, .. } => error.clone(),
             other => other.label().to_owned(),
@@ -80,6 +85,7 @@ impl Outcome {
             Outcome::Delivered => "delivered",
             Outcome::Throttled { .. } => "throttled",
             Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Unauthorized { .. } => "unauthorized",
             Outcome::Failed { .. } => "failed",
             Outcome::Rejected { .. } => "rejected",
         }
@@ -130,13 +136,15 @@ pub async fn failure(response: reqwest::Response) -> Outcome {
 
 /// A probe's answer: the sink is back unless it still cannot be reached or says it is
 /// unavailable (any other answer, even a refusal, comes from a live service).
-pub fn probe_result(response: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
+pub fn probe_result(response: Result<reqwest::Response, reqwest::Error>) -> Result<(), Outcome> {
     match response {
         Ok(r) => match r.status().as_u16() {
-            401 | 500..=599 => Err(format!("probe answered HTTP {}", r.status().as_u16())),
+            status @ (401 | 500..=599) => Err(Outcome::Unavailable {
+                error: format!("probe answered HTTP {status}"),
+            }),
             _ => Ok(()),
         },
-        Err(e) => Err(transport_error(&e).text()),
+        Err(e) => Err(transport_error(&e)),
     }
 }
 
@@ -212,8 +220,9 @@ impl Sink {
     }
 
     /// One cheap request to learn whether the sink is back after an outage (Dataverse:
-    /// `WhoAmI`; a webhook: `HEAD` of its URL; the local journal is always there).
-    pub async fn probe(&self) -> Result<(), String> {
+    /// `WhoAmI`; a webhook: `HEAD` of its URL; the local journal is always there): `Ok`, or
+    /// the [`Outcome`] that says why not (`Unavailable` or `Unauthorized`).
+    pub async fn probe(&self) -> Result<(), Outcome> {
         match self {
             Sink::Dataverse(d) => d.probe().await,
             Sink::Webhook(w) => w.probe().await,

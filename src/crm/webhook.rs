@@ -70,7 +70,7 @@ impl WebhookSink {
         outcomes
     }
 
-    pub async fn probe(&self) -> Result<(), String> {
+    pub async fn probe(&self) -> Result<(), Outcome> {
         let response = self
             .http
             .head(&self.settings.url)

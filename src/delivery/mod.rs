@@ -130,6 +130,32 @@ impl DeliveryMetrics {
     }
 }
 
+/// What delivery tells readiness: why nothing can be delivered until an operator acts (the
+/// CRM refused trackgate's credentials). An outage is not such a reason: it passes.
+#[derive(Debug, Default)]
+pub struct DeliveryHealth {
+    refused: Mutex<Option<String>>,
+}
+
+impl DeliveryHealth {
+    /// Why delivery is stuck on configuration, if it is.
+    pub fn problem(&self) -> Option<String> {
+        self.refused.lock().ok()?.clone()
+    }
+
+    /// Sets or clears the problem; whether that changed anything.
+    fn set(&self, problem: Option<&str>) -> bool {
+        let Ok(mut refused) = self.refused.lock() else {
+            return false;
+        };
+        if refused.as_deref() == problem {
+            return false;
+        }
+        *refused = problem.map(str::to_owned);
+        true
+    }
+}
+
 /// The sink-wide pause a 429 asks for: until when.
 #[derive(Debug, Default)]
 struct Pause {
@@ -180,6 +206,15 @@ pub type RecentDeliveries = crate::common::recent::Recent<Delivered>;
 /// How many outcomes are kept.
 const RECENT_DELIVERIES: usize = 1024;
 
+/// The error code of a Dataverse (OData) error answer: `{"error": {"code": "0x80040217"}}`.
+fn crm_error_code(response: Option<&str>) -> Option<String> {
+    let answer: serde_json::Value = serde_json::from_str(response?).ok()?;
+    let code = answer.get("error")?.get("code")?.as_str()?;
+    // A code is short and plain; anything else is not one.
+    (code.len() <= 32 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then(|| code.to_owned())
+}
+
 /// A record ready for the sink, or found not to be tracked once its message was fetched.
 enum Prepared {
     // Boxed: the document is large and a record is prepared once, off the traffic's path.
@@ -196,6 +231,7 @@ pub struct Delivery {
     metrics: DeliveryMetrics,
     pause: Mutex<Pause>,
     breaker: Breaker,
+    health: Arc<DeliveryHealth>,
     recent: Arc<RecentDeliveries>,
     /// Saved copies in Sent Items already taken by a send (Message-ID → record key).
     sent_copies: Mutex<HashMap<String, uuid::Uuid>>,
@@ -230,10 +266,16 @@ impl Delivery {
             metrics,
             pause: Mutex::new(Pause::default()),
             breaker: Breaker::new(settings.breaker),
+            health: Arc::default(),
             recent: RecentDeliveries::new(RECENT_DELIVERIES),
             sent_copies: Mutex::new(HashMap::new()),
             settings,
         })
+    }
+
+    /// What readiness reads: whether delivery is stuck on configuration.
+    pub fn health(&self) -> Arc<DeliveryHealth> {
+        self.health.clone()
     }
 
     /// What became of the latest records, oldest first.
@@ -255,6 +297,20 @@ impl Delivery {
         };
         if let Some(outcome) = outcome {
             self.keep(record, outcome);
+        }
+        if let Settlement::Dead {
+            status, response, ..
+        } = &settlement
+        {
+            // Once per record (a dead letter is final until an operator retries it); the
+            // record id and the CRM's code say where to look, never an address or a body.
+            tracing::warn!(
+                record = %record.key,
+                status = status.map(u32::from),
+                code = crm_error_code(response.as_deref()).as_deref().unwrap_or("-"),
+                attempts = record.attempts,
+                "dead letter: the CRM refused this record for good (trackgate outbox dead)"
+            );
         }
         self.outbox.settle(record, settlement);
     }
@@ -394,10 +450,21 @@ impl Delivery {
             .inc();
         match answer {
             Ok(()) => {
-                self.breaker.succeeded(ticket);
+                self.answered(ticket);
                 tracing::info!(sink = self.sink.name(), "CRM reachable again: delivering");
             }
-            Err(error) => self.outage(ticket, &error),
+            Err(outcome) => self.outage(ticket, &outcome),
+        }
+    }
+
+    /// The sink answered: the breaker closes, and credentials it refused work again.
+    fn answered(&self, ticket: Ticket) {
+        self.breaker.succeeded(ticket);
+        if self.health.set(None) {
+            tracing::info!(
+                sink = self.sink.name(),
+                "the CRM accepts trackgate's credentials again"
+            );
         }
     }
 
@@ -452,13 +519,15 @@ impl Delivery {
         }
         let sink = self.sink.name();
         // One sink call is one outage, however many records it carried.
-        let outage = outcomes.iter().find_map(|o| match o {
-            Outcome::Unavailable { error } => Some(error.clone()),
-            _ => None,
+        let outage = outcomes.iter().find(|o| {
+            matches!(
+                o,
+                Outcome::Unavailable { .. } | Outcome::Unauthorized { .. }
+            )
         });
         match outage {
-            Some(error) => self.outage(ticket, &error),
-            None => self.breaker.succeeded(ticket),
+            Some(outcome) => self.outage(ticket, outcome),
+            None => self.answered(ticket),
         }
         for ((record, doc), outcome) in ready.iter().zip(outcomes) {
             self.metrics.outcome(sink, outcome.label());
@@ -480,8 +549,20 @@ impl Delivery {
         )
     }
 
-    /// Counts an outage with the breaker (once for all the calls of its instant).
-    fn outage(&self, ticket: Ticket, error: &str) {
+    /// Counts an outage with the breaker (once for all the calls of its instant); refused
+    /// credentials are also reported, once, as what stops delivery.
+    fn outage(&self, ticket: Ticket, outcome: &Outcome) {
+        let error = outcome.text();
+        if let Outcome::Unauthorized { error } = outcome
+            && self.health.set(Some(error))
+        {
+            tracing::error!(
+                sink = self.sink.name(),
+                %error,
+                "the CRM refused trackgate's credentials: nothing is delivered until they are \
+                 fixed ([crm.dataverse] client_id, client_secret, token_url, then restart); /readyz says not ready"
+            );
+        }
         match self.breaker.failed(ticket, Instant::now()) {
             Some(opened) => tracing::warn!(
                 %error,
@@ -510,8 +591,8 @@ impl Delivery {
                     error: "throttled (429)".into(),
                 }
             }
-            // The sink-wide pause was set once for the call (`outage`).
-            Outcome::Unavailable { error } => Settlement::Retry {
+            // The breaker counted the call once (`outage`).
+            Outcome::Unavailable { error } | Outcome::Unauthorized { error } => Settlement::Retry {
                 at_ms: record.next_attempt_ms,
                 counted: false,
                 error,
@@ -696,5 +777,36 @@ impl Delivery {
             .as_deref()
             .and_then(|m| self.enrichment.owner(m));
         Ok(Prepared::Ready(Box::new(doc)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_names_the_crms_error_code_and_nothing_else() {
+        let body =
+            r#"{"error":{"code":"0x80040217","message":"contact With Id = 1 Does Not Exist"}}"#;
+        assert_eq!(crm_error_code(Some(body)).as_deref(), Some("0x80040217"));
+        assert_eq!(crm_error_code(Some("<html>bad gateway</html>")), None);
+        assert_eq!(crm_error_code(None), None);
+        let prose = r#"{"error":{"code":"pat.buyer@fabrikam.example is unknown"}}"#;
+        assert_eq!(
+            crm_error_code(Some(prose)),
+            None,
+            "only a code-shaped code is logged"
+        );
+    }
+
+    #[test]
+    fn health_reports_a_credentials_problem_until_it_is_cleared() {
+        let health = DeliveryHealth::default();
+        assert_eq!(health.problem(), None);
+        assert!(health.set(Some("invalid_client")));
+        assert!(!health.set(Some("invalid_client")), "said once");
+        assert_eq!(health.problem().as_deref(), Some("invalid_client"));
+        assert!(health.set(None));
+        assert_eq!(health.problem(), None);
     }
 }
