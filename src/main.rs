@@ -197,7 +197,8 @@ enum SimulateCommand {
         #[arg(long, default_value = "3599s", value_parser = humantime::parse_duration)]
         token_lifetime: std::time::Duration,
         /// Switch strictness off, comma-separated: undeclared (unknown sets and columns, for
-        /// custom tables), closed-activities (writes to completed activities), any-caller
+        /// custom tables), closed-activities (writes to completed activities),
+        /// closed-regarding (a completed activity's regarding only), any-caller
         /// (CallerObjectId of no user).
         #[arg(long, default_value = "")]
         lenient: String,

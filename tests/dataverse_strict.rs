@@ -228,7 +228,7 @@ async fn writes_dataverse_refuses_are_refused_with_its_status_and_code() {
 }
 
 #[tokio::test]
-async fn a_closed_email_keeps_only_its_state_status_and_regarding_editable() {
+async fn a_closed_email_is_read_only_but_its_state_so_a_relink_reopens_it_first() {
     let dv = strict(Duration::from_secs(3600)).await;
     let api = Api::new(&dv).await;
     let id = Uuid::from_u128(0xc105ed);
@@ -246,11 +246,14 @@ async fn a_closed_email_keeps_only_its_state_status_and_regarding_editable() {
     assert_eq!(status, 400, "a received email's subject is read-only");
     let regarding =
         json!({"regardingobjectid_account_email@odata.bind": format!("/accounts({FABRIKAM})")});
+    let (status, _) = api.update(&path, regarding.clone()).await;
+    assert_eq!(status, 400, "a closed email's regarding is read-only too");
+    let reopened = json!({"statecode": 0, "statuscode": 1});
+    assert_eq!(api.update(&path, reopened).await.0, 204, "reopened");
     let (status, code) = api.update(&path, regarding).await;
-    assert_eq!(
-        status, 204,
-        "regarding stays editable on a closed email: {code}"
-    );
+    assert_eq!(status, 204, "re-linked while open: {code}");
+    let received = json!({"statecode": 1, "statuscode": 4});
+    assert_eq!(api.update(&path, received).await.0, 204, "closed again");
     let stored = dv
         .records("emails")
         .into_iter()

@@ -78,7 +78,7 @@ pub(crate) fn dataverse_config(dv: &DataverseSimulator, delivery: &str) -> Strin
 /// Gateway configuration for the Dataverse sink at `dv` with exactly these `[delivery]` keys.
 pub(crate) fn dataverse_section(dv: &DataverseSimulator, delivery: &str) -> String {
     format!(
-        "[crm]\nsink = \"dataverse\"\n[crm.dataverse]\nurl = \"{url}\"\ntoken_url = \"{token}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nact_as_owner = true\n[delivery]\n{delivery}\n",
+        "[crm]\nsink = \"dataverse\"\n[crm.dataverse]\nurl = \"{url}\"\ntoken_url = \"{token}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n[delivery]\n{delivery}\n",
         url = dv.url(),
         token = dv.token_url(),
     )
@@ -406,6 +406,15 @@ async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regard
         regarding["id"], "00000000-0000-4000-8000-0000000000c2",
         "the folder rule's record"
     );
+    // A closed email is read-only (the strict simulator refuses its regarding): the re-link
+    // went reopen → re-link → close, and the email ends received and closed again.
+    let relinked = support::wait_for(Duration::from_secs(20), "closed again", async || {
+        let stats = outbox_stats(&gw.admin("")).await;
+        let email = written_emails(&dv)[0].clone();
+        (stats["pending"] == 0 && email["statecode"] == 1).then_some(email)
+    })
+    .await;
+    assert_eq!(relinked["statuscode"], 4, "received, as before the re-link");
     assert!(dv.tokens_issued() >= 1);
     assert_accepted(&dv, 0);
     let m = metrics(&gw.admin("")).await;

@@ -511,8 +511,10 @@ pub struct RawDataverse {
     pub client_secret: Option<Secret>,
     /// Unset: `<url>/.default`.
     pub scope: Option<String>,
-    /// Create each email as its mailbox owner (`CallerObjectId`); the application user needs
-    /// the "act on behalf of another user" privilege.
+    /// Create each email as its mailbox owner (`CallerObjectId`): owned by that user, with the
+    /// application as the one who created it on their behalf, as users expect of their own
+    /// mail. The application user needs the "act on behalf of another user" privilege; off,
+    /// every email is owned by the application user.
     pub act_as_owner: bool,
     /// Requests in any 5-minute window at most (the service protection limit per user is
     /// 6000); 0 leaves pacing to the 429s.
@@ -528,7 +530,7 @@ impl Default for RawDataverse {
             client_id: None,
             client_secret: None,
             scope: None,
-            act_as_owner: false,
+            act_as_owner: true,
             max_requests_per_5min: 6000,
         }
     }

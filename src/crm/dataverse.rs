@@ -4,7 +4,11 @@
 //!   the email that binds it (412 = already there);
 //! - the email: `PATCH /emails(<id>)` with `If-None-Match: *` (412 = already there), then
 //!   `PATCH` with `If-Match: *` setting statecode/statuscode (activities are created open);
-//! - a regarding update: `PATCH /emails(<id>)` with `If-Match: *`.
+//! - a regarding update of an email trackgate closed: a completed activity is read-only, so
+//!   it is reopen → re-link → close (`PATCH` with `If-Match: *` each), every step remembered
+//!   so a retry resumes where it stopped. (The form lets a closed email's regarding change;
+//!   whether the Web API does is unconfirmed, and this order works either way.) With the
+//!   status column switched off trackgate never closed it: the re-link alone.
 //!
 //! With `batch_size` > 1, documents go in one `$batch` (`Prefer: odata.continue-on-error`):
 //! record creates and status updates as independent parts, each email's create as a change set.
@@ -85,6 +89,58 @@ fn not_there_yet() -> Outcome {
     }
 }
 
+/// Emails being written: two records of one email (its create and a re-link) must not
+/// interleave, or the re-link's reopen could land between the create and its close.
+#[derive(Debug, Default)]
+struct EmailsInFlight {
+    busy: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    freed: tokio::sync::Notify,
+}
+
+/// The emails one delivery holds; given back when dropped.
+struct Held<'a> {
+    emails: &'a EmailsInFlight,
+    ids: Vec<Uuid>,
+}
+
+impl EmailsInFlight {
+    fn busy(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until none of `ids` is being written, then holds them all.
+    async fn hold(&self, mut ids: Vec<Uuid>) -> Held<'_> {
+        ids.sort_unstable();
+        ids.dedup();
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut busy = self.busy();
+                if ids.iter().all(|id| !busy.contains(id)) {
+                    busy.extend(ids.iter().copied());
+                    return Held { emails: self, ids };
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.emails.busy();
+        for id in &self.ids {
+            busy.remove(id);
+        }
+        drop(busy);
+        self.emails.freed.notify_waiters();
+    }
+}
+
 #[derive(Debug)]
 pub struct DataverseSink {
     http: reqwest::Client,
@@ -92,6 +148,7 @@ pub struct DataverseSink {
     tokens: Option<TokenSource>,
     budget: std::sync::Mutex<RequestBudget>,
     pace: Pace,
+    in_flight: EmailsInFlight,
 }
 
 /// The steps of a document's delivery, as bits of [`TrackedEmail::steps_done`]: a retry
@@ -101,6 +158,8 @@ pub mod step {
     pub const CREATE: u8 = 2;
     pub const CLOSE: u8 = 4;
     pub const REGARDING: u8 = 8;
+    /// A closed email reopened for its re-link (closed again by `CLOSE`).
+    pub const REOPEN: u8 = 16;
 }
 
 /// One write of a document.
@@ -125,6 +184,7 @@ impl DataverseSink {
             tokens,
             budget: std::sync::Mutex::new(RequestBudget::default()),
             pace: Pace::new(settings.concurrency),
+            in_flight: EmailsInFlight::default(),
             settings,
         }
     }
@@ -197,14 +257,28 @@ impl DataverseSink {
                     });
                 }
             }
-            Action::UpdateRegarding => writes.push(Write {
-                step: step::REGARDING,
-                method: patch,
-                path: format!("/emails({})", email.id),
-                condition: Some(("If-Match", "*")),
-                body: mapping::regarding_body(email),
-                create_only: false,
-            }),
+            Action::UpdateRegarding => {
+                let closes = self.settings.columns.status;
+                if closes {
+                    writes.push(Self::state_write(
+                        email,
+                        step::REOPEN,
+                        mapping::reopen_body(),
+                    ));
+                }
+                writes.push(Self::state_write(
+                    email,
+                    step::REGARDING,
+                    mapping::regarding_body(email),
+                ));
+                if closes {
+                    writes.push(Self::state_write(
+                        email,
+                        step::CLOSE,
+                        mapping::status_body(email),
+                    ));
+                }
+            }
         }
         writes
     }
@@ -292,7 +366,16 @@ impl DataverseSink {
         emails: &mut [TrackedEmail],
         progress: &super::Progress<'_>,
     ) -> Vec<Outcome> {
-        if self.settings.batch_size > 1 && emails.len() > 1 {
+        let _held = self
+            .in_flight
+            .hold(emails.iter().map(|e| e.id).collect())
+            .await;
+        // A regarding update may need reopen → re-link → close, one step after the other:
+        // a group holding one goes as plain requests.
+        if self.settings.batch_size > 1
+            && emails.len() > 1
+            && emails.iter().all(|e| e.action == Action::Create)
+        {
             return self.deliver_batch(emails).await;
         }
         let mut outcomes = Vec::with_capacity(emails.len());
@@ -359,6 +442,65 @@ impl DataverseSink {
         }
     }
 
+    /// Sends one write; `Err` carries the answer's status (if any) and its outcome.
+    async fn write(
+        &self,
+        write: Write,
+        caller: Option<Uuid>,
+    ) -> Result<(), (Option<u16>, Outcome)> {
+        let request = self
+            .http
+            .request(write.method, self.api(&write.path))
+            .json(&write.body);
+        let request = match write.condition {
+            Some((name, value)) => request.header(name, value),
+            None => request,
+        };
+        let response = self.send(request, caller).await.map_err(|o| (None, o))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) || (status == 412 && write.create_only) {
+            return Ok(());
+        }
+        Err((Some(status), failure(response).await))
+    }
+
+    /// A state change of an existing email (`If-Match: *`).
+    fn state_write(email: &TrackedEmail, step: u8, body: serde_json::Value) -> Write {
+        Write {
+            step,
+            method: reqwest::Method::PATCH,
+            path: format!("/emails({})", email.id),
+            condition: Some(("If-Match", "*")),
+            body,
+            create_only: false,
+        }
+    }
+
+    /// What a failed write means for a regarding update: the email not there yet (its create
+    /// is still queued), or, refused for good after it was reopened, closed again before the
+    /// record gives up. Any other failure is the write's own.
+    async fn relink_failed(
+        &self,
+        email: &TrackedEmail,
+        status: Option<u16>,
+        outcome: Outcome,
+    ) -> Outcome {
+        if email.action != Action::UpdateRegarding {
+            return outcome;
+        }
+        if status == Some(404) {
+            return not_there_yet();
+        }
+        let reopened = email.steps_done & step::REOPEN != 0 && email.steps_done & step::CLOSE == 0;
+        if reopened && matches!(outcome, Outcome::Rejected { .. }) {
+            let close = Self::state_write(email, step::CLOSE, mapping::status_body(email));
+            if let Err((_, error)) = self.write(close, email.caller).await {
+                tracing::warn!(error = %error.text(), "a reopened email could not be closed again");
+            }
+        }
+        outcome
+    }
+
     async fn deliver_one(
         &self,
         email: &mut TrackedEmail,
@@ -376,30 +518,14 @@ impl DataverseSink {
         let writes = self.writes(checked.as_ref().unwrap_or(email));
         let last = writes.len();
         for (n, write) in writes.into_iter().enumerate() {
-            let request = self
-                .http
-                .request(write.method, self.api(&write.path))
-                .json(&write.body);
-            let request = match write.condition {
-                Some((name, value)) => request.header(name, value),
-                None => request,
-            };
-            let response = match self.send(request, email.caller).await {
-                Ok(r) => r,
-                Err(outcome) => return outcome,
-            };
-            let status = response.status().as_u16();
-            if (200..300).contains(&status) || (status == 412 && write.create_only) {
-                email.steps_done |= write.step;
-                if n + 1 < last {
-                    progress(email.steps_done);
-                }
-                continue;
+            let step = write.step;
+            if let Err((status, outcome)) = self.write(write, email.caller).await {
+                return self.relink_failed(email, status, outcome).await;
             }
-            if status == 404 && email.action == Action::UpdateRegarding {
-                return not_there_yet();
+            email.steps_done |= step;
+            if n + 1 < last {
+                progress(email.steps_done);
             }
-            return failure(response).await;
         }
         Outcome::Delivered
     }
@@ -594,6 +720,31 @@ fn batch_outcomes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn two_records_of_one_email_are_written_one_after_the_other() {
+        let emails = std::sync::Arc::new(EmailsInFlight::default());
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let first = emails.hold(vec![a, b]).await;
+        let other = emails.hold(vec![Uuid::from_u128(3)]).await;
+        let waiting = tokio::spawn({
+            let emails = emails.clone();
+            async move {
+                let _held = emails.hold(vec![b]).await;
+            }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "b is being written");
+        drop(other);
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("released when the first is done")
+            .unwrap();
+        assert!(emails.busy().is_empty());
+    }
 
     #[test]
     fn the_request_budget_holds_requests_beyond_the_window_limit() {

@@ -496,6 +496,11 @@ pub fn status_body(email: &TrackedEmail) -> serde_json::Value {
     serde_json::json!({ "statecode": 1, "statuscode": email.statuscode })
 }
 
+/// The body that reopens a closed email (open, draft) so its regarding can change.
+pub fn reopen_body() -> serde_json::Value {
+    serde_json::json!({ "statecode": 0, "statuscode": 1 })
+}
+
 /// The body of a regarding update.
 pub fn regarding_body(email: &TrackedEmail) -> serde_json::Value {
     let mut body = serde_json::Map::new();

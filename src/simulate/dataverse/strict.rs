@@ -28,6 +28,9 @@ pub struct Leniency {
     pub closed_activities: bool,
     /// Accept any `CallerObjectId`, known user or not.
     pub any_caller: bool,
+    /// Let a closed activity's regarding change (the form allows it; whether the Web API
+    /// does is unconfirmed, so strict refuses it like any other column).
+    pub closed_regarding: bool,
 }
 
 impl Leniency {
@@ -39,9 +42,10 @@ impl Leniency {
                 "undeclared" => l.undeclared = true,
                 "closed-activities" => l.closed_activities = true,
                 "any-caller" => l.any_caller = true,
+                "closed-regarding" => l.closed_regarding = true,
                 other => {
                     return Err(format!(
-                        "unknown leniency {other:?}; expected undeclared, closed-activities or any-caller"
+                        "unknown leniency {other:?}; expected undeclared, closed-activities, closed-regarding or any-caller"
                     ));
                 }
             }
@@ -198,7 +202,7 @@ impl Write<'_> {
             .and_then(|nav| self.table.navigation(nav).map(|(c, _)| c.name))
             .unwrap_or(property);
         if ["statecode", "statuscode"].contains(&column)
-            || self.table.editable_when_closed.contains(&column)
+            || (self.leniency.closed_regarding && self.table.editable_when_closed.contains(&column))
         {
             return Ok(());
         }
@@ -552,16 +556,23 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_email_takes_only_state_status_and_regarding() {
+    fn a_closed_email_takes_only_state_and_status_unless_regarding_is_let_through() {
         let mut row = Map::new();
         row.insert("statecode".into(), 1.into());
         let w = write(&EMAIL, Some(&row));
         assert!(w.closed("subject").is_err());
         assert!(w.closed("statuscode").is_ok());
-        assert!(
-            w.closed("regardingobjectid_account_email@odata.bind")
-                .is_ok()
-        );
+        let relink = "regardingobjectid_account_email@odata.bind";
+        assert!(w.closed(relink).is_err(), "strict: read-only when closed");
+        let lenient = Write {
+            leniency: Leniency {
+                closed_regarding: true,
+                ..Leniency::default()
+            },
+            ..write(&EMAIL, Some(&row))
+        };
+        assert!(lenient.closed(relink).is_ok());
+        assert!(lenient.closed("subject").is_err());
         row.insert("statecode".into(), 0.into());
         assert!(write(&EMAIL, Some(&row)).closed("subject").is_ok());
     }
