@@ -35,6 +35,22 @@ async fn assert_rejected(raw: &[u8]) {
         0,
         "a smuggling attempt reached the upstream"
     );
+    // Answered like every response the gateway makes itself.
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nx-trackgate-error: bad_request\r\n")
+            && lower.contains("\r\nconnection: close\r\n"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\nBad Request\n"),
+        "a body: {answer:?}"
+    );
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
+    assert!(
+        metrics.contains("trackgate_proxy_errors_total{kind=\"bad_request\"} 1"),
+        "counted once: {metrics}"
+    );
     gw.gateway.shutdown().await;
 }
 
@@ -72,6 +88,59 @@ async fn whitespace_before_the_colon_is_rejected() {
         b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lengths_and_codings_a_back_end_could_read_otherwise_are_rejected() {
+    for raw in [
+        &b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 5x\r\n\r\nhello"[..],
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: -5\r\n\r\nhello",
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n",
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        assert_rejected(raw).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_length_twice_is_one_length() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
+    let answer = exchange(
+        gw.gateway.proxy_addr(),
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_a_good_request_leaves_the_good_answer_whole() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
+    let answer = exchange(
+        gw.gateway.proxy_addr(),
+        b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 2\r\n\r\nabPOST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer:?}");
+    assert!(
+        answer.contains("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer:?}"
+    );
+    assert!(answer.ends_with("Bad Request\n"), "{answer:?}");
+    assert_eq!(
+        sim.stats().requests,
+        1,
+        "only the good request went upstream"
+    );
+    gw.gateway.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

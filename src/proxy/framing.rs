@@ -1,9 +1,12 @@
 //! The HTTP/1.1 framing guard: watches the bytes a client sends, request by request, and stops
-//! a request whose head carries both `Content-Length` and `Transfer-Encoding` before hyper sees
-//! it. hyper would repair such a request (drop `Content-Length`, close afterwards); an edge
-//! proxy refuses it with 400, as RFC 9112 §6.3 allows, because the two headers are how request
-//! smuggling starts. Everything else passes through byte for byte, and any framing it cannot
-//! follow it leaves to hyper's own parser.
+//! a request whose framing a front-end and a back-end could read differently before hyper sees
+//! it: both `Content-Length` and `Transfer-Encoding` (hyper would repair it — drop the length,
+//! close afterwards — where an edge proxy refuses it, as RFC 9112 §6.3 allows), a coding other
+//! than a single `chunked`, lengths that disagree or are not numbers, and a head `httparse`
+//! cannot read (whitespace before a colon, bad characters). The refusal is answered like every
+//! response the gateway makes itself: `400` with a body, `x-trackgate-error: bad_request`,
+//! `Connection: close`, counted in `proxy_errors_total`. Everything else passes through byte for
+//! byte; a head too long or with too many headers is left to hyper (431).
 
 use std::io;
 use std::pin::Pin;
@@ -156,7 +159,12 @@ impl Tracker {
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(head) {
             Ok(httparse::Status::Complete(_)) => {}
-            _ => return State::Passthrough,
+            // hyper answers 431 itself.
+            Err(httparse::Error::TooManyHeaders) | Ok(httparse::Status::Partial) => {
+                return State::Passthrough;
+            }
+            // What hyper could not parse either (whitespace before a colon, bad bytes).
+            Err(_) => return State::Refused,
         }
         let mut length: Option<u64> = None;
         let mut chunked = false;
@@ -168,13 +176,16 @@ impl Tracker {
                 }
                 match std::str::from_utf8(h.value)
                     .ok()
-                    .and_then(|v| v.trim().parse().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
                 {
-                    Some(n) => length = Some(n),
-                    None => return State::Passthrough,
+                    // The same length twice may be merged (RFC 9110 §8.6); two lengths may not.
+                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                    _ => return State::Refused,
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                if length.is_some() {
+                // One `chunked`, once: anything else (`gzip, chunked`, a second header) is a
+                // coding a back-end may read otherwise.
+                if length.is_some() || transfer_encoding {
                     return State::Refused;
                 }
                 transfer_encoding = true;
@@ -189,8 +200,7 @@ impl Tracker {
                 digits: 0,
                 ext: false,
             }),
-            // hyper refuses other codings itself.
-            (true, false, _) => State::Passthrough,
+            (true, false, _) => State::Refused,
             (false, _, Some(n)) if n > 0 => State::Fixed(n),
             _ => State::Head,
         }
@@ -299,8 +309,15 @@ pin_project_lite::pin_project! {
         // the part of a refusal that did not fit the reader's buffer. Usually empty.
         ready: Vec<u8>,
         ready_at: usize,
+        // The gateway's own answer to a refused head, in place of hyper's bare 400, and how
+        // much of it is written; `None` until hyper answers the refusal.
+        answer: Option<(&'static [u8], usize)>,
+        refusals: Option<prometheus_client::metrics::counter::Counter>,
     }
 }
+
+/// hyper's answer to the parse error a refusal feeds it starts so; the guard writes its own.
+const HYPER_REFUSAL: &[u8] = b"HTTP/1.1 400 ";
 
 impl<IO> FramingGuard<IO> {
     pub fn new(io: IO, max_head: usize, max_headers: usize) -> Self {
@@ -309,7 +326,15 @@ impl<IO> FramingGuard<IO> {
             tracker: Tracker::new(max_head, max_headers),
             ready: Vec::new(),
             ready_at: 0,
+            answer: None,
+            refusals: None,
         }
+    }
+
+    /// Counts each refusal (`proxy_errors_total{kind="bad_request"}`).
+    pub fn counting(mut self, refusals: prometheus_client::metrics::counter::Counter) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 
     pub fn get_ref(&self) -> &IO {
@@ -375,13 +400,51 @@ impl<IO: AsyncRead> AsyncRead for FramingGuard<IO> {
     }
 }
 
+impl<IO: AsyncWrite> FramingGuard<IO> {
+    /// Writes what is left of the gateway's answer to a refusal.
+    fn poll_answer(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        while let Some((answer, written)) = this.answer.as_mut()
+            && *written < answer.len()
+        {
+            let n = ready!(this.io.as_mut().poll_write(cx, &answer[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        if self.answer.is_some() {
+            // The refusal is answered; hyper's own answer and anything after it go nowhere.
+            ready!(self.as_mut().poll_answer(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if !self.tracker.refused() {
+            return self.project().io.poll_write(cx, buf);
+        }
+        // Refused: what hyper writes before its answer to the refusal ends earlier responses.
+        match memchr::memmem::find(buf, HYPER_REFUSAL) {
+            Some(0) => {
+                let this = self.as_mut().project();
+                *this.answer = Some((super::respond::REFUSAL_ANSWER, 0));
+                if let Some(refusals) = this.refusals {
+                    refusals.inc();
+                }
+                ready!(self.as_mut().poll_answer(cx))?;
+                Poll::Ready(Ok(buf.len()))
+            }
+            Some(start) => self.project().io.poll_write(cx, &buf[..start]),
+            None => self.project().io.poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -389,6 +452,14 @@ impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.answer.is_some() || self.tracker.refused() {
+            // Rare: one buffer at a time, through the refusal's path.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.poll_write(cx, first);
+        }
         self.project().io.poll_write_vectored(cx, bufs)
     }
 
@@ -396,11 +467,13 @@ impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
         self.io.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_answer(cx))?;
         self.project().io.poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_answer(cx))?;
         self.project().io.poll_shutdown(cx)
     }
 }
@@ -490,11 +563,13 @@ mod tests {
     }
 
     #[test]
-    fn http2_preface_and_garbage_are_left_to_hyper() {
+    fn the_http2_preface_is_left_to_hyper_and_garbage_refused() {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00";
         assert_eq!(run(preface, 4096), (preface.to_vec(), false));
         let garbage = b"\x16\x03\x01 not http\r\n\r\nmore";
-        assert_eq!(run(garbage, 3), (garbage.to_vec(), false));
+        let (out, refused) = run(garbage, 3);
+        assert!(refused, "an unreadable head is answered like any refusal");
+        assert!(out.ends_with(REFUSAL));
     }
 
     #[test]

@@ -189,6 +189,11 @@ impl ProxyMetrics {
         self.durations[r].observe(seconds);
     }
 
+    /// The counter of one kind of error, for a part that counts without the metrics at hand.
+    pub fn error_counter(&self, kind: &'static str) -> Counter {
+        self.errors.get_or_create(&KindLabels { kind }).clone()
+    }
+
     pub fn record_error(&self, kind: &'static str) {
         self.errors.get_or_create(&KindLabels { kind }).inc();
     }

@@ -39,6 +39,10 @@ pub enum ProxyError {
     Internal(&'static str),
 }
 
+/// What a client gets for a request head the framing guard refused, written by the guard
+/// itself (hyper never sees that request): the same as [`ProxyError::BadRequest`]'s response.
+pub const REFUSAL_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\nx-trackgate-error: bad_request\r\nconnection: close\r\ncontent-length: 12\r\n\r\nBad Request\n";
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {

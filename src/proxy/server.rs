@@ -134,7 +134,7 @@ async fn serve_connection(
     let Ok(Ok(Some((prefix, len)))) = sniffed else {
         return; // closed, failed or silent before sending anything
     };
-    let mut io = guard(tcp, &limits);
+    let mut io = guard(tcp, &limits, &proxy);
     io.replay(&prefix[..len]);
     if prefix[..len] == *H2_PREFACE {
         drive_http2(&proxy, io, peer, false, stop).await;
@@ -199,12 +199,13 @@ async fn serve_tls(
     } else {
         // `http/1.1` or no ALPN at all: HTTP/2 over TLS is only ever negotiated by ALPN
         // (RFC 9113 §3.2).
-        drive_http1(&proxy, guard(tls, &limits), peer, true, stop).await;
+        drive_http1(&proxy, guard(tls, &limits, &proxy), peer, true, stop).await;
     }
 }
 
-fn guard<IO>(io: IO, limits: &super::Limits) -> FramingGuard<IO> {
+fn guard<IO>(io: IO, limits: &super::Limits, proxy: &Proxy) -> FramingGuard<IO> {
     FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
+        .counting(proxy.metrics.error_counter("bad_request"))
 }
 
 /// Whether hyper is idle between two requests on an HTTP/1.1 connection: no exchange in flight,
