@@ -17,7 +17,7 @@ async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_header_client_is_disconnected_by_the_timeout() {
+async fn a_slow_header_client_gets_408_then_the_close() {
     let sim = support::simulator("sim").await;
     let gw = support::gateway(
         &sim.url(),
@@ -39,11 +39,19 @@ async fn a_slow_header_client_is_disconnected_by_the_timeout() {
         "closed too early: {elapsed:?}"
     );
     let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
     assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
+        text.to_ascii_lowercase()
+            .contains("\r\nx-trackgate-error: client_timeout\r\n"),
+        "{text:?}"
     );
+    assert!(text.ends_with("Request Timeout\n"), "a body: {text:?}");
     assert_eq!(sim.stats().requests, 0);
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
+    assert!(
+        metrics.contains("trackgate_proxy_errors_total{kind=\"client_timeout\"} 1"),
+        "{metrics}"
+    );
     gw.gateway.shutdown().await;
 }
 

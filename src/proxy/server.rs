@@ -429,6 +429,29 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 ///
 /// One loop over the connection's life (serve, idle, park, wake, drain): the states share the
 /// transport and the timers, and the loop reads as the state machine it is.
+/// hyper's header timeout closes a connection without a word; a client that had started a
+/// request (its head's first bytes are in hyper's buffer) gets `408` first, as every response
+/// the gateway makes itself: body, `x-trackgate-error`, counted. An idle keep-alive connection
+/// (nothing started) just closes, as RFC 9112 §9.6 lets a server do. The write is bounded: a
+/// client that does not read does not hold the task.
+async fn answer_slow_head<IO>(proxy: &Proxy, mut io: FramingGuard<IO>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    proxy.metrics.record_error("client_timeout");
+    let answer = async {
+        io.write_all(super::respond::SLOW_HEAD_ANSWER).await?;
+        io.shutdown().await
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(1), answer)
+        .await
+        .is_err()
+    {
+        tracing::debug!("a slow client did not take its 408");
+    }
+}
+
 async fn drive_http1<IO>(
     proxy: &Arc<Proxy>,
     mut io: FramingGuard<IO>,
@@ -463,12 +486,17 @@ async fn drive_http1<IO>(
         let park_timer = tokio::time::sleep(PARK_AFTER);
         tokio::pin!(park_timer);
         let mut armed_at: Option<u64> = None;
+        let mut slow_head = false;
         loop {
             tokio::select! {
                 biased;
                 result = &mut *conn => {
                     if let Err(error) = result {
                         tracing::debug!(%error, "client connection ended with an error");
+                        if error.is_timeout() {
+                            slow_head = true;
+                            break;
+                        }
                     }
                     return;
                 }
@@ -504,6 +532,13 @@ async fn drive_http1<IO>(
             ..
         } = conn.into_parts();
         io = watched.into_inner().io;
+        if slow_head {
+            // A head started and not finished in time; nothing started is an idle close.
+            if !read_buf.is_empty() {
+                answer_slow_head(proxy, io).await;
+            }
+            return;
+        }
         if !read_buf.is_empty() {
             // Cannot happen when `Activity` is right; if it ever does, hyper's reading state is
             // gone and these bytes cannot be judged again, so the connection ends here.
