@@ -165,6 +165,48 @@ async fn a_long_ews_stream_outlives_the_normal_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_below_the_minimum_rate_gets_408() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nbody_read_timeout = \"1s\"\nbody_min_rate = \"1KiB\"\n",
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    stream
+        .write_all(b"POST /_sim/sink HTTP/1.1\r\nHost: mail\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    // A byte every 100 ms: never silent for the 1 s idle timeout, far below 1 KiB/s. The
+    // writer stops when the gateway answers (or after the whole body, which would be a bug).
+    let (mut read, mut write) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100_000 {
+            if write.write_all(b"x").await.is_err() {
+                return;
+            }
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.tick().await;
+            tick.tick().await;
+        }
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut answer))
+        .await
+        .expect("answered before the whole body")
+        .ok();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-trackgate-error: client_timeout"),
+        "{text:?}"
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_mid_body_gets_408() {
     let sim = support::simulator("sim").await;
     let gw = support::gateway(

@@ -24,7 +24,7 @@ use crate::inspect::decode::DecodeLimits;
 use crate::inspect::xml::XmlLimits;
 use crate::outbox::OutboxSettings;
 use crate::proxy::{
-    AutodiscoverSettings, Limits, ListenerSettings, ProxySettings, UpstreamTimeouts,
+    AutodiscoverSettings, BodyPace, Limits, ListenerSettings, ProxySettings, UpstreamTimeouts,
 };
 use crate::rules::{MemoryLimits, RulesLimits};
 
@@ -93,6 +93,11 @@ pub fn proxy(config: &Config) -> ProxySettings {
             max_request_body: m.max_request_body,
             header_read_timeout: m.header_read_timeout,
             body_read_timeout: m.body_read_timeout,
+            body_pace: BodyPace {
+                min_rate: m.body_min_rate,
+                grace: m.body_read_timeout,
+                total: m.body_total_timeout,
+            },
             tls_handshake_timeout: m.tls_handshake_timeout,
             h2_max_concurrent_streams: m.h2_max_concurrent_streams,
         },

@@ -284,6 +284,12 @@ pub struct RawLimits {
     /// Longest silence allowed while a client sends a request body.
     #[serde(with = "crate::common::duration")]
     pub body_read_timeout: Duration,
+    /// Slowest average a request body may arrive at, per second, once `body_read_timeout` has
+    /// passed since it started (a body trickled a byte at a time never falls silent); 0: off.
+    pub body_min_rate: ByteSize,
+    /// Longest a request body may take in all, however it arrives.
+    #[serde(with = "crate::common::duration")]
+    pub body_total_timeout: Duration,
     #[serde(with = "crate::common::duration")]
     pub tls_handshake_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
@@ -298,6 +304,8 @@ impl Default for RawLimits {
             max_request_body: ByteSize(256 * 1024 * 1024),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
+            body_min_rate: ByteSize(1024),
+            body_total_timeout: Duration::from_secs(30 * 60),
             tls_handshake_timeout: Duration::from_secs(10),
             h2_max_concurrent_streams: 100,
         }

@@ -66,6 +66,8 @@ pub enum BodyError {
     TooLarge(u64),
     #[error("no body data for {0:?}")]
     IdleTimeout(Duration),
+    #[error("body arriving slower than the minimum rate or past its deadline")]
+    TooSlow,
 }
 
 type Gate = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -81,6 +83,9 @@ pin_project_lite::pin_project! {
         timer: Sleep,
         idle: Duration,
         last_activity: Instant,
+        pace: super::BodyPace,
+        // When the body was first wanted: where the rate and the total deadline count from.
+        started: Instant,
         limit: u64,
         seen: u64,
         counter: Counter,
@@ -99,6 +104,12 @@ impl<B> Guarded<B> {
             timer: tokio::time::sleep_until(now + idle),
             idle,
             last_activity: now,
+            pace: super::BodyPace {
+                min_rate: 0,
+                grace: idle,
+                total: Duration::MAX,
+            },
+            started: now,
             limit: u64::MAX,
             seen: 0,
             counter,
@@ -112,6 +123,12 @@ impl<B> Guarded<B> {
     /// Notified once when the body ends, however it ends.
     pub fn with_end_signal(mut self, signal: Arc<tokio::sync::Notify>) -> Self {
         self.end_signal = Some(signal);
+        self
+    }
+
+    /// A minimum average rate after a grace period, and a deadline for the whole body.
+    pub fn with_pace(mut self, pace: super::BodyPace) -> Self {
+        self.pace = pace;
         self
     }
 
@@ -180,6 +197,7 @@ where
             *this.gate = None;
             // The idle clock starts once the body is actually wanted.
             *this.last_activity = Instant::now();
+            *this.started = *this.last_activity;
         }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -212,22 +230,46 @@ where
             Poll::Pending => {
                 // The timer is only re-armed when it fires, so a busy body costs no timer churn.
                 loop {
-                    let deadline = *this.last_activity + *this.idle;
+                    let idle_end = *this.last_activity + *this.idle;
+                    let paced_end = pace_deadline(this.pace, *this.started, *this.seen);
+                    let deadline = idle_end.min(paced_end);
                     if this.timer.deadline() != deadline {
                         this.timer.as_mut().reset(deadline);
                     }
                     ready!(this.timer.as_mut().poll(cx));
-                    if Instant::now() >= *this.last_activity + *this.idle {
-                        *this.done = true;
-                        if let Some(o) = this.outcome.as_ref() {
-                            o.set(BodyFailure::IdleTimeout);
-                        }
-                        return Poll::Ready(Some(Err(BodyError::IdleTimeout(*this.idle).into())));
+                    let now = Instant::now();
+                    let failure = if now >= idle_end {
+                        BodyError::IdleTimeout(*this.idle)
+                    } else if now >= pace_deadline(this.pace, *this.started, *this.seen) {
+                        BodyError::TooSlow
+                    } else {
+                        continue;
+                    };
+                    *this.done = true;
+                    if let Some(o) = this.outcome.as_ref() {
+                        o.set(BodyFailure::IdleTimeout);
                     }
+                    return Poll::Ready(Some(Err(failure.into())));
                 }
             }
         }
     }
+}
+
+/// When a body that started at `started` and has brought `seen` bytes is too slow: past its
+/// total deadline, or behind the minimum rate once the grace period is over (each byte buys
+/// `1 / min_rate` seconds more).
+fn pace_deadline(pace: &super::BodyPace, started: Instant, seen: u64) -> Instant {
+    let far = started + Duration::from_secs(100 * 365 * 24 * 3600);
+    let total = started.checked_add(pace.total).unwrap_or(far);
+    if pace.min_rate == 0 {
+        return total;
+    }
+    let earned = Duration::from_secs_f64(seen as f64 / pace.min_rate as f64);
+    let rate = started
+        .checked_add(pace.grace.saturating_add(earned))
+        .unwrap_or(far);
+    rate.min(total)
 }
 
 #[cfg(test)]
@@ -295,6 +337,103 @@ mod tests {
         let err = body.collect().await.unwrap_err();
         assert!(err.to_string().contains("no body data"));
         assert_eq!(outcome.get(), Some(BodyFailure::IdleTimeout));
+    }
+
+    /// A body that brings one byte every `every`, `n` times.
+    struct Trickle {
+        every: Duration,
+        left: usize,
+        next: Pin<Box<Sleep>>,
+    }
+    impl Body for Trickle {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            ready!(self.next.as_mut().poll(cx));
+            let at = Instant::now() + self.every;
+            self.next.as_mut().reset(at);
+            self.left -= 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    fn trickle(every: Duration, n: usize) -> Trickle {
+        Trickle {
+            every,
+            left: n,
+            next: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickled_below_the_minimum_rate_fails_after_the_grace_period() {
+        let outcome = Arc::new(BodyOutcome::default());
+        let pace = crate::proxy::BodyPace {
+            min_rate: 1,
+            grace: Duration::from_secs(10),
+            total: Duration::from_secs(3600),
+        };
+        // A byte every 2 s never falls silent for the 5 s idle timeout, but averages 0.5 B/s.
+        let started = Instant::now();
+        let body = Guarded::new(
+            trickle(Duration::from_secs(2), 1000),
+            Duration::from_secs(5),
+            Counter::default(),
+        )
+        .with_pace(pace)
+        .with_outcome(outcome.clone());
+        let err = body.collect().await.unwrap_err();
+        assert!(
+            err.to_string().contains("slower than the minimum rate"),
+            "{err}"
+        );
+        assert_eq!(
+            outcome.get(),
+            Some(BodyFailure::IdleTimeout),
+            "answered 408"
+        );
+        let took = started.elapsed();
+        // 10 s of grace, then a byte buys a second: about 20 s at 0.5 B/s.
+        assert!(
+            took >= Duration::from_secs(18) && took <= Duration::from_secs(24),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_at_the_minimum_rate_passes_until_its_total_deadline() {
+        let pace = crate::proxy::BodyPace {
+            min_rate: 1,
+            grace: Duration::from_secs(10),
+            total: Duration::from_secs(60),
+        };
+        let fast_enough = Guarded::new(
+            trickle(Duration::from_millis(500), 20),
+            Duration::from_secs(5),
+            Counter::default(),
+        )
+        .with_pace(pace);
+        assert_eq!(fast_enough.collect().await.unwrap().to_bytes().len(), 20);
+        let started = Instant::now();
+        let endless = Guarded::new(
+            trickle(Duration::from_millis(500), 1_000_000),
+            Duration::from_secs(5),
+            Counter::default(),
+        )
+        .with_pace(pace);
+        let err = endless.collect().await.unwrap_err();
+        assert!(err.to_string().contains("deadline"), "{err}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(60),
+            "the total deadline"
+        );
     }
 
     #[tokio::test]

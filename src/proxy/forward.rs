@@ -237,6 +237,7 @@ fn request_body(
         metrics.bytes_from_client.clone(),
     )
     .with_limit(state.limits.max_request_body)
+    .with_pace(state.limits.body_pace)
     .with_outcome(signals.outcome.clone())
     .with_end_signal(signals.body_sent.clone());
     if ctx.expect_continue {

@@ -32,7 +32,8 @@ use crate::tls::{self, TlsError};
 pub use metrics::ProxyMetrics;
 pub use route::{RouteClass, Routes, UpstreamBase};
 pub use settings::{
-    AutodiscoverSettings, Limits, ListenerSettings, ListenerTls, ProxySettings, UpstreamTimeouts,
+    AutodiscoverSettings, BodyPace, Limits, ListenerSettings, ListenerTls, ProxySettings,
+    UpstreamTimeouts,
 };
 
 #[derive(Debug, thiserror::Error)]

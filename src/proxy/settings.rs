@@ -29,6 +29,27 @@ pub struct ListenerSettings {
 
 pub use crate::tls::ListenerTls;
 
+/// How fast a request body must arrive beyond never falling silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    /// Bytes per second on average, checked once `grace` has passed since the body started;
+    /// 0: no minimum.
+    pub min_rate: u64,
+    pub grace: Duration,
+    /// The whole body's deadline.
+    pub total: Duration,
+}
+
+impl Default for BodyPace {
+    fn default() -> Self {
+        BodyPace {
+            min_rate: 0,
+            grace: Duration::from_secs(60),
+            total: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
 /// What one client may ask of the gateway.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -38,6 +59,7 @@ pub struct Limits {
     pub max_request_body: u64,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    pub body_pace: BodyPace,
     pub tls_handshake_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
 }

@@ -62,6 +62,8 @@ pub struct LimitsConfig {
     pub max_request_body: u64,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    pub body_min_rate: u64,
+    pub body_total_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
 }
@@ -238,6 +240,7 @@ pub(super) fn limits(l: &RawLimits) -> Result<LimitsConfig, ConfigError> {
     for (key, d) in [
         ("limits.header_read_timeout", l.header_read_timeout),
         ("limits.body_read_timeout", l.body_read_timeout),
+        ("limits.body_total_timeout", l.body_total_timeout),
         ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
     ] {
         positive(key, d)?;
@@ -249,6 +252,8 @@ pub(super) fn limits(l: &RawLimits) -> Result<LimitsConfig, ConfigError> {
         max_request_body: l.max_request_body.0,
         header_read_timeout: l.header_read_timeout,
         body_read_timeout: l.body_read_timeout,
+        body_min_rate: l.body_min_rate.0,
+        body_total_timeout: l.body_total_timeout,
         tls_handshake_timeout: l.tls_handshake_timeout,
         h2_max_concurrent_streams: l.h2_max_concurrent_streams,
     })
