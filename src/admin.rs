@@ -505,6 +505,21 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 
 /// What `/readyz` says about the directory's freshness.
 fn readiness_detail(state: &AdminState) -> String {
+    let mut detail = String::new();
+    for problem in state
+        .delivery
+        .as_ref()
+        .map(|d| d.check_problems())
+        .unwrap_or_default()
+    {
+        detail.push_str(&format!(
+            "crm check: {problem} (trackgate check --online)\n"
+        ));
+    }
+    detail + &directory_detail(state)
+}
+
+fn directory_detail(state: &AdminState) -> String {
     let Some(source) = &state.directory_source else {
         return String::new();
     };

@@ -78,6 +78,10 @@ enum Command {
     Check {
         #[arg(long, env = "TRACKGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Also contact the configured Dataverse environment: a token, WhoAmI, the application
+        /// user's privileges, every directory user and mailbox. Exit 1 on any problem.
+        #[arg(long)]
+        online: bool,
     },
     /// Certificate helpers.
     Certs {
@@ -282,11 +286,32 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime.block_on(app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
+        Command::Check { config, online } => {
             let report = ops::check(config.as_deref())?;
             print!("{}", report.resolved);
             eprint!("{}", report.directory?);
-            Ok(ExitCode::SUCCESS)
+            if !online {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tls::install_crypto_provider();
+            let findings = runtime(Some(1))?.block_on(ops::check_online(config.as_deref()))?;
+            let Some(findings) = findings else {
+                eprintln!("online: crm.sink is not dataverse; nothing to contact");
+                return Ok(ExitCode::SUCCESS);
+            };
+            for finding in &findings {
+                eprintln!("online {finding}");
+            }
+            let problems = findings.iter().filter(|f| !f.ok).count();
+            if problems == 0 {
+                eprintln!("online: the environment is ready for delivery");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "online: {problems} problem(s); deliveries would fail until they are fixed"
+                );
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Certs {
             command: CertsCommand::Dev { out },

@@ -99,6 +99,29 @@ pub fn check(path: Option<&std::path::Path>) -> Result<CheckReport, OpsError> {
     })
 }
 
+/// `trackgate check --online`: the configured Dataverse environment contacted as delivery
+/// would (`crm::online`). Findings in order; `None` when the sink is not Dataverse.
+pub async fn check_online(
+    path: Option<&std::path::Path>,
+) -> Result<Option<Vec<crate::crm::online::Finding>>, OpsError> {
+    let (_, config) = Config::load_with(path, &[])?;
+    crate::app::settings::check(&config)?;
+    let Some((target, expected)) = crate::app::settings::online_check(&config) else {
+        return Ok(None);
+    };
+    let http = reqwest::Client::builder()
+        .timeout(config.delivery.request_timeout)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| OpsError::Admin {
+            url: target.url.clone(),
+            problem: format!("cannot build an HTTP client: {e}"),
+        })?;
+    Ok(Some(
+        crate::crm::online::run(&http, &target, &expected).await,
+    ))
+}
+
 /// Where a command's answer came from, said on stderr so that nobody mistakes another
 /// gateway's data for their own.
 #[derive(Debug, Clone, PartialEq, Eq)]

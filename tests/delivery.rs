@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::support;
 
-const CLIENT_ID: &str = "trackgate-test";
+pub(crate) const CLIENT_ID: &str = "trackgate-test";
 pub(crate) const CLIENT_SECRET: &str = "test-secret-0123456789";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 /// The CRM id of the recorded message from Pat (fixtures ews-getitem-message and friends).

@@ -294,27 +294,22 @@ async fn refused_credentials_make_readyz_say_why_and_hold_every_record_uncounted
     for n in 0..N {
         assert!(send(&client, &gw.localhost_url(""), n).await);
     }
-    let readiness = support::wait_for(
-        Duration::from_secs(20),
+    let (_, readiness) = readyz_until(
+        &gw,
         "readyz names the refused credentials",
-        async || {
-            let r = support::plain_client()
-                .get(gw.admin("/readyz"))
-                .send()
-                .await
-                .ok()?;
-            let status = r.status().as_u16();
-            let text = r.text().await.ok()?;
-            (status == 503 && text.contains("invalid_client")).then_some(text)
-        },
+        |status, text| status == 503 && text.contains("invalid_client"),
     )
     .await;
     assert!(
         readiness.contains("client_secret") && !readiness.contains("a-secret-that-expired"),
         "names the key to fix, never the secret: {readiness}"
     );
-    let stats = outbox_stats(&gw.admin("")).await;
-    assert_eq!(stats["pending"], N as u64, "nothing lost: {stats}");
+    // Held, every one of them: the sends' decisions reach the outbox and stay there.
+    let stats = support::wait_for(Duration::from_secs(20), "every decision held", async || {
+        let stats = outbox_stats(&gw.admin("")).await;
+        (stats["pending"] == N as u64).then_some(stats)
+    })
+    .await;
     assert_eq!(stats["dead"], 0, "nothing dead-lettered: {stats}");
     assert!(written_emails(&dv).is_empty());
     let m = metrics(&gw.admin("")).await;
@@ -338,5 +333,144 @@ async fn refused_credentials_make_readyz_say_why_and_hold_every_record_uncounted
             .iter()
             .all(|r| r["attempts"] == 0),
         "a refused sign-in is not the records' fault: {pending}"
+    );
+}
+
+/// `/readyz` once `wanted` (status, text) holds; its status and text.
+async fn readyz_until(
+    gw: &support::TestGateway,
+    what: &str,
+    wanted: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
+    support::wait_for(Duration::from_secs(20), what, async || {
+        let r = support::plain_client()
+            .get(gw.admin("/readyz"))
+            .send()
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        let text = r.text().await.ok()?;
+        wanted(status, &text).then_some((status, text))
+    })
+    .await
+}
+
+/// `trackgate check --online` with the Dataverse sink at `dv` (its configuration edited by
+/// `edit`); the exit code and what it printed on stderr.
+async fn check_online(
+    dv: &trackgate::simulate::DataverseSimulator,
+    edit: impl FnOnce(String) -> String,
+) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config(dir.path(), &edit(dataverse_config(dv, "")));
+    // The simulator answers on this runtime while the command runs on a blocking thread.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trackgate"))
+            .args(["check", "--online", "--config"])
+            .arg(&config)
+            .env_remove("TRACKGATE_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_passes_a_ready_environment_and_names_the_key_of_each_problem() {
+    let dv = dataverse().await;
+    let (code, said) = check_online(&dv, |c| c).await;
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("online: the environment is ready for delivery"),
+        "{said}"
+    );
+    assert!(said.contains("ok: WhoAmI"), "{said}");
+
+    let (code, said) = check_online(&dv, |c| c.replace(CLIENT_SECRET, "an-expired-secret")).await;
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("invalid_client"), "{said}");
+    assert!(said.contains("key: crm.dataverse.client_secret"), "{said}");
+    assert!(
+        !said.contains("an-expired-secret"),
+        "never the secret: {said}"
+    );
+
+    // Alex's user row is gone from the environment: every email of that mailbox would fail.
+    let alex: uuid::Uuid = "00000000-0000-4000-8000-0000000000a1".parse().unwrap();
+    assert!(dv.remove_record("systemusers", alex));
+    let (code, said) = check_online(&dv, |c| c).await;
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains(&format!("({alex}) does not exist in the environment"))
+            && said.contains("key: directory.file"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_names_a_missing_privilege_and_the_key_that_needs_it() {
+    let dv = trackgate::simulate::DataverseSimulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        trackgate::simulate::DataverseOptions {
+            credentials: Some((super::delivery::CLIENT_ID.into(), CLIENT_SECRET.into())),
+            seed: Some(toml::from_str(trackgate::directory::file::EMBEDDED_EXAMPLE).unwrap()),
+            withheld_privileges: vec!["prvActOnBehalfOfAnotherUser".into()],
+            ..trackgate::simulate::DataverseOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (code, said) = check_online(&dv, |c| c).await;
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("lacks prvActOnBehalfOfAnotherUser")
+            && said.contains("key: crm.dataverse.act_as_owner"),
+        "{said}"
+    );
+    let (code, said) = check_online(&dv, |c| {
+        c.replace(
+            "[crm.dataverse]\n",
+            "[crm.dataverse]\nact_as_owner = false\n",
+        )
+    })
+    .await;
+    assert_eq!(
+        code, 0,
+        "without impersonation the privilege is not needed: {said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_check_reports_a_missing_directory_user_in_readyz_without_stopping_traffic() {
+    let alex: uuid::Uuid = "00000000-0000-4000-8000-0000000000a1".parse().unwrap();
+    let Pipeline {
+        sim: _sim,
+        dv: _dv,
+        gw,
+        client: _,
+    } = pipeline_with(|_, dv| {
+        assert!(dv.remove_record("systemusers", alex));
+        dataverse_config(dv, "")
+    })
+    .await;
+    let (status, text) = readyz_until(&gw, "readyz to carry the check's finding", |_, text| {
+        text.contains("crm check: directory.file")
+    })
+    .await;
+    let detail = (status, text);
+    assert_eq!(
+        detail.0, 200,
+        "a finding is reported, not a reason to stop traffic: {}",
+        detail.1
+    );
+    assert!(
+        !detail.1.contains("Alex"),
+        "names stay out of readyz: {}",
+        detail.1
     );
 }

@@ -181,6 +181,16 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         settings::delivery(&config.delivery),
         DeliveryMetrics::register(&mut registry),
     );
+    if config.delivery.enabled
+        && let Some((target, expected)) = settings::online_check(&config)
+    {
+        // What `check --online` says, at start-up: non-fatal, logged, and in `/readyz`.
+        let (health, http) = (delivery.health(), http.clone());
+        tokio::spawn(async move {
+            let findings = crate::crm::online::run(&http, &target, &expected).await;
+            health.checked(&findings);
+        });
+    }
 
     // Inspection feeding the pipeline, and the proxy in front of it all.
     let metrics = Arc::new(ProxyMetrics::register(&mut registry));

@@ -48,6 +48,49 @@ pub fn file_source(config: &Config) -> FileSource {
     }
 }
 
+/// What the online check of a Dataverse sink looks at (`None` for another sink), and what the
+/// directory file says must exist there (nothing when the directory comes from Dataverse).
+pub fn online_check(
+    config: &Config,
+) -> Option<(
+    crate::crm::online::OnlineTarget,
+    crate::crm::online::Expected,
+)> {
+    let crate::config::SinkConfig::Dataverse {
+        url,
+        api_path,
+        credentials,
+        act_as_owner,
+        ..
+    } = &config.crm.sink
+    else {
+        return None;
+    };
+    let target = crate::crm::online::OnlineTarget {
+        url: url.clone(),
+        api_path: api_path.clone(),
+        credentials: credentials.clone(),
+        act_as_owner: *act_as_owner,
+        auto_create: true,
+        timeout: config.delivery.request_timeout,
+    };
+    let mut expected = crate::crm::online::Expected::default();
+    if config.directory.dataverse.is_none()
+        && let Ok(doc) = file_source(config).read_document()
+    {
+        expected.users = doc
+            .systemusers
+            .iter()
+            .map(|u| {
+                let name = u.fullname.clone().unwrap_or_else(|| "(unnamed)".into());
+                (u.systemuserid, name)
+            })
+            .collect();
+        expected.mailboxes = doc.mailboxes.iter().map(|m| m.mailboxid).collect();
+    }
+    Some((target, expected))
+}
+
 /// Runs every resolution that can fail, so `trackgate check` catches what a start would.
 /// Returns what it resolved, so a start uses it instead of resolving (and reading the fields
 /// file) again.

@@ -6,6 +6,7 @@ pub mod dataverse;
 pub mod journal;
 pub mod mapping;
 pub mod multipart;
+pub mod online;
 pub mod pace;
 pub mod webhook;
 

@@ -135,9 +135,46 @@ impl DeliveryMetrics {
 #[derive(Debug, Default)]
 pub struct DeliveryHealth {
     refused: Mutex<Option<String>>,
+    /// The start-up online check's problems, as `key: fix` (names and ids stay out).
+    checked: Mutex<Vec<String>>,
 }
 
 impl DeliveryHealth {
+    /// Keeps the start-up online check's problems for `/readyz` and logs each once. Refused
+    /// credentials also make delivery not ready, as when a delivery meets them.
+    pub fn checked(&self, findings: &[crate::crm::online::Finding]) {
+        let problems: Vec<String> = findings
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| {
+                let key = f.key.unwrap_or("-");
+                tracing::warn!(
+                    key,
+                    fix = f.fix.as_deref().unwrap_or(""),
+                    "online check of the CRM: a problem (details: trackgate check --online)"
+                );
+                format!("{key}: {}", f.fix.as_deref().unwrap_or(""))
+            })
+            .collect();
+        if problems.is_empty() {
+            tracing::info!("online check of the CRM: ready for delivery");
+        }
+        if let Some(refused) = findings
+            .iter()
+            .find(|f| !f.ok && f.key == Some("crm.dataverse.client_secret"))
+        {
+            self.set(Some(&refused.what));
+        }
+        if let Ok(mut checked) = self.checked.lock() {
+            *checked = problems;
+        }
+    }
+
+    /// The start-up online check's problems (`key: fix`).
+    pub fn check_problems(&self) -> Vec<String> {
+        self.checked.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
     /// Why delivery is stuck on configuration, if it is.
     pub fn problem(&self) -> Option<String> {
         self.refused.lock().ok()?.clone()

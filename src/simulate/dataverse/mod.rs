@@ -118,6 +118,8 @@ pub struct DataverseOptions {
     pub token_lifetime: Duration,
     /// Strict unless switched here.
     pub leniency: Leniency,
+    /// Privileges the application user's role lacks (`RetrieveUserPrivileges` leaves them out).
+    pub withheld_privileges: Vec<String>,
 }
 
 impl Default for DataverseOptions {
@@ -128,12 +130,14 @@ impl Default for DataverseOptions {
             seed: None,
             token_lifetime: Duration::from_secs(3599),
             leniency: Leniency::default(),
+            withheld_privileges: Vec::new(),
         }
     }
 }
 
 #[derive(Default)]
 struct Store {
+    withheld_privileges: Vec<String>,
     tables: HashMap<String, BTreeMap<Uuid, Map<String, Value>>>,
     /// Every id ever created, per set.
     ever: HashSet<(String, Uuid)>,
@@ -258,6 +262,7 @@ impl DataverseSimulator {
         let addr = listener.local_addr()?;
         let mut store = Store {
             leniency: options.leniency,
+            withheld_privileges: options.withheld_privileges.clone(),
             ..Store::default()
         };
         if let Some(doc) = &options.seed {
@@ -904,6 +909,59 @@ fn who_am_i(api: &str) -> Answer {
     )
 }
 
+/// The privileges of the application user's role: what an integration role holds, less what
+/// the test withheld.
+const APPLICATION_PRIVILEGES: &[&str] = &[
+    "prvCreateActivity",
+    "prvReadActivity",
+    "prvWriteActivity",
+    "prvAppendActivity",
+    "prvAppendToActivity",
+    "prvCreateContact",
+    "prvReadContact",
+    "prvWriteContact",
+    "prvAppendToContact",
+    "prvCreateLead",
+    "prvReadLead",
+    "prvAppendToLead",
+    "prvReadAccount",
+    "prvAppendToAccount",
+    "prvReadOpportunity",
+    "prvAppendToOpportunity",
+    "prvReadIncident",
+    "prvAppendToIncident",
+    "prvReadUser",
+    "prvReadMailbox",
+    "prvReadQueue",
+    "prvActOnBehalfOfAnotherUser",
+];
+
+/// `RetrieveUserPrivileges`: one entry per privilege, global depth.
+fn user_privileges(withheld: &[String]) -> Answer {
+    let privileges: Vec<Value> = APPLICATION_PRIVILEGES
+        .iter()
+        .filter(|p| !withheld.iter().any(|w| w == *p))
+        .enumerate()
+        .map(|(n, name)| {
+            json!({
+                "Depth": "Global",
+                "PrivilegeId": Uuid::from_u128(0x9e1f_0000_0000_4000_8000_0000_0000_0000 + n as u128),
+                "BusinessUnitId": Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0002),
+                "PrivilegeName": name,
+            })
+        })
+        .collect();
+    (
+        200,
+        vec![("Content-Type".into(), "application/json".into())],
+        json!({
+            "@odata.context": "$metadata#Microsoft.Dynamics.CRM.RetrieveUserPrivilegesResponse",
+            "RolePrivileges": privileges,
+        })
+        .to_string(),
+    )
+}
+
 fn refused(r: strict::Refusal) -> Answer {
     error(r.status, r.code, &r.message)
 }
@@ -1040,6 +1098,11 @@ fn execute(
         .unwrap_or_else(|| relative.to_owned());
     if *method == Method::GET && matches!(relative.as_str(), "/WhoAmI" | "/WhoAmI()") {
         return (None, who_am_i(api));
+    }
+    if *method == Method::GET
+        && relative.ends_with("/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()")
+    {
+        return (None, user_privileges(&store.withheld_privileges));
     }
     let Some((set, id)) = parse_target(&relative) else {
         let segment = relative.trim_start_matches('/');
