@@ -93,9 +93,13 @@ pub fn check(path: Option<&std::path::Path>) -> Result<CheckReport, OpsError> {
             .map(|d| format!("{valid}directory: {}\n", d.counts()))
             .map_err(OpsError::from),
     };
+    let caveats: String = crate::app::settings::caveats(&config)
+        .iter()
+        .map(|c| format!("note: {c}\n"))
+        .collect();
     Ok(CheckReport {
         resolved: raw.to_redacted_toml(),
-        directory,
+        directory: directory.map(|d| d + &caveats),
     })
 }
 

@@ -29,6 +29,20 @@ fn check_names_an_unknown_key() {
 }
 
 #[test]
+fn check_says_when_emails_would_land_without_a_description() {
+    let crm = "[crm]\nsink = \"webhook\"\n[crm.webhook]\nurl = \"https://crm.example.com/hook\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let (code, _, err) = check(crm);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("note: delivery.body") && err.contains("[exchange]"),
+        "{err}"
+    );
+    let (code, _, err) = check(&format!("{crm}[delivery]\nbody = \"none\"\n"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("note:"), "said so: no note: {err}");
+}
+
+#[test]
 fn check_names_a_bad_value_and_the_fix() {
     let (code, _, err) = check("[upstreams]\news = \"exchange.example.com\"\n");
     assert_eq!(code, 1);

@@ -181,6 +181,9 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         settings::delivery(&config.delivery),
         DeliveryMetrics::register(&mut registry),
     );
+    for caveat in settings::caveats(&config) {
+        tracing::warn!("{caveat}");
+    }
     if config.delivery.enabled
         && let Some((target, expected)) = settings::online_check(&config)
     {

@@ -48,6 +48,22 @@ pub fn file_source(config: &Config) -> FileSource {
     }
 }
 
+/// A configuration that is valid but will not do what its users expect, with the key and the
+/// fix: said by `check` and logged at start-up.
+pub fn caveats(config: &Config) -> Vec<String> {
+    let mut said = Vec::new();
+    let writes_crm = !matches!(config.crm.sink, crate::config::SinkConfig::Journal { .. });
+    if writes_crm && config.exchange.is_none() && !matches!(config.delivery.body, EmailBody::None) {
+        said.push(
+            "delivery.body: emails land without a description unless Exchange can be asked for \
+             their bodies (inspection never keeps a body); fix: configure [exchange] with a \
+             service account, or set delivery.body = \"none\" to say so"
+                .to_owned(),
+        );
+    }
+    said
+}
+
 /// What the online check of a Dataverse sink looks at (`None` for another sink), and what the
 /// directory file says must exist there (nothing when the directory comes from Dataverse).
 pub fn online_check(
