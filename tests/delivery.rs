@@ -1123,6 +1123,14 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
         ews.message.from.unwrap().address.as_deref(),
         Some("pat.buyer@fabrikam.example")
     );
+    let ews_body = ews
+        .body
+        .as_ref()
+        .expect("the EWS body (t:Body, not soap:Body)");
+    assert!(
+        ews_body.content.contains("quote for 40 seats") && ews_body.content_type == "html",
+        "what the description is made from under the full body policy: {ews_body:?}"
+    );
     // An id first seen over Graph is fetched over Graph (`/users/<mailbox>/messages/<id>`),
     // with the same cached token.
     let graph = client.fetch(mailbox, &alex_item, true, true).await.unwrap();
