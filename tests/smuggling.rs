@@ -157,7 +157,7 @@ async fn pipelined_well_framed_requests_still_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_headers_get_431() {
+async fn too_many_headers_get_431_like_every_gateway_error() {
     let sim = support::simulator("sim").await;
     let gw = support::gateway(
         &sim.url(),
@@ -171,6 +171,38 @@ async fn too_many_headers_get_431() {
     raw.extend_from_slice(b"\r\n");
     let answer = exchange(gw.gateway.proxy_addr(), &raw).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(
+        answer.contains("x-trackgate-error: header_too_large\r\n")
+            && answer.ends_with("Request Header Fields Too Large\n"),
+        "{answer:?}"
+    );
+    assert_eq!(sim.stats().requests, 0);
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
+    assert!(
+        metrics.contains("trackgate_proxy_errors_total{kind=\"header_too_large\"} 1"),
+        "{metrics}"
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_the_size_limit_gets_431_like_every_gateway_error() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nmax_header_bytes = \"8KiB\"\n",
+    )
+    .await;
+    let mut raw = b"GET /v1.0/me/messages HTTP/1.1\r\nHost: mail\r\nX-Big: ".to_vec();
+    raw.extend(std::iter::repeat_n(b'a', 12 * 1024));
+    raw.extend_from_slice(b"\r\n\r\n");
+    let answer = exchange(gw.gateway.proxy_addr(), &raw).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(
+        answer.contains("x-trackgate-error: header_too_large\r\n"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
     assert_eq!(sim.stats().requests, 0);
     gw.gateway.shutdown().await;
 }

@@ -58,6 +58,8 @@ pub struct Tracker {
     /// Empty lines passed since the last message ended: hyper holds them (as the start of an
     /// incomplete head) until the next request arrives, so that is no boundary.
     blank_lines: bool,
+    /// The refusal is for size (too long a head, too many headers: 431), not framing (400).
+    too_large: bool,
 }
 
 impl Tracker {
@@ -69,6 +71,16 @@ impl Tracker {
             max_headers,
             at_start: true,
             blank_lines: false,
+            too_large: false,
+        }
+    }
+
+    /// The gateway's answer to the refused head.
+    pub fn refusal_answer(&self) -> &'static [u8] {
+        if self.too_large {
+            super::respond::HEAD_TOO_LARGE_ANSWER
+        } else {
+            super::respond::REFUSAL_ANSWER
         }
     }
 
@@ -135,15 +147,18 @@ impl Tracker {
                             self.blank_lines = false;
                             self.state = self.classify(&head);
                             if self.state == State::Refused {
+                                self.too_large = too_many_headers(&head, self.max_headers);
                                 return at + used - 1;
                             }
                             at += used;
                         }
                         None => {
-                            if self.head.len() > self.max_head {
-                                // Too long for us to judge; hyper answers 431.
+                            // hyper gives up at its buffer's size (`>=`), and reads no more.
+                            if self.head.len() >= self.max_head {
+                                // Too long: refused (431) once hyper has what came so far.
                                 self.head = Vec::new();
-                                self.state = State::Passthrough;
+                                self.state = State::Refused;
+                                self.too_large = true;
                             }
                             return input.len();
                         }
@@ -159,10 +174,7 @@ impl Tracker {
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(head) {
             Ok(httparse::Status::Complete(_)) => {}
-            // hyper answers 431 itself.
-            Err(httparse::Error::TooManyHeaders) | Ok(httparse::Status::Partial) => {
-                return State::Passthrough;
-            }
+            Ok(httparse::Status::Partial) => return State::Passthrough,
             // What hyper could not parse either (whitespace before a colon, bad bytes).
             Err(_) => return State::Refused,
         }
@@ -284,6 +296,13 @@ impl Tracker {
 
 /// The end of a request head (just past the line feed of its empty line), searching from
 /// `from`. Like hyper's parser, a bare `\n` ends a line too.
+/// Whether a head holds more header lines than `max` (hyper answers such a head 431).
+fn too_many_headers(head: &[u8], max: usize) -> bool {
+    let lines = head.split(|b| *b == b'\n').filter(|l| l.len() > 1).count();
+    // The request line is not a header.
+    lines.saturating_sub(1) > max.max(16)
+}
+
 fn head_end(head: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < head.len() {
@@ -312,12 +331,21 @@ pin_project_lite::pin_project! {
         // The gateway's own answer to a refused head, in place of hyper's bare 400, and how
         // much of it is written; `None` until hyper answers the refusal.
         answer: Option<(&'static [u8], usize)>,
-        refusals: Option<prometheus_client::metrics::counter::Counter>,
+        refusals: Option<Refusals>,
     }
 }
 
-/// hyper's answer to the parse error a refusal feeds it starts so; the guard writes its own.
-const HYPER_REFUSAL: &[u8] = b"HTTP/1.1 400 ";
+/// The counters of refusals: `kind="bad_request"` and `kind="header_too_large"`.
+#[derive(Debug, Clone)]
+pub struct Refusals {
+    pub framing: prometheus_client::metrics::counter::Counter,
+    pub too_large: prometheus_client::metrics::counter::Counter,
+}
+
+/// hyper's answers to the parse error a refusal feeds it (or to a head too large) start so;
+/// the guard writes its own instead. (Only what hyper writes after a refusal is looked at: the
+/// end of earlier pipelined responses, then hyper's answer.)
+const HYPER_REFUSALS: [&[u8]; 2] = [b"HTTP/1.1 400 Bad Request\r\n", b"HTTP/1.1 431 "];
 
 impl<IO> FramingGuard<IO> {
     pub fn new(io: IO, max_head: usize, max_headers: usize) -> Self {
@@ -331,8 +359,8 @@ impl<IO> FramingGuard<IO> {
         }
     }
 
-    /// Counts each refusal (`proxy_errors_total{kind="bad_request"}`).
-    pub fn counting(mut self, refusals: prometheus_client::metrics::counter::Counter) -> Self {
+    /// Counts each refusal in `proxy_errors_total`.
+    pub fn counting(mut self, refusals: Refusals) -> Self {
         self.refusals = Some(refusals);
         self
     }
@@ -432,12 +460,20 @@ impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
             return self.project().io.poll_write(cx, buf);
         }
         // Refused: what hyper writes before its answer to the refusal ends earlier responses.
-        match memchr::memmem::find(buf, HYPER_REFUSAL) {
+        let hyper_answer = HYPER_REFUSALS
+            .iter()
+            .filter_map(|prefix| memchr::memmem::find(buf, prefix))
+            .min();
+        match hyper_answer {
             Some(0) => {
                 let this = self.as_mut().project();
-                *this.answer = Some((super::respond::REFUSAL_ANSWER, 0));
+                *this.answer = Some((this.tracker.refusal_answer(), 0));
                 if let Some(refusals) = this.refusals {
-                    refusals.inc();
+                    if this.tracker.too_large {
+                        refusals.too_large.inc();
+                    } else {
+                        refusals.framing.inc();
+                    }
                 }
                 ready!(self.as_mut().poll_answer(cx))?;
                 Poll::Ready(Ok(buf.len()))
@@ -573,10 +609,21 @@ mod tests {
     }
 
     #[test]
-    fn oversized_heads_are_released_for_hyper_to_refuse() {
+    fn oversized_heads_reach_hyper_then_are_refused_as_too_large() {
         let mut t = Tracker::new(100, 100);
         let head = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 200]].concat();
         assert_eq!(t.feed(&head), head.len());
+        assert!(t.refused());
+        assert_eq!(
+            t.refusal_answer(),
+            crate::proxy::respond::HEAD_TOO_LARGE_ANSWER
+        );
+        let mut framing = Tracker::new(64 * 1024, 100);
+        framing.feed(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(
+            framing.refusal_answer(),
+            crate::proxy::respond::REFUSAL_ANSWER
+        );
     }
 
     proptest::proptest! {

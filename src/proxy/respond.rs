@@ -43,6 +43,9 @@ pub enum ProxyError {
 /// itself (hyper never sees that request): the same as [`ProxyError::BadRequest`]'s response.
 pub const REFUSAL_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\nx-trackgate-error: bad_request\r\nconnection: close\r\ncontent-length: 12\r\n\r\nBad Request\n";
 
+/// What a client gets for a request head over `max_header_bytes` or `max_header_count`.
+pub const HEAD_TOO_LARGE_ANSWER: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\nx-trackgate-error: header_too_large\r\nconnection: close\r\ncontent-length: 32\r\n\r\nRequest Header Fields Too Large\n";
+
 /// What a client gets whose request head did not arrive within `header_read_timeout`: the same
 /// as [`ProxyError::ClientTimeout`]'s response.
 pub const SLOW_HEAD_ANSWER: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nx-trackgate-error: client_timeout\r\nconnection: close\r\ncontent-length: 16\r\n\r\nRequest Timeout\n";
