@@ -378,6 +378,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_auto_created_record_has_one_id_per_organisation_table_and_address() {
+        let org = Uuid::from_u128(1);
+        let id = auto_created_id(org, "contact", "Pat.Buyer@Fabrikam.example ");
+        assert_eq!(
+            id,
+            auto_created_id(org, "contact", "pat.buyer@fabrikam.example")
+        );
+        assert_eq!(id.get_version_num(), 5);
+        assert_ne!(
+            id,
+            auto_created_id(org, "lead", "pat.buyer@fabrikam.example")
+        );
+        assert_ne!(
+            id,
+            auto_created_id(Uuid::from_u128(2), "contact", "pat.buyer@fabrikam.example")
+        );
+        assert_ne!(id, auto_created_id(org, "contact", "kim@fabrikam.example"));
+    }
+
+    #[test]
     fn names_follow_the_documented_rule() {
         assert_eq!(
             names_for(Some("Buyer, Pat"), "x@y"),

@@ -290,3 +290,133 @@ impl Memory {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::model::Address;
+
+    fn address(name: &str, address: &str) -> Address {
+        Address {
+            name: Some(name.into()),
+            address: Some(address.into()),
+            ..Address::default()
+        }
+    }
+
+    /// A message whose every weighed field has a length of its own, so each one is seen.
+    fn message() -> Message {
+        Message {
+            item_id: Some("i".repeat(1)),
+            folder_id: Some("f".repeat(2)),
+            internet_message_id: Some("m".repeat(4)),
+            conversation_id: Some("c".repeat(8)),
+            conversation_index: Some("x".repeat(16)),
+            in_reply_to: Some("r".repeat(32)),
+            references: Some("s".repeat(64)),
+            subject: Some("t".repeat(128)),
+            categories: vec!["a".repeat(256), "b".repeat(512)],
+            to: vec![address("To", "to@x")],
+            cc: vec![address("Cc1", "cc1@xx")],
+            bcc: vec![address("B", "b@x.yz")],
+            from: Some(address("From", "from@xy")),
+            sender: Some(address("Sender", "sender@x")),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn a_message_weighs_its_text_its_addresses_and_fixed_overheads() {
+        let text = 1 + 2 + 4 + 8 + 16 + 32 + 64 + 128 + 256 + 512;
+        // Each address: its name, its address and 64 bytes of its own.
+        let addresses = (2 + 4 + 64) + (3 + 6 + 64) + (1 + 6 + 64) + (4 + 7 + 64) + (6 + 8 + 64);
+        assert_eq!(weigh_message(&message()), 400 + addresses + text);
+        assert_eq!(weigh_message(&Message::default()), 400);
+        assert_eq!(opt_len(&Some("abc".into())), 3);
+        assert_eq!(opt_len(&None), 0);
+    }
+
+    #[test]
+    fn each_cache_weighs_its_key_and_value() {
+        let summary = Arc::new(Summary {
+            message: message(),
+            ..Summary::default()
+        });
+        let key = "k".repeat(10);
+        assert_eq!(
+            SummaryWeight.weight(&key, &summary),
+            u64::from(weigh_message(&summary.message)) + 10
+        );
+        let folder = Arc::new(FolderInfo {
+            distinguished: Some("inbox".into()),
+            parent_id: Some("p".repeat(7)),
+        });
+        assert_eq!(FolderWeight.weight(&key, &folder), 10 + 5 + 7 + 96);
+        let tracked = Arc::new(TrackedRef {
+            crm_id: None,
+            regarding: None,
+        });
+        assert_eq!(KeyWeight.weight(&key, &tracked), 10 + 96);
+    }
+
+    #[test]
+    fn cache_sizes_are_estimated_from_the_budget_within_bounds() {
+        assert_eq!(estimate(1_000_000, 1000), 1000);
+        assert_eq!(
+            estimate(1_000_000, 0),
+            1_000_000,
+            "an entry weighs at least a byte"
+        );
+        assert_eq!(estimate(100, 1000), 16, "never fewer than 16");
+        assert_eq!(estimate(u64::MAX, 1), 1 << 24, "never more than 2^24");
+        assert_eq!(estimate(10_000, 3), 3333);
+    }
+
+    #[test]
+    fn items_are_forgotten_and_distinguished_folders_found_by_name() {
+        let memory = Memory::new(MemoryLimits::default());
+        memory.remember_item("alex", "item-1", Summary::default());
+        memory.remember_item("alex", "item-2", Summary::default());
+        memory.forget_item("alex", "item-1");
+        assert!(memory.item("alex", "item-1").is_none());
+        assert!(memory.item("alex", "item-2").is_some(), "only that one");
+        assert_eq!(memory.folder_id_of("alex", "inbox"), None);
+        memory.remember_folder(
+            "alex",
+            "AQMk-inbox",
+            FolderInfo {
+                distinguished: Some("inbox".into()),
+                parent_id: None,
+            },
+        );
+        assert_eq!(
+            memory.folder_id_of("alex", "inbox").as_deref(),
+            Some("AQMk-inbox")
+        );
+        assert_eq!(memory.folder_id_of("kim", "inbox"), None, "per mailbox");
+        let debug = format!("{memory:?}");
+        assert!(
+            debug.contains("items: 1") && debug.contains("folders: 2"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn tracked_keys_longer_than_the_limit_are_not_kept() {
+        let memory = Memory::new(MemoryLimits::default());
+        let tracked = Arc::new(TrackedRef {
+            crm_id: None,
+            regarding: None,
+        });
+        let longest = format!("m:{}", "x".repeat(MAX_KEY_VALUE + 6));
+        memory.remember_tracked(longest.clone(), tracked.clone());
+        assert!(
+            memory.tracked_by("m:", &longest[2..]).is_some(),
+            "at the limit"
+        );
+        let over = format!("m:{}", "x".repeat(MAX_KEY_VALUE + 7));
+        memory.remember_tracked(over.clone(), tracked);
+        assert!(memory.tracked_by("m:", &over[2..]).is_none(), "over it");
+        assert_eq!(memory.entry_counts(), (0, 0, 1));
+    }
+}

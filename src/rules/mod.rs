@@ -143,3 +143,27 @@ impl RulesMetrics {
 
 /// The most recent decisions of the live pipeline (`GET /decisions`).
 pub type RecentDecisions = crate::common::recent::Recent<Decision>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_counted_by_verdict_and_reason() {
+        let mut registry = Registry::default();
+        let metrics = RulesMetrics::register(&mut registry);
+        let decision = |verdict: &str| -> Decision {
+            serde_json::from_value(serde_json::json!({
+                "verdict": verdict, "reason": "filter_all", "observation": "message_seen",
+                "operation": "GetItem",
+            }))
+            .unwrap()
+        };
+        metrics.record(&decision("track"));
+        metrics.record(&decision("track"));
+        metrics.record(&decision("ignore"));
+        assert_eq!(metrics.count(Verdict::Track, Reason::FilterAll), 2);
+        assert_eq!(metrics.count(Verdict::Ignore, Reason::FilterAll), 1);
+        assert_eq!(metrics.count(Verdict::Track, Reason::Category), 0);
+    }
+}
