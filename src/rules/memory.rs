@@ -307,7 +307,7 @@ mod tests {
     /// A message whose every weighed field has a length of its own, so each one is seen.
     fn message() -> Message {
         Message {
-            item_id: Some("i".repeat(1)),
+            item_id: Some("i".into()),
             folder_id: Some("f".repeat(2)),
             internet_message_id: Some("m".repeat(4)),
             conversation_id: Some("c".repeat(8)),
