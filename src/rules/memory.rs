@@ -394,6 +394,11 @@ mod tests {
             Some("AQMk-inbox")
         );
         assert_eq!(memory.folder_id_of("kim", "inbox"), None, "per mailbox");
+        assert_eq!(
+            memory.entry_counts(),
+            (1, 2, 0),
+            "an item, a folder and its reverse entry"
+        );
         let debug = format!("{memory:?}");
         assert!(
             debug.contains("items: 1") && debug.contains("folders: 2"),
