@@ -1674,6 +1674,49 @@ fn a_sighting_without_a_message_id_is_enriched_to_the_same_crm_email() {
 }
 
 #[test]
+fn a_category_set_on_an_unseen_item_is_decided_again_from_exchanges_copy() {
+    const CAT: &str = "Tracked to Dynamics 365";
+    // Filter "none": only the category can track this message.
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    let provisional = decide(
+        &engine,
+        &categories("item-unseen@x", CategoryMode::Append, &[CAT]),
+    );
+    assert!(provisional.needs_enrichment, "{provisional:#?}");
+    assert_eq!(provisional.crm_id, None);
+    // What Exchange returns may predate the category the traffic showed being set.
+    let fetched = message(
+        "unseen@x",
+        "inbox",
+        "stranger@else.example",
+        &["owner@corp.example"],
+    );
+    let d = engine.enriched(&provisional, &fetched);
+    assert_eq!(d.reason, Reason::Category, "{d:#?}");
+    assert!(d.is_track());
+    assert!(!d.needs_enrichment, "what Exchange returned is complete");
+    assert_eq!(
+        d.crm_id,
+        Some(email_id(id(ORG), "unseen@x", Direction::Incoming))
+    );
+    // A category change that did not set the tracking one stays untracked after the fetch.
+    let blue = decide(
+        &engine,
+        &categories("item-blue@x", CategoryMode::Append, &["Blue"]),
+    );
+    let d = engine.enriched(
+        &blue,
+        &message(
+            "blue@x",
+            "inbox",
+            "stranger@else.example",
+            &["owner@corp.example"],
+        ),
+    );
+    assert!(!d.is_track(), "{d:#?}");
+}
+
+#[test]
 fn explain_mode_remembers_nothing() {
     let engine = engine_with(|_| {});
     let o = inbox("pat@customer.example", "dry@x");
