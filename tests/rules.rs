@@ -1716,6 +1716,49 @@ fn a_category_set_on_an_unseen_item_is_decided_again_from_exchanges_copy() {
     assert!(!d.is_track(), "{d:#?}");
 }
 
+/// A provisional decision of `observation` that waits for Exchange's copy, as the outbox keeps it.
+fn provisional(observation: &str, operation: &str) -> Decision {
+    serde_json::from_value(serde_json::json!({
+        "verdict": "track", "reason": "needs_enrichment", "observation": observation,
+        "operation": operation, "mailbox": "owner@corp.example", "needs_enrichment": true,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn exchanges_copy_is_decided_with_the_trigger_the_traffic_showed() {
+    let engine = engine_with(|d| set_filter(d, OWNER, 0));
+    let in_inbox = message(
+        "moved@x",
+        "inbox",
+        "stranger@else.example",
+        &["owner@corp.example"],
+    );
+    // Seen in the Inbox: automatic tracking, filter "all".
+    let seen = engine.enriched(&provisional("message_seen", "FindItem"), &in_inbox);
+    assert_eq!(seen.reason, Reason::FilterAll, "{seen:#?}");
+    // Moved (or copied) back into the Inbox: never processed again.
+    for observation in ["message_moved", "message_copied"] {
+        let moved = engine.enriched(&provisional(observation, "MoveItem"), &in_inbox);
+        assert_eq!(
+            moved.reason,
+            Reason::MovedIntoInbox,
+            "{observation}: {moved:#?}"
+        );
+    }
+    // Sent: outgoing, wherever Exchange's copy is filed.
+    let sent = message(
+        "sent@x",
+        "drafts",
+        "owner@corp.example",
+        &["stranger@else.example"],
+    );
+    let d = engine.enriched(&provisional("message_sent", "SendItem"), &sent);
+    assert!(d.is_track(), "{d:#?}");
+    assert_eq!(d.direction, Some(Direction::Outgoing));
+    assert!(!d.needs_enrichment);
+}
+
 #[test]
 fn explain_mode_remembers_nothing() {
     let engine = engine_with(|_| {});
