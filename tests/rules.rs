@@ -1299,6 +1299,22 @@ fn auto_create_follows_user_and_org_settings_and_is_one_record_per_address() {
             .entity,
         "lead"
     );
+    // Only an incoming sender is created: mail in Sent Items from an address the directory
+    // does not know (sent on someone's behalf) creates nothing.
+    let sent = decide(
+        &engine,
+        &seen_in(
+            "owner@corp.example",
+            message(
+                "ac-sent@x",
+                "sentitems",
+                "new.sender@else.example",
+                &["pat@customer.example"],
+            ),
+        ),
+    );
+    assert_eq!(sent.direction, Some(Direction::Outgoing), "{sent:#?}");
+    assert!(sent.auto_create.is_none(), "{sent:#?}");
     // The user's option off, or the organisation's.
     let off = engine_with(|d| d.usersettingscollection[0].autocreatecontactonpromote = 0);
     assert!(

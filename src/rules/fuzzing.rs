@@ -51,3 +51,31 @@ pub fn directory(data: &[u8]) {
     let _ = parse_and_build(&text, "fuzz", false);
     let _ = parse_and_build(&text, "fuzz", true);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fuzz_targets_decide_over_the_example_directory() {
+        let engine = engine().expect("the example directory loads");
+        let (items, _, _) = engine.memory().entry_counts();
+        let seen = Observation::MessageSeen {
+            origin: crate::inspect::Origin {
+                mailbox: Some("alex.seller@contoso.example".into()),
+                source: crate::inspect::Source::Ews,
+                operation: "GetItem".into(),
+            },
+            message: crate::inspect::Message {
+                item_id: Some("fuzz-1".into()),
+                folder: Some("inbox".into()),
+                internet_message_id: Some("<fuzz-1@x>".into()),
+                ..crate::inspect::Message::default()
+            },
+            initial_sync: false,
+        };
+        observations(&serde_json::to_vec(&seen).expect("an observation encodes"));
+        let (after, _, _) = engine.memory().entry_counts();
+        assert!(after > items, "the observation was decided and remembered");
+    }
+}
