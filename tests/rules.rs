@@ -1338,10 +1338,15 @@ fn auto_create_follows_user_and_org_settings_and_is_one_record_per_address() {
             .auto_create
             .is_none()
     );
+    let resolved = decide(&engine, &inbox("pat@customer.example", "ac7@x"));
+    assert!(resolved.auto_create.is_none());
     assert!(
-        decide(&engine, &inbox("pat@customer.example", "ac7@x"))
-            .auto_create
-            .is_none()
+        !resolved
+            .explanation
+            .iter()
+            .any(|line| line.contains("record") && line.contains("sender")),
+        "a resolved sender is not considered for a record at all: {:#?}",
+        resolved.explanation
     );
 }
 
