@@ -51,6 +51,8 @@ pub struct ProxyMetrics {
     pub bytes_from_client: Counter,
     pub bytes_from_upstream: Counter,
     errors: Family<KindLabels, Counter>,
+    /// The framing guard's counters (of `errors`), looked up once: every connection takes them.
+    pub refusals: super::framing::Refusals,
     reuse_ratio: Gauge<f64, AtomicU64>,
     pub captures: super::capture::CaptureMetrics,
     pub config_reloads_ok: Counter,
@@ -83,6 +85,19 @@ impl ProxyMetrics {
             "SIGHUP reloads by outcome",
             ["ok", "failed"].map(|kind| KindLabels { kind }),
         );
+        let errors: Family<KindLabels, Counter> = Family::default();
+        let refusals = super::framing::Refusals {
+            framing: errors
+                .get_or_create(&KindLabels {
+                    kind: "bad_request",
+                })
+                .clone(),
+            too_large: errors
+                .get_or_create(&KindLabels {
+                    kind: "header_too_large",
+                })
+                .clone(),
+        };
         let m = ProxyMetrics {
             requests,
             durations,
@@ -96,7 +111,8 @@ impl ProxyMetrics {
             pinned_active: Gauge::default(),
             bytes_from_client,
             bytes_from_upstream,
-            errors: Family::default(),
+            errors,
+            refusals,
             reuse_ratio: Gauge::default(),
             captures: super::capture::CaptureMetrics::default(),
             config_reloads_ok,
@@ -187,11 +203,6 @@ impl ProxyMetrics {
         let r = route as usize;
         self.requests[r * STATUS_CLASSES.len() + class].inc();
         self.durations[r].observe(seconds);
-    }
-
-    /// The counter of one kind of error, for a part that counts without the metrics at hand.
-    pub fn error_counter(&self, kind: &'static str) -> Counter {
-        self.errors.get_or_create(&KindLabels { kind }).clone()
     }
 
     pub fn record_error(&self, kind: &'static str) {

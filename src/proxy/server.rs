@@ -204,12 +204,8 @@ async fn serve_tls(
 }
 
 fn guard<IO>(io: IO, limits: &super::Limits, proxy: &Proxy) -> FramingGuard<IO> {
-    FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count).counting(
-        super::framing::Refusals {
-            framing: proxy.metrics.error_counter("bad_request"),
-            too_large: proxy.metrics.error_counter("header_too_large"),
-        },
-    )
+    FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
+        .counting(proxy.metrics.refusals.clone())
 }
 
 /// Whether hyper is idle between two requests on an HTTP/1.1 connection: no exchange in flight,
