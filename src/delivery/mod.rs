@@ -193,12 +193,6 @@ impl DeliveryHealth {
     }
 }
 
-/// The sink-wide pause a 429 asks for: until when.
-#[derive(Debug, Default)]
-struct Pause {
-    until: Option<Instant>,
-}
-
 /// What delivery asks of the rules once Exchange has shown a message the traffic did not: the
 /// seam between the two (the pipeline implements it with the rules engine), so delivery never
 /// reaches into the rules or the directory.
@@ -266,7 +260,8 @@ pub struct Delivery {
     enrichment: Arc<dyn Enrichment>,
     settings: DeliverySettings,
     metrics: DeliveryMetrics,
-    pause: Mutex<Pause>,
+    /// Until when a 429 paused the whole sink.
+    paused_until: Mutex<Option<Instant>>,
     breaker: Breaker,
     health: Arc<DeliveryHealth>,
     recent: Arc<RecentDeliveries>,
@@ -301,7 +296,7 @@ impl Delivery {
             exchange,
             enrichment,
             metrics,
-            pause: Mutex::new(Pause::default()),
+            paused_until: Mutex::new(None),
             breaker: Breaker::new(settings.breaker),
             health: Arc::default(),
             recent: RecentDeliveries::new(RECENT_DELIVERIES),
@@ -368,16 +363,16 @@ impl Delivery {
     }
 
     fn paused_for(&self) -> Option<Duration> {
-        let pause = self.pause.lock().ok()?;
-        let left = pause.until?.checked_duration_since(Instant::now())?;
+        let until = (*self.paused_until.lock().ok()?)?;
+        let left = until.checked_duration_since(Instant::now())?;
         (!left.is_zero()).then_some(left)
     }
 
     fn pause_until(&self, until: Instant) {
-        if let Ok(mut p) = self.pause.lock()
-            && p.until.is_none_or(|u| u < until)
+        if let Ok(mut paused) = self.paused_until.lock()
+            && paused.is_none_or(|u| u < until)
         {
-            p.until = Some(until);
+            *paused = Some(until);
         }
     }
 
