@@ -86,18 +86,18 @@ impl ProxyMetrics {
             ["ok", "failed"].map(|kind| KindLabels { kind }),
         );
         let errors: Family<KindLabels, Counter> = Family::default();
-        let refusals = super::framing::Refusals {
-            framing: errors
-                .get_or_create(&KindLabels {
-                    kind: "bad_request",
-                })
-                .clone(),
-            too_large: errors
-                .get_or_create(&KindLabels {
-                    kind: "header_too_large",
-                })
-                .clone(),
-        };
+        // One lookup per statement: the guard `get_or_create` returns holds the family's lock.
+        let framing = errors
+            .get_or_create(&KindLabels {
+                kind: "bad_request",
+            })
+            .clone();
+        let too_large = errors
+            .get_or_create(&KindLabels {
+                kind: "header_too_large",
+            })
+            .clone();
+        let refusals = super::framing::Refusals { framing, too_large };
         let m = ProxyMetrics {
             requests,
             durations,
