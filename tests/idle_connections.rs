@@ -354,62 +354,46 @@ async fn the_memory_of_closed_connections_goes_back_to_the_system_without_furthe
     // The allocator returns memory by size class and threshold: what comes back at one count
     // may stay at another, so a few counts, up to the default connection limit.
     for n in [600, 2_000, 10_000] {
-        memory_returns_after_closing(n).await;
+        memory_returns_after_closing(n, Held::HalfRequest).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_of_closed_idle_connections_goes_back_at_2000_as_at_10000() {
     for n in [2_000, 10_000] {
-        let (gw, addr, _sim, _dir) = plaintext_gateway_process().await;
-        let active = async || gauge_at(&gw.admin, "trackgate_connections_active").await;
-        drop(answered_connections(addr, 20).await);
-        support::wait_for(
-            Duration::from_secs(10),
-            "the first ones to close",
-            async || (active().await == 0).then_some(()),
-        )
-        .await;
-        let before = gw.rss();
-        let held = answered_connections(addr, n).await;
-        support::wait_for(Duration::from_secs(30), "all to park", async || {
-            (gauge_at(&gw.admin, "trackgate_connections_parked").await == n as u64).then_some(())
-        })
-        .await;
-        let peak = gw.rss();
-        assert!(
-            peak > before,
-            "{n} idle connections hold something: {before} → {peak}"
-        );
-        drop(held);
-        // As above: nothing else happens, so only the gateway itself can give memory back.
-        let near_baseline = before + (peak - before) / 4;
-        support::wait_for(
-            Duration::from_secs(15),
-            &format!("the memory of {n} closed idle connections to go back to the system"),
-            async || (gw.rss() <= near_baseline).then_some(()),
-        )
-        .await;
+        memory_returns_after_closing(n, Held::Parked).await;
     }
 }
 
-async fn memory_returns_after_closing(n: usize) {
+/// How the connections whose memory is measured are held open.
+#[derive(Clone, Copy, PartialEq)]
+enum Held {
+    /// In the middle of a request head: each holds hyper's read buffer and its state.
+    HalfRequest,
+    /// Answered once and idle: parked, holding only its socket, task and context.
+    Parked,
+}
+
+async fn hold(addr: std::net::SocketAddr, held: Held, n: usize) -> Vec<TcpStream> {
+    if held == Held::Parked {
+        return answered_connections(addr, n).await;
+    }
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /EWS/Exchange.asmx HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    streams
+}
+
+async fn memory_returns_after_closing(n: usize, held: Held) {
     let (gw, addr, _sim, _dir) = plaintext_gateway_process().await;
     let active = async || gauge_at(&gw.admin, "trackgate_connections_active").await;
-    // Connections in the middle of a request head: each holds hyper's read buffer and its state.
-    let half_requests = async |n: usize| {
-        let mut held = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream
-                .write_all(b"GET /EWS/Exchange.asmx HTTP/1.1\r\nHost: localhost\r\n")
-                .await
-                .unwrap();
-            held.push(stream);
-        }
-        held
-    };
-    drop(half_requests(20).await);
+    drop(hold(addr, held, 20).await);
     support::wait_for(
         Duration::from_secs(10),
         "the first ones to close",
@@ -417,17 +401,27 @@ async fn memory_returns_after_closing(n: usize) {
     )
     .await;
     let before = gw.rss();
-    let held = half_requests(n).await;
-    support::wait_for(Duration::from_secs(10), "all to be open", async || {
-        (active().await == n as u64).then_some(())
+    let streams = hold(addr, held, n).await;
+    let gauge = match held {
+        Held::HalfRequest => "trackgate_connections_active",
+        Held::Parked => "trackgate_connections_parked",
+    };
+    support::wait_for(Duration::from_secs(30), "all to be held", async || {
+        (gauge_at(&gw.admin, gauge).await == n as u64).then_some(())
     })
     .await;
     let peak = gw.rss();
-    assert!(
-        peak > before + (n as u64) * 4096,
-        "{n} connections reading a request head should hold at least 4 KiB each: {before} → {peak} bytes"
-    );
-    drop(held);
+    match held {
+        Held::HalfRequest => assert!(
+            peak > before + (n as u64) * 4096,
+            "{n} connections reading a request head should hold at least 4 KiB each: {before} → {peak} bytes"
+        ),
+        Held::Parked => assert!(
+            peak > before,
+            "{n} idle connections hold something: {before} → {peak}"
+        ),
+    }
+    drop(streams);
     // Nothing else happens from here, not even an admin request: any allocation there would
     // hide a gateway that gives memory back only while it is busy.
     let near_baseline = before + (peak - before) / 4;
