@@ -425,6 +425,91 @@ async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regard
     assert!(m.contains("trackgate_outbox_commits_total"));
 }
 
+/// Waits until the gateway at `admin` has inspected `n` exchanges.
+async fn inspected(admin: &str, n: u64) {
+    support::wait_for(
+        Duration::from_secs(10),
+        "the exchanges inspected",
+        async || {
+            let m = metrics(admin).await;
+            let count = m
+                .lines()
+                .find_map(|l| l.strip_prefix("trackgate_inspected_exchanges_total "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            (count as u64 >= n).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_rule_relink_of_an_email_still_queued_is_created_under_its_record_and_closed_once()
+{
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |enabled: bool| {
+        support::write_config(
+            dir.path(),
+            &format!(
+                "plaintext = true\n[upstreams]\news = \"{}\"\n{}",
+                sim.url(),
+                dataverse_config(&dv, &format!("enabled = {enabled}"))
+            ),
+        )
+    };
+    // Delivery off: the email's create waits in the outbox when the move re-links it.
+    let mut gateway = support::GatewayProcess::start(&config(false));
+    let client = support::plain_client();
+    replay(&client, &gateway.proxy, "ews-getfolder-inbox").await;
+    inspected(&gateway.admin, 1).await;
+    replay(&client, &gateway.proxy, "ews-getitem-message").await;
+    inspected(&gateway.admin, 2).await;
+    replay(&client, &gateway.proxy, "graph-move-message").await;
+    let m = support::wait_for(Duration::from_secs(10), "the re-link folded", async || {
+        let m = metrics(&gateway.admin).await;
+        m.contains("trackgate_outbox_enqueued_total{result=\"folded\"} 1")
+            .then_some(m)
+    })
+    .await;
+    assert!(m.contains("trackgate_outbox_depth 1"), "{m}");
+    gateway.signal("TERM");
+    gateway.wait_exit(Duration::from_secs(20));
+
+    let gateway = support::GatewayProcess::start(&config(true));
+    let email = support::wait_for(Duration::from_secs(20), "the email delivered", async || {
+        let stats = outbox_stats(&gateway.admin).await;
+        let emails = written_emails(&dv);
+        (stats["pending"] == 0 && stats["in_flight"] == 0 && emails.len() == 1)
+            .then(|| emails[0].clone())
+    })
+    .await;
+    assert_eq!(email["activityid"], PAT_MESSAGE);
+    assert_eq!(
+        email["_regardingobjectid_account_email_value"]["id"],
+        "00000000-0000-4000-8000-0000000000c2",
+        "created under the folder rule's record"
+    );
+    assert_eq!(
+        (email["statecode"].clone(), email["statuscode"].clone()),
+        (1.into(), 4.into())
+    );
+    let updates = dv
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path.contains("/emails(")
+                && r.kind == trackgate::simulate::dataverse::RequestKind::Update
+        })
+        .count();
+    assert_eq!(
+        updates, 1,
+        "closed once: no reopen, no re-link after the close"
+    );
+    assert_accepted(&dv, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_burst_then_restart_delivers_every_committed_decision_exactly_once() {
     let sim = support::simulator("sim").await;

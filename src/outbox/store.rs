@@ -41,6 +41,8 @@ enum Op {
         key: Uuid,
         at: u64,
         encoded: Vec<u8>,
+        /// For a regarding update: the email whose create it may be folded into.
+        relinks: Option<Uuid>,
     },
     Settle(Box<Record>, Settlement),
     Progress {
@@ -337,13 +339,18 @@ impl Shared {
                 // Nothing of the group is on disk: enqueues are lost (counted), settled records
                 // stay claimed until restart, when they are offered again.
                 tracing::error!(%error, operations = count, "outbox commit failed");
+                // Settled and held records were not changed on disk: back in line.
+                let mut s = self.schedule();
                 for change in after {
-                    if let Change::Queued { revived: false, .. } = change {
-                        self.metrics.enqueued("failed");
+                    match change {
+                        Change::Queued { revived: false, .. } => self.metrics.enqueued("failed"),
+                        Change::Folded { seq } => {
+                            self.metrics.enqueued("failed");
+                            release(&mut s, seq);
+                        }
+                        _ => {}
                     }
                 }
-                // Settled records were not changed on disk: back in line, to be tried again.
-                let mut s = self.schedule();
                 for seq in settled {
                     if s.claimed.remove(&seq).is_some()
                         && let Some(&(next, _)) = s.pending.get(&seq)
@@ -384,8 +391,21 @@ impl Shared {
             let mut tables = Tables::open(&txn, path, now, pending_count)?;
             for op in group {
                 match op {
-                    Op::Enqueue { key, at, encoded } => {
-                        after.push(tables.enqueue(key, at, &encoded, self.settings.max_pending)?);
+                    Op::Enqueue {
+                        key,
+                        at,
+                        encoded,
+                        relinks,
+                    } => {
+                        let folded = match relinks {
+                            Some(email) => self.fold(&mut tables, key, email, &encoded)?,
+                            None => None,
+                        };
+                        let change = match folded {
+                            Some(change) => change,
+                            None => tables.enqueue(key, at, &encoded, self.settings.max_pending)?,
+                        };
+                        after.push(change);
                     }
                     Op::Settle(record, settlement) => {
                         after.push(tables.settle(record, settlement)?);
@@ -411,7 +431,11 @@ impl Shared {
         // A group of duplicates (the same mail seen again, the common case) changed nothing:
         // no commit, so no fsync. Flushes stay correct, as everything before the group is
         // already committed.
-        if only_enqueues && !after.iter().any(|c| matches!(c, Change::Queued { .. })) {
+        if only_enqueues
+            && !after
+                .iter()
+                .any(|c| matches!(c, Change::Queued { .. } | Change::Folded { .. }))
+        {
             txn.abort().store(path)?;
             return Ok(false);
         }
@@ -421,6 +445,56 @@ impl Shared {
         }
         txn.commit().store(path)?;
         Ok(true)
+    }
+
+    /// Folds a regarding update into its email's create while that create waits untouched
+    /// (unclaimed, no step confirmed): the email is then created under the new record and
+    /// closed once, instead of created, closed, reopened, re-linked and closed again. The
+    /// create is held out of line until the group is committed, so no delivery reads it
+    /// half-changed. `None`: stored as a record of its own (delivery then re-links the
+    /// delivered email).
+    fn fold(
+        &self,
+        tables: &mut Tables<'_>,
+        key: Uuid,
+        email: Uuid,
+        encoded: &[u8],
+    ) -> Result<Option<Change>, OutboxError> {
+        let Some(seq) = tables.pending_seq(email)? else {
+            return Ok(None);
+        };
+        if tables.known(key)? || !self.hold(seq) {
+            return Ok(None);
+        }
+        let relink = decode(0, encoded)?;
+        match tables.fold(seq, relink.decision) {
+            Ok(true) => Ok(Some(Change::Folded { seq })),
+            outcome => {
+                self.release(seq);
+                outcome.map(|_| None)
+            }
+        }
+    }
+
+    /// Takes a waiting record out of line, as a claim does; false when delivery has it or
+    /// already confirmed a step of it.
+    fn hold(&self, seq: u64) -> bool {
+        let mut s = self.schedule();
+        let started = s.retried.get(&seq).is_some_and(|r| r.2 != 0);
+        let Some(&(next, _)) = s.pending.get(&seq) else {
+            return false;
+        };
+        if started || s.claimed.contains_key(&seq) {
+            return false;
+        }
+        s.due.remove(&(next, seq));
+        s.claimed.insert(seq, next);
+        true
+    }
+
+    /// Puts a held record back in line.
+    fn release(&self, seq: u64) {
+        release(&mut self.schedule(), seq);
     }
 
     /// Whether a record with this key is pending, delivered (within the window) or a dead
@@ -503,6 +577,41 @@ impl<'t> Tables<'t> {
         })
     }
 
+    /// Whether this key is pending, delivered (within the window) or dead.
+    fn known(&self, key: Uuid) -> Result<bool, OutboxError> {
+        let (path, k) = (self.path, key.as_u128());
+        Ok(self.pending_keys.get(k).store(path)?.is_some()
+            || self.delivered.get(k).store(path)?.is_some()
+            || self.dead_keys.get(k).store(path)?.is_some())
+    }
+
+    /// The seq of the pending record with this key.
+    fn pending_seq(&self, key: Uuid) -> Result<Option<u64>, OutboxError> {
+        let found = self.pending_keys.get(key.as_u128()).store(self.path)?;
+        Ok(found.map(|v| v.value()))
+    }
+
+    /// Gives a pending create the regarding of a later update of the same email; false when
+    /// the record is gone or a step of it was confirmed.
+    fn fold(&mut self, seq: u64, relink: Decision) -> Result<bool, OutboxError> {
+        let path = self.path;
+        let Some(stored) = self.pending.get(seq).store(path)? else {
+            return Ok(false);
+        };
+        let mut record = decode(seq, stored.value())?;
+        drop(stored);
+        if record.progress != 0 || record.decision.update_regarding {
+            return Ok(false);
+        }
+        record.decision.regarding = relink.regarding;
+        record.decision.regarding_source = relink.regarding_source;
+        record.decision.correlation = None;
+        self.pending
+            .insert(seq, serde_json::to_vec(&record)?.as_slice())
+            .store(path)?;
+        Ok(true)
+    }
+
     /// Stores a new record under the next seq, unless its key is already pending, delivered or
     /// dead (a duplicate), or the outbox is full (refused).
     fn enqueue(
@@ -514,10 +623,7 @@ impl<'t> Tables<'t> {
     ) -> Result<Change, OutboxError> {
         let path = self.path;
         let k = key.as_u128();
-        if self.pending_keys.get(k).store(path)?.is_some()
-            || self.delivered.get(k).store(path)?.is_some()
-            || self.dead_keys.get(k).store(path)?.is_some()
-        {
+        if self.known(key)? {
             return Ok(Change::Duplicate);
         }
         if self.pending_count >= max_pending {
@@ -588,8 +694,15 @@ impl<'t> Tables<'t> {
                 counted,
                 error,
             } => {
-                let mut r = *record;
-                r.attempts += u32::from(counted);
+                // The stored decision, not delivery's copy of it: a regarding update may have
+                // been folded into the record since it was claimed.
+                let Some(stored) = self.pending.get(seq).store(path)? else {
+                    return Ok(Change::Released { seq });
+                };
+                let mut r = decode(seq, stored.value())?;
+                drop(stored);
+                r.attempts = record.attempts + u32::from(counted);
+                r.progress |= record.progress;
                 r.next_attempt_ms = at_ms;
                 r.last_error = Some(cut(error));
                 self.pending
@@ -704,6 +817,13 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// Puts a record the writer held back in line, due when it was.
+fn release(s: &mut Schedule, seq: u64) {
+    if let Some(next) = s.claimed.remove(&seq) {
+        s.due.insert((next, seq));
+    }
+}
+
 /// A new [`Record`] as stored, its decision borrowed (same fields, same encoding).
 #[derive(serde::Serialize)]
 struct NewRecord<'a> {
@@ -763,6 +883,10 @@ enum Change {
     Released {
         seq: u64,
     },
+    /// A regarding update given to its waiting create, which goes back in line.
+    Folded {
+        seq: u64,
+    },
     Dead {
         seq: u64,
     },
@@ -801,6 +925,10 @@ impl Change {
             }
             Change::Released { seq } => {
                 s.claimed.remove(&seq);
+            }
+            Change::Folded { seq } => {
+                release(s, seq);
+                metrics.enqueued("folded");
             }
             Change::Dead { seq } => {
                 s.pending.remove(&seq);
@@ -864,7 +992,14 @@ impl Outbox for RedbOutbox {
                 return refuse();
             }
         };
-        if self.ops.send(Op::Enqueue { key, at, encoded }).is_err() {
+        let relinks = decision.crm_id.filter(|_| decision.update_regarding);
+        let op = Op::Enqueue {
+            key,
+            at,
+            encoded,
+            relinks,
+        };
+        if self.ops.send(op).is_err() {
             return refuse();
         }
         true
@@ -1121,6 +1256,131 @@ mod tests {
         );
     }
 
+    /// A folder rule's re-link of email `n` to the account `account`.
+    fn relink(n: u128, account: u128) -> Decision {
+        let mut d = decision(n);
+        d.update_regarding = true;
+        d.regarding = Some(crate::directory::model::Lookup::new(
+            "account",
+            Uuid::from_u128(account),
+        ));
+        d
+    }
+
+    fn regarding_of(record: &Record) -> Option<Uuid> {
+        record.decision.regarding.as_ref().map(|r| r.id)
+    }
+
+    #[test]
+    fn a_relink_is_folded_into_its_waiting_create_but_kept_apart_from_a_claimed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        let m = &outbox.shared.metrics;
+        outbox.submit(&decision(1));
+        outbox.flush().unwrap();
+        outbox.submit(&relink(1, 0xa));
+        outbox.flush().unwrap();
+        let pending = outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 1, "one record: the create, re-linked");
+        assert_eq!(regarding_of(&pending[0]), Some(Uuid::from_u128(0xa)));
+        assert!(!pending[0].decision.update_regarding);
+        assert_eq!(counted(&m.enqueued, "folded"), 1);
+        assert_eq!(counted(&m.enqueued, "stored"), 1);
+
+        // Delivery has the create: a later re-link is a record of its own.
+        let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+        assert_eq!(regarding_of(&claimed[0]), Some(Uuid::from_u128(0xa)));
+        outbox.submit(&relink(1, 0xb));
+        outbox.flush().unwrap();
+        let pending = outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 2);
+        assert!(pending[1].decision.update_regarding);
+        assert_eq!(regarding_of(&pending[0]), Some(Uuid::from_u128(0xa)));
+
+        // A re-link of an email with nothing waiting (delivered, or never seen) is its own too;
+        // and a create with a confirmed step is not changed.
+        outbox.settle(&claimed[0], Settlement::Delivered);
+        outbox.submit(&decision(2));
+        outbox.flush().unwrap();
+        let second = outbox.claim_due(now_ms(), 10).unwrap();
+        let create = second.iter().find(|r| r.key == Uuid::from_u128(2)).unwrap();
+        let mut create = create.clone();
+        create.progress = 1;
+        outbox.settle(
+            &create,
+            Settlement::Retry {
+                at_ms: now_ms(),
+                counted: false,
+                error: "503".into(),
+            },
+        );
+        outbox.submit(&relink(2, 0xc));
+        outbox.flush().unwrap();
+        let create = outbox
+            .pending(10)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.key == create.key)
+            .unwrap();
+        assert_eq!(
+            regarding_of(&create),
+            None,
+            "the create was begun: re-linked after"
+        );
+        assert_eq!(counted(&m.enqueued, "folded"), 1);
+    }
+
+    #[test]
+    fn a_retry_settled_after_a_fold_keeps_the_folded_regarding() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        outbox.submit(&decision(1));
+        outbox.flush().unwrap();
+        let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+        // Delivery failed the create and put it back in line at once; the re-link reaches the
+        // writer before the retry's settlement does, folds, and the settlement must not undo it.
+        {
+            let mut s = outbox.shared.schedule();
+            release(&mut s, claimed[0].seq);
+        }
+        let relink = relink(1, 0xa);
+        let (mut after, mut replies) = (Vec::new(), Vec::new());
+        let group = vec![
+            Op::Enqueue {
+                key: dedup_key(&relink, now_ms()),
+                at: now_ms(),
+                encoded: serde_json::to_vec(&NewRecord {
+                    seq: 0,
+                    key: dedup_key(&relink, now_ms()),
+                    enqueued_ms: now_ms(),
+                    attempts: 0,
+                    next_attempt_ms: now_ms(),
+                    decision: &relink,
+                })
+                .unwrap(),
+                relinks: relink.crm_id,
+            },
+            Op::Settle(
+                Box::new(claimed[0].clone()),
+                Settlement::Retry {
+                    at_ms: now_ms(),
+                    counted: true,
+                    error: "503".into(),
+                },
+            ),
+        ];
+        assert!(
+            outbox
+                .shared
+                .apply(group, false, &mut after, &mut replies)
+                .unwrap()
+        );
+        let pending = outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(regarding_of(&pending[0]), Some(Uuid::from_u128(0xa)));
+        assert_eq!(pending[0].attempts, 1, "the retry is counted all the same");
+    }
+
     /// Waits (10 s at most) until `check` holds.
     fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1214,6 +1474,7 @@ mod tests {
             key: dedup_key(&decision(3), now_ms()),
             at: now_ms(),
             encoded: b"{}".to_vec(),
+            relinks: None,
         };
         let committed = full
             .shared
@@ -1299,6 +1560,7 @@ mod tests {
                 key: dedup_key(&decision(2), now_ms()),
                 at: now_ms(),
                 encoded: b"{}".to_vec(),
+                relinks: None,
             },
         ];
         let (mut after, mut replies) = (Vec::new(), Vec::new());
@@ -1373,6 +1635,7 @@ mod tests {
                     key: dedup_key(&decision(2), now_ms()),
                     at: now_ms(),
                     encoded: b"{}".to_vec(),
+                    relinks: None,
                 },
                 Op::Retry(Uuid::from_u128(99), reply),
             ],
@@ -1478,6 +1741,7 @@ mod tests {
             key: dedup_key(&decision(1), now_ms()),
             at: now_ms(),
             encoded: b"{}".to_vec(),
+            relinks: None,
         };
         let committed = outbox
             .shared
