@@ -224,6 +224,13 @@ impl Sweeper {
             .collect()
     }
 
+    /// How often each mailbox is swept: `[catchup] interval`, never below the organization's
+    /// minimum between scheduled synchronizations (`minoutlooksyncinterval`).
+    fn interval(&self) -> Duration {
+        let floor = self.directory.guard().org().min_sync_interval;
+        self.settings.interval.max(floor)
+    }
+
     /// The directory's mailbox addresses, lower-cased: listed once per directory snapshot,
     /// not on every tick of the scheduler.
     fn mailboxes(&self) -> Arc<[String]> {
@@ -265,13 +272,12 @@ impl Sweeper {
             }
         }
         let mailboxes = self.mailboxes();
+        let interval = self.interval();
         let mut waiting: Vec<(Option<Instant>, &String)> = mailboxes
             .iter()
             .filter(|m| !due.iter().any(|(d, _)| d == *m) && !progress.running.contains(*m))
             .map(|m| (progress.last.get(m).copied(), m))
-            .filter(|(last, _)| {
-                last.is_none_or(|t| now.duration_since(t) >= self.settings.interval)
-            })
+            .filter(|(last, _)| last.is_none_or(|t| now.duration_since(t) >= interval))
             .collect();
         waiting.sort();
         due.extend(waiting.into_iter().map(|(_, m)| (m.clone(), "schedule")));
@@ -443,5 +449,99 @@ impl Sweeper {
                 return Ok(found);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::model::DirectoryDocument;
+
+    struct Nothing;
+
+    impl Observer for Nothing {
+        fn observe(&self, _: &Observation) -> usize {
+            0
+        }
+        fn commit(&self) -> bool {
+            true
+        }
+    }
+
+    /// A sweeper over the embedded example with `[catchup] interval` and the organization's
+    /// `minoutlooksyncinterval`, every mailbox swept `ago` before now.
+    fn swept(
+        dir: &std::path::Path,
+        interval: Duration,
+        floor_minutes: Option<u32>,
+        ago: Duration,
+    ) -> Arc<Sweeper> {
+        let mut doc: DirectoryDocument =
+            toml::from_str(crate::directory::file::EMBEDDED_EXAMPLE).unwrap();
+        doc.organization.minoutlooksyncinterval = floor_minutes;
+        let directory = DirectoryHandle::new(Directory::build(doc).unwrap());
+        let client = ExchangeClient::new(
+            reqwest::Client::new(),
+            crate::exchange::ExchangeSettings {
+                ews_url: Some("http://127.0.0.1:9/EWS/Exchange.asmx".into()),
+                graph_url: None,
+                auth: crate::exchange::ExchangeAuth::Basic {
+                    username: "svc".into(),
+                    password: crate::common::Secret::new("x"),
+                },
+                timeout: Duration::from_secs(1),
+            },
+        );
+        let sweeper = Sweeper::new(
+            Arc::new(client),
+            directory,
+            Arc::new(Nothing),
+            CatchupSettings {
+                interval,
+                concurrency: 1,
+                state_file: dir.join("catchup.redb"),
+            },
+            CatchupMetrics::register(&mut Registry::default()),
+            Arc::new(Marks::default()),
+        )
+        .unwrap();
+        let then = Instant::now() - ago;
+        let mailboxes = sweeper.mailboxes();
+        sweeper
+            .progress()
+            .last
+            .extend(mailboxes.iter().map(|m| (m.clone(), then)));
+        sweeper
+    }
+
+    #[test]
+    fn no_mailbox_is_swept_more_often_than_the_organizations_minimum_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let due = |floor, ago| {
+            swept(dir.path(), Duration::from_secs(60), floor, ago)
+                .due()
+                .len()
+        };
+        let mailboxes = swept(dir.path(), Duration::from_secs(60), None, Duration::ZERO)
+            .mailboxes()
+            .len();
+        assert!(mailboxes > 0);
+        assert_eq!(
+            due(None, Duration::from_secs(61)),
+            mailboxes,
+            "the interval has passed"
+        );
+        assert_eq!(
+            due(Some(0), Duration::from_secs(61)),
+            mailboxes,
+            "0: no minimum"
+        );
+        assert_eq!(
+            due(Some(5), Duration::from_secs(61)),
+            0,
+            "the organization asks for 5 minutes"
+        );
+        assert_eq!(due(Some(5), Duration::from_secs(301)), mailboxes);
+        assert_eq!(due(None, Duration::from_secs(59)), 0);
     }
 }

@@ -96,6 +96,9 @@ pub struct Organization {
     /// "Minimum time between background synchronizations of local data", in minutes: the
     /// Dataverse source never refreshes more often.
     pub minofflinesyncinterval: Option<u32>,
+    /// "Minimum allowed time between scheduled Outlook synchronizations", in minutes: the
+    /// catch-up sweep never reads a mailbox more often.
+    pub minoutlooksyncinterval: Option<u32>,
     pub orgdborgsettings: OrgDbOrgSettings,
 }
 
@@ -121,6 +124,7 @@ impl Default for Organization {
             trackingcategorynames: vec!["Tracked to Dynamics 365".into()],
             processemailreceivedafter: None,
             minofflinesyncinterval: None,
+            minoutlooksyncinterval: None,
             orgdborgsettings: OrgDbOrgSettings::default(),
         }
     }

@@ -213,6 +213,7 @@ pub const ORGANIZATIONS: TableSpec = TableSpec {
         C("maxfolderbasedtrackingmappings"),
         C("unresolveemailaddressifmultiplematch"),
         C("minofflinesyncinterval"),
+        C("minoutlooksyncinterval"),
         C("orgdborgsettings"),
     ],
 };

@@ -846,6 +846,9 @@ fn build_org(doc: &DirectoryDocument) -> Result<Org, InvalidDirectory> {
             .filter(|c| !c.is_empty())
             .collect(),
         cutoff,
+        min_sync_interval: std::time::Duration::from_secs(
+            60 * u64::from(o.minoutlooksyncinterval.unwrap_or(0)),
+        ),
         settings: o.orgdborgsettings.clone(),
     })
 }

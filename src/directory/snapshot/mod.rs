@@ -198,6 +198,8 @@ pub struct Org {
     /// Lower-cased.
     pub tracking_categories: Vec<String>,
     pub cutoff: Option<i64>,
+    /// The organization's floor under any scheduled synchronization of a mailbox.
+    pub min_sync_interval: std::time::Duration,
     pub settings: OrgDbOrgSettings,
 }
 
