@@ -1388,6 +1388,24 @@ fn internal_mail_follows_the_organisation_setting() {
         ),
     );
     expect(&d, Reason::FilterAll);
+    // Mail from a queue is internal only with IgnoreInternalEmailFromQueues (off by default);
+    // mail from a customer never is.
+    let from_queue = |n: &str| inbox("support@corp.example", n);
+    expect(&decide(&ignoring, &from_queue("i5@x")), Reason::FilterAll);
+    let ignoring_queues = engine_with(|d| {
+        d.organization.ignoreinternalemail = true;
+        d.organization
+            .orgdborgsettings
+            .ignore_internal_email_from_queues = true;
+    });
+    expect(
+        &decide(&ignoring_queues, &from_queue("i6@x")),
+        Reason::InternalEmail,
+    );
+    expect(
+        &decide(&ignoring_queues, &inbox("pat@customer.example", "i7@x")),
+        Reason::FilterAll,
+    );
 }
 
 #[test]
