@@ -283,12 +283,15 @@ fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inspection_and_the_outbox_writer_run_behind_the_proxy_workers() {
+async fn inspection_the_outbox_writer_and_the_catch_up_sweep_run_behind_the_proxy_workers() {
     let sim = support::simulator("sim").await;
     let dir = tempfile::tempdir().unwrap();
     let config = support::write_config(
         dir.path(),
-        &format!("plaintext = true\n[upstreams]\news = \"{}\"\n", sim.url()),
+        &format!(
+            "plaintext = true\n[upstreams]\news = \"{url}\"\n[exchange]\news_url = \"{url}/EWS/Exchange.asmx\"\nauth = \"basic\"\nusername = 'CONTOSO\\svc-trackgate'\npassword = \"Example-Pa55-svc\"\n",
+            url = sim.url()
+        ),
     );
     let gw = support::GatewayProcess::start(&config);
     let nice_of = |threads: &[(String, i32)], prefix: &str| -> Vec<i32> {
@@ -311,14 +314,15 @@ async fn inspection_and_the_outbox_writer_run_behind_the_proxy_workers() {
     // Thread names are cut to 15 bytes by the kernel.
     let threads = support::wait_for(
         Duration::from_secs(10),
-        "inspection and the outbox writer at a lower priority",
+        "inspection, the outbox writer and the sweep at a lower priority",
         async || {
             let threads = thread_niceness(gw.pid());
             // One inspection thread per worker (as many as the machine's cores allow).
             let inspection = nice_of(&threads, "trackgate-inspe");
             (!inspection.is_empty()
                 && inspection.iter().all(|n| [*n] == behind)
-                && nice_of(&threads, "trackgate-outbo") == behind)
+                && nice_of(&threads, "trackgate-outbo") == behind
+                && nice_of(&threads, "trackgate-catch") == behind)
                 .then_some(threads)
         },
     )

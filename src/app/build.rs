@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::{ADMIN_LISTENER, AppError, PROXY_LISTENER, settings};
 use crate::catchup::{CatchupMetrics, Marks, Sweeper};
+use crate::common::BehindTraffic;
 use crate::config::{Config, SinkConfig, UpstreamTarget};
 use crate::crm::mapping::FieldTable;
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
@@ -89,7 +90,9 @@ pub(super) fn catchup_marks(
     (enabled && has_ews).then(|| Arc::new(Marks::default()))
 }
 
-/// The catch-up sweep, when [`catchup_marks`] gave it marks to read.
+/// The catch-up sweep, when [`catchup_marks`] gave it marks to read, and the runtime it runs
+/// on: one thread of its own behind the traffic, so a sweep's parsing and rules never take a
+/// core from the proxy's workers.
 pub(super) fn catchup(
     config: &Config,
     client: Option<&Arc<ExchangeClient>>,
@@ -97,7 +100,7 @@ pub(super) fn catchup(
     directory: &DirectoryHandle,
     pipeline: &Arc<Pipeline>,
     registry: &mut Registry,
-) -> Result<Option<Arc<Sweeper>>, AppError> {
+) -> Result<Option<(Arc<Sweeper>, BehindTraffic)>, AppError> {
     let (Some(client), Some(marks)) = (client, marks) else {
         return Ok(None);
     };
@@ -110,7 +113,9 @@ pub(super) fn catchup(
         marks.clone(),
     )
     .map_err(|e| AppError::Catchup(e.to_string()))?;
-    Ok(Some(sweeper))
+    let runtime = BehindTraffic::start("trackgate-catchup", 1)
+        .map_err(|e| AppError::Catchup(format!("cannot start its thread: {e}")))?;
+    Ok(Some((sweeper, runtime)))
 }
 
 /// The client for every outbound service call (CRM, webhook, Exchange enrichment).

@@ -122,6 +122,8 @@ pub struct Gateway {
     deliveries: Arc<RecentDeliveries>,
     catchup: Option<Arc<Sweeper>>,
     catchup_task: Option<JoinHandle<()>>,
+    /// The catch-up sweep's own runtime, stopped when the gateway is dropped.
+    _catchup_runtime: Option<crate::common::BehindTraffic>,
 }
 
 /// Starts every part and returns once the listeners are bound and the gateway is ready. Reads
@@ -223,7 +225,8 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     build::keep_directory_fresh(&directory, config.directory.poll_interval, stopped.clone());
     let catchup_task = catchup
         .as_ref()
-        .map(|sweeper| sweeper.clone().spawn(stopped.clone()));
+        .map(|(sweeper, runtime)| sweeper.clone().spawn(runtime.handle(), stopped.clone()));
+    let (catchup, catchup_runtime) = catchup.unzip();
     let admin_state = Arc::new(AdminState {
         proxy: proxy.clone(),
         registry: Arc::new(registry),
@@ -280,6 +283,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         deliveries: delivery.recent(),
         catchup,
         catchup_task,
+        _catchup_runtime: catchup_runtime,
     })
 }
 

@@ -284,9 +284,14 @@ impl Sweeper {
         due
     }
 
-    /// Runs until `stop` turns true.
-    pub fn spawn(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(async move {
+    /// Runs on `runtime` (the composition root gives it one behind the traffic) until `stop`
+    /// turns true.
+    pub fn spawn(
+        self: Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        mut stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        runtime.spawn(async move {
             let permits = Arc::new(Semaphore::new(self.settings.concurrency));
             while !*stop.borrow() {
                 for (mailbox, cause) in self.due() {

@@ -15,4 +15,4 @@ pub mod url;
 
 pub use secret::{ClientCredentials, Secret};
 pub use size::ByteSize;
-pub use threads::{off_the_workers, run_behind_traffic};
+pub use threads::{BehindTraffic, off_the_workers, run_behind_traffic};

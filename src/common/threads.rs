@@ -83,6 +83,46 @@ pub fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// A tokio runtime of its own for background work that does I/O (the catch-up sweep), its
+/// worker threads [behind the traffic](run_behind_traffic): what the sweep decides and parses
+/// never takes a proxy worker's core while traffic wants it. Stopped without waiting when
+/// dropped (its tasks are told to stop first, through their own channels).
+#[derive(Debug)]
+pub struct BehindTraffic {
+    handle: tokio::runtime::Handle,
+    /// Taken when dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BehindTraffic {
+    /// `name` names the threads (the kernel keeps 15 bytes of it).
+    pub fn start(name: &'static str, workers: usize) -> std::io::Result<BehindTraffic> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name(name)
+            .on_thread_start(move || run_behind_traffic(name))
+            .enable_all()
+            .build()?;
+        Ok(BehindTraffic {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for BehindTraffic {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Not `drop`: that blocks, and this may run inside another runtime.
+            runtime.shutdown_background();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
