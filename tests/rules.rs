@@ -447,6 +447,33 @@ fn syncing_mailbox_only_for_correlation_narrows_recipient_filters() {
 }
 
 #[test]
+fn a_disabled_recipients_filter_does_not_count() {
+    let to = |recipient: &str, n: &str| {
+        seen_in(
+            "owner@corp.example",
+            message(
+                n,
+                "inbox",
+                "stranger@else.example",
+                &["owner@corp.example", recipient],
+            ),
+        )
+    };
+    let engine = engine_with(|d| {
+        set_filter(d, OWNER, 4);
+        set_filter(d, COLLEAGUE, 0);
+        d.usersettingscollection.push(settings(GONE, 0));
+    });
+    let d = decide(&engine, &to("colleague@corp.example", "dr1@x"));
+    expect(&d, Reason::FilterAll);
+    assert_eq!(d.accepted_by, Some(look("systemuser", COLLEAGUE)));
+    expect(
+        &decide(&engine, &to("gone@corp.example", "dr2@x")),
+        Reason::FilterNone,
+    );
+}
+
+#[test]
 fn only_mail_directly_in_the_inbox_is_tracked_automatically() {
     let engine = engine_with(|_| {});
     for (folder, reason) in [
@@ -1968,7 +1995,12 @@ fn a_message_evaluated_and_not_tracked_stays_not_tracked() {
     let mut partial = message("partial@x", "inbox", "pat@customer.example", &[]);
     partial.from = None;
     expect(
-        &decide(&engine, &seen_in("owner@corp.example", partial)),
+        &decide(&engine, &seen_in("owner@corp.example", partial.clone())),
+        Reason::SenderNotShown,
+    );
+    let email_enabled = engine_with(|d| set_filter(d, OWNER, 3));
+    expect(
+        &decide(&email_enabled, &seen_in("owner@corp.example", partial)),
         Reason::SenderNotShown,
     );
     expect(
