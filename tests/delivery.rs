@@ -1192,6 +1192,7 @@ async fn the_exchange_client_fetches_as_the_mailbox_owner_with_oauth_or_basic() 
         graph_url: Some(sim.url()),
         auth,
         timeout: Duration::from_secs(10),
+        concurrency: 4,
     };
     let client = ExchangeClient::new(reqwest::Client::new(), settings(oauth(CLIENT_SECRET)));
     let mailbox = "alex.seller@contoso.example";

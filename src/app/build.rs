@@ -68,6 +68,7 @@ pub(super) fn exchange_client(
                 password: crate::common::Secret::new("Example-Pa55-svc"),
             },
             timeout: config.delivery.request_timeout,
+            concurrency: crate::config::EXCHANGE_CONCURRENCY,
         },
         (None, None) => return None,
     };

@@ -267,6 +267,7 @@ pub fn exchange(e: &ExchangeConfig) -> ExchangeSettings {
             ExchangeAuthConfig::OAuth(credentials) => ExchangeAuth::OAuth(credentials.clone()),
         },
         timeout: e.timeout,
+        concurrency: e.concurrency,
     }
 }
 

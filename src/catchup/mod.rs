@@ -495,6 +495,7 @@ mod tests {
                     password: crate::common::Secret::new("x"),
                 },
                 timeout: Duration::from_secs(1),
+                concurrency: 1,
             },
         );
         let sweeper = Sweeper::new(

@@ -21,10 +21,10 @@ pub use raw::{
 };
 pub use resolve::{
     AdminConfig, AutodiscoverConfig, CatchupConfig, CrmConfig, DataverseConnection,
-    DataverseDirectoryConfig, DeliveryConfig, DirectoryConfig, ExchangeAuthConfig, ExchangeConfig,
-    IdentityConfig, InspectConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat,
-    LoggingConfig, OtherTableConfig, OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget,
-    UpstreamsConfig, logical_name,
+    DataverseDirectoryConfig, DeliveryConfig, DirectoryConfig, EXCHANGE_CONCURRENCY,
+    ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, LimitsConfig,
+    ListenerConfig, ListenerTls, LogFormat, LoggingConfig, OtherTableConfig, OutboxConfig,
+    RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig, logical_name,
 };
 
 /// Prefix of environment variables that override configuration keys.
@@ -325,6 +325,24 @@ mod tests {
         ] {
             let e = validate(&format!("[identity]\nntlm_domains = {{ {entry} }}\n")).unwrap_err();
             assert_eq!(e.key(), Some(key), "{e}");
+            assert!(e.to_string().contains("fix:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_exchange_accounts_concurrency_defaults_to_10_and_is_bounded() {
+        let exchange = |extra: &str| {
+            format!(
+                "[exchange]\news_url = \"https://mail.example.com/EWS/Exchange.asmx\"\nusername = \"svc\"\npassword = \"pw\"\n{extra}"
+            )
+        };
+        let config = validate(&exchange("")).unwrap();
+        assert_eq!(config.exchange.unwrap().concurrency, 10);
+        let config = validate(&exchange("concurrency = 27\n")).unwrap();
+        assert_eq!(config.exchange.unwrap().concurrency, 27);
+        for wrong in ["0", "101"] {
+            let e = validate(&exchange(&format!("concurrency = {wrong}\n"))).unwrap_err();
+            assert_eq!(e.key(), Some("exchange.concurrency"), "{e}");
             assert!(e.to_string().contains("fix:"), "{e}");
         }
     }

@@ -603,6 +603,9 @@ pub struct RawExchange {
     pub client_secret: Option<Secret>,
     /// Unset: `https://outlook.office365.com/.default` for EWS, `<graph_url>/.default` for Graph.
     pub scope: Option<String>,
+    /// Requests the service account has in flight at most, the sweep and enrichment together.
+    /// Unset: 10.
+    pub concurrency: Option<usize>,
 }
 
 /// `delivery.body`: how much of a message body reaches the CRM.

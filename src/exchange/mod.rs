@@ -75,6 +75,8 @@ pub struct ExchangeSettings {
     pub graph_url: Option<String>,
     pub auth: ExchangeAuth,
     pub timeout: Duration,
+    /// Requests in flight at most (the service account's budget, shared by every caller).
+    pub concurrency: usize,
 }
 
 /// A message body fetched from Exchange.
@@ -97,6 +99,8 @@ pub struct ExchangeClient {
     http: reqwest::Client,
     settings: ExchangeSettings,
     tokens: Option<TokenSource>,
+    /// One permit per request in flight: the sweep and enrichment share the account's budget.
+    slots: tokio::sync::Semaphore,
 }
 
 /// An EWS request acting as `mailbox` (impersonation) around one operation element.
@@ -144,6 +148,7 @@ impl ExchangeClient {
             ExchangeAuth::Basic { .. } => None,
         };
         ExchangeClient {
+            slots: tokio::sync::Semaphore::new(settings.concurrency.max(1)),
             http,
             settings,
             tokens,
@@ -196,6 +201,12 @@ impl ExchangeClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<(String, String)>, Bytes), ExchangeError> {
+        // Held until the answer is read: Exchange counts a request until it has answered.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| ExchangeError::Unreachable("the client is closed".into()))?;
         let response = self
             .authorize(request.timeout(self.settings.timeout))
             .await?
@@ -389,6 +400,7 @@ fn first_message(observations: Vec<Observation>) -> Option<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn get_item_requests_escape_and_impersonate() {
@@ -397,5 +409,98 @@ mod tests {
         assert!(r.contains(r#"<t:ItemId Id="AAM&lt;="/>"#));
         assert!(r.contains("<t:BodyType>HTML</t:BodyType>"));
         assert!(Tree::parse(r.as_bytes(), XmlLimits::default()).is_ok());
+    }
+
+    /// An HTTP server that holds every request until the test lets one go, counting how many
+    /// it holds at once.
+    struct Holding {
+        url: String,
+        held: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+        release: Arc<tokio::sync::Semaphore>,
+    }
+
+    async fn holding_server() -> Holding {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/EWS/Exchange.asmx",
+            listener.local_addr().unwrap()
+        );
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (h, m, r) = (held.clone(), most.clone(), release.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (held, most, release) = (h.clone(), m.clone(), r.clone());
+                tokio::spawn(async move {
+                    // The request's head is enough: the answer closes the connection.
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = socket.read(&mut buf).await;
+                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    release.acquire().await.unwrap().forget();
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        Holding {
+            url,
+            held,
+            most,
+            release,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_accounts_concurrency_wait_for_a_slot() {
+        use std::sync::atomic::Ordering;
+        let server = holding_server().await;
+        let client = Arc::new(ExchangeClient::new(
+            reqwest::Client::new(),
+            ExchangeSettings {
+                ews_url: Some(server.url.clone()),
+                graph_url: None,
+                auth: ExchangeAuth::Basic {
+                    username: "svc".into(),
+                    password: crate::common::Secret::new("x"),
+                },
+                timeout: Duration::from_secs(30),
+                concurrency: 2,
+            },
+        ));
+        let fetches: Vec<_> = (0..6)
+            .map(|n| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    client
+                        .fetch("alex@contoso.example", &format!("item-{n}"), false, false)
+                        .await
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for answered in 0..6 {
+            // Two held (fewer at the end), then one let go.
+            let expected = 2.min(6 - answered);
+            while server.held.load(Ordering::SeqCst) < expected {
+                assert!(std::time::Instant::now() < deadline, "requests held");
+                tokio::task::yield_now().await;
+            }
+            server.release.add_permits(1);
+        }
+        for f in fetches {
+            assert!(matches!(f.await.unwrap(), Err(ExchangeError::Status(503))));
+        }
+        assert_eq!(
+            server.most.load(Ordering::SeqCst),
+            2,
+            "never more than the cap at once"
+        );
     }
 }

@@ -70,7 +70,13 @@ pub struct ExchangeConfig {
     pub graph_url: Option<String>,
     pub auth: ExchangeAuthConfig,
     pub timeout: Duration,
+    /// Requests in flight at most, across the catch-up sweep and enrichment.
+    pub concurrency: usize,
 }
+
+/// What one Exchange service account has in flight at most unless configured: well within
+/// EWSMaxConcurrency (27 on Exchange Online), which the same account's other users share.
+pub const EXCHANGE_CONCURRENCY: usize = 10;
 
 #[derive(Debug, Clone)]
 pub enum ExchangeAuthConfig {
@@ -419,7 +425,20 @@ fn exchange_section(
                 graph_url: graph,
                 auth,
                 timeout,
+                concurrency: exchange_concurrency(exchange.concurrency)?,
             })
         }
     })
+}
+
+fn exchange_concurrency(configured: Option<usize>) -> Result<usize, ConfigError> {
+    let concurrency = configured.unwrap_or(EXCHANGE_CONCURRENCY);
+    if !(1..=100).contains(&concurrency) {
+        return Err(ConfigError::invalid(
+            "exchange.concurrency",
+            "must be between 1 and 100",
+            "stay below the account's EWSMaxConcurrency (27 on Exchange Online); 10 suits most",
+        ));
+    }
+    Ok(concurrency)
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use http::Uri;
 
 pub use delivery::{
-    CatchupConfig, CrmConfig, DataverseConnection, DeliveryConfig, ExchangeAuthConfig,
-    ExchangeConfig, OutboxConfig, SinkConfig,
+    CatchupConfig, CrmConfig, DataverseConnection, DeliveryConfig, EXCHANGE_CONCURRENCY,
+    ExchangeAuthConfig, ExchangeConfig, OutboxConfig, SinkConfig,
 };
 pub use edge::{
     AdminConfig, AutodiscoverConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat,
