@@ -45,6 +45,14 @@ fn extra(sim: &ExchangeSimulator) -> String {
     )
 }
 
+/// The same over Microsoft Graph only, as for Exchange Online: the sweep reads `delta`.
+fn graph_extra(sim: &ExchangeSimulator) -> String {
+    format!(
+        "[listener]\nplaintext = true\n[exchange]\ngraph_url = \"{}\"\nauth = \"basic\"\nusername = 'CONTOSO\\svc-trackgate'\npassword = \"Example-Pa55-svc\"\n[catchup]\ninterval = \"1s\"\n",
+        sim.url()
+    )
+}
+
 /// Waits until every mailbox has been swept once.
 async fn swept_once(gateway: &trackgate::app::Gateway) {
     let sweeper = gateway.catchup().expect("catch-up is on").clone();
@@ -123,6 +131,82 @@ async fn mail_that_arrives_with_no_client_connected_is_tracked_by_the_next_sweep
     assert!(status.contains("alex.seller@contoso.example"), "{status}");
     shutdown(gw).await;
     sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_graph_delta_mail_that_arrives_with_no_client_connected_is_tracked_by_the_next_sweep()
+{
+    let sim = store_simulator().await;
+    let gw = support::gateway(&sim.url(), &graph_extra(&sim)).await;
+    swept_once(&gw.gateway).await;
+    deliver(
+        &sim,
+        serde_json::json!({
+            "from": "Pat Buyer <pat.buyer@fabrikam.example>",
+            "to": ["alex.seller@contoso.example"],
+            "subject": "Purchase order 4712",
+            "message_id": "<po.4712@mail.fabrikam.example>",
+        }),
+    )
+    .await;
+    let d = catch_up_decision(&gw.gateway, "po.4712@mail.fabrikam.example").await;
+    assert!(d.is_track(), "{d:#?}");
+    assert_eq!(d.reason, Reason::SenderContact);
+    assert_eq!(d.mailbox.as_deref(), Some("alex.seller@contoso.example"));
+    shutdown(gw).await;
+    sim.stop().await;
+}
+
+/// Jo's mailbox has no "process email received after": everything its first sync shows is
+/// history, however many pages it takes (the sweep reads 100 changes a page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sweep_longer_than_a_page_tracks_none_of_the_history_over_ews_or_graph() {
+    const HISTORY: usize = 150;
+    for (transport, config) in [
+        ("EWS", extra as fn(&ExchangeSimulator) -> String),
+        ("Graph", graph_extra),
+    ] {
+        let sim = store_simulator().await;
+        for n in 0..HISTORY {
+            deliver(
+                &sim,
+                serde_json::json!({
+                    "from": "Pat Buyer <pat.buyer@fabrikam.example>",
+                    "to": ["jo.support@contoso.example"],
+                    "subject": format!("Old thread {n}"),
+                    "message_id": format!("<history.{n}@mail.fabrikam.example>"),
+                }),
+            )
+            .await;
+        }
+        let gw = support::gateway(&sim.url(), &config(&sim)).await;
+        swept_once(&gw.gateway).await;
+        let history: Vec<Decision> = gw
+            .gateway
+            .recent_decisions()
+            .into_iter()
+            .filter(|d| {
+                &*d.operation == "CatchUp"
+                    && d.internet_message_id
+                        .as_deref()
+                        .is_some_and(|id| id.starts_with("history."))
+            })
+            .collect();
+        assert_eq!(
+            history.len(),
+            HISTORY,
+            "{transport}: every message seen once"
+        );
+        assert!(
+            history
+                .iter()
+                .all(|d| d.reason == Reason::InitialSyncHistory),
+            "{transport}: {:?}",
+            history.iter().map(|d| d.reason).collect::<Vec<_>>()
+        );
+        shutdown(gw).await;
+        sim.stop().await;
+    }
 }
 
 async fn shutdown(gw: TestGateway) {

@@ -76,19 +76,20 @@ pub(super) fn exchange_client(
 }
 
 /// Whether the catch-up sweep runs — `[catchup] enabled`, or by default whenever there is an
-/// EWS service client (configured, or the built-in simulator) — and if so, the marks it reads.
+/// Exchange service client (EWS or Graph, configured, or the built-in simulator) — and if so,
+/// the marks it reads.
 pub(super) fn catchup_marks(
     config: &Config,
     client: Option<&Arc<ExchangeClient>>,
 ) -> Option<Arc<Marks>> {
-    let has_ews = client.is_some_and(|c| c.ews_configured());
-    let enabled = config.catchup.enabled.unwrap_or(has_ews);
-    if enabled && !has_ews {
+    let can_sweep = client.is_some_and(|c| c.can_sweep());
+    let enabled = config.catchup.enabled.unwrap_or(can_sweep);
+    if enabled && !can_sweep {
         tracing::warn!(
-            "catch-up is enabled but no EWS service client is configured ([exchange] ews_url)"
+            "catch-up is enabled but no Exchange service client is configured ([exchange] ews_url or graph_url)"
         );
     }
-    (enabled && has_ews).then(|| Arc::new(Marks::default()))
+    (enabled && can_sweep).then(|| Arc::new(Marks::default()))
 }
 
 /// The catch-up sweep, when [`catchup_marks`] gave it marks to read, and the runtime it runs

@@ -1,6 +1,7 @@
 //! The catch-up sweep behind the inline path: every mailbox the directory knows is read with
-//! the Exchange service client — `SyncFolderItems` on the Inbox, Sent Items and each tracked
-//! folder, from the sync state kept in `catchup.redb` — and each new or changed message becomes
+//! the Exchange service client — `SyncFolderItems` (or, with Graph only, `delta`) on the Inbox,
+//! Sent Items and each tracked folder, from the sync state kept in `catchup.redb` — and each
+//! new or changed message becomes
 //! an observation (`source: catch_up`) that goes through the same rules. Deterministic CRM ids
 //! and the rules' memory make inline and catch-up idempotent; a page's sync state is stored only
 //! after its decisions are, so a crash repeats a page rather than losing one. The first sync of a
@@ -384,10 +385,12 @@ impl Sweeper {
             .collect::<Result<Vec<_>, _>>()?;
         let all_synced = states.iter().all(Option::is_some);
         let ids: Vec<SyncFolder<'_>> = folders.iter().map(|(f, _)| *f).collect();
-        let (changed, now) = self
-            .client
-            .changed_since(mailbox, &ids, since.as_deref().filter(|_| all_synced))
-            .await?;
+        let since = since.as_deref().filter(|_| all_synced);
+        let (changed, now) = if self.client.ews_configured() {
+            self.client.changed_since(mailbox, &ids, since).await?
+        } else {
+            self.client.graph_changed_since(mailbox, since).await?
+        };
         let mut found = 0;
         if changed {
             for ((folder, key), state) in folders.iter().zip(states) {
@@ -405,57 +408,109 @@ impl Sweeper {
         mailbox: &str,
         folder: SyncFolder<'_>,
         key: &str,
-        mut state: Option<String>,
+        stored: Option<String>,
     ) -> Result<usize, CatchupError> {
+        // A folder's first sync is an initial sync until its last page, across sweeps and
+        // restarts: the stored state says so while it is under way.
+        let (mut state, mut initial) = match stored {
+            Some(s) => match s.strip_prefix(INITIAL) {
+                Some(rest) => (Some(rest.to_owned()), true),
+                None => (Some(s), false),
+            },
+            None => (None, true),
+        };
         let mut found = 0;
         let mut restarted = false;
         loop {
-            let page = match self
-                .client
-                .sync_folder_items(mailbox, folder, state.as_deref(), PAGE)
-                .await
-            {
+            let page = match self.page(mailbox, folder, state.as_deref()).await {
                 // An expired state: start over; the cut-off keeps history out.
                 Err(ExchangeError::InvalidSyncState) if !restarted => {
                     restarted = true;
                     self.states.put(mailbox, key, None)?;
-                    state = None;
+                    (state, initial) = (None, true);
                     continue;
                 }
                 other => other?,
             };
-            let initial = state.is_none();
-            for chunk in page.item_ids.chunks(FETCH) {
-                let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                for mut message in self.client.get_messages(mailbox, &ids).await? {
-                    // The rules know a distinguished folder by its name, not its id.
-                    if let SyncFolder::Distinguished(name) = folder {
-                        message.folder = Some(name.to_owned());
-                    }
-                    found += self.observer.observe(&Observation::MessageSeen {
-                        origin: Origin {
-                            mailbox: Some(mailbox.into()),
-                            source: Source::CatchUp,
-                            operation: "CatchUp".into(),
-                        },
-                        message,
-                        initial_sync: initial,
-                    });
-                    self.metrics.items.inc();
+            let read = page.messages.len();
+            for mut message in page.messages {
+                // The rules know a distinguished folder by its name, not its id.
+                if let SyncFolder::Distinguished(name) = folder {
+                    message.folder = Some(name.to_owned());
                 }
+                found += self.observer.observe(&Observation::MessageSeen {
+                    origin: Origin {
+                        mailbox: Some(mailbox.into()),
+                        source: Source::CatchUp,
+                        operation: "CatchUp".into(),
+                    },
+                    message,
+                    initial_sync: initial,
+                });
+                self.metrics.items.inc();
             }
             // A page that read nothing has nothing to commit: no outbox flush (an fsync).
-            if !page.item_ids.is_empty() && !self.observer.commit() {
+            if read > 0 && !self.observer.commit() {
                 return Err(CatchupError::Commit);
             }
-            self.states.put(mailbox, key, Some(&page.state))?;
-            state = Some(page.state);
+            let kept = if initial && !page.last {
+                format!("{INITIAL}{}", page.state)
+            } else {
+                page.state.clone()
+            };
+            self.states.put(mailbox, key, Some(&kept))?;
             if page.last {
                 return Ok(found);
             }
+            state = Some(page.state);
         }
     }
+
+    /// One page of a folder's changed messages: EWS `SyncFolderItems` and `GetItem` of what it
+    /// lists, or one Graph `delta` page (the messages in it) where only Graph is configured.
+    async fn page(
+        &self,
+        mailbox: &str,
+        folder: SyncFolder<'_>,
+        state: Option<&str>,
+    ) -> Result<Changes, ExchangeError> {
+        if !self.client.ews_configured() {
+            let page = self
+                .client
+                .messages_delta(mailbox, folder, state, PAGE)
+                .await?;
+            return Ok(Changes {
+                messages: page.messages,
+                state: page.state,
+                last: page.last,
+            });
+        }
+        let page = self
+            .client
+            .sync_folder_items(mailbox, folder, state, PAGE)
+            .await?;
+        let mut messages = Vec::with_capacity(page.item_ids.len());
+        for chunk in page.item_ids.chunks(FETCH) {
+            let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            messages.extend(self.client.get_messages(mailbox, &ids).await?);
+        }
+        Ok(Changes {
+            messages,
+            state: page.state,
+            last: page.last,
+        })
+    }
 }
+
+/// A page of a folder's changes, whichever way it was read.
+struct Changes {
+    messages: Vec<crate::inspect::Message>,
+    state: String,
+    last: bool,
+}
+
+/// Marks a stored sync state taken in the middle of a folder's initial sync.
+const INITIAL: &str = "initial:";
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,11 @@
 //! The service-side Exchange client delivery uses for enrichment: it fetches a message the
 //! traffic did not show in full (a move, category change or send of an item never seen) and
 //! its body — EWS `GetItem` with `ExchangeImpersonation` (Basic or OAuth client credentials),
-//! or Graph `GET /users/{mailbox}/messages/{id}` app-only. Answers are read by the same
+//! or Graph `GET /users/{mailbox}/messages/{id}` app-only — and reads folders' changes for the
+//! catch-up sweep (EWS `SyncFolderItems`, or Graph `delta`). Answers are read by the same
 //! parsers that inspect the traffic, so fields are normalised the same way.
 
+mod delta;
 mod sent_copy;
 mod sync;
 
@@ -15,6 +17,7 @@ use crate::common::ClientCredentials;
 use crate::common::Secret;
 use crate::common::read::read_capped;
 use crate::common::text::{percent_encode, xml_escape};
+pub use delta::DeltaPage;
 pub use sent_copy::SentCopyQuery;
 pub use sync::{SyncFolder, SyncPage};
 
@@ -173,9 +176,14 @@ impl ExchangeClient {
         })
     }
 
-    /// Whether an EWS endpoint is configured (the catch-up sweep needs one).
+    /// Whether an EWS endpoint is configured (the catch-up sweep then reads folders over EWS).
     pub fn ews_configured(&self) -> bool {
         self.settings.ews_url.is_some()
+    }
+
+    /// Whether the catch-up sweep can read folders: over EWS, or else Graph `delta`.
+    pub fn can_sweep(&self) -> bool {
+        self.settings.ews_url.is_some() || self.settings.graph_url.is_some()
     }
 
     /// Fetches one message of a mailbox. `graph_id` says the id came from Graph traffic (Graph
@@ -388,6 +396,17 @@ fn inspect_ews(
     );
     inspect::inspect(&capture, InspectLimits::default())
         .map_err(|e| ExchangeError::Unreadable(e.to_string()))
+}
+
+/// Every message an answer showed, in order.
+fn messages_of(observations: Vec<Observation>) -> Vec<Message> {
+    observations
+        .into_iter()
+        .filter_map(|o| match o {
+            Observation::MessageSeen { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect()
 }
 
 fn first_message(observations: Vec<Observation>) -> Option<Message> {

@@ -3,10 +3,11 @@
 //! with everything tracking reads, parsed by the same inspection code as the traffic.
 
 use super::{
-    ExchangeClient, ExchangeError, get_items_request, impersonated, inspect_ews, xml_escape,
+    ExchangeClient, ExchangeError, get_items_request, impersonated, inspect_ews, messages_of,
+    xml_escape,
 };
+use crate::inspect::Message;
 use crate::inspect::xml::{Node, Ns, Tree, XmlLimits};
-use crate::inspect::{Message, Observation};
 
 /// The folder to sync: a distinguished name (`inbox`) or an id.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +156,7 @@ fn probe_changed(body: &[u8]) -> bool {
 
 /// An HTTP date (`Sat, 05 Dec 2026 01:02:15 GMT`) as RFC 3339: the server's clock, so that the
 /// next probe asks from a time Exchange agrees on.
-fn http_date_to_rfc3339(date: &str) -> Option<String> {
+pub(super) fn http_date_to_rfc3339(date: &str) -> Option<String> {
     let parts: Vec<&str> = date.split_whitespace().collect();
     let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
         return None;
@@ -233,14 +234,7 @@ impl ExchangeClient {
             return Err(ExchangeError::Status(status));
         }
         let inspected = inspect_ews(mailbox, request, status, &headers, body)?;
-        Ok(inspected
-            .observations
-            .into_iter()
-            .filter_map(|o| match o {
-                Observation::MessageSeen { message, .. } => Some(message),
-                _ => None,
-            })
-            .collect())
+        Ok(messages_of(inspected.observations))
     }
 }
 
