@@ -60,13 +60,18 @@ impl Pipeline {
             if decision.is_track() {
                 self.outbox.submit(&decision);
                 tracked += 1;
-                if let (true, Some(marks), Some(mailbox)) = (
-                    decision.needs_enrichment,
-                    &self.marks,
-                    decision.mailbox.as_deref(),
-                ) && let Some(address) = self.engine.mailbox_address(mailbox)
+                if let (Some(marks), Some(mailbox)) = (&self.marks, decision.mailbox.as_deref())
+                    && let Some(address) = self.engine.mailbox_address(mailbox)
                 {
-                    marks.mark(&address, "enrichment");
+                    // Not committed yet: a crash before the commit is covered by sweeping
+                    // this mailbox first at the next start. (The sweep's own decisions are
+                    // committed before it moves on.)
+                    if observation.origin().source != crate::inspect::Source::CatchUp {
+                        marks.saw(&address);
+                    }
+                    if decision.needs_enrichment {
+                        marks.mark(&address, "enrichment");
+                    }
                 }
             }
             self.recent.push(decision);

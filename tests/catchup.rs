@@ -577,6 +577,86 @@ async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
     sim.stop().await;
 }
 
+/// One mailbox's entry in `GET /catchup`.
+async fn mailbox_status(gateway: &support::GatewayProcess, mailbox: &str) -> serde_json::Value {
+    let all = admin_json(gateway, "/catchup").await;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mailbox"] == mailbox)
+        .cloned()
+        .unwrap_or_else(|| panic!("{mailbox} in {all}"))
+}
+
+/// Alex sends through a gateway whose sweep waits an hour, until the traffic is written down.
+async fn traffic_written_down(config: &Path) -> support::GatewayProcess {
+    let gateway = support::GatewayProcess::start(config);
+    process_swept_once(&gateway).await;
+    crate::delivery::burst_and_wait(&gateway.proxy, 0..3, 1).await;
+    support::wait_for(
+        Duration::from_secs(10),
+        "Alex's traffic written down",
+        async || {
+            let alex = mailbox_status(&gateway, "alex.seller@contoso.example").await;
+            (alex["unswept_traffic"] == true).then_some(())
+        },
+    )
+    .await;
+    gateway
+}
+
+/// The start after a kill -9 sweeps the mailboxes that had traffic in the crash window for
+/// that reason (`crash`), the others as mail no client fetched; after a clean stop nothing is
+/// at risk and every mailbox is swept for the latter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_after_a_crash_sweeps_the_mailboxes_with_traffic_for_the_crash() {
+    let sim = store_simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(dir.path(), &sim);
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("interval = \"1s\"", "interval = \"1h\""),
+    )
+    .unwrap();
+    let cause = async |gateway: &support::GatewayProcess, mailbox: &str| {
+        mailbox_status(gateway, mailbox).await["last_cause"].clone()
+    };
+
+    let mut crashed = traffic_written_down(&config).await;
+    crashed.child.kill().unwrap();
+    crashed.wait_exit(Duration::from_secs(10));
+    let restarted = support::GatewayProcess::start(&config);
+    process_swept_once(&restarted).await;
+    assert_eq!(
+        cause(&restarted, "alex.seller@contoso.example").await,
+        "crash"
+    );
+    assert_eq!(
+        cause(&restarted, "jo.support@contoso.example").await,
+        "uninspected_client"
+    );
+    let alex = mailbox_status(&restarted, "alex.seller@contoso.example").await;
+    assert_eq!(
+        alex["unswept_traffic"], false,
+        "the sweep covered it: {alex}"
+    );
+    stop(restarted);
+
+    let cleanly = traffic_written_down(&config).await;
+    stop(cleanly);
+    let restarted = support::GatewayProcess::start(&config);
+    process_swept_once(&restarted).await;
+    assert_eq!(
+        cause(&restarted, "alex.seller@contoso.example").await,
+        "uninspected_client",
+        "a clean stop committed everything"
+    );
+    stop(restarted);
+    sim.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_that_finds_nothing_new_costs_one_request() {
     let sim = store_simulator().await;

@@ -354,6 +354,7 @@ pub(super) fn drop_hook(marks: Option<&Arc<Marks>>, engine: &Arc<Engine>) -> Opt
             crate::inspect::identity::http_mailbox(&capture.request_headers, path, auth);
         if let Some(address) = principal.and_then(|p| engine.mailbox_address(&p)) {
             marks.mark(&address, "dropped");
+            marks.saw(&address);
         }
     })))
 }

@@ -544,10 +544,25 @@ impl Gateway {
         {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        let inspected_all = self
+            .inspect_metrics
+            .finished
+            .load(std::sync::atomic::Ordering::Acquire)
+            >= handed_off;
         let flush = |outbox: Arc<RedbOutbox>| async move {
-            let _ = tokio::task::spawn_blocking(move || outbox.flush()).await;
+            matches!(
+                tokio::task::spawn_blocking(move || outbox.flush()).await,
+                Ok(Ok(()))
+            )
         };
-        flush(self.outbox.clone()).await;
+        // Every decision of the traffic is committed: the next start need bring no mailbox
+        // forward for a crash.
+        if flush(self.outbox.clone()).await
+            && inspected_all
+            && let Some(sweeper) = &self.catchup
+        {
+            sweeper.forget_traffic();
+        }
         let _ = self.delivery_stop.send(true);
         if let Some(task) = self.delivery_task {
             let _ = task.await;

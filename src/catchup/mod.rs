@@ -33,6 +33,8 @@ const PAGE: u16 = 100;
 const FETCH: usize = 50;
 /// How often the scheduler looks for mailboxes that are due or marked.
 const TICK: Duration = Duration::from_millis(250);
+/// How often the mailboxes with tracked traffic are written down.
+const WRITE_TRAFFIC: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct CatchupSettings {
@@ -46,6 +48,9 @@ pub struct CatchupSettings {
 #[derive(Debug, Default)]
 pub struct Marks {
     marked: Mutex<HashMap<String, &'static str>>,
+    /// Mailboxes with tracked traffic not yet written down (the sweep writes them once a
+    /// second).
+    traffic: Mutex<BTreeSet<String>>,
 }
 
 /// Marks kept at most; beyond, new ones wait for the mailbox's regular sweep.
@@ -57,6 +62,21 @@ impl Marks {
         if marked.len() < MAX_MARKS {
             marked.entry(mailbox.to_ascii_lowercase()).or_insert(cause);
         }
+    }
+
+    /// Notes tracked traffic of a mailbox (a track decision handed to the outbox, or a copy
+    /// dropped): if the process dies before the decision is committed, the next start sweeps
+    /// this mailbox first.
+    pub fn saw(&self, mailbox: &str) {
+        let mut traffic = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        if traffic.len() < MAX_MARKS && !traffic.contains(mailbox) {
+            traffic.insert(mailbox.to_ascii_lowercase());
+        }
+    }
+
+    fn take_traffic(&self) -> Vec<String> {
+        let taken = std::mem::take(&mut *self.traffic.lock().unwrap_or_else(|p| p.into_inner()));
+        taken.into_iter().collect()
     }
 
     fn take(&self) -> HashMap<String, &'static str> {
@@ -129,7 +149,7 @@ impl CatchupMetrics {
         );
         r.register(
             "found",
-            "Messages the sweep tracked that inline had not, by why the mailbox was swept (dropped, enrichment, requested, busy, schedule)",
+            "Messages the sweep tracked that inline had not, by why the mailbox was swept (crash, uninspected_client, dropped, enrichment, requested, busy)",
             m.found.clone(),
         );
         r.register(
@@ -146,13 +166,19 @@ impl CatchupMetrics {
 pub struct MailboxStatus {
     pub mailbox: String,
     pub last_sweep_seconds_ago: Option<u64>,
+    /// Why it was last swept: `crash`, `uninspected_client`, `dropped`, `enrichment`,
+    /// `requested` or `busy`.
+    pub last_cause: Option<&'static str>,
     pub marked: bool,
+    /// Tracked traffic since its last sweep is written down (a crash now would bring it first).
+    pub unswept_traffic: bool,
     pub last_error: Option<String>,
 }
 
 #[derive(Default)]
 struct Progress {
     last: HashMap<String, Instant>,
+    causes: HashMap<String, &'static str>,
     errors: HashMap<String, String>,
     running: BTreeSet<String>,
     /// Per mailbox, the server time of the probe that started its last complete sweep.
@@ -186,9 +212,15 @@ impl Sweeper {
         metrics: CatchupMetrics,
         marks: Arc<Marks>,
     ) -> Result<Arc<Sweeper>, StateError> {
+        let states = SyncStates::open(&settings.state_file)?;
+        // Traffic written down and never swept nor cleared by a clean shutdown: the last run
+        // died with it, maybe before its decisions were committed.
+        for mailbox in states.traffic()? {
+            marks.mark(&mailbox, "crash");
+        }
         Ok(Arc::new(Sweeper {
             marks,
-            states: SyncStates::open(&settings.state_file)?,
+            states,
             client,
             directory,
             observer,
@@ -212,12 +244,21 @@ impl Sweeper {
 
     /// Every mailbox of the directory with what the sweep knows of it.
     pub fn status(&self) -> Vec<MailboxStatus> {
+        let written: BTreeSet<String> = match self.states.traffic() {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the catch-up traffic rows");
+                BTreeSet::new()
+            }
+        };
         let progress = self.progress();
         self.mailboxes()
             .iter()
             .cloned()
             .map(|mailbox| MailboxStatus {
                 last_sweep_seconds_ago: progress.last.get(&mailbox).map(|t| t.elapsed().as_secs()),
+                last_cause: progress.causes.get(&mailbox).copied(),
+                unswept_traffic: written.contains(&mailbox),
                 marked: self.marks.contains(&mailbox),
                 last_error: progress.errors.get(&mailbox).cloned(),
                 mailbox,
@@ -281,7 +322,12 @@ impl Sweeper {
             .filter(|(last, _)| last.is_none_or(|t| now.duration_since(t) >= interval))
             .collect();
         waiting.sort();
-        due.extend(waiting.into_iter().map(|(_, m)| (m.clone(), "schedule")));
+        // Due by the schedule: what it finds is mail no client fetched through the gateway.
+        due.extend(
+            waiting
+                .into_iter()
+                .map(|(_, m)| (m.clone(), "uninspected_client")),
+        );
         due
     }
 
@@ -294,7 +340,12 @@ impl Sweeper {
     ) -> JoinHandle<()> {
         runtime.spawn(async move {
             let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+            let mut written = Instant::now();
             while !*stop.borrow() {
+                if written.elapsed() >= WRITE_TRAFFIC {
+                    written = Instant::now();
+                    self.write_traffic();
+                }
                 for (mailbox, cause) in self.due() {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         return;
@@ -318,9 +369,39 @@ impl Sweeper {
         })
     }
 
+    /// Writes down the mailboxes that had tracked traffic since the last time (one commit).
+    fn write_traffic(&self) {
+        let seen = self.marks.take_traffic();
+        if seen.is_empty() {
+            return;
+        }
+        let write = || {
+            self.states
+                .record_traffic(&seen, crate::common::time::now_ms())
+        };
+        if let Err(error) = crate::common::off_the_workers(write) {
+            tracing::warn!(%error, "cannot write down which mailboxes had traffic");
+        }
+    }
+
+    /// After a clean shutdown every decision is committed: nothing is at risk, and the next
+    /// start need not bring any mailbox forward.
+    pub fn forget_traffic(&self) {
+        self.marks.take_traffic();
+        if let Err(error) = self.states.clear_traffic(None, 0) {
+            tracing::warn!(%error, "cannot clear the catch-up traffic rows");
+        }
+    }
+
     async fn sweep_and_record(&self, mailbox: &str, cause: &'static str) {
         let started = Instant::now();
+        let started_ms = crate::common::time::now_ms();
         let result = self.sweep(mailbox).await;
+        if result.is_ok()
+            && let Err(error) = self.states.clear_traffic(Some(mailbox), started_ms)
+        {
+            tracing::warn!(%error, "cannot clear a swept mailbox's traffic row");
+        }
         if let Ok(found) = result.as_ref()
             && *found > 0
         {
@@ -331,6 +412,7 @@ impl Sweeper {
         }
         let mut progress = self.progress();
         progress.running.remove(mailbox);
+        progress.causes.insert(mailbox.to_owned(), cause);
         if let Some(previous) = progress.last.insert(mailbox.to_owned(), started) {
             self.metrics
                 .lag

@@ -477,12 +477,13 @@ impl Shared {
     }
 
     /// Takes a waiting record out of line, as a claim does; false when delivery has it or
-    /// already confirmed a step of it.
+    /// already confirmed a step of it. A record the group itself stored is not in line yet
+    /// (nobody can claim it before the commit): nothing to hold.
     fn hold(&self, seq: u64) -> bool {
         let mut s = self.schedule();
         let started = s.retried.get(&seq).is_some_and(|r| r.2 != 0);
         let Some(&(next, _)) = s.pending.get(&seq) else {
-            return false;
+            return true;
         };
         if started || s.claimed.contains_key(&seq) {
             return false;
@@ -1328,6 +1329,38 @@ mod tests {
             "the create was begun: re-linked after"
         );
         assert_eq!(counted(&m.enqueued, "folded"), 1);
+    }
+
+    /// The create and its re-link offered within one group interval.
+    #[test]
+    fn a_relink_in_the_same_group_as_its_create_is_folded_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("o.redb"));
+        let enqueue = |d: &Decision| {
+            let key = dedup_key(d, now_ms());
+            Op::Enqueue {
+                key,
+                at: now_ms(),
+                encoded: serde_json::to_vec(&NewRecord {
+                    seq: 0,
+                    key,
+                    enqueued_ms: now_ms(),
+                    attempts: 0,
+                    next_attempt_ms: now_ms(),
+                    decision: d,
+                })
+                .unwrap(),
+                relinks: d.crm_id.filter(|_| d.update_regarding),
+            }
+        };
+        outbox
+            .shared
+            .commit(vec![enqueue(&decision(1)), enqueue(&relink(1, 0xa))], false);
+        let pending = outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(regarding_of(&pending[0]), Some(Uuid::from_u128(0xa)));
+        let claimed = outbox.claim_due(now_ms(), 10).unwrap();
+        assert_eq!(claimed.len(), 1, "in line once the group is committed");
     }
 
     #[test]
