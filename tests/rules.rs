@@ -820,6 +820,103 @@ fn the_tracking_category_tracks_and_removing_it_changes_nothing() {
     );
 }
 
+/// With TrackCategorizedItems off, the category is no reason at all: a sighting of a message
+/// carrying it is tracked (or not) as any other.
+#[test]
+fn with_category_tracking_off_a_categorized_message_is_tracked_by_the_filter() {
+    const CAT: &str = "Tracked to Dynamics 365";
+    let off = engine_with(|d| {
+        set_filter(d, OWNER, 0);
+        d.organization.orgdborgsettings.track_categorized_items = false;
+    });
+    let mut m = message("off-cat@x", "inbox", "stranger@else.example", &[]);
+    m.categories = vec![CAT.into()];
+    expect(
+        &decide(&off, &seen_in("owner@corp.example", m)),
+        Reason::FilterAll,
+    );
+}
+
+/// A folder rule or the category tracks mail both ways; only incoming mail auto-creates its
+/// unknown sender.
+#[test]
+fn a_category_track_auto_creates_for_incoming_mail_only() {
+    const CAT: &str = "Tracked to Dynamics 365";
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    let mut incoming = message("cat-in@x", "archive", "stranger@else.example", &[]);
+    incoming.categories = vec![CAT.into()];
+    let d = decide(&engine, &seen_in("owner@corp.example", incoming));
+    expect(&d, Reason::Category);
+    assert!(d.auto_create.is_some(), "{d:#?}");
+    let mut outgoing = message(
+        "cat-out@x",
+        "sentitems",
+        "owner@corp.example",
+        &["stranger@else.example"],
+    );
+    outgoing.categories = vec![CAT.into()];
+    let d = decide(&engine, &seen_in("owner@corp.example", outgoing));
+    expect(&d, Reason::Category);
+    assert_eq!(d.direction, Some(Direction::Outgoing));
+    assert!(d.auto_create.is_none(), "{d:#?}");
+}
+
+/// The Inbox holds incoming mail even from the owner's own address; elsewhere, mail from any
+/// address of the owner's is outgoing.
+#[test]
+fn direction_comes_from_the_folder_then_from_the_owners_addresses() {
+    let engine = engine_with(|d| {
+        set_filter(d, OWNER, 0);
+        for u in &mut d.systemusers {
+            if u.systemuserid == id(OWNER) {
+                u.personalemailaddress = Some("owner.home@private.example".into());
+            }
+        }
+    });
+    let to_self = message(
+        "self@x",
+        "inbox",
+        "owner@corp.example",
+        &["owner@corp.example"],
+    );
+    let d = decide(&engine, &seen_in("owner@corp.example", to_self));
+    assert_eq!(d.direction, Some(Direction::Incoming), "{d:#?}");
+    let mut filed = message(
+        "filed@x",
+        "archive",
+        "owner.home@private.example",
+        &["pat@customer.example"],
+    );
+    filed.categories = vec!["Tracked to Dynamics 365".into()];
+    let d = decide(&engine, &seen_in("owner@corp.example", filed));
+    assert_eq!(
+        d.direction,
+        Some(Direction::Outgoing),
+        "sent from the owner's other address: {d:#?}"
+    );
+}
+
+/// Only a complete sighting (Message-ID and sender) settles a message as not tracked; one
+/// that did not show the sender is decided again when it shows up complete.
+#[test]
+fn a_sighting_without_its_sender_does_not_settle_the_message() {
+    let engine = engine_with(|d| set_filter(d, OWNER, 1));
+    let mut partial = message("unsettled@x", "inbox", "stranger@else.example", &[]);
+    partial.from = None;
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", partial)),
+        Reason::NotAReply,
+    );
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "unsettled@x")),
+        Reason::NotAReply,
+    );
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "unsettled@x")),
+        Reason::AlreadyDecided,
+    );
+}
+
 #[test]
 fn each_correlation_method_and_the_switches_that_disable_it() {
     type Tweak = fn(&mut Message);
