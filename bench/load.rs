@@ -23,17 +23,23 @@
 //!    p50 / p99 / p99.9 / max, and CPU per request and copies dropped at that rate;
 //! 3. the TLS matrix: closed loop through both proxies on TLS with the same ECDSA P-256
 //!    certificate;
-//! 4. memory: proxy RSS with 10 000 idle client connections, and after they close.
+//! 4. memory: proxy RSS with 10 000 idle client connections, and after they close;
+//! 5. cost (`TRACKGATE_BENCH_PHASES=cost`): per request, nginx and trackgate side by side —
+//!    system calls by kind, user and system CPU time, context switches, page faults (see
+//!    `load_cost.rs`).
 //!
 //! Environment: `TRACKGATE_BENCH_SECONDS` (per round, default 5), `TRACKGATE_BENCH_ROUNDS`
 //! (default 3), `TRACKGATE_BENCH_IDLE` (idle connections, default 10000),
-//! `TRACKGATE_BENCH_PHASES` (a comma-separated subset of `closed,open,tls,idle`, default all: a
+//! `TRACKGATE_BENCH_PHASES` (a comma-separated subset of `closed,open,tls,idle,cost`, default all: a
 //! quick look while profiling; the open loop needs `closed` for nginx's maximum),
 //! `TRACKGATE_BENCH_BASELINE` (the path of an older `trackgate` binary, run side by side as
 //! "baseline pass-through" and "baseline full" to judge a change within one run). Results:
 //! bench/RESULTS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "load_cost.rs"]
+mod cost;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -717,7 +723,10 @@ fn main() {
     let rounds: usize = env_or("TRACKGATE_BENCH_ROUNDS", 3usize).max(1);
     let _stop_all = StopAll;
     let idle_connections: usize = env_or("TRACKGATE_BENCH_IDLE", 10_000);
-    let phases: String = env_or("TRACKGATE_BENCH_PHASES", "closed,open,tls,idle".to_owned());
+    let phases: String = env_or(
+        "TRACKGATE_BENCH_PHASES",
+        "closed,open,tls,idle,cost".to_owned(),
+    );
     let phase = |name: &str| phases.split(',').any(|p| p.trim() == name);
     let length = Duration::from_secs_f64(seconds);
     let binary = env!("CARGO_BIN_EXE_trackgate");
@@ -940,118 +949,141 @@ fn main() {
         })
         .collect();
 
-    // The report.
-    println!(
-        "\n### Closed loop ({CONNECTIONS} connections, {seconds}s × {rounds} interleaved rounds, medians)\n"
-    );
-    println!(
-        "| target | requests/s | proxy CPU µs/request | × nginx | capacity/core (req/s) | upstream reuse | errors | copies dropped |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    let nginx_cpu = median(closed[1].iter().map(|c| c.cpu).collect());
-    for (t, proxy) in plain_targets.iter().enumerate() {
-        let rps = median(closed[t].iter().map(|c| c.rate).collect());
-        let cpu = median(closed[t].iter().map(|c| c.cpu).collect());
-        let reuse = median(closed[t].iter().map(|c| c.reuse).collect());
-        let errors: u64 = closed[t].iter().map(|c| c.errors).sum();
-        let dropped = median(closed[t].iter().map(|c| c.dropped).collect());
-        if t == 0 {
-            println!("| direct (simulator) | {rps:.0} | — | — | — | — | {errors} | — |");
-        } else {
-            println!(
-                "| {} | {rps:.0} | {cpu:.1} | {:.2} | {:.0} | {:.2}% | {errors} | {:.1}% |",
-                proxy.name,
-                cpu / nginx_cpu,
-                1e6 / cpu,
-                reuse * 100.0,
-                dropped * 100.0
-            );
-        }
-    }
-    println!(
-        "\n(copies dropped: the share of exchanges whose inspection copy trackgate dropped because its \
-         queue was full; inspection runs behind the traffic, so a saturated full mode inspects \
-         less, and its CPU then is not the cost of inspecting everything: see the open loop.)"
-    );
-    println!(
-        "\n### Open loop, latency corrected for coordinated omission (µs; nginx max = {nginx_max:.0}/s)\n"
-    );
-    println!(
-        "| rate | target | p50 | p99 | p99.9 | max | added p99 vs direct | proxy CPU µs/request | copies dropped |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (s, share) in shares.iter().enumerate() {
-        let p = |t: usize, q: f64| {
-            median(
-                open[s][t]
-                    .iter()
-                    .map(|(h, _)| h.value_at_quantile(q) as f64)
-                    .collect(),
+    // 5. Cost per request, side by side.
+    let costs: Vec<(&str, cost::Cost)> = [&nginx, &pass, &full]
+        .iter()
+        .filter(|_| phase("cost"))
+        .map(|p| {
+            (
+                p.name,
+                cost::measure(&driver, p, &requests, length, dir.path()),
             )
-        };
-        let direct_p99 = p(0, 0.99);
+        })
+        .collect();
+
+    // The report: the sections of the phases that ran.
+    if phase("closed") {
+        println!(
+            "\n### Closed loop ({CONNECTIONS} connections, {seconds}s × {rounds} interleaved rounds, medians)\n"
+        );
+        println!(
+            "| target | requests/s | proxy CPU µs/request | × nginx | capacity/core (req/s) | upstream reuse | errors | copies dropped |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let nginx_cpu = median(closed[1].iter().map(|c| c.cpu).collect());
         for (t, proxy) in plain_targets.iter().enumerate() {
-            let max = median(open[s][t].iter().map(|(h, _)| h.max() as f64).collect());
-            let cpu = median(open[s][t].iter().map(|(_, r)| r.cpu).collect());
-            let dropped = median(open[s][t].iter().map(|(_, r)| r.dropped).collect());
+            let rps = median(closed[t].iter().map(|c| c.rate).collect());
+            let cpu = median(closed[t].iter().map(|c| c.cpu).collect());
+            let reuse = median(closed[t].iter().map(|c| c.reuse).collect());
+            let errors: u64 = closed[t].iter().map(|c| c.errors).sum();
+            let dropped = median(closed[t].iter().map(|c| c.dropped).collect());
+            if t == 0 {
+                println!("| direct (simulator) | {rps:.0} | — | — | — | — | {errors} | — |");
+            } else {
+                println!(
+                    "| {} | {rps:.0} | {cpu:.1} | {:.2} | {:.0} | {:.2}% | {errors} | {:.1}% |",
+                    proxy.name,
+                    cpu / nginx_cpu,
+                    1e6 / cpu,
+                    reuse * 100.0,
+                    dropped * 100.0
+                );
+            }
+        }
+        println!(
+            "\n(copies dropped: the share of exchanges whose inspection copy trackgate dropped because its \
+             queue was full; inspection runs behind the traffic, so a saturated full mode inspects \
+             less, and its CPU then is not the cost of inspecting everything: see the open loop.)"
+        );
+    }
+    if !shares.is_empty() {
+        println!(
+            "\n### Open loop, latency corrected for coordinated omission (µs; nginx max = {nginx_max:.0}/s)\n"
+        );
+        println!(
+            "| rate | target | p50 | p99 | p99.9 | max | added p99 vs direct | proxy CPU µs/request | copies dropped |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (s, share) in shares.iter().enumerate() {
+            let p = |t: usize, q: f64| {
+                median(
+                    open[s][t]
+                        .iter()
+                        .map(|(h, _)| h.value_at_quantile(q) as f64)
+                        .collect(),
+                )
+            };
+            let direct_p99 = p(0, 0.99);
+            for (t, proxy) in plain_targets.iter().enumerate() {
+                let max = median(open[s][t].iter().map(|(h, _)| h.max() as f64).collect());
+                let cpu = median(open[s][t].iter().map(|(_, r)| r.cpu).collect());
+                let dropped = median(open[s][t].iter().map(|(_, r)| r.dropped).collect());
+                println!(
+                    "| {:.0}% ({:.0}/s) | {} | {:.0} | {:.0} | {:.0} | {max:.0} | {} | {} | {} |",
+                    share * 100.0,
+                    nginx_max * share,
+                    proxy.name,
+                    p(t, 0.5),
+                    p(t, 0.99),
+                    p(t, 0.999),
+                    if t == 0 {
+                        "—".to_owned()
+                    } else {
+                        format!("{:+.0}", p(t, 0.99) - direct_p99)
+                    },
+                    if t == 0 {
+                        "—".to_owned()
+                    } else {
+                        format!("{cpu:.1}")
+                    },
+                    if t == 0 {
+                        "—".to_owned()
+                    } else {
+                        format!("{:.1}%", dropped * 100.0)
+                    },
+                );
+            }
+        }
+        println!(
+            "\nopen-loop errors: {}",
+            (0..plain_targets.len())
+                .map(|t| open_errors(t).to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
+    if phase("tls") {
+        println!("\n### TLS (same ECDSA P-256 certificate), closed loop\n");
+        println!("| target | requests/s | proxy CPU µs/request | × nginx | errors |");
+        println!("|---|---|---|---|---|");
+        let nginx_tls_cpu = median(tls[0].iter().map(|c| c.1).collect());
+        for (t, proxy) in tls_targets.iter().enumerate() {
+            let rps = median(tls[t].iter().map(|c| c.0).collect());
+            let cpu = median(tls[t].iter().map(|c| c.1).collect());
+            let errors: u64 = tls[t].iter().map(|c| c.2).sum();
             println!(
-                "| {:.0}% ({:.0}/s) | {} | {:.0} | {:.0} | {:.0} | {max:.0} | {} | {} | {} |",
-                share * 100.0,
-                nginx_max * share,
+                "| {} | {rps:.0} | {cpu:.1} | {:.2} | {errors} |",
                 proxy.name,
-                p(t, 0.5),
-                p(t, 0.99),
-                p(t, 0.999),
-                if t == 0 {
-                    "—".to_owned()
-                } else {
-                    format!("{:+.0}", p(t, 0.99) - direct_p99)
-                },
-                if t == 0 {
-                    "—".to_owned()
-                } else {
-                    format!("{cpu:.1}")
-                },
-                if t == 0 {
-                    "—".to_owned()
-                } else {
-                    format!("{:.1}%", dropped * 100.0)
-                },
+                cpu / nginx_tls_cpu
             );
         }
     }
-    println!(
-        "\nopen-loop errors: {}",
-        (0..plain_targets.len())
-            .map(|t| open_errors(t).to_string())
-            .collect::<Vec<_>>()
-            .join(" / ")
-    );
-    println!("\n### TLS (same ECDSA P-256 certificate), closed loop\n");
-    println!("| target | requests/s | proxy CPU µs/request | × nginx | errors |");
-    println!("|---|---|---|---|---|");
-    let nginx_tls_cpu = median(tls[0].iter().map(|c| c.1).collect());
-    for (t, proxy) in tls_targets.iter().enumerate() {
-        let rps = median(tls[t].iter().map(|c| c.0).collect());
-        let cpu = median(tls[t].iter().map(|c| c.1).collect());
-        let errors: u64 = tls[t].iter().map(|c| c.2).sum();
-        println!(
-            "| {} | {rps:.0} | {cpu:.1} | {:.2} | {errors} |",
-            proxy.name,
-            cpu / nginx_tls_cpu
-        );
-    }
-    println!("\n### Memory: {idle_connections} idle client connections (RSS, MiB)\n");
-    println!("| proxy | before | with them | per 10 k | after they close |");
-    println!("|---|---|---|---|---|");
-    for (name, (before, with, after)) in memory {
-        println!(
-            "| {name} | {before:.1} | {with:.1} | {:.1} | {after:.1} |",
-            (with - before) * 10_000.0 / idle_connections as f64
-        );
+    if phase("idle") {
+        println!("\n### Memory: {idle_connections} idle client connections (RSS, MiB)\n");
+        println!("| proxy | before | with them | per 10 k | after they close |");
+        println!("|---|---|---|---|---|");
+        for (name, (before, with, after)) in memory {
+            println!(
+                "| {name} | {before:.1} | {with:.1} | {:.1} | {after:.1} |",
+                (with - before) * 10_000.0 / idle_connections as f64
+            );
+        }
     }
 
+    cost::print(&costs);
+
     let total_errors: u64 = closed.iter().flatten().map(|c| c.errors).sum::<u64>()
+        + costs.iter().map(|(_, c)| c.errors).sum::<u64>()
         + (0..plain_targets.len()).map(open_errors).sum::<u64>()
         + tls.iter().flatten().map(|c| c.2).sum::<u64>();
     // nginx's master stops its worker on SIGTERM (a SIGKILL would orphan it).
