@@ -33,8 +33,9 @@
 //! `TRACKGATE_BENCH_PHASES` (a comma-separated subset of `closed,open,tls,idle,cost`, default all: a
 //! quick look while profiling; the open loop needs `closed` for nginx's maximum),
 //! `TRACKGATE_BENCH_BASELINE` (the path of an older `trackgate` binary, run side by side as
-//! "baseline pass-through" and "baseline full" to judge a change within one run). Results:
-//! bench/RESULTS.md.
+//! "baseline pass-through" and "baseline full" to judge a change within one run),
+//! `TRACKGATE_BENCH_PROFILE` (a folder: the cost phase also records a `perf` profile of each
+//! proxy there). Results: bench/RESULTS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -177,6 +177,7 @@ pub fn measure(
     stop(tracer);
     let (switches, migrations, faults) =
         perf_counts(&std::fs::read_to_string(&counted).unwrap_or_default());
+    profile(driver, proxy, requests, length);
     let n = out.requests.max(1) as f64;
     Cost {
         syscalls,
@@ -187,6 +188,40 @@ pub fn measure(
         page_faults: faults as f64 / n,
         errors: under_strace.errors + out.errors,
     }
+}
+
+/// With `TRACKGATE_BENCH_PROFILE=DIR`, one more round under `perf record` with DWARF call
+/// graphs (the release build keeps no frame pointers), to `DIR/<target>.perf.data`: where the
+/// user time goes (`perf report -i … --no-children`).
+fn profile(
+    driver: &tokio::runtime::Runtime,
+    proxy: &super::Proxy,
+    requests: &std::sync::Arc<Vec<super::Request>>,
+    length: std::time::Duration,
+) {
+    let Ok(dir) = std::env::var("TRACKGATE_BENCH_PROFILE") else {
+        return;
+    };
+    let out = Path::new(&dir).join(format!("{}.perf.data", proxy.name.replace(' ', "-")));
+    let list: Vec<String> = proxy.pids.iter().map(u32::to_string).collect();
+    let recorder = Command::new("perf")
+        .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
+        .arg(&out)
+        .args(["-p", &list.join(",")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf (installed by bench/harness.sh)");
+    std::thread::sleep(ATTACH);
+    driver.block_on(super::load(
+        proxy.plain,
+        None,
+        requests.clone(),
+        length,
+        None,
+    ));
+    stop(recorder);
+    super::quiet(proxy);
 }
 
 /// The side-by-side table: every figure per request, the first target (nginx) as the base.
