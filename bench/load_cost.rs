@@ -177,7 +177,7 @@ pub fn measure(
     stop(tracer);
     let (switches, migrations, faults) =
         perf_counts(&std::fs::read_to_string(&counted).unwrap_or_default());
-    profile(driver, proxy, requests, length);
+    profile(proxy, &round);
     let n = out.requests.max(1) as f64;
     Cost {
         syscalls,
@@ -193,12 +193,7 @@ pub fn measure(
 /// With `TRACKGATE_BENCH_PROFILE=DIR`, one more round under `perf record` with DWARF call
 /// graphs (the release build keeps no frame pointers), to `DIR/<target>.perf.data`: where the
 /// user time goes (`perf report -i … --no-children`).
-fn profile(
-    driver: &tokio::runtime::Runtime,
-    proxy: &super::Proxy,
-    requests: &std::sync::Arc<Vec<super::Request>>,
-    length: std::time::Duration,
-) {
+fn profile(proxy: &super::Proxy, round: &dyn Fn() -> super::Outcome) {
     let Ok(dir) = std::env::var("TRACKGATE_BENCH_PROFILE") else {
         return;
     };
@@ -213,13 +208,7 @@ fn profile(
         .spawn()
         .expect("perf (installed by bench/harness.sh)");
     std::thread::sleep(ATTACH);
-    driver.block_on(super::load(
-        proxy.plain,
-        None,
-        requests.clone(),
-        length,
-        None,
-    ));
+    round();
     stop(recorder);
     super::quiet(proxy);
 }
