@@ -1258,6 +1258,157 @@ fn sender_resolution_follows_precedence_ownership_and_state() {
     );
 }
 
+/// `max_parties` bounds the recipients considered across To, Cc and Bcc together.
+#[test]
+fn recipients_beyond_max_parties_are_not_considered_across_to_and_cc() {
+    let engine = Engine::new(
+        DirectoryHandle::new(Directory::build(base()).expect("valid test directory")),
+        MemoryLimits::default(),
+        RulesLimits { max_parties: 3 },
+    );
+    let mut m = message(
+        "many@x",
+        "inbox",
+        "pat@customer.example",
+        &["owner@corp.example", "colleague@corp.example"],
+    );
+    m.cc = vec![addr("allmail@corp.example"), addr("quiet@corp.example")];
+    let d = decide(&engine, &seen_in("owner@corp.example", m));
+    assert_eq!(d.to.len(), 2, "{d:#?}");
+    assert_eq!(d.cc.len(), 1, "the budget left after To: {d:#?}");
+    assert!(
+        d.explanation
+            .iter()
+            .any(|l| l.contains("more than 3 recipients")),
+        "{:#?}",
+        d.explanation
+    );
+    let few = decide(&engine, &inbox("pat@customer.example", "few@x"));
+    assert!(
+        !few.explanation.iter().any(|l| l.contains("recipients:")),
+        "{:#?}",
+        few.explanation
+    );
+}
+
+/// With "unresolve recipients on multiple match", a recipient with one match still resolves.
+#[test]
+fn a_single_recipient_match_resolves_when_multiple_matches_are_unresolved() {
+    let engine = engine_with(|d| d.organization.unresolveemailaddressifmultiplematch = true);
+    let d = decide(
+        &engine,
+        &seen_in(
+            "owner@corp.example",
+            message(
+                "one-match@x",
+                "inbox",
+                "pat@customer.example",
+                &["owner@corp.example"],
+            ),
+        ),
+    );
+    assert!(d.is_track(), "{d:#?}");
+    assert_eq!(d.to.len(), 1);
+    assert_eq!(d.to[0].records, vec![look("systemuser", OWNER)], "{d:#?}");
+}
+
+/// The live pipeline decides without explanations: a track still has its parties spelled out.
+#[test]
+fn a_track_decided_without_explanation_has_its_parties() {
+    let engine = engine_with(|_| {});
+    let mut all = engine.decide(&inbox("pat@customer.example", "apply@x"), Mode::APPLY);
+    let d = all.remove(0);
+    assert!(d.is_track(), "{d:#?}");
+    assert_eq!(sender_of(&d), vec![look("contact", PAT)]);
+    assert_eq!(d.to.len(), 1);
+}
+
+/// A second, fuller sighting of an item is remembered: a later move of it is decided from the
+/// full message, not the first glimpse.
+#[test]
+fn a_fuller_sighting_replaces_what_was_remembered_of_an_item() {
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    let mut glimpse = message("glimpse@x", "inbox", "pat@customer.example", &[]);
+    glimpse.from = None;
+    glimpse.to = Vec::new();
+    decide(&engine, &seen_in("owner@corp.example", glimpse));
+    expect(
+        &decide(&engine, &inbox("pat@customer.example", "glimpse@x")),
+        Reason::FilterNone,
+    );
+    let d = decide(
+        &engine,
+        &move_to("item-glimpse@x", "moved-g", Some(TRACKED), None),
+    );
+    expect(&d, Reason::FolderRule);
+    assert_eq!(sender_of(&d), vec![look("contact", PAT)], "{d:#?}");
+}
+
+/// An X.500 address is recognised by its routing type or by its form, in either case of `/o=`.
+#[test]
+fn x500_senders_resolve_whatever_the_routing_type_says() {
+    let engine = engine_with(|_| {});
+    for (n, (address, routing)) in [
+        ("/o=Corp/ou=Exchange/cn=Recipients/cn=colleague", None),
+        (
+            "/O=Corp/ou=Exchange/cn=Recipients/cn=colleague",
+            Some("SMTP"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = message(
+            &format!("x500-{n}@x"),
+            "inbox",
+            "x",
+            &["owner@corp.example"],
+        );
+        m.from = Some(Address {
+            name: Some("Colleague".into()),
+            address: Some(address.into()),
+            routing_type: routing.map(Into::into),
+        });
+        assert_eq!(
+            sender_of(&decide(&engine, &seen_in("owner@corp.example", m))),
+            vec![look("systemuser", COLLEAGUE)],
+            "{address} {routing:?}"
+        );
+    }
+}
+
+/// An address shared by more records than the resolver considers (100) resolves to none of
+/// them; at exactly the limit it still resolves.
+#[test]
+fn a_sender_address_shared_by_over_100_records_is_left_unresolved() {
+    let shared_by = |count: u128| {
+        engine_with(move |d| {
+            for n in 0..count {
+                d.contacts.push(contact(
+                    0x5000 + n,
+                    "crowd@customer.example",
+                    COLLEAGUE,
+                    "2021-01-01T00:00:00Z",
+                ));
+            }
+        })
+    };
+    let at_limit = shared_by(100);
+    assert_eq!(
+        sender_of(&decide(
+            &at_limit,
+            &inbox("crowd@customer.example", "crowd1@x")
+        ))
+        .len(),
+        1
+    );
+    let over = shared_by(101);
+    assert_eq!(
+        sender_of(&decide(&over, &inbox("crowd@customer.example", "crowd2@x"))),
+        vec![]
+    );
+}
+
 #[test]
 fn recipients_resolve_to_every_match_narrowed_by_options() {
     let to = |engine: &Engine, n: &str| {
