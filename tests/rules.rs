@@ -1312,15 +1312,20 @@ fn a_single_recipient_match_resolves_when_multiple_matches_are_unresolved() {
     assert_eq!(d.to[0].records, vec![look("systemuser", OWNER)], "{d:#?}");
 }
 
-/// The live pipeline decides without explanations: a track still has its parties spelled out.
+/// The live pipeline decides without explanations: a track still has its parties spelled out,
+/// and a decision not to track spends nothing on them (it is neither delivered nor explained).
 #[test]
-fn a_track_decided_without_explanation_has_its_parties() {
-    let engine = engine_with(|_| {});
+fn without_explanation_only_a_track_has_its_parties() {
+    let engine = engine_with(|d| set_filter(d, OWNER, 2));
     let mut all = engine.decide(&inbox("pat@customer.example", "apply@x"), Mode::APPLY);
     let d = all.remove(0);
     assert!(d.is_track(), "{d:#?}");
     assert_eq!(sender_of(&d), vec![look("contact", PAT)]);
     assert_eq!(d.to.len(), 1);
+    let mut all = engine.decide(&inbox("stranger@else.example", "apply2@x"), Mode::APPLY);
+    let d = all.remove(0);
+    assert!(!d.is_track(), "{d:#?}");
+    assert!(d.from.is_none() && d.to.is_empty(), "{d:#?}");
 }
 
 /// A second, fuller sighting of an item is remembered: a later move of it is decided from the
@@ -1888,6 +1893,24 @@ fn sent_mail_is_tracked_only_when_the_org_auto_tracks_it() {
     );
     expect(&d, Reason::RecipientLead);
     assert_eq!(d.internet_message_id.as_deref(), Some("draft@x"));
+    assert!(!d.needs_enrichment, "the draft's content was known");
+    let never_seen = |d: &Decision| {
+        d.explanation
+            .iter()
+            .any(|l| l.contains("the draft was never seen"))
+    };
+    assert!(!never_seen(&d), "{:#?}", d.explanation);
+    // The sent draft is remembered as tracked: its item, moved later, is the same CRM email.
+    let moved = decide(&engine, &move_to("draft-1", "moved-d", Some(TRACKED), None));
+    assert!(moved.is_track(), "{moved:#?}");
+    assert_eq!(
+        moved.crm_id,
+        Some(email_id(id(ORG), "draft@x", Direction::Outgoing))
+    );
+    assert!(
+        moved.update_regarding,
+        "a re-link of the tracked send: {moved:#?}"
+    );
     let d = decide(
         &engine,
         &sent(
@@ -1899,6 +1922,7 @@ fn sent_mail_is_tracked_only_when_the_org_auto_tracks_it() {
     );
     expect(&d, Reason::NeedsEnrichment);
     assert!(d.needs_enrichment);
+    assert!(never_seen(&d), "{:#?}", d.explanation);
 }
 
 /// The same message as FindItem, GetItem, SyncFolderItems and Graph show it.
