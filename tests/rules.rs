@@ -1291,6 +1291,57 @@ fn recipients_beyond_max_parties_are_not_considered_across_to_and_cc() {
     );
 }
 
+/// A recipient address shared by more than 100 records resolves to none of them, as a sender's.
+#[test]
+fn a_recipient_address_shared_by_over_100_records_is_left_unresolved() {
+    let to_crowd = |count: u128, n: &str| {
+        let engine = engine_with(move |d| {
+            for k in 0..count {
+                d.contacts.push(contact(
+                    0x6000 + k,
+                    "crowd@customer.example",
+                    COLLEAGUE,
+                    "2021-01-01T00:00:00Z",
+                ));
+            }
+        });
+        let m = message(
+            n,
+            "sentitems",
+            "owner@corp.example",
+            &["crowd@customer.example"],
+        );
+        let d = decide(&engine, &seen_in("owner@corp.example", m));
+        d.to.first().map(|p| p.records.len()).unwrap_or(0)
+    };
+    assert_eq!(to_crowd(100, "rc1@x"), 100);
+    assert_eq!(to_crowd(101, "rc2@x"), 0);
+}
+
+/// An inactive record resolves as a recipient only with ResolveForInactiveEntities, and a
+/// disabled user never does.
+#[test]
+fn inactive_recipients_resolve_only_when_the_organisation_allows_it() {
+    let to = |engine: &Engine, address: &str, n: &str| {
+        let m = message(n, "sentitems", "owner@corp.example", &[address]);
+        let d = decide(engine, &seen_in("owner@corp.example", m));
+        d.to.first().map(|p| p.records.clone()).unwrap_or_default()
+    };
+    let strict = engine_with(|d| set_filter(d, OWNER, 0));
+    assert_eq!(to(&strict, "old@customer.example", "ir1@x"), vec![]);
+    let allowing = engine_with(|d| {
+        set_filter(d, OWNER, 0);
+        d.organization
+            .orgdborgsettings
+            .resolve_for_inactive_entities = true;
+    });
+    assert_eq!(
+        to(&allowing, "old@customer.example", "ir2@x"),
+        vec![look("contact", OLD_CONTACT)]
+    );
+    assert_eq!(to(&allowing, "gone@corp.example", "ir3@x"), vec![]);
+}
+
 /// With "unresolve recipients on multiple match", a recipient with one match still resolves.
 #[test]
 fn a_single_recipient_match_resolves_when_multiple_matches_are_unresolved() {
