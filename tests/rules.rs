@@ -792,6 +792,22 @@ fn the_tracking_category_tracks_and_removing_it_changes_nothing() {
         ),
         Reason::CategoryRemoved,
     );
+    // The tracking category deleted from an item never seen: a removal all the same; another
+    // category deleted from it is none.
+    expect(
+        &decide(
+            &engine,
+            &categories("unseen-del", CategoryMode::Delete, &[CAT]),
+        ),
+        Reason::CategoryRemoved,
+    );
+    expect(
+        &decide(
+            &engine,
+            &categories("unseen-del2", CategoryMode::Delete, &["Blue"]),
+        ),
+        Reason::NoTrackingCategory,
+    );
     // An item never seen: tracked, fetched by delivery.
     let d = decide(&engine, &categories("never", CategoryMode::Set, &[CAT]));
     expect(&d, Reason::Category);
