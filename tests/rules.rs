@@ -576,6 +576,34 @@ fn move_to(
     }
 }
 
+/// A move whose answer gave no new id (the item keeps its id) stays known by that id: moved on
+/// into a tracked folder later, it is tracked from what was seen, not fetched again.
+#[test]
+fn an_item_moved_without_a_new_id_is_still_known_by_its_id() {
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "keep@x")),
+        Reason::FilterNone,
+    );
+    let quiet_move = Observation::MessageMoved {
+        origin: origin("owner@corp.example", "MoveItem"),
+        transfer: Transfer {
+            item_ids: vec!["item-keep@x".into()],
+            new_item_ids: vec![None],
+            destination_folder_id: Some(PLAIN.into()),
+            destination_folder: None,
+        },
+    };
+    engine.decide(&quiet_move, Mode::REPLAY);
+    let d = decide(
+        &engine,
+        &move_to("item-keep@x", "moved-k", Some(TRACKED), None),
+    );
+    expect(&d, Reason::FolderRule);
+    assert!(!d.needs_enrichment, "{d:#?}");
+    assert_eq!(d.internet_message_id.as_deref(), Some("keep@x"));
+}
+
 #[test]
 fn moves_into_out_of_and_between_tracked_folders() {
     let engine = engine_with(|d| set_filter(d, OWNER, 4));
