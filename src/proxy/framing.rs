@@ -147,7 +147,6 @@ impl Tracker {
                             self.blank_lines = false;
                             self.state = self.classify(&head);
                             if self.state == State::Refused {
-                                self.too_large = too_many_headers(&head, self.max_headers);
                                 return at + used - 1;
                             }
                             at += used;
@@ -169,14 +168,18 @@ impl Tracker {
         at
     }
 
-    fn classify(&self, head: &[u8]) -> State {
+    fn classify(&mut self, head: &[u8]) -> State {
         let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers.max(16)];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(head) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return State::Passthrough,
-            // What hyper could not parse either (whitespace before a colon, bad bytes).
-            Err(_) => return State::Refused,
+            // What hyper could not parse either (whitespace before a colon, bad bytes), or more
+            // headers than it takes (it answers that 431).
+            Err(error) => {
+                self.too_large = error == httparse::Error::TooManyHeaders;
+                return State::Refused;
+            }
         }
         let mut length: Option<u64> = None;
         let mut chunked = false;
@@ -296,13 +299,6 @@ impl Tracker {
 
 /// The end of a request head (just past the line feed of its empty line), searching from
 /// `from`. Like hyper's parser, a bare `\n` ends a line too.
-/// Whether a head holds more header lines than `max` (hyper answers such a head 431).
-fn too_many_headers(head: &[u8], max: usize) -> bool {
-    let lines = head.split(|b| *b == b'\n').filter(|l| l.len() > 1).count();
-    // The request line is not a header.
-    lines.saturating_sub(1) > max.max(16)
-}
-
 fn head_end(head: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < head.len() {
