@@ -60,16 +60,17 @@ impl Pipeline {
             if decision.is_track() {
                 self.outbox.submit(&decision);
                 tracked += 1;
-                if let (Some(marks), Some(mailbox)) = (&self.marks, decision.mailbox.as_deref())
-                    && let Some(address) = self.engine.mailbox_address(mailbox)
-                {
+                if let (Some(marks), Some(mailbox)) = (&self.marks, decision.mailbox.as_deref()) {
                     // Not committed yet: a crash before the commit is covered by sweeping
                     // this mailbox first at the next start. (The sweep's own decisions are
-                    // committed before it moves on.)
+                    // committed before it moves on.) Noted as the traffic named it; the sweep
+                    // looks the mailbox up when it writes the notes down.
                     if observation.origin().source != crate::inspect::Source::CatchUp {
-                        marks.saw(&address);
+                        marks.saw(mailbox);
                     }
-                    if decision.needs_enrichment {
+                    if decision.needs_enrichment
+                        && let Some(address) = self.engine.mailbox_address(mailbox)
+                    {
                         marks.mark(&address, "enrichment");
                     }
                 }

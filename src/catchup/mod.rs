@@ -64,13 +64,14 @@ impl Marks {
         }
     }
 
-    /// Notes tracked traffic of a mailbox (a track decision handed to the outbox, or a copy
-    /// dropped): if the process dies before the decision is committed, the next start sweeps
-    /// this mailbox first.
+    /// Notes tracked traffic of a mailbox, by its address or any principal the directory knows
+    /// it by (a track decision handed to the outbox, or a copy dropped): if the process dies
+    /// before the decision is committed, the next start sweeps this mailbox first. Cheap on
+    /// the inspection thread: a set lookup, and one allocation per mailbox a second.
     pub fn saw(&self, mailbox: &str) {
         let mut traffic = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
         if traffic.len() < MAX_MARKS && !traffic.contains(mailbox) {
-            traffic.insert(mailbox.to_ascii_lowercase());
+            traffic.insert(mailbox.to_owned());
         }
     }
 
@@ -371,7 +372,16 @@ impl Sweeper {
 
     /// Writes down the mailboxes that had tracked traffic since the last time (one commit).
     fn write_traffic(&self) {
-        let seen = self.marks.take_traffic();
+        let noted = self.marks.take_traffic();
+        let seen: Vec<String> = {
+            let dir = self.directory.guard();
+            let addresses: BTreeSet<String> = noted
+                .iter()
+                .filter_map(|principal| dir.mailbox(principal))
+                .map(|m| m.address.to_ascii_lowercase())
+                .collect();
+            addresses.into_iter().collect()
+        };
         if seen.is_empty() {
             return;
         }
