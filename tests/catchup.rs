@@ -47,10 +47,12 @@ fn extra(sim: &ExchangeSimulator) -> String {
 
 /// The same over Microsoft Graph only, as for Exchange Online: the sweep reads `delta`.
 fn graph_extra(sim: &ExchangeSimulator) -> String {
-    format!(
-        "[listener]\nplaintext = true\n[exchange]\ngraph_url = \"{}\"\nauth = \"basic\"\nusername = 'CONTOSO\\svc-trackgate'\npassword = \"Example-Pa55-svc\"\n[catchup]\ninterval = \"1s\"\n",
-        sim.url()
-    )
+    let config = extra(sim).replace(
+        &format!("ews_url = \"{}/EWS/Exchange.asmx\"", sim.url()),
+        &format!("graph_url = \"{}\"", sim.url()),
+    );
+    assert!(!config.contains("ews_url"), "Graph only: {config}");
+    config
 }
 
 /// Waits until every mailbox has been swept once.
