@@ -467,13 +467,14 @@ async fn a_folder_rule_relink_of_an_email_still_queued_is_created_under_its_reco
     replay(&client, &gateway.proxy, "ews-getitem-message").await;
     inspected(&gateway.admin, 2).await;
     replay(&client, &gateway.proxy, "graph-move-message").await;
+    // The gauges follow each commit a moment after its counters: wait for both.
+    let folded = |m: &str| m.contains("trackgate_outbox_enqueued_total{result=\"folded\"} 1");
     let m = support::wait_for(Duration::from_secs(10), "the re-link folded", async || {
         let m = metrics(&gateway.admin).await;
-        m.contains("trackgate_outbox_enqueued_total{result=\"folded\"} 1")
-            .then_some(m)
+        (folded(&m) && m.contains("trackgate_outbox_depth 1")).then_some(m)
     })
     .await;
-    assert!(m.contains("trackgate_outbox_depth 1"), "{m}");
+    assert!(folded(&m) && m.contains("trackgate_outbox_depth 1"), "{m}");
     gateway.signal("TERM");
     gateway.wait_exit(Duration::from_secs(20));
 
