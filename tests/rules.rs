@@ -2587,3 +2587,126 @@ fn categories_match_in_any_script_and_hostile_keys_are_bounded() {
     let (_, _, tracked) = engine.memory().entry_counts();
     assert_eq!(tracked, 1, "oversized keys are not remembered");
 }
+
+/// A later sighting that adds to a settled item is remembered even though its decision writes
+/// nothing (the item was settled by the first): a later move reads the fuller copy.
+#[test]
+fn a_later_sighting_adds_to_a_settled_item() {
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    let mut first = message("late@x", "inbox", "pat@customer.example", &[]);
+    first.subject = None;
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", first)),
+        Reason::FilterNone,
+    );
+    let mut fuller = message("late@x", "inbox", "pat@customer.example", &[]);
+    fuller.subject = Some("Renewal".into());
+    decide(&engine, &seen_in("owner@corp.example", fuller));
+    let d = decide(
+        &engine,
+        &move_to("item-late@x", "moved-late", Some(TRACKED), None),
+    );
+    expect(&d, Reason::FolderRule);
+    assert_eq!(d.subject.as_deref(), Some("Renewal"), "{d:#?}");
+}
+
+/// A sent draft is remembered as tracked by its item id, which is all that names it when the
+/// draft had no Message-ID yet; a send that did not track, or waits for enrichment, leaves the
+/// draft as it was.
+#[test]
+fn sent_drafts_are_remembered_by_item_only_when_the_send_tracked() {
+    let draft = |item: &str| {
+        let mut m = message(
+            "unused@x",
+            "drafts",
+            "owner@corp.example",
+            &["lead@prospect.example"],
+        );
+        m.internet_message_id = None;
+        m.item_id = Some(item.into());
+        m.is_draft = Some(true);
+        seen_in("owner@corp.example", m)
+    };
+    let send = |item: &str| {
+        sent(
+            "owner@corp.example",
+            "SendItem",
+            Message::default(),
+            &[item],
+        )
+    };
+    let engine = engine_with(|d| set_filter(d, OWNER, 2));
+    expect(&decide(&engine, &draft("draft-nomid")), Reason::Draft);
+    let d = decide(&engine, &send("draft-nomid"));
+    expect(&d, Reason::RecipientLead);
+    let moved = decide(
+        &engine,
+        &move_to("draft-nomid", "moved-nomid", Some(TRACKED), None),
+    );
+    assert!(moved.is_track(), "{moved:#?}");
+    assert_eq!(moved.crm_id, d.crm_id, "the same CRM email: {moved:#?}");
+    assert!(
+        moved.update_regarding,
+        "a re-link, not a new email: {moved:#?}"
+    );
+
+    // Waiting for enrichment: the draft is still unknown afterwards.
+    expect(
+        &decide(&engine, &send("draft-unseen")),
+        Reason::NeedsEnrichment,
+    );
+    let moved = decide(
+        &engine,
+        &move_to("draft-unseen", "moved-unseen", Some(TRACKED), None),
+    );
+    assert!(moved.needs_enrichment, "{moved:#?}");
+
+    // Not tracked at all: the draft moved later is a new track, not a re-link.
+    let off = engine_with(|d| {
+        set_filter(d, OWNER, 2);
+        d.organization.orgdborgsettings.auto_track_sent_folder_items = false;
+    });
+    expect(&decide(&off, &draft("draft-off")), Reason::Draft);
+    expect(
+        &decide(&off, &send("draft-off")),
+        Reason::SentNotAutoTracked,
+    );
+    // Known only as the draft it was seen as.
+    let moved = decide(
+        &off,
+        &move_to("draft-off", "moved-off", Some(TRACKED), None),
+    );
+    expect(&moved, Reason::Draft);
+    assert!(!moved.update_regarding, "{moved:#?}");
+}
+
+/// A copy whose answer gave no new id leaves what is known of the original alone: the copy is
+/// the tracked item, so the original moved later into a folder linked to another record is
+/// known only by its Message-ID — already tracked, and not re-linked, as for any other item with
+/// that Message-ID (only the tracked item's own move re-links).
+#[test]
+fn a_copy_without_a_new_id_does_not_change_the_original() {
+    let engine = engine_with(|d| set_filter(d, OWNER, 4));
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "orig@x")),
+        Reason::FilterNone,
+    );
+    let copy = Observation::MessageCopied {
+        origin: origin("owner@corp.example", "CopyItem"),
+        transfer: Transfer {
+            item_ids: vec!["item-orig@x".into()],
+            new_item_ids: vec![None],
+            destination_folder_id: Some(TRACKED.into()),
+            destination_folder: None,
+        },
+    };
+    let copied = decide(&engine, &copy);
+    assert!(copied.is_track(), "{copied:#?}");
+    let d = decide(
+        &engine,
+        &move_to("item-orig@x", "moved-orig", Some(OTHER_LINKED), None),
+    );
+    expect(&d, Reason::AlreadyTracked);
+    assert!(!d.update_regarding, "{d:#?}");
+    assert_eq!(d.regarding, Some(look("account", ACCOUNT)));
+}

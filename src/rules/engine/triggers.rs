@@ -148,7 +148,8 @@ impl Run<'_> {
         if !draft_known && d.is_track() {
             d.needs_enrichment = true;
         }
-        self.remember_sent_drafts(&d, mailbox, &summary, drafts);
+        // A track is remembered under the summary's item id, which is the draft's when the
+        // send names one (every reader names at most one): its later sightings are known.
         d
     }
 
@@ -205,28 +206,6 @@ impl Run<'_> {
             }
         }
         (summary, draft_known)
-    }
-
-    /// The drafts of a tracked send are tracked too, so their later sightings are known.
-    fn remember_sent_drafts(
-        &self,
-        d: &Decision,
-        mailbox: &MailboxEntry,
-        summary: &Summary,
-        drafts: &[String],
-    ) {
-        // A provisional track waits for delivery's second look: not remembered as tracked.
-        if d.is_track() && d.reason != Reason::NeedsEnrichment && self.mode.remember {
-            for draft in drafts {
-                let mut s = summary.clone();
-                s.tracked = Some(TrackedRef {
-                    crm_id: d.crm_id,
-                    regarding: d.regarding.clone(),
-                });
-                self.memory
-                    .remember_item(&mailbox.address, &normalize_exchange_id(draft), s);
-            }
-        }
     }
 
     pub(super) fn transfer(
