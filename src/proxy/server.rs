@@ -101,6 +101,9 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
+/// One client connection's task. Its own state is kept small, because 10 000 idle keep-alive
+/// clients each keep one: the TLS handshake, hyper's connection and HTTP/2 run in boxes that
+/// are gone once done (or while parked), and the TLS session itself is boxed.
 async fn serve_connection(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
@@ -108,39 +111,57 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let metrics = proxy.metrics.clone();
-    let _active = GaugeGuard::enter(&metrics.connections_active);
+    let _active = GaugeGuard::enter(&proxy.metrics.connections_active);
     let _ = tcp.set_nodelay(true);
-    let state = proxy.state();
-    if state.tls_acceptor.is_some() {
-        // Boxed: the handshake's state would otherwise size every connection's task, TLS or not.
-        Box::pin(serve_tls(proxy, tcp, peer, stop)).await;
+    if proxy.state().tls_acceptor.is_some() {
+        let Some(tls) = Box::pin(accept_tls(&proxy, tcp)).await else {
+            return;
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Box::pin(drive_http2(&proxy, tls, peer, true, stop)).await;
+        } else {
+            // `http/1.1` or no ALPN at all: HTTP/2 over TLS is only ever negotiated by ALPN
+            // (RFC 9113 §3.2).
+            let io = guard(tls, &proxy.state().limits, &proxy);
+            serve_http1(&proxy, io, peer, true, stop).await;
+        }
         return;
     }
-    // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells). A connection
-    // that has sent nothing yet closes as soon as draining starts (clients open spare ones).
-    // A reload while this connection lives must not keep the old state alive.
-    let limits = state.limits.clone();
-    drop(state);
-    let mut stop = stop;
-    if *stop.borrow_and_update() {
+    // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells).
+    let Some((io, http2)) = Box::pin(sniff_plaintext(&proxy, tcp, stop.clone())).await else {
         return;
+    };
+    if http2 {
+        Box::pin(drive_http2(&proxy, io, peer, false, stop)).await;
+    } else {
+        serve_http1(&proxy, io, peer, false, stop).await;
+    }
+}
+
+/// Waits for a plaintext connection's first bytes and tells HTTP/2 with prior knowledge from
+/// HTTP/1.1; the bytes read are replayed to whichever serves it. A connection that has sent
+/// nothing yet closes as soon as draining starts (clients open spare ones).
+async fn sniff_plaintext(
+    proxy: &Proxy,
+    tcp: TcpStream,
+    mut stop: watch::Receiver<bool>,
+) -> Option<(FramingGuard<TcpStream>, bool)> {
+    let header_read_timeout = proxy.state().limits.header_read_timeout;
+    if *stop.borrow_and_update() {
+        return None;
     }
     let sniffed = tokio::select! {
         biased;
-        _ = stop.changed() => return,
-        sniffed = tokio::time::timeout(limits.header_read_timeout, sniff(&tcp)) => sniffed,
+        _ = stop.changed() => return None,
+        sniffed = tokio::time::timeout(header_read_timeout, sniff(&tcp)) => sniffed,
     };
+    // `None` when closed, failed or silent before sending anything.
     let Ok(Ok(Some((prefix, len)))) = sniffed else {
-        return; // closed, failed or silent before sending anything
+        return None;
     };
-    let mut io = guard(tcp, &limits, &proxy);
+    let mut io = guard(tcp, &proxy.state().limits, proxy);
     io.replay(&prefix[..len]);
-    if prefix[..len] == *H2_PREFACE {
-        drive_http2(&proxy, io, peer, false, stop).await;
-    } else {
-        drive_http1(&proxy, io, peer, false, stop).await;
-    }
+    Some((io, prefix[..len] == *H2_PREFACE))
 }
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -166,42 +187,35 @@ async fn sniff(tcp: &TcpStream) -> std::io::Result<Option<([u8; 24], usize)>> {
     }
 }
 
-async fn serve_tls(
-    proxy: Arc<Proxy>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    stop: watch::Receiver<bool>,
-) {
+/// The client's TLS handshake under its timeout; the session comes back boxed, so a connection
+/// keeps a pointer to it rather than room for it.
+async fn accept_tls(proxy: &Proxy, tcp: TcpStream) -> Option<Box<TlsStream>> {
     let metrics = &proxy.metrics;
-    let state = proxy.state();
-    let Some(acceptor) = &state.tls_acceptor else {
-        return;
+    // A reload while this connection lives must not keep the old state alive: the acceptor
+    // is taken from the state only for the handshake.
+    let (acceptor, timeout) = {
+        let state = proxy.state();
+        (
+            state.tls_acceptor.clone()?,
+            state.limits.tls_handshake_timeout,
+        )
     };
-    let handshake =
-        tokio::time::timeout(state.limits.tls_handshake_timeout, acceptor.accept(tcp)).await;
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(error)) => {
             metrics.tls_handshake_failures.inc();
             tracing::debug!(%error, "client TLS handshake failed");
-            return;
+            None
         }
         Err(_) => {
             metrics.tls_handshake_failures.inc();
             tracing::debug!("client TLS handshake timed out");
-            return;
+            None
         }
-    };
-    let limits = state.limits.clone();
-    drop(state);
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        drive_http2(&proxy, tls, peer, true, stop).await;
-    } else {
-        // `http/1.1` or no ALPN at all: HTTP/2 over TLS is only ever negotiated by ALPN
-        // (RFC 9113 §3.2).
-        drive_http1(&proxy, guard(tls, &limits, &proxy), peer, true, stop).await;
     }
 }
+
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 fn guard<IO>(io: IO, limits: &super::Limits, proxy: &Proxy) -> FramingGuard<IO> {
     FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
@@ -403,7 +417,17 @@ impl Parkable for TcpStream {
     }
 }
 
-impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+impl<T: Parkable> Parkable for Box<T> {
+    fn settled(&self) -> bool {
+        (**self).settled()
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        (**self).poll_read_ready(cx)
+    }
+}
+
+impl Parkable for TlsStream {
     fn settled(&self) -> bool {
         let (_, session) = self.get_ref();
         // `wants_read` is false while decrypted bytes wait to be read.
@@ -420,15 +444,6 @@ impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
 /// on every request.
 const PARK_AFTER: Duration = Duration::from_millis(50);
 
-/// Serves HTTP/1.1 on one client connection. Between requests, once hyper has been idle (see
-/// [`Activity`]) for [`PARK_AFTER`], the connection parks: hyper's connection (its 8 KiB read
-/// and write buffers, parser and dispatcher state) is dropped and only the transport is kept
-/// until the client sends again, or stays silent for `header_read_timeout` (hyper's own limit
-/// for an idle keep-alive connection) and is closed. 10 000 idle keep-alive clients then cost
-/// sockets, not buffers.
-///
-/// One loop over the connection's life (serve, idle, park, wake, drain): the states share the
-/// transport and the timers, and the loop reads as the state machine it is.
 /// hyper's header timeout closes a connection without a word; a client that had started a
 /// request (its head's first bytes are in hyper's buffer) gets `408` first, as every response
 /// the gateway makes itself: body, `x-trackgate-error`, counted. An idle keep-alive connection
@@ -452,7 +467,13 @@ where
     }
 }
 
-async fn drive_http1<IO>(
+/// Serves HTTP/1.1 on one client connection. Between requests, once hyper has been idle (see
+/// [`Activity`]) for [`PARK_AFTER`], the connection parks: hyper's connection (its 8 KiB read
+/// and write buffers, parser and dispatcher state), the timers and the rest of the serving
+/// state are dropped and only the transport is kept until the client sends again, or stays
+/// silent for `header_read_timeout` (hyper's own limit for an idle keep-alive connection) and
+/// is closed. 10 000 idle keep-alive clients then cost sockets, not buffers.
+async fn serve_http1<IO>(
     proxy: &Arc<Proxy>,
     mut io: FramingGuard<IO>,
     peer: SocketAddr,
@@ -463,93 +484,13 @@ async fn drive_http1<IO>(
 {
     let ctx = Arc::new(ConnContext::new(peer, tls));
     loop {
-        let state = proxy.state();
-        let watched = Watched {
-            io,
-            ctx: ctx.clone(),
+        // Boxed, so a parked connection's task does not keep room for hyper's connection, the
+        // timers and the slow-client answer: only the transport and these few words remain.
+        let Some((idle, idle_limit)) = Box::pin(serve_until_idle(proxy, io, &ctx, &mut stop)).await
+        else {
+            return;
         };
-        // Boxed, so a parked connection's task does not keep room for it.
-        let mut conn = Box::new(
-            state
-                .http1
-                .serve_connection(TokioIo::new(watched), exchange_service(proxy, &ctx)),
-        );
-        let idle_limit = state.limits.header_read_timeout;
-        // A reload while this connection lives must not keep the old state alive.
-        drop(state);
-        let mut closing = *stop.borrow();
-        if closing {
-            Pin::new(&mut *conn).graceful_shutdown();
-        }
-        // Armed when hyper turns idle; parks if it stayed idle, with no read in between, until
-        // it fires. A busy connection re-arms it at most once per `PARK_AFTER`, not per request.
-        let park_timer = tokio::time::sleep(PARK_AFTER);
-        tokio::pin!(park_timer);
-        let mut armed_at: Option<u64> = None;
-        let mut slow_head = false;
-        loop {
-            tokio::select! {
-                biased;
-                result = &mut *conn => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "client connection ended with an error");
-                        if error.is_timeout() {
-                            slow_head = true;
-                            break;
-                        }
-                    }
-                    return;
-                }
-                _ = stop.changed(), if !closing => {
-                    closing = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
-                }
-                _ = ctx.upstream_closed.notified(), if !closing => {
-                    // The pinned upstream connection is gone; its authentication went with it.
-                    closing = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
-                }
-                // Not a waker-driven future: the state only changes while hyper runs, which is
-                // this task, and every wake polls this branch again after the connection.
-                () = std::future::poll_fn(|_| {
-                    if ctx.activity.idle() { Poll::Ready(()) } else { Poll::Pending }
-                }), if !closing && armed_at.is_none() => {
-                    armed_at = Some(ctx.activity.reads.load(Ordering::Relaxed));
-                    park_timer.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
-                }
-                () = &mut park_timer, if armed_at.is_some() && !closing => {
-                    let quiet = armed_at.take() == Some(ctx.activity.reads.load(Ordering::Relaxed));
-                    if quiet && ctx.activity.idle() {
-                        break;
-                    }
-                }
-            }
-        }
-        let hyper::server::conn::http1::Parts {
-            io: watched,
-            read_buf,
-            service,
-            ..
-        } = conn.into_parts();
-        io = watched.into_inner().io;
-        if slow_head {
-            // A head started and not finished in time; nothing started is an idle close.
-            if !read_buf.is_empty() {
-                answer_slow_head(proxy, io).await;
-            }
-            return;
-        }
-        if !read_buf.is_empty() {
-            // Cannot happen when `Activity` is right; if it ever does, hyper's reading state is
-            // gone and these bytes cannot be judged again, so the connection ends here.
-            tracing::debug!(
-                bytes = read_buf.len(),
-                "bytes left in hyper's buffer at an idle boundary; closing"
-            );
-            return;
-        }
-        // Dropped before parking: even empty, this `Bytes` keeps hyper's whole read buffer.
-        drop((read_buf, service));
+        io = idle;
         if !io.get_ref().settled() {
             // The transport holds bytes of its own (TLS): serve on without waiting.
             tokio::task::consume_budget().await;
@@ -571,6 +512,105 @@ async fn drive_http1<IO>(
             return;
         }
     }
+}
+
+/// Serves requests until the connection ends (`None`) or has been idle for [`PARK_AFTER`]:
+/// then hyper's state is dropped and the transport handed back with the idle limit to park
+/// under.
+async fn serve_until_idle<IO>(
+    proxy: &Arc<Proxy>,
+    io: FramingGuard<IO>,
+    ctx: &Arc<ConnContext>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(FramingGuard<IO>, Duration)>
+where
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
+{
+    let state = proxy.state();
+    let watched = Watched {
+        io,
+        ctx: ctx.clone(),
+    };
+    let mut conn = state
+        .http1
+        .serve_connection(TokioIo::new(watched), exchange_service(proxy, ctx));
+    let idle_limit = state.limits.header_read_timeout;
+    // A reload while this connection lives must not keep the old state alive.
+    drop(state);
+    let mut closing = *stop.borrow();
+    if closing {
+        Pin::new(&mut conn).graceful_shutdown();
+    }
+    // Armed when hyper turns idle; parks if it stayed idle, with no read in between, until
+    // it fires. A busy connection re-arms it at most once per `PARK_AFTER`, not per request.
+    let park_timer = tokio::time::sleep(PARK_AFTER);
+    tokio::pin!(park_timer);
+    let mut armed_at: Option<u64> = None;
+    let mut slow_head = false;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut conn => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "client connection ended with an error");
+                    if error.is_timeout() {
+                        slow_head = true;
+                        break;
+                    }
+                }
+                return None;
+            }
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            _ = ctx.upstream_closed.notified(), if !closing => {
+                // The pinned upstream connection is gone; its authentication went with it.
+                closing = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            // Not a waker-driven future: the state only changes while hyper runs, which is
+            // this task, and every wake polls this branch again after the connection.
+            () = std::future::poll_fn(|_| {
+                if ctx.activity.idle() { Poll::Ready(()) } else { Poll::Pending }
+            }), if !closing && armed_at.is_none() => {
+                armed_at = Some(ctx.activity.reads.load(Ordering::Relaxed));
+                park_timer.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
+            }
+            () = &mut park_timer, if armed_at.is_some() && !closing => {
+                let quiet = armed_at.take() == Some(ctx.activity.reads.load(Ordering::Relaxed));
+                if quiet && ctx.activity.idle() {
+                    break;
+                }
+            }
+        }
+    }
+    let hyper::server::conn::http1::Parts {
+        io: watched,
+        read_buf,
+        service,
+        ..
+    } = conn.into_parts();
+    let io = watched.into_inner().io;
+    if slow_head {
+        // A head started and not finished in time; nothing started is an idle close.
+        if !read_buf.is_empty() {
+            answer_slow_head(proxy, io).await;
+        }
+        return None;
+    }
+    if !read_buf.is_empty() {
+        // Cannot happen when `Activity` is right; if it ever does, hyper's reading state is
+        // gone and these bytes cannot be judged again, so the connection ends here.
+        tracing::debug!(
+            bytes = read_buf.len(),
+            "bytes left in hyper's buffer at an idle boundary; closing"
+        );
+        return None;
+    }
+    // Dropped before parking: even empty, this `Bytes` keeps hyper's whole read buffer.
+    drop((read_buf, service));
+    Some((io, idle_limit))
 }
 
 /// Serves HTTP/2 on one client connection until it ends, shutting it down gracefully on drain
