@@ -35,7 +35,8 @@
 //! `TRACKGATE_BENCH_BASELINE` (the path of an older `trackgate` binary, run side by side as
 //! "baseline pass-through" and "baseline full" to judge a change within one run),
 //! `TRACKGATE_BENCH_PROFILE` (a folder: the cost phase also records a `perf` profile of each
-//! proxy there). Results: bench/RESULTS.md.
+//! proxy there), `TRACKGATE_BENCH_MODEL` (`runtime.model` for the build under test, not the
+//! baseline: with the baseline pointing at the same binary, the two models side by side). Results: bench/RESULTS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -556,10 +557,14 @@ fn trackgate_proxy(
             "{}.toml",
             data.file_name().unwrap().to_string_lossy()
         ));
+        let model = match std::env::var("TRACKGATE_BENCH_MODEL") {
+            Ok(model) if !name.starts_with("baseline") => format!("model = \"{model}\"\n"),
+            _ => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "[listener]\naddress = \"127.0.0.1:0\"\n{listener}\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams]\news = \"http://{upstream}\"\n[runtime]\nworker_threads = 1\n[limits]\nmax_connections = 20000\n[logging]\nlevel = \"warn\"\n[storage]\ndata_dir = \"{}\"\n{pipeline}",
+                "[listener]\naddress = \"127.0.0.1:0\"\n{listener}\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams]\news = \"http://{upstream}\"\n[runtime]\nworker_threads = 1\n{model}[limits]\nmax_connections = 20000\n[logging]\nlevel = \"warn\"\n[storage]\ndata_dir = \"{}\"\n{pipeline}",
                 data.display()
             ),
         )

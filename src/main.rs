@@ -5,12 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use trackgate::config::Config;
+use trackgate::config::{Config, RuntimeModel};
 use trackgate::simulate::standalone;
 use trackgate::{app, ops, replay, telemetry, tls};
 
@@ -19,26 +18,6 @@ use trackgate::{app, ops, replay, telemetry, tls};
 /// 10 000 closed connections; mimalloc is faster across threads and returns freed pages.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// How often an otherwise idle gateway lets the allocator return freed memory.
-const MEMORY_HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// Larger than mimalloc v3's largest size class (512 KiB), so it gets a page of its own.
-const WHOLE_PAGE: usize = 1 << 20;
-
-/// mimalloc returns freed pages to the system (purges them) only from inside a later free of a
-/// whole page, once its purge delay (1 s) has passed. A gateway that just closed 10 000 idle
-/// connections and then sees no traffic would otherwise keep their memory for good. Freeing one
-/// allocation that is larger than mimalloc's largest size class releases a whole page, which runs
-/// the purge; the buffer is never written, so it costs at most the page's own header in resident
-/// memory. Safe Rust cannot call `mi_collect`, and `unsafe_code` is forbidden.
-async fn give_back_freed_memory() {
-    let mut tick = tokio::time::interval(MEMORY_HOUSEKEEPING);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        drop(std::hint::black_box(Vec::<u8>::with_capacity(WHOLE_PAGE)));
-    }
-}
 
 #[derive(Parser)]
 #[command(
@@ -281,8 +260,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             // Judged once, by the start (app::settings::check).
             let (_, config) = Config::load_with(config.as_deref(), &overrides)?;
             telemetry::init_logging(&config.logging.level, config.logging.format);
-            let runtime = runtime(config.runtime.worker_threads)?;
-            runtime.spawn(give_back_freed_memory());
+            // Under `per_core` the proxy runs on threads of its own; the rest needs one.
+            let workers = match config.runtime.model {
+                RuntimeModel::Shared => config.runtime.worker_threads,
+                RuntimeModel::PerCore => Some(1),
+            };
+            let runtime = runtime(workers)?;
+            runtime.spawn(trackgate::common::memory::give_back_freed_memory());
             runtime.block_on(app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }

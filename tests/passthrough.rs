@@ -174,7 +174,13 @@ async fn upstream_connections_are_reused() {
         metrics.upstream_requests.get(),
         metrics.upstream_connects_pooled.get()
     );
-    assert_eq!(sim.stats().connections, 1);
+    // A connection goes back to its pool a moment after the client has the answer's last
+    // byte; a request arriving within that moment opens one more, which is then reused too.
+    assert!(
+        sim.stats().connections <= 2,
+        "{} upstream connections",
+        sim.stats().connections
+    );
     gw.gateway.shutdown().await;
 }
 
@@ -233,4 +239,73 @@ async fn oversized_declared_body_gets_413_before_reaching_upstream() {
     assert!(stats.broken_body_bytes <= 1 << 20, "{stats:?}");
     assert_eq!(stats.body_bytes_received, 0, "{stats:?}");
     gw.gateway.shutdown().await;
+}
+
+/// The listening sockets on `port` in this process's network namespace (IPv4).
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X} ");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            // `st` 0A is LISTEN.
+            fields
+                .get(1)
+                .is_some_and(|a| format!("{a} ").ends_with(&local))
+                && fields.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
+/// This process's threads whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// `runtime.model = "per_core"`: the proxy runs on threads of its own, each with its own
+/// listener on the one port; many clients at once are answered byte for byte over HTTP/1.1
+/// and HTTP/2, a reload keeps them served, and a drain lets the threads go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_threads_share_the_port_serve_reload_and_drain() {
+    let sim = support::simulator("sim").await;
+    let extra = "[runtime]\nmodel = \"per_core\"\nworker_threads = 3\n";
+    let gw = support::gateway(&sim.url(), extra).await;
+    let port = gw.gateway.proxy_addr().port();
+    assert_eq!(listening_sockets(port), 3, "one listener per proxy thread");
+    let named = format!("proxy:{port}/");
+    assert_eq!(threads_named(&named), 3, "the proxy's own threads");
+    let serve_many = async |round: usize| {
+        let mut clients = tokio::task::JoinSet::new();
+        for n in 0..24 {
+            let client = support::client(&gw.ca(), n % 2 == 1);
+            let url = gw.localhost_url(&format!("/_sim/bytes?n={}", 1000 + round * 100 + n));
+            clients.spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.bytes().await.unwrap().len())
+            });
+        }
+        let mut answered: Vec<(u16, usize)> = clients.join_all().await;
+        answered.sort_unstable();
+        let expected: Vec<(u16, usize)> = (0..24).map(|n| (200, 1000 + round * 100 + n)).collect();
+        assert_eq!(answered, expected);
+    };
+    serve_many(0).await;
+    gw.gateway
+        .reload(support::config(gw.dir.path(), &sim.url(), extra))
+        .unwrap();
+    serve_many(1).await;
+    gw.gateway.shutdown().await;
+    support::wait_for(
+        std::time::Duration::from_secs(10),
+        "the proxy threads to end",
+        async || (threads_named(&named) == 0).then_some(()),
+    )
+    .await;
+    assert_eq!(listening_sockets(port), 0);
 }

@@ -369,7 +369,7 @@ fn is_streaming_request(body: &[u8]) -> bool {
 
 /// The proxy's and the admin endpoint's listeners, bound, with the addresses they got.
 pub(super) struct Listeners {
-    pub proxy: TcpListener,
+    pub proxy: std::net::TcpListener,
     pub proxy_addr: SocketAddr,
     pub admin: TcpListener,
     pub admin_addr: SocketAddr,
@@ -386,7 +386,8 @@ pub(super) async fn listeners(config: &Config) -> Result<Listeners, AppError> {
         }
     };
     let (proxy_at, admin_at) = (config.listener.address, config.admin.address);
-    let proxy = server::bind(proxy_at).map_err(bind_error(&PROXY_LISTENER, proxy_at))?;
+    let shared = super::settings::proxy_threads(config).is_some();
+    let proxy = server::bind(proxy_at, shared).map_err(bind_error(&PROXY_LISTENER, proxy_at))?;
     let admin = TcpListener::bind(admin_at)
         .await
         .map_err(bind_error(&ADMIN_LISTENER, admin_at))?;

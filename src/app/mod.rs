@@ -104,6 +104,9 @@ pub struct Gateway {
     proxy: Arc<Proxy>,
     stop: watch::Sender<bool>,
     server_task: JoinHandle<()>,
+    /// The proxy's own threads under `runtime.model = "per_core"`; dropped, they close what
+    /// is still open.
+    proxy_threads: Option<server::ProxyThreads>,
     admin_task: JoinHandle<()>,
     simulator: Option<ExchangeSimulator>,
     config: Mutex<Config>,
@@ -217,11 +220,27 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
 
     // Serve, and keep the directory fresh.
     let (stop, stopped) = watch::channel(false);
-    let server_task = tokio::spawn(server::serve(
-        listeners.proxy,
-        proxy.clone(),
-        stopped.clone(),
-    ));
+    let (proxy_threads, server_task) = match settings::proxy_threads(&config) {
+        Some(threads) => {
+            let (threads, task) =
+                server::serve_on_threads(listeners.proxy, threads, proxy.clone(), stopped.clone())
+                    .map_err(|e| AppError::Bind {
+                        listener: &PROXY_LISTENER,
+                        addr: listeners.proxy_addr,
+                        reason: e.to_string(),
+                    })?;
+            (Some(threads), task)
+        }
+        None => (
+            None,
+            tokio::spawn(server::serve(
+                listeners.proxy,
+                proxy.clone(),
+                server::Budget::BeforeAccept,
+                stopped.clone(),
+            )),
+        ),
+    };
     build::keep_directory_fresh(&directory, config.directory.poll_interval, stopped.clone());
     let catchup_task = catchup
         .as_ref()
@@ -265,6 +284,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         proxy,
         stop,
         server_task,
+        proxy_threads,
         admin_task,
         simulator,
         config: Mutex::new(config),
@@ -530,6 +550,7 @@ impl Gateway {
         } else {
             tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
         }
+        drop(self.proxy_threads);
         // Every decision of the drained traffic is committed before delivery stops: inspection
         // finishes what was handed to it (within the grace period), then the outbox flushes.
         // What is not delivered stays in the outbox for the next start.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use crate::config::{
     Config, ConfigError, CrmConfig, DataverseDirectoryConfig, DeliveryConfig, EmailBody,
     ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, OutboxConfig, RulesConfig,
-    logical_name,
+    RuntimeModel, logical_name,
 };
 use crate::crm::mapping::{BodyPolicy, FieldTable};
 use crate::delivery::DeliverySettings;
@@ -62,6 +62,16 @@ pub fn caveats(config: &Config) -> Vec<String> {
         );
     }
     said
+}
+
+/// The proxy's own threads under `runtime.model = "per_core"`: the configured number, or one
+/// per core.
+pub fn proxy_threads(config: &Config) -> Option<usize> {
+    (config.runtime.model == RuntimeModel::PerCore).then(|| {
+        config.runtime.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    })
 }
 
 /// What the online check of a Dataverse sink looks at (`None` for another sink), and what the
@@ -139,6 +149,7 @@ pub fn proxy(config: &Config) -> ProxySettings {
         &config.autodiscover,
     );
     ProxySettings {
+        threads: proxy_threads(config),
         listener: ListenerSettings {
             address: l.address,
             tls: l.tls.clone(),

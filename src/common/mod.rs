@@ -4,6 +4,7 @@
 //! background work runs. Nothing here knows a stage.
 
 pub mod duration;
+pub mod memory;
 pub mod read;
 pub mod recent;
 pub mod secret;

@@ -17,7 +17,8 @@ pub use raw::{
     DirectorySourceKind, EmailBody, ExchangeAuthKind, RawAdmin, RawAutodiscover, RawCatchup,
     RawConfig, RawCrm, RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory, RawExchange,
     RawIdentity, RawInspect, RawLimits, RawListener, RawLogging, RawOtherTable, RawOutbox,
-    RawRules, RawRuntime, RawShutdown, RawStorage, RawUpstreams, RawWebhook, SinkKind,
+    RawRules, RawRuntime, RawShutdown, RawStorage, RawUpstreams, RawWebhook, RuntimeModel,
+    SinkKind,
 };
 pub use resolve::{
     AdminConfig, AutodiscoverConfig, CatchupConfig, CrmConfig, DataverseConnection,
@@ -118,6 +119,7 @@ pub struct StorageConfig {
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
+    pub model: RuntimeModel,
     pub worker_threads: Option<usize>,
 }
 

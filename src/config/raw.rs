@@ -392,8 +392,25 @@ impl Default for RawStorage {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRuntime {
-    /// Tokio worker threads; 0 means one per core.
+    /// `shared` (one work-stealing runtime for everything) or `per_core` (the proxy on threads
+    /// of their own, each with its own listener and upstream pool).
+    pub model: RuntimeModel,
+    /// Threads: the shared runtime's workers, or the proxy's threads under `per_core`; 0 means
+    /// one per core.
     pub worker_threads: usize,
+}
+
+/// How the proxy's work is spread over threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeModel {
+    /// One multi-threaded, work-stealing runtime serves traffic and background work alike.
+    Shared,
+    /// nginx's model: one single-threaded runtime per proxy thread, each with its own
+    /// `SO_REUSEPORT` listener and upstream pool, so a request never crosses threads;
+    /// background work (delivery, admin, directory) runs on a one-thread runtime beside them.
+    #[default]
+    PerCore,
 }
 
 /// `[outbox]`: the durable queue of track decisions.

@@ -434,7 +434,7 @@ async fn send_pooled(
     sent: &Notify,
     request: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, bool), ProxyError> {
-    match response_head(state, sent, state.pool.request(request)).await {
+    match response_head(state, sent, state.pool().request(request)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(error)) if error.is_connect() => {
             Err(ProxyError::UpstreamUnreachable(Box::new(error)))

@@ -153,7 +153,7 @@ impl ProxyMetrics {
     fn register_plain(&self, registry: &mut Registry) {
         registry.register(
             "connections_accepted",
-            "Client connections accepted",
+            "Client connections accepted and taken into service (under the connection limit)",
             self.connections_accepted.clone(),
         );
         registry.register(

@@ -48,7 +48,8 @@ pub enum ProxyBuildError {
 /// in-flight requests keep the snapshot they started with.
 pub struct ProxyState {
     pub routes: Routes,
-    pub pool: upstream::PooledClient,
+    /// The upstream keep-alive pools: one, or one per proxy thread.
+    pools: Vec<upstream::PooledClient>,
     pub upstream: upstream::UpstreamSettings,
     pub tls_acceptor: Option<TlsAcceptor>,
     pub listener: ListenerSettings,
@@ -60,6 +61,11 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// The upstream pool of the thread serving this request.
+    pub fn pool(&self) -> &upstream::PooledClient {
+        &self.pools[server::thread_index() % self.pools.len()]
+    }
+
     pub fn build(
         settings: &ProxySettings,
         routes: Routes,
@@ -88,10 +94,13 @@ impl ProxyState {
             pool_idle_timeout: settings.upstreams.pool_idle_timeout,
             pool_max_idle_per_host: settings.upstreams.pool_max_idle_per_host,
         };
-        let pool = upstream::pooled_client(&upstream, metrics.upstream_connects_pooled.clone());
+        // One pool per proxy thread: a request reuses connections its own thread drives.
+        let pools = (0..settings.threads.unwrap_or(1).max(1))
+            .map(|_| upstream::pooled_client(&upstream, metrics.upstream_connects_pooled.clone()))
+            .collect();
         Ok(ProxyState {
             routes,
-            pool,
+            pools,
             upstream,
             tls_acceptor,
             listener: settings.listener.clone(),

@@ -23,34 +23,134 @@ use super::framing::FramingGuard;
 use super::stack::connection_service;
 use super::{ConnContext, Proxy};
 
-/// Binds the client listener with a deep accept backlog.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the client listener with a deep accept backlog; `shared` lets the proxy's other
+/// threads bind the same address (`SO_REUSEPORT`: the kernel spreads new connections). The
+/// listener is not tied to a runtime yet: [`serve`] registers it with the one it runs on.
+pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
-    socket.listen(4096)
+    socket.listen(4096)?.into_std()
+}
+
+std::thread_local! {
+    /// Which proxy thread this is (0 on the shared runtime): picks the thread's upstream pool.
+    static THREAD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The proxy thread running the caller (0 outside the proxy's own threads).
+pub fn thread_index() -> usize {
+    THREAD_INDEX.with(std::cell::Cell::get)
+}
+
+/// The proxy's own threads (`runtime.model = "per_core"`), nginx's model: each runs a
+/// single-threaded runtime with its own `SO_REUSEPORT` listener, so a connection, its requests
+/// and its upstream connections stay on one thread with no work stealing or cross-thread
+/// wake-ups. Dropping this lets the threads go: connections still open are closed.
+pub struct ProxyThreads {
+    release: watch::Sender<bool>,
+}
+
+impl Drop for ProxyThreads {
+    fn drop(&mut self) {
+        let _ = self.release.send(true);
+    }
+}
+
+/// Starts `threads` proxy threads, the first on `first` (bound with `shared`), the others on
+/// listeners of their own at its address. Returns them and a task that ends once every thread
+/// has stopped accepting after `stop`; their connections go on until [`drain`] sees them close
+/// or the [`ProxyThreads`] are dropped.
+pub fn serve_on_threads(
+    first: std::net::TcpListener,
+    threads: usize,
+    proxy: Arc<Proxy>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(ProxyThreads, tokio::task::JoinHandle<()>)> {
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..threads.max(1) {
+        listeners.push(bind(addr, true)?);
+    }
+    let (release, released) = watch::channel(false);
+    let mut accepting = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (stopped_accepting, accepting_done) = tokio::sync::oneshot::channel::<()>();
+        accepting.push(accepting_done);
+        let (proxy, stop, mut released) = (proxy.clone(), stop.clone(), released.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            // Within Linux's 15 characters, and telling gateways in one process apart.
+            .name(format!("proxy:{}/{index}", addr.port()))
+            .spawn(move || {
+                THREAD_INDEX.with(|i| i.set(index));
+                runtime.block_on(async move {
+                    // Each thread has its own allocator heap to give back.
+                    let housekeeping =
+                        tokio::spawn(crate::common::memory::give_back_freed_memory());
+                    serve(listener, proxy, Budget::AfterAccept, stop).await;
+                    drop(stopped_accepting);
+                    // Its connections finish under the gateway's drain, until it lets go.
+                    let _ = released.wait_for(|released| *released).await;
+                    housekeeping.abort();
+                });
+            })?;
+    }
+    let all_stopped = tokio::spawn(async move {
+        for done in accepting {
+            let _ = done.await;
+        }
+    });
+    Ok((ProxyThreads { release }, all_stopped))
+}
+
+/// When a listener takes budget (a slot under `limits.max_connections`) for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Before accepting: beyond the limit, clients queue in the backlog instead of being
+    /// accepted and starved. Right for the one listener of the shared runtime.
+    BeforeAccept,
+    /// After accepting: with one listener per proxy thread, a listener waiting for budget
+    /// before anyone connects would hold budget another thread's client needs. Beyond the
+    /// limit, each thread holds at most one accepted connection until budget frees; the rest
+    /// queue in the backlog.
+    AfterAccept,
 }
 
 /// Accepts connections until `stop` turns true. Connections already open are told to finish
 /// their in-flight requests and close; [`drain`] waits for them.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    budget: Budget,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve on the client listener");
+            return;
+        }
+    };
     loop {
         if *stop.borrow() {
             return;
         }
-        // Wait for budget before accepting: beyond the limit, clients queue in the backlog
-        // instead of being accepted and starved.
-        let permit = tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            permit = proxy.connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
+        let early = match budget {
+            Budget::BeforeAccept => match take_budget(&proxy, &mut stop).await {
+                Some(permit) => Some(permit),
+                None => return,
             },
+            Budget::AfterAccept => None,
         };
         let (tcp, peer) = tokio::select! {
             biased;
@@ -65,6 +165,13 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Re
                 }
             },
         };
+        let permit = match early {
+            Some(permit) => permit,
+            None => match take_budget(&proxy, &mut stop).await {
+                Some(permit) => permit,
+                None => return,
+            },
+        };
         proxy.metrics.connections_accepted.inc();
         tokio::spawn(serve_connection(
             proxy.clone(),
@@ -73,6 +180,18 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stop: watch::Re
             stop.clone(),
             permit,
         ));
+    }
+}
+
+/// A slot under the connection limit, waiting for one to free; `None` once `stop` turns true.
+async fn take_budget(
+    proxy: &Proxy,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        biased;
+        _ = stop.changed() => None,
+        permit = proxy.connections.clone().acquire_owned() => permit.ok(),
     }
 }
 

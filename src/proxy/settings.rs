@@ -12,6 +12,9 @@ use ipnet::IpNet;
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub listener: ListenerSettings,
+    /// The proxy's own threads, each with its own listener and upstream pool (`None`: one
+    /// shared runtime, one pool).
+    pub threads: Option<usize>,
     pub limits: Limits,
     pub upstreams: UpstreamTimeouts,
     pub autodiscover: AutodiscoverSettings,

@@ -83,6 +83,7 @@ impl RawConfig {
             },
             storage: StorageConfig { data_dir },
             runtime: RuntimeConfig {
+                model: self.runtime.model,
                 worker_threads: match self.runtime.worker_threads {
                     0 => None,
                     n => Some(n),
