@@ -424,7 +424,10 @@ async fn memory_returns_after_closing(n: usize, held: Held) {
     drop(streams);
     // Nothing else happens from here, not even an admin request: any allocation there would
     // hide a gateway that gives memory back only while it is busy.
-    let near_baseline = before + (peak - before) / 4;
+    // Back within a quarter of the growth, or 2 MiB: each thread's allocator heap keeps a few
+    // free pages of its own, which shows once the growth is small (2 000 parked connections
+    // hold only ~5 MiB); a gateway that kept the connections' memory stays at its peak.
+    let near_baseline = before + ((peak - before) / 4).max(2 << 20);
     support::wait_for(
         Duration::from_secs(15),
         &format!("the memory of {n} closed connections to go back to the system"),
