@@ -559,6 +559,22 @@ fn folder_rules_track_regardless_of_the_filter_and_set_regarding() {
     assert_eq!(d.regarding, None);
 }
 
+/// One item moved or copied into a folder (by id or distinguished name); `new_item` is the id
+/// Exchange's answer gave it, if any.
+fn transfer(
+    item: &str,
+    new_item: Option<&str>,
+    folder_id: Option<&str>,
+    folder: Option<&str>,
+) -> Transfer {
+    Transfer {
+        item_ids: vec![item.into()],
+        new_item_ids: vec![new_item.map(str::to_owned)],
+        destination_folder_id: folder_id.map(str::to_owned),
+        destination_folder: folder.map(str::to_owned),
+    }
+}
+
 fn move_to(
     item: &str,
     new_item: &str,
@@ -567,12 +583,7 @@ fn move_to(
 ) -> Observation {
     Observation::MessageMoved {
         origin: origin("owner@corp.example", "MoveItem"),
-        transfer: Transfer {
-            item_ids: vec![item.into()],
-            new_item_ids: vec![Some(new_item.into())],
-            destination_folder_id: folder_id.map(str::to_owned),
-            destination_folder: folder.map(str::to_owned),
-        },
+        transfer: transfer(item, Some(new_item), folder_id, folder),
     }
 }
 
@@ -587,12 +598,7 @@ fn an_item_moved_without_a_new_id_is_still_known_by_its_id() {
     );
     let quiet_move = Observation::MessageMoved {
         origin: origin("owner@corp.example", "MoveItem"),
-        transfer: Transfer {
-            item_ids: vec!["item-keep@x".into()],
-            new_item_ids: vec![None],
-            destination_folder_id: Some(PLAIN.into()),
-            destination_folder: None,
-        },
+        transfer: transfer("item-keep@x", None, Some(PLAIN), None),
     };
     engine.decide(&quiet_move, Mode::REPLAY);
     let d = decide(
@@ -2443,12 +2449,12 @@ fn the_first_filing_wins_and_re_links_keep_the_crm_id() {
     );
     let moved = Observation::MessageMoved {
         origin: origin("colleague@corp.example", "MoveItem"),
-        transfer: Transfer {
-            item_ids: vec!["item-filed@x".into()],
-            new_item_ids: vec![Some("c-filed".into())],
-            destination_folder_id: Some("AAMkColleagueLinked=".into()),
-            destination_folder: None,
-        },
+        transfer: transfer(
+            "item-filed@x",
+            Some("c-filed"),
+            Some("AAMkColleagueLinked="),
+            None,
+        ),
     };
     let d = decide(&engine, &moved);
     expect(&d, Reason::AlreadyTracked);
@@ -2703,12 +2709,7 @@ fn a_copy_without_a_new_id_does_not_change_the_original() {
     );
     let copy = Observation::MessageCopied {
         origin: origin("owner@corp.example", "CopyItem"),
-        transfer: Transfer {
-            item_ids: vec!["item-orig@x".into()],
-            new_item_ids: vec![None],
-            destination_folder_id: Some(TRACKED.into()),
-            destination_folder: None,
-        },
+        transfer: transfer("item-orig@x", None, Some(TRACKED), None),
     };
     let copied = decide(&engine, &copy);
     assert!(copied.is_track(), "{copied:#?}");
