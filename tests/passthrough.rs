@@ -244,18 +244,13 @@ async fn oversized_declared_body_gets_413_before_reaching_upstream() {
 /// The listening sockets on `port` in this process's network namespace (IPv4).
 fn listening_sockets(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let local = format!(":{port:04X} ");
+    let local = format!(":{port:04X}");
     table
         .lines()
         .skip(1)
-        .filter(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            // `st` 0A is LISTEN.
-            fields
-                .get(1)
-                .is_some_and(|a| format!("{a} ").ends_with(&local))
-                && fields.get(3) == Some(&"0A")
-        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // `local_address` ends with the port in hex; `st` 0A is LISTEN.
+        .filter(|f| f.get(1).is_some_and(|a| a.ends_with(&local)) && f.get(3) == Some(&"0A"))
         .count()
 }
 

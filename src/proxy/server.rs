@@ -93,15 +93,15 @@ pub fn serve_on_threads(
             .name(format!("proxy:{}/{index}", addr.port()))
             .spawn(move || {
                 THREAD_INDEX.with(|i| i.set(index));
+                // Returning drops the runtime: what still runs on it (connections past the
+                // grace period, the housekeeping) ends with it.
                 runtime.block_on(async move {
                     // Each thread has its own allocator heap to give back.
-                    let housekeeping =
-                        tokio::spawn(crate::common::memory::give_back_freed_memory());
+                    tokio::spawn(crate::common::memory::give_back_freed_memory());
                     serve(listener, proxy, Budget::AfterAccept, stop).await;
                     drop(stopped_accepting);
                     // Its connections finish under the gateway's drain, until it lets go.
                     let _ = released.wait_for(|released| *released).await;
-                    housekeeping.abort();
                 });
             })?;
     }
@@ -146,10 +146,12 @@ pub async fn serve(
             return;
         }
         let early = match budget {
-            Budget::BeforeAccept => match take_budget(&proxy, &mut stop).await {
-                Some(permit) => Some(permit),
-                None => return,
-            },
+            Budget::BeforeAccept => {
+                let Some(permit) = take_budget(&proxy, &mut stop).await else {
+                    return;
+                };
+                Some(permit)
+            }
             Budget::AfterAccept => None,
         };
         let (tcp, peer) = tokio::select! {
@@ -166,11 +168,11 @@ pub async fn serve(
             },
         };
         let permit = match early {
-            Some(permit) => permit,
-            None => match take_budget(&proxy, &mut stop).await {
-                Some(permit) => permit,
-                None => return,
-            },
+            Some(permit) => Some(permit),
+            None => take_budget(&proxy, &mut stop).await,
+        };
+        let Some(permit) = permit else {
+            return;
         };
         proxy.metrics.connections_accepted.inc();
         tokio::spawn(serve_connection(
