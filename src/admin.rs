@@ -127,7 +127,10 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
                 ),
             }
         }
-        "/outbox/stats" => json_reply(state.outbox.stats()),
+        "/outbox/stats" => {
+            let outbox = state.outbox.clone();
+            json_reply(off_the_runtime(move || outbox.stats()).await)
+        }
         "/catchup" => {
             if let Some(denied) = authorize(state, &req) {
                 return denied;
@@ -143,9 +146,14 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
                 return denied;
             }
             let limit = limit(req.uri().query());
+            let outbox = state.outbox.clone();
             match path.as_str() {
-                "/outbox/pending" => json_reply(state.outbox.pending(limit)),
-                "/outbox/dead" => json_reply(state.outbox.dead_letters(limit)),
+                "/outbox/pending" => {
+                    json_reply(off_the_runtime(move || outbox.pending(limit)).await)
+                }
+                "/outbox/dead" => {
+                    json_reply(off_the_runtime(move || outbox.dead_letters(limit)).await)
+                }
                 _ => match &state.journal {
                     Some(j) => json_reply(j.list(limit)),
                     None => no_journal(),
@@ -504,8 +512,22 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 }
 
 /// What `/readyz` says about the directory's freshness.
+/// An outbox call that may wait on a store or a server, on a blocking thread.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, OutboxError> + Send + 'static,
+) -> Result<T, OutboxError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or(Err(OutboxError::WriterGone))
+}
+
 fn readiness_detail(state: &AdminState) -> String {
     let mut detail = String::new();
+    if let Some(problem) = state.outbox.health() {
+        // Mail keeps flowing and decisions keep being stored (spooled); a fleet whose NATS
+        // is down must not be taken out of the load balancer all at once.
+        detail.push_str(&format!("outbox degraded: {problem}\n"));
+    }
     for problem in state
         .delivery
         .as_ref()

@@ -94,6 +94,13 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// The fleet's NATS JetStream outbox (`outbox.backend = "nats"`).
+    Nats {
+        #[arg(long, env = "TRACKGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
     /// The journal sink (the default when no CRM is configured): what was "delivered".
     Journal {
         #[arg(long, env = "TRACKGATE_CONFIG", global = true)]
@@ -119,6 +126,13 @@ enum CatchupCommand {
     Status,
     /// Sweep this mailbox next.
     Run { mailbox: String },
+}
+
+#[derive(Subcommand)]
+enum NatsCommand {
+    /// Create or update the records' stream, the dead-letter stream and the shared consumer,
+    /// with `nats.replicas` replicas. Once per fleet, before the gateways start.
+    Setup,
 }
 
 #[derive(Subcommand)]
@@ -340,6 +354,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (text, source) = ops::outbox(&config, action)?;
             eprintln!("source: {source}");
             print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nats { config, command } => {
+            let config = load_config(config.as_deref())?;
+            match command {
+                NatsCommand::Setup => print!("{}", ops::nats_setup(&config)?),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal { config, command } => {

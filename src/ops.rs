@@ -7,7 +7,8 @@ use uuid::Uuid;
 use crate::config::{Config, SinkConfig};
 use crate::crm::Journal;
 use crate::crm::journal::JournalError;
-use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
+use crate::outbox::nats::{NatsMetrics, Role};
+use crate::outbox::{NatsOutbox, Outbox, OutboxError, OutboxMetrics, RedbOutbox};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -25,6 +26,10 @@ pub enum OpsError {
     Encode(#[from] serde_json::Error),
     #[error("the configured sink is not the journal (crm.sink); the journal has nothing to show")]
     NoJournal,
+    #[error(
+        "outbox.backend is not \"nats\"; set it (and [nats] servers) to use the fleet's streams"
+    )]
+    NotNats,
     #[error(
         "{} is in use, and no running gateway is recorded in {}\nfix: run the command with the configuration of the gateway that holds the file, or stop the process that holds it",
         file.display(),
@@ -137,6 +142,8 @@ pub enum Source {
         admin: std::net::SocketAddr,
         pid: u32,
     },
+    /// The fleet's JetStream stream.
+    Nats { stream: String },
 }
 
 impl std::fmt::Display for Source {
@@ -144,6 +151,7 @@ impl std::fmt::Display for Source {
         match self {
             Source::File(path) => write!(f, "{}", path.display()),
             Source::Gateway { admin, pid } => write!(f, "gateway at http://{admin} (pid {pid})"),
+            Source::Nats { stream } => write!(f, "NATS stream {stream}"),
         }
     }
 }
@@ -151,27 +159,29 @@ impl std::fmt::Display for Source {
 /// Runs an outbox command; returns what to print and where it came from.
 pub fn outbox(config: &Config, action: OutboxAction) -> Result<(String, Source), OpsError> {
     let mut registry = prometheus_client::registry::Registry::default();
+    if let Some(settings) = crate::app::settings::nats(config) {
+        // The fleet's streams, read and changed directly: the same from any machine, whether
+        // or not a gateway runs here.
+        let source = Source::Nats {
+            stream: settings.stream.clone(),
+        };
+        let outbox = nats_runtime()?.block_on(NatsOutbox::open(
+            settings,
+            NatsMetrics::register(&mut registry),
+            OutboxMetrics::register(&mut registry),
+            Role::Operator,
+        ))?;
+        return Ok((outbox_action(&outbox, action)?, source));
+    }
     match RedbOutbox::open(
         &config.outbox.file,
         crate::app::settings::outbox(&config.outbox),
         OutboxMetrics::register(&mut registry),
     ) {
-        Ok(outbox) => {
-            let text = match action {
-                OutboxAction::Stats => pretty(&outbox.stats()?)?,
-                OutboxAction::Pending { limit } => pretty(&outbox.pending(limit)?)?,
-                OutboxAction::Dead { limit } => pretty(&outbox.dead_letters(limit)?)?,
-                OutboxAction::Retry(id) => {
-                    outbox.retry(id)?;
-                    format!("retry: {id} is pending again\n")
-                }
-                OutboxAction::Skip(id) => {
-                    outbox.skip(id)?;
-                    format!("skip: {id} dropped without delivery\n")
-                }
-            };
-            Ok((text, Source::File(config.outbox.file.clone())))
-        }
+        Ok(outbox) => Ok((
+            outbox_action(&outbox, action)?,
+            Source::File(config.outbox.file.clone()),
+        )),
         Err(OutboxError::InUse { .. }) => {
             let (method, path) = match action {
                 OutboxAction::Stats => ("GET", "/outbox/stats".to_owned()),
@@ -186,6 +196,48 @@ pub fn outbox(config: &Config, action: OutboxAction) -> Result<(String, Source),
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn outbox_action(outbox: &dyn Outbox, action: OutboxAction) -> Result<String, OpsError> {
+    Ok(match action {
+        OutboxAction::Stats => pretty(&outbox.stats()?)?,
+        OutboxAction::Pending { limit } => pretty(&outbox.pending(limit)?)?,
+        OutboxAction::Dead { limit } => pretty(&outbox.dead_letters(limit)?)?,
+        OutboxAction::Retry(id) => {
+            outbox.retry(id)?;
+            format!("retry: {id} is pending again\n")
+        }
+        OutboxAction::Skip(id) => {
+            outbox.skip(id)?;
+            format!("skip: {id} dropped without delivery\n")
+        }
+    })
+}
+
+fn nats_runtime() -> Result<tokio::runtime::Runtime, OpsError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OpsError::Outbox(OutboxError::Thread(e)))
+}
+
+/// `trackgate nats setup`: creates or updates the fleet's streams and consumer.
+pub fn nats_setup(config: &Config) -> Result<String, OpsError> {
+    let Some(settings) = crate::app::settings::nats(config) else {
+        return Err(OpsError::NotNats);
+    };
+    nats_runtime()?
+        .block_on(crate::outbox::nats::setup(&settings))
+        .map_err(|e| OpsError::Outbox(e.into()))?;
+    Ok(format!(
+        "ready: stream {} ({}.>), dead letters {} ({}.>), consumer {}, {} replica(s)\n",
+        settings.stream,
+        settings.subject,
+        settings.dead_stream,
+        settings.dead_subject,
+        settings.consumer,
+        settings.replicas
+    ))
 }
 
 /// Runs a journal command; returns what to print and where it came from.

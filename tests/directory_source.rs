@@ -10,7 +10,6 @@ use trackgate::app::{self, Gateway};
 use trackgate::directory::model::{Contact, DirectoryDocument, MailboxTrackingFolder};
 use trackgate::directory::tables;
 use trackgate::inspect::Observation;
-use trackgate::outbox::Outbox;
 use trackgate::rules::{Decision, Mode};
 use trackgate::simulate::dataverse::DataverseFaults;
 use trackgate::simulate::{DataverseOptions, DataverseSimulator};

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use trackgate::outbox::Outbox as _;
 use trackgate::rules::Reason;
 use trackgate::simulate::mailbox::Store;
 use trackgate::simulate::{AuthMode, ExchangeSimulator, FixtureSet, SimulatorOptions};

@@ -28,6 +28,9 @@ mod demo;
 mod directory_source;
 /// `Expect: 100-continue` is answered by the upstream, never the gateway.
 mod expect_continue;
+/// The fleet outbox on real nats-server processes: exactly once through kills, NATS away,
+/// start-up errors.
+mod fleet;
 /// The fuzz corpora, replayed.
 mod fuzz_corpora;
 /// Idle keep-alive connections park without HTTP state; plaintext HTTP/2 by prior knowledge.

@@ -20,6 +20,8 @@ use crate::directory::dataverse::{DataverseSource, DataverseSourceSettings};
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
+use crate::outbox::nats::{NatsMetrics, Role};
+use crate::outbox::{NatsOutbox, Outbox, OutboxMetrics, RedbOutbox};
 use crate::pipeline::Pipeline;
 use crate::proxy::ProxyMetrics;
 use crate::proxy::capture::{Budget, Capture, CaptureSink, DropHook};
@@ -400,5 +402,29 @@ pub(super) async fn listeners(config: &Config) -> Result<Listeners, AppError> {
             .map_err(bind_error(&ADMIN_LISTENER, admin_at))?,
         proxy,
         admin,
+    })
+}
+
+/// The outbox the configuration names: the gateway's own redb file, or the fleet's JetStream
+/// stream (connected and checked here; refused credentials or a wrong stream stop the start).
+pub async fn outbox(config: &Config, registry: &mut Registry) -> Result<Arc<dyn Outbox>, AppError> {
+    let metrics = OutboxMetrics::register(registry);
+    Ok(match settings::nats(config) {
+        None => Arc::new(RedbOutbox::open(
+            &config.outbox.file,
+            settings::outbox(&config.outbox),
+            metrics,
+        )?),
+        Some(nats) => Arc::new(
+            NatsOutbox::open(
+                nats,
+                NatsMetrics::register(registry),
+                metrics,
+                Role::Gateway {
+                    deliver: config.delivery.enabled,
+                },
+            )
+            .await?,
+        ),
     })
 }

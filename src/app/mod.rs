@@ -22,7 +22,7 @@ use crate::delivery::{Delivered, Delivery, DeliveryMetrics, RecentDeliveries};
 use crate::directory::dataverse::DataverseSource;
 use crate::directory::{DirectoryError, DirectoryMetrics, FileSource};
 use crate::inspect::worker::{InspectMetrics, RecentObservations};
-use crate::outbox::{Outbox, OutboxError, OutboxMetrics, RedbOutbox};
+use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::Pipeline;
 use crate::proxy::server;
 use crate::proxy::{Proxy, ProxyBuildError, ProxyMetrics, ProxyState, Routes, UpstreamBase};
@@ -118,7 +118,7 @@ pub struct Gateway {
     directory_source: Arc<Mutex<FileSource>>,
     directory_metrics: Arc<DirectoryMetrics>,
     dataverse_source: Option<Arc<DataverseSource>>,
-    outbox: Arc<RedbOutbox>,
+    outbox: Arc<dyn Outbox>,
     journal: Option<Arc<Journal>>,
     delivery_stop: watch::Sender<bool>,
     delivery_task: Option<JoinHandle<()>>,
@@ -153,11 +153,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let decisions = RecentDecisions::new(config.rules.recent_decisions);
 
     // The outbox, and delivery from it to the sink.
-    let outbox = Arc::new(RedbOutbox::open(
-        &config.outbox.file,
-        settings::outbox(&config.outbox),
-        OutboxMetrics::register(&mut registry),
-    )?);
+    let outbox = build::outbox(&config, &mut registry).await?;
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
     let marks = build::catchup_marks(&config, exchange.as_ref());
@@ -444,7 +440,7 @@ impl Gateway {
     }
 
     /// The outbox (for tests and the admin endpoints).
-    pub fn outbox(&self) -> &Arc<RedbOutbox> {
+    pub fn outbox(&self) -> &Arc<dyn Outbox> {
         &self.outbox
     }
 
@@ -570,7 +566,7 @@ impl Gateway {
             .finished
             .load(std::sync::atomic::Ordering::Acquire)
             >= handed_off;
-        let flush = |outbox: Arc<RedbOutbox>| async move {
+        let flush = |outbox: Arc<dyn Outbox>| async move {
             matches!(
                 tokio::task::spawn_blocking(move || outbox.flush()).await,
                 Ok(Ok(()))
@@ -642,7 +638,11 @@ fn print_banner(gateway: &Gateway) {
         Some(sim) => println!("  upstream:       built-in Exchange simulator ({sim})"),
         None => println!("  upstream:       configured Exchange"),
     }
-    println!("  outbox:         {}", gateway.outbox.path().display());
+    let outbox = gateway.config.lock().map(|c| match &c.nats {
+        Some(nats) => format!("NATS stream {}", nats.stream),
+        None => c.outbox.file.display().to_string(),
+    });
+    println!("  outbox:         {}", outbox.unwrap_or_default());
     if let Ok(config) = gateway.config.lock() {
         match &config.crm.sink {
             SinkConfig::Journal { file } => println!(

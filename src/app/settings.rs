@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use crate::config::{
     Config, ConfigError, CrmConfig, DataverseDirectoryConfig, DeliveryConfig, EmailBody,
-    ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, OutboxConfig, RulesConfig,
-    RuntimeModel, logical_name,
+    ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, NatsCredentials,
+    OutboxConfig, RulesConfig, RuntimeModel, logical_name,
 };
 use crate::crm::mapping::{BodyPolicy, FieldTable};
 use crate::delivery::DeliverySettings;
@@ -22,7 +22,9 @@ use crate::exchange::{ExchangeAuth, ExchangeSettings};
 use crate::inspect::InspectLimits;
 use crate::inspect::decode::DecodeLimits;
 use crate::inspect::xml::XmlLimits;
+use crate::outbox::NatsSettings;
 use crate::outbox::OutboxSettings;
+use crate::outbox::nats::{NatsAuth, NatsTls};
 use crate::proxy::{
     AutodiscoverSettings, BodyPace, Limits, ListenerSettings, ProxySettings, UpstreamTimeouts,
 };
@@ -235,6 +237,51 @@ pub fn outbox(o: &OutboxConfig) -> OutboxSettings {
         delivered_window: o.delivered_window,
         ..OutboxSettings::default()
     }
+}
+
+/// The fleet outbox's settings, when `outbox.backend = "nats"`. The instance is named by the
+/// host and the admin port unless `nats.instance` names it.
+pub fn nats(config: &Config) -> Option<NatsSettings> {
+    let n = config.nats.as_ref()?;
+    let instance = n.instance.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "trackgate".into());
+        format!("{host}:{}", config.admin.address.port())
+    });
+    Some(NatsSettings {
+        servers: n.servers.clone(),
+        auth: match &n.credentials {
+            NatsCredentials::None => NatsAuth::None,
+            NatsCredentials::UserPassword { user, password } => NatsAuth::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            NatsCredentials::Token(token) => NatsAuth::Token(token.clone()),
+            NatsCredentials::Nkey(seed) => NatsAuth::Nkey(seed.clone()),
+            NatsCredentials::CredsFile(path) => NatsAuth::CredsFile(path.clone()),
+        },
+        tls: NatsTls {
+            required: n.tls_required,
+            ca_file: n.tls_ca_file.clone(),
+            client_cert: n.tls_client.clone(),
+        },
+        instance,
+        stream: n.stream.clone(),
+        subject: n.subject.clone(),
+        consumer: n.consumer.clone(),
+        dead_stream: n.dead_stream.clone(),
+        dead_subject: n.dead_subject.clone(),
+        replicas: n.replicas,
+        duplicate_window: n.duplicate_window,
+        connect_timeout: n.connect_timeout,
+        request_timeout: n.request_timeout,
+        publish_in_flight: n.publish_in_flight,
+        prefetch: n.prefetch,
+        ack_wait: n.ack_wait,
+        spool: n.spool_file.clone(),
+        spool_settings: outbox(&config.outbox),
+    })
 }
 
 pub fn delivery(d: &DeliveryConfig) -> DeliverySettings {

@@ -14,18 +14,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::{
-    DirectorySourceKind, EmailBody, ExchangeAuthKind, RawAdmin, RawAutodiscover, RawCatchup,
-    RawConfig, RawCrm, RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory, RawExchange,
-    RawIdentity, RawInspect, RawLimits, RawListener, RawLogging, RawOtherTable, RawOutbox,
-    RawRules, RawRuntime, RawShutdown, RawStorage, RawUpstreams, RawWebhook, RuntimeModel,
-    SinkKind,
+    DirectorySourceKind, EmailBody, ExchangeAuthKind, OutboxBackend, RawAdmin, RawAutodiscover,
+    RawCatchup, RawConfig, RawCrm, RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory,
+    RawExchange, RawIdentity, RawInspect, RawLimits, RawListener, RawLogging, RawNats,
+    RawOtherTable, RawOutbox, RawRules, RawRuntime, RawShutdown, RawStorage, RawUpstreams,
+    RawWebhook, RuntimeModel, SinkKind,
 };
 pub use resolve::{
     AdminConfig, AutodiscoverConfig, CatchupConfig, CrmConfig, DataverseConnection,
     DataverseDirectoryConfig, DeliveryConfig, DirectoryConfig, EXCHANGE_CONCURRENCY,
     ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, LimitsConfig,
-    ListenerConfig, ListenerTls, LogFormat, LoggingConfig, OtherTableConfig, OutboxConfig,
-    RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig, logical_name,
+    ListenerConfig, ListenerTls, LogFormat, LoggingConfig, NatsConfig, NatsCredentials,
+    OtherTableConfig, OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig,
+    logical_name,
 };
 
 /// Prefix of environment variables that override configuration keys.
@@ -99,6 +100,8 @@ pub struct Config {
     /// The Exchange service client for enrichment; `None` when no URL is configured.
     pub exchange: Option<ExchangeConfig>,
     pub catchup: CatchupConfig,
+    /// The fleet outbox's connection; `Some` exactly when `outbox.backend = "nats"`.
+    pub nats: Option<NatsConfig>,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
     /// Overrides from the command line, as `TRACKGATE_SECTION__KEY` pairs applied after the

@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub crm: RawCrm,
     pub exchange: RawExchange,
     pub catchup: RawCatchup,
+    pub nats: RawNats,
 }
 
 /// `[directory]`: where the CRM state the rules read comes from.
@@ -417,6 +418,9 @@ pub enum RuntimeModel {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawOutbox {
+    /// `redb` (a file of this gateway's own) or `nats` (a JetStream stream a fleet shares,
+    /// configured in `[nats]`).
+    pub backend: OutboxBackend,
     /// The redb file. Unset: `<storage.data_dir>/outbox.redb`.
     pub file: Option<PathBuf>,
     /// A group commit (one fsync) holds at most this many operations…
@@ -438,12 +442,96 @@ impl Default for RawOutbox {
     fn default() -> Self {
         // The outbox's own defaults (a test in `app::settings` holds them equal).
         RawOutbox {
+            backend: OutboxBackend::Redb,
             file: None,
             group_commit_records: 512,
             group_commit_interval: Duration::from_millis(5),
             queue: 65_536,
             max_pending: 1_000_000,
             delivered_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Where the outbox keeps its records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxBackend {
+    #[default]
+    Redb,
+    Nats,
+}
+
+/// `[nats]`: the JetStream outbox a fleet of gateways shares (`outbox.backend = "nats"`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawNats {
+    /// `nats://host:4222` URLs (`tls://` for TLS); the client learns the rest of the cluster.
+    pub servers: Vec<String>,
+    /// One way to sign in, or none: user and password, a token, an nkey seed, a creds file.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    pub nkey_seed: Option<Secret>,
+    pub creds_file: Option<PathBuf>,
+    pub tls_required: bool,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// This gateway's name in the fleet. Unset: the host name and the admin port.
+    pub instance: Option<String>,
+    pub stream: String,
+    pub subject: String,
+    pub consumer: String,
+    pub dead_stream: String,
+    pub dead_subject: String,
+    /// Replicas of the streams `trackgate nats setup` creates: 3 in production.
+    pub replicas: usize,
+    /// A second publish with the same record id within this window is dropped by the stream.
+    #[serde(with = "crate::common::duration")]
+    pub duplicate_window: Duration,
+    #[serde(with = "crate::common::duration")]
+    pub connect_timeout: Duration,
+    #[serde(with = "crate::common::duration")]
+    pub request_timeout: Duration,
+    /// Publishes waiting for the stream's acknowledgement at once.
+    pub publish_in_flight: usize,
+    /// Records one gateway holds from the shared consumer at once.
+    pub prefetch: usize,
+    /// A record held this long without an ack (the gateway died) goes to another gateway.
+    #[serde(with = "crate::common::duration")]
+    pub ack_wait: Duration,
+    /// The local spool for decisions NATS cannot take. Unset: `<storage.data_dir>/nats-spool.redb`.
+    pub spool_file: Option<PathBuf>,
+}
+
+impl Default for RawNats {
+    fn default() -> Self {
+        RawNats {
+            servers: Vec::new(),
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            creds_file: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            instance: None,
+            stream: "TRACKGATE_OUTBOX".into(),
+            subject: "trackgate.outbox".into(),
+            consumer: "trackgate-delivery".into(),
+            dead_stream: "TRACKGATE_DEAD".into(),
+            dead_subject: "trackgate.dead".into(),
+            replicas: 3,
+            duplicate_window: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            publish_in_flight: 256,
+            prefetch: 256,
+            ack_wait: Duration::from_secs(60),
+            spool_file: None,
         }
     }
 }

@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::{DemoError, Report, Running, row, start_error};
 use crate::app::Gateway;
-use crate::outbox::Outbox;
 use crate::rules::Decision;
 use crate::simulate::fixtures::{Fixture, FixtureSet};
 use crate::simulate::mailbox::{Delivery, Store, rest_id};

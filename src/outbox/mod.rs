@@ -3,9 +3,10 @@
 //! deduplication, the delivered-key window and the dead letters. It knows nothing of the CRM:
 //! delivery claims due records and settles each one with an outcome.
 //!
-//! The embedded backend is redb ([`store::RedbOutbox`]); the [`Outbox`] trait is the seam for a
-//! NATS JetStream backend shared by a fleet.
+//! The embedded backend is redb ([`store::RedbOutbox`]); a fleet shares a NATS JetStream one
+//! ([`nats::NatsOutbox`]). The rest of the gateway sees only the [`Outbox`] trait.
 
+pub mod nats;
 pub mod store;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use crate::rules::Decision;
 
+pub use nats::{NatsOutbox, NatsSettings};
 pub use store::RedbOutbox;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub enum OutboxError {
     NotFound { what: &'static str, id: Uuid },
     #[error("cannot start the outbox writer: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Nats(#[from] nats::NatsError),
 }
 
 /// One queued delivery: a track decision and its bookkeeping.
@@ -143,6 +147,11 @@ pub trait Outbox: Send + Sync + 'static {
     /// Drops a pending or dead record without delivering it; its key is remembered so the same
     /// decision is not queued again.
     fn skip(&self, key: Uuid) -> Result<(), OutboxError>;
+    /// Why the outbox is degraded while the gateway runs (a shared store out of reach, say);
+    /// readiness shows it. The embedded store has no such state.
+    fn health(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The dedup key of a decision queued at `at_ms`. Emails key on their CRM id; a regarding

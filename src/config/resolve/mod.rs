@@ -4,6 +4,7 @@
 
 mod delivery;
 mod edge;
+mod fleet;
 mod tracking;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ pub use edge::{
     AdminConfig, AutodiscoverConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat,
     LoggingConfig, UpstreamTarget, UpstreamsConfig,
 };
+pub use fleet::{NatsConfig, NatsCredentials};
 pub use tracking::{
     DataverseDirectoryConfig, DirectoryConfig, IdentityConfig, InspectConfig, OtherTableConfig,
     RulesConfig, logical_name,
@@ -61,7 +63,9 @@ impl RawConfig {
             &anchor,
         )?;
         let catchup = delivery::catchup(&self.catchup)?;
+        let nats = fleet::nats(self.outbox.backend, &self.nats, &data_dir, &anchor)?;
         Ok(Config {
+            nats,
             catchup,
             listener,
             upstreams,

@@ -1,0 +1,541 @@
+//! The fleet outbox on real nats-server processes: the outbox contract (publish, claim, settle,
+//! dead letters, retry, skip) on JetStream; gateways sharing one stream through a three-node
+//! cluster while a gateway or a NATS node is killed; NATS unreachable at start; and the start-up
+//! errors for wrong credentials, a missing stream and a consumer of another configuration.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use trackgate::outbox::nats::{NatsAuth, NatsMetrics, NatsSettings, Role};
+use trackgate::outbox::{NatsOutbox, Outbox, OutboxMetrics, Settlement};
+use trackgate::rules::Decision;
+use uuid::Uuid;
+
+use crate::delivery::{burst_and_wait, dataverse, dataverse_config, written_emails};
+use crate::support::nats::{self, NatsCluster};
+use crate::support::{self, GatewayProcess};
+
+fn decision(n: u128) -> Decision {
+    serde_json::from_value(serde_json::json!({
+        "verdict": "track", "reason": "filter_all", "observation": "message_seen",
+        "operation": "GetItem", "direction": "incoming", "crm_id": Uuid::from_u128(n),
+    }))
+    .unwrap()
+}
+
+fn settings(servers: Vec<String>, dir: &std::path::Path) -> NatsSettings {
+    let mut s = NatsSettings::local(&servers[0], dir.join("spool.redb"));
+    s.servers = servers;
+    s.ack_wait = Duration::from_secs(2);
+    s
+}
+
+async fn open(settings: NatsSettings, role: Role) -> Result<NatsOutbox, String> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    NatsOutbox::open(
+        settings,
+        NatsMetrics::register(&mut registry),
+        OutboxMetrics::register(&mut registry),
+        role,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// `setup`, retried until the cluster has elected its JetStream leader.
+async fn set_up(settings: &NatsSettings) {
+    support::wait_for(
+        Duration::from_secs(30),
+        "JetStream ready for setup",
+        async || trackgate::outbox::nats::setup(settings).await.ok(),
+    )
+    .await;
+}
+
+async fn claim(outbox: &NatsOutbox, n: usize) -> Vec<trackgate::outbox::Record> {
+    let mut claimed = Vec::new();
+    support::wait_for(Duration::from_secs(20), "records to claim", async || {
+        claimed.extend(outbox.claim_due(0, n - claimed.len()).unwrap());
+        (claimed.len() == n).then_some(())
+    })
+    .await;
+    claimed
+}
+
+/// Runs a blocking outbox call off the test's runtime.
+async fn blocking<T: Send + 'static>(
+    outbox: &Arc<NatsOutbox>,
+    call: impl FnOnce(&NatsOutbox) -> T + Send + 'static,
+) -> T {
+    let outbox = outbox.clone();
+    tokio::task::spawn_blocking(move || call(&outbox))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_jetstream_a_decision_is_stored_once_delivered_once_and_a_dead_letter_can_be_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::server(dir.path(), "");
+    let settings = settings(vec![server.url()], dir.path());
+    set_up(&settings).await;
+    let outbox = Arc::new(
+        open(settings.clone(), Role::Gateway { deliver: true })
+            .await
+            .unwrap(),
+    );
+
+    // The same decision twice is one record (Nats-Msg-Id); three distinct ones in all.
+    for n in [1, 2, 2, 3] {
+        assert!(outbox.submit(&decision(n)));
+    }
+    blocking(&outbox, |o| o.flush()).await.unwrap();
+    let stats = blocking(&outbox, |o| o.stats()).await.unwrap();
+    assert_eq!(stats.pending, 3, "{stats:?}");
+
+    let claimed = claim(&outbox, 3).await;
+    let keys: BTreeSet<Uuid> = claimed.iter().map(|r| r.key).collect();
+    assert_eq!(keys.len(), 3);
+    assert!(claimed.iter().all(|r| r.attempts == 0));
+    let by_key = |n: u128| {
+        claimed
+            .iter()
+            .find(|r| r.key == Uuid::from_u128(n))
+            .unwrap()
+    };
+    outbox.settle(by_key(1), Settlement::Delivered);
+    outbox.settle(
+        by_key(2),
+        Settlement::Retry {
+            at_ms: 0,
+            counted: true,
+            error: "500".into(),
+        },
+    );
+    outbox.settle(
+        by_key(3),
+        Settlement::Dead {
+            status: Some(400),
+            response: Some("{\"error\":{\"code\":\"0x80040203\"}}".into()),
+            error: "rejected".into(),
+        },
+    );
+    // The counted retry comes back with its attempt counted.
+    let again = claim(&outbox, 1).await;
+    assert_eq!(again[0].key, Uuid::from_u128(2));
+    assert_eq!(again[0].attempts, 1);
+    outbox.settle(&again[0], Settlement::Delivered);
+
+    let dead = support::wait_for(Duration::from_secs(10), "the dead letter", async || {
+        let dead = blocking(&outbox, |o| o.dead_letters(10)).await.unwrap();
+        (dead.len() == 1).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead[0].record.key, Uuid::from_u128(3));
+    assert_eq!(dead[0].status, Some(400));
+
+    // An operator's view from elsewhere sees the same, and retries the dead letter.
+    // (The gateway's outbox holds the spool file; the operator's works without it.)
+    let operator = Arc::new(open(settings.clone(), Role::Operator).await.unwrap());
+    blocking(&operator, |o| o.retry(Uuid::from_u128(3)))
+        .await
+        .unwrap();
+    let retried = claim(&outbox, 1).await;
+    assert_eq!(retried[0].key, Uuid::from_u128(3));
+    assert_eq!(retried[0].attempts, 0, "a retried dead letter starts over");
+    outbox.settle(&retried[0], Settlement::Delivered);
+    support::wait_for(Duration::from_secs(10), "everything settled", async || {
+        let s = blocking(&operator, |o| o.stats()).await.unwrap();
+        (s.pending == 0 && s.dead == 0).then_some(())
+    })
+    .await;
+
+    // Skip drops a pending record without delivering it.
+    assert!(outbox.submit(&decision(4)));
+    blocking(&outbox, |o| o.flush()).await.unwrap();
+    let held = claim(&outbox, 1).await;
+    blocking(&operator, |o| o.skip(Uuid::from_u128(4)))
+        .await
+        .unwrap();
+    assert_eq!(blocking(&operator, |o| o.stats()).await.unwrap().pending, 0);
+    drop(held);
+    assert!(
+        blocking(&operator, |o| o.skip(Uuid::from_u128(99)))
+            .await
+            .is_err(),
+        "an unknown id is an error"
+    );
+}
+
+/// A gateway process on the fleet's stream, delivering to the Dataverse simulator.
+fn fleet_config(
+    dir: &std::path::Path,
+    sim: &str,
+    dv: &trackgate::simulate::dataverse::DataverseSimulator,
+    servers: &str,
+) -> std::path::PathBuf {
+    support::write_config(
+        dir,
+        &format!(
+            "plaintext = true\n[upstreams]\news = \"{sim}\"\n[outbox]\nbackend = \"nats\"\n[nats]\nservers = {servers}\nreplicas = 3\nack_wait = \"2s\"\nconnect_timeout = \"2s\"\n{}",
+            dataverse_config(dv, "concurrency = 8")
+        ),
+    )
+}
+
+async fn stats_of(admin: &str) -> Option<Value> {
+    let r = support::plain_client()
+        .get(format!("{admin}/outbox/stats"))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// After a round: every record the stream stored reached Dataverse exactly once.
+async fn assert_exactly_once(
+    dv: &trackgate::simulate::dataverse::DataverseSimulator,
+    admins: &[String],
+    stored_before: usize,
+    acknowledged: usize,
+    expected: Option<usize>,
+) -> usize {
+    let admin = &admins[0];
+    let mut last = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let stats = loop {
+        // A stats call during a NATS election may fail; asked again.
+        // Every gateway's spool empty, the stream empty, and what it stored landed.
+        let mut all = Vec::new();
+        for admin in admins {
+            all.extend(stats_of(admin).await);
+        }
+        if all.len() == admins.len() {
+            let s = all.swap_remove(0);
+            let landed = written_emails(dv).len();
+            let stored = s["next_seq"].as_u64().unwrap_or(1) as usize - 1;
+            let idle = s["pending"] == 0 && all.iter().all(|o| o["pending"] == 0);
+            if idle && landed >= stored && expected.is_none_or(|e| stored >= e) {
+                break s;
+            }
+            last = Some((s, landed));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fleet did not drain: last stats and emails landed {last:?}; metrics:\n{}",
+            crate::delivery::metrics(admin)
+                .await
+                .lines()
+                .filter(|l| !l.starts_with('#')
+                    && !l.contains("_bucket")
+                    && (l.starts_with("trackgate_nats")
+                        || l.starts_with("trackgate_delivery_outcomes")
+                        || l.starts_with("trackgate_rules")
+                        || l.starts_with("trackgate_decisions")
+                        || l.starts_with("trackgate_inspect_dropped")
+                        || l.starts_with("trackgate_inspect")
+                        || l.starts_with("trackgate_outbox")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stored = stats["next_seq"].as_u64().unwrap() as usize - 1;
+    let emails = written_emails(dv);
+    let ids: BTreeSet<&str> = emails
+        .iter()
+        .map(|e| e["activityid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), emails.len(), "no email written twice");
+    assert_eq!(
+        emails.len(),
+        stored,
+        "every stored record landed, nothing else"
+    );
+    assert_eq!(dv.stats().recreated, 0);
+    assert_eq!(stats["dead"], 0);
+    let this_round = stored - stored_before;
+    // A killed gateway loses what it acknowledged and had not published yet (its inspection
+    // queue and publishes in flight): the catch-up sweep finds those messages again. What
+    // reached the stream is never lost.
+    assert!(
+        this_round <= acknowledged + 16,
+        "stored {this_round} for {acknowledged} acknowledged sends"
+    );
+    stored
+}
+
+/// Sends a round through all gateways, killing `victim` (SIGKILL) half-way; returns the sends
+/// the gateways answered.
+async fn round_with_a_kill(
+    gateways: &mut [Option<GatewayProcess>],
+    configs: &[std::path::PathBuf],
+    victim: usize,
+    offset: usize,
+    per_gateway: usize,
+) -> usize {
+    let mut sends = Vec::new();
+    for (i, gw) in gateways.iter().enumerate() {
+        let start = offset + i * per_gateway;
+        if i == victim {
+            continue;
+        }
+        let proxy = gw.as_ref().unwrap().proxy.clone();
+        sends.push(tokio::spawn(async move {
+            burst_and_wait(&proxy, start..start + per_gateway, 8).await
+        }));
+    }
+    let start = offset + victim * per_gateway;
+    let killed = gateways[victim].take().unwrap();
+    let answered_by_victim =
+        crate::delivery::kill_mid_burst(killed, start..start + per_gateway, 8).await;
+    // Back on the same data directory: whatever it spooled is published now.
+    gateways[victim] = Some(GatewayProcess::start(&configs[victim]));
+    let mut answered = answered_by_victim;
+    for s in sends {
+        answered += s.await.unwrap();
+    }
+    answered
+}
+
+/// A three-node cluster with the streams set up, both simulators, and three gateways'
+/// configurations (not started).
+struct Fleet {
+    dir: tempfile::TempDir,
+    cluster: NatsCluster,
+    sim: trackgate::simulate::ExchangeSimulator,
+    dv: trackgate::simulate::dataverse::DataverseSimulator,
+    configs: Vec<std::path::PathBuf>,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = NatsCluster::start(dir.path());
+        let servers: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+        let mut s = settings(servers, dir.path());
+        s.replicas = 3;
+        set_up(&s).await;
+        let sim = support::simulator("sim").await;
+        let dv = dataverse().await;
+        let configs = (0..3)
+            .map(|i| {
+                let d = dir.path().join(format!("gw-{i}"));
+                std::fs::create_dir_all(&d).unwrap();
+                fleet_config(&d, &sim.url(), &dv, &cluster.servers_toml())
+            })
+            .collect();
+        Fleet {
+            dir,
+            cluster,
+            sim,
+            dv,
+            configs,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_on_a_three_node_cluster_lose_and_duplicate_nothing_when_one_is_killed() {
+    let Fleet {
+        dir: _dir,
+        cluster: _cluster,
+        sim: _sim,
+        dv,
+        configs,
+    } = Fleet::start().await;
+    let mut gateways: Vec<Option<GatewayProcess>> = configs
+        .iter()
+        .map(|c| Some(GatewayProcess::start(c)))
+        .collect();
+    let mut stored = 0;
+    const PER_GATEWAY: usize = 60;
+    for round in 0..5 {
+        let offset = round * 3 * PER_GATEWAY;
+        let victim = round % 3;
+        let acknowledged =
+            round_with_a_kill(&mut gateways, &configs, victim, offset, PER_GATEWAY).await;
+        let admins: Vec<String> = gateways
+            .iter()
+            .map(|g| g.as_ref().unwrap().admin.clone())
+            .collect();
+        stored = assert_exactly_once(&dv, &admins, stored, acknowledged, None).await;
+        println!(
+            "round {round}: gateway {victim} killed; {acknowledged} sends answered, {stored} stored and delivered once in all (lost before publishing: {})",
+            (offset + 3 * PER_GATEWAY).saturating_sub(stored)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_nats_node_mid_traffic_loses_and_duplicates_nothing() {
+    let Fleet {
+        dir: _dir,
+        mut cluster,
+        sim: _sim,
+        dv,
+        configs,
+    } = Fleet::start().await;
+    let gateways: Vec<GatewayProcess> = configs.iter().map(|c| GatewayProcess::start(c)).collect();
+    let mut stored = 0;
+    const PER_GATEWAY: usize = 60;
+    for round in 0..5 {
+        let offset = round * 3 * PER_GATEWAY;
+        let sends: Vec<_> = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, gw)| {
+                let proxy = gw.proxy.clone();
+                let start = offset + i * PER_GATEWAY;
+                tokio::spawn(
+                    async move { burst_and_wait(&proxy, start..start + PER_GATEWAY, 8).await },
+                )
+            })
+            .collect();
+        // Mid-traffic: the first Dataverse write of this round has landed.
+        let before = written_emails(&dv).len();
+        support::wait_for(Duration::from_secs(60), "traffic under way", async || {
+            (written_emails(&dv).len() > before).then_some(())
+        })
+        .await;
+        let node = round % 3;
+        cluster.nodes[node].kill();
+        let mut acknowledged = 0;
+        for s in sends {
+            acknowledged += s.await.unwrap();
+        }
+        cluster.nodes[node].start();
+        let admins: Vec<String> = gateways.iter().map(|g| g.admin.clone()).collect();
+        let expected = offset + 3 * PER_GATEWAY;
+        stored = assert_exactly_once(&dv, &admins, stored, acknowledged, Some(expected)).await;
+        assert_eq!(
+            stored,
+            offset + 3 * PER_GATEWAY,
+            "no send lost while a node was down"
+        );
+        println!(
+            "round {round}: NATS node {node} killed; {stored} stored and delivered once in all"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_unreachable_mail_flows_readiness_says_why_and_the_spool_is_published_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::closed_port();
+    let sim = support::simulator("sim").await;
+    let dv = dataverse().await;
+    let config = fleet_config(
+        dir.path(),
+        &sim.url(),
+        &dv,
+        &format!("[\"nats://127.0.0.1:{port}\"]"),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("replicas = 3", "replicas = 1");
+    std::fs::write(&config, text).unwrap();
+    let gateway = GatewayProcess::start(&config);
+    const SENDS: usize = 40;
+    let answered = burst_and_wait(&gateway.proxy, 0..SENDS, 8).await;
+    assert_eq!(answered, SENDS, "mail flows without NATS");
+    let ready = support::get_text(&format!("{}/readyz", gateway.admin)).await;
+    assert!(ready.contains("NATS unreachable"), "{ready}");
+    let spooled = support::wait_for(Duration::from_secs(20), "the sends spooled", async || {
+        let m = crate::delivery::metrics(&gateway.admin).await;
+        m.lines()
+            .find(|l| l.starts_with("trackgate_nats_spool_depth "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .filter(|d| *d == SENDS as u64)
+    })
+    .await;
+    assert_eq!(spooled, SENDS as u64);
+    assert!(written_emails(&dv).is_empty());
+
+    // NATS comes back where the gateway expects it; the operator sets the streams up.
+    let _server = nats::server_on(dir.path(), port, "");
+    let (out, err) = support::run_trackgate([
+        std::ffi::OsStr::new("nats"),
+        "setup".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("ready: stream TRACKGATE_OUTBOX"),
+        "{err}"
+    );
+    assert_exactly_once(
+        &dv,
+        std::slice::from_ref(&gateway.admin),
+        0,
+        SENDS,
+        Some(SENDS),
+    )
+    .await;
+    support::wait_for(Duration::from_secs(20), "readiness clear", async || {
+        let ready = support::get_text(&format!("{}/readyz", gateway.admin)).await;
+        (!ready.contains("degraded")).then_some(())
+    })
+    .await;
+    // The command line reads the fleet's stream directly.
+    let (stdout, _) = support::run_trackgate([
+        std::ffi::OsStr::new("outbox"),
+        "stats".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    let stats: Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(stats["pending"], 0);
+    assert_eq!(stats["next_seq"], SENDS as u64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_a_missing_stream_or_a_foreign_consumer_stop_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let secured = nats::server(
+        dir.path(),
+        "authorization { user: trackgate, password: right-password }",
+    );
+    let mut wrong = settings(vec![secured.url()], dir.path());
+    wrong.auth = NatsAuth::UserPassword {
+        user: "trackgate".into(),
+        password: trackgate::common::Secret::new("wrong-password"),
+    };
+    let error = open(wrong, Role::Gateway { deliver: false })
+        .await
+        .unwrap_err();
+    assert!(error.contains("nats.user and nats.password"), "{error}");
+    assert!(!error.contains("wrong-password"), "no secret in the error");
+
+    let open_server = nats::server(dir.path(), "");
+    let plain = settings(vec![open_server.url()], dir.path());
+    let error = open(plain.clone(), Role::Gateway { deliver: false })
+        .await
+        .unwrap_err();
+    assert!(error.contains("(nats.stream) does not exist"), "{error}");
+    assert!(error.contains("trackgate nats setup"), "{error}");
+
+    // A consumer of the same name that reads another subject.
+    set_up(&plain).await;
+    let client = async_nats::connect(open_server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&plain.stream).await.unwrap();
+    stream.delete_consumer(&plain.consumer).await.unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(plain.consumer.clone()),
+            filter_subject: format!("{}.other", plain.subject),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = open(plain, Role::Gateway { deliver: false })
+        .await
+        .unwrap_err();
+    assert!(
+        error.contains("(nats.consumer) has another configuration"),
+        "{error}"
+    );
+}
