@@ -1,6 +1,6 @@
 //! The fleet outbox on real nats-server processes: the outbox contract (publish, claim, settle,
 //! dead letters, retry, skip) on JetStream; gateways sharing one stream through a three-node
-//! cluster while a gateway is killed; NATS unreachable at start; and the start-up
+//! cluster while a gateway or a NATS node is killed; NATS unreachable at start; and the start-up
 //! errors for wrong credentials, a missing stream and a consumer of another configuration.
 
 use std::collections::BTreeSet;
@@ -196,6 +196,7 @@ async fn stats_of(admin: &str) -> Option<Value> {
 
 /// After a round: every record the stream stored reached Dataverse exactly once.
 async fn assert_exactly_once(
+    nats_url: &str,
     dv: &trackgate::simulate::dataverse::DataverseSimulator,
     admins: &[String],
     stored_before: usize,
@@ -221,6 +222,22 @@ async fn assert_exactly_once(
                 break s;
             }
             last = Some((s, landed));
+        }
+        if std::time::Instant::now() >= deadline {
+            // What the server says, beside the gateways' view, for whoever reads the failure.
+            let client = async_nats::connect(nats_url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js.get_stream("TRACKGATE_OUTBOX").await.unwrap();
+            let state = stream.info().await.unwrap().state.clone();
+            let consumer = stream.consumer_info("trackgate-delivery").await.unwrap();
+            eprintln!(
+                "stream {state:?}\nconsumer: delivered {:?}, ack floor {:?}, ack pending {}, pending {}, redelivered {}",
+                consumer.delivered,
+                consumer.ack_floor,
+                consumer.num_ack_pending,
+                consumer.num_pending,
+                consumer.num_redelivered
+            );
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -341,7 +358,7 @@ impl Fleet {
 async fn three_gateways_on_a_three_node_cluster_lose_and_duplicate_nothing_when_one_is_killed() {
     let Fleet {
         dir: _dir,
-        cluster: _cluster,
+        cluster,
         sim: _sim,
         dv,
         configs,
@@ -361,10 +378,78 @@ async fn three_gateways_on_a_three_node_cluster_lose_and_duplicate_nothing_when_
             .iter()
             .map(|g| g.as_ref().unwrap().admin.clone())
             .collect();
-        stored = assert_exactly_once(&dv, &admins, stored, acknowledged, None).await;
+        stored = assert_exactly_once(
+            &cluster.nodes[0].url(),
+            &dv,
+            &admins,
+            stored,
+            acknowledged,
+            None,
+        )
+        .await;
         println!(
             "round {round}: gateway {victim} killed; {acknowledged} sends answered, {stored} stored and delivered once in all (lost before publishing: {})",
             (offset + 3 * PER_GATEWAY).saturating_sub(stored)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_nats_node_mid_traffic_loses_and_duplicates_nothing() {
+    let Fleet {
+        dir: _dir,
+        mut cluster,
+        sim: _sim,
+        dv,
+        configs,
+    } = Fleet::start().await;
+    let gateways: Vec<GatewayProcess> = configs.iter().map(|c| GatewayProcess::start(c)).collect();
+    let mut stored = 0;
+    const PER_GATEWAY: usize = 60;
+    for round in 0..5 {
+        let offset = round * 3 * PER_GATEWAY;
+        let sends: Vec<_> = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, gw)| {
+                let proxy = gw.proxy.clone();
+                let start = offset + i * PER_GATEWAY;
+                tokio::spawn(
+                    async move { burst_and_wait(&proxy, start..start + PER_GATEWAY, 8).await },
+                )
+            })
+            .collect();
+        // Mid-traffic: the first Dataverse write of this round has landed.
+        let before = written_emails(&dv).len();
+        support::wait_for(Duration::from_secs(60), "traffic under way", async || {
+            (written_emails(&dv).len() > before).then_some(())
+        })
+        .await;
+        let node = round % 3;
+        cluster.nodes[node].kill();
+        let mut acknowledged = 0;
+        for s in sends {
+            acknowledged += s.await.unwrap();
+        }
+        cluster.nodes[node].start();
+        let admins: Vec<String> = gateways.iter().map(|g| g.admin.clone()).collect();
+        let expected = offset + 3 * PER_GATEWAY;
+        stored = assert_exactly_once(
+            &cluster.nodes[0].url(),
+            &dv,
+            &admins,
+            stored,
+            acknowledged,
+            Some(expected),
+        )
+        .await;
+        assert_eq!(
+            stored,
+            offset + 3 * PER_GATEWAY,
+            "no send lost while a node was down"
+        );
+        println!(
+            "round {round}: NATS node {node} killed; {stored} stored and delivered once in all"
         );
     }
 }
@@ -415,6 +500,7 @@ async fn with_nats_unreachable_mail_flows_readiness_says_why_and_the_spool_is_pu
         "{err}"
     );
     assert_exactly_once(
+        &format!("nats://127.0.0.1:{port}"),
         &dv,
         std::slice::from_ref(&gateway.admin),
         0,

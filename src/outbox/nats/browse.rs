@@ -24,32 +24,36 @@ impl Browser {
         self.jetstream.get_stream(name).await.map_err(request)
     }
 
+    /// What waits for delivery is what the shared consumer has not seen acked: its pending
+    /// and its ack-pending records. (The stream's own count can lag behind after a leader
+    /// change: an acked record is removed from a replicated work queue by a later proposal.)
     pub async fn stats(self) -> Result<Stats, NatsError> {
-        let records = self
-            .stream(&self.settings.stream)
-            .await?
-            .get_info()
+        let mut records = self.stream(&self.settings.stream).await?;
+        let consumer = records
+            .consumer_info(&self.settings.consumer)
             .await
             .map_err(request)?;
+        let waiting = consumer.num_pending + consumer.num_ack_pending as u64;
+        let state = records.info().await.map_err(request)?.state.clone();
         let dead = self
             .stream(&self.settings.dead_stream)
             .await?
             .get_info()
             .await
             .map_err(request)?;
-        let oldest = if records.state.messages > 0 {
-            let first = records.state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
+        let oldest = if waiting > 0 && state.messages > 0 {
+            let first = state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
             (now_ms() as i128 - first).max(0) as f64 / 1000.0
         } else {
             0.0
         };
         Ok(Stats {
-            pending: records.state.messages,
+            pending: waiting,
             in_flight: 0,
             dead: dead.state.messages,
             delivered_keys: 0,
             oldest_pending_age_seconds: oldest,
-            next_seq: records.state.last_sequence + 1,
+            next_seq: state.last_sequence + 1,
             file_bytes: 0,
         })
     }
