@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod demo;
 pub mod directory;
 pub mod exchange;
+pub mod fleet;
 pub mod inspect;
 pub mod oauth;
 pub mod ops;

@@ -226,16 +226,34 @@ pub fn nats_setup(config: &Config) -> Result<String, OpsError> {
     let Some(settings) = crate::app::settings::nats(config) else {
         return Err(OpsError::NotNats);
     };
-    nats_runtime()?
+    let leases = crate::app::settings::leases(config).ok_or(OpsError::NotNats)?;
+    let runtime = nats_runtime()?;
+    runtime
         .block_on(crate::outbox::nats::setup(&settings))
         .map_err(|e| OpsError::Outbox(e.into()))?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let outbox = runtime.block_on(NatsOutbox::open(
+        settings.clone(),
+        NatsMetrics::register(&mut registry),
+        OutboxMetrics::register(&mut registry),
+        Role::Operator,
+    ))?;
+    runtime
+        .block_on(crate::fleet::setup(
+            outbox.jetstream(),
+            &leases.bucket,
+            leases.ttl,
+            settings.replicas,
+        ))
+        .map_err(|e| OpsError::Outbox(crate::outbox::nats::NatsError::Request(e).into()))?;
     Ok(format!(
-        "ready: stream {} ({}.>), dead letters {} ({}.>), consumer {}, {} replica(s)\n",
+        "ready: stream {} ({}.>), dead letters {} ({}.>), consumer {}, leases {}, {} replica(s)\n",
         settings.stream,
         settings.subject,
         settings.dead_stream,
         settings.dead_subject,
         settings.consumer,
+        leases.bucket,
         settings.replicas
     ))
 }

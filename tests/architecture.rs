@@ -8,12 +8,13 @@
 use std::path::{Path, PathBuf};
 
 /// The stages, in flow order (docs/architecture.md §1): each may use those before it.
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 10] = [
     "proxy",
     "inspect",
     "directory",
     "rules",
     "outbox",
+    "fleet",
     "exchange",
     "catchup",
     "crm",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use trackgate::fleet::{FleetMetrics, LeaseSettings, Leases, Ownership as _};
 use trackgate::outbox::nats::{NatsAuth, NatsMetrics, NatsSettings, Role};
 use trackgate::outbox::{NatsOutbox, Outbox, OutboxMetrics, Settlement};
 use trackgate::rules::Decision;
@@ -571,5 +572,268 @@ async fn wrong_credentials_a_missing_stream_or_a_foreign_consumer_stop_the_start
     assert!(
         error.contains("(nats.consumer) has another configuration"),
         "{error}"
+    );
+}
+
+const MAILBOXES: [&str; 4] = [
+    "alex.seller@contoso.example",
+    "jo.support@contoso.example",
+    "kim.manager@contoso.example",
+    "team.sales@contoso.example",
+];
+
+fn mailboxes() -> Vec<String> {
+    MAILBOXES.iter().map(|m| (*m).to_owned()).collect()
+}
+
+async fn leases(jetstream: &async_nats::jetstream::Context, name: &str) -> Arc<Leases> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    Leases::open(
+        jetstream,
+        LeaseSettings {
+            bucket: "trackgate_leases".into(),
+            ttl: LEASE_TTL,
+            instance: name.into(),
+        },
+        FleetMetrics::register(&mut registry),
+    )
+    .await
+    .unwrap()
+}
+
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// Who holds each mailbox's lease in the bucket (the instance part of the value).
+async fn holders(kv: &async_nats::jetstream::kv::Store) -> Vec<Option<String>> {
+    let mut holders = Vec::new();
+    for m in MAILBOXES {
+        let value = kv.get(trackgate::fleet::lease_key(m)).await.unwrap();
+        holders.push(value.map(|v| {
+            let v = String::from_utf8_lossy(&v).into_owned();
+            v.split('/').next().unwrap().to_owned()
+        }));
+    }
+    holders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_spread_by_rendezvous_move_after_a_freeze_and_fence_the_frozen_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::server(dir.path(), "");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    trackgate::fleet::setup(&js, "trackgate_leases", LEASE_TTL, 1)
+        .await
+        .unwrap();
+    let kv = js.get_key_value("trackgate_leases").await.unwrap();
+    let (a, b) = (leases(&js, "a").await, leases(&js, "b").await);
+    let all = mailboxes();
+
+    // Alone, a takes every mailbox.
+    a.round(&all).await.unwrap();
+    assert_eq!(a.held_count(), 4);
+    assert!(all.iter().all(|m| a.owns(m)));
+    // b joins: a lets go of what rendezvous gives b, b takes it; every mailbox held once.
+    support::wait_for(
+        Duration::from_secs(10),
+        "the mailboxes spread",
+        async || {
+            b.round(&all).await.unwrap();
+            a.round(&all).await.unwrap();
+            let owners: Vec<bool> = all.iter().map(|m| a.owns(m) != b.owns(m)).collect();
+            (owners.iter().all(|o| *o) && a.held_count() + b.held_count() == 4).then_some(())
+        },
+    )
+    .await;
+    let a_mailboxes: Vec<&String> = all.iter().filter(|m| a.owns(m)).collect();
+
+    // a freezes (its rounds stop). Within the TTL its leases and membership lapse, and b,
+    // still renewing, takes everything.
+    let frozen = std::time::Instant::now();
+    support::wait_for(
+        Duration::from_secs(10),
+        "b holds every mailbox",
+        async || {
+            b.round(&all).await.unwrap();
+            (b.held_count() == 4).then_some(())
+        },
+    )
+    .await;
+    let moved = frozen.elapsed();
+    assert!(moved <= LEASE_TTL + Duration::from_secs(2), "{moved:?}");
+    assert!(
+        holders(&kv).await.iter().all(|h| h.as_deref() == Some("b")),
+        "every lease is b's in the bucket"
+    );
+    // Resumed, a no longer owns on its own clock, and its write with the old revision is
+    // refused by the fence.
+    for m in &a_mailboxes {
+        assert!(!a.owns(m), "a stops on its own clock");
+        assert!(!a.confirm(m).await, "the stale revision is refused");
+    }
+    for m in &all {
+        assert!(b.confirm(m).await, "the holder's own write goes through");
+    }
+    println!(
+        "{} of 4 mailboxes moved {:.1}s after the freeze (TTL {}s)",
+        a_mailboxes.len(),
+        moved.as_secs_f64(),
+        LEASE_TTL.as_secs()
+    );
+}
+
+/// A gateway of the fleet with the catch-up sweep on, named `instance`.
+fn sweeping_config(
+    dir: &std::path::Path,
+    sim: &trackgate::simulate::ExchangeSimulator,
+    dv: &trackgate::simulate::dataverse::DataverseSimulator,
+    server: &str,
+    instance: &str,
+) -> std::path::PathBuf {
+    let config = fleet_config(dir, &sim.url(), dv, &format!("[\"{server}\"]"));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "replicas = 3",
+        &format!("replicas = 1\ninstance = \"{instance}\"\nlease_ttl = \"3s\""),
+    );
+    let text = format!(
+        "{text}\n[exchange]\news_url = \"{}/EWS/Exchange.asmx\"\nauth = \"basic\"\nusername = 'CONTOSO\\svc-trackgate'\npassword = \"Example-Pa55-svc\"\n[catchup]\ninterval = \"1s\"\n",
+        sim.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+async fn deliver_to_alex(sim: &trackgate::simulate::ExchangeSimulator, n: u32) {
+    let r = support::plain_client()
+        .post(format!("{}/_sim/deliver", sim.url()))
+        .json(&serde_json::json!({
+            "from": "Pat Buyer <pat.buyer@fabrikam.example>",
+            "to": ["alex.seller@contoso.example"],
+            "subject": format!("Fleet order {n}"),
+            "message_id": format!("<fleet.order.{n}@mail.fabrikam.example>"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn emails_with_subject(
+    dv: &trackgate::simulate::dataverse::DataverseSimulator,
+    subject: &str,
+) -> usize {
+    written_emails(dv)
+        .iter()
+        .filter(|e| e["subject"] == subject)
+        .count()
+}
+
+async fn sweeps(admin: &str) -> u64 {
+    crate::delivery::metrics(admin)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("trackgate_catchup_sweeps_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_frozen_past_its_lease_hands_its_mailboxes_over_and_mail_is_tracked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::server(dir.path(), "");
+    let store = Arc::new(trackgate::simulate::mailbox::Store::embedded().unwrap());
+    let sim = support::simulator_with(
+        trackgate::simulate::SimulatorOptions::new(
+            "store",
+            trackgate::simulate::FixtureSet::embedded().unwrap(),
+        )
+        .with_store(store),
+    )
+    .await;
+    let dv = dataverse().await;
+    let configs: Vec<_> = ["gw-a", "gw-b"]
+        .iter()
+        .map(|name| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            sweeping_config(&d, &sim, &dv, &server.url(), name)
+        })
+        .collect();
+    let (out, err) = support::run_trackgate([
+        std::ffi::OsStr::new("nats"),
+        "setup".as_ref(),
+        "--config".as_ref(),
+        configs[0].as_os_str(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out).contains("leases trackgate_leases"),
+        "{err}"
+    );
+    let gateways: Vec<GatewayProcess> = configs.iter().map(|c| GatewayProcess::start(c)).collect();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("trackgate_leases")
+        .await
+        .unwrap();
+    let spread = support::wait_for(
+        Duration::from_secs(20),
+        "every mailbox leased",
+        async || {
+            let h = holders(&kv).await;
+            h.iter().all(Option::is_some).then_some(h)
+        },
+    )
+    .await;
+    // The gateway that holds Alex's mailbox freezes past its lease.
+    let victim = usize::from(spread[0].as_deref() == Some("gw-b"));
+    let other = 1 - victim;
+    let other_name = ["gw-a", "gw-b"][other];
+    gateways[victim].signal("STOP");
+    let frozen = std::time::Instant::now();
+    support::wait_for(Duration::from_secs(20), "Alex's lease moved", async || {
+        (holders(&kv).await[0].as_deref() == Some(other_name)).then_some(())
+    })
+    .await;
+    let moved = frozen.elapsed();
+    deliver_to_alex(&sim, 1).await;
+    support::wait_for(Duration::from_secs(30), "mail 1 tracked", async || {
+        (emails_with_subject(&dv, "Fleet order 1") == 1).then_some(())
+    })
+    .await;
+
+    // Resumed: it finds its leases gone, the fleet rebalances, and nothing is tracked twice.
+    gateways[victim].signal("CONT");
+    deliver_to_alex(&sim, 2).await;
+    support::wait_for(Duration::from_secs(30), "mail 2 tracked", async || {
+        (emails_with_subject(&dv, "Fleet order 2") == 1).then_some(())
+    })
+    .await;
+    let before: Vec<u64> = {
+        let mut v = Vec::new();
+        for g in &gateways {
+            v.push(sweeps(&g.admin).await);
+        }
+        v
+    };
+    support::wait_for(
+        Duration::from_secs(30),
+        "both gateways sweeping again",
+        async || {
+            let mut more = true;
+            for (g, b) in gateways.iter().zip(&before) {
+                more &= sweeps(&g.admin).await >= b + 4;
+            }
+            more.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(emails_with_subject(&dv, "Fleet order 1"), 1);
+    assert_eq!(emails_with_subject(&dv, "Fleet order 2"), 1);
+    assert_eq!(dv.stats().recreated, 0);
+    let held: Vec<Option<String>> = holders(&kv).await;
+    assert!(held.iter().all(Option::is_some), "{held:?}");
+    println!(
+        "Alex's lease moved {:.1}s after the freeze (TTL 3s); after the resume: {held:?}",
+        moved.as_secs_f64()
     );
 }

@@ -19,6 +19,7 @@ use crate::delivery::Enrichment as _;
 use crate::directory::dataverse::{DataverseSource, DataverseSourceSettings};
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
+use crate::fleet::{FleetMetrics, Leases, Ownership};
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
 use crate::outbox::nats::{NatsMetrics, Role};
 use crate::outbox::{NatsOutbox, Outbox, OutboxMetrics, RedbOutbox};
@@ -103,6 +104,7 @@ pub(super) fn catchup(
     marks: Option<&Arc<Marks>>,
     directory: &DirectoryHandle,
     pipeline: &Arc<Pipeline>,
+    ownership: Option<Arc<dyn Ownership>>,
     registry: &mut Registry,
 ) -> Result<Option<(Arc<Sweeper>, BehindTraffic)>, AppError> {
     let (Some(client), Some(marks)) = (client, marks) else {
@@ -115,6 +117,7 @@ pub(super) fn catchup(
         settings::catchup(config),
         CatchupMetrics::register(registry),
         marks.clone(),
+        ownership,
     )
     .map_err(|e| AppError::Catchup(e.to_string()))?;
     let runtime = BehindTraffic::start("trackgate-catchup", 1)
@@ -407,24 +410,41 @@ pub(super) async fn listeners(config: &Config) -> Result<Listeners, AppError> {
 
 /// The outbox the configuration names: the gateway's own redb file, or the fleet's JetStream
 /// stream (connected and checked here; refused credentials or a wrong stream stop the start).
-pub async fn outbox(config: &Config, registry: &mut Registry) -> Result<Arc<dyn Outbox>, AppError> {
+/// With NATS, also the fleet's mailbox leases, which the catch-up sweep consults.
+pub async fn outbox(
+    config: &Config,
+    registry: &mut Registry,
+) -> Result<(Arc<dyn Outbox>, Option<Arc<Leases>>), AppError> {
     let metrics = OutboxMetrics::register(registry);
-    Ok(match settings::nats(config) {
-        None => Arc::new(RedbOutbox::open(
+    let (Some(nats), Some(leases)) = (settings::nats(config), settings::leases(config)) else {
+        let outbox = RedbOutbox::open(
             &config.outbox.file,
             settings::outbox(&config.outbox),
             metrics,
-        )?),
-        Some(nats) => Arc::new(
-            NatsOutbox::open(
-                nats,
-                NatsMetrics::register(registry),
-                metrics,
-                Role::Gateway {
-                    deliver: config.delivery.enabled,
-                },
-            )
-            .await?,
-        ),
-    })
+        )?;
+        return Ok((Arc::new(outbox), None));
+    };
+    let outbox = NatsOutbox::open(
+        nats,
+        NatsMetrics::register(registry),
+        metrics,
+        Role::Gateway {
+            deliver: config.delivery.enabled,
+        },
+    )
+    .await?;
+    let leases = Leases::open(outbox.jetstream(), leases, FleetMetrics::register(registry))
+        .await
+        .map_err(AppError::Catchup)?;
+    Ok((Arc::new(outbox), Some(leases)))
+}
+
+/// Keeps the leases of the mailboxes the sweep reads until the gateway stops.
+pub fn keep_leases(leases: &Arc<Leases>, sweeper: &Arc<Sweeper>, stopped: watch::Receiver<bool>) {
+    let sweeper = sweeper.clone();
+    tokio::spawn(
+        leases
+            .clone()
+            .run(Arc::new(move || sweeper.mailboxes()), stopped),
+    );
 }

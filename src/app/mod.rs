@@ -153,7 +153,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let decisions = RecentDecisions::new(config.rules.recent_decisions);
 
     // The outbox, and delivery from it to the sink.
-    let outbox = build::outbox(&config, &mut registry).await?;
+    let (outbox, leases) = build::outbox(&config, &mut registry).await?;
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
     let marks = build::catchup_marks(&config, exchange.as_ref());
@@ -172,6 +172,9 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         marks.as_ref(),
         &directory.handle,
         &pipeline,
+        leases
+            .clone()
+            .map(|l| l as Arc<dyn crate::fleet::Ownership>),
         &mut registry,
     )?;
     let delivery = Delivery::new(
@@ -238,6 +241,9 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         ),
     };
     build::keep_directory_fresh(&directory, config.directory.poll_interval, stopped.clone());
+    if let (Some(leases), Some((sweeper, _))) = (&leases, &catchup) {
+        build::keep_leases(leases, sweeper, stopped.clone());
+    }
     let catchup_task = catchup
         .as_ref()
         .map(|(sweeper, runtime)| sweeper.clone().spawn(runtime.handle(), stopped.clone()));

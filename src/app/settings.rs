@@ -19,6 +19,7 @@ use crate::directory::FileSource;
 use crate::directory::dataverse::{DataverseSourceSettings, OfflineFilter, has_owner};
 use crate::directory::tables::{OtherTable, TABLES, entity_set};
 use crate::exchange::{ExchangeAuth, ExchangeSettings};
+use crate::fleet::LeaseSettings;
 use crate::inspect::InspectLimits;
 use crate::inspect::decode::DecodeLimits;
 use crate::inspect::xml::XmlLimits;
@@ -281,6 +282,16 @@ pub fn nats(config: &Config) -> Option<NatsSettings> {
         ack_wait: n.ack_wait,
         spool: n.spool_file.clone(),
         spool_settings: outbox(&config.outbox),
+    })
+}
+
+/// The fleet's mailbox leases, when the outbox is NATS: the same instance name as the outbox's.
+pub fn leases(config: &Config) -> Option<LeaseSettings> {
+    let n = config.nats.as_ref()?;
+    Some(LeaseSettings {
+        bucket: n.lease_bucket.clone(),
+        ttl: n.lease_ttl,
+        instance: nats(config)?.instance,
     })
 }
 

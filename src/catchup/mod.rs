@@ -26,6 +26,7 @@ pub use state::{StateError, SyncStates};
 
 use crate::directory::{Directory, DirectoryHandle};
 use crate::exchange::{ExchangeClient, ExchangeError, SyncFolder};
+use crate::fleet::Ownership;
 use crate::inspect::{Observation, Origin, Source};
 
 /// Changes read per `SyncFolderItems` page, and messages per `GetItem`.
@@ -108,6 +109,8 @@ pub enum CatchupError {
     State(#[from] StateError),
     #[error("the decisions of a page could not be stored; its sync state is kept back")]
     Commit,
+    #[error("another gateway of the fleet took this mailbox's lease; this sweep stops")]
+    Fenced,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +205,8 @@ pub struct Sweeper {
     marks: Arc<Marks>,
     progress: Mutex<Progress>,
     mailbox_list: Mutex<Option<MailboxList>>,
+    /// In a fleet, which mailboxes are this gateway's to sweep; alone, all of them.
+    ownership: Option<Arc<dyn Ownership>>,
 }
 
 impl Sweeper {
@@ -212,6 +217,7 @@ impl Sweeper {
         settings: CatchupSettings,
         metrics: CatchupMetrics,
         marks: Arc<Marks>,
+        ownership: Option<Arc<dyn Ownership>>,
     ) -> Result<Arc<Sweeper>, StateError> {
         let states = SyncStates::open(&settings.state_file)?;
         // Traffic written down and never swept nor cleared by a clean shutdown: the last run
@@ -229,6 +235,7 @@ impl Sweeper {
             metrics,
             progress: Mutex::new(Progress::default()),
             mailbox_list: Mutex::new(None),
+            ownership,
         }))
     }
 
@@ -276,7 +283,12 @@ impl Sweeper {
 
     /// The directory's mailbox addresses, lower-cased: listed once per directory snapshot,
     /// not on every tick of the scheduler.
-    fn mailboxes(&self) -> Arc<[String]> {
+    fn owns(&self, mailbox: &str) -> bool {
+        self.ownership.as_ref().is_none_or(|o| o.owns(mailbox))
+    }
+
+    /// Every mailbox the directory knows (lower case), owned here or not.
+    pub fn mailboxes(&self) -> Arc<[String]> {
         let dir = self.directory.guard();
         let mut cached = self
             .mailbox_list
@@ -307,6 +319,10 @@ impl Sweeper {
         }
         let mut due = Vec::new();
         for (mailbox, cause) in self.marks.take() {
+            if !self.owns(&mailbox) {
+                // Another gateway's: it sweeps the mailbox on its own schedule.
+                continue;
+            }
             if progress.running.contains(&mailbox) {
                 // Marked while being swept: swept again afterwards.
                 self.marks.mark(&mailbox, cause);
@@ -319,6 +335,7 @@ impl Sweeper {
         let mut waiting: Vec<(Option<Instant>, &String)> = mailboxes
             .iter()
             .filter(|m| !due.iter().any(|(d, _)| d == *m) && !progress.running.contains(*m))
+            .filter(|m| self.owns(m))
             .map(|m| (progress.last.get(m).copied(), m))
             .filter(|(last, _)| last.is_none_or(|t| now.duration_since(t) >= interval))
             .collect();
@@ -525,6 +542,14 @@ impl Sweeper {
                 other => other?,
             };
             let read = page.messages.len();
+            // The fence: the page's decisions go out only while the lease is still this
+            // gateway's (a gateway resumed after a freeze finds it taken and stops here).
+            if read > 0
+                && let Some(ownership) = &self.ownership
+                && !ownership.confirm(mailbox).await
+            {
+                return Err(CatchupError::Fenced);
+            }
             for mut message in page.messages {
                 // The rules know a distinguished folder by its name, not its id.
                 if let SyncFolder::Distinguished(name) = folder {
@@ -656,6 +681,7 @@ mod tests {
             },
             CatchupMetrics::register(&mut Registry::default()),
             Arc::new(Marks::default()),
+            None,
         )
         .unwrap();
         let then = Instant::now() - ago;

@@ -503,6 +503,11 @@ pub struct RawNats {
     pub ack_wait: Duration,
     /// The local spool for decisions NATS cannot take. Unset: `<storage.data_dir>/nats-spool.redb`.
     pub spool_file: Option<PathBuf>,
+    /// The KV bucket of the fleet's members and mailbox leases.
+    pub lease_bucket: String,
+    /// A lease not renewed for this long lets another gateway take its mailbox.
+    #[serde(with = "crate::common::duration")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for RawNats {
@@ -532,6 +537,8 @@ impl Default for RawNats {
             prefetch: 256,
             ack_wait: Duration::from_secs(60),
             spool_file: None,
+            lease_bucket: "trackgate_leases".into(),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct NatsConfig {
     pub prefetch: usize,
     pub ack_wait: Duration,
     pub spool_file: PathBuf,
+    pub lease_bucket: String,
+    pub lease_ttl: Duration,
 }
 
 /// `[nats]`, checked only when the outbox lives there.
@@ -78,6 +80,7 @@ pub(super) fn nats(
         ("nats.stream", &nats.stream),
         ("nats.consumer", &nats.consumer),
         ("nats.dead_stream", &nats.dead_stream),
+        ("nats.lease_bucket", &nats.lease_bucket),
     ] {
         name_of_one_token(key, name)?;
     }
@@ -106,6 +109,13 @@ pub(super) fn nats(
     positive("nats.request_timeout", nats.request_timeout)?;
     at_least("nats.publish_in_flight", nats.publish_in_flight as u64, 1)?;
     at_least("nats.prefetch", nats.prefetch as u64, 1)?;
+    if nats.lease_ttl < Duration::from_secs(2) {
+        return Err(ConfigError::invalid(
+            "nats.lease_ttl",
+            format!("{:?} is under two seconds", nats.lease_ttl),
+            "give it several seconds (15s by default): a gateway renews three times per TTL",
+        ));
+    }
     if nats.ack_wait < Duration::from_secs(1) {
         return Err(ConfigError::invalid(
             "nats.ack_wait",
@@ -137,6 +147,8 @@ pub(super) fn nats(
             .as_deref()
             .map(anchor)
             .unwrap_or_else(|| data_dir.join("nats-spool.redb")),
+        lease_bucket: nats.lease_bucket.clone(),
+        lease_ttl: nats.lease_ttl,
     }))
 }
 

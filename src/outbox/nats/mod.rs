@@ -393,6 +393,11 @@ impl NatsOutbox {
         }
     }
 
+    /// The JetStream context, for what else the fleet keeps in NATS (the mailbox leases).
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.jetstream
+    }
+
     /// True while the client holds a connection to a NATS server.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
