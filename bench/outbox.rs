@@ -12,27 +12,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trackgate::crm::{DataverseSettings, DataverseSink, FieldTable, Sink};
-use trackgate::delivery::{Delivery, DeliveryMetrics, DeliverySettings};
-use trackgate::directory::DirectoryHandle;
+use common::{count, delivery_to, scale};
 use trackgate::outbox::{Outbox, OutboxMetrics, OutboxSettings, RedbOutbox};
-use trackgate::rules::{Decision, Engine, MemoryLimits, RulesLimits};
+use trackgate::rules::Decision;
 use trackgate::simulate::{DataverseOptions, DataverseSimulator};
 use uuid::Uuid;
-
-fn scale() -> f64 {
-    std::env::var("TRACKGATE_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0)
-}
-
-fn count(base: f64) -> usize {
-    ((base * scale()) as usize).max(20)
-}
 
 /// A realistic tracked incoming email: sender contact, two recipients, regarding account.
 fn decision(n: usize) -> Decision {
@@ -109,48 +99,7 @@ async fn delivery_rate(batch_size: usize, records: usize, steady: bool) -> (f64,
     )
     .await
     .unwrap();
-    let directory = trackgate::directory::file::parse_and_build(
-        trackgate::directory::file::EMBEDDED_EXAMPLE,
-        "bench",
-        false,
-    )
-    .unwrap();
-    let engine = Arc::new(Engine::new(
-        DirectoryHandle::new(directory),
-        MemoryLimits {
-            max_bytes: 1 << 20,
-            max_tracked: 1000,
-        },
-        RulesLimits::default(),
-    ));
-    let mut registry = prometheus_client::registry::Registry::default();
-    let sink = Sink::Dataverse(Box::new(DataverseSink::new(
-        reqwest::Client::new(),
-        DataverseSettings {
-            url: dv.url(),
-            api_path: "/api/data/v9.2".into(),
-            credentials: None,
-            act_as_owner: false,
-            batch_size,
-            concurrency: 8,
-            timeout: Duration::from_secs(30),
-            probe_timeout: Duration::from_secs(5),
-            columns: FieldTable::embedded().email,
-            max_requests_per_window: None,
-        },
-    )));
-    let delivery = Delivery::new(
-        outbox.clone(),
-        Arc::new(sink),
-        None,
-        engine,
-        DeliverySettings {
-            concurrency: 8,
-            batch_size,
-            ..DeliverySettings::default()
-        },
-        DeliveryMetrics::register(&mut registry),
-    );
+    let delivery = delivery_to(outbox.clone(), &dv, batch_size);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let task = delivery.spawn(stopped, Duration::from_secs(10));

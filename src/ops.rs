@@ -246,6 +246,14 @@ pub fn nats_setup(config: &Config) -> Result<String, OpsError> {
             settings.replicas,
         ))
         .map_err(|e| OpsError::Outbox(crate::outbox::nats::NatsError::Request(e).into()))?;
+    let bucket = crate::app::settings::directory_bucket(config).ok_or(OpsError::NotNats)?;
+    runtime
+        .block_on(crate::fleet::directory::setup(
+            outbox.jetstream(),
+            &bucket,
+            settings.replicas,
+        ))
+        .map_err(|e| OpsError::Outbox(crate::outbox::nats::NatsError::Request(e).into()))?;
     Ok(format!(
         "ready: stream {} ({}.>), dead letters {} ({}.>), consumer {}, leases {}, {} replica(s)\n",
         settings.stream,

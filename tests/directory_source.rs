@@ -19,7 +19,7 @@ use crate::support;
 
 const CLIENT_ID: &str = "trackgate-test";
 const CLIENT_SECRET: &str = "test-secret-0123456789";
-const ALEX: &str = "00000000-0000-4000-8000-0000000000a1";
+pub(crate) const ALEX: &str = "00000000-0000-4000-8000-0000000000a1";
 const KIM: &str = "00000000-0000-4000-8000-0000000000a3";
 const JO: &str = "00000000-0000-4000-8000-0000000000a2";
 const ALEX_MAILBOX: &str = "00000000-0000-4000-8000-0000000000f1";
@@ -32,7 +32,7 @@ fn uuid(text: &str) -> Uuid {
     Uuid::parse_str(text).unwrap()
 }
 
-fn contoso() -> DirectoryDocument {
+pub(crate) fn contoso() -> DirectoryDocument {
     toml::from_str(trackgate::directory::file::EMBEDDED_EXAMPLE).unwrap()
 }
 
@@ -54,7 +54,7 @@ fn extra_contacts(doc: &mut DirectoryDocument, n: usize, owned: bool) {
     }
 }
 
-async fn dataverse(doc: DirectoryDocument) -> DataverseSimulator {
+pub(crate) async fn dataverse(doc: DirectoryDocument) -> DataverseSimulator {
     DataverseSimulator::start(
         "127.0.0.1:0".parse().unwrap(),
         DataverseOptions {
@@ -68,7 +68,7 @@ async fn dataverse(doc: DirectoryDocument) -> DataverseSimulator {
 }
 
 /// A gateway whose directory and CRM are the Dataverse simulator (no directory file).
-fn config_text(dv_url: &str, token_url: &str, extra: &str) -> String {
+pub(crate) fn config_text(dv_url: &str, token_url: &str, extra: &str) -> String {
     format!(
         "[directory]\nsource = \"dataverse\"\n[directory.dataverse]\npage_size = 10\nrefresh_interval = \"1h\"\nstartup_wait = \"5s\"\n{extra}\n[crm]\nsink = \"dataverse\"\n[crm.dataverse]\nurl = \"{dv_url}\"\ntoken_url = \"{token_url}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n[delivery]\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n"
     )
@@ -102,7 +102,12 @@ fn observation(value: Value) -> Observation {
 }
 
 /// Mail from `from` seen in `mailbox`'s Inbox (or in the folder `folder_id`).
-fn seen(mailbox: &str, from: &str, message_id: &str, folder_id: Option<&str>) -> Observation {
+pub(crate) fn seen(
+    mailbox: &str,
+    from: &str,
+    message_id: &str,
+    folder_id: Option<&str>,
+) -> Observation {
     let mut o = json!({
         "kind": "message_seen", "mailbox": mailbox, "source": "ews", "operation": "GetItem",
         "item_id": format!("item-{message_id}"), "internet_message_id": message_id,
@@ -117,14 +122,14 @@ fn seen(mailbox: &str, from: &str, message_id: &str, folder_id: Option<&str>) ->
 }
 
 /// What the gateway would decide now (a dry run: nothing is remembered).
-fn decide(gw: &Gateway, o: &Observation) -> Value {
+pub(crate) fn decide(gw: &Gateway, o: &Observation) -> Value {
     let decisions: Vec<Decision> = gw.engine().decide(o, Mode::EXPLAIN);
     assert_eq!(decisions.len(), 1, "{decisions:#?}");
     serde_json::to_value(&decisions[0]).unwrap()
 }
 
 #[track_caller]
-fn expect(d: &Value, verdict: &str, reason: &str) {
+pub(crate) fn expect(d: &Value, verdict: &str, reason: &str) {
     assert_eq!(
         (d["verdict"].as_str(), d["reason"].as_str()),
         (Some(verdict), Some(reason)),
@@ -137,7 +142,10 @@ fn from_record(d: &Value) -> Option<&str> {
 }
 
 /// A model row in the shape the simulator stores (lookups as `_<column>_value`).
-fn stored(spec: &tables::TableSpec, model: &impl serde::Serialize) -> Map<String, Value> {
+pub(crate) fn stored(
+    spec: &tables::TableSpec,
+    model: &impl serde::Serialize,
+) -> Map<String, Value> {
     spec.from_model(serde_json::to_value(model).unwrap().as_object().unwrap())
 }
 

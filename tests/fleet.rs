@@ -45,12 +45,24 @@ async fn open(settings: NatsSettings, role: Role) -> Result<NatsOutbox, String> 
     .map_err(|e| e.to_string())
 }
 
-/// `setup`, retried until the cluster has elected its JetStream leader.
+/// What `trackgate nats setup` creates (the streams, the lease bucket, the directory's
+/// object store), retried until the cluster has elected its JetStream leader.
 async fn set_up(settings: &NatsSettings) {
     support::wait_for(
         Duration::from_secs(30),
         "JetStream ready for setup",
-        async || trackgate::outbox::nats::setup(settings).await.ok(),
+        async || {
+            trackgate::outbox::nats::setup(settings).await.ok()?;
+            let client = async_nats::connect(settings.servers.clone()).await.ok()?;
+            let js = async_nats::jetstream::new(client);
+            let replicas = settings.replicas;
+            trackgate::fleet::setup(&js, "trackgate_leases", Duration::from_secs(15), replicas)
+                .await
+                .ok()?;
+            trackgate::fleet::directory::setup(&js, "trackgate_directory", replicas)
+                .await
+                .ok()
+        },
     )
     .await;
 }
@@ -836,4 +848,159 @@ async fn a_gateway_frozen_past_its_lease_hands_its_mailboxes_over_and_mail_is_tr
         "Alex's lease moved {:.1}s after the freeze (TTL 3s); after the resume: {held:?}",
         moved.as_secs_f64()
     );
+}
+
+/// A gateway of the fleet whose directory is the Dataverse simulator, refreshed every second
+/// by whoever holds the directory lease.
+async fn directory_gateway(
+    dir: &std::path::Path,
+    server: &str,
+    dv: &trackgate::simulate::DataverseSimulator,
+    instance: &str,
+) -> trackgate::app::Gateway {
+    use crate::directory_source::config_text;
+    let extra = format!(
+        "refresh_interval_placeholder = 0\n[outbox]\nbackend = \"nats\"\n[nats]\nservers = [\"{server}\"]\nreplicas = 1\ninstance = \"{instance}\"\nlease_ttl = \"3s\"\n"
+    );
+    let text = config_text(&dv.url(), &dv.token_url(), &extra)
+        .replace("refresh_interval = \"1h\"", "refresh_interval = \"1s\"")
+        .replace("refresh_interval_placeholder = 0\n", "");
+    let config = support::config(dir, "http://127.0.0.1:9", &text);
+    trackgate::app::start(config).await.expect("gateway starts")
+}
+
+async fn refreshes(gw: &trackgate::app::Gateway) -> u64 {
+    let status: Value =
+        serde_json::from_str(&support::get_text(&format!("{}/directory", gw.admin_url())).await)
+            .unwrap();
+    status["status"]["refreshes_ok"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateway_refreshes_the_directory_and_the_others_take_it_from_nats() {
+    use crate::directory_source::{ALEX, contoso, dataverse, decide, expect, seen, stored};
+    use trackgate::directory::model::Contact;
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::server(dir.path(), "");
+    let s = settings(vec![server.url()], dir.path());
+    set_up(&s).await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    trackgate::fleet::setup(&js, "trackgate_leases", Duration::from_secs(3), 1)
+        .await
+        .unwrap();
+    trackgate::fleet::directory::setup(&js, "trackgate_directory", 1)
+        .await
+        .unwrap();
+    let kv = js.get_key_value("trackgate_leases").await.unwrap();
+    let dv = dataverse(contoso()).await;
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let a = directory_gateway(&dir_a, &server.url(), &dv, "gw-a").await;
+    let b = directory_gateway(&dir_b, &server.url(), &dv, "gw-b").await;
+    // Both gateways see each other, and the directory lease has settled where rendezvous puts
+    // it (a gateway alone at first takes every lease, then hands some over).
+    support::wait_for(Duration::from_secs(20), "two members", async || {
+        let members = |gw: &trackgate::app::Gateway| {
+            let url = format!("{}/metrics", gw.admin_url());
+            async move {
+                support::get_text(&url)
+                    .await
+                    .lines()
+                    .any(|l| l == "trackgate_fleet_members 2")
+            }
+        };
+        (members(&a).await && members(&b).await).then_some(())
+    })
+    .await;
+    let lease = trackgate::fleet::lease_key(trackgate::fleet::directory::DIRECTORY_LEASE);
+    let holder_of = async || -> Option<String> {
+        let value = kv.get(&lease).await.unwrap()?;
+        Some(
+            String::from_utf8_lossy(&value)
+                .split('/')
+                .next()?
+                .to_owned(),
+        )
+    };
+    // Settled: the same holder over a whole lease round (a third of the TTL).
+    let mut observed: Option<(String, std::time::Instant)> = None;
+    let holder = support::wait_for(
+        Duration::from_secs(20),
+        "the directory lease settled",
+        async || {
+            let now = holder_of().await?;
+            match &observed {
+                Some((h, since)) if *h == now => {
+                    (since.elapsed() >= Duration::from_millis(1100)).then_some(now)
+                }
+                _ => {
+                    observed = Some((now, std::time::Instant::now()));
+                    None
+                }
+            }
+        },
+    )
+    .await;
+    let (holder, follower) = if holder == "gw-a" { (&a, &b) } else { (&b, &a) };
+
+    // Only the holder asks Dataverse: over three of its refreshes, the follower makes none.
+    let (h0, f0) = (refreshes(holder).await, refreshes(follower).await);
+    support::wait_for(Duration::from_secs(20), "three refreshes", async || {
+        (refreshes(holder).await >= h0 + 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        refreshes(follower).await,
+        f0,
+        "the follower spent no Dataverse requests"
+    );
+
+    // A contact created in Dataverse reaches the follower's decisions through NATS.
+    let nia = Uuid::from_u128(0x41a);
+    dv.seed_record(
+        "contacts",
+        nia,
+        stored(
+            &trackgate::directory::tables::CONTACTS,
+            &Contact {
+                contactid: nia,
+                fullname: Some("Nia Newco".into()),
+                emailaddress1: Some("nia@newco.example".into()),
+                ownerid: Some(Uuid::parse_str(ALEX).unwrap()),
+                ..Contact::default()
+            },
+        ),
+    );
+    let mail = seen(
+        "alex.seller@contoso.example",
+        "nia@newco.example",
+        "<nia@x>",
+        None,
+    );
+    support::wait_for(
+        Duration::from_secs(20),
+        "the follower knows Nia",
+        async || (decide(follower, &mail)["verdict"] == "track").then_some(()),
+    )
+    .await;
+    expect(&decide(follower, &mail), "track", "sender_contact");
+    assert_eq!(refreshes(follower).await, f0);
+
+    // The holder goes; the follower takes the lease and refreshes itself.
+    let follower_refreshes = refreshes(follower).await;
+    let (holder, follower) = if std::ptr::eq(holder, &a) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    holder.shutdown().await;
+    support::wait_for(
+        Duration::from_secs(20),
+        "the follower refreshing",
+        async || (refreshes(&follower).await > follower_refreshes).then_some(()),
+    )
+    .await;
+    follower.shutdown().await;
 }

@@ -19,6 +19,7 @@ use crate::delivery::Enrichment as _;
 use crate::directory::dataverse::{DataverseSource, DataverseSourceSettings};
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
 use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
+use crate::fleet::directory::{DIRECTORY_LEASE, SharedDirectory};
 use crate::fleet::{FleetMetrics, Leases, Ownership};
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
 use crate::outbox::nats::{NatsMetrics, Role};
@@ -216,9 +217,14 @@ async fn first_dataverse_load(
 /// Keeps the directory current: the Dataverse source's refresh schedule, or the file watcher.
 pub(super) fn keep_directory_fresh(
     directory: &Directory,
+    shared: Option<SharedDirectory>,
     poll_interval: std::time::Duration,
     stopped: watch::Receiver<bool>,
 ) {
+    if let Some(shared) = shared {
+        tokio::spawn(shared.run(stopped));
+        return;
+    }
     match &directory.dataverse {
         Some(dataverse) => {
             tokio::spawn(crate::directory::dataverse::keep_fresh(
@@ -414,7 +420,14 @@ pub(super) async fn listeners(config: &Config) -> Result<Listeners, AppError> {
 pub async fn outbox(
     config: &Config,
     registry: &mut Registry,
-) -> Result<(Arc<dyn Outbox>, Option<Arc<Leases>>), AppError> {
+) -> Result<
+    (
+        Arc<dyn Outbox>,
+        Option<Arc<Leases>>,
+        Option<async_nats::jetstream::Context>,
+    ),
+    AppError,
+> {
     let metrics = OutboxMetrics::register(registry);
     let (Some(nats), Some(leases)) = (settings::nats(config), settings::leases(config)) else {
         let outbox = RedbOutbox::open(
@@ -422,7 +435,7 @@ pub async fn outbox(
             settings::outbox(&config.outbox),
             metrics,
         )?;
-        return Ok((Arc::new(outbox), None));
+        return Ok((Arc::new(outbox), None, None));
     };
     let outbox = NatsOutbox::open(
         nats,
@@ -435,16 +448,54 @@ pub async fn outbox(
     .await?;
     let leases = Leases::open(outbox.jetstream(), leases, FleetMetrics::register(registry))
         .await
-        .map_err(AppError::Catchup)?;
-    Ok((Arc::new(outbox), Some(leases)))
+        .map_err(AppError::Fleet)?;
+    let jetstream = outbox.jetstream().clone();
+    Ok((Arc::new(outbox), Some(leases), Some(jetstream)))
 }
 
-/// Keeps the leases of the mailboxes the sweep reads until the gateway stops.
-pub fn keep_leases(leases: &Arc<Leases>, sweeper: &Arc<Sweeper>, stopped: watch::Receiver<bool>) {
-    let sweeper = sweeper.clone();
-    tokio::spawn(
-        leases
-            .clone()
-            .run(Arc::new(move || sweeper.mailboxes()), stopped),
-    );
+/// Keeps the leases of the directory's mailboxes (and, with a Dataverse directory, of its
+/// refreshing) until the gateway stops.
+pub fn keep_leases(leases: &Arc<Leases>, directory: &Directory, stopped: watch::Receiver<bool>) {
+    let handle = directory.handle.clone();
+    let shared = directory.dataverse.is_some();
+    let mailboxes = move || -> Arc<[String]> {
+        let dir = handle.guard();
+        let addresses = dir
+            .mailbox_entries()
+            .iter()
+            .map(|m| m.address.to_ascii_lowercase())
+            .filter(|a| a.contains('@'));
+        let lease = shared.then(|| DIRECTORY_LEASE.to_owned());
+        addresses.chain(lease).collect()
+    };
+    tokio::spawn(leases.clone().run(Arc::new(mailboxes), stopped));
+}
+
+/// With a fleet and a Dataverse directory: the gateway holding the directory lease refreshes
+/// and shares, the others follow (in place of each refreshing on its own).
+pub async fn shared_directory(
+    config: &Config,
+    directory: &Directory,
+    leases: Option<&Arc<Leases>>,
+    jetstream: Option<&async_nats::jetstream::Context>,
+) -> Result<Option<SharedDirectory>, AppError> {
+    let (Some(leases), Some(jetstream), Some(source), Some(bucket)) = (
+        leases,
+        jetstream,
+        &directory.dataverse,
+        settings::directory_bucket(config),
+    ) else {
+        return Ok(None);
+    };
+    SharedDirectory::open(
+        jetstream,
+        &bucket,
+        leases.clone(),
+        source.clone(),
+        directory.handle.clone(),
+        directory.metrics.clone(),
+    )
+    .await
+    .map(Some)
+    .map_err(AppError::Fleet)
 }

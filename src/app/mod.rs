@@ -35,6 +35,8 @@ use crate::{telemetry, tls};
 pub enum AppError {
     #[error("the catch-up sweep cannot start: {0}")]
     Catchup(String),
+    #[error("the fleet: {0}")]
+    Fleet(String),
     #[error(
         "cannot listen on {addr} for the {}: {reason}\nfix: stop what holds it, or choose another address with `{}` in the configuration, the environment variable {}, or `serve {}`",
         listener.what, listener.key, listener.env, listener.flag
@@ -153,7 +155,9 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let decisions = RecentDecisions::new(config.rules.recent_decisions);
 
     // The outbox, and delivery from it to the sink.
-    let (outbox, leases) = build::outbox(&config, &mut registry).await?;
+    let (outbox, leases, jetstream) = build::outbox(&config, &mut registry).await?;
+    let shared_directory =
+        build::shared_directory(&config, &directory, leases.as_ref(), jetstream.as_ref()).await?;
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
     let marks = build::catchup_marks(&config, exchange.as_ref());
@@ -240,9 +244,14 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
             )),
         ),
     };
-    build::keep_directory_fresh(&directory, config.directory.poll_interval, stopped.clone());
-    if let (Some(leases), Some((sweeper, _))) = (&leases, &catchup) {
-        build::keep_leases(leases, sweeper, stopped.clone());
+    build::keep_directory_fresh(
+        &directory,
+        shared_directory,
+        config.directory.poll_interval,
+        stopped.clone(),
+    );
+    if let Some(leases) = &leases {
+        build::keep_leases(leases, &directory, stopped.clone());
     }
     let catchup_task = catchup
         .as_ref()

@@ -295,6 +295,11 @@ pub fn leases(config: &Config) -> Option<LeaseSettings> {
     })
 }
 
+/// The object store a fleet shares the Dataverse directory through.
+pub fn directory_bucket(config: &Config) -> Option<String> {
+    config.nats.as_ref().map(|n| n.directory_bucket.clone())
+}
+
 pub fn delivery(d: &DeliveryConfig) -> DeliverySettings {
     DeliverySettings {
         concurrency: d.concurrency,

@@ -505,6 +505,9 @@ pub struct RawNats {
     pub spool_file: Option<PathBuf>,
     /// The KV bucket of the fleet's members and mailbox leases.
     pub lease_bucket: String,
+    /// The object store through which one gateway shares the directory it refreshed from
+    /// Dataverse (`directory.source = "dataverse"`).
+    pub directory_bucket: String,
     /// A lease not renewed for this long lets another gateway take its mailbox.
     #[serde(with = "crate::common::duration")]
     pub lease_ttl: Duration,
@@ -538,6 +541,7 @@ impl Default for RawNats {
             ack_wait: Duration::from_secs(60),
             spool_file: None,
             lease_bucket: "trackgate_leases".into(),
+            directory_bucket: "trackgate_directory".into(),
             lease_ttl: Duration::from_secs(15),
         }
     }

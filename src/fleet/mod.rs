@@ -7,6 +7,8 @@
 //! last saw, and a refusal (another gateway took the lease) stops it there. A gateway also stops
 //! on its own clock two thirds into the lease, before the server could let another take it.
 
+pub mod directory;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -83,7 +85,9 @@ struct Held {
 
 /// Mailbox leases over a KV bucket.
 pub struct Leases {
-    kv: kv::Store,
+    jetstream: jetstream::Context,
+    /// The bucket; `None` until NATS could be asked for it (a gateway started without NATS).
+    kv: tokio::sync::Mutex<Option<kv::Store>>,
     settings: LeaseSettings,
     /// `instance/nonce`: the value of every key this process writes.
     holder: String,
@@ -128,26 +132,50 @@ pub fn owner<'a>(mailbox: &str, members: &'a [String]) -> Option<&'a str> {
 }
 
 impl Leases {
-    /// Opens the bucket; `None`-free: a missing bucket is an error naming the key.
+    /// Opens the bucket. A missing bucket on a reachable NATS is an error naming the key;
+    /// NATS out of reach is not: the bucket is asked for again each round, and until then this
+    /// gateway owns no mailbox.
     pub async fn open(
         jetstream: &jetstream::Context,
         settings: LeaseSettings,
         metrics: FleetMetrics,
     ) -> Result<Arc<Leases>, String> {
-        let kv = jetstream.get_key_value(&settings.bucket).await.map_err(|e| {
-            format!(
-                "the lease bucket {} (nats.lease_bucket) is not usable ({e}); create it with `trackgate nats setup`",
-                settings.bucket
-            )
-        })?;
+        let kv = match jetstream.get_key_value(&settings.bucket).await {
+            Ok(kv) => Some(kv),
+            Err(e)
+                if jetstream.client().connection_state()
+                    == async_nats::connection::State::Connected =>
+            {
+                return Err(format!(
+                    "the lease bucket {} (nats.lease_bucket) is not usable ({e}); create it with `trackgate nats setup`",
+                    settings.bucket
+                ));
+            }
+            Err(_) => None,
+        };
         let holder = format!("{}/{:016x}", settings.instance, rand::random::<u64>());
         Ok(Arc::new(Leases {
-            kv,
+            jetstream: jetstream.clone(),
+            kv: tokio::sync::Mutex::new(kv),
             settings,
             holder,
             held: Mutex::new(HashMap::new()),
             metrics,
         }))
+    }
+
+    async fn store(&self) -> Result<kv::Store, String> {
+        let mut kv = self.kv.lock().await;
+        if let Some(store) = &*kv {
+            return Ok(store.clone());
+        }
+        let store = self
+            .jetstream
+            .get_key_value(&self.settings.bucket)
+            .await
+            .map_err(|e| format!("the lease bucket {}: {e}", self.settings.bucket))?;
+        *kv = Some(store.clone());
+        Ok(store)
     }
 
     fn deadline(&self, sent: Instant) -> Instant {
@@ -181,11 +209,11 @@ impl Leases {
 
     /// One round; public for tests that drive it step by step.
     pub async fn round(&self, mailboxes: &[String]) -> Result<(), String> {
-        self.kv
-            .put(member_key(&self.holder), self.holder.clone().into())
+        let kv = self.store().await?;
+        kv.put(member_key(&self.holder), self.holder.clone().into())
             .await
             .map_err(|e| e.to_string())?;
-        let members = self.members().await?;
+        let members = self.members(&kv).await?;
         self.metrics.members.set(members.len() as i64);
         for mailbox in mailboxes {
             let key = lease_key(mailbox);
@@ -193,15 +221,12 @@ impl Leases {
             let held = self.holding().get(&key).copied();
             match (mine, held) {
                 (true, Some(held)) => {
-                    self.renew(&key, held.revision).await;
+                    self.renew(&kv, &key, held.revision).await;
                 }
-                (true, None) => self.take(&key).await,
+                (true, None) => self.take(&kv, &key).await,
                 (false, Some(held)) => {
                     self.holding().remove(&key);
-                    let _ = self
-                        .kv
-                        .delete_expect_revision(&key, Some(held.revision))
-                        .await;
+                    let _ = kv.delete_expect_revision(&key, Some(held.revision)).await;
                 }
                 (false, None) => {}
             }
@@ -210,13 +235,13 @@ impl Leases {
         Ok(())
     }
 
-    async fn members(&self) -> Result<Vec<String>, String> {
-        let mut keys = self.kv.keys().await.map_err(|e| e.to_string())?;
+    async fn members(&self, kv: &kv::Store) -> Result<Vec<String>, String> {
+        let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
         let mut members = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| e.to_string())?;
             if key.starts_with("member.")
-                && let Ok(Some(value)) = self.kv.get(&key).await
+                && let Ok(Some(value)) = kv.get(&key).await
             {
                 members.push(String::from_utf8_lossy(&value).into_owned());
             }
@@ -225,9 +250,9 @@ impl Leases {
         Ok(members)
     }
 
-    async fn take(&self, key: &str) {
+    async fn take(&self, kv: &kv::Store, key: &str) {
         let sent = Instant::now();
-        if let Ok(revision) = self.kv.create(key, self.holder.clone().into()).await {
+        if let Ok(revision) = kv.create(key, self.holder.clone().into()).await {
             self.metrics.taken.inc();
             self.holding().insert(
                 key.to_owned(),
@@ -243,13 +268,9 @@ impl Leases {
 
     /// The fenced write: an update that succeeds only if nobody wrote the key since
     /// `revision`.
-    async fn renew(&self, key: &str, revision: u64) -> bool {
+    async fn renew(&self, kv: &kv::Store, key: &str, revision: u64) -> bool {
         let sent = Instant::now();
-        match self
-            .kv
-            .update(key, self.holder.clone().into(), revision)
-            .await
-        {
+        match kv.update(key, self.holder.clone().into(), revision).await {
             Ok(revision) => {
                 self.holding().insert(
                     key.to_owned(),
@@ -270,14 +291,14 @@ impl Leases {
 
     async fn release_all(&self) {
         let held: Vec<(String, Held)> = self.holding().drain().collect();
-        for (key, held) in held {
-            let _ = self
-                .kv
-                .delete_expect_revision(&key, Some(held.revision))
-                .await;
-        }
-        let _ = self.kv.delete(member_key(&self.holder)).await;
         self.metrics.leases_held.set(0);
+        let Ok(kv) = self.store().await else {
+            return;
+        };
+        for (key, held) in held {
+            let _ = kv.delete_expect_revision(&key, Some(held.revision)).await;
+        }
+        let _ = kv.delete(member_key(&self.holder)).await;
     }
 
     /// Mailboxes held, for `/fleet` (lease keys only: no addresses).
@@ -299,9 +320,9 @@ impl Ownership for Leases {
             let held = self.holding().get(&key).copied();
             // Past this gateway's own deadline too (it was frozen, say): the lease may be
             // another's by now, and only the renewal with the old revision can tell.
-            let confirmed = match held {
-                Some(held) => self.renew(&key, held.revision).await,
-                None => false,
+            let confirmed = match (held, self.store().await) {
+                (Some(held), Ok(kv)) => self.renew(&kv, &key, held.revision).await,
+                _ => false,
             };
             if !confirmed {
                 self.metrics.fenced.inc();

@@ -42,6 +42,7 @@ pub struct NatsConfig {
     pub spool_file: PathBuf,
     pub lease_bucket: String,
     pub lease_ttl: Duration,
+    pub directory_bucket: String,
 }
 
 /// `[nats]`, checked only when the outbox lives there.
@@ -81,6 +82,7 @@ pub(super) fn nats(
         ("nats.consumer", &nats.consumer),
         ("nats.dead_stream", &nats.dead_stream),
         ("nats.lease_bucket", &nats.lease_bucket),
+        ("nats.directory_bucket", &nats.directory_bucket),
     ] {
         name_of_one_token(key, name)?;
     }
@@ -149,6 +151,7 @@ pub(super) fn nats(
             .unwrap_or_else(|| data_dir.join("nats-spool.redb")),
         lease_bucket: nats.lease_bucket.clone(),
         lease_ttl: nats.lease_ttl,
+        directory_bucket: nats.directory_bucket.clone(),
     }))
 }
 

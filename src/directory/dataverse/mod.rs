@@ -31,6 +31,7 @@ use uuid::Uuid;
 use self::delta::{State, restore};
 use self::rows::document;
 use crate::common::ClientCredentials;
+use crate::directory::model::DirectoryDocument;
 use crate::directory::odata::{Filter, FilterError};
 use crate::directory::replica::{Replica, ReplicaError};
 use crate::directory::settings::DirectorySettings;
@@ -273,6 +274,24 @@ impl DataverseSource {
 
     pub fn replica_path(&self) -> &std::path::Path {
         self.replica.path()
+    }
+
+    /// The directory as last refreshed, as a document: what one gateway of a fleet shares with
+    /// the others so that only it spends Dataverse's request budget.
+    pub async fn document(&self) -> DirectoryDocument {
+        let state = self.state.lock().await;
+        document(&state).0
+    }
+
+    /// A snapshot from a document another gateway shared, built with this source's settings.
+    pub fn build_shared(&self, doc: DirectoryDocument) -> Result<Directory, SourceError> {
+        let directory = Directory::build_with(doc, &self.settings.directory)?;
+        if let Ok(mut status) = self.status.lock() {
+            status.data_as_of = Some(unix_now());
+            status.from_replica = false;
+            status.last_error = None;
+        }
+        Ok(directory)
     }
 
     fn filter(&self, set: &str) -> OfflineFilter {

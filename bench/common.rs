@@ -1,0 +1,76 @@
+//! What the outbox and fleet benches share: the scale knob and delivery to the Dataverse
+//! simulator with the embedded directory.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use trackgate::crm::{DataverseSettings, DataverseSink, FieldTable, Sink};
+use trackgate::delivery::{Delivery, DeliveryMetrics, DeliverySettings};
+use trackgate::directory::DirectoryHandle;
+use trackgate::outbox::Outbox;
+use trackgate::rules::{Engine, MemoryLimits, RulesLimits};
+use trackgate::simulate::DataverseSimulator;
+
+/// `TRACKGATE_BENCH_SCALE` (default 1.0): CI runs the benches at 0.01.
+pub fn scale() -> f64 {
+    std::env::var("TRACKGATE_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0)
+}
+
+pub fn count(base: f64) -> usize {
+    ((base * scale()) as usize).max(20)
+}
+
+/// Delivery from `outbox` to the simulator, 8 workers, `batch_size` records per request.
+pub fn delivery_to(
+    outbox: Arc<dyn Outbox>,
+    dv: &DataverseSimulator,
+    batch_size: usize,
+) -> Arc<Delivery> {
+    let directory = trackgate::directory::file::parse_and_build(
+        trackgate::directory::file::EMBEDDED_EXAMPLE,
+        "bench",
+        false,
+    )
+    .unwrap();
+    let engine = Arc::new(Engine::new(
+        DirectoryHandle::new(directory),
+        MemoryLimits {
+            max_bytes: 1 << 20,
+            max_tracked: 1000,
+        },
+        RulesLimits::default(),
+    ));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let sink = Sink::Dataverse(Box::new(DataverseSink::new(
+        reqwest::Client::new(),
+        DataverseSettings {
+            url: dv.url(),
+            api_path: "/api/data/v9.2".into(),
+            credentials: None,
+            act_as_owner: false,
+            batch_size,
+            concurrency: 8,
+            timeout: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(5),
+            columns: FieldTable::embedded().email,
+            max_requests_per_window: None,
+        },
+    )));
+    Delivery::new(
+        outbox,
+        Arc::new(sink),
+        None,
+        engine,
+        DeliverySettings {
+            concurrency: 8,
+            batch_size,
+            ..DeliverySettings::default()
+        },
+        DeliveryMetrics::register(&mut registry),
+    )
+}
