@@ -278,7 +278,9 @@ pub fn nats(config: &Config) -> Option<NatsSettings> {
         connect_timeout: n.connect_timeout,
         request_timeout: n.request_timeout,
         publish_in_flight: n.publish_in_flight,
-        prefetch: n.prefetch,
+        prefetch: n
+            .prefetch
+            .unwrap_or(2 * config.delivery.concurrency * config.delivery.batch_size.max(1)),
         ack_wait: n.ack_wait,
         spool: n.spool_file.clone(),
         spool_settings: outbox(&config.outbox),

@@ -497,7 +497,9 @@ pub struct RawNats {
     /// Publishes waiting for the stream's acknowledgement at once.
     pub publish_in_flight: usize,
     /// Records one gateway holds from the shared consumer at once.
-    pub prefetch: usize,
+    /// Unset: twice what delivery sends at once (`delivery.concurrency` × `batch_size`), so
+    /// one gateway never hoards records the others could be delivering.
+    pub prefetch: Option<usize>,
     /// A record held this long without an ack (the gateway died) goes to another gateway.
     #[serde(with = "crate::common::duration")]
     pub ack_wait: Duration,
@@ -537,7 +539,7 @@ impl Default for RawNats {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             publish_in_flight: 256,
-            prefetch: 256,
+            prefetch: None,
             ack_wait: Duration::from_secs(60),
             spool_file: None,
             lease_bucket: "trackgate_leases".into(),

@@ -37,7 +37,7 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub publish_in_flight: usize,
-    pub prefetch: usize,
+    pub prefetch: Option<usize>,
     pub ack_wait: Duration,
     pub spool_file: PathBuf,
     pub lease_bucket: String,
@@ -110,7 +110,9 @@ pub(super) fn nats(
     positive("nats.connect_timeout", nats.connect_timeout)?;
     positive("nats.request_timeout", nats.request_timeout)?;
     at_least("nats.publish_in_flight", nats.publish_in_flight as u64, 1)?;
-    at_least("nats.prefetch", nats.prefetch as u64, 1)?;
+    if let Some(prefetch) = nats.prefetch {
+        at_least("nats.prefetch", prefetch as u64, 1)?;
+    }
     if nats.lease_ttl < Duration::from_secs(2) {
         return Err(ConfigError::invalid(
             "nats.lease_ttl",
