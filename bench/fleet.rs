@@ -95,6 +95,23 @@ fn nats_server() -> Server {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far (`/proc/<pid>/stat`, 100 ticks/s).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // utime and stime are fields 14 and 15 of proc(5); counted from the state (field 3).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// A rate and the CPU each record cost, in µs: this process, and the NATS server.
+struct Measured {
+    rate: f64,
+    client_us: f64,
+    server_us: f64,
+}
+
 fn settings(server: &Server, dir: &Path, name: &str) -> NatsSettings {
     let mut s = NatsSettings::local(&server.url, dir.join(format!("{name}-spool.redb")));
     s.instance = name.into();
@@ -128,7 +145,7 @@ fn submit_all(outbox: &dyn Outbox, round: usize, records: usize) -> f64 {
     records as f64 / started.elapsed().as_secs_f64()
 }
 
-fn redb_rate(round: usize, records: usize) -> f64 {
+fn redb_rate(round: usize, records: usize) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let mut registry = prometheus_client::registry::Registry::default();
     let outbox = RedbOutbox::open(
@@ -137,18 +154,31 @@ fn redb_rate(round: usize, records: usize) -> f64 {
         OutboxMetrics::register(&mut registry),
     )
     .unwrap();
-    submit_all(&outbox, round, records)
+    let cpu = cpu_seconds("self");
+    let rate = submit_all(&outbox, round, records);
+    Measured {
+        rate,
+        client_us: (cpu_seconds("self") - cpu) * 1e6 / records as f64,
+        server_us: 0.0,
+    }
 }
 
-async fn nats_rate(round: usize, records: usize) -> f64 {
+async fn nats_rate(round: usize, records: usize) -> Measured {
     let server = nats_server();
     let dir = tempfile::tempdir().unwrap();
     let s = settings(&server, dir.path(), "publish");
     trackgate::outbox::nats::setup(&s).await.unwrap();
     let outbox = open(s, false).await;
-    tokio::task::spawn_blocking(move || submit_all(outbox.as_ref(), round, records))
+    let pid = server.child.id().to_string();
+    let (client, server_cpu) = (cpu_seconds("self"), cpu_seconds(&pid));
+    let rate = tokio::task::spawn_blocking(move || submit_all(outbox.as_ref(), round, records))
         .await
-        .unwrap()
+        .unwrap();
+    Measured {
+        rate,
+        client_us: (cpu_seconds("self") - client) * 1e6 / records as f64,
+        server_us: (cpu_seconds(&pid) - server_cpu) * 1e6 / records as f64,
+    }
 }
 
 /// Records per second from a full shared stream to the Dataverse simulator with `instances`
@@ -235,6 +265,13 @@ async fn ownership_move(ttl: Duration) -> f64 {
     frozen.elapsed().as_secs_f64()
 }
 
+/// `TRACKGATE_BENCH_PHASES` (default all): `enqueue`, `delivery`, `ownership`, comma-separated.
+fn phase(name: &str) -> bool {
+    std::env::var("TRACKGATE_BENCH_PHASES")
+        .map(|p| p.split(',').any(|x| x.trim() == name))
+        .unwrap_or(true)
+}
+
 fn main() {
     trackgate::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -242,15 +279,39 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let enqueue_n = count(100_000.0);
-    let delivered_n = count(10_000.0);
     println!("fleet bench (scale {}):", scale());
+    if phase("enqueue") {
+        enqueue_phase(&runtime);
+    }
+    if phase("delivery") {
+        delivery_phase(&runtime);
+    }
+    if phase("ownership") {
+        let ttl = Duration::from_secs(3);
+        let mut moves: Vec<f64> = (0..3)
+            .map(|_| runtime.block_on(ownership_move(ttl)))
+            .collect();
+        let m = median(&mut moves);
+        println!(
+            "  ownership moved after a freeze:            {m:>10.1} s (TTL {} s; goal <= TTL + 2 s)",
+            ttl.as_secs()
+        );
+    }
+}
+
+fn enqueue_phase(runtime: &tokio::runtime::Runtime) {
+    let enqueue_n = count(100_000.0);
     let (mut redb, mut nats) = (Vec::new(), Vec::new());
     for round in 0..3 {
         redb.push(redb_rate(round, enqueue_n));
         nats.push(runtime.block_on(nats_rate(round, enqueue_n)));
     }
-    let (r, n) = (median(&mut redb), median(&mut nats));
+    let by_rate = |v: &mut Vec<Measured>| {
+        v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        v.swap_remove(v.len() / 2)
+    };
+    let (redb, nats) = (by_rate(&mut redb), by_rate(&mut nats));
+    let (r, n) = (redb.rate, nats.rate);
     println!(
         "  durable enqueue, redb group commit:        {r:>10.0} records/s ({enqueue_n} records)"
     );
@@ -259,12 +320,17 @@ fn main() {
         "  NATS / redb:                               {:>10.2}  (goal >= 0.50)",
         n / r
     );
+    println!(
+        "  CPU per record: redb {:.1} µs (this process); NATS {:.1} µs here + {:.1} µs in nats-server",
+        redb.client_us, nats.client_us, nats.server_us
+    );
+}
 
-    // The CRM answering at once (delivery bound by this machine's two cores, which every
-    // instance shares here), and at 50 ms a call (what a Dataverse create takes: delivery
-    // bound by the CRM's latency, as in production).
-    let slow_n = count(2_000.0);
-    for (crm_ms, records) in [(0, delivered_n), (50, slow_n)] {
+/// The CRM answering at once (delivery bound by this machine's two cores, which every
+/// instance shares here), and at 50 ms a call (what a Dataverse create takes: delivery bound by
+/// the CRM's latency, as in production).
+fn delivery_phase(runtime: &tokio::runtime::Runtime) {
+    for (crm_ms, records) in [(0, count(10_000.0)), (50, count(2_000.0))] {
         let (mut one, mut three) = (Vec::new(), Vec::new());
         for round in 0..3 {
             let base = 10 * (1 + crm_ms as usize) + round;
@@ -281,14 +347,4 @@ fn main() {
             t / o
         );
     }
-
-    let ttl = Duration::from_secs(3);
-    let mut moves: Vec<f64> = (0..3)
-        .map(|_| runtime.block_on(ownership_move(ttl)))
-        .collect();
-    let m = median(&mut moves);
-    println!(
-        "  ownership moved after a freeze:            {m:>10.1} s (TTL {} s; goal <= TTL + 2 s)",
-        ttl.as_secs()
-    );
 }

@@ -428,21 +428,35 @@ impl NatsOutbox {
 
 impl Outbox for NatsOutbox {
     fn submit(&self, decision: &Decision) -> bool {
+        let refuse = || {
+            self.shared.metrics.published("refused");
+            self.shared.outbox_metrics.enqueued("refused");
+            false
+        };
         let Some(commands) = &self.commands else {
             return false;
         };
-        let mut decision = decision.clone();
-        // The live pipeline writes no explanation; one is dropped, as the redb outbox does.
-        decision.explanation.clear();
-        let queued = commands.try_send(publish::Command::Submit {
-            decision: Box::new(decision),
-            at_ms: crate::common::time::now_ms(),
-        });
-        if queued.is_err() {
-            self.shared.metrics.published("refused");
-            self.shared.outbox_metrics.enqueued("refused");
+        // Encoded here, on the caller's thread and from the borrowed decision, as the redb
+        // outbox does; the live pipeline writes no explanation, and one is dropped.
+        let stripped;
+        let decision = if decision.explanation.is_empty() {
+            decision
+        } else {
+            let mut d = decision.clone();
+            d.explanation.clear();
+            stripped = d;
+            &stripped
+        };
+        let Ok((key, payload)) = publish::encode(decision, crate::common::time::now_ms()) else {
+            return refuse();
+        };
+        if commands
+            .try_send(publish::Command::Submit { key, payload })
+            .is_err()
+        {
+            return refuse();
         }
-        queued.is_ok()
+        true
     }
 
     fn flush(&self) -> Result<(), OutboxError> {

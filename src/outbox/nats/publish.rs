@@ -8,6 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -26,10 +29,8 @@ pub(super) const ATTEMPTS_HEADER: &str = "Trackgate-Attempts";
 const SPOOL_ROUND: usize = 256;
 
 pub(super) enum Command {
-    Submit {
-        decision: Box<Decision>,
-        at_ms: u64,
-    },
+    /// A decision encoded on the submitting thread (as the redb outbox does), keyed.
+    Submit { key: Uuid, payload: Bytes },
     /// Answered once everything before it is acknowledged or spooled.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
@@ -43,7 +44,7 @@ pub(super) struct Queued<'a> {
     pub decision: &'a Decision,
 }
 
-/// The same, as read back (by delivery and by the operator's views).
+/// The same, as read back (by delivery, by the operator's views, by the spool on a failure).
 #[derive(serde::Deserialize)]
 pub(super) struct Stored {
     pub key: Uuid,
@@ -51,51 +52,64 @@ pub(super) struct Stored {
     pub decision: Decision,
 }
 
+/// A decision as its message's payload, keyed by its dedup key.
+pub(super) fn encode(decision: &Decision, at_ms: u64) -> Result<(Uuid, Bytes), NatsError> {
+    let key = dedup_key(decision, at_ms);
+    let queued = Queued {
+        key,
+        enqueued_ms: at_ms,
+        decision,
+    };
+    let payload = serde_json::to_vec(&queued).map_err(|e| NatsError::Request(e.to_string()))?;
+    Ok((key, payload.into()))
+}
+
 /// The publisher: takes submitted decisions in order, keeps up to `publish_in_flight`
-/// unacknowledged, spools what NATS does not take.
+/// unacknowledged (polled here, no task each), spools what NATS does not take.
 pub(super) async fn run(
     shared: Arc<Shared>,
     jetstream: jetstream::Context,
     spool: Arc<RedbOutbox>,
     mut commands: mpsc::Receiver<Command>,
 ) {
-    let mut in_flight: JoinSet<Result<(), Box<Decision>>> = JoinSet::new();
+    let mut in_flight = FuturesUnordered::new();
     let limit = shared.settings.publish_in_flight.max(1);
     loop {
         // A publish that failed is spooled as soon as it fails, not when the next one needs
         // its place: traffic may have stopped.
         let command = tokio::select! {
             command = commands.recv() => command,
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                spool_failed(&shared, &spool, done);
+            Some(failed) = in_flight.next(), if !in_flight.is_empty() => {
+                spool_failed(&shared, &spool, failed);
                 continue;
             }
         };
         let Some(command) = command else { break };
         match command {
-            Command::Submit { decision, at_ms } => {
+            Command::Submit { key, payload } => {
                 if !shared.connected.load(Ordering::Relaxed) {
-                    to_spool(&shared, &spool, &decision);
+                    spool_failed(&shared, &spool, Some(payload));
                     continue;
                 }
                 while in_flight.len() >= limit {
-                    settle_one(&shared, &spool, &mut in_flight).await;
+                    if let Some(failed) = in_flight.next().await {
+                        spool_failed(&shared, &spool, failed);
+                    }
                 }
-                let (shared, jetstream) = (shared.clone(), jetstream.clone());
-                in_flight.spawn(async move {
-                    let key = dedup_key(&decision, at_ms);
-                    match publish(&shared, &jetstream, key, at_ms, &decision, 0).await {
-                        Ok(()) => Ok(()),
+                let (shared, jetstream) = (&shared, &jetstream);
+                in_flight.push(async move {
+                    match publish(shared, jetstream, key, payload.clone(), 0).await {
+                        Ok(()) => None,
                         Err(error) => {
                             tracing::debug!(%error, "publish not acknowledged; spooling");
-                            Err(decision)
+                            Some(payload)
                         }
                     }
                 });
             }
             Command::Flush(reply) => {
-                while !in_flight.is_empty() {
-                    settle_one(&shared, &spool, &mut in_flight).await;
+                while let Some(failed) = in_flight.next().await {
+                    spool_failed(&shared, &spool, failed);
                 }
                 let spool = spool.clone();
                 let flushed = tokio::task::spawn_blocking(move || spool.flush()).await;
@@ -108,37 +122,15 @@ pub(super) async fn run(
     }
 }
 
-type Published = Result<Result<(), Box<Decision>>, tokio::task::JoinError>;
-
-fn spool_failed(shared: &Shared, spool: &RedbOutbox, done: Published) {
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(decision)) => to_spool(shared, spool, &decision),
-        // A publish task cannot panic short of a bug; its decision is gone, which is counted
-        // and left to the catch-up sweep.
-        Err(error) => {
-            tracing::error!(%error, "a publish task failed");
-            shared.metrics.published("refused");
-        }
-    }
-}
-
-async fn settle_one(
-    shared: &Shared,
-    spool: &RedbOutbox,
-    in_flight: &mut JoinSet<Result<(), Box<Decision>>>,
-) {
-    if let Some(done) = in_flight.join_next().await {
-        spool_failed(shared, spool, done);
-    }
-}
-
-fn to_spool(shared: &Shared, spool: &RedbOutbox, decision: &Decision) {
-    if spool.submit(decision) {
-        shared.metrics.published("spooled");
-    } else {
+/// A payload NATS did not take goes to the spool (decoded back: the rare path).
+fn spool_failed(shared: &Shared, spool: &RedbOutbox, failed: Option<Bytes>) {
+    let Some(payload) = failed else {
+        return;
+    };
+    match serde_json::from_slice::<Stored>(&payload) {
+        Ok(stored) if spool.submit(&stored.decision) => shared.metrics.published("spooled"),
         // The spool is full too: counted; the catch-up sweep finds the message again.
-        shared.metrics.published("refused");
+        _ => shared.metrics.published("refused"),
     }
 }
 
@@ -147,18 +139,11 @@ pub(super) async fn publish(
     shared: &Shared,
     jetstream: &jetstream::Context,
     key: Uuid,
-    enqueued_ms: u64,
-    decision: &Decision,
+    payload: Bytes,
     attempts: u32,
 ) -> Result<(), NatsError> {
-    let payload = serde_json::to_vec(&Queued {
-        key,
-        enqueued_ms,
-        decision,
-    })
-    .map_err(|e| NatsError::Request(e.to_string()))?;
     let mut message = PublishMessage::build()
-        .payload(payload.into())
+        .payload(payload)
         .message_id(key.to_string());
     if attempts > 0 {
         message = message.header(ATTEMPTS_HEADER, attempts.to_string());
@@ -215,15 +200,12 @@ pub(super) async fn drain_spool(
         for record in records {
             let (shared, jetstream) = (shared.clone(), jetstream.clone());
             round.spawn(async move {
-                let sent = publish(
-                    &shared,
-                    &jetstream,
-                    record.key,
-                    record.enqueued_ms,
-                    &record.decision,
-                    record.attempts,
-                )
-                .await;
+                let sent = match encode(&record.decision, record.enqueued_ms) {
+                    Ok((_, payload)) => {
+                        publish(&shared, &jetstream, record.key, payload, record.attempts).await
+                    }
+                    Err(error) => Err(error),
+                };
                 (record, sent)
             });
         }
