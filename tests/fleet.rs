@@ -1004,3 +1004,33 @@ async fn one_gateway_refreshes_the_directory_and_the_others_take_it_from_nats() 
     .await;
     follower.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_lag_counts_the_records_no_gateway_has_taken_even_with_delivery_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::server(dir.path(), "");
+    let settings = settings(vec![server.url()], dir.path());
+    set_up(&settings).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = NatsMetrics::register(&mut registry);
+    let lag = metrics.consumer_lag.clone();
+    let outbox = Arc::new(
+        NatsOutbox::open(
+            settings,
+            metrics,
+            OutboxMetrics::register(&mut registry),
+            Role::Gateway { deliver: false },
+        )
+        .await
+        .unwrap(),
+    );
+    for n in 1..=3 {
+        assert!(outbox.submit(&decision(n)));
+    }
+    blocking(&outbox, |o| o.flush()).await.unwrap();
+    // Nothing pulls here: the lag comes from the consumer's own count, read every few seconds.
+    support::wait_for(Duration::from_secs(15), "a lag of three", async || {
+        (lag.get() == 3).then_some(())
+    })
+    .await;
+}

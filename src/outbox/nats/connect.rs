@@ -146,10 +146,11 @@ fn connect_error(settings: &NatsSettings, error: &async_nats::ConnectError) -> N
 /// The streams and the consumer exist and are what the outbox needs: the records' stream keeps
 /// each record until it is acked (work-queue retention) on `<subject>.>`; the consumer is a
 /// durable pull consumer on that subject with explicit acks.
+/// Returns the records not yet handed to any gateway (the consumer's pending count).
 pub(super) async fn check(
     settings: &NatsSettings,
     jetstream: &jetstream::Context,
-) -> Result<(), NatsError> {
+) -> Result<u64, NatsError> {
     let records = get_stream(jetstream, "stream", &settings.stream).await?;
     let config = &records.cached_info().config;
     let wanted = format!("{}.>", settings.subject);
@@ -184,7 +185,8 @@ pub(super) async fn check(
     consumer_fits(&info.config, &wanted).map_err(|reason| NatsError::Consumer {
         name: settings.consumer.clone(),
         reason,
-    })
+    })?;
+    Ok(info.num_pending)
 }
 
 fn consumer_fits(config: &consumer::Config, wanted: &str) -> Result<(), String> {
@@ -312,7 +314,12 @@ pub(super) async fn keep_checking(shared: Arc<Shared>, jetstream: jetstream::Con
     loop {
         if shared.connected.load(Ordering::Relaxed) {
             match check(&shared.settings, &jetstream).await {
-                Ok(()) => shared.set_problem(None),
+                Ok(lag) => {
+                    // Also when nothing is being pulled (delivery paused or off), the lag
+                    // stays current.
+                    shared.metrics.consumer_lag.set(lag as i64);
+                    shared.set_problem(None);
+                }
                 Err(error) => {
                     tracing::error!(%error, "the NATS outbox is not usable");
                     shared.set_problem(Some(error.to_string()));

@@ -229,7 +229,7 @@ impl NatsMetrics {
         );
         r.register(
             "consumer_lag",
-            "Records in the stream not yet handed to any instance (as of the last pull)",
+            "Records in the stream not yet handed to any instance (read every 5 s and at each pull)",
             m.consumer_lag.clone(),
         );
         r.register(
