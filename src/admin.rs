@@ -337,15 +337,14 @@ async fn outbox_mutation(
     // The writer thread commits the change; wait for it off the admin task.
     let outbox = state.outbox.clone();
     let retry = verb == "retry";
-    let result = tokio::task::spawn_blocking(move || {
+    let result = off_the_runtime(move || {
         if retry {
             outbox.retry(id)
         } else {
             outbox.skip(id)
         }
     })
-    .await
-    .unwrap_or(Err(OutboxError::WriterGone));
+    .await;
     match result {
         Ok(()) => reply(StatusCode::OK, "text/plain", format!("{verb}: {id}\n")),
         Err(e @ OutboxError::NotFound { .. }) => {
@@ -511,7 +510,6 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
-/// What `/readyz` says about the directory's freshness.
 /// An outbox call that may wait on a store or a server, on a blocking thread.
 async fn off_the_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, OutboxError> + Send + 'static,
@@ -521,6 +519,7 @@ async fn off_the_runtime<T: Send + 'static>(
         .unwrap_or(Err(OutboxError::WriterGone))
 }
 
+/// What `/readyz` says about the outbox and the directory's freshness.
 fn readiness_detail(state: &AdminState) -> String {
     let mut detail = String::new();
     if let Some(problem) = state.outbox.health() {

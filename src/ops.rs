@@ -226,34 +226,24 @@ pub fn nats_setup(config: &Config) -> Result<String, OpsError> {
     let Some(settings) = crate::app::settings::nats(config) else {
         return Err(OpsError::NotNats);
     };
-    let leases = crate::app::settings::leases(config).ok_or(OpsError::NotNats)?;
-    let runtime = nats_runtime()?;
-    runtime
-        .block_on(crate::outbox::nats::setup(&settings))
-        .map_err(|e| OpsError::Outbox(e.into()))?;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let outbox = runtime.block_on(NatsOutbox::open(
-        settings.clone(),
-        NatsMetrics::register(&mut registry),
-        OutboxMetrics::register(&mut registry),
-        Role::Operator,
-    ))?;
-    runtime
-        .block_on(crate::fleet::setup(
-            outbox.jetstream(),
-            &leases.bucket,
-            leases.ttl,
-            settings.replicas,
-        ))
-        .map_err(|e| OpsError::Outbox(crate::outbox::nats::NatsError::Request(e).into()))?;
-    let bucket = crate::app::settings::directory_bucket(config).ok_or(OpsError::NotNats)?;
-    runtime
-        .block_on(crate::fleet::directory::setup(
-            outbox.jetstream(),
-            &bucket,
-            settings.replicas,
-        ))
-        .map_err(|e| OpsError::Outbox(crate::outbox::nats::NatsError::Request(e).into()))?;
+    let (Some(leases), Some(bucket)) = (
+        crate::app::settings::leases(config),
+        crate::app::settings::directory_bucket(config),
+    ) else {
+        return Err(OpsError::NotNats);
+    };
+    let fleet = |e: String| OpsError::Outbox(crate::outbox::nats::NatsError::Request(e).into());
+    nats_runtime()?.block_on(async {
+        let jetstream = crate::outbox::nats::setup(&settings)
+            .await
+            .map_err(|e| OpsError::Outbox(e.into()))?;
+        crate::fleet::setup(&jetstream, &leases.bucket, leases.ttl, settings.replicas)
+            .await
+            .map_err(fleet)?;
+        crate::fleet::directory::setup(&jetstream, &bucket, settings.replicas)
+            .await
+            .map_err(fleet)
+    })?;
     Ok(format!(
         "ready: stream {} ({}.>), dead letters {} ({}.>), consumer {}, leases {}, {} replica(s)\n",
         settings.stream,

@@ -154,6 +154,18 @@ pub trait Outbox: Send + Sync + 'static {
     }
 }
 
+/// A decision as an outbox stores it: without the explanation (the live pipeline writes none;
+/// one given is dropped), borrowed when there is nothing to drop.
+pub fn as_stored(decision: &Decision) -> std::borrow::Cow<'_, Decision> {
+    if decision.explanation.is_empty() {
+        std::borrow::Cow::Borrowed(decision)
+    } else {
+        let mut d = decision.clone();
+        d.explanation.clear();
+        std::borrow::Cow::Owned(d)
+    }
+}
+
 /// The dedup key of a decision queued at `at_ms`. Emails key on their CRM id; a regarding
 /// update is a separate write to the same email, keyed by the id, the new regarding record and
 /// the time (moving a message back to an earlier folder must not look like a repeat); a

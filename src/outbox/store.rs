@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{
     DeadLetter, Outbox, OutboxError, OutboxMetrics, OutboxSettings, Record, Settlement, Stats,
-    dedup_key,
+    as_stored, dedup_key,
 };
 use crate::common::time::now_ms;
 use crate::rules::Decision;
@@ -970,14 +970,8 @@ impl Outbox for RedbOutbox {
             return refuse();
         }
         // Encoded here, on the caller's thread and from the borrowed decision, so the single
-        // writer only writes bytes. The live pipeline writes no explanation; one is dropped.
-        let decision: std::borrow::Cow<'_, Decision> = if decision.explanation.is_empty() {
-            std::borrow::Cow::Borrowed(decision)
-        } else {
-            let mut d = decision.clone();
-            d.explanation.clear();
-            std::borrow::Cow::Owned(d)
-        };
+        // writer only writes bytes.
+        let decision = as_stored(decision);
         let record = NewRecord {
             seq: 0,
             key,

@@ -5,7 +5,7 @@
 use async_nats::jetstream::{self, stream};
 use uuid::Uuid;
 
-use super::publish::Stored;
+use super::publish::{Queued, payload, publish_acked};
 use super::{NatsError, NatsSettings};
 use crate::common::time::now_ms;
 use crate::outbox::{DeadLetter, Record, Stats};
@@ -93,17 +93,10 @@ impl Browser {
         Ok(messages
             .into_iter()
             .filter_map(|m| {
-                let queued: Stored = serde_json::from_slice(&m.payload).ok()?;
-                Some(Record {
-                    seq: m.sequence,
-                    key: queued.key,
-                    enqueued_ms: queued.enqueued_ms,
-                    attempts: 0,
-                    next_attempt_ms: queued.enqueued_ms,
-                    last_error: None,
-                    progress: 0,
-                    decision: queued.decision,
-                })
+                let queued: Queued<'_> = serde_json::from_slice(&m.payload).ok()?;
+                let mut record = queued.into_record(m.sequence, 0);
+                record.next_attempt_ms = record.enqueued_ms;
+                Some(record)
             })
             .collect())
     }
@@ -141,21 +134,14 @@ impl Browser {
             return Ok(false);
         };
         let letter: DeadLetter = serde_json::from_slice(&message.payload).map_err(request)?;
-        let payload = serde_json::to_vec(&super::publish::Queued {
-            key,
-            enqueued_ms: letter.record.enqueued_ms,
-            decision: &letter.record.decision,
-        })
-        .map_err(request)?;
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.into())
-            .message_id(format!("{key}-retry-{}", message.sequence));
-        self.jetstream
-            .send_publish(self.settings.record_subject(key), publish)
-            .await
-            .map_err(request)?
-            .await
-            .map_err(request)?;
+        let record = &letter.record;
+        publish_acked(
+            &self.jetstream,
+            self.settings.record_subject(key),
+            format!("{key}-retry-{}", message.sequence),
+            payload(key, record.enqueued_ms, &record.decision)?,
+        )
+        .await?;
         dead.delete_message(message.sequence)
             .await
             .map_err(request)?;

@@ -19,7 +19,6 @@ pub(super) async fn connect(
     let settings = &shared.settings;
     let first = options(settings, &shared)
         .await?
-        .connection_timeout(settings.connect_timeout)
         .connect(settings.servers.clone())
         .await;
     match first {
@@ -36,7 +35,6 @@ pub(super) async fn connect(
                 shared.set_problem(Some(unreachable.to_string()));
                 let client = options(settings, &shared)
                     .await?
-                    .connection_timeout(settings.connect_timeout)
                     .retry_on_initial_connect()
                     .connect(settings.servers.clone())
                     .await
@@ -57,13 +55,9 @@ fn context(settings: &NatsSettings, client: async_nats::Client) -> jetstream::Co
         .build(client)
 }
 
-/// The client options: credentials, TLS, a name, and an event hook that keeps `connected`
-/// (readiness, the publisher's choice between stream and spool) and re-runs the checks after
-/// a reconnect.
-async fn options(
-    settings: &NatsSettings,
-    shared: &Arc<Shared>,
-) -> Result<ConnectOptions, NatsError> {
+/// The client options every connection takes: credentials, TLS, this gateway's name, the
+/// timeouts.
+async fn signed_in(settings: &NatsSettings) -> Result<ConnectOptions, NatsError> {
     let mut options =
         match &settings.auth {
             NatsAuth::None => ConnectOptions::new(),
@@ -88,14 +82,23 @@ async fn options(
     if let Some((cert, key)) = &settings.tls.client_cert {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
-    let hook = shared.clone();
     Ok(options
         .name(&settings.instance)
-        .request_timeout(Some(settings.request_timeout))
-        .event_callback(move |event| {
-            let shared = hook.clone();
-            async move { on_event(&shared, event) }
-        }))
+        .connection_timeout(settings.connect_timeout)
+        .request_timeout(Some(settings.request_timeout)))
+}
+
+/// A gateway's options: [`signed_in`], and an event hook that keeps `connected` (readiness,
+/// the publisher's choice between stream and spool) and wakes what waits for a reconnect.
+async fn options(
+    settings: &NatsSettings,
+    shared: &Arc<Shared>,
+) -> Result<ConnectOptions, NatsError> {
+    let hook = shared.clone();
+    Ok(signed_in(settings).await?.event_callback(move |event| {
+        let shared = hook.clone();
+        async move { on_event(&shared, event) }
+    }))
 }
 
 fn on_event(shared: &Shared, event: Event) {
@@ -235,33 +238,17 @@ async fn get_stream(
 
 /// Creates (or brings up to date) the records' stream, the dead-letter stream and the durable
 /// consumer, with `settings.replicas` replicas: what `trackgate nats setup` does once per
-/// fleet, and the tests before they start gateways.
-pub async fn setup(settings: &NatsSettings) -> Result<(), NatsError> {
-    let client = ConnectOptions::new();
-    let client = match &settings.auth {
-        NatsAuth::UserPassword { user, password } => {
-            client.user_and_password(user.clone(), password.expose().to_owned())
-        }
-        NatsAuth::Token(token) => client.token(token.expose().to_owned()),
-        NatsAuth::Nkey(seed) => client.nkey(seed.expose().to_owned()),
-        NatsAuth::CredsFile(path) => {
-            client
-                .credentials_file(path)
-                .await
-                .map_err(|e| NatsError::Options {
-                    key: "nats.creds_file",
-                    reason: e.to_string(),
-                })?
-        }
-        NatsAuth::None => client,
-    }
-    .connection_timeout(settings.connect_timeout)
-    .connect(settings.servers.clone())
-    .await
-    .map_err(|e| connect_error(settings, &e))?;
+/// fleet, and the tests before they start gateways. Returns the connection's JetStream context
+/// for what else the fleet sets up (the lease bucket, the directory's object store).
+pub async fn setup(settings: &NatsSettings) -> Result<jetstream::Context, NatsError> {
+    let client = signed_in(settings)
+        .await?
+        .connect(settings.servers.clone())
+        .await
+        .map_err(|e| connect_error(settings, &e))?;
     let jetstream = context(settings, client);
     let request = |e: &dyn std::fmt::Display| NatsError::Request(e.to_string());
-    let records = jetstream
+    jetstream
         .create_or_update_stream(stream::Config {
             name: settings.stream.clone(),
             subjects: vec![format!("{}.>", settings.subject)],
@@ -287,24 +274,23 @@ pub async fn setup(settings: &NatsSettings) -> Result<(), NatsError> {
         })
         .await
         .map_err(|e| request(&e))?;
-    let stream = jetstream
-        .get_stream(&records.config.name)
+    jetstream
+        .create_consumer_on_stream(
+            consumer::pull::Config {
+                durable_name: Some(settings.consumer.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: settings.ack_wait,
+                max_deliver: -1,
+                filter_subject: format!("{}.>", settings.subject),
+                max_ack_pending: -1,
+                description: Some("trackgate delivery, shared by the fleet".into()),
+                ..Default::default()
+            },
+            &settings.stream,
+        )
         .await
         .map_err(|e| request(&e))?;
-    stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(settings.consumer.clone()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: settings.ack_wait,
-            max_deliver: -1,
-            filter_subject: format!("{}.>", settings.subject),
-            max_ack_pending: -1,
-            description: Some("trackgate delivery, shared by the fleet".into()),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| request(&e))?;
-    Ok(())
+    Ok(jetstream)
 }
 
 /// Runs the checks again whenever the client is connected, every few seconds: a stream that

@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, message::Acker};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::publish::{ATTEMPTS_HEADER, Stored};
+use super::publish::{Queued, publish_acked};
 use super::{NatsError, Shared};
 use crate::common::time::now_ms;
 use crate::outbox::{DeadLetter, Record, Settlement};
@@ -225,13 +225,7 @@ async fn take(shared: &Shared, message: jetstream::Message) {
     if delivered > 1 {
         shared.metrics.redeliveries.inc();
     }
-    let carried: u32 = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(ATTEMPTS_HEADER))
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(0);
-    let queued: Stored = match serde_json::from_slice(&message.payload) {
+    let queued: Queued<'_> = match serde_json::from_slice(&message.payload) {
         Ok(queued) => queued,
         Err(error) => {
             // Not one of ours (another publisher on the subject, a newer format): kept out of
@@ -241,17 +235,9 @@ async fn take(shared: &Shared, message: jetstream::Message) {
             return;
         }
     };
-    let now = now_ms();
-    let record = Record {
-        seq,
-        key: queued.key,
-        enqueued_ms: queued.enqueued_ms,
-        attempts: carried + u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX),
-        next_attempt_ms: now,
-        last_error: None,
-        progress: 0,
-        decision: queued.decision,
-    };
+    // Every delivery before this one was a counted attempt: a nak, or an ack deadline passed.
+    let attempts = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+    let record = queued.into_record(seq, attempts);
     let (_, acker) = message.split();
     if let Ok(mut held) = shared.held.lock() {
         held.waiting.push_back((record, Arc::new(acker)));
@@ -332,18 +318,13 @@ async fn bury(
     acker: &Acker,
 ) -> Result<(), NatsError> {
     let payload = serde_json::to_vec(letter).map_err(|e| NatsError::Request(e.to_string()))?;
-    let message = jetstream::message::PublishMessage::build()
-        .payload(payload.into())
-        .message_id(format!("dead-{}-{}", letter.record.key, letter.record.seq));
-    jetstream
-        .send_publish(
-            shared.settings.dead_letter_subject(letter.record.key),
-            message,
-        )
-        .await
-        .map_err(|e| NatsError::Request(e.to_string()))?
-        .await
-        .map_err(|e| NatsError::Request(e.to_string()))?;
+    publish_acked(
+        jetstream,
+        shared.settings.dead_letter_subject(letter.record.key),
+        format!("dead-{}-{}", letter.record.key, letter.record.seq),
+        payload.into(),
+    )
+    .await?;
     acker
         .ack_with(AckKind::Term)
         .await

@@ -437,17 +437,9 @@ impl Outbox for NatsOutbox {
             return false;
         };
         // Encoded here, on the caller's thread and from the borrowed decision, as the redb
-        // outbox does; the live pipeline writes no explanation, and one is dropped.
-        let stripped;
-        let decision = if decision.explanation.is_empty() {
-            decision
-        } else {
-            let mut d = decision.clone();
-            d.explanation.clear();
-            stripped = d;
-            &stripped
-        };
-        let Ok((key, payload)) = publish::encode(decision, crate::common::time::now_ms()) else {
+        // outbox does.
+        let decision = super::as_stored(decision);
+        let Ok((key, payload)) = publish::encode(&decision, crate::common::time::now_ms()) else {
             return refuse();
         };
         if commands
@@ -463,14 +455,13 @@ impl Outbox for NatsOutbox {
         let Some(commands) = &self.commands else {
             return Ok(());
         };
+        // Queued behind everything submitted so far, from the outbox's own runtime: a full
+        // queue is waited for there, never by blocking a runtime's thread here.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        commands
-            .try_send(publish::Command::Flush(tx))
-            .or_else(|e| match e {
-                mpsc::error::TrySendError::Full(c) => commands.blocking_send(c).map_err(|_| ()),
-                mpsc::error::TrySendError::Closed(_) => Err(()),
-            })
-            .map_err(|_| OutboxError::WriterGone)?;
+        let commands = commands.clone();
+        self.runtime.handle().spawn(async move {
+            let _ = commands.send(publish::Command::Flush(tx)).await;
+        });
         off_the_workers(|| rx.recv()).map_err(|_| OutboxError::WriterGone)
     }
 

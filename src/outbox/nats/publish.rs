@@ -3,27 +3,23 @@
 //! (not connected, no acknowledgement in time) goes to the local spool instead, and the spool
 //! is emptied into the stream once NATS is back.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, message::PublishMessage, publish::PublishAck};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::{NatsError, Shared};
 use crate::common::time::now_ms;
-use crate::outbox::{Outbox, RedbOutbox, Settlement, dedup_key};
+use crate::outbox::{Outbox, Record, RedbOutbox, Settlement, dedup_key};
 use crate::rules::Decision;
-
-/// The header that carries the attempts a record had before it was published again (a dead
-/// letter retried starts from zero; a spooled one keeps its count).
-pub(super) const ATTEMPTS_HEADER: &str = "Trackgate-Attempts";
 
 /// Spooled records published per round.
 const SPOOL_ROUND: usize = 256;
@@ -36,32 +32,52 @@ pub(super) enum Command {
 }
 
 /// What a record's message carries: the same fields as a redb record's, less the bookkeeping
-/// JetStream keeps itself (sequence, deliveries).
-#[derive(Serialize)]
+/// JetStream keeps itself (sequence, deliveries). Written from a borrowed decision, read back
+/// owned (by delivery, the operator's views, the spool on a failure).
+#[derive(Serialize, Deserialize)]
 pub(super) struct Queued<'a> {
     pub key: Uuid,
     pub enqueued_ms: u64,
-    pub decision: &'a Decision,
+    pub decision: Cow<'a, Decision>,
 }
 
-/// The same, as read back (by delivery, by the operator's views, by the spool on a failure).
-#[derive(serde::Deserialize)]
-pub(super) struct Stored {
-    pub key: Uuid,
-    pub enqueued_ms: u64,
-    pub decision: Decision,
+impl Queued<'_> {
+    /// The record delivery works on: the stream's sequence, the attempts JetStream counted,
+    /// due now.
+    pub fn into_record(self, seq: u64, attempts: u32) -> Record {
+        Record {
+            seq,
+            key: self.key,
+            enqueued_ms: self.enqueued_ms,
+            attempts,
+            next_attempt_ms: now_ms(),
+            last_error: None,
+            progress: 0,
+            decision: self.decision.into_owned(),
+        }
+    }
+}
+
+/// A decision's message payload under `key`.
+pub(super) fn payload(
+    key: Uuid,
+    enqueued_ms: u64,
+    decision: &Decision,
+) -> Result<Bytes, NatsError> {
+    let queued = Queued {
+        key,
+        enqueued_ms,
+        decision: Cow::Borrowed(decision),
+    };
+    serde_json::to_vec(&queued)
+        .map(Bytes::from)
+        .map_err(|e| NatsError::Request(e.to_string()))
 }
 
 /// A decision as its message's payload, keyed by its dedup key.
 pub(super) fn encode(decision: &Decision, at_ms: u64) -> Result<(Uuid, Bytes), NatsError> {
     let key = dedup_key(decision, at_ms);
-    let queued = Queued {
-        key,
-        enqueued_ms: at_ms,
-        decision,
-    };
-    let payload = serde_json::to_vec(&queued).map_err(|e| NatsError::Request(e.to_string()))?;
-    Ok((key, payload.into()))
+    Ok((key, payload(key, at_ms, decision)?))
 }
 
 /// The publisher: takes submitted decisions in order, keeps up to `publish_in_flight`
@@ -98,7 +114,7 @@ pub(super) async fn run(
                 }
                 let (shared, jetstream) = (&shared, &jetstream);
                 in_flight.push(async move {
-                    match publish(shared, jetstream, key, payload.clone(), 0).await {
+                    match publish(shared, jetstream, key, payload.clone()).await {
                         Ok(()) => None,
                         Err(error) => {
                             tracing::debug!(%error, "publish not acknowledged; spooling");
@@ -127,34 +143,41 @@ fn spool_failed(shared: &Shared, spool: &RedbOutbox, failed: Option<Bytes>) {
     let Some(payload) = failed else {
         return;
     };
-    match serde_json::from_slice::<Stored>(&payload) {
+    match serde_json::from_slice::<Queued<'_>>(&payload) {
         Ok(stored) if spool.submit(&stored.decision) => shared.metrics.published("spooled"),
         // The spool is full too: counted; the catch-up sweep finds the message again.
         _ => shared.metrics.published("refused"),
     }
 }
 
-/// One publish, waited for until the stream acknowledges it.
+/// A publish to `subject` under `message_id`, waited for until the stream acknowledges it.
+pub(super) async fn publish_acked(
+    jetstream: &jetstream::Context,
+    subject: String,
+    message_id: String,
+    payload: Bytes,
+) -> Result<PublishAck, NatsError> {
+    let message = PublishMessage::build()
+        .payload(payload)
+        .message_id(message_id);
+    jetstream
+        .send_publish(subject, message)
+        .await
+        .map_err(|e| NatsError::Request(e.to_string()))?
+        .await
+        .map_err(|e| NatsError::Request(e.to_string()))
+}
+
+/// One record's publish (its dedup key as the message id), timed and counted.
 pub(super) async fn publish(
     shared: &Shared,
     jetstream: &jetstream::Context,
     key: Uuid,
     payload: Bytes,
-    attempts: u32,
 ) -> Result<(), NatsError> {
-    let mut message = PublishMessage::build()
-        .payload(payload)
-        .message_id(key.to_string());
-    if attempts > 0 {
-        message = message.header(ATTEMPTS_HEADER, attempts.to_string());
-    }
     let started = Instant::now();
-    let ack = jetstream
-        .send_publish(shared.settings.record_subject(key), message)
-        .await
-        .map_err(|e| NatsError::Request(e.to_string()))?
-        .await
-        .map_err(|e| NatsError::Request(e.to_string()))?;
+    let subject = shared.settings.record_subject(key);
+    let ack = publish_acked(jetstream, subject, key.to_string(), payload).await?;
     shared
         .metrics
         .publish_seconds
@@ -196,20 +219,12 @@ pub(super) async fn drain_spool(
                 continue;
             }
         };
-        let mut round = JoinSet::new();
-        for record in records {
-            let (shared, jetstream) = (shared.clone(), jetstream.clone());
-            round.spawn(async move {
-                let sent = match encode(&record.decision, record.enqueued_ms) {
-                    Ok((_, payload)) => {
-                        publish(&shared, &jetstream, record.key, payload, record.attempts).await
-                    }
-                    Err(error) => Err(error),
-                };
-                (record, sent)
-            });
-        }
-        while let Some(Ok((record, sent))) = round.join_next().await {
+        let sends = records.iter().map(|record| async {
+            let payload = payload(record.key, record.enqueued_ms, &record.decision)?;
+            publish(&shared, &jetstream, record.key, payload).await
+        });
+        let sent = futures_util::future::join_all(sends).await;
+        for (record, sent) in records.iter().zip(sent) {
             let settlement = match sent {
                 Ok(()) => Settlement::Delivered,
                 Err(error) => Settlement::Retry {
@@ -218,7 +233,7 @@ pub(super) async fn drain_spool(
                     error: error.to_string(),
                 },
             };
-            spool.settle(&record, settlement);
+            spool.settle(record, settlement);
         }
     }
 }
