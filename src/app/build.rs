@@ -420,14 +420,7 @@ pub(super) async fn listeners(config: &Config) -> Result<Listeners, AppError> {
 pub async fn outbox(
     config: &Config,
     registry: &mut Registry,
-) -> Result<
-    (
-        Arc<dyn Outbox>,
-        Option<Arc<Leases>>,
-        Option<async_nats::jetstream::Context>,
-    ),
-    AppError,
-> {
+) -> Result<(Arc<dyn Outbox>, Option<Arc<Leases>>), AppError> {
     let metrics = OutboxMetrics::register(registry);
     let (Some(nats), Some(leases)) = (settings::nats(config), settings::leases(config)) else {
         let outbox = RedbOutbox::open(
@@ -435,7 +428,7 @@ pub async fn outbox(
             settings::outbox(&config.outbox),
             metrics,
         )?;
-        return Ok((Arc::new(outbox), None, None));
+        return Ok((Arc::new(outbox), None));
     };
     let outbox = NatsOutbox::open(
         nats,
@@ -449,8 +442,7 @@ pub async fn outbox(
     let leases = Leases::open(outbox.jetstream(), leases, FleetMetrics::register(registry))
         .await
         .map_err(AppError::Fleet)?;
-    let jetstream = outbox.jetstream().clone();
-    Ok((Arc::new(outbox), Some(leases), Some(jetstream)))
+    Ok((Arc::new(outbox), Some(leases)))
 }
 
 /// Keeps the leases of the directory's mailboxes (and, with a Dataverse directory, of its
@@ -459,14 +451,8 @@ pub fn keep_leases(leases: &Arc<Leases>, directory: &Directory, stopped: watch::
     let handle = directory.handle.clone();
     let shared = directory.dataverse.is_some();
     let mailboxes = move || -> Arc<[String]> {
-        let dir = handle.guard();
-        let addresses = dir
-            .mailbox_entries()
-            .iter()
-            .map(|m| m.address.to_ascii_lowercase())
-            .filter(|a| a.contains('@'));
         let lease = shared.then(|| DIRECTORY_LEASE.to_owned());
-        addresses.chain(lease).collect()
+        handle.guard().mailbox_addresses().chain(lease).collect()
     };
     tokio::spawn(leases.clone().run(Arc::new(mailboxes), stopped));
 }
@@ -477,18 +463,16 @@ pub async fn shared_directory(
     config: &Config,
     directory: &Directory,
     leases: Option<&Arc<Leases>>,
-    jetstream: Option<&async_nats::jetstream::Context>,
 ) -> Result<Option<SharedDirectory>, AppError> {
-    let (Some(leases), Some(jetstream), Some(source), Some(bucket)) = (
+    let (Some(leases), Some(source), Some(bucket)) = (
         leases,
-        jetstream,
         &directory.dataverse,
         settings::directory_bucket(config),
     ) else {
         return Ok(None);
     };
     SharedDirectory::open(
-        jetstream,
+        leases.jetstream(),
         &bucket,
         leases.clone(),
         source.clone(),

@@ -155,9 +155,8 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let decisions = RecentDecisions::new(config.rules.recent_decisions);
 
     // The outbox, and delivery from it to the sink.
-    let (outbox, leases, jetstream) = build::outbox(&config, &mut registry).await?;
-    let shared_directory =
-        build::shared_directory(&config, &directory, leases.as_ref(), jetstream.as_ref()).await?;
+    let (outbox, leases) = build::outbox(&config, &mut registry).await?;
+    let shared_directory = build::shared_directory(&config, &directory, leases.as_ref()).await?;
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
     let marks = build::catchup_marks(&config, exchange.as_ref());

@@ -288,7 +288,7 @@ impl Sweeper {
     }
 
     /// Every mailbox the directory knows (lower case), owned here or not.
-    pub fn mailboxes(&self) -> Arc<[String]> {
+    fn mailboxes(&self) -> Arc<[String]> {
         let dir = self.directory.guard();
         let mut cached = self
             .mailbox_list
@@ -297,12 +297,7 @@ impl Sweeper {
         match &*cached {
             Some((of, list)) if Arc::ptr_eq(of, &dir) => list.clone(),
             _ => {
-                let list: Arc<[String]> = dir
-                    .mailbox_entries()
-                    .iter()
-                    .map(|m| m.address.to_ascii_lowercase())
-                    .filter(|a| a.contains('@'))
-                    .collect();
+                let list: Arc<[String]> = dir.mailbox_addresses().collect();
                 *cached = Some((Arc::clone(&dir), list.clone()));
                 list
             }

@@ -46,11 +46,11 @@ pub async fn setup(
 /// What a gateway does for the directory until `stop`: refresh and share while it holds the
 /// lease, follow the shared one otherwise.
 pub struct SharedDirectory {
-    pub leases: Arc<Leases>,
-    pub source: Arc<DataverseSource>,
-    pub handle: DirectoryHandle,
-    pub metrics: Arc<DirectoryMetrics>,
-    pub store: object_store::ObjectStore,
+    leases: Arc<Leases>,
+    source: Arc<DataverseSource>,
+    handle: DirectoryHandle,
+    metrics: Arc<DirectoryMetrics>,
+    store: object_store::ObjectStore,
 }
 
 impl SharedDirectory {

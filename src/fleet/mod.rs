@@ -91,7 +91,8 @@ pub struct Leases {
     settings: LeaseSettings,
     /// `instance/nonce`: the value of every key this process writes.
     holder: String,
-    held: Mutex<HashMap<String, Held>>,
+    /// By [`lease_hash`].
+    held: Mutex<HashMap<u128, Held>>,
     metrics: FleetMetrics,
 }
 
@@ -103,10 +104,24 @@ impl std::fmt::Debug for Leases {
     }
 }
 
-/// The key of a mailbox's lease: a hash, so no address is written to NATS as a key.
+/// A mailbox's lease, named by a hash of its address (any case): no address is written to
+/// NATS as a key. Lower-case addresses (what the directory gives) are hashed without a copy:
+/// the sweep asks [`Ownership::owns`] of every mailbox on each of its ticks.
+fn lease_hash(mailbox: &str) -> u128 {
+    if mailbox.bytes().any(|b| b.is_ascii_uppercase()) {
+        xxhash_rust::xxh3::xxh3_128(mailbox.to_ascii_lowercase().as_bytes())
+    } else {
+        xxhash_rust::xxh3::xxh3_128(mailbox.as_bytes())
+    }
+}
+
+fn key_of(lease: u128) -> String {
+    format!("lease.{lease:032x}")
+}
+
+/// The KV key of a mailbox's lease.
 pub fn lease_key(mailbox: &str) -> String {
-    let hash = xxhash_rust::xxh3::xxh3_128(mailbox.to_ascii_lowercase().as_bytes());
-    format!("lease.{hash:032x}")
+    key_of(lease_hash(mailbox))
 }
 
 fn member_key(holder: &str) -> String {
@@ -178,11 +193,7 @@ impl Leases {
         Ok(store)
     }
 
-    fn deadline(&self, sent: Instant) -> Instant {
-        sent + self.settings.ttl * 2 / 3
-    }
-
-    fn holding(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    fn holding(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -216,16 +227,17 @@ impl Leases {
         let members = self.members(&kv).await?;
         self.metrics.members.set(members.len() as i64);
         for mailbox in mailboxes {
-            let key = lease_key(mailbox);
+            let lease = lease_hash(mailbox);
             let mine = owner(mailbox, &members) == Some(self.holder.as_str());
-            let held = self.holding().get(&key).copied();
+            let held = self.holding().get(&lease).copied();
             match (mine, held) {
                 (true, Some(held)) => {
-                    self.renew(&kv, &key, held.revision).await;
+                    self.renew(&kv, lease, held.revision).await;
                 }
-                (true, None) => self.take(&kv, &key).await,
+                (true, None) => self.take(&kv, lease).await,
                 (false, Some(held)) => {
-                    self.holding().remove(&key);
+                    self.holding().remove(&lease);
+                    let key = key_of(lease);
                     let _ = kv.delete_expect_revision(&key, Some(held.revision)).await;
                 }
                 (false, None) => {}
@@ -250,17 +262,25 @@ impl Leases {
         Ok(members)
     }
 
-    async fn take(&self, kv: &kv::Store, key: &str) {
+    /// Records a lease written at `revision` by a request sent at `sent`: held on this
+    /// gateway's own clock until two thirds of the TTL after that, before the server could let
+    /// it go.
+    fn hold(&self, lease: u128, revision: u64, sent: Instant) {
+        let valid_until = sent + self.settings.ttl * 2 / 3;
+        self.holding().insert(
+            lease,
+            Held {
+                revision,
+                valid_until,
+            },
+        );
+    }
+
+    async fn take(&self, kv: &kv::Store, lease: u128) {
         let sent = Instant::now();
-        if let Ok(revision) = kv.create(key, self.holder.clone().into()).await {
+        if let Ok(revision) = kv.create(key_of(lease), self.holder.clone().into()).await {
             self.metrics.taken.inc();
-            self.holding().insert(
-                key.to_owned(),
-                Held {
-                    revision,
-                    valid_until: self.deadline(sent),
-                },
-            );
+            self.hold(lease, revision, sent);
         }
         // Held by another gateway: it lets go when it sees this one's membership, or the
         // lease expires if that gateway is gone.
@@ -268,40 +288,44 @@ impl Leases {
 
     /// The fenced write: an update that succeeds only if nobody wrote the key since
     /// `revision`.
-    async fn renew(&self, kv: &kv::Store, key: &str, revision: u64) -> bool {
+    async fn renew(&self, kv: &kv::Store, lease: u128, revision: u64) -> bool {
         let sent = Instant::now();
-        match kv.update(key, self.holder.clone().into(), revision).await {
+        match kv
+            .update(key_of(lease), self.holder.clone().into(), revision)
+            .await
+        {
             Ok(revision) => {
-                self.holding().insert(
-                    key.to_owned(),
-                    Held {
-                        revision,
-                        valid_until: self.deadline(sent),
-                    },
-                );
+                self.hold(lease, revision, sent);
                 true
             }
             Err(error) => {
                 tracing::info!(%error, "a mailbox lease was lost to another gateway");
-                self.holding().remove(key);
+                self.holding().remove(&lease);
                 false
             }
         }
     }
 
     async fn release_all(&self) {
-        let held: Vec<(String, Held)> = self.holding().drain().collect();
+        let held: Vec<(u128, Held)> = self.holding().drain().collect();
         self.metrics.leases_held.set(0);
         let Ok(kv) = self.store().await else {
             return;
         };
-        for (key, held) in held {
-            let _ = kv.delete_expect_revision(&key, Some(held.revision)).await;
+        for (lease, held) in held {
+            let _ = kv
+                .delete_expect_revision(key_of(lease), Some(held.revision))
+                .await;
         }
         let _ = kv.delete(member_key(&self.holder)).await;
     }
 
-    /// Mailboxes held, for `/fleet` (lease keys only: no addresses).
+    /// The connection the leases use, for what else the fleet keeps in NATS.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// How many mailboxes this gateway holds the lease of (as `fleet_leases_held` says).
     pub fn held_count(&self) -> usize {
         self.holding().len()
     }
@@ -310,18 +334,18 @@ impl Leases {
 impl Ownership for Leases {
     fn owns(&self, mailbox: &str) -> bool {
         self.holding()
-            .get(&lease_key(mailbox))
+            .get(&lease_hash(mailbox))
             .is_some_and(|h| h.valid_until > Instant::now())
     }
 
     fn confirm<'a>(&'a self, mailbox: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
-            let key = lease_key(mailbox);
-            let held = self.holding().get(&key).copied();
+            let lease = lease_hash(mailbox);
+            let held = self.holding().get(&lease).copied();
             // Past this gateway's own deadline too (it was frozen, say): the lease may be
             // another's by now, and only the renewal with the old revision can tell.
             let confirmed = match (held, self.store().await) {
-                (Some(held), Ok(kv)) => self.renew(&kv, &key, held.revision).await,
+                (Some(held), Ok(kv)) => self.renew(&kv, lease, held.revision).await,
                 _ => false,
             };
             if !confirmed {

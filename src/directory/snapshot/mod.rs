@@ -345,6 +345,15 @@ impl Directory {
         &self.mailboxes
     }
 
+    /// The mailboxes' SMTP addresses, lower case (entries without one are left out): what
+    /// the catch-up sweep reads and a fleet leases.
+    pub fn mailbox_addresses(&self) -> impl Iterator<Item = String> + '_ {
+        self.mailboxes
+            .iter()
+            .map(|m| m.address.to_ascii_lowercase())
+            .filter(|a| a.contains('@'))
+    }
+
     /// The Exchange ids of the folders a mailbox's tracking rules name.
     pub fn tracked_folder_ids<'d>(
         &'d self,
