@@ -571,8 +571,11 @@ async fn wrong_credentials_a_missing_stream_or_a_foreign_consumer_stop_the_start
     assert!(error.contains("nats.user and nats.password"), "{error}");
     assert!(!error.contains("wrong-password"), "no secret in the error");
 
+    // Each attempt has a spool of its own: a refused start lets go of its spool file from the
+    // outbox's writer thread, a moment after the error.
     let open_server = nats::server(dir.path(), "");
-    let plain = settings(vec![open_server.url()], dir.path());
+    let mut plain = settings(vec![open_server.url()], dir.path());
+    plain.spool = dir.path().join("spool-missing-stream.redb");
     let error = open(plain.clone(), Role::Gateway { deliver: false })
         .await
         .unwrap_err();
@@ -593,6 +596,7 @@ async fn wrong_credentials_a_missing_stream_or_a_foreign_consumer_stop_the_start
         })
         .await
         .unwrap();
+    plain.spool = dir.path().join("spool-foreign-consumer.redb");
     let error = open(plain, Role::Gateway { deliver: false })
         .await
         .unwrap_err();
