@@ -2721,3 +2721,91 @@ fn a_copy_without_a_new_id_does_not_change_the_original() {
     assert!(!d.update_regarding, "{d:#?}");
     assert_eq!(d.regarding, Some(look("account", ACCOUNT)));
 }
+
+#[test]
+fn an_exclusion_stops_automatic_and_folder_tracking_but_not_the_owners_own_category() {
+    let engine = engine_with(|doc| {
+        for s in &mut doc.usersettingscollection {
+            if s.systemuserid == id(OWNER) {
+                s.trackingexclusions = vec!["customer.example".into()];
+            }
+        }
+    });
+    // Filter "all": everything would be tracked, but Pat's domain is excluded.
+    expect(
+        &decide(&engine, &inbox("pat@customer.example", "ex1@x")),
+        Reason::ExcludedByUser,
+    );
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "ex2@x")),
+        Reason::FilterAll,
+    );
+    // A folder rule does not override it either.
+    let mut m = message("ex3@x", "x", "pat@customer.example", &[]);
+    m.folder = None;
+    m.folder_id = Some(TRACKED.into());
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", m)),
+        Reason::ExcludedByUser,
+    );
+    // An excluded party among the recipients of sent mail excludes it too.
+    let sent = seen_in(
+        "owner@corp.example",
+        message(
+            "ex4@x",
+            "sentitems",
+            "owner@corp.example",
+            &["someone@else.example", "pat@customer.example"],
+        ),
+    );
+    expect(&decide(&engine, &sent), Reason::ExcludedByUser);
+    // The tracking category, set by hand, still tracks.
+    let mut m = message(
+        "ex5@x",
+        "inbox",
+        "pat@customer.example",
+        &["owner@corp.example"],
+    );
+    m.categories = vec!["Tracked to Dynamics 365".into()];
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", m)),
+        Reason::Category,
+    );
+}
+
+#[test]
+fn a_preview_decides_with_the_proposed_options_and_leaves_the_live_ones_alone() {
+    use std::sync::Arc;
+    use trackgate::rules::Proposed;
+    let engine = engine_with(|doc| set_filter(doc, OWNER, 4));
+    let history: Vec<Arc<Observation>> = vec![
+        Arc::new(inbox("stranger@else.example", "pv1@x")),
+        Arc::new(inbox("pat@customer.example", "pv2@x")),
+    ];
+    let now = engine.preview(&history, None);
+    assert!(
+        now.iter().all(|d| d.reason == Reason::FilterNone),
+        "{now:#?}"
+    );
+    let dir = engine.directory().load();
+    let mailbox = dir.mailbox("owner@corp.example").map(|m| m.id);
+    let mut settings = settings(OWNER, 0);
+    settings.trackingexclusions = vec!["pat@customer.example".into()];
+    let proposed = Proposed {
+        user: id(OWNER),
+        mailbox,
+        settings,
+        folder_rules: Vec::new(),
+    };
+    let then: Vec<Reason> = engine
+        .preview(&history, Some(&proposed))
+        .iter()
+        .map(|d| d.reason)
+        .collect();
+    assert_eq!(then, vec![Reason::FilterAll, Reason::ExcludedByUser]);
+    // The live engine still decides with the directory's options.
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "pv3@x")),
+        Reason::FilterNone,
+    );
+}

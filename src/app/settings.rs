@@ -369,6 +369,7 @@ pub fn directory(identity: &IdentityConfig) -> DirectorySettings {
     DirectorySettings {
         netbios_from_upn: identity.netbios_from_upn,
         ntlm_domains: identity.ntlm_domains.clone(),
+        overlay: Default::default(),
     }
 }
 

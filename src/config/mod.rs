@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use raw::{
     DirectorySourceKind, EmailBody, ExchangeAuthKind, OutboxBackend, RawAdmin, RawAutodiscover,
     RawCatchup, RawConfig, RawCrm, RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory,
-    RawExchange, RawIdentity, RawInspect, RawLimits, RawListener, RawLogging, RawNats,
+    RawExchange, RawIdentity, RawInspect, RawLimits, RawListener, RawLogging, RawNats, RawOptions,
     RawOtherTable, RawOutbox, RawRules, RawRuntime, RawShutdown, RawStorage, RawUpstreams,
     RawWebhook, RuntimeModel, SinkKind,
 };
@@ -24,9 +24,9 @@ pub use resolve::{
     AdminConfig, AutodiscoverConfig, CatchupConfig, CrmConfig, DataverseConnection,
     DataverseDirectoryConfig, DeliveryConfig, DirectoryConfig, EXCHANGE_CONCURRENCY,
     ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, LimitsConfig,
-    ListenerConfig, ListenerTls, LogFormat, LoggingConfig, NatsConfig, NatsCredentials,
-    OtherTableConfig, OutboxConfig, RulesConfig, SinkConfig, UpstreamTarget, UpstreamsConfig,
-    logical_name,
+    ListenerConfig, ListenerTls, LogFormat, LoggingConfig, NatsConfig, NatsCredentials, OidcConfig,
+    OptionsConfig, OtherTableConfig, OutboxConfig, RulesConfig, SignIn, SinkConfig, UpstreamTarget,
+    UpstreamsConfig, logical_name,
 };
 
 /// Prefix of environment variables that override configuration keys.
@@ -102,6 +102,8 @@ pub struct Config {
     pub catchup: CatchupConfig,
     /// The fleet outbox's connection; `Some` exactly when `outbox.backend = "nats"`.
     pub nats: Option<NatsConfig>,
+    /// The Personal Options page.
+    pub options: OptionsConfig,
     /// The file this came from, for SIGHUP reloads; `None` on embedded defaults.
     pub source: Option<PathBuf>,
     /// Overrides from the command line, as `TRACKGATE_SECTION__KEY` pairs applied after the

@@ -35,6 +35,7 @@ pub struct RawConfig {
     pub exchange: RawExchange,
     pub catchup: RawCatchup,
     pub nats: RawNats,
+    pub options: RawOptions,
 }
 
 /// `[directory]`: where the CRM state the rules read comes from.
@@ -992,4 +993,56 @@ fn apply_env_overrides(
         overridden.push((path.join("."), name));
     }
     Ok(overridden)
+}
+
+/// `[options]`: the Personal Options page on the admin listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOptions {
+    /// Serve `/options` on the admin listener.
+    pub enabled: bool,
+    /// `development` (pick a user, no password: the built-in simulator's login), `oidc`
+    /// (Entra ID or another OpenID Connect provider) or `off`. Unset: `development` with the
+    /// built-in simulator as the upstream, `oidc` when `oidc_issuer` is set, else `off`.
+    pub sign_in: Option<String>,
+    /// Sign-in names (UPNs) that may open any user's page.
+    pub admins: Vec<String>,
+    /// An Entra group's object id: members (the ID token's `groups` claim) are admins.
+    pub admin_group: Option<String>,
+    /// How long a sign-in lasts.
+    #[serde(with = "crate::common::duration")]
+    pub session_ttl: Duration,
+    /// Recent observations kept per mailbox for previews.
+    pub history_per_mailbox: usize,
+    /// Mailboxes whose recent observations are kept (the least recently seen goes first).
+    pub history_mailboxes: usize,
+    /// The page's own store (the audit trail, and the options Dataverse has no column for).
+    /// Unset: `options.redb` in the data directory.
+    pub store: Option<PathBuf>,
+    /// The OpenID Connect issuer, e.g. `https://login.microsoftonline.com/<tenant>/v2.0`.
+    pub oidc_issuer: Option<String>,
+    pub oidc_client_id: Option<String>,
+    pub oidc_client_secret: Option<Secret>,
+    /// The admin listener's address as the browser reaches it (the redirect URI is
+    /// `<public_url>/options/callback`).
+    pub public_url: Option<String>,
+}
+
+impl Default for RawOptions {
+    fn default() -> Self {
+        RawOptions {
+            enabled: true,
+            sign_in: None,
+            admins: Vec::new(),
+            admin_group: None,
+            session_ttl: Duration::from_secs(8 * 3600),
+            history_per_mailbox: 200,
+            history_mailboxes: 10_000,
+            store: None,
+            oidc_issuer: None,
+            oidc_client_id: None,
+            oidc_client_secret: None,
+            public_url: None,
+        }
+    }
 }

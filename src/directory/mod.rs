@@ -6,6 +6,7 @@
 //! snapshot, so readers never lock.
 
 pub mod dataverse;
+mod edit;
 pub mod file;
 pub mod model;
 pub mod odata;
@@ -24,9 +25,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub use edit::UserOptionsEdit;
 pub use file::{DirectoryError, FileSource};
 pub use model::DirectoryDocument;
-pub use settings::DirectorySettings;
+pub use settings::{DirectorySettings, DocumentOverlay, Overlay};
 pub use snapshot::{Directory, DirectoryCounts, EntityKind, InvalidDirectory, Owner};
 
 /// The current snapshot, shared by every reader; a reload swaps it whole.

@@ -261,6 +261,11 @@ pub struct UserSettings {
     pub trackingtokenid: Option<u32>,
     pub syncfilters: Vec<SyncFilter>,
     pub offlinefilters: Vec<SyncFilter>,
+    /// Gateway: senders or domains this user never wants tracked (`someone@example.com`, or
+    /// `example.com` for a domain and its subdomains; lower-case), set on the options page.
+    /// Dataverse has no column for it; the gateway keeps it (README "Options page").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trackingexclusions: Vec<String>,
 }
 
 impl Default for UserSettings {
@@ -280,6 +285,7 @@ impl Default for UserSettings {
             allowcrmsendemail: false,
             trackingtokenid: None,
             syncfilters: Vec::new(),
+            trackingexclusions: Vec::new(),
             offlinefilters: Vec::new(),
         }
     }

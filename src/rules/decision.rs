@@ -68,6 +68,9 @@ pub enum Reason {
     NotTrackedFolder,
     MovedIntoInbox,
     FolderOutsideInbox,
+    /// A party matches one of the mailbox owner's exclusions (senders or domains never
+    /// tracked).
+    ExcludedByUser,
 }
 
 impl Reason {
@@ -115,6 +118,7 @@ impl Reason {
             Reason::NotTrackedFolder => "not_tracked_folder",
             Reason::MovedIntoInbox => "moved_into_inbox",
             Reason::FolderOutsideInbox => "folder_outside_inbox",
+            Reason::ExcludedByUser => "excluded_by_user",
         }
     }
 

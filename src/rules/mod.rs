@@ -8,6 +8,7 @@ mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod memory;
+mod preview;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use prometheus_client::registry::Registry;
 pub use decision::{Decision, Direction, Reason, Verdict};
 pub use engine::{Mode, RulesLimits};
 pub use memory::{Memory, MemoryLimits};
+pub use preview::{Exclusions, InvalidExclusion, Proposed, ProposedRule};
 
 use crate::directory::DirectoryHandle;
 use crate::inspect::Observation;
@@ -53,6 +55,7 @@ impl Engine {
                 explain: false,
             },
             limits: self.limits,
+            proposed: None,
         }
         .enriched(provisional, fetched)
     }
@@ -66,6 +69,7 @@ impl Engine {
             memory: &self.memory,
             mode,
             limits: self.limits,
+            proposed: None,
         }
         .observation(observation);
         for d in &mut decisions {

@@ -5,6 +5,7 @@
 mod delivery;
 mod edge;
 mod fleet;
+mod options;
 mod tracking;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ pub use edge::{
     LoggingConfig, UpstreamTarget, UpstreamsConfig,
 };
 pub use fleet::{NatsConfig, NatsCredentials};
+pub use options::{OidcConfig, OptionsConfig, SignIn};
 pub use tracking::{
     DataverseDirectoryConfig, DirectoryConfig, IdentityConfig, InspectConfig, OtherTableConfig,
     RulesConfig, logical_name,
@@ -64,7 +66,10 @@ impl RawConfig {
         )?;
         let catchup = delivery::catchup(&self.catchup)?;
         let nats = fleet::nats(self.outbox.backend, &self.nats, &data_dir, &anchor)?;
+        let simulator_upstream = matches!(upstreams.target, UpstreamTarget::Simulator);
+        let options = options::options(&self.options, simulator_upstream, &data_dir, &anchor)?;
         Ok(Config {
+            options,
             nats,
             catchup,
             listener,

@@ -23,7 +23,7 @@ const MAX_PAGES: usize = 100_000;
 const EMAIL_OVERLAP: Duration = Duration::from_secs(300);
 
 impl DataverseSource {
-    fn api(&self, path: &str) -> String {
+    pub(super) fn api(&self, path: &str) -> String {
         format!("{}{}{}", self.settings.url, self.settings.api_path, path)
     }
 
@@ -72,7 +72,7 @@ impl DataverseSource {
         if track {
             prefer.push_str(", odata.track-changes");
         }
-        let mut request = self
+        let request = self
             .http
             .get(url)
             .header("OData-MaxVersion", "4.0")
@@ -80,17 +80,7 @@ impl DataverseSource {
             .header("Accept", "application/json")
             .header("Prefer", prefer)
             .timeout(self.settings.request_timeout);
-        if let Some(tokens) = &self.tokens {
-            let token = tokens
-                .token()
-                .await
-                .map_err(|e| SourceError::Unreachable(e.to_string()))?;
-            request = request.bearer_auth(token);
-        }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| SourceError::Unreachable(describe(&e)))?;
+        let mut response = self.send_authorized(request).await?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -109,11 +99,7 @@ impl DataverseSource {
         if status == 410 {
             return Err(SourceError::Expired(set.to_owned()));
         }
-        if status == 401
-            && let Some(tokens) = &self.tokens
-        {
-            tokens.invalidate().await;
-        }
+        self.refused_token(status).await;
         if !(200..300).contains(&status) {
             return Err(refused(set, status, &body));
         }
@@ -121,6 +107,33 @@ impl DataverseSource {
             set: set.to_owned(),
             message: e.to_string(),
         })
+    }
+
+    /// Sends a request with the token (when there are credentials).
+    pub(super) async fn send_authorized(
+        &self,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SourceError> {
+        if let Some(tokens) = &self.tokens {
+            let token = tokens
+                .token()
+                .await
+                .map_err(|e| SourceError::Unreachable(e.to_string()))?;
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| SourceError::Unreachable(describe(&e)))
+    }
+
+    /// Forgets the token after a 401, so the next request asks for a new one.
+    pub(super) async fn refused_token(&self, status: u16) {
+        if status == 401
+            && let Some(tokens) = &self.tokens
+        {
+            tokens.invalidate().await;
+        }
     }
 
     /// Follows the pages from `url`, handing each page's rows to `rows`; returns the deleted
@@ -397,7 +410,10 @@ fn describe(error: &reqwest::Error) -> String {
 }
 
 /// A response's body, up to [`MAX_PAGE_BYTES`] (a larger page fails the table).
-async fn read_body(set: &str, response: &mut reqwest::Response) -> Result<Vec<u8>, SourceError> {
+pub(super) async fn read_body(
+    set: &str,
+    response: &mut reqwest::Response,
+) -> Result<Vec<u8>, SourceError> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
@@ -418,7 +434,7 @@ async fn read_body(set: &str, response: &mut reqwest::Response) -> Result<Vec<u8
 
 /// The error of an answer outside 2xx: overload is "unreachable" (the refresh is tried again
 /// later), anything else names the status.
-fn refused(set: &str, status: u16, body: &[u8]) -> SourceError {
+pub(super) fn refused(set: &str, status: u16, body: &[u8]) -> SourceError {
     // Only Dataverse's error code: its message may quote the request's values.
     let message = serde_json::from_slice::<Value>(body)
         .ok()

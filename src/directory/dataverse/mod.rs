@@ -18,6 +18,9 @@ mod client;
 mod delta;
 mod refresh;
 mod rows;
+mod write;
+
+pub use write::{NewTrackingFolder, OptionsWrite};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

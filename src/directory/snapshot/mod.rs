@@ -426,9 +426,10 @@ impl Directory {
 
     /// Validates and indexes a document, with the names `settings` adds.
     pub fn build_with(
-        doc: DirectoryDocument,
+        mut doc: DirectoryDocument,
         settings: &DirectorySettings,
     ) -> Result<Directory, InvalidDirectory> {
+        settings.overlay.apply(&mut doc);
         builder::Builder::new().build(doc, settings)
     }
 }

@@ -47,7 +47,7 @@ impl Run<'_> {
             );
             return;
         }
-        let choice = self.dir.user(u).settings.autocreatecontactonpromote;
+        let choice = self.user_settings(u).autocreatecontactonpromote;
         if choice == 0 {
             why!(
                 d,

@@ -223,7 +223,7 @@ impl Run<'_> {
                 let (entity, filter) = match (r.kind, r.internal()) {
                     (EntityKind::Systemuser, Some(u)) if self.dir.user(u).active => (
                         "systemuser",
-                        self.dir.user(u).settings.incomingemailfilteringmethod,
+                        self.user_settings(u).incomingemailfilteringmethod,
                     ),
                     (EntityKind::Queue, Some(q)) if self.dir.queue(q).active => {
                         ("queue", self.dir.queue(q).filter)
@@ -389,7 +389,7 @@ impl Run<'_> {
 
     fn filter_of(&self, owner: Owner) -> u8 {
         match owner {
-            Owner::User(u) => self.dir.user(u).settings.incomingemailfilteringmethod,
+            Owner::User(u) => self.user_settings(u).incomingemailfilteringmethod,
             Owner::Queue(q) => self.dir.queue(q).filter,
         }
     }

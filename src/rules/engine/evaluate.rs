@@ -83,6 +83,7 @@ impl Run<'_> {
         d.needs_enrichment = message_id.is_none();
 
         if self.known_tracked(d, &case, &place, direction).is_break()
+            || self.excluded(d, &case).is_break()
             || self.folder_rule(d, &case, &place).is_break()
             || self.tracking_category(d, &case, trigger).is_break()
         {
@@ -232,7 +233,7 @@ impl Run<'_> {
         // A move into a folder whose rule links another record re-links it (docs/domain.md §2.3).
         if own_item
             && let Place::Folder(folder_id, _) = place
-            && let Some(rule) = self.dir.rule(mailbox, folder_id)
+            && let Some(rule) = self.rule(mailbox, folder_id)
             && let Some(target) = &rule.regarding
             && self.dir.org().folder_tracking
             && self.under_inbox(mailbox, folder_id) != Some(false)
@@ -257,13 +258,50 @@ impl Run<'_> {
         why!(d, self, "{because}");
     }
 
+    /// The owner's exclusions: a message with any party the owner never wants tracked is not
+    /// tracked by a folder rule or automatically. The tracking category still tracks it: the
+    /// owner set it on that message by hand.
+    fn excluded(&self, d: &mut Decision, case: &Case<'_>) -> Step {
+        let Owner::User(u) = case.mailbox.owner else {
+            return ControlFlow::Continue(());
+        };
+        let exclusions = &self.user_settings(u).trackingexclusions;
+        if exclusions.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let m = case.summary.message;
+        let org = self.dir.org();
+        if m.categories.iter().any(|c| org.is_tracking_category(c)) {
+            return ControlFlow::Continue(());
+        }
+        let own = &*case.mailbox.address;
+        let hit = [&m.from, &m.sender]
+            .into_iter()
+            .flatten()
+            .chain(m.to.iter().chain(&m.cc).chain(&m.bcc))
+            .filter_map(|a| a.address.as_deref())
+            .map(|a| self.dir.smtp_for_x500(a).unwrap_or(a))
+            .filter(|a| !a.eq_ignore_ascii_case(own))
+            .find_map(|a| crate::rules::Exclusions::first_match(exclusions, a));
+        let Some(entry) = hit else {
+            return ControlFlow::Continue(());
+        };
+        d.reason = Reason::ExcludedByUser;
+        why!(
+            d,
+            self,
+            "a party matches the mailbox owner's exclusion {entry}: never tracked automatically or by folder"
+        );
+        ControlFlow::Break(())
+    }
+
     /// Folder tracking rules: regardless of the filter.
     fn folder_rule(&self, d: &mut Decision, case: &Case<'_>, place: &Place<'_>) -> Step {
         let org = self.dir.org();
         let Place::Folder(folder_id, _) = place else {
             return ControlFlow::Continue(());
         };
-        let Some(rule) = self.dir.rule(case.mailbox, folder_id) else {
+        let Some(rule) = self.rule(case.mailbox, folder_id) else {
             return ControlFlow::Continue(());
         };
         if !org.folder_tracking {
@@ -429,7 +467,7 @@ impl Run<'_> {
             return Place::Unknown;
         };
         let id = normalize_exchange_id(id);
-        if self.dir.rule(mailbox, &id).is_some() {
+        if self.rule(mailbox, &id).is_some() {
             return Place::Folder(id, true);
         }
         match self.memory.folder(&mailbox.address, &id) {

@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use super::decision::{Decision, Reason, Verdict};
 use super::memory::{FolderInfo, Memory, Summary, TrackedRef};
+use super::preview::Proposed;
 use crate::directory::model::Lookup;
+use crate::directory::model::UserSettings;
+use crate::directory::snapshot::FolderRule;
 use crate::directory::snapshot::{Directory, MailboxEntry, Owner, normalize_exchange_id};
 use crate::inspect::{Message, Observation, Origin};
 
@@ -103,6 +106,8 @@ pub(super) struct Run<'a> {
     pub memory: &'a Memory,
     pub mode: Mode,
     pub limits: RulesLimits,
+    /// One user's options as a preview proposes them, read in place of the directory's.
+    pub proposed: Option<&'a Proposed>,
 }
 
 fn lookup(entity: &str, id: Uuid) -> Lookup {
@@ -223,6 +228,25 @@ impl<'a> Run<'a> {
             Observation::ContactSeen { .. }
             | Observation::AppointmentSeen { .. }
             | Observation::TaskSeen { .. } => Vec::new(),
+        }
+    }
+
+    /// A user's options: the proposed ones for the user a preview is about, else the
+    /// directory's.
+    fn user_settings(&self, u: u32) -> &UserSettings {
+        let user = self.dir.user(u);
+        match self.proposed {
+            Some(p) if p.user == user.id => &p.settings,
+            _ => &user.settings,
+        }
+    }
+
+    /// A folder's tracking rule (the id normalised): the proposed rules for the mailbox a
+    /// preview is about, else the directory's.
+    fn rule(&self, mailbox: &MailboxEntry, folder_id: &str) -> Option<FolderRule<'_>> {
+        match self.proposed {
+            Some(p) if p.mailbox == Some(mailbox.id) => p.rule(folder_id),
+            _ => self.dir.rule(mailbox, folder_id),
         }
     }
 
