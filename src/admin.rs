@@ -3,6 +3,7 @@
 //! decisions and their reasoning out, as a dry run) and `GET /decisions` (the most recent
 //! decisions), the outbox (`GET /outbox/stats|pending|dead`, `POST /outbox/retry/<id>`,
 //! `POST /outbox/skip/<id>`) and the journal (`GET /journal`, `GET /journal/<id>`).
+//! `/options/…` is the Personal Options page ([`crate::options`]), with its own sign-in.
 //! Loopback by default. Endpoints that show CRM data need the admin token when one is
 //! configured; the two outbox mutations are POST-only and refused unless a token is configured.
 
@@ -49,6 +50,8 @@ pub struct AdminState {
     pub catchup: Option<Arc<crate::catchup::Sweeper>>,
     /// What stops delivery until an operator acts, when delivery runs.
     pub delivery: Option<Arc<crate::delivery::DeliveryHealth>>,
+    /// The Personal Options page, when it is served.
+    pub options: Option<Arc<crate::options::OptionsPage>>,
 }
 
 /// Most entries one listing returns.
@@ -83,6 +86,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
 /// because the routing table is flat; a table read in one place is the point.
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
+    if path == "/options" || path.starts_with("/options/") {
+        return match &state.options {
+            Some(page) => page.handle(req).await,
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "the options page is off (README, Options page)\n".into(),
+            ),
+        };
+    }
     if path == "/explain" {
         if let Some(refused) = post_only(state, &req, "use POST with a JSON observation\n") {
             return refused;

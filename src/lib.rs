@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod inspect;
 pub mod oauth;
 pub mod ops;
+pub mod options;
 pub mod outbox;
 pub mod pipeline;
 pub mod proxy;

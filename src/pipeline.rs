@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::catchup::{Marks, Observer};
 use crate::delivery::Enrichment;
 use crate::inspect::{Message, Observation};
+use crate::options::History;
 use crate::outbox::Outbox;
 use crate::rules::{Decision, Engine, Mode, RecentDecisions, RulesMetrics};
 
@@ -20,6 +21,8 @@ pub struct Pipeline {
     recent: Arc<RecentDecisions>,
     outbox: Arc<dyn Outbox>,
     marks: Option<Arc<Marks>>,
+    /// Each mailbox's recent observations, for the options page's previews.
+    history: Option<Arc<History>>,
 }
 
 impl Pipeline {
@@ -35,6 +38,7 @@ impl Pipeline {
             recent,
             outbox,
             marks: None,
+            history: None,
         }
     }
 
@@ -45,10 +49,28 @@ impl Pipeline {
         self
     }
 
+    /// Keeps each mailbox's recent observations for previews (the options page).
+    pub fn with_history(mut self, history: Option<Arc<History>>) -> Pipeline {
+        self.history = history;
+        self
+    }
+
     /// Decides one observation and hands every track decision to the outbox; returns how many
     /// there were. Runs on the inspection thread; the outbox's `submit` never waits for a
     /// commit, and what it refuses is counted there.
     pub fn observe(&self, observation: &Observation) -> usize {
+        if let Some(history) = &self.history
+            && History::keeps(observation)
+            && let Some(principal) = observation.origin().mailbox.as_deref()
+            && let Some(mailbox) = self
+                .engine
+                .directory()
+                .guard()
+                .mailbox(principal)
+                .map(|m| m.id)
+        {
+            history.record(mailbox, Arc::new(observation.clone()));
+        }
         let mut tracked = 0;
         for decision in self.engine.decide(observation, Mode::APPLY) {
             self.metrics.record(&decision);

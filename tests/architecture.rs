@@ -27,8 +27,8 @@ const CONFIG: &str = "config";
 /// What wires the stages together or runs them as commands. They may use every module,
 /// including the simulators: the embedded default runs the built-in Exchange simulator
 /// (docs/architecture.md §2.10), the demo runs both, and replay reads recorded fixtures.
-const COMPOSITION: [&str; 7] = [
-    "pipeline", "app", "admin", "ops", "demo", "replay", "simulate",
+const COMPOSITION: [&str; 8] = [
+    "pipeline", "app", "admin", "options", "ops", "demo", "replay", "simulate",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2782,7 +2782,11 @@ fn a_preview_decides_with_the_proposed_options_and_leaves_the_live_ones_alone() 
         Arc::new(inbox("stranger@else.example", "pv1@x")),
         Arc::new(inbox("pat@customer.example", "pv2@x")),
     ];
-    let now = engine.preview(&history, None);
+    let now: Vec<Decision> = engine
+        .preview(&history, None)
+        .into_iter()
+        .flatten()
+        .collect();
     assert!(
         now.iter().all(|d| d.reason == Reason::FilterNone),
         "{now:#?}"
@@ -2800,6 +2804,7 @@ fn a_preview_decides_with_the_proposed_options_and_leaves_the_live_ones_alone() 
     let then: Vec<Reason> = engine
         .preview(&history, Some(&proposed))
         .iter()
+        .flatten()
         .map(|d| d.reason)
         .collect();
     assert_eq!(then, vec![Reason::FilterAll, Reason::ExcludedByUser]);

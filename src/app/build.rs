@@ -12,16 +12,20 @@ use tokio::sync::watch;
 use super::{ADMIN_LISTENER, AppError, PROXY_LISTENER, settings};
 use crate::catchup::{CatchupMetrics, Marks, Sweeper};
 use crate::common::BehindTraffic;
+use crate::config::SignIn;
 use crate::config::{Config, SinkConfig, UpstreamTarget};
 use crate::crm::mapping::FieldTable;
 use crate::crm::{DataverseSettings, DataverseSink, Journal, Sink, WebhookSettings, WebhookSink};
 use crate::delivery::Enrichment as _;
 use crate::directory::dataverse::{DataverseSource, DataverseSourceSettings};
-use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource};
+use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource, Overlay};
 use crate::exchange::{ExchangeAuth, ExchangeClient, ExchangeSettings};
 use crate::fleet::directory::{DIRECTORY_LEASE, SharedDirectory};
 use crate::fleet::{FleetMetrics, Leases, Ownership};
 use crate::inspect::worker::{self, InspectMetrics, RecentObservations};
+use crate::options::{
+    DocumentReader, History, OptionsPage, OptionsParts, OptionsStore, Saver, Target,
+};
 use crate::outbox::nats::{NatsMetrics, Role};
 use crate::outbox::{NatsOutbox, Outbox, OutboxMetrics, RedbOutbox};
 use crate::pipeline::Pipeline;
@@ -151,14 +155,17 @@ pub(super) struct Directory {
 pub(super) async fn directory(
     config: &Config,
     dataverse_settings: Option<DataverseSourceSettings>,
+    overlay: Overlay,
     http: &reqwest::Client,
     registry: &mut Registry,
 ) -> Result<Directory, AppError> {
     let metrics = Arc::new(DirectoryMetrics::register(registry));
-    let file = settings::file_source(config);
+    let mut file = settings::file_source(config);
+    file.settings.overlay = overlay.clone();
     let (snapshot, dataverse) = match dataverse_settings {
         None => (file.load()?, None),
-        Some(source_settings) => {
+        Some(mut source_settings) => {
+            source_settings.directory.overlay = overlay;
             let (dataverse, replica) = DataverseSource::open(http.clone(), source_settings)
                 .map_err(AppError::DirectorySource)?;
             let snapshot = match replica {
@@ -482,4 +489,69 @@ pub async fn shared_directory(
     .await
     .map(Some)
     .map_err(AppError::Fleet)
+}
+
+/// The options page's store, when the page is served: what it holds is laid over every
+/// directory document, so it is opened before the directory loads.
+pub(super) fn options_store(config: &Config) -> Result<Option<Arc<OptionsStore>>, AppError> {
+    if !config.options.enabled || matches!(config.options.sign_in, SignIn::Off) {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(OptionsStore::open(&config.options.store)?)))
+}
+
+/// The options page, when its store is open.
+pub(super) fn options_page(
+    config: &Config,
+    store: Option<Arc<OptionsStore>>,
+    parts: (&Arc<Engine>, Option<Arc<History>>, &Directory),
+    exchange: Option<Arc<ExchangeClient>>,
+    fields: &FieldTable,
+    http: &reqwest::Client,
+) -> Option<Arc<OptionsPage>> {
+    let (engine, history, directory) = parts;
+    let (store, history) = (store?, history?);
+    let target = match &directory.dataverse {
+        Some(source) => Target::Dataverse(source.clone()),
+        None => Target::File(directory.file.clone()),
+    };
+    let document: DocumentReader = match &directory.dataverse {
+        Some(source) => {
+            let source = source.clone();
+            Arc::new(move || {
+                let source = source.clone();
+                Box::pin(async move { Some(source.document().await) })
+            })
+        }
+        None => {
+            let file = directory.file.clone();
+            Arc::new(move || {
+                let source = file.lock().map(|s| s.clone()).ok();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || source?.read_document().ok())
+                        .await
+                        .ok()
+                        .flatten()
+                })
+            })
+        }
+    };
+    let parts = OptionsParts {
+        engine: engine.clone(),
+        history,
+        saver: Saver {
+            target,
+            store,
+            directory: directory.handle.clone(),
+            metrics: directory.metrics.clone(),
+        },
+        exchange,
+        privacy: settings::privacy(config, fields),
+        document,
+    };
+    Some(Arc::new(OptionsPage::new(
+        config.options.clone(),
+        parts,
+        http.clone(),
+    )))
 }

@@ -20,8 +20,9 @@ use crate::config::{Config, ConfigError, ListenerTls, SinkConfig, UpstreamTarget
 use crate::crm::Journal;
 use crate::delivery::{Delivered, Delivery, DeliveryMetrics, RecentDeliveries};
 use crate::directory::dataverse::DataverseSource;
-use crate::directory::{DirectoryError, DirectoryMetrics, FileSource};
+use crate::directory::{DirectoryError, DirectoryMetrics, FileSource, Overlay};
 use crate::inspect::worker::{InspectMetrics, RecentObservations};
+use crate::options::History;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::Pipeline;
 use crate::proxy::server;
@@ -67,6 +68,8 @@ pub enum AppError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Options(#[from] crate::options::StoreError),
     #[error(transparent)]
     Journal(#[from] crate::crm::journal::JournalError),
     #[error("cannot build the HTTP client for the CRM and Exchange: {0}")]
@@ -148,7 +151,12 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let http = build::service_client(&config)?;
 
     // The directory and the rules that read it.
-    let directory = build::directory(&config, checked.dataverse, &http, &mut registry).await?;
+    let options_store = build::options_store(&config)?;
+    let overlay = options_store
+        .clone()
+        .map_or_else(Overlay::default, |s| Overlay::new(s));
+    let directory =
+        build::directory(&config, checked.dataverse, overlay, &http, &mut registry).await?;
     let (memory, limits) = settings::rules(&config.rules);
     let engine = Arc::new(Engine::new(directory.handle.clone(), memory, limits));
     let rules_metrics = Arc::new(RulesMetrics::register(&mut registry));
@@ -160,6 +168,12 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
     let (sink, journal) = build::sink(&config, &checked.fields, &http)?;
     let exchange = build::exchange_client(&config, simulator.as_ref(), &http);
     let marks = build::catchup_marks(&config, exchange.as_ref());
+    let history = options_store.as_ref().map(|_| {
+        History::new(
+            config.options.history_per_mailbox,
+            config.options.history_mailboxes,
+        )
+    });
     let pipeline = Arc::new(
         Pipeline::new(
             engine.clone(),
@@ -167,7 +181,16 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
             decisions.clone(),
             outbox.clone(),
         )
-        .with_marks(marks.clone()),
+        .with_marks(marks.clone())
+        .with_history(history.clone()),
+    );
+    let options = build::options_page(
+        &config,
+        options_store,
+        (&engine, history, &directory),
+        exchange.clone(),
+        &checked.fields,
+        &http,
     );
     let catchup = build::catchup(
         &config,
@@ -268,6 +291,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         directory_metrics: directory.metrics.clone(),
         catchup: catchup.clone(),
         delivery: config.delivery.enabled.then(|| delivery.health()),
+        options,
     });
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin_state, stopped));
     let (delivery_stop, delivery_stopped) = watch::channel(false);
@@ -498,7 +522,11 @@ impl Gateway {
                 );
             }
         } else {
-            let source = settings::file_source(&config);
+            let mut source = settings::file_source(&config);
+            if let Ok(current) = self.directory_source.lock() {
+                // What the options page holds stays laid over the reloaded file.
+                source.settings.overlay = current.settings.overlay.clone();
+            }
             let snapshot = match source.load() {
                 Ok(s) => s,
                 Err(error) => {

@@ -495,6 +495,47 @@ fn offline_filters(
     Ok(offline_filters)
 }
 
+/// What leaves a mailbox for the CRM under this configuration, as the privacy page says it.
+pub fn privacy(
+    config: &Config,
+    fields: &crate::crm::mapping::FieldTable,
+) -> crate::options::PrivacyFacts {
+    let email = &fields.email;
+    let mut columns = Vec::new();
+    let mut says = |on: bool, what: &'static str| {
+        if on {
+            columns.push(what);
+        }
+    };
+    says(email.subject, "The subject.");
+    says(
+        email.parties,
+        "The sender's and recipients' addresses (To, Cc, Bcc), resolved to CRM records where they match.",
+    );
+    says(
+        email.messageid,
+        "The Message-ID header (to find the message again, never to read it).",
+    );
+    says(email.directioncode, "Whether you sent or received it.");
+    says(
+        email.regarding,
+        "The record it is linked to (regarding), when one is found.",
+    );
+    says(email.status, "Its status (received or sent) and when.");
+    let body = if !email.description {
+        "never."
+    } else {
+        match config.delivery.body {
+            crate::config::EmailBody::Full => {
+                "the whole body, as Exchange has it (HTML when it is HTML)."
+            }
+            crate::config::EmailBody::Text => "the body as plain text.",
+            crate::config::EmailBody::None => "never.",
+        }
+    };
+    crate::options::PrivacyFacts { body, columns }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

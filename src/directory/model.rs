@@ -335,7 +335,7 @@ pub struct Mailbox {
 }
 
 /// A `mailboxtrackingfolders` row: a folder tracking rule.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailboxTrackingFolder {
     #[serde(default)]

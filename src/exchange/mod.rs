@@ -6,6 +6,7 @@
 //! parsers that inspect the traffic, so fields are normalised the same way.
 
 mod delta;
+mod folders;
 mod sent_copy;
 mod sync;
 
@@ -18,6 +19,7 @@ use crate::common::Secret;
 use crate::common::read::read_capped;
 use crate::common::text::{percent_encode, xml_escape};
 pub use delta::DeltaPage;
+pub use folders::InboxFolder;
 pub use sent_copy::SentCopyQuery;
 pub use sync::{SyncFolder, SyncPage};
 

@@ -52,12 +52,13 @@ impl Proposed {
 impl Engine {
     /// Decides a sequence of observations in order over a memory of its own (so the live
     /// memory learns nothing), with `proposed` read in place of one user's options, or the
-    /// directory's options when `None`. Every decision carries its reasoning.
+    /// directory's options when `None`. Every decision carries its reasoning; one list per
+    /// observation, in order.
     pub fn preview(
         &self,
         observations: &[Arc<Observation>],
         proposed: Option<&Proposed>,
-    ) -> Vec<Decision> {
+    ) -> Vec<Vec<Decision>> {
         let dir = self.directory.guard();
         let memory = Memory::new(MemoryLimits::default());
         let run = Run {
@@ -67,10 +68,7 @@ impl Engine {
             limits: self.limits,
             proposed,
         };
-        observations
-            .iter()
-            .flat_map(|o| run.observation(o))
-            .collect()
+        observations.iter().map(|o| run.observation(o)).collect()
     }
 }
 

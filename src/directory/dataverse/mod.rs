@@ -286,6 +286,13 @@ impl DataverseSource {
         document(&state).0
     }
 
+    /// A snapshot of what was last refreshed, built again: after a change to what the
+    /// settings' overlay lays over it.
+    pub async fn rebuild(&self) -> Result<Directory, SourceError> {
+        let doc = self.document().await;
+        Ok(Directory::build_with(doc, &self.settings.directory)?)
+    }
+
     /// A snapshot from a document another gateway shared, built with this source's settings.
     pub fn build_shared(&self, doc: DirectoryDocument) -> Result<Directory, SourceError> {
         let directory = Directory::build_with(doc, &self.settings.directory)?;
