@@ -10,6 +10,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v kill >/dev/null 2>&1 || need_apt+=(procps)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The options page's browser test (tests/options_page.rs): Debian's Chromium and its driver.
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || need_apt+=(chromium chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

@@ -43,6 +43,8 @@ mod large_bodies;
 mod ntlm_identity;
 /// NTLM/Negotiate: one pinned upstream connection per client connection.
 mod ntlm_pinning;
+/// The Personal Options page: sign-in, preview, save, CSRF and who may see what, in a browser.
+mod options_page;
 /// h1 and h2 through TLS, bodies byte-identical both ways, header rules, routing.
 mod passthrough;
 /// Real client libraries (exchangelib, msgraph-sdk) through the gateway against the stateful

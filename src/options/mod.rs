@@ -92,7 +92,9 @@ fn secured(mut response: Reply) -> Reply {
     for (name, value) in [
         ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // Same-origin requests keep their Origin header (checked on every POST); other sites
+        // learn nothing.
+        ("referrer-policy", "same-origin"),
         ("x-frame-options", "DENY"),
         ("cache-control", "no-store"),
     ] {
@@ -165,7 +167,8 @@ fn cross_site(headers: &http::HeaderMap) -> bool {
         return true;
     }
     match (header("origin"), header("host")) {
-        (Some("null"), _) => true,
+        // An opaque origin (a sandboxed frame, or a strict referrer policy): the token decides.
+        (Some("null"), _) => false,
         (Some(origin), Some(host)) => {
             let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
             !origin_host.eq_ignore_ascii_case(host)

@@ -12,7 +12,8 @@
     const data = new URLSearchParams(new FormData(form));
     data.set("action", "preview");
     try {
-      const answer = await fetch(form.action, {
+      // The attribute, not `form.action`: the buttons are named "action".
+      const answer = await fetch(form.getAttribute("action"), {
         method: "POST",
         body: data,
         credentials: "same-origin",

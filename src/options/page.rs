@@ -89,7 +89,7 @@ pub fn signin(users: &[String], token: &str, error: Option<&str>) -> String {
         esc(token)
     );
     for user in users {
-        let _ = write!(body, "<option>{}</option>", esc(user));
+        let _ = write!(body, "<option value=\"{0}\">{0}</option>", esc(user));
     }
     body.push_str("</select> <button type=\"submit\" id=\"signin\">Sign in</button></form>");
     layout("Sign in", &body)
@@ -339,10 +339,11 @@ fn sync_section(body: &mut String, view: &PageView<'_>) {
         body,
         "<p><label for=\"outlooksyncinterval\">Synchronize every (minutes)</label> \
          <input type=\"number\" id=\"outlooksyncinterval\" name=\"outlooksyncinterval\" min=\"{min}\" max=\"1440\" value=\"{}\" aria-describedby=\"interval-note\"> \
-         <span class=\"note\" id=\"interval-note\">Your organization's minimum is {min} minutes; empty: the default.</span></p>",
+         <span class=\"note\" id=\"interval-note\">Your organization's minimum is {min} minute{plural}; empty: the default.</span></p>",
         o.outlooksyncinterval
             .map(|m| m.to_string())
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        plural = if min == 1 { "" } else { "s" }
     );
     let _ = write!(
         body,

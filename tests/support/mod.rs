@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod nats;
 
 use std::io::{BufRead, BufReader};

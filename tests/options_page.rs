@@ -1,0 +1,424 @@
+use std::time::Duration;
+
+use fantoccini::Locator;
+use std::sync::Arc;
+use trackgate::rules::Reason;
+
+use trackgate::simulate::mailbox::Store;
+use trackgate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
+
+use crate::support::{self, TestGateway, browser::Browser};
+
+const ALEX_MAILBOX: &str = "00000000-0000-4000-8000-0000000000f1";
+const ALEX: &str = "00000000-0000-4000-8000-0000000000a1";
+
+/// A gateway whose catch-up sweep reads the simulator's mailboxes (so their mail reaches the
+/// preview's history), with the options page on its development sign-in, Kim as admin, and a
+/// directory file that allows two folder rules per mailbox.
+async fn gateway(sim: &ExchangeSimulator) -> (TestGateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let directory = dir.path().join("directory.toml");
+    std::fs::write(
+        &directory,
+        trackgate::directory::file::EMBEDDED_EXAMPLE.replace(
+            "maxfolderbasedtrackingmappings = 25",
+            "maxfolderbasedtrackingmappings = 2",
+        ),
+    )
+    .unwrap();
+    let extra = format!(
+        concat!(
+            "[listener]\nplaintext = true\n",
+            "[exchange]\news_url = \"{url}/EWS/Exchange.asmx\"\nauth = \"basic\"\n",
+            "username = 'CONTOSO\\svc-trackgate'\npassword = \"Example-Pa55-svc\"\n",
+            "[catchup]\ninterval = \"1s\"\n",
+            "[directory]\nfile = \"{file}\"\n",
+            "[options]\nsign_in = \"development\"\nadmins = [\"kim.manager@contoso.example\"]\n"
+        ),
+        url = sim.url(),
+        file = directory.display()
+    );
+    let gw = support::gateway(&sim.url(), &extra).await;
+    let sweeper = gw.gateway.catchup().expect("catch-up is on").clone();
+    support::wait_for(Duration::from_secs(20), "a first sweep", async || {
+        let status = sweeper.status();
+        (!status.is_empty() && status.iter().all(|s| s.last_sweep_seconds_ago.is_some()))
+            .then_some(())
+    })
+    .await;
+    (gw, dir)
+}
+
+/// The stateful simulator: mail can be delivered to it and folders listed.
+async fn store_simulator() -> ExchangeSimulator {
+    let store = Arc::new(Store::embedded().unwrap());
+    support::simulator_with(
+        SimulatorOptions::new("store", FixtureSet::embedded().unwrap()).with_store(store),
+    )
+    .await
+}
+
+async fn deliver(sim: &ExchangeSimulator, from: &str, subject: &str, id: &str) {
+    let r = support::plain_client()
+        .post(format!("{}/_sim/deliver", sim.url()))
+        .json(&serde_json::json!({
+            "from": from, "to": ["alex.seller@contoso.example"],
+            "subject": subject, "message_id": format!("<{id}>"),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// The gateway's decision about a message, once the sweep has made it.
+async fn decision(gw: &TestGateway, id: &str) -> trackgate::rules::Decision {
+    support::wait_for(
+        Duration::from_secs(15),
+        "the sweep's decision",
+        async || {
+            gw.gateway
+                .recent_decisions()
+                .into_iter()
+                .find(|d| d.internet_message_id.as_deref() == Some(id))
+        },
+    )
+    .await
+}
+
+async fn sign_in(browser: &Browser, admin_url: &str, user: &str) -> Result<(), String> {
+    let c = &browser.client;
+    c.goto(admin_url).await.map_err(|e| e.to_string())?;
+    browser
+        .find("#user")
+        .await?
+        .select_by_value(user)
+        .await
+        .map_err(|e| e.to_string())?;
+    browser
+        .find("#signin")
+        .await?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    browser
+        .until("the options page", |t| t.contains("Personal Options"))
+        .await
+}
+
+/// The browser's part: every step returns why it failed, so a failure leaves a screenshot.
+async fn browse(
+    browser: &Browser,
+    gw: &TestGateway,
+    sim: &ExchangeSimulator,
+) -> Result<(), String> {
+    let c = &browser.client;
+    sign_in(
+        browser,
+        &gw.admin("/options"),
+        "alex.seller@contoso.example",
+    )
+    .await?;
+    if !browser.url().await.ends_with(ALEX_MAILBOX) {
+        return Err(format!("signed in to {}", browser.url().await));
+    }
+    // Alex tracks mail from leads, contacts and accounts: the stranger's is not tracked now.
+    // Choosing "All email messages" previews it tracked, before anything is saved.
+    browser
+        .find("#incoming")
+        .await?
+        .select_by_value("0")
+        .await
+        .map_err(|e| e.to_string())?;
+    browser
+        .until("the preview of the change", |t| {
+            t.contains("Quote for the new printers") && t.contains("filter_all")
+        })
+        .await?;
+    let now = browser.text("#tracked-now").await?;
+    let then = browser.text("#tracked-then").await?;
+    if now.parse::<u32>().ok() >= then.parse::<u32>().ok() {
+        return Err(format!(
+            "the preview tracks {then} with the change, {now} now"
+        ));
+    }
+    let changed = browser.text("tr.changed").await?;
+    if !(changed.contains("not tracked") && changed.contains("tracked filter_all")) {
+        return Err(format!("the changed row reads {changed:?}"));
+    }
+    browser.screenshot("options-page").await;
+    // A second folder rule, up to the organization's limit of two.
+    browser
+        .find("#rule_folder_1")
+        .await?
+        .select_by_label("Newsletters")
+        .await
+        .map_err(|e| e.to_string())?;
+    browser
+        .find("#save")
+        .await?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    browser.until("the save", |t| t.contains("Saved.")).await?;
+    let limit = browser.text("#rule-limit").await?;
+    if !limit.contains("the most your organization allows (2)") {
+        return Err(format!("the limit note reads {limit:?}"));
+    }
+    if c.find(Locator::Css("#rule_folder_2")).await.is_ok() {
+        return Err("a third rule row is offered at the limit".into());
+    }
+    let selected = c
+        .execute(
+            "return document.getElementById('incoming').value;",
+            Vec::new(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if selected != serde_json::json!("0") {
+        return Err(format!("after saving, the filter shows {selected}"));
+    }
+    // The next decision follows the saved option.
+    deliver(
+        sim,
+        "Someone New <someone.new@elsewhere.example>",
+        "After the change",
+        "after@elsewhere.example",
+    )
+    .await;
+    let d = decision(gw, "after@elsewhere.example").await;
+    if d.reason != Reason::FilterAll {
+        return Err(format!("the next decision is {:?}", d.reason));
+    }
+    // Jo signs in and cannot open Alex's page.
+    browser
+        .find("header button")
+        .await?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    browser
+        .until("the sign-in page", |t| {
+            t.contains("Sign in to your Personal Options")
+        })
+        .await?;
+    sign_in(browser, &gw.admin("/options"), "jo.support@contoso.example").await?;
+    c.goto(&gw.admin(&format!("/options/{ALEX_MAILBOX}")))
+        .await
+        .map_err(|e| e.to_string())?;
+    browser
+        .until("the refusal", |t| {
+            t.contains("You can open only your own options.")
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_user_previews_a_change_saves_it_and_the_next_decision_follows() {
+    let sim = store_simulator().await;
+    let (gw, dir) = gateway(&sim).await;
+    deliver(
+        &sim,
+        "Stranger <stranger@elsewhere.example>",
+        "Quote for the new printers",
+        "quote@elsewhere.example",
+    )
+    .await;
+    let before = decision(&gw, "quote@elsewhere.example").await;
+    assert!(!before.is_track(), "{before:#?}");
+
+    let browser = Browser::start("options_page").await;
+    let result = browse(&browser, &gw, &sim).await;
+    if let Err(why) = result {
+        let shot = browser.screenshot("failure").await;
+        browser.close().await;
+        panic!("{why}\nscreenshot: {}", shot.display());
+    }
+    browser.close().await;
+    // The file holds the change, and the audit trail says who made it without mail addresses.
+    let saved = std::fs::read_to_string(dir.path().join("directory.toml")).unwrap();
+    assert!(
+        saved.contains("incomingemailfilteringmethod = 0"),
+        "{saved}"
+    );
+    assert!(
+        saved.contains("# --- personal options"),
+        "the file keeps its comments"
+    );
+    gw.gateway.shutdown().await;
+    sim.stop().await;
+}
+
+/// A client of the page with its own cookies.
+struct Visitor {
+    http: reqwest::Client,
+    cookies: Vec<String>,
+}
+
+impl Visitor {
+    fn new() -> Visitor {
+        Visitor {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Vec::new(),
+        }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for set in r.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let name = pair.split('=').next().unwrap().to_owned();
+            self.cookies.retain(|c| !c.starts_with(&format!("{name}=")));
+            self.cookies.push(pair);
+        }
+    }
+
+    async fn get(&mut self, url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let r = self
+            .http
+            .get(url)
+            .header("cookie", self.cookies.join("; "))
+            .send()
+            .await
+            .unwrap();
+        self.keep(&r);
+        (
+            r.status().as_u16(),
+            r.headers().clone(),
+            r.text().await.unwrap(),
+        )
+    }
+
+    async fn post(&mut self, url: &str, form: &str, origin: Option<&str>) -> (u16, String) {
+        let mut request = self
+            .http
+            .post(url)
+            .header("cookie", self.cookies.join("; "))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let r = request.send().await.unwrap();
+        self.keep(&r);
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn sign_in(&mut self, gw: &TestGateway, user: &str) -> String {
+        let (_, _, page) = self.get(&gw.admin("/options/signin")).await;
+        let token = csrf_of(&page);
+        let (status, _) = self
+            .post(
+                &gw.admin("/options/signin"),
+                &format!("csrf={token}&user={user}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 303, "signed in as {user}");
+        let (_, _, page) = self
+            .get(&gw.admin(&format!("/options/{ALEX_MAILBOX}")))
+            .await;
+        csrf_of(&page)
+    }
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .map(|i| i + 19)
+        .unwrap_or(0);
+    page[at..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_without_their_token_or_from_another_site_are_refused_and_admins_see_the_audit() {
+    let sim = store_simulator().await;
+    let (gw, _dir) = gateway(&sim).await;
+    let page = gw.admin(&format!("/options/{ALEX_MAILBOX}"));
+
+    // A sign-in without the form's cookie is refused; so is the page without a session.
+    let mut stranger = Visitor::new();
+    let (status, _) = stranger
+        .post(
+            &gw.admin("/options/signin"),
+            "csrf=00&user=alex.seller@contoso.example",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = stranger.get(&page).await;
+    assert_eq!(status, 303, "to the sign-in page");
+
+    let mut alex = Visitor::new();
+    let token = alex.sign_in(&gw, "alex.seller@contoso.example").await;
+    assert_eq!(token.len(), 64);
+    let (status, headers, body) = alex.get(&page).await;
+    assert_eq!(status, 200);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        !body.contains("<script>") && !body.contains("style="),
+        "nothing inline"
+    );
+    let form = "incoming=0&autocreate=1&exclusions=family.example&action=save";
+    assert_eq!(alex.post(&page, form, None).await.0, 403, "no token");
+    let with_token = format!("csrf={token}&{form}");
+    assert_eq!(
+        alex.post(&page, &with_token, Some("http://evil.example"))
+            .await
+            .0,
+        403,
+        "another site's form"
+    );
+    // A bad value is refused naming its field, and nothing changes.
+    let (status, body) = alex
+        .post(
+            &page,
+            &format!("csrf={token}&incoming=9&autocreate=1&action=save"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("incoming:"), "{body}");
+    let (status, _) = alex.post(&page, &with_token, None).await;
+    assert_eq!(status, 303, "saved");
+    let privacy = alex.get(&format!("{page}/privacy")).await.2;
+    assert!(privacy.contains("family.example") && privacy.contains("Attachments: never."));
+    assert_eq!(
+        alex.get(&gw.admin("/options/audit")).await.0,
+        403,
+        "admins only"
+    );
+
+    // Jo cannot open Alex's page; Kim, an admin, can, and reads the audit trail.
+    let mut jo = Visitor::new();
+    jo.sign_in(&gw, "jo.support@contoso.example").await;
+    assert_eq!(jo.get(&page).await.0, 403);
+    let mut kim = Visitor::new();
+    kim.sign_in(&gw, "kim.manager@contoso.example").await;
+    assert_eq!(kim.get(&page).await.0, 200);
+    let (status, _, audit) = kim.get(&gw.admin("/options/audit")).await;
+    assert_eq!(status, 200);
+    let audit: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    assert_eq!(audit[0]["by"], ALEX);
+    assert_eq!(audit[0]["user"], ALEX);
+    let text = audit.to_string();
+    assert!(
+        text.contains("incomingemailfilteringmethod") && text.contains("1 entries"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("family.example") && !text.contains('@'),
+        "no addresses: {text}"
+    );
+    gw.gateway.shutdown().await;
+    sim.stop().await;
+}
