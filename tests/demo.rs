@@ -314,10 +314,14 @@ fn keep_running_leaves_the_gateway_up_with_urls_to_poke_until_sigterm() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut admin = None;
     let mut ca = None;
+    let mut options = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(url) = line.trim().strip_prefix("admin:") {
             admin = Some(url.trim().to_owned());
+        }
+        if let Some(url) = line.trim().strip_prefix("options page:") {
+            options = url.split_whitespace().next().map(str::to_owned);
         }
         if let Some(path) = line.trim().strip_prefix("development CA:") {
             ca = Some(path.trim().to_owned());
@@ -332,6 +336,11 @@ fn keep_running_leaves_the_gateway_up_with_urls_to_poke_until_sigterm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let decisions = runtime.block_on(support::get_text(&format!("{admin}/decisions")));
     assert!(decisions.contains("folder_rule"), "{decisions}");
+    // The options page, with the development sign-in the demo prints.
+    let options = options.expect("the options page's URL is printed");
+    assert_eq!(options, format!("{admin}/options"));
+    let signin = runtime.block_on(support::get_text(&format!("{options}/signin")));
+    assert!(signin.contains("alex.seller@contoso.example"), "{signin}");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

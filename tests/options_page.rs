@@ -307,19 +307,19 @@ impl Visitor {
     }
 
     async fn sign_in(&mut self, gw: &TestGateway, user: &str) -> String {
-        let (_, _, page) = self.get(&gw.admin("/options/signin")).await;
+        self.sign_in_at(&gw.admin(""), user).await
+    }
+
+    /// Signs in on the admin listener at `admin`; returns the session's form token.
+    async fn sign_in_at(&mut self, admin: &str, user: &str) -> String {
+        let (_, _, page) = self.get(&format!("{admin}/options/signin")).await;
         let token = csrf_of(&page);
+        let form = format!("csrf={token}&user={user}");
         let (status, _) = self
-            .post(
-                &gw.admin("/options/signin"),
-                &format!("csrf={token}&user={user}"),
-                None,
-            )
+            .post(&format!("{admin}/options/signin"), &form, None)
             .await;
         assert_eq!(status, 303, "signed in as {user}");
-        let (_, _, page) = self
-            .get(&gw.admin(&format!("/options/{ALEX_MAILBOX}")))
-            .await;
+        let (_, _, page) = self.get(&format!("{admin}/options/{ALEX_MAILBOX}")).await;
         csrf_of(&page)
     }
 }
@@ -421,4 +421,85 @@ async fn forms_without_their_token_or_from_another_site_are_refused_and_admins_s
     );
     gw.gateway.shutdown().await;
     sim.stop().await;
+}
+
+/// The value of the `<option>` labelled `label`.
+fn option_value(page: &str, label: &str) -> String {
+    let end = page
+        .find(&format!(">{label}</option>"))
+        .expect("the option is offered");
+    let start = page[..end]
+        .rfind("value=\"")
+        .expect("the option has a value")
+        + 7;
+    page[start..end].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_follow_at_once() {
+    let (_, running) = trackgate::demo::run(true, |_| {})
+        .await
+        .expect("the demo runs");
+    let running = running.expect("kept running");
+    let admin = running.gateway.admin_url();
+    let mut alex = Visitor::new();
+    let token = alex.sign_in_at(&admin, "alex.seller@contoso.example").await;
+    let page = format!("{admin}/options/{ALEX_MAILBOX}");
+    let html = alex.get(&page).await.2;
+    let fabrikam_row = |dv: &trackgate::simulate::DataverseSimulator| {
+        dv.records("mailboxtrackingfolders")
+            .into_iter()
+            .find(|r| r["exchangefolderid"] == "AAMkADEzTrackedFolderAAA=")
+            .map(|r| r["mailboxtrackingfolderid"].clone())
+    };
+    let row_before = fabrikam_row(&running.dataverse);
+    assert!(row_before.is_some());
+    let newsletters = option_value(&html, "Newsletters");
+    let fabrikam = "account%3A00000000-0000-4000-8000-0000000000c2";
+    let form = format!(
+        "csrf={token}&incoming=0&autocreate=1&exclusions=family.example\
+         &rule_folder=AAMkADEzTrackedFolderAAA%3D&rule_regarding={fabrikam}\
+         &rule_folder={}&rule_regarding=&action=save",
+        newsletters
+            .replace('=', "%3D")
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+    );
+    let (status, body) = alex.post(&page, &form, None).await;
+    assert_eq!(status, 303, "{body}");
+    // In Dataverse: the usersettings column and one new folder row, the old one kept as it was.
+    let settings = running.dataverse.records("usersettingscollection");
+    let row = settings
+        .iter()
+        .find(|r| r["systemuserid"] == ALEX)
+        .expect("Alex's usersettings");
+    assert_eq!(row["incomingemailfilteringmethod"], 0, "{row:?}");
+    let folders: Vec<_> = running
+        .dataverse
+        .records("mailboxtrackingfolders")
+        .into_iter()
+        .filter(|r| r["_mailboxid_value"]["id"] == ALEX_MAILBOX)
+        .collect();
+    let ids: Vec<_> = folders
+        .iter()
+        .map(|r| r["exchangefolderid"].clone())
+        .collect();
+    assert_eq!(folders.len(), 2, "{folders:#?}");
+    assert!(ids.contains(&serde_json::json!(newsletters)), "{ids:?}");
+    // The rules read it now, and the gateway's own column survives a refresh from Dataverse.
+    for _ in 0..2 {
+        let dir = running.gateway.engine().directory().load();
+        let entry = dir.mailbox("alex.seller@contoso.example").unwrap();
+        let trackgate::directory::Owner::User(u) = entry.owner else {
+            panic!("Alex owns his mailbox")
+        };
+        assert_eq!(dir.user(u).settings.incomingemailfilteringmethod, 0);
+        assert_eq!(
+            dir.user(u).settings.trackingexclusions,
+            vec!["family.example"]
+        );
+        assert_eq!(entry.rule_count(), 2);
+        running.gateway.refresh_directory().await.unwrap();
+    }
+    running.stop().await;
 }

@@ -125,6 +125,8 @@ impl Running {
             "Everything is still running (Ctrl-C stops it):
   gateway (TLS):        {proxy}   EWS {proxy}/EWS/Exchange.asmx, Graph {proxy}/v1.0
   admin:                {admin}
+  options page:         {admin}/options   (development sign-in: pick a user, no password —
+                        alex.seller@contoso.example; kim.manager@contoso.example is an admin)
   Exchange simulator:   {exchange}
   Dataverse simulator:  {dv}/api/data/v9.2
   development CA:       {ca}
@@ -216,6 +218,10 @@ graph_url = "{exchange}/v1.0"
 auth = "basic"
 username = 'CONTOSO\svc-trackgate'
 password = "Example-Pa55-svc"
+# The Personal Options page, with the simulator's sign-in (no password); Kim is an admin.
+[options]
+sign_in = "development"
+admins = ["kim.manager@contoso.example"]
 "#,
         exchange = exchange.url(),
         dataverse = dataverse.url(),

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::form::UserOptions;
 use super::store::{AuditEntry, Held, OptionsStore};
 use crate::directory::dataverse::{DataverseSource, NewTrackingFolder, OptionsWrite, refresh_now};
+use crate::directory::snapshot::normalize_exchange_id;
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource, UserOptionsEdit};
 
 /// `usersettings` columns Dataverse has, as the page edits them.
@@ -168,17 +169,29 @@ impl Saver {
             ..OptionsWrite::default()
         };
         if before.rules != after.rules {
-            // The rows' ids are in the replicated document, not the snapshot.
+            // The rows' ids are in the replicated document, not the snapshot. A row whose
+            // rule stays as it was is kept; the others go, and the new rules are added.
             let doc = source.document().await;
-            write.remove_folders = doc
+            let rows: Vec<_> = doc
                 .mailboxtrackingfolders
-                .iter()
+                .into_iter()
                 .filter(|f| f.mailboxid == mailbox)
-                .filter_map(|f| f.mailboxtrackingfolderid)
+                .collect();
+            let same = |row: &crate::directory::model::MailboxTrackingFolder,
+                        rule: &super::form::RuleChoice| {
+                normalize_exchange_id(&row.exchangefolderid)
+                    == normalize_exchange_id(&rule.folder_id)
+                    && row.regardingobjectid == rule.regarding
+            };
+            write.remove_folders = rows
+                .iter()
+                .filter(|row| !after.rules.iter().any(|rule| same(row, rule)))
+                .filter_map(|row| row.mailboxtrackingfolderid)
                 .collect();
             write.add_folders = after
                 .rules
                 .iter()
+                .filter(|rule| !rows.iter().any(|row| same(row, rule)))
                 .map(|r| NewTrackingFolder {
                     folder_id: r.folder_id.clone(),
                     folder_name: r.folder_name.clone(),
