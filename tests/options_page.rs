@@ -87,20 +87,9 @@ async fn decision(gw: &TestGateway, id: &str) -> trackgate::rules::Decision {
 }
 
 async fn sign_in(browser: &Browser, admin_url: &str, user: &str) -> Result<(), String> {
-    let c = &browser.client;
-    c.goto(admin_url).await.map_err(|e| e.to_string())?;
-    browser
-        .find("#user")
-        .await?
-        .select_by_value(user)
-        .await
-        .map_err(|e| e.to_string())?;
-    browser
-        .find("#signin")
-        .await?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.goto(admin_url).await?;
+    browser.select("#user", user).await?;
+    browser.click("#signin").await?;
     browser
         .until("the options page", |t| t.contains("Personal Options"))
         .await
@@ -124,12 +113,7 @@ async fn browse(
     }
     // Alex tracks mail from leads, contacts and accounts: the stranger's is not tracked now.
     // Choosing "All email messages" previews it tracked, before anything is saved.
-    browser
-        .find("#incoming")
-        .await?
-        .select_by_value("0")
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.select("#incoming", "0").await?;
     browser
         .until("the preview of the change", |t| {
             t.contains("Quote for the new printers") && t.contains("filter_all")
@@ -154,12 +138,7 @@ async fn browse(
         .select_by_label("Newsletters")
         .await
         .map_err(|e| e.to_string())?;
-    browser
-        .find("#save")
-        .await?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.click("#save").await?;
     browser.until("the save", |t| t.contains("Saved.")).await?;
     let limit = browser.text("#rule-limit").await?;
     if !limit.contains("the most your organization allows (2)") {
@@ -191,21 +170,16 @@ async fn browse(
         return Err(format!("the next decision is {:?}", d.reason));
     }
     // Jo signs in and cannot open Alex's page.
-    browser
-        .find("header button")
-        .await?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    browser.click("header button").await?;
     browser
         .until("the sign-in page", |t| {
             t.contains("Sign in to your Personal Options")
         })
         .await?;
     sign_in(browser, &gw.admin("/options"), "jo.support@contoso.example").await?;
-    c.goto(&gw.admin(&format!("/options/{ALEX_MAILBOX}")))
-        .await
-        .map_err(|e| e.to_string())?;
+    browser
+        .goto(&gw.admin(&format!("/options/{ALEX_MAILBOX}")))
+        .await?;
     browser
         .until("the refusal", |t| {
             t.contains("You can open only your own options.")
@@ -502,4 +476,97 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
         running.gateway.refresh_directory().await.unwrap();
     }
     running.stop().await;
+}
+
+/// Signs in through the identity provider's page in the browser.
+async fn oidc_sign_in(browser: &Browser, gw: &TestGateway, account: &str) -> Result<(), String> {
+    browser.goto(&gw.admin("/options")).await?;
+    browser
+        .until("the provider's page", |t| {
+            t.contains("Sign in to the simulated tenant")
+        })
+        .await?;
+    browser.select("#login", account).await?;
+    browser.click("#next").await?;
+    browser
+        .until("the options page", |t| t.contains("Personal Options"))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_openid_connect_a_user_signs_in_at_the_provider_and_a_group_makes_an_admin() {
+    let doc: trackgate::directory::DirectoryDocument =
+        toml::from_str(trackgate::directory::file::EMBEDDED_EXAMPLE).unwrap();
+    let dv = trackgate::simulate::DataverseSimulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        trackgate::simulate::DataverseOptions {
+            seed: Some(doc),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    dv.set_groups(
+        "kim.manager@contoso.example",
+        &["5e1f0000-0000-4000-8000-00000000ad01"],
+    );
+    let sim = support::simulator("sim").await;
+    let port = support::closed_port();
+    let extra = format!(
+        concat!(
+            "[options]\nsign_in = \"oidc\"\noidc_issuer = \"{issuer}\"\n",
+            "oidc_client_id = \"trackgate-options\"\npublic_url = \"http://127.0.0.1:{port}\"\n",
+            "admin_group = \"5e1f0000-0000-4000-8000-00000000ad01\"\n"
+        ),
+        issuer = dv.issuer(),
+        port = port
+    );
+    trackgate::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path(), &sim.url(), &extra);
+    config.admin.address = format!("127.0.0.1:{port}").parse().unwrap();
+    let gw = TestGateway {
+        gateway: trackgate::app::start(config).await.unwrap(),
+        dir,
+    };
+
+    // A callback this browser did not start is refused.
+    let forged = support::plain_client()
+        .get(gw.admin("/options/callback?code=stolen&state=guessed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.text().await.unwrap().contains("not started here"));
+
+    let browser = Browser::start("options_page_oidc").await;
+    let steps = async {
+        oidc_sign_in(&browser, &gw, "jo.support@contoso.example").await?;
+        if browser.client.find(Locator::Css("nav")).await.is_ok() {
+            return Err("Jo is no admin but sees other users".to_owned());
+        }
+        browser.click("header button").await?;
+        oidc_sign_in(&browser, &gw, "kim.manager@contoso.example").await?;
+        let others = browser.text("nav").await?;
+        if !others.contains("alex.seller@contoso.example") {
+            return Err(format!("Kim, in the admin group, sees {others:?}"));
+        }
+        browser
+            .goto(&gw.admin(&format!("/options/{ALEX_MAILBOX}")))
+            .await?;
+        browser
+            .until("Alex's page", |t| {
+                t.contains("for alex.seller@contoso.example")
+            })
+            .await
+    };
+    if let Err(why) = steps.await {
+        let shot = browser.screenshot("failure").await;
+        browser.close().await;
+        panic!("{why}\nscreenshot: {}", shot.display());
+    }
+    browser.close().await;
+    gw.gateway.shutdown().await;
+    sim.stop().await;
+    dv.stop().await;
 }

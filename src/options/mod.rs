@@ -43,6 +43,9 @@ use session::{Session, Sessions};
 
 type Reply = Response<Full<Bytes>>;
 
+/// Why a person cannot sign in: the status, a title and a sentence for them.
+type Refusal = (StatusCode, &'static str, &'static str);
+
 /// A record a folder rule can link: its label, `entity:id`, and its owner.
 type Candidate = (String, String, Option<Uuid>);
 /// The candidates built for one directory snapshot.
@@ -208,7 +211,10 @@ impl OptionsPage {
         match (&method, rest) {
             (&Method::GET, "/assets/page.css") => asset("text/css; charset=utf-8", page::CSS),
             (&Method::GET, "/assets/page.js") => asset("text/javascript; charset=utf-8", page::JS),
-            (&Method::GET, "/signin") => self.signin_form(None),
+            (&Method::GET, "/signin") => match &self.oidc {
+                Some(oidc) => Self::begin_oidc(oidc).await,
+                None => self.signin_form(None),
+            },
             (&Method::POST, "/signin") => self.signin(req).await,
             (&Method::GET, "/callback") => self.callback(&req).await,
             (&Method::POST, "/signout") => self.signout(req).await,
@@ -284,11 +290,21 @@ impl OptionsPage {
         users
     }
 
-    fn signin_form(&self, error: Option<&str>) -> Reply {
-        if let Some(oidc) = &self.oidc {
-            let (location, cookie) = oidc.begin(&self.sessions);
-            return redirect(&location, &[cookie]);
+    async fn begin_oidc(oidc: &oidc::Oidc) -> Reply {
+        match oidc.begin().await {
+            Ok((location, cookie)) => redirect(&location, &[cookie]),
+            Err(error) => {
+                tracing::warn!(%error, "options page sign-in cannot start");
+                refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in unavailable",
+                    &format!("{error}. Try again in a moment."),
+                )
+            }
         }
+    }
+
+    fn signin_form(&self, error: Option<&str>) -> Reply {
         let dir = self.parts.engine.directory().load();
         let users: Vec<String> = Self::users(&dir)
             .iter()
@@ -329,54 +345,86 @@ impl OptionsPage {
             return self.signin_form(Some("The sign-in form expired; try again."));
         }
         let principal = form_value(&body, "user").unwrap_or_default();
-        self.start_session(&principal, &[])
+        let cookie = match self.start_session(&principal, None, &[]) {
+            Ok(started) => started,
+            Err((status, title, text)) => return refused(status, title, text),
+        };
+        redirect(&format!("/options/{}", cookie.0), &[cookie.1])
     }
 
-    /// Starts a session for a person the gateway knows, or says why not.
-    fn start_session(&self, principal: &str, groups: &[String]) -> Reply {
+    /// Starts a session for a person the gateway knows (by sign-in name, else Entra object
+    /// id): their mailbox and the session's `Set-Cookie`; or the page that says why not.
+    fn start_session(
+        &self,
+        principal: &str,
+        object_id: Option<&str>,
+        groups: &[String],
+    ) -> Result<(Uuid, String), Refusal> {
         let dir = self.parts.engine.directory().load();
-        let Some(entry) = dir.mailbox(principal) else {
-            return refused(
+        let Some(entry) = dir
+            .mailbox(principal)
+            .or_else(|| object_id.and_then(|id| dir.mailbox(id)))
+        else {
+            return Err((
                 StatusCode::FORBIDDEN,
                 "Unknown user",
                 "Your sign-in name has no mailbox in the directory the gateway reads.",
-            );
+            ));
         };
         let Owner::User(u) = entry.owner else {
-            return refused(
+            return Err((
                 StatusCode::FORBIDDEN,
                 "Not a user",
                 "Queues have no personal options.",
-            );
+            ));
         };
         let user = dir.user(u);
         if !user.active {
-            return refused(
+            return Err((
                 StatusCode::FORBIDDEN,
                 "Disabled",
                 "Your user is disabled in the CRM.",
-            );
+            ));
         }
         let admin = self.is_admin(&principal.trim().to_lowercase(), groups)
             || self.is_admin(&entry.address.to_lowercase(), groups);
-        let cookie = self.sessions.start(principal, user.id, entry.id, admin);
+        let cookie = self.sessions.start(user.id, entry.id, admin);
         tracing::info!(user = %user.id, admin, "signed in to the options page");
-        redirect(&format!("/options/{}", entry.id), &[cookie])
+        Ok((entry.id, cookie))
     }
 
     async fn callback(&self, req: &Request<Incoming>) -> Reply {
         let Some(oidc) = &self.oidc else {
             return refused(StatusCode::NOT_FOUND, "Not found", "There is no such page.");
         };
-        match oidc
+        let signed = match oidc
             .finish(req.headers(), req.uri().query().unwrap_or_default())
             .await
         {
-            Ok(signed) => self.start_session(&signed.principal, &signed.groups),
+            Ok(signed) => signed,
             Err(error) => {
                 tracing::warn!(%error, "options page sign-in refused");
-                refused(StatusCode::FORBIDDEN, "Sign-in failed", &error.to_string())
+                return refused(StatusCode::FORBIDDEN, "Sign-in failed", &error.to_string());
             }
+        };
+        match self.start_session(
+            &signed.principal,
+            signed.object_id.as_deref(),
+            &signed.groups,
+        ) {
+            // A page of ours moves on: the browser came from the provider's site, and a
+            // redirect from there would not carry the new SameSite=Strict cookie.
+            Ok((mailbox, cookie)) => {
+                let mut page = html(
+                    StatusCode::OK,
+                    page::moving_on(&format!("/options/{mailbox}")),
+                );
+                if let Ok(value) = http::HeaderValue::from_str(&cookie) {
+                    page.headers_mut().append(header::SET_COOKIE, value);
+                }
+                page
+            }
+            Err((status, title, text)) => refused(status, title, text),
         }
     }
 

@@ -72,6 +72,18 @@ pub fn message(title: &str, text: &str) -> String {
     )
 }
 
+/// Signed in: on to `to` (a same-site navigation, so the session cookie goes with it).
+pub fn moving_on(to: &str) -> String {
+    format!(
+        concat!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+            "<meta http-equiv=\"refresh\" content=\"0;url={to}\"><title>Signed in · trackgate</title>",
+            "</head><body><main><p>Signed in. <a href=\"{to}\" id=\"continue\">Continue to your options</a>.</p></main></body></html>\n"
+        ),
+        to = esc(to)
+    )
+}
+
 /// The development sign-in: pick a user, no password.
 pub fn signin(users: &[String], token: &str, error: Option<&str>) -> String {
     let mut body = String::from(

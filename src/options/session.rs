@@ -17,8 +17,6 @@ pub const SIGNIN_COOKIE: &str = "trackgate_signin";
 /// A signed-in person.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// Lower-cased sign-in name (UPN or mailbox address).
-    pub principal: String,
     /// Their `systemuserid` and mailbox.
     pub user: Uuid,
     pub mailbox: Uuid,
@@ -72,11 +70,10 @@ impl Sessions {
     }
 
     /// Starts a session; returns the `Set-Cookie` value.
-    pub fn start(&self, principal: &str, user: Uuid, mailbox: Uuid, admin: bool) -> String {
+    pub fn start(&self, user: Uuid, mailbox: Uuid, admin: bool) -> String {
         let id = random_token();
         let now = Instant::now();
         let session = Session {
-            principal: principal.trim().to_lowercase(),
             user,
             mailbox,
             admin,
@@ -166,14 +163,11 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_cookie_until_it_ends() {
         let sessions = Sessions::new(Duration::from_secs(60), false);
-        let set = sessions.start("Alex@Contoso.example", Uuid::nil(), Uuid::nil(), false);
+        let set = sessions.start(Uuid::from_u128(1), Uuid::nil(), false);
         assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
         let headers = with_cookie(&set);
         let found = sessions.find(&headers);
-        assert_eq!(
-            found.as_ref().map(|s| s.principal.as_str()),
-            Some("alex@contoso.example")
-        );
+        assert_eq!(found.as_ref().map(|s| s.user), Some(Uuid::from_u128(1)));
         assert_eq!(found.map(|s| s.csrf.len()), Some(64));
         sessions.end(&headers);
         assert!(sessions.find(&headers).is_none());

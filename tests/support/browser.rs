@@ -100,6 +100,30 @@ impl Browser {
         }
     }
 
+    pub async fn goto(&self, url: &str) -> Result<(), String> {
+        self.client
+            .goto(url)
+            .await
+            .map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// Picks the option with this value in the `<select>` at `css`.
+    pub async fn select(&self, css: &str, value: &str) -> Result<(), String> {
+        let element = self.find(css).await?;
+        element
+            .select_by_value(value)
+            .await
+            .map_err(|e| format!("{css} = {value}: {e}"))
+    }
+
+    pub async fn click(&self, css: &str) -> Result<(), String> {
+        let element = self.find(css).await?;
+        element
+            .click()
+            .await
+            .map_err(|e| format!("click {css}: {e}"))
+    }
+
     pub async fn url(&self) -> String {
         self.client
             .current_url()

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+mod entra;
 mod faults;
 mod metadata;
 mod strict;
@@ -206,6 +207,8 @@ struct Shared {
     down: watch::Sender<bool>,
     black_hole: watch::Sender<bool>,
     issued: AtomicU64,
+    /// The tenant's interactive sign-in (OpenID Connect).
+    entra: entra::Entra,
 }
 
 pub struct DataverseSimulator {
@@ -276,6 +279,7 @@ impl DataverseSimulator {
             down: watch::channel(false).0,
             black_hole: watch::channel(false).0,
             issued: AtomicU64::new(0),
+            entra: entra::Entra::new(),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -293,6 +297,21 @@ impl DataverseSimulator {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The tenant's OpenID Connect issuer (discovery under `/.well-known/openid-configuration`).
+    pub fn issuer(&self) -> String {
+        format!("{}/simulated-tenant/v2.0", self.url())
+    }
+
+    /// Makes a user (by sign-in name) a member of groups, named in their ID tokens.
+    pub fn set_groups(&self, user: &str, groups: &[&str]) {
+        if let Ok(mut all) = self.shared.entra.groups.lock() {
+            all.insert(
+                user.to_lowercase(),
+                groups.iter().map(|g| (*g).to_owned()).collect(),
+            );
+        }
     }
 
     /// The token endpoint, shaped like Entra ID's.
@@ -626,6 +645,25 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    if path.starts_with("/simulated-tenant/") {
+        let base = format!("http://{}", header("host").unwrap_or_default());
+        let users: Vec<Map<String, Value>> = if path.ends_with("/authorize") {
+            shared
+                .store()
+                .tables
+                .get("systemusers")
+                .map(|t| t.values().cloned().collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let answer = shared
+            .entra
+            .handle(&base, &parts.method, &path, &query, &body, &users);
+        if let Some((status, headers, text)) = answer {
+            return respond(status, headers, text);
+        }
+    }
     if path.ends_with("/oauth2/v2.0/token") && parts.method == Method::POST {
         return token(shared, &body);
     }
