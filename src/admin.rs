@@ -463,6 +463,9 @@ async fn explain(state: &AdminState, req: Request<Incoming>) -> Response<Full<By
         Ok(b) => b,
         Err(r) => return r,
     };
+    if crate::options::is_preview(&body) {
+        return preview(state, &body);
+    }
     let sequence = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let parsed: Result<Vec<Observation>, _> = if sequence {
         serde_json::from_slice(&body)
@@ -510,6 +513,45 @@ async fn explain(state: &AdminState, req: Request<Incoming>) -> Response<Full<By
             "text/plain",
             "cannot encode\n".into(),
         ),
+    }
+}
+
+/// `POST /explain` with `{"mailbox", "options", "observations"?}`: the decisions now and with
+/// the options changed, side by side (the options page's preview).
+fn preview(state: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
+    let Some(page) = &state.options else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "previews need the options page: set [options] sign_in (README, Options page)\n".into(),
+        );
+    };
+    let request: crate::options::PreviewRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!(
+                    "not a preview request: {e}\nsend {{\"mailbox\": …, \"options\": {{…}}, \"observations\": [optional]}}\n"
+                ),
+            );
+        }
+    };
+    if request
+        .observations
+        .as_ref()
+        .is_some_and(|o| o.len() > MAX_EXPLAIN_OBSERVATIONS)
+    {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text/plain",
+            format!("at most {MAX_EXPLAIN_OBSERVATIONS} observations per request\n"),
+        );
+    }
+    match page.explain(request) {
+        Ok(value) => json_reply::<_, std::convert::Infallible>(Ok(value)),
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     }
 }
 

@@ -389,6 +389,47 @@ async fn forms_without_their_token_or_from_another_site_are_refused_and_admins_s
         text.contains("incomingemailfilteringmethod") && text.contains("1 entries"),
         "{text}"
     );
+    // The same preview as an API: POST /explain with options overrides.
+    let seen = trackgate::inspect::Observation::MessageSeen {
+        origin: trackgate::inspect::Origin {
+            mailbox: Some("alex.seller@contoso.example".into()),
+            source: trackgate::inspect::Source::Ews,
+            operation: "GetItem".into(),
+        },
+        message: trackgate::inspect::Message {
+            item_id: Some("AAMkPreview=".into()),
+            folder: Some("inbox".into()),
+            internet_message_id: Some("preview@elsewhere.example".into()),
+            subject: Some("Preview me".into()),
+            from: Some(trackgate::inspect::Address {
+                name: None,
+                address: Some("someone@elsewhere.example".into()),
+                routing_type: Some("SMTP".into()),
+            }),
+            to: vec![trackgate::inspect::Address {
+                name: None,
+                address: Some("alex.seller@contoso.example".into()),
+                routing_type: Some("SMTP".into()),
+            }],
+            received_at: Some("2026-12-04T10:00:00Z".into()),
+            item_class: Some("IPM.Note".into()),
+            ..Default::default()
+        },
+        initial_sync: false,
+    };
+    let answer = support::json_of(support::plain_client().post(gw.admin("/explain")).json(
+        &serde_json::json!({
+            "mailbox": "alex.seller@contoso.example",
+            "options": {"trackingexclusions": ["elsewhere.example"]},
+            "observations": [seen],
+        }),
+    ))
+    .await;
+    assert_eq!(answer["now"][0]["reason"], "filter_all", "{answer:#}");
+    assert_eq!(
+        answer["proposed"][0]["reason"], "excluded_by_user",
+        "{answer:#}"
+    );
     assert!(
         !text.contains("family.example") && !text.contains('@'),
         "no addresses: {text}"
