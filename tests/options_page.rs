@@ -131,6 +131,18 @@ async fn browse(
         return Err(format!("the changed row reads {changed:?}"));
     }
     browser.screenshot("options-page").await;
+    // Every control has a label a screen reader announces.
+    let unlabelled = c
+        .execute(
+            "return [...document.querySelectorAll('select, input:not([type=hidden]), textarea')]\
+               .filter(e => !(e.labels && e.labels.length)).map(e => e.name || e.id);",
+            Vec::new(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if unlabelled != serde_json::json!([]) {
+        return Err(format!("controls without a label: {unlabelled}"));
+    }
     // A second folder rule, up to the organization's limit of two.
     browser
         .find("#rule_folder_1")
