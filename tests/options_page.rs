@@ -150,6 +150,8 @@ async fn browse(
         .select_by_label("Newsletters")
         .await
         .map_err(|e| e.to_string())?;
+    // And Alex's Outlook filter off.
+    browser.click("#syncfilter_0").await?;
     browser.click("#save").await?;
     browser.until("the save", |t| t.contains("Saved.")).await?;
     let limit = browser.text("#rule-limit").await?;
@@ -227,6 +229,7 @@ async fn in_a_browser_a_user_previews_a_change_saves_it_and_the_next_decision_fo
         saved.contains("incomingemailfilteringmethod = 0"),
         "{saved}"
     );
+    assert!(saved.contains("enabled = false"), "{saved}");
     assert!(
         saved.contains("# --- personal options"),
         "the file keeps its comments"
@@ -513,6 +516,22 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
         .collect();
     assert_eq!(folders.len(), 2, "{folders:#?}");
     assert!(ids.contains(&serde_json::json!(newsletters)), "{ids:?}");
+    assert_eq!(
+        fabrikam_row(&running.dataverse),
+        row_before,
+        "the unchanged rule's row is kept"
+    );
+    // The sync filter left unticked is a deactivated saved view.
+    let filter = running
+        .dataverse
+        .records("userqueries")
+        .into_iter()
+        .find(|r| r["userqueryid"] == "00000000-0000-4000-8000-0000000000d9")
+        .expect("Alex's Outlook filter");
+    assert_eq!(
+        (filter["statecode"].clone(), filter["statuscode"].clone()),
+        (1.into(), 2.into())
+    );
     // The rules read it now, and the gateway's own column survives a refresh from Dataverse.
     for _ in 0..2 {
         let dir = running.gateway.engine().directory().load();
@@ -526,6 +545,13 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
             vec!["family.example"]
         );
         assert_eq!(entry.rule_count(), 2);
+        let filters = &dir.user(u).settings.syncfilters;
+        assert_eq!(
+            filters.len(),
+            1,
+            "Alex's Outlook filter, read from userqueries"
+        );
+        assert!(!filters[0].enabled, "switched off on the page");
         running.gateway.refresh_directory().await.unwrap();
     }
     running.stop().await;

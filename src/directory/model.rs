@@ -218,10 +218,39 @@ pub enum OtherMatching {
     All,
 }
 
+fn enabled_default() -> bool {
+    true
+}
+
+/// A saved view as the Dataverse source replicates it (`userquery`): the Outlook (sync)
+/// filters, `querytype` 256, become each owner's `syncfilters`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct UserQuery {
+    pub userqueryid: Uuid,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The table it selects (logical name).
+    #[serde(default)]
+    pub returnedtypecode: Option<String>,
+    #[serde(default)]
+    pub fetchxml: Option<String>,
+    pub querytype: i32,
+    #[serde(default)]
+    pub statecode: u8,
+    #[serde(default)]
+    pub ownerid: Option<Uuid>,
+}
+
 /// A sync or offline filter, stored for later use (the rules do not read them).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncFilter {
+    /// The `userquery` row it is, when it came from Dataverse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userqueryid: Option<Uuid>,
+    /// Whether it is on (`statecode` 0, Active, in Dataverse).
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
     pub entity: String,
     #[serde(default)]
     pub name: Option<String>,

@@ -5,7 +5,7 @@
 
 use uuid::Uuid;
 
-use crate::directory::model::{Lookup, MailboxTrackingFolder, UserSettings};
+use crate::directory::model::{Lookup, MailboxTrackingFolder, SyncFilter, UserSettings};
 use crate::directory::snapshot::{Directory, MailboxEntry, normalize_exchange_id};
 use crate::rules::{Exclusions, Proposed, ProposedRule};
 
@@ -55,6 +55,8 @@ pub struct UserOptions {
     pub allowcrmsendemail: bool,
     pub exclusions: Vec<String>,
     pub rules: Vec<RuleChoice>,
+    /// Whether each of the user's sync filters is on, in their order.
+    pub filters: Vec<bool>,
 }
 
 /// A form the page cannot take, said to the person who sent it.
@@ -98,6 +100,7 @@ impl UserOptions {
             allowcrmsendemail: settings.allowcrmsendemail,
             exclusions: settings.trackingexclusions.clone(),
             rules,
+            filters: settings.syncfilters.iter().map(|f| f.enabled).collect(),
         }
     }
 
@@ -108,6 +111,7 @@ impl UserOptions {
         body: &[u8],
         dir: &Directory,
         known_folder: &dyn Fn(&str) -> Option<String>,
+        filter_count: usize,
     ) -> Result<UserOptions, FormError> {
         if body.len() > MAX_FORM_BYTES {
             return Err(FormError::TooLarge);
@@ -152,7 +156,13 @@ impl UserOptions {
         let exclusions = Exclusions::parse(one("exclusions").unwrap_or_default())
             .map_err(|e| field("exclusions", e.to_string()))?;
         let rules = rules_from(&pairs, dir, known_folder)?;
+        let on = |i: usize| {
+            pairs
+                .iter()
+                .any(|(k, v)| k == "syncfilter" && v.trim() == i.to_string())
+        };
         Ok(UserOptions {
+            filters: (0..filter_count).map(on).collect(),
             incoming,
             autocreate,
             synccontactcompany: one("synccontactcompany").is_some(),
@@ -172,6 +182,15 @@ impl UserOptions {
             outlooksyncinterval: self.outlooksyncinterval,
             allowcrmsendemail: self.allowcrmsendemail,
             trackingexclusions: self.exclusions.clone(),
+            syncfilters: base
+                .syncfilters
+                .iter()
+                .zip(self.filters.iter().chain(std::iter::repeat(&true)))
+                .map(|(f, on)| SyncFilter {
+                    enabled: *on,
+                    ..f.clone()
+                })
+                .collect(),
             ..base.clone()
         }
     }
@@ -252,6 +271,14 @@ impl UserOptions {
                 option: "trackingexclusions".into(),
                 from: format!("{} entries", self.exclusions.len()),
                 to: format!("{} entries", after.exclusions.len()),
+            });
+        }
+        if self.filters != after.filters {
+            let on = |f: &[bool]| format!("{} of {} on", f.iter().filter(|o| **o).count(), f.len());
+            out.push(crate::options::store::Changed {
+                option: "syncfilters".into(),
+                from: on(&self.filters),
+                to: on(&after.filters),
             });
         }
         if self.rules != after.rules {
@@ -367,9 +394,12 @@ mod tests {
     }
 
     fn form(text: &str) -> Result<UserOptions, FormError> {
-        UserOptions::from_form(text.as_bytes(), &dir(), &|id| {
-            (id == "AAMkDeals=").then(|| "Deals".to_owned())
-        })
+        UserOptions::from_form(
+            text.as_bytes(),
+            &dir(),
+            &|id| (id == "AAMkDeals=").then(|| "Deals".to_owned()),
+            2,
+        )
     }
 
     #[test]
@@ -378,7 +408,7 @@ mod tests {
             "incoming=0&autocreate=2&synccontactcompany=on&outlooksyncinterval=30",
             "&allowcrmsendemail=on&exclusions=family.example%0D%0Adoc%40clinic.example",
             "&rule_folder=AAMkDeals%3D&rule_regarding=account%3A00000000-0000-4000-8000-0000000000c2",
-            "&rule_folder=&rule_regarding="
+            "&rule_folder=&rule_regarding=&syncfilter=1"
         ));
         let options = options.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(options.incoming, 0);
@@ -389,6 +419,7 @@ mod tests {
             options.exclusions,
             vec!["family.example", "doc@clinic.example"]
         );
+        assert_eq!(options.filters, vec![false, true]);
         assert_eq!(options.rules.len(), 1);
         assert_eq!(options.rules[0].folder_name.as_deref(), Some("Deals"));
         assert_eq!(

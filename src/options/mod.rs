@@ -341,7 +341,8 @@ impl OptionsPage {
                         .and_then(|r| r.folder_name.clone())
                 })
         };
-        let proposed = match UserOptions::from_form(&body, &dir, &known) {
+        let filters = settings.syncfilters.len();
+        let proposed = match UserOptions::from_form(&body, &dir, &known, filters) {
             Ok(p) => p,
             Err(FormError::TooLarge) => {
                 return refused(
@@ -368,13 +369,7 @@ impl OptionsPage {
         };
         if form_value(&body, "action").as_deref() == Some("save") {
             return self
-                .save(
-                    session,
-                    entry.id,
-                    settings.systemuserid,
-                    &current,
-                    &proposed,
-                )
+                .save(session, entry.id, settings, &current, &proposed)
                 .await;
         }
         let preview = self.preview(entry, settings, &proposed);
@@ -395,10 +390,11 @@ impl OptionsPage {
         &self,
         session: &Session,
         mailbox: Uuid,
-        user: Uuid,
+        base: &UserSettings,
         before: &UserOptions,
         after: &UserOptions,
     ) -> Reply {
+        let user = base.systemuserid;
         let changes = before.changes(after);
         let entry = store::AuditEntry {
             at: crate::common::time::format_seconds(unix_now()),
@@ -410,7 +406,7 @@ impl OptionsPage {
         match self
             .parts
             .saver
-            .save(user, mailbox, before, after, &entry)
+            .save(base, mailbox, before, after, &entry)
             .await
         {
             Ok(()) => {

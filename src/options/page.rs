@@ -338,11 +338,17 @@ fn sync_section(body: &mut String, view: &PageView<'_>) {
     let o = view.options;
     body.push_str("<fieldset><legend>Synchronization</legend>");
     if view.sync_filters.is_empty() {
-        body.push_str("<p class=\"note\">No synchronization filters: the organization's default filters apply.</p>");
+        body.push_str("<p class=\"note\">No synchronization filters of your own: the organization's default filters apply.</p>");
     } else {
-        body.push_str("<p>Your synchronization filters (edited in Dynamics 365):</p><ul>");
-        for filter in &view.sync_filters {
-            let _ = write!(body, "<li>{}</li>", esc(filter));
+        body.push_str("<p>Your synchronization filters — which records go to Outlook (their conditions are edited in Dynamics 365):</p><ul class=\"filters\">");
+        for (i, filter) in view.sync_filters.iter().enumerate() {
+            let on = o.filters.get(i).copied().unwrap_or(true);
+            let _ = write!(
+                body,
+                "<li><input type=\"checkbox\" id=\"syncfilter_{i}\" name=\"syncfilter\" value=\"{i}\"{}> <label for=\"syncfilter_{i}\">{}</label></li>",
+                checked(on),
+                esc(filter)
+            );
         }
         body.push_str("</ul>");
     }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::form::UserOptions;
 use super::store::{AuditEntry, Held, OptionsStore};
 use crate::directory::dataverse::{DataverseSource, NewTrackingFolder, OptionsWrite, refresh_now};
+use crate::directory::model::UserSettings;
 use crate::directory::snapshot::normalize_exchange_id;
 use crate::directory::{DirectoryHandle, DirectoryMetrics, FileSource, UserOptionsEdit};
 
@@ -49,8 +50,12 @@ pub struct Saver {
 }
 
 /// Every column the page edits, as JSON.
-fn columns(options: &UserOptions) -> Map<String, Value> {
+fn columns(options: &UserOptions, base: &UserSettings) -> Map<String, Value> {
     let mut map = Map::new();
+    map.insert(
+        "syncfilters".into(),
+        serde_json::to_value(options.settings(base).syncfilters).unwrap_or(Value::Null),
+    );
     map.insert(
         "incomingemailfilteringmethod".into(),
         options.incoming.into(),
@@ -77,16 +82,17 @@ impl Saver {
     /// until the rules read it.
     pub async fn save(
         &self,
-        user: Uuid,
+        base: &UserSettings,
         mailbox: Uuid,
         before: &UserOptions,
         after: &UserOptions,
         entry: &AuditEntry,
     ) -> Result<(), SaveError> {
-        let all = columns(after);
+        let user = base.systemuserid;
+        let all = columns(after, base);
         match &self.target {
             Target::Dataverse(source) => {
-                self.save_to_dataverse(source, user, mailbox, before, after, &all, entry)
+                self.save_to_dataverse(source, base, mailbox, before, after, &all, entry)
                     .await
             }
             Target::File(file) => {
@@ -151,14 +157,15 @@ impl Saver {
     async fn save_to_dataverse(
         &self,
         source: &Arc<DataverseSource>,
-        user: Uuid,
+        base: &UserSettings,
         mailbox: Uuid,
         before: &UserOptions,
         after: &UserOptions,
         all: &Map<String, Value>,
         entry: &AuditEntry,
     ) -> Result<(), SaveError> {
-        let was = columns(before);
+        let user = base.systemuserid;
+        let was = columns(before, base);
         let usersettings: Map<String, Value> = DATAVERSE_COLUMNS
             .iter()
             .filter(|c| was.get(**c) != all.get(**c))
@@ -199,11 +206,19 @@ impl Saver {
                 })
                 .collect();
         }
+        // Sync filters are saved views: each one switched is activated or deactivated.
+        write.filter_states = base
+            .syncfilters
+            .iter()
+            .zip(before.filters.iter().zip(&after.filters))
+            .filter(|(_, (was, is))| was != is)
+            .filter_map(|(f, (_, is))| Some((f.userqueryid?, *is)))
+            .collect();
         source.write_user_options(user, mailbox, &write).await?;
         // The gateway's own columns, which Dataverse has no place for.
         let gateway: Map<String, Value> = all
             .iter()
-            .filter(|(k, _)| !DATAVERSE_COLUMNS.contains(&k.as_str()))
+            .filter(|(k, _)| !DATAVERSE_COLUMNS.contains(&k.as_str()) && *k != "syncfilters")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         self.store.save(

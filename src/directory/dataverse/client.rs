@@ -274,10 +274,11 @@ impl DataverseSource {
         convert: impl Fn(&Map<String, Value>) -> Option<(Uuid, T)>,
     ) -> Result<Pending<T>, SourceError> {
         let filter = self.filter(set);
-        if let Some(link) = delta {
+        let track = tables::tracks_changes(set);
+        if let Some(link) = delta.filter(|_| track) {
             let mut rows = Vec::new();
             match self
-                .pages(set, link, true, |row| {
+                .pages(set, link, track, |row| {
                     if let Some((id, bytes)) =
                         convert(row).and_then(|(id, t)| Some((id, encode(&t)?)))
                     {
@@ -313,7 +314,7 @@ impl DataverseSource {
         let mut rows = Vec::new();
         let url = self.api(&format!("/{set}?$select={select}"));
         let (_, delta) = self
-            .pages(set, url, true, |row| {
+            .pages(set, url, track, |row| {
                 if let Some((id, bytes)) = convert(row).and_then(|(id, t)| Some((id, encode(&t)?)))
                 {
                     rows.push((id, bytes, filter.keeps(row, users)));

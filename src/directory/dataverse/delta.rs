@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{DataverseSource, DataverseSourceSettings, OfflineFilter, SourceError};
 use crate::directory::model::{
     Account, Contact, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder, Organization,
-    Queue, SystemUser, TrackedEmail, UserSettings,
+    Queue, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::replica::{Replica, ReplicaChanges};
 use crate::directory::tables::{self, OtherTable};
@@ -76,6 +76,7 @@ pub(super) struct State {
     pub(super) organization: Option<Organization>,
     pub(super) users: Table<SystemUser>,
     pub(super) settings: Table<UserSettings>,
+    pub(super) userqueries: Table<UserQuery>,
     pub(super) queues: Table<Queue>,
     pub(super) mailboxes: Table<Mailbox>,
     pub(super) folders: Table<MailboxTrackingFolder>,
@@ -203,6 +204,7 @@ fn fingerprint(settings: &DataverseSourceSettings) -> String {
 pub(super) fn forget_deltas(state: &mut State) {
     state.users.delta = None;
     state.settings.delta = None;
+    state.userqueries.delta = None;
     state.queues.delta = None;
     state.mailboxes.delta = None;
     state.folders.delta = None;
@@ -317,6 +319,7 @@ fn restore_rows(
         }
         "systemusers" => put(&mut state.users, id, bytes),
         "usersettingscollection" => put(&mut state.settings, id, bytes),
+        "userqueries" => put(&mut state.userqueries, id, bytes),
         "queues" => put(&mut state.queues, id, bytes),
         "mailboxes" => put(&mut state.mailboxes, id, bytes),
         "mailboxtrackingfolders" => put(&mut state.folders, id, bytes),

@@ -125,6 +125,10 @@ pub fn default_offline_filter(set: &str) -> OfflineFilter {
         | "mailboxes"
         | "mailboxtrackingfolders"
         | "organizations" => OfflineFilter::All,
+        // The Outlook filters among the saved views.
+        "userqueries" => Filter::parse("querytype eq 256")
+            .map(OfflineFilter::Matching)
+            .unwrap_or(OfflineFilter::All),
         _ => OfflineFilter::Owned,
     }
 }

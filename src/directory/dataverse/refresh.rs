@@ -11,7 +11,7 @@ use super::rows::document;
 use super::{DataverseSource, OfflineFilter, SourceError};
 use crate::directory::model::{
     Account, Contact, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder, Organization,
-    Queue, SystemUser, TrackedEmail, UserSettings,
+    Queue, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::replica::ReplicaChanges;
 use crate::directory::snapshot::Directory;
@@ -22,6 +22,7 @@ use crate::directory::{DirectoryHandle, DirectoryMetrics};
 struct Fetched {
     users: Pending<SystemUser>,
     settings: Pending<UserSettings>,
+    userqueries: Pending<UserQuery>,
     queues: Pending<Queue>,
     mailboxes: Pending<Mailbox>,
     folders: Pending<MailboxTrackingFolder>,
@@ -202,6 +203,14 @@ impl DataverseSource {
                 &user_ids,
             )
             .await?;
+        let userqueries = self
+            .pull_table(
+                &tables::USERQUERIES,
+                &state.userqueries.delta,
+                &delta,
+                &user_ids,
+            )
+            .await?;
         let queues = self
             .pull_table(&tables::QUEUES, &state.queues.delta, &delta, &user_ids)
             .await?;
@@ -225,6 +234,7 @@ impl DataverseSource {
         Ok(Fetched {
             users,
             settings,
+            userqueries,
             queues,
             mailboxes,
             folders,
@@ -340,6 +350,7 @@ impl DataverseSource {
         state.organization = Some(organization);
         changed |= self.apply(&mut state.users, fetched.users, changes);
         changed |= self.apply(&mut state.settings, fetched.settings, changes);
+        changed |= self.apply(&mut state.userqueries, fetched.userqueries, changes);
         changed |= self.apply(&mut state.queues, fetched.queues, changes);
         changed |= self.apply(&mut state.mailboxes, fetched.mailboxes, changes);
         changed |= self.apply(&mut state.folders, fetched.folders, changes);

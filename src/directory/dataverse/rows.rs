@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::delta::State;
 use crate::directory::model::{
     Account, Contact, DirectoryDocument, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder,
-    Organization, Queue, SystemUser, TrackedEmail, UserSettings,
+    Organization, Queue, SyncFilter, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::snapshot::{Directory, InvalidDirectory, token_prefixes, tracking_token};
 
@@ -82,7 +82,28 @@ fn user_settings(state: &State, users: &HashSet<Uuid>, skipped: &mut u64) -> Vec
         s.addressbookcontactmatching = None;
         s.addressbookothermatching = None;
     }
+    attach_sync_filters(state, &mut settings, skipped);
     settings
+}
+
+/// Each user's Outlook filters (saved views of `querytype` 256 they own), in name order.
+fn attach_sync_filters(state: &State, settings: &mut [UserSettings], skipped: &mut u64) {
+    let mut queries: Vec<UserQuery> = state.userqueries.decoded(skipped);
+    queries.retain(|q| q.querytype == 256);
+    queries.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in settings.iter_mut() {
+        s.syncfilters = queries
+            .iter()
+            .filter(|q| q.ownerid == Some(s.systemuserid))
+            .map(|q| SyncFilter {
+                userqueryid: Some(q.userqueryid),
+                enabled: q.statecode == 0,
+                entity: q.returnedtypecode.clone().unwrap_or_default(),
+                name: q.name.clone(),
+                filter: q.fetchxml.clone(),
+            })
+            .collect();
+    }
 }
 
 fn queues(state: &State, skipped: &mut u64) -> Vec<Queue> {

@@ -26,6 +26,8 @@ pub struct OptionsWrite {
     /// `mailboxtrackingfolderid`s to delete.
     pub remove_folders: Vec<Uuid>,
     pub add_folders: Vec<NewTrackingFolder>,
+    /// Sync filters (`userquery` ids) to switch on (`true`) or off.
+    pub filter_states: Vec<(Uuid, bool)>,
 }
 
 impl DataverseSource {
@@ -47,6 +49,17 @@ impl DataverseSource {
                 Some(body),
             )
             .await?;
+        }
+        for (id, on) in &write.filter_states {
+            // Active (0, status 1) or Inactive (1, status 2).
+            let url = self.api(&format!("/userqueries({id})"));
+            let state = if *on {
+                json!({"statecode": 0, "statuscode": 1})
+            } else {
+                json!({"statecode": 1, "statuscode": 2})
+            };
+            self.send(reqwest::Method::PATCH, "userqueries", &url, Some(state))
+                .await?;
         }
         for id in &write.remove_folders {
             let url = self.api(&format!("/mailboxtrackingfolders({id})"));

@@ -549,6 +549,25 @@ pub const USERSETTINGS: Table = Table {
     ..PLAIN
 };
 
+/// Saved views; `querytype` 256 are the Outlook (sync) filters. Active (0) or inactive (1).
+pub const USERQUERY: Table = Table {
+    entity: "userquery",
+    set: "userqueries",
+    key: "userqueryid",
+    columns: &[
+        key("userqueryid"),
+        rw("name", Kind::Text(200)),
+        rw("returnedtypecode", Kind::Text(64)),
+        rw("fetchxml", Kind::Text(1_073_741_823)),
+        rw("querytype", Kind::Int),
+        rw("ownerid", OWNER),
+        state(),
+        status(),
+    ],
+    states: &[(0, &[1]), (1, &[2])],
+    ..PLAIN
+};
+
 pub const QUEUE: Table = Table {
     entity: "queue",
     set: "queues",
@@ -643,6 +662,7 @@ pub const TABLES: &[Table] = &[
     INCIDENT,
     SYSTEMUSER,
     USERSETTINGS,
+    USERQUERY,
     QUEUE,
     MAILBOX,
     MAILBOX_TRACKING_FOLDER,

@@ -423,6 +423,27 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
     );
     rows(store, &t::SYSTEMUSERS, &doc.systemusers);
     rows(store, &t::USERSETTINGS, &doc.usersettingscollection);
+    // Each user's sync filters are their Outlook filters: saved views they own.
+    let queries: Vec<crate::directory::model::UserQuery> = doc
+        .usersettingscollection
+        .iter()
+        .flat_map(|s| {
+            s.syncfilters
+                .iter()
+                .map(|f| crate::directory::model::UserQuery {
+                    userqueryid: f.userqueryid.unwrap_or_else(|| {
+                        uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+                    }),
+                    name: f.name.clone(),
+                    returnedtypecode: Some(f.entity.clone()),
+                    fetchxml: f.filter.clone(),
+                    querytype: 256,
+                    statecode: u8::from(!f.enabled),
+                    ownerid: Some(s.systemuserid),
+                })
+        })
+        .collect();
+    rows(store, &t::USERQUERIES, &queries);
     rows(store, &t::QUEUES, &doc.queues);
     rows(store, &t::MAILBOXES, &doc.mailboxes);
     rows(store, &t::FOLDERS, &doc.mailboxtrackingfolders);
