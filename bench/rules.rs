@@ -450,6 +450,20 @@ fn main() {
             BatchSize::PerIteration,
         )
     });
+    // What the options page's history adds per observation on the inspection path (the
+    // pipeline's lookup of the mailbox, a copy of the observation, the bounded push), beside
+    // what deciding it costs.
+    let history = trackgate::options::History::new(100, 2000);
+    group.bench_function("keep_for_preview", |b| {
+        b.iter(|| {
+            for o in &obs {
+                let dir = engine.directory().guard();
+                if let Some(m) = o.origin().mailbox.as_deref().and_then(|m| dir.mailbox(m)) {
+                    history.record(m.id, Arc::new(o.clone()));
+                }
+            }
+        })
+    });
     group.finish();
     c.final_summary();
 }

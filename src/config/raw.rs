@@ -1012,7 +1012,8 @@ pub struct RawOptions {
     /// How long a sign-in lasts.
     #[serde(with = "crate::common::duration")]
     pub session_ttl: Duration,
-    /// Recent observations kept per mailbox for previews.
+    /// Recent observations kept per mailbox for previews; 0 keeps none (previews then replay
+    /// only what `POST /explain` is given).
     pub history_per_mailbox: usize,
     /// Mailboxes whose recent observations are kept (the least recently seen goes first).
     pub history_mailboxes: usize,
@@ -1036,8 +1037,8 @@ impl Default for RawOptions {
             admins: Vec::new(),
             admin_group: None,
             session_ttl: Duration::from_secs(8 * 3600),
-            history_per_mailbox: 200,
-            history_mailboxes: 10_000,
+            history_per_mailbox: 100,
+            history_mailboxes: 1000,
             store: None,
             oidc_issuer: None,
             oidc_client_id: None,

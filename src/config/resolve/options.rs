@@ -64,11 +64,6 @@ pub(super) fn options(
             ));
         }
     };
-    at_least(
-        "options.history_per_mailbox",
-        raw.history_per_mailbox as u64,
-        1,
-    )?;
     at_least("options.history_mailboxes", raw.history_mailboxes as u64, 1)?;
     if raw.history_per_mailbox > 10_000 {
         return Err(ConfigError::invalid(
