@@ -27,26 +27,40 @@ async fn gateway(sim: &ExchangeSimulator) -> (TestGateway, tempfile::TempDir) {
     )
     .unwrap();
     let extra = format!(
+        "{}[directory]\nfile = \"{}\"\n",
+        extra(sim, true),
+        directory.display()
+    );
+    let gw = support::gateway(&sim.url(), &extra).await;
+    swept(&gw.gateway).await;
+    (gw, dir)
+}
+
+/// The sweep reads the simulator's mailboxes (so their mail reaches the preview's history,
+/// when `catchup`), and the options page runs on its development sign-in with Kim as admin.
+fn extra(sim: &ExchangeSimulator, catchup: bool) -> String {
+    format!(
         concat!(
             "[listener]\nplaintext = true\n",
             "[exchange]\news_url = \"{url}/EWS/Exchange.asmx\"\nauth = \"basic\"\n",
             "username = 'CONTOSO\\svc-trackgate'\npassword = \"Example-Pa55-svc\"\n",
-            "[catchup]\ninterval = \"1s\"\n",
-            "[directory]\nfile = \"{file}\"\n",
+            "[catchup]\ninterval = \"1s\"\nenabled = {catchup}\n",
             "[options]\nsign_in = \"development\"\nadmins = [\"kim.manager@contoso.example\"]\n"
         ),
         url = sim.url(),
-        file = directory.display()
-    );
-    let gw = support::gateway(&sim.url(), &extra).await;
-    let sweeper = gw.gateway.catchup().expect("catch-up is on").clone();
+        catchup = catchup
+    )
+}
+
+/// Waits until every mailbox has been swept once.
+async fn swept(gateway: &trackgate::app::Gateway) {
+    let sweeper = gateway.catchup().expect("catch-up is on").clone();
     support::wait_for(Duration::from_secs(20), "a first sweep", async || {
         let status = sweeper.status();
         (!status.is_empty() && status.iter().all(|s| s.last_sweep_seconds_ago.is_some()))
             .then_some(())
     })
     .await;
-    (gw, dir)
 }
 
 /// The stateful simulator: mail can be delivered to it and folders listed.
@@ -648,4 +662,71 @@ async fn with_openid_connect_a_user_signs_in_at_the_provider_and_a_group_makes_a
     gw.gateway.shutdown().await;
     sim.stop().await;
     dv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_history_is_saved_at_shutdown_and_replayed_after_a_restart() {
+    let sim = store_simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = async |catchup: bool| {
+        trackgate::tls::install_crypto_provider();
+        // A restart in the same process: the previous gateway's threads close its files just
+        // after its shutdown returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let config = support::config(dir.path(), &sim.url(), &extra(&sim, catchup));
+            match trackgate::app::start(config).await {
+                Err(
+                    trackgate::app::AppError::Outbox(trackgate::outbox::OutboxError::InUse {
+                        ..
+                    })
+                    | trackgate::app::AppError::Options(_),
+                ) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                started => return started.expect("gateway starts"),
+            }
+        }
+    };
+    let gateway = start(true).await;
+    swept(&gateway).await;
+    deliver(
+        &sim,
+        "Stranger <stranger@elsewhere.example>",
+        "Before the restart",
+        "kept@elsewhere.example",
+    )
+    .await;
+    support::wait_for(
+        Duration::from_secs(15),
+        "the sweep's decision",
+        async || {
+            gateway
+                .recent_decisions()
+                .into_iter()
+                .find(|d| d.internet_message_id.as_deref() == Some("kept@elsewhere.example"))
+        },
+    )
+    .await;
+    gateway.shutdown().await;
+
+    // No sweep this time: only the saved history can bring the message back.
+    let gateway = start(false).await;
+    let answer = support::json_of(
+        support::plain_client()
+            .post(format!("{}/explain", gateway.admin_url()))
+            .json(&serde_json::json!({
+                "mailbox": "alex.seller@contoso.example",
+                "options": {"incomingemailfilteringmethod": 0},
+            })),
+    )
+    .await;
+    let proposed = answer["proposed"].as_array().unwrap();
+    let kept = proposed
+        .iter()
+        .find(|d| d["internet_message_id"] == "kept@elsewhere.example")
+        .unwrap_or_else(|| panic!("the message is replayed: {answer:#}"));
+    assert_eq!(kept["reason"], "filter_all");
+    gateway.shutdown().await;
+    sim.stop().await;
 }

@@ -130,6 +130,9 @@ pub struct Gateway {
     deliveries: Arc<RecentDeliveries>,
     catchup: Option<Arc<Sweeper>>,
     catchup_task: Option<JoinHandle<()>>,
+    /// The options page's history of recent observations and the store it is saved to at
+    /// shutdown.
+    preview_history: Option<(Arc<History>, Arc<crate::options::OptionsStore>)>,
     /// The catch-up sweep's own runtime, stopped when the gateway is dropped.
     _catchup_runtime: Option<crate::common::BehindTraffic>,
 }
@@ -174,10 +177,16 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
             config.options.history_mailboxes,
         )
     });
-    // Kept only when previews replay it (it costs about 1.3 µs per observation).
+    // Kept only when previews replay it (it costs about 1.3 µs per observation), and carried
+    // over from the last run.
     let recorded = history
         .clone()
         .filter(|_| config.options.history_per_mailbox > 0);
+    let preview_history = recorded.clone().zip(options_store.clone());
+    if let Some((history, store)) = &preview_history {
+        let (history, store) = (history.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || history.restore(store.load_history())).await;
+    }
     let pipeline = Arc::new(
         Pipeline::new(
             engine.clone(),
@@ -342,6 +351,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         catchup,
         catchup_task,
         _catchup_runtime: catchup_runtime,
+        preview_history,
     })
 }
 
@@ -632,6 +642,14 @@ impl Gateway {
         }
         // The settlements of the last deliveries.
         flush(self.outbox.clone()).await;
+        // What the traffic showed, for the next run's previews.
+        if let Some((history, store)) = self.preview_history {
+            let saved =
+                tokio::task::spawn_blocking(move || store.save_history(&history.snapshot()));
+            if let Ok(Err(error)) = saved.await {
+                tracing::warn!(%error, "the options page's history was not saved");
+            }
+        }
         if let Ok(config) = self.config.lock() {
             record::remove(&config.storage.data_dir, self.admin_addr);
         }

@@ -53,6 +53,26 @@ impl History {
         }
     }
 
+    /// Every mailbox's kept observations, oldest first: what is saved at shutdown.
+    pub fn snapshot(&self) -> Vec<(Uuid, Vec<Arc<Observation>>)> {
+        self.mailboxes
+            .iter()
+            .filter_map(|(mailbox, recent)| {
+                let recent = recent.lock().ok()?;
+                Some((mailbox, recent.iter().cloned().collect()))
+            })
+            .collect()
+    }
+
+    /// Puts back what an earlier run kept, within this run's bounds.
+    pub fn restore(&self, kept: Vec<(Uuid, Vec<Observation>)>) {
+        for (mailbox, observations) in kept {
+            for observation in observations {
+                self.record(mailbox, Arc::new(observation));
+            }
+        }
+    }
+
     /// A mailbox's kept observations, oldest first.
     pub fn recent(&self, mailbox: Uuid) -> Vec<Arc<Observation>> {
         self.mailboxes

@@ -15,9 +15,12 @@ use uuid::Uuid;
 
 use crate::directory::DocumentOverlay;
 use crate::directory::model::{DirectoryDocument, MailboxTrackingFolder, UserSettings};
+use crate::inspect::Observation;
 
 const OVERLAY: TableDefinition<&str, &[u8]> = TableDefinition::new("overlay");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Each mailbox's recent observations, saved at shutdown for the next run's previews.
+const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
 
 /// Audit entries kept; the oldest go first.
 const MAX_AUDIT: u64 = 100_000;
@@ -84,6 +87,7 @@ impl OptionsStore {
         let tx = db.begin_write().map_err(|e| open_error(&e))?;
         tx.open_table(OVERLAY).map_err(|e| open_error(&e))?;
         tx.open_table(AUDIT).map_err(|e| open_error(&e))?;
+        tx.open_table(HISTORY).map_err(|e| open_error(&e))?;
         tx.commit().map_err(|e| open_error(&e))?;
         let mut held = HashMap::new();
         {
@@ -143,6 +147,48 @@ impl OptionsStore {
             .ok()
             .and_then(|all| all.get(&user).cloned())
             .unwrap_or_default()
+    }
+
+    /// Replaces the saved history with `all` (each mailbox's observations, oldest first).
+    pub fn save_history(
+        &self,
+        all: &[(Uuid, Vec<std::sync::Arc<Observation>>)],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(write_error)?;
+        tx.delete_table(HISTORY).map_err(write_error)?;
+        {
+            let mut table = tx.open_table(HISTORY).map_err(write_error)?;
+            for (mailbox, observations) in all {
+                let list: Vec<&Observation> = observations.iter().map(AsRef::as_ref).collect();
+                let value = serde_json::to_vec(&list).map_err(write_error)?;
+                let key = mailbox.to_string();
+                table
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(write_error)?;
+            }
+        }
+        tx.commit().map_err(write_error)
+    }
+
+    /// The history an earlier run saved (what no longer reads is left out).
+    pub fn load_history(&self) -> Vec<(Uuid, Vec<Observation>)> {
+        let Ok(read) = self.db.begin_read() else {
+            return Vec::new();
+        };
+        let Ok(table) = read.open_table(HISTORY) else {
+            return Vec::new();
+        };
+        let Ok(rows) = table.iter() else {
+            return Vec::new();
+        };
+        rows.filter_map(|row| {
+            let (mailbox, value) = row.ok()?;
+            Some((
+                mailbox.value().parse().ok()?,
+                serde_json::from_slice(value.value()).ok()?,
+            ))
+        })
+        .collect()
     }
 
     /// The most recent saves, newest first.
