@@ -497,6 +497,7 @@ impl OptionsPage {
             error,
             notice,
             preview,
+            history_off: self.config.history_per_mailbox == 0,
         };
         html(StatusCode::OK, page::options(&view))
     }

@@ -47,6 +47,8 @@ pub struct PageView<'a> {
     pub error: Option<String>,
     pub notice: Option<String>,
     pub preview: Option<Vec<PreviewRow>>,
+    /// `history_per_mailbox = 0`: nothing is kept to replay.
+    pub history_off: bool,
 }
 
 pub fn layout(title: &str, body: &str) -> String {
@@ -165,7 +167,7 @@ pub fn options(view: &PageView<'_>) -> String {
         "<p class=\"actions\"><button type=\"submit\" name=\"action\" value=\"preview\" id=\"preview-button\">Preview</button> \
          <button type=\"submit\" name=\"action\" value=\"save\" id=\"save\">Save</button></p></form>",
     );
-    preview(&mut body, view.preview.as_deref());
+    preview(&mut body, view.preview.as_deref(), view.history_off);
     layout("Personal Options", &body)
 }
 
@@ -391,14 +393,18 @@ fn verdict(track: bool, reason: &str) -> String {
     )
 }
 
-fn preview(body: &mut String, rows: Option<&[PreviewRow]>) {
+fn preview(body: &mut String, rows: Option<&[PreviewRow]>, history_off: bool) {
     body.push_str("<section id=\"preview\" aria-live=\"polite\"><h2>Preview</h2>");
     let Some(rows) = rows else {
         body.push_str("<p class=\"note\">Change an option and press Preview to see what your recent mail would become.</p></section>");
         return;
     };
     if rows.is_empty() {
-        body.push_str("<p class=\"note\">No recent mail of this mailbox has passed the gateway yet.</p></section>");
+        body.push_str(if history_off {
+            "<p class=\"note\">This gateway keeps no recent mail to replay ([options] history_per_mailbox = 0).</p></section>"
+        } else {
+            "<p class=\"note\">No recent mail of this mailbox has passed the gateway yet.</p></section>"
+        });
         return;
     }
     let now = rows.iter().filter(|r| r.now.0).count();
