@@ -631,7 +631,7 @@ fn org_facts(dir: &Directory) -> OrgFacts {
         no_email_offered: org.settings.do_not_auto_track_email,
         sent_items_tracked: org.settings.auto_track_sent_folder_items,
         category_tracking: org.settings.track_categorized_items,
-        categories: org.tracking_categories.clone(),
+        categories: org.tracking_category_names.clone(),
         folder_tracking: org.folder_tracking,
         max_rules: org.max_folder_rules as usize,
         min_interval_minutes: u32::try_from(org.min_sync_interval.as_secs() / 60)

@@ -845,6 +845,12 @@ fn build_org(doc: &DirectoryDocument) -> Result<Org, InvalidDirectory> {
             .map(|c| c.trim().to_lowercase())
             .filter(|c| !c.is_empty())
             .collect(),
+        tracking_category_names: o
+            .trackingcategorynames
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect(),
         cutoff,
         min_sync_interval: std::time::Duration::from_secs(
             60 * u64::from(o.minoutlooksyncinterval.unwrap_or(0)),

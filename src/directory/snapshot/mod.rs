@@ -197,6 +197,8 @@ pub struct Org {
     pub ignore_internal_email: bool,
     /// Lower-cased.
     pub tracking_categories: Vec<String>,
+    /// The same as the organization writes them, for people to read.
+    pub tracking_category_names: Vec<String>,
     pub cutoff: Option<i64>,
     /// The organization's floor under any scheduled synchronization of a mailbox.
     pub min_sync_interval: std::time::Duration,
