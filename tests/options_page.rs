@@ -503,7 +503,8 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
     let form = format!(
         "csrf={token}&incoming=0&autocreate=1&exclusions=family.example\
          &rule_folder=AAMkADEzTrackedFolderAAA%3D&rule_regarding={fabrikam}\
-         &rule_folder={}&rule_regarding=&action=save",
+         &rule_folder={}&rule_regarding=\
+         &syncfilter_shown=00000000-0000-4000-8000-0000000000d9&action=save",
         newsletters
             .replace('=', "%3D")
             .replace('+', "%2B")

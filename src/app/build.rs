@@ -540,6 +540,7 @@ pub(super) fn options_page(
         engine: engine.clone(),
         history,
         saver: Saver {
+            one_at_a_time: tokio::sync::Mutex::new(()),
             target,
             store,
             directory: directory.handle.clone(),

@@ -55,6 +55,16 @@ pub fn file_source(config: &Config) -> FileSource {
 /// fix: said by `check` and logged at start-up.
 pub fn caveats(config: &Config) -> Vec<String> {
     let mut said = Vec::new();
+    if matches!(config.options.sign_in, crate::config::SignIn::Oidc(_))
+        && config.admin.token.is_none()
+    {
+        said.push(
+            "admin.token: the options page brings people to the admin listener, where /decisions \
+             and /explain show recent mail of every mailbox to anyone without a token; fix: set \
+             admin.token (the page's own routes need only a sign-in)"
+                .into(),
+        );
+    }
     let writes_crm = !matches!(config.crm.sink, crate::config::SinkConfig::Journal { .. });
     if writes_crm && config.exchange.is_none() && !matches!(config.delivery.body, EmailBody::None) {
         said.push(
@@ -533,7 +543,11 @@ pub fn privacy(
             crate::config::EmailBody::None => "never.",
         }
     };
-    crate::options::PrivacyFacts { body, columns }
+    crate::options::PrivacyFacts {
+        body,
+        columns,
+        kept_for_previews: config.options.history_per_mailbox,
+    }
 }
 
 #[cfg(test)]

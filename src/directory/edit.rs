@@ -63,14 +63,19 @@ impl FileSource {
     }
 }
 
+/// Writes a temporary file of its own beside `path` (keeping the file's permissions), flushes
+/// it to disk, then renames it over `path`: a reader sees the old file or the new one whole.
 fn replace(path: &Path, text: &str) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.saving"));
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, path)
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temporary = tempfile::NamedTempFile::new_in(dir)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        temporary.as_file().set_permissions(meta.permissions())?;
+    }
+    temporary.write_all(text.as_bytes())?;
+    temporary.as_file().sync_all()?;
+    temporary.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn is_row(row: &Value, key: &str, id: Uuid) -> bool {

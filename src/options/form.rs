@@ -12,8 +12,9 @@ use crate::rules::{Exclusions, Proposed, ProposedRule};
 /// Largest form body accepted, and the most fields in it.
 pub const MAX_FORM_BYTES: usize = 64 << 10;
 const MAX_FIELDS: usize = 600;
-/// Longest folder id and name Dataverse stores (`mailboxtrackingfolder`).
-const MAX_FOLDER_ID: usize = 160;
+/// Longest folder id the directory takes (an EWS id is well under it), and the longest name
+/// Dataverse stores (`mailboxtrackingfolder`).
+const MAX_FOLDER_ID: usize = 120;
 const MAX_FOLDER_NAME: usize = 1000;
 /// Longest interval accepted, in minutes (a day).
 const MAX_INTERVAL: u32 = 1440;
@@ -35,6 +36,16 @@ pub const INCOMING_CHOICES: [(u8, &str); 5] = [
 
 /// "Automatically create records in Dynamics 365", by value.
 pub const CREATE_CHOICES: [(u8, &str); 3] = [(0, "No"), (1, "Contacts"), (2, "Leads")];
+
+/// What a submitted form is read against: the directory, the names of the mailbox's folders,
+/// the records a rule may link (those the page offered) and the user's sync filters.
+#[derive(Clone, Copy)]
+pub struct FormContext<'a> {
+    pub dir: &'a Directory,
+    pub known_folder: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    pub offered: &'a (dyn Fn(&Lookup) -> bool + Sync),
+    pub filters: &'a [SyncFilter],
+}
 
 /// A folder tracking rule as the page edits it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,12 +118,13 @@ impl UserOptions {
     /// Reads a submitted form (`application/x-www-form-urlencoded`), checking every value
     /// against the organization's limits. Folder names come from `known_folder`, never from
     /// the form.
-    pub fn from_form(
-        body: &[u8],
-        dir: &Directory,
-        known_folder: &dyn Fn(&str) -> Option<String>,
-        filter_count: usize,
-    ) -> Result<UserOptions, FormError> {
+    pub fn from_form(body: &[u8], context: &FormContext<'_>) -> Result<UserOptions, FormError> {
+        let FormContext {
+            dir,
+            known_folder,
+            offered,
+            filters,
+        } = *context;
         if body.len() > MAX_FORM_BYTES {
             return Err(FormError::TooLarge);
         }
@@ -155,14 +167,25 @@ impl UserOptions {
         };
         let exclusions = Exclusions::parse(one("exclusions").unwrap_or_default())
             .map_err(|e| field("exclusions", e.to_string()))?;
-        let rules = rules_from(&pairs, dir, known_folder)?;
-        let on = |i: usize| {
-            pairs
-                .iter()
-                .any(|(k, v)| k == "syncfilter" && v.trim() == i.to_string())
-        };
+        let rules = rules_from(&pairs, dir, known_folder, offered)?;
+        // A filter the page showed is on when ticked; one it did not show (added since) stays
+        // as it is. Filters are named by their saved view's id, so a reordering moves nothing.
+        let has =
+            |name: &str, value: &str| pairs.iter().any(|(k, v)| k == name && v.trim() == value);
+        let filters = filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let key = filter_key(i, f);
+                if has("syncfilter_shown", &key) {
+                    has("syncfilter", &key)
+                } else {
+                    f.enabled
+                }
+            })
+            .collect();
         Ok(UserOptions {
-            filters: (0..filter_count).map(on).collect(),
+            filters,
             incoming,
             autocreate,
             synccontactcompany: one("synccontactcompany").is_some(),
@@ -292,6 +315,13 @@ impl UserOptions {
     }
 }
 
+/// How the page names a sync filter: its saved view's id, or its place for one without.
+pub fn filter_key(index: usize, filter: &SyncFilter) -> String {
+    filter
+        .userqueryid
+        .map_or_else(|| format!("n{index}"), |id| id.to_string())
+}
+
 fn choice(
     value: Option<&str>,
     name: &'static str,
@@ -311,6 +341,7 @@ fn rules_from(
     pairs: &[(String, String)],
     dir: &Directory,
     known_folder: &dyn Fn(&str) -> Option<String>,
+    offered: &dyn Fn(&Lookup) -> bool,
 ) -> Result<Vec<RuleChoice>, FormError> {
     let folders = pairs
         .iter()
@@ -340,7 +371,13 @@ fn rules_from(
         rules.push(RuleChoice {
             folder_id: folder.to_owned(),
             folder_name,
-            regarding: regarding_from(regarding)?,
+            regarding: match regarding_from(regarding)? {
+                // Only a record the page offered: the service account writes the link.
+                Some(record) if !offered(&record) => {
+                    return Err(field("rule_regarding", "is not a record the page offered"));
+                }
+                other => other,
+            },
         });
     }
     let org = dir.org();
@@ -394,11 +431,32 @@ mod tests {
     }
 
     fn form(text: &str) -> Result<UserOptions, FormError> {
+        let filters = [
+            SyncFilter {
+                entity: "contact".into(),
+                ..SyncFilter::default()
+            },
+            SyncFilter {
+                userqueryid: Some(Uuid::from_u128(9)),
+                entity: "account".into(),
+                ..SyncFilter::default()
+            },
+            SyncFilter {
+                entity: "task".into(),
+                enabled: true,
+                ..SyncFilter::default()
+            },
+        ];
+        let known = |id: &str| (id == "AAMkDeals=").then(|| "Deals".to_owned());
+        let offered = |l: &Lookup| l.entity == "account";
         UserOptions::from_form(
             text.as_bytes(),
-            &dir(),
-            &|id| (id == "AAMkDeals=").then(|| "Deals".to_owned()),
-            2,
+            &FormContext {
+                dir: &dir(),
+                known_folder: &known,
+                offered: &offered,
+                filters: &filters,
+            },
         )
     }
 
@@ -408,7 +466,9 @@ mod tests {
             "incoming=0&autocreate=2&synccontactcompany=on&outlooksyncinterval=30",
             "&allowcrmsendemail=on&exclusions=family.example%0D%0Adoc%40clinic.example",
             "&rule_folder=AAMkDeals%3D&rule_regarding=account%3A00000000-0000-4000-8000-0000000000c2",
-            "&rule_folder=&rule_regarding=&syncfilter=1"
+            "&rule_folder=&rule_regarding=&syncfilter_shown=n0",
+            "&syncfilter_shown=00000000-0000-0000-0000-000000000009",
+            "&syncfilter=00000000-0000-0000-0000-000000000009"
         ));
         let options = options.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(options.incoming, 0);
@@ -419,7 +479,8 @@ mod tests {
             options.exclusions,
             vec!["family.example", "doc@clinic.example"]
         );
-        assert_eq!(options.filters, vec![false, true]);
+        // Shown and unticked: off; shown and ticked: on; not shown: as it was.
+        assert_eq!(options.filters, vec![false, true, true]);
         assert_eq!(options.rules.len(), 1);
         assert_eq!(options.rules[0].folder_name.as_deref(), Some("Deals"));
         assert_eq!(

@@ -341,8 +341,22 @@ impl OptionsPage {
                         .and_then(|r| r.folder_name.clone())
                 })
         };
-        let filters = settings.syncfilters.len();
-        let proposed = match UserOptions::from_form(&body, &dir, &known, filters) {
+        let offered_records = self.regarding_for(&dir, Some(settings.systemuserid)).await;
+        let offered = |record: &crate::directory::model::Lookup| {
+            let value = format!("{}:{}", record.entity, record.id);
+            offered_records.iter().any(|(_, v)| *v == value)
+                || current
+                    .rules
+                    .iter()
+                    .any(|r| r.regarding.as_ref() == Some(record))
+        };
+        let context = form::FormContext {
+            dir: &dir,
+            known_folder: &known,
+            offered: &offered,
+            filters: &settings.syncfilters,
+        };
+        let proposed = match UserOptions::from_form(&body, &context) {
             Ok(p) => p,
             Err(FormError::TooLarge) => {
                 return refused(
@@ -416,17 +430,28 @@ impl OptionsPage {
             Err(error) => {
                 tracing::warn!(%error, user = %user, "personal options not saved");
                 let dir = self.parts.engine.directory().load();
-                let Some((entry, _)) = Self::owner(&dir, mailbox) else {
+                let Some((entry, settings)) = Self::owner(&dir, mailbox) else {
                     return refused(StatusCode::BAD_GATEWAY, "Not saved", &error.to_string());
                 };
                 let folders = self.folders(&entry.address).await;
-                let message = format!("Not saved: {error}. Nothing changed; try again.");
+                // After a partial write the page shows what the source holds now; otherwise
+                // what was asked for, to correct and try again.
+                let (message, shown) = match &error {
+                    save::SaveError::Partial(_) => (
+                        format!("Not all saved: {error}."),
+                        UserOptions::current(&dir, entry, settings),
+                    ),
+                    _ => (
+                        format!("Not saved: {error}. Nothing changed; try again."),
+                        after.clone(),
+                    ),
+                };
                 let page = self
                     .render(
                         session,
                         &dir,
                         entry,
-                        after,
+                        &shown,
                         folders,
                         Some(message),
                         None,
@@ -484,8 +509,10 @@ impl OptionsPage {
                 .map(|s| {
                     s.syncfilters
                         .iter()
-                        .map(|f| {
-                            format!("{}: {}", f.entity, f.name.as_deref().unwrap_or("(unnamed)"))
+                        .enumerate()
+                        .map(|(i, f)| {
+                            let name = f.name.as_deref().unwrap_or("(unnamed)");
+                            (form::filter_key(i, f), format!("{}: {name}", f.entity))
                         })
                         .collect()
                 })

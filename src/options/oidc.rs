@@ -97,8 +97,6 @@ struct Claims {
     #[serde(default)]
     upn: Option<String>,
     #[serde(default)]
-    email: Option<String>,
-    #[serde(default)]
     oid: Option<String>,
     #[serde(default)]
     groups: Vec<String>,
@@ -172,8 +170,14 @@ impl Oidc {
         ));
         if let Ok(mut pending) = self.pending.lock() {
             pending.retain(|_, p| p.started.elapsed() < PENDING_LIFETIME);
-            if pending.len() >= MAX_PENDING {
-                return Err(OidcError::Refused("too many sign-ins in progress".into()));
+            // Full (anyone may start sign-ins): the oldest unfinished one gives way.
+            if pending.len() >= MAX_PENDING
+                && let Some(oldest) = pending
+                    .iter()
+                    .min_by_key(|(_, p)| p.started)
+                    .map(|(k, _)| k.clone())
+            {
+                pending.remove(&oldest);
             }
             pending.insert(
                 state.clone(),
@@ -300,6 +304,8 @@ impl Oidc {
         validation.set_issuer(&[metadata.issuer.as_str()]);
         validation.set_audience(&[self.config.client_id.as_str()]);
         validation.validate_nbf = true;
+        // Present, not only right when present.
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = 60;
         let claims = jsonwebtoken::decode::<Claims>(id_token, &decoding, &validation)
             .map_err(|e| invalid(&e))?
@@ -313,11 +319,14 @@ impl Oidc {
                 "the nonce does not match this sign-in".into(),
             ));
         }
-        let principal = claims
-            .preferred_username
-            .or(claims.upn)
-            .or(claims.email)
-            .ok_or_else(|| OidcError::InvalidToken("no preferred_username, upn or email".into()))?;
+        // The object id is what identifies the person; the names are a fallback for a directory
+        // without object ids (they can change, so they come second). `email` is never used.
+        let principal = claims.preferred_username.or(claims.upn).unwrap_or_default();
+        if principal.is_empty() && claims.oid.is_none() {
+            return Err(OidcError::InvalidToken(
+                "neither oid nor preferred_username".into(),
+            ));
+        }
         Ok(Signed {
             principal: principal.trim().to_lowercase(),
             object_id: claims.oid,

@@ -41,7 +41,8 @@ pub struct PageView<'a> {
     pub others: Vec<(Uuid, String)>,
     pub options: &'a UserOptions,
     pub org: &'a OrgFacts,
-    pub sync_filters: Vec<String>,
+    /// Each sync filter's key (what the form names it by) and label.
+    pub sync_filters: Vec<(String, String)>,
     pub folders: Result<Vec<InboxFolder>, String>,
     pub regarding: Vec<(String, String)>,
     pub error: Option<String>,
@@ -343,13 +344,16 @@ fn sync_section(body: &mut String, view: &PageView<'_>) {
         body.push_str("<p class=\"note\">No synchronization filters of your own: the organization's default filters apply.</p>");
     } else {
         body.push_str("<p>Your synchronization filters — which records go to Outlook (their conditions are edited in Dynamics 365):</p><ul class=\"filters\">");
-        for (i, filter) in view.sync_filters.iter().enumerate() {
+        for (i, (key, label)) in view.sync_filters.iter().enumerate() {
             let on = o.filters.get(i).copied().unwrap_or(true);
             let _ = write!(
                 body,
-                "<li><input type=\"checkbox\" id=\"syncfilter_{i}\" name=\"syncfilter\" value=\"{i}\"{}> <label for=\"syncfilter_{i}\">{}</label></li>",
+                "<li><input type=\"hidden\" name=\"syncfilter_shown\" value=\"{key}\">\
+                 <input type=\"checkbox\" id=\"syncfilter_{i}\" name=\"syncfilter\" value=\"{key}\"{}> \
+                 <label for=\"syncfilter_{i}\">{}</label></li>",
                 checked(on),
-                esc(filter)
+                esc(label),
+                key = esc(key)
             );
         }
         body.push_str("</ul>");
@@ -434,6 +438,8 @@ fn preview(body: &mut String, rows: Option<&[PreviewRow]>, history_off: bool) {
 pub struct PrivacyFacts {
     pub body: &'static str,
     pub columns: Vec<&'static str>,
+    /// Messages per mailbox whose headers the gateway keeps for this page's previews.
+    pub kept_for_previews: usize,
 }
 
 pub fn privacy(
@@ -456,9 +462,18 @@ pub fn privacy(
         esc(facts.body)
     );
     body.push_str(
-        "<h2>What is never sent</h2><ul><li>Mail that none of the rules track: it is inspected in \
-         memory on the gateway and forgotten.</li><li>Your password or tokens.</li></ul>",
+        "<h2>What is never sent</h2><ul><li>Mail that none of the rules track: it never leaves \
+         the gateway for the CRM.</li><li>Your password or tokens.</li></ul>",
     );
+    if facts.kept_for_previews > 0 {
+        let _ = write!(
+            body,
+            "<h2>What the gateway keeps</h2><p>For the previews on your options page, the gateway \
+             keeps what it saw of your last {} messages — subject, sender and recipients, folder, \
+             categories; never a body — in its own memory and store, on the gateway only.</p>",
+            facts.kept_for_previews
+        );
+    }
     body.push_str("<h2>Your exclusions</h2>");
     if options.exclusions.is_empty() {
         body.push_str("<p>None. You can add senders or domains that are never tracked on your options page.</p>");

@@ -27,6 +27,9 @@ const DATAVERSE_COLUMNS: [&str; 4] = [
 pub enum SaveError {
     #[error("Dataverse did not take the change: {0}")]
     Dataverse(#[from] crate::directory::dataverse::SourceError),
+    /// A write Dataverse refused after others it took: what it holds now is shown.
+    #[error("Dataverse refused part of the change ({0}); what it holds now is shown")]
+    Partial(crate::directory::dataverse::SourceError),
     #[error("the directory file did not take the change: {0}")]
     File(#[from] crate::directory::DirectoryError),
     #[error(transparent)]
@@ -43,6 +46,8 @@ pub enum Target {
 }
 
 pub struct Saver {
+    /// One save at a time: each reads what it changes, then writes it.
+    pub one_at_a_time: tokio::sync::Mutex<()>,
     pub target: Target,
     pub store: Arc<OptionsStore>,
     pub directory: DirectoryHandle,
@@ -88,6 +93,7 @@ impl Saver {
         after: &UserOptions,
         entry: &AuditEntry,
     ) -> Result<(), SaveError> {
+        let _turn = self.one_at_a_time.lock().await;
         let user = base.systemuserid;
         let all = columns(after, base);
         match &self.target {
@@ -214,7 +220,17 @@ impl Saver {
             .filter(|(_, (was, is))| was != is)
             .filter_map(|(f, (_, is))| Some((f.userqueryid?, *is)))
             .collect();
-        source.write_user_options(user, mailbox, &write).await?;
+        if let Err(error) = source.write_user_options(user, mailbox, &write).await {
+            // Dataverse may have taken the first writes: read back what it holds now.
+            if refresh_now(source, &self.directory, &self.metrics)
+                .await
+                .is_ok()
+                && let Ok(snapshot) = source.rebuild().await
+            {
+                self.directory.swap(snapshot);
+            }
+            return Err(SaveError::Partial(error));
+        }
         // The gateway's own columns, which Dataverse has no place for.
         let gateway: Map<String, Value> = all
             .iter()

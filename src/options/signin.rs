@@ -106,10 +106,12 @@ impl OptionsPage {
         groups: &[String],
     ) -> Result<(Uuid, String), Refusal> {
         let dir = self.parts.engine.directory().load();
-        let Some(entry) = dir
-            .mailbox(principal)
-            .or_else(|| object_id.and_then(|id| dir.mailbox(id)))
-        else {
+        // By Entra object id first: a sign-in name can change hands.
+        let Some(entry) = object_id.and_then(|id| dir.mailbox(id)).or_else(|| {
+            (!principal.is_empty())
+                .then(|| dir.mailbox(principal))
+                .flatten()
+        }) else {
             return Err((
                 StatusCode::FORBIDDEN,
                 "Unknown user",

@@ -238,10 +238,17 @@ impl OptionsStore {
         let replaced = replacing.map(|(user, _)| user);
         let kept = all.iter().filter(|(user, _)| Some(**user) != replaced);
         for (user, held) in kept.map(|(u, h)| (*u, h)).chain(replacing) {
+            // What was held for a user or mailbox the source no longer has is left aside:
+            // settings of an unknown user would make the whole directory invalid.
+            if !doc.systemusers.iter().any(|u| u.systemuserid == user) {
+                continue;
+            }
             if !held.columns.is_empty() {
                 apply_columns(doc, user, &held.columns);
             }
-            if let Some((mailbox, folders)) = &held.folders {
+            if let Some((mailbox, folders)) = &held.folders
+                && doc.mailboxes.iter().any(|m| m.mailboxid == *mailbox)
+            {
                 doc.mailboxtrackingfolders
                     .retain(|f| f.mailboxid != *mailbox);
                 doc.mailboxtrackingfolders.extend(folders.iter().cloned());
@@ -320,6 +327,15 @@ mod tests {
         }
         let store = OptionsStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let mut doc = DirectoryDocument::default();
+        store.apply(&mut doc);
+        assert!(
+            doc.usersettingscollection.is_empty(),
+            "a user the source no longer has is left aside"
+        );
+        doc.systemusers.push(crate::directory::model::SystemUser {
+            systemuserid: user,
+            ..Default::default()
+        });
         store.apply(&mut doc);
         let row = &doc.usersettingscollection[0];
         assert_eq!(row.systemuserid, user);

@@ -67,7 +67,13 @@ impl RawConfig {
         let catchup = delivery::catchup(&self.catchup)?;
         let nats = fleet::nats(self.outbox.backend, &self.nats, &data_dir, &anchor)?;
         let simulator_upstream = matches!(upstreams.target, UpstreamTarget::Simulator);
-        let options = options::options(&self.options, simulator_upstream, &data_dir, &anchor)?;
+        let options = options::options(
+            &self.options,
+            simulator_upstream,
+            admin.address,
+            &data_dir,
+            &anchor,
+        )?;
         Ok(Config {
             options,
             nats,

@@ -46,6 +46,7 @@ pub struct OidcConfig {
 pub(super) fn options(
     raw: &RawOptions,
     simulator_upstream: bool,
+    admin: std::net::SocketAddr,
     data_dir: &Path,
     anchor: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<OptionsConfig, ConfigError> {
@@ -64,6 +65,13 @@ pub(super) fn options(
             ));
         }
     };
+    if matches!(sign_in, SignIn::Development) && !admin.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "options.sign_in",
+            "\"development\" lets anyone sign in as any user without a password, and admin.address is not on loopback",
+            "use \"oidc\" (Entra ID), or keep admin.address on 127.0.0.1",
+        ));
+    }
     at_least("options.history_mailboxes", raw.history_mailboxes as u64, 1)?;
     if raw.history_per_mailbox > 10_000 {
         return Err(ConfigError::invalid(
@@ -132,9 +140,13 @@ mod tests {
     use super::*;
 
     fn resolve(raw: &RawOptions, simulator: bool) -> Result<OptionsConfig, ConfigError> {
-        options(raw, simulator, Path::new("/data"), &|p: &Path| {
-            Path::new("/etc").join(p)
-        })
+        options(
+            raw,
+            simulator,
+            "127.0.0.1:9901".parse().unwrap_or_else(|_| panic!()),
+            Path::new("/data"),
+            &|p: &Path| Path::new("/etc").join(p),
+        )
     }
 
     #[test]
@@ -191,5 +203,23 @@ mod tests {
             ..RawOptions::default()
         };
         assert_eq!(key(&wrong).as_deref(), Some("options.sign_in"));
+        let exposed = options(
+            &RawOptions {
+                sign_in: Some("development".into()),
+                ..RawOptions::default()
+            },
+            false,
+            "0.0.0.0:9901".parse().unwrap_or_else(|_| panic!()),
+            Path::new("/data"),
+            &|p: &Path| p.to_path_buf(),
+        );
+        assert_eq!(
+            exposed
+                .err()
+                .and_then(|e| e.key().map(str::to_owned))
+                .as_deref(),
+            Some("options.sign_in"),
+            "no password-less sign-in off loopback"
+        );
     }
 }

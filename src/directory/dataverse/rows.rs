@@ -182,7 +182,12 @@ fn folders(
             let ok = user_mailboxes.contains(&f.mailboxid)
                 && !f.exchangefolderid.trim().is_empty()
                 && f.exchangefolderid.len() <= 120
-                && seen_folders.insert((f.mailboxid, f.exchangefolderid.clone()))
+                // The builder compares ids as Exchange does (`+`/`-`, `/`/`_` alike): so here.
+                && seen_folders.insert((
+                    f.mailboxid,
+                    crate::directory::snapshot::normalize_exchange_id(f.exchangefolderid.trim())
+                        .into_owned(),
+                ))
                 && {
                     let n = rules_per_mailbox.entry(f.mailboxid).or_default();
                     *n += 1;
