@@ -7,6 +7,7 @@
 
 pub mod dataverse;
 mod edit;
+pub mod fetchxml;
 pub mod file;
 pub mod model;
 pub mod odata;
