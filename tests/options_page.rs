@@ -731,3 +731,60 @@ async fn the_preview_history_is_saved_at_shutdown_and_replayed_after_a_restart()
     gateway.shutdown().await;
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataverse_save_refused_part_way_shows_what_dataverse_holds_and_a_retry_completes_it() {
+    use trackgate::simulate::dataverse::{DataverseFaults, Fail, RequestKind};
+    let (_, running) = trackgate::demo::run(true, |_| {})
+        .await
+        .expect("the demo runs");
+    let running = running.expect("kept running");
+    let admin = running.gateway.admin_url();
+    let mut alex = Visitor::new();
+    let token = alex.sign_in_at(&admin, "alex.seller@contoso.example").await;
+    let page = format!("{admin}/options/{ALEX_MAILBOX}");
+    let newsletters = option_value(&alex.get(&page).await.2, "Newsletters");
+    // The Fabrikam rule replaced by one on Newsletters: the delete goes through, the create
+    // is refused.
+    let form = format!(
+        "csrf={token}&incoming=2&autocreate=1&rule_folder={}&rule_regarding=&action=save",
+        newsletters
+            .replace('=', "%3D")
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+    );
+    running.dataverse.set_faults(DataverseFaults {
+        fail: Some(Fail {
+            count: 1000,
+            status: 400,
+            only: Some(RequestKind::Create),
+        }),
+        ..Default::default()
+    });
+    let (status, body) = alex.post(&page, &form, None).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("Not all saved"), "{body}");
+    let rules = |running: &trackgate::demo::Running| {
+        let dir = running.gateway.engine().directory().load();
+        dir.mailbox("alex.seller@contoso.example")
+            .map(|m| m.rule_count())
+    };
+    assert_eq!(
+        rules(&running),
+        Some(0),
+        "the rules read what Dataverse holds: none"
+    );
+    // Saved again once Dataverse takes it: the rule is there, once.
+    running.dataverse.set_faults(DataverseFaults::default());
+    let (status, body) = alex.post(&page, &form, None).await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(rules(&running), Some(1));
+    let rows = running
+        .dataverse
+        .records("mailboxtrackingfolders")
+        .into_iter()
+        .filter(|r| r["_mailboxid_value"]["id"] == ALEX_MAILBOX)
+        .count();
+    assert_eq!(rows, 1);
+    running.stop().await;
+}
