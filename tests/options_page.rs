@@ -479,8 +479,9 @@ fn option_value(page: &str, label: &str) -> String {
     page[start..end].split('"').next().unwrap().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_follow_at_once() {
+/// The demo kept running (its directory is the Dataverse simulator), Alex signed in to his
+/// page: the demo, his client, the form token and the page's URL.
+async fn demo_as_alex() -> (trackgate::demo::Running, Visitor, String, String) {
     let (_, running) = trackgate::demo::run(true, |_| {})
         .await
         .expect("the demo runs");
@@ -489,6 +490,17 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
     let mut alex = Visitor::new();
     let token = alex.sign_in_at(&admin, "alex.seller@contoso.example").await;
     let page = format!("{admin}/options/{ALEX_MAILBOX}");
+    (running, alex, token, page)
+}
+
+/// A value as a form sends it.
+fn encoded(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_follow_at_once() {
+    let (running, mut alex, token, page) = demo_as_alex().await;
     let html = alex.get(&page).await.2;
     let fabrikam_row = |dv: &trackgate::simulate::DataverseSimulator| {
         dv.records("mailboxtrackingfolders")
@@ -505,10 +517,7 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
          &rule_folder=AAMkADEzTrackedFolderAAA%3D&rule_regarding={fabrikam}\
          &rule_folder={}&rule_regarding=\
          &syncfilter_shown=00000000-0000-4000-8000-0000000000d9&action=save",
-        newsletters
-            .replace('=', "%3D")
-            .replace('+', "%2B")
-            .replace('/', "%2F")
+        encoded(&newsletters)
     );
     let (status, body) = alex.post(&page, &form, None).await;
     assert_eq!(status, 303, "{body}");
@@ -735,23 +744,13 @@ async fn the_preview_history_is_saved_at_shutdown_and_replayed_after_a_restart()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dataverse_save_refused_part_way_shows_what_dataverse_holds_and_a_retry_completes_it() {
     use trackgate::simulate::dataverse::{DataverseFaults, Fail, RequestKind};
-    let (_, running) = trackgate::demo::run(true, |_| {})
-        .await
-        .expect("the demo runs");
-    let running = running.expect("kept running");
-    let admin = running.gateway.admin_url();
-    let mut alex = Visitor::new();
-    let token = alex.sign_in_at(&admin, "alex.seller@contoso.example").await;
-    let page = format!("{admin}/options/{ALEX_MAILBOX}");
+    let (running, mut alex, token, page) = demo_as_alex().await;
     let newsletters = option_value(&alex.get(&page).await.2, "Newsletters");
     // The Fabrikam rule replaced by one on Newsletters: the delete goes through, the create
     // is refused.
     let form = format!(
         "csrf={token}&incoming=2&autocreate=1&rule_folder={}&rule_regarding=&action=save",
-        newsletters
-            .replace('=', "%3D")
-            .replace('+', "%2B")
-            .replace('/', "%2F")
+        encoded(&newsletters)
     );
     running.dataverse.set_faults(DataverseFaults {
         fail: Some(Fail {
