@@ -12,6 +12,7 @@ pub mod file;
 pub mod model;
 pub mod odata;
 pub mod replica;
+pub mod selection;
 pub mod settings;
 pub mod snapshot;
 pub mod tables;
