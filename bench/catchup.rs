@@ -53,6 +53,7 @@ fn directory(users: usize) -> DirectoryDocument {
             regardingobjectid: trackgate::directory::model::Lookup::new("systemuser", user_id(u)),
             processemailreceivedafter: None,
             incomingemaildeliverymethod: 2,
+            actdeliverymethod: 1,
         });
     }
     doc

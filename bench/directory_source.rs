@@ -64,6 +64,7 @@ fn document(users: usize, records: usize) -> DirectoryDocument {
             regardingobjectid: trackgate::directory::model::Lookup::new("systemuser", user_id(u)),
             processemailreceivedafter: None,
             incomingemaildeliverymethod: 2,
+            actdeliverymethod: 1,
         });
     }
     for r in 0..records {

@@ -107,6 +107,7 @@ fn document(s: &Scale) -> DirectoryDocument {
             },
             processemailreceivedafter: None,
             incomingemaildeliverymethod: 2,
+            actdeliverymethod: 1,
         });
         for f in 0..s.rules_per_user {
             doc.mailboxtrackingfolders.push(MailboxTrackingFolder {

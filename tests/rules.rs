@@ -74,6 +74,7 @@ fn mailbox(n: u128, address: &str, owner: Lookup) -> Mailbox {
         regardingobjectid: owner,
         processemailreceivedafter: None,
         incomingemaildeliverymethod: 2,
+        actdeliverymethod: 1,
     }
 }
 

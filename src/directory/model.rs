@@ -348,6 +348,10 @@ fn default_delivery() -> u8 {
     2
 }
 
+fn default_act_delivery() -> u8 {
+    1
+}
+
 /// A `mailboxes` row.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -361,6 +365,11 @@ pub struct Mailbox {
     /// 0 none, 1 Outlook, 2 server-side synchronization (default), 3 forward mailbox.
     #[serde(default = "default_delivery")]
     pub incomingemaildeliverymethod: u8,
+    /// Appointments, contacts and tasks: 0 Dynamics 365 for Outlook, 1 server-side
+    /// synchronization (the default here), 2 none. Only server-side sync is synchronised by
+    /// the gateway, and never for a queue's mailbox.
+    #[serde(default = "default_act_delivery")]
+    pub actdeliverymethod: u8,
 }
 
 /// A `mailboxtrackingfolders` row: a folder tracking rule.

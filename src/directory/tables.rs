@@ -129,6 +129,7 @@ pub const MAILBOXES: TableSpec = TableSpec {
         L("regardingobjectid"),
         C("processemailreceivedafter"),
         C("incomingemaildeliverymethod"),
+        C("actdeliverymethod"),
     ],
 };
 

@@ -398,6 +398,7 @@ impl Builder {
                 owner,
                 cutoff,
                 delivery_method: m.incomingemaildeliverymethod,
+                syncs_items: m.actdeliverymethod == 1 && matches!(owner, Owner::User(_)),
                 rules: Vec::new(),
             });
         }
@@ -957,6 +958,7 @@ mod tests {
                 regardingobjectid: Lookup::new("systemuser", u.systemuserid),
                 processemailreceivedafter: None,
                 incomingemaildeliverymethod: 2,
+                actdeliverymethod: 1,
             })
             .collect();
         let doc = DirectoryDocument {
@@ -1056,5 +1058,31 @@ mod tests {
         assert_eq!(netbios_name("contoso"), "contoso");
         // Never cut inside a character.
         assert_eq!(netbios_name("aaaaaaaaaaaaaaé"), "aaaaaaaaaaaaaa");
+    }
+
+    #[test]
+    fn items_sync_for_users_mailboxes_on_server_side_sync_never_for_a_queue() {
+        let mut doc: crate::directory::model::DirectoryDocument =
+            toml::from_str(crate::directory::file::EMBEDDED_EXAMPLE).unwrap_or_default();
+        if let Some(jo) = doc
+            .mailboxes
+            .iter_mut()
+            .find(|m| m.emailaddress.starts_with("jo."))
+        {
+            jo.actdeliverymethod = 0;
+        }
+        let dir = Directory::build(doc).unwrap_or_else(|e| panic!("{e}"));
+        let syncs = |a: &str| dir.mailbox(a).map(|m| m.syncs_items);
+        assert_eq!(syncs("alex.seller@contoso.example"), Some(true));
+        assert_eq!(
+            syncs("jo.support@contoso.example"),
+            Some(false),
+            "Outlook syncs hers"
+        );
+        assert_eq!(
+            syncs("team.sales@contoso.example"),
+            Some(false),
+            "a queue never"
+        );
     }
 }

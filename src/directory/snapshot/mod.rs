@@ -168,6 +168,9 @@ pub struct MailboxEntry {
     /// Seconds since the epoch; mail received earlier is history.
     pub cutoff: Option<i64>,
     pub delivery_method: u8,
+    /// Appointments, contacts and tasks are synchronised by server-side sync (a user's
+    /// mailbox with `actdeliverymethod` 1; never a queue's).
+    pub syncs_items: bool,
     /// Sorted by folder key.
     rules: Vec<StoredRule>,
 }

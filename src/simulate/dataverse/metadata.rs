@@ -600,6 +600,7 @@ pub const MAILBOX: Table = Table {
         rw("processemailreceivedafter", Kind::DateTime),
         rw("incomingemaildeliverymethod", Kind::Int),
         rw("outgoingemaildeliverymethod", Kind::Int),
+        rw("actdeliverymethod", Kind::Int),
         rw("ownerid", OWNER),
         state(),
         status(),
