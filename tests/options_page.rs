@@ -556,6 +556,16 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
         (filter["statecode"].clone(), filter["statuscode"].clone()),
         (1.into(), 2.into())
     );
+    // The organization's default Outlook filter template came through Dataverse too.
+    let replicated = running
+        .gateway
+        .dataverse_source()
+        .expect("the demo's directory is Dataverse")
+        .document()
+        .await;
+    let templates = &replicated.organization.outlookfiltertemplates;
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    assert_eq!(templates[0].name.as_deref(), Some("My Outlook Contacts"));
     // The rules read it now, and the gateway's own column survives a refresh from Dataverse.
     for _ in 0..2 {
         let dir = running.gateway.engine().directory().load();

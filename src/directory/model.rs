@@ -100,6 +100,10 @@ pub struct Organization {
     /// catch-up sweep never reads a mailbox more often.
     pub minoutlooksyncinterval: Option<u32>,
     pub orgdborgsettings: OrgDbOrgSettings,
+    /// The default Outlook filter templates (saved views of `querytype` 131072 marked
+    /// default): what a user without filters of their own synchronises.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outlookfiltertemplates: Vec<SyncFilter>,
 }
 
 impl Default for Organization {
@@ -126,6 +130,7 @@ impl Default for Organization {
             minofflinesyncinterval: None,
             minoutlooksyncinterval: None,
             orgdborgsettings: OrgDbOrgSettings::default(),
+            outlookfiltertemplates: Vec::new(),
         }
     }
 }
@@ -239,6 +244,24 @@ pub struct UserQuery {
     pub statecode: u8,
     #[serde(default)]
     pub ownerid: Option<Uuid>,
+}
+
+/// A system view as the Dataverse source replicates it (`savedquery`): the Outlook filter
+/// templates, `querytype` 131072.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SavedQuery {
+    pub savedqueryid: Uuid,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub returnedtypecode: Option<String>,
+    #[serde(default)]
+    pub fetchxml: Option<String>,
+    pub querytype: i32,
+    #[serde(default)]
+    pub isdefault: bool,
+    #[serde(default)]
+    pub statecode: u8,
 }
 
 /// A sync or offline filter, stored for later use (the rules do not read them).

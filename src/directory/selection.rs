@@ -1,7 +1,8 @@
 //! Which CRM rows a user's Outlook (sync) filters select, per table: the union of the user's
 //! enabled filters for that table (filters are OR-ed: adding one never narrows), nothing of a
-//! table with no enabled filter, and a filter trackgate cannot evaluate named in the error, not
-//! guessed at (docs/domain.md §5.3). Evaluated over the directory document's rows: contacts,
+//! table with no enabled filter, the organization's default templates for a user with no
+//! filters of their own, and a filter trackgate cannot evaluate named in the error, not guessed
+//! at (docs/domain.md §5.3). Evaluated over the directory document's rows: contacts,
 //! accounts and leads today; appointments and tasks once they are replicated (issue 23).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,7 +62,14 @@ pub fn select(
         teams,
         now,
     };
-    for filter in settings.syncfilters.iter().filter(|f| f.enabled) {
+    // A user who has no filters of their own (never set up) gets the organization's default
+    // templates.
+    let filters = if settings.syncfilters.is_empty() {
+        &doc.organization.outlookfiltertemplates
+    } else {
+        &settings.syncfilters
+    };
+    for filter in filters.iter().filter(|f| f.enabled) {
         let name = filter.name.clone().unwrap_or_else(|| filter.entity.clone());
         let parsed = match filter.filter.as_deref().map(FetchFilter::parse) {
             Some(Ok(parsed)) => parsed,
@@ -166,6 +174,23 @@ mod tests {
     fn with_no_enabled_filter_nothing_of_the_table_is_selected() {
         assert!(ids(&chosen(vec![filter("mine", MINE, false)])).is_empty());
         assert!(ids(&chosen(Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn a_user_without_filters_of_their_own_gets_the_default_templates() {
+        let mut doc = doc();
+        doc.organization.outlookfiltertemplates = vec![filter("My Outlook Contacts", MINE, true)];
+        let settings = UserSettings {
+            systemuserid: ALEX,
+            ..UserSettings::default()
+        };
+        assert_eq!(ids(&select(&doc, &settings, &[], NOW)), vec![1]);
+        // Filters of their own replace the templates, even all switched off.
+        let own = UserSettings {
+            syncfilters: vec![filter("recent", RECENT, false)],
+            ..settings
+        };
+        assert!(ids(&select(&doc, &own, &[], NOW)).is_empty());
     }
 
     #[test]

@@ -106,6 +106,21 @@ pub const USERQUERIES: TableSpec = TableSpec {
     ],
 };
 
+/// System views, for the Outlook filter templates (`querytype` 131072) among them.
+pub const SAVEDQUERIES: TableSpec = TableSpec {
+    set: "savedqueries",
+    key: "savedqueryid",
+    fields: &[
+        C("savedqueryid"),
+        C("name"),
+        C("returnedtypecode"),
+        C("fetchxml"),
+        C("querytype"),
+        C("isdefault"),
+        C("statecode"),
+    ],
+};
+
 pub const QUEUES: TableSpec = TableSpec {
     set: "queues",
     key: "queueid",
@@ -236,19 +251,20 @@ pub const ORGANIZATIONS: TableSpec = TableSpec {
     ],
 };
 
-/// Whether the source asks Dataverse to track a table's changes. Saved views are read whole
+/// Whether the source asks Dataverse to track a table's changes. Saved and system views are read whole
 /// each refresh: whether `userquery` has change tracking on is not documented, and asking for
 /// it where it is off could fail the whole refresh.
 pub fn tracks_changes(set: &str) -> bool {
-    set != USERQUERIES.set
+    set != USERQUERIES.set && set != SAVEDQUERIES.set
 }
 
 /// Every fixed table, in load order.
-pub const TABLES: [TableSpec; 11] = [
+pub const TABLES: [TableSpec; 12] = [
     ORGANIZATIONS,
     SYSTEMUSERS,
     USERSETTINGS,
     USERQUERIES,
+    SAVEDQUERIES,
     QUEUES,
     MAILBOXES,
     FOLDERS,

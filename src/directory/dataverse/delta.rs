@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{DataverseSource, DataverseSourceSettings, OfflineFilter, SourceError};
 use crate::directory::model::{
     Account, Contact, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder, Organization,
-    Queue, SystemUser, TrackedEmail, UserQuery, UserSettings,
+    Queue, SavedQuery, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::replica::{Replica, ReplicaChanges};
 use crate::directory::tables::{self, OtherTable};
@@ -77,6 +77,7 @@ pub(super) struct State {
     pub(super) users: Table<SystemUser>,
     pub(super) settings: Table<UserSettings>,
     pub(super) userqueries: Table<UserQuery>,
+    pub(super) savedqueries: Table<SavedQuery>,
     pub(super) queues: Table<Queue>,
     pub(super) mailboxes: Table<Mailbox>,
     pub(super) folders: Table<MailboxTrackingFolder>,
@@ -205,6 +206,7 @@ pub(super) fn forget_deltas(state: &mut State) {
     state.users.delta = None;
     state.settings.delta = None;
     state.userqueries.delta = None;
+    state.savedqueries.delta = None;
     state.queues.delta = None;
     state.mailboxes.delta = None;
     state.folders.delta = None;
@@ -320,6 +322,7 @@ fn restore_rows(
         "systemusers" => put(&mut state.users, id, bytes),
         "usersettingscollection" => put(&mut state.settings, id, bytes),
         "userqueries" => put(&mut state.userqueries, id, bytes),
+        "savedqueries" => put(&mut state.savedqueries, id, bytes),
         "queues" => put(&mut state.queues, id, bytes),
         "mailboxes" => put(&mut state.mailboxes, id, bytes),
         "mailboxtrackingfolders" => put(&mut state.folders, id, bytes),

@@ -129,6 +129,10 @@ pub fn default_offline_filter(set: &str) -> OfflineFilter {
         "userqueries" => Filter::parse("querytype eq 256")
             .map(OfflineFilter::Matching)
             .unwrap_or(OfflineFilter::All),
+        // The Outlook filter templates among the system views.
+        "savedqueries" => Filter::parse("querytype eq 131072")
+            .map(OfflineFilter::Matching)
+            .unwrap_or(OfflineFilter::All),
         _ => OfflineFilter::Owned,
     }
 }

@@ -11,7 +11,7 @@ use super::rows::document;
 use super::{DataverseSource, OfflineFilter, SourceError};
 use crate::directory::model::{
     Account, Contact, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder, Organization,
-    Queue, SystemUser, TrackedEmail, UserQuery, UserSettings,
+    Queue, SavedQuery, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::replica::ReplicaChanges;
 use crate::directory::snapshot::Directory;
@@ -23,6 +23,7 @@ struct Fetched {
     users: Pending<SystemUser>,
     settings: Pending<UserSettings>,
     userqueries: Pending<UserQuery>,
+    savedqueries: Pending<SavedQuery>,
     queues: Pending<Queue>,
     mailboxes: Pending<Mailbox>,
     folders: Pending<MailboxTrackingFolder>,
@@ -211,6 +212,14 @@ impl DataverseSource {
                 &user_ids,
             )
             .await?;
+        let savedqueries = self
+            .pull_table(
+                &tables::SAVEDQUERIES,
+                &state.savedqueries.delta,
+                &delta,
+                &user_ids,
+            )
+            .await?;
         let queues = self
             .pull_table(&tables::QUEUES, &state.queues.delta, &delta, &user_ids)
             .await?;
@@ -235,6 +244,7 @@ impl DataverseSource {
             users,
             settings,
             userqueries,
+            savedqueries,
             queues,
             mailboxes,
             folders,
@@ -351,6 +361,7 @@ impl DataverseSource {
         changed |= self.apply(&mut state.users, fetched.users, changes);
         changed |= self.apply(&mut state.settings, fetched.settings, changes);
         changed |= self.apply(&mut state.userqueries, fetched.userqueries, changes);
+        changed |= self.apply(&mut state.savedqueries, fetched.savedqueries, changes);
         changed |= self.apply(&mut state.queues, fetched.queues, changes);
         changed |= self.apply(&mut state.mailboxes, fetched.mailboxes, changes);
         changed |= self.apply(&mut state.folders, fetched.folders, changes);

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::delta::State;
 use crate::directory::model::{
     Account, Contact, DirectoryDocument, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder,
-    Organization, Queue, SyncFilter, SystemUser, TrackedEmail, UserQuery, UserSettings,
+    Organization, Queue, SavedQuery, SyncFilter, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::snapshot::{Directory, InvalidDirectory, token_prefixes, tracking_token};
 
@@ -19,7 +19,7 @@ use crate::directory::snapshot::{Directory, InvalidDirectory, token_prefixes, tr
 /// rules of unknown or queue mailboxes, addresses without `@`. Returns the count left out.
 pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
     let mut skipped = 0u64;
-    let organization = organization(state);
+    let organization = organization(state, &mut skipped);
     let systemusers = systemusers(state, &mut skipped);
     let users: HashSet<Uuid> = systemusers.iter().map(|u| u.systemuserid).collect();
     let usersettingscollection = user_settings(state, &users, &mut skipped);
@@ -45,8 +45,21 @@ pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
     (doc, skipped)
 }
 
-fn organization(state: &State) -> Organization {
+fn organization(state: &State, skipped: &mut u64) -> Organization {
     let mut organization = state.organization.clone().unwrap_or_default();
+    let mut templates: Vec<SavedQuery> = state.savedqueries.decoded(skipped);
+    templates.retain(|q| q.querytype == 131_072 && q.isdefault && q.statecode == 0);
+    templates.sort_by(|a, b| a.name.cmp(&b.name));
+    organization.outlookfiltertemplates = templates
+        .into_iter()
+        .map(|q| SyncFilter {
+            userqueryid: None,
+            enabled: true,
+            entity: q.returnedtypecode.unwrap_or_default(),
+            name: q.name,
+            filter: q.fetchxml,
+        })
+        .collect();
     if organization.organizationid.is_nil() {
         // An organization not yet loaded: a placeholder, with no users nothing is tracked.
         organization.organizationid = Uuid::max();

@@ -568,6 +568,25 @@ pub const USERQUERY: Table = Table {
     ..PLAIN
 };
 
+/// System views; `querytype` 131072 are the Outlook filter templates.
+pub const SAVEDQUERY: Table = Table {
+    entity: "savedquery",
+    set: "savedqueries",
+    key: "savedqueryid",
+    columns: &[
+        key("savedqueryid"),
+        rw("name", Kind::Text(200)),
+        rw("returnedtypecode", Kind::Text(64)),
+        rw("fetchxml", Kind::Text(1_073_741_823)),
+        rw("querytype", Kind::Int),
+        rw("isdefault", Kind::Bool),
+        state(),
+        status(),
+    ],
+    states: &[(0, &[1]), (1, &[2])],
+    ..PLAIN
+};
+
 pub const QUEUE: Table = Table {
     entity: "queue",
     set: "queues",
@@ -664,6 +683,7 @@ pub const TABLES: &[Table] = &[
     SYSTEMUSER,
     USERSETTINGS,
     USERQUERY,
+    SAVEDQUERY,
     QUEUE,
     MAILBOX,
     MAILBOX_TRACKING_FOLDER,

@@ -444,6 +444,22 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
         })
         .collect();
     rows(store, &t::USERQUERIES, &queries);
+    // The organization's default Outlook filter templates: system views.
+    let templates: Vec<crate::directory::model::SavedQuery> = doc
+        .organization
+        .outlookfiltertemplates
+        .iter()
+        .map(|f| crate::directory::model::SavedQuery {
+            savedqueryid: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
+            name: f.name.clone(),
+            returnedtypecode: Some(f.entity.clone()),
+            fetchxml: f.filter.clone(),
+            querytype: 131_072,
+            isdefault: true,
+            statecode: u8::from(!f.enabled),
+        })
+        .collect();
+    rows(store, &t::SAVEDQUERIES, &templates);
     rows(store, &t::QUEUES, &doc.queues);
     rows(store, &t::MAILBOXES, &doc.mailboxes);
     rows(store, &t::FOLDERS, &doc.mailboxtrackingfolders);
