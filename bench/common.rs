@@ -10,8 +10,29 @@ use trackgate::crm::{DataverseSettings, DataverseSink, FieldTable, Sink};
 use trackgate::delivery::{Delivery, DeliveryMetrics, DeliverySettings};
 use trackgate::directory::DirectoryHandle;
 use trackgate::outbox::Outbox;
-use trackgate::rules::{Engine, MemoryLimits, RulesLimits};
+use trackgate::rules::{Decision, Engine, MemoryLimits, RulesLimits};
 use trackgate::simulate::DataverseSimulator;
+
+/// A realistic tracked incoming email: sender contact, two recipients, regarding account;
+/// `name` makes its item id and Message-ID its own.
+pub fn decision(name: &str, crm_id: uuid::Uuid) -> Decision {
+    serde_json::from_value(serde_json::json!({
+        "verdict": "track", "reason": "sender_contact", "observation": "message_seen",
+        "operation": "GetItem", "mailbox": "alex.seller@contoso.example",
+        "user": {"entity": "systemuser", "id": "00000000-0000-4000-8000-0000000000a1"},
+        "item_id": format!("AAMkADEz{name}AAA="),
+        "internet_message_id": format!("{name}@mail.fabrikam.example"),
+        "subject": format!("Quote {name} for 40 seats"), "direction": "incoming",
+        "from": {"address": "pat.buyer@fabrikam.example", "name": "Pat Buyer",
+                 "records": [{"entity": "contact", "id": "00000000-0000-4000-8000-0000000000c1"}]},
+        "to": [{"address": "alex.seller@contoso.example",
+                "records": [{"entity": "systemuser", "id": "00000000-0000-4000-8000-0000000000a1"}]},
+               {"address": "someone@else.example"}],
+        "regarding": {"entity": "account", "id": "00000000-0000-4000-8000-0000000000c2"},
+        "crm_id": crm_id,
+    }))
+    .expect("a valid decision")
+}
 
 /// `TRACKGATE_BENCH_SCALE` (default 1.0): CI runs the benches at 0.01.
 pub fn scale() -> f64 {

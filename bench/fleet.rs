@@ -23,31 +23,12 @@ use common::{count, delivery_to, scale};
 use trackgate::fleet::{FleetMetrics, LeaseSettings, Leases};
 use trackgate::outbox::nats::{NatsMetrics, NatsSettings, Role};
 use trackgate::outbox::{NatsOutbox, Outbox, OutboxMetrics, OutboxSettings, RedbOutbox};
-use trackgate::rules::Decision;
 use trackgate::simulate::{DataverseOptions, DataverseSimulator};
 use uuid::Uuid;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// A tracked incoming email as the rules write it (the outbox bench's shape).
-fn decision(round: usize, n: usize) -> Decision {
-    serde_json::from_value(serde_json::json!({
-        "verdict": "track", "reason": "sender_contact", "observation": "message_seen",
-        "operation": "GetItem", "mailbox": "alex.seller@contoso.example",
-        "user": {"entity": "systemuser", "id": "00000000-0000-4000-8000-0000000000a1"},
-        "item_id": format!("AAMkADEzFleet{n}AAA="),
-        "internet_message_id": format!("fleet.{round}.{n}@mail.fabrikam.example"),
-        "subject": format!("Quote {n} for 40 seats"), "direction": "incoming",
-        "from": {"address": "pat.buyer@fabrikam.example", "name": "Pat Buyer",
-                 "records": [{"entity": "contact", "id": "00000000-0000-4000-8000-0000000000c1"}]},
-        "to": [{"address": "alex.seller@contoso.example",
-                "records": [{"entity": "systemuser", "id": "00000000-0000-4000-8000-0000000000a1"}]}],
-        "crm_id": Uuid::from_u128(((round as u128) << 64) + n as u128 + 1),
-    }))
-    .unwrap()
 }
 
 /// One JetStream server on a free loopback port, stopped when dropped.
@@ -137,7 +118,10 @@ async fn open(settings: NatsSettings, deliver: bool) -> Arc<NatsOutbox> {
 fn submit_all(outbox: &dyn Outbox, round: usize, records: usize) -> f64 {
     let started = Instant::now();
     for n in 0..records {
-        while !outbox.submit(&decision(round, n)) {
+        while !outbox.submit(&common::decision(
+            &format!("fleet.{round}.{n}"),
+            Uuid::from_u128(((round as u128) << 64) + n as u128 + 1),
+        )) {
             std::thread::yield_now();
         }
     }

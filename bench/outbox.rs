@@ -24,24 +24,12 @@ use trackgate::rules::Decision;
 use trackgate::simulate::{DataverseOptions, DataverseSimulator};
 use uuid::Uuid;
 
-/// A realistic tracked incoming email: sender contact, two recipients, regarding account.
+/// The bench's record `n` (the shared realistic shape).
 fn decision(n: usize) -> Decision {
-    serde_json::from_value(serde_json::json!({
-        "verdict": "track", "reason": "sender_contact", "observation": "message_seen",
-        "operation": "GetItem", "mailbox": "alex.seller@contoso.example",
-        "user": {"entity": "systemuser", "id": "00000000-0000-4000-8000-0000000000a1"},
-        "item_id": format!("AAMkADEzBench{n}AAA="),
-        "internet_message_id": format!("bench.{n}@mail.fabrikam.example"),
-        "subject": format!("Quote {n} for 40 seats"), "direction": "incoming",
-        "from": {"address": "pat.buyer@fabrikam.example", "name": "Pat Buyer",
-                 "records": [{"entity": "contact", "id": "00000000-0000-4000-8000-0000000000c1"}]},
-        "to": [{"address": "alex.seller@contoso.example",
-                "records": [{"entity": "systemuser", "id": "00000000-0000-4000-8000-0000000000a1"}]},
-               {"address": "someone@else.example"}],
-        "regarding": {"entity": "account", "id": "00000000-0000-4000-8000-0000000000c2"},
-        "crm_id": Uuid::from_u128(0xbe0c_0000_0000_0000 + n as u128),
-    }))
-    .unwrap()
+    common::decision(
+        &format!("bench.{n}"),
+        Uuid::from_u128(0xbe0c_0000_0000_0000 + n as u128),
+    )
 }
 
 fn open(dir: &std::path::Path, group_records: usize) -> Arc<RedbOutbox> {
