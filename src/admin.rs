@@ -380,7 +380,9 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Option<Response<Ful
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+    if given.is_some_and(|g| {
+        crate::common::secret::same_secret(g.as_bytes(), token.expose().as_bytes())
+    }) {
         return None;
     }
     let mut r = reply(
@@ -393,10 +395,6 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Option<Response<Ful
         header::HeaderValue::from_static("Bearer"),
     );
     Some(r)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// How much of an over-long body is read and discarded before answering 413, so that a client

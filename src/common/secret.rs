@@ -5,6 +5,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+/// Whether two secrets are equal, in time that does not depend on where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A secret from the configuration. Its `Debug` and serialised forms are redacted, so printing a
 /// configuration never leaks it.
 #[derive(Clone, Deserialize, PartialEq, Eq)]

@@ -1015,7 +1015,7 @@ pub struct RawOptions {
     /// Recent observations kept per mailbox for previews; 0 keeps none (previews then replay
     /// only what `POST /explain` is given).
     pub history_per_mailbox: usize,
-    /// Mailboxes whose recent observations are kept (the least recently seen goes first).
+    /// Mailboxes whose recent observations are kept (when full, one seen less recently gives way).
     pub history_mailboxes: usize,
     /// The page's own store (the audit trail, and the options Dataverse has no column for).
     /// Unset: `options.redb` in the data directory.

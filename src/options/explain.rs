@@ -6,8 +6,9 @@
 use serde::Deserialize;
 
 use super::OptionsPage;
-use super::form::{RuleChoice, UserOptions};
+use super::form::{RuleChoice, UserOptions, offered_autocreate, offered_incoming};
 use crate::directory::model::Lookup;
+use crate::directory::snapshot::Org;
 use crate::inspect::Observation;
 use crate::rules::Exclusions;
 
@@ -60,7 +61,7 @@ impl OptionsPage {
             .and_then(|id| Self::owner(&dir, id))
             .ok_or_else(|| ExplainError::UnknownMailbox(request.mailbox.clone()))?;
         let mut options = UserOptions::current(&dir, entry, settings);
-        apply(&mut options, request.options)?;
+        apply(&mut options, request.options, dir.org())?;
         let observations: Vec<std::sync::Arc<Observation>> = match request.observations {
             Some(list) => list.into_iter().map(std::sync::Arc::new).collect(),
             None => self.parts.history.recent(entry.id),
@@ -81,22 +82,17 @@ impl OptionsPage {
     }
 }
 
-fn apply(options: &mut UserOptions, overrides: Overrides) -> Result<(), ExplainError> {
+fn apply(options: &mut UserOptions, overrides: Overrides, org: &Org) -> Result<(), ExplainError> {
+    let invalid = |column: &'static str| {
+        move |problem: String| ExplainError::Invalid(format!("{column}: {problem}"))
+    };
     if let Some(v) = overrides.incomingemailfilteringmethod {
-        if v > 4 {
-            return Err(ExplainError::Invalid(
-                "incomingemailfilteringmethod: 0 to 4".into(),
-            ));
-        }
-        options.incoming = v;
+        options.incoming =
+            offered_incoming(v, org).map_err(invalid("incomingemailfilteringmethod"))?;
     }
     if let Some(v) = overrides.autocreatecontactonpromote {
-        if v > 2 {
-            return Err(ExplainError::Invalid(
-                "autocreatecontactonpromote: 0 to 2".into(),
-            ));
-        }
-        options.autocreate = v;
+        options.autocreate =
+            offered_autocreate(v).map_err(invalid("autocreatecontactonpromote"))?;
     }
     if let Some(list) = overrides.trackingexclusions {
         options.exclusions = Exclusions::parse(&list.join("\n"))

@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use crate::directory::model::{Lookup, MailboxTrackingFolder, SyncFilter, UserSettings};
-use crate::directory::snapshot::{Directory, MailboxEntry, normalize_exchange_id};
+use crate::directory::snapshot::{Directory, MailboxEntry, Org, normalize_exchange_id};
 use crate::rules::{Exclusions, Proposed, ProposedRule};
 
 /// Largest form body accepted, and the most fields in it.
@@ -137,14 +137,10 @@ impl UserOptions {
         }
         let one = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim());
         let org = dir.org();
-        let incoming = choice(one("incoming"), "incoming", &INCOMING_CHOICES)?;
-        if incoming == 4 && !org.settings.do_not_auto_track_email {
-            return Err(field(
-                "incoming",
-                "\"No email messages\" is not offered by your organization (DoNotAutoTrackEmail is off)",
-            ));
-        }
-        let autocreate = choice(one("autocreate"), "autocreate", &CREATE_CHOICES)?;
+        let incoming = offered_incoming(number(one("incoming"), "incoming")?, org)
+            .map_err(|problem| field("incoming", problem))?;
+        let autocreate = offered_autocreate(number(one("autocreate"), "autocreate")?)
+            .map_err(|problem| field("autocreate", problem))?;
         let floor = u32::try_from(org.min_sync_interval.as_secs() / 60).unwrap_or(u32::MAX);
         let outlooksyncinterval = match one("outlooksyncinterval").filter(|v| !v.is_empty()) {
             None => None,
@@ -322,17 +318,34 @@ pub fn filter_key(index: usize, filter: &SyncFilter) -> String {
         .map_or_else(|| format!("n{index}"), |id| id.to_string())
 }
 
-fn choice(
-    value: Option<&str>,
-    name: &'static str,
-    choices: &[(u8, &str)],
-) -> Result<u8, FormError> {
+fn number(value: Option<&str>, name: &'static str) -> Result<u8, FormError> {
     let value = value.ok_or_else(|| field(name, "is missing"))?;
     value
         .parse::<u8>()
-        .ok()
-        .filter(|v| choices.iter().any(|(c, _)| c == v))
-        .ok_or_else(|| field(name, format!("{value:?} is not one of the choices")))
+        .map_err(|_| field(name, format!("{value:?} is not one of the choices")))
+}
+
+/// An incoming filter value the organization offers (the form's and the API's check).
+pub fn offered_incoming(value: u8, org: &Org) -> Result<u8, String> {
+    if !INCOMING_CHOICES.iter().any(|(c, _)| *c == value) {
+        return Err(format!("{value} is not one of the choices (0 to 4)"));
+    }
+    if value == 4 && !org.settings.do_not_auto_track_email {
+        return Err(
+            "\"No email messages\" is not offered by your organization (DoNotAutoTrackEmail is off)"
+                .into(),
+        );
+    }
+    Ok(value)
+}
+
+/// An automatic-creation value (the form's and the API's check).
+pub fn offered_autocreate(value: u8) -> Result<u8, String> {
+    CREATE_CHOICES
+        .iter()
+        .any(|(c, _)| *c == value)
+        .then_some(value)
+        .ok_or_else(|| format!("{value} is not one of the choices (0 to 2)"))
 }
 
 /// The folder rule rows: `rule_folder` and `rule_regarding` in pairs, in order; a row whose

@@ -1,6 +1,6 @@
-//! Each mailbox's most recent observations, bounded in count per mailbox and in mailboxes (the
-//! least recently seen mailbox goes first), kept in memory for previews: what the options page
-//! replays through the rules with a user's proposed options.
+//! Each mailbox's most recent observations, bounded in count per mailbox and in mailboxes (when
+//! full, one seen less recently gives way: quick_cache's eviction, close to LRU), kept in memory
+//! for previews: what the options page replays through the rules with a user's proposed options.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -37,14 +37,10 @@ impl History {
 
     /// Keeps an observation of a mailbox, dropping its oldest when the mailbox is full.
     pub fn record(&self, mailbox: Uuid, observation: Arc<Observation>) {
-        let recent = match self.mailboxes.get(&mailbox) {
-            Some(r) => r,
-            None => {
-                let r: Recent = Arc::default();
-                self.mailboxes.insert(mailbox, r.clone());
-                r
-            }
-        };
+        // One list per mailbox even when two threads see its first observation at once.
+        let Ok(recent) = self.mailboxes.get_or_insert_with(&mailbox, || {
+            Ok::<Recent, std::convert::Infallible>(Arc::default())
+        });
         if let Ok(mut recent) = recent.lock() {
             if recent.len() == self.per_mailbox {
                 recent.pop_front();
@@ -102,7 +98,7 @@ mod tests {
     }
 
     #[test]
-    fn each_mailbox_keeps_its_newest_and_the_least_recent_mailbox_goes() {
+    fn each_mailbox_keeps_its_newest_and_the_mailboxes_kept_are_bounded() {
         let history = History::new(2, 2);
         let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
         for n in 0..3 {

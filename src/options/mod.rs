@@ -34,6 +34,7 @@ pub use page::PrivacyFacts;
 pub use save::{Saver, Target};
 pub use store::{OptionsStore, StoreError};
 
+use crate::common::secret::same_secret;
 use crate::config::{OptionsConfig, SignIn};
 use crate::directory::Owner;
 use crate::directory::model::UserSettings;
@@ -275,7 +276,8 @@ impl OptionsPage {
 
     fn csrf_ok(&self, session: &Session, headers: &http::HeaderMap, body: &[u8]) -> bool {
         !cross_site(headers)
-            && form_value(body, "csrf").is_some_and(|t| session::same_secret(&t, &session.csrf))
+            && form_value(body, "csrf")
+                .is_some_and(|t| same_secret(t.as_bytes(), session.csrf.as_bytes()))
     }
 
     fn csrf_refused(&self) -> Reply {
@@ -411,7 +413,7 @@ impl OptionsPage {
         let user = base.systemuserid;
         let changes = before.changes(after);
         let entry = store::AuditEntry {
-            at: crate::common::time::format_seconds(unix_now()),
+            at: crate::common::time::format_seconds((crate::common::time::now_ms() / 1000) as i64),
             by: session.user,
             as_admin: session.user != user,
             user,
@@ -633,12 +635,6 @@ fn no_mailbox() -> Reply {
 fn with_status(mut reply: Reply, status: StatusCode) -> Reply {
     *reply.status_mut() = status;
     reply
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Who a message was with: the sender of incoming mail, the first recipient of sent mail.

@@ -13,7 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::session::{cookie, random_token, same_secret};
+use super::session::{cookie, random_token};
+use crate::common::secret::same_secret;
 use crate::config::OidcConfig;
 
 /// The cookie that binds a sign-in in progress to its browser. `Lax`: the provider sends the
@@ -232,7 +233,8 @@ impl Oidc {
             return Err(OidcError::Refused(error.chars().take(100).collect()));
         }
         let state = params.get("state").ok_or(OidcError::UnknownState)?;
-        let bound = cookie(headers, STATE_COOKIE).is_some_and(|c| same_secret(c, state));
+        let bound = cookie(headers, STATE_COOKIE)
+            .is_some_and(|c| same_secret(c.as_bytes(), state.as_bytes()));
         let pending = self
             .pending
             .lock()
@@ -313,7 +315,7 @@ impl Oidc {
         if !claims
             .nonce
             .as_deref()
-            .is_some_and(|n| same_secret(n, nonce))
+            .is_some_and(|n| same_secret(n.as_bytes(), nonce.as_bytes()))
         {
             return Err(OidcError::InvalidToken(
                 "the nonce does not match this sign-in".into(),
@@ -336,19 +338,12 @@ impl Oidc {
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
-    mut response: reqwest::Response,
+    response: reqwest::Response,
 ) -> Result<T, OidcError> {
     let status = response.status();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| OidcError::Unreachable(e.without_url().to_string()))?
-    {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(OidcError::Malformed("answer too large".into()));
-        }
-        body.extend_from_slice(&chunk);
+    let (body, more) = crate::common::read::read_capped(response, MAX_ANSWER).await;
+    if more {
+        return Err(OidcError::Malformed("answer too large".into()));
     }
     if !status.is_success() {
         let code = serde_json::from_slice::<serde_json::Value>(&body)

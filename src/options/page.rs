@@ -104,14 +104,21 @@ pub fn signin(users: &[String], token: &str, error: Option<&str>) -> String {
         esc(token)
     );
     for user in users {
-        let _ = write!(body, "<option value=\"{0}\">{0}</option>", esc(user));
+        option(&mut body, user, user, false);
     }
     body.push_str("</select> <button type=\"submit\" id=\"signin\">Sign in</button></form>");
     layout("Sign in", &body)
 }
 
-fn selected(yes: bool) -> &'static str {
-    if yes { " selected" } else { "" }
+/// One `<option>` of a `<select>`, escaped.
+fn option(body: &mut String, value: &str, label: &str, selected: bool) {
+    let _ = write!(
+        body,
+        "<option value=\"{}\"{}>{}</option>",
+        esc(value),
+        if selected { " selected" } else { "" },
+        esc(label)
+    );
 }
 
 fn checked(yes: bool) -> &'static str {
@@ -179,12 +186,7 @@ fn email_section(body: &mut String, view: &PageView<'_>) {
         if value == 4 && !view.org.no_email_offered && o.incoming != 4 {
             continue;
         }
-        let _ = write!(
-            body,
-            "<option value=\"{value}\"{}>{}</option>",
-            selected(o.incoming == value),
-            esc(label)
-        );
+        option(body, &value.to_string(), label, o.incoming == value);
     }
     body.push_str("</select></p>");
     let _ = write!(
@@ -211,12 +213,7 @@ fn email_section(body: &mut String, view: &PageView<'_>) {
     );
     body.push_str("<p><label for=\"autocreate\">Automatically create records in Dynamics 365 for unknown senders of tracked email</label><br><select id=\"autocreate\" name=\"autocreate\">");
     for (value, label) in CREATE_CHOICES {
-        let _ = write!(
-            body,
-            "<option value=\"{value}\"{}>{}</option>",
-            selected(o.autocreate == value),
-            esc(label)
-        );
+        option(body, &value.to_string(), label, o.autocreate == value);
     }
     body.push_str("</select></p>");
     if !view.org.auto_create_allowed {
@@ -285,27 +282,21 @@ fn rule_row(
     let mut listed = false;
     for folder in view.folders.as_deref().unwrap_or_default() {
         listed |= folder.id == current;
-        let _ = write!(
-            body,
-            "<option value=\"{}\"{}>{}{}</option>",
-            esc(&folder.id),
-            selected(folder.id == current),
+        let label = format!(
+            "{}{}",
             "— ".repeat(folder.depth.saturating_sub(1)),
-            esc(&folder.name)
+            folder.name
         );
+        option(body, &folder.id, &label, folder.id == current);
     }
     if let Some(rule) = rule
         && !listed
     {
-        let _ = write!(
-            body,
-            "<option value=\"{}\" selected>{}</option>",
-            esc(&rule.folder_id),
-            esc(rule
-                .folder_name
-                .as_deref()
-                .unwrap_or("(a folder not listed)"))
-        );
+        let name = rule
+            .folder_name
+            .as_deref()
+            .unwrap_or("(a folder not listed)");
+        option(body, &rule.folder_id, name, true);
     }
     let regarding = rule
         .and_then(|r| r.regarding.as_ref())
@@ -319,20 +310,10 @@ fn rule_row(
     let mut offered = regarding.is_empty();
     for (label, value) in &view.regarding {
         offered |= *value == regarding;
-        let _ = write!(
-            body,
-            "<option value=\"{}\"{}>{}</option>",
-            esc(value),
-            selected(*value == regarding),
-            esc(label)
-        );
+        option(body, value, label, *value == regarding);
     }
     if !offered {
-        let _ = write!(
-            body,
-            "<option value=\"{0}\" selected>{0}</option>",
-            esc(&regarding)
-        );
+        option(body, &regarding, &regarding, true);
     }
     body.push_str("</select></td></tr>");
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::common::secret::same_secret;
+
 /// Sessions kept at most; the one closest to expiry goes first.
 const MAX_SESSIONS: usize = 10_000;
 pub const SESSION_COOKIE: &str = "trackgate_options";
@@ -37,15 +39,6 @@ pub struct Sessions {
 pub fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-pub fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
-            == 0
 }
 
 /// A cookie's value from a request's `Cookie` headers.
@@ -127,7 +120,9 @@ impl Sessions {
     /// Whether a posted sign-in form echoes its cookie's token.
     pub fn signin_matches(headers: &http::HeaderMap, posted: Option<&str>) -> bool {
         match (cookie(headers, SIGNIN_COOKIE), posted) {
-            (Some(expected), Some(posted)) => !expected.is_empty() && same_secret(expected, posted),
+            (Some(expected), Some(posted)) => {
+                !expected.is_empty() && same_secret(expected.as_bytes(), posted.as_bytes())
+            }
             _ => false,
         }
     }

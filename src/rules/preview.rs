@@ -135,19 +135,19 @@ impl Exclusions {
 
     /// The first exclusion that covers `address`, if any.
     pub fn first_match<'e>(exclusions: &'e [String], address: &str) -> Option<&'e str> {
-        let address = address.trim();
+        // Exclusions are kept lower-case (`parse`); the address is made so once.
+        let address = address.trim().to_lowercase();
         let domain = address.rsplit_once('@')?.1;
         exclusions
             .iter()
             .find(|e| {
                 if e.contains('@') {
-                    e.eq_ignore_ascii_case(address)
+                    **e == address
                 } else {
-                    domain.eq_ignore_ascii_case(e)
-                        || (domain.len() > e.len()
-                            && domain.is_char_boundary(domain.len() - e.len() - 1)
-                            && domain[domain.len() - e.len() - 1..].starts_with('.')
-                            && domain[domain.len() - e.len()..].eq_ignore_ascii_case(e))
+                    domain == e.as_str()
+                        || domain
+                            .strip_suffix(e.as_str())
+                            .is_some_and(|rest| rest.ends_with('.'))
                 }
             })
             .map(String::as_str)
