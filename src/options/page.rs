@@ -75,6 +75,14 @@ pub fn message(title: &str, text: &str) -> String {
     )
 }
 
+/// Signed out, with the way back in.
+pub fn signed_out() -> String {
+    layout(
+        "Signed out",
+        "<h1>Signed out</h1><p><a href=\"/options\" id=\"sign-in-again\">Sign in again</a></p>",
+    )
+}
+
 /// Signed in: on to `to` (a same-site navigation, so the session cookie goes with it).
 pub fn moving_on(to: &str) -> String {
     format!(

@@ -187,6 +187,12 @@ impl OptionsPage {
             return self.csrf_refused();
         }
         let cookie = self.sessions.end(&headers);
-        redirect("/options/signin", &[cookie])
+        // A page of ours, not the sign-in: with OpenID Connect that redirects to the provider,
+        // which the page's `form-action 'self'` forbids a form's redirects to reach.
+        let mut page = html(StatusCode::OK, page::signed_out());
+        if let Ok(value) = http::HeaderValue::from_str(&cookie) {
+            page.headers_mut().append(header::SET_COOKIE, value);
+        }
+        page
     }
 }
