@@ -26,5 +26,6 @@ pub mod proxy;
 pub mod replay;
 pub mod rules;
 pub mod simulate;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;

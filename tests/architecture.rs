@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// The stages, in flow order (docs/architecture.md §1): each may use those before it.
-const STAGES: [&str; 10] = [
+const STAGES: [&str; 11] = [
     "proxy",
     "inspect",
     "directory",
@@ -19,6 +19,7 @@ const STAGES: [&str; 10] = [
     "catchup",
     "crm",
     "delivery",
+    "sync",
 ];
 /// Imported by anything, importing only each other.
 const LEAVES: [&str; 4] = ["common", "tls", "telemetry", "oauth"];

@@ -249,6 +249,7 @@ fn base() -> DirectoryDocument {
                 ..Default::default()
             },
         ],
+        ..DirectoryDocument::default()
     }
 }
 

@@ -33,6 +33,12 @@ pub struct DirectoryDocument {
     /// Emails already in the CRM, for correlation and duplicate detection.
     #[serde(default)]
     pub emails: Vec<TrackedEmail>,
+    /// Appointments the users' Outlook filters may select for synchronisation.
+    #[serde(default)]
+    pub appointments: Vec<SyncActivity>,
+    /// Tasks (and the other activities Exchange keeps as tasks) the filters may select.
+    #[serde(default)]
+    pub tasks: Vec<SyncActivity>,
 }
 
 /// A lookup value: the target table's logical name and the row id.
@@ -150,6 +156,12 @@ pub struct OrgDbOrgSettings {
     pub use_filtering_method_of_syncing_mailbox_only_for_correlation: bool,
     pub do_not_ignore_internal_email_to_queues: bool,
     pub ignore_internal_email_from_queues: bool,
+    /// A row that stops matching a user's filters (a "logical delete") only unlinks its
+    /// Exchange item instead of deleting it.
+    pub distinct_physical_and_logical_deletes_for_exchange_sync: bool,
+    /// An appointment canceled in the CRM is canceled in Exchange too.
+    #[serde(rename = "SSSPropagateAppointmentCancellationsToExchange")]
+    pub sss_propagate_appointment_cancellations_to_exchange: bool,
 }
 
 impl Default for OrgDbOrgSettings {
@@ -166,6 +178,8 @@ impl Default for OrgDbOrgSettings {
             use_filtering_method_of_syncing_mailbox_only_for_correlation: false,
             do_not_ignore_internal_email_to_queues: true,
             ignore_internal_email_from_queues: false,
+            distinct_physical_and_logical_deletes_for_exchange_sync: false,
+            sss_propagate_appointment_cancellations_to_exchange: false,
         }
     }
 }
@@ -432,8 +446,62 @@ pub struct Contact {
     pub statecode: u8,
     #[serde(default)]
     pub createdon: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modifiedon: Option<String>,
+    /// The row version, raised on every change: how synchronisation knows a linked row needs
+    /// writing again (`modifiedon` has only seconds).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "row_version"
+    )]
+    pub versionnumber: Option<u64>,
     #[serde(default)]
     pub parentcustomerid: Option<Lookup>,
+}
+
+/// A row version as the Web API writes it: a number, or (for BigInt columns, in some
+/// serialisations) a string of digits.
+fn row_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Version {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Version>::deserialize(d)? {
+        None => Ok(None),
+        Some(Version::Number(n)) => Ok(Some(n)),
+        Some(Version::Text(t)) => t.trim().parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// An appointment or task row, with the columns sync filters read and the change mark
+/// synchronisation compares; the synchronised fields themselves are read when a row is written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncActivity {
+    pub activityid: Uuid,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub ownerid: Option<Uuid>,
+    #[serde(default)]
+    pub statecode: u8,
+    #[serde(default)]
+    pub statuscode: Option<u32>,
+    #[serde(default)]
+    pub scheduledstart: Option<String>,
+    #[serde(default)]
+    pub scheduledend: Option<String>,
+    #[serde(default)]
+    pub createdon: Option<String>,
+    #[serde(default)]
+    pub modifiedon: Option<String>,
+    #[serde(default, deserialize_with = "row_version")]
+    pub versionnumber: Option<u64>,
+    #[serde(default)]
+    pub regardingobjectid: Option<Lookup>,
 }
 
 /// An `accounts` row.

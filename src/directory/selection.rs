@@ -3,7 +3,7 @@
 //! table with no enabled filter, the organization's default templates for a user with no
 //! filters of their own, and a filter trackgate cannot evaluate named in the error, not guessed
 //! at (docs/domain.md §5.3). Evaluated over the directory document's rows: contacts,
-//! accounts and leads today; appointments and tasks once they are replicated (issue 23).
+//! accounts, leads, appointments and tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,7 +45,42 @@ fn rows_of(doc: &DirectoryDocument, entity: &str) -> Vec<(Uuid, Map<String, Valu
         "contact" => each(&doc.contacts, |c| c.contactid),
         "account" => each(&doc.accounts, |a| a.accountid),
         "lead" => each(&doc.leads, |l| l.leadid),
+        "appointment" => each(&doc.appointments, |a| a.activityid),
+        "task" => each(&doc.tasks, |t| t.activityid),
         _ => Vec::new(),
+    }
+}
+
+/// One table's rows as the Web API shows them.
+type Rows = std::sync::Arc<Vec<(Uuid, Map<String, Value>)>>;
+
+/// The rows filters are evaluated over, each table converted once for every user of a round.
+pub struct Prepared<'a> {
+    doc: &'a DirectoryDocument,
+    tables: std::sync::Mutex<BTreeMap<String, Rows>>,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(doc: &'a DirectoryDocument) -> Prepared<'a> {
+        Prepared {
+            doc,
+            tables: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn rows(&self, entity: &str) -> Rows {
+        let mut tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        tables
+            .entry(entity.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(rows_of(self.doc, entity)))
+            .clone()
+    }
+
+    pub fn document(&self) -> &DirectoryDocument {
+        self.doc
     }
 }
 
@@ -56,6 +91,17 @@ pub fn select(
     teams: &[Uuid],
     now: i64,
 ) -> Selection {
+    select_prepared(&Prepared::new(doc), settings, teams, now)
+}
+
+/// [`select`] over rows prepared once for many users.
+pub fn select_prepared(
+    prepared: &Prepared<'_>,
+    settings: &UserSettings,
+    teams: &[Uuid],
+    now: i64,
+) -> Selection {
+    let doc = prepared.doc;
     let mut selection = Selection::default();
     let cx = Context {
         user: settings.systemuserid,
@@ -87,9 +133,9 @@ pub fn select(
             .rows
             .entry(parsed.entity().to_owned())
             .or_default();
-        for (id, row) in rows_of(doc, parsed.entity()) {
-            if parsed.matches(&row, &cx) {
-                table.insert(id);
+        for (id, row) in prepared.rows(parsed.entity()).iter() {
+            if parsed.matches(row, &cx) {
+                table.insert(*id);
             }
         }
     }

@@ -172,8 +172,38 @@ pub const CONTACTS: TableSpec = TableSpec {
         Id("ownerid", "systemusers"),
         C("statecode"),
         C("createdon"),
+        C("modifiedon"),
+        C("versionnumber"),
         L("parentcustomerid"),
     ],
+};
+
+const ACTIVITY_FIELDS: &[Field] = &[
+    C("activityid"),
+    C("subject"),
+    Id("ownerid", "systemusers"),
+    C("statecode"),
+    C("statuscode"),
+    C("scheduledstart"),
+    C("scheduledend"),
+    C("createdon"),
+    C("modifiedon"),
+    C("versionnumber"),
+    L("regardingobjectid"),
+];
+
+/// Appointments, for synchronisation to the users' calendars.
+pub const APPOINTMENTS: TableSpec = TableSpec {
+    set: "appointments",
+    key: "activityid",
+    fields: ACTIVITY_FIELDS,
+};
+
+/// Tasks, for synchronisation to the users' task lists.
+pub const TASKS: TableSpec = TableSpec {
+    set: "tasks",
+    key: "activityid",
+    fields: ACTIVITY_FIELDS,
 };
 
 pub const ACCOUNTS: TableSpec = TableSpec {
@@ -259,7 +289,7 @@ pub fn tracks_changes(set: &str) -> bool {
 }
 
 /// Every fixed table, in load order.
-pub const TABLES: [TableSpec; 12] = [
+pub const TABLES: [TableSpec; 14] = [
     ORGANIZATIONS,
     SYSTEMUSERS,
     USERSETTINGS,
@@ -272,6 +302,8 @@ pub const TABLES: [TableSpec; 12] = [
     ACCOUNTS,
     LEADS,
     EMAILS,
+    APPOINTMENTS,
+    TASKS,
 ];
 
 /// Another e-mail-enabled table to replicate (a custom table, equipment, …), from the config.

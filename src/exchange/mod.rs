@@ -7,6 +7,7 @@
 
 mod delta;
 mod folders;
+pub mod items;
 mod sent_copy;
 mod sync;
 
@@ -20,6 +21,7 @@ use crate::common::read::read_capped;
 use crate::common::text::{percent_encode, xml_escape};
 pub use delta::DeltaPage;
 pub use folders::InboxFolder;
+pub use items::{Invitations, ItemKind, Outgoing, SyncItem};
 pub use sent_copy::SentCopyQuery;
 pub use sync::{SyncFolder, SyncPage};
 

@@ -21,6 +21,8 @@ pub enum SyncFolder<'a> {
 pub struct SyncPage {
     /// Items created or changed, in Exchange's order.
     pub item_ids: Vec<String>,
+    /// Items deleted (or moved out of the folder).
+    pub deleted: Vec<String>,
     pub state: String,
     pub last: bool,
 }
@@ -54,6 +56,17 @@ fn by_local_name<'t>(node: Node<'t>, name: &str, out: &mut Vec<Node<'t>>) {
     }
 }
 
+/// How long an `ErrorServerBusy` answer asks to wait (`BackOffMilliseconds`, else 30 s).
+pub(super) fn back_off(root: Node<'_>) -> u64 {
+    let mut values = Vec::new();
+    by_local_name(root, "Value", &mut values);
+    values
+        .iter()
+        .find(|v| v.attr("Name") == Some("BackOffMilliseconds"))
+        .and_then(|v| v.text().trim().parse().ok())
+        .unwrap_or(30_000)
+}
+
 /// Reads a SyncFolderItems answer: its page, or the error Exchange gave.
 fn read_sync(status: u16, body: &[u8]) -> Result<SyncPage, ExchangeError> {
     let tree = Tree::parse(body, XmlLimits::default())
@@ -67,16 +80,7 @@ fn read_sync(status: u16, body: &[u8]) -> Result<SyncPage, ExchangeError> {
     match code.as_str() {
         "NoError" => {}
         "ErrorInvalidSyncStateData" => return Err(ExchangeError::InvalidSyncState),
-        "ErrorServerBusy" => {
-            let mut values = Vec::new();
-            by_local_name(tree.root(), "Value", &mut values);
-            let back_off = values
-                .iter()
-                .find(|v| v.attr("Name") == Some("BackOffMilliseconds"))
-                .and_then(|v| v.text().trim().parse().ok())
-                .unwrap_or(30_000);
-            return Err(ExchangeError::Busy(back_off));
-        }
+        "ErrorServerBusy" => return Err(ExchangeError::Busy(back_off(tree.root()))),
         "" if status != 200 => return Err(ExchangeError::Status(status)),
         other => return Err(ExchangeError::NotFound(other.to_owned())),
     }
@@ -96,13 +100,15 @@ fn read_sync(status: u16, body: &[u8]) -> Result<SyncPage, ExchangeError> {
     let mut changes = Vec::new();
     message.descendants("Changes", &mut changes);
     for change in changes.iter().flat_map(|c| c.children()) {
-        if !(change.is(Ns::Types, "Create") || change.is(Ns::Types, "Update")) {
-            continue;
-        }
         let mut ids = Vec::new();
         change.descendants("ItemId", &mut ids);
-        if let Some(id) = ids.first().and_then(|i| i.attr("Id")) {
+        let Some(id) = ids.first().and_then(|i| i.attr("Id")) else {
+            continue;
+        };
+        if change.is(Ns::Types, "Create") || change.is(Ns::Types, "Update") {
             page.item_ids.push(id.to_owned());
+        } else if change.is(Ns::Types, "Delete") {
+            page.deleted.push(id.to_owned());
         }
     }
     Ok(page)

@@ -29,7 +29,7 @@ impl DataverseSource {
 
     /// One page, waiting out throttling: a 429 or 503 with `Retry-After` (up to a minute) is
     /// tried again, at most three times, so one busy moment does not fail a whole refresh.
-    async fn get(
+    pub(super) async fn get(
         &self,
         set: &str,
         url: &str,

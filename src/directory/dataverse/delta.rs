@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{DataverseSource, DataverseSourceSettings, OfflineFilter, SourceError};
 use crate::directory::model::{
     Account, Contact, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder, Organization,
-    Queue, SavedQuery, SystemUser, TrackedEmail, UserQuery, UserSettings,
+    Queue, SavedQuery, SyncActivity, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::replica::{Replica, ReplicaChanges};
 use crate::directory::tables::{self, OtherTable};
@@ -85,6 +85,8 @@ pub(super) struct State {
     pub(super) accounts: Table<Account>,
     pub(super) leads: Table<Lead>,
     pub(super) emails: Table<TrackedEmail>,
+    pub(super) appointments: Table<SyncActivity>,
+    pub(super) tasks: Table<SyncActivity>,
     /// When the last email refresh began (RFC 3339), for the next incremental one.
     pub(super) emails_since: Option<String>,
     /// Refreshes begun, for ordering their swaps.
@@ -213,6 +215,8 @@ pub(super) fn forget_deltas(state: &mut State) {
     state.contacts.delta = None;
     state.accounts.delta = None;
     state.leads.delta = None;
+    state.appointments.delta = None;
+    state.tasks.delta = None;
     state.emails_since = None;
     for table in state.others.values_mut() {
         table.delta = None;
@@ -330,6 +334,8 @@ fn restore_rows(
         "accounts" => put(&mut state.accounts, id, bytes),
         "leads" => put(&mut state.leads, id, bytes),
         "emails" => put(&mut state.emails, id, bytes),
+        "appointments" => put(&mut state.appointments, id, bytes),
+        "tasks" => put(&mut state.tasks, id, bytes),
         other if others.contains_key(other) => {
             put(state.others.entry(other.to_owned()).or_default(), id, bytes)
         }
@@ -373,6 +379,8 @@ fn restore_deltas(
     state.contacts.delta = delta("contacts")?;
     state.accounts.delta = delta("accounts")?;
     state.leads.delta = delta("leads")?;
+    state.appointments.delta = delta("appointments")?;
+    state.tasks.delta = delta("tasks")?;
     for (set, table) in state.others.iter_mut() {
         table.delta = delta(set)?;
     }

@@ -139,7 +139,10 @@ pub fn default_offline_filter(set: &str) -> OfflineFilter {
 
 /// Tables whose rows have an owner (where `owned` makes sense).
 pub fn has_owner(set: &str) -> bool {
-    matches!(set, "queues" | "contacts" | "accounts" | "leads" | "emails")
+    matches!(
+        set,
+        "queues" | "contacts" | "accounts" | "leads" | "emails" | "appointments" | "tasks"
+    )
 }
 
 #[derive(Debug, thiserror::Error)]

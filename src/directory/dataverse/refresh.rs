@@ -11,7 +11,7 @@ use super::rows::document;
 use super::{DataverseSource, OfflineFilter, SourceError};
 use crate::directory::model::{
     Account, Contact, EmailEnabledRecord, Lead, Mailbox, MailboxTrackingFolder, Organization,
-    Queue, SavedQuery, SystemUser, TrackedEmail, UserQuery, UserSettings,
+    Queue, SavedQuery, SyncActivity, SystemUser, TrackedEmail, UserQuery, UserSettings,
 };
 use crate::directory::replica::ReplicaChanges;
 use crate::directory::snapshot::Directory;
@@ -32,6 +32,8 @@ struct Fetched {
     leads: Pending<Lead>,
     others: Vec<Pending<EmailEnabledRecord>>,
     emails: Pending<TrackedEmail>,
+    appointments: Pending<SyncActivity>,
+    tasks: Pending<SyncActivity>,
 }
 
 /// Contacts, accounts, leads and the other tables' records, as `fetch_records` pulls them.
@@ -240,6 +242,17 @@ impl DataverseSource {
             state.emails_since = None;
         }
         let emails = self.pull_emails(state, &user_ids, started).await?;
+        let appointments = self
+            .pull_table(
+                &tables::APPOINTMENTS,
+                &state.appointments.delta,
+                &delta,
+                &user_ids,
+            )
+            .await?;
+        let tasks = self
+            .pull_table(&tables::TASKS, &state.tasks.delta, &delta, &user_ids)
+            .await?;
         Ok(Fetched {
             users,
             settings,
@@ -253,6 +266,8 @@ impl DataverseSource {
             leads,
             others,
             emails,
+            appointments,
+            tasks,
         })
     }
 
@@ -331,6 +346,18 @@ impl DataverseSource {
                 fetched.emails.full,
                 fetched.emails.rows.len(),
             ),
+            (
+                "appointments",
+                state.appointments.rows.len(),
+                fetched.appointments.full,
+                fetched.appointments.rows.len(),
+            ),
+            (
+                "tasks",
+                state.tasks.rows.len(),
+                fetched.tasks.full,
+                fetched.tasks.rows.len(),
+            ),
         ] {
             if let Some(error) = over(set, current, full, incoming) {
                 return Err(error);
@@ -373,6 +400,8 @@ impl DataverseSource {
             changed |= self.apply(table, pending, changes);
         }
         changed |= self.apply(&mut state.emails, fetched.emails, changes);
+        changed |= self.apply(&mut state.appointments, fetched.appointments, changes);
+        changed |= self.apply(&mut state.tasks, fetched.tasks, changes);
         let since = humantime::format_rfc3339_seconds(started).to_string();
         changed |= prune_emails(
             &mut state.emails,

@@ -29,6 +29,8 @@ pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
     let (contacts, accounts, leads) = records(state, &mut skipped);
     let emailenabledrecords = other_records(state, &mut skipped);
     let emails = emails(state, &organization, &mut skipped);
+    let appointments = state.appointments.decoded(&mut skipped);
+    let tasks = state.tasks.decoded(&mut skipped);
     let doc = DirectoryDocument {
         organization,
         systemusers,
@@ -41,6 +43,8 @@ pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
         leads,
         emailenabledrecords,
         emails,
+        appointments,
+        tasks,
     };
     (doc, skipped)
 }

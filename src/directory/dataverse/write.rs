@@ -1,6 +1,9 @@
 //! Writing one user's options back to Dataverse, for the options page: the `usersettings`
 //! row's columns (an update that never creates the row) and the mailbox's
 //! `mailboxtrackingfolders` (rows removed, rows added). The next refresh reads them back.
+//! And the row-level calls synchronisation makes with the same credentials: read one row or a
+//! query's rows, update a row (never creating it), create a row under a chosen id (`If-None-Match:
+//! *`, so a retry finds it there).
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -96,6 +99,101 @@ impl DataverseSource {
             .await?;
         }
         Ok(())
+    }
+
+    /// One row with `query` (`$select=…&$expand=…`); `None` when Dataverse has no such row.
+    pub async fn read_row(
+        &self,
+        set: &str,
+        id: Uuid,
+        query: &str,
+    ) -> Result<Option<Map<String, Value>>, SourceError> {
+        let url = self.api(&format!("/{set}({id})?{query}"));
+        match self.get(set, &url, false).await {
+            Ok(row) => Ok(Some(row)),
+            Err(SourceError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The rows a query (`$filter=…&$select=…`) answers, every page.
+    pub async fn read_rows(
+        &self,
+        set: &str,
+        query: &str,
+    ) -> Result<Vec<Map<String, Value>>, SourceError> {
+        let mut url = self.api(&format!("/{set}?{query}"));
+        let mut rows = Vec::new();
+        for _ in 0..1000 {
+            let mut page = self.get(set, &url, false).await?;
+            if let Some(Value::Array(list)) = page.remove("value") {
+                rows.extend(list.into_iter().filter_map(|v| match v {
+                    Value::Object(row) => Some(row),
+                    _ => None,
+                }));
+            }
+            match page.get("@odata.nextLink").and_then(Value::as_str) {
+                Some(next) => url = next.to_owned(),
+                None => return Ok(rows),
+            }
+        }
+        Err(SourceError::Malformed {
+            set: set.to_owned(),
+            message: "more than 1000 pages".into(),
+        })
+    }
+
+    /// Updates columns of an existing row (`If-Match: *`: never creates it).
+    pub async fn update_row(
+        &self,
+        set: &str,
+        id: Uuid,
+        columns: Map<String, Value>,
+    ) -> Result<(), SourceError> {
+        let url = self.api(&format!("/{set}({id})"));
+        self.send(
+            reqwest::Method::PATCH,
+            set,
+            &url,
+            Some(Value::Object(columns)),
+        )
+        .await
+    }
+
+    /// Deletes a row; one already gone counts as deleted.
+    pub async fn delete_row(&self, set: &str, id: Uuid) -> Result<(), SourceError> {
+        let url = self.api(&format!("/{set}({id})"));
+        match self.send(reqwest::Method::DELETE, set, &url, None).await {
+            Err(SourceError::Status { status: 404, .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Creates a row under `id`; a row already there (412) counts as created.
+    pub async fn create_row(
+        &self,
+        set: &str,
+        id: Uuid,
+        columns: Map<String, Value>,
+    ) -> Result<(), SourceError> {
+        let url = self.api(&format!("/{set}({id})"));
+        let request = self
+            .http
+            .patch(&url)
+            .header("OData-MaxVersion", "4.0")
+            .header("OData-Version", "4.0")
+            .header("Accept", "application/json")
+            .header("If-None-Match", "*")
+            .timeout(self.settings.request_timeout)
+            .json(&Value::Object(columns));
+        let mut response = self.send_authorized(request).await?;
+        let status = response.status().as_u16();
+        let body = read_body(set, &mut response).await?;
+        self.refused_token(status).await;
+        match status {
+            200..=299 | 412 => Ok(()),
+            _ => Err(refused(set, status, &body)),
+        }
     }
 
     async fn send(

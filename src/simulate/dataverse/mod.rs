@@ -376,6 +376,8 @@ fn insert_seed(store: &mut Store, set: &str, id: Uuid, mut fields: Map<String, V
             fields.insert(column.into(), now.clone().into());
         }
     }
+    store.sequence += 1;
+    fields.insert("versionnumber".into(), store.sequence.into());
     store
         .tables
         .entry(set.to_owned())
@@ -466,6 +468,8 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
     rows(store, &t::CONTACTS, &doc.contacts);
     rows(store, &t::ACCOUNTS, &doc.accounts);
     rows(store, &t::LEADS, &doc.leads);
+    rows(store, &t::APPOINTMENTS, &doc.appointments);
+    rows(store, &t::TASKS, &doc.tasks);
     rows(store, &t::EMAILS, &doc.emails);
     // What the seeded rows point at (opportunities, …) exists too, so their binds resolve.
     let targets: Vec<crate::directory::model::Lookup> = doc
@@ -1327,6 +1331,9 @@ fn write(
     merged.extend(row);
     merged.insert(pk(set), Value::String(id.to_string()));
     merged.insert("modifiedon".into(), iso_now().into());
+    // The row version Dataverse raises on every change (finer than `modifiedon`'s seconds).
+    store.sequence += 1;
+    merged.insert("versionnumber".into(), store.sequence.into());
     if created {
         if !merged.contains_key("createdon") {
             merged.insert("createdon".into(), iso_now().into());

@@ -10,7 +10,7 @@ use super::render::{self, Context, Shape};
 use super::{Ctx, close, error, open, store_error, success};
 use crate::common::time::timestamp_seconds;
 use crate::inspect::xml::{Node, Ns};
-use crate::simulate::mailbox::{Addr, Item, Kind, NewItem, StoreError};
+use crate::simulate::mailbox::{Addr, Item, Kind, NewItem, PropKey, StoreError};
 
 const MAX_IDS: usize = 1000;
 
@@ -90,7 +90,16 @@ fn field_value(item: &Item, uri: &str) -> Option<String> {
         "contacts:Surname" => item.surname.clone()?,
         "contacts:CompanyName" => item.company.clone()?,
         "contacts:EmailAddresses" | "contacts:EmailAddress" => item.emails.join("\n"),
-        _ => return None,
+        ext if ext.starts_with("ext:") => item
+            .extended
+            .iter()
+            .find(|p| extended_field(&p.key) == ext)?
+            .value
+            .clone(),
+        other => item
+            .extra
+            .get(other.rsplit(':').next().unwrap_or(other))?
+            .clone(),
     })
 }
 
@@ -104,10 +113,26 @@ fn compare(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// The field a search expression names: a `FieldURI`, or an extended property as
+/// `ext:<set>|<tag>|<name>|<id>`.
 fn field_of(node: Node<'_>) -> Option<String> {
+    if let Some(ext) = node.child(Ns::Types, "ExtendedFieldURI") {
+        return Some(extended_field(&parse::prop_key(ext)));
+    }
     node.children()
         .find(|c| c.is(Ns::Types, "FieldURI") || c.is(Ns::Types, "IndexedFieldURI"))
         .and_then(|c| c.attr("FieldURI").map(str::to_owned))
+}
+
+fn extended_field(key: &PropKey) -> String {
+    let part = |p: &Option<String>| p.clone().unwrap_or_default();
+    format!(
+        "ext:{}|{}|{}|{}",
+        part(&key.set),
+        part(&key.tag),
+        part(&key.name),
+        part(&key.id)
+    )
 }
 
 fn constant(node: Node<'_>) -> Option<String> {
@@ -493,10 +518,11 @@ fn update_one(
                         .children()
                         .find_map(|c| c.attr("FieldURI"))
                         .unwrap_or_default();
+                    let index = update.children().find_map(|c| c.attr("FieldIndex"));
                     let extended = update
                         .child(Ns::Types, "ExtendedFieldURI")
                         .map(parse::prop_key);
-                    parse::delete_field(item, uri, extended);
+                    parse::delete_field(item, uri, index, extended);
                 }
                 _ => {}
             }

@@ -248,6 +248,10 @@ pub fn apply_fields(item: &mut Item, node: Node<'_>, append: bool) {
             }
             "DueDate" => item.due = time(&node, "DueDate"),
             "Status" => item.status = Some(text()),
+            "PhoneNumbers" | "PhysicalAddresses" => set_entries(item, child),
+            other if KEPT_AS_WRITTEN.contains(&other) => {
+                item.extra.insert(other.to_owned(), text());
+            }
             _ => {}
         }
     }
@@ -257,6 +261,44 @@ pub fn apply_fields(item: &mut Item, node: Node<'_>, append: bool) {
             .flatten()
             .collect::<Vec<_>>()
             .join(" ");
+    }
+}
+
+/// Simple fields the store keeps as written, by element name.
+pub const KEPT_AS_WRITTEN: &[&str] = &[
+    "IsAllDayEvent",
+    "LegacyFreeBusyStatus",
+    "MiddleName",
+    "Nickname",
+    "AssistantName",
+    "BusinessHomePage",
+    "Department",
+    "JobTitle",
+    "SpouseName",
+    "CompleteDate",
+    "PercentComplete",
+    "StartDate",
+];
+
+/// Indexed entries (`<t:Entry Key="BusinessPhone">…`), merged: an update names the entries it
+/// sets, the others stay.
+fn set_entries(item: &mut Item, node: Node<'_>) {
+    let list = node.name();
+    for entry in node.children() {
+        let Some(key) = entry.attr("Key") else {
+            continue;
+        };
+        let parts: Vec<Node<'_>> = entry.children().collect();
+        if parts.is_empty() {
+            item.extra
+                .insert(format!("{list}/{key}"), entry.text().into_owned());
+        }
+        for part in parts {
+            item.extra.insert(
+                format!("{list}/{key}/{}", part.name()),
+                part.text().into_owned(),
+            );
+        }
     }
 }
 
@@ -282,10 +324,26 @@ fn set_extended(item: &mut Item, node: Node<'_>) {
     });
 }
 
-/// Removes the field a `DeleteItemField` names.
-pub fn delete_field(item: &mut Item, uri: &str, extended: Option<PropKey>) {
+/// Removes the field a `DeleteItemField` names (`index`: an `IndexedFieldURI`'s `FieldIndex`).
+pub fn delete_field(item: &mut Item, uri: &str, index: Option<&str>, extended: Option<PropKey>) {
     if let Some(key) = extended {
         item.extended.retain(|p| p.key != key);
+        return;
+    }
+    let name = uri.rsplit(':').next().unwrap_or(uri);
+    let indexed = match (uri, index) {
+        ("contacts:PhoneNumber", Some(key)) => Some(format!("PhoneNumbers/{key}")),
+        (u, Some(key)) if u.starts_with("contacts:PhysicalAddress:") => {
+            Some(format!("PhysicalAddresses/{key}/{name}"))
+        }
+        _ => None,
+    };
+    if let Some(key) = indexed {
+        item.extra.remove(&key);
+        return;
+    }
+    if KEPT_AS_WRITTEN.contains(&name) {
+        item.extra.remove(name);
         return;
     }
     match uri {
@@ -296,6 +354,11 @@ pub fn delete_field(item: &mut Item, uri: &str, extended: Option<PropKey>) {
         "message:CcRecipients" => item.cc.clear(),
         "message:BccRecipients" => item.bcc.clear(),
         "calendar:Location" => item.location = None,
+        "calendar:OptionalAttendees" => item.cc.clear(),
+        "calendar:RequiredAttendees" => item.to.clear(),
+        "contacts:GivenName" => item.given_name = None,
+        "contacts:Surname" => item.surname = None,
+        "contacts:CompanyName" => item.company = None,
         "task:DueDate" => item.due = None,
         _ => {}
     }

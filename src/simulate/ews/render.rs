@@ -82,25 +82,38 @@ const CALENDAR_FIELDS: &[&str] = &[
     "calendar:Start",
     "calendar:End",
     "calendar:IsAllDayEvent",
+    "calendar:LegacyFreeBusyStatus",
     "calendar:Location",
     "calendar:IsMeeting",
     "calendar:Organizer",
     "calendar:RequiredAttendees",
+    "calendar:OptionalAttendees",
 ];
 
 const CONTACT_FIELDS: &[&str] = &[
     "contacts:FileAs",
     "contacts:DisplayName",
     "contacts:GivenName",
+    "contacts:MiddleName",
+    "contacts:Nickname",
     "contacts:CompanyName",
     "contacts:EmailAddresses",
+    "contacts:PhysicalAddresses",
+    "contacts:PhoneNumbers",
+    "contacts:AssistantName",
+    "contacts:BusinessHomePage",
+    "contacts:Department",
+    "contacts:JobTitle",
+    "contacts:SpouseName",
     "contacts:Surname",
 ];
 
 const TASK_FIELDS: &[&str] = &[
+    "task:CompleteDate",
     "task:DueDate",
     "task:IsComplete",
     "task:PercentComplete",
+    "task:StartDate",
     "task:Status",
 ];
 
@@ -402,6 +415,47 @@ fn headers(out: &mut String, item: &Item) {
     out.push_str("</t:InternetMessageHeaders>");
 }
 
+fn attendees(out: &mut String, element: &str, list: &[Addr]) {
+    let _ = write!(out, "<t:{element}>");
+    for a in list {
+        out.push_str("<t:Attendee>");
+        mailbox_xml(out, a);
+        out.push_str("<t:ResponseType>Unknown</t:ResponseType></t:Attendee>");
+    }
+    let _ = write!(out, "</t:{element}>");
+}
+
+/// Indexed entries kept as written: phone numbers, and physical addresses with their parts in
+/// schema order.
+fn entries(out: &mut String, item: &Item, uri: &str) {
+    let list = uri.rsplit(':').next().unwrap_or(uri);
+    let prefix = format!("{list}/");
+    let mut keys: Vec<&str> = item
+        .extra
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix))
+        .map(|k| k.split('/').next().unwrap_or(k))
+        .collect();
+    keys.dedup();
+    if keys.is_empty() {
+        return;
+    }
+    let _ = write!(out, "<t:{list}>");
+    for key in keys {
+        let _ = write!(out, r#"<t:Entry Key="{}">"#, esc(key));
+        if let Some(value) = item.extra.get(&format!("{prefix}{key}")) {
+            out.push_str(&esc(value));
+        }
+        for part in ["Street", "City", "State", "CountryOrRegion", "PostalCode"] {
+            if let Some(value) = item.extra.get(&format!("{prefix}{key}/{part}")) {
+                simple(out, part, value);
+            }
+        }
+        out.push_str("</t:Entry>");
+    }
+    let _ = write!(out, "</t:{list}>");
+}
+
 fn kind_field(out: &mut String, item: &Item, uri: &str) {
     match uri {
         "message:Sender" => single(out, "Sender", &item.from),
@@ -424,7 +478,16 @@ fn kind_field(out: &mut String, item: &Item, uri: &str) {
         "calendar:UID" => simple(out, "UID", &item.id),
         "calendar:Start" => time(out, "Start", item.start),
         "calendar:End" => time(out, "End", item.end),
-        "calendar:IsAllDayEvent" => simple(out, "IsAllDayEvent", "false"),
+        "calendar:IsAllDayEvent" => simple(
+            out,
+            "IsAllDayEvent",
+            item.extra
+                .get("IsAllDayEvent")
+                .map_or("false", String::as_str),
+        ),
+        "calendar:OptionalAttendees" if !item.cc.is_empty() => {
+            attendees(out, "OptionalAttendees", &item.cc)
+        }
         "calendar:Location" => {
             if let Some(v) = &item.location {
                 simple(out, "Location", v);
@@ -433,13 +496,7 @@ fn kind_field(out: &mut String, item: &Item, uri: &str) {
         "calendar:IsMeeting" => simple(out, "IsMeeting", bool_text(!item.to.is_empty())),
         "calendar:Organizer" => single(out, "Organizer", &item.from),
         "calendar:RequiredAttendees" if !item.to.is_empty() => {
-            out.push_str("<t:RequiredAttendees>");
-            for a in &item.to {
-                out.push_str("<t:Attendee>");
-                mailbox_xml(out, a);
-                out.push_str("<t:ResponseType>Unknown</t:ResponseType></t:Attendee>");
-            }
-            out.push_str("</t:RequiredAttendees>");
+            attendees(out, "RequiredAttendees", &item.to)
         }
         "contacts:FileAs" => simple(out, "FileAs", &item.subject),
         "contacts:DisplayName" => simple(out, "DisplayName", &item.subject),
@@ -479,10 +536,10 @@ fn kind_field(out: &mut String, item: &Item, uri: &str) {
         "task:PercentComplete" => simple(
             out,
             "PercentComplete",
-            if item.status.as_deref() == Some("Completed") {
-                "100"
-            } else {
-                "0"
+            match item.extra.get("PercentComplete") {
+                Some(written) => written,
+                None if item.status.as_deref() == Some("Completed") => "100",
+                None => "0",
             },
         ),
         "task:Status" => simple(
@@ -490,7 +547,13 @@ fn kind_field(out: &mut String, item: &Item, uri: &str) {
             "Status",
             item.status.as_deref().unwrap_or("NotStarted"),
         ),
-        _ => {}
+        "contacts:PhoneNumbers" | "contacts:PhysicalAddresses" => entries(out, item, uri),
+        other => {
+            let name = other.rsplit(':').next().unwrap_or(other);
+            if let Some(value) = item.extra.get(name) {
+                simple(out, name, value);
+            }
+        }
     }
 }
 

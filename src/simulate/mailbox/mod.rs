@@ -205,6 +205,10 @@ pub struct Item {
     /// Tasks.
     pub due: Option<i64>,
     pub status: Option<String>,
+    /// Fields the store keeps as written (contacts' phones, addresses and job titles, tasks'
+    /// start and completion, …): `Element` for a simple one, `Element/Key` for an indexed
+    /// entry, `Element/Key/Part` for a part of a physical address.
+    pub extra: BTreeMap<String, String>,
     /// The RFC 822 message as created, when it came as MIME.
     pub mime: Option<Vec<u8>>,
     /// Store sequence number when the item entered its folder (for sync states); the store
