@@ -54,6 +54,7 @@ fn directory(users: usize) -> DirectoryDocument {
             processemailreceivedafter: None,
             incomingemaildeliverymethod: 2,
             actdeliverymethod: 1,
+            outgoingemaildeliverymethod: 2,
         });
     }
     doc

@@ -65,6 +65,7 @@ fn document(users: usize, records: usize) -> DirectoryDocument {
             processemailreceivedafter: None,
             incomingemaildeliverymethod: 2,
             actdeliverymethod: 1,
+            outgoingemaildeliverymethod: 2,
         });
     }
     for r in 0..records {

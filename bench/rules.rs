@@ -108,6 +108,7 @@ fn document(s: &Scale) -> DirectoryDocument {
             processemailreceivedafter: None,
             incomingemaildeliverymethod: 2,
             actdeliverymethod: 1,
+            outgoingemaildeliverymethod: 2,
         });
         for f in 0..s.rules_per_user {
             doc.mailboxtrackingfolders.push(MailboxTrackingFolder {

@@ -48,6 +48,8 @@ pub struct AdminState {
     pub directory_metrics: Arc<DirectoryMetrics>,
     /// The catch-up sweep, when it runs.
     pub catchup: Option<Arc<crate::catchup::Sweeper>>,
+    /// Synchronisation, when it runs.
+    pub sync: Option<Arc<crate::sync::Syncer>>,
     /// What stops delivery until an operator acts, when delivery runs.
     pub delivery: Option<Arc<crate::delivery::DeliveryHealth>>,
     /// The Personal Options page, when it is served.
@@ -114,6 +116,12 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         }
         return catchup_run(state, &crate::common::text::percent_decode(mailbox));
     }
+    if let Some(mailbox) = path.strip_prefix("/sync/run/") {
+        if let Some(refused) = post_only(state, &req, "use POST\n") {
+            return refused;
+        }
+        return sync_run(state, &crate::common::text::percent_decode(mailbox)).await;
+    }
     if let Some(action) = path.strip_prefix("/outbox/")
         && (action.starts_with("retry/") || action.starts_with("skip/"))
     {
@@ -151,6 +159,17 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             match &state.catchup {
                 Some(sweeper) => json_reply::<_, std::convert::Infallible>(Ok(sweeper.status())),
                 None => catchup_off(),
+            }
+        }
+        "/sync" => {
+            if let Some(denied) = authorize(state, &req) {
+                return denied;
+            }
+            match &state.sync {
+                Some(syncer) => {
+                    json_reply::<_, std::convert::Infallible>(Ok(syncer.status().await))
+                }
+                None => sync_off(),
             }
         }
         "/directory" => json_reply::<_, std::convert::Infallible>(Ok(directory_status(state))),
@@ -280,6 +299,47 @@ fn catchup_run(state: &AdminState, mailbox: &str) -> Response<Full<Bytes>> {
         "text/plain",
         "marked: swept next\n".into(),
     )
+}
+
+fn sync_off() -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "synchronisation is off: it needs the directory from Dataverse, [exchange] ews_url (or the built-in simulator), and [sync] enabled not false\n".into(),
+    )
+}
+
+/// `POST /sync/run/{mailbox}`: run a mailbox at the next tick, its dead letters tried again.
+async fn sync_run(state: &AdminState, mailbox: &str) -> Response<Full<Bytes>> {
+    let Some(syncer) = &state.sync else {
+        return sync_off();
+    };
+    let known = syncer
+        .status()
+        .await
+        .iter()
+        .any(|s| s.mailbox.eq_ignore_ascii_case(mailbox));
+    if !known {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no mailbox of that address synchronises (a user's mailbox on server-side sync for appointments, contacts and tasks)\n".into(),
+        );
+    }
+    match syncer.request(mailbox) {
+        Ok(retried) => reply(
+            StatusCode::ACCEPTED,
+            "text/plain",
+            format!(
+                "requested: runs at the next tick, every linked row compared again, {retried} dead letters retried\n"
+            ),
+        ),
+        Err(error) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{error}\n"),
+        ),
+    }
 }
 
 fn limit(query: Option<&str>) -> usize {

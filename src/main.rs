@@ -116,15 +116,23 @@ enum Command {
         #[command(subcommand)]
         command: CatchupCommand,
     },
+    /// CRM ⇄ Exchange synchronisation of the running gateway: every synchronising mailbox with
+    /// its last run, links and dead letters, or run one mailbox next (its dead letters retried).
+    Sync {
+        #[arg(long, env = "TRACKGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: CatchupCommand,
+    },
     /// Print the version.
     Version,
 }
 
 #[derive(Subcommand)]
 enum CatchupCommand {
-    /// Mailboxes, their last sweep, pending marks and last errors.
+    /// Mailboxes, their last run, and what is pending or failed.
     Status,
-    /// Sweep this mailbox next.
+    /// Run this mailbox next.
     Run { mailbox: String },
 }
 
@@ -374,17 +382,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Catchup { config, command } => {
-            let config = load_config(config.as_deref())?;
-            let action = match command {
-                CatchupCommand::Status => ops::CatchupAction::Status,
-                CatchupCommand::Run { mailbox } => ops::CatchupAction::Run(mailbox),
-            };
-            let (text, source) = ops::catchup(&config, action)?;
-            eprintln!("source: {source}");
-            print!("{text}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Catchup { config, command } => mailbox_command(config, command, ops::catchup),
+        Command::Sync { config, command } => mailbox_command(config, command, ops::sync),
         Command::Version => {
             println!("trackgate {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -469,4 +468,21 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         builder.worker_threads(n);
     }
     builder.build().context("cannot start the async runtime")
+}
+
+/// `catchup` or `sync`: `status`, or `run MAILBOX`, asked of the running gateway.
+fn mailbox_command(
+    config: Option<PathBuf>,
+    command: CatchupCommand,
+    run: fn(&Config, ops::MailboxAction) -> ops::Answer,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config.as_deref())?;
+    let action = match command {
+        CatchupCommand::Status => ops::MailboxAction::Status,
+        CatchupCommand::Run { mailbox } => ops::MailboxAction::Run(mailbox),
+    };
+    let (text, source) = run(&config, action)?;
+    eprintln!("source: {source}");
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
 }

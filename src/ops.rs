@@ -57,7 +57,8 @@ pub enum JournalAction {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CatchupAction {
+/// `status` or `run MAILBOX` of the catch-up sweep or synchronisation.
+pub enum MailboxAction {
     Status,
     Run(String),
 }
@@ -280,19 +281,37 @@ pub fn journal(config: &Config, action: JournalAction) -> Result<(String, Source
     }
 }
 
+/// What a command prints, and where its answer came from.
+pub type Answer = Result<(String, Source), OpsError>;
+
 /// Runs a catch-up command. The sweep lives in the running gateway, so it is always asked.
-pub fn catchup(config: &Config, action: CatchupAction) -> Result<(String, Source), OpsError> {
+pub fn catchup(config: &Config, action: MailboxAction) -> Result<(String, Source), OpsError> {
+    mailbox_command(config, action, "catchup")
+}
+
+/// `trackgate sync status|run MAILBOX`, through the running gateway.
+pub fn sync(config: &Config, action: MailboxAction) -> Result<(String, Source), OpsError> {
+    mailbox_command(config, action, "sync")
+}
+
+/// `GET /{base}` or `POST /{base}/run/{mailbox}` of the running gateway that holds
+/// `{base}.redb`.
+fn mailbox_command(
+    config: &Config,
+    action: MailboxAction,
+    base: &str,
+) -> Result<(String, Source), OpsError> {
     let (method, path) = match &action {
-        CatchupAction::Status => ("GET", "/catchup".to_owned()),
-        CatchupAction::Run(mailbox) => (
+        MailboxAction::Status => ("GET", format!("/{base}")),
+        MailboxAction::Run(mailbox) => (
             "POST",
             format!(
-                "/catchup/run/{}",
+                "/{base}/run/{}",
                 crate::common::text::percent_encode(mailbox, b"@.-_")
             ),
         ),
     };
-    let state = config.storage.data_dir.join("catchup.redb");
+    let state = config.storage.data_dir.join(format!("{base}.redb"));
     admin(config, &state, method, &path)
 }
 

@@ -75,6 +75,7 @@ fn mailbox(n: u128, address: &str, owner: Lookup) -> Mailbox {
         processemailreceivedafter: None,
         incomingemaildeliverymethod: 2,
         actdeliverymethod: 1,
+        outgoingemaildeliverymethod: 2,
     }
 }
 

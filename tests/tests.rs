@@ -60,5 +60,8 @@ mod signals;
 mod simulator;
 /// Request smuggling attempts and malformed framing get 400 and a closed connection.
 mod smuggling;
+/// CRM ⇄ Exchange synchronisation with both simulators: filters, both directions, deletes,
+/// restarts, CRM mail sent exactly once across a kill -9.
+mod sync;
 /// Header, body, upstream and streaming timeouts; upstream down.
 mod timeouts;

@@ -130,6 +130,42 @@ pub(super) fn catchup(
     Ok(Some((sweeper, runtime)))
 }
 
+/// Synchronisation, when it can run — `[sync] enabled`, or by default whenever the directory
+/// comes from Dataverse and an EWS client exists — and the runtime it runs on (one thread
+/// behind the traffic).
+pub(super) fn sync(
+    config: &Config,
+    dataverse: Option<&Arc<DataverseSource>>,
+    client: Option<&Arc<ExchangeClient>>,
+    fields: &crate::crm::mapping::FieldTable,
+    ownership: Option<Arc<dyn Ownership>>,
+    registry: &mut Registry,
+) -> Result<Option<(Arc<crate::sync::Syncer>, BehindTraffic)>, AppError> {
+    let ews = client.filter(|c| c.ews_configured());
+    let possible = dataverse.is_some() && ews.is_some();
+    let enabled = config.sync.enabled.unwrap_or(possible);
+    if enabled && !possible {
+        tracing::warn!(
+            "[sync] is enabled but needs the directory from Dataverse ([directory] source = \"dataverse\") and [exchange] ews_url; it stays off"
+        );
+    }
+    let (true, Some(dataverse), Some(client)) = (enabled, dataverse, ews) else {
+        return Ok(None);
+    };
+    let syncer = crate::sync::Syncer::new(
+        dataverse.clone(),
+        client.clone(),
+        crate::sync::SyncFields::from_table(fields),
+        settings::sync(config),
+        crate::sync::SyncMetrics::register(registry),
+        ownership,
+    )
+    .map_err(|e| AppError::Sync(e.to_string()))?;
+    let runtime = BehindTraffic::start("trackgate-sync", 1)
+        .map_err(|e| AppError::Sync(format!("cannot start its thread: {e}")))?;
+    Ok(Some((syncer, runtime)))
+}
+
 /// The client for every outbound service call (CRM, webhook, Exchange enrichment).
 pub(super) fn service_client(config: &Config) -> Result<reqwest::Client, AppError> {
     reqwest::Client::builder()

@@ -36,6 +36,8 @@ use crate::{telemetry, tls};
 pub enum AppError {
     #[error("the catch-up sweep cannot start: {0}")]
     Catchup(String),
+    #[error("synchronisation: {0}")]
+    Sync(String),
     #[error("the fleet: {0}")]
     Fleet(String),
     #[error(
@@ -135,6 +137,9 @@ pub struct Gateway {
     preview_history: Option<(Arc<History>, Arc<crate::options::OptionsStore>)>,
     /// The catch-up sweep's own runtime, stopped when the gateway is dropped.
     _catchup_runtime: Option<crate::common::BehindTraffic>,
+    sync: Option<Arc<crate::sync::Syncer>>,
+    sync_task: Option<JoinHandle<()>>,
+    _sync_runtime: Option<crate::common::BehindTraffic>,
 }
 
 /// Starts every part and returns once the listeners are bound and the gateway is ready. Reads
@@ -216,6 +221,16 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
             .map(|l| l as Arc<dyn crate::fleet::Ownership>),
         &mut registry,
     )?;
+    let sync = build::sync(
+        &config,
+        directory.dataverse.as_ref(),
+        exchange.as_ref(),
+        &checked.fields,
+        leases
+            .clone()
+            .map(|l| l as Arc<dyn crate::fleet::Ownership>),
+        &mut registry,
+    )?;
     let delivery = Delivery::new(
         outbox.clone(),
         Arc::new(sink),
@@ -292,6 +307,10 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         .as_ref()
         .map(|(sweeper, runtime)| sweeper.clone().spawn(runtime.handle(), stopped.clone()));
     let (catchup, catchup_runtime) = catchup.unzip();
+    let sync_task = sync
+        .as_ref()
+        .map(|(syncer, runtime)| runtime.handle().spawn(syncer.clone().run(stopped.clone())));
+    let (sync, sync_runtime) = sync.unzip();
     let admin_state = Arc::new(AdminState {
         proxy: proxy.clone(),
         registry: Arc::new(registry),
@@ -303,6 +322,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         directory_source: directory.dataverse.clone(),
         directory_metrics: directory.metrics.clone(),
         catchup: catchup.clone(),
+        sync: sync.clone(),
         delivery: config.delivery.enabled.then(|| delivery.health()),
         options,
     });
@@ -351,6 +371,9 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         catchup,
         catchup_task,
         _catchup_runtime: catchup_runtime,
+        sync,
+        sync_task,
+        _sync_runtime: sync_runtime,
         preview_history,
     })
 }
@@ -457,6 +480,10 @@ impl Gateway {
     /// The catch-up sweep, when it runs.
     pub fn catchup(&self) -> Option<&Arc<Sweeper>> {
         self.catchup.as_ref()
+    }
+
+    pub fn sync(&self) -> Option<&Arc<crate::sync::Syncer>> {
+        self.sync.as_ref()
     }
 
     /// The rules engine (for explain and tests).
@@ -596,6 +623,11 @@ impl Gateway {
         let _ = self.server_task.await;
         if let Some(task) = self.catchup_task {
             let _ = task.await;
+        }
+        if let Some(task) = self.sync_task {
+            // A round in progress finishes its current write; what it did not reach, the next
+            // start does (every action is idempotent).
+            let _ = tokio::time::timeout(grace, task).await;
         }
         if server::drain(&self.proxy, grace).await {
             tracing::info!("drained: every client connection closed");

@@ -341,6 +341,17 @@ pub fn catchup(config: &Config) -> crate::catchup::CatchupSettings {
     }
 }
 
+pub fn sync(config: &Config) -> crate::sync::SyncSettings {
+    crate::sync::SyncSettings {
+        store: config.storage.data_dir.join("sync.redb"),
+        interval: config.sync.interval,
+        tick: config.sync.tick,
+        creates_per_run: config.sync.creates_per_run,
+        send_mail: config.sync.send_mail,
+        default_category: config.sync.tracking_category.clone(),
+    }
+}
+
 pub fn exchange(e: &ExchangeConfig) -> ExchangeSettings {
     ExchangeSettings {
         ews_url: e.ews_url.clone(),

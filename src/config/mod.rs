@@ -17,7 +17,7 @@ pub use raw::{
     DirectorySourceKind, EmailBody, ExchangeAuthKind, OutboxBackend, RawAdmin, RawAutodiscover,
     RawCatchup, RawConfig, RawCrm, RawDataverse, RawDataverseDirectory, RawDelivery, RawDirectory,
     RawExchange, RawIdentity, RawInspect, RawLimits, RawListener, RawLogging, RawNats, RawOptions,
-    RawOtherTable, RawOutbox, RawRules, RawRuntime, RawShutdown, RawStorage, RawUpstreams,
+    RawOtherTable, RawOutbox, RawRules, RawRuntime, RawShutdown, RawStorage, RawSync, RawUpstreams,
     RawWebhook, RuntimeModel, SinkKind,
 };
 pub use resolve::{
@@ -25,8 +25,8 @@ pub use resolve::{
     DataverseDirectoryConfig, DeliveryConfig, DirectoryConfig, EXCHANGE_CONCURRENCY,
     ExchangeAuthConfig, ExchangeConfig, IdentityConfig, InspectConfig, LimitsConfig,
     ListenerConfig, ListenerTls, LogFormat, LoggingConfig, NatsConfig, NatsCredentials, OidcConfig,
-    OptionsConfig, OtherTableConfig, OutboxConfig, RulesConfig, SignIn, SinkConfig, UpstreamTarget,
-    UpstreamsConfig, logical_name,
+    OptionsConfig, OtherTableConfig, OutboxConfig, RulesConfig, SignIn, SinkConfig, SyncConfig,
+    UpstreamTarget, UpstreamsConfig, logical_name,
 };
 
 /// Prefix of environment variables that override configuration keys.
@@ -100,6 +100,7 @@ pub struct Config {
     /// The Exchange service client for enrichment; `None` when no URL is configured.
     pub exchange: Option<ExchangeConfig>,
     pub catchup: CatchupConfig,
+    pub sync: SyncConfig,
     /// The fleet outbox's connection; `Some` exactly when `outbox.backend = "nats"`.
     pub nats: Option<NatsConfig>,
     /// The Personal Options page.

@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub crm: RawCrm,
     pub exchange: RawExchange,
     pub catchup: RawCatchup,
+    pub sync: RawSync,
     pub nats: RawNats,
     pub options: RawOptions,
 }
@@ -701,6 +702,42 @@ impl Default for RawCatchup {
             enabled: None,
             interval: Duration::from_secs(300),
             concurrency: 2,
+        }
+    }
+}
+
+/// `[sync]`: CRM ⇄ Exchange synchronisation of appointments, contacts and tasks, and CRM mail
+/// sent through the mailbox.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSync {
+    /// Unset: on when the directory comes from Dataverse and `[exchange] ews_url` is set (or
+    /// the built-in simulator is the upstream).
+    pub enabled: Option<bool>,
+    /// Between two runs of a mailbox whose user sets no interval (`outlooksyncinterval`);
+    /// never below the organization's `minoutlooksyncinterval`.
+    #[serde(with = "crate::common::duration")]
+    pub interval: Duration,
+    /// How often the scheduler looks for mailboxes that are due.
+    #[serde(with = "crate::common::duration")]
+    pub tick: Duration,
+    /// Exchange items created per mailbox per run at most.
+    pub creates_per_run: usize,
+    /// Send CRM emails in status Pending Send through their owners' mailboxes.
+    pub send_mail: bool,
+    /// The category that makes an Exchange item tracked when the organization names none.
+    pub tracking_category: String,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            enabled: None,
+            interval: Duration::from_secs(300),
+            tick: Duration::from_secs(10),
+            creates_per_run: 200,
+            send_mail: true,
+            tracking_category: "Tracked to Dynamics 365".into(),
         }
     }
 }

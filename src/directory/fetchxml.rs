@@ -290,6 +290,8 @@ fn value_of(row: &Map<String, Value>, attribute: &str) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(if *b { "1" } else { "0" }.into()),
+        // A lookup the directory keeps with its table (`{entity, id}`): compared by its id.
+        Value::Object(lookup) => lookup.get("id").and_then(Value::as_str).map(str::to_owned),
         _ => None,
     }
 }
@@ -422,6 +424,17 @@ mod tests {
         assert!(!selects(
             MY_CONTACTS,
             json!({"_ownerid_value": ALEX.to_string(), "statecode": 1})
+        ));
+    }
+
+    #[test]
+    fn a_lookup_kept_with_its_table_compares_by_its_id() {
+        let xml = r#"<fetch><entity name="contact"><filter><condition attribute="parentcustomerid" operator="eq" value="00000000-0000-4000-8000-0000000000c2"/></filter></entity></fetch>"#;
+        let parent = |id: &str| json!({"parentcustomerid": {"entity": "account", "id": id}});
+        assert!(selects(xml, parent("00000000-0000-4000-8000-0000000000C2")));
+        assert!(!selects(
+            xml,
+            parent("00000000-0000-4000-8000-0000000000c3")
         ));
     }
 

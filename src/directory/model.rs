@@ -407,6 +407,10 @@ pub struct Mailbox {
     /// the gateway, and never for a queue's mailbox.
     #[serde(default = "default_act_delivery")]
     pub actdeliverymethod: u8,
+    /// Outgoing email: 0 none, 1 Outlook, 2 server-side synchronization (the default): CRM
+    /// mail in Pending Send goes out through this mailbox.
+    #[serde(default = "default_delivery")]
+    pub outgoingemaildeliverymethod: u8,
 }
 
 /// A `mailboxtrackingfolders` row: a folder tracking rule.

@@ -145,6 +145,7 @@ pub const MAILBOXES: TableSpec = TableSpec {
         C("processemailreceivedafter"),
         C("incomingemaildeliverymethod"),
         C("actdeliverymethod"),
+        C("outgoingemaildeliverymethod"),
     ],
 };
 

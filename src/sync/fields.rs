@@ -249,10 +249,22 @@ pub fn from_crm(
             out.insert(key.to_owned(), v);
         }
     };
+    let named = ["firstname", "lastname"]
+        .iter()
+        .any(|c| row.get(*c).and_then(text).is_some());
     for c in &field.conversions {
         match *c {
+            // A row with only a full name (imported, or a table without name parts): its last
+            // word is the surname, the rest the given name.
+            Conversion::Text("firstname", key) if !named => {
+                put(key, split_name(row).map(|(given, _)| given))
+            }
+            Conversion::Text("lastname", key) if !named => {
+                put(key, split_name(row).map(|(_, surname)| surname))
+            }
             Conversion::Text(col, key) => put(key, row.get(col).and_then(text)),
-            Conversion::Number(col, key) => put(key, int(row, col).map(|n| n.to_string())),
+            // No value is none done: what Exchange shows as 0.
+            Conversion::Number(col, key) => put(key, Some(int(row, col).unwrap_or(0).to_string())),
             Conversion::Flag(col, key) => put(
                 key,
                 Some(
@@ -291,6 +303,14 @@ pub fn from_crm(
         }
     }
     out
+}
+
+fn split_name(row: &Map<String, Value>) -> Option<(String, String)> {
+    let full = row.get("fullname").and_then(Value::as_str)?.trim();
+    match full.rsplit_once(' ') {
+        Some((given, surname)) => Some((given.trim().to_owned(), surname.to_owned())),
+        None => Some((String::new(), full.to_owned())),
+    }
 }
 
 /// Completed, canceled and free appointments show as Free (docs/domain.md §5.1).
@@ -334,8 +354,17 @@ pub fn from_exchange(field: &SyncField, item: &BTreeMap<String, String>) -> Valu
         .collect();
     for (c, key) in field.conversions.iter().zip(keys) {
         let Some(raw) = item.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
-            if matches!(c, Conversion::Flag(..)) {
-                out.insert(key.to_owned(), "false".into());
+            // What Exchange means by a field it does not show.
+            let default = match c {
+                Conversion::Flag(..) => Some("false"),
+                Conversion::Number(..) => Some("0"),
+                Conversion::Priority => Some("Normal"),
+                Conversion::ShowTimeAs => Some("Busy"),
+                Conversion::TaskStatus => Some("NotStarted"),
+                _ => None,
+            };
+            if let Some(default) = default {
+                out.insert(key.to_owned(), default.into());
             }
             continue;
         };

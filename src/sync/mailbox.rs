@@ -29,7 +29,11 @@ struct ExchangeChanges {
     /// Folder sync states to save once the run is through.
     states: Vec<(ItemKind, String)>,
     probe: Option<String>,
-    counts: Option<String>,
+    /// Item counts per folder now, and the folders holding fewer than after the last run
+    /// (a deletion; whether of an item synchronisation wrote after its sync state was taken
+    /// is seen only by looking for the linked items).
+    counts: Vec<u64>,
+    fewer: Vec<ItemKind>,
 }
 
 pub(super) fn kind_of(entity: &str) -> Option<ItemKind> {
@@ -118,7 +122,7 @@ fn row_query(kind: ItemKind, fields: &[SyncField]) -> String {
         .collect();
     columns.extend(fields.iter().flat_map(SyncField::columns));
     if kind == ItemKind::Contact {
-        columns.insert("_parentcustomerid_value");
+        columns.extend(["_parentcustomerid_value", "fullname"]);
     }
     let mut query = format!(
         "$select={}",
@@ -164,11 +168,13 @@ impl Syncer {
         }
         let mut links = self.store.links(&mailbox.address)?;
         self.adopt(&mailbox.address, &mut links).await?;
-        let changes = self.exchange_changes(&mailbox.address).await?;
+        let mut changes = self.exchange_changes(&mailbox.address).await?;
         let by_item: HashMap<String, String> = links
             .iter()
             .map(|(r, l)| (l.item_id.clone(), r.clone()))
             .collect();
+        self.find_deleted(&mailbox.address, &links, &mut changes)
+            .await?;
 
         for id in &changes.deleted {
             if changes.changed.contains_key(id) {
@@ -279,10 +285,24 @@ impl Syncer {
             self.store
                 .put_meta(&mailbox.address, "probe", Some(probe))?;
         }
-        if let Some(counts) = &changes.counts {
-            self.store
-                .put_meta(&mailbox.address, "counts", Some(counts))?;
-        }
+        // The counts after this run's own writes, so that the next run tells a user's deletion
+        // from them.
+        let wrote = report.created_in_exchange + report.deleted_in_exchange + report.unlinked > 0;
+        let counts = if wrote {
+            let folders: Vec<&str> = ItemKind::ALL.iter().map(|k| k.folder()).collect();
+            self.exchange
+                .folder_counts(&mailbox.address, &folders)
+                .await?
+        } else {
+            changes.counts.clone()
+        };
+        let counts = counts
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.store
+            .put_meta(&mailbox.address, "counts", Some(&counts))?;
         Ok(report)
     }
 
@@ -317,6 +337,40 @@ impl Syncer {
         Ok(())
     }
 
+    /// In a folder holding fewer items than after the last run, the linked items no longer
+    /// there are deleted.
+    async fn find_deleted(
+        &self,
+        mailbox: &str,
+        links: &BTreeMap<String, Link>,
+        changes: &mut ExchangeChanges,
+    ) -> Result<(), SyncError> {
+        for kind in changes.fewer.clone() {
+            let ids: Vec<&str> = links
+                .iter()
+                .filter(|(r, _)| parse_record(r).and_then(|(e, _)| kind_of(e)) == Some(kind))
+                .map(|(_, l)| l.item_id.as_str())
+                .filter(|id| !changes.changed.contains_key(*id) && !changes.deleted.contains(*id))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let present: BTreeSet<String> = self
+                .exchange
+                .get_sync_items(mailbox, &ids)
+                .await?
+                .into_iter()
+                .map(|i| i.id)
+                .collect();
+            changes.deleted.extend(
+                ids.into_iter()
+                    .filter(|id| !present.contains(*id))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(())
+    }
+
     /// What changed in Exchange: nothing when the probe sees no modification and the folders
     /// hold as many items as last time (two requests); else each folder's changes.
     async fn exchange_changes(&self, mailbox: &str) -> Result<ExchangeChanges, SyncError> {
@@ -331,17 +385,22 @@ impl Syncer {
             .exchange
             .changed_since(mailbox, &probe_folders, since.as_deref())
             .await?;
-        let counts = self
-            .exchange
-            .folder_counts(mailbox, &folders)
-            .await?
+        let counts = self.exchange.folder_counts(mailbox, &folders).await?;
+        let before: Vec<u64> = self
+            .store
+            .meta(mailbox, "counts")?
+            .map(|t| t.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default();
+        changes.fewer = ItemKind::ALL
             .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let same_counts = self.store.meta(mailbox, "counts")?.as_deref() == Some(&counts);
+            .zip(&counts)
+            .enumerate()
+            .filter(|(i, (_, now))| before.get(*i).is_some_and(|b| b > now))
+            .map(|(_, (kind, _))| *kind)
+            .collect();
+        let same_counts = before == counts;
         changes.probe = server_now;
-        changes.counts = Some(counts);
+        changes.counts = counts;
         if !modified && same_counts {
             return Ok(changes);
         }

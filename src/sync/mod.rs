@@ -204,6 +204,9 @@ pub(crate) struct SyncingMailbox {
     pub user: Uuid,
     pub settings: UserSettings,
     pub interval: Duration,
+    /// CRM mail goes out through it: its outgoing method is server-side sync, or the user
+    /// allowed it on the options page.
+    pub sends_mail: bool,
 }
 
 /// The mailboxes that synchronise: users' mailboxes on server-side sync for appointments,
@@ -234,6 +237,7 @@ pub(crate) fn syncing_mailboxes(
                 .map_or(default, |m| Duration::from_secs(u64::from(m) * 60))
                 .max(floor);
             Some(SyncingMailbox {
+                sends_mail: m.outgoingemaildeliverymethod == 2 || settings.allowcrmsendemail,
                 address: m.emailaddress.to_ascii_lowercase(),
                 user,
                 settings,
@@ -478,6 +482,7 @@ mod tests {
             processemailreceivedafter: None,
             incomingemaildeliverymethod: 2,
             actdeliverymethod: act,
+            outgoingemaildeliverymethod: 2,
         };
         let mut doc = DirectoryDocument::default();
         doc.organization.minoutlooksyncinterval = Some(10);

@@ -1,5 +1,6 @@
-//! CRM mail sent through the owner's mailbox: emails in status Pending Send whose owner allows
-//! it ("Allow Dynamics 365 to send email using your mailbox") go out with EWS `CreateItem`
+//! CRM mail sent through the owner's mailbox: emails in status Pending Send whose owner's
+//! mailbox sends by server-side sync (`outgoingemaildeliverymethod` 2) or who allowed it on the
+//! options page ("Allow Dynamics 365 to send email using your mailbox") go out with EWS `CreateItem`
 //! `SendAndSaveCopy`, the subject carrying the tracking token when the org uses them, then are
 //! marked Sent with the Message-ID Exchange gave them. Exactly once, across a kill -9: every
 //! send carries a link to the CRM email (an extended property on the saved copy), and before
@@ -65,6 +66,7 @@ fn subject(row: &Map<String, Value>, doc: &DirectoryDocument) -> String {
 impl Syncer {
     /// Sends every Pending Send email whose owner allows sending through their mailbox.
     pub(super) async fn send_pending(&self, doc: &DirectoryDocument) -> Result<(), SyncError> {
+        self.finish_sends().await?;
         let rows = self.crm.read_rows("emails", QUERY).await?;
         if rows.is_empty() {
             return Ok(());
@@ -92,7 +94,7 @@ impl Syncer {
             let Some(mailbox) = by_user.get(&owner) else {
                 continue;
             };
-            if !mailbox.settings.allowcrmsendemail
+            if !mailbox.sends_mail
                 || !self
                     .ownership
                     .as_ref()
@@ -151,7 +153,7 @@ impl Syncer {
                     Err(ExchangeError::NotFound(code)) => {
                         // Refused for good (no recipients, a recipient Exchange rejects, …).
                         self.sent("failed");
-                        self.crm.update_row("emails", id, failed()).await?;
+                        self.crm.update_row("emails", id, state(0, 8)).await?;
                         self.dead_letter(&mailbox.address, &link, "exchange_send", code);
                         return Ok(());
                     }
@@ -164,22 +166,61 @@ impl Syncer {
                     .unwrap_or_default()
             }
         };
-        let mut sent = Map::new();
-        sent.insert("statecode".into(), json!(1));
-        sent.insert("statuscode".into(), json!(3));
-        if !message_id.is_empty() {
-            sent.insert("messageid".into(), json!(message_id));
+        self.mark_sent(&mailbox.address, id, &message_id).await
+    }
+
+    /// Marks an email Sent, then writes its Message-ID. Pending Send is a closed state, and a
+    /// closed email takes no other column: the Message-ID goes in by reopening it for a moment
+    /// (Draft), writing it, and closing it as Sent. Each step is remembered in `sync.redb`, so
+    /// a crash between them is finished by the next round ([`Syncer::finish_sends`]).
+    async fn mark_sent(&self, mailbox: &str, id: Uuid, message_id: &str) -> Result<(), SyncError> {
+        let key = id.to_string();
+        let now = crate::common::time::now_ms() / 1000;
+        let record = |state: &str| Send {
+            mailbox: mailbox.to_owned(),
+            state: state.into(),
+            message_id: (!message_id.is_empty()).then(|| message_id.to_owned()),
+            at: now,
+        };
+        self.crm.update_row("emails", id, state(1, 3)).await?;
+        if message_id.is_empty() {
+            self.store.put_send(&key, &record("done"))?;
+            return Ok(());
         }
-        self.crm.update_row("emails", id, sent).await?;
-        self.store.put_send(
-            &key,
-            &Send {
-                mailbox: mailbox.address.clone(),
-                state: "sent".into(),
-                message_id: (!message_id.is_empty()).then_some(message_id),
-                at: now,
-            },
-        )?;
+        self.store.put_send(&key, &record("marked"))?;
+        self.write_message_id(id, message_id).await?;
+        self.store.put_send(&key, &record("done"))?;
+        Ok(())
+    }
+
+    async fn write_message_id(&self, id: Uuid, message_id: &str) -> Result<(), SyncError> {
+        self.crm.update_row("emails", id, state(0, 1)).await?;
+        let mut column = Map::new();
+        column.insert("messageid".into(), json!(message_id));
+        self.crm.update_row("emails", id, column).await?;
+        self.crm.update_row("emails", id, state(1, 3)).await?;
+        Ok(())
+    }
+
+    /// Finishes the sends a crash left marked Sent without their Message-ID.
+    pub(super) async fn finish_sends(&self) -> Result<(), SyncError> {
+        for (key, send) in self.store.sends()? {
+            if send.state != "marked" {
+                continue;
+            }
+            let (Ok(id), Some(message_id)) = (Uuid::parse_str(&key), send.message_id.clone())
+            else {
+                continue;
+            };
+            self.write_message_id(id, &message_id).await?;
+            self.store.put_send(
+                &key,
+                &Send {
+                    state: "done".into(),
+                    ..send
+                },
+            )?;
+        }
         Ok(())
     }
 
@@ -191,10 +232,10 @@ impl Syncer {
     }
 }
 
-/// Failed (statecode 0, statuscode 8).
-fn failed() -> Map<String, Value> {
+/// A state change: Failed is (0, 8), Sent (1, 3), Draft (0, 1).
+fn state(statecode: u8, statuscode: u8) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("statecode".into(), json!(0));
-    m.insert("statuscode".into(), json!(8));
+    m.insert("statecode".into(), json!(statecode));
+    m.insert("statuscode".into(), json!(statuscode));
     m
 }

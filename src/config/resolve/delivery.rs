@@ -9,7 +9,7 @@ use crate::common::{ClientCredentials, Secret};
 use crate::config::ConfigError;
 use crate::config::raw::{
     EmailBody, ExchangeAuthKind, RawCatchup, RawCrm, RawDataverse, RawDelivery, RawExchange,
-    RawOutbox, SinkKind,
+    RawOutbox, RawSync, SinkKind,
 };
 
 /// The validated outbox section.
@@ -371,6 +371,57 @@ pub fn catchup(c: &RawCatchup) -> Result<CatchupConfig, ConfigError> {
         enabled: c.enabled,
         interval: c.interval,
         concurrency: c.concurrency,
+    })
+}
+
+/// `[sync]`, validated.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// `None`: decided by whether Dataverse and an EWS client exist.
+    pub enabled: Option<bool>,
+    pub interval: Duration,
+    pub tick: Duration,
+    pub creates_per_run: usize,
+    pub send_mail: bool,
+    pub tracking_category: String,
+}
+
+pub fn sync(c: &RawSync) -> Result<SyncConfig, ConfigError> {
+    if c.interval < Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            "sync.interval",
+            "is shorter than a minute",
+            "write a duration such as \"5m\" (server-side sync runs every 2 to 12 minutes)",
+        ));
+    }
+    if c.tick < Duration::from_millis(100) || c.tick > c.interval {
+        return Err(ConfigError::invalid(
+            "sync.tick",
+            "must be between 100ms and sync.interval",
+            "write a duration such as \"10s\"",
+        ));
+    }
+    if !(1..=10_000).contains(&c.creates_per_run) {
+        return Err(ConfigError::invalid(
+            "sync.creates_per_run",
+            "must be between 1 and 10000",
+            "200 suits most: a first sync of a large selection spreads over a few runs",
+        ));
+    }
+    if c.tracking_category.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "sync.tracking_category",
+            "is empty",
+            "name the category that tracks an item, e.g. \"Tracked to Dynamics 365\"",
+        ));
+    }
+    Ok(SyncConfig {
+        enabled: c.enabled,
+        interval: c.interval,
+        tick: c.tick,
+        creates_per_run: c.creates_per_run,
+        send_mail: c.send_mail,
+        tracking_category: c.tracking_category.trim().to_owned(),
     })
 }
 

@@ -16,7 +16,7 @@ use http::Uri;
 
 pub use delivery::{
     CatchupConfig, CrmConfig, DataverseConnection, DeliveryConfig, EXCHANGE_CONCURRENCY,
-    ExchangeAuthConfig, ExchangeConfig, OutboxConfig, SinkConfig,
+    ExchangeAuthConfig, ExchangeConfig, OutboxConfig, SinkConfig, SyncConfig,
 };
 pub use edge::{
     AdminConfig, AutodiscoverConfig, LimitsConfig, ListenerConfig, ListenerTls, LogFormat,
@@ -65,6 +65,7 @@ impl RawConfig {
             &anchor,
         )?;
         let catchup = delivery::catchup(&self.catchup)?;
+        let sync = delivery::sync(&self.sync)?;
         let nats = fleet::nats(self.outbox.backend, &self.nats, &data_dir, &anchor)?;
         let simulator_upstream = matches!(upstreams.target, UpstreamTarget::Simulator);
         let options = options::options(
@@ -78,6 +79,7 @@ impl RawConfig {
             options,
             nats,
             catchup,
+            sync,
             listener,
             upstreams,
             limits,

@@ -959,6 +959,7 @@ mod tests {
                 processemailreceivedafter: None,
                 incomingemaildeliverymethod: 2,
                 actdeliverymethod: 1,
+                outgoingemaildeliverymethod: 2,
             })
             .collect();
         let doc = DirectoryDocument {

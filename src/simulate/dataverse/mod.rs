@@ -519,29 +519,57 @@ fn wire_row(row: &Map<String, Value>, query: &HashMap<String, String>) -> Map<St
     selected(unselected_wire_row(row, query), query)
 }
 
-fn expands_parties(query: &HashMap<String, String>) -> bool {
-    query
-        .get("$expand")
-        .is_some_and(|e| e.starts_with("email_activity_parties"))
+/// Whether the query expands this collection of activity parties
+/// (`$expand=appointment_activity_parties($select=…)`).
+fn expands_parties(query: &HashMap<String, String>, nav: &str) -> bool {
+    query.get("$expand").is_some_and(|e| {
+        e.split(',')
+            .any(|part| part.trim().split('(').next() == Some(nav))
+    })
+}
+
+/// An activity party as the Web API shows it: its mask, the address used, and its party as
+/// `_partyid_value` with the table annotated.
+fn wire_party(party: &Value) -> Value {
+    let mut out = Map::new();
+    for column in ["participationtypemask", "addressused"] {
+        out.insert(
+            column.into(),
+            party.get(column).cloned().unwrap_or(Value::Null),
+        );
+    }
+    let bound = party.as_object().and_then(|p| {
+        p.iter()
+            .find(|(k, _)| k.starts_with("_partyid_"))
+            .and_then(|(_, v)| Some((v.get("set")?.as_str()?, v.get("id")?.clone())))
+    });
+    if let Some((set, id)) = bound {
+        out.insert(
+            format!(
+                "_partyid_value{}",
+                crate::directory::tables::LOOKUP_ANNOTATION
+            ),
+            entity_of(set).into(),
+        );
+        out.insert("_partyid_value".into(), id);
+    }
+    Value::Object(out)
 }
 
 fn unselected_wire_row(
     row: &Map<String, Value>,
     query: &HashMap<String, String>,
 ) -> Map<String, Value> {
-    let expand = expands_parties(query);
     let mut out = Map::new();
     for (key, value) in row {
         if key.starts_with("_sim_") {
             continue;
         }
-        if key == "email_activity_parties" {
-            if expand && let Value::Array(parties) = value {
-                let parties: Vec<Value> = parties
-                    .iter()
-                    .map(|p| json!({"addressused": p.get("addressused").cloned().unwrap_or(Value::Null)}))
-                    .collect();
-                out.insert(key.clone(), Value::Array(parties));
+        if key.ends_with("_activity_parties") {
+            if expands_parties(query, key)
+                && let Value::Array(parties) = value
+            {
+                out.insert(key.clone(), parties.iter().map(wire_party).collect());
             }
             continue;
         }
@@ -569,14 +597,13 @@ fn unselected_wire_row(
 
 /// The `$select`ed columns of a wire row (annotations go with their column).
 fn selected(out: Map<String, Value>, query: &HashMap<String, String>) -> Map<String, Value> {
-    let expand = expands_parties(query);
     match query.get("$select") {
         Some(columns) => {
             let wanted: HashSet<&str> = columns.split(',').map(str::trim).collect();
             out.into_iter()
                 .filter(|(k, _)| {
                     let base = k.split('@').next().unwrap_or(k);
-                    wanted.contains(base) || (expand && k == "email_activity_parties")
+                    wanted.contains(base) || k.ends_with("_activity_parties")
                 })
                 .collect()
         }

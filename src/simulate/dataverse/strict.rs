@@ -189,11 +189,13 @@ impl Write<'_> {
         let Some(existing) = self.existing else {
             return Ok(());
         };
+        // Open (0) and, for appointments, Scheduled (3) are editable; Completed (1) and
+        // Canceled (2) are closed.
         let closed = self.table.activity
             && existing
                 .get("statecode")
                 .and_then(Value::as_u64)
-                .is_some_and(|s| s != 0);
+                .is_some_and(|s| s == 1 || s == 2);
         if !closed || self.leniency.closed_activities {
             return Ok(());
         }
