@@ -580,10 +580,21 @@ async fn saved_through_dataverse_the_options_land_in_its_rows_and_the_rules_foll
         let filters = &dir.user(u).settings.syncfilters;
         assert_eq!(
             filters.len(),
-            1,
-            "Alex's Outlook filter, read from userqueries"
+            3,
+            "Alex's Outlook filters (contacts, appointments, tasks), read from userqueries"
         );
-        assert!(!filters[0].enabled, "switched off on the page");
+        let contacts = filters
+            .iter()
+            .find(|f| f.entity == "contact")
+            .expect("the contact filter");
+        assert!(!contacts.enabled, "switched off on the page");
+        assert!(
+            filters
+                .iter()
+                .filter(|f| f.entity != "contact")
+                .all(|f| f.enabled),
+            "the filters not on the form are kept as they were"
+        );
         running.gateway.refresh_directory().await.unwrap();
     }
     running.stop().await;

@@ -602,3 +602,64 @@ async fn a_pending_send_email_is_sent_once_and_marked_sent_across_a_kill() {
     drop(restarted);
     w.stop().await;
 }
+
+/// Exchange's `ErrorServerBusy` back-off is honoured: the mailbox is not asked again before
+/// it ends, the run counts as busy, and once Exchange answers the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_busy_is_honoured_for_its_back_off_and_the_run_completes_after() {
+    let w = world().await;
+    let gateway = w.gateway().await;
+    let syncer = gateway.sync().unwrap();
+    gateway.refresh_directory().await.unwrap();
+    w.exchange.set_faults(trackgate::simulate::Faults {
+        server_busy: true,
+        retry_after: Some("45".into()),
+        ..Default::default()
+    });
+    syncer.request(ALEX).unwrap();
+    syncer.round().await;
+    let status = syncer.status().await;
+    let alex = status.iter().find(|s| s.mailbox == ALEX).unwrap();
+    assert_eq!(
+        alex.last_result.as_deref(),
+        Some("exchange busy: back off 45000 ms")
+    );
+    assert!(
+        alex.next_run_in_seconds.is_some_and(|s| s >= 44),
+        "not before the back-off ends: {alex:?}"
+    );
+    // While it lasts, a round asks Exchange nothing for Alex.
+    w.exchange.set_faults(Default::default());
+    let before = w.exchange.stats().requests;
+    syncer.round().await;
+    assert_eq!(
+        w.exchange.stats().requests,
+        before,
+        "no request inside the back-off"
+    );
+    assert!(
+        w.item(ALEX, "calendar", "Fabrikam renewal review")
+            .is_none()
+    );
+    // Asked to run (an operator's `sync run`), it completes.
+    sync_alex(&gateway).await;
+    assert!(
+        w.item(ALEX, "calendar", "Fabrikam renewal review")
+            .is_some()
+    );
+    let metrics = reqwest::get(format!("{}/metrics", gateway.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"sync_runs_total{result="busy"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        r#"sync_items_total{kind="appointment",direction="to_exchange",action="create"} 1"#
+    ));
+    gateway.shutdown().await;
+    w.stop().await;
+}

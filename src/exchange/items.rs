@@ -384,7 +384,8 @@ fn answer(status: u16, body: &[u8]) -> Result<Tree<'_>, ExchangeError> {
     let tree = Tree::parse(body, XmlLimits::default())
         .map_err(|e| ExchangeError::Unreadable(e.to_string()))?;
     let mut codes = Vec::new();
-    tree.root().descendants("ResponseCode", &mut codes);
+    // In any namespace: a fault's code is in the errors namespace.
+    super::sync::by_local_name(tree.root(), "ResponseCode", &mut codes);
     if codes.iter().any(|c| c.text() == "ErrorServerBusy") {
         return Err(ExchangeError::Busy(super::sync::back_off(tree.root())));
     }

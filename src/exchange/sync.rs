@@ -47,7 +47,7 @@ fn sync_request(mailbox: &str, folder: SyncFolder<'_>, state: Option<&str>, max:
 
 /// Every descendant with this local name, whatever its namespace (fault details use the errors
 /// namespace).
-fn by_local_name<'t>(node: Node<'t>, name: &str, out: &mut Vec<Node<'t>>) {
+pub(super) fn by_local_name<'t>(node: Node<'t>, name: &str, out: &mut Vec<Node<'t>>) {
     for child in node.children() {
         if child.name() == name {
             out.push(child);

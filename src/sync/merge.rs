@@ -121,7 +121,10 @@ mod tests {
     use super::*;
     use crate::crm::mapping::FieldTable;
     use crate::exchange::ItemKind;
-    use crate::sync::fields::SyncFields;
+    use crate::sync::fields::{Conversion, SyncFields};
+    use SyncDirection::{
+        None as NoneD, ToCrm as ToCrmD, ToOutlook as ToOutlookD, TwoWay as TwoWayD,
+    };
     use serde_json::json;
 
     fn subject_field(direction: SyncDirection) -> Vec<SyncField> {
@@ -230,5 +233,161 @@ mod tests {
             (0, 0, 0)
         );
         assert_eq!(m.base["Subject"]["Subject"], "Same");
+    }
+
+    /// One side's columns and fields for a conversion, in a first (`false`) or second state.
+    fn sample(c: &Conversion, second: bool) -> (Map<String, Value>, BTreeMap<String, String>) {
+        let mut row = Map::new();
+        let mut item = BTreeMap::new();
+        let pick = |a: &str, b: &str| if second { b.to_owned() } else { a.to_owned() };
+        match *c {
+            Conversion::Text(col, key) => {
+                row.insert(col.into(), json!(pick("one", "two")));
+                item.insert(key.into(), pick("one", "two"));
+            }
+            Conversion::Time(col, key) => {
+                let t = pick("2026-12-07T10:00:00Z", "2026-12-08T11:30:00Z");
+                row.insert(col.into(), json!(t));
+                item.insert(key.into(), t);
+            }
+            Conversion::Flag(col, key) => {
+                row.insert(col.into(), json!(second));
+                item.insert(key.into(), second.to_string());
+            }
+            Conversion::Number(col, key) => {
+                row.insert(col.into(), json!(if second { 50 } else { 10 }));
+                item.insert(key.into(), pick("10", "50"));
+            }
+            Conversion::Priority => {
+                row.insert("prioritycode".into(), json!(if second { 2 } else { 0 }));
+                item.insert("Importance".into(), pick("Low", "High"));
+            }
+            Conversion::ShowTimeAs => {
+                row.insert("statecode".into(), json!(3));
+                row.insert("statuscode".into(), json!(if second { 6 } else { 5 }));
+                item.insert("LegacyFreeBusyStatus".into(), pick("Busy", "OOF"));
+            }
+            Conversion::TaskStatus => {
+                row.insert("statecode".into(), json!(0));
+                row.insert("statuscode".into(), json!(if second { 3 } else { 2 }));
+                item.insert("Status".into(), pick("NotStarted", "InProgress"));
+            }
+            Conversion::Attendees(mask, key) => {
+                let address = pick("a@x.example", "b@x.example");
+                row.insert(
+                    "x_activity_parties".to_owned(),
+                    json!([{"participationtypemask": mask, "addressused": address}]),
+                );
+                item.insert(key.into(), address);
+            }
+        }
+        (row, item)
+    }
+
+    fn state(field: &SyncField, second: bool) -> (Map<String, Value>, BTreeMap<String, String>) {
+        let mut row = Map::new();
+        let mut item = BTreeMap::new();
+        for c in &field.conversions {
+            let (r, i) = sample(c, second);
+            row.extend(r);
+            item.extend(i);
+        }
+        (row, item)
+    }
+
+    /// Every field of the embedded table, in every direction: a change on one side reaches
+    /// the other exactly when the direction allows, converted so that reading it back gives
+    /// the same value.
+    #[test]
+    fn every_default_field_moves_each_way_its_direction_allows() {
+        let table = SyncFields::from_table(&FieldTable::embedded());
+        let mut checked = 0;
+        for kind in ItemKind::ALL {
+            for field in table.of(kind) {
+                for direction in [TwoWayD, ToCrmD, ToOutlookD, NoneD] {
+                    let field = SyncField {
+                        direction,
+                        ..field.clone()
+                    };
+                    let (old_row, old_item) = state(&field, false);
+                    let (new_row, new_item) = state(&field, true);
+                    let base: BTreeMap<String, Values> = [(
+                        field.label.clone(),
+                        crate::sync::fields::from_crm(&field, &old_row, &|_| None),
+                    )]
+                    .into();
+                    assert_eq!(
+                        base[&field.label],
+                        crate::sync::fields::from_exchange(&field, &old_item),
+                        "{kind:?} {}: both sides read the same value",
+                        field.label
+                    );
+                    let fields = std::slice::from_ref(&field);
+                    // Changed in the CRM.
+                    let m = merge(
+                        fields,
+                        &base,
+                        &Sides {
+                            crm: Some(&new_row),
+                            exchange: None,
+                            current: &old_row,
+                            crm_is_newer: true,
+                        },
+                        &|_| None,
+                    );
+                    let to_outlook = matches!(direction, TwoWayD | ToOutlookD);
+                    assert_eq!(
+                        !m.to_exchange.is_empty(),
+                        to_outlook,
+                        "{kind:?} {} {direction:?} CRM change",
+                        field.label
+                    );
+                    if to_outlook {
+                        for (key, value) in &m.to_exchange {
+                            assert_eq!(
+                                value.as_ref(),
+                                new_item.get(key),
+                                "{kind:?} {} {key}",
+                                field.label
+                            );
+                        }
+                    }
+                    assert!(m.to_crm.is_empty());
+                    // Changed in Exchange.
+                    let m = merge(
+                        fields,
+                        &base,
+                        &Sides {
+                            crm: None,
+                            exchange: Some(&new_item),
+                            current: &old_row,
+                            crm_is_newer: false,
+                        },
+                        &|_| None,
+                    );
+                    let to_crm = matches!(direction, TwoWayD | ToCrmD);
+                    let parties = field.needs_parties();
+                    assert_eq!(
+                        !m.to_crm.is_empty(),
+                        to_crm && !parties,
+                        "{kind:?} {} {direction:?} Exchange change",
+                        field.label
+                    );
+                    if to_crm && !parties {
+                        let mut written = old_row.clone();
+                        written.extend(m.to_crm.clone());
+                        assert_eq!(
+                            crate::sync::fields::from_crm(&field, &written, &|_| None),
+                            crate::sync::fields::from_exchange(&field, &new_item),
+                            "{kind:?} {}: what is written reads back as the Exchange value",
+                            field.label
+                        );
+                    }
+                    assert!(m.to_exchange.is_empty());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 4 * 30, "{checked}");
     }
 }
