@@ -119,6 +119,7 @@ fn settings(url: &str, replica: &std::path::Path) -> DataverseSourceSettings {
         credentials: None,
         page_size: 5000,
         refresh_interval: None,
+        at_least_every: None,
         request_timeout: Duration::from_secs(300),
         emails_window: Duration::from_secs(30 * 86_400),
         // Keep everything, so the restart is the whole directory.

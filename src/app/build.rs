@@ -139,6 +139,7 @@ pub(super) fn sync(
     client: Option<&Arc<ExchangeClient>>,
     fields: &crate::crm::mapping::FieldTable,
     ownership: Option<Arc<dyn Ownership>>,
+    refresher: (DirectoryHandle, Arc<DirectoryMetrics>),
     registry: &mut Registry,
 ) -> Result<Option<(Arc<crate::sync::Syncer>, BehindTraffic)>, AppError> {
     let ews = client.filter(|c| c.ews_configured());
@@ -159,6 +160,7 @@ pub(super) fn sync(
         settings::sync(config),
         crate::sync::SyncMetrics::register(registry),
         ownership,
+        Some(refresher),
     )
     .map_err(|e| AppError::Sync(e.to_string()))?;
     let runtime = BehindTraffic::start("trackgate-sync", 1)

@@ -229,6 +229,7 @@ pub async fn start(mut config: Config) -> Result<Gateway, AppError> {
         leases
             .clone()
             .map(|l| l as Arc<dyn crate::fleet::Ownership>),
+        (directory.handle.clone(), directory.metrics.clone()),
         &mut registry,
     )?;
     let delivery = Delivery::new(

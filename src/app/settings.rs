@@ -141,7 +141,15 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
             .dataverse
             .as_ref()
             .map(|dv| dataverse_source(dv, &config.identity))
-            .transpose()?,
+            .transpose()?
+            .map(|mut dv| {
+                // With synchronisation on, a CRM change must reach Exchange within one of its
+                // intervals: the directory (where it learns of the change) refreshes as often.
+                if config.sync.enabled != Some(false) {
+                    dv.at_least_every = Some(config.sync.interval);
+                }
+                dv
+            }),
     })
 }
 
@@ -408,6 +416,7 @@ pub fn dataverse_source(
         credentials: d.connection.credentials.clone(),
         page_size: d.page_size,
         refresh_interval: d.refresh_interval,
+        at_least_every: None,
         request_timeout: d.request_timeout,
         emails_window: d.emails_window,
         offline_filters,

@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::directory::dataverse::DataverseSource;
 use crate::directory::model::{DirectoryDocument, UserSettings};
+use crate::directory::{DirectoryHandle, DirectoryMetrics};
 use crate::exchange::{ExchangeClient, ExchangeError};
 use crate::fleet::Ownership;
 
@@ -260,7 +261,13 @@ pub struct Syncer {
     ownership: Option<Arc<dyn Ownership>>,
     /// One round at a time (the scheduler and `sync run` share it).
     round: tokio::sync::Mutex<()>,
+    /// Refreshes the directory before a round when it is older than [`FRESH`], so a CRM
+    /// change reaches Exchange within one interval (plus that).
+    refresher: Option<(DirectoryHandle, Arc<DirectoryMetrics>)>,
 }
+
+/// How old the directory may be when a round runs a mailbox.
+const FRESH: Duration = Duration::from_secs(30);
 
 impl Syncer {
     pub fn new(
@@ -270,6 +277,7 @@ impl Syncer {
         settings: SyncSettings,
         metrics: SyncMetrics,
         ownership: Option<Arc<dyn Ownership>>,
+        refresher: Option<(DirectoryHandle, Arc<DirectoryMetrics>)>,
     ) -> Result<Arc<Syncer>, LinkError> {
         let store = LinkStore::open(&settings.store)?;
         Ok(Arc::new(Syncer {
@@ -283,6 +291,7 @@ impl Syncer {
             wake: Notify::new(),
             ownership,
             round: tokio::sync::Mutex::new(()),
+            refresher,
         }))
     }
 
@@ -360,13 +369,58 @@ impl Syncer {
         }
     }
 
-    /// Runs every due mailbox once, then sends pending CRM mail.
+    /// Runs every due mailbox once, then sends pending CRM mail. The directory document is
+    /// built only when there is something to do with it.
     pub async fn round(&self) {
         let _one = self.round.lock().await;
-        let doc = self.crm.document().await;
+        let doc = if self.anything_due() {
+            self.refresh_if_stale().await;
+            let doc = self.crm.document().await;
+            self.run_due(&doc).await;
+            Some(doc)
+        } else {
+            None
+        };
+        if !self.settings.send_mail {
+            return;
+        }
+        if let Err(error) = self.send_pending(doc).await {
+            self.metrics.failure(error.label());
+            tracing::warn!(error = %error, "sending CRM mail through mailboxes failed; it is tried again next round");
+        }
+    }
+
+    /// Whether some mailbox is due (or none has run yet: the list is not known).
+    fn anything_due(&self) -> bool {
+        let progress = self.progress();
+        let now = Instant::now();
+        progress.next.is_empty() || progress.next.values().any(|t| *t <= now)
+    }
+
+    async fn refresh_if_stale(&self) {
+        let Some((handle, metrics)) = &self.refresher else {
+            return;
+        };
+        let now = crate::common::time::now_ms() / 1000;
+        let fresh = self
+            .crm
+            .status()
+            .refreshed_at
+            .is_some_and(|at| now.saturating_sub(at) < FRESH.as_secs());
+        if fresh {
+            return;
+        }
+        if let Err(error) =
+            crate::directory::dataverse::refresh_now(&self.crm, handle, metrics).await
+        {
+            tracing::warn!(%error, "the directory could not be refreshed before synchronising; the last one is used");
+        }
+    }
+
+    async fn run_due(&self, doc: &DirectoryDocument) {
         let now = crate::common::time::now_ms() as i64 / 1000;
-        let prepared = crate::directory::selection::Prepared::new(&doc);
-        for mailbox in syncing_mailboxes(&doc, self.settings.interval, true) {
+        let prepared = crate::directory::selection::Prepared::new(doc);
+        for mailbox in syncing_mailboxes(doc, self.settings.interval, true) {
             if !self
                 .ownership
                 .as_ref()
@@ -383,7 +437,7 @@ impl Syncer {
                 continue;
             }
             let started = Instant::now();
-            let result = self.run_mailbox(&doc, &prepared, &mailbox, now).await;
+            let result = self.run_mailbox(doc, &prepared, &mailbox, now).await;
             let (next, text, report) = match result {
                 Ok(report) => {
                     self.runs("ok");
@@ -410,12 +464,6 @@ impl Syncer {
             progress
                 .last
                 .insert(mailbox.address.clone(), (Instant::now(), text, report));
-        }
-        if self.settings.send_mail
-            && let Err(error) = self.send_pending(&doc).await
-        {
-            self.metrics.failure(error.label());
-            tracing::warn!(error = %error, "sending CRM mail through mailboxes failed; it is tried again next round");
         }
     }
 

@@ -65,12 +65,21 @@ fn subject(row: &Map<String, Value>, doc: &DirectoryDocument) -> String {
 
 impl Syncer {
     /// Sends every Pending Send email whose owner allows sending through their mailbox.
-    pub(super) async fn send_pending(&self, doc: &DirectoryDocument) -> Result<(), SyncError> {
+    /// `doc`: the round's directory document, when it built one.
+    pub(super) async fn send_pending(
+        &self,
+        doc: Option<DirectoryDocument>,
+    ) -> Result<(), SyncError> {
         self.finish_sends().await?;
         let rows = self.crm.read_rows("emails", QUERY).await?;
         if rows.is_empty() {
             return Ok(());
         }
+        let doc = match doc {
+            Some(doc) => doc,
+            None => self.crm.document().await,
+        };
+        let doc = &doc;
         let by_user: HashMap<Uuid, SyncingMailbox> =
             syncing_mailboxes(doc, self.settings.interval, false)
                 .into_iter()

@@ -92,6 +92,8 @@ pub struct DataverseSourceSettings {
     /// The configured refresh interval; `None` takes the users' "update local data every"
     /// option. Never below the organization's minimum.
     pub refresh_interval: Option<Duration>,
+    /// Refresh at least this often whatever the above says (synchronisation's interval).
+    pub at_least_every: Option<Duration>,
     pub request_timeout: Duration,
     /// How far back tracked emails are replicated for correlation.
     pub emails_window: Duration,

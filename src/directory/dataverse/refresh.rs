@@ -79,7 +79,10 @@ impl DataverseSource {
             .and_then(|o| o.minofflinesyncinterval)
             .map(minutes)
             .unwrap_or_default();
-        wanted.max(floor)
+        let interval = wanted.max(floor);
+        self.settings
+            .at_least_every
+            .map_or(interval, |cap| interval.min(cap))
     }
 
     /// Fetches every table, applies the changes, persists them and builds the new snapshot.
@@ -538,6 +541,7 @@ mod tests {
             credentials: None,
             page_size: 10,
             refresh_interval: interval,
+            at_least_every: None,
             request_timeout: Duration::from_secs(1),
             emails_window: Duration::from_secs(86_400),
             offline_filters: HashMap::new(),
