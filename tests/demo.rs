@@ -210,11 +210,22 @@ async fn the_working_morning_yields_the_expected_decisions_and_crm_records() {
         .await
         .expect("the demo runs");
     assert!(running.is_none());
-    // Progress: the start, every step of the morning, the wait for the CRM.
+    // Progress: the start, every step of the morning, the wait for the CRM, the wait for
+    // synchronisation.
     assert_eq!(
         steps.len(),
-        trackgate::demo::MORNING.len() + 2,
+        trackgate::demo::MORNING.len() + 3,
         "{steps:#?}"
+    );
+    // Synchronisation brought Alex's appointment from the CRM into his calendar (his Outlook
+    // filter "My Appointments"), Pat into his contacts with Fabrikam as company, his task.
+    assert_eq!(
+        report.synchronised,
+        [
+            "calendar: Fabrikam renewal review — 2026-12-10T14:00:00Z to 2026-12-10T15:00:00Z (an appointment from the CRM)",
+            "contacts: Pat Buyer — Fabrikam",
+            "tasks: Send Fabrikam the renewal proposal — due 2026-12-09T17:00:00Z",
+        ]
     );
     let got: Vec<_> = report
         .rows

@@ -76,6 +76,9 @@ pub struct Report {
     /// Writes the (strict) Dataverse simulator refused as invalid, and its last messages.
     pub crm_refusals: Vec<String>,
     pub crm_refused: u64,
+    /// What synchronisation brought from the CRM into Alex's Outlook (calendar, contacts,
+    /// tasks), one line each.
+    pub synchronised: Vec<String>,
 }
 
 /// What stays up with `--keep-running`.
@@ -488,6 +491,16 @@ fn summary(report: &Report) -> String {
             report.new_crm_emails,
             created.len()
         ));
+    }
+    if report.synchronised.is_empty() {
+        out.push_str(
+            "Nothing was synchronised from the CRM into Outlook: see trackgate sync status.\n",
+        );
+    } else {
+        out.push_str("Synchronised from the CRM into Alex's Outlook (his Outlook filters):\n");
+        for line in &report.synchronised {
+            out.push_str(&format!("  {line}\n"));
+        }
     }
     if report.crm_refused > 0 {
         out.push_str(&format!(

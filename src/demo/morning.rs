@@ -374,13 +374,69 @@ pub(super) async fn morning(
         .into_iter()
         .map(|(step, d)| row(step, &d, &emails, &running.dataverse, &deliveries))
         .collect();
+    progress("waiting for synchronisation to bring Alex's appointment into his calendar");
+    let synchronised = synchronised(running, Instant::now() + Duration::from_secs(20)).await;
     let stats = running.dataverse.stats();
     Ok(Report {
         rows,
         new_crm_emails: emails.len().saturating_sub(emails_before),
         crm_refused: stats.refused,
         crm_refusals: stats.refusals,
+        synchronised,
     })
+}
+
+/// The items synchronisation linked in Alex's calendar, contacts and tasks, once his
+/// calendar holds one (or the deadline passes).
+async fn synchronised(running: &Running, deadline: Instant) -> Vec<String> {
+    const ALEX: &str = "alex.seller@contoso.example";
+    let linked = |folder: &str| -> Vec<crate::simulate::mailbox::Item> {
+        let inner = running.store.lock();
+        let Ok(m) = inner.mailbox_index(ALEX) else {
+            return Vec::new();
+        };
+        let mailbox = inner.mailbox(m);
+        let Some(key) = mailbox.distinguished(folder).map(|f| f.key) else {
+            return Vec::new();
+        };
+        mailbox
+            .items_in(key)
+            .into_iter()
+            .filter(|i| {
+                i.extended
+                    .iter()
+                    .any(|p| p.key.name.as_deref() == Some(crate::exchange::items::LINK_PROPERTY))
+            })
+            .cloned()
+            .collect()
+    };
+    while linked("calendar").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let time = |t: Option<i64>| {
+        t.map(crate::common::time::format_seconds)
+            .unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    for item in linked("calendar") {
+        lines.push(format!(
+            "calendar: {} — {} to {} (an appointment from the CRM)",
+            item.subject,
+            time(item.start),
+            time(item.end)
+        ));
+    }
+    for item in linked("contacts") {
+        lines.push(format!(
+            "contacts: {} — {}",
+            item.subject,
+            item.company.as_deref().unwrap_or("no company")
+        ));
+    }
+    for item in linked("tasks") {
+        lines.push(format!("tasks: {} — due {}", item.subject, time(item.due)));
+    }
+    lines
 }
 
 /// Decisions are queued for the outbox's writer; committed, they count as pending until the
