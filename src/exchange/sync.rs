@@ -21,6 +21,8 @@ pub enum SyncFolder<'a> {
 pub struct SyncPage {
     /// Items created or changed, in Exchange's order.
     pub item_ids: Vec<String>,
+    /// The change key of each of `item_ids` (empty when Exchange gave none).
+    pub change_keys: Vec<String>,
     /// Items deleted (or moved out of the folder).
     pub deleted: Vec<String>,
     pub state: String,
@@ -107,6 +109,8 @@ fn read_sync(status: u16, body: &[u8]) -> Result<SyncPage, ExchangeError> {
         };
         if change.is(Ns::Types, "Create") || change.is(Ns::Types, "Update") {
             page.item_ids.push(id.to_owned());
+            let key = ids.first().and_then(|i| i.attr("ChangeKey")).unwrap_or("");
+            page.change_keys.push(key.to_owned());
         } else if change.is(Ns::Types, "Delete") {
             page.deleted.push(id.to_owned());
         }

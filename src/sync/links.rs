@@ -33,6 +33,10 @@ pub struct LinkError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     pub item_id: String,
+    /// The item's change key after synchronisation last wrote or read it: a change Exchange
+    /// reports with this key is that write, not the user's.
+    #[serde(default)]
+    pub change_key: String,
     /// The row version last synchronised (`None`: never read, e.g. adopted from Exchange).
     pub crm_version: Option<u64>,
     /// The values both sides last agreed on, in Exchange's form, by field label. Empty for a
@@ -265,6 +269,7 @@ mod tests {
             let store = LinkStore::open(&path).unwrap();
             let link = Link {
                 item_id: "AAMk1".into(),
+                change_key: "CK1".into(),
                 crm_version: Some(7),
                 base: [(
                     "Subject".to_owned(),

@@ -25,6 +25,8 @@ use crate::exchange::{ExchangeError, Invitations, ItemKind, SyncFolder, SyncItem
 #[derive(Debug, Default)]
 struct ExchangeChanges {
     changed: BTreeMap<String, ItemKind>,
+    /// The change key Exchange reported with each changed item.
+    change_keys: HashMap<String, String>,
     deleted: BTreeSet<String>,
     /// Folder sync states to save once the run is through.
     states: Vec<(ItemKind, String)>,
@@ -175,6 +177,13 @@ impl Syncer {
             .collect();
         self.find_deleted(&mailbox.address, &links, &mut changes)
             .await?;
+        // Changes that are synchronisation's own writes (the change key it left) need no read.
+        changes.changed.retain(|id, _| {
+            let own = by_item.get(id).and_then(|r| links.get(r)).is_some_and(|l| {
+                !l.change_key.is_empty() && changes.change_keys.get(id) == Some(&l.change_key)
+            });
+            !own
+        });
 
         for id in &changes.deleted {
             if changes.changed.contains_key(id) {
@@ -427,7 +436,8 @@ impl Syncer {
                     }
                     other => other?,
                 };
-                for id in page.item_ids {
+                for (id, key) in page.item_ids.into_iter().zip(page.change_keys) {
+                    changes.change_keys.insert(id.clone(), key);
                     changes.changed.insert(id, kind);
                 }
                 changes.deleted.extend(page.deleted);
@@ -525,7 +535,7 @@ impl Syncer {
             .create_sync_item(&mailbox.address, kind, &values, r, invitations)
             .await
             .map_err(SyncError::from);
-        let (item_id, _) = match created {
+        let (item_id, change_key) = match created {
             Ok(ids) => ids,
             Err(e) if refused_for_good(&e) => {
                 report.failed += 1;
@@ -537,6 +547,7 @@ impl Syncer {
         let version = row.get("versionnumber").and_then(Value::as_u64).or(version);
         let link = Link {
             item_id,
+            change_key,
             crm_version: version,
             base,
         };
@@ -687,7 +698,8 @@ impl Syncer {
                 .await
                 .map_err(SyncError::from);
             match updated {
-                Ok(_) => {
+                Ok(change_key) => {
+                    link.change_key = change_key;
                     report.updated_in_exchange += 1;
                     self.metrics.item(kind.name(), "to_exchange", "update");
                 }
@@ -712,6 +724,11 @@ impl Syncer {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if merged.to_exchange.is_empty()
+            && let Some(item) = &item
+        {
+            link.change_key = item.change_key.clone();
         }
         link.base = merged.base;
         link.crm_version = row.get("versionnumber").and_then(Value::as_u64).or(version);
@@ -982,7 +999,8 @@ impl Syncer {
             }
             Err(e) => return Err(e),
         }
-        self.exchange
+        let change_key = self
+            .exchange
             .update_sync_item(
                 &mailbox.address,
                 kind,
@@ -994,6 +1012,7 @@ impl Syncer {
             .await?;
         let link = Link {
             item_id: item.id.clone(),
+            change_key,
             crm_version: None,
             base,
         };
