@@ -385,8 +385,8 @@ async fn deltas_of_records_options_and_folder_rules_change_the_next_decision() {
         .collect();
     assert_eq!(
         tracked.len(),
-        10,
-        "one delta request per change-tracked table (appointments and tasks among them): {refresh:#?}"
+        13,
+        "one delta request per change-tracked table (the synchronised activities among them): {refresh:#?}"
     );
     for r in &tracked {
         assert!(

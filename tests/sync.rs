@@ -165,6 +165,22 @@ tick = "1h"
         );
     }
 
+    /// An Outlook filter of Alex's (a saved view of `querytype` 256), active.
+    fn seed_filter(&self, id: &str, entity: &str, name: &str, fetchxml: &str) {
+        let mut filter = Map::new();
+        filter.insert("name".into(), json!(name));
+        filter.insert("returnedtypecode".into(), json!(entity));
+        filter.insert("querytype".into(), json!(256));
+        filter.insert("statecode".into(), json!(0));
+        filter.insert("fetchxml".into(), json!(fetchxml));
+        filter.insert(
+            "_ownerid_value".into(),
+            json!({"set": "systemusers", "id": ALEX_ID}),
+        );
+        self.dataverse
+            .seed_record("userqueries", id.parse().unwrap(), filter);
+    }
+
     async fn stop(self) {
         self.exchange.stop().await;
         self.dataverse.stop().await;
@@ -660,6 +676,69 @@ async fn exchange_busy_is_honoured_for_its_back_off_and_the_run_completes_after(
     assert!(metrics.contains(
         r#"sync_items_total{kind="appointment",direction="to_exchange",action="create"} 1"#
     ));
+    gateway.shutdown().await;
+    w.stop().await;
+}
+
+/// A phone call (like a fax or a letter) selected by a filter becomes an Outlook task; done in
+/// Outlook, it is completed in the CRM with its own table's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_call_becomes_an_outlook_task_and_completes_back_in_the_crm() {
+    let w = world().await;
+    let call = "00000000-0000-4000-8000-0000000000e5";
+    let mut filter = Map::new();
+    filter.insert("name".into(), json!("My Phone Calls"));
+    filter.insert("returnedtypecode".into(), json!("phonecall"));
+    filter.insert("querytype".into(), json!(256));
+    filter.insert("statecode".into(), json!(0));
+    filter.insert(
+        "fetchxml".into(),
+        json!(r#"<fetch><entity name="phonecall"><filter><condition attribute="ownerid" operator="eq-userid"/></filter></entity></fetch>"#),
+    );
+    filter.insert(
+        "_ownerid_value".into(),
+        json!({"set": "systemusers", "id": ALEX_ID}),
+    );
+    w.dataverse.seed_record(
+        "userqueries",
+        "00000000-0000-4000-8000-0000000000d5".parse().unwrap(),
+        filter,
+    );
+    let mut row = Map::new();
+    row.insert("subject".into(), json!("Call Pat about the renewal"));
+    row.insert("scheduledend".into(), json!("2026-12-08T16:00:00Z"));
+    row.insert("statecode".into(), json!(0));
+    row.insert("statuscode".into(), json!(1));
+    row.insert(
+        "_ownerid_value".into(),
+        json!({"set": "systemusers", "id": ALEX_ID}),
+    );
+    w.dataverse
+        .seed_record("phonecalls", call.parse().unwrap(), row);
+    let gateway = w.gateway().await;
+    sync_alex(&gateway).await;
+    let task = w
+        .item(ALEX, "tasks", "Call Pat about the renewal")
+        .expect("the phone call is an Outlook task");
+    assert_eq!(
+        linked(&task).as_deref(),
+        Some(&*format!("phonecall:{call}"))
+    );
+    assert_eq!(
+        task.due
+            .map(trackgate::common::time::format_seconds)
+            .as_deref(),
+        Some("2026-12-08T16:00:00Z")
+    );
+    w.edit(ALEX, &task.id, |t| t.status = Some("Completed".into()));
+    let report = sync_alex(&gateway).await;
+    assert_eq!(report["last_report"]["updated_in_crm"], 1, "{report}");
+    let row = w.row("phonecalls", "activityid", call);
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone()),
+        (json!(1), json!(2)),
+        "completed, with the phone call's own default status (Made)"
+    );
     gateway.shutdown().await;
     w.stop().await;
 }

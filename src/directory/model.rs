@@ -36,9 +36,41 @@ pub struct DirectoryDocument {
     /// Appointments the users' Outlook filters may select for synchronisation.
     #[serde(default)]
     pub appointments: Vec<SyncActivity>,
-    /// Tasks (and the other activities Exchange keeps as tasks) the filters may select.
+    /// Tasks the filters may select.
     #[serde(default)]
     pub tasks: Vec<SyncActivity>,
+    /// Phone calls, faxes and letters: synchronised as Outlook tasks.
+    #[serde(default)]
+    pub phonecalls: Vec<SyncActivity>,
+    #[serde(default)]
+    pub faxes: Vec<SyncActivity>,
+    #[serde(default)]
+    pub letters: Vec<SyncActivity>,
+}
+
+impl DirectoryDocument {
+    /// The rows of a synchronised activity table by its entity set.
+    pub fn activities(&self, set: &str) -> &[SyncActivity] {
+        match set {
+            "appointments" => &self.appointments,
+            "tasks" => &self.tasks,
+            "phonecalls" => &self.phonecalls,
+            "faxes" => &self.faxes,
+            "letters" => &self.letters,
+            _ => &[],
+        }
+    }
+
+    pub fn activities_mut(&mut self, set: &str) -> Option<&mut Vec<SyncActivity>> {
+        match set {
+            "appointments" => Some(&mut self.appointments),
+            "tasks" => Some(&mut self.tasks),
+            "phonecalls" => Some(&mut self.phonecalls),
+            "faxes" => Some(&mut self.faxes),
+            "letters" => Some(&mut self.letters),
+            _ => None,
+        }
+    }
 }
 
 /// A lookup value: the target table's logical name and the row id.

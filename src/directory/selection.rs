@@ -3,7 +3,7 @@
 //! table with no enabled filter, the organization's default templates for a user with no
 //! filters of their own, and a filter trackgate cannot evaluate named in the error, not guessed
 //! at (docs/domain.md §5.3). Evaluated over the directory document's rows: contacts,
-//! accounts, leads, appointments and tasks.
+//! accounts, leads, appointments, tasks, phone calls, faxes and letters.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,8 +45,11 @@ fn rows_of(doc: &DirectoryDocument, entity: &str) -> Vec<(Uuid, Map<String, Valu
         "contact" => each(&doc.contacts, |c| c.contactid),
         "account" => each(&doc.accounts, |a| a.accountid),
         "lead" => each(&doc.leads, |l| l.leadid),
-        "appointment" => each(&doc.appointments, |a| a.activityid),
-        "task" => each(&doc.tasks, |t| t.activityid),
+        "appointment" | "task" | "phonecall" | "fax" | "letter" => {
+            each(doc.activities(&super::tables::entity_set(entity)), |a| {
+                a.activityid
+            })
+        }
         _ => Vec::new(),
     }
 }

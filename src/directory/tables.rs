@@ -207,6 +207,28 @@ pub const TASKS: TableSpec = TableSpec {
     fields: ACTIVITY_FIELDS,
 };
 
+/// Phone calls, faxes and letters: Outlook keeps them as tasks too (docs/domain.md §5.1).
+pub const PHONECALLS: TableSpec = TableSpec {
+    set: "phonecalls",
+    key: "activityid",
+    fields: ACTIVITY_FIELDS,
+};
+
+pub const FAXES: TableSpec = TableSpec {
+    set: "faxes",
+    key: "activityid",
+    fields: ACTIVITY_FIELDS,
+};
+
+pub const LETTERS: TableSpec = TableSpec {
+    set: "letters",
+    key: "activityid",
+    fields: ACTIVITY_FIELDS,
+};
+
+/// The activity tables synchronisation selects from, replicated alike.
+pub const SYNC_ACTIVITIES: [TableSpec; 5] = [APPOINTMENTS, TASKS, PHONECALLS, FAXES, LETTERS];
+
 pub const ACCOUNTS: TableSpec = TableSpec {
     set: "accounts",
     key: "accountid",
@@ -290,7 +312,7 @@ pub fn tracks_changes(set: &str) -> bool {
 }
 
 /// Every fixed table, in load order.
-pub const TABLES: [TableSpec; 14] = [
+pub const TABLES: [TableSpec; 17] = [
     ORGANIZATIONS,
     SYSTEMUSERS,
     USERSETTINGS,
@@ -305,6 +327,9 @@ pub const TABLES: [TableSpec; 14] = [
     EMAILS,
     APPOINTMENTS,
     TASKS,
+    PHONECALLS,
+    FAXES,
+    LETTERS,
 ];
 
 /// Another e-mail-enabled table to replicate (a custom table, equipment, …), from the config.

@@ -38,21 +38,25 @@ struct ExchangeChanges {
     fewer: Vec<ItemKind>,
 }
 
+/// The Outlook item a table's rows become: phone calls, faxes and letters are tasks there.
 pub(super) fn kind_of(entity: &str) -> Option<ItemKind> {
     match entity {
         "appointment" => Some(ItemKind::Appointment),
         "contact" => Some(ItemKind::Contact),
-        "task" => Some(ItemKind::Task),
+        "task" | "phonecall" | "fax" | "letter" => Some(ItemKind::Task),
         _ => None,
     }
 }
 
-pub(super) fn entity_set(kind: ItemKind) -> &'static str {
-    match kind {
-        ItemKind::Appointment => "appointments",
-        ItemKind::Contact => "contacts",
-        ItemKind::Task => "tasks",
-    }
+/// Whether a row is an activity Outlook shows as a task without being a task: no
+/// `percentcomplete`, and states whose statuses are their own (the platform picks the default
+/// status of a state it is given alone).
+fn task_like(entity: &str) -> bool {
+    matches!(entity, "phonecall" | "fax" | "letter")
+}
+
+fn set_of(entity: &str) -> String {
+    crate::directory::tables::entity_set(entity)
 }
 
 /// Whether an error is the end of this write only (refused for good) rather than of the run.
@@ -76,8 +80,15 @@ fn versions(doc: &DirectoryDocument) -> HashMap<String, Option<u64>> {
     for a in &doc.appointments {
         out.insert(record("appointment", a.activityid), a.versionnumber);
     }
-    for t in &doc.tasks {
-        out.insert(record("task", t.activityid), t.versionnumber);
+    for (entity, set) in [
+        ("task", "tasks"),
+        ("phonecall", "phonecalls"),
+        ("fax", "faxes"),
+        ("letter", "letters"),
+    ] {
+        for t in doc.activities(set) {
+            out.insert(record(entity, t.activityid), t.versionnumber);
+        }
     }
     out
 }
@@ -118,11 +129,14 @@ pub(super) fn party_address(doc: &DirectoryDocument, party: &Map<String, Value>)
 }
 
 /// The `$select` (and for appointments the parties' `$expand`) that reads what the fields need.
-fn row_query(kind: ItemKind, fields: &[SyncField]) -> String {
+fn row_query(entity: &str, kind: ItemKind, fields: &[SyncField]) -> String {
     let mut columns: BTreeSet<&str> = ["modifiedon", "versionnumber", "statecode", "statuscode"]
         .into_iter()
         .collect();
     columns.extend(fields.iter().flat_map(SyncField::columns));
+    if task_like(entity) {
+        columns.remove("percentcomplete");
+    }
     if kind == ItemKind::Contact {
         columns.extend(["_parentcustomerid_value", "fullname"]);
     }
@@ -132,8 +146,7 @@ fn row_query(kind: ItemKind, fields: &[SyncField]) -> String {
     );
     if fields.iter().any(SyncField::needs_parties) {
         query.push_str(&format!(
-            "&$expand={}_activity_parties($select=participationtypemask,addressused,_partyid_value)",
-            kind.name()
+            "&$expand={entity}_activity_parties($select=participationtypemask,addressused,_partyid_value)"
         ));
     }
     query
@@ -456,11 +469,14 @@ impl Syncer {
     /// Reads a row for synchronisation.
     async fn read_crm_row(
         &self,
-        kind: ItemKind,
+        entity: &str,
         id: Uuid,
     ) -> Result<Option<Map<String, Value>>, SyncError> {
-        let query = row_query(kind, self.fields.of(kind));
-        Ok(self.crm.read_row(entity_set(kind), id, &query).await?)
+        let Some(kind) = kind_of(entity) else {
+            return Ok(None);
+        };
+        let query = row_query(entity, kind, self.fields.of(kind));
+        Ok(self.crm.read_row(&set_of(entity), id, &query).await?)
     }
 
     /// The company an Exchange contact shows, when the user asks for it: the parent account's
@@ -506,10 +522,10 @@ impl Syncer {
         now: i64,
         report: &mut RunReport,
     ) -> Result<(), SyncError> {
-        let Some((_, id)) = parse_record(r) else {
+        let Some((entity, id)) = parse_record(r) else {
             return Ok(());
         };
-        let Some(row) = self.read_crm_row(kind, id).await? else {
+        let Some(row) = self.read_crm_row(entity, id).await? else {
             return Ok(());
         };
         let resolve = |p: &Map<String, Value>| party_address(doc, p);
@@ -607,10 +623,10 @@ impl Syncer {
             item,
             version,
         } = work;
-        let Some((_, id)) = parse_record(r) else {
+        let Some((entity, id)) = parse_record(r) else {
             return Ok(());
         };
-        let row = match self.read_crm_row(kind, id).await? {
+        let row = match self.read_crm_row(entity, id).await? {
             Some(row) => row,
             // Gone since the last refresh: the next run sees it leave the selection.
             None => return Ok(()),
@@ -712,7 +728,10 @@ impl Syncer {
             }
         }
         if !merged.to_crm.is_empty() {
-            match self.write_crm(kind, id, &row, merged.to_crm.clone()).await {
+            match self
+                .write_crm(entity, id, &row, merged.to_crm.clone())
+                .await
+            {
                 Ok(()) => {
                     report.updated_in_crm += 1;
                     self.metrics.item(kind.name(), "to_crm", "update");
@@ -744,23 +763,28 @@ impl Syncer {
     /// activity is read-only), and a change of state goes last.
     async fn write_crm(
         &self,
-        kind: ItemKind,
+        entity: &str,
         id: Uuid,
         row: &Map<String, Value>,
         mut columns: Map<String, Value>,
     ) -> Result<(), SyncError> {
-        let set = entity_set(kind);
-        let state: Map<String, Value> = ["statecode", "statuscode"]
+        let set = set_of(entity);
+        let set = set.as_str();
+        let mut state: Map<String, Value> = ["statecode", "statuscode"]
             .iter()
             .filter_map(|k| Some(((*k).to_owned(), columns.remove(*k)?)))
             .collect();
-        let activity = kind != ItemKind::Contact;
+        if task_like(entity) {
+            columns.remove("percentcomplete");
+            state.remove("statuscode");
+        }
+        let activity = entity != "contact";
         if !columns.is_empty() {
             if activity && !is_open_activity(row) {
-                let reopen = if kind == ItemKind::Task {
-                    json!({"statecode": 0, "statuscode": 2})
-                } else {
-                    json!({"statecode": 0, "statuscode": 1})
+                let reopen = match entity {
+                    "task" => json!({"statecode": 0, "statuscode": 2}),
+                    "appointment" => json!({"statecode": 0, "statuscode": 1}),
+                    _ => json!({"statecode": 0}),
                 };
                 if let Value::Object(reopen) = reopen {
                     self.crm.update_row(set, id, reopen).await?;
@@ -799,14 +823,14 @@ impl Syncer {
         in_replica: bool,
         report: &mut RunReport,
     ) -> Result<(), SyncError> {
-        let Some((_, id)) = parse_record(r) else {
+        let Some((entity, id)) = parse_record(r) else {
             return Ok(());
         };
         if !in_replica {
             // Absent from the replica: deleted, or created and not yet replicated.
             if self
                 .crm
-                .read_row(entity_set(kind), id, "$select=versionnumber")
+                .read_row(&set_of(entity), id, "$select=versionnumber")
                 .await?
                 .is_some()
             {
@@ -898,7 +922,7 @@ impl Syncer {
         }
         match self
             .crm
-            .delete_row(entity_set(kind), id)
+            .delete_row(&set_of(entity), id)
             .await
             .map_err(SyncError::from)
         {
@@ -977,7 +1001,8 @@ impl Syncer {
             }
             ItemKind::Contact => {}
         }
-        let set = entity_set(kind);
+        let set = set_of(kind.name());
+        let set = set.as_str();
         let written = async {
             self.crm.create_row(set, id, columns).await?;
             // Rows are created open with their table's first status; any other goes after.

@@ -85,8 +85,8 @@ pub(super) struct State {
     pub(super) accounts: Table<Account>,
     pub(super) leads: Table<Lead>,
     pub(super) emails: Table<TrackedEmail>,
-    pub(super) appointments: Table<SyncActivity>,
-    pub(super) tasks: Table<SyncActivity>,
+    /// The synchronised activity tables (appointments, tasks, …) by entity set.
+    pub(super) activities: HashMap<&'static str, Table<SyncActivity>>,
     /// When the last email refresh began (RFC 3339), for the next incremental one.
     pub(super) emails_since: Option<String>,
     /// Refreshes begun, for ordering their swaps.
@@ -215,8 +215,9 @@ pub(super) fn forget_deltas(state: &mut State) {
     state.contacts.delta = None;
     state.accounts.delta = None;
     state.leads.delta = None;
-    state.appointments.delta = None;
-    state.tasks.delta = None;
+    for table in state.activities.values_mut() {
+        table.delta = None;
+    }
     state.emails_since = None;
     for table in state.others.values_mut() {
         table.delta = None;
@@ -334,8 +335,13 @@ fn restore_rows(
         "accounts" => put(&mut state.accounts, id, bytes),
         "leads" => put(&mut state.leads, id, bytes),
         "emails" => put(&mut state.emails, id, bytes),
-        "appointments" => put(&mut state.appointments, id, bytes),
-        "tasks" => put(&mut state.tasks, id, bytes),
+        set if tables::SYNC_ACTIVITIES.iter().any(|t| t.set == set) => {
+            let set = tables::SYNC_ACTIVITIES
+                .iter()
+                .find(|t| t.set == set)
+                .map_or("", |t| t.set);
+            put(state.activities.entry(set).or_default(), id, bytes)
+        }
         other if others.contains_key(other) => {
             put(state.others.entry(other.to_owned()).or_default(), id, bytes)
         }
@@ -379,8 +385,9 @@ fn restore_deltas(
     state.contacts.delta = delta("contacts")?;
     state.accounts.delta = delta("accounts")?;
     state.leads.delta = delta("leads")?;
-    state.appointments.delta = delta("appointments")?;
-    state.tasks.delta = delta("tasks")?;
+    for spec in tables::SYNC_ACTIVITIES {
+        state.activities.entry(spec.set).or_default().delta = delta(spec.set)?;
+    }
     for (set, table) in state.others.iter_mut() {
         table.delta = delta(set)?;
     }

@@ -143,7 +143,16 @@ pub fn default_offline_filter(set: &str) -> OfflineFilter {
 pub fn has_owner(set: &str) -> bool {
     matches!(
         set,
-        "queues" | "contacts" | "accounts" | "leads" | "emails" | "appointments" | "tasks"
+        "queues"
+            | "contacts"
+            | "accounts"
+            | "leads"
+            | "emails"
+            | "appointments"
+            | "tasks"
+            | "phonecalls"
+            | "faxes"
+            | "letters"
     )
 }
 

@@ -32,8 +32,8 @@ struct Fetched {
     leads: Pending<Lead>,
     others: Vec<Pending<EmailEnabledRecord>>,
     emails: Pending<TrackedEmail>,
-    appointments: Pending<SyncActivity>,
-    tasks: Pending<SyncActivity>,
+    /// The synchronised activity tables, in [`tables::SYNC_ACTIVITIES`] order.
+    activities: Vec<(&'static str, Pending<SyncActivity>)>,
 }
 
 /// Contacts, accounts, leads and the other tables' records, as `fetch_records` pulls them.
@@ -245,17 +245,12 @@ impl DataverseSource {
             state.emails_since = None;
         }
         let emails = self.pull_emails(state, &user_ids, started).await?;
-        let appointments = self
-            .pull_table(
-                &tables::APPOINTMENTS,
-                &state.appointments.delta,
-                &delta,
-                &user_ids,
-            )
-            .await?;
-        let tasks = self
-            .pull_table(&tables::TASKS, &state.tasks.delta, &delta, &user_ids)
-            .await?;
+        let mut activities = Vec::new();
+        for spec in &tables::SYNC_ACTIVITIES {
+            let current = state.activities.get(spec.set).and_then(|t| t.delta.clone());
+            let pending = self.pull_table(spec, &current, &delta, &user_ids).await?;
+            activities.push((spec.set, pending));
+        }
         Ok(Fetched {
             users,
             settings,
@@ -269,8 +264,7 @@ impl DataverseSource {
             leads,
             others,
             emails,
-            appointments,
-            tasks,
+            activities,
         })
     }
 
@@ -349,19 +343,16 @@ impl DataverseSource {
                 fetched.emails.full,
                 fetched.emails.rows.len(),
             ),
+        ]
+        .into_iter()
+        .chain(fetched.activities.iter().map(|(set, pending)| {
             (
-                "appointments",
-                state.appointments.rows.len(),
-                fetched.appointments.full,
-                fetched.appointments.rows.len(),
-            ),
-            (
-                "tasks",
-                state.tasks.rows.len(),
-                fetched.tasks.full,
-                fetched.tasks.rows.len(),
-            ),
-        ] {
+                *set,
+                state.activities.get(set).map_or(0, |t| t.rows.len()),
+                pending.full,
+                pending.rows.len(),
+            )
+        })) {
             if let Some(error) = over(set, current, full, incoming) {
                 return Err(error);
             }
@@ -403,8 +394,9 @@ impl DataverseSource {
             changed |= self.apply(table, pending, changes);
         }
         changed |= self.apply(&mut state.emails, fetched.emails, changes);
-        changed |= self.apply(&mut state.appointments, fetched.appointments, changes);
-        changed |= self.apply(&mut state.tasks, fetched.tasks, changes);
+        for (set, pending) in fetched.activities {
+            changed |= self.apply(state.activities.entry(set).or_default(), pending, changes);
+        }
         let since = humantime::format_rfc3339_seconds(started).to_string();
         changed |= prune_emails(
             &mut state.emails,

@@ -29,9 +29,7 @@ pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
     let (contacts, accounts, leads) = records(state, &mut skipped);
     let emailenabledrecords = other_records(state, &mut skipped);
     let emails = emails(state, &organization, &mut skipped);
-    let appointments = state.appointments.decoded(&mut skipped);
-    let tasks = state.tasks.decoded(&mut skipped);
-    let doc = DirectoryDocument {
+    let mut doc = DirectoryDocument {
         organization,
         systemusers,
         usersettingscollection,
@@ -43,9 +41,13 @@ pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
         leads,
         emailenabledrecords,
         emails,
-        appointments,
-        tasks,
+        ..DirectoryDocument::default()
     };
+    for (set, table) in &state.activities {
+        if let Some(rows) = doc.activities_mut(set) {
+            *rows = table.decoded(&mut skipped);
+        }
+    }
     (doc, skipped)
 }
 

@@ -468,8 +468,9 @@ fn seed(store: &mut Store, doc: &DirectoryDocument) {
     rows(store, &t::CONTACTS, &doc.contacts);
     rows(store, &t::ACCOUNTS, &doc.accounts);
     rows(store, &t::LEADS, &doc.leads);
-    rows(store, &t::APPOINTMENTS, &doc.appointments);
-    rows(store, &t::TASKS, &doc.tasks);
+    for spec in &t::SYNC_ACTIVITIES {
+        rows(store, spec, doc.activities(spec.set));
+    }
     rows(store, &t::EMAILS, &doc.emails);
     // What the seeded rows point at (opportunities, …) exists too, so their binds resolve.
     let targets: Vec<crate::directory::model::Lookup> = doc
