@@ -216,21 +216,12 @@ async fn the_filters_select_what_reaches_exchange_and_rows_leaving_them_are_dele
     // whoever owns them; and a contact of Jo's at Fabrikam that only this filter selects.
     let second = "00000000-0000-4000-8000-0000000000d6";
     let dana = "00000000-0000-4000-8000-0000000000c6";
-    let mut filter = Map::new();
-    filter.insert("name".into(), json!("Fabrikam people"));
-    filter.insert("returnedtypecode".into(), json!("contact"));
-    filter.insert("querytype".into(), json!(256));
-    filter.insert("statecode".into(), json!(0));
-    filter.insert(
-        "fetchxml".into(),
-        json!(format!(r#"<fetch><entity name="contact"><filter><condition attribute="parentcustomerid" operator="eq" value="{FABRIKAM}"/></filter></entity></fetch>"#)),
+    w.seed_filter(
+        second,
+        "contact",
+        "Fabrikam people",
+        &format!(r#"<fetch><entity name="contact"><filter><condition attribute="parentcustomerid" operator="eq" value="{FABRIKAM}"/></filter></entity></fetch>"#),
     );
-    filter.insert(
-        "_ownerid_value".into(),
-        json!({"set": "systemusers", "id": ALEX_ID}),
-    );
-    w.dataverse
-        .seed_record("userqueries", second.parse().unwrap(), filter);
     let mut row = Map::new();
     row.insert("firstname".into(), json!("Dana"));
     row.insert("lastname".into(), json!("Partner"));
@@ -526,6 +517,20 @@ async fn deletes_follow_the_rules_and_tracked_outlook_items_reach_the_crm() {
     ] {
         assert_eq!(r[counter], 0, "{counter}: {report}");
     }
+    // Alex's appointment filter switched off: the CRM's appointment leaves his calendar; the
+    // one he tracked from Outlook stays (no filter brought it).
+    w.patch(
+        "userqueries",
+        "00000000-0000-4000-8000-0000000000d8",
+        json!({"statecode": 1, "statuscode": 2}),
+    )
+    .await;
+    sync_alex(&gateway).await;
+    assert!(
+        w.item(ALEX, "calendar", "Fabrikam renewal review")
+            .is_none()
+    );
+    assert!(w.item(ALEX, "calendar", "Lunch with Pat").is_some());
     gateway.shutdown().await;
     w.stop().await;
 }
@@ -686,23 +691,11 @@ async fn exchange_busy_is_honoured_for_its_back_off_and_the_run_completes_after(
 async fn a_phone_call_becomes_an_outlook_task_and_completes_back_in_the_crm() {
     let w = world().await;
     let call = "00000000-0000-4000-8000-0000000000e5";
-    let mut filter = Map::new();
-    filter.insert("name".into(), json!("My Phone Calls"));
-    filter.insert("returnedtypecode".into(), json!("phonecall"));
-    filter.insert("querytype".into(), json!(256));
-    filter.insert("statecode".into(), json!(0));
-    filter.insert(
-        "fetchxml".into(),
-        json!(r#"<fetch><entity name="phonecall"><filter><condition attribute="ownerid" operator="eq-userid"/></filter></entity></fetch>"#),
-    );
-    filter.insert(
-        "_ownerid_value".into(),
-        json!({"set": "systemusers", "id": ALEX_ID}),
-    );
-    w.dataverse.seed_record(
-        "userqueries",
-        "00000000-0000-4000-8000-0000000000d5".parse().unwrap(),
-        filter,
+    w.seed_filter(
+        "00000000-0000-4000-8000-0000000000d5",
+        "phonecall",
+        "My Phone Calls",
+        r#"<fetch><entity name="phonecall"><filter><condition attribute="ownerid" operator="eq-userid"/></filter></entity></fetch>"#,
     );
     let mut row = Map::new();
     row.insert("subject".into(), json!("Call Pat about the renewal"));

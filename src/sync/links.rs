@@ -37,6 +37,10 @@ pub struct Link {
     /// reports with this key is that write, not the user's.
     #[serde(default)]
     pub change_key: String,
+    /// The row was created from an Outlook item given the tracking category: the user's filters
+    /// did not bring it, so their not selecting it deletes nothing (only the row's deletion).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_outlook: bool,
     /// The row version last synchronised (`None`: never read, e.g. adopted from Exchange).
     pub crm_version: Option<u64>,
     /// The values both sides last agreed on, in Exchange's form, by field label. Empty for a
@@ -270,6 +274,7 @@ mod tests {
             let link = Link {
                 item_id: "AAMk1".into(),
                 change_key: "CK1".into(),
+                from_outlook: false,
                 crm_version: Some(7),
                 base: [(
                     "Subject".to_owned(),

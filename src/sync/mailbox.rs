@@ -564,6 +564,7 @@ impl Syncer {
         let link = Link {
             item_id,
             change_key,
+            from_outlook: false,
             crm_version: version,
             base,
         };
@@ -838,6 +839,10 @@ impl Syncer {
             }
         }
         let logical = in_replica;
+        if logical && link.from_outlook {
+            // Tracked from Outlook, never brought by a filter: it stays linked.
+            return Ok(());
+        }
         let completed_task = kind == ItemKind::Task
             && link
                 .base
@@ -1038,6 +1043,7 @@ impl Syncer {
         let link = Link {
             item_id: item.id.clone(),
             change_key,
+            from_outlook: true,
             crm_version: None,
             base,
         };
