@@ -245,6 +245,21 @@ impl FetchFilter {
         &self.entity
     }
 
+    /// Whether only rows the user owns can match (an `ownerid` `eq-userid` condition every row
+    /// must meet): then the rows can be looked up by owner instead of all being evaluated.
+    pub fn only_the_users_own(&self) -> bool {
+        fn required(g: &Group) -> bool {
+            !g.any
+                && g.nodes.iter().any(|n| match n {
+                    Node::Condition(c) => {
+                        c.attribute == "ownerid" && c.operator == Operator::EqUserId
+                    }
+                    Node::Group(inner) => required(inner),
+                })
+        }
+        required(&self.filter)
+    }
+
     /// Whether a row (as the Web API shows it: lookups as `_<name>_value`) is selected.
     pub fn matches(&self, row: &Map<String, Value>, cx: &Context<'_>) -> bool {
         self.filter.matches(row, cx)
@@ -424,6 +439,18 @@ mod tests {
         assert!(!selects(
             MY_CONTACTS,
             json!({"_ownerid_value": ALEX.to_string(), "statecode": 1})
+        ));
+    }
+
+    #[test]
+    fn a_filter_knows_when_only_the_users_own_rows_can_match() {
+        let only = |xml: &str| FetchFilter::parse(xml).unwrap().only_the_users_own();
+        assert!(only(MY_CONTACTS));
+        assert!(!only(
+            r#"<fetch><entity name="contact"><filter type="or"><condition attribute="ownerid" operator="eq-userid"/><condition attribute="statecode" operator="eq" value="0"/></filter></entity></fetch>"#
+        ));
+        assert!(!only(
+            r#"<fetch><entity name="contact"><filter><condition attribute="ownerid" operator="eq-useroruserteams"/></filter></entity></fetch>"#
         ));
     }
 

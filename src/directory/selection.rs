@@ -54,8 +54,13 @@ fn rows_of(doc: &DirectoryDocument, entity: &str) -> Vec<(Uuid, Map<String, Valu
     }
 }
 
-/// One table's rows as the Web API shows them.
-type Rows = std::sync::Arc<Vec<(Uuid, Map<String, Value>)>>;
+/// One table's rows as the Web API shows them, and which of them each owner owns.
+struct Table {
+    rows: Vec<(Uuid, Map<String, Value>)>,
+    by_owner: std::collections::HashMap<Uuid, Vec<usize>>,
+}
+
+type Rows = std::sync::Arc<Table>;
 
 /// The rows filters are evaluated over, each table converted once for every user of a round.
 pub struct Prepared<'a> {
@@ -78,7 +83,21 @@ impl<'a> Prepared<'a> {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         tables
             .entry(entity.to_owned())
-            .or_insert_with(|| std::sync::Arc::new(rows_of(self.doc, entity)))
+            .or_insert_with(|| {
+                let rows = rows_of(self.doc, entity);
+                let mut by_owner: std::collections::HashMap<Uuid, Vec<usize>> =
+                    std::collections::HashMap::new();
+                for (i, (_, row)) in rows.iter().enumerate() {
+                    let owner = row
+                        .get("ownerid")
+                        .and_then(Value::as_str)
+                        .and_then(|s| Uuid::parse_str(s).ok());
+                    if let Some(owner) = owner {
+                        by_owner.entry(owner).or_default().push(i);
+                    }
+                }
+                std::sync::Arc::new(Table { rows, by_owner })
+            })
             .clone()
     }
 
@@ -136,7 +155,21 @@ pub fn select_prepared(
             .rows
             .entry(parsed.entity().to_owned())
             .or_default();
-        for (id, row) in prepared.rows(parsed.entity()).iter() {
+        let rows = prepared.rows(parsed.entity());
+        // A filter only the user's own rows can meet looks at those alone.
+        let candidates: Box<dyn Iterator<Item = &(Uuid, Map<String, Value>)>> =
+            if parsed.only_the_users_own() {
+                Box::new(
+                    rows.by_owner
+                        .get(&settings.systemuserid)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| rows.rows.get(*i)),
+                )
+            } else {
+                Box::new(rows.rows.iter())
+            };
+        for (id, row) in candidates {
             if parsed.matches(row, &cx) {
                 table.insert(*id);
             }

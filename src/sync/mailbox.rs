@@ -71,8 +71,8 @@ fn refused_for_good(error: &SyncError) -> bool {
     }
 }
 
-/// The row versions the replica holds, by record.
-fn versions(doc: &DirectoryDocument) -> HashMap<String, Option<u64>> {
+/// The row versions the replica holds, by record (once per round, for every mailbox).
+pub(super) fn versions(doc: &DirectoryDocument) -> HashMap<String, Option<u64>> {
     let mut out = HashMap::new();
     for c in &doc.contacts {
         out.insert(record("contact", c.contactid), c.versionnumber);
@@ -161,15 +161,17 @@ fn is_open_activity(row: &Map<String, Value>) -> bool {
 impl Syncer {
     pub(super) async fn run_mailbox(
         &self,
-        doc: &DirectoryDocument,
-        prepared: &Prepared<'_>,
+        (doc, prepared, versions): (
+            &DirectoryDocument,
+            &Prepared<'_>,
+            &HashMap<String, Option<u64>>,
+        ),
         mailbox: &SyncingMailbox,
         now: i64,
     ) -> Result<RunReport, SyncError> {
         let mut report = RunReport::default();
         let selection = select_prepared(prepared, &mailbox.settings, &[], now);
         report.refused_filters = selection.refused.iter().map(|r| r.to_string()).collect();
-        let versions = versions(doc);
         let mut selected: BTreeMap<String, (ItemKind, Option<u64>)> = BTreeMap::new();
         for (entity, ids) in &selection.rows {
             let Some(kind) = kind_of(entity) else {

@@ -430,6 +430,7 @@ impl Syncer {
     async fn run_due(&self, doc: &DirectoryDocument) {
         let now = crate::common::time::now_ms() as i64 / 1000;
         let prepared = crate::directory::selection::Prepared::new(doc);
+        let versions = mailbox::versions(doc);
         for mailbox in syncing_mailboxes(doc, self.settings.interval, true) {
             if !self
                 .ownership
@@ -447,7 +448,9 @@ impl Syncer {
                 continue;
             }
             let started = Instant::now();
-            let result = self.run_mailbox(doc, &prepared, &mailbox, now).await;
+            let result = self
+                .run_mailbox((doc, &prepared, &versions), &mailbox, now)
+                .await;
             let (next, text, report) = match result {
                 Ok(report) => {
                     self.runs("ok");
