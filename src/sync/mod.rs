@@ -14,6 +14,8 @@
 //! `sync.redb` and on each item (an extended property), so a restart or a lost link file
 //! re-syncs without duplicating either side.
 
+mod apply;
+mod deletes;
 pub mod fields;
 mod links;
 mod mailbox;
@@ -448,9 +450,12 @@ impl Syncer {
                 continue;
             }
             let started = Instant::now();
-            let result = self
-                .run_mailbox((doc, &prepared, &versions), &mailbox, now)
-                .await;
+            let round = mailbox::Round {
+                doc,
+                prepared: &prepared,
+                versions: &versions,
+            };
+            let result = self.run_mailbox(round, &mailbox, now).await;
             let (next, text, report) = match result {
                 Ok(report) => {
                     self.runs("ok");
