@@ -100,11 +100,20 @@ tick = "1h"
         )
     }
 
+    /// The gateway, once the round its scheduler runs at start is over (every synchronising
+    /// mailbox has run once), so that what the test does next is not raced by it.
     async fn gateway(&self) -> Gateway {
         let config = RawConfig::from_toml(&self.config_text(""), "sync test", Vec::new())
             .and_then(|raw| raw.validate(self.dir.path()))
             .unwrap();
-        app::start(config).await.unwrap()
+        let gateway = app::start(config).await.unwrap();
+        let syncer = gateway.sync().expect("synchronisation runs").clone();
+        support::wait_for(Duration::from_secs(30), "the start-up round", async || {
+            let status = syncer.status().await;
+            (!status.is_empty() && status.iter().all(|s| s.last_result.is_some())).then_some(())
+        })
+        .await;
+        gateway
     }
 
     /// The items of a distinguished folder of a mailbox.
@@ -241,7 +250,7 @@ async fn the_filters_select_what_reaches_exchange_and_rows_leaving_them_are_dele
 
     let gateway = w.gateway().await;
     let report = sync_alex(&gateway).await;
-    assert_eq!(report["last_report"]["created_in_exchange"], 4, "{report}");
+    assert_eq!(report["linked"], 4, "{report}");
     let meeting = w
         .item(ALEX, "calendar", "Fabrikam renewal review")
         .expect("the appointment is in Alex's calendar");
@@ -491,6 +500,11 @@ async fn deletes_follow_the_rules_and_tracked_outlook_items_reach_the_crm() {
         1,
         "Pat stays in the CRM"
     );
+    assert_eq!(r["created_in_exchange"], 0, "{report}");
+    assert!(
+        w.item(ALEX, "contacts", "Pat Buyer").is_none(),
+        "a contact the user deleted in Outlook is not brought back while it stays selected"
+    );
     let lunch = w
         .dataverse
         .records("appointments")
@@ -658,16 +672,16 @@ async fn exchange_busy_is_honoured_for_its_back_off_and_the_run_completes_after(
         before,
         "no request inside the back-off"
     );
-    assert!(
-        w.item(ALEX, "calendar", "Fabrikam renewal review")
-            .is_none()
-    );
     // Asked to run (an operator's `sync run`), it completes.
+    w.patch(
+        "appointments",
+        APPOINTMENT,
+        json!({"location": "Fabrikam HQ"}),
+    )
+    .await;
     sync_alex(&gateway).await;
-    assert!(
-        w.item(ALEX, "calendar", "Fabrikam renewal review")
-            .is_some()
-    );
+    let meeting = w.item(ALEX, "calendar", "Fabrikam renewal review").unwrap();
+    assert_eq!(meeting.location.as_deref(), Some("Fabrikam HQ"));
     let metrics = reqwest::get(format!("{}/metrics", gateway.admin_url()))
         .await
         .unwrap()

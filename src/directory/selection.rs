@@ -18,6 +18,8 @@ use super::model::{DirectoryDocument, UserSettings};
 #[error("sync filter {name:?}: {error}")]
 pub struct FilterRefused {
     pub name: String,
+    /// The table it filters (as the user's filter row names it).
+    pub entity: String,
     pub error: FetchError,
 }
 
@@ -142,12 +144,20 @@ pub fn select_prepared(
         let parsed = match filter.filter.as_deref().map(FetchFilter::parse) {
             Some(Ok(parsed)) => parsed,
             Some(Err(error)) => {
-                selection.refused.push(FilterRefused { name, error });
+                selection.refused.push(FilterRefused {
+                    name,
+                    entity: filter.entity.clone(),
+                    error,
+                });
                 continue;
             }
             None => {
                 let error = FetchError::Malformed("the filter has no FetchXML".into());
-                selection.refused.push(FilterRefused { name, error });
+                selection.refused.push(FilterRefused {
+                    name,
+                    entity: filter.entity.clone(),
+                    error,
+                });
                 continue;
             }
         };

@@ -471,6 +471,46 @@ impl ExchangeClient {
         Ok(items)
     }
 
+    /// Which of these items Exchange no longer has: only `ErrorItemNotFound` says so (one
+    /// response message per id, in order); any other failure is an error, never a deletion.
+    pub async fn missing_items(
+        &self,
+        mailbox: &str,
+        ids: &[&str],
+    ) -> Result<Vec<String>, ExchangeError> {
+        let mut missing = Vec::new();
+        for chunk in ids.chunks(100) {
+            let items: String = chunk
+                .iter()
+                .map(|id| format!(r#"<t:ItemId Id="{}"/>"#, xml_escape(id)))
+                .collect();
+            let request = impersonated(
+                mailbox,
+                &format!(
+                    r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:ItemIds>{items}</m:ItemIds></m:GetItem>"#
+                ),
+            );
+            let (status, body) = self.ews(mailbox, request).await?;
+            let tree = answer(status, &body)?;
+            let answers = messages(&tree);
+            if answers.len() != chunk.len() {
+                return Err(ExchangeError::Unreadable(format!(
+                    "{} answers for {} items",
+                    answers.len(),
+                    chunk.len()
+                )));
+            }
+            for ((code, _), id) in answers.iter().zip(chunk) {
+                match code.as_str() {
+                    "NoError" => {}
+                    "ErrorItemNotFound" => missing.push((*id).to_owned()),
+                    other => return Err(ExchangeError::NotFound(other.to_owned())),
+                }
+            }
+        }
+        Ok(missing)
+    }
+
     /// Creates an item carrying `link`; its id and change key.
     pub async fn create_sync_item(
         &self,

@@ -65,6 +65,29 @@ fn with_company(merged: &mut Merged, base: &BTreeMap<String, Values>, company: O
     }
 }
 
+/// Whether this mailbox's user organizes the appointment: its organizer party (mask 7) is the
+/// user or the mailbox's address, or, with no organizer party, the user owns it.
+fn organizes(row: &Map<String, Value>, mailbox: &SyncingMailbox) -> bool {
+    let user = mailbox.user.to_string();
+    let organizer = row
+        .iter()
+        .find(|(k, _)| k.ends_with("_activity_parties"))
+        .and_then(|(_, v)| v.as_array())
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("participationtypemask").and_then(Value::as_i64) == Some(7));
+    match organizer {
+        Some(party) => {
+            party.get("_partyid_value").and_then(Value::as_str) == Some(user.as_str())
+                || party
+                    .get("addressused")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(&mailbox.address))
+        }
+        None => row.get("_ownerid_value").and_then(Value::as_str) == Some(user.as_str()),
+    }
+}
+
 /// Whether a change sends meeting requests (docs/domain.md §5.1): an appointment with
 /// attendees, starting in the future.
 fn invitations_for(
@@ -173,7 +196,12 @@ impl Syncer {
             values.extend(company.clone());
             base.insert("Company".into(), company);
         }
-        let invitations = invitations_for(kind, &values, now, true);
+        // Meeting requests go out only from the organizer's mailbox.
+        let invitations = if organizes(&row, mailbox) {
+            invitations_for(kind, &values, now, true)
+        } else {
+            Invitations::None
+        };
         let created = self
             .exchange
             .create_sync_item(&mailbox.address, kind, &values, r, invitations)
@@ -252,9 +280,12 @@ impl Syncer {
         report.conflicts += merged.conflicts;
         self.metrics.conflicts.inc_by(u64::from(merged.conflicts));
         if !merged.to_exchange.is_empty() {
-            let organizer = item.as_ref().and_then(|i| i.organizer.as_deref());
+            let organizer_here = match item.as_ref().and_then(|i| i.organizer.as_deref()) {
+                Some(organizer) => organizer.eq_ignore_ascii_case(&mailbox.address),
+                None => organizes(&row, mailbox),
+            };
             let updated = self
-                .push_to_exchange(mailbox, kind, &link.item_id, &merged, organizer, now)
+                .push_to_exchange(mailbox, kind, &link.item_id, &merged, organizer_here, now)
                 .await;
             let Some(change_key) =
                 self.settle(updated, (&mailbox.address, r, "exchange_update"), report)?
@@ -364,7 +395,7 @@ impl Syncer {
         kind: ItemKind,
         item_id: &str,
         merged: &Merged,
-        organizer: Option<&str>,
+        organizer_here: bool,
         now: i64,
     ) -> Result<String, SyncError> {
         let mut after: BTreeMap<String, String> =
@@ -375,7 +406,6 @@ impl Syncer {
                 .iter()
                 .filter_map(|(k, v)| Some((k.clone(), v.clone()?))),
         );
-        let organizer_here = organizer.is_none_or(|o| o.eq_ignore_ascii_case(&mailbox.address));
         let invitations = if organizer_here {
             invitations_for(kind, &after, now, false)
         } else {

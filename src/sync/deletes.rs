@@ -81,44 +81,55 @@ impl Syncer {
     /// A linked item deleted in Exchange (docs/domain.md §5.1): a task's row is deleted; an
     /// appointment's only when it is open, not over and the user organizes it; a contact is
     /// only unlinked (a CRM contact is shared, and one user's address book is not the place to
-    /// delete it from).
+    /// delete it from). Returns the tombstone kept in the link's place, if any.
     pub(super) async fn deleted_in_exchange(
         &self,
         doc: &DirectoryDocument,
         mailbox: &SyncingMailbox,
-        r: &str,
-        _link: &Link,
+        (r, link): (&str, &Link),
+        selected: bool,
         now: i64,
         report: &mut RunReport,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Option<Link>, SyncError> {
         let Some((entity, id)) = parse_record(r) else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(kind) = kind_of(entity) else {
-            return Ok(());
+            return Ok(None);
         };
-        let delete = match kind {
-            ItemKind::Task => true,
-            ItemKind::Contact => false,
-            ItemKind::Appointment => doc
-                .appointments
-                .iter()
-                .find(|a| a.activityid == id)
-                .is_some_and(|a| {
-                    let open = a.statecode == 0 || a.statecode == 3;
-                    let ahead = a
-                        .scheduledend
-                        .as_deref()
-                        .and_then(timestamp_seconds)
-                        .is_none_or(|end| end >= now);
-                    open && ahead && a.ownerid == Some(mailbox.user)
-                }),
-        };
-        self.store.put_link(&mailbox.address, r, None)?;
+        // A row no longer selected: the deletion is synchronisation's own (a crash before its
+        // link was dropped, or another gateway of a fleet): the row stays.
+        let delete = selected
+            && match kind {
+                ItemKind::Task => true,
+                ItemKind::Contact => false,
+                ItemKind::Appointment => doc
+                    .appointments
+                    .iter()
+                    .find(|a| a.activityid == id)
+                    .is_some_and(|a| {
+                        let open = a.statecode == 0 || a.statecode == 3;
+                        let ahead = a
+                            .scheduledend
+                            .as_deref()
+                            .and_then(timestamp_seconds)
+                            .is_none_or(|end| end >= now);
+                        open && ahead && a.ownerid == Some(mailbox.user)
+                    }),
+            };
         if !delete {
+            // Kept as a tombstone while the row stays selected, so the item the user deleted
+            // is not created again (nor its meeting's invitations sent again).
+            let tombstone = Link {
+                item_id: String::new(),
+                change_key: String::new(),
+                ..link.clone()
+            };
+            let keep = selected.then_some(tombstone);
+            self.store.put_link(&mailbox.address, r, keep.as_ref())?;
             report.unlinked += 1;
             self.metrics.item(kind.name(), "to_crm", "unlink");
-            return Ok(());
+            return Ok(keep);
         }
         let deleted = self.crm.delete_row(&set_of(entity), id).await;
         let deleted = self.settle(
@@ -126,10 +137,13 @@ impl Syncer {
             (&mailbox.address, r, "crm_delete"),
             report,
         )?;
+        // The link goes only once the row is gone (or refused for good): a failure before keeps
+        // it, so the next run deletes again rather than bringing the item back.
+        self.store.put_link(&mailbox.address, r, None)?;
         if deleted.is_some() {
             report.deleted_in_crm += 1;
             self.metrics.item(kind.name(), "to_crm", "delete");
         }
-        Ok(())
+        Ok(None)
     }
 }

@@ -128,9 +128,15 @@ pub(super) fn party_address(doc: &DirectoryDocument, party: &Map<String, Value>)
 
 /// The `$select` (and for appointments the parties' `$expand`) that reads what the fields need.
 pub(super) fn row_query(entity: &str, kind: ItemKind, fields: &[SyncField]) -> String {
-    let mut columns: BTreeSet<&str> = ["modifiedon", "versionnumber", "statecode", "statuscode"]
-        .into_iter()
-        .collect();
+    let mut columns: BTreeSet<&str> = [
+        "modifiedon",
+        "versionnumber",
+        "statecode",
+        "statuscode",
+        "_ownerid_value",
+    ]
+    .into_iter()
+    .collect();
     columns.extend(fields.iter().flat_map(SyncField::columns));
     if task_like(entity) {
         columns.remove("percentcomplete");
@@ -167,14 +173,22 @@ pub(super) struct Round<'a> {
 /// The rows a mailbox's filters select, with their kind and version, by record.
 type Selected = BTreeMap<String, (ItemKind, Option<u64>)>;
 
+/// What a mailbox's filters select, and the tables a filter could not be evaluated for: their
+/// rows are left as they are (a filter trackgate cannot read must not empty a calendar).
+struct Selection {
+    rows: Selected,
+    frozen: BTreeSet<String>,
+}
+
 fn selected_rows(
     round: Round<'_>,
     mailbox: &SyncingMailbox,
     now: i64,
     report: &mut RunReport,
-) -> Selected {
+) -> Selection {
     let selection = select_prepared(round.prepared, &mailbox.settings, &[], now);
     report.refused_filters = selection.refused.iter().map(|r| r.to_string()).collect();
+    let frozen = selection.refused.iter().map(|r| r.entity.clone()).collect();
     let mut selected = Selected::new();
     for (entity, ids) in &selection.rows {
         let Some(kind) = kind_of(entity) else {
@@ -186,7 +200,10 @@ fn selected_rows(
             selected.insert(r, (kind, version));
         }
     }
-    selected
+    Selection {
+        rows: selected,
+        frozen,
+    }
 }
 
 impl Syncer {
@@ -197,7 +214,10 @@ impl Syncer {
         now: i64,
     ) -> Result<RunReport, SyncError> {
         let mut report = RunReport::default();
-        let selected = selected_rows(round, mailbox, now, &mut report);
+        let Selection {
+            rows: selected,
+            frozen,
+        } = selected_rows(round, mailbox, now, &mut report);
         let mut links = self.store.links(&mailbox.address)?;
         self.adopt(&mailbox.address, &mut links).await?;
         let by_item: HashMap<String, String> = links
@@ -211,8 +231,20 @@ impl Syncer {
             if let Some(r) = by_item.get(id)
                 && let Some(link) = links.remove(r)
             {
-                self.deleted_in_exchange(round.doc, mailbox, r, &link, now, &mut report)
+                let still_selected = selected.contains_key(r);
+                let kept = self
+                    .deleted_in_exchange(
+                        round.doc,
+                        mailbox,
+                        (r, &link),
+                        still_selected,
+                        now,
+                        &mut report,
+                    )
                     .await?;
+                if let Some(tombstone) = kept {
+                    links.insert(r.clone(), tombstone);
+                }
             }
         }
         let (changed_items, new_items) = self
@@ -221,7 +253,7 @@ impl Syncer {
         self.reconcile_links(
             round,
             mailbox,
-            (&selected, &links),
+            (&selected, &frozen, &links),
             changed_items,
             now,
             &mut report,
@@ -251,16 +283,30 @@ impl Syncer {
         &self,
         round: Round<'_>,
         mailbox: &SyncingMailbox,
-        (selected, links): (&Selected, &BTreeMap<String, Link>),
+        (selected, frozen, links): (&Selected, &BTreeSet<String>, &BTreeMap<String, Link>),
         mut changed_items: HashMap<String, SyncItem>,
         now: i64,
         report: &mut RunReport,
     ) -> Result<(), SyncError> {
         for (r, link) in links {
-            let Some(kind) = parse_record(r).and_then(|(e, _)| kind_of(e)) else {
+            let Some((entity, _)) = parse_record(r) else {
                 continue;
             };
+            let Some(kind) = kind_of(entity) else {
+                continue;
+            };
+            if frozen.contains(entity) && !selected.contains_key(r) {
+                continue;
+            }
             let item = changed_items.remove(r);
+            if link.item_id.is_empty() {
+                // A tombstone (the user deleted the item): gone once the row leaves the
+                // selection, nothing to do while it stays.
+                if !selected.contains_key(r) {
+                    self.store.put_link(&mailbox.address, r, None)?;
+                }
+                continue;
+            }
             let Some((_, version)) = selected.get(r) else {
                 let in_replica = round.versions.contains_key(r);
                 self.left_selection(round.doc, mailbox, kind, r, link, in_replica, report)
@@ -304,11 +350,18 @@ impl Syncer {
         let mut changed_items = HashMap::new();
         let mut new_items = Vec::new();
         for item in items {
+            // Linked by the table, or by the link on the item — unless that row is linked to
+            // another item: this one is a copy, and copies of linked items are ignored
+            // (server-side sync's IgnoreCopiedItemsInSSSForMailbox, on by default).
             let linked = by_item.get(&item.id).cloned().or_else(|| {
-                item.link
-                    .clone()
-                    .filter(|l| parse_record(l).is_some_and(|(e, _)| kind_of(e).is_some()))
+                item.link.clone().filter(|l| {
+                    parse_record(l).is_some_and(|(e, _)| kind_of(e).is_some())
+                        && links.get(l).is_none_or(|other| other.item_id.is_empty())
+                })
             });
+            if linked.is_none() && item.link.is_some() {
+                continue;
+            }
             let tracked = item
                 .categories
                 .iter()
@@ -403,23 +456,15 @@ impl Syncer {
                 .iter()
                 .filter(|(r, _)| parse_record(r).and_then(|(e, _)| kind_of(e)) == Some(kind))
                 .map(|(_, l)| l.item_id.as_str())
+                .filter(|id| !id.is_empty())
                 .filter(|id| !changes.changed.contains_key(*id) && !changes.deleted.contains(*id))
                 .collect();
             if ids.is_empty() {
                 continue;
             }
-            let present: BTreeSet<String> = self
-                .exchange
-                .get_sync_items(mailbox, &ids)
-                .await?
-                .into_iter()
-                .map(|i| i.id)
-                .collect();
-            changes.deleted.extend(
-                ids.into_iter()
-                    .filter(|id| !present.contains(*id))
-                    .map(str::to_owned),
-            );
+            // Gone only when Exchange says so of that item; a failure ends the run instead.
+            let missing = self.exchange.missing_items(mailbox, &ids).await?;
+            changes.deleted.extend(missing);
         }
         Ok(())
     }

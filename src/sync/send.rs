@@ -22,6 +22,27 @@ use crate::exchange::{ExchangeError, Outgoing};
 /// Pending Send (statecode 1, Completed).
 const PENDING_SEND: i64 = 6;
 
+/// How long a sent email's saved copy is waited for before it is marked Sent without its
+/// Message-ID (seconds).
+const SAVED_COPY_WAIT: u64 = 600;
+
+/// Response codes of a send that a later try may pass (throttling, a store or transport
+/// moment); any other refuses the email for good.
+fn transient(code: &str) -> bool {
+    matches!(
+        code,
+        "ErrorServerBusy"
+            | "ErrorInternalServerTransientError"
+            | "ErrorTimeoutExpired"
+            | "ErrorMailboxStoreUnavailable"
+            | "ErrorMailboxMoveInProgress"
+            | "ErrorConnectionFailed"
+            | "ErrorSubmissionQuotaExceeded"
+            | "ErrorQuotaExceeded"
+            | "ErrorInternalServerError"
+    )
+}
+
 const QUERY: &str = "$filter=statuscode eq 6 and directioncode eq true&$select=activityid,subject,description,trackingtoken,statuscode,_ownerid_value&$expand=email_activity_parties($select=participationtypemask,addressused,_partyid_value)";
 
 fn parties(row: &Map<String, Value>, mask: i64, doc: &DirectoryDocument) -> Vec<String> {
@@ -70,7 +91,7 @@ impl Syncer {
         &self,
         doc: Option<DirectoryDocument>,
     ) -> Result<(), SyncError> {
-        self.finish_sends().await?;
+        self.finish_sends().await;
         let rows = self.crm.read_rows("emails", QUERY).await?;
         if rows.is_empty() {
             return Ok(());
@@ -111,7 +132,12 @@ impl Syncer {
             {
                 continue;
             }
-            self.send_one(doc, mailbox, id, &row).await?;
+            // One email's trouble (its mailbox not reachable, Dataverse refusing it) is that
+            // email's: the others still go.
+            if let Err(error) = self.send_one(doc, mailbox, id, &row).await {
+                self.metrics.failure(error.label());
+                tracing::warn!(%error, "a CRM email could not be sent through its owner's mailbox; it is tried again next round");
+            }
         }
         Ok(())
     }
@@ -130,12 +156,20 @@ impl Syncer {
             .exchange
             .sent_with_link(&mailbox.address, &link)
             .await?;
-        let message_id = match already {
-            Some(message_id) => {
+        let handed = self.store.send(&key)?.filter(|s| s.state == "sending");
+        let message_id = match (already, handed) {
+            (Some(message_id), _) => {
                 self.sent("already_sent");
                 message_id
             }
-            None => {
+            // Handed to Exchange, its saved copy not (yet) found: Exchange saves it a moment
+            // after the send, or a rule moved it. Never sent twice: after ten minutes it is
+            // marked Sent without its Message-ID.
+            (None, Some(handed)) if now.saturating_sub(handed.at) < SAVED_COPY_WAIT => {
+                return Ok(());
+            }
+            (None, Some(_)) => String::new(),
+            (None, None) => {
                 self.store.put_send(
                     &key,
                     &Send {
@@ -159,7 +193,7 @@ impl Syncer {
                 };
                 match self.exchange.send_through(&mailbox.address, &mail).await {
                     Ok(()) => {}
-                    Err(ExchangeError::NotFound(code)) => {
+                    Err(ExchangeError::NotFound(code)) if !transient(&code) => {
                         // Refused for good (no recipients, a recipient Exchange rejects, …).
                         self.sent("failed");
                         self.crm.update_row("emails", id, state(0, 8)).await?;
@@ -169,10 +203,15 @@ impl Syncer {
                     Err(e) => return Err(e.into()),
                 }
                 self.sent("sent");
-                self.exchange
+                match self
+                    .exchange
                     .sent_with_link(&mailbox.address, &link)
                     .await?
-                    .unwrap_or_default()
+                {
+                    Some(message_id) => message_id,
+                    // Marked Sent once its saved copy shows (a later round).
+                    None => return Ok(()),
+                }
             }
         };
         self.mark_sent(&mailbox.address, id, &message_id).await
@@ -211,9 +250,18 @@ impl Syncer {
         Ok(())
     }
 
-    /// Finishes the sends a crash left marked Sent without their Message-ID.
-    pub(super) async fn finish_sends(&self) -> Result<(), SyncError> {
-        for (key, send) in self.store.sends()? {
+    /// Finishes the sends a crash left marked Sent without their Message-ID. One that Dataverse
+    /// refuses for good (the email deleted since) is given up with a dead letter; one that
+    /// fails for now waits for the next round; neither holds up the others.
+    pub(super) async fn finish_sends(&self) {
+        let sends = match self.store.sends() {
+            Ok(sends) => sends,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the sends in progress");
+                return;
+            }
+        };
+        for (key, send) in sends {
             if send.state != "marked" {
                 continue;
             }
@@ -221,16 +269,30 @@ impl Syncer {
             else {
                 continue;
             };
-            self.write_message_id(id, &message_id).await?;
-            self.store.put_send(
-                &key,
-                &Send {
-                    state: "done".into(),
-                    ..send
-                },
-            )?;
+            let done = match self.write_message_id(id, &message_id).await {
+                Ok(()) => true,
+                Err(error) if super::mailbox::refused_for_good(&error) => {
+                    self.dead_letter(
+                        &send.mailbox,
+                        &format!("email:{id}"),
+                        "crm_message_id",
+                        error.to_string(),
+                    );
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a sent email's Message-ID could not be written yet");
+                    false
+                }
+            };
+            let finished = Send {
+                state: "done".into(),
+                ..send
+            };
+            if done && let Err(error) = self.store.put_send(&key, &finished) {
+                tracing::warn!(%error, "cannot record a finished send");
+            }
         }
-        Ok(())
     }
 
     fn sent(&self, result: &'static str) {
