@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +21,7 @@ use trackgate::simulate::mailbox::{Delivery, Store};
 use trackgate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 use uuid::Uuid;
 
-fn scale() -> f64 {
-    std::env::var("TRACKGATE_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0)
-}
+use common::{percentile, scale, until};
 
 fn address(u: usize) -> String {
     format!("user{u}@contoso.example")
@@ -72,20 +70,6 @@ async fn sweeps_ok(admin: &str) -> u64 {
         .find_map(|l| l.strip_prefix(r#"trackgate_catchup_sweeps_total{result="ok"} "#))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Waits (polling, with a deadline) until `done` holds. (A bench, not a test: it measures.)
-async fn until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at.min(sorted.len() - 1)]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

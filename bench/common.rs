@@ -1,5 +1,5 @@
-//! What the outbox and fleet benches share: the scale knob and delivery to the Dataverse
-//! simulator with the embedded directory.
+//! What the benches share: the scale knob, waiting on a condition, percentiles, and delivery
+//! to the Dataverse simulator with the embedded directory.
 
 #![allow(dead_code)]
 
@@ -40,6 +40,24 @@ pub fn scale() -> f64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0)
+}
+
+/// Waits (polling, with a deadline) until `done` holds. (A bench, not a test: it measures.)
+pub async fn until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `p` quantile (0–1) of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
 }
 
 pub fn count(base: f64) -> usize {

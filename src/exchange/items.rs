@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ExchangeClient, ExchangeError, impersonated, xml_escape};
+use super::{ExchangeClient, ExchangeError, SyncFolder, impersonated, item_ids_xml, xml_escape};
 use crate::inspect::xml::{Node, Ns, Tree, XmlLimits};
 
 /// The property set of trackgate's own extended properties (a fixed GUID of its own).
@@ -297,10 +297,7 @@ fn updates_xml(kind: ItemKind, changes: &BTreeMap<String, Option<String>>) -> St
 
 /// The `GetItem` of items with every synchronised field and the link.
 fn get_request(mailbox: &str, ids: &[&str]) -> String {
-    let ids: String = ids
-        .iter()
-        .map(|id| format!(r#"<t:ItemId Id="{}"/>"#, xml_escape(id)))
-        .collect();
+    let ids = item_ids_xml(ids);
     impersonated(
         mailbox,
         &format!(
@@ -480,10 +477,7 @@ impl ExchangeClient {
     ) -> Result<Vec<String>, ExchangeError> {
         let mut missing = Vec::new();
         for chunk in ids.chunks(100) {
-            let items: String = chunk
-                .iter()
-                .map(|id| format!(r#"<t:ItemId Id="{}"/>"#, xml_escape(id)))
-                .collect();
+            let items = item_ids_xml(chunk);
             let request = impersonated(
                 mailbox,
                 &format!(
@@ -684,12 +678,9 @@ impl ExchangeClient {
     pub async fn folder_counts(
         &self,
         mailbox: &str,
-        folders: &[&str],
+        folders: &[SyncFolder<'_>],
     ) -> Result<Vec<u64>, ExchangeError> {
-        let ids: String = folders
-            .iter()
-            .map(|f| format!(r#"<t:DistinguishedFolderId Id="{}"/>"#, xml_escape(f)))
-            .collect();
+        let ids: String = folders.iter().map(SyncFolder::xml).collect();
         let request = impersonated(
             mailbox,
             &format!(

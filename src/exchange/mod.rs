@@ -130,12 +130,17 @@ pub fn get_item_request(mailbox: &str, item_id: &str, html: bool) -> String {
     get_items_request(mailbox, &[item_id], html)
 }
 
-/// The `GetItem` request for several items as the mailbox owner, everything tracking reads.
-pub fn get_items_request(mailbox: &str, item_ids: &[&str], html: bool) -> String {
-    let ids: String = item_ids
+/// `<t:ItemId Id="…"/>` for each id, escaped.
+fn item_ids_xml(item_ids: &[&str]) -> String {
+    item_ids
         .iter()
         .map(|id| format!(r#"<t:ItemId Id="{}"/>"#, xml_escape(id)))
-        .collect();
+        .collect()
+}
+
+/// The `GetItem` request for several items as the mailbox owner, everything tracking reads.
+pub fn get_items_request(mailbox: &str, item_ids: &[&str], html: bool) -> String {
+    let ids = item_ids_xml(item_ids);
     let operation = format!(
         concat!(
             r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:BodyType>{body}</t:BodyType>"#,

@@ -29,13 +29,20 @@ pub struct SyncPage {
     pub last: bool,
 }
 
-fn sync_request(mailbox: &str, folder: SyncFolder<'_>, state: Option<&str>, max: u16) -> String {
-    let folder = match folder {
-        SyncFolder::Distinguished(name) => {
-            format!(r#"<t:DistinguishedFolderId Id="{}"/>"#, xml_escape(name))
+impl SyncFolder<'_> {
+    /// The folder as EWS names it in a request.
+    pub(super) fn xml(&self) -> String {
+        match self {
+            SyncFolder::Distinguished(name) => {
+                format!(r#"<t:DistinguishedFolderId Id="{}"/>"#, xml_escape(name))
+            }
+            SyncFolder::Id(id) => format!(r#"<t:FolderId Id="{}"/>"#, xml_escape(id)),
         }
-        SyncFolder::Id(id) => format!(r#"<t:FolderId Id="{}"/>"#, xml_escape(id)),
-    };
+    }
+}
+
+fn sync_request(mailbox: &str, folder: SyncFolder<'_>, state: Option<&str>, max: u16) -> String {
+    let folder = folder.xml();
     let state = state
         .map(|s| format!("<m:SyncState>{}</m:SyncState>", xml_escape(s)))
         .unwrap_or_default();
@@ -121,15 +128,7 @@ fn read_sync(status: u16, body: &[u8]) -> Result<SyncPage, ExchangeError> {
 /// The FindItem that asks whether anything in these folders changed since `since` (one row is
 /// enough to know).
 fn probe_request(mailbox: &str, folders: &[SyncFolder<'_>], since: Option<&str>) -> String {
-    let ids: String = folders
-        .iter()
-        .map(|f| match f {
-            SyncFolder::Distinguished(name) => {
-                format!(r#"<t:DistinguishedFolderId Id="{}"/>"#, xml_escape(name))
-            }
-            SyncFolder::Id(id) => format!(r#"<t:FolderId Id="{}"/>"#, xml_escape(id)),
-        })
-        .collect();
+    let ids: String = folders.iter().map(SyncFolder::xml).collect();
     let restriction = since
         .map(|t| {
             format!(

@@ -168,6 +168,23 @@ impl LinkStore {
         self.put_json(LINKS, &key(mailbox, record), link)
     }
 
+    /// Forgets the row version of every link of a mailbox (in one transaction): the next run
+    /// compares every linked row again.
+    pub fn forget_versions(&self, mailbox: &str) -> Result<(), LinkError> {
+        let links = self.links(mailbox)?;
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut t = txn.open_table(LINKS).map_err(|e| self.fail(e))?;
+            for (record, mut link) in links {
+                link.crm_version = None;
+                let bytes = serde_json::to_vec(&link).map_err(|e| self.fail(e))?;
+                t.insert(key(mailbox, &record).as_str(), bytes.as_slice())
+                    .map_err(|e| self.fail(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.fail(e))
+    }
+
     /// Every mailbox with links, with their count.
     pub fn counts(&self) -> Result<BTreeMap<String, usize>, LinkError> {
         let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
@@ -316,6 +333,13 @@ mod tests {
         let links = store.links("alex@x.example").unwrap();
         assert_eq!(links.len(), 1);
         assert_eq!(links["appointment:1"].crm_version, Some(7));
+        store.forget_versions("alex@x.example").unwrap();
+        let links = store.links("alex@x.example").unwrap();
+        assert_eq!(links["appointment:1"].crm_version, None);
+        assert_eq!(
+            links["appointment:1"].change_key, "CK1",
+            "only the version is forgotten"
+        );
         assert_eq!(store.counts().unwrap().len(), 2);
         assert_eq!(
             store

@@ -22,9 +22,8 @@ use crate::exchange::{ExchangeError, ItemKind, SyncFolder, SyncItem};
 /// What changed in a mailbox's synchronised folders since the last run.
 #[derive(Debug, Default)]
 struct ExchangeChanges {
-    changed: BTreeMap<String, ItemKind>,
-    /// The change key Exchange reported with each changed item.
-    change_keys: HashMap<String, String>,
+    /// Changed items: their kind and the change key Exchange reported.
+    changed: BTreeMap<String, (ItemKind, String)>,
     deleted: BTreeSet<String>,
     /// Folder sync states to save once the run is through.
     states: Vec<(ItemKind, String)>,
@@ -160,6 +159,11 @@ pub(super) fn is_open_activity(row: &Map<String, Value>) -> bool {
     row.get("statecode")
         .and_then(Value::as_i64)
         .is_none_or(|s| s == 0 || s == 3)
+}
+
+/// The calendar, contacts and tasks folders, in [`ItemKind::ALL`] order.
+fn sync_folders() -> [SyncFolder<'static>; 3] {
+    ItemKind::ALL.map(|k| SyncFolder::Distinguished(k.folder()))
 }
 
 /// What a round prepares once for all its mailboxes.
@@ -366,7 +370,7 @@ impl Syncer {
                 .categories
                 .iter()
                 .any(|c| categories.iter().any(|t| t.eq_ignore_ascii_case(c)));
-            match (linked, changes.changed.get(&item.id)) {
+            match (linked, changes.changed.get(&item.id).map(|(kind, _)| kind)) {
                 (Some(r), _) => {
                     links.entry(r.clone()).or_insert_with(|| Link {
                         item_id: item.id.clone(),
@@ -398,8 +402,9 @@ impl Syncer {
         }
         let wrote = report.created_in_exchange + report.deleted_in_exchange + report.unlinked > 0;
         let counts = if wrote {
-            let folders: Vec<&str> = ItemKind::ALL.iter().map(|k| k.folder()).collect();
-            self.exchange.folder_counts(mailbox, &folders).await?
+            self.exchange
+                .folder_counts(mailbox, &sync_folders())
+                .await?
         } else {
             changes.counts.clone()
         };
@@ -484,35 +489,24 @@ impl Syncer {
             .deleted
             .retain(|id| !changes.changed.contains_key(id));
         // Changes that are synchronisation's own writes (the change key it left) need no read.
-        let own = |id: &String| {
-            by_item.get(id).and_then(|r| links.get(r)).is_some_and(|l| {
-                !l.change_key.is_empty() && changes.change_keys.get(id) == Some(&l.change_key)
-            })
-        };
-        let own: Vec<String> = changes
-            .changed
-            .keys()
-            .filter(|id| own(id))
-            .cloned()
-            .collect();
-        for id in own {
-            changes.changed.remove(&id);
-        }
+        changes.changed.retain(|id, (_, key)| {
+            let own = by_item
+                .get(id)
+                .and_then(|r| links.get(r))
+                .is_some_and(|l| !l.change_key.is_empty() && l.change_key == *key);
+            !own
+        });
         Ok(changes)
     }
 
     /// The folders' changes as Exchange reports them.
     async fn folder_changes(&self, mailbox: &str) -> Result<ExchangeChanges, SyncError> {
         let mut changes = ExchangeChanges::default();
-        let folders: Vec<&str> = ItemKind::ALL.iter().map(|k| k.folder()).collect();
-        let probe_folders: Vec<SyncFolder<'_>> = folders
-            .iter()
-            .map(|f| SyncFolder::Distinguished(f))
-            .collect();
+        let folders = sync_folders();
         let since = self.store.meta(mailbox, "probe")?;
         let (modified, server_now) = self
             .exchange
-            .changed_since(mailbox, &probe_folders, since.as_deref())
+            .changed_since(mailbox, &folders, since.as_deref())
             .await?;
         let counts = self.exchange.folder_counts(mailbox, &folders).await?;
         let before: Vec<u64> = self
@@ -557,8 +551,7 @@ impl Syncer {
                     other => other?,
                 };
                 for (id, key) in page.item_ids.into_iter().zip(page.change_keys) {
-                    changes.change_keys.insert(id.clone(), key);
-                    changes.changed.insert(id, kind);
+                    changes.changed.insert(id, (kind, key));
                 }
                 changes.deleted.extend(page.deleted);
                 state = Some(page.state);

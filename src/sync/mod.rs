@@ -312,12 +312,7 @@ impl Syncer {
         let mailbox = mailbox.to_ascii_lowercase();
         let cleared = self.store.clear_dead_letters(&mailbox)?;
         // A retry compares every linked row again.
-        if let Ok(links) = self.store.links(&mailbox) {
-            for (record, mut link) in links {
-                link.crm_version = None;
-                self.store.put_link(&mailbox, &record, Some(&link))?;
-            }
-        }
+        self.store.forget_versions(&mailbox)?;
         self.progress().next.insert(mailbox, Instant::now());
         self.wake.notify_one();
         Ok(cleared)

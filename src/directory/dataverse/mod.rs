@@ -259,7 +259,7 @@ impl DataverseSource {
         };
         let directory = match restored {
             Some(as_of) => {
-                let (doc, skipped) = document(&state);
+                let (doc, skipped) = document(&state, false);
                 match Directory::build_with(doc, &settings.directory) {
                     Ok(directory) => {
                         status.data_as_of = Some(as_of);
@@ -305,13 +305,16 @@ impl DataverseSource {
     /// the others so that only it spends Dataverse's request budget.
     pub async fn document(&self) -> DirectoryDocument {
         let state = self.state.lock().await;
-        document(&state).0
+        document(&state, true).0
     }
 
     /// A snapshot of what was last refreshed, built again: after a change to what the
     /// settings' overlay lays over it.
     pub async fn rebuild(&self) -> Result<Directory, SourceError> {
-        let doc = self.document().await;
+        let doc = {
+            let state = self.state.lock().await;
+            document(&state, false).0
+        };
         Ok(Directory::build_with(doc, &self.settings.directory)?)
     }
 

@@ -162,7 +162,7 @@ impl DataverseSource {
             });
         }
         let building = std::time::Instant::now();
-        let (doc, skipped) = crate::common::off_the_workers(|| document(&state));
+        let (doc, skipped) = crate::common::off_the_workers(|| document(&state, false));
         drop(state);
         let directory = crate::common::off_the_workers(|| {
             Directory::build_with(doc, &self.settings.directory)

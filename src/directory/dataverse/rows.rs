@@ -17,7 +17,9 @@ use crate::directory::snapshot::{Directory, InvalidDirectory, token_prefixes, tr
 /// directory's rules left out (a Dataverse organization is not curated like a file): settings
 /// of users not replicated, mailboxes of unknown owners or with a duplicate address, folder
 /// rules of unknown or queue mailboxes, addresses without `@`. Returns the count left out.
-pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
+/// `activities`: with the synchronised activity rows (appointments, tasks, …), which only
+/// synchronisation reads — a snapshot for the rules is built without decoding them.
+pub(super) fn document(state: &State, activities: bool) -> (DirectoryDocument, u64) {
     let mut skipped = 0u64;
     let organization = organization(state, &mut skipped);
     let systemusers = systemusers(state, &mut skipped);
@@ -43,7 +45,7 @@ pub(super) fn document(state: &State) -> (DirectoryDocument, u64) {
         emails,
         ..DirectoryDocument::default()
     };
-    for (set, table) in &state.activities {
+    for (set, table) in state.activities.iter().filter(|_| activities) {
         if let Some(rows) = doc.activities_mut(set) {
             *rows = table.decoded(&mut skipped);
         }
@@ -290,7 +292,7 @@ fn clean(address: &mut Option<String>) -> u64 {
 /// A directory with nothing in it, served when Dataverse has never answered and there is no
 /// replica yet: every mailbox is unknown, so nothing is tracked, and traffic flows.
 pub fn empty_directory() -> Result<Directory, InvalidDirectory> {
-    Directory::build(document(&State::default()).0)
+    Directory::build(document(&State::default(), false).0)
 }
 
 #[cfg(test)]
@@ -321,7 +323,7 @@ mod tests {
             user,
             serde_json::to_vec(&person).unwrap().into_boxed_slice(),
         );
-        let (doc, skipped) = document(&state);
+        let (doc, skipped) = document(&state, true);
         assert_eq!(skipped, 0);
         let settings = &doc.usersettingscollection[0];
         assert_eq!(settings.incomingemailfilteringmethod, 2);

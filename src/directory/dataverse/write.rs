@@ -33,6 +33,15 @@ pub struct OptionsWrite {
     pub filter_states: Vec<(Uuid, bool)>,
 }
 
+/// What a write asks of the row: that it exists (an update never creates), that it does not
+/// (a create under a chosen id: 412 means a retry found it there), or nothing (POST, DELETE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    Exists,
+    Absent,
+    None,
+}
+
 impl DataverseSource {
     /// Writes one user's options: the `usersettings` columns first, then the folder rules
     /// removed, then those added (so the organization's maximum is never exceeded on the way).
@@ -50,6 +59,7 @@ impl DataverseSource {
                 "usersettingscollection",
                 &url,
                 Some(body),
+                Condition::Exists,
             )
             .await?;
         }
@@ -61,8 +71,14 @@ impl DataverseSource {
             } else {
                 json!({"statecode": 1, "statuscode": 2})
             };
-            self.send(reqwest::Method::PATCH, "userqueries", &url, Some(state))
-                .await?;
+            self.send(
+                reqwest::Method::PATCH,
+                "userqueries",
+                &url,
+                Some(state),
+                Condition::Exists,
+            )
+            .await?;
         }
         for id in &write.remove_folders {
             let url = self.api(&format!("/mailboxtrackingfolders({id})"));
@@ -71,6 +87,7 @@ impl DataverseSource {
                 "mailboxtrackingfolders",
                 &url,
                 None,
+                Condition::None,
             )
             .await?;
         }
@@ -95,6 +112,7 @@ impl DataverseSource {
                 "mailboxtrackingfolders",
                 &url,
                 Some(row),
+                Condition::None,
             )
             .await?;
         }
@@ -156,6 +174,7 @@ impl DataverseSource {
             set,
             &url,
             Some(Value::Object(columns)),
+            Condition::Exists,
         )
         .await
     }
@@ -163,7 +182,10 @@ impl DataverseSource {
     /// Deletes a row; one already gone counts as deleted.
     pub async fn delete_row(&self, set: &str, id: Uuid) -> Result<(), SourceError> {
         let url = self.api(&format!("/{set}({id})"));
-        match self.send(reqwest::Method::DELETE, set, &url, None).await {
+        match self
+            .send(reqwest::Method::DELETE, set, &url, None, Condition::None)
+            .await
+        {
             Err(SourceError::Status { status: 404, .. }) => Ok(()),
             other => other,
         }
@@ -177,23 +199,9 @@ impl DataverseSource {
         columns: Map<String, Value>,
     ) -> Result<(), SourceError> {
         let url = self.api(&format!("/{set}({id})"));
-        let request = self
-            .http
-            .patch(&url)
-            .header("OData-MaxVersion", "4.0")
-            .header("OData-Version", "4.0")
-            .header("Accept", "application/json")
-            .header("If-None-Match", "*")
-            .timeout(self.settings.request_timeout)
-            .json(&Value::Object(columns));
-        let mut response = self.send_authorized(request).await?;
-        let status = response.status().as_u16();
-        let body = read_body(set, &mut response).await?;
-        self.refused_token(status).await;
-        match status {
-            200..=299 | 412 => Ok(()),
-            _ => Err(refused(set, status, &body)),
-        }
+        let row = Some(Value::Object(columns));
+        self.send(reqwest::Method::PATCH, set, &url, row, Condition::Absent)
+            .await
     }
 
     async fn send(
@@ -202,8 +210,8 @@ impl DataverseSource {
         set: &str,
         url: &str,
         body: Option<Value>,
+        condition: Condition,
     ) -> Result<(), SourceError> {
-        let update = method == reqwest::Method::PATCH;
         let mut request = self
             .http
             .request(method, url)
@@ -211,9 +219,11 @@ impl DataverseSource {
             .header("OData-Version", "4.0")
             .header("Accept", "application/json")
             .timeout(self.settings.request_timeout);
-        if update {
+        match condition {
             // An update only: a PATCH without it would create a missing row.
-            request = request.header("If-Match", "*");
+            Condition::Exists => request = request.header("If-Match", "*"),
+            Condition::Absent => request = request.header("If-None-Match", "*"),
+            Condition::None => {}
         }
         if let Some(body) = body {
             request = request.json(&body);
@@ -222,10 +232,11 @@ impl DataverseSource {
         let status = response.status().as_u16();
         let body = read_body(set, &mut response).await?;
         self.refused_token(status).await;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(refused(set, status, &body))
+        match (status, condition) {
+            (200..=299, _) => Ok(()),
+            // Created already (a retry): what was asked for holds.
+            (412, Condition::Absent) => Ok(()),
+            _ => Err(refused(set, status, &body)),
         }
     }
 }
