@@ -190,10 +190,10 @@ fn observations_from(s: &Scale, first: usize, n: usize) -> Vec<Observation> {
                 user_address(u)
             };
             let mut m = Message {
-                item_id: Some(format!("AAMkADEzItem{fresh:08}AAA=")),
+                item_id: Some(format!("AAMkADEzItem{fresh:08}AAA=").into()),
                 folder: Some("inbox".into()),
-                internet_message_id: Some(format!("m{fresh}@mail.example")),
-                subject: Some(format!("Quote {fresh} for 40 seats")),
+                internet_message_id: Some(format!("m{fresh}@mail.example").into()),
+                subject: Some(format!("Quote {fresh} for 40 seats").into()),
                 from: Some(address(record_address((i * 104_729) % s.records))),
                 to: vec![
                     address(user_address(u)),
@@ -222,7 +222,7 @@ fn observations_from(s: &Scale, first: usize, n: usize) -> Vec<Observation> {
                     source: Source::Ews,
                     operation: "GetItem".into(),
                 },
-                message: m,
+                message: m.into(),
                 initial_sync: false,
             }
         })
@@ -273,12 +273,12 @@ fn per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// Heap allocations and bytes per pure decision over `obs`, counted by the instrumented
+/// Heap allocations and bytes per decision over `obs` in `mode`, counted by the instrumented
 /// allocator.
-fn allocations_per_decision(engine: &Engine, obs: &[&Observation]) -> (f64, f64) {
+fn allocations_per_decision(engine: &Engine, obs: &[&Observation], mode: Mode) -> (f64, f64) {
     let region = Region::new(GLOBAL);
     for o in obs {
-        std::hint::black_box(engine.decide(o, PURE));
+        std::hint::black_box(engine.decide(o, mode));
     }
     let a = region.change();
     let n = obs.len().max(1) as f64;
@@ -370,7 +370,7 @@ fn main() {
         .count();
     println!("mix: {tracked} of {} decisions track", obs.len());
     let all: Vec<_> = obs.iter().collect();
-    let (allocations, bytes) = allocations_per_decision(&engine, &all);
+    let (allocations, bytes) = allocations_per_decision(&engine, &all, PURE);
     println!("allocations per decision: {allocations:.1} ({bytes:.0} bytes)");
     // The same for the ignores alone and the tracks alone (the goal is ≤ 1 per ignore).
     for (label, track) in [("ignore", false), ("track", true)] {
@@ -378,12 +378,18 @@ fn main() {
             .iter()
             .filter(|o| engine.decide(o, PURE).iter().any(|d| d.is_track()) == track)
             .collect();
-        let (allocations, _) = allocations_per_decision(&engine, &subset);
+        let (allocations, _) = allocations_per_decision(&engine, &subset, PURE);
         println!(
             "allocations per {label}: {allocations:.1} ({} decisions)",
             subset.len()
         );
     }
+    // Remembering messages never seen, in a scratch memory: what the live pipeline allocates
+    // (the memory's keys and entries, and what it evicts freed later).
+    let fresh = observations_from(&s, 1_000_000, obs.len());
+    let fresh: Vec<_> = fresh.iter().collect();
+    let (allocations, bytes) = allocations_per_decision(&engine.scratch(), &fresh, Mode::APPLY);
+    println!("allocations per remembered decision: {allocations:.1} ({bytes:.0} bytes)");
 
     // What the parts cost, to see where a decision's time goes.
     parts(&handle, &engine, &obs, &s);

@@ -562,6 +562,7 @@ async fn explain(state: &AdminState, req: Request<Incoming>) -> Response<Full<By
         observations
             .first()
             .map(|o| state.engine.decide(o, Mode::EXPLAIN))
+            .map(|d| d.into_vec())
             .unwrap_or_default()
     };
     match serde_json::to_string_pretty(&serde_json::json!({ "decisions": decisions })) {

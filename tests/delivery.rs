@@ -378,7 +378,7 @@ async fn the_same_message_sighted_five_ways_is_one_crm_email_with_parties_regard
     assert_eq!(email["statecode"], 1);
     assert_eq!(email["statuscode"], 4, "received");
     assert!(email["messageid"].as_str().unwrap().starts_with('<'));
-    assert_eq!(email["subject"], decisions[0].subject.clone().unwrap());
+    assert_eq!(email["subject"], decisions[0].subject.as_deref().unwrap());
     let from = party(&email, 1);
     assert_eq!(from.len(), 1);
     assert_eq!(from[0]["_partyid_contact_value"]["id"], PAT_CONTACT);
@@ -642,7 +642,7 @@ async fn a_crm_outage_holds_the_backlog_then_drains_it_in_order() {
         .gateway
         .recent_decisions()
         .iter()
-        .filter_map(|d| d.subject.clone())
+        .filter_map(|d| d.subject.as_deref().map(str::to_owned))
         .collect();
     assert_eq!(expected.len(), N);
     assert_eq!(order, expected, "drained in the order decided");

@@ -123,7 +123,7 @@ pub(crate) fn seen(
 
 /// What the gateway would decide now (a dry run: nothing is remembered).
 pub(crate) fn decide(gw: &Gateway, o: &Observation) -> Value {
-    let decisions: Vec<Decision> = gw.engine().decide(o, Mode::EXPLAIN);
+    let decisions: Vec<Decision> = gw.engine().decide(o, Mode::EXPLAIN).into_vec();
     assert_eq!(decisions.len(), 1, "{decisions:#?}");
     serde_json::to_value(&decisions[0]).unwrap()
 }

@@ -441,7 +441,8 @@ async fn forms_without_their_token_or_from_another_site_are_refused_and_admins_s
             received_at: Some("2026-12-04T10:00:00Z".into()),
             item_class: Some("IPM.Note".into()),
             ..Default::default()
-        },
+        }
+        .into(),
         initial_sync: false,
     };
     let answer = support::json_of(support::plain_client().post(gw.admin("/explain")).json(

@@ -107,7 +107,7 @@ async fn drained(gw: &TestGateway) -> Vec<Option<String>> {
     gw.gateway
         .recent_deliveries()
         .into_iter()
-        .map(|d| d.item_id)
+        .map(|d| d.item_id.map(|id| id.to_string()))
         .collect()
 }
 
@@ -417,7 +417,7 @@ async fn the_embedded_default_enriches_from_its_own_simulator() {
         .recent_decisions()
         .into_iter()
         .filter(|d| d.is_track() && d.needs_enrichment && &*d.operation == "FindItem")
-        .map(|d| d.item_id)
+        .map(|d| d.item_id.map(|id| id.to_string()))
         .collect();
     assert!(
         !fetched.is_empty(),

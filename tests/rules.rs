@@ -296,7 +296,7 @@ fn origin(mailbox: &str, operation: &str) -> Origin {
 /// A complete message (as GetItem shows it) in a folder given by distinguished name.
 fn message(message_id: &str, folder: &str, from: &str, to: &[&str]) -> Message {
     Message {
-        item_id: Some(format!("item-{message_id}")),
+        item_id: Some(format!("item-{message_id}").into()),
         folder: Some(folder.into()),
         internet_message_id: Some(message_id.into()),
         subject: Some("Hello".into()),
@@ -311,7 +311,7 @@ fn message(message_id: &str, folder: &str, from: &str, to: &[&str]) -> Message {
 fn seen_in(mailbox: &str, m: Message) -> Observation {
     Observation::MessageSeen {
         origin: origin(mailbox, "GetItem"),
-        message: m,
+        message: m.into(),
         initial_sync: false,
     }
 }
@@ -1212,7 +1212,7 @@ fn replies_correlate_with_mail_tracked_moments_ago_through_the_gateway() {
 fn sender_of(d: &Decision) -> Vec<Lookup> {
     d.from
         .as_ref()
-        .map(|p| p.records.clone())
+        .map(|p| p.records.to_vec())
         .unwrap_or_default()
 }
 
@@ -1378,7 +1378,7 @@ fn inactive_recipients_resolve_only_when_the_organisation_allows_it() {
     let to = |engine: &Engine, address: &str, n: &str| {
         let m = message(n, "sentitems", "owner@corp.example", &[address]);
         let d = decide(engine, &seen_in("owner@corp.example", m));
-        d.to.first().map(|p| p.records.clone()).unwrap_or_default()
+        d.to.first().map(|p| p.records.to_vec()).unwrap_or_default()
     };
     let strict = engine_with(|d| set_filter(d, OWNER, 0));
     assert_eq!(to(&strict, "old@customer.example", "ir1@x"), vec![]);
@@ -1413,7 +1413,11 @@ fn a_single_recipient_match_resolves_when_multiple_matches_are_unresolved() {
     );
     assert!(d.is_track(), "{d:#?}");
     assert_eq!(d.to.len(), 1);
-    assert_eq!(d.to[0].records, vec![look("systemuser", OWNER)], "{d:#?}");
+    assert_eq!(
+        d.to[0].records.to_vec(),
+        vec![look("systemuser", OWNER)],
+        "{d:#?}"
+    );
 }
 
 /// The live pipeline decides without explanations: a track still has its parties spelled out,
@@ -1533,7 +1537,7 @@ fn recipients_resolve_to_every_match_narrowed_by_options() {
                 ),
             ),
         );
-        d.to[1].records.clone()
+        d.to[1].records.to_vec()
     };
     assert_eq!(
         to(&engine_with(|_| {}), "q1@x"),
@@ -1568,13 +1572,17 @@ fn recipients_resolve_to_every_match_narrowed_by_options() {
                 ),
             ),
         );
-        assert_eq!(d.to[0].records, expected, "{matching:?}");
+        assert_eq!(d.to[0].records.to_vec(), expected, "{matching:?}");
         let lead = if matching == OtherMatching::All {
             vec![look("lead", LEAD)]
         } else {
             vec![]
         };
-        assert_eq!(d.to[1].records, lead, "{matching:?}: the lead is nobody's");
+        assert_eq!(
+            d.to[1].records.to_vec(),
+            lead,
+            "{matching:?}: the lead is nobody's"
+        );
     }
 }
 
@@ -1614,7 +1622,7 @@ fn recipients_match_every_record_when_the_address_book_options_are_unset() {
     // server-side sync resolves recipients to every match (docs/domain.md §4.2).
     let d = to_a_colleagues_contact(|_| {});
     expect(&d, Reason::RecipientContact);
-    assert_eq!(d.to[0].records, vec![look("contact", 0xc7)]);
+    assert_eq!(d.to[0].records.to_vec(), vec![look("contact", 0xc7)]);
     // A document that does not name them leaves them unset.
     let parsed: UserSettings = toml::from_str(
         "systemuserid = \"00000000-0000-0000-0000-0000000000a1\"\nincomingemailfilteringmethod = 2\n",
@@ -1801,7 +1809,7 @@ fn initial_sync_respects_process_email_received_after() {
             engine,
             &Observation::MessageSeen {
                 origin: origin("owner@corp.example", "SyncFolderItems"),
-                message: m,
+                message: m.into(),
                 initial_sync: true,
             },
         )
@@ -1908,7 +1916,7 @@ fn sent(mailbox: &str, via: &str, m: Message, drafts: &[&str]) -> Observation {
     Observation::MessageSent {
         origin: origin(mailbox, via),
         via: via.into(),
-        message: m,
+        message: m.into(),
         draft_item_ids: drafts.iter().map(|d| (*d).to_owned()).collect(),
         reference_item_id: None,
         saved_to_folder: Some("sentitems".into()),
@@ -2048,7 +2056,7 @@ fn sightings(message_id: &str) -> Vec<Observation> {
     };
     let graph_id = full.item_id.clone().unwrap().replace('+', "-");
     let graph = Message {
-        item_id: Some(graph_id),
+        item_id: Some(graph_id.into()),
         ..full.clone()
     };
     let with = |op: &str, source: Source, m: Message| Observation::MessageSeen {
@@ -2057,7 +2065,7 @@ fn sightings(message_id: &str) -> Vec<Observation> {
             source,
             operation: op.into(),
         },
-        message: m,
+        message: m.into(),
         initial_sync: false,
     };
     vec![
@@ -2071,7 +2079,8 @@ fn sightings(message_id: &str) -> Vec<Observation> {
             message: Message {
                 item_id: Some("another-mailbox-item".into()),
                 ..full
-            },
+            }
+            .into(),
             initial_sync: false,
         },
     ]
@@ -2413,7 +2422,8 @@ fn an_initial_sync_of_sent_items_is_history_too() {
             "sentitems",
             "owner@corp.example",
             &["pat@customer.example"],
-        ),
+        )
+        .into(),
         initial_sync: true,
     };
     expect(&decide(&engine, &o), Reason::InitialSyncHistory);
@@ -2535,7 +2545,7 @@ fn send_saved_to(message_id: &str, saved: Option<&str>) -> Observation {
     Observation::MessageSent {
         origin: origin("owner@corp.example", "CreateItem"),
         via: "CreateItem".into(),
-        message: m,
+        message: m.into(),
         draft_item_ids: Vec::new(),
         reference_item_id: None,
         saved_to_folder: saved.map(str::to_owned),
@@ -2588,7 +2598,7 @@ fn categories_match_in_any_script_and_hostile_keys_are_bounded() {
     let engine = engine_with(|_| {});
     let huge = format!("{}@x", "a".repeat(60_000));
     let mut m = message(&huge, "inbox", "pat@customer.example", &[]);
-    m.subject = Some(format!("RE: CRM:{}", "1".repeat(10_000)));
+    m.subject = Some(format!("RE: CRM:{}", "1".repeat(10_000)).into());
     m.conversation_index = Some("!".repeat(10_000));
     let d = decide(&engine, &seen_in("owner@corp.example", m));
     expect(&d, Reason::FilterAll);

@@ -556,7 +556,7 @@ impl Sweeper {
                         source: Source::CatchUp,
                         operation: "CatchUp".into(),
                     },
-                    message,
+                    message: message.into(),
                     initial_sync: initial,
                 });
                 self.metrics.items.inc();

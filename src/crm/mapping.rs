@@ -689,7 +689,7 @@ mod tests {
         d.from = Some(Party {
             address: Some("lee@n.example".into()),
             name: None,
-            records: vec![],
+            records: Default::default(),
         });
         d.auto_create = Some(AutoCreate {
             entity: "lead".into(),
@@ -722,18 +722,18 @@ mod tests {
         d.from = Some(Party {
             address: Some("lee@n.example".into()),
             name: None,
-            records: vec![],
+            records: Default::default(),
         });
         d.to = vec![
             Party {
                 address: Some("same-id@x.example".into()),
                 name: None,
-                records: vec![Lookup::new("contact", Uuid::from_u128(9))],
+                records: smallvec::smallvec![Lookup::new("contact", Uuid::from_u128(9))],
             },
             Party {
                 address: Some("other-lead@x.example".into()),
                 name: None,
-                records: vec![Lookup::new("lead", Uuid::from_u128(10))],
+                records: smallvec::smallvec![Lookup::new("lead", Uuid::from_u128(10))],
             },
         ];
         d.auto_create = Some(AutoCreate {

@@ -212,7 +212,7 @@ pub struct Delivered {
     /// The outbox key.
     pub key: uuid::Uuid,
     pub mailbox: Option<String>,
-    pub item_id: Option<String>,
+    pub item_id: Option<std::sync::Arc<str>>,
     #[serde(flatten)]
     pub outcome: DeliveryOutcome,
 }
@@ -720,7 +720,7 @@ impl Delivery {
                     claimed.clear();
                 }
                 if let Some(id) = &copy.message.internet_message_id {
-                    claimed.insert(id.clone(), key);
+                    claimed.insert(id.to_string(), key);
                 }
                 Ok(copy)
             }

@@ -295,9 +295,10 @@ fn row(
 ) -> DemoRow {
     let message = d
         .subject
-        .clone()
+        .as_deref()
         .filter(|s| !s.is_empty())
-        .or_else(|| d.internet_message_id.clone())
+        .or(d.internet_message_id.as_deref())
+        .map(str::to_owned)
         .or_else(|| d.item_id.as_ref().map(|i| format!("item {}", short(i))))
         .unwrap_or_else(|| "(no subject)".into());
     let (landed, crm) = if d.is_track() {

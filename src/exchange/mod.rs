@@ -11,6 +11,7 @@ pub mod items;
 mod sent_copy;
 mod sync;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -412,7 +413,7 @@ fn messages_of(observations: Vec<Observation>) -> Vec<Message> {
     observations
         .into_iter()
         .filter_map(|o| match o {
-            Observation::MessageSeen { message, .. } => Some(message),
+            Observation::MessageSeen { message, .. } => Some(Arc::unwrap_or_clone(message)),
             _ => None,
         })
         .collect()
@@ -420,7 +421,7 @@ fn messages_of(observations: Vec<Observation>) -> Vec<Message> {
 
 fn first_message(observations: Vec<Observation>) -> Option<Message> {
     observations.into_iter().find_map(|o| match o {
-        Observation::MessageSeen { message, .. } => Some(message),
+        Observation::MessageSeen { message, .. } => Some(Arc::unwrap_or_clone(message)),
         _ => None,
     })
 }

@@ -7,6 +7,7 @@
 //! SDK's `AAMk…%3D` and a hand-written `AAMk…=` are one item.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::de::IgnoredAny;
@@ -303,7 +304,7 @@ pub fn inspect(
             out.push(Observation::MessageSent {
                 origin: origin("sendMail"),
                 via: "sendMail".into(),
-                message: fields(send.message),
+                message: fields(send.message).into(),
                 draft_item_ids: Vec::new(),
                 reference_item_id: None,
                 saved_to_folder: (send.save_to_sent_items.0 != Some(false))
@@ -313,7 +314,7 @@ pub fn inspect(
         ("POST", ["messages", _, "send"]) => out.push(Observation::MessageSent {
             origin: origin("send"),
             via: "send".into(),
-            message: Message::default(),
+            message: Message::default().into(),
             draft_item_ids: vec![rest[1].to_string()],
             reference_item_id: None,
             saved_to_folder: Some("sentitems".into()),
@@ -331,7 +332,7 @@ pub fn inspect(
             out.push(Observation::MessageSent {
                 origin: origin(via),
                 via: via.into(),
-                message: body.and_then(|b| b.message).map(fields).unwrap_or_default(),
+                message: Arc::new(body.and_then(|b| b.message).map(fields).unwrap_or_default()),
                 draft_item_ids: Vec::new(),
                 reference_item_id: Some(rest[1].to_string()),
                 saved_to_folder: Some("sentitems".into()),
@@ -620,7 +621,7 @@ fn seen_in_sync(
     }
     Observation::MessageSeen {
         origin,
-        message,
+        message: message.into(),
         initial_sync,
     }
 }
@@ -640,18 +641,21 @@ fn fields(m: GraphMessage<'_>) -> Message {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.to_string())
     };
-    let in_reply_to = header("In-Reply-To").and_then(|v| normalize_message_id(&v));
+    let in_reply_to =
+        header("In-Reply-To").and_then(|v| normalize_message_id(&v).map(str::to_owned));
     let references = header("References");
     Message {
-        item_id: m.id.map(Text::into_owned),
+        item_id: m.id.map(|t| Arc::from(&*t)),
         folder_id: m.parent_folder_id.map(Text::into_owned),
         folder: None,
-        internet_message_id: m.internet_message_id.and_then(|v| normalize_message_id(&v)),
+        internet_message_id: m
+            .internet_message_id
+            .and_then(|v| normalize_message_id(&v).map(Arc::from)),
         conversation_id: m.conversation_id.map(Text::into_owned),
         conversation_index: m.conversation_index.map(Text::into_owned),
         in_reply_to,
         references,
-        subject: m.subject.map(Text::into_owned),
+        subject: m.subject.map(|t| Arc::from(&*t)),
         from: m.from.map(address),
         sender: m.sender.map(address),
         to: m.to_recipients.into_iter().map(address).collect(),

@@ -3,6 +3,8 @@
 //! In-Reply-To, References, date. Folded lines are unfolded; RFC 2047 encoded words (B and Q,
 //! UTF-8 or Latin-1) are decoded; the body is never read.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 
 use super::model::{Address, Message};
@@ -34,14 +36,14 @@ pub fn message_from_mime(raw: &[u8]) -> Message {
     let apply = |name: &str, value: &str, m: &mut Message| {
         let value = decode_words(value.trim());
         match name.to_ascii_lowercase().as_str() {
-            "subject" => m.subject = Some(value),
+            "subject" => m.subject = Some(value.into()),
             "from" => m.from = addresses(&value).into_iter().next(),
             "sender" => m.sender = addresses(&value).into_iter().next(),
             "to" => m.to = addresses(&value),
             "cc" => m.cc = addresses(&value),
             "bcc" => m.bcc = addresses(&value),
-            "message-id" => m.internet_message_id = normalize_message_id(&value),
-            "in-reply-to" => m.in_reply_to = normalize_message_id(&value),
+            "message-id" => m.internet_message_id = normalize_message_id(&value).map(Arc::from),
+            "in-reply-to" => m.in_reply_to = normalize_message_id(&value).map(str::to_owned),
             "references" => m.references = Some(value),
             _ => {}
         }

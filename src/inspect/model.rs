@@ -34,7 +34,7 @@ pub struct Address {
 #[serde(default)]
 pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub item_id: Option<String>,
+    pub item_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folder_id: Option<String>,
     /// Distinguished (well-known) folder name, when known: `inbox`, `sentitems`, …
@@ -42,7 +42,7 @@ pub struct Message {
     pub folder: Option<String>,
     /// Normalised: unescaped, no angle brackets, trimmed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub internet_message_id: Option<String>,
+    pub internet_message_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,7 +52,7 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub references: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<Address>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,8 +93,9 @@ pub enum Observation {
     MessageSeen {
         #[serde(flatten)]
         origin: Origin,
+        /// Shared with the memory that keeps it and the history a preview replays.
         #[serde(flatten)]
-        message: Message,
+        message: Arc<Message>,
         /// A SyncFolderItems call without a SyncState: the mailbox's history, not new mail.
         #[serde(default)]
         initial_sync: bool,
@@ -105,7 +106,7 @@ pub enum Observation {
         /// How it was sent: `CreateItem`, `SendItem`, `UpdateItem`, `ReplyToItem`, `sendMail`, `reply`…
         via: String,
         #[serde(flatten)]
-        message: Message,
+        message: Arc<Message>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         draft_item_ids: Vec<String>,
         /// For replies and forwards: the item answered.

@@ -572,7 +572,7 @@ impl OptionsPage {
             .flat_map(|(now, then)| now.iter().zip(then))
             .filter(|(d, _)| d.subject.is_some() || d.internet_message_id.is_some())
             .map(|(now, then)| PreviewRow {
-                subject: now.subject.clone().unwrap_or_else(|| "(no subject)".into()),
+                subject: now.subject.as_deref().unwrap_or("(no subject)").to_owned(),
                 counterpart: counterpart(now),
                 now: (now.is_track(), now.reason.as_str()),
                 then: (then.is_track(), then.reason.as_str()),

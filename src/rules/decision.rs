@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::directory::model::Lookup;
@@ -195,8 +196,9 @@ pub struct Party {
     pub address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub records: Vec<Lookup>,
+    /// Held inline for the usual one record.
+    #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
+    pub records: SmallVec<[Lookup; 1]>,
 }
 
 /// Which rule supplied the regarding record.
@@ -221,6 +223,11 @@ pub struct AutoCreate {
     pub lastname: String,
 }
 
+/// What one observation decided: one decision for most, one per item for moves, copies and
+/// category changes, none for folders. Held inline for the common one, so an observation the
+/// rules ignore costs no allocation for its answer.
+pub type Decisions = SmallVec<[Decision; 1]>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub verdict: Verdict,
@@ -235,11 +242,11 @@ pub struct Decision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Lookup>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub item_id: Option<String>,
+    pub item_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub internet_message_id: Option<String>,
+    pub internet_message_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
     /// The user or queue whose filter accepted the message (`email.acceptingentityid`).

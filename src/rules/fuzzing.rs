@@ -71,7 +71,8 @@ mod tests {
                 folder: Some("inbox".into()),
                 internet_message_id: Some("<fuzz-1@x>".into()),
                 ..crate::inspect::Message::default()
-            },
+            }
+            .into(),
             initial_sync: false,
         };
         observations(&serde_json::to_vec(&seen).expect("an observation encodes"));

@@ -17,7 +17,8 @@ use crate::inspect::Message;
 /// A message as far as the gateway has seen it, and its tracking state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
-    pub message: Message,
+    /// Shared with the observation that showed it, when the memory knew nothing more.
+    pub message: Arc<Message>,
     pub tracked: Option<TrackedRef>,
     /// Evaluated for automatic tracking and not tracked, on a complete sighting: server-side
     /// sync evaluates a message once, so later sightings do not reconsider it.
@@ -83,8 +84,8 @@ impl std::fmt::Debug for Memory {
     }
 }
 
-fn opt_len(s: &Option<String>) -> usize {
-    s.as_ref().map_or(0, String::len)
+fn opt_len(s: &Option<impl AsRef<str>>) -> usize {
+    s.as_ref().map_or(0, |s| s.as_ref().len())
 }
 
 fn weigh_message(m: &Message) -> u32 {
@@ -309,12 +310,12 @@ mod tests {
         Message {
             item_id: Some("i".into()),
             folder_id: Some("f".repeat(2)),
-            internet_message_id: Some("m".repeat(4)),
+            internet_message_id: Some("m".repeat(4).into()),
             conversation_id: Some("c".repeat(8)),
             conversation_index: Some("x".repeat(16)),
             in_reply_to: Some("r".repeat(32)),
             references: Some("s".repeat(64)),
-            subject: Some("t".repeat(128)),
+            subject: Some("t".repeat(128).into()),
             categories: vec!["a".repeat(256), "b".repeat(512)],
             to: vec![address("To", "to@x")],
             cc: vec![address("Cc1", "cc1@xx")],
@@ -332,14 +333,14 @@ mod tests {
         let addresses = (2 + 4 + 64) + (3 + 6 + 64) + (1 + 6 + 64) + (4 + 7 + 64) + (6 + 8 + 64);
         assert_eq!(weigh_message(&message()), 400 + addresses + text);
         assert_eq!(weigh_message(&Message::default()), 400);
-        assert_eq!(opt_len(&Some("abc".into())), 3);
-        assert_eq!(opt_len(&None), 0);
+        assert_eq!(opt_len(&Some("abc")), 3);
+        assert_eq!(opt_len(&None::<String>), 0);
     }
 
     #[test]
     fn each_cache_weighs_its_key_and_value() {
         let summary = Arc::new(Summary {
-            message: message(),
+            message: message().into(),
             ..Summary::default()
         });
         let key = "k".repeat(10);

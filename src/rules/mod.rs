@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-pub use decision::{Decision, Direction, Reason, Verdict};
+pub use decision::{Decision, Decisions, Direction, Reason, Verdict};
 pub use engine::{Mode, RulesLimits};
 pub use memory::{Memory, MemoryLimits};
 pub use preview::{Exclusions, InvalidExclusion, Proposed, ProposedRule};
@@ -62,7 +62,7 @@ impl Engine {
 
     /// Decides one observation. Observations that only feed the memory (folders) or that the
     /// rules do not track (contacts, appointments, tasks) yield no decisions.
-    pub fn decide(&self, observation: &Observation, mode: Mode) -> Vec<Decision> {
+    pub fn decide(&self, observation: &Observation, mode: Mode) -> Decisions {
         let dir = self.directory.guard();
         let mut decisions = engine::Run {
             dir: &dir,

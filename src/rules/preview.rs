@@ -68,7 +68,10 @@ impl Engine {
             limits: self.limits,
             proposed,
         };
-        observations.iter().map(|o| run.observation(o)).collect()
+        observations
+            .iter()
+            .map(|o| run.observation(o).into_vec())
+            .collect()
     }
 }
 

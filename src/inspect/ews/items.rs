@@ -1,6 +1,8 @@
 //! The fields of each item kind, and the small readers the operations share: folder and
 //! item ids, sends and saved copies, notifications, category updates, folders.
 
+use std::sync::Arc;
+
 use super::super::model::{
     Address, Appointment, CategoryMode, Change, Contact, Message, Observation, Origin, Task,
     Transfer,
@@ -183,11 +185,11 @@ pub(super) fn events(origin: &Origin, notification: Node<'_>, out: &mut Vec<Obse
                 if let Some(item_id) = id(event, "ItemId") {
                     out.push(Observation::MessageSeen {
                         origin: origin.clone(),
-                        message: Message {
-                            item_id: Some(item_id),
+                        message: Arc::new(Message {
+                            item_id: Some(item_id.into()),
                             folder_id: id(event, "ParentFolderId"),
                             ..Message::default()
-                        },
+                        }),
                         initial_sync: false,
                     });
                 }
@@ -273,7 +275,7 @@ pub(super) fn seen(
     }
     Observation::MessageSeen {
         origin: origin.clone(),
-        message,
+        message: message.into(),
         initial_sync,
     }
 }
@@ -290,14 +292,16 @@ pub(super) fn message_fields(item: Node<'_>) -> Message {
             continue;
         }
         match child.name() {
-            "ItemId" => m.item_id = id(child),
+            "ItemId" => m.item_id = child.attr("Id").map(Arc::from),
             "ParentFolderId" => m.folder_id = id(child),
-            "InternetMessageId" => m.internet_message_id = normalize_message_id(&child.text()),
+            "InternetMessageId" => {
+                m.internet_message_id = normalize_message_id(&child.text()).map(Arc::from)
+            }
             "ConversationId" => m.conversation_id = id(child),
             "ConversationIndex" => m.conversation_index = text(child),
-            "InReplyTo" => m.in_reply_to = normalize_message_id(&child.text()),
+            "InReplyTo" => m.in_reply_to = normalize_message_id(&child.text()).map(str::to_owned),
             "References" => m.references = text(child),
-            "Subject" => m.subject = text(child),
+            "Subject" => m.subject = shared_text(child),
             "From" => m.from = child.child(Ns::Types, "Mailbox").map(address),
             "Sender" => m.sender = child.child(Ns::Types, "Mailbox").map(address),
             "ToRecipients" => m.to = mailboxes(child),
@@ -320,6 +324,12 @@ pub(super) fn message_fields(item: Node<'_>) -> Message {
 fn owned_text(node: Node<'_>) -> Option<String> {
     let text = node.text();
     (!text.is_empty()).then(|| text.into_owned())
+}
+
+/// An element's text shared with what is decided from it, `None` when empty.
+fn shared_text(node: Node<'_>) -> Option<Arc<str>> {
+    let text = node.text();
+    (!text.is_empty()).then(|| Arc::from(&*text))
 }
 
 /// An element's text as a UTC timestamp, `None` when empty.

@@ -67,7 +67,7 @@ pub(super) fn create_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
                 out.push(Observation::MessageSent {
                     origin: x.origin.clone(),
                     via: via.to_owned(),
-                    message,
+                    message: message.into(),
                     draft_item_ids: Vec::new(),
                     reference_item_id: item
                         .child(Ns::Types, "ReferenceItemId")
@@ -92,7 +92,7 @@ pub(super) fn send_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
         out.push(Observation::MessageSent {
             origin: x.origin.clone(),
             via: "SendItem".into(),
-            message: Message::default(),
+            message: Message::default().into(),
             draft_item_ids: vec![id],
             reference_item_id: None,
             saved_to_folder: saved.clone(),
@@ -146,7 +146,7 @@ pub(super) fn update_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
             out.push(Observation::MessageSent {
                 origin: x.origin.clone(),
                 via: "UpdateItem".into(),
-                message: Message::default(),
+                message: Message::default().into(),
                 draft_item_ids: vec![id.to_owned()],
                 reference_item_id: None,
                 saved_to_folder: saved_folder(r),

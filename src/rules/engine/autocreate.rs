@@ -69,7 +69,7 @@ impl Run<'_> {
         let id = auto_created_id(org.id, entity, address);
         why!(d, self, "the unresolved sender becomes a new {entity} {id}");
         if let Some(p) = d.from.as_mut() {
-            p.records = vec![lookup(entity, id)];
+            p.records = smallvec::smallvec![lookup(entity, id)];
         }
         if self.mode.remember {
             self.memory.remember_created(address, lookup(entity, id));

@@ -4,6 +4,8 @@
 //! the owner's first; outgoing, after the org switch, the sender's filter on the recipients.
 //! Also what a complete sighting that was not tracked leaves in the memory (settling).
 
+use smallvec::SmallVec;
+
 use super::super::decision::{Decision, Direction, Reason, Verdict};
 use super::super::memory::Summary;
 use super::correlation::Correlating;
@@ -213,8 +215,8 @@ impl Run<'_> {
         &self,
         mailbox: &MailboxEntry,
         parties: &Recipients<'_, '_>,
-    ) -> Vec<(Lookup, u8, bool)> {
-        let mut evaluators: Vec<(Lookup, u8, bool)> = Vec::new();
+    ) -> SmallVec<[(Lookup, u8, bool); 4]> {
+        let mut evaluators: SmallVec<[(Lookup, u8, bool); 4]> = SmallVec::new();
         let own_filter = self.filter_of(mailbox.owner);
         evaluators.push((self.owner_lookup(mailbox), own_filter, true));
         for p in parties.iter().flat_map(|(_, list)| list.iter()) {

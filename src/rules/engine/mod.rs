@@ -12,10 +12,11 @@
 //! `autocreate` (the contact or lead for an unresolved sender).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::decision::{Decision, Reason, Verdict};
+use super::decision::{Decision, Decisions, Reason, Verdict};
 use super::memory::{FolderInfo, Memory, Summary, TrackedRef};
 use super::preview::Proposed;
 use crate::directory::model::Lookup;
@@ -86,7 +87,7 @@ impl Default for RulesLimits {
 /// A message and its tracking state, borrowed for one decision.
 #[derive(Clone, Copy)]
 struct View<'m> {
-    message: &'m Message,
+    message: &'m Arc<Message>,
     tracked: Option<&'m TrackedRef>,
     settled: bool,
 }
@@ -154,6 +155,7 @@ impl<'a> Run<'a> {
         {
             message.categories.push(name.clone());
         }
+        let message = Arc::new(message);
         let view = View {
             message: &message,
             tracked: None,
@@ -170,13 +172,13 @@ impl<'a> Run<'a> {
         d
     }
 
-    pub fn observation(&self, observation: &Observation) -> Vec<Decision> {
+    pub fn observation(&self, observation: &Observation) -> Decisions {
         match observation {
             Observation::MessageSeen {
                 origin,
                 message,
                 initial_sync,
-            } => vec![self.message_seen(origin, message, *initial_sync)],
+            } => smallvec::smallvec![self.message_seen(origin, message, *initial_sync)],
             Observation::MessageSent {
                 origin,
                 via,
@@ -184,7 +186,7 @@ impl<'a> Run<'a> {
                 draft_item_ids,
                 reference_item_id,
                 saved_to_folder,
-            } => vec![self.message_sent(
+            } => smallvec::smallvec![self.message_sent(
                 origin,
                 via,
                 message,
@@ -221,13 +223,13 @@ impl<'a> Run<'a> {
                         },
                     );
                 }
-                Vec::new()
+                Decisions::new()
             }
             // Contacts, appointments and tasks feed the synchronized-field mapping, not email
             // tracking; see README "Known gaps".
             Observation::ContactSeen { .. }
             | Observation::AppointmentSeen { .. }
-            | Observation::TaskSeen { .. } => Vec::new(),
+            | Observation::TaskSeen { .. } => Decisions::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
 use uuid::Uuid;
 
 use super::super::decision::{Decision, Party};
@@ -55,7 +56,10 @@ impl std::ops::Deref for Rows<'_> {
 }
 
 /// The recipients resolved, by `Party` role code: to (2), cc (3), bcc (4).
-pub(super) type Recipients<'m, 'd> = [(u8, Vec<Resolved<'m, 'd>>); 3];
+pub(super) type Recipients<'m, 'd> = [(u8, ResolvedList<'m, 'd>); 3];
+
+/// One role's recipients, inline for the few most messages have.
+pub(super) type ResolvedList<'m, 'd> = SmallVec<[Resolved<'m, 'd>; 4]>;
 
 impl<'a> Run<'a> {
     /// The address to resolve: X.500 addresses map through the directory.
@@ -159,7 +163,7 @@ impl<'a> Run<'a> {
         let org = self.dir.org();
         let matching = self.dir.matching(mailbox.owner);
         let mut budget = self.limits.max_parties;
-        let mut resolve = |list: &'m [Address]| -> Vec<Resolved<'m, 'a>> {
+        let mut resolve = |list: &'m [Address]| -> ResolvedList<'m, 'a> {
             let take = list.len().min(budget);
             budget -= take;
             list[..take]

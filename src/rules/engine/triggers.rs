@@ -2,7 +2,9 @@
 //! change of categories. Each builds the message as far as the memory knows it, hands it to the
 //! evaluation with its trigger, and remembers what the next sighting should know.
 
-use super::super::decision::{Decision, Reason};
+use std::sync::Arc;
+
+use super::super::decision::{Decision, Decisions, Reason};
 use super::super::memory::{FolderInfo, Summary, TrackedRef};
 use super::{Run, View};
 use crate::directory::snapshot::{MailboxEntry, normalize_exchange_id};
@@ -31,7 +33,7 @@ impl Run<'_> {
     pub(super) fn message_seen(
         &self,
         origin: &Origin,
-        message: &Message,
+        message: &Arc<Message>,
         initial_sync: bool,
     ) -> Decision {
         let mut d = self.new_decision("message_seen", origin, Some(message));
@@ -55,13 +57,13 @@ impl Run<'_> {
 
     /// Merges a sighting into the memory; returns the merged summary when the memory knew
     /// more than this sighting shows.
-    fn remember_seen(&self, mailbox: &MailboxEntry, message: &Message) -> Option<Summary> {
+    fn remember_seen(&self, mailbox: &MailboxEntry, message: &Arc<Message>) -> Option<Summary> {
         let item_id = message.item_id.as_deref().map(normalize_exchange_id);
         let old = item_id
             .as_deref()
             .and_then(|id| self.memory.item(&mailbox.address, id));
         let merged = old.as_ref().map(|o| Summary {
-            message: merge_message(&o.message, message),
+            message: Arc::new(merge_message(&o.message, message)),
             tracked: o.tracked.clone(),
             settled: o.settled,
         });
@@ -84,7 +86,7 @@ impl Run<'_> {
                         &mailbox.address,
                         id,
                         Summary {
-                            message: message.clone(),
+                            message: Arc::clone(message),
                             tracked: None,
                             settled: false,
                         },
@@ -109,7 +111,7 @@ impl Run<'_> {
         &self,
         origin: &Origin,
         via: &str,
-        message: &Message,
+        message: &Arc<Message>,
         drafts: &[String],
         reference: Option<&str>,
         saved_to: Option<&str>,
@@ -138,8 +140,9 @@ impl Run<'_> {
         let trigger = if saved_to.eq_ignore_ascii_case("sentitems") {
             Trigger::Sent
         } else {
-            summary.message.folder = None;
-            summary.message.folder_id = Some(saved_to.to_owned());
+            let message = Arc::make_mut(&mut summary.message);
+            message.folder = None;
+            message.folder_id = Some(saved_to.to_owned());
             Trigger::Seen {
                 initial_sync: false,
             }
@@ -160,12 +163,12 @@ impl Run<'_> {
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
-        message: &Message,
+        message: &Arc<Message>,
         drafts: &[String],
         reference: Option<&str>,
     ) -> (Summary, bool) {
         let mut summary = Summary {
-            message: message.clone(),
+            message: Arc::clone(message),
             tracked: None,
             settled: false,
         };
@@ -175,7 +178,7 @@ impl Run<'_> {
                 .memory
                 .item(&mailbox.address, &normalize_exchange_id(draft))
             {
-                summary.message = merge_message(&known.message, &summary.message);
+                summary.message = Arc::new(merge_message(&known.message, &summary.message));
                 summary.tracked = summary.tracked.or_else(|| known.tracked.clone());
                 draft_known = true;
             }
@@ -187,33 +190,33 @@ impl Run<'_> {
                 "the draft was never seen through the gateway: delivery fetches it"
             );
         }
-        if summary.message.item_id.is_none() {
-            summary.message.item_id = drafts.first().cloned();
+        let message = Arc::make_mut(&mut summary.message);
+        if message.item_id.is_none() {
+            message.item_id = drafts.first().map(|id| Arc::from(id.as_str()));
         }
-        d.item_id = summary.message.item_id.clone();
-        summary.message.is_draft = Some(false);
+        d.item_id = message.item_id.clone();
+        message.is_draft = Some(false);
         // A reply or forward of an item: correlate with it.
         if let Some(reference) = reference
             && let Some(original) = self
                 .memory
                 .item(&mailbox.address, &normalize_exchange_id(reference))
         {
-            if summary.message.in_reply_to.is_none() {
-                summary.message.in_reply_to = original.message.internet_message_id.clone();
+            if message.in_reply_to.is_none() {
+                message.in_reply_to = original
+                    .message
+                    .internet_message_id
+                    .as_deref()
+                    .map(str::to_owned);
             }
-            if summary.message.conversation_id.is_none() {
-                summary.message.conversation_id = original.message.conversation_id.clone();
+            if message.conversation_id.is_none() {
+                message.conversation_id = original.message.conversation_id.clone();
             }
         }
         (summary, draft_known)
     }
 
-    pub(super) fn transfer(
-        &self,
-        origin: &Origin,
-        transfer: &Transfer,
-        moved: bool,
-    ) -> Vec<Decision> {
+    pub(super) fn transfer(&self, origin: &Origin, transfer: &Transfer, moved: bool) -> Decisions {
         let kind = if moved {
             "message_moved"
         } else {
@@ -225,7 +228,7 @@ impl Run<'_> {
                 .iter()
                 .map(|id| {
                     let mut d = self.new_decision(kind, origin, None);
-                    d.item_id = Some(id.clone());
+                    d.item_id = Some(Arc::from(id.as_str()));
                     self.unknown_mailbox(&mut d);
                     d
                 })
@@ -245,7 +248,7 @@ impl Run<'_> {
             folder: transfer.destination_folder.as_ref(),
             moved,
         };
-        let mut out = Vec::with_capacity(transfer.item_ids.len());
+        let mut out = Decisions::with_capacity(transfer.item_ids.len());
         for (i, old_id) in transfer.item_ids.iter().enumerate() {
             let mut d = self.new_decision(kind, origin, None);
             let new_id = transfer.new_item_ids.get(i).cloned().flatten();
@@ -269,14 +272,15 @@ impl Run<'_> {
         let known = self.memory.item(&mailbox.address, &old_key);
         let mut summary = known.as_deref().cloned().unwrap_or_default();
         // A copy without a new id must not overwrite what is known of the original.
-        summary.message.item_id = match &new_id {
-            Some(id) => Some(id.clone()),
-            None if moved => Some(old_id.to_owned()),
+        let message = Arc::make_mut(&mut summary.message);
+        message.item_id = match &new_id {
+            Some(id) => Some(Arc::from(id.as_str())),
+            None if moved => Some(Arc::from(old_id)),
             None => None,
         };
-        summary.message.folder_id = destination.id.clone();
-        summary.message.folder = destination.folder.cloned();
-        d.item_id = Some(new_id.clone().unwrap_or_else(|| old_id.to_owned()));
+        message.folder_id = destination.id.clone();
+        message.folder = destination.folder.cloned();
+        d.item_id = message.item_id.clone().or_else(|| Some(Arc::from(old_id)));
         self.fill_from_summary(d, &summary.view());
         if known.is_none() {
             why!(d, self, "the item was never seen through the gateway");
@@ -311,12 +315,12 @@ impl Run<'_> {
         item_ids: &[String],
         mode: CategoryMode,
         categories: &[String],
-    ) -> Vec<Decision> {
+    ) -> Decisions {
         let mailbox = self.mailbox(origin);
-        let mut out = Vec::with_capacity(item_ids.len());
+        let mut out = Decisions::with_capacity(item_ids.len());
         for id in item_ids {
             let mut d = self.new_decision("categories_changed", origin, None);
-            d.item_id = Some(id.clone());
+            d.item_id = Some(Arc::from(id.as_str()));
             match mailbox {
                 Some(mailbox) => self.recategorize(&mut d, mailbox, id, mode, categories),
                 None => self.unknown_mailbox(&mut d),
@@ -339,14 +343,15 @@ impl Run<'_> {
         let key = normalize_exchange_id(id);
         let known = self.memory.item(&mailbox.address, &key);
         let mut summary = known.as_deref().cloned().unwrap_or_default();
-        summary.message.item_id = Some(id.to_owned());
-        let before = summary.message.categories.clone();
+        let message = Arc::make_mut(&mut summary.message);
+        message.item_id = Some(Arc::from(id));
+        let before = std::mem::take(&mut message.categories);
         let after = categories_after(&before, mode, categories);
         let had = before.iter().any(|c| org.is_tracking_category(c));
         let removed =
             mode == CategoryMode::Delete && categories.iter().any(|c| org.is_tracking_category(c));
         let has = after.iter().any(|c| org.is_tracking_category(c));
-        summary.message.categories = after;
+        message.categories = after;
         self.fill_from_summary(d, &summary.view());
         if has {
             self.evaluate(d, mailbox, &summary.view(), Trigger::Categorized);

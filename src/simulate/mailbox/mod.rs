@@ -1004,7 +1004,7 @@ impl Item {
             .map_or_else(String::new, |at| text[at..].trim_end().to_owned());
         Item {
             kind: Some(Kind::Message),
-            subject: parsed.subject.clone().unwrap_or_default(),
+            subject: parsed.subject.as_deref().unwrap_or_default().to_owned(),
             from: parsed.from.as_ref().and_then(addr),
             to: parsed.to.iter().filter_map(addr).collect(),
             cc: parsed.cc.iter().filter_map(addr).collect(),
