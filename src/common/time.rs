@@ -17,9 +17,37 @@ pub fn now_ms() -> u64 {
 /// otherwise). Unparsable values are kept as sent.
 pub fn normalize_timestamp(raw: &str) -> String {
     let t = raw.trim();
+    if is_normal_utc(t) {
+        // What EWS sends: already in the normal form, copied as it is.
+        return t.to_owned();
+    }
     parse_rfc3339(t)
         .map(|(secs, frac)| format_utc(secs, frac))
         .unwrap_or_else(|| t.to_owned())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` naming a real second (no 31st of a 30-day month, no leap second):
+/// exactly what [`format_utc`] would write for it.
+fn is_normal_utc(t: &str) -> bool {
+    let b = t.as_bytes();
+    if b.len() != 20 || b[19] != b'Z' || b[10] != b'T' {
+        return false;
+    }
+    if parse_rfc3339(t).is_none() {
+        return false;
+    }
+    // Two ASCII digits (parse_rfc3339 checked them).
+    let field = |at: usize| i64::from(b[at] - b'0') * 10 + i64::from(b[at + 1] - b'0');
+    let (month, day, second) = (field(5), field(8), field(17));
+    let year = field(0) * 100 + field(2);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    day <= days && second < 60
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 timestamp (a missing zone counts as UTC).
@@ -39,7 +67,13 @@ fn parse_rfc3339(t: &str) -> Option<(i64, &str)> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    // Digits only (no sign, no spaces), read without `str::parse`: this runs for every
+    // timestamp of every message inspected.
+    let num = |r: std::ops::Range<usize>| {
+        b.get(r)?.iter().try_fold(0i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
     let (y, mo, d, h, mi, s) = (
         num(0..4)?,
         num(5..7)?,
@@ -66,8 +100,9 @@ fn parse_rfc3339(t: &str) -> Option<(i64, &str)> {
                 b'-' => -1,
                 _ => return None,
             };
-            let hh = rest.get(1..3)?.parse::<i64>().ok()?;
-            let mm = rest.get(rest.len() - 2..)?.parse::<i64>().ok()?;
+            let digits = |s: &str| s.parse::<i64>().ok();
+            let hh = digits(rest.get(1..3)?)?;
+            let mm = digits(rest.get(rest.len() - 2..)?)?;
             sign * (hh * 3600 + mm * 60)
         }
     };
@@ -103,15 +138,36 @@ fn format_utc(secs: i64, frac: &str) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let dot = if frac.is_empty() { "" } else { "." };
-    // One allocation: this runs for every timestamp of every message inspected.
+    // One allocation and no formatting machinery: this runs for every timestamp of every
+    // message inspected.
     let mut out = String::with_capacity(21 + frac.len());
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{dot}{frac}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
+    if (0..=9999).contains(&y) {
+        let mut head = *b"0000-00-00T00:00:00";
+        let mut put = |at: usize, width: usize, mut n: i64| {
+            for i in (at..at + width).rev() {
+                head[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, y);
+        put(5, 2, m);
+        put(8, 2, d);
+        put(11, 2, rem / 3600);
+        put(14, 2, rem % 3600 / 60);
+        put(17, 2, rem % 60);
+        out.extend(head.iter().map(|&c| char::from(c)));
+    } else {
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        );
+    }
+    out.push_str(dot);
+    out.push_str(frac);
+    out.push('Z');
     out
 }
 
@@ -142,5 +198,45 @@ mod tests {
             "2026-11-02T08:14:03Z"
         );
         assert_eq!(normalize_timestamp("yesterday"), "yesterday");
+        // Fields are digits: a sign or a space is not a number here.
+        assert_eq!(
+            normalize_timestamp("2026-+1-02T08:14:03Z"),
+            "2026-+1-02T08:14:03Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2026-11- 2T08:14:03Z"),
+            "2026-11- 2T08:14:03Z"
+        );
+    }
+
+    #[test]
+    fn a_day_or_second_past_the_end_rolls_over_as_before() {
+        for (sent, normal) in [
+            ("2026-02-30T10:00:00Z", "2026-03-02T10:00:00Z"),
+            ("2026-04-31T10:00:00Z", "2026-05-01T10:00:00Z"),
+            ("2026-06-30T23:59:60Z", "2026-07-01T00:00:00Z"),
+            ("2100-02-29T00:00:00Z", "2100-03-01T00:00:00Z"),
+            ("2024-02-29T00:00:00Z", "2024-02-29T00:00:00Z"),
+            ("2000-02-29T00:00:00Z", "2000-02-29T00:00:00Z"),
+        ] {
+            assert_eq!(normalize_timestamp(sent), normal, "{sent}");
+        }
+    }
+
+    #[test]
+    fn years_outside_four_digits_are_still_written() {
+        assert_eq!(format_seconds(-62_167_219_201), "-001-12-31T23:59:59Z");
+        assert_eq!(format_seconds(253_402_300_800), "10000-01-01T00:00:00Z");
+    }
+
+    proptest::proptest! {
+        /// Every second of years 0–9999 is written in the fixed shape and reads back as itself.
+        #[test]
+        fn written_seconds_read_back(secs in -62_167_219_200i64..253_402_300_800) {
+            let written = format_seconds(secs);
+            proptest::prop_assert_eq!(written.len(), 20);
+            proptest::prop_assert_eq!(timestamp_seconds(&written), Some(secs));
+            proptest::prop_assert_eq!(normalize_timestamp(&written), written);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! never learn whether it came from SOAP or JSON. Serialised as JSON with snake_case fields and
 //! a `kind` tag — the contract of `trackgate inspect`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -24,9 +25,21 @@ pub struct Address {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// `SMTP`, or `EX` for an X.500 address that the directory must map.
+    /// `SMTP`, or `EX` for an X.500 address that the directory must map (those two are not
+    /// copied: every address of every message carries one).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub routing_type: Option<String>,
+    pub routing_type: Option<Cow<'static, str>>,
+}
+
+impl Address {
+    /// A routing type as sent, the common ones without a copy.
+    pub fn routing_type(value: &str) -> Cow<'static, str> {
+        match value {
+            "SMTP" => Cow::Borrowed("SMTP"),
+            "EX" => Cow::Borrowed("EX"),
+            other => Cow::Owned(other.to_owned()),
+        }
+    }
 }
 
 /// A message's fields, as far as the exchange showed them.

@@ -1,6 +1,7 @@
 //! The fields of each item kind, and the small readers the operations share: folder and
 //! item ids, sends and saved copies, notifications, category updates, folders.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::super::model::{
@@ -341,14 +342,17 @@ fn timestamp(node: Node<'_>) -> Option<String> {
 pub(super) fn address(mailbox: Node<'_>) -> Address {
     let mut a = Address::default();
     for c in mailbox.children() {
-        let slot = match c.name() {
-            "Name" => &mut a.name,
-            "EmailAddress" => &mut a.address,
-            "RoutingType" => &mut a.routing_type,
-            _ => continue,
-        };
-        let value = c.text();
-        *slot = (!value.is_empty()).then(|| value.into_owned());
+        let name = c.name();
+        if !matches!(name, "Name" | "EmailAddress" | "RoutingType") {
+            continue;
+        }
+        let text = c.text();
+        let value = (!text.is_empty()).then_some(text);
+        match name {
+            "Name" => a.name = value.map(Cow::into_owned),
+            "EmailAddress" => a.address = value.map(Cow::into_owned),
+            _ => a.routing_type = value.map(|v| Address::routing_type(&v)),
+        }
     }
     a
 }
