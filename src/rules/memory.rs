@@ -4,6 +4,9 @@
 //! gateway since the directory was loaded (for correlation and `already_tracked`). Bounded by
 //! weight (quick_cache); it lives on the rules worker, never on the proxy's request path. Losing an
 //! entry costs an enrichment or a correlation, never a duplicate: CRM ids are deterministic.
+//!
+//! Entries are keyed by a 128-bit hash of their key text under a seed drawn per memory (as the
+//! directory keys its indexes): no key is copied or kept, and traffic cannot choose collisions.
 
 use std::sync::Arc;
 
@@ -64,11 +67,18 @@ impl Default for MemoryLimits {
     }
 }
 
+/// An entry's key: the seeded hash of its text.
+type Key = u128;
+
+/// What a key weighs in a cache.
+const KEY_BYTES: u64 = std::mem::size_of::<Key>() as u64;
+
 /// Shared through an `Arc` by the engine's clones.
 pub struct Memory {
-    items: Cache<String, Arc<Summary>, SummaryWeight>,
-    folders: Cache<String, Arc<FolderInfo>, FolderWeight>,
-    tracked: Cache<String, Arc<TrackedRef>, KeyWeight>,
+    seed: u64,
+    items: Cache<Key, Arc<Summary>, SummaryWeight>,
+    folders: Cache<Key, Arc<FolderInfo>, FolderWeight>,
+    tracked: Cache<Key, Arc<TrackedRef>, KeyWeight>,
     /// Contacts and leads created for unresolved senders, by lower-cased address, until the
     /// directory (reloaded from the CRM) has them.
     created: Cache<String, Lookup>,
@@ -119,55 +129,47 @@ fn estimate(bytes: u64, each: u64) -> usize {
 #[derive(Clone)]
 struct SummaryWeight;
 
-impl Weighter<String, Arc<Summary>> for SummaryWeight {
-    fn weight(&self, key: &String, value: &Arc<Summary>) -> u64 {
-        u64::from(weigh_message(&value.message)) + key.len() as u64
+impl Weighter<Key, Arc<Summary>> for SummaryWeight {
+    fn weight(&self, _key: &Key, value: &Arc<Summary>) -> u64 {
+        u64::from(weigh_message(&value.message)) + KEY_BYTES
     }
 }
 
 #[derive(Clone)]
 struct FolderWeight;
 
-impl Weighter<String, Arc<FolderInfo>> for FolderWeight {
-    fn weight(&self, key: &String, value: &Arc<FolderInfo>) -> u64 {
-        (key.len() + opt_len(&value.distinguished) + opt_len(&value.parent_id) + 96) as u64
+impl Weighter<Key, Arc<FolderInfo>> for FolderWeight {
+    fn weight(&self, _key: &Key, value: &Arc<FolderInfo>) -> u64 {
+        KEY_BYTES + (opt_len(&value.distinguished) + opt_len(&value.parent_id) + 96) as u64
     }
 }
 
 #[derive(Clone)]
 struct KeyWeight;
 
-impl Weighter<String, Arc<TrackedRef>> for KeyWeight {
-    fn weight(&self, key: &String, _value: &Arc<TrackedRef>) -> u64 {
-        key.len() as u64 + 96
+impl Weighter<Key, Arc<TrackedRef>> for KeyWeight {
+    fn weight(&self, _key: &Key, _value: &Arc<TrackedRef>) -> u64 {
+        KEY_BYTES + 96
     }
 }
 
-/// Key of a mailbox's entry: mailbox and id, separated by a byte neither contains.
-pub fn key(mailbox: &str, id: &str) -> String {
-    let mut k = String::with_capacity(mailbox.len() + id.len() + 1);
-    k.push_str(mailbox);
-    k.push('\u{1}');
-    k.push_str(id);
-    k
-}
-
 thread_local! {
-    /// Lookups build their key here instead of allocating one each time.
-    static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// Keys are written here to be hashed, instead of into a new string each time.
+    static KEY_TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with the key of (mailbox, id) without allocating.
-fn with_key<T>(mailbox: &str, id: &str, f: impl FnOnce(&str) -> T) -> T {
-    LOOKUP_KEY.with(|k| match k.try_borrow_mut() {
+/// The seeded hash of the parts written one after the other.
+fn hash(seed: u64, parts: &[&str]) -> Key {
+    let one_shot = |text: &[u8]| xxhash_rust::xxh3::xxh3_128_with_seed(text, seed);
+    KEY_TEXT.with(|k| match k.try_borrow_mut() {
         Ok(mut k) => {
             k.clear();
-            k.push_str(mailbox);
-            k.push('\u{1}');
-            k.push_str(id);
-            f(&k)
+            for part in parts {
+                k.extend_from_slice(part.as_bytes());
+            }
+            one_shot(&k)
         }
-        Err(_) => f(&key(mailbox, id)),
+        Err(_) => one_shot(parts.concat().as_bytes()),
     })
 }
 
@@ -194,6 +196,7 @@ impl Memory {
         );
         let created = Cache::new(usize::try_from(limits.max_tracked / 4 + 1).unwrap_or(usize::MAX));
         Memory {
+            seed: rand::random(),
             items,
             folders,
             tracked,
@@ -201,26 +204,37 @@ impl Memory {
         }
     }
 
+    /// Key of a mailbox's entry: mailbox and id, separated by a byte neither contains.
+    fn key(&self, mailbox: &str, id: &str) -> Key {
+        hash(self.seed, &[mailbox, "\u{1}", id])
+    }
+
+    /// Key of the reverse entry of a distinguished folder.
+    fn distinguished_key(&self, mailbox: &str, distinguished: &str) -> Key {
+        hash(self.seed, &[mailbox, "\u{1}@", distinguished])
+    }
+
     pub fn item(&self, mailbox: &str, item_id: &str) -> Option<Arc<Summary>> {
-        with_key(mailbox, item_id, |k| self.items.get(k))
+        self.items.get(&self.key(mailbox, item_id))
     }
 
     pub fn remember_item(&self, mailbox: &str, item_id: &str, summary: Summary) {
-        self.items.insert(key(mailbox, item_id), Arc::new(summary));
+        self.items
+            .insert(self.key(mailbox, item_id), Arc::new(summary));
     }
 
     pub fn forget_item(&self, mailbox: &str, item_id: &str) {
-        with_key(mailbox, item_id, |k| self.items.remove(k));
+        self.items.remove(&self.key(mailbox, item_id));
     }
 
     pub fn folder(&self, mailbox: &str, folder_id: &str) -> Option<Arc<FolderInfo>> {
-        with_key(mailbox, folder_id, |k| self.folders.get(k))
+        self.folders.get(&self.key(mailbox, folder_id))
     }
 
     /// The id of a distinguished folder, once seen.
     pub fn folder_id_of(&self, mailbox: &str, distinguished: &str) -> Option<String> {
         self.folders
-            .get(&key(mailbox, &format!("@{distinguished}")))
+            .get(&self.distinguished_key(mailbox, distinguished))
             .and_then(|f| f.parent_id.clone())
     }
 
@@ -237,7 +251,7 @@ impl Memory {
         if let Some(d) = &merged.distinguished {
             // The reverse entry keeps the id in `parent_id`.
             self.folders.insert(
-                key(mailbox, &format!("@{d}")),
+                self.distinguished_key(mailbox, d),
                 Arc::new(FolderInfo {
                     distinguished: None,
                     parent_id: Some(folder_id.to_owned()),
@@ -246,28 +260,23 @@ impl Memory {
         }
         if old.as_deref() != Some(&merged) {
             self.folders
-                .insert(key(mailbox, folder_id), Arc::new(merged));
+                .insert(self.key(mailbox, folder_id), Arc::new(merged));
         }
     }
 
-    /// A tracked email by a correlation key, built of a prefix and a value without allocating:
-    /// `m:<message-id>`, `t:<token>`, `c:<thread key>`, `i:<conversation id>`, or
-    /// `d:<direction>:<message-id>` for duplicates.
+    /// A tracked email by a correlation key, a prefix and a value: `m:<message-id>`,
+    /// `t:<token>`, `c:<thread key>`, `i:<conversation id>`, or `d:<direction>:<message-id>`
+    /// for duplicates.
     pub fn tracked_by(&self, prefix: &str, value: &str) -> Option<Arc<TrackedRef>> {
-        LOOKUP_KEY.with(|k| match k.try_borrow_mut() {
-            Ok(mut k) => {
-                k.clear();
-                k.push_str(prefix);
-                k.push_str(value);
-                self.tracked.get(k.as_str())
-            }
-            Err(_) => self.tracked.get(&format!("{prefix}{value}")),
-        })
+        self.tracked.get(&hash(self.seed, &[prefix, value]))
     }
 
-    pub fn remember_tracked(&self, key: String, tracked: Arc<TrackedRef>) {
-        if key.len() <= MAX_KEY_VALUE + 8 {
-            self.tracked.insert(key, tracked);
+    /// Remembers a tracked email under a correlation key (see [`Memory::tracked_by`]); a value
+    /// longer than [`MAX_KEY_VALUE`] is not kept.
+    pub fn remember_tracked(&self, prefix: &str, value: &str, tracked: Arc<TrackedRef>) {
+        if prefix.len() + value.len() <= MAX_KEY_VALUE + 8 {
+            self.tracked
+                .insert(hash(self.seed, &[prefix, value]), tracked);
         }
     }
 
@@ -343,21 +352,21 @@ mod tests {
             message: message().into(),
             ..Summary::default()
         });
-        let key = "k".repeat(10);
+        let key: Key = 7;
         assert_eq!(
             SummaryWeight.weight(&key, &summary),
-            u64::from(weigh_message(&summary.message)) + 10
+            u64::from(weigh_message(&summary.message)) + 16
         );
         let folder = Arc::new(FolderInfo {
             distinguished: Some("inbox".into()),
             parent_id: Some("p".repeat(7)),
         });
-        assert_eq!(FolderWeight.weight(&key, &folder), 10 + 5 + 7 + 96);
+        assert_eq!(FolderWeight.weight(&key, &folder), 16 + 5 + 7 + 96);
         let tracked = Arc::new(TrackedRef {
             crm_id: None,
             regarding: None,
         });
-        assert_eq!(KeyWeight.weight(&key, &tracked), 10 + 96);
+        assert_eq!(KeyWeight.weight(&key, &tracked), 16 + 96);
     }
 
     #[test]
@@ -414,15 +423,16 @@ mod tests {
             crm_id: None,
             regarding: None,
         });
-        let longest = format!("m:{}", "x".repeat(MAX_KEY_VALUE + 6));
-        memory.remember_tracked(longest.clone(), tracked.clone());
+        let longest = "x".repeat(MAX_KEY_VALUE + 6);
+        memory.remember_tracked("m:", &longest, tracked.clone());
+        assert!(memory.tracked_by("m:", &longest).is_some(), "at the limit");
         assert!(
-            memory.tracked_by("m:", &longest[2..]).is_some(),
-            "at the limit"
+            memory.tracked_by("t:", &longest).is_none(),
+            "by its prefix too"
         );
-        let over = format!("m:{}", "x".repeat(MAX_KEY_VALUE + 7));
-        memory.remember_tracked(over.clone(), tracked);
-        assert!(memory.tracked_by("m:", &over[2..]).is_none(), "over it");
+        let over = "x".repeat(MAX_KEY_VALUE + 7);
+        memory.remember_tracked("m:", &over, tracked);
+        assert!(memory.tracked_by("m:", &over).is_none(), "over it");
         assert_eq!(memory.entry_counts(), (0, 0, 1));
     }
 }

@@ -209,29 +209,28 @@ impl<'a> Run<'a> {
         }
         let org = self.dir.org();
         if let Some(id) = &m.internet_message_id {
-            let dir = if direction.is_outgoing() { "out" } else { "in" };
-            self.memory
-                .remember_tracked(format!("d:{dir}:{id}"), tracked.clone());
-            self.memory
-                .remember_tracked(format!("m:{id}"), tracked.clone());
+            let duplicate = if direction.is_outgoing() {
+                "d:out:"
+            } else {
+                "d:in:"
+            };
+            self.memory.remember_tracked(duplicate, id, tracked.clone());
+            self.memory.remember_tracked("m:", id, tracked.clone());
         }
         if let Some(token) = m
             .subject
             .as_deref()
             .and_then(|s| tracking_token(&org.token_prefixes, s))
         {
-            self.memory
-                .remember_tracked(format!("t:{token}"), tracked.clone());
+            self.memory.remember_tracked("t:", &token, tracked.clone());
         }
         if let Some(index) = &m.conversation_index {
-            self.memory.remember_tracked(
-                format!("c:{}", hex(&conversation_key(index))),
-                tracked.clone(),
-            );
+            self.memory
+                .remember_tracked("c:", &hex(&conversation_key(index)), tracked.clone());
         }
         if let Some(id) = &m.conversation_id {
             self.memory
-                .remember_tracked(format!("i:{}", normalize_exchange_id(id)), tracked.clone());
+                .remember_tracked("i:", &normalize_exchange_id(id), tracked.clone());
         }
     }
 }
