@@ -335,14 +335,23 @@ impl Delivery {
         } = &settlement
         {
             // Once per record (a dead letter is final until an operator retries it); the
-            // record id and the CRM's code say where to look, never an address or a body.
-            tracing::warn!(
-                record = %record.key,
-                status = status.map(u32::from),
-                code = crm_error_code(response.as_deref()).as_deref().unwrap_or("-"),
-                attempts = record.attempts,
-                "dead letter: the CRM refused this record for good (trackgate outbox dead)"
-            );
+            // record id and the CRM's code say where to look, never an address or a body. A
+            // dead letter without an HTTP status never reached the CRM (no Exchange client to
+            // fetch the message, enrichment that gave up, a record that cannot be mapped).
+            match status {
+                Some(status) => tracing::warn!(
+                    record = %record.key,
+                    status = u32::from(*status),
+                    code = crm_error_code(response.as_deref()).as_deref().unwrap_or("-"),
+                    attempts = record.attempts,
+                    "dead letter: the CRM refused this record for good (trackgate outbox dead)"
+                ),
+                None => tracing::warn!(
+                    record = %record.key,
+                    attempts = record.attempts,
+                    "dead letter: this record cannot be delivered; the reason is in trackgate outbox dead"
+                ),
+            }
         }
         self.outbox.settle(record, settlement);
     }
