@@ -1,7 +1,6 @@
 //! The fields of each item kind, and the small readers the operations share: folder and
 //! item ids, sends and saved copies, notifications, category updates, folders.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::super::model::{
@@ -342,16 +341,14 @@ fn timestamp(node: Node<'_>) -> Option<String> {
 pub(super) fn address(mailbox: Node<'_>) -> Address {
     let mut a = Address::default();
     for c in mailbox.children() {
-        let name = c.name();
-        if !matches!(name, "Name" | "EmailAddress" | "RoutingType") {
-            continue;
-        }
-        let text = c.text();
-        let value = (!text.is_empty()).then_some(text);
-        match name {
-            "Name" => a.name = value.map(Cow::into_owned),
-            "EmailAddress" => a.address = value.map(Cow::into_owned),
-            _ => a.routing_type = value.map(|v| Address::routing_type(&v)),
+        match c.name() {
+            "Name" => a.name = owned_text(c),
+            "EmailAddress" => a.address = owned_text(c),
+            "RoutingType" => {
+                let text = c.text();
+                a.routing_type = (!text.is_empty()).then(|| Address::routing_type(&text));
+            }
+            _ => {}
         }
     }
     a
