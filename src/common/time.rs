@@ -17,29 +17,23 @@ pub fn now_ms() -> u64 {
 /// otherwise). Unparsable values are kept as sent.
 pub fn normalize_timestamp(raw: &str) -> String {
     let t = raw.trim();
-    if is_normal_utc(t) {
+    match parse_rfc3339(t) {
         // What EWS sends: already in the normal form, copied as it is.
-        return t.to_owned();
+        Some(_) if is_normal_utc(t) => t.to_owned(),
+        Some((secs, frac)) => format_utc(secs, frac),
+        None => t.to_owned(),
     }
-    parse_rfc3339(t)
-        .map(|(secs, frac)| format_utc(secs, frac))
-        .unwrap_or_else(|| t.to_owned())
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` naming a real second (no 31st of a 30-day month, no leap second):
-/// exactly what [`format_utc`] would write for it.
+/// Of a timestamp `parse_rfc3339` read: `YYYY-MM-DDTHH:MM:SSZ` naming a real second (no 31st
+/// of a 30-day month, no leap second), exactly what [`format_utc`] would write for it.
 fn is_normal_utc(t: &str) -> bool {
     let b = t.as_bytes();
     if b.len() != 20 || b[19] != b'Z' || b[10] != b'T' {
         return false;
     }
-    if parse_rfc3339(t).is_none() {
-        return false;
-    }
-    // Two ASCII digits (parse_rfc3339 checked them).
-    let field = |at: usize| i64::from(b[at] - b'0') * 10 + i64::from(b[at + 1] - b'0');
-    let (month, day, second) = (field(5), field(8), field(17));
-    let year = field(0) * 100 + field(2);
+    let field = |r: std::ops::Range<usize>| digits(&b[r]).unwrap_or(0);
+    let (year, month, day, second) = (field(0..4), field(5..7), field(8..10), field(17..19));
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     let days = match month {
         2 if leap => 29,
@@ -67,13 +61,7 @@ fn parse_rfc3339(t: &str) -> Option<(i64, &str)> {
     {
         return None;
     }
-    // Digits only (no sign, no spaces), read without `str::parse`: this runs for every
-    // timestamp of every message inspected.
-    let num = |r: std::ops::Range<usize>| {
-        b.get(r)?.iter().try_fold(0i64, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
-        })
-    };
+    let num = |r: std::ops::Range<usize>| digits(b.get(r)?);
     let (y, mo, d, h, mi, s) = (
         num(0..4)?,
         num(5..7)?,
@@ -100,9 +88,9 @@ fn parse_rfc3339(t: &str) -> Option<(i64, &str)> {
                 b'-' => -1,
                 _ => return None,
             };
-            let digits = |s: &str| s.parse::<i64>().ok();
-            let hh = digits(rest.get(1..3)?)?;
-            let mm = digits(rest.get(rest.len() - 2..)?)?;
+            let offset = rest.as_bytes();
+            let hh = digits(offset.get(1..3)?)?;
+            let mm = digits(offset.get(offset.len() - 2..)?)?;
             sign * (hh * 3600 + mm * 60)
         }
     };
@@ -118,6 +106,14 @@ fn parse_rfc3339(t: &str) -> Option<(i64, &str)> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some((days * 86_400 + h * 3600 + mi * 60 + s - offset, frac))
+}
+
+/// A field of ASCII digits (no sign, no spaces), read without `str::parse`: this runs for every
+/// timestamp of every message inspected.
+fn digits(field: &[u8]) -> Option<i64> {
+    field.iter().try_fold(0i64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+    })
 }
 
 /// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-02T08:14:03Z`).
@@ -206,6 +202,10 @@ mod tests {
         assert_eq!(
             normalize_timestamp("2026-11- 2T08:14:03Z"),
             "2026-11- 2T08:14:03Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2026-11-02T08:14:03+-1:00"),
+            "2026-11-02T08:14:03+-1:00"
         );
     }
 
