@@ -52,33 +52,17 @@ impl DataverseSource {
         write: &OptionsWrite,
     ) -> Result<(), SourceError> {
         if !write.usersettings.is_empty() {
-            let url = self.api(&format!("/usersettingscollection({user})"));
-            let body = Value::Object(write.usersettings.clone());
-            self.send(
-                reqwest::Method::PATCH,
-                "usersettingscollection",
-                &url,
-                Some(body),
-                Condition::Exists,
-            )
-            .await?;
+            self.update_row("usersettingscollection", user, write.usersettings.clone())
+                .await?;
         }
         for (id, on) in &write.filter_states {
             // Active (0, status 1) or Inactive (1, status 2).
-            let url = self.api(&format!("/userqueries({id})"));
-            let state = if *on {
-                json!({"statecode": 0, "statuscode": 1})
-            } else {
-                json!({"statecode": 1, "statuscode": 2})
-            };
-            self.send(
-                reqwest::Method::PATCH,
-                "userqueries",
-                &url,
-                Some(state),
-                Condition::Exists,
-            )
-            .await?;
+            let (state, status) = if *on { (0, 1) } else { (1, 2) };
+            let columns = Map::from_iter([
+                ("statecode".to_owned(), json!(state)),
+                ("statuscode".to_owned(), json!(status)),
+            ]);
+            self.update_row("userqueries", *id, columns).await?;
         }
         for id in &write.remove_folders {
             let url = self.api(&format!("/mailboxtrackingfolders({id})"));
