@@ -344,7 +344,8 @@ impl Run<'_> {
         let known = self.memory.item(&mailbox.address, &key);
         let mut summary = known.as_deref().cloned().unwrap_or_default();
         let message = Arc::make_mut(&mut summary.message);
-        message.item_id = Some(Arc::from(id));
+        // The decision already holds the id (shared, not copied again).
+        message.item_id = d.item_id.clone();
         let before = std::mem::take(&mut message.categories);
         let after = categories_after(&before, mode, categories);
         let had = before.iter().any(|c| org.is_tracking_category(c));
