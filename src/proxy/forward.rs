@@ -26,7 +26,7 @@ use super::headers::{self, ClientFacts};
 use super::metrics::ProxyMetrics;
 use super::respond::ProxyError;
 use super::route::RouteClass;
-use super::upstream::PinnedConnection;
+use super::upstream::{PinnedConnection, PoolError, UpstreamBody};
 use super::{ConnContext, Proxy, ProxyState};
 
 /// Forwards one client request and returns the upstream's response, streaming.
@@ -197,18 +197,15 @@ fn upstream_request(
         },
         ctx.client_host.clone(),
     );
-    // The upstream's own authority by default (the client sets the URI's authority as Host);
-    // some deployments want the name the client used.
-    parts.headers.remove(header::HOST);
-    if state.timeouts.preserve_host
-        && let Some(host) = ctx.client_host.clone()
-    {
-        parts.headers.insert(header::HOST, host);
-    }
-    parts.uri = state
-        .routes
-        .base(ctx.class)
-        .join(parts.uri.path_and_query())
+    // The upstream's own authority by default; some deployments want the name the client used.
+    let base = state.routes.base(ctx.class);
+    let host = match ctx.client_host.clone() {
+        Some(host) if state.timeouts.preserve_host => host,
+        _ => base.host_header.clone(),
+    };
+    parts.headers.insert(header::HOST, host);
+    parts.uri = base
+        .origin_form(&parts.uri)
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     parts.version = Version::HTTP_11;
     Ok(())
@@ -285,7 +282,7 @@ async fn send(
     ctx: &RequestCtx,
     signals: &Signals,
     request: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, bool), ProxyError> {
+) -> Result<(Response<UpstreamBody>, bool), ProxyError> {
     proxy.metrics.upstream_requests.inc();
     let result = if ctx.windows_auth || conn.has_pinned.load(Ordering::Acquire) {
         // Boxed: opening a pinned connection is a large state machine, and hyper copies this
@@ -301,7 +298,7 @@ async fn send(
         ))
         .await
     } else {
-        send_pooled(state, &signals.body_sent, request).await
+        send_pooled(state, ctx.class, &signals.body_sent, request).await
     };
     let (response, pinned) = result.map_err(|error| match signals.outcome.get() {
         Some(BodyFailure::TooLarge) => ProxyError::PayloadTooLarge,
@@ -353,7 +350,7 @@ async fn response_body_filter(
     metrics: &ProxyMetrics,
     ctx: &RequestCtx,
     parts: &mut ResponseParts,
-    body: Incoming,
+    body: UpstreamBody,
 ) -> Result<ProxyBody, ProxyError> {
     let idle = if ctx.class == RouteClass::Ews {
         state.timeouts.streaming_idle_timeout
@@ -431,16 +428,18 @@ fn external_url(state: &ProxyState, tls: bool, host: Option<&HeaderValue>) -> Op
 /// Windows auth.
 async fn send_pooled(
     state: &ProxyState,
+    class: RouteClass,
     sent: &Notify,
     request: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, bool), ProxyError> {
-    match response_head(state, sent, state.pool().request(request)).await {
+) -> Result<(Response<UpstreamBody>, bool), ProxyError> {
+    match response_head(state, sent, state.pool(class).send(request)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Err(error)) if error.is_connect() => {
-            Err(ProxyError::UpstreamUnreachable(Box::new(error)))
+        Ok(Err(PoolError::Connect(error))) => Err(ProxyError::UpstreamUnreachable(Box::new(error))),
+        Ok(Err(PoolError::Broken(error))) => Err(ProxyError::UpstreamBroken(Box::new(error))),
+        Ok(Ok((response, lease))) => {
+            let response = response.map(|body| UpstreamBody::new(body, Some(lease)));
+            Ok((response, false))
         }
-        Ok(Err(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
-        Ok(Ok(response)) => Ok((response, false)),
     }
 }
 
@@ -454,7 +453,7 @@ async fn send_pinned(
     windows_auth: bool,
     sent: &Notify,
     request: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, bool), ProxyError> {
+) -> Result<(Response<UpstreamBody>, bool), ProxyError> {
     let base = state.routes.base(class);
     let endpoint = base.endpoint();
     // Requests for endpoints this connection never authenticated to must not queue behind a
@@ -465,7 +464,7 @@ async fn send_pinned(
         .map(|e| e.contains(&endpoint))
         .unwrap_or(false);
     if !windows_auth && !known {
-        return send_pooled(state, sent, request).await;
+        return send_pooled(state, class, sent, request).await;
     }
     let mut pinned = conn.pinned.lock().await;
     pinned.retain(PinnedConnection::is_usable);
@@ -490,25 +489,9 @@ async fn send_pinned(
         }
         None => {
             drop(pinned);
-            return send_pooled(state, sent, request).await;
+            return send_pooled(state, class, sent, request).await;
         }
     };
-    // hyper's connection-level client, unlike the pooled one, writes the URI as given and adds
-    // no Host: send origin form (`/path?query`) and the Host HTTP/1.1 needs.
-    let mut request = request;
-    let origin_form = request
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
-    if let Ok(uri) = origin_form.parse() {
-        *request.uri_mut() = uri;
-    }
-    if !request.headers().contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(base.authority.as_str())
-    {
-        request.headers_mut().insert(header::HOST, host);
-    }
     // The connection takes the next request once the previous exchange is done; do not wait
     // for that forever.
     let response = tokio::time::timeout(state.timeouts.header_timeout, pinned[index].send(request))
@@ -520,6 +503,6 @@ async fn send_pinned(
     match response_head(state, sent, response).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
-        Ok(Ok(response)) => Ok((response, true)),
+        Ok(Ok(response)) => Ok((response.map(|body| UpstreamBody::new(body, None)), true)),
     }
 }

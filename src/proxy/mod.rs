@@ -48,8 +48,8 @@ pub enum ProxyBuildError {
 /// in-flight requests keep the snapshot they started with.
 pub struct ProxyState {
     pub routes: Routes,
-    /// The upstream keep-alive pools: one, or one per proxy thread.
-    pools: Vec<upstream::PooledClient>,
+    /// The upstream keep-alive pools: one set, or one per proxy thread.
+    pools: Vec<upstream::ThreadPools>,
     pub upstream: upstream::UpstreamSettings,
     pub tls_acceptor: Option<TlsAcceptor>,
     pub listener: ListenerSettings,
@@ -61,9 +61,9 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// The upstream pool of the thread serving this request.
-    pub fn pool(&self) -> &upstream::PooledClient {
-        &self.pools[server::thread_index() % self.pools.len()]
+    /// The upstream pool for a route class on the thread serving this request.
+    pub fn pool(&self, class: RouteClass) -> &Arc<upstream::Pool> {
+        self.pools[server::thread_index() % self.pools.len()].for_class(class)
     }
 
     pub fn build(
@@ -96,7 +96,9 @@ impl ProxyState {
         };
         // One pool per proxy thread: a request reuses connections its own thread drives.
         let pools = (0..settings.threads.unwrap_or(1).max(1))
-            .map(|_| upstream::pooled_client(&upstream, metrics.upstream_connects_pooled.clone()))
+            .map(|_| {
+                upstream::ThreadPools::new(&routes, &upstream, &metrics.upstream_connects_pooled)
+            })
             .collect();
         Ok(ProxyState {
             routes,

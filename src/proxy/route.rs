@@ -1,8 +1,8 @@
 //! Routing: which upstream a request goes to, and its route class (the only per-request label
 //! metrics carry). Paths are matched case-insensitively, as IIS does.
 
-use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Uri};
 
 /// The class of a route. Bounded, so it can be a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,14 +59,26 @@ pub struct UpstreamBase {
     pub authority: Authority,
     /// Path prefix without a trailing slash ("" for none).
     pub prefix: String,
+    /// The Host header a request gets when the client's is not preserved: the authority without
+    /// a default port, as browsers and HTTP clients write it.
+    pub host_header: HeaderValue,
 }
 
 impl UpstreamBase {
     pub fn new(uri: &Uri) -> Option<UpstreamBase> {
+        let scheme = uri.scheme()?.clone();
+        let authority = uri.authority()?.clone();
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host_header = match authority.port_u16() {
+            Some(port) if port != default_port => HeaderValue::from_str(authority.as_str()),
+            _ => HeaderValue::from_str(authority.host()),
+        }
+        .ok()?;
         Some(UpstreamBase {
-            scheme: uri.scheme()?.clone(),
-            authority: uri.authority()?.clone(),
+            scheme,
+            authority,
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            host_header,
         })
     }
 
@@ -74,19 +86,36 @@ impl UpstreamBase {
         self.scheme == Scheme::HTTPS
     }
 
-    /// The upstream URI for a client request's path and query.
-    pub fn join(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
-        let pq = path_and_query.map(PathAndQuery::as_str).unwrap_or("/");
-        let builder = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone());
+    /// The host to connect to (an IPv6 address without its brackets) and the port.
+    pub fn socket_target(&self) -> (&str, u16) {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = self
+            .authority
+            .port_u16()
+            .unwrap_or(if self.is_https() { 443 } else { 80 });
+        (host, port)
+    }
+
+    /// The request target on the upstream for a client request's target, in origin form
+    /// (`/prefix/path?query`), which is what HTTP/1.1 sends to an origin server. A target already
+    /// in origin form with no prefix to add — nearly every request — is kept as it is.
+    pub fn origin_form(&self, target: &Uri) -> Result<Uri, http::Error> {
+        let pq = target.path_and_query();
         if self.prefix.is_empty() {
-            builder.path_and_query(pq).build()
-        } else {
-            builder
-                .path_and_query(format!("{}{pq}", self.prefix))
-                .build()
+            if target.scheme().is_none() && target.authority().is_none() && pq.is_some() {
+                return Ok(target.clone());
+            }
+            let pq = pq
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            return Ok(Uri::from(pq));
         }
+        let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
+        Ok(Uri::try_from(format!("{}{pq}", self.prefix))?)
     }
 
     /// A key identifying the connection endpoint (scheme, host, port).
@@ -131,12 +160,39 @@ mod tests {
     }
 
     #[test]
-    fn join_keeps_prefix_and_query() {
+    fn origin_form_keeps_prefix_and_query() {
         let base = UpstreamBase::new(&"https://graph.example/root/".parse().unwrap()).unwrap();
-        let pq: PathAndQuery = "/v1.0/me/messages?$top=5".parse().unwrap();
+        let target: Uri = "/v1.0/me/messages?$top=5".parse().unwrap();
         assert_eq!(
-            base.join(Some(&pq)).unwrap().to_string(),
-            "https://graph.example/root/v1.0/me/messages?$top=5"
+            base.origin_form(&target).unwrap().to_string(),
+            "/root/v1.0/me/messages?$top=5"
         );
+        // An HTTP/2 client's target carries scheme and authority; only the path goes upstream.
+        let base = UpstreamBase::new(&"http://ews.example:8080".parse().unwrap()).unwrap();
+        let target: Uri = "https://gw.example/EWS/Exchange.asmx?x=1".parse().unwrap();
+        assert_eq!(
+            base.origin_form(&target).unwrap().to_string(),
+            "/EWS/Exchange.asmx?x=1"
+        );
+        let target: Uri = "/EWS/Exchange.asmx".parse().unwrap();
+        assert_eq!(base.origin_form(&target).unwrap(), target);
+    }
+
+    #[test]
+    fn host_header_drops_only_the_default_port() {
+        let host = |url: &str| {
+            UpstreamBase::new(&url.parse().unwrap())
+                .unwrap()
+                .host_header
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(host("https://mail.example:443/"), "mail.example");
+        assert_eq!(host("http://mail.example:80"), "mail.example");
+        assert_eq!(host("http://127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(host("https://[::1]:8443"), "[::1]:8443");
+        let base = UpstreamBase::new(&"https://[::1]".parse().unwrap()).unwrap();
+        assert_eq!(base.socket_target(), ("::1", 443));
     }
 }

@@ -1,19 +1,25 @@
-//! The upstream side: a shared keep-alive pool for ordinary traffic, and dedicated connections
-//! pinned to one client connection for Windows auth. Both speak HTTP/1.1 with TCP_NODELAY and
+//! The upstream side: a keep-alive pool per proxy thread and upstream endpoint for ordinary
+//! traffic, and dedicated connections pinned to one client connection for Windows auth. Both
+//! are hyper's connection-level HTTP/1.1 client over TCP (TCP_NODELAY, keep-alive probes) and
 //! TLS (system roots plus the configured CA). Bytes pass through unchanged.
+//!
+//! The pool is this module's own rather than hyper-util's client: a request takes the most
+//! recently used idle connection from its thread's pool (a lock no other thread takes), and the
+//! response body puts it back when its last byte has been read. hyper-util's client spent a
+//! spawned task, a boxed future, a keyed lookup and a rebuilt URI on every request for the same
+//! job (bench/RESULTS.md, issue 21).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ClientConfig;
@@ -23,31 +29,11 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
 use super::body::{BoxError, ProxyBody};
-use super::route::UpstreamBase;
+use super::route::{RouteClass, Routes, UpstreamBase};
 
-/// Counts every new upstream TCP connection, so reuse can be reported.
-#[derive(Clone)]
-pub struct CountingConnector {
-    inner: HttpConnector,
-    connects: Counter,
-}
-
-impl tower::Service<Uri> for CountingConnector {
-    type Response = <HttpConnector as tower::Service<Uri>>::Response;
-    type Error = <HttpConnector as tower::Service<Uri>>::Error;
-    type Future = <HttpConnector as tower::Service<Uri>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        self.connects.inc();
-        self.inner.call(uri)
-    }
-}
-
-pub type PooledClient = Client<HttpsConnector<CountingConnector>, ProxyBody>;
+/// How long an upstream connection may be silent before the kernel probes it, so a peer that
+/// vanished (a rebooted server, a dropped NAT entry) is noticed on idle pooled connections.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Settings shared by pooled and pinned upstream connections.
 #[derive(Clone)]
@@ -56,29 +42,6 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
-}
-
-pub fn pooled_client(settings: &UpstreamSettings, connects: Counter) -> PooledClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let counting = CountingConnector {
-        inner: http,
-        connects,
-    };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*settings.tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(counting);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(settings.pool_idle_timeout)
-        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +56,350 @@ pub enum ConnectError {
     Http(#[from] hyper::Error),
 }
 
+/// Why a pooled exchange got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be opened: the upstream is unreachable.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection failed once the request was on its way.
+    #[error("upstream connection failed: {0}")]
+    Broken(#[source] hyper::Error),
+}
+
+type Sender = SendRequest<ProxyBody>;
+
+/// Opens an HTTP/1.1 connection to `base` and spawns its driver; `on_end` runs when the
+/// connection has ended, whichever side ended it.
+async fn open(
+    base: &UpstreamBase,
+    settings: &UpstreamSettings,
+    connects: &Counter,
+    on_end: impl FnOnce() + Send + 'static,
+) -> Result<Sender, ConnectError> {
+    let (host, port) = base.socket_target();
+    let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    tcp.set_nodelay(true)?;
+    socket2::SockRef::from(&tcp)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
+    connects.inc();
+    if !base.is_https() {
+        return handshake(TokioIo::new(tcp), on_end).await;
+    }
+    let name = ServerName::try_from(host.to_owned()).map_err(|_| ConnectError::ServerName)?;
+    let tls = tokio::time::timeout(
+        settings.connect_timeout,
+        TlsConnector::from(settings.tls.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout)??;
+    handshake(TokioIo::new(tls), on_end).await
+}
+
+async fn handshake<I>(io: I, on_end: impl FnOnce() + Send + 'static) -> Result<Sender, ConnectError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, ProxyBody>(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream connection ended with an error");
+        }
+        on_end();
+    });
+    Ok(sender)
+}
+
+/// The pools of one proxy thread: one per distinct upstream endpoint, shared by the route
+/// classes that go there.
+pub struct ThreadPools {
+    ews: Arc<Pool>,
+    graph: Arc<Pool>,
+    autodiscover: Arc<Pool>,
+}
+
+impl ThreadPools {
+    pub fn new(routes: &Routes, settings: &UpstreamSettings, connects: &Counter) -> ThreadPools {
+        let pool = |base: &UpstreamBase| Arc::new(Pool::new(base, settings, connects.clone()));
+        let ews = pool(&routes.ews);
+        let same = |base: &UpstreamBase, other: &Arc<Pool>| {
+            (base.scheme == other.base.scheme && base.authority == other.base.authority)
+                .then(|| other.clone())
+        };
+        let graph = same(&routes.graph, &ews).unwrap_or_else(|| pool(&routes.graph));
+        let autodiscover = same(&routes.autodiscover, &ews)
+            .or_else(|| same(&routes.autodiscover, &graph))
+            .unwrap_or_else(|| pool(&routes.autodiscover));
+        ThreadPools {
+            ews,
+            graph,
+            autodiscover,
+        }
+    }
+
+    pub fn for_class(&self, class: RouteClass) -> &Arc<Pool> {
+        match class {
+            RouteClass::Ews | RouteClass::Other => &self.ews,
+            RouteClass::Graph => &self.graph,
+            RouteClass::Autodiscover => &self.autodiscover,
+        }
+    }
+}
+
+/// Idle keep-alive connections to one upstream endpoint, most recently used last.
+pub struct Pool {
+    base: UpstreamBase,
+    settings: UpstreamSettings,
+    connects: Counter,
+    idle: Mutex<Idle>,
+    /// How long a connection must have been parked before a request it loses is sent again.
+    replay_after_parked: Duration,
+}
+
+/// Parked at least this long, a connection may have been closed by the upstream's keep-alive
+/// timer (IIS's is 120 s, nginx's 75 s, Apache's 5 s) just as a request was written to it.
+const REPLAY_AFTER_PARKED: Duration = Duration::from_secs(1);
+
+/// A copy of a request that can be sent again as it is: a safe method (RFC 9110 §9.2.1) and no
+/// body. `None` for anything else.
+fn replayable_copy(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    use http_body::Body as _;
+    if !request.method().is_safe() || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(super::body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+#[derive(Default)]
+struct Idle {
+    connections: VecDeque<(Sender, Instant)>,
+    /// A task closes connections idle past the timeout while any are parked.
+    reaper_running: bool,
+}
+
+impl Idle {
+    /// Drops connections idle for `timeout` or longer at `now` (the oldest are at the front)
+    /// and those the upstream has closed.
+    fn prune(&mut self, now: Instant, timeout: Duration) {
+        while self.connections.front().is_some_and(|(sender, since)| {
+            now.duration_since(*since) >= timeout || sender.is_closed()
+        }) {
+            self.connections.pop_front();
+        }
+    }
+}
+
+impl Pool {
+    fn new(base: &UpstreamBase, settings: &UpstreamSettings, connects: Counter) -> Pool {
+        Pool {
+            base: base.clone(),
+            settings: settings.clone(),
+            connects,
+            idle: Mutex::new(Idle::default()),
+            replay_after_parked: REPLAY_AFTER_PARKED,
+        }
+    }
+
+    /// Sends a request over an idle connection, or a new one when none is idle, and waits for
+    /// the response head.
+    ///
+    /// A connection the upstream closes while it is parked can still look usable when it is
+    /// taken (the close is in flight). A request it could not take is sent again on the next
+    /// one: nothing of it had been written. A request it took and lost is sent again only when
+    /// that is safe — a method without side effects and no body — and only after the connection
+    /// had been parked long enough for an upstream's keep-alive timer to have fired: copying the
+    /// head for every request would cost what this pool saves. Anything else gets the error:
+    /// repeating an EWS POST could send a mail twice.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Lease), PoolError> {
+        let mut replayed = false;
+        loop {
+            let (mut sender, parked_for) = match self.take_idle() {
+                Some((sender, parked_for)) => (sender, Some(parked_for)),
+                None => (self.connect().await?, None),
+            };
+            let replay = (!replayed
+                && parked_for.is_some_and(|parked| parked >= self.replay_after_parked))
+            .then(|| replayable_copy(&request))
+            .flatten();
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lease = Lease {
+                        sender,
+                        pool: self.clone(),
+                    };
+                    return Ok((response, lease));
+                }
+                Err(mut error) => match (error.take_message(), replay) {
+                    (Some(unsent), _) if parked_for.is_some() => request = unsent,
+                    (None, Some(copy)) if error.error().is_incomplete_message() => {
+                        replayed = true;
+                        request = copy;
+                    }
+                    _ => return Err(PoolError::Broken(error.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently parked connection that can take a request now, and how long it had
+    /// been parked; the others that can no longer are dropped on the way.
+    fn take_idle(&self) -> Option<(Sender, Duration)> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((sender, since)) = idle.connections.pop_back() {
+            let parked_for = now.duration_since(since);
+            if parked_for < self.settings.pool_idle_timeout && sender.is_ready() {
+                return Some((sender, parked_for));
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Sender, ConnectError> {
+        open(&self.base, &self.settings, &self.connects, || {}).await
+    }
+
+    /// Parks a connection that has finished its exchange, unless the pool is full.
+    fn park(self: &Arc<Self>, sender: Sender) {
+        let now = Instant::now();
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.prune(now, self.settings.pool_idle_timeout);
+        if idle.connections.len() >= self.settings.pool_max_idle_per_host {
+            return;
+        }
+        idle.connections.push_back((sender, now));
+        if !idle.reaper_running {
+            idle.reaper_running = true;
+            spawn_reaper(Arc::downgrade(self), self.settings.pool_idle_timeout);
+        }
+    }
+}
+
+/// Closes parked connections once idle past the timeout; ends when the pool is empty (the next
+/// park starts another) or gone (a reload replaced it).
+fn spawn_reaper(pool: Weak<Pool>, timeout: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(timeout / 2).await;
+            let Some(pool) = pool.upgrade() else { return };
+            let Ok(mut idle) = pool.idle.lock() else {
+                return;
+            };
+            idle.prune(Instant::now(), timeout);
+            if idle.connections.is_empty() {
+                idle.reaper_running = false;
+                return;
+            }
+        }
+    });
+}
+
+/// A pooled connection lent to one exchange; it goes back to its pool when the response body
+/// has been read to its end, and is closed when the body is dropped before that.
+pub struct Lease {
+    sender: Sender,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    fn give_back(self) {
+        let Lease { mut sender, pool } = self;
+        if sender.is_ready() {
+            pool.park(sender);
+        } else if !sender.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The connection's driver has not yet taken in the end of the exchange (or the
+            // request body is still being sent): park it once it can take the next request.
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.park(sender);
+                }
+            });
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from upstream that gives its pooled connection back at its end.
+    pub struct UpstreamBody {
+        #[pin]
+        body: Incoming,
+        lease: Option<Lease>,
+    }
+}
+
+impl UpstreamBody {
+    /// `lease` is `None` for a pinned connection, which stays with its client connection.
+    pub fn new(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
+        use http_body::Body as _;
+        let mut body = UpstreamBody { body, lease };
+        if body.body.is_end_stream()
+            && let Some(lease) = body.lease.take()
+        {
+            lease.give_back();
+        }
+        body
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                // A broken exchange: the connection is not reused.
+                this.lease.take();
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended && let Some(lease) = this.lease.take() {
+            lease.give_back();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// An HTTP/1.1 connection owned by one client connection (NTLM/Negotiate authenticate the
 /// connection, so it must never be shared or pooled).
 pub struct PinnedConnection {
     pub endpoint: String,
-    sender: hyper::client::conn::http1::SendRequest<ProxyBody>,
+    sender: Sender,
 }
 
 impl PinnedConnection {
@@ -110,33 +412,14 @@ impl PinnedConnection {
         active: Gauge,
         closed: Arc<Notify>,
     ) -> Result<PinnedConnection, ConnectError> {
-        let host = base
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = base
-            .authority
-            .port_u16()
-            .unwrap_or(if base.is_https() { 443 } else { 80 });
-        let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| ConnectError::Timeout)??;
-        tcp.set_nodelay(true)?;
-        connects.inc();
-        let sender = if base.is_https() {
-            let name =
-                ServerName::try_from(host.to_owned()).map_err(|_| ConnectError::ServerName)?;
-            let tls = tokio::time::timeout(
-                settings.connect_timeout,
-                TlsConnector::from(settings.tls.clone()).connect(name, tcp),
-            )
-            .await
-            .map_err(|_| ConnectError::Timeout)??;
-            handshake(TokioIo::new(tls), active, closed).await?
-        } else {
-            handshake(TokioIo::new(tcp), active, closed).await?
-        };
+        let ended = active.clone();
+        let sender = open(base, settings, connects, move || {
+            ended.dec();
+            // Wake the client side, which closes its connection in turn.
+            closed.notify_one();
+        })
+        .await?;
+        active.inc();
         Ok(PinnedConnection {
             endpoint: base.endpoint(),
             sender,
@@ -159,33 +442,293 @@ impl PinnedConnection {
     }
 }
 
-async fn handshake<I>(
-    io: I,
-    active: Gauge,
-    closed: Arc<Notify>,
-) -> Result<hyper::client::conn::http1::SendRequest<ProxyBody>, hyper::Error>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, ProxyBody>(io)
-        .await?;
-    active.inc();
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "pinned upstream connection ended with an error");
-        }
-        active.dec();
-        // Wake the client side, which closes its connection in turn.
-        closed.notify_one();
-    });
-    Ok(sender)
-}
-
 /// Boxed future type used by the request path.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Turns any error into the boxed form bodies use.
 pub fn boxed<E: Into<BoxError>>(e: E) -> BoxError {
     e.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::body::empty;
+
+    /// How the test upstream treats each connection after answering a request.
+    #[derive(Clone, Copy)]
+    enum After {
+        KeepAlive,
+        /// Closes without saying so, as a server whose keep-alive timeout fired does.
+        Close,
+    }
+
+    /// A loopback HTTP/1.1 upstream answering every GET with `body`; it counts connections
+    /// accepted and connections still open.
+    struct Upstream {
+        base: UpstreamBase,
+        accepted: Arc<AtomicUsize>,
+        open: Arc<AtomicUsize>,
+    }
+
+    async fn upstream(body: &'static [u8], after: After) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, o) = (accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = tcp.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let mut answer = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            answer.extend_from_slice(body);
+                            if tcp.write_all(&answer).await.is_err() {
+                                break;
+                            }
+                        }
+                        if matches!(after, After::Close) {
+                            break;
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Upstream {
+            base: UpstreamBase::new(&url.parse().unwrap()).unwrap(),
+            accepted,
+            open,
+        }
+    }
+
+    fn pool(upstream: &Upstream, idle_timeout: Duration, max_idle: usize) -> Arc<Pool> {
+        let settings = UpstreamSettings {
+            tls: Arc::new(crate::tls::upstream_client_config(None).unwrap()),
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: idle_timeout,
+            pool_max_idle_per_host: max_idle,
+        };
+        Arc::new(Pool::new(&upstream.base, &settings, Counter::default()))
+    }
+
+    fn get() -> Request<ProxyBody> {
+        Request::builder()
+            .uri("/EWS/Exchange.asmx")
+            .header(http::header::HOST, "upstream")
+            .body(empty())
+            .unwrap()
+    }
+
+    async fn exchange(pool: &Arc<Pool>) -> bytes::Bytes {
+        let (response, lease) = pool.send(get()).await.unwrap();
+        let body = UpstreamBody::new(response.into_body(), Some(lease));
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_exchange_parks_its_connection_for_the_next() {
+        let up = upstream(b"hello", After::KeepAlive).await;
+        let pool = pool(&up, Duration::from_secs(90), 8);
+        for _ in 0..200 {
+            assert_eq!(&exchange(&pool).await[..], b"hello");
+        }
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.connects.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_body_gives_its_connection_back_at_once() {
+        let up = upstream(b"", After::KeepAlive).await;
+        let pool = pool(&up, Duration::from_secs(90), 8);
+        for _ in 0..20 {
+            let (response, lease) = pool.send(get()).await.unwrap();
+            // Nobody polls an empty body; the lease must not wait for that.
+            let _body = UpstreamBody::new(response.into_body(), Some(lease));
+        }
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_parked_is_not_used() {
+        let up = upstream(b"hello", After::Close).await;
+        let pool = pool(&up, Duration::from_secs(90), 8);
+        for round in 1..=20 {
+            assert_eq!(&exchange(&pool).await[..], b"hello", "round {round}");
+        }
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 20);
+    }
+
+    /// Reads one request head from a blocking socket.
+    fn read_head(tcp: &mut std::net::TcpStream) {
+        use std::io::Read;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tcp.read(&mut byte).unwrap(), 1, "request head cut short");
+            head.push(byte[0]);
+        }
+    }
+
+    /// Sends `second` over a parked connection the upstream has just closed, before hyper has
+    /// seen the close: the race an upstream's keep-alive timer causes. Returns what `second`
+    /// got and how many connections the pool opened.
+    fn race_a_closing_connection(
+        second: Request<ProxyBody>,
+        replay_after_parked: Duration,
+    ) -> (Result<bytes::Bytes, String>, u64) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (close, closing) = std::sync::mpsc::channel::<()>();
+        let (closed, was_closed) = std::sync::mpsc::channel::<()>();
+        // A blocking upstream on a thread of its own: it closes the first connection while the
+        // test's runtime is blocked, so hyper has not seen the close when the next request goes.
+        std::thread::spawn(move || {
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+            let (mut first, _) = listener.accept().unwrap();
+            read_head(&mut first);
+            first.write_all(answer).unwrap();
+            closing.recv().unwrap();
+            drop(first);
+            closed.send(()).unwrap();
+            if let Ok((mut second, _)) = listener.accept() {
+                read_head(&mut second);
+                let _ = second.write_all(answer);
+            }
+        });
+        let up = Upstream {
+            base: UpstreamBase::new(&url.parse().unwrap()).unwrap(),
+            accepted: Arc::default(),
+            open: Arc::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut pool = pool(&up, Duration::from_secs(90), 8);
+            Arc::get_mut(&mut pool).unwrap().replay_after_parked = replay_after_parked;
+            exchange(&pool).await;
+            until("the connection is parked", || {
+                pool.idle.lock().unwrap().connections.len() == 1
+            })
+            .await;
+            close.send(()).unwrap();
+            was_closed.recv().unwrap();
+            let answer = match pool.send(second).await {
+                Ok((response, _lease)) => {
+                    Ok(response.into_body().collect().await.unwrap().to_bytes())
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            (answer, pool.connects.get())
+        })
+    }
+
+    #[test]
+    fn a_get_lost_by_a_connection_closed_while_parked_goes_over_a_new_one() {
+        let (answer, connects) = race_a_closing_connection(get(), Duration::ZERO);
+        assert_eq!(&answer.unwrap()[..], b"hello");
+        assert_eq!(connects, 2);
+    }
+
+    #[test]
+    fn a_lost_request_is_not_sent_again_when_that_could_repeat_it() {
+        let post = || {
+            Request::post("/EWS/Exchange.asmx")
+                .header(http::header::HOST, "upstream")
+                .body(crate::proxy::body::full("<SendItem/>"))
+                .unwrap()
+        };
+        let (answer, connects) = race_a_closing_connection(post(), Duration::ZERO);
+        assert!(answer.unwrap_err().contains("upstream connection failed"));
+        assert_eq!(connects, 1, "a POST is never sent twice");
+        // A GET on a connection parked for less than the threshold is not copied either.
+        let (answer, connects) = race_a_closing_connection(get(), Duration::from_secs(3600));
+        assert!(answer.is_err());
+        assert_eq!(connects, 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_the_connection() {
+        static LARGE: [u8; 4 << 20] = [b'x'; 4 << 20];
+        let up = upstream(&LARGE, After::KeepAlive).await;
+        let pool = pool(&up, Duration::from_secs(90), 8);
+        let (response, lease) = pool.send(get()).await.unwrap();
+        let mut body = UpstreamBody::new(response.into_body(), Some(lease));
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        until("the half-read connection is closed", || {
+            up.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        assert_eq!(exchange(&pool).await.len(), LARGE.len());
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn parked_connections_close_after_the_idle_timeout() {
+        let up = upstream(b"hello", After::KeepAlive).await;
+        let pool = pool(&up, Duration::from_millis(200), 8);
+        exchange(&pool).await;
+        until("the idle connection is closed", || {
+            up.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        let idle = pool.idle.lock().unwrap();
+        assert!(idle.connections.is_empty());
+        assert!(!idle.reaper_running, "the reaper stops with nothing parked");
+    }
+
+    #[tokio::test]
+    async fn the_pool_parks_no_more_than_its_idle_limit() {
+        let up = upstream(b"hello", After::KeepAlive).await;
+        let pool = pool(&up, Duration::from_secs(90), 2);
+        let mut bodies = Vec::new();
+        for _ in 0..5 {
+            let (response, lease) = pool.send(get()).await.unwrap();
+            bodies.push(UpstreamBody::new(response.into_body(), Some(lease)));
+        }
+        for body in bodies {
+            body.collect().await.unwrap();
+        }
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 5);
+        until("the connections over the limit are closed", || {
+            up.open.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        exchange(&pool).await;
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 5);
+    }
 }
