@@ -16,11 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use tower::ServiceExt;
-
 use super::body::ProxyBody;
 use super::framing::FramingGuard;
-use super::stack::connection_service;
 use super::{ConnContext, Proxy};
 
 /// Binds the client listener with a deep accept backlog; `shared` lets the proxy's other
@@ -434,15 +431,15 @@ fn exchange_service(
 > + Send
 + Unpin
 + 'static {
-    let stack = connection_service(proxy.clone(), ctx.clone());
-    let ctx = ctx.clone();
+    let (proxy, ctx) = (proxy.clone(), ctx.clone());
     hyper::service::service_fn(move |request| {
         let exchange = InFlight::begin(&ctx);
+        let (proxy, ctx) = (proxy.clone(), ctx.clone());
         // Boxed: hyper moves the exchange's future into its dispatcher; this way it moves a
-        // pointer, not the stack's state machine (~1 KiB, 6 KiB before forwarding was boxed).
-        let response = Box::pin(stack.clone().oneshot(request));
+        // pointer, not forwarding's state machine (a few KiB).
+        let response = Box::pin(async move { super::stack::exchange(&proxy, &ctx, request).await });
         async move {
-            let response = response.await?;
+            let response = response.await;
             Ok(response.map(|body| Finishing {
                 body,
                 _exchange: exchange,
