@@ -67,13 +67,12 @@ pub async fn exchange(
     response
 }
 
-/// Marks every value of the named headers sensitive (`Debug` then prints `Sensitive`).
+/// Marks every value of the named headers sensitive (`Debug` then prints `Sensitive`). One
+/// pass over the values: `HeaderMap::entry` would hash each name and may grow the map.
 fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
-    for name in names {
-        if let header::Entry::Occupied(mut entry) = headers.entry(name) {
-            for value in entry.iter_mut() {
-                value.set_sensitive(true);
-            }
+    for (name, value) in headers.iter_mut() {
+        if names.contains(name) {
+            value.set_sensitive(true);
         }
     }
 }
