@@ -106,7 +106,7 @@ pub fn server_config(
 
 /// The client configuration for upstream TLS: system roots plus an optional extra CA bundle,
 /// offering no ALPN, so the upstream speaks HTTP/1.1 (Windows auth does not work over HTTP/2
-/// towards IIS; the pooled connector adds `http/1.1` itself).
+/// towards IIS), pooled and pinned connections alike.
 pub fn upstream_client_config(ca_bundle: Option<&Path>) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     // A host without system roots still works with an explicit bundle.

@@ -228,7 +228,10 @@ mod tests {
 
     #[test]
     fn each_hop_by_hop_header_alone_is_stripped_and_others_are_kept() {
-        let end_to_end = [("x-anchormailbox", "a@example.com"), ("content-length", "5")];
+        let end_to_end = [
+            ("x-anchormailbox", "a@example.com"),
+            ("content-length", "5"),
+        ];
         let mut h = map(&end_to_end);
         strip_hop_by_hop(&mut h);
         assert_eq!(h, map(&end_to_end));

@@ -69,8 +69,12 @@ impl UpstreamBase {
         let scheme = uri.scheme()?.clone();
         let authority = uri.authority()?.clone();
         let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        // From the host and port only: an authority's user info (`svc:pw@host`) must not go
+        // upstream in a Host header.
         let host_header = match authority.port_u16() {
-            Some(port) if port != default_port => HeaderValue::from_str(authority.as_str()),
+            Some(port) if port != default_port => {
+                HeaderValue::from_str(&format!("{}:{port}", authority.host()))
+            }
             _ => HeaderValue::from_str(authority.host()),
         }
         .ok()?;
@@ -192,6 +196,10 @@ mod tests {
         assert_eq!(host("http://mail.example:80"), "mail.example");
         assert_eq!(host("http://127.0.0.1:8080"), "127.0.0.1:8080");
         assert_eq!(host("https://[::1]:8443"), "[::1]:8443");
+        assert_eq!(
+            host("https://svc:secret@mail.example:8443"),
+            "mail.example:8443"
+        );
         let base = UpstreamBase::new(&"https://[::1]".parse().unwrap()).unwrap();
         assert_eq!(base.socket_target(), ("::1", 443));
     }

@@ -78,9 +78,7 @@ async fn open(
     on_end: impl FnOnce() + Send + 'static,
 ) -> Result<Sender, ConnectError> {
     let (host, port) = base.socket_target();
-    let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| ConnectError::Timeout)??;
+    let tcp = connect_tcp(host, port, settings.connect_timeout).await?;
     tcp.set_nodelay(true)?;
     socket2::SockRef::from(&tcp)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
@@ -96,6 +94,39 @@ async fn open(
     .await
     .map_err(|_| ConnectError::Timeout)??;
     handshake(TokioIo::new(tls), on_end).await
+}
+
+/// Connects to the first address of `host` that answers. The timeout covers the name lookup
+/// and is shared evenly by the addresses, so one dead address (a broken IPv6 route, a retired
+/// server still in DNS) costs its share and the next is tried, as hyper-util's connector did.
+async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let started = Instant::now();
+    let addresses: Vec<std::net::SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| ConnectError::Timeout)??
+            .collect();
+    let share = timeout.saturating_sub(started.elapsed()) / addresses.len().max(1) as u32;
+    connect_first(addresses, share).await
+}
+
+/// Connects to the first of `addresses` that answers within `share` each.
+async fn connect_first(
+    addresses: Vec<std::net::SocketAddr>,
+    share: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let mut last = ConnectError::Io(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the upstream host has no address",
+    ));
+    for address in addresses {
+        match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(error)) => last = ConnectError::Io(error),
+            Err(_) => last = ConnectError::Timeout,
+        }
+    }
+    Err(last)
 }
 
 async fn handshake<I>(io: I, on_end: impl FnOnce() + Send + 'static) -> Result<Sender, ConnectError>
@@ -283,17 +314,18 @@ impl Pool {
         }
         idle.connections.push_back((sender, now));
         if !idle.reaper_running {
-            idle.reaper_running = true;
-            spawn_reaper(Arc::downgrade(self), self.settings.pool_idle_timeout);
+            idle.reaper_running =
+                spawn_reaper(Arc::downgrade(self), self.settings.pool_idle_timeout);
         }
     }
 }
 
 /// Closes parked connections once idle past the timeout; ends when the pool is empty (the next
-/// park starts another) or gone (a reload replaced it).
-fn spawn_reaper(pool: Weak<Pool>, timeout: Duration) {
+/// park starts another) or gone (a reload replaced it). Returns whether it was started (there
+/// is no runtime to start it on outside one).
+fn spawn_reaper(pool: Weak<Pool>, timeout: Duration) -> bool {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
+        return false;
     };
     runtime.spawn(async move {
         loop {
@@ -309,6 +341,7 @@ fn spawn_reaper(pool: Weak<Pool>, timeout: Duration) {
             }
         }
     });
+    true
 }
 
 /// A pooled connection lent to one exchange; it goes back to its pool when the response body
@@ -372,7 +405,8 @@ impl http_body::Body for UpstreamBody {
         let polled = this.body.as_mut().poll_frame(cx);
         let ended = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            // Trailers close a body: hyper's server stops polling after them.
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || this.body.is_end_stream(),
             Poll::Ready(Some(Err(_))) => {
                 // A broken exchange: the connection is not reused.
                 this.lease.take();
@@ -478,6 +512,15 @@ mod tests {
     }
 
     async fn upstream(body: &'static [u8], after: After) -> Upstream {
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        answer.extend_from_slice(body);
+        upstream_answering(answer, after).await
+    }
+
+    /// A loopback upstream answering every request head with `answer` as given.
+    async fn upstream_answering(answer: Vec<u8>, after: After) -> Upstream {
+        let answer: &'static [u8] = answer.leak();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -498,13 +541,7 @@ mod tests {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            let mut answer = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-                                body.len()
-                            )
-                            .into_bytes();
-                            answer.extend_from_slice(body);
-                            if tcp.write_all(&answer).await.is_err() {
+                            if tcp.write_all(answer).await.is_err() {
                                 break;
                             }
                         }
@@ -557,6 +594,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_address_that_refuses_is_passed_over_for_the_next() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refusing = closed.local_addr().unwrap();
+        drop(closed);
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addresses = vec![refusing, live.local_addr().unwrap()];
+        let tcp = connect_first(addresses, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), live.local_addr().unwrap());
+        let error = connect_first(vec![refusing], Duration::from_secs(5)).await;
+        assert!(matches!(error, Err(ConnectError::Io(_))), "{error:?}");
+    }
+
+    #[tokio::test]
     async fn a_finished_exchange_parks_its_connection_for_the_next() {
         let up = upstream(b"hello", After::KeepAlive).await;
         let pool = pool(&up, Duration::from_secs(90), 8);
@@ -575,6 +627,26 @@ mod tests {
             let (response, lease) = pool.send(get()).await.unwrap();
             // Nobody polls an empty body; the lease must not wait for that.
             let _body = UpstreamBody::new(response.into_body(), Some(lease));
+        }
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_with_trailers_parks_its_connection_at_the_trailers() {
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+            5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\n";
+        let up = upstream_answering(answer.to_vec(), After::KeepAlive).await;
+        let pool = pool(&up, Duration::from_secs(90), 8);
+        for _ in 0..3 {
+            let (response, lease) = pool.send(get()).await.unwrap();
+            let mut body = UpstreamBody::new(response.into_body(), Some(lease));
+            // As hyper's server does: no poll after the trailers.
+            while !body.frame().await.unwrap().unwrap().is_trailers() {}
+            drop(body);
+            until("the connection is parked", || {
+                pool.idle.lock().unwrap().connections.len() == 1
+            })
+            .await;
         }
         assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
     }
