@@ -138,10 +138,20 @@ pub struct Routes {
 
 impl Routes {
     pub fn base(&self, class: RouteClass) -> &UpstreamBase {
+        self.bases()[Routes::slot(class)]
+    }
+
+    /// The bases in slot order; anything kept per upstream (the pools) uses the same slots.
+    pub fn bases(&self) -> [&UpstreamBase; 3] {
+        [&self.ews, &self.graph, &self.autodiscover]
+    }
+
+    /// Which base a route class goes to: its index in [`Routes::bases`].
+    pub fn slot(class: RouteClass) -> usize {
         match class {
-            RouteClass::Ews | RouteClass::Other => &self.ews,
-            RouteClass::Graph => &self.graph,
-            RouteClass::Autodiscover => &self.autodiscover,
+            RouteClass::Ews | RouteClass::Other => 0,
+            RouteClass::Graph => 1,
+            RouteClass::Autodiscover => 2,
         }
     }
 }

@@ -434,17 +434,17 @@ fn exchange_service(
     let (proxy, ctx) = (proxy.clone(), ctx.clone());
     hyper::service::service_fn(move |request| {
         let exchange = InFlight::begin(&ctx);
-        let (proxy, ctx) = (proxy.clone(), ctx.clone());
+        let proxy = proxy.clone();
         // Boxed: hyper moves the exchange's future into its dispatcher; this way it moves a
-        // pointer, not forwarding's state machine (a few KiB).
-        let response = Box::pin(async move { super::stack::exchange(&proxy, &ctx, request).await });
-        async move {
-            let response = response.await;
+        // pointer, not forwarding's state machine (a few KiB). The exchange's own handle on the
+        // connection serves as the request path's.
+        Box::pin(async move {
+            let response = super::stack::exchange(&proxy, &exchange.0, request).await;
             Ok(response.map(|body| Finishing {
                 body,
                 _exchange: exchange,
             }))
-        }
+        })
     })
 }
 

@@ -148,36 +148,28 @@ where
 /// The pools of one proxy thread: one per distinct upstream endpoint, shared by the route
 /// classes that go there.
 pub struct ThreadPools {
-    ews: Arc<Pool>,
-    graph: Arc<Pool>,
-    autodiscover: Arc<Pool>,
+    /// In [`Routes::bases`] order.
+    pools: [Arc<Pool>; 3],
 }
 
 impl ThreadPools {
     pub fn new(routes: &Routes, settings: &UpstreamSettings, connects: &Counter) -> ThreadPools {
-        let pool = |base: &UpstreamBase| Arc::new(Pool::new(base, settings, connects.clone()));
-        let ews = pool(&routes.ews);
-        let same = |base: &UpstreamBase, other: &Arc<Pool>| {
-            (base.scheme == other.base.scheme && base.authority == other.base.authority)
-                .then(|| other.clone())
-        };
-        let graph = same(&routes.graph, &ews).unwrap_or_else(|| pool(&routes.graph));
-        let autodiscover = same(&routes.autodiscover, &ews)
-            .or_else(|| same(&routes.autodiscover, &graph))
-            .unwrap_or_else(|| pool(&routes.autodiscover));
-        ThreadPools {
-            ews,
-            graph,
-            autodiscover,
-        }
+        let mut made: Vec<Arc<Pool>> = Vec::with_capacity(3);
+        let pools = routes.bases().map(|base| {
+            let same = made.iter().find(|pool| {
+                pool.base.scheme == base.scheme && pool.base.authority == base.authority
+            });
+            let pool = same
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Pool::new(base, settings, connects.clone())));
+            made.push(pool.clone());
+            pool
+        });
+        ThreadPools { pools }
     }
 
     pub fn for_class(&self, class: RouteClass) -> &Arc<Pool> {
-        match class {
-            RouteClass::Ews | RouteClass::Other => &self.ews,
-            RouteClass::Graph => &self.graph,
-            RouteClass::Autodiscover => &self.autodiscover,
-        }
+        &self.pools[Routes::slot(class)]
     }
 }
 
@@ -591,6 +583,31 @@ mod tests {
             tokio::task::yield_now().await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[test]
+    fn route_classes_going_to_one_endpoint_share_its_pool() {
+        let base = |url: &str| UpstreamBase::new(&url.parse().unwrap()).unwrap();
+        let routes = Routes {
+            ews: base("https://mail.example/"),
+            graph: base("https://graph.example/v1.0"),
+            autodiscover: base("https://mail.example/autodiscover-root"),
+        };
+        let settings = UpstreamSettings {
+            tls: Arc::new(crate::tls::upstream_client_config(None).unwrap()),
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 8,
+        };
+        let pools = ThreadPools::new(&routes, &settings, &Counter::default());
+        let pool = |class| pools.for_class(class);
+        assert!(Arc::ptr_eq(
+            pool(RouteClass::Ews),
+            pool(RouteClass::Autodiscover)
+        ));
+        assert!(Arc::ptr_eq(pool(RouteClass::Ews), pool(RouteClass::Other)));
+        assert!(!Arc::ptr_eq(pool(RouteClass::Ews), pool(RouteClass::Graph)));
+        assert_eq!(pool(RouteClass::Graph).base.authority, "graph.example");
     }
 
     #[tokio::test]
