@@ -190,21 +190,7 @@ async fn oversized_declared_body_gets_413_before_reaching_upstream() {
     let gw = support::gateway(&sim.url(), "[limits]\nmax_request_body = \"1MiB\"\n").await;
     let client = support::client(&gw.ca(), false);
     // Only the head is sent: the answer must come without the body.
-    let tcp = tokio::net::TcpStream::connect(gw.gateway.proxy_addr())
-        .await
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in trackgate::tls::read_certs(&gw.ca()).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut stream = support::tls_stream(gw.gateway.proxy_addr(), &gw.ca()).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
         .write_all(
@@ -238,6 +224,42 @@ async fn oversized_declared_body_gets_413_before_reaching_upstream() {
     .await;
     assert!(stats.broken_body_bytes <= 1 << 20, "{stats:?}");
     assert_eq!(stats.body_bytes_received, 0, "{stats:?}");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_body_reads_the_answer_then_a_clean_end() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[limits]\nmax_request_body = \"1MiB\"\n").await;
+    let mut stream = support::tls_stream(gw.gateway.proxy_addr(), &gw.ca()).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Far more than both sides' socket buffers: the client keeps writing after the 413, as
+    // clients that do not wait for `100-continue` do. Closing on those unread bytes would
+    // reset the connection, and the reset can reach the client before it reads the answer.
+    const DECLARED: usize = 16 << 20;
+    stream
+        .write_all(
+            format!(
+                "POST /_sim/sink HTTP/1.1\r\nHost: localhost\r\nContent-Length: {DECLARED}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 64 << 10];
+    for sent in (0..DECLARED).step_by(chunk.len()) {
+        if let Err(e) = stream.write_all(&chunk).await {
+            panic!("the gateway stopped reading after {sent} body bytes: {e}");
+        }
+    }
+    stream.flush().await.unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .expect("the answer and then a clean end, not a reset");
+    assert!(answer.starts_with(b"HTTP/1.1 413"), "{answer:?}");
+    assert_eq!(sim.stats().requests, 0);
     gw.gateway.shutdown().await;
 }
 

@@ -665,18 +665,27 @@ where
     tokio::pin!(park_timer);
     let mut armed_at: Option<u64> = None;
     let mut slow_head = false;
+    let mut finished = false;
     loop {
         tokio::select! {
             biased;
-            result = &mut conn => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "client connection ended with an error");
-                    if error.is_timeout() {
-                        slow_head = true;
+            // Not `&mut conn`: that would close the transport with whatever the client is
+            // still sending unread, and the kernel's reset can then overtake the answer.
+            result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                match result {
+                    Ok(()) => {
+                        finished = true;
                         break;
                     }
+                    Err(error) => {
+                        tracing::debug!(%error, "client connection ended with an error");
+                        if error.is_timeout() {
+                            slow_head = true;
+                            break;
+                        }
+                        return None;
+                    }
                 }
-                return None;
             }
             _ = stop.changed(), if !closing => {
                 closing = true;
@@ -710,6 +719,11 @@ where
         ..
     } = conn.into_parts();
     let io = watched.into_inner().io;
+    if finished {
+        drop((read_buf, service));
+        close_lingering(io, stop).await;
+        return None;
+    }
     if slow_head {
         // A head started and not finished in time; nothing started is an idle close.
         if !read_buf.is_empty() {
@@ -729,6 +743,42 @@ where
     // Dropped before parking: even empty, this `Bytes` keeps hyper's whole read buffer.
     drop((read_buf, service));
     Some((io, idle_limit))
+}
+
+/// How long a closing connection waits for the client's next bytes before closing anyway.
+const LINGER_QUIET: Duration = Duration::from_secs(1);
+/// How long a closing connection reads and discards at most.
+const LINGER_LIMIT: Duration = Duration::from_secs(5);
+
+/// Closes a connection hyper has finished with, the way nginx's `lingering_close` does: the
+/// answer is already written, so the sending side is shut (the client reads the answer, then
+/// the end), and whatever the client still sends — the rest of a body refused with 413 — is
+/// read and discarded until it closes too, falls quiet for [`LINGER_QUIET`], [`LINGER_LIMIT`]
+/// passes or the gateway drains. Closing with those bytes unread would make the kernel answer
+/// them with a reset, and a reset can reach the client before it has read the answer.
+async fn close_lingering<IO>(mut io: IO, stop: &mut watch::Receiver<bool>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_LIMIT;
+    let mut discard = vec![0u8; 8192];
+    let draining = *stop.borrow();
+    loop {
+        let quiet = (tokio::time::Instant::now() + LINGER_QUIET).min(deadline);
+        tokio::select! {
+            biased;
+            _ = stop.changed(), if !draining => return,
+            read = tokio::time::timeout_at(quiet, io.read(&mut discard)) => {
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Serves HTTP/2 on one client connection until it ends, shutting it down gracefully on drain

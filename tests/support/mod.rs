@@ -93,6 +93,27 @@ pub fn client(ca: &Path, h2: bool) -> reqwest::Client {
     builder.build().expect("client builds")
 }
 
+/// A raw TLS connection to `addr` as `localhost`, trusting only the given CA: for tests that
+/// write bytes no HTTP client would.
+pub async fn tls_stream(
+    addr: SocketAddr,
+    ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trackgate::tls::read_certs(ca).expect("CA file") {
+        roots.add(cert).expect("CA certificate");
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
 pub fn plain_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
