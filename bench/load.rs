@@ -20,7 +20,9 @@
 //!    inspecting everything);
 //! 2. open loop at 25 / 50 / 80 % of nginx's closed-loop maximum: latency corrected for
 //!    coordinated omission (measured from each request's scheduled time; HdrHistogram),
-//!    p50 / p99 / p99.9 / max, and CPU per request and copies dropped at that rate;
+//!    p50 / p99 / p99.9 / max, and CPU per request and copies dropped at that rate; for
+//!    trackgate full, that CPU split by stage (proxy, inspection and rules, outbox, delivery:
+//!    the threads' names);
 //! 3. the TLS matrix: closed loop through both proxies on TLS with the same ECDSA P-256
 //!    certificate;
 //! 4. memory: proxy RSS with 10 000 idle client connections, and after they close;
@@ -43,6 +45,7 @@
 #[path = "load_cost.rs"]
 mod cost;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -436,6 +439,13 @@ impl Proxy {
     fn rss(&self) -> f64 {
         self.pids.iter().map(|p| rss_mib(*p)).sum()
     }
+    /// CPU seconds by stage, for a trackgate in full mode (empty for the others).
+    fn stages(&self) -> BTreeMap<&'static str, f64> {
+        match (self.name.ends_with("full"), self.pids.first()) {
+            (true, Some(&pid)) => cost::cpu_by_stage(pid),
+            _ => BTreeMap::new(),
+        }
+    }
 }
 
 fn nginx(dir: &Path, upstream: SocketAddr, certs: &Path) -> Proxy {
@@ -644,6 +654,56 @@ fn quiet(proxy: &Proxy) {
 
 /// One open-loop round: its latency histogram and figures.
 type OpenRound = (Histogram<u64>, Round);
+
+/// Where full mode's CPU goes in the open loop: µs per request by stage (threads' names),
+/// medians of the rounds. With no copies dropped, the stages after the proxy are the cost of
+/// inspecting, deciding and delivering every exchange at that rate.
+fn print_stages(
+    shares: &[f64],
+    nginx_max: f64,
+    targets: &[&Proxy],
+    stages: &[Vec<Vec<BTreeMap<&str, f64>>>],
+) {
+    let names: std::collections::BTreeSet<&str> = stages
+        .iter()
+        .flatten()
+        .flatten()
+        .flat_map(|round| round.keys().copied())
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    println!(
+        "\n### Full mode's CPU by stage (open loop, µs per request, medians; threads' names)\n"
+    );
+    let header: Vec<&str> = names.iter().copied().collect();
+    println!("| rate | target | {} |", header.join(" | "));
+    println!("|---|---|{}", "---|".repeat(header.len()));
+    for (s, share) in shares.iter().enumerate() {
+        for (t, proxy) in targets.iter().enumerate() {
+            if stages[s][t].is_empty() || stages[s][t][0].is_empty() {
+                continue;
+            }
+            let cells: Vec<String> = header
+                .iter()
+                .map(|stage| {
+                    let values = stages[s][t]
+                        .iter()
+                        .map(|round| round.get(stage).copied().unwrap_or(0.0))
+                        .collect();
+                    format!("{:.1}", median(values))
+                })
+                .collect();
+            println!(
+                "| {:.0}% ({:.0}/s) | {} | {} |",
+                share * 100.0,
+                nginx_max * share,
+                proxy.name,
+                cells.join(" | ")
+            );
+        }
+    }
+}
 
 /// One round against one target.
 #[derive(Clone)]
@@ -888,11 +948,15 @@ fn main() {
     // By rate share, then target: each round's latency histogram and figures.
     let mut open: Vec<Vec<Vec<OpenRound>>> =
         vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
+    // Full mode's CPU per request by stage, by rate share: [share][target][round].
+    let mut stages: Vec<Vec<Vec<BTreeMap<&str, f64>>>> =
+        vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
     for (s, share) in shares.iter().enumerate() {
         for _ in 0..rounds {
             for (t, proxy) in plain_targets.iter().enumerate() {
                 let dropped0 = driver.block_on(dropped_copies(proxy));
                 let cpu0 = proxy.cpu();
+                let stages0 = proxy.stages();
                 let out = driver.block_on(load(
                     proxy.plain,
                     None,
@@ -902,6 +966,17 @@ fn main() {
                 ));
                 quiet(proxy);
                 let cpu = proxy.cpu() - cpu0;
+                let per_request = 1e6 / out.requests.max(1) as f64;
+                stages[s][t].push(
+                    proxy
+                        .stages()
+                        .into_iter()
+                        .map(|(stage, seconds)| {
+                            let before = stages0.get(stage).copied().unwrap_or(0.0);
+                            (stage, (seconds - before) * per_request)
+                        })
+                        .collect(),
+                );
                 let dropped = driver.block_on(dropped_copies(proxy)) - dropped0;
                 let round = Round {
                     rate: out.requests as f64 / out.seconds,
@@ -1056,6 +1131,7 @@ fn main() {
                 );
             }
         }
+        print_stages(shares, nginx_max, &plain_targets, &stages);
         println!(
             "\nopen-loop errors: {}",
             (0..plain_targets.len())

@@ -124,6 +124,39 @@ pub fn user_system(pids: &[u32]) -> (f64, f64) {
     (user, system)
 }
 
+/// The stages a trackgate process runs on, by its threads' names: the proxy threads
+/// (`proxy:…`), the inspection worker (inspection and rules), the outbox writer, the tokio
+/// runtime (delivery, the admin listener) and anything else.
+fn stage_of(thread: &str) -> &'static str {
+    match thread {
+        t if t.starts_with("proxy") => "proxy",
+        t if t.starts_with("trackgate-inspe") => "inspect + rules",
+        t if t.starts_with("trackgate-outbo") => "outbox",
+        t if t.starts_with("tokio-rt-worker") => "runtime (delivery)",
+        _ => "other",
+    }
+}
+
+/// CPU seconds so far of each stage of `pid` (see [`stage_of`]), from each thread's
+/// `schedstat` (nanoseconds on the CPU: finer than `stat`'s clock ticks). A thread that has
+/// exited is no longer counted, so take differences over threads that live through them.
+pub fn cpu_by_stage(pid: u32) -> BTreeMap<&'static str, f64> {
+    let mut stages = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return stages;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        *stages.entry(stage_of(comm.trim())).or_insert(0.0) += ns / 1e9;
+    }
+    stages
+}
+
 /// What one proxy spent per request.
 pub struct Cost {
     /// Calls per request by system call (the strace round).
