@@ -1,6 +1,9 @@
 //! The capture tee: a bounded copy of one request/response exchange, handed to inspection
-//! without ever blocking forwarding. Body frames are shared (`Bytes` clones, no copying) up to a
-//! per-body cap; beyond it the copy is marked truncated and the traffic flows on untouched. When
+//! without ever blocking forwarding. Body bytes are copied into a buffer of the body's own size
+//! up to a per-body cap; beyond it the copy is marked truncated and the traffic flows on
+//! untouched. They are copied, not shared: a frame shares hyper's whole read buffer, and a
+//! capture holding it until inspection is done would make hyper allocate (and the kernel
+//! fault in) a fresh buffer for every exchange. When
 //! the queue or the global memory budget is full, the copy is dropped and counted. With several
 //! inspection workers each has its own queue, and an exchange goes to the queue its affinity key
 //! picks, so one mailbox's exchanges stay in order. Nothing here parses a body.
@@ -421,14 +424,13 @@ pub enum Side {
 }
 
 pin_project_lite::pin_project! {
-    /// Passes a body through while keeping shared references to its first `limit` bytes.
+    /// Passes a body through while copying its first `limit` bytes.
     pub struct Tee<B> {
         #[pin]
         inner: B,
         side: Side,
         pending: Option<Arc<PendingCapture>>,
-        chunks: Vec<Bytes>,
-        copied: usize,
+        copy: BytesMut,
         truncated: bool,
         // A body that was empty from the start may never be polled; its copy is still whole.
         empty: bool,
@@ -445,7 +447,7 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(pending) = this.pending.take() {
                 let truncated = *this.truncated || !*this.empty;
-                finish(&pending, *this.side, std::mem::take(this.chunks), truncated);
+                finish(&pending, *this.side, std::mem::take(this.copy), truncated);
             }
         }
     }
@@ -460,25 +462,14 @@ impl<B: Body> Tee<B> {
             inner,
             side,
             pending: Some(pending),
-            chunks: Vec::new(),
-            copied: 0,
+            copy: BytesMut::new(),
             truncated: false,
         }
     }
 }
 
-fn finish(pending: &PendingCapture, side: Side, chunks: Vec<Bytes>, truncated: bool) {
-    let body = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.into_iter().next().unwrap_or_default(),
-        _ => {
-            let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for c in chunks {
-                joined.extend_from_slice(&c);
-            }
-            joined.freeze()
-        }
-    };
+fn finish(pending: &PendingCapture, side: Side, copy: BytesMut, truncated: bool) {
+    let body = copy.freeze();
     match side {
         Side::Request => pending.request_done(body, truncated),
         Side::Response => pending.response_done(body, truncated),
@@ -504,15 +495,17 @@ where
                     *this.seen += data.len() as u64;
                 }
                 if let (Some(data), Some(pending)) = (frame.data_ref(), this.pending.as_ref()) {
-                    let room = pending.limit().saturating_sub(*this.copied);
-                    if data.len() <= room {
-                        this.chunks.push(data.clone());
-                        *this.copied += data.len();
-                    } else {
-                        if room > 0 {
-                            this.chunks.push(data.slice(..room));
-                            *this.copied += room;
-                        }
+                    let limit = pending.limit();
+                    if this.copy.capacity() == 0 {
+                        // Sized once for the whole body when its length is declared.
+                        let expected = this
+                            .declared
+                            .map_or(data.len(), |d| usize::try_from(d).unwrap_or(usize::MAX));
+                        this.copy.reserve(expected.min(limit));
+                    }
+                    let room = limit.saturating_sub(this.copy.len());
+                    this.copy.extend_from_slice(&data[..data.len().min(room)]);
+                    if data.len() > room {
                         *this.truncated = true;
                     }
                 }
@@ -524,7 +517,7 @@ where
                     finish(
                         &pending,
                         *this.side,
-                        std::mem::take(this.chunks),
+                        std::mem::take(this.copy),
                         *this.truncated,
                     );
                 }
@@ -534,14 +527,14 @@ where
                     finish(
                         &pending,
                         *this.side,
-                        std::mem::take(this.chunks),
+                        std::mem::take(this.copy),
                         *this.truncated,
                     );
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(pending) = this.pending.take() {
-                    finish(&pending, *this.side, std::mem::take(this.chunks), true);
+                    finish(&pending, *this.side, std::mem::take(this.copy), true);
                 }
             }
             Poll::Pending => {}
@@ -562,6 +555,7 @@ where
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full};
+    use std::convert::Infallible;
 
     fn sink(limit: usize, budget: u64) -> (Arc<CaptureSink>, mpsc::Receiver<Capture>) {
         let (tx, rx) = mpsc::channel(4);
@@ -618,6 +612,38 @@ mod tests {
         assert!(
             !c.request_headers.contains_key("cookie"),
             "only selected headers are copied"
+        );
+    }
+
+    /// Frames as hyper reads them: slices of one read buffer, which it reuses once no frame
+    /// of it is left anywhere.
+    type Frames = http_body_util::StreamBody<
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
+    >;
+
+    fn frames_of(read_buffer: &mut BytesMut, sizes: &[usize]) -> Frames {
+        let frames: Vec<_> = sizes
+            .iter()
+            .map(|&n| Ok(Frame::data(read_buffer.split_to(n).freeze())))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_copy_keeps_none_of_the_read_buffer_it_came_from() {
+        let (sink, mut rx) = sink(1024, 1 << 20);
+        let pending = begin(&sink);
+        pending.no_request_body();
+        let mut read_buffer = BytesMut::with_capacity(8192);
+        read_buffer.extend_from_slice(&[b'x'; 8192]);
+        let response = Tee::new(frames_of(&mut read_buffer, &[150]), Side::Response, pending);
+        assert_eq!(response.collect().await.unwrap().to_bytes().len(), 150);
+        let c = rx.try_recv().expect("handed off");
+        assert_eq!(&c.response_body[..], &[b'x'; 150][..]);
+        read_buffer.clear();
+        assert!(
+            read_buffer.try_reclaim(8192),
+            "the capture still holds the read buffer"
         );
     }
 
