@@ -439,10 +439,11 @@ impl Proxy {
     fn rss(&self) -> f64 {
         self.pids.iter().map(|p| rss_mib(*p)).sum()
     }
-    /// CPU seconds by stage, for a trackgate in full mode (empty for the others).
-    fn stages(&self) -> BTreeMap<&'static str, f64> {
+    /// CPU seconds by thread and its stage, for a trackgate in full mode (empty for the
+    /// others).
+    fn stages(&self) -> BTreeMap<u32, (&'static str, f64)> {
         match (self.name.ends_with("full"), self.pids.first()) {
-            (true, Some(&pid)) => cost::cpu_by_stage(pid),
+            (true, Some(&pid)) => cost::cpu_by_thread(pid),
             _ => BTreeMap::new(),
         }
     }
@@ -968,13 +969,9 @@ fn main() {
                 let cpu = proxy.cpu() - cpu0;
                 let per_request = 1e6 / out.requests.max(1) as f64;
                 stages[s][t].push(
-                    proxy
-                        .stages()
+                    cost::stage_seconds(&stages0, &proxy.stages())
                         .into_iter()
-                        .map(|(stage, seconds)| {
-                            let before = stages0.get(stage).copied().unwrap_or(0.0);
-                            (stage, (seconds - before) * per_request)
-                        })
+                        .map(|(stage, seconds)| (stage, seconds * per_request))
                         .collect(),
                 );
                 let dropped = driver.block_on(dropped_copies(proxy)) - dropped0;

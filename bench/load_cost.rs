@@ -137,22 +137,38 @@ fn stage_of(thread: &str) -> &'static str {
     }
 }
 
-/// CPU seconds so far of each stage of `pid` (see [`stage_of`]), from each thread's
-/// `schedstat` (nanoseconds on the CPU: finer than `stat`'s clock ticks). A thread that has
-/// exited is no longer counted, so take differences over threads that live through them.
-pub fn cpu_by_stage(pid: u32) -> BTreeMap<&'static str, f64> {
-    let mut stages = BTreeMap::new();
+/// CPU seconds so far of each thread of `pid`, with its stage (see [`stage_of`]), from each
+/// thread's `schedstat` (nanoseconds on the CPU: finer than `stat`'s clock ticks).
+pub fn cpu_by_thread(pid: u32) -> BTreeMap<u32, (&'static str, f64)> {
+    let mut threads = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return stages;
+        return threads;
     };
     for task in tasks.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let path = task.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         let ns = std::fs::read_to_string(path.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
             .unwrap_or(0.0);
-        *stages.entry(stage_of(comm.trim())).or_insert(0.0) += ns / 1e9;
+        threads.insert(tid, (stage_of(comm.trim()), ns / 1e9));
+    }
+    threads
+}
+
+/// CPU seconds by stage between two [`cpu_by_thread`] readings. A thread that started in
+/// between counts from zero; one that ended in between is lost (its time went with it).
+pub fn stage_seconds(
+    before: &BTreeMap<u32, (&'static str, f64)>,
+    after: &BTreeMap<u32, (&'static str, f64)>,
+) -> BTreeMap<&'static str, f64> {
+    let mut stages = BTreeMap::new();
+    for (tid, &(stage, seconds)) in after {
+        let earlier = before.get(tid).map_or(0.0, |&(_, s)| s);
+        *stages.entry(stage).or_insert(0.0) += (seconds - earlier).max(0.0);
     }
     stages
 }

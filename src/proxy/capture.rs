@@ -469,7 +469,13 @@ impl<B: Body> Tee<B> {
 }
 
 fn finish(pending: &PendingCapture, side: Side, copy: BytesMut, truncated: bool) {
-    let body = copy.freeze();
+    // The budget counts a copy by its length: one that holds much more room than that (a body
+    // that ended before its declared length, or grew by doubling) is copied once more to size.
+    let body = if copy.capacity() - copy.len() > 4096.max(copy.len() / 4) {
+        Bytes::copy_from_slice(&copy)
+    } else {
+        copy.freeze()
+    };
     match side {
         Side::Request => pending.request_done(body, truncated),
         Side::Response => pending.response_done(body, truncated),
@@ -644,6 +650,57 @@ mod tests {
         assert!(
             read_buffer.try_reclaim(8192),
             "the capture still holds the read buffer"
+        );
+    }
+
+    /// A body that declares `declared` bytes and sends `sent` of them before it breaks off.
+    struct BrokenOff {
+        declared: u64,
+        sent: Option<Bytes>,
+    }
+
+    impl Body for BrokenOff {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(Some(match self.sent.take() {
+                Some(data) => Ok(Frame::data(data)),
+                None => Err(std::io::Error::other("client went away")),
+            }))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.declared)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_cut_short_of_its_declared_length_keeps_only_what_came() {
+        let (sink, mut rx) = sink(1 << 20, 4 << 20);
+        let pending = begin(&sink);
+        pending.no_request_body();
+        let body = BrokenOff {
+            declared: 1 << 20,
+            sent: Some(Bytes::from_static(b"0123456789")),
+        };
+        assert!(
+            Tee::new(body, Side::Response, pending)
+                .collect()
+                .await
+                .is_err()
+        );
+        let c = rx.try_recv().expect("handed off");
+        assert_eq!(&c.response_body[..], b"0123456789");
+        assert!(c.response_truncated);
+        let held = c.response_body.try_into_mut().expect("the copy is its own");
+        assert!(
+            held.capacity() < 4096,
+            "{} bytes held for 10",
+            held.capacity()
         );
     }
 

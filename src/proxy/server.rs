@@ -669,9 +669,10 @@ where
     loop {
         tokio::select! {
             biased;
-            // Not `&mut conn`: that would close the transport with whatever the client is
-            // still sending unread, and the kernel's reset can then overtake the answer.
-            result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+            // hyper flushes the answer and shuts the transport's sending side (TLS:
+            // close_notify, then a half-close); the socket itself stays open for
+            // `discard_until_closed`.
+            result = &mut conn => {
                 match result {
                     Ok(()) => {
                         finished = true;
@@ -721,7 +722,10 @@ where
     let io = watched.into_inner().io;
     if finished {
         drop((read_buf, service));
-        close_lingering(io, stop).await;
+        // Nothing more goes upstream for this client: its pinned connections go now, not
+        // after the linger.
+        ctx.pinned.lock().await.clear();
+        discard_until_closed(io).await;
         return None;
     }
     if slow_head {
@@ -750,33 +754,25 @@ const LINGER_QUIET: Duration = Duration::from_secs(1);
 /// How long a closing connection reads and discards at most.
 const LINGER_LIMIT: Duration = Duration::from_secs(5);
 
-/// Closes a connection hyper has finished with, the way nginx's `lingering_close` does: the
-/// answer is already written, so the sending side is shut (the client reads the answer, then
-/// the end), and whatever the client still sends — the rest of a body refused with 413 — is
-/// read and discarded until it closes too, falls quiet for [`LINGER_QUIET`], [`LINGER_LIMIT`]
-/// passes or the gateway drains. Closing with those bytes unread would make the kernel answer
-/// them with a reset, and a reset can reach the client before it has read the answer.
-async fn close_lingering<IO>(mut io: IO, stop: &mut watch::Receiver<bool>)
+/// Closes a connection hyper has finished with the way nginx's `lingering_close` does. hyper
+/// has written the answer and shut the sending side, so the client reads the answer and then
+/// the end; whatever the client still sends — the rest of a body refused with 413, or one the
+/// upstream answered early — is read and discarded until the client closes too, falls quiet
+/// for [`LINGER_QUIET`] or [`LINGER_LIMIT`] passes (a drain's grace is longer). Closing with
+/// those bytes unread would make the kernel answer them with a reset, and a reset can reach
+/// the client before it has read the answer.
+async fn discard_until_closed<IO>(mut io: IO)
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if io.shutdown().await.is_err() {
-        return;
-    }
+    use tokio::io::AsyncReadExt;
     let deadline = tokio::time::Instant::now() + LINGER_LIMIT;
     let mut discard = vec![0u8; 8192];
-    let draining = *stop.borrow();
     loop {
         let quiet = (tokio::time::Instant::now() + LINGER_QUIET).min(deadline);
-        tokio::select! {
-            biased;
-            _ = stop.changed(), if !draining => return,
-            read = tokio::time::timeout_at(quiet, io.read(&mut discard)) => {
-                if !matches!(read, Ok(Ok(n)) if n > 0) {
-                    return;
-                }
-            }
+        match tokio::time::timeout_at(quiet, io.read(&mut discard)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }
