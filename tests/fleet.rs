@@ -222,21 +222,29 @@ async fn stats_of(admin: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
-/// After a round: every record the stream stored reached Dataverse exactly once.
+/// After a round: every record the stream stored reached Dataverse, and every email exists
+/// once. Returns the emails landed so far.
+///
+/// The stream itself may hold a record twice. A publish retried across a stream-leader change
+/// can be stored again: a new leader clears the duplicate ids of publishes still in flight
+/// (nats-server #6486), so the stream's duplicate window cannot catch that retry. Delivery then
+/// finds the email already there (a 412 on its create-only write) and writes nothing twice.
+/// That is the design's second half of exactly once, and the simulator counts it.
 async fn assert_exactly_once(
     nats_url: &str,
     dv: &trackgate::simulate::dataverse::DataverseSimulator,
     admins: &[String],
-    stored_before: usize,
+    landed_before: usize,
     acknowledged: usize,
     expected: Option<usize>,
 ) -> usize {
+    let found_again = || dv.stats().already_there.get("emails").copied().unwrap_or(0) as usize;
     let admin = &admins[0];
     let mut last = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let stats = loop {
         // A stats call during a NATS election may fail; asked again.
-        // Every gateway's spool empty, the stream empty, and what it stored landed.
+        // Every gateway's spool empty, the stream empty, and every stored record delivered.
         let mut all = Vec::new();
         for admin in admins {
             all.extend(stats_of(admin).await);
@@ -244,12 +252,16 @@ async fn assert_exactly_once(
         if all.len() == admins.len() {
             let s = all.swap_remove(0);
             let landed = written_emails(dv).len();
+            let again = found_again();
             let stored = s["next_seq"].as_u64().unwrap_or(1) as usize - 1;
             let idle = s["pending"] == 0 && all.iter().all(|o| o["pending"] == 0);
-            if idle && landed >= stored && expected.is_none_or(|e| stored >= e) {
+            // Read at one moment: a record can land (from a gateway's spool) before the stream
+            // holds it, so a reading with more emails than records is not yet settled.
+            let settled = landed <= stored && landed + again >= stored;
+            if idle && settled && expected.is_none_or(|e| landed >= e) {
                 break s;
             }
-            last = Some((s, landed));
+            last = Some((s, landed, again));
         }
         if std::time::Instant::now() >= deadline {
             // What the server says, beside the gateways' view, for whoever reads the failure.
@@ -269,7 +281,7 @@ async fn assert_exactly_once(
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the fleet did not drain: last stats and emails landed {last:?}; metrics:\n{}",
+            "the fleet did not drain: last stats, emails landed and found again {last:?}; metrics:\n{}",
             crate::delivery::metrics(admin)
                 .await
                 .lines()
@@ -294,22 +306,24 @@ async fn assert_exactly_once(
         .map(|e| e["activityid"].as_str().unwrap())
         .collect();
     assert_eq!(ids.len(), emails.len(), "no email written twice");
-    assert_eq!(
-        emails.len(),
-        stored,
-        "every stored record landed, nothing else"
+    let again = found_again();
+    assert!(
+        emails.len() <= stored && emails.len() + again >= stored,
+        "every stored record reached Dataverse, nothing else: {} emails landed and {again} \
+         found already there for {stored} records stored",
+        emails.len()
     );
     assert_eq!(dv.stats().recreated, 0);
     assert_eq!(stats["dead"], 0);
-    let this_round = stored - stored_before;
+    let this_round = emails.len() - landed_before;
     // A killed gateway loses what it acknowledged and had not published yet (its inspection
     // queue and publishes in flight): the catch-up sweep finds those messages again. What
     // reached the stream is never lost.
     assert!(
         this_round <= acknowledged + 16,
-        "stored {this_round} for {acknowledged} acknowledged sends"
+        "landed {this_round} for {acknowledged} acknowledged sends"
     );
-    stored
+    emails.len()
 }
 
 /// Sends a round through all gateways, killing `victim` (SIGKILL) half-way; returns the sends
@@ -395,7 +409,7 @@ async fn three_gateways_on_a_three_node_cluster_lose_and_duplicate_nothing_when_
         .iter()
         .map(|c| Some(GatewayProcess::start(c)))
         .collect();
-    let mut stored = 0;
+    let mut landed = 0;
     const PER_GATEWAY: usize = 60;
     for round in 0..5 {
         let offset = round * 3 * PER_GATEWAY;
@@ -406,18 +420,18 @@ async fn three_gateways_on_a_three_node_cluster_lose_and_duplicate_nothing_when_
             .iter()
             .map(|g| g.as_ref().unwrap().admin.clone())
             .collect();
-        stored = assert_exactly_once(
+        landed = assert_exactly_once(
             &cluster.nodes[0].url(),
             &dv,
             &admins,
-            stored,
+            landed,
             acknowledged,
             None,
         )
         .await;
         println!(
-            "round {round}: gateway {victim} killed; {acknowledged} sends answered, {stored} stored and delivered once in all (lost before publishing: {})",
-            (offset + 3 * PER_GATEWAY).saturating_sub(stored)
+            "round {round}: gateway {victim} killed; {acknowledged} sends answered, {landed} landed once in all (lost before publishing: {})",
+            (offset + 3 * PER_GATEWAY).saturating_sub(landed)
         );
     }
 }
@@ -432,7 +446,7 @@ async fn killing_a_nats_node_mid_traffic_loses_and_duplicates_nothing() {
         configs,
     } = Fleet::start().await;
     let gateways: Vec<GatewayProcess> = configs.iter().map(|c| GatewayProcess::start(c)).collect();
-    let mut stored = 0;
+    let mut landed = 0;
     const PER_GATEWAY: usize = 60;
     for round in 0..5 {
         let offset = round * 3 * PER_GATEWAY;
@@ -462,23 +476,21 @@ async fn killing_a_nats_node_mid_traffic_loses_and_duplicates_nothing() {
         cluster.nodes[node].start();
         let admins: Vec<String> = gateways.iter().map(|g| g.admin.clone()).collect();
         let expected = offset + 3 * PER_GATEWAY;
-        stored = assert_exactly_once(
+        landed = assert_exactly_once(
             &cluster.nodes[0].url(),
             &dv,
             &admins,
-            stored,
+            landed,
             acknowledged,
             Some(expected),
         )
         .await;
         assert_eq!(
-            stored,
+            landed,
             offset + 3 * PER_GATEWAY,
             "no send lost while a node was down"
         );
-        println!(
-            "round {round}: NATS node {node} killed; {stored} stored and delivered once in all"
-        );
+        println!("round {round}: NATS node {node} killed; {landed} landed once in all");
     }
 }
 

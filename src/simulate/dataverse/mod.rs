@@ -84,6 +84,9 @@ pub struct DataverseStats {
     pub created: BTreeMap<String, u64>,
     /// Creates of an id that had been created before (after a delete): must stay 0.
     pub recreated: u64,
+    /// Create-only writes (`If-None-Match: *`, `POST`) refused with 412 because the row was
+    /// already there, per entity set: a second delivery of the same record.
+    pub already_there: BTreeMap<String, u64>,
     pub batches: u64,
     /// Requests (and `$batch` parts) refused as invalid: 400, 403 or 405. A client that writes
     /// only what Dataverse accepts keeps this at 0.
@@ -1325,6 +1328,7 @@ fn write(
 ) -> Result<(Uuid, Answer), Answer> {
     let exists = store.tables.get(set).is_some_and(|t| t.contains_key(&id));
     if (create_only || header("if-none-match").as_deref() == Some("*")) && exists {
+        *store.stats.already_there.entry(set.to_owned()).or_default() += 1;
         return Err(error(
             412,
             "0x80040237",

@@ -48,6 +48,7 @@ fn conditional_upserts_answer_like_dataverse() {
         ),
         412
     );
+    assert_eq!(s.stats.already_there.get("emails"), Some(&1));
     assert_eq!(
         patch(
             &mut s,
