@@ -659,17 +659,12 @@ type OpenRound = (Histogram<u64>, Round);
 /// Where full mode's CPU goes in the open loop: µs per request by stage (threads' names),
 /// medians of the rounds. With no copies dropped, the stages after the proxy are the cost of
 /// inspecting, deciding and delivering every exchange at that rate.
-fn print_stages(
-    shares: &[f64],
-    nginx_max: f64,
-    targets: &[&Proxy],
-    stages: &[Vec<Vec<BTreeMap<&str, f64>>>],
-) {
-    let names: std::collections::BTreeSet<&str> = stages
+fn print_stages(shares: &[f64], nginx_max: f64, targets: &[&Proxy], open: &[Vec<Vec<OpenRound>>]) {
+    let names: std::collections::BTreeSet<&str> = open
         .iter()
         .flatten()
         .flatten()
-        .flat_map(|round| round.keys().copied())
+        .flat_map(|(_, round)| round.stages.keys().copied())
         .collect();
     if names.is_empty() {
         return;
@@ -682,15 +677,15 @@ fn print_stages(
     println!("|---|---|{}", "---|".repeat(header.len()));
     for (s, share) in shares.iter().enumerate() {
         for (t, proxy) in targets.iter().enumerate() {
-            if stages[s][t].is_empty() || stages[s][t][0].is_empty() {
+            if open[s][t].iter().all(|(_, round)| round.stages.is_empty()) {
                 continue;
             }
             let cells: Vec<String> = header
                 .iter()
                 .map(|stage| {
-                    let values = stages[s][t]
+                    let values = open[s][t]
                         .iter()
-                        .map(|round| round.get(stage).copied().unwrap_or(0.0))
+                        .map(|(_, round)| round.stages.get(stage).copied().unwrap_or(0.0))
                         .collect();
                     format!("{:.1}", median(values))
                 })
@@ -716,6 +711,8 @@ struct Round {
     errors: u64,
     /// The share of exchanges whose inspection copy was dropped.
     dropped: f64,
+    /// Full mode's CPU µs per request by stage (open loop only; empty for the others).
+    stages: BTreeMap<&'static str, f64>,
 }
 
 /// The median, or NaN when a phase was skipped.
@@ -931,6 +928,7 @@ fn main() {
                 reuse,
                 errors: out.errors,
                 dropped: dropped as f64 / out.requests.max(1) as f64,
+                stages: BTreeMap::new(),
             });
         }
     }
@@ -949,9 +947,6 @@ fn main() {
     // By rate share, then target: each round's latency histogram and figures.
     let mut open: Vec<Vec<Vec<OpenRound>>> =
         vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
-    // Full mode's CPU per request by stage, by rate share: [share][target][round].
-    let mut stages: Vec<Vec<Vec<BTreeMap<&str, f64>>>> =
-        vec![vec![Vec::new(); plain_targets.len()]; shares.len()];
     for (s, share) in shares.iter().enumerate() {
         for _ in 0..rounds {
             for (t, proxy) in plain_targets.iter().enumerate() {
@@ -968,19 +963,18 @@ fn main() {
                 quiet(proxy);
                 let cpu = proxy.cpu() - cpu0;
                 let per_request = 1e6 / out.requests.max(1) as f64;
-                stages[s][t].push(
-                    cost::stage_seconds(&stages0, &proxy.stages())
-                        .into_iter()
-                        .map(|(stage, seconds)| (stage, seconds * per_request))
-                        .collect(),
-                );
+                let stages = cost::stage_seconds(&stages0, &proxy.stages())
+                    .into_iter()
+                    .map(|(stage, seconds)| (stage, seconds * per_request))
+                    .collect();
                 let dropped = driver.block_on(dropped_copies(proxy)) - dropped0;
                 let round = Round {
                     rate: out.requests as f64 / out.seconds,
-                    cpu: cpu * 1e6 / out.requests.max(1) as f64,
+                    cpu: cpu * per_request,
                     reuse: f64::NAN,
                     errors: out.errors,
                     dropped: dropped as f64 / out.requests.max(1) as f64,
+                    stages,
                 };
                 open[s][t].push((out.latency, round));
             }
@@ -1128,7 +1122,7 @@ fn main() {
                 );
             }
         }
-        print_stages(shares, nginx_max, &plain_targets, &stages);
+        print_stages(shares, nginx_max, &plain_targets, &open);
         println!(
             "\nopen-loop errors: {}",
             (0..plain_targets.len())
