@@ -239,6 +239,10 @@ async fn assert_exactly_once(
     expected: Option<usize>,
 ) -> usize {
     let found_again = || dv.stats().already_there.get("emails").copied().unwrap_or(0) as usize;
+    // Every stored record reached Dataverse (created, or found already there), and nothing
+    // landed that the stream does not hold.
+    let settled =
+        |landed: usize, again: usize, stored: usize| landed <= stored && landed + again >= stored;
     let admin = &admins[0];
     let mut last = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
@@ -257,8 +261,7 @@ async fn assert_exactly_once(
             let idle = s["pending"] == 0 && all.iter().all(|o| o["pending"] == 0);
             // Read at one moment: a record can land (from a gateway's spool) before the stream
             // holds it, so a reading with more emails than records is not yet settled.
-            let settled = landed <= stored && landed + again >= stored;
-            if idle && settled && expected.is_none_or(|e| landed >= e) {
+            if idle && settled(landed, again, stored) && expected.is_none_or(|e| landed >= e) {
                 break s;
             }
             last = Some((s, landed, again));
@@ -308,7 +311,7 @@ async fn assert_exactly_once(
     assert_eq!(ids.len(), emails.len(), "no email written twice");
     let again = found_again();
     assert!(
-        emails.len() <= stored && emails.len() + again >= stored,
+        settled(emails.len(), again, stored),
         "every stored record reached Dataverse, nothing else: {} emails landed and {again} \
          found already there for {stored} records stored",
         emails.len()

@@ -561,7 +561,6 @@ where
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full};
-    use std::convert::Infallible;
 
     fn sink(limit: usize, budget: u64) -> (Arc<CaptureSink>, mpsc::Receiver<Capture>) {
         let (tx, rx) = mpsc::channel(4);
@@ -621,28 +620,17 @@ mod tests {
         );
     }
 
-    /// Frames as hyper reads them: slices of one read buffer, which it reuses once no frame
-    /// of it is left anywhere.
-    type Frames = http_body_util::StreamBody<
-        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
-    >;
-
-    fn frames_of(read_buffer: &mut BytesMut, sizes: &[usize]) -> Frames {
-        let frames: Vec<_> = sizes
-            .iter()
-            .map(|&n| Ok(Frame::data(read_buffer.split_to(n).freeze())))
-            .collect();
-        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
-    }
-
     #[tokio::test]
     async fn a_copy_keeps_none_of_the_read_buffer_it_came_from() {
         let (sink, mut rx) = sink(1024, 1 << 20);
         let pending = begin(&sink);
         pending.no_request_body();
+        // A frame as hyper reads one: a slice of its read buffer, which it reuses once no
+        // frame of it is left anywhere.
         let mut read_buffer = BytesMut::with_capacity(8192);
         read_buffer.extend_from_slice(&[b'x'; 8192]);
-        let response = Tee::new(frames_of(&mut read_buffer, &[150]), Side::Response, pending);
+        let frame = read_buffer.split_to(150).freeze();
+        let response = Tee::new(Full::new(frame), Side::Response, pending);
         assert_eq!(response.collect().await.unwrap().to_bytes().len(), 150);
         let c = rx.try_recv().expect("handed off");
         assert_eq!(&c.response_body[..], &[b'x'; 150][..]);
