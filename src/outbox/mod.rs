@@ -6,6 +6,7 @@
 //! The embedded backend is redb ([`store::RedbOutbox`]); a fleet shares a NATS JetStream one
 //! ([`nats::NatsOutbox`]). The rest of the gateway sees only the [`Outbox`] trait.
 
+mod known;
 pub mod nats;
 pub mod store;
 

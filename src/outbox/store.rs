@@ -17,6 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::known::{Found, KnownKeys};
 use super::{
     DeadLetter, Outbox, OutboxError, OutboxMetrics, OutboxSettings, Record, Settlement, Stats,
     as_stored, dedup_key,
@@ -90,6 +91,11 @@ struct Shared {
     /// channel itself is unbounded so that settlements (bounded by what delivery has claimed)
     /// never block an async worker.
     queued: AtomicUsize,
+    /// Keys read from the file before, answered from memory while they surely hold.
+    known: KnownKeys,
+    /// Read transactions `known` began (tests check the memory answers without one).
+    #[cfg(test)]
+    reads: std::sync::atomic::AtomicU64,
     /// Tests make commits fail (a full disk, an I/O error) to exercise the recovery.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicBool,
@@ -191,8 +197,11 @@ impl RedbOutbox {
             schedule: Mutex::new(schedule),
             wakeup: Arc::new(Notify::new()),
             metrics,
+            known: KnownKeys::new(settings.delivered_window),
             settings,
             queued: AtomicUsize::new(0),
+            #[cfg(test)]
+            reads: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
         });
@@ -508,30 +517,42 @@ impl Shared {
     }
 
     /// Whether a record with this key is pending, delivered (within the window) or a dead
-    /// letter, read from the last commit. Records still on their way to the writer are not
-    /// seen here; the writer checks again.
+    /// letter: from memory when an earlier read said so and it surely still holds, else read
+    /// from the last commit. Records still on their way to the writer are not seen here; the
+    /// writer checks again.
     fn known(&self, key: Uuid) -> Result<bool, OutboxError> {
+        let k = key.as_u128();
+        let now = now_ms();
+        if self.known.contains(k, now) {
+            return Ok(true);
+        }
+        let found = self.find(k)?;
+        if let Some(found) = found {
+            self.known.remember(k, found, now);
+        }
+        Ok(found.is_some())
+    }
+
+    /// Where the last commit holds a key, if anywhere.
+    fn find(&self, k: u128) -> Result<Option<Found>, OutboxError> {
+        #[cfg(test)]
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let path = &self.path;
         let txn = self.db.begin_read().store(path)?;
-        let k = key.as_u128();
-        Ok(txn
+        if txn
             .open_table(PENDING_KEYS)
             .store(path)?
             .get(k)
             .store(path)?
             .is_some()
-            || txn
-                .open_table(DELIVERED)
-                .store(path)?
-                .get(k)
-                .store(path)?
-                .is_some()
-            || txn
-                .open_table(DEAD_KEYS)
-                .store(path)?
-                .get(k)
-                .store(path)?
-                .is_some())
+        {
+            return Ok(Some(Found::Pending));
+        }
+        if let Some(at) = txn.open_table(DELIVERED).store(path)?.get(k).store(path)? {
+            return Ok(Some(Found::Delivered { at_ms: at.value() }));
+        }
+        let dead = txn.open_table(DEAD_KEYS).store(path)?.get(k).store(path)?;
+        Ok(dead.map(|_| Found::Dead))
     }
 }
 
@@ -1798,6 +1819,51 @@ mod tests {
         outbox.flush().unwrap();
         let stats = outbox.stats().unwrap();
         assert_eq!((stats.pending, stats.delivered_keys), (1, 1));
+    }
+
+    #[test]
+    fn a_key_read_once_is_answered_from_memory_until_the_window_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let reads = |o: &RedbOutbox| o.shared.reads.load(Ordering::Relaxed);
+        let week = open(&dir.path().join("week.redb"));
+        deliver_one(&week, 1);
+        let before = reads(&week);
+        assert!(week.submit(&decision(1)));
+        assert_eq!(reads(&week), before + 1, "the first offer reads the file");
+        for _ in 0..5 {
+            assert!(week.submit(&decision(1)));
+        }
+        assert_eq!(
+            reads(&week),
+            before + 1,
+            "later offers are answered from memory"
+        );
+        assert_eq!(counted(&week.shared.metrics.enqueued, "duplicate"), 6);
+        drop(week);
+        // A short window: the key is remembered as delivered, then pruned, and offered
+        // again it is queued again rather than answered from memory.
+        let short = open_with(
+            &dir.path().join("short.redb"),
+            OutboxSettings {
+                delivered_window: Duration::from_millis(1_500),
+                prune_interval: Duration::ZERO,
+                ..OutboxSettings::default()
+            },
+        );
+        deliver_one(&short, 1);
+        assert!(short.submit(&decision(1)));
+        assert_eq!(counted(&short.shared.metrics.enqueued, "duplicate"), 1);
+        let mut n = 100;
+        eventually("pruned", || {
+            n += 1;
+            assert!(short.submit(&decision(n)));
+            short.flush().unwrap();
+            short.stats().unwrap().delivered_keys == 0
+        });
+        let pending = short.stats().unwrap().pending;
+        assert!(short.submit(&decision(1)));
+        short.flush().unwrap();
+        assert_eq!(short.stats().unwrap().pending, pending + 1);
     }
 
     #[test]
