@@ -5,6 +5,8 @@
 //! delegate mailboxes come first and are read from the SOAP request in `ews`. Results are
 //! lower-cased.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use http::HeaderMap;
 use serde::Deserialize;
@@ -129,11 +131,49 @@ pub fn graph_user_after_version(path: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_lowercase())
 }
 
+/// Principals recently read from credentials, by a 128-bit hash of the `Authorization` value
+/// and the connection's Windows auth: a client sends the same token, or the same NTLM
+/// connection, for many requests, and decoding a token (base64, JSON) each time costs
+/// inspection more than the rest of the identity. Kept in memory only, never logged.
+static PRINCIPALS: std::sync::OnceLock<quick_cache::sync::Cache<u128, Option<Arc<str>>>> =
+    std::sync::OnceLock::new();
+
+/// Distinct credentials remembered; beyond, the least used are read again when seen.
+const PRINCIPALS_KEPT: usize = 4096;
+
 /// The authenticated principal: Basic user, bearer claims, or NTLM user (`domain\user`).
 pub fn principal(headers: &HeaderMap, connection_auth: Option<&str>) -> Option<String> {
     let auth = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    if auth.is_none() && connection_auth.is_none() {
+        return None;
+    }
+    let key = credentials_key(auth, connection_auth);
+    let memo = PRINCIPALS.get_or_init(|| quick_cache::sync::Cache::new(PRINCIPALS_KEPT));
+    if let Some(known) = memo.get(&key) {
+        return known.map(|p| p.to_string());
+    }
+    let read = read_principal(auth, connection_auth);
+    memo.insert(key, read.as_deref().map(Arc::from));
+    read
+}
+
+/// A 128-bit hash of both credentials, each with its presence and length, so that no two
+/// different pairs feed the hash the same bytes.
+fn credentials_key(auth: Option<&str>, connection_auth: Option<&str>) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in [auth, connection_auth] {
+        let bytes = part.map_or(&b""[..], str::as_bytes);
+        hasher.update(&[u8::from(part.is_some())]);
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher.digest128()
+}
+
+/// [`principal`] without the memory.
+fn read_principal(auth: Option<&str>, connection_auth: Option<&str>) -> Option<String> {
     if let Some(auth) = auth {
         let (scheme, rest) = auth.split_once(' ').unwrap_or((auth, ""));
         if scheme.eq_ignore_ascii_case("basic") {
@@ -233,6 +273,32 @@ mod tests {
             http_mailbox(&h, "/v1.0/me/messages", None).as_deref(),
             Some("svc@contoso.example")
         );
+    }
+
+    #[test]
+    fn a_credential_seen_again_names_the_same_principal_and_the_two_sides_never_mix() {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("Memo.User@contoso.example:pw")
+        );
+        let h = headers(&[("authorization", &basic)]);
+        for _ in 0..3 {
+            assert_eq!(
+                principal(&h, None).as_deref(),
+                Some("memo.user@contoso.example")
+            );
+        }
+        assert_ne!(
+            credentials_key(Some("ab"), None),
+            credentials_key(None, Some("ab"))
+        );
+        assert_ne!(
+            credentials_key(Some("a"), Some("b")),
+            credentials_key(Some("ab"), None)
+        );
+        assert_ne!(credentials_key(Some(""), None), credentials_key(None, None));
+        // The same bytes on the connection's side are Windows auth, not Basic.
+        assert_eq!(principal(&HeaderMap::new(), Some(&basic)), None);
     }
 
     #[test]
