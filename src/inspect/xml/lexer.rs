@@ -18,8 +18,9 @@ use super::{Ns, XmlError};
 /// The namespaces XML itself reserves.
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
-/// Up to this many attributes a repeated key is found by comparing with each earlier one.
-const FEW_ATTRIBUTES: usize = 8;
+/// Up to this many attributes a repeated key is found by comparing with each earlier one (a
+/// SOAP envelope often declares a dozen namespaces; hashing those costs more than comparing).
+const FEW_ATTRIBUTES: usize = 32;
 /// quick-xml's bound on the bindings in scope at once; beyond it a document is refused.
 const MAX_BINDINGS: usize = 128;
 
@@ -237,7 +238,8 @@ impl<'a> Lexer<'a> {
         let depth = self.open.len() + 1;
         self.attributes(name_end, content_end, attrs, depth)?;
         let name = &self.input[name_start..name_end];
-        let (prefix, local_start) = match name.find(':') {
+        // A byte search: names are short, and `str::find` with a char costs a searcher.
+        let (prefix, local_start) = match name.bytes().position(|b| b == b':') {
             Some(i) => (Some(&name[..i]), name_start + i + 1),
             None => (None, name_start),
         };

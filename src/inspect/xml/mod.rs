@@ -229,7 +229,8 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let local = key
-                .find(':')
+                .bytes()
+                .position(|b| b == b':')
                 .map_or(raw.key.0, |i| raw.key.0 + offset(i) + 1);
             let value = match text::attribute_value(raw.value(tree.input))? {
                 Cow::Borrowed(_) => Value::Input(raw.value.0, raw.value.1),
