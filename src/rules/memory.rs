@@ -76,7 +76,10 @@ const KEY_BYTES: u64 = std::mem::size_of::<Key>() as u64;
 /// Shared through an `Arc` by the engine's clones.
 pub struct Memory {
     seed: u64,
-    items: Cache<Key, Arc<Summary>, SummaryWeight>,
+    /// Each summary with its weight, worked out once: the cache weighs an entry again each time
+    /// it moves or evicts it, and reading a cold summary's every string for that cost more
+    /// than the rest of remembering.
+    items: Cache<Key, Weighed, SummaryWeight>,
     folders: Cache<Key, Arc<FolderInfo>, FolderWeight>,
     tracked: Cache<Key, Arc<TrackedRef>, KeyWeight>,
     /// Contacts and leads created for unresolved senders, by lower-cased address, until the
@@ -129,9 +132,25 @@ fn estimate(bytes: u64, each: u64) -> usize {
 #[derive(Clone)]
 struct SummaryWeight;
 
-impl Weighter<Key, Arc<Summary>> for SummaryWeight {
-    fn weight(&self, _key: &Key, value: &Arc<Summary>) -> u64 {
-        u64::from(weigh_message(&value.message)) + KEY_BYTES
+/// A remembered summary and its weight in bytes.
+#[derive(Clone)]
+struct Weighed {
+    weight: u32,
+    summary: Arc<Summary>,
+}
+
+impl Weighed {
+    fn new(summary: Summary) -> Weighed {
+        Weighed {
+            weight: weigh_message(&summary.message),
+            summary: Arc::new(summary),
+        }
+    }
+}
+
+impl Weighter<Key, Weighed> for SummaryWeight {
+    fn weight(&self, _key: &Key, value: &Weighed) -> u64 {
+        u64::from(value.weight) + KEY_BYTES
     }
 }
 
@@ -176,7 +195,6 @@ fn hash(seed: u64, parts: &[&str]) -> Key {
 impl Memory {
     pub fn new(limits: MemoryLimits) -> Memory {
         // Summaries take most of the budget; folders are few per mailbox.
-        // Summaries take most of the budget; folders are few per mailbox.
         let items = Cache::with_weighter(
             estimate(limits.max_bytes / 8 * 7, 600),
             limits.max_bytes / 8 * 7,
@@ -215,12 +233,14 @@ impl Memory {
     }
 
     pub fn item(&self, mailbox: &str, item_id: &str) -> Option<Arc<Summary>> {
-        self.items.get(&self.key(mailbox, item_id))
+        self.items
+            .get(&self.key(mailbox, item_id))
+            .map(|w| w.summary)
     }
 
     pub fn remember_item(&self, mailbox: &str, item_id: &str, summary: Summary) {
         self.items
-            .insert(self.key(mailbox, item_id), Arc::new(summary));
+            .insert(self.key(mailbox, item_id), Weighed::new(summary));
     }
 
     pub fn forget_item(&self, mailbox: &str, item_id: &str) {
@@ -348,14 +368,14 @@ mod tests {
 
     #[test]
     fn each_cache_weighs_its_key_and_value() {
-        let summary = Arc::new(Summary {
+        let summary = Weighed::new(Summary {
             message: message().into(),
             ..Summary::default()
         });
         let key: Key = 7;
         assert_eq!(
             SummaryWeight.weight(&key, &summary),
-            u64::from(weigh_message(&summary.message)) + 16
+            u64::from(weigh_message(&summary.summary.message)) + 16
         );
         let folder = Arc::new(FolderInfo {
             distinguished: Some("inbox".into()),
