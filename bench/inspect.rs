@@ -1,5 +1,7 @@
 //! Inspection hot paths: namespace-aware EWS parsing of GetItem, FindItem and SyncFolderItems
-//! responses at 4 KiB, 64 KiB and 1 MiB; operation detection per envelope; Graph list/delta JSON.
+//! responses at 4 KiB, 64 KiB and 1 MiB; operation detection per envelope; Graph list/delta JSON;
+//! and the load harness's own mix of recorded exchanges (small envelopes, where what each
+//! exchange costs beyond its bytes — identity, headers, the trees' setup — shows).
 //! Throughput is reported in bytes per second; allocations per parsed message are printed once
 //! at start (counted by an instrumented allocator). Results: bench/RESULTS.md.
 
@@ -11,6 +13,9 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use trackgate::inspect::{self, InspectLimits, xml};
+
+#[path = "mix.rs"]
+mod mix;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -215,9 +220,38 @@ fn ews(c: &mut Criterion) {
     group.finish();
 }
 
+/// The exchanges `bench/load.rs` replays (its `MIX`), as the proxy hands them over: one
+/// iteration inspects all ten, so the figure is exchanges per second over the mix.
+fn harness_mix(c: &mut Criterion) {
+    let fixtures = trackgate::simulate::FixtureSet::embedded().unwrap();
+    let captures: Vec<_> = mix::MIX
+        .iter()
+        .map(|name| {
+            let fixture = fixtures.iter().find(|f| f.name == *name).unwrap();
+            fixture.to_capture(&[])
+        })
+        .collect();
+    let mut group = c.benchmark_group("harness_mix");
+    group.throughput(Throughput::Elements(captures.len() as u64));
+    group.bench_function("ten_exchanges", |b| {
+        b.iter(|| {
+            captures
+                .iter()
+                .map(|capture| {
+                    inspect::inspect(capture, InspectLimits::default())
+                        .unwrap()
+                        .observations
+                        .len()
+                })
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = ews
+    targets = ews, harness_mix
 }
 criterion_main!(benches);

@@ -44,6 +44,8 @@
 
 #[path = "load_cost.rs"]
 mod cost;
+#[path = "mix.rs"]
+mod mix;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -58,21 +60,10 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use mix::MIX;
 use trackgate::simulate::FixtureSet;
 
 const CONNECTIONS: usize = 32;
-const MIX: [&str; 10] = [
-    "ews-getitem-message",
-    "ews-finditem-inbox",
-    "ews-syncfolderitems-initial",
-    "ews-createitem-sendandsavecopy",
-    "ews-moveitem-partial",
-    "ews-updateitem-categories",
-    "graph-list-messages",
-    "graph-delta-inbox",
-    "graph-sendmail",
-    "graph-batch-mixed",
-];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
