@@ -104,7 +104,7 @@ impl InspectMetrics {
     }
 }
 
-/// The most recent observations, for tests and `GET` endpoints.
+/// The most recent observations, for tests and code embedding the gateway.
 pub type RecentObservations = crate::common::recent::Recent<Observation>;
 
 /// How long the worker naps when the queue runs dry before it waits on it: decisions come at
