@@ -3,7 +3,8 @@
 //! up to a per-body cap; beyond it the copy is marked truncated and the traffic flows on
 //! untouched. They are copied, not shared: a frame shares hyper's whole read buffer, and a
 //! capture holding it until inspection is done would make hyper allocate (and the kernel
-//! fault in) a fresh buffer for every exchange. When
+//! fault in) a fresh buffer for every exchange. The few header values kept are copied for the
+//! same reason, into one buffer per side. When
 //! the queue or the global memory budget is full, the copy is dropped and counted. With several
 //! inspection workers each has its own queue, and an exchange goes to the queue its affinity key
 //! picks, so one mailbox's exchanges stay in order. Nothing here parses a body.
@@ -219,12 +220,7 @@ impl CaptureSink {
         headers: &HeaderMap,
         connection_auth: Option<HeaderValue>,
     ) -> Arc<PendingCapture> {
-        let mut request_headers = HeaderMap::new();
-        for name in REQUEST_HEADERS {
-            for value in headers.get_all(name) {
-                request_headers.append(name, value.clone());
-            }
-        }
+        let request_headers = picked(headers, &REQUEST_HEADERS);
         Arc::new(PendingCapture {
             sink: self.clone(),
             state: Mutex::new(Some(Partial {
@@ -359,11 +355,7 @@ impl PendingCapture {
             && let Some(partial) = state.as_mut()
         {
             partial.status = status;
-            for name in RESPONSE_HEADERS {
-                for value in headers.get_all(name) {
-                    partial.response_headers.append(name, value.clone());
-                }
-            }
+            partial.response_headers = picked(headers, &RESPONSE_HEADERS);
         }
     }
 
@@ -466,6 +458,38 @@ impl<B: Body> Tee<B> {
             truncated: false,
         }
     }
+}
+
+/// The headers named in `names`, their values copied into one buffer of the capture's own.
+/// A clone would share the buffer hyper parsed them from, which then stays alive (and cannot be
+/// reused) until inspection drops the capture, and each drop would touch its shared count from
+/// the inspection thread.
+fn picked(headers: &HeaderMap, names: &[&'static str]) -> HeaderMap {
+    let values: smallvec::SmallVec<[(&'static str, &HeaderValue); 8]> = names
+        .iter()
+        .flat_map(|&name| headers.get_all(name).iter().map(move |v| (name, v)))
+        .collect();
+    let mut picked = HeaderMap::with_capacity(values.len());
+    if values.is_empty() {
+        return picked;
+    }
+    let mut text = BytesMut::with_capacity(values.iter().map(|(_, v)| v.len()).sum());
+    for (_, value) in &values {
+        text.extend_from_slice(value.as_bytes());
+    }
+    let text = text.freeze();
+    let mut at = 0;
+    for (name, value) in values {
+        let end = at + value.len();
+        // The bytes were a valid value already, so this cannot fail; were it to, the header is
+        // left out of the copy, as any header inspection does not need.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(text.slice(at..end)) {
+            copy.set_sensitive(value.is_sensitive());
+            picked.append(name, copy);
+        }
+        at = end;
+    }
+    picked
 }
 
 fn finish(pending: &PendingCapture, side: Side, copy: BytesMut, truncated: bool) {
@@ -639,6 +663,40 @@ mod tests {
             read_buffer.try_reclaim(8192),
             "the capture still holds the read buffer"
         );
+    }
+
+    #[test]
+    fn kept_header_values_are_copies_with_their_order_and_sensitivity() {
+        // Values as hyper parses them: slices of the buffer it read the head into.
+        let head = Bytes::from_static(b"Bearer tokenapplication/soap+xmlsecondx-cookie");
+        let slice = |from: usize, to: usize| HeaderValue::from_maybe_shared(head.slice(from..to));
+        let mut headers = HeaderMap::new();
+        let mut auth = slice(0, 12).unwrap();
+        auth.set_sensitive(true);
+        headers.insert("authorization", auth);
+        headers.append("content-type", slice(12, 32).unwrap());
+        headers.append("content-type", slice(32, 38).unwrap());
+        headers.insert("cookie", slice(38, 46).unwrap());
+        let before = head.as_ptr_range();
+        let kept = picked(&headers, &REQUEST_HEADERS);
+        drop(headers);
+        assert_eq!(kept.len(), 3, "only the named headers");
+        let auth = &kept["authorization"];
+        assert_eq!(auth.as_bytes(), b"Bearer token");
+        assert!(auth.is_sensitive(), "credentials stay marked sensitive");
+        let types: Vec<&[u8]> = kept
+            .get_all("content-type")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(types, [&b"application/soap+xml"[..], b"second"], "in order");
+        for value in kept.values() {
+            assert!(
+                !before.contains(&value.as_bytes().as_ptr()),
+                "a kept value still points into the parsed head"
+            );
+        }
+        assert!(picked(&HeaderMap::new(), &REQUEST_HEADERS).is_empty());
     }
 
     /// A body that declares `declared` bytes and sends `sent` of them before it breaks off.
