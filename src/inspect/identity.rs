@@ -135,8 +135,14 @@ pub fn graph_user_after_version(path: &str) -> Option<String> {
 /// and the connection's Windows auth: a client sends the same token, or the same NTLM
 /// connection, for many requests, and decoding a token (base64, JSON) each time costs
 /// inspection more than the rest of the identity. Kept in memory only, never logged.
-static PRINCIPALS: std::sync::OnceLock<quick_cache::sync::Cache<u128, Option<Arc<str>>>> =
-    std::sync::OnceLock::new();
+struct Principals {
+    /// The hash's secret, random per process, so nobody can craft a credential whose key is
+    /// another's (and be taken for that principal).
+    secret: [u8; 192],
+    kept: quick_cache::sync::Cache<u128, Option<Arc<str>>>,
+}
+
+static PRINCIPALS: std::sync::OnceLock<Principals> = std::sync::OnceLock::new();
 
 /// Distinct credentials remembered; beyond, the least used are read again when seen.
 const PRINCIPALS_KEPT: usize = 4096;
@@ -149,20 +155,27 @@ pub fn principal(headers: &HeaderMap, connection_auth: Option<&str>) -> Option<S
     if auth.is_none() && connection_auth.is_none() {
         return None;
     }
-    let key = credentials_key(auth, connection_auth);
-    let memo = PRINCIPALS.get_or_init(|| quick_cache::sync::Cache::new(PRINCIPALS_KEPT));
-    if let Some(known) = memo.get(&key) {
+    let memo = PRINCIPALS.get_or_init(|| {
+        let mut secret = [0u8; 192];
+        rand::fill(&mut secret[..]);
+        Principals {
+            secret,
+            kept: quick_cache::sync::Cache::new(PRINCIPALS_KEPT),
+        }
+    });
+    let key = credentials_key(&memo.secret, auth, connection_auth);
+    if let Some(known) = memo.kept.get(&key) {
         return known.map(|p| p.to_string());
     }
     let read = read_principal(auth, connection_auth);
-    memo.insert(key, read.as_deref().map(Arc::from));
+    memo.kept.insert(key, read.as_deref().map(Arc::from));
     read
 }
 
-/// A 128-bit hash of both credentials, each with its presence and length, so that no two
-/// different pairs feed the hash the same bytes.
-fn credentials_key(auth: Option<&str>, connection_auth: Option<&str>) -> u128 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+/// A keyed 128-bit hash of both credentials, each with its presence and length, so that no
+/// two different pairs feed the hash the same bytes.
+fn credentials_key(secret: &[u8; 192], auth: Option<&str>, connection_auth: Option<&str>) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::with_secret(*secret);
     for part in [auth, connection_auth] {
         let bytes = part.map_or(&b""[..], str::as_bytes);
         hasher.update(&[u8::from(part.is_some())]);
@@ -288,15 +301,15 @@ mod tests {
                 Some("memo.user@contoso.example")
             );
         }
+        let key = |auth, connection| credentials_key(&[7; 192], auth, connection);
+        assert_ne!(key(Some("ab"), None), key(None, Some("ab")));
+        assert_ne!(key(Some("a"), Some("b")), key(Some("ab"), None));
+        assert_ne!(key(Some(""), None), key(None, None));
         assert_ne!(
-            credentials_key(Some("ab"), None),
-            credentials_key(None, Some("ab"))
+            credentials_key(&[8; 192], Some("ab"), None),
+            key(Some("ab"), None),
+            "another process's secret gives other keys"
         );
-        assert_ne!(
-            credentials_key(Some("a"), Some("b")),
-            credentials_key(Some("ab"), None)
-        );
-        assert_ne!(credentials_key(Some(""), None), credentials_key(None, None));
         // The same bytes on the connection's side are Windows auth, not Basic.
         assert_eq!(principal(&HeaderMap::new(), Some(&basic)), None);
     }

@@ -3,6 +3,9 @@
 //! offered are for mail offered before (clients read the same messages again and again); this
 //! answers them without a read transaction. A key is forgotten by the file only when the
 //! delivered window prunes it, so an entry is trusted only until its window can have ended.
+//! Nothing can be lost through it either way: every key it holds was stored by the outbox
+//! (pending, delivered or dead), so the bound only keeps it from answering where the file
+//! itself would already have forgotten.
 
 use std::time::Duration;
 
