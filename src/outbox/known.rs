@@ -1,20 +1,24 @@
 //! Keys the embedded outbox is known to hold — pending, delivered within the window, or dead —
 //! remembered in memory with the time until which each is sure to stay known. Most decisions
 //! offered are for mail offered before (clients read the same messages again and again); this
-//! answers them without a read transaction. A key is forgotten by the file only when the
-//! delivered window prunes it, so an entry is trusted only until its window can have ended.
-//! Nothing can be lost through it either way: every key it holds was stored by the outbox
-//! (pending, delivered or dead), so the bound only keeps it from answering where the file
-//! itself would already have forgotten.
+//! answers them without a read transaction.
+//!
+//! The file forgets a key only when the delivered window prunes it, so an entry is trusted only
+//! until its window can have ended, and never past the latest time the writer pruned at
+//! (whatever the clock did since). A key read as pending or dead is delivered, at the latest,
+//! by a group the writer had already begun when the read was made; its time counts from that
+//! group's start. The memory only ever says "known": a key it does not hold is read from the
+//! file, and the writer checks again before storing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Keys remembered at most; beyond, the least used are forgotten (and read again when offered).
+/// Keys remembered at most; beyond, the cache evicts some (quick_cache's CLOCK-Pro) and they
+/// are read again when offered.
 const CAPACITY: usize = 65_536;
 
-/// A key read as pending or dead becomes delivered, at the latest, with a commit whose
-/// timestamp may be a little older than the read that saw it; its window is shortened by this
-/// much so the memory never outlives the file's record.
+/// A further margin for a key read as pending or dead, for the moment between the writer taking
+/// its group's time and publishing it.
 const SETTLE_MARGIN_MS: u64 = 60_000;
 
 /// Where a read found a key.
@@ -32,6 +36,9 @@ pub(super) struct KnownKeys {
     /// Key → the time (ms since the epoch) before which it is surely still known.
     until: quick_cache::sync::Cache<u128, u64>,
     window_ms: u64,
+    /// The latest time the writer pruned the window at: an entry ending no later than this may
+    /// be gone from the file.
+    pruned_at: AtomicU64,
 }
 
 impl KnownKeys {
@@ -39,15 +46,20 @@ impl KnownKeys {
         KnownKeys {
             until: quick_cache::sync::Cache::new(CAPACITY),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            pruned_at: AtomicU64::new(0),
         }
     }
 
     /// Whether `key` is surely known at `now_ms` without asking the file.
     pub(super) fn contains(&self, key: u128, now_ms: u64) -> bool {
-        self.until.get(&key).is_some_and(|until| now_ms < until)
+        let pruned_at = self.pruned_at.load(Ordering::Acquire);
+        self.until
+            .get(&key)
+            .is_some_and(|until| now_ms < until && pruned_at < until)
     }
 
-    /// Remembers what a read begun at `read_ms` found, for as long as it surely holds.
+    /// Remembers what a read found. `read_ms` is when the read was made, or the start of a
+    /// group the writer was committing then, whichever is earlier.
     pub(super) fn remember(&self, key: u128, found: Found, read_ms: u64) {
         let until = match found {
             Found::Delivered { at_ms } => at_ms.saturating_add(self.window_ms),
@@ -58,6 +70,17 @@ impl KnownKeys {
         if read_ms < until {
             self.until.insert(key, until);
         }
+    }
+
+    /// Drops what the file does not hold (an entry past its time, read again and not found).
+    pub(super) fn forget(&self, key: u128) {
+        self.until.remove(&key);
+    }
+
+    /// The writer is about to prune the window at `at_ms`: entries ending by then are no longer
+    /// trusted, even if the clock later reads earlier.
+    pub(super) fn pruning(&self, at_ms: u64) {
+        self.pruned_at.fetch_max(at_ms, Ordering::AcqRel);
     }
 }
 
@@ -75,6 +98,8 @@ mod tests {
         assert!(known.contains(1, 1_000 + HOUR - 1));
         assert!(!known.contains(1, 1_000 + HOUR), "pruned from here on");
         assert!(!known.contains(2, 5_000), "never read");
+        known.forget(1);
+        assert!(!known.contains(1, 5_000), "forgotten");
     }
 
     #[test]
@@ -97,6 +122,26 @@ mod tests {
         assert!(!known.contains(1, 10_000));
         assert!(!known.contains(2, 40_000), "already past its window");
         assert!(known.contains(3, 10_000));
-        assert!(!KnownKeys::new(Duration::ZERO).contains(3, 10_000));
+        let none = KnownKeys::new(Duration::ZERO);
+        none.remember(3, Found::Delivered { at_ms: 1_000 }, 1_000);
+        none.remember(4, Found::Pending, 1_000);
+        assert!(!none.contains(3, 1_000) && !none.contains(4, 1_000));
+    }
+
+    #[test]
+    fn a_prune_at_a_later_time_ends_what_it_may_have_pruned_whatever_the_clock_says() {
+        let known = KnownKeys::new(Duration::from_millis(HOUR));
+        known.remember(1, Found::Delivered { at_ms: 1_000 }, 5_000);
+        known.remember(2, Found::Delivered { at_ms: 9_000 }, 9_000);
+        // The writer's clock ran ahead and pruned at 1_000 + HOUR + 1; the reader's clock is
+        // back at 6_000.
+        known.pruning(1_000 + HOUR + 1);
+        assert!(!known.contains(1, 6_000), "its window ended at the prune");
+        assert!(
+            known.contains(2, 6_000),
+            "delivered later: still in the file"
+        );
+        known.pruning(5_000);
+        assert!(known.contains(2, 6_000), "the latest prune counts");
     }
 }

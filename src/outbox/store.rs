@@ -93,6 +93,10 @@ struct Shared {
     queued: AtomicUsize,
     /// Keys read from the file before, answered from memory while they surely hold.
     known: KnownKeys,
+    /// The time the writer's group in progress began at (0: none): a settlement in it is
+    /// stamped with this time, which may be earlier than a read that still sees the record
+    /// pending.
+    group_started: std::sync::atomic::AtomicU64,
     /// Read transactions `known` began (tests check the memory answers without one).
     #[cfg(test)]
     reads: std::sync::atomic::AtomicU64,
@@ -198,6 +202,7 @@ impl RedbOutbox {
             wakeup: Arc::new(Notify::new()),
             metrics,
             known: KnownKeys::new(settings.delivered_window),
+            group_started: std::sync::atomic::AtomicU64::new(0),
             settings,
             queued: AtomicUsize::new(0),
             #[cfg(test)]
@@ -398,6 +403,7 @@ impl Shared {
     ) -> Result<bool, OutboxError> {
         let path = &self.path;
         let now = now_ms();
+        let _started = GroupStarted::publish(&self.group_started, now);
         // Only a group of new decisions (and flushes) can turn out to change nothing.
         let only_enqueues = !prune
             && group
@@ -443,6 +449,7 @@ impl Shared {
             tables.finish()?;
             if prune {
                 let window = self.settings.delivered_window.as_millis() as u64;
+                self.known.pruning(now);
                 tables.prune(now.saturating_sub(window))?;
             }
         }
@@ -526,11 +533,21 @@ impl Shared {
         if self.known.contains(k, now) {
             return Ok(true);
         }
-        let found = self.find(k)?;
-        if let Some(found) = found {
-            self.known.remember(k, found, now);
+        // Taken before the read begins: a group already under way may settle what it sees.
+        let read_ms = match self.group_started.load(Ordering::Acquire) {
+            0 => now,
+            started => started.min(now),
+        };
+        match self.find(k)? {
+            Some(found) => {
+                self.known.remember(k, found, read_ms);
+                Ok(true)
+            }
+            None => {
+                self.known.forget(k);
+                Ok(false)
+            }
         }
-        Ok(found.is_some())
     }
 
     /// Where the last commit holds a key, if anywhere.
@@ -553,6 +570,22 @@ impl Shared {
         }
         let dead = txn.open_table(DEAD_KEYS).store(path)?.get(k).store(path)?;
         Ok(dead.map(|_| Found::Dead))
+    }
+}
+
+/// Publishes the start of the writer's group for as long as the group is applied.
+struct GroupStarted<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> GroupStarted<'a> {
+    fn publish(slot: &'a std::sync::atomic::AtomicU64, at_ms: u64) -> GroupStarted<'a> {
+        slot.store(at_ms.max(1), Ordering::Release);
+        GroupStarted(slot)
+    }
+}
+
+impl Drop for GroupStarted<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -1851,8 +1884,11 @@ mod tests {
             },
         );
         deliver_one(&short, 1);
+        let before = reads(&short);
         assert!(short.submit(&decision(1)));
-        assert_eq!(counted(&short.shared.metrics.enqueued, "duplicate"), 1);
+        assert!(short.submit(&decision(1)));
+        assert_eq!(counted(&short.shared.metrics.enqueued, "duplicate"), 2);
+        assert_eq!(reads(&short), before + 1, "remembered while young");
         let mut n = 100;
         eventually("pruned", || {
             n += 1;
@@ -1860,9 +1896,10 @@ mod tests {
             short.flush().unwrap();
             short.stats().unwrap().delivered_keys == 0
         });
-        let pending = short.stats().unwrap().pending;
+        let (pending, before) = (short.stats().unwrap().pending, reads(&short));
         assert!(short.submit(&decision(1)));
         short.flush().unwrap();
+        assert_eq!(reads(&short), before + 1, "read again once pruned");
         assert_eq!(short.stats().unwrap().pending, pending + 1);
     }
 
