@@ -150,12 +150,15 @@ impl<'a> Tree<'a> {
         let mut builder = Builder {
             tree: Tree {
                 input: text,
-                elements: Vec::with_capacity((text.len() / 64).min(limits.max_elements)),
-                attrs: Vec::new(),
+                // Sized for EWS, about one element per 36 bytes and one attribute per 200
+                // (ids, change keys, response classes), so the arenas rarely grow while filling.
+                elements: Vec::with_capacity((text.len() / 32).min(limits.max_elements)),
+                attrs: Vec::with_capacity((text.len() / 128).min(limits.max_elements)),
                 decoded: Vec::new(),
             },
             open: Vec::with_capacity(16),
-            raw_attrs: Vec::with_capacity(8),
+            // An envelope's root declares a dozen namespaces.
+            raw_attrs: Vec::with_capacity(16),
             limits,
         };
         let mut lexer = Lexer::new(text, Strictness::Full);
