@@ -81,7 +81,7 @@ pub enum AppError {
 /// Observations kept for [`Gateway::recent_observations`] (tests and embedding code; no
 /// endpoint serves them). Few on purpose: every observation passes through, and a long ring's
 /// cold entries, freed one per observation, cost the inspection thread cache misses (with
-/// 1 024, the rings of observations and decisions took 8 % of it in the load harness).
+/// 1 024 here and the decisions' 1 024, the two rings took 8 % of it in the load harness).
 const RECENT_OBSERVATIONS: usize = 64;
 
 /// One of the gateway's listeners, and every way an operator can move it.
@@ -448,7 +448,7 @@ impl Gateway {
         &self.inspect_metrics
     }
 
-    /// The latest observations (at most [`RECENT_OBSERVATIONS`]), oldest first.
+    /// The latest observations (at most 64), oldest first.
     pub fn recent_observations(&self) -> Vec<crate::inspect::Observation> {
         self.recent.snapshot()
     }

@@ -136,15 +136,16 @@ pub fn graph_user_after_version(path: &str) -> Option<String> {
 /// connection, for many requests, and decoding a token (base64, JSON) each time costs
 /// inspection more than the rest of the identity. Kept in memory only, never logged.
 struct Principals {
-    /// The hash's secret, random per process, so nobody can craft a credential whose key is
-    /// another's (and be taken for that principal).
+    /// The hash's secret, random per process, so that a credential cannot be made offline to
+    /// share another's key (and be taken for that principal). xxh3 with a secret is not a MAC,
+    /// but aiming at a key would need both the secret and the other credential.
     secret: [u8; 192],
     kept: quick_cache::sync::Cache<u128, Option<Arc<str>>>,
 }
 
 static PRINCIPALS: std::sync::OnceLock<Principals> = std::sync::OnceLock::new();
 
-/// Distinct credentials remembered; beyond, the least used are read again when seen.
+/// Distinct credentials remembered; beyond, the cache evicts some and they are read again.
 const PRINCIPALS_KEPT: usize = 4096;
 
 /// The authenticated principal: Basic user, bearer claims, or NTLM user (`domain\user`).
