@@ -39,6 +39,19 @@ pub(super) struct KnownKeys {
     /// The latest time the writer pruned the window at: an entry ending no later than this may
     /// be gone from the file.
     pruned_at: AtomicU64,
+    /// The time the writer's group in progress began at (0: none). A settlement in it is
+    /// stamped with this time, which may be earlier than a read that still sees the record
+    /// pending.
+    group_started: AtomicU64,
+}
+
+/// The writer's group in progress, published for as long as it is applied.
+pub(super) struct Group<'a>(&'a AtomicU64);
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 impl KnownKeys {
@@ -47,6 +60,23 @@ impl KnownKeys {
             until: quick_cache::sync::Cache::new(CAPACITY),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             pruned_at: AtomicU64::new(0),
+            group_started: AtomicU64::new(0),
+        }
+    }
+
+    /// The writer begins a group stamped `at_ms`; it ends when the returned guard drops.
+    pub(super) fn group(&self, at_ms: u64) -> Group<'_> {
+        self.group_started.store(at_ms.max(1), Ordering::Release);
+        Group(&self.group_started)
+    }
+
+    /// When a read made at `now_ms` counts from: then, or the start of a group the writer is
+    /// applying (which may settle what the read sees), whichever is earlier. Taken before the
+    /// read begins.
+    pub(super) fn read_time(&self, now_ms: u64) -> u64 {
+        match self.group_started.load(Ordering::Acquire) {
+            0 => now_ms,
+            started => started.min(now_ms),
         }
     }
 
@@ -58,8 +88,7 @@ impl KnownKeys {
             .is_some_and(|until| now_ms < until && pruned_at < until)
     }
 
-    /// Remembers what a read found. `read_ms` is when the read was made, or the start of a
-    /// group the writer was committing then, whichever is earlier.
+    /// Remembers what a read found; `read_ms` comes from [`KnownKeys::read_time`].
     pub(super) fn remember(&self, key: u128, found: Found, read_ms: u64) {
         let until = match found {
             Found::Delivered { at_ms } => at_ms.saturating_add(self.window_ms),
@@ -126,6 +155,16 @@ mod tests {
         none.remember(3, Found::Delivered { at_ms: 1_000 }, 1_000);
         none.remember(4, Found::Pending, 1_000);
         assert!(!none.contains(3, 1_000) && !none.contains(4, 1_000));
+    }
+
+    #[test]
+    fn a_read_during_a_group_counts_from_the_group_start() {
+        let known = KnownKeys::new(Duration::from_millis(HOUR));
+        assert_eq!(known.read_time(9_000), 9_000);
+        let group = known.group(7_000);
+        assert_eq!(known.read_time(9_000), 7_000);
+        drop(group);
+        assert_eq!(known.read_time(9_000), 9_000, "the group ended");
     }
 
     #[test]

@@ -93,10 +93,6 @@ struct Shared {
     queued: AtomicUsize,
     /// Keys read from the file before, answered from memory while they surely hold.
     known: KnownKeys,
-    /// The time the writer's group in progress began at (0: none): a settlement in it is
-    /// stamped with this time, which may be earlier than a read that still sees the record
-    /// pending.
-    group_started: std::sync::atomic::AtomicU64,
     /// Read transactions `known` began (tests check the memory answers without one).
     #[cfg(test)]
     reads: std::sync::atomic::AtomicU64,
@@ -202,7 +198,6 @@ impl RedbOutbox {
             wakeup: Arc::new(Notify::new()),
             metrics,
             known: KnownKeys::new(settings.delivered_window),
-            group_started: std::sync::atomic::AtomicU64::new(0),
             settings,
             queued: AtomicUsize::new(0),
             #[cfg(test)]
@@ -403,7 +398,7 @@ impl Shared {
     ) -> Result<bool, OutboxError> {
         let path = &self.path;
         let now = now_ms();
-        let _started = GroupStarted::publish(&self.group_started, now);
+        let _group = self.known.group(now);
         // Only a group of new decisions (and flushes) can turn out to change nothing.
         let only_enqueues = !prune
             && group
@@ -533,11 +528,7 @@ impl Shared {
         if self.known.contains(k, now) {
             return Ok(true);
         }
-        // Taken before the read begins: a group already under way may settle what it sees.
-        let read_ms = match self.group_started.load(Ordering::Acquire) {
-            0 => now,
-            started => started.min(now),
-        };
+        let read_ms = self.known.read_time(now);
         match self.find(k)? {
             Some(found) => {
                 self.known.remember(k, found, read_ms);
@@ -570,22 +561,6 @@ impl Shared {
         }
         let dead = txn.open_table(DEAD_KEYS).store(path)?.get(k).store(path)?;
         Ok(dead.map(|_| Found::Dead))
-    }
-}
-
-/// Publishes the start of the writer's group for as long as the group is applied.
-struct GroupStarted<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl<'a> GroupStarted<'a> {
-    fn publish(slot: &'a std::sync::atomic::AtomicU64, at_ms: u64) -> GroupStarted<'a> {
-        slot.store(at_ms.max(1), Ordering::Release);
-        GroupStarted(slot)
-    }
-}
-
-impl Drop for GroupStarted<'_> {
-    fn drop(&mut self) {
-        self.0.store(0, Ordering::Release);
     }
 }
 
