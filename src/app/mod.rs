@@ -448,7 +448,7 @@ impl Gateway {
         &self.inspect_metrics
     }
 
-    /// The latest observations (at most 64), oldest first.
+    /// The latest observations (at most `RECENT_OBSERVATIONS`), oldest first.
     pub fn recent_observations(&self) -> Vec<crate::inspect::Observation> {
         self.recent.snapshot()
     }

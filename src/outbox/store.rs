@@ -1463,17 +1463,17 @@ mod tests {
         outbox.flush().unwrap();
     }
 
-    #[test]
-    fn delivered_keys_past_the_window_are_forgotten_under_load_and_when_idle() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = OutboxSettings {
-            delivered_window: Duration::ZERO,
+    /// A window of `window` pruned at every commit.
+    fn pruning_at_every_commit(window: Duration) -> OutboxSettings {
+        OutboxSettings {
+            delivered_window: window,
             prune_interval: Duration::ZERO,
             ..OutboxSettings::default()
-        };
-        let outbox = open_with(&dir.path().join("o.redb"), settings.clone());
-        deliver_one(&outbox, 1);
-        // Steady load: every commit is a chance to prune; the writer is never idle for long.
+        }
+    }
+
+    /// Offers new decisions, one commit each, until no delivered key is left.
+    fn load_until_pruned(outbox: &RedbOutbox) {
         let mut n = 100;
         eventually("pruned under load", || {
             n += 1;
@@ -1481,6 +1481,16 @@ mod tests {
             outbox.flush().unwrap();
             outbox.stats().unwrap().delivered_keys == 0
         });
+    }
+
+    #[test]
+    fn delivered_keys_past_the_window_are_forgotten_under_load_and_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = pruning_at_every_commit(Duration::ZERO);
+        let outbox = open_with(&dir.path().join("o.redb"), settings.clone());
+        deliver_one(&outbox, 1);
+        // Steady load: every commit is a chance to prune; the writer is never idle for long.
+        load_until_pruned(&outbox);
         drop(outbox);
         // Idle: the writer prunes when it wakes with nothing to do.
         let outbox = open_with(&dir.path().join("idle.redb"), settings);
@@ -1852,11 +1862,7 @@ mod tests {
         // again it is queued again rather than answered from memory.
         let short = open_with(
             &dir.path().join("short.redb"),
-            OutboxSettings {
-                delivered_window: Duration::from_millis(1_500),
-                prune_interval: Duration::ZERO,
-                ..OutboxSettings::default()
-            },
+            pruning_at_every_commit(Duration::from_millis(1_500)),
         );
         deliver_one(&short, 1);
         let before = reads(&short);
@@ -1864,13 +1870,7 @@ mod tests {
         assert!(short.submit(&decision(1)));
         assert_eq!(counted(&short.shared.metrics.enqueued, "duplicate"), 2);
         assert_eq!(reads(&short), before + 1, "remembered while young");
-        let mut n = 100;
-        eventually("pruned", || {
-            n += 1;
-            assert!(short.submit(&decision(n)));
-            short.flush().unwrap();
-            short.stats().unwrap().delivered_keys == 0
-        });
+        load_until_pruned(&short);
         let (pending, before) = (short.stats().unwrap().pending, reads(&short));
         assert!(short.submit(&decision(1)));
         short.flush().unwrap();
