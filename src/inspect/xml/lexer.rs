@@ -125,12 +125,10 @@ impl<'a> Lexer<'a> {
     pub fn next(&mut self, attrs: &mut Vec<RawAttr>) -> Result<Markup, XmlError> {
         let bytes = self.input.as_bytes();
         loop {
-            let rest = &bytes[self.pos..];
-            let Some(i) = memchr2(b'<', b'&', rest) else {
+            let Some(at) = find_markup(bytes, self.pos) else {
                 self.pos = bytes.len();
                 return Ok(Markup::Eof);
             };
-            let at = self.pos + i;
             if bytes[at] == b'&' {
                 self.pos = self.reference(at)?;
                 continue;
@@ -172,9 +170,23 @@ impl<'a> Lexer<'a> {
 
     fn end_tag(&mut self, at: usize) -> Result<Markup, XmlError> {
         let bytes = self.input.as_bytes();
+        // Most end tags are exactly `</` and the open element's name and `>`: matched in
+        // place. A name holding a quote takes the general path, where quotes count.
+        if let Some(&(s, e)) = self.open.last() {
+            let name = &bytes[s..e];
+            let after = at + 2 + name.len();
+            if bytes.get(after) == Some(&b'>') && same_unquoted(name, &bytes[at + 2..after]) {
+                self.pop();
+                self.pos = after + 1;
+                return Ok(Markup::End {
+                    start: at,
+                    end: after + 1,
+                });
+            }
+        }
         // Quotes count in end tags too (quick-xml reads `</a x=">">` as one tag), and a name
         // may hold them, since a name is whatever runs up to white space.
-        let close = self.tag_close(at)?;
+        let close = self.tag_close(at, at + 1)?;
         // Trailing white space is dropped, unless there is nothing else (quick-xml keeps
         // `</ >` whole, so it matches no start tag).
         let content = &bytes[at + 2..close];
@@ -183,7 +195,7 @@ impl<'a> Lexer<'a> {
             None => content,
         };
         match self.open.last() {
-            Some(&(s, e)) if &bytes[s..e] == name => {}
+            Some(&(s, e)) if same(&bytes[s..e], name) => {}
             Some(_) => return Err(malformed("end tag does not match its start", at)),
             None => return Err(malformed("end tag without a start", at)),
         }
@@ -206,14 +218,14 @@ impl<'a> Lexer<'a> {
             })
     }
 
-    /// The end of a start tag: the first `>` outside quotes.
-    fn tag_close(&self, at: usize) -> Result<usize, XmlError> {
+    /// The end of the tag opened at `at`: the first `>` outside quotes, looked for from
+    /// `from` (the caller knows there is neither before it).
+    fn tag_close(&self, at: usize, from: usize) -> Result<usize, XmlError> {
         let bytes = self.input.as_bytes();
-        let mut pos = at + 1;
+        let mut pos = from;
         loop {
-            let i = memchr3(b'>', b'"', b'\'', &bytes[pos..])
-                .ok_or_else(|| malformed("unclosed start tag", at))?;
-            let found = pos + i;
+            let found =
+                find_tag_byte(bytes, pos).ok_or_else(|| malformed("unclosed start tag", at))?;
             match bytes[found] {
                 b'>' => return Ok(found),
                 quote => {
@@ -227,21 +239,39 @@ impl<'a> Lexer<'a> {
 
     fn start_tag(&mut self, at: usize, attrs: &mut Vec<RawAttr>) -> Result<StartTag, XmlError> {
         let bytes = self.input.as_bytes();
-        let close = self.tag_close(at)?;
-        let empty = close > at + 1 && bytes[close - 1] == b'/';
-        let content_end = if empty { close - 1 } else { close };
         let name_start = at + 1;
-        let name_end = bytes[name_start..content_end]
-            .iter()
-            .position(|&b| is_space(b))
-            .map_or(content_end, |i| name_start + i);
+        // One scan finds where the name ends and its first `:`. When `>` ends it, the tag
+        // has no attributes and is complete; after white space the tag's end is looked for
+        // from there; a quote in the name takes the general path, where quotes count.
+        let (stop, colon) = scan_name(bytes, name_start);
+        let (close, name_end) = match stop.map(|i| (i, bytes[i])) {
+            Some((i, b'>')) => (i, None),
+            Some((i, b)) if is_space(b) => (self.tag_close(at, i)?, Some(i)),
+            _ => (self.tag_close(at, name_start)?, None),
+        };
+        let empty = close > name_start && bytes[close - 1] == b'/';
+        let content_end = if empty { close - 1 } else { close };
+        let name_end = match (stop, name_end) {
+            (Some(i), None) if i == close => content_end,
+            (_, Some(end)) => end,
+            _ => bytes[name_start..content_end]
+                .iter()
+                .position(|&b| is_space(b))
+                .map_or(content_end, |i| name_start + i),
+        };
         let depth = self.open.len() + 1;
-        self.attributes(name_end, content_end, attrs, depth)?;
+        if name_end < content_end {
+            self.attributes(name_end, content_end, attrs, depth)?;
+        }
         let name = &self.input[name_start..name_end];
-        // A byte search: names are short, and `str::find` with a char costs a searcher.
-        let (prefix, local_start) = match name.bytes().position(|b| b == b':') {
-            Some(i) => (Some(&name[..i]), name_start + i + 1),
-            None => (None, name_start),
+        let (prefix, local_start) = match colon.filter(|&c| c < name_end) {
+            Some(c) => (Some(&name[..c - name_start]), c + 1),
+            None if stop.is_some_and(|i| i >= name_end) => (None, name_start),
+            // The general path: the name was not scanned to its end.
+            None => match name.bytes().position(|b| b == b':') {
+                Some(i) => (Some(&name[..i]), name_start + i + 1),
+                None => (None, name_start),
+            },
         };
         let ns = self.resolve(prefix);
         self.open.push((name_start, name_end));
@@ -385,10 +415,76 @@ impl<'a> Lexer<'a> {
                 .bindings
                 .iter()
                 .rev()
-                .find(|b| b.prefix == Some(p))
+                .find(|b| b.prefix.is_some_and(|q| same(q.as_bytes(), p.as_bytes())))
                 .map_or(Ns::None, |b| b.ns),
         }
     }
+}
+
+/// How far a scan looks byte by byte before handing over to memchr: in SOAP most markup is
+/// a few bytes from the last (`><`, short names, short text), where memchr's setup costs
+/// more than the search.
+const SHORT_SCAN: usize = 32;
+
+/// The next `<` or `&` at or after `from`.
+fn find_markup(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    let near = &rest[..rest.len().min(SHORT_SCAN)];
+    if let Some(i) = near.iter().position(|&b| b == b'<' || b == b'&') {
+        return Some(from + i);
+    }
+    memchr2(b'<', b'&', &rest[near.len()..]).map(|i| from + near.len() + i)
+}
+
+/// The next `>` or quote at or after `from`.
+fn find_tag_byte(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    let near = &rest[..rest.len().min(SHORT_SCAN)];
+    if let Some(i) = near.iter().position(|&b| matches!(b, b'>' | b'"' | b'\'')) {
+        return Some(from + i);
+    }
+    memchr3(b'>', b'"', b'\'', &rest[near.len()..]).map(|i| from + near.len() + i)
+}
+
+/// What ends a name in a start tag's single scan: XML white space, `>` and the quotes.
+const NAME_STOPS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    let stops = *b" \t\r\n>\"'";
+    while i < stops.len() {
+        table[stops[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// From `from`, the offset of the first byte that ends a name (`None` at the end of the
+/// input) and of the first `:` before it.
+fn scan_name(bytes: &[u8], from: usize) -> (Option<usize>, Option<usize>) {
+    let mut colon = None;
+    for (i, &b) in bytes.iter().enumerate().skip(from) {
+        if NAME_STOPS[usize::from(b)] {
+            return (Some(i), colon);
+        }
+        if b == b':' && colon.is_none() {
+            colon = Some(i);
+        }
+    }
+    (None, colon)
+}
+
+/// Byte equality for the short names and prefixes of XML, compared in line (a call to
+/// `memcmp` costs more than comparing ten bytes).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// [`same`], and neither holds a quote (which would change where a tag ends).
+fn same_unquoted(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x == y && *x != b'"' && *x != b'\'')
 }
 
 /// `Some(prefix)` for a namespace declaration: `xmlns` declares the default (`Some(None)`),
