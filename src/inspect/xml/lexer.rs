@@ -78,6 +78,14 @@ pub(super) enum Markup {
 }
 
 #[derive(Debug, Clone, Copy)]
+struct OpenName {
+    start: usize,
+    end: usize,
+    /// Quotes count in end tags (where a tag ends), so such a name takes the general path.
+    quoted: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Binding<'a> {
     /// `None` for the default namespace.
     prefix: Option<&'a str>,
@@ -90,8 +98,8 @@ pub(super) struct Lexer<'a> {
     input: &'a str,
     pos: usize,
     strictness: Strictness,
-    /// Names of the open elements, outermost first.
-    open: Vec<(usize, usize)>,
+    /// Names of the open elements, outermost first, and whether a name holds a quote.
+    open: Vec<OpenName>,
     bindings: Vec<Binding<'a>>,
 }
 
@@ -172,10 +180,10 @@ impl<'a> Lexer<'a> {
         let bytes = self.input.as_bytes();
         // Most end tags are exactly `</` and the open element's name and `>`: matched in
         // place. A name holding a quote takes the general path, where quotes count.
-        if let Some(&(s, e)) = self.open.last() {
-            let name = &bytes[s..e];
+        if let Some(open) = self.open.last().filter(|o| !o.quoted) {
+            let name = &bytes[open.start..open.end];
             let after = at + 2 + name.len();
-            if bytes.get(after) == Some(&b'>') && same_unquoted(name, &bytes[at + 2..after]) {
+            if bytes.get(after) == Some(&b'>') && same(name, &bytes[at + 2..after]) {
                 self.pop();
                 self.pos = after + 1;
                 return Ok(Markup::End {
@@ -195,7 +203,7 @@ impl<'a> Lexer<'a> {
             None => content,
         };
         match self.open.last() {
-            Some(&(s, e)) if same(&bytes[s..e], name) => {}
+            Some(open) if same(&bytes[open.start..open.end], name) => {}
             Some(_) => return Err(malformed("end tag does not match its start", at)),
             None => return Err(malformed("end tag without a start", at)),
         }
@@ -274,7 +282,15 @@ impl<'a> Lexer<'a> {
             },
         };
         let ns = self.resolve(prefix);
-        self.open.push((name_start, name_end));
+        self.open.push(OpenName {
+            start: name_start,
+            end: name_end,
+            // Only the general path (a quote stopped the scan) can have one in the name.
+            quoted: matches!(stop.map(|i| bytes[i]), Some(b'"' | b'\'') | None)
+                && bytes[name_start..name_end]
+                    .iter()
+                    .any(|&b| b == b'"' || b == b'\''),
+        });
         self.pos = close + 1;
         Ok(StartTag {
             start: at,
@@ -426,12 +442,30 @@ impl<'a> Lexer<'a> {
 /// more than the search.
 const SHORT_SCAN: usize = 32;
 
-/// The next `<` or `&` at or after `from`.
+/// The next `<` or `&` at or after `from`: eight bytes at a time for the first few words
+/// (a word holds one when XOR with it leaves a zero byte), then memchr.
 fn find_markup(bytes: &[u8], from: usize) -> Option<usize> {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(LOW) & !v & HIGH;
     let rest = bytes.get(from..)?;
     let near = &rest[..rest.len().min(SHORT_SCAN)];
-    if let Some(i) = near.iter().position(|&b| b == b'<' || b == b'&') {
-        return Some(from + i);
+    let mut words = near.chunks_exact(8);
+    for (n, chunk) in words.by_ref().enumerate() {
+        let w = word(chunk);
+        // The lowest flagged byte is exact (a borrow only flags bytes above a zero one).
+        let found = zero_byte(w ^ (LOW * u64::from(b'<'))) | zero_byte(w ^ (LOW * u64::from(b'&')));
+        if found != 0 {
+            return Some(from + n * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = near.len() - words.remainder().len();
+    if let Some(i) = words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'<' || b == b'&')
+    {
+        return Some(from + tail + i);
     }
     memchr2(b'<', b'&', &rest[near.len()..]).map(|i| from + near.len() + i)
 }
@@ -446,15 +480,20 @@ fn find_tag_byte(bytes: &[u8], from: usize) -> Option<usize> {
     memchr3(b'>', b'"', b'\'', &rest[near.len()..]).map(|i| from + near.len() + i)
 }
 
-/// What ends a name in a start tag's single scan: XML white space, `>` and the quotes.
-const NAME_STOPS: [bool; 256] = {
-    let mut table = [false; 256];
+/// How a start tag's single scan reads a byte: part of the name, the end of it (XML white
+/// space, `>`, a quote), or a colon.
+const NAME: u8 = 0;
+const STOP: u8 = 1;
+const COLON: u8 = 2;
+const NAME_BYTES: [u8; 256] = {
+    let mut table = [NAME; 256];
     let mut i = 0;
     let stops = *b" \t\r\n>\"'";
     while i < stops.len() {
-        table[stops[i] as usize] = true;
+        table[stops[i] as usize] = STOP;
         i += 1;
     }
+    table[b':' as usize] = COLON;
     table
 };
 
@@ -463,28 +502,41 @@ const NAME_STOPS: [bool; 256] = {
 fn scan_name(bytes: &[u8], from: usize) -> (Option<usize>, Option<usize>) {
     let mut colon = None;
     for (i, &b) in bytes.iter().enumerate().skip(from) {
-        if NAME_STOPS[usize::from(b)] {
-            return (Some(i), colon);
-        }
-        if b == b':' && colon.is_none() {
-            colon = Some(i);
+        match NAME_BYTES[usize::from(b)] {
+            NAME => {}
+            STOP => return (Some(i), colon),
+            _ => {
+                colon = colon.or(Some(i));
+            }
         }
     }
     (None, colon)
 }
 
-/// Byte equality for the short names and prefixes of XML, compared in line (a call to
-/// `memcmp` costs more than comparing ten bytes).
+/// Byte equality for the short names and prefixes of XML, compared in line, eight bytes at
+/// a time (a call to `memcmp` costs more than comparing a name).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words_equal = a8
+        .by_ref()
+        .zip(b8.by_ref())
+        .all(|(x, y)| word(x) == word(y));
+    words_equal
+        && a8
+            .remainder()
+            .iter()
+            .zip(b8.remainder())
+            .all(|(x, y)| x == y)
 }
 
-/// [`same`], and neither holds a quote (which would change where a tag ends).
-fn same_unquoted(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x == y && *x != b'"' && *x != b'\'')
+/// Eight bytes as one word (little-endian, so the first byte is the lowest).
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(w)
 }
 
 /// `Some(prefix)` for a namespace declaration: `xmlns` declares the default (`Some(None)`),
