@@ -327,3 +327,60 @@ fn reader_corners_match_the_reference() {
         );
     }
 }
+
+/// The scanner's fast paths (a start tag's name scanned once, an end tag matched in place)
+/// against the general path's corners: empty and slashed names, colons anywhere, white space
+/// of every kind before `/>`, quotes in names, near-miss end tags.
+#[test]
+fn fast_path_corners_match_the_reference() {
+    for doc in [
+        "<a/>",
+        "<a />",
+        "<a/ ></a/>",
+        "<a//>",
+        "<a:/>",
+        "<:a/>",
+        "<a:></a:>",
+        "<a\r\n/>",
+        "<a\tb='1'\n/>",
+        "<a\r\n></a>",
+        "<a b=':'/>",
+        "<a :b='1'/>",
+        "<a:b:c/>",
+        "<é:ü/>",
+        "<é></é >",
+        "<a x=\">\"></a>",
+        "<a'>'/>",
+        "<a></a",
+        "<a></b>",
+        "<a></a/>",
+        "<a></ab>",
+        "<ab></a>",
+        "<abcdefgh></abcdefgh>",
+        "<abcdefghi></abcdefghX>",
+        "<abcdefgh></abcdefgX>",
+    ] {
+        assert_eq!(
+            differences(doc.as_bytes(), XmlLimits::default()),
+            None,
+            "{doc:?}"
+        );
+    }
+}
+
+/// Text is searched a word at a time for its first 32 bytes and by memchr after: markup and
+/// references found on each side of every word and of the handover.
+#[test]
+fn markup_is_found_across_word_and_scan_boundaries() {
+    for n in [0, 1, 6, 7, 8, 9, 15, 16, 23, 24, 30, 31, 32, 33, 40, 64, 65] {
+        let pad = "x".repeat(n);
+        for doc in [
+            format!("<a>{pad}<b/>{pad}</a>"),
+            format!("<a>{pad}&amp;{pad}<b/></a>"),
+            format!("<a>é{pad}&lt;</a>"),
+            format!("<a b=\"{pad}\" c='{pad}>'>{pad}</a>"),
+        ] {
+            assert_agree(doc.as_bytes(), &doc);
+        }
+    }
+}
