@@ -17,16 +17,20 @@ pub fn now_ms() -> u64 {
 /// otherwise). Unparsable values are kept as sent.
 pub fn normalize_timestamp(raw: &str) -> String {
     let t = raw.trim();
+    // What EWS sends: already in the normal form, copied as it is without parsing it (what
+    // does not parse is kept as sent as well, so the order of the checks changes nothing).
+    if is_normal_utc(t) {
+        return t.to_owned();
+    }
     match parse_rfc3339(t) {
-        // What EWS sends: already in the normal form, copied as it is.
-        Some(_) if is_normal_utc(t) => t.to_owned(),
         Some((secs, frac)) => format_utc(secs, frac),
         None => t.to_owned(),
     }
 }
 
-/// Of a timestamp `parse_rfc3339` read: `YYYY-MM-DDTHH:MM:SSZ` naming a real second (no 31st
-/// of a 30-day month, no leap second), exactly what [`format_utc`] would write for it.
+/// `YYYY-MM-DDTHH:MM:SSZ` naming a real second (no 31st of a 30-day month, no leap second),
+/// exactly what [`format_utc`] would write for it. Fields that are not digits count as zero,
+/// so some strings that do not parse pass too: those are kept as sent either way.
 fn is_normal_utc(t: &str) -> bool {
     let b = t.as_bytes();
     if b.len() != 20 || b[19] != b'Z' || b[10] != b'T' {
