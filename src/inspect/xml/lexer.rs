@@ -248,21 +248,24 @@ impl<'a> Lexer<'a> {
     fn start_tag(&mut self, at: usize, attrs: &mut Vec<RawAttr>) -> Result<StartTag, XmlError> {
         let bytes = self.input.as_bytes();
         let name_start = at + 1;
-        // One scan finds where the name ends and its first `:`. When `>` ends it, the tag
-        // has no attributes and is complete; after white space the tag's end is looked for
-        // from there; a quote in the name takes the general path, where quotes count.
-        let (stop, colon) = scan_name(bytes, name_start);
-        let (close, name_end) = match stop.map(|i| (i, bytes[i])) {
-            Some((i, b'>')) => (i, None),
-            Some((i, b)) if is_space(b) => (self.tag_close(at, i)?, Some(i)),
-            _ => (self.tag_close(at, name_start)?, None),
+        // One scan finds where the name ends and its first `:`. When `>` or white space ends
+        // it, that is the whole name: after `>` the tag is complete (no attributes), after
+        // white space its end is looked for from there. A quote in the name (or no end at
+        // all) takes the general path, where quotes count.
+        let (stop, scanned_colon) = scan_name(bytes, name_start);
+        let whole = stop.filter(|&i| bytes[i] == b'>' || is_space(bytes[i]));
+        let close = match whole {
+            Some(i) if bytes[i] == b'>' => i,
+            Some(i) => self.tag_close(at, i)?,
+            None => self.tag_close(at, name_start)?,
         };
         let empty = close > name_start && bytes[close - 1] == b'/';
         let content_end = if empty { close - 1 } else { close };
-        let name_end = match (stop, name_end) {
-            (Some(i), None) if i == close => content_end,
-            (_, Some(end)) => end,
-            _ => bytes[name_start..content_end]
+        let name_end = match whole {
+            // `>` ends the name with the content (less an empty tag's `/`); white space ends
+            // it before the attributes.
+            Some(i) => i.min(content_end),
+            None => bytes[name_start..content_end]
                 .iter()
                 .position(|&b| is_space(b))
                 .map_or(content_end, |i| name_start + i),
@@ -272,21 +275,20 @@ impl<'a> Lexer<'a> {
             self.attributes(name_end, content_end, attrs, depth)?;
         }
         let name = &self.input[name_start..name_end];
-        let (prefix, local_start) = match colon.filter(|&c| c < name_end) {
+        let colon = match whole {
+            Some(_) => scanned_colon,
+            None => name.bytes().position(|b| b == b':').map(|i| name_start + i),
+        };
+        let (prefix, local_start) = match colon {
             Some(c) => (Some(&name[..c - name_start]), c + 1),
-            None if stop.is_some_and(|i| i >= name_end) => (None, name_start),
-            // The general path: the name was not scanned to its end.
-            None => match name.bytes().position(|b| b == b':') {
-                Some(i) => (Some(&name[..i]), name_start + i + 1),
-                None => (None, name_start),
-            },
+            None => (None, name_start),
         };
         let ns = self.resolve(prefix);
         self.open.push(OpenName {
             start: name_start,
             end: name_end,
-            // Only the general path (a quote stopped the scan) can have one in the name.
-            quoted: matches!(stop.map(|i| bytes[i]), Some(b'"' | b'\'') | None)
+            // Only a name the scan did not take whole can hold one.
+            quoted: whole.is_none()
                 && bytes[name_start..name_end]
                     .iter()
                     .any(|&b| b == b'"' || b == b'\''),
