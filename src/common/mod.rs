@@ -3,6 +3,7 @@
 //! Message-ID and timestamp normal forms), bounded reads of service answers, and where
 //! background work runs. Nothing here knows a stage.
 
+pub mod bytes;
 pub mod duration;
 pub mod memory;
 pub mod read;

@@ -10,10 +10,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde::de::IgnoredAny;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json::{LenientBool, Text, json_object};
+use super::json::{Keys, LenientBool, Text, from_body, from_body_seed, json_object};
 use super::model::{Address, CategoryMode, Message, Observation, Origin, Source, Transfer};
 use crate::common::text::{normalize_message_id, percent_decode};
 use crate::common::time::normalize_timestamp;
@@ -93,12 +93,6 @@ json_object! {
         is_draft: LenientBool = "isDraft",
         internet_message_headers: Vec<Header<'a>> = "internetMessageHeaders",
         removed: Option<IgnoredAny> = "@removed",
-    }
-}
-
-json_object! {
-    struct List<'a> {
-        value: Vec<GraphMessage<'a>> = "value",
     }
 }
 
@@ -295,12 +289,12 @@ pub fn inspect(
             )?
         }
         ("GET", ["messages", _] | ["mailfolders", _, "messages", _]) => {
-            let m: GraphMessage<'_> = serde_json::from_slice(x.response)?;
+            let m: GraphMessage<'_> = from_body(x.response)?;
             let folder = (lower.len() == 4).then(|| &*rest[1]);
             out.push(seen(m, folder, origin("get_message")));
         }
         ("POST", ["sendmail"]) => {
-            let send: SendMail<'_> = serde_json::from_slice(x.request)?;
+            let send: SendMail<'_> = from_body(x.request)?;
             out.push(Observation::MessageSent {
                 origin: origin("sendMail"),
                 via: "sendMail".into(),
@@ -323,7 +317,7 @@ pub fn inspect(
             let body: Option<ReplyBody<'_>> = if x.request.iter().all(u8::is_ascii_whitespace) {
                 None
             } else {
-                Some(serde_json::from_slice(x.request)?)
+                Some(from_body(x.request)?)
             };
             let via = match *action {
                 "replyall" => "replyAll",
@@ -339,8 +333,8 @@ pub fn inspect(
             });
         }
         ("POST", ["messages", _, action @ ("move" | "copy")]) => {
-            let destination: Destination<'_> = serde_json::from_slice(x.request)?;
-            let moved: GraphMessage<'_> = serde_json::from_slice(x.response)?;
+            let destination: Destination<'_> = from_body(x.request)?;
+            let moved: GraphMessage<'_> = from_body(x.response)?;
             let (destination_folder_id, destination_folder) =
                 folder_name(&destination.destination_id);
             let transfer = Transfer {
@@ -356,7 +350,7 @@ pub fn inspect(
             ));
         }
         ("PATCH", ["messages", _] | ["mailfolders", _, "messages", _]) => {
-            let patch: GraphMessage<'_> = serde_json::from_slice(x.request)?;
+            let patch: GraphMessage<'_> = from_body(x.request)?;
             if let Some(categories) = patch.categories {
                 // PATCH replaces the whole list.
                 out.push(Observation::CategoriesChanged {
@@ -368,14 +362,14 @@ pub fn inspect(
             }
         }
         ("GET", ["mailfolders"] | ["mailfolders", _, "childfolders"]) => {
-            let list: FolderList<'_> = serde_json::from_slice(x.response)?;
+            let list: FolderList<'_> = from_body(x.response)?;
             let origin = origin("list_folders");
             for f in list.value {
                 out.push(folder(f, None, origin.clone()));
             }
         }
         ("GET", ["mailfolders", name]) => {
-            let f: GraphFolder<'_> = serde_json::from_slice(x.response)?;
+            let f: GraphFolder<'_> = from_body(x.response)?;
             let well_known = WELL_KNOWN.contains(name).then(|| (*name).to_owned());
             out.push(folder(f, well_known, origin("get_folder")));
         }
@@ -530,8 +524,8 @@ fn batch(
     mailbox: Option<String>,
     out: &mut Vec<Observation>,
 ) -> Result<(), GraphError> {
-    let requests: Batch<'_> = serde_json::from_slice(x.request)?;
-    let responses: Batch<'_> = serde_json::from_slice(x.response)?;
+    let requests: Batch<'_> = from_body(x.request)?;
+    let responses: Batch<'_> = from_body(x.response)?;
     let (requests, responses) = (requests.requests, responses.responses);
     let mut by_id: Vec<usize> = (0..requests.len()).collect();
     by_id.sort_by(|&a, &b| cmp_batch_ids(&requests[a].id, &requests[b].id));
@@ -566,13 +560,84 @@ fn list(
     initial_sync: bool,
     out: &mut Vec<Observation>,
 ) -> Result<(), GraphError> {
-    let list: List<'_> = serde_json::from_slice(body)?;
-    for m in list.value {
-        if m.removed.is_none() {
-            out.push(seen_in_sync(m, folder, origin.clone(), initial_sync));
-        }
+    let page = Page {
+        folder: folder.map(folder_name),
+        origin,
+        initial_sync,
+        out,
+    };
+    Ok(from_body_seed(body, page)?)
+}
+
+/// A message list or delta page, read in one pass: each message of `value` becomes its
+/// observation as soon as it is read, with no vector of parsed messages in between (growing
+/// one moved every message's fields again). `value` absent is an empty page; given twice, an
+/// error, as for any property.
+struct Page<'o> {
+    /// The folder of the request's path, as `folder_name` splits it, once per page.
+    folder: Option<(Option<String>, Option<String>)>,
+    origin: Origin,
+    initial_sync: bool,
+    out: &'o mut Vec<Observation>,
+}
+
+impl<'de> DeserializeSeed<'de> for Page<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
     }
-    Ok(())
+}
+
+impl<'de> Visitor<'de> for Page<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object (a message list)")
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        static VALUE: Keys = Keys::new(&["value"]);
+        let mut read_value = false;
+        while let Some(index) = map.next_key_seed(&VALUE)? {
+            if index.is_none() {
+                map.next_value::<IgnoredAny>()?;
+            } else if std::mem::replace(&mut read_value, true) {
+                return Err(de::Error::duplicate_field("value"));
+            } else {
+                map.next_value_seed(Messages(&mut self))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `value` array of a [`Page`].
+struct Messages<'p, 'o>(&'p mut Page<'o>);
+
+impl<'de> DeserializeSeed<'de> for Messages<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Messages<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of messages")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let page = self.0;
+        while let Some(m) = seq.next_element::<GraphMessage<'de>>()? {
+            if m.removed.is_none() {
+                let message = in_folder(fields(m), page.folder.as_ref());
+                page.out.push(Observation::MessageSeen {
+                    origin: page.origin.clone(),
+                    message: message.into(),
+                    initial_sync: page.initial_sync,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A delta request without a delta or skip token starts a round from nothing: what it returns
@@ -602,28 +667,24 @@ fn folder_name(segment: &str) -> (Option<String>, Option<String>) {
 }
 
 fn seen(m: GraphMessage<'_>, folder: Option<&str>, origin: Origin) -> Observation {
-    seen_in_sync(m, folder, origin, false)
-}
-
-fn seen_in_sync(
-    m: GraphMessage<'_>,
-    folder: Option<&str>,
-    origin: Origin,
-    initial_sync: bool,
-) -> Observation {
-    let mut message = fields(m);
-    if let Some(segment) = folder {
-        let (id, name) = folder_name(segment);
-        if message.folder_id.is_none() {
-            message.folder_id = id;
-        }
-        message.folder = name;
-    }
+    let message = in_folder(fields(m), folder.map(folder_name).as_ref());
     Observation::MessageSeen {
         origin,
         message: message.into(),
-        initial_sync,
+        initial_sync: false,
     }
+}
+
+/// A message read from a folder's path: the path's folder id when the message names none, and
+/// its well-known name when it has one.
+fn in_folder(mut message: Message, folder: Option<&(Option<String>, Option<String>)>) -> Message {
+    if let Some((id, name)) = folder {
+        if message.folder_id.is_none() {
+            message.folder_id.clone_from(id);
+        }
+        message.folder.clone_from(name);
+    }
+    message
 }
 
 fn address(r: Recipient<'_>) -> Address {
@@ -866,6 +927,28 @@ mod tests {
             "{}",
         );
         assert_eq!(user[0]["mailbox"], "kim@contoso.example");
+    }
+
+    #[test]
+    fn a_page_reads_value_in_any_case_once() {
+        let path = "/v1.0/me/mailFolders/inbox/messages";
+        let page = r#"{"@odata.context": "x", "Value": [{"id": "AAMk1="}, {"ID": "AAMk2="}], "@odata.nextLink": "y"}"#;
+        let seen = run("GET", path, "", 200, page);
+        let ids: Vec<_> = seen.iter().map(|o| o["item_id"].clone()).collect();
+        assert_eq!(ids, [json!("AAMk1="), json!("AAMk2=")]);
+        assert!(seen.iter().all(|o| o["folder"] == "inbox"));
+        assert!(run("GET", path, "", 200, r#"{"@odata.context": "x"}"#).is_empty());
+        let twice = r#"{"value": [{"id": "AAMk1="}], "value": [{"id": "AAMk2="}]}"#;
+        let capture = capture_from_parts(
+            "GET",
+            path,
+            &[],
+            bytes::Bytes::new(),
+            200,
+            &[],
+            bytes::Bytes::from_static(twice.as_bytes()),
+        );
+        assert!(crate::inspect::inspect(&capture, InspectLimits::default()).is_err());
     }
 
     #[test]

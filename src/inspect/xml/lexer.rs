@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use memchr::{memchr, memchr2, memchr3};
 
 use super::{Ns, XmlError};
+use crate::common::bytes::{same, word};
 
 /// The namespaces XML itself reserves.
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
@@ -513,32 +514,6 @@ fn scan_name(bytes: &[u8], from: usize) -> (Option<usize>, Option<usize>) {
         }
     }
     (None, colon)
-}
-
-/// Byte equality for the short names and prefixes of XML, compared in line, eight bytes at
-/// a time (a call to `memcmp` costs more than comparing a name).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let words_equal = a8
-        .by_ref()
-        .zip(b8.by_ref())
-        .all(|(x, y)| word(x) == word(y));
-    words_equal
-        && a8
-            .remainder()
-            .iter()
-            .zip(b8.remainder())
-            .all(|(x, y)| x == y)
-}
-
-/// Eight bytes as one word (little-endian, so the first byte is the lowest).
-fn word(bytes: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(w)
 }
 
 /// `Some(prefix)` for a namespace declaration: `xmlns` declares the default (`Some(None)`),
