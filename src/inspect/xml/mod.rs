@@ -307,7 +307,14 @@ impl<'t> Node<'t> {
         if el.first_child == NONE && !text::needs_decoding(content) {
             return Cow::Borrowed(content.trim());
         }
-        let mut out = String::new();
+        // Decoding never lengthens text, so its content's length is enough for the common case
+        // (references or line ends, no children) to be written without growing. Content with
+        // children may be mostly the children: left to grow as it needs.
+        let mut out = if el.first_child == NONE {
+            String::with_capacity(content.len())
+        } else {
+            String::new()
+        };
         let mut from = el.content.0;
         for child in self.children() {
             let outer = child.el().outer;
