@@ -186,6 +186,24 @@ fn ews(c: &mut Criterion) {
     });
     group.finish();
 
+    // An operation nothing is read from (a 1 MiB attachment fetched by GetAttachment): what
+    // its exchange costs inspection. Before the operation was checked first, the whole
+    // response was parsed to yield nothing.
+    let mut group = c.benchmark_group("ews_unread");
+    let attachment = format!(
+        "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><m:GetAttachmentResponse xmlns:m=\"{M}\" xmlns:t=\"{T}\"><m:ResponseMessages><m:GetAttachmentResponseMessage ResponseClass=\"Success\"><m:ResponseCode>NoError</m:ResponseCode><m:Attachments><t:FileAttachment><t:AttachmentId Id=\"AAMkAttachment=\"/><t:Name>quote.pdf</t:Name><t:ContentType>application/pdf</t:ContentType><t:Content>{}</t:Content></t:FileAttachment></m:Attachments></m:GetAttachmentResponseMessage></m:ResponseMessages></m:GetAttachmentResponse></s:Body></s:Envelope>",
+        "JVBERi0xLjcKJcfsj6IK".repeat((1 << 20) / 20)
+    );
+    group.throughput(Throughput::Bytes(attachment.len() as u64));
+    let capture = capture_for("GetAttachment", Bytes::from(attachment));
+    group.bench_function("GetAttachment_1MiB", |b| {
+        b.iter(|| {
+            let found = inspect::inspect(&capture, InspectLimits::default()).unwrap();
+            assert!(found.observations.is_empty());
+        })
+    });
+    group.finish();
+
     let mut group = c.benchmark_group("ews_operation");
     let (body, _) = response("GetItem", 4 << 10);
     group.throughput(Throughput::Elements(1));

@@ -74,6 +74,49 @@ fn every_operation_kind_is_covered_by_a_fixture() {
     }
 }
 
+/// An operation inspection reads nothing from costs only its request: its response is never
+/// decompressed or parsed (here it is not even XML), while an operation it reads still has its
+/// response checked. The operation is the request body's first element, in any prefix.
+#[test]
+fn responses_of_operations_nothing_is_read_from_are_not_parsed() {
+    let request = |operation: &str| {
+        format!(
+            r#"<?xml version="1.0"?><S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/" xmlns:x="http://schemas.microsoft.com/exchange/services/2006/messages"><S:Body><x:{operation}><x:AttachmentIds/></x:{operation}></S:Body></S:Envelope>"#
+        )
+    };
+    let exchange = |operation: &str, response: &'static [u8]| {
+        let capture = inspect::capture_from_parts(
+            "POST",
+            "/EWS/Exchange.asmx",
+            &[],
+            bytes::Bytes::from(request(operation)),
+            200,
+            &[],
+            bytes::Bytes::from_static(response),
+        );
+        inspect::inspect(&capture, InspectLimits::default())
+    };
+    let not_xml = b"\x00 a megabyte of base64 would be here, unparsed";
+    for unread in [
+        "GetAttachment",
+        "ResolveNames",
+        "GetUserAvailability",
+        "GetUserPhoto",
+    ] {
+        let found = exchange(unread, not_xml).unwrap_or_else(|e| panic!("{unread}: {e}"));
+        assert!(
+            found.observations.is_empty() && found.failures.is_empty(),
+            "{unread}"
+        );
+    }
+    for read in ["GetItem", "FindItem", "CreateItem", "MoveItem", "GetFolder"] {
+        assert!(
+            exchange(read, not_xml).is_err(),
+            "{read}'s response went unread"
+        );
+    }
+}
+
 /// Random damage to every fixture's bodies: inspection may fail, but never panics, and never
 /// invents more observations than the body has elements.
 fn mutated(input: &[u8], flips: &[(usize, u8)], cut: usize) -> Vec<u8> {

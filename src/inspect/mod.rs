@@ -86,11 +86,18 @@ pub fn inspect(capture: &Capture, limits: InspectLimits) -> Result<Inspected, In
                 return Ok(Inspected::default());
             }
             let request = body(capture, true, limits)?;
-            let response = body(capture, false, limits)?;
             // A request we cannot read still leaves a response worth reading (and vice versa).
             let request_tree = request
                 .as_ref()
                 .and_then(|b| xml::Tree::parse(b, limits.xml).ok());
+            // An operation inspection reads nothing from (an attachment, a photo, free/busy,
+            // name resolution): its response, often the largest body of a session, is neither
+            // decompressed nor parsed, and so nothing of it is counted as a failure either.
+            let asked = request_tree.as_ref().and_then(|t| t.body_child().ok());
+            if asked.is_some_and(|operation| !ews::reads(operation.name())) {
+                return Ok(Inspected::default());
+            }
+            let response = body(capture, false, limits)?;
             let response_tree = match &response {
                 Some(b) => Some(xml::Tree::parse(b, limits.xml)?),
                 None => None,

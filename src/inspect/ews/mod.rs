@@ -131,22 +131,44 @@ pub fn inspect(
     out
 }
 
+/// How one operation's exchanges become observations.
+type Reader = fn(&Exchange<'_>, &mut Vec<Observation>);
+
+/// Every operation inspection reads, with its reader; any other yields nothing.
+const READERS: [(&str, Reader); 13] = [
+    ("GetItem", reads::get_item),
+    ("GetEvents", reads::get_events),
+    ("FindItem", reads::find_item),
+    ("SyncFolderItems", reads::sync_folder_items),
+    ("GetFolder", reads::get_folder),
+    ("FindFolder", reads::find_folder),
+    ("SyncFolderHierarchy", reads::sync_folder_hierarchy),
+    ("CreateItem", writes::create_item),
+    ("SendItem", writes::send_item),
+    ("UpdateItem", writes::update_item),
+    ("MoveItem", writes::move_or_copy),
+    ("CopyItem", writes::move_or_copy),
+    ("DeleteItem", writes::delete_item),
+];
+
+/// Whether inspection reads anything from an operation's exchanges (its local name, as the
+/// request's body names it). The response of any other — an attachment, a photo, free/busy,
+/// name resolution — need not be decompressed or parsed at all.
+pub fn reads(operation: &str) -> bool {
+    reader(operation).is_some()
+}
+
+fn reader(operation: &str) -> Option<Reader> {
+    READERS
+        .iter()
+        .find(|(name, _)| *name == operation)
+        .map(|(_, read)| *read)
+}
+
 /// The observations of one operation.
 fn observe(x: &Exchange<'_>, out: &mut Vec<Observation>) {
-    match &*x.origin.operation {
-        "GetItem" => reads::get_item(x, out),
-        "GetEvents" => reads::get_events(x, out),
-        "FindItem" => reads::find_item(x, out),
-        "SyncFolderItems" => reads::sync_folder_items(x, out),
-        "GetFolder" => reads::get_folder(x, out),
-        "FindFolder" => reads::find_folder(x, out),
-        "SyncFolderHierarchy" => reads::sync_folder_hierarchy(x, out),
-        "CreateItem" => writes::create_item(x, out),
-        "SendItem" => writes::send_item(x, out),
-        "UpdateItem" => writes::update_item(x, out),
-        "MoveItem" | "CopyItem" => writes::move_or_copy(x, out),
-        "DeleteItem" => writes::delete_item(x, out),
-        _ => {}
+    if let Some(read) = reader(&x.origin.operation) {
+        read(x, out);
     }
 }
 
