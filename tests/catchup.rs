@@ -8,21 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use trackgate::rules::{Decision, Reason};
+use trackgate::simulate::ExchangeSimulator;
 use trackgate::simulate::mailbox::Store;
-use trackgate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 
-use crate::support::{self, TestGateway};
-
-async fn store_simulator() -> ExchangeSimulator {
-    store_simulator_on(Arc::new(Store::embedded().unwrap())).await
-}
-
-async fn store_simulator_on(store: Arc<Store>) -> ExchangeSimulator {
-    support::simulator_with(
-        SimulatorOptions::new("store", FixtureSet::embedded().unwrap()).with_store(store),
-    )
-    .await
-}
+use crate::support::{self, TestGateway, store_simulator, store_simulator_on};
 
 /// A store the test can read, its simulator, and a gateway configuration on a fresh folder.
 async fn process_setup() -> (

@@ -787,15 +787,7 @@ async fn sweeps(admin: &str) -> u64 {
 async fn a_gateway_frozen_past_its_lease_hands_its_mailboxes_over_and_mail_is_tracked_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = nats::server(dir.path(), "");
-    let store = Arc::new(trackgate::simulate::mailbox::Store::embedded().unwrap());
-    let sim = support::simulator_with(
-        trackgate::simulate::SimulatorOptions::new(
-            "store",
-            trackgate::simulate::FixtureSet::embedded().unwrap(),
-        )
-        .with_store(store),
-    )
-    .await;
+    let sim = support::store_simulator().await;
     let dv = dataverse().await;
     let configs: Vec<_> = ["gw-a", "gw-b"]
         .iter()

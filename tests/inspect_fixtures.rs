@@ -152,23 +152,65 @@ proptest! {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_through_the_gateway_becomes_observations() {
-    let sim = support::simulator("sim").await;
-    let gw = support::gateway(&sim.url(), "").await;
-    let client = support::client(&gw.ca(), true);
+/// Posts the recorded GetItem request as Alex: the fixture, and the body answered (200).
+async fn post_recorded_get_item(
+    client: &reqwest::Client,
+    gw: &support::TestGateway,
+) -> (Fixture, bytes::Bytes) {
     let fixture = Fixture::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/exchange/ews-getitem-message"),
     )
     .unwrap();
     let request = fixture.request.clone().unwrap();
-    let r = support::post_ews_as_alex(&client, &gw, request.body.clone()).await;
+    let r = support::post_ews_as_alex(client, gw, request.body.clone()).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.bytes().await.unwrap(),
-        fixture.body,
-        "the response passed through unchanged"
+    let body = r.bytes().await.unwrap();
+    (fixture, body)
+}
+
+const RESOLVE_NAMES: &str = r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><soap:Header><t:RequestServerVersion Version="Exchange2016"/></soap:Header><soap:Body><ResolveNames xmlns="http://schemas.microsoft.com/exchange/services/2006/messages" ReturnFullContactData="true"><UnresolvedEntry>pat</UnresolvedEntry></ResolveNames></soap:Body></soap:Envelope>"#;
+
+/// Through a live gateway: the response of an operation inspection reads nothing from is not
+/// copied (counted as skipped, never handed off or dropped), and passes through whole, while
+/// an operation it reads is still copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_does_not_copy_responses_nothing_is_read_from() {
+    let sim = support::store_simulator().await;
+    let gw = support::gateway(&sim.url(), "").await;
+    let client = support::client(&gw.ca(), true);
+    let r = support::post_ews_as_alex(&client, &gw, RESOLVE_NAMES).await;
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ResolveNamesResponse"), "{body}");
+    let captures = gw.gateway.proxy().metrics.captures.clone();
+    assert_eq!(captures.skipped_unread.get(), 1);
+    assert_eq!(captures.handed_off.get(), 0);
+    assert_eq!(captures.dropped.get(), 0);
+
+    post_recorded_get_item(&client, &gw).await;
+    support::wait_for(
+        Duration::from_secs(10),
+        "the GetItem copy handed off",
+        async || (captures.handed_off.get() == 1).then_some(()),
+    )
+    .await;
+    assert_eq!(captures.skipped_unread.get(), 1);
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
+    assert!(
+        metrics.contains("trackgate_captures_skipped_unread_total 1"),
+        "{metrics}"
     );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_through_the_gateway_becomes_observations() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "").await;
+    let client = support::client(&gw.ca(), true);
+    let (fixture, body) = post_recorded_get_item(&client, &gw).await;
+    assert_eq!(body, fixture.body, "the response passed through unchanged");
     assert_eq!(support::list_alex_inbox_over_graph(&client, &gw).await, 200);
     let seen = support::wait_for(Duration::from_secs(10), "two observations", async || {
         let recent = gw.gateway.recent_observations();

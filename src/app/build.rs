@@ -30,7 +30,8 @@ use crate::outbox::nats::{NatsMetrics, Role};
 use crate::outbox::{NatsOutbox, Outbox, OutboxMetrics, RedbOutbox};
 use crate::pipeline::Pipeline;
 use crate::proxy::ProxyMetrics;
-use crate::proxy::capture::{Budget, Capture, CaptureSink, DropHook};
+use crate::proxy::capture::{Budget, Capture, CaptureSink, DropHook, ResponseUse};
+use crate::proxy::route::RouteClass;
 use crate::proxy::server;
 use crate::rules::Engine;
 use crate::simulate::mailbox::Store;
@@ -389,7 +390,7 @@ pub(super) fn inspection(
             i.capture_limit,
             budget,
             proxy_metrics.captures.clone(),
-            Some(is_streaming_request),
+            Some(judge_request),
             crate::inspect::identity::affinity,
         )
         .with_drop_hook(drop_hook),
@@ -415,12 +416,20 @@ pub(super) fn drop_hook(marks: Option<&Arc<Marks>>, engine: &Arc<Engine>) -> Opt
     })))
 }
 
-/// An EWS `GetStreamingEvents` request: its response never ends, so it is not copied.
-fn is_streaming_request(body: &[u8]) -> bool {
-    // Runs on the proxy worker for every EWS request: a byte search rules out nearly all of
-    // them before any XML is parsed.
-    memchr::memmem::find(body, b"GetStreamingEvents").is_some()
-        && crate::inspect::xml::operation(body).is_some_and(|op| op == "GetStreamingEvents")
+/// What inspection makes of an exchange, from its request: an EWS `GetStreamingEvents`
+/// response never ends, and an EWS operation inspection reads nothing from yields nothing, so
+/// neither response is copied. Runs on the proxy's worker for every copied EWS exchange when
+/// its response head arrives: one lenient scan to the operation's name, stopping there. A
+/// request it cannot read is copied (the response may still be read).
+fn judge_request(route: RouteClass, body: &[u8]) -> ResponseUse {
+    if route != RouteClass::Ews {
+        return ResponseUse::Inspect;
+    }
+    match crate::inspect::xml::operation(body) {
+        Some(op) if op == "GetStreamingEvents" => ResponseUse::EndlessStream,
+        Some(op) if !crate::inspect::ews::reads(&op) => ResponseUse::NothingRead,
+        _ => ResponseUse::Inspect,
+    }
 }
 
 /// The proxy's and the admin endpoint's listeners, bound, with the addresses they got.

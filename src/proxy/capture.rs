@@ -91,12 +91,26 @@ pub struct CaptureMetrics {
     pub dropped: Counter,
     pub truncated: Counter,
     pub skipped_streams: Counter,
+    pub skipped_unread: Counter,
 }
 
-/// Tells, from a request body, that its response is an endless stream whose copy must not be
-/// kept (EWS `GetStreamingEvents`). Supplied by the composition root, since recognising an
+/// What inspection would make of an exchange's response, told from the request body before the
+/// response arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseUse {
+    /// Copied and inspected.
+    Inspect,
+    /// An endless stream (EWS `GetStreamingEvents`): the copy is given up rather than held
+    /// for the stream's life.
+    EndlessStream,
+    /// An operation inspection reads nothing from (EWS `GetAttachment`, `ResolveNames`, …):
+    /// the copy is given up, so its response is not copied on the proxy's worker at all.
+    NothingRead,
+}
+
+/// Judges a request body of a route. Supplied by the composition root, since recognising an
 /// operation is inspection's knowledge, not the proxy's.
-pub type StreamingRequest = fn(&[u8]) -> bool;
+pub type RequestJudge = fn(RouteClass, &[u8]) -> ResponseUse;
 
 /// Which inspection worker an exchange belongs to: the same key for every exchange that names
 /// its mailbox the same way (an anchor mailbox or Graph `/users/` path, the same credentials, or
@@ -115,7 +129,7 @@ pub struct CaptureSink {
     limit: usize,
     budget: Arc<Budget>,
     metrics: CaptureMetrics,
-    streaming: Option<StreamingRequest>,
+    judge: Option<RequestJudge>,
     affinity: Affinity,
     /// Told of every dropped copy (the catch-up sweep reads that mailbox next).
     on_drop: Option<DropHook>,
@@ -183,7 +197,7 @@ impl CaptureSink {
         limit: usize,
         budget: Arc<Budget>,
         metrics: CaptureMetrics,
-        streaming: Option<StreamingRequest>,
+        judge: Option<RequestJudge>,
         affinity: Affinity,
     ) -> CaptureSink {
         CaptureSink {
@@ -191,7 +205,7 @@ impl CaptureSink {
             limit,
             budget,
             metrics,
-            streaming,
+            judge,
             affinity,
             on_drop: None,
         }
@@ -329,24 +343,30 @@ impl PendingCapture {
         }
     }
 
-    /// Whether the response will be an endless stream: the copy is then given up (and counted)
-    /// instead of holding up to `capture_limit` for the stream's life.
-    pub fn skip_if_streaming(&self) -> bool {
-        let Some(is_streaming) = self.sink.streaming else {
+    /// Whether the response is not worth copying: an endless stream, or an operation inspection
+    /// reads nothing from. The copy is then given up (and counted) instead of holding up to
+    /// `capture_limit` and costing the copy on the proxy's worker. A request not yet complete
+    /// is judged worth copying.
+    pub fn skip_unneeded_response(&self) -> bool {
+        let Some(judge) = self.sink.judge else {
             return false;
         };
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        let streaming = state
-            .as_ref()
-            .and_then(|p| p.request.as_ref())
-            .is_some_and(|(body, _)| is_streaming(body));
-        if streaming {
-            state.take();
-            self.sink.metrics.skipped_streams.inc();
-        }
-        streaming
+        let verdict = state.as_ref().map_or(ResponseUse::Inspect, |p| {
+            p.request
+                .as_ref()
+                .map_or(ResponseUse::Inspect, |(body, _)| judge(p.route, body))
+        });
+        let skipped = match verdict {
+            ResponseUse::Inspect => return false,
+            ResponseUse::EndlessStream => &self.sink.metrics.skipped_streams,
+            ResponseUse::NothingRead => &self.sink.metrics.skipped_unread,
+        };
+        state.take();
+        skipped.inc();
+        true
     }
 
     /// Records the response head.

@@ -383,10 +383,11 @@ async fn response_body_filter(
 }
 
 /// Tees the response to inspection and records its head there, unless the exchange is not
-/// copied or the response is an endless stream (the copy is then given up). Default: no tee.
+/// copied or its response is not worth copying (an endless stream, an operation inspection
+/// reads nothing from: the copy is then given up). Default: no tee.
 fn tee(capture: Option<Arc<PendingCapture>>, parts: &ResponseParts, body: ProxyBody) -> ProxyBody {
     match capture {
-        Some(c) if !c.skip_if_streaming() => {
+        Some(c) if !c.skip_unneeded_response() => {
             c.response_head(parts.status.as_u16(), &parts.headers);
             Tee::new(body, Side::Response, c).boxed_unsync()
         }

@@ -142,6 +142,11 @@ impl ProxyMetrics {
             self.captures.skipped_streams.clone(),
         );
         registry.register(
+            "captures_skipped_unread",
+            "Exchange copies given up because inspection reads nothing from the operation (EWS GetAttachment, ResolveNames, free/busy, …)",
+            self.captures.skipped_unread.clone(),
+        );
+        registry.register(
             "captures_truncated",
             "Exchange copies cut at the capture limit",
             self.captures.truncated.clone(),

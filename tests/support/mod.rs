@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use trackgate::app::{self, Gateway};
 use trackgate::config::{Config, RawConfig};
+use trackgate::simulate::mailbox::Store;
 use trackgate::simulate::{ExchangeSimulator, FixtureSet, SimulatorOptions};
 
 pub const LOOPBACK: &str = "127.0.0.1:0";
@@ -72,6 +73,19 @@ pub async fn simulator(name: &str) -> ExchangeSimulator {
         name,
         FixtureSet::embedded().expect("fixtures"),
     ))
+    .await
+}
+
+/// The stateful simulator over the embedded Contoso mailboxes.
+pub async fn store_simulator() -> ExchangeSimulator {
+    store_simulator_on(std::sync::Arc::new(Store::embedded().expect("store"))).await
+}
+
+/// The stateful simulator over `store`, which the test can read and change.
+pub async fn store_simulator_on(store: std::sync::Arc<Store>) -> ExchangeSimulator {
+    simulator_with(
+        SimulatorOptions::new("store", FixtureSet::embedded().expect("fixtures")).with_store(store),
+    )
     .await
 }
 
