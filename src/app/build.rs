@@ -422,10 +422,14 @@ pub(super) fn drop_hook(marks: Option<&Arc<Marks>>, engine: &Arc<Engine>) -> Opt
 /// its response head arrives: one lenient scan to the operation's name, stopping there. A
 /// request it cannot read is copied (the response may still be read).
 fn judge_request(route: RouteClass, body: &[u8]) -> ResponseUse {
+    /// The operation is the first element of the SOAP body, after a header of a few KiB at
+    /// most: a request with a large MIME upload is not read past this to find it (a header
+    /// longer than this leaves the operation unknown, and the copy is kept).
+    const OPERATION_WITHIN: usize = 64 << 10;
     if route != RouteClass::Ews {
         return ResponseUse::Inspect;
     }
-    match crate::inspect::xml::operation(body) {
+    match crate::inspect::xml::operation(&body[..body.len().min(OPERATION_WITHIN)]) {
         Some(op) if op == "GetStreamingEvents" => ResponseUse::EndlessStream,
         Some(op) if !crate::inspect::ews::reads(&op) => ResponseUse::NothingRead,
         _ => ResponseUse::Inspect,
@@ -602,4 +606,43 @@ pub(super) fn options_page(
         parts,
         http.clone(),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(operation: &str, inner: &str) -> Vec<u8> {
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><{operation} xmlns="http://schemas.microsoft.com/exchange/services/2006/messages">{inner}</{operation}></soap:Body></soap:Envelope>"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn requests_are_judged_by_their_operation_within_a_bounded_prefix() {
+        let ews = |body: &[u8]| judge_request(RouteClass::Ews, body);
+        assert_eq!(ews(&envelope("GetItem", "")), ResponseUse::Inspect);
+        assert_eq!(
+            ews(&envelope("GetAttachment", "")),
+            ResponseUse::NothingRead
+        );
+        assert_eq!(
+            ews(&envelope("GetStreamingEvents", "")),
+            ResponseUse::EndlessStream
+        );
+        // A large upload: the operation is found in its first bytes, cut mid-character.
+        let mime = format!("<MimeContent>{}</MimeContent>", "é".repeat(200_000));
+        let create = envelope("CreateItem", &mime);
+        assert!(std::str::from_utf8(&create[..64 << 10]).is_err());
+        assert_eq!(ews(&create), ResponseUse::Inspect);
+        let resolve = envelope("ResolveNames", &mime);
+        assert_eq!(ews(&resolve), ResponseUse::NothingRead);
+        // Unreadable, or not EWS: kept, since the response may still be read.
+        assert_eq!(ews(b"not xml"), ResponseUse::Inspect);
+        assert_eq!(
+            judge_request(RouteClass::Graph, &envelope("GetAttachment", "")),
+            ResponseUse::Inspect
+        );
+    }
 }
