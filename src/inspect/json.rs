@@ -160,12 +160,12 @@ impl Keys {
             .or_else(|| self.first(candidates, |name| name.eq_ignore_ascii_case(key)))
     }
 
-    /// The first of the `candidates` (a bit set of indexes) whose name is `same`.
+    /// The first of the `candidates` (a bit set of indexes) whose name `matches`.
     #[inline]
-    fn first(&self, mut candidates: u64, same: impl Fn(&[u8]) -> bool) -> Option<usize> {
+    fn first(&self, mut candidates: u64, matches: impl Fn(&[u8]) -> bool) -> Option<usize> {
         while candidates != 0 {
             let i = candidates.trailing_zeros() as usize;
-            if same(self.names[i].as_bytes()) {
+            if matches(self.names[i].as_bytes()) {
                 return Some(i);
             }
             candidates &= candidates - 1;
@@ -360,17 +360,34 @@ mod tests {
 
     #[test]
     fn bodies_read_alike_as_text_and_as_bytes() {
-        let body = " {\"name\": \"n\\u00e9\", \"messageId\": \"caf\\u00e9 \u{e9}\"} ";
-        let p: Probe<'_> = from_body(body.as_bytes()).unwrap();
+        // Whatever the body, `from_body` (text when it is UTF-8) answers what serde_json's
+        // reading of the bytes answers: the same values, or the same error at the same place.
+        let bodies: [&[u8]; 7] = [
+            " {\"name\": \"n\\u00e9\", \"messageId\": \"caf\\u00e9 \u{e9}\"} ".as_bytes(),
+            "{\"name\": \"caf\u{e9}\", \"list\": [\"x\", \"y\"]}".as_bytes(),
+            b"{\"name\": \"\xff\"}",
+            br#"{"name": "n"} x"#,
+            br#"{"name": "n", "name": "m"}"#,
+            br#"{"name": "bad \q escape"}"#,
+            "{\"name\": \"a\nraw line feed\"}".as_bytes(),
+        ];
+        for body in bodies {
+            let as_text = from_body::<Probe<'_>>(body).map(|p| format!("{p:?}"));
+            let as_bytes = serde_json::from_slice::<Probe<'_>>(body).map(|p| format!("{p:?}"));
+            match (as_text, as_bytes) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{}: {a:?} against {b:?}", String::from_utf8_lossy(body)),
+            }
+        }
+        let p: Probe<'_> = from_body(bodies[0]).unwrap();
         assert!(matches!(p.required_name.0, Cow::Owned(_)));
         assert_eq!(&*p.required_name, "n\u{e9}");
         assert_eq!(p.message_id.as_deref(), Some("caf\u{e9} \u{e9}"));
-        // Not UTF-8: still an error that says where.
-        let bad = from_body::<Probe<'_>>(b"{\"name\": \"\xff\"}").unwrap_err();
-        assert!(bad.to_string().contains("column"), "{bad}");
-        assert!(from_body::<Probe<'_>>(br#"{"name": "n"} x"#).is_err());
-        let plain: Probe<'_> = from_body("{\"name\": \"caf\u{e9}\"}".as_bytes()).unwrap();
+        let plain: Probe<'_> = from_body(bodies[1]).unwrap();
         assert!(matches!(plain.required_name.0, Cow::Borrowed("caf\u{e9}")));
+        let bad = from_body::<Probe<'_>>(bodies[2]).unwrap_err();
+        assert!(bad.to_string().contains("column"), "{bad}");
     }
 
     #[test]

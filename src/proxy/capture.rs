@@ -354,11 +354,14 @@ impl PendingCapture {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        let verdict = state.as_ref().map_or(ResponseUse::Inspect, |p| {
-            p.request
-                .as_ref()
-                .map_or(ResponseUse::Inspect, |(body, _)| judge(p.route, body))
-        });
+        let verdict = match state.as_ref() {
+            Some(Partial {
+                route,
+                request: Some((body, _)),
+                ..
+            }) => judge(*route, body),
+            _ => ResponseUse::Inspect,
+        };
         let skipped = match verdict {
             ResponseUse::Inspect => return false,
             ResponseUse::EndlessStream => &self.sink.metrics.skipped_streams,
