@@ -611,13 +611,18 @@ async fn a_pending_send_email_is_sent_once_and_marked_sent_across_a_kill() {
     );
     w.dataverse.set_faults(DataverseFaults::default());
     let restarted = support::GatewayProcess::start(&config);
-    support::wait_for(
+    // Marked Sent first, then reopened to write the Message-ID and closed again: wait for
+    // the end of that, not its first step.
+    let sent = support::wait_for(
         Duration::from_secs(30),
-        "the email marked Sent",
-        async || (w.row("emails", "activityid", email)["statuscode"] == 3).then_some(()),
+        "the email marked Sent with its Message-ID",
+        async || {
+            let row = w.row("emails", "activityid", email);
+            (row["statuscode"] == 3 && row.get("messageid").is_some_and(Value::is_string))
+                .then_some(row)
+        },
     )
     .await;
-    let sent = w.row("emails", "activityid", email);
     let delivered: Vec<Item> = w
         .items("jo.support@contoso.example", "inbox")
         .into_iter()
