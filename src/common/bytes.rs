@@ -28,9 +28,96 @@ pub fn word(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Whether any byte of `bytes` is one of `set` (which must not hold zero): [`find_any`]
+/// without the position, a little cheaper.
+#[inline]
+pub fn holds_any<const N: usize>(bytes: &[u8], set: [u8; N]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    if chunks.by_ref().any(|chunk| flags(word(chunk), set) != 0) {
+        return true;
+    }
+    let rest = chunks.remainder();
+    !rest.is_empty() && flags(padded(rest), set) != 0
+}
+
+/// The first byte of `bytes` that is one of `set` (which must not hold zero), found eight bytes
+/// at a time: a word holds one when its XOR with that byte repeated has a zero byte. For the
+/// short values and texts SOAP carries this costs less than memchr's setup or a byte loop;
+/// for long ones, memchr is faster.
+#[inline]
+pub fn find_any<const N: usize>(bytes: &[u8], set: [u8; N]) -> Option<usize> {
+    // The lowest flagged byte is exact: a borrow only ever flags bytes above a true zero.
+    let first = |w: u64| {
+        let flags = flags(w, set);
+        (flags != 0).then(|| (flags.trailing_zeros() / 8) as usize)
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for (n, chunk) in chunks.by_ref().enumerate() {
+        if let Some(i) = first(word(chunk)) {
+            return Some(n * 8 + i);
+        }
+    }
+    let rest = chunks.remainder();
+    if rest.is_empty() {
+        return None;
+    }
+    first(padded(rest)).map(|i| bytes.len() - rest.len() + i)
+}
+
+/// The high bit of each byte of `w` that is one of `set`, and perhaps of bytes above the
+/// lowest such (a borrow's false flags), never below it.
+#[inline]
+fn flags<const N: usize>(w: u64, set: [u8; N]) -> u64 {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    set.iter().fold(0, |flags, &b| {
+        let v = w ^ (LOW * u64::from(b));
+        flags | (v.wrapping_sub(LOW) & !v & HIGH)
+    })
+}
+
+/// Fewer than eight bytes as a word, padded with zeros, which match nothing in a set.
+#[inline]
+fn padded(rest: &[u8]) -> u64 {
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    u64::from_le_bytes(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_any_finds_the_first_byte_of_the_set_wherever_it_is() {
+        let set = [b'&', b'\r', b'<'];
+        for len in 0..40 {
+            let plain = vec![b'x'; len];
+            assert_eq!(find_any(&plain, set), None, "{len}");
+            assert!(!holds_any(&plain, set), "{len}");
+            for at in 0..len {
+                for &b in &set {
+                    let mut text = plain.clone();
+                    text[at] = b;
+                    // A second one after it, and a zero byte before it, change nothing.
+                    if at + 3 < len {
+                        text[at + 3] = b'<';
+                    }
+                    if at > 0 {
+                        text[at - 1] = 0;
+                    }
+                    assert_eq!(find_any(&text, set), Some(at), "{len} {at} {b}");
+                    assert!(holds_any(&text, set), "{len} {at} {b}");
+                }
+                // Bytes next to the set's are not mistaken for them.
+                let mut near = plain.clone();
+                near[at] = b'\x01';
+                near[len - 1] = b'=';
+                assert_eq!(find_any(&near, set), None, "{len} {at}");
+                assert!(!holds_any(&near, set), "{len} {at}");
+            }
+        }
+    }
 
     #[test]
     fn equal_only_when_every_byte_and_the_length_match() {

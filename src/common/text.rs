@@ -2,15 +2,34 @@
 //! requests and answers written by hand, and the normal form of an Internet Message-ID (the key
 //! a tracked email is found and deduplicated by).
 
+/// `str::trim`, with a fast answer for the common case: text whose first and last bytes are
+/// ASCII and not whitespace needs no trimming. (`str::trim` decodes a character at each end
+/// and asks Unicode's tables; every element text inspection reads passes through here.)
+#[inline]
+pub fn trim(text: &str) -> &str {
+    match text.as_bytes() {
+        [first, .., last] if kept(*first) && kept(*last) => text,
+        [only] if kept(*only) => text,
+        _ => text.trim(),
+    }
+}
+
+/// An ASCII byte that is not whitespace (nor a control: those `trim` keeps too, but they are
+/// left to it).
+fn kept(byte: u8) -> bool {
+    byte.is_ascii_graphic()
+}
+
 /// Normalises an Internet Message-ID: trimmed, angle brackets removed. (XML and JSON escapes are
 /// already undone by the parsers.)
 pub fn normalize_message_id(raw: &str) -> Option<&str> {
-    let trimmed = raw.trim();
-    let inner = trimmed
-        .strip_prefix('<')
-        .and_then(|s| s.strip_suffix('>'))
-        .unwrap_or(trimmed)
-        .trim();
+    let trimmed = trim(raw);
+    let inner = trim(
+        trimmed
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .unwrap_or(trimmed),
+    );
     (!inner.is_empty()).then_some(inner)
 }
 
@@ -83,6 +102,23 @@ pub fn percent_encode(text: &str, keep: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trim_answers_as_str_trim_does() {
+        for text in [
+            "", " ", "a", " a", "a ", "\u{a0}a", "a\u{a0}", "\u{2003}", "é", "\tab\r\n", "a b",
+            "\u{7f}a", "a\u{0}",
+        ] {
+            assert_eq!(trim(text), text.trim(), "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn trim_agrees_with_str_trim_on_any_text(text in "\\PC{0,6}|[ \\t\\u{a0}\\u{2003}a-z]{0,6}") {
+            proptest::prop_assert_eq!(trim(&text), text.trim());
+        }
+    }
 
     #[test]
     fn xml_escape_keeps_carriage_returns_and_drops_what_xml_cannot_carry() {

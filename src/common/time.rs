@@ -16,7 +16,7 @@ pub fn now_ms() -> u64 {
 /// timestamp without a zone is taken as UTC (EWS sends UTC unless a time zone context says
 /// otherwise). Unparsable values are kept as sent.
 pub fn normalize_timestamp(raw: &str) -> String {
-    let t = raw.trim();
+    let t = crate::common::text::trim(raw);
     // What EWS sends: already in the normal form, copied as it is without parsing it (what
     // does not parse is kept as sent as well, so the order of the checks changes nothing).
     if is_normal_utc(t) {
@@ -155,7 +155,7 @@ fn format_utc(secs: i64, frac: &str) -> String {
         put(11, 2, rem / 3600);
         put(14, 2, rem % 3600 / 60);
         put(17, 2, rem % 60);
-        out.extend(head.iter().map(|&c| char::from(c)));
+        out.push_str(std::str::from_utf8(&head).unwrap_or_default());
     } else {
         let _ = write!(
             out,

@@ -286,6 +286,9 @@ pub(super) fn message_fields(item: Node<'_>) -> Message {
     let mut m = Message::default();
     let text = owned_text;
     let id = |n: Node<'_>| n.attr("Id").map(str::to_owned);
+    // Escaped text (a Message-ID's `&lt;…&gt;`, a subject's `&amp;`) is decoded here, then
+    // copied once into what the message keeps.
+    let mut scratch = String::new();
     let mailboxes = |n: Node<'_>| n.all("Mailbox").map(address).collect::<Vec<_>>();
     for child in item.children() {
         if !child.ns().is_ews() {
@@ -295,13 +298,16 @@ pub(super) fn message_fields(item: Node<'_>) -> Message {
             "ItemId" => m.item_id = child.attr("Id").map(Arc::from),
             "ParentFolderId" => m.folder_id = id(child),
             "InternetMessageId" => {
-                m.internet_message_id = normalize_message_id(&child.text()).map(Arc::from)
+                m.internet_message_id =
+                    normalize_message_id(child.text_in(&mut scratch)).map(Arc::from)
             }
             "ConversationId" => m.conversation_id = id(child),
             "ConversationIndex" => m.conversation_index = text(child),
-            "InReplyTo" => m.in_reply_to = normalize_message_id(&child.text()).map(str::to_owned),
+            "InReplyTo" => {
+                m.in_reply_to = normalize_message_id(child.text_in(&mut scratch)).map(str::to_owned)
+            }
             "References" => m.references = text(child),
-            "Subject" => m.subject = shared_text(child),
+            "Subject" => m.subject = shared_text(child.text_in(&mut scratch)),
             "From" => m.from = child.child(Ns::Types, "Mailbox").map(address),
             "Sender" => m.sender = child.child(Ns::Types, "Mailbox").map(address),
             "ToRecipients" => m.to = mailboxes(child),
@@ -326,10 +332,9 @@ fn owned_text(node: Node<'_>) -> Option<String> {
     (!text.is_empty()).then(|| text.into_owned())
 }
 
-/// An element's text shared with what is decided from it, `None` when empty.
-fn shared_text(node: Node<'_>) -> Option<Arc<str>> {
-    let text = node.text();
-    (!text.is_empty()).then(|| Arc::from(&*text))
+/// Text shared with what is decided from it, `None` when empty.
+fn shared_text(text: &str) -> Option<Arc<str>> {
+    (!text.is_empty()).then(|| Arc::from(text))
 }
 
 /// An element's text as a UTC timestamp, `None` when empty.

@@ -1,15 +1,23 @@
 //! Operations that read: what Exchange returned is what the mailbox holds.
 
 use super::items::{all_items, any_item, created_or_updated, events, first_folder, folder_seen};
-use super::{Exchange, Ns};
+use super::{Exchange, Node, Ns};
 use crate::inspect::model::{Change, Observation};
 
 pub(super) fn get_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
     for r in x.successes() {
-        for item in all_items(r.child(Ns::Messages, "Items")) {
+        let items = r.child(Ns::Messages, "Items");
+        reserve_for(out, items);
+        for item in all_items(items) {
             out.extend(any_item(&x.origin, item, None, false, Change::Seen));
         }
     }
+}
+
+/// Room for one observation per item of `container`: a page of a hundred messages would
+/// otherwise move the observations it has read seven times as the vector grows.
+fn reserve_for(out: &mut Vec<Observation>, container: Option<Node<'_>>) {
+    out.reserve(all_items(container).count());
 }
 
 pub(super) fn get_events(x: &Exchange<'_>, out: &mut Vec<Observation>) {
@@ -25,7 +33,9 @@ pub(super) fn find_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
         .request
         .and_then(|r| first_folder(r.child(Ns::Messages, "ParentFolderIds")));
     for r in x.successes() {
-        for item in all_items(r.path(&["RootFolder", "Items"])) {
+        let items = r.path(&["RootFolder", "Items"]);
+        reserve_for(out, items);
+        for item in all_items(items) {
             out.extend(any_item(
                 &x.origin,
                 item,
@@ -46,6 +56,7 @@ pub(super) fn sync_folder_items(x: &Exchange<'_>, out: &mut Vec<Observation>) {
         .is_some_and(|r| r.child_text("SyncState").is_none());
     for r in x.successes() {
         for change in created_or_updated(r) {
+            reserve_for(out, Some(change));
             for item in all_items(Some(change)) {
                 out.extend(any_item(
                     &x.origin,

@@ -16,6 +16,8 @@ mod text;
 
 use std::borrow::Cow;
 
+use crate::common::text::trim;
+
 use lexer::{Lexer, Markup, RawAttr, Strictness};
 
 pub const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
@@ -301,33 +303,59 @@ impl<'t> Node<'t> {
     /// The element's own text (not its children's), decoded and trimmed. Borrowed from the
     /// input unless it holds references, CDATA, comments, carriage returns or child elements.
     pub fn text(&self) -> Cow<'t, str> {
-        let el = self.el();
-        let input = self.tree.input;
-        let content = &input[span(el.content)];
-        if el.first_child == NONE && !text::needs_decoding(content) {
-            return Cow::Borrowed(content.trim());
+        if let Some(text) = self.plain_text() {
+            return Cow::Borrowed(text);
         }
         // Decoding never lengthens text, so its content's length is enough for the common case
         // (references or line ends, no children) to be written without growing. Content with
         // children may be mostly the children: left to grow as it needs.
+        let el = self.el();
         let mut out = if el.first_child == NONE {
-            String::with_capacity(content.len())
+            String::with_capacity(el.content.1.saturating_sub(el.content.0) as usize)
         } else {
             String::new()
         };
-        let mut from = el.content.0;
-        for child in self.children() {
-            let outer = child.el().outer;
-            text::push_content(&mut out, &input[span((from, outer.0))]);
-            from = outer.1;
-        }
-        text::push_content(&mut out, &input[span((from, el.content.1))]);
-        let trimmed = out.trim();
+        self.decode_into(&mut out);
+        let trimmed = trim(&out);
         if trimmed.len() == out.len() {
             Cow::Owned(out)
         } else {
             Cow::Owned(trimmed.to_owned())
         }
+    }
+
+    /// The same text as [`Node::text`], decoded into `scratch` when it must be: a caller that
+    /// copies the text into storage of its own (an `Arc<str>`) then allocates once, not twice.
+    pub fn text_in<'s>(&self, scratch: &'s mut String) -> &'s str
+    where
+        't: 's,
+    {
+        if let Some(text) = self.plain_text() {
+            return text;
+        }
+        scratch.clear();
+        self.decode_into(scratch);
+        trim(scratch)
+    }
+
+    /// The text as it stands in the input, trimmed, when nothing in it needs decoding.
+    fn plain_text(&self) -> Option<&'t str> {
+        let el = self.el();
+        let content = &self.tree.input[span(el.content)];
+        (el.first_child == NONE && !text::needs_decoding(content)).then(|| trim(content))
+    }
+
+    /// Appends the element's own text, decoded, leaving its children out.
+    fn decode_into(&self, out: &mut String) {
+        let el = self.el();
+        let input = self.tree.input;
+        let mut from = el.content.0;
+        for child in self.children() {
+            let outer = child.el().outer;
+            text::push_content(out, &input[span((from, outer.0))]);
+            from = outer.1;
+        }
+        text::push_content(out, &input[span((from, el.content.1))]);
     }
 
     pub fn attr(&self, name: &str) -> Option<&'t str> {

@@ -5,9 +5,10 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2, memchr3, memmem};
+use memchr::{memchr, memchr3, memmem};
 
 use super::XmlError;
+use crate::common::bytes::{find_any, holds_any};
 
 /// A predefined entity's character.
 fn predefined(name: &str) -> Option<char> {
@@ -95,23 +96,33 @@ pub(super) fn aside(rest: &[u8]) -> Result<(Aside, usize), Option<&'static str>>
 }
 
 /// Appends the text of `raw`, a stretch of element content without child elements:
-/// references resolved, CDATA kept, comments and processing instructions dropped. A parsed
-/// document's references and markup are closed and known; anything else is kept as written.
+/// references resolved, CDATA kept, comments and processing instructions dropped, line ends
+/// normalized. A parsed document's references and markup are closed and known; anything else
+/// is kept as written.
 pub(super) fn push_content(out: &mut String, mut raw: &str) {
-    while let Some(i) = memchr2(b'<', b'&', raw.as_bytes()) {
-        push_lines(out, &raw[..i]);
+    while let Some(i) = find_special(raw.as_bytes()) {
+        out.push_str(&raw[..i]);
         raw = &raw[i..];
-        let skip = if raw.starts_with('&') {
-            let Some(end) = memchr(b';', raw.as_bytes()) else {
-                out.push_str(raw);
-                return;
-            };
-            if let Ok(c) = resolve(&raw[1..end]) {
-                out.push(c);
+        let skip = match raw.as_bytes()[0] {
+            b'\r' => {
+                out.push('\n');
+                if raw.as_bytes().get(1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                }
             }
-            end + 1
-        } else {
-            match aside(raw.as_bytes()) {
+            b'&' => {
+                let Some(end) = reference_end(raw.as_bytes()) else {
+                    out.push_str(raw);
+                    return;
+                };
+                if let Ok(c) = resolve(&raw[1..end]) {
+                    out.push(c);
+                }
+                end + 1
+            }
+            _ => match aside(raw.as_bytes()) {
                 Ok((Aside::Cdata, len)) => {
                     push_lines(out, &raw[9..len - 3]);
                     len
@@ -121,16 +132,43 @@ pub(super) fn push_content(out: &mut String, mut raw: &str) {
                     out.push_str(raw);
                     return;
                 }
-            }
+            },
         };
         raw = &raw[skip..];
     }
-    push_lines(out, raw);
+    out.push_str(raw);
 }
+
+/// The `;` that closes the reference at the start of `raw`. References are a few bytes long
+/// (`&#x10FFFF;` is the longest that resolves), so the first word or two are searched before
+/// memchr is asked.
+fn reference_end(raw: &[u8]) -> Option<usize> {
+    let near = &raw[..raw.len().min(16)];
+    find_any(near, [b';']).or_else(|| memchr(b';', &raw[near.len()..]).map(|i| near.len() + i))
+}
+
+/// Up to this length text is searched a word at a time, beyond it by memchr.
+const SHORT: usize = 64;
+
+/// The first byte of element text that decoding changes: `<` (CDATA, a comment, an
+/// instruction), `&` or a carriage return.
+#[inline]
+fn find_special(raw: &[u8]) -> Option<usize> {
+    if raw.len() <= SHORT {
+        return find_any(raw, SPECIAL);
+    }
+    memchr3(b'<', b'&', b'\r', raw)
+}
+
+const SPECIAL: [u8; 3] = [b'<', b'&', b'\r'];
 
 /// Whether `raw` text needs [`push_content`] rather than being used as it is.
 pub(super) fn needs_decoding(raw: &str) -> bool {
-    memchr3(b'&', b'\r', b'<', raw.as_bytes()).is_some()
+    let raw = raw.as_bytes();
+    if raw.len() <= SHORT {
+        return holds_any(raw, SPECIAL);
+    }
+    memchr3(b'<', b'&', b'\r', raw).is_some()
 }
 
 /// An attribute value normalized as XML 1.0 says: references resolved, and each tab, line
@@ -138,6 +176,9 @@ pub(super) fn needs_decoding(raw: &str) -> bool {
 pub(super) fn attribute_value(raw: &str) -> Result<Cow<'_, str>, XmlError> {
     let bytes = raw.as_bytes();
     let special = |b: &u8| matches!(b, b'&' | b'\t' | b'\r' | b'\n');
+    if bytes.len() <= SHORT && !holds_any(bytes, [b'&', b'\t', b'\r', b'\n']) {
+        return Ok(Cow::Borrowed(raw));
+    }
     let Some(first) = bytes.iter().position(special) else {
         return Ok(Cow::Borrowed(raw));
     };
