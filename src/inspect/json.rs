@@ -39,7 +39,7 @@ pub fn from_body_seed<'a, S: DeserializeSeed<'a>>(
         json.end()?;
         Ok(value)
     }
-    match std::str::from_utf8(body) {
+    match crate::common::text::utf8(body) {
         Ok(text) => read(serde_json::Deserializer::from_str(text), seed),
         Err(_) => read(serde_json::Deserializer::from_slice(body), seed),
     }

@@ -16,7 +16,7 @@ mod text;
 
 use std::borrow::Cow;
 
-use crate::common::text::trim;
+use crate::common::text::{trim, utf8};
 
 use lexer::{Lexer, Markup, RawAttr, Strictness};
 
@@ -145,7 +145,7 @@ impl<'a> Tree<'a> {
     /// Parses `input` within `limits`, rejecting any DOCTYPE.
     pub fn parse(input: &'a [u8], limits: XmlLimits) -> Result<Tree<'a>, XmlError> {
         let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
-        let text = std::str::from_utf8(input).map_err(|e| XmlError::Malformed(e.to_string()))?;
+        let text = utf8(input).map_err(|e| XmlError::Malformed(e.to_string()))?;
         if u32::try_from(text.len()).is_err() {
             return Err(XmlError::Malformed("document larger than 4 GiB".into()));
         }
