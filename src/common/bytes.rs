@@ -1,23 +1,25 @@
 //! Byte comparisons for the short names parsers match (XML names and prefixes, JSON property
 //! names), done in line: a call to `memcmp` costs more than comparing a name.
 
-/// Byte equality, eight bytes at a time.
+/// Byte equality, eight bytes at a time; the last word overlaps the one before it rather than
+/// leaving a tail to compare byte by byte.
 #[inline]
 pub fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let words_equal = a8
-        .by_ref()
-        .zip(b8.by_ref())
-        .all(|(x, y)| word(x) == word(y));
-    words_equal
-        && a8
-            .remainder()
-            .iter()
-            .zip(b8.remainder())
-            .all(|(x, y)| x == y)
+    let n = a.len();
+    if n < 8 {
+        return padded(a) == padded(b);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(&a[at..]) != word(&b[at..]) {
+            return false;
+        }
+        at += 8;
+    }
+    word(&a[n - 8..]) == word(&b[n - 8..])
 }
 
 /// The first eight bytes as one word (little-endian, so the first byte is the lowest).
@@ -76,17 +78,38 @@ fn flags<const N: usize>(w: u64, set: [u8; N]) -> u64 {
     })
 }
 
-/// Fewer than eight bytes as a word, padded with zeros, which match nothing in a set.
+/// Fewer than eight bytes as a word, padded with zeros (which match nothing in a set), read
+/// as two loads that may overlap rather than a copy of variable length.
 #[inline]
 fn padded(rest: &[u8]) -> u64 {
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    u64::from_le_bytes(last)
+    let n = rest.len();
+    let load = |at: usize, width: usize| {
+        let mut w = [0u8; 8];
+        w[..width].copy_from_slice(&rest[at..at + width]);
+        u64::from_le_bytes(w)
+    };
+    // Overlapping bytes are the same bytes, so OR puts each in its place once.
+    match n {
+        0 => 0,
+        1 => u64::from(rest[0]),
+        2..=3 => load(0, 2) | (load(n - 2, 2) << ((n - 2) * 8)),
+        _ => load(0, 4) | (load(n - 4, 4) << ((n - 4) * 8)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_tails_are_read_as_padded_words() {
+        let text = b"abcdefg";
+        for n in 0..8 {
+            let mut expected = [0u8; 8];
+            expected[..n].copy_from_slice(&text[..n]);
+            assert_eq!(padded(&text[..n]), u64::from_le_bytes(expected), "{n}");
+        }
+    }
 
     #[test]
     fn find_any_finds_the_first_byte_of_the_set_wherever_it_is() {

@@ -156,8 +156,11 @@ impl Keys {
     /// single cost.
     fn position(&self, key: &[u8]) -> Option<usize> {
         let candidates = self.by_length[key.len().min(63)];
-        self.first(candidates, |name| same(name, key))
-            .or_else(|| self.first(candidates, |name| name.eq_ignore_ascii_case(key)))
+        self.first(candidates, |name| same(name, key)).or_else(|| {
+            self.first(candidates, |name| {
+                ends_alike(name, key) && name.eq_ignore_ascii_case(key)
+            })
+        })
     }
 
     /// The first of the `candidates` (a bit set of indexes) whose name `matches`.
@@ -172,6 +175,18 @@ impl Keys {
         }
         None
     }
+}
+
+/// Whether the first and the last bytes of two names could be the same letters in another
+/// case: a cheap look before comparing them whole without case, which most names that are
+/// not read (`@odata.etag`, `bodyPreview`) fail.
+#[inline]
+fn ends_alike(name: &[u8], key: &[u8]) -> bool {
+    let alike = |a: Option<&u8>, b: Option<&u8>| match (a, b) {
+        (Some(a), Some(b)) => (a ^ b) & !0x20 == 0,
+        _ => false,
+    };
+    alike(name.first(), key.first()) && alike(name.last(), key.last())
 }
 
 impl<'de> DeserializeSeed<'de> for &Keys {
