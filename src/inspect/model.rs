@@ -42,6 +42,22 @@ impl Address {
     }
 }
 
+/// An item class as sent, the common ones without a copy.
+pub fn item_class(value: &str) -> Cow<'static, str> {
+    const COMMON: [&str; 6] = [
+        "IPM.Note",
+        "IPM.Note.SMIME",
+        "IPM.Schedule.Meeting.Request",
+        "IPM.Schedule.Meeting.Resp.Pos",
+        "IPM.Schedule.Meeting.Canceled",
+        "REPORT.IPM.Note.NDR",
+    ];
+    match COMMON.iter().find(|c| **c == value) {
+        Some(common) => Cow::Borrowed(common),
+        None => Cow::Owned(value.to_owned()),
+    }
+}
+
 /// A message's fields, as far as the exchange showed them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -83,8 +99,9 @@ pub struct Message {
     pub sent_at: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub categories: Vec<String>,
+    /// `IPM.Note` and the other classes nearly every message carries are not copied.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub item_class: Option<String>,
+    pub item_class: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_draft: Option<bool>,
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::super::model::{
     Address, Appointment, CategoryMode, Change, Contact, Message, Observation, Origin, Task,
-    Transfer,
+    Transfer, item_class,
 };
 use super::super::xml::{Node, Ns};
 use super::MESSAGE_ITEMS;
@@ -318,7 +318,10 @@ pub(super) fn message_fields(item: Node<'_>) -> Message {
             "Categories" => {
                 m.categories = child.all("String").map(|s| s.text().into_owned()).collect()
             }
-            "ItemClass" => m.item_class = text(child),
+            "ItemClass" => {
+                let class = child.text();
+                m.item_class = (!class.is_empty()).then(|| item_class(&class));
+            }
             "IsDraft" => m.is_draft = Some(child.text().eq_ignore_ascii_case("true")),
             _ => {}
         }

@@ -16,6 +16,7 @@ mod text;
 
 use std::borrow::Cow;
 
+use crate::common::bytes::same;
 use crate::common::text::{trim, utf8};
 
 use lexer::{Lexer, Markup, RawAttr, Strictness};
@@ -136,9 +137,12 @@ fn span(range: (u32, u32)) -> std::ops::Range<usize> {
     range.0 as usize..range.1 as usize
 }
 
-/// Offsets fit in `u32`: documents are capped far below 4 GiB before they get here.
+/// An offset into the input. `Tree::parse` refuses input of 4 GiB or more before anything
+/// is read, so every offset fits and the cast cannot truncate (documents are capped far
+/// below that before they get here anyway); it runs about ten times per element.
+#[allow(clippy::cast_possible_truncation)]
 fn offset(at: usize) -> u32 {
-    u32::try_from(at).unwrap_or(u32::MAX)
+    at as u32
 }
 
 impl<'a> Tree<'a> {
@@ -360,7 +364,7 @@ impl<'t> Node<'t> {
 
     pub fn attr(&self, name: &str) -> Option<&'t str> {
         self.attrs()
-            .find(|(key, _)| *key == name)
+            .find(|(key, _)| same(key.as_bytes(), name.as_bytes()))
             .map(|(_, value)| value)
     }
 
