@@ -1,5 +1,6 @@
-//! Byte comparisons for the short names parsers match (XML names and prefixes, JSON property
-//! names), done in line: a call to `memcmp` costs more than comparing a name.
+//! Byte comparisons and searches for the short names and texts parsers handle (XML names,
+//! prefixes and element text, JSON property names), done in line a word at a time: a call to
+//! `memcmp` or memchr's setup costs more than comparing a name or searching a short text.
 
 /// Byte equality, eight bytes at a time; the last word overlaps the one before it rather than
 /// leaving a tail to compare byte by byte.
