@@ -31,23 +31,13 @@ pub fn word(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// Whether any byte of `bytes` is one of `set` (which must not hold zero): [`find_any`]
-/// without the position, a little cheaper.
-#[inline]
-pub fn holds_any<const N: usize>(bytes: &[u8], set: [u8; N]) -> bool {
-    let mut chunks = bytes.chunks_exact(8);
-    if chunks.by_ref().any(|chunk| flags(word(chunk), set) != 0) {
-        return true;
-    }
-    let rest = chunks.remainder();
-    !rest.is_empty() && flags(padded(rest), set) != 0
-}
-
 /// The first byte of `bytes` that is one of `set` (which must not hold zero), found eight bytes
 /// at a time: a word holds one when its XOR with that byte repeated has a zero byte. For the
 /// short values and texts SOAP carries this costs less than memchr's setup or a byte loop;
 /// for long ones, memchr is faster.
-#[inline]
+// Always in line: out of line (its callers pass sets of different sizes) it cost more than
+// the search, as a call per element text.
+#[inline(always)]
 pub fn find_any<const N: usize>(bytes: &[u8], set: [u8; N]) -> Option<usize> {
     // The lowest flagged byte is exact: a borrow only ever flags bytes above a true zero.
     let first = |w: u64| {
@@ -67,12 +57,39 @@ pub fn find_any<const N: usize>(bytes: &[u8], set: [u8; N]) -> Option<usize> {
     first(padded(rest)).map(|i| bytes.len() - rest.len() + i)
 }
 
+/// The first byte of `bytes` in `set`: a word at a time over the first `near` bytes (where
+/// markup in SOAP and JSON nearly always is), then `far` — memchr, whose setup only pays on a
+/// long stretch — over the rest.
+#[inline(always)]
+pub fn find_near<const N: usize>(
+    bytes: &[u8],
+    set: [u8; N],
+    near: usize,
+    far: impl FnOnce(&[u8]) -> Option<usize>,
+) -> Option<usize> {
+    let (head, tail) = bytes.split_at(bytes.len().min(near));
+    find_any(head, set).or_else(|| {
+        if tail.is_empty() {
+            return None;
+        }
+        far(tail).map(|i| head.len() + i)
+    })
+}
+
+/// The high bit of each byte of `w` below `limit` (at most 128), and perhaps of bytes above the
+/// lowest such, never below it; bytes of 0x80 and up are never flagged.
+#[inline]
+pub fn below(w: u64, limit: u8) -> u64 {
+    w.wrapping_sub(LOW * u64::from(limit)) & !w & HIGH
+}
+
+const LOW: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
 /// The high bit of each byte of `w` that is one of `set`, and perhaps of bytes above the
 /// lowest such (a borrow's false flags), never below it.
 #[inline]
 fn flags<const N: usize>(w: u64, set: [u8; N]) -> u64 {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     set.iter().fold(0, |flags, &b| {
         let v = w ^ (LOW * u64::from(b));
         flags | (v.wrapping_sub(LOW) & !v & HIGH)
@@ -103,6 +120,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bytes_below_a_limit_are_flagged_from_the_lowest() {
+        let w = word(b"aB:c>\x80\xff ");
+        // `:` (index 2) is the lowest byte below `A`; `>` and the space are too.
+        assert_eq!(below(w, b'A').trailing_zeros() / 8, 2);
+        assert_eq!(below(word(b"abcdefgh"), b'A'), 0);
+        assert_eq!(below(word(b"\x80\x81\xfe\xffABCD"), b'A'), 0);
+    }
+
+    #[test]
     fn short_tails_are_read_as_padded_words() {
         let text = b"abcdefg";
         for n in 0..8 {
@@ -118,7 +144,6 @@ mod tests {
         for len in 0..40 {
             let plain = vec![b'x'; len];
             assert_eq!(find_any(&plain, set), None, "{len}");
-            assert!(!holds_any(&plain, set), "{len}");
             for at in 0..len {
                 for &b in &set {
                     let mut text = plain.clone();
@@ -131,14 +156,20 @@ mod tests {
                         text[at - 1] = 0;
                     }
                     assert_eq!(find_any(&text, set), Some(at), "{len} {at} {b}");
-                    assert!(holds_any(&text, set), "{len} {at} {b}");
+                    for near in [0, 4, 16, 64] {
+                        let far = |t: &[u8]| t.iter().position(|c| set.contains(c));
+                        assert_eq!(
+                            find_near(&text, set, near, far),
+                            Some(at),
+                            "{len} {at} {near}"
+                        );
+                    }
                 }
                 // Bytes next to the set's are not mistaken for them.
                 let mut near = plain.clone();
                 near[at] = b'\x01';
                 near[len - 1] = b'=';
                 assert_eq!(find_any(&near, set), None, "{len} {at}");
-                assert!(!holds_any(&near, set), "{len} {at}");
             }
         }
     }

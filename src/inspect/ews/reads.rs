@@ -14,10 +14,15 @@ pub(super) fn get_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
     }
 }
 
-/// Room for one observation per item of `container`: a page of a hundred messages would
+/// Room for one observation per item of the `containers`: a page of a hundred messages would
 /// otherwise move the observations it has read seven times as the vector grows.
-fn reserve_for(out: &mut Vec<Observation>, container: Option<Node<'_>>) {
-    out.reserve(all_items(container).count());
+fn reserve_for<'t>(out: &mut Vec<Observation>, containers: impl IntoIterator<Item = Node<'t>>) {
+    out.reserve(
+        containers
+            .into_iter()
+            .map(|c| all_items(Some(c)).count())
+            .sum(),
+    );
 }
 
 pub(super) fn get_events(x: &Exchange<'_>, out: &mut Vec<Observation>) {
@@ -55,8 +60,9 @@ pub(super) fn sync_folder_items(x: &Exchange<'_>, out: &mut Vec<Observation>) {
         .request
         .is_some_and(|r| r.child_text("SyncState").is_none());
     for r in x.successes() {
+        // Exchange sends one item per `Create`: room for all of them at once.
+        reserve_for(out, created_or_updated(r));
         for change in created_or_updated(r) {
-            reserve_for(out, Some(change));
             for item in all_items(Some(change)) {
                 out.extend(any_item(
                     &x.origin,

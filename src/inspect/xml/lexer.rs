@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use memchr::{memchr, memchr2, memchr3};
 
 use super::{Ns, XmlError};
-use crate::common::bytes::{same, word};
+use crate::common::bytes::{below, find_near, same, word};
 
 /// The namespaces XML itself reserves.
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
@@ -440,47 +440,27 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// How far a scan looks byte by byte before handing over to memchr: in SOAP most markup is
+/// How far a scan looks a word at a time before handing over to memchr: in SOAP most markup is
 /// a few bytes from the last (`><`, short names, short text), where memchr's setup costs
 /// more than the search.
 const SHORT_SCAN: usize = 32;
 
-/// The next `<` or `&` at or after `from`: eight bytes at a time for the first few words
-/// (a word holds one when XOR with it leaves a zero byte), then memchr.
+/// The next `<` or `&` at or after `from`.
 fn find_markup(bytes: &[u8], from: usize) -> Option<usize> {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |v: u64| v.wrapping_sub(LOW) & !v & HIGH;
     let rest = bytes.get(from..)?;
-    let near = &rest[..rest.len().min(SHORT_SCAN)];
-    let mut words = near.chunks_exact(8);
-    for (n, chunk) in words.by_ref().enumerate() {
-        let w = word(chunk);
-        // The lowest flagged byte is exact (a borrow only flags bytes above a zero one).
-        let found = zero_byte(w ^ (LOW * u64::from(b'<'))) | zero_byte(w ^ (LOW * u64::from(b'&')));
-        if found != 0 {
-            return Some(from + n * 8 + (found.trailing_zeros() / 8) as usize);
-        }
-    }
-    let tail = near.len() - words.remainder().len();
-    if let Some(i) = words
-        .remainder()
-        .iter()
-        .position(|&b| b == b'<' || b == b'&')
-    {
-        return Some(from + tail + i);
-    }
-    memchr2(b'<', b'&', &rest[near.len()..]).map(|i| from + near.len() + i)
+    find_near(rest, [b'<', b'&'], SHORT_SCAN, |far| {
+        memchr2(b'<', b'&', far)
+    })
+    .map(|i| from + i)
 }
 
 /// The next `>` or quote at or after `from`.
 fn find_tag_byte(bytes: &[u8], from: usize) -> Option<usize> {
     let rest = bytes.get(from..)?;
-    let near = &rest[..rest.len().min(SHORT_SCAN)];
-    if let Some(i) = near.iter().position(|&b| matches!(b, b'>' | b'"' | b'\'')) {
-        return Some(from + i);
-    }
-    memchr3(b'>', b'"', b'\'', &rest[near.len()..]).map(|i| from + near.len() + i)
+    find_near(rest, [b'>', b'"', b'\''], SHORT_SCAN, |far| {
+        memchr3(b'>', b'"', b'\'', far)
+    })
+    .map(|i| from + i)
 }
 
 /// How a start tag's single scan reads a byte: part of the name, the end of it (XML white
@@ -505,17 +485,14 @@ const NAME_BYTES: [u8; 256] = {
 /// below `A`, as few name bytes are (digits, `-`, `.`): the scan looks a word at a time for
 /// the next such byte and classes only those.
 fn scan_name(bytes: &[u8], from: usize) -> (Option<usize>, Option<usize>) {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut colon = None;
     let mut at = from;
     while at < bytes.len() {
         let candidate = match bytes.get(at..at + 8) {
             Some(chunk) => {
-                let w = word(chunk);
-                // Bytes below 0x41 (the lowest flagged is exact; bytes of 0x80 and up, parts
-                // of non-ASCII names, never are).
-                let low = w.wrapping_sub(LOW * 0x41) & !w & HIGH;
+                // Bytes below `A` (the lowest flagged is exact; bytes of 0x80 and up, parts of
+                // non-ASCII names, never are).
+                let low = below(word(chunk), b'A');
                 if low == 0 {
                     at += 8;
                     continue;

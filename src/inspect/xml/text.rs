@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use memchr::{memchr, memchr3, memmem};
 
 use super::XmlError;
-use crate::common::bytes::{find_any, holds_any};
+use crate::common::bytes::{find_any, find_near};
 
 /// A predefined entity's character.
 fn predefined(name: &str) -> Option<char> {
@@ -140,46 +140,38 @@ pub(super) fn push_content(out: &mut String, mut raw: &str) {
 }
 
 /// The `;` that closes the reference at the start of `raw`. References are a few bytes long
-/// (`&#x10FFFF;` is the longest that resolves), so the first word or two are searched before
-/// memchr is asked.
+/// (`&#x10FFFF;` is the longest without leading zeros), so the first words are searched
+/// before memchr is asked.
 fn reference_end(raw: &[u8]) -> Option<usize> {
-    let near = &raw[..raw.len().min(16)];
-    find_any(near, [b';']).or_else(|| memchr(b';', &raw[near.len()..]).map(|i| near.len() + i))
+    find_near(raw, [b';'], 16, |far| memchr(b';', far))
 }
-
-/// Up to this length text is searched a word at a time, beyond it by memchr.
-const SHORT: usize = 64;
 
 /// The first byte of element text that decoding changes: `<` (CDATA, a comment, an
-/// instruction), `&` or a carriage return.
+/// instruction), `&` or a carriage return. Element text is mostly a few dozen bytes; a long
+/// body is left to memchr after its first 64.
 #[inline]
 fn find_special(raw: &[u8]) -> Option<usize> {
-    if raw.len() <= SHORT {
-        return find_any(raw, SPECIAL);
-    }
-    memchr3(b'<', b'&', b'\r', raw)
+    find_near(raw, [b'<', b'&', b'\r'], 64, |far| {
+        memchr3(b'<', b'&', b'\r', far)
+    })
 }
-
-const SPECIAL: [u8; 3] = [b'<', b'&', b'\r'];
 
 /// Whether `raw` text needs [`push_content`] rather than being used as it is.
 pub(super) fn needs_decoding(raw: &str) -> bool {
-    let raw = raw.as_bytes();
-    if raw.len() <= SHORT {
-        return holds_any(raw, SPECIAL);
-    }
-    memchr3(b'<', b'&', b'\r', raw).is_some()
+    find_special(raw.as_bytes()).is_some()
 }
 
 /// An attribute value normalized as XML 1.0 says: references resolved, and each tab, line
 /// feed, carriage return or CR LF pair becomes one space.
 pub(super) fn attribute_value(raw: &str) -> Result<Cow<'_, str>, XmlError> {
     let bytes = raw.as_bytes();
-    let special = |b: &u8| matches!(b, b'&' | b'\t' | b'\r' | b'\n');
-    if bytes.len() <= SHORT && !holds_any(bytes, [b'&', b'\t', b'\r', b'\n']) {
-        return Ok(Cow::Borrowed(raw));
+    // Values are short (ids, change keys, namespaces): searched a word at a time throughout.
+    // In line at both uses: an attribute-by-attribute call cost more than the search.
+    #[inline(always)]
+    fn special_from(bytes: &[u8], from: usize) -> Option<usize> {
+        find_any(&bytes[from..], [b'&', b'\t', b'\r', b'\n']).map(|i| from + i)
     }
-    let Some(first) = bytes.iter().position(special) else {
+    let Some(first) = special_from(bytes, 0) else {
         return Ok(Cow::Borrowed(raw));
     };
     let mut out = String::with_capacity(raw.len());
@@ -215,10 +207,7 @@ pub(super) fn attribute_value(raw: &str) -> Result<Cow<'_, str>, XmlError> {
                 pos += 1;
             }
             _ => {
-                let next = bytes[pos..]
-                    .iter()
-                    .position(special)
-                    .map_or(bytes.len(), |i| pos + i);
+                let next = special_from(bytes, pos).unwrap_or(bytes.len());
                 out.push_str(&raw[pos..next]);
                 pos = next;
             }
