@@ -163,7 +163,7 @@ fn document(s: &Scale) -> DirectoryDocument {
 fn address(a: String) -> Address {
     Address {
         name: None,
-        address: Some(a),
+        address: Some(a.into()),
         routing_type: Some("SMTP".into()),
     }
 }

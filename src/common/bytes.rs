@@ -83,6 +83,18 @@ pub fn below(w: u64, limit: u8) -> u64 {
     w.wrapping_sub(LOW * u64::from(limit)) & !w & HIGH
 }
 
+/// Whether any byte is an ASCII capital or not ASCII at all: what an address needs lowered,
+/// eight bytes at a time. Once no byte has its high bit set, adding 0x3F carries a byte into
+/// its high bit from `A` up and adding 0x25 from past `Z` up, with no carry between bytes.
+#[inline]
+pub fn has_upper_or_non_ascii(bytes: &[u8]) -> bool {
+    let upper = |w: u64| {
+        w & HIGH != 0 || (w.wrapping_add(LOW * 0x3F) & !w.wrapping_add(LOW * 0x25) & HIGH) != 0
+    };
+    let mut words = bytes.chunks_exact(8);
+    words.by_ref().any(|w| upper(word(w))) || upper(padded(words.remainder()))
+}
+
 const LOW: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
@@ -126,6 +138,22 @@ mod tests {
         assert_eq!(below(w, b'A').trailing_zeros() / 8, 2);
         assert_eq!(below(word(b"abcdefgh"), b'A'), 0);
         assert_eq!(below(word(b"\x80\x81\xfe\xffABCD"), b'A'), 0);
+    }
+
+    #[test]
+    fn upper_or_non_ascii_is_found_in_any_position() {
+        let bytewise = |b: &[u8]| b.iter().any(|c| c.is_ascii_uppercase() || !c.is_ascii());
+        for len in 0..20 {
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    let mut text = vec![b'a'; len];
+                    text[at] = c;
+                    assert_eq!(has_upper_or_non_ascii(&text), bytewise(&text), "{text:?}");
+                }
+            }
+        }
+        assert!(!has_upper_or_non_ascii(b"pat.buyer@fabrikam.example"));
+        assert!(has_upper_or_non_ascii(b"pat.buyer@fabrikam.examplE"));
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub struct ActivityParty {
     /// 1 sender, 2 to, 3 cc, 4 bcc.
     pub participationtypemask: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+    pub address: Option<std::sync::Arc<str>>,
     /// The resolved record; `None` for an unresolved address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<Lookup>,
@@ -475,7 +475,7 @@ pub fn dataverse_email(email: &TrackedEmail, columns: &EmailColumns) -> serde_js
                     p.participationtypemask.into(),
                 );
                 if let Some(a) = &p.address {
-                    row.insert("addressused".into(), a.clone().into());
+                    row.insert("addressused".into(), (&**a).into());
                 }
                 if let Some(r) = &p.record {
                     row.insert(

@@ -689,8 +689,8 @@ fn in_folder(mut message: Message, folder: Option<&(Option<String>, Option<Strin
 
 fn address(r: Recipient<'_>) -> Address {
     Address {
-        name: r.email_address.name.map(Text::into_owned),
-        address: r.email_address.address.map(Text::into_owned),
+        name: r.email_address.name.map(|t| Arc::from(&*t)),
+        address: r.email_address.address.map(|t| Arc::from(&*t)),
         routing_type: Some("SMTP".into()),
     }
 }

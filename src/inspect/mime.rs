@@ -113,8 +113,8 @@ fn address(part: &str) -> Option<Address> {
         _ => (None, part),
     };
     Some(Address {
-        name: name.map(str::to_owned),
-        address: Some(addr.to_owned()).filter(|a| !a.is_empty()),
+        name: name.map(Into::into),
+        address: (!addr.is_empty()).then(|| addr.into()),
         routing_type: Some("SMTP".into()),
     })
 }

@@ -21,10 +21,11 @@ pub enum Source {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Address {
+    /// Shared, not copied, by the decisions' parties.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+    pub address: Option<Arc<str>>,
     /// `SMTP`, or `EX` for an X.500 address that the directory must map (those two are not
     /// copied: every address of every message carries one).
     #[serde(skip_serializing_if = "Option::is_none")]

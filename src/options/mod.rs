@@ -644,7 +644,8 @@ fn counterpart(d: &Decision) -> String {
         _ => d.from.as_ref(),
     };
     party
-        .and_then(|p| p.address.clone().or_else(|| p.name.clone()))
+        .and_then(|p| p.address.as_deref().or(p.name.as_deref()))
+        .map(str::to_owned)
         .unwrap_or_default()
 }
 

@@ -192,10 +192,11 @@ pub struct Correlation {
 /// unresolved).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Party {
+    /// Shared with the message's address when it needed no normalising (as the name always is).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
+    pub address: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     /// Held inline for the usual one record.
     #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
     pub records: SmallVec<[Lookup; 1]>,

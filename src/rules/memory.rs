@@ -172,24 +172,24 @@ impl Weighter<Key, Arc<TrackedRef>> for KeyWeight {
     }
 }
 
-thread_local! {
-    /// Keys are written here to be hashed, instead of into a new string each time.
-    static KEY_TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Key text up to this length is assembled on the stack to be hashed (a mailbox, a separator
+/// and an item id fit); longer text is concatenated on the heap.
+const KEY_ON_STACK: usize = 256;
 
 /// The seeded hash of the parts written one after the other.
 fn hash(seed: u64, parts: &[&str]) -> Key {
     let one_shot = |text: &[u8]| xxhash_rust::xxh3::xxh3_128_with_seed(text, seed);
-    KEY_TEXT.with(|k| match k.try_borrow_mut() {
-        Ok(mut k) => {
-            k.clear();
-            for part in parts {
-                k.extend_from_slice(part.as_bytes());
-            }
-            one_shot(&k)
-        }
-        Err(_) => one_shot(parts.concat().as_bytes()),
-    })
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > KEY_ON_STACK {
+        return one_shot(parts.concat().as_bytes());
+    }
+    let mut text = [0u8; KEY_ON_STACK];
+    let mut at = 0;
+    for part in parts {
+        text[at..at + part.len()].copy_from_slice(part.as_bytes());
+        at += part.len();
+    }
+    one_shot(&text[..at])
 }
 
 impl Memory {
@@ -352,6 +352,27 @@ mod tests {
             from: Some(address("From", "from@xy")),
             sender: Some(address("Sender", "sender@x")),
             ..Message::default()
+        }
+    }
+
+    #[test]
+    fn a_key_hashes_as_its_whole_text_on_the_stack_or_the_heap() {
+        for len in [
+            0,
+            1,
+            100,
+            KEY_ON_STACK - 3,
+            KEY_ON_STACK - 2,
+            KEY_ON_STACK,
+            2000,
+        ] {
+            let value = "v".repeat(len);
+            let whole = format!("d:in:{value}");
+            assert_eq!(
+                hash(7, &["d:in:", &value]),
+                xxhash_rust::xxh3::xxh3_128_with_seed(whole.as_bytes(), 7),
+                "{len}"
+            );
         }
     }
 

@@ -261,8 +261,8 @@ pub fn normalize_exchange_id(id: &str) -> std::borrow::Cow<'_, str> {
 
 /// Lower-cases an address for lookups (ASCII fast path).
 pub fn lower(address: &str) -> std::borrow::Cow<'_, str> {
-    let a = address.trim();
-    if a.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+    let a = crate::common::text::trim(address);
+    if crate::common::bytes::has_upper_or_non_ascii(a.as_bytes()) {
         std::borrow::Cow::Owned(a.to_lowercase())
     } else {
         std::borrow::Cow::Borrowed(a)

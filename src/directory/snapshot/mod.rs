@@ -338,7 +338,19 @@ impl Directory {
 
     /// Every row with this (lower-cased) address, in resolution precedence.
     pub fn rows_with_address(&self, address: &str) -> &[u32] {
-        match self.by_address.get(&self.keyer.key(address)) {
+        self.rows_with_key(self.address_key(address))
+    }
+
+    /// The key [`Directory::rows_with_address`] looks an address up by: for a caller that
+    /// hashes all of a message's addresses first and then looks them up one after the other,
+    /// so that their cache misses overlap.
+    pub fn address_key(&self, address: &str) -> Key {
+        self.keyer.key(address)
+    }
+
+    /// The records with an address, by its [`Directory::address_key`].
+    pub fn rows_with_key(&self, key: Key) -> &[u32] {
+        match self.by_address.get(&key) {
             Some(i) if i & MANY != 0 => &self.shared_addresses[(i & !MANY) as usize],
             Some(i) => std::slice::from_ref(i),
             None => &[],

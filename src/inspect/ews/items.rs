@@ -350,8 +350,8 @@ pub(super) fn address(mailbox: Node<'_>) -> Address {
     let mut a = Address::default();
     for c in mailbox.children() {
         match c.name() {
-            "Name" => a.name = owned_text(c),
-            "EmailAddress" => a.address = owned_text(c),
+            "Name" => a.name = shared_text(&c.text()),
+            "EmailAddress" => a.address = shared_text(&c.text()),
             "RoutingType" => {
                 let text = c.text();
                 a.routing_type = (!text.is_empty()).then(|| Address::routing_type(&text));

@@ -26,7 +26,7 @@ impl Run<'_> {
         // Created for an earlier mail and not in the directory yet: that create may still be
         // queued, so this email carries it too (the create-only upsert makes it one record).
         if let (Some(created), Some(address)) = (&from.created, from.address.as_deref()) {
-            let (firstname, lastname) = names_for(from.name, address);
+            let (firstname, lastname) = names_for(from.name(), address);
             d.auto_create = Some(AutoCreate {
                 entity: created.entity.to_string(),
                 id: created.id,
@@ -39,7 +39,7 @@ impl Run<'_> {
         let Some(address) = from.address.as_deref().filter(|a| a.contains('@')) else {
             return;
         };
-        if !self.dir.rows_with_address(address).is_empty() {
+        if !from.all_rows.is_empty() {
             why!(
                 d,
                 self,
@@ -65,7 +65,7 @@ impl Run<'_> {
             return;
         }
         let entity = if choice == 2 { "lead" } else { "contact" };
-        let (firstname, lastname) = names_for(from.name, address);
+        let (firstname, lastname) = names_for(from.name(), address);
         let id = auto_created_id(org.id, entity, address);
         why!(d, self, "the unresolved sender becomes a new {entity} {id}");
         if let Some(p) = d.from.as_mut() {

@@ -219,7 +219,7 @@ impl Run<'_> {
         let mut evaluators: SmallVec<[(Lookup, u8, bool); 4]> = SmallVec::new();
         let own_filter = self.filter_of(mailbox.owner);
         evaluators.push((self.owner_lookup(mailbox), own_filter, true));
-        for p in parties.iter().flat_map(|(_, list)| list.iter()) {
+        for p in parties.all() {
             for &row in p.rows.iter() {
                 let r = self.dir.record(row);
                 let (entity, filter) = match (r.kind, r.internal()) {
@@ -256,8 +256,7 @@ impl Run<'_> {
         }
         let recipient_kinds = || {
             parties
-                .iter()
-                .flat_map(|(_, list)| list.iter())
+                .all()
                 .flat_map(|p| p.rows.iter())
                 .map(|&r| self.dir.record(r).kind)
         };

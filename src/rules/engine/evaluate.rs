@@ -143,9 +143,9 @@ impl Run<'_> {
             Place::Inbox => false,
             _ => case.from.address.as_deref().is_some_and(|a| {
                 *a == *case.mailbox.address
-                    || self
-                        .dir
-                        .rows_with_address(a)
+                    || case
+                        .from
+                        .all_rows
                         .iter()
                         .any(|&r| self.dir.record(r).id == case.owner_id)
             }),

@@ -3,13 +3,14 @@
 //! owner's address-book options applied when set — and spelled out as the decision's parties.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 use uuid::Uuid;
 
 use super::super::decision::{Decision, Party};
 use super::{Run, lookup};
-use crate::directory::model::Lookup;
+use crate::directory::model::{ContactMatching, Lookup, OtherMatching};
 use crate::directory::snapshot::{Directory, EntityKind, MailboxEntry, lower, recipient_may_match};
 use crate::inspect::{Address, Message};
 
@@ -19,13 +20,24 @@ const MAX_MATCHES: usize = 100;
 /// A party resolved against the directory.
 pub(super) struct Resolved<'m, 'd> {
     pub address: Option<Cow<'m, str>>,
-    pub name: Option<&'m str>,
+    /// The address as the message showed it (its name, and its text when that needed no
+    /// normalising, are shared by the decision's party rather than copied).
+    pub shown: Option<&'m Address>,
     pub rows: Rows<'d>,
+    /// Every row with the address, before any was chosen or left out: later steps ask about
+    /// the address without looking it up again.
+    pub all_rows: &'d [u32],
+    /// For a recipient, the `Party` role code: to (2), cc (3), bcc (4).
+    pub role: u8,
     /// A contact or lead the gateway created for this sender (not yet in the directory).
     pub created: Option<Lookup>,
 }
 
 impl Resolved<'_, '_> {
+    pub(super) fn name(&self) -> Option<&str> {
+        self.shown.and_then(|s| s.name.as_deref())
+    }
+
     /// The table of what the party resolved to, when it resolved.
     pub(super) fn kind(&self, dir: &Directory) -> Option<EntityKind> {
         match (self.rows.first(), &self.created) {
@@ -55,16 +67,24 @@ impl std::ops::Deref for Rows<'_> {
     }
 }
 
-/// The recipients resolved, by `Party` role code: to (2), cc (3), bcc (4).
-pub(super) type Recipients<'m, 'd> = [(u8, ResolvedList<'m, 'd>); 3];
+/// The recipients resolved, in the message's order (to, cc, bcc), each with its role; inline
+/// for the few most messages have.
+pub(super) struct Recipients<'m, 'd>(SmallVec<[Resolved<'m, 'd>; 4]>);
 
-/// One role's recipients, inline for the few most messages have.
-pub(super) type ResolvedList<'m, 'd> = SmallVec<[Resolved<'m, 'd>; 4]>;
+impl<'m, 'd> Recipients<'m, 'd> {
+    pub(super) fn all(&self) -> impl Iterator<Item = &Resolved<'m, 'd>> {
+        self.0.iter()
+    }
+
+    fn in_role(&self, role: u8) -> impl Iterator<Item = &Resolved<'m, 'd>> {
+        self.0.iter().filter(move |r| r.role == role)
+    }
+}
 
 impl<'a> Run<'a> {
     /// The address to resolve: X.500 addresses map through the directory.
     fn smtp<'m>(&self, a: &'m Address) -> Option<Cow<'m, str>> {
-        let raw = a.address.as_deref()?.trim();
+        let raw = crate::common::text::trim(a.address.as_deref()?);
         let is_x500 = a
             .routing_type
             .as_deref()
@@ -88,15 +108,16 @@ impl<'a> Run<'a> {
         let Some(a) = a else {
             return Resolved {
                 address: None,
-                name: None,
+                shown: None,
                 rows: Rows::Slice(&[]),
+                all_rows: &[],
+                role: 1,
                 created: None,
             };
         };
         let address = self
             .smtp(a)
             .or_else(|| a.address.as_deref().map(Cow::Borrowed));
-        let name = a.name.as_deref();
         let rows = address
             .as_deref()
             .map(|addr| self.dir.rows_with_address(addr))
@@ -113,11 +134,13 @@ impl<'a> Run<'a> {
         };
         Resolved {
             address,
-            name,
+            shown: Some(a),
             rows: match chosen {
                 Some(r) => Rows::One([r]),
                 None => Rows::Slice(&[]),
             },
+            all_rows: rows,
+            role: 1,
             created,
         }
     }
@@ -152,7 +175,9 @@ impl<'a> Run<'a> {
     }
 
     /// Recipient resolution (docs/domain.md §4.2): every match, narrowed only by address-book
-    /// options the owner's settings set explicitly.
+    /// options the owner's settings set explicitly. Every address is normalised and hashed
+    /// first and then all are looked up, one after the other: independent lookups let the
+    /// directory's cache misses overlap instead of waiting for each in turn.
     pub(super) fn resolve_recipients<'m>(
         &self,
         d: &mut Decision,
@@ -160,52 +185,35 @@ impl<'a> Run<'a> {
         owner_id: Uuid,
         m: &'m Message,
     ) -> Recipients<'m, 'a> {
-        let org = self.dir.org();
+        let max = self.limits.max_parties;
+        let listed = [(2, &m.to), (3, &m.cc), (4, &m.bcc)]
+            .into_iter()
+            .flat_map(|(role, list)| list.iter().map(move |a| (role, a)));
+        let mut list: SmallVec<[Resolved<'m, 'a>; 4]> = listed
+            .take(max)
+            .map(|(role, a)| Resolved {
+                address: self
+                    .smtp(a)
+                    .or_else(|| a.address.as_deref().map(Cow::Borrowed)),
+                shown: Some(a),
+                rows: Rows::Slice(&[]),
+                all_rows: &[],
+                role,
+                created: None,
+            })
+            .collect();
+        let keys: SmallVec<[_; 4]> = list
+            .iter()
+            .map(|r| r.address.as_deref().map(|a| self.dir.address_key(a)))
+            .collect();
+        for (r, key) in list.iter_mut().zip(keys) {
+            r.all_rows = key.map_or(&[], |k| self.dir.rows_with_key(k));
+        }
         let matching = self.dir.matching(mailbox.owner);
-        let mut budget = self.limits.max_parties;
-        let mut resolve = |list: &'m [Address]| -> ResolvedList<'m, 'a> {
-            let take = list.len().min(budget);
-            budget -= take;
-            list[..take]
-                .iter()
-                .map(|a| {
-                    let address = self
-                        .smtp(a)
-                        .or_else(|| a.address.as_deref().map(Cow::Borrowed));
-                    let rows = address
-                        .as_deref()
-                        .map(|addr| self.dir.rows_with_address(addr))
-                        .unwrap_or(&[]);
-                    let keep = |r: &u32| {
-                        let rec = self.dir.record(*r);
-                        (rec.active
-                            || (rec.kind != EntityKind::Systemuser
-                                && org.settings.resolve_for_inactive_entities))
-                            && recipient_may_match(rec, Some(owner_id), matching)
-                    };
-                    let mut chosen = if rows.len() > MAX_MATCHES {
-                        Rows::Slice(&[])
-                    } else if rows.iter().all(keep) {
-                        Rows::Slice(rows)
-                    } else {
-                        Rows::Owned(rows.iter().copied().filter(keep).collect())
-                    };
-                    if chosen.len() > 1 && org.unresolve_recipients_on_multiple_match {
-                        chosen = Rows::Slice(&[]);
-                    }
-                    Resolved {
-                        address,
-                        name: a.name.as_deref(),
-                        rows: chosen,
-                        created: None,
-                    }
-                })
-                .collect()
-        };
-        let to = resolve(&m.to);
-        let cc = resolve(&m.cc);
-        let bcc = resolve(&m.bcc);
-        if budget == 0 {
+        for r in &mut list {
+            r.rows = self.recipient_rows(r.all_rows, owner_id, matching);
+        }
+        if m.to.len() + m.cc.len() + m.bcc.len() > max {
             why!(
                 d,
                 self,
@@ -213,13 +221,49 @@ impl<'a> Run<'a> {
                 self.limits.max_parties
             );
         }
-        [(2, to), (3, cc), (4, bcc)]
+        Recipients(list)
+    }
+
+    /// The rows a recipient resolves to: the active ones (or inactive non-users, by the org's
+    /// option) that the owner's address-book options let match; none when there are too many,
+    /// or several and the org leaves such recipients unresolved.
+    fn recipient_rows(
+        &self,
+        rows: &'a [u32],
+        owner_id: Uuid,
+        matching: (ContactMatching, OtherMatching),
+    ) -> Rows<'a> {
+        let org = self.dir.org();
+        let keep = |r: &u32| {
+            let rec = self.dir.record(*r);
+            (rec.active
+                || (rec.kind != EntityKind::Systemuser
+                    && org.settings.resolve_for_inactive_entities))
+                && recipient_may_match(rec, Some(owner_id), matching)
+        };
+        let chosen = if rows.len() > MAX_MATCHES {
+            Rows::Slice(&[])
+        } else if rows.iter().all(keep) {
+            Rows::Slice(rows)
+        } else {
+            Rows::Owned(rows.iter().copied().filter(keep).collect())
+        };
+        if chosen.len() > 1 && org.unresolve_recipients_on_multiple_match {
+            return Rows::Slice(&[]);
+        }
+        chosen
     }
 
     fn party(&self, r: &Resolved<'_, '_>) -> Party {
         Party {
-            address: r.address.as_deref().map(str::to_owned),
-            name: r.name.map(str::to_owned),
+            address: r
+                .address
+                .as_deref()
+                .map(|a| match r.shown.and_then(|s| s.address.as_ref()) {
+                    Some(shown) if **shown == *a => Arc::clone(shown),
+                    _ => Arc::from(a),
+                }),
+            name: r.shown.and_then(|s| s.name.clone()),
             records: r
                 .rows
                 .iter()
@@ -250,9 +294,9 @@ impl<'a> Run<'a> {
             }
             d.from = Some(p);
         }
-        d.to = parties[0].1.iter().map(|r| self.party(r)).collect();
-        d.cc = parties[1].1.iter().map(|r| self.party(r)).collect();
-        d.bcc = parties[2].1.iter().map(|r| self.party(r)).collect();
+        d.to = parties.in_role(2).map(|r| self.party(r)).collect();
+        d.cc = parties.in_role(3).map(|r| self.party(r)).collect();
+        d.bcc = parties.in_role(4).map(|r| self.party(r)).collect();
     }
 }
 
@@ -276,8 +320,10 @@ mod tests {
         let dir = Directory::build(doc).expect("an empty directory with an org id is valid");
         let unresolved = Resolved {
             address: Some(Cow::Borrowed("a@x.test")),
-            name: None,
+            shown: None,
             rows: Rows::Slice(&[]),
+            all_rows: &[],
+            role: 1,
             created: None,
         };
         assert_eq!(unresolved.kind(&dir), None);

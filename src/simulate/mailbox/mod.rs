@@ -992,8 +992,8 @@ impl Item {
         let parsed = crate::inspect::mime::message_from_mime(raw);
         let addr = |a: &crate::inspect::Address| {
             a.address.as_ref().map(|address| Addr {
-                name: a.name.clone(),
-                address: address.clone(),
+                name: a.name.as_deref().map(str::to_owned),
+                address: address.to_string(),
             })
         };
         let text = String::from_utf8_lossy(raw);
