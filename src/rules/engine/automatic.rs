@@ -85,7 +85,9 @@ impl Run<'_> {
         at: Option<&str>,
         initial_sync: bool,
     ) -> bool {
-        match (mailbox.cutoff, at.and_then(timestamp_seconds)) {
+        // Parsed only when there is a cutoff to compare with.
+        let at = mailbox.cutoff.and(at).and_then(timestamp_seconds);
+        match (mailbox.cutoff, at) {
             (Some(cutoff), Some(at)) if at < cutoff => {
                 d.reason = Reason::ReceivedBeforeCutoff;
                 why!(
