@@ -269,8 +269,10 @@ pub struct Decision {
     pub correlation: Option<Correlation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_create: Option<AutoCreate>,
-    /// The CRM email id: UUIDv5 of (organisation, Message-ID, direction). `None` until the
-    /// Message-ID is known; delivery then fetches the message and derives it the same way.
+    /// The CRM email id: UUIDv5 of (organisation, Message-ID, direction), or the id the CRM or
+    /// the memory already holds. `None` until the Message-ID is known (delivery then fetches
+    /// the message and derives it the same way), and on ignores that are not explained:
+    /// nothing is written for them, and the SHA-1 is most of a decision's cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crm_id: Option<Uuid>,
     /// The traffic did not show the message (a move, category change or send of an item never

@@ -78,18 +78,40 @@ impl Run<'_> {
         };
         let direction = self.direction(&case, &place);
         d.direction = Some(direction);
-        let message_id = m.internet_message_id.as_deref();
-        d.crm_id = message_id.map(|id| email_id(self.dir.org().id, id, direction));
-        d.needs_enrichment = message_id.is_none();
+        d.needs_enrichment = m.internet_message_id.is_none();
+        self.steps(d, &case, &place, direction, trigger);
+        if d.is_track() || self.mode.explain {
+            self.derive_crm_id(d, m);
+        }
+    }
 
-        if self.known_tracked(d, &case, &place, direction).is_break()
-            || self.excluded(d, &case).is_break()
-            || self.folder_rule(d, &case, &place).is_break()
-            || self.tracking_category(d, &case, trigger).is_break()
+    /// The steps after screening, in order, until one decides.
+    fn steps(
+        &self,
+        d: &mut Decision,
+        case: &Case<'_>,
+        place: &Place<'_>,
+        direction: Direction,
+        trigger: Trigger,
+    ) {
+        if self.known_tracked(d, case, place, direction).is_break()
+            || self.excluded(d, case).is_break()
+            || self.folder_rule(d, case, place).is_break()
+            || self.tracking_category(d, case, trigger).is_break()
         {
             return;
         }
-        self.by_place(d, &case, &place, trigger);
+        self.by_place(d, case, place, trigger);
+    }
+
+    /// The CRM id of a message once it is tracked (or explained), unless the CRM or the memory
+    /// already named one. Derived no earlier: it is a SHA-1, and most sightings are ignored.
+    pub(super) fn derive_crm_id(&self, d: &mut Decision, m: &Message) {
+        if d.crm_id.is_none()
+            && let (Some(id), Some(direction)) = (m.internet_message_id.as_deref(), d.direction)
+        {
+            d.crm_id = Some(email_id(self.dir.org().id, id, direction));
+        }
     }
 
     /// What is never looked at further: mail of a disabled owner or of a mailbox without
@@ -168,7 +190,7 @@ impl Run<'_> {
         let m = case.summary.message;
         let message_id = m.internet_message_id.as_deref();
         if let Some(t) = case.summary.tracked {
-            d.crm_id = t.crm_id.or(d.crm_id);
+            d.crm_id = t.crm_id;
             self.already_tracked(
                 d,
                 case.mailbox,
@@ -192,7 +214,7 @@ impl Run<'_> {
             let outgoing = direction.is_outgoing();
             let prefix = if outgoing { "d:out:" } else { "d:in:" };
             if let Some(t) = self.memory.tracked_by(prefix, id) {
-                d.crm_id = t.crm_id.or(d.crm_id);
+                d.crm_id = t.crm_id;
                 self.already_tracked(
                     d,
                     case.mailbox,
@@ -373,6 +395,7 @@ impl Run<'_> {
     /// A track by folder rule or category: parties, correlation (for regarding), auto-create.
     fn finish_track(&self, d: &mut Decision, case: &Case<'_>) {
         let m = case.summary.message;
+        self.derive_crm_id(d, m);
         let parties = self.resolve_recipients(d, case.mailbox, case.owner_id, m);
         self.set_parties(d, case.from, &parties);
         if let Some((c, regarding)) = self.correlate(m) {
