@@ -98,7 +98,7 @@ impl UserOptions {
                 let rule = dir.rule(mailbox, &normalize_exchange_id(id));
                 RuleChoice {
                     folder_id: id.to_owned(),
-                    folder_name: rule.as_ref().and_then(|r| r.name.map(str::to_owned)),
+                    folder_name: rule.as_ref().and_then(|r| r.name().map(str::to_owned)),
                     regarding: rule.and_then(|r| r.regarding),
                 }
             })

@@ -42,10 +42,7 @@ impl Proposed {
         self.folder_rules
             .iter()
             .find(|r| normalize_exchange_id(&r.folder_id) == folder_id)
-            .map(|r| FolderRule {
-                name: r.name.as_deref(),
-                regarding: r.regarding.clone(),
-            })
+            .map(|r| FolderRule::new(r.name.as_deref(), r.regarding.clone()))
     }
 }
 

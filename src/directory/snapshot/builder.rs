@@ -400,6 +400,7 @@ impl Builder {
                 delivery_method: m.incomingemaildeliverymethod,
                 syncs_items: m.actdeliverymethod == 1 && matches!(owner, Owner::User(_)),
                 rules: Vec::new(),
+                rule_keys: Box::default(),
             });
         }
         Ok(Mailboxes {
@@ -549,6 +550,7 @@ impl Builder {
         for m in mailboxes.iter_mut() {
             m.rules.sort_by_key(|r| r.folder.0);
             m.rules.shrink_to_fit();
+            m.rule_keys = m.rules.iter().map(|r| r.folder.prefix()).collect();
         }
         self.names.shrink_to_fit();
         Ok(())

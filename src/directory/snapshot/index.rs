@@ -19,6 +19,15 @@ pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key(pub(super) [u8; 16]);
 
+impl Key {
+    /// The key's first eight bytes, for a scan that compares whole keys only where these match.
+    pub(super) fn prefix(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
 impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         let mut low = [0u8; 8];

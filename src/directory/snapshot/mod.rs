@@ -156,8 +156,37 @@ struct StoredRule {
 /// A folder tracking rule as the rules see it.
 #[derive(Debug, Clone)]
 pub struct FolderRule<'a> {
-    pub name: Option<&'a str>,
+    name: RuleName<'a>,
     pub regarding: Option<Lookup>,
+}
+
+/// Where a rule's folder name is: read only to explain a decision, so a lookup does not
+/// fetch the name arena's cache line for every message in a tracked folder.
+#[derive(Debug, Clone)]
+enum RuleName<'a> {
+    Arena { names: &'a str, at: u32, len: u16 },
+    Given(Option<&'a str>),
+}
+
+impl<'a> FolderRule<'a> {
+    /// A rule not (yet) in the directory, such as one an options page proposes.
+    pub fn new(name: Option<&'a str>, regarding: Option<Lookup>) -> FolderRule<'a> {
+        FolderRule {
+            name: RuleName::Given(name),
+            regarding,
+        }
+    }
+
+    /// The folder's name as the rule recorded it, if it did.
+    pub fn name(&self) -> Option<&'a str> {
+        match self.name {
+            RuleName::Arena { names, at, len } => {
+                let (at, len) = (at as usize, len as usize);
+                names.get(at..at + len).filter(|n| !n.is_empty())
+            }
+            RuleName::Given(name) => name,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,11 +202,25 @@ pub struct MailboxEntry {
     pub syncs_items: bool,
     /// Sorted by folder key.
     rules: Vec<StoredRule>,
+    /// The first eight bytes of each rule's folder key, in the same order: a lookup scans
+    /// these (at most 25, four cache lines fetched together) instead of a binary search
+    /// whose every step waits on another rule's line.
+    rule_keys: Box<[u64]>,
 }
 
 impl MailboxEntry {
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// The rule of a folder key: prefixes compared first, the whole key where one matches.
+    fn find_rule(&self, key: Key) -> Option<&StoredRule> {
+        let prefix = key.prefix();
+        self.rule_keys
+            .iter()
+            .zip(&self.rules)
+            .find(|(p, r)| **p == prefix && r.folder == key)
+            .map(|(_, r)| r)
     }
 }
 
@@ -385,15 +428,16 @@ impl Directory {
     /// The tracking rule of a folder in a mailbox (the id normalised with
     /// [`normalize_exchange_id`]).
     pub fn rule(&self, mailbox: &MailboxEntry, folder_id: &str) -> Option<FolderRule<'_>> {
-        let key = self.keyer.key(folder_id);
-        let r = mailbox
-            .rules
-            .binary_search_by(|r| r.folder.0.cmp(&key.0))
-            .ok()
-            .map(|i| &mailbox.rules[i])?;
-        let (at, len) = (r.name.0 as usize, r.name.1 as usize);
+        if mailbox.rules.is_empty() {
+            return None;
+        }
+        let r = mailbox.find_rule(self.keyer.key(folder_id))?;
         Some(FolderRule {
-            name: (len > 0).then(|| &self.names[at..at + len]),
+            name: RuleName::Arena {
+                names: &self.names,
+                at: r.name.0,
+                len: r.name.1,
+            },
             regarding: r.regarding.map(|l| self.expand(l)),
         })
     }
@@ -473,14 +517,14 @@ pub fn recipient_may_match(
 mod tests {
     use super::*;
 
+    fn example() -> Directory {
+        super::super::file::parse_and_build(super::super::file::EMBEDDED_EXAMPLE, "example", false)
+            .unwrap()
+    }
+
     #[test]
     fn records_keep_their_parent_for_delivery() {
-        let dir = super::super::file::parse_and_build(
-            super::super::file::EMBEDDED_EXAMPLE,
-            "example",
-            false,
-        )
-        .unwrap();
+        let dir = example();
         let pat = dir.rows_with_address("pat.buyer@fabrikam.example");
         assert_eq!(pat.len(), 1);
         let parent = dir.parent(dir.record(pat[0])).unwrap();
@@ -489,5 +533,50 @@ mod tests {
             parent.id,
             Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_00c2)
         );
+    }
+
+    #[test]
+    fn a_folder_rule_is_found_by_its_whole_key_when_prefixes_collide() {
+        let rule = |first: u8, last: u8, name: u32| StoredRule {
+            folder: Key({
+                let mut k = [first; 16];
+                k[15] = last;
+                k
+            }),
+            name: (name, 0),
+            folder_id: (0, 0),
+            regarding: None,
+        };
+        // Two rules share their first eight bytes; the lookup must tell them apart.
+        let rules = vec![rule(1, 1, 10), rule(1, 2, 20), rule(3, 3, 30)];
+        let mailbox = MailboxEntry {
+            id: Uuid::nil(),
+            address: "m@example.com".into(),
+            owner: Owner::User(0),
+            cutoff: None,
+            delivery_method: 2,
+            syncs_items: false,
+            rule_keys: rules.iter().map(|r| r.folder.prefix()).collect(),
+            rules,
+        };
+        let found = |r: &StoredRule| mailbox.find_rule(r.folder).map(|f| f.name.0);
+        assert_eq!(found(&rule(1, 2, 0)), Some(20));
+        assert_eq!(found(&rule(1, 1, 0)), Some(10));
+        assert_eq!(found(&rule(3, 3, 0)), Some(30));
+        assert_eq!(found(&rule(1, 3, 0)), None, "same prefix, another key");
+        assert_eq!(found(&rule(2, 2, 0)), None);
+    }
+
+    #[test]
+    fn a_folder_rule_reads_its_name_and_regarding_from_the_directory() {
+        let dir = example();
+        let (mailbox, rule) = dir
+            .mailboxes
+            .iter()
+            .find_map(|m| Some((m, dir.rule(m, "AAMkADEzTrackedFolderAAA=")?)))
+            .unwrap();
+        assert_eq!(rule.name(), Some("Fabrikam deal"));
+        assert!(rule.regarding.is_some());
+        assert!(dir.rule(mailbox, "AAMkADEzSomeOtherFolder=").is_none());
     }
 }

@@ -349,7 +349,7 @@ impl Run<'_> {
             d,
             self,
             "the message is in tracked folder {} (rule by folder id)",
-            rule.name.unwrap_or(folder_id)
+            rule.name().unwrap_or(folder_id)
         );
         if let Some(r) = &rule.regarding {
             d.regarding = Some(r.clone());
