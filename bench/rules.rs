@@ -479,6 +479,19 @@ fn main() {
             BatchSize::PerIteration,
         )
     });
+    // Sightings of messages the memory already holds (the pipeline's common case: a message
+    // is listed, fetched and synced, in each recipient's mailbox), deciding and remembering.
+    let again = engine.scratch();
+    for o in &obs {
+        again.decide(o, Mode::APPLY);
+    }
+    group.bench_function("decide_mix_seen_again", |b| {
+        b.iter(|| {
+            for o in &obs {
+                std::hint::black_box(again.decide(o, Mode::APPLY));
+            }
+        })
+    });
     // What the options page's history adds per observation on the inspection path (the
     // pipeline's lookup of the mailbox, a copy of the observation, the bounded push), beside
     // what deciding it costs.
