@@ -1438,6 +1438,48 @@ fn without_explanation_only_a_track_has_its_parties() {
 
 /// A second, fuller sighting of an item is remembered: a later move of it is decided from the
 /// full message, not the first glimpse.
+/// A sighting leaves one summary of its item in the memory, holding what was decided: tracked
+/// for a track, settled for a final ignore, neither for an ignore a fuller sighting may revisit.
+#[test]
+fn a_sighting_leaves_its_item_remembered_with_what_was_decided() {
+    use trackgate::directory::snapshot::normalize_exchange_id;
+    let remembered = |engine: &Engine, message_id: &str| {
+        let item = normalize_exchange_id(&format!("item-{message_id}")).into_owned();
+        engine
+            .memory()
+            .item("owner@corp.example", &item)
+            .unwrap_or_else(|| panic!("{message_id} is remembered"))
+    };
+    let engine = engine_with(|d| set_filter(d, OWNER, 0));
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "all@x")),
+        Reason::FilterAll,
+    );
+    let tracked = remembered(&engine, "all@x");
+    assert!(tracked.tracked.is_some() && !tracked.settled);
+
+    let engine = engine_with(|d| set_filter(d, OWNER, 1));
+    expect(
+        &decide(&engine, &inbox("stranger@else.example", "reply@x")),
+        Reason::NotAReply,
+    );
+    let settled = remembered(&engine, "reply@x");
+    assert!(settled.tracked.is_none() && settled.settled);
+
+    let mut partial = message("partial@x", "inbox", "stranger@else.example", &[]);
+    partial.from = None;
+    expect(
+        &decide(&engine, &seen_in("owner@corp.example", partial)),
+        Reason::NotAReply,
+    );
+    let seen = remembered(&engine, "partial@x");
+    assert!(seen.tracked.is_none() && !seen.settled);
+    assert_eq!(
+        seen.message.internet_message_id.as_deref(),
+        Some("partial@x")
+    );
+}
+
 #[test]
 fn a_fuller_sighting_replaces_what_was_remembered_of_an_item() {
     let engine = engine_with(|d| set_filter(d, OWNER, 4));

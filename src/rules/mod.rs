@@ -47,31 +47,19 @@ impl Engine {
     /// same way, not find its own earlier attempt `already_tracked`.
     pub fn enriched(&self, provisional: &Decision, fetched: &crate::inspect::Message) -> Decision {
         let dir = self.directory.guard();
-        engine::Run {
-            dir: &dir,
-            memory: &self.memory,
-            mode: Mode {
-                remember: false,
-                explain: false,
-            },
-            limits: self.limits,
-            proposed: None,
-        }
-        .enriched(provisional, fetched)
+        let mode = Mode {
+            remember: false,
+            explain: false,
+        };
+        engine::Run::new(&dir, &self.memory, mode, self.limits, None).enriched(provisional, fetched)
     }
 
     /// Decides one observation. Observations that only feed the memory (folders) or that the
     /// rules do not track (contacts, appointments, tasks) yield no decisions.
     pub fn decide(&self, observation: &Observation, mode: Mode) -> Decisions {
         let dir = self.directory.guard();
-        let mut decisions = engine::Run {
-            dir: &dir,
-            memory: &self.memory,
-            mode,
-            limits: self.limits,
-            proposed: None,
-        }
-        .observation(observation);
+        let mut decisions =
+            engine::Run::new(&dir, &self.memory, mode, self.limits, None).observation(observation);
         for d in &mut decisions {
             // Only what will be delivered needs fetching.
             d.needs_enrichment &= d.is_track();

@@ -58,13 +58,7 @@ impl Engine {
     ) -> Vec<Vec<Decision>> {
         let dir = self.directory.guard();
         let memory = Memory::new(MemoryLimits::default());
-        let run = Run {
-            dir: &dir,
-            memory: &memory,
-            mode: Mode::REPLAY,
-            limits: self.limits,
-            proposed,
-        };
+        let run = Run::new(&dir, &memory, Mode::REPLAY, self.limits, proposed);
         observations
             .iter()
             .map(|o| run.observation(o).into_vec())

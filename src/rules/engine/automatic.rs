@@ -379,7 +379,7 @@ impl Run<'_> {
             return;
         }
         if let Some(item) = &m.item_id {
-            self.memory.remember_item(
+            self.remember_item(
                 &mailbox.address,
                 &normalize_exchange_id(item),
                 Summary {

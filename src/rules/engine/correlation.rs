@@ -192,8 +192,7 @@ impl<'a> Run<'a> {
                 tracked: Some((*tracked).clone()),
                 settled: false,
             };
-            self.memory
-                .remember_item(&mailbox.address, &normalize_exchange_id(item), s);
+            self.remember_item(&mailbox.address, &normalize_exchange_id(item), s);
         }
     }
 

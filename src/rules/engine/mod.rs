@@ -109,6 +109,10 @@ pub(super) struct Run<'a> {
     pub limits: RulesLimits,
     /// One user's options as a preview proposes them, read in place of the directory's.
     pub proposed: Option<&'a Proposed>,
+    /// Whether this decision has stored its item's summary: a sighting stores what it saw
+    /// only when no later step (a track, a settled ignore) stored a fuller one, so a new
+    /// message costs the memory one insert, not two.
+    pub item_remembered: std::cell::Cell<bool>,
 }
 
 fn lookup(entity: &str, id: Uuid) -> Lookup {
@@ -116,6 +120,30 @@ fn lookup(entity: &str, id: Uuid) -> Lookup {
 }
 
 impl<'a> Run<'a> {
+    /// A run over a directory snapshot and a memory.
+    pub fn new(
+        dir: &'a Directory,
+        memory: &'a Memory,
+        mode: Mode,
+        limits: RulesLimits,
+        proposed: Option<&'a Proposed>,
+    ) -> Run<'a> {
+        Run {
+            dir,
+            memory,
+            mode,
+            limits,
+            proposed,
+            item_remembered: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Stores an item's summary in the memory, and notes that this decision did.
+    fn remember_item(&self, mailbox: &str, item_id: &str, summary: Summary) {
+        self.item_remembered.set(true);
+        self.memory.remember_item(mailbox, item_id, summary);
+    }
+
     /// Decides again with the message delivery fetched from Exchange, for a track that lacked
     /// the content to apply the filter or derive the CRM id: the same trigger and mailbox, the
     /// fetched fields (folder, categories, recipients, Message-ID).

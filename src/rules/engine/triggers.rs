@@ -2,6 +2,7 @@
 //! change of categories. Each builds the message as far as the memory knows it, hands it to the
 //! evaluation with its trigger, and remembers what the next sighting should know.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::super::decision::{Decision, Decisions, Reason};
@@ -41,7 +42,8 @@ impl Run<'_> {
             self.unknown_mailbox(&mut d);
             return d;
         };
-        let merged = self.remember_seen(mailbox, message);
+        self.item_remembered.set(false);
+        let (merged, pending) = self.remember_seen(mailbox, message);
         let view = match &merged {
             Some(s) => s.view(),
             None => View {
@@ -52,12 +54,24 @@ impl Run<'_> {
         };
         self.fill_from_summary(&mut d, &view);
         self.evaluate(&mut d, mailbox, &view, Trigger::Seen { initial_sync });
+        // What the sighting showed, unless deciding stored a fuller summary (tracked or
+        // settled) of the same item: nothing in between reads this item back.
+        if let Some((id, summary)) = pending
+            && !self.item_remembered.get()
+        {
+            self.memory.remember_item(&mailbox.address, &id, summary);
+        }
         d
     }
 
-    /// Merges a sighting into the memory; returns the merged summary when the memory knew
-    /// more than this sighting shows.
-    fn remember_seen(&self, mailbox: &MailboxEntry, message: &Arc<Message>) -> Option<Summary> {
+    /// Merges a sighting into the memory's view of its item: returns the merged summary when
+    /// the memory knew more than this sighting shows, and the summary to store (with its
+    /// normalised item id) when the memory should learn something.
+    fn remember_seen<'m>(
+        &self,
+        mailbox: &MailboxEntry,
+        message: &'m Arc<Message>,
+    ) -> (Option<Summary>, Option<(Cow<'m, str>, Summary)>) {
         let item_id = message.item_id.as_deref().map(normalize_exchange_id);
         let old = item_id
             .as_deref()
@@ -67,34 +81,32 @@ impl Run<'_> {
             tracked: o.tracked.clone(),
             settled: o.settled,
         });
-        if self.mode.remember {
-            if let (Some(id), Some(name)) = (&message.folder_id, &message.folder) {
-                self.memory.remember_folder(
-                    &mailbox.address,
-                    &normalize_exchange_id(id),
-                    FolderInfo {
-                        distinguished: Some(name.clone()),
-                        parent_id: None,
-                    },
-                );
-            }
-            if let Some(id) = &item_id {
-                match (&merged, &old) {
-                    (Some(m), Some(o)) if **o == *m => {}
-                    (Some(m), _) => self.memory.remember_item(&mailbox.address, id, m.clone()),
-                    (None, _) => self.memory.remember_item(
-                        &mailbox.address,
-                        id,
-                        Summary {
-                            message: Arc::clone(message),
-                            tracked: None,
-                            settled: false,
-                        },
-                    ),
-                }
-            }
+        if !self.mode.remember {
+            return (merged, None);
         }
-        merged
+        if let (Some(id), Some(name)) = (&message.folder_id, &message.folder) {
+            self.memory.remember_folder(
+                &mailbox.address,
+                &normalize_exchange_id(id),
+                FolderInfo {
+                    distinguished: Some(name.clone()),
+                    parent_id: None,
+                },
+            );
+        }
+        let pending = item_id.and_then(|id| match (&merged, &old) {
+            (Some(m), Some(o)) if **o == *m => None,
+            (Some(m), _) => Some((id, m.clone())),
+            (None, _) => Some((
+                id,
+                Summary {
+                    message: Arc::clone(message),
+                    tracked: None,
+                    settled: false,
+                },
+            )),
+        });
+        (merged, pending)
     }
 
     pub(super) fn fill_from_summary(&self, d: &mut Decision, summary: &View<'_>) {
@@ -303,8 +315,7 @@ impl Run<'_> {
             }
             if moved || new_id.is_some() {
                 let key = new_id.as_deref().unwrap_or(old_id);
-                self.memory
-                    .remember_item(&mailbox.address, &normalize_exchange_id(key), summary);
+                self.remember_item(&mailbox.address, &normalize_exchange_id(key), summary);
             }
         }
     }
@@ -388,7 +399,7 @@ impl Run<'_> {
                     regarding: d.regarding.clone(),
                 });
             }
-            self.memory.remember_item(&mailbox.address, &key, summary);
+            self.remember_item(&mailbox.address, &key, summary);
         }
     }
 }
