@@ -1451,12 +1451,12 @@ fn a_sighting_leaves_its_item_remembered_with_what_was_decided() {
             .unwrap_or_else(|| panic!("{message_id} is remembered"))
     };
     let engine = engine_with(|d| set_filter(d, OWNER, 0));
-    expect(
-        &decide(&engine, &inbox("stranger@else.example", "all@x")),
-        Reason::FilterAll,
-    );
+    let d = decide(&engine, &inbox("stranger@else.example", "all@x"));
+    expect(&d, Reason::FilterAll);
     let tracked = remembered(&engine, "all@x");
-    assert!(tracked.tracked.is_some() && !tracked.settled);
+    assert!(!tracked.settled);
+    assert_eq!(tracked.tracked.as_ref().map(|t| t.crm_id), Some(d.crm_id));
+    assert!(d.crm_id.is_some());
 
     let engine = engine_with(|d| set_filter(d, OWNER, 1));
     expect(

@@ -22,9 +22,7 @@ pub struct Key(pub(super) [u8; 16]);
 impl Key {
     /// The key's first eight bytes, for a scan that compares whole keys only where these match.
     pub(super) fn prefix(&self) -> u64 {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        u64::from_le_bytes(first)
+        crate::common::bytes::word(&self.0)
     }
 }
 

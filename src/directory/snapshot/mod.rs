@@ -576,7 +576,12 @@ mod tests {
             .find_map(|m| Some((m, dir.rule(m, "AAMkADEzTrackedFolderAAA=")?)))
             .unwrap();
         assert_eq!(rule.name(), Some("Fabrikam deal"));
-        assert!(rule.regarding.is_some());
+        let regarding = rule.regarding.unwrap();
+        assert_eq!(regarding.entity, "account");
+        assert_eq!(
+            regarding.id,
+            Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_00c2)
+        );
         assert!(dir.rule(mailbox, "AAMkADEzSomeOtherFolder=").is_none());
     }
 }

@@ -341,7 +341,6 @@ impl Run<'_> {
                 if direction == Direction::Incoming {
                     self.auto_create(d, case.mailbox, case.from);
                 }
-                self.derive_crm_id(d, case.summary.message);
                 self.remember_tracked(case.mailbox, &case.summary, d);
             }
             Filtered::Refused(reason) => {

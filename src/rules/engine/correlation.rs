@@ -170,17 +170,19 @@ impl<'a> Run<'a> {
         None
     }
 
-    /// Records a track decision so later sightings are `already_tracked` and replies correlate.
+    /// Records a track decision so later sightings are `already_tracked` and replies correlate,
+    /// with its CRM id (derived here when nothing named one: what is remembered must carry it).
     pub(super) fn remember_tracked(
         &self,
         mailbox: &MailboxEntry,
         summary: &View<'_>,
-        d: &Decision,
+        d: &mut Decision,
     ) {
         if !self.mode.remember {
             return;
         }
         let m = summary.message;
+        self.derive_crm_id(d, m);
         let tracked = Arc::new(TrackedRef {
             crm_id: d.crm_id,
             regarding: d.regarding.clone(),

@@ -395,7 +395,6 @@ impl Run<'_> {
     /// A track by folder rule or category: parties, correlation (for regarding), auto-create.
     fn finish_track(&self, d: &mut Decision, case: &Case<'_>) {
         let m = case.summary.message;
-        self.derive_crm_id(d, m);
         let parties = self.resolve_recipients(d, case.mailbox, case.owner_id, m);
         self.set_parties(d, case.from, &parties);
         if let Some((c, regarding)) = self.correlate(m) {

@@ -33,7 +33,19 @@ pub(super) struct Resolved<'m, 'd> {
     pub created: Option<Lookup>,
 }
 
-impl Resolved<'_, '_> {
+impl<'m> Resolved<'m, '_> {
+    /// A party as the message names it, not looked up yet.
+    fn unresolved(address: Option<Cow<'m, str>>, shown: Option<&'m Address>, role: u8) -> Self {
+        Resolved {
+            address,
+            shown,
+            rows: Rows::Slice(&[]),
+            all_rows: &[],
+            role,
+            created: None,
+        }
+    }
+
     pub(super) fn name(&self) -> Option<&str> {
         self.shown.and_then(|s| s.name.as_deref())
     }
@@ -97,6 +109,22 @@ impl<'a> Run<'a> {
         Some(lower(raw))
     }
 
+    /// The address a party is looked up by: its SMTP form, or the text as sent when it has
+    /// none (an X.500 address the directory cannot map).
+    fn address_of<'m>(&self, a: &'m Address) -> Option<Cow<'m, str>> {
+        self.smtp(a)
+            .or_else(|| a.address.as_deref().map(Cow::Borrowed))
+    }
+
+    /// Whether a row may stand for an address at all: active, or an inactive record that is
+    /// not a user when the organisation resolves to those.
+    fn eligible(&self, row: u32) -> bool {
+        let rec = self.dir.record(row);
+        rec.active
+            || (rec.kind != EntityKind::Systemuser
+                && self.dir.org().settings.resolve_for_inactive_entities)
+    }
+
     /// Sender resolution (docs/domain.md §4.1): active rows, user → contact → account → lead →
     /// others, a row the mailbox owner owns first, earliest created among equals.
     pub(super) fn resolve_sender<'m>(
@@ -106,18 +134,9 @@ impl<'a> Run<'a> {
         a: Option<&'m Address>,
     ) -> Resolved<'m, 'a> {
         let Some(a) = a else {
-            return Resolved {
-                address: None,
-                shown: None,
-                rows: Rows::Slice(&[]),
-                all_rows: &[],
-                role: 1,
-                created: None,
-            };
+            return Resolved::unresolved(None, None, 1);
         };
-        let address = self
-            .smtp(a)
-            .or_else(|| a.address.as_deref().map(Cow::Borrowed));
+        let address = self.address_of(a);
         let rows = address
             .as_deref()
             .map(|addr| self.dir.rows_with_address(addr))
@@ -149,16 +168,10 @@ impl<'a> Run<'a> {
     /// owner owns; several eligible rows may leave the sender unresolved by the org's option.
     fn choose_sender_row(&self, rows: &[u32], owner_id: Uuid) -> Option<u32> {
         let org = self.dir.org();
-        let eligible = |r: &u32| {
-            let rec = self.dir.record(*r);
-            rec.active
-                || (rec.kind != EntityKind::Systemuser
-                    && org.settings.resolve_for_inactive_entities)
-        };
-        let mut candidates = rows.iter().copied().filter(|r| eligible(r));
+        let mut candidates = rows.iter().copied().filter(|&r| self.eligible(r));
         let first = candidates.next();
         let several = candidates.next().is_some();
-        let mut candidates = rows.iter().copied().filter(|r| eligible(r));
+        let mut candidates = rows.iter().copied().filter(|&r| self.eligible(r));
         if first.is_none() {
             // A single match resolves regardless of state — except to a disabled user.
             match rows {
@@ -191,16 +204,7 @@ impl<'a> Run<'a> {
             .flat_map(|(role, list)| list.iter().map(move |a| (role, a)));
         let mut list: SmallVec<[Resolved<'m, 'a>; 4]> = listed
             .take(max)
-            .map(|(role, a)| Resolved {
-                address: self
-                    .smtp(a)
-                    .or_else(|| a.address.as_deref().map(Cow::Borrowed)),
-                shown: Some(a),
-                rows: Rows::Slice(&[]),
-                all_rows: &[],
-                role,
-                created: None,
-            })
+            .map(|(role, a)| Resolved::unresolved(self.address_of(a), Some(a), role))
             .collect();
         let keys: SmallVec<[_; 4]> = list
             .iter()
@@ -234,12 +238,8 @@ impl<'a> Run<'a> {
         matching: (ContactMatching, OtherMatching),
     ) -> Rows<'a> {
         let org = self.dir.org();
-        let keep = |r: &u32| {
-            let rec = self.dir.record(*r);
-            (rec.active
-                || (rec.kind != EntityKind::Systemuser
-                    && org.settings.resolve_for_inactive_entities))
-                && recipient_may_match(rec, Some(owner_id), matching)
+        let keep = |&r: &u32| {
+            self.eligible(r) && recipient_may_match(self.dir.record(r), Some(owner_id), matching)
         };
         let chosen = if rows.len() > MAX_MATCHES {
             Rows::Slice(&[])
@@ -318,14 +318,7 @@ mod tests {
         let mut doc = crate::directory::model::DirectoryDocument::default();
         doc.organization.organizationid = Uuid::from_u128(9);
         let dir = Directory::build(doc).expect("an empty directory with an org id is valid");
-        let unresolved = Resolved {
-            address: Some(Cow::Borrowed("a@x.test")),
-            shown: None,
-            rows: Rows::Slice(&[]),
-            all_rows: &[],
-            role: 1,
-            created: None,
-        };
+        let unresolved = Resolved::unresolved(Some(Cow::Borrowed("a@x.test")), None, 1);
         assert_eq!(unresolved.kind(&dir), None);
         let lead = Resolved {
             created: Some(lookup("lead", Uuid::from_u128(1))),
