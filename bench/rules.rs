@@ -205,10 +205,12 @@ fn observations_from(s: &Scale, first: usize, n: usize) -> Vec<Observation> {
             match kind {
                 0..=7 => {}
                 8..=11 => m.from = Some(address(format!("nobody{fresh}@unknown.example"))),
-                12..=13 => m.in_reply_to = Some(format!("tracked{}@corp.example", i % s.tracked)),
+                12..=13 => {
+                    m.in_reply_to = Some(format!("tracked{}@corp.example", i % s.tracked).into())
+                }
                 14..=16 => {
                     m.folder = None;
-                    m.folder_id = Some(folder_id(u, i % s.rules_per_user));
+                    m.folder_id = Some(folder_id(u, i % s.rules_per_user).into());
                 }
                 _ => {
                     m.folder = Some("sentitems".into());

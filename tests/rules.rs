@@ -364,7 +364,7 @@ fn each_filtering_method_decides_inbox_mail() {
     for (i, (filter, from, in_reply_to, reason)) in cases.iter().enumerate() {
         let engine = engine_with(|d| set_filter(d, OWNER, *filter));
         let mut m = message(&format!("m{i}@x"), "inbox", from, &["owner@corp.example"]);
-        m.in_reply_to = in_reply_to.map(str::to_owned);
+        m.in_reply_to = in_reply_to.map(Into::into);
         let d = decide(&engine, &seen_in("owner@corp.example", m));
         expect(&d, *reason);
         assert_eq!(d.direction, Some(Direction::Incoming), "case {i}");
@@ -979,7 +979,11 @@ fn each_correlation_method_and_the_switches_that_disable_it() {
     let old_prefix: Tweak = |m| m.subject = Some("Renewal OLD:0001001".into());
     let conv_index: Tweak = |m| {
         use base64::Engine as _;
-        m.conversation_index = Some(base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        m.conversation_index = Some(
+            base64::engine::general_purpose::STANDARD
+                .encode([7u8; 32])
+                .into(),
+        );
     };
     let conv_id: Tweak = |m| m.conversation_id = Some("CONV-1".into());
     let smart: Tweak = |m| {
@@ -2641,7 +2645,7 @@ fn categories_match_in_any_script_and_hostile_keys_are_bounded() {
     let huge = format!("{}@x", "a".repeat(60_000));
     let mut m = message(&huge, "inbox", "pat@customer.example", &[]);
     m.subject = Some(format!("RE: CRM:{}", "1".repeat(10_000)).into());
-    m.conversation_index = Some("!".repeat(10_000));
+    m.conversation_index = Some("!".repeat(10_000).into());
     let d = decide(&engine, &seen_in("owner@corp.example", m));
     expect(&d, Reason::FilterAll);
     // Only the thread key, cut to 64 bytes, is remembered; the Message-ID and token are not.

@@ -548,7 +548,7 @@ impl Sweeper {
             for mut message in page.messages {
                 // The rules know a distinguished folder by its name, not its id.
                 if let SyncFolder::Distinguished(name) = folder {
-                    message.folder = Some(name.to_owned());
+                    message.folder = Some(name.into());
                 }
                 found += self.observer.observe(&Observation::MessageSeen {
                     origin: Origin {

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod read;
 pub mod recent;
 pub mod secret;
+pub mod shared;
 pub mod size;
 pub mod text;
 pub mod threads;

@@ -16,20 +16,28 @@ pub fn now_ms() -> u64 {
 /// timestamp without a zone is taken as UTC (EWS sends UTC unless a time zone context says
 /// otherwise). Unparsable values are kept as sent.
 pub fn normalize_timestamp(raw: &str) -> String {
+    let mut out = String::with_capacity(21);
+    push_normalized_timestamp(raw, &mut out);
+    out
+}
+
+/// Appends the normal form of `raw` (see [`normalize_timestamp`]) to `out`: a message's
+/// timestamps are packed with the rest of its text.
+pub fn push_normalized_timestamp(raw: &str, out: &mut String) {
     let t = crate::common::text::trim(raw);
     // What EWS sends: already in the normal form, copied as it is without parsing it (what
     // does not parse is kept as sent as well, so the order of the checks changes nothing).
     if is_normal_utc(t) {
-        return t.to_owned();
+        return out.push_str(t);
     }
     match parse_rfc3339(t) {
-        Some((secs, frac)) => format_utc(secs, frac),
-        None => t.to_owned(),
+        Some((secs, frac)) => write_utc(secs, frac, out),
+        None => out.push_str(t),
     }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` naming a real second (no 31st of a 30-day month, no leap second),
-/// exactly what [`format_utc`] would write for it. Fields that are not digits count as zero,
+/// exactly what [`write_utc`] would write for it. Fields that are not digits count as zero,
 /// so some strings that do not parse pass too: those are kept as sent either way.
 fn is_normal_utc(t: &str) -> bool {
     let b = t.as_bytes();
@@ -122,10 +130,12 @@ fn digits(field: &[u8]) -> Option<i64> {
 
 /// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-02T08:14:03Z`).
 pub fn format_seconds(secs: i64) -> String {
-    format_utc(secs, "")
+    let mut out = String::with_capacity(20);
+    write_utc(secs, "", &mut out);
+    out
 }
 
-fn format_utc(secs: i64, frac: &str) -> String {
+fn write_utc(secs: i64, frac: &str, out: &mut String) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;
@@ -138,9 +148,7 @@ fn format_utc(secs: i64, frac: &str) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let dot = if frac.is_empty() { "" } else { "." };
-    // One allocation and no formatting machinery: this runs for every timestamp of every
-    // message inspected.
-    let mut out = String::with_capacity(21 + frac.len());
+    // No formatting machinery: this runs for every timestamp of every message inspected.
     if (0..=9999).contains(&y) {
         let mut head = *b"0000-00-00T00:00:00";
         // Two digits at a time: a division by ten per digit was most of this function.
@@ -169,7 +177,6 @@ fn format_utc(secs: i64, frac: &str) -> String {
     out.push_str(dot);
     out.push_str(frac);
     out.push('Z');
-    out
 }
 
 #[cfg(test)]

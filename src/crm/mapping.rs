@@ -179,7 +179,7 @@ pub struct ActivityParty {
     /// 1 sender, 2 to, 3 cc, 4 bcc.
     pub participationtypemask: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<std::sync::Arc<str>>,
+    pub address: Option<crate::common::shared::SharedStr>,
     /// The resolved record; `None` for an unresolved address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<Lookup>,

@@ -212,7 +212,7 @@ pub struct Delivered {
     /// The outbox key.
     pub key: uuid::Uuid,
     pub mailbox: Option<String>,
-    pub item_id: Option<std::sync::Arc<str>>,
+    pub item_id: Option<crate::common::shared::SharedStr>,
     #[serde(flatten)]
     pub outcome: DeliveryOutcome,
 }

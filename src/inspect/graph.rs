@@ -14,9 +14,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::value::RawValue;
 
 use super::json::{Keys, LenientBool, Text, from_body, from_body_seed, json_object};
-use super::model::{Address, CategoryMode, Message, Observation, Origin, Source, Transfer};
-use crate::common::text::{normalize_message_id, percent_decode};
-use crate::common::time::normalize_timestamp;
+use super::model::{CategoryMode, Message, Observation, Origin, Source, Transfer};
+use super::pack::{self, MessagePacker, Role};
+use crate::common::shared::{Piece, SharedStr};
+use crate::common::text::percent_decode;
 
 /// Well-known folder names Graph accepts in place of ids.
 const WELL_KNOWN: [&str; 12] = [
@@ -340,8 +341,8 @@ pub fn inspect(
             let transfer = Transfer {
                 item_ids: vec![rest[1].to_string()],
                 new_item_ids: vec![moved.id.map(Text::into_owned)],
-                destination_folder_id,
-                destination_folder,
+                destination_folder_id: destination_folder_id.map(String::from),
+                destination_folder: destination_folder.map(String::from),
             };
             out.push(Observation::transfer(
                 origin(action),
@@ -575,7 +576,7 @@ fn list(
 /// error, as for any property.
 struct Page<'o> {
     /// The folder of the request's path, as `folder_name` splits it, once per page.
-    folder: Option<(Option<String>, Option<String>)>,
+    folder: Option<PathFolder>,
     origin: Origin,
     initial_sync: bool,
     out: &'o mut Vec<Observation>,
@@ -657,12 +658,16 @@ fn is_initial_delta(query: &str) -> bool {
     })
 }
 
-fn folder_name(segment: &str) -> (Option<String>, Option<String>) {
+/// The folder of a request's path: its id, or its well-known name. Shared by every message
+/// of a page.
+type PathFolder = (Option<SharedStr>, Option<SharedStr>);
+
+fn folder_name(segment: &str) -> PathFolder {
     let lower = segment.to_ascii_lowercase();
     if WELL_KNOWN.contains(&lower.as_str()) {
-        (None, Some(lower))
+        (None, Some(lower.into()))
     } else {
-        (Some(segment.to_owned()), None)
+        (Some(segment.into()), None)
     }
 }
 
@@ -677,7 +682,7 @@ fn seen(m: GraphMessage<'_>, folder: Option<&str>, origin: Origin) -> Observatio
 
 /// A message read from a folder's path: the path's folder id when the message names none, and
 /// its well-known name when it has one.
-fn in_folder(mut message: Message, folder: Option<&(Option<String>, Option<String>)>) -> Message {
+fn in_folder(mut message: Message, folder: Option<&PathFolder>) -> Message {
     if let Some((id, name)) = folder {
         if message.folder_id.is_none() {
             message.folder_id.clone_from(id);
@@ -687,52 +692,67 @@ fn in_folder(mut message: Message, folder: Option<&(Option<String>, Option<Strin
     message
 }
 
-fn address(r: Recipient<'_>) -> Address {
-    Address {
-        name: r.email_address.name.map(|t| Arc::from(&*t)),
-        address: r.email_address.address.map(|t| Arc::from(&*t)),
-        routing_type: Some("SMTP".into()),
-    }
-}
-
+/// A message's fields, all of its text packed into one block.
 fn fields(m: GraphMessage<'_>) -> Message {
-    let header = |name: &str| {
-        m.internet_message_headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.to_string())
-    };
-    let in_reply_to =
-        header("In-Reply-To").and_then(|v| normalize_message_id(&v).map(str::to_owned));
-    let references = header("References");
-    Message {
-        item_id: m.id.map(|t| Arc::from(&*t)),
-        folder_id: m.parent_folder_id.map(Text::into_owned),
-        folder: None,
-        internet_message_id: m
-            .internet_message_id
-            .and_then(|v| normalize_message_id(&v).map(Arc::from)),
-        conversation_id: m.conversation_id.map(Text::into_owned),
-        conversation_index: m.conversation_index.map(Text::into_owned),
-        in_reply_to,
-        references,
-        subject: m.subject.map(|t| Arc::from(&*t)),
-        from: m.from.map(address),
-        sender: m.sender.map(address),
-        to: m.to_recipients.into_iter().map(address).collect(),
-        cc: m.cc_recipients.into_iter().map(address).collect(),
-        bcc: m.bcc_recipients.into_iter().map(address).collect(),
-        received_at: m.received_date_time.map(|t| normalize_timestamp(&t)),
-        sent_at: m.sent_date_time.map(|t| normalize_timestamp(&t)),
-        categories: m
+    pack::message(|p| {
+        let text = |p: &mut MessagePacker, t: Option<Text<'_>>| {
+            t.map_or_else(Piece::default, |t| p.text(&t))
+        };
+        let header = |name: &str| {
+            m.internet_message_headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| &*h.value)
+        };
+        if let Some(value) = header("In-Reply-To") {
+            p.fields.in_reply_to = p.message_id(value);
+        }
+        if let Some(value) = header("References") {
+            p.fields.references = p.text(value);
+        }
+        p.fields.item_id = text(p, m.id);
+        p.fields.folder_id = text(p, m.parent_folder_id);
+        if let Some(id) = m.internet_message_id {
+            p.fields.internet_message_id = p.message_id(&id);
+        }
+        p.fields.conversation_id = text(p, m.conversation_id);
+        p.fields.conversation_index = text(p, m.conversation_index);
+        p.fields.subject = text(p, m.subject);
+        let recipients = [
+            (Role::To, m.to_recipients),
+            (Role::Cc, m.cc_recipients),
+            (Role::Bcc, m.bcc_recipients),
+        ];
+        let one = [(Role::From, m.from), (Role::Sender, m.sender)];
+        for (role, r) in one.into_iter().filter_map(|(role, r)| Some((role, r?))) {
+            packed_address(p, role, r);
+        }
+        for (role, list) in recipients {
+            for r in list {
+                packed_address(p, role, r);
+            }
+        }
+        if let Some(t) = m.received_date_time {
+            p.fields.received_at = p.timestamp(&t);
+        }
+        if let Some(t) = m.sent_date_time {
+            p.fields.sent_at = p.timestamp(&t);
+        }
+        p.fields.categories = m
             .categories
             .unwrap_or_default()
             .into_iter()
             .map(Text::into_owned)
-            .collect(),
-        item_class: None,
-        is_draft: m.is_draft.0,
-    }
+            .collect();
+        p.fields.is_draft = m.is_draft.0;
+    })
+}
+
+/// A recipient (Graph's addresses are always SMTP), its text packed with its message's.
+fn packed_address(p: &mut MessagePacker, role: Role, r: Recipient<'_>) {
+    let mut text = |t: Option<Text<'_>>| t.map_or_else(Piece::default, |t| p.text(&t));
+    let (name, address) = (text(r.email_address.name), text(r.email_address.address));
+    p.address(role, name, address, Some("SMTP".into()));
 }
 
 fn folder(f: GraphFolder<'_>, well_known: Option<String>, origin: Origin) -> Observation {

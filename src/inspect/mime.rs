@@ -3,11 +3,10 @@
 //! In-Reply-To, References, date. Folded lines are unfolded; RFC 2047 encoded words (B and Q,
 //! UTF-8 or Latin-1) are decoded; the body is never read.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 
 use super::model::{Address, Message};
+use crate::common::shared::SharedStr;
 use crate::common::text::normalize_message_id;
 
 /// Largest header section read.
@@ -42,9 +41,11 @@ pub fn message_from_mime(raw: &[u8]) -> Message {
             "to" => m.to = addresses(&value),
             "cc" => m.cc = addresses(&value),
             "bcc" => m.bcc = addresses(&value),
-            "message-id" => m.internet_message_id = normalize_message_id(&value).map(Arc::from),
-            "in-reply-to" => m.in_reply_to = normalize_message_id(&value).map(str::to_owned),
-            "references" => m.references = Some(value),
+            "message-id" => {
+                m.internet_message_id = normalize_message_id(&value).map(SharedStr::from)
+            }
+            "in-reply-to" => m.in_reply_to = normalize_message_id(&value).map(SharedStr::from),
+            "references" => m.references = Some(value.into()),
             _ => {}
         }
     };

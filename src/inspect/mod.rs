@@ -13,6 +13,7 @@ pub mod json;
 pub mod mime;
 pub mod model;
 pub mod ntlm;
+mod pack;
 pub mod worker;
 pub mod xml;
 

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::common::shared::SharedStr;
+
 /// Where an observation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -23,9 +25,9 @@ pub enum Source {
 pub struct Address {
     /// Shared, not copied, by the decisions' parties.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<Arc<str>>,
+    pub name: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<Arc<str>>,
+    pub address: Option<SharedStr>,
     /// `SMTP`, or `EX` for an X.500 address that the directory must map (those two are not
     /// copied: every address of every message carries one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,30 +61,32 @@ pub fn item_class(value: &str) -> Cow<'static, str> {
     }
 }
 
-/// A message's fields, as far as the exchange showed them.
+/// A message's fields, as far as the exchange showed them. An inspected message's text is one
+/// shared block (`inspect::pack`) and each text field a range of it, so what a decision or the
+/// memory keeps of a field shares the block rather than copying it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub item_id: Option<Arc<str>>,
+    pub item_id: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub folder_id: Option<String>,
+    pub folder_id: Option<SharedStr>,
     /// Distinguished (well-known) folder name, when known: `inbox`, `sentitems`, …
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub folder: Option<String>,
+    pub folder: Option<SharedStr>,
     /// Normalised: unescaped, no angle brackets, trimmed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub internet_message_id: Option<Arc<str>>,
+    pub internet_message_id: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub conversation_id: Option<String>,
+    pub conversation_id: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub conversation_index: Option<String>,
+    pub conversation_index: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_reply_to: Option<String>,
+    pub in_reply_to: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub references: Option<String>,
+    pub references: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Arc<str>>,
+    pub subject: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<Address>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,9 +99,9 @@ pub struct Message {
     pub bcc: Vec<Address>,
     /// RFC 3339, UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub received_at: Option<String>,
+    pub received_at: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sent_at: Option<String>,
+    pub sent_at: Option<SharedStr>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub categories: Vec<String>,
     /// `IPM.Note` and the other classes nearly every message carries are not copied.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use uuid::Uuid;
 
+use crate::common::shared::SharedStr;
 use crate::directory::model::Lookup;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,9 +195,9 @@ pub struct Correlation {
 pub struct Party {
     /// Shared with the message's address when it needed no normalising (as the name always is).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<Arc<str>>,
+    pub address: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<Arc<str>>,
+    pub name: Option<SharedStr>,
     /// Held inline for the usual one record.
     #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
     pub records: SmallVec<[Lookup; 1]>,
@@ -243,11 +244,11 @@ pub struct Decision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Lookup>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub item_id: Option<Arc<str>>,
+    pub item_id: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub internet_message_id: Option<Arc<str>>,
+    pub internet_message_id: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Arc<str>>,
+    pub subject: Option<SharedStr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
     /// The user or queue whose filter accepted the message (`email.acceptingentityid`).

@@ -338,12 +338,12 @@ mod tests {
     fn message() -> Message {
         Message {
             item_id: Some("i".into()),
-            folder_id: Some("f".repeat(2)),
+            folder_id: Some("f".repeat(2).into()),
             internet_message_id: Some("m".repeat(4).into()),
-            conversation_id: Some("c".repeat(8)),
-            conversation_index: Some("x".repeat(16)),
-            in_reply_to: Some("r".repeat(32)),
-            references: Some("s".repeat(64)),
+            conversation_id: Some("c".repeat(8).into()),
+            conversation_index: Some("x".repeat(16).into()),
+            in_reply_to: Some("r".repeat(32).into()),
+            references: Some("s".repeat(64).into()),
             subject: Some("t".repeat(128).into()),
             categories: vec!["a".repeat(256), "b".repeat(512)],
             to: vec![address("To", "to@x")],

@@ -7,9 +7,10 @@ use super::super::model::{
     Address, Appointment, CategoryMode, Change, Contact, Message, Observation, Origin, Task,
     Transfer, item_class,
 };
+use super::super::pack::{self, MessagePacker, Role};
 use super::super::xml::{Node, Ns};
 use super::MESSAGE_ITEMS;
-use crate::common::text::normalize_message_id;
+use crate::common::shared::{Piece, SharedStr};
 use crate::common::time::normalize_timestamp;
 
 /// The `Create` and `Update` entries of a sync response's `Changes` (deletes and read-flag
@@ -31,7 +32,7 @@ pub(super) fn all_items<'t>(container: Option<Node<'t>>) -> impl Iterator<Item =
 pub(super) fn any_item(
     origin: &Origin,
     item: Node<'_>,
-    folder: Option<(Option<String>, Option<String>)>,
+    folder: Option<&PageFolder>,
     initial_sync: bool,
     change: Change,
 ) -> Option<Observation> {
@@ -187,7 +188,7 @@ pub(super) fn events(origin: &Origin, notification: Node<'_>, out: &mut Vec<Obse
                         origin: origin.clone(),
                         message: Arc::new(Message {
                             item_id: Some(item_id.into()),
-                            folder_id: id(event, "ParentFolderId"),
+                            folder_id: id(event, "ParentFolderId").map(SharedStr::from),
                             ..Message::default()
                         }),
                         initial_sync: false,
@@ -245,11 +246,20 @@ pub(super) fn folder_ref(node: Option<Node<'_>>) -> (Option<String>, Option<Stri
     }
 }
 
-pub(super) fn first_folder(
-    container: Option<Node<'_>>,
-) -> Option<(Option<String>, Option<String>)> {
-    let r = folder_ref(container);
-    (r.0.is_some() || r.1.is_some()).then_some(r)
+/// The folder a request lists or syncs, shared by every message of the answer's page.
+#[derive(Debug)]
+pub(super) struct PageFolder {
+    id: Option<SharedStr>,
+    /// The distinguished name.
+    name: Option<SharedStr>,
+}
+
+pub(super) fn first_folder(container: Option<Node<'_>>) -> Option<PageFolder> {
+    let (id, name) = folder_ref(container);
+    (id.is_some() || name.is_some()).then(|| PageFolder {
+        id: id.map(SharedStr::from),
+        name: name.map(SharedStr::from),
+    })
 }
 
 pub(super) fn item_ids(container: Option<Node<'_>>) -> Vec<String> {
@@ -263,15 +273,15 @@ pub(super) fn item_ids(container: Option<Node<'_>>) -> Vec<String> {
 pub(super) fn seen(
     origin: &Origin,
     item: Node<'_>,
-    folder: Option<(Option<String>, Option<String>)>,
+    folder: Option<&PageFolder>,
     initial_sync: bool,
 ) -> Observation {
     let mut message = message_fields(item);
-    if let Some((id, name)) = folder {
+    if let Some(folder) = folder {
         if message.folder_id.is_none() {
-            message.folder_id = id;
+            message.folder_id.clone_from(&folder.id);
         }
-        message.folder = name;
+        message.folder.clone_from(&folder.name);
     }
     Observation::MessageSeen {
         origin: origin.clone(),
@@ -281,52 +291,62 @@ pub(super) fn seen(
 }
 
 /// One pass over the item's children (the item elements are flat, and a lookup per field
-/// would scan them twenty times).
+/// would scan them twenty times), each field's text packed with the others into one block.
 pub(super) fn message_fields(item: Node<'_>) -> Message {
-    let mut m = Message::default();
-    let text = owned_text;
-    let id = |n: Node<'_>| n.attr("Id").map(str::to_owned);
-    // Escaped text (a Message-ID's `&lt;…&gt;`, a subject's `&amp;`) is decoded here, then
-    // copied once into what the message keeps.
-    let mut scratch = String::new();
-    let mailboxes = |n: Node<'_>| n.all("Mailbox").map(address).collect::<Vec<_>>();
-    for child in item.children() {
-        if !child.ns().is_ews() {
-            continue;
+    pack::message(|p| {
+        for child in item.children() {
+            if child.ns().is_ews() {
+                message_field(p, child);
+            }
         }
-        match child.name() {
-            "ItemId" => m.item_id = child.attr("Id").map(Arc::from),
-            "ParentFolderId" => m.folder_id = id(child),
-            "InternetMessageId" => {
-                m.internet_message_id =
-                    normalize_message_id(child.text_in(&mut scratch)).map(Arc::from)
-            }
-            "ConversationId" => m.conversation_id = id(child),
-            "ConversationIndex" => m.conversation_index = text(child),
-            "InReplyTo" => {
-                m.in_reply_to = normalize_message_id(child.text_in(&mut scratch)).map(str::to_owned)
-            }
-            "References" => m.references = text(child),
-            "Subject" => m.subject = shared_text(child.text_in(&mut scratch)),
-            "From" => m.from = child.child(Ns::Types, "Mailbox").map(address),
-            "Sender" => m.sender = child.child(Ns::Types, "Mailbox").map(address),
-            "ToRecipients" => m.to = mailboxes(child),
-            "CcRecipients" => m.cc = mailboxes(child),
-            "BccRecipients" => m.bcc = mailboxes(child),
-            "DateTimeReceived" => m.received_at = timestamp(child),
-            "DateTimeSent" => m.sent_at = timestamp(child),
-            "Categories" => {
-                m.categories = child.all("String").map(|s| s.text().into_owned()).collect()
-            }
-            "ItemClass" => {
-                let class = child.text();
-                m.item_class = (!class.is_empty()).then(|| item_class(&class));
-            }
-            "IsDraft" => m.is_draft = Some(child.text().eq_ignore_ascii_case("true")),
-            _ => {}
+    })
+}
+
+fn message_field(p: &mut MessagePacker, child: Node<'_>) {
+    let text = |p: &mut MessagePacker| p.text_with(|out| child.push_text(out));
+    let id = |p: &mut MessagePacker| {
+        child
+            .attr("Id")
+            .map_or_else(Piece::default, |id| p.text(id))
+    };
+    let message_id = |p: &mut MessagePacker| p.message_id_with(|out| child.push_text(out));
+    let timestamp = |p: &mut MessagePacker| p.timestamp(&child.text());
+    let mailboxes = |p: &mut MessagePacker, role: Role| {
+        for mailbox in child.all("Mailbox") {
+            packed_address(p, role, mailbox);
         }
+    };
+    let one_mailbox = |p: &mut MessagePacker, role: Role| {
+        if let Some(mailbox) = child.child(Ns::Types, "Mailbox") {
+            packed_address(p, role, mailbox);
+        }
+    };
+    match child.name() {
+        "ItemId" => p.fields.item_id = id(p),
+        "ParentFolderId" => p.fields.folder_id = id(p),
+        "InternetMessageId" => p.fields.internet_message_id = message_id(p),
+        "ConversationId" => p.fields.conversation_id = id(p),
+        "ConversationIndex" => p.fields.conversation_index = text(p),
+        "InReplyTo" => p.fields.in_reply_to = message_id(p),
+        "References" => p.fields.references = text(p),
+        "Subject" => p.fields.subject = text(p),
+        "From" => one_mailbox(p, Role::From),
+        "Sender" => one_mailbox(p, Role::Sender),
+        "ToRecipients" => mailboxes(p, Role::To),
+        "CcRecipients" => mailboxes(p, Role::Cc),
+        "BccRecipients" => mailboxes(p, Role::Bcc),
+        "DateTimeReceived" => p.fields.received_at = timestamp(p),
+        "DateTimeSent" => p.fields.sent_at = timestamp(p),
+        "Categories" => {
+            p.fields.categories = child.all("String").map(|s| s.text().into_owned()).collect()
+        }
+        "ItemClass" => {
+            let class = child.text();
+            p.fields.item_class = (!class.is_empty()).then(|| item_class(&class));
+        }
+        "IsDraft" => p.fields.is_draft = Some(child.text().eq_ignore_ascii_case("true")),
+        _ => {}
     }
-    m
 }
 
 /// An element's text, `None` when empty (checked before anything is copied).
@@ -335,31 +355,49 @@ fn owned_text(node: Node<'_>) -> Option<String> {
     (!text.is_empty()).then(|| text.into_owned())
 }
 
-/// Text shared with what is decided from it, `None` when empty.
-fn shared_text(text: &str) -> Option<Arc<str>> {
-    (!text.is_empty()).then(|| Arc::from(text))
-}
-
-/// An element's text as a UTC timestamp, `None` when empty.
-fn timestamp(node: Node<'_>) -> Option<String> {
-    let text = node.text();
-    (!text.is_empty()).then(|| normalize_timestamp(&text))
-}
-
-pub(super) fn address(mailbox: Node<'_>) -> Address {
-    let mut a = Address::default();
+/// The name, address and routing type elements of a `Mailbox`.
+fn mailbox_parts<'t>(mailbox: Node<'t>) -> [Option<Node<'t>>; 3] {
+    let mut parts = [None; 3];
     for c in mailbox.children() {
-        match c.name() {
-            "Name" => a.name = shared_text(&c.text()),
-            "EmailAddress" => a.address = shared_text(&c.text()),
-            "RoutingType" => {
-                let text = c.text();
-                a.routing_type = (!text.is_empty()).then(|| Address::routing_type(&text));
-            }
-            _ => {}
-        }
+        let slot = match c.name() {
+            "Name" => 0,
+            "EmailAddress" => 1,
+            "RoutingType" => 2,
+            _ => continue,
+        };
+        parts[slot] = Some(c);
     }
-    a
+    parts
+}
+
+fn routing_type(node: Option<Node<'_>>) -> Option<std::borrow::Cow<'static, str>> {
+    let text = node?.text();
+    (!text.is_empty()).then(|| Address::routing_type(&text))
+}
+
+/// A mailbox of a message, its text packed with the message's.
+fn packed_address(p: &mut MessagePacker, role: Role, mailbox: Node<'_>) {
+    let [name, address, routing] = mailbox_parts(mailbox);
+    let mut text = |node: Option<Node<'_>>| match node {
+        Some(node) => p.text_with(|out| node.push_text(out)),
+        None => Piece::default(),
+    };
+    let (name, address) = (text(name), text(address));
+    p.address(role, name, address, routing_type(routing));
+}
+
+/// A mailbox with text of its own (an appointment's organizer and attendees).
+pub(super) fn address(mailbox: Node<'_>) -> Address {
+    let [name, address, routing] = mailbox_parts(mailbox);
+    let text = |node: Option<Node<'_>>| {
+        let text = node?.text();
+        (!text.is_empty()).then(|| SharedStr::from(&*text))
+    };
+    Address {
+        name: text(name),
+        address: text(address),
+        routing_type: routing_type(routing),
+    }
 }
 
 pub(super) fn category_update(change: Node<'_>) -> Option<(CategoryMode, Vec<String>)> {

@@ -44,7 +44,7 @@ pub(super) fn find_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
             out.extend(any_item(
                 &x.origin,
                 item,
-                folder.clone(),
+                folder.as_ref(),
                 false,
                 Change::Seen,
             ));
@@ -67,7 +67,7 @@ pub(super) fn sync_folder_items(x: &Exchange<'_>, out: &mut Vec<Observation>) {
                 out.extend(any_item(
                     &x.origin,
                     item,
-                    folder.clone(),
+                    folder.as_ref(),
                     initial,
                     Change::Seen,
                 ));

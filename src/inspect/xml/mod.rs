@@ -342,6 +342,15 @@ impl<'t> Node<'t> {
         trim(scratch)
     }
 
+    /// Appends the element's own text, decoded: what [`Node::text`] answers, though not
+    /// trimmed when it had to be decoded. A message packs its fields' text this way.
+    pub fn push_text(&self, out: &mut String) {
+        match self.plain_text() {
+            Some(text) => out.push_str(text),
+            None => self.decode_into(out),
+        }
+    }
+
     /// The text as it stands in the input, trimmed, when nothing in it needs decoding.
     fn plain_text(&self) -> Option<&'t str> {
         let el = self.el();

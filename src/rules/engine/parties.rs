@@ -3,13 +3,13 @@
 //! owner's address-book options applied when set — and spelled out as the decision's parties.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use smallvec::SmallVec;
 use uuid::Uuid;
 
 use super::super::decision::{Decision, Party};
 use super::{Run, lookup};
+use crate::common::shared::SharedStr;
 use crate::directory::model::{ContactMatching, Lookup, OtherMatching};
 use crate::directory::snapshot::{Directory, EntityKind, MailboxEntry, lower, recipient_may_match};
 use crate::inspect::{Address, Message};
@@ -260,8 +260,8 @@ impl<'a> Run<'a> {
                 .address
                 .as_deref()
                 .map(|a| match r.shown.and_then(|s| s.address.as_ref()) {
-                    Some(shown) if **shown == *a => Arc::clone(shown),
-                    _ => Arc::from(a),
+                    Some(shown) if **shown == *a => shown.clone(),
+                    _ => SharedStr::from(a),
                 }),
             name: r.shown.and_then(|s| s.name.clone()),
             records: r

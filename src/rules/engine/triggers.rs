@@ -8,13 +8,14 @@ use std::sync::Arc;
 use super::super::decision::{Decision, Decisions, Reason};
 use super::super::memory::{FolderInfo, Summary, TrackedRef};
 use super::{Run, View};
+use crate::common::shared::SharedStr;
 use crate::directory::snapshot::{MailboxEntry, normalize_exchange_id};
 use crate::inspect::{CategoryMode, Message, Origin, Transfer};
 
 /// Where a move or copy put its items.
 struct Destination<'t> {
     /// The folder's id (normalised), shown or learned from its distinguished name.
-    id: Option<String>,
+    id: Option<SharedStr>,
     /// The distinguished folder, when the exchange named it.
     folder: Option<&'t String>,
     /// Moved (the original is gone) rather than copied.
@@ -89,7 +90,7 @@ impl Run<'_> {
                 &mailbox.address,
                 &normalize_exchange_id(id),
                 FolderInfo {
-                    distinguished: Some(name.clone()),
+                    distinguished: Some(name.to_string()),
                     parent_id: None,
                 },
             );
@@ -154,7 +155,7 @@ impl Run<'_> {
         } else {
             let message = Arc::make_mut(&mut summary.message);
             message.folder = None;
-            message.folder_id = Some(saved_to.to_owned());
+            message.folder_id = Some(saved_to.into());
             Trigger::Seen {
                 initial_sync: false,
             }
@@ -204,7 +205,7 @@ impl Run<'_> {
         }
         let message = Arc::make_mut(&mut summary.message);
         if message.item_id.is_none() {
-            message.item_id = drafts.first().map(|id| Arc::from(id.as_str()));
+            message.item_id = drafts.first().map(|id| SharedStr::from(id.as_str()));
         }
         d.item_id = message.item_id.clone();
         message.is_draft = Some(false);
@@ -215,11 +216,7 @@ impl Run<'_> {
                 .item(&mailbox.address, &normalize_exchange_id(reference))
         {
             if message.in_reply_to.is_none() {
-                message.in_reply_to = original
-                    .message
-                    .internet_message_id
-                    .as_deref()
-                    .map(str::to_owned);
+                message.in_reply_to = original.message.internet_message_id.clone();
             }
             if message.conversation_id.is_none() {
                 message.conversation_id = original.message.conversation_id.clone();
@@ -240,7 +237,7 @@ impl Run<'_> {
                 .iter()
                 .map(|id| {
                     let mut d = self.new_decision(kind, origin, None);
-                    d.item_id = Some(Arc::from(id.as_str()));
+                    d.item_id = Some(SharedStr::from(id.as_str()));
                     self.unknown_mailbox(&mut d);
                     d
                 })
@@ -250,12 +247,13 @@ impl Run<'_> {
             id: transfer
                 .destination_folder_id
                 .as_deref()
-                .map(|id| normalize_exchange_id(id).into_owned())
+                .map(|id| SharedStr::from(normalize_exchange_id(id).as_ref()))
                 .or_else(|| {
                     transfer
                         .destination_folder
                         .as_deref()
                         .and_then(|name| self.memory.folder_id_of(&mailbox.address, name))
+                        .map(SharedStr::from)
                 }),
             folder: transfer.destination_folder.as_ref(),
             moved,
@@ -286,13 +284,18 @@ impl Run<'_> {
         // A copy without a new id must not overwrite what is known of the original.
         let message = Arc::make_mut(&mut summary.message);
         message.item_id = match &new_id {
-            Some(id) => Some(Arc::from(id.as_str())),
-            None if moved => Some(Arc::from(old_id)),
+            Some(id) => Some(SharedStr::from(id.as_str())),
+            None if moved => Some(SharedStr::from(old_id)),
             None => None,
         };
         message.folder_id = destination.id.clone();
-        message.folder = destination.folder.cloned();
-        d.item_id = message.item_id.clone().or_else(|| Some(Arc::from(old_id)));
+        message.folder = destination
+            .folder
+            .map(|name| SharedStr::from(name.as_str()));
+        d.item_id = message
+            .item_id
+            .clone()
+            .or_else(|| Some(SharedStr::from(old_id)));
         self.fill_from_summary(d, &summary.view());
         if known.is_none() {
             why!(d, self, "the item was never seen through the gateway");
@@ -331,7 +334,7 @@ impl Run<'_> {
         let mut out = Decisions::with_capacity(item_ids.len());
         for id in item_ids {
             let mut d = self.new_decision("categories_changed", origin, None);
-            d.item_id = Some(Arc::from(id.as_str()));
+            d.item_id = Some(SharedStr::from(id.as_str()));
             match mailbox {
                 Some(mailbox) => self.recategorize(&mut d, mailbox, id, mode, categories),
                 None => self.unknown_mailbox(&mut d),

@@ -1011,7 +1011,7 @@ impl Item {
             bcc: parsed.bcc.iter().filter_map(addr).collect(),
             message_id: parsed.internet_message_id.map(|id| format!("<{id}>")),
             in_reply_to: parsed.in_reply_to.map(|id| format!("<{id}>")),
-            references: parsed.references,
+            references: parsed.references.as_ref().map(String::from),
             body,
             mime: Some(raw.to_vec()),
             ..Item::default()
