@@ -83,9 +83,16 @@ pub struct Piece {
 }
 
 impl Packer {
-    /// Starts a block, keeping the capacity of the last one.
-    pub fn clear(&mut self) {
+    /// Starts a block, keeping the capacity of the last one up to `keep` bytes: a packer
+    /// that lives as long as its thread does not hold on to one outsized message's room.
+    pub fn clear(&mut self, keep: usize) {
         self.text.clear();
+        self.text.shrink_to(keep);
+    }
+
+    /// The room the packer holds.
+    pub fn capacity(&self) -> usize {
+        self.text.capacity()
     }
 
     /// Appends `text`, answering its range.
@@ -305,8 +312,19 @@ mod tests {
         packer.undo(dropped);
         assert_eq!(packer.text, "kept");
         assert_eq!(packer.finish().unwrap().cut(kept).unwrap(), "kept");
-        packer.clear();
+        packer.clear(4096);
         assert!(packer.finish().is_none(), "an empty packer makes no block");
+    }
+
+    #[test]
+    fn a_packer_keeps_no_more_room_than_it_is_told() {
+        let mut packer = Packer::default();
+        packer.push(&"x".repeat(1 << 20));
+        packer.clear(4096);
+        assert!(packer.capacity() <= 4096, "{}", packer.capacity());
+        packer.push("small");
+        packer.clear(4096);
+        assert!(packer.capacity() >= 5, "a usual message's room is kept");
     }
 
     #[test]

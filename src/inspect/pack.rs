@@ -13,6 +13,12 @@ use crate::common::shared::{Block, Packer, Piece};
 use crate::common::text::{normalize_message_id, trim};
 use crate::common::time::push_normalized_timestamp;
 
+/// The room a thread's packer keeps between messages: a usual message's text is a few hundred
+/// bytes and its addresses a handful; one with a huge header or thousands of recipients must
+/// not leave its room behind for the life of the thread.
+const KEEP_TEXT: usize = 16 << 10;
+const KEEP_ADDRESSES: usize = 256;
+
 /// Which list of the message an address belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
@@ -114,9 +120,10 @@ impl MessagePacker {
     }
 
     fn clear(&mut self) {
-        self.text.clear();
+        self.text.clear(KEEP_TEXT);
         self.fields = Pieces::default();
         self.addresses.clear();
+        self.addresses.shrink_to(KEEP_ADDRESSES);
     }
 
     fn finish(&mut self) -> Message {
@@ -264,6 +271,24 @@ mod tests {
         });
         assert_eq!(outer.subject.as_deref(), Some("outer"));
         assert_eq!(outer.item_id.as_deref(), Some("outer-id"));
+    }
+
+    #[test]
+    fn an_outsized_message_leaves_no_outsized_room_behind() {
+        let subject = "s".repeat(1 << 20);
+        let big = message(|p| {
+            p.fields.subject = p.text(&subject);
+            for _ in 0..10_000 {
+                let address = p.text("a@b");
+                p.address(Role::To, Piece::default(), address, None);
+            }
+        });
+        assert_eq!(big.to.len(), 10_000);
+        message(|p| p.fields.subject = p.text("next"));
+        PACKER.with_borrow(|p| {
+            assert!(p.text.capacity() <= KEEP_TEXT, "{}", p.text.capacity());
+            assert!(p.addresses.capacity() <= KEEP_ADDRESSES);
+        });
     }
 
     #[test]
