@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 
 use super::json::{Keys, LenientBool, Text, from_body, from_body_seed, json_object};
 use super::model::{CategoryMode, Message, Observation, Origin, Source, Transfer};
-use super::pack::{self, MessagePacker, Role};
-use crate::common::shared::{Piece, SharedStr};
+use super::pack::{self, MessagePacker, PageFolder, Role};
+use crate::common::shared::Piece;
 use crate::common::text::percent_decode;
 
 /// Well-known folder names Graph accepts in place of ids.
@@ -299,7 +299,7 @@ pub fn inspect(
             out.push(Observation::MessageSent {
                 origin: origin("sendMail"),
                 via: "sendMail".into(),
-                message: fields(send.message).into(),
+                message: fields(&send.message, None),
                 draft_item_ids: Vec::new(),
                 reference_item_id: None,
                 saved_to_folder: (send.save_to_sent_items.0 != Some(false))
@@ -327,7 +327,9 @@ pub fn inspect(
             out.push(Observation::MessageSent {
                 origin: origin(via),
                 via: via.into(),
-                message: Arc::new(body.and_then(|b| b.message).map(fields).unwrap_or_default()),
+                message: body
+                    .and_then(|b| b.message)
+                    .map_or_else(Arc::default, |m| fields(&m, None)),
                 draft_item_ids: Vec::new(),
                 reference_item_id: Some(rest[1].to_string()),
                 saved_to_folder: Some("sentitems".into()),
@@ -336,13 +338,12 @@ pub fn inspect(
         ("POST", ["messages", _, action @ ("move" | "copy")]) => {
             let destination: Destination<'_> = from_body(x.request)?;
             let moved: GraphMessage<'_> = from_body(x.response)?;
-            let (destination_folder_id, destination_folder) =
-                folder_name(&destination.destination_id);
+            let destination = folder_name(&destination.destination_id);
             let transfer = Transfer {
                 item_ids: vec![rest[1].to_string()],
                 new_item_ids: vec![moved.id.map(Text::into_owned)],
-                destination_folder_id: destination_folder_id.map(String::from),
-                destination_folder: destination_folder.map(String::from),
+                destination_folder_id: destination.id.map(String::from),
+                destination_folder: destination.name.map(String::from),
             };
             out.push(Observation::transfer(
                 origin(action),
@@ -576,7 +577,7 @@ fn list(
 /// error, as for any property.
 struct Page<'o> {
     /// The folder of the request's path, as `folder_name` splits it, once per page.
-    folder: Option<PathFolder>,
+    folder: Option<PageFolder>,
     origin: Origin,
     initial_sync: bool,
     out: &'o mut Vec<Observation>,
@@ -629,10 +630,9 @@ impl<'de> Visitor<'de> for Messages<'_, '_> {
         let page = self.0;
         while let Some(m) = seq.next_element::<GraphMessage<'de>>()? {
             if m.removed.is_none() {
-                let message = in_folder(fields(m), page.folder.as_ref());
                 page.out.push(Observation::MessageSeen {
                     origin: page.origin.clone(),
-                    message: message.into(),
+                    message: fields(&m, page.folder.as_ref()),
                     initial_sync: page.initial_sync,
                 });
             }
@@ -660,43 +660,36 @@ fn is_initial_delta(query: &str) -> bool {
 
 /// The folder of a request's path: its id, or its well-known name. Shared by every message
 /// of a page.
-type PathFolder = (Option<SharedStr>, Option<SharedStr>);
-
-fn folder_name(segment: &str) -> PathFolder {
+fn folder_name(segment: &str) -> PageFolder {
     let lower = segment.to_ascii_lowercase();
     if WELL_KNOWN.contains(&lower.as_str()) {
-        (None, Some(lower.into()))
+        PageFolder {
+            id: None,
+            name: Some(lower.into()),
+        }
     } else {
-        (Some(segment.into()), None)
+        PageFolder {
+            id: Some(segment.into()),
+            name: None,
+        }
     }
 }
 
 fn seen(m: GraphMessage<'_>, folder: Option<&str>, origin: Origin) -> Observation {
-    let message = in_folder(fields(m), folder.map(folder_name).as_ref());
     Observation::MessageSeen {
         origin,
-        message: message.into(),
+        message: fields(&m, folder.map(folder_name).as_ref()),
         initial_sync: false,
     }
 }
 
-/// A message read from a folder's path: the path's folder id when the message names none, and
-/// its well-known name when it has one.
-fn in_folder(mut message: Message, folder: Option<&PathFolder>) -> Message {
-    if let Some((id, name)) = folder {
-        if message.folder_id.is_none() {
-            message.folder_id.clone_from(id);
-        }
-        message.folder.clone_from(name);
-    }
-    message
-}
-
 /// A message's fields, all of its text packed into one block.
-fn fields(m: GraphMessage<'_>) -> Message {
-    pack::message(|p| {
-        let text = |p: &mut MessagePacker, t: Option<Text<'_>>| {
-            t.map_or_else(Piece::default, |t| p.text(&t))
+/// A message's fields, all of its text packed into one block. Read in place: the parsed
+/// message is large, and moving it costs more than reading it.
+fn fields(m: &GraphMessage<'_>, folder: Option<&PageFolder>) -> Arc<Message> {
+    pack::message(folder, |p| {
+        let text = |p: &mut MessagePacker, t: &Option<Text<'_>>| {
+            t.as_deref().map_or_else(Piece::default, |t| p.text(t))
         };
         let header = |name: &str| {
             m.internet_message_headers
@@ -710,48 +703,49 @@ fn fields(m: GraphMessage<'_>) -> Message {
         if let Some(value) = header("References") {
             p.fields.references = p.text(value);
         }
-        p.fields.item_id = text(p, m.id);
-        p.fields.folder_id = text(p, m.parent_folder_id);
-        if let Some(id) = m.internet_message_id {
-            p.fields.internet_message_id = p.message_id(&id);
+        p.fields.item_id = text(p, &m.id);
+        p.fields.folder_id = text(p, &m.parent_folder_id);
+        if let Some(id) = &m.internet_message_id {
+            p.fields.internet_message_id = p.message_id(id);
         }
-        p.fields.conversation_id = text(p, m.conversation_id);
-        p.fields.conversation_index = text(p, m.conversation_index);
-        p.fields.subject = text(p, m.subject);
+        p.fields.conversation_id = text(p, &m.conversation_id);
+        p.fields.conversation_index = text(p, &m.conversation_index);
+        p.fields.subject = text(p, &m.subject);
+        for (role, r) in [(Role::From, &m.from), (Role::Sender, &m.sender)] {
+            if let Some(r) = r {
+                packed_address(p, role, r);
+            }
+        }
         let recipients = [
-            (Role::To, m.to_recipients),
-            (Role::Cc, m.cc_recipients),
-            (Role::Bcc, m.bcc_recipients),
+            (Role::To, &m.to_recipients),
+            (Role::Cc, &m.cc_recipients),
+            (Role::Bcc, &m.bcc_recipients),
         ];
-        let one = [(Role::From, m.from), (Role::Sender, m.sender)];
-        for (role, r) in one.into_iter().filter_map(|(role, r)| Some((role, r?))) {
-            packed_address(p, role, r);
-        }
         for (role, list) in recipients {
             for r in list {
                 packed_address(p, role, r);
             }
         }
-        if let Some(t) = m.received_date_time {
-            p.fields.received_at = p.timestamp(&t);
+        if let Some(t) = &m.received_date_time {
+            p.fields.received_at = p.timestamp(t);
         }
-        if let Some(t) = m.sent_date_time {
-            p.fields.sent_at = p.timestamp(&t);
+        if let Some(t) = &m.sent_date_time {
+            p.fields.sent_at = p.timestamp(t);
         }
         p.fields.categories = m
             .categories
-            .unwrap_or_default()
-            .into_iter()
-            .map(Text::into_owned)
+            .iter()
+            .flatten()
+            .map(|c| c.to_string())
             .collect();
         p.fields.is_draft = m.is_draft.0;
     })
 }
 
 /// A recipient (Graph's addresses are always SMTP), its text packed with its message's.
-fn packed_address(p: &mut MessagePacker, role: Role, r: Recipient<'_>) {
-    let mut text = |t: Option<Text<'_>>| t.map_or_else(Piece::default, |t| p.text(&t));
-    let (name, address) = (text(r.email_address.name), text(r.email_address.address));
+fn packed_address(p: &mut MessagePacker, role: Role, r: &Recipient<'_>) {
+    let mut text = |t: &Option<Text<'_>>| t.as_deref().map_or_else(Piece::default, |t| p.text(t));
+    let (name, address) = (text(&r.email_address.name), text(&r.email_address.address));
     p.address(role, name, address, Some("SMTP".into()));
 }
 

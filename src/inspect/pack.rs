@@ -7,9 +7,10 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use super::model::{Address, Message};
-use crate::common::shared::{Block, Packer, Piece};
+use crate::common::shared::{Block, Packer, Piece, SharedStr};
 use crate::common::text::{normalize_message_id, trim};
 use crate::common::time::push_normalized_timestamp;
 
@@ -18,6 +19,15 @@ use crate::common::time::push_normalized_timestamp;
 /// not leave its room behind for the life of the thread.
 const KEEP_TEXT: usize = 16 << 10;
 const KEEP_ADDRESSES: usize = 256;
+
+/// The folder a request lists, syncs or names in its path, made once and shared by every
+/// message of the answer: its id (a message that names no folder of its own is in it) and its
+/// distinguished name.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PageFolder {
+    pub id: Option<SharedStr>,
+    pub name: Option<SharedStr>,
+}
 
 /// Which list of the message an address belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +136,9 @@ impl MessagePacker {
         self.addresses.shrink_to(KEEP_ADDRESSES);
     }
 
-    fn finish(&mut self) -> Message {
+    /// The message, made in place in its shared allocation: it is a few hundred bytes, and
+    /// each move on its way out would copy them.
+    fn finish(&mut self, folder: Option<&PageFolder>) -> Arc<Message> {
         let block = self.text.finish();
         let block = block.as_ref();
         let fields = std::mem::take(&mut self.fields);
@@ -148,10 +160,11 @@ impl MessagePacker {
                 .find(|a| a.role == role)
                 .map(|a| cut_address(a, block))
         };
-        Message {
+        let folder_id = cut(fields.folder_id).or_else(|| folder.and_then(|f| f.id.clone()));
+        Arc::new(Message {
             item_id: cut(fields.item_id),
-            folder_id: cut(fields.folder_id),
-            folder: None,
+            folder_id,
+            folder: folder.and_then(|f| f.name.clone()),
             internet_message_id: cut(fields.internet_message_id),
             conversation_id: cut(fields.conversation_id),
             conversation_index: cut(fields.conversation_index),
@@ -168,7 +181,7 @@ impl MessagePacker {
             categories: fields.categories,
             item_class: fields.item_class,
             is_draft: fields.is_draft,
-        }
+        })
     }
 }
 
@@ -187,25 +200,33 @@ thread_local! {
 }
 
 /// The message `read` finds: it appends each field's text to the packer and sets the pieces.
-pub(super) fn message(read: impl FnOnce(&mut MessagePacker)) -> Message {
+/// A message read from a listed folder (`folder`) is in it unless it names a folder itself.
+pub(super) fn message(
+    folder: Option<&PageFolder>,
+    read: impl FnOnce(&mut MessagePacker),
+) -> Arc<Message> {
     let mut read = Some(read);
     let packed = PACKER.try_with(|packer| {
         let mut packer = packer.try_borrow_mut().ok()?;
-        read.take().map(|read| pack(&mut packer, read))
+        read.take().map(|read| pack(&mut packer, folder, read))
     });
     match (packed, read) {
         (Ok(Some(message)), _) => message,
         // A reader never builds a message inside another, and only a thread being torn down
         // has no packer; either would get a packer of its own rather than a panic.
-        (_, Some(read)) => pack(&mut MessagePacker::default(), read),
-        (_, None) => Message::default(),
+        (_, Some(read)) => pack(&mut MessagePacker::default(), folder, read),
+        (_, None) => Arc::default(),
     }
 }
 
-fn pack(packer: &mut MessagePacker, read: impl FnOnce(&mut MessagePacker)) -> Message {
+fn pack(
+    packer: &mut MessagePacker,
+    folder: Option<&PageFolder>,
+    read: impl FnOnce(&mut MessagePacker),
+) -> Arc<Message> {
     packer.clear();
     read(packer);
-    packer.finish()
+    packer.finish(folder)
 }
 
 #[cfg(test)]
@@ -214,7 +235,7 @@ mod tests {
 
     #[test]
     fn every_field_of_a_packed_message_is_a_piece_of_one_block() {
-        let m = message(|p| {
+        let m = message(None, |p| {
             p.fields.item_id = p.text("AAMkItem=");
             p.fields.subject = p.text_with(|out| out.push_str("  Quote for 40 seats \r\n"));
             p.fields.internet_message_id = p.message_id(" <a.1@b> ");
@@ -251,21 +272,21 @@ mod tests {
 
     #[test]
     fn text_that_is_empty_once_normalised_is_no_field() {
-        let m = message(|p| {
+        let m = message(None, |p| {
             p.fields.subject = p.text_with(|out| out.push_str(" \t "));
             p.fields.internet_message_id = p.message_id_with(|out| out.push_str(" <> "));
             p.fields.sent_at = p.timestamp("  ");
             p.fields.in_reply_to = p.message_id("<>");
             p.fields.item_id = p.text("");
         });
-        assert_eq!(m, Message::default());
+        assert_eq!(*m, Message::default());
     }
 
     #[test]
     fn a_message_read_while_another_is_packed_gets_a_packer_of_its_own() {
-        let outer = message(|p| {
+        let outer = message(None, |p| {
             p.fields.subject = p.text("outer");
-            let inner = message(|q| q.fields.subject = q.text("inner"));
+            let inner = message(None, |q| q.fields.subject = q.text("inner"));
             assert_eq!(inner.subject.as_deref(), Some("inner"));
             p.fields.item_id = p.text("outer-id");
         });
@@ -276,7 +297,7 @@ mod tests {
     #[test]
     fn an_outsized_message_leaves_no_outsized_room_behind() {
         let subject = "s".repeat(1 << 20);
-        let big = message(|p| {
+        let big = message(None, |p| {
             p.fields.subject = p.text(&subject);
             for _ in 0..10_000 {
                 let address = p.text("a@b");
@@ -284,7 +305,7 @@ mod tests {
             }
         });
         assert_eq!(big.to.len(), 10_000);
-        message(|p| p.fields.subject = p.text("next"));
+        message(None, |p| p.fields.subject = p.text("next"));
         PACKER.with_borrow(|p| {
             assert!(p.text.capacity() <= KEEP_TEXT, "{}", p.text.capacity());
             assert!(p.addresses.capacity() <= KEEP_ADDRESSES);
@@ -293,14 +314,14 @@ mod tests {
 
     #[test]
     fn the_next_message_starts_from_nothing() {
-        let first = message(|p| {
+        let first = message(None, |p| {
             p.fields.subject = p.text("first");
             let address = p.text("a@b");
             p.address(Role::Cc, Piece::default(), address, None);
             p.fields.is_draft = Some(true);
         });
         assert_eq!(first.cc.len(), 1);
-        let second = message(|p| p.fields.item_id = p.text("second"));
+        let second = message(None, |p| p.fields.item_id = p.text("second"));
         assert_eq!(second.subject, None);
         assert!(second.cc.is_empty());
         assert_eq!(second.is_draft, None);

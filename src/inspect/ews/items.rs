@@ -7,7 +7,7 @@ use super::super::model::{
     Address, Appointment, CategoryMode, Change, Contact, Message, Observation, Origin, Task,
     Transfer, item_class,
 };
-use super::super::pack::{self, MessagePacker, Role};
+use super::super::pack::{self, MessagePacker, PageFolder, Role};
 use super::super::xml::{Node, Ns};
 use super::MESSAGE_ITEMS;
 use crate::common::shared::{Piece, SharedStr};
@@ -246,14 +246,6 @@ pub(super) fn folder_ref(node: Option<Node<'_>>) -> (Option<String>, Option<Stri
     }
 }
 
-/// The folder a request lists or syncs, shared by every message of the answer's page.
-#[derive(Debug)]
-pub(super) struct PageFolder {
-    id: Option<SharedStr>,
-    /// The distinguished name.
-    name: Option<SharedStr>,
-}
-
 pub(super) fn first_folder(container: Option<Node<'_>>) -> Option<PageFolder> {
     let (id, name) = folder_ref(container);
     (id.is_some() || name.is_some()).then(|| PageFolder {
@@ -276,24 +268,17 @@ pub(super) fn seen(
     folder: Option<&PageFolder>,
     initial_sync: bool,
 ) -> Observation {
-    let mut message = message_fields(item);
-    if let Some(folder) = folder {
-        if message.folder_id.is_none() {
-            message.folder_id.clone_from(&folder.id);
-        }
-        message.folder.clone_from(&folder.name);
-    }
     Observation::MessageSeen {
         origin: origin.clone(),
-        message: message.into(),
+        message: message_fields(item, folder),
         initial_sync,
     }
 }
 
 /// One pass over the item's children (the item elements are flat, and a lookup per field
 /// would scan them twenty times), each field's text packed with the others into one block.
-pub(super) fn message_fields(item: Node<'_>) -> Message {
-    pack::message(|p| {
+pub(super) fn message_fields(item: Node<'_>, folder: Option<&PageFolder>) -> Arc<Message> {
+    pack::message(folder, |p| {
         for child in item.children() {
             if child.ns().is_ews() {
                 message_field(p, child);

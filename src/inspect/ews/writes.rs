@@ -1,6 +1,8 @@
 //! Operations that change the mailbox: what the client asked for, counted only where Exchange
 //! says the item succeeded.
 
+use std::sync::Arc;
+
 use super::items::{
     any_item, category_update, folder_ref, item_ids, item_of_kind, merge, message_fields,
     saved_folder, sends, set_item_id,
@@ -56,18 +58,19 @@ pub(super) fn create_item(x: &Exchange<'_>, out: &mut Vec<Observation>) {
                 } else {
                     name
                 };
-                let mut message = message_fields(*item);
+                let mut message = message_fields(*item, None);
                 // A MIME send carries its fields in the MIME headers.
                 if let Some(mime) = item
                     .child(Ns::Types, "MimeContent")
                     .and_then(|m| crate::inspect::mime::message_from_base64(&m.text()))
                 {
-                    merge(&mut message, mime);
+                    // Just made, so not shared: changed in place.
+                    merge(Arc::make_mut(&mut message), mime);
                 }
                 out.push(Observation::MessageSent {
                     origin: x.origin.clone(),
                     via: via.to_owned(),
-                    message: message.into(),
+                    message,
                     draft_item_ids: Vec::new(),
                     reference_item_id: item
                         .child(Ns::Types, "ReferenceItemId")
