@@ -159,14 +159,6 @@ impl Block {
     }
 }
 
-impl Piece {
-    /// The shared text of this piece of `block`, `None` when there is no block or the piece
-    /// is empty.
-    pub fn cut(self, block: Option<&Block>) -> Option<SharedStr> {
-        block?.cut(self)
-    }
-}
-
 impl Deref for SharedStr {
     type Target = str;
 

@@ -16,7 +16,6 @@ use serde_json::value::RawValue;
 use super::json::{Keys, LenientBool, Text, from_body, from_body_seed, json_object};
 use super::model::{CategoryMode, Message, Observation, Origin, Source, Transfer};
 use super::pack::{self, MessagePacker, PageFolder, Role};
-use crate::common::shared::Piece;
 use crate::common::text::percent_decode;
 
 /// Well-known folder names Graph accepts in place of ids.
@@ -683,14 +682,10 @@ fn seen(m: GraphMessage<'_>, folder: Option<&str>, origin: Origin) -> Observatio
     }
 }
 
-/// A message's fields, all of its text packed into one block.
 /// A message's fields, all of its text packed into one block. Read in place: the parsed
 /// message is large, and moving it costs more than reading it.
 fn fields(m: &GraphMessage<'_>, folder: Option<&PageFolder>) -> Arc<Message> {
     pack::message(folder, |p| {
-        let text = |p: &mut MessagePacker, t: &Option<Text<'_>>| {
-            t.as_deref().map_or_else(Piece::default, |t| p.text(t))
-        };
         let header = |name: &str| {
             m.internet_message_headers
                 .iter()
@@ -703,14 +698,14 @@ fn fields(m: &GraphMessage<'_>, folder: Option<&PageFolder>) -> Arc<Message> {
         if let Some(value) = header("References") {
             p.fields.references = p.text(value);
         }
-        p.fields.item_id = text(p, &m.id);
-        p.fields.folder_id = text(p, &m.parent_folder_id);
+        p.fields.item_id = p.maybe_text(m.id.as_deref());
+        p.fields.folder_id = p.maybe_text(m.parent_folder_id.as_deref());
         if let Some(id) = &m.internet_message_id {
             p.fields.internet_message_id = p.message_id(id);
         }
-        p.fields.conversation_id = text(p, &m.conversation_id);
-        p.fields.conversation_index = text(p, &m.conversation_index);
-        p.fields.subject = text(p, &m.subject);
+        p.fields.conversation_id = p.maybe_text(m.conversation_id.as_deref());
+        p.fields.conversation_index = p.maybe_text(m.conversation_index.as_deref());
+        p.fields.subject = p.maybe_text(m.subject.as_deref());
         for (role, r) in [(Role::From, &m.from), (Role::Sender, &m.sender)] {
             if let Some(r) = r {
                 packed_address(p, role, r);
@@ -744,8 +739,8 @@ fn fields(m: &GraphMessage<'_>, folder: Option<&PageFolder>) -> Arc<Message> {
 
 /// A recipient (Graph's addresses are always SMTP), its text packed with its message's.
 fn packed_address(p: &mut MessagePacker, role: Role, r: &Recipient<'_>) {
-    let mut text = |t: &Option<Text<'_>>| t.as_deref().map_or_else(Piece::default, |t| p.text(t));
-    let (name, address) = (text(&r.email_address.name), text(&r.email_address.address));
+    let name = p.maybe_text(r.email_address.name.as_deref());
+    let address = p.maybe_text(r.email_address.address.as_deref());
     p.address(role, name, address, Some("SMTP".into()));
 }
 

@@ -80,6 +80,11 @@ impl MessagePacker {
         self.text.push(text)
     }
 
+    /// `text` when there is some; an empty piece (no field) when there is none.
+    pub fn maybe_text(&mut self, text: Option<&str>) -> Piece {
+        text.map_or_else(Piece::default, |text| self.text.push(text))
+    }
+
     /// What `write` appends, trimmed.
     pub fn text_with(&mut self, write: impl FnOnce(&mut String)) -> Piece {
         let piece = self.text.push_with(write);
@@ -142,7 +147,7 @@ impl MessagePacker {
         let block = self.text.finish();
         let block = block.as_ref();
         let fields = std::mem::take(&mut self.fields);
-        let cut = |piece: Piece| piece.cut(block);
+        let cut = |piece: Piece| block.and_then(|b| b.cut(piece));
         let list = |role: Role| -> Vec<Address> {
             let count = self.addresses.iter().filter(|a| a.role == role).count();
             let mut list = Vec::with_capacity(count);
@@ -187,8 +192,8 @@ impl MessagePacker {
 
 fn cut_address(a: &PackedAddress, block: Option<&Block>) -> Address {
     Address {
-        name: a.name.cut(block),
-        address: a.address.cut(block),
+        name: block.and_then(|b| b.cut(a.name)),
+        address: block.and_then(|b| b.cut(a.address)),
         routing_type: a.routing_type.clone(),
     }
 }
@@ -310,6 +315,32 @@ mod tests {
             assert!(p.text.capacity() <= KEEP_TEXT, "{}", p.text.capacity());
             assert!(p.addresses.capacity() <= KEEP_ADDRESSES);
         });
+    }
+
+    #[test]
+    fn a_message_is_in_its_page_folder_unless_it_names_one_of_its_own() {
+        let inbox = PageFolder {
+            id: Some("AAMkInbox=".into()),
+            name: Some("inbox".into()),
+        };
+        let unplaced = message(Some(&inbox), |p| p.fields.item_id = p.text("1"));
+        assert_eq!(unplaced.folder_id.as_deref(), Some("AAMkInbox="));
+        assert!(
+            unplaced
+                .folder_id
+                .as_ref()
+                .unwrap()
+                .shares_block_with(inbox.id.as_ref().unwrap())
+        );
+        assert_eq!(unplaced.folder.as_deref(), Some("inbox"));
+        let placed = message(Some(&inbox), |p| p.fields.folder_id = p.text("AAMkOwn="));
+        assert_eq!(placed.folder_id.as_deref(), Some("AAMkOwn="));
+        assert_eq!(placed.folder.as_deref(), Some("inbox"));
+        let alone = message(None, |p| p.fields.folder_id = p.maybe_text(None));
+        assert_eq!(
+            (alone.folder_id.clone(), alone.folder.clone()),
+            (None, None)
+        );
     }
 
     #[test]

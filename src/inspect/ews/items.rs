@@ -289,11 +289,7 @@ pub(super) fn message_fields(item: Node<'_>, folder: Option<&PageFolder>) -> Arc
 
 fn message_field(p: &mut MessagePacker, child: Node<'_>) {
     let text = |p: &mut MessagePacker| p.text_with(|out| child.push_text(out));
-    let id = |p: &mut MessagePacker| {
-        child
-            .attr("Id")
-            .map_or_else(Piece::default, |id| p.text(id))
-    };
+    let id = |p: &mut MessagePacker| p.maybe_text(child.attr("Id"));
     let message_id = |p: &mut MessagePacker| p.message_id_with(|out| child.push_text(out));
     let timestamp = |p: &mut MessagePacker| p.timestamp(&child.text());
     let mailboxes = |p: &mut MessagePacker, role: Role| {

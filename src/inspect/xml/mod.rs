@@ -328,20 +328,6 @@ impl<'t> Node<'t> {
         }
     }
 
-    /// The same text as [`Node::text`], decoded into `scratch` when it must be: a caller that
-    /// copies the text into storage of its own (an `Arc<str>`) then allocates once, not twice.
-    pub fn text_in<'s>(&self, scratch: &'s mut String) -> &'s str
-    where
-        't: 's,
-    {
-        if let Some(text) = self.plain_text() {
-            return text;
-        }
-        scratch.clear();
-        self.decode_into(scratch);
-        trim(scratch)
-    }
-
     /// Appends the element's own text, decoded: what [`Node::text`] answers, though not
     /// trimmed when it had to be decoded. A message packs its fields' text this way.
     pub fn push_text(&self, out: &mut String) {

@@ -13,11 +13,12 @@ use crate::directory::snapshot::{MailboxEntry, normalize_exchange_id};
 use crate::inspect::{CategoryMode, Message, Origin, Transfer};
 
 /// Where a move or copy put its items.
-struct Destination<'t> {
+struct Destination {
     /// The folder's id (normalised), shown or learned from its distinguished name.
     id: Option<SharedStr>,
-    /// The distinguished folder, when the exchange named it.
-    folder: Option<&'t String>,
+    /// The distinguished folder, when the exchange named it (made once, shared by every item
+    /// the transfer moves).
+    folder: Option<SharedStr>,
     /// Moved (the original is gone) rather than copied.
     moved: bool,
 }
@@ -255,7 +256,7 @@ impl Run<'_> {
                         .and_then(|name| self.memory.folder_id_of(&mailbox.address, name))
                         .map(SharedStr::from)
                 }),
-            folder: transfer.destination_folder.as_ref(),
+            folder: transfer.destination_folder.as_deref().map(SharedStr::from),
             moved,
         };
         let mut out = Decisions::with_capacity(transfer.item_ids.len());
@@ -273,7 +274,7 @@ impl Run<'_> {
         &self,
         d: &mut Decision,
         mailbox: &MailboxEntry,
-        destination: &Destination<'_>,
+        destination: &Destination,
         old_id: &str,
         new_id: Option<String>,
     ) {
@@ -289,9 +290,7 @@ impl Run<'_> {
             None => None,
         };
         message.folder_id = destination.id.clone();
-        message.folder = destination
-            .folder
-            .map(|name| SharedStr::from(name.as_str()));
+        message.folder.clone_from(&destination.folder);
         d.item_id = message
             .item_id
             .clone()
