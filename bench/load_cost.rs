@@ -186,24 +186,29 @@ pub struct Cost {
 }
 
 /// Two closed-loop rounds through `proxy`: one under strace (counts only), one under
-/// `perf stat` with CPU time from /proc.
+/// `perf stat` with CPU time from /proc. With `tls`, through the proxy's TLS listener.
 pub fn measure(
     driver: &tokio::runtime::Runtime,
     proxy: &super::Proxy,
+    tls: Option<&std::sync::Arc<tokio_rustls::TlsConnector>>,
     requests: &std::sync::Arc<Vec<super::Request>>,
     length: std::time::Duration,
     dir: &Path,
 ) -> Cost {
+    let address = match tls {
+        Some(_) => proxy.tls.expect("a TLS target has a TLS listener"),
+        None => proxy.plain,
+    };
     let round = || {
         driver.block_on(super::load(
-            proxy.plain,
-            None,
+            address,
+            tls.cloned(),
             requests.clone(),
             length,
             None,
         ))
     };
-    let traced = dir.join(format!("strace-{}.txt", proxy.plain.port()));
+    let traced = dir.join(format!("strace-{}.txt", address.port()));
     let tracer = strace(&proxy.pids, &traced);
     std::thread::sleep(ATTACH);
     let under_strace = round();
@@ -216,7 +221,7 @@ pub fn measure(
         .map(|(name, calls)| (name, per(calls, under_strace.requests)))
         .collect();
 
-    let counted = dir.join(format!("perf-{}.txt", proxy.plain.port()));
+    let counted = dir.join(format!("perf-{}.txt", address.port()));
     let tracer = perf_stat(&proxy.pids, &counted);
     std::thread::sleep(ATTACH);
     let (user0, system0) = user_system(&proxy.pids);
@@ -226,7 +231,7 @@ pub fn measure(
     stop(tracer);
     let (switches, migrations, faults) =
         perf_counts(&std::fs::read_to_string(&counted).unwrap_or_default());
-    profile(proxy, &round);
+    profile(proxy, tls.is_some(), &round);
     let n = out.requests.max(1) as f64;
     Cost {
         syscalls,
@@ -241,12 +246,13 @@ pub fn measure(
 
 /// With `TRACKGATE_BENCH_PROFILE=DIR`, one more round under `perf record` with DWARF call
 /// graphs (the release build keeps no frame pointers), to `DIR/<target>.perf.data`: where the
-/// user time goes (`perf report -i … --no-children`).
-fn profile(proxy: &super::Proxy, round: &dyn Fn() -> super::Outcome) {
+/// user time goes (`perf report -i … --no-children`); `-tls` is added to a TLS round's name.
+fn profile(proxy: &super::Proxy, tls: bool, round: &dyn Fn() -> super::Outcome) {
     let Ok(dir) = std::env::var("TRACKGATE_BENCH_PROFILE") else {
         return;
     };
-    let out = Path::new(&dir).join(format!("{}.perf.data", proxy.name.replace(' ', "-")));
+    let name = proxy.name.replace(' ', "-") + if tls { "-tls" } else { "" };
+    let out = Path::new(&dir).join(format!("{name}.perf.data"));
     let list: Vec<String> = proxy.pids.iter().map(u32::to_string).collect();
     let recorder = Command::new("perf")
         .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
@@ -263,12 +269,13 @@ fn profile(proxy: &super::Proxy, round: &dyn Fn() -> super::Outcome) {
 }
 
 /// The side-by-side table: every figure per request, the first target (nginx) as the base.
-pub fn print(costs: &[(&str, Cost)]) {
+/// `transport` names the listeners the rounds went through.
+pub fn print(transport: &str, costs: &[(&str, Cost)]) {
     let Some((_, base)) = costs.first() else {
         return;
     };
     println!(
-        "\n### Per request, side by side (one closed-loop round each; syscalls from a round under strace)\n"
+        "\n### Per request, side by side, {transport} (one closed-loop round each; syscalls from a round under strace)\n"
     );
     let header: Vec<String> = costs.iter().map(|(n, _)| n.to_string()).collect();
     println!("| per request | {} |", header.join(" | "));

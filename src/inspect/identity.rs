@@ -74,9 +74,12 @@ fn anchor_mailbox(headers: &HeaderMap) -> Option<String> {
     anchor_raw(headers).map(str::to_lowercase)
 }
 
+/// Exchange's routing hint, named once (a lookup by text parses and hashes the name each time).
+static ANCHOR_MAILBOX: http::HeaderName = http::HeaderName::from_static("x-anchormailbox");
+
 /// `X-AnchorMailbox` as sent, without its `SMTP:`/`UPN:` prefix.
 fn anchor_raw(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get("x-anchormailbox")?.to_str().ok()?.trim();
+    let value = headers.get(&ANCHOR_MAILBOX)?.to_str().ok()?.trim();
     let value = ["smtp:", "upn:"]
         .iter()
         .find_map(|p| strip_prefix_ignore_case(value, p))

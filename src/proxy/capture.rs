@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
@@ -23,23 +24,23 @@ use tokio::sync::mpsc;
 use super::route::RouteClass;
 
 /// Request headers inspection may need (identity, content handling); everything else is left out.
-pub const REQUEST_HEADERS: [&str; 8] = [
-    "authorization",
-    "x-anchormailbox",
-    "content-type",
-    "content-encoding",
-    "soapaction",
-    "prefer",
-    "host",
-    "user-agent",
+pub static REQUEST_HEADERS: [HeaderName; 8] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-anchormailbox"),
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    HeaderName::from_static("soapaction"),
+    HeaderName::from_static("prefer"),
+    header::HOST,
+    header::USER_AGENT,
 ];
 
 /// Response headers inspection may need.
-pub const RESPONSE_HEADERS: [&str; 4] = [
-    "content-type",
-    "content-encoding",
-    "location",
-    "retry-after",
+pub static RESPONSE_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::LOCATION,
+    header::RETRY_AFTER,
 ];
 
 /// One exchange as inspection sees it. Credentials may be inside the headers, so `Debug` shows
@@ -486,11 +487,13 @@ impl<B: Body> Tee<B> {
 /// The headers named in `names`, their values copied into one buffer of the capture's own.
 /// A clone would share the buffer hyper parsed them from, which then stays alive (and cannot be
 /// reused) until inspection drops the capture, and each drop would touch its shared count from
-/// the inspection thread.
-fn picked(headers: &HeaderMap, names: &[&'static str]) -> HeaderMap {
-    let values: smallvec::SmallVec<[(&'static str, &HeaderValue); 8]> = names
+/// the inspection thread. One pass over the headers, each name compared with the few wanted
+/// (no lookup by name: that parsed and hashed each wanted name for every exchange); the names
+/// kept are `names`' own, never a copy sharing hyper's buffer.
+fn picked(headers: &HeaderMap, names: &'static [HeaderName]) -> HeaderMap {
+    let values: smallvec::SmallVec<[(&'static HeaderName, &HeaderValue); 8]> = headers
         .iter()
-        .flat_map(|&name| headers.get_all(name).iter().map(move |v| (name, v)))
+        .filter_map(|(name, value)| Some((names.iter().find(|wanted| *wanted == name)?, value)))
         .collect();
     let mut picked = HeaderMap::with_capacity(values.len());
     if values.is_empty() {
@@ -508,7 +511,7 @@ fn picked(headers: &HeaderMap, names: &[&'static str]) -> HeaderMap {
         // left out of the copy, as any header inspection does not need.
         if let Ok(mut copy) = HeaderValue::from_maybe_shared(text.slice(at..end)) {
             copy.set_sensitive(value.is_sensitive());
-            picked.append(name, copy);
+            picked.append(name.clone(), copy);
         }
         at = end;
     }
@@ -720,6 +723,31 @@ mod tests {
             );
         }
         assert!(picked(&HeaderMap::new(), &REQUEST_HEADERS).is_empty());
+    }
+
+    #[test]
+    fn extension_headers_are_kept_however_the_client_spelled_their_names() {
+        let mut request = HeaderMap::new();
+        let anchor = HeaderName::from_bytes(b"X-AnchorMailbox").unwrap();
+        request.insert(anchor, HeaderValue::from_static("user@contoso.example"));
+        request.insert("SOAPAction", HeaderValue::from_static("\"GetItem\""));
+        request.insert("Prefer", HeaderValue::from_static("IdType=\"ImmutableId\""));
+        request.insert("x-other", HeaderValue::from_static("left out"));
+        let kept = picked(&request, &REQUEST_HEADERS);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept["x-anchormailbox"], "user@contoso.example");
+        assert_eq!(kept["soapaction"], "\"GetItem\"");
+        assert_eq!(kept["prefer"], "IdType=\"ImmutableId\"");
+        let mut response = HeaderMap::new();
+        response.insert("Retry-After", HeaderValue::from_static("30"));
+        response.insert(
+            "Location",
+            HeaderValue::from_static("https://mail.example/"),
+        );
+        response.insert("Server", HeaderValue::from_static("left out"));
+        let kept = picked(&response, &RESPONSE_HEADERS);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept["retry-after"], "30");
     }
 
     /// A body that declares `declared` bytes and sends `sent` of them before it breaks off.

@@ -9,6 +9,7 @@
 //! byte; a head too long or with too many headers is left to hyper (431).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -17,6 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What hyper is fed instead of a refused head's final line feed: whether the head so far ends
 /// in `\n` or `\r\n\r`, a NUL there is a parse error hyper answers with 400 and a close.
 const REFUSAL: &[u8] = b"\x00\r\n\r\n";
+
+/// Header slots kept on the stack when a head is parsed: enough for any usual header limit.
+const STACK_HEADERS: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
@@ -135,6 +139,19 @@ impl Tracker {
                         }
                     }
                     let rest = &input[at..];
+                    if self.head.is_empty()
+                        && let Some(end) = head_end(rest, 0)
+                    {
+                        // Usually a whole head comes in one read: it is judged where it lies,
+                        // with nothing copied (a head split over reads is gathered below).
+                        self.blank_lines = false;
+                        self.state = self.classify(&rest[..end]);
+                        if self.state == State::Refused {
+                            return at + end - 1;
+                        }
+                        at += end;
+                        continue;
+                    }
                     let before = self.head.len();
                     self.head.extend_from_slice(rest);
                     match head_end(&self.head, before.saturating_sub(2)) {
@@ -169,9 +186,20 @@ impl Tracker {
     }
 
     fn classify(&mut self, head: &[u8]) -> State {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers.max(16)];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(head) {
+        let limit = self.max_headers.max(16);
+        // Room for the headers on the stack for any usual limit (hyper's default is 100): this
+        // runs for every request head, and a heap vector of that many slots was an allocation
+        // and a fill each time.
+        let mut on_stack = [const { MaybeUninit::<httparse::Header>::uninit() }; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let slots = if limit <= STACK_HEADERS {
+            &mut on_stack[..limit]
+        } else {
+            on_heap.resize_with(limit, MaybeUninit::uninit);
+            &mut on_heap[..]
+        };
+        let mut request = httparse::Request::new(&mut []);
+        match request.parse_with_uninit_headers(head, slots) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return State::Passthrough,
             // What hyper could not parse either (whitespace before a colon, bad bytes), or more
@@ -300,16 +328,14 @@ impl Tracker {
 /// The end of a request head (just past the line feed of its empty line), searching from
 /// `from`. Like hyper's parser, a bare `\n` ends a line too.
 fn head_end(head: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < head.len() {
-        if head[i] == b'\n' {
-            match head.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if head.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
-            }
+    let mut at = from.min(head.len());
+    while let Some(found) = memchr::memchr(b'\n', &head[at..]) {
+        let lf = at + found;
+        match head.get(lf + 1) {
+            Some(b'\n') => return Some(lf + 2),
+            Some(b'\r') if head.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
+            _ => at = lf + 1,
         }
-        i += 1;
     }
     None
 }
@@ -585,6 +611,30 @@ mod tests {
         assert!(!t.between_requests(), "hyper holds the blank line");
         assert_eq!(t.feed(request), request.len());
         assert!(t.between_requests());
+    }
+
+    #[test]
+    fn the_header_count_limit_holds_below_and_above_the_stack_room() {
+        let head = |count: usize| {
+            let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+            for i in 0..count {
+                head.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            head
+        };
+        for limit in [100, STACK_HEADERS, STACK_HEADERS + 72] {
+            let mut fits = Tracker::new(64 * 1024, limit);
+            assert_eq!(fits.feed(&head(limit)), head(limit).len(), "limit {limit}");
+            assert!(fits.between_requests(), "limit {limit}");
+            let mut over = Tracker::new(64 * 1024, limit);
+            over.feed(&head(limit + 1));
+            assert!(over.refused(), "limit {limit}");
+            assert_eq!(
+                over.refusal_answer(),
+                crate::proxy::respond::HEAD_TOO_LARGE_ANSWER
+            );
+        }
     }
 
     #[test]
