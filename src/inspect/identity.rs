@@ -74,7 +74,8 @@ fn anchor_mailbox(headers: &HeaderMap) -> Option<String> {
     anchor_raw(headers).map(str::to_lowercase)
 }
 
-/// Exchange's routing hint, named once (a lookup by text parses and hashes the name each time).
+/// Exchange's routing hint, named once (a lookup by text checks and lower-cases the name each
+/// time before hashing it).
 static ANCHOR_MAILBOX: http::HeaderName = http::HeaderName::from_static("x-anchormailbox");
 
 /// `X-AnchorMailbox` as sent, without its `SMTP:`/`UPN:` prefix.

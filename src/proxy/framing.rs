@@ -154,7 +154,14 @@ impl Tracker {
                     }
                     let before = self.head.len();
                     self.head.extend_from_slice(rest);
-                    match head_end(&self.head, before.saturating_sub(2)) {
+                    // A head's end may straddle the reads (`\r\n` + `\r\n`); the first piece
+                    // of a head was searched whole just above.
+                    let from = if before == 0 {
+                        self.head.len()
+                    } else {
+                        before.saturating_sub(2)
+                    };
+                    match head_end(&self.head, from) {
                         Some(end) => {
                             // Everything but the head's final line feed is already with hyper
                             // (so its header timeout runs); that last byte waits for the verdict.
@@ -624,16 +631,27 @@ mod tests {
             head
         };
         for limit in [100, STACK_HEADERS, STACK_HEADERS + 72] {
-            let mut fits = Tracker::new(64 * 1024, limit);
-            assert_eq!(fits.feed(&head(limit)), head(limit).len(), "limit {limit}");
-            assert!(fits.between_requests(), "limit {limit}");
-            let mut over = Tracker::new(64 * 1024, limit);
-            over.feed(&head(limit + 1));
-            assert!(over.refused(), "limit {limit}");
-            assert_eq!(
-                over.refusal_answer(),
-                crate::proxy::respond::HEAD_TOO_LARGE_ANSWER
-            );
+            // Whole (judged where it lies) and split in two reads (gathered first).
+            for split in [None, Some(7)] {
+                let feed = |tracker: &mut Tracker, head: &[u8]| match split {
+                    None => tracker.feed(head),
+                    Some(at) => tracker.feed(&head[..at]) + tracker.feed(&head[at..]),
+                };
+                let fits = head(limit);
+                let mut tracker = Tracker::new(64 * 1024, limit);
+                assert_eq!(feed(&mut tracker, &fits), fits.len(), "limit {limit}");
+                assert!(tracker.between_requests(), "limit {limit}, split {split:?}");
+                let over = head(limit + 1);
+                let mut tracker = Tracker::new(64 * 1024, limit);
+                let passed = feed(&mut tracker, &over);
+                assert_eq!(passed, over.len() - 1, "all but the final line feed");
+                assert!(tracker.refused(), "limit {limit}, split {split:?}");
+                assert_eq!(
+                    tracker.refusal_answer(),
+                    crate::proxy::respond::HEAD_TOO_LARGE_ANSWER,
+                    "limit {limit}, split {split:?}"
+                );
+            }
         }
     }
 
