@@ -39,6 +39,11 @@ impl SharedStr {
         Arc::ptr_eq(&self.block, &other.block)
     }
 
+    /// The length of the whole block this is a piece of: what keeping it keeps alive.
+    pub fn block_len(&self) -> usize {
+        self.block.len()
+    }
+
     #[inline]
     pub fn as_str(&self) -> &str {
         let (start, end) = (self.start as usize, self.end as usize);
@@ -91,6 +96,7 @@ impl Packer {
     }
 
     /// The room the packer holds.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.text.capacity()
     }
@@ -113,6 +119,27 @@ impl Packer {
             start,
             end: self.text.len(),
         }
+    }
+
+    /// Appends what `write` writes, narrowed to the part of it `keep` answers (trimmed text, a
+    /// Message-ID without its brackets). When `keep` leaves nothing, nothing stays appended
+    /// and the piece is empty (no field); what it cuts off the end takes no room either.
+    pub fn push_kept(
+        &mut self,
+        write: impl FnOnce(&mut String),
+        keep: impl FnOnce(&str) -> Option<&str>,
+    ) -> Piece {
+        let piece = self.push_with(write);
+        let kept = match keep(self.text(piece)) {
+            Some(inner) if !inner.is_empty() => self.narrow(piece, inner),
+            _ => {
+                self.undo(piece);
+                return Piece::default();
+            }
+        };
+        // Nothing follows the piece yet.
+        self.text.truncate(kept.end);
+        kept
     }
 
     /// The text appended since `piece` started (for a caller that narrows it, as a
@@ -146,7 +173,7 @@ impl Packer {
 }
 
 /// A finished block of text that pieces are cut from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Block(Arc<str>);
 
 impl Block {
@@ -188,12 +215,6 @@ impl From<&str> for SharedStr {
 impl From<String> for SharedStr {
     fn from(text: String) -> SharedStr {
         SharedStr::whole(Arc::from(text))
-    }
-}
-
-impl From<Arc<str>> for SharedStr {
-    fn from(text: Arc<str>) -> SharedStr {
-        SharedStr::whole(text)
     }
 }
 
@@ -320,6 +341,19 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_piece_takes_no_room_past_its_end_and_nothing_kept_takes_none() {
+        let mut packer = Packer::default();
+        let subject = packer.push_kept(|t| t.push_str("  Quote \r\n"), |t| Some(t.trim()));
+        assert_eq!(packer.text, "  Quote", "what was cut off the end is gone");
+        let blank = packer.push_kept(|t| t.push_str(" \t "), |t| Some(t.trim()));
+        assert_eq!(blank, Piece::default());
+        let refused = packer.push_kept(|t| t.push_str("<>"), |_| None);
+        assert_eq!(refused, Piece::default());
+        assert_eq!(packer.text, "  Quote", "nothing kept, nothing appended");
+        assert_eq!(packer.finish().unwrap().cut(subject).unwrap(), "Quote");
+    }
+
+    #[test]
     fn a_narrowed_piece_outside_its_text_is_left_as_it_was() {
         let mut packer = Packer::default();
         let piece = packer.push("inner");
@@ -333,8 +367,23 @@ mod tests {
         let address = SharedStr::slice(&block, 0..20).unwrap();
         assert_eq!(address, SharedStr::from("alex@contoso.example"));
         assert!(SharedStr::slice(&block, 0..99).is_none());
+        // A piece from the middle of a block is its own text, unequal to another piece's.
+        let name = SharedStr::slice(&block, 21..25).unwrap();
+        assert_eq!(name, "Alex");
+        assert_ne!(name, address);
+        assert!(name < address, "ordered as text ('A' before 'a')");
+        assert_eq!(
+            name.cmp(&SharedStr::from("Alex")),
+            std::cmp::Ordering::Equal
+        );
         let set: HashSet<SharedStr> = [address.clone()].into();
         assert!(set.contains("alex@contoso.example"));
+        assert!(!set.contains("Alex") && !set.contains(&name));
+        let with_name: HashSet<SharedStr> = [name.clone()].into();
+        assert!(
+            with_name.contains("Alex"),
+            "hashed as its text, not its block"
+        );
         assert_eq!(
             serde_json::to_string(&address).unwrap(),
             "\"alex@contoso.example\""

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::ntlm::{self, NtlmMessage};
 use crate::common::text::{percent_decode, percent_decoded_bytes};
 use crate::proxy::capture::Capture;
-use crate::proxy::headers::is_windows_auth;
+use crate::proxy::headers::{X_ANCHOR_MAILBOX, is_windows_auth};
 
 /// The inspection worker key of an exchange (see `proxy::capture::Affinity`): the anchor
 /// mailbox, else the Graph `/users/{id}`, else the credentials as sent (Basic and bearer name
@@ -74,13 +74,9 @@ fn anchor_mailbox(headers: &HeaderMap) -> Option<String> {
     anchor_raw(headers).map(str::to_lowercase)
 }
 
-/// Exchange's routing hint, named once (a lookup by text checks and lower-cases the name each
-/// time before hashing it).
-static ANCHOR_MAILBOX: http::HeaderName = http::HeaderName::from_static("x-anchormailbox");
-
 /// `X-AnchorMailbox` as sent, without its `SMTP:`/`UPN:` prefix.
 fn anchor_raw(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(&ANCHOR_MAILBOX)?.to_str().ok()?.trim();
+    let value = headers.get(&X_ANCHOR_MAILBOX)?.to_str().ok()?.trim();
     let value = ["smtp:", "upn:"]
         .iter()
         .find_map(|p| strip_prefix_ignore_case(value, p))

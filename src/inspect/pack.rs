@@ -85,23 +85,15 @@ impl MessagePacker {
         text.map_or_else(Piece::default, |text| self.text.push(text))
     }
 
-    /// What `write` appends, trimmed.
+    /// What `write` appends, trimmed; an empty piece when nothing is left.
     pub fn text_with(&mut self, write: impl FnOnce(&mut String)) -> Piece {
-        let piece = self.text.push_with(write);
-        self.text.narrow(piece, trim(self.text.text(piece)))
+        self.text.push_kept(write, |text| Some(trim(text)))
     }
 
     /// A Message-ID written by `write`, in its normal form (no angle brackets, trimmed); an
     /// empty piece when nothing is left.
     pub fn message_id_with(&mut self, write: impl FnOnce(&mut String)) -> Piece {
-        let piece = self.text.push_with(write);
-        match normalize_message_id(self.text.text(piece)) {
-            Some(id) => self.text.narrow(piece, id),
-            None => {
-                self.text.undo(piece);
-                Piece::default()
-            }
-        }
+        self.text.push_kept(write, normalize_message_id)
     }
 
     /// A Message-ID in its normal form; an empty piece when nothing is left.
@@ -210,18 +202,13 @@ pub(super) fn message(
     folder: Option<&PageFolder>,
     read: impl FnOnce(&mut MessagePacker),
 ) -> Arc<Message> {
-    let mut read = Some(read);
-    let packed = PACKER.try_with(|packer| {
-        let mut packer = packer.try_borrow_mut().ok()?;
-        read.take().map(|read| pack(&mut packer, folder, read))
-    });
-    match (packed, read) {
-        (Ok(Some(message)), _) => message,
-        // A reader never builds a message inside another, and only a thread being torn down
-        // has no packer; either would get a packer of its own rather than a panic.
-        (_, Some(read)) => pack(&mut MessagePacker::default(), folder, read),
-        (_, None) => Arc::default(),
-    }
+    // Taken out for the read and put back after it, so no borrow spans `read`: a message
+    // built inside another (no reader does) would take the empty packer left in its place,
+    // and a thread being torn down, which has none, gets a fresh one.
+    let mut packer = PACKER.try_with(RefCell::take).unwrap_or_default();
+    let message = pack(&mut packer, folder, read);
+    let _ = PACKER.try_with(|slot| slot.replace(packer));
+    message
 }
 
 fn pack(
@@ -265,11 +252,16 @@ mod tests {
         assert_eq!(to, ["alex@contoso.example", "sam@contoso.example"]);
         assert!(m.to[0].name.is_none() && m.cc.is_empty() && m.sender.is_none());
         let item = m.item_id.as_ref().unwrap();
+        assert_eq!(item.as_str(), "AAMkItem=");
         for piece in [
             &m.subject,
             &m.internet_message_id,
+            &m.in_reply_to,
             &m.received_at,
+            &from.name,
             &from.address,
+            &m.to[0].address,
+            &m.to[1].address,
         ] {
             assert!(piece.as_ref().unwrap().shares_block_with(item));
         }

@@ -23,24 +23,27 @@ use tokio::sync::mpsc;
 
 use super::route::RouteClass;
 
+static SOAP_ACTION: HeaderName = HeaderName::from_static("soapaction");
+static PREFER: HeaderName = HeaderName::from_static("prefer");
+
 /// Request headers inspection may need (identity, content handling); everything else is left out.
-pub static REQUEST_HEADERS: [HeaderName; 8] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-anchormailbox"),
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    HeaderName::from_static("soapaction"),
-    HeaderName::from_static("prefer"),
-    header::HOST,
-    header::USER_AGENT,
+pub static REQUEST_HEADERS: [&HeaderName; 8] = [
+    &header::AUTHORIZATION,
+    &super::headers::X_ANCHOR_MAILBOX,
+    &header::CONTENT_TYPE,
+    &header::CONTENT_ENCODING,
+    &SOAP_ACTION,
+    &PREFER,
+    &header::HOST,
+    &header::USER_AGENT,
 ];
 
 /// Response headers inspection may need.
-pub static RESPONSE_HEADERS: [HeaderName; 4] = [
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-    header::LOCATION,
-    header::RETRY_AFTER,
+pub static RESPONSE_HEADERS: [&HeaderName; 4] = [
+    &header::CONTENT_TYPE,
+    &header::CONTENT_ENCODING,
+    &header::LOCATION,
+    &header::RETRY_AFTER,
 ];
 
 /// One exchange as inspection sees it. Credentials may be inside the headers, so `Debug` shows
@@ -490,10 +493,10 @@ impl<B: Body> Tee<B> {
 /// the inspection thread. One pass over the headers, each name compared with the few wanted
 /// (no lookup by name: that parsed and hashed each wanted name for every exchange); the names
 /// kept are `names`' own, never a copy sharing hyper's buffer.
-fn picked(headers: &HeaderMap, names: &'static [HeaderName]) -> HeaderMap {
+fn picked(headers: &HeaderMap, names: &[&'static HeaderName]) -> HeaderMap {
     let values: smallvec::SmallVec<[(&'static HeaderName, &HeaderValue); 8]> = headers
         .iter()
-        .filter_map(|(name, value)| Some((names.iter().find(|wanted| *wanted == name)?, value)))
+        .filter_map(|(name, value)| Some((*names.iter().find(|wanted| **wanted == name)?, value)))
         .collect();
     let mut picked = HeaderMap::with_capacity(values.len());
     if values.is_empty() {

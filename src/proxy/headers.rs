@@ -28,6 +28,8 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Exchange's routing hint: which mailbox a request is for (end-to-end; inspection reads it).
+pub static X_ANCHOR_MAILBOX: HeaderName = HeaderName::from_static("x-anchormailbox");
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 ///

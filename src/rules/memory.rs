@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
+use smallvec::SmallVec;
 use uuid::Uuid;
 
+use crate::common::shared::SharedStr;
 use crate::directory::model::Lookup;
-use crate::inspect::Message;
+use crate::inspect::{Address, Message};
 
 /// A message as far as the gateway has seen it, and its tracking state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -101,25 +103,44 @@ fn opt_len(s: &Option<impl AsRef<str>>) -> usize {
     s.as_ref().map_or(0, |s| s.as_ref().len())
 }
 
+/// What a remembered message keeps alive: each text block its fields are pieces of, whole and
+/// once (a packed message's fields share one block; a merged one holds pieces of the blocks
+/// of every sighting it took a field from), its categories, and fixed overheads per address
+/// and per message.
 fn weigh_message(m: &Message) -> u32 {
-    let addresses: usize =
-        m.to.iter()
-            .chain(&m.cc)
-            .chain(&m.bcc)
-            .chain(m.from.iter())
-            .chain(m.sender.iter())
-            .map(|a| opt_len(&a.address) + opt_len(&a.name) + 64)
-            .sum();
-    let text = opt_len(&m.item_id)
-        + opt_len(&m.folder_id)
-        + opt_len(&m.internet_message_id)
-        + opt_len(&m.conversation_id)
-        + opt_len(&m.conversation_index)
-        + opt_len(&m.in_reply_to)
-        + opt_len(&m.references)
-        + opt_len(&m.subject)
-        + m.categories.iter().map(String::len).sum::<usize>();
-    u32::try_from(400 + addresses + text).unwrap_or(u32::MAX)
+    let fields = [
+        &m.item_id,
+        &m.folder_id,
+        &m.folder,
+        &m.internet_message_id,
+        &m.conversation_id,
+        &m.conversation_index,
+        &m.in_reply_to,
+        &m.references,
+        &m.subject,
+        &m.received_at,
+        &m.sent_at,
+    ];
+    let addresses = m.to.iter().chain(&m.cc).chain(&m.bcc);
+    let addresses: SmallVec<[&Address; 8]> = addresses
+        .chain(m.from.iter())
+        .chain(m.sender.iter())
+        .collect();
+    let texts = fields.into_iter().flatten().chain(
+        addresses
+            .iter()
+            .flat_map(|a| a.address.iter().chain(a.name.iter())),
+    );
+    let mut blocks: SmallVec<[&SharedStr; 4]> = SmallVec::new();
+    let mut held = 0;
+    for text in texts {
+        if !blocks.iter().any(|b| b.shares_block_with(text)) {
+            held += text.block_len();
+            blocks.push(text);
+        }
+    }
+    let categories: usize = m.categories.iter().map(String::len).sum();
+    u32::try_from(400 + 64 * addresses.len() + held + categories).unwrap_or(u32::MAX)
 }
 
 /// How many entries of about `each` bytes fit in `bytes` (the caches size their tables by it).
@@ -385,6 +406,26 @@ mod tests {
         assert_eq!(weigh_message(&Message::default()), 400);
         assert_eq!(opt_len(&Some("abc")), 3);
         assert_eq!(opt_len(&None::<String>), 0);
+    }
+
+    #[test]
+    fn a_message_weighs_each_block_its_fields_keep_alive_once() {
+        let block: Arc<str> = Arc::from(format!("{}{}", "s".repeat(1000), "id"));
+        let piece = |range| SharedStr::slice(&block, range).unwrap();
+        // Two fields of one block (as inspection packs them): the block counts once, whole.
+        let packed = Message {
+            subject: Some(piece(0..1000)),
+            item_id: Some(piece(1000..1002)),
+            ..Message::default()
+        };
+        assert_eq!(weigh_message(&packed), 400 + 1002);
+        // A merge that took a two-byte id from that block keeps all of it alive.
+        let merged = Message {
+            item_id: Some(piece(1000..1002)),
+            subject: Some("new".into()),
+            ..Message::default()
+        };
+        assert_eq!(weigh_message(&merged), 400 + 1002 + 3);
     }
 
     #[test]
