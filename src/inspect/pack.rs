@@ -202,13 +202,13 @@ pub(super) fn message(
     folder: Option<&PageFolder>,
     read: impl FnOnce(&mut MessagePacker),
 ) -> Arc<Message> {
-    // Taken out for the read and put back after it, so no borrow spans `read`: a message
-    // built inside another (no reader does) would take the empty packer left in its place,
-    // and a thread being torn down, which has none, gets a fresh one.
-    let mut packer = PACKER.try_with(RefCell::take).unwrap_or_default();
-    let message = pack(&mut packer, folder, read);
-    let _ = PACKER.try_with(|slot| slot.replace(packer));
-    message
+    // Borrowed in place (moving the packer out and back costs two copies of it a message). A
+    // message built inside another — no reader does — gets a packer of its own. Inspection
+    // never runs while the thread's locals are being torn down, the one time `with` fails.
+    PACKER.with(|packer| match packer.try_borrow_mut() {
+        Ok(mut packer) => pack(&mut packer, folder, read),
+        Err(_) => pack(&mut MessagePacker::default(), folder, read),
+    })
 }
 
 fn pack(
