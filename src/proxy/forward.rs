@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use super::autodiscover;
 use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty, full};
 use super::capture::{PendingCapture, Side, Tee};
+use super::h1::ContinueSignal;
 use super::headers::{self, ClientFacts};
 use super::metrics::ProxyMetrics;
 use super::respond::ProxyError;
@@ -261,6 +262,11 @@ fn expect_continue(
     mut request: Request<ProxyBody>,
 ) -> Request<ProxyBody> {
     if ctx.expect_continue {
+        // Pooled exchanges signal through the request; a pinned connection's hyper client
+        // through its informational callback.
+        request
+            .extensions_mut()
+            .insert(ContinueSignal(signals.continue_seen.clone()));
         let seen = signals.continue_seen.clone();
         hyper::ext::on_informational(&mut request, move |response| {
             if response.status() == StatusCode::CONTINUE {
@@ -437,10 +443,7 @@ async fn send_pooled(
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(PoolError::Connect(error))) => Err(ProxyError::UpstreamUnreachable(Box::new(error))),
         Ok(Err(PoolError::Broken(error))) => Err(ProxyError::UpstreamBroken(Box::new(error))),
-        Ok(Ok((response, lease))) => {
-            let response = response.map(|body| UpstreamBody::new(body, Some(lease)));
-            Ok((response, false))
-        }
+        Ok(Ok(response)) => Ok((response.map(UpstreamBody::Pooled), false)),
     }
 }
 
@@ -504,6 +507,6 @@ async fn send_pinned(
     match response_head(state, sent, response).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
-        Ok(Ok(response)) => Ok((response.map(|body| UpstreamBody::new(body, None)), true)),
+        Ok(Ok(response)) => Ok((response.map(UpstreamBody::Pinned), true)),
     }
 }

@@ -69,6 +69,17 @@ fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     (!names.is_empty()).then_some(names)
 }
 
+/// Whether the last transfer coding is `chunked` (RFC 9112 §6.3: then the body is chunked).
+pub fn ends_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+}
+
 /// Whether the message asks for its connection to close.
 pub fn wants_close(headers: &HeaderMap) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| {

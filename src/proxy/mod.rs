@@ -8,6 +8,7 @@ pub mod body;
 pub mod capture;
 pub mod forward;
 pub mod framing;
+pub mod h1;
 pub mod headers;
 pub mod metrics;
 pub mod respond;

@@ -1,13 +1,15 @@
 //! The upstream side: a keep-alive pool per proxy thread and upstream endpoint for ordinary
-//! traffic, and dedicated connections pinned to one client connection for Windows auth. Both
-//! are hyper's connection-level HTTP/1.1 client over TCP (TCP_NODELAY, keep-alive probes) and
-//! TLS (system roots plus the configured CA). Bytes pass through unchanged.
+//! traffic, and dedicated connections pinned to one client connection for Windows auth, over
+//! TCP (TCP_NODELAY, keep-alive probes) and TLS (system roots plus the configured CA). Bytes
+//! pass through unchanged.
 //!
 //! The pool is this module's own rather than hyper-util's client: a request takes the most
 //! recently used idle connection from its thread's pool (a lock no other thread takes), and the
 //! response body puts it back when its last byte has been read. hyper-util's client spent a
 //! spawned task, a boxed future, a keyed lookup and a rebuilt URI on every request for the same
-//! job (bench/RESULTS.md, issue 21).
+//! job (bench/RESULTS.md, issue 21). Pooled exchanges speak HTTP/1.1 through [`super::h1`], in
+//! the request's own task; pinned connections keep hyper's connection-level client, whose
+//! driver notices at once when the upstream ends one.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,6 +31,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
 use super::body::{BoxError, ProxyBody};
+use super::h1::{self, Answer, Connection, ExchangeError, Failure, Io};
 use super::route::{RouteClass, Routes, UpstreamBase};
 
 /// How long an upstream connection may be silent before the kernel probes it, so a peer that
@@ -63,20 +66,18 @@ pub enum PoolError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// The connection failed once the request was on its way.
-    #[error("upstream connection failed: {0}")]
-    Broken(#[source] hyper::Error),
+    #[error(transparent)]
+    Broken(ExchangeError),
 }
 
 type Sender = SendRequest<ProxyBody>;
 
-/// Opens an HTTP/1.1 connection to `base` and spawns its driver; `on_end` runs when the
-/// connection has ended, whichever side ended it.
-async fn open(
+/// Opens a connection to `base`: TCP, and TLS over it for an `https` upstream.
+async fn connect(
     base: &UpstreamBase,
     settings: &UpstreamSettings,
     connects: &Counter,
-    on_end: impl FnOnce() + Send + 'static,
-) -> Result<Sender, ConnectError> {
+) -> Result<Io, ConnectError> {
     let (host, port) = base.socket_target();
     let tcp = connect_tcp(host, port, settings.connect_timeout).await?;
     tcp.set_nodelay(true)?;
@@ -84,7 +85,7 @@ async fn open(
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
     connects.inc();
     if !base.is_https() {
-        return handshake(TokioIo::new(tcp), on_end).await;
+        return Ok(Io::Plain(tcp));
     }
     let name = ServerName::try_from(host.to_owned()).map_err(|_| ConnectError::ServerName)?;
     let tls = tokio::time::timeout(
@@ -93,7 +94,7 @@ async fn open(
     )
     .await
     .map_err(|_| ConnectError::Timeout)??;
-    handshake(TokioIo::new(tls), on_end).await
+    Ok(Io::Tls(Box::new(tls)))
 }
 
 /// Connects to the first address of `host` that answers. The timeout covers the name lookup
@@ -129,12 +130,11 @@ async fn connect_first(
     Err(last)
 }
 
-async fn handshake<I>(io: I, on_end: impl FnOnce() + Send + 'static) -> Result<Sender, ConnectError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+/// Starts hyper's HTTP/1.1 client on `io` and spawns its driver; `on_end` runs when the
+/// connection has ended, whichever side ended it.
+async fn handshake(io: Io, on_end: impl FnOnce() + Send + 'static) -> Result<Sender, ConnectError> {
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, ProxyBody>(io)
+        .handshake::<_, ProxyBody>(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -199,12 +199,13 @@ fn replayable_copy(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
     Some(copy)
 }
 
 #[derive(Default)]
 struct Idle {
-    connections: VecDeque<(Sender, Instant)>,
+    connections: VecDeque<(Connection, Instant)>,
     /// A task closes connections idle past the timeout while any are parked.
     reaper_running: bool,
 }
@@ -213,9 +214,9 @@ impl Idle {
     /// Drops connections idle for `timeout` or longer at `now` (the oldest are at the front)
     /// and those the upstream has closed.
     fn prune(&mut self, now: Instant, timeout: Duration) {
-        while self.connections.front().is_some_and(|(sender, since)| {
-            now.duration_since(*since) >= timeout || sender.is_closed()
-        }) {
+        while let Some((connection, since)) = self.connections.front_mut()
+            && (now.duration_since(*since) >= timeout || !connection.is_reusable())
+        {
             self.connections.pop_front();
         }
     }
@@ -236,66 +237,60 @@ impl Pool {
     /// the response head.
     ///
     /// A connection the upstream closes while it is parked can still look usable when it is
-    /// taken (the close is in flight). A request it could not take is sent again on the next
-    /// one: nothing of it had been written. A request it took and lost is sent again only when
-    /// that is safe — a method without side effects and no body — and only after the connection
-    /// had been parked long enough for an upstream's keep-alive timer to have fired: copying the
-    /// head for every request would cost what this pool saves. Anything else gets the error:
-    /// repeating an EWS POST could send a mail twice.
+    /// taken (the close is in flight). A request none of which could be written is sent again
+    /// on the next one. A request it took and lost is sent again only when that is safe — a
+    /// method without side effects and no body — and only after the connection had been parked
+    /// long enough for an upstream's keep-alive timer to have fired: copying the head for every
+    /// request would cost what this pool saves. Anything else gets the error: repeating an EWS
+    /// POST could send a mail twice.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Lease), PoolError> {
+    ) -> Result<Response<Answer>, PoolError> {
         let mut replayed = false;
         loop {
-            let (mut sender, parked_for) = match self.take_idle() {
-                Some((sender, parked_for)) => (sender, Some(parked_for)),
-                None => (self.connect().await?, None),
+            let (connection, parked_for) = match self.take_idle() {
+                Some((connection, parked_for)) => (connection, Some(parked_for)),
+                None => (Connection::new(self.connect().await?), None),
             };
             let replay = (!replayed
                 && parked_for.is_some_and(|parked| parked >= self.replay_after_parked))
             .then(|| replayable_copy(&request))
             .flatten();
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        sender,
-                        pool: self.clone(),
-                    };
-                    return Ok((response, lease));
+            match h1::exchange(connection, request, self.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(Failure::Unsent(unsent, _)) if parked_for.is_some() => request = *unsent,
+                Err(Failure::Sent(ExchangeError::ClosedBeforeAnswer)) if replay.is_some() => {
+                    replayed = true;
+                    request = replay.unwrap_or_else(|| Request::new(super::body::empty()));
                 }
-                Err(mut error) => match (error.take_message(), replay) {
-                    (Some(unsent), _) if parked_for.is_some() => request = unsent,
-                    (None, Some(copy)) if error.error().is_incomplete_message() => {
-                        replayed = true;
-                        request = copy;
-                    }
-                    _ => return Err(PoolError::Broken(error.into_error())),
-                },
+                Err(failure) => return Err(PoolError::Broken(failure.into_error())),
             }
         }
     }
 
     /// The most recently parked connection that can take a request now, and how long it had
     /// been parked; the others that can no longer are dropped on the way.
-    fn take_idle(&self) -> Option<(Sender, Duration)> {
+    fn take_idle(&self) -> Option<(Connection, Duration)> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
-        while let Some((sender, since)) = idle.connections.pop_back() {
+        while let Some((mut connection, since)) = idle.connections.pop_back() {
             let parked_for = now.duration_since(since);
-            if parked_for < self.settings.pool_idle_timeout && sender.is_ready() {
-                return Some((sender, parked_for));
+            if parked_for < self.settings.pool_idle_timeout && connection.is_reusable() {
+                return Some((connection, parked_for));
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<Sender, ConnectError> {
-        open(&self.base, &self.settings, &self.connects, || {}).await
+    async fn connect(&self) -> Result<Io, ConnectError> {
+        connect(&self.base, &self.settings, &self.connects).await
     }
+}
 
+impl h1::Park for Pool {
     /// Parks a connection that has finished its exchange, unless the pool is full.
-    fn park(self: &Arc<Self>, sender: Sender) {
+    fn park(self: Arc<Self>, connection: Connection) {
         let now = Instant::now();
         let Ok(mut idle) = self.idle.lock() else {
             return;
@@ -304,10 +299,10 @@ impl Pool {
         if idle.connections.len() >= self.settings.pool_max_idle_per_host {
             return;
         }
-        idle.connections.push_back((sender, now));
+        idle.connections.push_back((connection, now));
         if !idle.reaper_running {
             idle.reaper_running =
-                spawn_reaper(Arc::downgrade(self), self.settings.pool_idle_timeout);
+                spawn_reaper(Arc::downgrade(&self), self.settings.pool_idle_timeout);
         }
     }
 }
@@ -336,88 +331,39 @@ fn spawn_reaper(pool: Weak<Pool>, timeout: Duration) -> bool {
     true
 }
 
-/// A pooled connection lent to one exchange; it goes back to its pool when the response body
-/// has been read to its end, and is closed when the body is dropped before that.
-pub struct Lease {
-    sender: Sender,
-    pool: Arc<Pool>,
-}
-
-impl Lease {
-    fn give_back(self) {
-        let Lease { mut sender, pool } = self;
-        if sender.is_ready() {
-            pool.park(sender);
-        } else if !sender.is_closed()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            // The connection's driver has not yet taken in the end of the exchange (or the
-            // request body is still being sent): park it once it can take the next request.
-            runtime.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.park(sender);
-                }
-            });
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body from upstream that gives its pooled connection back at its end.
-    pub struct UpstreamBody {
-        #[pin]
-        body: Incoming,
-        lease: Option<Lease>,
-    }
-}
-
-impl UpstreamBody {
-    /// `lease` is `None` for a pinned connection, which stays with its client connection.
-    pub fn new(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
-        use http_body::Body as _;
-        let mut body = UpstreamBody { body, lease };
-        if body.body.is_end_stream()
-            && let Some(lease) = body.lease.take()
-        {
-            lease.give_back();
-        }
-        body
-    }
+/// A response body from upstream: a pooled exchange's (which parks its connection at its end)
+/// or a pinned connection's.
+pub enum UpstreamBody {
+    Pooled(Answer),
+    Pinned(Incoming),
 }
 
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let polled = this.body.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            // Trailers close a body: hyper's server stops polling after them.
-            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || this.body.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken exchange: the connection is not reused.
-                this.lease.take();
-                false
-            }
-            Poll::Pending => false,
-        };
-        if ended && let Some(lease) = this.lease.take() {
-            lease.give_back();
+        match self.get_mut() {
+            UpstreamBody::Pooled(answer) => Pin::new(answer).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Pinned(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            UpstreamBody::Pooled(answer) => answer.is_end_stream(),
+            UpstreamBody::Pinned(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        match self {
+            UpstreamBody::Pooled(answer) => answer.size_hint(),
+            UpstreamBody::Pinned(body) => body.size_hint(),
+        }
     }
 }
 
@@ -439,7 +385,8 @@ impl PinnedConnection {
         closed: Arc<Notify>,
     ) -> Result<PinnedConnection, ConnectError> {
         let ended = active.clone();
-        let sender = open(base, settings, connects, move || {
+        let io = connect(base, settings, connects).await?;
+        let sender = handshake(io, move || {
             ended.dec();
             // Wake the client side, which closes its connection in turn.
             closed.notify_one();
@@ -571,9 +518,8 @@ mod tests {
     }
 
     async fn exchange(pool: &Arc<Pool>) -> bytes::Bytes {
-        let (response, lease) = pool.send(get()).await.unwrap();
-        let body = UpstreamBody::new(response.into_body(), Some(lease));
-        body.collect().await.unwrap().to_bytes()
+        let response = pool.send(get()).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
     }
 
     async fn until(what: &str, condition: impl Fn() -> bool) {
@@ -641,9 +587,9 @@ mod tests {
         let up = upstream(b"", After::KeepAlive).await;
         let pool = pool(&up, Duration::from_secs(90), 8);
         for _ in 0..20 {
-            let (response, lease) = pool.send(get()).await.unwrap();
-            // Nobody polls an empty body; the lease must not wait for that.
-            let _body = UpstreamBody::new(response.into_body(), Some(lease));
+            let response = pool.send(get()).await.unwrap();
+            // Nobody polls an empty body; parking must not wait for that.
+            let _body = response.into_body();
         }
         assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
     }
@@ -655,8 +601,7 @@ mod tests {
         let up = upstream_answering(answer.to_vec(), After::KeepAlive).await;
         let pool = pool(&up, Duration::from_secs(90), 8);
         for _ in 0..3 {
-            let (response, lease) = pool.send(get()).await.unwrap();
-            let mut body = UpstreamBody::new(response.into_body(), Some(lease));
+            let mut body = pool.send(get()).await.unwrap().into_body();
             // As hyper's server does: no poll after the trailers.
             while !body.frame().await.unwrap().unwrap().is_trailers() {}
             drop(body);
@@ -689,7 +634,7 @@ mod tests {
         }
     }
 
-    /// Sends `second` over a parked connection the upstream has just closed, before hyper has
+    /// Sends `second` over a parked connection the upstream has just closed, before the pool has
     /// seen the close: the race an upstream's keep-alive timer causes. Returns what `second`
     /// got and how many connections the pool opened.
     fn race_a_closing_connection(
@@ -702,7 +647,7 @@ mod tests {
         let (close, closing) = std::sync::mpsc::channel::<()>();
         let (closed, was_closed) = std::sync::mpsc::channel::<()>();
         // A blocking upstream on a thread of its own: it closes the first connection while the
-        // test's runtime is blocked, so hyper has not seen the close when the next request goes.
+        // test's runtime is blocked, so the pool has not seen the close when the next request goes.
         std::thread::spawn(move || {
             let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
             let (mut first, _) = listener.accept().unwrap();
@@ -736,9 +681,7 @@ mod tests {
             close.send(()).unwrap();
             was_closed.recv().unwrap();
             let answer = match pool.send(second).await {
-                Ok((response, _lease)) => {
-                    Ok(response.into_body().collect().await.unwrap().to_bytes())
-                }
+                Ok(response) => Ok(response.into_body().collect().await.unwrap().to_bytes()),
                 Err(error) => Err(error.to_string()),
             };
             (answer, pool.connects.get())
@@ -761,7 +704,11 @@ mod tests {
                 .unwrap()
         };
         let (answer, connects) = race_a_closing_connection(post(), Duration::ZERO);
-        assert!(answer.unwrap_err().contains("upstream connection failed"));
+        assert!(
+            answer
+                .unwrap_err()
+                .contains("closed the connection before answering")
+        );
         assert_eq!(connects, 1, "a POST is never sent twice");
         // A GET on a connection parked for less than the threshold is not copied either.
         let (answer, connects) = race_a_closing_connection(get(), Duration::from_secs(3600));
@@ -774,8 +721,7 @@ mod tests {
         static LARGE: [u8; 4 << 20] = [b'x'; 4 << 20];
         let up = upstream(&LARGE, After::KeepAlive).await;
         let pool = pool(&up, Duration::from_secs(90), 8);
-        let (response, lease) = pool.send(get()).await.unwrap();
-        let mut body = UpstreamBody::new(response.into_body(), Some(lease));
+        let mut body = pool.send(get()).await.unwrap().into_body();
         body.frame().await.unwrap().unwrap();
         drop(body);
         until("the half-read connection is closed", || {
@@ -806,8 +752,7 @@ mod tests {
         let pool = pool(&up, Duration::from_secs(90), 2);
         let mut bodies = Vec::new();
         for _ in 0..5 {
-            let (response, lease) = pool.send(get()).await.unwrap();
-            bodies.push(UpstreamBody::new(response.into_body(), Some(lease)));
+            bodies.push(pool.send(get()).await.unwrap().into_body());
         }
         for body in bodies {
             body.collect().await.unwrap();

@@ -1,0 +1,476 @@
+//! The answer side of an exchange: its head read and parsed, and its body framed and read.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+
+use super::request::{Sender, declared_length};
+use super::{Connection, ExchangeError, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Park};
+
+/// A parsed answer head.
+pub(super) struct Head {
+    pub(super) status: StatusCode,
+    pub(super) version: Version,
+    pub(super) headers: HeaderMap,
+}
+
+/// Reads until a whole head is buffered, then parses it (its header values share its bytes).
+pub(super) fn poll_head(
+    connection: &mut Connection,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Head, ExchangeError>> {
+    loop {
+        if let Some(end) = head_end(&connection.read) {
+            let head = connection.read.split_to(end).freeze();
+            return Poll::Ready(parse_head(&head));
+        }
+        if connection.read.len() > MAX_HEAD {
+            return Poll::Ready(Err(ExchangeError::HeadTooLarge));
+        }
+        let had = connection.read.len();
+        match ready!(connection.poll_fill(cx)) {
+            Ok(0) if had == 0 => return Poll::Ready(Err(ExchangeError::ClosedBeforeAnswer)),
+            Ok(0) => return Poll::Ready(Err(ExchangeError::Incomplete)),
+            Ok(_) => {}
+            Err(error)
+                if had == 0
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                    ) =>
+            {
+                return Poll::Ready(Err(ExchangeError::ClosedBeforeAnswer));
+            }
+            Err(error) => return Poll::Ready(Err(error.into())),
+        }
+    }
+}
+
+/// Where the head in `buf` ends (after its blank line), if it is all there. Lines may end in
+/// CRLF or, as httparse also accepts, a bare LF.
+pub(super) fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
+        let next = from + at + 1;
+        match buf.get(next) {
+            Some(b'\n') => return Some(next + 1),
+            Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some(next + 2),
+            _ => from = next,
+        }
+    }
+    None
+}
+
+pub(super) fn parse_head(head: &Bytes) -> Result<Head, ExchangeError> {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        head,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(ExchangeError::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::HeadTooLarge),
+        Err(_) => return Err(ExchangeError::Malformed("invalid head")),
+    }
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(ExchangeError::Malformed("invalid status"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    Ok(Head {
+        status,
+        version,
+        headers: header_map(head, parsed.headers)?,
+    })
+}
+
+/// The fields as a header map whose values are slices of `source`.
+pub(super) fn header_map(
+    source: &Bytes,
+    fields: &[httparse::Header<'_>],
+) -> Result<HeaderMap, ExchangeError> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(source.slice_ref(field.value))
+            .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// How the rest of an answer's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rest {
+    /// Nothing more.
+    Done,
+    Length(u64),
+    /// A chunked body, at this point of it.
+    Chunk(ChunkAt),
+    /// Everything until the upstream closes.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChunkAt {
+    /// A chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+/// An answer's body, read from its connection; the connection is parked again at its end when
+/// it can take another request, and closed when the body is dropped before.
+pub struct Answer {
+    connection: Option<Connection>,
+    /// What is left of the request, sent as the answer is read.
+    sender: Option<Sender>,
+    rest: Rest,
+    reusable: bool,
+    home: Option<Arc<dyn Park>>,
+}
+
+impl Answer {
+    /// Frames the body the head announces (RFC 9112 §6.3).
+    pub(super) fn new(
+        connection: Connection,
+        head: &Head,
+        head_request: bool,
+        sender: Option<Sender>,
+        home: Arc<dyn Park>,
+    ) -> Result<Answer, ExchangeError> {
+        let headers = &head.headers;
+        let mut reusable = keeps_alive(head.version, headers);
+        let rest = if head_request
+            || head.status == StatusCode::NO_CONTENT
+            || head.status == StatusCode::NOT_MODIFIED
+        {
+            Rest::Done
+        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+            if head.version == Version::HTTP_10 {
+                return Err(ExchangeError::Malformed(
+                    "transfer coding in an HTTP/1.0 answer",
+                ));
+            }
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                reusable = false;
+            }
+            if crate::proxy::headers::ends_chunked(headers) {
+                Rest::Chunk(ChunkAt::Size)
+            } else {
+                reusable = false;
+                Rest::UntilClose
+            }
+        } else if headers.contains_key(header::CONTENT_LENGTH) {
+            match declared_length(headers) {
+                Some(0) => Rest::Done,
+                Some(length) => Rest::Length(length),
+                None => return Err(ExchangeError::Malformed("invalid content-length")),
+            }
+        } else {
+            reusable = false;
+            Rest::UntilClose
+        };
+        let mut answer = Answer {
+            connection: Some(connection),
+            sender,
+            rest,
+            reusable,
+            home: Some(home),
+        };
+        if rest == Rest::Done {
+            answer.finish();
+        }
+        Ok(answer)
+    }
+
+    /// The body has ended: park the connection when it can take another request (the whole
+    /// request went out, the upstream keeps it open, and it sent nothing past the answer).
+    fn finish(&mut self) {
+        self.rest = Rest::Done;
+        if self.sender.take().is_some() {
+            self.reusable = false;
+        }
+        let connection = self.connection.take();
+        let home = self.home.take();
+        if let (Some(connection), Some(home), true) = (connection, home, self.reusable)
+            && connection.read.is_empty()
+        {
+            home.park(connection);
+        }
+    }
+
+    /// The next piece of data, up to `limit` bytes, from what is buffered or read now; `None`
+    /// at the upstream's end.
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: u64,
+    ) -> Poll<Result<Option<Bytes>, ExchangeError>> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        if connection.read.is_empty() && ready!(connection.poll_fill(cx))? == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        let take = (connection.read.len() as u64).min(limit) as usize;
+        Poll::Ready(Ok(Some(connection.read.split_to(take).freeze())))
+    }
+
+    /// Makes sure `want` bytes are buffered; false at the upstream's end before that.
+    fn poll_buffered(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: usize,
+    ) -> Poll<Result<bool, ExchangeError>> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        while connection.read.len() < want {
+            if ready!(connection.poll_fill(cx))? == 0 {
+                return Poll::Ready(Ok(false));
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// A line (without its line end) of at most `max` bytes, taken from the buffer.
+    fn poll_line(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Bytes, ExchangeError>> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Poll::Ready(Err(ExchangeError::Incomplete));
+        };
+        let mut searched = 0;
+        loop {
+            if let Some(at) = memchr::memchr(b'\n', &connection.read[searched..]) {
+                let line = connection.read.split_to(searched + at + 1).freeze();
+                let end =
+                    line.len() - 1 - usize::from(line.len() >= 2 && line[line.len() - 2] == b'\r');
+                return Poll::Ready(Ok(line.slice(..end)));
+            }
+            searched = connection.read.len();
+            if searched > max {
+                return Poll::Ready(Err(ExchangeError::Malformed("chunk line too long")));
+            }
+            if ready!(connection.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(ExchangeError::Incomplete));
+            }
+        }
+    }
+
+    /// One step of a chunked body: `Some(frame)` to return, `None` to go on.
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        at: ChunkAt,
+    ) -> Poll<Result<Option<Frame<Bytes>>, ExchangeError>> {
+        match at {
+            ChunkAt::Size => {
+                let line = ready!(self.poll_line(cx, MAX_CHUNK_LINE))?;
+                let size = chunk_size(&line)?;
+                self.rest = Rest::Chunk(if size == 0 {
+                    ChunkAt::Trailers
+                } else {
+                    ChunkAt::Data(size)
+                });
+                Poll::Ready(Ok(None))
+            }
+            ChunkAt::Data(left) => {
+                let Some(data) = ready!(self.poll_data(cx, left))? else {
+                    return Poll::Ready(Err(ExchangeError::Incomplete));
+                };
+                let left = left - data.len() as u64;
+                self.rest = Rest::Chunk(if left == 0 {
+                    ChunkAt::DataEnd
+                } else {
+                    ChunkAt::Data(left)
+                });
+                Poll::Ready(Ok(Some(Frame::data(data))))
+            }
+            ChunkAt::DataEnd => {
+                if !ready!(self.poll_buffered(cx, 2))? {
+                    return Poll::Ready(Err(ExchangeError::Incomplete));
+                }
+                let Some(connection) = self.connection.as_mut() else {
+                    return Poll::Ready(Err(ExchangeError::Incomplete));
+                };
+                if &connection.read[..2] != b"\r\n" {
+                    return Poll::Ready(Err(ExchangeError::Malformed(
+                        "chunk data not followed by CRLF",
+                    )));
+                }
+                connection.read.advance(2);
+                self.rest = Rest::Chunk(ChunkAt::Size);
+                Poll::Ready(Ok(None))
+            }
+            ChunkAt::Trailers => self.poll_trailers(cx),
+        }
+    }
+
+    /// The trailer section: nothing (a blank line) or fields; either ends the body.
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame<Bytes>>, ExchangeError>> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Poll::Ready(Err(ExchangeError::Incomplete));
+        };
+        loop {
+            let read = &connection.read;
+            let blank = read.starts_with(b"\r\n") || read.starts_with(b"\n");
+            let end = if blank {
+                Some(if read[0] == b'\r' { 2 } else { 1 })
+            } else {
+                head_end(read)
+            };
+            if let Some(end) = end {
+                let section = connection.read.split_to(end).freeze();
+                self.finish();
+                if blank {
+                    return Poll::Ready(Ok(None));
+                }
+                return Poll::Ready(parse_trailers(&section).map(|t| Some(Frame::trailers(t))));
+            }
+            if connection.read.len() > MAX_HEAD {
+                return Poll::Ready(Err(ExchangeError::HeadTooLarge));
+            }
+            if ready!(connection.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(ExchangeError::Incomplete));
+            }
+        }
+    }
+}
+
+pub(super) fn parse_trailers(section: &Bytes) -> Result<HeaderMap, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => header_map(section, fields),
+        Ok(httparse::Status::Partial) => Err(ExchangeError::Malformed("incomplete trailers")),
+        Err(httparse::Error::TooManyHeaders) => Err(ExchangeError::HeadTooLarge),
+        Err(_) => Err(ExchangeError::Malformed("invalid trailers")),
+    }
+}
+
+/// The size on a chunk-size line: hex digits, then optional white space and extensions.
+pub(super) fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t');
+    if digits == 0 || digits > 16 || !rest_ok {
+        return Err(ExchangeError::Malformed("invalid chunk size"));
+    }
+    let text = std::str::from_utf8(&line[..digits])
+        .map_err(|_| ExchangeError::Malformed("invalid chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| ExchangeError::Malformed("invalid chunk size"))
+}
+
+/// Whether the upstream keeps the connection open after this answer.
+pub(super) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let said = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|value| {
+            value.to_str().is_ok_and(|text| {
+                text.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if version == Version::HTTP_10 {
+        said("keep-alive")
+    } else {
+        !said("close")
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = ExchangeError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let this = &mut *self;
+        if let (Some(sender), Some(connection)) = (this.sender.as_mut(), this.connection.as_mut()) {
+            match sender.poll_send(&mut connection.io, cx) {
+                Poll::Ready(Ok(())) => this.sender = None,
+                Poll::Ready(Err(error)) => {
+                    this.connection = None;
+                    this.rest = Rest::Done;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Pending => {}
+            }
+        }
+        let polled = loop {
+            match this.rest {
+                Rest::Done => return Poll::Ready(None),
+                Rest::Length(left) => {
+                    break match ready!(this.poll_data(cx, left)) {
+                        Ok(Some(data)) => {
+                            let left = left - data.len() as u64;
+                            this.rest = Rest::Length(left);
+                            if left == 0 {
+                                this.finish();
+                            }
+                            Ok(Frame::data(data))
+                        }
+                        Ok(None) => Err(ExchangeError::Incomplete),
+                        Err(error) => Err(error),
+                    };
+                }
+                Rest::UntilClose => match ready!(this.poll_data(cx, u64::MAX)) {
+                    Ok(Some(data)) => break Ok(Frame::data(data)),
+                    Ok(None) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Err(error) => break Err(error),
+                },
+                Rest::Chunk(at) => match ready!(this.poll_chunk(cx, at)) {
+                    Ok(Some(frame)) => break Ok(frame),
+                    Ok(None) => continue,
+                    Err(error) => break Err(error),
+                },
+            }
+        };
+        if polled.is_err() {
+            // A broken answer: the connection is not used again.
+            this.connection = None;
+            this.rest = Rest::Done;
+        }
+        Poll::Ready(Some(polled))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest == Rest::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.rest {
+            Rest::Done => SizeHint::with_exact(0),
+            Rest::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The request side of an exchange: its body's framing, its head on the wire, and the
+//! writer that sends both.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::Method;
+use http::header::{self, HeaderMap, HeaderValue};
+use http_body::Body;
+use tokio::io::AsyncWrite;
+
+use super::{ExchangeError, Io, WRITE_SLICES};
+use crate::proxy::body::ProxyBody;
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outgoing {
+    /// No body at all.
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Decides the request body's framing as hyper's client did, adjusting the headers: a
+/// `Transfer-Encoding` (one is added for a body of unknown length) means chunked and drops any
+/// `Content-Length`; else a valid `Content-Length`, else the body's known length is declared.
+/// A GET, HEAD or CONNECT of unknown length is sent without a body.
+pub(super) fn frame_request(
+    method: &Method,
+    headers: &mut HeaderMap,
+    body: &ProxyBody,
+) -> Outgoing {
+    if body.is_end_stream() {
+        headers.remove(header::TRANSFER_ENCODING);
+        return Outgoing::Empty;
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        if !crate::proxy::headers::ends_chunked(headers) {
+            headers.append(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        return Outgoing::Chunked;
+    }
+    if let Some(length) = declared_length(headers) {
+        return Outgoing::Length(length);
+    }
+    if let Some(length) = body.size_hint().exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        return Outgoing::Length(length);
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::CONNECT) {
+        return Outgoing::Empty;
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    Outgoing::Chunked
+}
+
+/// The one length all `Content-Length` values (and list items) agree on; `None` when there is
+/// none or they disagree or one is not a number.
+pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut found = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.to_str().ok()?.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let length = item.parse::<u64>().ok()?;
+            match found {
+                Some(seen) if seen != length => return None,
+                _ => found = Some(length),
+            }
+        }
+    }
+    found
+}
+
+/// The request line and headers, as they go on the wire (names in lower case, as hyper sent).
+pub(super) fn encode_head(method: &Method, target: &str, headers: &HeaderMap) -> Bytes {
+    let size = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>();
+    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + size + 16);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    push_fields(&mut head, headers);
+    Bytes::from(head)
+}
+
+/// Appends `fields` as lines and the blank line that ends them.
+fn push_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the request: the queued bytes, then the body's frames as they come, framed.
+pub(super) struct Sender {
+    pub(super) queue: VecDeque<Bytes>,
+    pub(super) body: Option<ProxyBody>,
+    pub(super) framing: Outgoing,
+    /// What a declared length still allows.
+    pub(super) remaining: u64,
+    /// Whether any byte has gone out.
+    pub(super) wrote: bool,
+    /// Whether the first body frame has been looked for (to go out with the head).
+    pub(super) primed: bool,
+}
+
+impl Sender {
+    pub(super) fn is_done(&self) -> bool {
+        self.body.is_none() && self.queue.is_empty()
+    }
+
+    /// Writes until everything is written and the body has ended, or the body or the socket
+    /// has to wait.
+    pub(super) fn poll_send(
+        &mut self,
+        io: &mut Io,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ExchangeError>> {
+        loop {
+            if !self.primed {
+                // The first frame usually arrived with the client's head: one write for both.
+                self.primed = true;
+                if let Poll::Ready(done) = self.poll_body(cx) {
+                    done?;
+                }
+            }
+            while !self.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let count = self.queue.len().min(WRITE_SLICES);
+                for (slice, chunk) in slices.iter_mut().zip(self.queue.iter()) {
+                    *slice = IoSlice::new(chunk);
+                }
+                let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(
+                        std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                    ));
+                }
+                self.wrote = true;
+                self.advance(written);
+            }
+            if self.body.is_none() {
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_body(cx) {
+                Poll::Ready(done) => done?,
+                Poll::Pending => {
+                    ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                self.queue.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+
+    /// Takes the body's next frame into the queue, framed; the end of the body closes it.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        match ready!(Pin::new(body).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.queue_data(data),
+                Err(frame) => {
+                    if let (Ok(trailers), Outgoing::Chunked) = (frame.into_trailers(), self.framing)
+                    {
+                        self.queue.push_back(Bytes::from_static(b"0\r\n"));
+                        self.queue.push_back(encode_fields(&trailers));
+                        self.body = None;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Ok(()))
+                }
+            },
+            Some(Err(error)) => Poll::Ready(Err(ExchangeError::RequestBody(error))),
+            None => {
+                self.body = None;
+                match self.framing {
+                    Outgoing::Chunked => self.queue.push_back(Bytes::from_static(b"0\r\n\r\n")),
+                    Outgoing::Length(_) if self.remaining > 0 => {
+                        return Poll::Ready(Err(ExchangeError::RequestLength));
+                    }
+                    _ => {}
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    fn queue_data(&mut self, data: Bytes) -> Poll<Result<(), ExchangeError>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.framing {
+            Outgoing::Chunked => {
+                self.queue
+                    .push_back(Bytes::from(format!("{:X}\r\n", data.len())));
+                self.queue.push_back(data);
+                self.queue.push_back(Bytes::from_static(b"\r\n"));
+            }
+            Outgoing::Length(_) => {
+                let len = data.len() as u64;
+                if len > self.remaining {
+                    return Poll::Ready(Err(ExchangeError::RequestLength));
+                }
+                self.remaining -= len;
+                self.queue.push_back(data);
+            }
+            // hyper sent no body here either (a GET of unknown length).
+            Outgoing::Empty => {}
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Trailer fields and the blank line that ends them.
+pub(super) fn encode_fields(fields: &HeaderMap) -> Bytes {
+    let mut out = Vec::new();
+    push_fields(&mut out, fields);
+    Bytes::from(out)
+}

@@ -1,0 +1,344 @@
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::Version;
+use http::header::{self, HeaderMap, HeaderValue};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::answer::{chunk_size, head_end, keeps_alive, parse_head};
+use super::request::declared_length;
+use super::*;
+use crate::proxy::body::{BoxError, empty, full};
+
+/// Where the tests' answers park their connections.
+#[derive(Default)]
+struct Parked(Mutex<Vec<Connection>>);
+
+impl Park for Parked {
+    fn park(self: Arc<Self>, connection: Connection) {
+        self.0.lock().unwrap().push(connection);
+    }
+}
+
+impl Parked {
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// A loopback upstream for one request: reads until what it received ends with `until`,
+/// answers `answer` (a byte at a time when `trickle`), then closes when `close`, else waits
+/// for the client to. Gives back what it received.
+async fn upstream(
+    until: &'static [u8],
+    answer: &'static [u8],
+    trickle: bool,
+    close: bool,
+) -> (Connection, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !received.ends_with(until) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "request cut short: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+            received.extend_from_slice(&buf[..n]);
+        }
+        if trickle {
+            for byte in answer {
+                tcp.write_all(&[*byte]).await.unwrap();
+                tcp.flush().await.unwrap();
+            }
+        } else {
+            tcp.write_all(answer).await.unwrap();
+        }
+        if !close {
+            let _ = tcp.read(&mut buf).await;
+        }
+        received
+    });
+    let tcp = TcpStream::connect(address).await.unwrap();
+    (Connection::new(Io::Plain(tcp)), served)
+}
+
+fn request(method: Method, body: ProxyBody) -> Request<ProxyBody> {
+    Request::builder()
+        .method(method)
+        .uri("/EWS/Exchange.asmx?x=1")
+        .header(header::HOST, "upstream")
+        .body(body)
+        .unwrap()
+}
+
+async fn send(
+    connection: Connection,
+    request: Request<ProxyBody>,
+    parked: &Arc<Parked>,
+) -> Result<Response<Answer>, ExchangeError> {
+    exchange(connection, request, parked.clone())
+        .await
+        .map_err(Failure::into_error)
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_goes_chunked_with_its_trailers() {
+    let (connection, served) = upstream(
+        b"x-sum: 10\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        false,
+        false,
+    )
+    .await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-sum", HeaderValue::from_static("10"));
+    let frames = vec![
+        Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::data(Bytes::from_static(b"world"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let parked = Arc::new(Parked::default());
+    let response = send(
+        connection,
+        request(Method::POST, body.boxed_unsync()),
+        &parked,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        parked.count(),
+        1,
+        "a finished exchange parks its connection"
+    );
+    drop(parked);
+    let received = String::from_utf8(served.await.unwrap()).unwrap();
+    assert_eq!(
+        received,
+        "POST /EWS/Exchange.asmx?x=1 HTTP/1.1\r\nhost: upstream\r\ntransfer-encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n5\r\nworld\r\n0\r\nx-sum: 10\r\n\r\n"
+    );
+}
+
+/// What the upstream received for `request`, which it answers with an empty 200.
+async fn received_for(until: &'static [u8], request: Request<ProxyBody>) -> String {
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    let (connection, served) = upstream(until, answer, false, false).await;
+    let parked = Arc::new(Parked::default());
+    send(connection, request, &parked).await.unwrap();
+    drop(parked);
+    String::from_utf8(served.await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_known_length_is_declared_and_a_get_without_body_declares_none() {
+    assert_eq!(
+        received_for(b"abc", request(Method::PUT, full("abc"))).await,
+        "PUT /EWS/Exchange.asmx?x=1 HTTP/1.1\r\nhost: upstream\r\ncontent-length: 3\r\n\r\nabc"
+    );
+    assert_eq!(
+        received_for(b"\r\n\r\n", request(Method::GET, empty())).await,
+        "GET /EWS/Exchange.asmx?x=1 HTTP/1.1\r\nhost: upstream\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn informational_answers_are_passed_over_and_continue_is_signalled() {
+    let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+        HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (connection, _served) = upstream(b"\r\n\r\n", answer, true, false).await;
+    let seen = Arc::new(Notify::new());
+    let mut get = request(Method::GET, empty());
+    get.extensions_mut().insert(ContinueSignal(seen.clone()));
+    let parked = Arc::new(Parked::default());
+    let response = send(connection, get, &parked).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The 100 left a permit: this resolves at once.
+    seen.notified().await;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(parked.count(), 1);
+}
+
+#[tokio::test]
+async fn a_chunked_answer_is_read_across_any_split_with_its_trailers() {
+    let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+        6;ext=1\r\nhello \r\n5\r\nworld\r\n0\r\nx-sum: 11\r\n\r\n";
+    for trickle in [false, true] {
+        let (connection, _served) = upstream(b"\r\n\r\n", answer, trickle, false).await;
+        let parked = Arc::new(Parked::default());
+        let response = send(connection, request(Method::GET, empty()), &parked)
+            .await
+            .unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "11");
+        assert_eq!(&collected.to_bytes()[..], b"hello world");
+        assert_eq!(parked.count(), 1, "trickled: {trickle}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n";
+    let (connection, _served) = upstream(b"\r\n\r\n", answer, false, false).await;
+    let parked = Arc::new(Parked::default());
+    let response = send(connection, request(Method::HEAD, empty()), &parked)
+        .await
+        .unwrap();
+    assert!(response.body().is_end_stream());
+    assert_eq!(response.headers()[header::CONTENT_LENGTH], "1000");
+    assert_eq!(parked.count(), 1);
+}
+
+/// A GET through an upstream that answers `answer` and closes: the body (or what failed) and
+/// how many connections were parked.
+async fn get_from(answer: &'static [u8]) -> (Result<Bytes, ExchangeError>, usize) {
+    let (connection, _served) = upstream(b"\r\n\r\n", answer, false, true).await;
+    let parked = Arc::new(Parked::default());
+    let body = match send(connection, request(Method::GET, empty()), &parked).await {
+        Ok(response) => response.into_body().collect().await.map(|c| c.to_bytes()),
+        Err(error) => Err(error),
+    };
+    (body, parked.count())
+}
+
+#[tokio::test]
+async fn an_answer_without_length_runs_to_the_close_and_is_not_parked() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\n\r\nabc"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nabc",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nabc",
+    ] {
+        let (body, parked) = get_from(answer).await;
+        assert_eq!(&body.unwrap()[..], b"abc");
+        assert_eq!(parked, 0, "{}", String::from_utf8_lossy(answer));
+    }
+}
+
+#[tokio::test]
+async fn bytes_past_the_answer_keep_its_connection_out_of_the_pool() {
+    let (body, parked) =
+        get_from(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n").await;
+    assert_eq!(&body.unwrap()[..], b"ok");
+    assert_eq!(parked, 0);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_errors_not_guesses() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"[..],
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab",
+    ] {
+        let (body, parked) = get_from(answer).await;
+        assert!(body.is_err(), "{}", String::from_utf8_lossy(answer));
+        assert_eq!(parked, 0);
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_without_a_word_is_told_apart() {
+    let (connection, _served) = upstream(b"\r\n\r\n", b"", false, true).await;
+    let parked = Arc::new(Parked::default());
+    let error = send(connection, request(Method::GET, empty()), &parked)
+        .await
+        .err();
+    assert!(
+        matches!(error, Some(ExchangeError::ClosedBeforeAnswer)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_parked_connection_the_upstream_closed_is_not_reusable() {
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    let (connection, served) = upstream(b"\r\n\r\n", answer, false, true).await;
+    let parked = Arc::new(Parked::default());
+    send(connection, request(Method::GET, empty()), &parked)
+        .await
+        .unwrap();
+    let mut connection = parked.0.lock().unwrap().pop().unwrap();
+    served.await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connection.is_reusable() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the close was never noticed"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[test]
+fn a_head_ends_at_its_blank_line_with_either_line_end() {
+    assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nrest"), Some(25));
+    assert_eq!(head_end(b"HTTP/1.1 200 OK\nA: b\n\nrest"), Some(22));
+    assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n"), None);
+    assert_eq!(head_end(b""), None);
+}
+
+#[test]
+fn chunk_sizes_are_hex_with_optional_extensions() {
+    assert_eq!(chunk_size(b"1A").unwrap(), 26);
+    assert_eq!(chunk_size(b"0").unwrap(), 0);
+    assert_eq!(chunk_size(b"10;name=value").unwrap(), 16);
+    assert_eq!(chunk_size(b"ff \t;x").unwrap(), 255);
+    for bad in [&b""[..], b"x1", b"+1", b"1x", b"11111111111111111"] {
+        assert!(chunk_size(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn declared_lengths_must_agree() {
+    let mut headers = HeaderMap::new();
+    headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    assert_eq!(declared_length(&headers), Some(5));
+    headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+    assert_eq!(declared_length(&headers), Some(5));
+    headers.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+    assert_eq!(declared_length(&headers), None);
+    let mut signed = HeaderMap::new();
+    signed.append(header::CONTENT_LENGTH, HeaderValue::from_static("+5"));
+    assert_eq!(declared_length(&signed), None);
+}
+
+#[test]
+fn an_http_10_answer_keeps_alive_only_when_it_says_so() {
+    let mut headers = HeaderMap::new();
+    assert!(keeps_alive(Version::HTTP_11, &headers));
+    assert!(!keeps_alive(Version::HTTP_10, &headers));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+    assert!(keeps_alive(Version::HTTP_10, &headers));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("foo, Close"));
+    assert!(!keeps_alive(Version::HTTP_11, &headers));
+}
+
+#[test]
+fn answer_header_values_share_the_head() {
+    let head = Bytes::from_static(b"HTTP/1.1 201 Created\r\nX-A: one\r\nx-a: two\r\n\r\n");
+    let parsed = parse_head(&head).unwrap();
+    assert_eq!(parsed.status, StatusCode::CREATED);
+    let values: Vec<_> = parsed.headers.get_all("x-a").iter().collect();
+    assert_eq!(values, ["one", "two"]);
+    assert!(parse_head(&Bytes::from_static(b"HTTP/1.1 2000 Odd\r\n\r\n")).is_err());
+    assert!(
+        parse_head(&Bytes::from_static(
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n"
+        ))
+        .is_err()
+    );
+}
