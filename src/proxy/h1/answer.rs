@@ -25,10 +25,23 @@ pub(super) fn poll_head(
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, ExchangeError>> {
     loop {
-        if let Some(end) = head_end(&connection.read) {
+        // Blank lines before a status line are passed over, as httparse does.
+        while connection.read.first() == Some(&b'\n') || connection.read.starts_with(b"\r\n") {
+            let blank = if connection.read[0] == b'\n' { 1 } else { 2 };
+            connection.read.advance(blank);
+        }
+        // Searched again from just before where the last search stopped (a line end and
+        // blank line take three bytes at most): a head trickled in costs one pass.
+        let from = connection
+            .scanned
+            .saturating_sub(3)
+            .min(connection.read.len());
+        if let Some(end) = head_end(&connection.read[from..]).map(|end| from + end) {
+            connection.scanned = 0;
             let head = connection.read.split_to(end).freeze();
             return Poll::Ready(parse_head(&head));
         }
+        connection.scanned = connection.read.len();
         if connection.read.len() > MAX_HEAD {
             return Poll::Ready(Err(ExchangeError::HeadTooLarge));
         }
@@ -152,10 +165,11 @@ impl Answer {
         head: &Head,
         head_request: bool,
         sender: Option<Sender>,
+        abandoned: bool,
         home: Arc<dyn Park>,
     ) -> Result<Answer, ExchangeError> {
         let headers = &head.headers;
-        let mut reusable = keeps_alive(head.version, headers);
+        let mut reusable = !abandoned && keeps_alive(head.version, headers);
         let rest = if head_request
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED
@@ -249,7 +263,8 @@ impl Answer {
         Poll::Ready(Ok(true))
     }
 
-    /// A line (without its line end) of at most `max` bytes, taken from the buffer.
+    /// A line (without its CRLF) of at most `max` bytes, taken from the buffer; a bare LF ends
+    /// no chunk line (hyper refused those too).
     fn poll_line(
         &mut self,
         cx: &mut Context<'_>,
@@ -262,9 +277,10 @@ impl Answer {
         loop {
             if let Some(at) = memchr::memchr(b'\n', &connection.read[searched..]) {
                 let line = connection.read.split_to(searched + at + 1).freeze();
-                let end =
-                    line.len() - 1 - usize::from(line.len() >= 2 && line[line.len() - 2] == b'\r');
-                return Poll::Ready(Ok(line.slice(..end)));
+                if line.len() < 2 || line[line.len() - 2] != b'\r' {
+                    return Poll::Ready(Err(ExchangeError::Malformed("chunk line without CRLF")));
+                }
+                return Poll::Ready(Ok(line.slice(..line.len() - 2)));
             }
             searched = connection.read.len();
             if searched > max {
@@ -343,11 +359,14 @@ impl Answer {
             };
             if let Some(end) = end {
                 let section = connection.read.split_to(end).freeze();
+                // Checked before the connection can go back: a bad section breaks the answer.
+                let trailers = if blank {
+                    None
+                } else {
+                    Some(parse_trailers(&section)?)
+                };
                 self.finish();
-                if blank {
-                    return Poll::Ready(Ok(None));
-                }
-                return Poll::Ready(parse_trailers(&section).map(|t| Some(Frame::trailers(t))));
+                return Poll::Ready(Ok(trailers.map(Frame::trailers)));
             }
             if connection.read.len() > MAX_HEAD {
                 return Poll::Ready(Err(ExchangeError::HeadTooLarge));
@@ -369,20 +388,32 @@ pub(super) fn parse_trailers(section: &Bytes) -> Result<HeaderMap, ExchangeError
     }
 }
 
-/// The size on a chunk-size line: hex digits, then optional white space and extensions.
+/// The size on a chunk-size line: hex digits (leading zeros aside, at most 16), then nothing
+/// or optional white space and `;` extensions.
 pub(super) fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
+    let invalid = ExchangeError::Malformed("invalid chunk size");
     let digits = line
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    let rest = &line[digits..];
-    let rest_ok = rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t');
-    if digits == 0 || digits > 16 || !rest_ok {
-        return Err(ExchangeError::Malformed("invalid chunk size"));
+    let after = line[digits..]
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .map(|i| line[digits + i]);
+    if digits == 0 || !matches!(after, None | Some(b';')) {
+        return Err(invalid);
     }
-    let text = std::str::from_utf8(&line[..digits])
-        .map_err(|_| ExchangeError::Malformed("invalid chunk size"))?;
-    u64::from_str_radix(text, 16).map_err(|_| ExchangeError::Malformed("invalid chunk size"))
+    let significant = &line[line[..digits]
+        .iter()
+        .position(|&b| b != b'0')
+        .unwrap_or(digits)..digits];
+    if significant.len() > 16 {
+        return Err(invalid);
+    }
+    Ok(significant.iter().fold(0u64, |size, &b| {
+        let digit = (b as char).to_digit(16).unwrap_or(0);
+        (size << 4) | u64::from(digit)
+    }))
 }
 
 /// Whether the upstream keeps the connection open after this answer.
@@ -414,6 +445,12 @@ impl Body for Answer {
         if let (Some(sender), Some(connection)) = (this.sender.as_mut(), this.connection.as_mut()) {
             match sender.poll_send(&mut connection.io, cx) {
                 Poll::Ready(Ok(())) => this.sender = None,
+                // The upstream refused the rest of the request: its answer is still read, and
+                // the connection is not used again.
+                Poll::Ready(Err(ExchangeError::Io(_))) => {
+                    this.sender = None;
+                    this.reusable = false;
+                }
                 Poll::Ready(Err(error)) => {
                     this.connection = None;
                     this.rest = Rest::Done;

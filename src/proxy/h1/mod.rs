@@ -14,7 +14,6 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -156,6 +155,8 @@ pub struct ContinueSignal(pub Arc<Notify>);
 pub struct Connection {
     io: Io,
     read: BytesMut,
+    /// How much of `read` a search for the end of a head has been through.
+    scanned: usize,
 }
 
 impl Connection {
@@ -163,6 +164,7 @@ impl Connection {
         Connection {
             io,
             read: BytesMut::new(),
+            scanned: 0,
         }
     }
 
@@ -204,26 +206,28 @@ pub async fn exchange(
     let head = encode_head(&parts.method, target, &parts.headers);
     let signal = parts.extensions.get::<ContinueSignal>().cloned();
     let head_request = parts.method == Method::HEAD;
-    let mut sender = Sender {
-        queue: VecDeque::from([head]),
-        body: (framing != Outgoing::Empty).then_some(body),
-        framing,
-        remaining: match framing {
-            Outgoing::Length(n) => n,
-            _ => 0,
-        },
-        wrote: false,
-        primed: false,
-    };
+    let mut sender = Sender::new(head, body, framing);
+    // The upstream refused more of the request (it may have answered and closed): its answer
+    // is still read, and the connection is not used again.
+    let mut abandoned = false;
     let mut informational = 0;
     let answer = std::future::poll_fn(|cx| {
         loop {
-            if !sender.is_done()
-                && let Poll::Ready(Err(error)) = sender.poll_send(&mut connection.io, cx)
-            {
-                return Poll::Ready(Err(error));
+            if !abandoned && !sender.is_done() {
+                match sender.poll_send(&mut connection.io, cx) {
+                    Poll::Ready(Err(ExchangeError::Io(_))) if sender.wrote => abandoned = true,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    _ => {}
+                }
             }
-            let head = ready!(poll_head(&mut connection, cx))?;
+            let head = match ready!(poll_head(&mut connection, cx)) {
+                Ok(head) => head,
+                // After a 1xx the upstream has answered: closing now is not a lost request.
+                Err(ExchangeError::ClosedBeforeAnswer) if informational > 0 => {
+                    return Poll::Ready(Err(ExchangeError::Incomplete));
+                }
+                Err(error) => return Poll::Ready(Err(error)),
+            };
             if head.status.is_informational() {
                 informational += 1;
                 if head.status == StatusCode::SWITCHING_PROTOCOLS
@@ -255,9 +259,9 @@ pub async fn exchange(
     };
     // An answer can come before the whole request went out (an echo streams it back, a refusal
     // does not wait for it): the answer's body sends the rest as it is read.
-    let sender = (!sender.is_done()).then_some(sender);
-    let answer =
-        Answer::new(connection, &head, head_request, sender, home).map_err(Failure::Sent)?;
+    let sender = (!abandoned && !sender.is_done()).then_some(sender);
+    let answer = Answer::new(connection, &head, head_request, sender, abandoned, home)
+        .map_err(Failure::Sent)?;
     let mut response = Response::new(answer);
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;

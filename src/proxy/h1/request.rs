@@ -122,11 +122,29 @@ pub(super) struct Sender {
     pub(super) wrote: bool,
     /// Whether the first body frame has been looked for (to go out with the head).
     pub(super) primed: bool,
+    /// Whether the transport took everything: TLS accepts a write before its records are on
+    /// the socket, so a request is not sent until a flush has finished after its last byte.
+    pub(super) flushed: bool,
 }
 
 impl Sender {
+    pub(super) fn new(head: Bytes, body: ProxyBody, framing: Outgoing) -> Sender {
+        Sender {
+            queue: VecDeque::from([head]),
+            body: (framing != Outgoing::Empty).then_some(body),
+            framing,
+            remaining: match framing {
+                Outgoing::Length(n) => n,
+                _ => 0,
+            },
+            wrote: false,
+            primed: false,
+            flushed: false,
+        }
+    }
+
     pub(super) fn is_done(&self) -> bool {
-        self.body.is_none() && self.queue.is_empty()
+        self.body.is_none() && self.queue.is_empty() && self.flushed
     }
 
     /// Writes until everything is written and the body has ended, or the body or the socket
@@ -161,6 +179,7 @@ impl Sender {
             }
             if self.body.is_none() {
                 ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                self.flushed = true;
                 return Poll::Ready(Ok(()));
             }
             match self.poll_body(cx) {

@@ -212,6 +212,19 @@ async fn get_from(answer: &'static [u8]) -> (Result<Bytes, ExchangeError>, usize
 }
 
 #[tokio::test]
+async fn blank_lines_before_the_status_line_are_passed_over() {
+    let answer = b"\r\n\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (connection, _served) = upstream(b"\r\n\r\n", answer, true, false).await;
+    let parked = Arc::new(Parked::default());
+    let response = send(connection, request(Method::GET, empty()), &parked)
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(parked.count(), 1);
+}
+
+#[tokio::test]
 async fn an_answer_without_length_runs_to_the_close_and_is_not_parked() {
     for answer in [
         &b"HTTP/1.1 200 OK\r\n\r\nabc"[..],
@@ -243,6 +256,8 @@ async fn malformed_answers_are_errors_not_guesses() {
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nbad field\r\n\r\n",
     ] {
         let (body, parked) = get_from(answer).await;
         assert!(body.is_err(), "{}", String::from_utf8_lossy(answer));
@@ -297,7 +312,16 @@ fn chunk_sizes_are_hex_with_optional_extensions() {
     assert_eq!(chunk_size(b"0").unwrap(), 0);
     assert_eq!(chunk_size(b"10;name=value").unwrap(), 16);
     assert_eq!(chunk_size(b"ff \t;x").unwrap(), 255);
-    for bad in [&b""[..], b"x1", b"+1", b"1x", b"11111111111111111"] {
+    assert_eq!(chunk_size(b"000000000000000000001f").unwrap(), 31);
+    assert_eq!(chunk_size(b"ffffffffffffffff").unwrap(), u64::MAX);
+    for bad in [
+        &b""[..],
+        b"x1",
+        b"+1",
+        b"1x",
+        b"5 junk",
+        b"11111111111111111",
+    ] {
         assert!(chunk_size(bad).is_err(), "{bad:?}");
     }
 }
