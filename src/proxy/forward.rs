@@ -262,17 +262,9 @@ fn expect_continue(
     mut request: Request<ProxyBody>,
 ) -> Request<ProxyBody> {
     if ctx.expect_continue {
-        // Pooled exchanges signal through the request; a pinned connection's hyper client
-        // through its informational callback.
         request
             .extensions_mut()
             .insert(ContinueSignal(signals.continue_seen.clone()));
-        let seen = signals.continue_seen.clone();
-        hyper::ext::on_informational(&mut request, move |response| {
-            if response.status() == StatusCode::CONTINUE {
-                seen.notify_one();
-            }
-        });
     }
     request
 }

@@ -332,9 +332,10 @@ impl Tracker {
     }
 }
 
-/// The end of a request head (just past the line feed of its empty line), searching from
-/// `from`. Like hyper's parser, a bare `\n` ends a line too.
-fn head_end(head: &[u8], from: usize) -> Option<usize> {
+/// The end of a head (just past the line feed of its empty line), searching from `from`.
+/// Like hyper's parser, a bare `\n` ends a line too. Request heads here, answer heads and
+/// trailer sections in `h1`.
+pub(super) fn head_end(head: &[u8], from: usize) -> Option<usize> {
     let mut at = from.min(head.len());
     while let Some(found) = memchr::memchr(b'\n', &head[at..]) {
         let lf = at + found;
@@ -546,6 +547,22 @@ impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_with_either_line_end_from_any_start_before_it() {
+        let crlf = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nrest";
+        for from in 0..=22 {
+            assert_eq!(head_end(crlf, from), Some(25), "from {from}");
+        }
+        assert_eq!(
+            head_end(crlf, 23),
+            None,
+            "past the blank line's first line feed"
+        );
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\nA: b\n\nrest", 0), Some(22));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n", 0), None);
+        assert_eq!(head_end(b"", 5), None);
+    }
 
     fn run(input: &[u8], split: usize) -> (Vec<u8>, bool) {
         let mut t = Tracker::new(64 * 1024, 100);

@@ -82,13 +82,16 @@ pub fn ends_chunked(headers: &HeaderMap) -> bool {
 
 /// Whether the message asks for its connection to close.
 pub fn wants_close(headers: &HeaderMap) -> bool {
+    connection_has(headers, "close")
+}
+
+/// Whether a `Connection` header lists `token` (in any case).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|t| {
-                t.split(',')
-                    .any(|tok| tok.trim().eq_ignore_ascii_case("close"))
-            })
-            .unwrap_or(false)
+        v.to_str().is_ok_and(|text| {
+            text.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
     })
 }
 
@@ -206,6 +209,27 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_tokens_and_the_last_coding_are_read_in_any_case_and_list() {
+        let h = map(&[("connection", "Upgrade, Keep-Alive"), ("connection", "x")]);
+        assert!(connection_has(&h, "keep-alive"));
+        assert!(!connection_has(&h, "close") && !wants_close(&h));
+        assert!(wants_close(&map(&[("connection", "foo,CLOSE")])));
+        assert!(ends_chunked(&map(&[(
+            "transfer-encoding",
+            "gzip, Chunked"
+        )])));
+        assert!(ends_chunked(&map(&[
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(!ends_chunked(&map(&[(
+            "transfer-encoding",
+            "chunked, gzip"
+        )])));
+        assert!(!ends_chunked(&map(&[])));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
 use super::body::{BoxError, ProxyBody};
-use super::h1::{self, Answer, Connection, ExchangeError, Failure, Io};
+use super::h1::{self, Answer, Connection, ContinueSignal, ExchangeError, Failure, Io};
 use super::route::{RouteClass, Routes, UpstreamBase};
 
 /// How long an upstream connection may be silent before the kernel probes it, so a peer that
@@ -257,14 +257,17 @@ impl Pool {
                 && parked_for.is_some_and(|parked| parked >= self.replay_after_parked))
             .then(|| replayable_copy(&request))
             .flatten();
-            match h1::exchange(connection, request, self.clone()).await {
-                Ok(response) => return Ok(response),
-                Err(Failure::Unsent(unsent, _)) if parked_for.is_some() => request = *unsent,
-                Err(Failure::Sent(ExchangeError::ClosedBeforeAnswer)) if replay.is_some() => {
+            match (
+                h1::exchange(connection, request, self.clone()).await,
+                replay,
+            ) {
+                (Ok(response), _) => return Ok(response),
+                (Err(Failure::Unsent(unsent, _)), _) if parked_for.is_some() => request = *unsent,
+                (Err(Failure::Sent(ExchangeError::ClosedBeforeAnswer)), Some(copy)) => {
                     replayed = true;
-                    request = replay.unwrap_or_else(|| Request::new(super::body::empty()));
+                    request = copy;
                 }
-                Err(failure) => return Err(PoolError::Broken(failure.into_error())),
+                (Err(failure), _) => return Err(PoolError::Broken(failure.into_error())),
             }
         }
     }
@@ -405,11 +408,19 @@ impl PinnedConnection {
 
     /// Waits until the connection can take the next request, then starts sending it. The
     /// returned future resolves to the response head.
+    /// A request's [`ContinueSignal`] is signalled through hyper's informational callback.
     pub async fn send(
         &mut self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
     ) -> Result<impl Future<Output = Result<Response<Incoming>, hyper::Error>> + use<>, hyper::Error>
     {
+        if let Some(ContinueSignal(seen)) = request.extensions().get::<ContinueSignal>().cloned() {
+            hyper::ext::on_informational(&mut request, move |response| {
+                if response.status() == http::StatusCode::CONTINUE {
+                    seen.notify_one();
+                }
+            });
+        }
         self.sender.ready().await?;
         Ok(self.sender.send_request(request))
     }

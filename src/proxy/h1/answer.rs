@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::request::{Sender, declared_length};
 use super::{Connection, ExchangeError, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Park};
+use crate::proxy::framing::head_end;
 
 /// A parsed answer head.
 pub(super) struct Head {
@@ -26,17 +27,13 @@ pub(super) fn poll_head(
 ) -> Poll<Result<Head, ExchangeError>> {
     loop {
         // Blank lines before a status line are passed over, as httparse does.
-        while connection.read.first() == Some(&b'\n') || connection.read.starts_with(b"\r\n") {
-            let blank = if connection.read[0] == b'\n' { 1 } else { 2 };
+        while let Some(blank) = blank_line(&connection.read) {
             connection.read.advance(blank);
         }
         // Searched again from just before where the last search stopped (a line end and
         // blank line take three bytes at most): a head trickled in costs one pass.
-        let from = connection
-            .scanned
-            .saturating_sub(3)
-            .min(connection.read.len());
-        if let Some(end) = head_end(&connection.read[from..]).map(|end| from + end) {
+        let from = connection.scanned.saturating_sub(3);
+        if let Some(end) = head_end(&connection.read, from) {
             connection.scanned = 0;
             let head = connection.read.split_to(end).freeze();
             return Poll::Ready(parse_head(&head));
@@ -64,19 +61,13 @@ pub(super) fn poll_head(
     }
 }
 
-/// Where the head in `buf` ends (after its blank line), if it is all there. Lines may end in
-/// CRLF or, as httparse also accepts, a bare LF.
-pub(super) fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
-        let next = from + at + 1;
-        match buf.get(next) {
-            Some(b'\n') => return Some(next + 1),
-            Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some(next + 2),
-            _ => from = next,
-        }
+/// The length of the blank line `buf` starts with (a bare LF counts, as httparse counts it).
+fn blank_line(buf: &[u8]) -> Option<usize> {
+    match buf {
+        [b'\n', ..] => Some(1),
+        [b'\r', b'\n', ..] => Some(2),
+        _ => None,
     }
-    None
 }
 
 pub(super) fn parse_head(head: &Bytes) -> Result<Head, ExchangeError> {
@@ -350,20 +341,13 @@ impl Answer {
             return Poll::Ready(Err(ExchangeError::Incomplete));
         };
         loop {
-            let read = &connection.read;
-            let blank = read.starts_with(b"\r\n") || read.starts_with(b"\n");
-            let end = if blank {
-                Some(if read[0] == b'\r' { 2 } else { 1 })
-            } else {
-                head_end(read)
-            };
-            if let Some(end) = end {
+            let blank = blank_line(&connection.read);
+            if let Some(end) = blank.or_else(|| head_end(&connection.read, 0)) {
                 let section = connection.read.split_to(end).freeze();
                 // Checked before the connection can go back: a bad section breaks the answer.
-                let trailers = if blank {
-                    None
-                } else {
-                    Some(parse_trailers(&section)?)
+                let trailers = match blank {
+                    Some(_) => None,
+                    None => Some(parse_trailers(&section)?),
                 };
                 self.finish();
                 return Poll::Ready(Ok(trailers.map(Frame::trailers)));
@@ -418,18 +402,10 @@ pub(super) fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
 
 /// Whether the upstream keeps the connection open after this answer.
 pub(super) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let said = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|value| {
-            value.to_str().is_ok_and(|text| {
-                text.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
-        })
-    };
     if version == Version::HTTP_10 {
-        said("keep-alive")
+        crate::proxy::headers::connection_has(headers, "keep-alive")
     } else {
-        !said("close")
+        !crate::proxy::headers::wants_close(headers)
     }
 }
 

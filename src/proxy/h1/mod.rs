@@ -171,10 +171,8 @@ impl Connection {
     /// Whether a parked connection can take a request: the upstream has neither closed it nor
     /// sent anything unasked. A read that would block says so, and it costs no system call
     /// unless the socket became readable since its last read (tokio remembers it drained it).
+    /// (Its buffer is empty: only a connection with nothing left unread is parked.)
     pub fn is_reusable(&mut self) -> bool {
-        if !self.read.is_empty() {
-            return false;
-        }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);

@@ -86,18 +86,25 @@ pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The request line and headers, as they go on the wire (names in lower case, as hyper sent).
+/// Sized exactly: a vector filled to its capacity becomes `Bytes` without another allocation.
 pub(super) fn encode_head(method: &Method, target: &str, headers: &HeaderMap) -> Bytes {
-    let size = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>();
-    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + size + 16);
+    let mut head = Vec::with_capacity(head_len(method, target, headers));
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     push_fields(&mut head, headers);
     Bytes::from(head)
+}
+
+/// How long [`encode_head`] makes the head.
+pub(super) fn head_len(method: &Method, target: &str, headers: &HeaderMap) -> usize {
+    let fields = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum::<usize>();
+    let line = method.as_str().len() + " ".len() + target.len() + " HTTP/1.1\r\n".len();
+    line + fields + "\r\n".len()
 }
 
 /// Appends `fields` as lines and the blank line that ends them.
@@ -130,7 +137,12 @@ pub(super) struct Sender {
 impl Sender {
     pub(super) fn new(head: Bytes, body: ProxyBody, framing: Outgoing) -> Sender {
         Sender {
-            queue: VecDeque::from([head]),
+            // The head, then room for a chunk's size, data and line end without growing.
+            queue: {
+                let mut queue = VecDeque::with_capacity(4);
+                queue.push_back(head);
+                queue
+            },
             body: (framing != Outgoing::Empty).then_some(body),
             framing,
             remaining: match framing {
