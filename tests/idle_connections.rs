@@ -12,20 +12,7 @@ fn request_for(n: usize) -> Vec<u8> {
     format!("GET /_sim/bytes?n={n} HTTP/1.1\r\nHost: mail\r\n\r\n").into_bytes()
 }
 
-/// The value of an unlabelled gauge or counter in the gateway's admin metrics.
-async fn gauge(gw: &support::TestGateway, name: &str) -> u64 {
-    gauge_at(&gw.admin(""), name).await
-}
-
-/// The same, for a gateway at admin URL `admin` (the binary's, in the memory test).
-async fn gauge_at(admin: &str, name: &str) -> u64 {
-    let text = support::get_text(&format!("{admin}/metrics")).await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("{name} missing from the metrics"))
-}
+use support::{gauge, gauge_at};
 
 async fn wait_parked(gw: &support::TestGateway, want: u64) {
     support::wait_for(

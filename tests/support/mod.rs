@@ -404,3 +404,18 @@ pub fn fixture(name: &str) -> trackgate::simulate::fixtures::Fixture {
     )
     .expect("fixture loads")
 }
+
+/// The value of an unlabelled gauge or counter in the gateway's admin metrics.
+pub async fn gauge(gw: &TestGateway, name: &str) -> u64 {
+    gauge_at(&gw.admin(""), name).await
+}
+
+/// The same, for a gateway at admin URL `admin` (a binary's, started as a process).
+pub async fn gauge_at(admin: &str, name: &str) -> u64 {
+    let text = get_text(&format!("{admin}/metrics")).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("{name} missing from the metrics"))
+}

@@ -208,8 +208,11 @@ impl Answer {
     /// request went out, the upstream keeps it open, and it sent nothing past the answer).
     fn finish(&mut self) {
         self.rest = Rest::Done;
-        if self.sender.take().is_some() {
+        if let Some(sender) = self.sender.take() {
+            // Part of the request never went out: the upstream may still read it as the start
+            // of the next request.
             self.reusable = false;
+            sender.discard_rest();
         }
         let connection = self.connection.take();
         let home = self.home.take();

@@ -204,6 +204,31 @@ impl Sender {
         }
     }
 
+    /// Gives up on sending what is left (the answer has ended first) but still reads the
+    /// client's body to its end, in a task of its own, and drops it. An HTTP/1.1 server that
+    /// answers before reading a request's whole body must read the rest or close the
+    /// connection, and hyper's server closes the client's when the body is dropped unread: so
+    /// without this every early answer (an upstream that answers once it
+    /// has the head, as nginx's `return` does, or IIS's 401 challenge) would cost the client
+    /// its connection, and a request it had already sent on it would be lost unanswered. The
+    /// body's own limits bound the read: its size limit, idle timeout and pace, and a
+    /// `100 Continue` gate's timeout. The client's copy for inspection ends complete too.
+    pub(super) fn discard_rest(self) {
+        let Some(mut body) = self.body else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use http_body_util::BodyExt as _;
+            while let Some(Ok(_)) = body.frame().await {}
+        });
+    }
+
     fn advance(&mut self, mut written: usize) {
         while written > 0 {
             let Some(front) = self.queue.front_mut() else {
