@@ -18,6 +18,9 @@ pub(super) struct Head {
     pub(super) status: StatusCode,
     pub(super) version: Version,
     pub(super) headers: HeaderMap,
+    /// The reason phrase when it is not the status code's own (OWA's `440 Login Timeout`):
+    /// hyper's server writes it back out as sent.
+    pub(super) reason: Option<hyper::ext::ReasonPhrase>,
 }
 
 /// Reads until a whole head is buffered, then parses it (its header values share its bytes).
@@ -91,10 +94,17 @@ pub(super) fn parse_head(head: &Bytes) -> Result<Head, ExchangeError> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let reason = parsed
+        .reason
+        .filter(|reason| status.canonical_reason() != Some(*reason))
+        .and_then(|reason| {
+            hyper::ext::ReasonPhrase::try_from(head.slice_ref(reason.as_bytes())).ok()
+        });
     Ok(Head {
         status,
         version,
         headers: header_map(head, parsed.headers)?,
+        reason,
     })
 }
 
@@ -427,7 +437,9 @@ impl Body for Answer {
                 // The upstream refused the rest of the request: its answer is still read, and
                 // the connection is not used again.
                 Poll::Ready(Err(ExchangeError::Io(_))) => {
-                    this.sender = None;
+                    if let Some(sender) = this.sender.take() {
+                        sender.discard_rest();
+                    }
                     this.reusable = false;
                 }
                 Poll::Ready(Err(error)) => {

@@ -31,8 +31,10 @@ pub use answer::Answer;
 use answer::poll_head;
 use request::{Outgoing, Sender, encode_head, frame_request};
 
-/// Largest answer head (status line and headers) accepted; Exchange's are a few KB.
-const MAX_HEAD: usize = 64 << 10;
+/// Largest answer head (status line and headers) accepted: Exchange's are a few KB, but a
+/// sign-in's cookies or a Negotiate challenge can be large, and hyper's client (used before)
+/// took about this much (its default buffer limit, 400 KiB).
+const MAX_HEAD: usize = 400 << 10;
 /// Most headers an answer (or its trailers) may have.
 const MAX_HEADERS: usize = 128;
 /// Longest chunk-size line, extensions included.
@@ -204,7 +206,7 @@ pub async fn exchange(
     let head = encode_head(&parts.method, target, &parts.headers);
     let signal = parts.extensions.get::<ContinueSignal>().cloned();
     let head_request = parts.method == Method::HEAD;
-    let mut sender = Sender::new(head, body, framing);
+    let mut sender = Sender::new(head, body, framing, signal.clone());
     // The upstream refused more of the request (it may have answered and closed): its answer
     // is still read, and the connection is not used again.
     let mut abandoned = false;
@@ -256,13 +258,24 @@ pub async fn exchange(
         Err(error) => return Err(Failure::Sent(error)),
     };
     // An answer can come before the whole request went out (an echo streams it back, a refusal
-    // does not wait for it): the answer's body sends the rest as it is read.
-    let sender = (!abandoned && !sender.is_done()).then_some(sender);
+    // does not wait for it): the answer's body sends the rest as it is read. When the upstream
+    // refused the rest, the client's is read and dropped all the same.
+    let sender = match (abandoned, sender.is_done()) {
+        (false, false) => Some(sender),
+        (true, _) => {
+            sender.discard_rest();
+            None
+        }
+        (false, true) => None,
+    };
     let answer = Answer::new(connection, &head, head_request, sender, abandoned, home)
         .map_err(Failure::Sent)?;
     let mut response = Response::new(answer);
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;
     *response.headers_mut() = head.headers;
+    if let Some(reason) = head.reason {
+        response.extensions_mut().insert(reason);
+    }
     Ok(response)
 }

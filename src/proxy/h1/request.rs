@@ -12,7 +12,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http_body::Body;
 use tokio::io::AsyncWrite;
 
-use super::{ExchangeError, Io, WRITE_SLICES};
+use super::{ContinueSignal, ExchangeError, Io, WRITE_SLICES};
 use crate::proxy::body::ProxyBody;
 
 /// How the request body is framed on the wire.
@@ -132,10 +132,18 @@ pub(super) struct Sender {
     /// Whether the transport took everything: TLS accepts a write before its records are on
     /// the socket, so a request is not sent until a flush has finished after its last byte.
     pub(super) flushed: bool,
+    /// The request's `100 Continue` gate, opened when the rest is dropped: the upstream's
+    /// final answer is on its way to the client by then, so hyper sends no `100 Continue`.
+    gate: Option<ContinueSignal>,
 }
 
 impl Sender {
-    pub(super) fn new(head: Bytes, body: ProxyBody, framing: Outgoing) -> Sender {
+    pub(super) fn new(
+        head: Bytes,
+        body: ProxyBody,
+        framing: Outgoing,
+        gate: Option<ContinueSignal>,
+    ) -> Sender {
         Sender {
             // The head, then room for a chunk's size, data and line end without growing.
             queue: {
@@ -152,6 +160,7 @@ impl Sender {
             wrote: false,
             primed: false,
             flushed: false,
+            gate,
         }
     }
 
@@ -211,14 +220,18 @@ impl Sender {
     /// without this every early answer (an upstream that answers once it
     /// has the head, as nginx's `return` does, or IIS's 401 challenge) would cost the client
     /// its connection, and a request it had already sent on it would be lost unanswered. The
-    /// body's own limits bound the read: its size limit, idle timeout and pace, and a
-    /// `100 Continue` gate's timeout. The client's copy for inspection ends complete too.
+    /// body's own limits bound the read: its size limit, idle timeout and pace. A `100
+    /// Continue` gate is opened first, or the client's next request would wait out its
+    /// timeout. The client's copy for inspection ends complete too.
     pub(super) fn discard_rest(self) {
         let Some(mut body) = self.body else {
             return;
         };
         if body.is_end_stream() {
             return;
+        }
+        if let Some(ContinueSignal(gate)) = &self.gate {
+            gate.notify_one();
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -253,10 +266,11 @@ impl Sender {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => self.queue_data(data),
                 Err(frame) => {
-                    if let (Ok(trailers), Outgoing::Chunked) = (frame.into_trailers(), self.framing)
-                    {
-                        self.queue.push_back(Bytes::from_static(b"0\r\n"));
-                        self.queue.push_back(encode_fields(&trailers));
+                    // Trailers end the body and are not sent on, as hyper's client did not send
+                    // them (the `Trailer` header is hop-by-hop): a field a client put there
+                    // (`Authorization`, `X-Forwarded-For`) would pass every check on the head.
+                    if frame.is_trailers() && self.framing == Outgoing::Chunked {
+                        self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
                         self.body = None;
                         return Poll::Ready(Ok(()));
                     }
@@ -302,11 +316,4 @@ impl Sender {
         }
         Poll::Ready(Ok(()))
     }
-}
-
-/// Trailer fields and the blank line that ends them.
-pub(super) fn encode_fields(fields: &HeaderMap) -> Bytes {
-    let mut out = Vec::new();
-    push_fields(&mut out, fields);
-    Bytes::from(out)
 }

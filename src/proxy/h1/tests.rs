@@ -93,9 +93,9 @@ async fn send(
 }
 
 #[tokio::test]
-async fn a_body_of_unknown_length_goes_chunked_with_its_trailers() {
+async fn a_body_of_unknown_length_goes_chunked_and_its_trailers_stay_behind() {
     let (connection, served) = upstream(
-        b"x-sum: 10\r\n\r\n",
+        b"0\r\n\r\n",
         b"HTTP/1.1 204 No Content\r\n\r\n",
         false,
         false,
@@ -128,7 +128,8 @@ async fn a_body_of_unknown_length_goes_chunked_with_its_trailers() {
     assert_eq!(
         received,
         "POST /EWS/Exchange.asmx?x=1 HTTP/1.1\r\nhost: upstream\r\ntransfer-encoding: chunked\r\n\r\n\
-         5\r\nhello\r\n5\r\nworld\r\n0\r\nx-sum: 10\r\n\r\n"
+         5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n",
+        "the trailers end the body and are not sent on"
     );
 }
 
@@ -203,6 +204,75 @@ async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
     assert!(response.body().is_end_stream());
     assert_eq!(response.headers()[header::CONTENT_LENGTH], "1000");
     assert_eq!(parked.count(), 1);
+}
+
+#[tokio::test]
+async fn a_reason_phrase_of_its_own_is_kept_and_a_standard_one_is_not_repeated() {
+    let answer = b"HTTP/1.1 440 Login Timeout\r\ncontent-length: 0\r\n\r\n";
+    let (connection, _served) = upstream(b"\r\n\r\n", answer, false, false).await;
+    let parked = Arc::new(Parked::default());
+    let response = send(connection, request(Method::GET, empty()), &parked)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 440);
+    let reason = response.extensions().get::<hyper::ext::ReasonPhrase>();
+    assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Login Timeout"[..]));
+    let standard = parse_head(&Bytes::from_static(b"HTTP/1.1 404 Not Found\r\n\r\n")).unwrap();
+    assert!(
+        standard.reason.is_none(),
+        "hyper writes the standard one itself"
+    );
+    let unusual = parse_head(&Bytes::from_static(b"HTTP/1.1 404 Nope\r\n\r\n")).unwrap();
+    assert_eq!(
+        unusual.reason.map(|r| r.as_bytes().to_vec()),
+        Some(b"Nope".to_vec())
+    );
+}
+
+/// A body whose frames come from `frames` and that says when it has been read to its end.
+fn watched_body(frames: tokio::sync::mpsc::Receiver<Bytes>, ended: Arc<Notify>) -> ProxyBody {
+    let stream = futures_util::stream::unfold((frames, ended), |(mut frames, ended)| async move {
+        match frames.recv().await {
+            Some(data) => Some((Ok::<_, BoxError>(Frame::data(data)), (frames, ended))),
+            None => {
+                ended.notify_one();
+                None
+            }
+        }
+    });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+#[tokio::test]
+async fn the_rest_of_a_body_answered_early_is_read_to_its_end_and_its_gate_opened() {
+    // The upstream answers on the head alone, as nginx's `return` or IIS's 401 does.
+    let answer = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+    let (connection, served) = upstream(b"\r\n\r\n", answer, false, false).await;
+    let (more, frames) = tokio::sync::mpsc::channel(4);
+    let ended = Arc::new(Notify::new());
+    let gate = Arc::new(Notify::new());
+    let mut post = request(Method::POST, watched_body(frames, ended.clone()));
+    post.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+    post.extensions_mut().insert(ContinueSignal(gate.clone()));
+    let parked = Arc::new(Parked::default());
+    let response = send(connection, post, &parked).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.body().is_end_stream());
+    drop(response);
+    assert!(
+        futures_util::FutureExt::now_or_never(gate.notified()).is_some(),
+        "the gate stayed shut: the client's next request would wait out its timeout"
+    );
+    // The client's body comes after the answer; it is read (and dropped) to its end.
+    more.send(Bytes::from_static(b"0123456789")).await.unwrap();
+    drop(more);
+    tokio::time::timeout(std::time::Duration::from_secs(30), ended.notified())
+        .await
+        .expect("the rest of the body was not read");
+    assert_eq!(parked.count(), 0, "part of the request never went out");
+    let received = String::from_utf8(served.await.unwrap()).unwrap();
+    assert!(!received.contains("0123456789"), "{received}");
 }
 
 /// A GET through an upstream that answers `answer` (a byte at a time when `trickle`) and
