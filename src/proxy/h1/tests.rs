@@ -193,14 +193,21 @@ async fn a_chunked_answer_is_read_across_any_split_with_its_trailers() {
     }
 }
 
+/// The answer to a bodiless `method` request from an upstream that answers `answer`, and where
+/// its connection parks.
+async fn head_of(method: Method, answer: &'static [u8]) -> (Response<Answer>, Arc<Parked>) {
+    let (connection, _served) = upstream(b"\r\n\r\n", answer, false, false).await;
+    let parked = Arc::new(Parked::default());
+    let response = send(connection, request(method, empty()), &parked)
+        .await
+        .unwrap();
+    (response, parked)
+}
+
 #[tokio::test]
 async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n";
-    let (connection, _served) = upstream(b"\r\n\r\n", answer, false, false).await;
-    let parked = Arc::new(Parked::default());
-    let response = send(connection, request(Method::HEAD, empty()), &parked)
-        .await
-        .unwrap();
+    let (response, parked) = head_of(Method::HEAD, answer).await;
     assert!(response.body().is_end_stream());
     assert_eq!(response.headers()[header::CONTENT_LENGTH], "1000");
     assert_eq!(parked.count(), 1);
@@ -209,11 +216,7 @@ async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
 #[tokio::test]
 async fn a_reason_phrase_of_its_own_is_kept_and_a_standard_one_is_not_repeated() {
     let answer = b"HTTP/1.1 440 Login Timeout\r\ncontent-length: 0\r\n\r\n";
-    let (connection, _served) = upstream(b"\r\n\r\n", answer, false, false).await;
-    let parked = Arc::new(Parked::default());
-    let response = send(connection, request(Method::GET, empty()), &parked)
-        .await
-        .unwrap();
+    let (response, _) = head_of(Method::GET, answer).await;
     assert_eq!(response.status().as_u16(), 440);
     let reason = response.extensions().get::<hyper::ext::ReasonPhrase>();
     assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Login Timeout"[..]));
