@@ -19,10 +19,11 @@ export DEBIAN_FRONTEND=noninteractive
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
 find_nginx() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
-if [ -z "$(find_nginx)" ] || ! command -v valgrind >/dev/null; then
+if [ -z "$(find_nginx)" ] || ! command -v valgrind >/dev/null || ! command -v python3 >/dev/null; then
     $sudo apt-get update -qq
     [ -n "$(find_nginx)" ] || $sudo apt-get install -y -qq nginx-light >/dev/null
     command -v valgrind >/dev/null || $sudo apt-get install -y -qq valgrind >/dev/null
+    command -v python3 >/dev/null || $sudo apt-get install -y -qq python3 >/dev/null
 fi
 nginx_bin="$(find_nginx)"
 cargo build --release --locked
@@ -55,16 +56,19 @@ EOF
 # (so nginx never answers before the body), every answer checked.
 cat > "$work/drive.py" <<'EOF'
 import http.client, socket, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
-deadline = time.time() + 60
-while True:
-    try:
-        socket.create_connection(("127.0.0.1", port)).close()
-        break
-    except OSError:
-        if time.time() > deadline:
-            sys.exit("the gateway did not start listening within 60 s")
-        time.sleep(0.2)
+upstream, port, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def wait_listening(port, what):
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                sys.exit(f"{what} did not start listening within 60 s")
+            time.sleep(0.2)
+wait_listening(upstream, "nginx")
+wait_listening(port, "the gateway")
 body = b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><GetItem xmlns="http://schemas.microsoft.com/exchange/services/2006/messages"><ItemShape/><ItemIds/></GetItem></s:Body></s:Envelope>'
 head = (b"POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: mail.contoso.example\r\nContent-Type: text/xml; charset=utf-8\r\n"
         b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n" % len(body))
@@ -105,11 +109,20 @@ EOF
         --callgrind-out-file="$work/$label.out" "$binary" serve --config "$work/$label.toml" \
         >"$work/$label.log" 2>&1 &
     local gateway=$!
-    python3 "$work/drive.py" "$port" "$requests"
+    if ! python3 "$work/drive.py" "$upstream_port" "$port" "$requests"; then
+        echo "$label: the run failed; its log:" >&2
+        cat "$work/$label.log" "$work/nginx-error.log" >&2 || true
+        exit 1
+    fi
     kill -TERM "$gateway"
     wait "$gateway" || true
     local total
-    total="$(callgrind_annotate "$work/$label.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
+    total="$(callgrind_annotate "$work/$label.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}' || true)"
+    if [ -z "$total" ]; then
+        echo "$label: callgrind wrote no totals; its log:" >&2
+        cat "$work/$label.log" >&2 || true
+        exit 1
+    fi
     echo "$label: $((total / requests)) instructions per request ($total over $requests requests)"
 }
 count target/release/trackgate trackgate

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::autodiscover;
 use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty, full};
 use super::capture::{PendingCapture, Side, Tee};
-use super::h1::ContinueSignal;
+use super::h1::{ContinueSignal, Http2Client};
 use super::headers::{self, ClientFacts};
 use super::metrics::ProxyMetrics;
 use super::respond::ProxyError;
@@ -44,7 +44,7 @@ pub async fn forward(
     upstream_request(&state, conn, &mut ctx, &mut parts)?;
     let signals = Signals::new();
     let body = request_body(&state, &proxy.metrics, &ctx, &signals, body);
-    let request = expect_continue(&ctx, &signals, Request::from_parts(parts, body));
+    let request = client_signals(&ctx, &signals, Request::from_parts(parts, body));
     let (response, pinned) = send(proxy, &state, conn, &ctx, &signals, request).await?;
     let (mut parts, body) = response.into_parts();
     response_filter(&state, conn, &ctx, &mut parts, pinned);
@@ -59,6 +59,9 @@ struct RequestCtx {
     class: RouteClass,
     /// A HEAD answer carries no body to rewrite.
     head_request: bool,
+    /// The client speaks HTTP/2: a body it is still sending when the answer has ended resets
+    /// its stream only, so it is not read to its end.
+    http2: bool,
     /// NTLM/Negotiate credentials: the exchange goes over a connection pinned to this client.
     windows_auth: bool,
     /// The client waits for `100 Continue` before sending its body.
@@ -119,6 +122,7 @@ impl RequestCtx {
         RequestCtx {
             class: RouteClass::of_path(parts.uri.path()),
             head_request: parts.method == Method::HEAD,
+            http2: parts.version == http::Version::HTTP_2,
             windows_auth: headers::is_windows_auth(&parts.headers),
             expect_continue: parts
                 .headers
@@ -254,9 +258,10 @@ fn request_body(
     }
 }
 
-/// Lets the upstream's `100 Continue` open the request body's gate. Default: nothing to do when
-/// the client did not ask to wait.
-fn expect_continue(
+/// Tells the upstream exchange about the client's side: the upstream's `100 Continue` opens
+/// the request body's gate, and an HTTP/2 client's body left unsent by an early answer is not
+/// read to its end. Default: nothing to say for an HTTP/1.1 client that does not wait.
+fn client_signals(
     ctx: &RequestCtx,
     signals: &Signals,
     mut request: Request<ProxyBody>,
@@ -265,6 +270,9 @@ fn expect_continue(
         request
             .extensions_mut()
             .insert(ContinueSignal(signals.continue_seen.clone()));
+    }
+    if ctx.http2 {
+        request.extensions_mut().insert(Http2Client);
     }
     request
 }

@@ -153,6 +153,12 @@ pub trait Park: Send + Sync {
 #[derive(Clone)]
 pub struct ContinueSignal(pub Arc<Notify>);
 
+/// The request carries this when its client speaks HTTP/2: a body the upstream answered before
+/// it had all of it is then dropped (hyper resets that stream alone) rather than read to its
+/// end, which only an HTTP/1.1 connection needs to serve on.
+#[derive(Clone, Copy)]
+pub struct Http2Client;
+
 /// An upstream connection between exchanges: the transport and what was read but not yet used.
 pub struct Connection {
     io: Io,
@@ -206,7 +212,8 @@ pub async fn exchange(
     let head = encode_head(&parts.method, target, &parts.headers);
     let signal = parts.extensions.get::<ContinueSignal>().cloned();
     let head_request = parts.method == Method::HEAD;
-    let mut sender = Sender::new(head, body, framing, signal.clone());
+    let drain_rest = parts.extensions.get::<Http2Client>().is_none();
+    let mut sender = Sender::new(head, body, framing, signal.clone(), drain_rest);
     // The upstream refused more of the request (it may have answered and closed): its answer
     // is still read, and the connection is not used again.
     let mut abandoned = false;

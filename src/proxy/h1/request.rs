@@ -135,6 +135,9 @@ pub(super) struct Sender {
     /// The request's `100 Continue` gate, opened when the rest is dropped: the upstream's
     /// final answer is on its way to the client by then, so hyper sends no `100 Continue`.
     gate: Option<ContinueSignal>,
+    /// Whether the rest is read to its end when dropped (an HTTP/1.1 client's connection needs
+    /// it; an HTTP/2 client's stream is reset instead).
+    drain_rest: bool,
 }
 
 impl Sender {
@@ -143,6 +146,7 @@ impl Sender {
         body: ProxyBody,
         framing: Outgoing,
         gate: Option<ContinueSignal>,
+        drain_rest: bool,
     ) -> Sender {
         Sender {
             // The head, then room for a chunk's size, data and line end without growing.
@@ -161,6 +165,7 @@ impl Sender {
             primed: false,
             flushed: false,
             gate,
+            drain_rest,
         }
     }
 
@@ -227,7 +232,7 @@ impl Sender {
         let Some(mut body) = self.body else {
             return;
         };
-        if body.is_end_stream() {
+        if body.is_end_stream() || !self.drain_rest {
             return;
         }
         if let Some(ContinueSignal(gate)) = &self.gate {
