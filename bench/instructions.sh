@@ -2,7 +2,7 @@
 # User-space instructions per forwarded request, counted by callgrind: trackgate (and a baseline
 # binary, side by side in one run) in pass-through mode in front of an nginx that answers every
 # request itself, driven by a keep-alive Python client. Instruction counts do not move with the
-# host's noise the way CPU time does (two runs of one build differ by well under 0.1 %), so a
+# host's noise the way CPU time does (two runs of one build differ by about 0.1 %), so a
 # change of one or two per cent on the request path shows here when the load harness cannot
 # tell it from noise. Counted: every poll of every task (the client connections with hyper's
 # server, the request path and the upstream exchange; an upstream connection's own task where
