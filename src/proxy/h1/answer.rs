@@ -218,11 +218,10 @@ impl Answer {
     /// request went out, the upstream keeps it open, and it sent nothing past the answer).
     fn finish(&mut self) {
         self.rest = Rest::Done;
-        if let Some(sender) = self.sender.take() {
+        if self.sender.take().is_some() {
             // Part of the request never went out: the upstream may still read it as the start
-            // of the next request.
+            // of the next request. (Dropping the sender reads the client's rest.)
             self.reusable = false;
-            sender.discard_rest();
         }
         let connection = self.connection.take();
         let home = self.home.take();
@@ -437,9 +436,7 @@ impl Body for Answer {
                 // The upstream refused the rest of the request: its answer is still read, and
                 // the connection is not used again.
                 Poll::Ready(Err(ExchangeError::Io(_))) => {
-                    if let Some(sender) = this.sender.take() {
-                        sender.discard_rest();
-                    }
+                    this.sender = None;
                     this.reusable = false;
                 }
                 Poll::Ready(Err(error)) => {

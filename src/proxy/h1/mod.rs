@@ -266,15 +266,8 @@ pub async fn exchange(
     };
     // An answer can come before the whole request went out (an echo streams it back, a refusal
     // does not wait for it): the answer's body sends the rest as it is read. When the upstream
-    // refused the rest, the client's is read and dropped all the same.
-    let sender = match (abandoned, sender.is_done()) {
-        (false, false) => Some(sender),
-        (true, _) => {
-            sender.discard_rest();
-            None
-        }
-        (false, true) => None,
-    };
+    // refused the rest, dropping the sender reads the client's and drops it.
+    let sender = (!abandoned && !sender.is_done()).then_some(sender);
     let answer = Answer::new(connection, &head, head_request, sender, abandoned, home)
         .map_err(Failure::Sent)?;
     let mut response = Response::new(answer);

@@ -132,8 +132,9 @@ pub(super) struct Sender {
     /// Whether the transport took everything: TLS accepts a write before its records are on
     /// the socket, so a request is not sent until a flush has finished after its last byte.
     pub(super) flushed: bool,
-    /// The request's `100 Continue` gate, opened when the rest is dropped: the upstream's
-    /// final answer is on its way to the client by then, so hyper sends no `100 Continue`.
+    /// The request's `100 Continue` gate, opened when the rest is dropped (see the `Drop`
+    /// impl): the upstream's final answer is on its way to the client by then, so hyper sends
+    /// no `100 Continue`.
     gate: Option<ContinueSignal>,
     /// Whether the rest is read to its end when dropped (an HTTP/1.1 client's connection needs
     /// it; an HTTP/2 client's stream is reset instead).
@@ -218,35 +219,6 @@ impl Sender {
         }
     }
 
-    /// Gives up on sending what is left (the answer has ended first) but still reads the
-    /// client's body to its end, in a task of its own, and drops it. An HTTP/1.1 server that
-    /// answers before reading a request's whole body must read the rest or close the
-    /// connection, and hyper's server closes the client's when the body is dropped unread: so
-    /// without this every early answer (an upstream that answers once it
-    /// has the head, as nginx's `return` does, or IIS's 401 challenge) would cost the client
-    /// its connection, and a request it had already sent on it would be lost unanswered. The
-    /// body's own limits bound the read: its size limit, idle timeout and pace. A `100
-    /// Continue` gate is opened first, or the client's next request would wait out its
-    /// timeout. The client's copy for inspection ends complete too.
-    pub(super) fn discard_rest(self) {
-        let Some(mut body) = self.body else {
-            return;
-        };
-        if body.is_end_stream() || !self.drain_rest {
-            return;
-        }
-        if let Some(ContinueSignal(gate)) = &self.gate {
-            gate.notify_one();
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            use http_body_util::BodyExt as _;
-            while let Some(Ok(_)) = body.frame().await {}
-        });
-    }
-
     fn advance(&mut self, mut written: usize) {
         while written > 0 {
             let Some(front) = self.queue.front_mut() else {
@@ -320,5 +292,36 @@ impl Sender {
             Outgoing::Empty => {}
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A sender dropped before its body ended (the answer ended first, or the upstream refused the
+/// rest) still reads the client's body to its end, in a task of its own, and drops it. An
+/// HTTP/1.1 server that answers before reading a request's whole body must read the rest or
+/// close the connection, and hyper's server closes the client's when the body is dropped
+/// unread: so without this every early answer (an upstream that answers once it has the head,
+/// as nginx's `return` does, or IIS's 401 challenge) would cost the client its connection, and
+/// a request it had already sent on it would be lost unanswered. The body's own limits bound
+/// the read: its size limit, idle timeout and pace. A `100 Continue` gate is opened first, or
+/// the client's next request would wait out its timeout. The client's copy for inspection ends
+/// complete too. An HTTP/2 client's body is just dropped: hyper resets that stream alone.
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        if body.is_end_stream() || !self.drain_rest {
+            return;
+        }
+        if let Some(ContinueSignal(gate)) = &self.gate {
+            gate.notify_one();
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use http_body_util::BodyExt as _;
+            while let Some(Ok(_)) = body.frame().await {}
+        });
     }
 }
