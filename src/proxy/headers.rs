@@ -11,10 +11,9 @@ use ipnet::IpNet;
 
 use super::respond::ProxyError;
 
-const HOP_BY_HOP_COUNT: usize = 9;
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy ones proxies must not forward, and
 /// `Transfer-Encoding`: each leg frames its own body.
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -39,13 +38,14 @@ pub static X_ANCHOR_MAILBOX: HeaderName = HeaderName::from_static("x-anchormailb
 /// by name costs a hash lookup each — nine per message and leg when every one was removed
 /// whether there or not.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = [false; HOP_BY_HOP_COUNT];
+    // Bit `i` set: `HOP_BY_HOP[i]` is there.
+    let mut present = 0u16;
     for name in headers.keys() {
         if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present[at] = true;
+            present |= 1 << at;
         }
     }
-    if !present.contains(&true) {
+    if present == 0 {
         return;
     }
     if let Some(named) = connection_tokens(headers) {
@@ -53,8 +53,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
-        headers.remove(name);
+    for (at, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << at) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
