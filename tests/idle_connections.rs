@@ -25,28 +25,13 @@ async fn wait_parked(gw: &support::TestGateway, want: u64) {
 
 /// Reads one response with a `Content-Length` body; returns its status line and body length.
 async fn read_response(stream: &mut TcpStream) -> (String, usize) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert_eq!(n, 1, "closed mid-head: {}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .expect("content-length");
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.unwrap();
-    (head.lines().next().unwrap().to_owned(), body.len())
+    let (head, body) = support::read_response(stream)
+        .await
+        .expect("closed before the response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.len(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,3 +419,35 @@ pub async fn gauge_at(admin: &str, name: &str) -> u64 {
         .map(|v| v as u64)
         .unwrap_or_else(|| panic!("{name} missing from the metrics"))
 }
+
+/// Reads one HTTP/1.1 answer with a `Content-Length` body (none without one) from a raw
+/// connection, the head a byte at a time so nothing of a pipelined next answer is taken:
+/// its head (lines as sent) and its body. `None` when the connection ends first; panics when
+/// nothing comes within 10 s.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer or the end within 10 s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some((head, body))
+}
