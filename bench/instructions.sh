@@ -10,7 +10,9 @@
 # nor the kernel.
 #
 # Usage: bench/instructions.sh [REQUESTS]   (default 2000)
-# Environment: TRACKGATE_BENCH_BASELINE (an older `trackgate` binary, counted the same way).
+# Environment: TRACKGATE_BENCH_BASELINE (an older `trackgate` binary, counted the same way);
+# TRACKGATE_BENCH_PROFILE (a directory: each run's callgrind file is kept there, to read with
+# callgrind_annotate).
 # Installs nginx and valgrind from Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -124,6 +126,10 @@ EOF
         exit 1
     fi
     echo "$label: $((total / requests)) instructions per request ($total over $requests requests)"
+    if [ -n "${TRACKGATE_BENCH_PROFILE:-}" ]; then
+        mkdir -p "$TRACKGATE_BENCH_PROFILE"
+        cp "$work/$label.out" "$TRACKGATE_BENCH_PROFILE/callgrind.$label.out"
+    fi
 }
 count target/release/trackgate trackgate
 if [ -n "${TRACKGATE_BENCH_BASELINE:-}" ]; then

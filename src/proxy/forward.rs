@@ -23,7 +23,7 @@ use super::autodiscover;
 use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty, full};
 use super::capture::{PendingCapture, Side, Tee};
 use super::h1::{ContinueSignal, Http2Client};
-use super::headers::{self, ClientFacts};
+use super::headers::{ClientFacts, HeadFacts};
 use super::metrics::ProxyMetrics;
 use super::respond::ProxyError;
 use super::route::RouteClass;
@@ -35,13 +35,14 @@ pub async fn forward(
     proxy: &Proxy,
     conn: &ConnContext,
     request: Request<Incoming>,
+    mut facts: HeadFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let state = proxy.state();
-    request_filter(&state, &request)?;
+    request_filter(&state, &request, &facts)?;
     let (mut parts, body) = request.into_parts();
-    let mut ctx = RequestCtx::route(&parts);
+    let mut ctx = RequestCtx::route(&parts, &mut facts);
     ctx.capture = capture(proxy, conn, &ctx, &parts);
-    upstream_request(&state, conn, &mut ctx, &mut parts)?;
+    upstream_request(&state, conn, &mut ctx, &mut parts, &mut facts)?;
     let signals = Signals::new();
     let body = request_body(&state, &proxy.metrics, &ctx, &signals, body);
     let request = client_signals(&ctx, &signals, Request::from_parts(parts, body));
@@ -97,17 +98,17 @@ impl Signals {
 
 /// Refuses what must not go upstream at all: CONNECT (this is a reverse proxy) and a body whose
 /// declared length is over the limit, before anything is sent. Default: everything else passes.
-fn request_filter(state: &ProxyState, request: &Request<Incoming>) -> Result<(), ProxyError> {
+fn request_filter(
+    state: &ProxyState,
+    request: &Request<Incoming>,
+    facts: &HeadFacts,
+) -> Result<(), ProxyError> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(
             "CONNECT is not supported by a reverse proxy",
         ));
     }
-    if let Some(len) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = facts.length.agreed()
         && len > state.limits.max_request_body
     {
         return Err(ProxyError::PayloadTooLarge);
@@ -118,17 +119,14 @@ fn request_filter(state: &ProxyState, request: &Request<Incoming>) -> Result<(),
 impl RequestCtx {
     /// Routes the request (its class picks the upstream and the timeouts) and notes what later
     /// phases need from the client's head as sent. No copy, no rewrite yet.
-    fn route(parts: &RequestParts) -> RequestCtx {
+    fn route(parts: &RequestParts, facts: &mut HeadFacts) -> RequestCtx {
         RequestCtx {
             class: RouteClass::of_path(parts.uri.path()),
             head_request: parts.method == Method::HEAD,
             http2: parts.version == http::Version::HTTP_2,
-            windows_auth: headers::is_windows_auth(&parts.headers),
-            expect_continue: parts
-                .headers
-                .get(header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
-            client_host: parts.headers.get(header::HOST).cloned().or_else(|| {
+            windows_auth: facts.windows_auth,
+            expect_continue: facts.expect_continue,
+            client_host: facts.host.take().or_else(|| {
                 parts
                     .uri
                     .authority()
@@ -182,6 +180,7 @@ fn upstream_request(
     conn: &ConnContext,
     ctx: &mut RequestCtx,
     parts: &mut RequestParts,
+    facts: &mut HeadFacts,
 ) -> Result<(), ProxyError> {
     ctx.rewrite_to = (ctx.class == RouteClass::Autodiscover && state.autodiscover.rewrite)
         .then(|| external_url(state, conn.tls, ctx.client_host.as_ref()))
@@ -190,9 +189,9 @@ fn upstream_request(
         // Identity-coded answers can be rewritten without decompressing.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::join_cookies(&mut parts.headers);
-    headers::set_forwarded(
+    facts.strip_hop_by_hop(&mut parts.headers);
+    facts.join_cookies(&mut parts.headers);
+    facts.set_forwarded(
         &mut parts.headers,
         ClientFacts {
             peer: conn.peer.ip(),
@@ -328,8 +327,9 @@ fn response_filter(
     parts: &mut ResponseParts,
     pinned: bool,
 ) {
-    let upstream_closes = headers::wants_close(&parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers);
+    let mut facts = HeadFacts::of(&parts.headers);
+    let upstream_closes = facts.close;
+    facts.strip_hop_by_hop(&mut parts.headers);
     if state.autodiscover.rewrite
         && parts.status.is_redirection()
         && let Some(location) = parts.headers.get(header::LOCATION)
@@ -403,18 +403,20 @@ fn tee(capture: Option<Arc<PendingCapture>>, parts: &ResponseParts, body: ProxyB
 
 /// Waits for the response head. The header timeout starts once the request body has been sent:
 /// a long upload is not the upstream being slow (its stalls are the body idle timeout's job).
+/// The exchange is pinned by the caller: taken by value, it would be held twice in this state
+/// machine (as the argument and as the pinned local), and every future around it, up to the
+/// one hyper boxes per request, would be that much larger to build and to move.
 async fn response_head<F, T>(
     state: &ProxyState,
     sent: &Notify,
-    response: F,
+    mut response: std::pin::Pin<&mut F>,
 ) -> Result<T, tokio::time::error::Elapsed>
 where
     F: std::future::Future<Output = T>,
 {
-    tokio::pin!(response);
     tokio::select! {
         biased;
-        done = &mut response => return Ok(done),
+        done = response.as_mut() => return Ok(done),
         () = sent.notified() => {}
     }
     tokio::time::timeout(state.timeouts.header_timeout, response).await
@@ -439,7 +441,8 @@ async fn send_pooled(
     sent: &Notify,
     request: Request<ProxyBody>,
 ) -> Result<(Response<UpstreamBody>, bool), ProxyError> {
-    match response_head(state, sent, state.pool(class).send(request)).await {
+    let send = std::pin::pin!(state.pool(class).send(request));
+    match response_head(state, sent, send).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(PoolError::Connect(error))) => Err(ProxyError::UpstreamUnreachable(Box::new(error))),
         Ok(Err(PoolError::Broken(error))) => Err(ProxyError::UpstreamBroken(Box::new(error))),
@@ -504,7 +507,7 @@ async fn send_pinned(
         .map_err(|e| ProxyError::UpstreamBroken(Box::new(e)))?;
     // Release the lock while waiting: the connection is busy with this request anyway.
     drop(pinned);
-    match response_head(state, sent, response).await {
+    match response_head(state, sent, std::pin::pin!(response)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Err(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
         Ok(Ok(response)) => Ok((response.map(UpstreamBody::Pinned), true)),

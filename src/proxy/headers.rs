@@ -31,33 +31,17 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 /// Exchange's routing hint: which mailbox a request is for (end-to-end; inspection reads it).
 pub static X_ANCHOR_MAILBOX: HeaderName = HeaderName::from_static("x-anchormailbox");
 
+/// Bit `i` of a hop-by-hop mask: `HOP_BY_HOP[i]` is there.
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    HOP_BY_HOP
+        .iter()
+        .position(|hop| hop == name)
+        .map_or(0, |at| 1 << at)
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
-///
-/// One pass over the names first, noting which are there: most messages carry none of them or
-/// only `Connection` (clients and servers alike send `Connection: keep-alive`), and a removal
-/// by name costs a hash lookup each — nine per message and leg when every one was removed
-/// whether there or not.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Bit `i` set: `HOP_BY_HOP[i]` is there.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present |= 1 << at;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if let Some(named) = connection_tokens(headers) {
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (at, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << at) != 0 {
-            headers.remove(name);
-        }
-    }
+    HeadFacts::of(headers).strip_hop_by_hop(headers);
 }
 
 fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
@@ -78,6 +62,260 @@ fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
         }
     }
     (!names.is_empty()).then_some(names)
+}
+
+/// What `Content-Length` declares over all its fields and list items.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Length {
+    #[default]
+    Absent,
+    /// Every value and list item is this number.
+    Agreed(u64),
+    /// Values that disagree, or one that is not a number.
+    Invalid,
+}
+
+impl Length {
+    /// This length with one more `Content-Length` value.
+    pub fn and(self, value: &HeaderValue) -> Length {
+        match (self, value_length(value.as_bytes())) {
+            (Length::Invalid, _) | (_, None) => Length::Invalid,
+            (Length::Absent, Some(n)) => Length::Agreed(n),
+            (Length::Agreed(m), Some(n)) if m == n => Length::Agreed(m),
+            (Length::Agreed(_), Some(_)) => Length::Invalid,
+        }
+    }
+
+    pub fn agreed(self) -> Option<u64> {
+        match self {
+            Length::Agreed(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// The one length a `Content-Length` value declares: digits, or a list of the same digits.
+fn value_length(value: &[u8]) -> Option<u64> {
+    let digits = |item: &[u8]| {
+        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        item.iter().try_fold(0u64, |n, &b| {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })
+    };
+    if let Some(n) = digits(value) {
+        return Some(n);
+    }
+    let mut found = None;
+    for item in value.split(|&b| b == b',') {
+        let n = digits(item.trim_ascii())?;
+        match found {
+            Some(seen) if seen != n => return None,
+            _ => found = Some(n),
+        }
+    }
+    found
+}
+
+/// The one length all `Content-Length` values (and list items) agree on; `None` when there is
+/// none or they disagree or one is not a number.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .fold(Length::Absent, Length::and)
+        .agreed()
+}
+
+/// Which `X-Forwarded-*` and `Forwarded` headers a request came with (bits).
+const XFF: u8 = 1;
+const XFP: u8 = 2;
+const XFH: u8 = 4;
+const FORWARDED: u8 = 8;
+
+fn forwarded_bit(name: &HeaderName) -> u8 {
+    if *name == header::FORWARDED {
+        FORWARDED
+    } else if *name == X_FORWARDED_FOR {
+        XFF
+    } else if *name == X_FORWARDED_PROTO {
+        XFP
+    } else if *name == X_FORWARDED_HOST {
+        XFH
+    } else {
+        0
+    }
+}
+
+/// What the proxy asks of a message's head, noted in one pass over its fields instead of a
+/// lookup by name for each question (about a dozen per request: framing, credentials, `Expect`,
+/// `Host`, hop-by-hop headers, cookies, forwarded headers; and on the answer, keep-alive and
+/// framing again). Each lookup hashed the name and walked the map; a pass compares each name
+/// once against the few wanted.
+#[derive(Debug, Clone, Default)]
+pub struct HeadFacts {
+    /// Bit `i`: `HOP_BY_HOP[i]` is there.
+    hop_by_hop: u16,
+    /// `Connection` names a header besides `close` and `keep-alive`: it goes too.
+    connection_names_headers: bool,
+    /// `Connection` lists `close`.
+    pub close: bool,
+    /// `Connection` lists `keep-alive`.
+    pub keep_alive: bool,
+    pub length: Length,
+    /// Transfer codings listed, over every `Transfer-Encoding` value.
+    codings: u8,
+    /// A coding other than `chunked` (or an unreadable value) was listed.
+    other_coding: bool,
+    /// The last coding listed is `chunked` (RFC 9112 §6.3: then the body is chunked).
+    pub ends_chunked: bool,
+    /// NTLM/Negotiate credentials (connection-oriented Windows auth).
+    pub windows_auth: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// The first `Host` value.
+    pub host: Option<HeaderValue>,
+    cookies: u8,
+    /// `XFF`, `XFP`, `XFH`, `FORWARDED`.
+    forwarded: u8,
+}
+
+impl HeadFacts {
+    /// The facts of a head.
+    pub fn of(headers: &HeaderMap) -> HeadFacts {
+        let mut facts = HeadFacts::default();
+        for (name, value) in headers {
+            facts.note(name, value);
+        }
+        facts
+    }
+
+    /// The facts of a client's request head, marking credentials sensitive on the way (so
+    /// nothing later, logs or `Debug` output, can print them).
+    pub fn of_request(headers: &mut HeaderMap) -> HeadFacts {
+        let mut facts = HeadFacts::default();
+        for (name, value) in headers.iter_mut() {
+            if *name == header::AUTHORIZATION
+                || *name == header::PROXY_AUTHORIZATION
+                || *name == header::COOKIE
+            {
+                value.set_sensitive(true);
+            }
+            facts.note(name, value);
+        }
+        facts
+    }
+
+    /// Notes one field.
+    pub fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.hop_by_hop |= hop_by_hop_bit(name);
+        if *name == header::CONTENT_LENGTH {
+            self.length = self.length.and(value);
+        } else if *name == header::TRANSFER_ENCODING {
+            self.note_codings(value);
+        } else if *name == header::CONNECTION {
+            self.note_connection(value);
+        } else if *name == header::HOST {
+            self.host.get_or_insert_with(|| value.clone());
+        } else if *name == header::AUTHORIZATION {
+            self.windows_auth |= is_windows_auth_value(value);
+        } else if *name == header::EXPECT {
+            self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if *name == header::COOKIE {
+            self.cookies = self.cookies.saturating_add(1);
+        } else {
+            self.forwarded |= forwarded_bit(name);
+        }
+    }
+
+    fn note_codings(&mut self, value: &HeaderValue) {
+        let Ok(text) = value.to_str() else {
+            self.codings = self.codings.saturating_add(1);
+            self.other_coding = true;
+            self.ends_chunked = false;
+            return;
+        };
+        for coding in text.split(',') {
+            self.codings = self.codings.saturating_add(1);
+            self.ends_chunked = coding.trim().eq_ignore_ascii_case("chunked");
+            self.other_coding |= !self.ends_chunked;
+        }
+    }
+
+    fn note_connection(&mut self, value: &HeaderValue) {
+        let Ok(text) = value.to_str() else { return };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                self.connection_names_headers = true;
+            }
+        }
+    }
+
+    /// Whether the message has a `Transfer-Encoding`.
+    pub fn transfer_coded(&self) -> bool {
+        self.codings > 0
+    }
+
+    /// Refuses framing a front-end and a back-end could read differently. hyper already
+    /// rejects differing duplicate `Content-Length`s and a final coding other than chunked,
+    /// and the [`framing`](super::framing) guard refuses `Content-Length` with
+    /// `Transfer-Encoding` on HTTP/1.1 before hyper repairs it. Refused here: any coding
+    /// besides a single `chunked` (`gzip, chunked`, `chunked, chunked`), and both headers
+    /// together (a second line of defence).
+    pub fn check_framing(&self) -> Result<(), ProxyError> {
+        if self.codings == 0 {
+            return Ok(());
+        }
+        if self.codings > 1 || self.other_coding {
+            return Err(ProxyError::BadRequest(
+                "transfer-encoding other than a single chunked",
+            ));
+        }
+        if self.length != Length::Absent {
+            return Err(ProxyError::BadRequest(
+                "both content-length and transfer-encoding",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the hop-by-hop headers these facts found, and every header `Connection` names
+    /// (forgetting those). Most messages carry none of them or only `Connection: keep-alive`.
+    pub fn strip_hop_by_hop(&mut self, headers: &mut HeaderMap) {
+        if self.hop_by_hop == 0 {
+            return;
+        }
+        if self.connection_names_headers
+            && let Some(named) = connection_tokens(headers)
+        {
+            for name in named {
+                self.forwarded &= !forwarded_bit(&name);
+                if name == header::COOKIE {
+                    self.cookies = 0;
+                }
+                headers.remove(name);
+            }
+        }
+        for (at, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.hop_by_hop & (1 << at) != 0 {
+                headers.remove(name);
+            }
+        }
+    }
+
+    /// HTTP/2 lets a client split `Cookie` into several fields; an HTTP/1.1 upstream needs one
+    /// (RFC 9113 §8.2.3).
+    pub fn join_cookies(&self, headers: &mut HeaderMap) {
+        if self.cookies > 1 {
+            join_cookies(headers);
+        }
+    }
 }
 
 /// Whether the last transfer coding is `chunked` (RFC 9112 §6.3: then the body is chunked).
@@ -106,43 +344,26 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
-/// Refuses framing a front-end and a back-end could read differently. hyper already rejects
-/// differing duplicate `Content-Length`s and a final coding other than chunked, and the
-/// [`framing`](super::framing) guard refuses `Content-Length` with `Transfer-Encoding` on
-/// HTTP/1.1 before hyper repairs it. Refused here: any coding besides a single `chunked`
-/// (`gzip, chunked`, `chunked, chunked`), and both headers together (a second line of defence).
+/// Refuses framing a front-end and a back-end could read differently (see
+/// [`HeadFacts::check_framing`]).
 pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    let mut codings = 0;
-    for value in headers.get_all(header::TRANSFER_ENCODING) {
-        let text = value
-            .to_str()
-            .map_err(|_| ProxyError::BadRequest("unreadable transfer-encoding"))?;
-        for coding in text.split(',') {
-            codings += 1;
-            if !coding.trim().eq_ignore_ascii_case("chunked") || codings > 1 {
-                return Err(ProxyError::BadRequest(
-                    "transfer-encoding other than a single chunked",
-                ));
-            }
-        }
-    }
-    if codings > 0 && headers.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest(
-            "both content-length and transfer-encoding",
-        ));
-    }
-    Ok(())
+    HeadFacts::of(headers).check_framing()
 }
 
 /// Whether a request carries Windows (connection-oriented) authentication.
 pub fn is_windows_auth(headers: &HeaderMap) -> bool {
-    headers.get_all(header::AUTHORIZATION).iter().any(|v| {
-        let b = v.as_bytes();
-        starts_with_ignore_case(b, b"ntlm ")
-            || starts_with_ignore_case(b, b"negotiate ")
-            || b.eq_ignore_ascii_case(b"ntlm")
-            || b.eq_ignore_ascii_case(b"negotiate")
-    })
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(is_windows_auth_value)
+}
+
+fn is_windows_auth_value(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    starts_with_ignore_case(b, b"ntlm ")
+        || starts_with_ignore_case(b, b"negotiate ")
+        || b.eq_ignore_ascii_case(b"ntlm")
+        || b.eq_ignore_ascii_case(b"negotiate")
 }
 
 fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
@@ -177,43 +398,53 @@ pub struct ClientFacts<'a> {
     pub trusted: &'a [IpNet],
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`. Incoming values are kept (and extended) only when the
-/// peer is a trusted proxy; otherwise they are replaced, so a client cannot forge its origin.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    facts: ClientFacts<'_>,
-    original_host: Option<HeaderValue>,
-) {
-    let trusted = facts.trusted.iter().any(|net| net.contains(&facts.peer));
-    let prior = headers
-        .get(&X_FORWARDED_FOR)
-        .filter(|_| trusted)
-        .and_then(|v| v.to_str().ok())
-        .filter(|prior| !prior.trim().is_empty());
-    // The peer alone (nearly every request) is the connection's rendered value, not a new one.
-    let xff = match prior {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", facts.peer)).ok(),
-        None => Some(facts.peer_value.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = if facts.tls { "https" } else { "http" };
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match original_host {
-            Some(host) => {
-                headers.insert(&X_FORWARDED_HOST, host);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
+impl HeadFacts {
+    /// Sets `X-Forwarded-For/Proto/Host` on the head these facts were taken from. Incoming
+    /// values are kept (and extended) only when the peer is a trusted proxy; otherwise they
+    /// are replaced, so a client cannot forge its origin.
+    pub fn set_forwarded(
+        &self,
+        headers: &mut HeaderMap,
+        client: ClientFacts<'_>,
+        original_host: Option<HeaderValue>,
+    ) {
+        let trusted = client.trusted.iter().any(|net| net.contains(&client.peer));
+        let has = |bit: u8| self.forwarded & bit != 0;
+        let prior = if trusted && has(XFF) {
+            headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .filter(|prior| !prior.trim().is_empty())
+        } else {
+            None
+        };
+        // The peer alone (nearly every request) is the connection's rendered value, not a new
+        // one.
+        let xff = match prior {
+            Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.peer)).ok(),
+            None => Some(client.peer_value.clone()),
+        };
+        if let Some(v) = xff {
+            headers.insert(&X_FORWARDED_FOR, v);
+        }
+        if !(trusted && has(XFP)) {
+            let proto = if client.tls { "https" } else { "http" };
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !(trusted && has(XFH)) {
+            match original_host {
+                Some(host) => {
+                    headers.insert(&X_FORWARDED_HOST, host);
+                }
+                None if has(XFH) => {
+                    headers.remove(&X_FORWARDED_HOST);
+                }
+                None => {}
             }
         }
-    }
-    if !trusted {
-        headers.remove(header::FORWARDED);
+        if !trusted && has(FORWARDED) {
+            headers.remove(header::FORWARDED);
+        }
     }
 }
 
@@ -334,7 +565,7 @@ mod tests {
             tls: true,
             trusted: &trusted,
         };
-        set_forwarded(&mut h, untrusted, host.clone());
+        HeadFacts::of(&h).set_forwarded(&mut h, untrusted, host.clone());
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "mail.example.com");
@@ -349,9 +580,146 @@ mod tests {
             tls: true,
             trusted: &trusted,
         };
-        set_forwarded(&mut h, proxy, host);
+        HeadFacts::of(&h).set_forwarded(&mut h, proxy, host);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 10.1.2.3");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn forwarded_headers_a_connection_header_removed_are_set_again() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&[
+            ("connection", "x-forwarded-proto, forwarded"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "inner.example"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        let mut facts = HeadFacts::of(&h);
+        facts.strip_hop_by_hop(&mut h);
+        let proxy = ClientFacts {
+            peer: "10.1.2.3".parse().unwrap(),
+            peer_value: &HeaderValue::from_static("10.1.2.3"),
+            tls: true,
+            trusted: &trusted,
+        };
+        facts.set_forwarded(&mut h, proxy, None);
+        assert_eq!(
+            h[&X_FORWARDED_PROTO], "https",
+            "the client's was a hop-by-hop header"
+        );
+        assert_eq!(
+            h[&X_FORWARDED_HOST], "inner.example",
+            "a trusted proxy's is kept"
+        );
+        assert!(!h.contains_key(header::FORWARDED));
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
+    }
+
+    /// The by-name answers of the code this pass replaced, kept to check it against.
+    mod by_name {
+        use super::*;
+
+        pub fn check_framing(headers: &HeaderMap) -> bool {
+            let mut codings = 0;
+            for value in headers.get_all(header::TRANSFER_ENCODING) {
+                let Ok(text) = value.to_str() else {
+                    return false;
+                };
+                for coding in text.split(',') {
+                    codings += 1;
+                    if !coding.trim().eq_ignore_ascii_case("chunked") || codings > 1 {
+                        return false;
+                    }
+                }
+            }
+            !(codings > 0 && headers.contains_key(header::CONTENT_LENGTH))
+        }
+
+        pub fn strip(headers: &mut HeaderMap) {
+            if let Some(named) = connection_tokens(headers) {
+                for name in named {
+                    headers.remove(name);
+                }
+            }
+            for name in &HOP_BY_HOP {
+                headers.remove(name);
+            }
+        }
+    }
+
+    fn field() -> impl proptest::strategy::Strategy<Value = (&'static str, &'static str)> {
+        use proptest::prelude::*;
+        let names = prop::sample::select(vec![
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "content-length",
+            "authorization",
+            "expect",
+            "host",
+            "cookie",
+            "te",
+            "upgrade",
+            "x-forwarded-for",
+            "x-custom",
+            "content-type",
+        ]);
+        let values = prop::sample::select(vec![
+            "close",
+            "Keep-Alive",
+            "x-custom, close",
+            "chunked",
+            "gzip, Chunked",
+            "chunked, gzip",
+            "chunked,",
+            "12",
+            "12, 12",
+            "12, 13",
+            "+1",
+            "",
+            "NTLM TlRMTVNT",
+            "Negotiate",
+            "Bearer x",
+            "100-Continue",
+            "a=1",
+            "mail.example",
+        ]);
+        (names, values)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_answers_as_the_lookups_by_name_did(
+            fields in proptest::collection::vec(field(), 0..8)
+        ) {
+            let h = map(&fields);
+            let facts = HeadFacts::of(&h);
+            proptest::prop_assert_eq!(facts.close, wants_close(&h));
+            proptest::prop_assert_eq!(facts.keep_alive, connection_has(&h, "keep-alive"));
+            proptest::prop_assert_eq!(facts.length.agreed(), declared_length(&h));
+            proptest::prop_assert_eq!(
+                facts.length != Length::Absent,
+                h.contains_key(header::CONTENT_LENGTH)
+            );
+            proptest::prop_assert_eq!(
+                facts.transfer_coded(),
+                h.contains_key(header::TRANSFER_ENCODING)
+            );
+            proptest::prop_assert_eq!(facts.ends_chunked, ends_chunked(&h));
+            proptest::prop_assert_eq!(facts.windows_auth, is_windows_auth(&h));
+            proptest::prop_assert_eq!(facts.host.as_ref(), h.get(header::HOST));
+            proptest::prop_assert_eq!(
+                facts.expect_continue,
+                h.get_all(header::EXPECT)
+                    .iter()
+                    .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+            );
+            proptest::prop_assert_eq!(facts.check_framing().is_ok(), by_name::check_framing(&h));
+            let (mut once, mut by_name) = (h.clone(), h.clone());
+            facts.clone().strip_hop_by_hop(&mut once);
+            by_name::strip(&mut by_name);
+            proptest::prop_assert_eq!(once, by_name);
+        }
     }
 
     #[test]

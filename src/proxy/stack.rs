@@ -13,17 +13,12 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::forward::forward;
-use super::headers::check_framing;
+use super::headers::HeadFacts;
 use super::route::RouteClass;
 use super::{ConnContext, Proxy};
 
-/// Request headers that carry credentials: Windows auth blobs, bearer tokens, cookies with
-/// session state.
-const SENSITIVE_REQUEST: [HeaderName; 3] = [
-    header::AUTHORIZATION,
-    header::PROXY_AUTHORIZATION,
-    header::COOKIE,
-];
+/// Response headers that carry credentials or session state (a request's are marked as its
+/// head is read: [`HeadFacts::of_request`]).
 const SENSITIVE_RESPONSE: [HeaderName; 2] = [header::SET_COOKIE, header::WWW_AUTHENTICATE];
 
 /// Answers one client request: forwarded, or answered by the gateway when forwarding fails.
@@ -32,8 +27,9 @@ pub async fn exchange(
     conn: &ConnContext,
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    // First, mark credentials sensitive, so nothing below (logs, Debug output) can print them.
-    mark_sensitive(request.headers_mut(), &SENSITIVE_REQUEST);
+    // First, read the head once: what every later step asks of it, with credentials marked
+    // sensitive on the way, so nothing below (logs, Debug output) can print them.
+    let facts = HeadFacts::of_request(request.headers_mut());
     // Then start measuring, so the gateway's own error answers are counted with the status the
     // client really got. Route class, not path: paths can carry mailbox addresses.
     let started = Instant::now();
@@ -41,8 +37,8 @@ pub async fn exchange(
     let method = request.method().clone();
     // Refuse smuggling-prone framing before the body is touched or anything goes upstream;
     // turn every failure into the one client response for it (502, 504, 413, 400…).
-    let forwarded = match check_framing(request.headers()) {
-        Ok(()) => forward(proxy, conn, request).await,
+    let forwarded = match facts.check_framing() {
+        Ok(()) => forward(proxy, conn, request, facts).await,
         Err(refused) => Err(refused),
     };
     let mut response = forwarded.unwrap_or_else(|error| {
@@ -85,13 +81,31 @@ mod tests {
     fn credentials_print_as_sensitive() {
         let mut headers = HeaderMap::new();
         headers.append(header::AUTHORIZATION, "NTLM TlRMTVNTUAAB".parse().unwrap());
+        headers.append(
+            header::PROXY_AUTHORIZATION,
+            "Basic cHJveHk6c2VjcmV0".parse().unwrap(),
+        );
         headers.append(header::COOKIE, "a=1".parse().unwrap());
         headers.append(header::COOKIE, "b=2".parse().unwrap());
         headers.append(header::ACCEPT, "*/*".parse().unwrap());
-        mark_sensitive(&mut headers, &SENSITIVE_REQUEST);
+        let facts = HeadFacts::of_request(&mut headers);
+        assert!(facts.windows_auth);
         let printed = format!("{headers:?}");
         assert!(!printed.contains("TlRMTVNTUAAB") && !printed.contains("a=1"));
+        assert!(!printed.contains("cHJveHk6c2VjcmV0"));
         assert!(!printed.contains("b=2"), "every value of a repeated header");
         assert!(printed.contains("*/*"));
+
+        let mut answer = HeaderMap::new();
+        answer.append(header::SET_COOKIE, "session=s3cr3t".parse().unwrap());
+        answer.append(
+            header::WWW_AUTHENTICATE,
+            "NTLM TlRMTVNTUAAC".parse().unwrap(),
+        );
+        answer.append(header::SERVER, "Microsoft-IIS/10.0".parse().unwrap());
+        mark_sensitive(&mut answer, &SENSITIVE_RESPONSE);
+        let printed = format!("{answer:?}");
+        assert!(!printed.contains("s3cr3t") && !printed.contains("TlRMTVNTUAAC"));
+        assert!(printed.contains("Microsoft-IIS"));
     }
 }

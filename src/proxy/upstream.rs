@@ -251,7 +251,9 @@ impl Pool {
         loop {
             let (connection, parked_for) = match self.take_idle() {
                 Some((connection, parked_for)) => (connection, Some(parked_for)),
-                None => (Connection::new(self.connect().await?), None),
+                // Boxed: connecting is a large state machine that a pooled request rarely
+                // needs, and this future is built and moved with every request.
+                None => (Connection::new(Box::pin(self.connect()).await?), None),
             };
             let replay = (!replayed
                 && parked_for.is_some_and(|parked| parked >= self.replay_after_parked))

@@ -5,19 +5,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 
-use super::request::{Sender, declared_length};
+use super::request::Sender;
 use super::{Connection, ExchangeError, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Park};
 use crate::proxy::framing::head_end;
+use crate::proxy::headers::{HeadFacts, Length};
 
 /// A parsed answer head.
 pub(super) struct Head {
     pub(super) status: StatusCode,
     pub(super) version: Version,
     pub(super) headers: HeaderMap,
+    /// What framing and keep-alive read of the headers, noted as the map was built.
+    pub(super) facts: HeadFacts,
     /// The reason phrase when it is not the status code's own (OWA's `440 Login Timeout`):
     /// hyper's server writes it back out as sent.
     pub(super) reason: Option<hyper::ext::ReasonPhrase>,
@@ -100,28 +103,32 @@ pub(super) fn parse_head(head: &Bytes) -> Result<Head, ExchangeError> {
         .and_then(|reason| {
             hyper::ext::ReasonPhrase::try_from(head.slice_ref(reason.as_bytes())).ok()
         });
+    let (headers, facts) = header_map(head, parsed.headers)?;
     Ok(Head {
         status,
         version,
-        headers: header_map(head, parsed.headers)?,
+        headers,
+        facts,
         reason,
     })
 }
 
-/// The fields as a header map whose values are slices of `source`.
+/// The fields as a header map whose values are slices of `source`, and their facts.
 pub(super) fn header_map(
     source: &Bytes,
     fields: &[httparse::Header<'_>],
-) -> Result<HeaderMap, ExchangeError> {
+) -> Result<(HeaderMap, HeadFacts), ExchangeError> {
     let mut map = HeaderMap::with_capacity(fields.len());
+    let mut facts = HeadFacts::default();
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| ExchangeError::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(source.slice_ref(field.value))
             .map_err(|_| ExchangeError::Malformed("invalid header value"))?;
+        facts.note(&name, &value);
         map.append(name, value);
     }
-    Ok(map)
+    Ok((map, facts))
 }
 
 /// How the rest of an answer's body is framed.
@@ -169,30 +176,30 @@ impl Answer {
         abandoned: bool,
         home: Arc<dyn Park>,
     ) -> Result<Answer, ExchangeError> {
-        let headers = &head.headers;
-        let mut reusable = !abandoned && keeps_alive(head.version, headers);
+        let facts = &head.facts;
+        let mut reusable = !abandoned && keeps_alive(head.version, facts);
         let rest = if head_request
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED
         {
             Rest::Done
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        } else if facts.transfer_coded() {
             if head.version == Version::HTTP_10 {
                 return Err(ExchangeError::Malformed(
                     "transfer coding in an HTTP/1.0 answer",
                 ));
             }
-            if headers.contains_key(header::CONTENT_LENGTH) {
+            if facts.length != Length::Absent {
                 reusable = false;
             }
-            if crate::proxy::headers::ends_chunked(headers) {
+            if facts.ends_chunked {
                 Rest::Chunk(ChunkAt::Size)
             } else {
                 reusable = false;
                 Rest::UntilClose
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            match declared_length(headers) {
+        } else if facts.length != Length::Absent {
+            match facts.length.agreed() {
                 Some(0) => Rest::Done,
                 Some(length) => Rest::Length(length),
                 None => return Err(ExchangeError::Malformed("invalid content-length")),
@@ -377,7 +384,7 @@ impl Answer {
 pub(super) fn parse_trailers(section: &Bytes) -> Result<HeaderMap, ExchangeError> {
     let mut slots = [httparse::EMPTY_HEADER; 32];
     match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => header_map(section, fields),
+        Ok(httparse::Status::Complete((_, fields))) => Ok(header_map(section, fields)?.0),
         Ok(httparse::Status::Partial) => Err(ExchangeError::Malformed("incomplete trailers")),
         Err(httparse::Error::TooManyHeaders) => Err(ExchangeError::HeadTooLarge),
         Err(_) => Err(ExchangeError::Malformed("invalid trailers")),
@@ -413,11 +420,11 @@ pub(super) fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
 }
 
 /// Whether the upstream keeps the connection open after this answer.
-pub(super) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+pub(super) fn keeps_alive(version: Version, facts: &HeadFacts) -> bool {
     if version == Version::HTTP_10 {
-        crate::proxy::headers::connection_has(headers, "keep-alive")
+        facts.keep_alive
     } else {
-        !crate::proxy::headers::wants_close(headers)
+        !facts.close
     }
 }
 

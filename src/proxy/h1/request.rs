@@ -14,6 +14,7 @@ use tokio::io::AsyncWrite;
 
 use super::{ContinueSignal, ExchangeError, Io, WRITE_SLICES};
 use crate::proxy::body::ProxyBody;
+use crate::proxy::headers::declared_length;
 
 /// How the request body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,26 +64,6 @@ pub(super) fn frame_request(
         HeaderValue::from_static("chunked"),
     );
     Outgoing::Chunked
-}
-
-/// The one length all `Content-Length` values (and list items) agree on; `None` when there is
-/// none or they disagree or one is not a number.
-pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.to_str().ok()?.split(',') {
-            let item = item.trim();
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let length = item.parse::<u64>().ok()?;
-            match found {
-                Some(seen) if seen != length => return None,
-                _ => found = Some(length),
-            }
-        }
-    }
-    found
 }
 
 /// The request line and headers, as they go on the wire (names in lower case, as hyper sent).

@@ -9,9 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::answer::{chunk_size, keeps_alive, parse_head};
-use super::request::{declared_length, encode_head, head_len};
+use super::request::{encode_head, head_len};
 use super::*;
 use crate::proxy::body::{BoxError, empty, full};
+use crate::proxy::headers::{HeadFacts, declared_length};
 
 /// Where the tests' answers park their connections.
 #[derive(Default)]
@@ -448,17 +449,31 @@ fn declared_lengths_must_agree() {
     let mut signed = HeaderMap::new();
     signed.append(header::CONTENT_LENGTH, HeaderValue::from_static("+5"));
     assert_eq!(declared_length(&signed), None);
+    for (value, length) in [
+        ("0", Some(0)),
+        (" 7 ,7", Some(7)),
+        ("7,8", None),
+        ("7,", None),
+        ("", None),
+        ("18446744073709551615", Some(u64::MAX)),
+        ("18446744073709551616", None),
+    ] {
+        let mut one = HeaderMap::new();
+        one.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
+        assert_eq!(declared_length(&one), length, "{value:?}");
+    }
 }
 
 #[test]
 fn an_http_10_answer_keeps_alive_only_when_it_says_so() {
     let mut headers = HeaderMap::new();
-    assert!(keeps_alive(Version::HTTP_11, &headers));
-    assert!(!keeps_alive(Version::HTTP_10, &headers));
+    let facts = |headers: &HeaderMap| HeadFacts::of(headers);
+    assert!(keeps_alive(Version::HTTP_11, &facts(&headers)));
+    assert!(!keeps_alive(Version::HTTP_10, &facts(&headers)));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
-    assert!(keeps_alive(Version::HTTP_10, &headers));
+    assert!(keeps_alive(Version::HTTP_10, &facts(&headers)));
     headers.insert(header::CONNECTION, HeaderValue::from_static("foo, Close"));
-    assert!(!keeps_alive(Version::HTTP_11, &headers));
+    assert!(!keeps_alive(Version::HTTP_11, &facts(&headers)));
 }
 
 #[test]
