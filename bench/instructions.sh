@@ -12,7 +12,9 @@
 # Usage: bench/instructions.sh [REQUESTS]   (default 2000)
 # Environment: TRACKGATE_BENCH_BASELINE (an older `trackgate` binary, counted the same way);
 # TRACKGATE_BENCH_PROFILE (a directory: each run's callgrind file is kept there, to read with
-# callgrind_annotate).
+# callgrind_annotate); TRACKGATE_BENCH_INSPECT=1 (inspection on, one worker, no directory: what
+# an inspection copy costs the proxy's side, its tasks only — the inspection thread is not
+# counted).
 # Installs nginx and valgrind from Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +88,11 @@ for i in range(n):
     if response.status != 200 or not answer.startswith(b"<s:Envelope"):
         sys.exit(f"request {i}: {response.status}")
 EOF
+if [ "${TRACKGATE_BENCH_INSPECT:-0}" = 1 ]; then
+    inspect=$'[inspect]\nenabled = true\nworkers = 1'
+else
+    inspect=$'[inspect]\nenabled = false'
+fi
 count() {
     local binary="$1" label="$2" port
     port="$(free_port)"
@@ -104,8 +111,7 @@ worker_threads = 1
 level = "warn"
 [storage]
 data_dir = "$work/$label"
-[inspect]
-enabled = false
+$inspect
 EOF
     valgrind --tool=callgrind --toggle-collect='tokio::runtime::task::raw::poll*' \
         --callgrind-out-file="$work/$label.out" "$binary" serve --config "$work/$label.toml" \
