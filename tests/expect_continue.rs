@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use trackgate::simulate::{AuthMode, FixtureSet, SimulatorOptions};
@@ -7,22 +5,9 @@ use trackgate::simulate::{AuthMode, FixtureSet, SimulatorOptions};
 use crate::support;
 
 async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
-            .await
-            .expect("response head in time")
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "connection closed mid-head: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
+    support::read_head(stream)
+        .await
+        .expect("the connection closed before a whole response head")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,6 +269,49 @@ async fn early_answering_upstream() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    answering_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly").await
+}
+
+/// Sends `request` (its head) on a raw connection and reads the answer, which must be a `200`:
+/// its head in lower case, and its body.
+async fn answered_200(
+    stream: &mut tokio::net::TcpStream,
+    request: &[u8],
+    round: usize,
+) -> (String, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(request).await.unwrap();
+    let (head, answer) = support::read_response(stream)
+        .await
+        .unwrap_or_else(|| panic!("round {round}: the connection ended before the answer"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "round {round}: {head}");
+    (head, answer)
+}
+
+/// A plaintext gateway in front of `upstream`, and a raw client connection to it.
+async fn plaintext_gateway_before(
+    upstream: std::net::SocketAddr,
+) -> (support::TestGateway, tokio::net::TcpStream) {
+    let gw = support::gateway(
+        &format!("http://{upstream}"),
+        "[listener]\nplaintext = true\n",
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.gateway.proxy_addr())
+        .await
+        .unwrap();
+    (gw, stream)
+}
+
+/// An upstream that answers every request head with `answer` as soon as the head is in (body
+/// bytes in between are read and dropped), and counts its connections.
+async fn answering_upstream(
+    answer: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -291,7 +334,6 @@ async fn early_answering_upstream() -> (
                     // Each head gets its answer; body bytes in between are read and dropped.
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         seen.drain(..end + 4);
-                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly";
                         if stream.write_all(answer).await.is_err() {
                             return;
                         }
@@ -312,31 +354,14 @@ async fn early_answering_upstream() -> (
 async fn an_early_answer_keeps_the_client_connection_for_its_next_request() {
     use tokio::io::AsyncWriteExt;
     let (upstream, upstream_connections) = early_answering_upstream().await;
-    let gw = support::gateway(
-        &format!("http://{upstream}"),
-        "[listener]\nplaintext = true\n",
-    )
-    .await;
-    let mut stream = tokio::net::TcpStream::connect(gw.gateway.proxy_addr())
-        .await
-        .unwrap();
+    let (gw, mut stream) = plaintext_gateway_before(upstream).await;
     let body = b"<s:Envelope>the body, sent after the answer</s:Envelope>";
     for round in 0..3 {
-        stream
-            .write_all(
-                format!(
-                    "POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: mail\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-        let (head, answer) = support::read_response(&mut stream)
-            .await
-            .unwrap_or_else(|| panic!("round {round}: the connection ended before the answer"));
-        let head = head.to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 200"), "round {round}: {head}");
+        let post = format!(
+            "POST /EWS/Exchange.asmx HTTP/1.1\r\nHost: mail\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let (head, answer) = answered_200(&mut stream, post.as_bytes(), round).await;
         assert!(!head.contains("connection: close"), "round {round}: {head}");
         assert_eq!(answer, b"early");
         // The body, late: it is the end of this request, not the start of another.
@@ -362,6 +387,35 @@ async fn an_early_answer_keeps_the_client_connection_for_its_next_request() {
         upstream_connections.load(std::sync::atomic::Ordering::Relaxed),
         4
     );
+    gw.gateway.shutdown().await;
+}
+
+/// The upstream's hop-by-hop headers describe its connection to the gateway, not the client's:
+/// `Keep-Alive` and whatever its `Connection` names stay behind; the rest passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_hop_by_hop_headers_stay_behind() {
+    let (upstream, _) = answering_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-upstream-hop\r\n\
+          Keep-Alive: timeout=5\r\nX-Upstream-Hop: secret\r\nX-Kept: yes\r\n\r\nearly",
+    )
+    .await;
+    let (gw, mut stream) = plaintext_gateway_before(upstream).await;
+    for round in 0..2 {
+        let get = b"GET /EWS/Exchange.asmx HTTP/1.1\r\nHost: mail\r\n\r\n";
+        let (head, answer) = answered_200(&mut stream, get, round).await;
+        assert!(
+            head.contains("\r\nx-kept: yes\r\n"),
+            "round {round}: {head}"
+        );
+        for gone in [
+            "keep-alive: timeout",
+            "x-upstream-hop",
+            "connection: keep-alive",
+        ] {
+            assert!(!head.contains(gone), "round {round}: {gone} passed: {head}");
+        }
+        assert_eq!(answer, b"early");
+    }
     gw.gateway.shutdown().await;
 }
 

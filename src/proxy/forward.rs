@@ -23,7 +23,7 @@ use super::autodiscover;
 use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty, full};
 use super::capture::{PendingCapture, Side, Tee};
 use super::h1::{ContinueSignal, Http2Client};
-use super::headers::{ClientFacts, HeadFacts};
+use super::headers::{ClientFacts, HeadFacts, HopByHop};
 use super::metrics::ProxyMetrics;
 use super::respond::ProxyError;
 use super::route::RouteClass;
@@ -47,8 +47,11 @@ pub async fn forward(
     let body = request_body(&state, &proxy.metrics, &ctx, &signals, body);
     let request = client_signals(&ctx, &signals, Request::from_parts(parts, body));
     let (response, pinned) = send(proxy, &state, conn, &ctx, &signals, request).await?;
-    let (mut parts, body) = response.into_parts();
-    response_filter(&state, conn, &ctx, &mut parts, pinned);
+    let (mut parts, mut body) = response.into_parts();
+    let hops = body
+        .take_hop_by_hop()
+        .unwrap_or_else(|| HeadFacts::of(&parts.headers).hops);
+    response_filter(&state, conn, &ctx, &mut parts, hops, pinned);
     let body = response_body_filter(&state, &proxy.metrics, &ctx, &mut parts, body).await?;
     let body = tee(ctx.capture, &parts, body);
     Ok(Response::from_parts(parts, body))
@@ -325,11 +328,11 @@ fn response_filter(
     conn: &ConnContext,
     ctx: &RequestCtx,
     parts: &mut ResponseParts,
+    hops: HopByHop,
     pinned: bool,
 ) {
-    let mut facts = HeadFacts::of(&parts.headers);
-    let upstream_closes = facts.close;
-    facts.strip_hop_by_hop(&mut parts.headers);
+    let upstream_closes = hops.connection.close;
+    hops.strip(&mut parts.headers, |_| {});
     if state.autodiscover.rewrite
         && parts.status.is_redirection()
         && let Some(location) = parts.headers.get(header::LOCATION)

@@ -39,11 +39,6 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
         .map_or(0, |at| 1 << at)
 }
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    HeadFacts::of(headers).strip_hop_by_hop(headers);
-}
-
 fn connection_tokens(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -118,6 +113,69 @@ fn value_length(value: &[u8]) -> Option<u64> {
     found
 }
 
+/// What `Transfer-Encoding` lists over all its fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Codings {
+    /// Codings listed (saturating).
+    count: u8,
+    /// A coding other than `chunked` (or an unreadable value) was listed.
+    other: bool,
+    /// The last coding listed is `chunked` (RFC 9112 §6.3: then the body is chunked).
+    pub ends_chunked: bool,
+}
+
+impl Codings {
+    /// These codings with one more `Transfer-Encoding` value.
+    pub fn and(mut self, value: &HeaderValue) -> Codings {
+        let Ok(text) = value.to_str() else {
+            self.count = self.count.saturating_add(1);
+            self.other = true;
+            self.ends_chunked = false;
+            return self;
+        };
+        for coding in text.split(',') {
+            self.count = self.count.saturating_add(1);
+            self.ends_chunked = coding.trim().eq_ignore_ascii_case("chunked");
+            self.other |= !self.ends_chunked;
+        }
+        self
+    }
+
+    /// Whether the message has a `Transfer-Encoding`.
+    pub fn present(self) -> bool {
+        self.count > 0
+    }
+}
+
+/// What `Connection` lists over all its fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    /// It names a header besides `close` and `keep-alive`: that header goes too.
+    names_headers: bool,
+}
+
+impl ConnectionTokens {
+    /// These tokens with one more `Connection` value.
+    pub fn and(mut self, value: &HeaderValue) -> ConnectionTokens {
+        let Ok(text) = value.to_str() else {
+            return self;
+        };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                self.names_headers = true;
+            }
+        }
+        self
+    }
+}
+
 /// The one length all `Content-Length` values (and list items) agree on; `None` when there is
 /// none or they disagree or one is not a number.
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -148,6 +206,38 @@ fn forwarded_bit(name: &HeaderName) -> u8 {
     }
 }
 
+/// The hop-by-hop headers a head carries: which of [`HOP_BY_HOP`], and what `Connection` says.
+/// Small and `Copy`: an upstream exchange hands it on with the answer's body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HopByHop {
+    /// Bit `i`: `HOP_BY_HOP[i]` is there.
+    present: u16,
+    pub connection: ConnectionTokens,
+}
+
+impl HopByHop {
+    /// Removes these headers, and every header `Connection` names (each told to `removed`
+    /// first). Most messages carry none of them or only `Connection: keep-alive`.
+    pub fn strip(&self, headers: &mut HeaderMap, mut removed: impl FnMut(&HeaderName)) {
+        if self.present == 0 {
+            return;
+        }
+        if self.connection.names_headers
+            && let Some(named) = connection_tokens(headers)
+        {
+            for name in named {
+                removed(&name);
+                headers.remove(name);
+            }
+        }
+        for (at, name) in HOP_BY_HOP.iter().enumerate() {
+            if self.present & (1 << at) != 0 {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
 /// What the proxy asks of a message's head, noted in one pass over its fields instead of a
 /// lookup by name for each question (about a dozen per request: framing, credentials, `Expect`,
 /// `Host`, hop-by-hop headers, cookies, forwarded headers; and on the answer, keep-alive and
@@ -155,21 +245,9 @@ fn forwarded_bit(name: &HeaderName) -> u8 {
 /// once against the few wanted.
 #[derive(Debug, Clone, Default)]
 pub struct HeadFacts {
-    /// Bit `i`: `HOP_BY_HOP[i]` is there.
-    hop_by_hop: u16,
-    /// `Connection` names a header besides `close` and `keep-alive`: it goes too.
-    connection_names_headers: bool,
-    /// `Connection` lists `close`.
-    pub close: bool,
-    /// `Connection` lists `keep-alive`.
-    pub keep_alive: bool,
+    pub hops: HopByHop,
     pub length: Length,
-    /// Transfer codings listed, over every `Transfer-Encoding` value.
-    codings: u8,
-    /// A coding other than `chunked` (or an unreadable value) was listed.
-    other_coding: bool,
-    /// The last coding listed is `chunked` (RFC 9112 §6.3: then the body is chunked).
-    pub ends_chunked: bool,
+    pub codings: Codings,
     /// NTLM/Negotiate credentials (connection-oriented Windows auth).
     pub windows_auth: bool,
     /// `Expect: 100-continue`.
@@ -209,13 +287,13 @@ impl HeadFacts {
 
     /// Notes one field.
     pub fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
-        self.hop_by_hop |= hop_by_hop_bit(name);
+        self.hops.present |= hop_by_hop_bit(name);
         if *name == header::CONTENT_LENGTH {
             self.length = self.length.and(value);
         } else if *name == header::TRANSFER_ENCODING {
-            self.note_codings(value);
+            self.codings = self.codings.and(value);
         } else if *name == header::CONNECTION {
-            self.note_connection(value);
+            self.hops.connection = self.hops.connection.and(value);
         } else if *name == header::HOST {
             self.host.get_or_insert_with(|| value.clone());
         } else if *name == header::AUTHORIZATION {
@@ -229,39 +307,6 @@ impl HeadFacts {
         }
     }
 
-    fn note_codings(&mut self, value: &HeaderValue) {
-        let Ok(text) = value.to_str() else {
-            self.codings = self.codings.saturating_add(1);
-            self.other_coding = true;
-            self.ends_chunked = false;
-            return;
-        };
-        for coding in text.split(',') {
-            self.codings = self.codings.saturating_add(1);
-            self.ends_chunked = coding.trim().eq_ignore_ascii_case("chunked");
-            self.other_coding |= !self.ends_chunked;
-        }
-    }
-
-    fn note_connection(&mut self, value: &HeaderValue) {
-        let Ok(text) = value.to_str() else { return };
-        for token in text.split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case("keep-alive") {
-                self.keep_alive = true;
-            } else if !token.is_empty() {
-                self.connection_names_headers = true;
-            }
-        }
-    }
-
-    /// Whether the message has a `Transfer-Encoding`.
-    pub fn transfer_coded(&self) -> bool {
-        self.codings > 0
-    }
-
     /// Refuses framing a front-end and a back-end could read differently. hyper already
     /// rejects differing duplicate `Content-Length`s and a final coding other than chunked,
     /// and the [`framing`](super::framing) guard refuses `Content-Length` with
@@ -269,10 +314,10 @@ impl HeadFacts {
     /// besides a single `chunked` (`gzip, chunked`, `chunked, chunked`), and both headers
     /// together (a second line of defence).
     pub fn check_framing(&self) -> Result<(), ProxyError> {
-        if self.codings == 0 {
+        if !self.codings.present() {
             return Ok(());
         }
-        if self.codings > 1 || self.other_coding {
+        if self.codings.count > 1 || self.codings.other {
             return Err(ProxyError::BadRequest(
                 "transfer-encoding other than a single chunked",
             ));
@@ -286,27 +331,15 @@ impl HeadFacts {
     }
 
     /// Removes the hop-by-hop headers these facts found, and every header `Connection` names
-    /// (forgetting those). Most messages carry none of them or only `Connection: keep-alive`.
+    /// (forgetting those).
     pub fn strip_hop_by_hop(&mut self, headers: &mut HeaderMap) {
-        if self.hop_by_hop == 0 {
-            return;
-        }
-        if self.connection_names_headers
-            && let Some(named) = connection_tokens(headers)
-        {
-            for name in named {
-                self.forwarded &= !forwarded_bit(&name);
-                if name == header::COOKIE {
-                    self.cookies = 0;
-                }
-                headers.remove(name);
+        let hops = self.hops;
+        hops.strip(headers, |name| {
+            self.forwarded &= !forwarded_bit(name);
+            if name == header::COOKIE {
+                self.cookies = 0;
             }
-        }
-        for (at, name) in HOP_BY_HOP.iter().enumerate() {
-            if self.hop_by_hop & (1 << at) != 0 {
-                headers.remove(name);
-            }
-        }
+        });
     }
 
     /// HTTP/2 lets a client split `Cookie` into several fields; an HTTP/1.1 upstream needs one
@@ -323,31 +356,8 @@ pub fn ends_chunked(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// Whether the message asks for its connection to close.
-pub fn wants_close(headers: &HeaderMap) -> bool {
-    connection_has(headers, "close")
-}
-
-/// Whether a `Connection` header lists `token` (in any case).
-pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|text| {
-            text.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
-    })
-}
-
-/// Refuses framing a front-end and a back-end could read differently (see
-/// [`HeadFacts::check_framing`]).
-pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    HeadFacts::of(headers).check_framing()
+        .fold(Codings::default(), Codings::and)
+        .ends_chunked
 }
 
 /// Whether a request carries Windows (connection-oriented) authentication.
@@ -454,10 +464,11 @@ mod tests {
 
     #[test]
     fn connection_tokens_and_the_last_coding_are_read_in_any_case_and_list() {
+        let says = |h: &HeaderMap| HeadFacts::of(h).hops.connection;
         let h = map(&[("connection", "Upgrade, Keep-Alive"), ("connection", "x")]);
-        assert!(connection_has(&h, "keep-alive"));
-        assert!(!connection_has(&h, "close") && !wants_close(&h));
-        assert!(wants_close(&map(&[("connection", "foo,CLOSE")])));
+        assert!(says(&h).keep_alive);
+        assert!(!says(&h).close);
+        assert!(says(&map(&[("connection", "foo,CLOSE")])).close);
         assert!(ends_chunked(&map(&[(
             "transfer-encoding",
             "gzip, Chunked"
@@ -471,6 +482,15 @@ mod tests {
             "chunked, gzip"
         )])));
         assert!(!ends_chunked(&map(&[])));
+    }
+
+    /// The request path's removal of hop-by-hop headers.
+    fn strip_hop_by_hop(headers: &mut HeaderMap) {
+        HeadFacts::of(headers).strip_hop_by_hop(headers);
+    }
+
+    fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+        HeadFacts::of(headers).check_framing()
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -618,6 +638,25 @@ mod tests {
     /// The by-name answers of the code this pass replaced, kept to check it against.
     mod by_name {
         use super::*;
+
+        pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+            headers.get_all(header::CONNECTION).iter().any(|v| {
+                v.to_str().is_ok_and(|text| {
+                    text.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case(token))
+                })
+            })
+        }
+
+        pub fn ends_chunked(headers: &HeaderMap) -> bool {
+            headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        }
 
         pub fn check_framing(headers: &HeaderMap) -> bool {
             let mut codings = 0;
@@ -787,8 +826,11 @@ mod tests {
         ) {
             let h = map_bytes(&fields);
             let facts = HeadFacts::of(&h);
-            proptest::prop_assert_eq!(facts.close, wants_close(&h));
-            proptest::prop_assert_eq!(facts.keep_alive, connection_has(&h, "keep-alive"));
+            proptest::prop_assert_eq!(facts.hops.connection.close, by_name::connection_has(&h, "close"));
+            proptest::prop_assert_eq!(
+                facts.hops.connection.keep_alive,
+                by_name::connection_has(&h, "keep-alive")
+            );
             proptest::prop_assert_eq!(facts.length.agreed(), by_name::declared_length(&h));
             proptest::prop_assert_eq!(declared_length(&h), by_name::declared_length(&h));
             proptest::prop_assert_eq!(
@@ -796,10 +838,11 @@ mod tests {
                 h.contains_key(header::CONTENT_LENGTH)
             );
             proptest::prop_assert_eq!(
-                facts.transfer_coded(),
+                facts.codings.present(),
                 h.contains_key(header::TRANSFER_ENCODING)
             );
-            proptest::prop_assert_eq!(facts.ends_chunked, ends_chunked(&h));
+            proptest::prop_assert_eq!(facts.codings.ends_chunked, by_name::ends_chunked(&h));
+            proptest::prop_assert_eq!(ends_chunked(&h), by_name::ends_chunked(&h));
             proptest::prop_assert_eq!(facts.windows_auth, is_windows_auth(&h));
             proptest::prop_assert_eq!(facts.host.as_ref(), h.get(header::HOST));
             // Any `Expect` field asking for it counts (hyper's server, which sends the

@@ -32,6 +32,7 @@ use tokio_rustls::TlsConnector;
 
 use super::body::{BoxError, ProxyBody};
 use super::h1::{self, Answer, Connection, ContinueSignal, ExchangeError, Failure, Io};
+use super::headers::HopByHop;
 use super::route::{RouteClass, Routes, UpstreamBase};
 
 /// How long an upstream connection may be silent before the kernel probes it, so a peer that
@@ -341,6 +342,17 @@ fn spawn_reaper(pool: Weak<Pool>, timeout: Duration) -> bool {
 pub enum UpstreamBody {
     Pooled(Answer),
     Pinned(Incoming),
+}
+
+impl UpstreamBody {
+    /// The answer head's hop-by-hop headers, when the exchange already read them (a pooled one
+    /// did, as it parsed the head).
+    pub fn take_hop_by_hop(&mut self) -> Option<HopByHop> {
+        match self {
+            UpstreamBody::Pooled(answer) => answer.take_hop_by_hop(),
+            UpstreamBody::Pinned(_) => None,
+        }
+    }
 }
 
 impl http_body::Body for UpstreamBody {

@@ -420,11 +420,10 @@ pub async fn gauge_at(admin: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing from the metrics"))
 }
 
-/// Reads one HTTP/1.1 answer with a `Content-Length` body (none without one) from a raw
-/// connection, the head a byte at a time so nothing of a pipelined next answer is taken:
-/// its head (lines as sent) and its body. `None` when the connection ends first; panics when
-/// nothing comes within 10 s.
-pub async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+/// Reads one answer head from a raw connection, a byte at a time so nothing after it is taken:
+/// its lines as sent. `None` when the connection ends first; panics when nothing comes within
+/// 10 s.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -438,7 +437,15 @@ pub async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<(String
         }
         head.push(byte[0]);
     }
-    let head = String::from_utf8(head).ok()?;
+    String::from_utf8(head).ok()
+}
+
+/// Reads one HTTP/1.1 answer with a `Content-Length` body (none without one) from a raw
+/// connection, leaving a pipelined next answer unread: its head (lines as sent) and its body.
+/// `None` when the connection ends first; panics when nothing comes within 10 s.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let head = read_head(stream).await?;
     let length: usize = head
         .lines()
         .find_map(|l| {

@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::request::Sender;
 use super::{Connection, ExchangeError, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Park};
 use crate::proxy::framing::head_end;
-use crate::proxy::headers::{HeadFacts, Length};
+use crate::proxy::headers::{HeadFacts, HopByHop, Length};
 
 /// A parsed answer head.
 pub(super) struct Head {
@@ -164,6 +164,9 @@ pub struct Answer {
     rest: Rest,
     reusable: bool,
     home: Option<Arc<dyn Park>>,
+    /// The head's hop-by-hop headers, for the proxy's rewrite of the head: read once, as the
+    /// map was built.
+    hops: Option<HopByHop>,
 }
 
 impl Answer {
@@ -183,7 +186,7 @@ impl Answer {
             || head.status == StatusCode::NOT_MODIFIED
         {
             Rest::Done
-        } else if facts.transfer_coded() {
+        } else if facts.codings.present() {
             if head.version == Version::HTTP_10 {
                 return Err(ExchangeError::Malformed(
                     "transfer coding in an HTTP/1.0 answer",
@@ -192,7 +195,7 @@ impl Answer {
             if facts.length != Length::Absent {
                 reusable = false;
             }
-            if facts.ends_chunked {
+            if facts.codings.ends_chunked {
                 Rest::Chunk(ChunkAt::Size)
             } else {
                 reusable = false;
@@ -214,6 +217,7 @@ impl Answer {
             rest,
             reusable,
             home: Some(home),
+            hops: Some(facts.hops),
         };
         if rest == Rest::Done {
             answer.finish();
@@ -422,9 +426,16 @@ pub(super) fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
 /// Whether the upstream keeps the connection open after this answer.
 pub(super) fn keeps_alive(version: Version, facts: &HeadFacts) -> bool {
     if version == Version::HTTP_10 {
-        facts.keep_alive
+        facts.hops.connection.keep_alive
     } else {
-        !facts.close
+        !facts.hops.connection.close
+    }
+}
+
+impl Answer {
+    /// The hop-by-hop headers of the head this body belongs to (once).
+    pub fn take_hop_by_hop(&mut self) -> Option<HopByHop> {
+        self.hops.take()
     }
 }
 
