@@ -8,13 +8,12 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::HeaderMap;
 use serde::Deserialize;
 
 use super::ntlm::{self, NtlmMessage};
 use crate::common::text::{percent_decode, percent_decoded_bytes};
-use crate::proxy::capture::Capture;
-use crate::proxy::headers::{X_ANCHOR_MAILBOX, is_windows_auth};
+use crate::proxy::capture::{Capture, KeptHeaders};
+use crate::proxy::headers::{X_ANCHOR_MAILBOX, is_windows_auth_value};
 
 /// The inspection worker key of an exchange (see `proxy::capture::Affinity`): the anchor
 /// mailbox, else the Graph `/users/{id}`, else the credentials as sent (Basic and bearer name
@@ -31,8 +30,13 @@ pub fn affinity(capture: &Capture) -> u64 {
     if let Some(user) = graph_version_rest(&capture.path_and_query).and_then(users_segment) {
         return fold_hash(user);
     }
-    match headers.get(http::header::AUTHORIZATION) {
-        Some(auth) if !is_windows_auth(headers) => xxhash_rust::xxh3::xxh3_64(auth.as_bytes()),
+    let windows_auth = || {
+        headers
+            .get_all(&http::header::AUTHORIZATION)
+            .any(is_windows_auth_value)
+    };
+    match headers.get(&http::header::AUTHORIZATION) {
+        Some(auth) if !windows_auth() => xxhash_rust::xxh3::xxh3_64(auth),
         _ => capture.connection,
     }
 }
@@ -61,7 +65,7 @@ fn fold_hash(text: &str) -> u64 {
 
 /// The mailbox from HTTP-level hints, in precedence order.
 pub fn http_mailbox(
-    headers: &HeaderMap,
+    headers: &KeptHeaders,
     path: &str,
     connection_auth: Option<&str>,
 ) -> Option<String> {
@@ -70,13 +74,13 @@ pub fn http_mailbox(
         .or_else(|| principal(headers, connection_auth))
 }
 
-fn anchor_mailbox(headers: &HeaderMap) -> Option<String> {
+fn anchor_mailbox(headers: &KeptHeaders) -> Option<String> {
     anchor_raw(headers).map(str::to_lowercase)
 }
 
 /// `X-AnchorMailbox` as sent, without its `SMTP:`/`UPN:` prefix.
-fn anchor_raw(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(&X_ANCHOR_MAILBOX)?.to_str().ok()?.trim();
+fn anchor_raw(headers: &KeptHeaders) -> Option<&str> {
+    let value = headers.get_str(&X_ANCHOR_MAILBOX)?.trim();
     let value = ["smtp:", "upn:"]
         .iter()
         .find_map(|p| strip_prefix_ignore_case(value, p))
@@ -149,10 +153,8 @@ static PRINCIPALS: std::sync::OnceLock<Principals> = std::sync::OnceLock::new();
 const PRINCIPALS_KEPT: usize = 4096;
 
 /// The authenticated principal: Basic user, bearer claims, or NTLM user (`domain\user`).
-pub fn principal(headers: &HeaderMap, connection_auth: Option<&str>) -> Option<String> {
-    let auth = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+pub fn principal(headers: &KeptHeaders, connection_auth: Option<&str>) -> Option<String> {
+    let auth = headers.get_str(&http::header::AUTHORIZATION);
     if auth.is_none() && connection_auth.is_none() {
         return None;
     }
@@ -254,14 +256,12 @@ fn bearer_principal(token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
+    fn headers(pairs: &[(&'static str, &str)]) -> KeptHeaders {
+        KeptHeaders::from_pairs(
+            pairs.iter().copied(),
+            &crate::proxy::capture::REQUEST_HEADERS,
+        )
     }
 
     #[test]
@@ -312,7 +312,7 @@ mod tests {
             "another process's secret gives other keys"
         );
         // The same bytes on the connection's side are Windows auth, not Basic.
-        assert_eq!(principal(&HeaderMap::new(), Some(&basic)), None);
+        assert_eq!(principal(&KeptHeaders::default(), Some(&basic)), None);
     }
 
     #[test]
@@ -366,11 +366,11 @@ mod tests {
     fn ntlm_user_comes_from_the_connection() {
         let auth = crate::simulate::ntlm::authenticate_header([0; 8], "CONTOSO", "Alex", "pw");
         assert_eq!(
-            principal(&HeaderMap::new(), Some(&auth)).as_deref(),
+            principal(&KeptHeaders::default(), Some(&auth)).as_deref(),
             Some("contoso\\alex")
         );
         let negotiate = crate::simulate::ntlm::negotiate_header();
-        assert_eq!(principal(&HeaderMap::new(), Some(&negotiate)), None);
+        assert_eq!(principal(&KeptHeaders::default(), Some(&negotiate)), None);
     }
 
     fn capture(connection: u64, path: &str, pairs: &[(&'static str, &str)]) -> Capture {
@@ -382,7 +382,7 @@ mod tests {
             request_headers: headers(pairs),
             connection_auth: None,
             status: 200,
-            response_headers: HeaderMap::new(),
+            response_headers: KeptHeaders::default(),
             request_body: bytes::Bytes::new(),
             request_truncated: false,
             response_body: bytes::Bytes::new(),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::header;
 
 use crate::proxy::RouteClass;
-use crate::proxy::capture::Capture;
+use crate::proxy::capture::{Capture, KeptHeaders, REQUEST_HEADERS, RESPONSE_HEADERS};
 
 pub use model::{Address, CategoryMode, Message, Observation, Origin, Source, Transfer};
 
@@ -180,9 +180,7 @@ fn body(
             Err(InspectError::Truncated)
         };
     }
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
+    let encoding = headers.get_str(&header::CONTENT_ENCODING);
     Ok(Some(decode::decode(
         raw,
         encoding,
@@ -202,23 +200,15 @@ pub fn capture_from_parts(
     response_headers: &[(String, String)],
     response_body: Bytes,
 ) -> Capture {
-    let headers = |pairs: &[(String, String)]| {
-        let mut map = http::HeaderMap::new();
-        for (name, value) in pairs {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.trim().as_bytes()),
-                http::HeaderValue::from_str(value.trim()),
-            ) {
-                map.append(n, v);
-            }
-        }
-        map
-    };
-    let request_headers = headers(request_headers);
+    fn pairs(pairs: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+        pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+    let request_headers = KeptHeaders::from_pairs(pairs(request_headers), &REQUEST_HEADERS);
+    // Windows auth is the connection's: the proxy hands it on beside the request's headers.
     let connection_auth = request_headers
-        .get(header::AUTHORIZATION)
-        .filter(|_| crate::proxy::headers::is_windows_auth(&request_headers))
-        .cloned();
+        .get_all(&header::AUTHORIZATION)
+        .find(|value| crate::proxy::headers::is_windows_auth_value(value))
+        .and_then(|value| http::HeaderValue::from_bytes(value).ok());
     Capture {
         connection: 0,
         method: http::Method::from_bytes(method.as_bytes()).unwrap_or(http::Method::POST),
@@ -227,7 +217,7 @@ pub fn capture_from_parts(
         request_headers,
         connection_auth,
         status,
-        response_headers: headers(response_headers),
+        response_headers: KeptHeaders::from_pairs(pairs(response_headers), &RESPONSE_HEADERS),
         request_body,
         request_truncated: false,
         response_body,

@@ -297,7 +297,7 @@ impl HeadFacts {
         } else if *name == header::HOST {
             self.host.get_or_insert_with(|| value.clone());
         } else if *name == header::AUTHORIZATION {
-            self.windows_auth |= is_windows_auth_value(value);
+            self.windows_auth |= is_windows_auth_value(value.as_bytes());
         } else if *name == header::EXPECT {
             self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if *name == header::COOKIE {
@@ -365,11 +365,11 @@ pub fn is_windows_auth(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::AUTHORIZATION)
         .iter()
-        .any(is_windows_auth_value)
+        .any(|value| is_windows_auth_value(value.as_bytes()))
 }
 
-fn is_windows_auth_value(value: &HeaderValue) -> bool {
-    let b = value.as_bytes();
+/// Whether one `Authorization` value is NTLM or Negotiate.
+pub fn is_windows_auth_value(b: &[u8]) -> bool {
     starts_with_ignore_case(b, b"ntlm ")
         || starts_with_ignore_case(b, b"negotiate ")
         || b.eq_ignore_ascii_case(b"ntlm")

@@ -437,7 +437,7 @@ pub fn operation(body: &[u8]) -> Option<Cow<'_, str>> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     // A streaming reader decodes each piece as it reads it, so bytes that are not UTF-8
     // after the operation do not hide it: read up to the first of them.
-    let text = match std::str::from_utf8(body) {
+    let text = match crate::common::text::utf8(body) {
         Ok(text) => text,
         Err(e) => std::str::from_utf8(&body[..e.valid_up_to()]).ok()?,
     };

@@ -23,6 +23,9 @@ use tokio::sync::mpsc;
 
 use super::route::RouteClass;
 
+mod kept;
+pub use kept::KeptHeaders;
+
 static SOAP_ACTION: HeaderName = HeaderName::from_static("soapaction");
 static PREFER: HeaderName = HeaderName::from_static("prefer");
 
@@ -54,12 +57,12 @@ pub struct Capture {
     pub method: Method,
     pub path_and_query: String,
     pub route: RouteClass,
-    pub request_headers: HeaderMap,
+    pub request_headers: KeptHeaders,
     /// The last `Authorization: NTLM|Negotiate` value seen on this client connection: Windows
     /// auth identifies the connection, so later requests carry no header of their own.
     pub connection_auth: Option<HeaderValue>,
     pub status: u16,
-    pub response_headers: HeaderMap,
+    pub response_headers: KeptHeaders,
     pub request_body: Bytes,
     pub request_truncated: bool,
     pub response_body: Bytes,
@@ -238,7 +241,7 @@ impl CaptureSink {
         headers: &HeaderMap,
         connection_auth: Option<HeaderValue>,
     ) -> Arc<PendingCapture> {
-        let request_headers = picked(headers, &REQUEST_HEADERS);
+        let request_headers = KeptHeaders::pick(headers, &REQUEST_HEADERS);
         Arc::new(PendingCapture {
             sink: self.clone(),
             state: Mutex::new(Some(Partial {
@@ -249,7 +252,7 @@ impl CaptureSink {
                 request_headers,
                 connection_auth,
                 status: 0,
-                response_headers: HeaderMap::new(),
+                response_headers: KeptHeaders::default(),
                 request: None,
                 response: None,
             })),
@@ -299,10 +302,10 @@ struct Partial {
     method: Method,
     path_and_query: String,
     route: RouteClass,
-    request_headers: HeaderMap,
+    request_headers: KeptHeaders,
     connection_auth: Option<HeaderValue>,
     status: u16,
-    response_headers: HeaderMap,
+    response_headers: KeptHeaders,
     request: Option<(Bytes, bool)>,
     /// The response copy, when the response ended before the request body did (an upstream
     /// may answer before reading the whole request); the request side then hands off.
@@ -328,23 +331,7 @@ impl PendingCapture {
     /// Records the request body copy (called once, when the request body ends or is dropped);
     /// hands the capture off when the response already ended.
     fn request_done(&self, body: Bytes, truncated: bool) {
-        let complete = {
-            let Ok(mut state) = self.state.lock() else {
-                return;
-            };
-            let Some(partial) = state.as_mut() else {
-                return;
-            };
-            partial.request = Some((body, truncated));
-            if partial.response.is_some() {
-                state.take()
-            } else {
-                None
-            }
-        };
-        if let Some(p) = complete {
-            self.hand_off(p);
-        }
+        self.side_done(Side::Request, body, truncated);
     }
 
     /// Whether the response is not worth copying: an endless stream, or an operation inspection
@@ -382,13 +369,18 @@ impl PendingCapture {
             && let Some(partial) = state.as_mut()
         {
             partial.status = status;
-            partial.response_headers = picked(headers, &RESPONSE_HEADERS);
+            partial.response_headers = KeptHeaders::pick(headers, &RESPONSE_HEADERS);
         }
     }
 
     /// Completes the capture with the response body copy and hands it off — or, when the
     /// request body is still streaming, leaves it for the request side to hand off.
     fn response_done(&self, body: Bytes, truncated: bool) {
+        self.side_done(Side::Response, body, truncated);
+    }
+
+    /// Files one side's body copy; whichever side ends second hands the capture off.
+    fn side_done(&self, side: Side, body: Bytes, truncated: bool) {
         let complete = {
             let Ok(mut state) = self.state.lock() else {
                 return;
@@ -396,12 +388,12 @@ impl PendingCapture {
             let Some(partial) = state.as_mut() else {
                 return;
             };
-            partial.response = Some((body, truncated));
-            if partial.request.is_some() {
-                state.take()
-            } else {
-                None
-            }
+            let (this, other) = match side {
+                Side::Request => (&mut partial.request, &partial.response),
+                Side::Response => (&mut partial.response, &partial.request),
+            };
+            *this = Some((body, truncated));
+            if other.is_some() { state.take() } else { None }
         };
         if let Some(p) = complete {
             self.hand_off(p);
@@ -485,40 +477,6 @@ impl<B: Body> Tee<B> {
             truncated: false,
         }
     }
-}
-
-/// The headers named in `names`, their values copied into one buffer of the capture's own.
-/// A clone would share the buffer hyper parsed them from, which then stays alive (and cannot be
-/// reused) until inspection drops the capture, and each drop would touch its shared count from
-/// the inspection thread. One pass over the headers, each name compared with the few wanted
-/// (no lookup by name: that parsed and hashed each wanted name for every exchange); the names
-/// kept are `names`' own, never a copy sharing hyper's buffer.
-fn picked(headers: &HeaderMap, names: &[&'static HeaderName]) -> HeaderMap {
-    let values: smallvec::SmallVec<[(&'static HeaderName, &HeaderValue); 8]> = headers
-        .iter()
-        .filter_map(|(name, value)| Some((*names.iter().find(|wanted| **wanted == name)?, value)))
-        .collect();
-    let mut picked = HeaderMap::with_capacity(values.len());
-    if values.is_empty() {
-        return picked;
-    }
-    let mut text = BytesMut::with_capacity(values.iter().map(|(_, v)| v.len()).sum());
-    for (_, value) in &values {
-        text.extend_from_slice(value.as_bytes());
-    }
-    let text = text.freeze();
-    let mut at = 0;
-    for (name, value) in values {
-        let end = at + value.len();
-        // The bytes were a valid value already, so this cannot fail; were it to, the header is
-        // left out of the copy, as any header inspection does not need.
-        if let Ok(mut copy) = HeaderValue::from_maybe_shared(text.slice(at..end)) {
-            copy.set_sensitive(value.is_sensitive());
-            picked.append(name.clone(), copy);
-        }
-        at = end;
-    }
-    picked
 }
 
 fn finish(pending: &PendingCapture, side: Side, copy: BytesMut, truncated: bool) {
@@ -666,9 +624,13 @@ mod tests {
         );
         assert!(!c.request_truncated && !c.response_truncated);
         assert_eq!(c.status, 200);
-        assert!(c.request_headers.contains_key("authorization"));
         assert!(
-            !c.request_headers.contains_key("cookie"),
+            c.request_headers
+                .get(&http::header::AUTHORIZATION)
+                .is_some()
+        );
+        assert!(
+            c.request_headers.get(&http::header::COOKIE).is_none(),
             "only selected headers are copied"
         );
     }
@@ -692,66 +654,6 @@ mod tests {
             read_buffer.try_reclaim(8192),
             "the capture still holds the read buffer"
         );
-    }
-
-    #[test]
-    fn kept_header_values_are_copies_with_their_order_and_sensitivity() {
-        // Values as hyper parses them: slices of the buffer it read the head into.
-        let head = Bytes::from_static(b"Bearer tokenapplication/soap+xmlsecondx-cookie");
-        let slice = |from: usize, to: usize| HeaderValue::from_maybe_shared(head.slice(from..to));
-        let mut headers = HeaderMap::new();
-        let mut auth = slice(0, 12).unwrap();
-        auth.set_sensitive(true);
-        headers.insert("authorization", auth);
-        headers.append("content-type", slice(12, 32).unwrap());
-        headers.append("content-type", slice(32, 38).unwrap());
-        headers.insert("cookie", slice(38, 46).unwrap());
-        let before = head.as_ptr_range();
-        let kept = picked(&headers, &REQUEST_HEADERS);
-        drop(headers);
-        assert_eq!(kept.len(), 3, "only the named headers");
-        let auth = &kept["authorization"];
-        assert_eq!(auth.as_bytes(), b"Bearer token");
-        assert!(auth.is_sensitive(), "credentials stay marked sensitive");
-        let types: Vec<&[u8]> = kept
-            .get_all("content-type")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        assert_eq!(types, [&b"application/soap+xml"[..], b"second"], "in order");
-        for value in kept.values() {
-            assert!(
-                !before.contains(&value.as_bytes().as_ptr()),
-                "a kept value still points into the parsed head"
-            );
-        }
-        assert!(picked(&HeaderMap::new(), &REQUEST_HEADERS).is_empty());
-    }
-
-    #[test]
-    fn extension_headers_are_kept_and_the_others_left_out() {
-        let mut request = HeaderMap::new();
-        let anchor = HeaderName::from_bytes(b"X-AnchorMailbox").unwrap();
-        request.insert(anchor, HeaderValue::from_static("user@contoso.example"));
-        request.insert("SOAPAction", HeaderValue::from_static("\"GetItem\""));
-        request.insert("Prefer", HeaderValue::from_static("IdType=\"ImmutableId\""));
-        request.insert("x-other", HeaderValue::from_static("left out"));
-        let kept = picked(&request, &REQUEST_HEADERS);
-        assert_eq!(kept.len(), 3);
-        assert_eq!(kept["x-anchormailbox"], "user@contoso.example");
-        assert_eq!(kept["soapaction"], "\"GetItem\"");
-        assert_eq!(kept["prefer"], "IdType=\"ImmutableId\"");
-        let mut response = HeaderMap::new();
-        response.insert("Retry-After", HeaderValue::from_static("30"));
-        response.insert(
-            "Location",
-            HeaderValue::from_static("https://mail.example/"),
-        );
-        response.insert("Server", HeaderValue::from_static("left out"));
-        let kept = picked(&response, &RESPONSE_HEADERS);
-        assert_eq!(kept.len(), 2);
-        assert_eq!(kept["retry-after"], "30");
-        assert_eq!(kept["location"], "https://mail.example/");
     }
 
     /// A body that declares `declared` bytes and sends `sent` of them before it breaks off.
@@ -825,14 +727,7 @@ mod tests {
     #[tokio::test]
     async fn over_budget_copies_are_dropped_and_counted() {
         let (sink, mut rx) = sink(1024, 8);
-        let pending = begin(&sink);
-        pending.no_request_body();
-        let response = Tee::new(
-            Full::new(Bytes::from_static(b"0123456789")),
-            Side::Response,
-            pending,
-        );
-        response.collect().await.unwrap();
+        exchange_answered(&sink, b"0123456789").await;
         assert!(rx.try_recv().is_err());
         assert_eq!(sink.metrics.dropped.get(), 1);
         assert_eq!(sink.budget.held(), 0);
@@ -840,10 +735,15 @@ mod tests {
 
     /// Copies one small exchange through the sink.
     async fn exchange(sink: &Arc<CaptureSink>) {
+        exchange_answered(sink, b"<resp/>").await;
+    }
+
+    /// Copies one exchange without a request body, answered with `answer`, through the sink.
+    async fn exchange_answered(sink: &Arc<CaptureSink>, answer: &'static [u8]) {
         let pending = begin(sink);
         pending.no_request_body();
         let response = Tee::new(
-            Full::new(Bytes::from_static(b"<resp/>")),
+            Full::new(Bytes::from_static(answer)),
             Side::Response,
             pending,
         );
