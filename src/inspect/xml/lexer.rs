@@ -483,30 +483,37 @@ const NAME_BYTES: [u8; 256] = {
 /// From `from`, the offset of the first byte that ends a name (`None` at the end of the
 /// input) and of the first `:` before it. Every byte that ends a name, and the colon, is
 /// below `A`, as few name bytes are (digits, `-`, `.`): the scan looks a word at a time for
-/// the next such byte and classes only those.
+/// such bytes and classes only those, taken from the word already read (a prefixed name's
+/// colon and the byte that ends it are often in one word).
 fn scan_name(bytes: &[u8], from: usize) -> (Option<usize>, Option<usize>) {
     let mut colon = None;
     let mut at = from;
-    while at < bytes.len() {
-        let candidate = match bytes.get(at..at + 8) {
-            Some(chunk) => {
-                // Bytes below `A` (the lowest flagged is exact; bytes of 0x80 and up, parts of
-                // non-ASCII names, never are).
-                let low = below(word(chunk), b'A');
-                if low == 0 {
-                    at += 8;
-                    continue;
-                }
-                at + (low.trailing_zeros() / 8) as usize
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let w = word(chunk);
+        // Every byte below `A` is flagged (bytes of 0x80 and up, parts of non-ASCII names,
+        // never are); a byte above the lowest flagged may be flagged too, and classes as part
+        // of the name.
+        let mut low = below(w, b'A');
+        while low != 0 {
+            let i = low.trailing_zeros() / 8;
+            // The flagged byte itself, from the word (little-endian: byte `i` is bits 8i..).
+            let byte = (w >> (i * 8)) as u8;
+            match NAME_BYTES[usize::from(byte)] {
+                NAME => {}
+                STOP => return (Some(at + i as usize), colon),
+                _ => colon = colon.or(Some(at + i as usize)),
             }
-            None => at,
-        };
-        match NAME_BYTES[usize::from(bytes[candidate])] {
-            NAME => {}
-            STOP => return (Some(candidate), colon),
-            _ => colon = colon.or(Some(candidate)),
+            low &= low - 1;
         }
-        at = candidate + 1;
+        at += 8;
+    }
+    // The last few bytes, one at a time.
+    for (i, &byte) in bytes.iter().enumerate().skip(at) {
+        match NAME_BYTES[usize::from(byte)] {
+            NAME => {}
+            STOP => return (Some(i), colon),
+            _ => colon = colon.or(Some(i)),
+        }
     }
     (None, colon)
 }
