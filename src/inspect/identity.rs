@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::ntlm::{self, NtlmMessage};
 use crate::common::text::{percent_decode, percent_decoded_bytes};
 use crate::proxy::capture::{Capture, KeptHeaders};
-use crate::proxy::headers::{X_ANCHOR_MAILBOX, is_windows_auth_value};
+use crate::proxy::headers::{X_ANCHOR_MAILBOX, is_windows_auth};
 
 /// The inspection worker key of an exchange (see `proxy::capture::Affinity`): the anchor
 /// mailbox, else the Graph `/users/{id}`, else the credentials as sent (Basic and bearer name
@@ -30,13 +30,11 @@ pub fn affinity(capture: &Capture) -> u64 {
     if let Some(user) = graph_version_rest(&capture.path_and_query).and_then(users_segment) {
         return fold_hash(user);
     }
-    let windows_auth = || {
-        headers
-            .get_all(&http::header::AUTHORIZATION)
-            .any(is_windows_auth_value)
-    };
-    match headers.get(&http::header::AUTHORIZATION) {
-        Some(auth) if !windows_auth() => xxhash_rust::xxh3::xxh3_64(auth),
+    let authorization = &http::header::AUTHORIZATION;
+    match headers.get(authorization) {
+        Some(auth) if !is_windows_auth(headers.get_all(authorization)) => {
+            xxhash_rust::xxh3::xxh3_64(auth)
+        }
         _ => capture.connection,
     }
 }

@@ -204,10 +204,12 @@ pub fn capture_from_parts(
         pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
     let request_headers = KeptHeaders::from_pairs(pairs(request_headers), &REQUEST_HEADERS);
-    // Windows auth is the connection's: the proxy hands it on beside the request's headers.
+    // Windows auth is the connection's: the proxy hands on the request's `Authorization`
+    // beside its headers when any of its values is NTLM or Negotiate.
+    let authorization = &header::AUTHORIZATION;
     let connection_auth = request_headers
-        .get_all(&header::AUTHORIZATION)
-        .find(|value| crate::proxy::headers::is_windows_auth_value(value))
+        .get(authorization)
+        .filter(|_| crate::proxy::headers::is_windows_auth(request_headers.get_all(authorization)))
         .and_then(|value| http::HeaderValue::from_bytes(value).ok());
     Capture {
         connection: 0,

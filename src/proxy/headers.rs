@@ -360,16 +360,14 @@ pub fn ends_chunked(headers: &HeaderMap) -> bool {
         .ends_chunked
 }
 
-/// Whether a request carries Windows (connection-oriented) authentication.
-pub fn is_windows_auth(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .any(|value| is_windows_auth_value(value.as_bytes()))
+/// Whether a request's `Authorization` values (any of them) carry Windows
+/// (connection-oriented) authentication.
+pub fn is_windows_auth<'v>(authorization: impl IntoIterator<Item = &'v [u8]>) -> bool {
+    authorization.into_iter().any(is_windows_auth_value)
 }
 
 /// Whether one `Authorization` value is NTLM or Negotiate.
-pub fn is_windows_auth_value(b: &[u8]) -> bool {
+fn is_windows_auth_value(b: &[u8]) -> bool {
     starts_with_ignore_case(b, b"ntlm ")
         || starts_with_ignore_case(b, b"negotiate ")
         || b.eq_ignore_ascii_case(b"ntlm")
@@ -557,18 +555,29 @@ mod tests {
         );
     }
 
+    /// Whether a head's `Authorization` values carry Windows authentication.
+    fn windows_auth_in(headers: &HeaderMap) -> bool {
+        is_windows_auth(
+            headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
     #[test]
     fn windows_auth_is_recognised_in_any_case() {
-        assert!(is_windows_auth(&map(&[(
-            "authorization",
-            "NTLM TlRMTVNTUAABAAAA"
-        )])));
-        assert!(is_windows_auth(&map(&[(
-            "authorization",
-            "negotiate YIIB"
-        )])));
-        assert!(!is_windows_auth(&map(&[("authorization", "Bearer eyJ0")])));
-        assert!(!is_windows_auth(&map(&[("authorization", "NTLMish")])));
+        let auth = |value: &str| windows_auth_in(&map(&[("authorization", value)]));
+        assert!(auth("NTLM TlRMTVNTUAABAAAA"));
+        assert!(auth("negotiate YIIB"));
+        assert!(auth("NTLM"));
+        assert!(!auth("Bearer eyJ0"));
+        assert!(!auth("NTLMish"));
+        let both = map(&[
+            ("authorization", "Basic eDp5"),
+            ("authorization", "NTLM TlRM"),
+        ]);
+        assert!(windows_auth_in(&both), "any of several values");
     }
 
     #[test]
@@ -843,7 +852,7 @@ mod tests {
             );
             proptest::prop_assert_eq!(facts.codings.ends_chunked, by_name::ends_chunked(&h));
             proptest::prop_assert_eq!(ends_chunked(&h), by_name::ends_chunked(&h));
-            proptest::prop_assert_eq!(facts.windows_auth, is_windows_auth(&h));
+            proptest::prop_assert_eq!(facts.windows_auth, windows_auth_in(&h));
             proptest::prop_assert_eq!(facts.host.as_ref(), h.get(header::HOST));
             // Any `Expect` field asking for it counts (hyper's server, which sends the
             // `100 Continue`, reads the last one; the by-name lookup read only the first).

@@ -16,72 +16,75 @@ struct Kept {
     sensitive: bool,
 }
 
-/// Header values kept from one side of an exchange, in the order they were sent.
+/// Header values kept from one side of an exchange; the values of one name in the order they
+/// were sent.
 #[derive(Clone, Default)]
 pub struct KeptHeaders {
     text: Box<[u8]>,
-    kept: SmallVec<[Kept; 4]>,
+    kept: SmallVec<[Kept; 3]>,
 }
+
+/// Values found, with their entries, before they are gathered into one buffer.
+type Found<'v> = SmallVec<[(Kept, &'v [u8]); 3]>;
 
 impl KeptHeaders {
     /// The values of `headers` named in `names`, copied. One pass over the headers, each name
     /// compared with the few wanted (no lookup by name, which would parse and hash each).
     pub fn pick(headers: &HeaderMap, names: &[&'static HeaderName]) -> KeptHeaders {
-        let mut kept = SmallVec::<[Kept; 4]>::new();
-        let mut wanted = SmallVec::<[&[u8]; 4]>::new();
+        let mut found = Found::new();
         for (name, value) in headers {
             if let Some(name) = names.iter().find(|wanted| **wanted == name) {
-                wanted.push(value.as_bytes());
-                kept.push(Kept {
+                let kept = Kept {
                     name,
                     end: 0,
                     sensitive: value.is_sensitive(),
-                });
+                };
+                found.push((kept, value.as_bytes()));
             }
         }
-        KeptHeaders::gather(kept, &wanted)
+        KeptHeaders::gather(found)
     }
 
-    /// Values given as text (recorded exchanges, tests): a name not in `names` (matched without
-    /// regard to case) is left out, as the proxy leaves it out; `Authorization` is sensitive.
+    /// Values given as text (recorded exchanges, tests), trimmed: a name not in `names`
+    /// (matched without regard to case) is left out, as the proxy leaves it out, and so is a
+    /// value no header could carry (control bytes); `Authorization` is sensitive.
     pub fn from_pairs<'p>(
         pairs: impl IntoIterator<Item = (&'p str, &'p str)>,
         names: &[&'static HeaderName],
     ) -> KeptHeaders {
-        let mut kept = SmallVec::<[Kept; 4]>::new();
-        let mut wanted = SmallVec::<[&[u8]; 4]>::new();
+        let mut found = Found::new();
         for (name, value) in pairs {
-            let name = name.trim();
-            if let Some(name) = names
+            let (name, value) = (name.trim(), value.trim());
+            let wanted = names
                 .iter()
-                .find(|wanted| wanted.as_str().eq_ignore_ascii_case(name))
+                .find(|wanted| wanted.as_str().eq_ignore_ascii_case(name));
+            if let Some(name) = wanted
+                && http::HeaderValue::from_str(value).is_ok()
             {
-                wanted.push(value.trim().as_bytes());
-                kept.push(Kept {
+                let kept = Kept {
                     name,
                     end: 0,
                     sensitive: **name == http::header::AUTHORIZATION,
-                });
+                };
+                found.push((kept, value.as_bytes()));
             }
         }
-        KeptHeaders::gather(kept, &wanted)
+        KeptHeaders::gather(found)
     }
 
-    /// Copies `values` (one per entry of `kept`) into one buffer and notes where each ends.
-    /// Values past 4 GiB in all are left out (headers are bounded far below that).
-    fn gather(mut kept: SmallVec<[Kept; 4]>, values: &[&[u8]]) -> KeptHeaders {
-        let mut text = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
-        let mut fitting = 0;
-        for (entry, value) in kept.iter_mut().zip(values) {
-            text.extend_from_slice(value);
-            let Ok(end) = u32::try_from(text.len()) else {
-                text.truncate(text.len() - value.len());
+    /// Copies the values found into one buffer and notes where each ends. Values past 4 GiB in
+    /// all are left out (heads are bounded far below that).
+    fn gather(found: Found<'_>) -> KeptHeaders {
+        let mut text = Vec::with_capacity(found.iter().map(|(_, v)| v.len()).sum());
+        let mut kept = SmallVec::new();
+        for (mut entry, value) in found {
+            let Ok(end) = u32::try_from(text.len() + value.len()) else {
                 break;
             };
+            text.extend_from_slice(value);
             entry.end = end;
-            fitting += 1;
+            kept.push(entry);
         }
-        kept.truncate(fitting);
         KeptHeaders {
             text: text.into_boxed_slice(),
             kept,
@@ -132,15 +135,19 @@ impl KeptHeaders {
     }
 }
 
-/// Names only, and each value's length: values may be credentials.
+/// Names, and the length of each value not marked sensitive: never a value (a header may hold
+/// credentials, and a credential's length says something about it too).
 impl std::fmt::Debug for KeptHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(
-                self.iter()
-                    .map(|(name, value, _)| (name.as_str(), value.len())),
-            )
-            .finish()
+        let shown = self.iter().map(|(name, value, sensitive)| {
+            let length = if sensitive {
+                "sensitive".to_owned()
+            } else {
+                format!("{} bytes", value.len())
+            };
+            (name.as_str(), length)
+        });
+        f.debug_list().entries(shown).finish()
     }
 }
 
@@ -148,33 +155,33 @@ impl std::fmt::Debug for KeptHeaders {
 mod tests {
     use bytes::Bytes;
     use http::HeaderValue;
+    use http::header::{AUTHORIZATION, CONTENT_ENCODING};
 
     use super::*;
     use crate::proxy::capture::{REQUEST_HEADERS, RESPONSE_HEADERS};
+    use crate::proxy::headers::X_ANCHOR_MAILBOX;
 
     #[test]
     fn kept_values_are_copies_with_their_order_and_sensitivity() {
         // Values as hyper parses them: slices of the buffer it read the head into.
-        let head = Bytes::from_static(b"Bearer tokenapplication/soap+xmlsecondx-cookie");
+        let head = Bytes::from_static(b"Bearer tokengzipbrx-cookie");
         let slice = |from: usize, to: usize| HeaderValue::from_maybe_shared(head.slice(from..to));
         let mut headers = HeaderMap::new();
         let mut auth = slice(0, 12).unwrap();
         auth.set_sensitive(true);
         headers.insert("authorization", auth);
-        headers.append("content-type", slice(12, 32).unwrap());
-        headers.append("content-type", slice(32, 38).unwrap());
-        headers.insert("cookie", slice(38, 46).unwrap());
+        headers.append("content-encoding", slice(12, 16).unwrap());
+        headers.append("content-encoding", slice(16, 18).unwrap());
+        headers.insert("cookie", slice(18, 26).unwrap());
         let before = head.as_ptr_range();
         let kept = KeptHeaders::pick(&headers, &REQUEST_HEADERS);
         drop(headers);
         assert_eq!(kept.len(), 3, "only the named headers");
-        let authorization = http::header::AUTHORIZATION;
-        assert_eq!(kept.get(&authorization), Some(&b"Bearer token"[..]));
+        assert_eq!(kept.get(&AUTHORIZATION), Some(&b"Bearer token"[..]));
         let (_, _, sensitive) = kept.iter().next().unwrap();
         assert!(sensitive, "credentials stay marked sensitive");
-        let content_type = http::header::CONTENT_TYPE;
-        let types: Vec<&[u8]> = kept.get_all(&content_type).collect();
-        assert_eq!(types, [&b"application/soap+xml"[..], b"second"], "in order");
+        let codings: Vec<&[u8]> = kept.get_all(&CONTENT_ENCODING).collect();
+        assert_eq!(codings, [&b"gzip"[..], b"br"], "in order");
         for (_, value, _) in kept.iter() {
             assert!(
                 !before.contains(&value.as_ptr()),
@@ -184,55 +191,49 @@ mod tests {
         assert!(KeptHeaders::pick(&HeaderMap::new(), &REQUEST_HEADERS).is_empty());
         let printed = format!("{kept:?}");
         assert!(!printed.contains("token"), "{printed}");
+        assert!(
+            !printed.contains("12"),
+            "not even a credential's length: {printed}"
+        );
     }
 
     #[test]
-    fn extension_headers_are_kept_and_the_others_left_out() {
+    fn the_headers_inspection_reads_are_kept_and_the_others_left_out() {
         let mut request = HeaderMap::new();
         let anchor = HeaderName::from_bytes(b"X-AnchorMailbox").unwrap();
         request.insert(anchor, HeaderValue::from_static("user@contoso.example"));
         request.insert("SOAPAction", HeaderValue::from_static("\"GetItem\""));
-        request.insert("Prefer", HeaderValue::from_static("IdType=\"ImmutableId\""));
-        request.insert("x-other", HeaderValue::from_static("left out"));
+        request.insert("Host", HeaderValue::from_static("mail.contoso.example"));
         let kept = KeptHeaders::pick(&request, &REQUEST_HEADERS);
-        let value = |kept: &KeptHeaders, name: &'static str| {
-            kept.get_str(&HeaderName::from_static(name))
-                .map(str::to_owned)
-        };
-        assert_eq!(kept.len(), 3);
+        assert_eq!(kept.len(), 1);
         assert_eq!(
-            value(&kept, "x-anchormailbox").unwrap(),
-            "user@contoso.example"
+            kept.get_str(&X_ANCHOR_MAILBOX),
+            Some("user@contoso.example")
         );
-        assert_eq!(value(&kept, "soapaction").unwrap(), "\"GetItem\"");
-        assert_eq!(value(&kept, "prefer").unwrap(), "IdType=\"ImmutableId\"");
         let mut response = HeaderMap::new();
-        response.insert("Retry-After", HeaderValue::from_static("30"));
+        response.insert("Content-Encoding", HeaderValue::from_static("gzip"));
         response.insert(
             "Location",
             HeaderValue::from_static("https://mail.example/"),
         );
-        response.insert("Server", HeaderValue::from_static("left out"));
         let kept = KeptHeaders::pick(&response, &RESPONSE_HEADERS);
-        assert_eq!(kept.len(), 2);
-        assert_eq!(value(&kept, "retry-after").unwrap(), "30");
-        assert_eq!(value(&kept, "location").unwrap(), "https://mail.example/");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept.get_str(&CONTENT_ENCODING), Some("gzip"));
     }
 
     #[test]
     fn text_reads_only_visible_ascii_as_header_values_do() {
         let mut headers = HeaderMap::new();
         let odd = HeaderValue::from_bytes(b"caf\xe9@contoso.example").unwrap();
-        headers.insert(crate::proxy::headers::X_ANCHOR_MAILBOX.clone(), odd.clone());
-        headers.insert("prefer", HeaderValue::from_static("a\tb"));
+        headers.insert(X_ANCHOR_MAILBOX.clone(), odd.clone());
+        headers.insert("content-encoding", HeaderValue::from_static("a\tb"));
         let kept = KeptHeaders::pick(&headers, &REQUEST_HEADERS);
-        let anchor = &crate::proxy::headers::X_ANCHOR_MAILBOX;
-        assert_eq!(kept.get_str(anchor).is_some(), odd.to_str().is_ok());
-        assert_eq!(kept.get(anchor), Some(odd.as_bytes()));
         assert_eq!(
-            kept.get_str(&HeaderName::from_static("prefer")),
-            Some("a\tb")
+            kept.get_str(&X_ANCHOR_MAILBOX).is_some(),
+            odd.to_str().is_ok()
         );
+        assert_eq!(kept.get(&X_ANCHOR_MAILBOX), Some(odd.as_bytes()));
+        assert_eq!(kept.get_str(&CONTENT_ENCODING), Some("a\tb"));
     }
 
     #[test]
@@ -242,15 +243,19 @@ mod tests {
                 ("X-AnchorMailbox", " pat@contoso.example "),
                 ("Authorization", "Basic cGF0OnB3"),
                 ("X-Other", "left out"),
+                ("content-encoding", "gz\nip"),
+                ("Content-Encoding", "gzip"),
             ],
             &REQUEST_HEADERS,
         );
-        assert_eq!(kept.len(), 2);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept.get_str(&X_ANCHOR_MAILBOX), Some("pat@contoso.example"));
         assert_eq!(
-            kept.get_str(&crate::proxy::headers::X_ANCHOR_MAILBOX),
-            Some("pat@contoso.example")
+            kept.get_str(&CONTENT_ENCODING),
+            Some("gzip"),
+            "a value no header could carry is left out"
         );
         let sensitive: Vec<bool> = kept.iter().map(|(_, _, s)| s).collect();
-        assert_eq!(sensitive, [false, true]);
+        assert_eq!(sensitive, [false, true, false]);
     }
 }

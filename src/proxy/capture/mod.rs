@@ -26,28 +26,16 @@ use super::route::RouteClass;
 mod kept;
 pub use kept::KeptHeaders;
 
-static SOAP_ACTION: HeaderName = HeaderName::from_static("soapaction");
-static PREFER: HeaderName = HeaderName::from_static("prefer");
-
-/// Request headers inspection may need (identity, content handling); everything else is left out.
-pub static REQUEST_HEADERS: [&HeaderName; 8] = [
+/// Request headers inspection reads (who the mailbox is, how the body is coded); everything
+/// else is left out of the copy. Widen it only with a reader for the new name.
+pub static REQUEST_HEADERS: [&HeaderName; 3] = [
     &header::AUTHORIZATION,
     &super::headers::X_ANCHOR_MAILBOX,
-    &header::CONTENT_TYPE,
     &header::CONTENT_ENCODING,
-    &SOAP_ACTION,
-    &PREFER,
-    &header::HOST,
-    &header::USER_AGENT,
 ];
 
-/// Response headers inspection may need.
-pub static RESPONSE_HEADERS: [&HeaderName; 4] = [
-    &header::CONTENT_TYPE,
-    &header::CONTENT_ENCODING,
-    &header::LOCATION,
-    &header::RETRY_AFTER,
-];
+/// Response headers inspection reads.
+pub static RESPONSE_HEADERS: [&HeaderName; 1] = [&header::CONTENT_ENCODING];
 
 /// One exchange as inspection sees it. Credentials may be inside the headers, so `Debug` shows
 /// only the shape.
@@ -325,13 +313,7 @@ impl PendingCapture {
 
     /// Records that the request had no body.
     pub fn no_request_body(&self) {
-        self.request_done(Bytes::new(), false);
-    }
-
-    /// Records the request body copy (called once, when the request body ends or is dropped);
-    /// hands the capture off when the response already ended.
-    fn request_done(&self, body: Bytes, truncated: bool) {
-        self.side_done(Side::Request, body, truncated);
+        self.side_done(Side::Request, Bytes::new(), false);
     }
 
     /// Whether the response is not worth copying: an endless stream, or an operation inspection
@@ -373,13 +355,9 @@ impl PendingCapture {
         }
     }
 
-    /// Completes the capture with the response body copy and hands it off — or, when the
-    /// request body is still streaming, leaves it for the request side to hand off.
-    fn response_done(&self, body: Bytes, truncated: bool) {
-        self.side_done(Side::Response, body, truncated);
-    }
-
-    /// Files one side's body copy; whichever side ends second hands the capture off.
+    /// Files one side's body copy (once, when that body ends or is dropped); whichever side
+    /// ends second hands the capture off. The response may end first: an upstream can answer
+    /// before it has read the whole request.
     fn side_done(&self, side: Side, body: Bytes, truncated: bool) {
         let complete = {
             let Ok(mut state) = self.state.lock() else {
@@ -487,10 +465,7 @@ fn finish(pending: &PendingCapture, side: Side, copy: BytesMut, truncated: bool)
     } else {
         copy.freeze()
     };
-    match side {
-        Side::Request => pending.request_done(body, truncated),
-        Side::Response => pending.response_done(body, truncated),
-    }
+    pending.side_done(side, body, truncated);
 }
 
 impl<B> Body for Tee<B>
@@ -815,8 +790,8 @@ mod tests {
                     &HeaderMap::new(),
                     None,
                 );
-                pending.request_done(Bytes::from(vec![round]), false);
-                pending.response_done(Bytes::new(), false);
+                pending.side_done(Side::Request, Bytes::from(vec![round]), false);
+                pending.side_done(Side::Response, Bytes::new(), false);
             }
         }
         assert_eq!(sink.metrics.handed_off.get(), 24);
