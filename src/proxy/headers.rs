@@ -343,10 +343,20 @@ impl HeadFacts {
     }
 
     /// HTTP/2 lets a client split `Cookie` into several fields; an HTTP/1.1 upstream needs one
-    /// (RFC 9113 §8.2.3).
+    /// (RFC 9113 §8.2.3). The pass counted them, so a head with one or none is not read again.
     pub fn join_cookies(&self, headers: &mut HeaderMap) {
-        if self.cookies > 1 {
-            join_cookies(headers);
+        if self.cookies < 2 {
+            return;
+        }
+        let joined: Vec<u8> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        if let Ok(mut value) = HeaderValue::from_bytes(&joined) {
+            value.set_sensitive(true);
+            headers.insert(header::COOKIE, value);
         }
     }
 }
@@ -376,24 +386,6 @@ fn is_windows_auth_value(b: &[u8]) -> bool {
 
 fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
     haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
-/// HTTP/2 lets a client split `Cookie` into several fields; an HTTP/1.1 upstream needs one
-/// (RFC 9113 §8.2.3).
-pub fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
-    }
-    let joined: Vec<u8> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect::<Vec<_>>()
-        .join(&b"; "[..]);
-    if let Ok(mut value) = HeaderValue::from_bytes(&joined) {
-        value.set_sensitive(true);
-        headers.insert(header::COOKIE, value);
-    }
 }
 
 /// The client-facing facts the forwarded headers are built from.
@@ -492,14 +484,8 @@ mod tests {
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
+        let bytes: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        map_bytes(&bytes)
     }
 
     #[test]
@@ -715,15 +701,38 @@ mod tests {
                 }
             }
             let host = headers.get(header::HOST).cloned();
-            if let Some(named) = connection_tokens(headers) {
-                for name in named {
-                    headers.remove(name);
+            let mut named = Vec::new();
+            for value in headers.get_all(header::CONNECTION) {
+                let Ok(text) = value.to_str() else { continue };
+                for token in text.split(',').map(str::trim) {
+                    let keep = token.is_empty()
+                        || token.eq_ignore_ascii_case("close")
+                        || token.eq_ignore_ascii_case("keep-alive");
+                    if let (false, Ok(name)) = (keep, HeaderName::from_bytes(token.as_bytes())) {
+                        named.push(name);
+                    }
                 }
+            }
+            for name in named {
+                headers.remove(name);
             }
             for name in &HOP_BY_HOP {
                 headers.remove(name);
             }
-            join_cookies(headers);
+            // Written apart from the pass's own join, so that the comparison can fail.
+            let mut joined = Vec::new();
+            for (i, cookie) in headers.get_all(header::COOKIE).iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b"; ");
+                }
+                joined.extend_from_slice(cookie.as_bytes());
+            }
+            if headers.get_all(header::COOKIE).iter().nth(1).is_some()
+                && let Ok(mut value) = HeaderValue::from_bytes(&joined)
+            {
+                value.set_sensitive(true);
+                headers.insert(header::COOKIE, value);
+            }
             let trusted = client.trusted.iter().any(|net| net.contains(&client.peer));
             let prior = headers
                 .get(&X_FORWARDED_FOR)
@@ -889,8 +898,9 @@ mod tests {
     #[test]
     fn split_cookies_are_joined() {
         let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
-        join_cookies(&mut h);
+        HeadFacts::of(&h).join_cookies(&mut h);
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h["cookie"], "a=1; b=2");
+        assert!(h["cookie"].is_sensitive());
     }
 }

@@ -75,19 +75,27 @@ fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
+
+    fn head(fields: &[(HeaderName, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        headers
+    }
 
     #[test]
     fn credentials_print_as_sensitive() {
-        let mut headers = HeaderMap::new();
-        headers.append(header::AUTHORIZATION, "NTLM TlRMTVNTUAAB".parse().unwrap());
-        headers.append(
-            header::PROXY_AUTHORIZATION,
-            "Basic cHJveHk6c2VjcmV0".parse().unwrap(),
-        );
-        headers.append(header::COOKIE, "a=1".parse().unwrap());
-        headers.append(header::COOKIE, "b=2".parse().unwrap());
-        headers.append(header::ACCEPT, "*/*".parse().unwrap());
+        let mut headers = head(&[
+            (header::AUTHORIZATION, "NTLM TlRMTVNTUAAB"),
+            (header::PROXY_AUTHORIZATION, "Basic cHJveHk6c2VjcmV0"),
+            (header::COOKIE, "a=1"),
+            (header::COOKIE, "b=2"),
+            (header::ACCEPT, "*/*"),
+        ]);
         let facts = HeadFacts::of_request(&mut headers);
         assert!(facts.windows_auth);
         let printed = format!("{headers:?}");
@@ -96,13 +104,11 @@ mod tests {
         assert!(!printed.contains("b=2"), "every value of a repeated header");
         assert!(printed.contains("*/*"));
 
-        let mut answer = HeaderMap::new();
-        answer.append(header::SET_COOKIE, "session=s3cr3t".parse().unwrap());
-        answer.append(
-            header::WWW_AUTHENTICATE,
-            "NTLM TlRMTVNTUAAC".parse().unwrap(),
-        );
-        answer.append(header::SERVER, "Microsoft-IIS/10.0".parse().unwrap());
+        let mut answer = head(&[
+            (header::SET_COOKIE, "session=s3cr3t"),
+            (header::WWW_AUTHENTICATE, "NTLM TlRMTVNTUAAC"),
+            (header::SERVER, "Microsoft-IIS/10.0"),
+        ]);
         mark_sensitive(&mut answer, &SENSITIVE_RESPONSE);
         let printed = format!("{answer:?}");
         assert!(!printed.contains("s3cr3t") && !printed.contains("TlRMTVNTUAAC"));

@@ -170,6 +170,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The hop-by-hop headers of the head this body belongs to (once).
+    pub fn take_hop_by_hop(&mut self) -> Option<HopByHop> {
+        self.hops.take()
+    }
+
     /// Frames the body the head announces (RFC 9112 §6.3).
     pub(super) fn new(
         connection: Connection,
@@ -429,13 +434,6 @@ pub(super) fn keeps_alive(version: Version, facts: &HeadFacts) -> bool {
         facts.hops.connection.keep_alive
     } else {
         !facts.hops.connection.close
-    }
-}
-
-impl Answer {
-    /// The hop-by-hop headers of the head this body belongs to (once).
-    pub fn take_hop_by_hop(&mut self) -> Option<HopByHop> {
-        self.hops.take()
     }
 }
 
