@@ -31,10 +31,15 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
-/// Why a guarded body stopped early. Shared with the request path so a failed upstream call can
-/// be blamed on the right party (413 and 408 are the client's doing, not the upstream's).
+/// How a guarded body went, shared with the request path: why it stopped early, so a failed
+/// upstream call can be blamed on the right party (413 and 408 are the client's doing, not the
+/// upstream's), and a signal once it has ended, however it ended. One allocation per request
+/// for both.
 #[derive(Debug, Default)]
-pub struct BodyOutcome(AtomicU8);
+pub struct BodyOutcome {
+    failure: AtomicU8,
+    ended: tokio::sync::Notify,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFailure {
@@ -45,13 +50,19 @@ pub enum BodyFailure {
 
 impl BodyOutcome {
     fn set(&self, failure: BodyFailure) {
-        let _ = self
-            .0
-            .compare_exchange(0, failure as u8, Ordering::Relaxed, Ordering::Relaxed);
+        let _ =
+            self.failure
+                .compare_exchange(0, failure as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Notified once when the body ends (a body known to be empty is never guarded: whoever
+    /// skips the guard notifies this itself).
+    pub fn ended(&self) -> &tokio::sync::Notify {
+        &self.ended
     }
 
     pub fn get(&self) -> Option<BodyFailure> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.failure.load(Ordering::Relaxed) {
             1 => Some(BodyFailure::TooLarge),
             2 => Some(BodyFailure::IdleTimeout),
             3 => Some(BodyFailure::Inner),
@@ -91,7 +102,8 @@ pin_project_lite::pin_project! {
         counter: Counter,
         outcome: Option<Arc<BodyOutcome>>,
         gate: Option<Gate>,
-        end_signal: Option<Arc<tokio::sync::Notify>>,
+        // The outcome's end signal is still to be sent.
+        end_unsignalled: bool,
         done: bool,
     }
 }
@@ -115,15 +127,9 @@ impl<B> Guarded<B> {
             counter,
             outcome: None,
             gate: None,
-            end_signal: None,
+            end_unsignalled: false,
             done: false,
         }
-    }
-
-    /// Notified once when the body ends, however it ends.
-    pub fn with_end_signal(mut self, signal: Arc<tokio::sync::Notify>) -> Self {
-        self.end_signal = Some(signal);
-        self
     }
 
     /// A minimum average rate after a grace period, and a deadline for the whole body.
@@ -137,8 +143,10 @@ impl<B> Guarded<B> {
         self
     }
 
+    /// Where the body says why it failed, and that it ended.
     pub fn with_outcome(mut self, outcome: Arc<BodyOutcome>) -> Self {
         self.outcome = Some(outcome);
+        self.end_unsignalled = true;
         self
     }
 
@@ -164,8 +172,12 @@ where
         let polled = self.as_mut().poll_inner(cx);
         let this = self.project();
         let ended = *this.done || (polled.is_ready() && this.inner.is_end_stream());
-        if ended && let Some(signal) = this.end_signal.take() {
-            signal.notify_one();
+        if ended
+            && *this.end_unsignalled
+            && let Some(outcome) = this.outcome.as_ref()
+        {
+            *this.end_unsignalled = false;
+            outcome.ended.notify_one();
         }
         polled
     }

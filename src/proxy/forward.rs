@@ -43,7 +43,7 @@ pub async fn forward(
     let mut ctx = RequestCtx::route(&parts, &mut facts);
     ctx.capture = capture(proxy, conn, &ctx, &parts);
     upstream_request(&state, conn, &mut ctx, &mut parts, &mut facts)?;
-    let signals = Signals::new();
+    let signals = Signals::new(ctx.expect_continue);
     let body = request_body(&state, &proxy.metrics, &ctx, &signals, body);
     let request = client_signals(&ctx, &signals, Request::from_parts(parts, body));
     let (response, pinned) = send(proxy, &state, conn, &ctx, &signals, request).await?;
@@ -81,21 +81,24 @@ struct RequestCtx {
 
 /// What the request body, the upstream send and hyper's informational callback tell each other.
 struct Signals {
-    /// Why the request body stopped early, if it did: a failed send is then the client's doing.
+    /// Why the request body stopped early, if it did (a failed send is then the client's
+    /// doing), and that it has been sent (the response header timeout starts then).
     outcome: Arc<BodyOutcome>,
-    /// The upstream sent `100 Continue` (or a final success): the request body may flow.
-    continue_seen: Arc<Notify>,
-    /// The request body has been sent: the response header timeout starts.
-    body_sent: Arc<Notify>,
+    /// For a client that waits for `100 Continue`: the upstream sent one (or a final success),
+    /// so the request body may flow. No allocation for the rest.
+    continue_seen: Option<Arc<Notify>>,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    fn new(expect_continue: bool) -> Signals {
         Signals {
             outcome: Arc::new(BodyOutcome::default()),
-            continue_seen: Arc::new(Notify::new()),
-            body_sent: Arc::new(Notify::new()),
+            continue_seen: expect_continue.then(|| Arc::new(Notify::new())),
         }
+    }
+
+    fn body_sent(&self) -> &Notify {
+        self.outcome.ended()
     }
 }
 
@@ -232,7 +235,7 @@ fn request_body(
         if let Some(c) = &ctx.capture {
             c.no_request_body();
         }
-        signals.body_sent.notify_one();
+        signals.body_sent().notify_one();
         return empty();
     }
     let mut guarded = Guarded::new(
@@ -242,13 +245,12 @@ fn request_body(
     )
     .with_limit(state.limits.max_request_body)
     .with_pace(state.limits.body_pace)
-    .with_outcome(signals.outcome.clone())
-    .with_end_signal(signals.body_sent.clone());
-    if ctx.expect_continue {
+    .with_outcome(signals.outcome.clone());
+    if let Some(seen) = &signals.continue_seen {
         // The client gets `100 Continue` only when the upstream sends one (or stays silent
         // past the timeout, as RFC 9110 lets clients assume): a 401 challenge then arrives
         // before any body is sent.
-        let seen = signals.continue_seen.clone();
+        let seen = seen.clone();
         let wait = state.timeouts.expect_continue_timeout;
         guarded = guarded.with_gate(async move {
             let _ = tokio::time::timeout(wait, seen.notified()).await;
@@ -268,10 +270,10 @@ fn client_signals(
     signals: &Signals,
     mut request: Request<ProxyBody>,
 ) -> Request<ProxyBody> {
-    if ctx.expect_continue {
+    if let Some(seen) = &signals.continue_seen {
         request
             .extensions_mut()
-            .insert(ContinueSignal(signals.continue_seen.clone()));
+            .insert(ContinueSignal(seen.clone()));
     }
     if ctx.http2 {
         request.extensions_mut().insert(Http2Client);
@@ -301,21 +303,23 @@ async fn send(
             conn,
             ctx.class,
             ctx.windows_auth,
-            &signals.body_sent,
+            signals.body_sent(),
             request,
         ))
         .await
     } else {
-        send_pooled(state, ctx.class, &signals.body_sent, request).await
+        send_pooled(state, ctx.class, signals.body_sent(), request).await
     };
     let (response, pinned) = result.map_err(|error| match signals.outcome.get() {
         Some(BodyFailure::TooLarge) => ProxyError::PayloadTooLarge,
         Some(BodyFailure::IdleTimeout) => ProxyError::ClientTimeout,
         _ => error,
     })?;
-    if ctx.expect_continue && response.status().is_success() {
+    if let Some(seen) = &signals.continue_seen
+        && response.status().is_success()
+    {
         // A final success without `100 Continue` means the upstream wants the body now.
-        signals.continue_seen.notify_one();
+        seen.notify_one();
     }
     Ok((response, pinned))
 }
