@@ -308,7 +308,7 @@ async fn send(
         ))
         .await
     } else {
-        send_pooled(state, ctx.class, signals.body_sent(), request).await
+        send_pooled(state, ctx.class, request).await
     };
     let (response, pinned) = result.map_err(|error| match signals.outcome.get() {
         Some(BodyFailure::TooLarge) => ProxyError::PayloadTooLarge,
@@ -441,19 +441,21 @@ fn external_url(state: &ProxyState, tls: bool, host: Option<&HeaderValue>) -> Op
 }
 
 /// Sends through the shared pool of upstream connections: the default for every request without
-/// Windows auth.
+/// Windows auth. The header timeout is the exchange's own: it starts once the request is sent.
 async fn send_pooled(
     state: &ProxyState,
     class: RouteClass,
-    sent: &Notify,
     request: Request<ProxyBody>,
 ) -> Result<(Response<UpstreamBody>, bool), ProxyError> {
-    let send = std::pin::pin!(state.pool(class).send(request));
-    match response_head(state, sent, send).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Err(PoolError::Connect(error))) => Err(ProxyError::UpstreamUnreachable(Box::new(error))),
-        Ok(Err(PoolError::Broken(error))) => Err(ProxyError::UpstreamBroken(Box::new(error))),
-        Ok(Ok(response)) => Ok((response.map(UpstreamBody::Pooled), false)),
+    let sent = state
+        .pool(class)
+        .send(request, state.timeouts.header_timeout)
+        .await;
+    match sent {
+        Err(PoolError::HeadTimeout(_)) => Err(ProxyError::UpstreamTimeout),
+        Err(PoolError::Connect(error)) => Err(ProxyError::UpstreamUnreachable(Box::new(error))),
+        Err(PoolError::Broken(error)) => Err(ProxyError::UpstreamBroken(Box::new(error))),
+        Ok(response) => Ok((response.map(UpstreamBody::Pooled), false)),
     }
 }
 
@@ -478,7 +480,7 @@ async fn send_pinned(
         .map(|e| e.contains(&endpoint))
         .unwrap_or(false);
     if !windows_auth && !known {
-        return send_pooled(state, class, sent, request).await;
+        return send_pooled(state, class, request).await;
     }
     let mut pinned = conn.pinned.lock().await;
     pinned.retain(PinnedConnection::is_usable);
@@ -503,7 +505,7 @@ async fn send_pinned(
         }
         None => {
             drop(pinned);
-            return send_pooled(state, class, sent, request).await;
+            return send_pooled(state, class, request).await;
         }
     };
     // The connection takes the next request once the previous exchange is done; do not wait

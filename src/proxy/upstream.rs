@@ -69,6 +69,9 @@ pub enum PoolError {
     /// The connection failed once the request was on its way.
     #[error(transparent)]
     Broken(ExchangeError),
+    /// The request went out and no answer head came within the header timeout.
+    #[error("no answer head within {0:?}")]
+    HeadTimeout(Duration),
 }
 
 type Sender = SendRequest<ProxyBody>;
@@ -247,6 +250,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<ProxyBody>,
+        head_timeout: Duration,
     ) -> Result<Response<Answer>, PoolError> {
         let mut replayed = false;
         loop {
@@ -261,7 +265,7 @@ impl Pool {
             .then(|| replayable_copy(&request))
             .flatten();
             match (
-                h1::exchange(connection, request, self.clone()).await,
+                h1::exchange(connection, request, self.clone(), head_timeout).await,
                 replay,
             ) {
                 (Ok(response), _) => return Ok(response),
@@ -269,6 +273,9 @@ impl Pool {
                 (Err(Failure::Sent(ExchangeError::ClosedBeforeAnswer)), Some(copy)) => {
                     replayed = true;
                     request = copy;
+                }
+                (Err(Failure::Sent(ExchangeError::HeadTimeout(waited))), _) => {
+                    return Err(PoolError::HeadTimeout(waited));
                 }
                 (Err(failure), _) => return Err(PoolError::Broken(failure.into_error())),
             }
@@ -459,6 +466,9 @@ mod tests {
     use super::*;
     use crate::proxy::body::empty;
 
+    /// How long the tests' exchanges wait for an answer head.
+    const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// How the test upstream treats each connection after answering a request.
     #[derive(Clone, Copy)]
     enum After {
@@ -543,7 +553,7 @@ mod tests {
     }
 
     async fn exchange(pool: &Arc<Pool>) -> bytes::Bytes {
-        let response = pool.send(get()).await.unwrap();
+        let response = pool.send(get(), HEAD_TIMEOUT).await.unwrap();
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
@@ -612,7 +622,7 @@ mod tests {
         let up = upstream(b"", After::KeepAlive).await;
         let pool = pool(&up, Duration::from_secs(90), 8);
         for _ in 0..20 {
-            let response = pool.send(get()).await.unwrap();
+            let response = pool.send(get(), HEAD_TIMEOUT).await.unwrap();
             // Nobody polls an empty body; parking must not wait for that.
             let _body = response.into_body();
         }
@@ -626,7 +636,7 @@ mod tests {
         let up = upstream_answering(answer.to_vec(), After::KeepAlive).await;
         let pool = pool(&up, Duration::from_secs(90), 8);
         for _ in 0..3 {
-            let mut body = pool.send(get()).await.unwrap().into_body();
+            let mut body = pool.send(get(), HEAD_TIMEOUT).await.unwrap().into_body();
             // As hyper's server does: no poll after the trailers.
             while !body.frame().await.unwrap().unwrap().is_trailers() {}
             drop(body);
@@ -705,7 +715,7 @@ mod tests {
             .await;
             close.send(()).unwrap();
             was_closed.recv().unwrap();
-            let answer = match pool.send(second).await {
+            let answer = match pool.send(second, HEAD_TIMEOUT).await {
                 Ok(response) => Ok(response.into_body().collect().await.unwrap().to_bytes()),
                 Err(error) => Err(error.to_string()),
             };
@@ -746,7 +756,7 @@ mod tests {
         static LARGE: [u8; 4 << 20] = [b'x'; 4 << 20];
         let up = upstream(&LARGE, After::KeepAlive).await;
         let pool = pool(&up, Duration::from_secs(90), 8);
-        let mut body = pool.send(get()).await.unwrap().into_body();
+        let mut body = pool.send(get(), HEAD_TIMEOUT).await.unwrap().into_body();
         body.frame().await.unwrap().unwrap();
         drop(body);
         until("the half-read connection is closed", || {
@@ -777,7 +787,7 @@ mod tests {
         let pool = pool(&up, Duration::from_secs(90), 2);
         let mut bodies = Vec::new();
         for _ in 0..5 {
-            bodies.push(pool.send(get()).await.unwrap().into_body());
+            bodies.push(pool.send(get(), HEAD_TIMEOUT).await.unwrap().into_body());
         }
         for body in bodies {
             body.collect().await.unwrap();

@@ -125,6 +125,9 @@ pub enum ExchangeError {
     RequestBody(#[source] BoxError),
     #[error("request body does not match its declared length")]
     RequestLength,
+    /// No answer head within the header timeout of the request's last byte.
+    #[error("upstream sent no answer within {0:?} of the request")]
+    HeadTimeout(std::time::Duration),
 }
 
 /// An exchange that did not get an answer, and whether the request can be sent again as it was.
@@ -159,12 +162,18 @@ pub struct ContinueSignal(pub Arc<Notify>);
 #[derive(Clone, Copy)]
 pub struct Http2Client;
 
-/// An upstream connection between exchanges: the transport and what was read but not yet used.
+/// An upstream connection between exchanges: the transport, what was read but not yet used,
+/// and the timer its exchanges wait for an answer head under.
 pub struct Connection {
     io: Io,
     read: BytesMut,
     /// How much of `read` a search for the end of a head has been through.
     scanned: usize,
+    /// Kept from one exchange to the next: pushing a registered timer's deadline later is an
+    /// atomic update (tokio re-files it only when the old deadline comes), where a timer per
+    /// exchange was registered with the runtime's timer wheel and taken out again, a lock each,
+    /// on every request (bench/RESULTS.md, issue 21). Made at the first exchange.
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
@@ -173,7 +182,25 @@ impl Connection {
             io,
             read: BytesMut::new(),
             scanned: 0,
+            head_timer: None,
         }
+    }
+
+    /// Starts the wait for an answer head: it may last `timeout` from now.
+    fn arm_head_timer(&mut self, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match &mut self.head_timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Whether the wait started by [`Self::arm_head_timer`] is over (waking the task when it
+    /// will be, if not).
+    fn head_timer_elapsed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.head_timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
     }
 
     /// Whether a parked connection can take a request: the upstream has neither closed it nor
@@ -199,12 +226,15 @@ impl Connection {
     }
 }
 
-/// Sends `request` over `connection` and waits for the final answer's head. The answer's body
-/// reads the rest and parks the connection with `home` when it can take another request.
+/// Sends `request` over `connection` and waits for the final answer's head, for at most
+/// `head_timeout` once the request has been sent (a long upload is not the upstream being
+/// slow; its stalls are the body's own timeouts' job). The answer's body reads the rest and
+/// parks the connection with `home` when it can take another request.
 pub async fn exchange(
     mut connection: Connection,
     request: Request<ProxyBody>,
     home: Arc<dyn Park>,
+    head_timeout: std::time::Duration,
 ) -> Result<Response<Answer>, Failure> {
     let (mut parts, body) = request.into_parts();
     let framing = frame_request(&parts.method, &mut parts.headers, &body);
@@ -217,6 +247,7 @@ pub async fn exchange(
     // The upstream refused more of the request (it may have answered and closed): its answer
     // is still read, and the connection is not used again.
     let mut abandoned = false;
+    let mut waiting_for_head = false;
     let mut informational = 0;
     let answer = std::future::poll_fn(|cx| {
         loop {
@@ -227,7 +258,15 @@ pub async fn exchange(
                     _ => {}
                 }
             }
-            let head = match ready!(poll_head(&mut connection, cx)) {
+            if !waiting_for_head && (abandoned || sender.is_done()) {
+                waiting_for_head = true;
+                connection.arm_head_timer(head_timeout);
+            }
+            let polled = poll_head(&mut connection, cx);
+            if polled.is_pending() && waiting_for_head && connection.head_timer_elapsed(cx) {
+                return Poll::Ready(Err(ExchangeError::HeadTimeout(head_timeout)));
+            }
+            let head = match ready!(polled) {
                 Ok(head) => head,
                 // After a 1xx the upstream has answered: closing now is not a lost request.
                 Err(ExchangeError::ClosedBeforeAnswer) if informational > 0 => {

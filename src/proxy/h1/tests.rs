@@ -80,14 +80,17 @@ fn request(method: Method, body: ProxyBody) -> Request<ProxyBody> {
         .unwrap()
 }
 
+/// How long the tests' exchanges wait for an answer head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An exchange, given a deadline: an end of head or body missed fails instead of hanging.
 async fn send(
     connection: Connection,
     request: Request<ProxyBody>,
     parked: &Arc<Parked>,
 ) -> Result<Response<Answer>, ExchangeError> {
-    let exchange = exchange(connection, request, parked.clone());
-    tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+    let exchange = exchange(connection, request, parked.clone(), HEAD_TIMEOUT);
+    tokio::time::timeout(HEAD_TIMEOUT * 2, exchange)
         .await
         .expect("the answer's head never came")
         .map_err(Failure::into_error)
@@ -376,6 +379,100 @@ async fn an_upstream_that_closes_without_a_word_is_told_apart() {
         matches!(error, Some(ExchangeError::ClosedBeforeAnswer)),
         "{error:?}"
     );
+}
+
+#[tokio::test]
+async fn an_upstream_silent_past_the_head_timeout_fails_the_exchange() {
+    let (connection, _served) = upstream(b"\r\n\r\n", b"", false, false).await;
+    let timeout = std::time::Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let exchange = exchange(
+        connection,
+        request(Method::GET, empty()),
+        Arc::new(Parked::default()),
+        timeout,
+    );
+    let failed = tokio::time::timeout(HEAD_TIMEOUT, exchange)
+        .await
+        .expect("the head timeout never fired")
+        .map(|_| ())
+        .map_err(Failure::into_error);
+    assert!(
+        matches!(failed, Err(ExchangeError::HeadTimeout(waited)) if waited == timeout),
+        "{failed:?}"
+    );
+    assert!(
+        started.elapsed() >= timeout,
+        "fired early: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The head timer is kept from one exchange to the next on a connection: the second exchange
+/// gets its whole timeout, counted from its own request, not what was left of the first's.
+#[tokio::test]
+async fn a_connections_next_exchange_gets_the_whole_head_timeout() {
+    let timeout = std::time::Duration::from_millis(600);
+    let answer_late_by = std::time::Duration::from_millis(400);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let _served = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        for late in [false, true] {
+            let mut received = Vec::new();
+            while !received.ends_with(b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request cut short");
+                received.extend_from_slice(&buf[..n]);
+            }
+            if late {
+                // What is tested: an upstream slow to answer, within the timeout.
+                tokio::time::sleep(answer_late_by).await;
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        }
+        let _ = tcp.read(&mut buf).await;
+    });
+    let connection = Connection::new(Io::Plain(TcpStream::connect(address).await.unwrap()));
+    let parked = Arc::new(Parked::default());
+    let first = exchange(
+        connection,
+        request(Method::GET, empty()),
+        parked.clone(),
+        timeout,
+    )
+    .await
+    .map_err(Failure::into_error)
+    .unwrap();
+    first.into_body().collect().await.unwrap();
+    let connection = parked
+        .0
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the first answer parked it");
+    // Parked for most of the first exchange's timeout: its deadline would now come during
+    // the second exchange's wait.
+    tokio::time::sleep(answer_late_by).await;
+    let second = exchange(
+        connection,
+        request(Method::GET, empty()),
+        parked.clone(),
+        timeout,
+    )
+    .await
+    .map_err(Failure::into_error);
+    let body = second
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"ok");
 }
 
 #[tokio::test]
