@@ -55,6 +55,33 @@ async fn a_slow_header_client_gets_408_then_the_close() {
     gw.gateway.shutdown().await;
 }
 
+/// The slow-head timeout counts from each head's first piece: a connection whose heads all
+/// come in pieces, each finished within the timeout, is served every time, for as long as it
+/// lives (a timer left running from an earlier head would cut a later one short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_in_pieces_each_within_the_timeout_are_all_served() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nheader_read_timeout = \"1s\"\n",
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /v1.0/me/messages HTTP/1.1\r\nHost: mail\r\n")
+            .await
+            .unwrap();
+        // What is tested: a slow client, the rest of its head 600 ms later. Three such heads
+        // on one connection span the timeout almost twice.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stream.write_all(b"\r\n").await.unwrap();
+        read_answer(&mut stream).await;
+    }
+    assert_eq!(sim.stats().requests, 3);
+    gw.gateway.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_502_without_waiting_for_a_timeout() {
     let closed_port = support::closed_port();

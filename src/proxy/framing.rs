@@ -93,6 +93,16 @@ impl Tracker {
         self.state == State::Head && self.head.is_empty() && !self.blank_lines
     }
 
+    /// Whether a request head has begun and not ended: what the slow-head timeout watches. In
+    /// framing hyper follows alone, any wait may be for a head, so it says yes.
+    pub fn head_pending(&self) -> bool {
+        match self.state {
+            State::Head => !self.head.is_empty() || self.blank_lines,
+            State::Passthrough => true,
+            _ => false,
+        }
+    }
+
     pub fn refused(&self) -> bool {
         self.state == State::Refused
     }
@@ -164,7 +174,8 @@ impl Tracker {
                     match head_end(&self.head, from) {
                         Some(end) => {
                             // Everything but the head's final line feed is already with hyper
-                            // (so its header timeout runs); that last byte waits for the verdict.
+                            // (a slow head's 408 is sent when its buffer holds some); that last
+                            // byte waits for the verdict.
                             let used = end - before;
                             self.head.truncate(end);
                             let head = std::mem::take(&mut self.head);
@@ -418,6 +429,11 @@ impl<IO> FramingGuard<IO> {
     /// nothing waiting here to be served).
     pub fn at_request_boundary(&self) -> bool {
         self.tracker.between_requests() && !self.has_unread()
+    }
+
+    /// Whether the client has begun a request head and not finished it.
+    pub fn head_pending(&self) -> bool {
+        self.tracker.head_pending()
     }
 }
 
@@ -673,10 +689,29 @@ mod tests {
     }
 
     #[test]
-    fn partial_heads_reach_hyper_at_once_so_its_header_timeout_runs() {
+    fn partial_heads_reach_hyper_at_once_so_a_slow_head_can_be_answered() {
         let mut t = Tracker::new(64 * 1024, 100);
         let partial = b"GET / HTTP/1.1\r\nHost: x\r\n";
         assert_eq!(t.feed(partial), partial.len());
+    }
+
+    /// What the slow-head timeout watches: a head begun and not ended, whatever its pieces.
+    #[test]
+    fn a_head_is_pending_from_its_first_piece_to_its_end_and_not_in_a_body() {
+        let mut t = Tracker::new(64 * 1024, 100);
+        assert!(!t.head_pending(), "nothing sent yet");
+        t.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!t.head_pending(), "a whole head in one piece");
+        t.feed(b"\r\n");
+        assert!(t.head_pending(), "blank lines before a head");
+        t.feed(b"POST / HTTP/1.1\r\nContent-Length: 4\r");
+        assert!(t.head_pending(), "a head in pieces");
+        t.feed(b"\n\r\nab");
+        assert!(!t.head_pending(), "a body is not a head");
+        t.feed(b"cdGET /");
+        assert!(t.head_pending(), "the next head begun with the body's end");
+        t.feed(b" HTTP/1.1\r\n\r\n");
+        assert!(!t.head_pending() && t.between_requests());
     }
 
     #[test]

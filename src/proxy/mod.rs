@@ -116,13 +116,14 @@ impl ProxyState {
     }
 }
 
-/// The client-facing HTTP/1.1 settings. The timer matters: without one hyper silently ignores
-/// the header read timeout, and slow-header clients would hold connections forever.
+/// The client-facing HTTP/1.1 settings. hyper's header read timeout is off, and no timer is
+/// given for it: it made, registered and dropped a timer for every request. The server's
+/// connection loop times slow heads instead, only when a head comes in pieces
+/// (`server::serve_until_idle`, tests/timeouts.rs).
 fn http1_builder(limits: &Limits) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None::<std::time::Duration>)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_header_count)
         .keep_alive(true);
