@@ -55,6 +55,29 @@ async fn a_slow_header_client_gets_408_then_the_close() {
     gw.gateway.shutdown().await;
 }
 
+/// A TLS client that completes its handshake and then sends nothing is closed after
+/// `header_read_timeout`, as a plaintext one is: a silent client holds no connection slot for
+/// ever. (Plaintext waits for a first byte under that limit before serving; TLS goes straight
+/// to serving, where only the park's limit closes it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_silent_after_its_handshake_is_closed_at_the_timeout() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[limits]\nheader_read_timeout = \"1s\"\n").await;
+    let started = Instant::now();
+    let mut stream = support::tls_stream(gw.gateway.proxy_addr(), &gw.ca()).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "still open 20 s after the handshake");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(out.is_empty(), "nothing begun, nothing answered: {out:?}");
+    assert_eq!(sim.stats().requests, 0);
+    gw.gateway.shutdown().await;
+}
+
 /// The slow-head timeout counts from each head's first piece: a connection whose heads all
 /// come in pieces, each finished within the timeout, is served every time, for as long as it
 /// lives (a timer left running from an earlier head would cut a later one short).

@@ -64,6 +64,8 @@ pub struct Tracker {
     blank_lines: bool,
     /// The refusal is for size (too long a head, too many headers: 431), not framing (400).
     too_large: bool,
+    /// Heads read whole so far.
+    heads: u64,
 }
 
 impl Tracker {
@@ -76,6 +78,7 @@ impl Tracker {
             at_start: true,
             blank_lines: false,
             too_large: false,
+            heads: 0,
         }
     }
 
@@ -204,6 +207,7 @@ impl Tracker {
     }
 
     fn classify(&mut self, head: &[u8]) -> State {
+        self.heads += 1;
         let limit = self.max_headers.max(16);
         // Room for the headers on the stack for any usual limit (hyper's default is 100): this
         // runs for every request head, and a heap vector of that many slots was an allocation
@@ -434,6 +438,11 @@ impl<IO> FramingGuard<IO> {
     /// Whether the client has begun a request head and not finished it.
     pub fn head_pending(&self) -> bool {
         self.tracker.head_pending()
+    }
+
+    /// How many request heads have been read whole so far.
+    pub fn heads_read(&self) -> u64 {
+        self.tracker.heads
     }
 }
 

@@ -362,6 +362,8 @@ pub struct Activity {
     unflushed: AtomicBool,
     /// The client's bytes so far end inside a request head.
     head_pending: AtomicBool,
+    /// Request heads read whole so far: a new one pending gets its own deadline.
+    heads: AtomicU64,
 }
 
 impl Activity {
@@ -482,6 +484,9 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
             activity.at_boundary.store(boundary, Ordering::Relaxed);
             let head_pending = !boundary && this.io.head_pending();
             activity.head_pending.store(head_pending, Ordering::Relaxed);
+            activity
+                .heads
+                .store(this.io.heads_read(), Ordering::Relaxed);
             activity.reads.fetch_add(1, Ordering::Relaxed);
         }
         result
@@ -611,6 +616,11 @@ async fn serve_http1<IO>(
     IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnContext::new(peer, tls));
+    // Nothing read yet: a connection that sends nothing (TLS goes straight here after its
+    // handshake) is idle from the start, so it parks and the park's limit closes it.
+    ctx.activity
+        .at_boundary
+        .store(io.at_request_boundary(), Ordering::Relaxed);
     loop {
         // Boxed, so a parked connection's task does not keep room for hyper's connection, the
         // timers and the slow-client answer: only the transport and these few words remain.
@@ -682,7 +692,8 @@ where
     // nothing begun is the park's to close (`idle_limit`).
     let head_timer = tokio::time::sleep(idle_limit);
     tokio::pin!(head_timer);
-    let mut head_armed = false;
+    // Armed for the head that began after this many whole heads (`None`: disarmed).
+    let mut head_armed: Option<u64> = None;
     let mut armed_at: Option<u64> = None;
     let mut slow_head = false;
     let mut finished = false;
@@ -709,16 +720,19 @@ where
                 Pin::new(&mut conn).graceful_shutdown();
             }
             // Not waker-driven, as the idle check below: a head begun and left unfinished
-            // arms the timer, and its end (or an exchange starting) disarms it.
-            () = std::future::poll_fn(|_| {
-                if ctx.activity.head_waiting() == head_armed { Poll::Pending } else { Poll::Ready(()) }
+            // arms the timer, its end (or an exchange starting) disarms it, and a later head
+            // found unfinished in the same pass gets a deadline of its own.
+            waiting = std::future::poll_fn(|_| {
+                let waiting = ctx.activity.head_waiting()
+                    .then(|| ctx.activity.heads.load(Ordering::Relaxed));
+                if waiting == head_armed { Poll::Pending } else { Poll::Ready(waiting) }
             }) => {
-                head_armed = !head_armed;
-                if head_armed {
+                head_armed = waiting;
+                if head_armed.is_some() {
                     head_timer.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                 }
             }
-            () = &mut head_timer, if head_armed => {
+            () = &mut head_timer, if head_armed.is_some() => {
                 slow_head = true;
                 break;
             }
@@ -787,7 +801,9 @@ where
 /// upstream connection (`has_pinned`, never unset) can be told one closed.
 async fn close_requested(stop: &watch::Receiver<bool>, ctx: &ConnContext) {
     let mut copy = stop.clone();
-    let draining = copy.changed();
+    // Out of tokio's task budget: a first poll refused for budget would leave it unregistered,
+    // and it is polled again only once `stop` says it changed, which nothing would then wake.
+    let draining = tokio::task::unconstrained(copy.changed());
     tokio::pin!(draining);
     let upstream_closed = ctx.upstream_closed.notified();
     tokio::pin!(upstream_closed);

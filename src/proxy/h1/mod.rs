@@ -227,7 +227,7 @@ impl Connection {
 }
 
 /// Sends `request` over `connection` and waits for the final answer's head, for at most
-/// `head_timeout` once the request has been sent (a long upload is not the upstream being
+/// `head_timeout` once the request's body has all been taken (a long upload is not the upstream being
 /// slow; its stalls are the body's own timeouts' job). The answer's body reads the rest and
 /// parks the connection with `home` when it can take another request.
 pub async fn exchange(
@@ -258,7 +258,9 @@ pub async fn exchange(
                     _ => {}
                 }
             }
-            if !waiting_for_head && (abandoned || sender.is_done()) {
+            // From the moment the request's last byte was taken, as the client's side sees
+            // it: an upstream that stops reading the rest is as slow as one that does not answer.
+            if !waiting_for_head && (abandoned || sender.body_taken()) {
                 waiting_for_head = true;
                 connection.arm_head_timer(head_timeout);
             }

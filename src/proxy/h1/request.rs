@@ -151,6 +151,11 @@ impl Sender {
         }
     }
 
+    /// Whether the whole body has been taken from the client (it may still be on its way out).
+    pub(super) fn body_taken(&self) -> bool {
+        self.body.is_none()
+    }
+
     pub(super) fn is_done(&self) -> bool {
         self.body.is_none() && self.queue.is_empty() && self.flushed
     }
