@@ -360,10 +360,9 @@ pub struct Activity {
     reads: AtomicU64,
     /// Bytes were written since the last completed flush.
     unflushed: AtomicBool,
-    /// The client's bytes so far end inside a request head.
-    head_pending: AtomicBool,
-    /// Request heads read whole so far: a new one pending gets its own deadline.
-    heads: AtomicU64,
+    /// The client's bytes so far end inside a request head: which one (one more than the
+    /// heads read whole before it, so each pending head is told apart), or 0 for none.
+    pending_head: AtomicU64,
 }
 
 impl Activity {
@@ -374,10 +373,11 @@ impl Activity {
             && !self.unflushed.load(Ordering::Relaxed)
     }
 
-    /// A request head has begun, is not finished, and nothing else is going on: the wait the
-    /// slow-head timeout bounds.
-    fn head_waiting(&self) -> bool {
-        self.head_pending.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0
+    /// The request head that has begun and is not finished while nothing else is going on:
+    /// the wait the slow-head timeout bounds (see `pending_head`).
+    fn head_waiting(&self) -> Option<u64> {
+        let head = self.pending_head.load(Ordering::Relaxed);
+        (head != 0 && self.in_flight.load(Ordering::Relaxed) == 0).then_some(head)
     }
 }
 
@@ -482,11 +482,12 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
         if result.is_ready() {
             let boundary = this.io.at_request_boundary();
             activity.at_boundary.store(boundary, Ordering::Relaxed);
-            let head_pending = !boundary && this.io.head_pending();
-            activity.head_pending.store(head_pending, Ordering::Relaxed);
-            activity
-                .heads
-                .store(this.io.heads_read(), Ordering::Relaxed);
+            let pending_head = if this.io.head_pending() {
+                this.io.heads_read() + 1
+            } else {
+                0
+            };
+            activity.pending_head.store(pending_head, Ordering::Relaxed);
             activity.reads.fetch_add(1, Ordering::Relaxed);
         }
         result
@@ -579,10 +580,9 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// The slow-head timeout (see `serve_until_idle`) ends hyper's connection without a word from
 /// hyper; a client that had started a request (its head's first bytes are in hyper's buffer)
-/// gets `408` first, as every response
-/// the gateway makes itself: body, `x-trackgate-error`, counted. An idle keep-alive connection
-/// (nothing started) just closes, as RFC 9112 §9.6 lets a server do. The write is bounded: a
-/// client that does not read does not hold the task.
+/// gets `408` first, as every response the gateway makes itself: body, `x-trackgate-error`,
+/// counted. An idle keep-alive connection (nothing started) just closes, as RFC 9112 §9.6 lets
+/// a server do. The write is bounded: a client that does not read does not hold the task.
 async fn answer_slow_head<IO>(proxy: &Proxy, mut io: FramingGuard<IO>)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -605,7 +605,8 @@ where
 /// [`Activity`]) for [`PARK_AFTER`], the connection parks: hyper's connection (its 8 KiB read
 /// and write buffers, parser and dispatcher state), the timers and the rest of the serving
 /// state are dropped and only the transport is kept until the client sends again, or stays
-/// silent for `header_read_timeout` and is closed. 10 000 idle keep-alive clients then cost sockets, not buffers.
+/// silent for `header_read_timeout` and is closed. 10 000 idle keep-alive clients then cost
+/// sockets, not buffers.
 async fn serve_http1<IO>(
     proxy: &Arc<Proxy>,
     mut io: FramingGuard<IO>,
@@ -692,7 +693,7 @@ where
     // nothing begun is the park's to close (`idle_limit`).
     let head_timer = tokio::time::sleep(idle_limit);
     tokio::pin!(head_timer);
-    // Armed for the head that began after this many whole heads (`None`: disarmed).
+    // Armed for this pending head (`Activity::pending_head`; `None`: disarmed).
     let mut head_armed: Option<u64> = None;
     let mut armed_at: Option<u64> = None;
     let mut slow_head = false;
@@ -723,8 +724,7 @@ where
             // arms the timer, its end (or an exchange starting) disarms it, and a later head
             // found unfinished in the same pass gets a deadline of its own.
             waiting = std::future::poll_fn(|_| {
-                let waiting = ctx.activity.head_waiting()
-                    .then(|| ctx.activity.heads.load(Ordering::Relaxed));
+                let waiting = ctx.activity.head_waiting();
                 if waiting == head_armed { Poll::Pending } else { Poll::Ready(waiting) }
             }) => {
                 head_armed = waiting;
