@@ -385,3 +385,118 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
     assert_eq!(verdict["bytes"], 16);
     gw.gateway.shutdown().await;
 }
+
+/// A client connection for the send-timeout tests: a receive buffer kept small, so the
+/// gateway's writes wait for room as soon as the client stops reading, not after megabytes.
+async fn small_window_client(gw: &support::TestGateway) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(gw.gateway.proxy_addr()).await.unwrap()
+}
+
+const BIG_ANSWER: usize = 64 << 20;
+
+/// A client that asks for a large answer and then stops reading it is closed once a write has
+/// waited `send_timeout` for room (nginx's `send_timeout`): it holds neither its connection
+/// slot nor an upstream connection for ever, and the upstream connection it leaves half read
+/// is not handed to the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"1s\"\n",
+    )
+    .await;
+    let started = Instant::now();
+    let mut stream = small_window_client(&gw).await;
+    stream
+        .write_all(
+            format!("GET /_sim/bytes?n={BIG_ANSWER} HTTP/1.1\r\nHost: mail\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let counted = "trackgate_proxy_errors_total{kind=\"client_send_timeout\"} 1";
+    support::wait_for(Duration::from_secs(20), "the send timeout", async || {
+        let metrics = support::get_text(&gw.admin("/metrics")).await;
+        metrics.contains(counted).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before a write could have waited 1 s: {:?}",
+        started.elapsed()
+    );
+    // What the buffers held arrives, then the end (or a reset): never the whole answer.
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("the connection ends once the buffers are read")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(
+        received < BIG_ANSWER,
+        "the whole answer arrived: {received}"
+    );
+    // The next client is served whole, on a fresh or a clean upstream connection.
+    let mut next = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    next.write_all(b"GET /_sim/bytes?n=16 HTTP/1.1\r\nHost: mail\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = support::read_response(&mut next).await.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.len(), 16);
+    gw.gateway.shutdown().await;
+}
+
+/// A client that reads its answer slowly, pausing for less than `send_timeout` each time the
+/// gateway's writes have filled every buffer, gets all of it: the timeout bounds one wait for
+/// room, not the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_gets_its_whole_answer() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"1s\"\n",
+    )
+    .await;
+    const ANSWER: usize = 24 << 20;
+    let mut stream = small_window_client(&gw).await;
+    stream
+        .write_all(format!("GET /_sim/bytes?n={ANSWER} HTTP/1.1\r\nHost: mail\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let head = support::read_head(&mut stream)
+        .await
+        .expect("an answer head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut since_pause = 0usize;
+    while received < ANSWER {
+        // Each pause outlasts the time the gateway needs to fill the buffers again, so its
+        // writes wait for room during most of it (six of them: longer than the timeout in all).
+        if since_pause >= 4 << 20 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("bytes within 10 s")
+            .expect("the connection stays open");
+        assert!(n > 0, "closed after {received} bytes");
+        received += n;
+        since_pause += n;
+    }
+    assert_eq!(received, ANSWER);
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    let metrics = support::get_text(&gw.admin("/metrics")).await;
+    assert!(!metrics.contains("client_send_timeout"), "{metrics}");
+    gw.gateway.shutdown().await;
+}

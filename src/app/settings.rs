@@ -189,6 +189,7 @@ pub fn proxy(config: &Config) -> ProxySettings {
                 grace: m.body_read_timeout,
                 total: m.body_total_timeout,
             },
+            send_timeout: m.send_timeout,
             tls_handshake_timeout: m.tls_handshake_timeout,
             h2_max_concurrent_streams: m.h2_max_concurrent_streams,
         },

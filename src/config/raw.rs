@@ -293,6 +293,10 @@ pub struct RawLimits {
     /// Longest a request body may take in all, however it arrives.
     #[serde(with = "crate::common::duration")]
     pub body_total_timeout: Duration,
+    /// Longest a write to a client may wait because the client is not reading its answer
+    /// (nginx's `send_timeout`): the connection then ends.
+    #[serde(with = "crate::common::duration")]
+    pub send_timeout: Duration,
     #[serde(with = "crate::common::duration")]
     pub tls_handshake_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
@@ -309,6 +313,7 @@ impl Default for RawLimits {
             body_read_timeout: Duration::from_secs(60),
             body_min_rate: ByteSize(1024),
             body_total_timeout: Duration::from_secs(30 * 60),
+            send_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
             h2_max_concurrent_streams: 100,
         }

@@ -363,6 +363,9 @@ pub struct Activity {
     /// The client's bytes so far end inside a request head: which one (one more than the
     /// heads read whole before it, so each pending head is told apart), or 0 for none.
     pending_head: AtomicU64,
+    /// A write to the client is waiting for room (the client is not reading): which one (one
+    /// more than the writes that went before it, so each stall is told apart), or 0 for none.
+    send_stalled: AtomicU64,
 }
 
 impl Activity {
@@ -378,6 +381,13 @@ impl Activity {
     fn head_waiting(&self) -> Option<u64> {
         let head = self.pending_head.load(Ordering::Relaxed);
         (head != 0 && self.in_flight.load(Ordering::Relaxed) == 0).then_some(head)
+    }
+
+    /// The write to the client that is waiting for room, if one is: the wait `send_timeout`
+    /// bounds (see `send_stalled`).
+    fn send_waiting(&self) -> Option<u64> {
+        let stall = self.send_stalled.load(Ordering::Relaxed);
+        (stall != 0).then_some(stall)
     }
 }
 
@@ -464,7 +474,49 @@ pin_project_lite::pin_project! {
         #[pin]
         io: FramingGuard<IO>,
         ctx: Arc<ConnContext>,
+        // Writes (and flushes) that went; whether the last one had to wait for room.
+        sends: u64,
+        stalled: bool,
     }
+}
+
+impl<IO> Watched<IO> {
+    fn new(io: FramingGuard<IO>, ctx: Arc<ConnContext>) -> Self {
+        Watched {
+            io,
+            ctx,
+            sends: 0,
+            stalled: false,
+        }
+    }
+}
+
+/// Tells [`Activity`] when a write to the client starts waiting for room and when one goes
+/// again; the atomic is written only at those changes, not on every write.
+fn note_send<T>(
+    ctx: &ConnContext,
+    sends: &mut u64,
+    stalled: &mut bool,
+    result: Poll<std::io::Result<T>>,
+) -> Poll<std::io::Result<T>> {
+    match result {
+        Poll::Pending => {
+            if !*stalled {
+                *stalled = true;
+                ctx.activity
+                    .send_stalled
+                    .store(*sends + 1, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(_) => {
+            *sends += 1;
+            if *stalled {
+                *stalled = false;
+                ctx.activity.send_stalled.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+    result
 }
 
 impl<IO: AsyncRead> AsyncRead for Watched<IO> {
@@ -502,7 +554,8 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         this.ctx.activity.unflushed.store(true, Ordering::Relaxed);
-        this.io.poll_write(cx, buf)
+        let result = this.io.poll_write(cx, buf);
+        note_send(this.ctx, this.sends, this.stalled, result)
     }
 
     fn poll_write_vectored(
@@ -512,7 +565,8 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         this.ctx.activity.unflushed.store(true, Ordering::Relaxed);
-        this.io.poll_write_vectored(cx, bufs)
+        let result = this.io.poll_write_vectored(cx, bufs);
+        note_send(this.ctx, this.sends, this.stalled, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -525,11 +579,13 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
         if let Poll::Ready(Ok(())) = result {
             this.ctx.activity.unflushed.store(false, Ordering::Relaxed);
         }
-        result
+        note_send(this.ctx, this.sends, this.stalled, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        let result = this.io.poll_shutdown(cx);
+        note_send(this.ctx, this.sends, this.stalled, result)
     }
 }
 
@@ -666,23 +722,23 @@ where
     IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
 {
     let state = proxy.state();
-    let watched = Watched {
-        io,
-        ctx: ctx.clone(),
-    };
+    let watched = Watched::new(io, ctx.clone());
     let mut conn = state
         .http1
         .serve_connection(TokioIo::new(watched), exchange_service(proxy, ctx));
     let idle_limit = state.limits.header_read_timeout;
+    let send_limit = state.limits.send_timeout;
     // A reload while this connection lives must not keep the old state alive.
     drop(state);
     let mut closing = *stop.borrow();
     if closing {
         Pin::new(&mut conn).graceful_shutdown();
     }
+    // One clock read for the three timers below, each pushed later when armed.
+    let started = tokio::time::Instant::now();
     // Armed when hyper turns idle; parks if it stayed idle, with no read in between, until
     // it fires. A busy connection re-arms it at most once per `PARK_AFTER`, not per request.
-    let park_timer = tokio::time::sleep(PARK_AFTER);
+    let park_timer = tokio::time::sleep_until(started + PARK_AFTER);
     tokio::pin!(park_timer);
     let close = close_requested(stop, ctx);
     tokio::pin!(close);
@@ -691,10 +747,15 @@ where
     // only when a read leaves a request head unfinished with nothing else going on, which a
     // head that arrives whole in one read (nearly every head) never does; a connection with
     // nothing begun is the park's to close (`idle_limit`).
-    let head_timer = tokio::time::sleep(idle_limit);
+    let head_timer = tokio::time::sleep_until(started + idle_limit);
     tokio::pin!(head_timer);
     // Armed for this pending head (`Activity::pending_head`; `None`: disarmed).
     let mut head_armed: Option<u64> = None;
+    // A client that does not read its answer: armed, the same way, when a write has to wait
+    // for room, which a client that reads never makes it do for long.
+    let send_timer = tokio::time::sleep_until(started + send_limit);
+    tokio::pin!(send_timer);
+    let mut send_armed: Option<u64> = None;
     let mut armed_at: Option<u64> = None;
     let mut slow_head = false;
     let mut finished = false;
@@ -720,21 +781,26 @@ where
                 closing = true;
                 Pin::new(&mut conn).graceful_shutdown();
             }
-            // Not waker-driven, as the idle check below: a head begun and left unfinished
-            // arms the timer, its end (or an exchange starting) disarms it, and a later head
-            // found unfinished in the same pass gets a deadline of its own.
-            waiting = std::future::poll_fn(|_| {
-                let waiting = ctx.activity.head_waiting();
-                if waiting == head_armed { Poll::Pending } else { Poll::Ready(waiting) }
-            }) => {
-                head_armed = waiting;
-                if head_armed.is_some() {
-                    head_timer.as_mut().reset(tokio::time::Instant::now() + idle_limit);
-                }
+            // A head begun and left unfinished arms the timer, its end (or an exchange
+            // starting) disarms it, and a later head found unfinished in the same pass gets a
+            // deadline of its own.
+            waiting = wait_changed(head_armed, || ctx.activity.head_waiting()) => {
+                rearm(head_timer.as_mut(), &mut head_armed, waiting, idle_limit);
             }
             () = &mut head_timer, if head_armed.is_some() => {
                 slow_head = true;
                 break;
+            }
+            // Likewise each write that has to wait for room; one that goes disarms it.
+            waiting = wait_changed(send_armed, || ctx.activity.send_waiting()) => {
+                rearm(send_timer.as_mut(), &mut send_armed, waiting, send_limit);
+            }
+            () = &mut send_timer, if send_armed.is_some() => {
+                // Nothing more can reach this client; what it was sent is dropped with the
+                // connection, and an upstream answer half read is not pooled again.
+                proxy.metrics.record_error("client_send_timeout");
+                tracing::debug!("a client did not read its answer within send_timeout; closing");
+                return None;
             }
             // Not a waker-driven future: the state only changes while hyper runs, which is
             // this task, and every wake polls this branch again after the connection.
@@ -786,6 +852,37 @@ where
     // Dropped before parking: even empty, this `Bytes` keeps hyper's whole read buffer.
     drop((read_buf, service));
     Some((io, idle_limit))
+}
+
+/// Resolves with `waiting()` once it differs from `armed`: a wait the connection bounds began,
+/// ended, or another took its place. Not waker-driven: what it reads changes only while hyper
+/// runs, which is the connection's own task, and every wake polls it again after hyper.
+fn wait_changed(
+    armed: Option<u64>,
+    waiting: impl Fn() -> Option<u64>,
+) -> impl std::future::Future<Output = Option<u64>> {
+    std::future::poll_fn(move |_| {
+        let now = waiting();
+        if now == armed {
+            Poll::Pending
+        } else {
+            Poll::Ready(now)
+        }
+    })
+}
+
+/// Arms `timer` for a new wait, `limit` from now (the timer is pushed later, not made anew);
+/// `None` leaves it disarmed.
+fn rearm(
+    timer: Pin<&mut tokio::time::Sleep>,
+    armed: &mut Option<u64>,
+    waiting: Option<u64>,
+    limit: Duration,
+) {
+    *armed = waiting;
+    if waiting.is_some() {
+        timer.reset(tokio::time::Instant::now() + limit);
+    }
 }
 
 /// Resolves once a serving connection should finish its in-flight requests and close: the

@@ -63,6 +63,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub body_pace: BodyPace,
+    /// Longest a write may wait on a client that does not read its answer.
+    pub send_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
 }

@@ -64,6 +64,7 @@ pub struct LimitsConfig {
     pub body_read_timeout: Duration,
     pub body_min_rate: u64,
     pub body_total_timeout: Duration,
+    pub send_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
 }
@@ -241,6 +242,7 @@ pub(super) fn limits(l: &RawLimits) -> Result<LimitsConfig, ConfigError> {
         ("limits.header_read_timeout", l.header_read_timeout),
         ("limits.body_read_timeout", l.body_read_timeout),
         ("limits.body_total_timeout", l.body_total_timeout),
+        ("limits.send_timeout", l.send_timeout),
         ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
     ] {
         positive(key, d)?;
@@ -254,6 +256,7 @@ pub(super) fn limits(l: &RawLimits) -> Result<LimitsConfig, ConfigError> {
         body_read_timeout: l.body_read_timeout,
         body_min_rate: l.body_min_rate.0,
         body_total_timeout: l.body_total_timeout,
+        send_timeout: l.send_timeout,
         tls_handshake_timeout: l.tls_handshake_timeout,
         h2_max_concurrent_streams: l.h2_max_concurrent_streams,
     })
