@@ -396,26 +396,22 @@ async fn small_window_client(gw: &support::TestGateway) -> TcpStream {
 
 const BIG_ANSWER: usize = 64 << 20;
 
-/// A client that asks for a large answer and then stops reading it is closed once a write has
-/// waited `send_timeout` for room (nginx's `send_timeout`): it holds neither its connection
-/// slot nor an upstream connection for ever, and the upstream connection it leaves half read
-/// is not handed to the next client.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
-    let sim = support::simulator("sim").await;
-    let gw = support::gateway(
-        &sim.url(),
-        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"1s\"\n",
-    )
-    .await;
-    let started = Instant::now();
-    let mut stream = small_window_client(&gw).await;
+/// Asks for a large answer (the gateway's `send_timeout` being 1 s), reads none of it, and
+/// checks that the gateway counts a send timeout no sooner than the limit and closes the
+/// connection before the whole answer came: what the buffers held arrives, then the end (or a
+/// reset).
+async fn ask_and_stop_reading(
+    gw: &support::TestGateway,
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+) {
     stream
         .write_all(
             format!("GET /_sim/bytes?n={BIG_ANSWER} HTTP/1.1\r\nHost: mail\r\n\r\n").as_bytes(),
         )
         .await
         .unwrap();
+    // No write can wait before the request has arrived.
+    let asked = Instant::now();
     let counted = "trackgate_proxy_errors_total{kind=\"client_send_timeout\"} 1";
     support::wait_for(Duration::from_secs(20), "the send timeout", async || {
         let metrics = support::get_text(&gw.admin("/metrics")).await;
@@ -423,11 +419,10 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     })
     .await;
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
+        asked.elapsed() >= Duration::from_secs(1),
         "closed before a write could have waited 1 s: {:?}",
-        started.elapsed()
+        asked.elapsed()
     );
-    // What the buffers held arrives, then the end (or a reset): never the whole answer.
     let mut received = 0usize;
     let mut chunk = vec![0u8; 1 << 16];
     loop {
@@ -443,7 +438,21 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
         received < BIG_ANSWER,
         "the whole answer arrived: {received}"
     );
-    // The next client is served whole, on a fresh or a clean upstream connection.
+}
+
+/// A client that asks for a large answer and then stops reading it is closed once a write has
+/// waited `send_timeout` for room (nginx's `send_timeout`), and the upstream connection it
+/// leaves half read is not handed to the next client, who is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"1s\"\n",
+    )
+    .await;
+    let mut stream = small_window_client(&gw).await;
+    ask_and_stop_reading(&gw, &mut stream).await;
     let mut next = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
     next.write_all(b"GET /_sim/bytes?n=16 HTTP/1.1\r\nHost: mail\r\n\r\n")
         .await
@@ -454,18 +463,30 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     gw.gateway.shutdown().await;
 }
 
+/// The same over TLS, where rustls takes writes into a buffer of its own while the socket is
+/// full: what counts is what the socket took, so the client is closed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(&sim.url(), "[limits]\nsend_timeout = \"1s\"\n").await;
+    let mut stream = support::tls_stream(gw.gateway.proxy_addr(), &gw.ca()).await;
+    ask_and_stop_reading(&gw, &mut stream).await;
+    gw.gateway.shutdown().await;
+}
+
 /// A client that reads its answer slowly, pausing for less than `send_timeout` each time the
 /// gateway's writes have filled every buffer, gets all of it: the timeout bounds one wait for
-/// room, not the answer.
+/// room, not the answer. (With pauses longer than the limit the same client is cut off.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_that_keeps_reading_gets_its_whole_answer() {
     let sim = support::simulator("sim").await;
     let gw = support::gateway(
         &sim.url(),
-        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"1s\"\n",
+        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"3s\"\n",
     )
     .await;
     const ANSWER: usize = 24 << 20;
+    const PAUSE: Duration = Duration::from_secs(1);
     let mut stream = small_window_client(&gw).await;
     stream
         .write_all(format!("GET /_sim/bytes?n={ANSWER} HTTP/1.1\r\nHost: mail\r\n\r\n").as_bytes())
@@ -481,10 +502,10 @@ async fn a_slow_reader_that_keeps_reading_gets_its_whole_answer() {
     let mut since_pause = 0usize;
     while received < ANSWER {
         // Each pause outlasts the time the gateway needs to fill the buffers again, so its
-        // writes wait for room during most of it (six of them: longer than the timeout in all).
+        // writes wait for room during most of it: five pauses, longer than the limit in all.
         if since_pause >= 4 << 20 {
             since_pause = 0;
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            tokio::time::sleep(PAUSE).await;
         }
         let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
             .await
@@ -495,7 +516,7 @@ async fn a_slow_reader_that_keeps_reading_gets_its_whole_answer() {
         since_pause += n;
     }
     assert_eq!(received, ANSWER);
-    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(started.elapsed() >= PAUSE * 5);
     let metrics = support::get_text(&gw.admin("/metrics")).await;
     assert!(!metrics.contains("client_send_timeout"), "{metrics}");
     gw.gateway.shutdown().await;

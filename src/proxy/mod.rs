@@ -13,6 +13,7 @@ pub mod headers;
 pub mod metrics;
 pub mod respond;
 pub mod route;
+mod sending;
 pub mod server;
 pub mod settings;
 pub mod stack;

@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::body::ProxyBody;
 use super::framing::FramingGuard;
+use super::sending::{CountedTcp, SendCall, SendProgress};
 use super::{ConnContext, Proxy};
 
 /// Binds the client listener with a deep accept backlog; `shared` lets the proxy's other
@@ -222,37 +223,46 @@ impl Drop for GaugeGuard<'_> {
 /// One client connection's task. Its own state is kept small, because 10 000 idle keep-alive
 /// clients each keep one: the TLS handshake, hyper's connection and HTTP/2 run in boxes that
 /// are gone once done (or while parked), and the TLS session itself is boxed.
-async fn serve_connection(
+///
+/// A block, not an `async fn`, as is `serve_http1`: an `async fn`'s state keeps room for its
+/// arguments beside the locals they move into for the whole of its life, so every parked
+/// connection carried its transport, peer and handles twice (`-Zprint-type-sizes`).
+fn serve_connection(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let _active = GaugeGuard::enter(&proxy.metrics.connections_active);
-    let _ = tcp.set_nodelay(true);
-    if proxy.state().tls_acceptor.is_some() {
-        let Some(tls) = Box::pin(accept_tls(&proxy, tcp)).await else {
+    permit: OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let tls = proxy.state().tls_acceptor.is_some();
+    async move {
+        // Held, not used: the connection's slot under the limit, for as long as it lives.
+        let _slot = &permit;
+        let _active = GaugeGuard::enter(&proxy.metrics.connections_active);
+        let _ = tcp.set_nodelay(true);
+        if tls {
+            let Some(tls) = Box::pin(accept_tls(&proxy, tcp)).await else {
+                return;
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Box::pin(drive_http2(&proxy, tls, peer, true, stop)).await;
+            } else {
+                // `http/1.1` or no ALPN at all: HTTP/2 over TLS is only ever negotiated by ALPN
+                // (RFC 9113 §3.2).
+                let io = guard(tls, &proxy.state().limits, &proxy);
+                serve_http1(&proxy, io, peer, true, stop).await;
+            }
+            return;
+        }
+        // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells).
+        let Some((io, http2)) = Box::pin(sniff_plaintext(&proxy, tcp, stop.clone())).await else {
             return;
         };
-        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            Box::pin(drive_http2(&proxy, tls, peer, true, stop)).await;
+        if http2 {
+            Box::pin(drive_http2(&proxy, io, peer, false, stop)).await;
         } else {
-            // `http/1.1` or no ALPN at all: HTTP/2 over TLS is only ever negotiated by ALPN
-            // (RFC 9113 §3.2).
-            let io = guard(tls, &proxy.state().limits, &proxy);
-            serve_http1(&proxy, io, peer, true, stop).await;
+            serve_http1(&proxy, io, peer, false, stop).await;
         }
-        return;
-    }
-    // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells).
-    let Some((io, http2)) = Box::pin(sniff_plaintext(&proxy, tcp, stop.clone())).await else {
-        return;
-    };
-    if http2 {
-        Box::pin(drive_http2(&proxy, io, peer, false, stop)).await;
-    } else {
-        serve_http1(&proxy, io, peer, false, stop).await;
     }
 }
 
@@ -318,7 +328,7 @@ async fn accept_tls(proxy: &Proxy, tcp: TcpStream) -> Option<Box<TlsStream>> {
             state.limits.tls_handshake_timeout,
         )
     };
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(CountedTcp::new(tcp))).await {
         Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(error)) => {
             metrics.tls_handshake_failures.inc();
@@ -333,7 +343,7 @@ async fn accept_tls(proxy: &Proxy, tcp: TcpStream) -> Option<Box<TlsStream>> {
     }
 }
 
-type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+type TlsStream = tokio_rustls::server::TlsStream<CountedTcp>;
 
 fn guard<IO>(io: IO, limits: &super::Limits, proxy: &Proxy) -> FramingGuard<IO> {
     FramingGuard::new(io, limits.max_header_bytes, limits.max_header_count)
@@ -363,8 +373,8 @@ pub struct Activity {
     /// The client's bytes so far end inside a request head: which one (one more than the
     /// heads read whole before it, so each pending head is told apart), or 0 for none.
     pending_head: AtomicU64,
-    /// A write to the client is waiting for room (the client is not reading): which one (one
-    /// more than the writes that went before it, so each stall is told apart), or 0 for none.
+    /// A write to the client is waiting for room (the client is not reading): which wait of
+    /// the serving stretch (`sending::SendProgress`, each told from the one before), or 0.
     send_stalled: AtomicU64,
 }
 
@@ -474,49 +484,40 @@ pin_project_lite::pin_project! {
         #[pin]
         io: FramingGuard<IO>,
         ctx: Arc<ConnContext>,
-        // Writes (and flushes) that went; whether the last one had to wait for room.
-        sends: u64,
-        stalled: bool,
+        sending: SendProgress,
     }
 }
 
 impl<IO> Watched<IO> {
     fn new(io: FramingGuard<IO>, ctx: Arc<ConnContext>) -> Self {
+        // A wait left from an earlier stretch is not this one's (its writes start afresh).
+        ctx.activity.send_stalled.store(0, Ordering::Relaxed);
         Watched {
             io,
             ctx,
-            sends: 0,
-            stalled: false,
+            sending: SendProgress::default(),
         }
     }
 }
 
-/// Tells [`Activity`] when a write to the client starts waiting for room and when one goes
-/// again; the atomic is written only at those changes, not on every write.
-fn note_send<T>(
-    ctx: &ConnContext,
-    sends: &mut u64,
-    stalled: &mut bool,
-    result: Poll<std::io::Result<T>>,
-) -> Poll<std::io::Result<T>> {
-    match result {
-        Poll::Pending => {
-            if !*stalled {
-                *stalled = true;
-                ctx.activity
-                    .send_stalled
-                    .store(*sends + 1, Ordering::Relaxed);
-            }
+impl<IO: Parkable> Watched<IO> {
+    /// Notes a write's (or flush's) outcome for `send_timeout`: [`Activity`] learns when a
+    /// wait for room begins and ends, its atomic written only then.
+    fn note_send<T>(
+        self: Pin<&mut Self>,
+        call: SendCall,
+        result: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        let this = self.project();
+        let socket_sent = this.io.as_ref().get_ref().get_ref().socket_sent();
+        if let Some(waiting) = this.sending.note(call, result.is_pending(), socket_sent) {
+            this.ctx
+                .activity
+                .send_stalled
+                .store(waiting.unwrap_or(0), Ordering::Relaxed);
         }
-        Poll::Ready(_) => {
-            *sends += 1;
-            if *stalled {
-                *stalled = false;
-                ctx.activity.send_stalled.store(0, Ordering::Relaxed);
-            }
-        }
+        result
     }
-    result
 }
 
 impl<IO: AsyncRead> AsyncRead for Watched<IO> {
@@ -546,46 +547,45 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
     }
 }
 
-impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
+impl<IO: AsyncWrite + Parkable> AsyncWrite for Watched<IO> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
+        let this = self.as_mut().project();
         this.ctx.activity.unflushed.store(true, Ordering::Relaxed);
         let result = this.io.poll_write(cx, buf);
-        note_send(this.ctx, this.sends, this.stalled, result)
+        self.note_send(SendCall::Write, result)
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
+        let this = self.as_mut().project();
         this.ctx.activity.unflushed.store(true, Ordering::Relaxed);
         let result = this.io.poll_write_vectored(cx, bufs);
-        note_send(this.ctx, this.sends, this.stalled, result)
+        self.note_send(SendCall::Write, result)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.project();
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.as_mut().project();
         let result = this.io.poll_flush(cx);
         if let Poll::Ready(Ok(())) = result {
             this.ctx.activity.unflushed.store(false, Ordering::Relaxed);
         }
-        note_send(this.ctx, this.sends, this.stalled, result)
+        self.note_send(SendCall::Flush, result)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let result = this.io.poll_shutdown(cx);
-        note_send(this.ctx, this.sends, this.stalled, result)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = self.as_mut().project().io.poll_shutdown(cx);
+        self.note_send(SendCall::Flush, result)
     }
 }
 
@@ -595,6 +595,11 @@ pub trait Parkable {
     /// the whole truth: a TLS session may hold decrypted bytes, or records to send.
     fn settled(&self) -> bool;
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+    /// Bytes the socket has taken, where the transport buffers writes of its own (TLS): one it
+    /// accepted has not necessarily gone. `None`: a write that returns has gone.
+    fn socket_sent(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Parkable for TcpStream {
@@ -615,6 +620,10 @@ impl<T: Parkable> Parkable for Box<T> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         (**self).poll_read_ready(cx)
     }
+
+    fn socket_sent(&self) -> Option<u64> {
+        (**self).socket_sent()
+    }
 }
 
 impl Parkable for TlsStream {
@@ -625,7 +634,11 @@ impl Parkable for TlsStream {
     }
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
+        self.get_ref().0.tcp().poll_read_ready(cx)
+    }
+
+    fn socket_sent(&self) -> Option<u64> {
+        Some(self.get_ref().0.sent())
     }
 }
 
@@ -663,13 +676,14 @@ where
 /// state are dropped and only the transport is kept until the client sends again, or stays
 /// silent for `header_read_timeout` and is closed. 10 000 idle keep-alive clients then cost
 /// sockets, not buffers.
-async fn serve_http1<IO>(
+fn serve_http1<IO>(
     proxy: &Arc<Proxy>,
     mut io: FramingGuard<IO>,
     peer: SocketAddr,
     tls: bool,
     mut stop: watch::Receiver<bool>,
-) where
+) -> impl std::future::Future<Output = ()> + '_
+where
     IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnContext::new(peer, tls));
@@ -678,33 +692,36 @@ async fn serve_http1<IO>(
     ctx.activity
         .at_boundary
         .store(io.at_request_boundary(), Ordering::Relaxed);
-    loop {
-        // Boxed, so a parked connection's task does not keep room for hyper's connection, the
-        // timers and the slow-client answer: only the transport and these few words remain.
-        let Some((idle, idle_limit)) = Box::pin(serve_until_idle(proxy, io, &ctx, &stop)).await
-        else {
-            return;
-        };
-        io = idle;
-        if !io.get_ref().settled() {
-            // The transport holds bytes of its own (TLS): serve on without waiting.
-            tokio::task::consume_budget().await;
-            continue;
-        }
-        let parked = GaugeGuard::enter(&proxy.metrics.connections_parked);
-        let woke = tokio::select! {
-            biased;
-            _ = stop.changed() => false, // draining: an idle connection just closes
-            _ = ctx.upstream_closed.notified() => false,
-            // Nothing waits in the guard: `Activity` counts its bytes as not at a boundary.
-            ready = tokio::time::timeout(
-                idle_limit,
-                std::future::poll_fn(|cx| io.get_ref().poll_read_ready(cx)),
-            ) => matches!(ready, Ok(Ok(()))),
-        };
-        drop(parked);
-        if !woke {
-            return;
+    // A block, not an `async fn` (see `serve_connection`): the transport is kept once.
+    async move {
+        loop {
+            // Boxed, so a parked connection's task does not keep room for hyper's connection,
+            // the timers and the slow-client answer: only the transport and a few words remain.
+            let serving = Box::pin(serve_until_idle(proxy, io, &ctx, &stop));
+            let Some((idle, idle_limit)) = serving.await else {
+                return;
+            };
+            io = idle;
+            if !io.get_ref().settled() {
+                // The transport holds bytes of its own (TLS): serve on without waiting.
+                tokio::task::consume_budget().await;
+                continue;
+            }
+            let parked = GaugeGuard::enter(&proxy.metrics.connections_parked);
+            let woke = tokio::select! {
+                biased;
+                _ = stop.changed() => false, // draining: an idle connection just closes
+                _ = ctx.upstream_closed.notified() => false,
+                // Nothing waits in the guard: `Activity` counts its bytes as not at a boundary.
+                ready = tokio::time::timeout(
+                    idle_limit,
+                    std::future::poll_fn(|cx| io.get_ref().poll_read_ready(cx)),
+                ) => matches!(ready, Ok(Ok(()))),
+            };
+            drop(parked);
+            if !woke {
+                return;
+            }
         }
     }
 }
