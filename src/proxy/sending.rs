@@ -141,6 +141,36 @@ impl SendProgress {
 mod tests {
     use super::*;
 
+    /// What the socket took is counted, written whole or in vectors, and reads pass through.
+    #[tokio::test]
+    async fn counted_tcp_counts_what_its_socket_took() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut counted = CountedTcp::new(client.unwrap());
+        let (mut peer, _) = accepted.unwrap();
+        counted.write_all(b"hello").await.unwrap();
+        let parts = [
+            std::io::IoSlice::new(b" wide"),
+            std::io::IoSlice::new(b" world"),
+        ];
+        let written = counted.write_vectored(&parts).await.unwrap();
+        assert_eq!(
+            written, 11,
+            "an empty loopback socket takes 11 bytes in one call"
+        );
+        assert_eq!(counted.sent(), 16);
+        let mut got = [0u8; 16];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello wide world");
+        peer.write_all(b"back").await.unwrap();
+        let mut back = [0u8; 4];
+        counted.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+        assert_eq!(counted.sent(), 16, "reading sends nothing");
+    }
+
     #[test]
     fn a_plain_write_that_goes_ends_the_wait_and_the_next_wait_is_a_new_one() {
         let mut p = SendProgress::default();

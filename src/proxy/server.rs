@@ -227,6 +227,10 @@ impl Drop for GaugeGuard<'_> {
 /// A block, not an `async fn`, as is `serve_http1`: an `async fn`'s state keeps room for its
 /// arguments beside the locals they move into for the whole of its life, so every parked
 /// connection carried its transport, peer and handles twice (`-Zprint-type-sizes`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in every parked connection"
+)]
 fn serve_connection(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
@@ -234,13 +238,13 @@ fn serve_connection(
     stop: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let tls = proxy.state().tls_acceptor.is_some();
     async move {
-        // Held, not used: the connection's slot under the limit, for as long as it lives.
+        // The connection's slot under the limit, held for as long as it lives: naming it here
+        // is what moves it into the task (nothing else in the block uses it).
         let _slot = &permit;
         let _active = GaugeGuard::enter(&proxy.metrics.connections_active);
         let _ = tcp.set_nodelay(true);
-        if tls {
+        if proxy.state().tls_acceptor.is_some() {
             let Some(tls) = Box::pin(accept_tls(&proxy, tcp)).await else {
                 return;
             };
