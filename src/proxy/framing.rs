@@ -56,8 +56,10 @@ enum State {
 pub struct Tracker {
     state: State,
     head: Vec<u8>,
-    max_head: usize,
-    max_headers: usize,
+    // 32 bits each: every parked connection keeps a tracker, and these 8 bytes were what kept
+    // its task a size class larger (bench/RESULTS.md). Larger limits are clamped.
+    max_head: u32,
+    max_headers: u32,
     at_start: bool,
     /// Empty lines passed since the last message ended: hyper holds them (as the start of an
     /// incomplete head) until the next request arrives, so that is no boundary.
@@ -73,8 +75,8 @@ impl Tracker {
         Tracker {
             state: State::Head,
             head: Vec::new(),
-            max_head,
-            max_headers,
+            max_head: u32::try_from(max_head).unwrap_or(u32::MAX),
+            max_headers: u32::try_from(max_headers).unwrap_or(u32::MAX),
             at_start: true,
             blank_lines: false,
             too_large: false,
@@ -191,7 +193,7 @@ impl Tracker {
                         }
                         None => {
                             // hyper gives up at its buffer's size (`>=`), and reads no more.
-                            if self.head.len() >= self.max_head {
+                            if self.head.len() >= self.max_head as usize {
                                 // Too long: refused (431) once hyper has what came so far.
                                 self.head = Vec::new();
                                 self.state = State::Refused;
@@ -208,7 +210,7 @@ impl Tracker {
 
     fn classify(&mut self, head: &[u8]) -> State {
         self.heads += 1;
-        let limit = self.max_headers.max(16);
+        let limit = (self.max_headers as usize).max(16);
         // Room for the headers on the stack for any usual limit (hyper's default is 100): this
         // runs for every request head, and a heap vector of that many slots was an allocation
         // and a fill each time.
