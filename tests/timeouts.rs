@@ -442,13 +442,14 @@ async fn ask_and_stop_reading(
 
 /// A client that asks for a large answer and then stops reading it is closed once a write has
 /// waited `send_timeout` for room (nginx's `send_timeout`), and the upstream connection it
-/// leaves half read is not handed to the next client, who is served whole.
+/// leaves half read is not handed to the next client, who is served whole. (One proxy thread,
+/// so the next client meets the same pool.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     let sim = support::simulator("sim").await;
     let gw = support::gateway(
         &sim.url(),
-        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"1s\"\n",
+        "[listener]\nplaintext = true\n[limits]\nsend_timeout = \"1s\"\n[runtime]\nworker_threads = 1\n",
     )
     .await;
     let mut stream = small_window_client(&gw).await;

@@ -89,10 +89,20 @@ async fn send(
     request: Request<ProxyBody>,
     parked: &Arc<Parked>,
 ) -> Result<Response<Answer>, ExchangeError> {
-    let exchange = exchange(connection, request, parked.clone(), HEAD_TIMEOUT);
+    send_within(connection, request, parked, HEAD_TIMEOUT).await
+}
+
+/// The same, the exchange waiting at most `head_timeout` for the answer's head.
+async fn send_within(
+    connection: Connection,
+    request: Request<ProxyBody>,
+    parked: &Arc<Parked>,
+    head_timeout: std::time::Duration,
+) -> Result<Response<Answer>, ExchangeError> {
+    let exchange = exchange(connection, request, parked.clone(), head_timeout);
     tokio::time::timeout(HEAD_TIMEOUT * 2, exchange)
         .await
-        .expect("the answer's head never came")
+        .expect("the exchange neither answered nor timed out")
         .map_err(Failure::into_error)
 }
 
@@ -386,17 +396,10 @@ async fn an_upstream_silent_past_the_head_timeout_fails_the_exchange() {
     let (connection, _served) = upstream(b"\r\n\r\n", b"", false, false).await;
     let timeout = std::time::Duration::from_millis(200);
     let started = std::time::Instant::now();
-    let exchange = exchange(
-        connection,
-        request(Method::GET, empty()),
-        Arc::new(Parked::default()),
-        timeout,
-    );
-    let failed = tokio::time::timeout(HEAD_TIMEOUT, exchange)
+    let parked = Arc::new(Parked::default());
+    let failed = send_within(connection, request(Method::GET, empty()), &parked, timeout)
         .await
-        .expect("the head timeout never fired")
-        .map(|_| ())
-        .map_err(Failure::into_error);
+        .map(|_| ());
     assert!(
         matches!(failed, Err(ExchangeError::HeadTimeout(waited)) if waited == timeout),
         "{failed:?}"
@@ -438,15 +441,9 @@ async fn a_connections_next_exchange_gets_the_whole_head_timeout() {
     });
     let connection = Connection::new(Io::Plain(TcpStream::connect(address).await.unwrap()));
     let parked = Arc::new(Parked::default());
-    let first = exchange(
-        connection,
-        request(Method::GET, empty()),
-        parked.clone(),
-        timeout,
-    )
-    .await
-    .map_err(Failure::into_error)
-    .unwrap();
+    let first = send_within(connection, request(Method::GET, empty()), &parked, timeout)
+        .await
+        .unwrap();
     first.into_body().collect().await.unwrap();
     let connection = parked
         .0
@@ -457,14 +454,7 @@ async fn a_connections_next_exchange_gets_the_whole_head_timeout() {
     // Parked for most of the first exchange's timeout: its deadline would now come during
     // the second exchange's wait.
     tokio::time::sleep(answer_late_by).await;
-    let second = exchange(
-        connection,
-        request(Method::GET, empty()),
-        parked.clone(),
-        timeout,
-    )
-    .await
-    .map_err(Failure::into_error);
+    let second = send_within(connection, request(Method::GET, empty()), &parked, timeout).await;
     let body = second
         .unwrap()
         .into_body()
