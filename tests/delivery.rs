@@ -226,6 +226,20 @@ pub(crate) async fn kill_mid_burst(
         (acknowledged.load(Ordering::Relaxed) >= half).then_some(())
     })
     .await;
+    // And something committed: on a loaded host inspection can trail the forwarding by the
+    // whole half, and a kill before the first commit proves nothing about committed work.
+    support::wait_for(
+        Duration::from_secs(60),
+        "a first committed decision",
+        async || {
+            let s = outbox_stats(&gateway.admin).await;
+            let committed = s["pending"].as_u64().unwrap_or(0)
+                + s["in_flight"].as_u64().unwrap_or(0)
+                + s["delivered_keys"].as_u64().unwrap_or(0);
+            (committed > 0).then_some(())
+        },
+    )
+    .await;
     gateway.child.kill().unwrap();
     gateway.wait_exit(Duration::from_secs(10));
     for t in tasks {

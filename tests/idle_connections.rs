@@ -243,7 +243,8 @@ async fn a_blank_line_after_a_request_does_not_park_the_connection_or_lose_the_n
     let gw = support::gateway(&sim.url(), "[listener]\nplaintext = true\n").await;
     let mut stream = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
     // Some clients end a request with an extra CRLF (RFC 9112 §2.2 asks servers to tolerate
-    // it); hyper holds it as the start of the next head, so this is no idle boundary.
+    // it); the gateway counts it as the start of the next head (the head timeout runs), so
+    // this is no idle boundary.
     stream
         .write_all(&[REQUEST, b"\r\n".as_slice()].concat())
         .await

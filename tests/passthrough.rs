@@ -306,7 +306,7 @@ async fn plaintext_gateway_before(
 
 /// An upstream that answers every request head with `answer` as soon as the head is in (body
 /// bytes in between are read and dropped), and counts its connections.
-async fn answering_upstream(
+pub(crate) async fn answering_upstream(
     answer: &'static [u8],
 ) -> (
     std::net::SocketAddr,

@@ -54,6 +54,9 @@ mod real_clients;
 mod rules;
 /// The rules in the running gateway: decisions, explain, directory reloads, replay.
 mod rules_pipeline;
+/// The gateway's own HTTP/1.1 loop: answers framed as hyper framed them, hand-offs in order,
+/// a client's hang-up cancelling its exchange.
+mod server_loop;
 /// SIGHUP reload and SIGTERM drain on the real binary.
 mod signals;
 /// The Exchange simulator's own behaviours: fixtures, faults, auth, TLS.

@@ -55,6 +55,51 @@ async fn a_slow_header_client_gets_408_then_the_close() {
     gw.gateway.shutdown().await;
 }
 
+/// Blank lines before a request are allowed, but they begin a head as far as its timeout goes:
+/// a client that sends only those, a line at a time within the limit, is closed with 408 once
+/// `header_read_timeout` has passed since the first, not kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blank_lines_alone_get_408_once_the_head_timeout_passes() {
+    let sim = support::simulator("sim").await;
+    let gw = support::gateway(
+        &sim.url(),
+        "[listener]\nplaintext = true\n[limits]\nheader_read_timeout = \"2s\"\n",
+    )
+    .await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(gw.gateway.proxy_addr()).await.unwrap();
+    // A request first, so the connection is served by then; then blank lines every 500 ms
+    // (each well within the limit) until the gateway closes.
+    stream
+        .write_all(b"GET /_sim/bytes?n=3 HTTP/1.1\r\nHost: mail\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = support::read_response(&mut stream)
+        .await
+        .expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut lines = 0;
+    while stream.write_all(b"\r\n").await.is_ok() && lines < 40 {
+        lines += 1;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(500), stream.peek(&mut byte)).await {
+            Err(_) => {}
+            Ok(_) => break, // the answer (or the end) is there
+        }
+    }
+    let answer = read_to_close(&mut stream, Duration::from_secs(10)).await;
+    let elapsed = started.elapsed();
+    assert!(lines < 40, "still open after 20 s of blank lines");
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "closed too early: {elapsed:?}"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert_eq!(sim.stats().requests, 1);
+    gw.gateway.shutdown().await;
+}
+
 /// A TLS client that completes its handshake and then sends nothing is closed after
 /// `header_read_timeout`, as a plaintext one is: a silent client holds no connection slot for
 /// ever. (Plaintext waits for a first byte under that limit before serving; TLS goes straight

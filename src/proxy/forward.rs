@@ -16,11 +16,10 @@ use http::response::Parts as ResponseParts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use super::autodiscover;
-use super::body::{BodyFailure, BodyOutcome, Guarded, ProxyBody, empty, full};
+use super::body::{BodyFailure, BodyOutcome, ClientBody, Guarded, ProxyBody, empty, full};
 use super::capture::{PendingCapture, Side, Tee};
 use super::h1::{ContinueSignal, Http2Client};
 use super::headers::{ClientFacts, HeadFacts, HopByHop};
@@ -34,7 +33,7 @@ use super::{ConnContext, Proxy, ProxyState};
 pub async fn forward(
     proxy: &Proxy,
     conn: &ConnContext,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     mut facts: HeadFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let state = proxy.state();
@@ -106,7 +105,7 @@ impl Signals {
 /// declared length is over the limit, before anything is sent. Default: everything else passes.
 fn request_filter(
     state: &ProxyState,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     facts: &HeadFacts,
 ) -> Result<(), ProxyError> {
     if request.method() == Method::CONNECT {
@@ -229,7 +228,7 @@ fn request_body(
     metrics: &ProxyMetrics,
     ctx: &RequestCtx,
     signals: &Signals,
-    body: Incoming,
+    body: ClientBody,
 ) -> ProxyBody {
     if body.is_end_stream() {
         if let Some(c) = &ctx.capture {

@@ -210,6 +210,12 @@ impl Tracker {
 
     fn classify(&mut self, head: &[u8]) -> State {
         self.heads += 1;
+        if head.len() > self.max_head as usize {
+            // A whole head over the limit, read in one go (or replayed): hyper would refuse it
+            // too (431), with a bare answer of its own.
+            self.too_large = true;
+            return State::Refused;
+        }
         let limit = (self.max_headers as usize).max(16);
         // Room for the headers on the stack for any usual limit (hyper's default is 100): this
         // runs for every request head, and a heap vector of that many slots was an allocation
@@ -414,6 +420,13 @@ impl<IO> FramingGuard<IO> {
 
     pub fn get_ref(&self) -> &IO {
         &self.io
+    }
+
+    /// The transport itself, for a server loop that parses what it reads on its own: bytes
+    /// read this way pass the tracker by (it stays where it was, at a request boundary), and
+    /// whatever is to pass it again is [`replay`](Self::replay)ed.
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
     }
 
     /// Bytes already read off the transport by someone else (a protocol sniff): judged like any

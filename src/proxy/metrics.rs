@@ -43,6 +43,8 @@ pub struct ProxyMetrics {
     pub connections_accepted: Counter,
     pub connections_active: Gauge,
     pub connections_parked: Gauge,
+    /// HTTP/1.1 requests the gateway's own loop handed to hyper (`h1_server`).
+    pub http1_handoffs: Counter,
     pub tls_handshake_failures: Counter,
     pub upstream_requests: Counter,
     pub upstream_connects_pooled: Counter,
@@ -104,6 +106,7 @@ impl ProxyMetrics {
             connections_accepted: Counter::default(),
             connections_active: Gauge::default(),
             connections_parked: Gauge::default(),
+            http1_handoffs: Counter::default(),
             tls_handshake_failures: Counter::default(),
             upstream_requests: Counter::default(),
             upstream_connects_pooled,
@@ -170,6 +173,11 @@ impl ProxyMetrics {
             "connections_parked",
             "Idle keep-alive client connections holding only their socket (no HTTP state or buffers)",
             self.connections_parked.clone(),
+        );
+        registry.register(
+            "http1_handoffs",
+            "HTTP/1.1 requests the gateway's own server loop handed to hyper's (chunked or unfinished bodies, 100-continue, HTTP/1.0, upgrades, refused or oversized heads); hyper then serves the connection until it is idle",
+            self.http1_handoffs.clone(),
         );
         registry.register(
             "tls_handshake_failures",

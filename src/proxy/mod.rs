@@ -9,6 +9,7 @@ pub mod capture;
 pub mod forward;
 pub mod framing;
 pub mod h1;
+mod h1_server;
 pub mod headers;
 pub mod metrics;
 pub mod respond;

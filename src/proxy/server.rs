@@ -11,13 +11,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::body::ProxyBody;
+use super::body::{ClientBody, ProxyBody};
 use super::framing::FramingGuard;
+use super::h1_server::{self, Ended};
 use super::sending::{CountedTcp, SendCall, SendProgress};
 use super::{ConnContext, Proxy};
 
@@ -254,30 +256,32 @@ fn serve_connection(
                 // `http/1.1` or no ALPN at all: HTTP/2 over TLS is only ever negotiated by ALPN
                 // (RFC 9113 §3.2).
                 let io = guard(tls, &proxy.state().limits, &proxy);
-                serve_http1(&proxy, io, peer, true, stop).await;
+                serve_http1(&proxy, io, peer, true, stop, BytesMut::new()).await;
             }
             return;
         }
         // Plaintext: HTTP/1.1, or HTTP/2 with prior knowledge (its preface tells).
-        let Some((io, http2)) = Box::pin(sniff_plaintext(&proxy, tcp, stop.clone())).await else {
+        let Some((mut io, sniffed)) = Box::pin(sniff_plaintext(&proxy, tcp, stop.clone())).await
+        else {
             return;
         };
-        if http2 {
+        if sniffed[..] == *H2_PREFACE {
+            io.replay(&sniffed);
             Box::pin(drive_http2(&proxy, io, peer, false, stop)).await;
         } else {
-            serve_http1(&proxy, io, peer, false, stop).await;
+            serve_http1(&proxy, io, peer, false, stop, sniffed).await;
         }
     }
 }
 
-/// Waits for a plaintext connection's first bytes and tells HTTP/2 with prior knowledge from
-/// HTTP/1.1; the bytes read are replayed to whichever serves it. A connection that has sent
-/// nothing yet closes as soon as draining starts (clients open spare ones).
+/// Waits for a plaintext connection's first bytes, which tell HTTP/2 with prior knowledge from
+/// HTTP/1.1 (its preface); they go to whichever serves it. A connection that has sent nothing
+/// yet closes as soon as draining starts (clients open spare ones).
 async fn sniff_plaintext(
     proxy: &Proxy,
     tcp: TcpStream,
     mut stop: watch::Receiver<bool>,
-) -> Option<(FramingGuard<TcpStream>, bool)> {
+) -> Option<(FramingGuard<TcpStream>, BytesMut)> {
     let header_read_timeout = proxy.state().limits.header_read_timeout;
     if *stop.borrow_and_update() {
         return None;
@@ -291,9 +295,8 @@ async fn sniff_plaintext(
     let Ok(Ok(Some((prefix, len)))) = sniffed else {
         return None;
     };
-    let mut io = guard(tcp, &proxy.state().limits, proxy);
-    io.replay(&prefix[..len]);
-    Some((io, prefix[..len] == *H2_PREFACE))
+    let io = guard(tcp, &proxy.state().limits, proxy);
+    Some((io, BytesMut::from(&prefix[..len])))
 }
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -473,6 +476,7 @@ fn exchange_service(
         // pointer, not forwarding's state machine (a few KiB). The exchange's own handle on the
         // connection serves as the request path's.
         Box::pin(async move {
+            let request = request.map(ClientBody::Streaming);
             let response = super::stack::exchange(&proxy, &exchange.0, request).await;
             Ok(response.map(|body| Finishing {
                 body,
@@ -649,7 +653,7 @@ impl Parkable for TlsStream {
 /// How long a connection must stay idle before it parks: parking and waking cost a few
 /// microseconds, which a busy connection (its next request within milliseconds) should not pay
 /// on every request.
-const PARK_AFTER: Duration = Duration::from_millis(50);
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// The slow-head timeout (see `serve_until_idle`) ends hyper's connection without a word from
 /// hyper; a client that had started a request (its head's first bytes are in hyper's buffer)
@@ -674,38 +678,61 @@ where
     }
 }
 
-/// Serves HTTP/1.1 on one client connection. Between requests, once hyper has been idle (see
-/// [`Activity`]) for [`PARK_AFTER`], the connection parks: hyper's connection (its 8 KiB read
-/// and write buffers, parser and dispatcher state), the timers and the rest of the serving
-/// state are dropped and only the transport is kept until the client sends again, or stays
-/// silent for `header_read_timeout` and is closed. 10 000 idle keep-alive clients then cost
-/// sockets, not buffers.
+/// Serves HTTP/1.1 on one client connection: the gateway's own loop (`h1_server`) serves
+/// what nearly every client sends, and hands hyper the rest, request by request, with what it
+/// read of it replayed. Between requests, once idle for [`PARK_AFTER`], the connection parks:
+/// the serving state (read buffer; for hyper its connection, 8 KiB read and write buffers,
+/// parser and dispatcher state, timers) is dropped and only the transport is kept until the
+/// client sends again, or stays silent for `header_read_timeout` and is closed. 10 000 idle
+/// keep-alive clients then cost sockets, not buffers. `read`: bytes already read (a sniff's).
 fn serve_http1<IO>(
     proxy: &Arc<Proxy>,
     mut io: FramingGuard<IO>,
     peer: SocketAddr,
     tls: bool,
     mut stop: watch::Receiver<bool>,
+    mut read: BytesMut,
 ) -> impl std::future::Future<Output = ()> + '_
 where
     IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnContext::new(peer, tls));
-    // Nothing read yet: a connection that sends nothing (TLS goes straight here after its
-    // handshake) is idle from the start, so it parks and the park's limit closes it.
-    ctx.activity
-        .at_boundary
-        .store(io.at_request_boundary(), Ordering::Relaxed);
     // A block, not an `async fn` (see `serve_connection`): the transport is kept once.
     async move {
         loop {
-            // Boxed, so a parked connection's task does not keep room for hyper's connection,
+            // Boxed, so a parked connection's task does not keep room for the serving state,
             // the timers and the slow-client answer: only the transport and a few words remain.
-            let serving = Box::pin(serve_until_idle(proxy, io, &ctx, &stop));
-            let Some((idle, idle_limit)) = serving.await else {
-                return;
+            let taken = std::mem::take(&mut read);
+            let ended = Box::pin(h1_server::serve(proxy, io.get_mut(), &ctx, &stop, taken));
+            let idle_limit = match ended.await {
+                Ended::Closed { linger } => {
+                    if linger {
+                        // Nothing more goes upstream for this client: its pinned connections
+                        // go now, not after the linger.
+                        ctx.pinned.lock().await.clear();
+                        discard_until_closed(io).await;
+                    }
+                    return;
+                }
+                Ended::SlowHead => {
+                    answer_slow_head(proxy, io).await;
+                    return;
+                }
+                Ended::Idle => proxy.state().limits.header_read_timeout,
+                Ended::HandOff(pending) => {
+                    proxy.metrics.http1_handoffs.inc();
+                    io.replay(&pending);
+                    ctx.activity
+                        .at_boundary
+                        .store(io.at_request_boundary(), Ordering::Relaxed);
+                    let serving = Box::pin(serve_until_idle(proxy, io, &ctx, &stop));
+                    let Some((idle, idle_limit)) = serving.await else {
+                        return;
+                    };
+                    io = idle;
+                    idle_limit
+                }
             };
-            io = idle;
             if !io.get_ref().settled() {
                 // The transport holds bytes of its own (TLS): serve on without waiting.
                 tokio::task::consume_budget().await;
@@ -716,7 +743,6 @@ where
                 biased;
                 _ = stop.changed() => false, // draining: an idle connection just closes
                 _ = ctx.upstream_closed.notified() => false,
-                // Nothing waits in the guard: `Activity` counts its bytes as not at a boundary.
                 ready = tokio::time::timeout(
                     idle_limit,
                     std::future::poll_fn(|cx| io.get_ref().poll_read_ready(cx)),
@@ -917,7 +943,7 @@ fn rearm(
 /// request's instructions together (bench/RESULTS.md). Draining waits on a copy of `stop`, so
 /// `stop` itself says cheaply whether it changed; only a connection that has a pinned
 /// upstream connection (`has_pinned`, never unset) can be told one closed.
-async fn close_requested(stop: &watch::Receiver<bool>, ctx: &ConnContext) {
+pub(super) async fn close_requested(stop: &watch::Receiver<bool>, ctx: &ConnContext) {
     let mut copy = stop.clone();
     // Out of tokio's task budget: a first poll refused for budget would leave it unregistered,
     // and it is polled again only once `stop` says it changed, which nothing would then wake.

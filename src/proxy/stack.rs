@@ -9,9 +9,8 @@ use std::time::Instant;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
 
-use super::body::ProxyBody;
+use super::body::{ClientBody, ProxyBody};
 use super::forward::forward;
 use super::headers::HeadFacts;
 use super::route::RouteClass;
@@ -25,7 +24,7 @@ const SENSITIVE_RESPONSE: [HeaderName; 2] = [header::SET_COOKIE, header::WWW_AUT
 pub async fn exchange(
     proxy: &Proxy,
     conn: &ConnContext,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
 ) -> Response<ProxyBody> {
     // First, read the head once: what every later step asks of it, with credentials marked
     // sensitive on the way, so nothing below (logs, Debug output) can print them.
