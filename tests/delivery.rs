@@ -221,6 +221,8 @@ pub(crate) async fn kill_mid_burst(
     concurrency: usize,
 ) -> usize {
     let half = range.len() / 2;
+    // What the outbox held before: a rerun on the same file (catch-up's rounds) starts above 0.
+    let before = committed_so_far(&gateway.admin).await;
     let (acknowledged, tasks) = burst(&gateway.proxy, range, concurrency);
     support::wait_for(Duration::from_secs(60), "half the burst", async || {
         (acknowledged.load(Ordering::Relaxed) >= half).then_some(())
@@ -231,13 +233,7 @@ pub(crate) async fn kill_mid_burst(
     support::wait_for(
         Duration::from_secs(60),
         "a first committed decision",
-        async || {
-            let s = outbox_stats(&gateway.admin).await;
-            let committed = s["pending"].as_u64().unwrap_or(0)
-                + s["in_flight"].as_u64().unwrap_or(0)
-                + s["delivered_keys"].as_u64().unwrap_or(0);
-            (committed > 0).then_some(())
-        },
+        async || (committed_so_far(&gateway.admin).await > before).then_some(()),
     )
     .await;
     gateway.child.kill().unwrap();
@@ -246,6 +242,15 @@ pub(crate) async fn kill_mid_burst(
         t.await.unwrap();
     }
     acknowledged.load(Ordering::Relaxed)
+}
+
+/// Records the outbox has committed so far: pending, in flight or delivered.
+async fn committed_so_far(admin: &str) -> u64 {
+    let s = outbox_stats(admin).await;
+    ["pending", "in_flight", "delivered_keys"]
+        .iter()
+        .map(|key| s[key].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// Emails the gateway wrote (the seeded ones carry no creation stamp).

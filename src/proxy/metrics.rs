@@ -43,7 +43,7 @@ pub struct ProxyMetrics {
     pub connections_accepted: Counter,
     pub connections_active: Gauge,
     pub connections_parked: Gauge,
-    /// HTTP/1.1 requests the gateway's own loop handed to hyper (`h1_server`).
+    /// Hand-offs from the gateway's own HTTP/1.1 loop to hyper (`h1_server`).
     pub http1_handoffs: Counter,
     pub tls_handshake_failures: Counter,
     pub upstream_requests: Counter,
@@ -176,7 +176,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "http1_handoffs",
-            "HTTP/1.1 requests the gateway's own server loop handed to hyper's (chunked or unfinished bodies, 100-continue, HTTP/1.0, upgrades, refused or oversized heads); hyper then serves the connection until it is idle",
+            "Hand-offs from the gateway's own HTTP/1.1 server loop to hyper's, each at a request the loop does not serve (chunked or unfinished bodies, 100-continue, HTTP/1.0, upgrades, refused or oversized heads); hyper then serves that connection's requests until it is idle",
             self.http1_handoffs.clone(),
         );
         registry.register(

@@ -710,7 +710,9 @@ where
                         // Nothing more goes upstream for this client: its pinned connections
                         // go now, not after the linger.
                         ctx.pinned.lock().await.clear();
-                        discard_until_closed(io).await;
+                        // The transport itself: the loop's bytes never passed the guard, whose
+                        // tracker would judge what follows them out of step.
+                        discard_until_closed(io.get_mut()).await;
                     }
                     return;
                 }
@@ -734,7 +736,17 @@ where
                 }
             };
             if !io.get_ref().settled() {
-                // The transport holds bytes of its own (TLS): serve on without waiting.
+                // The transport holds bytes of its own (TLS): records to send — an alert the
+                // session queued, say for a renegotiation it refused — go out first (else the
+                // connection would never settle, park or time out); decrypted bytes are served
+                // without waiting.
+                let flushed = tokio::time::timeout(
+                    proxy.state().limits.send_timeout,
+                    tokio::io::AsyncWriteExt::flush(&mut io),
+                );
+                if !matches!(flushed.await, Ok(Ok(()))) {
+                    return;
+                }
                 tokio::task::consume_budget().await;
                 continue;
             }

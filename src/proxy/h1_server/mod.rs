@@ -97,7 +97,7 @@ where
         blank_lines |= head::skip_blank_lines(&mut buf);
         if buf.is_empty() {
             if closing {
-                return Ended::Closed { linger: false };
+                return close_gracefully(io, &limits).await;
             }
             if blank_lines {
                 // Blank lines alone are a head begun, as the framing guard counts them: a
@@ -110,12 +110,12 @@ where
                     .as_mut()
                     .reset(tokio::time::Instant::now() + PARK_AFTER);
             }
-            tokio::select! {
+            let drained = tokio::select! {
                 biased;
-                () = close.as_mut() => return Ended::Closed { linger: false },
+                () = close.as_mut() => true,
                 read = read_more(io, &mut buf) => match read {
                     Ok(0) | Err(_) => return Ended::Closed { linger: false },
-                    Ok(_) => {}
+                    Ok(_) => false,
                 },
                 () = timer.as_mut() => {
                     if blank_lines {
@@ -124,7 +124,11 @@ where
                     if park_armed.take() == Some(served) {
                         return Ended::Idle;
                     }
+                    false
                 }
+            };
+            if drained {
+                return close_gracefully(io, &limits).await;
             }
             continue;
         }
@@ -164,7 +168,7 @@ where
         served += 1;
         closing |= *stop.borrow();
         let keep_alive = !head.close && !closing;
-        let exchange = super::stack::exchange(proxy, ctx, request);
+        let exchange = std::pin::pin!(super::stack::exchange(proxy, ctx, request));
         let client = answer::Client {
             io: &mut *io,
             buf: &mut buf,
@@ -180,11 +184,8 @@ where
         .await;
         match answered {
             Answered::KeepAlive => {}
-            Answered::Close => {
-                // The answer said so: the client reads it, then the end.
-                let _ = tokio::time::timeout(limits.send_timeout, io.shutdown()).await;
-                return Ended::Closed { linger: true };
-            }
+            // The answer said so: the client reads it, then the end.
+            Answered::Close => return close_gracefully(io, &limits).await,
             Answered::Broken => return Ended::Closed { linger: false },
             Answered::SendTimedOut => {
                 proxy.metrics.record_error("client_send_timeout");
@@ -193,6 +194,17 @@ where
             }
         }
     }
+}
+
+/// Ends the connection as hyper's graceful shutdown did: the sending side shut (TLS:
+/// `close_notify`, then a half-close), bounded by `send_timeout`, then the caller lingers so
+/// that bytes still on their way in do not turn into a reset the client may see first.
+async fn close_gracefully<IO>(io: &mut IO, limits: &Limits) -> Ended
+where
+    IO: AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(limits.send_timeout, io.shutdown()).await;
+    Ended::Closed { linger: true }
 }
 
 /// Arms the stretch's timer for a head begun, once per head: from the first sign of it, not
