@@ -557,7 +557,13 @@ async fn kill_9_in_five_bursts_then_catch_up_loses_and_doubles_nothing() {
     let (store, sim, _dir, config) = process_setup().await;
     for round in 0..ROUNDS {
         let gateway = support::GatewayProcess::start(&config);
-        crate::delivery::kill_mid_burst(gateway, round * BURST..(round + 1) * BURST, 8).await;
+        crate::delivery::kill_mid_burst(
+            gateway,
+            round * BURST..(round + 1) * BURST,
+            8,
+            crate::delivery::KillWhen::HalfAnswered,
+        )
+        .await;
     }
     let gateway = support::GatewayProcess::start(&config);
     process_swept_once(&gateway).await;

@@ -351,8 +351,13 @@ async fn round_with_a_kill(
     }
     let start = offset + victim * per_gateway;
     let killed = gateways[victim].take().unwrap();
-    let answered_by_victim =
-        crate::delivery::kill_mid_burst(killed, start..start + per_gateway, 8).await;
+    let answered_by_victim = crate::delivery::kill_mid_burst(
+        killed,
+        start..start + per_gateway,
+        8,
+        crate::delivery::KillWhen::HalfAnswered,
+    )
+    .await;
     // Back on the same data directory: whatever it spooled is published now.
     gateways[victim] = Some(GatewayProcess::start(&configs[victim]));
     let mut answered = answered_by_victim;
