@@ -11,6 +11,7 @@
 
 mod answer;
 mod request;
+
 #[cfg(test)]
 mod tests;
 
@@ -319,4 +320,24 @@ pub async fn exchange(
         response.extensions_mut().insert(reason);
     }
     Ok(response)
+}
+
+/// A chunk's size line: hexadecimal digits and a line end, written into `room` (no formatting
+/// machinery, no allocation). Both chunked writers use it: request bodies upstream, answers to
+/// clients (`h1_server`).
+pub(crate) fn chunk_size_line(len: usize, room: &mut [u8; 18]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut at = 16;
+    let mut n = len;
+    loop {
+        at -= 1;
+        room[at] = DIGITS[n & 0xF];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    room[16] = b'\r';
+    room[17] = b'\n';
+    &room[at..]
 }

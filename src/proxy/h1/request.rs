@@ -261,8 +261,9 @@ impl Sender {
         }
         match self.framing {
             Outgoing::Chunked => {
-                self.queue
-                    .push_back(Bytes::from(format!("{:X}\r\n", data.len())));
+                let mut room = [0u8; 18];
+                let line = super::chunk_size_line(data.len(), &mut room);
+                self.queue.push_back(Bytes::copy_from_slice(line));
                 self.queue.push_back(data);
                 self.queue.push_back(Bytes::from_static(b"\r\n"));
             }

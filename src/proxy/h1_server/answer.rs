@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::head::Head;
 use super::read_more;
 use crate::proxy::body::ProxyBody;
+use crate::proxy::h1::chunk_size_line;
+use crate::proxy::headers::ConnectionTokens;
 use crate::proxy::sending::{SendCall, SendProgress};
 use crate::proxy::server::Parkable;
 
@@ -317,7 +319,7 @@ impl Writer {
             Framing::Chunked => {
                 let mut size = [0u8; 18];
                 self.before
-                    .extend_from_slice(hex_line(data.len(), &mut size));
+                    .extend_from_slice(chunk_size_line(data.len(), &mut size));
                 self.data = data;
                 self.after.extend_from_slice(b"\r\n");
             }
@@ -460,10 +462,7 @@ fn list_headers(
                 continue;
             }
             header::CONNECTION => {
-                listed.says_close |= value
-                    .as_bytes()
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                listed.says_close |= ConnectionTokens::default().and(value).close;
             }
             header::DATE => listed.dated = true,
             header::TRAILER => {
@@ -508,24 +507,6 @@ fn status_line(out: &mut Vec<u8>, parts: &Parts) {
         ),
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// A chunk's size line: hexadecimal digits and a line end, written into `room`.
-fn hex_line(len: usize, room: &mut [u8; 18]) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut at = 16;
-    let mut n = len;
-    loop {
-        at -= 1;
-        room[at] = DIGITS[n & 0xF];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    room[16] = b'\r';
-    room[17] = b'\n';
-    &room[at..]
 }
 
 /// Appends the current time as an HTTP date, formatted once per second per thread (hyper
@@ -690,7 +671,7 @@ mod tests {
     #[test]
     fn chunk_size_lines_are_hexadecimal() {
         let mut room = [0u8; 18];
-        assert_eq!(hex_line(0x1A2F, &mut room), b"1A2F\r\n");
-        assert_eq!(hex_line(1, &mut room), b"1\r\n");
+        assert_eq!(chunk_size_line(0x1A2F, &mut room), b"1A2F\r\n");
+        assert_eq!(chunk_size_line(1, &mut room), b"1\r\n");
     }
 }
