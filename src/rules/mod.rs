@@ -7,6 +7,7 @@ pub mod decision;
 mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ids;
 pub mod memory;
 mod preview;
 
