@@ -13,8 +13,6 @@ use uuid::Uuid;
 use crate::common::shared::SharedStr;
 use crate::directory::model::Lookup;
 
-pub use super::ids::{auto_created_id, email_id};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -296,6 +294,54 @@ impl Decision {
     }
 }
 
+/// Namespace of every id trackgate derives (a random v4 fixed forever).
+const NAMESPACE: Uuid = Uuid::from_u128(0x5b1f_0c3e_9a4d_4e27_b8f3_6d2a_1c9e_7f40);
+
+/// The CRM id of a tracked email: one per (organisation, Message-ID, direction), whichever
+/// mailbox or protocol it was seen through. Dataverse dedupes the same way (CheckPromoteEmail
+/// keys on Message-ID and direction), so one customer mail to two users is one activity.
+pub fn email_id(organization: Uuid, message_id: &str, direction: Direction) -> Uuid {
+    let dir: &[u8] = if direction.is_outgoing() {
+        b"out"
+    } else {
+        b"in"
+    };
+    v5(&[
+        organization
+            .hyphenated()
+            .encode_lower(&mut [0u8; 36])
+            .as_bytes(),
+        b"|email|",
+        dir,
+        b"|",
+        message_id.as_bytes(),
+    ])
+}
+
+/// A name-based (version 5) UUID of the parts, in trackgate's namespace. The same as
+/// `Uuid::new_v5(NAMESPACE, parts.concat())`, without building the name, and with the `sha1`
+/// crate (which uses the CPU's SHA instructions where there are some): this runs per decision.
+fn v5(parts: &[&[u8]]) -> Uuid {
+    use sha1::Digest as _;
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(NAMESPACE.as_bytes());
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+}
+
+/// The id of an auto-created contact or lead: one per (organisation, table, lower-cased address).
+pub fn auto_created_id(organization: Uuid, entity: &str, address: &str) -> Uuid {
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!("{organization}|{entity}|{}", address.trim().to_lowercase()).as_bytes(),
+    )
+}
+
 /// Names for an auto-created record, by a documented rule (Dynamics' own parsing is not
 /// documented): "Last, First" → first/last; "First Middle Last" → last word is the last name;
 /// no usable display name → the address's local part split at `.`, `_` or `-`, capitalised.
@@ -382,6 +428,28 @@ mod tests {
             (Some("Lee New".into()), "Prospect".into())
         );
         assert_eq!(names_for(Some("a@b.c"), "info@b.c"), (None, "Info".into()));
+    }
+
+    #[test]
+    fn ids_are_standard_version_5_uuids() {
+        let org = Uuid::from_u128(7);
+        assert_eq!(
+            email_id(org, "m@x", Direction::Incoming),
+            Uuid::new_v5(&NAMESPACE, format!("{org}|email|in|m@x").as_bytes())
+        );
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_distinct_by_direction() {
+        let org = Uuid::from_u128(7);
+        let a = email_id(org, "m@x", Direction::Incoming);
+        assert_eq!(a, email_id(org, "m@x", Direction::Incoming));
+        assert_ne!(a, email_id(org, "m@x", Direction::Outgoing));
+        assert_ne!(a, email_id(Uuid::from_u128(8), "m@x", Direction::Incoming));
+        assert_eq!(
+            auto_created_id(org, "contact", "Lee@Northwind.example"),
+            auto_created_id(org, "contact", "lee@northwind.example")
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@ pub mod decision;
 mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
-mod ids;
 pub mod memory;
 mod preview;
 
