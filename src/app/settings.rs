@@ -216,11 +216,15 @@ pub fn proxy(config: &Config) -> ProxySettings {
 /// How many inspection workers run: as configured, else one per available core but one (the
 /// proxy's share), at least one.
 pub fn inspect_workers(i: &InspectConfig) -> usize {
-    i.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |cores| cores.get().saturating_sub(1))
-            .max(1)
-    })
+    workers_for(
+        i.workers,
+        std::thread::available_parallelism().ok().map(|n| n.get()),
+    )
+}
+
+/// [`inspect_workers`] given what the system says of its cores (`None`: it could not tell).
+fn workers_for(configured: Option<usize>, cores: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| cores.map_or(1, |cores| cores.saturating_sub(1)).max(1))
 }
 
 pub fn inspect(i: &InspectConfig) -> InspectLimits {
@@ -660,6 +664,29 @@ mod tests {
         );
         let e = resolve(&text).unwrap_err();
         assert_eq!(e.key(), Some("directory.dataverse.tables[0].set"), "{e}");
+    }
+
+    #[test]
+    fn inspection_gets_every_core_but_one_unless_configured() {
+        assert_eq!(workers_for(None, Some(8)), 7);
+        assert_eq!(workers_for(None, Some(2)), 1);
+        // Never none: one core, or a system that cannot tell, still inspects.
+        assert_eq!(workers_for(None, Some(1)), 1);
+        assert_eq!(workers_for(None, None), 1);
+        assert_eq!(workers_for(Some(3), Some(8)), 3);
+        // `[inspect] workers = 0` is the default, not zero threads.
+        let config = RawConfig::from_toml("[inspect]\nworkers = 0\n", "test", Vec::new())
+            .unwrap()
+            .validate(Path::new("."))
+            .unwrap();
+        assert_eq!(config.inspect.workers, None);
+        assert_eq!(
+            inspect_workers(&config.inspect),
+            workers_for(
+                None,
+                std::thread::available_parallelism().ok().map(|n| n.get())
+            )
+        );
     }
 
     #[test]

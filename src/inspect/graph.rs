@@ -3,7 +3,7 @@
 //! parameters: see `json`) and ignore unknown properties. Covers message list, get and delta
 //! (`delta` or the SDKs' `delta()`); sendMail, send, reply, replyAll, forward; move and copy;
 //! category PATCH; mail folders; and `$batch`, whose sub-requests and sub-responses are matched
-//! by `id` in any order, with `dependsOn` honoured. Ids in URL paths are percent-decoded, so an
+//! by `id` in any order, with `dependsOn` (or the Python SDK's `depends_on`) honoured. Ids in URL paths are percent-decoded, so an
 //! SDK's `AAMk…%3D` and a hand-written `AAMk…=` are one item.
 
 use std::borrow::Cow;
@@ -143,6 +143,10 @@ json_object! {
         url: Text<'a> = "url" (required),
         body: Option<&'a RawValue> = "body",
         depends_on: Vec<Text<'a>> = "dependsOn",
+        // msgraph-sdk-python writes the list as `depends_on` (its `BatchRequestItem`); whether
+        // Graph itself honours that spelling is unconfirmed, but the client means it, so it
+        // counts as `dependsOn` does (both, when a request has both).
+        depends_on_snake: Vec<Text<'a>> = "depends_on",
     }
 }
 
@@ -482,7 +486,7 @@ impl BatchRun<'_, '_> {
         let requests = self.requests;
         let request = &requests[i];
         let mut ok = true;
-        for dependency in &request.depends_on {
+        for dependency in request.depends_on.iter().chain(&request.depends_on_snake) {
             // Every dependency is settled, not just up to the first failure, so each one's
             // observations come before those of what depends on it.
             let settled = match self.request_index(dependency) {
@@ -1138,11 +1142,16 @@ mod tests {
             ]),
         );
         assert!(found.is_empty(), "{found:?}");
-        // When the dependency succeeded, it comes first whatever the response order.
+        a_dependency_that_succeeded_comes_first("dependsOn");
+    }
+
+    /// When the dependency (listed under `key`) succeeded, it comes first whatever the
+    /// response order.
+    fn a_dependency_that_succeeded_comes_first(key: &str) {
         let found = batch_of(
             json!([
                 {"id": "1", "method": "POST", "url": "me/messages/A/move", "body": {"destinationId": "inbox"}},
-                {"id": "2", "method": "PATCH", "url": "me/messages/A2", "dependsOn": ["1"],
+                {"id": "2", "method": "PATCH", "url": "me/messages/A2", key: ["1"],
                     "body": {"categories": ["Tracked"]}},
             ]),
             json!([
@@ -1152,6 +1161,22 @@ mod tests {
         );
         let kinds: Vec<&str> = found.iter().map(|o| o["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["message_moved", "categories_changed"]);
+    }
+
+    #[test]
+    fn the_python_sdks_depends_on_spelling_is_a_dependency_too() {
+        // msgraph-sdk-python serialises `BatchRequestItem.depends_on` under that name.
+        let requests = json!([
+            {"id": "1", "method": "GET", "url": "me/messages/Gone"},
+            {"id": "2", "method": "PATCH", "url": "me/messages/B", "depends_on": ["1"],
+                "body": {"categories": ["x"]}},
+        ]);
+        let responses = json!([
+            {"id": "2", "status": 200, "body": {}},
+            {"id": "1", "status": 404, "body": {}},
+        ]);
+        assert!(batch_of(requests, responses).is_empty());
+        a_dependency_that_succeeded_comes_first("depends_on");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (list, get, `$select`, `$top`, `$skip`, `$filter` basics, create, PATCH, DELETE, move, copy,
 //! send, reply, replyAll, forward), `sendMail`, mail folders, folder message `delta` (and
 //! `delta()`) with real skip and delta tokens, events, contacts and To Do tasks, and `$batch`
-//! (relative and absolute URLs, `dependsOn`). Ids are the store's, in URL-safe form; path
+//! (relative and absolute URLs, `dependsOn` or `depends_on`). Ids are the store's, in URL-safe form; path
 //! segments are percent-decoded, keywords matched in any case.
 
 mod json;
@@ -225,14 +225,18 @@ fn batch(store: &Store, outer: &GraphRequest<'_>) -> Reply {
             other => other.to_string(),
         });
         let id = id.unwrap_or_default();
-        let depends: Vec<String> = match r.get("dependsOn") {
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
+        // `depends_on` is how msgraph-sdk-python spells it; that Graph honours it too is
+        // unconfirmed, but a simulator that ignored it would hide a client's intent.
+        let depends: Vec<String> = ["dependsOn", "depends_on"]
+            .into_iter()
+            .filter_map(|key| match r.get(key) {
+                Some(Value::Array(list)) => Some(list),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
         let reply = if depends.iter().any(|d| failed.contains(d)) {
             Reply::error(
                 424,

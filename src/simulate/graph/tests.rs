@@ -92,6 +92,8 @@ fn a_batch_runs_in_order_and_a_failed_dependency_fails_what_depends_on_it() {
             {"id": "1", "method": "GET", "url": "/me/messages/AAAAAFRHAgAAAAAAAAD_____"},
             {"id": "2", "method": "PATCH", "url": "https://graph.microsoft.com/v1.0/me/messages/x", "dependsOn": ["1"], "body": {"isRead": true}},
             {"id": "3", "method": "GET", "url": "me/mailFolders/inbox/messages?$top=1&$select=subject"},
+            // msgraph-sdk-python's spelling of the same list.
+            {"id": "4", "method": "PATCH", "url": "/me/messages/y", "depends_on": ["1"], "body": {"isRead": true}},
         ]})),
     );
     let reply = batch(&store, &outer);
@@ -109,7 +111,12 @@ fn a_batch_runs_in_order_and_a_failed_dependency_fails_what_depends_on_it() {
         .collect();
     assert_eq!(
         statuses,
-        [("1".into(), 404), ("2".into(), 424), ("3".into(), 200)]
+        [
+            ("1".into(), 404),
+            ("2".into(), 424),
+            ("3".into(), 200),
+            ("4".into(), 424)
+        ]
     );
     let row = &responses[2]["body"]["value"][0];
     assert!(
