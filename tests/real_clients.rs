@@ -332,6 +332,7 @@ async fn the_graph_sdk_works_through_the_gateway_with_a_bearer_token() {
             "send-mail",
             "move",
             "batch",
+            "batch-failed-dependency",
             "bytes",
         ],
     );

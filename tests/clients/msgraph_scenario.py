@@ -160,6 +160,23 @@ async def main():
     assert again.categories == ["Tracked to Dynamics 365"], again.categories
     step("batch", statuses)
 
+    # A dependency that fails: the SDK writes the list as `depends_on`, and what depends on a
+    # failed request is not run (424), so the category is not set.
+    missing = RequestInformation(Method.GET, f"{base}/v1.0/me/messages/AAMkADEzNoSuchItemAAA=")
+    patch = RequestInformation(Method.PATCH, f"{base}/v1.0/me/messages/{quote.id}")
+    patch.headers.add("Content-Type", "application/json")
+    patch.content = json.dumps({"categories": ["Never set"]}).encode()
+    batch = BatchRequestContent()
+    batch.add_request("1", BatchRequestItem(missing, id="1"))
+    batch.add_request("2", BatchRequestItem(patch, id="2", depends_on=["1"]))
+    answer = await client.batch.post(batch)
+    statuses = {k: v.status for k, v in answer.responses.items()}
+    # A malformed id is 400 (ErrorInvalidIdMalformed), an unknown one 404: either fails.
+    assert 400 <= statuses["1"] < 500 and statuses["2"] == 424, statuses
+    again = await client.me.messages.by_message_id(quote.id).get()
+    assert again.categories == ["Tracked to Dynamics 365"], again.categories
+    step("batch-failed-dependency", statuses)
+
     assert checked["responses"] >= 8, checked
     step("bytes", checked["responses"])
 
