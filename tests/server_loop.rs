@@ -152,6 +152,7 @@ async fn a_not_modified_answer_carries_no_length() {
         assert!(head.contains("\r\netag: \"v1\"\r\n"), "{head}");
         assert!(!head.contains("content-length"), "{head}");
     }
+    assert_eq!(handoffs(&gw).await, 0, "the loop served both");
     gw.gateway.shutdown().await;
 }
 
@@ -178,6 +179,7 @@ async fn pipelined_requests_before_a_half_close_are_answered() {
         lengths == [12, 34] || lengths == [12, 34, 56],
         "answered in order, all but perhaps the last: {lengths:?}"
     );
+    assert_eq!(handoffs(&gw).await, 0, "the loop served them");
     gw.gateway.shutdown().await;
 }
 
@@ -269,5 +271,6 @@ async fn a_client_that_hangs_up_cancels_its_exchange_upstream() {
         .expect("the upstream connection let go within 10 s, long before any timeout")
         .unwrap();
     assert!(ended);
+    assert_eq!(handoffs(&gw).await, 0, "the loop served it");
     gw.gateway.shutdown().await;
 }

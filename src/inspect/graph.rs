@@ -3,8 +3,9 @@
 //! parameters: see `json`) and ignore unknown properties. Covers message list, get and delta
 //! (`delta` or the SDKs' `delta()`); sendMail, send, reply, replyAll, forward; move and copy;
 //! category PATCH; mail folders; and `$batch`, whose sub-requests and sub-responses are matched
-//! by `id` in any order, with `dependsOn` (or the Python SDK's `depends_on`) honoured. Ids in URL paths are percent-decoded, so an
-//! SDK's `AAMk…%3D` and a hand-written `AAMk…=` are one item.
+//! by `id` in any order, with `dependsOn` (or the Python SDK's `depends_on`) honoured. Ids in
+//! URL paths are percent-decoded, so an SDK's `AAMk…%3D` and a hand-written `AAMk…=` are one
+//! item.
 
 use std::borrow::Cow;
 use std::sync::Arc;

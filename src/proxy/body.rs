@@ -32,47 +32,9 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 }
 
 /// A client's request body as the server hands it to the request path: streaming from hyper's
-/// connection, or read whole by the gateway's own HTTP/1.1 loop (which serves only requests
-/// whose body came with the head: `server::fast`).
-#[derive(Debug)]
-pub enum ClientBody {
-    Streaming(hyper::body::Incoming),
-    /// `None`: the request has no body.
-    Whole(Option<Bytes>),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::Streaming(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(Into::into))),
-            ClientBody::Whole(whole) => Poll::Ready(whole.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Streaming(body) => body.is_end_stream(),
-            ClientBody::Whole(whole) => whole.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Streaming(body) => body.size_hint(),
-            ClientBody::Whole(whole) => {
-                SizeHint::with_exact(whole.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+/// connection (`Left`), or read whole by the gateway's own HTTP/1.1 loop (`Right`; it serves
+/// only requests whose body came with the head: `h1_server`).
+pub type ClientBody = http_body_util::Either<hyper::body::Incoming, Full<Bytes>>;
 
 /// How a guarded body went, shared with the request path: why it stopped early, so a failed
 /// upstream call can be blamed on the right party (413 and 408 are the client's doing, not the

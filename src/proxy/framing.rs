@@ -19,8 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// in `\n` or `\r\n\r`, a NUL there is a parse error hyper answers with 400 and a close.
 const REFUSAL: &[u8] = b"\x00\r\n\r\n";
 
-/// Header slots kept on the stack when a head is parsed: enough for any usual header limit.
-const STACK_HEADERS: usize = 128;
+/// Header slots kept on the stack when a head is parsed: enough for any usual header limit (a
+/// head with more goes to hyper in the server loop, whose limit may be larger).
+pub(crate) const STACK_HEADERS: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
@@ -352,6 +353,16 @@ impl Tracker {
             self.state = State::Chunked(chunk);
         }
         used
+    }
+}
+
+/// The length of the blank line `buf` starts with (a bare LF counts, as httparse counts it; a
+/// lone CR does not).
+pub(crate) fn blank_line(buf: &[u8]) -> Option<usize> {
+    match buf {
+        [b'\n', ..] => Some(1),
+        [b'\r', b'\n', ..] => Some(2),
+        _ => None,
     }
 }
 

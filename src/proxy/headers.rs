@@ -89,16 +89,19 @@ impl Length {
     }
 }
 
+/// A length written as decimal digits only (RFC 9110 §8.6: no sign, no spaces), if it fits.
+pub(crate) fn decimal_length(item: &[u8]) -> Option<u64> {
+    if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    item.iter().try_fold(0u64, |n, &b| {
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 /// The one length a `Content-Length` value declares: digits, or a list of the same digits.
 fn value_length(value: &[u8]) -> Option<u64> {
-    let digits = |item: &[u8]| {
-        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        item.iter().try_fold(0u64, |n, &b| {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        })
-    };
+    let digits = decimal_length;
     if let Some(n) = digits(value) {
         return Some(n);
     }

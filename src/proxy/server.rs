@@ -476,7 +476,7 @@ fn exchange_service(
         // pointer, not forwarding's state machine (a few KiB). The exchange's own handle on the
         // connection serves as the request path's.
         Box::pin(async move {
-            let request = request.map(ClientBody::Streaming);
+            let request = request.map(ClientBody::Left);
             let response = super::stack::exchange(&proxy, &exchange.0, request).await;
             Ok(response.map(|body| Finishing {
                 body,

@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::request::Sender;
 use super::{Connection, ExchangeError, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Park};
-use crate::proxy::framing::head_end;
+use crate::proxy::framing::{blank_line, head_end};
 use crate::proxy::headers::{HeadFacts, HopByHop, Length};
 
 /// A parsed answer head.
@@ -64,15 +64,6 @@ pub(super) fn poll_head(
             }
             Err(error) => return Poll::Ready(Err(error.into())),
         }
-    }
-}
-
-/// The length of the blank line `buf` starts with (a bare LF counts, as httparse counts it).
-fn blank_line(buf: &[u8]) -> Option<usize> {
-    match buf {
-        [b'\n', ..] => Some(1),
-        [b'\r', b'\n', ..] => Some(2),
-        _ => None,
     }
 }
 

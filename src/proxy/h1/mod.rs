@@ -11,7 +11,6 @@
 
 mod answer;
 mod request;
-
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -320,6 +319,14 @@ pub async fn exchange(
         response.extensions_mut().insert(reason);
     }
     Ok(response)
+}
+
+/// Appends one header line, `name: value` and its line end.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A chunk's size line: hexadecimal digits and a line end, written into `room` (no formatting

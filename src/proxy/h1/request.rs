@@ -91,10 +91,7 @@ pub(super) fn head_len(method: &Method, target: &str, headers: &HeaderMap) -> us
 /// Appends `fields` as lines and the blank line that ends them.
 fn push_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        super::push_field(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }

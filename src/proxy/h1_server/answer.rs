@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::head::Head;
 use super::read_more;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::h1::chunk_size_line;
-use crate::proxy::headers::ConnectionTokens;
+use crate::proxy::h1::{chunk_size_line, push_field};
+use crate::proxy::headers::{ConnectionTokens, decimal_length};
 use crate::proxy::sending::{SendCall, SendProgress};
 use crate::proxy::server::Parkable;
 
@@ -127,7 +127,7 @@ where
         }
     };
     let (parts, mut body) = response.into_parts();
-    let framing = writer.head(&parts, head.head_request, &body, &mut keep_alive);
+    let framing = writer.head(&parts, head.head_request(), &body, &mut keep_alive);
     drop(parts);
     let written = write_body(writer, &mut client, &mut body, framing).await;
     match written {
@@ -216,7 +216,6 @@ impl Writer {
         let out = &mut self.before;
         out.clear();
         self.after.clear();
-        self.trailers = None;
         status_line(out, parts);
         let status = parts.status;
         // hyper's rules (`Server::can_chunked`, `can_have_content_length`): no length on 1xx,
@@ -351,10 +350,7 @@ impl Writer {
         let declared = self.trailers.as_deref().unwrap_or_default();
         for (name, value) in trailers {
             if declared.contains(name) {
-                self.after.extend_from_slice(name.as_str().as_bytes());
-                self.after.extend_from_slice(b": ");
-                self.after.extend_from_slice(value.as_bytes());
-                self.after.extend_from_slice(b"\r\n");
+                push_field(&mut self.after, name, value);
             }
         }
         self.after.extend_from_slice(b"\r\n");
@@ -432,11 +428,7 @@ fn list_headers(
                 if listed.framing.is_some() || drop_length {
                     continue;
                 }
-                let length = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                match length {
+                match decimal_length(value.as_bytes().trim_ascii()) {
                     Some(0) => listed.framing = Some(Framing::Empty),
                     Some(n) => listed.framing = Some(Framing::Length(n)),
                     // Not a length: the body's own decides.
@@ -478,10 +470,7 @@ fn list_headers(
             }
             _ => {}
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name, value);
     }
     listed
 }

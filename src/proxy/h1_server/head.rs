@@ -7,11 +7,11 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
-use crate::proxy::body::ClientBody;
-use crate::proxy::framing::head_end;
+use http_body_util::Full;
 
-/// Header slots on the stack; a head with more goes to hyper (whose limit may be larger).
-const STACK_HEADERS: usize = 128;
+use crate::proxy::body::ClientBody;
+use crate::proxy::framing::{STACK_HEADERS, blank_line, head_end};
+use crate::proxy::headers::decimal_length;
 
 /// What the buffer holds.
 pub(super) enum Parsed {
@@ -32,22 +32,23 @@ pub(super) struct Head {
     pub(super) body_len: usize,
     /// The client asked to close after this request.
     pub(super) close: bool,
-    /// A `HEAD` request: its answer has no body.
-    pub(super) head_request: bool,
     method: Method,
     target: (u32, u32),
+}
+
+impl Head {
+    /// A `HEAD` request: its answer has no body.
+    pub(super) fn head_request(&self) -> bool {
+        self.method == Method::HEAD
+    }
 }
 
 /// Empty lines before a request are allowed (RFC 9112 §2.2) and passed over (a lone `\r` is
 /// not a line end: httparse refuses it, and so does hyper). Returns whether any were.
 pub(super) fn skip_blank_lines(buf: &mut BytesMut) -> bool {
     let mut blank = 0;
-    loop {
-        match &buf[blank..] {
-            [b'\r', b'\n', ..] => blank += 2,
-            [b'\n', ..] => blank += 1,
-            _ => break,
-        }
+    while let Some(line) = blank_line(&buf[blank..]) {
+        blank += line;
     }
     buf.advance(blank);
     blank > 0
@@ -103,7 +104,6 @@ pub(super) fn parse(
         len,
         body_len: 0,
         close: false,
-        head_request: method == Method::HEAD,
         method,
         target: at(target.as_bytes()),
     };
@@ -112,7 +112,7 @@ pub(super) fn parse(
     for header in parsed.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            match parse_length(header.value) {
+            match decimal_length(header.value.trim_ascii()) {
                 // The same length again is merged (RFC 9110 §8.6), as hyper does: one line
                 // goes upstream.
                 Some(n) if length == Some(n) => continue,
@@ -179,7 +179,7 @@ pub(super) fn request(
         *buf = whole;
         return None;
     }
-    let mut request = Request::new(ClientBody::Whole(body));
+    let mut request = Request::new(ClientBody::Right(Full::new(body.unwrap_or_default())));
     *request.method_mut() = head.method.clone();
     *request.uri_mut() = uri?;
     *request.version_mut() = Version::HTTP_11;
@@ -195,19 +195,10 @@ fn slice(bytes: &Bytes, at: (u32, u32)) -> Bytes {
     bytes.slice(range(at))
 }
 
-/// A `Content-Length` value: digits only (RFC 9110 §8.6), surrounding whitespace allowed.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use http_body::Body as _;
+
     use super::*;
 
     fn judged(head: &[u8]) -> Parsed {
@@ -224,13 +215,21 @@ mod tests {
             panic!("a plain request is served")
         };
         assert_eq!(head.body_len, 5);
-        assert!(!head.close && !head.head_request);
+        assert!(!head.close && !head.head_request());
         let request = request(&mut buf, &head, &spots).expect("built");
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri().path(), "/EWS/Exchange.asmx");
         assert_eq!(request.headers()["host"], "mail");
         assert_eq!(request.headers()["x-a"], "1");
-        assert!(matches!(request.body(), ClientBody::Whole(Some(b)) if b.as_ref() == b"hello"));
+        let mut body = request.into_body();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(Some(Ok(frame))) =
+            std::pin::Pin::new(&mut body).poll_frame(&mut cx)
+        else {
+            panic!("the body is there at once")
+        };
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        assert!(body.is_end_stream());
         assert_eq!(&buf[..], b"GET", "the next request stays");
     }
 
@@ -276,13 +275,19 @@ mod tests {
         else {
             panic!("served")
         };
-        assert!(head.close && head.head_request && head.body_len == 0);
+        assert!(head.close && head.head_request() && head.body_len == 0);
     }
 
     #[test]
     fn blank_lines_before_a_request_are_passed_over() {
-        let mut buf = BytesMut::from(&b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"[..]);
-        skip_blank_lines(&mut buf);
+        let mut buf = BytesMut::from(&b"\r\n\nGET / HTTP/1.1\r\n\r\n"[..]);
+        assert!(skip_blank_lines(&mut buf));
+        assert!(buf.starts_with(b"GET "));
         assert!(matches!(judged(&buf), Parsed::Complete(_)));
+        assert!(!skip_blank_lines(&mut buf), "nothing more to pass over");
+        // A lone carriage return is not a line end: it stays for the parser to refuse.
+        let mut buf = BytesMut::from(&b"\r\n\rX"[..]);
+        assert!(skip_blank_lines(&mut buf));
+        assert_eq!(&buf[..], b"\rX");
     }
 }

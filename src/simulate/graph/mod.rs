@@ -2,8 +2,8 @@
 //! (list, get, `$select`, `$top`, `$skip`, `$filter` basics, create, PATCH, DELETE, move, copy,
 //! send, reply, replyAll, forward), `sendMail`, mail folders, folder message `delta` (and
 //! `delta()`) with real skip and delta tokens, events, contacts and To Do tasks, and `$batch`
-//! (relative and absolute URLs, `dependsOn` or `depends_on`). Ids are the store's, in URL-safe form; path
-//! segments are percent-decoded, keywords matched in any case.
+//! (relative and absolute URLs, `dependsOn` or `depends_on`). Ids are the store's, in URL-safe
+//! form; path segments are percent-decoded, keywords matched in any case.
 
 mod json;
 mod routes;
@@ -227,17 +227,13 @@ fn batch(store: &Store, outer: &GraphRequest<'_>) -> Reply {
         let id = id.unwrap_or_default();
         // `depends_on` is how msgraph-sdk-python spells it; that Graph honours it too is
         // unconfirmed, but a simulator that ignored it would hide a client's intent.
-        let depends: Vec<String> = ["dependsOn", "depends_on"]
+        let a_dependency_failed = ["dependsOn", "depends_on"]
             .into_iter()
-            .filter_map(|key| match r.get(key) {
-                Some(Value::Array(list)) => Some(list),
-                _ => None,
-            })
+            .filter_map(|key| r.get(key).and_then(Value::as_array))
             .flatten()
             .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect();
-        let reply = if depends.iter().any(|d| failed.contains(d)) {
+            .any(|d| failed.iter().any(|f| f == d));
+        let reply = if a_dependency_failed {
             Reply::error(
                 424,
                 "FailedDependency",
